@@ -1,0 +1,20 @@
+# selfres: self-supervised resolution restoration of 3-D fluorescence stacks.
+# Table of contents only: configuration, includes, and the default target.
+from snakemake.utils import min_version
+
+min_version("9.20")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/restore.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_outputs(),

@@ -1,0 +1,195 @@
+"""Command-line interface: one subcommand per stage, plus ``restore`` and ``demo``.
+
+Each subcommand parses its arguments, builds typed settings and calls one function of
+:mod:`selfres.pipeline` (or :mod:`selfres.demo`). Errors meant for users are printed as
+one ``ERROR:`` line (no traceback) and the command exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import SelfresError
+
+
+def _settings(args):
+    from .settings import parse_settings
+
+    return parse_settings(args.settings)
+
+
+def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=False):
+    if sample:
+        p.add_argument("--sample", required=False, default=None, help="sample id (for messages and metadata)")
+    if settings:
+        p.add_argument("--settings", default=None,
+                       help="JSON object of stage settings (partial; defaults fill the rest); see README")
+    if compute:
+        p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
+        p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
+
+def _triple(kind):
+    def parse(text):
+        from .pipeline import parse_triple
+
+        return parse_triple(text, name="value", kind=kind)
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="selfres",
+        description="Self-supervised resolution restoration of 3-D fluorescence stacks.",
+    )
+    p.add_argument("--version", action="version", version=f"selfres {__version__}")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("demo", help="write the built-in demo acquisitions (beads, neurites) and references")
+    s.add_argument("outdir", type=Path)
+    s.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("normalise", help="robust normalisation → normalized.ome.zarr")
+    s.add_argument("input", type=Path)
+    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--channel", type=int, default=None)
+    s.add_argument("--voxel-size", type=_triple(float), default=None, help="z,y,x in µm (overrides metadata)")
+    _common(s)
+
+    s = sub.add_parser("crop", help="choose the training FOV and held-out region → train_fov.json")
+    s.add_argument("normalized", type=Path)
+    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--mode", default="enhance")
+    s.add_argument("--scale", type=_triple(int), default=None)
+    s.add_argument("--training-fov", default=None, help="z0:z1,y0:y1,x0:x1 in input voxels")
+    _common(s)
+
+    s = sub.add_parser("train", help="train the sample's model → model/")
+    s.add_argument("normalized", type=Path)
+    s.add_argument("fov", type=Path)
+    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--mode", default="enhance")
+    s.add_argument("--scale", type=_triple(int), default=None)
+    _common(s, compute=True)
+
+    s = sub.add_parser("infer", help="restore the whole FOV → restored.ome.zarr")
+    s.add_argument("normalized", type=Path)
+    s.add_argument("model", type=Path)
+    s.add_argument("-o", "--output", type=Path, required=True)
+    _common(s, compute=True)
+
+    s = sub.add_parser("qc", help="metrics (self-validation, resolution, reference) → qc/metrics.json")
+    s.add_argument("normalized", type=Path)
+    s.add_argument("restored", type=Path)
+    s.add_argument("model", type=Path)
+    s.add_argument("fov", type=Path)
+    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--reference", type=Path, default=None)
+    _common(s, compute=True)
+
+    s = sub.add_parser("report", help="per-sample report.html and provenance.json")
+    s.add_argument("normalized", type=Path)
+    s.add_argument("restored", type=Path)
+    s.add_argument("model", type=Path)
+    s.add_argument("fov", type=Path)
+    s.add_argument("metrics", type=Path)
+    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--provenance", type=Path, required=True)
+    s.add_argument("--config", default=None, help="resolved per-sample config (JSON) for provenance")
+    s.add_argument("--benchmarks", type=Path, default=None)
+    _common(s, settings=False)
+
+    s = sub.add_parser("summary", help="summary.tsv and summary.html over all samples")
+    s.add_argument("results", type=Path)
+    s.add_argument("--samples", required=True, help="comma-separated sample ids")
+    s.add_argument("--modes", default=None, help="JSON mapping sample → mode")
+    s.add_argument("-o", "--output", type=Path, required=True, help="summary.tsv")
+    s.add_argument("--html", type=Path, required=True, help="summary.html")
+
+    s = sub.add_parser("restore", help="whole chain for one volume (no Snakemake)")
+    s.add_argument("input", type=Path)
+    s.add_argument("-o", "--output", type=Path, required=True, help="OUT.ome.zarr")
+    s.add_argument("--mode", default="enhance", help="enhance or isotropic")
+    s.add_argument("--scale", type=_triple(int), default=None, help="enhance: z,y,x integer factors (default 2,2,2)")
+    s.add_argument("--voxel-size", type=_triple(float), default=None)
+    s.add_argument("--channel", type=int, default=None)
+    s.add_argument("--training-fov", default=None)
+    s.add_argument("--keep", type=Path, default=None, help="keep intermediate files (model, metrics, report) here")
+    _common(s, compute=True)
+    return p
+
+
+def run(args) -> int:
+    from . import pipeline
+
+    cmd = args.command
+    sample = getattr(args, "sample", None) or "sample"
+    if cmd == "demo":
+        from .demo import write_demo
+
+        out = write_demo(args.outdir, seed=args.seed)
+        print(json.dumps({k: {kk: str(vv) for kk, vv in v.items()} for k, v in out.items()}, indent=2))
+    elif cmd == "normalise":
+        st = _settings(args)
+        pipeline.stage_normalise(args.input, args.output, sample=sample, channel=args.channel,
+                                 voxel_size=args.voxel_size, settings=st.normalise,
+                                 ngff_version=st.infer.ngff_version)
+    elif cmd == "crop":
+        pipeline.stage_crop(args.normalized, args.output, sample=sample, mode=args.mode, scale=args.scale,
+                            training_fov=args.training_fov, settings=_settings(args).fov)
+    elif cmd == "train":
+        pipeline.stage_train(args.normalized, args.fov, args.output, sample=sample, mode=args.mode, scale=args.scale,
+                             settings=_settings(args), device=args.device, threads=args.threads)
+    elif cmd == "infer":
+        pipeline.stage_infer(args.normalized, args.model, args.output, sample=sample,
+                             settings=_settings(args).infer, device=args.device, threads=args.threads)
+    elif cmd == "qc":
+        pipeline.stage_qc(args.normalized, args.restored, args.model, args.fov, args.output, sample=sample,
+                          reference=args.reference, settings=_settings(args).qc, threads=args.threads)
+    elif cmd == "report":
+        cfg = json.loads(args.config) if args.config else None
+        pipeline.stage_report(args.normalized, args.restored, args.model, args.fov, args.metrics, args.output,
+                              args.provenance, sample=sample, resolved_config=cfg, benchmarks_dir=args.benchmarks)
+    elif cmd == "summary":
+        samples = [s for s in args.samples.split(",") if s]
+        modes = json.loads(args.modes) if args.modes else None
+        pipeline.stage_summary(args.results, samples, args.output, args.html, modes=modes)
+    elif cmd == "restore":
+        m = pipeline.restore(args.input, args.output, mode=args.mode, scale=args.scale, voxel_size=args.voxel_size,
+                             channel=args.channel, training_fov=args.training_fov, settings=_settings(args),
+                             device=args.device, threads=args.threads, keep=args.keep, sample=args.sample)
+        print(json.dumps(m, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    try:
+        return run(args)
+    except SelfresError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("ERROR: out of memory; reduce infer.tile_size or fov.max_voxels", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        if getattr(exc, "errno", None) == 28:
+            print(f"ERROR: no space left on device while writing {exc.filename or ''}".rstrip(), file=sys.stderr)
+            return 4
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

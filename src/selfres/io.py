@@ -1,0 +1,1182 @@
+"""Reading and writing volumes.
+
+Reading: TIFF / OME-TIFF / ImageJ hyperstacks (tifffile), plain Zarr arrays and
+OME-Zarr images (NGFF 0.4 on Zarr v2, NGFF 0.5 on Zarr v3). Every reader returns a
+:class:`Volume` whose ``data`` is ``float32`` in **ZYX** order (2-D input becomes
+``Z = 1``); the axes are checked once, here, where data enters the package.
+
+Writing: OME-Zarr images with axes ``z, y, x`` in micrometres and a z-aware
+multiscale pyramid (block means), written atomically (temporary sibling, renamed
+into place at the end).
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import shutil
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from selfres.errors import InputError
+
+__all__ = [
+    "Volume",
+    "atomic_output",
+    "create_ome_zarr",
+    "default_chunks",
+    "file_checksum",
+    "finalize_ome_zarr",
+    "open_ome_zarr_array",
+    "read_ome_zarr",
+    "read_volume",
+    "read_voxel_size",
+    "write_ome_zarr",
+]
+
+#: NGFF versions this module writes, and the Zarr format each uses.
+NGFF_VERSIONS = {"0.4": 2, "0.5": 3}
+#: A pyramid level is only added while its smaller lateral side is at least this.
+MIN_LATERAL_SIZE = 64
+#: Key under which selfres stores its own attributes in an OME-Zarr group.
+ATTRS_KEY = "selfres"
+#: Percentiles used for the ``omero`` display window.
+WINDOW_PERCENTILES = (0.1, 99.9)
+_SUBSAMPLE_VOXELS = 1_000_000
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+# Length units to micrometres (OME, ImageJ and NGFF spellings).
+_UNIT_TO_UM = {
+    "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
+    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
+    "micrometer": 1.0, "micrometre": 1.0, "\\u00b5m": 1.0,
+    "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "pm": 1e-6, "picometer": 1e-6,
+    "å": 1e-4, "angstrom": 1e-4,
+}
+
+
+@dataclass
+class Volume:
+    """A volume read from disk.
+
+    Attributes
+    ----------
+    data
+        ``float32`` array in ZYX order: numpy, or dask when read lazily.
+    voxel_size
+        ``(z, y, x)`` in µm, or ``None`` when the file does not say.
+    source_dtype
+        The dtype stored in the file (before conversion to ``float32``).
+    path
+        The file or store it was read from.
+    attrs
+        Extra attributes: for OME-Zarr the custom ``"selfres"`` attributes, for a
+        plain Zarr array its attributes, for TIFF an empty dict.
+    """
+
+    data: Any
+    voxel_size: tuple[float, float, float] | None
+    source_dtype: np.dtype
+    path: str
+    attrs: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Shape ``(z, y, x)`` of :attr:`data`."""
+        return tuple(int(n) for n in self.data.shape)
+
+
+# --------------------------------------------------------------------------- #
+# helpers shared by the readers
+# --------------------------------------------------------------------------- #
+
+
+def _unit_factor(unit: str | None) -> float | None:
+    """Micrometres per ``unit``; ``None`` when the unit is not a length."""
+    if unit is None:
+        return None
+    return _UNIT_TO_UM.get(str(unit).strip().lower())
+
+
+def _make_voxel(z: float | None, y: float | None, x: float | None, nz: int):
+    """Build a ``(z, y, x)`` voxel size, or ``None`` when incomplete.
+
+    A single plane (``nz == 1``) has no meaningful z step: its z size is taken
+    equal to the y size.
+    """
+    if y is None or x is None:
+        return None
+    if z is None:
+        if nz > 1:
+            return None
+        z = y
+    vox = (float(z), float(y), float(x))
+    if not all(math.isfinite(v) and v > 0 for v in vox):
+        return None
+    return vox
+
+
+def _check_dtype(path: str, dtype: np.dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        raise InputError(
+            path,
+            f"has data type {dtype} which selfres cannot use; allowed: "
+            "integer, unsigned integer or floating-point voxels",
+        )
+    return dtype
+
+
+def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool):
+    """Select the channel / time point and return a ZYX view of ``arr``.
+
+    ``axes`` uses one letter per dimension: T, C (or S, samples), Z, Y, X; any
+    other letter means "unknown".
+    """
+    axes = orig_axes = axes.upper()
+    shape = tuple(int(n) for n in arr.shape)
+    shape_txt = "x".join(str(n) for n in shape)
+    if arr.ndim < 2:
+        raise InputError(
+            path,
+            f"is {arr.ndim}-D (shape {shape_txt}); allowed: a 2-D YX image or a "
+            "3-D ZYX stack (4-D/5-D with T and C axes named in the metadata)",
+        )
+    if len(axes) != arr.ndim:
+        raise InputError(path, f"axis names {axes!r} do not match its shape {shape_txt}")
+    if len(set(axes)) != len(axes) and all(a in "TCZYX" for a in axes):
+        raise InputError(path, f"has repeated axis names {axes!r}")
+    # samples (RGB) are channels
+    if "S" in axes:
+        if "C" in axes and shape[axes.index("C")] > 1 and shape[axes.index("S")] > 1:
+            raise InputError(
+                path, f"has both channels and samples per pixel (axes {axes!r}); "
+                "cannot tell which to use"
+            )
+        if "C" in axes:
+            # keep the larger of the two as the channel axis, drop the singleton
+            ci, si = axes.index("C"), axes.index("S")
+            drop = si if shape[si] == 1 else ci
+            arr = arr[tuple(0 if i == drop else slice(None) for i in range(arr.ndim))]
+            axes = axes[:drop] + axes[drop + 1:]
+            shape = shape[:drop] + shape[drop + 1:]
+        axes = axes.replace("S", "C")
+
+    # drop singleton axes other than Y, X, C (C kept to validate `channel`)
+    keep = [i for i, (a, n) in enumerate(zip(axes, shape)) if n > 1 or a in "YXC"]
+    if len(keep) != len(axes):
+        arr = arr[tuple(slice(None) if i in keep else 0 for i in range(len(axes)))]
+        axes = "".join(axes[i] for i in keep)
+        shape = tuple(shape[i] for i in keep)
+
+    unknown = [a for a in axes if a not in "TCZYX"]
+    if unknown:
+        if len(axes) == 3 and axes[1:] == "YX":
+            axes = "Z" + axes[1:]
+        elif len(axes) == 2 and not axes_known:
+            axes = "YX"
+        elif not axes_known:
+            raise InputError(
+                path,
+                f"is a {len(shape)}-D array (shape {shape_txt}) without axis names; "
+                "it cannot be interpreted (which axis is Z, C or T?). Allowed: 2-D "
+                "YX, 3-D ZYX, or 4-D/5-D with axis names in the metadata "
+                "(OME-TIFF, ImageJ hyperstack, OME-Zarr)",
+            )
+        else:
+            raise InputError(
+                path,
+                f"has axis order {orig_axes!r} (shape {shape_txt}); it cannot be "
+                f"interpreted (unknown axes {''.join(unknown)!r}). Allowed axes: "
+                "T (one time point), C (channels), Z, Y, X; save the stack as an "
+                "ImageJ hyperstack or OME-TIFF with named axes",
+            )
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(path, f"has axis order {axes!r} without both Y and X axes")
+
+    if "T" in axes:
+        n_t = shape[axes.index("T")]
+        raise InputError(
+            path,
+            f"has {n_t} time points (axis order {axes!r}); selfres restores one "
+            "3-D stack: extract a single time point first",
+        )
+    if "C" in axes:
+        ci = axes.index("C")
+        n_c = shape[ci]
+        if channel is None and n_c > 1:
+            raise InputError(
+                path,
+                f"has {n_c} channels; choose one with channel=0..{n_c - 1} "
+                "(sample sheet column 'channel')",
+            )
+        c = 0 if channel is None else channel
+        if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 0 <= c < n_c:
+            raise InputError(
+                path,
+                f"channel {channel!r} is out of range: the file has {n_c} "
+                f"channel{'s' if n_c > 1 else ''} (allowed 0..{n_c - 1})",
+            )
+        arr = arr[tuple(int(c) if i == ci else slice(None) for i in range(len(axes)))]
+        axes = axes.replace("C", "")
+    elif channel not in (None, 0):
+        raise InputError(
+            path, f"channel {channel!r} is out of range: the file has 1 channel (allowed 0)"
+        )
+
+    if "Z" not in axes:
+        arr = arr[None]
+        axes = "Z" + axes
+    order = [axes.index(a) for a in "ZYX"]
+    if order != [0, 1, 2]:
+        arr = arr.transpose(order)
+    return arr
+
+
+def _finish(path: str, arr, *, lazy: bool) -> tuple[Any, np.dtype]:
+    """Convert to float32 (numpy or dask) and check finiteness when eager."""
+    dtype = _check_dtype(path, arr.dtype)
+    if lazy:
+        if not isinstance(arr, da.Array):
+            arr = da.asarray(arr)
+        return arr.astype(np.float32), dtype
+    if isinstance(arr, da.Array):
+        try:
+            arr = arr.compute()
+        except Exception as exc:  # noqa: BLE001 - library errors become InputError
+            raise InputError(path, f"cannot read its data ({_describe(exc)})") from exc
+    data = np.ascontiguousarray(arr, dtype=np.float32)
+    if dtype.kind == "f":
+        n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        if n_bad:
+            n_nan = int(np.count_nonzero(np.isnan(data)))
+            raise InputError(
+                path,
+                f"contains {n_bad} non-finite voxels ({n_nan} NaN, {n_bad - n_nan} "
+                f"Inf) out of {data.size}; replace them (e.g. by 0) before restoring",
+            )
+    return data, dtype
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _check_exists(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(path, "does not exist (no such file or store)")
+    if p.is_file() and p.stat().st_size == 0:
+        raise InputError(path, "is empty (0 bytes)")
+    return p
+
+
+def _kind(path: str) -> str:
+    """``"tiff"`` or ``"zarr"``; raises for anything else."""
+    p = _check_exists(path)
+    if p.is_dir():
+        if any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray")):
+            return "zarr"
+        raise InputError(
+            path,
+            "is a directory but not a Zarr store (no zarr.json, .zgroup or .zarray); "
+            "allowed: a TIFF/OME-TIFF file or a Zarr/OME-Zarr store",
+        )
+    with open(p, "rb") as fh:
+        head = fh.read(4)
+    if head in _TIFF_MAGIC:
+        return "tiff"
+    raise InputError(
+        path,
+        "is not a TIFF file (unrecognised header) nor a Zarr store; allowed: a "
+        "TIFF/OME-TIFF file or a Zarr/OME-Zarr directory",
+    )
+
+
+# --------------------------------------------------------------------------- #
+# TIFF
+# --------------------------------------------------------------------------- #
+
+
+class _LogCapture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - trivial
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _tiff_log() -> Iterator[_LogCapture]:
+    logger = logging.getLogger("tifffile")
+    handler = _LogCapture()
+    old_propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = old_propagate
+
+
+_CORRUPT_HINTS = ("invalid page offset", "failed to reshape", "corrupt", "truncat")
+
+
+def _tiff_integrity(path: str, tif, series, log: _LogCapture) -> None:
+    for msg in log.messages:
+        if any(h in msg.lower() for h in _CORRUPT_HINTS):
+            raise InputError(path, f"is truncated or corrupt (tifffile: {msg.strip()})")
+    size = os.path.getsize(path)
+    end = 0
+    offset = getattr(series, "dataoffset", None)
+    if offset is not None:
+        end = int(offset) + int(series.nbytes)
+    else:
+        for page in series.pages:
+            if page is None:
+                raise InputError(path, "is truncated or corrupt (a TIFF page is missing)")
+            for o, n in zip(page.dataoffsets, page.databytecounts):
+                end = max(end, int(o) + int(n))
+    if end > size:
+        raise InputError(
+            path,
+            f"is truncated: its data should end at byte {end} but the file has "
+            f"{size} bytes",
+        )
+
+
+def _tiff_voxel(tif, nz: int) -> tuple[float, float, float] | None:
+    # OME-TIFF
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            root = ET.fromstring(tif.ome_metadata)
+        except ET.ParseError:
+            root = None
+        if root is not None:
+            pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+            if pixels is not None:
+                sizes = []
+                for ax in "ZYX":
+                    val = pixels.get(f"PhysicalSize{ax}")
+                    fac = _unit_factor(pixels.get(f"PhysicalSize{ax}Unit", "µm"))
+                    sizes.append(float(val) * fac if val is not None and fac else None)
+                vox = _make_voxel(*sizes, nz)
+                if vox is not None:
+                    return vox
+    # ImageJ (or a plain TIFF with a physical resolution unit)
+    page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+    tags = page.tags
+    ij = tif.imagej_metadata or {}
+    fac = None
+    if tif.is_imagej:
+        fac = _unit_factor(ij.get("unit"))
+    elif "ResolutionUnit" in tags:
+        # TIFF ResolutionUnit: 3 = centimetre; tifffile also writes 4 = mm, 5 = µm
+        fac = {3: 1e4, 4: 1e3, 5: 1.0}.get(int(tags["ResolutionUnit"].value))
+    if fac is None:
+        return None
+
+    def _res(name: str) -> float | None:
+        if name not in tags:
+            return None
+        num, den = tags[name].value
+        if not num or not den:
+            return None
+        return float(den) / float(num) * fac
+
+    z = ij.get("spacing")
+    z = float(z) * fac if z is not None else None
+    return _make_voxel(z, _res("YResolution"), _res("XResolution"), nz)
+
+
+def _open_tiff(path: str):
+    import tifffile
+
+    try:
+        return tifffile.TiffFile(path)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"cannot be read as TIFF ({_describe(exc)})") from exc
+
+
+def _tiff_series(path: str, tif):
+    try:
+        series = tif.series[0]
+        _ = series.axes, series.shape, series.dtype
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"is a corrupt TIFF ({_describe(exc)})") from exc
+    return series
+
+
+def _read_tiff(path: str, *, channel: int | None, lazy: bool) -> Volume:
+    import tifffile
+
+    with _tiff_log() as log:
+        tif = _open_tiff(path)
+        try:
+            series = _tiff_series(path, tif)
+            _tiff_integrity(path, tif, series, log)
+            _check_dtype(path, series.dtype)
+            axes = series.axes
+            try:
+                if lazy:
+                    store = tifffile.imread(path, aszarr=True, series=0)
+                    arr = da.from_zarr(zarr.open_array(store, mode="r"))
+                else:
+                    arr = series.asarray()
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(path, f"is truncated or corrupt ({_describe(exc)})") from exc
+            # a shaped series may silently lose planes when IFDs are broken
+            if tuple(arr.shape) != tuple(series.shape):
+                raise InputError(path, "is truncated or corrupt (fewer planes than declared)")
+            _tiff_integrity(path, tif, series, log)
+            data = _to_zyx(arr, axes, channel=channel, path=path, axes_known=True)
+            vox = _tiff_voxel(tif, int(data.shape[0]))
+        finally:
+            tif.close()
+    data, dtype = _finish(path, data, lazy=lazy)
+    return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs={})
+
+
+def _tiff_voxel_only(path: str) -> tuple[float, float, float] | None:
+    with _tiff_log():
+        tif = _open_tiff(path)
+        try:
+            series = _tiff_series(path, tif)
+            axes, shape = series.axes.upper(), series.shape
+            nz = shape[axes.index("Z")] if "Z" in axes else (
+                shape[0] if len(shape) == 3 and axes[0] not in "TCS" else 1
+            )
+            return _tiff_voxel(tif, int(nz))
+        finally:
+            tif.close()
+
+
+# --------------------------------------------------------------------------- #
+# Zarr / OME-Zarr
+# --------------------------------------------------------------------------- #
+
+
+def _open_zarr(path: str, *, mode: str = "r"):
+    try:
+        return zarr.open(path, mode=mode)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(path, f"is a corrupt Zarr store ({_describe(exc)})") from exc
+
+
+def _ome_attrs(group) -> dict:
+    attrs = dict(group.attrs)
+    return dict(attrs["ome"]) if isinstance(attrs.get("ome"), Mapping) else attrs
+
+
+def _multiscale(path: str, group) -> dict:
+    ome = _ome_attrs(group)
+    ms = ome.get("multiscales")
+    if not ms or not isinstance(ms, list) or not isinstance(ms[0], Mapping):
+        names = sorted(group.array_keys())
+        raise InputError(
+            path,
+            "is a Zarr group without OME-Zarr 'multiscales' metadata "
+            f"(arrays in it: {names or 'none'}); give the path of the array itself "
+            "or an OME-Zarr image",
+        )
+    return ms[0]
+
+
+def _axes_letters(path: str, axes) -> tuple[str, list[str | None]]:
+    letters, units = "", []
+    for ax in axes:
+        if isinstance(ax, str):
+            name, typ, unit = ax, None, None
+        else:
+            name, typ, unit = ax.get("name", ""), ax.get("type"), ax.get("unit")
+        name_l = str(name).lower()
+        if typ == "time" or name_l == "t":
+            letters += "T"
+        elif typ == "channel" or name_l == "c":
+            letters += "C"
+        elif name_l in ("z", "y", "x"):
+            letters += name_l.upper()
+        else:
+            letters += "?"
+        units.append(unit)
+    if "?" in letters:
+        names = [a if isinstance(a, str) else a.get("name") for a in axes]
+        raise InputError(
+            path,
+            f"has OME-Zarr axes {names} which cannot be interpreted; allowed axis "
+            "names: t, c, z, y, x",
+        )
+    return letters, units
+
+
+def _level_scale(ms: Mapping, level: int, ndim: int) -> list[float] | None:
+    def _scale(transforms) -> list[float] | None:
+        for t in transforms or []:
+            if t.get("type") == "scale" and "scale" in t:
+                return [float(v) for v in t["scale"]]
+        return None
+
+    ds_scale = _scale(ms["datasets"][level].get("coordinateTransformations"))
+    glob = _scale(ms.get("coordinateTransformations"))
+    if ds_scale is None and glob is None:
+        return None
+    s = ds_scale or [1.0] * ndim
+    if glob is not None and len(glob) == len(s):
+        s = [a * b for a, b in zip(s, glob)]
+    return s
+
+
+def _ome_zarr_level(path: str, group, level: int):
+    """Return (zarr array, axes letters, voxel size) of one OME-Zarr level."""
+    ms = _multiscale(path, group)
+    datasets = ms.get("datasets") or []
+    if not isinstance(level, (int, np.integer)) or not 0 <= level < len(datasets):
+        raise InputError(
+            path,
+            f"level {level!r} does not exist: the pyramid has {len(datasets)} "
+            f"level{'s' if len(datasets) != 1 else ''} (allowed 0..{len(datasets) - 1})",
+        )
+    try:
+        arr = group[datasets[level]["path"]]
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(
+            path, f"pyramid level {level} cannot be opened ({_describe(exc)})"
+        ) from exc
+    axes = ms.get("axes")
+    if axes is None:  # NGFF 0.1/0.2: always tczyx
+        axes = list("tczyx")[-arr.ndim:]
+    letters, units = _axes_letters(path, axes)
+    if len(letters) != arr.ndim:
+        raise InputError(
+            path, f"declares {len(letters)} axes but level {level} is {arr.ndim}-D"
+        )
+    scale = _level_scale(ms, level, arr.ndim)
+    sizes: dict[str, float | None] = {}
+    for ax in "ZYX":
+        if ax not in letters or scale is None:
+            sizes[ax] = None
+            continue
+        i = letters.index(ax)
+        unit = units[i]
+        if unit is None:
+            # no unit: micrometres unless the scale is plain pixel steps
+            fac = None if all(v == 1.0 for v in scale) else 1.0
+        else:
+            fac = _unit_factor(unit)
+        sizes[ax] = scale[i] * fac if fac is not None else None
+    nz = arr.shape[letters.index("Z")] if "Z" in letters else 1
+    vox = _make_voxel(sizes["Z"], sizes["Y"], sizes["X"], int(nz))
+    return arr, letters, vox
+
+
+def _plain_zarr_axes(arr) -> tuple[str, bool]:
+    names = getattr(arr.metadata, "dimension_names", None)
+    if not names:
+        names = arr.attrs.get("_ARRAY_DIMENSIONS")
+    if names and len(names) == arr.ndim and all(n for n in names):
+        letters = ""
+        for n in names:
+            n = str(n).lower()
+            letters += {"t": "T", "time": "T", "c": "C", "channel": "C"}.get(
+                n, n.upper() if n in ("z", "y", "x") else "?"
+            )
+        return letters, True
+    return "?" * arr.ndim, False
+
+
+def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
+               require_ome: bool = False) -> Volume:
+    node = _open_zarr(path)
+    if isinstance(node, zarr.Group):
+        arr, letters, vox = _ome_zarr_level(path, node, level)
+        attrs = dict(node.attrs.get(ATTRS_KEY, {}) or {})
+        known = True
+    else:
+        if require_ome:
+            raise InputError(path, "is a plain Zarr array, not an OME-Zarr image")
+        arr, attrs = node, {k: v for k, v in node.attrs.items() if k != "_ARRAY_DIMENSIONS"}
+        letters, known = _plain_zarr_axes(arr)
+        vox = None
+    _check_dtype(path, arr.dtype)
+    darr = da.from_zarr(arr)
+    data = _to_zyx(darr, letters, channel=channel, path=path, axes_known=known)
+    data, dtype = _finish(path, data, lazy=lazy)
+    if vox is not None and not known:
+        vox = None
+    return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs=attrs)
+
+
+# --------------------------------------------------------------------------- #
+# public readers
+# --------------------------------------------------------------------------- #
+
+
+def read_volume(path: str | os.PathLike, *, channel: int | None = None,
+                lazy: bool = False) -> Volume:
+    """Read a TIFF / OME-TIFF file or a Zarr / OME-Zarr store as a ZYX volume.
+
+    Parameters
+    ----------
+    path
+        TIFF or OME-TIFF file, plain Zarr array, or OME-Zarr image (level 0 is read).
+    channel
+        Channel index; required when the file has more than one channel.
+    lazy
+        Return a dask array instead of reading everything (no finiteness check).
+
+    Returns
+    -------
+    Volume
+        ``data`` is ``float32`` ZYX; a 2-D image becomes shape ``(1, Y, X)``.
+        ``voxel_size`` comes from OME metadata, ImageJ metadata (``spacing`` and the
+        X/YResolution tags) or OME-Zarr ``coordinateTransformations``, in µm.
+
+    Raises
+    ------
+    InputError
+        Missing, empty, truncated or corrupt file; unsupported dtype (bool, complex,
+        object); axes that cannot be interpreted; several time points; a missing or
+        out-of-range ``channel``; NaN/Inf voxels (eager reads only).
+    """
+    path = os.fspath(path)
+    if _kind(path) == "tiff":
+        return _read_tiff(path, channel=channel, lazy=lazy)
+    return _read_zarr(path, channel=channel, lazy=lazy)
+
+
+def read_voxel_size(path: str | os.PathLike) -> tuple[float, float, float] | None:
+    """Voxel size ``(z, y, x)`` in µm from a file's metadata, without its data.
+
+    Parameters
+    ----------
+    path
+        TIFF / OME-TIFF file or Zarr / OME-Zarr store.
+
+    Returns
+    -------
+    tuple of float or None
+        ``None`` when the metadata does not give a complete physical voxel size.
+    """
+    path = os.fspath(path)
+    if _kind(path) == "tiff":
+        return _tiff_voxel_only(path)
+    node = _open_zarr(path)
+    if isinstance(node, zarr.Group):
+        return _ome_zarr_level(path, node, 0)[2]
+    return None
+
+
+def read_ome_zarr(path: str | os.PathLike, *, level: int = 0,
+                  lazy: bool = False) -> Volume:
+    """Read one level of an OME-Zarr image.
+
+    Parameters
+    ----------
+    path
+        OME-Zarr image (NGFF 0.4 or 0.5).
+    level
+        Pyramid level (0 = full resolution).
+    lazy
+        Return a dask array instead of reading everything.
+
+    Returns
+    -------
+    Volume
+        ``float32`` ZYX data, the level's voxel size, and ``attrs`` = the custom
+        ``"selfres"`` attributes of the image (empty dict when absent).
+    """
+    path = os.fspath(path)
+    _check_exists(path)
+    return _read_zarr(path, channel=None, lazy=lazy, level=level, require_ome=True)
+
+
+def open_ome_zarr_array(path: str | os.PathLike, *, level: int = 0, mode: str = "r"):
+    """Open the zarr array of one level of an OME-Zarr image.
+
+    Parameters
+    ----------
+    path
+        OME-Zarr image.
+    level
+        Pyramid level.
+    mode
+        ``"r"`` (read only) or ``"r+"`` (write into the existing array).
+
+    Returns
+    -------
+    zarr.Array
+    """
+    if mode not in ("r", "r+"):
+        raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
+    path = os.fspath(path)
+    _check_exists(path)
+    node = _open_zarr(path, mode=mode)
+    if not isinstance(node, zarr.Group):
+        raise InputError(path, "is a plain Zarr array, not an OME-Zarr image")
+    return _ome_zarr_level(path, node, level)[0]
+
+
+# --------------------------------------------------------------------------- #
+# writing
+# --------------------------------------------------------------------------- #
+
+
+def default_chunks(shape: Sequence[int]) -> tuple[int, int, int]:
+    """Default chunk shape ``(min(z, 32), 256, 256)`` clipped to ``shape``."""
+    z, y, x = (int(n) for n in shape)
+    return (max(1, min(z, 32)), max(1, min(y, 256)), max(1, min(x, 256)))
+
+
+def _check_voxel(voxel_size) -> tuple[float, float, float] | None:
+    if voxel_size is None:
+        return None
+    try:
+        vox = tuple(float(v) for v in voxel_size)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"voxel_size must be (z, y, x) positive numbers in µm or None, got {voxel_size!r}"
+        ) from None
+    if len(vox) != 3 or not all(math.isfinite(v) and v > 0 for v in vox):
+        raise ValueError(
+            f"voxel_size must be (z, y, x) positive numbers in µm or None, got {voxel_size!r}"
+        )
+    return vox
+
+
+def _check_ngff(ngff_version: str) -> int:
+    if ngff_version not in NGFF_VERSIONS:
+        raise ValueError(
+            f"ngff_version must be one of {sorted(NGFF_VERSIONS)}, got {ngff_version!r}"
+        )
+    return NGFF_VERSIONS[ngff_version]
+
+
+def _check_chunks(chunks, shape) -> tuple[int, int, int]:
+    if chunks is None:
+        return default_chunks(shape)
+    try:
+        c = tuple(int(v) for v in chunks)
+    except (TypeError, ValueError):
+        c = ()
+    if len(c) != 3 or min(c) < 1:
+        raise ValueError(f"chunks must be 3 positive integers (z, y, x), got {chunks!r}")
+    return tuple(min(ci, max(1, n)) for ci, n in zip(c, shape))
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Write to a temporary sibling of ``path`` and move it into place on success.
+
+    Parameters
+    ----------
+    path
+        Final file or directory. An existing one is replaced only once the new
+        output is complete; on any error the temporary output is deleted and
+        ``path`` is left as it was.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary path to write (does not exist yet).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    tmp = final.with_name(f".{final.name}.tmp-{token}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written to the temporary path {tmp}")
+        old = None
+        if final.exists() or final.is_symlink():
+            old = final.with_name(f".{final.name}.old-{token}")
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.replace(old, final)
+            raise
+        if old is not None:
+            _remove(old)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def create_ome_zarr(path: str | os.PathLike, *, shape: Sequence[int], dtype,
+                    voxel_size, chunks: Sequence[int] | None,
+                    ngff_version: str = "0.4",
+                    shards: Sequence[int] | None = None) -> zarr.Array:
+    """Create an OME-Zarr group with an empty level-0 array ``"0"`` (fill value 0).
+
+    No multiscale metadata is written yet: fill the array, then call
+    :func:`finalize_ome_zarr`.
+
+    Parameters
+    ----------
+    path
+        Store to create. An existing Zarr store there is replaced; any other
+        existing path is refused.
+    shape
+        ``(z, y, x)``.
+    dtype
+        Voxel dtype (integer or floating point).
+    voxel_size
+        ``(z, y, x)`` in µm, or ``None``; validated here, written by
+        :func:`finalize_ome_zarr`.
+    chunks
+        Chunk shape ``(z, y, x)``, or ``None`` for :func:`default_chunks`.
+    ngff_version
+        ``"0.4"`` (Zarr v2, read by Fiji/BigDataViewer) or ``"0.5"`` (Zarr v3).
+    shards
+        Shard shape (Zarr v3 / NGFF 0.5 only), a multiple of ``chunks``.
+
+    Returns
+    -------
+    zarr.Array
+        The level-0 array, open for writing.
+    """
+    zarr_format = _check_ngff(ngff_version)
+    _check_voxel(voxel_size)
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"shape must be 3 positive integers (z, y, x), got {shape!r}")
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "iuf":
+        raise ValueError(f"dtype must be an integer or floating-point type, got {dtype}")
+    chunks = _check_chunks(chunks, shape)
+    if shards is not None and zarr_format == 2:
+        raise ValueError("shards need ngff_version='0.5' (Zarr v3); got ngff_version='0.4'")
+    p = Path(path)
+    if p.exists() and not (p.is_dir() and any(
+        (p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray")
+    )):
+        raise FileExistsError(f"{p} exists and is not a Zarr store; refusing to overwrite it")
+    group = zarr.open_group(str(p), mode="w", zarr_format=zarr_format)
+    kwargs: dict[str, Any] = {}
+    if zarr_format == 2:
+        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+    else:
+        kwargs["dimension_names"] = ("z", "y", "x")
+        if shards is not None:
+            kwargs["shards"] = tuple(int(s) for s in shards)
+    return group.create_array(
+        "0", shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **kwargs
+    )
+
+
+def _plan_levels(shape, voxel, max_levels) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+    """Per extra level: (factor relative to the previous level, shape)."""
+    vz, vy, vx = voxel if voxel is not None else (1.0, 1.0, 1.0)
+    plan = []
+    cur = tuple(shape)
+    limit = math.inf if max_levels is None else max_levels - 1
+    while len(plan) < limit:
+        fz = 2 if (vz <= max(vy, vx) and cur[0] >= 2) else 1
+        nxt = (cur[0] // fz, cur[1] // 2, cur[2] // 2)
+        if min(nxt[1], nxt[2]) < MIN_LATERAL_SIZE:
+            break
+        plan.append(((fz, 2, 2), nxt))
+        cur = nxt
+        vz, vy, vx = vz * fz, vy * 2, vx * 2
+    return plan
+
+
+def _block_mean(block: np.ndarray, *, factors: tuple[int, int, int], out_dtype) -> np.ndarray:
+    fz, fy, fx = factors
+    z, y, x = block.shape
+    m = block.reshape(z // fz, fz, y // fy, fy, x // fx, fx).mean(
+        axis=(1, 3, 5), dtype=np.float64
+    )
+    out_dtype = np.dtype(out_dtype)
+    if out_dtype.kind in "iu":
+        info = np.iinfo(out_dtype)
+        m = np.clip(np.rint(m), info.min, info.max)
+    return m.astype(out_dtype)
+
+
+def _downsample(src: da.Array, factors, out_shape, out_chunks, dtype) -> da.Array:
+    crop = tuple(slice(0, n * f) for n, f in zip(out_shape, factors))
+    src = src[crop].rechunk(tuple(c * f for c, f in zip(out_chunks, factors)))
+    out_blocks = tuple(tuple(c // f for c in cs) for cs, f in zip(src.chunks, factors))
+    return src.map_blocks(
+        _block_mean, factors=tuple(factors), out_dtype=dtype, dtype=dtype, chunks=out_blocks,
+        meta=np.empty((0, 0, 0), dtype=dtype),
+    )
+
+
+def _window(sample: np.ndarray, dtype, contrast_limits) -> dict[str, float]:
+    dtype = np.dtype(dtype)
+    sample = np.asarray(sample, dtype=np.float64).ravel()
+    sample = sample[np.isfinite(sample)]
+    lo_v, hi_v = (float(sample.min()), float(sample.max())) if sample.size else (0.0, 1.0)
+    if contrast_limits is not None:
+        start, end = (float(v) for v in contrast_limits)
+    elif sample.size:
+        start, end = (float(v) for v in np.percentile(sample, WINDOW_PERCENTILES))
+    else:
+        start, end = 0.0, 1.0
+    if end <= start:
+        end = start + 1.0
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        lo, hi = float(info.min), float(info.max)
+    else:
+        lo, hi = min(lo_v, start), max(hi_v, end)
+    return {"min": lo, "max": hi, "start": start, "end": end}
+
+
+def _subsample_view(arr: da.Array) -> da.Array:
+    n = int(np.prod(arr.shape))
+    step = max(1, int(math.ceil((n / _SUBSAMPLE_VOXELS) ** (1.0 / 3.0))))
+    return arr[:: min(step, arr.shape[0]) or 1, ::step, ::step]
+
+
+def _json_safe(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str = "0.4",
+                      contrast_limits: Sequence[float] | None = None,
+                      attrs: Mapping[str, Any] | None = None,
+                      max_levels: int | None = None, name: str | None = None) -> None:
+    """Build the pyramid from level 0 and write the OME-Zarr metadata.
+
+    Each level halves y and x; z is halved only when the previous level's z voxel
+    size is at most its xy voxel size. Levels stop before the smaller lateral side
+    would drop below 64 voxels, or at ``max_levels`` levels in all. Levels are
+    block means computed chunk by chunk with dask (level ``k`` from level
+    ``k - 1``). Each level gets ``scale`` (µm) and ``translation = (scale_k -
+    scale_0) / 2``, the half-pixel-centre position of block means.
+
+    Parameters
+    ----------
+    path
+        Store made by :func:`create_ome_zarr` whose array ``"0"`` is filled.
+    voxel_size
+        ``(z, y, x)`` of level 0 in µm, or ``None`` (then scales are in voxels and
+        the axes carry no unit).
+    ngff_version
+        Must match the one given to :func:`create_ome_zarr`.
+    contrast_limits
+        ``(start, end)`` display window; default: 0.1 / 99.9 percentiles of a
+        subsample of level 0.
+    attrs
+        JSON-serialisable custom attributes, stored under ``"selfres"``.
+    max_levels
+        Most levels in all (``>= 1``); ``None`` = until the 64-voxel limit.
+    name
+        Image name in the metadata (default: the store's file name).
+    """
+    from ome_zarr.format import FormatV04, FormatV05
+    from ome_zarr.writer import write_multiscales_metadata
+
+    zarr_format = _check_ngff(ngff_version)
+    vox = _check_voxel(voxel_size)
+    if max_levels is not None and (not isinstance(max_levels, int) or max_levels < 1):
+        raise ValueError(f"max_levels must be an integer >= 1 or None, got {max_levels!r}")
+    if contrast_limits is not None and len(contrast_limits) != 2:
+        raise ValueError(f"contrast_limits must be (start, end), got {contrast_limits!r}")
+    p = Path(path)
+    group = zarr.open_group(str(p), mode="r+", zarr_format=zarr_format)
+    level0 = group["0"]
+    dtype = level0.dtype
+    for key in list(group.array_keys()):  # re-finalising: rebuild lower levels
+        if key != "0":
+            del group[key]
+
+    plan = _plan_levels(level0.shape, vox, max_levels)
+    src = da.from_zarr(level0)
+    sample_view = _subsample_view(src)
+    sample = None
+    prev = level0
+    base = vox if vox is not None else (1.0, 1.0, 1.0)
+    scales = [base]
+    kwargs: dict[str, Any] = {}
+    if zarr_format == 2:
+        kwargs["chunk_key_encoding"] = {"name": "v2", "separator": "/"}
+    else:
+        kwargs["dimension_names"] = ("z", "y", "x")
+    for k, (factors, shape) in enumerate(plan, start=1):
+        chunks = tuple(min(c, n) for c, n in zip(level0.chunks, shape))
+        out = group.create_array(
+            str(k), shape=shape, dtype=dtype, chunks=chunks, fill_value=0, **kwargs
+        )
+        lazy_level = _downsample(
+            src if k == 1 else da.from_zarr(prev), factors, shape, chunks, dtype
+        )
+        task = da.store(lazy_level, out, lock=False, compute=False)
+        if k == 1:  # read level 0 once for both level 1 and the sample
+            _, sample = dask.compute(task, sample_view)
+        else:
+            dask.compute(task)
+        prev = out
+        scales.append(tuple(s * f for s, f in zip(scales[-1], factors)))
+    if sample is None:
+        sample = sample_view.compute()
+
+    datasets = [
+        {
+            "path": str(k),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [float(v) for v in s]},
+                {"type": "translation",
+                 "translation": [float((a - b) / 2.0) for a, b in zip(s, base)]},
+            ],
+        }
+        for k, s in enumerate(scales)
+    ]
+    unit = {"unit": "micrometer"} if vox is not None else {}
+    axes = [{"name": n, "type": "space", **unit} for n in "zyx"]
+    label = name or p.name.split(".")[0] or "image"
+    omero = {
+        "channels": [{
+            "label": label, "color": "FFFFFF", "active": True,
+            "window": _window(sample, dtype, contrast_limits),
+        }],
+        "rdefs": {"model": "greyscale"},
+    }
+    fmt = FormatV04() if zarr_format == 2 else FormatV05()
+    # start from clean attributes so re-finalising does not keep stale keys
+    group.attrs.clear()
+    write_multiscales_metadata(
+        group, datasets, fmt=fmt, axes=axes, name=label, metadata={"omero": omero}
+    )
+    group.attrs[ATTRS_KEY] = _json_safe(dict(attrs or {}))
+
+
+def write_ome_zarr(path: str | os.PathLike, data, *, voxel_size,
+                   ngff_version: str = "0.4", chunks: Sequence[int] | None = None,
+                   max_levels: int | None = None,
+                   contrast_limits: Sequence[float] | None = None,
+                   attrs: Mapping[str, Any] | None = None,
+                   name: str | None = None) -> None:
+    """Write a ZYX volume as an OME-Zarr image with a z-aware pyramid, atomically.
+
+    Parameters
+    ----------
+    path
+        Output store (``*.ome.zarr``); replaced only once the new one is complete.
+    data
+        2-D (YX) or 3-D (ZYX) numpy or dask array, integer or floating point; the
+        dtype is kept.
+    voxel_size
+        ``(z, y, x)`` in µm, or ``None`` when unknown.
+    ngff_version
+        ``"0.4"`` (Zarr v2; Fiji/BigDataViewer) or ``"0.5"`` (Zarr v3).
+    chunks
+        Chunk shape, default :func:`default_chunks`.
+    max_levels
+        Most pyramid levels in all; see :func:`finalize_ome_zarr`.
+    contrast_limits
+        ``(start, end)`` display window hint (``omero``).
+    attrs
+        Custom attributes stored under ``"selfres"``.
+    name
+        Image name in the metadata.
+    """
+    if isinstance(data, zarr.Array):
+        data = da.from_zarr(data)
+    elif not isinstance(data, da.Array):
+        data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        raise ValueError(f"data must be 2-D (YX) or 3-D (ZYX), got shape {tuple(data.shape)}")
+    if np.dtype(data.dtype).kind not in "iuf":
+        raise ValueError(f"data must be integer or floating point, got dtype {data.dtype}")
+    _check_ngff(ngff_version)
+    _check_voxel(voxel_size)
+    with atomic_output(path) as tmp:
+        arr = create_ome_zarr(
+            tmp, shape=data.shape, dtype=data.dtype, voxel_size=voxel_size,
+            chunks=chunks, ngff_version=ngff_version,
+        )
+        if isinstance(data, da.Array):
+            da.store(data.rechunk(arr.chunks), arr, lock=False)
+        else:
+            arr[...] = data
+        finalize_ome_zarr(
+            tmp, voxel_size=voxel_size, ngff_version=ngff_version,
+            contrast_limits=contrast_limits, attrs=attrs, max_levels=max_levels,
+            name=name or Path(path).name.split(".")[0],
+        )
+
+
+def file_checksum(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a directory store (sorted relative paths + contents).
+
+    Parameters
+    ----------
+    path
+        File or directory.
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(p, "does not exist (no such file or store)")
+    h = hashlib.sha256()
+
+    def _feed(f: Path) -> None:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+
+    if p.is_file():
+        _feed(p)
+        return h.hexdigest()
+    files = sorted(
+        (f for f in p.rglob("*") if f.is_file()), key=lambda f: f.relative_to(p).as_posix()
+    )
+    for f in files:
+        rel = f.relative_to(p).as_posix().encode()
+        h.update(len(rel).to_bytes(8, "little"))
+        h.update(rel)
+        h.update(f.stat().st_size.to_bytes(8, "little"))
+        _feed(f)
+    return h.hexdigest()

@@ -1,0 +1,632 @@
+"""Network factory, model folders (safetensors + JSON) and device helpers.
+
+Enhance models (Self-Vision mode) map a low-resolution batch ``(B, 1, Z, Y, X)`` to
+``(B, 1, Z·fz, Y·fy, X·fx)``; factors may be 1 on any axis. 2-D data is passed as
+``Z = 1`` (or as ``(B, 1, Y, X)``, which is given a z axis of length 1); with
+``dims=2`` every kernel has size 1 along z, so slices never mix.
+
+Residual learning: ``out = base(x) + body(x)`` where ``base`` is the project's
+Keys-cubic ("tricubic", :func:`selfres.degrade.upscale_cubic`) or trilinear
+interpolation, always computed in float32 even under autocast. The body's last
+convolution starts at zero, so an untrained model *is* the interpolation.
+
+The isotropic model (Self-Net mode, ``"iso2d"``) is a 2-D residual CNN
+``(B, 1, H, W) -> (B, 1, H, W)``, ``out = x + body(x)``.
+
+Every model has ``.halo``: input voxels needed on each side, per axis, for tiled
+inference to be exact. It is computed from the layers (sum of conv radii at low
+resolution, plus the high-resolution conv radii divided by the factor, rounded up;
+at least the interpolation's reach: 2 voxels for cubic, 1 for linear).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfres.errors import ConfigError, InputError
+
+__all__ = [
+    "ARCHS",
+    "ModelSpec",
+    "autocast_context",
+    "build_model",
+    "count_parameters",
+    "load_model",
+    "pixel_shuffle_nd",
+    "save_model",
+    "select_device",
+]
+
+ARCHS = ("svision_paper", "svision_mini", "resnet3d", "iso2d")
+_RESIDUALS = ("tricubic", "trilinear", "none", "identity")
+_WEIGHTS = "weights.safetensors"
+_JSON = "model.json"
+_FORMAT = "selfres-model"
+_FORMAT_VERSION = 1
+
+# Per-architecture defaults: the one place they live (None in ModelSpec -> these).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "svision_paper": {"width": 16, "depth": 4, "dims": 3, "residual": "tricubic",
+                      "factors": (2, 2, 2)},
+    "svision_mini": {"width": 16, "depth": 4, "dims": 3, "residual": "tricubic",
+                     "factors": (2, 2, 2)},
+    "resnet3d": {"width": 32, "depth": 4, "dims": 3, "residual": "tricubic",
+                 "factors": (2, 2, 2)},
+    "iso2d": {"width": 48, "depth": 6, "dims": 2, "residual": "identity",
+              "factors": (1, 1, 1)},
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture and hyper-parameters of a network (JSON-able).
+
+    Parameters
+    ----------
+    arch
+        ``"svision_paper"`` (Self-Vision paper text), ``"svision_mini"`` (the
+        authors' final code variant), ``"resnet3d"`` (selfres default: residual
+        blocks at low resolution) or ``"iso2d"`` (2-D net for isotropic mode).
+    factors
+        Integer upscaling factors ``(z, y, x)`` >= 1; ``(1, 1, 1)`` for ``iso2d``.
+        Default ``(2, 2, 2)`` for enhance models.
+    width
+        Feature channels (``resnet3d``: 32, ``iso2d``: 48). The ``svision_*``
+        architectures are fixed and ignore it.
+    depth
+        Residual blocks (``resnet3d``: 4, ``iso2d``: 6); ignored by ``svision_*``.
+    residual
+        Base added to the body's output: ``"tricubic"`` (default for enhance),
+        ``"trilinear"``, ``"none"``; ``iso2d`` always uses ``"identity"``.
+    dims
+        3 (default for enhance) or 2 (kernel size 1 along z; requires ``fz == 1``);
+        ``iso2d`` is always 2.
+
+    Notes
+    -----
+    Fields left at None are filled with the architecture's defaults on
+    construction, so a stored spec always holds explicit values.
+    """
+
+    arch: Literal["svision_paper", "svision_mini", "resnet3d", "iso2d"] = "resnet3d"
+    factors: tuple[int, int, int] | None = None
+    width: int | None = None
+    depth: int | None = None
+    residual: Literal["tricubic", "trilinear", "none", "identity"] | None = None
+    dims: Literal[2, 3] | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"model arch must be one of {', '.join(ARCHS)}; "
+                              f"received {self.arch!r}")
+        d = _DEFAULTS[self.arch]
+        for name in ("factors", "width", "depth", "residual", "dims"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, d[name])
+        try:
+            fs = tuple(self.factors)  # type: ignore[arg-type]
+        except TypeError:
+            fs = ()
+        if (len(fs) != 3 or any(isinstance(f, bool) or not isinstance(f, int) or f < 1
+                                for f in fs)):
+            raise ConfigError(f"model factors must be three integers >= 1 (z, y, x); "
+                              f"received {self.factors!r}")
+        object.__setattr__(self, "factors", fs)
+        for name, low in (("width", 1), ("depth", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ConfigError(f"model {name} must be an integer >= {low}; "
+                                  f"received {v!r}")
+        if self.dims not in (2, 3):
+            raise ConfigError(f"model dims must be 2 or 3; received {self.dims!r}")
+        if self.arch == "iso2d":
+            if fs != (1, 1, 1):
+                raise ConfigError(f"arch 'iso2d' keeps the image size: factors must be "
+                                  f"(1, 1, 1); received {fs}")
+            if self.residual != "identity" or self.dims != 2:
+                raise ConfigError(f"arch 'iso2d' needs residual 'identity' and dims 2; "
+                                  f"received residual={self.residual!r}, "
+                                  f"dims={self.dims!r}")
+        else:
+            if self.residual not in ("tricubic", "trilinear", "none"):
+                raise ConfigError(f"model residual must be one of tricubic, trilinear, "
+                                  f"none for arch {self.arch!r}; received "
+                                  f"{self.residual!r}")
+            if self.dims == 2 and fs[0] != 1:
+                raise ConfigError(f"model dims 2 needs a z factor of 1; received "
+                                  f"factors {fs}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-able dict (factors as a list)."""
+        d = asdict(self)
+        d["factors"] = list(self.factors)  # type: ignore[arg-type]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelSpec":
+        """Build a spec from :meth:`to_dict` output; unknown keys are refused."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a model spec must be a mapping; received "
+                              f"{type(data).__name__}")
+        allowed = {"arch", "factors", "width", "depth", "residual", "dims"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ConfigError(f"unknown model spec keys {unknown}; allowed: "
+                              f"{sorted(allowed)}")
+        kw = dict(data)
+        if isinstance(kw.get("factors"), list):
+            kw["factors"] = tuple(kw["factors"])
+        return cls(**kw)
+
+
+# ----------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------
+
+
+def _conv(cin: int, cout: int, k: int, dims: int, *, groups: int = 1,
+          dilation: int = 1) -> nn.Module:
+    """'same' Conv3d; kernel size 1 along z when ``dims == 2``."""
+    kz = 1 if dims == 2 else k
+    dz = 1 if dims == 2 else dilation
+    pad = ((kz - 1) // 2 * dz, (k - 1) // 2 * dilation, (k - 1) // 2 * dilation)
+    return nn.Conv3d(cin, cout, (kz, k, k), padding=pad, groups=groups,
+                     dilation=(dz, dilation, dilation))
+
+
+def _conv_radius(module: nn.Module, ndim: int) -> tuple[int, ...]:
+    """Sum of the conv radii of a chain (identity skips allowed), per axis."""
+    r = [0] * ndim
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            for i in range(ndim):
+                r[i] += (m.kernel_size[i] - 1) // 2 * m.dilation[i]
+    return tuple(r)
+
+
+def pixel_shuffle_nd(x: torch.Tensor, factors: tuple[int, int, int]) -> torch.Tensor:
+    """3-D sub-pixel shuffle with per-axis factors.
+
+    ``(B, C·fz·fy·fx, Z, Y, X) -> (B, C, Z·fz, Y·fy, X·fx)``.
+    """
+    b, c, z, y, xx = x.shape
+    fz, fy, fx = factors
+    r = fz * fy * fx
+    if c % r:
+        raise ValueError(f"pixel_shuffle_nd: {c} channels are not divisible by "
+                         f"fz·fy·fx = {r}")
+    x = x.reshape(b, c // r, fz, fy, fx, z, y, xx)
+    x = x.permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return x.reshape(b, c // r, z * fz, y * fy, xx * fx)
+
+
+class _PixelShuffle(nn.Module):
+    def __init__(self, factors: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.factors = factors
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pixel_shuffle_nd(x, self.factors)
+
+
+class _Nearest(nn.Module):
+    def __init__(self, factors: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.factors = factors
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for dim, f in zip((2, 3, 4), self.factors):
+            if f > 1:
+                x = x.repeat_interleave(f, dim=dim)
+        return x
+
+
+class _ResBlock(nn.Module):
+    """``x + scale · conv(PReLU(conv(x)))``."""
+
+    def __init__(self, width: int, dims: int, *, scale: float = 0.1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(_conv(width, width, 3, dims), nn.PReLU(width),
+                                  _conv(width, width, 3, dims))
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.body(x)
+
+
+class _Base(nn.Module):
+    """Interpolation added to the body's output (float32, autocast off)."""
+
+    def __init__(self, kind: str, factors: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.kind = kind
+        self.factors = factors
+
+    def reach(self) -> tuple[int, int, int]:
+        """Input voxels each side that one output voxel depends on, per axis."""
+        per = {"tricubic": 2, "trilinear": 1, "none": 0}[self.kind]
+        return tuple(per if f > 1 else 0 for f in self.factors)  # type: ignore[return-value]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.kind == "none":
+            return None
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            if self.kind == "tricubic":
+                from selfres.degrade import upscale_cubic
+
+                return upscale_cubic(x, self.factors)
+            size = tuple(n * f for n, f in zip(x.shape[2:], self.factors))
+            return F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
+class EnhanceNet(nn.Module):
+    """LR ``(B, 1, Z, Y, X)`` -> HR: ``base(x) + hr_body(up(lr_body(x)))``.
+
+    Parameters
+    ----------
+    lr_body
+        Layers at low resolution.
+    up
+        Upsampling module (pixel shuffle or nearest).
+    hr_body
+        Layers at high resolution; its last module is the output conv.
+    factors
+        ``(fz, fy, fx)``.
+    residual
+        ``"tricubic"``, ``"trilinear"`` or ``"none"``.
+    """
+
+    def __init__(self, lr_body: nn.Module, up: nn.Module, hr_body: nn.Sequential,
+                 factors: tuple[int, int, int], residual: str) -> None:
+        super().__init__()
+        self.lr_body = lr_body
+        self.up = up
+        self.hr_body = hr_body
+        self.factors = factors
+        self.base = _Base(residual, factors)
+        if residual != "none":
+            last = hr_body[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        r_lr = _conv_radius(lr_body, 3)
+        r_hr = _conv_radius(hr_body, 3)
+        body = tuple(a + math.ceil(b / f) for a, b, f in zip(r_lr, r_hr, factors))
+        self.halo: tuple[int, ...] = tuple(max(a, b) for a, b in zip(body, self.base.reach()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        squeeze = x.ndim == 4
+        if squeeze:
+            if self.factors[0] != 1:
+                raise ValueError(f"a 2-D batch {tuple(x.shape)} needs a z factor of 1; "
+                                 f"the model has factors {self.factors}")
+            x = x[:, :, None]
+        if x.ndim != 5 or x.shape[1] != 1:
+            raise ValueError(f"expected a batch (B, 1, Z, Y, X) or (B, 1, Y, X); "
+                             f"received shape {tuple(x.shape)}")
+        y = self.hr_body(self.up(self.lr_body(x)))
+        base = self.base(x)
+        if base is not None:
+            y = base + y
+        return y[:, :, 0] if squeeze else y
+
+
+class Iso2dNet(nn.Module):
+    """2-D residual CNN ``(B, 1, H, W) -> x + body(x)`` for isotropic mode.
+
+    Parameters
+    ----------
+    width
+        Feature channels.
+    depth
+        Blocks ``x + conv1x1(PReLU(conv3x3_dilated(x)))``, dilations cycling 1, 2, 4
+        (large receptive field for strong axial blur at ~140 k parameters).
+    """
+
+    def __init__(self, width: int, depth: int) -> None:
+        super().__init__()
+        self.head = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.PReLU(width))
+        blocks = []
+        for i in range(depth):
+            d = (1, 2, 4)[i % 3]
+            blocks.append(_Res2d(nn.Sequential(
+                nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.PReLU(width),
+                nn.Conv2d(width, width, 1))))
+        self.blocks = nn.Sequential(*blocks)
+        self.tail = nn.Conv2d(width, 1, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)
+        nn.init.zeros_(self.tail.bias)
+        self.halo: tuple[int, ...] = _conv_radius(self, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"iso2d expects a batch (B, 1, H, W); received shape "
+                             f"{tuple(x.shape)}")
+        return x + self.tail(self.blocks(self.head(x)))
+
+
+class _Res2d(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build the network described by ``spec``.
+
+    Parameters
+    ----------
+    spec
+        A :class:`ModelSpec`.
+
+    Returns
+    -------
+    torch.nn.Module
+        With attributes ``halo`` (per-axis input voxels needed each side) and, for
+        enhance models, ``factors``.
+
+    Notes
+    -----
+    - ``svision_paper``: Conv(1,16,5)+PReLU, Conv(16,6,3)+PReLU,
+      4 × [Conv(6,6,3, groups=2)+PReLU], Conv(6, 16·fz·fy·fx, 3) (sub-pixel conv),
+      pixel shuffle, Conv(16,1,5).
+    - ``svision_mini``: Conv(1,16,5)+PReLU, Conv(16,12,1)+PReLU,
+      4 × [Conv(12,12,3)+PReLU], Conv(12,16,1)+PReLU, nearest upsample,
+      Conv(16,1,3); no clamp (18,553 parameters at factors (2, 2, 2)).
+    - ``resnet3d``: Conv(1,w,3)+PReLU, ``depth`` × residual block
+      (conv3-PReLU-conv3, scaled 0.1), Conv(w,w,3) with a skip from the head,
+      nearest upsample, Conv(w,1,3) at high resolution.
+
+    PReLUs have one slope per channel.
+    """
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(f"build_model expects a ModelSpec; received {type(spec).__name__}")
+    if spec.arch == "iso2d":
+        return Iso2dNet(spec.width, spec.depth)  # type: ignore[arg-type]
+    fs, dims = spec.factors, spec.dims
+    r = fs[0] * fs[1] * fs[2]  # type: ignore[index]
+    if spec.arch == "svision_paper":
+        lr = nn.Sequential(
+            _conv(1, 16, 5, dims), nn.PReLU(16), _conv(16, 6, 3, dims), nn.PReLU(6),
+            *[m for _ in range(4) for m in (_conv(6, 6, 3, dims, groups=2), nn.PReLU(6))],
+            _conv(6, 16 * r, 3, dims))
+        up: nn.Module = _PixelShuffle(fs)  # type: ignore[arg-type]
+        hr = nn.Sequential(_conv(16, 1, 5, dims))
+    elif spec.arch == "svision_mini":
+        lr = nn.Sequential(
+            _conv(1, 16, 5, dims), nn.PReLU(16), _conv(16, 12, 1, dims), nn.PReLU(12),
+            *[m for _ in range(4) for m in (_conv(12, 12, 3, dims), nn.PReLU(12))],
+            _conv(12, 16, 1, dims), nn.PReLU(16))
+        up = _Nearest(fs)  # type: ignore[arg-type]
+        hr = nn.Sequential(_conv(16, 1, 3, dims))
+    else:
+        w = spec.width
+        lr = _ResNetTrunk(w, spec.depth, dims)  # type: ignore[arg-type]
+        up = _Nearest(fs)  # type: ignore[arg-type]
+        hr = nn.Sequential(_conv(w, 1, 3, dims))  # type: ignore[arg-type]
+    return EnhanceNet(lr, up, hr, fs, spec.residual)  # type: ignore[arg-type]
+
+
+class _ResNetTrunk(nn.Module):
+    def __init__(self, width: int, depth: int, dims: int) -> None:
+        super().__init__()
+        self.head = nn.Sequential(_conv(1, width, 3, dims), nn.PReLU(width))
+        self.blocks = nn.Sequential(*[_ResBlock(width, dims) for _ in range(depth)])
+        self.fuse = _conv(width, width, 3, dims)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.head(x)
+        return h + self.fuse(self.blocks(h))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------
+# Model folders
+# ----------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
+               metadata: Mapping[str, Any] | None = None) -> None:
+    """Write a model folder: ``weights.safetensors`` and ``model.json``.
+
+    Parameters
+    ----------
+    directory
+        Folder to write (created if missing); existing files are replaced.
+    model
+        The network (its ``state_dict`` is saved, moved to the CPU).
+    spec
+        Its :class:`ModelSpec`.
+    metadata
+        JSON-able extra information (training settings, normalisation, ...).
+
+    Notes
+    -----
+    Both files are written under temporary names and renamed, weights first, so a
+    reader never sees a ``model.json`` whose checksum does not match its weights
+    file unless the weights were damaged afterwards.
+    """
+    from safetensors.torch import save_file
+
+    import selfres
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone()
+               for k, v in model.state_dict().items()}
+    w_path, j_path = directory / _WEIGHTS, directory / _JSON
+    w_tmp = directory / f".{_WEIGHTS}.tmp"
+    j_tmp = directory / f".{_JSON}.tmp"
+    save_file(tensors, str(w_tmp), metadata={"format": "pt"})
+    info = {
+        "format": _FORMAT,
+        "format_version": _FORMAT_VERSION,
+        "spec": spec.to_dict(),
+        "n_parameters": count_parameters(model),
+        "halo": list(getattr(model, "halo", ())),
+        "weights_file": _WEIGHTS,
+        "weights_sha256": _sha256(w_tmp),
+        "metadata": dict(metadata) if metadata is not None else {},
+        "torch_version": torch.__version__,
+        "selfres_version": getattr(selfres, "__version__", None),
+    }
+    text = json.dumps(info, indent=2, sort_keys=True)  # fails early if not JSON-able
+    j_tmp.write_text(text + "\n", encoding="utf-8")
+    os.replace(w_tmp, w_path)
+    os.replace(j_tmp, j_path)
+
+
+def load_model(directory: str | Path, *, device: str | torch.device = "cpu"
+               ) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Load a model folder written by :func:`save_model` (no pickle).
+
+    Parameters
+    ----------
+    directory
+        The model folder.
+    device
+        Device to put the model on.
+
+    Returns
+    -------
+    tuple
+        ``(model in eval mode, spec, contents of model.json)``.
+
+    Raises
+    ------
+    InputError
+        ``model.json`` missing or invalid, weights missing, checksum mismatch, or
+        weights not matching the architecture.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    j_path = directory / _JSON
+    if not j_path.is_file():
+        raise InputError(j_path, "model.json not found; train the model first")
+    try:
+        info = json.loads(j_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(j_path, f"cannot read model.json ({exc}); delete the model "
+                                 f"folder to retrain") from exc
+    if not isinstance(info, dict) or info.get("format") != _FORMAT:
+        raise InputError(j_path, f"not a selfres model description (expected "
+                                 f"format {_FORMAT!r})")
+    try:
+        spec = ModelSpec.from_dict(info["spec"])
+        expected = str(info["weights_sha256"])
+        w_path = directory / str(info.get("weights_file", _WEIGHTS))
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise InputError(j_path, f"invalid model description ({exc})") from exc
+    if not w_path.is_file():
+        raise InputError(w_path, "weights file not found; delete the model folder "
+                                 "to retrain")
+    try:
+        actual = _sha256(w_path)
+    except OSError as exc:
+        raise InputError(w_path, f"cannot read the weights file ({exc})") from exc
+    if actual != expected:
+        raise InputError(w_path, "checksum mismatch: the weights file is corrupt; "
+                                 "delete it to retrain")
+    device = torch.device(device)
+    try:
+        state = load_file(str(w_path), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types
+        raise InputError(w_path, f"cannot read the weights file ({exc}); delete it "
+                                 f"to retrain") from exc
+    model = build_model(spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(w_path, f"the weights do not match the architecture in "
+                                 f"model.json ({exc})") from exc
+    return model.to(device).eval(), spec, info
+
+
+# ----------------------------------------------------------------------------------
+# Devices
+# ----------------------------------------------------------------------------------
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """Choose the compute device.
+
+    Parameters
+    ----------
+    preference
+        ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or
+        ``"cuda:N"``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    ConfigError
+        Unknown preference, or CUDA asked for but not available.
+    """
+    p = str(preference).strip().lower()
+    if p == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if p == "cpu":
+        return torch.device("cpu")
+    if p == "cuda" or (p.startswith("cuda:") and p[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {preference!r} requested but CUDA is not "
+                              f"available (torch {torch.__version__}); use 'cpu' or "
+                              f"'auto'")
+        if ":" in p and int(p[5:]) >= torch.cuda.device_count():
+            raise ConfigError(f"device {preference!r} requested but only "
+                              f"{torch.cuda.device_count()} CUDA device(s) exist")
+        return torch.device(p)
+    raise ConfigError(f"device must be one of auto, cpu, cuda, cuda:N; received "
+                      f"{preference!r}")
+
+
+def autocast_context(device: str | torch.device, *, enabled: bool
+                     ) -> contextlib.AbstractContextManager:
+    """Mixed-precision context: bf16 (or fp16) autocast on CUDA, nothing on CPU.
+
+    Parameters
+    ----------
+    device
+        The compute device.
+    enabled
+        False gives a no-op context everywhere.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+    """
+    device = torch.device(device)
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)

@@ -1,0 +1,681 @@
+"""Stage functions on files: what the CLI, the Snakemake rules and ``selfres restore`` call.
+
+Each stage reads its inputs, calls the pure array functions of the other modules, and
+writes its outputs atomically (temporary path, renamed at the end), so an interrupted
+stage never leaves an output that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import __version__, io, normalise
+from .errors import ConfigError, InputError
+from .fov import TrainingFov, box_slices, choose_training_fov
+from .settings import FovSettings, InferSettings, NormaliseSettings, QcSettings, Settings, to_dict
+
+log = logging.getLogger("selfres")
+
+MODES = ("enhance", "isotropic")
+
+
+# --------------------------------------------------------------------------- helpers
+def parse_triple(text, *, name: str, kind=float, sample: str | None = None) -> tuple | None:
+    """Parse ``"a,b,c"`` (or a sequence) into a 3-tuple of ``kind``; ``None``/empty → None."""
+    if text is None or (isinstance(text, float) and np.isnan(text)) or str(text).strip() in ("", "nan", "None"):
+        return None
+    parts = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    try:
+        vals = tuple(kind(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{'sample ' + repr(sample) + ': ' if sample else ''}{name} {text!r} must be three "
+            f"{'integers' if kind is int else 'numbers'} z,y,x"
+        ) from None
+    if len(vals) != 3 or any(v <= 0 for v in vals):
+        raise ConfigError(
+            f"{'sample ' + repr(sample) + ': ' if sample else ''}{name} {text!r} must be three positive values z,y,x"
+        )
+    return vals
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    return mode
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=False))
+    os.replace(tmp, path)
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return None if not np.isfinite(o) else float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def clean_floats(obj):
+    """Replace NaN/inf floats by None, recursively (metrics.json holds numbers or null)."""
+    if isinstance(obj, dict):
+        return {k: clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_floats(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def read_normalized(path: str | Path, *, lazy: bool = False) -> tuple[io.Volume, normalise.NormParams]:
+    vol = io.read_ome_zarr(path, lazy=lazy)
+    try:
+        params = normalise.NormParams.from_dict(vol.attrs["normalisation"])
+    except (KeyError, TypeError) as exc:
+        raise InputError(path, f"not a selfres normalised store (missing normalisation attributes: {exc})") from None
+    return vol, params
+
+
+def git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def software_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "selfres": __version__}
+    for pkg in ("numpy", "scipy", "torch", "zarr", "ome-zarr", "dask", "tifffile", "scikit-image", "snakemake"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+# --------------------------------------------------------------------------- stages
+def stage_normalise(
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    sample: str,
+    channel: int | None = None,
+    voxel_size: Sequence[float] | None = None,
+    settings: NormaliseSettings = NormaliseSettings(),
+    ngff_version: str = "0.4",
+) -> dict:
+    """Read the acquisition, normalise it robustly and write ``normalized.ome.zarr``."""
+    try:
+        vol = io.read_volume(input_path, channel=channel, lazy=False)
+    except InputError as exc:
+        raise exc.for_sample(sample) from None
+    data = vol.data
+    vs = tuple(voxel_size) if voxel_size else vol.voxel_size
+    if data.size == 0:
+        raise InputError(input_path, "the volume is empty (zero voxels)", sample=sample)
+    vmin, vmax = float(np.min(data)), float(np.max(data))
+    if vmin == vmax:
+        raise InputError(
+            input_path, f"the volume is constant (every voxel is {vmin:g}): there is nothing to restore", sample=sample
+        )
+    params = normalise.fit_percentiles(
+        data, low_percentile=settings.low_percentile, high_percentile=settings.high_percentile,
+        max_sample_voxels=settings.max_sample_voxels,
+    )
+    norm = normalise.apply(data, params)
+    saturated = None
+    if np.issubdtype(vol.source_dtype, np.integer):
+        saturated = float(np.mean(data >= np.iinfo(vol.source_dtype).max))
+    attrs = {
+        "sample": sample,
+        "normalisation": params.to_dict(),
+        "source": str(input_path),
+        "source_dtype": str(vol.source_dtype),
+        "source_checksum": io.file_checksum(input_path),
+        "voxel_size_source": "sheet" if voxel_size else ("metadata" if vol.voxel_size else None),
+        "saturated_fraction": saturated,
+        "raw_range": [vmin, vmax],
+    }
+    io.write_ome_zarr(output, norm, voxel_size=vs or (1.0, 1.0, 1.0), ngff_version=ngff_version,
+                      contrast_limits=(0.0, 1.0), attrs=attrs | {"voxel_size_known": vs is not None})
+    log.info("normalised %s: shape %s, %s → [0,1] from percentiles %s (%s)", input_path, data.shape,
+             (params.low, params.high), (params.low_percentile, params.high_percentile), vol.source_dtype)
+    return attrs
+
+
+def _voxel_size_of(vol: io.Volume) -> tuple[float, float, float] | None:
+    return tuple(vol.voxel_size) if vol.attrs.get("voxel_size_known", True) and vol.voxel_size else None
+
+
+def stage_crop(
+    normalized: str | Path,
+    output_json: str | Path,
+    *,
+    sample: str,
+    mode: str = "enhance",
+    scale: Sequence[int] | None = None,
+    training_fov: str | None = None,
+    settings: FovSettings = FovSettings(),
+) -> TrainingFov:
+    """Choose the training FOV and held-out region; write ``train_fov.json``."""
+    check_mode(mode)
+    vol, _ = read_normalized(normalized)
+    factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
+    try:
+        fov = choose_training_fov(
+            np.asarray(vol.data), max_voxels=settings.max_voxels, holdout_fraction=settings.holdout_fraction,
+            min_holdout_voxels=settings.min_holdout_voxels, multiple=factors, training_fov=training_fov,
+            path=str(normalized),
+        )
+    except InputError as exc:
+        raise exc.for_sample(sample) from None
+    d = fov.to_dict() | {"sample": sample, "volume_shape": list(vol.data.shape), "mode": mode}
+    write_json(output_json, d)
+    log.info("training FOV %s, held-out %s: %s", fov.train, fov.holdout, fov.reason)
+    return fov
+
+
+def _check_enhance_input(vol_shape, factors, sample, path):
+    if vol_shape[0] == 1 and factors[0] != 1:
+        raise InputError(path, f"2-D input (one z slice) cannot be scaled along z (scale {factors}); use 1,y,x",
+                         sample=sample)
+
+
+def stage_train(
+    normalized: str | Path,
+    fov_json: str | Path,
+    model_dir: str | Path,
+    *,
+    sample: str,
+    mode: str = "enhance",
+    scale: Sequence[int] | None = None,
+    settings: Settings = Settings(),
+    device: str = "auto",
+    threads: int | None = None,
+) -> dict:
+    """Train the sample's model; write ``model/`` (weights, model.json, training_log.tsv)."""
+    check_mode(mode)
+    set_threads(threads)
+    from . import models
+    from .infer import default_device
+    from .train import train_enhance
+
+    dev = default_device(device)
+    vol, params = read_normalized(normalized)
+    data = np.asarray(vol.data)
+    fov = TrainingFov.load(fov_json)
+    if mode == "isotropic":
+        from . import isotropic
+
+        return isotropic.stage_train(vol, params, fov, model_dir, sample=sample, settings=settings, device=dev)
+    factors = tuple(scale or (2, 2, 2))
+    _check_enhance_input(data.shape, factors, sample, normalized)
+    model_dir = Path(model_dir)
+    work = model_dir.with_name(model_dir.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    result = train_enhance(
+        data[box_slices(fov.train)], data[box_slices(fov.holdout)], factors=factors, settings=settings.train,
+        voxel_size=_voxel_size_of(vol), work_dir=work, device=dev, amp=settings.infer.amp,
+    )
+    meta = {
+        "sample": sample,
+        "mode": mode,
+        "factors": list(factors),
+        "voxel_size_in": list(vol.voxel_size) if vol.voxel_size else None,
+        "self_validation": {"psnr_model": result.val_psnr_model, "psnr_interp": result.val_psnr_interp},
+        "best_step": result.best_step,
+        "steps_done": result.steps_done,
+        "stop_reason": result.stop_reason,
+        "flags": result.flags,
+        "train_seconds": time.monotonic() - t0,
+        "settings": to_dict(settings.train),
+        "device": str(dev),
+    }
+    tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    models.save_model(tmp, result.model, result.spec, metadata=meta)
+    import pandas as pd
+
+    cols = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
+    pd.DataFrame(result.log_rows, columns=cols).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    os.replace(tmp, model_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB (best step %d, %s, %.0f s)", model_dir,
+             result.val_psnr_model, result.val_psnr_interp, result.best_step, result.stop_reason, meta["train_seconds"])
+    return meta
+
+
+def load_trained(model_dir: str | Path):
+    """(model, spec, metadata) of a trained sample model."""
+    from . import models
+
+    return models.load_model(model_dir)
+
+
+def output_dtype(settings: InferSettings, source_dtype: str):
+    return np.dtype(source_dtype) if settings.output_dtype == "input" else np.dtype("float32")
+
+
+def stage_infer(
+    normalized: str | Path,
+    model_dir: str | Path,
+    output: str | Path,
+    *,
+    sample: str,
+    settings: InferSettings = InferSettings(),
+    device: str = "auto",
+    threads: int | None = None,
+) -> dict:
+    """Restore the whole FOV into ``restored.ome.zarr`` (raw intensity units)."""
+    set_threads(threads)
+    from .infer import CubicUpsampler, default_device, prepare_model, restore_to_store
+
+    dev = default_device(device)
+    model, spec, meta = load_trained(model_dir)
+    if meta.get("mode") == "isotropic":
+        from . import isotropic
+
+        return isotropic.stage_infer(normalized, model, spec, meta, output, sample=sample, settings=settings, device=dev)
+    vol, params = read_normalized(normalized, lazy=True)
+    factors = tuple(meta["factors"])
+    use_interp = "model_worse_than_interpolation" in meta.get("flags", []) and (
+        settings.on_worse_than_interpolation == "interpolation"
+    )
+    dtype = output_dtype(settings, vol.attrs.get("source_dtype", "float32"))
+    vs_in = vol.voxel_size or (1.0, 1.0, 1.0)
+    vs_out = tuple(v / f for v, f in zip(vs_in, factors))
+    source = io.open_ome_zarr_array(normalized)
+
+    def write_one(net, path, kind):
+        net = prepare_model(net, dev)
+        shape = tuple(n * f for n, f in zip(source.shape, factors))
+        chunks = tuple(min(t * f, n) for t, f, n in zip(settings.tile_size, factors, shape))
+        t0 = time.monotonic()
+        with io.atomic_output(path) as tmp:
+            dest = io.create_ome_zarr(tmp, shape=shape, dtype=dtype, voxel_size=vs_out, chunks=chunks,
+                                      ngff_version=settings.ngff_version)
+            stats = restore_to_store(
+                net, source, dest, factors=factors, tile_size=settings.tile_size,
+                transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype),
+                device=dev, amp=settings.amp, batch_size=settings.batch_size,
+            )
+            infer_seconds = time.monotonic() - t0
+            io.finalize_ome_zarr(
+                tmp, voxel_size=vs_out, ngff_version=settings.ngff_version,
+                contrast_limits=(params.low, params.high),
+                attrs={"sample": sample, "content": kind, "factors": list(factors), "infer_seconds": infer_seconds,
+                       "normalisation": params.to_dict(), "tiles": stats["tiles"],
+                       "mvoxel_per_s": stats["mvoxel_per_s"]},
+            )
+        log.info("%s written to %s: %s voxels in %.1f s (%.2f Mvoxel/s)", kind, path, shape, infer_seconds,
+                 stats["mvoxel_per_s"])
+        return infer_seconds
+
+    if use_interp:
+        log.warning("sample %s: the model did not beat tricubic on the held-out region; restored.ome.zarr holds "
+                    "tricubic interpolation, the model output is kept in restored_model.ome.zarr", sample)
+        model_path = Path(output).with_name("restored_model.ome.zarr")
+        secs = write_one(model, model_path, "model")
+        secs += write_one(CubicUpsampler(factors), output, "interpolation")
+    else:
+        secs = write_one(model, output, "model")
+    return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model"}
+
+
+def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: dict, *, device="cpu") -> dict:
+    """Model vs tricubic on the held-out region, degraded exactly as in training."""
+    from . import metrics
+    from .infer import predict_array
+    from .settings import DegradationSettings, from_dict
+    from .train import holdout_pair, make_degradation
+
+    factors = tuple(meta["factors"])
+    deg = make_degradation(from_dict(DegradationSettings, meta["settings"]["degradation"]),
+                           voxel_size=meta.get("voxel_size_in"))
+    held = np.asarray(normalized_vol.data)[box_slices(fov.holdout)]
+    target, low, interp = holdout_pair(held, factors, deg)
+    pred = predict_array(model, low, factors=factors, tile_size=tuple(max(8, min(64, n)) for n in low.shape),
+                         device=device)
+    data_range = float(max(target.max() - target.min(), 1e-6))
+    out = metrics.compare(target, pred, interp, data_range=data_range)
+    out["dead_output"] = bool(np.std(pred) < 1e-6)
+    return out
+
+
+def stage_qc(
+    normalized: str | Path,
+    restored: str | Path,
+    model_dir: str | Path,
+    fov_json: str | Path,
+    metrics_json: str | Path,
+    *,
+    sample: str,
+    reference: str | Path | None = None,
+    settings: QcSettings = QcSettings(),
+    threads: int | None = None,
+) -> dict:
+    """Compute ``qc/metrics.json`` (contract keys) and side tables (beads, spectra)."""
+    set_threads(threads)
+    from . import metrics
+
+    vol, params = read_normalized(normalized)
+    model, spec, meta = load_trained(model_dir)
+    fov = TrainingFov.load(fov_json)
+    out = io.read_ome_zarr(restored)
+    restored_attrs = out.attrs
+    mode = meta.get("mode", "enhance")
+    flags = list(dict.fromkeys(meta.get("flags", [])))
+    sv = meta.get("self_validation", {})
+    if mode == "enhance":
+        sv = self_validation(vol, fov, model, meta)
+        if sv.pop("dead_output"):
+            flags.append("dead_output")
+        if not (sv["psnr_model"] > sv["psnr_interp"]) and "model_worse_than_interpolation" not in flags:
+            flags.append("model_worse_than_interpolation")
+    elif mode == "isotropic":
+        from . import isotropic
+
+        sv = isotropic.self_validation(vol, fov, model, spec, meta)
+    vs_in = _voxel_size_of(vol)
+    vs_out = tuple(out.voxel_size) if vs_in else None
+    raw_norm = np.asarray(vol.data)
+    restored_norm = normalise.apply(np.asarray(out.data), params)
+    res = {"lateral_in": None, "axial_in": None, "lateral_out": None, "axial_out": None}
+    iso_in = iso_out = None
+    qc_dir = Path(metrics_json).parent
+    qc_dir.mkdir(parents=True, exist_ok=True)
+    if settings.resolution and vs_in is not None:
+        li, ai = metrics.resolution_lateral_axial(raw_norm, voxel_size=vs_in, max_slices=settings.max_resolution_slices)
+        lo, ao = metrics.resolution_lateral_axial(restored_norm, voxel_size=vs_out,
+                                                  max_slices=settings.max_resolution_slices)
+        res = {"lateral_in": li, "axial_in": ai, "lateral_out": lo, "axial_out": ao}
+        iso_in, iso_out = metrics.isotropy(li, ai), metrics.isotropy(lo, ao)
+        if mode == "isotropic" and iso_out is not None and np.isfinite(iso_out) and iso_out < 0.8:
+            flags.append("isotropy_not_reached")
+        fi, pi = metrics.axial_spectrum(raw_norm, voxel_size=vs_in)
+        fo, po = metrics.axial_spectrum(restored_norm, voxel_size=vs_out)
+        write_json(qc_dir / "spectra.json", clean_floats({"input": [fi, pi], "output": [fo, po]}))
+    if vs_in is None:
+        flags.append("voxel_size_missing")
+    sat = vol.attrs.get("saturated_fraction")
+    if sat is not None and sat > 0.01:
+        flags.append("saturated_input")
+    ref_metrics = None
+    if reference:
+        ref = io.read_volume(reference)
+        if tuple(ref.data.shape) != tuple(out.data.shape):
+            raise InputError(
+                reference,
+                f"reference shape {tuple(ref.data.shape)} does not match the output grid {tuple(out.data.shape)}",
+                sample=sample,
+            )
+        ref_data = np.asarray(ref.data, dtype=np.float32)
+        rparams = normalise.fit_percentiles(ref_data, low_percentile=params.low_percentile,
+                                            high_percentile=params.high_percentile)
+        ref_n = normalise.apply(ref_data, rparams)
+        interp = interpolation_of(raw_norm, meta, mode)
+
+        def matched(x):  # least-squares intensity match to the reference (scale-free comparison)
+            a = np.vstack([x.ravel(), np.ones(x.size, dtype=np.float32)]).T
+            coef, *_ = np.linalg.lstsq(a.astype(np.float64), ref_n.ravel().astype(np.float64), rcond=None)
+            return (x * coef[0] + coef[1]).astype(np.float32)
+
+        c = metrics.compare(ref_n, matched(restored_norm), matched(interp), data_range=float(ref_n.max() - ref_n.min()))
+        ref_metrics = {"psnr": c["psnr_model"], "ssim": c["ssim_model"], "psnr_interp": c["psnr_interp"],
+                       "ssim_interp": c["ssim_interp"]}
+    if settings.beads:
+        import pandas as pd
+
+        t_in = metrics.bead_fwhm_table(raw_norm, voxel_size=vs_in or (1, 1, 1))
+        t_out = metrics.bead_fwhm_table(restored_norm, voxel_size=vs_out or (1, 1, 1))
+        pd.concat([t_in.assign(volume="input"), t_out.assign(volume="output")]).to_csv(
+            qc_dir / "beads.tsv", sep="\t", index=False)
+    m = {
+        "sample": sample,
+        "mode": mode,
+        "input_shape": list(raw_norm.shape),
+        "output_shape": list(out.data.shape),
+        "voxel_size_in": list(vs_in) if vs_in else None,
+        "voxel_size_out": list(vs_out) if vs_out else None,
+        "train_seconds": meta.get("train_seconds"),
+        "infer_seconds": restored_attrs.get("infer_seconds"),
+        "self_validation": {k: sv.get(k) for k in ("psnr_model", "psnr_interp", "ssim_model", "ssim_interp")},
+        "resolution_um": res,
+        "isotropy_in": iso_in,
+        "isotropy_out": iso_out,
+        "reference": ref_metrics,
+        "flags": list(dict.fromkeys(flags)),
+        "restored_content": restored_attrs.get("content", "model"),
+        "best_step": meta.get("best_step"),
+        "stop_reason": meta.get("stop_reason"),
+    }
+    m = clean_floats(m)
+    write_json(metrics_json, m)
+    log.info("metrics: self-validation %s; flags %s", m["self_validation"], m["flags"])
+    return m
+
+
+def interpolation_of(raw_norm: np.ndarray, meta: dict, mode: str) -> np.ndarray:
+    """The interpolation baseline on the output grid (tricubic, or z-cubic for isotropic)."""
+    from . import degrade
+
+    if mode == "isotropic":
+        f = float(meta["factor"])
+        return _zcubic(raw_norm, f)
+    return np.asarray(degrade.upscale_cubic(raw_norm, tuple(meta["factors"])), dtype=np.float32)
+
+
+def _zcubic(raw_norm: np.ndarray, f: float) -> np.ndarray:
+    from . import degrade
+
+    return np.asarray(degrade.upscale_cubic(raw_norm, (f, 1, 1)), dtype=np.float32)
+
+
+def stage_report(
+    normalized: str | Path,
+    restored: str | Path,
+    model_dir: str | Path,
+    fov_json: str | Path,
+    metrics_json: str | Path,
+    report_html: str | Path,
+    provenance_json: str | Path,
+    *,
+    sample: str,
+    resolved_config: dict | None = None,
+    benchmarks_dir: str | Path | None = None,
+) -> None:
+    """Render ``report.html`` and write ``provenance.json``."""
+    import pandas as pd
+
+    from . import report
+
+    vol, params = read_normalized(normalized)
+    out = io.read_ome_zarr(restored)
+    _, _, meta = load_trained(model_dir)
+    metrics_d = json.loads(Path(metrics_json).read_text())
+    fov = json.loads(Path(fov_json).read_text())
+    raw = normalise.undo(np.asarray(vol.data), params)
+    interp = normalise.undo(interpolation_of(np.asarray(vol.data), meta, metrics_d["mode"]), params)
+    restored_arr = np.asarray(out.data, dtype=np.float32)
+    log_path = Path(model_dir) / "training_log.tsv"
+    training_log = pd.read_csv(log_path, sep="\t") if log_path.exists() else None
+    qc_dir = Path(metrics_json).parent
+    spectra = None
+    if (qc_dir / "spectra.json").exists():
+        s = json.loads((qc_dir / "spectra.json").read_text())
+        spectra = {k: (np.asarray(v[0], float), np.asarray(v[1], float)) for k, v in s.items()}
+    beads = pd.read_csv(qc_dir / "beads.tsv", sep="\t") if (qc_dir / "beads.tsv").exists() else None
+    timings = {}
+    if benchmarks_dir and Path(benchmarks_dir).is_dir():
+        for f in sorted(Path(benchmarks_dir).glob("*.tsv")):
+            try:
+                b = pd.read_csv(f, sep="\t")
+                timings[f.stem] = {"seconds": float(b["s"].iloc[-1]), "max_rss_mb": float(b["max_rss"].iloc[-1])}
+            except (KeyError, ValueError, IndexError, pd.errors.ParserError):
+                continue
+    prov = {
+        "sample": sample,
+        "selfres_version": __version__,
+        "git_commit": git_commit(),
+        "input": vol.attrs.get("source"),
+        "input_checksum": vol.attrs.get("source_checksum"),
+        "resolved_config": resolved_config or {},
+        "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device")},
+        "timings": {"train_seconds": metrics_d.get("train_seconds"), "infer_seconds": metrics_d.get("infer_seconds"),
+                    "rules": timings},
+        "software": software_versions(),
+        "host": socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    html = report.render_sample_report(
+        sample=sample, metrics=metrics_d, raw=raw, interp=interp, restored=restored_arr,
+        voxel_size_in=metrics_d.get("voxel_size_in") or (1, 1, 1),
+        voxel_size_out=metrics_d.get("voxel_size_out") or (1, 1, 1),
+        training_log=training_log, provenance=prov, bead_table=beads, spectra=spectra, train_fov=fov,
+    )
+    Path(report_html).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(report_html).with_name(f".{Path(report_html).name}.tmp-{os.getpid()}")
+    tmp.write_text(html, encoding="utf-8")
+    os.replace(tmp, report_html)
+    write_json(provenance_json, clean_floats(prov))
+
+
+def last_error(log_dir: Path) -> str | None:
+    """The last ``ERROR:`` line in a sample's logs (what the CLI prints on failure)."""
+    msgs = []
+    if log_dir.is_dir():
+        for f in sorted(log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime):
+            for line in f.read_text(errors="replace").splitlines():
+                if line.startswith("ERROR:"):
+                    msgs.append(line[len("ERROR:"):].strip())
+    return msgs[-1] if msgs else None
+
+
+def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,
+                  *, modes: dict | None = None) -> list[dict]:
+    """Write ``summary.tsv`` / ``summary.html`` over all samples, failed ones included."""
+    from . import report
+
+    results = Path(results)
+    rows = []
+    for s in samples:
+        mfile = results / s / "qc" / "metrics.json"
+        row = {"sample": s, "mode": (modes or {}).get(s)}
+        if mfile.exists() and (results / s / "report.html").exists():
+            m = json.loads(mfile.read_text())
+            sv = m.get("self_validation") or {}
+            gain = None
+            if sv.get("psnr_model") is not None and sv.get("psnr_interp") is not None:
+                gain = sv["psnr_model"] - sv["psnr_interp"]
+            row.update({
+                "status": "fallback_interpolation" if m.get("restored_content") == "interpolation" else "ok",
+                "mode": m.get("mode"),
+                "input_shape": "x".join(map(str, m.get("input_shape") or [])),
+                "output_shape": "x".join(map(str, m.get("output_shape") or [])),
+                "psnr_gain": gain,
+                "isotropy_in": m.get("isotropy_in"),
+                "isotropy_out": m.get("isotropy_out"),
+                "flags": ",".join(m.get("flags") or []),
+                "train_seconds": m.get("train_seconds"),
+                "infer_seconds": m.get("infer_seconds"),
+                "error": None,
+                "report": f"{s}/report.html",
+            })
+        else:
+            err = last_error(results / s / "logs")
+            row.update({"status": "failed" if err or (results / s / "logs").is_dir() else "pending",
+                        "error": err, "report": None})
+        rows.append(row)
+    table = report.summary_table(rows)
+    Path(out_tsv).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out_tsv).with_name(f".{Path(out_tsv).name}.tmp-{os.getpid()}")
+    table.to_csv(tmp, sep="\t", index=False)
+    os.replace(tmp, out_tsv)
+    tmp = Path(out_html).with_name(f".{Path(out_html).name}.tmp-{os.getpid()}")
+    tmp.write_text(report.render_summary(rows), encoding="utf-8")
+    os.replace(tmp, out_html)
+    return rows
+
+
+def restore(
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    mode: str = "enhance",
+    scale: Sequence[int] | None = None,
+    voxel_size: Sequence[float] | None = None,
+    channel: int | None = None,
+    training_fov: str | None = None,
+    settings: Settings = Settings(),
+    device: str = "auto",
+    threads: int | None = None,
+    keep: str | Path | None = None,
+    sample: str | None = None,
+) -> dict:
+    """Whole chain for one volume, no Snakemake: normalise → crop → train → infer → qc → report.
+
+    Intermediate files go to ``keep`` (kept) or a temporary folder (removed).
+    """
+    check_mode(mode)
+    sample = sample or Path(str(input_path).rstrip("/")).name.split(".")[0]
+    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="selfres-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        norm = work / "normalized.ome.zarr"
+        stage_normalise(input_path, norm, sample=sample, channel=channel, voxel_size=voxel_size,
+                        settings=settings.normalise, ngff_version=settings.infer.ngff_version)
+        stage_crop(norm, work / "train_fov.json", sample=sample, mode=mode, scale=scale, training_fov=training_fov,
+                   settings=settings.fov)
+        stage_train(norm, work / "train_fov.json", work / "model", sample=sample, mode=mode, scale=scale,
+                    settings=settings, device=device, threads=threads)
+        stage_infer(norm, work / "model", output, sample=sample, settings=settings.infer, device=device,
+                    threads=threads)
+        m = stage_qc(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
+                     sample=sample, settings=settings.qc)
+        stage_report(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
+                     work / "report.html", work / "provenance.json", sample=sample,
+                     resolved_config={"mode": mode, "scale": scale, "settings": to_dict(settings)})
+        return m
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,1328 @@
+"""Self-contained HTML quality reports (per sample and for the whole run).
+
+Everything a report needs is embedded in the page: figures are PNG images drawn with
+matplotlib's Agg backend and inlined as base64 ``data:`` URIs, the table sorting of the
+summary page is a few lines of inline JavaScript, and styles are inline CSS. A report
+therefore opens offline, from a copied folder, or as an e-mail attachment.
+
+The module depends on numpy, pandas and matplotlib only (no torch). All text that
+comes from users (sample ids, paths, provenance, error messages, flags) is escaped.
+
+Volumes are ZYX arrays (anything indexable like a numpy array; a zarr array works
+too). Only centre planes, a slab-wise maximum projection and one small crop are read,
+so a large volume is never copied as a whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.patches  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = [
+    "FLAG_EXPLANATIONS",
+    "GENERIC_FLAG_HINT",
+    "explain_flag",
+    "display_range",
+    "figure_orthoviews",
+    "figure_projections",
+    "figure_detail",
+    "figure_training_curves",
+    "figure_spectra",
+    "fov_bbox",
+    "render_sample_report",
+    "SUMMARY_COLUMNS",
+    "summary_table",
+    "render_summary",
+    "write_report_figures",
+]
+
+#: Flag → (what it means in plain words, what to do about it).
+FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
+    "model_worse_than_interpolation": (
+        "The network did not beat plain tricubic interpolation on the held-out region "
+        "of the input that training never saw. Unless the configuration says "
+        "otherwise, restored.ome.zarr holds the interpolation, not the network output.",
+        "Check the training field of view (is there structure in it, is it "
+        "representative of the sample?), try more training steps or another loss, or "
+        "accept the interpolation for this sample.",
+    ),
+    "training_diverged": (
+        "The training loss became non-finite or grew far above its starting value; the "
+        "weights from before the divergence (if any) were kept.",
+        "Lower the learning rate, check the input for NaN/Inf or extreme outliers, and "
+        "rerun the training.",
+    ),
+    "early_stopped": (
+        "Training stopped before the configured number of steps because the "
+        "validation metric stopped improving.",
+        "Usually nothing to do. If the validation curve was still rising, raise the "
+        "patience or the number of steps.",
+    ),
+    "dead_output": (
+        "The network output is constant (the same value everywhere): the model "
+        "learned nothing useful.",
+        "Check the normalisation and the training field of view (it may be empty "
+        "background), lower the learning rate, and retrain.",
+    ),
+    "fov_too_small": (
+        "The training field of view holds fewer voxels than recommended, so the "
+        "network saw little structure to learn from.",
+        "Give a larger training_fov in the sample sheet (around 1e5 voxels or more) "
+        "or let the pipeline choose it automatically.",
+    ),
+    "low_signal": (
+        "The input has little signal above background (low contrast or "
+        "signal-to-noise); restoration may amplify noise.",
+        "Check the acquisition and the chosen channel; judge the result by eye and "
+        "against the interpolation before using it.",
+    ),
+    "saturated_input": (
+        "A noticeable fraction of input voxels sit at the maximum value of the data "
+        "type (clipped); detail in those regions is lost and cannot be restored.",
+        "Reacquire with lower gain/laser power if possible; otherwise treat bright "
+        "regions with caution.",
+    ),
+    "voxel_size_missing": (
+        "The input file holds no voxel size and none was given in the sample sheet; "
+        "physical units, aspect ratios and resolution values may be wrong.",
+        "Add a voxel_size column (z,y,x in µm) to the sample sheet for this sample.",
+    ),
+    "reference_shape_mismatch": (
+        "The reference volume's shape does not match the output grid, so reference "
+        "metrics could not be computed.",
+        "Give a reference on the output grid (input shape × scale), or remove the "
+        "reference column for this sample.",
+    ),
+    "isotropy_not_reached": (
+        "The restored volume is still clearly anisotropic: its axial resolution "
+        "stays well below its lateral resolution.",
+        "Check the voxel size (the anisotropy factor comes from it), the training "
+        "field of view, and consider more training steps.",
+    ),
+}
+
+#: Hint shown for flags that :data:`FLAG_EXPLANATIONS` does not know.
+GENERIC_FLAG_HINT = (
+    "No explanation is recorded for this flag.",
+    "Look at the log of this sample and at the figures below; ask the pipeline "
+    "maintainers if unsure.",
+)
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_DPI = 80
+_MAX_PLANE = 512  # largest side of a plane passed to imshow
+_NAMES = ("raw", "interpolation", "restored")
+
+
+def explain_flag(flag: str) -> tuple[str, str]:
+    """Return ``(meaning, what to do)`` for a flag, with a generic hint if unknown.
+
+    Parameters
+    ----------
+    flag
+        Flag name as found in ``metrics.json``.
+
+    Returns
+    -------
+    tuple of str
+        Plain-words meaning and suggested action.
+    """
+    return FLAG_EXPLANATIONS.get(str(flag), GENERIC_FLAG_HINT)
+
+
+# ----------------------------------------------------------------------------------
+# small helpers
+# ----------------------------------------------------------------------------------
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fig_to_png(fig: Figure) -> bytes:
+    """Render a figure to compact PNG bytes (palette PNG when Pillow is present)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=_DPI)
+    plt.close(fig)
+    data = buf.getvalue()
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow ships with matplotlib
+        return data
+    img = Image.open(io.BytesIO(data)).convert("RGB")
+    out = io.BytesIO()
+    img.quantize(colors=256).save(out, format="PNG", optimize=True)
+    small = out.getvalue()
+    return small if len(small) < len(data) else data
+
+
+def _img_tag(png: bytes, *, alt: str) -> str:
+    b64 = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{_esc(alt)}" src="data:image/png;base64,{b64}">'
+
+
+def _fmt(value: Any, *, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.{digits}g}"
+        text = f"{v:.{digits}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    if isinstance(value, (list, tuple)):
+        return " × ".join(_fmt(v, digits=digits) for v in value)
+    return str(value)
+
+
+def _num(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _as_zyx(shape: Sequence[int]) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in shape)
+    if len(shape) == 2:
+        return (1, *shape)
+    if len(shape) != 3:
+        raise ValueError(f"expected a ZYX (or YX) volume, got shape {shape}")
+    return shape  # type: ignore[return-value]
+
+
+def _vol3(vol: Any) -> Any:
+    """Give a 2-D array a leading Z axis of 1; leave 3-D arrays untouched."""
+    if getattr(vol, "ndim", None) == 2:
+        return np.asarray(vol)[None]
+    return vol
+
+
+def _voxel_sizes(
+    shape_in: tuple[int, int, int],
+    shape_out: tuple[int, int, int],
+    voxel_size_in: Sequence[float] | None,
+    voxel_size_out: Sequence[float] | None,
+) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+    """Fill in missing voxel sizes; return (vin, vout, unit)."""
+    def ok(v: Any) -> bool:
+        return v is not None and len(v) == 3 and all(_num(x) and float(x) > 0 for x in v)
+
+    ratio = [si / so for si, so in zip(shape_in, shape_out)]
+    if ok(voxel_size_in) and ok(voxel_size_out):
+        return tuple(map(float, voxel_size_in)), tuple(map(float, voxel_size_out)), "µm"
+    if ok(voxel_size_in):
+        vin = tuple(map(float, voxel_size_in))
+        return vin, tuple(v * r for v, r in zip(vin, ratio)), "µm"
+    if ok(voxel_size_out):
+        vout = tuple(map(float, voxel_size_out))
+        return tuple(v / r for v, r in zip(vout, ratio)), vout, "µm"
+    return tuple(1.0 / r for r in ratio), (1.0, 1.0, 1.0), "output voxels"
+
+
+def _block_max(plane: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Max-pool a 2-D plane by integer factors (edges padded by repetition)."""
+    if fy == 1 and fx == 1:
+        return plane
+    ny, nx = plane.shape
+    py, px = (-ny) % fy, (-nx) % fx
+    if py or px:
+        plane = np.pad(plane, ((0, py), (0, px)), mode="edge")
+    h, w = plane.shape
+    return plane.reshape(h // fy, fy, w // fx, fx).max(axis=(1, 3))
+
+
+def _factor(n: int, limit: int = _MAX_PLANE) -> int:
+    return max(1, math.ceil(n / limit))
+
+
+def _stride_plane(plane: np.ndarray) -> np.ndarray:
+    """Subsample a plane for display so no side exceeds ``_MAX_PLANE``."""
+    fy, fx = _factor(plane.shape[0]), _factor(plane.shape[1])
+    return np.asarray(plane[::fy, ::fx], dtype=np.float32)
+
+
+def _centre_planes(vol: Any) -> dict[str, np.ndarray]:
+    """XY, XZ and YZ planes through the volume centre (z, y, x display layout)."""
+    nz, ny, nx = _as_zyx(vol.shape)
+    return {
+        "XY": _stride_plane(np.asarray(vol[nz // 2, :, :])),
+        "XZ": _stride_plane(np.asarray(vol[:, ny // 2, :])),
+        "YZ": _stride_plane(np.asarray(vol[:, :, nx // 2])),
+    }
+
+
+def _projections(vol: Any, *, slab_bytes: int = 64 * 2**20) -> dict[str, np.ndarray]:
+    """Maximum-intensity projections along z, y and x, computed slab by slab.
+
+    In-plane sizes are max-pooled so that no projection side exceeds ``_MAX_PLANE``;
+    at most one z-slab of the volume is held in memory at a time.
+    """
+    nz, ny, nx = _as_zyx(vol.shape)
+    fy, fx, fz = _factor(ny), _factor(nx), _factor(nz)
+    per_z = max(1, ny * nx * 4)
+    step = max(1, slab_bytes // per_z)
+    mip_xy = None
+    rows_xz, rows_yz = [], []
+    for z0 in range(0, nz, step):
+        slab = np.asarray(vol[z0:min(nz, z0 + step)], dtype=np.float32)
+        m = slab.max(axis=0)
+        mip_xy = m if mip_xy is None else np.maximum(mip_xy, m)
+        rows_xz.append(slab.max(axis=1))  # (dz, nx)
+        rows_yz.append(slab.max(axis=2))  # (dz, ny)
+    xz = np.concatenate(rows_xz, axis=0)
+    yz = np.concatenate(rows_yz, axis=0)
+    return {
+        "XY": _block_max(mip_xy, fy, fx),
+        "XZ": _block_max(xz, fz, fx),
+        "YZ": _block_max(yz, fz, fy),
+    }
+
+
+def _sample_values(vol: Any, *, target: int = 2_000_000) -> np.ndarray:
+    """A strided subsample of a volume (for percentiles)."""
+    nz, ny, nx = _as_zyx(vol.shape)
+    n = nz * ny * nx
+    s = max(1, round((n / target) ** (1 / 3)))
+    sub = np.asarray(vol[::s, ::s, ::s], dtype=np.float32)
+    return sub[np.isfinite(sub)]
+
+
+def display_range(
+    data: Any, *, low: float = 0.2, high: float = 99.8
+) -> tuple[float, float]:
+    """Percentile-based display range of an array (strided sample of large volumes).
+
+    Parameters
+    ----------
+    data
+        2-D or 3-D array.
+    low, high
+        Percentiles (0–100) mapped to black and white.
+
+    Returns
+    -------
+    tuple of float
+        ``(vmin, vmax)`` with ``vmax > vmin`` (a constant input gets a unit range).
+    """
+    arr = _vol3(data)
+    vals = _sample_values(arr) if getattr(arr, "ndim", 0) == 3 else np.asarray(arr).ravel()
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(vals, [low, high]))
+    if not hi > lo:
+        lo, hi = float(vals.min()), float(vals.max())
+    if not hi > lo:
+        hi = lo + 1.0
+    return lo, hi
+
+
+def _extent(axis_h: int, axis_v: int, shape: tuple[int, ...], vs: Sequence[float]):
+    """imshow extent in physical units for a plane with axes (vertical, horizontal)."""
+    w = shape[axis_h] * vs[axis_h]
+    h = shape[axis_v] * vs[axis_v]
+    return (0.0, w, h, 0.0)
+
+
+# plane name -> (vertical axis, horizontal axis) in ZYX numbering
+_PLANE_AXES = {"XY": (1, 2), "XZ": (0, 2), "YZ": (0, 1)}
+
+
+def _panel_grid(
+    volumes: Sequence[tuple[str, Any, tuple[float, ...]]],
+    planes_of: Any,
+    *,
+    title: str,
+    unit: str,
+    vmin: float,
+    vmax: float,
+    box: Sequence[tuple[int, int]] | None = None,
+) -> bytes:
+    """Draw rows = volumes, columns = XY/XZ/YZ at physical aspect.
+
+    Volumes with a single z plane get one XY panel per volume, side by side.
+
+    ``box`` is a ZYX bbox in voxels of the first row's volume, outlined in red.
+    """
+    shapes = [_as_zyx(v.shape) for _, v, _ in volumes]
+    is_2d = all(s[0] == 1 for s in shapes)
+    cols = ["XY"] if is_2d else ["XY", "XZ", "YZ"]
+    # physical size of each plane from the output-grid volume (last row)
+    shp, vs = shapes[-1], volumes[-1][2]
+    phys = [shp[i] * vs[i] for i in range(3)]  # z, y, x lengths
+    widths = [phys[_PLANE_AXES[c][1]] for c in cols]
+    heights = [phys[_PLANE_AXES[c][0]] for c in cols]
+    ratio_w = np.array(widths) / max(widths)
+    n_vol = len(volumes)
+    if is_2d:
+        # one XY panel per volume, side by side
+        aspect = heights[0] / widths[0]
+        panel_w = 3.4
+        fig = plt.figure(figsize=(panel_w * n_vol + 0.8,
+                                  max(1.5, min(6.0, panel_w * aspect)) + 1.0))
+        gs = fig.add_gridspec(1, n_vol, left=0.06, right=0.92, top=0.86, bottom=0.12,
+                              wspace=0.25)
+        slots = [[gs[0, r]] for r in range(n_vol)]
+    else:
+        total_w = 10.5
+        col_w = total_w * ratio_w / ratio_w.sum()
+        row_h = max(1.2, min(4.0, max(h / w * cw for h, w, cw in zip(heights, widths, col_w))))
+        fig = plt.figure(figsize=(total_w + 0.8, row_h * n_vol + 0.9))
+        gs = fig.add_gridspec(n_vol, len(cols), width_ratios=list(ratio_w),
+                              left=0.07, right=0.92, top=0.90, bottom=0.06,
+                              wspace=0.25, hspace=0.35)
+        slots = [[gs[r, c] for c in range(len(cols))] for r in range(n_vol)]
+    im = None
+    for r, (name, vol, vsz) in enumerate(volumes):
+        planes = planes_of(vol)
+        shape = _as_zyx(vol.shape)
+        for c, pname in enumerate(cols):
+            ax = fig.add_subplot(slots[r][c])
+            av, ah = _PLANE_AXES[pname]
+            im = ax.imshow(planes[pname], cmap="gray", vmin=vmin, vmax=vmax,
+                           extent=_extent(ah, av, shape, vsz), aspect="equal",
+                           interpolation="nearest")
+            ax.tick_params(labelsize=7)
+            if r == 0 and box is not None:
+                (b0, b1), (a0, a1) = box[ah], box[av]
+                ax.add_patch(matplotlib.patches.Rectangle(
+                    (b0 * vsz[ah], a0 * vsz[av]), (b1 - b0) * vsz[ah], (a1 - a0) * vsz[av],
+                    fill=False, edgecolor="red", lw=1.0))
+            if is_2d:
+                ax.set_title(f"{name} ({pname})", fontsize=9)
+                ax.set_ylabel(f"y ({unit})", fontsize=7)
+                ax.set_xlabel(f"x ({unit})", fontsize=7)
+                continue
+            if r == 0:
+                ax.set_title(pname, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"{name}\n{'zyx'[av]} ({unit})", fontsize=8)
+            else:
+                ax.set_ylabel(f"{'zyx'[av]} ({unit})", fontsize=7)
+            if r == n_vol - 1:
+                ax.set_xlabel(f"{'zyx'[ah]} ({unit})", fontsize=7)
+    if im is not None:
+        cax = fig.add_axes([0.94, 0.2, 0.012, 0.6])
+        cb = fig.colorbar(im, cax=cax)
+        cb.ax.tick_params(labelsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _fig_to_png(fig)
+
+
+def _prepare(raw, interp, restored, voxel_size_in, voxel_size_out):
+    raw, interp, restored = _vol3(raw), _vol3(interp), _vol3(restored)
+    s_in, s_out = _as_zyx(raw.shape), _as_zyx(restored.shape)
+    if _as_zyx(interp.shape) != s_out:
+        raise ValueError(
+            f"interp and restored must share the output grid; got {tuple(interp.shape)} "
+            f"and {tuple(restored.shape)}"
+        )
+    vin, vout, unit = _voxel_sizes(s_in, s_out, voxel_size_in, voxel_size_out)
+    return raw, interp, restored, vin, vout, unit
+
+
+# ----------------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------------
+
+
+def figure_orthoviews(
+    *,
+    raw: Any,
+    interp: Any,
+    restored: Any,
+    voxel_size_in: Sequence[float] | None = None,
+    voxel_size_out: Sequence[float] | None = None,
+    display: tuple[float, float] | None = None,
+) -> bytes:
+    """Orthogonal centre slices of raw, interpolation and restored, as PNG bytes.
+
+    Parameters
+    ----------
+    raw
+        Input volume, ZYX.
+    interp, restored
+        Interpolated and restored volumes on the output grid (same shape).
+    voxel_size_in, voxel_size_out
+        ``(z, y, x)`` voxel sizes in µm, or ``None`` (then output voxels are used as
+        unit and the input size is derived from the shape ratio).
+    display
+        ``(vmin, vmax)`` shared by the three rows; default: the 0.2–99.8 percentiles
+        of ``restored``.
+
+    Returns
+    -------
+    bytes
+        A PNG image. Panels are drawn at physical aspect (z is not squashed).
+    """
+    raw, interp, restored, vin, vout, unit = _prepare(
+        raw, interp, restored, voxel_size_in, voxel_size_out)
+    vmin, vmax = display if display is not None else display_range(restored)
+    vols = [("raw", raw, vin), ("interpolation", interp, vout), ("restored", restored, vout)]
+    return _panel_grid(vols, _centre_planes, unit=unit, vmin=vmin, vmax=vmax,
+                       title="Centre slices (matched contrast, range from restored)")
+
+
+def figure_projections(
+    *,
+    raw: Any,
+    interp: Any,
+    restored: Any,
+    voxel_size_in: Sequence[float] | None = None,
+    voxel_size_out: Sequence[float] | None = None,
+    train_fov: Any = None,
+) -> bytes:
+    """Maximum-intensity projections of raw, interpolation and restored (PNG bytes).
+
+    The display range is shared by the three rows and taken from the percentiles of
+    the restored projections. Parameters are as in :func:`figure_orthoviews`;
+    ``train_fov`` (see :func:`fov_bbox`), when given, is outlined in red on the raw
+    projections.
+
+    Returns
+    -------
+    bytes
+        A PNG image.
+    """
+    raw, interp, restored, vin, vout, unit = _prepare(
+        raw, interp, restored, voxel_size_in, voxel_size_out)
+    cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def planes(vol):
+        key = id(vol)
+        if key not in cache:
+            cache[key] = _projections(vol)
+        return cache[key]
+
+    ref = planes(restored)
+    vals = np.concatenate([p.ravel() for p in ref.values()])
+    vmin, vmax = display_range(vals)
+    vols = [("raw", raw, vin), ("interpolation", interp, vout), ("restored", restored, vout)]
+    box = fov_bbox(train_fov)
+    title = "Maximum-intensity projections (matched contrast)"
+    if box is not None:
+        title += "; red: training field of view"
+    return _panel_grid(vols, planes, unit=unit, vmin=vmin, vmax=vmax, title=title, box=box)
+
+
+def _smooth2d(plane: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur with reflected borders (numpy only)."""
+    radius = max(1, int(math.ceil(3 * sigma)))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (t / sigma) ** 2)
+    k /= k.sum()
+    out = np.asarray(plane, dtype=np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="reflect" if out.shape[axis] > radius else "edge")
+        out = np.apply_along_axis(lambda v: np.convolve(v, k, mode="valid"), axis, padded)
+    return out
+
+
+def _find_structure(restored: Any) -> tuple[int, int, int]:
+    """Output-grid voxel (z, y, x) at the brightest smoothed structure."""
+    nz, ny, nx = _as_zyx(restored.shape)
+    mip = _projections(restored)["XY"]
+    fy, fx = _factor(ny), _factor(nx)
+    sm = _smooth2d(np.nan_to_num(mip), max(1.0, min(mip.shape) / 64))
+    iy, ix = np.unravel_index(int(np.argmax(sm)), sm.shape)
+    y = min(ny - 1, iy * fy + fy // 2)
+    x = min(nx - 1, ix * fx + fx // 2)
+    column = np.nan_to_num(np.asarray(restored[:, y, x], dtype=np.float32))
+    z = int(np.argmax(column)) if column.size else 0
+    return z, y, x
+
+
+def _in_index(j: int, n_out: int, n_in: int) -> int:
+    """Nearest input index of output index ``j`` (half-pixel-centre convention)."""
+    s = n_out / n_in
+    return int(min(n_in - 1, max(0, round((j + 0.5) / s - 0.5))))
+
+
+def figure_detail(
+    *,
+    raw: Any,
+    interp: Any,
+    restored: Any,
+    voxel_size_in: Sequence[float] | None = None,
+    voxel_size_out: Sequence[float] | None = None,
+    zoom: int = 4,
+    display: tuple[float, float] | None = None,
+) -> bytes:
+    """Zoomed crop around the brightest structure and a line profile across it.
+
+    The crop (``1/zoom`` of the lateral field of view) is centred on the brightest
+    region of the smoothed restored projection, in the z plane where that structure
+    peaks. The same physical region and the same horizontal line are shown for the
+    three volumes; the profiles are plotted together in physical units.
+
+    Parameters
+    ----------
+    raw, interp, restored, voxel_size_in, voxel_size_out, display
+        As in :func:`figure_orthoviews`.
+    zoom
+        Zoom factor of the crop (crop side = field side / zoom).
+
+    Returns
+    -------
+    bytes
+        A PNG image.
+    """
+    raw, interp, restored, vin, vout, unit = _prepare(
+        raw, interp, restored, voxel_size_in, voxel_size_out)
+    s_in, s_out = _as_zyx(raw.shape), _as_zyx(restored.shape)
+    z, y, x = _find_structure(restored)
+    hy = max(2, s_out[1] // (2 * zoom))
+    hx = max(2, s_out[2] // (2 * zoom))
+    y0, y1 = max(0, y - hy), min(s_out[1], y + hy)
+    x0, x1 = max(0, x - hx), min(s_out[2], x + hx)
+    # same physical window on the input grid
+    fy, fx = s_out[1] / s_in[1], s_out[2] / s_in[2]
+    iy0, iy1 = int(math.floor(y0 / fy)), max(int(math.floor(y0 / fy)) + 1, int(math.ceil(y1 / fy)))
+    ix0, ix1 = int(math.floor(x0 / fx)), max(int(math.floor(x0 / fx)) + 1, int(math.ceil(x1 / fx)))
+    iz, iyl = _in_index(z, s_out[0], s_in[0]), _in_index(y, s_out[1], s_in[1])
+
+    crops = {
+        "raw": (np.asarray(raw[iz, iy0:iy1, ix0:ix1], dtype=np.float32), vin, iy0, ix0),
+        "interpolation": (np.asarray(interp[z, y0:y1, x0:x1], dtype=np.float32), vout, y0, x0),
+        "restored": (np.asarray(restored[z, y0:y1, x0:x1], dtype=np.float32), vout, y0, x0),
+    }
+    if display is None:
+        display = display_range(crops["restored"][0], low=0.5, high=99.9)
+    vmin, vmax = display
+    line_y_phys = (y + 0.5) * vout[1]
+    fig = plt.figure(figsize=(11.0, 3.4))
+    gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.5], left=0.05, right=0.98,
+                          top=0.86, bottom=0.16, wspace=0.3)
+    colors = {"raw": "tab:blue", "interpolation": "tab:orange", "restored": "tab:green"}
+    for k, (name, (crop, vs, oy, ox)) in enumerate(crops.items()):
+        ax = fig.add_subplot(gs[0, k])
+        ext = (ox * vs[2], (ox + crop.shape[1]) * vs[2], (oy + crop.shape[0]) * vs[1], oy * vs[1])
+        ax.imshow(crop, cmap="gray", vmin=vmin, vmax=vmax, extent=ext, aspect="equal",
+                  interpolation="nearest")
+        ax.axhline(line_y_phys, color=colors[name], lw=1.0, alpha=0.8)
+        ax.set_title(f"{name} ({zoom}× zoom)", fontsize=9)
+        ax.set_xlabel(f"x ({unit})", fontsize=7)
+        ax.tick_params(labelsize=7)
+    ax = fig.add_subplot(gs[0, 3])
+    profiles = {
+        "raw": (np.asarray(raw[iz, iyl, ix0:ix1], dtype=np.float32), vin[2], ix0),
+        "interpolation": (np.asarray(interp[z, y, x0:x1], dtype=np.float32), vout[2], x0),
+        "restored": (np.asarray(restored[z, y, x0:x1], dtype=np.float32), vout[2], x0),
+    }
+    for name, (prof, vx, o) in profiles.items():
+        pos = (o + np.arange(prof.size) + 0.5) * vx
+        ax.plot(pos, prof, marker="." if name == "raw" else None, ms=4,
+                color=colors[name], label=name, lw=1.2)
+    ax.set_xlabel(f"x ({unit})", fontsize=8)
+    ax.set_ylabel("intensity", fontsize=8)
+    ax.set_title(f"line profile at z={z}, y={y} (output voxels)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=7)
+    return _fig_to_png(fig)
+
+
+def _log_frame(training_log: Any) -> pd.DataFrame | None:
+    if training_log is None:
+        return None
+    if isinstance(training_log, pd.DataFrame):
+        df = training_log
+    elif isinstance(training_log, (str, Path)):
+        df = pd.read_csv(training_log, sep="\t")
+    else:
+        df = pd.DataFrame(training_log)
+    if df.empty or "step" not in df.columns:
+        return None
+    return df
+
+
+def _best_step(df: pd.DataFrame, best_step: Any) -> int | None:
+    if _num(best_step) is not None:
+        return int(best_step)
+    if "val_psnr_model" in df.columns:
+        col = pd.to_numeric(df["val_psnr_model"], errors="coerce")
+        if col.notna().any():
+            return int(df.loc[col.idxmax(), "step"])
+    return None
+
+
+def figure_training_curves(training_log: Any, *, best_step: int | None = None) -> bytes:
+    """Loss, validation PSNR (model vs interpolation) and learning rate vs step.
+
+    Parameters
+    ----------
+    training_log
+        DataFrame (or mapping of columns, or path of ``training_log.tsv``) with
+        columns ``step``, ``loss``, ``val_psnr_model``, ``val_psnr_interp``, ``lr``
+        (missing columns are skipped).
+    best_step
+        Step of the kept checkpoint; default: the row with the largest
+        ``val_psnr_model``. Marked by a dashed line.
+
+    Returns
+    -------
+    bytes
+        A PNG image.
+    """
+    df = _log_frame(training_log)
+    if df is None:
+        raise ValueError("training_log is empty or has no 'step' column")
+    step = pd.to_numeric(df["step"], errors="coerce").to_numpy(dtype=float)
+    best = _best_step(df, best_step)
+    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.0))
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.17, top=0.85, wspace=0.3)
+
+    def col(name):
+        return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
+
+    ax = axes[0]
+    if "loss" in df.columns:
+        loss = col("loss")
+        ax.plot(step, loss, lw=1, color="tab:blue")
+        if np.nanmin(np.where(loss > 0, loss, np.nan), initial=np.inf) < np.inf and np.all(
+                loss[np.isfinite(loss)] > 0):
+            ax.set_yscale("log")
+    ax.set_title("training loss", fontsize=9)
+    ax = axes[1]
+    if "val_psnr_model" in df.columns:
+        ax.plot(step, col("val_psnr_model"), ".-", ms=3, lw=1, label="model", color="tab:green")
+    if "val_psnr_interp" in df.columns:
+        ax.plot(step, col("val_psnr_interp"), "--", lw=1, label="tricubic", color="tab:orange")
+    ax.set_title("validation PSNR (dB)", fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    ax = axes[2]
+    if "lr" in df.columns:
+        ax.plot(step, col("lr"), lw=1, color="tab:purple")
+    ax.set_title("learning rate", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(which="both", labelsize=7)
+        if best is not None:
+            ax.axvline(best, color="k", ls=":", lw=1)
+    if best is not None:
+        fig.suptitle(f"best checkpoint: step {best} (dotted line)", fontsize=9)
+    return _fig_to_png(fig)
+
+
+def figure_spectra(spectra: Mapping[str, Any]) -> bytes:
+    """Axial power spectra before/after restoration.
+
+    Parameters
+    ----------
+    spectra
+        ``{"input": (freq, power), "output": (freq, power)}``; frequencies in
+        cycles/µm (or per voxel), power in any unit (plotted on a log scale).
+
+    Returns
+    -------
+    bytes
+        A PNG image.
+    """
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.16, top=0.88)
+    for name, color in (("input", "tab:blue"), ("output", "tab:green")):
+        if name not in spectra or spectra[name] is None:
+            continue
+        f, p = (np.asarray(a, dtype=float).ravel() for a in spectra[name])
+        good = np.isfinite(f) & np.isfinite(p) & (p > 0)
+        ax.semilogy(f[good], p[good], lw=1.2, color=color, label=name)
+    ax.set_xlabel("axial frequency", fontsize=8)
+    ax.set_ylabel("power", fontsize=8)
+    ax.set_title("axial power spectrum", fontsize=9)
+    ax.tick_params(labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    return _fig_to_png(fig)
+
+
+def fov_bbox(train_fov: Any) -> tuple[tuple[int, int], ...] | None:
+    """ZYX bounding box ``((z0, z1), (y0, y1), (x0, x1))`` of a training FOV.
+
+    Parameters
+    ----------
+    train_fov
+        ``None``; a string ``"z0:z1,y0:y1,x0:x1"``; a mapping with ``bbox`` (three
+        ``[start, stop]`` pairs, or six numbers z0, z1, y0, y1, x0, x1) or with keys
+        ``z0 … x1``; a tuple of three slices or pairs; or an object with a ``bbox``
+        or ``slices`` attribute.
+
+    Returns
+    -------
+    tuple or None
+        The box, or ``None`` when the form is not understood.
+    """
+    fov = train_fov
+    try:
+        if fov is None:
+            return None
+        if isinstance(fov, str):
+            pairs = [p.split(":") for p in fov.split(",")]
+            box = tuple((int(a), int(b)) for a, b in pairs)
+        elif isinstance(fov, Mapping):
+            if all(k in fov for k in ("z0", "z1", "y0", "y1", "x0", "x1")):
+                box = tuple((int(fov[f"{a}0"]), int(fov[f"{a}1"])) for a in "zyx")
+            else:
+                inner = fov.get("bbox", fov.get("slices"))
+                return None if inner is None else fov_bbox(inner)
+        elif hasattr(fov, "bbox") or hasattr(fov, "slices"):
+            return fov_bbox(getattr(fov, "bbox", None) or getattr(fov, "slices"))
+        else:
+            items = list(fov)
+            if len(items) == 6 and all(_num(i) is not None for i in items):
+                box = tuple((int(items[2 * i]), int(items[2 * i + 1])) for i in range(3))
+            else:
+                box = tuple(
+                    (int(i.start or 0), int(i.stop)) if isinstance(i, slice)
+                    else (int(i[0]), int(i[1])) for i in items)
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return None
+    if len(box) != 3 or any(b <= a for a, b in box):
+        return None
+    return box
+
+
+def _draw_fov_note(train_fov: Any) -> str:
+    """Plain-text description of a training FOV given in any supported form."""
+    if train_fov is None:
+        return ""
+    if isinstance(train_fov, str):
+        return train_fov
+    if isinstance(train_fov, Mapping):
+        parts = []
+        for key in ("bbox", "slices", "fov", "heldout", "held_out", "reason", "why"):
+            if key in train_fov:
+                parts.append(f"{key}: {train_fov[key]}")
+        return "; ".join(parts) if parts else json.dumps(train_fov, default=str)
+    for attr in ("bbox", "slices"):
+        if hasattr(train_fov, attr):
+            return f"{attr}: {getattr(train_fov, attr)}"
+    return str(train_fov)
+
+
+# ----------------------------------------------------------------------------------
+# HTML
+# ----------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em auto;
+max-width:1150px;color:#222;line-height:1.4;padding:0 1em}
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;border-bottom:1px solid #ccc;
+padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.92em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
+img{max-width:100%;height:auto;display:block;margin:.4em 0}
+.warn{border:2px solid #c0392b;background:#fdecea;padding:.8em 1em;margin:1em 0;border-radius:4px}
+.warn h3{margin:.1em 0 .4em 0;color:#922}
+.flag{border-left:4px solid #e0a800;background:#fff8e1;padding:.4em .8em;margin:.5em 0}
+.status-ok{color:#1a7f37;font-weight:bold}.status-failed{color:#c0392b;font-weight:bold}
+.status-fallback_interpolation{color:#b36b00;font-weight:bold}
+tr.failed td{background:#fdecea}tr.fallback td{background:#fff8e1}
+pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
+.muted{color:#666;font-size:.9em}
+th.sortable{cursor:pointer;user-select:none}th.sortable:after{content:" \\2195";color:#999}
+"""
+
+
+def _page(title: str, body: str, *, script: str = "") -> str:
+    js = f"<script>{script}</script>" if script else ""
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
+        f"{body}\n{js}</body></html>\n"
+    )
+
+
+def _kv_table(rows: Sequence[tuple[str, Any]]) -> str:
+    cells = "".join(
+        f"<tr><th>{_esc(k)}</th><td>{_esc(_fmt(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(
+            f"<td class=\"num\">{_esc(_fmt(c))}</td>" if isinstance(c, (int, float, np.number))
+            and not isinstance(c, bool) else f"<td>{_esc(_fmt(c))}</td>" for c in row
+        ) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _diff(a: Any, b: Any) -> float | None:
+    a, b = _num(a), _num(b)
+    return None if a is None or b is None else a - b
+
+
+def _flags_html(flags: Sequence[str]) -> str:
+    if not flags:
+        return "<p>No flags: no problem was detected automatically.</p>"
+    out = []
+    for flag in flags:
+        meaning, todo = explain_flag(flag)
+        if flag == "model_worse_than_interpolation":
+            out.append(
+                f'<div class="warn" id="flag-{_esc(flag)}"><h3>Warning: the network did '
+                f"not beat interpolation ({_esc(flag)})</h3><p>{_esc(meaning)}</p>"
+                f"<p><b>What to do:</b> {_esc(todo)}</p></div>")
+        else:
+            out.append(
+                f'<div class="flag" id="flag-{_esc(flag)}"><b>{_esc(flag)}</b>: '
+                f"{_esc(meaning)}<br><b>What to do:</b> {_esc(todo)}</div>")
+    # the prominent warning first
+    out.sort(key=lambda s: not s.startswith('<div class="warn"'))
+    return "".join(out)
+
+
+def _bead_summary(bead_table: Any) -> pd.DataFrame | None:
+    """Median FWHM per axis, input vs output, from a bead table.
+
+    Accepted forms: wide columns ``fwhm_{z,y,x}_{in,out}`` (optionally with ``_um`` or
+    ``_px`` after ``fwhm_?``), or long form with a ``stage``/``which``/``volume``
+    column valued ``input``/``output`` (or ``in``/``out``) and ``fwhm_{z,y,x}``
+    columns. A dict is converted with :class:`pandas.DataFrame`.
+    """
+    if bead_table is None:
+        return None
+    df = bead_table if isinstance(bead_table, pd.DataFrame) else pd.DataFrame(bead_table)
+    if df.empty:
+        return None
+    cols = {c.lower(): c for c in df.columns}
+    out: dict[str, dict[str, float | None]] = {}
+    stage_col = next((cols[k] for k in ("stage", "which", "volume", "kind") if k in cols), None)
+    for axis in "zyx":
+        for stage, aliases in (("input", ("in", "input")), ("output", ("out", "output"))):
+            val = None
+            if stage_col is not None:
+                mask = df[stage_col].astype(str).str.lower().isin(aliases)
+                for cand in (f"fwhm_{axis}", f"fwhm_{axis}_um", f"fwhm_{axis}_px"):
+                    if cand in cols and mask.any():
+                        val = pd.to_numeric(df.loc[mask, cols[cand]], errors="coerce").median()
+                        break
+            else:
+                for suf in aliases:
+                    for cand in (f"fwhm_{axis}_{suf}", f"fwhm_{axis}_um_{suf}",
+                                 f"fwhm_{axis}_px_{suf}", f"{suf}_fwhm_{axis}"):
+                        if cand in cols:
+                            val = pd.to_numeric(df[cols[cand]], errors="coerce").median()
+                            break
+                    if val is not None:
+                        break
+            out.setdefault(axis, {})[stage] = _num(val)
+    res = pd.DataFrame(out).T[["input", "output"]]
+    if res.isna().all().all():
+        return None
+    res.index.name = "axis"
+    res.attrs["n_beads"] = int(len(df) if stage_col is None else
+                               (df[stage_col].astype(str).str.lower().isin(("in", "input"))).sum())
+    return res
+
+
+def render_sample_report(
+    *,
+    sample: str,
+    metrics: Mapping[str, Any],
+    raw: Any,
+    interp: Any,
+    restored: Any,
+    voxel_size_in: Sequence[float] | None,
+    voxel_size_out: Sequence[float] | None,
+    training_log: Any = None,
+    provenance: Mapping[str, Any] | None = None,
+    bead_table: Any = None,
+    spectra: Mapping[str, Any] | None = None,
+    train_fov: Any = None,
+) -> str:
+    """Render the self-contained per-sample quality report.
+
+    Parameters
+    ----------
+    sample
+        Sample id (escaped; may contain anything).
+    metrics
+        The content of ``qc/metrics.json`` (keys per the contract; missing keys are
+        shown as "–"). ``metrics["status"]`` (default ``"ok"``) and
+        ``metrics["best_step"]`` are used when present.
+    raw
+        Input volume, ZYX (2-D is accepted as Z=1).
+    interp, restored
+        Tricubic interpolation and restored volume on the output grid (same shape).
+    voxel_size_in, voxel_size_out
+        ``(z, y, x)`` in µm, or ``None``.
+    training_log
+        ``training_log.tsv`` as DataFrame, mapping of columns or path; optional.
+    provenance
+        Content of ``provenance.json``; shown as JSON, its ``timings`` as a table.
+    bead_table
+        Per-bead FWHM table (DataFrame or dict); optional. Wide columns
+        ``fwhm_{z,y,x}_{in,out}``, or long form with a ``stage`` column
+        (``input``/``output``) and ``fwhm_{z,y,x}`` columns; medians are shown.
+    spectra
+        ``{"input": (freq, power), "output": (freq, power)}``; optional.
+    train_fov
+        Content of ``train_fov.json`` (or a ``TrainingFov``/string); optional.
+
+    Returns
+    -------
+    str
+        A complete HTML page with all figures embedded as base64 PNG.
+    """
+    metrics = dict(metrics or {})
+    mode = metrics.get("mode")
+    status = str(metrics.get("status") or "ok")
+    flags = [str(f) for f in (metrics.get("flags") or [])]
+    raw, interp, restored, vin, vout, unit = _prepare(
+        raw, interp, restored, voxel_size_in, voxel_size_out)
+    parts: list[str] = []
+    parts.append(f"<h1>selfres report: {_esc(sample)}</h1>")
+    parts.append(_kv_table([
+        ("sample", sample),
+        ("mode", mode),
+        ("status", status),
+        ("input shape (z, y, x)", metrics.get("input_shape") or list(_as_zyx(raw.shape))),
+        ("output shape (z, y, x)", metrics.get("output_shape") or list(_as_zyx(restored.shape))),
+        ("voxel size in (µm)", voxel_size_in),
+        ("voxel size out (µm)", voxel_size_out),
+        ("flags", ", ".join(flags) if flags else "none"),
+    ]))
+    parts.append('<h2 id="flags">Flags</h2>')
+    parts.append(_flags_html(flags))
+
+    # --- images
+    parts.append('<h2 id="views">Orthogonal views</h2>')
+    lo, hi = display_range(restored)
+    parts.append(
+        f"<p class=\"muted\">Raw (input grid), tricubic interpolation and restored "
+        f"volume, all shown with the same display range {_esc(_fmt(lo))} – "
+        f"{_esc(_fmt(hi))} (0.2–99.8 percentiles of the restored volume), at physical "
+        f"aspect ({_esc(unit)}).</p>")
+    parts.append(_img_tag(figure_orthoviews(
+        raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout,
+        display=(lo, hi)), alt="orthogonal centre slices"))
+    parts.append('<h2 id="mips">Maximum-intensity projections</h2>')
+    parts.append(_img_tag(figure_projections(
+        raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout,
+        train_fov=train_fov), alt="maximum intensity projections"))
+    parts.append('<h2 id="detail">Zoomed detail and line profile</h2>')
+    parts.append(_img_tag(figure_detail(
+        raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout),
+        alt="zoomed detail and line profile"))
+    if train_fov is not None:
+        parts.append(f"<p><b>Training field of view:</b> {_esc(_draw_fov_note(train_fov))}</p>")
+
+    # --- training
+    parts.append('<h2 id="training">Training curves</h2>')
+    df = _log_frame(training_log)
+    if df is None:
+        parts.append("<p>No training log available (no training, or it failed before "
+                     "logging).</p>")
+    else:
+        best = _best_step(df, metrics.get("best_step"))
+        parts.append(_img_tag(figure_training_curves(df, best_step=best),
+                              alt="training curves"))
+        parts.append(f"<p>Best checkpoint: step {_esc(_fmt(best))}; "
+                     f"{len(df)} logged steps.</p>")
+
+    # --- self-validation
+    parts.append('<h2 id="self-validation">Self-validation (held-out region)</h2>')
+    sv = metrics.get("self_validation") or {}
+    parts.append("<p class=\"muted\">Held-out region of the input that training never "
+                 "saw, degraded as in training; does the model beat tricubic?</p>")
+    parts.append(_table(
+        ["metric", "model", "tricubic", "gain (model − tricubic)"],
+        [["PSNR (dB)", _num(sv.get("psnr_model")), _num(sv.get("psnr_interp")),
+          _diff(sv.get("psnr_model"), sv.get("psnr_interp"))],
+         ["SSIM", _num(sv.get("ssim_model")), _num(sv.get("ssim_interp")),
+          _diff(sv.get("ssim_model"), sv.get("ssim_interp"))]]))
+    ref = metrics.get("reference")
+    if ref:
+        parts.append('<h2 id="reference">Reference metrics</h2>')
+        parts.append(_table(
+            ["metric", "restored", "tricubic", "gain"],
+            [["PSNR (dB)", _num(ref.get("psnr")), _num(ref.get("psnr_interp")),
+              _diff(ref.get("psnr"), ref.get("psnr_interp"))],
+             ["SSIM", _num(ref.get("ssim")), _num(ref.get("ssim_interp")),
+              _diff(ref.get("ssim"), ref.get("ssim_interp"))]]))
+
+    # --- resolution
+    parts.append('<h2 id="resolution">Resolution and isotropy</h2>')
+    res = metrics.get("resolution_um") or {}
+    parts.append(_table(
+        ["", "input", "output"],
+        [["lateral resolution (µm)", _num(res.get("lateral_in")), _num(res.get("lateral_out"))],
+         ["axial resolution (µm)", _num(res.get("axial_in")), _num(res.get("axial_out"))],
+         ["isotropy (lateral / axial; 1 = isotropic)", _num(metrics.get("isotropy_in")),
+          _num(metrics.get("isotropy_out"))]]))
+    if spectra:
+        parts.append(_img_tag(figure_spectra(spectra), alt="axial spectra"))
+    beads = _bead_summary(bead_table)
+    if beads is not None:
+        parts.append('<h2 id="beads">Beads</h2>')
+        parts.append(f"<p>Median FWHM per axis over {beads.attrs.get('n_beads', '?')} "
+                     "beads.</p>")
+        parts.append(_table(["axis", "input", "output"],
+                            [[a, _num(r["input"]), _num(r["output"])]
+                             for a, r in beads.iterrows()]))
+
+    # --- timings & provenance
+    parts.append('<h2 id="timings">Timings</h2>')
+    timing_rows = [("training (s)", _num(metrics.get("train_seconds"))),
+                   ("inference (s)", _num(metrics.get("infer_seconds")))]
+    prov_t = (provenance or {}).get("timings") if isinstance(provenance, Mapping) else None
+    if isinstance(prov_t, Mapping):
+        timing_rows += [(f"{k} (s)" if _num(v) is not None else k, v) for k, v in prov_t.items()]
+    parts.append(_kv_table(timing_rows))
+    parts.append('<h2 id="provenance">Provenance</h2>')
+    if provenance:
+        text = json.dumps(provenance, indent=2, sort_keys=True, default=str)
+        parts.append(f"<details><summary>provenance.json</summary><pre>{_esc(text)}</pre>"
+                     "</details>")
+    else:
+        parts.append("<p>No provenance recorded.</p>")
+    parts.append("<details><summary>metrics.json</summary><pre>"
+                 f"{_esc(json.dumps(metrics, indent=2, sort_keys=True, default=str))}</pre>"
+                 "</details>")
+    return _page(f"selfres report: {sample}", "\n".join(parts))
+
+
+# ----------------------------------------------------------------------------------
+# summary
+# ----------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = (
+    "sample", "status", "mode", "input_shape", "output_shape", "psnr_gain",
+    "isotropy_in", "isotropy_out", "flags", "train_seconds", "infer_seconds", "error",
+    "report",
+)
+
+
+def _shape_text(shape: Any) -> str | None:
+    if shape is None or (isinstance(shape, float) and math.isnan(shape)):
+        return None
+    if isinstance(shape, str):
+        return shape
+    return "x".join(str(int(s)) for s in shape)
+
+
+def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per sample with the summary columns.
+
+    Parameters
+    ----------
+    rows
+        One mapping per sample: either already-flat summary values or a
+        ``metrics.json`` content plus ``status``/``error``. ``psnr_gain`` is derived
+        from ``self_validation`` when absent; ``report`` defaults to
+        ``{sample}/report.html``; ``status`` defaults to ``"ok"`` (``"failed"`` when an
+        ``error`` is given).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`SUMMARY_COLUMNS`, shapes as ``"ZxYxX"``, flags joined by ``;``.
+    """
+    out = []
+    for row in rows:
+        row = dict(row)
+        sample = str(row.get("sample", ""))
+        error = row.get("error")
+        status = row.get("status") or ("failed" if error else "ok")
+        gain = _num(row.get("psnr_gain"))
+        if gain is None:
+            sv = row.get("self_validation") or {}
+            gain = _diff(sv.get("psnr_model"), sv.get("psnr_interp"))
+        flags = row.get("flags") or []
+        if isinstance(flags, str):
+            flags_text = flags
+        else:
+            flags_text = ";".join(str(f) for f in flags)
+        out.append({
+            "sample": sample,
+            "status": str(status),
+            "mode": row.get("mode"),
+            "input_shape": _shape_text(row.get("input_shape")),
+            "output_shape": _shape_text(row.get("output_shape")),
+            "psnr_gain": gain,
+            "isotropy_in": _num(row.get("isotropy_in")),
+            "isotropy_out": _num(row.get("isotropy_out")),
+            "flags": flags_text,
+            "train_seconds": _num(row.get("train_seconds")),
+            "infer_seconds": _num(row.get("infer_seconds")),
+            "error": None if error is None else str(error),
+            "report": row.get("report") or f"{sample}/report.html",
+        })
+    df = pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
+    for c in ("psnr_gain", "isotropy_in", "isotropy_out", "train_seconds", "infer_seconds"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    return df
+
+
+_SORT_JS = """
+(function(){
+  function key(td){var v=td.getAttribute('data-v');if(v===null){v=td.textContent;}
+    var n=parseFloat(v);return (v!==''&&!isNaN(n)&&isFinite(v))?[0,n]:[1,v.toLowerCase()];}
+  document.querySelectorAll('table.sortable').forEach(function(t){
+    t.querySelectorAll('th').forEach(function(th,i){
+      th.classList.add('sortable');
+      th.addEventListener('click',function(){
+        var asc=th.getAttribute('data-dir')!=='asc';
+        t.querySelectorAll('th').forEach(function(h){h.removeAttribute('data-dir');});
+        th.setAttribute('data-dir',asc?'asc':'desc');
+        var tb=t.tBodies[0],rs=Array.prototype.slice.call(tb.rows);
+        rs.sort(function(a,b){var x=key(a.cells[i]),y=key(b.cells[i]);
+          var c=x[0]-y[0];if(!c){c=x[1]<y[1]?-1:(x[1]>y[1]?1:0);}return asc?c:-c;});
+        rs.forEach(function(r){tb.appendChild(r);});
+      });
+    });
+  });
+})();
+"""
+
+
+def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Render ``summary.html``: counts, and a sortable table linking each report.
+
+    Parameters
+    ----------
+    rows
+        As for :func:`summary_table`.
+
+    Returns
+    -------
+    str
+        Self-contained HTML page (inline CSS and JavaScript; click a header to sort).
+    """
+    df = summary_table(rows)
+    counts = df["status"].value_counts()
+    n_ok = int(counts.get("ok", 0))
+    n_fb = int(counts.get("fallback_interpolation", 0))
+    n_fail = int(counts.get("failed", 0))
+    n_other = len(df) - n_ok - n_fb - n_fail
+    head = ["sample", "status", "mode", "input shape", "output shape", "PSNR gain (dB)",
+            "isotropy in", "isotropy out", "flags", "train (s)", "infer (s)", "error"]
+    body = []
+    for _, r in df.iterrows():
+        cls = {"failed": "failed", "fallback_interpolation": "fallback"}.get(r["status"], "")
+        cells = [
+            f'<td data-v="{_esc(r["sample"])}"><a href="{_esc(r["report"])}">'
+            f'{_esc(r["sample"])}</a></td>',
+            f'<td class="status-{_esc(r["status"])}">{_esc(r["status"])}</td>',
+            f"<td>{_esc(_fmt(r['mode']))}</td>",
+            f"<td>{_esc(_fmt(r['input_shape']))}</td>",
+            f"<td>{_esc(_fmt(r['output_shape']))}</td>",
+        ]
+        for c in ("psnr_gain", "isotropy_in", "isotropy_out"):
+            v = _num(r[c])
+            cells.append(f'<td class="num" data-v="{"" if v is None else repr(v)}">'
+                         f"{_esc(_fmt(v))}</td>")
+        flags = [f for f in str(r["flags"] or "").split(";") if f]
+        flag_html = ", ".join(
+            f'<span title="{_esc(" ".join(explain_flag(f)))}">{_esc(f)}</span>' for f in flags)
+        cells.append(f"<td>{flag_html}</td>")
+        for c in ("train_seconds", "infer_seconds"):
+            v = _num(r[c])
+            cells.append(f'<td class="num" data-v="{"" if v is None else repr(v)}">'
+                         f"{_esc(_fmt(v, digits=1))}</td>")
+        err = r["error"]
+        cells.append(f"<td>{'' if err is None or err != err else _esc(err)}</td>")
+        body.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
+    counts_html = (
+        f'<p><span class="status-ok">{n_ok} ok</span> · '
+        f'<span class="status-fallback_interpolation">{n_fb} fallback to interpolation</span>'
+        f' · <span class="status-failed">{n_fail} failed</span>'
+        + (f" · {n_other} other" if n_other else "") + f" · {len(df)} samples</p>")
+    table = ('<table class="sortable"><thead><tr>'
+             + "".join(f"<th>{_esc(h)}</th>" for h in head)
+             + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+    legend = "".join(
+        f"<li><b>{_esc(k)}</b>: {_esc(v[0])} <i>{_esc(v[1])}</i></li>"
+        for k, v in FLAG_EXPLANATIONS.items()
+        if any(k in str(f).split(";") for f in df["flags"]))
+    body_html = (
+        "<h1>selfres summary</h1>" + counts_html
+        + "<p class=\"muted\">Click a column header to sort. PSNR gain = model − tricubic "
+        "on the held-out self-validation region. Click a sample for its report.</p>"
+        + table + (f"<h2>Flags in this run</h2><ul>{legend}</ul>" if legend else ""))
+    return _page("selfres summary", body_html, script=_SORT_JS)
+
+
+# ----------------------------------------------------------------------------------
+# figures as files (for Snakemake's report)
+# ----------------------------------------------------------------------------------
+
+
+def write_report_figures(
+    outdir: str | Path,
+    *,
+    raw: Any,
+    interp: Any,
+    restored: Any,
+    voxel_size_in: Sequence[float] | None = None,
+    voxel_size_out: Sequence[float] | None = None,
+    training_log: Any = None,
+    best_step: int | None = None,
+) -> dict[str, Path]:
+    """Write the report figures as separate PNG files.
+
+    Parameters
+    ----------
+    outdir
+        Folder to write into (created if missing).
+    raw, interp, restored, voxel_size_in, voxel_size_out
+        As in :func:`figure_orthoviews`.
+    training_log, best_step
+        As in :func:`figure_training_curves`; skipped when no log is given.
+
+    Returns
+    -------
+    dict
+        Figure kind (``orthoviews``, ``projections``, ``detail``,
+        ``training_curves``) → path written.
+    """
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    kw = dict(raw=raw, interp=interp, restored=restored, voxel_size_in=voxel_size_in,
+              voxel_size_out=voxel_size_out)
+    figs = {
+        "orthoviews": figure_orthoviews(**kw),
+        "projections": figure_projections(**kw),
+        "detail": figure_detail(**kw),
+    }
+    df = _log_frame(training_log)
+    if df is not None:
+        figs["training_curves"] = figure_training_curves(df, best_step=best_step)
+    written = {}
+    for name, png in figs.items():
+        path = outdir / f"{name}.png"
+        tmp = path.with_suffix(".png.tmp")
+        tmp.write_bytes(png)
+        tmp.replace(path)
+        written[name] = path
+    return written

@@ -1,0 +1,253 @@
+"""Typed settings of every stage, with their defaults in one place.
+
+The package never reads ``config.yaml``. The workflow passes each stage its settings
+as a JSON object (``--settings``), which is parsed here into frozen dataclasses; unknown
+keys and out-of-range values are refused with a message naming them. The workflow's
+JSON schema (``workflow/schemas/config.schema.yaml``) repeats these defaults for
+documentation and validation; a test checks that the two agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class NormaliseSettings:
+    """Robust percentile normalisation (values map ``low → 0``, ``high → 1``)."""
+
+    low_percentile: float = 1.0
+    high_percentile: float = 99.8
+    max_sample_voxels: int = 4_000_000
+
+    def validate(self) -> None:
+        if not 0 <= self.low_percentile < self.high_percentile <= 100:
+            raise ConfigError(
+                "normalise: need 0 <= low_percentile < high_percentile <= 100, got "
+                f"{self.low_percentile} and {self.high_percentile}"
+            )
+
+
+@dataclass(frozen=True)
+class FovSettings:
+    """Choice of the training field of view and the held-out region."""
+
+    max_voxels: int = 2_000_000
+    holdout_fraction: float = 0.2
+    min_holdout_voxels: int = 4096
+
+    def validate(self) -> None:
+        if not 0.05 <= self.holdout_fraction <= 0.5:
+            raise ConfigError(
+                f"fov.holdout_fraction must be within 0.05..0.5, got {self.holdout_fraction}"
+            )
+        if self.max_voxels < 4096:
+            raise ConfigError(f"fov.max_voxels must be >= 4096, got {self.max_voxels}")
+
+
+@dataclass(frozen=True)
+class DegradationSettings:
+    """How training inputs are made from targets (see :mod:`selfres.degrade`)."""
+
+    method: Literal["cubic", "gaussian", "psf"] = "cubic"
+    sigma_um: tuple[float, float, float] | None = None
+    na: float | None = None
+    wavelength_um: float | None = None
+    refractive_index: float | None = None
+    microscope: Literal["widefield", "confocal", "two_photon"] = "widefield"
+    psf_path: str | None = None
+    noise: Literal["none", "poisson_gaussian"] = "none"
+    gain: float = 0.0
+    read_sigma: float = 0.0
+
+    def validate(self) -> None:
+        if self.method == "psf" and not self.psf_path:
+            raise ConfigError("degradation.method 'psf' needs degradation.psf_path")
+        if self.method == "gaussian" and self.sigma_um is None and self.na is None:
+            raise ConfigError(
+                "degradation.method 'gaussian' needs degradation.sigma_um or "
+                "degradation.na + wavelength_um + refractive_index"
+            )
+        if self.na is not None and (self.wavelength_um is None or self.refractive_index is None):
+            raise ConfigError("degradation.na needs wavelength_um and refractive_index too")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Per-sample training of the restoration network."""
+
+    arch: Literal["resnet3d", "svision_mini", "svision_paper", "iso2d"] = "resnet3d"
+    width: int = 32
+    depth: int = 4
+    residual: Literal["tricubic", "trilinear", "none"] = "tricubic"
+    x4_strategy: Literal["direct", "serial"] = "direct"
+    loss: Literal["mse", "l1", "charbonnier", "charbonnier_ssim"] = "l1"
+    steps: int = 1500
+    max_minutes: float = 4.0
+    batch_size: int = 4
+    patch_size: tuple[int, int, int] = (16, 64, 64)
+    learning_rate: float = 5e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 50
+    validate_every: int = 50
+    patience: int = 8
+    structure_weighting: float = 0.5
+    augment: bool = True
+    seed: int = 0
+    degradation: DegradationSettings = field(default_factory=DegradationSettings)
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if any(p < 1 for p in self.patch_size) or len(self.patch_size) != 3:
+            raise ConfigError(f"train.patch_size must be three positive ints z,y,x, got {self.patch_size}")
+        if not 0 <= self.structure_weighting <= 1:
+            raise ConfigError(
+                f"train.structure_weighting must be within 0..1, got {self.structure_weighting}"
+            )
+        if self.validate_every < 1:
+            raise ConfigError(f"train.validate_every must be >= 1, got {self.validate_every}")
+        self.degradation.validate()
+
+
+@dataclass(frozen=True)
+class InferSettings:
+    """Whole-FOV inference."""
+
+    tile_size: tuple[int, int, int] = (32, 128, 128)
+    batch_size: int = 1
+    ensemble: bool = False
+    back_projection_iterations: int = 0
+    amp: bool = True
+    on_worse_than_interpolation: Literal["interpolation", "model"] = "interpolation"
+    output_dtype: Literal["float32", "input"] = "float32"
+    ngff_version: Literal["0.4", "0.5"] = "0.4"
+    chunks: tuple[int, int, int] = (32, 256, 256)
+
+    def validate(self) -> None:
+        if any(t < 1 for t in self.tile_size):
+            raise ConfigError(f"infer.tile_size must be positive, got {self.tile_size}")
+
+
+@dataclass(frozen=True)
+class QcSettings:
+    """Quality control and metrics."""
+
+    beads: bool = False
+    resolution: bool = True
+    max_resolution_slices: int = 16
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All stage settings of one sample."""
+
+    normalise: NormaliseSettings = field(default_factory=NormaliseSettings)
+    fov: FovSettings = field(default_factory=FovSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    infer: InferSettings = field(default_factory=InferSettings)
+    qc: QcSettings = field(default_factory=QcSettings)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            part = getattr(self, f.name)
+            if hasattr(part, "validate"):
+                part.validate()
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Coerce a JSON value to the annotated type ``tp``, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=key)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, key) for a, v in zip(args, value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
+    """Build the dataclass ``cls`` from a (partial) mapping; missing keys take defaults.
+
+    Raises
+    ------
+    ConfigError
+        For unknown keys (named) and values of the wrong type or outside the choices.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix or cls.__name__
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """JSON-able dict of a settings dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
+
+
+def parse_settings(text: str | dict | None) -> Settings:
+    """Parse the JSON given to ``--settings`` (partial; defaults fill the rest)."""
+    if text is None or text == "":
+        return Settings()
+    if isinstance(text, str):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--settings is not valid JSON: {exc}") from None
+    else:
+        data = text
+    return from_dict(Settings, data)

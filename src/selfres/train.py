@@ -1,0 +1,420 @@
+"""Per-sample self-supervised training (``enhance`` mode).
+
+Targets are patches of the training FOV of the acquisition itself; inputs are the same
+patches degraded by the scale factors (the same degradation that makes the
+self-validation pairs). The network is residual over tricubic interpolation and starts
+as exactly that interpolation. Every ``validate_every`` steps the model is scored on
+the held-out region (never seen in training) against tricubic; the best checkpoint by
+that score is kept, training stops early when it no longer improves, and a resumable
+checkpoint is written at each validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import degrade, models
+from .fov import _window_means, structure_map
+from .infer import predict_array
+from .settings import DegradationSettings, TrainSettings, to_dict
+
+log = logging.getLogger("selfres.train")
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train_enhance`."""
+
+    model: torch.nn.Module
+    spec: models.ModelSpec
+    best_step: int
+    steps_done: int
+    seconds: float
+    stop_reason: str
+    val_psnr_model: float
+    val_psnr_interp: float
+    flags: list[str] = field(default_factory=list)
+    log_rows: list[dict] = field(default_factory=list)
+
+
+def make_degradation(
+    settings: DegradationSettings, *, voxel_size: Sequence[float] | None, path: str = "<config>"
+) -> degrade.Degradation:
+    """Turn degradation settings (µm, optics) into a :class:`degrade.Degradation` in voxels."""
+    if settings.method == "cubic":
+        sigma_px = None
+    elif settings.method == "gaussian":
+        if voxel_size is None:
+            from .errors import InputError
+
+            raise InputError(path, "degradation 'gaussian' needs the voxel size (file metadata or sheet voxel_size)")
+        if settings.sigma_um is not None:
+            sigma_px = tuple(s / v for s, v in zip(settings.sigma_um, voxel_size))
+        else:
+            sigma_px = degrade.gaussian_sigma_from_optics(
+                na=settings.na,
+                wavelength_um=settings.wavelength_um,
+                refractive_index=settings.refractive_index,
+                voxel_size=tuple(voxel_size),
+                kind=settings.microscope,
+            )
+    else:
+        sigma_px = None
+    psf = degrade.load_psf(settings.psf_path) if settings.method == "psf" else None
+    return degrade.Degradation(
+        method=settings.method,
+        sigma_px=None if sigma_px is None else tuple(float(s) for s in sigma_px),
+        psf=psf,
+        noise=settings.noise,
+        gain=settings.gain,
+        read_sigma=settings.read_sigma,
+    )
+
+
+def crop_to_multiple(volume: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Crop the end of each axis so that its length is a multiple of its factor."""
+    return volume[tuple(slice(0, (n // f) * f) for n, f in zip(volume.shape, factors))]
+
+
+def fit_patch_size(patch: Sequence[int], shape: Sequence[int], factors: Sequence[int]) -> tuple[int, int, int]:
+    """Patch size clipped to ``shape`` and rounded down to multiples of ``factors``."""
+    out = []
+    for p, n, f in zip(patch, shape, factors):
+        p = min(int(p), int(n))
+        p = (p // f) * f
+        out.append(max(p, f))
+    if out[1] != out[2]:  # square lateral patches allow 90° rotations
+        m = min(out[1], out[2])
+        out[1] = out[2] = m
+    return tuple(out)
+
+
+class PatchSampler:
+    """Random target patches from the training FOV, weighted by structure.
+
+    A fraction ``structure_weighting`` of draws picks placements with probability
+    proportional to their mean gradient magnitude; the rest are uniform. All randomness
+    comes from one :class:`torch.Generator`, so a checkpoint of its state resumes exactly.
+    """
+
+    def __init__(self, volume: np.ndarray, patch: Sequence[int], *, structure_weighting: float,
+                 augment: bool, rotate: bool, generator: torch.Generator):
+        self.volume = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+        self.patch = tuple(int(p) for p in patch)
+        self.gen = generator
+        self.augment = augment
+        self.rotate = rotate
+        self.weighting = float(structure_weighting)
+        n_pos = [n - p + 1 for n, p in zip(volume.shape, self.patch)]
+        self.n_pos = n_pos
+        self.stride = [max(1, p // 4) for p in self.patch]
+        if self.weighting > 0:
+            means = _window_means(structure_map(volume), self.patch)
+            coarse = means[:: self.stride[0], :: self.stride[1], :: self.stride[2]]
+            w = coarse.ravel().astype(np.float64) + 1e-12
+            self.coarse_shape = coarse.shape
+            self.weights = torch.from_numpy(w / w.sum())
+        else:
+            self.weights = None
+
+    def _origin(self) -> list[int]:
+        use_struct = self.weights is not None and torch.rand(1, generator=self.gen).item() < self.weighting
+        if use_struct:
+            k = int(torch.multinomial(self.weights, 1, generator=self.gen).item())
+            idx = np.unravel_index(k, self.coarse_shape)
+            origin = []
+            for i, s, n in zip(idx, self.stride, self.n_pos):
+                j = int(torch.randint(0, s, (1,), generator=self.gen).item())
+                origin.append(min(i * s + j, n - 1))
+            return origin
+        return [int(torch.randint(0, n, (1,), generator=self.gen).item()) for n in self.n_pos]
+
+    def sample(self, batch: int) -> torch.Tensor:
+        out = []
+        for _ in range(batch):
+            z, y, x = self._origin()
+            pz, py, px = self.patch
+            p = self.volume[z : z + pz, y : y + py, x : x + px]
+            if self.augment:
+                flips = torch.rand(3, generator=self.gen) < 0.5
+                dims = [d for d in range(3) if flips[d]]
+                if dims:
+                    p = torch.flip(p, dims)
+                if self.rotate:
+                    k = int(torch.randint(0, 4, (1,), generator=self.gen).item())
+                    if k:
+                        p = torch.rot90(p, k, dims=(1, 2))
+            out.append(p)
+        return torch.stack(out)[:, None].contiguous()
+
+
+def _ssim_torch(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean SSIM of 5-D batches with a 3-voxel box window (for the training loss)."""
+    c1, c2 = 0.01**2, 0.03**2
+    k = (1 if x.shape[2] < 3 else 3, 3, 3)
+    pad = tuple(v // 2 for v in k)
+
+    def mean(t):
+        return F.avg_pool3d(t, k, stride=1, padding=pad, count_include_pad=False)
+
+    mx, my = mean(x), mean(y)
+    vx = mean(x * x) - mx * mx
+    vy = mean(y * y) - my * my
+    cxy = mean(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.mean()
+
+
+def loss_fn(name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Training loss by name: mse, l1, charbonnier, charbonnier_ssim."""
+    if name == "mse":
+        return F.mse_loss(pred, target)
+    if name == "l1":
+        return F.l1_loss(pred, target)
+    charb = torch.sqrt((pred - target) ** 2 + 1e-6).mean()
+    if name == "charbonnier":
+        return charb
+    if name == "charbonnier_ssim":
+        return charb + 0.1 * (1 - _ssim_torch(pred, target))
+    raise ValueError(f"unknown loss {name!r}; choose mse, l1, charbonnier or charbonnier_ssim")
+
+
+def learning_rate(step: int, s: TrainSettings) -> float:
+    """Linear warm-up, then cosine decay to 5 % (or constant)."""
+    if step < s.warmup_steps:
+        return s.learning_rate * (step + 1) / s.warmup_steps
+    if s.lr_schedule == "constant":
+        return s.learning_rate
+    t = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def psnr01(reference: np.ndarray, image: np.ndarray, data_range: float) -> float:
+    mse = float(np.mean((reference.astype(np.float64) - image.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def holdout_pair(holdout: np.ndarray, factors: Sequence[int], degradation: degrade.Degradation):
+    """(target, degraded input, tricubic of the input) of the held-out region."""
+    target = crop_to_multiple(np.asarray(holdout, dtype=np.float32), factors)
+    low = degrade.degrade(target, tuple(factors), degradation, rng=np.random.default_rng(12345))
+    interp = degrade.upscale_cubic(low, tuple(factors))
+    return target, np.asarray(low, dtype=np.float32), np.asarray(interp, dtype=np.float32)
+
+
+def _settings_hash(settings: TrainSettings, factors, shape) -> str:
+    blob = json.dumps({"s": to_dict(settings), "f": list(factors), "shape": list(shape)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomic checkpoint with a sha256 side file (loaded with ``weights_only=True``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    digest = _file_sha256(tmp)
+    os.replace(tmp, path)
+    Path(str(path) + ".sha256").write_text(digest)
+
+
+def load_checkpoint(path: Path) -> dict | None:
+    """Load a checkpoint if present and intact; a corrupt one is reported and ignored."""
+    side = Path(str(path) + ".sha256")
+    if not path.exists() or not side.exists():
+        return None
+    if _file_sha256(path) != side.read_text().strip():
+        log.warning("checkpoint %s fails its checksum; it is ignored and training starts afresh", path)
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is discarded
+        log.warning("checkpoint %s cannot be read (%s); training starts afresh", path, exc)
+        return None
+
+
+def train_enhance(
+    train_volume: np.ndarray,
+    holdout_volume: np.ndarray,
+    *,
+    factors: Sequence[int],
+    settings: TrainSettings,
+    voxel_size: Sequence[float] | None = None,
+    work_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    stop_after_steps: int | None = None,
+) -> TrainResult:
+    """Train an ``enhance`` model on one sample.
+
+    Parameters
+    ----------
+    train_volume
+        Normalised training FOV (ZYX float32); patches are drawn from it.
+    holdout_volume
+        Normalised held-out region, disjoint from the training FOV.
+    factors
+        Integer scale factors (z, y, x).
+    settings
+        Training settings.
+    work_dir
+        Where the resumable checkpoint lives; ``None`` disables checkpoints.
+    stop_after_steps
+        Stop (as if killed) after this many steps — for tests of resumption.
+    """
+    factors = tuple(int(f) for f in factors)
+    device = torch.device(device)
+    torch.manual_seed(settings.seed)
+    degradation = make_degradation(settings.degradation, voxel_size=voxel_size)
+    patch = fit_patch_size(settings.patch_size, train_volume.shape, factors)
+    lateral_iso = factors[1] == factors[2] and (voxel_size is None or abs(voxel_size[1] - voxel_size[2]) < 1e-6 * max(voxel_size[1], 1e-9))
+    spec = models.ModelSpec(
+        arch=settings.arch, factors=factors, width=settings.width, depth=settings.depth,
+        residual=settings.residual, dims=2 if train_volume.shape[0] == 1 else 3,
+    )
+    model = models.build_model(spec).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    gen = torch.Generator().manual_seed(settings.seed)
+    sampler = PatchSampler(
+        train_volume, patch, structure_weighting=settings.structure_weighting, augment=settings.augment,
+        rotate=lateral_iso, generator=gen,
+    )
+    degrader = degrade.TorchDegrader(factors, degradation, device=device)
+    noise_gen = torch.Generator(device=device).manual_seed(settings.seed + 1)
+
+    target_h, low_h, interp_h = holdout_pair(holdout_volume, factors, degradation)
+    data_range = float(max(target_h.max() - target_h.min(), 1e-6))
+    val_interp = psnr01(target_h, interp_h, data_range)
+
+    tile = tuple(max(8, min(64, n)) for n in low_h.shape)
+
+    def validate() -> float:
+        model.eval()
+        pred = predict_array(model, low_h, factors=factors, tile_size=tile, device=device, amp=amp)
+        model.train()
+        return psnr01(target_h, pred, data_range)
+
+    ckpt_path = Path(work_dir) / CHECKPOINT if work_dir else None
+    key = _settings_hash(settings, factors, train_volume.shape)
+    step = 0
+    rows: list[dict] = []
+    best = {"psnr": validate(), "step": 0, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    elapsed_before = 0.0
+    bad_validations = 0
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)
+        if state is not None and state.get("key") == key:
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            gen.set_state(state["generator"])
+            noise_gen.set_state(state["noise_generator"])
+            step = int(state["step"])
+            rows = json.loads(state["rows"])
+            best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
+            bad_validations = int(state["bad_validations"])
+            elapsed_before = float(state["elapsed"])
+            log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, best["psnr"], best["step"])
+        elif state is not None:
+            log.info("checkpoint belongs to other settings or data; training starts afresh")
+    log.info(
+        "training %s (%d parameters) on FOV %s, patch %s, factors %s; held-out %s: tricubic %.2f dB, start %.2f dB",
+        spec.arch, models.count_parameters(model), tuple(train_volume.shape), patch, factors,
+        tuple(target_h.shape), val_interp, best["psnr"],
+    )
+    t0 = time.monotonic() - elapsed_before
+    stop_reason = "steps"
+    flags: list[str] = []
+    running = 0.0
+    n_running = 0
+    model.train()
+    while step < settings.steps:
+        lr = learning_rate(step, settings)
+        for g in optimiser.param_groups:
+            g["lr"] = lr
+        target = sampler.sample(settings.batch_size).to(device)
+        with torch.no_grad():
+            low = degrader(target, generator=noise_gen)
+        with (torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else torch.autocast("cpu", enabled=False)):
+            pred = model(low)
+        loss = loss_fn(settings.loss, pred.float(), target)
+        if not torch.isfinite(loss):
+            flags.append("training_diverged")
+            stop_reason = "diverged"
+            log.warning("loss became %s at step %d; keeping the best checkpoint", loss.item(), step)
+            break
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        step += 1
+        running += float(loss.item())
+        n_running += 1
+        if step % settings.validate_every == 0 or step == settings.steps:
+            val = validate()
+            el = time.monotonic() - t0
+            rows.append({
+                "step": step, "loss": running / n_running, "val_psnr_model": val,
+                "val_psnr_interp": val_interp, "lr": lr, "seconds": round(el, 2),
+            })
+            running, n_running = 0.0, 0
+            if val > best["psnr"] + 0.01:
+                best = {"psnr": val, "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                bad_validations = 0
+            else:
+                bad_validations += 1
+            rate = step / max(el, 1e-9)
+            eta = (settings.steps - step) / rate if rate > 0 else float("nan")
+            log.info(
+                "step %d/%d loss %.5f held-out %.2f dB (tricubic %.2f, best %.2f @ %d) lr %.2e elapsed %.0fs ETA %.0fs",
+                step, settings.steps, rows[-1]["loss"], val, val_interp, best["psnr"], best["step"], lr, el,
+                min(eta, settings.max_minutes * 60 - el),
+            )
+            if ckpt_path is not None:
+                save_checkpoint(ckpt_path, {
+                    "key": key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "generator": gen.get_state(), "noise_generator": noise_gen.get_state(), "step": step,
+                    "rows": json.dumps(rows), "best_psnr": best["psnr"], "best_step": best["step"],
+                    "best_state": best["state"], "bad_validations": bad_validations, "elapsed": el,
+                })
+            if bad_validations >= settings.patience:
+                stop_reason = "early_stop"
+                flags.append("early_stopped")
+                log.info("no held-out improvement in %d validations: early stop", settings.patience)
+                break
+            if el > settings.max_minutes * 60:
+                stop_reason = "time_budget"
+                log.info("time budget of %.1f min reached", settings.max_minutes)
+                break
+        if stop_after_steps is not None and step >= stop_after_steps:
+            stop_reason = "interrupted"
+            break
+    model.load_state_dict(best["state"])
+    model.eval()
+    seconds = time.monotonic() - t0
+    if best["psnr"] <= val_interp:
+        flags.append("model_worse_than_interpolation")
+    return TrainResult(
+        model=model, spec=spec, best_step=best["step"], steps_done=step, seconds=seconds,
+        stop_reason=stop_reason, val_psnr_model=best["psnr"], val_psnr_interp=val_interp,
+        flags=flags, log_rows=rows,
+    )

@@ -1,0 +1,248 @@
+"""Tests of selfres.report: self-contained, escaped, complete HTML reports."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from selfres import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EVIL = "<script>alert(1)</script>"
+
+
+def _volumes(shape_in=(6, 24, 24), factor=(2, 1, 1), *, seed=0):
+    """Seeded beads: raw on the input grid, interp/restored on the output grid."""
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(100, 2, shape_in).astype(np.float32)
+    raw[shape_in[0] // 2, 10:13, 14:17] += 500
+    out = tuple(s * f for s, f in zip(shape_in, factor))
+    interp = np.repeat(np.repeat(np.repeat(raw, factor[0], 0), factor[1], 1), factor[2], 2)
+    restored = interp.copy()
+    restored[out[0] // 2] += 50
+    return raw, interp, restored
+
+
+def _metrics(**over):
+    m = {
+        "sample": "s1",
+        "mode": "isotropic",
+        "input_shape": [6, 24, 24],
+        "output_shape": [12, 24, 24],
+        "voxel_size_in": [1.0, 0.5, 0.5],
+        "voxel_size_out": [0.5, 0.5, 0.5],
+        "train_seconds": 12.5,
+        "infer_seconds": 1.5,
+        "self_validation": {"psnr_model": 33.0, "psnr_interp": 30.5,
+                            "ssim_model": 0.91, "ssim_interp": 0.88},
+        "resolution_um": {"lateral_in": 1.0, "axial_in": 2.0,
+                          "lateral_out": 1.0, "axial_out": 1.2},
+        "isotropy_in": 0.5,
+        "isotropy_out": 0.83,
+        "reference": {"psnr": 35.0, "ssim": 0.95, "psnr_interp": 31.0, "ssim_interp": 0.9},
+        "flags": [],
+    }
+    m.update(over)
+    return m
+
+
+def _log():
+    step = np.arange(0, 100, 10)
+    return pd.DataFrame({
+        "step": step, "loss": 1.0 / (step + 1),
+        "val_psnr_model": [30, 31, 33, 32, 32, 32, 31, 31, 31, 31],
+        "val_psnr_interp": 30.0, "lr": 1e-3, "seconds": step * 0.1,
+    })
+
+
+def _images(page):
+    return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+
+
+@pytest.fixture(scope="module")
+def full_page():
+    raw, interp, restored = _volumes()
+    return report.render_sample_report(
+        sample=EVIL, metrics=_metrics(flags=list(report.FLAG_EXPLANATIONS) + ["brand_new"]),
+        raw=raw, interp=interp, restored=restored,
+        voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5),
+        training_log=_log(), provenance={"path": "/data/<x>.tif", "timings": {"train": 12.5}},
+        bead_table={"fwhm_z_in": [2.0, 2.2, 9.0], "fwhm_z_out": [1.2, 1.1, 1.3],
+                    "fwhm_y_in": [1, 1, 1], "fwhm_y_out": [1, 1, 1],
+                    "fwhm_x_in": [1, 1, 1], "fwhm_x_out": [1, 1, 1]},
+        spectra={"input": ([0, .5, 1], [1, .1, .01]), "output": ([0, .5, 1], [1, .3, .1])},
+        train_fov="0:3,4:20,4:20",
+    )
+
+
+def test_page_self_contained_and_escaped(full_page):
+    assert full_page.startswith("<!DOCTYPE html>")
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", full_page)
+    assert "http://" not in full_page and "https://" not in full_page
+    assert EVIL not in full_page and "&lt;script&gt;alert(1)&lt;/script&gt;" in full_page
+    assert "<script" not in full_page  # sample report needs no script at all
+    assert "/data/&lt;x&gt;.tif" in full_page
+
+
+def test_page_sections_flags_and_tables(full_page):
+    for section in ('id="flags"', 'id="views"', 'id="mips"', 'id="detail"', 'id="training"',
+                    'id="self-validation"', 'id="reference"', 'id="resolution"', 'id="beads"',
+                    'id="timings"', 'id="provenance"', "<details>"):
+        assert section in full_page, section
+    import html as _html
+    for meaning, todo in report.FLAG_EXPLANATIONS.values():
+        assert _html.escape(meaning) in full_page and _html.escape(todo) in full_page
+    assert _html.escape(report.GENERIC_FLAG_HINT[1]) in full_page
+    # the prominent warning box is shown, and first among flags
+    flags_part = full_page.split('id="flags"')[1]
+    assert flags_part.index('class="warn"') < flags_part.index('class="flag"')
+    # self-validation gain 33.0 - 30.5 and reference gain
+    assert ">2.5<" in full_page and ">4<" in full_page
+    # bead medians: z in = median(2.0, 2.2, 9.0) = 2.2, out = 1.2
+    beads = full_page.split('id="beads"')[1].split("</table>")[0]
+    assert ">2.2<" in beads and ">1.2<" in beads
+    assert "step 20" in full_page  # best checkpoint = max val_psnr_model
+
+
+def test_images_are_png_and_size_bounded(full_page):
+    imgs = _images(full_page)
+    assert len(imgs) == 5  # orthoviews, projections, detail, training, spectra
+    assert all(img.startswith(PNG_MAGIC) for img in imgs)
+    assert len(full_page.encode()) < 3 * 2**20
+
+
+def test_best_step_from_metrics_wins():
+    png_default = report.figure_training_curves(_log())
+    png_given = report.figure_training_curves(_log(), best_step=90)
+    assert png_default.startswith(PNG_MAGIC) and png_default != png_given
+
+
+def test_minimal_page_2d_no_optional_parts():
+    raw, interp, restored = (v[:1] for v in _volumes(factor=(1, 2, 2)))
+    page = report.render_sample_report(
+        sample="flat", metrics={"mode": "enhance", "reference": None, "flags": None},
+        raw=raw[0], interp=interp, restored=restored, voxel_size_in=None, voxel_size_out=None)
+    assert "No training log" in page and 'id="reference"' not in page
+    assert 'id="beads"' not in page and "No provenance" in page
+    imgs = _images(page)
+    assert len(imgs) == 3 and all(i.startswith(PNG_MAGIC) for i in imgs)
+
+
+def test_mismatched_output_grids_rejected():
+    raw, interp, restored = _volumes()
+    with pytest.raises(ValueError, match="output grid"):
+        report.figure_orthoviews(raw=raw, interp=interp[:-1], restored=restored)
+
+
+def test_orthoview_physical_aspect():
+    """A 4x anisotropic raw (few z) and its isotropic output draw at the same
+    physical height: the raw XZ panel is not squashed."""
+    from PIL import Image
+
+    raw, interp, restored = _volumes(shape_in=(4, 16, 16), factor=(4, 1, 1))
+    png = report.figure_orthoviews(raw=raw, interp=interp, restored=restored,
+                                   voxel_size_in=(2.0, .5, .5), voxel_size_out=(.5, .5, .5))
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    assert img.shape[0] > 100 and img.shape[1] > 300
+    # rows of the figure that intersect a drawn (non-white) XZ panel of the raw row
+    # and of the restored row have equal extent: compare the column through XZ panels
+    col = img[:, img.shape[1] // 2]
+    dark = col < 200
+    runs, start = [], None
+    for i, d in enumerate(dark):
+        if d and start is None:
+            start = i
+        elif not d and start is not None:
+            runs.append(i - start)
+            start = None
+    big = [r for r in runs if r > 10]
+    assert len(big) >= 3 and max(big) - min(big) <= 3
+
+
+def test_display_range_and_matched_contrast():
+    vol = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    lo, hi = report.display_range(vol, low=0, high=100)
+    assert (lo, hi) == (0.0, 999.0)
+    assert report.display_range(np.full((2, 3, 3), 7.0)) == (7.0, 8.0)
+
+
+@pytest.mark.parametrize("fov, box", [
+    ("0:3,4:20,5:21", ((0, 3), (4, 20), (5, 21))),
+    ({"bbox": [[0, 3], [4, 20], [5, 21]], "reason": "x"}, ((0, 3), (4, 20), (5, 21))),
+    ({"z0": 0, "z1": 3, "y0": 4, "y1": 20, "x0": 5, "x1": 21}, ((0, 3), (4, 20), (5, 21))),
+    ((slice(0, 3), slice(4, 20), slice(5, 21)), ((0, 3), (4, 20), (5, 21))),
+    ("garbage", None),
+    (None, None),
+    ("3:0,4:20,5:21", None),
+])
+def test_fov_bbox_forms(fov, box):
+    assert report.fov_bbox(fov) == box
+
+
+def test_unknown_flag_generic_hint():
+    assert report.explain_flag("nope") == report.GENERIC_FLAG_HINT
+    required = {"model_worse_than_interpolation", "training_diverged", "early_stopped",
+                "dead_output", "fov_too_small", "low_signal", "saturated_input",
+                "voxel_size_missing", "reference_shape_mismatch", "isotropy_not_reached"}
+    assert required <= set(report.FLAG_EXPLANATIONS)
+    assert all(len(v) == 2 and all(v) for v in report.FLAG_EXPLANATIONS.values())
+
+
+ROWS = [
+    {**_metrics(sample="b_ok"), "status": "ok"},
+    {"sample": EVIL, "status": "failed", "mode": "enhance",
+     "error": "InputError: /x/<y>.tif: no voxel size"},
+    {**_metrics(sample="a_fb", flags=["model_worse_than_interpolation"],
+                self_validation={"psnr_model": 29.0, "psnr_interp": 30.0}),
+     "status": "fallback_interpolation"},
+]
+
+
+def test_summary_table_columns_and_values():
+    df = report.summary_table(ROWS)
+    assert list(df.columns) == list(report.SUMMARY_COLUMNS)
+    assert df["psnr_gain"].tolist()[0] == pytest.approx(2.5)
+    assert df["psnr_gain"].tolist()[2] == pytest.approx(-1.0)
+    assert np.isnan(df["psnr_gain"].tolist()[1])
+    assert df.loc[0, "input_shape"] == "6x24x24" and df.loc[0, "report"] == "b_ok/report.html"
+    assert df.loc[2, "flags"] == "model_worse_than_interpolation"
+    assert report.summary_table([{"sample": "x", "error": "boom"}]).loc[0, "status"] == "failed"
+
+
+def test_render_summary():
+    page = report.render_summary(ROWS)
+    assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "http://" not in page and "https://" not in page
+    assert "<script>" in page and "addEventListener('click'" in page  # sorting JS
+    assert 'class="sortable"' in page
+    assert "1 ok" in page and "1 fallback" in page and "1 failed" in page
+    failed_row = re.search(r'<tr class="failed">(.*?)</tr>', page).group(1)
+    assert "/x/&lt;y&gt;.tif: no voxel size" in failed_row
+    assert 'href="b_ok/report.html"' in page and 'href="a_fb/report.html"' in page
+    assert page.count('<tr class="fallback">') == 1
+
+
+def test_write_report_figures(tmp_path):
+    raw, interp, restored = _volumes()
+    out = report.write_report_figures(tmp_path / "figs", raw=raw, interp=interp,
+                                      restored=restored, training_log=_log())
+    assert set(out) == {"orthoviews", "projections", "detail", "training_curves"}
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in out.values())
+
+
+def test_noisy_volume_page_stays_small():
+    """Noise compresses worst; a 256x256 lateral field must still give a small page."""
+    rng = np.random.default_rng(1)
+    raw = rng.normal(100, 20, (4, 256, 256)).astype(np.float32)
+    interp = np.repeat(raw, 2, axis=0)
+    restored = interp + rng.normal(0, 5, interp.shape).astype(np.float32)
+    page = report.render_sample_report(
+        sample="noise", metrics=_metrics(), raw=raw, interp=interp, restored=restored,
+        voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5), training_log=_log())
+    assert len(page.encode()) < 3 * 2**20
+    assert all(i.startswith(PNG_MAGIC) for i in _images(page))

@@ -1,0 +1,191 @@
+# Validation of config and sample sheet, the sample table and input functions.
+# All logic beyond this lives in the selfres package.
+import glob
+import json
+import os
+import re
+import shlex
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+R = config["results"]
+SETTINGS_SECTIONS = ("normalise", "fov", "train", "infer", "qc")
+SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _read_sheet(path):
+    """The sample sheet as a table of strings (empty cells are empty strings)."""
+    if not os.path.exists(path):
+        raise ValueError(f"sample sheet {path} does not exist (config key 'samples')")
+    sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#").fillna("")
+    sheet.columns = [c.strip() for c in sheet.columns]
+    validate(sheet, schema="../schemas/samples.schema.yaml", set_default=False)
+    dup = sorted(sheet["sample"][sheet["sample"].duplicated()].unique())
+    if dup:
+        raise ValueError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}")
+    base = os.path.dirname(os.path.abspath(path))
+    for col in ("path", "reference"):
+        if col in sheet:
+            sheet[col] = [_resolve(p, base) if p else "" for p in sheet[col]]
+    return sheet
+
+
+def _resolve(p, base):
+    """Sample paths: relative to the sheet's folder; inside the working dir they stay relative."""
+    full = os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+    rel = os.path.relpath(full)
+    return full if rel.startswith("..") else rel
+
+
+def _safe_id(name):
+    stem = re.sub(r"(\.ome)?\.(tiff?|zarr)$", "", os.path.basename(name.rstrip("/")), flags=re.I)
+    sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("._-")
+    return sid or "sample"
+
+
+def _inbox_rows(patterns, settle_seconds, known):
+    """Acquisitions matched by the config's inbox globs that are old enough to be complete."""
+    rows = []
+    now = time.time()
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern)):
+            sid = _safe_id(path)
+            if sid in known:
+                continue
+            mtime = max([os.path.getmtime(path)] + [os.path.getmtime(os.path.join(d, f))
+                        for d, _, fs in os.walk(path) for f in fs] if os.path.isdir(path) else [os.path.getmtime(path)])
+            if now - mtime < settle_seconds:
+                print(f"selfres: inbox file {path} changed {now - mtime:.0f} s ago; left for the next run")
+                continue
+            known.add(sid)
+            rows.append({"sample": sid, "path": os.path.relpath(path) if not os.path.isabs(pattern) else path})
+    return rows
+
+
+SHEET = _read_sheet(config["samples"])
+_inbox = _inbox_rows(config["inbox"], config["inbox_settle_seconds"], set(SHEET["sample"]))
+if _inbox:
+    SHEET = pd.concat([SHEET, pd.DataFrame(_inbox)], ignore_index=True).fillna("")
+SAMPLES = SHEET.set_index("sample", drop=False)
+SAMPLE_IDS = list(SAMPLES.index)
+
+
+wildcard_constraints:
+    sample="|".join(re.escape(s) for s in SAMPLE_IDS) or "NO_SAMPLES",
+
+
+def _cell(sample, col):
+    return str(SAMPLES.loc[sample].get(col, "") or "").strip()
+
+
+def sample_mode(sample):
+    return _cell(sample, "mode") or config["mode"]
+
+
+def sample_scale(sample):
+    return _cell(sample, "scale") or config["scale"]
+
+
+def sample_settings(sample):
+    """Config stage sections with the sample's own overrides (columns like train.steps)."""
+    s = {k: json.loads(json.dumps(config[k])) for k in SETTINGS_SECTIONS}
+    for col in SAMPLES.columns:
+        if "." in col and _cell(sample, col):
+            node = s
+            *parents, leaf = col.split(".")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[leaf] = yaml.safe_load(_cell(sample, col))
+    if sample_mode(sample) == "isotropic" and "arch" not in s["train"]:
+        s["train"]["arch"] = "iso2d"
+    return s
+
+
+def _q(x):
+    return shlex.quote(str(x))
+
+
+def get_raw(wildcards):
+    return _cell(wildcards.sample, "path")
+
+
+def get_reference(wildcards):
+    ref = _cell(wildcards.sample, "reference")
+    return [ref] if ref else []
+
+
+def normalise_args(wildcards):
+    s = wildcards.sample
+    args = ["--sample", s, "--settings", json.dumps(sample_settings(s))]
+    if _cell(s, "channel") not in ("", "all"):
+        args += ["--channel", _cell(s, "channel")]
+    if _cell(s, "voxel_size"):
+        args += ["--voxel-size", _cell(s, "voxel_size")]
+    return " ".join(_q(a) for a in args)
+
+
+def crop_args(wildcards):
+    s = wildcards.sample
+    args = ["--sample", s, "--mode", sample_mode(s), "--scale", sample_scale(s),
+            "--settings", json.dumps(sample_settings(s))]
+    if _cell(s, "training_fov"):
+        args += ["--training-fov", _cell(s, "training_fov")]
+    return " ".join(_q(a) for a in args)
+
+
+def train_args(wildcards):
+    s = wildcards.sample
+    args = ["--sample", s, "--mode", sample_mode(s), "--scale", sample_scale(s),
+            "--settings", json.dumps(sample_settings(s))]
+    return " ".join(_q(a) for a in args)
+
+
+def stage_args(wildcards):
+    s = wildcards.sample
+    return " ".join(_q(a) for a in ["--sample", s, "--settings", json.dumps(sample_settings(s))])
+
+
+def qc_args(wildcards):
+    s = wildcards.sample
+    args = ["--sample", s, "--settings", json.dumps(sample_settings(s))]
+    if _cell(s, "reference"):
+        args += ["--reference", _cell(s, "reference")]
+    return " ".join(_q(a) for a in args)
+
+
+def resolved_config(sample):
+    return {"sample": sample, "path": _cell(sample, "path"), "mode": sample_mode(sample),
+            "scale": sample_scale(sample), "voxel_size": _cell(sample, "voxel_size") or None,
+            "channel": _cell(sample, "channel") or None, "reference": _cell(sample, "reference") or None,
+            "training_fov": _cell(sample, "training_fov") or None, "settings": sample_settings(sample)}
+
+
+def report_args(wildcards):
+    s = wildcards.sample
+    return " ".join(_q(a) for a in ["--sample", s, "--config", json.dumps(resolved_config(s))])
+
+
+def summary_args(wildcards):
+    modes = {s: sample_mode(s) for s in SAMPLE_IDS}
+    return " ".join(_q(a) for a in ["--samples", ",".join(SAMPLE_IDS), "--modes", json.dumps(modes)])
+
+
+def all_outputs():
+    per_sample = expand(
+        [f"{R}/{{sample}}/restored.ome.zarr", f"{R}/{{sample}}/qc/metrics.json",
+         f"{R}/{{sample}}/report.html", f"{R}/{{sample}}/provenance.json"],
+        sample=SAMPLE_IDS,
+    )
+    return per_sample + [f"{R}/summary.tsv", f"{R}/summary.html"]
+
+
+onerror:
+    # A failed sample must still show in the morning summary (with its error).
+    shell(f"selfres summary {_q(R)} {summary_args(None)} -o {_q(R + '/summary.tsv')} "
+          f"--html {_q(R + '/summary.html')} || true")

@@ -1,0 +1,45 @@
+# Per-sample report and provenance; the batch summary.
+
+
+rule report:
+    input:
+        normalized=rules.normalise.output,
+        restored=rules.infer.output,
+        model=rules.train.output,
+        fov=rules.crop.output,
+        metrics=rules.qc.output,
+    output:
+        html=report(
+            f"{R}/{{sample}}/report.html",
+            caption="../report/sample_report.rst",
+            category="Samples",
+            labels={"sample": "{sample}", "figure": "quality report"},
+        ),
+        provenance=f"{R}/{{sample}}/provenance.json",
+    log:
+        f"{R}/{{sample}}/logs/report.log",
+    benchmark:
+        f"{R}/{{sample}}/benchmarks/report.tsv"
+    params:
+        args=report_args,
+        benchmarks=f"{R}/{{sample}}/benchmarks",
+    shell:
+        "selfres report {input.normalized:q} {input.restored:q} {input.model:q} {input.fov:q} {input.metrics:q} "
+        "-o {output.html:q} --provenance {output.provenance:q} --benchmarks {params.benchmarks:q} "
+        "{params.args} > {log:q} 2>&1"
+
+
+rule summary:
+    input:
+        expand(f"{R}/{{sample}}/report.html", sample=SAMPLE_IDS),
+    output:
+        tsv=report(f"{R}/summary.tsv", caption="../report/summary.rst", category="Summary",
+                   labels={"figure": "summary table"}),
+        html=f"{R}/summary.html",
+    log:
+        f"{R}/logs/summary.log",
+    params:
+        args=summary_args,
+        results=R,
+    shell:
+        "selfres summary {params.results:q} {params.args} -o {output.tsv:q} --html {output.html:q} > {log:q} 2>&1"

@@ -128,7 +128,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SchedulerType=sched/backfill
 GresTypes=gpu
-AccountingStorageTRES=gres/gpu
+MailProg=/bin/true
 ReturnToService=2
 MinJobAge=3600
 SlurmctldPort=6817
@@ -220,7 +220,11 @@ cmd_start() {
         /usr/sbin/slurmctld -f "$CONF" || fail "slurmctld did not start"
     fi
     local i
-    for i in $(seq "$TIMEOUT"); do scontrol ping >/dev/null 2>&1 && break; sleep 1; done
+    for i in $(seq "$TIMEOUT"); do
+        scontrol ping >/dev/null 2>&1 && break
+        pid_alive "$RUN_DIR/slurmctld.pid" || { sleep 1; pid_alive "$RUN_DIR/slurmctld.pid" || break; }
+        sleep 1
+    done
     scontrol ping 2>/dev/null | grep -q UP || fail "slurmctld does not answer"
     if ! pid_alive "$RUN_DIR/slurmd.pid"; then
         log "starting slurmd"

@@ -218,18 +218,26 @@ def _torch_matrix(key: tuple, device: str, dtype: Any) -> Any:
 
 
 def _apply_along(x: Any, axis: int, key: tuple) -> Any:
-    """Multiply axis ``axis`` (negative) of ``x`` by the cached matrix ``key``."""
+    """Multiply axis ``axis`` (negative) of ``x`` by the cached matrix ``key``.
+
+    The array is viewed as ``(prefix, n, suffix)`` and multiplied from the left,
+    which keeps memory access contiguous for every axis.
+    """
+    shape = tuple(x.shape)
+    a = len(shape) + axis
+    prefix = int(np.prod(shape[:a], dtype=np.int64))
+    suffix = int(np.prod(shape[a + 1:], dtype=np.int64))
     if _is_tensor(x):
         import torch
 
         dtype = x.dtype if x.is_floating_point() else torch.float32
         m = _torch_matrix(key, str(x.device), dtype)
-        y = torch.movedim(x.to(dtype), axis, -1) @ m.T
-        return torch.movedim(y, -1, axis)
-    kind, args = key[0], key[1:]
-    m = _resize_matrix_cached(*args) if kind == "resize" else _gaussian_block_matrix(*args)
-    y = np.moveaxis(x, axis, -1) @ m.T.astype(np.float32)
-    return np.moveaxis(y, -1, axis)
+        y = m @ x.to(dtype).contiguous().reshape(prefix, shape[a], suffix)
+    else:
+        kind, args = key[0], key[1:]
+        m = _resize_matrix_cached(*args) if kind == "resize" else _gaussian_block_matrix(*args)
+        y = m.astype(np.float32) @ np.ascontiguousarray(x).reshape(prefix, shape[a], suffix)
+    return y.reshape(shape[:a] + (m.shape[0],) + shape[a + 1:])
 
 
 def _as_float32(x: Any) -> Any:
@@ -607,14 +615,21 @@ def _mirror_pad(x: Any, pads: Sequence[int]) -> Any:
 
 
 def _psf_convolve_numpy(x: np.ndarray, psf: np.ndarray) -> np.ndarray:
-    from scipy.signal import fftconvolve
+    """Mirror-padded FFT convolution over the last ``psf.ndim`` axes ('same' size)."""
+    from scipy import fft as sfft
 
     k = psf.ndim
     p = _psf_for(x.shape, psf, k)
     half = [s // 2 for s in p.shape]
     xp = _mirror_pad(np.asarray(x, dtype=np.float64), half)
-    full_k = np.reshape(p, (1,) * (x.ndim - k) + p.shape)
-    return fftconvolve(xp, full_k, mode="valid", axes=tuple(range(x.ndim - k, x.ndim)))
+    axes = tuple(range(x.ndim - k, x.ndim))
+    size = [sfft.next_fast_len(xp.shape[a], real=True) for a in axes]
+    spec = sfft.rfftn(xp, s=size, axes=axes) * sfft.rfftn(p, s=size)
+    full = sfft.irfftn(spec, s=size, axes=axes)
+    # 'valid' part of the full convolution: starts at psf size - 1 on each axis
+    sl = tuple(slice(None) for _ in range(x.ndim - k)) + tuple(
+        slice(s - 1, s - 1 + n) for s, n in zip(p.shape, x.shape[x.ndim - k:]))
+    return full[sl]
 
 
 def blur(

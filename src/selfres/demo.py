@@ -33,10 +33,13 @@ __all__ = [
     "write_demo",
 ]
 
-#: Per sample: HR shape, HR voxel size (z, y, x) µm, acquisition factor per axis.
+#: Per sample: HR shape, HR voxel size (z, y, x) µm, acquisition factor per axis,
+#: phantom size.
 DEMO_SAMPLES: dict[str, dict] = {
-    "beads": {"shape": (60, 512, 512), "voxel_size": (0.5, 0.25, 0.25), "factor": (4, 4, 4)},
-    "neurites": {"shape": (64, 256, 256), "voxel_size": (1.0, 0.5, 0.5), "factor": (2, 2, 2)},
+    "beads": {"shape": (60, 512, 512), "voxel_size": (0.5, 0.25, 0.25), "factor": (4, 4, 4),
+              "n_beads": 500},
+    "neurites": {"shape": (64, 256, 256), "voxel_size": (1.0, 0.5, 0.5), "factor": (2, 2, 2),
+                 "n_filaments": 40},
 }
 
 _PEAK_PHOTONS = 1000.0  # mild Poisson noise: SNR ~ 30 at the brightest voxel
@@ -146,18 +149,24 @@ def _random_walk(rng: np.random.Generator, start: np.ndarray, n_steps: int,
     d = rng.normal(size=3)
     d[0] *= z_bias
     d /= np.linalg.norm(d)
-    p = start.astype(np.float64).copy()
+    noise = rng.normal(scale=turn, size=(n_steps, 3))
+    noise[:, 0] *= z_bias
+    hi = [float(n) - 1.0 for n in shape]
+    p = [float(v) for v in start]
+    dz, dy, dx = (float(v) for v in d)
     pts = np.empty((n_steps, 3))
-    hi = shape - 1.0
     for i in range(n_steps):
         pts[i] = p
-        d = d + rng.normal(scale=turn, size=3) * np.array([z_bias, 1.0, 1.0])
-        d /= np.linalg.norm(d)
-        p = p + step * d
-        for ax in range(3):  # reflect at the walls
-            if p[ax] < 0 or p[ax] > hi[ax]:
-                d[ax] = -d[ax]
+        nz, ny, nx = noise[i]
+        dz, dy, dx = dz + nz, dy + ny, dx + nx
+        norm = math.sqrt(dz * dz + dy * dy + dx * dx) or 1.0
+        d3 = [dz / norm, dy / norm, dx / norm]
+        for ax in range(3):
+            p[ax] += step * d3[ax]
+            if p[ax] < 0.0 or p[ax] > hi[ax]:  # reflect at the walls
+                d3[ax] = -d3[ax]
                 p[ax] = min(max(p[ax], 0.0), hi[ax])
+        dz, dy, dx = d3
     return pts
 
 
@@ -212,7 +221,7 @@ def make_neurites(*, shape: Sequence[int] = (64, 256, 256), n_filaments: int = 4
 
     # filaments, rendered per radius class: points splatted, then one Gaussian blur
     radii = (1.0, 1.5, 2.0)
-    lines = [np.zeros(shape, dtype=np.float64) for _ in radii]
+    lines = [np.zeros(shape, dtype=np.float32) for _ in radii]
     step = 0.5
     diag = float(np.linalg.norm(shp[1:]))
     for i in range(int(n_filaments)):
@@ -329,9 +338,9 @@ def write_demo(outdir: str | os.PathLike, *, samples: Sequence[str] = ("beads", 
     for k, name in enumerate(samples):
         spec = DEMO_SAMPLES[name]
         if name == "beads":
-            hr = make_beads(shape=spec["shape"], seed=seed)
+            hr = make_beads(shape=spec["shape"], n_beads=spec["n_beads"], seed=seed)
         else:
-            hr = make_neurites(shape=spec["shape"], seed=seed)
+            hr = make_neurites(shape=spec["shape"], n_filaments=spec["n_filaments"], seed=seed)
         acq = downsample_acquisition(hr, spec["factor"])
         scale = _FILL * 65535.0 / max(float(hr.max()), float(acq.max()), 1e-12)
         rng = np.random.default_rng([seed, k, 1])

@@ -119,7 +119,7 @@ def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tupl
     sub = score[box_slices(region)]
     means = _window_means(sub, tuple(win))
     idx = np.unravel_index(int(np.argmax(means)), means.shape)
-    box = tuple((r[0] + i, r[0] + i + w) for r, i, w in zip(region, idx, win))
+    box = tuple((int(r[0] + i), int(r[0] + i + w)) for r, i, w in zip(region, idx, win))
     return box, float(means[idx])
 
 

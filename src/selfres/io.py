@@ -162,6 +162,20 @@ def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool)
         )
     if len(axes) != arr.ndim:
         raise InputError(path, f"axis names {axes!r} do not match its shape {shape_txt}")
+    if not axes_known:
+        # no axis names: leading singleton axes are harmless, then 2-D = YX, 3-D = ZYX
+        while arr.ndim > 3 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim > 3:
+            raise InputError(
+                path,
+                f"is a {len(shape)}-D array (shape {shape_txt}) without axis names; "
+                "it cannot be interpreted (which axis is Z, C or T?). Allowed: 2-D "
+                "YX, 3-D ZYX, or 4-D/5-D with axis names in the metadata "
+                "(OME-TIFF, ImageJ hyperstack, OME-Zarr)",
+            )
+        axes = "ZYX"[-arr.ndim:]
+        shape = tuple(int(n) for n in arr.shape)
     if len(set(axes)) != len(axes) and all(a in "TCZYX" for a in axes):
         raise InputError(path, f"has repeated axis names {axes!r}")
     # samples (RGB) are channels
@@ -191,16 +205,6 @@ def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool)
     if unknown:
         if len(axes) == 3 and axes[1:] == "YX":
             axes = "Z" + axes[1:]
-        elif len(axes) == 2 and not axes_known:
-            axes = "YX"
-        elif not axes_known:
-            raise InputError(
-                path,
-                f"is a {len(shape)}-D array (shape {shape_txt}) without axis names; "
-                "it cannot be interpreted (which axis is Z, C or T?). Allowed: 2-D "
-                "YX, 3-D ZYX, or 4-D/5-D with axis names in the metadata "
-                "(OME-TIFF, ImageJ hyperstack, OME-Zarr)",
-            )
         else:
             raise InputError(
                 path,
@@ -1069,7 +1073,10 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
     ]
     unit = {"unit": "micrometer"} if vox is not None else {}
     axes = [{"name": n, "type": "space", **unit} for n in "zyx"]
-    label = name or p.name.split(".")[0] or "image"
+    base = p.name
+    if base.startswith(".") and ".tmp-" in base:  # inside atomic_output
+        base = base[1:base.rindex(".tmp-")]
+    label = name or base.split(".")[0] or "image"
     omero = {
         "channels": [{
             "label": label, "color": "FFFFFF", "active": True,

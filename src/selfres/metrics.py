@@ -137,10 +137,13 @@ def ssim(reference: np.ndarray, image: np.ndarray, *, data_range: float | None =
 
     - 2-D arrays, and 3-D arrays with every axis >= 11: SSIM in full dimensionality
       (a 3-D window for volumes).
-    - 3-D arrays with one or more axes shorter than 11 (e.g. a thin held-out slab):
-      the mean of 2-D SSIM over the slices along the *thinnest* axis (a 3-D array
-      with a single slice is thus plain 2-D SSIM). The two remaining axes must be
-      >= 11.
+    - 3-D arrays with one axis shorter than 11 (e.g. a thin held-out slab): the
+      mean of 2-D SSIM over the slices along that *thinnest* axis (a 3-D array
+      with a single slice is thus plain 2-D SSIM).
+    - Arrays still too small for the 11-sample window (e.g. 8 × 8 slices or a
+      9 × 9 × 9 cube): a reduced window, the largest Gaussian sigma whose
+      window fits (sigma ≈ (n - 1) / 7 for a smallest size n >= 3). Values from
+      such tiny arrays are not strictly comparable with standard SSIM.
 
     Parameters
     ----------
@@ -157,8 +160,8 @@ def ssim(reference: np.ndarray, image: np.ndarray, *, data_range: float | None =
     Raises
     ------
     ValueError
-        Shapes differ, dimensionality is not 2 or 3, or the array is too small for
-        an 11-sample window even slice-wise.
+        Shapes differ, dimensionality is not 2 or 3, or an axis that must be
+        filtered has fewer than 3 samples.
     """
     reference = np.asarray(reference, dtype=np.float64)
     image = np.asarray(image, dtype=np.float64)
@@ -175,18 +178,24 @@ def ssim(reference: np.ndarray, image: np.ndarray, *, data_range: float | None =
     shape = reference.shape
     if min(shape) >= _SSIM_WIN:
         return float(structural_similarity(reference, image, **kwargs))
+    pairs = [(reference, image)]
     if reference.ndim == 3:
         thin = int(np.argmin(shape))
         others = [n for i, n in enumerate(shape) if i != thin]
-        if min(others) >= _SSIM_WIN:
-            ref_s = np.moveaxis(reference, thin, 0)
-            img_s = np.moveaxis(image, thin, 0)
-            values = [structural_similarity(r, i, **kwargs) for r, i in zip(ref_s, img_s)]
-            return float(np.mean(values))
-    raise ValueError(
-        f"ssim needs at least {_SSIM_WIN} samples along every axis (or along two axes "
-        f"of a 3-D array, computed slice-wise); got shape {shape}"
-    )
+        if min(others) >= _SSIM_WIN or shape[thin] < 3:
+            pairs = list(zip(np.moveaxis(reference, thin, 0), np.moveaxis(image, thin, 0)))
+    smallest = min(pairs[0][0].shape)
+    if smallest < 3:
+        raise ValueError(
+            "ssim needs at least 3 samples along every axis it filters (11 for the "
+            f"standard window); got shape {shape}"
+        )
+    if smallest < _SSIM_WIN:
+        # reduced window: the largest Gaussian sigma whose 3.5-sigma window fits
+        half = (smallest - 1) // 2
+        kwargs["sigma"] = 0.999 * half / 3.5
+    values = [structural_similarity(r, i, **kwargs) for r, i in pairs]
+    return float(np.mean(values))
 
 
 def compare(
@@ -239,8 +248,8 @@ def _fit_gaussian(profile: np.ndarray) -> tuple[float, float] | None:
     offset0 = float(min(y[0], y[-1], np.percentile(y, 10)))
     peak = int(np.argmax(y))
     amp0 = float(y[peak] - offset0)
-    if not amp0 > 0:
-        return None
+    if not amp0 > 0 or peak in (0, n - 1):
+        return None  # no maximum inside the profile
     # sigma guess from the width at half maximum (samples above half height)
     above = np.count_nonzero(y - offset0 > 0.5 * amp0)
     sigma0 = max(above / FWHM_PER_SIGMA, 0.5)
@@ -258,7 +267,7 @@ def _fit_gaussian(profile: np.ndarray) -> tuple[float, float] | None:
     except (RuntimeError, ValueError, optimize.OptimizeWarning):
         return None
     _, amp, mu, sigma = popt
-    if not (np.isfinite(sigma) and 0.05 < sigma < n / 2 and amp > 0):
+    if not (np.isfinite(sigma) and 0.05 < sigma < n / 2 and amp > 0 and 0 <= mu <= n - 1):
         return None
     return float(mu), float(sigma)
 
@@ -280,8 +289,9 @@ def fit_gaussian_fwhm(profile: np.ndarray, *, spacing: float = 1.0) -> float:
     Returns
     -------
     float
-        The FWHM, or NaN when the fit fails or is implausible (no positive peak,
-        sigma not below half the profile length).
+        The FWHM, or NaN when the fit fails or is implausible (the maximum lies at
+        an end of the profile, no positive peak, centre outside the profile, sigma
+        not below half the profile length).
     """
     profile = np.asarray(profile)
     if profile.ndim != 1:
@@ -354,10 +364,13 @@ def detect_beads(
         return np.zeros((0, 3), dtype=int)
     thr = lo + threshold_rel * (hi - lo)
     local_max = ndimage.maximum_filter(vol, size=tuple(2 * m + 1 for m in md), mode="nearest")
-    peaks = np.argwhere((vol == local_max) & (vol > thr))
-    if peaks.size == 0:
+    is_peak = (vol == local_max) & (vol > thr)
+    # a flat maximum (e.g. a saturated bead) is one peak: its rounded centroid
+    labels, n = ndimage.label(is_peak, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
         return np.zeros((0, 3), dtype=int)
-    # plateaus: keep one voxel per connected flat maximum
+    centres = ndimage.center_of_mass(is_peak, labels, index=np.arange(1, n + 1))
+    peaks = np.floor(np.asarray(centres, dtype=np.float64) + 0.5).astype(int).reshape(-1, 3)
     shape = np.asarray(vol.shape)
     keep_border = np.all((peaks >= bd) & (peaks < shape - np.asarray(bd)), axis=1)
     # isolation against every candidate (including those near the border)
@@ -499,12 +512,15 @@ def _apodise(image: np.ndarray, fraction: float = 0.25) -> np.ndarray:
     return out
 
 
-def _curve_peak(d: np.ndarray) -> int:
+def _curve_peak(d: np.ndarray, count: np.ndarray) -> int:
     """Index of the decorrelation peak, or -1 when the curve has none.
 
     The global maximum is taken; a maximum at the last radius is no peak (the
     curve still rises), so the search continues on shorter prefixes. A candidate
-    must exceed the minimum of the curve after it by ``_DCORR_PROMINENCE``.
+    must exceed the minimum of the curve after it by more than its own
+    statistical fluctuation, ``d / sqrt(n)`` for ``n`` Fourier pixels inside the
+    radius (the amplitudes of noise have a coefficient of variation ~0.5), and by
+    at least ``_DCORR_PROMINENCE``.
     """
     n = d.size
     while n > 1:
@@ -512,9 +528,10 @@ def _curve_peak(d: np.ndarray) -> int:
         if i == d.size - 1:
             n -= 1
             continue
-        if d[i] - d[i:].min() > _DCORR_PROMINENCE:
+        margin = max(_DCORR_PROMINENCE, d[i] / math.sqrt(max(int(count[i]), 1)))
+        if d[i] - d[i:].min() > margin:
             return i
-        n = i  # nothing at or after i can stand out either
+        n = i  # nothing at or after i can stand out more
     return -1
 
 
@@ -541,7 +558,7 @@ def _dcorr_kc(
 
     def peak(weights: np.ndarray) -> tuple[float, float]:
         d = curve(weights)
-        i = _curve_peak(d)
+        i = _curve_peak(d, count)
         if i < 0 or d[i] < _DCORR_MIN_AMP:
             return math.nan, 0.0
         return float(radii[i]), float(d[i])
@@ -623,7 +640,10 @@ def decorrelation_resolution(
     falls to the noise. The same is done on the image filtered by Gaussian
     high-passes ``1 - exp(-2 pi^2 s^2 k^2)`` (s from a quarter of the image down
     to 0.1 pixel, 10 values, then 10 more between the neighbours of the best);
-    the cut-off ``kc`` is the highest r0 among peaks of amplitude >= 0.05, and
+    the cut-off ``kc`` is the highest r0 among peaks of amplitude >= 0.05 that
+    stand out of the curve's later minimum by more than its sampling noise
+    (``d / sqrt(n)``, n Fourier pixels inside r0; this keeps small images and
+    narrow sectors from reporting noise bumps), and
     the resolution is ``1 / kc``. In the paper's normalised units (1 = Nyquist)
     this is the familiar ``2 pixel / kc``.
 

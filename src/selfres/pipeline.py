@@ -288,7 +288,8 @@ def load_trained(model_dir: str | Path):
     """(model, spec, metadata) of a trained sample model."""
     from . import models
 
-    return models.load_model(model_dir)
+    model, spec, info = models.load_model(model_dir)
+    return model, spec, info.get("metadata", {})
 
 
 def output_dtype(settings: InferSettings, source_dtype: str):

@@ -360,13 +360,14 @@ def _panel_grid(
     unit: str,
     vmin: float,
     vmax: float,
-    box: Sequence[tuple[int, int]] | None = None,
+    boxes: Sequence[tuple[Sequence[tuple[int, int]], str]] = (),
 ) -> bytes:
     """Draw rows = volumes, columns = XY/XZ/YZ at physical aspect.
 
     Volumes with a single z plane get one XY panel per volume, side by side.
 
-    ``box`` is a ZYX bbox in voxels of the first row's volume, outlined in red.
+    ``boxes`` are ``(ZYX bbox in voxels of the first row's volume, colour)`` pairs,
+    outlined on the first row.
     """
     shapes = [_as_zyx(v.shape) for _, v, _ in volumes]
     is_2d = all(s[0] == 1 for s in shapes)
@@ -407,11 +408,11 @@ def _panel_grid(
                            extent=_extent(ah, av, shape, vsz), aspect="equal",
                            interpolation="nearest")
             ax.tick_params(labelsize=7)
-            if r == 0 and box is not None:
+            for box, color in (boxes if r == 0 else ()):
                 (b0, b1), (a0, a1) = box[ah], box[av]
                 ax.add_patch(matplotlib.patches.Rectangle(
                     (b0 * vsz[ah], a0 * vsz[av]), (b1 - b0) * vsz[ah], (a1 - a0) * vsz[av],
-                    fill=False, edgecolor="red", lw=1.0))
+                    fill=False, edgecolor=color, lw=1.0))
             if is_2d:
                 ax.set_title(f"{name} ({pname})", fontsize=9)
                 ax.set_ylabel(f"y ({unit})", fontsize=7)
@@ -501,7 +502,7 @@ def figure_projections(
     The display range is shared by the three rows and taken from the percentiles of
     the restored projections. Parameters are as in :func:`figure_orthoviews`;
     ``train_fov`` (see :func:`fov_bbox`), when given, is outlined in red on the raw
-    projections.
+    projections, and its held-out region (``holdout``) in cyan.
 
     Returns
     -------
@@ -522,11 +523,15 @@ def figure_projections(
     vals = np.concatenate([p.ravel() for p in ref.values()])
     vmin, vmax = display_range(vals)
     vols = [("raw", raw, vin), ("interpolation", interp, vout), ("restored", restored, vout)]
-    box = fov_bbox(train_fov)
+    boxes = []
     title = "Maximum-intensity projections (matched contrast)"
-    if box is not None:
+    if (box := fov_bbox(train_fov)) is not None:
+        boxes.append((box, "red"))
         title += "; red: training field of view"
-    return _panel_grid(vols, planes, unit=unit, vmin=vmin, vmax=vmax, title=title, box=box)
+    if (hold := _holdout_bbox(train_fov)) is not None:
+        boxes.append((hold, "cyan"))
+        title += "; cyan: held-out region"
+    return _panel_grid(vols, planes, unit=unit, vmin=vmin, vmax=vmax, title=title, boxes=boxes)
 
 
 def _smooth2d(plane: np.ndarray, sigma: float) -> np.ndarray:
@@ -767,10 +772,11 @@ def fov_bbox(train_fov: Any) -> tuple[tuple[int, int], ...] | None:
     Parameters
     ----------
     train_fov
-        ``None``; a string ``"z0:z1,y0:y1,x0:x1"``; a mapping with ``bbox`` (three
+        ``None``; a string ``"z0:z1,y0:y1,x0:x1"``; a mapping with ``train`` or
+        ``bbox`` (as written by ``TrainingFov.to_dict``: three
         ``[start, stop]`` pairs, or six numbers z0, z1, y0, y1, x0, x1) or with keys
         ``z0 … x1``; a tuple of three slices or pairs; or an object with a ``bbox``
-        or ``slices`` attribute.
+        ``train`` or ``slices`` attribute (e.g. ``selfres.fov.TrainingFov``).
 
     Returns
     -------
@@ -788,10 +794,11 @@ def fov_bbox(train_fov: Any) -> tuple[tuple[int, int], ...] | None:
             if all(k in fov for k in ("z0", "z1", "y0", "y1", "x0", "x1")):
                 box = tuple((int(fov[f"{a}0"]), int(fov[f"{a}1"])) for a in "zyx")
             else:
-                inner = fov.get("bbox", fov.get("slices"))
+                inner = fov.get("bbox", fov.get("train", fov.get("slices")))
                 return None if inner is None else fov_bbox(inner)
-        elif hasattr(fov, "bbox") or hasattr(fov, "slices"):
-            return fov_bbox(getattr(fov, "bbox", None) or getattr(fov, "slices"))
+        elif any(hasattr(fov, a) for a in ("bbox", "train", "slices")):
+            return fov_bbox(next(getattr(fov, a) for a in ("bbox", "train", "slices")
+                                 if hasattr(fov, a)))
         else:
             items = list(fov)
             if len(items) == 6 and all(_num(i) is not None for i in items):
@@ -807,6 +814,15 @@ def fov_bbox(train_fov: Any) -> tuple[tuple[int, int], ...] | None:
     return box
 
 
+def _holdout_bbox(train_fov: Any) -> tuple[tuple[int, int], ...] | None:
+    """Held-out region of a training-FOV record (``holdout`` key or attribute)."""
+    if isinstance(train_fov, Mapping):
+        inner = train_fov.get("holdout", train_fov.get("held_out"))
+    else:
+        inner = getattr(train_fov, "holdout", None)
+    return None if inner is None else fov_bbox(inner)
+
+
 def _draw_fov_note(train_fov: Any) -> str:
     """Plain-text description of a training FOV given in any supported form."""
     if train_fov is None:
@@ -815,11 +831,11 @@ def _draw_fov_note(train_fov: Any) -> str:
         return train_fov
     if isinstance(train_fov, Mapping):
         parts = []
-        for key in ("bbox", "slices", "fov", "heldout", "held_out", "reason", "why"):
+        for key in ("train", "bbox", "slices", "holdout", "held_out", "source", "reason"):
             if key in train_fov:
                 parts.append(f"{key}: {train_fov[key]}")
         return "; ".join(parts) if parts else json.dumps(train_fov, default=str)
-    for attr in ("bbox", "slices"):
+    for attr in ("train", "bbox", "slices"):
         if hasattr(train_fov, attr):
             return f"{attr}: {getattr(train_fov, attr)}"
     return str(train_fov)
@@ -876,6 +892,16 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _status(metrics: Mapping[str, Any]) -> str:
+    """``metrics["status"]``, else ``fallback_interpolation`` when the restored volume
+    holds the interpolation (``restored_content == "interpolation"``), else ``ok``."""
+    if metrics.get("status"):
+        return str(metrics["status"])
+    if metrics.get("restored_content") == "interpolation":
+        return "fallback_interpolation"
+    return "ok"
+
+
 def _diff(a: Any, b: Any) -> float | None:
     a, b = _num(a), _num(b)
     return None if a is None or b is None else a - b
@@ -907,7 +933,9 @@ def _bead_summary(bead_table: Any) -> pd.DataFrame | None:
     Accepted forms: wide columns ``fwhm_{z,y,x}_{in,out}`` (optionally with ``_um`` or
     ``_px`` after ``fwhm_?``), or long form with a ``stage``/``which``/``volume``
     column valued ``input``/``output`` (or ``in``/``out``) and ``fwhm_{z,y,x}``
-    columns. A dict is converted with :class:`pandas.DataFrame`.
+    columns. Columns in µm (``fwhm_z_um``…) are preferred over voxel columns (the
+    input and output voxels differ in size). A dict is converted with
+    :class:`pandas.DataFrame`.
     """
     if bead_table is None:
         return None
@@ -916,22 +944,25 @@ def _bead_summary(bead_table: Any) -> pd.DataFrame | None:
         return None
     cols = {c.lower(): c for c in df.columns}
     out: dict[str, dict[str, float | None]] = {}
+    used: set[str] = set()
     stage_col = next((cols[k] for k in ("stage", "which", "volume", "kind") if k in cols), None)
     for axis in "zyx":
         for stage, aliases in (("input", ("in", "input")), ("output", ("out", "output"))):
             val = None
             if stage_col is not None:
                 mask = df[stage_col].astype(str).str.lower().isin(aliases)
-                for cand in (f"fwhm_{axis}", f"fwhm_{axis}_um", f"fwhm_{axis}_px"):
+                for cand in (f"fwhm_{axis}_um", f"fwhm_{axis}", f"fwhm_{axis}_px"):
                     if cand in cols and mask.any():
                         val = pd.to_numeric(df.loc[mask, cols[cand]], errors="coerce").median()
+                        used.add(cand)
                         break
             else:
                 for suf in aliases:
-                    for cand in (f"fwhm_{axis}_{suf}", f"fwhm_{axis}_um_{suf}",
+                    for cand in (f"fwhm_{axis}_um_{suf}", f"fwhm_{axis}_{suf}",
                                  f"fwhm_{axis}_px_{suf}", f"{suf}_fwhm_{axis}"):
                         if cand in cols:
                             val = pd.to_numeric(df[cols[cand]], errors="coerce").median()
+                            used.add(cand)
                             break
                     if val is not None:
                         break
@@ -940,6 +971,7 @@ def _bead_summary(bead_table: Any) -> pd.DataFrame | None:
     if res.isna().all().all():
         return None
     res.index.name = "axis"
+    res.attrs["unit"] = "µm" if any("_um" in c for c in used) else "voxels"
     res.attrs["n_beads"] = int(len(df) if stage_col is None else
                                (df[stage_col].astype(str).str.lower().isin(("in", "input"))).sum())
     return res
@@ -996,7 +1028,7 @@ def render_sample_report(
     """
     metrics = dict(metrics or {})
     mode = metrics.get("mode")
-    status = str(metrics.get("status") or "ok")
+    status = _status(metrics)
     flags = [str(f) for f in (metrics.get("flags") or [])]
     raw, interp, restored, vin, vout, unit = _prepare(
         raw, interp, restored, voxel_size_in, voxel_size_out)
@@ -1085,8 +1117,8 @@ def render_sample_report(
     beads = _bead_summary(bead_table)
     if beads is not None:
         parts.append('<h2 id="beads">Beads</h2>')
-        parts.append(f"<p>Median FWHM per axis over {beads.attrs.get('n_beads', '?')} "
-                     "beads.</p>")
+        parts.append(f"<p>Median FWHM per axis ({_esc(beads.attrs.get('unit'))}) over "
+                     f"{beads.attrs.get('n_beads', '?')} beads of the input.</p>")
         parts.append(_table(["axis", "input", "output"],
                             [[a, _num(r["input"]), _num(r["output"])]
                              for a, r in beads.iterrows()]))
@@ -1153,7 +1185,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         row = dict(row)
         sample = str(row.get("sample", ""))
         error = row.get("error")
-        status = row.get("status") or ("failed" if error else "ok")
+        status = "failed" if error and not row.get("status") else _status(row)
         gain = _num(row.get("psnr_gain"))
         if gain is None:
             sv = row.get("self_validation") or {}

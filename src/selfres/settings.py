@@ -63,7 +63,7 @@ class DegradationSettings:
     microscope: Literal["widefield", "confocal", "two_photon"] = "widefield"
     psf_path: str | None = None
     noise: Literal["none", "poisson_gaussian"] = "none"
-    gain: float = 0.0
+    gain: float = 100.0
     read_sigma: float = 0.0
 
     def validate(self) -> None:
@@ -130,7 +130,6 @@ class InferSettings:
     on_worse_than_interpolation: Literal["interpolation", "model"] = "interpolation"
     output_dtype: Literal["float32", "input"] = "float32"
     ngff_version: Literal["0.4", "0.5"] = "0.4"
-    chunks: tuple[int, int, int] = (32, 256, 256)
 
     def validate(self) -> None:
         if any(t < 1 for t in self.tile_size):

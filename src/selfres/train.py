@@ -411,7 +411,7 @@ def train_enhance(
     model.load_state_dict(best["state"])
     model.eval()
     seconds = time.monotonic() - t0
-    if best["psnr"] <= val_interp:
+    if best["step"] == 0 or best["psnr"] <= val_interp:
         flags.append("model_worse_than_interpolation")
     return TrainResult(
         model=model, spec=spec, best_step=best["step"], steps_done=step, seconds=seconds,

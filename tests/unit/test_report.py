@@ -246,3 +246,24 @@ def test_noisy_volume_page_stays_small():
         voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5), training_log=_log())
     assert len(page.encode()) < 3 * 2**20
     assert all(i.startswith(PNG_MAGIC) for i in _images(page))
+
+
+def test_pipeline_forms_of_fov_beads_and_status():
+    """train_fov.json (train/holdout keys), long-form beads.tsv (volume column, µm
+    preferred over voxels) and restored_content → fallback status."""
+    fov = {"train": [[0, 3], [4, 20], [5, 21]], "holdout": [[3, 6], [0, 8], [0, 8]],
+           "source": "auto", "reason": "most structure"}
+    assert report.fov_bbox(fov) == ((0, 3), (4, 20), (5, 21))
+    beads = pd.DataFrame({"volume": ["input", "input", "output", "output"],
+                          "fwhm_z": [4.0, 4.0, 4.0, 4.0], "fwhm_z_um": [4.0, 4.4, 2.0, 2.2],
+                          "fwhm_y": 2.0, "fwhm_y_um": 1.0, "fwhm_x": 2.0, "fwhm_x_um": 1.0})
+    raw, interp, restored = _volumes()
+    page = report.render_sample_report(
+        sample="p", metrics=_metrics(restored_content="interpolation"), raw=raw,
+        interp=interp, restored=restored, voxel_size_in=(1, .5, .5),
+        voxel_size_out=(.5, .5, .5), bead_table=beads, train_fov=fov)
+    table = page.split('id="beads"')[1].split("</table>")[0]
+    assert "µm" in table and ">4.2<" in table and ">2.1<" in table
+    assert "fallback_interpolation" in page and "most structure" in page
+    assert report.summary_table([{"sample": "q", "restored_content": "interpolation"}]).loc[
+        0, "status"] == "fallback_interpolation"

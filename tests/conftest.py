@@ -1,0 +1,30 @@
+"""Shared fixtures: small seeded synthetic volumes (the tests make their own data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+
+def blob_volume(shape=(16, 48, 48), *, n=60, sigma=(1.5, 1.0, 1.0), seed=0) -> np.ndarray:
+    """Random points blurred by an anisotropic Gaussian, plus a faint background."""
+    rng = np.random.default_rng(seed)
+    v = np.zeros(shape, np.float32)
+    idx = rng.integers(0, shape, size=(n, 3))
+    v[tuple(idx.T)] = 1.0
+    v = ndimage.gaussian_filter(v, sigma)
+    return (v / v.max() + 0.02).astype(np.float32)
+
+
+@pytest.fixture
+def blobs():
+    return blob_volume()
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    import torch
+
+    torch.set_num_threads(1)
+    yield

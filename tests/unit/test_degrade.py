@@ -1,0 +1,335 @@
+"""Unit tests of selfres.degrade: cubic matrices, PSFs, degradation, torch twins."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from selfres.degrade import (
+    Degradation,
+    TorchDegrader,
+    add_noise,
+    blur,
+    degrade,
+    downscale_cubic,
+    gaussian_sigma_from_optics,
+    keys_cubic,
+    load_psf,
+    resize_axes,
+    resize_matrix,
+    sigma_um_to_px,
+    upscale_cubic,
+)
+from selfres.errors import ConfigError, InputError
+
+
+def _keys_direct(d: float) -> float:
+    """Keys (1981) cubic, a = -0.5, written out independently."""
+    d = abs(d)
+    if d <= 1:
+        return 1.5 * d**3 - 2.5 * d**2 + 1
+    if d < 2:
+        return -0.5 * d**3 + 2.5 * d**2 - 4 * d + 2
+    return 0.0
+
+
+def _matrix_direct(n_in: int, n_out: int, s: float, antialias: bool) -> np.ndarray:
+    """Loop evaluation of MATLAB imresize 'cubic' weights (symmetric borders)."""
+    m = np.zeros((n_out, n_in))
+    stretch = s if (s < 1 and antialias) else 1.0
+    for j in range(n_out):
+        u = (j + 0.5) / s - 0.5
+        row = {}
+        for i in range(math.floor(u - 2 / stretch) - 1, math.ceil(u + 2 / stretch) + 2):
+            w = stretch * _keys_direct(stretch * (u - i))
+            k = i
+            while k < 0 or k >= n_in:  # symmetric: -1 -> 0, n -> n-1
+                k = -k - 1 if k < 0 else 2 * n_in - 1 - k
+            row[k] = row.get(k, 0.0) + w
+        total = sum(row.values())
+        for k, w in row.items():
+            m[j, k] = w / total
+    return m
+
+
+# ---------------------------------------------------------------- matrices
+
+
+@pytest.mark.parametrize("d, expected", [(0, 1.0), (0.5, 0.5625), (1, 0.0), (1.5, -0.0625),
+                                         (2, 0.0), (-0.25, 0.8671875), (3.0, 0.0)])
+def test_keys_kernel_values(d, expected):
+    assert keys_cubic(d) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_in, n_out, scale, antialias", [
+    (8, 16, None, True), (16, 8, None, True), (16, 8, None, False), (12, 3, None, True),
+    (10, 25, 2.5, False), (7, 7, None, True), (5, 11, 2.2, True), (1, 4, None, True),
+])
+def test_resize_matrix_matches_direct_evaluation(n_in, n_out, scale, antialias):
+    m = resize_matrix(n_in, n_out, scale=scale, antialias=antialias)
+    s = scale if scale is not None else n_out / n_in
+    assert m.shape == (n_out, n_in) and m.dtype == np.float64
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(m, _matrix_direct(n_in, n_out, s, antialias), atol=1e-12)
+
+
+def test_resize_matrix_matlab_weights_and_cache():
+    # MATLAB imresize(x, 0.5, 'bicubic') interior row: 0.5·keys(0.5·d), d=±0.5..±3.5
+    m = resize_matrix(16, 8)
+    np.testing.assert_allclose(
+        m[3, 3:11], [-0.01171875, -0.03515625, 0.11328125, 0.43359375,
+                     0.43359375, 0.11328125, -0.03515625, -0.01171875])
+    # symmetric border: index -1 folds onto 0 (first row of a x2 upscale)
+    up = resize_matrix(4, 8)
+    assert up[0, 0] == pytest.approx(_keys_direct(0.25) + _keys_direct(0.75))  # = 1.09375
+    assert up[0, 1] == pytest.approx(_keys_direct(1.25) + _keys_direct(1.75))  # = -0.09375
+    np.testing.assert_array_equal(resize_matrix(6, 6), np.eye(6))
+    assert resize_matrix(16, 8) is m  # cached
+    assert not m.flags.writeable
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n_in": 0, "n_out": 4}, "n_in must be an integer >= 1"),
+    ({"n_in": 4, "n_out": 2.5}, "n_out must be an integer"),
+    ({"n_in": 4, "n_out": 8, "scale": -2.0}, "scale must be a finite number > 0"),
+])
+def test_resize_matrix_rejects_bad_arguments(kwargs, match):
+    n_in, n_out = kwargs.pop("n_in"), kwargs.pop("n_out")
+    with pytest.raises(ValueError, match=match):
+        resize_matrix(n_in, n_out, **kwargs)
+
+
+def test_antialias_suppresses_frequencies_above_new_nyquist():
+    x = np.cos(2 * np.pi * 0.4 * np.arange(64))  # 0.4 cycles/px > 0.25 after /2
+    assert np.abs(resize_axes(x, (32,), antialias=True)[4:-4]).max() < 0.05
+    assert np.abs(resize_axes(x, (32,), antialias=False)[4:-4]).max() > 0.4
+
+
+# ---------------------------------------------------------------- resampling
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (2, 1, 1), (4, 4, 4), (1.5, 2, 2.5)])
+def test_upscale_preserves_constants_and_ramps(factors):
+    shape = (6, 7, 8)
+    const = np.full(shape, 3.25, np.float32)
+    up = upscale_cubic(const, factors)
+    assert up.shape == tuple(int(round(n * f)) for n, f in zip(shape, factors))
+    assert up.dtype == np.float32
+    np.testing.assert_allclose(up, 3.25, rtol=1e-6)
+    # a linear ramp along x is reproduced exactly away from the borders
+    ramp = np.broadcast_to(np.arange(shape[2], dtype=np.float32), shape)
+    up = upscale_cubic(ramp, factors)
+    fx = factors[2]
+    pos = (np.arange(up.shape[2]) + 0.5) / fx - 0.5
+    inner = (pos >= 1) & (pos <= shape[2] - 2)
+    np.testing.assert_allclose(up[..., inner], np.broadcast_to(pos[inner], up[..., inner].shape),
+                               atol=1e-5)
+
+
+def test_downscale_of_upscale_is_near_identity_on_smooth_data():
+    z, y, x = np.meshgrid(*(np.linspace(0, 1, n) for n in (8, 12, 12)), indexing="ij")
+    lr = (np.sin(2 * z) + np.cos(3 * y) * x).astype(np.float32)
+    back = downscale_cubic(upscale_cubic(lr, (2, 2, 2)), (2, 2, 2))
+    np.testing.assert_allclose(back[2:-2, 2:-2, 2:-2], lr[2:-2, 2:-2, 2:-2], atol=5e-3)
+
+
+def test_factor_one_is_identity_and_2d_works():
+    rng = np.random.default_rng(0)
+    img = rng.random((10, 12)).astype(np.float32)
+    np.testing.assert_array_equal(downscale_cubic(img, (1, 1)), img)
+    assert downscale_cubic(img, (2, 3)).shape == (5, 4)
+    assert upscale_cubic(img[None], (1, 2, 2)).shape == (1, 20, 24)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda a: downscale_cubic(a, (2, 2, 3)), r"shape \(4, 6, 8\) is not divisible"),
+    (lambda a: downscale_cubic(a, (2, 0, 2)), "integers >= 1"),
+    (lambda a: downscale_cubic(a, (1.5, 2, 2)), "integers >= 1"),
+    (lambda a: upscale_cubic(a, (0.5, 2, 2)), "numbers >= 1"),
+    (lambda a: upscale_cubic(a, (2, 2, 2, 2)), "2 or 3 entries"),
+    (lambda a: resize_axes(a, (2, 2, 2, 2)), "at least 4 axes"),
+])
+def test_resampling_rejects_bad_factors(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(np.zeros((4, 6, 8), np.float32))
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (2.5, 1, 1)])
+def test_resize_axes_numpy_and_torch_agree(factors):
+    x = np.random.default_rng(1).random((2, 4, 6, 8)).astype(np.float32)
+    t = upscale_cubic(torch.from_numpy(x), factors)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_allclose(t.numpy(), upscale_cubic(x, factors), atol=1e-6)
+
+
+# ---------------------------------------------------------------- PSFs
+
+
+@pytest.mark.parametrize("kind, na, lam, n, vox, expected", [
+    # widefield: σxy = 0.21·0.52/1.4 = 0.078 µm; σz = 0.66·0.52·1.518/1.4² = 0.26580 µm
+    ("widefield", 1.4, 0.52, 1.518, (0.2, 0.1, 0.1), (1.3290245, 0.78, 0.78)),
+    # confocal, λex = λem: widefield / √2
+    ("confocal", 1.4, 0.52, 1.518, (0.2, 0.1, 0.1), (0.9397622, 0.5515433, 0.5515433)),
+    # two-photon NA > 0.7: ωxy = 0.325·0.92/(√2·0.8^0.91), ωz = 0.532·0.92/√2/(1.33-√(1.33²-0.64))
+    ("two_photon", 0.8, 0.92, 1.33, (1.0, 0.5, 0.5), (0.6468832, 0.2590266, 0.2590266)),
+    # two-photon NA <= 0.7 in air: ωxy = 0.32·0.92/(√2·0.5) = 0.41634 µm, σ = ω/2
+    ("two_photon", 0.5, 0.92, 1.0, (1.0, 0.5, 0.5), (1.2916118, 0.4163445, 0.4163445)),
+])
+def test_gaussian_sigma_from_optics(kind, na, lam, n, vox, expected):
+    got = gaussian_sigma_from_optics(na=na, wavelength_um=lam, refractive_index=n,
+                                     voxel_size=vox, kind=kind)
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kind": "sted"}, "PSF kind must be one of widefield, confocal, two_photon"),
+    ({"na": 1.6}, r"na \(1.6\) must be smaller than refractive_index"),
+    ({"wavelength_um": 0}, "wavelength_um must be a number > 0"),
+    ({"voxel_size": (1, 1)}, "voxel_size must be three numbers"),
+])
+def test_gaussian_sigma_from_optics_errors(kwargs, match):
+    args = dict(na=1.2, wavelength_um=0.5, refractive_index=1.33, voxel_size=(1, 1, 1))
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=match):
+        gaussian_sigma_from_optics(**args)
+
+
+def test_sigma_um_to_px():
+    assert sigma_um_to_px((1.0, 0.2, 0.3), (0.5, 0.1, 0.1)) == pytest.approx((2, 2, 3))
+    with pytest.raises(ConfigError, match="sigma_um must be three numbers >= 0"):
+        sigma_um_to_px((1.0, -0.2, 0.3), (0.5, 0.1, 0.1))
+
+
+def test_load_psf_normalises_and_centres(tmp_path):
+    psf = np.zeros((4, 6, 6), np.float32)
+    psf[1, 2, 3] = 3.0
+    psf[1, 2, 2] = 1.0
+    psf[0, 0, 0] = -0.5  # background-subtraction residue: clipped
+    tifffile.imwrite(tmp_path / "psf.tif", psf, photometric="minisblack")
+    got = load_psf(tmp_path / "psf.tif")
+    assert all(n % 2 == 1 for n in got.shape)
+    assert got.sum() == pytest.approx(1.0, abs=1e-6)
+    centre = tuple(n // 2 for n in got.shape)
+    assert got[centre] == pytest.approx(0.75)
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "PSF file not found"),
+    (b"not a tiff", "cannot read the PSF as a TIFF"),
+    (np.zeros((5, 5), np.float32), r"no positive values"),
+    (np.zeros((2, 3, 5, 5), np.float32) + 1, "2-D or 3-D"),
+])
+def test_load_psf_errors(tmp_path, content, match):
+    path = tmp_path / "psf.tif"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        tifffile.imwrite(path, content, photometric="minisblack")
+    with pytest.raises(InputError, match=match):
+        load_psf(path)
+
+
+def test_blur_with_delta_psf_is_identity_and_gaussian_keeps_constants():
+    x = np.random.default_rng(2).random((5, 9, 9)).astype(np.float32)
+    delta = np.zeros((3, 3, 3), np.float32)
+    delta[1, 1, 1] = 1
+    np.testing.assert_allclose(blur(x, psf=delta), x, atol=1e-6)
+    np.testing.assert_allclose(blur(np.ones((4, 6, 6)), sigma_px=(1, 2, 3)), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="exactly one of sigma_px or psf"):
+        blur(x)
+
+
+# ---------------------------------------------------------------- degradation
+
+
+def _delta_variance(profile: np.ndarray, f: int) -> float:
+    centres = np.arange(profile.size) * f + (f - 1) / 2  # LR centres in HR units
+    w = profile / profile.sum()
+    mean = (w * centres).sum()
+    return float((w * (centres - mean) ** 2).sum())
+
+
+@pytest.mark.parametrize("sigma, factors", [((2.0, 3.0, 1.5), (2, 1, 2)), ((3.0, 2.0, 2.5), (1, 2, 4))])
+def test_gaussian_degrade_of_delta_has_expected_width(sigma, factors):
+    hr = np.zeros((48, 48, 48), np.float32)
+    hr[24, 24, 24] = 1.0
+    lr = degrade(hr, factors, Degradation(method="gaussian", sigma_px=sigma))
+    assert lr.sum() == pytest.approx(1.0 / np.prod(factors), rel=1e-5)
+    for axis, (s, f) in enumerate(zip(sigma, factors)):
+        profile = lr.sum(axis=tuple(a for a in range(3) if a != axis))
+        # block-mean sampling adds the within-block variance (f² - 1)/12 (Sheppard)
+        assert _delta_variance(profile, f) == pytest.approx(s**2 + (f**2 - 1) / 12, rel=0.01)
+
+
+def _psf_array() -> np.ndarray:
+    g = np.exp(-0.5 * (np.arange(-3, 4) / 1.2) ** 2)
+    return np.einsum("i,j,k->ijk", g[1:-1], g, g[::-1] ** 0.5)
+
+
+@pytest.mark.parametrize("degradation", [
+    Degradation(),
+    Degradation(method="gaussian", sigma_px=(1.0, 2.0, 0.7)),
+    Degradation(method="psf", psf=_psf_array()),
+], ids=["cubic", "gaussian", "psf"])
+@pytest.mark.parametrize("factors, shape", [
+    ((2, 2, 2), (8, 16, 16)), ((1, 2, 2), (6, 16, 12)), ((2, 1, 1), (8, 10, 10)),
+    ((4, 4, 4), (8, 16, 16)), ((1, 2, 2), (1, 16, 16)),
+])
+def test_degrade_numpy_and_torch_agree(degradation, factors, shape):
+    hr = np.random.default_rng(3).random((2, *shape)).astype(np.float32)
+    ref = degrade(hr, factors, degradation)
+    assert ref.shape == (2, *(n // f for n, f in zip(shape, factors)))
+    got = TorchDegrader(factors, degradation)(torch.from_numpy(hr)[:, None])
+    assert got.shape == (2, 1, *ref.shape[1:])
+    np.testing.assert_allclose(got[:, 0].numpy(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("degradation", [
+    Degradation(), Degradation(method="gaussian", sigma_px=(0.0, 1.0, 1.0)),
+    Degradation(method="psf", psf=_psf_array()),
+], ids=["cubic", "gaussian", "psf"])
+def test_torch_degrader_on_2d_batches(degradation):
+    hr = np.random.default_rng(4).random((3, 1, 16, 12)).astype(np.float32)
+    ref = degrade(hr[:, 0], (2, 2), degradation)
+    got = TorchDegrader((1, 2, 2), degradation)(torch.from_numpy(hr))
+    np.testing.assert_allclose(got[:, 0].numpy(), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "bicubic"}, "method must be one of cubic, gaussian, psf"),
+    ({"method": "gaussian"}, "needs sigma_px"),
+    ({"method": "gaussian", "sigma_px": (1, -1, 1)}, "2 or 3 numbers >= 0"),
+    ({"sigma_px": (1, 1, 1)}, "only used with method 'gaussian'"),
+    ({"method": "psf"}, "needs psf or psf_path"),
+    ({"noise": "gaussian"}, "noise must be one of none, poisson_gaussian"),
+    ({"gain": 0}, "gain must be > 0"),
+    ({"read_sigma": -0.1}, "read_sigma must be >= 0"),
+])
+def test_degradation_validation(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Degradation(**kwargs)
+
+
+def test_degrade_rejects_indivisible_shapes():
+    with pytest.raises(ValueError, match=r"shape \(5, 8, 8\) is not divisible by factors \(2, 2, 2\)"):
+        degrade(np.zeros((5, 8, 8), np.float32), (2, 2, 2), Degradation())
+    with pytest.raises(ValueError, match="expected \\(B, 1, Z, Y, X\\)"):
+        TorchDegrader((2, 2, 2), Degradation())(torch.zeros(2, 8, 8))
+
+
+def test_poisson_gaussian_noise_statistics_and_reproducibility():
+    x = np.full((64, 64, 16), 0.5, np.float32)
+    y = add_noise(x, gain=50.0, read_sigma=0.02, rng=0)
+    assert y.mean() == pytest.approx(0.5, abs=0.005)
+    assert y.var() == pytest.approx(0.5 / 50 + 0.02**2, rel=0.05)
+    np.testing.assert_array_equal(y, add_noise(x, gain=50.0, read_sigma=0.02, rng=0))
+    d = Degradation(noise="poisson_gaussian", gain=50.0, read_sigma=0.02)
+    t = torch.full((1, 1, 8, 64, 64), 0.5)
+    a = TorchDegrader((2, 2, 2), d)(t, generator=torch.Generator().manual_seed(1))
+    b = TorchDegrader((2, 2, 2), d)(t, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    assert float(a.var()) == pytest.approx(0.5 / 50 + 0.02**2, rel=0.1)

@@ -1,0 +1,512 @@
+"""Tests of selfres.io: readers, OME-Zarr writer, pyramid, atomic writes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import dask.array as da
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from selfres import io
+from selfres.errors import InputError
+
+DTYPES = ["uint8", "uint16", "int16", "float32", "float64"]
+
+
+def _vol(shape=(5, 12, 14), dtype="uint16", seed=0):
+    rng = np.random.default_rng(seed)
+    data = rng.uniform(0, 100, size=shape)
+    if np.dtype(dtype).kind == "i":
+        data -= 50
+    return data.astype(dtype)
+
+
+def _imagej(path, data, *, voxel=(2.0, 0.25, 0.5), unit="micron", axes="ZYX"):
+    vz, vy, vx = voxel
+    tifffile.imwrite(path, data, imagej=True, resolution=(1 / vx, 1 / vy),
+                     metadata={"spacing": vz, "unit": unit, "axes": axes})
+    return path
+
+
+def test_io_does_not_import_torch():
+    src = open(io.__file__, encoding="utf-8").read()
+    assert not re.search(r"^\s*(import|from)\s+torch", src, flags=re.M)
+
+
+# ------------------------------------------------------------------ TIFF ---
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiff_round_trip_keeps_values_and_dtype(tmp_path, dtype):
+    data = _vol(dtype=dtype)
+    p = tmp_path / "a.tif"
+    tifffile.imwrite(p, data, photometric="minisblack")
+    vol = io.read_volume(p)
+    assert vol.data.dtype == np.float32 and vol.source_dtype == np.dtype(dtype)
+    np.testing.assert_allclose(vol.data, data.astype(np.float32))
+    assert vol.voxel_size is None and vol.shape == data.shape
+
+
+@pytest.mark.parametrize(
+    "unit, factor",
+    [("micron", 1.0), ("um", 1.0), ("\\u00B5m", 1.0), ("nm", 1e-3), ("mm", 1e3)],
+)
+def test_imagej_voxel_size_units(tmp_path, unit, factor):
+    p = _imagej(tmp_path / "a.tif", _vol(dtype="uint8"), voxel=(2.0, 0.25, 0.5), unit=unit)
+    expected = (2.0 * factor, 0.25 * factor, 0.5 * factor)
+    assert io.read_volume(p).voxel_size == pytest.approx(expected)
+    assert io.read_voxel_size(p) == pytest.approx(expected)
+
+
+def test_imagej_without_unit_has_no_voxel_size(tmp_path):
+    p = tmp_path / "a.tif"
+    tifffile.imwrite(p, _vol(), imagej=True, metadata={"axes": "ZYX"})
+    assert io.read_volume(p).voxel_size is None
+
+
+def test_ome_tiff_voxel_size_with_unit_conversion(tmp_path):
+    p = tmp_path / "a.ome.tif"
+    tifffile.imwrite(p, _vol(), metadata={
+        "axes": "ZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3,
+        "PhysicalSizeZ": 1500.0, "PhysicalSizeZUnit": "nm"})
+    assert io.read_volume(p).voxel_size == pytest.approx((1.5, 0.3, 0.3))
+
+
+def test_2d_tiff_becomes_single_plane(tmp_path):
+    data = _vol(shape=(12, 14))
+    p = _imagej(tmp_path / "a.tif", data, axes="YX")
+    vol = io.read_volume(p)
+    assert vol.shape == (1, 12, 14)
+    np.testing.assert_array_equal(vol.data[0], data)
+    assert vol.voxel_size == pytest.approx((2.0, 0.25, 0.5))
+
+
+@pytest.mark.parametrize("writer", ["imagej", "ome"])
+@pytest.mark.parametrize("channel", [0, 2])
+def test_channel_selection(tmp_path, writer, channel):
+    data = _vol(shape=(4, 3, 10, 11))  # Z C Y X
+    if writer == "imagej":
+        p = _imagej(tmp_path / "a.tif", data, axes="ZCYX")
+    else:
+        p = tmp_path / "a.ome.tif"
+        tifffile.imwrite(p, data, metadata={"axes": "ZCYX"})
+    vol = io.read_volume(p, channel=channel)
+    np.testing.assert_array_equal(vol.data, data[:, channel])
+
+
+def test_lazy_tiff_is_dask_and_equal(tmp_path):
+    data = _vol()
+    p = _imagej(tmp_path / "a.tif", data)
+    vol = io.read_volume(p, lazy=True)
+    assert isinstance(vol.data, da.Array) and vol.data.dtype == np.float32
+    np.testing.assert_array_equal(vol.data.compute(), data)
+
+
+# ------------------------------------------------------------------ Zarr ---
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plain_zarr_round_trip(tmp_path, dtype):
+    data = _vol(dtype=dtype)
+    p = tmp_path / "a.zarr"
+    zarr.save_array(str(p), data)
+    vol = io.read_volume(p)
+    np.testing.assert_allclose(vol.data, data.astype(np.float32))
+    assert vol.source_dtype == np.dtype(dtype) and vol.voxel_size is None
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_ome_zarr_round_trip(tmp_path, ngff, dtype):
+    data = _vol(dtype=dtype)
+    p = tmp_path / "a.ome.zarr"
+    io.write_ome_zarr(p, data, voxel_size=(2.0, 0.3, 0.4), ngff_version=ngff,
+                      attrs={"norm": {"low": np.float32(1.5)}})
+    vol = io.read_volume(p)
+    np.testing.assert_allclose(vol.data, data.astype(np.float32))
+    assert vol.source_dtype == np.dtype(dtype)
+    assert vol.voxel_size == pytest.approx((2.0, 0.3, 0.4))
+    assert io.read_ome_zarr(p).attrs == {"norm": {"low": 1.5}}
+    assert io.read_voxel_size(p) == pytest.approx((2.0, 0.3, 0.4))
+
+
+def test_ome_zarr_formats_on_disk(tmp_path):
+    io.write_ome_zarr(tmp_path / "v4.ome.zarr", _vol(), voxel_size=(1, 1, 1))
+    io.write_ome_zarr(tmp_path / "v5.ome.zarr", _vol(), voxel_size=(1, 1, 1), ngff_version="0.5")
+    attrs4 = json.loads((tmp_path / "v4.ome.zarr" / ".zattrs").read_text())
+    assert attrs4["multiscales"][0]["version"] == "0.4"
+    assert json.loads((tmp_path / "v4.ome.zarr" / "0" / ".zarray").read_text())[
+        "dimension_separator"] == "/"
+    meta5 = json.loads((tmp_path / "v5.ome.zarr" / "zarr.json").read_text())
+    assert meta5["zarr_format"] == 3 and meta5["attributes"]["ome"]["version"] == "0.5"
+
+
+def test_ome_zarr_nanometre_axes_are_converted(tmp_path):
+    g = zarr.open_group(str(tmp_path / "n.zarr"), mode="w", zarr_format=2)
+    g.create_array("s0", data=_vol())
+    g.attrs["multiscales"] = [{
+        "version": "0.4", "axes": [{"name": n, "type": "space", "unit": "nanometer"}
+                                   for n in "zyx"],
+        "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [500.0, 100.0, 100.0]}]}]}]
+    assert io.read_volume(tmp_path / "n.zarr").voxel_size == pytest.approx((0.5, 0.1, 0.1))
+
+
+def test_ome_zarr_czyx_channel(tmp_path):
+    data = _vol(shape=(2, 3, 8, 9))
+    g = zarr.open_group(str(tmp_path / "c.zarr"), mode="w", zarr_format=2)
+    g.create_array("0", data=data)
+    g.attrs["multiscales"] = [{
+        "version": "0.4",
+        "axes": [{"name": "c", "type": "channel"}] + [
+            {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 2.0, 0.5, 0.5]}]}]}]
+    vol = io.read_volume(tmp_path / "c.zarr", channel=1)
+    np.testing.assert_array_equal(vol.data, data[1])
+    assert vol.voxel_size == pytest.approx((2.0, 0.5, 0.5))
+
+
+# ------------------------------------------------------------ bad inputs ---
+
+
+def _missing(tmp_path):
+    return tmp_path / "nope.tif"
+
+
+def _zero(tmp_path):
+    (tmp_path / "z.tif").write_bytes(b"")
+    return tmp_path / "z.tif"
+
+
+def _truncated(tmp_path):
+    p = tmp_path / "t.tif"
+    tifffile.imwrite(p, _vol(shape=(6, 40, 40), dtype="float32"), photometric="minisblack")
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    return p
+
+
+def _truncated_compressed(tmp_path):
+    p = tmp_path / "t.tif"
+    tifffile.imwrite(p, _vol(shape=(6, 40, 40), dtype="float32"),
+                     photometric="minisblack", compression="zlib")
+    raw = p.read_bytes()
+    p.write_bytes(raw[: len(raw) // 2])
+    return p
+
+
+def _not_tiff(tmp_path):
+    (tmp_path / "x.tif").write_text("hello, I am not an image")
+    return tmp_path / "x.tif"
+
+
+def _corrupt_zarr(tmp_path):
+    p = tmp_path / "c.zarr"
+    p.mkdir()
+    (p / "zarr.json").write_text("{ not json")
+    return p
+
+
+def _corrupt_chunk(tmp_path):
+    p = tmp_path / "c.ome.zarr"
+    io.write_ome_zarr(p, _vol(), voxel_size=(1, 1, 1), max_levels=1)
+    for f in (p / "0").rglob("*"):
+        if f.is_file() and not f.name.startswith("."):
+            f.write_bytes(b"garbage")
+    return p
+
+
+def _not_a_store(tmp_path):
+    (tmp_path / "d").mkdir()
+    return tmp_path / "d"
+
+
+def _tif(data, **kw):
+    def make(tmp_path):
+        p = tmp_path / "a.tif"
+        tifffile.imwrite(p, data, **kw)
+        return p
+    return make
+
+
+def _zarr(data):
+    def make(tmp_path):
+        p = tmp_path / "a.zarr"
+        zarr.save_array(str(p), data)
+        return p
+    return make
+
+
+def _imagej_axes(data, axes):
+    def make(tmp_path):
+        return _imagej(tmp_path / "a.tif", data, axes=axes)
+    return make
+
+
+def _with(value, n):
+    data = _vol(dtype="float32")
+    data.flat[:n] = value
+    return data
+
+
+BAD = [
+    (_missing, {}, "does not exist"),
+    (_zero, {}, "empty"),
+    (_truncated, {}, "truncated"),
+    (_truncated_compressed, {}, "truncated"),
+    (_not_tiff, {}, "not a TIFF"),
+    (_corrupt_zarr, {}, "corrupt Zarr"),
+    (_corrupt_chunk, {}, "cannot read its data"),
+    (_not_a_store, {}, "not a Zarr store"),
+    (_tif(np.arange(10, dtype="uint16")), {}, "1-D"),
+    (_zarr(np.zeros(7, "float32")), {}, "1-D"),
+    (_tif(np.zeros((3, 4, 8, 8), "uint16"), photometric="minisblack"), {},
+     "axis order 'QQYX'.*cannot be interpreted"),
+    (_zarr(np.zeros((2, 3, 4, 8, 8), "uint16")), {}, "5-D array .*without axis names"),
+    (_zarr(np.zeros((3, 4, 8, 8), "uint16")), {}, "4-D array .*without axis names"),
+    (_tif(np.zeros((3, 8, 8), bool), photometric="minisblack"), {}, "data type bool"),
+    (_zarr(np.zeros((3, 8, 8), np.complex64)), {}, "data type complex64"),
+    (_tif(_with(np.nan, 3), photometric="minisblack"), {}, "3 non-finite voxels \\(3 NaN"),
+    (_zarr(_with(np.inf, 2)), {}, "2 non-finite voxels \\(0 NaN, 2 Inf"),
+    (_imagej_axes(np.zeros((2, 3, 8, 8), "uint16"), "TZYX"), {}, "2 time points"),
+    (_imagej_axes(np.zeros((3, 4, 8, 8), "uint16"), "ZCYX"), {},
+     "has 4 channels; choose one with channel=0..3"),
+    (_imagej_axes(np.zeros((3, 4, 8, 8), "uint16"), "ZCYX"), {"channel": 4},
+     "channel 4 is out of range: the file has 4 channels"),
+    (_imagej_axes(np.zeros((3, 4, 8, 8), "uint16"), "ZCYX"), {"channel": -1}, "out of range"),
+    (_tif(np.zeros((3, 8, 8), "uint16"), photometric="minisblack"), {"channel": 1},
+     "channel 1 is out of range: the file has 1 channel"),
+]
+
+
+@pytest.mark.parametrize("make, kwargs, match", BAD)
+def test_bad_inputs_raise_input_error(tmp_path, make, kwargs, match):
+    path = make(tmp_path)
+    with pytest.raises(InputError, match=match) as info:
+        io.read_volume(path, **kwargs)
+    assert str(path) in str(info.value)  # the message names the file
+
+
+def test_lazy_read_skips_finite_check(tmp_path):
+    p = tmp_path / "a.zarr"
+    zarr.save_array(str(p), _with(np.nan, 1))
+    assert np.isnan(io.read_volume(p, lazy=True).data.compute()).sum() == 1
+
+
+# --------------------------------------------------------------- pyramid ---
+
+
+@pytest.mark.parametrize(
+    "voxel, shape, expected_shapes, expected_scales",
+    [
+        # z coarse: z is not halved until xy catches up
+        ((2.0, 0.5, 0.5), (6, 256, 256), [(6, 256, 256), (6, 128, 128), (6, 64, 64)],
+         [(2.0, 0.5, 0.5), (2.0, 1.0, 1.0), (2.0, 2.0, 2.0)]),
+        # isotropic: every axis halves
+        ((0.5, 0.5, 0.5), (8, 256, 200), [(8, 256, 200), (4, 128, 100)],
+         [(0.5, 0.5, 0.5), (1.0, 1.0, 1.0)]),
+        # small lateral size: level 0 only
+        ((1.0, 1.0, 1.0), (4, 100, 300), [(4, 100, 300)], [(1.0, 1.0, 1.0)]),
+    ],
+)
+def test_pyramid_is_z_aware(tmp_path, voxel, shape, expected_shapes, expected_scales):
+    p = tmp_path / "p.ome.zarr"
+    io.write_ome_zarr(p, np.zeros(shape, "uint8"), voxel_size=voxel)
+    ms = zarr.open_group(str(p), mode="r").attrs["multiscales"][0]
+    shapes = [io.open_ome_zarr_array(p, level=k).shape for k in range(len(ms["datasets"]))]
+    assert shapes == expected_shapes
+    for ds, s in zip(ms["datasets"], expected_scales):
+        scale, trans = (t for t in ds["coordinateTransformations"])
+        assert scale["scale"] == pytest.approx(s)
+        assert trans["translation"] == pytest.approx([(a - b) / 2 for a, b in zip(s, voxel)])
+
+
+def test_pyramid_levels_are_block_means_and_max_levels(tmp_path):
+    data = _vol(shape=(4, 130, 131), dtype="float32")
+    p = tmp_path / "p.ome.zarr"
+    io.write_ome_zarr(p, data, voxel_size=(1, 1, 1), chunks=(3, 33, 40))
+    lvl1 = io.read_ome_zarr(p, level=1)
+    expected = data[:4, :130, :130].reshape(2, 2, 65, 2, 65, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(lvl1.data, expected, rtol=1e-6)
+    assert lvl1.voxel_size == pytest.approx((2, 2, 2))
+    io.write_ome_zarr(p, data, voxel_size=(1, 1, 1), max_levels=1)
+    assert len(zarr.open_group(str(p), mode="r").attrs["multiscales"][0]["datasets"]) == 1
+
+
+def test_integer_levels_round_block_means(tmp_path):
+    data = np.zeros((1, 128, 128), "uint8")
+    data[0, ::2, ::2] = 3  # block mean 0.75 -> 1
+    p = tmp_path / "p.ome.zarr"
+    io.write_ome_zarr(p, data, voxel_size=(1, 1, 1))
+    lvl1 = io.open_ome_zarr_array(p, level=1)
+    assert lvl1.dtype == np.uint8 and (lvl1[:] == 1).all()
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_ome_zarr_reader_reads_levels_and_scales(tmp_path, ngff):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    p = tmp_path / "r.ome.zarr"
+    io.write_ome_zarr(p, _vol(shape=(4, 256, 256)), voxel_size=(2.0, 0.5, 0.5),
+                      ngff_version=ngff)
+    node = list(Reader(parse_url(str(p)))())[0]
+    assert [tuple(d.shape) for d in node.data] == [(4, 256, 256), (4, 128, 128), (4, 64, 64)]
+    scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+    assert scales == [[2.0, 0.5, 0.5], [2.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+    assert [a["unit"] for a in node.metadata["axes"]] == ["micrometer"] * 3
+
+
+def test_omero_window_from_percentiles_or_limits(tmp_path):
+    data = np.linspace(0, 1000, 4 * 20 * 20).reshape(4, 20, 20).astype("uint16")
+    p = tmp_path / "w.ome.zarr"
+    io.write_ome_zarr(p, data, voxel_size=(1, 1, 1))
+    win = zarr.open_group(str(p), mode="r").attrs["omero"]["channels"][0]["window"]
+    assert win["min"] == 0 and win["max"] == 65535
+    assert win["start"] == pytest.approx(1.0, abs=1) and win["end"] == pytest.approx(999, abs=1)
+    io.write_ome_zarr(p, data, voxel_size=(1, 1, 1), contrast_limits=(10, 20))
+    win = zarr.open_group(str(p), mode="r").attrs["omero"]["channels"][0]["window"]
+    assert (win["start"], win["end"]) == (10.0, 20.0)
+
+
+def test_streaming_create_then_finalize(tmp_path):
+    p = tmp_path / "s.ome.zarr"
+    arr = io.create_ome_zarr(p, shape=(3, 128, 128), dtype="float32",
+                             voxel_size=(1, 0.5, 0.5), chunks=(2, 64, 64), ngff_version="0.5")
+    assert arr.shape == (3, 128, 128) and arr.chunks == (2, 64, 64)
+    assert (arr[:] == 0).all()  # fill value
+    arr[1] = 7.0
+    io.finalize_ome_zarr(p, voxel_size=(1, 0.5, 0.5), ngff_version="0.5", attrs={"k": 1})
+    vol = io.read_ome_zarr(p)
+    assert vol.data[1].min() == 7.0 and vol.attrs == {"k": 1}
+    assert io.read_ome_zarr(p, level=1).shape == (3, 64, 64)  # z 1 µm > xy 0.5 µm
+    out = io.open_ome_zarr_array(p, mode="r+")
+    out[0] = 1.0
+    assert io.read_ome_zarr(p).data[0].max() == 1.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"voxel_size": (1, 1)}, "voxel_size must be"),
+        ({"voxel_size": (1, 0, 1)}, "voxel_size must be"),
+        ({"voxel_size": (1, 1, 1), "ngff_version": "0.3"}, "ngff_version must be one of"),
+        ({"voxel_size": (1, 1, 1), "chunks": (0, 4, 4)}, "chunks must be"),
+        ({"voxel_size": (1, 1, 1), "max_levels": 0}, "max_levels must be"),
+    ],
+)
+def test_write_ome_zarr_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        io.write_ome_zarr(tmp_path / "x.ome.zarr", _vol(), **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("data, match", [
+    (np.zeros(5), "2-D \\(YX\\) or 3-D"),
+    (np.zeros((2, 2, 4, 4)), "2-D \\(YX\\) or 3-D"),
+    (np.zeros((2, 4, 4), bool), "integer or floating point"),
+])
+def test_write_ome_zarr_bad_data(tmp_path, data, match):
+    with pytest.raises(ValueError, match=match):
+        io.write_ome_zarr(tmp_path / "x.ome.zarr", data, voxel_size=None)
+
+
+def test_read_level_out_of_range(tmp_path):
+    p = tmp_path / "a.ome.zarr"
+    io.write_ome_zarr(p, _vol(), voxel_size=(1, 1, 1))
+    with pytest.raises(InputError, match="level 3 does not exist: the pyramid has 1 level"):
+        io.read_ome_zarr(p, level=3)
+
+
+# ---------------------------------------------------------------- atomic ---
+
+
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(io, "finalize_ome_zarr", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        io.write_ome_zarr(tmp_path / "a.ome.zarr", _vol(), voxel_size=(1, 1, 1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_existing_store(tmp_path, monkeypatch):
+    p = tmp_path / "a.ome.zarr"
+    old = _vol(seed=1)
+    io.write_ome_zarr(p, old, voxel_size=(1, 1, 1))
+    monkeypatch.setattr(io, "finalize_ome_zarr", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        io.write_ome_zarr(p, _vol(seed=2), voxel_size=(1, 1, 1))
+    np.testing.assert_array_equal(io.read_volume(p).data, old)
+    assert [q.name for q in tmp_path.iterdir()] == ["a.ome.zarr"]
+
+
+def test_successful_write_replaces_existing_store(tmp_path):
+    p = tmp_path / "a.ome.zarr"
+    io.write_ome_zarr(p, _vol(shape=(2, 200, 200), seed=1), voxel_size=(1, 1, 1))
+    new = _vol(seed=2)
+    io.write_ome_zarr(p, new, voxel_size=(1, 1, 1))
+    np.testing.assert_array_equal(io.read_volume(p).data, new)
+    assert not (p / "1").exists()  # old pyramid level gone
+    assert [q.name for q in tmp_path.iterdir()] == ["a.ome.zarr"]
+
+
+def test_atomic_output_for_files(tmp_path):
+    p = tmp_path / "sub" / "f.txt"
+    with io.atomic_output(p) as tmp:
+        assert tmp.parent == p.parent and not tmp.exists()
+        tmp.write_text("new")
+        assert not p.exists()
+    assert p.read_text() == "new"
+    with pytest.raises(KeyError), io.atomic_output(p) as tmp:
+        tmp.write_text("half")
+        raise KeyError("x")
+    assert p.read_text() == "new" and len(list(p.parent.iterdir())) == 1
+
+
+# -------------------------------------------------------------- checksum ---
+
+
+def test_file_checksum_file_and_directory(tmp_path):
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"abc" * 1000)
+    assert io.file_checksum(f) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    d = tmp_path / "d.ome.zarr"
+    io.write_ome_zarr(d, _vol(), voxel_size=(1, 1, 1))
+    first = io.file_checksum(d)
+    assert first == io.file_checksum(d) and len(first) == 64
+    io.write_ome_zarr(d, _vol(seed=5), voxel_size=(1, 1, 1))
+    assert io.file_checksum(d) != first
+    with pytest.raises(InputError, match="does not exist"):
+        io.file_checksum(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("shape, expected", [
+    ((100, 1000, 1000), (32, 256, 256)),
+    ((5, 100, 300), (5, 100, 256)),
+    ((1, 10, 10), (1, 10, 10)),
+])
+def test_default_chunks(shape, expected):
+    assert io.default_chunks(shape) == expected
+
+
+def test_single_plane_without_z_step_uses_y_size(tmp_path):
+    p = tmp_path / "a.ome.tif"
+    tifffile.imwrite(p, _vol(shape=(12, 14)), metadata={
+        "axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.3})
+    vol = io.read_volume(p)
+    assert vol.shape == (1, 12, 14) and vol.voxel_size == pytest.approx((0.3, 0.3, 0.2))
+
+
+def test_stack_without_z_step_has_no_voxel_size(tmp_path):
+    p = tmp_path / "a.ome.tif"
+    tifffile.imwrite(p, _vol(), metadata={"axes": "ZYX", "PhysicalSizeX": 0.2,
+                                          "PhysicalSizeY": 0.2})
+    assert io.read_volume(p).voxel_size is None

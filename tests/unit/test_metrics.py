@@ -1,0 +1,332 @@
+"""Unit tests of selfres.metrics (seeded synthetic data, no torch)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from selfres import metrics as m
+
+# ----------------------------------------------------------------- synthetic data
+
+
+def random_structure(sigma, *, shape=(48, 96, 96), noise=0.02, density=0.003, seed=0):
+    """Sparse random points of random brightness, Gaussian blur ``sigma`` (voxels), noise.
+
+    Normalised to a maximum of 1 before additive Gaussian noise of std ``noise``.
+    """
+    rng = np.random.default_rng(seed)
+    points = (rng.random(shape) < density) * rng.uniform(0.5, 1.0, shape)
+    vol = ndimage.gaussian_filter(points.astype(np.float32), sigma)
+    vol /= vol.max()
+    vol += noise * rng.standard_normal(shape).astype(np.float32)
+    return vol
+
+
+def bead_lattice(sigma, *, per_axis=(2, 3, 3), noise=0.0, seed=0, background=0.05):
+    """Gaussian beads of std ``sigma`` (z, y, x voxels) on a jittered lattice.
+
+    Beads are sampled analytically at sub-voxel centres (jitter ±0.5 voxel),
+    spaced 8 sigma + 2 voxels apart. Returns the volume and the true centres.
+    """
+    rng = np.random.default_rng(seed)
+    spacing = [int(math.ceil(8 * s)) + 2 for s in sigma]
+    shape = tuple(n * sp for n, sp in zip(per_axis, spacing))
+    grids = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    vol = np.full(shape, background)
+    centres = []
+    for idx in itertools.product(*[range(n) for n in per_axis]):
+        c = np.array([(i + 0.5) * sp for i, sp in zip(idx, spacing)]) + rng.uniform(-0.5, 0.5, 3)
+        centres.append(c)
+        r2 = sum(((g - cc) / s) ** 2 for g, cc, s in zip(grids, c, sigma))
+        vol += rng.uniform(0.7, 1.0) * np.exp(-0.5 * r2)
+    vol += noise * rng.standard_normal(shape)
+    return vol.astype(np.float32), np.array(centres)
+
+
+# -------------------------------------------------------------------------- PSNR
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.uint8, np.uint16])
+def test_psnr_agrees_with_skimage(dtype):
+    rng = np.random.default_rng(1)
+    ref = rng.integers(0, 200, (8, 16, 16)).astype(dtype)
+    img = np.clip(ref.astype(np.float64) + rng.normal(0, 5, ref.shape), 0, 255).astype(dtype)
+    expected = peak_signal_noise_ratio(ref, img, data_range=255)
+    assert m.psnr(ref, img, data_range=255) == pytest.approx(expected, rel=1e-9)
+
+
+def test_psnr_reference_value_and_default_range():
+    ref = np.linspace(0.0, 1.0, 100).reshape(10, 10)
+    # constant error 0.1 -> MSE 0.01 -> 20 dB exactly for a range of 1
+    assert m.psnr(ref, ref + 0.1) == pytest.approx(20.0, abs=1e-9)
+    assert m.psnr(ref, ref + 0.1, data_range=2.0) == pytest.approx(20.0 + 20 * math.log10(2))
+    assert m.psnr(ref, ref) == math.inf
+
+
+@pytest.mark.parametrize(
+    "ref, img, kwargs, match",
+    [
+        (np.zeros((4, 4)), np.zeros((4, 5)), {}, "same shape"),
+        (np.ones((4, 4)), np.zeros((4, 4)), {}, "constant"),
+        (np.arange(16.0).reshape(4, 4), np.zeros((4, 4)), {"data_range": 0}, "positive"),
+        (np.arange(16.0).reshape(4, 4), np.zeros((4, 4)), {"data_range": -1.0}, "positive"),
+    ],
+)
+def test_psnr_errors(ref, img, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        m.psnr(ref, img, **kwargs)
+
+
+# -------------------------------------------------------------------------- SSIM
+
+_SK = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (12, 24, 24), (16, 16, 40)])
+def test_ssim_agrees_with_skimage(shape):
+    rng = np.random.default_rng(2)
+    ref = ndimage.gaussian_filter(rng.random(shape), 1.0)
+    img = ref + rng.normal(0, 0.02, shape)
+    expected = structural_similarity(ref, img, data_range=1.0, **_SK)
+    assert m.ssim(ref, img, data_range=1.0) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("thin_axis, n", [(0, 1), (0, 5), (2, 6), (1, 10)])
+def test_ssim_thin_volume_is_mean_of_slices(thin_axis, n):
+    shape = [24, 24, 24]
+    shape[thin_axis] = n
+    rng = np.random.default_rng(3)
+    ref = rng.random(shape)
+    img = ref + rng.normal(0, 0.05, shape)
+    expected = np.mean(
+        [
+            structural_similarity(r, i, data_range=1.0, **_SK)
+            for r, i in zip(np.moveaxis(ref, thin_axis, 0), np.moveaxis(img, thin_axis, 0))
+        ]
+    )
+    assert m.ssim(ref, img, data_range=1.0) == pytest.approx(expected, rel=1e-9)
+
+
+def test_ssim_orders_by_quality_and_identity_is_one():
+    rng = np.random.default_rng(4)
+    ref = ndimage.gaussian_filter(rng.random((16, 32, 32)), 1.0)
+    values = [m.ssim(ref, ref + rng.normal(0, s, ref.shape), data_range=1.0) for s in (0.0, 0.01, 0.05)]
+    assert values[0] == pytest.approx(1.0)
+    assert values[0] > values[1] > values[2]
+
+
+@pytest.mark.parametrize("shape", [(9, 9, 9), (4, 8, 30), (6, 6)])
+def test_ssim_tiny_arrays_use_reduced_window(shape):
+    rng = np.random.default_rng(6)
+    ref = ndimage.gaussian_filter(rng.random(shape), 1.0)
+    noisy = [m.ssim(ref, ref + rng.normal(0, s, shape), data_range=1.0) for s in (0.0, 0.01, 0.1)]
+    assert noisy[0] == pytest.approx(1.0) and noisy[0] > noisy[1] > noisy[2]
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [((2, 2, 40), "at least 3"), ((40,), "2-D or 3-D"), ((2, 3, 4, 5), "2-D or 3-D")],
+)
+def test_ssim_errors(shape, match):
+    ref = np.random.default_rng(0).random(shape)
+    with pytest.raises(ValueError, match=match):
+        m.ssim(ref, ref, data_range=1.0)
+
+
+def test_compare_returns_contract_keys():
+    rng = np.random.default_rng(5)
+    ref = ndimage.gaussian_filter(rng.random((8, 32, 32)), 1.0)
+    good = ref + rng.normal(0, 0.005, ref.shape)
+    bad = ref + rng.normal(0, 0.05, ref.shape)
+    out = m.compare(ref, good, bad, data_range=1.0)
+    assert set(out) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
+    assert out["psnr_model"] > out["psnr_interp"] and out["ssim_model"] > out["ssim_interp"]
+    assert out["psnr_model"] == pytest.approx(m.psnr(ref, good, data_range=1.0))
+
+
+# ------------------------------------------------------------------- FWHM / beads
+
+
+@pytest.mark.parametrize(
+    "sigma, centre, offset, spacing",
+    [(0.8, 15.3, 0.0, 1.0), (1.5, 14.0, 0.2, 0.1), (3.0, 16.7, 5.0, 0.5), (2.2, 12.5, -1.0, 2.0)],
+)
+def test_fit_gaussian_fwhm_exact_profiles(sigma, centre, offset, spacing):
+    x = np.arange(31.0)
+    profile = offset + 3.0 * np.exp(-0.5 * ((x - centre) / sigma) ** 2)
+    expected = 2 * math.sqrt(2 * math.log(2)) * sigma * spacing
+    assert m.fit_gaussian_fwhm(profile, spacing=spacing) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "profile", [np.zeros(21), -np.hanning(21), np.full(21, np.nan), np.ones(3)]
+)
+def test_fit_gaussian_fwhm_nan_when_no_peak(profile):
+    assert math.isnan(m.fit_gaussian_fwhm(profile))
+
+
+def test_fit_gaussian_fwhm_rejects_2d():
+    with pytest.raises(ValueError, match="1-D"):
+        m.fit_gaussian_fwhm(np.zeros((3, 3)))
+
+
+def test_detect_beads_isolated_plateau_and_border():
+    vol = np.zeros((24, 40, 40), np.float32)
+    vol[12, 20, 20] = 1.0  # isolated
+    vol[12, 8, 8] = 0.9  # close pair: both rejected
+    vol[12, 8, 11] = 0.8
+    vol[5:7, 30:32, 30:32] = 0.7  # flat (saturated) maximum: one bead
+    vol[12, 20, 1] = 1.0  # too near the border
+    found = m.detect_beads(vol, min_distance=1, threshold_rel=0.2, border=2, isolation=4)
+    assert found.tolist() == [[12, 20, 20], [6, 31, 31]]
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+@pytest.mark.parametrize(
+    "sigma", [(2.0, 1.2, 1.2), (1.0, 1.5, 1.5), (3.0, 2.0, 1.5), (0.8, 0.8, 0.8)]
+)
+def test_bead_fwhm_median_within_3_percent(sigma, noise):
+    vol, centres = bead_lattice(sigma, noise=noise, seed=7)
+    md = tuple(max(1, round(s)) for s in sigma)
+    df = m.bead_fwhm_table(vol, voxel_size=(0.5, 0.1, 0.1), min_distance=md)
+    summary = m.bead_fwhm_summary(df)
+    assert summary["n_beads"] == len(centres)
+    for axis, s, vs in zip("zyx", sigma, (0.5, 0.1, 0.1)):
+        truth = m.FWHM_PER_SIGMA * s
+        assert summary[f"fwhm_{axis}"] == pytest.approx(truth, rel=0.03)
+        assert summary[f"fwhm_{axis}_um"] == pytest.approx(summary[f"fwhm_{axis}"] * vs)
+    # sub-voxel centres are recovered
+    got = np.sort(df[["z", "y", "x"]].to_numpy(), axis=0)
+    assert np.abs(got - np.sort(centres, axis=0)).max() < 0.2
+
+
+def test_bead_table_positions_and_empty_summary():
+    vol, centres = bead_lattice((1.0, 1.0, 1.0), per_axis=(1, 1, 2))
+    df = m.bead_fwhm_table(vol, positions=np.rint(centres[:1]).astype(int), max_beads=5)
+    assert len(df) == 1
+    empty = m.bead_fwhm_summary(m.bead_fwhm_table(np.zeros((16, 16, 16)), positions=np.zeros((0, 3))))
+    assert empty["n_beads"] == 0 and empty["fwhm_x"] is None
+    with pytest.raises(ValueError, match="columns"):
+        m.bead_fwhm_summary(pd.DataFrame({"a": [1]}))
+
+
+# --------------------------------------------------------- decorrelation analysis
+
+
+def test_resolution_monotonic_and_proportional_to_blur():
+    sigmas = (1.5, 2.0, 3.0, 4.0)
+    lateral = [
+        m.resolution_lateral_axial(random_structure(s, noise=0.01), voxel_size=(1, 1, 1))[0]
+        for s in sigmas
+    ]
+    assert all(np.isfinite(lateral))
+    assert all(b > a for a, b in zip(lateral, lateral[1:])), lateral
+    ratio = np.asarray(lateral) / np.asarray(sigmas)
+    # measured: resolution ~ 2.4-2.5 sigma (~1.05 FWHM) at this noise level
+    assert 2.0 < ratio.min() and ratio.max() < 3.0, ratio
+    assert ratio.max() / ratio.min() < 1.15, ratio
+
+
+def test_decorrelation_2d_in_physical_units_and_directional():
+    rng = np.random.default_rng(11)
+    img = ndimage.gaussian_filter((rng.random((128, 128)) < 0.01).astype(float), (4.0, 2.0))
+    img = img / img.max() + 0.01 * rng.standard_normal(img.shape)
+    iso = m.decorrelation_resolution(img)
+    rows = m.decorrelation_resolution(img, axis=0)
+    cols = m.decorrelation_resolution(img, axis=1)
+    assert cols < iso < rows
+    assert rows / cols == pytest.approx(2.0, abs=0.3)
+    # physical units: resolution scales with the pixel size
+    assert m.decorrelation_resolution(img, pixel_size=0.2) == pytest.approx(0.2 * iso)
+
+
+@pytest.mark.parametrize(
+    "sigma_vox, voxel_size, expected",
+    [
+        ((2.0, 2.0, 2.0), (1.0, 1.0, 1.0), 1.0),  # isotropic blur, isotropic grid
+        ((3.0, 3.0, 3.0), (1.0, 1.0, 1.0), 1.0),
+        ((4.0, 2.0, 2.0), (1.0, 1.0, 1.0), 0.5),  # z blurred 2x more
+        ((3.0, 1.5, 1.5), (1.0, 1.0, 1.0), 0.5),
+        ((1.5, 3.0, 3.0), (2.0, 1.0, 1.0), 1.0),  # 3 µm blur on a 2:1 grid
+        ((2.0, 2.0, 2.0), (2.0, 1.0, 1.0), 0.5),  # 4 µm axial vs 2 µm lateral
+    ],
+)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_isotropy_of_known_blur(sigma_vox, voxel_size, expected, seed):
+    vol = random_structure(sigma_vox, noise=0.02, seed=seed)
+    lateral, axial = m.resolution_lateral_axial(vol, voxel_size=voxel_size)
+    assert m.isotropy(lateral, axial) == pytest.approx(expected, abs=0.15)
+    # lateral in µm follows the lateral blur in µm (~2.4 sigma)
+    assert lateral / (sigma_vox[2] * voxel_size[2]) == pytest.approx(2.5, rel=0.25)
+
+
+@pytest.mark.parametrize(
+    "image, kwargs",
+    [
+        (np.zeros((32, 32)), {}),  # blank
+        (np.random.default_rng(0).standard_normal((128, 128)), {}),  # pure noise
+        (np.random.default_rng(1).standard_normal((64, 128)), {"axis": 0}),
+        (np.random.default_rng(2).standard_normal((8, 64, 64)), {}),  # pooled stack
+    ],
+)
+def test_decorrelation_nan_without_structure(image, kwargs):
+    assert math.isnan(m.decorrelation_resolution(image, **kwargs))
+
+
+@pytest.mark.parametrize(
+    "image, kwargs, match",
+    [
+        (np.zeros(64), {}, "2-D"),
+        (np.zeros((4, 64)), {}, "8 x 8"),
+        (np.zeros((32, 32)), {"axis": 2}, "axis"),
+        (np.zeros((32, 32)), {"pixel_size": (1.0, 0.0)}, "pixel_size"),
+        (np.zeros((32, 32)), {"sector_half_angle": 90}, "sector_half_angle"),
+        (np.full((32, 32), np.nan), {}, "NaN"),
+    ],
+)
+def test_decorrelation_errors(image, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        m.decorrelation_resolution(image, **kwargs)
+
+
+def test_resolution_thin_volume_and_speed():
+    vol = random_structure(2.0, shape=(64, 128, 128), noise=0.02)
+    start = time.perf_counter()
+    lateral, axial = m.resolution_lateral_axial(vol, voxel_size=(1, 1, 1))
+    assert time.perf_counter() - start < 1.0
+    assert np.isfinite(lateral) and np.isfinite(axial)
+    lat2, ax2 = m.resolution_lateral_axial(vol[:4], voxel_size=(1, 1, 1))
+    assert np.isfinite(lat2) and math.isnan(ax2)
+
+
+@pytest.mark.parametrize(
+    "lateral, axial, expected",
+    [(1.0, 2.0, 0.5), (0.3, 0.3, 1.0), (math.nan, 1.0, math.nan), (1.0, 0.0, math.nan), (None, 1.0, math.nan)],
+)
+def test_isotropy(lateral, axial, expected):
+    got = m.isotropy(lateral, axial)
+    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------- spectra
+
+
+def test_axial_and_lateral_spectrum_peak_at_known_frequency():
+    vz, vy, vx = 0.5, 0.2, 0.2
+    z, y, x = np.meshgrid(np.arange(32), np.arange(40), np.arange(40), indexing="ij")
+    f_z, f_x = 0.25, 1.25  # cycles/µm: 8 periods along z, 10 along x
+    vol = np.sin(2 * np.pi * f_z * z * vz) + np.sin(2 * np.pi * f_x * x * vx)
+    freq, logp = m.axial_spectrum(vol, voxel_size=(vz, vy, vx))
+    assert freq[-1] == pytest.approx(1 / (2 * vz)) and freq.shape == logp.shape
+    assert freq[np.argmax(logp)] == pytest.approx(f_z)
+    freq, logp = m.lateral_spectrum(vol, voxel_size=(vz, vy, vx))
+    assert freq[-1] < 1 / (2 * vx) and np.all(np.diff(freq) > 0)
+    assert freq[np.nanargmax(logp)] == pytest.approx(f_x, abs=freq[1] - freq[0])

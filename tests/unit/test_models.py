@@ -1,0 +1,264 @@
+"""Unit tests of selfres.models: factory, residual init, halo, model folders, devices."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from selfres.degrade import upscale_cubic
+from selfres.errors import ConfigError, InputError
+from selfres.models import (
+    ModelSpec,
+    autocast_context,
+    build_model,
+    count_parameters,
+    load_model,
+    pixel_shuffle_nd,
+    save_model,
+    select_device,
+)
+
+ENHANCE = ("svision_paper", "svision_mini", "resnet3d")
+FACTORS = ((2, 2, 2), (1, 2, 2), (2, 1, 1), (4, 4, 4))
+SMALL = {"width": 4, "depth": 1}  # keeps resnet3d tests fast
+
+
+def _spec(arch: str, **kw) -> ModelSpec:
+    if arch == "resnet3d":
+        kw = {**SMALL, **kw}
+    return ModelSpec(arch=arch, **kw)
+
+
+def _randomise_last_conv(model: torch.nn.Module) -> None:
+    g = torch.Generator().manual_seed(0)
+    last = model.hr_body[-1] if hasattr(model, "hr_body") else model.tail
+    with torch.no_grad():
+        last.weight.copy_(0.1 * torch.randn(last.weight.shape, generator=g))
+        last.bias.fill_(0.01)
+
+
+@pytest.mark.parametrize("arch", ENHANCE)
+@pytest.mark.parametrize("factors", FACTORS)
+def test_enhance_output_shapes(arch, factors):
+    model = build_model(_spec(arch, factors=factors))
+    x = torch.rand(2, 1, 3, 5, 4)
+    with torch.no_grad():
+        y = model(x)
+    assert y.shape == (2, 1, 3 * factors[0], 5 * factors[1], 4 * factors[2])
+
+
+@pytest.mark.parametrize("arch", ENHANCE)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_enhance_on_2d_input(arch, dims):
+    model = build_model(_spec(arch, factors=(1, 2, 2), dims=dims))
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 1, 6, 7)).shape == (2, 1, 1, 12, 14)
+        assert model(torch.rand(2, 1, 6, 7)).shape == (2, 1, 12, 14)
+    if dims == 2:  # kernels of size 1 along z: slices do not mix
+        assert model.halo[0] == 0
+
+
+@pytest.mark.parametrize("arch", ENHANCE)
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (2.0, 1, 4)], ids=str)
+def test_untrained_model_equals_tricubic(arch, factors):
+    factors = tuple(int(f) for f in factors)
+    model = build_model(_spec(arch, factors=factors))
+    x = torch.rand(1, 1, 4, 5, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), upscale_cubic(x, factors), rtol=0, atol=1e-6)
+
+
+def test_untrained_model_equals_trilinear_and_none_is_not_zero_init():
+    x = torch.rand(1, 1, 4, 5, 6)
+    model = build_model(ModelSpec(arch="svision_mini", residual="trilinear"))
+    with torch.no_grad():
+        ref = F.interpolate(x, scale_factor=(2, 2, 2), mode="trilinear", align_corners=False)
+        torch.testing.assert_close(model(x), ref, rtol=0, atol=1e-6)
+    model = build_model(ModelSpec(arch="svision_mini", residual="none"))
+    assert model.hr_body[-1].weight.abs().sum() > 0
+
+
+def test_iso2d_is_identity_at_init_and_has_documented_size():
+    model = build_model(ModelSpec(arch="iso2d"))
+    assert 70_000 <= count_parameters(model) <= 150_000
+    x = torch.rand(2, 1, 16, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), x)
+    with pytest.raises(ValueError, match=r"iso2d expects a batch \(B, 1, H, W\)"):
+        model(torch.rand(1, 1, 2, 8, 8))
+
+
+def test_svision_mini_matches_authors_parameter_count():
+    # ZVisionMini of the authors' code: 18,553 parameters (shared/docs/methods.md)
+    assert count_parameters(build_model(ModelSpec(arch="svision_mini"))) == 18_553
+
+
+def _assert_halo(model, factors, halo, ndim):
+    """Perturb at distance halo+1 (no change) and halo (some change) per axis."""
+    for axis in range(ndim):
+        h = halo[axis]
+        shape = [3] * ndim
+        shape[axis] = 2 * h + 3
+        c = h + 1
+        base = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(axis))
+        batch = [base]
+        for d in (h + 1, -(h + 1), h, -h):
+            p = base.clone()
+            idx = [1] * ndim
+            idx[axis] = c + d
+            p[(0, 0, *idx)] += 1.0
+            batch.append(p)
+        with torch.no_grad():
+            out = model(torch.cat(batch))
+        sl = [slice(f * 1, f * 2) for f in factors]  # HR block of LR voxel 1
+        sl[axis] = slice(factors[axis] * c, factors[axis] * (c + 1))
+        centre = out[(slice(None), 0, *sl)]
+        diff = (centre[1:] - centre[:1]).abs().flatten(1).amax(1)
+        assert diff[0] == 0 and diff[1] == 0, f"axis {axis}: change beyond halo {h}"
+        if h > 0:
+            assert max(diff[2], diff[3]) > 0, f"axis {axis}: halo {h} is not tight"
+
+
+@pytest.mark.parametrize("arch, kw", [
+    ("svision_paper", {"factors": (2, 2, 2)}),
+    ("svision_paper", {"factors": (1, 2, 2)}),
+    ("svision_mini", {"factors": (2, 1, 4)}),
+    ("resnet3d", {"factors": (2, 2, 2)}),
+    ("resnet3d", {"factors": (1, 2, 2), "dims": 2}),
+    ("resnet3d", {"factors": (4, 4, 4), "residual": "trilinear"}),
+])
+def test_halo_is_exact_for_tiled_inference(arch, kw):
+    model = build_model(_spec(arch, **kw)).eval()
+    _randomise_last_conv(model)
+    _assert_halo(model, model.factors, model.halo, 3)
+
+
+def test_halo_covers_cubic_base_when_body_is_shallow():
+    model = build_model(ModelSpec(arch="resnet3d", width=2, depth=0, dims=2,
+                                  factors=(1, 2, 2))).eval()
+    assert model.halo == (0, 3, 3)  # body: head 1 + fuse 1 + ceil(1/2)
+    model = build_model(ModelSpec(arch="resnet3d", width=2, depth=0, factors=(1, 1, 2)))
+    assert model.halo == (3, 3, 3)  # body reach 3 >= cubic reach 2
+
+
+def test_iso2d_halo_is_exact():
+    model = build_model(ModelSpec(arch="iso2d", width=4, depth=3)).eval()
+    assert model.halo == (1 + 1 + 2 + 4 + 1,) * 2  # head, dilations 1, 2, 4, tail
+    _randomise_last_conv(model)
+    _assert_halo(model, (1, 1), model.halo, 2)
+
+
+def test_pixel_shuffle_nd_matches_torch_2d_shuffle():
+    x = torch.rand(2, 12, 1, 5, 6)
+    got = pixel_shuffle_nd(x, (1, 2, 2))
+    torch.testing.assert_close(got[:, :, 0], F.pixel_shuffle(x[:, :, 0], 2))
+    with pytest.raises(ValueError, match="not divisible by fz·fy·fx = 8"):
+        pixel_shuffle_nd(x, (2, 2, 2))
+
+
+# ---------------------------------------------------------------- spec
+
+
+def test_spec_defaults_and_json_round_trip():
+    spec = ModelSpec()
+    assert (spec.arch, spec.factors, spec.width, spec.depth, spec.residual, spec.dims) == (
+        "resnet3d", (2, 2, 2), 32, 4, "tricubic", 3)
+    iso = ModelSpec(arch="iso2d")
+    assert (iso.width, iso.depth, iso.dims, iso.factors) == (48, 6, 2, (1, 1, 1))
+    for s in (spec, iso, ModelSpec(arch="svision_paper", factors=(1, 4, 4), dims=2)):
+        assert ModelSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"arch": "unet"}, "arch must be one of svision_paper, svision_mini, resnet3d, iso2d"),
+    ({"factors": (2, 2)}, r"three integers >= 1 \(z, y, x\); received \(2, 2\)"),
+    ({"factors": (2, 0, 2)}, "three integers >= 1"),
+    ({"factors": (2, 1.5, 2)}, "three integers >= 1"),
+    ({"width": 0}, "width must be an integer >= 1; received 0"),
+    ({"depth": -1}, "depth must be an integer >= 0"),
+    ({"dims": 4}, "dims must be 2 or 3"),
+    ({"residual": "bicubic"}, "residual must be one of tricubic, trilinear, none"),
+    ({"dims": 2, "factors": (2, 2, 2)}, "dims 2 needs a z factor of 1"),
+    ({"arch": "iso2d", "factors": (2, 1, 1)}, "factors must be \\(1, 1, 1\\)"),
+])
+def test_spec_validation(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        ModelSpec(**kwargs)
+
+
+def test_spec_from_dict_refuses_unknown_keys():
+    with pytest.raises(ConfigError, match=r"unknown model spec keys \['lr'\]"):
+        ModelSpec.from_dict({"arch": "resnet3d", "lr": 1e-3})
+
+
+# ---------------------------------------------------------------- model folders
+
+
+def test_save_load_round_trip(tmp_path):
+    spec = _spec("resnet3d", factors=(1, 2, 2))
+    model = build_model(spec)
+    _randomise_last_conv(model)
+    save_model(tmp_path / "m", model, spec, metadata={"steps": 2})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.json",
+                                                                  "weights.safetensors"]
+    loaded, spec2, info = load_model(tmp_path / "m")
+    assert spec2 == spec and not loaded.training
+    assert info["metadata"] == {"steps": 2}
+    assert info["n_parameters"] == count_parameters(model)
+    assert info["torch_version"] == torch.__version__ and len(info["weights_sha256"]) == 64
+    x = torch.rand(1, 1, 2, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_corrupted_or_missing_files_are_reported(tmp_path):
+    spec = ModelSpec(arch="svision_mini")
+    save_model(tmp_path, build_model(spec), spec)
+    weights = tmp_path / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="checksum mismatch: the weights file is corrupt; "
+                                         "delete it to retrain") as err:
+        load_model(tmp_path)
+    assert err.value.path == str(weights)
+    weights.unlink()
+    with pytest.raises(InputError, match="weights file not found"):
+        load_model(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(InputError, match="cannot read model.json"):
+        load_model(tmp_path)
+    with pytest.raises(InputError, match="model.json not found"):
+        load_model(tmp_path / "nowhere")
+
+
+def test_weights_not_matching_spec_are_reported(tmp_path):
+    spec = ModelSpec(arch="svision_mini")
+    save_model(tmp_path, build_model(spec), spec)
+    info = json.loads((tmp_path / "model.json").read_text())
+    info["spec"]["arch"] = "svision_paper"
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="do not match the architecture"):
+        load_model(tmp_path)
+
+
+# ---------------------------------------------------------------- devices
+
+
+def test_select_device_and_autocast_on_cpu():
+    assert select_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert select_device().type == expected
+    assert isinstance(autocast_context("cpu", enabled=True), contextlib.nullcontext)
+    with pytest.raises(ConfigError, match="device must be one of auto, cpu, cuda, cuda:N"):
+        select_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present")
+def test_select_device_cuda_unavailable_is_clear():
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        select_device("cuda")

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from selfres import normalise
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32, np.float64])
+def test_apply_then_undo_is_identity(dtype, blobs):
+    raw = (blobs * 200).astype(dtype)
+    p = normalise.fit_percentiles(raw, low_percentile=1, high_percentile=99.8)
+    back = normalise.undo(normalise.apply(raw, p), p)
+    np.testing.assert_allclose(back, raw.astype(np.float32), rtol=1e-5, atol=1e-3)
+
+
+def test_percentiles_map_to_zero_and_one(blobs):
+    p = normalise.fit_percentiles(blobs, low_percentile=2, high_percentile=98)
+    n = normalise.apply(blobs, p)
+    assert np.percentile(n, 2) == pytest.approx(0, abs=1e-5)
+    assert np.percentile(n, 98) == pytest.approx(1, abs=1e-5)
+
+
+def test_outliers_do_not_set_the_range(blobs):
+    spiky = blobs.copy()
+    spiky[0, 0, 0] = 1e6  # one hot pixel
+    p = normalise.fit_percentiles(spiky, low_percentile=1, high_percentile=99.8)
+    assert p.high < 10
+
+
+def test_flat_and_constant_volumes_stay_invertible():
+    flat = np.zeros((8, 32, 32), np.float32)
+    flat[0, 0, 0] = 5  # percentiles coincide, range falls back to min/max
+    p = normalise.fit_percentiles(flat)
+    assert p.low == 0 and p.high == 5
+    const = np.full((4, 8, 8), 3.0, np.float32)
+    p = normalise.fit_percentiles(const)
+    assert p.span == 1.0
+    np.testing.assert_allclose(normalise.undo(normalise.apply(const, p), p), const)
+
+
+def test_dask_input_and_subsampling_agree_with_numpy(blobs):
+    p1 = normalise.fit_percentiles(blobs)
+    p2 = normalise.fit_percentiles(da.from_array(blobs, chunks=(8, 16, 16)))
+    assert p1 == p2
+    p3 = normalise.fit_percentiles(blobs, max_sample_voxels=blobs.size // 8)
+    assert p3.high == pytest.approx(p1.high, rel=0.1)
+
+
+def test_params_round_trip_through_dict():
+    p = normalise.NormParams(1.0, 9.0, 1.0, 99.8)
+    assert normalise.NormParams.from_dict(p.to_dict()) == p
+
+
+def test_cast_to_integer_dtype_rounds_and_clips():
+    x = np.array([-3.2, 0.4, 0.6, 300.0], np.float32)
+    np.testing.assert_array_equal(normalise.cast_to_dtype(x, np.uint8), [0, 0, 1, 255])

@@ -1,0 +1,85 @@
+"""Settings: one source of defaults, strict parsing, schema agreement."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selfres.errors import ConfigError
+from selfres.settings import Settings, from_dict, parse_settings, to_dict
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _schema_defaults(props: dict) -> dict:
+    out = {}
+    for key, spec in props.items():
+        if spec.get("type") == "object" and "properties" in spec:
+            out[key] = _schema_defaults(spec["properties"])
+        else:
+            out[key] = spec.get("default")
+    return out
+
+
+def test_schema_defaults_equal_package_defaults():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    props = schema["properties"]
+    from_schema = {k: _schema_defaults(props[k]["properties"]) for k in ("normalise", "fov", "train", "infer", "qc")}
+    assert from_schema == to_dict(Settings())
+
+
+def test_every_schema_key_has_a_description_and_default():
+    schema = yaml.safe_load(SCHEMA.read_text())
+
+    def walk(props, where):
+        for key, spec in props.items():
+            assert "description" in spec or spec.get("type") == "object", f"{where}.{key} lacks a description"
+            assert "default" in spec, f"{where}.{key} lacks a default"
+            if "properties" in spec:
+                assert spec.get("additionalProperties") is False, f"{where}.{key} accepts unknown keys"
+                walk(spec["properties"], f"{where}.{key}")
+
+    walk(schema["properties"], "config")
+
+
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"train": {"stepz": 3}}, r"train: unknown key\(s\) stepz; allowed: .*steps"),
+        ({"train": {"loss": "huber"}}, r"train.loss: 'huber' is not allowed; choose one of 'mse'"),
+        ({"train": {"steps": 0}}, r"train.steps must be >= 1"),
+        ({"train": {"steps": 2.5}}, r"train.steps: expected an integer"),
+        ({"train": {"augment": "yes"}}, r"train.augment: expected true or false"),
+        ({"train": {"patch_size": [8, 8]}}, r"train.patch_size: expected 3 values"),
+        ({"infer": {"ngff_version": "0.3"}}, r"infer.ngff_version: '0.3' is not allowed"),
+        ({"fov": {"holdout_fraction": 0.9}}, r"fov.holdout_fraction must be within"),
+        ({"train": {"degradation": {"method": "psf"}}}, r"needs degradation.psf_path"),
+        ({"train": {"degradation": {"method": "gaussian"}}}, r"needs degradation.sigma_um"),
+        ({"normalise": {"low_percentile": 99, "high_percentile": 1}}, r"low_percentile < high_percentile"),
+        ({"bogus": {}}, r"unknown key\(s\) bogus"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_key_named(data, match):
+    with pytest.raises(ConfigError, match=match):
+        from_dict(Settings, data)
+
+
+def test_partial_settings_fill_defaults_and_round_trip():
+    s = parse_settings('{"train": {"steps": 7, "patch_size": [4, 16, 16]}, "infer": {"tile_size": "8,32,32"}}')
+    assert s.train.steps == 7 and s.train.patch_size == (4, 16, 16)
+    assert s.infer.tile_size == (8, 32, 32)
+    assert s.train.loss == Settings().train.loss
+    assert from_dict(Settings, to_dict(s)) == s
+
+
+def test_invalid_json_is_a_config_error():
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        parse_settings("{train: 1")
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings().train.steps = 3  # type: ignore[misc]

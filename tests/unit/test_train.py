@@ -1,0 +1,101 @@
+"""Training: the model starts as tricubic, learns, keeps the best checkpoint, resumes exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from selfres import degrade
+from selfres.settings import TrainSettings
+from selfres.train import PatchSampler, fit_patch_size, learning_rate, loss_fn, train_enhance
+
+from ..conftest import blob_volume
+
+TINY = dict(width=8, depth=1, batch_size=2, patch_size=(4, 16, 16), validate_every=5, warmup_steps=2,
+            learning_rate=2e-3, patience=50, max_minutes=5)
+
+
+def _data():
+    vol = blob_volume((8, 48, 48), n=120, sigma=(1.0, 1.2, 1.2))
+    return vol[:, :36], vol[:, 36:]
+
+
+def test_untrained_model_equals_tricubic_and_is_flagged_when_it_cannot_improve():
+    train, held = _data()
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=TrainSettings(steps=1, **TINY | {"validate_every": 1,
+                      "learning_rate": 1e-9}))
+    assert r.val_psnr_model == pytest.approx(r.val_psnr_interp, abs=1e-3)
+    assert "model_worse_than_interpolation" in r.flags
+
+
+def test_training_beats_tricubic_on_the_held_out_region():
+    train, held = _data()
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=TrainSettings(steps=60, **TINY))
+    assert r.val_psnr_model > r.val_psnr_interp + 0.2, (r.val_psnr_model, r.val_psnr_interp)
+    assert "model_worse_than_interpolation" not in r.flags
+    assert r.best_step > 0 and r.log_rows[-1]["step"] == 60
+    assert {"step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"} <= set(r.log_rows[0])
+
+
+def test_killed_training_resumes_to_identical_weights(tmp_path):
+    train, held = _data()
+    s = TrainSettings(steps=20, seed=3, **TINY)
+    full = train_enhance(train, held, factors=(1, 2, 2), settings=s, work_dir=tmp_path / "a")
+    part = train_enhance(train, held, factors=(1, 2, 2), settings=s, work_dir=tmp_path / "b", stop_after_steps=10)
+    assert part.steps_done == 10
+    resumed = train_enhance(train, held, factors=(1, 2, 2), settings=s, work_dir=tmp_path / "b")
+    assert resumed.steps_done == 20
+    for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_corrupt_checkpoint_is_ignored(tmp_path):
+    train, held = _data()
+    s = TrainSettings(steps=10, **TINY)
+    train_enhance(train, held, factors=(1, 2, 2), settings=s, work_dir=tmp_path, stop_after_steps=5)
+    ck = tmp_path / "checkpoint.pt"
+    ck.write_bytes(ck.read_bytes()[:-10] + b"0123456789")
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=s, work_dir=tmp_path)
+    assert r.steps_done == 10  # started afresh, did not load the tampered file
+
+
+def test_patch_sampler_prefers_structure_and_respects_shapes():
+    vol = np.zeros((8, 64, 64), np.float32)
+    vol[:, :16, :16] = blob_volume((8, 16, 16), n=40)
+    g = torch.Generator().manual_seed(0)
+    s = PatchSampler(vol, (4, 16, 16), structure_weighting=1.0, augment=True, rotate=True, generator=g)
+    batch = s.sample(32)
+    assert batch.shape == (32, 1, 4, 16, 16)
+    assert (batch.flatten(1).std(1) > 0).float().mean() > 0.8  # most patches hold structure
+
+
+@pytest.mark.parametrize(
+    "patch, shape, factors, expected",
+    [((16, 64, 64), (10, 100, 50), (2, 2, 2), (10, 50, 50)), ((16, 64, 64), (1, 80, 80), (1, 4, 4), (1, 64, 64)),
+     ((5, 33, 33), (20, 40, 40), (2, 4, 4), (4, 32, 32))],
+)
+def test_patch_size_fits_volume_and_factors(patch, shape, factors, expected):
+    assert fit_patch_size(patch, shape, factors) == expected
+
+
+def test_learning_rate_schedule_warms_up_and_decays():
+    s = TrainSettings(steps=100, warmup_steps=10, learning_rate=1e-3)
+    assert learning_rate(0, s) == pytest.approx(1e-4)
+    assert learning_rate(10, s) == pytest.approx(1e-3)
+    assert learning_rate(99, s) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["mse", "l1", "charbonnier", "charbonnier_ssim"])
+def test_losses_are_zero_only_for_equal_inputs(name):
+    x = torch.rand(2, 1, 4, 8, 8)
+    assert loss_fn(name, x, x).item() == pytest.approx(0, abs=2e-3)
+    assert loss_fn(name, x, x + 0.1).item() > 0.01
+
+
+def test_torch_degrader_matches_the_numpy_degradation_used_for_validation():
+    vol = blob_volume((8, 16, 16))
+    d = degrade.Degradation()
+    a = degrade.degrade(vol, (2, 2, 2), d)
+    b = degrade.TorchDegrader((2, 2, 2), d)(torch.from_numpy(vol)[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -8,13 +8,14 @@ one ``ERROR:`` line (no traceback) and the command exits with status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import SelfresError
+from .errors import InputError, SelfresError
 
 
 def _settings(args):
@@ -176,17 +177,25 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level), stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    sample = getattr(args, "sample", None)
+    prefix = f"sample {sample!r}: " if sample else ""
     try:
         return run(args)
     except SelfresError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+        if isinstance(exc, InputError) and exc.sample is None and sample:
+            exc = exc.for_sample(sample)
+        text = str(exc)
+        if sample and not isinstance(exc, InputError) and not text.startswith("sample "):
+            text = prefix + text
+        print("ERROR: " + " ".join(text.split("\n")), file=sys.stderr)  # one line: the summary reads it
         return 2
     except MemoryError:
-        print("ERROR: out of memory; reduce infer.tile_size or fov.max_voxels", file=sys.stderr)
+        print(f"ERROR: {prefix}out of memory; reduce infer.tile_size or fov.max_voxels", file=sys.stderr)
         return 3
     except OSError as exc:
-        if getattr(exc, "errno", None) == 28:
-            print(f"ERROR: no space left on device while writing {exc.filename or ''}".rstrip(), file=sys.stderr)
+        if getattr(exc, "errno", None) == errno.ENOSPC:
+            print(f"ERROR: {prefix}no space left on device while writing {exc.filename or ''}".rstrip(),
+                  file=sys.stderr)
             return 4
         raise
 

@@ -51,10 +51,30 @@ def parse_triple(text, *, name: str, kind=float, sample: str | None = None) -> t
     return vals
 
 
-def check_mode(mode: str) -> str:
+def check_mode(mode: str, *, sample: str | None = None) -> str:
     if mode not in MODES:
-        raise ConfigError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        prefix = f"sample {sample!r}: " if sample else ""
+        raise ConfigError(f"{prefix}unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     return mode
+
+
+#: Fewest low-resolution voxels a training pair needs along an axis scaled by f > 1:
+#: the training input is the training FOV downscaled once more by f.
+MIN_LOWRES_VOXELS = 2
+
+
+def _check_size_for_factors(shape, factors, *, what: str, path, sample: str, hint: str) -> None:
+    """Refuse a volume / training FOV too small for training pairs at ``factors``."""
+    for ax, n, f in zip("zyx", shape, factors):
+        need = MIN_LOWRES_VOXELS * f
+        if f > 1 and n < need:
+            unit = "slices" if ax == "z" else f"voxels along {ax}"
+            raise InputError(
+                path,
+                f"{what} has {n} {unit}; scale {f} along {ax} needs at least {need} "
+                f"({MIN_LOWRES_VOXELS} low-resolution voxels x factor {f}) to make training pairs; {hint}",
+                sample=sample,
+            )
 
 
 def write_json(path: str | Path, data: dict) -> None:
@@ -62,8 +82,12 @@ def write_json(path: str | Path, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=False))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=False))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill leaves no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _json_default(o):
@@ -193,9 +217,18 @@ def stage_crop(
     settings: FovSettings = FovSettings(),
 ) -> TrainingFov:
     """Choose the training FOV and held-out region; write ``train_fov.json``."""
-    check_mode(mode)
+    check_mode(mode, sample=sample)
     vol, _ = read_normalized(normalized)
     factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
+    source = vol.attrs.get("source") or str(normalized)
+    if mode == "isotropic" and not vol.attrs.get("voxel_size_known", True):
+        raise InputError(source, "has no voxel size in its metadata and isotropic mode needs it (the z/xy "
+                         "ratio is the upsampling factor); give voxel_size z,y,x in µm in the sample sheet",
+                         sample=sample)
+    if mode == "enhance":
+        _check_size_for_factors(vol.data.shape, factors, what=f"the volume (shape {tuple(vol.data.shape)})",
+                                path=source, sample=sample, hint="use a smaller factor on that axis (sheet column "
+                                "'scale', e.g. 1,2,2) or a larger acquisition")
     try:
         fov = choose_training_fov(
             np.asarray(vol.data), max_voxels=settings.max_voxels, holdout_fraction=settings.holdout_fraction,
@@ -204,6 +237,11 @@ def stage_crop(
         )
     except InputError as exc:
         raise exc.for_sample(sample) from None
+    if mode == "enhance":
+        from .fov import box_shape
+
+        _check_size_for_factors(box_shape(fov.train), factors, what=f"the training FOV {fov.train}",
+                                path=source, sample=sample, hint="choose a larger training_fov")
     d = fov.to_dict() | {"sample": sample, "volume_shape": list(vol.data.shape), "mode": mode}
     write_json(output_json, d)
     log.info("training FOV %s, held-out %s: %s", fov.train, fov.holdout, fov.reason)
@@ -229,7 +267,7 @@ def stage_train(
     threads: int | None = None,
 ) -> dict:
     """Train the sample's model; write ``model/`` (weights, model.json, training_log.tsv)."""
-    check_mode(mode)
+    check_mode(mode, sample=sample)
     set_threads(threads)
     from . import models
     from .infer import default_device
@@ -288,7 +326,14 @@ def load_trained(model_dir: str | Path):
     """(model, spec, metadata) of a trained sample model."""
     from . import models
 
-    model, spec, info = models.load_model(model_dir)
+    try:
+        model, spec, info = models.load_model(model_dir)
+    except InputError as exc:
+        # Snakemake sees model/ as done while the folder exists: only deleting the whole
+        # folder makes the next run retrain it (a damaged model is never loaded).
+        what = exc.what.split("; delete")[0]
+        raise InputError(exc.path, f"{what}; delete the model folder {model_dir} and rerun to retrain it",
+                         sample=exc.sample) from None
     return model, spec, info.get("metadata", {})
 
 
@@ -398,6 +443,15 @@ def stage_qc(
     set_threads(threads)
     from . import metrics
 
+    if reference:  # fail fast, before any model work, on a reference off the output grid
+        try:
+            out_shape = io.read_ome_zarr(restored, lazy=True).shape
+            ref_shape = io.read_volume(reference, lazy=True).shape
+        except InputError as exc:
+            raise exc.for_sample(sample) from None
+        if ref_shape != out_shape:
+            raise InputError(reference, f"reference shape {ref_shape} does not match the output grid {out_shape} "
+                             "(a reference must have the shape of restored.ome.zarr)", sample=sample)
     vol, params = read_normalized(normalized)
     model, spec, meta = load_trained(model_dir)
     fov = TrainingFov.load(fov_json)
@@ -657,8 +711,8 @@ def restore(
 
     Intermediate files go to ``keep`` (kept) or a temporary folder (removed).
     """
-    check_mode(mode)
     sample = sample or Path(str(input_path).rstrip("/")).name.split(".")[0]
+    check_mode(mode, sample=sample)
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="selfres-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -146,6 +146,48 @@ class QcSettings:
 
 
 @dataclass(frozen=True)
+class IsotropicSettings:
+    """``isotropic`` mode (Self-Net): how lateral slices teach the axial ones.
+
+    ``train`` settings (width, depth, loss, steps, max_minutes, patch y/x, learning
+    rate, validation, seed) apply to the 2-D restoration net too; these add what is
+    specific to isotropic restoration (see ``docs/isotropic.md``).
+    """
+
+    degradation: Literal["analytic", "learned"] = "analytic"
+    axial_sigma_px: float | None = None
+    noise_match: bool = True
+    fusion: Literal["mean", "geometric"] = "mean"
+    batch_size: int = 16
+    foreground_fraction: float = 0.05
+    infer_batch: int = 8
+    gan_steps: int = 600
+    gan_max_minutes: float = 8.0
+    gan_width: int = 16
+    gan_depth: int = 3
+    gan_weight: float = 0.1
+    cycle_weight: float = 1.0
+    feedback_weight: float = 1.0
+
+    def validate(self) -> None:
+        if self.axial_sigma_px is not None and not 0 <= self.axial_sigma_px <= 50:
+            raise ConfigError(f"isotropic.axial_sigma_px must be within 0..50 (or null: estimated), "
+                              f"got {self.axial_sigma_px}")
+        for name in ("batch_size", "infer_batch", "gan_steps", "gan_width"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"isotropic.{name} must be >= 1, got {getattr(self, name)}")
+        if self.gan_depth < 0:
+            raise ConfigError(f"isotropic.gan_depth must be >= 0, got {self.gan_depth}")
+        if not 0 <= self.foreground_fraction <= 1:
+            raise ConfigError(f"isotropic.foreground_fraction must be within 0..1, got {self.foreground_fraction}")
+        if self.gan_max_minutes <= 0:
+            raise ConfigError(f"isotropic.gan_max_minutes must be > 0, got {self.gan_max_minutes}")
+        for name in ("gan_weight", "cycle_weight", "feedback_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"isotropic.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class Settings:
     """All stage settings of one sample."""
 
@@ -154,6 +196,7 @@ class Settings:
     train: TrainSettings = field(default_factory=TrainSettings)
     infer: InferSettings = field(default_factory=InferSettings)
     qc: QcSettings = field(default_factory=QcSettings)
+    isotropic: IsotropicSettings = field(default_factory=IsotropicSettings)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):

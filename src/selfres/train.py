@@ -315,6 +315,8 @@ def train_enhance(
         return psnr01(target_h, pred, data_range)
 
     ckpt_path = Path(work_dir) / CHECKPOINT if work_dir else None
+    if ckpt_path is not None:
+        ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     key = _settings_hash(settings, factors, train_volume.shape)
     step = 0
     rows: list[dict] = []

@@ -27,7 +27,7 @@ def _schema_defaults(props: dict) -> dict:
 def test_schema_defaults_equal_package_defaults():
     schema = yaml.safe_load(SCHEMA.read_text())
     props = schema["properties"]
-    from_schema = {k: _schema_defaults(props[k]["properties"]) for k in ("normalise", "fov", "train", "infer", "qc")}
+    from_schema = {k: _schema_defaults(props[k]["properties"]) for k in ("normalise", "fov", "train", "infer", "qc", "isotropic")}
     assert from_schema == to_dict(Settings())
 
 

@@ -15,32 +15,23 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml")
 
 R = config["results"]
-SETTINGS_SECTIONS = ("normalise", "fov", "train", "infer", "qc")
+SETTINGS_SECTIONS = ("normalise", "fov", "train", "infer", "qc", "isotropic")
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+try:
+    from selfres import sheet as _sheet
+except ImportError:  # snakemake run from an env without the package: use the checkout's src/
+    import sys
+
+    sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+    from selfres import sheet as _sheet
+
+
 def _read_sheet(path):
-    """The sample sheet as a table of strings (empty cells are empty strings)."""
-    if not os.path.exists(path):
-        raise ValueError(f"sample sheet {path} does not exist (config key 'samples')")
-    sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#").fillna("")
-    sheet.columns = [c.strip() for c in sheet.columns]
-    validate(sheet, schema="../schemas/samples.schema.yaml", set_default=False)
-    dup = sorted(sheet["sample"][sheet["sample"].duplicated()].unique())
-    if dup:
-        raise ValueError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}")
-    base = os.path.dirname(os.path.abspath(path))
-    for col in ("path", "reference"):
-        if col in sheet:
-            sheet[col] = [_resolve(p, base) if p else "" for p in sheet[col]]
-    return sheet
-
-
-def _resolve(p, base):
-    """Sample paths: relative to the sheet's folder; inside the working dir they stay relative."""
-    full = os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
-    rel = os.path.relpath(full)
-    return full if rel.startswith("..") else rel
+    """The sample sheet as a table of strings (selfres.sheet: schema, safe unique ids, paths)."""
+    schema = os.path.join(workflow.current_basedir, "..", "schemas", "samples.schema.yaml")
+    return _sheet.read_sample_sheet(path, schema=schema)
 
 
 def _safe_id(name):
@@ -74,6 +65,7 @@ if _inbox:
     SHEET = pd.concat([SHEET, pd.DataFrame(_inbox)], ignore_index=True).fillna("")
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)
+_sheet.check_results_dirs(R, SAMPLE_IDS)  # no id or symlink may lead a write out of results/
 
 
 wildcard_constraints:
@@ -120,9 +112,30 @@ def get_reference(wildcards):
     return [ref] if ref else []
 
 
+# Each stage receives only the settings sections it uses, so that changing one value
+# reruns exactly the stages (and samples) it affects.
+STAGE_SECTIONS = {
+    "normalise": ("normalise",),
+    "crop": ("fov",),
+    "train": ("train", "isotropic"),
+    "infer": ("infer", "isotropic"),
+    "qc": ("qc",),
+}
+
+
+def stage_settings(sample, stage):
+    s = sample_settings(sample)
+    out = {k: s[k] for k in STAGE_SECTIONS[stage] if k in s}
+    if stage == "normalise":
+        out["infer"] = {"ngff_version": s["infer"]["ngff_version"]}
+    if stage == "train":
+        out["infer"] = {"amp": s["infer"]["amp"]}
+    return json.dumps(out, sort_keys=True)
+
+
 def normalise_args(wildcards):
     s = wildcards.sample
-    args = ["--sample", s, "--settings", json.dumps(sample_settings(s))]
+    args = ["--sample", s, "--settings", stage_settings(s, "normalise")]
     if _cell(s, "channel") not in ("", "all"):
         args += ["--channel", _cell(s, "channel")]
     if _cell(s, "voxel_size"):
@@ -132,8 +145,9 @@ def normalise_args(wildcards):
 
 def crop_args(wildcards):
     s = wildcards.sample
-    args = ["--sample", s, "--mode", sample_mode(s), "--scale", sample_scale(s),
-            "--settings", json.dumps(sample_settings(s))]
+    args = ["--sample", s, "--mode", sample_mode(s), "--settings", stage_settings(s, "crop")]
+    if sample_mode(s) == "enhance":
+        args += ["--scale", sample_scale(s)]
     if _cell(s, "training_fov"):
         args += ["--training-fov", _cell(s, "training_fov")]
     return " ".join(_q(a) for a in args)
@@ -141,19 +155,20 @@ def crop_args(wildcards):
 
 def train_args(wildcards):
     s = wildcards.sample
-    args = ["--sample", s, "--mode", sample_mode(s), "--scale", sample_scale(s),
-            "--settings", json.dumps(sample_settings(s))]
+    args = ["--sample", s, "--mode", sample_mode(s), "--settings", stage_settings(s, "train")]
+    if sample_mode(s) == "enhance":
+        args += ["--scale", sample_scale(s)]
     return " ".join(_q(a) for a in args)
 
 
-def stage_args(wildcards):
+def infer_args(wildcards):
     s = wildcards.sample
-    return " ".join(_q(a) for a in ["--sample", s, "--settings", json.dumps(sample_settings(s))])
+    return " ".join(_q(a) for a in ["--sample", s, "--settings", stage_settings(s, "infer")])
 
 
 def qc_args(wildcards):
     s = wildcards.sample
-    args = ["--sample", s, "--settings", json.dumps(sample_settings(s))]
+    args = ["--sample", s, "--settings", stage_settings(s, "qc")]
     if _cell(s, "reference"):
         args += ["--reference", _cell(s, "reference")]
     return " ".join(_q(a) for a in args)

@@ -60,7 +60,7 @@ rule infer:
     benchmark:
         f"{R}/{{sample}}/benchmarks/infer.tsv"
     params:
-        args=stage_args,
+        args=infer_args,
     resources:
         gpu=1,
     shell:

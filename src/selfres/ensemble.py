@@ -1,0 +1,226 @@
+"""Inference wrappers for ``enhance`` models: self-ensemble, back-projection, serial ×4.
+
+Each wrapper is an :class:`torch.nn.Module` with the same contract as the model it
+wraps — ``.factors`` (z, y, x) and ``.halo`` (input voxels needed on each side, per
+axis) — so that tiled inference (:func:`selfres.infer.run_tiles`) stays exact: the
+tiled result equals one pass of the wrapper over the mirror-padded volume.
+
+- :class:`SelfEnsemble`: the mean over geometric transforms of the input, each undone
+  on the output. Members: the dihedral group of the lateral plane (4 rotations by 90°
+  about z, each with and without a y flip; rotations only when the y and x factors are
+  equal) times a z flip (3-D input). Every member is inverted on the axes it changed,
+  in reverse order (the authors' code flipped the wrong axis for half its members).
+- :class:`BackProjection`: iterative back-projection as in the Self-Vision paper,
+  ``y ← y + U(x − D(y))`` with ``D`` the training degradation (noise-free) and ``U``
+  the Keys-cubic upscale. It is global in principle, but each iteration only spreads
+  information by the reach of ``D`` plus that of ``U`` (a few input voxels), so the
+  halo grows by that much per iteration and tiles stay exact.
+- :class:`Serial`: two models in series (×2 then ×2 for a ×4 factor); the halo is the
+  first model's plus the second's, converted to input voxels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import degrade
+
+__all__ = ["BackProjection", "SelfEnsemble", "Serial", "degradation_reach", "ensemble_members",
+           "wrap_for_inference"]
+
+
+def _as5d(x: torch.Tensor, factors: Sequence[int]) -> tuple[torch.Tensor, bool]:
+    if x.ndim == 4:
+        if factors[0] != 1:
+            raise ValueError(f"a 2-D batch {tuple(x.shape)} needs a z factor of 1; the model has factors "
+                             f"{tuple(factors)}")
+        return x[:, :, None], True
+    if x.ndim != 5 or x.shape[1] != 1:
+        raise ValueError(f"expected a batch (B, 1, Z, Y, X) or (B, 1, Y, X); received shape {tuple(x.shape)}")
+    return x, False
+
+
+def ensemble_members(factors: Sequence[int], *, z_flips: bool = True) -> list[tuple[int, bool, bool]]:
+    """Members ``(k, flip_y, flip_z)`` of the geometric self-ensemble.
+
+    Member ``(k, fy, fz)`` transforms the input by flipping z (``fz``) and y (``fy``),
+    then rotating by ``k``·90° in the (y, x) plane. With unequal y and x factors a
+    rotation would swap them, so the lateral part becomes the flips of y and x
+    (``k`` is then 0 or 2: a rotation by 180° is the flip of both axes).
+
+    Parameters
+    ----------
+    factors
+        The model's ``(z, y, x)`` factors.
+    z_flips
+        Include the z-flipped members.
+
+    Returns
+    -------
+    list of tuple
+        8 lateral members (4 without rotations), doubled with ``z_flips``.
+    """
+    ks = (0, 1, 2, 3) if int(factors[1]) == int(factors[2]) else (0, 2)
+    lateral = [(k, fy) for k in ks for fy in (False, True)]
+    zs = (False, True) if z_flips else (False,)
+    return [(k, fy, fz) for fz in zs for k, fy in lateral]
+
+
+class SelfEnsemble(nn.Module):
+    """Mean of the model over geometric transforms of the input (see module notes).
+
+    Parameters
+    ----------
+    model
+        An enhance model with ``.factors`` and ``.halo``.
+    z_flips
+        Also average over z flips (ignored for inputs with one z slice).
+    """
+
+    def __init__(self, model: nn.Module, *, z_flips: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.factors = tuple(int(f) for f in model.factors)
+        self.members = ensemble_members(self.factors, z_flips=z_flips)
+        h = [int(v) for v in model.halo]
+        if any(k % 2 for k, _, _ in self.members):  # 90° rotations swap the y and x halos
+            h[1] = h[2] = max(h[1], h[2])
+        self.halo: tuple[int, ...] = tuple(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x5, squeeze = _as5d(x, self.factors)
+        flat = x5.shape[2] == 1
+        acc = None
+        n = 0
+        for k, fy, fz in self.members:
+            if fz and flat:
+                continue
+            dims = [d for d, on in ((2, fz), (3, fy)) if on]
+            t = torch.flip(x5, dims) if dims else x5
+            t = torch.rot90(t, k, dims=(3, 4)) if k else t
+            y = self.model(t)
+            y = torch.rot90(y, -k, dims=(3, 4)) if k else y
+            y = torch.flip(y, dims) if dims else y
+            y = y.float()
+            acc = y if acc is None else acc + y
+            n += 1
+        out = acc / n
+        return out[:, :, 0] if squeeze else out
+
+
+def degradation_reach(degradation: degrade.Degradation, factors: Sequence[int], *, probe: int = 12) -> tuple[int, ...]:
+    """Low-resolution voxels each side that one voxel of ``D(y)`` depends on, per axis.
+
+    Measured from the impulse response of the degradation (so it holds for cubic,
+    Gaussian and measured-PSF degradations alike), rounded up by one voxel.
+
+    Parameters
+    ----------
+    degradation
+        The training degradation (its noise is ignored).
+    factors
+        Integer factors ``(z, y, x)``.
+    probe
+        Low-resolution voxels each side of the impulse that are examined.
+    """
+    fs = tuple(int(f) for f in factors)
+    d = _noise_free(degradation)
+    n_lo = 2 * probe + 1
+    shape = tuple(n_lo * f for f in fs)
+    x = np.zeros(shape, np.float32)
+    # impulses at the first HR voxel of the centre block and at its last one
+    reach = [0, 0, 0]
+    for corner in (0, 1):
+        x[...] = 0
+        x[tuple(probe * f + (f - 1) * corner for f in fs)] = 1.0
+        y = np.abs(degrade.degrade(x, fs, d))
+        nz = np.argwhere(y > 1e-6 * max(float(y.max()), 1e-30))
+        for ax in range(3):
+            reach[ax] = max(reach[ax], int(np.max(np.abs(nz[:, ax] - probe))))
+    return tuple(r + 1 for r in reach)
+
+
+def _noise_free(d: degrade.Degradation) -> degrade.Degradation:
+    if d.noise == "none":
+        return d
+    return degrade.Degradation(method=d.method, sigma_px=d.sigma_px, psf=d.psf if d.method == "psf" else None)
+
+
+class BackProjection(nn.Module):
+    """Iterative back-projection ``y ← y + U(x − D(y))`` after the model.
+
+    Parameters
+    ----------
+    model
+        An enhance model (or wrapper) with ``.factors`` and ``.halo``.
+    iterations
+        Number of back-projection steps (0: the model unchanged).
+    degradation
+        ``D``: the training degradation (default: antialiased cubic); noise is ignored.
+    """
+
+    def __init__(self, model: nn.Module, *, iterations: int,
+                 degradation: degrade.Degradation | None = None) -> None:
+        super().__init__()
+        if int(iterations) < 0:
+            raise ValueError(f"iterations must be >= 0; received {iterations!r}")
+        self.model = model
+        self.factors = tuple(int(f) for f in model.factors)
+        self.iterations = int(iterations)
+        self.degradation = _noise_free(degradation or degrade.Degradation())
+        self.degrader = degrade.TorchDegrader(self.factors, self.degradation)
+        d_reach = degradation_reach(self.degradation, self.factors)
+        u_reach = tuple(2 if f > 1 else 0 for f in self.factors)
+        self.step_reach = tuple(a + b for a, b in zip(d_reach, u_reach))
+        self.halo: tuple[int, ...] = tuple(int(h) + self.iterations * r for h, r in zip(model.halo, self.step_reach))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x5, squeeze = _as5d(x, self.factors)
+        x5 = x5.float()
+        y = self.model(x5).float()
+        with torch.autocast(device_type=x5.device.type, enabled=False):
+            for _ in range(self.iterations):
+                y = y + degrade.upscale_cubic(x5 - self.degrader(y), self.factors)
+        return y[:, :, 0] if squeeze else y
+
+
+class Serial(nn.Module):
+    """Two enhance models in series: ``second(first(x))``.
+
+    Parameters
+    ----------
+    first, second
+        Models with ``.factors`` and ``.halo``; the product of their factors is the
+        wrapper's.
+    """
+
+    def __init__(self, first: nn.Module, second: nn.Module) -> None:
+        super().__init__()
+        self.first = first
+        self.second = second
+        f1 = tuple(int(f) for f in first.factors)
+        f2 = tuple(int(f) for f in second.factors)
+        self.factors = tuple(a * b for a, b in zip(f1, f2))
+        self.halo: tuple[int, ...] = tuple(
+            int(h1) + math.ceil(int(h2) / a) for h1, h2, a in zip(first.halo, second.halo, f1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+
+def wrap_for_inference(model: nn.Module, *, ensemble: bool = False, back_projection_iterations: int = 0,
+                       degradation: degrade.Degradation | None = None) -> nn.Module:
+    """The model, wrapped in a self-ensemble and/or back-projection when asked.
+
+    Back-projection acts on the ensemble mean (once, not per member).
+    """
+    if ensemble:
+        model = SelfEnsemble(model)
+    if back_projection_iterations:
+        model = BackProjection(model, iterations=back_projection_iterations, degradation=degradation)
+    return model

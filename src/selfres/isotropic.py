@@ -1,0 +1,1051 @@
+"""``isotropic`` mode (Self-Net family): lateral slices teach the axial ones.
+
+A stack whose z voxel is ``f = voxel_z / voxel_xy`` times its lateral pixel is first
+resliced to the isotropic grid of the contract (Keys cubic along z, output z size
+``round(nz · f)``, half-pixel centres). Its XZ and YZ slices then look like lateral
+slices that were blurred and subsampled along one axis. Lateral (XY) slices of the
+same sample are the high-resolution examples: degraded along one axis the way z was
+degraded, they give training pairs for a 2-D restoration net, which is then applied to
+every XZ and every YZ slice; the two restorations are fused.
+
+Degradation models (``IsotropicSettings.degradation``):
+
+``analytic``
+    Gaussian blur of ``axial_sigma_px`` lateral pixels along one axis, box (area)
+    sampling by ``f`` (a thick optical section integrates over its slice), optional
+    noise top-up so the degraded slice is as noisy as a real z sample, then cubic back
+    to the fine grid. σ comes from the settings, else from ``train.degradation``
+    (optics or measured PSF), else it is *estimated from the data*: the σ whose
+    degraded lateral profiles have the power spectrum of the real z profiles.
+``learned``
+    Self-Net's unsupervised stage: a small CycleGAN between analytically degraded
+    lateral slices and real (resliced) axial slices. The lateral→axial generator
+    starts as the identity (so as the analytic model) and learns what the analytic
+    model misses; a feedback term (the restorer applied to the generator output,
+    against the true lateral slice) keeps its output restorable. The restorer is then
+    trained further on the frozen generator's output.
+
+Model selection uses held-out lateral slices (the held-out box of the training FOV),
+degraded as in training: the checkpoint with the best PSNR there is kept, and the
+model is flagged ``model_worse_than_interpolation`` when it does not beat the
+degraded input itself (which is what z-cubic interpolation gives on real axial data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import degrade, io, metrics, models, normalise
+from .errors import InputError
+from .fov import TrainingFov, box_slices
+from .settings import InferSettings, IsotropicSettings, Settings, TrainSettings, to_dict
+
+log = logging.getLogger("selfres.isotropic")
+
+DEGRADER_FILE = "degrader.safetensors"
+_LOG_COLUMNS = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
+
+
+# ----------------------------------------------------------------------------- grid
+def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume>",
+                     sample: str | None = None) -> float:
+    """Anisotropy factor ``f = voxel_z / voxel_xy`` (may be non-integer).
+
+    Raises
+    ------
+    InputError
+        Voxel size unknown, or z finer than the lateral pixel (nothing to restore).
+    """
+    if voxel_size is None:
+        raise InputError(path, "isotropic mode needs the voxel size: give it in the sample sheet column "
+                               "voxel_size (z,y,x in µm) or in the file metadata", sample=sample)
+    vz, vy, vx = (float(v) for v in voxel_size)
+    if abs(vy - vx) > 0.05 * max(vy, vx):
+        log.warning("lateral voxel sizes differ (y %.4g, x %.4g µm); using their mean", vy, vx)
+    vxy = 0.5 * (vy + vx)
+    f = vz / vxy
+    if f < 1.0 - 1e-6:
+        raise InputError(path, f"z voxel ({vz:g} µm) is finer than the lateral pixel ({vxy:g} µm); isotropic "
+                               "mode restores stacks whose z spacing is coarser than x/y", sample=sample)
+    return max(1.0, f)
+
+
+def isotropic_shape(shape: Sequence[int], factor: float) -> tuple[int, int, int]:
+    """Output grid of the contract: ``(round(nz · f), ny, nx)``."""
+    nz, ny, nx = (int(n) for n in shape)
+    return int(round(nz * factor)), ny, nx
+
+
+def reslice(volume: np.ndarray, factor: float) -> np.ndarray:
+    """Keys-cubic upsampling along z by ``factor`` (the z-cubic baseline), float32."""
+    return np.asarray(degrade.upscale_cubic(np.asarray(volume, dtype=np.float32), (float(factor), 1, 1)),
+                      dtype=np.float32)
+
+
+# ---------------------------------------------------------------- axial degradation
+def area_matrix(n_fine: int, n_low: int, factor: float) -> np.ndarray:
+    """Box (area) sampling ``(n_low, n_fine)``: low sample ``i`` integrates ``[i·f, (i+1)·f)``.
+
+    In pixel-edge coordinates of the fine grid, so low sample ``i`` is centred at fine
+    coordinate ``(i + 0.5)·f − 0.5`` (the contract's half-pixel convention). Rows sum
+    to 1 (boxes overhanging the end are renormalised).
+    """
+    m = np.zeros((n_low, n_fine), dtype=np.float64)
+    for i in range(n_low):
+        a, b = i * factor, (i + 1) * factor
+        j0, j1 = int(math.floor(a)), min(int(math.ceil(b)), n_fine)
+        for j in range(max(j0, 0), j1):
+            m[i, j] = max(0.0, min(b, j + 1) - max(a, j))
+        s = m[i].sum()
+        if s <= 0:  # box entirely past the end: take the last pixel
+            m[i, n_fine - 1] = 1.0
+        else:
+            m[i] /= s
+    return m
+
+
+def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
+    """``(n, n)`` Gaussian blur with mirror borders (scipy ``mode='mirror'``)."""
+    if sigma <= 0:
+        return np.eye(n)
+    radius = int(4.0 * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    k /= k.sum()
+    idx = degrade.mirror_indices(np.arange(n)[:, None] + x[None, :].astype(np.int64), n, edge=False)
+    g = np.zeros((n, n), dtype=np.float64)
+    np.add.at(g, (np.broadcast_to(np.arange(n)[:, None], idx.shape), idx), np.broadcast_to(k, idx.shape))
+    return g
+
+
+@lru_cache(maxsize=128)
+def axial_operator(n: int, factor: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(down, up)`` matrices degrading an axis of length ``n`` like z was degraded.
+
+    ``down`` (``m × n``, ``m = round(n / f)``) blurs by ``sigma`` and box-samples by
+    ``f``; ``up`` (``n × m``) is the Keys-cubic upsampling by ``f`` back to ``n``
+    (exactly what z-cubic reslicing does to real z samples).
+    """
+    m = max(2, int(round(n / factor)))
+    down = (area_matrix(n, m, factor) @ gaussian_matrix(n, sigma)).astype(np.float32)
+    up = np.array(degrade.resize_matrix(m, n, scale=factor, antialias=False), dtype=np.float32)
+    return down, up
+
+
+@dataclass(frozen=True)
+class AxialDegradation:
+    """Analytic axial degradation applied along the rows (axis ``-2``) of 2-D slices.
+
+    Parameters
+    ----------
+    factor
+        Anisotropy factor ``f``.
+    sigma_px
+        Extra axial blur (σ, in lateral pixels) before box sampling.
+    noise_sigma
+        Standard deviation of the Gaussian noise added to each low-resolution sample
+        (the noise top-up; 0 for none).
+    """
+
+    factor: float
+    sigma_px: float = 0.0
+    noise_sigma: float = 0.0
+
+    def matrices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        return axial_operator(int(n), float(self.factor), float(self.sigma_px))
+
+    def apply_numpy(self, slices: np.ndarray, *, rng: np.random.Generator | int | None = 0) -> np.ndarray:
+        """Degrade ``(..., H, W)`` along H (numpy, float32)."""
+        x = np.asarray(slices, dtype=np.float32)
+        down, up = self.matrices(x.shape[-2])
+        low = np.einsum("mh,...hw->...mw", down.astype(np.float32), x)
+        if self.noise_sigma > 0:
+            low = low + np.random.default_rng(rng).normal(0, self.noise_sigma, low.shape).astype(np.float32)
+        return np.einsum("hm,...mw->...hw", up.astype(np.float32), low).astype(np.float32)
+
+    def apply_torch(self, batch: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Degrade a batch ``(B, 1, H, W)`` along H (torch)."""
+        down, up = self.matrices(batch.shape[-2])
+        d = torch.tensor(down, dtype=batch.dtype, device=batch.device)
+        u = torch.tensor(up, dtype=batch.dtype, device=batch.device)
+        low = torch.matmul(d, batch)
+        if self.noise_sigma > 0:
+            low = low + self.noise_sigma * torch.randn(low.shape, generator=generator, device=low.device,
+                                                       dtype=low.dtype)
+        return torch.matmul(u, low)
+
+    def to_dict(self) -> dict:
+        return {"factor": float(self.factor), "sigma_px": float(self.sigma_px), "noise_sigma": float(self.noise_sigma)}
+
+
+# ---------------------------------------------------------------------- estimation
+def estimate_noise_sigma(volume: np.ndarray, *, max_planes: int = 8) -> float:
+    """Per-plane Gaussian noise σ (Immerkær's Laplacian-difference mask, robust median form).
+
+    The mask ``[[1,-2,1],[-2,4,-2],[1,-2,1]]`` cancels locally planar signal; on white
+    noise its response has standard deviation ``6σ``, estimated by the median absolute
+    response / 0.6745 (robust to edges). The median over a few planes is returned.
+    """
+    from scipy.ndimage import convolve
+
+    vol = np.asarray(volume, dtype=np.float32)
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
+    idx = np.unique(np.linspace(0, vol.shape[0] - 1, min(max_planes, vol.shape[0])).astype(int))
+    vals = []
+    for i in idx:
+        if min(vol[i].shape) < 8:
+            continue
+        r = convolve(vol[i].astype(np.float64), mask, mode="mirror")[1:-1, 1:-1]
+        vals.append(float(np.median(np.abs(r))) / 0.6745 / 6.0)
+    return float(np.median(vals)) if vals else 0.0
+
+
+def noise_topup(factor: float, sigma_px: float, noise_sigma: float, *, n: int = 64) -> float:
+    """σ of the noise to add to degraded lateral samples so they are as noisy as real z samples.
+
+    A real z sample carries the per-plane noise ``noise_sigma``; a degraded lateral
+    sample carries ``noise_sigma² · Σ w²`` (its blur + box weights average the noise
+    down). The top-up is the difference.
+    """
+    if noise_sigma <= 0:
+        return 0.0
+    down, _ = axial_operator(max(n, int(4 * factor) + 4), float(factor), float(sigma_px))
+    rows = down[1:-1] if down.shape[0] > 2 else down
+    kept = float(np.mean(np.sum(rows**2, axis=1)))
+    return float(noise_sigma * math.sqrt(max(0.0, 1.0 - kept)))
+
+
+def _profiles(volume: np.ndarray, length: int, axis: int, max_profiles: int, rng: np.random.Generator) -> np.ndarray:
+    """Non-overlapping 1-D windows of ``length`` along ``axis`` of ``volume``: ``(K, length)``."""
+    v = np.moveaxis(np.asarray(volume, dtype=np.float32), axis, -1)
+    n = v.shape[-1]
+    k = n // length
+    if k == 0:
+        return np.zeros((0, length), np.float32)
+    w = v[..., : k * length].reshape(-1, length)
+    if w.shape[0] > max_profiles:
+        w = w[rng.choice(w.shape[0], max_profiles, replace=False)]
+    return w
+
+
+def _psd(profiles: np.ndarray) -> np.ndarray:
+    win = np.hanning(profiles.shape[1] + 2)[1:-1]
+    p = profiles - profiles.mean(axis=1, keepdims=True)
+    return np.mean(np.abs(np.fft.rfft(p * win, axis=1)) ** 2, axis=0)
+
+
+def estimate_axial_sigma(
+    volume: np.ndarray,
+    factor: float,
+    *,
+    noise_sigma: float = 0.0,
+    max_profiles: int = 20000,
+    seed: int = 0,
+) -> tuple[float, dict]:
+    """Estimate the extra axial blur σ (lateral pixels) by matching power spectra.
+
+    Real z profiles (sampled every ``f`` lateral pixels) are compared with lateral
+    profiles blurred by a candidate σ, box-sampled by ``f`` and topped up with noise:
+    the σ whose log power spectrum best matches (free overall offset) is returned.
+    This assumes the specimen is statistically isotropic; the figure is a starting
+    point (``learned`` mode corrects what it misses).
+
+    Returns
+    -------
+    tuple
+        ``(sigma_px, info)``; ``sigma_px`` is 0.0 with ``info["reason"]`` when the
+        volume is too thin to estimate it.
+    """
+    vol = np.asarray(volume, dtype=np.float32)
+    nz, ny, nx = vol.shape
+    low_len = min(nz, int(min(ny, nx) // factor), 64)
+    if low_len < 6:
+        return 0.0, {"reason": f"too few samples for a spectrum (z {nz}, lateral {min(ny, nx)}, f {factor:.3g})"}
+    fine_len = int(round(low_len * factor))
+    rng = np.random.default_rng(seed)
+    pz = _psd(_profiles(vol, low_len, 0, max_profiles, rng))
+    lat = np.concatenate([_profiles(vol, fine_len, 1, max_profiles // 2, rng),
+                          _profiles(vol, fine_len, 2, max_profiles // 2, rng)])
+    win2 = float(np.sum(np.hanning(low_len + 2)[1:-1] ** 2))
+    bins = slice(1, None)
+    best = (float("inf"), 0.0)
+    errors = {}
+    for sigma in np.arange(0.0, 3.0 * factor + 1e-9, 0.25):
+        down = area_matrix(fine_len, low_len, factor) @ gaussian_matrix(fine_len, float(sigma))
+        q = lat @ down.T.astype(np.float32)
+        top = noise_topup(factor, float(sigma), noise_sigma)
+        pl = _psd(q) + top**2 * win2
+        d = np.log(pz[bins] + 1e-12) - np.log(pl[bins] + 1e-12)
+        err = float(np.mean((d - d.mean()) ** 2))
+        errors[round(float(sigma), 3)] = err
+        if err < best[0]:
+            best = (err, float(sigma))
+    return best[1], {"reason": "power-spectrum match of z profiles and degraded lateral profiles",
+                     "profile_length": low_len, "error": best[0]}
+
+
+def sigma_from_settings(train: TrainSettings, voxel_size: Sequence[float]) -> float | None:
+    """Extra axial σ (lateral pixels) implied by ``train.degradation`` (optics or PSF), else None.
+
+    The lateral slices already carry the lateral PSF, so the extra blur is
+    ``sqrt(σz² − σxy²)`` (Gaussian approximation, σ from second moments of a PSF).
+    """
+    d = train.degradation
+    vz, vy, vx = (float(v) for v in voxel_size)
+    vxy = 0.5 * (vy + vx)
+    if d.method == "gaussian":
+        if d.sigma_um is not None:
+            sz, sxy = float(d.sigma_um[0]), 0.5 * float(d.sigma_um[1] + d.sigma_um[2])
+        else:
+            px = degrade.gaussian_sigma_from_optics(na=d.na, wavelength_um=d.wavelength_um,
+                                                    refractive_index=d.refractive_index,
+                                                    voxel_size=(vz, vy, vx), kind=d.microscope)
+            sz, sxy = px[0] * vz, 0.5 * (px[1] * vy + px[2] * vx)
+    elif d.method == "psf":
+        psf = degrade.load_psf(d.psf_path)
+        if psf.ndim != 3:
+            return None
+        p = psf / psf.sum()
+        sig = []
+        for ax in range(3):
+            prof = p.sum(axis=tuple(i for i in range(3) if i != ax))
+            c = np.arange(prof.size)
+            mu = float(np.sum(c * prof))
+            sig.append(math.sqrt(max(float(np.sum((c - mu) ** 2 * prof)), 0.0)))
+        sz, sxy = sig[0] * vz, 0.5 * (sig[1] * vy + sig[2] * vx)
+    else:
+        return None
+    return float(math.sqrt(max(sz**2 - sxy**2, 0.0)) / vxy)
+
+
+# ------------------------------------------------------------------------ patches
+def otsu_threshold(volume: np.ndarray, *, max_voxels: int = 1_000_000) -> float:
+    """Foreground threshold derived from the data (Otsu on a subsample)."""
+    from skimage.filters import threshold_otsu
+
+    v = np.asarray(volume, dtype=np.float32).ravel()
+    if v.size > max_voxels:
+        v = v[:: int(math.ceil(v.size / max_voxels))]
+    if float(v.max()) == float(v.min()):
+        return float(v.min())
+    return float(threshold_otsu(v))
+
+
+class SlicePatchSampler:
+    """Random 2-D patches of a stack of slices ``(N, H, W)``, foreground-weighted.
+
+    Placements whose share of pixels above ``threshold`` is at least
+    ``foreground_fraction`` are drawn (all placements if none qualifies). With
+    ``augment``, patches are randomly transposed (when square) and flipped, so the
+    degraded axis (rows) is sometimes y and sometimes x. All randomness comes from
+    one :class:`torch.Generator`.
+    """
+
+    def __init__(self, slices: np.ndarray, patch: tuple[int, int], *, threshold: float,
+                 foreground_fraction: float, augment: bool, generator: torch.Generator):
+        self.slices = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))
+        n, h, w = self.slices.shape
+        self.patch = (min(int(patch[0]), h), min(int(patch[1]), w))
+        self.gen = generator
+        self.augment = augment
+        ph, pw = self.patch
+        fg = (np.asarray(slices) > threshold).astype(np.float64)
+        c = np.pad(fg.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+        share = (c[:, ph:, pw:] - c[:, :-ph, pw:] - c[:, ph:, :-pw] + c[:, :-ph, :-pw]) / (ph * pw)
+        ok = np.flatnonzero(share.ravel() >= foreground_fraction)
+        self.grid = share.shape
+        self.candidates = torch.from_numpy(ok if ok.size else np.arange(share.size))
+        self.fraction_kept = float(ok.size / share.size) if share.size else 0.0
+
+    def sample(self, batch: int) -> torch.Tensor:
+        ph, pw = self.patch
+        out = []
+        for _ in range(batch):
+            k = int(self.candidates[int(torch.randint(0, len(self.candidates), (1,), generator=self.gen))])
+            i, y, x = np.unravel_index(k, self.grid)
+            p = self.slices[i, y : y + ph, x : x + pw]
+            if self.augment:
+                r = torch.rand(3, generator=self.gen)
+                if ph == pw and r[0] < 0.5:
+                    p = p.t()
+                dims = [d for d in range(2) if r[1 + d] < 0.5]
+                if dims:
+                    p = torch.flip(p, dims)
+            out.append(p)
+        return torch.stack(out)[:, None].contiguous()
+
+
+class AxialPatchSampler:
+    """Random patches of real axial (XZ and YZ) slices of a resliced volume ``(NZ, Y, X)``."""
+
+    def __init__(self, resliced: np.ndarray, patch: tuple[int, int], *, generator: torch.Generator):
+        self.vol = torch.from_numpy(np.ascontiguousarray(resliced, dtype=np.float32))
+        nz, ny, nx = self.vol.shape
+        self.patch = (min(int(patch[0]), nz), min(int(patch[1]), ny, nx))
+        self.gen = generator
+
+    def _r(self, n: int) -> int:
+        return int(torch.randint(0, max(1, n), (1,), generator=self.gen))
+
+    def sample(self, batch: int) -> torch.Tensor:
+        ph, pw = self.patch
+        nz, ny, nx = self.vol.shape
+        out = []
+        for _ in range(batch):
+            z = self._r(nz - ph + 1)
+            if torch.rand(1, generator=self.gen) < 0.5:  # XZ slice at a y
+                y, x = self._r(ny), self._r(nx - pw + 1)
+                p = self.vol[z : z + ph, y, x : x + pw]
+            else:  # YZ slice at an x
+                x, y = self._r(nx), self._r(ny - pw + 1)
+                p = self.vol[z : z + ph, y : y + pw, x]
+            r = torch.rand(2, generator=self.gen)
+            dims = [d for d in range(2) if r[d] < 0.5]
+            out.append(torch.flip(p, dims) if dims else p)
+        return torch.stack(out)[:, None].contiguous()
+
+
+# ----------------------------------------------------------------- validation set
+def _spread(n: int, k: int) -> np.ndarray:
+    return np.unique(np.linspace(0, n - 1, min(n, k)).astype(int))
+
+
+def holdout_pairs(holdout: np.ndarray, deg: AxialDegradation, *, max_pixels: int = 300_000,
+                  seed: int = 12345) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Validation ``(target, degraded)`` stacks from held-out lateral slices.
+
+    Two groups: slices degraded along y (like YZ slices) and along x (transposed,
+    like XZ slices); each capped at ``max_pixels`` by taking evenly spaced slices. The
+    noise (if any) is seeded, so the pairs are the same at every validation.
+    """
+    h = np.asarray(holdout, dtype=np.float32)
+    out = []
+    for i, stack in enumerate((h, np.swapaxes(h, 1, 2))):
+        n, a, b = stack.shape
+        if a < 4 or b < 1:
+            continue
+        keep = _spread(n, max(1, max_pixels // max(1, a * b)))
+        target = np.ascontiguousarray(stack[keep])
+        out.append((target, deg.apply_numpy(target, rng=seed + i)))
+    if not out:
+        raise ValueError(f"held-out region {h.shape} is too small for isotropic validation")
+    return out
+
+
+def predict_slices(model: nn.Module, slices: np.ndarray, *, device: torch.device | str = "cpu",
+                   batch: int = 8) -> np.ndarray:
+    """Apply a 2-D model to a stack ``(N, H, W)`` in batches (inference mode)."""
+    device = torch.device(device)
+    out = np.empty(slices.shape, dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, slices.shape[0], batch):
+            t = torch.from_numpy(np.ascontiguousarray(slices[s : s + batch], dtype=np.float32))[:, None].to(device)
+            out[s : s + batch] = model(t)[:, 0].float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def _psnr_stack(pairs, preds, data_range) -> float:
+    err = sum(float(np.sum((t.astype(np.float64) - p) ** 2)) for (t, _), p in zip(pairs, preds))
+    n = sum(t.size for t, _ in pairs)
+    return float("inf") if err == 0 else 10 * math.log10(data_range**2 / (err / n))
+
+
+def compare_stacks(pairs, preds, data_range: float) -> dict:
+    """PSNR over all pixels and mean per-slice 2-D SSIM, model vs input (interpolation)."""
+    ssim_m, ssim_i = [], []
+    for (t, low), p in zip(pairs, preds):
+        for k in range(t.shape[0]):
+            if min(t[k].shape) >= 3:
+                c = metrics.compare(t[k], p[k], low[k], data_range=data_range)
+                ssim_m.append(c["ssim_model"])
+                ssim_i.append(c["ssim_interp"])
+    return {
+        "psnr_model": _psnr_stack(pairs, preds, data_range),
+        "psnr_interp": _psnr_stack(pairs, [low for _, low in pairs], data_range),
+        "ssim_model": float(np.mean(ssim_m)) if ssim_m else float("nan"),
+        "ssim_interp": float(np.mean(ssim_i)) if ssim_i else float("nan"),
+    }
+
+
+# -------------------------------------------------------------- learned (CycleGAN)
+class PatchDiscriminator(nn.Module):
+    """Small PatchGAN: strided convs → a map of real/fake scores (LSGAN)."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, width, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), nn.InstanceNorm2d(2 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.InstanceNorm2d(2 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 1, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def generator_spec(iso: IsotropicSettings) -> models.ModelSpec:
+    """Spec of the CycleGAN generators (residual iso2d nets starting as the identity)."""
+    return models.ModelSpec(arch="iso2d", width=iso.gan_width, depth=iso.gan_depth)
+
+
+def _charb(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt((a - b) ** 2 + 1e-6).mean()
+
+
+@dataclass
+class DegraderResult:
+    """Outcome of :func:`train_degrader`."""
+
+    generator: nn.Module
+    restorer_state: dict
+    steps_done: int
+    seconds: float
+    log_rows: list[dict] = field(default_factory=list)
+
+
+def train_degrader(
+    lateral: np.ndarray,
+    axial_resliced: np.ndarray,
+    restorer: nn.Module,
+    deg: AxialDegradation,
+    *,
+    iso: IsotropicSettings,
+    patch: tuple[int, int],
+    learning_rate: float = 2e-4,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> DegraderResult:
+    """Self-Net's unsupervised stage: CycleGAN lateral-degraded ↔ real axial, with feedback.
+
+    Each step trains both generators (LSGAN + cycle + feedback losses), the restorer
+    on the lateral→axial generator's output, and both discriminators.
+
+    Parameters
+    ----------
+    lateral
+        Training lateral slices ``(N, H, W)`` (the high-resolution examples).
+    axial_resliced
+        The training box resliced to the isotropic grid ``(NZ, Y, X)`` (real axial data).
+    restorer
+        The 2-D restoration net (trained jointly; its state after the stage is returned).
+    deg
+        Analytic degradation making the generator's input (``xy_lr``).
+    """
+    device = torch.device(device)
+    torch.manual_seed(seed + 7)
+    gen = torch.Generator().manual_seed(seed + 7)
+    noise_gen = torch.Generator(device=device).manual_seed(seed + 8)
+    h = min(patch[0], axial_resliced.shape[0])
+    pw = min(patch[1], lateral.shape[1], lateral.shape[2], axial_resliced.shape[1], axial_resliced.shape[2])
+    lat = SlicePatchSampler(lateral, (h, pw), threshold=otsu_threshold(lateral),
+                            foreground_fraction=iso.foreground_fraction, augment=True, generator=gen)
+    ax = AxialPatchSampler(axial_resliced, (h, pw), generator=gen)
+    g_ax = models.build_model(generator_spec(iso)).to(device)  # lateral-degraded -> axial-like
+    g_lat = models.build_model(generator_spec(iso)).to(device)  # axial -> lateral-degraded-like
+    d_ax = PatchDiscriminator(iso.gan_width).to(device)
+    d_lat = PatchDiscriminator(iso.gan_width).to(device)
+    restorer = restorer.to(device).train()
+    betas = (0.5, 0.999)
+    opt_g = torch.optim.Adam(list(g_ax.parameters()) + list(g_lat.parameters()), lr=learning_rate, betas=betas)
+    opt_d = torch.optim.Adam(list(d_ax.parameters()) + list(d_lat.parameters()), lr=learning_rate, betas=betas)
+    opt_r = torch.optim.Adam(restorer.parameters(), lr=learning_rate, betas=betas)
+    batch = max(2, iso.batch_size // 2)
+    rows: list[dict] = []
+    t0 = time.monotonic()
+    step = 0
+    acc: dict[str, float] = {}
+    every = max(1, min(50, iso.gan_steps // 10))
+    while step < iso.gan_steps:
+        hr = lat.sample(batch).to(device)
+        with torch.no_grad():
+            a = deg.apply_torch(hr, generator=noise_gen)
+        b = ax.sample(batch).to(device)
+        # generators
+        fake_b = g_ax(a)
+        fake_a = g_lat(b)
+        pred_fb, pred_fa = d_ax(fake_b), d_lat(fake_a)
+        l_gan = F.mse_loss(pred_fb, torch.ones_like(pred_fb)) + F.mse_loss(pred_fa, torch.ones_like(pred_fa))
+        l_cyc = F.l1_loss(g_lat(fake_b), a) + F.l1_loss(g_ax(fake_a), b)
+        l_fb = _charb(restorer(fake_b), hr)
+        loss_g = iso.gan_weight * l_gan + iso.cycle_weight * l_cyc + iso.feedback_weight * l_fb
+        opt_g.zero_grad(set_to_none=True)
+        opt_r.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        # restorer on the (detached) generator output
+        opt_r.zero_grad(set_to_none=True)
+        l_r = _charb(restorer(fake_b.detach()), hr)
+        l_r.backward()
+        opt_r.step()
+        # discriminators
+        def d_loss(d, real, fake):
+            pr, pf = d(real), d(fake.detach())
+            return 0.5 * (F.mse_loss(pr, torch.ones_like(pr)) + F.mse_loss(pf, torch.zeros_like(pf)))
+
+        l_d = d_loss(d_ax, b, fake_b) + d_loss(d_lat, a, fake_a)
+        opt_d.zero_grad(set_to_none=True)
+        l_d.backward()
+        opt_d.step()
+        step += 1
+        for k, v in (("gan", l_gan), ("cycle", l_cyc), ("feedback", l_fb), ("restorer", l_r), ("disc", l_d)):
+            acc[k] = acc.get(k, 0.0) + float(v.detach())
+        if step % every == 0 or step == iso.gan_steps:
+            el = time.monotonic() - t0
+            n = every if step % every == 0 else step % every
+            rows.append({"step": step, **{k: v / n for k, v in acc.items()}, "seconds": round(el, 2)})
+            acc = {}
+            log.info("learned degradation step %d/%d: gan %.4f cycle %.4f feedback %.4f disc %.4f (%.0f s)",
+                     step, iso.gan_steps, rows[-1]["gan"], rows[-1]["cycle"], rows[-1]["feedback"],
+                     rows[-1]["disc"], el)
+            if el > iso.gan_max_minutes * 60:
+                log.info("learned stage time budget of %.1f min reached", iso.gan_max_minutes)
+                break
+    g_ax.eval()
+    return DegraderResult(generator=g_ax, restorer_state={k: v.detach().clone() for k, v in restorer.state_dict().items()},
+                          steps_done=step, seconds=time.monotonic() - t0, log_rows=rows)
+
+
+class LearnedDegradation:
+    """Analytic degradation followed by the learned lateral→axial generator (frozen)."""
+
+    def __init__(self, analytic: AxialDegradation, generator: nn.Module):
+        self.analytic = analytic
+        self.generator = generator.eval()
+
+    def apply_torch(self, batch: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.generator(self.analytic.apply_torch(batch, generator=generator))
+
+    def apply_numpy(self, slices: np.ndarray, *, rng: int = 0) -> np.ndarray:
+        low = self.analytic.apply_numpy(slices, rng=rng)
+        dev = next(self.generator.parameters()).device
+        return predict_slices(self.generator, low, device=dev)
+
+
+# ----------------------------------------------------------------------- training
+@dataclass
+class IsoTrainResult:
+    """Outcome of :func:`train_isotropic`."""
+
+    model: nn.Module
+    spec: models.ModelSpec
+    best_step: int
+    steps_done: int
+    seconds: float
+    stop_reason: str
+    validation: dict
+    degradation: dict
+    flags: list[str] = field(default_factory=list)
+    log_rows: list[dict] = field(default_factory=list)
+    degrader: nn.Module | None = None
+    degrader_log: list[dict] = field(default_factory=list)
+
+
+def _key(settings: Settings, factor: float, shape, deg: AxialDegradation) -> str:
+    blob = json.dumps({"t": to_dict(settings.train), "i": to_dict(settings.isotropic), "f": factor,
+                       "shape": list(shape), "d": deg.to_dict()}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Settings,
+                        voxel_size: Sequence[float]) -> tuple[AxialDegradation, dict]:
+    """The analytic degradation of a sample: σ (settings → optics/PSF → data) and noise top-up."""
+    iso = settings.isotropic
+    if iso.axial_sigma_px is not None:
+        sigma, source = float(iso.axial_sigma_px), "settings"
+    else:
+        s = sigma_from_settings(settings.train, voxel_size)
+        sigma, source = (s, "train.degradation") if s is not None else (None, "estimated")
+    noise = estimate_noise_sigma(train_volume) if iso.noise_match else 0.0
+    info: dict[str, Any] = {"sigma_source": source, "noise_sigma_plane": noise}
+    if sigma is None:
+        sigma, est = estimate_axial_sigma(train_volume, factor, noise_sigma=noise, seed=settings.train.seed)
+        info["estimate"] = est
+    top = noise_topup(factor, sigma, noise)
+    deg = AxialDegradation(factor=float(factor), sigma_px=float(sigma), noise_sigma=top)
+    info.update(deg.to_dict())
+    return deg, info
+
+
+def train_isotropic(
+    train_volume: np.ndarray,
+    holdout_volume: np.ndarray,
+    *,
+    factor: float,
+    settings: Settings,
+    voxel_size: Sequence[float],
+    work_dir: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    stop_after_steps: int | None = None,
+) -> IsoTrainResult:
+    """Train the isotropic restorer of one sample (seeded, resumable, validated).
+
+    Parameters
+    ----------
+    train_volume, holdout_volume
+        Normalised training FOV and held-out box (ZYX); their lateral slices are the
+        training and validation examples.
+    factor
+        Anisotropy factor ``f``.
+    settings
+        All settings (``train`` for the net and loop, ``isotropic`` for the rest).
+    voxel_size
+        ``(z, y, x)`` µm.
+    work_dir
+        Where the resumable checkpoint lives (None: no checkpoint).
+    stop_after_steps
+        Stop (as if killed) after this many restorer steps — for resumption tests.
+    """
+    from .train import learning_rate, load_checkpoint, loss_fn, save_checkpoint
+
+    s, iso = settings.train, settings.isotropic
+    device = torch.device(device)
+    torch.manual_seed(s.seed)
+    train_volume = np.asarray(train_volume, dtype=np.float32)
+    deg, deg_info = resolve_degradation(train_volume, factor, settings, voxel_size)
+    spec = models.ModelSpec(arch="iso2d", width=s.width, depth=s.depth)
+    model = models.build_model(spec).to(device)
+    patch = (min(s.patch_size[1], train_volume.shape[1]), min(s.patch_size[2], train_volume.shape[2]))
+    m = min(patch)
+    patch = (m, m)
+    ckpt_path = Path(work_dir) / "checkpoint.pt" if work_dir else None
+    key = _key(settings, factor, train_volume.shape, deg)
+    degrader = None
+    degrader_log: list[dict] = []
+    degradation: Any = deg
+    if iso.degradation == "learned":
+        gpath = Path(work_dir) / "degrader.pt" if work_dir else None
+        g_state = load_checkpoint(gpath) if gpath is not None else None
+        degrader = models.build_model(generator_spec(iso)).to(device)
+        if g_state is not None and g_state.get("key") == key:
+            degrader.load_state_dict(g_state["generator"])
+            model.load_state_dict(g_state["restorer"])
+            degrader_log = json.loads(g_state["rows"])
+            log.info("learned degradation restored from %s", gpath)
+        else:
+            res = train_degrader(train_volume, reslice(train_volume, factor), model, deg, iso=iso, patch=patch,
+                                 learning_rate=2e-4, seed=s.seed, device=device)
+            degrader.load_state_dict(res.generator.state_dict())
+            model.load_state_dict(res.restorer_state)
+            degrader_log = res.log_rows
+            if gpath is not None:
+                save_checkpoint(gpath, {"key": key, "generator": degrader.state_dict(), "restorer": model.state_dict(),
+                                        "rows": json.dumps(degrader_log)})
+        degrader.eval()
+        for p in degrader.parameters():
+            p.requires_grad_(False)
+        degradation = LearnedDegradation(deg, degrader)
+
+    gen = torch.Generator().manual_seed(s.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(s.seed + 1)
+    threshold = otsu_threshold(train_volume)
+    sampler = SlicePatchSampler(train_volume, patch, threshold=threshold, foreground_fraction=iso.foreground_fraction,
+                                augment=s.augment, generator=gen)
+    pairs = holdout_pairs(holdout_volume, deg)
+    if degrader is not None:  # validation inputs made by the learned degradation (seeded noise)
+        pairs = [(t, degradation.apply_numpy(t, rng=12345 + i)) for i, (t, _) in enumerate(pairs)]
+    data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
+    val_interp = _psnr_stack(pairs, [low for _, low in pairs], data_range)
+
+    def validate() -> float:
+        return _psnr_stack(pairs, [predict_slices(model, low, device=device, batch=iso.infer_batch)
+                                   for _, low in pairs], data_range)
+
+    optimiser = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
+    step, rows, bad, elapsed_before = 0, [], 0, 0.0
+    best = {"psnr": validate(), "step": 0, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    if ckpt_path is not None:
+        state = load_checkpoint(ckpt_path)
+        if state is not None and state.get("key") == key:
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            gen.set_state(state["generator"])
+            noise_gen.set_state(state["noise_generator"])
+            step, rows = int(state["step"]), json.loads(state["rows"])
+            best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
+            bad, elapsed_before = int(state["bad_validations"]), float(state["elapsed"])
+            log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, best["psnr"], best["step"])
+    log.info("isotropic training: f %.3f, degradation %s (σ %.2f px, noise top-up %.4f, %s), %d parameters, "
+             "patch %s, %.0f%% of placements above the Otsu threshold %.3f; held-out input %.2f dB, start %.2f dB",
+             factor, iso.degradation, deg.sigma_px, deg.noise_sigma, deg_info["sigma_source"],
+             models.count_parameters(model), patch, 100 * sampler.fraction_kept, threshold, val_interp, best["psnr"])
+    t0 = time.monotonic() - elapsed_before
+    stop_reason, flags = "steps", []
+    running, n_running = 0.0, 0
+    model.train()
+    while step < s.steps:
+        lr = learning_rate(step, s)
+        for g in optimiser.param_groups:
+            g["lr"] = lr
+        target = sampler.sample(iso.batch_size).to(device)
+        with torch.no_grad():
+            low = degradation.apply_torch(target, generator=noise_gen)
+        pred = model(low)
+        loss = loss_fn(s.loss, pred[:, :, None], target[:, :, None])
+        if not torch.isfinite(loss):
+            flags.append("training_diverged")
+            stop_reason = "diverged"
+            break
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        step += 1
+        running += float(loss.item())
+        n_running += 1
+        if step % s.validate_every == 0 or step == s.steps:
+            val = validate()
+            el = time.monotonic() - t0
+            rows.append({"step": step, "loss": running / n_running, "val_psnr_model": val, "val_psnr_interp": val_interp,
+                         "lr": lr, "seconds": round(el, 2)})
+            running, n_running = 0.0, 0
+            if val > best["psnr"] + 0.01:
+                best = {"psnr": val, "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                bad = 0
+            else:
+                bad += 1
+            log.info("step %d/%d loss %.5f held-out %.2f dB (input %.2f, best %.2f @ %d) lr %.2e %.0fs", step, s.steps,
+                     rows[-1]["loss"], val, val_interp, best["psnr"], best["step"], lr, el)
+            if ckpt_path is not None:
+                save_checkpoint(ckpt_path, {
+                    "key": key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "generator": gen.get_state(), "noise_generator": noise_gen.get_state(), "step": step,
+                    "rows": json.dumps(rows), "best_psnr": best["psnr"], "best_step": best["step"],
+                    "best_state": best["state"], "bad_validations": bad, "elapsed": el})
+            if bad >= s.patience:
+                stop_reason = "early_stop"
+                flags.append("early_stopped")
+                break
+            if el > s.max_minutes * 60:
+                stop_reason = "time_budget"
+                break
+        if stop_after_steps is not None and step >= stop_after_steps:
+            stop_reason = "interrupted"
+            break
+    model.load_state_dict(best["state"])
+    model.eval()
+    preds = [predict_slices(model, low, device=device, batch=iso.infer_batch) for _, low in pairs]
+    validation = compare_stacks(pairs, preds, data_range)
+    if not validation["psnr_model"] > validation["psnr_interp"]:
+        flags.append("model_worse_than_interpolation")
+    return IsoTrainResult(
+        model=model, spec=spec, best_step=best["step"], steps_done=step, seconds=time.monotonic() - t0,
+        stop_reason=stop_reason, validation=validation, degradation=deg_info, flags=flags, log_rows=rows,
+        degrader=degrader, degrader_log=degrader_log,
+    )
+
+
+# ---------------------------------------------------------------------- inference
+def _fuse(a: np.ndarray, b: np.ndarray, fusion: str) -> np.ndarray:
+    if fusion == "geometric":
+        return np.sqrt(np.clip(a, 0, None) * np.clip(b, 0, None)).astype(np.float32)
+    return (0.5 * (a + b)).astype(np.float32)
+
+
+def restore_isotropic(
+    model: nn.Module | None,
+    source,
+    *,
+    factor: float,
+    tile: Sequence[int] = (256, 256),
+    batch: int = 8,
+    fusion: str = "mean",
+    device: torch.device | str = "cpu",
+    dest=None,
+    transform=None,
+    progress: bool = True,
+) -> np.ndarray | None:
+    """Restore a whole normalised volume onto the isotropic grid, tile by tile along y/x.
+
+    Each tile (plus a halo of the model's receptive radius, clipped at the volume
+    border) is resliced with z-cubic, every XZ and every YZ slice through it is
+    restored (batched, inference mode), the two results are fused and the core is
+    written. The result equals a single pass over the whole volume.
+
+    Parameters
+    ----------
+    model
+        2-D restorer, or None for plain z-cubic reslicing.
+    source
+        ``(nz, ny, nx)`` array-like (numpy, zarr) of normalised intensities.
+    tile
+        Core tile size ``(y, x)``.
+    dest
+        Array-like ``(round(nz·f), ny, nx)`` to write into; None returns a new array.
+    transform
+        Applied to each output block before writing (e.g. undo normalisation).
+    """
+    device = torch.device(device)
+    nz, ny, nx = (int(n) for n in source.shape)
+    out_shape = isotropic_shape(source.shape, factor)
+    out = dest if dest is not None else np.empty(out_shape, dtype=np.float32)
+    halo = int(getattr(model, "halo", (0, 0))[-1]) if model is not None else 0
+    ty, tx = (max(1, int(t)) for t in tile)
+    if model is not None:
+        model = model.to(device).eval()
+    tiles = [(y0, min(y0 + ty, ny), x0, min(x0 + tx, nx)) for y0 in range(0, ny, ty) for x0 in range(0, nx, tx)]
+    t_last = time.monotonic()
+    for k, (y0, y1, x0, x1) in enumerate(tiles):
+        ya, yb, xa, xb = max(0, y0 - halo), min(ny, y1 + halo), max(0, x0 - halo), min(nx, x1 + halo)
+        block = reslice(np.asarray(source[:, ya:yb, xa:xb], dtype=np.float32), factor)
+        core = block[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
+        if model is None:
+            res = core
+        else:
+            xz = np.ascontiguousarray(np.transpose(block[:, y0 - ya : y1 - ya, :], (1, 0, 2)))  # (y, Z, x)
+            yz = np.ascontiguousarray(np.transpose(block[:, :, x0 - xa : x1 - xa], (2, 0, 1)))  # (x, Z, y)
+            r_xz = predict_slices(model, xz, device=device, batch=batch)[:, :, x0 - xa : x1 - xa]
+            r_yz = predict_slices(model, yz, device=device, batch=batch)[:, :, y0 - ya : y1 - ya]
+            res = _fuse(np.transpose(r_xz, (1, 0, 2)), np.transpose(r_yz, (1, 2, 0)), fusion)
+        out[:, y0:y1, x0:x1] = transform(res) if transform is not None else res
+        if progress and time.monotonic() - t_last > 10:
+            log.info("isotropic inference: tile %d/%d", k + 1, len(tiles))
+            t_last = time.monotonic()
+    return None if dest is not None else out
+
+
+# ------------------------------------------------------------------ pipeline hooks
+def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, model_dir: str | Path, *,
+                sample: str, settings: Settings, device) -> dict:
+    """Train the isotropic model of one sample and write ``model/`` atomically."""
+    path = str(vol.attrs.get("source", "normalized.ome.zarr"))
+    if vol.attrs.get("voxel_size_known") is False or vol.voxel_size is None:
+        isotropic_factor(None, path=path, sample=sample)
+    factor = isotropic_factor(vol.voxel_size, path=path, sample=sample)
+    data = np.asarray(vol.data, dtype=np.float32)
+    if data.shape[0] < 4:
+        raise InputError(path, f"isotropic mode needs at least 4 z slices; the volume has {data.shape[0]}",
+                         sample=sample)
+    model_dir = Path(model_dir)
+    work = model_dir.with_name(model_dir.name + ".work")
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    res = train_isotropic(data[box_slices(fov.train)], data[box_slices(fov.holdout)], factor=factor,
+                          settings=settings, voxel_size=vol.voxel_size, work_dir=work, device=device)
+    meta = {
+        "sample": sample,
+        "mode": "isotropic",
+        "factor": float(factor),
+        "voxel_size_in": list(vol.voxel_size),
+        "self_validation": res.validation,
+        "best_step": res.best_step,
+        "steps_done": res.steps_done,
+        "stop_reason": res.stop_reason,
+        "flags": res.flags,
+        "train_seconds": time.monotonic() - t0,
+        "settings": to_dict(settings.train),
+        "isotropic": to_dict(settings.isotropic),
+        "degradation": res.degradation,
+        "device": str(device),
+    }
+    tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if res.degrader is not None:
+        from safetensors.torch import save_file
+
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in res.degrader.state_dict().items()},
+                  str(tmp / DEGRADER_FILE))
+        meta["degrader"] = {"file": DEGRADER_FILE, "spec": generator_spec(settings.isotropic).to_dict(),
+                            "steps": res.degrader_log[-1]["step"] if res.degrader_log else 0,
+                            "log": res.degrader_log}
+    models.save_model(tmp, res.model, res.spec, metadata=meta)
+    import pandas as pd
+
+    pd.DataFrame(res.log_rows, columns=_LOG_COLUMNS).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    os.replace(tmp, model_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    v = res.validation
+    log.info("isotropic model saved to %s: held-out lateral %.2f dB vs input (z-cubic-like) %.2f dB; SSIM %.3f vs "
+             "%.3f (best step %d, %s, %.0f s)", model_dir, v["psnr_model"], v["psnr_interp"], v["ssim_model"],
+             v["ssim_interp"], res.best_step, res.stop_reason, meta["train_seconds"])
+    return meta
+
+
+def stage_infer(normalized: str | Path, model: nn.Module, spec: models.ModelSpec, meta: dict, output: str | Path, *,
+                sample: str, settings: InferSettings, device) -> dict:
+    """Write ``restored.ome.zarr`` on the isotropic grid (raw units)."""
+    from .pipeline import output_dtype, read_normalized
+
+    vol, params = read_normalized(normalized, lazy=True)
+    factor = float(meta["factor"])
+    iso = meta.get("isotropic", {})
+    fusion = iso.get("fusion", "mean")
+    batch = int(iso.get("infer_batch", 8))
+    source = io.open_ome_zarr_array(normalized)
+    shape = isotropic_shape(source.shape, factor)
+    vs_in = vol.voxel_size or (factor, 1.0, 1.0)
+    vs_out = (float(vs_in[0]) / factor, float(vs_in[1]), float(vs_in[2]))
+    dtype = output_dtype(settings, vol.attrs.get("source_dtype", "float32"))
+    tile = tuple(int(t) for t in settings.tile_size[1:])
+    chunks = (min(shape[0], 64), min(tile[0], shape[1]), min(tile[1], shape[2]))
+    use_interp = "model_worse_than_interpolation" in meta.get("flags", []) and (
+        settings.on_worse_than_interpolation == "interpolation")
+
+    def write_one(net, path, kind) -> float:
+        t0 = time.monotonic()
+        with io.atomic_output(path) as tmp:
+            dest = io.create_ome_zarr(tmp, shape=shape, dtype=dtype, voxel_size=vs_out, chunks=chunks,
+                                      ngff_version=settings.ngff_version)
+            with torch.inference_mode():
+                restore_isotropic(net, source, factor=factor, tile=tile, batch=batch, fusion=fusion, device=device,
+                                  dest=dest, transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype))
+            seconds = time.monotonic() - t0
+            io.finalize_ome_zarr(tmp, voxel_size=vs_out, ngff_version=settings.ngff_version,
+                                 contrast_limits=(params.low, params.high),
+                                 attrs={"sample": sample, "content": kind, "factor": factor, "infer_seconds": seconds,
+                                        "normalisation": params.to_dict(), "fusion": fusion,
+                                        "mvoxel_per_s": float(np.prod(shape)) / 1e6 / max(seconds, 1e-9)})
+        log.info("%s written to %s: %s voxels in %.1f s", kind, path, shape, seconds)
+        return seconds
+
+    if use_interp:
+        log.warning("sample %s: the model did not beat z-cubic interpolation on held-out lateral slices; "
+                    "restored.ome.zarr holds z-cubic, the model output is kept in restored_model.ome.zarr", sample)
+        write_one(model, Path(output).with_name("restored_model.ome.zarr"), "model")
+        seconds = write_one(None, output, "interpolation")
+    else:
+        seconds = write_one(model, output, "model")
+    return {"sample": sample, "output_shape": list(shape), "voxel_size_out": list(vs_out), "infer_seconds": seconds}
+
+
+def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: models.ModelSpec, meta: dict) -> dict:
+    """Model vs the degraded input (z-cubic-like) on held-out lateral slices, degraded as in training.
+
+    ``analytic``: recomputed here (the degradation is deterministic and stored in the
+    model's metadata). ``learned``: the figures computed at the end of training with
+    the learned generator (stored beside the weights).
+    """
+    stored = dict(meta.get("self_validation") or {})
+    d = meta.get("degradation") or {}
+    if (meta.get("isotropic") or {}).get("degradation") == "learned" or "factor" not in d:
+        return {k: stored.get(k) for k in ("psnr_model", "psnr_interp", "ssim_model", "ssim_interp")}
+    deg = AxialDegradation(factor=float(d["factor"]), sigma_px=float(d["sigma_px"]),
+                           noise_sigma=float(d["noise_sigma"]))
+    held = np.asarray(vol.data, dtype=np.float32)[box_slices(fov.holdout)]
+    pairs = holdout_pairs(held, deg)
+    data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
+    preds = [predict_slices(model, low) for _, low in pairs]
+    return compare_stacks(pairs, preds, data_range)

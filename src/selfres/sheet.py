@@ -1,0 +1,188 @@
+"""The sample sheet (``config/samples.tsv``): reading, validation, path safety.
+
+``workflow/rules/common.smk`` calls :func:`read_sample_sheet` and
+:func:`check_results_dirs`; keeping the logic here makes it testable without
+Snakemake. Every problem raises :class:`~selfres.errors.ConfigError` with a message
+naming the sheet, the row / sample, the column and what is allowed.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import ConfigError
+
+__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "read_sample_sheet"]
+
+#: Sample ids (contract): they become folder names under ``results/``.
+SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+REQUIRED = ("sample", "path")
+PATH_COLUMNS = ("path", "reference")
+
+
+def check_sample_id(sample: str, *, where: str = "") -> str:
+    """Return ``sample`` if it is a safe folder name, else raise :class:`ConfigError`.
+
+    Safe: letters, digits, ``_ . -``, starting with a letter or digit (so no ``/``,
+    no ``..`` component, no absolute path, nothing a shell would interpret).
+    """
+    if not isinstance(sample, str) or not SAMPLE_ID.fullmatch(sample):
+        raise ConfigError(
+            f"{where}sample id {sample!r} is not allowed: use letters, digits, '_', '.', '-', "
+            f"starting with a letter or digit (pattern {SAMPLE_ID.pattern}); it becomes a folder "
+            "name under results/"
+        )
+    return sample
+
+
+def _load_schema(schema: str | os.PathLike | Mapping | None) -> Mapping | None:
+    if schema is None or isinstance(schema, Mapping):
+        return schema
+    import yaml
+
+    with open(schema, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _schema_message(err) -> str:
+    """A one-line account of a jsonschema error: column, value, what is allowed."""
+    col = err.path[-1] if err.path else None
+    v = err.validator
+    if v == "enum":
+        allowed = ", ".join(repr(a) for a in err.validator_value if a != "")
+        return f"column {col!r}: {err.instance!r} is not allowed; allowed values: {allowed} (or empty)"
+    if v == "pattern":
+        return f"column {col!r}: {err.instance!r} does not match the pattern {err.validator_value}"
+    if v == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        return (f"unknown column(s) {', '.join(repr(e) for e in extra)}; allowed: "
+                f"{', '.join(err.schema.get('properties', {}))} and per-sample overrides like train.steps")
+    if v == "required":
+        return f"{err.message}"
+    if v == "minLength":
+        return f"column {col!r} is empty"
+    return f"column {col!r}: {err.message}" if col else err.message
+
+
+def _resolve(p: str, base: str) -> str:
+    """Sample paths: relative to the sheet's folder; inside the working dir they stay relative."""
+    full = os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+    rel = os.path.relpath(full)
+    return full if rel.startswith("..") else rel
+
+
+def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Mapping | None = None
+                      ) -> pd.DataFrame:
+    """Read and validate the sample sheet.
+
+    Parameters
+    ----------
+    path
+        Tab-separated sheet; ``#`` starts a comment; empty cells become ``""``.
+    schema
+        JSON schema of one row (``workflow/schemas/samples.schema.yaml``), as a path
+        or a mapping; ``None`` checks only the required columns and sample ids.
+
+    Returns
+    -------
+    pandas.DataFrame
+        All cells are stripped strings; ``path`` and ``reference`` are resolved
+        against the sheet's folder (kept relative when inside the working directory).
+
+    Raises
+    ------
+    ConfigError
+        Missing or unreadable sheet, missing columns, a row that fails the schema,
+        an unsafe or duplicate sample id.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"sample sheet {path} does not exist (config key 'samples')")
+    try:
+        sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#",
+                            keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"sample sheet {path} is empty; it needs a header line with "
+                          f"the columns {', '.join(REQUIRED)}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, csv.Error) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"sample sheet {path} cannot be read as a tab-separated table ({first})") from None
+    sheet.columns = [str(c).strip() for c in sheet.columns]
+    dup_cols = sorted({c for c in sheet.columns if list(sheet.columns).count(c) > 1})
+    if dup_cols or any(c.startswith("Unnamed:") for c in sheet.columns):
+        raise ConfigError(f"sample sheet {path}: duplicate or empty column names "
+                          f"{dup_cols or [c for c in sheet.columns if c.startswith('Unnamed:')]}")
+    missing = [c for c in REQUIRED if c not in sheet.columns]
+    if missing:
+        raise ConfigError(f"sample sheet {path}: missing required column(s) {', '.join(missing)} "
+                          f"(found: {', '.join(sheet.columns) or 'none'})")
+    sheet = sheet.fillna("").astype(str)
+    for c in sheet.columns:
+        sheet[c] = sheet[c].str.strip()
+    schema_d = _load_schema(schema)
+    validator = None
+    if schema_d is not None:
+        import jsonschema
+
+        cls = jsonschema.validators.validator_for(schema_d)
+        validator = cls(schema_d)
+    for i, row in enumerate(sheet.to_dict(orient="records"), start=2):
+        where = f"sample sheet {path}, line {i}: "
+        check_sample_id(row["sample"], where=where)
+        if validator is not None:
+            errors = sorted(validator.iter_errors(row), key=lambda e: list(e.path))
+            if errors:
+                raise ConfigError(f"{where}sample {row['sample']!r}: {_schema_message(errors[0])}")
+        if not row["path"]:
+            raise ConfigError(f"{where}sample {row['sample']!r}: column 'path' is empty")
+    dup = sorted(sheet["sample"][sheet["sample"].duplicated()].unique())
+    if dup:
+        raise ConfigError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}; ids must be unique")
+    base = os.path.dirname(os.path.abspath(path))
+    for col in PATH_COLUMNS:
+        if col in sheet:
+            sheet[col] = [_resolve(p, base) if p else "" for p in sheet[col]]
+    return sheet
+
+
+def check_results_dirs(results: str | os.PathLike, samples: Iterable[str]) -> None:
+    """Refuse samples whose results folder would lie outside ``results``.
+
+    A sample id is checked again (:func:`check_sample_id`), and an existing
+    ``results/<sample>`` (or any path above a file the pipeline writes) must not be a
+    symbolic link leading out of the results root.
+
+    Raises
+    ------
+    ConfigError
+        Naming the sample and the folder.
+    """
+    root = Path(os.path.realpath(results))
+    for s in samples:
+        check_sample_id(s)
+        d = Path(results) / s
+        if d.is_symlink() or d.exists():
+            real = Path(os.path.realpath(d))
+            if real != root / s and root not in real.parents:
+                raise ConfigError(
+                    f"sample {s!r}: results folder {d} is a link to {real}, outside the results root "
+                    f"{root}; refusing to write there (remove the link)"
+                )
+            if d.is_symlink():
+                raise ConfigError(f"sample {s!r}: results folder {d} is a symbolic link; refusing to "
+                                  "write through it (remove the link)")
+        if d.is_dir():
+            for sub in d.iterdir():
+                if sub.is_symlink():
+                    real = Path(os.path.realpath(sub))
+                    if root not in real.parents:
+                        raise ConfigError(
+                            f"sample {s!r}: {sub} is a link to {real}, outside the results root {root}; "
+                            "refusing to write there (remove the link)"
+                        )

@@ -1,0 +1,151 @@
+"""End to end: the real ``snakemake`` CLI on a tiny synthetic sample, every contract output checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from ..conftest import blob_volume
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_TRAIN = {"steps": 6, "validate_every": 3, "patch_size": [4, 16, 16], "width": 8, "depth": 1,
+              "batch_size": 2, "warmup_steps": 1}
+
+pytestmark = pytest.mark.slow
+
+METRIC_KEYS = {
+    "sample", "mode", "input_shape", "output_shape", "voxel_size_in", "voxel_size_out", "train_seconds",
+    "infer_seconds", "self_validation", "resolution_um", "isotropy_in", "isotropy_out", "reference", "flags",
+}
+
+
+def _write_workdir(root: Path) -> Path:
+    data = root / "data"
+    data.mkdir(parents=True)
+    vol = (blob_volume((8, 40, 40), n=60) * 3000).astype(np.uint16)
+    tifffile.imwrite(data / "tiny one.tif", vol, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    ref = (blob_volume((8, 80, 80), n=60) * 3000).astype(np.uint16)
+    tifffile.imwrite(data / "ref.tif", ref, imagej=True, metadata={"axes": "ZYX"})
+    (root / "config").mkdir()
+    (root / "config" / "samples.tsv").write_text(
+        "sample\tpath\tmode\tscale\treference\n"
+        "tiny\t../data/tiny one.tif\tenhance\t1,2,2\t../data/ref.tif\n"
+    )
+    cfg = {"samples": "config/samples.tsv", "results": "results", "train": TINY_TRAIN,
+           "infer": {"tile_size": [8, 24, 24]}, "qc": {"max_resolution_slices": 4}}
+    (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+def _snakemake(workdir: Path, *args: str, check=True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--cores", "2", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"snakemake failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-6000:]}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    wd = _write_workdir(tmp_path_factory.mktemp("wf"))
+    _snakemake(wd)
+    return wd
+
+
+def test_dry_run_lists_the_dag(tmp_path):
+    wd = _write_workdir(tmp_path)
+    out = _snakemake(wd, "-n")
+    for rule in ("normalise", "crop", "train", "infer", "qc", "report", "summary"):
+        assert rule in out.stdout
+
+
+def test_every_contract_output_exists_and_is_valid(finished_run):
+    from selfres import io
+
+    r = finished_run / "results" / "tiny"
+    for rel in ("normalized.ome.zarr", "train_fov.json", "model/model.json", "model/training_log.tsv",
+                "restored.ome.zarr", "qc/metrics.json", "report.html", "provenance.json"):
+        assert (r / rel).exists(), rel
+    assert list((r / "model").glob("weights*")), "no weights file"
+    for rule in ("normalise", "crop", "train", "infer", "qc", "report"):
+        assert (r / "benchmarks" / f"{rule}.tsv").exists(), rule
+    assert (finished_run / "results" / "summary.tsv").exists()
+    assert (finished_run / "results" / "summary.html").exists()
+
+    m = json.loads((r / "qc" / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(m)
+    assert m["input_shape"] == [8, 40, 40] and m["output_shape"] == [8, 80, 80]
+    assert m["voxel_size_out"] == pytest.approx([1.0, 0.25, 0.25])
+    assert set(m["self_validation"]) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
+    assert all(isinstance(v, float) for v in m["self_validation"].values())
+    assert set(m["reference"]) == {"psnr", "ssim", "psnr_interp", "ssim_interp"}
+
+    out = io.read_ome_zarr(r / "restored.ome.zarr")
+    assert out.data.shape == (8, 80, 80)
+    assert out.voxel_size == pytest.approx((1.0, 0.25, 0.25))
+    raw = tifffile.imread(finished_run / "data" / "tiny one.tif").astype(np.float32)
+    # restored intensities are in raw units (normalisation undone)
+    assert abs(float(np.mean(out.data)) - float(raw.mean())) < 0.1 * float(raw.mean())
+
+    zattrs = json.loads((r / "restored.ome.zarr" / ".zattrs").read_text())
+    assert zattrs["multiscales"][0]["version"] == "0.4"
+
+    prov = json.loads((r / "provenance.json").read_text())
+    for key in ("resolved_config", "selfres_version", "input_checksum", "software", "timings", "host"):
+        assert prov.get(key) is not None, key
+
+    fov = json.loads((r / "train_fov.json").read_text())
+    assert fov["train"] and fov["holdout"] and fov["reason"]
+
+    summary = (finished_run / "results" / "summary.tsv").read_text().splitlines()
+    assert summary[0].startswith("sample") and summary[1].startswith("tiny")
+    assert "tiny/report.html" in (finished_run / "results" / "summary.html").read_text()
+
+
+def test_second_run_has_nothing_to_do(finished_run):
+    out = _snakemake(finished_run, "-n")
+    assert "Nothing to be done" in out.stdout + out.stderr
+
+
+def test_changing_a_training_value_reruns_training_and_downstream_only(finished_run):
+    cfg_path = finished_run / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"]["steps"] = 7
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    try:
+        out = _snakemake(finished_run, "-n", "--quiet", "rules")
+        text = out.stdout
+        for rule in ("train", "infer", "qc", "report"):
+            assert f"\n{rule} " in text or f"{rule}  " in text, text
+        for rule in ("normalise", "crop"):
+            assert f"\n{rule} " not in text, text
+    finally:
+        cfg["train"]["steps"] = TINY_TRAIN["steps"]
+        cfg_path.write_text(yaml.safe_dump(cfg))
+
+
+def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path):
+    wd = _write_workdir(tmp_path)
+    cfg_path = wd / "config" / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["train"]["loss"] = "huber"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    out = _snakemake(wd, "-n", check=False)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "huber" in text and "loss" in text and "charbonnier" in text
+
+
+def test_lint_passes():
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--lint"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr

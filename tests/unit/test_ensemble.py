@@ -1,0 +1,135 @@
+"""Inference wrappers: self-ensemble, back-projection and serial models stay exact under tiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from selfres import degrade, models
+from selfres.ensemble import (BackProjection, SelfEnsemble, Serial, degradation_reach, ensemble_members,
+                              wrap_for_inference)
+from selfres.infer import CubicUpsampler, predict_array, predict_single_pass
+
+from ..conftest import blob_volume
+
+
+def _net(factors=(2, 2, 2), seed=0):
+    torch.manual_seed(seed)
+    m = models.build_model(models.ModelSpec(arch="resnet3d", factors=factors, width=4, depth=1))
+    with torch.no_grad():  # a non-trivial body (the last layer starts at zero)
+        for p in m.hr_body[-1].parameters():
+            p.normal_(0, 0.1)
+    return m.eval()
+
+
+class _Probe(nn.Module):
+    """Nearest upsampling of an asymmetric function of the input: not equivariant to flips/rotations."""
+
+    def __init__(self, factors):
+        super().__init__()
+        self.factors = factors
+        self.halo = (1, 1, 1)
+
+    def forward(self, x):
+        w = torch.arange(x.shape[-1], dtype=x.dtype).expand_as(x) * 0.01
+        y = x + w
+        for d, f in zip((2, 3, 4), self.factors):
+            y = y.repeat_interleave(f, dim=d)
+        return y
+
+
+@pytest.mark.parametrize("factors, n", [((2, 2, 2), 16), ((1, 2, 2), 16), ((2, 1, 1), 16), ((1, 2, 4), 8)])
+def test_members_form_the_right_group(factors, n):
+    members = ensemble_members(factors)
+    assert len(members) == len(set(members)) == n
+    if factors[1] != factors[2]:
+        assert all(k % 2 == 0 for k, _, _ in members)
+
+
+def test_every_member_is_undone_so_an_equivariant_model_is_unchanged():
+    # nearest upsampling commutes with every flip and 90° rotation: the ensemble must equal it exactly
+    x = torch.from_numpy(blob_volume((4, 8, 8)))[None, None]
+    up = CubicUpsampler((2, 2, 2))
+    torch.testing.assert_close(SelfEnsemble(up)(x), up(x), atol=1e-5, rtol=1e-5)
+    probe = _Probe((1, 2, 2))
+    y = SelfEnsemble(probe)(x)
+    # the probe adds 0.01·x-index; the ensemble averages that over the group -> constant mean ramp
+    base = x.repeat_interleave(2, 3).repeat_interleave(2, 4)
+    resid = (y - base)[0, 0]
+    assert torch.allclose(resid, resid.mean().expand_as(resid), atol=1e-5)
+    assert resid.mean() == pytest.approx(0.035, abs=1e-5)
+
+
+def test_ensemble_is_exact_under_tiling_with_unequal_halo():
+    vol = blob_volume((10, 26, 30), seed=2)
+    ens = SelfEnsemble(_net((1, 2, 2)))
+    ref = predict_single_pass(ens, vol, factors=(1, 2, 2))
+    tiled = predict_array(ens, vol, factors=(1, 2, 2), tile_size=(4, 9, 11))
+    np.testing.assert_allclose(tiled, ref, atol=2e-5)
+
+
+def test_ensemble_of_a_trained_like_model_improves_or_matches_the_mean_member():
+    # averaging the members cannot be worse than their mean error (convexity of the MSE)
+    hr = blob_volume((8, 32, 32), seed=4)
+    low = degrade.downscale_cubic(hr, (2, 2, 2))
+    net = _net((2, 2, 2), seed=1)
+    x = torch.from_numpy(low)[None, None]
+    with torch.no_grad():
+        ens = SelfEnsemble(net)(x)[0, 0].numpy()
+        single = net(x)[0, 0].numpy()
+    assert np.mean((ens - hr) ** 2) <= np.mean((single - hr) ** 2) * 1.01
+
+
+def test_back_projection_makes_the_output_consistent_with_the_input():
+    hr = blob_volume((8, 32, 32), seed=5)
+    low = degrade.downscale_cubic(hr, (2, 2, 2))
+    x = torch.from_numpy(low)[None, None]
+    up = CubicUpsampler((2, 2, 2))
+    with torch.no_grad():
+        before = up(x)
+        after = BackProjection(up, iterations=10)(x)
+    d = degrade.TorchDegrader((2, 2, 2), degrade.Degradation())
+    err_before = (d(before) - x).abs().mean().item()
+    err_after = (d(after) - x).abs().mean().item()
+    assert err_after < 0.3 * err_before
+    # and on smooth blobs it moves the estimate towards the truth
+    t = torch.from_numpy(hr)[None, None]
+    assert (after - t).pow(2).mean() < (before - t).pow(2).mean()
+
+
+@pytest.mark.parametrize("method", ["cubic", "gaussian"])
+def test_back_projection_is_exact_under_tiling(method):
+    d = degrade.Degradation() if method == "cubic" else degrade.Degradation(method="gaussian", sigma_px=(1.0, 1.5, 1.5))
+    vol = blob_volume((12, 24, 28), seed=3)
+    bp = BackProjection(_net((1, 2, 2)), iterations=2, degradation=d)
+    assert bp.halo[1] > _net((1, 2, 2)).halo[1]
+    ref = predict_single_pass(bp, vol, factors=(1, 2, 2))
+    tiled = predict_array(bp, vol, factors=(1, 2, 2), tile_size=(5, 8, 10))
+    np.testing.assert_allclose(tiled, ref, atol=5e-5)
+
+
+def test_degradation_reach_matches_the_kernels():
+    assert degradation_reach(degrade.Degradation(), (2, 2, 1))[:2] == (3, 3)  # cubic ±2 LR voxels, + 1
+    assert degradation_reach(degrade.Degradation(), (2, 2, 1))[2] == 1  # factor-1 axis untouched
+    wide = degradation_reach(degrade.Degradation(method="gaussian", sigma_px=(0.0, 4.0, 4.0)), (1, 2, 2))
+    assert wide[1] >= 8  # 4σ = 16 HR voxels = 8 LR voxels
+
+
+def test_serial_models_compose_factors_and_halo_and_tile_exactly():
+    a, b = _net((1, 2, 2), seed=1), _net((1, 2, 2), seed=2)
+    s = Serial(a, b)
+    assert s.factors == (1, 4, 4)
+    vol = blob_volume((4, 20, 22), seed=6)
+    ref = predict_single_pass(s, vol, factors=(1, 4, 4))
+    tiled = predict_array(s, vol, factors=(1, 4, 4), tile_size=(4, 7, 9))
+    np.testing.assert_allclose(tiled, ref, atol=5e-5)
+
+
+def test_wrap_is_the_model_itself_when_nothing_is_asked_and_handles_2d_batches():
+    net = _net((1, 2, 2))
+    assert wrap_for_inference(net) is net
+    w = wrap_for_inference(net, ensemble=True, back_projection_iterations=1)
+    x = torch.rand(2, 1, 12, 12)
+    assert w(x).shape == (2, 1, 24, 24)

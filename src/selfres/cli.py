@@ -80,10 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", type=_triple(int), default=None)
     _common(s, compute=True)
 
-    s = sub.add_parser("infer", help="restore the whole FOV → restored.ome.zarr")
+    s = sub.add_parser("infer", help="restore the whole FOV → restored.ome.zarr (resumable; scatter with --step)")
     s.add_argument("normalized", type=Path)
     s.add_argument("model", type=Path)
     s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--step", default="all", choices=["all", "prepare", "block", "gather"],
+                   help="all (default) or one step of a scattered run: prepare the partial store, write one "
+                        "block of tiles, gather (verify, pyramid, move into place)")
+    s.add_argument("--block", type=int, default=0, help="with --step block: block index 0..N-1")
+    s.add_argument("--blocks", type=int, default=None, help="number of blocks N (overrides infer.blocks)")
+    s.add_argument("--done", type=Path, default=None, help="write this JSON marker (stats) on success")
     _common(s, compute=True)
 
     s = sub.add_parser("qc", help="metrics (self-validation, resolution, reference) → qc/metrics.json")
@@ -105,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--provenance", type=Path, required=True)
     s.add_argument("--config", default=None, help="resolved per-sample config (JSON) for provenance")
     s.add_argument("--benchmarks", type=Path, default=None)
+    s.add_argument("--figures", type=Path, default=None,
+                   help="also write the key figures as PNG files into this folder")
     _common(s, settings=False)
 
     s = sub.add_parser("summary", help="summary.tsv and summary.html over all samples")
@@ -113,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modes", default=None, help="JSON mapping sample → mode")
     s.add_argument("-o", "--output", type=Path, required=True, help="summary.tsv")
     s.add_argument("--html", type=Path, required=True, help="summary.html")
+
+    s = sub.add_parser("runlog", help="record of one snakemake run → RESULTS/runs/*.json and runs.tsv")
+    s.add_argument("results", type=Path)
+    s.add_argument("--status", required=True, choices=["success", "error"])
+    s.add_argument("--snakemake-log", type=Path, default=None, help=".snakemake/log/*.snakemake.log of the run")
+    s.add_argument("--samples", default="", help="comma-separated sample ids of the run")
 
     s = sub.add_parser("restore", help="whole chain for one volume (no Snakemake)")
     s.add_argument("input", type=Path)
@@ -149,19 +163,35 @@ def run(args) -> int:
         pipeline.stage_train(args.normalized, args.fov, args.output, sample=sample, mode=args.mode, scale=args.scale,
                              settings=_settings(args), device=args.device, threads=args.threads)
     elif cmd == "infer":
-        pipeline.stage_infer(args.normalized, args.model, args.output, sample=sample,
-                             settings=_settings(args).infer, device=args.device, threads=args.threads)
+        import dataclasses
+
+        st = _settings(args).infer
+        if args.blocks is not None:
+            st = dataclasses.replace(st, blocks=args.blocks)
+            st.validate()
+        out = pipeline.stage_infer(args.normalized, args.model, args.output, sample=sample, settings=st,
+                                   device=args.device, threads=args.threads, step=args.step, block=args.block)
+        if args.done:
+            args.done.parent.mkdir(parents=True, exist_ok=True)
+            args.done.write_text(json.dumps(out | {"step": args.step, "block": args.block, "blocks": st.blocks},
+                                            default=str) + "\n")
     elif cmd == "qc":
         pipeline.stage_qc(args.normalized, args.restored, args.model, args.fov, args.output, sample=sample,
                           reference=args.reference, settings=_settings(args).qc, threads=args.threads)
     elif cmd == "report":
         cfg = json.loads(args.config) if args.config else None
         pipeline.stage_report(args.normalized, args.restored, args.model, args.fov, args.metrics, args.output,
-                              args.provenance, sample=sample, resolved_config=cfg, benchmarks_dir=args.benchmarks)
+                              args.provenance, sample=sample, resolved_config=cfg, benchmarks_dir=args.benchmarks,
+                              figures_dir=args.figures)
     elif cmd == "summary":
         samples = [s for s in args.samples.split(",") if s]
         modes = json.loads(args.modes) if args.modes else None
         pipeline.stage_summary(args.results, samples, args.output, args.html, modes=modes)
+    elif cmd == "runlog":
+        from .runlog import write_run_record
+
+        print(write_run_record(args.results, status=args.status, snakemake_log=args.snakemake_log,
+                               samples=[s for s in args.samples.split(",") if s]))
     elif cmd == "restore":
         m = pipeline.restore(args.input, args.output, mode=args.mode, scale=args.scale, voxel_size=args.voxel_size,
                              channel=args.channel, training_fov=args.training_fov, settings=_settings(args),

@@ -113,7 +113,7 @@ class SelfEnsemble(nn.Module):
         return out[:, :, 0] if squeeze else out
 
 
-def degradation_reach(degradation: degrade.Degradation, factors: Sequence[int], *, probe: int = 12) -> tuple[int, ...]:
+def degradation_reach(degradation: degrade.Degradation, factors: Sequence[int], *, probe: int = 4) -> tuple[int, ...]:
     """Low-resolution voxels each side that one voxel of ``D(y)`` depends on, per axis.
 
     Measured from the impulse response of the degradation (so it holds for cubic,
@@ -126,10 +126,19 @@ def degradation_reach(degradation: degrade.Degradation, factors: Sequence[int], 
     factors
         Integer factors ``(z, y, x)``.
     probe
-        Low-resolution voxels each side of the impulse that are examined.
+        Low-resolution voxels each side of the impulse examined first; doubled while
+        the response reaches the edge of the probe.
     """
     fs = tuple(int(f) for f in factors)
     d = _noise_free(degradation)
+    while True:
+        reach = _impulse_reach(d, fs, probe)
+        if max(reach) < probe or probe >= 64:
+            return tuple(r + 1 for r in reach)
+        probe *= 2
+
+
+def _impulse_reach(d: degrade.Degradation, fs: tuple, probe: int) -> list[int]:
     n_lo = 2 * probe + 1
     shape = tuple(n_lo * f for f in fs)
     x = np.zeros(shape, np.float32)
@@ -142,7 +151,7 @@ def degradation_reach(degradation: degrade.Degradation, factors: Sequence[int], 
         nz = np.argwhere(y > 1e-6 * max(float(y.max()), 1e-30))
         for ax in range(3):
             reach[ax] = max(reach[ax], int(np.max(np.abs(nz[:, ax] - probe))))
-    return tuple(r + 1 for r in reach)
+    return reach
 
 
 def _noise_free(d: degrade.Degradation) -> degrade.Degradation:

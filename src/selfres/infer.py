@@ -10,10 +10,18 @@ on the volume.
 
 from __future__ import annotations
 
+import collections
 import itertools
+import json
 import logging
 import math
+import os
+import shutil
+import threading
 import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -21,6 +29,7 @@ import torch
 from torch import nn
 
 from . import degrade
+from .errors import SelfresError
 
 log = logging.getLogger("selfres.infer")
 
@@ -79,6 +88,95 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast("cpu", enabled=False)
 
 
+def _is_oom(exc: BaseException) -> bool:
+    """True for an out-of-memory error of the accelerator (CUDA, MPS) or the allocator."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class _Fitter:
+    """Run the network on mirror-padded input blocks, halving the work on out-of-memory.
+
+    A block that does not fit is cut in two along its longest core axis; each half keeps
+    its halo (sliced from the padded block itself), so the result is unchanged. The size
+    that failed is remembered: later blocks that large are split before trying.
+    """
+
+    def __init__(self, model: nn.Module, *, halo, factors, device: torch.device, amp: bool,
+                 min_core: int = 1):
+        self.model = model
+        self.halo = tuple(int(h) for h in halo)
+        self.factors = tuple(int(f) for f in factors)
+        self.device = device
+        self.amp = amp
+        self.min_core = min_core
+        self.limit = math.inf  # input voxels per forward call known to fail (exclusive bound)
+        self.splits = 0
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).to(self.device, non_blocking=True)
+        t = t.contiguous(memory_format=torch.channels_last_3d)
+        with _autocast(self.device, self.amp):
+            y = self.model(t)
+        return y.float().cpu().numpy()[:, 0]
+
+    def _crop(self, out: np.ndarray) -> np.ndarray:
+        return out[(slice(None),) + tuple(
+            slice(h * f, out.shape[ax + 1] - h * f)
+            for ax, (h, f) in enumerate(zip(self.halo, self.factors)))]
+
+    def batch(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
+        """Outputs (halo cropped) of equally shaped padded blocks."""
+        if len(blocks) > 1 and len(blocks) * blocks[0].size < self.limit:
+            try:
+                return list(self._crop(self._forward(np.stack(blocks)[:, None])))
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled
+                if not _is_oom(exc):
+                    raise
+                self._oom(len(blocks) * blocks[0].size)
+        return [self.single(b) for b in blocks]
+
+    def single(self, block: np.ndarray) -> np.ndarray:
+        """Output (halo cropped) of one padded block, split as needed to fit."""
+        if block.size < self.limit:
+            try:
+                return self._crop(self._forward(block[None, None]))[0]
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled
+                if not _is_oom(exc):
+                    raise
+                self._oom(block.size)
+        core = [n - 2 * h for n, h in zip(block.shape, self.halo)]
+        ax = int(np.argmax(core))
+        if core[ax] < 2 * self.min_core:
+            raise MemoryError(
+                f"a tile of {core} input voxels does not fit in {self.device} memory even after "
+                "halving; use a smaller infer.tile_size or a device with more memory")
+        self.splits += 1
+        mid = core[ax] // 2
+        h = self.halo[ax]
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[ax] = slice(0, mid + 2 * h)
+        hi[ax] = slice(mid, None)
+        return np.concatenate([self.single(block[tuple(lo)]), self.single(block[tuple(hi)])], axis=ax)
+
+    def _oom(self, size: int) -> None:
+        self.limit = min(self.limit, size)
+        log.warning("out of memory on %s with %d input voxels per pass; halving the work and retrying",
+                    self.device, size)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _halo_box(t, halo):
+    return [a - h for (a, _), h in zip(t, halo)], [b + h for (_, b), h in zip(t, halo)]
+
+
+def _read_group(source, group, halo):
+    return [read_padded(source, *_halo_box(t, halo)) for _, t in group]
+
+
 def run_tiles(
     model: nn.Module,
     source,
@@ -89,41 +187,87 @@ def run_tiles(
     amp: bool = True,
     batch_size: int = 1,
     skip: Callable[[int], bool] | None = None,
+    tiles: Sequence[int] | None = None,
+    prefetch: int = 2,
+    fitter_out: list | None = None,
 ) -> Iterator[tuple[int, tuple[tuple[int, int], ...], np.ndarray]]:
     """Yield ``(index, core_tile, output_block)`` for every tile of ``source``.
 
-    ``output_block`` covers ``core_tile`` scaled by ``factors`` exactly. Tiles for which
-    ``skip(index)`` is true are not computed (used when resuming).
+    Parameters
+    ----------
+    model
+        Network with a ``halo`` attribute (input voxels needed on each side per axis).
+    source
+        ZYX array with basic slicing (numpy, zarr, dask).
+    factors
+        Output/input size ratio per axis.
+    tile_size
+        Core tile ``(z, y, x)`` in input voxels; the grid is :func:`tile_grid`.
+    device, amp
+        Where to run; mixed precision on CUDA.
+    batch_size
+        Tiles of equal shape per forward pass.
+    skip
+        Tiles for which ``skip(index)`` is true are not computed (used when resuming).
+    tiles
+        Only these tile indices (a block of a scattered run); default all.
+    prefetch
+        Groups of tiles read ahead by a reader thread while the network runs (0: none).
+    fitter_out
+        If given, the internal out-of-memory fitter is appended (for tests and logs).
+
+    Yields
+    ------
+    tuple
+        ``output_block`` covers ``core_tile`` scaled by ``factors`` exactly. On an
+        out-of-memory error a batch is run tile by tile and a tile is halved until it
+        fits; the output is the same.
     """
     device = torch.device(device)
     halo = tuple(int(h) for h in getattr(model, "halo", (0, 0, 0)))
-    tiles = tile_grid(source.shape, tile_size)
-    todo = [(i, t) for i, t in enumerate(tiles) if not (skip and skip(i))]
+    grid = tile_grid(source.shape, tile_size)
+    wanted = range(len(grid)) if tiles is None else tiles
+    todo = [(i, grid[i]) for i in wanted if not (skip and skip(i))]
     # batch tiles of equal shape together
     groups: dict[tuple[int, ...], list] = {}
     for i, t in todo:
         groups.setdefault(tuple(b - a for a, b in t), []).append((i, t))
     ordered = []
+    step = max(1, int(batch_size))
     for items in groups.values():
-        for k in range(0, len(items), max(1, batch_size)):
-            ordered.append(items[k : k + batch_size])
+        for k in range(0, len(items), step):
+            ordered.append(items[k : k + step])
     ordered.sort(key=lambda g: g[0][0])
-    with torch.inference_mode():
-        for group in ordered:
-            blocks = [
-                read_padded(source, [a - h for (a, _), h in zip(t, halo)], [b + h for (_, b), h in zip(t, halo)])
-                for _, t in group
-            ]
-            x = torch.from_numpy(np.stack(blocks)[:, None]).to(device)
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-            with _autocast(device, amp):
-                y = model(x)
-            y = y.float().cpu().numpy()[:, 0]
-            for (i, t), out in zip(group, y):
-                crop = tuple(
-                    slice(h * f, out.shape[ax] - h * f) for ax, (h, f) in enumerate(zip(halo, factors))
-                )
-                yield i, t, out[crop]
+    fitter = _Fitter(model, halo=halo, factors=factors, device=device, amp=amp)
+    if fitter_out is not None:
+        fitter_out.append(fitter)
+    if not ordered:
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfres-read") if prefetch > 0 else None
+    try:
+        pending: collections.deque = collections.deque()
+        nxt = 0
+
+        def submit():
+            nonlocal nxt
+            g = ordered[nxt]
+            nxt += 1
+            pending.append((g, pool.submit(_read_group, source, g, halo) if pool else None))
+
+        for _ in range(max(1, prefetch)):
+            if nxt < len(ordered):
+                submit()
+        with torch.inference_mode():
+            while pending:
+                group, fut = pending.popleft()
+                blocks = fut.result() if fut is not None else _read_group(source, group, halo)
+                if nxt < len(ordered):
+                    submit()
+                for (i, t), out in zip(group, fitter.batch(blocks)):
+                    yield i, t, out
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def predict_array(
@@ -193,8 +337,16 @@ def restore_to_store(
     batch_size: int = 1,
     done_tiles: set[int] | None = None,
     on_tile_done: Callable[[int], None] | None = None,
+    on_tile_written: Callable[[int, np.ndarray], None] | None = None,
+    tiles: Sequence[int] | None = None,
+    prefetch: int = 2,
+    writers: int = 1,
 ) -> dict:
     """Stream ``source`` (LR, normalised) through ``model`` into the array ``dest``.
+
+    A reader thread fetches the next tiles and a writer thread transforms and writes
+    finished ones while the network runs, so I/O overlaps compute; at most ``prefetch``
+    groups and ``2 * writers`` output blocks wait in memory.
 
     Parameters
     ----------
@@ -206,37 +358,360 @@ def restore_to_store(
     done_tiles, on_tile_done
         Resume support: tiles in ``done_tiles`` are skipped; ``on_tile_done(i)`` is called
         after tile ``i`` is fully written.
+    on_tile_written
+        Like ``on_tile_done`` but also given the block as written (for checksums).
+    tiles
+        Only these tile indices of the grid (one block of a scattered run).
+    prefetch, writers
+        Read-ahead depth and writer threads (0 writers: write in the calling thread).
 
     Returns
     -------
     dict
-        ``{"tiles": n, "computed": m, "seconds": s, "mvoxel_per_s": r}``.
+        ``{"tiles": n, "computed": m, "seconds": s, "mvoxel_per_s": r, "oom_splits": k}``.
     """
     done_tiles = done_tiles or set()
-    n_tiles = len(tile_grid(source.shape, tile_size))
-    progress = Progress(n_tiles - len(done_tiles), what="inference tiles")
+    n_grid = len(tile_grid(source.shape, tile_size))
+    wanted = list(range(n_grid)) if tiles is None else list(tiles)
+    n_todo = sum(1 for i in wanted if i not in done_tiles)
+    progress = Progress(n_todo, what="inference tiles")
     t0 = time.monotonic()
     computed = 0
     voxels = 0
-    for i, t, block in run_tiles(
-        model, source, factors=factors, tile_size=tile_size, device=device, amp=amp,
-        batch_size=batch_size, skip=lambda k: k in done_tiles,
-    ):
+    lock = threading.Lock()
+
+    def write(i, t, block):
         if transform is not None:
             block = transform(block)
         dest[tuple(slice(a * f, b * f) for (a, b), f in zip(t, factors))] = block
-        computed += 1
-        voxels += block.size
+        if on_tile_written:
+            on_tile_written(i, block)
         if on_tile_done:
             on_tile_done(i)
-        progress.update()
+        with lock:
+            progress.update()
+
+    fitters: list = []
+    pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="selfres-write") if writers > 0 else None
+    pending: collections.deque = collections.deque()
+    try:
+        for i, t, block in run_tiles(
+            model, source, factors=factors, tile_size=tile_size, device=device, amp=amp,
+            batch_size=batch_size, skip=lambda k: k in done_tiles, tiles=wanted, prefetch=prefetch,
+            fitter_out=fitters,
+        ):
+            computed += 1
+            voxels += block.size
+            if pool is None:
+                write(i, t, block)
+                continue
+            pending.append(pool.submit(write, i, t, block))
+            while len(pending) > 2 * writers:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     secs = time.monotonic() - t0
     return {
-        "tiles": n_tiles,
+        "tiles": len(wanted),
         "computed": computed,
         "seconds": secs,
         "mvoxel_per_s": voxels / 1e6 / secs if secs > 0 else float("nan"),
+        "oom_splits": fitters[0].splits if fitters else 0,
     }
+
+
+def block_tiles(n_tiles: int, *, block: int, blocks: int) -> range:
+    """Tile indices of block ``block`` (0-based) of ``blocks``: contiguous, sizes differ by ≤ 1."""
+    from .errors import ConfigError
+
+    if not (isinstance(blocks, int) and blocks >= 1):
+        raise ConfigError(f"infer.blocks must be an integer >= 1, got {blocks!r}")
+    if not (isinstance(block, int) and 0 <= block < blocks):
+        raise ConfigError(f"block must be an integer in 0..{blocks - 1} (infer.blocks {blocks}), got {block!r}")
+    return range(block * n_tiles // blocks, (block + 1) * n_tiles // blocks)
+
+
+def _crc(block: np.ndarray) -> str:
+    return format(zlib.crc32(memoryview(np.ascontiguousarray(block)).cast("B")), "08x")
+
+
+class PartialStore:
+    """A resumable output store: a deterministic partial path beside the final one.
+
+    ``.{name}.partial`` (next to ``final``) holds the OME-Zarr being written and, in
+    ``_selfres_progress/``, the job's fingerprint (``job.json``) and completion records
+    (``done-*.jsonl``: one JSON line per tile, written after the tile is fully stored,
+    with the CRC-32 of its bytes). A restart reuses the store only when the fingerprint
+    matches (same model checksum, settings, input) and only the tiles whose record is
+    present and whose stored bytes still match the CRC; anything else is recomputed. The
+    final store appears by an atomic rename (:meth:`commit`).
+
+    Parameters
+    ----------
+    final
+        The output store path (e.g. ``restored.ome.zarr``).
+    """
+
+    META = "_selfres_progress"
+
+    def __init__(self, final: str | os.PathLike):
+        self.final = Path(final)
+        self.path = self.final.with_name(f".{self.final.name}.partial")
+        self.meta = self.path / self.META
+
+    def prepare(self, *, fingerprint: dict, create: Callable[[Path], object]) -> bool:
+        """Create the partial store with ``create(path)``, or keep one with this fingerprint.
+
+        Returns
+        -------
+        bool
+            True when an existing partial store was kept (a resume).
+        """
+        if self.fingerprint() == _json_roundtrip(fingerprint) and (self.path / "0").is_dir():
+            return True
+        if self.path.exists():
+            log.info("discarding %s: written with other settings, model or input", self.path)
+            shutil.rmtree(self.path)
+        create(self.path)
+        self.meta.mkdir(parents=True, exist_ok=True)
+        tmp = self.meta / "job.json.tmp"
+        tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+        os.replace(tmp, self.meta / "job.json")
+        return False
+
+    def fingerprint(self) -> dict | None:
+        """The recorded fingerprint, or None when there is no usable partial store."""
+        try:
+            return json.loads((self.meta / "job.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def check(self, fingerprint: dict) -> None:
+        """Raise :class:`~selfres.errors.SelfresError` unless the store exists with ``fingerprint``."""
+        found = self.fingerprint()
+        if found is None:
+            raise SelfresError(f"{self.path}: no prepared inference store; run 'selfres infer --prepare' first")
+        if found != _json_roundtrip(fingerprint):
+            diff = sorted(k for k in set(found) | set(fingerprint)
+                          if found.get(k) != _json_roundtrip(fingerprint).get(k))
+            raise SelfresError(f"{self.path}: prepared for other settings, model or input "
+                               f"(differs in {', '.join(diff)}); run 'selfres infer --prepare' again")
+
+    def records(self) -> dict[int, str]:
+        """Recorded tiles ``{index: crc}`` from every record file (torn lines ignored)."""
+        out: dict[int, str] = {}
+        for f in sorted(self.meta.glob("done-*.jsonl")):
+            for line in f.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    out[int(rec["tile"])] = str(rec["crc"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return out
+
+    def verified(self, dest, *, factors: Sequence[int], tile_size: Sequence[int],
+                 tiles: Sequence[int] | None = None) -> set[int]:
+        """Recorded tiles (among ``tiles``) whose stored bytes match their record."""
+        grid = tile_grid(tuple(n // f for n, f in zip(dest.shape, factors)), tile_size)
+        want = set(range(len(grid)) if tiles is None else tiles)
+        good = set()
+        for i, crc in self.records().items():
+            if i not in want or i >= len(grid):
+                continue
+            region = tuple(slice(a * f, b * f) for (a, b), f in zip(grid[i], factors))
+            if _crc(np.asarray(dest[region])) == crc:
+                good.add(i)
+            else:
+                log.warning("tile %d of %s does not match its record; it is recomputed", i, self.path)
+        return good
+
+    def recorder(self, name: str) -> Callable[[int, np.ndarray], None]:
+        """``on_tile_written`` hook appending to ``done-{name}.jsonl`` (one writer per name)."""
+        self.meta.mkdir(parents=True, exist_ok=True)
+        path = self.meta / f"done-{name}.jsonl"
+        lock = threading.Lock()
+
+        def record(i: int, block: np.ndarray) -> None:
+            line = json.dumps({"tile": int(i), "crc": _crc(block)}) + "\n"
+            with lock, open(path, "a") as fh:
+                fh.write(line)
+                fh.flush()
+
+        return record
+
+    def missing(self, n_tiles: int) -> list[int]:
+        """Tile indices of the grid with no completion record."""
+        rec = self.records()
+        return [i for i in range(n_tiles) if i not in rec]
+
+    def commit(self) -> None:
+        """Drop the records and move the store into place atomically (replacing ``final``)."""
+        shutil.rmtree(self.meta, ignore_errors=True)
+        old = None
+        if self.final.exists() or self.final.is_symlink():
+            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            os.replace(self.final, old)
+        try:
+            os.replace(self.path, self.final)
+        except BaseException:
+            if old is not None:
+                os.replace(old, self.final)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def store_layout(shape_in: Sequence[int], *, factors: Sequence[int], tile_size: Sequence[int],
+                 chunks: Sequence[int] | None = None, shards: Sequence[int] | None = None):
+    """Output shape, chunks and shards for tiled writing, checked so tiles own whole write units.
+
+    A tile writes the output region ``tile × factors``; the unit of storage written at
+    once (the shard if any, else the chunk) must divide it along every axis that has
+    more than one tile, so that a tile never shares a file with another tile (block
+    jobs write concurrently; a resumed run trusts a tile's files only as a whole).
+
+    Returns
+    -------
+    tuple
+        ``(out_shape, chunks, shards)``.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``infer.chunks`` / ``infer.shards`` / ``infer.tile_size``.
+    """
+    from .errors import ConfigError
+
+    shape = out_shape(shape_in, factors)
+    tile_out = [min(int(t), int(n)) * int(f) for t, n, f in zip(tile_size, shape_in, factors)]
+    ch = [min(int(c), n) for c, n in zip(chunks or tile_out, shape)]
+    sh = None if shards is None else [min(int(s), -(-n // c) * c) for s, n, c in zip(shards, shape, ch)]
+    unit = sh or ch
+    bad = [ax for ax, (u, t, n) in enumerate(zip(unit, tile_out, shape)) if t < n and t % u]
+    if bad:
+        what = "infer.shards" if sh else "infer.chunks"
+        raise ConfigError(
+            f"{what} {tuple(unit)} must divide infer.tile_size x scale {tuple(tile_out)} along "
+            f"{', '.join('zyx'[a] for a in bad)} so that tiles write whole {'shards' if sh else 'chunks'}; "
+            "choose a divisor or change infer.tile_size")
+    return shape, tuple(ch), (tuple(sh) if sh else None)
+
+
+def infer_to_store(
+    model: nn.Module,
+    source,
+    final: str | os.PathLike,
+    *,
+    step: str = "all",
+    block: int = 0,
+    blocks: int = 1,
+    factors: Sequence[int],
+    tile_size: Sequence[int],
+    dtype,
+    voxel_size,
+    fingerprint: dict,
+    chunks: Sequence[int] | None = None,
+    shards: Sequence[int] | None = None,
+    ngff_version: str = "0.4",
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    attrs: dict | None = None,
+    contrast_limits: Sequence[float] | None = None,
+    device: torch.device | str = "cpu",
+    amp: bool = True,
+    batch_size: int = 1,
+) -> dict:
+    """Resumable, scatterable whole-FOV inference into the OME-Zarr store ``final``.
+
+    Parameters
+    ----------
+    step
+        ``"all"`` (prepare, every tile, gather), ``"prepare"`` (create the partial store,
+        or keep a matching one), ``"block"`` (the tiles of block ``block`` of ``blocks``
+        into the prepared store) or ``"gather"`` (verify every tile, build the pyramid
+        and metadata, move the store into place).
+    fingerprint
+        JSON-able identity of the job (model checksum, settings, input): a partial store
+        is reused only when it matches.
+    attrs, contrast_limits
+        Metadata written at gather (``attrs`` gains ``infer_seconds``, ``tiles``,
+        ``mvoxel_per_s``).
+    Other parameters
+        As for :func:`restore_to_store` and :func:`store_layout`.
+
+    Returns
+    -------
+    dict
+        ``seconds`` (network time of this call; at gather, the sum over blocks),
+        ``tiles``, ``computed``, ``mvoxel_per_s``, ``resumed`` (tiles reused).
+    """
+    from . import io
+
+    if step not in ("all", "prepare", "block", "gather"):
+        raise ValueError(f"step must be one of all, prepare, block, gather; got {step!r}")
+    shape, ch, sh = store_layout(source.shape, factors=factors, tile_size=tile_size, chunks=chunks, shards=shards)
+    fp = dict(fingerprint) | {"out_shape": list(shape), "chunks": list(ch), "shards": sh and list(sh),
+                              "tile_size": [int(t) for t in tile_size], "dtype": str(np.dtype(dtype)),
+                              "ngff_version": ngff_version}
+    store = PartialStore(final)
+    n_tiles = len(tile_grid(source.shape, tile_size))
+    out: dict = {"tiles": n_tiles, "computed": 0, "seconds": 0.0, "mvoxel_per_s": float("nan"), "resumed": 0}
+    if step in ("all", "prepare"):
+        kept = store.prepare(fingerprint=fp, create=lambda p: io.create_ome_zarr(
+            p, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=ch, shards=sh, ngff_version=ngff_version))
+        log.info("%s %s", "resuming" if kept else "created", store.path)
+    if step in ("all", "block"):
+        store.check(fp)
+        dest = _open_level0(store.path, ngff_version)
+        tiles = range(n_tiles) if step == "all" else block_tiles(n_tiles, block=block, blocks=blocks)
+        done = store.verified(dest, factors=factors, tile_size=tile_size, tiles=tiles)
+        if done:
+            log.info("%d of %d tiles already written and verified; computing the rest", len(done), len(tiles))
+        name = "all" if step == "all" else f"b{block}"
+        stats = restore_to_store(model, source, dest, factors=factors, tile_size=tile_size, transform=transform,
+                                 device=device, amp=amp, batch_size=batch_size, done_tiles=done, tiles=tiles,
+                                 on_tile_written=store.recorder(name))
+        stats["resumed"] = len(done)
+        (store.meta / f"stats-{name}.json").write_text(json.dumps(stats))
+        out.update(stats)
+    if step in ("all", "gather"):
+        store.check(fp)
+        dest = _open_level0(store.path, ngff_version)
+        good = store.verified(dest, factors=factors, tile_size=tile_size)
+        missing = sorted(set(range(n_tiles)) - good)
+        if missing:
+            owners = sorted({next(b for b in range(blocks) if i in block_tiles(n_tiles, block=b, blocks=blocks))
+                             for i in missing})
+            raise SelfresError(
+                f"{store.path}: {len(missing)} of {n_tiles} tiles are not written (or damaged); rerun "
+                f"block(s) {', '.join(map(str, owners))} of {blocks}")
+        secs = 0.0
+        vox = 0.0
+        for f in store.meta.glob("stats-*.json"):
+            st = json.loads(f.read_text())
+            secs += float(st.get("seconds", 0.0))
+            vox += float(st.get("mvoxel_per_s", 0.0) or 0.0) * float(st.get("seconds", 0.0))
+        rate = vox / secs if secs > 0 else float("nan")
+        io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version,
+                             contrast_limits=contrast_limits, name=Path(final).name.split(".")[0],
+                             attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
+                                                        "mvoxel_per_s": rate, "blocks": blocks})
+        store.commit()
+        if step == "gather":
+            out.update(seconds=secs, mvoxel_per_s=rate)
+    return out
+
+
+def _open_level0(path: Path, ngff_version: str):
+    import zarr
+
+    return zarr.open_array(str(Path(path) / "0"), mode="r+", zarr_format=2 if ngff_version == "0.4" else 3)
+
+
+def _json_roundtrip(obj):
+    return json.loads(json.dumps(obj, sort_keys=True))
 
 
 def out_shape(shape: Sequence[int], factors: Sequence[int]) -> tuple[int, ...]:
@@ -252,5 +727,6 @@ def default_device(preference: str = "auto") -> torch.device:
 
 __all__ = [
     "CubicUpsampler", "read_padded", "tile_grid", "prepare_model", "run_tiles", "predict_array",
-    "predict_single_pass", "restore_to_store", "Progress", "out_shape", "default_device"
+    "predict_single_pass", "restore_to_store", "Progress", "out_shape", "default_device",
+    "block_tiles", "PartialStore", "store_layout", "infer_to_store",
 ]

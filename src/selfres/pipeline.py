@@ -160,10 +160,11 @@ def stage_normalise(
     sample: str,
     channel: int | None = None,
     voxel_size: Sequence[float] | None = None,
-    settings: NormaliseSettings = NormaliseSettings(),
+    settings: NormaliseSettings | None = None,
     ngff_version: str = "0.4",
 ) -> dict:
     """Read the acquisition, normalise it robustly and write ``normalized.ome.zarr``."""
+    settings = settings or NormaliseSettings()
     try:
         vol = io.read_volume(input_path, channel=channel, lazy=False)
     except InputError as exc:
@@ -214,9 +215,10 @@ def stage_crop(
     mode: str = "enhance",
     scale: Sequence[int] | None = None,
     training_fov: str | None = None,
-    settings: FovSettings = FovSettings(),
+    settings: FovSettings | None = None,
 ) -> TrainingFov:
     """Choose the training FOV and held-out region; write ``train_fov.json``."""
+    settings = settings or FovSettings()
     check_mode(mode, sample=sample)
     vol, _ = read_normalized(normalized)
     factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
@@ -262,11 +264,12 @@ def stage_train(
     sample: str,
     mode: str = "enhance",
     scale: Sequence[int] | None = None,
-    settings: Settings = Settings(),
+    settings: Settings | None = None,
     device: str = "auto",
     threads: int | None = None,
 ) -> dict:
     """Train the sample's model; write ``model/`` (weights, model.json, training_log.tsv)."""
+    settings = settings or Settings()
     check_mode(mode, sample=sample)
     set_threads(threads)
     from . import models
@@ -308,7 +311,14 @@ def stage_train(
     tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
-    models.save_model(tmp, result.model, result.spec, metadata=meta)
+    if result.stages:  # serial ×4: stage 1 in model/, stage 2 in model/stage2/
+        first, second = result.stages
+        meta["serial"] = {"stage2": "stage2", "factors": [list(first.spec.factors), list(second.spec.factors)],
+                          "stage_gains": [r.val_psnr_model - r.val_psnr_interp for r in result.stages]}
+        models.save_model(tmp, first.model, first.spec, metadata=meta)
+        models.save_model(tmp / "stage2", second.model, second.spec, metadata={"serial_stage": 2})
+    else:
+        models.save_model(tmp, result.model, result.spec, metadata=meta)
     import pandas as pd
 
     cols = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
@@ -334,7 +344,13 @@ def load_trained(model_dir: str | Path):
         what = exc.what.split("; delete")[0]
         raise InputError(exc.path, f"{what}; delete the model folder {model_dir} and rerun to retrain it",
                          sample=exc.sample) from None
-    return model, spec, info.get("metadata", {})
+    meta = info.get("metadata", {})
+    if meta.get("serial"):  # serial ×4: compose the two ×2 stages
+        from .ensemble import Serial
+
+        second, _, _ = models.load_model(Path(model_dir) / meta["serial"]["stage2"])
+        model = Serial(model, second).eval()
+    return model, spec, meta
 
 
 def output_dtype(settings: InferSettings, source_dtype: str):
@@ -347,19 +363,32 @@ def stage_infer(
     output: str | Path,
     *,
     sample: str,
-    settings: InferSettings = InferSettings(),
+    settings: InferSettings | None = None,
     device: str = "auto",
     threads: int | None = None,
+    step: str = "all",
+    block: int = 0,
 ) -> dict:
-    """Restore the whole FOV into ``restored.ome.zarr`` (raw intensity units)."""
+    """Restore the whole FOV into ``restored.ome.zarr`` (raw intensity units).
+
+    ``step`` splits the work for scattered runs (see :func:`selfres.infer.infer_to_store`):
+    ``"prepare"`` creates (or keeps, when it matches) the partial store next to
+    ``output``; ``"block"`` writes block ``block`` of ``settings.blocks``; ``"gather"``
+    verifies every tile, builds the pyramid and moves the store into place. ``"all"``
+    does the three in one process. A killed run resumes from the tiles it recorded.
+    """
+    settings = settings or InferSettings()
     set_threads(threads)
-    from .infer import CubicUpsampler, default_device, prepare_model, restore_to_store
+    from .infer import CubicUpsampler, default_device, infer_to_store, prepare_model
 
     dev = default_device(device)
     model, spec, meta = load_trained(model_dir)
     if meta.get("mode") == "isotropic":
         from . import isotropic
 
+        if step != "all":
+            raise ConfigError(f"sample {sample}: infer.blocks > 1 (step {step!r}) is not available in isotropic "
+                              "mode yet; use infer.blocks 1")
         return isotropic.stage_infer(normalized, model, spec, meta, output, sample=sample, settings=settings, device=dev)
     vol, params = read_normalized(normalized, lazy=True)
     factors = tuple(meta["factors"])
@@ -371,39 +400,44 @@ def stage_infer(
     vs_out = tuple(v / f for v, f in zip(vs_in, factors))
     source = io.open_ome_zarr_array(normalized)
 
+    # identity of the job: a partial store is resumed only when all of this matches
+    fingerprint = {"model": io.file_checksum(Path(model_dir) / "model.json"),
+                   "input": {k: vol.attrs.get(k) for k in ("normalisation", "source_checksum")}
+                   | {"shape": list(source.shape)},
+                   "settings": {k: v for k, v in to_dict(settings).items() if k not in ("blocks", "batch_size")}}
+
     def write_one(net, path, kind):
         net = prepare_model(net, dev)
-        shape = tuple(n * f for n, f in zip(source.shape, factors))
-        chunks = tuple(min(t * f, n) for t, f, n in zip(settings.tile_size, factors, shape))
-        t0 = time.monotonic()
-        with io.atomic_output(path) as tmp:
-            dest = io.create_ome_zarr(tmp, shape=shape, dtype=dtype, voxel_size=vs_out, chunks=chunks,
-                                      ngff_version=settings.ngff_version)
-            stats = restore_to_store(
-                net, source, dest, factors=factors, tile_size=settings.tile_size,
-                transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype),
-                device=dev, amp=settings.amp, batch_size=settings.batch_size,
-            )
-            infer_seconds = time.monotonic() - t0
-            io.finalize_ome_zarr(
-                tmp, voxel_size=vs_out, ngff_version=settings.ngff_version,
-                contrast_limits=(params.low, params.high),
-                attrs={"sample": sample, "content": kind, "factors": list(factors), "infer_seconds": infer_seconds,
-                       "normalisation": params.to_dict(), "tiles": stats["tiles"],
-                       "mvoxel_per_s": stats["mvoxel_per_s"]},
-            )
-        log.info("%s written to %s: %s voxels in %.1f s (%.2f Mvoxel/s)", kind, path, shape, infer_seconds,
-                 stats["mvoxel_per_s"])
-        return infer_seconds
+        stats = infer_to_store(
+            net, source, path, step=step, block=block, blocks=settings.blocks, factors=factors,
+            tile_size=settings.tile_size, dtype=dtype, voxel_size=vs_out, fingerprint=fingerprint | {"kind": kind},
+            chunks=settings.chunks, shards=settings.shards, ngff_version=settings.ngff_version,
+            transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype),
+            attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict()},
+            contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
+        )
+        log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%.2f Mvoxel/s)", kind, step, path,
+                 stats["computed"], stats["tiles"], stats["seconds"], stats["mvoxel_per_s"])
+        return stats["seconds"]
 
+    model_out = model
+    if settings.ensemble or settings.back_projection_iterations:
+        from .ensemble import wrap_for_inference
+        from .settings import DegradationSettings, from_dict
+        from .train import make_degradation
+
+        deg = make_degradation(from_dict(DegradationSettings, meta["settings"]["degradation"]),
+                               voxel_size=meta.get("voxel_size_in"))
+        model_out = wrap_for_inference(model, ensemble=settings.ensemble, degradation=deg,
+                                       back_projection_iterations=settings.back_projection_iterations)
     if use_interp:
         log.warning("sample %s: the model did not beat tricubic on the held-out region; restored.ome.zarr holds "
                     "tricubic interpolation, the model output is kept in restored_model.ome.zarr", sample)
         model_path = Path(output).with_name("restored_model.ome.zarr")
-        secs = write_one(model, model_path, "model")
+        secs = write_one(model_out, model_path, "model")
         secs += write_one(CubicUpsampler(factors), output, "interpolation")
     else:
-        secs = write_one(model, output, "model")
+        secs = write_one(model_out, output, "model")
     return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model"}
 
 
@@ -436,10 +470,11 @@ def stage_qc(
     *,
     sample: str,
     reference: str | Path | None = None,
-    settings: QcSettings = QcSettings(),
+    settings: QcSettings | None = None,
     threads: int | None = None,
 ) -> dict:
     """Compute ``qc/metrics.json`` (contract keys) and side tables (beads, spectra)."""
+    settings = settings or QcSettings()
     set_threads(threads)
     from . import metrics
 
@@ -577,20 +612,31 @@ def stage_report(
     sample: str,
     resolved_config: dict | None = None,
     benchmarks_dir: str | Path | None = None,
+    figures_dir: str | Path | None = None,
 ) -> None:
-    """Render ``report.html`` and write ``provenance.json``."""
+    """Render ``report.html`` and write ``provenance.json`` (and figure PNGs to ``figures_dir``).
+
+    Volumes are read lazily: the figures read centre planes, slab-wise projections and
+    small crops; the interpolation is computed only where a figure reads it.
+    """
     import pandas as pd
 
-    from . import report
+    from . import degrade, report
 
-    vol, params = read_normalized(normalized)
-    out = io.read_ome_zarr(restored)
+    vol, params = read_normalized(normalized, lazy=True)
+    out = io.read_ome_zarr(restored, lazy=True)
     _, _, meta = load_trained(model_dir)
     metrics_d = json.loads(Path(metrics_json).read_text())
     fov = json.loads(Path(fov_json).read_text())
-    raw = normalise.undo(np.asarray(vol.data), params)
-    interp = normalise.undo(interpolation_of(np.asarray(vol.data), meta, metrics_d["mode"]), params)
-    restored_arr = np.asarray(out.data, dtype=np.float32)
+    # raw units: normalise.undo is x * span + low, applied where read
+    raw = report.VolumeView(vol.data, scale=params.span, offset=params.low)
+    shape_in = tuple(vol.data.shape)[-3:] if vol.data.ndim >= 3 else (1, *vol.data.shape)
+    factors = ((float(meta["factor"]), 1.0, 1.0) if metrics_d["mode"] == "isotropic"
+               else tuple(float(f) for f in meta["factors"]))
+    mats = [None if f == 1 else degrade.resize_matrix(n, int(round(n * f)), scale=f, antialias=False)
+            for n, f in zip(shape_in, factors)]  # = interpolation_of, computed where read
+    interp = report.VolumeView(vol.data, matrices=mats, scale=params.span, offset=params.low)
+    restored_arr = out.data
     log_path = Path(model_dir) / "training_log.tsv"
     training_log = pd.read_csv(log_path, sep="\t") if log_path.exists() else None
     qc_dir = Path(metrics_json).parent
@@ -622,12 +668,20 @@ def stage_report(
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    vs_in = metrics_d.get("voxel_size_in") or (1, 1, 1)
+    vs_out = metrics_d.get("voxel_size_out") or (1, 1, 1)
+    figures = report.sample_figures(
+        raw=raw, interp=interp, restored=restored_arr, voxel_size_in=vs_in, voxel_size_out=vs_out,
+        training_log=training_log, best_step=metrics_d.get("best_step"), bead_table=beads,
+        spectra=spectra, spectra_log10=True, train_fov=fov)
     html = report.render_sample_report(
         sample=sample, metrics=metrics_d, raw=raw, interp=interp, restored=restored_arr,
-        voxel_size_in=metrics_d.get("voxel_size_in") or (1, 1, 1),
-        voxel_size_out=metrics_d.get("voxel_size_out") or (1, 1, 1),
+        voxel_size_in=vs_in, voxel_size_out=vs_out,
         training_log=training_log, provenance=prov, bead_table=beads, spectra=spectra, train_fov=fov,
+        figures=figures,
     )
+    if figures_dir is not None:
+        report.write_report_figures(figures_dir, figures=figures, names=report.REPORT_FIGURES)
     Path(report_html).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(report_html).with_name(f".{Path(report_html).name}.tmp-{os.getpid()}")
     tmp.write_text(html, encoding="utf-8")
@@ -701,7 +755,7 @@ def restore(
     voxel_size: Sequence[float] | None = None,
     channel: int | None = None,
     training_fov: str | None = None,
-    settings: Settings = Settings(),
+    settings: Settings | None = None,
     device: str = "auto",
     threads: int | None = None,
     keep: str | Path | None = None,
@@ -711,6 +765,7 @@ def restore(
 
     Intermediate files go to ``keep`` (kept) or a temporary folder (removed).
     """
+    settings = settings or Settings()
     sample = sample or Path(str(input_path).rstrip("/")).name.split(".")[0]
     check_mode(mode, sample=sample)
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="selfres-"))

@@ -29,12 +29,14 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.patches  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
+    "VolumeView",
     "FLAG_EXPLANATIONS",
     "GENERIC_FLAG_HINT",
     "explain_flag",
@@ -44,12 +46,15 @@ __all__ = [
     "figure_detail",
     "figure_training_curves",
     "figure_spectra",
+    "figure_beads",
+    "sample_figures",
     "fov_bbox",
     "render_sample_report",
     "SUMMARY_COLUMNS",
     "summary_table",
     "render_summary",
     "write_report_figures",
+    "REPORT_FIGURES",
 ]
 
 #: Flag → (what it means in plain words, what to do about it).
@@ -116,6 +121,10 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "field of view, and consider more training steps.",
     ),
 }
+
+#: Figures written as files for Snakemake's report (always present; placeholders when a
+#: sample has no such figure).
+REPORT_FIGURES = ("orthoviews", "projections", "detail", "training_curves")
 
 #: Hint shown for flags that :data:`FLAG_EXPLANATIONS` does not know.
 GENERIC_FLAG_HINT = (
@@ -221,6 +230,115 @@ def _vol3(vol: Any) -> Any:
     return vol
 
 
+class VolumeView:
+    """Read-only ZYX view of a volume, resampled and rescaled only where read.
+
+    ``view[key]`` reads from ``source`` just the input region that the requested
+    output region depends on, applies the per-axis resampling matrices (separable,
+    so ``out = Mz · My · Mx · source``) and the affine intensity map
+    ``value * scale + offset``. A report can thus show the tricubic interpolation of a
+    large sample on the output grid, or a normalised store in raw units, without
+    computing or holding the whole volume.
+
+    Parameters
+    ----------
+    source
+        ZYX array-like supporting basic slicing (numpy, zarr, dask).
+    matrices
+        One ``(n_out, n_in)`` matrix per axis, or ``None`` for an axis kept as is.
+    scale, offset
+        Intensity map applied after resampling (exact for matrices whose rows sum
+        to 1 as well as before).
+
+    Notes
+    -----
+    Keys are tuples of up to three ints and slices (any step); no fancy indexing.
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.float32)
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        matrices: Sequence[np.ndarray | None] = (None, None, None),
+        scale: float = 1.0,
+        offset: float = 0.0,
+    ) -> None:
+        src_shape = _as_zyx(source.shape)
+        if len(matrices) != 3:
+            raise ValueError(f"matrices needs one entry per axis (z, y, x); got {len(matrices)}")
+        mats = []
+        for axis, m in enumerate(matrices):
+            if m is not None:
+                m = np.asarray(m, dtype=np.float64)
+                if m.ndim != 2 or m.shape[1] != src_shape[axis]:
+                    raise ValueError(
+                        f"matrix of axis {'zyx'[axis]} has shape {m.shape}; expected "
+                        f"(n_out, {src_shape[axis]}) for a source of shape {src_shape}")
+            mats.append(m)
+        self.source = _vol3(source)
+        self.matrices = tuple(mats)
+        self.scale = float(scale)
+        self.offset = float(offset)
+        self.shape = tuple(src_shape[a] if m is None else int(m.shape[0])
+                           for a, m in enumerate(self.matrices))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:, :, :]
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if len(key) > 3 or any(k is Ellipsis or not isinstance(k, (slice, int, np.integer))
+                               for k in key):
+            raise IndexError(f"VolumeView takes up to three ints or slices; got {key!r}")
+        key = tuple(key) + (slice(None),) * (3 - len(key))
+        src_key, post, squeeze = [], [], []
+        for axis, (k, m) in enumerate(zip(key, self.matrices)):
+            n = self.shape[axis]
+            if isinstance(k, slice):
+                idx = np.arange(n)[k]
+            else:
+                i = int(k)
+                if not -n <= i < n:
+                    raise IndexError(f"index {i} out of range for axis {'zyx'[axis]} of size {n}")
+                idx = np.array([i % n])
+                squeeze.append(axis)
+            if m is None:
+                src_key.append(k if isinstance(k, slice) else slice(idx[0], idx[0] + 1))
+                post.append(None)
+                continue
+            rows = m[idx]
+            used = np.flatnonzero(np.any(rows != 0, axis=0))
+            c0, c1 = (int(used[0]), int(used[-1]) + 1) if used.size else (0, 1)
+            src_key.append(slice(c0, c1))
+            post.append(rows[:, c0:c1])
+        data = np.asarray(self.source[tuple(src_key)], dtype=np.float32)
+        for axis, m in enumerate(post):
+            if m is not None:
+                data = np.moveaxis(np.tensordot(m, data, axes=([1], [axis])), 0, axis)
+        data = np.asarray(data, dtype=np.float32)
+        if self.scale != 1.0 or self.offset != 0.0:
+            data = data * np.float32(self.scale) + np.float32(self.offset)
+        return data.reshape([s for a, s in enumerate(data.shape) if a not in squeeze])
+
+
+class _Memo:
+    """Wrap a volume so that its projections are computed once per report."""
+
+    def __init__(self, vol: Any) -> None:
+        self.vol = vol
+        self.shape = tuple(vol.shape)
+        self.ndim = vol.ndim
+        self.mips: dict[str, np.ndarray] | None = None
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.vol[key]
+
+
 def _voxel_sizes(
     shape_in: tuple[int, int, int],
     shape_out: tuple[int, int, int],
@@ -281,6 +399,10 @@ def _projections(vol: Any, *, slab_bytes: int = 64 * 2**20) -> dict[str, np.ndar
     In-plane sizes are max-pooled so that no projection side exceeds ``_MAX_PLANE``;
     at most one z-slab of the volume is held in memory at a time.
     """
+    if isinstance(vol, _Memo):
+        if vol.mips is None:
+            vol.mips = _projections(vol.vol, slab_bytes=slab_bytes)
+        return vol.mips
     nz, ny, nx = _as_zyx(vol.shape)
     fy, fx, fz = _factor(ny), _factor(nx), _factor(nz)
     per_z = max(1, ny * nx * 4)
@@ -708,10 +830,13 @@ def figure_training_curves(training_log: Any, *, best_step: int | None = None) -
     ax = axes[0]
     if "loss" in df.columns:
         loss = col("loss")
-        ax.plot(step, loss, lw=1, color="tab:blue")
-        if np.nanmin(np.where(loss > 0, loss, np.nan), initial=np.inf) < np.inf and np.all(
-                loss[np.isfinite(loss)] > 0):
+        ax.plot(step, loss, lw=1, color="tab:blue", marker="." if len(step) < 30 else None,
+                ms=3)
+        finite = loss[np.isfinite(loss)]
+        # log scale only when the loss spans more than a decade (else unreadable ticks)
+        if finite.size and np.all(finite > 0) and finite.max() / finite.min() > 10:
             ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_title("training loss", fontsize=9)
     ax = axes[1]
     if "val_psnr_model" in df.columns:
@@ -735,34 +860,217 @@ def figure_training_curves(training_log: Any, *, best_step: int | None = None) -
     return _fig_to_png(fig)
 
 
-def figure_spectra(spectra: Mapping[str, Any]) -> bytes:
-    """Axial power spectra before/after restoration.
+def figure_spectra(spectra: Mapping[str, Any], *, log10_power: bool = False) -> bytes:
+    """Axial power spectra before/after restoration, each scaled to its own maximum.
+
+    Input and output have different numbers of z samples, so their absolute powers
+    are not comparable; each curve is divided by its maximum and the shapes compared.
+    The input's Nyquist frequency (highest frequency it can hold) is marked: output
+    power beyond it is detail the restoration added (or noise it invented).
 
     Parameters
     ----------
     spectra
         ``{"input": (freq, power), "output": (freq, power)}``; frequencies in
-        cycles/µm (or per voxel), power in any unit (plotted on a log scale).
+        cycles/µm (or per voxel).
+    log10_power
+        ``power`` is given as ``log10`` of the power (as written by
+        :func:`selfres.metrics.axial_spectrum`).
 
     Returns
     -------
     bytes
         A PNG image.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = plt.subplots(figsize=(6.0, 3.4))
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.16, top=0.88)
+    nyquist_in = None
     for name, color in (("input", "tab:blue"), ("output", "tab:green")):
         if name not in spectra or spectra[name] is None:
             continue
         f, p = (np.asarray(a, dtype=float).ravel() for a in spectra[name])
-        good = np.isfinite(f) & np.isfinite(p) & (p > 0)
-        ax.semilogy(f[good], p[good], lw=1.2, color=color, label=name)
-    ax.set_xlabel("axial frequency", fontsize=8)
-    ax.set_ylabel("power", fontsize=8)
-    ax.set_title("axial power spectrum", fontsize=9)
+        if log10_power:
+            p = np.power(10.0, p)
+        good = np.isfinite(f) & np.isfinite(p) & (p > 0) & (f > 0)
+        if not good.any():
+            continue
+        f, p = f[good], p[good]
+        ax.semilogy(f, p / p.max(), lw=1.4, color=color, label=name,
+                    marker="." if f.size < 40 else None, ms=4)
+        if name == "input":
+            nyquist_in = float(f.max())
+    if nyquist_in is not None:
+        ax.axvline(nyquist_in, color="0.4", ls=":", lw=1)
+        ax.text(nyquist_in, 0.98, " input Nyquist", transform=ax.get_xaxis_transform(),
+                fontsize=7, va="top", color="0.3")
+    ax.set_xlabel("axial frequency (cycles per unit length)", fontsize=8)
+    ax.set_ylabel("relative power", fontsize=8)
+    ax.set_title("axial power spectrum (each curve / its maximum)", fontsize=9)
     ax.tick_params(labelsize=7)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower left")
+    else:
+        ax.text(0.5, 0.5, "no spectrum available", ha="center", va="center",
+                transform=ax.transAxes, fontsize=9, color="0.4")
+    return _fig_to_png(fig)
+
+
+_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
+
+
+def _bead_frames(bead_table: Any) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Split a long-form bead table into (input, output) rows; ``None`` if not possible."""
+    if bead_table is None:
+        return None
+    df = bead_table if isinstance(bead_table, pd.DataFrame) else pd.DataFrame(bead_table)
+    cols = {c.lower(): c for c in df.columns}
+    stage = next((cols[k] for k in ("stage", "which", "volume", "kind") if k in cols), None)
+    needed = [f"{a}" for a in "zyx"] + [f"fwhm_{a}" for a in "zyx"]
+    if df.empty or stage is None or any(c not in cols for c in needed):
+        return None
+    df = df.rename(columns={cols[c]: c for c in needed})
+    kind = df[stage].astype(str).str.lower()
+    t_in = df[kind.isin(("in", "input"))].reset_index(drop=True)
+    t_out = df[kind.isin(("out", "output"))].reset_index(drop=True)
+    return t_in, t_out
+
+
+def _representative(table: pd.DataFrame) -> int | None:
+    """Row of the bead whose widths are closest to the median widths."""
+    w = table[[f"fwhm_{a}" for a in "zyx"]].apply(pd.to_numeric, errors="coerce")
+    ok = w.notna().all(axis=1).to_numpy()
+    if not ok.any():
+        return None
+    med = w[ok].median()
+    dev = (np.abs(w - med) / med.where(med > 0, 1.0)).sum(axis=1).to_numpy()
+    dev[~ok] = np.inf
+    return int(np.argmin(dev))
+
+
+def _gauss_curve(pos: np.ndarray, prof: np.ndarray, mu: float, sigma: float,
+                 fine: np.ndarray) -> np.ndarray:
+    """offset + amp·Gaussian(mu, sigma) with offset and amp fitted linearly to prof."""
+    g = np.exp(-0.5 * ((pos - mu) / sigma) ** 2)
+    a = np.vstack([np.ones_like(g), g]).T
+    (off, amp), *_ = np.linalg.lstsq(a, prof.astype(np.float64), rcond=None)
+    return off + amp * np.exp(-0.5 * ((fine - mu) / sigma) ** 2)
+
+
+def figure_beads(
+    *,
+    raw: Any,
+    restored: Any,
+    bead_table: Any,
+    voxel_size_in: Sequence[float] | None = None,
+    voxel_size_out: Sequence[float] | None = None,
+) -> bytes | None:
+    """Profiles of a typical bead along z, y and x, input vs output, with their fits.
+
+    The bead whose fitted widths are closest to the median of the input beads is
+    shown: samples through its brightest voxel along each axis (dots: input,
+    squares: output) with the Gaussian of the width recorded in the bead table
+    (offset and amplitude refitted for display). A fourth panel shows the
+    distribution of FWHM per axis over all beads, input vs output.
+
+    Parameters
+    ----------
+    raw, restored
+        Input and restored volumes, ZYX.
+    bead_table
+        Long-form bead table (``z, y, x, fwhm_z, fwhm_y, fwhm_x`` in voxels of each
+        volume's own grid and a ``volume``/``stage`` column ``input``/``output``), as
+        written by the qc stage to ``qc/beads.tsv``.
+    voxel_size_in, voxel_size_out
+        ``(z, y, x)`` in µm, or ``None`` (voxel units, derived from the shapes).
+
+    Returns
+    -------
+    bytes or None
+        A PNG image, or ``None`` when the table holds no usable input bead.
+    """
+    frames = _bead_frames(bead_table)
+    if frames is None:
+        return None
+    t_in, t_out = frames
+    i = _representative(t_in)
+    if i is None:
+        return None
+    raw, restored = _vol3(raw), _vol3(restored)
+    s_in, s_out = _as_zyx(raw.shape), _as_zyx(restored.shape)
+    vin, vout, unit = _voxel_sizes(s_in, s_out, voxel_size_in, voxel_size_out)
+    c_in = np.array([float(t_in.loc[i, a]) for a in "zyx"])
+    ratio = np.array(s_out, float) / np.array(s_in, float)
+    expect_out = (c_in + 0.5) * ratio - 0.5
+    c_out = None
+    if len(t_out):
+        pos_out = t_out[["z", "y", "x"]].to_numpy(dtype=float)
+        d = np.linalg.norm((pos_out - expect_out) / ratio, axis=1)
+        j = int(np.nanargmin(d)) if np.isfinite(d).any() else -1
+        if j >= 0 and d[j] <= 2.0:  # within two input voxels
+            c_out = (pos_out[j], t_out.loc[j])
+    fig = plt.figure(figsize=(11.0, 3.2))
+    gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.2], left=0.06, right=0.98,
+                          top=0.82, bottom=0.17, wspace=0.32)
+    styles = {"input": ("tab:blue", "o", "--"), "output": ("tab:green", "s", "-")}
+    for a, name in enumerate("zyx"):
+        ax = fig.add_subplot(gs[0, a])
+        entries = [("input", raw, c_in, t_in.loc[i], s_in, vin)]
+        if c_out is not None:
+            entries.append(("output", restored, c_out[0], c_out[1], s_out, vout))
+        centre_phys = (c_in[a] + 0.5) * vin[a]
+        for label, vol, centre, row, shape, vs in entries:
+            idx = [int(np.clip(round(float(c)), 0, n - 1)) for c, n in zip(centre, shape)]
+            fwhm = _num(row.get(f"fwhm_{name}"))
+            half = int(max(4, math.ceil(2.5 * (fwhm or 4.0))))
+            lo, hi = max(0, idx[a] - half), min(shape[a], idx[a] + half + 1)
+            key = list(idx)
+            key[a] = slice(lo, hi)
+            prof = np.asarray(vol[tuple(key)], dtype=np.float64).ravel()
+            pos = (np.arange(lo, hi) + 0.5) * vs[a] - centre_phys
+            color, marker, ls = styles[label]
+            text = label
+            if fwhm is not None and prof.size >= 3:
+                mu = (float(centre[a]) + 0.5) * vs[a] - centre_phys
+                sigma = fwhm * vs[a] / _FWHM_PER_SIGMA
+                fine = np.linspace(pos[0], pos[-1], 200)
+                ax.plot(fine, _gauss_curve(pos, prof, mu, sigma, fine), ls=ls, color=color,
+                        lw=1.2)
+                text += f": FWHM {_fmt(fwhm * vs[a])} {unit}"
+            ax.plot(pos, prof, marker, ls="none", color=color, ms=3.5, label=text)
+        ax.set_title(f"along {name}", fontsize=9)
+        ax.set_xlabel(f"{name} − bead centre ({unit})", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6.5, loc="upper right")
+        if a == 0:
+            ax.set_ylabel("intensity", fontsize=8)
+    ax = fig.add_subplot(gs[0, 3])
+    data, ticks, colors = [], [], []
+    for a, name in enumerate("zyx"):
+        for label, tab, vs in (("in", t_in, vin), ("out", t_out, vout)):
+            w = pd.to_numeric(tab[f"fwhm_{name}"], errors="coerce").to_numpy() * vs[a]
+            data.append(w[np.isfinite(w)])
+            ticks.append(f"{name} {label}")
+            colors.append("tab:blue" if label == "in" else "tab:green")
+    for k, (vals, color) in enumerate(zip(data, colors)):
+        if vals.size:
+            jitter = (np.random.default_rng(k).random(vals.size) - 0.5) * 0.3
+            ax.plot(k + jitter, vals, ".", color=color, ms=3, alpha=0.6)
+            ax.plot([k - 0.3, k + 0.3], [np.median(vals)] * 2, color="k", lw=1.5)
+    ax.set_xticks(range(len(ticks)))
+    ax.set_xticklabels(ticks, fontsize=7)
+    ax.set_ylabel(f"FWHM ({unit})", fontsize=8)
+    ax.set_title(f"all beads (in: {len(t_in)}, out: {len(t_out)}); bar = median",
+                 fontsize=9)
+    ax.tick_params(labelsize=7)
+    fig.suptitle("Typical bead (closest to the median width): line profiles through its "
+                 "brightest voxel, with Gaussian fits", fontsize=9)
+    return _fig_to_png(fig)
+
+
+def _placeholder_png(text: str) -> bytes:
+    """A small PNG saying why a figure is missing (for fixed Snakemake outputs)."""
+    fig = plt.figure(figsize=(5.0, 1.2))
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="0.3", wrap=True)
     return _fig_to_png(fig)
 
 
@@ -862,6 +1170,8 @@ img{max-width:100%;height:auto;display:block;margin:.4em 0}
 tr.failed td{background:#fdecea}tr.fallback td{background:#fff8e1}
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
 .muted{color:#666;font-size:.9em}
+.verdict{font-size:1.05em;background:#f4f7fb;border:1px solid #d5dde8;padding:.6em .9em;border-radius:4px}
+.toc{font-size:.9em}
 th.sortable{cursor:pointer;user-select:none}th.sortable:after{content:" \\2195";color:#999}
 """
 
@@ -977,6 +1287,122 @@ def _bead_summary(bead_table: Any) -> pd.DataFrame | None:
     return res
 
 
+def sample_figures(
+    *,
+    raw: Any,
+    interp: Any,
+    restored: Any,
+    voxel_size_in: Sequence[float] | None = None,
+    voxel_size_out: Sequence[float] | None = None,
+    training_log: Any = None,
+    best_step: int | None = None,
+    bead_table: Any = None,
+    spectra: Mapping[str, Any] | None = None,
+    spectra_log10: bool = False,
+    train_fov: Any = None,
+) -> dict[str, bytes]:
+    """All figures of a sample report, as PNG bytes (computed once, reused).
+
+    Parameters
+    ----------
+    raw, interp, restored, voxel_size_in, voxel_size_out
+        As in :func:`figure_orthoviews`.
+    training_log, best_step
+        As in :func:`figure_training_curves`; no ``training_curves`` without a log.
+    bead_table
+        As in :func:`figure_beads`; no ``beads`` figure without usable beads.
+    spectra, spectra_log10
+        As in :func:`figure_spectra` (``log10_power``); no ``spectra`` without them.
+    train_fov
+        As in :func:`figure_projections`.
+
+    Returns
+    -------
+    dict
+        Keys among ``orthoviews``, ``projections``, ``detail``, ``training_curves``,
+        ``spectra``, ``beads``.
+    """
+    raw, interp, restored, vin, vout, _ = _prepare(
+        raw, interp, restored, voxel_size_in, voxel_size_out)
+    raw, interp, restored = _Memo(raw), _Memo(interp), _Memo(restored)
+    kw = dict(raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout)
+    figs = {
+        "orthoviews": figure_orthoviews(**kw),
+        "projections": figure_projections(**kw, train_fov=train_fov),
+        "detail": figure_detail(**kw),
+    }
+    df = _log_frame(training_log)
+    if df is not None:
+        figs["training_curves"] = figure_training_curves(df, best_step=_best_step(df, best_step))
+    if spectra:
+        figs["spectra"] = figure_spectra(spectra, log10_power=spectra_log10)
+    beads = figure_beads(raw=raw, restored=restored, bead_table=bead_table,
+                         voxel_size_in=vin, voxel_size_out=vout)
+    if beads is not None:
+        figs["beads"] = beads
+    return figs
+
+
+def _gain_text(a: Any, b: Any, *, digits: int) -> str:
+    d = _diff(a, b)
+    return "–" if d is None else f"{d:+.{digits}f}"
+
+
+def _verdict(metrics: Mapping[str, Any], status: str) -> str:
+    """One-paragraph 'at a glance' summary in plain words."""
+    sv = metrics.get("self_validation") or {}
+    gain = _diff(sv.get("psnr_model"), sv.get("psnr_interp"))
+    bits = []
+    if status == "failed":
+        bits.append("<b class=\"status-failed\">This sample failed.</b>")
+    elif gain is None:
+        bits.append("No self-validation figure is available for this sample.")
+    elif gain > 0:
+        bits.append(f"<b class=\"status-ok\">The network beats tricubic interpolation</b> on "
+                    f"the held-out region by {_esc(f'{gain:+.2f}')} dB PSNR.")
+    else:
+        bits.append(f"<b class=\"status-failed\">The network does not beat tricubic "
+                    f"interpolation</b> on the held-out region ({_esc(f'{gain:+.2f}')} dB "
+                    "PSNR).")
+    if metrics.get("restored_content") == "interpolation":
+        bits.append("<b>restored.ome.zarr holds the tricubic interpolation</b>, not the "
+                    "network output.")
+    iso_in, iso_out = _num(metrics.get("isotropy_in")), _num(metrics.get("isotropy_out"))
+    if iso_in is not None and iso_out is not None:
+        bits.append(f"Isotropy (lateral / axial resolution, 1 = isotropic) {_esc(_fmt(iso_in))}"
+                    f" → {_esc(_fmt(iso_out))}.")
+    flags = metrics.get("flags") or []
+    bits.append(f"{len(flags)} flag{'s' if len(flags) != 1 else ''}"
+                + (" — see below." if flags else "."))
+    return f'<p class="verdict">{" ".join(bits)}</p>'
+
+
+_TOC = [("flags", "Flags"), ("views", "Orthogonal views"), ("mips", "Projections"),
+        ("detail", "Detail"), ("training", "Training"), ("self-validation", "Self-validation"),
+        ("reference", "Reference"), ("resolution", "Resolution"), ("beads", "Beads"),
+        ("timings", "Timings"), ("provenance", "Provenance")]
+
+
+def _timing_rows(metrics: Mapping[str, Any], provenance: Any) -> list[list[Any]]:
+    rows: list[list[Any]] = [["training", _num(metrics.get("train_seconds")), None],
+                             ["inference", _num(metrics.get("infer_seconds")), None]]
+    prov_t = provenance.get("timings") if isinstance(provenance, Mapping) else None
+    if isinstance(prov_t, Mapping):
+        for k, v in prov_t.items():
+            if k in ("train_seconds", "infer_seconds"):
+                continue
+            if isinstance(v, Mapping) and all(isinstance(x, Mapping) for x in v.values()):
+                for rule, rec in v.items():  # Snakemake benchmarks: rule -> record
+                    rows.append([f"rule {rule}", _num(rec.get("seconds", rec.get("s"))),
+                                 _num(rec.get("max_rss_mb", rec.get("max_rss")))])
+            elif isinstance(v, Mapping):
+                rows.append([str(k), _num(v.get("seconds", v.get("s"))),
+                             _num(v.get("max_rss_mb", v.get("max_rss")))])
+            else:
+                rows.append([str(k), _num(v), None])
+    return rows
+
+
 def render_sample_report(
     *,
     sample: str,
@@ -991,6 +1417,7 @@ def render_sample_report(
     bead_table: Any = None,
     spectra: Mapping[str, Any] | None = None,
     train_fov: Any = None,
+    figures: Mapping[str, bytes] | None = None,
 ) -> str:
     """Render the self-contained per-sample quality report.
 
@@ -1000,10 +1427,12 @@ def render_sample_report(
         Sample id (escaped; may contain anything).
     metrics
         The content of ``qc/metrics.json`` (keys per the contract; missing keys are
-        shown as "–"). ``metrics["status"]`` (default ``"ok"``) and
-        ``metrics["best_step"]`` are used when present.
+        shown as "–"). ``metrics["status"]`` (default ``"ok"``),
+        ``metrics["restored_content"]`` and ``metrics["best_step"]`` are used when
+        present.
     raw
-        Input volume, ZYX (2-D is accepted as Z=1).
+        Input volume, ZYX (2-D is accepted as Z=1). Any sliceable array works (numpy,
+        zarr, :class:`VolumeView`); only planes, slabs and crops are read.
     interp, restored
         Tricubic interpolation and restored volume on the output grid (same shape).
     voxel_size_in, voxel_size_out
@@ -1014,12 +1443,16 @@ def render_sample_report(
         Content of ``provenance.json``; shown as JSON, its ``timings`` as a table.
     bead_table
         Per-bead FWHM table (DataFrame or dict); optional. Wide columns
-        ``fwhm_{z,y,x}_{in,out}``, or long form with a ``stage`` column
-        (``input``/``output``) and ``fwhm_{z,y,x}`` columns; medians are shown.
+        ``fwhm_{z,y,x}_{in,out}``, or long form with a ``stage``/``volume`` column
+        (``input``/``output``) and ``z, y, x, fwhm_{z,y,x}`` columns; medians are
+        shown, and for the long form a figure of a typical bead's fitted profiles.
     spectra
         ``{"input": (freq, power), "output": (freq, power)}``; optional.
     train_fov
         Content of ``train_fov.json`` (or a ``TrainingFov``/string); optional.
+    figures
+        Figures already made by :func:`sample_figures` (then the volumes are only
+        used for shapes and the display range); default: made here.
 
     Returns
     -------
@@ -1032,12 +1465,29 @@ def render_sample_report(
     flags = [str(f) for f in (metrics.get("flags") or [])]
     raw, interp, restored, vin, vout, unit = _prepare(
         raw, interp, restored, voxel_size_in, voxel_size_out)
+    df = _log_frame(training_log)
+    best = _best_step(df, metrics.get("best_step")) if df is not None else None
+    if figures is None:
+        figures = sample_figures(raw=raw, interp=interp, restored=restored,
+                                 voxel_size_in=vin, voxel_size_out=vout, training_log=df,
+                                 best_step=best, bead_table=bead_table, spectra=spectra,
+                                 train_fov=train_fov)
+    figures = dict(figures)
+    ref = metrics.get("reference")
+    beads = _bead_summary(bead_table)
+    skip = {"reference"} if not ref else set()
+    if beads is None and "beads" not in figures:
+        skip.add("beads")
     parts: list[str] = []
     parts.append(f"<h1>selfres report: {_esc(sample)}</h1>")
+    parts.append(_verdict(metrics, status))
+    parts.append('<p class="toc">' + " · ".join(
+        f'<a href="#{k}">{_esc(v)}</a>' for k, v in _TOC if k not in skip) + "</p>")
     parts.append(_kv_table([
         ("sample", sample),
         ("mode", mode),
         ("status", status),
+        ("restored.ome.zarr holds", metrics.get("restored_content") or "model"),
         ("input shape (z, y, x)", metrics.get("input_shape") or list(_as_zyx(raw.shape))),
         ("output shape (z, y, x)", metrics.get("output_shape") or list(_as_zyx(restored.shape))),
         ("voxel size in (µm)", voxel_size_in),
@@ -1048,63 +1498,83 @@ def render_sample_report(
     parts.append(_flags_html(flags))
 
     # --- images
+    fallback = metrics.get("restored_content") == "interpolation"
     parts.append('<h2 id="views">Orthogonal views</h2>')
     lo, hi = display_range(restored)
     parts.append(
-        f"<p class=\"muted\">Raw (input grid), tricubic interpolation and restored "
-        f"volume, all shown with the same display range {_esc(_fmt(lo))} – "
-        f"{_esc(_fmt(hi))} (0.2–99.8 percentiles of the restored volume), at physical "
-        f"aspect ({_esc(unit)}).</p>")
-    parts.append(_img_tag(figure_orthoviews(
-        raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout,
-        display=(lo, hi)), alt="orthogonal centre slices"))
+        f"<p class=\"muted\">Centre slices of the raw input (on its own grid), the tricubic "
+        f"interpolation and the restored volume, all shown with the same display range "
+        f"{_esc(_fmt(lo))} – {_esc(_fmt(hi))} (0.2–99.8 percentiles of the restored "
+        f"volume), at physical aspect ({_esc(unit)}). The restored row should look "
+        "sharper than the interpolation, with no structure that the raw data does not "
+        "support.</p>")
+    if fallback:
+        parts.append("<p><b>Note:</b> the restored volume of this sample holds the "
+                     "interpolation (see the flags), so its row matches the "
+                     "interpolation row.</p>")
+    parts.append(_img_tag(figures["orthoviews"], alt="orthogonal centre slices"))
     parts.append('<h2 id="mips">Maximum-intensity projections</h2>')
-    parts.append(_img_tag(figure_projections(
-        raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout,
-        train_fov=train_fov), alt="maximum intensity projections"))
+    parts.append("<p class=\"muted\">Brightest voxel along each viewing axis, matched "
+                 "contrast. Red box: the training field of view; cyan box: the held-out "
+                 "region used for self-validation (never trained on).</p>")
+    parts.append(_img_tag(figures["projections"], alt="maximum intensity projections"))
     parts.append('<h2 id="detail">Zoomed detail and line profile</h2>')
-    parts.append(_img_tag(figure_detail(
-        raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout),
-        alt="zoomed detail and line profile"))
+    parts.append("<p class=\"muted\">A 4× zoom around the brightest structure, in the z "
+                 "plane where it peaks, and an intensity profile along the drawn line. "
+                 "Narrower, higher peaks in the restored profile than in the "
+                 "interpolation mean sharper structures.</p>")
+    parts.append(_img_tag(figures["detail"], alt="zoomed detail and line profile"))
     if train_fov is not None:
         parts.append(f"<p><b>Training field of view:</b> {_esc(_draw_fov_note(train_fov))}</p>")
 
     # --- training
     parts.append('<h2 id="training">Training curves</h2>')
-    df = _log_frame(training_log)
-    if df is None:
+    if df is None or "training_curves" not in figures:
         parts.append("<p>No training log available (no training, or it failed before "
                      "logging).</p>")
     else:
-        best = _best_step(df, metrics.get("best_step"))
-        parts.append(_img_tag(figure_training_curves(df, best_step=best),
-                              alt="training curves"))
-        parts.append(f"<p>Best checkpoint: step {_esc(_fmt(best))}; "
-                     f"{len(df)} logged steps.</p>")
+        parts.append(_img_tag(figures["training_curves"], alt="training curves"))
+        steps = pd.to_numeric(df["step"], errors="coerce")
+        note = ""
+        if best is not None and steps.notna().any() and best < steps.min():
+            note = (" — before the first logged validation: no later checkpoint did better"
+                    " on the validation data than the starting model")
+        stop = metrics.get("stop_reason")
+        parts.append(f"<p>Kept checkpoint: step {_esc(_fmt(best))}{_esc(note)}; "
+                     f"{len(df)} logged steps"
+                     + (f"; training stopped: {_esc(stop)}" if stop else "") + ".</p>")
 
     # --- self-validation
     parts.append('<h2 id="self-validation">Self-validation (held-out region)</h2>')
     sv = metrics.get("self_validation") or {}
-    parts.append("<p class=\"muted\">Held-out region of the input that training never "
-                 "saw, degraded as in training; does the model beat tricubic?</p>")
+    parts.append("<p class=\"muted\">A region of the input that training never saw is "
+                 "degraded as in training and restored by the model and by tricubic "
+                 "interpolation; both are compared with the original. A positive gain "
+                 "means the model beats interpolation.</p>")
     parts.append(_table(
         ["metric", "model", "tricubic", "gain (model − tricubic)"],
         [["PSNR (dB)", _num(sv.get("psnr_model")), _num(sv.get("psnr_interp")),
-          _diff(sv.get("psnr_model"), sv.get("psnr_interp"))],
+          _gain_text(sv.get("psnr_model"), sv.get("psnr_interp"), digits=2)],
          ["SSIM", _num(sv.get("ssim_model")), _num(sv.get("ssim_interp")),
-          _diff(sv.get("ssim_model"), sv.get("ssim_interp"))]]))
-    ref = metrics.get("reference")
+          _gain_text(sv.get("ssim_model"), sv.get("ssim_interp"), digits=4)]]))
     if ref:
         parts.append('<h2 id="reference">Reference metrics</h2>')
+        parts.append("<p class=\"muted\">Against the reference volume given in the sample "
+                     "sheet (intensities matched by least squares).</p>")
         parts.append(_table(
             ["metric", "restored", "tricubic", "gain"],
             [["PSNR (dB)", _num(ref.get("psnr")), _num(ref.get("psnr_interp")),
-              _diff(ref.get("psnr"), ref.get("psnr_interp"))],
+              _gain_text(ref.get("psnr"), ref.get("psnr_interp"), digits=2)],
              ["SSIM", _num(ref.get("ssim")), _num(ref.get("ssim_interp")),
-              _diff(ref.get("ssim"), ref.get("ssim_interp"))]]))
+              _gain_text(ref.get("ssim"), ref.get("ssim_interp"), digits=4)]]))
 
     # --- resolution
     parts.append('<h2 id="resolution">Resolution and isotropy</h2>')
+    parts.append("<p class=\"muted\">Image resolution estimated from the data alone "
+                 "(decorrelation analysis; smaller is sharper), laterally (in XY planes) "
+                 "and axially (in XZ/YZ planes). Isotropy = lateral / axial; 1 means "
+                 "equally sharp in all directions. The output cannot be sharper than the "
+                 "optics allow: a large jump is worth checking against the images.</p>")
     res = metrics.get("resolution_um") or {}
     parts.append(_table(
         ["", "input", "output"],
@@ -1112,30 +1582,42 @@ def render_sample_report(
          ["axial resolution (µm)", _num(res.get("axial_in")), _num(res.get("axial_out"))],
          ["isotropy (lateral / axial; 1 = isotropic)", _num(metrics.get("isotropy_in")),
           _num(metrics.get("isotropy_out"))]]))
-    if spectra:
-        parts.append(_img_tag(figure_spectra(spectra), alt="axial spectra"))
-    beads = _bead_summary(bead_table)
-    if beads is not None:
+    if "spectra" in figures:
+        parts.append("<p class=\"muted\">Axial power spectrum: how much of the image varies "
+                     "at each spatial frequency along z. Power restored beyond the input's "
+                     "Nyquist frequency is new axial detail; a flat plateau there is noise."
+                     "</p>")
+        parts.append(_img_tag(figures["spectra"], alt="axial spectra"))
+    if beads is not None or "beads" in figures:
         parts.append('<h2 id="beads">Beads</h2>')
-        parts.append(f"<p>Median FWHM per axis ({_esc(beads.attrs.get('unit'))}) over "
-                     f"{beads.attrs.get('n_beads', '?')} beads of the input.</p>")
-        parts.append(_table(["axis", "input", "output"],
-                            [[a, _num(r["input"]), _num(r["output"])]
-                             for a, r in beads.iterrows()]))
+        if beads is not None:
+            parts.append(f"<p>Median FWHM (full width at half maximum of a Gaussian fit) per "
+                         f"axis ({_esc(beads.attrs.get('unit'))}) over "
+                         f"{beads.attrs.get('n_beads', '?')} beads of the input. Sub-"
+                         "resolution beads show the point-spread function: a smaller output "
+                         "FWHM is a sharper PSF.</p>")
+            parts.append(_table(["axis", "input", "output", "output / input"],
+                                [[a, _num(r["input"]), _num(r["output"]),
+                                  None if _num(r["input"]) in (None, 0) or _num(r["output"]) is None
+                                  else _num(r["output"]) / _num(r["input"])]
+                                 for a, r in beads.iterrows()]))
+        if "beads" in figures:
+            parts.append(_img_tag(figures["beads"], alt="bead profiles and FWHM"))
 
     # --- timings & provenance
     parts.append('<h2 id="timings">Timings</h2>')
-    timing_rows = [("training (s)", _num(metrics.get("train_seconds"))),
-                   ("inference (s)", _num(metrics.get("infer_seconds")))]
-    prov_t = (provenance or {}).get("timings") if isinstance(provenance, Mapping) else None
-    if isinstance(prov_t, Mapping):
-        timing_rows += [(f"{k} (s)" if _num(v) is not None else k, v) for k, v in prov_t.items()]
-    parts.append(_kv_table(timing_rows))
+    parts.append(_table(["step", "seconds", "max memory (MB)"],
+                        _timing_rows(metrics, provenance)))
     parts.append('<h2 id="provenance">Provenance</h2>')
     if provenance:
+        info = [(k, provenance.get(k)) for k in
+                ("selfres_version", "git_commit", "input", "input_checksum", "host",
+                 "slurm_job_id", "written") if provenance.get(k) is not None]
+        if info:
+            parts.append(_kv_table(info))
         text = json.dumps(provenance, indent=2, sort_keys=True, default=str)
-        parts.append(f"<details><summary>provenance.json</summary><pre>{_esc(text)}</pre>"
-                     "</details>")
+        parts.append(f"<details><summary>provenance.json (configuration, software "
+                     f"versions, timings)</summary><pre>{_esc(text)}</pre></details>")
     else:
         parts.append("<p>No provenance recorded.</p>")
     parts.append("<details><summary>metrics.json</summary><pre>"
@@ -1313,47 +1795,56 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
 def write_report_figures(
     outdir: str | Path,
     *,
-    raw: Any,
-    interp: Any,
-    restored: Any,
+    figures: Mapping[str, bytes] | None = None,
+    names: Sequence[str] | None = None,
+    raw: Any = None,
+    interp: Any = None,
+    restored: Any = None,
     voxel_size_in: Sequence[float] | None = None,
     voxel_size_out: Sequence[float] | None = None,
     training_log: Any = None,
     best_step: int | None = None,
 ) -> dict[str, Path]:
-    """Write the report figures as separate PNG files.
+    """Write report figures as separate PNG files ``{outdir}/{name}.png``.
 
     Parameters
     ----------
     outdir
         Folder to write into (created if missing).
+    figures
+        Figures made by :func:`sample_figures`; default: made here from the volumes.
+    names
+        Figures to write. A named figure that does not exist for this sample (e.g.
+        ``training_curves`` without a log) is written as a small placeholder image
+        saying so, so that a workflow can declare fixed outputs. Default: every
+        figure there is.
     raw, interp, restored, voxel_size_in, voxel_size_out
-        As in :func:`figure_orthoviews`.
+        As in :func:`figure_orthoviews`; used when ``figures`` is not given.
     training_log, best_step
-        As in :func:`figure_training_curves`; skipped when no log is given.
+        As in :func:`figure_training_curves`; used when ``figures`` is not given.
 
     Returns
     -------
     dict
-        Figure kind (``orthoviews``, ``projections``, ``detail``,
-        ``training_curves``) → path written.
+        Figure name → path written.
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    kw = dict(raw=raw, interp=interp, restored=restored, voxel_size_in=voxel_size_in,
-              voxel_size_out=voxel_size_out)
-    figs = {
-        "orthoviews": figure_orthoviews(**kw),
-        "projections": figure_projections(**kw),
-        "detail": figure_detail(**kw),
-    }
-    df = _log_frame(training_log)
-    if df is not None:
-        figs["training_curves"] = figure_training_curves(df, best_step=best_step)
+    if figures is None:
+        if raw is None or interp is None or restored is None:
+            raise ValueError("write_report_figures needs either figures or raw, interp and "
+                             "restored volumes")
+        figures = sample_figures(raw=raw, interp=interp, restored=restored,
+                                 voxel_size_in=voxel_size_in, voxel_size_out=voxel_size_out,
+                                 training_log=training_log, best_step=best_step)
+    wanted = list(names) if names is not None else list(figures)
     written = {}
-    for name, png in figs.items():
+    for name in wanted:
+        png = figures.get(name)
+        if png is None:
+            png = _placeholder_png(f"no {name.replace('_', ' ')} for this sample")
         path = outdir / f"{name}.png"
-        tmp = path.with_suffix(".png.tmp")
+        tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_bytes(png)
         tmp.replace(path)
         written[name] = path

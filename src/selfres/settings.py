@@ -130,10 +130,26 @@ class InferSettings:
     on_worse_than_interpolation: Literal["interpolation", "model"] = "interpolation"
     output_dtype: Literal["float32", "input"] = "float32"
     ngff_version: Literal["0.4", "0.5"] = "0.4"
+    blocks: int = 1
+    chunks: tuple[int, int, int] | None = None
+    shards: tuple[int, int, int] | None = None
 
     def validate(self) -> None:
         if any(t < 1 for t in self.tile_size):
             raise ConfigError(f"infer.tile_size must be positive, got {self.tile_size}")
+        if self.blocks < 1:
+            raise ConfigError(f"infer.blocks must be >= 1, got {self.blocks}")
+        for name in ("chunks", "shards"):
+            v = getattr(self, name)
+            if v is not None and any(c < 1 for c in v):
+                raise ConfigError(f"infer.{name} must be three positive ints z,y,x or null, got {v}")
+        if self.shards is not None:
+            if self.ngff_version != "0.5":
+                raise ConfigError("infer.shards needs infer.ngff_version '0.5' (Zarr v3); "
+                                  f"got ngff_version {self.ngff_version!r}")
+            if self.chunks is None or any(s % c for s, c in zip(self.shards, self.chunks)):
+                raise ConfigError(f"infer.shards {self.shards} must be a multiple of infer.chunks "
+                                  f"{self.chunks} (set both)")
 
 
 @dataclass(frozen=True)
@@ -158,7 +174,7 @@ class IsotropicSettings:
     axial_sigma_px: float | None = None
     noise_match: bool = True
     fusion: Literal["mean", "geometric"] = "mean"
-    batch_size: int = 16
+    batch_size: int = 8
     foreground_fraction: float = 0.05
     infer_batch: int = 8
     gan_steps: int = 600

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from selfres import degrade, io
-from selfres.infer import CubicUpsampler, predict_array, predict_single_pass, restore_to_store, tile_grid
+from selfres.infer import (
+    CubicUpsampler, predict_array, predict_single_pass, prepare_model, restore_to_store, tile_grid,
+)
 from selfres.models import ModelSpec, build_model
 
 from ..conftest import blob_volume
@@ -89,3 +91,191 @@ def test_streamed_zarr_output_equals_in_memory_and_resume_skips_done_tiles(tmp_p
     # resume: nothing left to do when every tile is recorded as done
     again = restore_to_store(model, src, dest, factors=(1, 2, 2), tile_size=(3, 8, 8), done_tiles=set(done))
     assert again["computed"] == 0
+
+
+# --------------------------------------------------------------------------- #
+# out-of-memory fitting, blocks, resume, store layout
+# --------------------------------------------------------------------------- #
+
+
+class _OomAbove(torch.nn.Module):
+    """Wraps a model; raises a CUDA out-of-memory error for inputs above ``limit`` voxels."""
+
+    def __init__(self, inner, limit):
+        super().__init__()
+        self.inner, self.limit, self.halo, self.sizes = inner, limit, inner.halo, []
+
+    def forward(self, x):
+        if x.numel() > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.sizes.append(x.numel())
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_work_and_output_is_unchanged():
+    model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
+    vol = blob_volume((8, 30, 30))
+    ref = predict_single_pass(model, vol, factors=(1, 2, 2))
+    halo = model.halo
+    one_tile = np.prod([n + 2 * h for n, h in zip(vol.shape, halo)])
+    oom = _OomAbove(model, limit=one_tile // 3)
+    out = predict_array(oom, vol, factors=(1, 2, 2), tile_size=(8, 30, 30), batch_size=2)
+    np.testing.assert_allclose(out, ref, atol=2e-5)
+    assert max(oom.sizes) <= one_tile // 3 and len(oom.sizes) >= 4  # split at least twice
+
+
+def test_out_of_memory_on_a_batch_falls_back_to_single_tiles_and_other_errors_propagate():
+    model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
+    vol = blob_volume((4, 16, 32))
+    tile = (4, 16, 16)
+    per_tile = np.prod([t + 2 * h for t, h in zip(tile, model.halo)])
+    oom = _OomAbove(model, limit=per_tile)  # one tile fits, a batch of two does not
+    out = predict_array(oom, vol, factors=(1, 2, 2), tile_size=tile, batch_size=2)
+    np.testing.assert_allclose(out, predict_single_pass(model, vol, factors=(1, 2, 2)), atol=2e-5)
+    assert oom.sizes == [per_tile, per_tile]
+
+    class Broken(torch.nn.Module):
+        halo = (0, 0, 0)
+
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        predict_array(Broken(), vol, factors=(1, 1, 1), tile_size=tile)
+
+
+@pytest.mark.parametrize("n, blocks", [(10, 3), (7, 7), (5, 1), (3, 5)])
+def test_block_tiles_partition_the_grid(n, blocks):
+    from selfres.infer import block_tiles
+
+    parts = [list(block_tiles(n, block=b, blocks=blocks)) for b in range(blocks)]
+    assert sum(parts, []) == list(range(n))
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_block_index_out_of_range_is_a_config_error():
+    from selfres.errors import ConfigError
+    from selfres.infer import block_tiles
+
+    with pytest.raises(ConfigError, match=r"block must be an integer in 0..2"):
+        block_tiles(10, block=3, blocks=3)
+
+
+@pytest.mark.parametrize(
+    "chunks, shards, ok",
+    [(None, None, True), ((4, 8, 8), None, True), ((3, 8, 8), None, False),
+     ((2, 8, 8), (4, 16, 16), True), ((2, 8, 8), (4, 24, 16), False)],
+)
+def test_store_layout_requires_tiles_to_own_whole_write_units(chunks, shards, ok):
+    from selfres.errors import ConfigError
+    from selfres.infer import store_layout
+
+    args = dict(factors=(1, 2, 2), tile_size=(4, 8, 8), chunks=chunks, shards=shards)
+    if ok:
+        shape, ch, sh = store_layout((8, 32, 32), **args)
+        assert shape == (8, 64, 64) and ch == (chunks or (4, 16, 16))
+    else:
+        with pytest.raises(ConfigError, match=r"infer\.(chunks|shards) .* must divide infer.tile_size x scale"):
+            store_layout((8, 32, 32), **args)
+
+
+def _job(tmp_path, model, vol, final, **kw):
+    from selfres.infer import infer_to_store
+
+    return infer_to_store(model, vol, final, factors=(1, 2, 2), tile_size=(3, 8, 8), dtype="float32",
+                          voxel_size=(1.0, 0.5, 0.5), fingerprint={"model": "m1"}, **kw)
+
+
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_scattered_blocks_equal_one_run_and_store_appears_atomically(tmp_path, ngff):
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 20, 24))
+    one = tmp_path / "one.ome.zarr"
+    _job(tmp_path, model, vol, one, ngff_version=ngff)
+    many = tmp_path / "many.ome.zarr"
+    _job(tmp_path, model, vol, many, step="prepare", blocks=3, ngff_version=ngff)
+    for b in (2, 0):
+        _job(tmp_path, model, vol, many, step="block", block=b, blocks=3, ngff_version=ngff)
+    from selfres.errors import SelfresError
+
+    with pytest.raises(SelfresError, match=r"tiles are not written .* rerun block\(s\) 1 of 3"):
+        _job(tmp_path, model, vol, many, step="gather", blocks=3, ngff_version=ngff)
+    assert not many.exists()
+    _job(tmp_path, model, vol, many, step="block", block=1, blocks=3, ngff_version=ngff)
+    _job(tmp_path, model, vol, many, step="gather", blocks=3, ngff_version=ngff)
+    assert many.exists() and not (tmp_path / ".many.ome.zarr.partial").exists()
+    a, b = io.read_ome_zarr(one), io.read_ome_zarr(many)
+    np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+    ref = predict_single_pass(model, vol, factors=(1, 2, 2))
+    np.testing.assert_allclose(np.asarray(b.data), ref, atol=2e-5)
+    assert not (tmp_path / ".many.ome.zarr.progress").exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+class _DiesAfter(torch.nn.Module):
+    def __init__(self, inner, calls):
+        super().__init__()
+        self.inner, self.calls, self.halo, self.seen = inner, calls, inner.halo, 0
+
+    def forward(self, x):
+        self.seen += 1
+        if self.seen > self.calls:
+            raise _Killed()
+        return self.inner(x)
+
+
+def test_killed_run_resumes_from_verified_tiles_only(tmp_path):
+    from selfres.infer import PartialStore
+
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 16, 24))  # grid 2 x 2 x 3 = 12 tiles
+    final = tmp_path / "out.ome.zarr"
+    with pytest.raises(_Killed):
+        _job(tmp_path, _DiesAfter(model, 5), vol, final)
+    store = PartialStore(final)
+    assert not final.exists() and store.path.exists()
+    recorded = store.records()
+    assert len(recorded) == 5
+    # damage one recorded tile (as a torn write would) and add a torn record line
+    import zarr
+
+    arr = zarr.open_array(str(store.path / "0"), mode="r+")
+    arr[0:3, 0:16, 0:16] = -1.0
+    with open(store.meta / "done-all.jsonl", "a") as fh:
+        fh.write('{"tile": 11, "cr')
+    counting = _DiesAfter(model, 10**6)
+    stats = _job(tmp_path, counting, vol, final)
+    assert stats["resumed"] == 4 and stats["computed"] == 12 - 4 == counting.seen
+    ref = predict_single_pass(model, vol, factors=(1, 2, 2))
+    np.testing.assert_allclose(np.asarray(io.read_ome_zarr(final).data), ref, atol=2e-5)
+    # another model: the partial store is not reused
+    with pytest.raises(_Killed):
+        _job(tmp_path, _DiesAfter(model, 2), vol, final)
+    again = _DiesAfter(model, 10**6)
+    from selfres.infer import infer_to_store
+
+    out = infer_to_store(again, vol, final, factors=(1, 2, 2), tile_size=(3, 8, 8), dtype="float32",
+                         voxel_size=(1.0, 0.5, 0.5), fingerprint={"model": "m2"})
+    assert out["resumed"] == 0 and again.seen == 12
+
+
+@pytest.mark.parametrize("ngff, shards", [("0.4", None), ("0.5", None), ("0.5", (4, 16, 16))])
+def test_output_opens_with_the_ome_zarr_reader(tmp_path, ngff, shards):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    model = prepare_model(_random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((4, 40, 48), n=20)
+    final = tmp_path / "r.ome.zarr"
+    _job(tmp_path, model, vol, final, ngff_version=ngff, chunks=(1, 8, 8) if shards else None, shards=shards)
+    nodes = list(Reader(parse_url(str(final)))())
+    image = nodes[0]
+    assert image.metadata["axes"][0]["name"] == "z"
+    levels = image.data
+    assert tuple(levels[0].shape) == (4, 80, 96) and len(levels) >= 2
+    np.testing.assert_allclose(np.asarray(levels[0]), predict_single_pass(model, vol, factors=(1, 2, 2)), atol=2e-5)
+    version = (image.zarr.root_attrs.get("ome") or image.zarr.root_attrs.get("multiscales")[0])["version"]
+    assert version == ngff

@@ -102,7 +102,7 @@ def test_page_sections_flags_and_tables(full_page):
     flags_part = full_page.split('id="flags"')[1]
     assert flags_part.index('class="warn"') < flags_part.index('class="flag"')
     # self-validation gain 33.0 - 30.5 and reference gain
-    assert ">2.5<" in full_page and ">4<" in full_page
+    assert ">+2.50<" in full_page and ">+4.00<" in full_page
     # bead medians: z in = median(2.0, 2.2, 9.0) = 2.2, out = 1.2
     beads = full_page.split('id="beads"')[1].split("</table>")[0]
     assert ">2.2<" in beads and ">1.2<" in beads

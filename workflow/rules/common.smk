@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -34,33 +35,19 @@ def _read_sheet(path):
     return _sheet.read_sample_sheet(path, schema=schema)
 
 
-def _safe_id(name):
-    stem = re.sub(r"(\.ome)?\.(tiff?|zarr)$", "", os.path.basename(name.rstrip("/")), flags=re.I)
-    sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("._-")
-    return sid or "sample"
+def _inbox_rows(sheet):
+    """Nightly batches: acquisitions of the config's inbox globs (selfres.inbox has the rules)."""
+    from selfres.inbox import scan_inbox
 
-
-def _inbox_rows(patterns, settle_seconds, known):
-    """Acquisitions matched by the config's inbox globs that are old enough to be complete."""
-    rows = []
-    now = time.time()
-    for pattern in patterns:
-        for path in sorted(glob.glob(pattern)):
-            sid = _safe_id(path)
-            if sid in known:
-                continue
-            mtime = max([os.path.getmtime(path)] + [os.path.getmtime(os.path.join(d, f))
-                        for d, _, fs in os.walk(path) for f in fs] if os.path.isdir(path) else [os.path.getmtime(path)])
-            if now - mtime < settle_seconds:
-                print(f"selfres: inbox file {path} changed {now - mtime:.0f} s ago; left for the next run")
-                continue
-            known.add(sid)
-            rows.append({"sample": sid, "path": os.path.relpath(path) if not os.path.isabs(pattern) else path})
-    return rows
+    scan = scan_inbox(config["inbox"], settle_seconds=config["inbox_settle_seconds"],
+                      known_ids=sheet["sample"], known_paths=sheet["path"])
+    for line in scan.messages():
+        print(line, file=sys.stderr)
+    return scan.rows
 
 
 SHEET = _read_sheet(config["samples"])
-_inbox = _inbox_rows(config["inbox"], config["inbox_settle_seconds"], set(SHEET["sample"]))
+_inbox = _inbox_rows(SHEET)
 if _inbox:
     SHEET = pd.concat([SHEET, pd.DataFrame(_inbox)], ignore_index=True).fillna("")
 SAMPLES = SHEET.set_index("sample", drop=False)
@@ -126,6 +113,8 @@ STAGE_SECTIONS = {
 def stage_settings(sample, stage):
     s = sample_settings(sample)
     out = {k: s[k] for k in STAGE_SECTIONS[stage] if k in s}
+    if sample_mode(sample) != "isotropic":  # an isotropic value must not retrain enhance samples
+        out.pop("isotropic", None)
     if stage == "normalise":
         out["infer"] = {"ngff_version": s["infer"]["ngff_version"]}
     if stage == "train":
@@ -191,6 +180,11 @@ def summary_args(wildcards):
     return " ".join(_q(a) for a in ["--samples", ",".join(SAMPLE_IDS), "--modes", json.dumps(modes)])
 
 
+def results_dir_of(wildcards, output):
+    """The results root, derived from the summary's own output path."""
+    return os.path.dirname(output.tsv) or "."
+
+
 def all_outputs():
     per_sample = expand(
         [f"{R}/{{sample}}/restored.ome.zarr", f"{R}/{{sample}}/qc/metrics.json",
@@ -200,7 +194,27 @@ def all_outputs():
     return per_sample + [f"{R}/summary.tsv", f"{R}/summary.html"]
 
 
+def run_record(status, log):
+    """Append this run's record to {results}/runs/ (selfres.runlog); never fails the run."""
+    from selfres.runlog import write_run_record
+
+    try:
+        path = write_run_record(R, status=status, snakemake_log=log, samples=SAMPLE_IDS)
+        print(f"selfres: run record {path}", file=sys.stderr)
+    except Exception as exc:  # a record must not turn a good run into a failed one
+        print(f"selfres: WARNING: no run record written: {exc}", file=sys.stderr)
+
+
+onsuccess:
+    run_record("success", log)
+
+
 onerror:
-    # A failed sample must still show in the morning summary (with its error).
-    shell(f"selfres summary {_q(R)} {summary_args(None)} -o {_q(R + '/summary.tsv')} "
-          f"--html {_q(R + '/summary.html')} || true")
+    # A failed sample must still show in the morning summary (with its error). An argument
+    # list, no shell: the JSON of --modes holds braces that shell() would try to format.
+    import subprocess
+
+    subprocess.run(["selfres", "summary", R, "--samples", ",".join(SAMPLE_IDS), "--modes",
+                    json.dumps({s: sample_mode(s) for s in SAMPLE_IDS}), "-o", f"{R}/summary.tsv",
+                    "--html", f"{R}/summary.html"], check=False)
+    run_record("error", log)

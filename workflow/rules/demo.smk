@@ -9,5 +9,7 @@ rule demo:
         "demo_data/neurites_reference.tif",
     log:
         "demo_data/demo.log",
+    conda:
+        "../../envs/selfres.yaml"
     shell:
         "selfres demo demo_data > {log} 2>&1"

@@ -23,6 +23,8 @@ rule report:
     params:
         args=report_args,
         benchmarks=f"{R}/{{sample}}/benchmarks",
+    conda:
+        "../../envs/selfres.yaml"
     shell:
         "selfres report {input.normalized:q} {input.restored:q} {input.model:q} {input.fov:q} {input.metrics:q} "
         "-o {output.html:q} --provenance {output.provenance:q} --benchmarks {params.benchmarks:q} "
@@ -40,6 +42,8 @@ rule summary:
         f"{R}/logs/summary.log",
     params:
         args=summary_args,
-        results=R,
+        results=results_dir_of,
+    conda:
+        "../../envs/selfres.yaml"
     shell:
         "selfres summary {params.results:q} {params.args} -o {output.tsv:q} --html {output.html:q} > {log:q} 2>&1"

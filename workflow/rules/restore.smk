@@ -12,6 +12,8 @@ rule normalise:
         f"{R}/{{sample}}/benchmarks/normalise.tsv"
     params:
         args=normalise_args,
+    conda:
+        "../../envs/selfres.yaml"
     shell:
         "selfres normalise {input:q} -o {output:q} {params.args} > {log:q} 2>&1"
 
@@ -27,6 +29,8 @@ rule crop:
         f"{R}/{{sample}}/benchmarks/crop.tsv"
     params:
         args=crop_args,
+    conda:
+        "../../envs/selfres.yaml"
     shell:
         "selfres crop {input:q} -o {output:q} {params.args} > {log:q} 2>&1"
 
@@ -45,6 +49,8 @@ rule train:
         args=train_args,
     resources:
         gpu=1,
+    conda:
+        "../../envs/selfres.yaml"
     shell:
         "selfres train {input.normalized:q} {input.fov:q} -o {output:q} --threads {threads} {params.args} > {log:q} 2>&1"
 
@@ -63,6 +69,8 @@ rule infer:
         args=infer_args,
     resources:
         gpu=1,
+    conda:
+        "../../envs/selfres.yaml"
     shell:
         "selfres infer {input.normalized:q} {input.model:q} -o {output:q} --threads {threads} {params.args} > {log:q} 2>&1"
 
@@ -82,6 +90,8 @@ rule qc:
         f"{R}/{{sample}}/benchmarks/qc.tsv"
     params:
         args=qc_args,
+    conda:
+        "../../envs/selfres.yaml"
     shell:
         "selfres qc {input.normalized:q} {input.restored:q} {input.model:q} {input.fov:q} -o {output:q} "
         "--threads {threads} {params.args} > {log:q} 2>&1"

@@ -1,0 +1,154 @@
+"""Nightly batches: acquisitions found by the config's ``inbox`` globs become samples.
+
+``workflow/rules/common.smk`` calls :func:`scan_inbox` while it builds the sample table.
+Rules (see ``docs/operations.md``):
+
+- every file or Zarr store matched by one of the glob patterns (``**`` allowed;
+  relative patterns are relative to the working directory) becomes a sample whose id is
+  :func:`safe_id` of its name;
+- the sheet wins: an acquisition whose id, or whose path, is already in the sample sheet
+  is left to the sheet's row;
+- two acquisitions with the same id are an error (naming both), never a silent merge:
+  rename one, or give each its own sheet row;
+- an acquisition that changed less than ``settle_seconds`` ago is left for the next run.
+  "Changed" is the newest ``st_mtime`` *or* ``st_ctime`` of the file, or of any file or
+  folder inside a Zarr store: every write moves both, and ``ctime`` also catches copies
+  that restore the source's old ``mtime`` (``cp -p``, ``rsync -a``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .errors import ConfigError
+
+__all__ = ["safe_id", "last_change", "scan_inbox", "InboxScan"]
+
+_EXT_RE = re.compile(r"(\.ome)?\.(tiff?|zarr|n5)$", re.IGNORECASE)
+
+
+def safe_id(name: str) -> str:
+    """A sample id (``^[A-Za-z0-9][A-Za-z0-9_.-]*$``) from an acquisition's file name.
+
+    The folder and the extension (``.tif``, ``.tiff``, ``.ome.tif``, ``.zarr``,
+    ``.ome.zarr``) are dropped, every run of other characters becomes ``_`` and leading
+    ``.``, ``_``, ``-`` are stripped; an empty result becomes ``sample``.
+
+    Examples
+    --------
+    >>> safe_id("/data/2026-11-30 mouse #3.ome.tif")
+    '2026-11-30_mouse_3'
+    """
+    stem = _EXT_RE.sub("", os.path.basename(os.path.normpath(name)))
+    sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("._-")
+    return sid or "sample"
+
+
+def last_change(path: str | os.PathLike) -> float:
+    """Newest ``max(st_mtime, st_ctime)`` of ``path`` and, for a folder, of all inside it."""
+    st = os.stat(path)
+    newest = max(st.st_mtime, st.st_ctime)
+    if os.path.isdir(path):
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                try:
+                    s = os.lstat(os.path.join(root, name))
+                except FileNotFoundError:  # removed while we looked: still being written
+                    return time.time()
+                newest = max(newest, s.st_mtime, s.st_ctime)
+    return newest
+
+
+@dataclass
+class InboxScan:
+    """What one scan of the inbox found.
+
+    Attributes
+    ----------
+    rows
+        New samples: ``{"sample": id, "path": path}``, sorted by id.
+    waiting
+        ``(path, seconds since its last change)`` of acquisitions left for the next run.
+    shadowed
+        ``(path, id)`` of acquisitions left to a sheet row of the same id or path.
+    """
+
+    rows: list[dict] = field(default_factory=list)
+    waiting: list[tuple[str, float]] = field(default_factory=list)
+    shadowed: list[tuple[str, str]] = field(default_factory=list)
+
+    def messages(self) -> list[str]:
+        """One line per acquisition not taken, for the run's output."""
+        out = [f"selfres inbox: {p} changed {age:.0f} s ago; left for the next run" for p, age in self.waiting]
+        out += [f"selfres inbox: {p} left to the sample sheet's row {sid!r}" for p, sid in self.shadowed]
+        return out
+
+
+def scan_inbox(
+    patterns: Iterable[str],
+    *,
+    settle_seconds: float,
+    known_ids: Iterable[str] = (),
+    known_paths: Iterable[str] = (),
+    now: float | None = None,
+) -> InboxScan:
+    """Find the acquisitions to add as samples.
+
+    Parameters
+    ----------
+    patterns
+        Glob patterns (config key ``inbox``); ``**`` matches folders recursively.
+    settle_seconds
+        Acquisitions changed more recently than this are left for the next run.
+    known_ids, known_paths
+        Sample ids and paths of the sample sheet (they win).
+    now
+        Current time (seconds since the epoch); default :func:`time.time`.
+
+    Returns
+    -------
+    InboxScan
+
+    Raises
+    ------
+    ConfigError
+        If two acquisitions map to the same sample id.
+    """
+    now = time.time() if now is None else now
+    ids = set(known_ids)
+    paths = {os.path.realpath(p) for p in known_paths if p}
+    by_id: dict[str, list[str]] = {}
+    scan = InboxScan()
+    for pattern in patterns:
+        for path in sorted(glob.glob(pattern, recursive=True)):
+            path = os.path.normpath(path)
+            sid = safe_id(path)
+            if os.path.realpath(path) in paths or sid in ids:
+                if (path, sid) not in scan.shadowed:
+                    scan.shadowed.append((path, sid))
+                continue
+            same = by_id.setdefault(sid, [])
+            if os.path.realpath(path) not in {os.path.realpath(p) for p in same}:
+                same.append(path)
+    clashes = {sid: ps for sid, ps in by_id.items() if len(ps) > 1}
+    if clashes:
+        detail = "; ".join(f"{sid!r} from {', '.join(ps)}" for sid, ps in sorted(clashes.items()))
+        raise ConfigError(
+            f"inbox: acquisitions with the same sample id: {detail}. Rename all but one, "
+            "or give each its own row (own id) in the sample sheet"
+        )
+    for sid, (path,) in sorted(by_id.items()):
+        try:
+            age = now - last_change(path)
+        except FileNotFoundError:
+            continue
+        if age < settle_seconds:
+            scan.waiting.append((path, age))
+        else:
+            scan.rows.append({"sample": sid, "path": path})
+    return scan

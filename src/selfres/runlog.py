@@ -1,0 +1,245 @@
+"""Run records: what one ``snakemake`` run did, written when it ends.
+
+The workflow's ``onsuccess`` / ``onerror`` handlers (``workflow/rules/common.smk``) call
+:func:`write_run_record` with Snakemake's own log of the run. The record lands in
+``{results}/runs/{started}_{status}.json`` and one line is appended to
+``{results}/runs/runs.tsv`` (the run history at a glance). ``selfres runlog`` does the
+same from the command line, e.g. for the log of a run that was killed.
+
+What a record holds: when the run started and ended, its status, the host, user,
+working directory and command line, the Snakemake workflow id and config MD5, the
+versions of selfres (and its git commit) and of the main libraries, the samples of the
+run, and every job: rule, sample, why it ran, when it started, whether it finished, and
+its Slurm job id and log when it ran on Slurm.
+
+No torch import: versions come from the installed package metadata.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import re
+import socket
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+
+__all__ = ["parse_snakemake_log", "write_run_record", "RUNS_TSV_COLUMNS"]
+
+#: Columns of ``runs/runs.tsv`` (one line per run).
+RUNS_TSV_COLUMNS = ("started", "finished", "status", "host", "user", "jobs", "failed_jobs",
+                    "samples_run", "failed_samples", "record")
+
+_HEADER_RE = re.compile(r"^\s{2}(?P<key>[A-Za-z][A-Za-z0-9 ()]*?):\s(?P<value>.*)$")
+_STAMP_RE = re.compile(r"^\[(?P<stamp>[A-Z][a-z]{2} [A-Z][a-z]{2} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+_RULE_RE = re.compile(r"^(?:local)?(?:checkpoint|rule) (?P<rule>[A-Za-z_][A-Za-z0-9_]*):$")
+_FIELD_RE = re.compile(r"^\s{4}(?P<key>[a-z_]+): (?P<value>.*)$")
+_FINISHED_RE = re.compile(r"^Finished jobid: (?P<jobid>\d+)")
+_ERROR_RE = re.compile(r"^Error in rule (?P<rule>[A-Za-z_][A-Za-z0-9_]*):$")
+_SLURM_RE = re.compile(r"^Job (?P<jobid>\d+) has been submitted with SLURM jobid (?P<slurm>\d+)"
+                       r"(?: \(log: (?P<log>[^)]*)\))?")
+_HEADER_KEYS = {"Date": "started", "Workflow ID": "workflow_id", "Host": "host", "User": "user",
+                "Snakemake version": "snakemake_version", "Command": "command",
+                "Snakefile": "snakefile", "Working directory": "workdir", "Config file(s)": "config_files",
+                "Config MD5": "config_md5"}
+
+
+def _iso(stamp: str) -> str:
+    """``Mon Nov 30 08:59:52 2026`` (Snakemake's job stamp) → ``2026-11-30T08:59:52``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.strptime(" ".join(stamp.split()), "%a %b %d %H:%M:%S %Y"))
+
+
+def parse_snakemake_log(text: str) -> dict:
+    """Read the header and the jobs out of a Snakemake (9.x) run log.
+
+    Parameters
+    ----------
+    text
+        Contents of ``.snakemake/log/<timestamp>.snakemake.log``.
+
+    Returns
+    -------
+    dict
+        ``header`` (started, workflow_id, host, user, snakemake_version, command,
+        snakefile, workdir, config_files, config_md5 — those present) and ``jobs``:
+        one dict per job with ``jobid``, ``rule``, ``sample`` (or ``None``),
+        ``wildcards``, ``reason``, ``started``, ``status`` (``finished``, ``failed`` or
+        ``incomplete``), ``slurm_jobid`` and ``slurm_log`` (``None`` off Slurm).
+        Jobs of the target rule ``all`` are left out.
+    """
+    header: dict = {}
+    jobs: dict[int, dict] = {}
+    stamp = None
+    current = None  # the job block being read
+    in_error = None  # the job id of an "Error in rule" block
+    for line in text.splitlines():
+        if not jobs and current is None:
+            m = _HEADER_RE.match(line)
+            if m and m["key"] in _HEADER_KEYS:
+                header[_HEADER_KEYS[m["key"]]] = m["value"].strip()
+                continue
+        m = _STAMP_RE.match(line.strip())
+        if m:
+            stamp = _iso(m["stamp"])
+            current = in_error = None
+            continue
+        m = _RULE_RE.match(line)
+        if m:
+            current = {"jobid": None, "rule": m["rule"], "sample": None, "wildcards": None, "reason": None,
+                       "started": stamp, "status": "incomplete", "slurm_jobid": None, "slurm_log": None}
+            in_error = None
+            continue
+        m = _ERROR_RE.match(line)
+        if m:
+            current, in_error = None, -1
+            continue
+        m = _FIELD_RE.match(line)
+        if m and (current is not None or in_error is not None):
+            key, value = m["key"], m["value"].strip()
+            if in_error is not None:
+                if key == "jobid" and value.isdigit():
+                    in_error = int(value)
+                    if in_error in jobs:
+                        jobs[in_error]["status"] = "failed"
+                continue
+            if key == "jobid" and value.isdigit():
+                current["jobid"] = int(value)
+                jobs.setdefault(current["jobid"], current)
+            elif key == "wildcards":
+                current["wildcards"] = value
+                wc = dict(part.split("=", 1) for part in value.split(", ") if "=" in part)
+                current["sample"] = wc.get("sample")
+            elif key == "reason":
+                current["reason"] = value
+            continue
+        m = _FINISHED_RE.match(line)
+        if m and int(m["jobid"]) in jobs:
+            jobs[int(m["jobid"])]["status"] = "finished"
+            continue
+        m = _SLURM_RE.match(line)
+        if m and int(m["jobid"]) in jobs:
+            jobs[int(m["jobid"])]["slurm_jobid"] = int(m["slurm"])
+            jobs[int(m["jobid"])]["slurm_log"] = m["log"]
+    return {"header": header, "jobs": [j for _, j in sorted(jobs.items()) if j["rule"] != "all"]}
+
+
+def _as_list(text: str | None) -> list | None:
+    """Snakemake writes the config files as a Python list literal."""
+    import ast
+
+    if not text:
+        return None
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return [text]
+    return list(value) if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version(), "selfres": __version__}
+    for pkg in ("snakemake", "snakemake-executor-plugin-slurm", "torch", "numpy", "zarr"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _git_commit() -> str | None:
+    from .pipeline import git_commit
+
+    return git_commit()
+
+
+def write_run_record(
+    results: str | os.PathLike,
+    *,
+    status: str,
+    snakemake_log: str | os.PathLike | None = None,
+    samples: Sequence[str] = (),
+    extra: dict | None = None,
+) -> Path:
+    """Write the record of one run and append its line to ``runs/runs.tsv``.
+
+    Parameters
+    ----------
+    results
+        The results root (config key ``results``).
+    status
+        ``success`` or ``error``.
+    snakemake_log
+        Snakemake's log of this run; without it the record has no job list.
+    samples
+        Sample ids of the run (sheet rows and inbox acquisitions).
+    extra
+        More fields to store as they are (e.g. ``inbox`` waiting files).
+
+    Returns
+    -------
+    Path
+        The JSON record written.
+    """
+    if status not in ("success", "error"):
+        raise ValueError(f"status must be 'success' or 'error', got {status!r}")
+    parsed = {"header": {}, "jobs": []}
+    if snakemake_log and Path(snakemake_log).is_file():
+        parsed = parse_snakemake_log(Path(snakemake_log).read_text(errors="replace"))
+    header = parsed["header"]
+    jobs = parsed["jobs"]
+    finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+    started = (header.get("started") or finished).replace(" ", "T")
+    ran = sorted({j["sample"] for j in jobs if j["sample"]})
+    failed = sorted({j["sample"] for j in jobs if j["sample"] and j["status"] != "finished"})
+    record = {
+        "started": started,
+        "finished": finished,
+        "status": status,
+        "host": socket.gethostname(),
+        "user": header.get("user") or getpass.getuser(),
+        "workdir": header.get("workdir") or os.getcwd(),
+        "command": header.get("command") or " ".join(sys.argv),
+        "workflow_id": header.get("workflow_id"),
+        "config_files": _as_list(header.get("config_files")),
+        "config_md5": header.get("config_md5"),
+        "snakemake_log": str(snakemake_log) if snakemake_log else None,
+        "selfres_version": __version__,
+        "git_commit": _git_commit(),
+        "software": _versions(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "samples": list(samples),
+        "samples_run": ran,
+        "failed_samples": failed,
+        "job_counts": dict(Counter(j["rule"] for j in jobs)),
+        "jobs": jobs,
+    }
+    if extra:
+        record.update(extra)
+    runs = Path(results) / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    base = f"{started.replace(':', '').replace('-', '')}_{status}"
+    path = runs / f"{base}.json"
+    n = 1
+    while path.exists():
+        n += 1
+        path = runs / f"{base}-{n}.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    tsv = runs / "runs.tsv"
+    line = [started, finished, status, record["host"], record["user"], str(len(jobs)),
+            str(sum(j["status"] != "finished" for j in jobs)), ",".join(ran), ",".join(failed), path.name]
+    with open(tsv, "a", encoding="utf-8") as fh:
+        if fh.tell() == 0:
+            fh.write("\t".join(RUNS_TSV_COLUMNS) + "\n")
+        fh.write("\t".join(line) + "\n")
+    return path

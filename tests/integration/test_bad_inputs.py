@@ -1,0 +1,314 @@
+"""Bad inputs: one clear error per case, naming the sample, the file and the problem.
+
+One parametrised table (:data:`CASES`). Stage cases run the ``selfres`` CLI in-process
+(``cli.main``: the same code as the console command, without the start-up cost) and
+check exit status 2, exactly one ``ERROR:`` line naming the sample, the file and what
+is wrong, and no traceback. Sheet and config cases run ``snakemake -n`` on a tiny
+working directory and check the message names the key / column and what is allowed.
+The end-to-end test runs ``snakemake --keep-going`` on a good and a broken sample.
+The messages are copied into ``docs/errors.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import zarr
+
+from selfres import cli, io, pipeline
+from workdir import make_workdir, run_snakemake, tiny_volume, write_tiny_tiff
+
+SAMPLE = "s1"
+
+
+# --------------------------------------------------------------------------- builders
+# Each builder writes its bad input under ``d`` and returns (argv, file named, problem regex).
+def _tif(d: Path, name: str, data, **kw) -> Path:
+    # axes named: tifffile reads an unnamed 3- or 4-plane stack as RGB(A) channels
+    p = d / name
+    if data.ndim == 3:
+        kw.setdefault("metadata", {"axes": "ZYX"})
+    tifffile.imwrite(p, data, **kw)
+    return p
+
+
+def _norm(d: Path, shape=(8, 64, 64), *, voxel=True, seed=0) -> tuple[Path, Path]:
+    """A normalised store made by the real normalise stage from a seeded volume."""
+    kw = {"imagej": True, "resolution": (2.0, 2.0), "metadata": {"spacing": 1.0, "unit": "um", "axes": "ZYX"}} \
+        if voxel else {"metadata": {"axes": "ZYX"}}
+    src = _tif(d, "raw.tif", tiny_volume(shape, seed=seed), **kw)
+    out = d / "normalized.ome.zarr"
+    pipeline.stage_normalise(src, out, sample=SAMPLE)
+    return src, out
+
+
+def _normalise_argv(p: Path) -> list[str]:
+    return ["normalise", str(p), "-o", str(p.parent / "out.ome.zarr"), "--sample", SAMPLE]
+
+
+def b_missing(d):
+    p = d / "missing.tif"
+    return _normalise_argv(p), p.name, r"does not exist"
+
+
+def b_zero_byte(d):
+    p = d / "zero.tif"
+    p.write_bytes(b"")
+    return _normalise_argv(p), p.name, r"is empty \(0 bytes\)"
+
+
+def b_truncated(d):
+    good = _tif(d, "good.tif", tiny_volume((8, 48, 48)))
+    p = d / "truncated.tif"
+    p.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    return _normalise_argv(p), p.name, r"truncated or corrupt"
+
+
+def b_corrupt_zarr(d):
+    p = d / "corrupt.zarr"
+    p.mkdir()
+    (p / ".zarray").write_text("{not json")
+    return _normalise_argv(p), p.name, r"corrupt Zarr store"
+
+
+def b_one_d(d):
+    p = d / "line.zarr"
+    zarr.save_array(str(p), np.arange(10.0), zarr_format=2)
+    return _normalise_argv(p), p.name, r"is 1-D .*allowed: a 2-D YX image or a 3-D ZYX stack"
+
+
+def b_four_d_tiff(d):
+    p = _tif(d, "fourd.tif", np.random.default_rng(0).random((2, 3, 16, 16)).astype(np.float32))
+    return _normalise_argv(p), p.name, r"axis order .* cannot be interpreted"
+
+
+def b_five_d_zarr(d):
+    p = d / "fived.zarr"
+    zarr.save_array(str(p), np.random.default_rng(0).random((2, 3, 8, 16, 16)), zarr_format=2)
+    return _normalise_argv(p), p.name, r"5-D array .* without axis names"
+
+
+def b_complex(d):
+    p = _tif(d, "complex.tif", np.ones((4, 16, 16), np.complex64))
+    return _normalise_argv(p), p.name, r"data type complex64 .*allowed: integer"
+
+
+def b_bool(d):
+    p = _tif(d, "mask.tif", np.random.default_rng(0).random((4, 16, 16)) > 0.5)
+    return _normalise_argv(p), p.name, r"data type bool"
+
+
+def b_object(d):
+    p = d / "strings.zarr"
+    p.mkdir()
+    (p / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [2, 8, 8], "chunks": [2, 8, 8], "dtype": "|O", "compressor": None,
+        "fill_value": 0, "order": "C", "filters": [{"id": "vlen-utf8"}]}))
+    return _normalise_argv(p), p.name, r"has data type .* which selfres cannot use"
+
+
+def b_nan_inf(d):
+    v = tiny_volume((4, 16, 16)).astype(np.float32)
+    v[0, 0, :3] = np.nan
+    v[1, 1, 1] = np.inf
+    p = _tif(d, "nan.tif", v)
+    return _normalise_argv(p), p.name, r"4 non-finite voxels \(3 NaN, 1 Inf\)"
+
+
+def b_constant(d):
+    p = _tif(d, "blank.tif", np.full((4, 16, 16), 7, np.uint16))
+    return _normalise_argv(p), p.name, r"constant \(every voxel is 7\)"
+
+
+def b_smaller_than_fov(d):
+    src, norm = _norm(d, shape=(4, 8, 8))
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--scale", "1,2,2", "--sample", SAMPLE], \
+        norm.name, r"too small to split into a training FOV and a held-out region"
+
+
+def b_fov_smaller_than_patch(d):
+    src, norm = _norm(d)
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--scale", "1,2,2", "--training-fov", "0:8,0:3,0:64",
+            "--sample", SAMPLE], src.name, r"training FOV .* has 3 voxels along y; scale 2 along y needs at least 4"
+
+
+def b_too_few_slices(d):
+    src, norm = _norm(d, shape=(3, 64, 64))
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--scale", "4,2,2", "--sample", SAMPLE], \
+        src.name, r"has 3 slices; scale 4 along z needs at least 8"
+
+
+def b_voxel_missing_isotropic(d):
+    src, norm = _norm(d, voxel=False)
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "isotropic", "--sample", SAMPLE], \
+        src.name, r"no voxel size .* isotropic mode needs it .*; give voxel_size"
+
+
+def b_unknown_mode_cli(d):
+    src, norm = _norm(d)
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "superres", "--sample", SAMPLE], \
+        "", r"unknown mode 'superres'; choose one of enhance, isotropic"
+
+
+def b_reference_shape(d):
+    src, norm = _norm(d, shape=(8, 32, 32))
+    restored = d / "restored.ome.zarr"
+    io.write_ome_zarr(restored, np.zeros((8, 64, 64), np.float32), voxel_size=(1.0, 0.25, 0.25))
+    ref = _tif(d, "reference.tif", tiny_volume((8, 48, 48)))
+    return ["qc", str(norm), str(restored), str(d / "model"), str(d / "fov.json"), "-o", str(d / "m.json"),
+            "--reference", str(ref), "--sample", SAMPLE], \
+        ref.name, r"reference shape \(8, 48, 48\) does not match the output grid \(8, 64, 64\)"
+
+
+CLI_CASES = {
+    "missing_file": b_missing,
+    "zero_byte_tiff": b_zero_byte,
+    "truncated_tiff": b_truncated,
+    "corrupt_zarr": b_corrupt_zarr,
+    "one_d": b_one_d,
+    "four_d_tiff_unknown_axes": b_four_d_tiff,
+    "five_d_zarr_no_axis_names": b_five_d_zarr,
+    "complex_dtype": b_complex,
+    "bool_dtype": b_bool,
+    "object_dtype": b_object,
+    "nan_inf_voxels": b_nan_inf,
+    "constant_volume": b_constant,
+    "smaller_than_fov": b_smaller_than_fov,
+    "fov_smaller_than_patch": b_fov_smaller_than_patch,
+    "too_few_slices_for_factor": b_too_few_slices,
+    "voxel_size_missing_isotropic": b_voxel_missing_isotropic,
+    "unknown_mode_cli": b_unknown_mode_cli,
+    "reference_shape_mismatch": b_reference_shape,
+}
+
+
+# --------------------------------------------------------------------------- sheet / config cases
+def s_duplicate_id(tmp):
+    wd = make_workdir(tmp, samples={"a": {}, "b": {}})
+    sheet = wd / "config" / "samples.tsv"
+    sheet.write_text(sheet.read_text().replace("\nb\t", "\na\t"))
+    return wd, r"duplicate sample id\(s\): a; ids must be unique"
+
+
+def s_dotdot_id(tmp):
+    wd = make_workdir(tmp, samples={"a": {}, "../evil": {"path": "../data/a.tif"}})
+    return wd, r"sample id '\.\./evil' is not allowed: use letters, digits"
+
+
+def s_absolute_id(tmp):
+    wd = make_workdir(tmp, samples={"a": {}, "/tmp/evil": {"path": "../data/a.tif"}})
+    return wd, r"sample id '/tmp/evil' is not allowed"
+
+
+def s_unknown_mode_sheet(tmp):
+    wd = make_workdir(tmp, samples={"a": {"mode": "superres"}})
+    return wd, r"sample 'a': column 'mode': 'superres' is not allowed; allowed values: 'enhance', 'isotropic'"
+
+
+def s_bad_config_value(tmp):
+    wd = make_workdir(tmp, config_overrides={"train": {"loss": "l3"}})
+    return wd, r"'l3' is not one of \['mse', 'l1', 'charbonnier', 'charbonnier_ssim'\][\s\S]*\['train'\]\['loss'\]"
+
+
+def s_unknown_config_key(tmp):
+    wd = make_workdir(tmp, config_overrides={"train": {"stpes": 3}})
+    return wd, r"Additional properties are not allowed \('stpes' was unexpected\)"
+
+
+def s_symlinked_results(tmp):
+    wd = make_workdir(tmp)
+    outside = tmp / "outside"
+    outside.mkdir()
+    (wd / "results").mkdir()
+    (wd / "results" / "a").symlink_to(outside, target_is_directory=True)
+    return wd, r"sample 'a': results folder results/a is a link to .*outside, outside the results root"
+
+
+SHEET_CASES = {
+    "duplicate_sample_id": s_duplicate_id,
+    "unsafe_id_dotdot": s_dotdot_id,
+    "unsafe_id_absolute": s_absolute_id,
+    "unknown_mode_sheet": s_unknown_mode_sheet,
+    "invalid_config_value": s_bad_config_value,
+    "unknown_config_key": s_unknown_config_key,
+    "symlinked_results_folder": s_symlinked_results,
+}
+
+CASES = [pytest.param("cli", name, id=name) for name in CLI_CASES] + [
+    pytest.param("snakemake", name, id=name, marks=pytest.mark.slow) for name in SHEET_CASES
+]
+
+
+@pytest.mark.parametrize(("runner", "case"), CASES)
+def test_bad_input(runner, case, tmp_path, capsys):
+    if runner == "cli":
+        argv, fname, problem = CLI_CASES[case](tmp_path)
+        capsys.readouterr()
+        rc = cli.main(["--log-level", "WARNING", *argv])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("ERROR:")]
+        assert rc == 2, err
+        assert len(errors) == 1, err
+        assert "Traceback" not in err
+        msg = errors[0]
+        assert msg.startswith(f"ERROR: sample '{SAMPLE}': "), msg
+        assert fname in msg, msg
+        assert re.search(problem, msg), msg
+        print(msg)  # shown with -s; copied into docs/errors.md
+    else:
+        wd, problem = SHEET_CASES[case](tmp_path)
+        proc = run_snakemake(wd, "-n", timeout=120)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, out
+        assert re.search(problem, out), out
+        assert not (wd / "results" / "a" / "normalized.ome.zarr").exists()
+        assert not (tmp_path / "evil").exists()
+
+
+def test_console_command_prints_one_line_and_exits_2(tmp_path):
+    """The installed ``selfres`` command, not just ``cli.main``: one line, status 2."""
+    missing = tmp_path / "no such file.tif"
+    proc = subprocess.run([sys.executable, "-m", "selfres.cli", "normalise", str(missing), "-o",
+                           str(tmp_path / "o.ome.zarr"), "--sample", "night-3"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"ERROR: sample 'night-3': {missing}: does not exist (no such file or store)"]
+
+
+@pytest.mark.slow
+def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path):
+    """A broken acquisition fails only its own sample; summary.tsv lists it with its error."""
+    wd = make_workdir(tmp_path, samples={"good": {}, "bad": {"path": "../data/bad.tif"}})
+    good = (wd / "data" / "good.tif").read_bytes()
+    (wd / "data" / "bad.tif").write_bytes(good[: len(good) // 3])  # truncated acquisition
+    proc = run_snakemake(wd, "--keep-going", timeout=300)
+    assert proc.returncode != 0  # the night had a failure, and says so
+    res = wd / "results"
+    for f in ("restored.ome.zarr", "qc/metrics.json", "report.html", "provenance.json"):
+        assert (res / "good" / f).exists(), f
+    assert not (res / "bad" / "normalized.ome.zarr").exists()
+    table = pd.read_csv(res / "summary.tsv", sep="\t").set_index("sample")
+    assert table.loc["good", "status"] in ("ok", "fallback_interpolation")
+    assert table.loc["bad", "status"] == "failed"
+    assert re.fullmatch(r"sample 'bad': data/bad\.tif: is truncated or corrupt .*", table.loc["bad", "error"])
+    assert (res / "summary.html").exists()
+    log = (res / "bad" / "logs" / "normalise.log").read_text()
+    assert [ln for ln in log.splitlines() if ln.startswith("ERROR:")] == ["ERROR: " + table.loc["bad", "error"]]
+
+
+def test_write_tiny_tiff_is_valid(tmp_path):
+    """Guard for the builders: the good tiny acquisition itself reads cleanly."""
+    p = write_tiny_tiff(tmp_path / "ok.tif")
+    vol = io.read_volume(p)
+    assert vol.shape == (8, 48, 48) and vol.voxel_size == pytest.approx((1.0, 0.5, 0.5))
+    assert os.path.getsize(p) > 0

@@ -1,0 +1,247 @@
+"""Faults: killed jobs, full disks, damaged or hostile model files.
+
+* ``kill -9`` of ``selfres train`` resumes from the last checkpoint and ends with the
+  same weights as an uninterrupted run (CPU, same seed).
+* Inference resume: finished tiles are not recomputed (library level,
+  ``infer.restore_to_store(done_tiles=…)``).
+* A full disk (``OSError(ENOSPC)``) leaves no output that Snakemake would take as
+  complete, and no temporary litter.
+* A damaged weights file is refused by checksum with a message saying to delete the
+  model folder; a hostile pickle placed as ``checkpoint.pt`` or as the weights file is
+  never executed.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from selfres import cli, io, models, pipeline
+from selfres.train import load_checkpoint
+from workdir import write_tiny_tiff
+
+SAMPLE = "s1"
+
+
+def _only_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("ERROR:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _litter(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp" in p.name or ".old-" in p.name)
+
+
+@pytest.fixture
+def normalized(tmp_path) -> Path:
+    src = write_tiny_tiff(tmp_path / "raw.tif", shape=(8, 48, 48))
+    out = tmp_path / "normalized.ome.zarr"
+    pipeline.stage_normalise(src, out, sample=SAMPLE)
+    return out
+
+
+# --------------------------------------------------------------------------- full disk
+def test_full_disk_while_writing_a_store_leaves_no_output(tmp_path, monkeypatch, capsys):
+    src = write_tiny_tiff(tmp_path / "raw.tif")
+    out = tmp_path / "res" / "normalized.ome.zarr"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out))
+
+    monkeypatch.setattr(io, "finalize_ome_zarr", full)  # fails after level 0 was written
+    rc = cli.main(["--log-level", "ERROR", "normalise", str(src), "-o", str(out), "--sample", SAMPLE])
+    msg = _only_error_line(capsys.readouterr().err)
+    assert rc == 4
+    assert msg == f"ERROR: sample '{SAMPLE}': no space left on device while writing {out}"
+    assert not out.exists()
+    assert _litter(out.parent) == []
+
+
+def test_full_disk_while_writing_json_keeps_the_old_file_and_no_litter(tmp_path, monkeypatch):
+    target = tmp_path / "train_fov.json"
+    pipeline.write_json(target, {"old": True})
+    real_write = Path.write_text
+
+    def half_then_full(self, text, *a, **k):
+        real_write(self, text[: len(text) // 2], *a, **k)
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(OSError) as exc:
+        pipeline.write_json(target, {"new": list(range(100))})
+    assert exc.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"old": True}  # never a half-written JSON
+    assert _litter(tmp_path) == []
+
+
+def test_full_disk_while_saving_a_model_leaves_no_model_json(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    spec = models.ModelSpec(arch="resnet3d", width=4, depth=1)
+    with pytest.raises(OSError):
+        models.save_model(tmp_path / "model", models.build_model(spec), spec)
+    assert not (tmp_path / "model" / "model.json").exists()  # load_model refuses the folder
+
+
+# --------------------------------------------------------------------------- damaged / hostile model files
+def _tiny_model(folder: Path) -> Path:
+    spec = models.ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1)
+    models.save_model(folder, models.build_model(spec), spec,
+                      metadata={"mode": "enhance", "factors": [1, 2, 2], "flags": []})
+    return folder
+
+
+def test_corrupt_weights_are_refused_by_checksum_with_advice(normalized, tmp_path, capsys):
+    model = _tiny_model(tmp_path / "model")
+    w = model / "weights.safetensors"
+    raw = bytearray(w.read_bytes())
+    raw[-5] ^= 0xFF  # one flipped byte in the tensor data: still parses, wrong numbers
+    w.write_bytes(bytes(raw))
+    out = tmp_path / "restored.ome.zarr"
+    rc = cli.main(["--log-level", "ERROR", "infer", str(normalized), str(model), "-o", str(out),
+                   "--sample", SAMPLE, "--device", "cpu"])
+    msg = _only_error_line(capsys.readouterr().err)
+    assert rc == 2
+    assert msg == (f"ERROR: sample '{SAMPLE}': {w}: checksum mismatch: the weights file is corrupt; "
+                   f"delete the model folder {model} and rerun to retrain it")
+    assert not out.exists()
+
+
+class _Pwn:
+    """A pickle that runs code when unpickled (creates a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_hostile_pickle_as_checkpoint_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "checkpoint.pt"
+    with open(ckpt, "wb") as fh:
+        pickle.dump({"step": 10, "model": _Pwn(marker)}, fh)
+    # an attacker who can write the checkpoint can write its checksum too
+    from selfres.train import _file_sha256
+
+    Path(str(ckpt) + ".sha256").write_text(_file_sha256(ckpt))
+    assert load_checkpoint(ckpt) is None  # weights_only=True refuses it: training starts afresh
+    assert not marker.exists()
+    torch.save({"step": 3, "w": torch.ones(2)}, ckpt)  # a real checkpoint still loads
+    Path(str(ckpt) + ".sha256").write_text(_file_sha256(ckpt))
+    assert load_checkpoint(ckpt)["step"] == 3
+
+
+def test_hostile_pickle_as_weights_file_is_never_executed(tmp_path):
+    model = _tiny_model(tmp_path / "model")
+    marker = tmp_path / "pwned"
+    w = model / "weights.safetensors"
+    w.write_bytes(pickle.dumps(_Pwn(marker)))
+    info = json.loads((model / "model.json").read_text())
+    info["weights_sha256"] = models._sha256(w)  # checksum forged to match
+    (model / "model.json").write_text(json.dumps(info))
+    with pytest.raises(models.InputError, match="cannot read the weights file"):
+        models.load_model(model)
+    assert not marker.exists()
+
+
+# --------------------------------------------------------------------------- inference resume
+def test_interrupted_inference_resumes_without_recomputing_finished_tiles():
+    from selfres.infer import CubicUpsampler, restore_to_store
+
+    rng = np.random.default_rng(0)
+    src = rng.random((4, 32, 32)).astype(np.float32)
+    kw = dict(factors=(1, 2, 2), tile_size=(4, 16, 16), device="cpu", amp=False, writers=0)
+    full = np.zeros((4, 64, 64), np.float32)
+    n = restore_to_store(CubicUpsampler((1, 2, 2)), src, full, **kw)["tiles"]
+    assert n >= 4
+
+    class Killed(Exception):
+        pass
+
+    dest = np.zeros_like(full)
+    done: set[int] = set()
+
+    def record(i):
+        done.add(i)
+        if len(done) == 2:
+            raise Killed  # the job dies after two finished tiles
+
+    with pytest.raises(Killed):
+        restore_to_store(CubicUpsampler((1, 2, 2)), src, dest, on_tile_done=record, **kw)
+    stats = restore_to_store(CubicUpsampler((1, 2, 2)), src, dest, done_tiles=set(done), **kw)
+    assert stats["computed"] == n - len(done)
+    np.testing.assert_allclose(dest, full, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- kill -9 during training
+TRAIN_SETTINGS = {"train": {"arch": "resnet3d", "width": 8, "depth": 1, "steps": 40, "validate_every": 5,
+                            "warmup_steps": 0, "batch_size": 2, "patch_size": [4, 16, 16], "max_minutes": 30.0,
+                            "patience": 100}}
+
+
+def _train_cmd(normalized: Path, fov: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "selfres.cli", "--log-level", "INFO", "train", str(normalized), str(fov),
+            "-o", str(out), "--scale", "1,2,2", "--sample", SAMPLE, "--device", "cpu", "--threads", "1",
+            "--settings", json.dumps(TRAIN_SETTINGS)]
+
+
+def _weights(model: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model / "weights.safetensors"))
+
+
+@pytest.mark.slow
+def test_kill_9_during_training_resumes_to_the_same_weights(normalized, tmp_path):
+    fov = tmp_path / "fov.json"
+    pipeline.stage_crop(normalized, fov, sample=SAMPLE, scale=(1, 2, 2),
+                        settings=pipeline.FovSettings(min_holdout_voxels=256))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ref = tmp_path / "ref" / "model"
+    subprocess.run(_train_cmd(normalized, fov, ref), check=True, env=env, timeout=300, capture_output=True)
+
+    out = tmp_path / "run" / "model"
+    ckpt = out.with_name("model.work") / "checkpoint.pt"
+    proc = subprocess.Popen(_train_cmd(normalized, fov, out), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            pytest.skip("training finished before it could be killed (machine too fast for this test)")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # a killed training never leaves a model that looks done
+    step_at_kill = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < step_at_kill < TRAIN_SETTINGS["train"]["steps"]
+    resumed = subprocess.run(_train_cmd(normalized, fov, out), env=env, timeout=300, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from checkpoint" in resumed.stderr
+    a, b = _weights(ref), _weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

@@ -1,0 +1,226 @@
+"""Nightly batches from the config's ``inbox``; provenance per sample and per run.
+
+The fast tests drive :func:`selfres.inbox.scan_inbox` on files; the slow ones run the
+real ``snakemake`` CLI on a working directory whose sample sheet is empty, so that every
+sample comes from the inbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from workdir import make_workdir, run_snakemake, snakemake_command, write_tiny_tiff
+
+from selfres.errors import ConfigError
+from selfres.inbox import last_change, safe_id, scan_inbox
+from selfres.runlog import parse_snakemake_log
+
+PER_SAMPLE_RULES = {"normalise", "crop", "train", "infer", "qc", "report"}
+
+
+# ---------------------------------------------------------------- inbox rules (fast)
+
+@pytest.mark.parametrize(
+    "name, sid",
+    [
+        ("beads.tif", "beads"),
+        ("/data/in/beads.TIFF", "beads"),
+        ("2026-11-30 mouse #3.ome.tif", "2026-11-30_mouse_3"),
+        ("stack.ome.zarr/", "stack"),
+        ("run.zarr", "run"),
+        ("_hidden.tif", "hidden"),
+        ("v1.2_cell.tif", "v1.2_cell"),
+        ("###.tif", "sample"),
+        ("Ärger.tif", "rger"),
+    ],
+)
+def test_safe_id(name, sid):
+    assert safe_id(name) == sid
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", safe_id(name))
+
+
+def _later(seconds=10_000):
+    return time.time() + seconds
+
+
+def test_scan_takes_settled_files_and_leaves_young_ones(tmp_path):
+    write_tiny_tiff(tmp_path / "a.tif")
+    pattern = str(tmp_path / "*.tif")
+    young = scan_inbox([pattern], settle_seconds=600)
+    assert young.rows == [] and [p for p, _ in young.waiting] == [str(tmp_path / "a.tif")]
+    assert "left for the next run" in young.messages()[0]
+    settled = scan_inbox([pattern], settle_seconds=600, now=_later())
+    assert settled.rows == [{"sample": "a", "path": str(tmp_path / "a.tif")}] and not settled.waiting
+
+
+def test_copy_that_restores_an_old_mtime_still_waits(tmp_path):
+    """cp -p / rsync -a set the source's old mtime; the ctime still says 'just written'."""
+    f = write_tiny_tiff(tmp_path / "a.tif")
+    os.utime(f, (time.time() - 86_400, time.time() - 86_400))
+    scan = scan_inbox([str(tmp_path / "*.tif")], settle_seconds=600)
+    assert scan.rows == [] and scan.waiting
+
+
+def test_zarr_store_with_a_fresh_chunk_waits(tmp_path):
+    store = tmp_path / "in" / "s.ome.zarr"
+    (store / "0" / "0").mkdir(parents=True)
+    (store / "zarr.json").write_text("{}")
+    t0 = last_change(store)
+    time.sleep(0.05)
+    (store / "0" / "0" / "c1").write_bytes(b"x")
+    assert last_change(store) > t0
+    scan = scan_inbox([str(tmp_path / "in" / "*.zarr")], settle_seconds=600, now=last_change(store) + 1)
+    assert scan.rows == [] and scan.waiting
+
+
+def test_sheet_rows_win_by_id_and_by_path(tmp_path):
+    write_tiny_tiff(tmp_path / "a.tif")
+    write_tiny_tiff(tmp_path / "b.tif")
+    write_tiny_tiff(tmp_path / "c.tif")
+    scan = scan_inbox([str(tmp_path / "*.tif")], settle_seconds=0, known_ids=["a"],
+                      known_paths=[str(tmp_path / "b.tif")], now=_later())
+    assert [r["sample"] for r in scan.rows] == ["c"]
+    assert sorted(sid for _, sid in scan.shadowed) == ["a", "b"]
+
+
+def test_two_files_with_one_id_are_an_error_naming_both(tmp_path):
+    write_tiny_tiff(tmp_path / "d1" / "stack.tif")
+    write_tiny_tiff(tmp_path / "d2" / "stack.ome.tif")
+    with pytest.raises(ConfigError, match=r"'stack' from .*d1/stack\.tif, .*d2/stack\.ome\.tif"):
+        scan_inbox([str(tmp_path / "**" / "*.tif")], settle_seconds=0, now=_later())
+
+
+def test_one_file_matched_by_two_patterns_is_one_sample(tmp_path):
+    write_tiny_tiff(tmp_path / "a.tif")
+    scan = scan_inbox([str(tmp_path / "*.tif"), str(tmp_path / "a.*")], settle_seconds=0, now=_later())
+    assert scan.rows == [{"sample": "a", "path": str(tmp_path / "a.tif")}]
+
+
+# ---------------------------------------------------------------- nights (snakemake)
+
+def _jobs(out: str) -> set[tuple[str, str | None]]:
+    """(rule, sample) of every job in a snakemake (dry-)run output."""
+    return {(j["rule"], j["sample"]) for j in parse_snakemake_log(out)["jobs"]}
+
+
+def _dry(wd, *args):
+    proc = run_snakemake(wd, "-n", *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _tree_stamps(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def night1(tmp_path_factory):
+    """First night: one settled acquisition in the inbox, empty sample sheet."""
+    wd = make_workdir(tmp_path_factory.mktemp("nightly"), samples={},
+                      config_overrides={"inbox": ["inbox/*.tif"], "inbox_settle_seconds": 0})
+    write_tiny_tiff(wd / "inbox" / "night1.tif", seed=1)
+    # an acquisition younger than the settle time is not a sample yet
+    out = _dry(wd, "--config", "inbox_settle_seconds=3600")
+    assert "inbox/night1.tif changed" in out and "left for the next run" in out
+    assert not {s for _, s in _jobs(out)} - {None}
+    proc = run_snakemake(wd)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return wd
+
+
+def test_first_night_processes_the_inbox(night1):
+    res = night1 / "results"
+    assert (res / "night1" / "restored.ome.zarr").is_dir()
+    assert (res / "night1" / "report.html").is_file()
+    rows = (res / "summary.tsv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("night1\t")
+
+
+def test_second_run_at_once_does_nothing(night1):
+    before = _tree_stamps(night1 / "results")
+    out = _dry(night1)
+    assert "Nothing to be done" in out
+    proc = run_snakemake(night1)
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+    assert _tree_stamps(night1 / "results") == before
+
+
+def test_provenance_per_sample_is_complete(night1):
+    prov = json.loads((night1 / "results" / "night1" / "provenance.json").read_text())
+    raw = night1 / "inbox" / "night1.tif"
+    assert prov["sample"] == "night1"
+    assert prov["input_checksum"] == hashlib.sha256(raw.read_bytes()).hexdigest()
+    cfg = prov["resolved_config"]
+    assert cfg["path"] == "inbox/night1.tif" and cfg["mode"] == "enhance" and cfg["scale"] == "1,2,2"
+    assert cfg["settings"]["train"]["steps"] == 4  # the workdir's config, not the defaults
+    assert prov["selfres_version"] and re.fullmatch(r"[0-9a-f]{40}", prov["git_commit"] or "")
+    for pkg in ("python", "torch", "numpy", "zarr", "snakemake"):
+        assert prov["software"][pkg], pkg
+    assert prov["host"] and prov["written"]
+    assert prov["timings"]["train_seconds"] > 0 and prov["timings"]["infer_seconds"] >= 0
+    assert {"normalise", "crop", "train", "infer", "qc"} <= set(prov["timings"]["rules"])
+
+
+def test_run_record_says_what_ran(night1):
+    runs = night1 / "results" / "runs"
+    records = sorted(runs.glob("*_success.json"))
+    assert len(records) == 1, "one record per run that did something (the no-op run writes none)"
+    rec = json.loads(records[0].read_text())
+    assert rec["status"] == "success" and rec["samples_run"] == ["night1"] and rec["failed_samples"] == []
+    assert {(j["rule"], j["sample"]) for j in rec["jobs"]} == {(r, "night1") for r in PER_SAMPLE_RULES} | {
+        ("summary", None)}
+    assert all(j["status"] == "finished" and j["started"] for j in rec["jobs"])
+    assert rec["host"] and rec["config_md5"] and rec["workflow_id"] and rec["software"]["snakemake"]
+    assert rec["started"] <= rec["finished"]
+    lines = (runs / "runs.tsv").read_text().splitlines()
+    assert lines[0].startswith("started\tfinished\tstatus") and len(lines) == 2
+
+
+def test_changed_or_clashing_acquisitions(night1, tmp_path):
+    import shutil
+
+    wd = tmp_path / "copy"
+    shutil.copytree(night1, wd, symlinks=True)
+    # a re-acquired (rewritten) file reruns its whole chain, nothing else
+    time.sleep(1.1)
+    write_tiny_tiff(wd / "inbox" / "night1.tif", seed=7)
+    assert _jobs(_dry(wd)) == {(r, "night1") for r in PER_SAMPLE_RULES} | {("summary", None)}
+    # two inbox files with the same id: a clear error, before any job
+    write_tiny_tiff(wd / "inbox" / "night1.TIF", seed=8)
+    proc = run_snakemake(wd, "-n")
+    assert proc.returncode != 0
+    assert re.search(r"same sample id: 'night1' from inbox/night1\.TIF, inbox/night1\.tif", proc.stdout + proc.stderr)
+
+
+def test_new_night_runs_only_the_new_sample_and_overlapping_runs_are_locked_out(night1):
+    before = _tree_stamps(night1 / "results" / "night1")
+    write_tiny_tiff(night1 / "inbox" / "night2.tif", seed=2)
+    assert _jobs(_dry(night1)) == {(r, "night2") for r in PER_SAMPLE_RULES} | {("summary", None)}
+    first = subprocess.Popen(snakemake_command(night1), cwd=night1, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        locks = night1 / ".snakemake" / "locks"
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None and not any(locks.glob("*")):
+            time.sleep(0.2)
+        assert any(locks.glob("*")), "the first run never took its lock"
+        second = run_snakemake(night1, timeout=300)
+        assert second.returncode != 0
+        assert "cannot be locked" in second.stdout + second.stderr
+        out, _ = first.communicate(timeout=900)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, out[-6000:]
+    assert _tree_stamps(night1 / "results" / "night1") == before, "a finished sample was touched"
+    assert (night1 / "results" / "night2" / "report.html").is_file()
+    rows = [r.split("\t")[0] for r in (night1 / "results" / "summary.tsv").read_text().splitlines()[1:]]
+    assert rows == ["night1", "night2"]

@@ -1,0 +1,115 @@
+"""The pipeline on a real Slurm: `snakemake --profile profiles/slurm` and `--profile slurm`.
+
+Needs the one-node test cluster of ``scripts/slurm-test-cluster.sh`` (root + apt-get, or
+Slurm already installed); skipped with the reason otherwise. Each run submits every job
+with ``sbatch`` and the tests read the controller's record of those jobs
+(``scontrol show job``), so "ran as a Slurm job" is what Slurm says, not what Snakemake
+prints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest_slurm import (SITE_PROFILE, TEST_PROFILE, ensure_slurm_cluster, jobs_seen,
+                            snakemake_slurm_command, submitted_job_ids)
+from workdir import SNAKEFILE, make_workdir
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+GPU_RULES = {"train", "infer"}
+CORE_RULES = {"normalise", "crop", "train", "infer", "qc", "report", "summary"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = ensure_slurm_cluster()
+    if reason:
+        pytest.skip(f"no Slurm test cluster here: {reason}")
+
+
+def _run(cmd, wd, env=None, timeout=1500):
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=wd, env=env, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"snakemake failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
+    """One full run of a one-sample workdir with the repository's slurm profile."""
+    wd = make_workdir(tmp_path_factory.mktemp("slurm"), samples={"a": {}})
+    out = _run(snakemake_slurm_command(workdir=wd), wd)
+    return wd, out
+
+
+def test_every_rule_ran_as_a_completed_slurm_job(slurm_run):
+    wd, out = slurm_run
+    ids = submitted_job_ids(out)
+    jobs = jobs_seen(job_ids=ids)
+    assert len(jobs) == len(ids), "some submitted jobs are unknown to the controller"
+    ran = {j["rule"] for j in jobs}
+    assert CORE_RULES <= ran, f"rules missing from Slurm: {CORE_RULES - ran}"
+    assert all(j["State"] == "COMPLETED" for j in jobs), [(j["rule"], j["State"]) for j in jobs]
+    assert all(os.path.realpath(j["WorkDir"]) == os.path.realpath(wd) for j in jobs)
+    # nothing ran inside the Snakemake process itself
+    assert "localrule" not in out.replace("localrules", "")
+    # Snakemake's own job count (without the target `all`) equals what Slurm saw
+    record = json.loads(next((wd / "results" / "runs").glob("*_success.json")).read_text())
+    assert len(record["jobs"]) == len(jobs)
+    assert {j["slurm_jobid"] for j in record["jobs"]} == set(ids)
+
+
+def test_only_train_and_infer_request_the_gpu(slurm_run):
+    wd, out = slurm_run
+    jobs = jobs_seen(job_ids=submitted_job_ids(out))
+    for j in jobs:
+        if j["rule"] in GPU_RULES:
+            assert j["gpus"] == 1 and j["Partition"] == "gpu", (j["rule"], j["gpus"], j["Partition"])
+        else:
+            assert j["gpus"] == 0 and j["Partition"] == "cpu", (j["rule"], j["gpus"], j["Partition"])
+    assert {j["rule"] for j in jobs if j["gpus"]} >= GPU_RULES
+
+
+def test_outputs_are_complete(slurm_run):
+    wd, _ = slurm_run
+    res = wd / "results"
+    for rel in ("a/normalized.ome.zarr", "a/restored.ome.zarr", "a/model", "a/train_fov.json",
+                "a/qc/metrics.json", "a/report.html", "a/provenance.json", "summary.tsv", "summary.html"):
+        assert (res / rel).exists(), rel
+    for rule in ("normalise", "crop", "train", "infer", "qc", "report"):
+        assert (res / "a" / "benchmarks" / f"{rule}.tsv").is_file(), rule
+    metrics = json.loads((res / "a/qc/metrics.json").read_text())
+    assert metrics["output_shape"] == [8, 96, 96]  # scale 1,2,2 on 8x48x48
+    prov = json.loads((res / "a/provenance.json").read_text())
+    assert prov["slurm_job_id"], "the report job should know its Slurm job id"
+    summary = (res / "summary.tsv").read_text().splitlines()
+    assert summary[1].split("\t")[1] in ("ok", "fallback_interpolation"), summary
+    # a second run at once submits nothing
+    proc = subprocess.run(snakemake_slurm_command(workdir=wd, extra=["-n"]), capture_output=True, text=True,
+                          cwd=wd, timeout=300)
+    assert proc.returncode == 0 and "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_named_profile_from_home_config(cluster, tmp_path):
+    """`snakemake --profile slurm` with the profile copied to ~/.config/snakemake/slurm (README)."""
+    home = tmp_path / "home"
+    shutil.copytree(SITE_PROFILE, home / ".config" / "snakemake" / "slurm")
+    wd = make_workdir(tmp_path, samples={"n": {}})
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"}
+    env["HOME"] = str(home)
+    cmd = ["snakemake", "--profile", "slurm", "--workflow-profile", str(TEST_PROFILE),
+           "-s", str(SNAKEFILE), "--directory", str(wd), "results/n/train_fov.json"]
+    if shutil.which("snakemake") is None:
+        pytest.skip("the snakemake console script is not on PATH")
+    out = _run(cmd, wd, env=env, timeout=600)
+    jobs = jobs_seen(job_ids=submitted_job_ids(out))
+    assert {j["rule"] for j in jobs} == {"normalise", "crop"}
+    assert all(j["State"] == "COMPLETED" and j["Partition"] == "cpu" for j in jobs)
+    assert (wd / "results/n/train_fov.json").is_file()
+    assert (wd / "logs" / "slurm").is_dir(), "slurm-logdir of the installed profile"

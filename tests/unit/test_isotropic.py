@@ -1,0 +1,299 @@
+"""Isotropic mode: grid, axial degradation = what z suffered, σ estimate, tiling, training, stages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from selfres import isotropic as iso
+from selfres import models
+from selfres.errors import InputError
+from selfres.settings import Settings, from_dict
+
+from ..conftest import blob_volume
+
+
+def _iso_truth(shape=(32, 40, 40), seed=0) -> np.ndarray:
+    """Isotropic blobs: the 'truth' whose z we degrade."""
+    return blob_volume(shape, n=80, sigma=(1.2, 1.2, 1.2), seed=seed)
+
+
+def _degrade_z(v: np.ndarray, sigma: float, f: int) -> np.ndarray:
+    """Blur z by σ (mirror) and block-average f slices: the semi-synthetic acquisition."""
+    b = ndimage.gaussian_filter1d(v, sigma, axis=0, mode="mirror") if sigma > 0 else v
+    nz = (v.shape[0] // f) * f
+    return b[:nz].reshape(nz // f, f, *v.shape[1:]).mean(axis=1)
+
+
+def _tiny(**iso_kw) -> Settings:
+    return from_dict(Settings, {
+        "train": {"steps": 12, "validate_every": 4, "width": 8, "depth": 1, "patch_size": [1, 24, 24],
+                  "warmup_steps": 2, "learning_rate": 2e-3, "patience": 50},
+        "isotropic": {"batch_size": 4, "gan_steps": 6, "gan_width": 4, "gan_depth": 1} | iso_kw,
+    })
+
+
+# ------------------------------------------------------------------------ grid
+@pytest.mark.parametrize("voxel, factor", [
+    ((2.0, 0.5, 0.5), 4.0),
+    ((1.25, 0.5, 0.5), 2.5),
+    ((0.5, 0.5, 0.5), 1.0),
+    ((5.0, 2.0, 2.0), 2.5),
+])
+def test_factor_is_voxel_z_over_voxel_xy(voxel, factor):
+    assert iso.isotropic_factor(voxel) == pytest.approx(factor)
+
+
+@pytest.mark.parametrize("voxel, match", [
+    (None, r"isotropic mode needs the voxel size.*voxel_size"),
+    ((0.25, 0.5, 0.5), r"z voxel \(0.25 µm\) is finer than the lateral pixel"),
+])
+def test_factor_errors_name_the_problem(voxel, match):
+    with pytest.raises(InputError, match=match):
+        iso.isotropic_factor(voxel, path="a.tif", sample="s1")
+
+
+@pytest.mark.parametrize("nz, f, out", [(10, 2.5, 25), (11, 4.0, 44), (7, 2.4077, 17), (5, 1.0, 5)])
+def test_output_grid_is_round_nz_times_f(nz, f, out):
+    assert iso.isotropic_shape((nz, 9, 8), f) == (out, 9, 8)
+    assert iso.reslice(np.ones((nz, 3, 4), np.float32), f).shape == (out, 3, 4)
+
+
+@pytest.mark.parametrize("f", [2.0, 2.5, 4.0, 3.3])
+def test_area_matrix_rows_are_boxes_centred_on_the_half_pixel_grid(f):
+    n = int(round(8 * f))
+    m = iso.area_matrix(n, 8, f)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0)
+    err = m @ np.arange(n) - ((np.arange(8) + 0.5) * f - 0.5)
+    if float(f).is_integer():
+        np.testing.assert_allclose(err, 0.0, atol=1e-9)
+    else:  # pixels cut by a box edge put their share at their centre: small, alternating offsets
+        assert np.abs(err).max() < 0.25 and abs(err.mean()) < 0.02
+
+
+# ----------------------------------------------------- degradation along one axis
+@pytest.mark.parametrize("sigma, f", [(0.0, 2), (2.0, 4), (1.0, 3)])
+def test_lateral_degradation_equals_what_z_degradation_plus_reslicing_does(sigma, f):
+    """An XZ slice of the degraded, resliced truth = the truth's XZ slice degraded along its rows."""
+    truth = _iso_truth((24, 12, 20))
+    resliced = iso.reslice(_degrade_z(truth, sigma, f), float(f))
+    deg = iso.AxialDegradation(factor=float(f), sigma_px=sigma)
+    xz = np.transpose(truth[: resliced.shape[0]], (1, 0, 2))  # (y, Z, x)
+    np.testing.assert_allclose(deg.apply_numpy(xz), np.transpose(resliced, (1, 0, 2)), atol=2e-5)
+
+
+def test_numpy_and_torch_degradations_agree_and_noise_is_seeded():
+    x = _iso_truth((4, 30, 16))
+    deg = iso.AxialDegradation(factor=2.5, sigma_px=1.0)
+    t = deg.apply_torch(torch.from_numpy(x)[:, None])[:, 0].numpy()
+    np.testing.assert_allclose(t, deg.apply_numpy(x), atol=1e-5)
+    noisy = iso.AxialDegradation(factor=2.5, sigma_px=1.0, noise_sigma=0.05)
+    np.testing.assert_array_equal(noisy.apply_numpy(x, rng=3), noisy.apply_numpy(x, rng=3))
+    assert np.std(noisy.apply_numpy(x, rng=3) - deg.apply_numpy(x)) > 0.01
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0, 3.0])
+def test_axial_sigma_estimate_tracks_the_true_blur(sigma):
+    truth = blob_volume((64, 64, 64), n=300, sigma=(1.0, 1.0, 1.0), seed=1)
+    est, info = iso.estimate_axial_sigma(_degrade_z(truth, sigma, 4), 4.0)
+    assert est == pytest.approx(sigma, abs=0.5), info
+
+
+def test_noise_estimate_on_white_noise_and_topup_restores_per_sample_noise():
+    rng = np.random.default_rng(0)
+    assert iso.estimate_noise_sigma(rng.normal(0, 0.1, (4, 64, 64))) == pytest.approx(0.1, rel=0.1)
+    top = iso.noise_topup(4.0, 0.0, 0.1)
+    assert top == pytest.approx(0.1 * np.sqrt(1 - 1 / 4), rel=0.02)  # box of 4 keeps 1/4 of the variance
+    assert iso.noise_topup(4.0, 2.0, 0.0) == 0.0
+
+
+def test_axial_sigma_from_optics_settings_is_the_extra_axial_blur():
+    s = from_dict(Settings, {"train": {"degradation": {"method": "gaussian", "sigma_um": [2.5, 0.5, 0.5]}}})
+    sig = iso.sigma_from_settings(s.train, (2.0, 0.5, 0.5))
+    assert sig == pytest.approx(np.sqrt(2.5**2 - 0.5**2) / 0.5)
+    assert iso.sigma_from_settings(Settings().train, (2.0, 0.5, 0.5)) is None
+
+
+def test_patch_sampler_keeps_placements_above_a_data_derived_threshold():
+    v = np.zeros((3, 40, 40), np.float32)
+    v[:, :12, :12] = 1.0  # foreground only in one corner
+    thr = iso.otsu_threshold(v)
+    assert 0.0 < thr < 1.0
+    s = iso.SlicePatchSampler(v, (10, 10), threshold=thr, foreground_fraction=0.5, augment=True,
+                              generator=torch.Generator().manual_seed(0))
+    b = s.sample(16)
+    assert b.shape == (16, 1, 10, 10)
+    assert all(float((p > thr).float().mean()) >= 0.5 for p in b)
+    assert s.fraction_kept < 0.1
+
+
+# -------------------------------------------------------------------- inference
+def _random_model(width=4, depth=3, seed=0):
+    torch.manual_seed(seed)
+    m = models.build_model(models.ModelSpec(arch="iso2d", width=width, depth=depth))
+    torch.nn.init.normal_(m.tail.weight, std=0.1)
+    return m.eval()
+
+
+@pytest.mark.parametrize("tile", [(7, 9), (16, 5), (40, 40)])
+def test_tiled_isotropic_inference_equals_a_single_pass(tile):
+    vol = _iso_truth((6, 20, 18))
+    model = _random_model()
+    full = iso.restore_isotropic(model, vol, factor=2.5, tile=(100, 100))
+    tiled = iso.restore_isotropic(model, vol, factor=2.5, tile=tile, batch=3)
+    assert full.shape == (15, 20, 18)
+    np.testing.assert_allclose(tiled, full, atol=1e-5)
+    # by hand: XZ and YZ slices of the z-cubic volume, restored, averaged
+    up = iso.reslice(vol, 2.5)
+    xz = iso.predict_slices(model, np.transpose(up, (1, 0, 2)))
+    yz = iso.predict_slices(model, np.transpose(up, (2, 0, 1)))
+    np.testing.assert_allclose(full, 0.5 * (np.transpose(xz, (1, 0, 2)) + np.transpose(yz, (1, 2, 0))), atol=1e-5)
+
+
+def test_no_model_gives_z_cubic_and_geometric_fusion_is_nonnegative():
+    vol = _iso_truth((5, 12, 12))
+    np.testing.assert_allclose(iso.restore_isotropic(None, vol, factor=3.0), iso.reslice(vol, 3.0))
+    g = iso.restore_isotropic(_random_model(), vol - 0.5, factor=2.0, fusion="geometric")
+    assert g.min() >= 0
+
+
+# --------------------------------------------------------------------- training
+def _semi(seed=0):
+    truth = _iso_truth((32, 40, 40), seed=seed)
+    low = _degrade_z(truth, 1.5, 4)
+    return low[:, :, :28], low[:, :, 28:]
+
+
+def test_analytic_training_selects_by_held_out_lateral_psnr_and_reports_it():
+    train, held = _semi()
+    r = iso.train_isotropic(train, held, factor=4.0, settings=_tiny(), voxel_size=(2.0, 0.5, 0.5))
+    assert set(r.validation) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
+    assert [row["step"] for row in r.log_rows] == [4, 8, 12]
+    best = max([r.validation["psnr_interp"]] + [row["val_psnr_model"] for row in r.log_rows])
+    assert r.validation["psnr_model"] == pytest.approx(best, abs=0.02)  # the kept checkpoint is the best one
+    assert r.degradation["sigma_source"] == "estimated" and r.degradation["factor"] == 4.0
+
+
+def test_untrained_model_equals_its_input_and_is_flagged():
+    train, held = _semi()
+    s = from_dict(Settings, {"train": {"steps": 1, "validate_every": 1, "width": 4, "depth": 1,
+                                       "learning_rate": 1e-12, "patch_size": [1, 16, 16]},
+                             "isotropic": {"axial_sigma_px": 1.5, "noise_match": False, "batch_size": 2}})
+    r = iso.train_isotropic(train, held, factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5))
+    assert r.validation["psnr_model"] == pytest.approx(r.validation["psnr_interp"], abs=1e-3)
+    assert "model_worse_than_interpolation" in r.flags
+    assert r.degradation["sigma_source"] == "settings"
+
+
+def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
+    train, held = _semi()
+    s = _tiny(axial_sigma_px=1.5)
+    ref = iso.train_isotropic(train, held, factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5))
+    part = iso.train_isotropic(train, held, factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5),
+                               work_dir=tmp_path, stop_after_steps=8)
+    assert part.stop_reason == "interrupted"
+    done = iso.train_isotropic(train, held, factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5), work_dir=tmp_path)
+    for k, v in ref.model.state_dict().items():
+        torch.testing.assert_close(done.model.state_dict()[k], v)
+
+
+def test_learned_stage_trains_both_generators_and_its_output_is_restorable():
+    train, _ = _semi()
+    s = _tiny(axial_sigma_px=1.5, gan_steps=24, gan_weight=0.1, feedback_weight=1.0)
+    deg = iso.AxialDegradation(factor=4.0, sigma_px=1.5)
+    restorer = models.build_model(models.ModelSpec(arch="iso2d", width=8, depth=1))
+    res = iso.train_degrader(train, iso.reslice(train, 4.0), restorer, deg, iso=s.isotropic, patch=(24, 24),
+                             learning_rate=2e-3)
+    assert res.steps_done == 24
+    assert any(float(p.abs().sum()) > 0 for p in res.generator.tail.parameters())  # left the identity
+    first, last = res.log_rows[0], res.log_rows[-1]
+    assert {"gan", "cycle", "feedback", "restorer", "disc"} <= set(first)
+    assert last["feedback"] < first["feedback"]  # the restorer recovers lateral slices from the generator output
+    # the learned degradation is a degradation: the restorer's output is closer to the truth than its input
+    learned = iso.LearnedDegradation(deg, res.generator)
+    target = np.ascontiguousarray(train[:4, :24, :24])
+    low = learned.apply_numpy(target)
+    restorer.load_state_dict(res.restorer_state)
+    out = iso.predict_slices(restorer, low)
+    assert np.mean((out - target) ** 2) < np.mean((low - target) ** 2)
+
+
+# ------------------------------------------------------------------ pipeline hooks
+def _normalised(tmp_path, *, voxel=(1.25, 0.5, 0.5), nz=8):
+    import tifffile
+
+    from selfres import pipeline
+
+    low = _degrade_z(_iso_truth((nz * 4, 40, 40)), 1.0, 4)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, (low * 1000).astype(np.uint16))
+    norm = tmp_path / "normalized.ome.zarr"
+    pipeline.stage_normalise(src, norm, sample="s1", voxel_size=voxel)
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s1", mode="isotropic")
+    return norm
+
+
+@pytest.mark.parametrize("degradation", ["analytic", "learned"])
+def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_path, degradation):
+    from selfres import io, pipeline
+    from selfres.fov import TrainingFov
+
+    norm = _normalised(tmp_path)
+    s = _tiny(degradation=degradation)
+    meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
+                                settings=s, device="cpu")
+    assert meta["mode"] == "isotropic" and meta["factor"] == pytest.approx(2.5)
+    for key in ("sample", "voxel_size_in", "self_validation", "best_step", "steps_done", "stop_reason", "flags",
+                "train_seconds", "settings", "device"):
+        assert key in meta
+    assert (tmp_path / "model" / "training_log.tsv").read_text().startswith(
+        "step\tloss\tval_psnr_model\tval_psnr_interp\tlr\tseconds")
+    assert ((tmp_path / "model" / iso.DEGRADER_FILE).exists()) == (degradation == "learned")
+    assert not (tmp_path / "model.work").exists()
+    out = tmp_path / "restored.ome.zarr"
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=s.infer.__class__(tile_size=(8, 16, 16)),
+                         device="cpu")
+    vol = io.read_ome_zarr(out)
+    assert vol.data.shape == (20, 40, 40)  # round(8 · 2.5)
+    np.testing.assert_allclose(vol.voxel_size, (0.5, 0.5, 0.5))
+    assert vol.attrs["content"] in ("model", "interpolation")
+    model, spec, info = pipeline.load_trained(tmp_path / "model")
+    sv = iso.self_validation(io.read_ome_zarr(norm), TrainingFov.load(tmp_path / "fov.json"), model, spec, info)
+    assert set(sv) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
+    assert sv["psnr_model"] == pytest.approx(meta["self_validation"]["psnr_model"], abs=1e-3)
+    json.dumps(meta)
+
+
+def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
+    from selfres import io, pipeline
+    from selfres.settings import InferSettings
+
+    norm = _normalised(tmp_path, voxel=(2.0, 0.5, 0.5), nz=6)
+    s = from_dict(Settings, {"train": {"steps": 1, "validate_every": 1, "width": 4, "depth": 1,
+                                       "learning_rate": 1e-12, "patch_size": [1, 16, 16]},
+                             "isotropic": {"batch_size": 2}})
+    meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
+                                settings=s, device="cpu")
+    assert "model_worse_than_interpolation" in meta["flags"]
+    out = tmp_path / "restored.ome.zarr"
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=InferSettings(), device="cpu")
+    assert io.read_ome_zarr(out).attrs["content"] == "interpolation"
+    assert io.read_ome_zarr(tmp_path / "restored_model.ome.zarr").data.shape == (24, 40, 40)
+
+
+def test_isotropic_training_refuses_a_volume_without_voxel_size(tmp_path):
+    from selfres import pipeline
+
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", (_iso_truth((8, 40, 40)) * 1000).astype(np.uint16))
+    norm = tmp_path / "normalized.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s1")
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s1", mode="isotropic")
+    with pytest.raises(InputError, match=r"s1.*isotropic mode needs the voxel size|isotropic mode needs the voxel"):
+        pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
+                             settings=_tiny(), device="cpu")

@@ -71,8 +71,92 @@ def tile_grid(shape: Sequence[int], tile: Sequence[int]) -> list[tuple[tuple[int
     return [tuple(r) for r in itertools.product(*ranges)]
 
 
-def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Eval mode on ``device``; channels_last_3d memory format (faster 3-D convs on CPU)."""
+class SubpixelConv(nn.Module):
+    """Nearest upsampling by ``factors`` followed by a 'same' convolution, computed at low resolution.
+
+    ``conv(nearest_up(x))`` equals ``pixel_shuffle(conv'(x))`` where ``conv'`` has one
+    output channel per sub-pixel phase: output voxel ``J = f·j + p`` of an axis reads
+    ``up[J + t] = x[j + floor((p + t) / f)]``, so tap ``t`` of the original kernel lands at
+    low-resolution offset ``floor((p + t) / f)`` of phase ``p``. Zero padding agrees too
+    (``J + t`` is outside the high-resolution grid exactly when ``j + floor((p + t)/f)``
+    is outside the low-resolution one), so the result is the same everywhere, without
+    the ``f³``-times larger upsampled feature map.
+
+    Parameters
+    ----------
+    conv
+        The high-resolution ``nn.Conv3d`` (groups 1, dilation 1, stride 1, odd kernel).
+    factors
+        Nearest-upsampling factors ``(fz, fy, fx)``.
+    """
+
+    def __init__(self, conv: nn.Conv3d, factors: Sequence[int]):
+        super().__init__()
+        from .models import pixel_shuffle_nd
+
+        self._shuffle = pixel_shuffle_nd
+        self.factors = tuple(int(f) for f in factors)
+        w = conv.weight.detach()  # (cout, cin, kz, ky, kx)
+        cout, cin = w.shape[:2]
+        radii = [(k - 1) // 2 for k in w.shape[2:]]
+        lo = [math.floor((0 - r) / f) for r, f in zip(radii, self.factors)]
+        hi = [math.floor((f - 1 + r) / f) for r, f in zip(radii, self.factors)]
+        rad = [max(-a, b) for a, b in zip(lo, hi)]
+        phases = list(itertools.product(*[range(f) for f in self.factors]))
+        new = torch.zeros((cout, len(phases), cin, *[2 * r + 1 for r in rad]), dtype=w.dtype)
+        for k, ph in enumerate(phases):
+            for taps in itertools.product(*[range(-r, r + 1) for r in radii]):
+                d = [math.floor((p + t) / f) + R for p, t, f, R in zip(ph, taps, self.factors, rad)]
+                src = [t + r for t, r in zip(taps, radii)]
+                new[:, k, :, d[0], d[1], d[2]] += w[:, :, src[0], src[1], src[2]]
+        self.conv = nn.Conv3d(cin, cout * len(phases), tuple(2 * r + 1 for r in rad), padding=tuple(rad),
+                              bias=conv.bias is not None)
+        with torch.no_grad():
+            self.conv.weight.copy_(new.reshape(cout * len(phases), cin, *new.shape[3:]))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.detach().repeat_interleave(len(phases)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._shuffle(self.conv(x), self.factors)
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` where each nearest-upsample + conv pair runs as :class:`SubpixelConv`.
+
+    Applies to enhance networks (``svision_mini``, ``resnet3d``) whose high-resolution
+    body is one plain convolution; anything else is returned unchanged (not copied).
+    """
+    import copy
+
+    from .models import EnhanceNet, _Nearest
+
+    def fusable(m):
+        if not (isinstance(m, EnhanceNet) and isinstance(m.up, _Nearest) and len(m.hr_body) == 1):
+            return False
+        c = m.hr_body[0]
+        return (isinstance(c, nn.Conv3d) and c.groups == 1 and c.stride == (1, 1, 1)
+                and c.dilation == (1, 1, 1) and all(k % 2 for k in c.kernel_size)
+                and tuple(c.padding) == tuple((k - 1) // 2 for k in c.kernel_size))
+
+    if not any(fusable(m) for m in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if fusable(m):
+            m.hr_body = nn.Sequential(SubpixelConv(m.hr_body[0], m.up.factors))
+            m.up = nn.Identity()
+    return model
+
+
+def prepare_model(model: nn.Module, device: torch.device, *, fuse: bool = True) -> nn.Module:
+    """Eval mode on ``device``; channels_last_3d memory format (faster 3-D convs on CPU).
+
+    With ``fuse`` (default), nearest-upsample + conv pairs are computed at low
+    resolution (:func:`fuse_for_inference`; same output, less memory traffic). The
+    model passed in is not modified when fused (a copy is).
+    """
+    if fuse:
+        model = fuse_for_inference(model)
     model = model.to(device).eval()
     try:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -410,9 +494,9 @@ def restore_to_store(
                 pending.popleft().result()
         while pending:
             pending.popleft().result()
-    finally:
+    finally:  # on an error, blocks already handed to the writer are still written and recorded
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True)
     secs = time.monotonic() - t0
     return {
         "tiles": len(wanted),
@@ -441,8 +525,8 @@ def _crc(block: np.ndarray) -> str:
 class PartialStore:
     """A resumable output store: a deterministic partial path beside the final one.
 
-    ``.{name}.partial`` (next to ``final``) holds the OME-Zarr being written and, in
-    ``_selfres_progress/``, the job's fingerprint (``job.json``) and completion records
+    ``.{name}.partial`` (next to ``final``) holds the OME-Zarr being written and
+    ``.{name}.progress/`` the job's fingerprint (``job.json``) and completion records
     (``done-*.jsonl``: one JSON line per tile, written after the tile is fully stored,
     with the CRC-32 of its bytes). A restart reuses the store only when the fingerprint
     matches (same model checksum, settings, input) and only the tiles whose record is
@@ -455,12 +539,10 @@ class PartialStore:
         The output store path (e.g. ``restored.ome.zarr``).
     """
 
-    META = "_selfres_progress"
-
     def __init__(self, final: str | os.PathLike):
         self.final = Path(final)
         self.path = self.final.with_name(f".{self.final.name}.partial")
-        self.meta = self.path / self.META
+        self.meta = self.final.with_name(f".{self.final.name}.progress")
 
     def prepare(self, *, fingerprint: dict, create: Callable[[Path], object]) -> bool:
         """Create the partial store with ``create(path)``, or keep one with this fingerprint.
@@ -475,6 +557,7 @@ class PartialStore:
         if self.path.exists():
             log.info("discarding %s: written with other settings, model or input", self.path)
             shutil.rmtree(self.path)
+        shutil.rmtree(self.meta, ignore_errors=True)
         create(self.path)
         self.meta.mkdir(parents=True, exist_ok=True)
         tmp = self.meta / "job.json.tmp"
@@ -548,8 +631,7 @@ class PartialStore:
         return [i for i in range(n_tiles) if i not in rec]
 
     def commit(self) -> None:
-        """Drop the records and move the store into place atomically (replacing ``final``)."""
-        shutil.rmtree(self.meta, ignore_errors=True)
+        """Move the store into place atomically (replacing ``final``), then drop the records."""
         old = None
         if self.final.exists() or self.final.is_symlink():
             old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
@@ -562,6 +644,7 @@ class PartialStore:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(self.meta, ignore_errors=True)
 
 
 def store_layout(shape_in: Sequence[int], *, factors: Sequence[int], tile_size: Sequence[int],
@@ -728,5 +811,5 @@ def default_device(preference: str = "auto") -> torch.device:
 __all__ = [
     "CubicUpsampler", "read_padded", "tile_grid", "prepare_model", "run_tiles", "predict_array",
     "predict_single_pass", "restore_to_store", "Progress", "out_shape", "default_device",
-    "block_tiles", "PartialStore", "store_layout", "infer_to_store",
+    "block_tiles", "PartialStore", "SubpixelConv", "fuse_for_inference", "store_layout", "infer_to_store",
 ]

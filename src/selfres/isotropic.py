@@ -58,6 +58,7 @@ from .settings import InferSettings, IsotropicSettings, Settings, TrainSettings,
 log = logging.getLogger("selfres.isotropic")
 
 DEGRADER_FILE = "degrader.safetensors"
+TAIL_LR_SCALE = 0.1
 _LOG_COLUMNS = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
 
 
@@ -770,7 +771,12 @@ def train_isotropic(
         return _psnr_stack(pairs, [predict_slices(model, low, device=device, batch=iso.infer_batch)
                                    for _, low in pairs], data_range)
 
-    optimiser = torch.optim.Adam(model.parameters(), lr=s.learning_rate)
+    # the output conv starts at zero (the net starts as its input, i.e. as z-cubic); it learns at a tenth of the
+    # rate so that Adam's sign-like first steps do not throw the output far from that starting point
+    tail = [p for n, p in model.named_parameters() if n.startswith("tail.")]
+    body = [p for n, p in model.named_parameters() if not n.startswith("tail.")]
+    optimiser = torch.optim.Adam([{"params": body, "scale": 1.0}, {"params": tail, "scale": TAIL_LR_SCALE}],
+                                 lr=s.learning_rate)
     step, rows, bad, elapsed_before = 0, [], 0, 0.0
     best = {"psnr": validate(), "step": 0, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
     if ckpt_path is not None:
@@ -795,7 +801,7 @@ def train_isotropic(
     while step < s.steps:
         lr = learning_rate(step, s)
         for g in optimiser.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g["scale"]
         target = sampler.sample(iso.batch_size).to(device)
         with torch.no_grad():
             low = degradation.apply_torch(target, generator=noise_gen)

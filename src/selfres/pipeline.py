@@ -223,10 +223,6 @@ def stage_crop(
     vol, _ = read_normalized(normalized)
     factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
     source = vol.attrs.get("source") or str(normalized)
-    if mode == "isotropic" and not vol.attrs.get("voxel_size_known", True):
-        raise InputError(source, "has no voxel size in its metadata and isotropic mode needs it (the z/xy "
-                         "ratio is the upsampling factor); give voxel_size z,y,x in µm in the sample sheet",
-                         sample=sample)
     if mode == "enhance":
         _check_size_for_factors(vol.data.shape, factors, what=f"the volume (shape {tuple(vol.data.shape)})",
                                 path=source, sample=sample, hint="use a smaller factor on that axis (sheet column "
@@ -235,7 +231,7 @@ def stage_crop(
         fov = choose_training_fov(
             np.asarray(vol.data), max_voxels=settings.max_voxels, holdout_fraction=settings.holdout_fraction,
             min_holdout_voxels=settings.min_holdout_voxels, multiple=factors, training_fov=training_fov,
-            path=str(normalized),
+            path=source,  # the user's acquisition, not our intermediate
         )
     except InputError as exc:
         raise exc.for_sample(sample) from None
@@ -406,6 +402,8 @@ def stage_infer(
                    | {"shape": list(source.shape)},
                    "settings": {k: v for k, v in to_dict(settings).items() if k not in ("blocks", "batch_size")}}
 
+    runs: list[dict] = []
+
     def write_one(net, path, kind):
         net = prepare_model(net, dev)
         stats = infer_to_store(
@@ -418,6 +416,7 @@ def stage_infer(
         )
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%.2f Mvoxel/s)", kind, step, path,
                  stats["computed"], stats["tiles"], stats["seconds"], stats["mvoxel_per_s"])
+        runs.append(stats)
         return stats["seconds"]
 
     model_out = model
@@ -438,7 +437,9 @@ def stage_infer(
         secs += write_one(CubicUpsampler(factors), output, "interpolation")
     else:
         secs = write_one(model_out, output, "model")
-    return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model"}
+    return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model",
+            "tiles": runs[-1]["tiles"], "computed": sum(r["computed"] for r in runs),
+            "resumed": sum(r["resumed"] for r in runs)}
 
 
 def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: dict, *, device="cpu") -> dict:
@@ -724,7 +725,7 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 "psnr_gain": gain,
                 "isotropy_in": m.get("isotropy_in"),
                 "isotropy_out": m.get("isotropy_out"),
-                "flags": ",".join(m.get("flags") or []),
+                "flags": list(m.get("flags") or []),
                 "train_seconds": m.get("train_seconds"),
                 "infer_seconds": m.get("infer_seconds"),
                 "error": None,

@@ -903,7 +903,7 @@ def figure_spectra(spectra: Mapping[str, Any], *, log10_power: bool = False) -> 
         ax.axvline(nyquist_in, color="0.4", ls=":", lw=1)
         ax.text(nyquist_in, 0.98, " input Nyquist", transform=ax.get_xaxis_transform(),
                 fontsize=7, va="top", color="0.3")
-    ax.set_xlabel("axial frequency (cycles per unit length)", fontsize=8)
+    ax.set_xlabel("axial frequency (cycles/µm)", fontsize=8)
     ax.set_ylabel("relative power", fontsize=8)
     ax.set_title("axial power spectrum (each curve / its maximum)", fontsize=9)
     ax.tick_params(labelsize=7)
@@ -942,7 +942,7 @@ def _representative(table: pd.DataFrame) -> int | None:
     if not ok.any():
         return None
     med = w[ok].median()
-    dev = (np.abs(w - med) / med.where(med > 0, 1.0)).sum(axis=1).to_numpy()
+    dev = (np.abs(w - med) / med.where(med > 0, 1.0)).sum(axis=1).to_numpy(copy=True)
     dev[~ok] = np.inf
     return int(np.argmin(dev))
 
@@ -1284,6 +1284,9 @@ def _bead_summary(bead_table: Any) -> pd.DataFrame | None:
     res.attrs["unit"] = "µm" if any("_um" in c for c in used) else "voxels"
     res.attrs["n_beads"] = int(len(df) if stage_col is None else
                                (df[stage_col].astype(str).str.lower().isin(("in", "input"))).sum())
+    if stage_col is not None:
+        res.attrs["n_beads_out"] = int(
+            df[stage_col].astype(str).str.lower().isin(("out", "output")).sum())
     return res
 
 
@@ -1357,13 +1360,13 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
         bits.append("<b class=\"status-failed\">This sample failed.</b>")
     elif gain is None:
         bits.append("No self-validation figure is available for this sample.")
-    elif gain > 0:
-        bits.append(f"<b class=\"status-ok\">The network beats tricubic interpolation</b> on "
-                    f"the held-out region by {_esc(f'{gain:+.2f}')} dB PSNR.")
-    else:
+    elif "model_worse_than_interpolation" in (metrics.get("flags") or []) or gain < 0.005:
         bits.append(f"<b class=\"status-failed\">The network does not beat tricubic "
                     f"interpolation</b> on the held-out region ({_esc(f'{gain:+.2f}')} dB "
                     "PSNR).")
+    else:
+        bits.append(f"<b class=\"status-ok\">The network beats tricubic interpolation</b> on "
+                    f"the held-out region by {_esc(f'{gain:+.2f}')} dB PSNR.")
     if metrics.get("restored_content") == "interpolation":
         bits.append("<b>restored.ome.zarr holds the tricubic interpolation</b>, not the "
                     "network output.")
@@ -1593,7 +1596,10 @@ def render_sample_report(
         if beads is not None:
             parts.append(f"<p>Median FWHM (full width at half maximum of a Gaussian fit) per "
                          f"axis ({_esc(beads.attrs.get('unit'))}) over "
-                         f"{beads.attrs.get('n_beads', '?')} beads of the input. Sub-"
+                         f"{beads.attrs.get('n_beads', '?')} beads of the input"
+                         + (f" and {beads.attrs['n_beads_out']} of the output"
+                            if beads.attrs.get("n_beads_out") is not None else "")
+                         + ". Sub-"
                          "resolution beads show the point-spread function: a smaller output "
                          "FWHM is a sharper PSF.</p>")
             parts.append(_table(["axis", "input", "output", "output / input"],
@@ -1690,7 +1696,8 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "train_seconds": _num(row.get("train_seconds")),
             "infer_seconds": _num(row.get("infer_seconds")),
             "error": None if error is None else str(error),
-            "report": row.get("report") or f"{sample}/report.html",
+            # an explicit None (e.g. a failed sample) means: no report to link
+            "report": row["report"] if "report" in row else f"{sample}/report.html",
         })
     df = pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
     for c in ("psnr_gain", "isotropy_in", "isotropy_out", "train_seconds", "infer_seconds"):
@@ -1744,9 +1751,12 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     body = []
     for _, r in df.iterrows():
         cls = {"failed": "failed", "fallback_interpolation": "fallback"}.get(r["status"], "")
+        link = r["report"]
+        has_link = isinstance(link, str) and bool(link)
         cells = [
-            f'<td data-v="{_esc(r["sample"])}"><a href="{_esc(r["report"])}">'
-            f'{_esc(r["sample"])}</a></td>',
+            (f'<td data-v="{_esc(r["sample"])}"><a href="{_esc(link)}">'
+             f'{_esc(r["sample"])}</a></td>') if has_link else
+            f'<td data-v="{_esc(r["sample"])}">{_esc(r["sample"])}</td>',
             f'<td class="status-{_esc(r["status"])}">{_esc(r["status"])}</td>',
             f"<td>{_esc(_fmt(r['mode']))}</td>",
             f"<td>{_esc(_fmt(r['input_shape']))}</td>",
@@ -1779,8 +1789,28 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
         f"<li><b>{_esc(k)}</b>: {_esc(v[0])} <i>{_esc(v[1])}</i></li>"
         for k, v in FLAG_EXPLANATIONS.items()
         if any(k in str(f).split(";") for f in df["flags"]))
+    attention = []
+    for _, r in df.iterrows():
+        name = _esc(r["sample"])
+        if isinstance(r["report"], str) and r["report"]:
+            name = f'<a href="{_esc(r["report"])}">{name}</a>'
+        err = r["error"]
+        if r["status"] == "failed":
+            attention.append(f"<li>{name}: <b>failed</b>"
+                             + (f" — {_esc(err)}" if isinstance(err, str) and err else
+                                " (see its logs/ folder)") + "</li>")
+        elif r["status"] == "fallback_interpolation":
+            attention.append(f"<li>{name}: the network did not beat tricubic interpolation; "
+                             "restored.ome.zarr holds the interpolation.</li>")
+        elif r["status"] not in ("ok",):
+            attention.append(f"<li>{name}: status {_esc(r['status'])}.</li>")
+        elif r["flags"]:
+            attention.append(f"<li>{name}: flags {_esc(str(r['flags']).replace(';', ', '))}."
+                             "</li>")
+    look_html = ("<h2>What to look at</h2><ul>" + "".join(attention) + "</ul>" if attention
+                 else "<p class=\"status-ok\">Every sample restored without flags.</p>")
     body_html = (
-        "<h1>selfres summary</h1>" + counts_html
+        "<h1>selfres summary</h1>" + counts_html + look_html
         + "<p class=\"muted\">Click a column header to sort. PSNR gain = model − tricubic "
         "on the held-out self-validation region. Click a sample for its report.</p>"
         + table + (f"<h2>Flags in this run</h2><ul>{legend}</ul>" if legend else ""))

@@ -126,7 +126,8 @@ def parse_snakemake_log(text: str) -> dict:
         if m and int(m["jobid"]) in jobs:
             jobs[int(m["jobid"])]["slurm_jobid"] = int(m["slurm"])
             jobs[int(m["jobid"])]["slurm_log"] = m["log"]
-    return {"header": header, "jobs": [j for _, j in sorted(jobs.items()) if j["rule"] != "all"]}
+    ordered = sorted(jobs.values(), key=lambda j: (j["started"] or "", j["jobid"]))
+    return {"header": header, "jobs": [j for j in ordered if j["rule"] != "all"]}
 
 
 def _as_list(text: str | None) -> list | None:
@@ -165,7 +166,7 @@ def write_run_record(
     results: str | os.PathLike,
     *,
     status: str,
-    snakemake_log: str | os.PathLike | None = None,
+    snakemake_log: "str | os.PathLike | Sequence[str | os.PathLike] | None" = None,
     samples: Sequence[str] = (),
     extra: dict | None = None,
 ) -> Path:
@@ -178,7 +179,8 @@ def write_run_record(
     status
         ``success`` or ``error``.
     snakemake_log
-        Snakemake's log of this run; without it the record has no job list.
+        Snakemake's log of this run (or the list of log files Snakemake hands its
+        ``onsuccess``/``onerror`` handlers); without it the record has no job list.
     samples
         Sample ids of the run (sheet rows and inbox acquisitions).
     extra
@@ -191,6 +193,9 @@ def write_run_record(
     """
     if status not in ("success", "error"):
         raise ValueError(f"status must be 'success' or 'error', got {status!r}")
+    if isinstance(snakemake_log, (list, tuple)):  # Snakemake 9 hands its handlers a list of log files
+        snakemake_log = next((f for f in snakemake_log if str(f).endswith(".snakemake.log")),
+                             snakemake_log[0] if snakemake_log else None)
     parsed = {"header": {}, "jobs": []}
     if snakemake_log and Path(snakemake_log).is_file():
         parsed = parse_snakemake_log(Path(snakemake_log).read_text(errors="replace"))

@@ -83,8 +83,8 @@ class TrainSettings:
     """Per-sample training of the restoration network."""
 
     arch: Literal["resnet3d", "svision_mini", "svision_paper", "iso2d"] = "resnet3d"
-    width: int = 32
-    depth: int = 4
+    width: int = 16
+    depth: int = 2
     residual: Literal["tricubic", "trilinear", "none"] = "tricubic"
     x4_strategy: Literal["direct", "serial"] = "direct"
     loss: Literal["mse", "l1", "charbonnier", "charbonnier_ssim"] = "l1"
@@ -92,10 +92,10 @@ class TrainSettings:
     max_minutes: float = 4.0
     batch_size: int = 4
     patch_size: tuple[int, int, int] = (16, 64, 64)
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = 50
-    validate_every: int = 50
+    warmup_steps: int = 25
+    validate_every: int = 25
     patience: int = 8
     structure_weighting: float = 0.5
     augment: bool = True
@@ -139,6 +139,9 @@ class InferSettings:
             raise ConfigError(f"infer.tile_size must be positive, got {self.tile_size}")
         if self.blocks < 1:
             raise ConfigError(f"infer.blocks must be >= 1, got {self.blocks}")
+        if self.back_projection_iterations < 0:
+            raise ConfigError(
+                f"infer.back_projection_iterations must be >= 0, got {self.back_projection_iterations}")
         for name in ("chunks", "shards"):
             v = getattr(self, name)
             if v is not None and any(c < 1 for c in v):

@@ -132,7 +132,7 @@ def b_constant(d):
 def b_smaller_than_fov(d):
     src, norm = _norm(d, shape=(4, 8, 8))
     return ["crop", str(norm), "-o", str(d / "fov.json"), "--scale", "1,2,2", "--sample", SAMPLE], \
-        norm.name, r"too small to split into a training FOV and a held-out region"
+        src.name, r"too small to split into a training FOV and a held-out region"
 
 
 def b_fov_smaller_than_patch(d):
@@ -148,9 +148,10 @@ def b_too_few_slices(d):
 
 
 def b_voxel_missing_isotropic(d):
-    src, norm = _norm(d, voxel=False)
-    return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "isotropic", "--sample", SAMPLE], \
-        src.name, r"no voxel size .* isotropic mode needs it .*; give voxel_size"
+    src, norm = _norm(d, shape=(8, 40, 40), voxel=False)
+    pipeline.stage_crop(norm, d / "fov.json", sample=SAMPLE, mode="isotropic")
+    return ["train", str(norm), str(d / "fov.json"), "-o", str(d / "model"), "--mode", "isotropic",
+            "--device", "cpu", "--sample", SAMPLE], src.name, r"isotropic mode needs .*voxel"
 
 
 def b_unknown_mode_cli(d):

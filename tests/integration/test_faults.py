@@ -245,3 +245,20 @@ def test_kill_9_during_training_resumes_to_the_same_weights(normalized, tmp_path
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+# --------------------------------------------------------------------------- hostile path strings
+@pytest.mark.slow
+def test_sample_path_with_shell_metacharacters_is_quoted(tmp_path):
+    """A path like ``a b;$(touch pwned).tif`` reaches every command quoted, and runs."""
+    from workdir import make_workdir, run_snakemake
+
+    wd = make_workdir(tmp_path, samples={"a": {"path": "../data/a b;$(touch pwned).tif"}})
+    write_tiny_tiff(wd / "data" / "a b;$(touch pwned).tif")
+    dry = run_snakemake(wd, "-n", "-p", "--forceall", timeout=120)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "selfres normalise 'data/a b;$(touch pwned).tif' -o results/a/normalized.ome.zarr" in dry.stdout
+    real = run_snakemake(wd, "results/a/normalized.ome.zarr", timeout=120)
+    assert real.returncode == 0, real.stdout + real.stderr
+    assert (wd / "results" / "a" / "normalized.ome.zarr" / "0").exists()
+    assert not (wd / "pwned").exists() and not (wd / "results" / "a" / "pwned").exists()

@@ -194,10 +194,10 @@ def test_changed_or_clashing_acquisitions(night1, tmp_path):
     write_tiny_tiff(wd / "inbox" / "night1.tif", seed=7)
     assert _jobs(_dry(wd)) == {(r, "night1") for r in PER_SAMPLE_RULES} | {("summary", None)}
     # two inbox files with the same id: a clear error, before any job
-    write_tiny_tiff(wd / "inbox" / "night1.TIF", seed=8)
+    write_tiny_tiff(wd / "inbox" / "night1.ome.tif", seed=8)
     proc = run_snakemake(wd, "-n")
     assert proc.returncode != 0
-    assert re.search(r"same sample id: 'night1' from inbox/night1\.TIF, inbox/night1\.tif", proc.stdout + proc.stderr)
+    assert re.search(r"same sample id: 'night1' from inbox/night1\.ome\.tif, inbox/night1\.tif", proc.stdout + proc.stderr)
 
 
 def test_new_night_runs_only_the_new_sample_and_overlapping_runs_are_locked_out(night1):
@@ -212,9 +212,15 @@ def test_new_night_runs_only_the_new_sample_and_overlapping_runs_are_locked_out(
         while time.time() < deadline and first.poll() is None and not any(locks.glob("*")):
             time.sleep(0.2)
         assert any(locks.glob("*")), "the first run never took its lock"
-        second = run_snakemake(night1, timeout=300)
+        # the profiles' rerun-incomplete would redo the first run's unfinished outputs,
+        # but Snakemake's lock on those outputs stops the second run before any job
+        second = run_snakemake(night1, "--rerun-incomplete", timeout=300)
         assert second.returncode != 0
         assert "cannot be locked" in second.stdout + second.stderr
+        # without it, the first run's unfinished outputs stop it already
+        third = run_snakemake(night1, timeout=300)
+        assert third.returncode != 0
+        assert re.search(r"cannot be locked|Incomplete files", third.stdout + third.stderr)
         out, _ = first.communicate(timeout=900)
     finally:
         if first.poll() is None:

@@ -267,3 +267,74 @@ def test_pipeline_forms_of_fov_beads_and_status():
     assert "fallback_interpolation" in page and "most structure" in page
     assert report.summary_table([{"sample": "q", "restored_content": "interpolation"}]).loc[
         0, "status"] == "fallback_interpolation"
+
+
+@pytest.mark.parametrize("factors", [(2, 2, 2), (1, 2, 2), (2.5, 1, 1), (4, 4, 4)])
+def test_volume_view_matches_full_interpolation(factors):
+    """Reading a lazy view gives exactly the slice of the whole tricubic volume."""
+    from selfres import degrade
+
+    x = np.random.default_rng(0).random((7, 11, 13)).astype(np.float32)
+    full = np.asarray(degrade.upscale_cubic(x, factors)) * 3.0 + 5.0
+    mats = [None if f == 1 else degrade.resize_matrix(n, int(round(n * f)), scale=f, antialias=False)
+            for n, f in zip(x.shape, factors)]
+    view = report.VolumeView(x, matrices=mats, scale=3.0, offset=5.0)
+    assert view.shape == full.shape
+    for key in [(3,), (slice(None), 5, slice(None)), (slice(None), slice(None), -1),
+                (slice(2, 9), slice(3, 20), slice(0, None, 3)), (2, slice(4, 10), slice(1, 8)),
+                (slice(None), 6, 7), (slice(None, None, 3),) * 3]:
+        np.testing.assert_allclose(view[key], full[key], atol=1e-4, err_msg=str(key))
+    with pytest.raises(IndexError):
+        view[..., 0]
+
+
+def test_bead_figure_and_spectra_from_qc_tables(tmp_path):
+    raw, interp, restored = _volumes()
+    beads = pd.DataFrame({"volume": ["input", "output"], "z": [3.0, 6.5], "y": [11.0, 11.0],
+                          "x": [15.0, 15.0], "fwhm_z": [1.5, 3.0], "fwhm_y": [2.0, 2.0],
+                          "fwhm_x": [2.0, 2.0]})
+    png = report.figure_beads(raw=raw, restored=restored, bead_table=beads,
+                              voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5))
+    assert png is not None and png.startswith(PNG_MAGIC)
+    assert report.figure_beads(raw=raw, restored=restored, bead_table=beads.iloc[1:]) is None
+    # log10 spectra (as qc writes them) draw curves; an all-negative log is not "no data"
+    spectra = {"input": ([0, 0.1, 0.2], [-1.0, -2.0, -3.0]),
+               "output": ([0, 0.1, 0.2, 0.4], [-1.0, -2.0, -3.5, -5.0])}
+    assert report.figure_spectra(spectra, log10_power=True) != report.figure_spectra({})
+    figs = report.sample_figures(raw=raw, interp=interp, restored=restored, bead_table=beads,
+                                 spectra=spectra, spectra_log10=True)
+    assert {"orthoviews", "projections", "detail", "spectra", "beads"} <= set(figs)
+    out = report.write_report_figures(tmp_path, figures=figs, names=report.REPORT_FIGURES)
+    # no training log: a placeholder keeps the declared output
+    assert out["training_curves"].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_summary_failed_sample_has_no_dead_link_and_is_listed():
+    rows = [{"sample": "good", "flags": ["early_stopped"]},
+            {"sample": "bad", "status": "failed", "error": "InputError: x.tif: unreadable",
+             "report": None}]
+    page = report.render_summary(rows)
+    assert 'href="bad/report.html"' not in page and 'href="good/report.html"' in page
+    look = page.split("What to look at")[1]
+    assert "bad" in look and "x.tif: unreadable" in look and "early_stopped" in look
+
+
+def test_stage_summary_flags_and_failed(tmp_path):
+    import json
+
+    from selfres import pipeline
+
+    (tmp_path / "a" / "qc").mkdir(parents=True)
+    (tmp_path / "a" / "qc" / "metrics.json").write_text(json.dumps(
+        {**_metrics(sample="a"), "flags": ["early_stopped", "low_signal"]}))
+    (tmp_path / "a" / "report.html").write_text("<html></html>")
+    (tmp_path / "b" / "logs").mkdir(parents=True)
+    (tmp_path / "b" / "logs" / "normalise.log").write_text("ERROR: b.tif: not a TIFF\n")
+    pipeline.stage_summary(tmp_path, ["a", "b"], tmp_path / "summary.tsv",
+                           tmp_path / "summary.html")
+    df = pd.read_csv(tmp_path / "summary.tsv", sep="\t").set_index("sample")
+    assert df.loc["a", "flags"] == "early_stopped;low_signal"
+    assert df.loc["b", "status"] == "failed" and "not a TIFF" in df.loc["b", "error"]
+    html = (tmp_path / "summary.html").read_text()
+    assert 'title="' in html.split(">early_stopped<")[0][-400:]  # flag explained on hover
+    assert 'href="b/report.html"' not in html

@@ -99,3 +99,40 @@ def test_torch_degrader_matches_the_numpy_degradation_used_for_validation():
     a = degrade.degrade(vol, (2, 2, 2), d)
     b = degrade.TorchDegrader((2, 2, 2), d)(torch.from_numpy(vol)[None, None])[0, 0].numpy()
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "factors, split",
+    [((4, 4, 4), ((2, 2, 2), (2, 2, 2))), ((1, 4, 4), ((1, 2, 2), (1, 2, 2))), ((2, 4, 4), ((2, 2, 2), (1, 2, 2))),
+     ((2, 2, 2), None), ((1, 3, 3), None), ((4, 8, 8), None)],
+)
+def test_serial_split_of_factors(factors, split):
+    from selfres.train import serial_split
+
+    assert serial_split(factors) == split
+
+
+def test_serial_x4_trains_two_x2_stages_and_scores_their_composition():
+    vol = blob_volume((4, 64, 64), n=150, sigma=(1.0, 1.5, 1.5), seed=1)
+    s = TrainSettings(steps=4, x4_strategy="serial", **TINY | {"validate_every": 2})
+    r = train_enhance(vol[:, :48], vol[:, 48:], factors=(1, 4, 4), settings=s)
+    assert [st.spec.factors for st in r.stages] == [(1, 2, 2), (1, 2, 2)]
+    assert r.model.factors == (1, 4, 4)
+    out = r.model(torch.from_numpy(vol[:, :8, :8].copy())[None, None])
+    assert out.shape == (1, 1, 4, 32, 32)
+    # the guard compares the composition with tricubic ×4 on the held-out region
+    target, low, interp = __import__("selfres.train", fromlist=["holdout_pair"]).holdout_pair(
+        vol[:, 48:], (1, 4, 4), degrade.Degradation())
+    from selfres.train import psnr01
+
+    rng = float(target.max() - target.min())
+    assert r.val_psnr_interp == pytest.approx(psnr01(target, interp, rng), abs=1e-4)
+    assert ("model_worse_than_interpolation" in r.flags) == (not r.val_psnr_model > r.val_psnr_interp)
+
+
+def test_time_budget_stops_between_validations():
+    train, held = _data()
+    s = TrainSettings(steps=10_000, **TINY | {"validate_every": 10_000, "max_minutes": 1e-9})
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=s)
+    assert r.stop_reason == "time_budget" and r.steps_done == 1
+    assert len(r.log_rows) == 1  # the budget stop is validated, so the best checkpoint is still chosen

@@ -155,6 +155,36 @@ def infer_args(wildcards):
     return " ".join(_q(a) for a in ["--sample", s, "--settings", stage_settings(s, "infer")])
 
 
+# Scattered inference (infer.blocks > 1): prepare → one job per block → gather.
+# Isotropic samples always run as one job (their inference is not split yet).
+def infer_blocks(sample):
+    if sample_mode(sample) != "enhance":
+        return 1
+    return int(sample_settings(sample)["infer"].get("blocks", 1))
+
+
+def _samples_regex(ids):
+    return "|".join(re.escape(s) for s in ids) or "(?!)"
+
+
+SINGLE_INFER = _samples_regex([s for s in SAMPLE_IDS if infer_blocks(s) == 1])
+SCATTERED_INFER = _samples_regex([s for s in SAMPLE_IDS if infer_blocks(s) > 1])
+
+
+def get_infer_blocks(wildcards):
+    n = infer_blocks(wildcards.sample)
+    return [f"{R}/{wildcards.sample}/infer/block_{i}.json" for i in range(n)]
+
+
+def infer_step_args(wildcards):
+    """Arguments of a scattered step: settings, the block index and count."""
+    s = wildcards.sample
+    args = ["--sample", s, "--settings", stage_settings(s, "infer"), "--blocks", str(infer_blocks(s))]
+    if "block" in wildcards.keys():
+        args += ["--block", wildcards.block]
+    return " ".join(_q(a) for a in args)
+
+
 def qc_args(wildcards):
     s = wildcards.sample
     args = ["--sample", s, "--settings", stage_settings(s, "qc")]

@@ -16,6 +16,30 @@ rule report:
             labels={"sample": "{sample}", "figure": "quality report"},
         ),
         provenance=f"{R}/{{sample}}/provenance.json",
+        orthoviews=report(
+            f"{R}/{{sample}}/figures/orthoviews.png",
+            caption="../report/orthoviews.rst",
+            category="Samples",
+            labels={"sample": "{sample}", "figure": "orthogonal views"},
+        ),
+        projections=report(
+            f"{R}/{{sample}}/figures/projections.png",
+            caption="../report/projections.rst",
+            category="Samples",
+            labels={"sample": "{sample}", "figure": "projections"},
+        ),
+        detail=report(
+            f"{R}/{{sample}}/figures/detail.png",
+            caption="../report/detail.rst",
+            category="Samples",
+            labels={"sample": "{sample}", "figure": "detail and line profile"},
+        ),
+        training_curves=report(
+            f"{R}/{{sample}}/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Samples",
+            labels={"sample": "{sample}", "figure": "training curves"},
+        ),
     log:
         f"{R}/{{sample}}/logs/report.log",
     benchmark:
@@ -23,12 +47,13 @@ rule report:
     params:
         args=report_args,
         benchmarks=f"{R}/{{sample}}/benchmarks",
+        figures=f"{R}/{{sample}}/figures",
     conda:
         "../../envs/selfres.yaml"
     shell:
         "selfres report {input.normalized:q} {input.restored:q} {input.model:q} {input.fov:q} {input.metrics:q} "
         "-o {output.html:q} --provenance {output.provenance:q} --benchmarks {params.benchmarks:q} "
-        "{params.args} > {log:q} 2>&1"
+        "--figures {params.figures:q} {params.args} > {log:q} 2>&1"
 
 
 rule summary:

@@ -55,6 +55,8 @@ rule train:
         "selfres train {input.normalized:q} {input.fov:q} -o {output:q} --threads {threads} {params.args} > {log:q} 2>&1"
 
 
+# infer.blocks = 1: one job. A killed job resumes from the tiles it recorded in
+# .restored.ome.zarr.partial (same model and settings); the store appears atomically.
 rule infer:
     input:
         normalized=rules.normalise.output,
@@ -65,6 +67,8 @@ rule infer:
         f"{R}/{{sample}}/logs/infer.log",
     benchmark:
         f"{R}/{{sample}}/benchmarks/infer.tsv"
+    wildcard_constraints:
+        sample=SINGLE_INFER,
     params:
         args=infer_args,
     resources:
@@ -73,6 +77,76 @@ rule infer:
         "../../envs/selfres.yaml"
     shell:
         "selfres infer {input.normalized:q} {input.model:q} -o {output:q} --threads {threads} {params.args} > {log:q} 2>&1"
+
+
+# infer.blocks = N > 1: prepare the partial store, N block jobs (each its own GPU
+# job under profiles/slurm) write their tiles into it, gather verifies every tile,
+# builds the pyramid and moves the store into place. Output identical to N = 1.
+rule infer_prepare:
+    input:
+        normalized=rules.normalise.output,
+        model=rules.train.output,
+    output:
+        f"{R}/{{sample}}/infer/prepared.json",
+    log:
+        f"{R}/{{sample}}/logs/infer_prepare.log",
+    wildcard_constraints:
+        sample=SCATTERED_INFER,
+    params:
+        restored=f"{R}/{{sample}}/restored.ome.zarr",
+        args=infer_step_args,
+    conda:
+        "../../envs/selfres.yaml"
+    shell:
+        "selfres infer {input.normalized:q} {input.model:q} -o {params.restored:q} --step prepare "
+        "--done {output:q} {params.args} > {log:q} 2>&1"
+
+
+rule infer_block:
+    input:
+        normalized=rules.normalise.output,
+        model=rules.train.output,
+        prepared=rules.infer_prepare.output,
+    output:
+        f"{R}/{{sample}}/infer/block_{{block}}.json",
+    log:
+        f"{R}/{{sample}}/logs/infer_block_{{block}}.log",
+    benchmark:
+        f"{R}/{{sample}}/benchmarks/infer_block_{{block}}.tsv"
+    wildcard_constraints:
+        sample=SCATTERED_INFER,
+        block=r"\d+",
+    params:
+        restored=f"{R}/{{sample}}/restored.ome.zarr",
+        args=infer_step_args,
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/selfres.yaml"
+    shell:
+        "selfres infer {input.normalized:q} {input.model:q} -o {params.restored:q} --step block "
+        "--done {output:q} --threads {threads} {params.args} > {log:q} 2>&1"
+
+
+rule infer_gather:
+    input:
+        normalized=rules.normalise.output,
+        model=rules.train.output,
+        blocks=get_infer_blocks,
+    output:
+        directory(f"{R}/{{sample}}/restored.ome.zarr"),
+    log:
+        f"{R}/{{sample}}/logs/infer_gather.log",
+    benchmark:
+        f"{R}/{{sample}}/benchmarks/infer_gather.tsv"
+    wildcard_constraints:
+        sample=SCATTERED_INFER,
+    params:
+        args=infer_step_args,
+    conda:
+        "../../envs/selfres.yaml"
+    shell:
+        "selfres infer {input.normalized:q} {input.model:q} -o {output:q} --step gather {params.args} > {log:q} 2>&1"
 
 
 rule qc:

@@ -1,0 +1,114 @@
+"""Reprocessing from config: a changed value reruns exactly the stages and samples it affects.
+
+One real run of two samples (``a``, ``b``); each case edits the config or the sample sheet
+of a copy of that finished working directory and reads the dry-run job list
+(``snakemake -n``, default rerun triggers, ``params`` among them).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+from workdir import make_workdir, run_snakemake
+
+from selfres.runlog import parse_snakemake_log
+
+pytestmark = pytest.mark.slow
+
+CHAIN = ("normalise", "crop", "train", "infer", "qc", "report")
+
+
+def _from(stage, *samples):
+    """Jobs of ``stage`` and every later stage for ``samples``, plus the batch summary."""
+    later = CHAIN[CHAIN.index(stage):]
+    return {(r, s) for r in later for s in samples} | {("summary", None)}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    wd = make_workdir(tmp_path_factory.mktemp("reprocess"), samples={"a": {}, "b": {"qc.beads": "false"}})
+    proc = run_snakemake(wd)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return wd
+
+
+@pytest.fixture
+def wd(finished, tmp_path):
+    """A copy of the finished run (mtimes and Snakemake metadata kept) to edit."""
+    dst = tmp_path / "wd"
+    shutil.copytree(finished, dst, symlinks=True)
+    return dst
+
+
+def _jobs(wd, *args):
+    proc = run_snakemake(wd, "-n", *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return {(j["rule"], j["sample"]) for j in parse_snakemake_log(out)["jobs"]}
+
+
+def _edit_config(wd, **sections):
+    path = wd / "config" / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            cfg.setdefault(section, {}).update(values)
+        else:
+            cfg[section] = values
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def _edit_sheet(wd, sample, column, value):
+    path = wd / "config" / "samples.tsv"
+    lines = [line.split("\t") for line in path.read_text().splitlines()]
+    header = lines[0]
+    if column not in header:
+        header.append(column)
+        for row in lines[1:]:
+            row.append("")
+    for row in lines[1:]:
+        if row[0] == sample:
+            row[header.index(column)] = value
+    path.write_text("\n".join("\t".join(r) for r in lines) + "\n")
+
+
+def test_unchanged_config_reruns_nothing(wd):
+    assert _jobs(wd) == set()
+
+
+# (what is changed, how, expected jobs)
+CASES = [
+    ("config train value", lambda wd: _edit_config(wd, train={"learning_rate": 0.001}), _from("train", "a", "b")),
+    ("sheet train column of one sample", lambda wd: _edit_sheet(wd, "a", "train.steps", "3"), _from("train", "a")),
+    ("config infer value", lambda wd: _edit_config(wd, infer={"tile_size": [8, 16, 16]}), _from("infer", "a", "b")),
+    ("config qc value", lambda wd: _edit_config(wd, qc={"max_resolution_slices": 3}), _from("qc", "a", "b")),
+    ("sheet qc column of one sample", lambda wd: _edit_sheet(wd, "b", "qc.beads", "true"), _from("qc", "b")),
+    ("config fov value", lambda wd: _edit_config(wd, fov={"holdout_fraction": 0.25}), _from("crop", "a", "b")),
+    ("config normalise value", lambda wd: _edit_config(wd, normalise={"high_percentile": 99.5}),
+     _from("normalise", "a", "b")),
+    ("sheet scale of one sample", lambda wd: _edit_sheet(wd, "b", "scale", "2,2,2"), _from("crop", "b")),
+    ("isotropic value (enhance samples only)", lambda wd: _edit_config(wd, isotropic={"fusion": "geometric"}), set()),
+    ("nightly settle time", lambda wd: _edit_config(wd, inbox_settle_seconds=5), set()),
+]
+
+
+@pytest.mark.parametrize("what, change, expected", CASES, ids=[c[0] for c in CASES])
+def test_a_change_reruns_exactly_what_it_affects(wd, what, change, expected):
+    change(wd)
+    assert _jobs(wd) == expected, what
+
+
+def test_list_changes_params_names_the_outputs(wd):
+    _edit_sheet(wd, "a", "train.steps", "3")
+    proc = run_snakemake(wd, "--list-changes", "params")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listed = {line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("results/")}
+    assert "results/a/model" in listed
+    assert not any(p.startswith("results/b/") for p in listed), listed
+
+
+def test_forcerun_reruns_a_stage_for_one_sample(wd):
+    jobs = _jobs(wd, "--forcerun", "results/b/qc/metrics.json")
+    assert jobs == _from("qc", "b")

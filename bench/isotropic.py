@@ -150,7 +150,8 @@ def main(argv=None) -> int:
         print(json.dumps(row, default=str))
         (work / "results.json").write_text(json.dumps({"settings": cfg, "rows": rows}, indent=2, default=str))
     print(f"load average at end: {os.getloadavg()}")
-    print("\n| volume | z-cubic PSNR | model PSNR | gain dB | SSIM z-cubic → model | isotropy in → out | train s | infer s |")
+    print("\n| volume | z-cubic PSNR | model PSNR | gain dB | SSIM z-cubic → model | isotropy in → out "
+          "| train s | infer s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "psnr_model" in r:

@@ -76,16 +76,21 @@ class InboxScan:
         ``(path, seconds since its last change)`` of acquisitions left for the next run.
     shadowed
         ``(path, id)`` of acquisitions left to a sheet row of the same id or path.
+    clashes
+        ``(id, paths)`` left out because several acquisitions map to one id
+        (``on_clash="skip"`` only).
     """
 
     rows: list[dict] = field(default_factory=list)
     waiting: list[tuple[str, float]] = field(default_factory=list)
     shadowed: list[tuple[str, str]] = field(default_factory=list)
+    clashes: list[tuple[str, list[str]]] = field(default_factory=list)
 
     def messages(self) -> list[str]:
         """One line per acquisition not taken, for the run's output."""
         out = [f"selfres inbox: {p} changed {age:.0f} s ago; left for the next run" for p, age in self.waiting]
         out += [f"selfres inbox: {p} left to the sample sheet's row {sid!r}" for p, sid in self.shadowed]
+        out += [f"selfres inbox: ERROR: {', '.join(ps)} all map to sample id {sid!r}; left out" for sid, ps in self.clashes]
         return out
 
 
@@ -96,6 +101,7 @@ def scan_inbox(
     known_ids: Iterable[str] = (),
     known_paths: Iterable[str] = (),
     now: float | None = None,
+    on_clash: str = "error",
 ) -> InboxScan:
     """Find the acquisitions to add as samples.
 
@@ -109,6 +115,11 @@ def scan_inbox(
         Sample ids and paths of the sample sheet (they win).
     now
         Current time (seconds since the epoch); default :func:`time.time`.
+    on_clash
+        Two acquisitions with one id: ``"error"`` (raise; what a run does before its
+        first job) or ``"skip"`` (leave all of them out and say so in
+        :meth:`InboxScan.messages`; what a job does, so that a file dropped into the inbox
+        during a long run cannot make the night's other jobs fail).
 
     Returns
     -------
@@ -117,8 +128,10 @@ def scan_inbox(
     Raises
     ------
     ConfigError
-        If two acquisitions map to the same sample id.
+        If two acquisitions map to the same sample id and ``on_clash="error"``.
     """
+    if on_clash not in ("error", "skip"):
+        raise ValueError(f"on_clash must be 'error' or 'skip', got {on_clash!r}")
     now = time.time() if now is None else now
     ids = set(known_ids)
     paths = {os.path.realpath(p) for p in known_paths if p}
@@ -136,7 +149,11 @@ def scan_inbox(
             if os.path.realpath(path) not in {os.path.realpath(p) for p in same}:
                 same.append(path)
     clashes = {sid: ps for sid, ps in by_id.items() if len(ps) > 1}
-    if clashes:
+    if clashes and on_clash == "skip":
+        for sid, ps in sorted(clashes.items()):
+            scan.clashes.append((sid, ps))
+            del by_id[sid]
+    elif clashes:
         detail = "; ".join(f"{sid!r} from {', '.join(ps)}" for sid, ps in sorted(clashes.items()))
         raise ConfigError(
             f"inbox: acquisitions with the same sample id: {detail}. Rename all but one, "

@@ -120,11 +120,107 @@ class SubpixelConv(nn.Module):
         return self._shuffle(self.conv(x), self.factors)
 
 
-def fuse_for_inference(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` where each nearest-upsample + conv pair runs as :class:`SubpixelConv`.
+class BandedCubic(nn.Module):
+    """Keys-cubic upscaling by integer factors as 5-tap convolutions, one axis at a time.
 
-    Applies to enhance networks (``svision_mini``, ``resnet3d``) whose high-resolution
-    body is one plain convolution; anything else is returned unchanged (not copied).
+    Per axis of factor ``f``, output phase ``p`` is a 5-tap filter of the input
+    (weights ``keys_cubic((p + 0.5)/f - 0.5 - d)``, ``d = -2..2``) and the phases are
+    interleaved, which is what :func:`selfres.degrade.upscale_cubic` computes, without its
+    dense per-axis resampling matrices. Borders are zero-padded, so the outermost 2 input
+    voxels per side differ from ``upscale_cubic``'s mirrored border; tiled inference crops
+    a halo of at least 2 voxels (``model.halo``), so results are unchanged there.
+
+    Parameters
+    ----------
+    factors
+        Integer factors ``(fz, fy, fx)``.
+    """
+
+    def __init__(self, factors: Sequence[int]):
+        super().__init__()
+        self.factors = tuple(int(f) for f in factors)
+        for ax, f in enumerate(self.factors):
+            w = torch.zeros(f, 1, 5)
+            for p in range(f):
+                delta = (p + 0.5) / f - 0.5
+                for k, d in enumerate(range(-2, 3)):
+                    w[p, 0, k] = float(degrade.keys_cubic(delta - d))
+            self.register_buffer(f"w{ax}", w, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            for ax, f in enumerate(self.factors):
+                if f == 1:
+                    continue
+                shape = [1, 1, 1]
+                shape[ax] = 5
+                pad = [0, 0, 0]
+                pad[ax] = 2
+                w = getattr(self, f"w{ax}").reshape(f, 1, *shape)
+                y = torch.nn.functional.conv3d(x.contiguous(), w, padding=tuple(pad))  # (B, f, Z, Y, X)
+                b, _, z, yy, xx = y.shape
+                dims = [z, yy, xx]
+                # interleave the phases: (B, f, Z, Y, X) -> (B, 1, ..., n_ax, f, ...) -> n_ax * f
+                y = y.unsqueeze(1).movedim(2, 3 + ax)
+                new = list(dims)
+                new[ax] = dims[ax] * f
+                x = y.reshape(b, 1, *new)
+            return x
+
+
+def _pad_conv(conv: nn.Conv3d, *, cin: int, cout: int) -> nn.Conv3d:
+    """``conv`` with zero weights for extra input and output channels (zero bias)."""
+    new = nn.Conv3d(cin, cout, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, bias=conv.bias is not None)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[: conv.out_channels, : conv.in_channels] = conv.weight
+        if conv.bias is not None:
+            new.bias.zero_()
+            new.bias[: conv.out_channels] = conv.bias
+    return new
+
+
+def pad_channels(seq: nn.Sequential, *, multiple: int = 8) -> int:
+    """Widen ``Conv → [PReLU] → Conv`` links of ``seq`` to a multiple of ``multiple`` channels.
+
+    The extra channels have zero weights and bias, so they carry zeros (PReLU keeps 0)
+    and the next convolution ignores them: the output is unchanged. oneDNN runs 3-D
+    convolutions whose channel counts are multiples of 8 several times faster (12 → 16
+    channels: 0.30 s → 0.05 s for a 20 × 80 × 80 map here). Returns the links widened.
+    """
+    mods = list(seq)
+    n = 0
+    for i, a in enumerate(mods):
+        if not (isinstance(a, nn.Conv3d) and a.groups == 1 and a.out_channels % multiple):
+            continue
+        j = i + 1
+        if j < len(mods) and isinstance(mods[j], nn.PReLU):
+            j += 1
+        if not (j < len(mods) and isinstance(mods[j], nn.Conv3d) and mods[j].groups == 1):
+            continue
+        width = -(-a.out_channels // multiple) * multiple
+        seq[i] = mods[i] = _pad_conv(a, cin=a.in_channels, cout=width)
+        if j == i + 2 and mods[i + 1].num_parameters > 1:
+            act = nn.PReLU(width)
+            with torch.no_grad():
+                act.weight.fill_(1.0)
+                act.weight[: mods[i + 1].num_parameters] = mods[i + 1].weight
+            seq[i + 1] = mods[i + 1] = act
+        seq[j] = mods[j] = _pad_conv(mods[j], cin=width, cout=mods[j].out_channels)
+        n += 1
+    return n
+
+
+def fuse_for_inference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` rewritten for fast inference, same output once halos are cropped.
+
+    Each nearest-upsample + conv pair runs as :class:`SubpixelConv` (exact everywhere)
+    and the tricubic residual base as :class:`BandedCubic` (exact except within 2 input
+    voxels of the array border, which tiled inference crops). Applies to enhance networks
+    (``svision_mini``, ``resnet3d``) whose high-resolution body is one plain convolution;
+    anything else is returned unchanged (not copied).
     """
     import copy
 
@@ -145,6 +241,11 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
         if fusable(m):
             m.hr_body = nn.Sequential(SubpixelConv(m.hr_body[0], m.up.factors))
             m.up = nn.Identity()
+            if isinstance(m.lr_body, nn.Sequential):
+                pad_channels(m.lr_body)
+            if getattr(m.base, "kind", None) == "tricubic" and all(
+                    h >= 2 for h, f in zip(m.halo, m.factors) if f > 1):  # the border band is cropped
+                m.base = BandedCubic(m.factors)
     return model
 
 
@@ -576,12 +677,12 @@ class PartialStore:
         """Raise :class:`~selfres.errors.SelfresError` unless the store exists with ``fingerprint``."""
         found = self.fingerprint()
         if found is None:
-            raise SelfresError(f"{self.path}: no prepared inference store; run 'selfres infer --prepare' first")
+            raise SelfresError(f"{self.path}: no prepared inference store; run 'selfres infer --step prepare' first")
         if found != _json_roundtrip(fingerprint):
             diff = sorted(k for k in set(found) | set(fingerprint)
                           if found.get(k) != _json_roundtrip(fingerprint).get(k))
             raise SelfresError(f"{self.path}: prepared for other settings, model or input "
-                               f"(differs in {', '.join(diff)}); run 'selfres infer --prepare' again")
+                               f"(differs in {', '.join(diff)}); run 'selfres infer --step prepare' again")
 
     def records(self) -> dict[int, str]:
         """Recorded tiles ``{index: crc}`` from every record file (torn lines ignored)."""
@@ -761,8 +862,10 @@ def infer_to_store(
         out.update(stats)
     if step in ("all", "gather"):
         store.check(fp)
-        dest = _open_level0(store.path, ngff_version)
-        good = store.verified(dest, factors=factors, tile_size=tile_size)
+        if step == "gather":  # written by other jobs (maybe other nodes): check the bytes
+            good = store.verified(_open_level0(store.path, ngff_version), factors=factors, tile_size=tile_size)
+        else:  # this process verified the reused tiles and wrote the rest
+            good = set(store.records())
         missing = sorted(set(range(n_tiles)) - good)
         if missing:
             owners = sorted({next(b for b in range(blocks) if i in block_tiles(n_tiles, block=b, blocks=blocks))
@@ -811,5 +914,5 @@ def default_device(preference: str = "auto") -> torch.device:
 __all__ = [
     "CubicUpsampler", "read_padded", "tile_grid", "prepare_model", "run_tiles", "predict_array",
     "predict_single_pass", "restore_to_store", "Progress", "out_shape", "default_device",
-    "block_tiles", "PartialStore", "SubpixelConv", "fuse_for_inference", "store_layout", "infer_to_store",
+    "block_tiles", "PartialStore", "SubpixelConv", "BandedCubic", "fuse_for_inference", "pad_channels", "store_layout", "infer_to_store",
 ]

@@ -59,6 +59,7 @@ log = logging.getLogger("selfres.isotropic")
 
 DEGRADER_FILE = "degrader.safetensors"
 TAIL_LR_SCALE = 0.1
+UNIFORM_SHARE = 0.25  # share of training patches placed uniformly (the rest: foreground)
 _LOG_COLUMNS = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
 
 
@@ -350,8 +351,9 @@ def otsu_threshold(volume: np.ndarray, *, max_voxels: int = 1_000_000) -> float:
 class SlicePatchSampler:
     """Random 2-D patches of a stack of slices ``(N, H, W)``, foreground-weighted.
 
-    Placements whose share of pixels above ``threshold`` is at least
-    ``foreground_fraction`` are drawn (all placements if none qualifies). With
+    Three draws in four take a placement whose share of pixels above ``threshold``
+    is at least ``foreground_fraction`` (any placement if none qualifies); the
+    fourth is uniform, so the net also learns to leave background alone. With
     ``augment``, patches are randomly transposed (when square) and flipped, so the
     degraded axis (rows) is sometimes y and sometimes x. All randomness comes from
     one :class:`torch.Generator`.
@@ -376,8 +378,12 @@ class SlicePatchSampler:
     def sample(self, batch: int) -> torch.Tensor:
         ph, pw = self.patch
         out = []
+        n_all = int(np.prod(self.grid))
         for _ in range(batch):
-            k = int(self.candidates[int(torch.randint(0, len(self.candidates), (1,), generator=self.gen))])
+            if torch.rand(1, generator=self.gen) < UNIFORM_SHARE:  # some background, so it is left alone
+                k = int(torch.randint(0, n_all, (1,), generator=self.gen))
+            else:
+                k = int(self.candidates[int(torch.randint(0, len(self.candidates), (1,), generator=self.gen))])
             i, y, x = np.unravel_index(k, self.grid)
             p = self.slices[i, y : y + ph, x : x + pw]
             if self.augment:
@@ -446,6 +452,32 @@ def holdout_pairs(holdout: np.ndarray, deg: AxialDegradation, *, max_pixels: int
     if not out:
         raise ValueError(f"held-out region {h.shape} is too small for isotropic validation")
     return out
+
+
+def validation_split(train_volume: np.ndarray, holdout_volume: np.ndarray, threshold: float, *,
+                     min_share: float = 0.01, every: int = 4) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Training planes and validation box; falls back to held-out *planes* when the held-out box is empty.
+
+    The held-out box of the training FOV is used as it is when at least ``min_share``
+    of its voxels are above the foreground ``threshold``. Otherwise (e.g. a single
+    object in the middle of the field, both ends dark) every ``every``-th lateral
+    plane of the training FOV is held out of training and validates instead, so
+    that model selection measures restoration of structure, not of background.
+
+    Returns
+    -------
+    tuple
+        ``(training planes (N, Y, X), validation box (M, Y', X'), note or None)``.
+    """
+    share = float(np.mean(holdout_volume > threshold)) if holdout_volume.size else 0.0
+    nz = train_volume.shape[0]
+    if share >= min_share or nz < 2 * every:
+        return train_volume, holdout_volume, None
+    val = np.arange(every // 2, nz, every)
+    keep = np.setdiff1d(np.arange(nz), val)
+    note = (f"held-out box has {100 * share:.2f}% foreground (< {100 * min_share:g}%): validating on lateral planes "
+            f"{val.tolist()} of the training FOV, which training does not see")
+    return np.ascontiguousarray(train_volume[keep]), np.ascontiguousarray(train_volume[val]), note
 
 
 def predict_slices(model: nn.Module, slices: np.ndarray, *, device: torch.device | str = "cpu",
@@ -621,7 +653,8 @@ def train_degrader(
                 log.info("learned stage time budget of %.1f min reached", iso.gan_max_minutes)
                 break
     g_ax.eval()
-    return DegraderResult(generator=g_ax, restorer_state={k: v.detach().clone() for k, v in restorer.state_dict().items()},
+    r_state = {k: v.detach().clone() for k, v in restorer.state_dict().items()}
+    return DegraderResult(generator=g_ax, restorer_state=r_state,
                           steps_done=step, seconds=time.monotonic() - t0, log_rows=rows)
 
 
@@ -723,10 +756,15 @@ def train_isotropic(
     torch.manual_seed(s.seed)
     train_volume = np.asarray(train_volume, dtype=np.float32)
     deg, deg_info = resolve_degradation(train_volume, factor, settings, voxel_size)
-    spec = models.ModelSpec(arch="iso2d", width=s.width, depth=s.depth)
+    threshold = otsu_threshold(train_volume)
+    train_planes, val_volume, split_note = validation_split(train_volume, np.asarray(holdout_volume, np.float32),
+                                                            threshold)
+    if split_note:
+        deg_info["validation"] = split_note
+        log.info("%s", split_note)
+    spec = models.ModelSpec(arch="iso2d", width=iso.width, depth=iso.depth)
     model = models.build_model(spec).to(device)
-    patch = (min(s.patch_size[1], train_volume.shape[1]), min(s.patch_size[2], train_volume.shape[2]))
-    m = min(patch)
+    m = min(iso.patch_size, train_volume.shape[1], train_volume.shape[2])
     patch = (m, m)
     ckpt_path = Path(work_dir) / "checkpoint.pt" if work_dir else None
     key = _key(settings, factor, train_volume.shape, deg)
@@ -743,7 +781,7 @@ def train_isotropic(
             degrader_log = json.loads(g_state["rows"])
             log.info("learned degradation restored from %s", gpath)
         else:
-            res = train_degrader(train_volume, reslice(train_volume, factor), model, deg, iso=iso, patch=patch,
+            res = train_degrader(train_planes, reslice(train_volume, factor), model, deg, iso=iso, patch=patch,
                                  learning_rate=2e-4, seed=s.seed, device=device)
             degrader.load_state_dict(res.generator.state_dict())
             model.load_state_dict(res.restorer_state)
@@ -758,10 +796,9 @@ def train_isotropic(
 
     gen = torch.Generator().manual_seed(s.seed)
     noise_gen = torch.Generator(device=device).manual_seed(s.seed + 1)
-    threshold = otsu_threshold(train_volume)
-    sampler = SlicePatchSampler(train_volume, patch, threshold=threshold, foreground_fraction=iso.foreground_fraction,
+    sampler = SlicePatchSampler(train_planes, patch, threshold=threshold, foreground_fraction=iso.foreground_fraction,
                                 augment=s.augment, generator=gen)
-    pairs = holdout_pairs(holdout_volume, deg)
+    pairs = holdout_pairs(val_volume, deg)
     if degrader is not None:  # validation inputs made by the learned degradation (seeded noise)
         pairs = [(t, degradation.apply_numpy(t, rng=12345 + i)) for i, (t, _) in enumerate(pairs)]
     data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
@@ -821,11 +858,13 @@ def train_isotropic(
         if step % s.validate_every == 0 or step == s.steps:
             val = validate()
             el = time.monotonic() - t0
-            rows.append({"step": step, "loss": running / n_running, "val_psnr_model": val, "val_psnr_interp": val_interp,
+            rows.append({"step": step, "loss": running / n_running, "val_psnr_model": val,
+                         "val_psnr_interp": val_interp,
                          "lr": lr, "seconds": round(el, 2)})
             running, n_running = 0.0, 0
             if val > best["psnr"] + 0.01:
-                best = {"psnr": val, "step": step, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best = {"psnr": val, "step": step, "state": state}
                 bad = 0
             else:
                 bad += 1
@@ -1017,7 +1056,8 @@ def stage_infer(normalized: str | Path, model: nn.Module, spec: models.ModelSpec
                                       ngff_version=settings.ngff_version)
             with torch.inference_mode():
                 restore_isotropic(net, source, factor=factor, tile=tile, batch=batch, fusion=fusion, device=device,
-                                  dest=dest, transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype))
+                                  dest=dest,
+                                  transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype))
             seconds = time.monotonic() - t0
             io.finalize_ome_zarr(tmp, voxel_size=vs_out, ngff_version=settings.ngff_version,
                                  contrast_limits=(params.low, params.high),
@@ -1050,7 +1090,9 @@ def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: mo
         return {k: stored.get(k) for k in ("psnr_model", "psnr_interp", "ssim_model", "ssim_interp")}
     deg = AxialDegradation(factor=float(d["factor"]), sigma_px=float(d["sigma_px"]),
                            noise_sigma=float(d["noise_sigma"]))
-    held = np.asarray(vol.data, dtype=np.float32)[box_slices(fov.holdout)]
+    data = np.asarray(vol.data, dtype=np.float32)
+    train_box = data[box_slices(fov.train)]
+    _, held, _ = validation_split(train_box, data[box_slices(fov.holdout)], otsu_threshold(train_box))
     pairs = holdout_pairs(held, deg)
     data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
     preds = [predict_slices(model, low) for _, low in pairs]

@@ -166,14 +166,28 @@ def stage_normalise(
     """Read the acquisition, normalise it robustly and write ``normalized.ome.zarr``."""
     settings = settings or NormaliseSettings()
     try:
-        vol = io.read_volume(input_path, channel=channel, lazy=False)
+        # lazy (dask): streamed chunk by chunk, so memory does not grow with the volume
+        vol = io.read_volume(input_path, channel=channel, lazy=True)
     except InputError as exc:
         raise exc.for_sample(sample) from None
     data = vol.data
     vs = tuple(voxel_size) if voxel_size else vol.voxel_size
     if data.size == 0:
         raise InputError(input_path, "the volume is empty (zero voxels)", sample=sample)
-    vmin, vmax = float(np.min(data)), float(np.max(data))
+    import dask
+
+    integer = np.issubdtype(vol.source_dtype, np.integer)
+    sat_lazy = (data >= np.iinfo(vol.source_dtype).max).mean() if integer else None
+    bad_lazy = None if integer else ((~np.isfinite(data)).sum(), np.isnan(data).sum())
+    try:  # one pass over the input, chunk by chunk
+        vmin, vmax, sat_value, bad = dask.compute(data.min(), data.max(), sat_lazy, bad_lazy)
+    except Exception as exc:  # noqa: BLE001 - library errors become InputError
+        raise InputError(input_path, f"cannot read its data ({exc})", sample=sample) from exc
+    if bad is not None and int(bad[0]):
+        n_bad, n_nan = int(bad[0]), int(bad[1])
+        raise InputError(input_path, f"contains {n_bad} non-finite voxels ({n_nan} NaN, {n_bad - n_nan} Inf) out of "
+                         f"{data.size}; replace them (e.g. by 0) before restoring", sample=sample)
+    vmin, vmax = float(vmin), float(vmax)
     if vmin == vmax:
         raise InputError(
             input_path, f"the volume is constant (every voxel is {vmin:g}): there is nothing to restore", sample=sample
@@ -183,9 +197,7 @@ def stage_normalise(
         max_sample_voxels=settings.max_sample_voxels,
     )
     norm = normalise.apply(data, params)
-    saturated = None
-    if np.issubdtype(vol.source_dtype, np.integer):
-        saturated = float(np.mean(data >= np.iinfo(vol.source_dtype).max))
+    saturated = None if sat_value is None else float(sat_value)
     attrs = {
         "sample": sample,
         "normalisation": params.to_dict(),
@@ -318,6 +330,7 @@ def stage_train(
     import pandas as pd
 
     cols = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
+    cols += [c for c in ("val_coarse_gain", "stage") if any(c in r for r in result.log_rows)]
     pd.DataFrame(result.log_rows, columns=cols).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
     if model_dir.exists():
         shutil.rmtree(model_dir)

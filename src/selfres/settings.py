@@ -91,12 +91,14 @@ class TrainSettings:
     steps: int = 1500
     max_minutes: float = 4.0
     batch_size: int = 4
-    patch_size: tuple[int, int, int] = (16, 64, 64)
+    patch_size: tuple[int, int, int] = (8, 48, 48)
     learning_rate: float = 1e-3
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     warmup_steps: int = 25
     validate_every: int = 25
     patience: int = 8
+    guard_margin_db: float = 0.2
+    scale_check: bool = True
     structure_weighting: float = 0.5
     augment: bool = True
     seed: int = 0
@@ -115,6 +117,8 @@ class TrainSettings:
             )
         if self.validate_every < 1:
             raise ConfigError(f"train.validate_every must be >= 1, got {self.validate_every}")
+        if self.guard_margin_db < 0:
+            raise ConfigError(f"train.guard_margin_db must be >= 0, got {self.guard_margin_db}")
         self.degradation.validate()
 
 
@@ -168,12 +172,16 @@ class QcSettings:
 class IsotropicSettings:
     """``isotropic`` mode (Self-Net): how lateral slices teach the axial ones.
 
-    ``train`` settings (width, depth, loss, steps, max_minutes, patch y/x, learning
-    rate, validation, seed) apply to the 2-D restoration net too; these add what is
-    specific to isotropic restoration (see ``docs/isotropic.md``).
+    ``train`` settings (loss, steps, max_minutes, learning rate and schedule,
+    validation, patience, augment, seed) apply to the 2-D restoration net too; these
+    add what is specific to isotropic restoration, including the 2-D net's own
+    width, depth and (square) patch size (see ``docs/isotropic.md``).
     """
 
     degradation: Literal["analytic", "learned"] = "analytic"
+    width: int = 32
+    depth: int = 4
+    patch_size: int = 64
     axial_sigma_px: float | None = None
     noise_match: bool = True
     fusion: Literal["mean", "geometric"] = "mean"
@@ -192,7 +200,7 @@ class IsotropicSettings:
         if self.axial_sigma_px is not None and not 0 <= self.axial_sigma_px <= 50:
             raise ConfigError(f"isotropic.axial_sigma_px must be within 0..50 (or null: estimated), "
                               f"got {self.axial_sigma_px}")
-        for name in ("batch_size", "infer_batch", "gan_steps", "gan_width"):
+        for name in ("width", "depth", "batch_size", "infer_batch", "gan_steps", "gan_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"isotropic.{name} must be >= 1, got {getattr(self, name)}")
         if self.gan_depth < 0:

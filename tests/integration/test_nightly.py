@@ -97,10 +97,81 @@ def test_two_files_with_one_id_are_an_error_naming_both(tmp_path):
         scan_inbox([str(tmp_path / "**" / "*.tif")], settle_seconds=0, now=_later())
 
 
+def test_inside_a_job_clashing_files_are_left_out_not_fatal(tmp_path):
+    write_tiny_tiff(tmp_path / "d1" / "stack.tif")
+    write_tiny_tiff(tmp_path / "d2" / "stack.tif")
+    write_tiny_tiff(tmp_path / "d2" / "other.tif")
+    scan = scan_inbox([str(tmp_path / "**" / "*.tif")], settle_seconds=0, now=_later(), on_clash="skip")
+    assert [r["sample"] for r in scan.rows] == ["other"]
+    assert scan.clashes[0][0] == "stack" and "ERROR" in scan.messages()[0]
+
+
 def test_one_file_matched_by_two_patterns_is_one_sample(tmp_path):
     write_tiny_tiff(tmp_path / "a.tif")
     scan = scan_inbox([str(tmp_path / "*.tif"), str(tmp_path / "a.*")], settle_seconds=0, now=_later())
     assert scan.rows == [{"sample": "a", "path": str(tmp_path / "a.tif")}]
+
+
+SLURM_LOG = """\
+SNAKEMAKE
+=========
+  Date: 2026-11-30 09:02:09
+  Workflow ID: 84d84b32-53b4-48d4-9a05-6b024578962c
+  Host: vm
+  User: root
+  Snakemake version: 9.27.1
+  Command: snakemake --profile slurm
+  Config file(s): ['config/config.yaml']
+  Config MD5: 618c7ef1079572f1a196ca1277ccf588
+
+[Mon Nov 30 09:02:10 2026]
+rule normalise:
+    input: data/a.tif
+    jobid: 2
+    reason: Missing output files: results/a/normalized.ome.zarr
+    wildcards: sample=a
+Job 2 has been submitted with SLURM jobid 18 (log: /w/logs/slurm/rule_normalise/a/18.log).
+[Mon Nov 30 09:02:46 2026]
+Finished jobid: 2 (Rule: normalise)
+[Mon Nov 30 09:02:46 2026]
+rule crop:
+    jobid: 4
+    wildcards: sample=a
+Job 4 has been submitted with SLURM jobid 19 (log: /w/logs/slurm/rule_crop/a/19.log).
+[Mon Nov 30 09:03:00 2026]
+Error in rule crop:
+    message: SLURM-job '19' failed
+    jobid: 4
+"""
+
+
+def test_run_log_parser_reads_slurm_jobs_and_failures():
+    parsed = parse_snakemake_log(SLURM_LOG)
+    assert parsed["header"]["workflow_id"].startswith("84d84b32") and parsed["header"]["host"] == "vm"
+    assert parsed["header"]["started"] == "2026-11-30 09:02:09"
+    (norm, crop) = parsed["jobs"]
+    assert norm == {"jobid": 2, "rule": "normalise", "sample": "a", "wildcards": "sample=a",
+                    "reason": "Missing output files: results/a/normalized.ome.zarr",
+                    "started": "2026-11-30T09:02:10", "status": "finished", "slurm_jobid": 18,
+                    "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log"}
+    assert crop["status"] == "failed" and crop["slurm_jobid"] == 19
+
+
+def test_runlog_command_writes_a_record_and_a_history_line(tmp_path, capsys):
+    from selfres.cli import main
+
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(SLURM_LOG)
+    for _ in range(2):
+        assert main(["runlog", str(tmp_path / "results"), "--status", "error", "--snakemake-log", str(log),
+                     "--samples", "a,b"]) == 0
+    records = sorted((tmp_path / "results" / "runs").glob("*.json"))
+    assert [r.name for r in records] == ["20261130T090209_error-2.json", "20261130T090209_error.json"]
+    rec = json.loads(records[1].read_text())
+    assert rec["samples"] == ["a", "b"] and rec["failed_samples"] == ["a"] and rec["config_files"] == [
+        "config/config.yaml"]
+    lines = (tmp_path / "results" / "runs" / "runs.tsv").read_text().splitlines()
+    assert len(lines) == 3 and lines[1].split("\t")[2] == "error"
 
 
 # ---------------------------------------------------------------- nights (snakemake)
@@ -230,3 +301,18 @@ def test_new_night_runs_only_the_new_sample_and_overlapping_runs_are_locked_out(
     assert (night1 / "results" / "night2" / "report.html").is_file()
     rows = [r.split("\t")[0] for r in (night1 / "results" / "summary.tsv").read_text().splitlines()[1:]]
     assert rows == ["night1", "night2"]
+
+
+def test_a_failed_run_leaves_an_error_record_and_a_summary(tmp_path):
+    wd = make_workdir(tmp_path, samples={}, config_overrides={"inbox": ["inbox/*.tif"], "inbox_settle_seconds": 0})
+    (wd / "inbox").mkdir()
+    (wd / "inbox" / "broken.tif").write_bytes(b"II*\x00 not really a tiff")
+    proc = run_snakemake(wd, "--keep-going")
+    assert proc.returncode != 0
+    (record,) = (wd / "results" / "runs").glob("*_error.json")
+    rec = json.loads(record.read_text())
+    assert rec["status"] == "error" and rec["failed_samples"] == ["broken"]
+    (failed,) = [j for j in rec["jobs"] if j["rule"] == "normalise"]
+    assert failed["status"] == "failed" and failed["sample"] == "broken"
+    summary = (wd / "results" / "summary.tsv").read_text().splitlines()
+    assert summary[1].startswith("broken\tfailed")

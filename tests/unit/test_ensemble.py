@@ -140,19 +140,20 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
 
     from selfres import io, pipeline
     from selfres.infer import predict_single_pass
-    from selfres.settings import InferSettings, Settings, TrainSettings
+    from selfres.settings import FovSettings, InferSettings, Settings, TrainSettings
 
-    vol = blob_volume((2, 64, 64), n=120, sigma=(0.5, 1.5, 1.5), seed=7) * 1000
+    vol = blob_volume((1, 64, 48), n=40, sigma=(0.5, 1.5, 1.5), seed=7) * 1000  # 2-D input
     tifffile.imwrite(tmp_path / "in.tif", vol.astype(np.float32))
     s = Settings(
-        train=TrainSettings(width=4, depth=1, steps=2, batch_size=1, patch_size=(2, 16, 16), validate_every=1,
+        train=TrainSettings(width=4, depth=1, steps=1, scale_check=False, batch_size=1, patch_size=(1, 16, 16), validate_every=1,
                             warmup_steps=1, x4_strategy="serial"),
-        infer=InferSettings(ensemble=True, back_projection_iterations=1, tile_size=(2, 32, 32),
+        infer=InferSettings(ensemble=True, back_projection_iterations=1, tile_size=(1, 32, 24),
                             on_worse_than_interpolation="model"),
     )
     norm = tmp_path / "n.ome.zarr"
     pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s")
-    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 4, 4))
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 4, 4),
+                        settings=FovSettings(min_holdout_voxels=256, holdout_fraction=0.3))
     meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 4, 4),
                                 settings=s, device="cpu")
     assert meta["serial"]["factors"] == [[1, 2, 2], [1, 2, 2]]
@@ -161,7 +162,7 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
     pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", settings=s.infer,
                          device="cpu")
     out = io.read_ome_zarr(tmp_path / "out.ome.zarr")
-    assert out.data.shape == (2, 256, 256)
+    assert out.data.shape == (1, 256, 192)
     # the written output is the wrapped model (ensemble, then back-projection), not the bare one
     low, params = pipeline.read_normalized(norm)
     wrapped = wrap_for_inference(model, ensemble=True, back_projection_iterations=1)

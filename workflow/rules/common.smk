@@ -1,12 +1,10 @@
 # Validation of config and sample sheet, the sample table and input functions.
 # All logic beyond this lives in the selfres package.
-import glob
 import json
 import os
 import re
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -39,8 +37,11 @@ def _inbox_rows(sheet):
     """Nightly batches: acquisitions of the config's inbox globs (selfres.inbox has the rules)."""
     from selfres.inbox import scan_inbox
 
+    # the run stops on clashing ids before its first job; a job (which re-reads the inbox)
+    # leaves them out instead, so a file dropped in during the night fails no other job
     scan = scan_inbox(config["inbox"], settle_seconds=config["inbox_settle_seconds"],
-                      known_ids=sheet["sample"], known_paths=sheet["path"])
+                      known_ids=sheet["sample"], known_paths=sheet["path"],
+                      on_clash="error" if workflow.is_main_process else "skip")
     for line in scan.messages():
         print(line, file=sys.stderr)
     return scan.rows
@@ -197,7 +198,15 @@ def resolved_config(sample):
     return {"sample": sample, "path": _cell(sample, "path"), "mode": sample_mode(sample),
             "scale": sample_scale(sample), "voxel_size": _cell(sample, "voxel_size") or None,
             "channel": _cell(sample, "channel") or None, "reference": _cell(sample, "reference") or None,
-            "training_fov": _cell(sample, "training_fov") or None, "settings": sample_settings(sample)}
+            "training_fov": _cell(sample, "training_fov") or None, "settings": _applied_settings(sample)}
+
+
+def _applied_settings(sample):
+    """The settings that apply to the sample (no isotropic section for enhance samples)."""
+    s = sample_settings(sample)
+    if sample_mode(sample) != "isotropic":
+        s.pop("isotropic", None)
+    return s
 
 
 def report_args(wildcards):

@@ -1,0 +1,290 @@
+"""Inference throughput and memory: naive single pass vs optimised vs tiled + streamed.
+
+Run from the repository root::
+
+    python bench/throughput.py                      # throughput table (both enhance archs)
+    python bench/throughput.py --rss 0.25 1 4       # peak RSS of streamed inference per input size
+    python bench/throughput.py --x4                 # x4 of a 38 x 256 x 256 input (to 152 x 1024 x 1024)
+
+Throughput is output megavoxels per second, all in this process with the same
+network and weights (untrained, perturbed: speed does not depend on the values):
+
+- ``naive``: one ``model(x)`` over the whole mirror-padded volume, as written in
+  PyTorch without care (contiguous layout, no fusion);
+- ``optimised``: the same single pass with :func:`selfres.infer.prepare_model`
+  (sub-pixel fusion, channels_last_3d) — untiled, in memory;
+- ``tiled``: :func:`selfres.infer.restore_to_store` from an OME-Zarr input to an
+  OME-Zarr output (read, infer, write; reader and writer threads);
+- ``end_to_end``: :func:`selfres.infer.infer_to_store` (as ``selfres infer``: partial
+  store, completion records, pyramid, atomic rename).
+
+Peak RSS (``--rss``) runs each input size in a fresh subprocess (the input store is
+written by another subprocess first) and reads ``ru_maxrss``. It uses an identity
+network so that the run measures the streaming machinery, not the network speed.
+
+Timings on a shared machine are noisy: the script prints the load average next to
+each table; repeat when the machine is quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _load() -> str:
+    try:
+        return "load average %.2f %.2f %.2f" % os.getloadavg()
+    except OSError:  # pragma: no cover
+        return "load average n/a"
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _volume(shape, seed=0) -> np.ndarray:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    v = np.zeros(shape, np.float32)
+    idx = rng.integers(0, shape, size=(max(10, int(np.prod(shape)) // 2000), 3))
+    v[tuple(idx.T)] = 1.0
+    v = ndimage.gaussian_filter(v, (1.5, 1.0, 1.0))
+    return (v / v.max() + 0.02 + 0.01 * rng.standard_normal(shape)).astype(np.float32)
+
+
+def _model(arch: str, factors):
+    import torch
+
+    from selfres.models import ModelSpec, build_model
+
+    torch.manual_seed(0)
+    m = build_model(ModelSpec(arch=arch, factors=tuple(factors)))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def _best(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def throughput(arch: str, shape, factors, *, tile, batch, repeat, work: Path) -> dict:
+    """Mvoxel/s of the four variants for one architecture."""
+    import torch
+
+    from selfres import io
+    from selfres.infer import infer_to_store, predict_single_pass, prepare_model, restore_to_store
+
+    vol = _volume(shape)
+    model = _model(arch, factors)
+    n_out = int(np.prod(shape)) * int(np.prod(factors))
+    out = {"arch": arch, "params": sum(p.numel() for p in model.parameters()), "input": list(shape),
+           "factors": list(factors), "tile": list(tile), "threads": torch.get_num_threads()}
+
+    def naive():
+        h = model.halo
+        padded = np.pad(vol, [(x, x) for x in h], mode="symmetric")
+        with torch.no_grad():
+            model(torch.from_numpy(padded)[None, None])
+
+    fast = prepare_model(model, torch.device("cpu"))
+    predict_single_pass(fast, vol[:8, :32, :32], factors=factors)  # warm-up
+    out["naive"] = n_out / 1e6 / _best(naive, repeat)
+
+    def optimised():
+        h = fast.halo
+        padded = np.pad(vol, [(x, x) for x in h], mode="symmetric")
+        x = torch.from_numpy(padded)[None, None].contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode():
+            fast(x)
+
+    out["optimised"] = n_out / 1e6 / _best(optimised, repeat)
+
+    src_path = work / f"in-{arch}.ome.zarr"
+    io.write_ome_zarr(src_path, vol, voxel_size=(1.0, 1.0, 1.0), chunks=tile)
+    src = io.open_ome_zarr_array(src_path)
+    out_shape = tuple(n * f for n, f in zip(shape, factors))
+    chunks = tuple(min(t * f, n) for t, f, n in zip(tile, factors, out_shape))
+
+    def tiled():
+        dest = io.create_ome_zarr(work / "tiled.ome.zarr", shape=out_shape, dtype="float32",
+                                  voxel_size=(1.0, 1.0, 1.0), chunks=chunks)
+        restore_to_store(fast, src, dest, factors=factors, tile_size=tile, batch_size=batch)
+
+    out["tiled"] = n_out / 1e6 / _best(tiled, repeat)
+
+    def end_to_end():
+        infer_to_store(fast, src, work / "e2e.ome.zarr", factors=factors, tile_size=tile, dtype="float32",
+                       voxel_size=(1.0, 0.5, 0.5), fingerprint={"bench": time.time()}, batch_size=batch)
+
+    out["end_to_end"] = n_out / 1e6 / _best(end_to_end, repeat)
+    out["optimised_over_naive"] = out["optimised"] / out["naive"]
+    out["tiled_cost_pct"] = 100.0 * (out["optimised"] / out["tiled"] - 1.0)
+    out["end_to_end_cost_pct"] = 100.0 * (out["optimised"] / out["end_to_end"] - 1.0)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# peak RSS: subprocesses
+# --------------------------------------------------------------------------- #
+
+def _rss_shape(gib: float) -> tuple[int, int, int]:
+    n = gib * 2**30 / 4  # float32 voxels
+    yx = 1024 if gib <= 0.5 else 2048
+    return (max(1, int(round(n / yx / yx))), yx, yx)
+
+
+def _make_input(path: str, gib: float, chunk) -> None:
+    """Write a float32 OME-Zarr of ``gib`` GiB slab by slab (never whole in memory)."""
+    from selfres import io
+
+    shape = _rss_shape(gib)
+    arr = io.create_ome_zarr(path, shape=shape, dtype="float32", voxel_size=(1.0, 1.0, 1.0), chunks=chunk)
+    yy, xx = np.mgrid[: shape[1], : shape[2]]
+    base = ((yy // 7 + xx // 5) % 11).astype(np.float32) / 11.0
+    for z0 in range(0, shape[0], chunk[0]):
+        z1 = min(shape[0], z0 + chunk[0])
+        arr[z0:z1] = base[None] * (1.0 + np.arange(z0, z1, dtype=np.float32)[:, None, None] / shape[0])
+    io.finalize_ome_zarr(path, voxel_size=(1.0, 1.0, 1.0), max_levels=1)
+
+
+def _run_streamed(path: str, out: str, tile) -> dict:
+    """The infer stage on ``path`` with an identity network; reports time and peak RSS."""
+    import torch
+
+    from selfres import io
+    from selfres.infer import CubicUpsampler, infer_to_store
+
+    torch.set_num_threads(2)
+    src = io.open_ome_zarr_array(path)
+    t0 = time.perf_counter()
+    st = infer_to_store(CubicUpsampler((1, 1, 1)), src, out, factors=(1, 1, 1), tile_size=tile, dtype="float32",
+                        voxel_size=(1.0, 1.0, 1.0), fingerprint={"bench": "rss"})
+    return {"shape": list(src.shape), "gib": float(np.prod(src.shape)) * 4 / 2**30,
+            "seconds": time.perf_counter() - t0, "tiles": st["tiles"], "peak_rss_mib": _peak_rss_mib()}
+
+
+def rss(sizes, *, tile, work: Path) -> list[dict]:
+    rows = []
+    for gib in sizes:
+        path, out = str(work / f"rss-{gib}.ome.zarr"), str(work / f"rss-{gib}-out.ome.zarr")
+        me = [sys.executable, __file__]
+        subprocess.run(me + ["--_make", path, str(gib), *map(str, tile)], check=True)
+        res = subprocess.run(me + ["--_stream", path, out, *map(str, tile)], check=True,
+                             capture_output=True, text=True)
+        row = json.loads(res.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(f"  input {row['gib']:.2f} GiB {tuple(row['shape'])}: peak RSS {row['peak_rss_mib']:.0f} MiB, "
+              f"{row['seconds']:.1f} s, {row['tiles']} tiles", flush=True)
+        shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    return rows
+
+
+def x4(*, tile, batch, work: Path) -> dict:
+    """x4 (4, 4, 4) svision_mini of a 38 x 256 x 256 input, tiled and streamed, end to end.
+
+    Tiles span the whole z range (38 x 128 x 128) so the z halo is paid once; output
+    chunks are 38 x 256 x 256 (a divisor of the 152 x 512 x 512 tile output).
+    """
+    import torch
+
+    from selfres import io
+    from selfres.infer import infer_to_store, prepare_model
+
+    vol = _volume((38, 256, 256))
+    src_path = work / "x4-in.ome.zarr"
+    io.write_ome_zarr(src_path, vol, voxel_size=(1.0, 1.0, 1.0))
+    src = io.open_ome_zarr_array(src_path)
+    out = {}
+    for arch in ("svision_mini",):
+        fast = prepare_model(_model(arch, (4, 4, 4)), torch.device("cpu"))
+        t0 = time.perf_counter()
+        infer_to_store(fast, src, work / "x4-out.ome.zarr", factors=(4, 4, 4), tile_size=tile, dtype="float32",
+                       voxel_size=(0.25, 0.25, 0.25), fingerprint={"bench": time.time()}, batch_size=batch,
+                       chunks=(38, 256, 256))
+        secs = time.perf_counter() - t0
+        out[arch] = {"seconds": secs, "mvoxel_per_s": 152 * 1024 * 1024 / 1e6 / secs}
+        print(f"  x4 {arch}: 38x256x256 -> 152x1024x1024 in {secs:.1f} s "
+              f"({out[arch]['mvoxel_per_s']:.2f} Mvoxel/s)", flush=True)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--archs", nargs="+", default=["svision_mini", "resnet3d"])
+    p.add_argument("--shape", type=int, nargs=3, default=None, help="input z y x (default per arch)")
+    p.add_argument("--factors", type=int, nargs=3, default=[2, 2, 2])
+    p.add_argument("--tile", type=int, nargs=3, default=[16, 64, 64])
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--rss", type=float, nargs="*", default=None, help="input sizes in GiB")
+    p.add_argument("--rss-tile", type=int, nargs=3, default=[32, 256, 256])
+    p.add_argument("--x4", action="store_true")
+    p.add_argument("--no-throughput", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--_make", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--_stream", nargs=5, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a._make:
+        _make_input(a._make[0], float(a._make[1]), tuple(int(v) for v in a._make[2:]))
+        return 0
+    if a._stream:
+        print(json.dumps(_run_streamed(a._stream[0], a._stream[1], tuple(int(v) for v in a._stream[2:]))))
+        return 0
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    results: dict = {"host_cpus": os.cpu_count(), "torch_threads": a.threads, "torch": torch.__version__}
+    work = Path(tempfile.mkdtemp(prefix="selfres-bench-"))
+    try:
+        if not a.no_throughput:
+            print(f"throughput, output Mvoxel/s ({_load()}; {a.threads} torch threads)", flush=True)
+            print(f"  {'arch':14s} {'params':>8s} {'naive':>7s} {'optim.':>7s} {'tiled':>7s} {'e2e':>7s} "
+                  f"{'opt/naive':>9s} {'tiled cost':>10s} {'e2e cost':>9s}")
+            results["throughput"] = []
+            for arch in a.archs:
+                shape = tuple(a.shape) if a.shape else ((32, 128, 128) if arch == "svision_mini" else (16, 96, 96))
+                r = throughput(arch, shape, tuple(a.factors), tile=tuple(a.tile), batch=a.batch, repeat=a.repeat,
+                               work=work)
+                results["throughput"].append(r)
+                print(f"  {arch:14s} {r['params']:8d} {r['naive']:7.2f} {r['optimised']:7.2f} {r['tiled']:7.2f} "
+                      f"{r['end_to_end']:7.2f} {r['optimised_over_naive']:8.2f}x {r['tiled_cost_pct']:9.1f}% "
+                      f"{r['end_to_end_cost_pct']:8.1f}%", flush=True)
+            print(f"  ({_load()})")
+        if a.rss:
+            print(f"peak RSS of streamed inference, identity network, tile {tuple(a.rss_tile)} ({_load()})",
+                  flush=True)
+            results["rss"] = rss(a.rss, tile=tuple(a.rss_tile), work=work)
+        if a.x4:
+            print(f"x4 end to end ({_load()})", flush=True)
+            results["x4"] = x4(tile=(38, 128, 128), batch=a.batch, work=work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if a.json:
+        a.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

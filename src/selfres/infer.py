@@ -877,9 +877,10 @@ def infer_to_store(
         vox = 0.0
         for f in store.meta.glob("stats-*.json"):
             st = json.loads(f.read_text())
-            secs += float(st.get("seconds", 0.0))
-            vox += float(st.get("mvoxel_per_s", 0.0) or 0.0) * float(st.get("seconds", 0.0))
-        rate = vox / secs if secs > 0 else float("nan")
+            sec, r = float(st.get("seconds") or 0.0), float(st.get("mvoxel_per_s") or 0.0)
+            secs += sec
+            vox += r * sec if math.isfinite(r) else 0.0
+        rate = vox / secs if secs > 0 else None
         io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version,
                              contrast_limits=contrast_limits, name=Path(final).name.split(".")[0],
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,

@@ -641,15 +641,16 @@ def train_degrader(
         step += 1
         for k, v in (("gan", l_gan), ("cycle", l_cyc), ("feedback", l_fb), ("restorer", l_r), ("disc", l_d)):
             acc[k] = acc.get(k, 0.0) + float(v.detach())
-        if step % every == 0 or step == iso.gan_steps:
-            el = time.monotonic() - t0
-            n = every if step % every == 0 else step % every
+        el = time.monotonic() - t0
+        over = el > iso.gan_max_minutes * 60
+        if step % every == 0 or step == iso.gan_steps or over:
+            n = step % every or every
             rows.append({"step": step, **{k: v / n for k, v in acc.items()}, "seconds": round(el, 2)})
             acc = {}
             log.info("learned degradation step %d/%d: gan %.4f cycle %.4f feedback %.4f disc %.4f (%.0f s)",
                      step, iso.gan_steps, rows[-1]["gan"], rows[-1]["cycle"], rows[-1]["feedback"],
                      rows[-1]["disc"], el)
-            if el > iso.gan_max_minutes * 60:
+            if over:
                 log.info("learned stage time budget of %.1f min reached", iso.gan_max_minutes)
                 break
     g_ax.eval()

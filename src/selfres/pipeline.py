@@ -427,7 +427,7 @@ def stage_infer(
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict()},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
         )
-        log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%.2f Mvoxel/s)", kind, step, path,
+        log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%s Mvoxel/s)", kind, step, path,
                  stats["computed"], stats["tiles"], stats["seconds"], stats["mvoxel_per_s"])
         runs.append(stats)
         return stats["seconds"]

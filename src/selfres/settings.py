@@ -88,7 +88,7 @@ class TrainSettings:
     residual: Literal["tricubic", "trilinear", "none"] = "tricubic"
     x4_strategy: Literal["direct", "serial"] = "direct"
     loss: Literal["mse", "l1", "charbonnier", "charbonnier_ssim"] = "l1"
-    steps: int = 1500
+    steps: int = 100
     max_minutes: float = 4.0
     batch_size: int = 4
     patch_size: tuple[int, int, int] = (8, 48, 48)

@@ -214,7 +214,10 @@ def _torch_matrix(key: tuple, device: str, dtype: Any) -> Any:
 
     kind, args = key[0], key[1:]
     m = _resize_matrix_cached(*args) if kind == "resize" else _gaussian_block_matrix(*args)
-    return torch.tensor(np.array(m), dtype=dtype, device=device)
+    # a normal tensor even when first built under inference_mode, so that a cached matrix
+    # can later take part in autograd (training after a validation pass)
+    with torch.inference_mode(False):
+        return torch.tensor(np.array(m), dtype=dtype, device=device)
 
 
 def _apply_along(x: Any, axis: int, key: tuple) -> Any:

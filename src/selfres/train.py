@@ -233,18 +233,6 @@ def coarse_pair(volume: np.ndarray, factors: Sequence[int], degradation: degrade
     return np.asarray(target, np.float32), np.asarray(low, np.float32), np.asarray(interp, np.float32)
 
 
-def _forget_inference_tensors() -> None:
-    """Drop interpolation matrices cached while under ``torch.inference_mode``.
-
-    :mod:`selfres.degrade` caches its torch matrices; one created during inference is
-    an inference tensor, and autograd refuses it later in training ("Inference
-    tensors cannot be saved for backward") when a training patch has the same size.
-    """
-    cache_clear = getattr(getattr(degrade, "_torch_matrix", None), "cache_clear", None)
-    if cache_clear is not None:
-        cache_clear()
-
-
 def psnr01(reference: np.ndarray, image: np.ndarray, data_range: float) -> float:
     mse = float(np.mean((reference.astype(np.float64) - image.astype(np.float64)) ** 2))
     return float("inf") if mse == 0 else 10 * math.log10(data_range**2 / mse)
@@ -372,7 +360,6 @@ def train_enhance(
         else:
             last["coarse_gain"] = float("nan")
             last["score"] = gain
-        _forget_inference_tensors()
         model.train()
         return val
 
@@ -556,7 +543,6 @@ def train_serial(
     tile = (32, 96, 96)
     up_train = predict_array(r1.model, train_volume, factors=f1, tile_size=tile, device=device, amp=amp)
     up_hold = predict_array(r1.model, holdout_volume, factors=f1, tile_size=tile, device=device, amp=amp)
-    _forget_inference_tensors()
     vs2 = None if voxel_size is None else tuple(v / f for v, f in zip(voxel_size, f1))
     r2 = train_enhance(up_train, up_hold, factors=f2, settings=half, voxel_size=vs2,
                        work_dir=wd / "stage2" if wd else None, device=device, amp=amp)

@@ -569,8 +569,15 @@ def stage_qc(
     if settings.beads:
         import pandas as pd
 
-        t_in = metrics.bead_fwhm_table(raw_norm, voxel_size=vs_in or (1, 1, 1))
+        # the same beads in and out: detect on the finer output grid, then map each
+        # centre to input voxels with the contract's grid convention
+        ratio = [o / i for o, i in zip(restored_norm.shape, raw_norm.shape)]
         t_out = metrics.bead_fwhm_table(restored_norm, voxel_size=vs_out or (1, 1, 1))
+        pos_in = np.array([[int(round((c + 0.5) / r - 0.5)) for c, r in zip(row, ratio)]
+                           for row in t_out[["z", "y", "x"]].to_numpy()], dtype=int).reshape(-1, 3)
+        pos_in = np.clip(pos_in, 0, np.array(raw_norm.shape) - 1)
+        hw_in = tuple(max(3, int(np.ceil(9 / r))) for r in ratio)
+        t_in = metrics.bead_fwhm_table(raw_norm, voxel_size=vs_in or (1, 1, 1), positions=pos_in, half_width=hw_in)
         pd.concat([t_in.assign(volume="input"), t_out.assign(volume="output")]).to_csv(
             qc_dir / "beads.tsv", sep="\t", index=False)
     m = {

@@ -348,9 +348,18 @@ def load_trained(model_dir: str | Path):
     try:
         model, spec, info = models.load_model(model_dir)
     except InputError as exc:
-        # Snakemake sees model/ as done while the folder exists: only deleting the whole
-        # folder makes the next run retrain it (a damaged model is never loaded).
         what = exc.what.split("; delete")[0]
+        if "checksum mismatch" in what:
+            # A damaged model is never loaded. Snakemake takes model/ as done while it
+            # exists, so it is moved aside (kept for inspection): the next run retrains.
+            aside = Path(model_dir).with_name(f"{Path(model_dir).name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            try:
+                os.replace(model_dir, aside)
+            except OSError:
+                aside = None
+            if aside is not None:
+                raise InputError(exc.path, f"{what}; the model folder was moved aside to {aside}; "
+                                 "rerun the workflow to retrain it", sample=exc.sample) from None
         raise InputError(exc.path, f"{what}; delete the model folder {model_dir} and rerun to retrain it",
                          sample=exc.sample) from None
     meta = info.get("metadata", {})

@@ -2,12 +2,12 @@
 
 * ``kill -9`` of ``selfres train`` resumes from the last checkpoint and ends with the
   same weights as an uninterrupted run (CPU, same seed).
-* Inference resume: finished tiles are not recomputed (library level,
-  ``infer.restore_to_store(done_tiles=…)``).
+* Inference resume: finished tiles are not recomputed (library level, and ``kill -9``
+  of a real ``selfres infer``).
 * A full disk (``OSError(ENOSPC)``) leaves no output that Snakemake would take as
   complete, and no temporary litter.
-* A damaged weights file is refused by checksum with a message saying to delete the
-  model folder; a hostile pickle placed as ``checkpoint.pt`` or as the weights file is
+* A damaged weights file is refused by checksum; the model folder is moved aside so the
+  next run retrains; a hostile pickle placed as ``checkpoint.pt`` or as the weights file is
   never executed.
 """
 
@@ -119,9 +119,13 @@ def test_corrupt_weights_are_refused_by_checksum_with_advice(normalized, tmp_pat
                    "--sample", SAMPLE, "--device", "cpu"])
     msg = _only_error_line(capsys.readouterr().err)
     assert rc == 2
-    assert msg == (f"ERROR: sample '{SAMPLE}': {w}: checksum mismatch: the weights file is corrupt; "
-                   f"delete the model folder {model} and rerun to retrain it")
+    assert msg.startswith(f"ERROR: sample '{SAMPLE}': {w}: checksum mismatch: the weights file is corrupt; "
+                          f"the model folder was moved aside to {model}.corrupt-")
+    assert msg.endswith("rerun the workflow to retrain it")
     assert not out.exists()
+    # the damaged model is out of the way (so the workflow retrains) but kept for inspection
+    assert not model.exists()
+    assert len(list(tmp_path.glob("model.corrupt-*/weights.safetensors"))) == 1
 
 
 class _Pwn:
@@ -262,3 +266,49 @@ def test_sample_path_with_shell_metacharacters_is_quoted(tmp_path):
     assert real.returncode == 0, real.stdout + real.stderr
     assert (wd / "results" / "a" / "normalized.ome.zarr" / "0").exists()
     assert not (wd / "pwned").exists() and not (wd / "results" / "a" / "pwned").exists()
+
+
+# --------------------------------------------------------------------------- kill -9 during inference
+@pytest.mark.slow
+def test_kill_9_during_inference_resumes_without_recomputing_finished_tiles(tmp_path):
+    from selfres.infer import CubicUpsampler
+
+    src = write_tiny_tiff(tmp_path / "raw.tif", shape=(8, 128, 128))
+    norm = tmp_path / "normalized.ome.zarr"
+    pipeline.stage_normalise(src, norm, sample=SAMPLE)
+    model = tmp_path / "model"
+    spec = models.ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1)
+    torch.manual_seed(0)
+    net = models.build_model(spec)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    models.save_model(model, net, spec, metadata={"mode": "enhance", "factors": [1, 2, 2], "flags": []})
+    settings = json.dumps({"infer": {"tile_size": [2, 16, 16]}})
+
+    def cmd(out):
+        return [sys.executable, "-m", "selfres.cli", "--log-level", "INFO", "infer", str(norm), str(model),
+                "-o", str(out), "--sample", SAMPLE, "--device", "cpu", "--threads", "1", "--settings", settings]
+
+    out = tmp_path / "restored.ome.zarr"
+    progress = tmp_path / ".restored.ome.zarr.progress"
+    proc = subprocess.Popen(cmd(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        lines = sum(len(f.read_text().splitlines()) for f in progress.glob("done-*.jsonl")) if progress.exists() else 0
+        if lines >= 3 or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "inference finished before it could be killed; make the volume larger"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing that looks complete
+    done_before = sum(len(f.read_text().splitlines()) for f in progress.glob("done-*.jsonl"))
+    rerun = subprocess.run(cmd(out), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    total = 8 // 2 * (128 // 16) ** 2
+    assert f"{total - done_before}/{total} tiles computed" in rerun.stderr, rerun.stderr[-2000:]
+    # same result as an uninterrupted run
+    ref = tmp_path / "ref.ome.zarr"
+    assert subprocess.run(cmd(ref), capture_output=True, timeout=300).returncode == 0
+    np.testing.assert_allclose(io.read_ome_zarr(out).data, io.read_ome_zarr(ref).data, atol=1e-5)

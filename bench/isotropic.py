@@ -12,7 +12,7 @@ isotropy ratio (lateral / axial decorrelation resolution) in → out.
 Usage::
 
     python bench/isotropic.py [--volumes nucleus,trailmap,cellfinder,nuclei_tissue]
-                              [--degradation analytic|learned] [--max-minutes 4]
+                              [--degradation analytic|learned] [--max-minutes 4] [--steps N]
                               [--threads 2] [--out bench_results/isotropic]
 
 Prints one table row per volume and writes ``results.json`` under ``--out``. The CPU
@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--volumes", default="nucleus,trailmap,cellfinder,nuclei_tissue")
     ap.add_argument("--degradation", choices=["analytic", "learned"], default="analytic")
     ap.add_argument("--max-minutes", type=float, default=None, help="train.max_minutes (default: package default)")
+    ap.add_argument("--steps", type=int, default=None, help="train.steps (default: package default)")
     ap.add_argument("--gan-minutes", type=float, default=None, help="isotropic.gan_max_minutes")
     ap.add_argument("--axial-sigma", type=float, default=None, help="isotropic.axial_sigma_px (default: estimated)")
     ap.add_argument("--threads", type=int, default=2)
@@ -133,7 +134,9 @@ def main(argv=None) -> int:
 
     cfg: dict = {"isotropic": {"degradation": a.degradation}}
     if a.max_minutes is not None:
-        cfg["train"] = {"max_minutes": a.max_minutes}
+        cfg.setdefault("train", {})["max_minutes"] = a.max_minutes
+    if a.steps is not None:
+        cfg.setdefault("train", {})["steps"] = a.steps
     if a.gan_minutes is not None:
         cfg["isotropic"]["gan_max_minutes"] = a.gan_minutes
     if a.axial_sigma is not None:

@@ -33,6 +33,8 @@ degraded input itself (which is what z-cubic interpolation gives on real axial d
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import json
 import logging
@@ -752,7 +754,9 @@ def train_isotropic(
     """
     from .train import learning_rate, load_checkpoint, loss_fn, save_checkpoint
 
-    s, iso = settings.train, settings.isotropic
+    iso = settings.isotropic
+    # the 2-D net has its own step limit (isotropic.steps); the rest of the loop is train's
+    s = dataclasses.replace(settings.train, steps=iso.steps)
     device = torch.device(device)
     torch.manual_seed(s.seed)
     train_volume = np.asarray(train_volume, dtype=np.float32)

@@ -172,13 +172,14 @@ class QcSettings:
 class IsotropicSettings:
     """``isotropic`` mode (Self-Net): how lateral slices teach the axial ones.
 
-    ``train`` settings (loss, steps, max_minutes, learning rate and schedule,
+    ``train`` settings (loss, max_minutes, learning rate and schedule,
     validation, patience, augment, seed) apply to the 2-D restoration net too; these
     add what is specific to isotropic restoration, including the 2-D net's own
-    width, depth and (square) patch size (see ``docs/isotropic.md``).
+    step limit, width, depth and (square) patch size (see ``docs/isotropic.md``).
     """
 
     degradation: Literal["analytic", "learned"] = "analytic"
+    steps: int = 1000
     width: int = 32
     depth: int = 4
     patch_size: int = 64
@@ -197,6 +198,8 @@ class IsotropicSettings:
     feedback_weight: float = 1.0
 
     def validate(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"isotropic.steps must be >= 1, got {self.steps}")
         if self.axial_sigma_px is not None and not 0 <= self.axial_sigma_px <= 50:
             raise ConfigError(f"isotropic.axial_sigma_px must be within 0..50 (or null: estimated), "
                               f"got {self.axial_sigma_px}")

@@ -38,9 +38,11 @@ def _write_workdir(root: Path) -> Path:
     (root / "config" / "samples.tsv").write_text(
         "sample\tpath\tmode\tscale\treference\n"
         "tiny\t../data/tiny one.tif\tenhance\t1,2,2\t../data/ref.tif\n"
+        "iso\t../data/tiny one.tif\tisotropic\t\t\n"
     )
     cfg = {"samples": "config/samples.tsv", "results": "results", "train": TINY_TRAIN,
-           "infer": {"tile_size": [8, 24, 24]}, "qc": {"max_resolution_slices": 4}}
+           "infer": {"tile_size": [8, 24, 24]}, "qc": {"max_resolution_slices": 4},
+           "isotropic": {"steps": 6, "width": 8, "depth": 1, "patch_size": 24, "batch_size": 4}}
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     return root
 
@@ -107,8 +109,24 @@ def test_every_contract_output_exists_and_is_valid(finished_run):
     assert fov["train"] and fov["holdout"] and fov["reason"]
 
     summary = (finished_run / "results" / "summary.tsv").read_text().splitlines()
-    assert summary[0].startswith("sample") and summary[1].startswith("tiny")
+    assert summary[0].startswith("sample") and any(line.startswith("tiny\t") for line in summary[1:])
     assert "tiny/report.html" in (finished_run / "results" / "summary.html").read_text()
+
+
+def test_isotropic_sample_gets_isotropic_voxels(finished_run):
+    from selfres import io
+
+    r = finished_run / "results" / "iso"
+    m = json.loads((r / "qc" / "metrics.json").read_text())
+    assert m["mode"] == "isotropic"
+    # voxel (1.0, 0.5, 0.5) µm from the TIFF: f = 2, z 8 → 16 slices, y and x unchanged
+    assert m["input_shape"] == [8, 40, 40] and m["output_shape"] == [16, 40, 40]
+    assert m["voxel_size_out"] == pytest.approx([0.5, 0.5, 0.5])
+    assert set(m["self_validation"]) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
+    out = io.read_ome_zarr(r / "restored.ome.zarr")
+    assert out.data.shape == (16, 40, 40) and out.voxel_size == pytest.approx((0.5, 0.5, 0.5))
+    assert (r / "report.html").exists() and (r / "provenance.json").exists()
+    assert "iso/report.html" in (finished_run / "results" / "summary.html").read_text()
 
 
 def test_second_run_has_nothing_to_do(finished_run):

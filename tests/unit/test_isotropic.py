@@ -31,8 +31,8 @@ def _degrade_z(v: np.ndarray, sigma: float, f: int) -> np.ndarray:
 
 def _tiny(**iso_kw) -> Settings:
     return from_dict(Settings, {
-        "train": {"steps": 12, "validate_every": 4, "warmup_steps": 2, "learning_rate": 2e-3, "patience": 50},
-        "isotropic": {"width": 8, "depth": 1, "patch_size": 24, "batch_size": 4, "gan_steps": 6, "gan_width": 4,
+        "train": {"validate_every": 4, "warmup_steps": 2, "learning_rate": 2e-3, "patience": 50},
+        "isotropic": {"steps": 12, "width": 8, "depth": 1, "patch_size": 24, "batch_size": 4, "gan_steps": 6, "gan_width": 4,
                       "gan_depth": 1} | iso_kw,
     })
 
@@ -180,8 +180,8 @@ def test_analytic_training_selects_by_held_out_lateral_psnr_and_reports_it():
 
 def test_untrained_model_equals_its_input_and_is_flagged():
     train, held = _semi()
-    s = from_dict(Settings, {"train": {"steps": 1, "validate_every": 1, "learning_rate": 1e-12},
-                             "isotropic": {"axial_sigma_px": 1.5, "noise_match": False, "batch_size": 2, "width": 4,
+    s = from_dict(Settings, {"train": {"validate_every": 1, "learning_rate": 1e-12},
+                             "isotropic": {"steps": 1, "axial_sigma_px": 1.5, "noise_match": False, "batch_size": 2, "width": 4,
                                            "depth": 1, "patch_size": 16}})
     r = iso.train_isotropic(train, held, factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5))
     assert r.validation["psnr_model"] == pytest.approx(r.validation["psnr_interp"], abs=1e-3)
@@ -272,8 +272,8 @@ def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
     from selfres.settings import InferSettings
 
     norm = _normalised(tmp_path, voxel=(2.0, 0.5, 0.5), nz=6)
-    s = from_dict(Settings, {"train": {"steps": 1, "validate_every": 1, "learning_rate": 1e-12},
-                             "isotropic": {"batch_size": 2, "width": 4, "depth": 1, "patch_size": 16}})
+    s = from_dict(Settings, {"train": {"validate_every": 1, "learning_rate": 1e-12},
+                             "isotropic": {"steps": 1, "batch_size": 2, "width": 4, "depth": 1, "patch_size": 16}})
     meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
                                 settings=s, device="cpu")
     assert "model_worse_than_interpolation" in meta["flags"]

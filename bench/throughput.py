@@ -70,7 +70,11 @@ def _model(arch: str, factors):
     from selfres.models import ModelSpec, build_model
 
     torch.manual_seed(0)
-    m = build_model(ModelSpec(arch=arch, factors=tuple(factors)))
+    # the package's default size (selfres.settings.TrainSettings), as the pipeline trains it
+    from selfres.settings import TrainSettings
+
+    size = {"width": TrainSettings().width, "depth": TrainSettings().depth} if arch == "resnet3d" else {}
+    m = build_model(ModelSpec(arch=arch, factors=tuple(factors), **size))
     with torch.no_grad():
         for p in m.parameters():
             p.add_(0.05 * torch.randn_like(p))

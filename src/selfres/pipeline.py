@@ -719,6 +719,11 @@ def stage_report(
     write_json(provenance_json, clean_floats(prov))
 
 
+def _rounded(value, digits: int):
+    """A summary figure rounded for people (None stays None; -0.0 becomes 0.0)."""
+    return None if value is None else round(float(value), digits) + 0.0
+
+
 def last_error(log_dir: Path) -> str | None:
     """The last ``ERROR:`` line in a sample's logs (what the CLI prints on failure)."""
     msgs = []
@@ -751,12 +756,12 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 "mode": m.get("mode"),
                 "input_shape": "x".join(map(str, m.get("input_shape") or [])),
                 "output_shape": "x".join(map(str, m.get("output_shape") or [])),
-                "psnr_gain": gain,
-                "isotropy_in": m.get("isotropy_in"),
-                "isotropy_out": m.get("isotropy_out"),
+                "psnr_gain": _rounded(gain, 3),
+                "isotropy_in": _rounded(m.get("isotropy_in"), 3),
+                "isotropy_out": _rounded(m.get("isotropy_out"), 3),
                 "flags": list(m.get("flags") or []),
-                "train_seconds": m.get("train_seconds"),
-                "infer_seconds": m.get("infer_seconds"),
+                "train_seconds": _rounded(m.get("train_seconds"), 1),
+                "infer_seconds": _rounded(m.get("infer_seconds"), 1),
                 "error": None,
                 "report": f"{s}/report.html",
             })

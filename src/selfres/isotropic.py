@@ -752,7 +752,7 @@ def train_isotropic(
     stop_after_steps
         Stop (as if killed) after this many restorer steps — for resumption tests.
     """
-    from .train import learning_rate, load_checkpoint, loss_fn, save_checkpoint
+    from .train import learning_rate, load_checkpoint, loss_fn, optimisation_step, save_checkpoint
 
     iso = settings.isotropic
     # the 2-D net has its own step limit (isotropic.steps); the rest of the loop is train's
@@ -849,14 +849,10 @@ def train_isotropic(
             low = degradation.apply_torch(target, generator=noise_gen)
         pred = model(low)
         loss = loss_fn(s.loss, pred[:, :, None], target[:, :, None])
-        if not torch.isfinite(loss):
+        if not optimisation_step(model, optimiser, loss):
             flags.append("training_diverged")
             stop_reason = "diverged"
             break
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
         step += 1
         running += float(loss.item())
         n_running += 1

@@ -22,7 +22,6 @@ at least the interpolation's reach: 2 voxels for cubic, 1 for linear).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfres.errors import ConfigError, InputError
+from selfres.io import file_checksum
 
 __all__ = [
     "ARCHS",
@@ -443,14 +443,6 @@ def count_parameters(model: nn.Module) -> int:
 # ----------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
                metadata: Mapping[str, Any] | None = None) -> None:
     """Write a model folder: ``weights.safetensors`` and ``model.json``.
@@ -491,7 +483,7 @@ def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
         "n_parameters": count_parameters(model),
         "halo": list(getattr(model, "halo", ())),
         "weights_file": _WEIGHTS,
-        "weights_sha256": _sha256(w_tmp),
+        "weights_sha256": file_checksum(w_tmp),
         "metadata": dict(metadata) if metadata is not None else {},
         "torch_version": torch.__version__,
         "selfres_version": getattr(selfres, "__version__", None),
@@ -548,7 +540,7 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu"
         raise InputError(w_path, "weights file not found; delete the model folder "
                                  "to retrain")
     try:
-        actual = _sha256(w_path)
+        actual = file_checksum(w_path)
     except OSError as exc:
         raise InputError(w_path, f"cannot read the weights file ({exc})") from exc
     if actual != expected:

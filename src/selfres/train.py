@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import degrade, models
+from .io import file_checksum
 from .fov import _window_means, structure_map
 from .infer import predict_array
 from .settings import DegradationSettings, TrainSettings, to_dict
@@ -201,6 +202,20 @@ def loss_fn(name: str, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     raise ValueError(f"unknown loss {name!r}; choose mse, l1, charbonnier or charbonnier_ssim")
 
 
+def optimisation_step(model: torch.nn.Module, optimiser: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+    """One optimiser step with gradients clipped to norm 1.
+
+    Returns False, changing nothing, when the loss is not finite (divergence).
+    """
+    if not torch.isfinite(loss):
+        return False
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimiser.step()
+    return True
+
+
 def learning_rate(step: int, s: TrainSettings) -> float:
     """Linear warm-up, then cosine decay to 5 % (or constant)."""
     if step < s.warmup_steps:
@@ -251,19 +266,11 @@ def _settings_hash(settings: TrainSettings, factors, shape) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(path: Path, state: dict) -> None:
     """Atomic checkpoint with a sha256 side file (loaded with ``weights_only=True``)."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
-    digest = _file_sha256(tmp)
+    digest = file_checksum(tmp)
     os.replace(tmp, path)
     Path(str(path) + ".sha256").write_text(digest)
 
@@ -273,7 +280,7 @@ def load_checkpoint(path: Path) -> dict | None:
     side = Path(str(path) + ".sha256")
     if not path.exists() or not side.exists():
         return None
-    if _file_sha256(path) != side.read_text().strip():
+    if file_checksum(path) != side.read_text().strip():
         log.warning("checkpoint %s fails its checksum; it is ignored and training starts afresh", path)
         return None
     try:
@@ -412,15 +419,11 @@ def train_enhance(
         with (torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else torch.autocast("cpu", enabled=False)):
             pred = model(low)
         loss = loss_fn(settings.loss, pred.float(), target)
-        if not torch.isfinite(loss):
+        if not optimisation_step(model, optimiser, loss):
             flags.append("training_diverged")
             stop_reason = "diverged"
             log.warning("loss became %s at step %d; keeping the best checkpoint", loss.item(), step)
             break
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
         step += 1
         running += float(loss.item())
         n_running += 1

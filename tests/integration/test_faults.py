@@ -144,13 +144,13 @@ def test_hostile_pickle_as_checkpoint_is_never_executed(tmp_path):
     with open(ckpt, "wb") as fh:
         pickle.dump({"step": 10, "model": _Pwn(marker)}, fh)
     # an attacker who can write the checkpoint can write its checksum too
-    from selfres.train import _file_sha256
+    from selfres.io import file_checksum
 
-    Path(str(ckpt) + ".sha256").write_text(_file_sha256(ckpt))
+    Path(str(ckpt) + ".sha256").write_text(file_checksum(ckpt))
     assert load_checkpoint(ckpt) is None  # weights_only=True refuses it: training starts afresh
     assert not marker.exists()
     torch.save({"step": 3, "w": torch.ones(2)}, ckpt)  # a real checkpoint still loads
-    Path(str(ckpt) + ".sha256").write_text(_file_sha256(ckpt))
+    Path(str(ckpt) + ".sha256").write_text(file_checksum(ckpt))
     assert load_checkpoint(ckpt)["step"] == 3
 
 
@@ -160,7 +160,7 @@ def test_hostile_pickle_as_weights_file_is_never_executed(tmp_path):
     w = model / "weights.safetensors"
     w.write_bytes(pickle.dumps(_Pwn(marker)))
     info = json.loads((model / "model.json").read_text())
-    info["weights_sha256"] = models._sha256(w)  # checksum forged to match
+    info["weights_sha256"] = io.file_checksum(w)  # checksum forged to match
     (model / "model.json").write_text(json.dumps(info))
     with pytest.raises(models.InputError, match="cannot read the weights file"):
         models.load_model(model)

@@ -5,6 +5,8 @@ Run from the repository root::
     python bench/throughput.py                      # throughput table (both enhance archs)
     python bench/throughput.py --rss 0.25 1 4       # peak RSS of streamed inference per input size
     python bench/throughput.py --x4                 # x4 of a 38 x 256 x 256 input (to 152 x 1024 x 1024)
+    python bench/throughput.py --isotropic          # isotropic mode (iso2d restorer, f = 4)
+    python bench/throughput.py --device cuda        # the same on a GPU (mixed precision, fitted passes)
 
 Throughput is output megavoxels per second, all in this process with the same
 network and weights (untrained, perturbed: speed does not depend on the values):
@@ -17,6 +19,15 @@ network and weights (untrained, perturbed: speed does not depend on the values):
   OME-Zarr output (read, infer, write; reader and writer threads);
 - ``end_to_end``: :func:`selfres.infer.infer_to_store` (as ``selfres infer``: partial
   store, completion records, pyramid, atomic rename).
+
+``optimised``, ``tiled`` and ``end_to_end`` use ``infer.amp`` (default on: bf16 on CUDA
+and on CPUs with native bf16 — AVX512-BF16/AMX; ``--no-amp`` for float32). On CUDA,
+``tiled``/``end_to_end`` run neighbouring tiles as one pass fitted to free GPU memory.
+
+Isotropic (``--isotropic``): ``naive`` restores every XZ and YZ slice of the z-cubic
+volume one at a time (float32, ``torch.no_grad``); ``optimised`` is
+:func:`selfres.isotropic.restore_isotropic` in memory (batched slices, inference mode,
+amp); ``tiled`` the same from an OME-Zarr input into an OME-Zarr output.
 
 Peak RSS (``--rss``) runs each input size in a fresh subprocess (the input store is
 written by another subprocess first) and reads ``ru_maxrss``. It uses an identity
@@ -90,36 +101,52 @@ def _best(fn, repeat: int) -> float:
     return min(times)
 
 
-def throughput(arch: str, shape, factors, *, tile, batch, repeat, work: Path) -> dict:
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def throughput(arch: str, shape, factors, *, tile, batch, repeat, work: Path, device, amp: bool) -> dict:
     """Mvoxel/s of the four variants for one architecture."""
+    import copy
+
     import torch
 
     from selfres import io
-    from selfres.infer import infer_to_store, predict_single_pass, prepare_model, restore_to_store
+    from selfres.infer import infer_to_store, prepare_model, restore_to_store
+    from selfres.models import autocast_context
 
     vol = _volume(shape)
     model = _model(arch, factors)
     n_out = int(np.prod(shape)) * int(np.prod(factors))
     out = {"arch": arch, "params": sum(p.numel() for p in model.parameters()), "input": list(shape),
-           "factors": list(factors), "tile": list(tile), "threads": torch.get_num_threads()}
+           "factors": list(factors), "tile": list(tile), "threads": torch.get_num_threads(),
+           "device": str(device), "amp": amp}
+    plain = copy.deepcopy(model).to(device)
 
     def naive():
-        h = model.halo
+        h = plain.halo
         padded = np.pad(vol, [(x, x) for x in h], mode="symmetric")
         with torch.no_grad():
-            model(torch.from_numpy(padded)[None, None])
+            plain(torch.from_numpy(padded)[None, None].to(device)).cpu()
+        _sync(device)
 
-    fast = prepare_model(model, torch.device("cpu"))
-    predict_single_pass(fast, vol[:8, :32, :32], factors=factors)  # warm-up
+    fast = prepare_model(model, device)
+    naive()  # warm-up (and cuDNN autotuning on a GPU)
     out["naive"] = n_out / 1e6 / _best(naive, repeat)
+    del plain
 
     def optimised():
         h = fast.halo
         padded = np.pad(vol, [(x, x) for x in h], mode="symmetric")
-        x = torch.from_numpy(padded)[None, None].contiguous(memory_format=torch.channels_last_3d)
-        with torch.inference_mode():
-            fast(x)
+        x = torch.from_numpy(padded)[None, None].to(device).contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), autocast_context(device, enabled=amp, cpu=True):
+            fast(x).float().cpu()
+        _sync(device)
 
+    optimised()
     out["optimised"] = n_out / 1e6 / _best(optimised, repeat)
 
     src_path = work / f"in-{arch}.ome.zarr"
@@ -131,18 +158,79 @@ def throughput(arch: str, shape, factors, *, tile, batch, repeat, work: Path) ->
     def tiled():
         dest = io.create_ome_zarr(work / "tiled.ome.zarr", shape=out_shape, dtype="float32",
                                   voxel_size=(1.0, 1.0, 1.0), chunks=chunks)
-        restore_to_store(fast, src, dest, factors=factors, tile_size=tile, batch_size=batch)
+        st = restore_to_store(fast, src, dest, factors=factors, tile_size=tile, batch_size=batch, device=device,
+                              amp=amp)
+        out["pass_tile"] = st["pass_tile"]
 
     out["tiled"] = n_out / 1e6 / _best(tiled, repeat)
 
     def end_to_end():
         infer_to_store(fast, src, work / "e2e.ome.zarr", factors=factors, tile_size=tile, dtype="float32",
-                       voxel_size=(1.0, 0.5, 0.5), fingerprint={"bench": time.time()}, batch_size=batch)
+                       voxel_size=(1.0, 0.5, 0.5), fingerprint={"bench": time.time()}, batch_size=batch,
+                       device=device, amp=amp)
 
     out["end_to_end"] = n_out / 1e6 / _best(end_to_end, repeat)
     out["optimised_over_naive"] = out["optimised"] / out["naive"]
     out["tiled_cost_pct"] = 100.0 * (out["optimised"] / out["tiled"] - 1.0)
     out["end_to_end_cost_pct"] = 100.0 * (out["optimised"] / out["end_to_end"] - 1.0)
+    return out
+
+
+def isotropic_throughput(shape, factor: float, *, tile, repeat, work: Path, device, amp: bool) -> dict:
+    """Mvoxel/s (output, isotropic grid) of the isotropic restorer at the package defaults."""
+    import torch
+
+    from selfres import io
+    from selfres.isotropic import isotropic_shape, reslice, restore_isotropic
+    from selfres.models import ModelSpec, build_model
+    from selfres.settings import IsotropicSettings
+
+    torch.manual_seed(0)
+    iso = IsotropicSettings()
+    model = build_model(ModelSpec(arch="iso2d", width=iso.width, depth=iso.depth))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model = model.eval().to(device)
+    vol = _volume(shape)
+    out_shape = isotropic_shape(shape, factor)
+    n_out = int(np.prod(out_shape))
+    out = {"arch": "iso2d", "params": sum(p.numel() for p in model.parameters()), "input": list(shape),
+           "factor": factor, "output": list(out_shape), "tile": list(tile), "device": str(device), "amp": amp,
+           "threads": torch.get_num_threads()}
+
+    def naive():
+        fine = reslice(vol, factor)
+        with torch.no_grad():
+            for y in range(fine.shape[1]):
+                model(torch.from_numpy(np.ascontiguousarray(fine[:, y, :]))[None, None].to(device)).cpu()
+            for x in range(fine.shape[2]):
+                model(torch.from_numpy(np.ascontiguousarray(fine[:, :, x]))[None, None].to(device)).cpu()
+        _sync(device)
+
+    def optimised():
+        restore_isotropic(model, vol, factor=factor, tile=vol.shape[1:], batch=iso.infer_batch, device=device,
+                          amp=amp, progress=False)
+        _sync(device)
+
+    naive()
+    out["naive"] = n_out / 1e6 / _best(naive, repeat)
+    optimised()
+    out["optimised"] = n_out / 1e6 / _best(optimised, repeat)
+    src_path = work / "iso-in.ome.zarr"
+    io.write_ome_zarr(src_path, vol, voxel_size=(factor, 1.0, 1.0), chunks=(shape[0], *tile))
+    src = io.open_ome_zarr_array(src_path)
+
+    def tiled():
+        dest = io.create_ome_zarr(work / "iso-out.ome.zarr", shape=out_shape, dtype="float32",
+                                  voxel_size=(1.0, 1.0, 1.0), chunks=(min(64, out_shape[0]), *tile))
+        restore_isotropic(model, src, factor=factor, tile=tile, batch=iso.infer_batch, device=device, amp=amp,
+                          dest=dest, progress=False)
+        _sync(device)
+
+    out["tiled"] = n_out / 1e6 / _best(tiled, repeat)
+    out["optimised_over_naive"] = out["optimised"] / out["naive"]
+    out["tiled_cost_pct"] = 100.0 * (out["optimised"] / out["tiled"] - 1.0)
     return out
 
 
@@ -203,7 +291,7 @@ def rss(sizes, *, tile, work: Path) -> list[dict]:
     return rows
 
 
-def x4(*, tile, batch, work: Path) -> dict:
+def x4(*, tile, batch, work: Path, device, amp: bool, archs=("svision_mini", "resnet3d")) -> dict:
     """x4 (4, 4, 4) svision_mini of a 38 x 256 x 256 input, tiled and streamed, end to end.
 
     Tiles span the whole z range (38 x 128 x 128) so the z halo is paid once; output
@@ -219,12 +307,12 @@ def x4(*, tile, batch, work: Path) -> dict:
     io.write_ome_zarr(src_path, vol, voxel_size=(1.0, 1.0, 1.0))
     src = io.open_ome_zarr_array(src_path)
     out = {}
-    for arch in ("svision_mini",):
-        fast = prepare_model(_model(arch, (4, 4, 4)), torch.device("cpu"))
+    for arch in archs:
+        fast = prepare_model(_model(arch, (4, 4, 4)), device)
         t0 = time.perf_counter()
-        infer_to_store(fast, src, work / "x4-out.ome.zarr", factors=(4, 4, 4), tile_size=tile, dtype="float32",
-                       voxel_size=(0.25, 0.25, 0.25), fingerprint={"bench": time.time()}, batch_size=batch,
-                       chunks=(38, 256, 256))
+        infer_to_store(fast, src, work / f"x4-out-{arch}.ome.zarr", factors=(4, 4, 4), tile_size=tile,
+                       dtype="float32", voxel_size=(0.25, 0.25, 0.25), fingerprint={"bench": time.time()},
+                       batch_size=batch, chunks=(38, 256, 256), device=device, amp=amp)
         secs = time.perf_counter() - t0
         out[arch] = {"seconds": secs, "mvoxel_per_s": 152 * 1024 * 1024 / 1e6 / secs}
         print(f"  x4 {arch}: 38x256x256 -> 152x1024x1024 in {secs:.1f} s "
@@ -235,15 +323,20 @@ def x4(*, tile, batch, work: Path) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", default=["svision_mini", "resnet3d"])
-    p.add_argument("--shape", type=int, nargs=3, default=None, help="input z y x (default per arch)")
+    p.add_argument("--shape", type=int, nargs=3, default=[48, 256, 256],
+                   help="input z y x (larger than a tile, so tiling and streaming are measured)")
     p.add_argument("--factors", type=int, nargs=3, default=[2, 2, 2])
-    p.add_argument("--tile", type=int, nargs=3, default=[16, 64, 64])
+    p.add_argument("--tile", type=int, nargs=3, default=None, help="core tile (default: infer.tile_size)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--rss", type=float, nargs="*", default=None, help="input sizes in GiB")
     p.add_argument("--rss-tile", type=int, nargs=3, default=[32, 256, 256])
     p.add_argument("--x4", action="store_true")
+    p.add_argument("--isotropic", action="store_true", help="also the isotropic restorer (f = 4)")
+    p.add_argument("--iso-shape", type=int, nargs=3, default=[32, 256, 256])
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--no-amp", action="store_true", help="float32 everywhere (default: infer.amp)")
     p.add_argument("--no-throughput", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--_make", nargs=5, help=argparse.SUPPRESS)
@@ -258,8 +351,22 @@ def main(argv=None) -> int:
 
     import torch
 
+    from selfres.models import cpu_has_native_bf16, select_device
+
     torch.set_num_threads(a.threads)
-    results: dict = {"host_cpus": os.cpu_count(), "torch_threads": a.threads, "torch": torch.__version__}
+    if a.tile is None:
+        from selfres.settings import InferSettings
+
+        a.tile = list(InferSettings().tile_size)
+    device = select_device(a.device)
+    amp = not a.no_amp
+    results: dict = {"host_cpus": os.cpu_count(), "torch_threads": a.threads, "torch": torch.__version__,
+                     "device": str(device), "amp": amp, "cpu_native_bf16": cpu_has_native_bf16()}
+    if device.type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name(device)
+    precision = ("bf16" if device.type == "cuda" or cpu_has_native_bf16() else "float32 (no native bf16)") \
+        if amp else "float32"
+    print(f"device {results.get('gpu', device)}; precision of the optimised passes: {precision}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="selfres-bench-"))
     try:
         if not a.no_throughput:
@@ -268,9 +375,9 @@ def main(argv=None) -> int:
                   f"{'opt/naive':>9s} {'tiled cost':>10s} {'e2e cost':>9s}")
             results["throughput"] = []
             for arch in a.archs:
-                shape = tuple(a.shape) if a.shape else ((32, 128, 128) if arch == "svision_mini" else (16, 96, 96))
+                shape = tuple(a.shape)
                 r = throughput(arch, shape, tuple(a.factors), tile=tuple(a.tile), batch=a.batch, repeat=a.repeat,
-                               work=work)
+                               work=work, device=device, amp=amp)
                 results["throughput"].append(r)
                 print(f"  {arch:14s} {r['params']:8d} {r['naive']:7.2f} {r['optimised']:7.2f} {r['tiled']:7.2f} "
                       f"{r['end_to_end']:7.2f} {r['optimised_over_naive']:8.2f}x {r['tiled_cost_pct']:9.1f}% "
@@ -280,9 +387,17 @@ def main(argv=None) -> int:
             print(f"peak RSS of streamed inference, identity network, tile {tuple(a.rss_tile)} ({_load()})",
                   flush=True)
             results["rss"] = rss(a.rss, tile=tuple(a.rss_tile), work=work)
+        if a.isotropic:
+            print(f"isotropic, output Mvoxel/s on the isotropic grid ({_load()})", flush=True)
+            r = isotropic_throughput(tuple(a.iso_shape), 4.0, tile=(128, 128), repeat=a.repeat, work=work,
+                                     device=device, amp=amp)
+            results["isotropic"] = r
+            print(f"  iso2d {tuple(r['input'])} -> {tuple(r['output'])}: naive {r['naive']:.2f}, optimised "
+                  f"{r['optimised']:.2f}, tiled {r['tiled']:.2f} ({r['optimised_over_naive']:.2f}x naive, tiled "
+                  f"cost {r['tiled_cost_pct']:.1f}%)", flush=True)
         if a.x4:
             print(f"x4 end to end ({_load()})", flush=True)
-            results["x4"] = x4(tile=(38, 128, 128), batch=a.batch, work=work)
+            results["x4"] = x4(tile=(38, 128, 128), batch=a.batch, work=work, device=device, amp=amp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if a.json:

@@ -28,3 +28,20 @@ def _few_threads():
 
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _float32_on_cpu(request, monkeypatch):
+    """Unit and property tests assert exactness (tiled = single pass, fused = trained) in
+    float32; the CPU bf16 inference path is tested on its own (``cpu_bf16`` marker).
+    Integration and end-to-end tests run the package's defaults."""
+    from selfres.models import cpu_has_native_bf16
+
+    path = str(request.node.path)
+    if request.node.get_closest_marker("cpu_bf16"):
+        monkeypatch.setenv("SELFRES_CPU_BF16", "1")
+    elif "/tests/unit/" in path or "/tests/property/" in path:
+        monkeypatch.setenv("SELFRES_CPU_BF16", "0")
+    cpu_has_native_bf16.cache_clear()
+    yield
+    cpu_has_native_bf16.cache_clear()

@@ -30,6 +30,7 @@ from torch import nn
 
 from . import degrade
 from .errors import SelfresError
+from .models import autocast_context
 
 log = logging.getLogger("selfres.infer")
 
@@ -43,7 +44,8 @@ class CubicUpsampler(nn.Module):
         self.halo = tuple(2 if f > 1 else 0 for f in self.factors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, Z, Y, X)
-        return degrade.upscale_cubic(x, self.factors)
+        with torch.autocast(device_type=x.device.type, enabled=False):  # the reference stays float32
+            return degrade.upscale_cubic(x.float(), self.factors)
 
 
 def read_padded(source, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
@@ -96,7 +98,7 @@ class SubpixelConv(nn.Module):
 
         self._shuffle = pixel_shuffle_nd
         self.factors = tuple(int(f) for f in factors)
-        w = conv.weight.detach()  # (cout, cin, kz, ky, kx)
+        w = conv.weight.detach().cpu()  # (cout, cin, kz, ky, kx); built on CPU, moved with the module
         cout, cin = w.shape[:2]
         radii = [(k - 1) // 2 for k in w.shape[2:]]
         lo = [math.floor((0 - r) / f) for r, f in zip(radii, self.factors)]
@@ -266,13 +268,6 @@ def prepare_model(model: nn.Module, device: torch.device, *, fuse: bool = True) 
     return model
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if enabled and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
-
-
 def _is_oom(exc: BaseException) -> bool:
     """True for an out-of-memory error of the accelerator (CUDA, MPS) or the allocator."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -298,11 +293,12 @@ class _Fitter:
         self.min_core = min_core
         self.limit = math.inf  # input voxels per forward call known to fail (exclusive bound)
         self.splits = 0
+        self.pass_tile: tuple[int, ...] | None = None  # set by run_tiles
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(x).to(self.device, non_blocking=True)
         t = t.contiguous(memory_format=torch.channels_last_3d)
-        with _autocast(self.device, self.amp):
+        with autocast_context(self.device, enabled=self.amp, cpu=True):
             y = self.model(t)
         return y.float().cpu().numpy()[:, 0]
 
@@ -362,6 +358,122 @@ def _read_group(source, group, halo):
     return [read_padded(source, *_halo_box(t, halo)) for _, t in group]
 
 
+#: A GPU pass is kept under this many padded input voxels, so that the widest activation
+#: (up to 256 channels) stays below 2³¹ elements (32-bit indexing in some kernels).
+MAX_PASS_VOXELS = 8 * 2**20
+
+
+def pass_tile_for_budget(tile_size: Sequence[int], shape: Sequence[int], halo: Sequence[int],
+                         budget_voxels: float) -> tuple[int, int, int]:
+    """Largest pass made of whole grid tiles whose padded box holds ≤ ``budget_voxels``.
+
+    The pass is a per-axis multiple of ``tile_size`` (capped at the volume), so passes
+    are unions of grid tiles and the grid, its records and its blocks do not change.
+    It grows one tile at a time along the axis where the pass is shortest (y and x
+    before z on a tie): square-ish passes waste the least on halos. Never smaller than
+    one tile (out-of-memory halving handles a tile that does not fit).
+    """
+    tile = [max(1, min(int(t), int(n))) for t, n in zip(tile_size, shape)]
+    n_tiles = [math.ceil(int(n) / t) for n, t in zip(shape, tile)]
+    mult = [1, 1, 1]
+
+    def extent(m, ax):
+        return min(m[ax] * tile[ax], int(shape[ax]))
+
+    def padded(m):
+        return math.prod(extent(m, ax) + 2 * int(halo[ax]) for ax in range(3))
+
+    while True:
+        grow = []
+        for ax in range(3):
+            if mult[ax] < n_tiles[ax]:
+                cand = list(mult)
+                cand[ax] += 1
+                if padded(cand) <= budget_voxels:
+                    grow.append(ax)
+        if not grow:
+            break
+        ax = min(grow, key=lambda a: (extent(mult, a), a == 0))
+        mult[ax] += 1
+    return tuple(extent(mult, ax) for ax in range(3))  # type: ignore[return-value]
+
+
+def gpu_memory_budget(device: torch.device, fraction: float) -> int:
+    """Bytes a pass may use: ``fraction`` of the free device memory, counting blocks the
+    caching allocator holds but does not use as free."""
+    free, _total = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(fraction * (free + max(0, cached)))
+
+
+def measure_pass_bytes(model: nn.Module, padded_shape: Sequence[int], *, device: torch.device,
+                       amp: bool) -> float:
+    """Peak device bytes per padded input voxel of one forward pass (CUDA)."""
+    x = torch.zeros((1, 1, *[int(n) for n in padded_shape]), device=device)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    with torch.inference_mode(), autocast_context(device, enabled=amp, cpu=True):
+        y = model(x)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del x, y
+    return max(1.0, peak / math.prod(int(n) for n in padded_shape))
+
+
+def fit_pass_tile(model: nn.Module, *, tile_size: Sequence[int], shape: Sequence[int], device: torch.device,
+                  amp: bool, memory_fraction: float = 0.5) -> tuple[int, int, int]:
+    """The pass size for ``device``: on CUDA fitted to free memory, elsewhere one tile.
+
+    On CUDA one grid tile is run once to measure the peak memory per padded voxel, and
+    the pass grows (whole tiles, :func:`pass_tile_for_budget`) until it would use
+    ``memory_fraction`` of the free memory, or :data:`MAX_PASS_VOXELS`. An
+    out-of-memory error still halves a pass and retries (:class:`_Fitter`).
+    """
+    tile = tuple(max(1, min(int(t), int(n))) for t, n in zip(tile_size, shape))
+    if device.type != "cuda":
+        return tile  # type: ignore[return-value]
+    halo = tuple(int(h) for h in getattr(model, "halo", (0, 0, 0)))
+    padded = [t + 2 * h for t, h in zip(tile, halo)]
+    cache = model.__dict__.setdefault("_selfres_pass_bytes", {})  # one probe per model, shape and precision
+    key = (tuple(padded), bool(amp), str(device))
+    if key not in cache:
+        try:
+            cache[key] = measure_pass_bytes(model, padded, device=device, amp=amp)
+        except Exception as exc:  # noqa: BLE001 - an OOM on the probe: one tile per pass, halving as needed
+            if not _is_oom(exc):
+                raise
+            torch.cuda.empty_cache()
+            return tile  # type: ignore[return-value]
+    per_voxel = cache[key]
+    budget = gpu_memory_budget(device, memory_fraction)
+    voxels = min(budget / per_voxel, MAX_PASS_VOXELS)
+    pass_tile = pass_tile_for_budget(tile, shape, halo, voxels)
+    (log.info if pass_tile != tile else log.debug)("GPU pass fitted to memory: %s input voxels (%d grid tiles of %s), %.0f bytes/voxel, "
+             "budget %.1f GiB (%.0f%% of free)", pass_tile,
+             math.prod(math.ceil(p / t) for p, t in zip(pass_tile, tile)), tile, per_voxel,
+             budget / 2**30, 100 * memory_fraction)
+    return pass_tile
+
+
+def _passes(todo, pass_tile: Sequence[int]) -> list[tuple[tuple[tuple[int, int], ...], list]]:
+    """Group grid tiles into passes: ``[(bounding box, [(i, tile), ...]), ...]``."""
+    by_pass: dict[tuple[int, ...], list] = {}
+    for i, t in todo:
+        by_pass.setdefault(tuple(a // p for (a, _), p in zip(t, pass_tile)), []).append((i, t))
+    out = []
+    for members in by_pass.values():
+        box = tuple((min(t[ax][0] for _, t in members), max(t[ax][1] for _, t in members)) for ax in range(3))
+        out.append((box, members))
+    out.sort(key=lambda u: u[1][0][0])
+    return out
+
+
+def _crop_member(out: np.ndarray, box, t, factors) -> np.ndarray:
+    return out[tuple(slice((a - b0) * f, (b - b0) * f) for (a, b), (b0, _), f in zip(t, box, factors))]
+
+
 def run_tiles(
     model: nn.Module,
     source,
@@ -375,6 +487,9 @@ def run_tiles(
     tiles: Sequence[int] | None = None,
     prefetch: int = 2,
     fitter_out: list | None = None,
+    fit_memory: bool = True,
+    memory_fraction: float = 0.5,
+    readers: int | None = None,
 ) -> Iterator[tuple[int, tuple[tuple[int, int], ...], np.ndarray]]:
     """Yield ``(index, core_tile, output_block)`` for every tile of ``source``.
 
@@ -400,6 +515,13 @@ def run_tiles(
         Groups of tiles read ahead by a reader thread while the network runs (0: none).
     fitter_out
         If given, the internal out-of-memory fitter is appended (for tests and logs).
+    fit_memory, memory_fraction
+        On CUDA, run several neighbouring grid tiles as one pass, as large as
+        ``memory_fraction`` of the free GPU memory allows (:func:`fit_pass_tile`); the
+        grid (and so resume records and scattered blocks) is unchanged. On CPU a pass is
+        one tile (larger passes measured slower there), batched by ``batch_size``.
+    readers
+        Reader threads (default: 1 on CPU, where the cores compute; up to 4 on CUDA).
 
     Yields
     ------
@@ -413,43 +535,67 @@ def run_tiles(
     grid = tile_grid(source.shape, tile_size)
     wanted = range(len(grid)) if tiles is None else tiles
     todo = [(i, grid[i]) for i in wanted if not (skip and skip(i))]
-    # batch tiles of equal shape together
-    groups: dict[tuple[int, ...], list] = {}
-    for i, t in todo:
-        groups.setdefault(tuple(b - a for a, b in t), []).append((i, t))
-    ordered = []
-    step = max(1, int(batch_size))
-    for items in groups.values():
-        for k in range(0, len(items), step):
-            ordered.append(items[k : k + step])
-    ordered.sort(key=lambda g: g[0][0])
     fitter = _Fitter(model, halo=halo, factors=factors, device=device, amp=amp)
     if fitter_out is not None:
         fitter_out.append(fitter)
-    if not ordered:
+    if not todo:
         return
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfres-read") if prefetch > 0 else None
+    tile = tuple(max(1, min(int(t), int(n))) for t, n in zip(tile_size, source.shape))
+    pass_tile = fit_pass_tile(model, tile_size=tile, shape=source.shape, device=device, amp=amp,
+                              memory_fraction=memory_fraction) if fit_memory else tile
+    fitter.pass_tile = pass_tile
+    # a job is ("pass", box, members): one forward over the union of neighbouring tiles,
+    # or ("batch", None, members): equally shaped tiles stacked into one forward
+    jobs: list[tuple[str, object, list]] = []
+    if any(p > t for p, t in zip(pass_tile, tile)):
+        jobs = [("pass", box, members) for box, members in _passes(todo, pass_tile)]
+    else:
+        groups: dict[tuple[int, ...], list] = {}
+        for i, t in todo:
+            groups.setdefault(tuple(b - a for a, b in t), []).append((i, t))
+        step = max(1, int(batch_size))
+        for items in groups.values():
+            for k in range(0, len(items), step):
+                jobs.append(("batch", None, items[k : k + step]))
+        jobs.sort(key=lambda j: j[2][0][0])
+
+    def read(job):
+        kind, box, members = job
+        if kind == "pass":
+            return read_padded(source, *_halo_box(box, halo))
+        return _read_group(source, members, halo)
+
+    if readers is None:
+        readers = 1 if device.type == "cpu" else max(1, min(4, (os.cpu_count() or 2) // 4))
+    depth = max(prefetch, readers) if prefetch > 0 else 0
+    pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="selfres-read") if depth > 0 else None
     try:
         pending: collections.deque = collections.deque()
         nxt = 0
 
         def submit():
             nonlocal nxt
-            g = ordered[nxt]
+            job = jobs[nxt]
             nxt += 1
-            pending.append((g, pool.submit(_read_group, source, g, halo) if pool else None))
+            pending.append((job, pool.submit(read, job) if pool else None))
 
-        for _ in range(max(1, prefetch)):
-            if nxt < len(ordered):
+        for _ in range(max(1, depth)):
+            if nxt < len(jobs):
                 submit()
         with torch.inference_mode():
             while pending:
-                group, fut = pending.popleft()
-                blocks = fut.result() if fut is not None else _read_group(source, group, halo)
-                if nxt < len(ordered):
+                job, fut = pending.popleft()
+                data = fut.result() if fut is not None else read(job)
+                if nxt < len(jobs):
                     submit()
-                for (i, t), out in zip(group, fitter.batch(blocks)):
-                    yield i, t, out
+                kind, box, members = job
+                if kind == "pass":
+                    out = fitter.single(data)
+                    for i, t in members:
+                        yield i, t, np.ascontiguousarray(_crop_member(out, box, t, factors))
+                else:
+                    for (i, t), out in zip(members, fitter.batch(data)):
+                        yield i, t, out
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -525,7 +671,8 @@ def restore_to_store(
     on_tile_written: Callable[[int, np.ndarray], None] | None = None,
     tiles: Sequence[int] | None = None,
     prefetch: int = 2,
-    writers: int = 1,
+    writers: int | None = None,
+    memory_fraction: float = 0.5,
 ) -> dict:
     """Stream ``source`` (LR, normalised) through ``model`` into the array ``dest``.
 
@@ -548,14 +695,21 @@ def restore_to_store(
     tiles
         Only these tile indices of the grid (one block of a scattered run).
     prefetch, writers
-        Read-ahead depth and writer threads (0 writers: write in the calling thread).
+        Read-ahead depth and writer threads (0 writers: write in the calling thread;
+        default 1 on CPU, up to 4 on CUDA, where compression must keep up with the GPU).
+    memory_fraction
+        On CUDA, the share of free GPU memory a pass may use (:func:`fit_pass_tile`);
+        0 runs one grid tile per pass.
 
     Returns
     -------
     dict
-        ``{"tiles": n, "computed": m, "seconds": s, "mvoxel_per_s": r, "oom_splits": k}``.
+        ``{"tiles": n, "computed": m, "seconds": s, "mvoxel_per_s": r, "oom_splits": k,
+        "pass_tile": [z, y, x]}``.
     """
     done_tiles = done_tiles or set()
+    if writers is None:
+        writers = 1 if torch.device(device).type == "cpu" else max(1, min(4, (os.cpu_count() or 2) // 4))
     n_grid = len(tile_grid(source.shape, tile_size))
     wanted = list(range(n_grid)) if tiles is None else list(tiles)
     n_todo = sum(1 for i in wanted if i not in done_tiles)
@@ -583,7 +737,7 @@ def restore_to_store(
         for i, t, block in run_tiles(
             model, source, factors=factors, tile_size=tile_size, device=device, amp=amp,
             batch_size=batch_size, skip=lambda k: k in done_tiles, tiles=wanted, prefetch=prefetch,
-            fitter_out=fitters,
+            fitter_out=fitters, fit_memory=memory_fraction > 0, memory_fraction=memory_fraction,
         ):
             computed += 1
             voxels += block.size
@@ -605,6 +759,7 @@ def restore_to_store(
         "seconds": secs,
         "mvoxel_per_s": voxels / 1e6 / secs if secs > 0 else float("nan"),
         "oom_splits": fitters[0].splits if fitters else 0,
+        "pass_tile": list(fitters[0].pass_tile) if fitters and fitters[0].pass_tile else None,
     }
 
 
@@ -806,6 +961,7 @@ def infer_to_store(
     device: torch.device | str = "cpu",
     amp: bool = True,
     batch_size: int = 1,
+    memory_fraction: float = 0.5,
 ) -> dict:
     """Resumable, scatterable whole-FOV inference into the OME-Zarr store ``final``.
 
@@ -856,7 +1012,7 @@ def infer_to_store(
         name = "all" if step == "all" else f"b{block}"
         stats = restore_to_store(model, source, dest, factors=factors, tile_size=tile_size, transform=transform,
                                  device=device, amp=amp, batch_size=batch_size, done_tiles=done, tiles=tiles,
-                                 on_tile_written=store.recorder(name))
+                                 on_tile_written=store.recorder(name), memory_fraction=memory_fraction)
         stats["resumed"] = len(done)
         (store.meta / f"stats-{name}.json").write_text(json.dumps(stats))
         out.update(stats)

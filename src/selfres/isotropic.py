@@ -483,13 +483,16 @@ def validation_split(train_volume: np.ndarray, holdout_volume: np.ndarray, thres
 
 
 def predict_slices(model: nn.Module, slices: np.ndarray, *, device: torch.device | str = "cpu",
-                   batch: int = 8) -> np.ndarray:
-    """Apply a 2-D model to a stack ``(N, H, W)`` in batches (inference mode)."""
+                   batch: int = 8, amp: bool = False) -> np.ndarray:
+    """Apply a 2-D model to a stack ``(N, H, W)`` in batches (inference mode).
+
+    ``amp``: mixed precision (:func:`selfres.models.autocast_context`, CPU included).
+    """
     device = torch.device(device)
     out = np.empty(slices.shape, dtype=np.float32)
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), models.autocast_context(device, enabled=amp, cpu=True):
         for s in range(0, slices.shape[0], batch):
             t = torch.from_numpy(np.ascontiguousarray(slices[s : s + batch], dtype=np.float32))[:, None].to(device)
             out[s : s + batch] = model(t)[:, 0].float().cpu().numpy()
@@ -919,6 +922,7 @@ def restore_isotropic(
     dest=None,
     transform=None,
     progress: bool = True,
+    amp: bool = False,
 ) -> np.ndarray | None:
     """Restore a whole normalised volume onto the isotropic grid, tile by tile along y/x.
 
@@ -939,6 +943,9 @@ def restore_isotropic(
         Array-like ``(round(nz·f), ny, nx)`` to write into; None returns a new array.
     transform
         Applied to each output block before writing (e.g. undo normalisation).
+    amp
+        Mixed precision for the network (bf16 on CUDA and on CPUs that compute it
+        natively); the reslicing and fusion stay float32.
     """
     device = torch.device(device)
     nz, ny, nx = (int(n) for n in source.shape)
@@ -948,6 +955,8 @@ def restore_isotropic(
     ty, tx = (max(1, int(t)) for t in tile)
     if model is not None:
         model = model.to(device).eval()
+        if device.type == "cpu":  # channels_last: ~2x faster 2-D convs with oneDNN (measured); not measured faster on CUDA
+            model = model.to(memory_format=torch.channels_last)
     tiles = [(y0, min(y0 + ty, ny), x0, min(x0 + tx, nx)) for y0 in range(0, ny, ty) for x0 in range(0, nx, tx)]
     t_last = time.monotonic()
     for k, (y0, y1, x0, x1) in enumerate(tiles):
@@ -959,8 +968,8 @@ def restore_isotropic(
         else:
             xz = np.ascontiguousarray(np.transpose(block[:, y0 - ya : y1 - ya, :], (1, 0, 2)))  # (y, Z, x)
             yz = np.ascontiguousarray(np.transpose(block[:, :, x0 - xa : x1 - xa], (2, 0, 1)))  # (x, Z, y)
-            r_xz = predict_slices(model, xz, device=device, batch=batch)[:, :, x0 - xa : x1 - xa]
-            r_yz = predict_slices(model, yz, device=device, batch=batch)[:, :, y0 - ya : y1 - ya]
+            r_xz = predict_slices(model, xz, device=device, batch=batch, amp=amp)[:, :, x0 - xa : x1 - xa]
+            r_yz = predict_slices(model, yz, device=device, batch=batch, amp=amp)[:, :, y0 - ya : y1 - ya]
             res = _fuse(np.transpose(r_xz, (1, 0, 2)), np.transpose(r_yz, (1, 2, 0)), fusion)
         out[:, y0:y1, x0:x1] = transform(res) if transform is not None else res
         if progress and time.monotonic() - t_last > 10:
@@ -1057,7 +1066,7 @@ def stage_infer(normalized: str | Path, model: nn.Module, spec: models.ModelSpec
                                       ngff_version=settings.ngff_version)
             with torch.inference_mode():
                 restore_isotropic(net, source, factor=factor, tile=tile, batch=batch, fusion=fusion, device=device,
-                                  dest=dest,
+                                  dest=dest, amp=settings.amp,
                                   transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype))
             seconds = time.monotonic() - t0
             io.finalize_ome_zarr(tmp, voxel_size=vs_out, ngff_version=settings.ngff_version,

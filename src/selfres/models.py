@@ -22,6 +22,7 @@ at least the interpolation's reach: 2 voxels for cubic, 1 for linear).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -40,6 +41,7 @@ __all__ = [
     "ARCHS",
     "ModelSpec",
     "autocast_context",
+    "cpu_has_native_bf16",
     "build_model",
     "count_parameters",
     "load_model",
@@ -602,9 +604,31 @@ def select_device(preference: str = "auto") -> torch.device:
                       f"{preference!r}")
 
 
-def autocast_context(device: str | torch.device, *, enabled: bool
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16).
+
+    On such CPUs oneDNN's bf16 convolutions run about twice as fast as float32; on
+    others bf16 is emulated and slower, so it is not used. ``SELFRES_CPU_BF16=0`` (or
+    ``1``) overrides the detection.
+    """
+    env = os.environ.get("SELFRES_CPU_BF16", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = False
                      ) -> contextlib.AbstractContextManager:
-    """Mixed-precision context: bf16 (or fp16) autocast on CUDA, nothing on CPU.
+    """Mixed-precision context.
 
     Parameters
     ----------
@@ -612,13 +636,24 @@ def autocast_context(device: str | torch.device, *, enabled: bool
         The compute device.
     enabled
         False gives a no-op context everywhere.
+    cpu
+        Also use bfloat16 on a CPU that computes it natively
+        (:func:`cpu_has_native_bf16`). Inference passes True; training keeps float32
+        on CPU.
 
     Returns
     -------
     contextlib.AbstractContextManager
+        bf16 autocast on CUDA (fp16 where the GPU has no bf16), bf16 on a capable CPU
+        when ``cpu``, else a no-op. Precision-sensitive parts (the cubic base, the
+        back-projection residual) switch autocast off inside.
     """
     device = torch.device(device)
-    if not enabled or device.type != "cuda":
+    if not enabled:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    if device.type == "cpu" and cpu and cpu_has_native_bf16():
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

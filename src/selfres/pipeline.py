@@ -422,7 +422,7 @@ def stage_infer(
     fingerprint = {"model": io.file_checksum(Path(model_dir) / "model.json"),
                    "input": {k: vol.attrs.get(k) for k in ("normalisation", "source_checksum")}
                    | {"shape": list(source.shape)},
-                   "settings": {k: v for k, v in to_dict(settings).items() if k not in ("blocks", "batch_size")}}
+                   "settings": {k: v for k, v in to_dict(settings).items() if k not in ("blocks", "batch_size", "gpu_memory_fraction")}}
 
     runs: list[dict] = []
 
@@ -435,6 +435,7 @@ def stage_infer(
             transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype),
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict()},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
+            memory_fraction=settings.gpu_memory_fraction,
         )
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%s Mvoxel/s)", kind, step, path,
                  stats["computed"], stats["tiles"], stats["seconds"], stats["mvoxel_per_s"])

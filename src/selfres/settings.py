@@ -128,6 +128,7 @@ class InferSettings:
 
     tile_size: tuple[int, int, int] = (32, 128, 128)
     batch_size: int = 1
+    gpu_memory_fraction: float = 0.5
     ensemble: bool = False
     back_projection_iterations: int = 0
     amp: bool = True
@@ -143,6 +144,8 @@ class InferSettings:
             raise ConfigError(f"infer.tile_size must be positive, got {self.tile_size}")
         if self.blocks < 1:
             raise ConfigError(f"infer.blocks must be >= 1, got {self.blocks}")
+        if not 0 <= self.gpu_memory_fraction <= 0.95:
+            raise ConfigError(f"infer.gpu_memory_fraction must be in [0, 0.95], got {self.gpu_memory_fraction}")
         if self.back_projection_iterations < 0:
             raise ConfigError(
                 f"infer.back_projection_iterations must be >= 0, got {self.back_projection_iterations}")

@@ -416,7 +416,7 @@ def train_enhance(
         target = sampler.sample(settings.batch_size).to(device)
         with torch.no_grad():
             low = degrader(target, generator=noise_gen)
-        with (torch.autocast("cuda", dtype=torch.bfloat16) if (amp and device.type == "cuda") else torch.autocast("cpu", enabled=False)):
+        with models.autocast_context(device, enabled=amp):
             pred = model(low)
         loss = loss_fn(settings.loss, pred.float(), target)
         if not optimisation_step(model, optimiser, loss):

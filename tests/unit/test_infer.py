@@ -331,3 +331,127 @@ def test_block_without_or_with_a_stale_prepared_store_is_refused(tmp_path):
     with pytest.raises(SelfresError, match=r"prepared for other settings.*differs in model"):
         infer_to_store(model, vol, tmp_path / "o.ome.zarr", step="block", blocks=2, factors=(1, 2, 2),
                        tile_size=(3, 8, 8), dtype="float32", voxel_size=None, fingerprint={"model": "other"})
+
+
+# --------------------------------------------------------------------------- #
+# CPU bfloat16 inference (infer.amp on a CPU with native bf16)
+# --------------------------------------------------------------------------- #
+
+def test_cpu_bf16_detection_follows_the_override(monkeypatch):
+    from selfres.models import autocast_context, cpu_has_native_bf16
+
+    for value, expected in (("0", False), ("1", True)):
+        monkeypatch.setenv("SELFRES_CPU_BF16", value)
+        cpu_has_native_bf16.cache_clear()
+        assert cpu_has_native_bf16() is expected
+        with autocast_context("cpu", enabled=True, cpu=True):
+            assert torch.is_autocast_enabled("cpu") is expected
+        with autocast_context("cpu", enabled=True):  # training: float32 on CPU always
+            assert not torch.is_autocast_enabled("cpu")
+        with autocast_context("cpu", enabled=False, cpu=True):
+            assert not torch.is_autocast_enabled("cpu")
+    cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.cpu_bf16
+def test_cpu_bf16_inference_stays_close_to_float32_and_the_reference_stays_exact():
+    spec = ModelSpec(arch="resnet3d", factors=(2, 2, 2), width=8, depth=2)
+    model = _random_model(spec)
+    vol = blob_volume((8, 20, 20))
+    fp32 = predict_array(model, vol, factors=(2, 2, 2), tile_size=(4, 10, 10), amp=False)
+    bf16 = predict_array(model, vol, factors=(2, 2, 2), tile_size=(4, 10, 10), amp=True)
+    err = np.abs(bf16 - fp32)
+    assert bf16.dtype == np.float32
+    assert err.max() > 0  # bf16 really ran
+    # the body runs in bf16 (8-bit mantissa); the tricubic base it is added to is float32
+    assert err.mean() < 2e-3 * float(np.abs(fp32).mean()) + 1e-4 and err.max() < 3e-2
+    # tricubic interpolation (the guard's reference) is never computed in bf16
+    cubic = predict_array(CubicUpsampler((2, 2, 2)), vol, factors=(2, 2, 2), tile_size=(3, 5, 7), amp=True)
+    np.testing.assert_allclose(cubic, np.asarray(degrade.upscale_cubic(vol, (2, 2, 2))), atol=1e-5)
+
+
+@pytest.mark.cpu_bf16
+def test_cpu_bf16_isotropic_slices_stay_close_to_float32():
+    from selfres.isotropic import predict_slices
+
+    spec = ModelSpec(arch="iso2d", width=8, depth=2)
+    model = _random_model(spec)
+    slices = blob_volume((4, 24, 32))
+    fp32 = predict_slices(model, slices, amp=False)
+    bf16 = predict_slices(model, slices, amp=True)
+    err = np.abs(bf16 - fp32)
+    # random weights make the body as large as the input: bf16's 8-bit mantissa shows (~0.4 %)
+    assert err.max() > 0 and err.mean() < 5e-3 * float(np.abs(fp32).mean())
+
+
+# --------------------------------------------------------------------------- #
+# GPU passes fitted to memory (the arithmetic and the merged-pass path run on CPU)
+# --------------------------------------------------------------------------- #
+
+def test_pass_tile_for_budget_is_the_largest_union_of_tiles_that_fits():
+    from selfres.infer import pass_tile_for_budget
+
+    tile, shape, halo = (8, 16, 16), (40, 100, 90), (3, 3, 3)
+
+    def padded(p):
+        return int(np.prod([n + 2 * h for n, h in zip(p, halo)]))
+
+    assert pass_tile_for_budget(tile, shape, halo, 0) == tile  # never less than one tile
+    assert pass_tile_for_budget(tile, shape, halo, padded(shape)) == shape  # everything fits: the volume
+    budget = 40 * padded(tile)
+    p = pass_tile_for_budget(tile, shape, halo, budget)
+    assert padded(p) <= budget
+    assert all(n % t == 0 or n == s for n, t, s in zip(p, tile, shape))  # whole tiles (or the volume's end)
+    for ax in range(3):  # maximal: one more tile along any axis would not fit (or the axis is full)
+        if p[ax] < shape[ax]:
+            bigger = list(p)
+            bigger[ax] = min(p[ax] + tile[ax], shape[ax])
+            assert padded(bigger) > budget
+    # the shortest side grows first (least halo per voxel); y and x before z on a tie
+    assert pass_tile_for_budget((4, 16, 16), (64, 64, 64), (0, 0, 0), 16 * 16 * 16) == (16, 16, 16)
+    assert pass_tile_for_budget((16, 16, 16), (64, 64, 64), (0, 0, 0), 16 * 32 * 32) == (16, 32, 32)
+
+
+@pytest.mark.parametrize("skip_some", [False, True])
+def test_merged_passes_equal_one_pass_and_keep_the_grid(monkeypatch, skip_some):
+    import selfres.infer as infer_mod
+    from selfres.infer import run_tiles
+
+    model = _random_model(ModelSpec(arch="resnet3d", factors=(2, 2, 2), width=8, depth=1))
+    vol = blob_volume((7, 22, 26))
+    tile = (3, 8, 8)
+    monkeypatch.setattr(infer_mod, "fit_pass_tile", lambda *a, **k: (6, 16, 24))  # as a GPU would
+    ref = predict_single_pass(model, vol, factors=(2, 2, 2))
+    grid = tile_grid(vol.shape, tile)
+    skip = (lambda i: i % 3 == 0) if skip_some else None
+    fitters: list = []
+    got = {i: (t, out) for i, t, out in run_tiles(model, vol, factors=(2, 2, 2), tile_size=tile, skip=skip,
+                                                   fitter_out=fitters)}
+    expected = [i for i in range(len(grid)) if not (skip and skip(i))]
+    assert sorted(got) == expected  # every wanted grid tile once, none of the skipped
+    assert fitters[0].pass_tile == (6, 16, 24)
+    for i, (t, out) in got.items():
+        assert t == grid[i]
+        np.testing.assert_allclose(out, ref[tuple(slice(a * 2, b * 2) for a, b in t)], atol=2e-5)
+
+
+def test_an_out_of_memory_merged_pass_is_halved_and_the_output_is_unchanged(monkeypatch):
+    import selfres.infer as infer_mod
+
+    model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
+    vol = blob_volume((4, 24, 24))
+    tile = (4, 8, 8)
+    monkeypatch.setattr(infer_mod, "fit_pass_tile", lambda *a, **k: (4, 24, 24))
+    per_tile = np.prod([t + 2 * h for t, h in zip(tile, model.halo)])
+    oom = _OomAbove(model, limit=2 * per_tile)
+    out = predict_array(oom, vol, factors=(1, 2, 2), tile_size=tile)
+    np.testing.assert_allclose(out, predict_single_pass(model, vol, factors=(1, 2, 2)), atol=2e-5)
+    assert max(oom.sizes) <= 2 * per_tile and min(oom.sizes) > 0
+
+
+def test_fit_pass_tile_is_one_tile_off_cuda():
+    from selfres.infer import fit_pass_tile
+
+    model = _random_model(ModelSpec(arch="svision_mini", factors=(2, 2, 2)))
+    assert fit_pass_tile(model, tile_size=(32, 128, 128), shape=(10, 300, 60), device=torch.device("cpu"),
+                         amp=True) == (10, 128, 60)

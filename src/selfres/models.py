@@ -244,7 +244,8 @@ class _ResBlock(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.scale * self.body(x)
+        b = self.body(x)
+        return x + (b if self.scale == 1.0 else self.scale * b)  # scale 1: folded into the conv (inference)
 
 
 class _Base(nn.Module):
@@ -319,8 +320,8 @@ class EnhanceNet(nn.Module):
                              f"received shape {tuple(x.shape)}")
         y = self.hr_body(self.up(self.lr_body(x)))
         base = self.base(x)
-        if base is not None:
-            y = base + y
+        if base is not None:  # in place when no graph is recorded (saves one HR float32 array)
+            y = base.add_(y) if not torch.is_grad_enabled() else base + y
         return y[:, :, 0] if squeeze else y
 
 

@@ -455,3 +455,39 @@ def test_fit_pass_tile_is_one_tile_off_cuda():
     model = _random_model(ModelSpec(arch="svision_mini", factors=(2, 2, 2)))
     assert fit_pass_tile(model, tile_size=(32, 128, 128), shape=(10, 300, 60), device=torch.device("cpu"),
                          amp=True) == (10, 128, 60)
+
+
+def test_split_prelu_equals_prelu_and_prepare_model_keeps_the_output():
+    from selfres.infer import SplitPReLU, split_prelus
+
+    torch.manual_seed(1)
+    for shape, fmt in (((2, 6, 5, 7, 9), torch.channels_last_3d), ((3, 6, 11, 13), torch.channels_last)):
+        prelu = torch.nn.PReLU(6)
+        with torch.no_grad():
+            prelu.weight.uniform_(-0.5, 0.5)
+        x = torch.randn(shape).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            torch.testing.assert_close(SplitPReLU(prelu)(x), prelu(x), rtol=0, atol=0)
+    seq = split_prelus(torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.PReLU(4),
+                                           torch.nn.Sequential(torch.nn.PReLU())))
+    assert [type(m).__name__ for m in seq.modules()].count("SplitPReLU") == 2
+    for arch in ("resnet3d", "svision_mini"):
+        model = _random_model(ModelSpec(arch=arch, factors=(2, 2, 2), width=8, depth=2))
+        fast = prepare_model(model, torch.device("cpu"))
+        assert any(isinstance(m, SplitPReLU) for m in fast.modules())
+        assert not any(isinstance(m, SplitPReLU) for m in model.modules())  # the original is untouched
+        vol = blob_volume((8, 20, 20))
+        np.testing.assert_allclose(predict_single_pass(fast, vol, factors=(2, 2, 2)),
+                                   predict_single_pass(model, vol, factors=(2, 2, 2)), atol=2e-5)
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    from selfres.infer import keep_freed_memory
+
+    keep_freed_memory.cache_clear()
+    monkeypatch.setenv("SELFRES_MALLOC_TUNE", "0")
+    assert keep_freed_memory() is False
+    keep_freed_memory.cache_clear()
+    monkeypatch.delenv("SELFRES_MALLOC_TUNE")
+    assert isinstance(keep_freed_memory(), bool)
+    keep_freed_memory.cache_clear()

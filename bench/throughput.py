@@ -61,6 +61,15 @@ def _load() -> str:
 
 
 def _peak_rss_mib() -> float:
+    """This process's peak RSS. ``VmHWM`` (Linux) belongs to the process image: unlike
+    ``ru_maxrss``, which survives fork + exec, it does not inherit the parent's peak."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:  # pragma: no cover - not Linux
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

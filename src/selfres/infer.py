@@ -918,17 +918,18 @@ class PartialStore:
                     continue
         return out
 
-    def verified(self, dest, *, factors: Sequence[int], tile_size: Sequence[int],
+    def verified(self, dest, *, region_of: Callable[[int], tuple], n_tiles: int,
                  tiles: Sequence[int] | None = None) -> set[int]:
-        """Recorded tiles (among ``tiles``) whose stored bytes match their record."""
-        grid = tile_grid(tuple(n // f for n, f in zip(dest.shape, factors)), tile_size)
-        want = set(range(len(grid)) if tiles is None else tiles)
+        """Recorded tiles (among ``tiles``) whose stored bytes match their record.
+
+        ``region_of(i)`` gives the output slices of tile ``i`` (``n_tiles`` in all).
+        """
+        want = set(range(n_tiles) if tiles is None else tiles)
         good = set()
         for i, crc in self.records().items():
-            if i not in want or i >= len(grid):
+            if i not in want or i >= n_tiles:
                 continue
-            region = tuple(slice(a * f, b * f) for (a, b), f in zip(grid[i], factors))
-            if _crc(np.asarray(dest[region])) == crc:
+            if _crc(np.asarray(dest[region_of(i)])) == crc:
                 good.add(i)
             else:
                 log.warning("tile %d of %s does not match its record; it is recomputed", i, self.path)
@@ -1056,37 +1057,86 @@ def infer_to_store(
     """
     from . import io
 
-    if step not in ("all", "prepare", "block", "gather"):
-        raise ValueError(f"step must be one of all, prepare, block, gather; got {step!r}")
     shape, ch, sh = store_layout(source.shape, factors=factors, tile_size=tile_size, chunks=chunks, shards=shards)
     fp = dict(fingerprint) | {"out_shape": list(shape), "chunks": list(ch), "shards": sh and list(sh),
                               "tile_size": [int(t) for t in tile_size], "dtype": str(np.dtype(dtype)),
                               "ngff_version": ngff_version}
+    grid = tile_grid(source.shape, tile_size)
+
+    def region_of(i):
+        return tuple(slice(a * f, b * f) for (a, b), f in zip(grid[i], factors))
+
+    def compute(dest, tiles, done, record):
+        return restore_to_store(model, source, dest, factors=factors, tile_size=tile_size, transform=transform,
+                                device=device, amp=amp, batch_size=batch_size, done_tiles=done, tiles=tiles,
+                                on_tile_written=record, memory_fraction=memory_fraction)
+
+    return scattered_store(
+        final, step=step, block=block, blocks=blocks, fingerprint=fp, n_tiles=len(grid), region_of=region_of,
+        create=lambda p: io.create_ome_zarr(p, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=ch,
+                                            shards=sh, ngff_version=ngff_version),
+        compute=compute, voxel_size=voxel_size, ngff_version=ngff_version, attrs=attrs,
+        contrast_limits=contrast_limits)
+
+
+def scattered_store(
+    final: str | os.PathLike,
+    *,
+    step: str,
+    block: int,
+    blocks: int,
+    fingerprint: dict,
+    n_tiles: int,
+    region_of: Callable[[int], tuple],
+    create: Callable[[Path], object],
+    compute: Callable[..., dict],
+    voxel_size,
+    ngff_version: str = "0.4",
+    attrs: dict | None = None,
+    contrast_limits: Sequence[float] | None = None,
+) -> dict:
+    """The prepare / block / gather protocol over a :class:`PartialStore`, for any tiling.
+
+    Parameters
+    ----------
+    step, block, blocks, fingerprint
+        As for :func:`infer_to_store`.
+    n_tiles, region_of
+        The number of tiles and the output slices of tile ``i`` (for verification).
+    create
+        ``create(path)`` makes the empty OME-Zarr store (level 0 only).
+    compute
+        ``compute(dest, tiles, done, record) -> stats``: write the tiles in ``tiles`` that
+        are not in ``done`` into ``dest`` (level 0), calling ``record(i, block)`` once tile
+        ``i`` is completely written; ``stats`` has ``seconds`` and ``mvoxel_per_s``.
+    voxel_size, ngff_version, attrs, contrast_limits
+        For the pyramid and metadata written at gather.
+    """
+    from . import io
+
+    if step not in ("all", "prepare", "block", "gather"):
+        raise ValueError(f"step must be one of all, prepare, block, gather; got {step!r}")
     store = PartialStore(final)
-    n_tiles = len(tile_grid(source.shape, tile_size))
     out: dict = {"tiles": n_tiles, "computed": 0, "seconds": 0.0, "mvoxel_per_s": float("nan"), "resumed": 0}
     if step in ("all", "prepare"):
-        kept = store.prepare(fingerprint=fp, create=lambda p: io.create_ome_zarr(
-            p, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=ch, shards=sh, ngff_version=ngff_version))
+        kept = store.prepare(fingerprint=fingerprint, create=create)
         log.info("%s %s", "resuming" if kept else "created", store.path)
     if step in ("all", "block"):
-        store.check(fp)
+        store.check(fingerprint)
         dest = _open_level0(store.path, ngff_version)
         tiles = range(n_tiles) if step == "all" else block_tiles(n_tiles, block=block, blocks=blocks)
-        done = store.verified(dest, factors=factors, tile_size=tile_size, tiles=tiles)
+        done = store.verified(dest, region_of=region_of, n_tiles=n_tiles, tiles=tiles)
         if done:
             log.info("%d of %d tiles already written and verified; computing the rest", len(done), len(tiles))
         name = "all" if step == "all" else f"b{block}"
-        stats = restore_to_store(model, source, dest, factors=factors, tile_size=tile_size, transform=transform,
-                                 device=device, amp=amp, batch_size=batch_size, done_tiles=done, tiles=tiles,
-                                 on_tile_written=store.recorder(name), memory_fraction=memory_fraction)
+        stats = compute(dest, tiles, done, store.recorder(name))
         stats["resumed"] = len(done)
         (store.meta / f"stats-{name}.json").write_text(json.dumps(stats))
         out.update(stats)
     if step in ("all", "gather"):
-        store.check(fp)
+        store.check(fingerprint)
         if step == "gather":  # written by other jobs (maybe other nodes): check the bytes
-            good = store.verified(_open_level0(store.path, ngff_version), factors=factors, tile_size=tile_size)
+            good = store.verified(_open_level0(store.path, ngff_version), region_of=region_of, n_tiles=n_tiles)
         else:  # this process verified the reused tiles and wrote the rest
             good = set(store.records())
         missing = sorted(set(range(n_tiles)) - good)
@@ -1139,5 +1189,5 @@ __all__ = [
     "CubicUpsampler", "read_padded", "tile_grid", "prepare_model", "run_tiles", "predict_array",
     "predict_single_pass", "restore_to_store", "Progress", "out_shape", "default_device",
     "block_tiles", "PartialStore", "SubpixelConv", "SplitPReLU", "split_prelus", "fit_pass_tile",
-    "pass_tile_for_budget", "keep_freed_memory", "BandedCubic", "fuse_for_inference", "pad_channels", "store_layout", "infer_to_store",
+    "pass_tile_for_budget", "keep_freed_memory", "scattered_store", "BandedCubic", "fuse_for_inference", "pad_channels", "store_layout", "infer_to_store",
 ]

@@ -910,6 +910,13 @@ def _fuse(a: np.ndarray, b: np.ndarray, fusion: str) -> np.ndarray:
     return (0.5 * (a + b)).astype(np.float32)
 
 
+def isotropic_tile_grid(shape_yx: Sequence[int], tile: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Core tiles ``(y0, y1, x0, x1)`` of the y/x plane, row-major; each spans all of z."""
+    ny, nx = (int(n) for n in shape_yx)
+    ty, tx = (max(1, int(t)) for t in tile)
+    return [(y0, min(y0 + ty, ny), x0, min(x0 + tx, nx)) for y0 in range(0, ny, ty) for x0 in range(0, nx, tx)]
+
+
 def restore_isotropic(
     model: nn.Module | None,
     source,
@@ -923,6 +930,8 @@ def restore_isotropic(
     transform=None,
     progress: bool = True,
     amp: bool = False,
+    tiles: Sequence[int] | None = None,
+    on_tile_written=None,
 ) -> np.ndarray | None:
     """Restore a whole normalised volume onto the isotropic grid, tile by tile along y/x.
 
@@ -946,6 +955,9 @@ def restore_isotropic(
     amp
         Mixed precision for the network (bf16 on CUDA and on CPUs that compute it
         natively); the reslicing and fusion stay float32.
+    tiles, on_tile_written
+        Only these indices of :func:`isotropic_tile_grid` (a block of a scattered or
+        resumed run); ``on_tile_written(i, block)`` is called once tile ``i`` is written.
     """
     device = torch.device(device)
     nz, ny, nx = (int(n) for n in source.shape)
@@ -959,9 +971,11 @@ def restore_isotropic(
             from .infer import split_prelus
 
             model = split_prelus(model.to(memory_format=torch.channels_last))
-    tiles = [(y0, min(y0 + ty, ny), x0, min(x0 + tx, nx)) for y0 in range(0, ny, ty) for x0 in range(0, nx, tx)]
+    grid = isotropic_tile_grid((ny, nx), (ty, tx))
+    todo = list(range(len(grid))) if tiles is None else list(tiles)
     t_last = time.monotonic()
-    for k, (y0, y1, x0, x1) in enumerate(tiles):
+    for k, i in enumerate(todo):
+        y0, y1, x0, x1 = grid[i]
         ya, yb, xa, xb = max(0, y0 - halo), min(ny, y1 + halo), max(0, x0 - halo), min(nx, x1 + halo)
         block = reslice(np.asarray(source[:, ya:yb, xa:xb], dtype=np.float32), factor)
         core = block[:, y0 - ya : y1 - ya, x0 - xa : x1 - xa]
@@ -973,9 +987,12 @@ def restore_isotropic(
             r_xz = predict_slices(model, xz, device=device, batch=batch, amp=amp)[:, :, x0 - xa : x1 - xa]
             r_yz = predict_slices(model, yz, device=device, batch=batch, amp=amp)[:, :, y0 - ya : y1 - ya]
             res = _fuse(np.transpose(r_xz, (1, 0, 2)), np.transpose(r_yz, (1, 2, 0)), fusion)
-        out[:, y0:y1, x0:x1] = transform(res) if transform is not None else res
+        block = transform(res) if transform is not None else res
+        out[:, y0:y1, x0:x1] = block
+        if on_tile_written is not None:
+            on_tile_written(i, block)
         if progress and time.monotonic() - t_last > 10:
-            log.info("isotropic inference: tile %d/%d", k + 1, len(tiles))
+            log.info("isotropic inference: tile %d/%d", k + 1, len(todo))
             t_last = time.monotonic()
     return None if dest is not None else out
 
@@ -1042,8 +1059,15 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
 
 
 def stage_infer(normalized: str | Path, model: nn.Module, spec: models.ModelSpec, meta: dict, output: str | Path, *,
-                sample: str, settings: InferSettings, device) -> dict:
-    """Write ``restored.ome.zarr`` on the isotropic grid (raw units)."""
+                sample: str, settings: InferSettings, device, fingerprint: dict | None = None, step: str = "all",
+                block: int = 0) -> dict:
+    """Write ``restored.ome.zarr`` on the isotropic grid (raw units).
+
+    Resumable and scatterable like enhance (:func:`selfres.infer.scattered_store`): tiles
+    are y/x columns spanning all of z (``infer.tile_size`` y, x), each owning whole
+    output chunks; ``step``/``block`` split the work over ``settings.blocks`` jobs.
+    """
+    from .infer import scattered_store
     from .pipeline import output_dtype, read_normalized
 
     vol, params = read_normalized(normalized, lazy=True)
@@ -1058,35 +1082,53 @@ def stage_infer(normalized: str | Path, model: nn.Module, spec: models.ModelSpec
     dtype = output_dtype(settings, vol.attrs.get("source_dtype", "float32"))
     tile = tuple(int(t) for t in settings.tile_size[1:])
     chunks = (min(shape[0], 64), min(tile[0], shape[1]), min(tile[1], shape[2]))
+    grid = isotropic_tile_grid(shape[1:], tile)
     use_interp = "model_worse_than_interpolation" in meta.get("flags", []) and (
         settings.on_worse_than_interpolation == "interpolation")
+    base_fp = dict(fingerprint or {}) | {"mode": "isotropic", "factor": factor, "fusion": fusion,
+                                         "out_shape": list(shape), "chunks": list(chunks), "tile": list(tile),
+                                         "dtype": str(np.dtype(dtype)), "ngff_version": settings.ngff_version}
 
-    def write_one(net, path, kind) -> float:
-        t0 = time.monotonic()
-        with io.atomic_output(path) as tmp:
-            dest = io.create_ome_zarr(tmp, shape=shape, dtype=dtype, voxel_size=vs_out, chunks=chunks,
-                                      ngff_version=settings.ngff_version)
+    def region_of(i):
+        y0, y1, x0, x1 = grid[i]
+        return (slice(None), slice(y0, y1), slice(x0, x1))
+
+    def write_one(net, path, kind) -> dict:
+        def compute(dest, tiles, done, record):
+            todo = [i for i in tiles if i not in done]
+            t0 = time.monotonic()
             with torch.inference_mode():
                 restore_isotropic(net, source, factor=factor, tile=tile, batch=batch, fusion=fusion, device=device,
-                                  dest=dest, amp=settings.amp,
+                                  dest=dest, amp=settings.amp, tiles=todo, on_tile_written=record,
                                   transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype))
-            seconds = time.monotonic() - t0
-            io.finalize_ome_zarr(tmp, voxel_size=vs_out, ngff_version=settings.ngff_version,
-                                 contrast_limits=(params.low, params.high),
-                                 attrs={"sample": sample, "content": kind, "factor": factor, "infer_seconds": seconds,
-                                        "normalisation": params.to_dict(), "fusion": fusion,
-                                        "mvoxel_per_s": float(np.prod(shape)) / 1e6 / max(seconds, 1e-9)})
-        log.info("%s written to %s: %s voxels in %.1f s", kind, path, shape, seconds)
-        return seconds
+            secs = time.monotonic() - t0
+            vox = sum(shape[0] * (grid[i][1] - grid[i][0]) * (grid[i][3] - grid[i][2]) for i in todo)
+            return {"tiles": len(tiles), "computed": len(todo), "seconds": secs,
+                    "mvoxel_per_s": vox / 1e6 / secs if secs > 0 and todo else float("nan")}
+
+        stats = scattered_store(
+            path, step=step, block=block, blocks=settings.blocks, fingerprint=base_fp | {"kind": kind},
+            n_tiles=len(grid), region_of=region_of,
+            create=lambda p: io.create_ome_zarr(p, shape=shape, dtype=dtype, voxel_size=vs_out, chunks=chunks,
+                                                ngff_version=settings.ngff_version),
+            compute=compute, voxel_size=vs_out, ngff_version=settings.ngff_version,
+            contrast_limits=(params.low, params.high),
+            attrs={"sample": sample, "content": kind, "factor": factor, "normalisation": params.to_dict(),
+                   "fusion": fusion})
+        log.info("%s (%s) %s: %d/%d tiles computed in %.1f s", kind, step, path, stats["computed"], stats["tiles"],
+                 stats["seconds"])
+        return stats
 
     if use_interp:
-        log.warning("sample %s: the model did not beat z-cubic interpolation on held-out lateral slices; "
-                    "restored.ome.zarr holds z-cubic, the model output is kept in restored_model.ome.zarr", sample)
+        if step in ("all", "prepare"):
+            log.warning("sample %s: the model did not beat z-cubic interpolation on held-out lateral slices; "
+                        "restored.ome.zarr holds z-cubic, the model output is kept in restored_model.ome.zarr", sample)
         write_one(model, Path(output).with_name("restored_model.ome.zarr"), "model")
-        seconds = write_one(None, output, "interpolation")
+        stats = write_one(None, output, "interpolation")
     else:
-        seconds = write_one(model, output, "model")
-    return {"sample": sample, "output_shape": list(shape), "voxel_size_out": list(vs_out), "infer_seconds": seconds}
+        stats = write_one(model, output, "model")
+    return {"sample": sample, "output_shape": list(shape), "voxel_size_out": list(vs_out),
+            "infer_seconds": stats["seconds"], "step": step}
 
 
 def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: models.ModelSpec, meta: dict) -> dict:

@@ -401,14 +401,19 @@ def stage_infer(
 
     dev = default_device(device)
     model, spec, meta = load_trained(model_dir)
+    vol, params = read_normalized(normalized, lazy=True)
+    source = io.open_ome_zarr_array(normalized)
+    # identity of the job: a partial store is resumed only when all of this matches
+    fingerprint = {"model": io.file_checksum(Path(model_dir) / "model.json"),
+                   "input": {k: vol.attrs.get(k) for k in ("normalisation", "source_checksum")}
+                   | {"shape": list(source.shape)},
+                   "settings": {k: v for k, v in to_dict(settings).items()
+                                if k not in ("blocks", "batch_size", "gpu_memory_fraction")}}
     if meta.get("mode") == "isotropic":
         from . import isotropic
 
-        if step != "all":
-            raise ConfigError(f"sample {sample}: infer.blocks > 1 (step {step!r}) is not available in isotropic "
-                              "mode yet; use infer.blocks 1")
-        return isotropic.stage_infer(normalized, model, spec, meta, output, sample=sample, settings=settings, device=dev)
-    vol, params = read_normalized(normalized, lazy=True)
+        return isotropic.stage_infer(normalized, model, spec, meta, output, sample=sample, settings=settings,
+                                     device=dev, fingerprint=fingerprint, step=step, block=block)
     factors = tuple(meta["factors"])
     use_interp = "model_worse_than_interpolation" in meta.get("flags", []) and (
         settings.on_worse_than_interpolation == "interpolation"
@@ -416,13 +421,6 @@ def stage_infer(
     dtype = output_dtype(settings, vol.attrs.get("source_dtype", "float32"))
     vs_in = vol.voxel_size or (1.0, 1.0, 1.0)
     vs_out = tuple(v / f for v, f in zip(vs_in, factors))
-    source = io.open_ome_zarr_array(normalized)
-
-    # identity of the job: a partial store is resumed only when all of this matches
-    fingerprint = {"model": io.file_checksum(Path(model_dir) / "model.json"),
-                   "input": {k: vol.attrs.get(k) for k in ("normalisation", "source_checksum")}
-                   | {"shape": list(source.shape)},
-                   "settings": {k: v for k, v in to_dict(settings).items() if k not in ("blocks", "batch_size", "gpu_memory_fraction")}}
 
     runs: list[dict] = []
 

@@ -1127,6 +1127,10 @@ def stage_infer(normalized: str | Path, model: nn.Module, spec: models.ModelSpec
         stats = write_one(None, output, "interpolation")
     else:
         stats = write_one(model, output, "model")
+        if step in ("all", "gather"):
+            from .pipeline import drop_stale_model_output
+
+            drop_stale_model_output(output)
     return {"sample": sample, "output_shape": list(shape), "voxel_size_out": list(vs_out),
             "infer_seconds": stats["seconds"], "step": step}
 

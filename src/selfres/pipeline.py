@@ -458,9 +458,22 @@ def stage_infer(
         secs += write_one(CubicUpsampler(factors), output, "interpolation")
     else:
         secs = write_one(model_out, output, "model")
+        if step in ("all", "gather"):
+            drop_stale_model_output(output)
     return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model",
             "tiles": runs[-1]["tiles"], "computed": sum(r["computed"] for r in runs),
             "resumed": sum(r["resumed"] for r in runs)}
+
+
+def drop_stale_model_output(output: str | Path) -> None:
+    """Remove ``restored_model.ome.zarr`` (and its partial store) left beside ``output`` by an
+    earlier run whose model was flagged: now that ``restored.ome.zarr`` holds the model
+    output, a second, older model output would only mislead."""
+    stale = Path(output).with_name("restored_model.ome.zarr")
+    for p in (stale, stale.with_name(f".{stale.name}.partial"), stale.with_name(f".{stale.name}.progress")):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            log.info("removed %s from an earlier run (the model is no longer flagged)", p)
 
 
 def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: dict, *, device="cpu") -> dict:

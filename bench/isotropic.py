@@ -123,7 +123,9 @@ def main(argv=None) -> int:
     ap.add_argument("--volumes", default="nucleus,trailmap,cellfinder,nuclei_tissue")
     ap.add_argument("--degradation", choices=["analytic", "learned"], default="analytic")
     ap.add_argument("--max-minutes", type=float, default=None, help="train.max_minutes (default: package default)")
-    ap.add_argument("--steps", type=int, default=None, help="train.steps (default: package default)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="isotropic.steps, the restorer's step limit (default: package default)")
+    ap.add_argument("--set", action="append", default=[], help="settings override, e.g. isotropic.width=48")
     ap.add_argument("--gan-minutes", type=float, default=None, help="isotropic.gan_max_minutes")
     ap.add_argument("--axial-sigma", type=float, default=None, help="isotropic.axial_sigma_px (default: estimated)")
     ap.add_argument("--threads", type=int, default=2)
@@ -136,7 +138,15 @@ def main(argv=None) -> int:
     if a.max_minutes is not None:
         cfg.setdefault("train", {})["max_minutes"] = a.max_minutes
     if a.steps is not None:
-        cfg.setdefault("train", {})["steps"] = a.steps
+        cfg["isotropic"]["steps"] = a.steps
+    for item in a.set:  # "section.key=value" (JSON values)
+        key, _, value = item.partition("=")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        section, _, name = key.partition(".")
+        cfg.setdefault(section, {})[name] = value
     if a.gan_minutes is not None:
         cfg["isotropic"]["gan_max_minutes"] = a.gan_minutes
     if a.axial_sigma is not None:

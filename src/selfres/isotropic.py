@@ -755,7 +755,8 @@ def train_isotropic(
     stop_after_steps
         Stop (as if killed) after this many restorer steps — for resumption tests.
     """
-    from .train import learning_rate, load_checkpoint, loss_fn, optimisation_step, save_checkpoint
+    from .train import (learning_rate, load_checkpoint, loss_fn, optimisation_step, resume_from_checkpoint,
+                        save_checkpoint)
 
     iso = settings.isotropic
     # the 2-D net has its own step limit (isotropic.steps); the rest of the loop is train's
@@ -824,17 +825,13 @@ def train_isotropic(
                                  lr=s.learning_rate)
     step, rows, bad, elapsed_before = 0, [], 0, 0.0
     best = {"psnr": validate(), "step": 0, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path)
-        if state is not None and state.get("key") == key:
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            gen.set_state(state["generator"])
-            noise_gen.set_state(state["noise_generator"])
-            step, rows = int(state["step"]), json.loads(state["rows"])
-            best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
-            bad, elapsed_before = int(state["bad_validations"]), float(state["elapsed"])
-            log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, best["psnr"], best["step"])
+    state = resume_from_checkpoint(ckpt_path, key=key, model=model, optimiser=optimiser, generator=gen,
+                                   noise_generator=noise_gen)
+    if state is not None:
+        step, rows = int(state["step"]), json.loads(state["rows"])
+        best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
+        bad, elapsed_before = int(state["bad_validations"]), float(state["elapsed"])
+        log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, best["psnr"], best["step"])
     log.info("isotropic training: f %.3f, degradation %s (σ %.2f px, noise top-up %.4f, %s), %d parameters, "
              "patch %s, %.0f%% of placements above the Otsu threshold %.3f; held-out input %.2f dB, start %.2f dB",
              factor, iso.degradation, deg.sigma_px, deg.noise_sigma, deg_info["sigma_source"],

@@ -290,6 +290,32 @@ def load_checkpoint(path: Path) -> dict | None:
         return None
 
 
+def resume_from_checkpoint(path: Path | None, *, key: str, model: torch.nn.Module, optimiser,
+                           generator: torch.Generator, noise_generator: torch.Generator) -> dict | None:
+    """Load the training checkpoint at ``path`` into the model, optimiser and generators
+    when it belongs to this run (``key``: settings, factors, data shape).
+
+    Returns
+    -------
+    dict or None
+        The checkpoint (for the caller's counters: step, rows, best, …), or None when
+        there is none, it is damaged, or it belongs to other settings or data.
+    """
+    if path is None:
+        return None
+    state = load_checkpoint(path)
+    if state is None:
+        return None
+    if state.get("key") != key:
+        log.info("checkpoint belongs to other settings or data; training starts afresh")
+        return None
+    model.load_state_dict(state["model"])
+    optimiser.load_state_dict(state["optimiser"])
+    generator.set_state(state["generator"])
+    noise_generator.set_state(state["noise_generator"])
+    return state
+
+
 def train_enhance(
     train_volume: np.ndarray,
     holdout_volume: np.ndarray,
@@ -382,22 +408,16 @@ def train_enhance(
     best["score"] = last["score"]
     elapsed_before = 0.0
     bad_validations = 0
-    if ckpt_path is not None:
-        state = load_checkpoint(ckpt_path)
-        if state is not None and state.get("key") == key:
-            model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            gen.set_state(state["generator"])
-            noise_gen.set_state(state["noise_generator"])
-            step = int(state["step"])
-            rows = json.loads(state["rows"])
-            best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"],
-                    "score": float(state.get("best_score", float(state["best_psnr"]) - val_interp))}
-            bad_validations = int(state["bad_validations"])
-            elapsed_before = float(state["elapsed"])
-            log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, best["psnr"], best["step"])
-        elif state is not None:
-            log.info("checkpoint belongs to other settings or data; training starts afresh")
+    state = resume_from_checkpoint(ckpt_path, key=key, model=model, optimiser=optimiser, generator=gen,
+                                   noise_generator=noise_gen)
+    if state is not None:
+        step = int(state["step"])
+        rows = json.loads(state["rows"])
+        best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"],
+                "score": float(state.get("best_score", float(state["best_psnr"]) - val_interp))}
+        bad_validations = int(state["bad_validations"])
+        elapsed_before = float(state["elapsed"])
+        log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, best["psnr"], best["step"])
     log.info(
         "training %s (%d parameters) on FOV %s, patch %s, factors %s; held-out %s: tricubic %.2f dB, start %.2f dB",
         spec.arch, models.count_parameters(model), tuple(train_volume.shape), patch, factors,

@@ -29,7 +29,8 @@ volume one at a time (float32, ``torch.no_grad``); ``optimised`` is
 :func:`selfres.isotropic.restore_isotropic` in memory (batched slices, inference mode,
 amp); ``tiled`` the same from an OME-Zarr input into an OME-Zarr output.
 
-Peak RSS (``--rss``) runs each input size in a fresh subprocess (the input store is
+Peak RSS (``--rss``; both modes: enhance through ``infer_to_store``, isotropic through
+``restore_isotropic`` with z-cubic reslicing, f = 2) runs each input size in a fresh subprocess (the input store is
 written by another subprocess first) and reads ``ru_maxrss``. It uses an identity
 network so that the run measures the streaming machinery, not the network speed.
 
@@ -283,13 +284,36 @@ def _run_streamed(path: str, out: str, tile) -> dict:
             "seconds": time.perf_counter() - t0, "tiles": st["tiles"], "peak_rss_mib": _peak_rss_mib()}
 
 
-def rss(sizes, *, tile, work: Path) -> list[dict]:
+def _run_streamed_isotropic(path: str, out: str, tile) -> dict:
+    """The isotropic infer path (y/x columns through all of z) on ``path`` with no network
+    (z-cubic reslicing, f = 2) into an OME-Zarr store; reports time and peak RSS."""
+    import torch
+
+    from selfres import io
+    from selfres.infer import keep_freed_memory
+    from selfres.isotropic import isotropic_shape, isotropic_tile_grid, restore_isotropic
+
+    torch.set_num_threads(2)
+    keep_freed_memory()
+    src = io.open_ome_zarr_array(path)
+    shape = isotropic_shape(src.shape, 2.0)
+    dest = io.create_ome_zarr(out, shape=shape, dtype="float32", voxel_size=(1.0, 1.0, 1.0),
+                              chunks=(min(64, shape[0]), tile[1], tile[2]))
+    t0 = time.perf_counter()
+    restore_isotropic(None, src, factor=2.0, tile=tile[1:], dest=dest, progress=False)
+    return {"shape": list(src.shape), "gib": float(np.prod(src.shape)) * 4 / 2**30,
+            "seconds": time.perf_counter() - t0, "tiles": len(isotropic_tile_grid(src.shape[1:], tile[1:])),
+            "peak_rss_mib": _peak_rss_mib()}
+
+
+def rss(sizes, *, tile, work: Path, mode: str = "enhance") -> list[dict]:
     rows = []
     for gib in sizes:
         path, out = str(work / f"rss-{gib}.ome.zarr"), str(work / f"rss-{gib}-out.ome.zarr")
         me = [sys.executable, __file__]
         subprocess.run(me + ["--_make", path, str(gib), *map(str, tile)], check=True)
-        res = subprocess.run(me + ["--_stream", path, out, *map(str, tile)], check=True,
+        flag = "--_stream" if mode == "enhance" else "--_stream_iso"
+        res = subprocess.run(me + [flag, path, out, *map(str, tile)], check=True,
                              capture_output=True, text=True)
         row = json.loads(res.stdout.strip().splitlines()[-1])
         rows.append(row)
@@ -350,9 +374,14 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--_make", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--_stream", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--_stream_iso", nargs=5, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a._make:
         _make_input(a._make[0], float(a._make[1]), tuple(int(v) for v in a._make[2:]))
+        return 0
+    if a._stream_iso:
+        print(json.dumps(_run_streamed_isotropic(a._stream_iso[0], a._stream_iso[1],
+                                                 tuple(int(v) for v in a._stream_iso[2:]))))
         return 0
     if a._stream:
         print(json.dumps(_run_streamed(a._stream[0], a._stream[1], tuple(int(v) for v in a._stream[2:]))))
@@ -396,6 +425,9 @@ def main(argv=None) -> int:
             print(f"peak RSS of streamed inference, identity network, tile {tuple(a.rss_tile)} ({_load()})",
                   flush=True)
             results["rss"] = rss(a.rss, tile=tuple(a.rss_tile), work=work)
+            print(f"peak RSS of streamed isotropic inference, no network (z-cubic, f = 2), y/x tiles "
+                  f"{tuple(a.rss_tile[1:])} through all of z ({_load()})", flush=True)
+            results["rss_isotropic"] = rss(a.rss, tile=tuple(a.rss_tile), work=work, mode="isotropic")
         if a.isotropic:
             print(f"isotropic, output Mvoxel/s on the isotropic grid ({_load()})", flush=True)
             r = isotropic_throughput(tuple(a.iso_shape), 4.0, tile=(128, 128), repeat=a.repeat, work=work,

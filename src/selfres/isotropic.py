@@ -1118,20 +1118,23 @@ def stage_infer(normalized: str | Path, model: nn.Module, spec: models.ModelSpec
                  stats["seconds"])
         return stats
 
+    runs: list[dict] = []
     if use_interp:
         if step in ("all", "prepare"):
             log.warning("sample %s: the model did not beat z-cubic interpolation on held-out lateral slices; "
                         "restored.ome.zarr holds z-cubic, the model output is kept in restored_model.ome.zarr", sample)
-        write_one(model, Path(output).with_name("restored_model.ome.zarr"), "model")
-        stats = write_one(None, output, "interpolation")
+        runs.append(write_one(model, Path(output).with_name("restored_model.ome.zarr"), "model"))
+        runs.append(write_one(None, output, "interpolation"))
     else:
-        stats = write_one(model, output, "model")
+        runs.append(write_one(model, output, "model"))
         if step in ("all", "gather"):
             from .pipeline import drop_stale_model_output
 
             drop_stale_model_output(output)
     return {"sample": sample, "output_shape": list(shape), "voxel_size_out": list(vs_out),
-            "infer_seconds": stats["seconds"], "step": step}
+            "infer_seconds": sum(float(r["seconds"] or 0.0) for r in runs),
+            "content": "interpolation" if use_interp else "model", "tiles": runs[-1]["tiles"],
+            "computed": sum(int(r["computed"]) for r in runs), "resumed": sum(int(r["resumed"]) for r in runs)}
 
 
 def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: models.ModelSpec, meta: dict) -> dict:

@@ -79,3 +79,35 @@ def test_blocks_2_run_as_separate_jobs_and_equal_one_job(tmp_path):
     if kinds == 2:
         np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(res / "a" / "restored_model.ome.zarr").data),
                                       np.asarray(io.read_ome_zarr(res / "b" / "restored_model.ome.zarr").data))
+
+
+def test_isotropic_blocks_2_run_as_separate_jobs_and_equal_one_job(tmp_path):
+    """The same through the real snakemake CLI for isotropic samples (y/x tiles through all of z)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    tifffile.imwrite(data / "v.tif", tiny_volume((8, 32, 32)), imagej=True, metadata={"axes": "ZYX"})
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "samples.tsv").write_text(
+        "sample\tpath\tmode\tvoxel_size\tinfer.blocks\n"
+        "c\t../data/v.tif\tisotropic\t2,1,1\t\n"
+        "d\t../data/v.tif\tisotropic\t2,1,1\t2\n"
+    )
+    cfg = {"samples": "config/samples.tsv", "results": "results", "train": {"validate_every": 2},
+           "isotropic": {"steps": 2, "width": 4, "depth": 1, "batch_size": 1, "patch_size": 16},
+           "infer": {"tile_size": [4, 16, 16]}}
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = tmp_path / "results"
+    _snakemake(tmp_path, "results/c/model", "results/d/normalized.ome.zarr", "results/d/train_fov.json")
+    shutil.copytree(res / "c" / "model", res / "d" / "model", copy_function=shutil.copyfile)
+    out = _snakemake(tmp_path, "results/c/restored.ome.zarr", "results/d/restored.ome.zarr")
+    assert "rule train:" not in out.stdout + out.stderr
+    markers = [json.loads((res / "d" / "infer" / f"block_{i}.json").read_text()) for i in range(2)]
+    n_tiles = 2 * 2  # 32×32 in y/x tiles of 16×16, each through all of z
+    kinds = 2 if markers[0]["content"] == "interpolation" else 1
+    assert [m["tiles"] for m in markers] == [n_tiles // 2] * 2 and [m["block"] for m in markers] == [0, 1]
+    assert sum(m["computed"] for m in markers) == kinds * n_tiles
+    c = io.read_ome_zarr(res / "c" / "restored.ome.zarr")
+    d = io.read_ome_zarr(res / "d" / "restored.ome.zarr")
+    assert d.data.shape == (16, 32, 32)
+    np.testing.assert_array_equal(np.asarray(c.data), np.asarray(d.data))
+    assert d.attrs["blocks"] == 2 and c.attrs["blocks"] == 1

@@ -156,11 +156,8 @@ def infer_args(wildcards):
     return " ".join(_q(a) for a in ["--sample", s, "--settings", stage_settings(s, "infer")])
 
 
-# Scattered inference (infer.blocks > 1): prepare → one job per block → gather.
-# Isotropic samples always run as one job (their inference is not split yet).
+# Scattered inference (infer.blocks > 1): prepare → one job per block → gather (both modes).
 def infer_blocks(sample):
-    if sample_mode(sample) != "enhance":
-        return 1
     return int(sample_settings(sample)["infer"].get("blocks", 1))
 
 

@@ -424,6 +424,12 @@ def _read_group(source, group, halo):
     return [read_padded(source, *_halo_box(t, halo)) for _, t in group]
 
 
+def io_threads(device: torch.device | str) -> int:
+    """Reader (and writer) threads: 1 on CPU, where the cores compute; up to 4 on CUDA,
+    where decompression and compression must keep up with the GPU."""
+    return 1 if torch.device(device).type == "cpu" else max(1, min(4, (os.cpu_count() or 2) // 4))
+
+
 #: A GPU pass is kept under this many padded input voxels, so that the widest activation
 #: (up to 256 channels) stays below 2³¹ elements (32-bit indexing in some kernels).
 MAX_PASS_VOXELS = 8 * 2**20
@@ -632,7 +638,7 @@ def run_tiles(
         return _read_group(source, members, halo)
 
     if readers is None:
-        readers = 1 if device.type == "cpu" else max(1, min(4, (os.cpu_count() or 2) // 4))
+        readers = io_threads(device)
     depth = max(prefetch, readers) if prefetch > 0 else 0
     pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="selfres-read") if depth > 0 else None
     try:
@@ -776,7 +782,7 @@ def restore_to_store(
     keep_freed_memory()
     done_tiles = done_tiles or set()
     if writers is None:
-        writers = 1 if torch.device(device).type == "cpu" else max(1, min(4, (os.cpu_count() or 2) // 4))
+        writers = io_threads(device)
     n_grid = len(tile_grid(source.shape, tile_size))
     wanted = list(range(n_grid)) if tiles is None else list(tiles)
     n_todo = sum(1 for i in wanted if i not in done_tiles)
@@ -1178,16 +1184,9 @@ def out_shape(shape: Sequence[int], factors: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(n) * int(f) for n, f in zip(shape, factors))
 
 
-def default_device(preference: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
-
-
 __all__ = [
     "CubicUpsampler", "read_padded", "tile_grid", "prepare_model", "run_tiles", "predict_array",
-    "predict_single_pass", "restore_to_store", "Progress", "out_shape", "default_device",
+    "predict_single_pass", "restore_to_store", "Progress", "out_shape",
     "block_tiles", "PartialStore", "SubpixelConv", "SplitPReLU", "split_prelus", "fit_pass_tile",
     "pass_tile_for_budget", "keep_freed_memory", "scattered_store", "BandedCubic", "fuse_for_inference", "pad_channels", "store_layout", "infer_to_store",
 ]

@@ -1057,24 +1057,24 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
     return meta
 
 
-def stage_infer(normalized: str | Path, model: nn.Module, spec: models.ModelSpec, meta: dict, output: str | Path, *,
-                sample: str, settings: InferSettings, device, fingerprint: dict | None = None, step: str = "all",
-                block: int = 0) -> dict:
+def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.Module, meta: dict,
+                output: str | Path, *, sample: str, settings: InferSettings, device, fingerprint: dict | None = None,
+                step: str = "all", block: int = 0) -> dict:
     """Write ``restored.ome.zarr`` on the isotropic grid (raw units).
 
+    ``vol``/``params`` are the normalised input as :func:`selfres.pipeline.read_normalized`
+    gives them and ``source`` its level-0 array (opened once by the caller).
     Resumable and scatterable like enhance (:func:`selfres.infer.scattered_store`): tiles
     are y/x columns spanning all of z (``infer.tile_size`` y, x), each owning whole
     output chunks; ``step``/``block`` split the work over ``settings.blocks`` jobs.
     """
     from .infer import scattered_store
-    from .pipeline import output_dtype, read_normalized
+    from .pipeline import output_dtype
 
-    vol, params = read_normalized(normalized, lazy=True)
     factor = float(meta["factor"])
     iso = meta.get("isotropic", {})
     fusion = iso.get("fusion", "mean")
     batch = int(iso.get("infer_batch", 8))
-    source = io.open_ome_zarr_array(normalized)
     shape = isotropic_shape(source.shape, factor)
     vs_in = vol.voxel_size or (factor, 1.0, 1.0)
     vs_out = (float(vs_in[0]) / factor, float(vs_in[1]), float(vs_in[2]))

@@ -281,10 +281,9 @@ def stage_train(
     check_mode(mode, sample=sample)
     set_threads(threads)
     from . import models
-    from .infer import default_device
     from .train import train_enhance
 
-    dev = default_device(device)
+    dev = models.select_device(device)
     vol, params = read_normalized(normalized)
     data = np.asarray(vol.data)
     fov = TrainingFov.load(fov_json)
@@ -397,9 +396,10 @@ def stage_infer(
     """
     settings = settings or InferSettings()
     set_threads(threads)
-    from .infer import CubicUpsampler, default_device, infer_to_store, prepare_model
+    from . import models
+    from .infer import CubicUpsampler, infer_to_store, prepare_model
 
-    dev = default_device(device)
+    dev = models.select_device(device)
     model, spec, meta = load_trained(model_dir)
     vol, params = read_normalized(normalized, lazy=True)
     source = io.open_ome_zarr_array(normalized)
@@ -412,7 +412,7 @@ def stage_infer(
     if meta.get("mode") == "isotropic":
         from . import isotropic
 
-        return isotropic.stage_infer(normalized, model, spec, meta, output, sample=sample, settings=settings,
+        return isotropic.stage_infer(vol, params, source, model, meta, output, sample=sample, settings=settings,
                                      device=dev, fingerprint=fingerprint, step=step, block=block)
     factors = tuple(meta["factors"])
     use_interp = "model_worse_than_interpolation" in meta.get("flags", []) and (

@@ -118,8 +118,9 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def throughput(arch: str, shape, factors, *, tile, batch, repeat, work: Path, device, amp: bool) -> dict:
-    """Mvoxel/s of the four variants for one architecture."""
+def throughput(arch: str, shape, factors, *, tile, batch, repeat, work: Path, device, amp: bool,
+               back_projection: int = 0) -> dict:
+    """Mvoxel/s of the four variants for one architecture (and end to end with back-projection)."""
     import copy
 
     import torch
@@ -180,6 +181,18 @@ def throughput(arch: str, shape, factors, *, tile, batch, repeat, work: Path, de
                        device=device, amp=amp)
 
     out["end_to_end"] = n_out / 1e6 / _best(end_to_end, repeat)
+    out["back_projection"] = int(back_projection)
+    if back_projection:  # what `selfres infer` runs at that setting: the net wrapped in back-projection
+        from selfres.ensemble import BackProjection
+
+        fast_bp = prepare_model(BackProjection(model, iterations=int(back_projection)), device)
+
+        def end_to_end_bp():
+            infer_to_store(fast_bp, src, work / "e2e-bp.ome.zarr", factors=factors, tile_size=tile, dtype="float32",
+                           voxel_size=(1.0, 0.5, 0.5), fingerprint={"bench": time.time()}, batch_size=batch,
+                           device=device, amp=amp)
+
+        out["end_to_end_bp"] = n_out / 1e6 / _best(end_to_end_bp, repeat)
     out["optimised_over_naive"] = out["optimised"] / out["naive"]
     out["tiled_cost_pct"] = 100.0 * (out["optimised"] / out["tiled"] - 1.0)
     out["end_to_end_cost_pct"] = 100.0 * (out["optimised"] / out["end_to_end"] - 1.0)
@@ -371,6 +384,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--no-amp", action="store_true", help="float32 everywhere (default: infer.amp)")
     p.add_argument("--no-throughput", action="store_true")
+    p.add_argument("--back-projection", type=int, default=None,
+                   help="also end to end with this many back-projection iterations "
+                        "(default: infer.back_projection_iterations, what `selfres infer` runs; 0: skip)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     p.add_argument("--_make", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--_stream", nargs=5, help=argparse.SUPPRESS)
@@ -396,6 +412,10 @@ def main(argv=None) -> int:
         from selfres.settings import InferSettings
 
         a.tile = list(InferSettings().tile_size)
+    if a.back_projection is None:
+        from selfres.settings import InferSettings
+
+        a.back_projection = InferSettings().back_projection_iterations
     device = select_device(a.device)
     amp = not a.no_amp
     results: dict = {"host_cpus": os.cpu_count(), "torch_threads": a.threads, "torch": torch.__version__,
@@ -415,11 +435,13 @@ def main(argv=None) -> int:
             for arch in a.archs:
                 shape = tuple(a.shape)
                 r = throughput(arch, shape, tuple(a.factors), tile=tuple(a.tile), batch=a.batch, repeat=a.repeat,
-                               work=work, device=device, amp=amp)
+                               work=work, device=device, amp=amp, back_projection=a.back_projection)
                 results["throughput"].append(r)
+                bp = (f"   e2e with {r['back_projection']} back-projection: {r['end_to_end_bp']:.2f}"
+                      if r.get("end_to_end_bp") else "")
                 print(f"  {arch:14s} {r['params']:8d} {r['naive']:7.2f} {r['optimised']:7.2f} {r['tiled']:7.2f} "
                       f"{r['end_to_end']:7.2f} {r['optimised_over_naive']:8.2f}x {r['tiled_cost_pct']:9.1f}% "
-                      f"{r['end_to_end_cost_pct']:8.1f}%", flush=True)
+                      f"{r['end_to_end_cost_pct']:8.1f}%{bp}", flush=True)
             print(f"  ({_load()})")
         if a.rss:
             print(f"peak RSS of streamed inference, identity network, tile {tuple(a.rss_tile)} ({_load()})",

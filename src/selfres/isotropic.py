@@ -848,7 +848,7 @@ def train_isotropic(
         with torch.no_grad():
             low = degradation.apply_torch(target, generator=noise_gen)
         pred = model(low)
-        loss = loss_fn(s.loss, pred[:, :, None], target[:, :, None])
+        loss = loss_fn(iso.loss, pred[:, :, None], target[:, :, None], fft_weight=iso.fft_weight)
         if not optimisation_step(model, optimiser, loss):
             flags.append("training_diverged")
             stop_reason = "diverged"

@@ -281,7 +281,7 @@ def stage_train(
     check_mode(mode, sample=sample)
     set_threads(threads)
     from . import models
-    from .train import train_enhance
+    from .train import guard_with_extras, inference_extras, make_degradation, train_enhance
 
     dev = models.select_device(device)
     vol, params = read_normalized(normalized)
@@ -301,16 +301,24 @@ def stage_train(
         data[box_slices(fov.train)], data[box_slices(fov.holdout)], factors=factors, settings=settings.train,
         voxel_size=_voxel_size_of(vol), work_dir=work, device=dev, amp=settings.infer.amp,
     )
+    # the guard judges what inference writes: the network wrapped in the inference extras
+    extras = inference_extras(settings.infer)
+    psnr_out, flags = guard_with_extras(
+        result, data[box_slices(fov.holdout)], factors=factors, extras=extras,
+        degradation=make_degradation(settings.train.degradation, voxel_size=_voxel_size_of(vol)),
+        margin_db=settings.train.guard_margin_db, device=dev, amp=settings.infer.amp)
     meta = {
         "sample": sample,
         "mode": mode,
         "factors": list(factors),
         "voxel_size_in": list(vol.voxel_size) if vol.voxel_size else None,
-        "self_validation": {"psnr_model": result.val_psnr_model, "psnr_interp": result.val_psnr_interp},
+        "self_validation": {"psnr_model": psnr_out, "psnr_interp": result.val_psnr_interp,
+                            "psnr_network": result.val_psnr_model},
+        "inference_extras": extras,
         "best_step": result.best_step,
         "steps_done": result.steps_done,
         "stop_reason": result.stop_reason,
-        "flags": result.flags,
+        "flags": flags,
         "train_seconds": time.monotonic() - t0,
         "settings": to_dict(settings.train),
         "device": str(dev),
@@ -440,13 +448,20 @@ def stage_infer(
         runs.append(stats)
         return stats["seconds"]
 
+    from .train import inference_extras
+
+    guarded = meta.get("inference_extras")
+    if guarded is not None and guarded != inference_extras(settings):
+        log.warning("sample %s: the guard scored the model with %s, but inference runs with %s; retrain (or "
+                    "run the workflow, which does) for a verdict on this output", sample, guarded,
+                    inference_extras(settings))
     model_out = model
     if settings.ensemble or settings.back_projection_iterations:
         from .ensemble import wrap_for_inference
         from .settings import DegradationSettings, from_dict
         from .train import make_degradation
 
-        deg = make_degradation(from_dict(DegradationSettings, meta["settings"]["degradation"]),
+        deg = make_degradation(from_dict(DegradationSettings, trained_degradation(meta)),
                                voxel_size=meta.get("voxel_size_in"))
         model_out = wrap_for_inference(model, ensemble=settings.ensemble, degradation=deg,
                                        back_projection_iterations=settings.back_projection_iterations)
@@ -465,6 +480,19 @@ def stage_infer(
             "resumed": sum(r["resumed"] for r in runs)}
 
 
+def trained_degradation(meta: dict) -> dict:
+    """The degradation settings the model was trained with (``model.json``); the default
+    degradation for a model saved without them (hand-made, or from an older selfres)."""
+    deg = (meta.get("settings") or {}).get("degradation")
+    if deg is None:
+        from .settings import DegradationSettings
+
+        log.info("model.json records no training degradation; back-projection uses the default (%s)",
+                 DegradationSettings().method)
+        return to_dict(DegradationSettings())
+    return deg
+
+
 def drop_stale_model_output(output: str | Path) -> None:
     """Remove ``restored_model.ome.zarr`` (and its partial store) left beside ``output`` by an
     earlier run whose model was flagged: now that ``restored.ome.zarr`` holds the model
@@ -477,22 +505,36 @@ def drop_stale_model_output(output: str | Path) -> None:
 
 
 def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: dict, *, device="cpu") -> dict:
-    """Model vs tricubic on the held-out region, degraded exactly as in training."""
+    """Model vs tricubic on the held-out region, degraded exactly as in training.
+
+    The model is wrapped in the inference extras the guard scored (``meta["inference_extras"]``:
+    self-ensemble, back-projection), so the figures are those of what ``restored.ome.zarr`` holds.
+    """
     from . import metrics
     from .infer import predict_array
     from .settings import DegradationSettings, from_dict
     from .train import holdout_pair, make_degradation
 
     factors = tuple(meta["factors"])
-    deg = make_degradation(from_dict(DegradationSettings, meta["settings"]["degradation"]),
+    deg = make_degradation(from_dict(DegradationSettings, trained_degradation(meta)),
                            voxel_size=meta.get("voxel_size_in"))
     held = np.asarray(normalized_vol.data)[box_slices(fov.holdout)]
     target, low, interp = holdout_pair(held, factors, deg)
-    pred = predict_array(model, low, factors=factors, tile_size=tuple(max(8, min(64, n)) for n in low.shape),
-                         device=device)
+    tile = tuple(max(8, min(64, n)) for n in low.shape)
+    pred = predict_array(model, low, factors=factors, tile_size=tile, device=device)
+    dead = bool(np.std(pred) < 1e-6)  # the network's own output: back-projection would hide a dead net
+    extras = meta.get("inference_extras") or {}
+    wrapped = bool(extras.get("ensemble") or extras.get("back_projection_iterations"))
+    if wrapped:
+        from .ensemble import wrap_for_inference
+
+        model = wrap_for_inference(model, ensemble=bool(extras.get("ensemble")), degradation=deg,
+                                   back_projection_iterations=int(extras.get("back_projection_iterations", 0)))
+        pred = predict_array(model, low, factors=factors, tile_size=tile, device=device)
     data_range = float(max(target.max() - target.min(), 1e-6))
     out = metrics.compare(target, pred, interp, data_range=data_range)
-    out["dead_output"] = bool(np.std(pred) < 1e-6)
+    out["dead_output"] = dead
+    out["inference_extras"] = dict(extras) if wrapped else None
     return out
 
 
@@ -617,6 +659,7 @@ def stage_qc(
         "reference": ref_metrics,
         "flags": list(dict.fromkeys(flags)),
         "restored_content": restored_attrs.get("content", "model"),
+        "inference_extras": sv.get("inference_extras"),
         "best_step": meta.get("best_step"),
         "stop_reason": meta.get("stop_reason"),
     }

@@ -1351,21 +1351,35 @@ def _gain_text(a: Any, b: Any, *, digits: int) -> str:
     return "–" if d is None else f"{d:+.{digits}f}"
 
 
+def _extras_text(extras: Any) -> str:
+    """' with back-projection (1 step)' etc. for the inference extras the guard scored."""
+    if not isinstance(extras, Mapping):
+        return ""
+    parts = []
+    n = extras.get("back_projection_iterations") or 0
+    if extras.get("ensemble"):
+        parts.append("self-ensemble")
+    if n:
+        parts.append(f"back-projection ({n} step{'s' if n != 1 else ''})")
+    return (" with " + " and ".join(parts)) if parts else ""
+
+
 def _verdict(metrics: Mapping[str, Any], status: str) -> str:
     """One-paragraph 'at a glance' summary in plain words."""
     sv = metrics.get("self_validation") or {}
     gain = _diff(sv.get("psnr_model"), sv.get("psnr_interp"))
+    subject = "The network" + _extras_text(metrics.get("inference_extras"))
     bits = []
     if status == "failed":
         bits.append("<b class=\"status-failed\">This sample failed.</b>")
     elif gain is None:
         bits.append("No self-validation figure is available for this sample.")
     elif "model_worse_than_interpolation" in (metrics.get("flags") or []) or gain < 0.005:
-        bits.append(f"<b class=\"status-failed\">The network does not beat tricubic "
+        bits.append(f"<b class=\"status-failed\">{_esc(subject)} does not beat tricubic "
                     f"interpolation</b> on the held-out region ({_esc(f'{gain:+.2f}')} dB "
                     "PSNR).")
     else:
-        bits.append(f"<b class=\"status-ok\">The network beats tricubic interpolation</b> on "
+        bits.append(f"<b class=\"status-ok\">{_esc(subject)} beats tricubic interpolation</b> on "
                     f"the held-out region by {_esc(f'{gain:+.2f}')} dB PSNR.")
     if metrics.get("restored_content") == "interpolation":
         bits.append("<b>restored.ome.zarr holds the tricubic interpolation</b>, not the "

@@ -87,7 +87,7 @@ class TrainSettings:
     depth: int = 2
     residual: Literal["tricubic", "trilinear", "none"] = "tricubic"
     x4_strategy: Literal["direct", "serial"] = "direct"
-    loss: Literal["mse", "l1", "charbonnier", "charbonnier_ssim"] = "l1"
+    loss: Literal["mse", "l1", "l1_fft", "charbonnier", "charbonnier_ssim"] = "l1"
     steps: int = 100
     max_minutes: float = 4.0
     batch_size: int = 4
@@ -130,7 +130,7 @@ class InferSettings:
     batch_size: int = 1
     gpu_memory_fraction: float = 0.5
     ensemble: bool = False
-    back_projection_iterations: int = 0
+    back_projection_iterations: int = 1
     amp: bool = True
     on_worse_than_interpolation: Literal["interpolation", "model"] = "interpolation"
     output_dtype: Literal["float32", "input"] = "float32"
@@ -175,14 +175,16 @@ class QcSettings:
 class IsotropicSettings:
     """``isotropic`` mode (Self-Net): how lateral slices teach the axial ones.
 
-    ``train`` settings (loss, max_minutes, learning rate and schedule,
-    validation, patience, augment, seed) apply to the 2-D restoration net too; these
-    add what is specific to isotropic restoration, including the 2-D net's own
-    step limit, width, depth and (square) patch size (see ``docs/isotropic.md``).
+    ``train`` settings (max_minutes, learning rate and schedule, validation, patience,
+    augment, seed) apply to the 2-D restoration net too; these add what is specific to
+    isotropic restoration, including the 2-D net's own step limit, loss, width, depth and
+    (square) patch size (see ``docs/isotropic.md``).
     """
 
     degradation: Literal["analytic", "learned"] = "analytic"
     steps: int = 1000
+    loss: Literal["mse", "l1", "l1_fft", "charbonnier", "charbonnier_ssim"] = "l1_fft"
+    fft_weight: float = 0.3
     width: int = 32
     depth: int = 4
     patch_size: int = 64
@@ -203,6 +205,8 @@ class IsotropicSettings:
     def validate(self) -> None:
         if self.steps < 1:
             raise ConfigError(f"isotropic.steps must be >= 1, got {self.steps}")
+        if self.fft_weight < 0:
+            raise ConfigError(f"isotropic.fft_weight must be >= 0, got {self.fft_weight}")
         if self.axial_sigma_px is not None and not 0 <= self.axial_sigma_px <= 50:
             raise ConfigError(f"isotropic.axial_sigma_px must be within 0..50 (or null: estimated), "
                               f"got {self.axial_sigma_px}")

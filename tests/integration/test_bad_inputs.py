@@ -217,7 +217,7 @@ def s_unknown_mode_sheet(tmp):
 
 def s_bad_config_value(tmp):
     wd = make_workdir(tmp, config_overrides={"train": {"loss": "l3"}})
-    return wd, r"'l3' is not one of \['mse', 'l1', 'charbonnier', 'charbonnier_ssim'\][\s\S]*\['train'\]\['loss'\]"
+    return wd, r"'l3' is not one of \['mse', 'l1', 'l1_fft', 'charbonnier', 'charbonnier_ssim'\][\s\S]*\['train'\]\['loss'\]"
 
 
 def s_unknown_config_key(tmp):

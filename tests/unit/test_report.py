@@ -338,3 +338,17 @@ def test_stage_summary_flags_and_failed(tmp_path):
     html = (tmp_path / "summary.html").read_text()
     assert 'title="' in html.split(">early_stopped<")[0][-400:]  # flag explained on hover
     assert 'href="b/report.html"' not in html
+
+
+def test_verdict_names_the_inference_extras_the_guard_scored():
+    from selfres import report
+
+    sv = {"psnr_model": 30.0, "psnr_interp": 29.0}
+    plain = report._verdict({"self_validation": sv, "inference_extras": None}, "ok")
+    assert "The network beats tricubic" in plain
+    with_bp = report._verdict({"self_validation": sv, "inference_extras": {
+        "ensemble": False, "back_projection_iterations": 1}}, "ok")
+    assert "The network with back-projection (1 step) beats tricubic" in with_bp
+    both = report._verdict({"self_validation": {"psnr_model": 29.0, "psnr_interp": 29.5}, "inference_extras": {
+        "ensemble": True, "back_projection_iterations": 2}, "flags": ["model_worse_than_interpolation"]}, "ok")
+    assert "with self-ensemble and back-projection (2 steps) does not beat tricubic" in both

@@ -183,3 +183,94 @@ def test_best_checkpoint_must_beat_tricubic_on_both_scales():
         assert min(best) > 0 and min(best) >= max(min(g) for g in gains) - 0.01 - 1e-9  # 0.01 dB hysteresis
     else:
         assert "model_worse_than_interpolation" in r.flags
+
+
+# ------------------------------------------------ the guard judges what inference writes
+def _untrained(train, held):
+    return train_enhance(train, held, factors=(1, 2, 2), settings=TrainSettings(
+        steps=1, **TINY | {"validate_every": 1, "learning_rate": 1e-9}))
+
+
+def test_guard_with_back_projection_scores_the_wrapped_model():
+    """The network alone equals tricubic (flagged); with one back-projection iteration the output
+    the user gets is re-scored on the held-out region, beats tricubic there, and is not flagged."""
+    from selfres.train import guard_with_extras
+
+    train, held = _data()
+    r = _untrained(train, held)
+    assert "model_worse_than_interpolation" in r.flags
+    psnr, flags = guard_with_extras(r, held, factors=(1, 2, 2), degradation=degrade.Degradation(),
+                                    extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2)
+    assert psnr > r.val_psnr_interp + 0.2, (psnr, r.val_psnr_interp)
+    assert "model_worse_than_interpolation" not in flags
+    # no extras: the training verdict and figure stand as they are
+    psnr0, flags0 = guard_with_extras(r, held, factors=(1, 2, 2), degradation=degrade.Degradation(),
+                                      extras={"ensemble": False, "back_projection_iterations": 0}, margin_db=0.2)
+    assert psnr0 == r.val_psnr_model and flags0 == r.flags
+
+
+def test_guard_with_back_projection_flags_a_wrapped_model_that_does_not_beat_tricubic():
+    """A dead network (all zeros) wrapped in one back-projection gives exactly tricubic of the
+    input: no gain, so the guard flags it although training had not."""
+    from dataclasses import replace
+
+    from selfres.train import guard_with_extras
+
+    train, held = _data()
+    r = _untrained(train, held)
+
+    class Zero(torch.nn.Module):
+        factors, halo = (1, 2, 2), (0, 0, 0)
+
+        def forward(self, x):
+            return torch.zeros(*x.shape[:2], *(n * f for n, f in zip(x.shape[2:], self.factors)))
+
+    dead = replace(r, model=Zero(), flags=[], val_psnr_model=r.val_psnr_interp + 5)
+    psnr, flags = guard_with_extras(dead, held, factors=(1, 2, 2), degradation=degrade.Degradation(),
+                                    extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2)
+    assert psnr == pytest.approx(r.val_psnr_interp, abs=0.05)
+    assert "model_worse_than_interpolation" in flags
+
+
+def test_l1_fft_loss_charges_missing_spectral_energy_not_phase():
+    """The Fourier-amplitude term is blind to a (circular) shift, which only changes phases,
+    and charges a blurred prediction, whose fine-detail energy is missing."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 1, 1, 32, 32, generator=g)
+    assert loss_fn("l1_fft", target, target).item() == 0.0
+    shifted = torch.roll(target, shifts=(3, 5), dims=(3, 4))
+    assert loss_fn("l1_fft", shifted, target).item() == pytest.approx(loss_fn("l1", shifted, target).item(), rel=1e-5)
+    k = torch.ones(1, 1, 1, 3, 3) / 9
+    blurred = torch.nn.functional.conv3d(target, k, padding=(0, 1, 1))
+    extra = loss_fn("l1_fft", blurred, target).item() - loss_fn("l1", blurred, target).item()
+    assert extra > 0.05 * loss_fn("l1", blurred, target).item()
+    assert loss_fn("l1_fft", blurred, target, fft_weight=0.0).item() == pytest.approx(
+        loss_fn("l1", blurred, target).item())
+
+
+def test_qc_self_validation_scores_the_wrapped_model_and_still_sees_a_dead_network():
+    """QC re-scores what restored.ome.zarr holds (network + back-projection), and a dead
+    network stays visible although back-projection alone would turn its zeros into tricubic."""
+    from types import SimpleNamespace
+
+    from selfres import pipeline
+    from selfres.settings import DegradationSettings, to_dict
+
+    train, held = _data()
+    vol = SimpleNamespace(data=np.concatenate([train, held], axis=1))
+    fov = SimpleNamespace(holdout=((0, 8), (36, 48), (0, 48)))
+    meta = {"factors": [1, 2, 2], "settings": {"degradation": to_dict(DegradationSettings())}, "voxel_size_in": None}
+
+    class Zero(torch.nn.Module):
+        factors, halo = (1, 2, 2), (0, 0, 0)
+
+        def forward(self, x):
+            return torch.zeros(*x.shape[:2], *(n * f for n, f in zip(x.shape[2:], self.factors)))
+
+    plain = pipeline.self_validation(vol, fov, Zero(), meta)
+    assert plain["dead_output"] and plain["inference_extras"] is None
+    bp = pipeline.self_validation(vol, fov, Zero(), meta | {"inference_extras": {
+        "ensemble": False, "back_projection_iterations": 1}})
+    assert bp["dead_output"], "a dead network must be flagged even when back-projection hides it"
+    assert bp["psnr_model"] == pytest.approx(bp["psnr_interp"], abs=0.05)  # zeros + one BP step = tricubic
+    assert bp["inference_extras"] == {"ensemble": False, "back_projection_iterations": 1}

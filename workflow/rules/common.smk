@@ -120,6 +120,8 @@ def stage_settings(sample, stage):
         out["infer"] = {"ngff_version": s["infer"]["ngff_version"]}
     if stage == "train":
         out["infer"] = {"amp": s["infer"]["amp"]}
+        if sample_mode(sample) == "enhance":  # the guard scores the model with these inference extras
+            out["infer"] |= {k: s["infer"][k] for k in ("ensemble", "back_projection_iterations")}
     return json.dumps(out, sort_keys=True)
 
 

@@ -755,8 +755,8 @@ def train_isotropic(
     stop_after_steps
         Stop (as if killed) after this many restorer steps — for resumption tests.
     """
-    from .train import (learning_rate, load_checkpoint, loss_fn, optimisation_step, resume_from_checkpoint,
-                        save_checkpoint)
+    from .train import (Selection, learning_rate, load_checkpoint, loss_fn, optimisation_step,
+                        resume_from_checkpoint, save_checkpoint)
 
     iso = settings.isotropic
     # the 2-D net has its own step limit (isotropic.steps); the rest of the loop is train's
@@ -823,19 +823,19 @@ def train_isotropic(
     body = [p for n, p in model.named_parameters() if not n.startswith("tail.")]
     optimiser = torch.optim.Adam([{"params": body, "scale": 1.0}, {"params": tail, "scale": TAIL_LR_SCALE}],
                                  lr=s.learning_rate)
-    step, rows, bad, elapsed_before = 0, [], 0, 0.0
-    best = {"psnr": validate(), "step": 0, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+    step, elapsed_before = 0, 0.0
+    start_psnr = validate()
+    sel = Selection.start(model, psnr=start_psnr, score=start_psnr, patience=s.patience)
     state = resume_from_checkpoint(ckpt_path, key=key, model=model, optimiser=optimiser, generator=gen,
                                    noise_generator=noise_gen)
     if state is not None:
-        step, rows = int(state["step"]), json.loads(state["rows"])
-        best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"]}
-        bad, elapsed_before = int(state["bad_validations"]), float(state["elapsed"])
-        log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, best["psnr"], best["step"])
+        step, elapsed_before = int(state["step"]), float(state["elapsed"])
+        sel.load_state_dict(state)
+        log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, sel.best_psnr, sel.best_step)
     log.info("isotropic training: f %.3f, degradation %s (σ %.2f px, noise top-up %.4f, %s), %d parameters, "
              "patch %s, %.0f%% of placements above the Otsu threshold %.3f; held-out input %.2f dB, start %.2f dB",
              factor, iso.degradation, deg.sigma_px, deg.noise_sigma, deg_info["sigma_source"],
-             models.count_parameters(model), patch, 100 * sampler.fraction_kept, threshold, val_interp, best["psnr"])
+             models.count_parameters(model), patch, 100 * sampler.fraction_kept, threshold, val_interp, sel.best_psnr)
     t0 = time.monotonic() - elapsed_before
     stop_reason, flags = "steps", []
     running, n_running = 0.0, 0
@@ -856,28 +856,22 @@ def train_isotropic(
         step += 1
         running += float(loss.item())
         n_running += 1
-        if step % s.validate_every == 0 or step == s.steps:
+        over_budget = time.monotonic() - t0 > s.max_minutes * 60  # checked every step, as in enhance
+        if step % s.validate_every == 0 or step == s.steps or over_budget:
             val = validate()
             el = time.monotonic() - t0
-            rows.append({"step": step, "loss": running / n_running, "val_psnr_model": val,
-                         "val_psnr_interp": val_interp,
-                         "lr": lr, "seconds": round(el, 2)})
+            sel.observe(model, step=step, psnr=val, score=val, row={
+                "step": step, "loss": running / n_running, "val_psnr_model": val, "val_psnr_interp": val_interp,
+                "lr": lr, "seconds": round(el, 2)})
             running, n_running = 0.0, 0
-            if val > best["psnr"] + 0.01:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best = {"psnr": val, "step": step, "state": state}
-                bad = 0
-            else:
-                bad += 1
             log.info("step %d/%d loss %.5f held-out %.2f dB (input %.2f, best %.2f @ %d) lr %.2e %.0fs", step, s.steps,
-                     rows[-1]["loss"], val, val_interp, best["psnr"], best["step"], lr, el)
+                     sel.rows[-1]["loss"], val, val_interp, sel.best_psnr, sel.best_step, lr, el)
             if ckpt_path is not None:
                 save_checkpoint(ckpt_path, {
                     "key": key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                     "generator": gen.get_state(), "noise_generator": noise_gen.get_state(), "step": step,
-                    "rows": json.dumps(rows), "best_psnr": best["psnr"], "best_step": best["step"],
-                    "best_state": best["state"], "bad_validations": bad, "elapsed": el})
-            if bad >= s.patience:
+                    "elapsed": el, **sel.state_dict()})
+            if sel.exhausted:
                 stop_reason = "early_stop"
                 flags.append("early_stopped")
                 break
@@ -887,15 +881,15 @@ def train_isotropic(
         if stop_after_steps is not None and step >= stop_after_steps:
             stop_reason = "interrupted"
             break
-    model.load_state_dict(best["state"])
+    model.load_state_dict(sel.best_state)
     model.eval()
     preds = [predict_slices(model, low, device=device, batch=iso.infer_batch) for _, low in pairs]
     validation = compare_stacks(pairs, preds, data_range)
     if not validation["psnr_model"] > validation["psnr_interp"]:
         flags.append("model_worse_than_interpolation")
     return IsoTrainResult(
-        model=model, spec=spec, best_step=best["step"], steps_done=step, seconds=time.monotonic() - t0,
-        stop_reason=stop_reason, validation=validation, degradation=deg_info, flags=flags, log_rows=rows,
+        model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=time.monotonic() - t0,
+        stop_reason=stop_reason, validation=validation, degradation=deg_info, flags=flags, log_rows=sel.rows,
         degrader=degrader, degrader_log=degrader_log,
     )
 

@@ -333,6 +333,68 @@ def resume_from_checkpoint(path: Path | None, *, key: str, model: torch.nn.Modul
     return state
 
 
+MIN_GAIN_DB = 0.01
+"""A validation counts as an improvement when its score beats the best by more than this."""
+
+
+def _state_copy(model: torch.nn.Module) -> dict:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass
+class Selection:
+    """Checkpoint selection by a validation score, early stop, and their part of the
+    resumable checkpoint — the bookkeeping shared by the enhance and isotropic loops.
+
+    ``score`` decides (enhance: the smaller of the held-out and coarse-scale gains;
+    isotropic: the held-out PSNR); ``psnr`` is the held-out PSNR reported with it.
+    """
+
+    patience: int
+    best_psnr: float
+    best_score: float
+    best_state: dict
+    best_step: int = 0
+    bad_validations: int = 0
+    rows: list = field(default_factory=list)
+
+    @classmethod
+    def start(cls, model: torch.nn.Module, *, psnr: float, score: float, patience: int) -> "Selection":
+        """The untrained model (step 0) is the first candidate."""
+        return cls(patience=int(patience), best_psnr=float(psnr), best_score=float(score),
+                   best_state=_state_copy(model))
+
+    def observe(self, model: torch.nn.Module, *, step: int, psnr: float, score: float, row: dict) -> bool:
+        """Record a validation (``row`` for the training log); keep the model when it improved."""
+        self.rows.append(row)
+        if score > self.best_score + MIN_GAIN_DB:
+            self.best_psnr, self.best_score, self.best_step = float(psnr), float(score), int(step)
+            self.best_state = _state_copy(model)
+            self.bad_validations = 0
+            return True
+        self.bad_validations += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        """``patience`` validations in a row without improvement."""
+        return self.bad_validations >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"rows": json.dumps(self.rows), "best_psnr": self.best_psnr, "best_step": self.best_step,
+                "best_score": self.best_score, "best_state": self.best_state,
+                "bad_validations": self.bad_validations}
+
+    def load_state_dict(self, state: dict, *, score_of_psnr=lambda psnr: psnr) -> None:
+        """Restore from a checkpoint (one written before ``best_score`` existed scores its
+        best PSNR with ``score_of_psnr``)."""
+        self.rows = json.loads(state["rows"])
+        self.best_psnr, self.best_step = float(state["best_psnr"]), int(state["best_step"])
+        self.best_score = float(state.get("best_score", score_of_psnr(self.best_psnr)))
+        self.best_state = state["best_state"]
+        self.bad_validations = int(state["bad_validations"])
+
+
 def train_enhance(
     train_volume: np.ndarray,
     holdout_volume: np.ndarray,
@@ -420,25 +482,20 @@ def train_enhance(
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     key = _settings_hash(settings, factors, train_volume.shape)
     step = 0
-    rows: list[dict] = []
-    best = {"psnr": validate(), "step": 0, "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-    best["score"] = last["score"]
+    start_psnr = validate()
+    sel = Selection.start(model, psnr=start_psnr, score=last["score"], patience=settings.patience)
     elapsed_before = 0.0
-    bad_validations = 0
     state = resume_from_checkpoint(ckpt_path, key=key, model=model, optimiser=optimiser, generator=gen,
                                    noise_generator=noise_gen)
     if state is not None:
         step = int(state["step"])
-        rows = json.loads(state["rows"])
-        best = {"psnr": float(state["best_psnr"]), "step": int(state["best_step"]), "state": state["best_state"],
-                "score": float(state.get("best_score", float(state["best_psnr"]) - val_interp))}
-        bad_validations = int(state["bad_validations"])
+        sel.load_state_dict(state, score_of_psnr=lambda psnr: psnr - val_interp)
         elapsed_before = float(state["elapsed"])
-        log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, best["psnr"], best["step"])
+        log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, sel.best_psnr, sel.best_step)
     log.info(
         "training %s (%d parameters) on FOV %s, patch %s, factors %s; held-out %s: tricubic %.2f dB, start %.2f dB",
         spec.arch, models.count_parameters(model), tuple(train_volume.shape), patch, factors,
-        tuple(target_h.shape), val_interp, best["psnr"],
+        tuple(target_h.shape), val_interp, sel.best_psnr,
     )
     t0 = time.monotonic() - elapsed_before
     stop_reason = "steps"
@@ -468,33 +525,26 @@ def train_enhance(
         if step % settings.validate_every == 0 or step == settings.steps or over_budget:
             val = validate()
             el = time.monotonic() - t0
-            rows.append({
+            sel.observe(model, step=step, psnr=val, score=last["score"], row={
                 "step": step, "loss": running / n_running, "val_psnr_model": val,
                 "val_coarse_gain": last["coarse_gain"],
                 "val_psnr_interp": val_interp, "lr": lr, "seconds": round(el, 2),
             })
             running, n_running = 0.0, 0
-            if last["score"] > best["score"] + 0.01:
-                best = {"psnr": val, "step": step, "score": last["score"],
-                        "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                bad_validations = 0
-            else:
-                bad_validations += 1
             rate = step / max(el, 1e-9)
             eta = (settings.steps - step) / rate if rate > 0 else float("nan")
             log.info(
                 "step %d/%d loss %.5f held-out %.2f dB (tricubic %.2f, best %.2f @ %d) lr %.2e elapsed %.0fs ETA %.0fs",
-                step, settings.steps, rows[-1]["loss"], val, val_interp, best["psnr"], best["step"], lr, el,
+                step, settings.steps, sel.rows[-1]["loss"], val, val_interp, sel.best_psnr, sel.best_step, lr, el,
                 min(eta, settings.max_minutes * 60 - el),
             )
             if ckpt_path is not None:
                 save_checkpoint(ckpt_path, {
                     "key": key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                     "generator": gen.get_state(), "noise_generator": noise_gen.get_state(), "step": step,
-                    "rows": json.dumps(rows), "best_psnr": best["psnr"], "best_step": best["step"], "best_score": best["score"],
-                    "best_state": best["state"], "bad_validations": bad_validations, "elapsed": el,
+                    "elapsed": el, **sel.state_dict(),
                 })
-            if bad_validations >= settings.patience:
+            if sel.exhausted:
                 stop_reason = "early_stop"
                 flags.append("early_stopped")
                 log.info("no held-out improvement in %d validations: early stop", settings.patience)
@@ -506,16 +556,16 @@ def train_enhance(
         if stop_after_steps is not None and step >= stop_after_steps:
             stop_reason = "interrupted"
             break
-    model.load_state_dict(best["state"])
+    model.load_state_dict(sel.best_state)
     model.eval()
     seconds = time.monotonic() - t0
-    if best["step"] == 0 or best["psnr"] <= val_interp + settings.guard_margin_db or best["score"] <= 0:
+    if sel.best_step == 0 or sel.best_psnr <= val_interp + settings.guard_margin_db or sel.best_score <= 0:
         # a small held-out gain does not carry over to the finer scale reliably: demand a margin
         flags.append("model_worse_than_interpolation")
     return TrainResult(
-        model=model, spec=spec, best_step=best["step"], steps_done=step, seconds=seconds,
-        stop_reason=stop_reason, val_psnr_model=best["psnr"], val_psnr_interp=val_interp,
-        flags=flags, log_rows=rows,
+        model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=seconds,
+        stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
+        flags=flags, log_rows=sel.rows,
     )
 
 

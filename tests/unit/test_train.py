@@ -274,3 +274,26 @@ def test_qc_self_validation_scores_the_wrapped_model_and_still_sees_a_dead_netwo
     assert bp["dead_output"], "a dead network must be flagged even when back-projection hides it"
     assert bp["psnr_model"] == pytest.approx(bp["psnr_interp"], abs=0.05)  # zeros + one BP step = tricubic
     assert bp["inference_extras"] == {"ensemble": False, "back_projection_iterations": 1}
+
+
+def test_selection_keeps_the_best_stops_after_patience_and_round_trips():
+    from selfres.train import Selection
+
+    net = torch.nn.Linear(2, 1)
+    sel = Selection.start(net, psnr=30.0, score=0.0, patience=2)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    assert sel.observe(net, step=5, psnr=31.0, score=0.5, row={"step": 5})
+    with torch.no_grad():
+        net.weight.fill_(2.0)
+    assert not sel.observe(net, step=10, psnr=31.0, score=0.505, row={"step": 10})  # within MIN_GAIN_DB
+    assert not sel.exhausted
+    assert not sel.observe(net, step=15, psnr=29.0, score=-1.0, row={"step": 15})
+    assert sel.exhausted and sel.best_step == 5 and sel.best_psnr == 31.0
+    assert torch.all(sel.best_state["weight"] == 1.0)  # a copy taken at step 5, not the live weights
+    again = Selection.start(net, psnr=0.0, score=0.0, patience=2)
+    again.load_state_dict(sel.state_dict())
+    assert (again.best_step, again.best_score, again.bad_validations, again.rows) == (5, 0.5, 2, sel.rows)
+    old = {k: v for k, v in sel.state_dict().items() if k != "best_score"}  # a checkpoint from before best_score
+    again.load_state_dict(old, score_of_psnr=lambda p: p - 30.0)
+    assert again.best_score == 1.0

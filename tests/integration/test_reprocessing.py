@@ -83,6 +83,9 @@ CASES = [
     ("config train value", lambda wd: _edit_config(wd, train={"learning_rate": 0.000123}), _from("train", "a", "b")),
     ("sheet train column of one sample", lambda wd: _edit_sheet(wd, "a", "train.steps", "3"), _from("train", "a")),
     ("config infer value", lambda wd: _edit_config(wd, infer={"tile_size": [8, 16, 16]}), _from("infer", "a", "b")),
+    # the guard scores the model with the inference extras, so they re-run training's guard too
+    ("config back-projection (guarded at training)",
+     lambda wd: _edit_config(wd, infer={"back_projection_iterations": 2}), _from("train", "a", "b")),
     ("config qc value", lambda wd: _edit_config(wd, qc={"max_resolution_slices": 3}), _from("qc", "a", "b")),
     ("sheet qc column of one sample", lambda wd: _edit_sheet(wd, "b", "qc.beads", "true"), _from("qc", "b")),
     ("config fov value", lambda wd: _edit_config(wd, fov={"holdout_fraction": 0.33}), _from("crop", "a", "b")),

@@ -236,19 +236,15 @@ def _apply_along(x: Any, axis: int, key: tuple) -> Any:
         dtype = x.dtype if x.is_floating_point() else torch.float32
         m = _torch_matrix(key, str(x.device), dtype)
         xc = x.to(dtype).contiguous()
-        if suffix == 1:  # last axis: one (prefix × n) @ (n × n_out) GEMM, not prefix matrix-vector products
-            y = xc.reshape(prefix, shape[a]) @ m.T
-        else:
-            y = m @ xc.reshape(prefix, shape[a], suffix)
     else:
         kind, args = key[0], key[1:]
         m = _resize_matrix_cached(*args) if kind == "resize" else _gaussian_block_matrix(*args)
         m = m.astype(np.float32)
         xc = np.ascontiguousarray(x)
-        if suffix == 1:
-            y = xc.reshape(prefix, shape[a]) @ m.T
-        else:
-            y = m @ xc.reshape(prefix, shape[a], suffix)
+    if suffix == 1:  # last axis: one (prefix × n) @ (n × n_out) GEMM, not prefix matrix-vector products
+        y = xc.reshape(prefix, shape[a]) @ m.T
+    else:
+        y = m @ xc.reshape(prefix, shape[a], suffix)
     return y.reshape(shape[:a] + (m.shape[0],) + shape[a + 1:])
 
 

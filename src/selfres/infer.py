@@ -291,23 +291,35 @@ def split_prelus(model: nn.Module) -> nn.Module:
     return model
 
 
-def prepare_model(model: nn.Module, device: torch.device, *, fuse: bool = True) -> nn.Module:
-    """Eval mode on ``device``; channels_last_3d memory format (faster 3-D convs on CPU).
+def prepare_model(model: nn.Module, device: torch.device | str, *, fuse: bool = True,
+                  channels_last_2d: bool = False) -> nn.Module:
+    """A copy of ``model`` ready for inference on ``device``; the model passed in is never
+    modified (it may still be training).
 
-    With ``fuse`` (default), nearest-upsample + conv pairs are computed at low
-    resolution (:func:`fuse_for_inference`; same output, less memory traffic). The
-    model passed in is not modified when fused (a copy is).
+    Eval mode; on CPU every PReLU computed as two clamps (:class:`SplitPReLU`); 3-D nets
+    in channels_last_3d memory format (faster 3-D convs). With ``fuse`` (default),
+    nearest-upsample + conv pairs are computed at low resolution (:func:`fuse_for_inference`;
+    same output, less memory traffic). ``channels_last_2d``: 2-D nets in channels_last
+    format (~2x faster 2-D convs with oneDNN on CPU, measured for the isotropic
+    restorer; not measured faster on CUDA).
     """
-    if fuse:
-        model = fuse_for_inference(model)
-        if torch.device(device).type == "cpu":  # on the copy only
-            split_prelus(model)
-    model = model.to(device).eval()
-    try:
-        model = model.to(memory_format=torch.channels_last_3d)
-    except (RuntimeError, TypeError):  # pragma: no cover - layers without 5-D weights
-        pass
-    return model
+    import copy
+
+    device = torch.device(device)
+    prepared = fuse_for_inference(model) if fuse else model
+    if prepared is model:
+        prepared = copy.deepcopy(model)
+    if device.type == "cpu":
+        split_prelus(prepared)
+    prepared = prepared.to(device).eval()
+    if any(isinstance(m, nn.Conv3d) for m in prepared.modules()):
+        try:
+            prepared = prepared.to(memory_format=torch.channels_last_3d)
+        except (RuntimeError, TypeError):  # pragma: no cover - 4-D weights beside the 3-D ones
+            pass
+    elif channels_last_2d:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    return prepared
 
 
 @functools.lru_cache(maxsize=1)

@@ -956,14 +956,10 @@ def restore_isotropic(
     out = dest if dest is not None else np.empty(out_shape, dtype=np.float32)
     halo = int(getattr(model, "halo", (0, 0))[-1]) if model is not None else 0
     ty, tx = (max(1, int(t)) for t in tile)
-    if model is not None:  # a copy: the caller's model (maybe still training) is left as it is
-        import copy
+    if model is not None:  # a prepared copy: the caller's model (maybe still training) is left as it is
+        from .infer import prepare_model
 
-        model = copy.deepcopy(model).to(device).eval()
-        if device.type == "cpu":  # channels_last: ~2x faster 2-D convs with oneDNN (measured); not measured faster on CUDA
-            from .infer import split_prelus
-
-            model = split_prelus(model.to(memory_format=torch.channels_last))
+        model = prepare_model(model, device, channels_last_2d=device.type == "cpu")
     grid = isotropic_tile_grid((ny, nx), (ty, tx))
     todo = list(range(len(grid))) if tiles is None else list(tiles)
     t_last = time.monotonic()

@@ -450,21 +450,20 @@ def stage_infer(
 
     from .train import inference_extras
 
+    extras = inference_extras(settings)
     guarded = meta.get("inference_extras")
-    if guarded is not None and guarded != inference_extras(settings):
+    if guarded is not None and guarded != extras:
         log.warning("sample %s: the guard scored the model with %s, but inference runs with %s; retrain (or "
-                    "run the workflow, which does) for a verdict on this output", sample, guarded,
-                    inference_extras(settings))
+                    "run the workflow, which does) for a verdict on this output", sample, guarded, extras)
     model_out = model
-    if settings.ensemble or settings.back_projection_iterations:
+    if any(extras.values()):
         from .ensemble import wrap_for_inference
         from .settings import DegradationSettings, from_dict
         from .train import make_degradation
 
         deg = make_degradation(from_dict(DegradationSettings, trained_degradation(meta)),
                                voxel_size=meta.get("voxel_size_in"))
-        model_out = wrap_for_inference(model, ensemble=settings.ensemble, degradation=deg,
-                                       back_projection_iterations=settings.back_projection_iterations)
+        model_out = wrap_for_inference(model, degradation=deg, **extras)
     if use_interp:
         log.warning("sample %s: the model did not beat tricubic on the held-out region; restored.ome.zarr holds "
                     "tricubic interpolation, the model output is kept in restored_model.ome.zarr", sample)
@@ -520,21 +519,19 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
                            voxel_size=meta.get("voxel_size_in"))
     held = np.asarray(normalized_vol.data)[box_slices(fov.holdout)]
     target, low, interp = holdout_pair(held, factors, deg)
+    from .ensemble import wrap_for_inference
+
     tile = tuple(max(8, min(64, n)) for n in low.shape)
     pred = predict_array(model, low, factors=factors, tile_size=tile, device=device)
     dead = bool(np.std(pred) < 1e-6)  # the network's own output: back-projection would hide a dead net
     extras = meta.get("inference_extras") or {}
-    wrapped = bool(extras.get("ensemble") or extras.get("back_projection_iterations"))
-    if wrapped:
-        from .ensemble import wrap_for_inference
-
-        model = wrap_for_inference(model, ensemble=bool(extras.get("ensemble")), degradation=deg,
-                                   back_projection_iterations=int(extras.get("back_projection_iterations", 0)))
-        pred = predict_array(model, low, factors=factors, tile_size=tile, device=device)
+    wrapped = wrap_for_inference(model, degradation=deg, **extras)
+    if wrapped is not model:
+        pred = predict_array(wrapped, low, factors=factors, tile_size=tile, device=device)
     data_range = float(max(target.max() - target.min(), 1e-6))
     out = metrics.compare(target, pred, interp, data_range=data_range)
     out["dead_output"] = dead
-    out["inference_extras"] = dict(extras) if wrapped else None
+    out["inference_extras"] = dict(extras) if wrapped is not model else None
     return out
 
 

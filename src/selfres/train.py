@@ -570,9 +570,10 @@ def train_enhance(
 
 
 def inference_extras(infer_settings) -> dict:
-    """The inference extras that change what the user gets: ``ensemble``, ``back_projection_iterations``."""
-    return {"ensemble": bool(getattr(infer_settings, "ensemble", False)),
-            "back_projection_iterations": int(getattr(infer_settings, "back_projection_iterations", 0))}
+    """The inference extras that change what the user gets, as keyword arguments of
+    :func:`selfres.ensemble.wrap_for_inference`: ``ensemble``, ``back_projection_iterations``."""
+    return {"ensemble": bool(infer_settings.ensemble),
+            "back_projection_iterations": int(infer_settings.back_projection_iterations)}
 
 
 def guard_with_extras(
@@ -600,16 +601,15 @@ def guard_with_extras(
     (float, list of str)
         The held-out PSNR of the wrapped model and the flags.
     """
-    flags = list(result.flags)
-    if not extras.get("ensemble") and not extras.get("back_projection_iterations"):
-        return result.val_psnr_model, flags
     from .ensemble import wrap_for_inference
 
+    flags = list(result.flags)
+    wrapped = wrap_for_inference(result.model, degradation=degradation, **extras)
+    if wrapped is result.model:  # no extras: the network is what inference writes
+        return result.val_psnr_model, flags
     factors = tuple(int(f) for f in factors)
     target, low, _ = holdout_pair(holdout_volume, factors, degradation)
     data_range = float(max(target.max() - target.min(), 1e-6))
-    wrapped = wrap_for_inference(result.model, ensemble=bool(extras.get("ensemble")), degradation=degradation,
-                                 back_projection_iterations=int(extras.get("back_projection_iterations", 0)))
     pred = predict_array(wrapped, low, factors=factors, tile_size=tuple(max(8, min(64, n)) for n in low.shape),
                          device=device, amp=amp)
     psnr = psnr01(target, pred, data_range)

@@ -209,7 +209,7 @@ def bench_beads(*, settings, keep: Path | None, n_beads: int = 500, seed: int = 
     with tempfile.TemporaryDirectory(prefix="selfres-beads-") as tmp:
         work = Path(keep) / "beads_x4" if keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        r = run_pipeline(low, work, factors=factors, settings=settings, name="beads")
+        r = run_pipeline(low, work, factors=factors, settings=settings, name="beads", voxel_size=(1.0, 1.0, 1.0))
     interp = interpolations(low, factors)
     pos = metrics.detect_beads(hr.astype(np.float64), min_distance=(8, 4, 4))
 

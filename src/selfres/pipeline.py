@@ -281,7 +281,7 @@ def stage_train(
     check_mode(mode, sample=sample)
     set_threads(threads)
     from . import models
-    from .train import guard_with_extras, inference_extras, make_degradation, train_enhance
+    from .train import guard_with_extras, inference_extras, make_degradation, psf_target_blur_px, train_enhance
 
     dev = models.select_device(device)
     vol, params = read_normalized(normalized)
@@ -296,6 +296,7 @@ def stage_train(
     model_dir = Path(model_dir)
     work = model_dir.with_name(model_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
+    target_blur = psf_target_blur_px(settings.train.psf_sigma_um, factors, _voxel_size_of(vol), path=str(normalized))
     t0 = time.monotonic()
     result = train_enhance(
         data[box_slices(fov.train)], data[box_slices(fov.holdout)], factors=factors, settings=settings.train,
@@ -306,7 +307,8 @@ def stage_train(
     psnr_out, flags = guard_with_extras(
         result, data[box_slices(fov.holdout)], factors=factors, extras=extras,
         degradation=make_degradation(settings.train.degradation, voxel_size=_voxel_size_of(vol)),
-        margin_db=settings.train.guard_margin_db, device=dev, amp=settings.infer.amp)
+        margin_db=settings.train.guard_margin_db, device=dev, amp=settings.infer.amp,
+        target_blur_px=target_blur)
     meta = {
         "sample": sample,
         "mode": mode,
@@ -512,12 +514,14 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     from . import metrics
     from .infer import predict_array
     from .settings import DegradationSettings, from_dict
-    from .train import holdout_pair, make_degradation
+    from .train import holdout_pair, make_degradation, psf_scaled_targets, psf_target_blur_px
 
     factors = tuple(meta["factors"])
     deg = make_degradation(from_dict(DegradationSettings, trained_degradation(meta)),
                            voxel_size=meta.get("voxel_size_in"))
     held = np.asarray(normalized_vol.data)[box_slices(fov.holdout)]
+    psf_sigma_um = (meta.get("settings") or {}).get("psf_sigma_um")  # PSF-scaled targets: score what was learned
+    held = psf_scaled_targets(held, psf_target_blur_px(psf_sigma_um, factors, meta.get("voxel_size_in")))
     target, low, interp = holdout_pair(held, factors, deg)
     from .ensemble import wrap_for_inference
 

@@ -103,8 +103,16 @@ class TrainSettings:
     augment: bool = True
     seed: int = 0
     degradation: DegradationSettings = field(default_factory=DegradationSettings)
+    psf_sigma_um: tuple[float, float, float] | None = None
+    """The acquisition's PSF as a Gaussian σ (z, y, x, µm). When given, training targets are
+    blurred so that their blur-to-voxel ratio is that of the output grid (PSF-scaled targets,
+    :func:`selfres.train.psf_scaled_targets`); for PSF-limited, point-like samples."""
 
     def validate(self) -> None:
+        if self.psf_sigma_um is not None and (
+            len(self.psf_sigma_um) != 3 or any(not (v >= 0) for v in self.psf_sigma_um)
+        ):
+            raise ConfigError(f"train.psf_sigma_um must be three sigmas z,y,x >= 0 in µm, got {self.psf_sigma_um}")
         if self.steps < 1:
             raise ConfigError(f"train.steps must be >= 1, got {self.steps}")
         if self.batch_size < 1:

@@ -297,3 +297,93 @@ def test_selection_keeps_the_best_stops_after_patience_and_round_trips():
     old = {k: v for k, v in sel.state_dict().items() if k != "best_score"}  # a checkpoint from before best_score
     again.load_state_dict(old, score_of_psnr=lambda p: p - 30.0)
     assert again.best_score == 1.0
+
+
+def test_psf_scaled_targets_have_the_output_grids_blur_to_voxel_ratio():
+    """A point seen through a PSF of σ s voxels looks σ f·s voxels wide on the f× finer grid;
+    PSF-scaled targets give the acquisition that width (per axis; factor-1 axes untouched)."""
+    from selfres.errors import InputError
+    from selfres.train import psf_scaled_targets, psf_target_blur_px
+
+    s, v = 1.5, 0.2  # PSF σ in voxels of the acquisition, voxel size µm
+    blur = psf_target_blur_px((0.3, s * v, s * v), (1, 2, 4), (1.0, v, v))
+    assert blur == pytest.approx((0.0, s * np.sqrt(3), s * np.sqrt(15)))
+    vol = np.zeros((9, 97, 97), np.float32)
+    vol[4, 48, 48] = 1
+    from scipy import ndimage
+
+    vol = ndimage.gaussian_filter(vol, (1.0, s, s))
+    out = psf_scaled_targets(vol, blur)
+
+    def width(img, axis):
+        prof = img.sum(axis=tuple(a for a in range(3) if a != axis)).astype(np.float64)
+        x = np.arange(prof.size) - prof.size // 2
+        return float(np.sqrt((prof * x**2).sum() / prof.sum()))
+
+    assert width(out, 0) == pytest.approx(width(vol, 0), rel=1e-6)
+    assert width(out, 1) == pytest.approx(2 * s, rel=0.02)
+    assert width(out, 2) == pytest.approx(4 * s, rel=0.02)
+    assert psf_scaled_targets(vol, None) is vol and psf_scaled_targets(vol, (0, 0, 0)) is vol
+    assert psf_target_blur_px(None, (2, 2, 2), None) is None
+    with pytest.raises(InputError, match="sample.tif.*voxel size"):
+        psf_target_blur_px((1, 1, 1), (2, 2, 2), None, path="sample.tif")
+
+
+def test_psf_scaled_targets_keep_point_sources_from_being_sharpened_past_the_psf():
+    """×4 on point sources: pairs made from the acquisition alone teach the net that a sub-voxel
+    point becomes a sharp point, so one scale finer it shrinks the beads below the PSF and loses
+    to tricubic; with the PSF given, the beads keep the PSF's width, the output is closer to the
+    truth than tricubic, and the guard's held-out pair (PSF-scaled too) lets it through."""
+    from selfres import demo
+    from selfres.train import guard_with_extras, psf_target_blur_px
+
+    f = (1, 4, 4)
+    hr = demo.make_beads(shape=(6, 192, 192), n_beads=120, sigma_px=(1.0, 2.0, 2.0), seed=1)
+    low = demo.downsample_acquisition(hr, f)
+    hr = hr[:, : low.shape[1] * 4, : low.shape[2] * 4]
+    train, held = low[:, :36], low[:, 36:]
+    settings = dict(TINY, patch_size=(4, 32, 32), learning_rate=3e-3, validate_every=10, patience=50)
+    plain = train_enhance(train, held, factors=f, settings=TrainSettings(steps=150, **settings))
+    psf = train_enhance(train, held, factors=f, voxel_size=(1.0, 1.0, 1.0),
+                        settings=TrainSettings(steps=150, psf_sigma_um=(0.0, 0.5, 0.5), **settings))
+    tricubic = degrade.upscale_cubic(low, f)
+
+    def err(model):
+        with torch.no_grad():
+            out = model(torch.from_numpy(low)[None, None]).numpy()[0, 0]
+        return float(np.mean((out - hr) ** 2))
+
+    e_tri = float(np.mean((tricubic - hr) ** 2))
+    assert err(psf.model) < 0.95 * e_tri, (err(psf.model), e_tri)  # measured 0.85
+    assert "model_worse_than_interpolation" not in psf.flags
+    _, flags = guard_with_extras(psf, held, factors=f, degradation=degrade.Degradation(),
+                                 extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2,
+                                 target_blur_px=psf_target_blur_px((0.0, 0.5, 0.5), f, (1.0, 1.0, 1.0)))
+    assert "model_worse_than_interpolation" not in flags
+    # without the PSF the network's best is no better than tricubic (it over-sharpens), and the guard says so
+    assert "model_worse_than_interpolation" in plain.flags
+    assert plain.best_step == 0 or err(plain.model) > err(psf.model)
+
+
+def test_qc_self_validation_scores_psf_scaled_held_out_targets_when_training_used_them():
+    """With train.psf_sigma_um set, the QC held-out pair is made from the PSF-scaled held-out
+    region, as in training and the guard: the same tricubic figure, not the raw region's."""
+    from types import SimpleNamespace
+
+    from selfres import pipeline
+    from selfres.settings import DegradationSettings, to_dict
+    from selfres.train import holdout_pair, psf_scaled_targets, psf_target_blur_px, psnr01
+
+    train, held = _data()
+    vol = SimpleNamespace(data=np.concatenate([train, held], axis=1))
+    fov = SimpleNamespace(holdout=((0, 8), (36, 48), (0, 48)))
+    base = {"factors": [1, 2, 2], "voxel_size_in": [1.0, 0.5, 0.5]}
+    settings = {"degradation": to_dict(DegradationSettings())}
+    identity = _untrained(train, held).model
+    raw = pipeline.self_validation(vol, fov, identity, base | {"settings": settings})
+    scaled = pipeline.self_validation(vol, fov, identity, base | {"settings": settings | {"psf_sigma_um": [0, 0.6, 0.6]}})
+    target, _, interp = holdout_pair(psf_scaled_targets(held, psf_target_blur_px((0, 0.6, 0.6), (1, 2, 2), (1, .5, .5))),
+                                     (1, 2, 2), degrade.Degradation())
+    expected = psnr01(target, interp, float(target.max() - target.min()))
+    assert scaled["psnr_interp"] == pytest.approx(expected, abs=1e-6)
+    assert abs(scaled["psnr_interp"] - raw["psnr_interp"]) > 1.0

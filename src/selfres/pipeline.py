@@ -536,6 +536,7 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     out = metrics.compare(target, pred, interp, data_range=data_range)
     out["dead_output"] = dead
     out["inference_extras"] = dict(extras) if wrapped is not model else None
+    out["psf_sigma_um"] = [float(v) for v in psf_sigma_um] if psf_sigma_um is not None else None
     return out
 
 
@@ -661,6 +662,7 @@ def stage_qc(
         "flags": list(dict.fromkeys(flags)),
         "restored_content": restored_attrs.get("content", "model"),
         "inference_extras": sv.get("inference_extras"),
+        "psf_sigma_um": sv.get("psf_sigma_um"),
         "best_step": meta.get("best_step"),
         "stop_reason": meta.get("stop_reason"),
     }

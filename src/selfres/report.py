@@ -1381,6 +1381,11 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
     else:
         bits.append(f"<b class=\"status-ok\">{_esc(subject)} beats tricubic interpolation</b> on "
                     f"the held-out region by {_esc(f'{gain:+.2f}')} dB PSNR.")
+    psf = metrics.get("psf_sigma_um")
+    if isinstance(psf, (list, tuple)) and len(psf) == 3:
+        bits.append("Training and this held-out score used PSF-scaled targets (the PSF given as "
+                    f"train.psf_sigma_um, σ z,y,x = {_esc(', '.join(_fmt(_num(v)) for v in psf))} µm): "
+                    "the figure is only as right as that PSF.")
     if metrics.get("restored_content") == "interpolation":
         bits.append("<b>restored.ome.zarr holds the tricubic interpolation</b>, not the "
                     "network output.")

@@ -352,3 +352,12 @@ def test_verdict_names_the_inference_extras_the_guard_scored():
     both = report._verdict({"self_validation": {"psnr_model": 29.0, "psnr_interp": 29.5}, "inference_extras": {
         "ensemble": True, "back_projection_iterations": 2}, "flags": ["model_worse_than_interpolation"]}, "ok")
     assert "with self-ensemble and back-projection (2 steps) does not beat tricubic" in both
+
+
+def test_verdict_says_when_the_held_out_score_used_psf_scaled_targets():
+    from selfres import report
+
+    sv = {"psnr_model": 30.0, "psnr_interp": 29.0}
+    assert "PSF-scaled" not in report._verdict({"self_validation": sv, "psf_sigma_um": None}, "ok")
+    text = report._verdict({"self_validation": sv, "psf_sigma_um": [2.0, 0.5, 0.5]}, "ok")
+    assert "PSF-scaled targets" in text and "2, 0.5, 0.5 µm" in text

@@ -164,7 +164,7 @@ def degrade_truth(hr: np.ndarray, factors, how: str) -> np.ndarray:
 
 
 def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | None,
-                 lr_degradation: str = "cubic") -> dict:
+                 lr_degradation: str = "cubic", unknown_voxel_size=None) -> dict:
     from selfres import io
 
     vol = io.read_volume(path)
@@ -172,7 +172,8 @@ def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | 
     hr = np.asarray(vol.data, dtype=np.float32)
     hr = hr[tuple(slice(0, (n // f) * f) for n, f in zip(hr.shape, factors))]
     low = degrade_truth(hr, factors, lr_degradation)
-    vs = tuple(v * f for v, f in zip(vol.voxel_size, factors)) if vol.voxel_size else None
+    hr_vs = vol.voxel_size or unknown_voxel_size  # µm of the original (HR) voxels
+    vs = tuple(v * f for v, f in zip(hr_vs, factors)) if hr_vs else None
     name = VOLUMES.get(path.stem, path.stem)
     with tempfile.TemporaryDirectory(prefix="selfres-bench-") as tmp:
         work = Path(keep) / f"{name}_x{factor}" if keep else Path(tmp)
@@ -294,6 +295,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM (faster)")
     p.add_argument("--lr-degradation", choices=LR_DEGRADATIONS, default="cubic",
                    help="how the benchmark degrades the real volumes (default: cubic, the issue's protocol)")
+    p.add_argument("--voxel-size", default=None,
+                   help="z,y,x µm of the original voxels for volumes whose files carry none "
+                        "(needed with train.psf_sigma_um or a Gaussian degradation)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--keep", type=Path, default=None, help="keep the work folders here")
     p.add_argument("--json", type=Path, default=None, help="write raw results as JSON")
@@ -322,7 +326,9 @@ def main(argv=None) -> int:
                 t0 = time.monotonic()
                 try:
                     r = bench_volume(q, f, settings=settings, ssim=not a.no_ssim, keep=a.keep,
-                                     lr_degradation=a.lr_degradation)
+                                     lr_degradation=a.lr_degradation,
+                                     unknown_voxel_size=tuple(float(v) for v in a.voxel_size.split(","))
+                                     if a.voxel_size else None)
                 except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
                     print(f"{q.stem} ×{f}: FAILED {type(exc).__name__}: {exc}", flush=True)
                     continue

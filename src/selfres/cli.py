@@ -128,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--snakemake-log", type=Path, default=None, help=".snakemake/log/*.snakemake.log of the run")
     s.add_argument("--samples", default="", help="comma-separated sample ids of the run")
 
+    s = sub.add_parser("psf-sigma", help="Gaussian PSF σ (z,y,x µm) from the optics, for train.psf_sigma_um")
+    s.add_argument("--na", type=float, required=True, help="numerical aperture of the objective")
+    s.add_argument("--wavelength-um", type=float, required=True,
+                   help="emission wavelength in µm (two-photon: the excitation wavelength)")
+    s.add_argument("--refractive-index", type=float, required=True, help="of the immersion medium")
+    s.add_argument("--microscope", default="widefield", choices=["widefield", "confocal", "two_photon"])
+
     s = sub.add_parser("restore", help="whole chain for one volume (no Snakemake)")
     s.add_argument("input", type=Path)
     s.add_argument("-o", "--output", type=Path, required=True, help="OUT.ome.zarr")
@@ -192,6 +199,13 @@ def run(args) -> int:
 
         print(write_run_record(args.results, status=args.status, snakemake_log=args.snakemake_log,
                                samples=[s for s in args.samples.split(",") if s]))
+    elif cmd == "psf-sigma":
+        from .degrade import gaussian_sigma_from_optics
+
+        sig = gaussian_sigma_from_optics(na=args.na, wavelength_um=args.wavelength_um,  # ConfigError if impossible
+                                         refractive_index=args.refractive_index, voxel_size=(1.0, 1.0, 1.0),
+                                         kind=args.microscope)
+        print(",".join(f"{v:.4g}" for v in sig))  # µm, ready for a train.psf_sigma_um cell
     elif cmd == "restore":
         m = pipeline.restore(args.input, args.output, mode=args.mode, scale=args.scale, voxel_size=args.voxel_size,
                              channel=args.channel, training_fov=args.training_fov, settings=_settings(args),

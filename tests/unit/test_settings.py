@@ -83,3 +83,19 @@ def test_invalid_json_is_a_config_error():
 def test_settings_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Settings().train.steps = 3  # type: ignore[misc]
+
+
+def test_psf_sigma_command_prints_the_optics_sigma_in_um_ready_for_the_sheet(capsys):
+    """`selfres psf-sigma` gives σ z,y,x in µm (Zhang et al. widefield: 0.21 λ/NA, 0.66 λ n/NA²),
+    parsable as train.psf_sigma_um; impossible optics are one clear error."""
+    from selfres.cli import main
+    from selfres.settings import parse_settings
+
+    assert main(["psf-sigma", "--na", "1.0", "--wavelength-um", "0.5", "--refractive-index", "1.33"]) == 0
+    text = capsys.readouterr().out.strip()
+    z, y, x = (float(v) for v in text.split(","))
+    assert (y, x) == (pytest.approx(0.21 * 0.5 / 1.0, rel=1e-3),) * 2
+    assert z == pytest.approx(0.66 * 0.5 * 1.33 / 1.0**2, rel=1e-3)
+    assert parse_settings({"train": {"psf_sigma_um": text}}).train.psf_sigma_um == (z, y, x)
+    assert main(["psf-sigma", "--na", "1.6", "--wavelength-um", "0.5", "--refractive-index", "1.518"]) == 2
+    assert "na (1.6) must be smaller" in capsys.readouterr().err

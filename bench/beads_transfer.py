@@ -12,17 +12,22 @@ next to the held-out PSNR that selection would see.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from selfres import demo, metrics, models
+from selfres import models
 from selfres.degrade import TorchDegrader, upscale_cubic
 from selfres.ensemble import wrap_for_inference
 from selfres.infer import predict_array
 from selfres.settings import TrainSettings
 from selfres import train as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import bead_experiment, bead_fwhm  # noqa: E402  (the bead experiment of bench/quality.py)
 
 
 def main() -> None:
@@ -35,15 +40,13 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     s = TrainSettings()
     fac = (4, 4, 4)
-    hr = demo.make_beads(shape=(60, 512, 512), n_beads=500, sigma_px=(4.0, 2.0, 2.0), seed=0).astype(np.float32)
-    low = demo.downsample_acquisition(hr, 4)
+    hr, low, pos = bead_experiment()
     lo, hi = np.percentile(low, [1, 99.8])
-    low, truth = (low - lo) / (hi - lo), (hr - lo) / (hi - lo)
-    pos = metrics.detect_beads(hr.astype(np.float64), min_distance=(8, 4, 4))
+    low, truth = (low - lo) / (hi - lo), (hr.astype(np.float32) - lo) / (hi - lo)
 
     def fwhm(img):
-        t = metrics.bead_fwhm_table(img, positions=pos, max_beads=100, half_width=(16, 10, 10))
-        return np.nanmedian(np.r_[t["fwhm_y"].to_numpy(), t["fwhm_x"].to_numpy()]), np.nanmedian(t["fwhm_z"])
+        f = bead_fwhm(img, pos)
+        return f["lateral"], f["axial"]
 
     train_v, hold_v = low[:, :100], low[:, 100:]
     if a.psf_sigma:

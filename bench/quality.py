@@ -200,25 +200,40 @@ def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | 
     }
 
 
-def bench_beads(*, settings, keep: Path | None, n_beads: int = 500, seed: int = 0) -> dict:
-    """The Self-Vision bead experiment: ×4 restoration and bead FWHM (pixels of the HR grid)."""
+def bead_experiment(*, n_beads: int = 500, seed: int = 0):
+    """The Self-Vision bead experiment's data: (truth 60×512×512, σ z,y,x = 4,2,2 px; its ×4
+    acquisition, skimage ``rescale`` semantics; the truth's bead positions)."""
     from selfres import demo, metrics
 
     hr = demo.make_beads(shape=(60, 512, 512), n_beads=n_beads, sigma_px=(4.0, 2.0, 2.0), seed=seed)
     low = demo.downsample_acquisition(hr, 4)
+    return hr, low, metrics.detect_beads(hr.astype(np.float64), min_distance=(8, 4, 4))
+
+
+def bead_fwhm(img, positions, scale=1.0) -> dict:
+    """Median lateral (y and x pooled) and axial FWHM of the beads at ``positions``, × ``scale``."""
+    from selfres import metrics
+
+    t = metrics.bead_fwhm_table(img, positions=positions, max_beads=100, half_width=(16, 10, 10))
+    s = metrics.bead_fwhm_summary(t)
+    lat = np.nanmedian(np.r_[t["fwhm_y"].to_numpy(), t["fwhm_x"].to_numpy()]) * scale
+    return {"lateral": float(lat), "axial": float(s["fwhm_z"] * scale), "n": s["n_beads"]}
+
+
+def bench_beads(*, settings, keep: Path | None, n_beads: int = 500, seed: int = 0) -> dict:
+    """The Self-Vision bead experiment: ×4 restoration and bead FWHM (pixels of the HR grid)."""
+    from selfres import metrics
+
+    hr, low, pos = bead_experiment(n_beads=n_beads, seed=seed)
     factors = (4, 4, 4)
     with tempfile.TemporaryDirectory(prefix="selfres-beads-") as tmp:
         work = Path(keep) / "beads_x4" if keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         r = run_pipeline(low, work, factors=factors, settings=settings, name="beads", voxel_size=(1.0, 1.0, 1.0))
     interp = interpolations(low, factors)
-    pos = metrics.detect_beads(hr.astype(np.float64), min_distance=(8, 4, 4))
 
-    def fwhm(img, positions=pos, scale=1.0):
-        t = metrics.bead_fwhm_table(img, positions=positions, max_beads=100, half_width=(16, 10, 10))
-        s = metrics.bead_fwhm_summary(t)
-        lat = np.nanmedian(np.r_[t["fwhm_y"].to_numpy(), t["fwhm_x"].to_numpy()]) * scale
-        return {"lateral": float(lat), "axial": float(s["fwhm_z"] * scale), "n": s["n_beads"]}
+    def fwhm(img):
+        return bead_fwhm(img, pos)
 
     pos_lr = np.clip(np.round((pos + 0.5) / 4 - 0.5).astype(int), 0, np.array(low.shape) - 1)
     t_lr = metrics.bead_fwhm_table(low, positions=pos_lr, max_beads=100, half_width=(4, 3, 3))

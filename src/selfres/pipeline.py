@@ -296,7 +296,8 @@ def stage_train(
     model_dir = Path(model_dir)
     work = model_dir.with_name(model_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
-    target_blur = psf_target_blur_px(settings.train.psf_sigma_um, factors, _voxel_size_of(vol), path=str(normalized))
+    # a PSF without a voxel size: fail now, naming the file, not after minutes of set-up
+    psf_target_blur_px(settings.train.psf_sigma_um, factors, _voxel_size_of(vol), path=str(normalized))
     t0 = time.monotonic()
     result = train_enhance(
         data[box_slices(fov.train)], data[box_slices(fov.holdout)], factors=factors, settings=settings.train,
@@ -305,10 +306,9 @@ def stage_train(
     # the guard judges what inference writes: the network wrapped in the inference extras
     extras = inference_extras(settings.infer)
     psnr_out, flags = guard_with_extras(
-        result, data[box_slices(fov.holdout)], factors=factors, extras=extras,
+        result, factors=factors, extras=extras,
         degradation=make_degradation(settings.train.degradation, voxel_size=_voxel_size_of(vol)),
-        margin_db=settings.train.guard_margin_db, device=dev, amp=settings.infer.amp,
-        target_blur_px=target_blur)
+        margin_db=settings.train.guard_margin_db, device=dev, amp=settings.infer.amp)
     meta = {
         "sample": sample,
         "mode": mode,

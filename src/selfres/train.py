@@ -58,6 +58,9 @@ class TrainResult:
     log_rows: list[dict] = field(default_factory=list)
     stages: list["TrainResult"] = field(default_factory=list)
     """For a serial ×4 model: the two ×2 stages (``model`` is then their composition)."""
+    holdout: tuple[np.ndarray, np.ndarray] | None = None
+    """The held-out pair the model was scored on, ``(target, degraded input)`` — PSF-scaled when
+    ``train.psf_sigma_um`` is set — so that the guard re-scores on exactly that pair."""
 
 
 def make_degradation(
@@ -609,7 +612,7 @@ def train_enhance(
     return TrainResult(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=seconds,
         stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
-        flags=flags, log_rows=sel.rows,
+        flags=flags, log_rows=sel.rows, holdout=(target_h, low_h),
     )
 
 
@@ -622,13 +625,11 @@ def inference_extras(infer_settings) -> dict:
 
 def guard_with_extras(
     result: TrainResult,
-    holdout_volume: np.ndarray,
     *,
     factors: Sequence[int],
     degradation: degrade.Degradation,
     extras: dict,
     margin_db: float,
-    target_blur_px: Sequence[float] | None = None,
     device: torch.device | str = "cpu",
     amp: bool = True,
 ) -> tuple[float, list[str]]:
@@ -639,9 +640,9 @@ def guard_with_extras(
     The network alone was selected and guarded by :func:`train_enhance`; with extras, the
     output the user gets is not the network's, so the verdict must be about the wrapped
     model: flagged ``model_worse_than_interpolation`` unless it beats tricubic on the
-    held-out region by ``margin_db``. Without extras the result's own figures are returned.
-    ``target_blur_px``: the PSF-scaled targets' blur the network was trained with, if any
-    (:func:`psf_target_blur_px`), so that the held-out pair is the one training scored.
+    held-out region by ``margin_db`` — on the held-out pair training scored
+    (``result.holdout``, PSF-scaled when training was). Without extras the result's own
+    figures are returned.
 
     Returns
     -------
@@ -655,7 +656,7 @@ def guard_with_extras(
     if wrapped is result.model:  # no extras: the network is what inference writes
         return result.val_psnr_model, flags
     factors = tuple(int(f) for f in factors)
-    target, low, _ = holdout_pair(psf_scaled_targets(holdout_volume, target_blur_px), factors, degradation)
+    target, low = result.holdout
     data_range = float(max(target.max() - target.min(), 1e-6))
     pred = predict_array(wrapped, low, factors=factors, tile_size=tuple(max(8, min(64, n)) for n in low.shape),
                          device=device, amp=amp)
@@ -755,4 +756,5 @@ def train_serial(
         model=model, spec=r1.spec, best_step=r2.best_step, steps_done=r1.steps_done + r2.steps_done,
         seconds=time.monotonic() - t0, stop_reason=f"{r1.stop_reason}+{r2.stop_reason}",
         val_psnr_model=val_model, val_psnr_interp=val_interp, flags=flags, log_rows=rows, stages=[r1, r2],
+        holdout=(target_h, low_h),
     )

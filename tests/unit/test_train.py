@@ -199,12 +199,12 @@ def test_guard_with_back_projection_scores_the_wrapped_model():
     train, held = _data()
     r = _untrained(train, held)
     assert "model_worse_than_interpolation" in r.flags
-    psnr, flags = guard_with_extras(r, held, factors=(1, 2, 2), degradation=degrade.Degradation(),
+    psnr, flags = guard_with_extras(r, factors=(1, 2, 2), degradation=degrade.Degradation(),
                                     extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2)
     assert psnr > r.val_psnr_interp + 0.2, (psnr, r.val_psnr_interp)
     assert "model_worse_than_interpolation" not in flags
     # no extras: the training verdict and figure stand as they are
-    psnr0, flags0 = guard_with_extras(r, held, factors=(1, 2, 2), degradation=degrade.Degradation(),
+    psnr0, flags0 = guard_with_extras(r, factors=(1, 2, 2), degradation=degrade.Degradation(),
                                       extras={"ensemble": False, "back_projection_iterations": 0}, margin_db=0.2)
     assert psnr0 == r.val_psnr_model and flags0 == r.flags
 
@@ -226,7 +226,7 @@ def test_guard_with_back_projection_flags_a_wrapped_model_that_does_not_beat_tri
             return torch.zeros(*x.shape[:2], *(n * f for n, f in zip(x.shape[2:], self.factors)))
 
     dead = replace(r, model=Zero(), flags=[], val_psnr_model=r.val_psnr_interp + 5)
-    psnr, flags = guard_with_extras(dead, held, factors=(1, 2, 2), degradation=degrade.Degradation(),
+    psnr, flags = guard_with_extras(dead, factors=(1, 2, 2), degradation=degrade.Degradation(),
                                     extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2)
     assert psnr == pytest.approx(r.val_psnr_interp, abs=0.05)
     assert "model_worse_than_interpolation" in flags
@@ -335,7 +335,7 @@ def test_psf_scaled_targets_keep_point_sources_from_being_sharpened_past_the_psf
     to tricubic; with the PSF given, the beads keep the PSF's width, the output is closer to the
     truth than tricubic, and the guard's held-out pair (PSF-scaled too) lets it through."""
     from selfres import demo
-    from selfres.train import guard_with_extras, psf_target_blur_px
+    from selfres.train import guard_with_extras
 
     f = (1, 4, 4)
     hr = demo.make_beads(shape=(6, 192, 192), n_beads=120, sigma_px=(1.0, 2.0, 2.0), seed=1)
@@ -356,9 +356,8 @@ def test_psf_scaled_targets_keep_point_sources_from_being_sharpened_past_the_psf
     e_tri = float(np.mean((tricubic - hr) ** 2))
     assert err(psf.model) < 0.95 * e_tri, (err(psf.model), e_tri)  # measured 0.85
     assert "model_worse_than_interpolation" not in psf.flags
-    _, flags = guard_with_extras(psf, held, factors=f, degradation=degrade.Degradation(),
-                                 extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2,
-                                 target_blur_px=psf_target_blur_px((0.0, 0.5, 0.5), f, (1.0, 1.0, 1.0)))
+    _, flags = guard_with_extras(psf, factors=f, degradation=degrade.Degradation(),
+                                 extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2)
     assert "model_worse_than_interpolation" not in flags
     # without the PSF the network's best is no better than tricubic (it over-sharpens), and the guard says so
     assert "model_worse_than_interpolation" in plain.flags

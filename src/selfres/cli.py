@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import InputError, SelfresError
+from .errors import ConfigError, InputError, SelfresError
 
 
 def _settings(args):
@@ -128,11 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--snakemake-log", type=Path, default=None, help=".snakemake/log/*.snakemake.log of the run")
     s.add_argument("--samples", default="", help="comma-separated sample ids of the run")
 
-    s = sub.add_parser("psf-sigma", help="Gaussian PSF σ (z,y,x µm) from the optics, for train.psf_sigma_um")
-    s.add_argument("--na", type=float, required=True, help="numerical aperture of the objective")
-    s.add_argument("--wavelength-um", type=float, required=True,
+    s = sub.add_parser("psf-sigma", help="Gaussian PSF σ (z,y,x µm) for train.psf_sigma_um: from the optics "
+                       "(--na, --wavelength-um, --refractive-index) or measured on a bead stack (--beads)")
+    s.add_argument("--beads", type=Path, default=None,
+                   help="an image of sparse sub-resolution beads from the same microscope and settings")
+    s.add_argument("--voxel-size", type=_triple(float), default=None,
+                   help="with --beads: z,y,x µm when the file does not record it")
+    s.add_argument("--channel", type=int, default=None, help="with --beads: channel of a multi-channel file")
+    s.add_argument("--na", type=float, default=None, help="numerical aperture of the objective")
+    s.add_argument("--wavelength-um", type=float, default=None,
                    help="emission wavelength in µm (two-photon: the excitation wavelength)")
-    s.add_argument("--refractive-index", type=float, required=True, help="of the immersion medium")
+    s.add_argument("--refractive-index", type=float, default=None, help="of the immersion medium")
     s.add_argument("--microscope", default="widefield", choices=["widefield", "confocal", "two_photon"])
 
     s = sub.add_parser("restore", help="whole chain for one volume (no Snakemake)")
@@ -200,11 +206,7 @@ def run(args) -> int:
         print(write_run_record(args.results, status=args.status, snakemake_log=args.snakemake_log,
                                samples=[s for s in args.samples.split(",") if s]))
     elif cmd == "psf-sigma":
-        from .degrade import gaussian_sigma_from_optics
-
-        sig = gaussian_sigma_from_optics(na=args.na, wavelength_um=args.wavelength_um,  # ConfigError if impossible
-                                         refractive_index=args.refractive_index, voxel_size=(1.0, 1.0, 1.0),
-                                         kind=args.microscope)
+        sig = _psf_sigma(args)
         print(",".join(f"{v:.4g}" for v in sig))  # µm, ready for a train.psf_sigma_um cell
     elif cmd == "restore":
         m = pipeline.restore(args.input, args.output, mode=args.mode, scale=args.scale, voxel_size=args.voxel_size,
@@ -212,6 +214,37 @@ def run(args) -> int:
                              device=args.device, threads=args.threads, keep=args.keep, sample=args.sample)
         print(json.dumps(m, indent=2))
     return 0
+
+
+def _psf_sigma(args) -> tuple[float, ...]:
+    """σ z,y,x µm for ``selfres psf-sigma``: measured on ``--beads`` or computed from the optics."""
+    optics = (args.na, args.wavelength_um, args.refractive_index)
+    if (args.beads is None) == all(v is None for v in optics):
+        raise ConfigError("psf-sigma: give either --beads FILE or all of --na, --wavelength-um, --refractive-index")
+    if args.beads is None:
+        if any(v is None for v in optics):
+            raise ConfigError("psf-sigma: --na needs --wavelength-um and --refractive-index too")
+        from .degrade import gaussian_sigma_from_optics
+
+        return gaussian_sigma_from_optics(na=args.na, wavelength_um=args.wavelength_um,  # ConfigError if impossible
+                                          refractive_index=args.refractive_index, voxel_size=(1.0, 1.0, 1.0),
+                                          kind=args.microscope)
+    import numpy as np
+
+    from . import io, metrics
+
+    vol = io.read_volume(args.beads, channel=args.channel)
+    voxel_size = args.voxel_size or vol.voxel_size
+    if voxel_size is None:
+        raise InputError(args.beads, "the file records no voxel size; give --voxel-size z,y,x (µm)")
+    try:
+        m = metrics.psf_sigma_from_beads(np.asarray(vol.data, dtype=np.float32), voxel_size)
+    except ValueError as exc:
+        raise InputError(args.beads, str(exc)) from None
+    print(f"{m['n_beads']} beads; image FWHM z,y,x {', '.join(f'{v:.3g}' for v in m['fwhm_um'])} µm; "
+          f"spread (IQR/median) {', '.join(f'{v:.2f}' for v in m['spread'])}; σ minus the voxel box:",
+          file=sys.stderr)
+    return m["sigma_um"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ Contents
 --------
 - :func:`psnr`, :func:`ssim`, :func:`compare` (the contract's ``self_validation`` keys).
 - :func:`fit_gaussian_fwhm`, :func:`detect_beads`, :func:`bead_fwhm_table`,
-  :func:`bead_fwhm_summary` (point-spread analysis on bead samples).
+  :func:`bead_fwhm_summary`, :func:`psf_sigma_from_beads` (point-spread analysis on
+  bead samples).
 - :func:`decorrelation_resolution`, :func:`resolution_lateral_axial`,
   :func:`isotropy` (resolution without ground truth, after Descloux, Grußmayer &
   Radenovic, *Nat. Methods* 16:918, 2019).
@@ -34,6 +35,7 @@ __all__ = [
     "detect_beads",
     "bead_fwhm_table",
     "bead_fwhm_summary",
+    "psf_sigma_from_beads",
     "decorrelation_resolution",
     "resolution_lateral_axial",
     "isotropy",
@@ -485,6 +487,71 @@ def bead_fwhm_summary(df: pd.DataFrame) -> dict[str, float | int | None]:
         values = df[c].dropna()
         out[c] = float(values.median()) if len(values) else None
     return out
+
+
+def psf_sigma_from_beads(
+    volume: np.ndarray,
+    voxel_size: Sequence[float],
+    *,
+    min_beads: int = 3,
+    max_beads: int = 200,
+    min_distance: int | Sequence[int] = (1, 2, 2),
+    threshold_rel: float = 0.2,
+) -> dict:
+    """The optical PSF as a Gaussian σ (z, y, x, µm), measured on an image of sub-resolution beads.
+
+    Beads are found with :func:`detect_beads` and fitted with :func:`bead_fwhm_table`
+    (profiles 4 voxels each side, then ±3 σ of that first estimate); the median FWHM per axis, over beads whose three fits
+    succeed, gives ``σ_image = FWHM / 2.355``. The image of a point is the PSF seen
+    through the camera pixel, a box of one voxel (variance ``v²/12``); that is removed,
+    ``σ = sqrt(σ_image² − v²/12)`` (0 where the bead is no wider than a voxel), because
+    PSF-scaled targets (``train.psf_sigma_um``) need the optical σ: the output grid has
+    smaller voxels but the same PSF.
+
+    Parameters
+    ----------
+    volume
+        ZYX image of isolated sub-resolution beads (a PSF stack of the microscope).
+    voxel_size
+        ``(z, y, x)`` voxel size in µm.
+    min_beads
+        Fewer beads with three good fits than this raise ``ValueError``.
+
+    Returns
+    -------
+    dict
+        ``sigma_um`` (z, y, x), ``fwhm_um`` (median image FWHM z, y, x), ``n_beads`` and
+        ``spread`` (per-axis interquartile range / median of the FWHMs: large values mean
+        the spots are not all the same point-like object).
+    """
+    vs = _as_pair(voxel_size, "voxel_size", 3)
+    vol = np.asarray(volume, dtype=np.float64)
+    if vol.ndim != 3:
+        raise ValueError(f"psf_sigma_from_beads needs a 3-D ZYX array; got shape {vol.shape}")
+    pos = detect_beads(vol, min_distance=min_distance, threshold_rel=threshold_rel)
+    table = bead_fwhm_table(vol, voxel_size=vs, positions=pos, max_beads=max_beads, half_width=4)
+    # again with profiles of ±3 σ of that first estimate (a ±2 σ profile biases the fit)
+    first = table[[f"fwhm_{a}" for a in "zyx"]].median().to_numpy() / FWHM_PER_SIGMA
+    if np.all(np.isfinite(first)):
+        hw = tuple(max(4, int(math.ceil(3 * s))) for s in first)
+        table = bead_fwhm_table(vol, voxel_size=vs, positions=pos, max_beads=max_beads, half_width=hw)
+    good = table[[f"fwhm_{a}" for a in "zyx"]].notna().all(axis=1)
+    if int(good.sum()) < min_beads:
+        raise ValueError(
+            f"found {int(good.sum())} isolated beads with good Gaussian fits on all three axes "
+            f"(of {len(pos)} spots), need at least {min_beads}: is this an image of sparse "
+            "sub-resolution beads, with more than 8 z-slices?"
+        )
+    fwhm = table.loc[good, [f"fwhm_{a}_um" for a in "zyx"]].to_numpy()
+    q1, med, q3 = np.percentile(fwhm, [25, 50, 75], axis=0)
+    sigma_image = med / FWHM_PER_SIGMA
+    sigma = np.sqrt(np.maximum(sigma_image**2 - np.asarray(vs) ** 2 / 12.0, 0.0))
+    return {
+        "sigma_um": tuple(float(v) for v in sigma),
+        "fwhm_um": tuple(float(v) for v in med),
+        "n_beads": int(good.sum()),
+        "spread": tuple(float(v) for v in (q3 - q1) / med),
+    }
 
 
 # ------------------------------------------------------------ decorrelation analysis

@@ -218,6 +218,23 @@ def test_bead_table_positions_and_empty_summary():
         m.bead_fwhm_summary(pd.DataFrame({"a": [1]}))
 
 
+def test_psf_sigma_from_beads_removes_the_voxel_box_and_refuses_too_few_beads():
+    """The measured σ is the optical one: the image FWHM / 2.355 with the voxel's box
+    (variance v²/12) taken out, within 3 % on noisy beads; too few beads is one clear error."""
+    sigma_px, vs = (2.0, 1.2, 1.2), (0.5, 0.1, 0.1)
+    vol, centres = bead_lattice(sigma_px, noise=0.02, seed=3)
+    got = m.psf_sigma_from_beads(vol, vs)
+    assert got["n_beads"] == len(centres)
+    for s, v, g in zip(sigma_px, vs, got["sigma_um"]):
+        assert g == pytest.approx(math.sqrt((s * v) ** 2 - v**2 / 12), rel=0.03)
+    assert max(got["spread"]) < 0.1  # identical points
+    small = m.psf_sigma_from_beads(bead_lattice((1.0, 0.8, 0.8), seed=3)[0], (1.0, 1.0, 1.0))["sigma_um"]
+    assert small[1] == pytest.approx(math.sqrt(0.8**2 - 1 / 12), rel=0.02)  # 7 % below the image's 0.8
+    one, _ = bead_lattice(sigma_px, per_axis=(1, 1, 2))
+    with pytest.raises(ValueError, match="found 2 isolated beads.*need at least 3"):
+        m.psf_sigma_from_beads(one, vs)
+
+
 # --------------------------------------------------------- decorrelation analysis
 
 

@@ -99,3 +99,34 @@ def test_psf_sigma_command_prints_the_optics_sigma_in_um_ready_for_the_sheet(cap
     assert parse_settings({"train": {"psf_sigma_um": text}}).train.psf_sigma_um == (z, y, x)
     assert main(["psf-sigma", "--na", "1.6", "--wavelength-um", "0.5", "--refractive-index", "1.518"]) == 2
     assert "na (1.6) must be smaller" in capsys.readouterr().err
+    assert main(["psf-sigma", "--na", "1.0"]) == 2
+    assert "--na needs --wavelength-um" in capsys.readouterr().err
+
+
+def test_psf_sigma_command_measures_a_bead_stack(tmp_path, capsys):
+    """`selfres psf-sigma --beads FILE` measures σ on the beads (the voxel box removed) and
+    prints it ready for the sheet; a file without a voxel size is one error naming it."""
+    import tifffile
+
+    from selfres.cli import main
+    from selfres.demo import make_beads
+    from selfres.settings import parse_settings
+
+    beads = make_beads(shape=(40, 96, 96), n_beads=20, sigma_px=(2.5, 1.5, 1.5), seed=1)
+    path = tmp_path / "beads.tif"
+    tifffile.imwrite(path, beads, imagej=True, resolution=(1 / 0.1, 1 / 0.1),
+                     metadata={"axes": "ZYX", "spacing": 0.4, "unit": "micron"})
+    assert main(["psf-sigma", "--beads", str(path)]) == 0
+    out = capsys.readouterr()
+    z, y, x = (float(v) for v in out.out.strip().split(","))
+    assert "beads; image FWHM" in out.err
+    assert z == pytest.approx(((2.5 * 0.4) ** 2 - 0.4**2 / 12) ** 0.5, rel=0.05)
+    assert y == x == pytest.approx(((1.5 * 0.1) ** 2 - 0.1**2 / 12) ** 0.5, rel=0.05)
+    assert parse_settings({"train": {"psf_sigma_um": out.out.strip()}}).train.psf_sigma_um == (z, y, x)
+    bare = tmp_path / "bare.tif"
+    tifffile.imwrite(bare, beads)
+    assert main(["psf-sigma", "--beads", str(bare)]) == 2
+    err = capsys.readouterr().err
+    assert "bare.tif" in err and "--voxel-size" in err
+    assert main(["psf-sigma", "--beads", str(bare), "--voxel-size", "0.4,0.1,0.1"]) == 0
+    assert capsys.readouterr().out.strip() == f"{z:.4g},{y:.4g},{x:.4g}"

@@ -405,9 +405,11 @@ def main(argv=None) -> int:
 
     import torch
 
+    from selfres.infer import keep_freed_memory
     from selfres.models import cpu_has_native_bf16, select_device
 
     torch.set_num_threads(a.threads)
+    keep_freed_memory()  # as the selfres command does (library functions leave the allocator alone)
     if a.tile is None:
         from selfres.settings import InferSettings
 

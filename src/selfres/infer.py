@@ -332,6 +332,10 @@ def keep_freed_memory() -> bool:
     and trim thresholds keeps them in the heap; peak memory is unchanged (the same
     blocks are reused). A no-op off glibc, and with ``SELFRES_MALLOC_TUNE=0``.
     Returns whether the thresholds were set.
+
+    It changes the whole process's allocator, so library functions never call it: the
+    ``selfres`` command does, once, for every subcommand (and ``bench/throughput.py``);
+    a program that imports selfres decides for itself.
     """
     if os.environ.get("SELFRES_MALLOC_TUNE", "1").strip() == "0":
         return False
@@ -791,7 +795,6 @@ def restore_to_store(
         ``{"tiles": n, "computed": m, "seconds": s, "mvoxel_per_s": r, "oom_splits": k,
         "pass_tile": [z, y, x]}``.
     """
-    keep_freed_memory()
     done_tiles = done_tiles or set()
     if writers is None:
         writers = io_threads(device)

@@ -132,7 +132,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="bench_results/isotropic")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from selfres.infer import keep_freed_memory
     from selfres.settings import Settings, from_dict
+
+    keep_freed_memory()  # as the selfres command does
 
     cfg: dict = {"isotropic": {"degradation": a.degradation}}
     if a.max_minutes is not None:

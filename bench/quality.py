@@ -337,9 +337,11 @@ def main(argv=None) -> int:
 
     import torch
 
+    from selfres.infer import keep_freed_memory
     from selfres.settings import parse_settings
 
     torch.set_num_threads(a.threads)
+    keep_freed_memory()  # as the selfres command does, so infer seconds are the pipeline's
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     over = parse_overrides(a.set)
     if a.minutes is not None:

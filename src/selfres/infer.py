@@ -334,7 +334,7 @@ def keep_freed_memory() -> bool:
     Returns whether the thresholds were set.
 
     It changes the whole process's allocator, so library functions never call it: the
-    ``selfres`` command does, once, for every subcommand (and ``bench/throughput.py``);
+    ``selfres`` command does, once, for every subcommand (and the ``bench/`` scripts);
     a program that imports selfres decides for itself.
     """
     if os.environ.get("SELFRES_MALLOC_TUNE", "1").strip() == "0":

@@ -135,8 +135,11 @@ def run_pipeline(low: np.ndarray, work: Path, *, factors, settings, voxel_size=N
     model_path = work / "restored_model.ome.zarr"
     model_out = (np.asarray(io.read_ome_zarr(model_path).data, dtype=np.float32)
                  if model_path.exists() else restored)
+    vol, _ = pipeline.read_normalized(norm)  # the QC self-validation, for its interval of the held-out gain
+    model, _, trained = pipeline.load_trained(work / "model")
+    sv = pipeline.self_validation(vol, pipeline.TrainingFov.load(work / "train_fov.json"), model, trained)
     return {"restored": restored, "model": model_out, "meta": meta, "train_s": train_s, "infer_s": infer_s,
-            "content": info["content"]}
+            "content": info["content"], "gain_interval": sv["gain_db_interval"]}
 
 
 LR_DEGRADATIONS = ("cubic", "gaussian", "block")
@@ -196,7 +199,7 @@ def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | 
         "best_step": meta["best_step"], "stop": meta["stop_reason"], "flags": meta["flags"],
         "holdout_gain": sv["psnr_model"] - sv["psnr_interp"],
         "guard": "model" if guard_model else "tricubic", "reference_verdict": "model" if ref_model else "tricubic",
-        "agree": guard_model == ref_model or tie, "content": r["content"],
+        "agree": guard_model == ref_model or tie, "content": r["content"], "gain_interval": r["gain_interval"],
     }
 
 
@@ -245,6 +248,7 @@ def bench_beads(*, settings, keep: Path | None, n_beads: int = 500, seed: int = 
         "selfres": fwhm(r["restored"]), "model": fwhm(r["model"]), "psnr": psnr,
         "train_s": r["train_s"], "infer_s": r["infer_s"], "guard": r["content"],
         "holdout_gain": r["meta"]["self_validation"]["psnr_model"] - r["meta"]["self_validation"]["psnr_interp"],
+        "gain_interval": r["gain_interval"],
     }
 
 
@@ -260,12 +264,18 @@ def paper(row: str) -> str:
     return f"{printed} | {fixed}"
 
 
+def gain_text(r: dict) -> str:
+    """``+0.52 [+0.31, +0.70]``: the held-out gain and its 95 % block-bootstrap interval."""
+    iv = r.get("gain_interval")
+    return f"{r['holdout_gain']:+.2f}" + (f" [{iv[0]:+.2f}, {iv[1]:+.2f}]" if iv else "")
+
+
 def markdown(rows: list[dict], beads: dict | None, *, header: str) -> str:
     lines = [header, ""]
     if rows:
         lines += [
             "| volume | × | LR shape | trilinear dB | tricubic dB | model dB | selfres dB | Δ vs tricubic | "
-            "SSIM tricubic / selfres | held-out gain dB | guard | reference | agree | train s | infer s | steps (best) |",
+            "SSIM tricubic / selfres | held-out gain dB [95 %] | guard | reference | agree | train s | infer s | steps (best) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
@@ -275,7 +285,7 @@ def markdown(rows: list[dict], beads: dict | None, *, header: str) -> str:
                 f"| {r['volume']} | {r['factor']} | {'×'.join(map(str, r['lr_shape']))} | "
                 f"{s['trilinear']['psnr']:.2f} | {s['tricubic']['psnr']:.2f} | {s['model']['psnr']:.2f} | "
                 f"{s['selfres']['psnr']:.2f} | {s['selfres']['psnr'] - s['tricubic']['psnr']:+.2f} | {ss} | "
-                f"{r['holdout_gain']:+.2f} | {r['guard']} | {r['reference_verdict']} | "
+                f"{gain_text(r)} | {r['guard']} | {r['reference_verdict']} | "
                 f"{'yes' if r['agree'] else 'NO'} | {r['train_s']:.0f} | {r['infer_s']:.0f} | "
                 f"{r['steps']} ({r['best_step']}) |"
             )
@@ -304,7 +314,7 @@ def markdown(rows: list[dict], beads: dict | None, *, header: str) -> str:
             f"| | |",
             "",
             f"PSNR vs truth: tricubic {b['psnr']['tricubic']['psnr']:.2f} dB, model {b['psnr']['model']['psnr']:.2f}"
-            f" dB, selfres {b['psnr']['selfres']['psnr']:.2f} dB; held-out gain {b['holdout_gain']:+.2f} dB; "
+            f" dB, selfres {b['psnr']['selfres']['psnr']:.2f} dB; held-out gain {gain_text(b)} dB; "
             f"train {b['train_s']:.0f} s, infer {b['infer_s']:.0f} s.",
             "", "The paper fitted MATLAB's `gauss1`, a·exp(−((x−b)/c)²), whose c is √2·σ, and printed "
             "2.355·c: its widths are √2 × the FWHM (its truth 6.70 = √2 × 4.71; its axial output 13.32 = "
@@ -370,7 +380,7 @@ def main(argv=None) -> int:
                 tbp = f"tricubic+BP {s['tricubic_bp']['psnr']:.2f} " if "tricubic_bp" in s else ""
                 print(f"{r['volume']:18s} ×{f} tricubic {s['tricubic']['psnr']:.2f} {tbp}model {s['model']['psnr']:.2f} "
                       f"selfres {s['selfres']['psnr']:.2f} (Δ {s['selfres']['psnr'] - s['tricubic']['psnr']:+.2f}) "
-                      f"held-out {r['holdout_gain']:+.2f} guard {r['guard']} ref {r['reference_verdict']} "
+                      f"held-out {gain_text(r)} guard {r['guard']} ref {r['reference_verdict']} "
                       f"train {r['train_s']:.0f}s infer {r['infer_s']:.0f}s steps {r['steps']}({r['best_step']}) "
                       f"[{time.monotonic() - t0:.0f}s]", flush=True)
     beads = None

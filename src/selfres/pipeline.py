@@ -534,6 +534,8 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
         pred = predict_array(wrapped, low, factors=factors, tile_size=tile, device=device)
     data_range = float(max(target.max() - target.min(), 1e-6))
     out = metrics.compare(target, pred, interp, data_range=data_range)
+    interval = metrics.psnr_gain_interval(target, pred, interp)
+    out["gain_db_interval"] = [round(v, 3) for v in interval] if interval else None
     out["dead_output"] = dead
     out["inference_extras"] = dict(extras) if wrapped is not model else None
     out["psf_sigma_um"] = [float(v) for v in psf_sigma_um] if psf_sigma_um is not None else None
@@ -663,6 +665,7 @@ def stage_qc(
         "restored_content": restored_attrs.get("content", "model"),
         "inference_extras": sv.get("inference_extras"),
         "psf_sigma_um": sv.get("psf_sigma_um"),
+        "holdout_gain_db_interval": sv.get("gain_db_interval"),
         "best_step": meta.get("best_step"),
         "stop_reason": meta.get("stop_reason"),
     }

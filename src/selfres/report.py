@@ -1381,6 +1381,14 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
     else:
         bits.append(f"<b class=\"status-ok\">{_esc(subject)} beats tricubic interpolation</b> on "
                     f"the held-out region by {_esc(f'{gain:+.2f}')} dB PSNR.")
+    interval = metrics.get("holdout_gain_db_interval")
+    if gain is not None and isinstance(interval, (list, tuple)) and len(interval) == 2:
+        lo, hi = _num(interval[0]), _num(interval[1])
+        if lo is not None and hi is not None:
+            bits.append(f"Resampling blocks of the held-out region puts that gain between {_esc(f'{lo:+.2f}')} "
+                        f"and {_esc(f'{hi:+.2f}')} dB (95 %)"
+                        + ("; the region is too small or too uniform to tell the two apart." if lo < 0 < hi
+                           else "."))
     psf = metrics.get("psf_sigma_um")
     if isinstance(psf, (list, tuple)) and len(psf) == 3:
         bits.append("Training and this held-out score used PSF-scaled targets (the PSF given as "

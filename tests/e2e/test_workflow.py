@@ -89,6 +89,9 @@ def test_every_contract_output_exists_and_is_valid(finished_run):
     assert m["voxel_size_out"] == pytest.approx([1.0, 0.25, 0.25])
     assert set(m["self_validation"]) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
     assert all(isinstance(v, float) for v in m["self_validation"].values())
+    lo, hi = m["holdout_gain_db_interval"]  # block bootstrap of the held-out gain, around the gain itself
+    gain = m["self_validation"]["psnr_model"] - m["self_validation"]["psnr_interp"]
+    assert lo - 0.01 <= gain <= hi + 0.01 and lo < hi
     assert set(m["reference"]) == {"psnr", "ssim", "psnr_interp", "ssim_interp"}
 
     out = io.read_ome_zarr(r / "restored.ome.zarr")

@@ -218,6 +218,28 @@ def test_bead_table_positions_and_empty_summary():
         m.bead_fwhm_summary(pd.DataFrame({"a": [1]}))
 
 
+def test_psnr_gain_interval_brackets_the_gain_and_says_when_it_cannot_tell():
+    rng = np.random.default_rng(0)
+    ref = rng.random((16, 48, 48))
+    interp = ref + 0.05 * rng.standard_normal(ref.shape)
+    better = ref + 0.03 * rng.standard_normal(ref.shape)  # +4.4 dB everywhere
+    gain = m.psnr(ref, better, data_range=1.0) - m.psnr(ref, interp, data_range=1.0)
+    lo, hi = m.psnr_gain_interval(ref, better, interp)
+    assert 0 < lo < gain < hi and hi - lo < 0.5
+    # an equally good, different output: better in some blocks, worse in others
+    same = ref + 0.05 * rng.standard_normal(ref.shape)
+    lo, hi = m.psnr_gain_interval(ref, same, interp)
+    assert lo < 0 < hi
+    # better in one corner only: the blocks disagree, the interval widens and still brackets
+    corner = interp.copy()
+    corner[:8, :12, :12] = better[:8, :12, :12]
+    lo, hi = m.psnr_gain_interval(ref, corner, interp)
+    g = m.psnr(ref, corner, data_range=1.0) - m.psnr(ref, interp, data_range=1.0)
+    assert lo < g < hi and hi - lo > 0.1
+    assert m.psnr_gain_interval(ref[:2, :4, :4], better[:2, :4, :4], interp[:2, :4, :4]) is None
+    assert m.psnr_gain_interval(ref, ref, interp) is None  # exact output: no ratio to resample
+
+
 def test_psf_sigma_from_beads_removes_the_voxel_box_and_refuses_too_few_beads():
     """The measured σ is the optical one: the image FWHM / 2.355 with the voxel's box
     (variance v²/12) taken out, within 3 % on noisy beads; too few beads is one clear error."""

@@ -361,3 +361,15 @@ def test_verdict_says_when_the_held_out_score_used_psf_scaled_targets():
     assert "PSF-scaled" not in report._verdict({"self_validation": sv, "psf_sigma_um": None}, "ok")
     text = report._verdict({"self_validation": sv, "psf_sigma_um": [2.0, 0.5, 0.5]}, "ok")
     assert "PSF-scaled targets" in text and "2, 0.5, 0.5 µm" in text
+
+
+def test_verdict_gives_the_held_out_gain_interval_and_says_when_it_cannot_tell():
+    from selfres import report
+
+    sv = {"psnr_model": 30.0, "psnr_interp": 29.0}
+    assert "Resampling blocks" not in report._verdict({"self_validation": sv}, "ok")
+    sure = report._verdict({"self_validation": sv, "holdout_gain_db_interval": [0.6, 1.4]}, "ok")
+    assert "between +0.60 and +1.40 dB (95 %)." in sure and "tell the two apart" not in sure
+    unsure = report._verdict({"self_validation": {"psnr_model": 30.05, "psnr_interp": 30.0},
+                              "holdout_gain_db_interval": [-0.1, 0.2]}, "ok")
+    assert "between -0.10 and +0.20 dB" in unsure and "too small or too uniform to tell the two apart" in unsure

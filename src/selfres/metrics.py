@@ -261,8 +261,10 @@ def psnr_gain_interval(
     _check_same_shape(reference, model)
     _check_same_shape(reference, interp)
     ref = np.asarray(reference, dtype=np.float64)
+    model = np.asarray(model, dtype=np.float64)
+    interp = np.asarray(interp, dtype=np.float64)
     if ref.ndim == 2:
-        ref, model, interp = ref[None], np.asarray(model)[None], np.asarray(interp)[None]
+        ref, model, interp = ref[None], model[None], interp[None]
     counts = [max(1, min(int(g), n // 2)) for g, n in zip(grid, ref.shape)]
     if int(np.prod(counts)) < 8:
         return None
@@ -272,8 +274,8 @@ def psnr_gain_interval(
         for y0, y1 in zip(edges[1][:-1], edges[1][1:]):
             for x0, x1 in zip(edges[2][:-1], edges[2][1:]):
                 box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
-                se_model.append(float(np.sum((np.asarray(model, dtype=np.float64)[box] - ref[box]) ** 2)))
-                se_interp.append(float(np.sum((np.asarray(interp, dtype=np.float64)[box] - ref[box]) ** 2)))
+                se_model.append(float(np.sum((model[box] - ref[box]) ** 2)))
+                se_interp.append(float(np.sum((interp[box] - ref[box]) ** 2)))
     se_model_a, se_interp_a = np.asarray(se_model), np.asarray(se_interp)
     if not (se_model_a.sum() > 0 and se_interp_a.sum() > 0):
         return None

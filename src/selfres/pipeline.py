@@ -308,7 +308,8 @@ def stage_train(
     psnr_out, flags = guard_with_extras(
         result, factors=factors, extras=extras,
         degradation=make_degradation(settings.train.degradation, voxel_size=_voxel_size_of(vol)),
-        margin_db=settings.train.guard_margin_db, device=dev, amp=settings.infer.amp)
+        margin_db=settings.train.guard_margin_db, confidence=settings.train.guard_confidence, device=dev,
+        amp=settings.infer.amp)
     meta = {
         "sample": sample,
         "mode": mode,

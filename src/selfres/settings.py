@@ -98,6 +98,10 @@ class TrainSettings:
     validate_every: int = 25
     patience: int = 8
     guard_margin_db: float = 0.2
+    guard_confidence: float = 0.95
+    """The model also passes the guard when its held-out gain is above 0 at this confidence
+    (block bootstrap, :func:`selfres.metrics.psnr_gain_interval`), however small; 0 turns
+    that off (the margin alone decides)."""
     scale_check: bool = True
     structure_weighting: float = 0.5
     augment: bool = True
@@ -127,6 +131,9 @@ class TrainSettings:
             raise ConfigError(f"train.validate_every must be >= 1, got {self.validate_every}")
         if self.guard_margin_db < 0:
             raise ConfigError(f"train.guard_margin_db must be >= 0, got {self.guard_margin_db}")
+        if not (self.guard_confidence == 0 or 0.5 <= self.guard_confidence < 1):
+            raise ConfigError(f"train.guard_confidence must be 0 (off) or within 0.5..1 (exclusive), "
+                              f"got {self.guard_confidence}")
         self.degradation.validate()
 
 

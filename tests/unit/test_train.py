@@ -226,10 +226,32 @@ def test_guard_with_back_projection_flags_a_wrapped_model_that_does_not_beat_tri
             return torch.zeros(*x.shape[:2], *(n * f for n, f in zip(x.shape[2:], self.factors)))
 
     dead = replace(r, model=Zero(), flags=[], val_psnr_model=r.val_psnr_interp + 5)
-    psnr, flags = guard_with_extras(dead, factors=(1, 2, 2), degradation=degrade.Degradation(),
-                                    extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2)
-    assert psnr == pytest.approx(r.val_psnr_interp, abs=0.05)
-    assert "model_worse_than_interpolation" in flags
+    for confidence in (0.0, 0.95):  # tricubic to float rounding is no "consistent gain" either
+        psnr, flags = guard_with_extras(dead, factors=(1, 2, 2), degradation=degrade.Degradation(),
+                                        extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2,
+                                        confidence=confidence)
+        assert psnr == pytest.approx(r.val_psnr_interp, abs=0.05)
+        assert "model_worse_than_interpolation" in flags
+
+
+def test_guard_passes_a_small_gain_only_when_every_resample_keeps_it_above_zero():
+    """Below the margin, a gain passes when its bootstrap interval is above 0 (small but
+    consistent), not when it straddles 0 (one lucky corner); confidence 0 is the margin alone."""
+    from selfres.train import guard_passes
+
+    rng = np.random.default_rng(1)
+    target = rng.random((16, 48, 48)).astype(np.float32)
+    interp = target + 0.05 * rng.standard_normal(target.shape).astype(np.float32)
+    small = target + 0.99 * (interp - target)  # 1 % less error in every voxel: +0.09 dB everywhere
+    ok, gain, interval = guard_passes(target, small, interp, margin_db=0.2, confidence=0.95)
+    assert 0 < gain < 0.2 and interval[0] > 0 and ok
+    assert guard_passes(target, small, interp, margin_db=0.2, confidence=0.0)[0] is False
+    lucky = target + 1.003 * (interp - target)  # a little worse everywhere, but perfect in one of 32 blocks
+    lucky[:8, :12, :12] = target[:8, :12, :12]
+    ok, gain, interval = guard_passes(target, lucky, interp, margin_db=0.2, confidence=0.95)
+    assert 0 < gain < 0.2 and interval[0] < 0 < interval[1] and not ok
+    big = target + 0.03 * rng.standard_normal(target.shape).astype(np.float32)
+    assert guard_passes(target, big, interp, margin_db=0.2, confidence=0.0)[0] is True
 
 
 def test_l1_fft_loss_charges_missing_spectral_energy_not_phase():

@@ -661,7 +661,7 @@ def guard_with_extras(
     degradation: degrade.Degradation,
     extras: dict,
     margin_db: float,
-    confidence: float = 0.0,
+    confidence: float,
     device: torch.device | str = "cpu",
     amp: bool = True,
 ) -> tuple[float, list[str]]:

@@ -200,12 +200,14 @@ def test_guard_with_back_projection_scores_the_wrapped_model():
     r = _untrained(train, held)
     assert "model_worse_than_interpolation" in r.flags
     psnr, flags = guard_with_extras(r, factors=(1, 2, 2), degradation=degrade.Degradation(),
-                                    extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2)
+                                    extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2,
+                                    confidence=0.0)
     assert psnr > r.val_psnr_interp + 0.2, (psnr, r.val_psnr_interp)
     assert "model_worse_than_interpolation" not in flags
     # no extras: the training verdict and figure stand as they are
     psnr0, flags0 = guard_with_extras(r, factors=(1, 2, 2), degradation=degrade.Degradation(),
-                                      extras={"ensemble": False, "back_projection_iterations": 0}, margin_db=0.2)
+                                      extras={"ensemble": False, "back_projection_iterations": 0}, margin_db=0.2,
+                                      confidence=0.95)
     assert psnr0 == r.val_psnr_model and flags0 == r.flags
 
 
@@ -379,7 +381,8 @@ def test_psf_scaled_targets_keep_point_sources_from_being_sharpened_past_the_psf
     assert err(psf.model) < 0.95 * e_tri, (err(psf.model), e_tri)  # measured 0.85
     assert "model_worse_than_interpolation" not in psf.flags
     _, flags = guard_with_extras(psf, factors=f, degradation=degrade.Degradation(),
-                                 extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2)
+                                 extras={"ensemble": False, "back_projection_iterations": 1}, margin_db=0.2,
+                                 confidence=0.95)
     assert "model_worse_than_interpolation" not in flags
     # without the PSF the network's best is no better than tricubic (it over-sharpens), and the guard says so
     assert "model_worse_than_interpolation" in plain.flags

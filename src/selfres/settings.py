@@ -99,9 +99,10 @@ class TrainSettings:
     patience: int = 8
     guard_margin_db: float = 0.2
     guard_confidence: float = 0.95
-    """The model also passes the guard when its held-out gain is above 0 at this confidence
-    (block bootstrap, :func:`selfres.metrics.psnr_gain_interval`), however small; 0 turns
-    that off (the margin alone decides)."""
+    """When nothing was learned (best step 0: the output is tricubic + back-projection /
+    self-ensemble), it also passes the guard when its held-out gain is above 0 at this
+    confidence (block bootstrap, :func:`selfres.metrics.psnr_gain_interval`), however small;
+    0 turns that off (the margin alone decides). Learned networks always need the margin."""
     scale_check: bool = True
     structure_weighting: float = 0.5
     augment: bool = True

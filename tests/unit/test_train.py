@@ -211,6 +211,28 @@ def test_guard_with_back_projection_scores_the_wrapped_model():
     assert psnr0 == r.val_psnr_model and flags0 == r.flags
 
 
+def test_guard_lets_a_consistent_small_gain_through_only_when_nothing_was_learned():
+    """Below the margin, tricubic + back-projection (best step 0) passes on a gain that every
+    resample keeps above 0; the same output from a learned network (best step > 0) still needs
+    the margin, and confidence 0 is the margin alone for both."""
+    from dataclasses import replace
+
+    from selfres.train import guard_with_extras
+
+    train, held = _data()
+    r = _untrained(train, held)
+    bp = {"ensemble": False, "back_projection_iterations": 1}
+
+    def flagged(result, confidence):
+        _, flags = guard_with_extras(result, factors=(1, 2, 2), degradation=degrade.Degradation(), extras=bp,
+                                     margin_db=10.0, confidence=confidence)  # a margin no output reaches
+        return "model_worse_than_interpolation" in flags
+
+    assert not flagged(r, 0.95)
+    assert flagged(replace(r, best_step=50), 0.95)
+    assert flagged(r, 0.0)
+
+
 def test_guard_with_back_projection_flags_a_wrapped_model_that_does_not_beat_tricubic():
     """A dead network (all zeros) wrapped in one back-projection gives exactly tricubic of the
     input: no gain, so the guard flags it although training had not."""

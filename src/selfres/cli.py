@@ -244,6 +244,9 @@ def _psf_sigma(args) -> tuple[float, ...]:
     print(f"{m['n_beads']} beads; image FWHM z,y,x {', '.join(f'{v:.3g}' for v in m['fwhm_um'])} µm; "
           f"spread (IQR/median) {', '.join(f'{v:.2f}' for v in m['spread'])}; σ minus the voxel box:",
           file=sys.stderr)
+    if max(m["spread"]) > 0.25:
+        print("warning: the spots differ in width by more than 25 %: sub-resolution beads all have the "
+              "PSF's width, so these are probably not (or not only) beads, and σ is not the PSF's", file=sys.stderr)
     return m["sigma_um"]
 
 

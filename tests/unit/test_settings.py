@@ -129,4 +129,10 @@ def test_psf_sigma_command_measures_a_bead_stack(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bare.tif" in err and "--voxel-size" in err
     assert main(["psf-sigma", "--beads", str(bare), "--voxel-size", "0.4,0.1,0.1"]) == 0
-    assert capsys.readouterr().out.strip() == f"{z:.4g},{y:.4g},{x:.4g}"
+    out = capsys.readouterr()
+    assert out.out.strip() == f"{z:.4g},{y:.4g},{x:.4g}" and "warning" not in out.err
+    # spots of two widths are not a PSF: the σ comes with a warning
+    mixed = beads + make_beads(shape=(40, 96, 96), n_beads=20, sigma_px=(5.0, 3.0, 3.0), seed=2)
+    tifffile.imwrite(bare, mixed)
+    assert main(["psf-sigma", "--beads", str(bare), "--voxel-size", "0.4,0.1,0.1"]) == 0
+    assert "warning: the spots differ in width" in capsys.readouterr().err

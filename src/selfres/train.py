@@ -59,9 +59,10 @@ class TrainResult:
     log_rows: list[dict] = field(default_factory=list)
     stages: list["TrainResult"] = field(default_factory=list)
     """For a serial ×4 model: the two ×2 stages (``model`` is then their composition)."""
-    holdout: tuple[np.ndarray, np.ndarray] | None = None
-    """The held-out pair the model was scored on, ``(target, degraded input)`` — PSF-scaled when
-    ``train.psf_sigma_um`` is set — so that the guard re-scores on exactly that pair."""
+    holdout: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    """The held-out pair the model was scored on, ``(target, degraded input, its tricubic)`` as
+    :func:`holdout_pair` made it — PSF-scaled when ``train.psf_sigma_um`` is set — so that the
+    guard re-scores on exactly that pair."""
 
 
 def make_degradation(
@@ -639,7 +640,7 @@ def train_enhance(
     return TrainResult(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=seconds,
         stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
-        flags=flags, log_rows=sel.rows, holdout=(target_h, low_h),
+        flags=flags, log_rows=sel.rows, holdout=(target_h, low_h, interp_h),
     )
 
 
@@ -691,15 +692,13 @@ def guard_with_extras(
     if wrapped is result.model:  # no extras: the network is what inference writes
         return result.val_psnr_model, flags
     factors = tuple(int(f) for f in factors)
-    target, low = result.holdout
-    data_range = float(max(target.max() - target.min(), 1e-6))
+    target, low, interp = result.holdout
     pred = predict_array(wrapped, low, factors=factors, tile_size=tuple(max(8, min(64, n)) for n in low.shape),
                          device=device, amp=amp)
-    psnr = psnr01(target, pred, data_range)
-    interp = np.asarray(degrade.upscale_cubic(low, factors), dtype=np.float32)  # as holdout_pair made it
     learned = any(r.best_step > 0 for r in (result.stages or [result]))
-    passes, _, interval = guard_passes(target, pred, interp, margin_db=margin_db,
-                                       confidence=0.0 if learned else confidence)
+    passes, gain, interval = guard_passes(target, pred, interp, margin_db=margin_db,
+                                          confidence=0.0 if learned else confidence)
+    psnr = result.val_psnr_interp + gain  # val_psnr_interp was scored on this same (target, interp)
     flags = [f for f in flags if f != "model_worse_than_interpolation"]
     if not passes:
         flags.append("model_worse_than_interpolation")
@@ -796,5 +795,5 @@ def train_serial(
         model=model, spec=r1.spec, best_step=r2.best_step, steps_done=r1.steps_done + r2.steps_done,
         seconds=time.monotonic() - t0, stop_reason=f"{r1.stop_reason}+{r2.stop_reason}",
         val_psnr_model=val_model, val_psnr_interp=val_interp, flags=flags, log_rows=rows, stages=[r1, r2],
-        holdout=(target_h, low_h),
+        holdout=(target_h, low_h, interp_h),
     )

@@ -272,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
             text = prefix + text
         print("ERROR: " + " ".join(text.split("\n")), file=sys.stderr)  # one line: the summary reads it
         return 2
-    except MemoryError:
-        print(f"ERROR: {prefix}out of memory; reduce infer.tile_size or fov.max_voxels", file=sys.stderr)
+    except MemoryError as exc:
+        why = " ".join(str(exc).split()) or "reduce infer.tile_size or fov.max_voxels"
+        print(f"ERROR: {prefix}out of memory; {why}", file=sys.stderr)
         return 3
     except OSError as exc:
         if getattr(exc, "errno", None) == errno.ENOSPC:

@@ -354,7 +354,8 @@ def _is_oom(exc: BaseException) -> bool:
     """True for an out-of-memory error of the accelerator (CUDA, MPS) or the allocator."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 class _Fitter:
@@ -414,7 +415,10 @@ class _Fitter:
         if core[ax] < 2 * self.min_core:
             raise MemoryError(
                 f"a tile of {core} input voxels does not fit in {self.device} memory even after "
-                "halving; use a smaller infer.tile_size or a device with more memory")
+                f"halving: every piece is read with a halo of {list(self.halo)} input voxels per side "
+                f"({block.size:,} padded input voxels here). Lower infer.back_projection_iterations "
+                "(each iteration adds ~5 voxels of halo) or infer.tile_size, or use a machine with more "
+                "memory")
         self.splits += 1
         mid = core[ax] // 2
         h = self.halo[ax]
@@ -444,6 +448,65 @@ def io_threads(device: torch.device | str) -> int:
     """Reader (and writer) threads: 1 on CPU, where the cores compute; up to 4 on CUDA,
     where decompression and compression must keep up with the GPU."""
     return 1 if torch.device(device).type == "cpu" else max(1, min(4, (os.cpu_count() or 2) // 4))
+
+
+#: Host bytes a CPU pass takes per output voxel of its padded block, an upper bound: 20–45
+#: measured for the default network with 0–10 back-projection iterations at ×2 and ×4
+#: (activations at low resolution, output and back-projection buffers at high resolution).
+CPU_PASS_BYTES_PER_OUTPUT_VOXEL = 48
+
+
+def _cgroup_memory_left(cgroup_root: Path, proc_cgroup: Path) -> int | None:
+    """Bytes left under the tightest cgroup-v2 ``memory.max`` of this process and its
+    ancestors (a Slurm job's ``--mem``), or None where there is no such limit."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    rel = next((ln.split("::", 1)[1] for ln in lines if ln.startswith("0::")), None)
+    if rel is None:
+        return None
+    left = None
+    node = cgroup_root / rel.strip().lstrip("/")
+    while True:
+        try:
+            limit = (node / "memory.max").read_text().strip()
+            used = int((node / "memory.current").read_text().strip())
+            if limit != "max":
+                rest = max(0, int(limit) - used)
+                left = rest if left is None else min(left, rest)
+        except (OSError, ValueError):
+            pass
+        if node == cgroup_root or node.parent == node:
+            return left
+        node = node.parent
+
+
+def host_memory_available(*, meminfo: Path = Path("/proc/meminfo"), cgroup_root: Path = Path("/sys/fs/cgroup"),
+                          proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes this process can still allocate: ``MemAvailable`` of ``/proc/meminfo``, capped
+    by its cgroup's memory limit (under Slurm the job's ``--mem``, not the node's RAM).
+    None where neither can be read (not Linux)."""
+    avail = None
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                avail = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    left = _cgroup_memory_left(cgroup_root, proc_cgroup)
+    if left is not None:
+        avail = left if avail is None else min(avail, left)
+    return avail
+
+
+def cpu_pass_limit(factors: Sequence[int], *, available: int | None, fraction: float = 0.8) -> float:
+    """Padded input voxels one CPU pass may hold: ``fraction`` of ``available`` bytes at
+    :data:`CPU_PASS_BYTES_PER_OUTPUT_VOXEL` per output voxel (inf where memory is unknown)."""
+    if available is None:
+        return math.inf
+    return fraction * available / (CPU_PASS_BYTES_PER_OUTPUT_VOXEL * math.prod(int(f) for f in factors))
 
 
 #: A GPU pass is kept under this many padded input voxels, so that the widest activation
@@ -629,6 +692,15 @@ def run_tiles(
     if not todo:
         return
     tile = tuple(max(1, min(int(t), int(n))) for t, n in zip(tile_size, source.shape))
+    padded = math.prod(t + 2 * h for t, h in zip(tile, halo))
+    if device.type != "cuda":  # on CUDA an out-of-memory error is caught; on a host the kernel kills instead
+        fitter.limit = cpu_pass_limit(factors, available=host_memory_available())
+        if padded >= fitter.limit:
+            log.warning("one tile with its halo needs ~%.1f GiB of host memory (%s padded input voxels × %s), "
+                        "more than %.1f GiB can be spared: tiles are cut into pieces that fit (same output, "
+                        "more work)", padded * math.prod(factors) * CPU_PASS_BYTES_PER_OUTPUT_VOXEL / 2**30,
+                        [t + 2 * h for t, h in zip(tile, halo)], list(factors),
+                        fitter.limit * math.prod(factors) * CPU_PASS_BYTES_PER_OUTPUT_VOXEL / 2**30)
     pass_tile = fit_pass_tile(model, tile_size=tile, shape=source.shape, device=device, amp=amp,
                               memory_fraction=memory_fraction) if fit_memory else tile
     fitter.pass_tile = pass_tile
@@ -743,6 +815,23 @@ class Progress:
             )
 
 
+def warn_if_halo_dominates(model: nn.Module, tile_size: Sequence[int], shape: Sequence[int], *,
+                           ratio: float = 8.0) -> bool:
+    """Log a warning when each tile's padded input is over ``ratio`` × its core: inference
+    then does that much more work than the output needs (a large halo, mostly from many
+    back-projection iterations, on small tiles). Returns whether it warned."""
+    halo = tuple(int(h) for h in getattr(model, "halo", (0, 0, 0)))
+    tile = [max(1, min(int(t), int(n))) for t, n in zip(tile_size, shape)]
+    waste = math.prod(t + 2 * h for t, h in zip(tile, halo)) / math.prod(tile)
+    if waste <= ratio:
+        return False
+    log.warning("the halo (%s input voxels per side; back-projection adds ~5 per iteration) makes each tile's "
+                "padded input %.0f× its core %s: inference does %.0f× the work its output needs. Fewer "
+                "infer.back_projection_iterations shrink the halo; a larger infer.tile_size (where the volume "
+                "is larger than the tile) spreads it", list(halo), waste, tile, waste)
+    return True
+
+
 def restore_to_store(
     model: nn.Module,
     source,
@@ -796,6 +885,7 @@ def restore_to_store(
         "pass_tile": [z, y, x]}``.
     """
     done_tiles = done_tiles or set()
+    warn_if_halo_dominates(model, tile_size, source.shape)
     if writers is None:
         writers = io_threads(device)
     n_grid = len(tile_grid(source.shape, tile_size))

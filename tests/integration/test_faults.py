@@ -128,6 +128,22 @@ def test_corrupt_weights_are_refused_by_checksum_with_advice(normalized, tmp_pat
     assert len(list(tmp_path.glob("model.corrupt-*/weights.safetensors"))) == 1
 
 
+def test_inference_that_cannot_fit_in_host_memory_is_one_error_line_with_the_remedy(normalized, tmp_path,
+                                                                                    monkeypatch, capsys):
+    import selfres.infer as infer
+
+    model = _tiny_model(tmp_path / "model")
+    monkeypatch.setattr(infer, "host_memory_available", lambda: 1000)  # bytes: a job with no memory to spare
+    out = tmp_path / "restored.ome.zarr"
+    rc = cli.main(["--log-level", "ERROR", "infer", str(normalized), str(model), "-o", str(out),
+                   "--sample", SAMPLE, "--device", "cpu"])
+    msg = _only_error_line(capsys.readouterr().err)
+    assert rc == 3
+    assert msg.startswith(f"ERROR: sample '{SAMPLE}': out of memory; a tile of ")
+    assert "infer.back_projection_iterations" in msg and "infer.tile_size" in msg
+    assert not out.exists() and _litter(tmp_path) == []
+
+
 class _Pwn:
     """A pickle that runs code when unpickled (creates a marker file)."""
 

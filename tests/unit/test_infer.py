@@ -8,7 +8,7 @@ import torch
 
 from selfres import degrade, io
 from selfres.infer import (
-    CubicUpsampler, predict_array, predict_single_pass, prepare_model, restore_to_store, tile_grid,
+    CubicUpsampler, predict_array, predict_single_pass, prepare_model, restore_to_store, run_tiles, tile_grid,
 )
 from selfres.models import ModelSpec, build_model
 
@@ -142,6 +142,75 @@ def test_out_of_memory_on_a_batch_falls_back_to_single_tiles_and_other_errors_pr
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         predict_array(Broken(), vol, factors=(1, 1, 1), tile_size=tile)
+
+
+def test_cpu_pass_that_would_not_fit_in_host_memory_is_split_before_it_runs(monkeypatch, caplog):
+    import selfres.infer as infer
+
+    model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
+    vol = blob_volume((6, 20, 20))
+    ref = predict_single_pass(model, vol, factors=(1, 2, 2))
+    one_tile = int(np.prod([n + 2 * h for n, h in zip(vol.shape, model.halo)]))
+    # room for half a padded tile: the bytes that cpu_pass_limit turns into one_tile / 2 voxels
+    spare = one_tile / 2 * infer.CPU_PASS_BYTES_PER_OUTPUT_VOXEL * 4 / 0.8
+    monkeypatch.setattr(infer, "host_memory_available", lambda: int(spare))
+    sizes = []
+    counted = _OomAbove(model, limit=10**12)  # never raises: records what each forward got
+    fitters = []
+    with caplog.at_level("WARNING", logger="selfres.infer"):
+        out = np.empty((6, 40, 40), np.float32)
+        for _, t, block in run_tiles(counted, vol, factors=(1, 2, 2), tile_size=(6, 20, 20), fitter_out=fitters):
+            out[tuple(slice(a * f, b * f) for (a, b), f in zip(t, (1, 2, 2)))] = block
+    sizes = counted.sizes
+    np.testing.assert_allclose(out, ref, atol=2e-5)
+    assert max(sizes) < one_tile / 2 and len(sizes) >= 2 and fitters[0].splits >= 1
+    assert "host memory" in caplog.text and "cut into pieces" in caplog.text
+
+
+def test_cpu_pass_that_cannot_fit_at_all_says_what_to_change(monkeypatch):
+    import selfres.infer as infer
+    from selfres.ensemble import BackProjection
+
+    model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
+    bp = BackProjection(model, iterations=4)
+    monkeypatch.setattr(infer, "host_memory_available", lambda: 10_000)  # bytes: not even one padded voxel row
+    with pytest.raises(MemoryError, match=r"halo of \[.*\] input voxels per side.*back_projection_iterations"):
+        predict_array(bp, blob_volume((4, 16, 16)), factors=(1, 2, 2), tile_size=(4, 16, 16))
+
+
+def test_a_halo_much_larger_than_the_tile_is_reported_when_restoring(caplog):
+    from selfres.ensemble import BackProjection
+
+    model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
+    vol = blob_volume((16, 48, 48))
+    for iterations, warned in ((1, False), (6, True)):
+        caplog.clear()
+        dest = np.zeros((16, 96, 96), np.float32)
+        with caplog.at_level("WARNING", logger="selfres.infer"):
+            restore_to_store(BackProjection(model, iterations=iterations), vol, dest, factors=(1, 2, 2),
+                             tile_size=(16, 48, 48))
+        assert ("padded input" in caplog.text and "back_projection_iterations" in caplog.text) is warned
+        assert np.abs(dest).max() > 0  # and it restored
+
+
+def test_host_memory_available_takes_the_tightest_cgroup_limit(tmp_path):
+    from selfres.infer import host_memory_available
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       32000000 kB\nMemAvailable:   20000000 kB\n")
+    root = tmp_path / "cg"
+    job = root / "system.slice" / "slurmstepd.scope" / "job_7"
+    job.mkdir(parents=True)
+    (root / "system.slice" / "memory.max").write_text("max\n")
+    (root / "system.slice" / "memory.current").write_text("5\n")
+    (job / "memory.max").write_text(str(4 * 2**30) + "\n")  # sbatch --mem=4G
+    (job / "memory.current").write_text(str(1 * 2**30) + "\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/system.slice/slurmstepd.scope/job_7\n")
+    assert host_memory_available(meminfo=meminfo, cgroup_root=root, proc_cgroup=proc) == 3 * 2**30
+    proc.write_text("0::/\n")  # no limit anywhere: what the kernel says is available
+    assert host_memory_available(meminfo=meminfo, cgroup_root=root, proc_cgroup=proc) == 20000000 * 1024
+    assert host_memory_available(meminfo=tmp_path / "none", cgroup_root=root, proc_cgroup=tmp_path / "none") is None
 
 
 @pytest.mark.parametrize("n, blocks", [(10, 3), (7, 7), (5, 1), (3, 5)])

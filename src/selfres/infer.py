@@ -456,30 +456,58 @@ def io_threads(device: torch.device | str) -> int:
 CPU_PASS_BYTES_PER_OUTPUT_VOXEL = 48
 
 
+def _stat_bytes(node: Path, key: str) -> int:
+    try:
+        for line in (node / "memory.stat").read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+#: cgroup v2 and v1 files: (controller folder, limit, usage, reclaimable page cache in memory.stat)
+_CGROUP_MEMORY_FILES = {
+    "v2": ("", "memory.max", "memory.current", "inactive_file"),
+    "v1": ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+}
+
+
 def _cgroup_memory_left(cgroup_root: Path, proc_cgroup: Path) -> int | None:
-    """Bytes left under the tightest cgroup-v2 ``memory.max`` of this process and its
-    ancestors (a Slurm job's ``--mem``), or None where there is no such limit."""
+    """Bytes left under the tightest cgroup memory limit of this process and its ancestors
+    (v2 ``memory.max`` or v1 ``memory.limit_in_bytes``: a Slurm job's ``--mem``), or None
+    where there is no such limit. Inactive page cache counts as free (the kernel drops it
+    before it kills)."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
         return None
-    rel = next((ln.split("::", 1)[1] for ln in lines if ln.startswith("0::")), None)
-    if rel is None:
-        return None
     left = None
-    node = cgroup_root / rel.strip().lstrip("/")
-    while True:
-        try:
-            limit = (node / "memory.max").read_text().strip()
-            used = int((node / "memory.current").read_text().strip())
-            if limit != "max":
-                rest = max(0, int(limit) - used)
-                left = rest if left is None else min(left, rest)
-        except (OSError, ValueError):
-            pass
-        if node == cgroup_root or node.parent == node:
-            return left
-        node = node.parent
+    for line in lines:
+        hierarchy, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and controllers == "":
+            kind = "v2"
+        elif "memory" in controllers.split(","):
+            kind = "v1"
+        else:
+            continue
+        folder, limit_file, usage_file, cache_key = _CGROUP_MEMORY_FILES[kind]
+        top = cgroup_root / folder if folder else cgroup_root
+        node = top / rel.strip().lstrip("/")
+        while True:
+            try:
+                limit = (node / limit_file).read_text().strip()
+                if limit != "max" and int(limit) < 2**60:  # v1 writes "no limit" as ~2**63
+                    used = int((node / usage_file).read_text().strip()) - _stat_bytes(node, cache_key)
+                    rest = max(0, int(limit) - max(0, used))
+                    left = rest if left is None else min(left, rest)
+            except (OSError, ValueError):
+                pass
+            if node == top or node.parent == node:
+                break
+            node = node.parent
+    return left
 
 
 def host_memory_available(*, meminfo: Path = Path("/proc/meminfo"), cgroup_root: Path = Path("/sys/fs/cgroup"),

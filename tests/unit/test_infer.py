@@ -204,13 +204,24 @@ def test_host_memory_available_takes_the_tightest_cgroup_limit(tmp_path):
     (root / "system.slice" / "memory.max").write_text("max\n")
     (root / "system.slice" / "memory.current").write_text("5\n")
     (job / "memory.max").write_text(str(4 * 2**30) + "\n")  # sbatch --mem=4G
-    (job / "memory.current").write_text(str(1 * 2**30) + "\n")
+    (job / "memory.current").write_text(str(2 * 2**30) + "\n")
+    (job / "memory.stat").write_text(f"anon 1\nfile 9\ninactive_file {2**30}\nactive_file 5\n")  # reclaimable
     proc = tmp_path / "cgroup"
     proc.write_text("0::/system.slice/slurmstepd.scope/job_7\n")
     assert host_memory_available(meminfo=meminfo, cgroup_root=root, proc_cgroup=proc) == 3 * 2**30
     proc.write_text("0::/\n")  # no limit anywhere: what the kernel says is available
     assert host_memory_available(meminfo=meminfo, cgroup_root=root, proc_cgroup=proc) == 20000000 * 1024
     assert host_memory_available(meminfo=tmp_path / "none", cgroup_root=root, proc_cgroup=tmp_path / "none") is None
+    # cgroup v1 (memory controller in its own hierarchy), as on hosts that have not moved to v2
+    v1 = root / "memory" / "slurm" / "uid_0" / "job_8"
+    v1.mkdir(parents=True)
+    (root / "memory" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    (root / "memory" / "memory.usage_in_bytes").write_text("7\n")
+    (v1 / "memory.limit_in_bytes").write_text(str(2 * 2**30) + "\n")
+    (v1 / "memory.usage_in_bytes").write_text(str(2**30) + "\n")
+    (v1 / "memory.stat").write_text(f"cache 3\ntotal_inactive_file {2**29}\n")
+    proc.write_text("4:memory:/slurm/uid_0/job_8\n1:cpu:/\n0::/\n")
+    assert host_memory_available(meminfo=meminfo, cgroup_root=root, proc_cgroup=proc) == 2**30 + 2**29
 
 
 @pytest.mark.parametrize("n, blocks", [(10, 3), (7, 7), (5, 1), (3, 5)])

@@ -31,16 +31,7 @@ def rescale_matrix(n: int, factor: int) -> np.ndarray:
     output centres ``(j + 0.5)·factor − 0.5`` (``skimage`` rescale semantics)."""
     from selfres import degrade
 
-    sigma = (factor - 1) / 2
-    if sigma > 0:
-        k = degrade._gaussian_kernel1d(sigma)
-        r = (k.size - 1) // 2
-        idx = np.arange(n)[:, None] + np.arange(-r, r + 1)[None, :]
-        g = np.zeros((n, n))
-        np.add.at(g, (np.broadcast_to(np.arange(n)[:, None], idx.shape), degrade.mirror_indices(idx, n, edge=False)),
-                  np.broadcast_to(k, idx.shape))
-    else:
-        g = np.eye(n)
+    g = degrade._gaussian_block_matrix(n, (factor - 1) / 2, 1)  # the mirror-border blur alone (no block mean)
     n_out = n // factor
     u = (np.arange(n_out) + 0.5) * factor - 0.5
     i0 = np.floor(u).astype(int)

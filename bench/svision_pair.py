@@ -14,28 +14,29 @@ and residual, and the beads' lateral and axial FWHM (× 4, pixels of the HR grid
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "real"
 
 
 def candidates(hr: np.ndarray) -> dict[str, np.ndarray]:
+    from quality import degrade_truth  # the benchmark's own LR degradations
     from skimage.transform import rescale
 
-    from selfres import degrade
+    def lr(how):
+        return np.asarray(degrade_truth(hr, (4, 4, 4), how), np.float64)
 
-    f = (4, 4, 4)
-    block = hr.reshape(hr.shape[0] // 4, 4, hr.shape[1] // 4, 4, hr.shape[2] // 4, 4).mean(axis=(1, 3, 5))
     return {
-        "antialiased cubic (imresize; selfres default D)": np.asarray(degrade.downscale_cubic(hr, f), np.float64),
-        "skimage rescale (Gaussian σ 1.5 + linear; the paper's Methods)": rescale(
-            hr, 0.25, anti_aliasing=True, order=1, preserve_range=True),
+        "antialiased cubic (imresize; selfres default D)": lr("cubic"),
+        "skimage rescale (Gaussian σ 1.5 + linear; the paper's Methods)": lr("gaussian"),
         "skimage rescale, no anti-aliasing": rescale(hr, 0.25, anti_aliasing=False, order=1, preserve_range=True),
-        "block mean (binning)": block,
+        "block mean (binning)": lr("block"),
     }
 
 

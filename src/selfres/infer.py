@@ -720,15 +720,15 @@ def run_tiles(
     if not todo:
         return
     tile = tuple(max(1, min(int(t), int(n))) for t, n in zip(tile_size, source.shape))
-    padded = math.prod(t + 2 * h for t, h in zip(tile, halo))
     if device.type != "cuda":  # on CUDA an out-of-memory error is caught; on a host the kernel kills instead
         fitter.limit = cpu_pass_limit(factors, available=host_memory_available())
-        if padded >= fitter.limit:
+        padded = [t + 2 * h for t, h in zip(tile, halo)]
+        if math.prod(padded) >= fitter.limit:
+            gib_per_voxel = math.prod(factors) * CPU_PASS_BYTES_PER_OUTPUT_VOXEL / 2**30
             log.warning("one tile with its halo needs ~%.1f GiB of host memory (%s padded input voxels × %s), "
                         "more than %.1f GiB can be spared: tiles are cut into pieces that fit (same output, "
-                        "more work)", padded * math.prod(factors) * CPU_PASS_BYTES_PER_OUTPUT_VOXEL / 2**30,
-                        [t + 2 * h for t, h in zip(tile, halo)], list(factors),
-                        fitter.limit * math.prod(factors) * CPU_PASS_BYTES_PER_OUTPUT_VOXEL / 2**30)
+                        "more work)", math.prod(padded) * gib_per_voxel, padded, list(factors),
+                        fitter.limit * gib_per_voxel)
     pass_tile = fit_pass_tile(model, tile_size=tile, shape=source.shape, device=device, amp=amp,
                               memory_fraction=memory_fraction) if fit_memory else tile
     fitter.pass_tile = pass_tile

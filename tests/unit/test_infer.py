@@ -154,7 +154,6 @@ def test_cpu_pass_that_would_not_fit_in_host_memory_is_split_before_it_runs(monk
     # room for half a padded tile: the bytes that cpu_pass_limit turns into one_tile / 2 voxels
     spare = one_tile / 2 * infer.CPU_PASS_BYTES_PER_OUTPUT_VOXEL * 4 / 0.8
     monkeypatch.setattr(infer, "host_memory_available", lambda: int(spare))
-    sizes = []
     counted = _OomAbove(model, limit=10**12)  # never raises: records what each forward got
     fitters = []
     with caplog.at_level("WARNING", logger="selfres.infer"):

@@ -358,6 +358,26 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
+def back_projection_iterations(model: nn.Module) -> int:
+    """Back-projection steps inside ``model`` (0 when it is a bare network): wrappers are
+    followed through their ``.model``."""
+    seen = 0
+    while model is not None and seen < 16:
+        if hasattr(model, "iterations") and hasattr(model, "step_reach"):
+            return int(model.iterations)
+        model, seen = getattr(model, "model", None), seen + 1
+    return 0
+
+
+def _halo_advice(model: nn.Module) -> str:
+    """What to change when a padded tile does not fit: the back-projection iterations only
+    where the model has some (they are most of a large halo)."""
+    n = back_projection_iterations(model)
+    bp = (f"Lower infer.back_projection_iterations ({n} now; each iteration adds ~5 voxels of halo) or "
+          if n else "Lower ")
+    return f"{bp}infer.tile_size, or use a machine with more memory"
+
+
 class _Fitter:
     """Run the network on mirror-padded input blocks, halving the work on out-of-memory.
 
@@ -416,9 +436,7 @@ class _Fitter:
             raise MemoryError(
                 f"a tile of {core} input voxels does not fit in {self.device} memory even after "
                 f"halving: every piece is read with a halo of {list(self.halo)} input voxels per side "
-                f"({block.size:,} padded input voxels here). Lower infer.back_projection_iterations "
-                "(each iteration adds ~5 voxels of halo) or infer.tile_size, or use a machine with more "
-                "memory")
+                f"({block.size:,} padded input voxels here). {_halo_advice(self.model)}")
         self.splits += 1
         mid = core[ax] // 2
         h = self.halo[ax]
@@ -853,10 +871,12 @@ def warn_if_halo_dominates(model: nn.Module, tile_size: Sequence[int], shape: Se
     waste = math.prod(t + 2 * h for t, h in zip(tile, halo)) / math.prod(tile)
     if waste <= ratio:
         return False
-    log.warning("the halo (%s input voxels per side; back-projection adds ~5 per iteration) makes each tile's "
-                "padded input %.0f× its core %s: inference does %.0f× the work its output needs. Fewer "
-                "infer.back_projection_iterations shrink the halo; a larger infer.tile_size (where the volume "
-                "is larger than the tile) spreads it", list(halo), waste, tile, waste)
+    n = back_projection_iterations(model)
+    fewer = (f"Fewer infer.back_projection_iterations ({n} now, ~5 voxels of halo each) shrink the halo; a "
+             if n else "A ")
+    log.warning("the halo (%s input voxels per side) makes each tile's padded input %.0f× its core %s: "
+                "inference does %.0f× the work its output needs. %slarger infer.tile_size (where the volume "
+                "is larger than the tile) spreads it", list(halo), waste, tile, waste, fewer)
     return True
 
 

@@ -173,8 +173,12 @@ def test_cpu_pass_that_cannot_fit_at_all_says_what_to_change(monkeypatch):
     model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
     bp = BackProjection(model, iterations=4)
     monkeypatch.setattr(infer, "host_memory_available", lambda: 10_000)  # bytes: not even one padded voxel row
-    with pytest.raises(MemoryError, match=r"halo of \[.*\] input voxels per side.*back_projection_iterations"):
+    with pytest.raises(MemoryError, match=r"halo of \[.*\] input voxels per side.*back_projection_iterations \(4 now"):
         predict_array(bp, blob_volume((4, 16, 16)), factors=(1, 2, 2), tile_size=(4, 16, 16))
+    # a bare network has no back-projection to lower: the advice does not name it
+    with pytest.raises(MemoryError, match=r"halo of \[.*\]") as bare:
+        predict_array(model, blob_volume((4, 16, 16)), factors=(1, 2, 2), tile_size=(4, 16, 16))
+    assert "back_projection" not in str(bare.value) and "infer.tile_size" in str(bare.value)
 
 
 def test_a_halo_much_larger_than_the_tile_is_reported_when_restoring(caplog):

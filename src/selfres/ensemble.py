@@ -191,11 +191,17 @@ class BackProjection(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x5, squeeze = _as5d(x, self.factors)
         x5 = x5.float()
-        y = self.model(x5).float()
-        with torch.autocast(device_type=x5.device.type, enabled=False):
-            for _ in range(self.iterations):
-                y = y + degrade.upscale_cubic(x5 - self.degrader(y), self.factors)
+        y = self.refine(x5, self.model(x5))
         return y[:, :, 0] if squeeze else y
+
+    def refine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The back-projection steps alone, in float32: ``y`` (the model's output for
+        ``x``, both ``(B, 1, Z, Y, X)``) refined ``iterations`` times."""
+        x, y = x.float(), y.float()
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            for _ in range(self.iterations):
+                y = y + degrade.upscale_cubic(x - self.degrader(y), self.factors)
+        return y
 
 
 class Serial(nn.Module):

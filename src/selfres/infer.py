@@ -5,7 +5,10 @@ voxels (mirror-padded where it leaves the volume), passed through the network, a
 halo is cropped from the output. Because the halo covers the network's receptive field,
 the tiled result equals one pass over the mirror-padded volume, for any tile size.
 Input is read and output written tile by tile, so memory depends on the tile size, not
-on the volume.
+on the volume. Back-projection around the network is the exception where memory allows:
+on a CPU it runs once over the whole volume after the network's tiles
+(:func:`whole_volume_back_projection`), instead of widening every tile's halo by its
+reach per iteration; the output is the same.
 """
 
 from __future__ import annotations
@@ -53,19 +56,56 @@ class CubicUpsampler(nn.Module):
 def read_padded(source, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
     """Read ``source[lo:hi]`` as float32, mirror-padding (symmetric) outside the array.
 
-    ``source`` is anything with ``shape`` and basic slicing (numpy, zarr, dask).
+    ``source`` is anything with ``shape`` and basic slicing (numpy, zarr, dask), or a
+    :class:`MirrorWindow` (read through to its source, mirrored about the source's border).
     """
+    if isinstance(source, MirrorWindow):
+        return source.read_padded(lo, hi)
     shape = source.shape
-    clo = [max(0, int(a)) for a in lo]
-    chi = [min(int(n), int(b)) for b, n in zip(hi, shape)]
+    # source index of every wanted index: the symmetric mirror, repeated (period 2n)
+    index = []
+    for a, b, n in zip(lo, hi, shape):
+        i = np.arange(int(a), int(b)) % (2 * int(n))
+        index.append(np.where(i < n, i, 2 * int(n) - 1 - i))
+    clo = [int(i.min()) if i.size else 0 for i in index]
+    chi = [int(i.max()) + 1 if i.size else 0 for i in index]
     block = source[tuple(slice(a, b) for a, b in zip(clo, chi))]
     if hasattr(block, "compute"):
         block = block.compute()
     block = np.asarray(block, dtype=np.float32)
-    pads = [(a - l, h - b) for a, b, l, h in zip(clo, chi, lo, hi)]
-    if any(p for pair in pads for p in pair):
-        block = np.pad(block, pads, mode="symmetric")
+    for ax, (i, a, l, h) in enumerate(zip(index, clo, lo, hi)):
+        if int(l) < 0 or int(h) > shape[ax]:  # inside the source the slice is already the block
+            block = np.take(block, i - a, axis=ax)
     return block
+
+
+class MirrorWindow:
+    """The box ``[lo, hi)`` of ``source`` as an array, mirror-extended (symmetric, as
+    :func:`read_padded`) where the box leaves the source.
+
+    Tiling a window that reaches past the source computes the network there exactly as
+    one pass over the mirror-padded source does: every read, halos included, is mirrored
+    about the *source's* border, not the window's.
+    """
+
+    def __init__(self, source, lo: Sequence[int], hi: Sequence[int]):
+        self.source = source
+        self.lo = tuple(int(a) for a in lo)
+        self.shape = tuple(int(b) - int(a) for a, b in zip(lo, hi))
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(np.float32)
+
+    def read_padded(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+        return read_padded(self.source, [a + o for a, o in zip(lo, self.lo)],
+                           [b + o for b, o in zip(hi, self.lo)])
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
+        if any(k.step not in (None, 1) for k in key):
+            raise IndexError("MirrorWindow supports unit-step slices only")
+        return self.read_padded([a for a, _ in bounds], [b for _, b in bounds])
 
 
 def tile_grid(shape: Sequence[int], tile: Sequence[int]) -> list[tuple[tuple[int, int], ...]]:
@@ -817,7 +857,14 @@ def predict_array(
     amp: bool = True,
     batch_size: int = 1,
 ) -> np.ndarray:
-    """Restore an in-memory ZYX volume; returns the output-grid array (float32)."""
+    """Restore an in-memory ZYX volume; returns the output-grid array (float32).
+
+    Back-projection around the network runs once over the whole volume where
+    :func:`whole_volume_back_projection` allows, as in :func:`restore_to_store`."""
+    bp = whole_volume_back_projection(model, volume.shape, factors, device=device)
+    if bp is not None:
+        return _whole_volume_back_projected(bp, volume, factors=factors, tile_size=tile_size, device=device,
+                                            amp=amp, batch_size=batch_size, quiet=True)
     out_shape = tuple(int(n) * int(f) for n, f in zip(volume.shape, factors))
     out = np.empty(out_shape, dtype=np.float32)
     for _, t, block in run_tiles(
@@ -880,6 +927,76 @@ def warn_if_halo_dominates(model: nn.Module, tile_size: Sequence[int], shape: Se
     return True
 
 
+#: Host bytes per output voxel that back-projection over the whole volume holds at its
+#: peak, an upper bound: the network's output, the residual's upscale and the sum (4 each),
+#: the degraded copy and the input. Measured (peak RSS of one restore_to_store, 1 iteration):
+#: ~9.5 bytes per output voxel more than the tile path at ×2 (96×512×512 input), ~6 at ×4.
+WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL = 24
+
+
+def back_projection_border(model: nn.Module) -> tuple[int, ...]:
+    """Input voxels per side whose network output the back-projection steps of ``model``
+    (a :class:`selfres.ensemble.BackProjection`) reach into: ``iterations`` × one step's reach."""
+    return tuple(int(model.iterations) * int(r) for r in model.step_reach)
+
+
+def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors: Sequence[int], *,
+                                 device: torch.device | str = "cpu", whole_run: bool = True,
+                                 available: int | None = None) -> nn.Module | None:
+    """The back-projection to run once over the whole volume after tiling only the network
+    inside it, or ``None``: the steps then run inside every tile.
+
+    Inside a tile, each step widens the halo by its reach (~5 input voxels per step at ×2),
+    so a tile's network runs on a padded block several times its core (2.4× for the
+    default tile with 1 step). Over the whole volume the steps cost one pass each and the
+    network is tiled with its own halo. Taken on CPU when the whole volume's buffers
+    (:data:`WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL`) fit in half the host memory still
+    available, for a run over every tile (``whole_run``; a scattered block keeps the tile path).
+    Both give the output of one pass over the mirror-padded volume.
+    """
+    from .ensemble import BackProjection
+
+    if (not isinstance(model, BackProjection) or model.iterations == 0 or not whole_run
+            or torch.device(device).type == "cuda"):
+        return None
+    border = back_projection_border(model)
+    voxels = math.prod((int(n) + 2 * b) * int(f) for n, b, f in zip(shape, border, factors))
+    need = voxels * WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL
+    available = host_memory_available() if available is None else available
+    if need > available / 2:
+        log.info("back-projection runs inside each tile: over the whole volume it would need ~%.0f MiB of host "
+                 "memory, more than half of the %.0f MiB available", need / 2**20, available / 2**20)
+        return None
+    return model
+
+
+def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int], tile_size: Sequence[int],
+                                 quiet: bool = False, **run_kwargs) -> np.ndarray:
+    """The output of ``bp`` (a back-projection around a network) over all of ``source``:
+    the network tiled over the source widened by the steps' reach (mirrored, so exactly as
+    one pass over the mirror-padded volume), then the steps over the whole of it.
+    ``quiet``: log nothing (small arrays, e.g. the held-out region)."""
+    factors = tuple(int(f) for f in factors)
+    border = back_projection_border(bp)
+    window = MirrorWindow(source, [-b for b in border], [int(n) + b for n, b in zip(source.shape, border)])
+    # as many tiles as the source's grid has, each widened to cover the window (no slivers)
+    counts = [math.ceil(int(n) / max(1, min(int(t), int(n)))) for n, t in zip(source.shape, tile_size)]
+    tile = tuple(math.ceil(w / c) for w, c in zip(window.shape, counts))
+    y = np.empty(out_shape(window.shape, factors), dtype=np.float32)
+    progress = None if quiet else Progress(math.prod(counts), what="network tiles")
+    for _, t, block in run_tiles(bp.model, window, factors=factors, tile_size=tile, **run_kwargs):
+        y[tuple(slice(a * f, b * f) for (a, b), f in zip(t, factors))] = block
+        if progress is not None:
+            progress.update()
+    x = window.read_padded([0] * window.ndim, window.shape)
+    t0 = time.monotonic()
+    with torch.inference_mode():
+        y = bp.refine(torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None])[0, 0].numpy()
+    (log.debug if quiet else log.info)("back-projection (%d iterations) over the whole volume %s: %.1f s",
+                                       bp.iterations, list(y.shape), time.monotonic() - t0)
+    return y[tuple(slice(b * f, n - b * f) for n, b, f in zip(y.shape, border, factors))]
+
+
 def restore_to_store(
     model: nn.Module,
     source,
@@ -933,11 +1050,13 @@ def restore_to_store(
         "pass_tile": [z, y, x]}``.
     """
     done_tiles = done_tiles or set()
-    warn_if_halo_dominates(model, tile_size, source.shape)
-    if writers is None:
-        writers = io_threads(device)
     n_grid = len(tile_grid(source.shape, tile_size))
     wanted = list(range(n_grid)) if tiles is None else list(tiles)
+    bp = whole_volume_back_projection(model, source.shape, factors, device=device,
+                                      whole_run=len(set(wanted)) == n_grid)
+    warn_if_halo_dominates(bp.model if bp is not None else model, tile_size, source.shape)
+    if writers is None:
+        writers = io_threads(device)
     n_todo = sum(1 for i in wanted if i not in done_tiles)
     progress = Progress(n_todo, what="inference tiles")
     t0 = time.monotonic()
@@ -957,14 +1076,19 @@ def restore_to_store(
             progress.update()
 
     fitters: list = []
+    run_kwargs = dict(device=device, amp=amp, batch_size=batch_size, prefetch=prefetch, fitter_out=fitters,
+                      fit_memory=memory_fraction > 0, memory_fraction=memory_fraction)
+    if bp is not None:
+        blocks = _blocks_of_array(
+            lambda: _whole_volume_back_projected(bp, source, factors=factors, tile_size=tile_size, **run_kwargs),
+            source.shape, factors=factors, tile_size=tile_size, todo=[i for i in wanted if i not in done_tiles])
+    else:
+        blocks = run_tiles(model, source, factors=factors, tile_size=tile_size, skip=lambda k: k in done_tiles,
+                           tiles=wanted, **run_kwargs)
     pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="selfres-write") if writers > 0 else None
     pending: collections.deque = collections.deque()
     try:
-        for i, t, block in run_tiles(
-            model, source, factors=factors, tile_size=tile_size, device=device, amp=amp,
-            batch_size=batch_size, skip=lambda k: k in done_tiles, tiles=wanted, prefetch=prefetch,
-            fitter_out=fitters, fit_memory=memory_fraction > 0, memory_fraction=memory_fraction,
-        ):
+        for i, t, block in blocks:
             computed += 1
             voxels += block.size
             if pool is None:
@@ -987,6 +1111,19 @@ def restore_to_store(
         "oom_splits": fitters[0].splits if fitters else 0,
         "pass_tile": list(fitters[0].pass_tile) if fitters and fitters[0].pass_tile else None,
     }
+
+
+def _blocks_of_array(compute: Callable[[], np.ndarray], shape: Sequence[int], *, factors: Sequence[int],
+                     tile_size: Sequence[int], todo: Sequence[int]) -> Iterator[tuple]:
+    """``(index, core_tile, output_block)`` of the grid tiles ``todo``, cut from the whole
+    output that ``compute()`` returns (called only when there is a tile to yield)."""
+    if not todo:
+        return
+    out = compute()
+    grid = tile_grid(shape, tile_size)
+    for i in todo:
+        t = grid[i]
+        yield i, t, np.ascontiguousarray(out[tuple(slice(a * f, b * f) for (a, b), f in zip(t, factors))])
 
 
 def block_tiles(n_tiles: int, *, block: int, blocks: int) -> range:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -186,14 +188,17 @@ def test_a_halo_much_larger_than_the_tile_is_reported_when_restoring(caplog):
 
     model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
     vol = blob_volume((16, 48, 48))
-    for iterations, warned in ((1, False), (6, True)):
+    n_tiles = len(tile_grid(vol.shape, (16, 24, 24)))
+    # a scattered block keeps back-projection inside each tile: its halo grows with the iterations
+    for iterations, tiles, warned in ((1, [0], False), (6, [0], True), (6, None, False)):
         caplog.clear()
         dest = np.zeros((16, 96, 96), np.float32)
         with caplog.at_level("WARNING", logger="selfres.infer"):
             restore_to_store(BackProjection(model, iterations=iterations), vol, dest, factors=(1, 2, 2),
-                             tile_size=(16, 48, 48))
+                             tile_size=(16, 24, 24), tiles=tiles)
         assert ("padded input" in caplog.text and "back_projection_iterations" in caplog.text) is warned
         assert np.abs(dest).max() > 0  # and it restored
+    assert n_tiles == 4  # (the whole run above had tiles to spread the halo over)
 
 
 def test_host_memory_available_takes_the_tightest_cgroup_limit(tmp_path):
@@ -588,3 +593,107 @@ def test_only_the_command_sets_the_process_allocator(tmp_path, monkeypatch):
     assert calls == []
     assert cli.main(["psf-sigma", "--na", "1.0", "--wavelength-um", "0.5", "--refractive-index", "1.33"]) == 0
     assert calls == [1]
+
+
+# --------------------------------------------------------------------------- #
+# back-projection over the whole volume
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("factors, iterations, shape", [
+    ((1, 2, 2), 1, (5, 30, 26)),
+    ((2, 2, 2), 3, (9, 30, 26)),
+    ((4, 4, 4), 1, (9, 21, 26)),
+    ((1, 2, 2), 2, (1, 30, 26)),  # 2-D
+])
+def test_whole_volume_back_projection_equals_one_pass_and_is_taken(factors, iterations, shape, caplog):
+    from selfres.ensemble import BackProjection
+
+    bp = BackProjection(_random_model(ModelSpec(arch="resnet3d", factors=factors, width=8, depth=1)),
+                        iterations=iterations)
+    vol = np.random.default_rng(0).random(shape).astype(np.float32)
+    ref = predict_single_pass(bp, vol, factors=factors)
+    dest = np.zeros(ref.shape, np.float32)
+    with caplog.at_level("INFO", logger="selfres.infer"):
+        restore_to_store(bp, vol, dest, factors=factors, tile_size=(4, 16, 16), amp=False)
+    assert "iterations) over the whole volume" in caplog.text
+    np.testing.assert_allclose(dest, ref, atol=1e-5)
+
+
+def test_whole_volume_back_projection_falls_back_to_tiles_without_memory_and_for_a_block(monkeypatch, caplog):
+    import selfres.infer as infer
+    from selfres.ensemble import BackProjection
+
+    bp = BackProjection(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)),
+                        iterations=2)
+    vol = np.random.default_rng(1).random((6, 40, 36)).astype(np.float32)
+    ref = predict_single_pass(bp, vol, factors=(1, 2, 2))
+    assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2)) is bp
+    assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), whole_run=False) is None
+    assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), device="cuda") is None
+    assert infer.whole_volume_back_projection(bp.model, vol.shape, (1, 2, 2)) is None  # nothing to project
+    need = math.prod((n + 2 * b) * f for n, b, f in zip(vol.shape, infer.back_projection_border(bp), (1, 2, 2)))
+    need *= infer.WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL
+    assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), available=2 * need) is bp
+    assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), available=2 * need - 1) is None
+    monkeypatch.setattr(infer, "host_memory_available", lambda: 2 * need - 1)
+    dest = np.zeros(ref.shape, np.float32)
+    with caplog.at_level("INFO", logger="selfres.infer"):
+        restore_to_store(bp, vol, dest, factors=(1, 2, 2), tile_size=(3, 16, 16), amp=False)
+    assert "runs inside each tile" in caplog.text and "iterations) over the whole volume" not in caplog.text
+    np.testing.assert_allclose(dest, ref, atol=1e-5)
+
+
+def test_whole_volume_back_projection_resumes_only_the_missing_tiles():
+    from selfres.ensemble import BackProjection
+
+    bp = BackProjection(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)),
+                        iterations=1)
+    vol = np.random.default_rng(2).random((4, 32, 32)).astype(np.float32)
+    ref = predict_single_pass(bp, vol, factors=(1, 2, 2))
+    grid = tile_grid(vol.shape, (4, 16, 16))
+    dest = np.full(ref.shape, -7.0, np.float32)
+    done = {0, 3}
+    written: list[int] = []
+    stats = restore_to_store(bp, vol, dest, factors=(1, 2, 2), tile_size=(4, 16, 16), amp=False,
+                             done_tiles=done, on_tile_done=written.append)
+    assert sorted(written) == [1, 2] and stats["computed"] == 2
+    for i, t in enumerate(grid):
+        block = dest[tuple(slice(a * f, b * f) for (a, b), f in zip(t, (1, 2, 2)))]
+        if i in done:
+            assert (block == -7.0).all()  # not touched
+        else:
+            np.testing.assert_allclose(block, ref[tuple(slice(a * f, b * f) for (a, b), f in zip(t, (1, 2, 2)))],
+                                       atol=1e-5)
+    # every tile done: nothing is computed at all
+    assert restore_to_store(bp, vol, dest, factors=(1, 2, 2), tile_size=(4, 16, 16),
+                            done_tiles=set(range(len(grid))))["computed"] == 0
+
+
+@pytest.mark.parametrize("lo, hi", [
+    ((-3, 0, 0), (9, 30, 26)),
+    ((-5, -7, 2), (12, 33, 30)),
+    ((2, 3, 4), (5, 6, 7)),
+    ((-9, -30, -26), (18, 60, 52)),  # pads as large as the array
+    ((-30, 0, 0), (39, 30, 26)),     # pads larger than the array: repeated mirrors
+])
+def test_read_padded_mirrors_like_numpy_symmetric_pad(lo, hi):
+    from selfres.infer import read_padded
+
+    vol = np.random.default_rng(3).random((9, 30, 26)).astype(np.float32)
+    pads = [(max(0, -a), max(0, b - n)) for a, b, n in zip(lo, hi, vol.shape)]
+    core = vol[tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(lo, hi, vol.shape))]
+    np.testing.assert_array_equal(read_padded(vol, lo, hi), np.pad(core, pads, mode="symmetric"))
+
+
+def test_read_padded_wholly_outside_and_through_a_mirror_window():
+    from selfres.infer import MirrorWindow, read_padded
+
+    vol = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    # wholly before the array: z = -3..-1 mirror to 2, 1, 0
+    np.testing.assert_array_equal(read_padded(vol, (-3, 0, 0), (0, 5, 6)), vol[[2, 1, 0]])
+    window = MirrorWindow(vol, (-2, -1, 0), (6, 6, 6))
+    assert window.shape == (8, 7, 6)
+    np.testing.assert_array_equal(window[:, :, :], read_padded(vol, (-2, -1, 0), (6, 6, 6)))
+    # a window's reads beyond its own box still mirror about the source's border
+    np.testing.assert_array_equal(read_padded(window, (-1, 0, 0), (1, 7, 6)), read_padded(vol, (-3, -1, 0), (-1, 6, 6)))

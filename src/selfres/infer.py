@@ -861,7 +861,7 @@ def predict_array(
 
     Back-projection around the network runs once over the whole volume where
     :func:`whole_volume_back_projection` allows, as in :func:`restore_to_store`."""
-    bp = whole_volume_back_projection(model, volume.shape, factors, device=device)
+    bp = whole_volume_back_projection(model, volume.shape, factors, device=device, quiet=True)
     if bp is not None:
         return _whole_volume_back_projected(bp, volume, factors=factors, tile_size=tile_size, device=device,
                                             amp=amp, batch_size=batch_size, quiet=True)
@@ -942,7 +942,7 @@ def back_projection_border(model: nn.Module) -> tuple[int, ...]:
 
 def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors: Sequence[int], *,
                                  device: torch.device | str = "cpu", whole_run: bool = True,
-                                 available: int | None = None) -> nn.Module | None:
+                                 available: int | None = None, quiet: bool = False) -> nn.Module | None:
     """The back-projection to run once over the whole volume after tiling only the network
     inside it, or ``None``: the steps then run inside every tile.
 
@@ -952,7 +952,8 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
     network is tiled with its own halo. Taken on CPU when the whole volume's buffers
     (:data:`WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL`) fit in half the host memory still
     available, for a run over every tile (``whole_run``; a scattered block keeps the tile path).
-    Both give the output of one pass over the mirror-padded volume.
+    Both give the output of one pass over the mirror-padded volume. ``quiet``: the
+    fall-back is logged at debug level only (small arrays scored many times).
     """
     from .ensemble import BackProjection
 
@@ -964,8 +965,9 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
     need = voxels * WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL
     available = host_memory_available() if available is None else available
     if need > available / 2:
-        log.info("back-projection runs inside each tile: over the whole volume it would need ~%.0f MiB of host "
-                 "memory, more than half of the %.0f MiB available", need / 2**20, available / 2**20)
+        (log.debug if quiet else log.info)(
+            "back-projection runs inside each tile: over the whole volume it would need ~%.0f MiB of host "
+            "memory, more than half of the %.0f MiB available", need / 2**20, available / 2**20)
         return None
     return model
 

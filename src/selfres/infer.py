@@ -93,7 +93,6 @@ class MirrorWindow:
         self.lo = tuple(int(a) for a in lo)
         self.shape = tuple(int(b) - int(a) for a, b in zip(lo, hi))
         self.ndim = len(self.shape)
-        self.dtype = np.dtype(np.float32)
 
     def read_padded(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
         return read_padded(self.source, [a + o for a, o in zip(lo, self.lo)],
@@ -106,6 +105,21 @@ class MirrorWindow:
         if any(k.step not in (None, 1) for k in key):
             raise IndexError("MirrorWindow supports unit-step slices only")
         return self.read_padded([a for a, _ in bounds], [b for _, b in bounds])
+
+
+def output_slices(tile, factors: Sequence[int]) -> tuple[slice, ...]:
+    """The output-grid slices of the core tile ``((z0, z1), (y0, y1), (x0, x1))``."""
+    return tuple(slice(a * f, b * f) for (a, b), f in zip(tile, factors))
+
+
+def _assemble(blocks, shape: Sequence[int], factors: Sequence[int], progress: "Progress | None" = None) -> np.ndarray:
+    """The output array (float32) of a source of ``shape``, from :func:`run_tiles`' blocks."""
+    out = np.empty(out_shape(shape, factors), dtype=np.float32)
+    for _, t, block in blocks:
+        out[output_slices(t, factors)] = block
+        if progress is not None:
+            progress.update()
+    return out
 
 
 def tile_grid(shape: Sequence[int], tile: Sequence[int]) -> list[tuple[tuple[int, int], ...]]:
@@ -865,13 +879,8 @@ def predict_array(
     if bp is not None:
         return _whole_volume_back_projected(bp, volume, factors=factors, tile_size=tile_size, device=device,
                                             amp=amp, batch_size=batch_size, quiet=True)
-    out_shape = tuple(int(n) * int(f) for n, f in zip(volume.shape, factors))
-    out = np.empty(out_shape, dtype=np.float32)
-    for _, t, block in run_tiles(
-        model, volume, factors=factors, tile_size=tile_size, device=device, amp=amp, batch_size=batch_size
-    ):
-        out[tuple(slice(a * f, b * f) for (a, b), f in zip(t, factors))] = block
-    return out
+    return _assemble(run_tiles(model, volume, factors=factors, tile_size=tile_size, device=device, amp=amp,
+                               batch_size=batch_size), volume.shape, factors)
 
 
 def predict_single_pass(model: nn.Module, volume: np.ndarray, *, factors: Sequence[int]) -> np.ndarray:
@@ -984,12 +993,8 @@ def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int
     # as many tiles as the source's grid has, each widened to cover the window (no slivers)
     counts = [math.ceil(int(n) / max(1, min(int(t), int(n)))) for n, t in zip(source.shape, tile_size)]
     tile = tuple(math.ceil(w / c) for w, c in zip(window.shape, counts))
-    y = np.empty(out_shape(window.shape, factors), dtype=np.float32)
-    progress = None if quiet else Progress(math.prod(counts), what="network tiles")
-    for _, t, block in run_tiles(bp.model, window, factors=factors, tile_size=tile, **run_kwargs):
-        y[tuple(slice(a * f, b * f) for (a, b), f in zip(t, factors))] = block
-        if progress is not None:
-            progress.update()
+    y = _assemble(run_tiles(bp.model, window, factors=factors, tile_size=tile, **run_kwargs), window.shape, factors,
+                  progress=None if quiet else Progress(math.prod(counts), what="network tiles"))
     x = window.read_padded([0] * window.ndim, window.shape)
     t0 = time.monotonic()
     with torch.inference_mode():
@@ -1069,7 +1074,7 @@ def restore_to_store(
     def write(i, t, block):
         if transform is not None:
             block = transform(block)
-        dest[tuple(slice(a * f, b * f) for (a, b), f in zip(t, factors))] = block
+        dest[output_slices(t, factors)] = block
         if on_tile_written:
             on_tile_written(i, block)
         if on_tile_done:
@@ -1125,7 +1130,7 @@ def _blocks_of_array(compute: Callable[[], np.ndarray], shape: Sequence[int], *,
     grid = tile_grid(shape, tile_size)
     for i in todo:
         t = grid[i]
-        yield i, t, np.ascontiguousarray(out[tuple(slice(a * f, b * f) for (a, b), f in zip(t, factors))])
+        yield i, t, np.ascontiguousarray(out[output_slices(t, factors)])
 
 
 def block_tiles(n_tiles: int, *, block: int, blocks: int) -> range:
@@ -1362,7 +1367,7 @@ def infer_to_store(
     grid = tile_grid(source.shape, tile_size)
 
     def region_of(i):
-        return tuple(slice(a * f, b * f) for (a, b), f in zip(grid[i], factors))
+        return output_slices(grid[i], factors)
 
     def compute(dest, tiles, done, record):
         return restore_to_store(model, source, dest, factors=factors, tile_size=tile_size, transform=transform,

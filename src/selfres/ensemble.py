@@ -14,7 +14,11 @@ tiled result equals one pass of the wrapper over the mirror-padded volume.
   ``y ← y + U(x − D(y))`` with ``D`` the training degradation (noise-free) and ``U``
   the Keys-cubic upscale. It is global in principle, but each iteration only spreads
   information by the reach of ``D`` plus that of ``U`` (a few input voxels), so the
-  halo grows by that much per iteration and tiles stay exact.
+  halo grows by that much per iteration and tiles stay exact. Where that border leaves
+  the volume, the steps see the network's output mirrored about the volume's border
+  (as they see the input), not the network run on mirrored input: so the steps can run
+  once over the whole volume after the network alone (:mod:`selfres.infer`), with the
+  same output as in tiles.
 - :class:`Serial`: two models in series (×2 then ×2 for a ×4 factor); the halo is the
   first model's plus the second's, converted to input voxels.
 """
@@ -31,7 +35,7 @@ from torch import nn
 from . import degrade
 
 __all__ = ["BackProjection", "SelfEnsemble", "Serial", "degradation_reach", "ensemble_members",
-           "wrap_for_inference"]
+           "mirror_index", "mirror_outside", "wrap_for_inference"]
 
 
 def _as5d(x: torch.Tensor, factors: Sequence[int]) -> tuple[torch.Tensor, bool]:
@@ -188,10 +192,20 @@ class BackProjection(nn.Module):
         self.step_reach = tuple(a + b for a, b in zip(d_reach, u_reach))
         self.halo: tuple[int, ...] = tuple(int(h) + self.iterations * r for h, r in zip(model.halo, self.step_reach))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    #: :func:`selfres.infer.run_tiles` tells :meth:`forward` which parts of a block lie outside the volume
+    mirrors_outside = True
+
+    def forward(self, x: torch.Tensor, outside: Sequence[Sequence[tuple[int, int]]] | None = None) -> torch.Tensor:
+        """``outside``: for each batch element, per axis ``(low, high)``, the input voxels at
+        each end of ``x`` that lie outside the volume (mirror-padded copies). The network's
+        output there is replaced by the mirror of its output inside before the steps;
+        ``None``: all of ``x`` is inside."""
         x5, squeeze = _as5d(x, self.factors)
         x5 = x5.float()
-        y = self.refine(x5, self.model(x5))
+        y = self.model(x5)
+        if outside is not None:
+            y = mirror_outside(y, outside, factors=self.factors, halo=self.model.halo)
+        y = self.refine(x5, y)
         return y[:, :, 0] if squeeze else y
 
     def refine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -202,6 +216,45 @@ class BackProjection(nn.Module):
             for _ in range(self.iterations):
                 y = y + degrade.upscale_cubic(x - self.degrader(y), self.factors)
         return y
+
+
+def mirror_index(lo: int, hi: int, n: int) -> np.ndarray:
+    """Indices into an axis of length ``n`` for the range ``[lo, hi)``, mirrored (symmetric,
+    period ``2n``) outside ``[0, n)``: ``np.pad(..., mode="symmetric")`` for any range."""
+    i = np.arange(int(lo), int(hi)) % (2 * int(n))
+    return np.where(i < n, i, 2 * int(n) - 1 - i)
+
+
+def mirror_outside(y: torch.Tensor, outside: Sequence[Sequence[tuple[int, int]]], *, factors: Sequence[int],
+                   halo: Sequence[int]) -> torch.Tensor:
+    """``y`` (network outputs, ``(B, 1, Z, Y, X)``) with the part of each element that lies
+    outside the volume replaced by the mirror of the part inside.
+
+    ``outside[b][axis] = (low, high)``: input voxels at each end of element ``b``'s input
+    block that lie outside the volume. Nothing is done on an axis where both lie within
+    the network's own ``halo`` (output the caller crops, and no step reaches).
+    """
+    fs = tuple(int(f) for f in factors)
+
+    def needed(sides):
+        return any(int(lo) > int(h) or int(hi) > int(h) for (lo, hi), h in zip(sides, halo))
+
+    if not any(needed(sides) for sides in outside):
+        return y
+    elements = []
+    for b, sides in enumerate(outside):
+        e = y[b : b + 1]
+        for ax, ((lo, hi), h, f) in enumerate(zip(sides, halo, fs)):
+            if int(lo) <= int(h) and int(hi) <= int(h):
+                continue
+            dim = 2 + ax
+            n = e.shape[dim]
+            lo, hi = int(lo) * f, int(hi) * f
+            inner = e.narrow(dim, lo, n - lo - hi)
+            index = torch.from_numpy(mirror_index(-lo, n - lo, inner.shape[dim])).to(e.device)
+            e = inner.index_select(dim, index)
+        elements.append(e)
+    return torch.cat(elements)
 
 
 class Serial(nn.Module):

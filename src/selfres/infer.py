@@ -8,7 +8,9 @@ Input is read and output written tile by tile, so memory depends on the tile siz
 on the volume. Back-projection around the network is the exception where memory allows:
 on a CPU it runs once over the whole volume after the network's tiles
 (:func:`whole_volume_back_projection`), instead of widening every tile's halo by its
-reach per iteration; the output is the same.
+reach per iteration; the output is the same (the steps see the network's output mirrored
+about the volume's border, in tiles as over the whole volume:
+:func:`selfres.ensemble.mirror_outside`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import degrade
+from .ensemble import mirror_index
 from .errors import SelfresError
 from .models import autocast_context
 
@@ -54,19 +57,14 @@ class CubicUpsampler(nn.Module):
 
 
 def read_padded(source, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-    """Read ``source[lo:hi]`` as float32, mirror-padding (symmetric) outside the array.
+    """Read ``source[lo:hi]`` as float32, mirror-padding (symmetric) outside the array,
+    for any range (a pad wider than the array, or a range wholly outside, mirrors again).
 
-    ``source`` is anything with ``shape`` and basic slicing (numpy, zarr, dask), or a
-    :class:`MirrorWindow` (read through to its source, mirrored about the source's border).
+    ``source`` is anything with ``shape`` and basic slicing (numpy, zarr, dask).
     """
-    if isinstance(source, MirrorWindow):
-        return source.read_padded(lo, hi)
     shape = source.shape
     # source index of every wanted index: the symmetric mirror, repeated (period 2n)
-    index = []
-    for a, b, n in zip(lo, hi, shape):
-        i = np.arange(int(a), int(b)) % (2 * int(n))
-        index.append(np.where(i < n, i, 2 * int(n) - 1 - i))
+    index = [mirror_index(a, b, n) for a, b, n in zip(lo, hi, shape)]
     clo = [int(i.min()) if i.size else 0 for i in index]
     chi = [int(i.max()) + 1 if i.size else 0 for i in index]
     block = source[tuple(slice(a, b) for a, b in zip(clo, chi))]
@@ -77,34 +75,6 @@ def read_padded(source, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
         if int(l) < 0 or int(h) > shape[ax]:  # inside the source the slice is already the block
             block = np.take(block, i - a, axis=ax)
     return block
-
-
-class MirrorWindow:
-    """The box ``[lo, hi)`` of ``source`` as an array, mirror-extended (symmetric, as
-    :func:`read_padded`) where the box leaves the source.
-
-    Tiling a window that reaches past the source computes the network there exactly as
-    one pass over the mirror-padded source does: every read, halos included, is mirrored
-    about the *source's* border, not the window's.
-    """
-
-    def __init__(self, source, lo: Sequence[int], hi: Sequence[int]):
-        self.source = source
-        self.lo = tuple(int(a) for a in lo)
-        self.shape = tuple(int(b) - int(a) for a, b in zip(lo, hi))
-        self.ndim = len(self.shape)
-
-    def read_padded(self, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
-        return read_padded(self.source, [a + o for a, o in zip(lo, self.lo)],
-                           [b + o for b, o in zip(hi, self.lo)])
-
-    def __getitem__(self, key) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (self.ndim - len(key))
-        bounds = [k.indices(n)[:2] for k, n in zip(key, self.shape)]
-        if any(k.step not in (None, 1) for k in key):
-            raise IndexError("MirrorWindow supports unit-step slices only")
-        return self.read_padded([a for a, _ in bounds], [b for _, b in bounds])
 
 
 def output_slices(tile, factors: Sequence[int]) -> tuple[slice, ...]:
@@ -438,6 +408,10 @@ class _Fitter:
     A block that does not fit is cut in two along its longest core axis; each half keeps
     its halo (sliced from the padded block itself), so the result is unchanged. The size
     that failed is remembered: later blocks that large are split before trying.
+
+    ``outside`` (per block, per axis ``(low, high)``: input voxels at each end of the padded
+    block that lie outside the volume) is passed on to a model that asks for it
+    (``mirrors_outside``: back-projection, :func:`selfres.ensemble.mirror_outside`).
     """
 
     def __init__(self, model: nn.Module, *, halo, factors, device: torch.device, amp: bool,
@@ -452,11 +426,11 @@ class _Fitter:
         self.splits = 0
         self.pass_tile: tuple[int, ...] | None = None  # set by run_tiles
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
+    def _forward(self, x: np.ndarray, outside: list | None = None) -> np.ndarray:
         t = torch.from_numpy(x).to(self.device, non_blocking=True)
         t = t.contiguous(memory_format=torch.channels_last_3d)
         with autocast_context(self.device, enabled=self.amp, cpu=True):
-            y = self.model(t)
+            y = self.model(t) if outside is None else self.model(t, outside=outside)
         return y.float().cpu().numpy()[:, 0]
 
     def _crop(self, out: np.ndarray) -> np.ndarray:
@@ -464,22 +438,22 @@ class _Fitter:
             slice(h * f, out.shape[ax + 1] - h * f)
             for ax, (h, f) in enumerate(zip(self.halo, self.factors)))]
 
-    def batch(self, blocks: list[np.ndarray]) -> list[np.ndarray]:
+    def batch(self, blocks: list[np.ndarray], outside: list | None = None) -> list[np.ndarray]:
         """Outputs (halo cropped) of equally shaped padded blocks."""
         if len(blocks) > 1 and len(blocks) * blocks[0].size < self.limit:
             try:
-                return list(self._crop(self._forward(np.stack(blocks)[:, None])))
+                return list(self._crop(self._forward(np.stack(blocks)[:, None], outside)))
             except Exception as exc:  # noqa: BLE001 - only OOM is handled
                 if not _is_oom(exc):
                     raise
                 self._oom(len(blocks) * blocks[0].size)
-        return [self.single(b) for b in blocks]
+        return [self.single(b, None if outside is None else outside[k]) for k, b in enumerate(blocks)]
 
-    def single(self, block: np.ndarray) -> np.ndarray:
+    def single(self, block: np.ndarray, outside: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
         """Output (halo cropped) of one padded block, split as needed to fit."""
         if block.size < self.limit:
             try:
-                return self._crop(self._forward(block[None, None]))[0]
+                return self._crop(self._forward(block[None, None], None if outside is None else [outside]))[0]
             except Exception as exc:  # noqa: BLE001 - only OOM is handled
                 if not _is_oom(exc):
                     raise
@@ -498,7 +472,9 @@ class _Fitter:
         hi = [slice(None)] * 3
         lo[ax] = slice(0, mid + 2 * h)
         hi[ax] = slice(mid, None)
-        return np.concatenate([self.single(block[tuple(lo)]), self.single(block[tuple(hi)])], axis=ax)
+        return np.concatenate([self.single(block[tuple(lo)], _outside_of_part(outside, ax, 0, mid + 2 * h, block.shape[ax])),
+                               self.single(block[tuple(hi)], _outside_of_part(outside, ax, mid, block.shape[ax], block.shape[ax]))],
+                              axis=ax)
 
     def _oom(self, size: int) -> None:
         self.limit = min(self.limit, size)
@@ -510,6 +486,23 @@ class _Fitter:
 
 def _halo_box(t, halo):
     return [a - h for (a, _), h in zip(t, halo)], [b + h for (_, b), h in zip(t, halo)]
+
+
+def _outside(box, halo, shape) -> list[tuple[int, int]]:
+    """Per axis ``(low, high)``: input voxels of the core ``box`` read with ``halo`` that lie
+    outside a volume of ``shape``."""
+    lo, hi = _halo_box(box, halo)
+    return [(max(0, -a), max(0, b - int(n))) for a, b, n in zip(lo, hi, shape)]
+
+
+def _outside_of_part(outside, ax: int, start: int, stop: int, length: int):
+    """``outside`` of the part ``[start, stop)`` along ``ax`` of a padded block ``length`` long."""
+    if outside is None:
+        return None
+    part = list(outside)
+    low, high = part[ax]
+    part[ax] = (max(0, low - start), max(0, high - (length - stop)))
+    return part
 
 
 def _read_group(source, group, halo):
@@ -825,6 +818,11 @@ def run_tiles(
             return read_padded(source, *_halo_box(box, halo))
         return _read_group(source, members, halo)
 
+    mirrors = bool(getattr(model, "mirrors_outside", False))
+
+    def outside(box):
+        return _outside(box, halo, source.shape) if mirrors else None
+
     if readers is None:
         readers = io_threads(device)
     depth = max(prefetch, readers) if prefetch > 0 else 0
@@ -850,11 +848,12 @@ def run_tiles(
                     submit()
                 kind, box, members = job
                 if kind == "pass":
-                    out = fitter.single(data)
+                    out = fitter.single(data, outside(box))
                     for i, t in members:
                         yield i, t, np.ascontiguousarray(_crop_member(out, box, t, factors))
                 else:
-                    for (i, t), out in zip(members, fitter.batch(data)):
+                    sides = [outside(t) for _, t in members] if mirrors else None
+                    for (i, t), out in zip(members, fitter.batch(data, sides)):
                         yield i, t, out
     finally:
         if pool is not None:
@@ -887,8 +886,9 @@ def predict_single_pass(model: nn.Module, volume: np.ndarray, *, factors: Sequen
     """Reference: one pass over the whole mirror-padded volume (for tests and benchmarks)."""
     halo = tuple(int(h) for h in getattr(model, "halo", (0, 0, 0)))
     padded = np.pad(volume.astype(np.float32), [(h, h) for h in halo], mode="symmetric")
+    kwargs = {"outside": [[(h, h) for h in halo]]} if getattr(model, "mirrors_outside", False) else {}
     with torch.inference_mode():
-        y = model(torch.from_numpy(padded)[None, None]).float().numpy()[0, 0]
+        y = model(torch.from_numpy(padded)[None, None], **kwargs).float().numpy()[0, 0]
     return y[tuple(slice(h * f, y.shape[a] - h * f) for a, (h, f) in enumerate(zip(halo, factors)))]
 
 
@@ -958,11 +958,13 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
     Inside a tile, each step widens the halo by its reach (~5 input voxels per step at ×2),
     so a tile's network runs on a padded block several times its core (2.4× for the
     default tile with 1 step). Over the whole volume the steps cost one pass each and the
-    network is tiled with its own halo. Taken on CPU when the whole volume's buffers
-    (:data:`WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL`) fit in half the host memory still
-    available, for a run over every tile (``whole_run``; a scattered block keeps the tile path).
-    Both give the output of one pass over the mirror-padded volume. ``quiet``: the
-    fall-back is logged at debug level only (small arrays scored many times).
+    network runs over the volume alone, tiled with its own halo. Taken on CPU when the
+    whole volume's buffers (:data:`WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL`) fit in half the
+    host memory still available, for a run over every tile (``whole_run``; a scattered
+    block keeps the tile path). Both give the output of :func:`predict_single_pass`: in a
+    tile too, the steps see the network's output mirrored about the volume's border
+    (:func:`selfres.ensemble.mirror_outside`). ``quiet``: the fall-back is logged at debug
+    level only (small arrays scored many times).
     """
     from .ensemble import BackProjection
 
@@ -984,18 +986,18 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
 def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int], tile_size: Sequence[int],
                                  quiet: bool = False, **run_kwargs) -> np.ndarray:
     """The output of ``bp`` (a back-projection around a network) over all of ``source``:
-    the network tiled over the source widened by the steps' reach (mirrored, so exactly as
-    one pass over the mirror-padded volume), then the steps over the whole of it.
-    ``quiet``: log nothing (small arrays, e.g. the held-out region)."""
+    the network tiled over the source with its own halo, then the steps once over the
+    whole of it, input and network output mirrored about the source's border by the
+    steps' reach (as :class:`selfres.ensemble.BackProjection` does in a tile, so the
+    output is the tiles'). ``quiet``: log nothing (small arrays, e.g. the held-out region)."""
     factors = tuple(int(f) for f in factors)
     border = back_projection_border(bp)
-    window = MirrorWindow(source, [-b for b in border], [int(n) + b for n, b in zip(source.shape, border)])
-    # as many tiles as the source's grid has, each widened to cover the window (no slivers)
-    counts = [math.ceil(int(n) / max(1, min(int(t), int(n)))) for n, t in zip(source.shape, tile_size)]
-    tile = tuple(math.ceil(w / c) for w, c in zip(window.shape, counts))
-    y = _assemble(run_tiles(bp.model, window, factors=factors, tile_size=tile, **run_kwargs), window.shape, factors,
-                  progress=None if quiet else Progress(math.prod(counts), what="network tiles"))
-    x = window.read_padded([0] * window.ndim, window.shape)
+    y = _assemble(run_tiles(bp.model, source, factors=factors, tile_size=tile_size, **run_kwargs), source.shape,
+                  factors, progress=None if quiet else Progress(len(tile_grid(source.shape, tile_size)),
+                                                                what="network tiles"))
+    x = read_padded(source, [-b for b in border], [int(n) + b for n, b in zip(source.shape, border)])
+    y = read_padded(y, [-b * f for b, f in zip(border, factors)],
+                    [n + b * f for n, b, f in zip(y.shape, border, factors)])
     t0 = time.monotonic()
     with torch.inference_mode():
         y = bp.refine(torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None])[0, 0].numpy()

@@ -686,14 +686,59 @@ def test_read_padded_mirrors_like_numpy_symmetric_pad(lo, hi):
     np.testing.assert_array_equal(read_padded(vol, lo, hi), np.pad(core, pads, mode="symmetric"))
 
 
-def test_read_padded_wholly_outside_and_through_a_mirror_window():
-    from selfres.infer import MirrorWindow, read_padded
+def test_read_padded_wholly_outside():
+    from selfres.infer import read_padded
 
     vol = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     # wholly before the array: z = -3..-1 mirror to 2, 1, 0
     np.testing.assert_array_equal(read_padded(vol, (-3, 0, 0), (0, 5, 6)), vol[[2, 1, 0]])
-    window = MirrorWindow(vol, (-2, -1, 0), (6, 6, 6))
-    assert window.shape == (8, 7, 6)
-    np.testing.assert_array_equal(window[:, :, :], read_padded(vol, (-2, -1, 0), (6, 6, 6)))
-    # a window's reads beyond its own box still mirror about the source's border
-    np.testing.assert_array_equal(read_padded(window, (-1, 0, 0), (1, 7, 6)), read_padded(vol, (-3, -1, 0), (-1, 6, 6)))
+    # wholly after it: z = 5..6 mirror to 2, 1
+    np.testing.assert_array_equal(read_padded(vol, (5, 0, 0), (7, 5, 6)), vol[[2, 1]])
+
+
+@pytest.mark.parametrize("factors, iterations, shape, tile, batch", [
+    ((1, 2, 2), 2, (6, 30, 26), (3, 7, 9), 1),
+    ((2, 2, 2), 1, (7, 19, 22), (2, 5, 6), 4),   # tiles far smaller than the steps' border, batched
+    ((1, 2, 2), 3, (1, 24, 20), (1, 8, 8), 2),   # 2-D
+])
+def test_back_projection_in_tiles_equals_the_whole_volume(factors, iterations, shape, tile, batch):
+    """In a tile the steps see the network's output mirrored about the volume's border,
+    as over the whole volume, however small the tile (so a scattered or GPU run writes
+    what a whole CPU run writes)."""
+    import selfres.infer as infer
+    from selfres.ensemble import BackProjection
+
+    bp = BackProjection(_random_model(ModelSpec(arch="resnet3d", factors=factors, width=8, depth=1)),
+                        iterations=iterations)
+    vol = np.random.default_rng(4).random(shape).astype(np.float32)
+    whole = infer._whole_volume_back_projected(bp, vol, factors=factors, tile_size=(8, 16, 16), amp=False)
+    ref = predict_single_pass(bp, vol, factors=factors)
+    dest = np.zeros(ref.shape, np.float32)
+    n = len(tile_grid(shape, tile))
+    restore_to_store(bp, vol, dest, factors=factors, tile_size=tile, amp=False, batch_size=batch,
+                     tiles=list(range(n - 1)) + [n - 1, 0])  # a block (repeats allowed): the tile path
+    np.testing.assert_allclose(whole, ref, atol=1e-5)
+    np.testing.assert_allclose(dest, ref, atol=1e-5)
+    # the network alone near the border is not what the steps see: the rule matters here
+    bare = BackProjection(bp.model, iterations=iterations)
+    bare.mirrors_outside = False
+    assert np.abs(predict_single_pass(bare, vol, factors=factors) - ref).max() > 1e-3
+
+
+def test_back_projection_in_pieces_of_a_tile_split_for_memory_equals_the_whole_volume(monkeypatch):
+    import selfres.infer as infer
+    from selfres.ensemble import BackProjection
+
+    bp = BackProjection(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)),
+                        iterations=2)
+    vol = np.random.default_rng(5).random((5, 28, 24)).astype(np.float32)
+    ref = predict_single_pass(bp, vol, factors=(1, 2, 2))
+    padded = [n + 2 * h for n, h in zip((5, 14, 12), bp.halo)]
+    monkeypatch.setattr(infer, "cpu_pass_limit", lambda *a, **k: math.prod(padded) * 0.7)  # force splits
+    fitters: list = []
+    out = infer._assemble(run_tiles(bp, vol, factors=(1, 2, 2), tile_size=(5, 14, 12), amp=False, fitter_out=fitters),
+                          vol.shape, (1, 2, 2))
+    assert fitters[0].splits >= 2
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+

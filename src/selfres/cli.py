@@ -281,7 +281,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ERROR: {prefix}no space left on device while writing {exc.filename or ''}".rstrip(),
                   file=sys.stderr)
             return 4
-        raise
+        return _unexpected(exc, args, prefix)
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: still one line for the summary
+        return _unexpected(exc, args, prefix)
+
+
+def _unexpected(exc: BaseException, args, prefix: str) -> int:
+    """Log the traceback, then one ``ERROR:`` line (what the summary and the report read)."""
+    import traceback
+
+    traceback.print_exception(exc, file=sys.stderr)
+    inputs = [str(v) for k, v in sorted(vars(args).items()) if k in ("input", "normalized", "source") and v]
+    where = f" (input {inputs[0]})" if inputs else ""
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())
+    print(f"ERROR: {prefix}selfres {args.command} failed unexpectedly{where}: {what}. This is a bug or an input "
+          "selfres does not check yet; please report it with this log", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

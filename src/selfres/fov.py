@@ -132,6 +132,7 @@ def choose_training_fov(
     multiple: tuple[int, int, int] = (1, 1, 1),
     training_fov: str | None = None,
     path: str = "<volume>",
+    min_holdout_shape: tuple[int, int, int] = (1, 1, 1),
 ) -> TrainingFov:
     """Choose a structure-rich training FOV and a disjoint held-out region.
 
@@ -151,6 +152,9 @@ def choose_training_fov(
         held-out targets degrade exactly.
     training_fov
         ``"z0:z1,y0:y1,x0:x1"`` from the sample sheet, or ``None`` for automatic.
+    min_holdout_shape
+        Smallest held-out extent per axis (e.g. enough voxels to degrade by the factor):
+        a slab left by ``training_fov`` that is thinner is not used.
 
     Raises
     ------
@@ -172,12 +176,15 @@ def choose_training_fov(
                     region = list(full)
                     region[ax] = (lo, hi)
                     candidates.append(tuple(region))
-        candidates = [c for c in candidates if np.prod(box_shape(c)) >= min_holdout_voxels]
+        candidates = [c for c in candidates if np.prod(box_shape(c)) >= min_holdout_voxels
+                      and all(n >= m for n, m in zip(box_shape(c), min_holdout_shape))]
         if not candidates:
+            least = " x ".join(f"{m} {a}" for a, m in zip("zyx", min_holdout_shape))
             raise InputError(
                 path,
-                f"training_fov {training_fov} leaves no room for a held-out region of at least "
-                f"{min_holdout_voxels} voxels; choose a smaller training_fov",
+                f"training_fov {training_fov} leaves no room for a held-out region (a slab of the volume "
+                f"outside it, at least {min_holdout_voxels} voxels and {least}); choose a smaller "
+                f"training_fov, or leave the column empty to let selfres choose",
             )
         region = max(candidates, key=lambda c: np.prod(box_shape(c)))
         holdout, hscore = _best_window(score, region, max(max_voxels // 4, min_holdout_voxels), multiple)

@@ -244,6 +244,7 @@ def stage_crop(
             np.asarray(vol.data), max_voxels=settings.max_voxels, holdout_fraction=settings.holdout_fraction,
             min_holdout_voxels=settings.min_holdout_voxels, multiple=factors, training_fov=training_fov,
             path=source,  # the user's acquisition, not our intermediate
+            min_holdout_shape=tuple(MIN_LOWRES_VOXELS * f if f > 1 else 1 for f in factors),
         )
     except InputError as exc:
         raise exc.for_sample(sample) from None
@@ -252,6 +253,9 @@ def stage_crop(
 
         _check_size_for_factors(box_shape(fov.train), factors, what=f"the training FOV {fov.train}",
                                 path=source, sample=sample, hint="choose a larger training_fov")
+        _check_size_for_factors(box_shape(fov.holdout), factors, what=f"the held-out region {fov.holdout}",
+                                path=source, sample=sample, hint="choose a training_fov that leaves a thicker "
+                                "slab of the volume outside it")
     d = fov.to_dict() | {"sample": sample, "volume_shape": list(vol.data.shape), "mode": mode}
     write_json(output_json, d)
     log.info("training FOV %s, held-out %s: %s", fov.train, fov.holdout, fov.reason)

@@ -141,6 +141,13 @@ def b_fov_smaller_than_patch(d):
             "--sample", SAMPLE], src.name, r"training FOV .* has 3 voxels along y; scale 2 along y needs at least 4"
 
 
+def b_holdout_thinner_than_factor(d):
+    # the only slab outside the given training FOV is 3 slices: too thin for a factor 4 along z
+    src, norm = _norm(d, shape=(16, 64, 64))
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--scale", "4,2,2", "--training-fov", "0:13,0:64,0:64",
+            "--sample", SAMPLE], src.name, r"training_fov 0:13,0:64,0:64 leaves no room for a held-out region .*8 z"
+
+
 def b_too_few_slices(d):
     src, norm = _norm(d, shape=(3, 64, 64))
     return ["crop", str(norm), "-o", str(d / "fov.json"), "--scale", "4,2,2", "--sample", SAMPLE], \
@@ -186,6 +193,7 @@ CLI_CASES = {
     "smaller_than_fov": b_smaller_than_fov,
     "fov_smaller_than_patch": b_fov_smaller_than_patch,
     "too_few_slices_for_factor": b_too_few_slices,
+    "holdout_thinner_than_factor": b_holdout_thinner_than_factor,
     "voxel_size_missing_isotropic": b_voxel_missing_isotropic,
     "unknown_mode_cli": b_unknown_mode_cli,
     "reference_shape_mismatch": b_reference_shape,
@@ -284,6 +292,26 @@ def test_console_command_prints_one_line_and_exits_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"ERROR: sample 'night-3': {missing}: does not exist (no such file or store)"]
+
+
+def test_an_unforeseen_failure_still_ends_in_one_error_line(tmp_path, capsys, monkeypatch):
+    """An exception selfres does not anticipate (a bug) keeps its traceback in the log but
+    still ends with one ``ERROR:`` line naming the sample, the command and the input —
+    the line the summary and the report show — and a non-zero status."""
+    src, norm = _norm(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise ValueError("n_in must be an integer >= 1; received 0")
+
+    monkeypatch.setattr(pipeline, "stage_crop", broken)
+    capsys.readouterr()
+    rc = cli.main(["--log-level", "WARNING", "crop", str(norm), "-o", str(tmp_path / "fov.json"), "--sample", SAMPLE])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("ERROR:")]
+    assert rc == 1 and "Traceback" in err
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    assert errors[0].startswith(f"ERROR: sample '{SAMPLE}': selfres crop failed unexpectedly (input {norm})"), errors
+    assert "ValueError: n_in must be an integer >= 1" in errors[0]
 
 
 @pytest.mark.slow

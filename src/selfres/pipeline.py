@@ -208,7 +208,8 @@ def stage_normalise(
         "saturated_fraction": saturated,
         "raw_range": [vmin, vmax],
     }
-    io.write_ome_zarr(output, norm, voxel_size=vs or (1.0, 1.0, 1.0), ngff_version=ngff_version,
+    # an unknown voxel size is written as such (scale in voxels, no unit), never as an invented 1 µm
+    io.write_ome_zarr(output, norm, voxel_size=vs, ngff_version=ngff_version,
                       contrast_limits=(0.0, 1.0), attrs=attrs | {"voxel_size_known": vs is not None})
     log.info("normalised %s: shape %s, %s → [0,1] from percentiles %s (%s)", input_path, data.shape,
              (params.low, params.high), (params.low_percentile, params.high_percentile), vol.source_dtype)
@@ -318,7 +319,7 @@ def stage_train(
         "sample": sample,
         "mode": mode,
         "factors": list(factors),
-        "voxel_size_in": list(vol.voxel_size) if vol.voxel_size else None,
+        "voxel_size_in": list(_voxel_size_of(vol)) if _voxel_size_of(vol) else None,
         "self_validation": {"psnr_model": psnr_out, "psnr_interp": result.val_psnr_interp,
                             "psnr_network": result.val_psnr_model},
         "inference_extras": extras,
@@ -434,8 +435,8 @@ def stage_infer(
         settings.on_worse_than_interpolation == "interpolation"
     )
     dtype = output_dtype(settings, vol.attrs.get("source_dtype", "float32"))
-    vs_in = vol.voxel_size or (1.0, 1.0, 1.0)
-    vs_out = tuple(v / f for v, f in zip(vs_in, factors))
+    vs_in = _voxel_size_of(vol)  # None: unknown, and the output says so (no unit) rather than invent one
+    vs_out = tuple(v / f for v, f in zip(vs_in, factors)) if vs_in else None
 
     runs: list[dict] = []
 

@@ -1,0 +1,55 @@
+"""An acquisition without a voxel size stays without one: no output invents micrometres."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import tifffile
+import zarr
+
+from selfres import io, pipeline
+from selfres.settings import parse_settings
+from workdir import tiny_volume
+
+FAST = {"train": {"arch": "resnet3d", "width": 8, "depth": 1, "steps": 4, "validate_every": 2, "warmup_steps": 0,
+                  "batch_size": 2, "patch_size": [4, 16, 16]},
+        "fov": {"min_holdout_voxels": 256}}
+
+
+def _units_and_scale(store):
+    attrs = zarr.open_group(str(store), mode="r").attrs.asdict()
+    ms = attrs["multiscales"][0]
+    units = [ax.get("unit") for ax in ms["axes"]]
+    scale = ms["datasets"][0]["coordinateTransformations"][0]["scale"]
+    return units, scale
+
+
+def test_unknown_voxel_size_is_written_as_unknown_not_as_one_micrometre(tmp_path):
+    src = tmp_path / "plain.tif"
+    tifffile.imwrite(src, tiny_volume((8, 48, 48)), metadata={"axes": "ZYX"})  # no physical size at all
+    out = tmp_path / "out" / "restored.ome.zarr"
+    keep = tmp_path / "work"
+    pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), settings=parse_settings(FAST), device="cpu",
+                     keep=keep, sample="plain")
+    for store in (keep / "normalized.ome.zarr", out):
+        units, scale = _units_and_scale(store)
+        assert units == [None, None, None], (store, units)  # no "micrometer" on a guess
+        assert io.read_ome_zarr(store).voxel_size is None
+    assert _units_and_scale(out)[1] == [1.0, 1.0, 1.0]  # the output grid's own voxels
+    assert io.read_ome_zarr(out).data.shape == (8, 96, 96)
+    assert json.loads((keep / "model" / "model.json").read_text())["metadata"]["voxel_size_in"] is None
+    m = json.loads((keep / "qc" / "metrics.json").read_text())
+    assert m["voxel_size_in"] is None and m["voxel_size_out"] is None and "voxel_size_missing" in m["flags"]
+
+
+def test_a_known_voxel_size_reaches_the_output_in_micrometres(tmp_path):
+    src = tmp_path / "known.tif"
+    tifffile.imwrite(src, tiny_volume((8, 48, 48)), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    out = tmp_path / "out" / "restored.ome.zarr"
+    pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), settings=parse_settings(FAST), device="cpu",
+                     sample="known")
+    units, scale = _units_and_scale(out)
+    assert units == ["micrometer"] * 3
+    np.testing.assert_allclose(scale, [1.0, 0.25, 0.25])

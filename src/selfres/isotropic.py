@@ -1059,7 +1059,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     output chunks; ``step``/``block`` split the work over ``settings.blocks`` jobs.
     """
     from .infer import scattered_store
-    from .pipeline import output_dtype
+    from .pipeline import model_output_path, output_dtype
 
     factor = float(meta["factor"])
     iso = meta.get("isotropic", {})
@@ -1112,8 +1112,9 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     if use_interp:
         if step in ("all", "prepare"):
             log.warning("sample %s: the model did not beat z-cubic interpolation on held-out lateral slices; "
-                        "restored.ome.zarr holds z-cubic, the model output is kept in restored_model.ome.zarr", sample)
-        runs.append(write_one(model, Path(output).with_name("restored_model.ome.zarr"), "model"))
+                        "%s holds z-cubic, the model output is kept in %s", sample, Path(output).name,
+                        model_output_path(output).name)
+        runs.append(write_one(model, model_output_path(output), "model"))
         runs.append(write_one(None, output, "interpolation"))
     else:
         runs.append(write_one(model, output, "model"))

@@ -473,9 +473,9 @@ def stage_infer(
                                voxel_size=meta.get("voxel_size_in"))
         model_out = wrap_for_inference(model, degradation=deg, **extras)
     if use_interp:
-        log.warning("sample %s: the model did not beat tricubic on the held-out region; restored.ome.zarr holds "
-                    "tricubic interpolation, the model output is kept in restored_model.ome.zarr", sample)
-        model_path = Path(output).with_name("restored_model.ome.zarr")
+        model_path = model_output_path(output)
+        log.warning("sample %s: the model did not beat tricubic on the held-out region; %s holds tricubic "
+                    "interpolation, the model output is kept in %s", sample, Path(output).name, model_path.name)
         secs = write_one(model_out, model_path, "model")
         secs += write_one(CubicUpsampler(factors), output, "interpolation")
     else:
@@ -500,11 +500,23 @@ def trained_degradation(meta: dict) -> dict:
     return deg
 
 
+def model_output_path(output: str | Path) -> Path:
+    """Where the model's output goes beside ``output`` when the guard put interpolation in
+    ``output``: ``restored.ome.zarr`` → ``restored_model.ome.zarr``, ``a.ome.zarr`` →
+    ``a_model.ome.zarr`` (so outputs written to one folder keep their own)."""
+    out = Path(output)
+    name = out.name.rstrip("/")
+    for ext in (".ome.zarr", ".zarr"):
+        if name.endswith(ext):
+            return out.with_name(f"{name[: -len(ext)]}_model{ext}")
+    return out.with_name(f"{name}_model")
+
+
 def drop_stale_model_output(output: str | Path) -> None:
-    """Remove ``restored_model.ome.zarr`` (and its partial store) left beside ``output`` by an
-    earlier run whose model was flagged: now that ``restored.ome.zarr`` holds the model
+    """Remove the model output (:func:`model_output_path`, and its partial store) left beside
+    ``output`` by an earlier run whose model was flagged: now that ``output`` holds the model
     output, a second, older model output would only mislead."""
-    stale = Path(output).with_name("restored_model.ome.zarr")
+    stale = model_output_path(output)
     for p in (stale, stale.with_name(f".{stale.name}.partial"), stale.with_name(f".{stale.name}.progress")):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

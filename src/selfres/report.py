@@ -114,6 +114,22 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "Give a reference on the output grid (input shape × scale), or remove the "
         "reference column for this sample.",
     ),
+    "restored_not_finite": (
+        "The restored volume holds NaN or infinite voxels: something failed while it was "
+        "computed or written (qc/metrics.json, restored_check, gives the count).",
+        "Do not use this output. Rerun the infer step (on another node or on the CPU if "
+        "it ran on a GPU) and report it with the infer log if it happens again.",
+    ),
+    "restored_unlike_input": (
+        "The restored volume as written does not look like its input: at the input "
+        "voxels' centres the two barely correlate (qc/metrics.json, restored_check), "
+        "which a working restoration always does. The output is broken (e.g. a dead "
+        "network, a device or precision failure, or a damaged store), whatever the "
+        "held-out figures say.",
+        "Do not use this output. Look at the orthoviews below, rerun the infer step (on "
+        "the CPU, or with infer.amp off, if it ran on a GPU) and report it with the infer "
+        "log if it happens again.",
+    ),
     "isotropy_not_reached": (
         "The restored volume is still clearly anisotropic: its axial resolution "
         "stays well below its lateral resolution.",

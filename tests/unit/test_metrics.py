@@ -369,3 +369,29 @@ def test_axial_and_lateral_spectrum_peak_at_known_frequency():
     freq, logp = m.lateral_spectrum(vol, voxel_size=(vz, vy, vx))
     assert freq[-1] < 1 / (2 * vx) and np.all(np.diff(freq) > 0)
     assert freq[np.nanargmax(logp)] == pytest.approx(f_x, abs=freq[1] - freq[0])
+
+
+def test_restored_agreement_tells_a_restoration_from_a_broken_output():
+    import torch
+
+    from selfres import degrade
+
+    rng = np.random.default_rng(0)
+    raw = ndimage.gaussian_filter(rng.random((12, 40, 44)), 1.5).astype(np.float32)
+    up = degrade.upscale_cubic(torch.from_numpy(raw)[None, None], (2, 2, 2))[0, 0].numpy()
+    ok = m.restored_agreement(raw, up)
+    assert ok["correlation_with_input"] > 0.97 and ok["nonfinite_voxels"] == 0
+    assert m.restored_agreement(raw, np.roll(up, 20, axis=2))["correlation_with_input"] < 0.5
+    assert m.restored_agreement(raw, np.full_like(up, 0.2))["correlation_with_input"] == 0.0
+    assert abs(m.restored_agreement(raw, rng.random(up.shape))["correlation_with_input"]) < 0.2
+    bad = up.copy()
+    bad[1, 2, :5] = np.nan
+    bad[3, 3, 3] = np.inf
+    assert m.restored_agreement(raw, bad)["nonfinite_voxels"] == 6
+    assert m.restored_agreement(np.ones_like(raw), up)["correlation_with_input"] is None  # nothing to compare
+    # a non-integer factor along z (isotropic mode): nearest output voxel to each input centre
+    zs = np.linspace(0, 11, 31)
+    iso = np.stack([raw[int(round(z))] for z in zs])
+    assert m.restored_agreement(raw, iso)["correlation_with_input"] > 0.95
+    # a subsample of a large volume still decides
+    assert m.restored_agreement(raw, up, max_samples=500)["correlation_with_input"] > 0.95

@@ -184,10 +184,11 @@ def run(args) -> int:
             st.validate()
         out = pipeline.stage_infer(args.normalized, args.model, args.output, sample=sample, settings=st,
                                    device=args.device, threads=args.threads, step=args.step, block=args.block)
-        if args.done:
-            args.done.parent.mkdir(parents=True, exist_ok=True)
-            args.done.write_text(json.dumps(out | {"step": args.step, "block": args.block, "blocks": st.blocks},
-                                            default=str) + "\n")
+        if args.done:  # a Snakemake output: never half-written
+            from .io import write_text_atomic
+
+            write_text_atomic(args.done, json.dumps(out | {"step": args.step, "block": args.block,
+                                                           "blocks": st.blocks}, default=str) + "\n")
     elif cmd == "qc":
         pipeline.stage_qc(args.normalized, args.restored, args.model, args.fov, args.output, sample=sample,
                           reference=args.reference, settings=_settings(args).qc, threads=args.threads)

@@ -1436,7 +1436,7 @@ def scattered_store(
         name = "all" if step == "all" else f"b{block}"
         stats = compute(dest, tiles, done, store.recorder(name))
         stats["resumed"] = len(done)
-        (store.meta / f"stats-{name}.json").write_text(json.dumps(stats))
+        io.write_text_atomic(store.meta / f"stats-{name}.json", json.dumps(stats))
         out.update(stats)
     if step in ("all", "gather"):
         store.check(fingerprint)

@@ -789,6 +789,20 @@ def _check_chunks(chunks, shape) -> tuple[int, int, int]:
     return tuple(min(ci, max(1, n)) for ci, n in zip(c, shape))
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file atomically: a temporary sibling renamed into place, so a
+    reader (or a rerun after a kill) sees the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill leaves no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Write to a temporary sibling of ``path`` and move it into place on success.

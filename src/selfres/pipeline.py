@@ -79,15 +79,7 @@ def _check_size_for_factors(shape, factors, *, what: str, path, sample: str, hin
 
 def write_json(path: str | Path, data: dict) -> None:
     """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, default=_json_default, allow_nan=False))
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or a kill leaves no partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
+    io.write_text_atomic(path, json.dumps(data, indent=2, default=_json_default, allow_nan=False))
 
 
 def _json_default(o):
@@ -678,8 +670,8 @@ def stage_qc(
         pos_in = np.clip(pos_in, 0, np.array(raw_norm.shape) - 1)
         hw_in = tuple(max(3, int(np.ceil(9 / r))) for r in ratio)
         t_in = metrics.bead_fwhm_table(raw_norm, voxel_size=vs_in or (1, 1, 1), positions=pos_in, half_width=hw_in)
-        pd.concat([t_in.assign(volume="input"), t_out.assign(volume="output")]).to_csv(
-            qc_dir / "beads.tsv", sep="\t", index=False)
+        io.write_text_atomic(qc_dir / "beads.tsv", pd.concat(
+            [t_in.assign(volume="input"), t_out.assign(volume="output")]).to_csv(sep="\t", index=False))
     m = {
         "sample": sample,
         "mode": mode,

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import degrade, models
-from .io import file_checksum
+from .io import file_checksum, write_text_atomic
 from .fov import _window_means, structure_map
 from .infer import predict_array
 from .settings import DegradationSettings, TrainSettings, to_dict
@@ -358,7 +358,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     torch.save(state, tmp)
     digest = file_checksum(tmp)
     os.replace(tmp, path)
-    Path(str(path) + ".sha256").write_text(digest)
+    write_text_atomic(Path(str(path) + ".sha256"), digest)
 
 
 def load_checkpoint(path: Path) -> dict | None:

@@ -315,11 +315,19 @@ def test_an_unforeseen_failure_still_ends_in_one_error_line(tmp_path, capsys, mo
 
 
 @pytest.mark.slow
-def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path):
-    """A broken acquisition fails only its own sample; summary.tsv lists it with its error."""
+@pytest.mark.parametrize("broken, problem", [
+    ("truncated", r"is truncated or corrupt .*"),
+    ("missing", r"does not exist \(no such file or store\)"),  # deleted before the night: not a whole-batch stop
+])
+def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, problem):
+    """A broken or missing acquisition fails only its own sample; summary.tsv lists it with its error."""
     wd = make_workdir(tmp_path, samples={"good": {}, "bad": {"path": "../data/bad.tif"}})
     good = (wd / "data" / "good.tif").read_bytes()
-    (wd / "data" / "bad.tif").write_bytes(good[: len(good) // 3])  # truncated acquisition
+    if broken == "truncated":
+        (wd / "data" / "bad.tif").write_bytes(good[: len(good) // 3])
+    else:
+        (wd / "data" / "bad.tif").unlink(missing_ok=True)
+        assert run_snakemake(wd, "-n", timeout=120).returncode == 0  # the plan stands
     proc = run_snakemake(wd, "--keep-going", timeout=300)
     assert proc.returncode != 0  # the night had a failure, and says so
     res = wd / "results"
@@ -329,7 +337,7 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path):
     table = pd.read_csv(res / "summary.tsv", sep="\t").set_index("sample")
     assert table.loc["good", "status"] in ("ok", "fallback_interpolation")
     assert table.loc["bad", "status"] == "failed"
-    assert re.fullmatch(r"sample 'bad': data/bad\.tif: is truncated or corrupt .*", table.loc["bad", "error"])
+    assert re.fullmatch(r"sample 'bad': data/bad\.tif: " + problem, table.loc["bad", "error"]), table.loc["bad", "error"]
     assert (res / "summary.html").exists()
     log = (res / "bad" / "logs" / "normalise.log").read_text()
     assert [ln for ln in log.splitlines() if ln.startswith("ERROR:")] == ["ERROR: " + table.loc["bad", "error"]]

@@ -91,13 +91,30 @@ def _q(x):
     return shlex.quote(str(x))
 
 
+#: what rule demo writes (the demo sheet's acquisitions exist only once it has run)
+DEMO_FILES = ("demo_data/beads.tif", "demo_data/beads_reference.tif", "demo_data/neurites.tif",
+              "demo_data/neurites_reference.tif")
+
+
+def _declared(path):
+    """``path`` as a job input when it exists (or a rule makes it), else nothing: a missing
+    acquisition then fails its own sample's first job with selfres's one-line error, and
+    ``--keep-going`` runs the others, instead of Snakemake refusing the whole batch."""
+    if not path:
+        return []
+    return [path] if os.path.exists(path) or os.path.normpath(path) in DEMO_FILES else []
+
+
 def get_raw(wildcards):
+    return _declared(_cell(wildcards.sample, "path"))
+
+
+def raw_path(wildcards):
     return _cell(wildcards.sample, "path")
 
 
 def get_reference(wildcards):
-    ref = _cell(wildcards.sample, "reference")
-    return [ref] if ref else []
+    return _declared(_cell(wildcards.sample, "reference"))
 
 
 # Each stage receives only the settings sections it uses, so that changing one value

@@ -3,10 +3,7 @@
 
 rule demo:
     output:
-        "demo_data/beads.tif",
-        "demo_data/beads_reference.tif",
-        "demo_data/neurites.tif",
-        "demo_data/neurites_reference.tif",
+        DEMO_FILES,
     log:
         "demo_data/demo.log",
     conda:

@@ -11,11 +11,12 @@ rule normalise:
     benchmark:
         f"{R}/{{sample}}/benchmarks/normalise.tsv"
     params:
+        raw=raw_path,
         args=normalise_args,
     conda:
         "../../envs/selfres.yaml"
     shell:
-        "selfres normalise {input:q} -o {output:q} {params.args} > {log:q} 2>&1"
+        "selfres normalise {params.raw:q} -o {output:q} {params.args} > {log:q} 2>&1"
 
 
 rule crop:

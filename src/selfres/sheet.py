@@ -18,7 +18,7 @@ import pandas as pd
 
 from .errors import ConfigError
 
-__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "read_sample_sheet"]
+__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "read_sample_sheet", "sample_overrides"]
 
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -68,6 +68,38 @@ def _schema_message(err) -> str:
     if v == "minLength":
         return f"column {col!r} is empty"
     return f"column {col!r}: {err.message}" if col else err.message
+
+
+def _check_voxel_size(text: str, *, where: str) -> None:
+    if not text:
+        return
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 3 or not all(0 < v < float("inf") for v in values):
+        raise ConfigError(f"{where}column 'voxel_size': {text!r} must be three positive numbers z,y,x in µm")
+
+
+def sample_overrides(row: Mapping[str, str]) -> dict:
+    """A row's per-sample override columns (``train.steps``, ``train.degradation.method``…)
+    as nested settings sections, values read as YAML (``50`` → 50, ``true`` → True)."""
+    import yaml
+
+    out: dict = {}
+    for col, value in row.items():
+        value = str(value).strip()
+        if "." not in str(col) or not value:
+            continue
+        node = out
+        *parents, leaf = str(col).split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            node[leaf] = value  # the settings' own check names the key and what is allowed
+    return out
 
 
 def _resolve(p: str, base: str) -> str:
@@ -141,6 +173,13 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
                 raise ConfigError(f"{where}sample {row['sample']!r}: {_schema_message(errors[0])}")
         if not row["path"]:
             raise ConfigError(f"{where}sample {row['sample']!r}: column 'path' is empty")
+        _check_voxel_size(row.get("voxel_size", ""), where=f"{where}sample {row['sample']!r}: ")
+        try:  # per-sample overrides fail here, before any job runs, as the same values in config.yaml do
+            from .settings import parse_settings
+
+            parse_settings(sample_overrides(row))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}sample {row['sample']!r}: {exc}") from None
     dup = sorted(sheet["sample"][sheet["sample"].duplicated()].unique())
     if dup:
         raise ConfigError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}; ids must be unique")

@@ -160,3 +160,36 @@ def test_unsafe_sample_ids_are_refused(tmp_path, sid):
     p.write_text(f"sample\tpath\n{sid}\tx.tif\n")
     with pytest.raises(ConfigError, match="not allowed|column 'sample'|empty"):
         read_sample_sheet(p, schema=SCHEMA)
+
+
+@pytest.mark.parametrize("column, value, problem", [
+    ("voxel_size", "0,0.5,0.5", r"column 'voxel_size': '0,0.5,0.5' must be three positive numbers"),
+    ("voxel_size", "-1,0.5,0.5", r"column 'voxel_size': '-1,0.5,0.5' must be three positive numbers"),
+    ("voxel_size", "1,nan,1", r"column .voxel_size.: .1,nan,1."),
+    ("train.steps", "abc", r"sample 'a': train.steps"),
+    ("train.loss", "l3", r"sample 'a': train.loss: 'l3'"),
+    ("train.stpes", "50", r"sample 'a': .*unknown key\(s\) stpes"),
+    ("qc.beads", "yes please", r"sample 'a': qc.beads"),
+    ("isotropic.stepz", "5", r"sample 'a': .*unknown key\(s\) stepz"),
+])
+def test_bad_per_sample_values_fail_when_the_sheet_is_read(tmp_path, column, value, problem):
+    """Before any job runs, as the same mistakes in config.yaml do — not after normalise and crop."""
+    p = tmp_path / "samples.tsv"
+    p.write_text(f"sample\tpath\t{column}\na\tx.tif\t{value}\n")
+    with pytest.raises(ConfigError, match=problem):
+        read_sample_sheet(p, schema=SCHEMA)
+
+
+def test_every_settings_key_can_be_overridden_per_sample(tmp_path):
+    from selfres.sheet import sample_overrides
+
+    p = tmp_path / "samples.tsv"
+    p.write_text("sample\tpath\ttrain.x4_strategy\tisotropic.steps\ttrain.degradation.method\ttrain.psf_sigma_um\n"
+                 "a\tx.tif\tserial\t300\tgaussian\t1.0,0.5,0.5\n")
+    with pytest.raises(ConfigError, match="degradation.method 'gaussian' needs"):  # checked as a whole
+        read_sample_sheet(p, schema=SCHEMA)
+    p.write_text("sample\tpath\ttrain.x4_strategy\tisotropic.steps\ttrain.degradation.sigma_um\n"
+                 "a\tx.tif\tserial\t300\t1.0,0.5,0.5\n")
+    row = read_sample_sheet(p, schema=SCHEMA).iloc[0].to_dict()
+    assert sample_overrides(row) == {"train": {"x4_strategy": "serial", "degradation": {"sigma_um": "1.0,0.5,0.5"}},
+                                     "isotropic": {"steps": 300}}

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from snakemake.utils import validate
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -75,13 +74,15 @@ def sample_scale(sample):
 def sample_settings(sample):
     """Config stage sections with the sample's own overrides (columns like train.steps)."""
     s = {k: json.loads(json.dumps(config[k])) for k in SETTINGS_SECTIONS}
-    for col in SAMPLES.columns:
-        if "." in col and _cell(sample, col):
-            node = s
-            *parents, leaf = col.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = yaml.safe_load(_cell(sample, col))
+
+    def merge(node, over):
+        for key, value in over.items():
+            if isinstance(value, dict) and isinstance(node.get(key), dict):
+                merge(node[key], value)
+            else:
+                node[key] = value
+
+    merge(s, _sheet.sample_overrides(SAMPLES.loc[sample].to_dict()))
     if sample_mode(sample) == "isotropic" and "arch" not in s["train"]:
         s["train"]["arch"] = "iso2d"
     return s
@@ -148,7 +149,7 @@ def normalise_args(wildcards):
     if _cell(s, "channel") not in ("", "all"):
         args += ["--channel", _cell(s, "channel")]
     if _cell(s, "voxel_size"):
-        args += ["--voxel-size", _cell(s, "voxel_size")]
+        args += [f"--voxel-size={_cell(s, 'voxel_size')}"]
     return " ".join(_q(a) for a in args)
 
 

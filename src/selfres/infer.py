@@ -1335,6 +1335,7 @@ def infer_to_store(
     amp: bool = True,
     batch_size: int = 1,
     memory_fraction: float = 0.5,
+    origin: Sequence[float] | None = None,
 ) -> dict:
     """Resumable, scatterable whole-FOV inference into the OME-Zarr store ``final``.
 
@@ -1381,7 +1382,7 @@ def infer_to_store(
         create=lambda p: io.create_ome_zarr(p, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=ch,
                                             shards=sh, ngff_version=ngff_version),
         compute=compute, voxel_size=voxel_size, ngff_version=ngff_version, attrs=attrs,
-        contrast_limits=contrast_limits)
+        contrast_limits=contrast_limits, origin=origin)
 
 
 def scattered_store(
@@ -1399,6 +1400,7 @@ def scattered_store(
     ngff_version: str = "0.4",
     attrs: dict | None = None,
     contrast_limits: Sequence[float] | None = None,
+    origin: Sequence[float] | None = None,
 ) -> dict:
     """The prepare / block / gather protocol over a :class:`PartialStore`, for any tiling.
 
@@ -1414,8 +1416,8 @@ def scattered_store(
         ``compute(dest, tiles, done, record) -> stats``: write the tiles in ``tiles`` that
         are not in ``done`` into ``dest`` (level 0), calling ``record(i, block)`` once tile
         ``i`` is completely written; ``stats`` has ``seconds`` and ``mvoxel_per_s``.
-    voxel_size, ngff_version, attrs, contrast_limits
-        For the pyramid and metadata written at gather.
+    voxel_size, ngff_version, attrs, contrast_limits, origin
+        For the pyramid and metadata written at gather (:func:`selfres.io.finalize_ome_zarr`).
     """
     from . import io
 
@@ -1459,7 +1461,7 @@ def scattered_store(
             secs += sec
             vox += r * sec if math.isfinite(r) else 0.0
         rate = vox / secs if secs > 0 else None
-        io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version,
+        io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version, origin=origin,
                              contrast_limits=contrast_limits, name=Path(final).name.split(".")[0],
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
                                                         "mvoxel_per_s": rate, "blocks": blocks})

@@ -1015,14 +1015,15 @@ def _json_safe(obj):
 def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str = "0.4",
                       contrast_limits: Sequence[float] | None = None,
                       attrs: Mapping[str, Any] | None = None,
-                      max_levels: int | None = None, name: str | None = None) -> None:
+                      max_levels: int | None = None, name: str | None = None,
+                      origin: Sequence[float] | None = None) -> None:
     """Build the pyramid from level 0 and write the OME-Zarr metadata.
 
     Each level halves y and x; z is halved only when the previous level's z voxel
     size is at most its xy voxel size. Levels stop before the smaller lateral side
     would drop below 64 voxels, or at ``max_levels`` levels in all. Levels are
     block means computed chunk by chunk with dask (level ``k`` from level
-    ``k - 1``). Each level gets ``scale`` (µm) and ``translation = (scale_k -
+    ``k - 1``). Each level gets ``scale`` (µm) and ``translation = origin + (scale_k -
     scale_0) / 2``, the half-pixel-centre position of block means.
 
     Parameters
@@ -1043,6 +1044,10 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
         Most levels in all (``>= 1``); ``None`` = until the 64-voxel limit.
     name
         Image name in the metadata (default: the store's file name).
+    origin
+        ``(z, y, x)`` translation of level 0 (same unit as ``voxel_size``), default 0: where
+        voxel 0's centre sits. A restored grid's level 0 sits at ``(v_out − v_in) / 2`` so
+        that it overlays its input (the contract's half-pixel-centre convention).
     """
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_multiscales_metadata
@@ -1097,7 +1102,7 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
             "coordinateTransformations": [
                 {"type": "scale", "scale": [float(v) for v in s]},
                 {"type": "translation",
-                 "translation": [float((a - b) / 2.0) for a, b in zip(s, base)]},
+                 "translation": [float(o + (a - b) / 2.0) for o, a, b in zip(origin or (0.0, 0.0, 0.0), s, base)]},
             ],
         }
         for k, s in enumerate(scales)

@@ -1059,7 +1059,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     output chunks; ``step``/``block`` split the work over ``settings.blocks`` jobs.
     """
     from .infer import scattered_store
-    from .pipeline import model_output_path, output_dtype
+    from .pipeline import grid_origin, model_output_path, output_dtype
 
     factor = float(meta["factor"])
     iso = meta.get("isotropic", {})
@@ -1101,7 +1101,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             create=lambda p: io.create_ome_zarr(p, shape=shape, dtype=dtype, voxel_size=vs_out, chunks=chunks,
                                                 ngff_version=settings.ngff_version),
             compute=compute, voxel_size=vs_out, ngff_version=settings.ngff_version,
-            contrast_limits=(params.low, params.high),
+            contrast_limits=(params.low, params.high), origin=grid_origin(vs_in, vs_out),
             attrs={"sample": sample, "content": kind, "factor": factor, "normalisation": params.to_dict(),
                    "fusion": fusion})
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s", kind, step, path, stats["computed"], stats["tiles"],

@@ -429,6 +429,7 @@ def stage_infer(
     dtype = output_dtype(settings, vol.attrs.get("source_dtype", "float32"))
     vs_in = _voxel_size_of(vol)  # None: unknown, and the output says so (no unit) rather than invent one
     vs_out = tuple(v / f for v, f in zip(vs_in, factors)) if vs_in else None
+    origin = grid_origin(vs_in, vs_out)
 
     runs: list[dict] = []
 
@@ -441,7 +442,7 @@ def stage_infer(
             transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype),
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict()},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
-            memory_fraction=settings.gpu_memory_fraction,
+            memory_fraction=settings.gpu_memory_fraction, origin=origin,
         )
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%s Mvoxel/s)", kind, step, path,
                  stats["computed"], stats["tiles"], stats["seconds"], stats["mvoxel_per_s"])
@@ -477,6 +478,16 @@ def stage_infer(
     return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model",
             "tiles": runs[-1]["tiles"], "computed": sum(r["computed"] for r in runs),
             "resumed": sum(r["resumed"] for r in runs)}
+
+
+def grid_origin(vs_in, vs_out) -> tuple[float, ...] | None:
+    """Where the first output voxel's centre sits (µm) when the input's sits at 0: the
+    contract's half-pixel-centre grid, output voxel ``j`` at input coordinate
+    ``(j + 0.5) / s − 0.5``, i.e. ``(v_out − v_in) / 2`` per axis; ``None`` when the voxel
+    size is unknown (the store's scales are then plain voxel steps)."""
+    if not vs_in or not vs_out:
+        return None
+    return tuple((float(o) - float(i)) / 2.0 for i, o in zip(vs_in, vs_out))
 
 
 def trained_degradation(meta: dict) -> dict:

@@ -55,6 +55,18 @@ def test_a_known_voxel_size_reaches_the_output_in_micrometres(tmp_path):
     units, scale = _units_and_scale(out)
     assert units == ["micrometer"] * 3
     np.testing.assert_allclose(scale, [1.0, 0.25, 0.25])
+    # and it overlays its input: output voxel j sits at input coordinate (j + 0.5) / s - 0.5,
+    # so level 0 starts half an input voxel minus half an output voxel before the input's first centre
+    datasets = zarr.open_group(str(out), mode="r").attrs["multiscales"][0]["datasets"]
+    t0 = datasets[0]["coordinateTransformations"][1]["translation"]
+    np.testing.assert_allclose(t0, [0.0, -0.125, -0.125])
+    for d in datasets[1:]:  # every pyramid level on the same footing
+        sc, tr = (c[k] for c, k in zip(d["coordinateTransformations"], ("scale", "translation")))
+        np.testing.assert_allclose(tr, np.array(t0) + (np.array(sc) - np.array(scale)) / 2)
+    first_input_voxel = (-0.25, 0.25)  # y extent of input voxel 0 (size 0.5 µm, centre 0)
+    centres = [t0[1] + j * scale[1] for j in (0, 1)]  # its two output voxels
+    assert all(first_input_voxel[0] < c < first_input_voxel[1] for c in centres)
+    assert np.mean(centres) == 0.0
 
 
 @pytest.mark.parametrize("damage, flag", [

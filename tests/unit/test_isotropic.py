@@ -259,6 +259,11 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
     vol = io.read_ome_zarr(out)
     assert vol.data.shape == (20, 40, 40)  # round(8 · 2.5)
     np.testing.assert_allclose(vol.voxel_size, (0.5, 0.5, 0.5))
+    # level 0 overlays the input: z starts at (0.5 - 1.25) / 2 µm, y and x where the input's do
+    import zarr
+
+    tr = zarr.open_group(str(out), mode="r").attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][1]
+    np.testing.assert_allclose(tr["translation"], [-0.375, 0.0, 0.0])
     assert vol.attrs["content"] in ("model", "interpolation")
     model, spec, info = pipeline.load_trained(tmp_path / "model")
     sv = iso.self_validation(io.read_ome_zarr(norm), TrainingFov.load(tmp_path / "fov.json"), model, spec, info)

@@ -227,11 +227,13 @@ def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool)
         ci = axes.index("C")
         n_c = shape[ci]
         if channel is None and n_c > 1:
-            raise InputError(
+            err = InputError(
                 path,
-                f"has {n_c} channels; choose one with channel=0..{n_c - 1} "
+                f"has {n_c} channels; choose one with channel=0..{n_c - 1}, or all "
                 "(sample sheet column 'channel')",
             )
+            err.n_channels = n_c  # read by channel_count
+            raise err
         c = 0 if channel is None else channel
         if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 0 <= c < n_c:
             raise InputError(
@@ -668,6 +670,25 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
     if _kind(path) == "tiff":
         return _read_tiff(path, channel=channel, lazy=lazy)
     return _read_zarr(path, channel=channel, lazy=lazy)
+
+
+def channel_count(path: str | os.PathLike) -> int:
+    """Number of channels of an acquisition (1 for a single-channel stack), from its
+    metadata and shape, without reading its voxels.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_volume` for a file it cannot read.
+    """
+    try:
+        read_volume(path, lazy=True)
+    except InputError as exc:
+        n = getattr(exc, "n_channels", None)
+        if n is None:
+            raise
+        return int(n)
+    return 1
 
 
 def read_voxel_size(path: str | os.PathLike) -> tuple[float, float, float] | None:

@@ -18,7 +18,8 @@ import pandas as pd
 
 from .errors import ConfigError
 
-__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "read_sample_sheet", "sample_overrides"]
+__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "expand_channels", "read_sample_sheet",
+           "sample_overrides"]
 
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -188,6 +189,41 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
         if col in sheet:
             sheet[col] = [_resolve(p, base) if p else "" for p in sheet[col]]
     return sheet
+
+
+def expand_channels(sheet: pd.DataFrame) -> pd.DataFrame:
+    """Rows with ``channel = all`` become one sample per channel of their file:
+    ``{sample}_c0``, ``{sample}_c1``… with ``channel`` 0, 1… (one model each, as every
+    sample has). A file that cannot be read keeps its row, whose first job then fails
+    with the reader's message.
+
+    Raises
+    ------
+    ConfigError
+        When an expanded id is already a sample of the sheet.
+    """
+    from .errors import SelfresError
+    from .io import channel_count
+
+    if "channel" not in sheet or not (sheet["channel"] == "all").any():
+        return sheet
+    rows = []
+    for row in sheet.to_dict(orient="records"):
+        if row.get("channel") != "all":
+            rows.append(row)
+            continue
+        try:
+            n = channel_count(row["path"])
+        except (SelfresError, OSError):
+            rows.append(row)
+            continue
+        rows += [row | {"sample": f"{row['sample']}_c{c}", "channel": str(c)} for c in range(n)]
+    out = pd.DataFrame(rows, columns=sheet.columns)
+    dup = sorted(out["sample"][out["sample"].duplicated()].unique())
+    if dup:
+        raise ConfigError(f"sample sheet: channel=all makes sample id(s) {', '.join(dup)} that are already taken; "
+                          "rename the sample")
+    return out
 
 
 def check_results_dirs(results: str | os.PathLike, samples: Iterable[str]) -> None:

@@ -50,6 +50,7 @@ SHEET = _read_sheet(config["samples"])
 _inbox = _inbox_rows(SHEET)
 if _inbox:
     SHEET = pd.concat([SHEET, pd.DataFrame(_inbox)], ignore_index=True).fillna("")
+SHEET = _sheet.expand_channels(SHEET)  # channel=all: one sample (and model) per channel
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)
 _sheet.check_results_dirs(R, SAMPLE_IDS)  # no id or symlink may lead a write out of results/

@@ -1,0 +1,62 @@
+"""``channel = all``: one sample, and one model, per channel of a multichannel acquisition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from selfres import io
+from selfres.errors import ConfigError
+from selfres.sheet import expand_channels, read_sample_sheet
+from workdir import REPO_ROOT, make_workdir, run_snakemake, tiny_volume
+
+SCHEMA = REPO_ROOT / "workflow" / "schemas" / "samples.schema.yaml"
+
+
+def _two_channel_tiff(path):
+    stack = np.stack([tiny_volume((8, 48, 48), seed=1), tiny_volume((8, 48, 48), seed=2)], axis=1)  # ZCYX
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, stack, imagej=True, resolution=(2.0, 2.0), metadata={"spacing": 1.0, "axes": "ZCYX"})
+    return stack
+
+
+def test_channel_all_becomes_one_sample_per_channel(tmp_path):
+    stack = _two_channel_tiff(tmp_path / "twoch.tif")
+    _two_channel_tiff(tmp_path / "other.tif")
+    (tmp_path / "samples.tsv").write_text("sample\tpath\tchannel\tscale\n"
+                                          "twoch\ttwoch.tif\tall\t1,2,2\n"
+                                          "one\tother.tif\t1\t\n"
+                                          "gone\tmissing.tif\tall\t\n")
+    sheet = expand_channels(read_sample_sheet(tmp_path / "samples.tsv", schema=SCHEMA))
+    assert list(sheet["sample"]) == ["twoch_c0", "twoch_c1", "one", "gone"]  # unreadable: left to fail its job
+    assert list(sheet["channel"]) == ["0", "1", "1", "all"]
+    assert list(sheet["scale"]) == ["1,2,2", "1,2,2", "", ""]  # every other column carried over
+    for c in (0, 1):  # and each channel reads its own data
+        vol = io.read_volume(sheet["path"][c], channel=int(sheet["channel"][c]))
+        np.testing.assert_array_equal(vol.data, stack[:, c].astype(np.float32))
+    assert io.channel_count(tmp_path / "twoch.tif") == 2
+    tifffile.imwrite(tmp_path / "single.tif", tiny_volume((8, 48, 48)), metadata={"axes": "ZYX"})
+    assert io.channel_count(tmp_path / "single.tif") == 1
+
+
+def test_channel_all_may_not_take_an_existing_id(tmp_path):
+    _two_channel_tiff(tmp_path / "twoch.tif")
+    (tmp_path / "samples.tsv").write_text("sample\tpath\tchannel\n"
+                                          "twoch\ttwoch.tif\tall\n"
+                                          "twoch_c1\ttwoch.tif\t0\n")
+    with pytest.raises(ConfigError, match="channel=all makes sample id.* twoch_c1 .*already taken"):
+        expand_channels(read_sample_sheet(tmp_path / "samples.tsv", schema=SCHEMA))
+
+
+@pytest.mark.slow
+def test_workflow_restores_every_channel(tmp_path):
+    wd = make_workdir(tmp_path, samples={"twoch": {"path": "../data/twoch.tif", "channel": "all", "scale": "1,2,2"}})
+    _two_channel_tiff(wd / "data" / "twoch.tif")
+    proc = run_snakemake(wd, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    outs = [io.read_ome_zarr(wd / "results" / f"twoch_c{c}" / "restored.ome.zarr") for c in (0, 1)]
+    assert all(o.data.shape == (8, 96, 96) for o in outs)
+    assert not np.allclose(np.asarray(outs[0].data), np.asarray(outs[1].data))  # each its own channel
+    for c in (0, 1):
+        assert (wd / "results" / f"twoch_c{c}" / "model" / "model.json").exists()

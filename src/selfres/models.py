@@ -41,6 +41,7 @@ __all__ = [
     "ARCHS",
     "ModelSpec",
     "autocast_context",
+    "cuda_autocast_dtype",
     "cpu_has_native_bf16",
     "build_model",
     "count_parameters",
@@ -627,7 +628,25 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = False
+def cuda_native_bf16() -> bool:
+    """The GPU computes bfloat16 natively (Ampere and later); older GPUs only emulate it,
+    slowly or not at all for 3-D convolutions, and ``torch.cuda.is_bf16_supported()``
+    counts emulation unless told not to."""
+    try:
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    except TypeError:  # pragma: no cover - a torch without the argument
+        return bool(torch.cuda.is_bf16_supported())
+
+
+def cuda_autocast_dtype(*, training: bool) -> torch.dtype | None:
+    """Autocast dtype on CUDA: bfloat16 where native; else float16 for inference, and
+    none (float32) for training, which would need loss scaling to train in float16."""
+    if cuda_native_bf16():
+        return torch.bfloat16
+    return None if training else torch.float16
+
+
+def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = False, training: bool = False
                      ) -> contextlib.AbstractContextManager:
     """Mixed-precision context.
 
@@ -641,6 +660,8 @@ def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = F
         Also use bfloat16 on a CPU that computes it natively
         (:func:`cpu_has_native_bf16`). Inference passes True; training keeps float32
         on CPU.
+    training
+        Training: on a GPU without native bfloat16, float32 (:func:`cuda_autocast_dtype`).
 
     Returns
     -------
@@ -653,8 +674,8 @@ def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = F
     if not enabled:
         return contextlib.nullcontext()
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        dtype = cuda_autocast_dtype(training=training)
+        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type="cuda", dtype=dtype)
     if device.type == "cpu" and cpu and cpu_has_native_bf16():
         return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

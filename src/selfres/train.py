@@ -585,7 +585,7 @@ def train_enhance(
         target = sampler.sample(settings.batch_size).to(device)
         with torch.no_grad():
             low = degrader(target, generator=noise_gen)
-        with models.autocast_context(device, enabled=amp):
+        with models.autocast_context(device, enabled=amp, training=True):
             pred = model(low)
         loss = loss_fn(settings.loss, pred.float(), target)
         if not optimisation_step(model, optimiser, loss):

@@ -262,3 +262,23 @@ def test_select_device_and_autocast_on_cpu():
 def test_select_device_cuda_unavailable_is_clear():
     with pytest.raises(ConfigError, match="CUDA is not available"):
         select_device("cuda")
+
+
+@pytest.mark.parametrize("native, training, expected", [
+    (True, False, torch.bfloat16),
+    (True, True, torch.bfloat16),
+    (False, False, torch.float16),   # a pre-Ampere GPU infers in float16, not in emulated bfloat16
+    (False, True, None),             # and trains in float32: float16 training would need loss scaling
+])
+def test_cuda_precision_follows_what_the_gpu_computes_natively(monkeypatch, native, training, expected):
+    from selfres import models
+
+    calls = []
+
+    def supported(including_emulation=True):
+        calls.append(including_emulation)
+        return native or including_emulation  # every CUDA GPU "supports" bf16 by emulation
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
+    assert models.cuda_autocast_dtype(training=training) is expected
+    assert calls == [False]

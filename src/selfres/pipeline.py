@@ -125,6 +125,18 @@ def git_commit() -> str | None:
         return None
 
 
+def git_dirty() -> bool | None:
+    """Whether the checkout selfres runs from has uncommitted changes to tracked files
+    (then ``git_commit`` alone does not say which code ran); ``None`` outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def software_versions() -> dict:
     import importlib.metadata as md
 
@@ -785,6 +797,7 @@ def stage_report(
         "sample": sample,
         "selfres_version": __version__,
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
         "input": vol.attrs.get("source"),
         "input_checksum": vol.attrs.get("source_checksum"),
         "resolved_config": resolved_config or {},
@@ -796,8 +809,8 @@ def stage_report(
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    vs_in = metrics_d.get("voxel_size_in") or (1, 1, 1)
-    vs_out = metrics_d.get("voxel_size_out") or (1, 1, 1)
+    vs_in = metrics_d.get("voxel_size_in")  # None: unknown (figures then measure in voxels)
+    vs_out = metrics_d.get("voxel_size_out")
     figures = report.sample_figures(
         raw=raw, interp=interp, restored=restored_arr, voxel_size_in=vs_in, voxel_size_out=vs_out,
         training_log=training_log, best_step=metrics_d.get("best_step"), bead_table=beads,

@@ -1536,8 +1536,8 @@ def render_sample_report(
         ("restored.ome.zarr holds", metrics.get("restored_content") or "model"),
         ("input shape (z, y, x)", metrics.get("input_shape") or list(_as_zyx(raw.shape))),
         ("output shape (z, y, x)", metrics.get("output_shape") or list(_as_zyx(restored.shape))),
-        ("voxel size in (µm)", voxel_size_in),
-        ("voxel size out (µm)", voxel_size_out),
+        ("voxel size in (µm)", voxel_size_in or "unknown (see the flag voxel_size_missing)"),
+        ("voxel size out (µm)", voxel_size_out or "unknown"),
         ("flags", ", ".join(flags) if flags else "none"),
     ]))
     parts.append('<h2 id="flags">Flags</h2>')

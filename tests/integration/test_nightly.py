@@ -233,6 +233,7 @@ def test_provenance_per_sample_is_complete(night1):
     assert cfg["path"] == "inbox/night1.tif" and cfg["mode"] == "enhance" and cfg["scale"] == "1,2,2"
     assert cfg["settings"]["train"]["steps"] == 4  # the workdir's config, not the defaults
     assert prov["selfres_version"] and re.fullmatch(r"[0-9a-f]{40}", prov["git_commit"] or "")
+    assert prov["git_dirty"] in (True, False)  # a run from a modified checkout says so
     for pkg in ("python", "torch", "numpy", "zarr", "snakemake"):
         assert prov["software"][pkg], pkg
     assert prov["host"] and prov["written"]

@@ -43,6 +43,8 @@ def test_unknown_voxel_size_is_written_as_unknown_not_as_one_micrometre(tmp_path
     assert json.loads((keep / "model" / "model.json").read_text())["metadata"]["voxel_size_in"] is None
     m = json.loads((keep / "qc" / "metrics.json").read_text())
     assert m["voxel_size_in"] is None and m["voxel_size_out"] is None and "voxel_size_missing" in m["flags"]
+    html = (keep / "report.html").read_text()
+    assert "unknown (see the flag voxel_size_missing)" in html and "1 × 1 × 1" not in html
 
 
 def test_a_known_voxel_size_reaches_the_output_in_micrometres(tmp_path):

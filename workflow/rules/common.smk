@@ -84,8 +84,6 @@ def sample_settings(sample):
                 node[key] = value
 
     merge(s, _sheet.sample_overrides(SAMPLES.loc[sample].to_dict()))
-    if sample_mode(sample) == "isotropic" and "arch" not in s["train"]:
-        s["train"]["arch"] = "iso2d"
     return s
 
 

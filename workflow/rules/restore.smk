@@ -91,6 +91,8 @@ rule infer_prepare:
         f"{R}/{{sample}}/infer/prepared.json",
     log:
         f"{R}/{{sample}}/logs/infer_prepare.log",
+    benchmark:
+        f"{R}/{{sample}}/benchmarks/infer_prepare.tsv"
     wildcard_constraints:
         sample=SCATTERED_INFER,
     params:

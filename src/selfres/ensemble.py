@@ -15,10 +15,10 @@ tiled result equals one pass of the wrapper over the mirror-padded volume.
   the Keys-cubic upscale. It is global in principle, but each iteration only spreads
   information by the reach of ``D`` plus that of ``U`` (a few input voxels), so the
   halo grows by that much per iteration and tiles stay exact. Where that border leaves
-  the volume, the steps see the network's output mirrored about the volume's border
-  (as they see the input), not the network run on mirrored input: so the steps can run
-  once over the whole volume after the network alone (:mod:`selfres.infer`), with the
-  same output as in tiles.
+  the volume, every step sees the current estimate mirrored about the volume's border
+  (as it sees the input), not the network run on mirrored input: so the steps can run
+  over the whole volume after the network alone, each on the volume widened by one
+  step's reach (:mod:`selfres.infer`), with the same output as in tiles.
 - :class:`Serial`: two models in series (×2 then ×2 for a ×4 factor); the halo is the
   first model's plus the second's, converted to input voxels.
 """
@@ -197,24 +197,29 @@ class BackProjection(nn.Module):
 
     def forward(self, x: torch.Tensor, outside: Sequence[Sequence[tuple[int, int]]] | None = None) -> torch.Tensor:
         """``outside``: for each batch element, per axis ``(low, high)``, the input voxels at
-        each end of ``x`` that lie outside the volume (mirror-padded copies). The network's
-        output there is replaced by the mirror of its output inside before the steps;
+        each end of ``x`` that lie outside the volume (mirror-padded copies). Before every
+        step the estimate there is replaced by the mirror of the estimate inside;
         ``None``: all of ``x`` is inside."""
         x5, squeeze = _as5d(x, self.factors)
         x5 = x5.float()
-        y = self.model(x5)
-        if outside is not None:
-            y = mirror_outside(y, outside, factors=self.factors, halo=self.model.halo)
-        y = self.refine(x5, y)
+        y = self.refine(x5, self.model(x5), outside=outside)
         return y[:, :, 0] if squeeze else y
 
-    def refine(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The back-projection steps alone, in float32: ``y`` (the model's output for
-        ``x``, both ``(B, 1, Z, Y, X)``) refined ``iterations`` times."""
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One back-projection step ``y + U(x − D(y))`` in float32 (``(B, 1, Z, Y, X)``)."""
         x, y = x.float(), y.float()
         with torch.autocast(device_type=x.device.type, enabled=False):
-            for _ in range(self.iterations):
-                y = y + degrade.upscale_cubic(x - self.degrader(y), self.factors)
+            return y + degrade.upscale_cubic(x - self.degrader(y), self.factors)
+
+    def refine(self, x: torch.Tensor, y: torch.Tensor, *,
+               outside: Sequence[Sequence[tuple[int, int]]] | None = None) -> torch.Tensor:
+        """The back-projection steps alone: ``y`` (the model's output for ``x``, both
+        ``(B, 1, Z, Y, X)``) refined ``iterations`` times; ``outside`` as in :meth:`forward`."""
+        y = y.float()
+        for _ in range(self.iterations):
+            if outside is not None:
+                y = mirror_outside(y, outside, factors=self.factors, halo=self.model.halo)
+            y = self.step(x, y)
         return y
 
 
@@ -223,6 +228,17 @@ def mirror_index(lo: int, hi: int, n: int) -> np.ndarray:
     period ``2n``) outside ``[0, n)``: ``np.pad(..., mode="symmetric")`` for any range."""
     i = np.arange(int(lo), int(hi)) % (2 * int(n))
     return np.where(i < n, i, 2 * int(n) - 1 - i)
+
+
+def mirror_pad(t: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
+    """``t`` (``(B, C, Z, Y, X)``) mirror-padded (symmetric) by ``pads[axis]`` voxels at both
+    ends of each spatial axis, as ``np.pad(..., mode="symmetric")`` for any pad."""
+    for ax, p in enumerate(pads):
+        if int(p) > 0:
+            dim = 2 + ax
+            n = t.shape[dim]
+            t = t.index_select(dim, torch.from_numpy(mirror_index(-int(p), n + int(p), n)).to(t.device))
+    return t
 
 
 def mirror_outside(y: torch.Tensor, outside: Sequence[Sequence[tuple[int, int]]], *, factors: Sequence[int],

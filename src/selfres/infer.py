@@ -943,12 +943,6 @@ def warn_if_halo_dominates(model: nn.Module, tile_size: Sequence[int], shape: Se
 WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL = 24
 
 
-def back_projection_border(model: nn.Module) -> tuple[int, ...]:
-    """Input voxels per side whose network output the back-projection steps of ``model``
-    (a :class:`selfres.ensemble.BackProjection`) reach into: ``iterations`` × one step's reach."""
-    return tuple(int(model.iterations) * int(r) for r in model.step_reach)
-
-
 def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors: Sequence[int], *,
                                  device: torch.device | str = "cpu", whole_run: bool = True,
                                  available: int | None = None, quiet: bool = False) -> nn.Module | None:
@@ -971,8 +965,7 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
     if (not isinstance(model, BackProjection) or model.iterations == 0 or not whole_run
             or torch.device(device).type == "cuda"):
         return None
-    border = back_projection_border(model)
-    voxels = math.prod((int(n) + 2 * b) * int(f) for n, b, f in zip(shape, border, factors))
+    voxels = math.prod((int(n) + 2 * int(r)) * int(f) for n, r, f in zip(shape, model.step_reach, factors))
     need = voxels * WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL
     available = host_memory_available() if available is None else available
     if need > available / 2:
@@ -986,24 +979,28 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
 def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int], tile_size: Sequence[int],
                                  quiet: bool = False, **run_kwargs) -> np.ndarray:
     """The output of ``bp`` (a back-projection around a network) over all of ``source``:
-    the network tiled over the source with its own halo, then the steps once over the
-    whole of it, input and network output mirrored about the source's border by the
-    steps' reach (as :class:`selfres.ensemble.BackProjection` does in a tile, so the
-    output is the tiles'). ``quiet``: log nothing (small arrays, e.g. the held-out region)."""
+    the network tiled over the source with its own halo, then each step once over the
+    whole of it, input and estimate mirrored about the source's border by one step's
+    reach (as :class:`selfres.ensemble.BackProjection` does in a tile, so the output is
+    the tiles'). ``quiet``: log nothing (small arrays, e.g. the held-out region)."""
+    from .ensemble import mirror_pad
+
     factors = tuple(int(f) for f in factors)
-    border = back_projection_border(bp)
+    reach = tuple(int(r) for r in bp.step_reach)
     y = _assemble(run_tiles(bp.model, source, factors=factors, tile_size=tile_size, **run_kwargs), source.shape,
                   factors, progress=None if quiet else Progress(len(tile_grid(source.shape, tile_size)),
                                                                 what="network tiles"))
-    x = read_padded(source, [-b for b in border], [int(n) + b for n, b in zip(source.shape, border)])
-    y = read_padded(y, [-b * f for b, f in zip(border, factors)],
-                    [n + b * f for n, b, f in zip(y.shape, border, factors)])
+    x = torch.from_numpy(read_padded(source, [-r for r in reach],
+                                     [int(n) + r for n, r in zip(source.shape, reach)]))[None, None]
+    y = torch.from_numpy(y)[None, None]
+    crop = (slice(None), slice(None)) + tuple(slice(r * f, n + r * f) for n, r, f in zip(y.shape[2:], reach, factors))
     t0 = time.monotonic()
     with torch.inference_mode():
-        y = bp.refine(torch.from_numpy(x)[None, None], torch.from_numpy(y)[None, None])[0, 0].numpy()
+        for _ in range(bp.iterations):
+            y = bp.step(x, mirror_pad(y, [r * f for r, f in zip(reach, factors)]))[crop]
     (log.debug if quiet else log.info)("back-projection (%d iterations) over the whole volume %s: %.1f s",
-                                       bp.iterations, list(y.shape), time.monotonic() - t0)
-    return y[tuple(slice(b * f, n - b * f) for n, b, f in zip(y.shape, border, factors))]
+                                       bp.iterations, list(y.shape[2:]), time.monotonic() - t0)
+    return np.ascontiguousarray(y[0, 0].numpy())
 
 
 def restore_to_store(
@@ -1067,7 +1064,8 @@ def restore_to_store(
     if writers is None:
         writers = io_threads(device)
     n_todo = sum(1 for i in wanted if i not in done_tiles)
-    progress = Progress(n_todo, what="inference tiles")
+    # over the whole volume the tiles are written once it is computed ("network tiles" logs that part)
+    progress = Progress(n_todo, what="inference tiles" if bp is None else "tiles written")
     t0 = time.monotonic()
     computed = 0
     voxels = 0
@@ -1098,6 +1096,8 @@ def restore_to_store(
     pending: collections.deque = collections.deque()
     try:
         for i, t, block in blocks:
+            if computed == 0 and bp is not None:
+                progress.t0 = time.monotonic()  # the rate and ETA of writing, not of the computing before it
             computed += 1
             voxels += block.size
             if pool is None:

@@ -632,11 +632,12 @@ def test_whole_volume_back_projection_falls_back_to_tiles_without_memory_and_for
     assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), whole_run=False) is None
     assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), device="cuda") is None
     assert infer.whole_volume_back_projection(bp.model, vol.shape, (1, 2, 2)) is None  # nothing to project
-    need = math.prod((n + 2 * b) * f for n, b, f in zip(vol.shape, infer.back_projection_border(bp), (1, 2, 2)))
+    need = math.prod((n + 2 * r) * f for n, r, f in zip(vol.shape, bp.step_reach, (1, 2, 2)))
     need *= infer.WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL
     assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), available=2 * need) is bp
     assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), available=2 * need - 1) is None
     monkeypatch.setattr(infer, "host_memory_available", lambda: 2 * need - 1)
+    monkeypatch.setattr(infer, "cpu_pass_limit", lambda *a, **k: math.inf)  # tiles themselves still fit
     dest = np.zeros(ref.shape, np.float32)
     with caplog.at_level("INFO", logger="selfres.infer"):
         restore_to_store(bp, vol, dest, factors=(1, 2, 2), tile_size=(3, 16, 16), amp=False)

@@ -41,6 +41,7 @@ __all__ = [
     "psf_sigma_from_beads",
     "decorrelation_resolution",
     "resolution_lateral_axial",
+    "lateral_window",
     "isotropy",
     "axial_spectrum",
     "lateral_spectrum",
@@ -914,9 +915,16 @@ def _richest(indices_std: np.ndarray, n: int) -> np.ndarray:
 
 def _crop_window(volume: np.ndarray, max_size: int) -> np.ndarray:
     """Crop y and x to at most ``max_size``, keeping the most contrasted window."""
+    y0, y1, x0, x1 = lateral_window(volume, max_size)
+    return volume[:, y0:y1, x0:x1]
+
+
+def lateral_window(volume: np.ndarray, max_size: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)`` of the at most ``max_size`` × ``max_size`` lateral window of
+    highest contrast (of the maximum projection along z), full z; all of y, x when smaller."""
     nz, ny, nx = volume.shape
     if ny <= max_size and nx <= max_size:
-        return volume
+        return 0, ny, 0, nx
     proj = volume.max(axis=0).astype(np.float64)
     wy, wx = min(ny, max_size), min(nx, max_size)
     best, best_pos = -1.0, (0, 0)
@@ -928,7 +936,7 @@ def _crop_window(volume: np.ndarray, max_size: int) -> np.ndarray:
             if s > best:
                 best, best_pos = s, (y0, x0)
     y0, x0 = best_pos
-    return volume[:, y0 : y0 + wy, x0 : x0 + wx]
+    return int(y0), int(y0 + wy), int(x0), int(x0 + wx)
 
 
 def resolution_lateral_axial(

@@ -102,6 +102,9 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
     check = m["restored_check"]
     if flag is None:
         assert not {"restored_unlike_input", "restored_not_finite"} & set(m["flags"])
+        # the resolution figures come with the interpolation's, measured on the same window
+        assert m["resolution_interp_um"]["lateral"] > 0 and m["isotropy_interp"] > 0
+        assert "interpolation alone" in (keep / "report.html").read_text()
         assert check["correlation_with_input"] > 0.9 and check["nonfinite_voxels"] == 0
     else:
         assert flag in m["flags"], (m["flags"], check)

@@ -241,6 +241,9 @@ def stage_crop(
     vol, _ = read_normalized(normalized)
     factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
     source = vol.attrs.get("source") or str(normalized)
+    if mode == "isotropic" and vol.data.shape[0] < 2:
+        raise InputError(source, f"isotropic mode restores the z axis of a 3-D stack; this is a 2-D image (shape "
+                         f"{tuple(vol.data.shape)}, one z slice): use mode enhance with scale 1,y,x", sample=sample)
     if mode == "enhance":
         _check_size_for_factors(vol.data.shape, factors, what=f"the volume (shape {tuple(vol.data.shape)})",
                                 path=source, sample=sample, hint="use a smaller factor on that axis (sheet column "
@@ -891,8 +894,13 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 "report": f"{s}/report.html",
             })
         else:
-            err = last_error(results / s / "logs")
-            row.update({"status": "failed" if err or (results / s / "logs").is_dir() else "pending",
+            logs = results / s / "logs"
+            err = last_error(logs)
+            if err is None and logs.is_dir():  # killed (time or memory limit, by hand) or still running
+                newest = max(logs.glob("*.log"), key=lambda q: q.stat().st_mtime, default=None)
+                err = ("no ERROR line in its logs: the job was killed (a time or memory limit, or by hand) "
+                       "or has not finished" + (f"; see {s}/logs/{newest.name}" if newest else ""))
+            row.update({"status": "failed" if err or logs.is_dir() else "pending",
                         "error": err, "report": None})
         rows.append(row)
     table = report.summary_table(rows)

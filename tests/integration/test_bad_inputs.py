@@ -161,6 +161,12 @@ def b_voxel_missing_isotropic(d):
             "--device", "cpu", "--sample", SAMPLE], src.name, r"isotropic mode needs .*voxel"
 
 
+def b_two_d_isotropic(d):
+    src, norm = _norm(d, shape=(1, 96, 96))
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "isotropic", "--sample", SAMPLE], \
+        src.name, r"isotropic mode restores the z axis of a 3-D stack; this is a 2-D image"
+
+
 def b_unknown_mode_cli(d):
     src, norm = _norm(d)
     return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "superres", "--sample", SAMPLE], \
@@ -195,6 +201,7 @@ CLI_CASES = {
     "too_few_slices_for_factor": b_too_few_slices,
     "holdout_thinner_than_factor": b_holdout_thinner_than_factor,
     "voxel_size_missing_isotropic": b_voxel_missing_isotropic,
+    "two_d_isotropic": b_two_d_isotropic,
     "unknown_mode_cli": b_unknown_mode_cli,
     "reference_shape_mismatch": b_reference_shape,
 }

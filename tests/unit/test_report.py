@@ -330,11 +330,15 @@ def test_stage_summary_flags_and_failed(tmp_path):
     (tmp_path / "a" / "report.html").write_text("<html></html>")
     (tmp_path / "b" / "logs").mkdir(parents=True)
     (tmp_path / "b" / "logs" / "normalise.log").write_text("ERROR: b.tif: not a TIFF\n")
-    pipeline.stage_summary(tmp_path, ["a", "b"], tmp_path / "summary.tsv",
+    (tmp_path / "c" / "logs").mkdir(parents=True)  # killed mid-training: no ERROR line
+    (tmp_path / "c" / "logs" / "train.log").write_text("step 40/100 loss 0.01\n")
+    pipeline.stage_summary(tmp_path, ["a", "b", "c", "d"], tmp_path / "summary.tsv",
                            tmp_path / "summary.html")
     df = pd.read_csv(tmp_path / "summary.tsv", sep="\t").set_index("sample")
     assert df.loc["a", "flags"] == "early_stopped;low_signal"
     assert df.loc["b", "status"] == "failed" and "not a TIFF" in df.loc["b", "error"]
+    assert df.loc["c", "status"] == "failed" and "killed" in df.loc["c", "error"] and "c/logs/train.log" in df.loc["c", "error"]
+    assert df.loc["d", "status"] == "pending"
     html = (tmp_path / "summary.html").read_text()
     assert 'title="' in html.split(">early_stopped<")[0][-400:]  # flag explained on hover
     assert 'href="b/report.html"' not in html

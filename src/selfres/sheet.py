@@ -18,8 +18,8 @@ import pandas as pd
 
 from .errors import ConfigError
 
-__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "expand_channels", "read_sample_sheet",
-           "sample_overrides"]
+__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "expand_channels", "merge_settings",
+           "read_sample_sheet", "sample_overrides"]
 
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -101,6 +101,17 @@ def sample_overrides(row: Mapping[str, str]) -> dict:
         except yaml.YAMLError:
             node[leaf] = value  # the settings' own check names the key and what is allowed
     return out
+
+
+def merge_settings(base: dict, overrides: dict) -> dict:
+    """``base`` (config sections) with ``overrides`` (:func:`sample_overrides`) merged in,
+    nested sections key by key; ``base`` is changed and returned."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_settings(base[key], value)
+        else:
+            base[key] = value
+    return base
 
 
 def _resolve(p: str, base: str) -> str:

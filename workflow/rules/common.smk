@@ -75,29 +75,20 @@ def sample_scale(sample):
 def sample_settings(sample):
     """Config stage sections with the sample's own overrides (columns like train.steps)."""
     s = {k: json.loads(json.dumps(config[k])) for k in SETTINGS_SECTIONS}
-
-    def merge(node, over):
-        for key, value in over.items():
-            if isinstance(value, dict) and isinstance(node.get(key), dict):
-                merge(node[key], value)
-            else:
-                node[key] = value
-
-    merge(s, _sheet.sample_overrides(SAMPLES.loc[sample].to_dict()))
-    return s
+    return _sheet.merge_settings(s, _sheet.sample_overrides(SAMPLES.loc[sample].to_dict()))
 
 
 def _q(x):
     return shlex.quote(str(x))
 
 
-#: what rule demo writes (the demo sheet's acquisitions exist only once it has run)
+#: the demo acquisitions (they exist only once the demo has run; see demo.smk)
 DEMO_FILES = ("demo_data/beads.tif", "demo_data/beads_reference.tif", "demo_data/neurites.tif",
               "demo_data/neurites_reference.tif")
 
 
 def _declared(path):
-    """``path`` as a job input when it exists (or a rule makes it), else nothing: a missing
+    """``path`` as a job input when it exists (or the demo makes it); else nothing. A missing
     acquisition then fails its own sample's first job with selfres's one-line error, and
     ``--keep-going`` runs the others, instead of Snakemake refusing the whole batch."""
     if not path:

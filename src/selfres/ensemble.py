@@ -35,7 +35,7 @@ from torch import nn
 from . import degrade
 
 __all__ = ["BackProjection", "SelfEnsemble", "Serial", "degradation_reach", "ensemble_members",
-           "mirror_index", "mirror_outside", "wrap_for_inference"]
+           "mirror_index", "mirror_outside", "mirror_pad", "wrap_for_inference"]
 
 
 def _as5d(x: torch.Tensor, factors: Sequence[int]) -> tuple[torch.Tensor, bool]:
@@ -243,8 +243,8 @@ def mirror_pad(t: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
 
 def mirror_outside(y: torch.Tensor, outside: Sequence[Sequence[tuple[int, int]]], *, factors: Sequence[int],
                    halo: Sequence[int]) -> torch.Tensor:
-    """``y`` (network outputs, ``(B, 1, Z, Y, X)``) with the part of each element that lies
-    outside the volume replaced by the mirror of the part inside.
+    """``y`` (estimates on blocks, ``(B, 1, Z, Y, X)``) with the part of each element that
+    lies outside the volume replaced by the mirror of the part inside.
 
     ``outside[b][axis] = (low, high)``: input voxels at each end of element ``b``'s input
     block that lie outside the volume. Nothing is done on an axis where both lie within

@@ -6,11 +6,10 @@ halo is cropped from the output. Because the halo covers the network's receptive
 the tiled result equals one pass over the mirror-padded volume, for any tile size.
 Input is read and output written tile by tile, so memory depends on the tile size, not
 on the volume. Back-projection around the network is the exception where memory allows:
-on a CPU it runs once over the whole volume after the network's tiles
-(:func:`whole_volume_back_projection`), instead of widening every tile's halo by its
-reach per iteration; the output is the same (the steps see the network's output mirrored
-about the volume's border, in tiles as over the whole volume:
-:func:`selfres.ensemble.mirror_outside`).
+on a CPU its steps run over the whole volume after the network's tiles
+(:func:`whole_volume_back_projection`), instead of widening every tile's halo by their
+reach; the output is the same (every step sees the current estimate mirrored about the
+volume's border, in tiles as over the whole volume: :func:`selfres.ensemble.mirror_outside`).
 """
 
 from __future__ import annotations
@@ -472,9 +471,9 @@ class _Fitter:
         hi = [slice(None)] * 3
         lo[ax] = slice(0, mid + 2 * h)
         hi[ax] = slice(mid, None)
-        return np.concatenate([self.single(block[tuple(lo)], _outside_of_part(outside, ax, 0, mid + 2 * h, block.shape[ax])),
-                               self.single(block[tuple(hi)], _outside_of_part(outside, ax, mid, block.shape[ax], block.shape[ax]))],
-                              axis=ax)
+        n = block.shape[ax]
+        return np.concatenate([self.single(block[tuple(lo)], _outside_of_part(outside, ax, 0, mid + 2 * h, n)),
+                               self.single(block[tuple(hi)], _outside_of_part(outside, ax, mid, n, n))], axis=ax)
 
     def _oom(self, size: int) -> None:
         self.limit = min(self.limit, size)
@@ -937,9 +936,11 @@ def warn_if_halo_dominates(model: nn.Module, tile_size: Sequence[int], shape: Se
 
 
 #: Host bytes per output voxel that back-projection over the whole volume holds at its
-#: peak, an upper bound: the network's output, the residual's upscale and the sum (4 each),
-#: the degraded copy and the input. Measured (peak RSS of one restore_to_store, 1 iteration):
-#: ~9.5 bytes per output voxel more than the tile path at ×2 (96×512×512 input), ~6 at ×4.
+#: peak, an upper bound: the network's output, its copy widened by one step's reach, the
+#: residual's upscale and the sum (4 each), the degraded copy and the input. Measured (peak
+#: RSS of one restore_to_store into a memory-mapped output, 96×512×512 ×2, 1 iteration,
+#: eighth session): 18.9 bytes per output voxel above the start, 18.2 for the tile path
+#: (the output's own mapped pages included in both).
 WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL = 24
 
 
@@ -956,7 +957,7 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
     whole volume's buffers (:data:`WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL`) fit in half the
     host memory still available, for a run over every tile (``whole_run``; a scattered
     block keeps the tile path). Both give the output of :func:`predict_single_pass`: in a
-    tile too, the steps see the network's output mirrored about the volume's border
+    tile too, every step sees the current estimate mirrored about the volume's border
     (:func:`selfres.ensemble.mirror_outside`). ``quiet``: the fall-back is logged at debug
     level only (small arrays scored many times).
     """

@@ -10,7 +10,8 @@ import torch
 
 from selfres import degrade, io
 from selfres.infer import (
-    CubicUpsampler, predict_array, predict_single_pass, prepare_model, restore_to_store, run_tiles, tile_grid,
+    CubicUpsampler, output_slices, predict_array, predict_single_pass, prepare_model, restore_to_store, run_tiles,
+    tile_grid,
 )
 from selfres.models import ModelSpec, build_model
 
@@ -714,12 +715,16 @@ def test_back_projection_in_tiles_equals_the_whole_volume(factors, iterations, s
     vol = np.random.default_rng(4).random(shape).astype(np.float32)
     whole = infer._whole_volume_back_projected(bp, vol, factors=factors, tile_size=(8, 16, 16), amp=False)
     ref = predict_single_pass(bp, vol, factors=factors)
+    tiled = infer._assemble(run_tiles(bp, vol, factors=factors, tile_size=tile, amp=False, batch_size=batch),
+                            vol.shape, factors)  # the tile path: steps inside every (batched) tile
     dest = np.zeros(ref.shape, np.float32)
     n = len(tile_grid(shape, tile))
     restore_to_store(bp, vol, dest, factors=factors, tile_size=tile, amp=False, batch_size=batch,
-                     tiles=list(range(n - 1)) + [n - 1, 0])  # a block (repeats allowed): the tile path
+                     tiles=list(range(n - 1)))  # a block of a scattered run: the tile path too
     np.testing.assert_allclose(whole, ref, atol=1e-5)
-    np.testing.assert_allclose(dest, ref, atol=1e-5)
+    np.testing.assert_allclose(tiled, ref, atol=1e-5)
+    for t in tile_grid(shape, tile)[: n - 1]:
+        np.testing.assert_allclose(dest[output_slices(t, factors)], ref[output_slices(t, factors)], atol=1e-5)
     # the network alone near the border is not what the steps see: the rule matters here
     bare = BackProjection(bp.model, iterations=iterations)
     bare.mirrors_outside = False

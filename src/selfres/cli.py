@@ -37,7 +37,7 @@ def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=F
 
 def _triple(kind):
     def parse(text):
-        from .pipeline import parse_triple
+        from .settings import parse_triple
 
         return parse_triple(text, name="value", kind=kind)
 

@@ -230,14 +230,16 @@ def mirror_index(lo: int, hi: int, n: int) -> np.ndarray:
     return np.where(i < n, i, 2 * int(n) - 1 - i)
 
 
-def mirror_pad(t: torch.Tensor, pads: Sequence[int]) -> torch.Tensor:
-    """``t`` (``(B, C, Z, Y, X)``) mirror-padded (symmetric) by ``pads[axis]`` voxels at both
-    ends of each spatial axis, as ``np.pad(..., mode="symmetric")`` for any pad."""
+def mirror_pad(t: torch.Tensor, pads: Sequence) -> torch.Tensor:
+    """``t`` (``(B, C, Z, Y, X)``) mirror-padded (symmetric) along each spatial axis by
+    ``pads[axis]`` voxels at both ends, or ``(low, high)``, as ``np.pad(..., mode="symmetric")``
+    for any pad."""
     for ax, p in enumerate(pads):
-        if int(p) > 0:
+        lo, hi = (int(p), int(p)) if np.isscalar(p) else (int(p[0]), int(p[1]))
+        if lo > 0 or hi > 0:
             dim = 2 + ax
             n = t.shape[dim]
-            t = t.index_select(dim, torch.from_numpy(mirror_index(-int(p), n + int(p), n)).to(t.device))
+            t = t.index_select(dim, torch.from_numpy(mirror_index(-lo, n + hi, n)).to(t.device))
     return t
 
 
@@ -259,17 +261,12 @@ def mirror_outside(y: torch.Tensor, outside: Sequence[Sequence[tuple[int, int]]]
         return y
     elements = []
     for b, sides in enumerate(outside):
-        e = y[b : b + 1]
-        for ax, ((lo, hi), h, f) in enumerate(zip(sides, halo, fs)):
-            if int(lo) <= int(h) and int(hi) <= int(h):
-                continue
-            dim = 2 + ax
-            n = e.shape[dim]
-            lo, hi = int(lo) * f, int(hi) * f
-            inner = e.narrow(dim, lo, n - lo - hi)
-            index = torch.from_numpy(mirror_index(-lo, n - lo, inner.shape[dim])).to(e.device)
-            e = inner.index_select(dim, index)
-        elements.append(e)
+        # output voxels outside, per axis; nothing where both ends lie within the network's halo
+        pads = [(0, 0) if int(lo) <= int(h) and int(hi) <= int(h) else (int(lo) * f, int(hi) * f)
+                for (lo, hi), h, f in zip(sides, halo, fs)]
+        inner = y[b : b + 1][(slice(None), slice(None)) + tuple(slice(lo, n - hi) for (lo, hi), n
+                                                               in zip(pads, y.shape[2:]))]
+        elements.append(mirror_pad(inner, pads))
     return torch.cat(elements)
 
 

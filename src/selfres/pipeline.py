@@ -33,25 +33,6 @@ MODES = ("enhance", "isotropic")
 
 
 # --------------------------------------------------------------------------- helpers
-def parse_triple(text, *, name: str, kind=float, sample: str | None = None) -> tuple | None:
-    """Parse ``"a,b,c"`` (or a sequence) into a 3-tuple of ``kind``; ``None``/empty → None."""
-    if text is None or (isinstance(text, float) and np.isnan(text)) or str(text).strip() in ("", "nan", "None"):
-        return None
-    parts = text if isinstance(text, (list, tuple)) else str(text).split(",")
-    try:
-        vals = tuple(kind(p) for p in parts)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"{'sample ' + repr(sample) + ': ' if sample else ''}{name} {text!r} must be three "
-            f"{'integers' if kind is int else 'numbers'} z,y,x"
-        ) from None
-    if len(vals) != 3 or any(v <= 0 for v in vals):
-        raise ConfigError(
-            f"{'sample ' + repr(sample) + ': ' if sample else ''}{name} {text!r} must be three positive values z,y,x"
-        )
-    return vals
-
-
 def check_mode(mode: str, *, sample: str | None = None) -> str:
     if mode not in MODES:
         prefix = f"sample {sample!r}: " if sample else ""
@@ -309,25 +290,26 @@ def stage_train(
     model_dir = Path(model_dir)
     work = model_dir.with_name(model_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
+    vs_known = _voxel_size_of(vol)
     # a PSF without a voxel size: fail now, naming the file, not after minutes of set-up
-    psf_target_blur_px(settings.train.psf_sigma_um, factors, _voxel_size_of(vol), path=str(normalized))
+    psf_target_blur_px(settings.train.psf_sigma_um, factors, vs_known, path=str(normalized))
     t0 = time.monotonic()
     result = train_enhance(
         data[box_slices(fov.train)], data[box_slices(fov.holdout)], factors=factors, settings=settings.train,
-        voxel_size=_voxel_size_of(vol), work_dir=work, device=dev, amp=settings.infer.amp,
+        voxel_size=vs_known, work_dir=work, device=dev, amp=settings.infer.amp,
     )
     # the guard judges what inference writes: the network wrapped in the inference extras
     extras = inference_extras(settings.infer)
     psnr_out, flags = guard_with_extras(
         result, factors=factors, extras=extras,
-        degradation=make_degradation(settings.train.degradation, voxel_size=_voxel_size_of(vol)),
+        degradation=make_degradation(settings.train.degradation, voxel_size=vs_known),
         margin_db=settings.train.guard_margin_db, confidence=settings.train.guard_confidence, device=dev,
         amp=settings.infer.amp)
     meta = {
         "sample": sample,
         "mode": mode,
         "factors": list(factors),
-        "voxel_size_in": list(_voxel_size_of(vol)) if _voxel_size_of(vol) else None,
+        "voxel_size_in": list(vs_known) if vs_known else None,
         "self_validation": {"psnr_model": psnr_out, "psnr_interp": result.val_psnr_interp,
                             "psnr_network": result.val_psnr_model},
         "inference_extras": extras,
@@ -635,6 +617,7 @@ def stage_qc(
     vs_out = tuple(out.voxel_size) if vs_in else None
     raw_norm = np.asarray(vol.data)
     restored_norm = normalise.apply(np.asarray(out.data, dtype=np.float32), params)
+    ratio = [o / i for o, i in zip(restored_norm.shape, raw_norm.shape)]  # output voxels per input voxel
     agreement = metrics.restored_agreement(raw_norm, restored_norm)
     if agreement["nonfinite_voxels"]:
         flags.append("restored_not_finite")
@@ -651,7 +634,6 @@ def stage_qc(
     if settings.resolution and vs_in is not None:
         # one window for the input, the output and the interpolation baseline, which the
         # decorrelation estimate needs: upsampling alone (tricubic at ×2) reads as sharper
-        ratio = [o / i for o, i in zip(restored_norm.shape, raw_norm.shape)]
         y0, y1, x0, x1 = metrics.lateral_window(raw_norm, max(8, int(256 / max(ratio[1:]))))
         raw_w = raw_norm[:, y0:y1, x0:x1]
         out_w = restored_norm[:, round(y0 * ratio[1]):round(y1 * ratio[1]), round(x0 * ratio[2]):round(x1 * ratio[2])]
@@ -701,7 +683,6 @@ def stage_qc(
 
         # the same beads in and out: detect on the finer output grid, then map each
         # centre to input voxels with the contract's grid convention
-        ratio = [o / i for o, i in zip(restored_norm.shape, raw_norm.shape)]
         t_out = metrics.bead_fwhm_table(restored_norm, voxel_size=vs_out or (1, 1, 1))
         pos_in = np.array([[int(round((c + 0.5) / r - 0.5)) for c, r in zip(row, ratio)]
                            for row in t_out[["z", "y", "x"]].to_numpy()], dtype=int).reshape(-1, 3)
@@ -903,14 +884,8 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             row.update({"status": "failed" if err or logs.is_dir() else "pending",
                         "error": err, "report": None})
         rows.append(row)
-    table = report.summary_table(rows)
-    Path(out_tsv).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(out_tsv).with_name(f".{Path(out_tsv).name}.tmp-{os.getpid()}")
-    table.to_csv(tmp, sep="\t", index=False)
-    os.replace(tmp, out_tsv)
-    tmp = Path(out_html).with_name(f".{Path(out_html).name}.tmp-{os.getpid()}")
-    tmp.write_text(report.render_summary(rows), encoding="utf-8")
-    os.replace(tmp, out_html)
+    io.write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
+    io.write_text_atomic(out_html, report.render_summary(rows))
     return rows
 
 

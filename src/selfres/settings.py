@@ -11,11 +11,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError
+
+
+def parse_triple(text, *, name: str, kind=float, sample: str | None = None) -> tuple | None:
+    """Parse ``"a,b,c"`` (or a sequence) into a 3-tuple of positive, finite ``kind``;
+    ``None``/empty → None."""
+    if text is None or (isinstance(text, float) and math.isnan(text)) or str(text).strip() in ("", "nan", "None"):
+        return None
+    who = f"sample {sample!r}: " if sample else ""
+    parts = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    try:
+        vals = tuple(kind(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{who}{name} {text!r} must be three {'integers' if kind is int else 'numbers'} z,y,x") from None
+    if len(vals) != 3 or not all(0 < v < math.inf for v in vals):
+        raise ConfigError(f"{who}{name} {text!r} must be three positive numbers z,y,x")
+    return vals
 
 
 @dataclass(frozen=True)

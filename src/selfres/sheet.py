@@ -71,17 +71,6 @@ def _schema_message(err) -> str:
     return f"column {col!r}: {err.message}" if col else err.message
 
 
-def _check_voxel_size(text: str, *, where: str) -> None:
-    if not text:
-        return
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 3 or not all(0 < v < float("inf") for v in values):
-        raise ConfigError(f"{where}column 'voxel_size': {text!r} must be three positive numbers z,y,x in µm")
-
-
 def sample_overrides(row: Mapping[str, str]) -> dict:
     """A row's per-sample override columns (``train.steps``, ``train.degradation.method``…)
     as nested settings sections, values read as YAML (``50`` → 50, ``true`` → True)."""
@@ -185,10 +174,10 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
                 raise ConfigError(f"{where}sample {row['sample']!r}: {_schema_message(errors[0])}")
         if not row["path"]:
             raise ConfigError(f"{where}sample {row['sample']!r}: column 'path' is empty")
-        _check_voxel_size(row.get("voxel_size", ""), where=f"{where}sample {row['sample']!r}: ")
-        try:  # per-sample overrides fail here, before any job runs, as the same values in config.yaml do
-            from .settings import parse_settings
+        try:  # per-sample values fail here, before any job runs, as the same values in config.yaml do
+            from .settings import parse_settings, parse_triple
 
+            parse_triple(row.get("voxel_size", ""), name="column 'voxel_size':")
             parse_settings(sample_overrides(row))
         except ConfigError as exc:
             raise ConfigError(f"{where}sample {row['sample']!r}: {exc}") from None

@@ -36,6 +36,7 @@ def main() -> None:
     p.add_argument("--every", type=int, default=100)
     p.add_argument("--psf-sigma", default="", help="PSF σ z,y,x in LR voxels: PSF-scaled targets")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bp", default="0,1,3", help="back-projection iterations to score at each report, comma-separated")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     s = TrainSettings()
@@ -73,7 +74,7 @@ def main() -> None:
             ph = predict_array(model, lh, factors=fac, tile_size=tuple(max(8, min(64, n)) for n in lh.shape),
                                device="cpu", amp=False)
             line = [f"step {step:4d}: held-out {T.psnr01(th, ph, 1.0):.2f} dB"]
-            for n in (0, 1, 3):
+            for n in bp_list:
                 w = wrap_for_inference(model, back_projection_iterations=n, degradation=deg).eval()
                 out = predict_array(w, low, factors=fac, tile_size=tile, device="cpu", amp=False)
                 lat, ax = fwhm(out)
@@ -81,6 +82,7 @@ def main() -> None:
         model.train()
         print(" | ".join(line), flush=True)
 
+    bp_list = [int(v) for v in a.bp.split(",")]
     report(0)
     t0 = time.monotonic()
     for step in range(1, a.steps + 1):

@@ -616,12 +616,15 @@ def stage_qc(
     vs_in = _voxel_size_of(vol)
     vs_out = tuple(out.voxel_size) if vs_in else None
     raw_norm = np.asarray(vol.data)
-    restored_norm = normalise.apply(np.asarray(out.data, dtype=np.float32), params)
+    # the output stays lazy: the checks and the spectrum read it slab by slab, the
+    # resolution figures one window; only a reference or bead comparison reads it whole
+    restored_norm = normalise.apply(out.data, params)
     ratio = [o / i for o, i in zip(restored_norm.shape, raw_norm.shape)]  # output voxels per input voxel
     agreement = metrics.restored_agreement(raw_norm, restored_norm)
     if agreement["nonfinite_voxels"]:
         flags.append("restored_not_finite")
-        np.nan_to_num(restored_norm, copy=False, nan=0.0, posinf=0.0, neginf=0.0)  # the figures below still run
+        # the figures below still run, with non-finite voxels read as 0
+        restored_norm = restored_norm.map_blocks(np.nan_to_num, nan=0.0, posinf=0.0, neginf=0.0)
     r = agreement["correlation_with_input"]
     if r is not None and r < RESTORED_MIN_CORRELATION:
         flags.append("restored_unlike_input")
@@ -636,7 +639,8 @@ def stage_qc(
         # decorrelation estimate needs: upsampling alone (tricubic at ×2) reads as sharper
         y0, y1, x0, x1 = metrics.lateral_window(raw_norm, max(8, int(256 / max(ratio[1:]))))
         raw_w = raw_norm[:, y0:y1, x0:x1]
-        out_w = restored_norm[:, round(y0 * ratio[1]):round(y1 * ratio[1]), round(x0 * ratio[2]):round(x1 * ratio[2])]
+        out_w = np.asarray(restored_norm[:, round(y0 * ratio[1]):round(y1 * ratio[1]),
+                                         round(x0 * ratio[2]):round(x1 * ratio[2])])
         interp_w = interpolation_of(raw_w, meta, mode)
         est = functools.partial(metrics.resolution_lateral_axial, max_slices=settings.max_resolution_slices)
         li, ai = est(raw_w, voxel_size=vs_in)
@@ -656,6 +660,8 @@ def stage_qc(
     if sat is not None and sat > 0.01:
         flags.append("saturated_input")
     ref_metrics = None
+    if reference or settings.beads:
+        restored_norm = np.asarray(restored_norm)  # whole-volume comparisons (a reference, beads)
     if reference:
         ref = io.read_volume(reference)
         if tuple(ref.data.shape) != tuple(out.data.shape):

@@ -371,6 +371,59 @@ def test_axial_and_lateral_spectrum_peak_at_known_frequency():
     assert freq[np.nanargmax(logp)] == pytest.approx(f_x, abs=freq[1] - freq[0])
 
 
+@pytest.mark.parametrize("shape, chunks, whole", [
+    ((7, 13, 10), None, ()),
+    ((7, 13, 10), (3, 5, 4), ()),
+    ((7, 13, 10), (3, 5, 4), (0,)),
+    ((9, 8), (4, 3), (1,)),
+])
+@pytest.mark.parametrize("block_voxels", [1, 40, 10**6])
+def test_block_slices_cover_every_voxel_once_in_whole_chunks(shape, chunks, whole, block_voxels):
+    count = np.zeros(shape, dtype=int)
+    blocks = m.block_slices(shape, block_voxels, chunks=chunks, whole_axes=whole)
+    one_chunk = math.prod(n if a in whole else (chunks[a] if chunks else 1) for a, n in enumerate(shape))
+    for b in blocks:
+        count[b] += 1
+        size = [sl.stop - sl.start for sl in b]
+        assert math.prod(size) <= max(block_voxels, one_chunk)
+        for a, sl in enumerate(b):
+            if a in whole:
+                assert size[a] == shape[a]
+            elif chunks:  # starts on a chunk boundary, ends on one or at the edge
+                assert sl.start % chunks[a] == 0 and (sl.stop % chunks[a] == 0 or sl.stop == shape[a])
+    assert np.all(count == 1)
+    if block_voxels >= math.prod(shape):
+        assert len(blocks) == 1
+
+
+def test_whole_volume_qc_figures_read_a_lazy_volume_in_blocks_with_the_same_result():
+    """restored_agreement and axial_spectrum of a dask volume equal the in-memory figures,
+    and no computed piece is the whole volume (QC memory must not grow with the output)."""
+    import dask.array as da
+    from dask.callbacks import Callback
+
+    rng = np.random.default_rng(1)
+    raw = ndimage.gaussian_filter(rng.random((10, 30, 34)), 1.0).astype(np.float32)
+    up = ndimage.zoom(raw, 2, order=1).astype(np.float32)
+    up[3, 5, 7:9] = np.nan
+    lazy = da.from_array(up, chunks=(4, 16, 16))
+    largest = []
+
+    class Largest(Callback):
+        def _posttask(self, key, result, dsk, state, id):
+            largest.append(getattr(result, "nbytes", 0))
+
+    with Largest():
+        got = m.restored_agreement(raw, lazy, block_voxels=2000)
+        f_lazy, p_lazy = m.axial_spectrum(np.nan_to_num(lazy), voxel_size=(0.5, 0.2, 0.2), block_voxels=2000)
+    assert got == m.restored_agreement(raw, up)
+    assert got["nonfinite_voxels"] == 2
+    f, p = m.axial_spectrum(np.nan_to_num(up), voxel_size=(0.5, 0.2, 0.2))
+    np.testing.assert_array_equal(f_lazy, f)
+    np.testing.assert_allclose(p_lazy, p, rtol=1e-12)
+    assert 0 < max(largest) <= up.nbytes / 8
+
+
 def test_restored_agreement_tells_a_restoration_from_a_broken_output():
     import torch
 

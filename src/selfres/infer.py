@@ -37,7 +37,7 @@ from torch import nn
 from . import degrade
 from .ensemble import mirror_index
 from .errors import SelfresError
-from .models import autocast_context
+from .models import autocast_context, compute_label
 
 log = logging.getLogger("selfres.infer")
 
@@ -1214,13 +1214,21 @@ class PartialStore:
 
     def records(self) -> dict[int, str]:
         """Recorded tiles ``{index: crc}`` from every record file (torn lines ignored)."""
-        out: dict[int, str] = {}
+        return {i: rec["crc"] for i, rec in self._records().items()}
+
+    def computes(self) -> dict[int, str | None]:
+        """How each recorded tile was computed ``{index: label}`` (:func:`selfres.models.compute_label`;
+        None in records that do not say)."""
+        return {i: rec.get("compute") for i, rec in self._records().items()}
+
+    def _records(self) -> dict[int, dict]:
+        out: dict[int, dict] = {}
         for f in sorted(self.meta.glob("done-*.jsonl")):
             for line in f.read_text().splitlines():
                 try:
                     rec = json.loads(line)
-                    out[int(rec["tile"])] = str(rec["crc"])
-                except (ValueError, KeyError, TypeError):
+                    out[int(rec["tile"])] = {"crc": str(rec["crc"]), "compute": rec.get("compute")}
+                except (ValueError, KeyError, TypeError, AttributeError):
                     continue
         return out
 
@@ -1241,14 +1249,15 @@ class PartialStore:
                 log.warning("tile %d of %s does not match its record; it is recomputed", i, self.path)
         return good
 
-    def recorder(self, name: str) -> Callable[[int, np.ndarray], None]:
-        """``on_tile_written`` hook appending to ``done-{name}.jsonl`` (one writer per name)."""
+    def recorder(self, name: str, compute: str | None = None) -> Callable[[int, np.ndarray], None]:
+        """``on_tile_written`` hook appending to ``done-{name}.jsonl`` (one writer per name);
+        ``compute`` labels how the tiles were computed."""
         self.meta.mkdir(parents=True, exist_ok=True)
         path = self.meta / f"done-{name}.jsonl"
         lock = threading.Lock()
 
         def record(i: int, block: np.ndarray) -> None:
-            line = json.dumps({"tile": int(i), "crc": _crc(block)}) + "\n"
+            line = json.dumps({"tile": int(i), "crc": _crc(block), "compute": compute}) + "\n"
             with lock, open(path, "a") as fh:
                 fh.write(line)
                 fh.flush()
@@ -1383,7 +1392,7 @@ def infer_to_store(
         create=lambda p: io.create_ome_zarr(p, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=ch,
                                             shards=sh, ngff_version=ngff_version),
         compute=compute, voxel_size=voxel_size, ngff_version=ngff_version, attrs=attrs,
-        contrast_limits=contrast_limits, origin=origin)
+        contrast_limits=contrast_limits, origin=origin, compute_kind=compute_label(device, amp=amp))
 
 
 def scattered_store(
@@ -1402,6 +1411,7 @@ def scattered_store(
     attrs: dict | None = None,
     contrast_limits: Sequence[float] | None = None,
     origin: Sequence[float] | None = None,
+    compute_kind: str | None = None,
 ) -> dict:
     """The prepare / block / gather protocol over a :class:`PartialStore`, for any tiling.
 
@@ -1419,6 +1429,12 @@ def scattered_store(
         ``i`` is completely written; ``stats`` has ``seconds`` and ``mvoxel_per_s``.
     voxel_size, ngff_version, attrs, contrast_limits, origin
         For the pyramid and metadata written at gather (:func:`selfres.io.finalize_ome_zarr`).
+    compute_kind
+        How this process computes (:func:`selfres.models.compute_label`), recorded with
+        every tile. Scattered blocks may run on different nodes, so it is not part of the
+        job's fingerprint; instead a block recomputes its own tiles that an earlier run
+        made another way (a block is never a mix), and gather records every label used
+        (``compute`` in the store's attributes) and warns when blocks differ.
     """
     from . import io
 
@@ -1434,10 +1450,16 @@ def scattered_store(
         dest = _open_level0(store.path, ngff_version)
         tiles = range(n_tiles) if step == "all" else block_tiles(n_tiles, block=block, blocks=blocks)
         done = store.verified(dest, region_of=region_of, n_tiles=n_tiles, tiles=tiles)
+        other = {i: c for i, c in store.computes().items() if i in done and c != compute_kind}
+        if other:
+            log.warning("%d written tile(s) of this block were computed as %s, not %s as now; recomputing them "
+                        "so that the block is not a mix", len(other), "/".join(sorted({str(c) for c in other.values()})),
+                        compute_kind)
+            done -= set(other)
         if done:
             log.info("%d of %d tiles already written and verified; computing the rest", len(done), len(tiles))
         name = "all" if step == "all" else f"b{block}"
-        stats = compute(dest, tiles, done, store.recorder(name))
+        stats = compute(dest, tiles, done, store.recorder(name, compute_kind))
         stats["resumed"] = len(done)
         io.write_text_atomic(store.meta / f"stats-{name}.json", json.dumps(stats))
         out.update(stats)
@@ -1462,10 +1484,15 @@ def scattered_store(
             secs += sec
             vox += r * sec if math.isfinite(r) else 0.0
         rate = vox / secs if secs > 0 else None
+        kinds = sorted({str(c) for c in store.computes().values()})
+        if len(kinds) > 1:
+            log.warning("%s: the blocks were computed in different ways (%s), e.g. on GPUs of different "
+                        "generations; values may differ by the rounding of the lower precision where blocks meet",
+                        store.path, ", ".join(kinds))
         io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version, origin=origin,
                              contrast_limits=contrast_limits, name=Path(final).name.split(".")[0],
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
-                                                        "mvoxel_per_s": rate, "blocks": blocks})
+                                                        "mvoxel_per_s": rate, "blocks": blocks, "compute": kinds})
         store.commit()
         if step == "gather":
             out.update(seconds=secs, mvoxel_per_s=rate)

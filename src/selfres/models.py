@@ -671,11 +671,28 @@ def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = F
         back-projection residual) switch autocast off inside.
     """
     device = torch.device(device)
+    dtype = autocast_dtype(device, enabled=enabled, cpu=cpu, training=training)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def autocast_dtype(device: str | torch.device, *, enabled: bool, cpu: bool = False, training: bool = False
+                   ) -> torch.dtype | None:
+    """The reduced precision :func:`autocast_context` computes in (same arguments), or
+    ``None`` for float32."""
+    device = torch.device(device)
     if not enabled:
-        return contextlib.nullcontext()
+        return None
     if device.type == "cuda":
-        dtype = cuda_autocast_dtype(training=training)
-        return contextlib.nullcontext() if dtype is None else torch.autocast(device_type="cuda", dtype=dtype)
+        return cuda_autocast_dtype(training=training)
     if device.type == "cpu" and cpu and cpu_has_native_bf16():
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return torch.bfloat16
+    return None
+
+
+def compute_label(device: str | torch.device, *, amp: bool) -> str:
+    """How inference computes on ``device``, e.g. ``cuda/bfloat16`` or ``cpu/float32``:
+    tiles made under different labels differ in rounding, so a resumed or scattered
+    store records it per tile."""
+    device = torch.device(device)
+    dtype = autocast_dtype(device, enabled=amp, cpu=True) or torch.float32
+    return f"{device.type}/{str(dtype).removeprefix('torch.')}"

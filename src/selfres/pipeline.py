@@ -808,6 +808,7 @@ def stage_report(
         "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device")},
         "timings": {"train_seconds": metrics_d.get("train_seconds"), "infer_seconds": metrics_d.get("infer_seconds"),
                     "rules": timings},
+        "inference_compute": out.attrs.get("compute"),  # device/precision of the restored tiles
         "software": software_versions(),
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

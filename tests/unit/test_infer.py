@@ -351,6 +351,50 @@ def test_killed_run_resumes_from_verified_tiles_only(tmp_path):
     assert out["resumed"] == 0 and again.seen == 12
 
 
+def test_tiles_made_another_way_are_recomputed_and_mixed_blocks_are_recorded(tmp_path, monkeypatch, caplog):
+    """A scattered block resumed on another kind of device (or precision) recomputes the
+    tiles an earlier run made, so a block is never a mix; gather records every kind used."""
+    import json as _json
+
+    from selfres import infer as I
+
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 16, 24))  # 12 tiles
+    final = tmp_path / "out.ome.zarr"
+    monkeypatch.setattr(I, "compute_label", lambda device, amp: "cuda/bfloat16")
+    _job(tmp_path, model, vol, final, step="prepare", blocks=2)
+    with pytest.raises(_Killed):  # block 0 dies half-way on the "GPU"
+        _job(tmp_path, _DiesAfter(model, 3), vol, final, step="block", block=0, blocks=2)
+    _job(tmp_path, model, vol, final, step="block", block=1, blocks=2)
+    store = I.PartialStore(final)
+    assert set(store.computes().values()) == {"cuda/bfloat16"} and len(store.records()) == 3 + 6
+    monkeypatch.setattr(I, "compute_label", lambda device, amp: "cpu/float32")
+    counting = _DiesAfter(model, 10**6)
+    stats = _job(tmp_path, counting, vol, final, step="block", block=0, blocks=2)
+    assert stats["resumed"] == 0 and counting.seen == 6  # the 3 "GPU" tiles of block 0 were redone
+    assert "recomputing them so that the block is not a mix" in caplog.text
+    kinds = store.computes()
+    assert {kinds[i] for i in I.block_tiles(12, block=0, blocks=2)} == {"cpu/float32"}
+    assert {kinds[i] for i in I.block_tiles(12, block=1, blocks=2)} == {"cuda/bfloat16"}
+    _job(tmp_path, model, vol, final, step="gather", blocks=2)
+    assert "the blocks were computed in different ways (cpu/float32, cuda/bfloat16)" in caplog.text
+    attrs = _json.loads((final / ".zattrs").read_text())
+    assert attrs["selfres"]["compute"] == ["cpu/float32", "cuda/bfloat16"]
+
+
+def test_compute_label_names_the_device_and_precision(monkeypatch):
+    from selfres import models
+
+    assert models.compute_label("cpu", amp=False) == "cpu/float32"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    assert models.compute_label("cpu", amp=True) == "cpu/bfloat16"
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
+    assert models.compute_label("cpu", amp=True) == "cpu/float32"
+    monkeypatch.setattr(models, "cuda_native_bf16", lambda: False)
+    assert models.compute_label("cuda", amp=True) == "cuda/float16"
+    assert models.compute_label("cuda:1", amp=False) == "cuda/float32"
+
+
 @pytest.mark.parametrize("ngff, shards", [("0.4", None), ("0.5", (4, 16, 16))])
 def test_output_opens_with_the_ome_zarr_reader(tmp_path, ngff, shards):
     """What napari's OME-Zarr plugin uses (ome-zarr's Reader) sees the image and its pyramid."""

@@ -39,5 +39,21 @@ class InputError(SelfresError):
         return InputError(self.path, self.what, sample=sample)
 
 
+class ChannelNotChosen(InputError):
+    """A multichannel file was read without choosing a channel.
+
+    ``n_channels`` says how many it has (:func:`selfres.io.channel_count` asks this way,
+    so that the count comes from the same interpretation of the axes as the read).
+    """
+
+    def __init__(self, path: str | Path, n_channels: int, *, sample: str | None = None):
+        self.n_channels = int(n_channels)
+        super().__init__(path, f"has {self.n_channels} channels; choose one with channel=0..{self.n_channels - 1}, "
+                               "or all (sample sheet column 'channel')", sample=sample)
+
+    def for_sample(self, sample: str) -> "ChannelNotChosen":
+        return ChannelNotChosen(self.path, self.n_channels, sample=sample)
+
+
 class ConfigError(SelfresError):
     """A configuration value or sample-sheet entry is invalid."""

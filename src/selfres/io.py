@@ -32,7 +32,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from selfres.errors import InputError
+from selfres.errors import ChannelNotChosen, InputError
 
 __all__ = [
     "Volume",
@@ -227,13 +227,7 @@ def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool)
         ci = axes.index("C")
         n_c = shape[ci]
         if channel is None and n_c > 1:
-            err = InputError(
-                path,
-                f"has {n_c} channels; choose one with channel=0..{n_c - 1}, or all "
-                "(sample sheet column 'channel')",
-            )
-            err.n_channels = n_c  # read by channel_count
-            raise err
+            raise ChannelNotChosen(path, n_c)
         c = 0 if channel is None else channel
         if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 0 <= c < n_c:
             raise InputError(
@@ -683,11 +677,8 @@ def channel_count(path: str | os.PathLike) -> int:
     """
     try:
         read_volume(path, lazy=True)
-    except InputError as exc:
-        n = getattr(exc, "n_channels", None)
-        if n is None:
-            raise
-        return int(n)
+    except ChannelNotChosen as exc:
+        return exc.n_channels
     return 1
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "keys_cubic",
     "load_psf",
     "mirror_indices",
+    "mirror_pad",
     "resize_axes",
     "resize_matrix",
     "sigma_um_to_px",
@@ -604,15 +605,18 @@ def _psf_for(shape: tuple, psf: np.ndarray, k: int) -> np.ndarray:
     return p / p.sum()
 
 
-def _mirror_pad(x: Any, pads: Sequence[int]) -> Any:
-    """Mirror-pad (scipy 'mirror') the last ``len(pads)`` axes of array or tensor."""
+def mirror_pad(x: Any, pads: Sequence, *, edge: bool) -> Any:
+    """Mirror-pad the last ``len(pads)`` axes of an array or tensor by ``pads[i]`` voxels at
+    both ends, or by ``(low, high)``; any pad, however large (:func:`mirror_indices`, whose
+    ``edge`` says whether the border voxel repeats: True = numpy/MATLAB 'symmetric')."""
     k = len(pads)
-    for i, r in enumerate(pads):
-        if r == 0:
+    for i, p in enumerate(pads):
+        lo, hi = (int(p), int(p)) if np.isscalar(p) else (int(p[0]), int(p[1]))
+        if lo == 0 and hi == 0:
             continue
         axis = x.ndim - k + i
         n = x.shape[axis]
-        idx = mirror_indices(np.arange(-r, n + r), n, edge=False)
+        idx = mirror_indices(np.arange(-lo, n + hi), n, edge=edge)
         if _is_tensor(x):
             import torch
 
@@ -629,7 +633,7 @@ def _psf_convolve_numpy(x: np.ndarray, psf: np.ndarray) -> np.ndarray:
     k = psf.ndim
     p = _psf_for(x.shape, psf, k)
     half = [s // 2 for s in p.shape]
-    xp = _mirror_pad(np.asarray(x, dtype=np.float64), half)
+    xp = mirror_pad(np.asarray(x, dtype=np.float64), half, edge=False)
     axes = tuple(range(x.ndim - k, x.ndim))
     size = [sfft.next_fast_len(xp.shape[a], real=True) for a in axes]
     spec = sfft.rfftn(xp, s=size, axes=axes) * sfft.rfftn(p, s=size)
@@ -947,7 +951,7 @@ class TorchDegrader:
             kern = self._psf_tensor(tuple(x5.shape), self._device or x.device)
             kern = kern.to(x.device)
             half = [s // 2 for s in kern.shape[2:]]
-            y = F.conv3d(_mirror_pad(x5, half), kern)
+            y = F.conv3d(mirror_pad(x5, half, edge=False), kern)
             y = _block_mean(y, fs if k == 3 else (1,) + fs)
             if k == 2:
                 y = y[:, :, 0]

@@ -35,7 +35,7 @@ from torch import nn
 from . import degrade
 
 __all__ = ["BackProjection", "SelfEnsemble", "Serial", "degradation_reach", "ensemble_members",
-           "mirror_index", "mirror_outside", "mirror_pad", "wrap_for_inference"]
+           "mirror_outside", "wrap_for_inference"]
 
 
 def _as5d(x: torch.Tensor, factors: Sequence[int]) -> tuple[torch.Tensor, bool]:
@@ -223,26 +223,6 @@ class BackProjection(nn.Module):
         return y
 
 
-def mirror_index(lo: int, hi: int, n: int) -> np.ndarray:
-    """Indices into an axis of length ``n`` for the range ``[lo, hi)``, mirrored (symmetric,
-    period ``2n``) outside ``[0, n)``: ``np.pad(..., mode="symmetric")`` for any range."""
-    i = np.arange(int(lo), int(hi)) % (2 * int(n))
-    return np.where(i < n, i, 2 * int(n) - 1 - i)
-
-
-def mirror_pad(t: torch.Tensor, pads: Sequence) -> torch.Tensor:
-    """``t`` (``(B, C, Z, Y, X)``) mirror-padded (symmetric) along each spatial axis by
-    ``pads[axis]`` voxels at both ends, or ``(low, high)``, as ``np.pad(..., mode="symmetric")``
-    for any pad."""
-    for ax, p in enumerate(pads):
-        lo, hi = (int(p), int(p)) if np.isscalar(p) else (int(p[0]), int(p[1]))
-        if lo > 0 or hi > 0:
-            dim = 2 + ax
-            n = t.shape[dim]
-            t = t.index_select(dim, torch.from_numpy(mirror_index(-lo, n + hi, n)).to(t.device))
-    return t
-
-
 def mirror_outside(y: torch.Tensor, outside: Sequence[Sequence[tuple[int, int]]], *, factors: Sequence[int],
                    halo: Sequence[int]) -> torch.Tensor:
     """``y`` (estimates on blocks, ``(B, 1, Z, Y, X)``) with the part of each element that
@@ -266,7 +246,7 @@ def mirror_outside(y: torch.Tensor, outside: Sequence[Sequence[tuple[int, int]]]
                 for (lo, hi), h, f in zip(sides, halo, fs)]
         inner = y[b : b + 1][(slice(None), slice(None)) + tuple(slice(lo, n - hi) for (lo, hi), n
                                                                in zip(pads, y.shape[2:]))]
-        elements.append(mirror_pad(inner, pads))
+        elements.append(degrade.mirror_pad(inner, pads, edge=True))
     return torch.cat(elements)
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import degrade
-from .ensemble import mirror_index
+from .degrade import mirror_indices
 from .errors import SelfresError
 from .models import autocast_context, compute_label
 
@@ -63,7 +63,7 @@ def read_padded(source, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
     """
     shape = source.shape
     # source index of every wanted index: the symmetric mirror, repeated (period 2n)
-    index = [mirror_index(a, b, n) for a, b, n in zip(lo, hi, shape)]
+    index = [mirror_indices(np.arange(a, b), n, edge=True) for a, b, n in zip(lo, hi, shape)]
     clo = [int(i.min()) if i.size else 0 for i in index]
     chi = [int(i.max()) + 1 if i.size else 0 for i in index]
     block = source[tuple(slice(a, b) for a, b in zip(clo, chi))]
@@ -984,7 +984,7 @@ def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int
     whole of it, input and estimate mirrored about the source's border by one step's
     reach (as :class:`selfres.ensemble.BackProjection` does in a tile, so the output is
     the tiles'). ``quiet``: log nothing (small arrays, e.g. the held-out region)."""
-    from .ensemble import mirror_pad
+    from .degrade import mirror_pad
 
     factors = tuple(int(f) for f in factors)
     reach = tuple(int(r) for r in bp.step_reach)
@@ -998,7 +998,7 @@ def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int
     t0 = time.monotonic()
     with torch.inference_mode():
         for _ in range(bp.iterations):
-            y = bp.step(x, mirror_pad(y, [r * f for r, f in zip(reach, factors)]))[crop]
+            y = bp.step(x, mirror_pad(y, [r * f for r, f in zip(reach, factors)], edge=True))[crop]
     (log.debug if quiet else log.info)("back-projection (%d iterations) over the whole volume %s: %.1f s",
                                        bp.iterations, list(y.shape[2:]), time.monotonic() - t0)
     return np.ascontiguousarray(y[0, 0].numpy())

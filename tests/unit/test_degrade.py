@@ -333,3 +333,15 @@ def test_poisson_gaussian_noise_statistics_and_reproducibility():
     b = TorchDegrader((2, 2, 2), d)(t, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(a, b)
     assert float(a.var()) == pytest.approx(0.5 / 50 + 0.02**2, rel=0.1)
+
+
+@pytest.mark.parametrize("pads", [(0, 2, 3), ((1, 0), (0, 5), (7, 2)), (12, 0, 1)])
+@pytest.mark.parametrize("edge, mode", [(True, "symmetric"), (False, "reflect")])
+def test_mirror_pad_equals_numpy_pad_for_any_pad_on_arrays_and_tensors(pads, edge, mode):
+    """Pads wider than the axis (12 on an axis of 4) mirror again, as numpy does."""
+    from selfres import degrade as D
+
+    x = np.random.default_rng(0).random((2, 4, 5, 6))
+    want = np.pad(x, [(0, 0)] + [(p, p) if np.isscalar(p) else p for p in pads], mode=mode)
+    np.testing.assert_array_equal(D.mirror_pad(x, pads, edge=edge), want)
+    np.testing.assert_array_equal(D.mirror_pad(torch.from_numpy(x), pads, edge=edge).numpy(), want)

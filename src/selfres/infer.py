@@ -873,12 +873,31 @@ def predict_array(
 
     Back-projection around the network runs once over the whole volume where
     :func:`whole_volume_back_projection` allows, as in :func:`restore_to_store`."""
-    bp = whole_volume_back_projection(model, volume.shape, factors, device=device, quiet=True)
+    blocks, _ = _output_blocks(model, volume, factors=factors, tile_size=tile_size, quiet=True, device=device,
+                               amp=amp, batch_size=batch_size)
+    return _assemble(blocks, volume.shape, factors)
+
+
+def _output_blocks(model: nn.Module, source, *, factors: Sequence[int], tile_size: Sequence[int],
+                   tiles: Sequence[int] | None = None, done: set[int] | frozenset = frozenset(), quiet: bool = False,
+                   **run_kwargs) -> tuple[Iterator[tuple], nn.Module | None]:
+    """The restored output of the grid tiles ``tiles`` (all by default) but ``done``, as
+    ``(index, core_tile, output_block)``, and the back-projection that runs once over the
+    whole volume (:func:`whole_volume_back_projection`; ``None``: it runs inside every
+    tile, or there is none). The one place that chooses between the two paths."""
+    n_grid = len(tile_grid(source.shape, tile_size))
+    wanted = list(range(n_grid)) if tiles is None else list(tiles)
+    bp = whole_volume_back_projection(model, source.shape, factors, device=run_kwargs.get("device", "cpu"),
+                                      whole_run=len(set(wanted)) == n_grid, quiet=quiet)
     if bp is not None:
-        return _whole_volume_back_projected(bp, volume, factors=factors, tile_size=tile_size, device=device,
-                                            amp=amp, batch_size=batch_size, quiet=True)
-    return _assemble(run_tiles(model, volume, factors=factors, tile_size=tile_size, device=device, amp=amp,
-                               batch_size=batch_size), volume.shape, factors)
+        blocks = _blocks_of_array(
+            lambda: _whole_volume_back_projected(bp, source, factors=factors, tile_size=tile_size, quiet=quiet,
+                                                 **run_kwargs),
+            source.shape, factors=factors, tile_size=tile_size, todo=[i for i in wanted if i not in done])
+    else:
+        blocks = run_tiles(model, source, factors=factors, tile_size=tile_size, skip=lambda k: k in done,
+                           tiles=wanted, **run_kwargs)
+    return blocks, bp
 
 
 def predict_single_pass(model: nn.Module, volume: np.ndarray, *, factors: Sequence[int]) -> np.ndarray:
@@ -1057,10 +1076,11 @@ def restore_to_store(
         "pass_tile": [z, y, x]}``.
     """
     done_tiles = done_tiles or set()
-    n_grid = len(tile_grid(source.shape, tile_size))
-    wanted = list(range(n_grid)) if tiles is None else list(tiles)
-    bp = whole_volume_back_projection(model, source.shape, factors, device=device,
-                                      whole_run=len(set(wanted)) == n_grid)
+    wanted = list(range(len(tile_grid(source.shape, tile_size)))) if tiles is None else list(tiles)
+    fitters: list = []
+    blocks, bp = _output_blocks(model, source, factors=factors, tile_size=tile_size, tiles=wanted, done=done_tiles,
+                                device=device, amp=amp, batch_size=batch_size, prefetch=prefetch, fitter_out=fitters,
+                                fit_memory=memory_fraction > 0, memory_fraction=memory_fraction)
     warn_if_halo_dominates(bp.model if bp is not None else model, tile_size, source.shape)
     if writers is None:
         writers = io_threads(device)
@@ -1083,16 +1103,6 @@ def restore_to_store(
         with lock:
             progress.update()
 
-    fitters: list = []
-    run_kwargs = dict(device=device, amp=amp, batch_size=batch_size, prefetch=prefetch, fitter_out=fitters,
-                      fit_memory=memory_fraction > 0, memory_fraction=memory_fraction)
-    if bp is not None:
-        blocks = _blocks_of_array(
-            lambda: _whole_volume_back_projected(bp, source, factors=factors, tile_size=tile_size, **run_kwargs),
-            source.shape, factors=factors, tile_size=tile_size, todo=[i for i in wanted if i not in done_tiles])
-    else:
-        blocks = run_tiles(model, source, factors=factors, tile_size=tile_size, skip=lambda k: k in done_tiles,
-                           tiles=wanted, **run_kwargs)
     pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="selfres-write") if writers > 0 else None
     pending: collections.deque = collections.deque()
     try:

@@ -71,6 +71,49 @@ def _schema_message(err) -> str:
     return f"column {col!r}: {err.message}" if col else err.message
 
 
+def check_config(config: Mapping, *, schema: str | os.PathLike | Mapping) -> None:
+    """Refuse a config its schema does not allow with one line per problem (at most five),
+    naming the key, the value and what is allowed.
+
+    Run before Snakemake's own ``validate`` (which fills the defaults), whose message for
+    one mistyped key prints the whole schema: over a thousand lines.
+
+    Raises
+    ------
+    ConfigError
+    """
+    import jsonschema
+
+    schema_d = _load_schema(schema)
+    validator = jsonschema.validators.validator_for(schema_d)(schema_d)
+    errors = sorted(validator.iter_errors(dict(config)), key=lambda e: [str(p) for p in e.path])
+    if errors:
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise ConfigError("config: " + "; ".join(_config_message(e) for e in errors[:5]) + more)
+
+
+def _config_message(err) -> str:
+    """A one-line account of a jsonschema error in the config: dotted key, value, what is allowed."""
+    import difflib
+
+    key = ".".join(str(p) for p in err.path)
+    value = repr(err.instance)
+    value = value if len(value) <= 80 else value[:77] + "..."
+    if err.validator == "additionalProperties":
+        known = list(err.schema.get("properties", {}))
+        parts = []
+        for extra in sorted(set(err.instance) - set(known)):
+            name = f"{key}.{extra}" if key else extra
+            close = difflib.get_close_matches(extra, known, n=1)
+            parts.append(f"unknown key {name!r}" + (f" (did you mean {(key + '.' if key else '') + close[0]!r}?)"
+                                                   if close else ""))
+        return "; ".join(parts) + f"; allowed{' in ' + key if key else ''}: {', '.join(known)}"
+    if err.validator == "enum":
+        return f"{key}: {value} is not allowed; allowed values: {', '.join(repr(a) for a in err.validator_value)}"
+    message = err.message if len(err.message) <= 200 else err.message[:197] + "..."
+    return f"{key}: {message}" if key else message
+
+
 def sample_overrides(row: Mapping[str, str]) -> dict:
     """A row's per-sample override columns (``train.steps``, ``train.degradation.method``…)
     as nested settings sections, values read as YAML (``50`` → 50, ``true`` → True)."""

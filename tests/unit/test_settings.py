@@ -136,3 +136,20 @@ def test_psf_sigma_command_measures_a_bead_stack(tmp_path, capsys):
     tifffile.imwrite(bare, mixed)
     assert main(["psf-sigma", "--beads", str(bare), "--voxel-size", "0.4,0.1,0.1"]) == 0
     assert "warning: the spots differ in width" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config, expected", [
+    ({"results_dir": "x"}, "unknown key 'results_dir' (did you mean 'results'?)"),
+    ({"train": {"stepz": 3}}, "unknown key 'train.stepz' (did you mean 'train.steps'?); allowed in train: "),
+    ({"train": {"loss": "l3"}}, "train.loss: 'l3' is not allowed; allowed values: 'mse', "),
+    ({"infer": {"tile_size": "big"}}, "infer.tile_size: 'big' is not of type"),
+])
+def test_a_config_mistake_is_one_short_line_naming_the_key(config, expected):
+    """Snakemake's own validation prints the whole schema (>1000 lines) for one typo."""
+    from selfres.sheet import check_config
+
+    with pytest.raises(ConfigError) as err:
+        check_config(config, schema=SCHEMA)
+    assert expected in str(err.value)
+    assert len(str(err.value)) < 600 and "\n" not in str(err.value)
+    check_config({"train": {"steps": 3}, "results": "r"}, schema=SCHEMA)  # a valid config passes

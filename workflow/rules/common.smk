@@ -10,13 +10,6 @@ from pathlib import Path
 import pandas as pd
 from snakemake.utils import validate
 
-validate(config, schema="../schemas/config.schema.yaml")
-
-R = config["results"]
-SETTINGS_SECTIONS = ("normalise", "fov", "train", "infer", "qc", "isotropic")
-SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
 try:
     from selfres import sheet as _sheet
 except ImportError:  # snakemake run from an env without the package: use the checkout's src/
@@ -24,6 +17,14 @@ except ImportError:  # snakemake run from an env without the package: use the ch
 
     sys.path.insert(0, os.path.join(workflow.basedir, "src"))
     from selfres import sheet as _sheet
+
+# a short message naming the key first; then snakemake's validation fills the defaults
+_sheet.check_config(config, schema=os.path.join(workflow.current_basedir, "..", "schemas", "config.schema.yaml"))
+validate(config, schema="../schemas/config.schema.yaml")
+
+R = config["results"]
+SETTINGS_SECTIONS = ("normalise", "fov", "train", "infer", "qc", "isotropic")
+SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _read_sheet(path):

@@ -45,6 +45,8 @@ log = logging.getLogger("selfres.infer")
 class CubicUpsampler(nn.Module):
     """Tricubic interpolation (the project's reference) as a module with a halo."""
 
+    computes_in_float32 = True  # whatever infer.amp says (its tiles are labelled so)
+
     def __init__(self, factors: Sequence[int]):
         super().__init__()
         self.factors = tuple(int(f) for f in factors)
@@ -1232,14 +1234,23 @@ class PartialStore:
         return {i: rec.get("compute") for i, rec in self._records().items()}
 
     def _records(self) -> dict[int, dict]:
+        """The newest record of every tile. A tile may be recorded in several files (the
+        store is kept when ``infer.blocks`` changes, and a block recomputes tiles made
+        another way): each line carries its writing time (``t``, ns since the epoch), and
+        the newest wins, then the later line; lines without one count as oldest."""
         out: dict[int, dict] = {}
+        order = 0
         for f in sorted(self.meta.glob("done-*.jsonl")):
             for line in f.read_text().splitlines():
                 try:
                     rec = json.loads(line)
-                    out[int(rec["tile"])] = {"crc": str(rec["crc"]), "compute": rec.get("compute")}
+                    i, new = int(rec["tile"]), {"crc": str(rec["crc"]), "compute": rec.get("compute"),
+                                                "key": (int(rec.get("t") or 0), order)}
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue
+                order += 1
+                if i not in out or new["key"] >= out[i]["key"]:
+                    out[i] = new
         return out
 
     def verified(self, dest, *, region_of: Callable[[int], tuple], n_tiles: int,
@@ -1267,7 +1278,7 @@ class PartialStore:
         lock = threading.Lock()
 
         def record(i: int, block: np.ndarray) -> None:
-            line = json.dumps({"tile": int(i), "crc": _crc(block), "compute": compute}) + "\n"
+            line = json.dumps({"tile": int(i), "crc": _crc(block), "compute": compute, "t": time.time_ns()}) + "\n"
             with lock, open(path, "a") as fh:
                 fh.write(line)
                 fh.flush()
@@ -1402,7 +1413,8 @@ def infer_to_store(
         create=lambda p: io.create_ome_zarr(p, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=ch,
                                             shards=sh, ngff_version=ngff_version),
         compute=compute, voxel_size=voxel_size, ngff_version=ngff_version, attrs=attrs,
-        contrast_limits=contrast_limits, origin=origin, compute_kind=compute_label(device, amp=amp))
+        contrast_limits=contrast_limits, origin=origin,
+        compute_kind=compute_label(device, amp=amp and not getattr(model, "computes_in_float32", False)))
 
 
 def scattered_store(

@@ -1104,7 +1104,8 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             compute=compute, voxel_size=vs_out, ngff_version=settings.ngff_version,
             contrast_limits=(params.low, params.high), origin=grid_origin(vs_in, vs_out),
             attrs={"sample": sample, "content": kind, "factor": factor, "normalisation": params.to_dict(),
-                   "fusion": fusion}, compute_kind=models.compute_label(device, amp=settings.amp))
+                   "fusion": fusion},
+            compute_kind=models.compute_label(device, amp=settings.amp and net is not None))  # z-cubic: float32
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s", kind, step, path, stats["computed"], stats["tiles"],
                  stats["seconds"])
         return stats

@@ -382,6 +382,45 @@ def test_tiles_made_another_way_are_recomputed_and_mixed_blocks_are_recorded(tmp
     assert attrs["selfres"]["compute"] == ["cpu/float32", "cuda/bfloat16"]
 
 
+def test_changing_blocks_and_device_keeps_the_newest_record_of_each_tile(tmp_path, monkeypatch):
+    """The store is kept when infer.blocks changes; tiles recomputed under the new split
+    are recorded in another file than their old records, and the newest must win (else
+    gather fails for ever, or the labels lie)."""
+    import json as _json
+
+    from selfres import infer as I
+
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 16, 24))  # 12 tiles
+    final = tmp_path / "out.ome.zarr"
+    monkeypatch.setattr(I, "compute_label", lambda device, amp: "cuda/bfloat16")
+    _job(tmp_path, model, vol, final, step="prepare", blocks=2)
+    _job(tmp_path, model, vol, final, step="block", block=1, blocks=2)
+    monkeypatch.setattr(I, "compute_label", lambda device, amp: "cpu/float32")
+    counting = _DiesAfter(model, 10**6)
+    _job(tmp_path, counting, vol, final, step="prepare", blocks=1)
+    stats = _job(tmp_path, counting, vol, final, step="block", block=0, blocks=1)
+    assert counting.seen == 12 and stats["resumed"] == 0
+    _job(tmp_path, model, vol, final, step="gather", blocks=1)
+    assert _json.loads((final / ".zattrs").read_text())["selfres"]["compute"] == ["cpu/float32"]
+    ref = predict_single_pass(model, vol, factors=(1, 2, 2))
+    np.testing.assert_allclose(np.asarray(io.read_ome_zarr(final).data), ref, atol=2e-5)
+
+
+def test_interpolation_tiles_are_labelled_float32_whatever_amp_says(tmp_path, monkeypatch):
+    import json as _json
+
+    from selfres import models
+
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    for net, name, want in ((CubicUpsampler((1, 2, 2)), "interp", "cpu/float32"),
+                            (prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8,
+                                                                   depth=1)), "cpu"), "net", "cpu/bfloat16")):
+        final = tmp_path / f"{name}.ome.zarr"
+        _job(tmp_path, net, blob_volume((6, 16, 24)), final, amp=True)
+        assert _json.loads((final / ".zattrs").read_text())["selfres"]["compute"] == [want]
+
+
 def test_compute_label_names_the_device_and_precision(monkeypatch):
     from selfres import models
 

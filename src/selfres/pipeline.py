@@ -840,15 +840,25 @@ def _rounded(value, digits: int):
     return None if value is None else round(float(value), digits) + 0.0
 
 
-def last_error(log_dir: Path) -> str | None:
-    """The last ``ERROR:`` line in a sample's logs (what the CLI prints on failure)."""
+def last_error(log_dir: Path, *, newer_than: float | None = None) -> str | None:
+    """The last ``ERROR:`` line in a sample's logs (what the CLI prints on failure), in logs
+    written after ``newer_than`` (a modification time) when given."""
     msgs = []
     if log_dir.is_dir():
         for f in sorted(log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime):
+            if newer_than is not None and f.stat().st_mtime <= newer_than:
+                continue
             for line in f.read_text(errors="replace").splitlines():
                 if line.startswith("ERROR:"):
                     msgs.append(line[len("ERROR:"):].strip())
     return msgs[-1] if msgs else None
+
+
+#: What a sample's results folder holds when its last run finished (contract names).
+#: Snakemake removes the outputs of a job that fails or is killed, so a sample missing
+#: any of them did not finish its last run, whatever an older report says.
+SAMPLE_OUTPUTS = ("normalized.ome.zarr", "train_fov.json", "model", "restored.ome.zarr", "qc/metrics.json",
+                  "report.html")
 
 
 def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,
@@ -861,7 +871,11 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
     for s in samples:
         mfile = results / s / "qc" / "metrics.json"
         row = {"sample": s, "mode": (modes or {}).get(s)}
-        if mfile.exists() and (results / s / "report.html").exists():
+        html = results / s / "report.html"
+        complete = all((results / s / p).exists() for p in SAMPLE_OUTPUTS)
+        # a job of a later run that failed leaves its ERROR line in a log newer than the report
+        failed_since = last_error(results / s / "logs", newer_than=html.stat().st_mtime) if complete else None
+        if complete and failed_since is None:
             m = json.loads(mfile.read_text())
             sv = m.get("self_validation") or {}
             gain = None
@@ -883,7 +897,7 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             })
         else:
             logs = results / s / "logs"
-            err = last_error(logs)
+            err = failed_since or last_error(logs)
             if err is None and logs.is_dir():  # killed (time or memory limit, by hand) or still running
                 newest = max(logs.glob("*.log"), key=lambda q: q.stat().st_mtime, default=None)
                 err = ("no ERROR line in its logs: the job was killed (a time or memory limit, or by hand) "

@@ -324,18 +324,35 @@ def test_stage_summary_flags_and_failed(tmp_path):
 
     from selfres import pipeline
 
-    (tmp_path / "a" / "qc").mkdir(parents=True)
-    (tmp_path / "a" / "qc" / "metrics.json").write_text(json.dumps(
-        {**_metrics(sample="a"), "flags": ["early_stopped", "low_signal"]}))
-    (tmp_path / "a" / "report.html").write_text("<html></html>")
+    import os
+
+    def finished(sample):  # what a finished run leaves (pipeline.SAMPLE_OUTPUTS)
+        d = tmp_path / sample
+        for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
+            (d / sub).mkdir(parents=True)
+        (d / "train_fov.json").write_text("{}")
+        (d / "logs" / "normalise.log").write_text("normalised\n")
+        (d / "qc" / "metrics.json").write_text(json.dumps(
+            {**_metrics(sample=sample), "flags": ["early_stopped", "low_signal"]}))
+        (d / "report.html").write_text("<html></html>")
+        os.utime(d / "logs" / "normalise.log", (1e9, 1e9))  # written before the report
+
+    finished("a")
+    finished("e")  # re-run after its input changed: normalise failed, the old report is still there
+    (tmp_path / "e" / "logs" / "normalise.log").write_text("ERROR: sample 'e': e.tif: is truncated\n")
+    os.utime(tmp_path / "e" / "logs" / "normalise.log", (2e9, 2e9))
+    finished("f")  # re-run killed in training: snakemake removed the job's output
+    (tmp_path / "f" / "model").rmdir()
     (tmp_path / "b" / "logs").mkdir(parents=True)
     (tmp_path / "b" / "logs" / "normalise.log").write_text("ERROR: b.tif: not a TIFF\n")
     (tmp_path / "c" / "logs").mkdir(parents=True)  # killed mid-training: no ERROR line
     (tmp_path / "c" / "logs" / "train.log").write_text("step 40/100 loss 0.01\n")
-    pipeline.stage_summary(tmp_path, ["a", "b", "c", "d"], tmp_path / "summary.tsv",
+    pipeline.stage_summary(tmp_path, ["a", "b", "c", "d", "e", "f"], tmp_path / "summary.tsv",
                            tmp_path / "summary.html")
     df = pd.read_csv(tmp_path / "summary.tsv", sep="\t").set_index("sample")
-    assert df.loc["a", "flags"] == "early_stopped;low_signal"
+    assert df.loc["a", "flags"] == "early_stopped;low_signal" and df.loc["a", "status"] == "ok"
+    assert df.loc["e", "status"] == "failed" and "e.tif: is truncated" in df.loc["e", "error"]
+    assert df.loc["f", "status"] == "failed" and "killed" in df.loc["f", "error"]
     assert df.loc["b", "status"] == "failed" and "not a TIFF" in df.loc["b", "error"]
     assert df.loc["c", "status"] == "failed" and "killed" in df.loc["c", "error"] and "c/logs/train.log" in df.loc["c", "error"]
     assert df.loc["d", "status"] == "pending"

@@ -39,7 +39,10 @@ def _triple(kind):
     def parse(text):
         from .settings import parse_triple
 
-        return parse_triple(text, name="value", kind=kind)
+        try:
+            return parse_triple(text, name="value", kind=kind)
+        except ConfigError as exc:  # argparse's own one-line error, exit 2
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
     return parse
 

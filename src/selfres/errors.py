@@ -48,8 +48,9 @@ class ChannelNotChosen(InputError):
 
     def __init__(self, path: str | Path, n_channels: int, *, sample: str | None = None):
         self.n_channels = int(n_channels)
-        super().__init__(path, f"has {self.n_channels} channels; choose one with channel=0..{self.n_channels - 1}, "
-                               "or all (sample sheet column 'channel')", sample=sample)
+        super().__init__(path, f"has {self.n_channels} channels; choose one with channel=0..{self.n_channels - 1} "
+                               "(sample sheet column 'channel', where all makes one sample per channel; "
+                               "--channel for the selfres commands)", sample=sample)
 
     def for_sample(self, sample: str) -> "ChannelNotChosen":
         return ChannelNotChosen(self.path, self.n_channels, sample=sample)

@@ -357,3 +357,14 @@ def test_write_tiny_tiff_is_valid(tmp_path):
     vol = io.read_volume(p)
     assert vol.shape == (8, 48, 48) and vol.voxel_size == pytest.approx((1.0, 0.5, 0.5))
     assert os.path.getsize(p) > 0
+
+
+@pytest.mark.parametrize("argv, what", [
+    (["restore", "x.tif", "-o", "y.ome.zarr", "--scale", "2,2"], "argument --scale: value '2,2' must be three"),
+    (["normalise", "x.tif", "-o", "y.ome.zarr", "--voxel-size=0,0.1,0.1"], "argument --voxel-size: value"),
+])
+def test_a_bad_command_line_value_is_argparses_one_line_not_a_traceback(argv, what, capsys):
+    with pytest.raises(SystemExit) as ex:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and what in err and "Traceback" not in err

@@ -290,6 +290,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(inner[0], value, key)
     if origin is Literal:
+        if (value not in args and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and str(value) in args):
+            value = str(value)  # a sheet cell 0.5 is read as a number; the choice is the text "0.5"
         if value not in args:
             allowed = ", ".join(repr(a) for a in args)
             raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}")

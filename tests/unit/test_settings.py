@@ -153,3 +153,16 @@ def test_a_config_mistake_is_one_short_line_naming_the_key(config, expected):
     assert expected in str(err.value)
     assert len(str(err.value)) < 600 and "\n" not in str(err.value)
     check_config({"train": {"steps": 3}, "results": "r"}, schema=SCHEMA)  # a valid config passes
+
+
+def test_a_sheet_cell_that_reads_as_a_number_may_name_a_text_choice(tmp_path):
+    """A sheet cell 0.5 is read as YAML (a number); infer.ngff_version's choices are text."""
+    from selfres.sheet import read_sample_sheet
+
+    assert parse_settings({"infer": {"ngff_version": 0.5}}).infer.ngff_version == "0.5"
+    assert parse_settings({"infer": {"ngff_version": 0.4}}).infer.ngff_version == "0.4"
+    with pytest.raises(ConfigError, match="0.6 is not allowed"):
+        parse_settings({"infer": {"ngff_version": 0.6}})
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("sample\tpath\tinfer.ngff_version\na\ta.tif\t0.5\n")
+    assert read_sample_sheet(sheet)["infer.ngff_version"].tolist() == ["0.5"]

@@ -718,6 +718,8 @@ def stage_qc(
         "inference_extras": sv.get("inference_extras"),
         "psf_sigma_um": sv.get("psf_sigma_um"),
         "holdout_gain_db_interval": sv.get("gain_db_interval"),
+        # the gain the guard asks of a trained network (isotropic: any gain)
+        "guard_margin_db": ((meta.get("settings") or {}).get("guard_margin_db") if mode == "enhance" else 0.0),
         "restored_check": agreement,
         "best_step": meta.get("best_step"),
         "stop_reason": meta.get("stop_reason"),
@@ -889,6 +891,7 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 "psnr_gain": _rounded(gain, 3),
                 "isotropy_in": _rounded(m.get("isotropy_in"), 3),
                 "isotropy_out": _rounded(m.get("isotropy_out"), 3),
+                "isotropy_interp": _rounded(m.get("isotropy_interp"), 3),
                 "flags": list(m.get("flags") or []),
                 "train_seconds": _rounded(m.get("train_seconds"), 1),
                 "infer_seconds": _rounded(m.get("infer_seconds"), 1),

@@ -60,8 +60,10 @@ __all__ = [
 #: Flag → (what it means in plain words, what to do about it).
 FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     "model_worse_than_interpolation": (
-        "The network did not beat plain tricubic interpolation on the held-out region "
-        "of the input that training never saw. Unless the configuration says "
+        "The network did not beat plain interpolation (tricubic; z-cubic in isotropic mode) "
+        "on the held-out region of the input that training never saw, or in enhance mode "
+        "beat it by less than the margin the guard asks of a trained network "
+        "(train.guard_margin_db). Unless the configuration says "
         "otherwise, restored.ome.zarr holds the interpolation, not the network output.",
         "Check the training field of view (is there structure in it, is it "
         "representative of the sample?), try more training steps or another loss, or "
@@ -1380,22 +1382,34 @@ def _extras_text(extras: Any) -> str:
     return (" with " + " and ".join(parts)) if parts else ""
 
 
+def _baseline_name(mode: Any) -> str:
+    """The interpolation a sample's model is compared with."""
+    return "z-cubic interpolation" if mode == "isotropic" else "tricubic interpolation"
+
+
 def _verdict(metrics: Mapping[str, Any], status: str) -> str:
     """One-paragraph 'at a glance' summary in plain words."""
     sv = metrics.get("self_validation") or {}
     gain = _diff(sv.get("psnr_model"), sv.get("psnr_interp"))
     subject = "The network" + _extras_text(metrics.get("inference_extras"))
+    baseline = _baseline_name(metrics.get("mode"))
+    margin = _num(metrics.get("guard_margin_db"))
     bits = []
     if status == "failed":
         bits.append("<b class=\"status-failed\">This sample failed.</b>")
     elif gain is None:
         bits.append("No self-validation figure is available for this sample.")
+    elif ("model_worse_than_interpolation" in (metrics.get("flags") or []) and gain >= 0.005
+          and margin is not None and margin > 0):
+        bits.append(f"<b class=\"status-failed\">{_esc(subject)} beats {baseline} on the held-out region by "
+                    f"only {_esc(f'{gain:+.2f}')} dB PSNR</b>, less than the margin the guard asks of a trained "
+                    f"network (train.guard_margin_db = {_esc(_fmt(margin))} dB): too little to trust that the "
+                    "gain carries over to the whole volume.")
     elif "model_worse_than_interpolation" in (metrics.get("flags") or []) or gain < 0.005:
-        bits.append(f"<b class=\"status-failed\">{_esc(subject)} does not beat tricubic "
-                    f"interpolation</b> on the held-out region ({_esc(f'{gain:+.2f}')} dB "
-                    "PSNR).")
+        bits.append(f"<b class=\"status-failed\">{_esc(subject)} does not beat {baseline}</b> on the "
+                    f"held-out region ({_esc(f'{gain:+.2f}')} dB PSNR).")
     else:
-        bits.append(f"<b class=\"status-ok\">{_esc(subject)} beats tricubic interpolation</b> on "
+        bits.append(f"<b class=\"status-ok\">{_esc(subject)} beats {baseline}</b> on "
                     f"the held-out region by {_esc(f'{gain:+.2f}')} dB PSNR.")
     interval = metrics.get("holdout_gain_db_interval")
     if gain is not None and isinstance(interval, (list, tuple)) and len(interval) == 2:
@@ -1411,7 +1425,7 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
                     f"train.psf_sigma_um, σ z,y,x = {_esc(', '.join(_fmt(_num(v)) for v in psf))} µm): "
                     "the figure is only as right as that PSF.")
     if metrics.get("restored_content") == "interpolation":
-        bits.append("<b>restored.ome.zarr holds the tricubic interpolation</b>, not the "
+        bits.append(f"<b>restored.ome.zarr holds the {baseline}</b>, not the "
                     "network output.")
     iso_in, iso_out = _num(metrics.get("isotropy_in")), _num(metrics.get("isotropy_out"))
     iso_interp = _num(metrics.get("isotropy_interp"))
@@ -1547,10 +1561,11 @@ def render_sample_report(
 
     # --- images
     fallback = metrics.get("restored_content") == "interpolation"
+    interp_name = _baseline_name(metrics.get("mode")).split()[0]  # tricubic, or z-cubic
     parts.append('<h2 id="views">Orthogonal views</h2>')
     lo, hi = display_range(restored)
     parts.append(
-        f"<p class=\"muted\">Centre slices of the raw input (on its own grid), the tricubic "
+        f"<p class=\"muted\">Centre slices of the raw input (on its own grid), the {interp_name} "
         f"interpolation and the restored volume, all shown with the same display range "
         f"{_esc(_fmt(lo))} – {_esc(_fmt(hi))} (0.2–99.8 percentiles of the restored "
         f"volume), at physical aspect ({_esc(unit)}). The restored row should look "
@@ -1596,11 +1611,11 @@ def render_sample_report(
     parts.append('<h2 id="self-validation">Self-validation (held-out region)</h2>')
     sv = metrics.get("self_validation") or {}
     parts.append("<p class=\"muted\">A region of the input that training never saw is "
-                 "degraded as in training and restored by the model and by tricubic "
+                 f"degraded as in training and restored by the model and by {interp_name} "
                  "interpolation; both are compared with the original. A positive gain "
                  "means the model beats interpolation.</p>")
     parts.append(_table(
-        ["metric", "model", "tricubic", "gain (model − tricubic)"],
+        ["metric", "model", interp_name, f"gain (model − {interp_name})"],
         [["PSNR (dB)", _num(sv.get("psnr_model")), _num(sv.get("psnr_interp")),
           _gain_text(sv.get("psnr_model"), sv.get("psnr_interp"), digits=2)],
          ["SSIM", _num(sv.get("ssim_model")), _num(sv.get("ssim_interp")),
@@ -1610,7 +1625,7 @@ def render_sample_report(
         parts.append("<p class=\"muted\">Against the reference volume given in the sample "
                      "sheet (intensities matched by least squares).</p>")
         parts.append(_table(
-            ["metric", "restored", "tricubic", "gain"],
+            ["metric", "restored", interp_name, "gain"],
             [["PSNR (dB)", _num(ref.get("psnr")), _num(ref.get("psnr_interp")),
               _gain_text(ref.get("psnr"), ref.get("psnr_interp"), digits=2)],
              ["SSIM", _num(ref.get("ssim")), _num(ref.get("ssim_interp")),
@@ -1637,6 +1652,11 @@ def render_sample_report(
          ["axial resolution (µm)", _num(res.get("axial_in")), _num(res_i.get("axial")), _num(res.get("axial_out"))],
          ["isotropy (lateral / axial; 1 = isotropic)", _num(metrics.get("isotropy_in")),
           _num(metrics.get("isotropy_interp")), _num(metrics.get("isotropy_out"))]]))
+    if all(_num(v) is None for v in res.values()):
+        parts.append("<p>Not measured: "
+                     + ("the voxel size is unknown (flag voxel_size_missing)"
+                        if "voxel_size_missing" in (metrics.get("flags") or []) else
+                        "qc.resolution is off, or the volume is too small for the estimate") + ".</p>")
     if "spectra" in figures:
         parts.append("<p class=\"muted\">Axial power spectrum: how much of the image varies "
                      "at each spatial frequency along z. Power restored beyond the input's "
@@ -1690,7 +1710,7 @@ def render_sample_report(
 
 SUMMARY_COLUMNS = (
     "sample", "status", "mode", "input_shape", "output_shape", "psnr_gain",
-    "isotropy_in", "isotropy_out", "flags", "train_seconds", "infer_seconds", "error",
+    "isotropy_in", "isotropy_out", "isotropy_interp", "flags", "train_seconds", "infer_seconds", "error",
     "report",
 )
 
@@ -1701,6 +1721,11 @@ def _shape_text(shape: Any) -> str | None:
     if isinstance(shape, str):
         return shape
     return "x".join(str(int(s)) for s in shape)
+
+
+def _text_or_dash(value: Any) -> str:
+    """A text cell of the summary, or a dash where there is none (NaN in a failed row)."""
+    return value if isinstance(value, str) and value else "–"
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -1744,6 +1769,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "psnr_gain": gain,
             "isotropy_in": _num(row.get("isotropy_in")),
             "isotropy_out": _num(row.get("isotropy_out")),
+            "isotropy_interp": _num(row.get("isotropy_interp")),
             "flags": flags_text,
             "train_seconds": _num(row.get("train_seconds")),
             "infer_seconds": _num(row.get("infer_seconds")),
@@ -1752,7 +1778,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "report": row["report"] if "report" in row else f"{sample}/report.html",
         })
     df = pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
-    for c in ("psnr_gain", "isotropy_in", "isotropy_out", "train_seconds", "infer_seconds"):
+    for c in ("psnr_gain", "isotropy_in", "isotropy_out", "isotropy_interp", "train_seconds", "infer_seconds"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     return df
 
@@ -1799,7 +1825,7 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     n_fail = int(counts.get("failed", 0))
     n_other = len(df) - n_ok - n_fb - n_fail
     head = ["sample", "status", "mode", "input shape", "output shape", "PSNR gain (dB)",
-            "isotropy in", "isotropy out", "flags", "train (s)", "infer (s)", "error"]
+            "isotropy in", "isotropy out", "isotropy of interpolation", "flags", "train (s)", "infer (s)", "error"]
     body = []
     for _, r in df.iterrows():
         cls = {"failed": "failed", "fallback_interpolation": "fallback"}.get(r["status"], "")
@@ -1810,11 +1836,11 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
              f'{_esc(r["sample"])}</a></td>') if has_link else
             f'<td data-v="{_esc(r["sample"])}">{_esc(r["sample"])}</td>',
             f'<td class="status-{_esc(r["status"])}">{_esc(r["status"])}</td>',
-            f"<td>{_esc(_fmt(r['mode']))}</td>",
-            f"<td>{_esc(_fmt(r['input_shape']))}</td>",
-            f"<td>{_esc(_fmt(r['output_shape']))}</td>",
+            f"<td>{_esc(_text_or_dash(r['mode']))}</td>",
+            f"<td>{_esc(_text_or_dash(r['input_shape']))}</td>",
+            f"<td>{_esc(_text_or_dash(r['output_shape']))}</td>",
         ]
-        for c in ("psnr_gain", "isotropy_in", "isotropy_out"):
+        for c in ("psnr_gain", "isotropy_in", "isotropy_out", "isotropy_interp"):
             v = _num(r[c])
             cells.append(f'<td class="num" data-v="{"" if v is None else repr(v)}">'
                          f"{_esc(_fmt(v))}</td>")
@@ -1852,7 +1878,8 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
                              + (f" — {_esc(err)}" if isinstance(err, str) and err else
                                 " (see its logs/ folder)") + "</li>")
         elif r["status"] == "fallback_interpolation":
-            attention.append(f"<li>{name}: the network did not beat tricubic interpolation; "
+            attention.append(f"<li>{name}: the network did not beat {_baseline_name(r.get('mode'))} on the "
+                             "held-out region (by the guard's margin, for a trained network); "
                              "restored.ome.zarr holds the interpolation.</li>")
         elif r["status"] not in ("ok",):
             attention.append(f"<li>{name}: status {_esc(r['status'])}.</li>")

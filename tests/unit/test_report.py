@@ -359,6 +359,8 @@ def test_stage_summary_flags_and_failed(tmp_path):
     html = (tmp_path / "summary.html").read_text()
     assert 'title="' in html.split(">early_stopped<")[0][-400:]  # flag explained on hover
     assert 'href="b/report.html"' not in html
+    assert ">nan<" not in html  # a failed row's missing shapes are dashes
+    assert "isotropy of interpolation" in html and "isotropy_interp" in df.columns
 
 
 def test_verdict_names_the_inference_extras_the_guard_scored():
@@ -394,3 +396,22 @@ def test_verdict_gives_the_held_out_gain_interval_and_says_when_it_cannot_tell()
     unsure = report._verdict({"self_validation": {"psnr_model": 30.05, "psnr_interp": 30.0},
                               "holdout_gain_db_interval": [-0.1, 0.2]}, "ok")
     assert "between -0.10 and +0.20 dB" in unsure and "too small or too uniform to tell the two apart" in unsure
+
+
+def test_verdict_says_a_small_gain_missed_the_guards_margin_and_names_z_cubic_in_isotropic_mode():
+    from selfres import report
+
+    flagged = {"self_validation": {"psnr_model": 30.1, "psnr_interp": 30.0},
+               "flags": ["model_worse_than_interpolation"], "guard_margin_db": 0.2, "mode": "enhance"}
+    text = report._verdict(flagged, "ok")
+    assert "beats tricubic interpolation on the held-out region by only +0.10 dB" in text
+    assert "train.guard_margin_db = 0.2 dB" in text and "does not beat" not in text
+    worse = dict(flagged, self_validation={"psnr_model": 29.0, "psnr_interp": 30.0})
+    assert "does not beat tricubic interpolation" in report._verdict(worse, "ok")
+    iso = {"self_validation": {"psnr_model": 31.0, "psnr_interp": 30.0}, "mode": "isotropic",
+           "guard_margin_db": 0.0}
+    assert "beats z-cubic interpolation" in report._verdict(iso, "ok")
+    iso_worse = dict(iso, self_validation={"psnr_model": 29.0, "psnr_interp": 30.0},
+                     flags=["model_worse_than_interpolation"], restored_content="interpolation")
+    text = report._verdict(iso_worse, "ok")
+    assert "does not beat z-cubic interpolation" in text and "holds the z-cubic interpolation" in text

@@ -1367,6 +1367,7 @@ def infer_to_store(
     batch_size: int = 1,
     memory_fraction: float = 0.5,
     origin: Sequence[float] | None = None,
+    unit: str | None = "micrometer",
 ) -> dict:
     """Resumable, scatterable whole-FOV inference into the OME-Zarr store ``final``.
 
@@ -1413,7 +1414,7 @@ def infer_to_store(
         create=lambda p: io.create_ome_zarr(p, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=ch,
                                             shards=sh, ngff_version=ngff_version),
         compute=compute, voxel_size=voxel_size, ngff_version=ngff_version, attrs=attrs,
-        contrast_limits=contrast_limits, origin=origin,
+        contrast_limits=contrast_limits, origin=origin, unit=unit,
         compute_kind=compute_label(device, amp=amp and not getattr(model, "computes_in_float32", False)))
 
 
@@ -1434,6 +1435,7 @@ def scattered_store(
     contrast_limits: Sequence[float] | None = None,
     origin: Sequence[float] | None = None,
     compute_kind: str | None = None,
+    unit: str | None = "micrometer",
 ) -> dict:
     """The prepare / block / gather protocol over a :class:`PartialStore`, for any tiling.
 
@@ -1449,7 +1451,7 @@ def scattered_store(
         ``compute(dest, tiles, done, record) -> stats``: write the tiles in ``tiles`` that
         are not in ``done`` into ``dest`` (level 0), calling ``record(i, block)`` once tile
         ``i`` is completely written; ``stats`` has ``seconds`` and ``mvoxel_per_s``.
-    voxel_size, ngff_version, attrs, contrast_limits, origin
+    voxel_size, ngff_version, attrs, contrast_limits, origin, unit
         For the pyramid and metadata written at gather (:func:`selfres.io.finalize_ome_zarr`).
     compute_kind
         How this process computes (:func:`selfres.models.compute_label`), recorded with
@@ -1511,7 +1513,7 @@ def scattered_store(
             log.warning("%s: the blocks were computed in different ways (%s), e.g. on GPUs of different "
                         "generations; values may differ by the rounding of the lower precision where blocks meet",
                         store.path, ", ".join(kinds))
-        io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version, origin=origin,
+        io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version, origin=origin, unit=unit,
                              contrast_limits=contrast_limits, name=Path(final).name.split(".")[0],
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
                                                         "mvoxel_per_s": rate, "blocks": blocks, "compute": kinds})

@@ -623,8 +623,8 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
     darr = da.from_zarr(arr)
     data = _to_zyx(darr, letters, channel=channel, path=path, axes_known=known)
     data, dtype = _finish(path, data, lazy=lazy)
-    if vox is not None and not known:
-        vox = None
+    if vox is not None and (not known or attrs.get("voxel_size_known") is False):
+        vox = None  # selfres's own store of an input without a voxel size: scaled in its voxels
     return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs=attrs)
 
 
@@ -1028,7 +1028,7 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
                       contrast_limits: Sequence[float] | None = None,
                       attrs: Mapping[str, Any] | None = None,
                       max_levels: int | None = None, name: str | None = None,
-                      origin: Sequence[float] | None = None) -> None:
+                      origin: Sequence[float] | None = None, unit: str | None = "micrometer") -> None:
     """Build the pyramid from level 0 and write the OME-Zarr metadata.
 
     Each level halves y and x; z is halved only when the previous level's z voxel
@@ -1060,6 +1060,10 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
         ``(z, y, x)`` translation of level 0 (same unit as ``voxel_size``), default 0: where
         voxel 0's centre sits. A restored grid's level 0 sits at ``(v_out − v_in) / 2`` so
         that it overlays its input (the contract's half-pixel-centre convention).
+    unit
+        The axes' unit when ``voxel_size`` is given; ``None`` writes none, for scales in
+        units of something else (a restored grid of an input whose voxel size is unknown
+        is scaled in the input's voxels, so that viewers still overlay the two).
     """
     from ome_zarr.format import FormatV04, FormatV05
     from ome_zarr.writer import write_multiscales_metadata
@@ -1119,8 +1123,8 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
         }
         for k, s in enumerate(scales)
     ]
-    unit = {"unit": "micrometer"} if vox is not None else {}
-    axes = [{"name": n, "type": "space", **unit} for n in "zyx"]
+    unit_d = {"unit": unit} if vox is not None and unit else {}
+    axes = [{"name": n, "type": "space", **unit_d} for n in "zyx"]
     base = p.name
     if base.startswith(".") and ".tmp-" in base:  # inside atomic_output
         base = base[1:base.rindex(".tmp-")]

@@ -425,9 +425,11 @@ def stage_infer(
         settings.on_worse_than_interpolation == "interpolation"
     )
     dtype = output_dtype(settings, vol.attrs.get("source_dtype", "float32"))
-    vs_in = _voxel_size_of(vol)  # None: unknown, and the output says so (no unit) rather than invent one
-    vs_out = tuple(v / f for v, f in zip(vs_in, factors)) if vs_in else None
-    origin = grid_origin(vs_in, vs_out)
+    vs_in = _voxel_size_of(vol)
+    # unknown: the output is scaled in input voxels with no unit (and says so), so that it
+    # still overlays its input in a viewer, rather than invent micrometres
+    vs_grid = tuple(v / f for v, f in zip(vs_in or (1.0, 1.0, 1.0), factors))
+    origin = grid_origin(vs_in or (1.0, 1.0, 1.0), vs_grid)
 
     runs: list[dict] = []
 
@@ -435,10 +437,12 @@ def stage_infer(
         net = prepare_model(net, dev)
         stats = infer_to_store(
             net, source, path, step=step, block=block, blocks=settings.blocks, factors=factors,
-            tile_size=settings.tile_size, dtype=dtype, voxel_size=vs_out, fingerprint=fingerprint | {"kind": kind},
+            tile_size=settings.tile_size, dtype=dtype, voxel_size=vs_grid, unit="micrometer" if vs_in else None,
+            fingerprint=fingerprint | {"kind": kind},
             chunks=settings.chunks, shards=settings.shards, ngff_version=settings.ngff_version,
             transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype),
-            attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict()},
+            attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict(),
+                   "voxel_size_known": vs_in is not None},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
             memory_fraction=settings.gpu_memory_fraction, origin=origin,
         )

@@ -38,7 +38,11 @@ def test_unknown_voxel_size_is_written_as_unknown_not_as_one_micrometre(tmp_path
         units, scale = _units_and_scale(store)
         assert units == [None, None, None], (store, units)  # no "micrometer" on a guess
         assert io.read_ome_zarr(store).voxel_size is None
-    assert _units_and_scale(out)[1] == [1.0, 1.0, 1.0]  # the output grid's own voxels
+    # scaled in input voxels, so that it overlays its input in a viewer (napari: scale and translate)
+    units, scale = _units_and_scale(out)
+    assert scale == [1.0, 0.5, 0.5] and _units_and_scale(keep / "normalized.ome.zarr")[1] == [1.0, 1.0, 1.0]
+    t0 = zarr.open_group(str(out), mode="r").attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][1]
+    assert t0["translation"] == [0.0, -0.25, -0.25]
     assert io.read_ome_zarr(out).data.shape == (8, 96, 96)
     assert json.loads((keep / "model" / "model.json").read_text())["metadata"]["voxel_size_in"] is None
     m = json.loads((keep / "qc" / "metrics.json").read_text())

@@ -23,6 +23,10 @@ _sheet.check_config(config, schema=os.path.join(workflow.current_basedir, "..", 
 validate(config, schema="../schemas/config.schema.yaml")
 
 R = config["results"]
+# torch threads of one train/infer job (snakemake lowers it to --cores): one sample uses
+# up to 4 cores, and a larger machine runs more samples side by side; a profile's
+# set-threads (profiles/slurm) or --set-threads train=8 overrides it
+MAX_THREADS = 4
 SETTINGS_SECTIONS = ("normalise", "fov", "train", "infer", "qc", "isotropic")
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

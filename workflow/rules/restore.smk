@@ -46,6 +46,7 @@ rule train:
         f"{R}/{{sample}}/logs/train.log",
     benchmark:
         f"{R}/{{sample}}/benchmarks/train.tsv"
+    threads: MAX_THREADS
     params:
         args=train_args,
     resources:
@@ -70,6 +71,7 @@ rule infer:
         f"{R}/{{sample}}/benchmarks/infer.tsv"
     wildcard_constraints:
         sample=SINGLE_INFER,
+    threads: MAX_THREADS
     params:
         args=infer_args,
     resources:
@@ -119,6 +121,7 @@ rule infer_block:
     wildcard_constraints:
         sample=SCATTERED_INFER,
         block=r"\d+",
+    threads: MAX_THREADS
     params:
         restored=f"{R}/{{sample}}/restored.ome.zarr",
         args=infer_step_args,
@@ -165,6 +168,7 @@ rule qc:
         f"{R}/{{sample}}/logs/qc.log",
     benchmark:
         f"{R}/{{sample}}/benchmarks/qc.tsv"
+    threads: min(2, MAX_THREADS)
     params:
         args=qc_args,
     conda:

@@ -225,7 +225,8 @@ def choose_training_fov(
     holdout, hscore = _best_window(score, hold_region, max(max_voxels // 4, min_holdout_voxels), multiple)
     cropped = np.prod(box_shape(train)) < np.prod(box_shape(rest))
     reason = (
-        f"held-out slab: {holdout_fraction:.0%} of axis {'zyx'[ax]} at the end with more structure; "
+        f"held-out slab: {hold_len} of {n} voxels ({hold_len / n:.0%}) of axis {'zyx'[ax]} at the end with more "
+        "structure; "
         + (
             f"training FOV: the {box_shape(train)} window with the highest mean gradient magnitude "
             f"(limit {max_voxels} voxels)"

@@ -699,6 +699,7 @@ class IsoTrainResult:
     log_rows: list[dict] = field(default_factory=list)
     degrader: nn.Module | None = None
     degrader_log: list[dict] = field(default_factory=list)
+    resumed_seconds: float = 0.0  # as :attr:`selfres.train.TrainResult.resumed_seconds`
 
 
 def _key(settings: Settings, factor: float, shape, deg: AxialDegradation) -> str:
@@ -891,7 +892,7 @@ def train_isotropic(
     return IsoTrainResult(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=time.monotonic() - t0,
         stop_reason=stop_reason, validation=validation, degradation=deg_info, flags=flags, log_rows=sel.rows,
-        degrader=degrader, degrader_log=degrader_log,
+        degrader=degrader, degrader_log=degrader_log, resumed_seconds=elapsed_before,
     )
 
 
@@ -1015,7 +1016,7 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
         "steps_done": res.steps_done,
         "stop_reason": res.stop_reason,
         "flags": res.flags,
-        "train_seconds": time.monotonic() - t0,
+        "train_seconds": time.monotonic() - t0 + res.resumed_seconds,  # with the interrupted runs' time
         "settings": to_dict(settings.train),
         "isotropic": to_dict(settings.isotropic),
         "degradation": res.degradation,

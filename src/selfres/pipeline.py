@@ -317,7 +317,7 @@ def stage_train(
         "steps_done": result.steps_done,
         "stop_reason": result.stop_reason,
         "flags": flags,
-        "train_seconds": time.monotonic() - t0,
+        "train_seconds": time.monotonic() - t0 + result.resumed_seconds,  # with the interrupted runs' time
         "settings": to_dict(settings.train),
         "device": str(dev),
     }
@@ -939,6 +939,12 @@ def restore(
     settings = settings or Settings()
     sample = sample or Path(str(input_path).rstrip("/")).name.split(".")[0]
     check_mode(mode, sample=sample)
+    if not str(output).rstrip("/").endswith(".zarr"):
+        raise ConfigError(f"restore writes an OME-Zarr store, a folder: name the output like NAME.ome.zarr "
+                          f"(got {output})")
+    if not keep:
+        log.info("intermediate files (model, metrics, report) go to a temporary folder and are removed at the "
+                 "end; --keep DIR keeps them")
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="selfres-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -63,6 +63,9 @@ class TrainResult:
     """The held-out pair the model was scored on, ``(target, degraded input, its tricubic)`` as
     :func:`holdout_pair` made it — PSF-scaled when ``train.psf_sigma_um`` is set — so that the
     guard re-scores on exactly that pair."""
+    resumed_seconds: float = 0.0
+    """Training time of earlier, interrupted runs that this one resumed from their checkpoint
+    (included in ``seconds``; a caller timing this run adds it to its own clock)."""
 
 
 def make_degradation(
@@ -640,7 +643,7 @@ def train_enhance(
     return TrainResult(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=seconds,
         stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
-        flags=flags, log_rows=sel.rows, holdout=(target_h, low_h, interp_h),
+        flags=flags, log_rows=sel.rows, holdout=(target_h, low_h, interp_h), resumed_seconds=elapsed_before,
     )
 
 
@@ -793,7 +796,8 @@ def train_serial(
     rows = [dict(r, stage=1) for r in r1.log_rows] + [dict(r, stage=2) for r in r2.log_rows]
     return TrainResult(
         model=model, spec=r1.spec, best_step=r2.best_step, steps_done=r1.steps_done + r2.steps_done,
-        seconds=time.monotonic() - t0, stop_reason=f"{r1.stop_reason}+{r2.stop_reason}",
+        seconds=time.monotonic() - t0 + r1.resumed_seconds + r2.resumed_seconds,
+        resumed_seconds=r1.resumed_seconds + r2.resumed_seconds, stop_reason=f"{r1.stop_reason}+{r2.stop_reason}",
         val_psnr_model=val_model, val_psnr_interp=val_interp, flags=flags, log_rows=rows, stages=[r1, r2],
         holdout=(target_h, low_h, interp_h),
     )

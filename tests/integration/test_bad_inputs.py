@@ -368,3 +368,11 @@ def test_a_bad_command_line_value_is_argparses_one_line_not_a_traceback(argv, wh
         cli.main(argv)
     err = capsys.readouterr().err
     assert ex.value.code == 2 and what in err and "Traceback" not in err
+
+
+def test_restore_refuses_an_output_that_is_not_a_zarr_store(tmp_path, capsys):
+    """`-o out.tif` used to write an OME-Zarr folder named out.tif."""
+    rc = cli.main(["restore", str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.tif")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "name the output like NAME.ome.zarr" in err
+    assert not (tmp_path / "out.tif").exists()

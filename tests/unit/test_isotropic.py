@@ -197,6 +197,7 @@ def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
                                work_dir=tmp_path, stop_after_steps=8)
     assert part.stop_reason == "interrupted"
     done = iso.train_isotropic(train, held, factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5), work_dir=tmp_path)
+    assert ref.resumed_seconds == 0 and 0 < done.resumed_seconds <= done.seconds
     for k, v in ref.model.state_dict().items():
         torch.testing.assert_close(done.model.state_dict()[k], v)
 

@@ -46,6 +46,8 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
     assert part.steps_done == 10
     resumed = train_enhance(train, held, factors=(1, 2, 2), settings=s, work_dir=tmp_path / "b")
     assert resumed.steps_done == 20
+    # the interrupted run's training time counts (train_seconds in model.json adds it)
+    assert full.resumed_seconds == 0 and 0 < resumed.resumed_seconds <= resumed.seconds
     for (k, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, msg=k)
 

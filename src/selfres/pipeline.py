@@ -278,8 +278,8 @@ def stage_train(
     from .train import guard_with_extras, inference_extras, make_degradation, psf_target_blur_px, train_enhance
 
     dev = models.select_device(device)
-    vol, params = read_normalized(normalized)
-    data = np.asarray(vol.data)
+    vol, params = read_normalized(normalized, lazy=True)  # enhance reads only the training FOV and held-out region
+    data = vol.data
     fov = TrainingFov.load(fov_json)
     if mode == "isotropic":
         from . import isotropic
@@ -295,7 +295,8 @@ def stage_train(
     psf_target_blur_px(settings.train.psf_sigma_um, factors, vs_known, path=str(normalized))
     t0 = time.monotonic()
     result = train_enhance(
-        data[box_slices(fov.train)], data[box_slices(fov.holdout)], factors=factors, settings=settings.train,
+        np.asarray(data[box_slices(fov.train)]), np.asarray(data[box_slices(fov.holdout)]), factors=factors,
+        settings=settings.train,
         voxel_size=vs_known, work_dir=work, device=dev, amp=settings.infer.amp,
     )
     # the guard judges what inference writes: the network wrapped in the inference extras

@@ -415,3 +415,14 @@ def test_verdict_says_a_small_gain_missed_the_guards_margin_and_names_z_cubic_in
                      flags=["model_worse_than_interpolation"], restored_content="interpolation")
     text = report._verdict(iso_worse, "ok")
     assert "does not beat z-cubic interpolation" in text and "holds the z-cubic interpolation" in text
+
+
+def test_verdict_says_when_isotropy_rose_because_the_lateral_estimate_got_blurrier():
+    from selfres import report
+
+    m = {"self_validation": {"psnr_model": 31.0, "psnr_interp": 30.0}, "isotropy_in": 0.39, "isotropy_out": 0.65,
+         "isotropy_interp": 0.59, "resolution_um": {"lateral_out": 1.389, "axial_out": 2.1},
+         "resolution_interp_um": {"lateral": 1.266, "axial": 2.1}}
+    assert "blurrier lateral estimate (1.389 against 1.266 µm" in report._verdict(m, "ok")
+    sharp = dict(m, resolution_um={"lateral_out": 1.27, "axial_out": 1.9})
+    assert "blurrier" not in report._verdict(sharp, "ok")

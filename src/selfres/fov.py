@@ -87,12 +87,33 @@ def parse_fov(text: str, shape: tuple[int, int, int]) -> Box:
 
 
 def structure_map(volume: np.ndarray) -> np.ndarray:
-    """Per-voxel structure score: gradient magnitude of the lightly smoothed volume."""
-    v = np.asarray(volume, dtype=np.float32)
-    sig = [1.0 if n > 3 else 0.0 for n in v.shape]
-    sm = ndimage.gaussian_filter(v, sig, mode="mirror")
-    grads = [np.gradient(sm, axis=a) for a in range(3) if v.shape[a] > 1]
-    return np.sqrt(sum(g * g for g in grads)).astype(np.float32)
+    """Per-voxel structure score: gradient magnitude of the lightly smoothed volume.
+
+    ``volume`` may be lazy (dask, zarr): it is read, and the score computed, a slab of z
+    at a time with enough neighbouring slices that every value is the one a single pass
+    over the whole volume gives, so memory holds the float32 score and one slab's work
+    (a single pass held ~23 bytes per voxel).
+    """
+    shape = tuple(int(n) for n in volume.shape)
+    sig = [1.0 if n > 3 else 0.0 for n in shape]
+    # z neighbours a slab needs: the Gaussian's radius (truncate 4 σ) plus one for the gradient
+    halo = (int(4.0 * sig[0] + 0.5) + 1) if shape[0] > 1 else 0
+    step = max(1, STRUCTURE_SLAB_VOXELS // max(1, shape[1] * shape[2]))
+    out = np.empty(shape, dtype=np.float32)
+    for z0 in range(0, shape[0], step):
+        z1 = min(shape[0], z0 + step)
+        a, b = max(0, z0 - halo), min(shape[0], z1 + halo)
+        v = np.asarray(volume[a:b], dtype=np.float32)
+        # exact in the slab's core: its halo holds the neighbours; at the volume's own ends the
+        # slab ends there too, so mirroring and one-sided differences are the whole pass's
+        sm = ndimage.gaussian_filter(v, sig, mode="mirror")
+        grads = [np.gradient(sm, axis=ax) for ax in range(3) if shape[ax] > 1]
+        out[z0:z1] = np.sqrt(sum(g * g for g in grads))[z0 - a:z1 - a]
+    return out
+
+
+#: Voxels of one slab of :func:`structure_map` (its work holds ~23 bytes per voxel).
+STRUCTURE_SLAB_VOXELS = 4 * 2**20
 
 
 def _window_means(score: np.ndarray, window: tuple[int, int, int]) -> np.ndarray:
@@ -106,8 +127,41 @@ def _window_means(score: np.ndarray, window: tuple[int, int, int]) -> np.ndarray
     return s / float(wz * wy * wx)
 
 
+#: Regions of more voxels than this are searched with windows placed every
+#: :data:`WINDOW_STRIDE` voxels in y and x (every voxel in z): the search then holds ~2-4
+#: bytes per region voxel instead of the ~16 of every placement.
+STRIDED_SEARCH_VOXELS = 32 * 2**20
+WINDOW_STRIDE = 4
+
+
+def _strided_window_means(score: np.ndarray, window: tuple[int, int, int], stride: int) -> np.ndarray:
+    """Mean of ``score`` over ``window`` placed at every z and every ``stride``-th y and x
+    (placement ``[i, j, k]`` starts at ``(i, j * stride, k * stride)``), one axis at a time,
+    summing in float64 a slab of z at a time."""
+    wz, wy, wx = window
+    nz, ny, nx = score.shape
+    xs = np.arange(0, nx - wx + 1, stride)
+    ys = np.arange(0, ny - wy + 1, stride)
+    sx = np.empty((nz, ny, xs.size), dtype=np.float64)
+    zstep = max(1, (8 * 2**20) // max(1, ny * nx))
+    for z0 in range(0, nz, zstep):
+        c = np.zeros((min(nz, z0 + zstep) - z0, ny, nx + 1), dtype=np.float64)
+        np.cumsum(score[z0:z0 + zstep], axis=2, dtype=np.float64, out=c[:, :, 1:])
+        sx[z0:z0 + zstep] = c[:, :, xs + wx] - c[:, :, xs]
+    c = np.zeros((nz, ny + 1, xs.size), dtype=np.float64)
+    np.cumsum(sx, axis=1, out=c[:, 1:])
+    del sx
+    sxy = c[:, ys + wy] - c[:, ys]
+    del c
+    c = np.zeros((nz + 1, ys.size, xs.size), dtype=np.float64)
+    np.cumsum(sxy, axis=0, out=c[1:])
+    return (c[wz:] - c[:-wz]) / float(wz * wy * wx)
+
+
 def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tuple[int, int, int]) -> tuple[Box, float]:
-    """Richest window of at most ``max_voxels`` inside ``region`` (sizes multiples of ``multiple``)."""
+    """Richest window of at most ``max_voxels`` inside ``region`` (sizes multiples of ``multiple``);
+    placed at every voxel, or every :data:`WINDOW_STRIDE` in y and x in a region of more than
+    :data:`STRIDED_SEARCH_VOXELS`."""
     shape = box_shape(region)
     win = list(shape)
     if np.prod(win) > max_voxels:
@@ -119,9 +173,12 @@ def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tupl
             win[2] = max(1, int(win[2] * s))
     win = [max(m, (w // m) * m) if n >= m else n for w, m, n in zip(win, multiple, shape)]
     sub = score[box_slices(region)]
-    means = _window_means(sub, tuple(win))
+    stride = WINDOW_STRIDE if sub.size > STRIDED_SEARCH_VOXELS else 1
+    means = (_window_means(sub, tuple(win)) if stride == 1
+             else _strided_window_means(sub, tuple(win), stride))
     idx = np.unravel_index(int(np.argmax(means)), means.shape)
-    box = tuple((int(r[0] + i), int(r[0] + i + w)) for r, i, w in zip(region, idx, win))
+    start = (idx[0], idx[1] * stride, idx[2] * stride)
+    box = tuple((int(r[0] + i), int(r[0] + i + w)) for r, i, w in zip(region, start, win))
     return box, float(means[idx])
 
 
@@ -141,7 +198,8 @@ def choose_training_fov(
     Parameters
     ----------
     volume
-        Normalised ZYX volume (or a strided preview; boxes are in its voxels).
+        Normalised ZYX volume (or a strided preview; boxes are in its voxels); numpy or
+        lazy (dask, zarr), read a slab at a time (:func:`structure_map`).
     max_voxels
         Largest training FOV (input voxels); larger volumes get the window of
         that size with the highest mean gradient magnitude.

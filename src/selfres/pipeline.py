@@ -219,7 +219,7 @@ def stage_crop(
     """Choose the training FOV and held-out region; write ``train_fov.json``."""
     settings = settings or FovSettings()
     check_mode(mode, sample=sample)
-    vol, _ = read_normalized(normalized)
+    vol, _ = read_normalized(normalized, lazy=True)  # the structure map reads it a slab at a time
     factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
     source = vol.attrs.get("source") or str(normalized)
     if mode == "isotropic" and vol.data.shape[0] < 2:
@@ -231,7 +231,7 @@ def stage_crop(
                                 "'scale', e.g. 1,2,2) or a larger acquisition")
     try:
         fov = choose_training_fov(
-            np.asarray(vol.data), max_voxels=settings.max_voxels, holdout_fraction=settings.holdout_fraction,
+            vol.data, max_voxels=settings.max_voxels, holdout_fraction=settings.holdout_fraction,
             min_holdout_voxels=settings.min_holdout_voxels, multiple=factors, training_fov=training_fov,
             path=source,  # the user's acquisition, not our intermediate
             min_holdout_shape=tuple(MIN_LOWRES_VOXELS * f if f > 1 else 1 for f in factors),

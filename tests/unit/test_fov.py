@@ -67,3 +67,47 @@ def test_fov_round_trips_through_json(tmp_path):
     fov = choose_training_fov(blob_volume())
     fov.save(tmp_path / "f.json")
     assert TrainingFov.load(tmp_path / "f.json") == fov
+
+
+@pytest.mark.parametrize("shape", [(23, 30, 34), (3, 30, 34), (1, 30, 34), (7, 9, 11)])
+def test_structure_map_in_slabs_of_a_lazy_volume_is_the_single_pass_bit_for_bit(shape, monkeypatch):
+    """Slabs with a z halo give exactly the single pass's values, so the chosen FOV does not
+    depend on how the volume was read."""
+    import dask.array as da
+    from scipy import ndimage
+
+    from selfres import fov as F
+
+    vol = np.random.default_rng(0).random(shape, dtype=np.float32)
+    sig = [1.0 if n > 3 else 0.0 for n in shape]
+    sm = ndimage.gaussian_filter(vol, sig, mode="mirror")
+    single = np.sqrt(sum(np.gradient(sm, axis=a) ** 2 for a in range(3) if shape[a] > 1)).astype(np.float32)
+    monkeypatch.setattr(F, "STRUCTURE_SLAB_VOXELS", 2 * shape[1] * shape[2])  # slabs of 2 slices
+    np.testing.assert_array_equal(F.structure_map(da.from_array(vol, chunks=(4, 16, 16))), single)
+    np.testing.assert_array_equal(F.structure_map(vol), single)
+
+
+@pytest.mark.parametrize("shape, window", [((9, 40, 37), (4, 8, 5)), ((5, 13, 21), (5, 13, 1)), ((6, 9, 9), (1, 1, 1))])
+def test_strided_window_means_are_the_placements_at_the_stride(shape, window):
+    """A large region is searched every few voxels in y and x: those placements' means are
+    exactly the every-voxel search's at the same places."""
+    from selfres import fov as F
+
+    score = np.random.default_rng(1).random(shape, dtype=np.float32)
+    full = F._window_means(score, window)
+    for stride in (1, 3, 4):
+        np.testing.assert_allclose(F._strided_window_means(score, window, stride), full[:, ::stride, ::stride],
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_a_large_region_is_searched_at_a_stride_and_finds_the_structure(monkeypatch):
+    from selfres import fov as F
+
+    vol = np.zeros((12, 96, 96), dtype=np.float32)
+    vol[2:10, 50:80, 10:40] = np.random.default_rng(2).random((8, 30, 30))  # the structure
+    monkeypatch.setattr(F, "STRIDED_SEARCH_VOXELS", 1000)
+    box, mean = F._best_window(F.structure_map(vol), ((0, 12), (0, 96), (0, 96)), 8 * 24 * 24, (2, 2, 2))
+    assert all((b - a) % 2 == 0 for a, b in box[1:])
+    assert box[1][0] % F.WINDOW_STRIDE == 0 and box[2][0] % F.WINDOW_STRIDE == 0
+    assert 46 <= box[1][0] and box[1][1] <= 84 and 6 <= box[2][0] and box[2][1] <= 44, box  # over the structure
+    assert mean == pytest.approx(float(F.structure_map(vol)[F.box_slices(box)].mean()), rel=1e-6)

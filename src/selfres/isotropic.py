@@ -996,7 +996,7 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
     if vol.attrs.get("voxel_size_known") is False or vol.voxel_size is None:
         isotropic_factor(None, path=path, sample=sample)
     factor = isotropic_factor(vol.voxel_size, path=path, sample=sample)
-    data = np.asarray(vol.data, dtype=np.float32)
+    data = vol.data  # lazy or not: only the training FOV and the held-out region are read
     if data.shape[0] < 4:
         raise InputError(path, f"isotropic mode needs at least 4 z slices; the volume has {data.shape[0]}",
                          sample=sample)
@@ -1004,7 +1004,8 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
     work = model_dir.with_name(model_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    res = train_isotropic(data[box_slices(fov.train)], data[box_slices(fov.holdout)], factor=factor,
+    res = train_isotropic(np.asarray(data[box_slices(fov.train)], dtype=np.float32),
+                          np.asarray(data[box_slices(fov.holdout)], dtype=np.float32), factor=factor,
                           settings=settings, voxel_size=vol.voxel_size, work_dir=work, device=device)
     meta = {
         "sample": sample,

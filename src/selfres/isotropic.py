@@ -1145,9 +1145,9 @@ def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: mo
         return {k: stored.get(k) for k in ("psnr_model", "psnr_interp", "ssim_model", "ssim_interp")}
     deg = AxialDegradation(factor=float(d["factor"]), sigma_px=float(d["sigma_px"]),
                            noise_sigma=float(d["noise_sigma"]))
-    data = np.asarray(vol.data, dtype=np.float32)
-    train_box = data[box_slices(fov.train)]
-    _, held, _ = validation_split(train_box, data[box_slices(fov.holdout)], otsu_threshold(train_box))
+    train_box = np.asarray(vol.data[box_slices(fov.train)], dtype=np.float32)  # the two boxes only
+    _, held, _ = validation_split(train_box, np.asarray(vol.data[box_slices(fov.holdout)], dtype=np.float32),
+                                  otsu_threshold(train_box))
     pairs = holdout_pairs(held, deg)
     data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
     preds = [predict_slices(model, low) for _, low in pairs]

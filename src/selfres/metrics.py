@@ -318,7 +318,7 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
     Parameters
     ----------
     raw
-        The normalised input (ZYX).
+        The normalised input (ZYX), numpy or lazy (a strided subsample is read).
     restored
         The restored volume in the same units, on its own finer grid: a numpy array, or
         a lazy one (dask, zarr) that is read block by block (:func:`block_slices`), about
@@ -335,7 +335,6 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
         over the samples, finite ones only; 0 for a constant output; ``None`` when the
         input is constant there).
     """
-    raw = np.asarray(raw)
     if raw.ndim != restored.ndim:
         raise ValueError(f"input and output must have the same number of axes; received {raw.shape} and {restored.shape}")
     stride = max(1, int(math.ceil((raw.size / max(1, int(max_samples))) ** (1.0 / raw.ndim))))
@@ -344,7 +343,7 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
         j = np.arange(0, n_in, stride)
         index_in.append(j)
         index_out.append(np.clip(np.round((j + 0.5) * (n_out / n_in) - 0.5).astype(int), 0, n_out - 1))
-    a = raw[np.ix_(*index_in)].astype(np.float64)
+    a = np.asarray(raw[(slice(None, None, stride),) * raw.ndim], dtype=np.float64)  # = index_in (numpy or lazy)
     b = np.empty(a.shape, dtype=np.float64)
     nonfinite = 0
     block_voxels = block_voxels or READ_BLOCK_VOXELS
@@ -983,7 +982,7 @@ def lateral_window(volume: np.ndarray, max_size: int) -> tuple[int, int, int, in
     nz, ny, nx = volume.shape
     if ny <= max_size and nx <= max_size:
         return 0, ny, 0, nx
-    proj = volume.max(axis=0).astype(np.float64)
+    proj = np.asarray(volume.max(axis=0), dtype=np.float64)  # one read of a lazy volume
     wy, wx = min(ny, max_size), min(nx, max_size)
     best, best_pos = -1.0, (0, 0)
     ys = np.unique(np.linspace(0, ny - wy, max(1, 2 * ny // wy)).astype(int))

@@ -543,7 +543,7 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     factors = tuple(meta["factors"])
     deg = make_degradation(from_dict(DegradationSettings, trained_degradation(meta)),
                            voxel_size=meta.get("voxel_size_in"))
-    held = np.asarray(normalized_vol.data)[box_slices(fov.holdout)]
+    held = np.asarray(normalized_vol.data[box_slices(fov.holdout)])
     psf_sigma_um = (meta.get("settings") or {}).get("psf_sigma_um")  # PSF-scaled targets: score what was learned
     held = psf_scaled_targets(held, psf_target_blur_px(psf_sigma_um, factors, meta.get("voxel_size_in")))
     target, low, interp = holdout_pair(held, factors, deg)
@@ -600,7 +600,7 @@ def stage_qc(
         if ref_shape != out_shape:
             raise InputError(reference, f"reference shape {ref_shape} does not match the output grid {out_shape} "
                              "(a reference must have the shape of restored.ome.zarr)", sample=sample)
-    vol, params = read_normalized(normalized)
+    vol, params = read_normalized(normalized, lazy=True)  # read where needed: two boxes, a window, samples
     model, spec, meta = load_trained(model_dir)
     fov = TrainingFov.load(fov_json)
     out = io.read_ome_zarr(restored, lazy=True)  # lazy: read below without refusing NaN (checked and flagged)
@@ -620,9 +620,9 @@ def stage_qc(
         sv = isotropic.self_validation(vol, fov, model, spec, meta)
     vs_in = _voxel_size_of(vol)
     vs_out = tuple(out.voxel_size) if vs_in else None
-    raw_norm = np.asarray(vol.data)
-    # the output stays lazy: the checks and the spectrum read it slab by slab, the
-    # resolution figures one window; only a reference or bead comparison reads it whole
+    raw_norm = vol.data
+    # input and output stay lazy: the checks and the spectra read them block by block, the
+    # resolution figures one window; only a reference or bead comparison reads them whole
     restored_norm = normalise.apply(out.data, params)
     ratio = [o / i for o, i in zip(restored_norm.shape, raw_norm.shape)]  # output voxels per input voxel
     agreement = metrics.restored_agreement(raw_norm, restored_norm)
@@ -643,7 +643,7 @@ def stage_qc(
         # one window for the input, the output and the interpolation baseline, which the
         # decorrelation estimate needs: upsampling alone (tricubic at ×2) reads as sharper
         y0, y1, x0, x1 = metrics.lateral_window(raw_norm, max(8, int(256 / max(ratio[1:]))))
-        raw_w = raw_norm[:, y0:y1, x0:x1]
+        raw_w = np.asarray(raw_norm[:, y0:y1, x0:x1])
         out_w = np.asarray(restored_norm[:, round(y0 * ratio[1]):round(y1 * ratio[1]),
                                          round(x0 * ratio[2]):round(x1 * ratio[2])])
         interp_w = interpolation_of(raw_w, meta, mode)
@@ -665,8 +665,8 @@ def stage_qc(
     if sat is not None and sat > 0.01:
         flags.append("saturated_input")
     ref_metrics = None
-    if reference or settings.beads:
-        restored_norm = np.asarray(restored_norm)  # whole-volume comparisons (a reference, beads)
+    if reference or settings.beads:  # whole-volume comparisons (a reference, beads)
+        restored_norm, raw_norm = np.asarray(restored_norm), np.asarray(raw_norm)
     if reference:
         ref = io.read_volume(reference)
         if tuple(ref.data.shape) != tuple(out.data.shape):

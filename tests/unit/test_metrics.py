@@ -417,6 +417,8 @@ def test_whole_volume_qc_figures_read_a_lazy_volume_in_blocks_with_the_same_resu
         got = m.restored_agreement(raw, lazy, block_voxels=2000)
         f_lazy, p_lazy = m.axial_spectrum(np.nan_to_num(lazy), voxel_size=(0.5, 0.2, 0.2), block_voxels=2000)
     assert got == m.restored_agreement(raw, up)
+    assert got == m.restored_agreement(da.from_array(raw, chunks=(3, 8, 8)), lazy, block_voxels=2000)  # lazy input
+    assert m.lateral_window(da.from_array(raw, chunks=(3, 8, 8)), 16) == m.lateral_window(raw, 16)
     assert got["nonfinite_voxels"] == 2
     f, p = m.axial_spectrum(np.nan_to_num(up), voxel_size=(0.5, 0.2, 0.2))
     np.testing.assert_array_equal(f_lazy, f)

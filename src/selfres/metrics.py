@@ -299,7 +299,7 @@ def psnr_gain_interval(
 
 #: Voxels of a lazy volume that the whole-volume QC figures (:func:`restored_agreement`,
 #: :func:`axial_spectrum`) read and transform at once: their memory does not grow with
-#: the restored volume (64×512×512 input ×2: QC peak 5.0 GB reading it whole, 1.05 GB in
+#: the restored volume (64×512×512 input ×2: QC peak 5.0 GB reading it whole, 0.95 GB in
 #: blocks; docs/performance.md).
 READ_BLOCK_VOXELS = 8 * 2**20
 

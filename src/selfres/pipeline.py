@@ -689,6 +689,9 @@ def stage_qc(
         c = metrics.compare(ref_n, matched(restored_norm), matched(interp), data_range=float(ref_n.max() - ref_n.min()))
         ref_metrics = {"psnr": c["psnr_model"], "ssim": c["ssim_model"], "psnr_interp": c["psnr_interp"],
                        "ssim_interp": c["ssim_interp"]}
+        if (restored_attrs.get("content", "model") == "model"
+                and not ref_metrics["psnr"] > ref_metrics["psnr_interp"]):
+            flags.append("worse_than_interpolation_on_reference")  # the truth outranks the held-out figure
     if settings.beads:
         import pandas as pd
 

@@ -121,3 +121,27 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
                               tmp_path / "qc" / "metrics.json", tmp_path / "report.html", tmp_path / "prov.json",
                               sample="s")
         assert "Do not use this output" in (tmp_path / "report.html").read_text()
+
+
+def test_a_reference_that_prefers_interpolation_flags_the_sample(tmp_path):
+    """Whatever the held-out figure, a reference (the truth) that scores the output below
+    interpolation is a flag; one that matches the output is not."""
+    src = tmp_path / "known.tif"
+    tifffile.imwrite(src, tiny_volume((8, 48, 48)), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    keep = tmp_path / "work"
+    out = tmp_path / "restored.ome.zarr"
+    pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), settings=parse_settings(FAST), device="cpu",
+                     keep=keep, sample="s")
+    vol, _ = pipeline.read_normalized(keep / "normalized.ome.zarr")
+    _, _, meta = pipeline.load_trained(keep / "model")
+    restored = np.asarray(io.read_ome_zarr(out).data, dtype=np.float32)
+    if json.loads((keep / "qc" / "metrics.json").read_text())["restored_content"] != "model":
+        pytest.skip("the guard fell back to interpolation: nothing to compare")
+    for name, truth, flagged in (("interp", pipeline.interpolation_of(np.asarray(vol.data), meta, "enhance"), True),
+                                 ("itself", restored, False)):
+        ref = tmp_path / f"ref_{name}.tif"
+        tifffile.imwrite(ref, np.asarray(truth, dtype=np.float32))
+        m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
+                              tmp_path / name / "metrics.json", sample="s", reference=ref)
+        assert ("worse_than_interpolation_on_reference" in m["flags"]) is flagged, (name, m["reference"])

@@ -426,3 +426,21 @@ def test_verdict_says_when_isotropy_rose_because_the_lateral_estimate_got_blurri
     assert "blurrier lateral estimate (1.389 against 1.266 µm" in report._verdict(m, "ok")
     sharp = dict(m, resolution_um={"lateral_out": 1.27, "axial_out": 1.9})
     assert "blurrier" not in report._verdict(sharp, "ok")
+
+
+def test_a_reference_that_ranks_the_output_below_interpolation_is_said_first():
+    """The held-out figure is one scale coarser; a reference (the truth) outranks it."""
+    from selfres import report
+
+    m = {"self_validation": {"psnr_model": 31.0, "psnr_interp": 28.0}, "mode": "enhance",
+         "reference": {"psnr": 42.72, "psnr_interp": 43.04, "ssim": 0.966, "ssim_interp": 0.973},
+         "flags": ["worse_than_interpolation_on_reference"]}
+    text = report._verdict(m, "ok")
+    assert "restored.ome.zarr scores 42.72 dB PSNR and tricubic interpolation 43.04 dB" in text
+    assert "worse than interpolation against the truth" in text
+    good = dict(m, reference={"psnr": 44.0, "psnr_interp": 43.0}, flags=[])
+    assert "worse than interpolation" not in report._verdict(good, "ok")
+    fell_back = dict(m, restored_content="interpolation")
+    assert "against the truth" not in report._verdict(fell_back, "ok")
+    html = report._flags_html(["early_stopped", "worse_than_interpolation_on_reference"])
+    assert html.startswith('<div class="warn" id="flag-worse_than_interpolation_on_reference">')

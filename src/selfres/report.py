@@ -134,12 +134,12 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     ),
     "worse_than_interpolation_on_reference": (
         "Against the reference given for this sample (its ground truth), the restored "
-        "volume scores a lower PSNR than plain interpolation, although the held-out "
-        "self-validation favoured the network. The held-out region is scored one scale "
+        "volume scores a lower PSNR than plain interpolation, whatever the held-out "
+        "self-validation said. The held-out region is scored one scale "
         "coarser and degraded by the training degradation: when the acquisition was "
         "made differently (another blur, noise), the two can disagree, and the reference "
         "is the one to trust.",
-        "On a noisy acquisition try infer.back_projection_iterations: 0 for the sample "
+        "In enhance mode, on a noisy acquisition, try infer.back_projection_iterations: 0 for the sample "
         "(back-projection holds the output to the noisy input; on the demo's neurites this "
         "turned -0.32 dB into +0.87 dB against the truth). Give the acquisition's blur "
         "(train.psf_sigma_um, or train.degradation.method gaussian/psf), then compare "

@@ -77,6 +77,19 @@ def test_a_known_voxel_size_reaches_the_output_in_micrometres(tmp_path):
     assert np.mean(centres) == 0.0
 
 
+def _restored_with_intermediates(tmp_path):
+    """A tiny 8×48×48 stack of known voxel size restored ×(1, 2, 2) as sample ``s``; returns
+    (the folder of its intermediates, restored.ome.zarr)."""
+    src = tmp_path / "known.tif"
+    tifffile.imwrite(src, tiny_volume((8, 48, 48)), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    keep = tmp_path / "work"
+    out = tmp_path / "restored.ome.zarr"
+    pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), settings=parse_settings(FAST), device="cpu",
+                     keep=keep, sample="s")
+    return keep, out
+
+
 @pytest.mark.parametrize("damage, flag", [
     ("constant", "restored_unlike_input"),
     ("shifted", "restored_unlike_input"),
@@ -86,13 +99,7 @@ def test_a_known_voxel_size_reaches_the_output_in_micrometres(tmp_path):
 def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag):
     """The held-out figures come from a re-prediction on the CPU; what the production path
     wrote (device, tiling, writer) is checked on the store itself."""
-    src = tmp_path / "known.tif"
-    tifffile.imwrite(src, tiny_volume((8, 48, 48)), imagej=True, resolution=(2.0, 2.0),
-                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
-    keep = tmp_path / "work"
-    out = tmp_path / "restored.ome.zarr"
-    pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), settings=parse_settings(FAST), device="cpu",
-                     keep=keep, sample="s")
+    keep, out = _restored_with_intermediates(tmp_path)
     level0 = zarr.open_array(str(out / "0"), mode="r+")
     data = np.asarray(level0[:])
     if damage == "constant":
@@ -126,13 +133,7 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
 def test_a_reference_that_prefers_interpolation_flags_the_sample(tmp_path):
     """Whatever the held-out figure, a reference (the truth) that scores the output below
     interpolation is a flag; one that matches the output is not."""
-    src = tmp_path / "known.tif"
-    tifffile.imwrite(src, tiny_volume((8, 48, 48)), imagej=True, resolution=(2.0, 2.0),
-                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
-    keep = tmp_path / "work"
-    out = tmp_path / "restored.ome.zarr"
-    pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), settings=parse_settings(FAST), device="cpu",
-                     keep=keep, sample="s")
+    keep, out = _restored_with_intermediates(tmp_path)
     vol, _ = pipeline.read_normalized(keep / "normalized.ome.zarr")
     _, _, meta = pipeline.load_trained(keep / "model")
     restored = np.asarray(io.read_ome_zarr(out).data, dtype=np.float32)

@@ -167,8 +167,25 @@ def degrade_truth(hr: np.ndarray, factors, how: str) -> np.ndarray:
     raise ValueError(f"unknown LR degradation {how!r}; expected one of {LR_DEGRADATIONS}")
 
 
+def add_shot_noise(low: np.ndarray, photons: float, *, seed: int = 0) -> np.ndarray:
+    """``low`` as a photon-counting camera would record it: scaled so that its 99.9th
+    percentile above the minimum is ``photons`` photons, Poisson-sampled, scaled back.
+
+    The benchmark's LR volumes are downscaled from real acquisitions, so most of the
+    acquisition's own noise has averaged out; a real acquisition has its noise at its own
+    grid. This puts it back (``--lr-noise``)."""
+    lo = float(low.min())
+    top = float(np.percentile(low, 99.9)) - lo
+    if top <= 0:
+        return low
+    gain = photons / top
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(np.clip(low - lo, 0, None) * gain)
+    return (counts / gain + lo).astype(np.float32)
+
+
 def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | None,
-                 lr_degradation: str = "cubic", unknown_voxel_size=None) -> dict:
+                 lr_degradation: str = "cubic", unknown_voxel_size=None, lr_photons: float | None = None) -> dict:
     from selfres import io
 
     vol = io.read_volume(path)
@@ -176,6 +193,8 @@ def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | 
     hr = np.asarray(vol.data, dtype=np.float32)
     hr = hr[tuple(slice(0, (n // f) * f) for n, f in zip(hr.shape, factors))]
     low = degrade_truth(hr, factors, lr_degradation)
+    if lr_photons:
+        low = add_shot_noise(low, lr_photons)
     hr_vs = vol.voxel_size or unknown_voxel_size  # µm of the original (HR) voxels
     vs = tuple(v * f for v, f in zip(hr_vs, factors)) if hr_vs else None
     name = VOLUMES.get(path.stem, path.stem)
@@ -378,6 +397,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-ssim", action="store_true", help="skip SSIM (faster)")
     p.add_argument("--lr-degradation", choices=LR_DEGRADATIONS, default="cubic",
                    help="how the benchmark degrades the real volumes (default: cubic, the issue's protocol)")
+    p.add_argument("--lr-noise", type=float, default=None, metavar="PHOTONS",
+                   help="add shot noise to each LR volume: its 99.9th percentile is PHOTONS photons "
+                        "(default: none, the issue's protocol)")
     p.add_argument("--voxel-size", default=None,
                    help="z,y,x µm of the original voxels for volumes whose files carry none "
                         "(needed with train.psf_sigma_um or a Gaussian degradation)")
@@ -411,7 +433,7 @@ def main(argv=None) -> int:
                 t0 = time.monotonic()
                 try:
                     r = bench_volume(q, f, settings=settings, ssim=not a.no_ssim, keep=a.keep,
-                                     lr_degradation=a.lr_degradation,
+                                     lr_degradation=a.lr_degradation, lr_photons=a.lr_noise,
                                      unknown_voxel_size=tuple(float(v) for v in a.voxel_size.split(","))
                                      if a.voxel_size else None)
                 except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
@@ -429,7 +451,8 @@ def main(argv=None) -> int:
     if a.beads:
         beads = bench_beads(settings=settings, keep=a.keep, acquisition=a.bead_acquisition)
         print(json.dumps({k: beads[k] for k in ("truth", "input_lr_x4", "tricubic", "model", "selfres")}), flush=True)
-    header = (f"Settings overrides: `{json.dumps(over)}`; LR degradation {a.lr_degradation}; "
+    header = (f"Settings overrides: `{json.dumps(over)}`; LR degradation {a.lr_degradation}"
+              f"{f' + shot noise ({a.lr_noise:g} photons at the 99.9th percentile)' if a.lr_noise else ''}; "
               f"torch threads {a.threads}; "
               f"{time.strftime('%Y-%m-%d %H:%M')}")
     text = markdown(rows, beads, header=header)

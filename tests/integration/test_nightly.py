@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -284,15 +285,21 @@ def test_new_night_runs_only_the_new_sample_and_overlapping_runs_are_locked_out(
         while time.time() < deadline and first.poll() is None and not any(locks.glob("*")):
             time.sleep(0.2)
         assert any(locks.glob("*")), "the first run never took its lock"
-        # the profiles' rerun-incomplete would redo the first run's unfinished outputs,
-        # but Snakemake's lock on those outputs stops the second run before any job
-        second = run_snakemake(night1, "--rerun-incomplete", timeout=300)
-        assert second.returncode != 0
-        assert "cannot be locked" in second.stdout + second.stderr
-        # without it, the first run's unfinished outputs stop it already
-        third = run_snakemake(night1, timeout=300)
-        assert third.returncode != 0
-        assert re.search(r"cannot be locked|Incomplete files", third.stdout + third.stderr)
+        # hold the first run where it is (its lock taken, its outputs unfinished), so that it
+        # cannot finish before the overlapping runs below start, however loaded the machine
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            # the profiles' rerun-incomplete would redo the first run's unfinished outputs,
+            # but Snakemake's lock on those outputs stops the second run before any job
+            second = run_snakemake(night1, "--rerun-incomplete", timeout=300)
+            assert second.returncode != 0
+            assert "cannot be locked" in second.stdout + second.stderr
+            # without it, the first run's unfinished outputs stop it already
+            third = run_snakemake(night1, timeout=300)
+            assert third.returncode != 0
+            assert re.search(r"cannot be locked|Incomplete files", third.stdout + third.stderr)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         out, _ = first.communicate(timeout=900)
     finally:
         if first.poll() is None:

@@ -55,7 +55,7 @@ __all__ = [
 _KEYS_A = -0.5
 _GAUSS_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter default
 _METHODS = ("cubic", "gaussian", "psf")
-_NOISES = ("none", "poisson_gaussian")
+_NOISES = ("none", "poisson_gaussian", "affine_gaussian")
 _PSF_KINDS = ("widefield", "confocal", "two_photon")
 
 
@@ -717,20 +717,26 @@ class Degradation:
     psf_path
         TIFF file to load the PSF from, instead of ``psf``.
     noise
-        ``"none"`` or ``"poisson_gaussian"`` (see :func:`add_noise`).
+        ``"none"``; ``"poisson_gaussian"`` (see :func:`add_noise`); or ``"affine_gaussian"``:
+        Gaussian noise of variance ``noise_variance[0]·y + noise_variance[1]`` (never below
+        0) on each degraded voxel ``y`` — the top-up that makes a degraded input as noisy as
+        the acquisition (:mod:`selfres.noise`).
     gain
         Photons per unit of normalised intensity (Poisson part); > 0.
     read_sigma
         Standard deviation of the Gaussian read noise, in normalised units; >= 0.
+    noise_variance
+        ``(slope, floor)`` of ``"affine_gaussian"``, normalised units.
     """
 
     method: Literal["cubic", "gaussian", "psf"] = "cubic"
     sigma_px: tuple[float, ...] | None = None
     psf: np.ndarray | None = field(default=None, compare=False, repr=False)
     psf_path: str | None = None
-    noise: Literal["none", "poisson_gaussian"] = "none"
+    noise: Literal["none", "poisson_gaussian", "affine_gaussian"] = "none"
     gain: float = 100.0
     read_sigma: float = 0.0
+    noise_variance: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if self.method not in _METHODS:
@@ -774,6 +780,13 @@ class Degradation:
             raise ConfigError(f"gain must be > 0; received {self.gain!r}")
         if self.read_sigma < 0:
             raise ConfigError(f"read_sigma must be >= 0; received {self.read_sigma!r}")
+        try:
+            nv = tuple(float(v) for v in self.noise_variance)
+        except (TypeError, ValueError):
+            nv = ()
+        if len(nv) != 2 or not all(math.isfinite(v) for v in nv):
+            raise ConfigError(f"noise_variance must be two numbers (slope, floor); received {self.noise_variance!r}")
+        object.__setattr__(self, "noise_variance", nv)
 
 
 def _sigma_for(sigma: tuple, k: int) -> tuple:
@@ -851,6 +864,10 @@ def degrade(x: np.ndarray, factors: Sequence[int], degradation: Degradation, *,
         y = _block_mean(blur(x, psf=p), fs)
     if degradation.noise == "poisson_gaussian":
         y = add_noise(y, gain=degradation.gain, read_sigma=degradation.read_sigma, rng=rng)
+    elif degradation.noise == "affine_gaussian":
+        slope, floor = degradation.noise_variance
+        std = np.sqrt(np.clip(slope * np.asarray(y, dtype=np.float64) + floor, 0.0, None))
+        y = y + std * np.random.default_rng(rng).standard_normal(np.shape(y))
     return np.asarray(y, dtype=np.float32)
 
 
@@ -961,4 +978,8 @@ class TorchDegrader:
             if d.read_sigma > 0:
                 y = y + d.read_sigma * torch.randn(
                     y.shape, generator=generator, device=y.device, dtype=y.dtype)
+        elif d.noise == "affine_gaussian":
+            slope, floor = d.noise_variance
+            std = (slope * y + floor).clamp(min=0).sqrt()
+            y = y + std * torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
         return y

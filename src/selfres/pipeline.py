@@ -300,10 +300,11 @@ def stage_train(
         voxel_size=vs_known, work_dir=work, device=dev, amp=settings.infer.amp,
     )
     # the guard judges what inference writes: the network wrapped in the inference extras
+    trained = result.settings or settings.train  # with the noise top-up estimated from the data
     extras = inference_extras(settings.infer)
     psnr_out, flags = guard_with_extras(
         result, factors=factors, extras=extras,
-        degradation=make_degradation(settings.train.degradation, voxel_size=vs_known),
+        degradation=make_degradation(trained.degradation, voxel_size=vs_known),
         margin_db=settings.train.guard_margin_db, confidence=settings.train.guard_confidence, device=dev,
         amp=settings.infer.amp)
     meta = {
@@ -319,9 +320,11 @@ def stage_train(
         "stop_reason": result.stop_reason,
         "flags": flags,
         "train_seconds": time.monotonic() - t0 + result.resumed_seconds,  # with the interrupted runs' time
-        "settings": to_dict(settings.train),
+        "settings": to_dict(trained),
         "device": str(dev),
     }
+    if result.noise is not None:
+        meta["noise"] = result.noise
     tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -725,6 +728,9 @@ def stage_qc(
         "restored_content": restored_attrs.get("content", "model"),
         "inference_extras": sv.get("inference_extras"),
         "psf_sigma_um": sv.get("psf_sigma_um"),
+        # enhance with train.degradation.noise "match": the acquisition's noise σ at two intensities,
+        # to which every training input and the held-out input were topped up
+        "noise_sigma_at": (meta.get("noise") or {}).get("sigma_at") if mode == "enhance" else None,
         "holdout_gain_db_interval": sv.get("gain_db_interval"),
         # the gain the guard asks of a trained network (isotropic: any gain)
         "guard_margin_db": ((meta.get("settings") or {}).get("guard_margin_db") if mode == "enhance" else 0.0),

@@ -1444,6 +1444,12 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
         bits.append("Training and this held-out score used PSF-scaled targets (the PSF given as "
                     f"train.psf_sigma_um, σ z,y,x = {_esc(', '.join(_fmt(_num(v)) for v in psf))} µm): "
                     "the figure is only as right as that PSF.")
+    noise_at = metrics.get("noise_sigma_at")
+    if isinstance(noise_at, Mapping) and _num(noise_at.get("0.1")) is not None and _num(noise_at.get("0.5")) is not None:
+        bits.append("The training inputs and the held-out input were given the acquisition's own noise (estimated "
+                    f"σ {_esc(_fmt(_num(noise_at['0.1']), digits=3))} at 10 % and "
+                    f"{_esc(_fmt(_num(noise_at['0.5']), digits=3))} at 50 % of the normalised range), so the "
+                    "figure counts what that noise does to the output.")
     ref = metrics.get("reference") or {}
     r_out, r_int = _num(ref.get("psnr")), _num(ref.get("psnr_interp"))
     if r_out is not None and r_int is not None and metrics.get("restored_content", "model") == "model":

@@ -80,9 +80,16 @@ class DegradationSettings:
     refractive_index: float | None = None
     microscope: Literal["widefield", "confocal", "two_photon"] = "widefield"
     psf_path: str | None = None
-    noise: Literal["none", "poisson_gaussian"] = "none"
+    noise: Literal["none", "poisson_gaussian", "match"] = "match"
+    """``match``: top up every degraded input's noise to the acquisition's own level, estimated
+    from the training FOV (:mod:`selfres.noise`); ``poisson_gaussian``: fixed ``gain`` and
+    ``read_sigma``."""
     gain: float = 100.0
     read_sigma: float = 0.0
+    noise_variance: tuple[float, float] | None = None
+    """With ``noise: match``: the top-up's variance ``slope·intensity + floor`` (normalised
+    units). Training fills it in from the data (recorded in ``model.json``); a value given
+    here is used as it is."""
 
     def validate(self) -> None:
         if self.method == "psf" and not self.psf_path:

@@ -66,6 +66,13 @@ class TrainResult:
     resumed_seconds: float = 0.0
     """Training time of earlier, interrupted runs that this one resumed from their checkpoint
     (included in ``seconds``; a caller timing this run adds it to its own clock)."""
+    settings: TrainSettings | None = None
+    """The settings as trained: with ``degradation.noise = "match"``, ``noise_variance`` is the
+    top-up estimated from the data (what ``model.json`` records, so that the QC re-makes the
+    same held-out pair)."""
+    noise: dict | None = None
+    """With ``noise = "match"``: the acquisition's noise estimate and the top-up
+    (:func:`resolve_noise_match`)."""
 
 
 def make_degradation(
@@ -92,14 +99,52 @@ def make_degradation(
     else:
         sigma_px = None
     psf = degrade.load_psf(settings.psf_path) if settings.method == "psf" else None
+    noise, variance = settings.noise, (0.0, 0.0)
+    if noise == "match":  # the top-up training estimated; not yet estimated: no noise (back-projection ignores it)
+        noise, variance = ("affine_gaussian", settings.noise_variance) if settings.noise_variance else ("none", variance)
     return degrade.Degradation(
         method=settings.method,
         sigma_px=None if sigma_px is None else tuple(float(s) for s in sigma_px),
         psf=psf,
-        noise=settings.noise,
+        noise=noise,
         gain=settings.gain,
         read_sigma=settings.read_sigma,
+        noise_variance=tuple(variance),
     )
+
+
+def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settings: TrainSettings,
+                        voxel_size: Sequence[float] | None) -> tuple[TrainSettings, dict | None]:
+    """``settings`` with the noise top-up of ``degradation.noise = "match"`` filled in from the
+    data, and what was estimated (``None`` when there is nothing to estimate).
+
+    The acquisition's noise level (:func:`selfres.noise.noise_level_function` on the
+    training FOV, as acquired) times the fraction of white-noise variance that making a
+    training input removes (PSF-scaled target blur, then ``D``): added to every degraded
+    input, it makes that input as noisy as the acquisition the network will be applied to.
+    """
+    import dataclasses
+
+    from . import noise
+
+    deg = settings.degradation
+    if deg.noise != "match" or deg.noise_variance is not None:
+        return settings, None
+    fs = tuple(int(f) for f in factors)
+    level = noise.noise_level_function(train_volume)
+    clean = make_degradation(dataclasses.replace(deg, noise="none"), voxel_size=voxel_size)
+    blur = psf_target_blur_px(settings.psf_sigma_um, fs, voxel_size)
+    dims = 2 if np.asarray(train_volume).shape[0] == 1 else 3
+    size = (12, 24, 24) if dims == 3 else (1, 64, 64)
+    kept = noise.variance_kept(lambda v: degrade.degrade(psf_scaled_targets(v, blur), fs, clean), fs, size=size)
+    top = noise.topup_variance(level, kept)
+    info = {"acquisition": level.as_list(), "kept": kept, "topup": top.as_list(),
+            "sigma_at": {str(mu): float(np.sqrt(level.variance(mu))) for mu in (0.1, 0.5)}}
+    log.info("noise match: acquisition noise σ %.4f at 0.1 and %.4f at 0.5 of the normalised range "
+             "(variance %.3g·μ + %.3g); making an input keeps %.0f %% of it, so each is topped up",
+             info["sigma_at"]["0.1"], info["sigma_at"]["0.5"], level.slope, level.floor, 100 * kept)
+    resolved = dataclasses.replace(deg, noise_variance=tuple(top.as_list()))
+    return dataclasses.replace(settings, degradation=resolved), info
 
 
 def crop_to_multiple(volume: np.ndarray, factors: Sequence[int]) -> np.ndarray:
@@ -497,9 +542,12 @@ def train_enhance(
         Stop (as if killed) after this many steps — for tests of resumption.
     """
     factors = tuple(int(f) for f in factors)
+    settings, noise_info = resolve_noise_match(train_volume, factors, settings, voxel_size)
     if settings.x4_strategy == "serial" and serial_split(factors) is not None:
-        return train_serial(train_volume, holdout_volume, factors=factors, settings=settings,
-                            voxel_size=voxel_size, work_dir=work_dir, device=device, amp=amp)
+        result = train_serial(train_volume, holdout_volume, factors=factors, settings=settings,
+                              voxel_size=voxel_size, work_dir=work_dir, device=device, amp=amp)
+        result.settings, result.noise = settings, noise_info
+        return result
     device = torch.device(device)
     torch.manual_seed(settings.seed)
     degradation = make_degradation(settings.degradation, voxel_size=voxel_size)
@@ -644,6 +692,7 @@ def train_enhance(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=seconds,
         stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
         flags=flags, log_rows=sel.rows, holdout=(target_h, low_h, interp_h), resumed_seconds=elapsed_before,
+        settings=settings, noise=noise_info,
     )
 
 

@@ -1,0 +1,159 @@
+"""The acquisition's noise: estimated from the data, and matched in training inputs.
+
+A self-supervised training input is the acquisition degraded once more (``D``: downscale,
+blur). ``D`` averages the acquisition's noise down, so without help the network trains on
+inputs much cleaner than the acquisition it is later applied to, and the held-out check
+(made the same way) cannot see what the noise does to the output. Matching tops the noise
+of every degraded input back up to the acquisition's own level:
+
+1. :func:`noise_level_function` estimates the acquisition's noise variance as a function
+   of intensity, ``var(μ) = slope·μ + floor`` (Poisson–Gaussian: shot noise grows with the
+   signal, read noise does not), from voxels where the image is locally smooth;
+2. :func:`variance_kept` measures the fraction of white-noise variance that survives
+   ``D`` (and any target blur before it);
+3. the top-up adds Gaussian noise of variance ``(1 − kept)·var(μ)`` to each degraded
+   input voxel (``noise = "affine_gaussian"`` of :class:`selfres.degrade.Degradation`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["NoiseLevel", "immerkaer_residual", "noise_level_function", "topup_variance", "variance_kept"]
+
+# Immerkær's mask cancels locally planar signal; on white noise of σ its response, divided by
+# 6, has standard deviation σ.
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64) / 6.0
+_MAD_TO_SIGMA = 1.4826
+# correlation of neighbouring residuals (along y or x) for white noise: the mask's autocorrelation
+# at lag 1 over lag 0, (-4)/6
+_WHITE_LAG1 = -2.0 / 3.0
+
+
+@dataclass(frozen=True)
+class NoiseLevel:
+    """Noise variance as a function of intensity: ``slope·μ + floor`` (normalised units)."""
+
+    slope: float
+    floor: float
+
+    def variance(self, mu):
+        return np.clip(self.slope * np.asarray(mu, dtype=np.float64) + self.floor, 0.0, None)
+
+    def as_list(self) -> list[float]:
+        return [float(self.slope), float(self.floor)]
+
+
+def immerkaer_residual(plane: np.ndarray) -> np.ndarray:
+    """The noise residual of a 2-D plane (Immerkær's mask / 6; the plane's border dropped):
+    white noise of σ gives a residual of standard deviation σ, planar signal gives 0."""
+    from scipy.ndimage import convolve
+
+    return convolve(np.asarray(plane, dtype=np.float64), _IMMERKAER, mode="mirror")[1:-1, 1:-1]
+
+
+def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int = 16,
+                         smooth_fraction: float = 0.25, min_voxels: int = 64,
+                         white_signature: bool = True) -> NoiseLevel:
+    """Estimate the noise variance of ``volume`` against intensity (``ZYX`` or ``YX``).
+
+    Per lateral plane (up to ``max_planes``, evenly spaced): the Immerkær residual, the
+    local 3×3 mean, and the gradient magnitude of the plane smoothed with σ 1.5 voxels.
+    Voxels are binned by local mean (``bins`` quantile bins); in each bin only the
+    ``smooth_fraction`` with the smallest smoothed gradient count (edges and curved
+    structure leak into the residual; the smoothed gradient, a low-pass measure, hardly
+    depends on the noise it selects for), and the residual's variance there is its
+    robust (MAD) σ squared, times the share of it that looks like white noise (the
+    residual of white noise has a lag-1 correlation of −2/3 between neighbours in the
+    plane and none with the next plane; structure correlates otherwise: the share is
+    the in-plane ratio to −2/3 times one minus the correlation with the next plane;
+    ``white_signature=False`` counts the whole residual). A line ``slope·μ + floor`` is fitted to the bins by least
+    squares; a negative slope is refitted as a constant, and the result is never below 0.
+
+    On the benchmark's real volumes, downscaled ×2 and given Poisson noise of 200 or 1000
+    photons at the 99.9th percentile, the estimate was within about 25 % of the added
+    variance, except where the volume's own noise adds to it.
+    """
+    from scipy.ndimage import gaussian_gradient_magnitude, uniform_filter
+
+    vol = np.asarray(volume, dtype=np.float64)
+    if vol.ndim == 2:
+        vol = vol[None]
+    idx = np.unique(np.linspace(0, vol.shape[0] - 1, min(max_planes, vol.shape[0])).astype(int))
+    res, lag, zlag, mean, grad = [], [], [], [], []
+    for i in idx:
+        plane = vol[i]
+        if min(plane.shape) < 8:
+            continue
+        r = immerkaer_residual(plane)
+        inner = (slice(1, -2), slice(1, -2))  # voxels whose residual has a right and a lower neighbour
+        res.append(r[:-1, :-1].ravel())
+        lag.append((0.5 * (r[:-1, :-1] * r[:-1, 1:] + r[:-1, :-1] * r[1:, :-1])).ravel())
+        # the next plane's residual at the same place (the previous one for the last plane)
+        j = i + 1 if i + 1 < vol.shape[0] else i - 1
+        zlag.append((r[:-1, :-1] * immerkaer_residual(vol[j])[:-1, :-1]).ravel() if j >= 0
+                    else np.zeros(r[:-1, :-1].size))
+        mean.append(uniform_filter(plane, 3, mode="mirror")[inner].ravel())
+        grad.append(gaussian_gradient_magnitude(plane, 1.5, mode="mirror")[inner].ravel())
+    if not res:
+        return NoiseLevel(0.0, 0.0)
+    r, c, cz = np.concatenate(res), np.concatenate(lag), np.concatenate(zlag)
+    m, g = np.concatenate(mean), np.concatenate(grad)
+    edges = np.unique(np.quantile(m, np.linspace(0.0, 1.0, bins + 1)))
+    which = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, max(len(edges) - 2, 0))
+    mus, variances, counts = [], [], []
+    for b in range(max(len(edges) - 1, 1)):
+        sel = which == b
+        if sel.sum() < min_voxels:
+            continue
+        gb = g[sel]
+        smooth = gb <= np.quantile(gb, smooth_fraction)
+        rb, cb, czb = r[sel][smooth], c[sel][smooth], cz[sel][smooth]
+        if rb.size < min_voxels // 4:
+            continue
+        sigma = _MAD_TO_SIGMA * float(np.median(np.abs(rb - np.median(rb))))
+        # white noise's residual has a lag-1 correlation of exactly -2/3 in the plane and 0
+        # with the next plane; structure leaking into it does not: count only the share of
+        # the residual with that signature
+        power = max(float(np.mean(rb * rb)), 1e-30)
+        white = min(max(float(np.mean(cb)) / power / _WHITE_LAG1, 0.0), 1.0)
+        white *= min(max(1.0 - float(np.mean(czb)) / power, 0.0), 1.0)
+        if not white_signature:
+            white = 1.0
+        mus.append(float(np.median(m[sel])))
+        variances.append(sigma * sigma * white)
+        counts.append(float(rb.size))
+    if not mus:
+        return NoiseLevel(0.0, 0.0)
+    mu, var, w = np.asarray(mus), np.asarray(variances), np.sqrt(np.asarray(counts))
+    if len(mu) >= 2 and np.ptp(mu) > 0:
+        slope, floor = np.linalg.lstsq(np.c_[mu, np.ones_like(mu)] * w[:, None], var * w, rcond=None)[0]
+    else:
+        slope, floor = 0.0, float(np.median(var))
+    if slope < 0:
+        slope, floor = 0.0, float(np.average(var, weights=w))
+    return NoiseLevel(float(slope), float(floor))
+
+
+def variance_kept(operator: Callable[[np.ndarray], np.ndarray], factors: Sequence[int], *,
+                  size: Sequence[int] = (12, 24, 24), seed: int = 0) -> float:
+    """Fraction of white-noise variance that survives ``operator`` (a linear map from a
+    volume to its ``factors``-times smaller degraded copy), measured on unit white noise of
+    ``size × factors`` voxels; the outermost output voxel of every axis is left out
+    (mirrored borders)."""
+    fs = tuple(int(f) for f in factors)
+    shape = tuple(int(s) * f for s, f in zip(size, fs))
+    white = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    out = np.asarray(operator(white), dtype=np.float64)
+    inner = out[tuple(slice(1, -1) if n > 2 else slice(None) for n in out.shape)]
+    return float(min(1.0, np.mean(inner**2)))
+
+
+def topup_variance(level: NoiseLevel, kept: float) -> NoiseLevel:
+    """The noise to add to a degraded input so that it is as noisy as the acquisition: the
+    acquisition's level times the fraction ``1 − kept`` that degradation removed."""
+    lost = max(0.0, 1.0 - float(kept))
+    return NoiseLevel(level.slope * lost, level.floor * lost)

@@ -1,0 +1,129 @@
+"""The acquisition's noise: its level is estimated from the data, and degraded training inputs
+are topped up to it, so that they are as noisy as the acquisition the network is applied to."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from selfres import degrade, noise
+from selfres.settings import DegradationSettings, TrainSettings
+from selfres.train import holdout_pair, make_degradation, resolve_noise_match, train_enhance
+
+from ..conftest import blob_volume
+
+
+def _smooth_scene(shape=(12, 96, 96), seed=0) -> np.ndarray:
+    """Intensities spread over 0.05..0.85 in smooth blobs and ramps (a cell-like scene)."""
+    rng = np.random.default_rng(seed)
+    v = ndimage.gaussian_filter(rng.random(shape), (2, 6, 6))
+    v = (v - v.min()) / np.ptp(v)
+    return (0.05 + 0.8 * v).astype(np.float32)
+
+
+def _poisson_gaussian(clean: np.ndarray, *, photons_per_unit: float, read_sigma: float, seed=1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.poisson(clean * photons_per_unit) / photons_per_unit
+            + rng.normal(0, read_sigma, clean.shape)).astype(np.float32)
+
+
+def test_noise_level_function_recovers_poisson_gaussian_noise():
+    clean = _smooth_scene()
+    noisy = _poisson_gaussian(clean, photons_per_unit=400.0, read_sigma=0.01)
+    level = noise.noise_level_function(noisy)
+    for mu in (0.1, 0.5, 0.8):
+        true = mu / 400.0 + 0.01**2
+        assert level.variance(mu) == pytest.approx(true, rel=0.25), mu
+    # a clean scene has (almost) no noise: its smooth structure is not mistaken for it
+    quiet = noise.noise_level_function(clean)
+    assert quiet.variance(0.5) < 0.01 * (0.5 / 400.0)
+
+
+def test_noise_level_function_of_constant_gaussian_noise_has_no_slope():
+    noisy = _smooth_scene() + np.random.default_rng(2).normal(0, 0.03, (12, 96, 96)).astype(np.float32)
+    level = noise.noise_level_function(noisy)
+    assert np.sqrt(level.variance(0.1)) == pytest.approx(0.03, rel=0.15)
+    assert np.sqrt(level.variance(0.8)) == pytest.approx(0.03, rel=0.15)
+
+
+def test_white_noise_signature_discounts_structure_leaking_into_the_residual():
+    """Sharp, z-continuous structure (thin lines along z): the residual it leaks is correlated
+    between neighbours and between planes, unlike noise, and is not counted as noise."""
+    v = np.zeros((12, 96, 96), np.float32)
+    rng = np.random.default_rng(3)
+    for y, x in rng.integers(4, 92, size=(80, 2)):
+        v[:, y, x] = 1.0
+    v = ndimage.gaussian_filter(v, (0, 0.7, 0.7))
+    v = (0.05 + 0.8 * v / v.max()).astype(np.float32)
+    leak = noise.noise_level_function(v)
+    without_signature = noise.noise_level_function(v, white_signature=False)
+    assert leak.variance(0.5) < 0.3 * without_signature.variance(0.5)
+    noisy = v + np.random.default_rng(4).normal(0, 0.02, v.shape).astype(np.float32)
+    assert np.sqrt(noise.noise_level_function(noisy).variance(0.05)) == pytest.approx(0.02, rel=0.25)
+
+
+def test_variance_kept_by_the_cubic_downscale_is_the_sum_of_its_squared_weights():
+    # along one axis the antialiased cubic ×2 is a row of weights w; white noise keeps Σw² of its variance
+    w = degrade.resize_matrix(64, 32)[16]
+    per_axis = float(np.sum(w**2))
+    for factors, axes in (((1, 2, 2), 2), ((2, 2, 2), 3), ((1, 1, 2), 1)):
+        kept = noise.variance_kept(lambda v, f=factors: degrade.downscale_cubic(v, f), factors)
+        assert kept == pytest.approx(per_axis**axes, rel=0.06), factors
+    assert noise.variance_kept(lambda v: v, (1, 1, 1)) == pytest.approx(1.0, rel=0.02)
+
+
+def test_affine_gaussian_noise_has_the_asked_variance_in_numpy_and_torch():
+    d = degrade.Degradation(noise="affine_gaussian", noise_variance=(0.01, 0.0004))
+    flat = np.full((8, 64, 64), 0.5, np.float32)  # the cubic downscale keeps a constant
+    expected = 0.01 * 0.5 + 0.0004
+    y = degrade.degrade(flat, (1, 2, 2), d, rng=0)
+    assert np.var(y) == pytest.approx(expected, rel=0.08) and np.mean(y) == pytest.approx(0.5, abs=0.01)
+    yt = degrade.TorchDegrader((1, 2, 2), d)(torch.from_numpy(flat)[None, None],
+                                             generator=torch.Generator().manual_seed(0))
+    assert float(yt.var()) == pytest.approx(expected, rel=0.08)
+    with pytest.raises(Exception, match="noise_variance"):
+        degrade.Degradation(noise="affine_gaussian", noise_variance=(0.1,))
+
+
+def test_match_tops_degraded_inputs_up_to_the_acquisitions_noise():
+    """The point of matching: a training input is as noisy as the acquisition (it was ~(Σw²)³
+    as noisy without), measured with the same residual on both."""
+    acquisition = _poisson_gaussian(_smooth_scene((16, 96, 96)), photons_per_unit=300.0, read_sigma=0.005)
+    factors = (2, 2, 2)
+    settings = TrainSettings(degradation=DegradationSettings(noise="match"))
+    resolved, info = resolve_noise_match(acquisition, factors, settings, None)
+    assert resolved.degradation.noise_variance is not None and 0 < info["kept"] < 0.2
+    level = noise.noise_level_function(acquisition)
+
+    def sigma_at(vol, mu=0.45):
+        return float(np.sqrt(noise.noise_level_function(vol).variance(mu)))
+
+    plain = degrade.degrade(acquisition, factors, make_degradation(
+        DegradationSettings(noise="none"), voxel_size=None))
+    topped = degrade.degrade(acquisition, factors, make_degradation(resolved.degradation, voxel_size=None), rng=0)
+    target = float(np.sqrt(level.variance(0.45)))
+    assert sigma_at(plain) < 0.6 * target
+    assert sigma_at(topped) == pytest.approx(target, rel=0.25)
+    # nothing to estimate: already resolved, or another noise model
+    assert resolve_noise_match(acquisition, factors, resolved, None) == (resolved, None)
+    off = TrainSettings(degradation=DegradationSettings(noise="none"))
+    assert resolve_noise_match(acquisition, factors, off, None) == (off, None)
+
+
+def test_training_records_the_top_up_and_scores_the_held_out_pair_made_with_it():
+    vol = _poisson_gaussian(blob_volume((8, 48, 48), n=120, sigma=(1.0, 1.2, 1.2)), photons_per_unit=200.0,
+                            read_sigma=0.0)
+    train, held = vol[:, :36], vol[:, 36:]
+    s = TrainSettings(steps=2, width=8, depth=1, batch_size=2, patch_size=(4, 16, 16), validate_every=1,
+                      warmup_steps=1)
+    assert s.degradation.noise == "match"  # the default
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=s)
+    top = r.settings.degradation.noise_variance
+    assert top is not None and top[0] > 0 and r.noise["topup"] == list(top)
+    # the held-out pair training scored is the one the recorded settings make again (QC does this)
+    target, low, _ = holdout_pair(held, (1, 2, 2), make_degradation(r.settings.degradation, voxel_size=None))
+    np.testing.assert_array_equal(low, r.holdout[1])
+    clean_low = holdout_pair(held, (1, 2, 2), make_degradation(DegradationSettings(noise="none"), voxel_size=None))[1]
+    assert np.std(low - clean_low) > 0.5 * np.sqrt(top[0] * float(np.mean(clean_low)))

@@ -206,17 +206,15 @@ def estimate_noise_sigma(volume: np.ndarray, *, max_planes: int = 8) -> float:
     noise its response has standard deviation ``6σ``, estimated by the median absolute
     response / 0.6745 (robust to edges). The median over a few planes is returned.
     """
-    from scipy.ndimage import convolve
+    from .noise import immerkaer_residual
 
     vol = np.asarray(volume, dtype=np.float32)
-    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)
     idx = np.unique(np.linspace(0, vol.shape[0] - 1, min(max_planes, vol.shape[0])).astype(int))
     vals = []
     for i in idx:
         if min(vol[i].shape) < 8:
             continue
-        r = convolve(vol[i].astype(np.float64), mask, mode="mirror")[1:-1, 1:-1]
-        vals.append(float(np.median(np.abs(r))) / 0.6745 / 6.0)
+        vals.append(float(np.median(np.abs(immerkaer_residual(vol[i])))) / 0.6745)
     return float(np.median(vals)) if vals else 0.0
 
 

@@ -137,11 +137,12 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "volume scores a lower PSNR than plain interpolation, whatever the held-out "
         "self-validation said. The held-out region is scored one scale "
         "coarser and degraded by the training degradation: when the acquisition was "
-        "made differently (another blur, noise), the two can disagree, and the reference "
-        "is the one to trust.",
-        "In enhance mode, on a noisy acquisition, try infer.back_projection_iterations: 0 for the sample "
-        "(back-projection holds the output to the noisy input; on the demo's neurites this "
-        "turned -0.32 dB into +0.87 dB against the truth). Give the acquisition's blur "
+        "made differently (another blur or sampling; noise, unless train.degradation.noise "
+        "is match), the two can disagree, and the reference is the one to trust.",
+        "In enhance mode try infer.back_projection_iterations: 0 for the sample "
+        "(back-projection holds the output to the training degradation; on the demo's neurites "
+        "this turned -0.06 dB into +1.36 dB against the truth), and train.degradation.noise: match "
+        "if it was set otherwise. Give the acquisition's blur "
         "(train.psf_sigma_um, or train.degradation.method gaussian/psf), then compare "
         "again; or use the interpolation for such samples.",
     ),

@@ -1448,8 +1448,8 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
     noise_at = metrics.get("noise_sigma_at")
     if isinstance(noise_at, Mapping) and _num(noise_at.get("0.1")) is not None and _num(noise_at.get("0.5")) is not None:
         bits.append("The training inputs and the held-out input were given the acquisition's own noise (estimated "
-                    f"σ {_esc(_fmt(_num(noise_at['0.1']), digits=3))} at 10 % and "
-                    f"{_esc(_fmt(_num(noise_at['0.5']), digits=3))} at 50 % of the normalised range), so the "
+                    f"σ {_num(noise_at['0.1']):.2g} at 10 % and "
+                    f"{_num(noise_at['0.5']):.2g} at 50 % of the normalised range), so the "
                     "figure counts what that noise does to the output.")
     ref = metrics.get("reference") or {}
     r_out, r_int = _num(ref.get("psnr")), _num(ref.get("psnr_interp"))

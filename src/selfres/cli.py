@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--provenance", type=Path, required=True)
     s.add_argument("--config", default=None, help="resolved per-sample config (JSON) for provenance")
+    s.add_argument("--workflow-dir", type=Path, default=None,
+                   help="folder of the Snakefile that ran (provenance records its git commit)")
     s.add_argument("--benchmarks", type=Path, default=None)
     s.add_argument("--figures", type=Path, default=None,
                    help="also write the key figures as PNG files into this folder")
@@ -199,7 +201,7 @@ def run(args) -> int:
         cfg = json.loads(args.config) if args.config else None
         pipeline.stage_report(args.normalized, args.restored, args.model, args.fov, args.metrics, args.output,
                               args.provenance, sample=sample, resolved_config=cfg, benchmarks_dir=args.benchmarks,
-                              figures_dir=args.figures)
+                              figures_dir=args.figures, workflow_dir=args.workflow_dir)
     elif cmd == "summary":
         samples = [s for s in args.samples.split(",") if s]
         modes = json.loads(args.modes) if args.modes else None

@@ -98,19 +98,22 @@ def read_normalized(path: str | Path, *, lazy: bool = False) -> tuple[io.Volume,
     return vol, params
 
 
-def git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+def git_commit(where: str | Path | None = None) -> str | None:
+    """The commit checked out where ``where`` lies (default: the selfres package's own
+    files); ``None`` outside a git checkout."""
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
+        return (out.stdout.strip() or None) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def git_dirty() -> bool | None:
-    """Whether the checkout selfres runs from has uncommitted changes to tracked files
-    (then ``git_commit`` alone does not say which code ran); ``None`` outside a checkout."""
-    here = Path(__file__).resolve().parent
+def git_dirty(where: str | Path | None = None) -> bool | None:
+    """Whether the checkout selfres runs from (or the one ``where`` lies in) has uncommitted
+    changes to tracked files (then ``git_commit`` alone does not say which code ran);
+    ``None`` outside a checkout."""
+    here = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
                              capture_output=True, text=True, timeout=5)
@@ -773,8 +776,13 @@ def stage_report(
     resolved_config: dict | None = None,
     benchmarks_dir: str | Path | None = None,
     figures_dir: str | Path | None = None,
+    workflow_dir: str | Path | None = None,
 ) -> None:
     """Render ``report.html`` and write ``provenance.json`` (and figure PNGs to ``figures_dir``).
+
+    ``workflow_dir``: the folder of the Snakefile that ran; provenance then records its
+    checkout's commit too (``workflow``), which differs from the package's (``git_commit``)
+    when selfres is installed from elsewhere.
 
     Volumes are read lazily: the figures read centre planes, slab-wise projections and
     small crops; the interpolation is computed only where a figure reads it.
@@ -818,6 +826,8 @@ def stage_report(
         "selfres_version": __version__,
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
+        "workflow": ({"dir": str(Path(workflow_dir).resolve()), "git_commit": git_commit(workflow_dir),
+                      "git_dirty": git_dirty(workflow_dir)} if workflow_dir is not None else None),
         "input": vol.attrs.get("source"),
         "input_checksum": vol.attrs.get("source_checksum"),
         "resolved_config": resolved_config or {},

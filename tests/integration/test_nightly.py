@@ -235,6 +235,13 @@ def test_provenance_per_sample_is_complete(night1):
     assert cfg["settings"]["train"]["steps"] == 4  # the workdir's config, not the defaults
     assert prov["selfres_version"] and re.fullmatch(r"[0-9a-f]{40}", prov["git_commit"] or "")
     assert prov["git_dirty"] in (True, False)  # a run from a modified checkout says so
+    # the workflow that ran (its Snakefile's checkout), which need not be where the package is installed from
+    from workdir import SNAKEFILE
+
+    head = subprocess.run(["git", "-C", str(SNAKEFILE.parent), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    assert prov["workflow"]["dir"] == str(SNAKEFILE.parent.resolve())
+    assert prov["workflow"]["git_commit"] == head and prov["workflow"]["git_dirty"] in (True, False)
     for pkg in ("python", "torch", "numpy", "zarr", "snakemake"):
         assert prov["software"][pkg], pkg
     assert prov["host"] and prov["written"]

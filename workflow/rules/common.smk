@@ -223,7 +223,8 @@ def _applied_settings(sample):
 
 def report_args(wildcards):
     s = wildcards.sample
-    return " ".join(_q(a) for a in ["--sample", s, "--config", json.dumps(resolved_config(s))])
+    return " ".join(_q(a) for a in ["--sample", s, "--config", json.dumps(resolved_config(s)),
+                                    "--workflow-dir", workflow.basedir])
 
 
 def summary_args(wildcards):

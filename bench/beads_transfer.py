@@ -53,6 +53,7 @@ def main() -> None:
     if a.psf_sigma:
         blur = T.psf_target_blur_px([float(v) for v in a.psf_sigma.split(",")], fac, (1.0, 1.0, 1.0))
         train_v, hold_v = T.psf_scaled_targets(train_v, blur), T.psf_scaled_targets(hold_v, blur)
+    s, _ = T.resolve_noise_match(train_v, fac, s, None)  # the default noise top-up, as training makes it
     deg = T.make_degradation(s.degradation, voxel_size=None)
     torch.manual_seed(s.seed)
     spec = models.ModelSpec(arch=s.arch, factors=fac, width=s.width, depth=s.depth, residual=s.residual, dims=3)

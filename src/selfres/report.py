@@ -1446,11 +1446,16 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
                     f"train.psf_sigma_um, σ z,y,x = {_esc(', '.join(_fmt(_num(v)) for v in psf))} µm): "
                     "the figure is only as right as that PSF.")
     noise_at = metrics.get("noise_sigma_at")
-    if isinstance(noise_at, Mapping) and _num(noise_at.get("0.1")) is not None and _num(noise_at.get("0.5")) is not None:
+    low, mid = ((_num(noise_at.get("0.1")), _num(noise_at.get("0.5"))) if isinstance(noise_at, Mapping)
+                else (None, None))
+    if low is not None and mid is not None and max(low, mid) > 0:
         bits.append("The training inputs and the held-out input were given the acquisition's own noise (estimated "
-                    f"σ {_num(noise_at['0.1']):.2g} at 10 % and "
-                    f"{_num(noise_at['0.5']):.2g} at 50 % of the normalised range), so the "
+                    f"σ {low:.2g} at 10 % and {mid:.2g} at 50 % of the normalised range), so the "
                     "figure counts what that noise does to the output.")
+    elif low is not None and mid is not None:
+        bits.append("No noise could be measured in the acquisition (none, or too few voxels to tell), so the "
+                    "training inputs and the held-out input were not given any: if the acquisition is noisy, "
+                    "the figure does not count what its noise does to the output.")
     ref = metrics.get("reference") or {}
     r_out, r_int = _num(ref.get("psnr")), _num(ref.get("psnr_interp"))
     if r_out is not None and r_int is not None and metrics.get("restored_content", "model") == "model":

@@ -92,6 +92,13 @@ class DegradationSettings:
     here is used as it is."""
 
     def validate(self) -> None:
+        if self.noise_variance is not None:
+            if self.noise != "match":
+                raise ConfigError(f"degradation.noise_variance is used only with noise 'match'; received it with "
+                                  f"noise {self.noise!r}")
+            if len(self.noise_variance) != 2 or min(self.noise_variance) < 0:
+                raise ConfigError(f"degradation.noise_variance must be two numbers >= 0 (slope, floor); received "
+                                  f"{list(self.noise_variance)}")
         if self.method == "psf" and not self.psf_path:
             raise ConfigError("degradation.method 'psf' needs degradation.psf_path")
         if self.method == "gaussian" and self.sigma_um is None and self.na is None:

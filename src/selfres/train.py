@@ -113,6 +113,11 @@ def make_degradation(
     )
 
 
+#: Keys of ``sigma_at`` in :func:`resolve_noise_match`'s record (``model.json`` ``noise``, and the
+#: report): the noise σ at 10 % and 50 % of the normalised range.
+NOISE_AT = ("0.1", "0.5")
+
+
 def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settings: TrainSettings,
                         voxel_size: Sequence[float] | None) -> tuple[TrainSettings, dict | None]:
     """``settings`` with the noise top-up of ``degradation.noise = "match"`` filled in from the
@@ -138,11 +143,17 @@ def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settin
     size = (12, 24, 24) if dims == 3 else (1, 64, 64)
     kept = noise.variance_kept(lambda v: degrade.degrade(psf_scaled_targets(v, blur), fs, clean), fs, size=size)
     top = noise.topup_variance(level, kept)
-    info = {"acquisition": level.as_list(), "kept": kept, "topup": top.as_list(),
-            "sigma_at": {str(mu): float(np.sqrt(level.variance(mu))) for mu in (0.1, 0.5)}}
-    log.info("noise match: acquisition noise σ %.4f at 0.1 and %.4f at 0.5 of the normalised range "
-             "(variance %.3g·μ + %.3g); making an input keeps %.0f %% of it, so each is topped up",
-             info["sigma_at"]["0.1"], info["sigma_at"]["0.5"], level.slope, level.floor, 100 * kept)
+    info = {"acquisition": level.as_list(), "kept": round(kept, 4), "topup": top.as_list(), "bins": level.bins,
+            "sigma_at": {NOISE_AT[0]: float(np.sqrt(level.variance(0.1))),
+                         NOISE_AT[1]: float(np.sqrt(level.variance(0.5)))}}
+    if level.bins == 0:
+        log.warning("noise match: the acquisition's noise could not be measured on the training FOV %s (too few "
+                    "voxels in planes of at least 8 x 8, or none finite); training inputs are not topped up",
+                    tuple(np.asarray(train_volume).shape))
+    else:
+        log.info("noise match: acquisition noise σ %.4f at 0.1 and %.4f at 0.5 of the normalised range "
+                 "(variance %.3g·μ %+.3g); making an input keeps %.0f %% of it, so each is topped up",
+                 info["sigma_at"][NOISE_AT[0]], info["sigma_at"][NOISE_AT[1]], level.slope, level.floor, 100 * kept)
     resolved = dataclasses.replace(deg, noise_variance=tuple(top.as_list()))
     return dataclasses.replace(settings, degradation=resolved), info
 
@@ -815,6 +826,10 @@ def train_serial(
     f1, f2 = split
     device = torch.device(device)
     half = dataclasses.replace(settings, x4_strategy="direct", max_minutes=settings.max_minutes / 2)
+    if settings.degradation.noise == "match":
+        # each stage tops up its own inputs: stage 1 to the acquisition's noise through its own ×2,
+        # stage 2 to the noise of stage 1's output, which is what it is applied to
+        half = dataclasses.replace(half, degradation=dataclasses.replace(settings.degradation, noise_variance=None))
     wd = Path(work_dir) if work_dir else None
     if wd:
         for sub in ("stage1", "stage2"):

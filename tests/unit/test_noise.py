@@ -24,9 +24,7 @@ def _smooth_scene(shape=(12, 96, 96), seed=0) -> np.ndarray:
 
 
 def _poisson_gaussian(clean: np.ndarray, *, photons_per_unit: float, read_sigma: float, seed=1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (rng.poisson(clean * photons_per_unit) / photons_per_unit
-            + rng.normal(0, read_sigma, clean.shape)).astype(np.float32)
+    return degrade.add_noise(clean, gain=photons_per_unit, read_sigma=read_sigma, rng=seed)
 
 
 def test_noise_level_function_recovers_poisson_gaussian_noise():
@@ -127,3 +125,109 @@ def test_training_records_the_top_up_and_scores_the_held_out_pair_made_with_it()
     np.testing.assert_array_equal(low, r.holdout[1])
     clean_low = holdout_pair(held, (1, 2, 2), make_degradation(DegradationSettings(noise="none"), voxel_size=None))[1]
     assert np.std(low - clean_low) > 0.5 * np.sqrt(top[0] * float(np.mean(clean_low)))
+
+
+def test_a_negative_fitted_floor_is_refitted_through_the_origin():
+    """Bins spanning little intensity can fit a line with a negative floor, which would leave
+    the dark voxels without noise: never below 0 anywhere."""
+    rng = np.random.default_rng(1)  # a seed whose plain line fit has floor -6e-4 (measured)
+    scene = 0.45 + 0.1 * _smooth_scene((12, 96, 96), seed=1)
+    level = noise.noise_level_function(scene + rng.normal(0, 0.03, scene.shape))
+    assert level.floor >= 0 and level.slope >= 0 and level.variance(0.1) > 0
+    assert level.variance(0.5) == pytest.approx(0.03**2, rel=0.3)
+
+
+def test_saturated_voxels_do_not_read_as_noiseless():
+    clean = _smooth_scene()
+    noisy = _poisson_gaussian(clean, photons_per_unit=400.0, read_sigma=0.0)
+    clipped = np.minimum(noisy, np.percentile(noisy, 98))  # a camera saturating on the brightest 2 %
+    level = noise.noise_level_function(clipped)
+    for mu in (0.1, 0.5):  # measured before leaving the saturated voxels' neighbours out: 0.1 read 2.8 x
+        assert level.variance(mu) == pytest.approx(mu / 400.0, rel=0.2), mu
+
+
+def test_a_single_plane_tells_sharp_points_from_noise():
+    """2-D input has no next plane: points of a voxel or two are told from noise by how
+    residuals two apart correlate."""
+    rng = np.random.default_rng(0)
+    v = np.zeros((1, 200, 200), np.float32)
+    v[0][tuple(rng.integers(5, 195, (2, 300)))] = 1
+    v = ndimage.gaussian_filter(v, (0, 0.7, 0.7))
+    v = 0.05 + 0.8 * v / v.max()
+    assert np.sqrt(noise.noise_level_function(v).variance(0.5)) < 0.005
+    noisy = v + rng.normal(0, 0.02, v.shape)
+    assert np.sqrt(noise.noise_level_function(noisy).variance(0.1)) == pytest.approx(0.02, rel=0.25)
+
+
+def test_nothing_measurable_gives_no_top_up_and_a_warning(caplog):
+    assert noise.noise_level_function(np.zeros((4, 6, 6), np.float32)).bins == 0  # planes under 8 x 8
+    assert noise.noise_level_function(np.full((2, 32, 32), np.nan, np.float32)).bins == 0
+    settings = TrainSettings(degradation=DegradationSettings(noise="match"))
+    with caplog.at_level("WARNING", logger="selfres.train"):
+        resolved, info = resolve_noise_match(np.zeros((4, 6, 6), np.float32), (1, 2, 2), settings, None)
+    assert info["bins"] == 0 and resolved.degradation.noise_variance == (0.0, 0.0)
+    assert "could not be measured" in caplog.text
+
+
+def test_psf_scaled_targets_keep_less_of_the_noise_so_inputs_get_more():
+    acquisition = _poisson_gaussian(_smooth_scene((16, 96, 96)), photons_per_unit=300.0, read_sigma=0.0)
+    plain = TrainSettings(degradation=DegradationSettings(noise="match"))
+    psf = TrainSettings(degradation=DegradationSettings(noise="match"), psf_sigma_um=(0.0, 1.0, 1.0))
+    _, a = resolve_noise_match(acquisition, (1, 2, 2), plain, (1.0, 1.0, 1.0))
+    _, b = resolve_noise_match(acquisition, (1, 2, 2), psf, (1.0, 1.0, 1.0))
+    assert b["kept"] < 0.5 * a["kept"] and b["topup"][0] > a["topup"][0]
+
+
+def test_serial_x4_stages_top_up_their_own_inputs():
+    vol = _poisson_gaussian(blob_volume((4, 64, 64), n=150, sigma=(1.0, 1.5, 1.5), seed=1), photons_per_unit=200.0,
+                            read_sigma=0.0)
+    s = TrainSettings(steps=2, width=4, depth=1, batch_size=1, patch_size=(2, 16, 16), validate_every=1,
+                      warmup_steps=1, x4_strategy="serial")
+    r = train_enhance(vol[:, :48], vol[:, 48:], factors=(1, 4, 4), settings=s)
+    full = r.settings.degradation.noise_variance
+    first, second = (st.settings.degradation.noise_variance for st in r.stages)
+    # a ×2 keeps more of the noise than a ×4, so stage 1's top-up is smaller; stage 2 measures its own input
+    assert first[0] < full[0] and second != first and second != full
+
+
+def test_noise_variance_is_only_for_match_and_never_negative():
+    from selfres.errors import ConfigError
+    from selfres.settings import Settings, from_dict
+
+    for bad in ({"noise": "none", "noise_variance": [0.01, 0.0]}, {"noise": "match", "noise_variance": [0.01, -1e-4]}):
+        with pytest.raises(ConfigError, match="noise_variance"):
+            from_dict(Settings, {"train": {"degradation": bad}})
+    ok = from_dict(Settings, {"train": {"degradation": {"noise": "match", "noise_variance": [0.01, 0.0]}}})
+    assert ok.train.degradation.noise_variance == (0.01, 0.0)
+
+
+def test_qc_re_makes_from_model_json_the_held_out_pair_training_scored(tmp_path):
+    """The top-up estimated in training reaches model.json, and QC's self-validation (which
+    rebuilds the held-out pair from it) gives training's figures."""
+    import json
+
+    import tifffile
+
+    from selfres import pipeline
+    from selfres.settings import FovSettings, Settings
+
+    vol = _poisson_gaussian(blob_volume((8, 64, 64), n=150, sigma=(1.0, 1.5, 1.5), seed=2), photons_per_unit=150.0,
+                            read_sigma=0.0) * 1000
+    tifffile.imwrite(tmp_path / "in.tif", vol.astype(np.float32))
+    s = Settings(train=TrainSettings(steps=2, width=4, depth=1, batch_size=1, patch_size=(4, 16, 16),
+                                     validate_every=1, warmup_steps=1))
+    norm = tmp_path / "n.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s")
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 2, 2),
+                        settings=FovSettings(min_holdout_voxels=256))
+    meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 2, 2),
+                                settings=s, device="cpu")
+    recorded = json.loads((tmp_path / "model" / "model.json").read_text())["metadata"]
+    top = recorded["settings"]["degradation"]["noise_variance"]
+    assert recorded["settings"]["degradation"]["noise"] == "match" and top[0] > 0
+    assert recorded["noise"]["topup"] == top
+    vol_n, _ = pipeline.read_normalized(norm)
+    model, _, trained = pipeline.load_trained(tmp_path / "model")
+    sv = pipeline.self_validation(vol_n, pipeline.TrainingFov.load(tmp_path / "fov.json"), model, recorded)
+    assert sv["psnr_interp"] == pytest.approx(meta["self_validation"]["psnr_interp"], abs=1e-6)
+    assert sv["psnr_model"] == pytest.approx(meta["self_validation"]["psnr_model"], abs=1e-4)

@@ -389,10 +389,15 @@ def test_verdict_says_when_the_held_out_score_used_psf_scaled_targets():
 def test_verdict_gives_the_acquisition_noise_the_held_out_input_was_given():
     from selfres import report
 
+    from selfres.train import NOISE_AT
+
     sv = {"psnr_model": 30.0, "psnr_interp": 29.0}
-    assert "own noise" not in report._verdict({"self_validation": sv, "noise_sigma_at": None}, "ok")
-    text = report._verdict({"self_validation": sv, "noise_sigma_at": {"0.1": 0.0123, "0.5": 0.0456}}, "ok")
+    assert "noise" not in report._verdict({"self_validation": sv, "noise_sigma_at": None}, "ok")
+    # keyed as training records it (model.json "noise" → metrics.json "noise_sigma_at")
+    text = report._verdict({"self_validation": sv, "noise_sigma_at": dict(zip(NOISE_AT, (0.0123, 0.0456)))}, "ok")
     assert "own noise" in text and "σ 0.012 at 10 %" in text and "0.046 at 50 %" in text
+    nil = report._verdict({"self_validation": sv, "noise_sigma_at": dict(zip(NOISE_AT, (0.0, 0.0)))}, "ok")
+    assert "No noise could be measured" in nil and "own noise" not in nil
 
 
 def test_verdict_gives_the_held_out_gain_interval_and_says_when_it_cannot_tell():

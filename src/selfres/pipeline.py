@@ -734,6 +734,8 @@ def stage_qc(
         # enhance with train.degradation.noise "match": the acquisition's noise σ at two intensities,
         # to which every training input and the held-out input were topped up
         "noise_sigma_at": (meta.get("noise") or {}).get("sigma_at") if mode == "enhance" else None,
+        "noise_model": (((meta.get("settings") or {}).get("degradation") or {}).get("noise")
+                        if mode == "enhance" else None),
         "holdout_gain_db_interval": sv.get("gain_db_interval"),
         # the gain the guard asks of a trained network (isotropic: any gain)
         "guard_margin_db": ((meta.get("settings") or {}).get("guard_margin_db") if mode == "enhance" else 0.0),

@@ -65,9 +65,13 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "beat it by less than the margin the guard asks of a trained network "
         "(train.guard_margin_db). Unless the configuration says "
         "otherwise, restored.ome.zarr holds the interpolation, not the network output.",
-        "Check the training field of view (is there structure in it, is it "
-        "representative of the sample?), try more training steps or another loss, or "
-        "accept the interpolation for this sample.",
+        "Look at the held-out region (the cyan box in the projections): if it is mostly "
+        "background, where the acquisition's noise outweighs structure, the verdict errs on "
+        "the safe side; a larger fov.holdout_fraction gives it more of the sample. In enhance "
+        "mode on a noisy acquisition, back-projection amplifies the noise: try "
+        "infer.back_projection_iterations: 0 for the sample. Otherwise check that the training "
+        "field of view holds structure, give the acquisition's blur (train.psf_sigma_um), or "
+        "accept the interpolation (more training steps measured worse on the benchmark).",
     ),
     "training_diverged": (
         "The training loss became non-finite or grew far above its starting value; the "
@@ -136,13 +140,11 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "Against the reference given for this sample (its ground truth), the restored "
         "volume scores a lower PSNR than plain interpolation, whatever the held-out "
         "self-validation said. The held-out region is scored one scale "
-        "coarser and degraded by the training degradation: when the acquisition was "
-        "made differently (another blur or sampling; noise, unless train.degradation.noise "
-        "is match), the two can disagree, and the reference is the one to trust.",
+        "coarser and made with the training degradation: when the acquisition was blurred "
+        "or sampled otherwise, the two can disagree, and the reference is the one to trust.",
         "In enhance mode try infer.back_projection_iterations: 0 for the sample "
         "(back-projection holds the output to the training degradation; on the demo's neurites "
-        "this turned -0.06 dB into +1.36 dB against the truth), and train.degradation.noise: match "
-        "if it was set otherwise. Give the acquisition's blur "
+        "this turned -0.06 dB into +1.36 dB against the truth). Give the acquisition's blur "
         "(train.psf_sigma_um, or train.degradation.method gaussian/psf), then compare "
         "again; or use the interpolation for such samples.",
     ),
@@ -1251,7 +1253,7 @@ def _diff(a: Any, b: Any) -> float | None:
 
 #: Flags shown as a red warning box, first, with these titles.
 _WARNING_TITLES = {
-    "model_worse_than_interpolation": "the network did not beat interpolation",
+    "model_worse_than_interpolation": "the network did not beat interpolation by the guard's margin",
     "worse_than_interpolation_on_reference": "against its reference the output is worse than interpolation",
 }
 
@@ -1436,8 +1438,9 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
     if gain is not None and isinstance(interval, (list, tuple)) and len(interval) == 2:
         lo, hi = _num(interval[0]), _num(interval[1])
         if lo is not None and hi is not None:
-            bits.append(f"Resampling blocks of the held-out region puts that gain between {_esc(f'{lo:+.2f}')} "
-                        f"and {_esc(f'{hi:+.2f}')} dB (95 %)"
+            nd = 2 if f"{lo:+.2f}" != f"{hi:+.2f}" else 3  # a narrow interval keeps its two ends apart
+            bits.append(f"Resampling blocks of the held-out region puts that gain between {_esc(f'{lo:+.{nd}f}')} "
+                        f"and {_esc(f'{hi:+.{nd}f}')} dB (95 %)"
                         + ("; the region is too small or too uniform to tell the two apart." if lo < 0 < hi
                            else "."))
     psf = metrics.get("psf_sigma_um")
@@ -1456,6 +1459,14 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
         bits.append("No noise could be measured in the acquisition (none, or too few voxels to tell), so the "
                     "training inputs and the held-out input were not given any: if the acquisition is noisy, "
                     "the figure does not count what its noise does to the output.")
+    elif metrics.get("mode") == "enhance" and metrics.get("noise_model") not in (None, "match"):
+        bits.append(f"Noise matching is off (train.degradation.noise: {_esc(str(metrics.get('noise_model')))}): "
+                    "the held-out input is cleaner than the acquisition, so on a noisy acquisition this figure "
+                    "can favour the network where the whole volume does not.")
+    if (metrics.get("mode") == "enhance" and _num(metrics.get("best_step")) == 0
+            and int((metrics.get("inference_extras") or {}).get("back_projection_iterations") or 0) > 0):
+        bits.append("Training kept its starting point (best step 0): the output is tricubic interpolation "
+                    "followed by back-projection, not a learned restoration.")
     ref = metrics.get("reference") or {}
     r_out, r_int = _num(ref.get("psnr")), _num(ref.get("psnr_interp"))
     if r_out is not None and r_int is not None and metrics.get("restored_content", "model") == "model":
@@ -1470,7 +1481,11 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
                     "network output.")
     iso_in, iso_out = _num(metrics.get("isotropy_in")), _num(metrics.get("isotropy_out"))
     iso_interp = _num(metrics.get("isotropy_interp"))
-    if iso_in is not None and iso_out is not None:
+    vs_in, vs_out = metrics.get("voxel_size_in"), metrics.get("voxel_size_out")
+    z_kept = (isinstance(vs_in, (list, tuple)) and isinstance(vs_out, (list, tuple)) and len(vs_in) == 3
+              and len(vs_out) == 3 and _num(vs_in[0]) is not None and _num(vs_out[0]) is not None
+              and abs(_num(vs_in[0]) - _num(vs_out[0])) <= 1e-6 * abs(_num(vs_in[0])))
+    if iso_in is not None and iso_out is not None and not z_kept:  # z not resampled: the ratio says nothing new
         bits.append(f"Isotropy (lateral / axial resolution, 1 = isotropic) {_esc(_fmt(iso_in))}"
                     f" → {_esc(_fmt(iso_out))}"
                     + (f" (interpolation alone: {_esc(_fmt(iso_interp))})." if iso_interp is not None else "."))

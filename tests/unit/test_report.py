@@ -458,3 +458,29 @@ def test_a_reference_that_ranks_the_output_below_interpolation_is_said_first():
     assert "against the truth" not in report._verdict(fell_back, "ok")
     html = report._flags_html(["early_stopped", "worse_than_interpolation_on_reference"])
     assert html.startswith('<div class="warn" id="flag-worse_than_interpolation_on_reference">')
+
+
+def test_verdict_says_when_noise_matching_is_off_and_when_training_kept_its_start():
+    from selfres import report
+
+    sv = {"psnr_model": 30.0, "psnr_interp": 29.0}
+    base = {"self_validation": sv, "mode": "enhance"}
+    off = report._verdict(base | {"noise_model": "none"}, "ok")
+    assert "Noise matching is off (train.degradation.noise: none)" in off
+    assert "Noise matching is off" not in report._verdict(base | {"noise_model": "match"}, "ok")
+    assert "Noise matching is off" not in report._verdict(base | {"noise_model": "none", "mode": "isotropic"}, "ok")
+    bp = {"ensemble": False, "back_projection_iterations": 1}
+    start = report._verdict(base | {"best_step": 0, "inference_extras": bp}, "ok")
+    assert "best step 0" in start and "tricubic interpolation followed by back-projection" in start
+    assert "best step 0" not in report._verdict(base | {"best_step": 50, "inference_extras": bp}, "ok")
+
+
+def test_verdict_leaves_isotropy_out_when_z_was_not_resampled_and_keeps_narrow_intervals_apart():
+    from selfres import report
+
+    m = {"self_validation": {"psnr_model": 30.0, "psnr_interp": 29.0}, "isotropy_in": 0.19, "isotropy_out": 0.09,
+         "voxel_size_in": [4.0, 0.5, 0.5], "voxel_size_out": [4.0, 0.25, 0.25]}
+    assert "Isotropy" not in report._verdict(m, "ok")  # scale 1,2,2
+    assert "Isotropy" in report._verdict(m | {"voxel_size_out": [2.0, 0.25, 0.25]}, "ok")
+    narrow = report._verdict(m | {"holdout_gain_db_interval": [0.101, 0.104]}, "ok")
+    assert "between +0.101 and +0.104 dB" in narrow

@@ -86,30 +86,98 @@ def parse_fov(text: str, shape: tuple[int, int, int]) -> Box:
     return box
 
 
-def structure_map(volume: np.ndarray) -> np.ndarray:
+def structure_map(volume: np.ndarray, *, bin_yx: int = 1) -> np.ndarray:
     """Per-voxel structure score: gradient magnitude of the lightly smoothed volume.
 
     ``volume`` may be lazy (dask, zarr): it is read, and the score computed, a slab of z
     at a time with enough neighbouring slices that every value is the one a single pass
     over the whole volume gives, so memory holds the float32 score and one slab's work
-    (a single pass held ~23 bytes per voxel).
+    (a single pass held ~23 bytes per voxel). ``bin_yx`` > 1: the score is kept as means
+    of ``bin_yx × bin_yx`` blocks in y and x (the last ones partial), 1/``bin_yx²`` of the
+    memory.
     """
     shape = tuple(int(n) for n in volume.shape)
     sig = [1.0 if n > 3 else 0.0 for n in shape]
     # z neighbours a slab needs: the Gaussian's radius (truncate 4 σ) plus one for the gradient
     halo = (int(4.0 * sig[0] + 0.5) + 1) if shape[0] > 1 else 0
     step = max(1, STRUCTURE_SLAB_VOXELS // max(1, shape[1] * shape[2]))
-    out = np.empty(shape, dtype=np.float32)
+    b = int(bin_yx)
+    out = np.empty((shape[0], -(-shape[1] // b), -(-shape[2] // b)), dtype=np.float32)
     for z0 in range(0, shape[0], step):
         z1 = min(shape[0], z0 + step)
-        a, b = max(0, z0 - halo), min(shape[0], z1 + halo)
-        v = np.asarray(volume[a:b], dtype=np.float32)
+        a, e = max(0, z0 - halo), min(shape[0], z1 + halo)
+        v = np.asarray(volume[a:e], dtype=np.float32)
         # exact in the slab's core: its halo holds the neighbours; at the volume's own ends the
         # slab ends there too, so mirroring and one-sided differences are the whole pass's
         sm = ndimage.gaussian_filter(v, sig, mode="mirror")
         grads = [np.gradient(sm, axis=ax) for ax in range(3) if shape[ax] > 1]
-        out[z0:z1] = np.sqrt(sum(g * g for g in grads))[z0 - a:z1 - a]
+        core = np.sqrt(sum(g * g for g in grads))[z0 - a:z1 - a]
+        out[z0:z1] = core if b == 1 else _block_means(core, b)
     return out
+
+
+def _block_means(x: np.ndarray, b: int) -> np.ndarray:
+    """Means of ``b × b`` blocks over the last two axes of ``x`` (the last blocks partial)."""
+    starts_y, starts_x = np.arange(0, x.shape[1], b), np.arange(0, x.shape[2], b)
+    sums = np.add.reduceat(np.add.reduceat(x.astype(np.float64), starts_y, axis=1), starts_x, axis=2)
+    counts = np.outer(np.diff(np.r_[starts_y, x.shape[1]]), np.diff(np.r_[starts_x, x.shape[2]]))
+    return (sums / counts).astype(np.float32)
+
+
+class StructureScore:
+    """The structure score of a volume, per voxel or binned in y and x (:func:`structure_map`),
+    answering in the volume's own voxels: the mean over a box, and the richest window in a
+    region. Binned (volumes of more than :data:`BINNED_SCORE_VOXELS`), a mean weighs each
+    block by the voxels of the box in it, and windows are placed and sized in whole blocks
+    (every :data:`WINDOW_STRIDE` voxels) inside the region."""
+
+    def __init__(self, volume: np.ndarray, *, bin_yx: int | None = None):
+        self.shape = tuple(int(n) for n in volume.shape)
+        if bin_yx is None:
+            bin_yx = WINDOW_STRIDE if int(np.prod(self.shape)) > BINNED_SCORE_VOXELS else 1
+        self.bin = int(bin_yx)
+        self.values = structure_map(volume, bin_yx=self.bin)
+
+    def _weights(self, lo: int, hi: int, axis: int) -> np.ndarray:
+        """Voxels of ``[lo, hi)`` in each block along ``axis`` (1: y, 2: x)."""
+        edges = np.minimum(np.arange(self.values.shape[axis] + 1) * self.bin, self.shape[axis])
+        return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None).astype(np.float64)
+
+    def mean(self, box: Box) -> float:
+        if self.bin == 1:
+            return float(self.values[box_slices(box)].mean())
+        (z0, z1), (y0, y1), (x0, x1) = box
+        wy, wx = self._weights(y0, y1, 1), self._weights(x0, x1, 2)
+        total = np.einsum("zyx,y,x->", self.values[z0:z1].astype(np.float64), wy, wx)
+        return float(total / max(1, (z1 - z0) * (y1 - y0) * (x1 - x0)))
+
+    def best_window(self, region: Box, max_voxels: int, multiple: tuple[int, int, int]) -> tuple[Box, float]:
+        """Richest window of at most ``max_voxels`` inside ``region`` (sizes multiples of ``multiple``)."""
+        if self.bin == 1:
+            return _best_window(self.values, region, max_voxels, multiple)
+        b = self.bin
+        win = _window_size(region, max_voxels, multiple)
+        (rz0, _), (ry0, ry1), (rx0, rx1) = region
+        # whole blocks inside the region (its partial edge blocks only when it has no whole one)
+        by0, by1 = -(-ry0 // b), ry1 // b
+        bx0, bx1 = -(-rx0 // b), rx1 // b
+        if by1 <= by0:
+            by0, by1 = ry0 // b, -(-ry1 // b)
+        if bx1 <= bx0:
+            bx0, bx1 = rx0 // b, -(-rx1 // b)
+        wb = (win[0], max(1, min(win[1] // b, by1 - by0)), max(1, min(win[2] // b, bx1 - bx0)))
+        sub = self.values[rz0:rz0 + box_shape(region)[0], by0:by1, bx0:bx1]
+        means = _window_means(sub, wb)
+        iz, iy, ix = np.unravel_index(int(np.argmax(means)), means.shape)
+        box = [(int(rz0 + iz), int(rz0 + iz + win[0]))]
+        for start_b, n_b, m, (r0, r1) in ((by0 + iy, wb[1], multiple[1], (ry0, ry1)),
+                                          (bx0 + ix, wb[2], multiple[2], (rx0, rx1))):
+            lo = max(r0, start_b * b)
+            size = min(n_b * b, r1 - lo)
+            size = max(min(m, r1 - lo), (size // m) * m)
+            box.append((int(lo), int(lo + size)))
+        box = tuple(box)
+        return box, self.mean(box)
 
 
 #: Voxels of one slab of :func:`structure_map` (its work holds ~23 bytes per voxel).
@@ -127,41 +195,16 @@ def _window_means(score: np.ndarray, window: tuple[int, int, int]) -> np.ndarray
     return s / float(wz * wy * wx)
 
 
-#: Regions of more voxels than this are searched with windows placed every
-#: :data:`WINDOW_STRIDE` voxels in y and x (every voxel in z): the search then holds ~2-4
-#: bytes per region voxel instead of the ~16 of every placement.
-STRIDED_SEARCH_VOXELS = 32 * 2**20
+#: Volumes of more voxels than this keep their structure score as means of
+#: :data:`WINDOW_STRIDE` × :data:`WINDOW_STRIDE` blocks in y and x (:class:`StructureScore`):
+#: 1/16 of the 4 bytes per voxel, and windows searched every :data:`WINDOW_STRIDE` voxels.
+BINNED_SCORE_VOXELS = 32 * 2**20
 WINDOW_STRIDE = 4
 
 
-def _strided_window_means(score: np.ndarray, window: tuple[int, int, int], stride: int) -> np.ndarray:
-    """Mean of ``score`` over ``window`` placed at every z and every ``stride``-th y and x
-    (placement ``[i, j, k]`` starts at ``(i, j * stride, k * stride)``), one axis at a time,
-    summing in float64 a slab of z at a time."""
-    wz, wy, wx = window
-    nz, ny, nx = score.shape
-    xs = np.arange(0, nx - wx + 1, stride)
-    ys = np.arange(0, ny - wy + 1, stride)
-    sx = np.empty((nz, ny, xs.size), dtype=np.float64)
-    zstep = max(1, (8 * 2**20) // max(1, ny * nx))
-    for z0 in range(0, nz, zstep):
-        c = np.zeros((min(nz, z0 + zstep) - z0, ny, nx + 1), dtype=np.float64)
-        np.cumsum(score[z0:z0 + zstep], axis=2, dtype=np.float64, out=c[:, :, 1:])
-        sx[z0:z0 + zstep] = c[:, :, xs + wx] - c[:, :, xs]
-    c = np.zeros((nz, ny + 1, xs.size), dtype=np.float64)
-    np.cumsum(sx, axis=1, out=c[:, 1:])
-    del sx
-    sxy = c[:, ys + wy] - c[:, ys]
-    del c
-    c = np.zeros((nz + 1, ys.size, xs.size), dtype=np.float64)
-    np.cumsum(sxy, axis=0, out=c[1:])
-    return (c[wz:] - c[:-wz]) / float(wz * wy * wx)
-
-
-def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tuple[int, int, int]) -> tuple[Box, float]:
-    """Richest window of at most ``max_voxels`` inside ``region`` (sizes multiples of ``multiple``);
-    placed at every voxel, or every :data:`WINDOW_STRIDE` in y and x in a region of more than
-    :data:`STRIDED_SEARCH_VOXELS`."""
+def _window_size(region: Box, max_voxels: int, multiple: tuple[int, int, int]) -> list[int]:
+    """The window searched in ``region``: all of it, or at most 64 slices and ``max_voxels``
+    (y and x shrunk alike), sizes rounded down to multiples of ``multiple``."""
     shape = box_shape(region)
     win = list(shape)
     if np.prod(win) > max_voxels:
@@ -171,14 +214,16 @@ def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tupl
             s = np.sqrt(max_voxels / float(np.prod(win)))
             win[1] = max(1, int(win[1] * s))
             win[2] = max(1, int(win[2] * s))
-    win = [max(m, (w // m) * m) if n >= m else n for w, m, n in zip(win, multiple, shape)]
-    sub = score[box_slices(region)]
-    stride = WINDOW_STRIDE if sub.size > STRIDED_SEARCH_VOXELS else 1
-    means = (_window_means(sub, tuple(win)) if stride == 1
-             else _strided_window_means(sub, tuple(win), stride))
+    return [max(m, (w // m) * m) if n >= m else n for w, m, n in zip(win, multiple, shape)]
+
+
+def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tuple[int, int, int]) -> tuple[Box, float]:
+    """Richest window of at most ``max_voxels`` inside ``region`` (sizes multiples of ``multiple``),
+    placed at every voxel of a per-voxel ``score``."""
+    win = _window_size(region, max_voxels, multiple)
+    means = _window_means(score[box_slices(region)], tuple(win))
     idx = np.unravel_index(int(np.argmax(means)), means.shape)
-    start = (idx[0], idx[1] * stride, idx[2] * stride)
-    box = tuple((int(r[0] + i), int(r[0] + i + w)) for r, i, w in zip(region, start, win))
+    box = tuple((int(r[0] + i), int(r[0] + i + w)) for r, i, w in zip(region, idx, win))
     return box, float(means[idx])
 
 
@@ -222,9 +267,9 @@ def choose_training_fov(
         When the volume is too small to hold a training FOV and a held-out region.
     """
     shape = tuple(int(n) for n in volume.shape)
-    score = structure_map(volume)
-    total_mean = float(score.mean())
+    score = StructureScore(volume)
     full: Box = tuple((0, n) for n in shape)
+    total_mean = score.mean(full)
 
     if training_fov:
         train = parse_fov(training_fov, shape)
@@ -247,8 +292,8 @@ def choose_training_fov(
                 f"training_fov, or leave the column empty to let selfres choose",
             )
         region = max(candidates, key=lambda c: np.prod(box_shape(c)))
-        holdout, hscore = _best_window(score, region, max(max_voxels // 4, min_holdout_voxels), multiple)
-        tscore = float(score[box_slices(train)].mean())
+        holdout, hscore = score.best_window(region, max(max_voxels // 4, min_holdout_voxels), multiple)
+        tscore = score.mean(train)
         return TrainingFov(
             train=train,
             holdout=holdout,
@@ -272,15 +317,15 @@ def choose_training_fov(
     for lo, hi in ((0, hold_len), (n - hold_len, n)):
         region = list(full)
         region[ax] = (lo, hi)
-        ends.append((float(score[box_slices(tuple(region))].mean()), tuple(region)))
+        ends.append((score.mean(tuple(region)), tuple(region)))
     # held-out slab: the end with more structure, so that validation measures something
     ends.sort(key=lambda e: e[0], reverse=True)
     hold_region = ends[0][1]
     rest = list(full)
     rest[ax] = (hold_region[ax][1], n) if hold_region[ax][0] == 0 else (0, hold_region[ax][0])
     rest = tuple(rest)
-    train, tscore = _best_window(score, rest, max_voxels, multiple)
-    holdout, hscore = _best_window(score, hold_region, max(max_voxels // 4, min_holdout_voxels), multiple)
+    train, tscore = score.best_window(rest, max_voxels, multiple)
+    holdout, hscore = score.best_window(hold_region, max(max_voxels // 4, min_holdout_voxels), multiple)
     cropped = np.prod(box_shape(train)) < np.prod(box_shape(rest))
     reason = (
         f"held-out slab: {hold_len} of {n} voxels ({hold_len / n:.0%}) of axis {'zyx'[ax]} at the end with more "

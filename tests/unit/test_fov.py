@@ -87,27 +87,48 @@ def test_structure_map_in_slabs_of_a_lazy_volume_is_the_single_pass_bit_for_bit(
     np.testing.assert_array_equal(F.structure_map(vol), single)
 
 
-@pytest.mark.parametrize("shape, window", [((9, 40, 37), (4, 8, 5)), ((5, 13, 21), (5, 13, 1)), ((6, 9, 9), (1, 1, 1))])
-def test_strided_window_means_are_the_placements_at_the_stride(shape, window):
-    """A large region is searched every few voxels in y and x: those placements' means are
-    exactly the every-voxel search's at the same places."""
+@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 18, 13), (1, 5, 7)])
+def test_binned_structure_map_holds_the_block_means_of_the_per_voxel_map(shape):
+    """A large volume keeps its score as 4 × 4 block means in y and x (the edge blocks partial)."""
     from selfres import fov as F
 
-    score = np.random.default_rng(1).random(shape, dtype=np.float32)
-    full = F._window_means(score, window)
-    for stride in (1, 3, 4):
-        np.testing.assert_allclose(F._strided_window_means(score, window, stride), full[:, ::stride, ::stride],
-                                   rtol=1e-10, atol=1e-12)
+    vol = np.random.default_rng(3).random(shape, dtype=np.float32)
+    full = F.structure_map(vol).astype(np.float64)
+    binned = F.structure_map(vol, bin_yx=4)
+    assert binned.shape == (shape[0], -(-shape[1] // 4), -(-shape[2] // 4))
+    for y in range(binned.shape[1]):
+        for x in range(binned.shape[2]):
+            block = full[:, 4 * y:4 * y + 4, 4 * x:4 * x + 4]
+            np.testing.assert_allclose(binned[:, y, x], block.mean(axis=(1, 2)), rtol=1e-6)
 
 
-def test_a_large_region_is_searched_at_a_stride_and_finds_the_structure(monkeypatch):
+def test_binned_score_gives_box_means_in_voxels():
+    from selfres import fov as F
+
+    vol = np.random.default_rng(4).random((5, 37, 42), dtype=np.float32)
+    full, binned = F.StructureScore(vol, bin_yx=1), F.StructureScore(vol, bin_yx=4)
+    aligned = ((1, 4), (8, 24), (4, 40))  # whole blocks: exact
+    assert binned.mean(aligned) == pytest.approx(full.mean(aligned), rel=1e-6)
+    whole = ((0, 5), (0, 37), (0, 42))  # partial edge blocks, weighed by their voxels: exact too
+    assert binned.mean(whole) == pytest.approx(full.mean(whole), rel=1e-6)
+    ragged = ((0, 5), (3, 30), (5, 38))  # inside blocks: the block's mean stands for its voxels
+    assert binned.mean(ragged) == pytest.approx(full.mean(ragged), rel=0.05)
+
+
+def test_a_large_volume_is_searched_in_blocks_and_finds_the_structure(monkeypatch):
     from selfres import fov as F
 
     vol = np.zeros((12, 96, 96), dtype=np.float32)
     vol[2:10, 50:80, 10:40] = np.random.default_rng(2).random((8, 30, 30))  # the structure
-    monkeypatch.setattr(F, "STRIDED_SEARCH_VOXELS", 1000)
-    box, mean = F._best_window(F.structure_map(vol), ((0, 12), (0, 96), (0, 96)), 8 * 24 * 24, (2, 2, 2))
-    assert all((b - a) % 2 == 0 for a, b in box[1:])
+    monkeypatch.setattr(F, "BINNED_SCORE_VOXELS", 1000)
+    score = F.StructureScore(vol)
+    assert score.bin == F.WINDOW_STRIDE and score.values.shape == (12, 24, 24)
+    box, mean = score.best_window(((0, 12), (2, 96), (0, 93)), 8 * 24 * 24, (2, 2, 2))
+    assert all((b - a) % 2 == 0 for a, b in box[1:]) and box[1][0] >= 2 and box[2][1] <= 93
     assert box[1][0] % F.WINDOW_STRIDE == 0 and box[2][0] % F.WINDOW_STRIDE == 0
     assert 46 <= box[1][0] and box[1][1] <= 84 and 6 <= box[2][0] and box[2][1] <= 44, box  # over the structure
-    assert mean == pytest.approx(float(F.structure_map(vol)[F.box_slices(box)].mean()), rel=1e-6)
+    assert mean == pytest.approx(float(F.structure_map(vol)[F.box_slices(box)].mean()), rel=1e-5)
+    # the whole choice on the binned score: disjoint boxes, the training FOV over the structure
+    fov = F.choose_training_fov(vol, max_voxels=8 * 24 * 24, min_holdout_voxels=512, multiple=(2, 2, 2))
+    assert not F.boxes_overlap(fov.train, fov.holdout)
+    assert F.boxes_overlap(fov.train, ((2, 10), (50, 80), (10, 40)))

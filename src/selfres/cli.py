@@ -155,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channel", type=int, default=None)
     s.add_argument("--training-fov", default=None)
     s.add_argument("--keep", type=Path, default=None, help="keep intermediate files (model, metrics, report) here")
+    s.add_argument("--reference", type=Path, default=None,
+                   help="ground truth on the output grid: QC scores the output and the interpolation against it")
     _common(s, compute=True)
     return p
 
@@ -217,7 +219,8 @@ def run(args) -> int:
     elif cmd == "restore":
         m = pipeline.restore(args.input, args.output, mode=args.mode, scale=args.scale, voxel_size=args.voxel_size,
                              channel=args.channel, training_fov=args.training_fov, settings=_settings(args),
-                             device=args.device, threads=args.threads, keep=args.keep, sample=args.sample)
+                             device=args.device, threads=args.threads, keep=args.keep, sample=args.sample,
+                             reference=args.reference)
         print(json.dumps(m, indent=2))
     return 0
 

@@ -953,10 +953,12 @@ def restore(
     threads: int | None = None,
     keep: str | Path | None = None,
     sample: str | None = None,
+    reference: str | Path | None = None,
 ) -> dict:
     """Whole chain for one volume, no Snakemake: normalise → crop → train → infer → qc → report.
 
-    Intermediate files go to ``keep`` (kept) or a temporary folder (removed).
+    Intermediate files go to ``keep`` (kept) or a temporary folder (removed). ``reference``:
+    a ground truth on the output grid, scored by QC as the sheet's ``reference`` column is.
     """
     settings = settings or Settings()
     sample = sample or Path(str(input_path).rstrip("/")).name.split(".")[0]
@@ -980,10 +982,11 @@ def restore(
         stage_infer(norm, work / "model", output, sample=sample, settings=settings.infer, device=device,
                     threads=threads)
         m = stage_qc(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
-                     sample=sample, settings=settings.qc)
+                     sample=sample, reference=reference, settings=settings.qc)
         stage_report(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
                      work / "report.html", work / "provenance.json", sample=sample,
-                     resolved_config={"mode": mode, "scale": scale, "settings": to_dict(settings)})
+                     resolved_config={"mode": mode, "scale": scale, "settings": to_dict(settings),
+                                      "reference": str(reference) if reference else None})
         return m
     finally:
         if not keep:

@@ -152,3 +152,25 @@ def test_a_reference_that_prefers_interpolation_flags_the_sample(tmp_path):
         m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                               tmp_path / name / "metrics.json", sample="s", reference=ref)
         assert ("worse_than_interpolation_on_reference" in m["flags"]) is flagged, (name, m["reference"])
+
+
+def test_restore_on_the_command_line_scores_a_reference(tmp_path):
+    """`selfres restore --reference` gives QC the truth, as the sheet's reference column does: a
+    reference equal to the tricubic interpolation ranks the model's output below it."""
+    import json
+
+    from selfres import cli, degrade
+
+    vol = tiny_volume((8, 48, 48))
+    tifffile.imwrite(tmp_path / "in.tif", vol)
+    tifffile.imwrite(tmp_path / "ref.tif", np.asarray(degrade.upscale_cubic(vol.astype(np.float32), (1, 2, 2)),
+                                                      dtype=np.float32))
+    rc = cli.main(["restore", str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.ome.zarr"), "--scale", "1,2,2",
+                   "--reference", str(tmp_path / "ref.tif"), "--keep", str(tmp_path / "work"), "--device", "cpu",
+                   "--settings", json.dumps(FAST | {"infer": {"on_worse_than_interpolation": "model"}})])
+    assert rc == 0
+    m = json.loads((tmp_path / "work" / "qc" / "metrics.json").read_text())
+    assert m["reference"]["psnr_interp"] > m["reference"]["psnr"]
+    assert "worse_than_interpolation_on_reference" in m["flags"]
+    prov = json.loads((tmp_path / "work" / "provenance.json").read_text())
+    assert prov["resolved_config"]["reference"] == str(tmp_path / "ref.tif")

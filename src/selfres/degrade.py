@@ -865,8 +865,9 @@ def degrade(x: np.ndarray, factors: Sequence[int], degradation: Degradation, *,
     if degradation.noise == "poisson_gaussian":
         y = add_noise(y, gain=degradation.gain, read_sigma=degradation.read_sigma, rng=rng)
     elif degradation.noise == "affine_gaussian":
-        slope, floor = degradation.noise_variance
-        std = np.sqrt(np.clip(slope * np.asarray(y, dtype=np.float64) + floor, 0.0, None))
+        from .noise import NoiseLevel
+
+        std = np.sqrt(NoiseLevel(*degradation.noise_variance).variance(y))
         y = y + std * np.random.default_rng(rng).standard_normal(np.shape(y))
     return np.asarray(y, dtype=np.float32)
 

@@ -22,7 +22,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["NoiseLevel", "immerkaer_residual", "noise_level_function", "topup_variance", "variance_kept"]
+__all__ = ["NOISE_AT", "NoiseLevel", "immerkaer_residual", "noise_level_function", "topup_variance", "variance_kept"]
+
+#: The intensities (fractions of the normalised range) at which a noise level is reported, as
+#: the keys of :meth:`NoiseLevel.sigma_at` (``model.json`` ``noise``, ``metrics.json``, the report).
+NOISE_AT = ("0.1", "0.5")
 
 # Immerkær's mask cancels locally planar signal; on white noise of σ its response, divided by
 # 6, has standard deviation σ.
@@ -46,6 +50,10 @@ class NoiseLevel:
 
     def variance(self, mu):
         return np.clip(self.slope * np.asarray(mu, dtype=np.float64) + self.floor, 0.0, None)
+
+    def sigma_at(self) -> dict[str, float]:
+        """The noise σ at each intensity of :data:`NOISE_AT`, keyed as there."""
+        return {key: float(np.sqrt(self.variance(float(key)))) for key in NOISE_AT}
 
     def as_list(self) -> list[float]:
         """``[slope, floor]`` rounded to 4 significant digits (as recorded and used: the last

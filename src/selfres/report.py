@@ -1449,7 +1449,9 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
                     f"train.psf_sigma_um, σ z,y,x = {_esc(', '.join(_fmt(_num(v)) for v in psf))} µm): "
                     "the figure is only as right as that PSF.")
     noise_at = metrics.get("noise_sigma_at")
-    low, mid = ((_num(noise_at.get("0.1")), _num(noise_at.get("0.5"))) if isinstance(noise_at, Mapping)
+    from .noise import NOISE_AT
+
+    low, mid = ((_num(noise_at.get(NOISE_AT[0])), _num(noise_at.get(NOISE_AT[1]))) if isinstance(noise_at, Mapping)
                 else (None, None))
     if low is not None and mid is not None and max(low, mid) > 0:
         bits.append("The training inputs and the held-out input were given the acquisition's own noise (estimated "

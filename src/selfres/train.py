@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import degrade, models
+from .noise import NOISE_AT
 from .io import file_checksum, write_text_atomic
 from .fov import _window_means, structure_map
 from .infer import predict_array
@@ -113,11 +114,6 @@ def make_degradation(
     )
 
 
-#: Keys of ``sigma_at`` in :func:`resolve_noise_match`'s record (``model.json`` ``noise``, and the
-#: report): the noise σ at 10 % and 50 % of the normalised range.
-NOISE_AT = ("0.1", "0.5")
-
-
 def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settings: TrainSettings,
                         voxel_size: Sequence[float] | None) -> tuple[TrainSettings, dict | None]:
     """``settings`` with the noise top-up of ``degradation.noise = "match"`` filled in from the
@@ -144,8 +140,7 @@ def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settin
     kept = noise.variance_kept(lambda v: degrade.degrade(psf_scaled_targets(v, blur), fs, clean), fs, size=size)
     top = noise.topup_variance(level, kept)
     info = {"acquisition": level.as_list(), "kept": round(kept, 4), "topup": top.as_list(), "bins": level.bins,
-            "sigma_at": {NOISE_AT[0]: float(np.sqrt(level.variance(0.1))),
-                         NOISE_AT[1]: float(np.sqrt(level.variance(0.5)))}}
+            "sigma_at": level.sigma_at()}
     if level.bins == 0:
         log.warning("noise match: the acquisition's noise could not be measured on the training FOV %s (too few "
                     "voxels in planes of at least 8 x 8, or none finite); training inputs are not topped up",

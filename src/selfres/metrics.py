@@ -6,6 +6,7 @@ Pure numpy / scipy / scikit-image (no torch). Arrays are ZYX; voxel sizes are
 Contents
 --------
 - :func:`psnr`, :func:`ssim`, :func:`compare` (the contract's ``self_validation`` keys),
+  :func:`compare_to_reference` (the same against a ground truth, block by block),
   :func:`psnr_gain_interval` (how sure a PSNR gain is).
 - :func:`fit_gaussian_fwhm`, :func:`detect_beads`, :func:`bead_fwhm_table`,
   :func:`bead_fwhm_summary`, :func:`psf_sigma_from_beads` (point-spread analysis on
@@ -33,6 +34,7 @@ __all__ = [
     "psnr",
     "ssim",
     "compare",
+    "compare_to_reference",
     "psnr_gain_interval",
     "restored_agreement",
     "block_slices",
@@ -238,6 +240,161 @@ def compare(
         "ssim_model": ssim(reference, model, data_range=data_range),
         "ssim_interp": ssim(reference, interp, data_range=data_range),
     }
+
+
+def _ssim_geometry(shape: Sequence[int]) -> tuple[tuple[float, ...], tuple[int, ...]]:
+    """How :func:`ssim` filters an array of ``shape``: the Gaussian σ along each axis (0: not
+    filtered, SSIM is taken per slice along it) and the voxels at each end of each axis that
+    the mean leaves out (the window's radius). The rules of :func:`ssim`, for the block-wise
+    :func:`compare_to_reference`."""
+    shape = tuple(int(n) for n in shape)
+    thin = None
+    plane_min = min(shape)
+    if plane_min < _SSIM_WIN and len(shape) == 3:
+        t = int(np.argmin(shape))
+        others = [n for i, n in enumerate(shape) if i != t]
+        if min(others) >= _SSIM_WIN or shape[t] < 3:
+            thin, plane_min = t, min(others)
+    if plane_min < 3:
+        raise ValueError("ssim needs at least 3 samples along every axis it filters (11 for the "
+                         f"standard window); got shape {shape}")
+    sigma = _SSIM_SIGMA if plane_min >= _SSIM_WIN else 0.999 * ((plane_min - 1) // 2) / 3.5
+    radius = int(3.5 * sigma + 0.5)  # skimage's window radius (truncate 3.5)
+    sigmas = tuple(0.0 if a == thin else sigma for a in range(len(shape)))
+    crops = tuple(0 if a == thin else radius for a in range(len(shape)))
+    return sigmas, crops
+
+
+def _ssim_map(ref: np.ndarray, img: np.ndarray, sigmas: Sequence[float], data_range: float) -> np.ndarray:
+    """The local SSIM of :func:`skimage.metrics.structural_similarity` (Gaussian weights,
+    population covariance, K1 0.01, K2 0.03) with a σ per axis (0: that axis unfiltered)."""
+    def filt(a):
+        return ndimage.gaussian_filter(a, sigmas, mode="reflect", truncate=3.5)
+
+    ux, uy = filt(ref), filt(img)
+    vx = filt(ref * ref) - ux * ux
+    vy = filt(img * img) - uy * uy
+    vxy = filt(ref * img) - ux * uy
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+
+
+def _cubic_blocks(shape: Sequence[int], block_voxels: int, *, whole_axes: Sequence[int] = ()) -> list[tuple[slice, ...]]:
+    """Blocks of about ``block_voxels`` voxels covering ``shape``, as near cubes as the axes
+    allow (a window around a block then adds least), spanning every axis in ``whole_axes``."""
+    shape = [int(n) for n in shape]
+    size = list(shape)
+    budget = max(1, int(block_voxels)) / math.prod(shape[a] for a in whole_axes)
+    free = sorted((a for a in range(len(shape)) if a not in whole_axes), key=lambda a: shape[a])
+    for i, a in enumerate(free):
+        size[a] = max(1, min(shape[a], int(budget ** (1.0 / (len(free) - i)))))
+        budget /= size[a]
+    per_axis = [[slice(lo, min(n, lo + st)) for lo in range(0, n, st)] for n, st in zip(shape, size)]
+    return [tuple(b) for b in itertools.product(*per_axis)]
+
+
+def _read_block(source, slices: tuple[slice, ...]) -> np.ndarray:
+    block = source(slices) if callable(source) else source[slices]
+    if hasattr(block, "compute"):
+        block = block.compute()
+    return np.asarray(block, dtype=np.float64)
+
+
+def compare_to_reference(
+    reference,
+    model,
+    interp,
+    *,
+    block_voxels: int = 2 * 2**20,
+    whole_axes: Sequence[int] = (),
+) -> dict[str, float]:
+    """PSNR and SSIM of a model output and of an interpolation against a ground truth, each
+    first matched to the truth's intensities by least squares (``a·x + b``: the comparison
+    does not depend on either's intensity scale), read block by block.
+
+    Equal, to float rounding, to :func:`compare` of ``reference`` and the two matched
+    arrays with the truth's peak-to-peak range as ``data_range``; but no whole volume is
+    held: every pass reads blocks of about ``block_voxels`` voxels (SSIM's adds the
+    window's radius on each side), so a truth and an output larger than memory can be
+    scored.
+
+    Parameters
+    ----------
+    reference, model
+        Array-likes of one shape (numpy, dask, zarr).
+    interp
+        An array-like of that shape, or a function of a tuple of slices that returns that
+        block (an interpolation computed where it is read).
+    block_voxels
+        Voxels read at once, per array.
+    whole_axes
+        Axes that every block spans whole (e.g. an ``interp`` that can only compute whole
+        columns).
+
+    Returns
+    -------
+    dict
+        ``{"psnr_model", "psnr_interp", "ssim_model", "ssim_interp", "match_model",
+        "match_interp"}``; the last two are the ``(a, b)`` of each match.
+    """
+    shape = tuple(int(n) for n in reference.shape)
+    for name, arr in (("model", model), ("interp", interp)):
+        if not callable(arr) and tuple(arr.shape) != shape:
+            raise ValueError(f"{name} shape {tuple(arr.shape)} differs from the reference shape {shape}")
+    if math.prod(shape) == 0:
+        raise ValueError(f"compare_to_reference needs non-empty arrays; got shape {shape}")
+    sigmas, crops = _ssim_geometry(shape) if len(shape) in (2, 3) else (None, None)
+    if sigmas is None:
+        raise ValueError(f"compare_to_reference needs 2-D or 3-D arrays; got shape {shape}")
+    blocks = _cubic_blocks(shape, block_voxels, whole_axes=whole_axes)
+    images = {"model": model, "interp": interp}
+
+    # pass 1: the truth's range and the least-squares sums of each image against it
+    n = 0
+    lo, hi = math.inf, -math.inf
+    sr = 0.0
+    sums = {k: np.zeros(3) for k in images}  # Σx, Σx², Σx·r
+    for sl in blocks:
+        r = _read_block(reference, sl)
+        n += r.size
+        lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
+        sr += float(r.sum())
+        for k, src in images.items():
+            x = _read_block(src, sl)
+            sums[k] += (x.sum(), float(np.dot(x.ravel(), x.ravel())), float(np.dot(x.ravel(), r.ravel())))
+    data_range = _data_range(np.array([lo, hi]), None)
+    match = {}
+    for k, (sx, sxx, sxr) in sums.items():
+        coef, *_ = np.linalg.lstsq(np.array([[sxx, sx], [sx, n]]), np.array([sxr, sr]), rcond=None)
+        match[k] = (float(coef[0]), float(coef[1]))
+
+    # pass 2: squared errors (each block) and local SSIM (each block and the window's radius)
+    se = dict.fromkeys(images, 0.0)
+    ssim_sum = dict.fromkeys(images, 0.0)
+    ssim_count = 0
+    for sl in blocks:
+        ext = tuple(slice(max(0, s.start - c), min(m, s.stop + c)) for s, c, m in zip(sl, crops, shape))
+        core = tuple(slice(s.start - e.start, s.stop - e.start) for s, e in zip(sl, ext))
+        # the voxels of this block that the mean counts: at least the radius from the array's ends
+        kept = tuple(slice(max(s.start, c) - s.start, max(max(s.start, c), min(s.stop, m - c)) - s.start)
+                     for s, c, m in zip(sl, crops, shape))
+        r = _read_block(reference, ext)
+        r_core = r[core]
+        for k, src in images.items():
+            a, b = match[k]
+            x = (_read_block(src, ext) * a + b).astype(np.float32).astype(np.float64)
+            d = x[core] - r_core
+            se[k] += float(np.dot(d.ravel(), d.ravel()))
+            s_map = _ssim_map(r, x, sigmas, data_range)[core][kept]
+            ssim_sum[k] += float(s_map.sum(dtype=np.float64))
+        ssim_count += math.prod(k.stop - k.start for k in kept)
+    out: dict = {}
+    for k in images:
+        mse = se[k] / n
+        out[f"psnr_{k}"] = math.inf if mse == 0 else float(10.0 * math.log10(data_range * data_range / mse))
+        out[f"ssim_{k}"] = float(ssim_sum[k] / ssim_count)
+        out[f"match_{k}"] = match[k]
+    return out
 
 
 def psnr_gain_interval(

@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -628,7 +628,7 @@ def stage_qc(
     vs_out = tuple(out.voxel_size) if vs_in else None
     raw_norm = vol.data
     # input and output stay lazy: the checks and the spectra read them block by block, the
-    # resolution figures one window; only a reference or bead comparison reads them whole
+    # resolution figures one window, a reference comparison blocks; only bead fits read them whole
     restored_norm = normalise.apply(out.data, params)
     ratio = [o / i for o, i in zip(restored_norm.shape, raw_norm.shape)]  # output voxels per input voxel
     agreement = metrics.restored_agreement(raw_norm, restored_norm)
@@ -671,28 +671,14 @@ def stage_qc(
     if sat is not None and sat > 0.01:
         flags.append("saturated_input")
     ref_metrics = None
-    if reference or settings.beads:  # whole-volume comparisons (a reference, beads)
-        restored_norm, raw_norm = np.asarray(restored_norm), np.asarray(raw_norm)
     if reference:
-        ref = io.read_volume(reference)
-        if tuple(ref.data.shape) != tuple(out.data.shape):
-            raise InputError(
-                reference,
-                f"reference shape {tuple(ref.data.shape)} does not match the output grid {tuple(out.data.shape)}",
-                sample=sample,
-            )
-        ref_data = np.asarray(ref.data, dtype=np.float32)
-        rparams = normalise.fit_percentiles(ref_data, low_percentile=params.low_percentile,
+        # block by block (metrics.compare_to_reference): a truth and an output larger than memory can be scored
+        ref = io.read_volume(reference, lazy=True)
+        rparams = normalise.fit_percentiles(ref.data, low_percentile=params.low_percentile,
                                             high_percentile=params.high_percentile)
-        ref_n = normalise.apply(ref_data, rparams)
-        interp = interpolation_of(raw_norm, meta, mode)
-
-        def matched(x):  # least-squares intensity match to the reference (scale-free comparison)
-            a = np.vstack([x.ravel(), np.ones(x.size, dtype=np.float32)]).T
-            coef, *_ = np.linalg.lstsq(a.astype(np.float64), ref_n.ravel().astype(np.float64), rcond=None)
-            return (x * coef[0] + coef[1]).astype(np.float32)
-
-        c = metrics.compare(ref_n, matched(restored_norm), matched(interp), data_range=float(ref_n.max() - ref_n.min()))
+        interp_blocks, whole_axes = interpolation_blocks(raw_norm, meta, mode)
+        c = metrics.compare_to_reference(normalise.apply(ref.data, rparams), restored_norm, interp_blocks,
+                                         whole_axes=whole_axes)
         ref_metrics = {"psnr": c["psnr_model"], "ssim": c["ssim_model"], "psnr_interp": c["psnr_interp"],
                        "ssim_interp": c["ssim_interp"]}
         if (restored_attrs.get("content", "model") == "model"
@@ -700,6 +686,8 @@ def stage_qc(
             flags.append("worse_than_interpolation_on_reference")  # the truth outranks the held-out figure
     if settings.beads:
         import pandas as pd
+
+        restored_norm, raw_norm = np.asarray(restored_norm), np.asarray(raw_norm)  # bead fits read them whole
 
         # the same beads in and out: detect on the finer output grid, then map each
         # centre to input voxels with the contract's grid convention
@@ -757,6 +745,33 @@ def interpolation_of(raw_norm: np.ndarray, meta: dict, mode: str) -> np.ndarray:
         f = float(meta["factor"])
         return _zcubic(raw_norm, f)
     return np.asarray(degrade.upscale_cubic(raw_norm, tuple(meta["factors"])), dtype=np.float32)
+
+
+def interpolation_blocks(raw_norm, meta: dict, mode: str) -> tuple[Callable[[tuple[slice, ...]], np.ndarray],
+                                                                   tuple[int, ...]]:
+    """:func:`interpolation_of` a block at a time: a function of output-grid slices that
+    returns that block (float32; equal to the slice of :func:`interpolation_of` to float
+    rounding), reading the input block with the 2-voxel mirrored halo of the cubic kernel;
+    and the axes every block must span whole (a non-integer factor: isotropic's z)."""
+    from . import degrade
+    from .infer import read_padded
+
+    factors = (float(meta["factor"]), 1.0, 1.0) if mode == "isotropic" else tuple(float(f) for f in meta["factors"])
+    whole = tuple(a for a, f in enumerate(factors) if not f.is_integer())
+
+    def block(slices: tuple[slice, ...]) -> np.ndarray:
+        lo, hi, crop = [], [], []
+        for ax, (s, f, n) in enumerate(zip(slices, factors, raw_norm.shape)):
+            if ax in whole:
+                lo.append(0), hi.append(n), crop.append(s)
+            else:
+                f = int(f)
+                a, b = s.start // f - (2 if f > 1 else 0), -(-s.stop // f) + (2 if f > 1 else 0)
+                lo.append(a), hi.append(b), crop.append(slice(s.start - a * f, s.stop - a * f))
+        up = degrade.upscale_cubic(read_padded(raw_norm, lo, hi), factors)
+        return np.asarray(up, dtype=np.float32)[tuple(crop)]
+
+    return block, whole
 
 
 def _zcubic(raw_norm: np.ndarray, f: float) -> np.ndarray:

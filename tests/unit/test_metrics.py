@@ -152,6 +152,63 @@ def test_compare_returns_contract_keys():
     assert out["psnr_model"] == pytest.approx(m.psnr(ref, good, data_range=1.0))
 
 
+def _least_squares_matched(x, ref):
+    a = np.vstack([x.ravel(), np.ones(x.size)]).T
+    coef, *_ = np.linalg.lstsq(a, ref.ravel().astype(np.float64), rcond=None)
+    return (x * coef[0] + coef[1]).astype(np.float32)
+
+
+class _RecordingArray:
+    """An array that records how many voxels each read asks for."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.reads = data, data.shape, []
+
+    def __getitem__(self, slices):
+        block = self.data[slices]
+        self.reads.append(block.size)
+        return block
+
+
+@pytest.mark.parametrize("shape", [(20, 30, 40),  # 3-D window
+                                   (5, 40, 40),  # SSIM per z-slice
+                                   (9, 9, 30),  # reduced 3-D window
+                                   (2, 30, 8),  # per slice, reduced window
+                                   (12, 5, 40),  # a thin lateral axis
+                                   (30, 40)])
+def test_compare_to_reference_in_blocks_equals_the_whole_volume_comparison(shape):
+    """Block by block, with the least-squares intensity match, the figures are those of
+    `compare` on the matched whole arrays, for every SSIM window `ssim` chooses."""
+    rng = np.random.default_rng(1)
+    ref = ndimage.gaussian_filter(rng.random(shape), 1).astype(np.float32)
+    model = (ref * 2 + 0.1 + 0.02 * rng.standard_normal(shape)).astype(np.float32)  # another intensity scale
+    interp = (ref * 0.5 + 0.05 * rng.standard_normal(shape)).astype(np.float32)
+    want = m.compare(ref, _least_squares_matched(model, ref), _least_squares_matched(interp, ref),
+                     data_range=float(ref.max() - ref.min()))
+    got = m.compare_to_reference(ref, model, lambda sl: interp[sl], block_voxels=500)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, abs=1e-6), k
+    assert got["match_model"][0] == pytest.approx(0.5, rel=0.05)  # the model's scale is undone
+    assert got["psnr_model"] > got["psnr_interp"] + 10
+
+
+def test_compare_to_reference_never_reads_a_whole_volume():
+    """Each read is a block and SSIM's 5-voxel window around it, a fraction of the volume."""
+    rng = np.random.default_rng(2)
+    ref = ndimage.gaussian_filter(rng.random((40, 64, 64)), 1).astype(np.float32)
+    arrays = [_RecordingArray(ref), _RecordingArray(ref + 0.01), _RecordingArray(ref * 0.9)]
+    got = m.compare_to_reference(*arrays, block_voxels=8192)
+    assert got["psnr_model"] > 100 and got["psnr_interp"] > 100  # both are the truth, rescaled
+    for a in arrays:
+        assert len(a.reads) > 2 * 10 and max(a.reads) <= 8192 * 3 < ref.size / 4
+
+
+def test_compare_to_reference_refuses_arrays_of_other_shapes():
+    ref = np.zeros((4, 16, 16), np.float32)
+    with pytest.raises(ValueError, match="model shape"):
+        m.compare_to_reference(ref, np.zeros((4, 16, 15), np.float32), ref)
+
+
 # ------------------------------------------------------------------- FWHM / beads
 
 

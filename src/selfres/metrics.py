@@ -460,6 +460,10 @@ def psnr_gain_interval(
 #: blocks; docs/performance.md).
 READ_BLOCK_VOXELS = 8 * 2**20
 
+#: Voxels beyond the maximum filter's box that :func:`detect_beads` reads around each block,
+#: so that a flat maximum (a saturated bead) up to this far across a block's face is seen whole.
+_PLATEAU_HALO = 8
+
 
 def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_000,
                        block_voxels: int | None = None) -> dict:
@@ -644,6 +648,7 @@ def detect_beads(
     threshold_rel: float = 0.2,
     border: int | Sequence[int] | None = None,
     isolation: int | Sequence[int] | None = None,
+    block_voxels: int = READ_BLOCK_VOXELS,
 ) -> np.ndarray:
     """Find isolated bright spots (beads) in a ZYX volume.
 
@@ -653,10 +658,15 @@ def detect_beads(
     box of half-size ``isolation`` (both are then rejected: a neighbour would bias
     the profile fits).
 
+    The volume is read in blocks of about ``block_voxels`` voxels (with the filter's box and
+    :data:`_PLATEAU_HALO` voxels around each), so a lazy volume larger than memory can be
+    searched; the result does not depend on the blocks, except for a flat maximum wider than
+    that halo across a block's face.
+
     Parameters
     ----------
     volume
-        3-D array (ZYX). A 2-D array is treated as one slice.
+        3-D array (ZYX; numpy, dask or zarr). A 2-D array is treated as one slice.
     min_distance
         Half-size of the local-maximum box, in voxels (one int or ``(z, y, x)``).
     threshold_rel
@@ -666,45 +676,67 @@ def detect_beads(
     isolation
         Half-size of the neighbourhood that must hold no other detected maximum;
         default ``3 * min_distance``.
+    block_voxels
+        Voxels read at once.
 
     Returns
     -------
     numpy.ndarray
         ``(N, 3)`` int array of ``z, y, x`` positions, brightest first.
     """
-    vol = np.asarray(volume, dtype=np.float32)
+    vol = volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
     if vol.ndim == 2:
         vol = vol[None]
     if vol.ndim != 3:
         raise ValueError(f"detect_beads needs a 2-D or 3-D array; got shape {np.shape(volume)}")
     if not 0 <= threshold_rel < 1:
         raise ValueError(f"threshold_rel must be in [0, 1); got {threshold_rel!r}")
+    shape = tuple(int(n) for n in vol.shape)
     md = _as_int3(min_distance, "min_distance")
-    md = tuple(m if n > 1 else 0 for m, n in zip(md, vol.shape))
+    md = tuple(m if n > 1 else 0 for m, n in zip(md, shape))
     bd = tuple(2 * m for m in md) if border is None else _as_int3(border, "border")
     iso = tuple(3 * m for m in md) if isolation is None else _as_int3(isolation, "isolation")
-    lo, hi = float(vol.min()), float(vol.max())
+    blocks = _cubic_blocks(shape, block_voxels)
+    lo, hi = math.inf, -math.inf
+    for sl in blocks:
+        b = _read_block(vol, sl)
+        lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
     if not hi > lo:
         return np.zeros((0, 3), dtype=int)
-    thr = lo + threshold_rel * (hi - lo)
-    local_max = ndimage.maximum_filter(vol, size=tuple(2 * m + 1 for m in md), mode="nearest")
-    is_peak = (vol == local_max) & (vol > thr)
-    # a flat maximum (e.g. a saturated bead) is one peak: its rounded centroid
-    labels, n = ndimage.label(is_peak, structure=np.ones((3, 3, 3), dtype=bool))
-    if n == 0:
+    thr = np.float32(lo + threshold_rel * (hi - lo))
+    # candidates block by block; the halo holds the maximum filter's box and a flat maximum
+    # (e.g. a saturated bead) up to PLATEAU_HALO voxels across a block's face
+    halo = tuple(m + _PLATEAU_HALO for m in md)
+    found, values = [], []
+    for sl in blocks:
+        ext = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(sl, halo, shape))
+        b = _read_block(vol, ext).astype(np.float32)
+        local_max = ndimage.maximum_filter(b, size=tuple(2 * m + 1 for m in md), mode="nearest")
+        is_peak = (b == local_max) & (b > thr)
+        labels, n = ndimage.label(is_peak, structure=np.ones((3, 3, 3), dtype=bool))
+        if n == 0:
+            continue
+        centres = ndimage.center_of_mass(is_peak, labels, index=np.arange(1, n + 1))
+        local = np.floor(np.asarray(centres, dtype=np.float64) + 0.5).astype(int).reshape(-1, 3)
+        peaks = local + np.array([e.start for e in ext])
+        inside = np.all((peaks >= [s.start for s in sl]) & (peaks < [s.stop for s in sl]), axis=1)
+        found.append(peaks[inside])
+        values.append(b[tuple(local[inside].T)])
+    if not found or not sum(len(f) for f in found):
         return np.zeros((0, 3), dtype=int)
-    centres = ndimage.center_of_mass(is_peak, labels, index=np.arange(1, n + 1))
-    peaks = np.floor(np.asarray(centres, dtype=np.float64) + 0.5).astype(int).reshape(-1, 3)
-    shape = np.asarray(vol.shape)
-    keep_border = np.all((peaks >= bd) & (peaks < shape - np.asarray(bd)), axis=1)
-    # isolation against every candidate (including those near the border)
-    diff = np.abs(peaks[:, None, :] - peaks[None, :, :])
-    near = np.all(diff <= np.asarray(iso), axis=2)
-    np.fill_diagonal(near, False)
-    isolated = ~near.any(axis=1)
-    out = peaks[keep_border & isolated]
-    values = vol[tuple(out.T)]
-    return out[np.argsort(-values, kind="stable")].astype(int)
+    peaks, vals = np.concatenate(found), np.concatenate(values)
+    keep_border = np.all((peaks >= bd) & (peaks < np.asarray(shape) - np.asarray(bd)), axis=1)
+    # isolation against every candidate (including those near the border): a pair is too
+    # near when it is within ``iso`` on every axis (Chebyshev distance ≤ 1 after scaling)
+    from scipy.spatial import cKDTree
+
+    scaled = peaks / np.maximum(np.asarray(iso, dtype=np.float64), 0.5)
+    pairs = cKDTree(scaled).query_pairs(1.0, p=np.inf, output_type="ndarray")
+    isolated = np.ones(len(peaks), dtype=bool)
+    isolated[pairs.ravel()] = False
+    ok = keep_border & isolated
+    out, vals = peaks[ok], vals[ok]
+    return out[np.lexsort((out[:, 2], out[:, 1], out[:, 0], -vals))].astype(int)
 
 
 def bead_fwhm_table(
@@ -726,7 +758,8 @@ def bead_fwhm_table(
     Parameters
     ----------
     volume
-        ZYX array.
+        ZYX array (numpy, dask or zarr: only the beads' profiles and, without
+        ``positions``, :func:`detect_beads`' blocks are read).
     voxel_size
         ``(z, y, x)`` voxel size in µm.
     positions
@@ -747,7 +780,7 @@ def bead_fwhm_table(
         fit failed), ``fwhm_z, fwhm_y, fwhm_x`` (voxels) and ``fwhm_z_um,
         fwhm_y_um, fwhm_x_um``; NaN where a fit failed. One row per bead.
     """
-    vol = np.asarray(volume, dtype=np.float64)
+    vol = volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
     if vol.ndim != 3:
         raise ValueError(f"bead_fwhm_table needs a 3-D ZYX array; got shape {vol.shape}")
     vs = _as_pair(voxel_size, "voxel_size", 3)
@@ -769,7 +802,7 @@ def bead_fwhm_table(
             hi = min(vol.shape[a], pos[a] + hw[a] + 1)
             index = list(pos)
             index[a] = slice(lo, hi)
-            fit = _fit_gaussian(vol[tuple(index)])
+            fit = _fit_gaussian(_read_block(vol, tuple(index)))
             if fit is None:
                 row[name] = float(pos[a])
                 row[f"fwhm_{name}"] = math.nan

@@ -628,7 +628,7 @@ def stage_qc(
     vs_out = tuple(out.voxel_size) if vs_in else None
     raw_norm = vol.data
     # input and output stay lazy: the checks and the spectra read them block by block, the
-    # resolution figures one window, a reference comparison blocks; only bead fits read them whole
+    # resolution figures one window, a reference comparison and the bead search blocks, the bead fits profiles
     restored_norm = normalise.apply(out.data, params)
     ratio = [o / i for o, i in zip(restored_norm.shape, raw_norm.shape)]  # output voxels per input voxel
     agreement = metrics.restored_agreement(raw_norm, restored_norm)
@@ -686,8 +686,6 @@ def stage_qc(
             flags.append("worse_than_interpolation_on_reference")  # the truth outranks the held-out figure
     if settings.beads:
         import pandas as pd
-
-        restored_norm, raw_norm = np.asarray(restored_norm), np.asarray(raw_norm)  # bead fits read them whole
 
         # the same beads in and out: detect on the finer output grid, then map each
         # centre to input voxels with the contract's grid convention

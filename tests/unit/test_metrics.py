@@ -246,6 +246,30 @@ def test_detect_beads_isolated_plateau_and_border():
     assert found.tolist() == [[12, 20, 20], [6, 31, 31]]
 
 
+def test_detect_beads_in_blocks_finds_what_one_pass_finds():
+    """Small blocks of a lazy volume give the single block's beads, in the same order: a
+    flat maximum across a block face, a close pair split by one, and beads on the faces."""
+    import dask.array as da
+
+    rng = np.random.default_rng(3)
+    spots = np.zeros((30, 90, 90), np.float32)
+    idx = rng.integers(0, [30, 90, 90], size=(120, 3))
+    spots[tuple(idx.T)] = rng.uniform(0.3, 1.0, len(idx))
+    spots[7:24, 37:54, 37:54] = 0  # room for the flat bead below
+    vol = ndimage.gaussian_filter(spots, 1.0) + 0.002 * rng.random(spots.shape).astype(np.float32)
+    vol[12:17, 40:47, 40:47] = vol.max()  # a flat, saturated bead across block faces
+    whole = m.detect_beads(vol, min_distance=2, threshold_rel=0.1)
+    assert len(whole) > 15 and [14, 43, 43] in whole.tolist()
+    for block_voxels in (4000, 20_000):  # blocks of 16³ and 27³: many faces cross beads
+        blocks = m.detect_beads(da.from_array(vol, chunks=16), min_distance=2, threshold_rel=0.1,
+                                block_voxels=block_voxels)
+        np.testing.assert_array_equal(blocks, whole)
+    # the table reads only the beads' profiles from a lazy volume, with the same fits
+    t_lazy = m.bead_fwhm_table(da.from_array(vol, chunks=16), positions=whole, max_beads=10)
+    t_mem = m.bead_fwhm_table(vol, positions=whole, max_beads=10)
+    pd.testing.assert_frame_equal(t_lazy, t_mem)
+
+
 @pytest.mark.parametrize("noise", [0.0, 0.02])
 @pytest.mark.parametrize(
     "sigma", [(2.0, 1.2, 1.2), (1.0, 1.5, 1.5), (3.0, 2.0, 1.5), (0.8, 0.8, 0.8)]

@@ -228,6 +228,10 @@ def stage_crop(
     if mode == "isotropic" and vol.data.shape[0] < 2:
         raise InputError(source, f"isotropic mode restores the z axis of a 3-D stack; this is a 2-D image (shape "
                          f"{tuple(vol.data.shape)}, one z slice): use mode enhance with scale 1,y,x", sample=sample)
+    if mode == "isotropic":  # refused here, not at train: before the GPU job is queued
+        from .isotropic import isotropic_factor
+
+        isotropic_factor(_voxel_size_of(vol), path=source, sample=sample)
     if mode == "enhance":
         _check_size_for_factors(vol.data.shape, factors, what=f"the volume (shape {tuple(vol.data.shape)})",
                                 path=source, sample=sample, hint="use a smaller factor on that axis (sheet column "

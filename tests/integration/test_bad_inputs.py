@@ -156,9 +156,8 @@ def b_too_few_slices(d):
 
 def b_voxel_missing_isotropic(d):
     src, norm = _norm(d, shape=(8, 40, 40), voxel=False)
-    pipeline.stage_crop(norm, d / "fov.json", sample=SAMPLE, mode="isotropic")
-    return ["train", str(norm), str(d / "fov.json"), "-o", str(d / "model"), "--mode", "isotropic",
-            "--device", "cpu", "--sample", SAMPLE], src.name, r"isotropic mode needs .*voxel"
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "isotropic", "--sample", SAMPLE], \
+        src.name, r"isotropic mode needs .*voxel"
 
 
 def b_two_d_isotropic(d):

@@ -294,7 +294,7 @@ def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
     assert not (tmp_path / "restored_model.ome.zarr").exists()
 
 
-def test_isotropic_training_refuses_a_volume_without_voxel_size(tmp_path):
+def test_isotropic_crop_refuses_a_volume_without_voxel_size(tmp_path):
     from selfres import pipeline
 
     import tifffile
@@ -302,10 +302,9 @@ def test_isotropic_training_refuses_a_volume_without_voxel_size(tmp_path):
     tifffile.imwrite(tmp_path / "in.tif", (_iso_truth((8, 40, 40)) * 1000).astype(np.uint16))
     norm = tmp_path / "normalized.ome.zarr"
     pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s1")
-    with pytest.raises(InputError, match=r"s1.*isotropic mode needs"):  # refused at the first stage that knows
+    with pytest.raises(InputError, match=r"s1.*in.tif.*isotropic mode needs"):  # at crop, before the GPU job
         pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s1", mode="isotropic")
-        pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
-                             settings=_tiny(), device="cpu")
+    assert not (tmp_path / "fov.json").exists()
 
 
 def test_isotropic_stage_train_itself_refuses_an_unknown_voxel_size(tmp_path):

@@ -186,27 +186,13 @@ def ssim(reference: np.ndarray, image: np.ndarray, *, data_range: float | None =
         sigma=_SSIM_SIGMA,
         use_sample_covariance=False,
     )
-    shape = reference.shape
-    if min(shape) >= _SSIM_WIN:
+    sigmas, _ = _ssim_geometry(reference.shape)
+    kwargs["sigma"] = max(sigmas)
+    thin = [a for a, sg in enumerate(sigmas) if sg == 0]
+    if not thin:
         return float(structural_similarity(reference, image, **kwargs))
-    pairs = [(reference, image)]
-    if reference.ndim == 3:
-        thin = int(np.argmin(shape))
-        others = [n for i, n in enumerate(shape) if i != thin]
-        if min(others) >= _SSIM_WIN or shape[thin] < 3:
-            pairs = list(zip(np.moveaxis(reference, thin, 0), np.moveaxis(image, thin, 0)))
-    smallest = min(pairs[0][0].shape)
-    if smallest < 3:
-        raise ValueError(
-            "ssim needs at least 3 samples along every axis it filters (11 for the "
-            f"standard window); got shape {shape}"
-        )
-    if smallest < _SSIM_WIN:
-        # reduced window: the largest Gaussian sigma whose 3.5-sigma window fits
-        half = (smallest - 1) // 2
-        kwargs["sigma"] = 0.999 * half / 3.5
-    values = [structural_similarity(r, i, **kwargs) for r, i in pairs]
-    return float(np.mean(values))
+    pairs = zip(np.moveaxis(reference, thin[0], 0), np.moveaxis(image, thin[0], 0))  # SSIM per slice
+    return float(np.mean([structural_similarity(r, i, **kwargs) for r, i in pairs]))
 
 
 def compare(
@@ -243,10 +229,10 @@ def compare(
 
 
 def _ssim_geometry(shape: Sequence[int]) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    """How :func:`ssim` filters an array of ``shape``: the Gaussian σ along each axis (0: not
-    filtered, SSIM is taken per slice along it) and the voxels at each end of each axis that
-    the mean leaves out (the window's radius). The rules of :func:`ssim`, for the block-wise
-    :func:`compare_to_reference`."""
+    """How :func:`ssim` and :func:`compare_to_reference` filter an array of ``shape``: the
+    Gaussian σ along each axis (0: not filtered, SSIM is taken per slice along it) and the
+    voxels at each end of each axis that the mean leaves out (the window's radius). A
+    reduced window is the largest Gaussian σ whose 3.5-σ window fits."""
     shape = tuple(int(n) for n in shape)
     thin = None
     plane_min = min(shape)

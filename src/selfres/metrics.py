@@ -321,7 +321,13 @@ def compare_to_reference(
     -------
     dict
         ``{"psnr_model", "psnr_interp", "ssim_model", "ssim_interp", "match_model",
-        "match_interp"}``; the last two are the ``(a, b)`` of each match.
+        "match_interp"}``; the last two are the ``(a, b)`` of each match (a constant image
+        is matched to the truth's mean: ``a = 0``).
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, an array has non-finite voxels, or the reference is constant.
     """
     shape = tuple(int(n) for n in reference.shape)
     for name, arr in (("model", model), ("interp", interp)):
@@ -335,24 +341,39 @@ def compare_to_reference(
     blocks = _cubic_blocks(shape, block_voxels, whole_axes=whole_axes)
     images = {"model": model, "interp": interp}
 
-    # pass 1: the truth's range and the least-squares sums of each image against it
+    # pass 1: the truth's range and the least-squares sums of each image against it, about
+    # the first block's means (raw sums of an image far from 0 would cancel)
     n = 0
     lo, hi = math.inf, -math.inf
+    shift: dict[str, float] = {}
     sr = 0.0
-    sums = {k: np.zeros(3) for k in images}  # Σx, Σx², Σx·r
+    sums = {k: np.zeros(3) for k in images}  # Σx, Σx², Σx·r of the shifted x and r
     for sl in blocks:
         r = _read_block(reference, sl)
-        n += r.size
-        lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
-        sr += float(r.sum())
-        for k, src in images.items():
-            x = _read_block(src, sl)
-            sums[k] += (x.sum(), float(np.dot(x.ravel(), x.ravel())), float(np.dot(x.ravel(), r.ravel())))
-    data_range = _data_range(np.array([lo, hi]), None)
+        for k, x in (("reference", r), *((k, _read_block(src, sl)) for k, src in images.items())):
+            if not np.all(np.isfinite(x)):
+                raise ValueError(f"the {k} has {int(np.count_nonzero(~np.isfinite(x)))} non-finite voxels in "
+                                 f"{tuple((s.start, s.stop) for s in sl)}")
+            if k not in shift:
+                shift[k] = float(x.mean())
+            if k == "reference":
+                n += r.size
+                lo, hi = min(lo, float(r.min())), max(hi, float(r.max()))
+                rs = r - shift["reference"]
+                sr += float(rs.sum())
+            else:
+                xs = (x - shift[k]).ravel()
+                sums[k] += (xs.sum(), float(np.dot(xs, xs)), float(np.dot(xs, rs.ravel())))
+    if not hi > lo:
+        raise ValueError(f"the reference is constant (every voxel is {lo:g}): nothing to compare against")
+    data_range = hi - lo
     match = {}
     for k, (sx, sxx, sxr) in sums.items():
-        coef, *_ = np.linalg.lstsq(np.array([[sxx, sx], [sx, n]]), np.array([sxr, sr]), rcond=None)
-        match[k] = (float(coef[0]), float(coef[1]))
+        var_x = sxx - sx * sx / n  # n × variance of x; the covariance with r likewise
+        a = (sxr - sx * sr / n) / var_x if var_x > 0 else 0.0
+        # a·x + b = a·(x - shift_x) + (mean of r) - a·(mean of x - shift_x)
+        b = shift["reference"] + sr / n - a * (shift[k] + sx / n)
+        match[k] = (float(a), float(b))
 
     # pass 2: squared errors (each block) and local SSIM (each block and the window's radius)
     se = dict.fromkeys(images, 0.0)
@@ -669,6 +690,11 @@ def detect_beads(
     -------
     numpy.ndarray
         ``(N, 3)`` int array of ``z, y, x`` positions, brightest first.
+
+    Raises
+    ------
+    ValueError
+        Not 2-D or 3-D, ``threshold_rel`` outside [0, 1), or non-finite voxels.
     """
     vol = volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
     if vol.ndim == 2:
@@ -686,6 +712,9 @@ def detect_beads(
     lo, hi = math.inf, -math.inf
     for sl in blocks:
         b = _read_block(vol, sl)
+        if not np.all(np.isfinite(b)):
+            raise ValueError(f"detect_beads: the volume has {int(np.count_nonzero(~np.isfinite(b)))} non-finite "
+                             f"voxels in {tuple((s.start, s.stop) for s in sl)}")
         lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
     if not hi > lo:
         return np.zeros((0, 3), dtype=int)
@@ -713,10 +742,10 @@ def detect_beads(
     peaks, vals = np.concatenate(found), np.concatenate(values)
     keep_border = np.all((peaks >= bd) & (peaks < np.asarray(shape) - np.asarray(bd)), axis=1)
     # isolation against every candidate (including those near the border): a pair is too
-    # near when it is within ``iso`` on every axis (Chebyshev distance ≤ 1 after scaling)
+    # near when it is within ``iso`` on every axis (Chebyshev distance < 1 after scaling)
     from scipy.spatial import cKDTree
 
-    scaled = peaks / np.maximum(np.asarray(iso, dtype=np.float64), 0.5)
+    scaled = peaks / (np.asarray(iso, dtype=np.float64) + 0.5)  # integer |d| ≤ iso ⇔ scaled |d| < 1
     pairs = cKDTree(scaled).query_pairs(1.0, p=np.inf, output_type="ndarray")
     isolated = np.ones(len(peaks), dtype=bool)
     isolated[pairs.ravel()] = False

@@ -680,9 +680,15 @@ def stage_qc(
         ref = io.read_volume(reference, lazy=True)
         rparams = normalise.fit_percentiles(ref.data, low_percentile=params.low_percentile,
                                             high_percentile=params.high_percentile)
+        if not (np.isfinite(rparams.low) and np.isfinite(rparams.high)):
+            raise InputError(reference, "the reference has non-finite voxels (NaN or Inf): cannot score against it",
+                             sample=sample)
         interp_blocks, whole_axes = interpolation_blocks(raw_norm, meta, mode)
-        c = metrics.compare_to_reference(normalise.apply(ref.data, rparams), restored_norm, interp_blocks,
-                                         whole_axes=whole_axes)
+        ref_n = normalise.apply(ref.data, rparams)
+        try:
+            c = metrics.compare_to_reference(ref_n, restored_norm, interp_blocks, whole_axes=whole_axes)
+        except ValueError as exc:  # a reference with NaN/Inf or a constant one (the output was made finite above)
+            raise InputError(reference, f"cannot score against this reference: {exc}", sample=sample) from None
         ref_metrics = {"psnr": c["psnr_model"], "ssim": c["ssim_model"], "psnr_interp": c["psnr_interp"],
                        "ssim_interp": c["ssim_interp"]}
         if (restored_attrs.get("content", "model") == "model"

@@ -154,6 +154,25 @@ def test_a_reference_that_prefers_interpolation_flags_the_sample(tmp_path):
         assert ("worse_than_interpolation_on_reference" in m["flags"]) is flagged, (name, m["reference"])
 
 
+@pytest.mark.parametrize("damage, message", [("nan", "non-finite voxels"), ("constant", "the reference is constant")])
+def test_a_reference_that_cannot_be_scored_is_an_error_naming_it(tmp_path, damage, message):
+    """A truth with a NaN (read lazily, so the reader's check does not see it) or with no
+    contrast is one clear error naming the reference file, not NaN figures and a flag."""
+    from selfres.errors import InputError
+
+    keep, out = _restored_with_intermediates(tmp_path)
+    truth = np.asarray(io.read_ome_zarr(out).data, dtype=np.float32).copy()
+    if damage == "nan":
+        truth[-1, -1, -1] = np.nan  # one voxel, which the percentile sample misses
+    else:
+        truth[:] = 7.0
+    ref = tmp_path / "ref_bad.tif"
+    tifffile.imwrite(ref, truth)
+    with pytest.raises(InputError, match=rf"sample 's'.*ref_bad.tif.*{message}"):
+        pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
+                          tmp_path / "qc" / "metrics.json", sample="s", reference=ref)
+
+
 def test_restore_on_the_command_line_scores_a_reference(tmp_path):
     """`selfres restore --reference` gives QC the truth, as the sheet's reference column does: a
     reference equal to the tricubic interpolation ranks the model's output below it."""

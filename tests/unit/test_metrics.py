@@ -203,6 +203,33 @@ def test_compare_to_reference_never_reads_a_whole_volume():
         assert len(a.reads) > 2 * 10 and max(a.reads) <= 8192 * 3 < ref.size / 4
 
 
+@pytest.mark.parametrize("offset, dtype", [(3000, np.float32), (1e7, np.float64)])
+def test_compare_to_reference_does_not_depend_on_an_output_offset(offset, dtype):
+    """An output far from 0 (raw camera counts, an offset) is matched as well as one near it:
+    the match is solved in closed form from sums taken about the first block's means (raw
+    sums cancel; a least-squares solver's cut-off dropped the slope at 3000)."""
+    rng = np.random.default_rng(4)
+    ref = ndimage.gaussian_filter(rng.random((20, 30, 40)), 1).astype(np.float32)
+    model = (ref * 2 + 0.02 * rng.standard_normal(ref.shape)).astype(dtype)
+    near = m.compare_to_reference(ref, model, ref, block_voxels=500)
+    far = m.compare_to_reference(ref, model + dtype(offset), ref, block_voxels=500)
+    assert far["psnr_model"] == pytest.approx(near["psnr_model"], abs=1e-3)
+    assert far["ssim_model"] == pytest.approx(near["ssim_model"], abs=1e-5)
+    assert far["match_model"][0] == pytest.approx(near["match_model"][0], rel=1e-4)
+
+
+def test_compare_to_reference_refuses_non_finite_and_constant_arrays():
+    ref = ndimage.gaussian_filter(np.random.default_rng(0).random((8, 16, 16)), 1).astype(np.float32)
+    bad = ref.copy()
+    bad[7, 15, 15] = np.nan
+    with pytest.raises(ValueError, match="the reference has 1 non-finite voxels"):
+        m.compare_to_reference(bad, ref, ref, block_voxels=300)
+    with pytest.raises(ValueError, match="the model has 1 non-finite voxels"):
+        m.compare_to_reference(ref, bad, ref, block_voxels=300)
+    with pytest.raises(ValueError, match="the reference is constant"):
+        m.compare_to_reference(np.ones_like(ref), ref, ref)
+
+
 def test_compare_to_reference_refuses_arrays_of_other_shapes():
     ref = np.zeros((4, 16, 16), np.float32)
     with pytest.raises(ValueError, match="model shape"):
@@ -268,6 +295,16 @@ def test_detect_beads_in_blocks_finds_what_one_pass_finds():
     t_lazy = m.bead_fwhm_table(da.from_array(vol, chunks=16), positions=whole, max_beads=10)
     t_mem = m.bead_fwhm_table(vol, positions=whole, max_beads=10)
     pd.testing.assert_frame_equal(t_lazy, t_mem)
+
+
+def test_detect_beads_rejects_a_pair_exactly_the_isolation_apart_and_non_finite_volumes():
+    vol = np.zeros((41, 41, 41), np.float32)
+    vol[20, 20, 12] = vol[20, 20, 21] = 1.0  # 9 apart = the default isolation (3 × min_distance 3)
+    vol[20, 20, 33] = 0.5  # 12 from the nearer: isolated
+    assert m.detect_beads(vol).tolist() == [[20, 20, 33]]
+    vol[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="1 non-finite voxels"):
+        m.detect_beads(vol)
 
 
 @pytest.mark.parametrize("noise", [0.0, 0.02])

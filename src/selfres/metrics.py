@@ -763,6 +763,7 @@ def bead_fwhm_table(
     half_width: int | Sequence[int] | None = None,
     min_distance: int | Sequence[int] = 3,
     threshold_rel: float = 0.2,
+    block_voxels: int = READ_BLOCK_VOXELS,
 ) -> pd.DataFrame:
     """Per-bead FWHM along z, y and x from Gaussian fits to line profiles.
 
@@ -787,6 +788,9 @@ def bead_fwhm_table(
         least 4).
     min_distance, threshold_rel
         Passed to :func:`detect_beads` when ``positions`` is None.
+    block_voxels
+        The volume is read in blocks of about this many voxels (each with the profiles'
+        half-length around it), the beads of each block fitted from one read.
 
     Returns
     -------
@@ -809,23 +813,32 @@ def bead_fwhm_table(
     else:
         hw = _as_int3(half_width, "half_width")
     axes = ("z", "y", "x")
-    rows = []
-    for pos in positions:
-        row: dict[str, float] = {}
-        for a, name in enumerate(axes):
-            lo = max(0, pos[a] - hw[a])
-            hi = min(vol.shape[a], pos[a] + hw[a] + 1)
-            index = list(pos)
-            index[a] = slice(lo, hi)
-            fit = _fit_gaussian(_read_block(vol, tuple(index)))
-            if fit is None:
-                row[name] = float(pos[a])
-                row[f"fwhm_{name}"] = math.nan
-            else:
-                row[name] = lo + fit[0]
-                row[f"fwhm_{name}"] = FWHM_PER_SIGMA * fit[1]
-            row[f"fwhm_{name}_um"] = row[f"fwhm_{name}"] * vs[a]
-        rows.append(row)
+    shape = tuple(int(n) for n in vol.shape)
+    rows: list[dict[str, float]] = [{} for _ in positions]
+    # a few reads, not one per bead (each read of a lazy volume has a fixed cost): the beads
+    # are fitted block by block, each block read once with the profiles' half-length around it
+    for sl in _cubic_blocks(shape, block_voxels):
+        inside = np.flatnonzero(np.all((positions >= [s.start for s in sl]) & (positions < [s.stop for s in sl]),
+                                       axis=1)) if len(positions) else []
+        if not len(inside):
+            continue
+        ext = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(sl, hw, shape))
+        block = _read_block(vol, ext)
+        for i in inside:
+            pos = positions[i]
+            row = rows[i]
+            for a, name in enumerate(axes):
+                lo = max(0, pos[a] - hw[a])
+                index = [p - e.start for p, e in zip(pos, ext)]
+                index[a] = slice(lo - ext[a].start, min(shape[a], pos[a] + hw[a] + 1) - ext[a].start)
+                fit = _fit_gaussian(block[tuple(index)])
+                if fit is None:
+                    row[name] = float(pos[a])
+                    row[f"fwhm_{name}"] = math.nan
+                else:
+                    row[name] = lo + fit[0]
+                    row[f"fwhm_{name}"] = FWHM_PER_SIGMA * fit[1]
+                row[f"fwhm_{name}_um"] = row[f"fwhm_{name}"] * vs[a]
     columns = [*axes, *(f"fwhm_{a}" for a in axes), *(f"fwhm_{a}_um" for a in axes)]
     return pd.DataFrame(rows, columns=columns)
 

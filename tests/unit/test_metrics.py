@@ -292,7 +292,7 @@ def test_detect_beads_in_blocks_finds_what_one_pass_finds():
                                 block_voxels=block_voxels)
         np.testing.assert_array_equal(blocks, whole)
     # the table reads only the beads' profiles from a lazy volume, with the same fits
-    t_lazy = m.bead_fwhm_table(da.from_array(vol, chunks=16), positions=whole, max_beads=10)
+    t_lazy = m.bead_fwhm_table(da.from_array(vol, chunks=16), positions=whole, max_beads=10, block_voxels=4000)
     t_mem = m.bead_fwhm_table(vol, positions=whole, max_beads=10)
     pd.testing.assert_frame_equal(t_lazy, t_mem)
 

@@ -238,16 +238,14 @@ def _psf_sigma(args) -> tuple[float, ...]:
         return gaussian_sigma_from_optics(na=args.na, wavelength_um=args.wavelength_um,  # ConfigError if impossible
                                           refractive_index=args.refractive_index, voxel_size=(1.0, 1.0, 1.0),
                                           kind=args.microscope)
-    import numpy as np
-
     from . import io, metrics
 
-    vol = io.read_volume(args.beads, channel=args.channel)
+    vol = io.read_volume(args.beads, channel=args.channel, lazy=True)  # searched and fitted in blocks
     voxel_size = args.voxel_size or vol.voxel_size
     if voxel_size is None:
         raise InputError(args.beads, "the file records no voxel size; give --voxel-size z,y,x (µm)")
     try:
-        m = metrics.psf_sigma_from_beads(np.asarray(vol.data, dtype=np.float32), voxel_size)
+        m = metrics.psf_sigma_from_beads(vol.data, voxel_size)
     except ValueError as exc:
         raise InputError(args.beads, str(exc)) from None
     print(f"{m['n_beads']} beads; image FWHM z,y,x {', '.join(f'{v:.3g}' for v in m['fwhm_um'])} µm; "

@@ -894,7 +894,8 @@ def psf_sigma_from_beads(
     Parameters
     ----------
     volume
-        ZYX image of isolated sub-resolution beads (a PSF stack of the microscope).
+        ZYX image of isolated sub-resolution beads (a PSF stack of the microscope);
+        numpy, dask or zarr (read in blocks: :func:`detect_beads`, :func:`bead_fwhm_table`).
     voxel_size
         ``(z, y, x)`` voxel size in µm.
     min_beads
@@ -908,7 +909,7 @@ def psf_sigma_from_beads(
         the spots are not all the same point-like object).
     """
     vs = _as_pair(voxel_size, "voxel_size", 3)
-    vol = np.asarray(volume, dtype=np.float64)
+    vol = volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
     if vol.ndim != 3:
         raise ValueError(f"psf_sigma_from_beads needs a 3-D ZYX array; got shape {vol.shape}")
     pos = detect_beads(vol, min_distance=min_distance, threshold_rel=threshold_rel)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -131,6 +132,13 @@ def test_psf_sigma_command_measures_a_bead_stack(tmp_path, capsys):
     assert main(["psf-sigma", "--beads", str(bare), "--voxel-size", "0.4,0.1,0.1"]) == 0
     out = capsys.readouterr()
     assert out.out.strip() == f"{z:.4g},{y:.4g},{x:.4g}" and "warning" not in out.err
+    # read lazily (a bead stack larger than memory): a NaN is still one error naming the file
+    holed = beads.astype(np.float32)
+    holed[20, 50, 50] = np.nan
+    tifffile.imwrite(tmp_path / "holed.tif", holed)
+    assert main(["psf-sigma", "--beads", str(tmp_path / "holed.tif"), "--voxel-size", "0.4,0.1,0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "holed.tif" in err and "1 non-finite voxels" in err
     # spots of two widths are not a PSF: the σ comes with a warning
     mixed = beads + make_beads(shape=(40, 96, 96), n_beads=20, sigma_px=(5.0, 3.0, 3.0), seed=2)
     tifffile.imwrite(bare, mixed)

@@ -79,22 +79,28 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     Voxels are binned by local mean (``bins`` quantile bins); in each bin only the
     ``smooth_fraction`` with the smallest smoothed gradient count (edges and curved
     structure leak into the residual; the smoothed gradient, a low-pass measure, hardly
-    depends on the noise it selects for), and the residual's variance there is its
-    robust (MAD) σ squared, times the share of it that looks like white noise (the
-    residual of white noise has a lag-1 correlation of −2/3 between neighbours in the
-    plane and none with the next plane; structure correlates otherwise: the share is
-    the in-plane ratio to −2/3 times one minus the correlation with the next plane;
-    ``white_signature=False`` counts the whole residual). A single plane has no next
-    plane; there the residuals two apart must show white noise's correlation (1/6) as
-    well. Voxels next to a saturated one (the top value, shared by many voxels) are left
-    out, and so are non-finite planes. A line ``slope·μ + floor`` is fitted to
-    the bins by weighted least squares; a negative slope is refitted as a constant, a
-    negative floor as a line through the origin.
+    depends on the noise it selects for). White noise of variance ``w`` gives the residual
+    a covariance of ``w·(−2/3)`` between in-plane neighbours and ``w·(1/6)`` between
+    residuals two apart; structure that leaks into it is smooth over a voxel or two and
+    adds about the same to both, so the bin's noise variance is their difference over
+    −5/6 (clipped to the residual's power). A single plane (2-D input) uses the robust
+    (MAD) variance of the residual times the smaller share of it that shows either
+    correlation (sharp points pass one test more easily than both);
+    ``white_signature=False`` counts the whole residual's robust variance. Voxels next to
+    a saturated one (the top value, shared by many voxels) are left out, and so are
+    non-finite planes. A line ``slope·μ + floor`` is fitted to the bins by weighted least
+    squares; a negative slope is refitted as a constant, a negative floor as a line through
+    the origin.
+
+    Texture near the sampling limit (in-plane scale below about one voxel) is not smooth
+    over two voxels and is subtracted with the noise: on such synthetic scenes with little
+    noise the estimate falls towards 0 (docs/quality.md, "Eleventh session").
 
     On the benchmark's real volumes, downscaled ×2 and given Poisson noise of 200 or 1000
-    photons at the 99.9th percentile, the estimate was 0.4–1.2 × the added variance
-    (docs/quality.md, "Tenth session"); below it is the side on which the held-out check
-    sees less noise than the acquisition has.
+    photons at the 99.9th percentile, the estimate on the training FOV was 0.75–1.12 × the
+    added variance (the earlier estimate, the robust variance times the share with the
+    lag-1 signature and without correlation between planes: 0.52–1.10); below it is the
+    side on which the held-out check sees less noise than the acquisition has.
     """
     from scipy.ndimage import gaussian_gradient_magnitude, maximum_filter, uniform_filter
 
@@ -107,28 +113,18 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     # shared by more than a few voxels (not the bottom: photon counts of 0 are noise, not a clip)
     hi_v = float(np.nanmax(vol)) if np.isfinite(vol).any() else 0.0
     clip_hi = np.count_nonzero(vol == hi_v) > max(8, vol.size // 10_000)
-    residuals: dict[int, np.ndarray] = {}
 
-    def residual_of(i: int) -> np.ndarray:
-        if i not in residuals:
-            residuals[i] = immerkaer_residual(np.asarray(vol[i], dtype=np.float64))
-        return residuals[i]
-
-    res, lag, lag2, zlag, mean, grad, unclipped = [], [], [], [], [], [], []
+    res, lag, lag2, mean, grad, unclipped = [], [], [], [], [], []
     for i in idx:
         plane = np.asarray(vol[i], dtype=np.float64)
         if min(plane.shape) < 8 or not np.all(np.isfinite(plane)):
             continue
-        r = residual_of(int(i))
+        r = immerkaer_residual(plane)
         inner = (slice(1, -2), slice(1, -2))  # voxels whose residual has a right and a lower neighbour
         res.append(r[:-1, :-1].ravel())
         lag.append((0.5 * (r[:-1, :-1] * r[:-1, 1:] + r[:-1, :-1] * r[1:, :-1])).ravel())
         r2 = np.pad(r, ((0, 2), (0, 2)), mode="reflect")
         lag2.append((0.5 * (r[:-1, :-1] * r2[:-3, 2:-1] + r[:-1, :-1] * r2[2:-1, :-3])).ravel())
-        # the next plane's residual at the same place (the previous one for the last plane)
-        j = int(i) + 1 if i + 1 < vol.shape[0] else int(i) - 1
-        zlag.append((r[:-1, :-1] * residual_of(j)[:-1, :-1]).ravel() if j >= 0
-                    else np.zeros(r[:-1, :-1].size))
         mean.append(uniform_filter(plane, 3, mode="mirror")[inner].ravel())
         grad.append(gaussian_gradient_magnitude(plane, 1.5, mode="mirror")[inner].ravel())
         ok = np.ones(plane.shape, dtype=bool)
@@ -138,7 +134,7 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     if not res:
         return NoiseLevel(0.0, 0.0)
     keep = np.concatenate(unclipped)
-    r, c, c2, cz = (np.concatenate(a)[keep] for a in (res, lag, lag2, zlag))
+    r, c, c2 = (np.concatenate(a)[keep] for a in (res, lag, lag2))
     m, g = np.concatenate(mean)[keep], np.concatenate(grad)[keep]
     if m.size == 0:
         return NoiseLevel(0.0, 0.0)
@@ -151,23 +147,27 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
             continue
         gb = g[sel]
         smooth = gb <= np.quantile(gb, smooth_fraction)
-        rb, cb, c2b, czb = r[sel][smooth], c[sel][smooth], c2[sel][smooth], cz[sel][smooth]
+        rb, cb, c2b = r[sel][smooth], c[sel][smooth], c2[sel][smooth]
         if rb.size < min_voxels // 4:
             continue
-        sigma = _MAD_TO_SIGMA * float(np.median(np.abs(rb - np.median(rb))))
-        # white noise's residual has a lag-1 correlation of exactly -2/3 in the plane and 0
-        # with the next plane; structure leaking into it does not: count only the share of
-        # the residual with that signature
         power = max(float(np.mean(rb * rb)), 1e-30)
-        white = min(max(float(np.mean(cb)) / power / _WHITE_LAG1, 0.0), 1.0)
-        if planar:  # no next plane to tell sharp points from noise: residuals two apart must agree too
-            white = min(white, min(max(float(np.mean(c2b)) / power / _WHITE_LAG2, 0.0), 1.0))
-        else:
-            white *= min(max(1.0 - float(np.mean(czb)) / power, 0.0), 1.0)
         if not white_signature:
-            white = 1.0
+            variance = (_MAD_TO_SIGMA * float(np.median(np.abs(rb - np.median(rb))))) ** 2
+        elif planar:
+            # white noise's residual has a lag-1 correlation of exactly -2/3 and a lag-2 one of
+            # 1/6; a single plane has no other plane to tell sharp points from noise, so both
+            # must agree: count the robust variance times the smaller share with that signature
+            white = min(max(float(np.mean(cb)) / power / _WHITE_LAG1, 0.0),
+                        max(float(np.mean(c2b)) / power / _WHITE_LAG2, 0.0), 1.0)
+            variance = (_MAD_TO_SIGMA * float(np.median(np.abs(rb - np.median(rb))))) ** 2 * white
+        else:
+            # white noise of variance w adds w·(-2/3) to the lag-1 and w·(1/6) to the lag-2
+            # covariance of the residual; structure that leaks into it is smooth over a voxel or
+            # two and adds about the same to both, so their difference is noise alone
+            lags = float(np.mean(cb)) - float(np.mean(c2b))
+            variance = min(max(lags / (_WHITE_LAG1 - _WHITE_LAG2), 0.0), power)
         mus.append(float(np.median(m[sel])))
-        variances.append(sigma * sigma * white)
+        variances.append(variance)
         counts.append(float(rb.size))
     if not mus:
         return NoiseLevel(0.0, 0.0)

@@ -86,8 +86,8 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     −5/6 (clipped to the residual's power). A single plane (2-D input) uses the robust
     (MAD) variance of the residual times the smaller share of it that shows either
     correlation (sharp points pass one test more easily than both);
-    ``white_signature=False`` counts the whole residual's robust variance. Voxels next to
-    a saturated one (the top value, shared by many voxels) are left out, and so are
+    ``white_signature=False`` counts the whole residual's robust variance. Voxels within 3
+    of a saturated one (the top value, shared by many voxels) are left out, and so are
     non-finite planes. A line ``slope·μ + floor`` is fitted to the bins by weighted least
     squares; a negative slope is refitted as a constant, a negative floor as a line through
     the origin.
@@ -109,7 +109,7 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
         vol = vol[None]
     planar = vol.shape[0] == 1
     idx = np.unique(np.linspace(0, vol.shape[0] - 1, min(max_planes, vol.shape[0])).astype(int))
-    # saturated voxels have no noise: leave out every voxel next to one, when the top value is
+    # saturated voxels have no noise: leave out every voxel near one, when the top value is
     # shared by more than a few voxels (not the bottom: photon counts of 0 are noise, not a clip)
     hi_v = float(np.nanmax(vol)) if np.isfinite(vol).any() else 0.0
     clip_hi = np.count_nonzero(vol == hi_v) > max(8, vol.size // 10_000)
@@ -123,13 +123,18 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
         inner = (slice(1, -2), slice(1, -2))  # voxels whose residual has a right and a lower neighbour
         res.append(r[:-1, :-1].ravel())
         lag.append((0.5 * (r[:-1, :-1] * r[:-1, 1:] + r[:-1, :-1] * r[1:, :-1])).ravel())
-        r2 = np.pad(r, ((0, 2), (0, 2)), mode="reflect")
-        lag2.append((0.5 * (r[:-1, :-1] * r2[:-3, 2:-1] + r[:-1, :-1] * r2[2:-1, :-3])).ravel())
+        # the residual two to the right and two below; for the last column (row) of the voxels
+        # counted, two to the left (above): a voxel is never paired with itself
+        right = np.arange(r.shape[1] - 1) + 2
+        right[right >= r.shape[1]] -= 4
+        below = np.arange(r.shape[0] - 1) + 2
+        below[below >= r.shape[0]] -= 4
+        lag2.append((0.5 * (r[:-1, :-1] * r[:-1][:, right] + r[:-1, :-1] * r[below][:, :-1])).ravel())
         mean.append(uniform_filter(plane, 3, mode="mirror")[inner].ravel())
         grad.append(gaussian_gradient_magnitude(plane, 1.5, mode="mirror")[inner].ravel())
         ok = np.ones(plane.shape, dtype=bool)
         if clip_hi:
-            ok &= maximum_filter(plane, 3, mode="mirror") < hi_v
+            ok &= maximum_filter(plane, 7, mode="mirror") < hi_v  # the residuals it pairs reach 3 voxels
         unclipped.append(ok[inner].ravel())
     if not res:
         return NoiseLevel(0.0, 0.0)

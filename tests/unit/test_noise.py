@@ -47,8 +47,8 @@ def test_noise_level_function_of_constant_gaussian_noise_has_no_slope():
 
 
 def test_white_noise_signature_discounts_structure_leaking_into_the_residual():
-    """Sharp, z-continuous structure (thin lines along z): the residual it leaks is correlated
-    between neighbours and between planes, unlike noise, and is not counted as noise."""
+    """Sharp, z-continuous structure (thin lines along z): the residual it leaks adds about the
+    same to the lag-1 and lag-2 covariances in the plane, unlike noise, and is not counted."""
     v = np.zeros((12, 96, 96), np.float32)
     rng = np.random.default_rng(3)
     for y, x in rng.integers(4, 92, size=(80, 2)):
@@ -137,13 +137,18 @@ def test_a_negative_fitted_floor_is_refitted_through_the_origin():
     assert level.variance(0.5) == pytest.approx(0.03**2, rel=0.3)
 
 
-def test_saturated_voxels_do_not_read_as_noiseless():
+@pytest.mark.parametrize("kept_percentile", [98, 90])
+def test_saturated_voxels_do_not_read_as_noiseless(kept_percentile):
+    """A camera saturating on the brightest 2 % or 10 %: the voxels whose residuals (and the
+    residuals paired with them, up to 3 voxels away) see a clipped one are left out."""
     clean = _smooth_scene()
     noisy = _poisson_gaussian(clean, photons_per_unit=400.0, read_sigma=0.0)
-    clipped = np.minimum(noisy, np.percentile(noisy, 98))  # a camera saturating on the brightest 2 %
+    clipped = np.minimum(noisy, np.percentile(noisy, kept_percentile))
     level = noise.noise_level_function(clipped)
-    for mu in (0.1, 0.5):  # measured before leaving the saturated voxels' neighbours out: 0.1 read 2.8 x
-        assert level.variance(mu) == pytest.approx(mu / 400.0, rel=0.2), mu
+    # measured: 0.1 read 2.8 x before saturation was handled; 1.24 x at 10 % leaving out only
+    # the voxels next to a clipped one
+    for mu in (0.1, 0.5):
+        assert level.variance(mu) == pytest.approx(mu / 400.0, rel=0.15), mu
 
 
 def test_a_single_plane_tells_sharp_points_from_noise():

@@ -97,7 +97,7 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     noise the estimate falls towards 0 (docs/quality.md, "Eleventh session").
 
     On the benchmark's real volumes, downscaled ×2 and given Poisson noise of 200 or 1000
-    photons at the 99.9th percentile, the estimate on the training FOV was 0.75–1.12 × the
+    photons at the 99.9th percentile, the estimate on the training FOV was 0.75–1.10 × the
     added variance (the earlier estimate, the robust variance times the share with the
     lag-1 signature and without correlation between planes: 0.52–1.10); below it is the
     side on which the held-out check sees less noise than the acquisition has.

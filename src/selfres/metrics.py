@@ -279,6 +279,17 @@ def _cubic_blocks(shape: Sequence[int], block_voxels: int, *, whole_axes: Sequen
     return [tuple(b) for b in itertools.product(*per_axis)]
 
 
+def _array_like(volume):
+    """``volume`` itself when it can be sliced lazily (numpy, dask, zarr), else as a numpy array."""
+    return volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
+
+
+def _refuse_non_finite(block: np.ndarray, what: str, slices: tuple[slice, ...]) -> None:
+    if not np.all(np.isfinite(block)):
+        raise ValueError(f"{what} has {int(np.count_nonzero(~np.isfinite(block)))} non-finite voxels in "
+                         f"{tuple((s.start, s.stop) for s in slices)}")
+
+
 def _read_block(source, slices: tuple[slice, ...]) -> np.ndarray:
     block = source(slices) if callable(source) else source[slices]
     if hasattr(block, "compute"):
@@ -335,10 +346,12 @@ def compare_to_reference(
             raise ValueError(f"{name} shape {tuple(arr.shape)} differs from the reference shape {shape}")
     if math.prod(shape) == 0:
         raise ValueError(f"compare_to_reference needs non-empty arrays; got shape {shape}")
-    sigmas, crops = _ssim_geometry(shape) if len(shape) in (2, 3) else (None, None)
-    if sigmas is None:
+    if len(shape) not in (2, 3):
         raise ValueError(f"compare_to_reference needs 2-D or 3-D arrays; got shape {shape}")
+    sigmas, crops = _ssim_geometry(shape)
     blocks = _cubic_blocks(shape, block_voxels, whole_axes=whole_axes)
+    if len(blocks) == 1:  # small: read (and compute an interpolation) once for both passes
+        reference, model, interp = (_read_block(a, blocks[0]) for a in (reference, model, interp))
     images = {"model": model, "interp": interp}
 
     # pass 1: the truth's range and the least-squares sums of each image against it, about
@@ -351,9 +364,7 @@ def compare_to_reference(
     for sl in blocks:
         r = _read_block(reference, sl)
         for k, x in (("reference", r), *((k, _read_block(src, sl)) for k, src in images.items())):
-            if not np.all(np.isfinite(x)):
-                raise ValueError(f"the {k} has {int(np.count_nonzero(~np.isfinite(x)))} non-finite voxels in "
-                                 f"{tuple((s.start, s.stop) for s in sl)}")
+            _refuse_non_finite(x, f"the {k}", sl)
             if k not in shift:
                 shift[k] = float(x.mean())
             if k == "reference":
@@ -696,7 +707,7 @@ def detect_beads(
     ValueError
         Not 2-D or 3-D, ``threshold_rel`` outside [0, 1), or non-finite voxels.
     """
-    vol = volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
+    vol = _array_like(volume)
     if vol.ndim == 2:
         vol = vol[None]
     if vol.ndim != 3:
@@ -709,12 +720,12 @@ def detect_beads(
     bd = tuple(2 * m for m in md) if border is None else _as_int3(border, "border")
     iso = tuple(3 * m for m in md) if isolation is None else _as_int3(isolation, "isolation")
     blocks = _cubic_blocks(shape, block_voxels)
+    if len(blocks) == 1:  # small: read once for both passes
+        vol = _read_block(vol, blocks[0])
     lo, hi = math.inf, -math.inf
     for sl in blocks:
         b = _read_block(vol, sl)
-        if not np.all(np.isfinite(b)):
-            raise ValueError(f"detect_beads: the volume has {int(np.count_nonzero(~np.isfinite(b)))} non-finite "
-                             f"voxels in {tuple((s.start, s.stop) for s in sl)}")
+        _refuse_non_finite(b, "detect_beads: the volume", sl)
         lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
     if not hi > lo:
         return np.zeros((0, 3), dtype=int)
@@ -799,7 +810,7 @@ def bead_fwhm_table(
         fit failed), ``fwhm_z, fwhm_y, fwhm_x`` (voxels) and ``fwhm_z_um,
         fwhm_y_um, fwhm_x_um``; NaN where a fit failed. One row per bead.
     """
-    vol = volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
+    vol = _array_like(volume)
     if vol.ndim != 3:
         raise ValueError(f"bead_fwhm_table needs a 3-D ZYX array; got shape {vol.shape}")
     vs = _as_pair(voxel_size, "voxel_size", 3)
@@ -909,7 +920,7 @@ def psf_sigma_from_beads(
         the spots are not all the same point-like object).
     """
     vs = _as_pair(voxel_size, "voxel_size", 3)
-    vol = volume if hasattr(volume, "shape") and hasattr(volume, "__getitem__") else np.asarray(volume)
+    vol = _array_like(volume)
     if vol.ndim != 3:
         raise ValueError(f"psf_sigma_from_beads needs a 3-D ZYX array; got shape {vol.shape}")
     pos = detect_beads(vol, min_distance=min_distance, threshold_rel=threshold_rel)

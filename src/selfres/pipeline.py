@@ -601,10 +601,12 @@ def stage_qc(
     set_threads(threads)
     from . import metrics
 
+    ref = None
     if reference:  # fail fast, before any model work, on a reference off the output grid
         try:
             out_shape = io.read_ome_zarr(restored, lazy=True).shape
-            ref_shape = io.read_volume(reference, lazy=True).shape
+            ref = io.read_volume(reference, lazy=True)
+            ref_shape = ref.shape
         except InputError as exc:
             raise exc.for_sample(sample) from None
         if ref_shape != out_shape:
@@ -675,9 +677,8 @@ def stage_qc(
     if sat is not None and sat > 0.01:
         flags.append("saturated_input")
     ref_metrics = None
-    if reference:
+    if ref is not None:
         # block by block (metrics.compare_to_reference): a truth and an output larger than memory can be scored
-        ref = io.read_volume(reference, lazy=True)
         rparams = normalise.fit_percentiles(ref.data, low_percentile=params.low_percentile,
                                             high_percentile=params.high_percentile)
         if not (np.isfinite(rparams.low) and np.isfinite(rparams.high)):

@@ -86,17 +86,22 @@ def interpolations(low: np.ndarray, factors) -> dict[str, np.ndarray]:
     }
 
 
-def tricubic_back_projected(low: np.ndarray, factors, iterations: int, degradation_settings, voxel_size) -> np.ndarray:
+def tricubic_back_projected(low: np.ndarray, factors, iterations: int, degradation_settings, voxel_size, *,
+                            shrink: bool = True) -> np.ndarray:
     """Tricubic followed by ``iterations`` back-projection steps with the pipeline's degradation
-    (no network): what back-projection alone gives, to tell the network's share."""
+    (no network): what back-projection alone gives, to tell the network's share. ``shrink``:
+    the corrections are shrunk by the noise level of ``low`` (estimated on all of it; the
+    pipeline estimates it on its training FOV), as ``infer.back_projection_shrink`` does."""
     import torch
 
     from selfres.ensemble import BackProjection
     from selfres.infer import CubicUpsampler, predict_array
+    from selfres.noise import noise_level_function
     from selfres.train import make_degradation
 
     deg = make_degradation(degradation_settings, voxel_size=voxel_size)
-    net = BackProjection(CubicUpsampler(factors), iterations=iterations, degradation=deg)
+    net = BackProjection(CubicUpsampler(factors), iterations=iterations, degradation=deg,
+                         noise_level=noise_level_function(low) if shrink else None)
     return predict_array(net, low, factors=factors, tile_size=(32, 128, 128), device=torch.device("cpu"), amp=False)
 
 
@@ -205,7 +210,8 @@ def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | 
     images = {"selfres": r["restored"], "model": r["model"], **interpolations(low, factors)}
     bp = settings.infer.back_projection_iterations
     if bp:  # the honest baseline when back-projection is on: tricubic + the same back-projection, no network
-        images["tricubic_bp"] = tricubic_back_projected(low, factors, bp, settings.train.degradation, vs)
+        images["tricubic_bp"] = tricubic_back_projected(low, factors, bp, settings.train.degradation, vs,
+                                                        shrink=settings.infer.back_projection_shrink)
     s = scores(hr, images, ssim=ssim)
     meta = r["meta"]
     sv = meta["self_validation"]

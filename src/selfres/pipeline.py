@@ -332,6 +332,10 @@ def stage_train(
     }
     if result.noise is not None:
         meta["noise"] = result.noise
+    if result.acquisition_noise is not None:
+        meta["acquisition_noise"] = result.acquisition_noise.as_list()
+    if result.correction_noise is not None:
+        meta["correction_noise"] = result.correction_noise.as_list()
     tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -477,7 +481,7 @@ def stage_infer(
 
         deg = make_degradation(from_dict(DegradationSettings, trained_degradation(meta)),
                                voxel_size=meta.get("voxel_size_in"))
-        model_out = wrap_for_inference(model, degradation=deg, **extras)
+        model_out = wrap_for_inference(model, degradation=deg, noise_level=recorded_noise_level(meta), **extras)
     if use_interp:
         model_path = model_output_path(output)
         log.warning("sample %s: the model did not beat tricubic on the held-out region; %s holds tricubic "
@@ -514,6 +518,19 @@ def trained_degradation(meta: dict) -> dict:
                  DegradationSettings().method)
         return to_dict(DegradationSettings())
     return deg
+
+
+def recorded_noise_level(meta: dict):
+    """The noise a back-projection correction holds, as training measured it (``model.json``
+    ``correction_noise``, :func:`selfres.train.correction_noise`), a
+    :class:`selfres.noise.NoiseLevel`; ``None`` when none was recorded (back-projection then
+    takes plain steps)."""
+    from .noise import NoiseLevel
+
+    level = meta.get("correction_noise")
+    if level is None:
+        return None
+    return NoiseLevel(float(level[0]), float(level[1]))
 
 
 def model_output_path(output: str | Path) -> Path:
@@ -563,7 +580,7 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     pred = predict_array(model, low, factors=factors, tile_size=tile, device=device)
     dead = bool(np.std(pred) < 1e-6)  # the network's own output: back-projection would hide a dead net
     extras = meta.get("inference_extras") or {}
-    wrapped = wrap_for_inference(model, degradation=deg, **extras)
+    wrapped = wrap_for_inference(model, degradation=deg, noise_level=recorded_noise_level(meta), **extras)
     if wrapped is not model:
         pred = predict_array(wrapped, low, factors=factors, tile_size=tile, device=device)
     data_range = float(max(target.max() - target.min(), 1e-6))

@@ -1401,7 +1401,8 @@ def _extras_text(extras: Any) -> str:
     if extras.get("ensemble"):
         parts.append("self-ensemble")
     if n:
-        parts.append(f"back-projection ({n} step{'s' if n != 1 else ''})")
+        shrunk = ", its corrections shrunk by the acquisition's noise" if extras.get("back_projection_shrink") else ""
+        parts.append(f"back-projection ({n} step{'s' if n != 1 else ''}{shrunk})")
     return (" with " + " and ".join(parts)) if parts else ""
 
 

@@ -179,6 +179,7 @@ class InferSettings:
     gpu_memory_fraction: float = 0.5
     ensemble: bool = False
     back_projection_iterations: int = 1
+    back_projection_shrink: bool = True
     amp: bool = True
     on_worse_than_interpolation: Literal["interpolation", "model"] = "interpolation"
     output_dtype: Literal["float32", "input"] = "float32"

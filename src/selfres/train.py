@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import degrade, models
+from . import degrade, models, noise
 from .noise import NOISE_AT
 from .io import file_checksum, write_text_atomic
 from .fov import _window_means, structure_map
@@ -74,6 +74,13 @@ class TrainResult:
     noise: dict | None = None
     """With ``noise = "match"``: the acquisition's noise estimate and the top-up
     (:func:`resolve_noise_match`)."""
+    correction_noise: noise.NoiseLevel | None = None
+    """The noise a back-projection correction holds (:func:`correction_noise`), set by
+    :func:`guard_with_extras` when back-projection shrinks its corrections."""
+    acquisition_noise: noise.NoiseLevel | None = None
+    """The acquisition's noise level (:func:`selfres.noise.noise_level_function` on the
+    training FOV, whatever ``degradation.noise`` says): back-projection shrinks its
+    corrections where they are no larger than this noise (``infer.back_projection_shrink``)."""
 
 
 def make_degradation(
@@ -100,14 +107,15 @@ def make_degradation(
     else:
         sigma_px = None
     psf = degrade.load_psf(settings.psf_path) if settings.method == "psf" else None
-    noise, variance = settings.noise, (0.0, 0.0)
-    if noise == "match":  # the top-up training estimated; not yet estimated: no noise (back-projection ignores it)
-        noise, variance = ("affine_gaussian", settings.noise_variance) if settings.noise_variance else ("none", variance)
+    noise_kind, variance = settings.noise, (0.0, 0.0)
+    if noise_kind == "match":  # the top-up training estimated; not yet estimated: no noise (back-projection ignores it)
+        noise_kind, variance = (("affine_gaussian", settings.noise_variance) if settings.noise_variance
+                                else ("none", variance))
     return degrade.Degradation(
         method=settings.method,
         sigma_px=None if sigma_px is None else tuple(float(s) for s in sigma_px),
         psf=psf,
-        noise=noise,
+        noise=noise_kind,
         gain=settings.gain,
         read_sigma=settings.read_sigma,
         noise_variance=tuple(variance),
@@ -115,24 +123,24 @@ def make_degradation(
 
 
 def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settings: TrainSettings,
-                        voxel_size: Sequence[float] | None) -> tuple[TrainSettings, dict | None]:
+                        voxel_size: Sequence[float] | None, *,
+                        level: noise.NoiseLevel | None = None) -> tuple[TrainSettings, dict | None]:
     """``settings`` with the noise top-up of ``degradation.noise = "match"`` filled in from the
     data, and what was estimated (``None`` when there is nothing to estimate).
 
     The acquisition's noise level (:func:`selfres.noise.noise_level_function` on the
-    training FOV, as acquired) times the fraction of white-noise variance that making a
-    training input removes (PSF-scaled target blur, then ``D``): added to every degraded
-    input, it makes that input as noisy as the acquisition the network will be applied to.
+    training FOV, as acquired; ``level`` when the caller has it) times the fraction of
+    white-noise variance that making a training input removes (PSF-scaled target blur, then
+    ``D``): added to every degraded input, it makes that input as noisy as the acquisition
+    the network will be applied to.
     """
     import dataclasses
-
-    from . import noise
 
     deg = settings.degradation
     if deg.noise != "match" or deg.noise_variance is not None:
         return settings, None
     fs = tuple(int(f) for f in factors)
-    level = noise.noise_level_function(train_volume)
+    level = noise.noise_level_function(train_volume) if level is None else level
     clean = make_degradation(dataclasses.replace(deg, noise="none"), voxel_size=voxel_size)
     blur = psf_target_blur_px(settings.psf_sigma_um, fs, voxel_size)
     dims = 2 if np.asarray(train_volume).shape[0] == 1 else 3
@@ -548,11 +556,13 @@ def train_enhance(
         Stop (as if killed) after this many steps — for tests of resumption.
     """
     factors = tuple(int(f) for f in factors)
-    settings, noise_info = resolve_noise_match(train_volume, factors, settings, voxel_size)
+    measured = noise.noise_level_function(train_volume)
+    acquisition_noise = noise.NoiseLevel(*measured.as_list(), bins=measured.bins)  # as model.json records it
+    settings, noise_info = resolve_noise_match(train_volume, factors, settings, voxel_size, level=measured)
     if settings.x4_strategy == "serial" and serial_split(factors) is not None:
         result = train_serial(train_volume, holdout_volume, factors=factors, settings=settings,
                               voxel_size=voxel_size, work_dir=work_dir, device=device, amp=amp)
-        result.settings, result.noise = settings, noise_info
+        result.settings, result.noise, result.acquisition_noise = settings, noise_info, acquisition_noise
         return result
     device = torch.device(device)
     torch.manual_seed(settings.seed)
@@ -698,15 +708,17 @@ def train_enhance(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=seconds,
         stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
         flags=flags, log_rows=sel.rows, holdout=(target_h, low_h, interp_h), resumed_seconds=elapsed_before,
-        settings=settings, noise=noise_info,
+        settings=settings, noise=noise_info, acquisition_noise=acquisition_noise,
     )
 
 
 def inference_extras(infer_settings) -> dict:
     """The inference extras that change what the user gets, as keyword arguments of
-    :func:`selfres.ensemble.wrap_for_inference`: ``ensemble``, ``back_projection_iterations``."""
+    :func:`selfres.ensemble.wrap_for_inference`: ``ensemble``, ``back_projection_iterations``,
+    ``back_projection_shrink``."""
     return {"ensemble": bool(infer_settings.ensemble),
-            "back_projection_iterations": int(infer_settings.back_projection_iterations)}
+            "back_projection_iterations": int(infer_settings.back_projection_iterations),
+            "back_projection_shrink": bool(infer_settings.back_projection_shrink)}
 
 
 def guard_with_extras(
@@ -746,11 +758,13 @@ def guard_with_extras(
     from .ensemble import wrap_for_inference
 
     flags = list(result.flags)
-    wrapped = wrap_for_inference(result.model, degradation=degradation, **extras)
+    target, low, interp = result.holdout
+    result.correction_noise = correction_noise(result, low, degradation=degradation, extras=extras, device=device)
+    wrapped = wrap_for_inference(result.model, degradation=degradation, noise_level=result.correction_noise,
+                                 **extras)
     if wrapped is result.model:  # no extras: the network is what inference writes
         return result.val_psnr_model, flags
     factors = tuple(int(f) for f in factors)
-    target, low, interp = result.holdout
     pred = predict_array(wrapped, low, factors=factors, tile_size=tuple(max(8, min(64, n)) for n in low.shape),
                          device=device, amp=amp)
     learned = any(r.best_step > 0 for r in (result.stages or [result]))
@@ -765,6 +779,30 @@ def guard_with_extras(
              f"; gain {confidence:.0%} interval {interval[0]:+.3f}..{interval[1]:+.3f} dB" if interval else "",
              "; flagged model_worse_than_interpolation" if "model_worse_than_interpolation" in flags else "")
     return psnr, flags
+
+
+def correction_noise(result: TrainResult, low: np.ndarray, *, degradation: degrade.Degradation, extras: dict,
+                     device: torch.device | str = "cpu") -> noise.NoiseLevel | None:
+    """The noise a back-projection correction of ``result.model`` holds: the acquisition's
+    level times the share that passes into the correction through the model (as inference
+    wraps it: the self-ensemble when ``extras`` asks for it), measured on the held-out input
+    ``low`` (:func:`selfres.ensemble.correction_noise_share`); rounded as ``model.json``
+    records it. ``None`` when back-projection does not shrink (``extras``) or nothing could
+    be measured."""
+    from .ensemble import SelfEnsemble, correction_noise_share
+
+    level = result.acquisition_noise
+    if (not extras.get("back_projection_iterations") or not extras.get("back_projection_shrink")
+            or level is None or (level.slope <= 0 and level.floor <= 0)):
+        return None
+    model = SelfEnsemble(result.model) if extras.get("ensemble") else result.model
+    share = correction_noise_share(model, low, level, degradation=degradation, device=device)
+    if not math.isfinite(share):
+        return None
+    share = float(f"{share:.4g}")
+    log.info("back-projection shrink: the correction holds %.0f %% of the acquisition's noise (measured on the "
+             "held-out input)", 100 * share)
+    return noise.NoiseLevel(*noise.NoiseLevel(level.slope * share, level.floor * share).as_list())
 
 
 def serial_split(factors: Sequence[int]) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from selfres import degrade, models
-from selfres.ensemble import (BackProjection, SelfEnsemble, Serial, degradation_reach, ensemble_members,
-                              wrap_for_inference)
+from selfres.ensemble import (BackProjection, SelfEnsemble, Serial, correction_noise_share, degradation_reach,
+                              ensemble_members, shrink_residual, wrap_for_inference)
 from selfres.infer import CubicUpsampler, predict_array, predict_single_pass
 
 from ..conftest import blob_volume
@@ -108,6 +108,83 @@ def test_back_projection_is_exact_under_tiling(method):
     ref = predict_single_pass(bp, vol, factors=(1, 2, 2))
     tiled = predict_array(bp, vol, factors=(1, 2, 2), tile_size=(4, 8, 9))
     np.testing.assert_allclose(tiled, ref, atol=5e-5)
+
+
+def test_shrink_residual_removes_noise_and_keeps_structure():
+    from selfres.noise import NoiseLevel
+
+    rng = np.random.default_rng(0)
+    sigma = 0.05
+    noise = torch.from_numpy(rng.normal(0, sigma, (1, 1, 12, 48, 48)).astype(np.float32))
+    low = torch.full_like(noise, 0.5)
+    level = NoiseLevel(0.0, sigma**2)
+    out = shrink_residual(noise, low, level, (3, 3, 3))
+    assert out.pow(2).mean() < 0.2 * noise.pow(2).mean()  # noise alone: mostly gone
+    # a correction much larger than the noise (an edge the output missed) is kept nearly whole
+    edge = torch.zeros_like(noise)
+    edge[..., 24:] = 1.0
+    kept = shrink_residual(edge + noise, low, level, (3, 3, 3))
+    near = (..., slice(None), slice(22, 26))
+    assert (kept - edge)[near].pow(2).mean() < 0.5 * noise[near].pow(2).mean() + 1e-3
+    assert torch.allclose(kept[near].mean(), (edge + noise)[near].mean(), atol=0.02)
+    # no noise: the correction unchanged
+    torch.testing.assert_close(shrink_residual(edge + noise, low, NoiseLevel(0.0, 0.0), (3, 3, 3)), edge + noise,
+                               atol=1e-6, rtol=0)
+    # the level is looked up at the input's local intensity: shot noise shrinks more where it is bright
+    bright = torch.where(torch.arange(48) < 24, 0.05, 1.0).expand_as(noise)
+    shot = shrink_residual(noise, bright, NoiseLevel(sigma**2, 0.0), (3, 3, 3))
+    assert shot[..., 30:].pow(2).mean() < 0.5 * shot[..., :18].pow(2).mean()
+
+
+def test_back_projection_with_a_noise_level_adds_less_noise_and_is_plain_without_noise():
+    from selfres.noise import NoiseLevel
+
+    hr = blob_volume((8, 48, 48), seed=5)
+    low = degrade.downscale_cubic(hr, (2, 2, 2))
+    noisy = low + np.random.default_rng(1).normal(0, 0.03, low.shape).astype(np.float32)
+    up = CubicUpsampler((2, 2, 2))
+    plain = BackProjection(up, iterations=1)
+    shrunk = BackProjection(up, iterations=1, noise_level=NoiseLevel(0.0, 0.03**2))
+    x = torch.from_numpy(noisy)[None, None]
+    with torch.no_grad():
+        err_plain = (plain(x)[0, 0].numpy() - hr).__pow__(2).mean()
+        err_shrunk = (shrunk(x)[0, 0].numpy() - hr).__pow__(2).mean()
+        err_tricubic = (up(x)[0, 0].numpy() - hr).__pow__(2).mean()
+    assert err_plain > err_tricubic  # the plain step puts the noise back on the output ...
+    assert err_shrunk < err_tricubic  # ... the shrunk one does not, and still corrects
+    zero = BackProjection(up, iterations=1, noise_level=NoiseLevel(0.0, 0.0))
+    assert zero.noise_level is None and zero.step_reach == plain.step_reach
+    clean = torch.from_numpy(low)[None, None]
+    with torch.no_grad():
+        assert torch.equal(zero(clean), plain(clean))
+
+
+def test_correction_noise_share_of_tricubic_and_of_a_denoiser():
+    from selfres.noise import NoiseLevel
+
+    low = degrade.downscale_cubic(blob_volume((16, 48, 48), seed=2), (2, 2, 2))
+    level = NoiseLevel(0.0, 0.02**2)
+    share = correction_noise_share(CubicUpsampler((2, 2, 2)), low, level)
+    assert 0.2 < share < 0.35  # tricubic keeps most of the noise in its output; D gives it back
+
+    class Constant(nn.Module):  # removes everything, noise included: the correction holds all of it
+        factors, halo = (2, 2, 2), (0, 0, 0)
+
+        def forward(self, x):
+            return torch.zeros(x.shape[:2] + tuple(n * 2 for n in x.shape[2:]))
+
+    assert correction_noise_share(Constant(), low, level) == pytest.approx(1.0, abs=1e-6)
+    assert np.isnan(correction_noise_share(Constant(), low, NoiseLevel(0.0, 0.0)))
+
+
+def test_wrap_passes_the_noise_level_only_when_shrinking():
+    from selfres.noise import NoiseLevel
+
+    level = NoiseLevel(0.0, 1e-3)
+    net = _net((2, 2, 2))
+    assert wrap_for_inference(net, back_projection_iterations=1, noise_level=level).noise_level is None
+    assert wrap_for_inference(net, back_projection_iterations=1, back_projection_shrink=True,
+                              noise_level=level).noise_level == level
 
 
 def test_degradation_reach_matches_the_kernels():

@@ -781,20 +781,27 @@ def test_read_padded_wholly_outside():
     np.testing.assert_array_equal(read_padded(vol, (5, 0, 0), (7, 5, 6)), vol[[2, 1]])
 
 
-@pytest.mark.parametrize("factors, iterations, shape, tile, batch", [
-    ((1, 2, 2), 2, (6, 30, 26), (3, 7, 9), 1),
-    ((2, 2, 2), 1, (7, 19, 22), (2, 5, 6), 4),   # tiles far smaller than the steps' border, batched
-    ((1, 2, 2), 3, (1, 24, 20), (1, 8, 8), 2),   # 2-D
+@pytest.mark.parametrize("factors, iterations, shape, tile, batch, shrink", [
+    ((1, 2, 2), 2, (6, 30, 26), (3, 7, 9), 1, False),
+    ((2, 2, 2), 1, (7, 19, 22), (2, 5, 6), 4, False),   # tiles far smaller than the steps' border, batched
+    ((1, 2, 2), 3, (1, 24, 20), (1, 8, 8), 2, False),   # 2-D
+    ((1, 2, 2), 2, (6, 30, 26), (3, 7, 9), 1, True),    # corrections shrunk by a noise level: a wider reach
+    ((2, 2, 2), 1, (7, 19, 22), (2, 5, 6), 4, True),
+    ((1, 2, 2), 2, (1, 24, 20), (1, 8, 8), 2, True),
 ])
-def test_back_projection_in_tiles_equals_the_whole_volume(factors, iterations, shape, tile, batch):
+def test_back_projection_in_tiles_equals_the_whole_volume(factors, iterations, shape, tile, batch, shrink):
     """In a tile the steps see the network's output mirrored about the volume's border,
     as over the whole volume, however small the tile (so a scattered or GPU run writes
     what a whole CPU run writes)."""
     import selfres.infer as infer
     from selfres.ensemble import BackProjection
+    from selfres.noise import NoiseLevel
 
     bp = BackProjection(_random_model(ModelSpec(arch="resnet3d", factors=factors, width=8, depth=1)),
-                        iterations=iterations)
+                        iterations=iterations, noise_level=NoiseLevel(0.02, 0.002) if shrink else None)
+    if shrink:  # the shrink's window widens each step's reach by one voxel on every scaled axis
+        plain = BackProjection(bp.model, iterations=iterations)
+        assert bp.step_reach == tuple(r + (f > 1) for r, f in zip(plain.step_reach, factors))
     vol = np.random.default_rng(4).random(shape).astype(np.float32)
     whole = infer._whole_volume_back_projected(bp, vol, factors=factors, tile_size=(8, 16, 16), amp=False)
     ref = predict_single_pass(bp, vol, factors=factors)
@@ -809,7 +816,7 @@ def test_back_projection_in_tiles_equals_the_whole_volume(factors, iterations, s
     for t in tile_grid(shape, tile)[: n - 1]:
         np.testing.assert_allclose(dest[output_slices(t, factors)], ref[output_slices(t, factors)], atol=1e-5)
     # the network alone near the border is not what the steps see: the rule matters here
-    bare = BackProjection(bp.model, iterations=iterations)
+    bare = BackProjection(bp.model, iterations=iterations, noise_level=bp.noise_level)
     bare.mirrors_outside = False
     assert np.abs(predict_single_pass(bare, vol, factors=factors) - ref).max() > 1e-3
 

@@ -375,6 +375,9 @@ def test_verdict_names_the_inference_extras_the_guard_scored():
     both = report._verdict({"self_validation": {"psnr_model": 29.0, "psnr_interp": 29.5}, "inference_extras": {
         "ensemble": True, "back_projection_iterations": 2}, "flags": ["model_worse_than_interpolation"]}, "ok")
     assert "with self-ensemble and back-projection (2 steps) does not beat tricubic" in both
+    shrunk = report._verdict({"self_validation": sv, "inference_extras": {
+        "ensemble": False, "back_projection_iterations": 1, "back_projection_shrink": True}}, "ok")
+    assert "back-projection (1 step, its corrections shrunk by the acquisition's noise) beats" in shrunk
 
 
 def test_verdict_says_when_the_held_out_score_used_psf_scaled_targets():

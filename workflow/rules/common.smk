@@ -134,7 +134,7 @@ def stage_settings(sample, stage):
     if stage == "train":
         out["infer"] = {"amp": s["infer"]["amp"]}
         if sample_mode(sample) == "enhance":  # the guard scores the model with these inference extras
-            out["infer"] |= {k: s["infer"][k] for k in ("ensemble", "back_projection_iterations")}
+            out["infer"] |= {k: s["infer"][k] for k in ("ensemble", "back_projection_iterations", "back_projection_shrink")}
     return json.dumps(out, sort_keys=True)
 
 

@@ -377,7 +377,7 @@ def test_verdict_names_the_inference_extras_the_guard_scored():
     assert "with self-ensemble and back-projection (2 steps) does not beat tricubic" in both
     shrunk = report._verdict({"self_validation": sv, "inference_extras": {
         "ensemble": False, "back_projection_iterations": 1, "back_projection_shrink": True}}, "ok")
-    assert "back-projection (1 step, its corrections shrunk by the acquisition's noise) beats" in shrunk
+    assert "back-projection (1 step, its corrections shrunk by the acquisition&#x27;s noise) beats" in shrunk
 
 
 def test_verdict_says_when_the_held_out_score_used_psf_scaled_targets():

@@ -54,7 +54,7 @@ __all__ = [
 
 _KEYS_A = -0.5
 _GAUSS_TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter default
-_METHODS = ("cubic", "gaussian", "psf")
+_METHODS = ("cubic", "block", "gaussian", "psf")
 _NOISES = ("none", "poisson_gaussian", "affine_gaussian")
 _PSF_KINDS = ("widefield", "confocal", "two_photon")
 
@@ -707,6 +707,8 @@ class Degradation:
     ----------
     method
         ``"cubic"``: anti-aliased Keys-cubic downscale (Self-Vision's default).
+        ``"block"``: the block mean, i.e. pixel binning (a camera binning f × f pixels, or
+        pixels f times larger that integrate the light over their area).
         ``"gaussian"``: Gaussian blur with ``sigma_px`` (σ in HR voxels; applied on
         every axis, also those with factor 1), then block-mean decimation.
         ``"psf"``: measured PSF blur, then block-mean decimation.
@@ -729,7 +731,7 @@ class Degradation:
         ``(slope, floor)`` of ``"affine_gaussian"``, normalised units.
     """
 
-    method: Literal["cubic", "gaussian", "psf"] = "cubic"
+    method: Literal["cubic", "block", "gaussian", "psf"] = "cubic"
     sigma_px: tuple[float, ...] | None = None
     psf: np.ndarray | None = field(default=None, compare=False, repr=False)
     psf_path: str | None = None
@@ -857,6 +859,8 @@ def degrade(x: np.ndarray, factors: Sequence[int], degradation: Degradation, *,
     _check_divisible(x.shape, fs, "degrade")
     if degradation.method == "cubic":
         y = downscale_cubic(x, fs)
+    elif degradation.method == "block":
+        y = _block_mean(x, fs)
     elif degradation.method == "gaussian":
         y = _block_mean(blur(x, sigma_px=_sigma_for(degradation.sigma_px, len(fs))), fs)
     else:
@@ -955,6 +959,8 @@ class TorchDegrader:
         k = len(fs)
         if d.method == "cubic":
             y = downscale_cubic(x, fs)
+        elif d.method == "block":
+            y = _block_mean(x, fs)
         elif d.method == "gaussian":
             sig = _sigma_for(d.sigma_px, k)
             y = x

@@ -73,7 +73,10 @@ class FovSettings:
 class DegradationSettings:
     """How training inputs are made from targets (see :mod:`selfres.degrade`)."""
 
-    method: Literal["cubic", "gaussian", "psf"] = "cubic"
+    method: Literal["cubic", "block", "gaussian", "psf"] = "cubic"
+    """``cubic``: antialiased Keys cubic (MATLAB ``imresize``); ``block``: the block mean (pixel
+    binning); ``gaussian``: a Gaussian PSF, then the block mean; ``psf``: a measured PSF, then
+    the block mean."""
     sigma_um: tuple[float, float, float] | None = None
     na: float | None = None
     wavelength_um: float | None = None

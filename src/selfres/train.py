@@ -87,7 +87,7 @@ def make_degradation(
     settings: DegradationSettings, *, voxel_size: Sequence[float] | None, path: str = "<config>"
 ) -> degrade.Degradation:
     """Turn degradation settings (µm, optics) into a :class:`degrade.Degradation` in voxels."""
-    if settings.method == "cubic":
+    if settings.method in ("cubic", "block"):
         sigma_px = None
     elif settings.method == "gaussian":
         if voxel_size is None:

@@ -265,6 +265,12 @@ def test_gaussian_degrade_of_delta_has_expected_width(sigma, factors):
         assert _delta_variance(profile, f) == pytest.approx(s**2 + (f**2 - 1) / 12, rel=0.01)
 
 
+def test_block_degradation_is_pixel_binning():
+    hr = np.random.default_rng(7).random((4, 6, 9)).astype(np.float32)
+    got = degrade(hr, (2, 3, 3), Degradation(method="block"))
+    np.testing.assert_allclose(got, hr.reshape(2, 2, 2, 3, 3, 3).mean(axis=(1, 3, 5)), atol=1e-6)
+
+
 def _psf_array() -> np.ndarray:
     g = np.exp(-0.5 * (np.arange(-3, 4) / 1.2) ** 2)
     return np.einsum("i,j,k->ijk", g[1:-1], g, g[::-1] ** 0.5)
@@ -272,9 +278,10 @@ def _psf_array() -> np.ndarray:
 
 @pytest.mark.parametrize("degradation", [
     Degradation(),
+    Degradation(method="block"),
     Degradation(method="gaussian", sigma_px=(1.0, 2.0, 0.7)),
     Degradation(method="psf", psf=_psf_array()),
-], ids=["cubic", "gaussian", "psf"])
+], ids=["cubic", "block", "gaussian", "psf"])
 @pytest.mark.parametrize("factors, shape", [
     ((2, 2, 2), (8, 16, 16)), ((1, 2, 2), (6, 16, 12)), ((2, 1, 1), (8, 10, 10)),
     ((4, 4, 4), (8, 16, 16)), ((1, 2, 2), (1, 16, 16)),
@@ -289,9 +296,9 @@ def test_degrade_numpy_and_torch_agree(degradation, factors, shape):
 
 
 @pytest.mark.parametrize("degradation", [
-    Degradation(), Degradation(method="gaussian", sigma_px=(0.0, 1.0, 1.0)),
+    Degradation(), Degradation(method="block"), Degradation(method="gaussian", sigma_px=(0.0, 1.0, 1.0)),
     Degradation(method="psf", psf=_psf_array()),
-], ids=["cubic", "gaussian", "psf"])
+], ids=["cubic", "block", "gaussian", "psf"])
 def test_torch_degrader_on_2d_batches(degradation):
     hr = np.random.default_rng(4).random((3, 1, 16, 12)).astype(np.float32)
     ref = degrade(hr[:, 0], (2, 2), degradation)
@@ -300,7 +307,8 @@ def test_torch_degrader_on_2d_batches(degradation):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"method": "bicubic"}, "method must be one of cubic, gaussian, psf"),
+    ({"method": "bicubic"}, "method must be one of cubic, block, gaussian, psf"),
+    ({"method": "block", "sigma_px": (1, 1, 1)}, "only used with method 'gaussian'"),
     ({"method": "gaussian"}, "needs sigma_px"),
     ({"method": "gaussian", "sigma_px": (1, -1, 1)}, "2 or 3 numbers >= 0"),
     ({"sigma_px": (1, 1, 1)}, "only used with method 'gaussian'"),

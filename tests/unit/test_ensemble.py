@@ -99,9 +99,10 @@ def test_back_projection_makes_the_output_consistent_with_the_input():
     assert (after - t).pow(2).mean() < (before - t).pow(2).mean()
 
 
-@pytest.mark.parametrize("method", ["cubic", "gaussian"])
+@pytest.mark.parametrize("method", ["cubic", "block", "gaussian"])
 def test_back_projection_is_exact_under_tiling(method):
-    d = degrade.Degradation() if method == "cubic" else degrade.Degradation(method="gaussian", sigma_px=(1.0, 1.5, 1.5))
+    d = (degrade.Degradation(method=method) if method != "gaussian"
+         else degrade.Degradation(method="gaussian", sigma_px=(1.0, 1.5, 1.5)))
     vol = blob_volume((4, 16, 18), seed=3)
     bp = BackProjection(_net((1, 2, 2)), iterations=2, degradation=d)
     assert bp.halo[1] > _net((1, 2, 2)).halo[1]

@@ -166,6 +166,21 @@ def test_degradation_from_settings_reaches_training_and_validation(deg):
         make_degradation(s.degradation, voxel_size=None)
 
 
+def test_block_degradation_from_settings_needs_no_voxel_size_and_reaches_validation():
+    from selfres.settings import Settings, from_dict
+    from selfres.train import holdout_pair, make_degradation, psnr01
+
+    s = from_dict(Settings, {"train": TINY | {"steps": 1, "validate_every": 1,
+                                              "degradation": {"method": "block", "noise": "none"}}}).train
+    d = make_degradation(s.degradation, voxel_size=None)
+    assert d.method == "block" and d.sigma_px is None
+    train, held = _data()
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=s)
+    target, low, interp = holdout_pair(held, (1, 2, 2), d)
+    np.testing.assert_allclose(low, degrade.degrade(target, (1, 2, 2), degrade.Degradation(method="block")))
+    assert r.val_psnr_interp == pytest.approx(psnr01(target, interp, float(target.max() - target.min())), abs=1e-4)
+
+
 def test_coarse_pair_is_one_scale_coarser_and_skipped_when_too_small():
     from selfres.train import coarse_pair
 

@@ -90,18 +90,25 @@ def tricubic_back_projected(low: np.ndarray, factors, iterations: int, degradati
                             shrink: bool = True) -> np.ndarray:
     """Tricubic followed by ``iterations`` back-projection steps with the pipeline's degradation
     (no network): what back-projection alone gives, to tell the network's share. ``shrink``:
-    the corrections are shrunk by the noise level of ``low`` (estimated on all of it; the
-    pipeline estimates it on its training FOV), as ``infer.back_projection_shrink`` does."""
+    the corrections are shrunk by the noise they hold, as ``infer.back_projection_shrink``
+    does: the noise level of ``low`` (estimated on all of it; the pipeline estimates it on its
+    training FOV) times the share that tricubic's correction holds, measured on ``low``'s centre."""
     import torch
 
-    from selfres.ensemble import BackProjection
+    from selfres.ensemble import BackProjection, correction_noise_share
     from selfres.infer import CubicUpsampler, predict_array
-    from selfres.noise import noise_level_function
-    from selfres.train import make_degradation
+    from selfres.noise import NoiseLevel, noise_level_function
+    from selfres.train import SHARE_PROBE_SHAPE, central_crop, make_degradation
 
     deg = make_degradation(degradation_settings, voxel_size=voxel_size)
-    net = BackProjection(CubicUpsampler(factors), iterations=iterations, degradation=deg,
-                         noise_level=noise_level_function(low) if shrink else None)
+    level = None
+    if shrink:
+        acquisition = noise_level_function(low)
+        share = correction_noise_share(CubicUpsampler(factors), central_crop(low, SHARE_PROBE_SHAPE), acquisition,
+                                       degradation=deg)
+        if np.isfinite(share):
+            level = NoiseLevel(acquisition.slope * share, acquisition.floor * share)
+    net = BackProjection(CubicUpsampler(factors), iterations=iterations, degradation=deg, noise_level=level)
     return predict_array(net, low, factors=factors, tile_size=(32, 128, 128), device=torch.device("cpu"), amp=False)
 
 

@@ -963,6 +963,12 @@ def warn_if_halo_dominates(model: nn.Module, tile_size: Sequence[int], shape: Se
 #: eighth session): 18.9 bytes per output voxel above the start, 18.2 for the tile path
 #: (the output's own mapped pages included in both).
 WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL = 24
+#: ... plus this many per *input* voxel when the corrections are shrunk
+#: (``BackProjection.noise_level``), an upper bound: about 12 float32 temporaries on the input
+#: grid (the correction, its square, their padded copies and local means, the input's local
+#: mean, the noise variance, the gain). Measured (peak RSS, twelfth session's review): +6
+#: bytes per output voxel at ×2 (48 per input voxel) and +8 at (2, 1, 1) (16 per input voxel).
+WHOLE_VOLUME_SHRINK_BYTES_PER_INPUT_VOXEL = 48
 
 
 def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors: Sequence[int], *,
@@ -975,7 +981,8 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
     so a tile's network runs on a padded block several times its core (2.4× for the
     default tile with 1 step). Over the whole volume the steps cost one pass each and the
     network runs over the volume alone, tiled with its own halo. Taken on CPU when the
-    whole volume's buffers (:data:`WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL`) fit in half the
+    whole volume's buffers (:data:`WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL`, and
+    :data:`WHOLE_VOLUME_SHRINK_BYTES_PER_INPUT_VOXEL` with the shrink) fit in half the
     host memory still available, for a run over every tile (``whole_run``; a scattered
     block keeps the tile path). Both give the output of :func:`predict_single_pass`: in a
     tile too, every step sees the current estimate mirrored about the volume's border
@@ -987,8 +994,10 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
     if (not isinstance(model, BackProjection) or model.iterations == 0 or not whole_run
             or torch.device(device).type == "cuda"):
         return None
-    voxels = math.prod((int(n) + 2 * int(r)) * int(f) for n, r, f in zip(shape, model.step_reach, factors))
-    need = voxels * WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL
+    inputs = math.prod(int(n) + 2 * int(r) for n, r in zip(shape, model.step_reach))
+    need = inputs * math.prod(int(f) for f in factors) * WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL
+    if model.noise_level is not None:
+        need += inputs * WHOLE_VOLUME_SHRINK_BYTES_PER_INPUT_VOXEL
     available = host_memory_available() if available is None else available
     if need > available / 2:
         (log.debug if quiet else log.info)(

@@ -301,8 +301,9 @@ def stage_train(
     # a PSF without a voxel size: fail now, naming the file, not after minutes of set-up
     psf_target_blur_px(settings.train.psf_sigma_um, factors, vs_known, path=str(normalized))
     t0 = time.monotonic()
+    train_volume = np.asarray(data[box_slices(fov.train)])
     result = train_enhance(
-        np.asarray(data[box_slices(fov.train)]), np.asarray(data[box_slices(fov.holdout)]), factors=factors,
+        train_volume, np.asarray(data[box_slices(fov.holdout)]), factors=factors,
         settings=settings.train,
         voxel_size=vs_known, work_dir=work, device=dev, amp=settings.infer.amp,
     )
@@ -313,7 +314,7 @@ def stage_train(
         result, factors=factors, extras=extras,
         degradation=make_degradation(trained.degradation, voxel_size=vs_known),
         margin_db=settings.train.guard_margin_db, confidence=settings.train.guard_confidence, device=dev,
-        amp=settings.infer.amp)
+        amp=settings.infer.amp, acquisition=train_volume)
     meta = {
         "sample": sample,
         "mode": mode,
@@ -470,11 +471,11 @@ def stage_infer(
 
     extras = inference_extras(settings)
     guarded = meta.get("inference_extras")
-    if guarded is not None and guarded != extras:
+    if guarded is not None and effective_extras(guarded, meta) != effective_extras(extras, meta):
         log.warning("sample %s: the guard scored the model with %s, but inference runs with %s; retrain (or "
                     "run the workflow, which does) for a verdict on this output", sample, guarded, extras)
     model_out = model
-    if any(extras.values()):
+    if extras["ensemble"] or extras["back_projection_iterations"]:
         from .ensemble import wrap_for_inference
         from .settings import DegradationSettings, from_dict
         from .train import make_degradation
@@ -518,6 +519,14 @@ def trained_degradation(meta: dict) -> dict:
                  DegradationSettings().method)
         return to_dict(DegradationSettings())
     return deg
+
+
+def effective_extras(extras: dict, meta: dict) -> dict:
+    """Inference extras as they act on this model: the shrink only where ``model.json``
+    records a noise level for it (a model trained before the shrink, or on an acquisition
+    with no measurable noise, takes plain steps either way)."""
+    shrink = bool(extras.get("back_projection_shrink")) and recorded_noise_level(meta) is not None
+    return {**extras, "back_projection_shrink": shrink}
 
 
 def recorded_noise_level(meta: dict):

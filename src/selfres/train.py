@@ -731,6 +731,7 @@ def guard_with_extras(
     confidence: float,
     device: torch.device | str = "cpu",
     amp: bool = True,
+    acquisition: np.ndarray | None = None,
 ) -> tuple[float, list[str]]:
     """Score what inference will write — the model wrapped in the inference ``extras``
     (self-ensemble, back-projection) — against tricubic on the held-out region, and redo the
@@ -748,7 +749,9 @@ def guard_with_extras(
     failure of a mapping learned one scale coarser; a classical step has no learned
     mapping to carry over, and at ×4 its small but consistent held-out gains (+0.04–0.05
     dB, above 0 in every resample) went with +0.5 dB against the truth. Without extras
-    the result's own figures are returned.
+    the result's own figures are returned. ``acquisition``: the training FOV as acquired,
+    on which the share of noise a back-projection correction holds is measured
+    (:func:`correction_noise`; ``None``: on the held-out input).
 
     Returns
     -------
@@ -759,7 +762,8 @@ def guard_with_extras(
 
     flags = list(result.flags)
     target, low, interp = result.holdout
-    result.correction_noise = correction_noise(result, low, degradation=degradation, extras=extras, device=device)
+    probe = low if acquisition is None else central_crop(acquisition, SHARE_PROBE_SHAPE)
+    result.correction_noise = correction_noise(result, probe, degradation=degradation, extras=extras, device=device)
     wrapped = wrap_for_inference(result.model, degradation=degradation, noise_level=result.correction_noise,
                                  **extras)
     if wrapped is result.model:  # no extras: the network is what inference writes
@@ -781,14 +785,28 @@ def guard_with_extras(
     return psnr, flags
 
 
+#: The largest central part of the training FOV (input voxels, z, y, x) on which
+#: :func:`correction_noise` measures the share of noise a correction holds.
+SHARE_PROBE_SHAPE = (16, 64, 64)
+
+
+def central_crop(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """The central ``shape`` (at most) of ``volume``'s last three axes."""
+    v = np.asarray(volume)
+    box = tuple(slice(max(0, (n - int(s)) // 2), max(0, (n - int(s)) // 2) + min(n, int(s)))
+                for n, s in zip(v.shape[-3:], shape))
+    return v[(Ellipsis,) + box]
+
+
 def correction_noise(result: TrainResult, low: np.ndarray, *, degradation: degrade.Degradation, extras: dict,
                      device: torch.device | str = "cpu") -> noise.NoiseLevel | None:
     """The noise a back-projection correction of ``result.model`` holds: the acquisition's
     level times the share that passes into the correction through the model (as inference
-    wraps it: the self-ensemble when ``extras`` asks for it), measured on the held-out input
-    ``low`` (:func:`selfres.ensemble.correction_noise_share`); rounded as ``model.json``
-    records it. ``None`` when back-projection does not shrink (``extras``) or nothing could
-    be measured."""
+    wraps it: the self-ensemble when ``extras`` asks for it), measured on the model input
+    ``low`` (part of the acquisition, or the held-out input;
+    :func:`selfres.ensemble.correction_noise_share`); rounded as ``model.json`` records it.
+    ``None`` when back-projection does not shrink (``extras``) or nothing could be measured
+    (back-projection then takes plain steps)."""
     from .ensemble import SelfEnsemble, correction_noise_share
 
     level = result.acquisition_noise
@@ -798,10 +816,11 @@ def correction_noise(result: TrainResult, low: np.ndarray, *, degradation: degra
     model = SelfEnsemble(result.model) if extras.get("ensemble") else result.model
     share = correction_noise_share(model, low, level, degradation=degradation, device=device)
     if not math.isfinite(share):
+        log.info("back-projection shrink: the input %s is too small to measure the noise a correction holds; "
+                 "back-projection takes plain steps", tuple(np.shape(low)))
         return None
     share = float(f"{share:.4g}")
-    log.info("back-projection shrink: the correction holds %.0f %% of the acquisition's noise (measured on the "
-             "held-out input)", 100 * share)
+    log.info("back-projection shrink: a correction holds %.0f %% of the acquisition's noise", 100 * share)
     return noise.NoiseLevel(*noise.NoiseLevel(level.slope * share, level.floor * share).as_list())
 
 

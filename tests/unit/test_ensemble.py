@@ -176,6 +176,10 @@ def test_correction_noise_share_of_tricubic_and_of_a_denoiser():
 
     assert correction_noise_share(Constant(), low, level) == pytest.approx(1.0, abs=1e-6)
     assert np.isnan(correction_noise_share(Constant(), low, NoiseLevel(0.0, 0.0)))
+    # too thin along a scaled axis to measure without the kernels' border biasing it: nothing measured
+    assert np.isnan(correction_noise_share(CubicUpsampler((2, 2, 2)), low[:3], level))
+    # one plane at (1, 2, 2): z is not scaled, so it is measured (two axes of smoothing keep less noise)
+    assert 0.1 < correction_noise_share(CubicUpsampler((1, 2, 2)), low[:1], level) < 0.25
 
 
 def test_wrap_passes_the_noise_level_only_when_shrinking():

@@ -720,6 +720,15 @@ def test_whole_volume_back_projection_falls_back_to_tiles_without_memory_and_for
     need *= infer.WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL
     assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), available=2 * need) is bp
     assert infer.whole_volume_back_projection(bp, vol.shape, (1, 2, 2), available=2 * need - 1) is None
+    # shrunk corrections hold more buffers on the input grid: the same memory no longer suffices
+    from selfres.noise import NoiseLevel
+
+    shrunk = BackProjection(bp.model, iterations=2, noise_level=NoiseLevel(0.01, 0.001))
+    inputs = math.prod(n + 2 * r for n, r in zip(vol.shape, shrunk.step_reach))
+    need_shrunk = inputs * (4 * infer.WHOLE_VOLUME_BP_BYTES_PER_OUTPUT_VOXEL
+                            + infer.WHOLE_VOLUME_SHRINK_BYTES_PER_INPUT_VOXEL)
+    assert infer.whole_volume_back_projection(shrunk, vol.shape, (1, 2, 2), available=2 * need_shrunk) is shrunk
+    assert infer.whole_volume_back_projection(shrunk, vol.shape, (1, 2, 2), available=2 * need_shrunk - 1) is None
     monkeypatch.setattr(infer, "host_memory_available", lambda: 2 * need - 1)
     monkeypatch.setattr(infer, "cpu_pass_limit", lambda *a, **k: math.inf)  # tiles themselves still fit
     dest = np.zeros(ref.shape, np.float32)

@@ -44,3 +44,74 @@ def test_interpolation_in_blocks_equals_the_whole_volume_interpolation(meta, mod
     assert len(blocks) > 4
     for sl in blocks:
         np.testing.assert_allclose(block(sl), whole[sl], atol=1e-6)
+
+
+def _trained_sample(tmp_path, degradation: dict):
+    """A tiny enhance sample normalised, cropped and trained (noisy blobs, ×2 laterally)."""
+    import tifffile
+
+    from selfres.settings import FovSettings, Settings, TrainSettings, from_dict
+
+    from ..conftest import blob_volume
+
+    rng = np.random.default_rng(3)
+    vol = blob_volume((8, 64, 64), n=120, sigma=(1.0, 1.5, 1.5), seed=4)
+    vol = (rng.poisson(vol * 200) / 200.0 * 1000).astype(np.float32)
+    tifffile.imwrite(tmp_path / "in.tif", vol)
+    s = Settings(train=from_dict(TrainSettings, {"steps": 2, "width": 4, "depth": 1, "batch_size": 1,
+                                                 "patch_size": [4, 16, 16], "validate_every": 1, "warmup_steps": 1,
+                                                 "degradation": degradation}))
+    norm = tmp_path / "n.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s", voxel_size=(1.0, 0.2, 0.2))
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 2, 2),
+                        settings=FovSettings(min_holdout_voxels=256))
+    pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 2, 2), settings=s,
+                         device="cpu")
+    return norm
+
+
+def test_inference_without_extras_does_not_need_the_training_degradation(tmp_path):
+    """With back-projection off (and no ensemble) nothing wraps the network, so a measured PSF
+    the model was trained with need not be found again (the report suggests exactly this setting)."""
+    import tifffile
+
+    from selfres.settings import InferSettings
+
+    g = np.exp(-0.5 * (np.arange(-2, 3) / 0.8) ** 2)
+    tifffile.imwrite(tmp_path / "psf.tif", np.einsum("i,j,k->ijk", g, g, g).astype(np.float32))
+    norm = _trained_sample(tmp_path, {"method": "psf", "psf_path": str(tmp_path / "psf.tif")})
+    (tmp_path / "psf.tif").unlink()
+    info = pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", device="cpu",
+                                settings=InferSettings(back_projection_iterations=0))
+    assert info["tiles"] >= 1 and (tmp_path / "out.ome.zarr").exists()
+
+
+def test_a_model_from_before_the_shrink_infers_without_a_false_retrain_warning(tmp_path, caplog):
+    """model.json of an older selfres: no noise levels, extras without ``back_projection_shrink``.
+    Its steps are plain whatever the setting says, which is what its guard scored."""
+    import json
+
+    from selfres.settings import InferSettings
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    path = tmp_path / "model" / "model.json"
+    doc = json.loads(path.read_text())
+    assert doc["metadata"]["correction_noise"]  # this one was measured ...
+    for key in ("acquisition_noise", "correction_noise"):  # ... an older model has none
+        doc["metadata"].pop(key)
+    doc["metadata"]["inference_extras"].pop("back_projection_shrink")
+    path.write_text(json.dumps(doc))
+    outputs = []
+    for shrink in (True, False):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="selfres"):
+            pipeline.stage_infer(norm, tmp_path / "model", tmp_path / f"out{shrink}.ome.zarr", sample="s",
+                                 device="cpu", settings=InferSettings(back_projection_shrink=shrink))
+        assert "the guard scored the model with" not in caplog.text
+        outputs.append(np.asarray(pipeline.io.read_ome_zarr(tmp_path / f"out{shrink}.ome.zarr").data))
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfres"):  # a real difference is still named
+        pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out2.ome.zarr", sample="s", device="cpu",
+                             settings=InferSettings(back_projection_iterations=2))
+    assert "the guard scored the model with" in caplog.text

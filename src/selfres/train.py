@@ -79,8 +79,8 @@ class TrainResult:
     :func:`guard_with_extras` when back-projection shrinks its corrections."""
     acquisition_noise: noise.NoiseLevel | None = None
     """The acquisition's noise level (:func:`selfres.noise.noise_level_function` on the
-    training FOV, whatever ``degradation.noise`` says): back-projection shrinks its
-    corrections where they are no larger than this noise (``infer.back_projection_shrink``)."""
+    training FOV, whatever ``degradation.noise`` says), rounded as ``model.json`` records it;
+    :func:`correction_noise` scales it to the noise a back-projection correction holds."""
 
 
 def make_degradation(

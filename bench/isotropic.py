@@ -63,7 +63,9 @@ def slice_ssim(truth: np.ndarray, image: np.ndarray, data_range: float, *, every
     return float(np.mean(vals))
 
 
-def run_semi(name: str, settings, work: Path, *, threads: int) -> dict:
+def run_semi(name: str, settings, work: Path, *, threads: int, photons: float | None = None) -> dict:
+    """``photons``: shot noise on the ×4 input (its 99.9th percentile that many photons,
+    as ``bench/quality.py --lr-noise``); the truth stays as it is."""
     import tifffile
 
     from selfres import io, isotropic, metrics, normalise, pipeline
@@ -71,6 +73,10 @@ def run_semi(name: str, settings, work: Path, *, threads: int) -> dict:
     fname, vxy = SEMI[name]
     truth_raw = tifffile.imread(DATA / fname).astype(np.float32)
     low = degrade_z(truth_raw)
+    if photons:
+        from quality import add_shot_noise  # bench/quality.py, beside this script
+
+        low = add_shot_noise(low, photons)
     truth_raw = truth_raw[: low.shape[0] * 4]
     vxy = vxy or 1.0
     src = work / f"{name}_z4.tif"
@@ -129,6 +135,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gan-minutes", type=float, default=None, help="isotropic.gan_max_minutes")
     ap.add_argument("--axial-sigma", type=float, default=None, help="isotropic.axial_sigma_px (default: estimated)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr-noise", type=float, default=None, metavar="PHOTONS",
+                    help="shot noise on the semi-synthetic inputs: their 99.9th percentile is PHOTONS photons")
     ap.add_argument("--out", default="bench_results/isotropic")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -160,7 +168,7 @@ def main(argv=None) -> int:
     print(f"load average at start: {os.getloadavg()}")
     rows = []
     for name in a.volumes.split(","):
-        row = run_semi(name, settings, work, threads=a.threads) if name in SEMI else run_real(
+        row = run_semi(name, settings, work, threads=a.threads, photons=a.lr_noise) if name in SEMI else run_real(
             name, settings, work, threads=a.threads)
         rows.append(row)
         print(json.dumps(row, default=str))

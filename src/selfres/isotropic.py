@@ -165,22 +165,38 @@ class AxialDegradation:
     noise_sigma
         Standard deviation of the Gaussian noise added to each low-resolution sample
         (the noise top-up; 0 for none).
+    noise_variance
+        ``(slope, floor)``: a further top-up of variance ``slope·y + floor`` (never below 0)
+        at each low-resolution sample ``y`` — shot noise grows with the signal, so a single
+        σ gives bright structure too little and the background too much.
     """
 
     factor: float
     sigma_px: float = 0.0
     noise_sigma: float = 0.0
+    noise_variance: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def noisy(self) -> bool:
+        return self.noise_sigma > 0 or any(v > 0 for v in self.noise_variance)
 
     def matrices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         return axial_operator(int(n), float(self.factor), float(self.sigma_px))
+
+    def topup_std(self, low):
+        """Standard deviation of the top-up at each low-resolution sample (numpy or torch)."""
+        slope, floor = (float(v) for v in self.noise_variance)
+        var = slope * low + (floor + float(self.noise_sigma) ** 2)
+        return var.clamp(min=0).sqrt() if isinstance(var, torch.Tensor) else np.sqrt(np.clip(var, 0, None))
 
     def apply_numpy(self, slices: np.ndarray, *, rng: np.random.Generator | int | None = 0) -> np.ndarray:
         """Degrade ``(..., H, W)`` along H (numpy, float32)."""
         x = np.asarray(slices, dtype=np.float32)
         down, up = self.matrices(x.shape[-2])
         low = np.einsum("mh,...hw->...mw", down.astype(np.float32), x)
-        if self.noise_sigma > 0:
-            low = low + np.random.default_rng(rng).normal(0, self.noise_sigma, low.shape).astype(np.float32)
+        if self.noisy:
+            noise = np.random.default_rng(rng).standard_normal(low.shape).astype(np.float32)
+            low = low + (self.topup_std(low) * noise).astype(np.float32)
         return np.einsum("hm,...mw->...hw", up.astype(np.float32), low).astype(np.float32)
 
     def apply_torch(self, batch: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -189,35 +205,23 @@ class AxialDegradation:
         d = torch.tensor(down, dtype=batch.dtype, device=batch.device)
         u = torch.tensor(up, dtype=batch.dtype, device=batch.device)
         low = torch.matmul(d, batch)
-        if self.noise_sigma > 0:
-            low = low + self.noise_sigma * torch.randn(low.shape, generator=generator, device=low.device,
-                                                       dtype=low.dtype)
+        if self.noisy:
+            low = low + self.topup_std(low) * torch.randn(low.shape, generator=generator, device=low.device,
+                                                           dtype=low.dtype)
         return torch.matmul(u, low)
 
     def to_dict(self) -> dict:
-        return {"factor": float(self.factor), "sigma_px": float(self.sigma_px), "noise_sigma": float(self.noise_sigma)}
+        return {"factor": float(self.factor), "sigma_px": float(self.sigma_px), "noise_sigma": float(self.noise_sigma),
+                "noise_variance": [float(v) for v in self.noise_variance]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AxialDegradation":
+        """As :meth:`to_dict` wrote it (``noise_variance`` absent in models of earlier versions)."""
+        return cls(factor=float(d["factor"]), sigma_px=float(d["sigma_px"]), noise_sigma=float(d["noise_sigma"]),
+                   noise_variance=tuple(float(v) for v in d.get("noise_variance", (0.0, 0.0))))
 
 
 # ---------------------------------------------------------------------- estimation
-def estimate_noise_sigma(volume: np.ndarray, *, max_planes: int = 8) -> float:
-    """Per-plane Gaussian noise σ (Immerkær's Laplacian-difference mask, robust median form).
-
-    The mask ``[[1,-2,1],[-2,4,-2],[1,-2,1]]`` cancels locally planar signal; on white
-    noise its response has standard deviation ``6σ``, estimated by the median absolute
-    response / 0.6745 (robust to edges). The median over a few planes is returned.
-    """
-    from .noise import immerkaer_residual
-
-    vol = np.asarray(volume, dtype=np.float32)
-    idx = np.unique(np.linspace(0, vol.shape[0] - 1, min(max_planes, vol.shape[0])).astype(int))
-    vals = []
-    for i in idx:
-        if min(vol[i].shape) < 8:
-            continue
-        vals.append(float(np.median(np.abs(immerkaer_residual(vol[i])))) / 0.6745)
-    return float(np.median(vals)) if vals else 0.0
-
-
 def noise_topup(factor: float, sigma_px: float, noise_sigma: float, *, n: int = 64) -> float:
     """σ of the noise to add to degraded lateral samples so they are as noisy as real z samples.
 
@@ -708,20 +712,31 @@ def _key(settings: Settings, factor: float, shape, deg: AxialDegradation) -> str
 
 def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Settings,
                         voxel_size: Sequence[float]) -> tuple[AxialDegradation, dict]:
-    """The analytic degradation of a sample: σ (settings → optics/PSF → data) and noise top-up."""
+    """The analytic degradation of a sample: σ (settings → optics/PSF → data) and noise top-up.
+
+    The noise top-up (``isotropic.noise_match``) follows the acquisition's noise level
+    against intensity (:func:`selfres.noise.noise_level_function` on the training FOV, as
+    ``enhance`` mode estimates it): each degraded lateral sample ``y`` gets Gaussian noise of
+    variance ``(slope·y + floor)·(1 − Σw²)``, the share its blur and box weights averaged
+    away. The axial σ's spectrum match uses the level at the volume's mean intensity.
+    """
+    from .noise import NoiseLevel, noise_level_function
+
     iso = settings.isotropic
     if iso.axial_sigma_px is not None:
         sigma, source = float(iso.axial_sigma_px), "settings"
     else:
         s = sigma_from_settings(settings.train, voxel_size)
         sigma, source = (s, "train.degradation") if s is not None else (None, "estimated")
-    noise = estimate_noise_sigma(train_volume) if iso.noise_match else 0.0
-    info: dict[str, Any] = {"sigma_source": source, "noise_sigma_plane": noise}
+    level = noise_level_function(train_volume) if iso.noise_match else NoiseLevel(0.0, 0.0)
+    noise = float(np.sqrt(level.variance(float(np.mean(train_volume))))) if level.bins else 0.0
+    info: dict[str, Any] = {"sigma_source": source, "noise_sigma_mean": noise, "noise_level": level.as_list()}
     if sigma is None:
         sigma, est = estimate_axial_sigma(train_volume, factor, noise_sigma=noise, seed=settings.train.seed)
         info["estimate"] = est
-    top = noise_topup(factor, sigma, noise)
-    deg = AxialDegradation(factor=float(factor), sigma_px=float(sigma), noise_sigma=top)
+    lost = noise_topup(factor, sigma, 1.0) ** 2  # share of a sample's noise variance that degrading removes
+    top = NoiseLevel(level.slope * lost, level.floor * lost).as_list()
+    deg = AxialDegradation(factor=float(factor), sigma_px=float(sigma), noise_variance=tuple(top))
     info.update(deg.to_dict())
     return deg, info
 
@@ -832,9 +847,11 @@ def train_isotropic(
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
         sel.load_state_dict(state)
         log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, sel.best_psnr, sel.best_step)
-    log.info("isotropic training: f %.3f, degradation %s (σ %.2f px, noise top-up %.4f, %s), %d parameters, "
+    log.info("isotropic training: f %.3f, degradation %s (σ %.2f px, noise top-up variance %s·y%+.3g, %s), "
+             "%d parameters, "
              "patch %s, %.0f%% of placements above the Otsu threshold %.3f; held-out input %.2f dB, start %.2f dB",
-             factor, iso.degradation, deg.sigma_px, deg.noise_sigma, deg_info["sigma_source"],
+             factor, iso.degradation, deg.sigma_px, f"{deg.noise_variance[0]:.3g}", deg.noise_variance[1],
+             deg_info["sigma_source"],
              models.count_parameters(model), patch, 100 * sampler.fraction_kept, threshold, val_interp, sel.best_psnr)
     t0 = time.monotonic() - elapsed_before
     stop_reason, flags = "steps", []
@@ -1141,8 +1158,7 @@ def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: mo
     d = meta.get("degradation") or {}
     if (meta.get("isotropic") or {}).get("degradation") == "learned" or "factor" not in d:
         return {k: stored.get(k) for k in ("psnr_model", "psnr_interp", "ssim_model", "ssim_interp")}
-    deg = AxialDegradation(factor=float(d["factor"]), sigma_px=float(d["sigma_px"]),
-                           noise_sigma=float(d["noise_sigma"]))
+    deg = AxialDegradation.from_dict(d)
     train_box = np.asarray(vol.data[box_slices(fov.train)], dtype=np.float32)  # the two boxes only
     _, held, _ = validation_split(train_box, np.asarray(vol.data[box_slices(fov.holdout)], dtype=np.float32),
                                   otsu_threshold(train_box))

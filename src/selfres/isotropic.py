@@ -186,8 +186,11 @@ class AxialDegradation:
     def topup_std(self, low):
         """Standard deviation of the top-up at each low-resolution sample (numpy or torch)."""
         slope, floor = (float(v) for v in self.noise_variance)
-        var = slope * low + (floor + float(self.noise_sigma) ** 2)
-        return var.clamp(min=0).sqrt() if isinstance(var, torch.Tensor) else np.sqrt(np.clip(var, 0, None))
+        sigma2 = float(self.noise_sigma) ** 2
+        affine = slope * low + floor  # never below 0 on its own; the constant σ² adds to it
+        if isinstance(affine, torch.Tensor):
+            return (affine.clamp(min=0) + sigma2).sqrt()
+        return np.sqrt(np.clip(affine, 0, None) + sigma2)
 
     def apply_numpy(self, slices: np.ndarray, *, rng: np.random.Generator | int | None = 0) -> np.ndarray:
         """Degrade ``(..., H, W)`` along H (numpy, float32)."""
@@ -729,8 +732,13 @@ def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Setti
         s = sigma_from_settings(settings.train, voxel_size)
         sigma, source = (s, "train.degradation") if s is not None else (None, "estimated")
     level = noise_level_function(train_volume) if iso.noise_match else NoiseLevel(0.0, 0.0)
+    if iso.noise_match and level.bins == 0:
+        log.warning("isotropic noise match: the acquisition's noise could not be measured on the training FOV %s "
+                    "(too few voxels in planes of at least 8 x 8, or none finite); degraded lateral slices are not "
+                    "topped up", tuple(np.shape(train_volume)))
     noise = float(np.sqrt(level.variance(float(np.mean(train_volume))))) if level.bins else 0.0
-    info: dict[str, Any] = {"sigma_source": source, "noise_sigma_mean": noise, "noise_level": level.as_list()}
+    info: dict[str, Any] = {"sigma_source": source, "noise_sigma_mean": noise, "noise_level": level.as_list(),
+                            "noise_bins": level.bins}
     if sigma is None:
         sigma, est = estimate_axial_sigma(train_volume, factor, noise_sigma=noise, seed=settings.train.seed)
         info["estimate"] = est

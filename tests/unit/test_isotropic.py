@@ -126,6 +126,21 @@ def test_noise_topup_follows_intensity_and_old_models_read_back():
     quiet, _ = iso.resolve_degradation(noisy, 4.0, from_dict(Settings, {"isotropic": {"noise_match": False}}),
                                        (4.0, 1.0, 1.0))
     assert not quiet.noisy
+    # the affine part is clipped at 0 on its own; a constant σ adds to it
+    both = iso.AxialDegradation(factor=4.0, noise_sigma=0.02, noise_variance=(0.01, 0.0))
+    np.testing.assert_allclose(both.topup_std(np.array([-0.05, 0.5])), [0.02, np.sqrt(0.005 + 0.0004)], rtol=1e-6)
+    torch.testing.assert_close(both.topup_std(torch.tensor([-0.05, 0.5])),
+                               torch.tensor([0.02, float(np.sqrt(0.005 + 0.0004))]))
+
+
+def test_noise_match_says_when_it_cannot_measure_the_noise(caplog):
+    from selfres.settings import Settings
+
+    tiny = (0.3 + np.random.default_rng(0).normal(0, 0.05, (4, 16, 16))).astype(np.float32)
+    with caplog.at_level("WARNING", logger="selfres"):
+        d, info = iso.resolve_degradation(tiny, 4.0, Settings(), (4.0, 1.0, 1.0))
+    assert not d.noisy and info["noise_bins"] == 0
+    assert "noise could not be measured" in caplog.text
 
 
 @pytest.mark.parametrize("sigma", [1.0, 2.0, 3.0])

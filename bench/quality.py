@@ -95,20 +95,16 @@ def tricubic_back_projected(low: np.ndarray, factors, iterations: int, degradati
     training FOV) times the share that tricubic's correction holds, measured on ``low``'s centre."""
     import torch
 
-    from selfres.ensemble import BackProjection, correction_noise_share
+    from selfres.ensemble import BackProjection
     from selfres.infer import CubicUpsampler, predict_array
-    from selfres.noise import NoiseLevel, noise_level_function
-    from selfres.train import SHARE_PROBE_SHAPE, central_crop, make_degradation
+    from selfres.noise import noise_level_function
+    from selfres.train import SHARE_PROBE_SHAPE, central_crop, correction_noise_level, make_degradation
 
     deg = make_degradation(degradation_settings, voxel_size=voxel_size)
-    level = None
-    if shrink:
-        acquisition = noise_level_function(low)
-        share = correction_noise_share(CubicUpsampler(factors), central_crop(low, SHARE_PROBE_SHAPE), acquisition,
-                                       degradation=deg)
-        if np.isfinite(share):
-            level = NoiseLevel(acquisition.slope * share, acquisition.floor * share)
-    net = BackProjection(CubicUpsampler(factors), iterations=iterations, degradation=deg, noise_level=level)
+    tricubic = CubicUpsampler(factors)
+    level = (correction_noise_level(tricubic, central_crop(low, SHARE_PROBE_SHAPE), noise_level_function(low),
+                                    degradation=deg) if shrink else None)
+    net = BackProjection(tricubic, iterations=iterations, degradation=deg, noise_level=level)
     return predict_array(net, low, factors=factors, tile_size=(32, 128, 128), device=torch.device("cpu"), amp=False)
 
 

@@ -252,8 +252,9 @@ class BackProjection(nn.Module):
     degradation
         ``D``: the training degradation (default: antialiased cubic); noise is ignored.
     noise_level
-        The acquisition's noise variance against intensity (normalised units): each
-        correction ``x − D(y)`` is shrunk where it is no larger than that noise
+        The noise variance a correction holds against intensity (normalised units: the
+        acquisition's times :func:`correction_noise_share`): each correction ``x − D(y)``
+        is shrunk where it is no larger than that noise
         (:func:`shrink_residual`, a window of :data:`SHRINK_WINDOW` voxels along every axis
         with a factor above 1). ``None`` or zero: the paper's plain step.
     """
@@ -368,8 +369,8 @@ def wrap_for_inference(model: nn.Module, *, ensemble: bool = False, back_project
     """The model, wrapped in a self-ensemble and/or back-projection when asked.
 
     Back-projection acts on the ensemble mean (once, not per member); with
-    ``back_projection_shrink`` its corrections are shrunk by ``noise_level`` (the
-    acquisition's; ``None``: not known, plain steps).
+    ``back_projection_shrink`` its corrections are shrunk by ``noise_level`` (the noise
+    a correction holds; ``None``: not known, plain steps).
     """
     if ensemble:
         model = SelfEnsemble(model)

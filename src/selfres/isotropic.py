@@ -743,7 +743,7 @@ def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Setti
         sigma, est = estimate_axial_sigma(train_volume, factor, noise_sigma=noise, seed=settings.train.seed)
         info["estimate"] = est
     lost = noise_topup(factor, sigma, 1.0) ** 2  # share of a sample's noise variance that degrading removes
-    top = NoiseLevel(level.slope * lost, level.floor * lost).as_list()
+    top = level.scaled(lost).as_list()
     deg = AxialDegradation(factor=float(factor), sigma_px=float(sigma), noise_variance=tuple(top))
     info.update(deg.to_dict())
     return deg, info

@@ -51,6 +51,11 @@ class NoiseLevel:
     def variance(self, mu):
         return np.clip(self.slope * np.asarray(mu, dtype=np.float64) + self.floor, 0.0, None)
 
+    def scaled(self, share: float) -> "NoiseLevel":
+        """The level of ``share`` of this noise's variance (e.g. what degrading removes, or
+        what passes into a back-projection correction)."""
+        return NoiseLevel(self.slope * float(share), self.floor * float(share))
+
     def sigma_at(self) -> dict[str, float]:
         """The noise σ at each intensity of :data:`NOISE_AT`, keyed as there."""
         return {key: float(np.sqrt(self.variance(float(key)))) for key in NOISE_AT}
@@ -206,5 +211,4 @@ def variance_kept(operator: Callable[[np.ndarray], np.ndarray], factors: Sequenc
 def topup_variance(level: NoiseLevel, kept: float) -> NoiseLevel:
     """The noise to add to a degraded input so that it is as noisy as the acquisition: the
     acquisition's level times the fraction ``1 − kept`` that degradation removed."""
-    lost = max(0.0, 1.0 - float(kept))
-    return NoiseLevel(level.slope * lost, level.floor * lost)
+    return level.scaled(max(0.0, 1.0 - float(kept)))

@@ -337,6 +337,7 @@ def stage_train(
         meta["acquisition_noise"] = result.acquisition_noise.as_list()
     if result.correction_noise is not None:
         meta["correction_noise"] = result.correction_noise.as_list()
+    meta["inference_extras"] = effective_extras(extras, meta)  # as they acted: no shrink without a level
     tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)

@@ -807,13 +807,25 @@ def correction_noise(result: TrainResult, low: np.ndarray, *, degradation: degra
     :func:`selfres.ensemble.correction_noise_share`); rounded as ``model.json`` records it.
     ``None`` when back-projection does not shrink (``extras``) or nothing could be measured
     (back-projection then takes plain steps)."""
-    from .ensemble import SelfEnsemble, correction_noise_share
+    from .ensemble import SelfEnsemble
 
     level = result.acquisition_noise
     if (not extras.get("back_projection_iterations") or not extras.get("back_projection_shrink")
             or level is None or (level.slope <= 0 and level.floor <= 0)):
         return None
     model = SelfEnsemble(result.model) if extras.get("ensemble") else result.model
+    return correction_noise_level(model, low, level, degradation=degradation, device=device)
+
+
+def correction_noise_level(model: torch.nn.Module, low: np.ndarray, level: noise.NoiseLevel, *,
+                           degradation: degrade.Degradation, device: torch.device | str = "cpu"
+                           ) -> noise.NoiseLevel | None:
+    """``level`` (an acquisition's noise) times the share that passes into a back-projection
+    correction through ``model``, measured on its input ``low``
+    (:func:`selfres.ensemble.correction_noise_share`), rounded as ``model.json`` records it;
+    ``None`` when ``low`` is too small to measure it."""
+    from .ensemble import correction_noise_share
+
     share = correction_noise_share(model, low, level, degradation=degradation, device=device)
     if not math.isfinite(share):
         log.info("back-projection shrink: the input %s is too small to measure the noise a correction holds; "
@@ -821,7 +833,7 @@ def correction_noise(result: TrainResult, low: np.ndarray, *, degradation: degra
         return None
     share = float(f"{share:.4g}")
     log.info("back-projection shrink: a correction holds %.0f %% of the acquisition's noise", 100 * share)
-    return noise.NoiseLevel(*noise.NoiseLevel(level.slope * share, level.floor * share).as_list())
+    return noise.NoiseLevel(*level.scaled(share).as_list())
 
 
 def serial_split(factors: Sequence[int]) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:

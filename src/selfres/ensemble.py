@@ -39,7 +39,7 @@ from . import degrade
 from .noise import NoiseLevel
 
 __all__ = ["BackProjection", "SelfEnsemble", "Serial", "degradation_reach", "ensemble_members",
-           "correction_noise_share", "mirror_outside", "shrink_residual", "wrap_for_inference"]
+           "correction_noise_share", "local_noise_variance", "mirror_outside", "shrink_residual", "wrap_for_inference"]
 
 
 def _as5d(x: torch.Tensor, factors: Sequence[int]) -> tuple[torch.Tensor, bool]:
@@ -168,32 +168,40 @@ def _noise_free(d: degrade.Degradation) -> degrade.Degradation:
     return degrade.Degradation(method=d.method, sigma_px=d.sigma_px, psf=d.psf if d.method == "psf" else None)
 
 
-def shrink_residual(residual: torch.Tensor, low: torch.Tensor, noise_level: NoiseLevel,
-                    window: Sequence[int]) -> torch.Tensor:
-    """A back-projection correction with the acquisition's noise shrunk out of it.
-
-    An adaptive (local) Wiener filter about the local mean: in each ``window`` (odd
-    sizes, z, y, x) around a voxel, the correction's local mean ``m`` and variance ``v``;
-    the voxel keeps ``m + max(0, 1 − σ²/v)·(r − m)``, where ``σ²`` is the noise variance
-    the correction holds at the local mean intensity of ``low`` (``noise_level``: the
-    acquisition's times the share that passes into the correction,
-    :func:`correction_noise_share`). Where the correction varies no more than the noise,
-    only its local mean is kept; where it is structure (much larger than the noise), it is
-    kept whole; with no noise nothing changes. Both tensors ``(B, 1, Z, Y, X)``, on the
-    input grid; the window's border is replicated (a tile's border lies in its halo).
-    """
+def _local_mean(t: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """The mean of ``t`` (``(B, 1, Z, Y, X)``) over a ``window`` (odd sizes) around each
+    voxel, the border replicated."""
     import torch.nn.functional as F
 
     win = tuple(int(w) for w in window)
     pad = [p for w in reversed(win) for p in (w // 2, w // 2)]
+    return F.avg_pool3d(F.pad(t, pad, mode="replicate") if any(pad) else t, win, stride=1)
 
-    def local_mean(t: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool3d(F.pad(t, pad, mode="replicate") if any(pad) else t, win, stride=1)
 
-    m = local_mean(residual)
-    v = (local_mean(residual * residual) - m * m).clamp_min(1e-30)
-    noise_var = (float(noise_level.slope) * local_mean(low) + float(noise_level.floor)).clamp_min(0.0)
-    return m + (1.0 - noise_var / v).clamp(0.0, 1.0) * (residual - m)
+def local_noise_variance(low: torch.Tensor, noise_level: NoiseLevel, window: Sequence[int]) -> torch.Tensor:
+    """The noise variance ``noise_level`` gives at the local mean intensity of ``low``
+    (``(B, 1, Z, Y, X)``) over ``window``: what :func:`shrink_residual` takes. It depends
+    on the input alone, so a back-projection computes it once for all its steps."""
+    return (float(noise_level.slope) * _local_mean(low, window) + float(noise_level.floor)).clamp_min(0.0)
+
+
+def shrink_residual(residual: torch.Tensor, noise_variance: torch.Tensor, window: Sequence[int]) -> torch.Tensor:
+    """A back-projection correction with the acquisition's noise shrunk out of it.
+
+    An adaptive (local) Wiener filter about the local mean: in each ``window`` (odd
+    sizes, z, y, x) around a voxel, the correction's local mean ``m`` and variance ``v``;
+    the voxel keeps ``m + max(0, 1 − σ²/v)·(r − m)``, where ``σ²`` (``noise_variance``, from
+    :func:`local_noise_variance`) is the noise variance the correction holds at the local
+    mean intensity of the input (the acquisition's level times the share that passes into
+    the correction, :func:`correction_noise_share`). Where the correction varies no more
+    than the noise, only its local mean is kept; where it is structure (much larger than
+    the noise), it is kept whole; with no noise nothing changes. Tensors ``(B, 1, Z, Y,
+    X)``, on the input grid; the window's border is replicated (a tile's border lies in
+    its halo).
+    """
+    m = _local_mean(residual, window)
+    v = (_local_mean(residual * residual, window) - m * m).clamp_min(1e-30)
+    return m + (1.0 - noise_variance / v).clamp(0.0, 1.0) * (residual - m)
 
 
 #: :func:`correction_noise_share` needs at least this many input voxels along every scaled axis.
@@ -290,14 +298,25 @@ class BackProjection(nn.Module):
         y = self.refine(x5, self.model(x5), outside=outside)
         return y[:, :, 0] if squeeze else y
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def noise_variance(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The noise variance a correction holds about each voxel of the input ``x``
+        (:func:`local_noise_variance`); ``None`` without a noise level (plain steps)."""
+        if self.noise_level is None:
+            return None
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return local_noise_variance(x.float(), self.noise_level, self.shrink_window)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor, noise_variance: torch.Tensor | None = None) -> torch.Tensor:
         """One back-projection step ``y + U(x − D(y))`` in float32 (``(B, 1, Z, Y, X)``), the
-        correction shrunk by the noise level when one is given."""
+        correction shrunk by the noise level when one is given. ``noise_variance``: what
+        :meth:`noise_variance` gives for ``x``, when the caller has it from an earlier step."""
         x, y = x.float(), y.float()
         with torch.autocast(device_type=x.device.type, enabled=False):
             residual = x - self.degrader(y)
             if self.noise_level is not None:
-                residual = shrink_residual(residual, x, self.noise_level, self.shrink_window)
+                if noise_variance is None:
+                    noise_variance = self.noise_variance(x)
+                residual = shrink_residual(residual, noise_variance, self.shrink_window)
             return y + degrade.upscale_cubic(residual, self.factors)
 
     def refine(self, x: torch.Tensor, y: torch.Tensor, *,
@@ -305,10 +324,11 @@ class BackProjection(nn.Module):
         """The back-projection steps alone: ``y`` (the model's output for ``x``, both
         ``(B, 1, Z, Y, X)``) refined ``iterations`` times; ``outside`` as in :meth:`forward`."""
         y = y.float()
+        noise_variance = self.noise_variance(x) if self.iterations else None
         for _ in range(self.iterations):
             if outside is not None:
                 y = mirror_outside(y, outside, factors=self.factors, halo=self.model.halo)
-            y = self.step(x, y)
+            y = self.step(x, y, noise_variance)
         return y
 
 

@@ -1027,8 +1027,9 @@ def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int
     crop = (slice(None), slice(None)) + tuple(slice(r * f, n + r * f) for n, r, f in zip(y.shape[2:], reach, factors))
     t0 = time.monotonic()
     with torch.inference_mode():
+        noise_variance = bp.noise_variance(x)
         for _ in range(bp.iterations):
-            y = bp.step(x, mirror_pad(y, [r * f for r, f in zip(reach, factors)], edge=True))[crop]
+            y = bp.step(x, mirror_pad(y, [r * f for r, f in zip(reach, factors)], edge=True), noise_variance)[crop]
     (log.debug if quiet else log.info)("back-projection (%d iterations) over the whole volume %s: %.1f s",
                                        bp.iterations, list(y.shape[2:]), time.monotonic() - t0)
     return np.ascontiguousarray(y[0, 0].numpy())

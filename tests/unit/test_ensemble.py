@@ -9,7 +9,8 @@ from torch import nn
 
 from selfres import degrade, models
 from selfres.ensemble import (BackProjection, SelfEnsemble, Serial, correction_noise_share, degradation_reach,
-                              ensemble_members, shrink_residual, wrap_for_inference)
+                              ensemble_members, local_noise_variance, shrink_residual,
+                              wrap_for_inference)
 from selfres.infer import CubicUpsampler, predict_array, predict_single_pass
 
 from ..conftest import blob_volume
@@ -111,6 +112,10 @@ def test_back_projection_is_exact_under_tiling(method):
     np.testing.assert_allclose(tiled, ref, atol=5e-5)
 
 
+def _shrunk(residual, low, level, window):
+    return shrink_residual(residual, local_noise_variance(low, level, window), window)
+
+
 def test_shrink_residual_removes_noise_and_keeps_structure():
     from selfres.noise import NoiseLevel
 
@@ -119,21 +124,21 @@ def test_shrink_residual_removes_noise_and_keeps_structure():
     noise = torch.from_numpy(rng.normal(0, sigma, (1, 1, 12, 48, 48)).astype(np.float32))
     low = torch.full_like(noise, 0.5)
     level = NoiseLevel(0.0, sigma**2)
-    out = shrink_residual(noise, low, level, (3, 3, 3))
+    out = _shrunk(noise, low, level, (3, 3, 3))
     assert out.pow(2).mean() < 0.2 * noise.pow(2).mean()  # noise alone: mostly gone
     # a correction much larger than the noise (an edge the output missed) is kept nearly whole
     edge = torch.zeros_like(noise)
     edge[..., 24:] = 1.0
-    kept = shrink_residual(edge + noise, low, level, (3, 3, 3))
+    kept = _shrunk(edge + noise, low, level, (3, 3, 3))
     near = (..., slice(None), slice(22, 26))
     assert (kept - edge)[near].pow(2).mean() < 0.5 * noise[near].pow(2).mean() + 1e-3
     assert torch.allclose(kept[near].mean(), (edge + noise)[near].mean(), atol=0.02)
     # no noise: the correction unchanged
-    torch.testing.assert_close(shrink_residual(edge + noise, low, NoiseLevel(0.0, 0.0), (3, 3, 3)), edge + noise,
+    torch.testing.assert_close(_shrunk(edge + noise, low, NoiseLevel(0.0, 0.0), (3, 3, 3)), edge + noise,
                                atol=1e-6, rtol=0)
     # the level is looked up at the input's local intensity: shot noise shrinks more where it is bright
     bright = torch.where(torch.arange(48) < 24, 0.05, 1.0).expand_as(noise)
-    shot = shrink_residual(noise, bright, NoiseLevel(sigma**2, 0.0), (3, 3, 3))
+    shot = _shrunk(noise, bright, NoiseLevel(sigma**2, 0.0), (3, 3, 3))
     assert shot[..., 30:].pow(2).mean() < 0.5 * shot[..., :18].pow(2).mean()
 
 

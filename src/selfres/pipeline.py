@@ -308,7 +308,7 @@ def stage_train(
         voxel_size=vs_known, work_dir=work, device=dev, amp=settings.infer.amp,
     )
     # the guard judges what inference writes: the network wrapped in the inference extras
-    trained = result.settings or settings.train  # with the noise top-up estimated from the data
+    trained = result.settings  # as trained: with the noise top-up estimated from the data
     extras = inference_extras(settings.infer)
     psnr_out, flags = guard_with_extras(
         result, factors=factors, extras=extras,

@@ -68,7 +68,7 @@ class TrainResult:
     """Training time of earlier, interrupted runs that this one resumed from their checkpoint
     (included in ``seconds``; a caller timing this run adds it to its own clock)."""
     settings: TrainSettings | None = None
-    """The settings as trained: with ``degradation.noise = "match"``, ``noise_variance`` is the
+    """The settings as trained (set by :func:`train_enhance` and :func:`train_serial`): with ``degradation.noise = "match"``, ``noise_variance`` is the
     top-up estimated from the data (what ``model.json`` records, so that the QC re-makes the
     same held-out pair)."""
     noise: dict | None = None
@@ -147,8 +147,8 @@ def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settin
     size = (12, 24, 24) if dims == 3 else (1, 64, 64)
     kept = noise.variance_kept(lambda v: degrade.degrade(psf_scaled_targets(v, blur), fs, clean), fs, size=size)
     top = noise.topup_variance(level, kept)
-    info = {"acquisition": level.as_list(), "kept": round(kept, 4), "topup": top.as_list(), "bins": level.bins,
-            "sigma_at": level.sigma_at()}
+    # the level itself is model.json's ``acquisition_noise``, recorded whatever the noise setting
+    info = {"kept": round(kept, 4), "topup": top.as_list(), "bins": level.bins, "sigma_at": level.sigma_at()}
     if level.bins == 0:
         log.warning("noise match: the acquisition's noise could not be measured on the training FOV %s (too few "
                     "voxels in planes of at least 8 x 8, or none finite); training inputs are not topped up",
@@ -927,5 +927,5 @@ def train_serial(
         seconds=time.monotonic() - t0 + r1.resumed_seconds + r2.resumed_seconds,
         resumed_seconds=r1.resumed_seconds + r2.resumed_seconds, stop_reason=f"{r1.stop_reason}+{r2.stop_reason}",
         val_psnr_model=val_model, val_psnr_interp=val_interp, flags=flags, log_rows=rows, stages=[r1, r2],
-        holdout=(target_h, low_h, interp_h),
+        holdout=(target_h, low_h, interp_h), settings=settings,
     )

@@ -153,6 +153,48 @@ def _resolve(p: str, base: str) -> str:
     return full if rel.startswith("..") else rel
 
 
+def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """The sheet's header, its rows and each row's line number (1-based, in the file).
+
+    A line whose first cell starts with ``#`` is a comment (before the header too); a ``#``
+    anywhere else is text (``../data/run#3.tif``). Blank lines and lines of empty cells are
+    skipped. Empty cells after the last column (trailing tabs, as spreadsheets export them)
+    are dropped, from the header as well; a row with a non-empty cell beyond the header's
+    columns is refused, naming its line, rather than shifting or losing a value.
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            records = []
+            reader = csv.reader(fh, delimiter="\t")
+            start = 1
+            for cells in reader:
+                records.append((start, cells))
+                start = reader.line_num + 1
+    except (UnicodeDecodeError, csv.Error, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"sample sheet {path} cannot be read as a tab-separated table ({first})") from None
+    records = [(n, c) for n, c in records if any(x.strip() for x in c) and not c[0].strip().startswith("#")]
+    if not records:
+        raise ConfigError(f"sample sheet {path} is empty; it needs a header line with "
+                          f"the columns {', '.join(REQUIRED)}")
+    (_, header), body = records[0], records[1:]
+    header = [c.strip() for c in header]
+    while header and not header[-1]:
+        header.pop()
+    rows, lines = [], []
+    for n, cells in body:
+        extra = [c.strip() for c in cells[len(header):]]
+        if any(extra):
+            value = next(c for c in extra if c)
+            raise ConfigError(
+                f"sample sheet {path}, line {n}: {len(cells)} tab-separated fields, but the header has "
+                f"{len(header)} columns ({', '.join(header)}); field {len(header) + extra.index(value) + 1} "
+                f"{value!r} has no column (a tab inside a value, or a column name missing from the header?)")
+        rows.append(cells[: len(header)] + [""] * (len(header) - len(cells)))
+        lines.append(n)
+    return header, rows, lines
+
+
 def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Mapping | None = None
                       ) -> pd.DataFrame:
     """Read and validate the sample sheet.
@@ -160,7 +202,9 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     Parameters
     ----------
     path
-        Tab-separated sheet; ``#`` starts a comment; empty cells become ``""``.
+        Tab-separated sheet; a line whose first cell starts with ``#`` is a comment (a ``#``
+        elsewhere is text, as in ``run#3.tif``); empty cells become ``""``; trailing
+        empty cells are ignored.
     schema
         JSON schema of one row (``workflow/schemas/samples.schema.yaml``), as a path
         or a mapping; ``None`` checks only the required columns and sample ids.
@@ -174,30 +218,23 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     Raises
     ------
     ConfigError
-        Missing or unreadable sheet, missing columns, a row that fails the schema,
-        an unsafe or duplicate sample id.
+        Missing or unreadable sheet, missing columns, a row with more fields than the
+        header, a row that fails the schema, an unsafe or duplicate sample id.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError(f"sample sheet {path} does not exist (config key 'samples')")
-    try:
-        sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#",
-                            keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ConfigError(f"sample sheet {path} is empty; it needs a header line with "
-                          f"the columns {', '.join(REQUIRED)}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, csv.Error) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"sample sheet {path} cannot be read as a tab-separated table ({first})") from None
-    sheet.columns = [str(c).strip() for c in sheet.columns]
-    dup_cols = sorted({c for c in sheet.columns if list(sheet.columns).count(c) > 1})
-    if dup_cols or any(c.startswith("Unnamed:") for c in sheet.columns):
+    header, rows, lines = _read_table(path)
+    dup_cols = sorted({c for c in header if c and header.count(c) > 1})
+    if dup_cols or "" in header:
+        empty = [f"column {i + 1} has no name" for i, c in enumerate(header) if not c]
         raise ConfigError(f"sample sheet {path}: duplicate or empty column names "
-                          f"{dup_cols or [c for c in sheet.columns if c.startswith('Unnamed:')]}")
-    missing = [c for c in REQUIRED if c not in sheet.columns]
+                          f"{'; '.join([*(repr(c) for c in dup_cols), *empty])}")
+    missing = [c for c in REQUIRED if c not in header]
     if missing:
         raise ConfigError(f"sample sheet {path}: missing required column(s) {', '.join(missing)} "
-                          f"(found: {', '.join(sheet.columns) or 'none'})")
+                          f"(found: {', '.join(header) or 'none'})")
+    sheet = pd.DataFrame(rows, columns=header, dtype=str) if rows else pd.DataFrame(columns=header, dtype=str)
     sheet = sheet.fillna("").astype(str)
     for c in sheet.columns:
         sheet[c] = sheet[c].str.strip()
@@ -208,7 +245,7 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
 
         cls = jsonschema.validators.validator_for(schema_d)
         validator = cls(schema_d)
-    for i, row in enumerate(sheet.to_dict(orient="records"), start=2):
+    for i, row in zip(lines, sheet.to_dict(orient="records")):
         where = f"sample sheet {path}, line {i}: "
         check_sample_id(row["sample"], where=where)
         if validator is not None:

@@ -1,0 +1,93 @@
+"""The sample sheet parser (:func:`selfres.sheet.read_sample_sheet`): cells kept as written.
+
+Random and hostile sheets are in ``tests/property/test_readers_fuzz.py``; these are the
+cases a facility's sheets actually contain: ``#`` inside a path, trailing tabs from a
+spreadsheet export, comment lines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from selfres.errors import ConfigError
+from selfres.sheet import read_sample_sheet
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "samples.schema.yaml"
+
+
+def _sheet(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "config" / "samples.tsv"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_a_hash_inside_a_cell_is_text_not_a_comment(tmp_path):
+    """pandas' ``comment='#'`` cut ``../data/run#3.tif`` to ``../data/run``."""
+    p = _sheet(tmp_path, "sample\tpath\treference\n"
+                         "a\t../data/run#3.tif\t../data/truth#3.tif\n")
+    row = read_sample_sheet(p, schema=SCHEMA).iloc[0]
+    assert Path(row["path"]).name == "run#3.tif"
+    assert Path(row["reference"]).name == "truth#3.tif"
+
+
+def test_lines_whose_first_cell_starts_with_a_hash_are_comments(tmp_path):
+    p = _sheet(tmp_path, "# facility sheet, night 3\n"
+                         "sample\tpath\n"
+                         "# b\tb.tif\t(not yet acquired)\n"
+                         "a\ta.tif\n"
+                         "  #c\tc.tif\n"
+                         "\n")
+    assert read_sample_sheet(p, schema=SCHEMA)["sample"].tolist() == ["a"]
+
+
+def test_a_row_error_names_the_line_in_the_file_counting_comments(tmp_path):
+    p = _sheet(tmp_path, "# comment\nsample\tpath\tmode\na\ta.tif\n# another\nb\tb.tif\tsuperres\n")
+    with pytest.raises(ConfigError, match=r"samples\.tsv, line 5: sample 'b': column 'mode'"):
+        read_sample_sheet(p, schema=SCHEMA)
+
+
+@pytest.mark.parametrize("text", [
+    "sample\tpath\tmode\na\ta.tif\tenhance\t\n",        # one trailing tab
+    "sample\tpath\tmode\na\ta.tif\tenhance\t\t \n",     # several, and a space
+    "sample\tpath\tmode\t\na\ta.tif\tenhance\t\n",      # the header too (a spreadsheet export)
+    "sample\tpath\tmode\na\ta.tif\tenhance\t\nb\tb.tif\n",  # a trailing tab on the first row only
+])
+def test_trailing_tabs_are_tolerated_without_shifting_columns(tmp_path, text):
+    """Decision: empty fields after the last column carry nothing, so they are dropped.
+
+    pandas took a row with one field more than the header as having an index column:
+    every value moved one column left (``path`` became ``enhance``) and the error that
+    followed named the wrong thing.
+    """
+    sheet = read_sample_sheet(_sheet(tmp_path, text), schema=SCHEMA)
+    assert list(sheet.columns) == ["sample", "path", "mode"]
+    first = sheet.iloc[0]
+    assert (first["sample"], Path(first["path"]).name, first["mode"]) == ("a", "a.tif", "enhance")
+
+
+def test_a_row_with_a_value_beyond_the_header_is_refused_naming_the_line(tmp_path):
+    """A non-empty extra field is never dropped or shifted: the line is named."""
+    p = _sheet(tmp_path, "sample\tpath\tmode\na\ta.tif\tenhance\nb\tb.tif\tenhance\t2,2,2\n")
+    with pytest.raises(ConfigError, match=r"samples\.tsv, line 3: 4 tab-separated fields, but the header has 3 "
+                                          r"columns \(sample, path, mode\); field 4 '2,2,2' has no column"):
+        read_sample_sheet(p, schema=SCHEMA)
+
+
+def test_a_column_without_a_name_between_named_ones_is_refused(tmp_path):
+    p = _sheet(tmp_path, "sample\t\tpath\na\tx\ta.tif\n")
+    with pytest.raises(ConfigError, match=r"duplicate or empty column names column 2 has no name"):
+        read_sample_sheet(p, schema=SCHEMA)
+
+
+def test_short_rows_are_padded_with_empty_cells(tmp_path):
+    sheet = read_sample_sheet(_sheet(tmp_path, "sample\tpath\tmode\tscale\na\ta.tif\n"), schema=SCHEMA)
+    assert sheet.iloc[0][["mode", "scale"]].tolist() == ["", ""]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_a_sheet_without_a_header_is_refused(tmp_path, text):
+    with pytest.raises(ConfigError, match="is empty; it needs a header line"):
+        read_sample_sheet(_sheet(tmp_path, text), schema=SCHEMA)

@@ -66,6 +66,19 @@ _LOG_COLUMNS = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seco
 
 
 # ----------------------------------------------------------------------------- grid
+#: Smallest anisotropy factor isotropic mode accepts: below it z is sampled (nearly) as
+#: finely as x/y, and the output grid would gain less than 10 % of slices (none at all
+#: while round(nz · f) == nz, i.e. f < 1 + 0.5 / nz): nothing to restore on the grid.
+MIN_ISOTROPIC_FACTOR = 1.1
+#: Largest anisotropy factor isotropic mode accepts. Beyond it more than 95 % of the output
+#: slices are invented and the output is f times the input's size; such a factor almost
+#: always comes from a unit mix-up (a z step in nm, a lateral pixel in mm), e.g.
+#: ``500,0.2,0.2`` for 0.5 µm z steps: f = 2500, a training and output without end.
+MAX_ISOTROPIC_FACTOR = 20.0
+#: Fewest z slices isotropic mode trains on (refused at crop, before the GPU job).
+MIN_ISOTROPIC_SLICES = 4
+
+
 def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume>",
                      sample: str | None = None) -> float:
     """Anisotropy factor ``f = voxel_z / voxel_xy`` (may be non-integer).
@@ -73,7 +86,9 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
     Raises
     ------
     InputError
-        Voxel size unknown, or z finer than the lateral pixel (nothing to restore).
+        Voxel size unknown; z finer than the lateral pixel; ``f`` below
+        :data:`MIN_ISOTROPIC_FACTOR` (already isotropic: nothing to restore) or above
+        :data:`MAX_ISOTROPIC_FACTOR` (implausible: most likely a unit mix-up).
     """
     if voxel_size is None:
         raise InputError(path, "isotropic mode needs the voxel size: give it in the sample sheet column "
@@ -84,10 +99,22 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
         log.warning("lateral voxel sizes differ (y %.4g, x %.4g µm); using their mean", vy, vx)
     vxy = 0.5 * (vy + vx)
     f = vz / vxy
+    given = f"voxel size z,y,x {vz:g}, {vy:g}, {vx:g} µm"
     if f < 1.0 - 1e-6:
         raise InputError(path, f"z voxel ({vz:g} µm) is finer than the lateral pixel ({vxy:g} µm); isotropic "
                                "mode restores stacks whose z spacing is coarser than x/y", sample=sample)
-    return max(1.0, f)
+    if f < MIN_ISOTROPIC_FACTOR:
+        raise InputError(path, f"{given}: the z step is {f:.3g}x the lateral pixel, so the stack is already "
+                               f"(nearly) isotropic and there is nothing to restore on the z grid; isotropic mode "
+                               f"needs a z step of at least {MIN_ISOTROPIC_FACTOR:g}x the lateral pixel (for a finer "
+                               "grid on every axis use mode enhance)", sample=sample)
+    if f > MAX_ISOTROPIC_FACTOR:
+        raise InputError(path, f"{given}: the z step is {f:.4g}x the lateral pixel; isotropic mode allows at most "
+                               f"{MAX_ISOTROPIC_FACTOR:g}x. Check the units: voxel sizes are in µm, and a z step "
+                               "written in nm (or a lateral pixel in mm) gives such a factor; correct it in the sample "
+                               "sheet column voxel_size (selfres restore: --voxel-size), which overrides the file "
+                               "metadata", sample=sample)
+    return f
 
 
 def isotropic_shape(shape: Sequence[int], factor: float) -> tuple[int, int, int]:
@@ -1020,9 +1047,9 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
         isotropic_factor(None, path=path, sample=sample)
     factor = isotropic_factor(vol.voxel_size, path=path, sample=sample)
     data = vol.data  # lazy or not: only the training FOV and the held-out region are read
-    if data.shape[0] < 4:
-        raise InputError(path, f"isotropic mode needs at least 4 z slices; the volume has {data.shape[0]}",
-                         sample=sample)
+    if data.shape[0] < MIN_ISOTROPIC_SLICES:  # refused at crop already; a second line of defence
+        raise InputError(path, f"isotropic mode needs at least {MIN_ISOTROPIC_SLICES} z slices; the volume has "
+                         f"{data.shape[0]}", sample=sample)
     model_dir = Path(model_dir)
     work = model_dir.with_name(model_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)

@@ -229,8 +229,12 @@ def stage_crop(
         raise InputError(source, f"isotropic mode restores the z axis of a 3-D stack; this is a 2-D image (shape "
                          f"{tuple(vol.data.shape)}, one z slice): use mode enhance with scale 1,y,x", sample=sample)
     if mode == "isotropic":  # refused here, not at train: before the GPU job is queued
-        from .isotropic import isotropic_factor
+        from .isotropic import MIN_ISOTROPIC_SLICES, isotropic_factor
 
+        if vol.data.shape[0] < MIN_ISOTROPIC_SLICES:
+            raise InputError(source, f"isotropic mode needs at least {MIN_ISOTROPIC_SLICES} z slices; the volume "
+                             f"(shape {tuple(vol.data.shape)}) has {vol.data.shape[0]}: acquire more slices, or use "
+                             "mode enhance with scale 1,y,x", sample=sample)
         isotropic_factor(_voxel_size_of(vol), path=source, sample=sample)
     if mode == "enhance":
         _check_size_for_factors(vol.data.shape, factors, what=f"the volume (shape {tuple(vol.data.shape)})",

@@ -166,6 +166,34 @@ def b_two_d_isotropic(d):
         src.name, r"isotropic mode restores the z axis of a 3-D stack; this is a 2-D image"
 
 
+def b_too_few_slices_isotropic(d):
+    # used to be refused only by the (GPU) train job, after the queue
+    src, norm = _norm(d, shape=(3, 64, 64))
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "isotropic", "--sample", SAMPLE], \
+        src.name, r"isotropic mode needs at least 4 z slices; the volume \(shape \(3, 64, 64\)\) has 3"
+
+
+def _norm_with_voxel(d: Path, voxel_size) -> tuple[Path, Path]:
+    src = _tif(d, "raw.tif", tiny_volume((8, 64, 64)))
+    out = d / "normalized.ome.zarr"
+    pipeline.stage_normalise(src, out, sample=SAMPLE, voxel_size=voxel_size)
+    return src, out
+
+
+def b_isotropic_factor_implausible(d):
+    # 0.5 µm z steps typed in nm: f = 2500 trained and inferred without end
+    src, norm = _norm_with_voxel(d, (500.0, 0.2, 0.2))
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "isotropic", "--sample", SAMPLE], \
+        src.name, r"voxel size z,y,x 500, 0.2, 0.2 µm: the z step is 2500x the lateral pixel; isotropic mode " \
+                  r"allows at most 20x\. Check the units"
+
+
+def b_already_isotropic(d):
+    src, norm = _norm_with_voxel(d, (0.2, 0.2, 0.2))
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "isotropic", "--sample", SAMPLE], \
+        src.name, r"the z step is 1x the lateral pixel, so the stack is already \(nearly\) isotropic"
+
+
 def b_unknown_mode_cli(d):
     src, norm = _norm(d)
     return ["crop", str(norm), "-o", str(d / "fov.json"), "--mode", "superres", "--sample", SAMPLE], \
@@ -201,6 +229,9 @@ CLI_CASES = {
     "holdout_thinner_than_factor": b_holdout_thinner_than_factor,
     "voxel_size_missing_isotropic": b_voxel_missing_isotropic,
     "two_d_isotropic": b_two_d_isotropic,
+    "too_few_slices_isotropic": b_too_few_slices_isotropic,
+    "isotropic_factor_implausible": b_isotropic_factor_implausible,
+    "already_isotropic": b_already_isotropic,
     "unknown_mode_cli": b_unknown_mode_cli,
     "reference_shape_mismatch": b_reference_shape,
 }

@@ -41,8 +41,9 @@ def _tiny(**iso_kw) -> Settings:
 @pytest.mark.parametrize("voxel, factor", [
     ((2.0, 0.5, 0.5), 4.0),
     ((1.25, 0.5, 0.5), 2.5),
-    ((0.5, 0.5, 0.5), 1.0),
     ((5.0, 2.0, 2.0), 2.5),
+    ((0.55, 0.5, 0.5), 1.1),   # the smallest factor allowed
+    ((4.0, 0.2, 0.2), 20.0),   # the largest
 ])
 def test_factor_is_voxel_z_over_voxel_xy(voxel, factor):
     assert iso.isotropic_factor(voxel) == pytest.approx(factor)
@@ -51,6 +52,14 @@ def test_factor_is_voxel_z_over_voxel_xy(voxel, factor):
 @pytest.mark.parametrize("voxel, match", [
     (None, r"isotropic mode needs the voxel size.*voxel_size"),
     ((0.25, 0.5, 0.5), r"z voxel \(0.25 µm\) is finer than the lateral pixel"),
+    # f = 1 (and up to 1.1: round(nz · f) adds no slice below 1 + 0.5/nz): nothing to restore
+    ((0.5, 0.5, 0.5), r"voxel size z,y,x 0.5, 0.5, 0.5 µm: the z step is 1x the lateral pixel, so the stack is "
+                      r"already \(nearly\) isotropic and there is nothing to restore"),
+    ((0.52, 0.5, 0.5), r"the z step is 1.04x the lateral pixel, so the stack is already \(nearly\) isotropic"),
+    # 0.5 µm z steps typed in nm: f = 2500 used to train and infer without end
+    ((500, 0.2, 0.2), r"voxel size z,y,x 500, 0.2, 0.2 µm: the z step is 2500x the lateral pixel; isotropic mode "
+                      r"allows at most 20x\. Check the units: .* in nm"),
+    ((4.2, 0.2, 0.2), r"the z step is 21x the lateral pixel; isotropic mode allows at most 20x"),
 ])
 def test_factor_errors_name_the_problem(voxel, match):
     with pytest.raises(InputError, match=match):

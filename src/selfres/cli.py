@@ -47,6 +47,15 @@ def _triple(kind):
     return parse
 
 
+def _scale(text):
+    from .settings import parse_scale
+
+    try:
+        return parse_scale(text, name="value")
+    except ConfigError as exc:  # argparse's own one-line error, exit 2
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="selfres",
@@ -71,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("normalized", type=Path)
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--mode", default="enhance")
-    s.add_argument("--scale", type=_triple(int), default=None)
+    s.add_argument("--scale", type=_scale, default=None)
     s.add_argument("--training-fov", default=None, help="z0:z1,y0:y1,x0:x1 in input voxels")
     _common(s)
 
@@ -80,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("fov", type=Path)
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--mode", default="enhance")
-    s.add_argument("--scale", type=_triple(int), default=None)
+    s.add_argument("--scale", type=_scale, default=None)
     _common(s, compute=True)
 
     s = sub.add_parser("infer", help="restore the whole FOV → restored.ome.zarr (resumable; scatter with --step)")
@@ -150,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", type=Path)
     s.add_argument("-o", "--output", type=Path, required=True, help="OUT.ome.zarr")
     s.add_argument("--mode", default="enhance", help="enhance or isotropic")
-    s.add_argument("--scale", type=_triple(int), default=None, help="enhance: z,y,x integer factors (default 2,2,2)")
+    s.add_argument("--scale", type=_scale, default=None, help="enhance: z,y,x integer factors (default 2,2,2)")
     s.add_argument("--voxel-size", type=_triple(float), default=None)
     s.add_argument("--channel", type=int, default=None)
     s.add_argument("--training-fov", default=None)

@@ -224,6 +224,10 @@ def stage_crop(
     check_mode(mode, sample=sample)
     vol, _ = read_normalized(normalized, lazy=True)  # the structure map reads it a slab at a time
     factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
+    if mode == "enhance":  # the sheet, the config and the CLI refuse it already; a library call too
+        from .settings import parse_scale
+
+        parse_scale(factors, sample=sample)
     source = vol.attrs.get("source") or str(normalized)
     if mode == "isotropic" and vol.data.shape[0] < 2:
         raise InputError(source, f"isotropic mode restores the z axis of a 3-D stack; this is a 2-D image (shape "

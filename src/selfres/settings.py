@@ -36,6 +36,24 @@ def parse_triple(text, *, name: str, kind=float, sample: str | None = None) -> t
     return vals
 
 
+def parse_scale(text, *, name: str = "scale", sample: str | None = None) -> tuple[int, int, int] | None:
+    """Parse an ``enhance`` scale ``"z,y,x"`` (:func:`parse_triple` of integers); ``None``/empty → None.
+
+    Raises
+    ------
+    ConfigError
+        Not three positive integers, or 1 on every axis: that output is the input's own grid,
+        yet a whole model would be trained (and judged against a tricubic that is the input).
+    """
+    vals = parse_triple(text, name=name, kind=int, sample=sample)
+    if vals == (1, 1, 1):
+        who = f"sample {sample!r}: " if sample else ""
+        raise ConfigError(f"{who}{name} {text if isinstance(text, str) else ','.join(map(str, text))!r} is 1 on "
+                          "every axis: enhance would restore nothing (the output grid is the input's); give a factor "
+                          "of 2 or more on at least one axis z,y,x, e.g. 1,2,2 (lateral only) or 2,2,2")
+    return vals
+
+
 @dataclass(frozen=True)
 class NormaliseSettings:
     """Robust percentile normalisation (values map ``low → 0``, ``high → 1``)."""

@@ -90,6 +90,13 @@ def check_config(config: Mapping, *, schema: str | os.PathLike | Mapping) -> Non
     if errors:
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         raise ConfigError("config: " + "; ".join(_config_message(e) for e in errors[:5]) + more)
+    if config.get("scale"):  # what a pattern cannot say clearly: 1,1,1 restores nothing
+        from .settings import parse_scale
+
+        try:
+            parse_scale(config["scale"], name="scale")
+        except ConfigError as exc:
+            raise ConfigError(f"config: {exc}") from None
 
 
 def _config_message(err) -> str:
@@ -255,9 +262,11 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
         if not row["path"]:
             raise ConfigError(f"{where}sample {row['sample']!r}: column 'path' is empty")
         try:  # per-sample values fail here, before any job runs, as the same values in config.yaml do
-            from .settings import parse_settings, parse_triple
+            from .settings import parse_scale, parse_settings, parse_triple
 
             parse_triple(row.get("voxel_size", ""), name="column 'voxel_size':")
+            if row.get("mode") != "isotropic":  # scale is enhance's (an isotropic row ignores it)
+                parse_scale(row.get("scale", ""), name="column 'scale':")
             parse_settings(sample_overrides(row))
         except ConfigError as exc:
             raise ConfigError(f"{where}sample {row['sample']!r}: {exc}") from None

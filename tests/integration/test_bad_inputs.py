@@ -406,3 +406,26 @@ def test_restore_refuses_an_output_that_is_not_a_zarr_store(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "name the output like NAME.ome.zarr" in err
     assert not (tmp_path / "out.tif").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["restore", "x.tif", "-o", "y.ome.zarr", "--scale", "1,1,1"],
+    ["crop", "n.ome.zarr", "-o", "fov.json", "--scale", "1,1,1"],
+    ["train", "n.ome.zarr", "fov.json", "-o", "model", "--scale", "1,1,1"],
+])
+def test_a_scale_of_one_on_every_axis_is_refused_on_the_command_line(argv, capsys):
+    """enhance with 1,1,1 trained a whole model for the input's own grid (and ended flagged)."""
+    with pytest.raises(SystemExit) as ex:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and "Traceback" not in err
+    assert "argument --scale: value '1,1,1' is 1 on every axis: enhance would restore nothing" in err
+
+
+def test_a_library_call_with_a_scale_of_one_on_every_axis_is_refused_at_crop(tmp_path):
+    from selfres.errors import ConfigError
+
+    _, norm = _norm(tmp_path)
+    with pytest.raises(ConfigError, match=r"sample 's1': scale '1,1,1' is 1 on every axis"):
+        pipeline.stage_crop(norm, tmp_path / "fov.json", sample=SAMPLE, scale=(1, 1, 1))
+    assert not (tmp_path / "fov.json").exists()

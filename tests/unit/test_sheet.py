@@ -7,6 +7,7 @@ spreadsheet export, comment lines.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,27 @@ def test_short_rows_are_padded_with_empty_cells(tmp_path):
 def test_a_sheet_without_a_header_is_refused(tmp_path, text):
     with pytest.raises(ConfigError, match="is empty; it needs a header line"):
         read_sample_sheet(_sheet(tmp_path, text), schema=SCHEMA)
+
+
+@pytest.mark.parametrize("text", ["1,1,1", "1, 1 ,1"])
+def test_a_scale_of_one_on_every_axis_is_refused_when_the_sheet_is_read(tmp_path, text):
+    """enhance with 1,1,1 trained a whole model for the input's own grid (and ended flagged)."""
+    p = _sheet(tmp_path, f"sample\tpath\tscale\na\ta.tif\t2,2,2\nb\tb.tif\t{text}\n")
+    with pytest.raises(ConfigError, match=rf"samples\.tsv, line 3: sample 'b': column 'scale': {re.escape(repr(text))} "
+                                          r"is 1 on every axis: enhance would restore nothing .* e\.g\. 1,2,2"):
+        read_sample_sheet(p)  # without the schema too (its pattern allows 1,1,1)
+    if text == "1,1,1":  # (the schema's pattern refuses the spaces first)
+        with pytest.raises(ConfigError, match=r"line 3: sample 'b': column 'scale': '1,1,1' is 1 on every axis"):
+            read_sample_sheet(p, schema=SCHEMA)
+        # an isotropic row ignores the column
+        p.write_text(f"sample\tpath\tmode\tscale\nb\tb.tif\tisotropic\t{text}\n")
+        assert read_sample_sheet(p, schema=SCHEMA)["sample"].tolist() == ["b"]
+
+
+def test_a_config_scale_of_one_on_every_axis_is_refused():
+    from selfres.sheet import check_config
+
+    schema = SCHEMA.with_name("config.schema.yaml")
+    with pytest.raises(ConfigError, match=r"^config: scale '1,1,1' is 1 on every axis: enhance would restore nothing"):
+        check_config({"scale": "1,1,1"}, schema=schema)
+    check_config({"scale": "1,2,2"}, schema=schema)

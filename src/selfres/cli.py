@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", default="enhance")
     s.add_argument("--scale", type=_scale, default=None)
     s.add_argument("--training-fov", default=None, help="z0:z1,y0:y1,x0:x1 in input voxels")
+    s.add_argument("--reference", type=Path, default=None,
+                   help="the sample's ground truth: fail now, before training, when it is missing or unreadable")
     _common(s)
 
     s = sub.add_parser("train", help="train the sample's model → model/")
@@ -187,7 +189,7 @@ def run(args) -> int:
                                  ngff_version=st.infer.ngff_version)
     elif cmd == "crop":
         pipeline.stage_crop(args.normalized, args.output, sample=sample, mode=args.mode, scale=args.scale,
-                            training_fov=args.training_fov, settings=_settings(args).fov)
+                            training_fov=args.training_fov, settings=_settings(args).fov, reference=args.reference)
     elif cmd == "train":
         pipeline.stage_train(args.normalized, args.fov, args.output, sample=sample, mode=args.mode, scale=args.scale,
                              settings=_settings(args), device=args.device, threads=args.threads)

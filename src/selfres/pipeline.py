@@ -205,6 +205,21 @@ def stage_normalise(
     return attrs
 
 
+def check_reference(reference: str | Path, *, sample: str) -> None:
+    """Refuse a reference that is missing or cannot be read, before any model work.
+
+    Raises
+    ------
+    InputError
+        Naming the sample and the reference, as a bad ``path`` is named at ``normalise``.
+    """
+    try:
+        io.read_volume(reference, lazy=True)  # as qc reads it: metadata and shape only
+    except InputError as exc:
+        raise InputError(exc.path, f"{exc.what}; it is the sample's reference (sheet column 'reference'; selfres "
+                         "restore: --reference), checked before training", sample=sample) from None
+
+
 def _voxel_size_of(vol: io.Volume) -> tuple[float, float, float] | None:
     return tuple(vol.voxel_size) if vol.attrs.get("voxel_size_known", True) and vol.voxel_size else None
 
@@ -218,10 +233,17 @@ def stage_crop(
     scale: Sequence[int] | None = None,
     training_fov: str | None = None,
     settings: FovSettings | None = None,
+    reference: str | Path | None = None,
 ) -> TrainingFov:
-    """Choose the training FOV and held-out region; write ``train_fov.json``."""
+    """Choose the training FOV and held-out region; write ``train_fov.json``.
+
+    ``reference``: the sample's ground truth, when it is to be checked here: a missing or
+    unreadable one fails the sample now, before training, instead of at ``qc``.
+    """
     settings = settings or FovSettings()
     check_mode(mode, sample=sample)
+    if reference:
+        check_reference(reference, sample=sample)
     vol, _ = read_normalized(normalized, lazy=True)  # the structure map reads it a slab at a time
     factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
     if mode == "enhance":  # the sheet, the config and the CLI refuse it already; a library call too
@@ -1035,7 +1057,7 @@ def restore(
         stage_normalise(input_path, norm, sample=sample, channel=channel, voxel_size=voxel_size,
                         settings=settings.normalise, ngff_version=settings.infer.ngff_version)
         stage_crop(norm, work / "train_fov.json", sample=sample, mode=mode, scale=scale, training_fov=training_fov,
-                   settings=settings.fov)
+                   settings=settings.fov, reference=reference)
         stage_train(norm, work / "train_fov.json", work / "model", sample=sample, mode=mode, scale=scale,
                     settings=settings, device=device, threads=threads)
         stage_infer(norm, work / "model", output, sample=sample, settings=settings.infer, device=device,

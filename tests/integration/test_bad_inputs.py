@@ -210,6 +210,15 @@ def b_reference_shape(d):
         ref.name, r"reference shape \(8, 48, 48\) does not match the output grid \(8, 64, 64\)"
 
 
+def b_reference_missing(d):
+    # used to be found only at qc, after training and inference
+    src, norm = _norm(d)
+    ref = d / "truth.tif"
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--scale", "1,2,2", "--reference", str(ref),
+            "--sample", SAMPLE], ref.name, r"truth\.tif: does not exist \(no such file or store\); it is the " \
+                                             r"sample's reference \(sheet column 'reference'.*checked before training"
+
+
 CLI_CASES = {
     "missing_file": b_missing,
     "zero_byte_tiff": b_zero_byte,
@@ -234,6 +243,7 @@ CLI_CASES = {
     "already_isotropic": b_already_isotropic,
     "unknown_mode_cli": b_unknown_mode_cli,
     "reference_shape_mismatch": b_reference_shape,
+    "reference_missing": b_reference_missing,
 }
 
 
@@ -379,6 +389,25 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
     assert (res / "summary.html").exists()
     log = (res / "bad" / "logs" / "normalise.log").read_text()
     assert [ln for ln in log.splitlines() if ln.startswith("ERROR:")] == ["ERROR: " + table.loc["bad", "error"]]
+
+
+@pytest.mark.slow
+def test_a_missing_reference_fails_its_sample_at_crop_before_training(tmp_path):
+    """As a missing ``path`` does at normalise: the plan stands, the other sample finishes, and
+    the sample with the missing reference stops at crop, with no model trained for it."""
+    wd = make_workdir(tmp_path, samples={"good": {}, "bad": {"reference": "../data/no_truth.tif"}})
+    assert run_snakemake(wd, "-n", timeout=120).returncode == 0  # the plan stands
+    proc = run_snakemake(wd, "--keep-going", timeout=300)
+    assert proc.returncode != 0
+    res = wd / "results"
+    assert (res / "good" / "restored.ome.zarr").exists()
+    assert (res / "bad" / "normalized.ome.zarr").exists()
+    assert not (res / "bad" / "train_fov.json").exists() and not (res / "bad" / "model").exists()
+    table = pd.read_csv(res / "summary.tsv", sep="\t").set_index("sample")
+    assert table.loc["bad", "status"] == "failed"
+    assert re.fullmatch(r"sample 'bad': data/no_truth\.tif: does not exist \(no such file or store\); it is the "
+                        r"sample's reference .*checked before training", table.loc["bad", "error"]), \
+        table.loc["bad", "error"]
 
 
 def test_write_tiny_tiff_is_valid(tmp_path):

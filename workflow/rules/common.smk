@@ -155,6 +155,13 @@ def crop_args(wildcards):
         args += ["--scale", sample_scale(s)]
     if _cell(s, "training_fov"):
         args += ["--training-fov", _cell(s, "training_fov")]
+    ref = _cell(s, "reference")
+    if ref and not _declared(ref) and not os.path.exists(f"{R}/{s}/train_fov.json"):
+        # A missing reference fails its sample here, before training (as a missing `path` fails it
+        # at normalise), not at qc after train and infer. Only then is it a crop parameter: an
+        # existing reference is qc's alone, so adding or changing one reruns qc and report only,
+        # and a crop already done is never rerun for it.
+        args += ["--reference", ref]
     return " ".join(_q(a) for a in args)
 
 

@@ -429,6 +429,38 @@ def _tiff_series(path: str, tif):
     return series
 
 
+def _tiff_one_image(path: str, tif) -> None:
+    """Refuse a TIFF holding several images (TIFF series), which would be read as its first.
+
+    A pyramid's sub-resolution levels (OME-TIFF SubIFDs) belong to their image's series and
+    reduced-resolution series (thumbnails, previews: NewSubfileType bit 0, e.g. an LSM
+    file's) are not images of their own; neither counts. Any other second series (an
+    OME-TIFF of several images or positions, planes written one by one as separate
+    series, an unrelated image appended) is refused, naming them all.
+    """
+    try:
+        series = list(tif.series)
+        full = []
+        for i, s in enumerate(series):
+            if not (getattr(s.keyframe, "is_reduced", False) and i > 0):
+                full.append((i, s))
+        described = [f"series {i}: {'x'.join(str(n) for n in s.shape)} {s.axes}"
+                     + (f" {s.name!r}" if getattr(s, "name", "") else "") for i, s in full]
+    except Exception:  # noqa: BLE001 - series 0 has been read; a broken extra is reported below
+        return
+    if len(full) < 2:
+        return
+    same = len({tuple(s.shape) for _, s in full}) == 1
+    shown = "; ".join(described[:6]) + (f"; … ({len(full) - 6} more)" if len(full) > 6 else "")
+    raise InputError(
+        path,
+        f"holds {len(full)} images (TIFF series{', all of the same shape' if same else ' of different shapes'}: "
+        f"{shown}); selfres reads one image per file and will not guess which: save the one to restore as its "
+        "own TIFF/OME-TIFF (Fiji: File > Import > Bio-Formats, pick the series, File > Save As; Python: "
+        "tifffile.imwrite('one.ome.tif', tifffile.imread(path, series=N), metadata={'axes': ...}))",
+    )
+
+
 def _read_tiff(path: str, *, channel: int | None, lazy: bool) -> Volume:
     import tifffile
 
@@ -437,6 +469,7 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool) -> Volume:
         try:
             series = _tiff_series(path, tif)
             _tiff_integrity(path, tif, series, log)
+            _tiff_one_image(path, tif)
             _check_dtype(path, series.dtype)
             axes = series.axes
             try:

@@ -97,6 +97,15 @@ def b_five_d_zarr(d):
     return _normalise_argv(p), p.name, r"5-D array .* without axis names"
 
 
+def b_multi_series(d):
+    p = d / "multi.ome.tif"
+    with tifffile.TiffWriter(p, ome=True) as tw:  # two images: series 0 used to be read silently
+        tw.write(tiny_volume((8, 64, 64)), photometric="minisblack", metadata={"axes": "ZYX"})
+        tw.write(tiny_volume((4, 32, 32)), photometric="minisblack", metadata={"axes": "ZYX"})
+    return _normalise_argv(p), p.name, r"holds 2 images \(TIFF series of different shapes: series 0: 8x64x64 ZYX " \
+                                       r"'Image0'; series 1: 4x32x32 ZYX 'Image1'\); selfres reads one image per file"
+
+
 def b_complex(d):
     p = _tif(d, "complex.tif", np.ones((4, 16, 16), np.complex64))
     return _normalise_argv(p), p.name, r"data type complex64 .*allowed: integer"
@@ -227,6 +236,7 @@ CLI_CASES = {
     "one_d": b_one_d,
     "four_d_tiff_unknown_axes": b_four_d_tiff,
     "five_d_zarr_no_axis_names": b_five_d_zarr,
+    "multi_series_tiff": b_multi_series,
     "complex_dtype": b_complex,
     "bool_dtype": b_bool,
     "object_dtype": b_object,

@@ -110,6 +110,55 @@ def test_lazy_tiff_is_dask_and_equal(tmp_path):
 # ------------------------------------------------------------------ Zarr ---
 
 
+# ---------------------------------------------------- TIFF with several images ---
+
+
+def _two_images(path, first, second, **kw):
+    with tifffile.TiffWriter(path, **kw) as tw:
+        tw.write(first, photometric="minisblack", metadata={"axes": "ZYX"})
+        tw.write(second, photometric="minisblack", metadata={"axes": "ZYX"})
+    return path
+
+
+@pytest.mark.parametrize("name, ome", [("multi.ome.tif", True), ("multi.tif", False)])
+@pytest.mark.parametrize("second", [(4, 8, 8), (5, 12, 14)], ids=["different_shape", "same_shape"])
+def test_a_tiff_of_several_images_is_refused_naming_them(tmp_path, name, ome, second):
+    """Series 0 used to be read silently; with several full-resolution images (OME-TIFF
+    positions, an appended image, planes written one by one) selfres cannot know which."""
+    p = _two_images(tmp_path / name, _vol(), _vol(shape=second, seed=1), ome=ome)
+    shape = "x".join(map(str, second))
+    for lazy in (False, True):
+        with pytest.raises(InputError, match=rf"{name}: holds 2 images \(TIFF series.*series 0: 5x12x14 ZYX.*; "
+                                             rf"series 1: {shape} ZYX.*save the one to restore as its own TIFF"):
+            io.read_volume(p, lazy=lazy)
+
+
+def test_an_ome_tiff_pyramid_is_one_image_and_reads_its_full_resolution(tmp_path):
+    """Sub-resolution levels (SubIFDs) belong to series 0; they are not other images."""
+    data = _vol(shape=(4, 32, 32))
+    p = tmp_path / "pyramid.ome.tif"
+    with tifffile.TiffWriter(p, ome=True) as tw:
+        tw.write(data, subifds=2, photometric="minisblack",
+                 metadata={"axes": "ZYX", "PhysicalSizeZ": 1.0, "PhysicalSizeY": 0.2, "PhysicalSizeX": 0.2})
+        tw.write(data[:, ::2, ::2], subfiletype=1, photometric="minisblack")
+        tw.write(data[:, ::4, ::4], subfiletype=1, photometric="minisblack")
+    assert len(tifffile.TiffFile(p).series) == 1  # the premise: tifffile reads the levels into one series
+    vol = io.read_volume(p)
+    np.testing.assert_array_equal(vol.data, data.astype(np.float32))
+    assert vol.voxel_size == pytest.approx((1.0, 0.2, 0.2))
+
+
+def test_a_reduced_resolution_thumbnail_is_not_another_image(tmp_path):
+    """A thumbnail page (NewSubfileType 1), as LSM and some camera files carry, is skipped."""
+    data = _vol(shape=(4, 32, 32))
+    p = tmp_path / "thumb.tif"
+    with tifffile.TiffWriter(p) as tw:
+        tw.write(data, photometric="minisblack", metadata=None)
+        tw.write(data[0, ::4, ::4], subfiletype=1, photometric="minisblack", metadata=None)
+    assert len(tifffile.TiffFile(p).series) == 2  # the premise: tifffile lists the thumbnail as a series
+    np.testing.assert_array_equal(io.read_volume(p).data, data.astype(np.float32))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_plain_zarr_round_trip(tmp_path, dtype):
     data = _vol(dtype=dtype)

@@ -429,6 +429,30 @@ def _tiff_series(path: str, tif):
     return series
 
 
+def _tiff_codec(path: str, series) -> None:
+    """Refuse, with the fix named, a TIFF whose compression cannot be decoded here.
+
+    LZW, zstd, JPEG… need the package ``imagecodecs`` (a selfres dependency); without it
+    tifffile's error surfaced as "is truncated or corrupt".
+    """
+    import tifffile
+
+    try:
+        comp = series.keyframe.compression
+    except Exception:  # noqa: BLE001 - the read below reports a broken file
+        return
+    try:
+        tifffile.TIFF.DECOMPRESSORS[comp]
+    except KeyError as exc:
+        name = getattr(comp, "name", None) or str(comp)
+        if "imagecodecs" in str(exc):
+            how = ("which needs the Python package imagecodecs: install it (pip install imagecodecs, or "
+                   "reinstall selfres, which depends on it)")
+        else:
+            how = "which tifffile cannot decode: save it uncompressed or with LZW, deflate or zstd"
+        raise InputError(path, f"is compressed with {name} (TIFF compression {int(comp)}), {how}") from None
+
+
 def _tiff_one_image(path: str, tif) -> None:
     """Refuse a TIFF holding several images (TIFF series), which would be read as its first.
 
@@ -470,6 +494,7 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool) -> Volume:
             series = _tiff_series(path, tif)
             _tiff_integrity(path, tif, series, log)
             _tiff_one_image(path, tif)
+            _tiff_codec(path, series)
             _check_dtype(path, series.dtype)
             axes = series.axes
             try:

@@ -92,3 +92,10 @@ def test_every_rule_declares_the_env(smk):
         m = re.search(r"^\s+conda:\s*\n\s+\"([^\"]+)\"", block, flags=re.M)
         assert m, f"{smk.name}: rule {name} has no conda: directive"
         assert (smk.parent / m[1]).resolve() == ENV, f"{smk.name}: rule {name} uses {m[1]}, not envs/selfres.yaml"
+
+
+def test_imagecodecs_is_a_runtime_dependency():
+    """tifffile reads LZW-, zstd- and JPEG-compressed TIFFs (common microscope exports) only with it."""
+    deps = {Requirement(d).name.lower() for d in _pyproject()["project"]["dependencies"]}
+    assert "imagecodecs" in deps
+    assert "imagecodecs" in _conda_specs(ENV)

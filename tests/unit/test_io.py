@@ -110,6 +110,53 @@ def test_lazy_tiff_is_dask_and_equal(tmp_path):
 # ------------------------------------------------------------------ Zarr ---
 
 
+# ------------------------------------------------------- compressed TIFF ---
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zstd"])
+def test_lzw_and_zstd_compressed_tiffs_read(tmp_path, compression):
+    """Common microscope exports; tifffile needs imagecodecs (a dependency) for both."""
+    pytest.importorskip("imagecodecs", reason="imagecodecs is not installed in this environment (a selfres "
+                                              "dependency; tifffile needs it to write and read LZW/zstd)")
+    data = _vol(dtype="uint16")
+    p = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(p, data, compression=compression, photometric="minisblack", metadata={"axes": "ZYX"})
+    assert tifffile.TiffFile(p).pages[0].compression != 1
+    for lazy in (False, True):
+        vol = io.read_volume(p, lazy=lazy)
+        np.testing.assert_array_equal(np.asarray(vol.data), data.astype(np.float32))
+
+
+def _labelled_lzw(path):
+    """An uncompressed TIFF whose pages claim LZW (what an LZW file is to a reader without a decoder)."""
+    import struct
+
+    tifffile.imwrite(path, _vol(dtype="uint16"), photometric="minisblack", metadata={"axes": "ZYX"})
+    with tifffile.TiffFile(path) as t:
+        offsets = [pg.tags["Compression"].valueoffset for pg in t.pages]
+    raw = bytearray(path.read_bytes())
+    for o in offsets:
+        raw[o:o + 2] = struct.pack("<H", 5)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_tiff_whose_decoder_is_missing_names_imagecodecs_not_corruption(tmp_path, monkeypatch):
+    """Without imagecodecs an LZW file was reported as 'truncated or corrupt' (eager) or
+    failed with a bare ValueError (lazy)."""
+
+    class NoImagecodecs(dict):
+        def __missing__(self, key):
+            raise KeyError(f"{tifffile.COMPRESSION(key)!r} requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TIFF, "DECOMPRESSORS", NoImagecodecs({1: lambda x, *a, **k: x}))
+    p = _labelled_lzw(tmp_path / "lzw.tif")
+    for lazy in (False, True):
+        with pytest.raises(InputError, match=r"lzw\.tif: is compressed with LZW \(TIFF compression 5\), which needs "
+                                             r"the Python package imagecodecs: install it"):
+            io.read_volume(p, lazy=lazy)
+
+
 # ---------------------------------------------------- TIFF with several images ---
 
 

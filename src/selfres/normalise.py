@@ -82,10 +82,24 @@ def undo(data, params: NormParams):
     return (data.astype(np.float32) * np.float32(params.span) + np.float32(params.low)).astype(np.float32)
 
 
+def _float_max(data) -> float:
+    """Largest value the array's own dtype holds (an integer array's, or float64's when unknown)."""
+    dt = np.dtype(getattr(data, "dtype", np.float64))
+    return float(np.finfo(dt).max if dt.kind == "f" else np.iinfo(dt).max if dt.kind in "iu" else np.inf)
+
+
 def cast_to_dtype(data: np.ndarray, dtype) -> np.ndarray:
-    """Round and clip float data into an integer ``dtype`` (floats are cast as they are)."""
+    """Cast restored intensities into ``dtype``, clipped to its range.
+
+    Integers: rounded, then clipped to ``iinfo``. Floats: clipped to ``finfo`` (a
+    float16 input's output otherwise turns values beyond ±65504, e.g. a ringing overshoot
+    of a bright spot, into ±Inf); NaN stays NaN.
+    """
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return np.clip(np.rint(data), info.min, info.max).astype(dtype)
+    if np.issubdtype(dtype, np.floating) and float(np.finfo(dtype).max) < _float_max(data):
+        info = np.finfo(dtype)
+        return np.clip(data, info.min, info.max).astype(dtype)
     return data.astype(dtype)

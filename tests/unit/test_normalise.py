@@ -56,3 +56,15 @@ def test_params_round_trip_through_dict():
 def test_cast_to_integer_dtype_rounds_and_clips():
     x = np.array([-3.2, 0.4, 0.6, 300.0], np.float32)
     np.testing.assert_array_equal(normalise.cast_to_dtype(x, np.uint8), [0, 0, 1, 255])
+
+
+def test_cast_to_a_narrower_float_dtype_clips_instead_of_overflowing_to_inf():
+    """``infer.output_dtype: input`` with a float16 acquisition: values beyond float16's
+    range (±65504) became ±Inf in restored.ome.zarr."""
+    x = np.array([-1e6, -70000.0, 1.5, 65504.0, 7e4, 1e30, np.nan], np.float32)
+    out = normalise.cast_to_dtype(x, np.float16)
+    big = float(np.finfo(np.float16).max)
+    assert out.dtype == np.float16
+    np.testing.assert_array_equal(out[:-1], np.array([-big, -big, 1.5, big, big, big], np.float16))
+    assert np.isnan(out[-1])
+    np.testing.assert_array_equal(normalise.cast_to_dtype(x[:-1], np.float64), x[:-1].astype(np.float64))

@@ -37,6 +37,7 @@ from selfres.errors import ChannelNotChosen, InputError
 __all__ = [
     "Volume",
     "atomic_output",
+    "count_beyond_float32",
     "create_ome_zarr",
     "default_chunks",
     "file_checksum",
@@ -251,21 +252,34 @@ def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool)
     return arr
 
 
-def _finish(path: str, arr, *, lazy: bool) -> tuple[Any, np.dtype]:
-    """Convert to float32 (numpy or dask) and check finiteness when eager."""
+def beyond_float32(path: str, n: int, largest: float, size: int) -> InputError:
+    """The error for ``n`` finite voxels (of a float64 input) that float32 cannot hold."""
+    return InputError(path, f"has {n} voxels beyond the float32 range (|value| > {float(np.finfo(np.float32).max):.3g}; "
+                            f"largest {largest:.3g}) out of {size}; selfres computes in float32: rescale the data "
+                            "(e.g. divide it by a constant) before restoring")
+
+
+def _finish(path: str, arr, *, lazy: bool, cast: bool = True) -> tuple[Any, np.dtype]:
+    """Convert to float32 (numpy or dask) and check finiteness when eager; ``cast=False``
+    (lazy only) keeps the file's own dtype."""
     dtype = _check_dtype(path, arr.dtype)
     if lazy:
         if not isinstance(arr, da.Array):
             arr = da.asarray(arr)
-        return arr.astype(np.float32), dtype
+        return (arr.astype(np.float32) if cast else arr), dtype
     if isinstance(arr, da.Array):
         try:
             arr = arr.compute()
         except Exception as exc:  # noqa: BLE001 - library errors become InputError
             raise InputError(path, f"cannot read its data ({_describe(exc)})") from exc
-    data = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: reported below
+        data = np.ascontiguousarray(arr, dtype=np.float32)
     if dtype.kind == "f":
         n_bad = int(np.count_nonzero(~np.isfinite(data)))
+        if n_bad and dtype.itemsize > 4:  # finite in the file, beyond float32's range: say so
+            over = np.isfinite(arr) & ~np.isfinite(data)
+            if over.any():
+                raise beyond_float32(path, int(np.count_nonzero(over)), float(np.abs(arr[over]).max()), data.size)
         if n_bad:
             n_nan = int(np.count_nonzero(np.isnan(data)))
             raise InputError(
@@ -485,7 +499,7 @@ def _tiff_one_image(path: str, tif) -> None:
     )
 
 
-def _read_tiff(path: str, *, channel: int | None, lazy: bool) -> Volume:
+def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True) -> Volume:
     import tifffile
 
     with _tiff_log() as log:
@@ -513,7 +527,7 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool) -> Volume:
             vox = _tiff_voxel(tif, int(data.shape[0]))
         finally:
             tif.close()
-    data, dtype = _finish(path, data, lazy=lazy)
+    data, dtype = _finish(path, data, lazy=lazy, cast=cast)
     return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs={})
 
 
@@ -665,7 +679,7 @@ def _plain_zarr_axes(arr) -> tuple[str, bool]:
 
 
 def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
-               require_ome: bool = False) -> Volume:
+               require_ome: bool = False, cast: bool = True) -> Volume:
     node = _open_zarr(path)
     if isinstance(node, zarr.Group):
         arr, letters, vox = _ome_zarr_level(path, node, level)
@@ -680,7 +694,7 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
     _check_dtype(path, arr.dtype)
     darr = da.from_zarr(arr)
     data = _to_zyx(darr, letters, channel=channel, path=path, axes_known=known)
-    data, dtype = _finish(path, data, lazy=lazy)
+    data, dtype = _finish(path, data, lazy=lazy, cast=cast)
     if vox is not None and (not known or attrs.get("voxel_size_known") is False):
         vox = None  # selfres's own store of an input without a voxel size: scaled in its voxels
     return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs=attrs)
@@ -722,6 +736,22 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
     if _kind(path) == "tiff":
         return _read_tiff(path, channel=channel, lazy=lazy)
     return _read_zarr(path, channel=channel, lazy=lazy)
+
+
+def count_beyond_float32(path: str | os.PathLike, *, channel: int | None = None) -> tuple[int, float]:
+    """Finite voxels of a float64 acquisition that float32 cannot hold: ``(count, largest |value|)``.
+
+    :func:`read_volume` gives float32, where they are Inf; read here in the file's own dtype,
+    chunk by chunk, so that a caller can tell them from Inf voxels of the file.
+    """
+    path = os.fspath(path)
+    reader = _read_tiff if _kind(path) == "tiff" else _read_zarr
+    raw = reader(path, channel=channel, lazy=True, cast=False).data
+    if np.dtype(raw.dtype).kind != "f" or np.dtype(raw.dtype).itemsize <= 4:
+        return 0, 0.0
+    over = da.isfinite(raw) & (abs(raw) > float(np.finfo(np.float32).max))
+    n, largest = dask.compute(over.sum(), da.where(over, abs(raw), 0).max())
+    return int(n), float(largest)
 
 
 def channel_count(path: str | os.PathLike) -> int:

@@ -174,6 +174,10 @@ def stage_normalise(
         raise InputError(input_path, f"cannot read its data ({exc})", sample=sample) from exc
     if bad is not None and int(bad[0]):
         n_bad, n_nan = int(bad[0]), int(bad[1])
+        if vol.source_dtype.itemsize > 4:  # float64: Inf in float32 may be finite in the file
+            n_over, largest = io.count_beyond_float32(input_path, channel=channel)
+            if n_over:
+                raise io.beyond_float32(str(input_path), n_over, largest, data.size).for_sample(sample)
         raise InputError(input_path, f"contains {n_bad} non-finite voxels ({n_nan} NaN, {n_bad - n_nan} Inf) out of "
                          f"{data.size}; replace them (e.g. by 0) before restoring", sample=sample)
     vmin, vmax = float(vmin), float(vmax)

@@ -133,6 +133,15 @@ def b_nan_inf(d):
     return _normalise_argv(p), p.name, r"4 non-finite voxels \(3 NaN, 1 Inf\)"
 
 
+def b_beyond_float32(d):
+    # finite in the file, Inf once read as float32: it used to be reported as "2 non-finite voxels"
+    v = tiny_volume((4, 16, 16)).astype(np.float64)
+    v[0, 0, :2] = [1e39, -1e300]
+    p = _tif(d, "wide.tif", v)
+    return _normalise_argv(p), p.name, r"has 2 voxels beyond the float32 range \(\|value\| > 3.4e\+38; largest 1e\+300\) " \
+                                       r"out of 1024; selfres computes in float32: rescale the data"
+
+
 def b_constant(d):
     p = _tif(d, "blank.tif", np.full((4, 16, 16), 7, np.uint16))
     return _normalise_argv(p), p.name, r"constant \(every voxel is 7\)"
@@ -241,6 +250,7 @@ CLI_CASES = {
     "bool_dtype": b_bool,
     "object_dtype": b_object,
     "nan_inf_voxels": b_nan_inf,
+    "beyond_float32": b_beyond_float32,
     "constant_volume": b_constant,
     "smaller_than_fov": b_smaller_than_fov,
     "fov_smaller_than_patch": b_fov_smaller_than_patch,

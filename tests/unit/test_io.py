@@ -157,6 +157,20 @@ def test_a_tiff_whose_decoder_is_missing_names_imagecodecs_not_corruption(tmp_pa
             io.read_volume(p, lazy=lazy)
 
 
+def test_float64_values_beyond_float32_are_named_as_such_not_as_non_finite(tmp_path):
+    data = _vol(dtype="float64")
+    data[0, 0, 0], data[1, 1, 1] = 5e38, np.inf
+    p = tmp_path / "wide.tif"
+    tifffile.imwrite(p, data, photometric="minisblack", metadata={"axes": "ZYX"})
+    with pytest.raises(InputError, match=r"wide\.tif: has 1 voxels beyond the float32 range .*largest 5e\+38"):
+        io.read_volume(p)
+    assert io.count_beyond_float32(p) == (1, 5e38)  # the Inf of the file is not counted
+    data[0, 0, 0] = 1.0
+    tifffile.imwrite(p, data, photometric="minisblack", metadata={"axes": "ZYX"})
+    with pytest.raises(InputError, match=r"1 non-finite voxels \(0 NaN, 1 Inf\)"):  # a real Inf keeps its message
+        io.read_volume(p)
+
+
 # ---------------------------------------------------- TIFF with several images ---
 
 

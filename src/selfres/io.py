@@ -34,6 +34,8 @@ import zarr
 
 from selfres.errors import ChannelNotChosen, InputError
 
+log = logging.getLogger("selfres.io")
+
 __all__ = [
     "Volume",
     "atomic_output",
@@ -422,6 +424,11 @@ def _tiff_voxel(tif, nz: int) -> tuple[float, float, float] | None:
 
     z = ij.get("spacing")
     z = float(z) * fac if z is not None else None
+    if z is not None and nz > 1 and not z > 0:  # dropped below: say so, it is not a missing value
+        log.warning("%s: the ImageJ metadata gives a z spacing of %g µm, which is not a voxel size; the voxel size "
+                    "is taken as unknown. Give it in the sample sheet column voxel_size (z,y,x in µm; selfres: "
+                    "--voxel-size); a stack saved in reverse z order may carry a negative spacing, its z step is "
+                    "then the spacing's absolute value", getattr(tif, "filename", "TIFF"), z)
     return _make_voxel(z, _res("YResolution"), _res("XResolution"), nz)
 
 

@@ -63,6 +63,17 @@ def test_imagej_voxel_size_units(tmp_path, unit, factor):
     assert io.read_voxel_size(p) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("spacing", [-2.0, 0.0])
+def test_a_non_positive_imagej_spacing_is_dropped_with_a_warning(tmp_path, caplog, spacing):
+    """It was dropped silently: the user then met 'isotropic mode needs the voxel size' for a
+    file that has one in its metadata."""
+    p = _imagej(tmp_path / "rev.tif", _vol(dtype="uint8"), voxel=(spacing, 0.25, 0.5))
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(p).voxel_size is None
+    assert re.search(rf"rev\.tif: the ImageJ metadata gives a z spacing of {spacing:g} µm, which is not a voxel size; "
+                     r"the voxel size is taken as unknown\. Give it in the sample sheet column voxel_size", caplog.text)
+
+
 def test_imagej_without_unit_has_no_voxel_size(tmp_path):
     p = tmp_path / "a.tif"
     tifffile.imwrite(p, _vol(), imagej=True, metadata={"axes": "ZYX"})

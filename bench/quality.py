@@ -193,19 +193,20 @@ def add_shot_noise(low: np.ndarray, photons: float, *, seed: int = 0) -> np.ndar
 
 
 def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | None,
-                 lr_degradation: str = "cubic", unknown_voxel_size=None, lr_photons: float | None = None) -> dict:
+                 lr_degradation: str = "cubic", unknown_voxel_size=None, lr_photons: float | None = None,
+                 variant: str | None = None) -> dict:
     from selfres import io
 
     vol = io.read_volume(path)
     factors = (factor,) * 3
-    hr = np.asarray(vol.data, dtype=np.float32)
+    hr_vs = vol.voxel_size or unknown_voxel_size  # µm of the original (HR) voxels
+    hr, hr_vs = volume_variant(np.asarray(vol.data, dtype=np.float32), hr_vs, variant)
     hr = hr[tuple(slice(0, (n // f) * f) for n, f in zip(hr.shape, factors))]
     low = degrade_truth(hr, factors, lr_degradation)
     if lr_photons:
         low = add_shot_noise(low, lr_photons)
-    hr_vs = vol.voxel_size or unknown_voxel_size  # µm of the original (HR) voxels
     vs = tuple(v * f for v, f in zip(hr_vs, factors)) if hr_vs else None
-    name = VOLUMES.get(path.stem, path.stem)
+    name = VOLUMES.get(path.stem, path.stem) + (f"__{variant}" if variant else "")
     with tempfile.TemporaryDirectory(prefix="selfres-bench-") as tmp:
         work = Path(keep) / f"{name}_x{factor}" if keep else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -230,6 +231,27 @@ def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | 
         "guard": "model" if guard_model else "tricubic", "reference_verdict": "model" if ref_model else "tricubic",
         "agree": guard_model == ref_model or tie, "content": r["content"], "gain_interval": r["gain_interval"],
     }
+
+
+VARIANTS = ("xhalf", "zy")
+
+
+def volume_variant(hr: np.ndarray, voxel_size, which: str | None):
+    """Another volume made from a real one, for a check that the defaults are not fitted to
+    the files: ``xhalf`` — the right half in x of a central band in y (≤ 160 × 160 laterally),
+    all of z; ``zy`` — z and y swapped (the axial profile now lies in a lateral axis), the
+    middle 48 planes of the new z, x cut to ≤ 160. ``None``: the volume as it is."""
+    if which is None:
+        return hr, voxel_size
+    if which == "xhalf":
+        _, ny, nx = hr.shape
+        return hr[:, ny // 4 : ny // 4 + 160, nx // 2 :][:, :, :160], voxel_size
+    if which == "zy":
+        swapped = np.swapaxes(hr, 0, 1)
+        start = max(0, (swapped.shape[0] - 48) // 2)
+        vs = (voxel_size[1], voxel_size[0], voxel_size[2]) if voxel_size else None
+        return np.ascontiguousarray(swapped[start : start + 48, :, :160]), vs
+    raise ValueError(f"unknown variant {which!r}; known: {VARIANTS}")
 
 
 BEAD_ACQUISITIONS = ("rescale", "cubic")
@@ -393,12 +415,15 @@ def markdown(rows: list[dict], beads: dict | None, *, header: str) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the real volumes")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the real volumes (the shared ones by name, then any other *.tif in it)")
     p.add_argument("--volumes", default="", help="comma-separated substrings of file names (default: all)")
     p.add_argument("--scales", default="2", help="comma-separated factors, e.g. 2,4")
     p.add_argument("--minutes", type=float, default=None, help="override train.max_minutes")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--set", action="append", default=[], help="settings override, e.g. train.width=16")
+    p.add_argument("--variants", action="store_true",
+                   help="also run two variants of each volume (xhalf: another region; zy: z and y swapped), "
+                        "a check that the defaults are not fitted to the files")
     p.add_argument("--beads", action="store_true", help="also run the bead experiment")
     p.add_argument("--bead-acquisition", choices=BEAD_ACQUISITIONS, default="rescale",
                    help="how the bead experiment's ×4 acquisition is made (default: rescale, the seed's)")
@@ -435,18 +460,22 @@ def main(argv=None) -> int:
     rows = []
     if not a.no_real:
         wanted = [w for w in a.volumes.split(",") if w]
+        # the shared volumes in their usual order, then any other stack in --data (e.g. your own)
         paths = [a.data / f"{stem}.tif" for stem in VOLUMES]
+        paths += sorted(q for q in a.data.glob("*.tif") if q not in paths and not q.stem.endswith("_lr"))
         paths = [q for q in paths if q.exists() and (not wanted or any(w in q.stem for w in wanted))]
+        variants = (None,) + (VARIANTS if a.variants else ())
         for f in [int(s) for s in a.scales.split(",") if s]:
-            for q in paths:
+            for q, variant in [(q, v) for v in variants for q in paths]:
                 t0 = time.monotonic()
                 try:
                     r = bench_volume(q, f, settings=settings, ssim=not a.no_ssim, keep=a.keep,
                                      lr_degradation=a.lr_degradation, lr_photons=a.lr_noise,
                                      unknown_voxel_size=tuple(float(v) for v in a.voxel_size.split(","))
-                                     if a.voxel_size else None)
+                                     if a.voxel_size else None, variant=variant)
                 except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
-                    print(f"{q.stem} ×{f}: FAILED {type(exc).__name__}: {exc}", flush=True)
+                    print(f"{q.stem}{f'__{variant}' if variant else ''} ×{f}: FAILED {type(exc).__name__}: {exc}",
+                          flush=True)
                     continue
                 rows.append(r)
                 s = r["scores"]

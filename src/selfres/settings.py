@@ -157,6 +157,13 @@ class TrainSettings:
     confidence (block bootstrap, :func:`selfres.metrics.psnr_gain_interval`), however small;
     0 turns that off (the margin alone decides). Learned networks always need the margin."""
     scale_check: bool = True
+    blur_augment: float = 1.0
+    """Fraction of training patches whose target is first blurred by a random Gaussian (σ drawn
+    uniformly up to ``blur_augment_sigma_px``·sqrt(f² − 1) voxels on each axis with a factor
+    f > 1): the network also sees the blur-to-voxel ratios of the finer grid it is applied to,
+    and sharpens point-like objects less past their width there
+    (:func:`selfres.train.blur_targets`). 0: off."""
+    blur_augment_sigma_px: float = 1.0
     structure_weighting: float = 0.5
     augment: bool = True
     seed: int = 0
@@ -177,6 +184,10 @@ class TrainSettings:
             raise ConfigError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if any(p < 1 for p in self.patch_size) or len(self.patch_size) != 3:
             raise ConfigError(f"train.patch_size must be three positive ints z,y,x, got {self.patch_size}")
+        if not 0 <= self.blur_augment <= 1:
+            raise ConfigError(f"train.blur_augment must be within 0..1, got {self.blur_augment}")
+        if not self.blur_augment_sigma_px > 0:
+            raise ConfigError(f"train.blur_augment_sigma_px must be > 0, got {self.blur_augment_sigma_px}")
         if not 0 <= self.structure_weighting <= 1:
             raise ConfigError(
                 f"train.structure_weighting must be within 0..1, got {self.structure_weighting}"

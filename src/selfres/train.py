@@ -409,6 +409,49 @@ def psf_scaled_targets(volume: np.ndarray, blur_px: Sequence[float] | None) -> n
     return gaussian_filter(np.asarray(volume, dtype=np.float32), sigma=tuple(blur_px), mode="reflect")
 
 
+def gaussian_blur_torch(x: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
+    """``x`` (``(1, 1, Z, Y, X)``) blurred by a Gaussian of ``sigma`` voxels per axis
+    (separable, border reflected; axes with σ 0 or length 1 are left alone)."""
+    for axis, s in enumerate(sigma):
+        n = x.shape[2 + axis]
+        if s <= 0 or n < 2:
+            continue
+        radius = min(int(math.ceil(3 * s)), n - 1)
+        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+        k = torch.exp(-0.5 * (t / s) ** 2)
+        k = k / k.sum()
+        moved = x.movedim(2 + axis, -1)
+        shape = moved.shape
+        flat = F.pad(moved.reshape(-1, 1, n), (radius, radius), mode="reflect")
+        x = F.conv1d(flat, k.view(1, 1, -1)).reshape(shape).movedim(-1, 2 + axis)
+    return x
+
+
+def blur_targets(targets: torch.Tensor, factors: Sequence[int], *, fraction: float, max_sigma_px: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """Training targets (``(B, 1, Z, Y, X)``), a random ``fraction`` of them blurred.
+
+    Self-supervised pairs carry the acquisition's blur at ``1/f`` of the blur-to-voxel ratio of
+    the real task (see :func:`psf_scaled_targets`): a network trained on them alone sharpens
+    point-like objects past their true width on the finer grid. A blurred target is the
+    acquisition seen through a wider PSF; with σ drawn uniformly up to
+    ``max_sigma_px·sqrt(f² − 1)`` voxels (the same draw, scaled, on every axis with a factor
+    ``f`` > 1) the pairs span the ratios from the training scale's to the output grid's for a
+    PSF of up to ``max_sigma_px`` voxels, without the PSF being known.
+    """
+    if fraction <= 0:
+        return targets
+    draws = torch.rand(targets.shape[0], 2, generator=generator)
+    out = []
+    for i in range(targets.shape[0]):
+        t = targets[i : i + 1]
+        if draws[i, 0].item() < fraction:
+            u = float(draws[i, 1].item()) * float(max_sigma_px)
+            t = gaussian_blur_torch(t, [u * math.sqrt(int(f) ** 2 - 1) for f in factors])
+        out.append(t)
+    return torch.cat(out)
+
+
 def _settings_hash(settings: TrainSettings, factors, shape) -> str:
     blob = json.dumps({"s": to_dict(settings), "f": list(factors), "shape": list(shape)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -649,7 +692,9 @@ def train_enhance(
         lr = learning_rate(step, settings)
         for g in optimiser.param_groups:
             g["lr"] = lr
-        target = sampler.sample(settings.batch_size).to(device)
+        target = sampler.sample(settings.batch_size)
+        target = blur_targets(target, factors, fraction=settings.blur_augment,
+                              max_sigma_px=settings.blur_augment_sigma_px, generator=gen).to(device)
         with torch.no_grad():
             low = degrader(target, generator=noise_gen)
         with models.autocast_context(device, enabled=amp, training=True):

@@ -456,3 +456,52 @@ def test_qc_self_validation_scores_psf_scaled_held_out_targets_when_training_use
     expected = psnr01(target, interp, float(target.max() - target.min()))
     assert scaled["psnr_interp"] == pytest.approx(expected, abs=1e-6)
     assert abs(scaled["psnr_interp"] - raw["psnr_interp"]) > 1.0
+
+
+def test_gaussian_blur_torch_equals_scipy_with_mirrored_borders():
+    from scipy.ndimage import gaussian_filter
+
+    from selfres.train import gaussian_blur_torch
+
+    x = torch.rand(1, 1, 6, 20, 23, generator=torch.Generator().manual_seed(0))
+    sigma = (0.0, 1.3, 0.6)
+    got = gaussian_blur_torch(x, sigma)[0, 0].numpy()
+    want = gaussian_filter(x[0, 0].numpy().astype(np.float64), sigma, mode="mirror", truncate=3.0)
+    np.testing.assert_allclose(got, want, atol=2e-3)  # the kernel is cut at ceil(3σ) voxels
+    assert torch.equal(gaussian_blur_torch(x, (0.0, 0.0, 0.0)), x)
+
+
+def test_blur_targets_blurs_the_chosen_fraction_along_scaled_axes_only():
+    from selfres.train import blur_targets
+
+    gen = torch.Generator().manual_seed(0)
+    # varies along every axis; factor 1 along z, so no draw may blur along z
+    t = torch.rand(64, 1, 4, 16, 16, generator=gen)
+    same = blur_targets(t, (1, 2, 2), fraction=0.0, max_sigma_px=1.0, generator=torch.Generator().manual_seed(1))
+    assert same is t
+    out = blur_targets(t, (1, 2, 2), fraction=0.5, max_sigma_px=1.0, generator=torch.Generator().manual_seed(1))
+    again = blur_targets(t, (1, 2, 2), fraction=0.5, max_sigma_px=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)  # reproducible from the generator
+    changed = [(out[i] - t[i]).abs().max().item() > 1e-6 for i in range(64)]
+    assert 20 < sum(changed) < 44  # about half
+    # targets that vary along z alone come back unchanged: the blur acts within planes only
+    z_only = torch.rand(64, 1, 4, 1, 1, generator=gen).expand(64, 1, 4, 16, 16).contiguous()
+    kept = blur_targets(z_only, (1, 2, 2), fraction=1.0, max_sigma_px=1.0, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(kept, z_only, atol=1e-5, rtol=0)
+    # blurring lowers the lateral variation of the targets it touched
+    lat = lambda v: (v[..., 1:] - v[..., :-1]).pow(2).mean().item()  # noqa: E731
+    assert all(lat(out[i]) < lat(t[i]) for i in range(64) if changed[i])
+
+
+def test_blur_augment_reaches_training_and_is_validated():
+    from selfres.errors import ConfigError
+
+    vol = blob_volume((12, 48, 48), seed=2)
+    plain = train_enhance(vol[:, :36], vol[:, 36:], factors=(1, 2, 2), settings=TrainSettings(steps=5, blur_augment=0.0, **TINY))
+    aug = train_enhance(vol[:, :36], vol[:, 36:], factors=(1, 2, 2),
+                        settings=TrainSettings(steps=5, blur_augment=1.0, **TINY))
+    # the same seed and patches: only the blurred targets make the training losses differ
+    assert plain.log_rows[0]["loss"] != aug.log_rows[0]["loss"]
+    for bad in ({"blur_augment": 1.5}, {"blur_augment_sigma_px": 0.0}):
+        with pytest.raises(ConfigError):
+            TrainSettings(**bad).validate()

@@ -162,7 +162,8 @@ class TrainSettings:
     uniformly up to ``blur_augment_sigma_px``·sqrt(f² − 1) voxels on each axis with a factor
     f > 1): the network also sees the blur-to-voxel ratios of the finer grid it is applied to,
     and sharpens point-like objects less past their width there
-    (:func:`selfres.train.blur_targets`). 0: off."""
+    (:func:`selfres.train.blur_targets`). 0: off. Not used with ``psf_sigma_um``, whose
+    PSF-scaled targets already have the output grid's ratio."""
     blur_augment_sigma_px: float = 1.0
     structure_weighting: float = 0.5
     augment: bool = True

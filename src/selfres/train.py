@@ -616,6 +616,9 @@ def train_enhance(
                  tuple(round(b, 2) for b in blur))
         train_volume = psf_scaled_targets(train_volume, blur)
         holdout_volume = psf_scaled_targets(holdout_volume, blur)
+    # PSF-scaled targets already have the output grid's blur-to-voxel ratio: blurring them
+    # more would teach ratios beyond it
+    blur_fraction = settings.blur_augment if blur is None else 0.0
     patch = fit_patch_size(settings.patch_size, train_volume.shape, factors)
     lateral_iso = factors[1] == factors[2] and (voxel_size is None or abs(voxel_size[1] - voxel_size[2]) < 1e-6 * max(voxel_size[1], 1e-9))
     spec = models.ModelSpec(
@@ -693,7 +696,7 @@ def train_enhance(
         for g in optimiser.param_groups:
             g["lr"] = lr
         target = sampler.sample(settings.batch_size)
-        target = blur_targets(target, factors, fraction=settings.blur_augment,
+        target = blur_targets(target, factors, fraction=blur_fraction,
                               max_sigma_px=settings.blur_augment_sigma_px, generator=gen).to(device)
         with torch.no_grad():
             low = degrader(target, generator=noise_gen)

@@ -502,6 +502,11 @@ def test_blur_augment_reaches_training_and_is_validated():
                         settings=TrainSettings(steps=5, blur_augment=1.0, **TINY))
     # the same seed and patches: only the blurred targets make the training losses differ
     assert plain.log_rows[0]["loss"] != aug.log_rows[0]["loss"]
+    # PSF-scaled targets already have the output grid's blur-to-voxel ratio: no blur on top
+    with_psf = [train_enhance(vol[:, :36], vol[:, 36:], factors=(1, 2, 2), voxel_size=(1.0, 1.0, 1.0),
+                              settings=TrainSettings(steps=5, blur_augment=b, psf_sigma_um=(0.0, 0.5, 0.5), **TINY))
+                for b in (0.0, 1.0)]
+    assert with_psf[0].log_rows[0]["loss"] == with_psf[1].log_rows[0]["loss"]
     for bad in ({"blur_augment": 1.5}, {"blur_augment_sigma_px": 0.0}):
         with pytest.raises(ConfigError):
             TrainSettings(**bad).validate()

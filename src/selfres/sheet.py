@@ -172,7 +172,7 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             records = []
-            reader = csv.reader(fh, delimiter="\t")
+            reader = csv.reader(fh, delimiter="\t", strict=True)  # an unbalanced quote is an error
             start = 1
             for cells in reader:
                 records.append((start, cells))
@@ -190,6 +190,10 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:
         header.pop()
     rows, lines = [], []
     for n, cells in body:
+        quoted = next((c for c in cells if "\n" in c or "\r" in c or "\t" in c), None)
+        if quoted is not None:
+            raise ConfigError(f"sample sheet {path}, line {n}: a quoted value spans a tab or a line break "
+                              f"({quoted[:40]!r}...): an unbalanced quote (\")? Sheet values need no quotes")
         extra = [c.strip() for c in cells[len(header):]]
         if any(extra):
             value = next(c for c in extra if c)

@@ -695,9 +695,9 @@ def train_enhance(
         lr = learning_rate(step, settings)
         for g in optimiser.param_groups:
             g["lr"] = lr
-        target = sampler.sample(settings.batch_size)
-        target = blur_targets(target, factors, fraction=blur_fraction,
-                              max_sigma_px=settings.blur_augment_sigma_px, generator=gen).to(device)
+        # blurred on the device (a GPU does it in no time); the draws come from the CPU generator
+        target = blur_targets(sampler.sample(settings.batch_size).to(device), factors, fraction=blur_fraction,
+                              max_sigma_px=settings.blur_augment_sigma_px, generator=gen)
         with torch.no_grad():
             low = degrader(target, generator=noise_gen)
         with models.autocast_context(device, enabled=amp, training=True):

@@ -116,3 +116,13 @@ def test_a_config_scale_of_one_on_every_axis_is_refused():
     with pytest.raises(ConfigError, match=r"^config: scale '1,1,1' is 1 on every axis: enhance would restore nothing"):
         check_config({"scale": "1,1,1"}, schema=schema)
     check_config({"scale": "1,2,2"}, schema=schema)
+
+
+@pytest.mark.parametrize("text, what", [
+    ('sample\tpath\tmode\ns1\t"a.tif\tenhance\ns2\tb.tif\tenhance\n', "unexpected end of data"),
+    ('sample\tpath\tmode\ns1\t"a.tif\tenhance"\ns2\tb.tif\tenhance\n', "line 2: a quoted value spans a tab"),
+])
+def test_an_unbalanced_quote_is_refused_instead_of_swallowing_the_rows_after_it(tmp_path, text, what):
+    """An opening quote made the csv reader read on to the file's end: sample s2 vanished."""
+    with pytest.raises(ConfigError, match=re.escape(what)):
+        read_sample_sheet(_sheet(tmp_path, text), schema=SCHEMA)

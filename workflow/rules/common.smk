@@ -113,6 +113,16 @@ def get_reference(wildcards):
     return _declared(_cell(wildcards.sample, "reference"))
 
 
+if workflow.is_main_process:
+    # A missing reference fails only its sample's qc, after its restoration. Said here, at the
+    # start: a check in an earlier job would need the file's existence among that job's
+    # params, and a reference that appears later would then rerun the whole sample.
+    for _s, _ref in zip(SHEET["sample"], SHEET.get("reference", pd.Series([""] * len(SHEET)))):
+        if _ref and not _declared(_ref):
+            print(f"selfres: WARNING: sample {_s!r}: its reference {_ref} does not exist; that sample is restored, "
+                  "but its qc will fail until the file is there", file=sys.stderr)
+
+
 # Each stage receives only the settings sections it uses, so that changing one value
 # reruns exactly the stages (and samples) it affects.
 STAGE_SECTIONS = {
@@ -129,6 +139,9 @@ def stage_settings(sample, stage):
     out = {k: s[k] for k in STAGE_SECTIONS[stage] if k in s}
     if sample_mode(sample) != "isotropic":  # an isotropic value must not retrain enhance samples
         out.pop("isotropic", None)
+    if "train" in out and (sample_mode(sample) != "enhance" or out["train"].get("psf_sigma_um") is not None):
+        # blurred targets are enhance's, and off with a PSF: their values must not retrain these samples
+        out["train"] = {k: v for k, v in out["train"].items() if not k.startswith("blur_augment")}
     if stage == "normalise":
         out["infer"] = {"ngff_version": s["infer"]["ngff_version"]}
     if stage == "train":
@@ -155,13 +168,6 @@ def crop_args(wildcards):
         args += ["--scale", sample_scale(s)]
     if _cell(s, "training_fov"):
         args += ["--training-fov", _cell(s, "training_fov")]
-    ref = _cell(s, "reference")
-    if ref and not _declared(ref) and not os.path.exists(f"{R}/{s}/train_fov.json"):
-        # A missing reference fails its sample here, before training (as a missing `path` fails it
-        # at normalise), not at qc after train and infer. Only then is it a crop parameter: an
-        # existing reference is qc's alone, so adding or changing one reruns qc and report only,
-        # and a crop already done is never rerun for it.
-        args += ["--reference", ref]
     return " ".join(_q(a) for a in args)
 
 

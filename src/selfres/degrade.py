@@ -645,17 +645,19 @@ def _psf_convolve_numpy(x: np.ndarray, psf: np.ndarray) -> np.ndarray:
 
 
 def blur(
-    x: np.ndarray,
+    x: Any,
     *,
     sigma_px: Sequence[float] | None = None,
     psf: np.ndarray | None = None,
-) -> np.ndarray:
+) -> Any:
     """Blur with a Gaussian or a measured PSF (mirror borders).
 
     Parameters
     ----------
     x
-        numpy array; the last ``len(sigma_px)`` (or ``psf.ndim``) axes are blurred.
+        numpy array — or, with ``sigma_px``, a torch tensor (blurred on its device, with
+        the same mirrored, truncated kernel); the last ``len(sigma_px)`` (or ``psf.ndim``)
+        axes are blurred.
     sigma_px
         Gaussian standard deviations in voxels, one per blurred axis (>= 0).
     psf
@@ -668,15 +670,21 @@ def blur(
     """
     if (sigma_px is None) == (psf is None):
         raise ValueError("blur: give exactly one of sigma_px or psf")
-    x = np.asarray(x, dtype=np.float32)
+    if not _is_tensor(x):
+        x = np.asarray(x, dtype=np.float32)
     if psf is not None:
         return _psf_convolve_numpy(x, psf).astype(np.float32)
-    from scipy.ndimage import gaussian_filter
-
     sig = tuple(float(s) for s in sigma_px)
     if len(sig) > x.ndim or not all(math.isfinite(s) and s >= 0 for s in sig):
         raise ValueError(f"blur: sigma_px must be numbers >= 0, at most one per axis "
-                         f"of shape {x.shape}; received {tuple(sigma_px)}")
+                         f"of shape {tuple(x.shape)}; received {tuple(sigma_px)}")
+    if _is_tensor(x):  # the Gaussian matrices of the torch degradation, with factor 1
+        for axis, s in zip(range(-len(sig), 0), sig):
+            if s > 0:
+                x = _apply_along(x, axis, ("gauss", int(x.shape[axis]), s, 1))
+        return x
+    from scipy.ndimage import gaussian_filter
+
     full = (0.0,) * (x.ndim - len(sig)) + sig
     return gaussian_filter(x, full, mode="mirror", truncate=_GAUSS_TRUNCATE)
 

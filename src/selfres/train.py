@@ -68,9 +68,9 @@ class TrainResult:
     """Training time of earlier, interrupted runs that this one resumed from their checkpoint
     (included in ``seconds``; a caller timing this run adds it to its own clock)."""
     settings: TrainSettings | None = None
-    """The settings as trained (set by :func:`train_enhance` and :func:`train_serial`): with ``degradation.noise = "match"``, ``noise_variance`` is the
-    top-up estimated from the data (what ``model.json`` records, so that the QC re-makes the
-    same held-out pair)."""
+    """The settings as trained (set by :func:`train_enhance` and :func:`train_serial`): with
+    ``degradation.noise = "match"``, ``noise_variance`` is the top-up estimated from the data
+    (what ``model.json`` records, so that the QC re-makes the same held-out pair)."""
     noise: dict | None = None
     """With ``noise = "match"``: the acquisition's noise estimate and the top-up
     (:func:`resolve_noise_match`)."""
@@ -409,24 +409,6 @@ def psf_scaled_targets(volume: np.ndarray, blur_px: Sequence[float] | None) -> n
     return gaussian_filter(np.asarray(volume, dtype=np.float32), sigma=tuple(blur_px), mode="reflect")
 
 
-def gaussian_blur_torch(x: torch.Tensor, sigma: Sequence[float]) -> torch.Tensor:
-    """``x`` (``(1, 1, Z, Y, X)``) blurred by a Gaussian of ``sigma`` voxels per axis
-    (separable, border reflected; axes with σ 0 or length 1 are left alone)."""
-    for axis, s in enumerate(sigma):
-        n = x.shape[2 + axis]
-        if s <= 0 or n < 2:
-            continue
-        radius = min(int(math.ceil(3 * s)), n - 1)
-        t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-        k = torch.exp(-0.5 * (t / s) ** 2)
-        k = k / k.sum()
-        moved = x.movedim(2 + axis, -1)
-        shape = moved.shape
-        flat = F.pad(moved.reshape(-1, 1, n), (radius, radius), mode="reflect")
-        x = F.conv1d(flat, k.view(1, 1, -1)).reshape(shape).movedim(-1, 2 + axis)
-    return x
-
-
 def blur_targets(targets: torch.Tensor, factors: Sequence[int], *, fraction: float, max_sigma_px: float,
                  generator: torch.Generator) -> torch.Tensor:
     """Training targets (``(B, 1, Z, Y, X)``), a random ``fraction`` of them blurred.
@@ -447,7 +429,7 @@ def blur_targets(targets: torch.Tensor, factors: Sequence[int], *, fraction: flo
         t = targets[i : i + 1]
         if draws[i, 0].item() < fraction:
             u = float(draws[i, 1].item()) * float(max_sigma_px)
-            t = gaussian_blur_torch(t, [u * math.sqrt(int(f) ** 2 - 1) for f in factors])
+            t = degrade.blur(t, sigma_px=[u * math.sqrt(int(f) ** 2 - 1) for f in factors])
         out.append(t)
     return torch.cat(out)
 

@@ -458,17 +458,17 @@ def test_qc_self_validation_scores_psf_scaled_held_out_targets_when_training_use
     assert abs(scaled["psnr_interp"] - raw["psnr_interp"]) > 1.0
 
 
-def test_gaussian_blur_torch_equals_scipy_with_mirrored_borders():
+def test_blur_of_a_tensor_equals_scipy_with_mirrored_borders():
+    """blur_targets blurs tensors with degrade.blur: the numpy blur's kernel, on the tensor's device."""
     from scipy.ndimage import gaussian_filter
-
-    from selfres.train import gaussian_blur_torch
 
     x = torch.rand(1, 1, 6, 20, 23, generator=torch.Generator().manual_seed(0))
     sigma = (0.0, 1.3, 0.6)
-    got = gaussian_blur_torch(x, sigma)[0, 0].numpy()
+    got = degrade.blur(x, sigma_px=sigma)[0, 0].numpy()
     want = gaussian_filter(x[0, 0].numpy().astype(np.float64), sigma, mode="mirror", truncate=3.0)
-    np.testing.assert_allclose(got, want, atol=2e-3)  # the kernel is cut at ceil(3σ) voxels
-    assert torch.equal(gaussian_blur_torch(x, (0.0, 0.0, 0.0)), x)
+    np.testing.assert_allclose(got, want, atol=2e-3)  # scipy's kernel here is cut at 3σ, degrade's at 4σ
+    np.testing.assert_allclose(got, degrade.blur(x[0, 0].numpy(), sigma_px=sigma), atol=1e-5)
+    assert torch.equal(degrade.blur(x, sigma_px=(0.0, 0.0, 0.0)), x)
 
 
 def test_blur_targets_blurs_the_chosen_fraction_along_scaled_axes_only():

@@ -117,10 +117,10 @@ if workflow.is_main_process:
     # A missing reference fails only its sample's qc, after its restoration. Said here, at the
     # start: a check in an earlier job would need the file's existence among that job's
     # params, and a reference that appears later would then rerun the whole sample.
-    for _s, _ref in zip(SHEET["sample"], SHEET.get("reference", pd.Series([""] * len(SHEET)))):
-        if _ref and not _declared(_ref):
-            print(f"selfres: WARNING: sample {_s!r}: its reference {_ref} does not exist; that sample is restored, "
-                  "but its qc will fail until the file is there", file=sys.stderr)
+    for _s in SAMPLE_IDS:
+        if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
+            print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist; that "
+                  "sample is restored, but its qc will fail until the file is there", file=sys.stderr)
 
 
 # Each stage receives only the settings sections it uses, so that changing one value

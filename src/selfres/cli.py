@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sample = getattr(args, "sample", None)
     prefix = f"sample {sample!r}: " if sample else ""
-    from .infer import keep_freed_memory
+    from .allocator import keep_freed_memory
 
     keep_freed_memory()  # every stage allocates large short-lived arrays (see its docstring)
     try:

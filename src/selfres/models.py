@@ -36,6 +36,7 @@ from torch import nn
 
 from selfres.errors import ConfigError, InputError
 from selfres.io import file_checksum
+from selfres.modelfile import DESCRIPTION_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, read_description
 
 __all__ = [
     "ARCHS",
@@ -53,10 +54,6 @@ __all__ = [
 
 ARCHS = ("svision_paper", "svision_mini", "resnet3d", "iso2d")
 _RESIDUALS = ("tricubic", "trilinear", "none", "identity")
-_WEIGHTS = "weights.safetensors"
-_JSON = "model.json"
-_FORMAT = "selfres-model"
-_FORMAT_VERSION = 1
 
 # Per-architecture defaults: the one place they live (None in ModelSpec -> these).
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -476,17 +473,17 @@ def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous().clone()
                for k, v in model.state_dict().items()}
-    w_path, j_path = directory / _WEIGHTS, directory / _JSON
-    w_tmp = directory / f".{_WEIGHTS}.tmp"
-    j_tmp = directory / f".{_JSON}.tmp"
+    w_path, j_path = directory / WEIGHTS_FILE, directory / DESCRIPTION_FILE
+    w_tmp = directory / f".{WEIGHTS_FILE}.tmp"
+    j_tmp = directory / f".{DESCRIPTION_FILE}.tmp"
     save_file(tensors, str(w_tmp), metadata={"format": "pt"})
     info = {
-        "format": _FORMAT,
-        "format_version": _FORMAT_VERSION,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "spec": spec.to_dict(),
         "n_parameters": count_parameters(model),
         "halo": list(getattr(model, "halo", ())),
-        "weights_file": _WEIGHTS,
+        "weights_file": WEIGHTS_FILE,
         "weights_sha256": file_checksum(w_tmp),
         "metadata": dict(metadata) if metadata is not None else {},
         "torch_version": torch.__version__,
@@ -522,34 +519,11 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu"
     """
     from safetensors.torch import load_file
 
-    directory = Path(directory)
-    j_path = directory / _JSON
-    if not j_path.is_file():
-        raise InputError(j_path, "model.json not found; train the model first")
-    try:
-        info = json.loads(j_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(j_path, f"cannot read model.json ({exc}); delete the model "
-                                 f"folder to retrain") from exc
-    if not isinstance(info, dict) or info.get("format") != _FORMAT:
-        raise InputError(j_path, f"not a selfres model description (expected "
-                                 f"format {_FORMAT!r})")
+    info, w_path = read_description(directory)
     try:
         spec = ModelSpec.from_dict(info["spec"])
-        expected = str(info["weights_sha256"])
-        w_path = directory / str(info.get("weights_file", _WEIGHTS))
     except (KeyError, TypeError, ConfigError) as exc:
-        raise InputError(j_path, f"invalid model description ({exc})") from exc
-    if not w_path.is_file():
-        raise InputError(w_path, "weights file not found; delete the model folder "
-                                 "to retrain")
-    try:
-        actual = file_checksum(w_path)
-    except OSError as exc:
-        raise InputError(w_path, f"cannot read the weights file ({exc})") from exc
-    if actual != expected:
-        raise InputError(w_path, "checksum mismatch: the weights file is corrupt; "
-                                 "delete it to retrain")
+        raise InputError(Path(directory) / DESCRIPTION_FILE, f"invalid model description ({exc})") from exc
     device = torch.device(device)
     try:
         state = load_file(str(w_path), device=str(device))

@@ -397,17 +397,17 @@ def stage_train(
     return meta
 
 
-def load_trained(model_dir: str | Path):
-    """(model, spec, metadata) of a trained sample model."""
-    from . import models
+def _checked_model_folder(model_dir: str | Path, read):
+    """``read(model_dir)``, its model-folder errors told in the workflow's terms.
 
+    A damaged model is never loaded. Snakemake takes ``model/`` as done while it exists, so
+    a folder whose weights fail their checksum is moved aside (kept for inspection): the
+    next run retrains."""
     try:
-        model, spec, info = models.load_model(model_dir)
+        return read(model_dir)
     except InputError as exc:
         what = exc.what.split("; delete")[0]
         if "checksum mismatch" in what:
-            # A damaged model is never loaded. Snakemake takes model/ as done while it
-            # exists, so it is moved aside (kept for inspection): the next run retrains.
             aside = Path(model_dir).with_name(f"{Path(model_dir).name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             try:
                 os.replace(model_dir, aside)
@@ -418,6 +418,22 @@ def load_trained(model_dir: str | Path):
                                  "rerun the workflow to retrain it", sample=exc.sample) from None
         raise InputError(exc.path, f"{what}; delete the model folder {model_dir} and rerun to retrain it",
                          sample=exc.sample) from None
+
+
+def trained_metadata(model_dir: str | Path) -> dict:
+    """The training metadata of a sample model (``model.json``'s ``metadata``), its weights
+    checked against their checksum but not loaded: no torch needed."""
+    from . import modelfile
+
+    info, _ = _checked_model_folder(model_dir, modelfile.read_description)
+    return info.get("metadata", {})
+
+
+def load_trained(model_dir: str | Path):
+    """(model, spec, metadata) of a trained sample model."""
+    from . import models
+
+    model, spec, info = _checked_model_folder(model_dir, models.load_model)
     meta = info.get("metadata", {})
     if meta.get("serial"):  # serial ×4: compose the two ×2 stages
         from .ensemble import Serial
@@ -880,7 +896,7 @@ def stage_report(
 
     vol, params = read_normalized(normalized, lazy=True)
     out = io.read_ome_zarr(restored, lazy=True)
-    _, _, meta = load_trained(model_dir)
+    meta = trained_metadata(model_dir)
     metrics_d = json.loads(Path(metrics_json).read_text())
     fov = json.loads(Path(fov_json).read_text())
     # raw units: normalise.undo is x * span + low, applied where read

@@ -170,3 +170,31 @@ def test_lint_passes():
     out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--lint"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_stages_without_a_network_start_without_torch(finished_run, tmp_path):
+    """normalise, crop, report and summary never import torch (~2 s of every such job's start
+    on a cluster); train, infer and qc run the network and do."""
+    res = finished_run / "results" / "tiny"
+    stages = {
+        "normalise": ["normalise", str(finished_run / "data" / "tiny one.tif"), "-o", str(tmp_path / "n.ome.zarr"),
+                      "--sample", "tiny"],
+        "crop": ["crop", str(res / "normalized.ome.zarr"), "-o", str(tmp_path / "fov.json"), "--sample", "tiny",
+                 "--scale", "1,2,2"],
+        "report": ["report", *(str(res / p) for p in ("normalized.ome.zarr", "restored.ome.zarr", "model",
+                                                       "train_fov.json", "qc/metrics.json")),
+                   "-o", str(tmp_path / "r.html"), "--provenance", str(tmp_path / "p.json"),
+                   "--benchmarks", str(res / "benchmarks"), "--figures", str(tmp_path / "figures"),
+                   "--sample", "tiny"],
+        "summary": ["summary", str(finished_run / "results"), "--samples", "tiny,iso", "-o", str(tmp_path / "s.tsv"),
+                    "--html", str(tmp_path / "s.html")],
+        "qc (runs the network)": ["qc", *(str(res / p) for p in ("normalized.ome.zarr", "restored.ome.zarr", "model",
+                                                                 "train_fov.json")),
+                                  "-o", str(tmp_path / "qc" / "metrics.json"), "--sample", "tiny"],
+    }
+    probe = ("import sys; from selfres.cli import main; rc = main(sys.argv[1:]); "
+             "print('torch' in sys.modules); sys.exit(rc)")
+    for stage, args in stages.items():
+        out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, (stage, out.stderr[-3000:])
+        assert out.stdout.split()[-1] == str(stage.startswith("qc")), (stage, out.stdout[-500:])

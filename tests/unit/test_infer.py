@@ -668,11 +668,13 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
 def test_only_the_command_sets_the_process_allocator(tmp_path, monkeypatch):
     """keep_freed_memory changes the whole process's malloc: a library call (infer_to_store)
     must not make it, the selfres command makes it once per run."""
+    import selfres.allocator as allocator_module
     import selfres.infer as infer_module
     from selfres import cli
 
     calls = []
-    monkeypatch.setattr(infer_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(infer_module, "keep_freed_memory", lambda: calls.append("infer") or True)
+    monkeypatch.setattr(allocator_module, "keep_freed_memory", lambda: calls.append(1) or True)
     _job(tmp_path, CubicUpsampler((1, 2, 2)), blob_volume((6, 16, 16)), tmp_path / "o.ome.zarr")
     assert calls == []
     assert cli.main(["psf-sigma", "--na", "1.0", "--wavelength-um", "0.5", "--refractive-index", "1.33"]) == 0

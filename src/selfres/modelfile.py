@@ -1,0 +1,61 @@
+"""A sample's model folder on disk: ``model.json`` (the description) beside its weights.
+
+Reading and checking the description needs no torch, so the stages that only read what a
+model is (the report) start without importing it; :func:`selfres.models.load_model` builds
+the network from what :func:`read_description` has checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .io import file_checksum
+
+WEIGHTS_FILE = "weights.safetensors"
+DESCRIPTION_FILE = "model.json"
+FORMAT = "selfres-model"
+FORMAT_VERSION = 1
+
+
+def read_description(directory: str | Path) -> tuple[dict[str, Any], Path]:
+    """``(contents of model.json, path of the weights file)`` of a model folder, checked.
+
+    The weights file must exist and match the checksum in ``model.json``.
+
+    Raises
+    ------
+    InputError
+        ``model.json`` missing, unreadable or not a selfres model description; the weights
+        file missing, unreadable or not matching its checksum.
+    """
+    directory = Path(directory)
+    j_path = directory / DESCRIPTION_FILE
+    if not j_path.is_file():
+        raise InputError(j_path, "model.json not found; train the model first")
+    try:
+        info = json.loads(j_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(j_path, f"cannot read model.json ({exc}); delete the model "
+                                 f"folder to retrain") from exc
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise InputError(j_path, f"not a selfres model description (expected "
+                                 f"format {FORMAT!r})")
+    try:
+        expected = str(info["weights_sha256"])
+        w_path = directory / str(info.get("weights_file", WEIGHTS_FILE))
+    except (KeyError, TypeError) as exc:
+        raise InputError(j_path, f"invalid model description ({exc})") from exc
+    if not w_path.is_file():
+        raise InputError(w_path, "weights file not found; delete the model folder "
+                                 "to retrain")
+    try:
+        actual = file_checksum(w_path)
+    except OSError as exc:
+        raise InputError(w_path, f"cannot read the weights file ({exc})") from exc
+    if actual != expected:
+        raise InputError(w_path, "checksum mismatch: the weights file is corrupt; "
+                                 "delete it to retrain")
+    return info, w_path

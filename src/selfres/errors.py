@@ -56,5 +56,22 @@ class ChannelNotChosen(InputError):
         return ChannelNotChosen(self.path, self.n_channels, sample=sample)
 
 
+class TimepointNotChosen(InputError):
+    """A time series was read without choosing a time point.
+
+    ``n_timepoints`` says how many it has (:func:`selfres.io.timepoint_count` asks this way).
+    """
+
+    def __init__(self, path: str | Path, n_timepoints: int, *, sample: str | None = None):
+        self.n_timepoints = int(n_timepoints)
+        super().__init__(path, f"has {self.n_timepoints} time points; selfres restores one 3-D stack at a time: "
+                               f"choose one with timepoint=0..{self.n_timepoints - 1} (sample sheet column "
+                               "'timepoint', where all makes one sample per time point; --timepoint for the "
+                               "selfres commands)", sample=sample)
+
+    def for_sample(self, sample: str) -> "TimepointNotChosen":
+        return TimepointNotChosen(self.path, self.n_timepoints, sample=sample)
+
+
 class ConfigError(SelfresError):
     """A configuration value or sample-sheet entry is invalid."""

@@ -32,7 +32,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from selfres.errors import ChannelNotChosen, InputError
+from selfres.errors import ChannelNotChosen, InputError, TimepointNotChosen
 
 log = logging.getLogger("selfres.io")
 
@@ -148,7 +148,7 @@ def _check_dtype(path: str, dtype: np.dtype) -> np.dtype:
     return dtype
 
 
-def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool):
+def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool, timepoint: int | None = None):
     """Select the channel / time point and return a ZYX view of ``arr``.
 
     ``axes`` uses one letter per dimension: T, C (or S, samples), Z, Y, X; any
@@ -213,19 +213,25 @@ def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool)
                 path,
                 f"has axis order {orig_axes!r} (shape {shape_txt}); it cannot be "
                 f"interpreted (unknown axes {''.join(unknown)!r}). Allowed axes: "
-                "T (one time point), C (channels), Z, Y, X; save the stack as an "
+                "T (time points), C (channels), Z, Y, X; save the stack as an "
                 "ImageJ hyperstack or OME-TIFF with named axes",
             )
     if "Y" not in axes or "X" not in axes:
         raise InputError(path, f"has axis order {axes!r} without both Y and X axes")
 
-    if "T" in axes:
-        n_t = shape[axes.index("T")]
-        raise InputError(
-            path,
-            f"has {n_t} time points (axis order {axes!r}); selfres restores one "
-            "3-D stack: extract a single time point first",
-        )
+    if "T" in axes:  # more than one time point (a singleton T was dropped above)
+        ti = axes.index("T")
+        n_t = shape[ti]
+        if timepoint is None:
+            raise TimepointNotChosen(path, n_t)
+        if not isinstance(timepoint, (int, np.integer)) or isinstance(timepoint, bool) or not 0 <= timepoint < n_t:
+            raise InputError(path, f"time point {timepoint!r} is out of range: the file has {n_t} time points "
+                                   f"(allowed 0..{n_t - 1})")
+        arr = arr[tuple(int(timepoint) if i == ti else slice(None) for i in range(len(axes)))]
+        axes = axes.replace("T", "")
+        shape = shape[:ti] + shape[ti + 1:]
+    elif timepoint not in (None, 0):
+        raise InputError(path, f"time point {timepoint!r} is out of range: the file has 1 time point (allowed 0)")
     if "C" in axes:
         ci = axes.index("C")
         n_c = shape[ci]
@@ -506,7 +512,8 @@ def _tiff_one_image(path: str, tif) -> None:
     )
 
 
-def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True) -> Volume:
+def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True,
+               timepoint: int | None = None) -> Volume:
     import tifffile
 
     with _tiff_log() as log:
@@ -530,7 +537,7 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True)
             if tuple(arr.shape) != tuple(series.shape):
                 raise InputError(path, "is truncated or corrupt (fewer planes than declared)")
             _tiff_integrity(path, tif, series, log)
-            data = _to_zyx(arr, axes, channel=channel, path=path, axes_known=True)
+            data = _to_zyx(arr, axes, channel=channel, timepoint=timepoint, path=path, axes_known=True)
             vox = _tiff_voxel(tif, int(data.shape[0]))
         finally:
             tif.close()
@@ -686,7 +693,7 @@ def _plain_zarr_axes(arr) -> tuple[str, bool]:
 
 
 def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
-               require_ome: bool = False, cast: bool = True) -> Volume:
+               require_ome: bool = False, cast: bool = True, timepoint: int | None = None) -> Volume:
     node = _open_zarr(path)
     if isinstance(node, zarr.Group):
         arr, letters, vox = _ome_zarr_level(path, node, level)
@@ -700,7 +707,7 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
         vox = None
     _check_dtype(path, arr.dtype)
     darr = da.from_zarr(arr)
-    data = _to_zyx(darr, letters, channel=channel, path=path, axes_known=known)
+    data = _to_zyx(darr, letters, channel=channel, timepoint=timepoint, path=path, axes_known=known)
     data, dtype = _finish(path, data, lazy=lazy, cast=cast)
     if vox is not None and (not known or attrs.get("voxel_size_known") is False):
         vox = None  # selfres's own store of an input without a voxel size: scaled in its voxels
@@ -713,7 +720,7 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
 
 
 def read_volume(path: str | os.PathLike, *, channel: int | None = None,
-                lazy: bool = False) -> Volume:
+                lazy: bool = False, timepoint: int | None = None) -> Volume:
     """Read a TIFF / OME-TIFF file or a Zarr / OME-Zarr store as a ZYX volume.
 
     Parameters
@@ -724,6 +731,9 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
         Channel index; required when the file has more than one channel.
     lazy
         Return a dask array instead of reading everything (no finiteness check).
+    timepoint
+        Time point index; required when the file has more than one (a T axis named in its
+        metadata). Lazy reads read only that time point.
 
     Returns
     -------
@@ -736,16 +746,17 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
     ------
     InputError
         Missing, empty, truncated or corrupt file; unsupported dtype (bool, complex,
-        object); axes that cannot be interpreted; several time points; a missing or
-        out-of-range ``channel``; NaN/Inf voxels (eager reads only).
+        object); axes that cannot be interpreted; a missing or out-of-range ``channel``
+        or ``timepoint``; NaN/Inf voxels (eager reads only).
     """
     path = os.fspath(path)
     if _kind(path) == "tiff":
-        return _read_tiff(path, channel=channel, lazy=lazy)
-    return _read_zarr(path, channel=channel, lazy=lazy)
+        return _read_tiff(path, channel=channel, timepoint=timepoint, lazy=lazy)
+    return _read_zarr(path, channel=channel, timepoint=timepoint, lazy=lazy)
 
 
-def count_beyond_float32(path: str | os.PathLike, *, channel: int | None = None) -> tuple[int, float]:
+def count_beyond_float32(path: str | os.PathLike, *, channel: int | None = None,
+                         timepoint: int | None = None) -> tuple[int, float]:
     """Finite voxels of a float64 acquisition that float32 cannot hold: ``(count, largest |value|)``.
 
     :func:`read_volume` gives float32, where they are Inf; read here in the file's own dtype,
@@ -753,7 +764,7 @@ def count_beyond_float32(path: str | os.PathLike, *, channel: int | None = None)
     """
     path = os.fspath(path)
     reader = _read_tiff if _kind(path) == "tiff" else _read_zarr
-    raw = reader(path, channel=channel, lazy=True, cast=False).data
+    raw = reader(path, channel=channel, timepoint=timepoint, lazy=True, cast=False).data
     if np.dtype(raw.dtype).kind != "f" or np.dtype(raw.dtype).itemsize <= 4:
         return 0, 0.0
     over = da.isfinite(raw) & (abs(raw) > float(np.finfo(np.float32).max))
@@ -771,9 +782,25 @@ def channel_count(path: str | os.PathLike) -> int:
         As :func:`read_volume` for a file it cannot read.
     """
     try:
-        read_volume(path, lazy=True)
+        read_volume(path, lazy=True, timepoint=0)  # every time point has the same channels
     except ChannelNotChosen as exc:
         return exc.n_channels
+    return 1
+
+
+def timepoint_count(path: str | os.PathLike) -> int:
+    """Number of time points of an acquisition (1 without a T axis of more than one), from
+    its metadata and shape, without reading its voxels.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_volume` for a file it cannot read.
+    """
+    try:
+        read_volume(path, lazy=True, channel=0)  # every channel has the same time points
+    except TimepointNotChosen as exc:
+        return exc.n_timepoints
     return 1
 
 

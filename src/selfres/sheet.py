@@ -18,8 +18,8 @@ import pandas as pd
 
 from .errors import ConfigError
 
-__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "expand_channels", "merge_settings",
-           "read_sample_sheet", "sample_overrides"]
+__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "expand_channels", "expand_timepoints",
+           "merge_settings", "read_sample_sheet", "sample_overrides"]
 
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -295,26 +295,48 @@ def expand_channels(sheet: pd.DataFrame) -> pd.DataFrame:
     ConfigError
         When an expanded id is already a sample of the sheet.
     """
-    from .errors import SelfresError
     from .io import channel_count
 
-    if "channel" not in sheet or not (sheet["channel"] == "all").any():
+    return _expand_all(sheet, "channel", channel_count, "c")
+
+
+def expand_timepoints(sheet: pd.DataFrame) -> pd.DataFrame:
+    """Rows with ``timepoint = all`` become one sample per time point of their file:
+    ``{sample}_t0``, ``{sample}_t1``… with ``timepoint`` 0, 1… (one model each: every time
+    point is trained on itself). After :func:`expand_channels`, a row with both ``all``
+    gives ``{sample}_c0_t0``… A file that cannot be read keeps its row, whose first job then
+    fails with the reader's message.
+
+    Raises
+    ------
+    ConfigError
+        When an expanded id is already a sample of the sheet.
+    """
+    from .io import timepoint_count
+
+    return _expand_all(sheet, "timepoint", timepoint_count, "t")
+
+
+def _expand_all(sheet: pd.DataFrame, column: str, count, suffix: str) -> pd.DataFrame:
+    from .errors import SelfresError
+
+    if column not in sheet or not (sheet[column] == "all").any():
         return sheet
     rows = []
     for row in sheet.to_dict(orient="records"):
-        if row.get("channel") != "all":
+        if row.get(column) != "all":
             rows.append(row)
             continue
         try:
-            n = channel_count(row["path"])
+            n = count(row["path"])
         except (SelfresError, OSError):
             rows.append(row)
             continue
-        rows += [row | {"sample": f"{row['sample']}_c{c}", "channel": str(c)} for c in range(n)]
+        rows += [row | {"sample": f"{row['sample']}_{suffix}{i}", column: str(i)} for i in range(n)]
     out = pd.DataFrame(rows, columns=sheet.columns)
     dup = sorted(out["sample"][out["sample"].duplicated()].unique())
     if dup:
-        raise ConfigError(f"sample sheet: channel=all makes sample id(s) {', '.join(dup)} that are already taken; "
+        raise ConfigError(f"sample sheet: {column}=all makes sample id(s) {', '.join(dup)} that are already taken; "
                           "rename the sample")
     return out
 

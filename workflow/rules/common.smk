@@ -56,6 +56,7 @@ _inbox = _inbox_rows(SHEET)
 if _inbox:
     SHEET = pd.concat([SHEET, pd.DataFrame(_inbox)], ignore_index=True).fillna("")
 SHEET = _sheet.expand_channels(SHEET)  # channel=all: one sample (and model) per channel
+SHEET = _sheet.expand_timepoints(SHEET)  # timepoint=all: one sample (and model) per time point
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)
 _sheet.check_results_dirs(R, SAMPLE_IDS)  # no id or symlink may lead a write out of results/
@@ -156,6 +157,8 @@ def normalise_args(wildcards):
     args = ["--sample", s, "--settings", stage_settings(s, "normalise")]
     if _cell(s, "channel") not in ("", "all"):
         args += ["--channel", _cell(s, "channel")]
+    if _cell(s, "timepoint") not in ("", "all"):
+        args += ["--timepoint", _cell(s, "timepoint")]
     if _cell(s, "voxel_size"):
         args += [f"--voxel-size={_cell(s, 'voxel_size')}"]
     return " ".join(_q(a) for a in args)
@@ -222,7 +225,8 @@ def qc_args(wildcards):
 def resolved_config(sample):
     return {"sample": sample, "path": _cell(sample, "path"), "mode": sample_mode(sample),
             "scale": sample_scale(sample), "voxel_size": _cell(sample, "voxel_size") or None,
-            "channel": _cell(sample, "channel") or None, "reference": _cell(sample, "reference") or None,
+            "channel": _cell(sample, "channel") or None, "timepoint": _cell(sample, "timepoint") or None,
+            "reference": _cell(sample, "reference") or None,
             "training_fov": _cell(sample, "training_fov") or None, "settings": _applied_settings(sample)}
 
 

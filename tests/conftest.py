@@ -45,3 +45,12 @@ def _float32_on_cpu(request, monkeypatch):
     cpu_has_native_bf16.cache_clear()
     yield
     cpu_has_native_bf16.cache_clear()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Slurm tests first: they are the longest file (a dozen jobs through a real
+    scheduler) and mostly wait on it, so with parallel workers (pytest-xdist, one file per
+    worker, files sent in this order: ``--no-loadscope-reorder`` in pyproject.toml) they
+    overlap the rest instead of running alone at the end. The workflow runs (e2e,
+    integration) come next, the many short unit files last, to fill the gaps."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)

@@ -141,7 +141,7 @@ class TrainSettings:
     residual: Literal["tricubic", "trilinear", "none"] = "tricubic"
     x4_strategy: Literal["direct", "serial"] = "direct"
     loss: Literal["mse", "l1", "l1_fft", "charbonnier", "charbonnier_ssim"] = "l1"
-    steps: int = 100
+    steps: int = 200
     max_minutes: float = 4.0
     batch_size: int = 4
     patch_size: tuple[int, int, int] = (8, 48, 48)

@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--channel", type=int, default=None)
     s.add_argument("--timepoint", type=int, default=None, help="time point of a time series (0-based)")
+    s.add_argument("--series", type=int, default=None, help="image of a TIFF holding several (TIFF series number)")
     s.add_argument("--voxel-size", type=_triple(float), default=None, help="z,y,x in µm (overrides metadata)")
     _common(s)
 
@@ -153,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --beads: z,y,x µm when the file does not record it")
     s.add_argument("--channel", type=int, default=None, help="with --beads: channel of a multi-channel file")
     s.add_argument("--timepoint", type=int, default=None, help="with --beads: time point of a time series")
+    s.add_argument("--series", type=int, default=None, help="with --beads: image of a TIFF holding several")
     s.add_argument("--na", type=float, default=None, help="numerical aperture of the objective")
     s.add_argument("--wavelength-um", type=float, default=None,
                    help="emission wavelength in µm (two-photon: the excitation wavelength)")
@@ -167,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--voxel-size", type=_triple(float), default=None)
     s.add_argument("--channel", type=int, default=None)
     s.add_argument("--timepoint", type=int, default=None, help="time point of a time series (0-based)")
+    s.add_argument("--series", type=int, default=None, help="image of a TIFF holding several (TIFF series number)")
     s.add_argument("--training-fov", default=None)
     s.add_argument("--keep", type=Path, default=None, help="keep intermediate files (model, metrics, report) here")
     s.add_argument("--reference", type=Path, default=None,
@@ -188,7 +191,7 @@ def run(args) -> int:
     elif cmd == "normalise":
         st = _settings(args)
         pipeline.stage_normalise(args.input, args.output, sample=sample, channel=args.channel,
-                                 timepoint=args.timepoint, voxel_size=args.voxel_size, settings=st.normalise,
+                                 timepoint=args.timepoint, series=args.series, voxel_size=args.voxel_size, settings=st.normalise,
                                  ngff_version=st.infer.ngff_version)
     elif cmd == "crop":
         pipeline.stage_crop(args.normalized, args.output, sample=sample, mode=args.mode, scale=args.scale,
@@ -232,7 +235,8 @@ def run(args) -> int:
         print(",".join(f"{v:.4g}" for v in sig))  # µm, ready for a train.psf_sigma_um cell
     elif cmd == "restore":
         m = pipeline.restore(args.input, args.output, mode=args.mode, scale=args.scale, voxel_size=args.voxel_size,
-                             channel=args.channel, timepoint=args.timepoint, training_fov=args.training_fov,
+                             channel=args.channel, timepoint=args.timepoint, series=args.series,
+                             training_fov=args.training_fov,
                              settings=_settings(args),
                              device=args.device, threads=args.threads, keep=args.keep, sample=args.sample,
                              reference=args.reference)
@@ -255,7 +259,8 @@ def _psf_sigma(args) -> tuple[float, ...]:
                                           kind=args.microscope)
     from . import io, metrics
 
-    vol = io.read_volume(args.beads, channel=args.channel, timepoint=args.timepoint, lazy=True)  # searched and fitted in blocks
+    vol = io.read_volume(args.beads, channel=args.channel, timepoint=args.timepoint, series=args.series,
+                         lazy=True)  # searched and fitted in blocks
     voxel_size = args.voxel_size or vol.voxel_size
     if voxel_size is None:
         raise InputError(args.beads, "the file records no voxel size; give --voxel-size z,y,x (µm)")

@@ -56,6 +56,17 @@ class ChannelNotChosen(InputError):
         return ChannelNotChosen(self.path, self.n_channels, sample=sample)
 
 
+class SeriesNotChosen(InputError):
+    """A TIFF holding several images (TIFF series) was read without choosing one."""
+
+    def __init__(self, path: str | Path, what: str, *, n_images: int, sample: str | None = None):
+        self.n_images = int(n_images)
+        super().__init__(path, what, sample=sample)
+
+    def for_sample(self, sample: str) -> "SeriesNotChosen":
+        return SeriesNotChosen(self.path, self.what, n_images=self.n_images, sample=sample)
+
+
 class TimepointNotChosen(InputError):
     """A time series was read without choosing a time point.
 

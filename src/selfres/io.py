@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from selfres.errors import ChannelNotChosen, InputError, TimepointNotChosen
+from selfres.errors import ChannelNotChosen, InputError, SeriesNotChosen, TimepointNotChosen
 
 log = logging.getLogger("selfres.io")
 
@@ -389,15 +390,17 @@ def _tiff_integrity(path: str, tif, series, log: _LogCapture) -> None:
         )
 
 
-def _tiff_voxel(tif, nz: int) -> tuple[float, float, float] | None:
-    # OME-TIFF
+def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, float, float] | None:
+    """Voxel size of the TIFF's first image, or of image ``series`` (series ``number``)."""
+    # OME-TIFF: the number-th Image's Pixels (tifffile makes one series per OME Image, in order)
     if tif.is_ome and tif.ome_metadata:
         try:
             root = ET.fromstring(tif.ome_metadata)
         except ET.ParseError:
             root = None
         if root is not None:
-            pixels = next((el for el in root.iter() if el.tag.endswith("Pixels")), None)
+            pixels = next(itertools.islice((el for el in root.iter() if el.tag.endswith("Pixels")), number, None),
+                          None)
             if pixels is not None:
                 sizes = []
                 for ax in "ZYX":
@@ -408,7 +411,10 @@ def _tiff_voxel(tif, nz: int) -> tuple[float, float, float] | None:
                 if vox is not None:
                     return vox
     # ImageJ (or a plain TIFF with a physical resolution unit)
-    page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
+    if series is not None and number:
+        page = series.keyframe
+    else:
+        page = tif.pages.first if hasattr(tif.pages, "first") else tif.pages[0]
     tags = page.tags
     ij = tif.imagej_metadata or {}
     fac = None
@@ -447,10 +453,21 @@ def _open_tiff(path: str):
         raise InputError(path, f"cannot be read as TIFF ({_describe(exc)})") from exc
 
 
-def _tiff_series(path: str, tif):
+def _tiff_series(path: str, tif, number: int | None = None):
+    """The series to read: the first, or image ``number`` (a series number of
+    :func:`_tiff_images`)."""
     try:
-        series = tif.series[0]
+        if number in (None, 0):
+            series = tif.series[0]
+        else:
+            images = dict(_tiff_images(tif))
+            if number not in images:
+                raise InputError(path, f"series {number!r} is out of range: the file's images are series "
+                                       f"{', '.join(str(i) for i in images)}")
+            series = images[number]
         _ = series.axes, series.shape, series.dtype
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise InputError(path, f"is a corrupt TIFF ({_describe(exc)})") from exc
     return series
@@ -480,21 +497,22 @@ def _tiff_codec(path: str, series) -> None:
         raise InputError(path, f"is compressed with {name} (TIFF compression {int(comp)}), {how}") from None
 
 
-def _tiff_one_image(path: str, tif) -> None:
-    """Refuse a TIFF holding several images (TIFF series), which would be read as its first.
+def _tiff_images(tif) -> list[tuple[int, object]]:
+    """``(series number, series)`` of the images of a TIFF: its series, less the
+    reduced-resolution ones (thumbnails, previews: NewSubfileType bit 0, e.g. an LSM file's).
+    A pyramid's sub-resolution levels (OME-TIFF SubIFDs) belong to their image's series."""
+    return [(i, s) for i, s in enumerate(tif.series) if not (getattr(s.keyframe, "is_reduced", False) and i > 0)]
 
-    A pyramid's sub-resolution levels (OME-TIFF SubIFDs) belong to their image's series and
-    reduced-resolution series (thumbnails, previews: NewSubfileType bit 0, e.g. an LSM
-    file's) are not images of their own; neither counts. Any other second series (an
-    OME-TIFF of several images or positions, planes written one by one as separate
-    series, an unrelated image appended) is refused, naming them all.
+
+def _tiff_one_image(path: str, tif) -> None:
+    """Refuse a TIFF holding several images (TIFF series) when none was chosen: it would be
+    read as its first.
+
+    Any second image (an OME-TIFF of several images or positions, planes written one by one
+    as separate series, an unrelated image appended) is refused, naming them all.
     """
     try:
-        series = list(tif.series)
-        full = []
-        for i, s in enumerate(series):
-            if not (getattr(s.keyframe, "is_reduced", False) and i > 0):
-                full.append((i, s))
+        full = _tiff_images(tif)
         described = [f"series {i}: {'x'.join(str(n) for n in s.shape)} {s.axes}"
                      + (f" {s.name!r}" if getattr(s, "name", "") else "") for i, s in full]
     except Exception:  # noqa: BLE001 - series 0 has been read; a broken extra is reported below
@@ -503,31 +521,33 @@ def _tiff_one_image(path: str, tif) -> None:
         return
     same = len({tuple(s.shape) for _, s in full}) == 1
     shown = "; ".join(described[:6]) + (f"; … ({len(full) - 6} more)" if len(full) > 6 else "")
-    raise InputError(
+    raise SeriesNotChosen(
         path,
         f"holds {len(full)} images (TIFF series{', all of the same shape' if same else ' of different shapes'}: "
-        f"{shown}); selfres reads one image per file and will not guess which: save the one to restore as its "
-        "own TIFF/OME-TIFF (Fiji: File > Import > Bio-Formats, pick the series, File > Save As; Python: "
-        "tifffile.imwrite('one.ome.tif', tifffile.imread(path, series=N), metadata={'axes': ...}))",
+        f"{shown}); selfres will not guess which to restore: choose one with series=N (sample sheet column "
+        "'series', where all makes one sample per image; --series for the selfres commands)",
+        n_images=len(full),
     )
 
 
 def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True,
-               timepoint: int | None = None) -> Volume:
+               timepoint: int | None = None, series: int | None = None) -> Volume:
     import tifffile
 
     with _tiff_log() as log:
         tif = _open_tiff(path)
         try:
-            series = _tiff_series(path, tif)
+            number = series
+            series = _tiff_series(path, tif, number)
             _tiff_integrity(path, tif, series, log)
-            _tiff_one_image(path, tif)
+            if number is None:
+                _tiff_one_image(path, tif)
             _tiff_codec(path, series)
             _check_dtype(path, series.dtype)
             axes = series.axes
             try:
                 if lazy:
-                    store = tifffile.imread(path, aszarr=True, series=0)
+                    store = tifffile.imread(path, aszarr=True, series=number or 0)
                     arr = da.from_zarr(zarr.open_array(store, mode="r"))
                 else:
                     arr = series.asarray()
@@ -538,7 +558,7 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True,
                 raise InputError(path, "is truncated or corrupt (fewer planes than declared)")
             _tiff_integrity(path, tif, series, log)
             data = _to_zyx(arr, axes, channel=channel, timepoint=timepoint, path=path, axes_known=True)
-            vox = _tiff_voxel(tif, int(data.shape[0]))
+            vox = _tiff_voxel(tif, int(data.shape[0]), series, number or 0)
         finally:
             tif.close()
     data, dtype = _finish(path, data, lazy=lazy, cast=cast)
@@ -693,7 +713,11 @@ def _plain_zarr_axes(arr) -> tuple[str, bool]:
 
 
 def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
-               require_ome: bool = False, cast: bool = True, timepoint: int | None = None) -> Volume:
+               require_ome: bool = False, cast: bool = True, timepoint: int | None = None,
+               series: int | None = None) -> Volume:
+    if series not in (None, 0):
+        raise InputError(path, f"series {series!r} is out of range: a Zarr store is read as one image (series 0); "
+                               "for a store of several images give the path of the image's own group")
     node = _open_zarr(path)
     if isinstance(node, zarr.Group):
         arr, letters, vox = _ome_zarr_level(path, node, level)
@@ -720,7 +744,7 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
 
 
 def read_volume(path: str | os.PathLike, *, channel: int | None = None,
-                lazy: bool = False, timepoint: int | None = None) -> Volume:
+                lazy: bool = False, timepoint: int | None = None, series: int | None = None) -> Volume:
     """Read a TIFF / OME-TIFF file or a Zarr / OME-Zarr store as a ZYX volume.
 
     Parameters
@@ -734,6 +758,9 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
     timepoint
         Time point index; required when the file has more than one (a T axis named in its
         metadata). Lazy reads read only that time point.
+    series
+        Image of a TIFF holding several (TIFF series: OME-TIFF images or positions), by
+        series number; required when it holds more than one. A Zarr store is one image.
 
     Returns
     -------
@@ -751,12 +778,12 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
     """
     path = os.fspath(path)
     if _kind(path) == "tiff":
-        return _read_tiff(path, channel=channel, timepoint=timepoint, lazy=lazy)
-    return _read_zarr(path, channel=channel, timepoint=timepoint, lazy=lazy)
+        return _read_tiff(path, channel=channel, timepoint=timepoint, series=series, lazy=lazy)
+    return _read_zarr(path, channel=channel, timepoint=timepoint, series=series, lazy=lazy)
 
 
 def count_beyond_float32(path: str | os.PathLike, *, channel: int | None = None,
-                         timepoint: int | None = None) -> tuple[int, float]:
+                         timepoint: int | None = None, series: int | None = None) -> tuple[int, float]:
     """Finite voxels of a float64 acquisition that float32 cannot hold: ``(count, largest |value|)``.
 
     :func:`read_volume` gives float32, where they are Inf; read here in the file's own dtype,
@@ -764,7 +791,7 @@ def count_beyond_float32(path: str | os.PathLike, *, channel: int | None = None,
     """
     path = os.fspath(path)
     reader = _read_tiff if _kind(path) == "tiff" else _read_zarr
-    raw = reader(path, channel=channel, timepoint=timepoint, lazy=True, cast=False).data
+    raw = reader(path, channel=channel, timepoint=timepoint, series=series, lazy=True, cast=False).data
     if np.dtype(raw.dtype).kind != "f" or np.dtype(raw.dtype).itemsize <= 4:
         return 0, 0.0
     over = da.isfinite(raw) & (abs(raw) > float(np.finfo(np.float32).max))
@@ -772,7 +799,7 @@ def count_beyond_float32(path: str | os.PathLike, *, channel: int | None = None,
     return int(n), float(largest)
 
 
-def channel_count(path: str | os.PathLike) -> int:
+def channel_count(path: str | os.PathLike, *, series: int | None = None) -> int:
     """Number of channels of an acquisition (1 for a single-channel stack), from its
     metadata and shape, without reading its voxels.
 
@@ -782,13 +809,13 @@ def channel_count(path: str | os.PathLike) -> int:
         As :func:`read_volume` for a file it cannot read.
     """
     try:
-        read_volume(path, lazy=True, timepoint=0)  # every time point has the same channels
+        read_volume(path, lazy=True, timepoint=0, series=series)  # every time point has the same channels
     except ChannelNotChosen as exc:
         return exc.n_channels
     return 1
 
 
-def timepoint_count(path: str | os.PathLike) -> int:
+def timepoint_count(path: str | os.PathLike, *, series: int | None = None) -> int:
     """Number of time points of an acquisition (1 without a T axis of more than one), from
     its metadata and shape, without reading its voxels.
 
@@ -798,10 +825,34 @@ def timepoint_count(path: str | os.PathLike) -> int:
         As :func:`read_volume` for a file it cannot read.
     """
     try:
-        read_volume(path, lazy=True, channel=0)  # every channel has the same time points
+        read_volume(path, lazy=True, channel=0, series=series)  # every channel has the same time points
     except TimepointNotChosen as exc:
         return exc.n_timepoints
     return 1
+
+
+def series_numbers(path: str | os.PathLike) -> list[int]:
+    """Series numbers of the images of an acquisition: ``[0]`` for a single image or a Zarr
+    store, e.g. ``[0, 1, 2]`` for an OME-TIFF of three positions; from its metadata only.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_volume` for a file it cannot read.
+    """
+    path = os.fspath(path)
+    if _kind(path) != "tiff":
+        return [0]
+    with _tiff_log():
+        tif = _open_tiff(path)
+        try:
+            _tiff_series(path, tif)
+            try:
+                return [i for i, _ in _tiff_images(tif)] or [0]
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(path, f"is a corrupt TIFF ({_describe(exc)})") from exc
+        finally:
+            tif.close()
 
 
 def read_voxel_size(path: str | os.PathLike) -> tuple[float, float, float] | None:

@@ -152,13 +152,14 @@ def stage_normalise(
     settings: NormaliseSettings | None = None,
     ngff_version: str = "0.4",
     timepoint: int | None = None,
+    series: int | None = None,
 ) -> dict:
-    """Read the acquisition (its ``channel`` and ``timepoint`` where it has several), normalise
-    it robustly and write ``normalized.ome.zarr``."""
+    """Read the acquisition (its ``series``, ``channel`` and ``timepoint`` where it has several),
+    normalise it robustly and write ``normalized.ome.zarr``."""
     settings = settings or NormaliseSettings()
     try:
         # lazy (dask): streamed chunk by chunk, so memory does not grow with the volume
-        vol = io.read_volume(input_path, channel=channel, timepoint=timepoint, lazy=True)
+        vol = io.read_volume(input_path, channel=channel, timepoint=timepoint, series=series, lazy=True)
     except InputError as exc:
         raise exc.for_sample(sample) from None
     data = vol.data
@@ -177,7 +178,8 @@ def stage_normalise(
     if bad is not None and int(bad[0]):
         n_bad, n_nan = int(bad[0]), int(bad[1])
         if vol.source_dtype.itemsize > 4:  # float64: Inf in float32 may be finite in the file
-            n_over, largest = io.count_beyond_float32(input_path, channel=channel, timepoint=timepoint)
+            n_over, largest = io.count_beyond_float32(input_path, channel=channel, timepoint=timepoint,
+                                                          series=series)
             if n_over:
                 raise io.beyond_float32(str(input_path), n_over, largest, data.size).for_sample(sample)
         raise InputError(input_path, f"contains {n_bad} non-finite voxels ({n_nan} NaN, {n_bad - n_nan} Inf) out of "
@@ -199,7 +201,7 @@ def stage_normalise(
         "source": str(input_path),
         "source_dtype": str(vol.source_dtype),
         "source_checksum": io.file_checksum(input_path),
-        **{k: v for k, v in (("channel", channel), ("timepoint", timepoint)) if v is not None},
+        **{k: v for k, v in (("series", series), ("channel", channel), ("timepoint", timepoint)) if v is not None},
         "voxel_size_source": "sheet" if voxel_size else ("metadata" if vol.voxel_size else None),
         "saturated_fraction": saturated,
         "raw_range": [vmin, vmax],
@@ -1059,6 +1061,7 @@ def restore(
     sample: str | None = None,
     reference: str | Path | None = None,
     timepoint: int | None = None,
+    series: int | None = None,
 ) -> dict:
     """Whole chain for one volume, no Snakemake: normalise → crop → train → infer → qc → report.
 
@@ -1078,7 +1081,8 @@ def restore(
     work.mkdir(parents=True, exist_ok=True)
     try:
         norm = work / "normalized.ome.zarr"
-        stage_normalise(input_path, norm, sample=sample, channel=channel, timepoint=timepoint, voxel_size=voxel_size,
+        stage_normalise(input_path, norm, sample=sample, channel=channel, timepoint=timepoint, series=series,
+                        voxel_size=voxel_size,
                         settings=settings.normalise, ngff_version=settings.infer.ngff_version)
         stage_crop(norm, work / "train_fov.json", sample=sample, mode=mode, scale=scale, training_fov=training_fov,
                    settings=settings.fov, reference=reference)

@@ -18,8 +18,8 @@ import pandas as pd
 
 from .errors import ConfigError
 
-__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "expand_channels", "expand_timepoints",
-           "merge_settings", "read_sample_sheet", "sample_overrides"]
+__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "expand_channels", "expand_series",
+           "expand_timepoints", "merge_settings", "read_sample_sheet", "sample_overrides"]
 
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -284,6 +284,23 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     return sheet
 
 
+def expand_series(sheet: pd.DataFrame) -> pd.DataFrame:
+    """Rows with ``series = all`` become one sample per image of their TIFF (its series
+    numbers: an OME-TIFF's positions, say): ``{sample}_s0``, ``{sample}_s1``… with ``series``
+    0, 1… (one model each). Expanded before channels and time points, which are counted in the
+    chosen image. A file that cannot be read keeps its row, whose first job then fails with the
+    reader's message.
+
+    Raises
+    ------
+    ConfigError
+        When an expanded id is already a sample of the sheet.
+    """
+    from .io import series_numbers
+
+    return _expand_all(sheet, "series", lambda row: series_numbers(row["path"]), "s")
+
+
 def expand_channels(sheet: pd.DataFrame) -> pd.DataFrame:
     """Rows with ``channel = all`` become one sample per channel of their file:
     ``{sample}_c0``, ``{sample}_c1``… with ``channel`` 0, 1… (one model each, as every
@@ -297,7 +314,7 @@ def expand_channels(sheet: pd.DataFrame) -> pd.DataFrame:
     """
     from .io import channel_count
 
-    return _expand_all(sheet, "channel", channel_count, "c")
+    return _expand_all(sheet, "channel", lambda row: range(channel_count(row["path"], series=_series_of(row))), "c")
 
 
 def expand_timepoints(sheet: pd.DataFrame) -> pd.DataFrame:
@@ -314,10 +331,18 @@ def expand_timepoints(sheet: pd.DataFrame) -> pd.DataFrame:
     """
     from .io import timepoint_count
 
-    return _expand_all(sheet, "timepoint", timepoint_count, "t")
+    return _expand_all(sheet, "timepoint",
+                       lambda row: range(timepoint_count(row["path"], series=_series_of(row))), "t")
 
 
-def _expand_all(sheet: pd.DataFrame, column: str, count, suffix: str) -> pd.DataFrame:
+def _series_of(row: dict) -> int | None:
+    value = str(row.get("series") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str) -> pd.DataFrame:
+    """Rows with ``column = all``: one row per value of ``choices(row)``, the sample id
+    suffixed ``_{suffix}{value}``."""
     from .errors import SelfresError
 
     if column not in sheet or not (sheet[column] == "all").any():
@@ -328,11 +353,11 @@ def _expand_all(sheet: pd.DataFrame, column: str, count, suffix: str) -> pd.Data
             rows.append(row)
             continue
         try:
-            n = count(row["path"])
+            values = list(choices(row))
         except (SelfresError, OSError):
             rows.append(row)
             continue
-        rows += [row | {"sample": f"{row['sample']}_{suffix}{i}", column: str(i)} for i in range(n)]
+        rows += [row | {"sample": f"{row['sample']}_{suffix}{i}", column: str(i)} for i in values]
     out = pd.DataFrame(rows, columns=sheet.columns)
     dup = sorted(out["sample"][out["sample"].duplicated()].unique())
     if dup:

@@ -103,7 +103,8 @@ def b_multi_series(d):
         tw.write(tiny_volume((8, 64, 64)), photometric="minisblack", metadata={"axes": "ZYX"})
         tw.write(tiny_volume((4, 32, 32)), photometric="minisblack", metadata={"axes": "ZYX"})
     return _normalise_argv(p), p.name, r"holds 2 images \(TIFF series of different shapes: series 0: 8x64x64 ZYX " \
-                                       r"'Image0'; series 1: 4x32x32 ZYX 'Image1'\); selfres reads one image per file"
+                                       r"'Image0'; series 1: 4x32x32 ZYX 'Image1'\); selfres will not guess which " \
+                                       r"to restore: choose one with series=N \(sample sheet column 'series'"
 
 
 def b_complex(d):

@@ -13,7 +13,7 @@ import tifffile
 import zarr
 
 from selfres import io
-from selfres.errors import InputError
+from selfres.errors import InputError, SeriesNotChosen
 
 DTYPES = ["uint8", "uint16", "int16", "float32", "float64"]
 
@@ -194,15 +194,38 @@ def _two_images(path, first, second, **kw):
 
 @pytest.mark.parametrize("name, ome", [("multi.ome.tif", True), ("multi.tif", False)])
 @pytest.mark.parametrize("second", [(4, 8, 8), (5, 12, 14)], ids=["different_shape", "same_shape"])
-def test_a_tiff_of_several_images_is_refused_naming_them(tmp_path, name, ome, second):
+def test_a_tiff_of_several_images_is_refused_naming_them_unless_one_is_chosen(tmp_path, name, ome, second):
     """Series 0 used to be read silently; with several full-resolution images (OME-TIFF
-    positions, an appended image, planes written one by one) selfres cannot know which."""
-    p = _two_images(tmp_path / name, _vol(), _vol(shape=second, seed=1), ome=ome)
+    positions, an appended image, planes written one by one) selfres cannot know which, so
+    ``series`` chooses."""
+    first, other = _vol(), _vol(shape=second, seed=1)
+    p = _two_images(tmp_path / name, first, other, ome=ome)
     shape = "x".join(map(str, second))
     for lazy in (False, True):
-        with pytest.raises(InputError, match=rf"{name}: holds 2 images \(TIFF series.*series 0: 5x12x14 ZYX.*; "
-                                             rf"series 1: {shape} ZYX.*save the one to restore as its own TIFF"):
+        with pytest.raises(SeriesNotChosen, match=rf"{name}: holds 2 images \(TIFF series.*series 0: 5x12x14 ZYX.*; "
+                                                  rf"series 1: {shape} ZYX.*choose one with series=N \(sample sheet "
+                                                  "column 'series', where all makes one sample per image"):
             io.read_volume(p, lazy=lazy)
+        for number, data in enumerate((first, other)):
+            np.testing.assert_array_equal(np.asarray(io.read_volume(p, series=number, lazy=lazy).data),
+                                          data.astype(np.float32))
+    with pytest.raises(InputError, match=r"series 2 is out of range: the file's images are series 0, 1"):
+        io.read_volume(p, series=2)
+    assert io.series_numbers(p) == [0, 1]
+
+
+def test_each_image_of_an_ome_tiff_keeps_its_own_voxel_size(tmp_path):
+    p = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(p, ome=True) as tw:
+        tw.write(_vol(), metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5})
+        tw.write(_vol(seed=1), metadata={"axes": "ZYX", "PhysicalSizeZ": 1.0, "PhysicalSizeY": 0.25,
+                                         "PhysicalSizeX": 0.25})
+    assert io.read_volume(p, series=0).voxel_size == pytest.approx((2.0, 0.5, 0.5))
+    assert io.read_volume(p, series=1, lazy=True).voxel_size == pytest.approx((1.0, 0.25, 0.25))
+    store = _zarr(_vol())(tmp_path)
+    with pytest.raises(InputError, match="a Zarr store is read as one image"):
+        io.read_volume(store, series=1)
+    assert io.series_numbers(store) == [0]
 
 
 def test_an_ome_tiff_pyramid_is_one_image_and_reads_its_full_resolution(tmp_path):

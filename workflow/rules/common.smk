@@ -55,6 +55,7 @@ SHEET = _read_sheet(config["samples"])
 _inbox = _inbox_rows(SHEET)
 if _inbox:
     SHEET = pd.concat([SHEET, pd.DataFrame(_inbox)], ignore_index=True).fillna("")
+SHEET = _sheet.expand_series(SHEET)  # series=all: one sample (and model) per image of a TIFF
 SHEET = _sheet.expand_channels(SHEET)  # channel=all: one sample (and model) per channel
 SHEET = _sheet.expand_timepoints(SHEET)  # timepoint=all: one sample (and model) per time point
 SAMPLES = SHEET.set_index("sample", drop=False)
@@ -159,6 +160,8 @@ def normalise_args(wildcards):
         args += ["--channel", _cell(s, "channel")]
     if _cell(s, "timepoint") not in ("", "all"):
         args += ["--timepoint", _cell(s, "timepoint")]
+    if _cell(s, "series") not in ("", "all"):
+        args += ["--series", _cell(s, "series")]
     if _cell(s, "voxel_size"):
         args += [f"--voxel-size={_cell(s, 'voxel_size')}"]
     return " ".join(_q(a) for a in args)
@@ -225,7 +228,8 @@ def qc_args(wildcards):
 def resolved_config(sample):
     return {"sample": sample, "path": _cell(sample, "path"), "mode": sample_mode(sample),
             "scale": sample_scale(sample), "voxel_size": _cell(sample, "voxel_size") or None,
-            "channel": _cell(sample, "channel") or None, "timepoint": _cell(sample, "timepoint") or None,
+            "series": _cell(sample, "series") or None, "channel": _cell(sample, "channel") or None,
+            "timepoint": _cell(sample, "timepoint") or None,
             "reference": _cell(sample, "reference") or None,
             "training_fov": _cell(sample, "training_fov") or None, "settings": _applied_settings(sample)}
 

@@ -440,12 +440,26 @@ def _settings_hash(settings: TrainSettings, factors, shape) -> str:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    """Atomic checkpoint with a sha256 side file (loaded with ``weights_only=True``)."""
+    """Atomic checkpoint with a sha256 side file (loaded with ``weights_only=True``).
+
+    The side file lists the digests a checkpoint may have: while the new checkpoint replaces
+    the old one it lists both, so a kill at any moment leaves a checkpoint that its side file
+    accepts (the old or the new one), never a good checkpoint without its digest."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     digest = file_checksum(tmp)
+    side = Path(str(path) + ".sha256")
+    old = _checkpoint_digests(side) if path.exists() else []
+    write_text_atomic(side, "\n".join([*old, digest]))
     os.replace(tmp, path)
-    write_text_atomic(Path(str(path) + ".sha256"), digest)
+    write_text_atomic(side, digest)
+
+
+def _checkpoint_digests(side: Path) -> list[str]:
+    try:
+        return [line.strip() for line in side.read_text().splitlines() if line.strip()]
+    except OSError:
+        return []
 
 
 def load_checkpoint(path: Path) -> dict | None:
@@ -453,7 +467,7 @@ def load_checkpoint(path: Path) -> dict | None:
     side = Path(str(path) + ".sha256")
     if not path.exists() or not side.exists():
         return None
-    if file_checksum(path) != side.read_text().strip():
+    if file_checksum(path) not in _checkpoint_digests(side):
         log.warning("checkpoint %s fails its checksum; it is ignored and training starts afresh", path)
         return None
     try:

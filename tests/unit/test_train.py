@@ -510,3 +510,42 @@ def test_blur_augment_reaches_training_and_is_validated():
     for bad in ({"blur_augment": 1.5}, {"blur_augment_sigma_px": 0.0}):
         with pytest.raises(ConfigError):
             TrainSettings(**bad).validate()
+
+
+@pytest.mark.parametrize("killed_at", ["before the rename", "after the rename"])
+def test_a_checkpoint_replaced_at_the_moment_of_a_kill_is_still_accepted(tmp_path, monkeypatch, killed_at):
+    """Killed while a new checkpoint replaces the old, the folder holds one of the two and its
+    side file accepts it (it used to hold the new checkpoint without its digest: training then
+    started afresh)."""
+    import selfres.train as train_module
+    from selfres.train import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"step": 1})
+
+    class Killed(Exception):
+        pass
+
+    real_replace, real_write = train_module.os.replace, train_module.write_text_atomic
+    writes = []
+
+    def replace(src, dst):
+        if killed_at == "before the rename":
+            raise Killed
+        real_replace(src, dst)
+
+    def write(side, text):
+        writes.append(text)
+        if killed_at == "after the rename" and len(writes) == 2:
+            raise Killed
+        real_write(side, text)
+
+    monkeypatch.setattr(train_module.os, "replace", replace)
+    monkeypatch.setattr(train_module, "write_text_atomic", write)
+    with pytest.raises(Killed):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == (1 if killed_at == "before the rename" else 2)
+    save_checkpoint(path, {"step": 3})  # and the next save leaves a single digest
+    assert load_checkpoint(path)["step"] == 3
+    assert len((tmp_path / "checkpoint.pt.sha256").read_text().split()) == 1

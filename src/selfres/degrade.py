@@ -227,21 +227,23 @@ def _apply_along(x: Any, axis: int, key: tuple) -> Any:
     The array is viewed as ``(prefix, n, suffix)`` and multiplied from the left,
     which keeps memory access contiguous for every axis.
     """
-    shape = tuple(x.shape)
-    a = len(shape) + axis
-    prefix = int(np.prod(shape[:a], dtype=np.int64))
-    suffix = int(np.prod(shape[a + 1:], dtype=np.int64))
     if _is_tensor(x):
         import torch
 
         dtype = x.dtype if x.is_floating_point() else torch.float32
-        m = _torch_matrix(key, str(x.device), dtype)
-        xc = x.to(dtype).contiguous()
-    else:
-        kind, args = key[0], key[1:]
-        m = _resize_matrix_cached(*args) if kind == "resize" else _gaussian_block_matrix(*args)
-        m = m.astype(np.float32)
-        xc = np.ascontiguousarray(x)
+        return _apply_matrix(x.to(dtype), axis, _torch_matrix(key, str(x.device), dtype))
+    kind, args = key[0], key[1:]
+    m = _resize_matrix_cached(*args) if kind == "resize" else _gaussian_block_matrix(*args)
+    return _apply_matrix(x, axis, m.astype(np.float32))
+
+
+def _apply_matrix(x: Any, axis: int, m: Any) -> Any:
+    """Multiply axis ``axis`` (negative) of ``x`` (numpy or torch, ``m``'s kind) by ``m``."""
+    shape = tuple(x.shape)
+    a = len(shape) + axis
+    prefix = int(np.prod(shape[:a], dtype=np.int64))
+    suffix = int(np.prod(shape[a + 1:], dtype=np.int64))
+    xc = x.contiguous() if _is_tensor(x) else np.ascontiguousarray(x)
     if suffix == 1:  # last axis: one (prefix × n) @ (n × n_out) GEMM, not prefix matrix-vector products
         y = xc.reshape(prefix, shape[a]) @ m.T
     else:
@@ -679,9 +681,15 @@ def blur(
         raise ValueError(f"blur: sigma_px must be numbers >= 0, at most one per axis "
                          f"of shape {tuple(x.shape)}; received {tuple(sigma_px)}")
     if _is_tensor(x):  # the Gaussian matrices of the torch degradation, with factor 1
+        import torch
+
+        dtype = x.dtype if x.is_floating_point() else torch.float32
         for axis, s in zip(range(-len(sig), 0), sig):
             if s > 0:
-                x = _apply_along(x, axis, ("gauss", int(x.shape[axis]), s, 1))
+                # built, not cached: a σ drawn at random per patch (train.blur_targets) would only
+                # evict the degradation's own matrices from the cache, to be rebuilt every step
+                m = _gaussian_block_matrix.__wrapped__(int(x.shape[axis]), s, 1)
+                x = _apply_matrix(x.to(dtype), axis, torch.tensor(m, dtype=dtype, device=x.device))
         return x
     from scipy.ndimage import gaussian_filter
 

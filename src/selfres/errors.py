@@ -50,7 +50,7 @@ class ChannelNotChosen(InputError):
         self.n_channels = int(n_channels)
         super().__init__(path, f"has {self.n_channels} channels; choose one with channel=0..{self.n_channels - 1} "
                                "(sample sheet column 'channel', where all makes one sample per channel; "
-                               "--channel for the selfres commands)", sample=sample)
+                               "--channel for the selfres commands; config inbox_columns for inbox acquisitions)", sample=sample)
 
     def for_sample(self, sample: str) -> "ChannelNotChosen":
         return ChannelNotChosen(self.path, self.n_channels, sample=sample)
@@ -78,7 +78,7 @@ class TimepointNotChosen(InputError):
         super().__init__(path, f"has {self.n_timepoints} time points; selfres restores one 3-D stack at a time: "
                                f"choose one with timepoint=0..{self.n_timepoints - 1} (sample sheet column "
                                "'timepoint', where all makes one sample per time point; --timepoint for the "
-                               "selfres commands)", sample=sample)
+                               "selfres commands; config inbox_columns for inbox acquisitions)", sample=sample)
 
     def for_sample(self, sample: str) -> "TimepointNotChosen":
         return TimepointNotChosen(self.path, self.n_timepoints, sample=sample)

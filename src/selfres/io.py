@@ -525,7 +525,8 @@ def _tiff_one_image(path: str, tif) -> None:
         path,
         f"holds {len(full)} images (TIFF series{', all of the same shape' if same else ' of different shapes'}: "
         f"{shown}); selfres will not guess which to restore: choose one with series=N (sample sheet column "
-        "'series', where all makes one sample per image; --series for the selfres commands)",
+        "'series', where all makes one sample per image; --series for the selfres commands; config "
+        "inbox_columns for inbox acquisitions)",
         n_images=len(full),
     )
 

@@ -92,7 +92,8 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
     """
     if voxel_size is None:
         raise InputError(path, "isotropic mode needs the voxel size: give it in the sample sheet column "
-                               "voxel_size (z,y,x in µm; selfres restore: --voxel-size) or in the file metadata",
+                               "voxel_size (z,y,x in µm; selfres restore: --voxel-size; config inbox_columns for "
+                               "inbox acquisitions) or in the file metadata",
                          sample=sample)
     vz, vy, vx = (float(v) for v in voxel_size)
     if abs(vy - vx) > 0.05 * max(vy, vx):

@@ -18,8 +18,9 @@ import pandas as pd
 
 from .errors import ConfigError
 
-__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "expand_channels", "expand_series",
-           "expand_timepoints", "merge_settings", "read_sample_sheet", "sample_overrides"]
+__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "check_sample_row", "expand_channels",
+           "expand_series", "expand_timepoints", "inbox_table", "merge_settings", "read_sample_sheet",
+           "sample_overrides"]
 
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -249,31 +250,9 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     sheet = sheet.fillna("").astype(str)
     for c in sheet.columns:
         sheet[c] = sheet[c].str.strip()
-    schema_d = _load_schema(schema)
-    validator = None
-    if schema_d is not None:
-        import jsonschema
-
-        cls = jsonschema.validators.validator_for(schema_d)
-        validator = cls(schema_d)
+    validator = _row_validator(schema)
     for i, row in zip(lines, sheet.to_dict(orient="records")):
-        where = f"sample sheet {path}, line {i}: "
-        check_sample_id(row["sample"], where=where)
-        if validator is not None:
-            errors = sorted(validator.iter_errors(row), key=lambda e: list(e.path))
-            if errors:
-                raise ConfigError(f"{where}sample {row['sample']!r}: {_schema_message(errors[0])}")
-        if not row["path"]:
-            raise ConfigError(f"{where}sample {row['sample']!r}: column 'path' is empty")
-        try:  # per-sample values fail here, before any job runs, as the same values in config.yaml do
-            from .settings import parse_scale, parse_settings, parse_triple
-
-            parse_triple(row.get("voxel_size", ""), name="column 'voxel_size':")
-            if row.get("mode") != "isotropic":  # scale is enhance's (an isotropic row ignores it)
-                parse_scale(row.get("scale", ""), name="column 'scale':")
-            parse_settings(sample_overrides(row))
-        except ConfigError as exc:
-            raise ConfigError(f"{where}sample {row['sample']!r}: {exc}") from None
+        check_sample_row(row, validator=validator, where=f"sample sheet {path}, line {i}: ")
     dup = sorted(sheet["sample"][sheet["sample"].duplicated()].unique())
     if dup:
         raise ConfigError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}; ids must be unique")
@@ -282,6 +261,93 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
         if col in sheet:
             sheet[col] = [_resolve(p, base) if p else "" for p in sheet[col]]
     return sheet
+
+
+def _row_validator(schema: str | os.PathLike | Mapping | None):
+    """A jsonschema validator of one sheet row, or ``None`` without a schema."""
+    schema_d = _load_schema(schema)
+    if schema_d is None:
+        return None
+    import jsonschema
+
+    return jsonschema.validators.validator_for(schema_d)(schema_d)
+
+
+def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "", who: str | None = None) -> None:
+    """Refuse one sample row (sheet line or inbox acquisition) that would fail its jobs.
+
+    Checks the id, the row schema (``validator``, from :func:`_row_validator`), a non-empty
+    ``path``, and parses ``voxel_size``, ``scale`` and the per-sample overrides as the jobs
+    will, so that a bad value stops the run before any job, as the same value in
+    config.yaml does.
+
+    Raises
+    ------
+    ConfigError
+        Starting with ``where`` and ``who`` (default: the sample's id), naming the column.
+    """
+    check_sample_id(row["sample"], where=where)
+    where += f"sample {row['sample']!r}: " if who is None else who
+    if validator is not None:
+        errors = sorted(validator.iter_errors(dict(row)), key=lambda e: list(e.path))
+        if errors:
+            raise ConfigError(f"{where}{_schema_message(errors[0])}")
+    if not row.get("path"):
+        raise ConfigError(f"{where}column 'path' is empty")
+    try:
+        from .settings import parse_scale, parse_settings, parse_triple
+
+        parse_triple(row.get("voxel_size", ""), name="column 'voxel_size':")
+        if row.get("mode") != "isotropic":  # scale is enhance's (an isotropic row ignores it)
+            parse_scale(row.get("scale", ""), name="column 'scale':")
+        parse_settings(sample_overrides(row))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+
+
+#: sheet columns that name one acquisition's own files or region: never shared by all inbox rows
+INBOX_OWN_COLUMNS = ("sample", "path", "reference", "training_fov")
+
+
+def _cell_text(value) -> str:
+    """A config value as the sheet cell that says the same (``true``, ``1,2,2``, ``50``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_cell_text(v) for v in value)
+    return "" if value is None else str(value).strip()
+
+
+def inbox_table(rows: Iterable[Mapping[str, str]], columns: Mapping | None = None, *,
+                schema: str | os.PathLike | Mapping | None = None) -> pd.DataFrame:
+    """The inbox's acquisitions (:func:`selfres.inbox.scan_inbox`'s rows) as sheet rows, each
+    given the config's ``inbox_columns``: sheet columns shared by every acquisition the inbox
+    finds (``channel: all``, ``timepoint: all``, ``series: all``, ``mode``, ``scale``,
+    ``voxel_size``, or a per-sample override such as ``train.steps``).
+
+    The columns are checked like a sheet's (``schema``: the row schema), once for all rows
+    (so a bad value stops even a night whose inbox is empty) and again per acquisition.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``inbox_columns``, the column and what is allowed; or the acquisition.
+    """
+    columns = {str(k).strip(): _cell_text(v) for k, v in (columns or {}).items()}
+    own = [c for c in columns if c in INBOX_OWN_COLUMNS]
+    if own:
+        raise ConfigError(f"config inbox_columns: {', '.join(repr(c) for c in own)} cannot be shared by all inbox "
+                          "acquisitions (the sample id and path come from each file; a reference or training "
+                          "FOV belongs to one acquisition: give it its own sample sheet row)")
+    validator = _row_validator(schema)
+    check_sample_row({"sample": "inbox", "path": "inbox", **columns}, validator=validator,
+                     where="config inbox_columns: ", who="")
+    out = []
+    for row in rows:
+        full = {**columns, **{k: str(v) for k, v in row.items()}}
+        check_sample_row(full, validator=validator, where=f"inbox acquisition {row.get('path', '')}: ")
+        out.append(full)
+    return pd.DataFrame(out, columns=["sample", "path", *columns], dtype=str).fillna("")
 
 
 def expand_series(sheet: pd.DataFrame) -> pd.DataFrame:

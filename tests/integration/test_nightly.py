@@ -331,3 +331,40 @@ def test_a_failed_run_leaves_an_error_record_and_a_summary(tmp_path):
     assert failed["status"] == "failed" and failed["sample"] == "broken"
     summary = (wd / "results" / "summary.tsv").read_text().splitlines()
     assert summary[1].startswith("broken\tfailed")
+
+
+def _hyperstack(path: Path, *, n_t: int = 2, n_c: int = 2) -> None:
+    """An ImageJ hyperstack TZCYX of tiny stacks, each its own data."""
+    import numpy as np
+    import tifffile
+    from workdir import tiny_volume
+
+    data = np.stack([np.stack([tiny_volume((8, 48, 48), seed=10 * t + c) for c in range(n_c)], axis=1)
+                     for t in range(n_t)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "TZCYX"})
+
+
+def test_inbox_columns_choose_channels_and_time_points_of_every_acquisition(tmp_path):
+    """A facility whose microscopes write hyperstacks says once, in the config, what to restore of
+    each file the inbox finds; without it such a file fails its own sample, and the message says
+    where the choice goes."""
+    inbox = {"inbox": ["inbox/*.tif"], "inbox_settle_seconds": 0}
+    chosen = make_workdir(tmp_path, samples={}, name="chosen",
+                          config_overrides={**inbox, "inbox_columns": {"channel": "all", "timepoint": "all",
+                                                                       "scale": "1,2,2"}})
+    _hyperstack(chosen / "inbox" / "lapse.tif")
+    expected = {f"lapse_c{c}_t{t}" for c in (0, 1) for t in (0, 1)}
+    assert {s for r, s in _jobs(_dry(chosen)) if r == "normalise"} == expected
+    # a bad value stops the run before any job, naming the key
+    proc = run_snakemake(chosen, "-n", "--config", "inbox_columns={'channel': 'first'}")
+    assert proc.returncode != 0
+    assert "config inbox_columns: column 'channel': 'first' does not match" in proc.stdout + proc.stderr
+
+    unchosen = make_workdir(tmp_path, samples={}, name="unchosen", config_overrides=inbox)
+    _hyperstack(unchosen / "inbox" / "lapse.tif")
+    proc = run_snakemake(unchosen, "--keep-going", "results/lapse/normalized.ome.zarr")
+    assert proc.returncode != 0
+    log = (unchosen / "results" / "lapse" / "logs" / "normalise.log").read_text()
+    assert "has 2 time points" in log and "config inbox_columns for inbox acquisitions" in log

@@ -126,3 +126,40 @@ def test_an_unbalanced_quote_is_refused_instead_of_swallowing_the_rows_after_it(
     """An opening quote made the csv reader read on to the file's end: sample s2 vanished."""
     with pytest.raises(ConfigError, match=re.escape(what)):
         read_sample_sheet(_sheet(tmp_path, text), schema=SCHEMA)
+
+
+# ---------------------------------------------------------------- inbox rows (config inbox_columns)
+
+def test_inbox_columns_are_given_to_every_acquisition_as_sheet_cells():
+    from selfres.sheet import inbox_table
+
+    rows = [{"sample": "a", "path": "in/a.tif"}, {"sample": "b", "path": "in/b.tif"}]
+    table = inbox_table(rows, {"channel": "all", "timepoint": 0, "scale": "1,2,2", "train.steps": 50,
+                               "train.scale_check": False}, schema=SCHEMA)
+    assert list(table["sample"]) == ["a", "b"] and list(table["path"]) == ["in/a.tif", "in/b.tif"]
+    assert table.to_dict(orient="records")[1] == {"sample": "b", "path": "in/b.tif", "channel": "all",
+                                                  "timepoint": "0", "scale": "1,2,2", "train.steps": "50",
+                                                  "train.scale_check": "false"}
+
+
+def test_inbox_without_columns_gives_bare_rows_and_an_empty_inbox_an_empty_table():
+    from selfres.sheet import inbox_table
+
+    assert inbox_table([{"sample": "a", "path": "a.tif"}], {}, schema=SCHEMA).to_dict(orient="records") == [
+        {"sample": "a", "path": "a.tif"}]
+    assert len(inbox_table([], {"channel": "all"}, schema=SCHEMA)) == 0
+
+
+@pytest.mark.parametrize("columns, message", [
+    ({"channel": "first"}, r"config inbox_columns: .*column 'channel': 'first' does not match"),
+    ({"colour": "1"}, r"config inbox_columns: .*unknown column\(s\) 'colour'"),
+    ({"train.steps": "many"}, r"config inbox_columns: .*train\.steps"),
+    ({"scale": "1,1,1"}, r"config inbox_columns: .*column 'scale'"),
+    ({"path": "x.tif"}, r"config inbox_columns: 'path' cannot be shared by all inbox acquisitions"),
+    ({"reference": "truth.tif", "sample": "x"}, r"'reference', 'sample' cannot be shared"),
+])
+def test_bad_inbox_columns_are_refused_even_when_the_inbox_is_empty(columns, message):
+    from selfres.sheet import inbox_table
+
+    with pytest.raises(ConfigError, match=message):
+        inbox_table([], columns, schema=SCHEMA)

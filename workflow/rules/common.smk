@@ -48,13 +48,14 @@ def _inbox_rows(sheet):
                       on_clash="error" if workflow.is_main_process else "skip")
     for line in scan.messages():
         print(line, file=sys.stderr)
-    return scan.rows
+    schema = os.path.join(workflow.current_basedir, "..", "schemas", "samples.schema.yaml")
+    return _sheet.inbox_table(scan.rows, config["inbox_columns"], schema=schema)
 
 
 SHEET = _read_sheet(config["samples"])
 _inbox = _inbox_rows(SHEET)
-if _inbox:
-    SHEET = pd.concat([SHEET, pd.DataFrame(_inbox)], ignore_index=True).fillna("")
+if len(_inbox):
+    SHEET = pd.concat([SHEET, _inbox], ignore_index=True).fillna("")
 SHEET = _sheet.expand_series(SHEET)  # series=all: one sample (and model) per image of a TIFF
 SHEET = _sheet.expand_channels(SHEET)  # channel=all: one sample (and model) per channel
 SHEET = _sheet.expand_timepoints(SHEET)  # timepoint=all: one sample (and model) per time point

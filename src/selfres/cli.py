@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the key figures as PNG files into this folder")
     _common(s, settings=False)
 
+    s = sub.add_parser("export", help="copy restored.ome.zarr into an OME-TIFF (Fiji, other TIFF readers)")
+    s.add_argument("source", type=Path, help="OME-Zarr image, e.g. results/SAMPLE/restored.ome.zarr")
+    s.add_argument("-o", "--output", type=Path, required=True, help="OME-TIFF to write (*.ome.tif)")
+    s.add_argument("--level", type=int, default=0,
+                   help="pyramid level (0: full resolution; 1, 2…: smaller views for a quick look)")
+    _common(s, settings=False)
+
     s = sub.add_parser("summary", help="summary.tsv and summary.html over all samples")
     s.add_argument("results", type=Path)
     s.add_argument("--samples", required=True, help="comma-separated sample ids")
@@ -221,6 +228,10 @@ def run(args) -> int:
         pipeline.stage_report(args.normalized, args.restored, args.model, args.fov, args.metrics, args.output,
                               args.provenance, sample=sample, resolved_config=cfg, benchmarks_dir=args.benchmarks,
                               figures_dir=args.figures, workflow_dir=args.workflow_dir)
+    elif cmd == "export":
+        from .io import write_ome_tiff
+
+        write_ome_tiff(args.output, args.source, level=args.level, name=sample)
     elif cmd == "summary":
         samples = [s for s in args.samples.split(",") if s]
         modes = json.loads(args.modes) if args.modes else None

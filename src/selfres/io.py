@@ -49,6 +49,7 @@ __all__ = [
     "read_ome_zarr",
     "read_volume",
     "read_voxel_size",
+    "write_ome_tiff",
     "write_ome_zarr",
 ]
 
@@ -1376,6 +1377,76 @@ def write_ome_zarr(path: str | os.PathLike, data, *, voxel_size,
             name=name or Path(path).name.split(".")[0],
         )
 
+
+#: Largest slab of planes :func:`write_ome_tiff` holds at once (bytes).
+_TIFF_SLAB_BYTES = 256 * 2**20
+#: Above this many bytes of pixels an OME-TIFF is written as BigTIFF (a classic TIFF
+#: addresses at most 4 GiB, and its tags and OME-XML need some of that).
+_BIGTIFF_BYTES = 2**32 - 2**25
+
+
+def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level: int = 0,
+                   name: str | None = None) -> Path:
+    """Copy one level of an OME-Zarr image into an OME-TIFF, for tools that read TIFF
+    (Fiji's Bio-Formats opens it with its voxel size).
+
+    ZYX planes keep the stored data type (float32, or the input's with
+    ``infer.output_dtype: input``) and the physical voxel size in µm (none when the image
+    has none). The image is read a slab of planes at a time (at most ~256 MB), so any
+    size fits in memory; BigTIFF above ~4 GB of pixels. Written atomically: the file
+    appears complete or not at all.
+
+    Parameters
+    ----------
+    path
+        Output file (``*.ome.tif``).
+    source
+        OME-Zarr image (``restored.ome.zarr``).
+    level
+        Pyramid level to copy (0 = full resolution; 1, 2… are smaller views).
+    name
+        Image name in the OME metadata (the sample id); default: the store's name.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    selfres.errors.InputError
+        If ``source`` is not an OME-Zarr image or has no such level.
+    """
+    import tifffile
+
+    source = os.fspath(source)
+    arr = open_ome_zarr_array(source, level=level)
+    voxel = read_ome_zarr(source, level=level, lazy=True).voxel_size
+    shape = tuple(int(n) for n in arr.shape)
+    if len(shape) != 3:
+        raise InputError(source, f"level {level} has shape {shape}; expected z, y, x")
+    nz, ny, nx = shape
+    dtype = np.dtype(arr.dtype)
+    plane_bytes = ny * nx * dtype.itemsize
+    depth = max(1, min(nz, _TIFF_SLAB_BYTES // max(plane_bytes, 1)))
+    chunk_z = int(arr.chunks[0])
+    if depth >= chunk_z:  # whole stored chunks per read: each is decoded once
+        depth -= depth % chunk_z
+    metadata: dict[str, Any] = {"axes": "ZYX", "Name": name or Path(source).name.split(".")[0]}
+    if voxel is not None:
+        for axis, size in zip("ZYX", voxel):
+            metadata[f"PhysicalSize{axis}"] = float(size)
+            metadata[f"PhysicalSize{axis}Unit"] = "µm"
+
+    def planes() -> Iterator[np.ndarray]:
+        for z0 in range(0, nz, depth):
+            slab = np.asarray(arr[z0:min(nz, z0 + depth)])
+            yield from slab
+
+    with atomic_output(path) as tmp:
+        with tifffile.TiffWriter(tmp, bigtiff=nz * plane_bytes > _BIGTIFF_BYTES, ome=True) as tif:
+            tif.write(planes(), shape=shape, dtype=dtype, metadata=metadata, photometric="minisblack")
+    return Path(path)
 
 def file_checksum(path: str | os.PathLike) -> str:
     """SHA-256 of a file, or of a directory store (sorted relative paths + contents).

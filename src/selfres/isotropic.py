@@ -1177,6 +1177,10 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             from .pipeline import drop_stale_model_output
 
             drop_stale_model_output(output)
+    if step in ("all", "gather"):
+        from .pipeline import drop_stale_export
+
+        drop_stale_export(output)
     return {"sample": sample, "output_shape": list(shape), "voxel_size_out": list(vs_out),
             "infer_seconds": sum(float(r["seconds"] or 0.0) for r in runs),
             "content": "interpolation" if use_interp else "model", "tiles": runs[-1]["tiles"],

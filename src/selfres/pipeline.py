@@ -549,6 +549,8 @@ def stage_infer(
         secs = write_one(model_out, output, "model")
         if step in ("all", "gather"):
             drop_stale_model_output(output)
+    if step in ("all", "gather"):
+        drop_stale_export(output)
     return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model",
             "tiles": runs[-1]["tiles"], "computed": sum(r["computed"] for r in runs),
             "resumed": sum(r["resumed"] for r in runs)}
@@ -619,6 +621,28 @@ def drop_stale_model_output(output: str | Path) -> None:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
             log.info("removed %s from an earlier run (the model is no longer flagged)", p)
+
+
+def tiff_export_path(output: str | Path) -> Path:
+    """Where ``export_tiff`` (``selfres export``) puts the OME-TIFF of ``output``:
+    ``restored.ome.zarr`` → ``restored.ome.tif`` beside it."""
+    output = Path(output)
+    name = output.name
+    for suffix in (".ome.zarr", ".zarr"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return output.with_name(f"{name}.ome.tif")
+
+
+def drop_stale_export(output: str | Path) -> None:
+    """Remove the OME-TIFF export (:func:`tiff_export_path`) of an earlier ``output``: once
+    ``output`` is rewritten it shows the old restoration, and with ``export_tiff: false`` no
+    job would ever replace it."""
+    stale = tiff_export_path(output)
+    if stale.is_file():
+        stale.unlink()
+        log.info("removed %s: it was exported from the earlier %s", stale, Path(output).name)
 
 
 def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: dict, *, device="cpu") -> dict:

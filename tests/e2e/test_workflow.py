@@ -40,7 +40,7 @@ def _write_workdir(root: Path) -> Path:
         "tiny\t../data/tiny one.tif\tenhance\t1,2,2\t../data/ref.tif\n"
         "iso\t../data/tiny one.tif\tisotropic\t\t\n"
     )
-    cfg = {"samples": "config/samples.tsv", "results": "results", "train": TINY_TRAIN,
+    cfg = {"samples": "config/samples.tsv", "results": "results", "export_tiff": True, "train": TINY_TRAIN,
            "infer": {"tile_size": [8, 24, 24]}, "qc": {"max_resolution_slices": 4},
            "isotropic": {"steps": 6, "width": 8, "depth": 1, "patch_size": 24, "batch_size": 4}}
     (root / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -130,6 +130,20 @@ def test_isotropic_sample_gets_isotropic_voxels(finished_run):
     assert out.data.shape == (16, 40, 40) and out.voxel_size == pytest.approx((0.5, 0.5, 0.5))
     assert (r / "report.html").exists() and (r / "provenance.json").exists()
     assert "iso/report.html" in (finished_run / "results" / "summary.html").read_text()
+
+
+@pytest.mark.parametrize("sample, voxel", [("tiny", (1.0, 0.25, 0.25)), ("iso", (0.5, 0.5, 0.5))])
+def test_export_tiff_holds_the_restored_volume_with_its_voxel_size(finished_run, sample, voxel):
+    """``export_tiff: true``: an OME-TIFF beside restored.ome.zarr, the same voxels and grid."""
+    from selfres import io
+
+    r = finished_run / "results" / sample
+    restored = io.read_ome_zarr(r / "restored.ome.zarr")
+    with tifffile.TiffFile(r / "restored.ome.tif") as tif:
+        assert tif.is_ome and tif.series[0].axes == "ZYX"
+        np.testing.assert_array_equal(tif.asarray(), restored.data)
+    assert io.read_volume(r / "restored.ome.tif").voxel_size == pytest.approx(voxel)
+    assert (r / "benchmarks" / "export_tiff.tsv").exists()
 
 
 def test_second_run_has_nothing_to_do(finished_run):

@@ -654,3 +654,45 @@ def test_stack_without_z_step_has_no_voxel_size(tmp_path):
     tifffile.imwrite(p, _vol(), metadata={"axes": "ZYX", "PhysicalSizeX": 0.2,
                                           "PhysicalSizeY": 0.2})
     assert io.read_volume(p).voxel_size is None
+
+
+# ---------------------------------------------------------------- OME-TIFF export (selfres export)
+
+@pytest.mark.parametrize("slab_planes", [1, 3, 5, 64])  # below, between and above the chunk depth of 4
+def test_ome_tiff_export_is_the_stored_image_plane_by_plane(tmp_path, monkeypatch, slab_planes):
+    import tifffile
+
+    data = (np.random.default_rng(3).random((9, 40, 36)) * 60000).astype(np.uint16)
+    io.write_ome_zarr(tmp_path / "r.ome.zarr", data, voxel_size=(0.5, 0.125, 0.125), chunks=(4, 16, 16))
+    monkeypatch.setattr(io, "_TIFF_SLAB_BYTES", slab_planes * 40 * 36 * 2)
+    out = io.write_ome_tiff(tmp_path / "r.ome.tif", tmp_path / "r.ome.zarr", name="s1")
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_ome and not tif.is_bigtiff
+        assert tif.series[0].axes == "ZYX" and tif.series[0].dtype == np.uint16  # the stored type is kept
+        np.testing.assert_array_equal(tif.asarray(), data)
+        assert 'Name="s1"' in tif.ome_metadata
+    assert io.read_volume(out).voxel_size == pytest.approx((0.5, 0.125, 0.125))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.ome.tif", "r.ome.zarr"]  # no temporary left
+
+
+def test_ome_tiff_export_of_a_pyramid_level_and_of_an_image_without_voxel_size(tmp_path):
+    import tifffile
+
+    data = np.random.default_rng(4).random((4, 256, 256)).astype(np.float32)
+    # as selfres writes the restored grid of an input without a voxel size
+    io.write_ome_zarr(tmp_path / "r.ome.zarr", data, voxel_size=None, attrs={"voxel_size_known": False})
+    io.write_ome_tiff(tmp_path / "l1.ome.tif", tmp_path / "r.ome.zarr", level=1)
+    level1 = io.read_ome_zarr(tmp_path / "r.ome.zarr", level=1).data
+    with tifffile.TiffFile(tmp_path / "l1.ome.tif") as tif:
+        np.testing.assert_array_equal(tif.asarray(), level1)
+        assert "PhysicalSizeX" not in tif.ome_metadata  # unknown stays unknown, not 1 µm
+    assert level1.shape[1] < 256
+
+
+def test_ome_tiff_export_of_what_is_not_an_ome_zarr_image_is_one_clear_error(tmp_path):
+    io.write_ome_zarr(tmp_path / "r.ome.zarr", np.zeros((2, 64, 64), np.float32), voxel_size=(1, 1, 1))
+    with pytest.raises(InputError, match="level 7"):
+        io.write_ome_tiff(tmp_path / "x.ome.tif", tmp_path / "r.ome.zarr", level=7)
+    with pytest.raises(InputError, match="does not exist"):
+        io.write_ome_tiff(tmp_path / "x.ome.tif", tmp_path / "missing.ome.zarr")
+    assert not (tmp_path / "x.ome.tif").exists()

@@ -81,9 +81,11 @@ def test_inference_without_extras_does_not_need_the_training_degradation(tmp_pat
     tifffile.imwrite(tmp_path / "psf.tif", np.einsum("i,j,k->ijk", g, g, g).astype(np.float32))
     norm = _trained_sample(tmp_path, {"method": "psf", "psf_path": str(tmp_path / "psf.tif")})
     (tmp_path / "psf.tif").unlink()
+    (tmp_path / "out.ome.tif").write_bytes(b"exported from an earlier out.ome.zarr")
     info = pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", device="cpu",
                                 settings=InferSettings(back_projection_iterations=0))
     assert info["tiles"] >= 1 and (tmp_path / "out.ome.zarr").exists()
+    assert not (tmp_path / "out.ome.tif").exists()  # it showed the old restoration
 
 
 def test_a_model_from_before_the_shrink_infers_without_a_false_retrain_warning(tmp_path, caplog):

@@ -265,6 +265,8 @@ def all_outputs():
          f"{R}/{{sample}}/report.html", f"{R}/{{sample}}/provenance.json"],
         sample=SAMPLE_IDS,
     )
+    if config["export_tiff"]:
+        per_sample += expand(f"{R}/{{sample}}/restored.ome.tif", sample=SAMPLE_IDS)
     return per_sample + [f"{R}/summary.tsv", f"{R}/summary.html"]
 
 

@@ -56,6 +56,22 @@ rule report:
         "--figures {params.figures:q} {params.args} > {log:q} 2>&1"
 
 
+# export_tiff: true: restored.ome.zarr also as an OME-TIFF, for Fiji and other TIFF readers.
+rule export_tiff:
+    input:
+        f"{R}/{{sample}}/restored.ome.zarr",
+    output:
+        f"{R}/{{sample}}/restored.ome.tif",
+    log:
+        f"{R}/{{sample}}/logs/export_tiff.log",
+    benchmark:
+        f"{R}/{{sample}}/benchmarks/export_tiff.tsv"
+    conda:
+        "../../envs/selfres.yaml"
+    shell:
+        "selfres export {input:q} -o {output:q} --sample {wildcards.sample:q} > {log:q} 2>&1"
+
+
 rule summary:
     input:
         expand(f"{R}/{{sample}}/report.html", sample=SAMPLE_IDS),

@@ -96,6 +96,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scale", type=_scale, default=None)
     _common(s, compute=True)
 
+    s = sub.add_parser("adopt", help="restore a sample with another sample's trained model → model/ "
+                       "(judged on this sample's held-out region)")
+    s.add_argument("normalized", type=Path)
+    s.add_argument("fov", type=Path)
+    s.add_argument("source_model", type=Path, help="the other sample's model/ folder")
+    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("--scale", type=_scale, default=None, help="z,y,x factors of this sample (must be the model's)")
+    _common(s, compute=True)
+
     s = sub.add_parser("infer", help="restore the whole FOV → restored.ome.zarr (resumable; scatter with --step)")
     s.add_argument("normalized", type=Path)
     s.add_argument("model", type=Path)
@@ -206,6 +215,9 @@ def run(args) -> int:
     elif cmd == "train":
         pipeline.stage_train(args.normalized, args.fov, args.output, sample=sample, mode=args.mode, scale=args.scale,
                              settings=_settings(args), device=args.device, threads=args.threads)
+    elif cmd == "adopt":
+        pipeline.stage_adopt(args.normalized, args.fov, args.source_model, args.output, sample=sample,
+                             scale=args.scale, settings=_settings(args), device=args.device, threads=args.threads)
     elif cmd == "infer":
         import dataclasses
 

@@ -402,6 +402,56 @@ def stage_train(
     return meta
 
 
+def stage_adopt(
+    normalized: str | Path,
+    fov_json: str | Path,
+    source_model: str | Path,
+    model_dir: str | Path,
+    *,
+    sample: str,
+    scale: Sequence[int] | None = None,
+    settings: Settings | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+) -> dict:
+    """Restore ``sample`` with the model another sample trained (sheet column ``model_from``):
+    judge it on this sample's held-out region (:func:`selfres.adopt.adopt_enhance`) and write
+    this sample's ``model/`` — the same weights, a ``model.json`` describing this sample,
+    the source's ``training_log.tsv`` — so that infer, qc and report run as for any sample."""
+    settings = settings or Settings()
+    set_threads(threads)
+    from . import models
+    from .adopt import adopt_enhance
+
+    dev = models.select_device(device)
+    model, spec, meta = load_trained(source_model)
+    source = meta.get("sample") or str(source_model)
+    factors = tuple(int(f) for f in (scale or (2, 2, 2)))
+    if meta.get("mode") != "enhance":
+        raise ConfigError(f"sample {sample!r}: model_from {source!r} is a {meta.get('mode')} model; only enhance "
+                          "models can be shared between samples (an isotropic model is tied to its stack's z factor)")
+    if tuple(meta.get("factors") or ()) != factors:
+        raise ConfigError(f"sample {sample!r}: model_from {source!r} restores by {tuple(meta.get('factors') or ())}, "
+                          f"this sample asks for scale {factors}: give both the same scale")
+    vol, _ = read_normalized(normalized, lazy=True)
+    _check_enhance_input(vol.data.shape, factors, sample, normalized)
+    fov = TrainingFov.load(fov_json)
+    new_meta = adopt_enhance(
+        model.to(dev), meta, np.asarray(vol.data[box_slices(fov.train)]), np.asarray(vol.data[box_slices(fov.holdout)]),
+        sample=sample, voxel_size=_voxel_size_of(vol), guard_margin_db=settings.train.guard_margin_db,
+        guard_confidence=settings.train.guard_confidence, infer_settings=settings.infer, device=dev)
+    model_dir = Path(model_dir)
+    first, _, _ = _checked_model_folder(source_model, models.load_model)  # stage 1 of a serial model
+    with io.atomic_output(model_dir) as tmp:
+        models.save_model(tmp, first, spec, metadata=new_meta)
+        if meta.get("serial"):
+            shutil.copytree(Path(source_model) / meta["serial"]["stage2"], tmp / meta["serial"]["stage2"])
+        log_file = Path(source_model) / "training_log.tsv"
+        if log_file.is_file():
+            shutil.copy2(log_file, tmp / "training_log.tsv")
+    return new_meta
+
+
 def _checked_model_folder(model_dir: str | Path, read):
     """``read(model_dir)``, its model-folder errors told in the workflow's terms.
 
@@ -845,6 +895,8 @@ def stage_qc(
         "restored_check": agreement,
         "best_step": meta.get("best_step"),
         "stop_reason": meta.get("stop_reason"),
+        # model_from: the sample that trained the model (judged on this sample's held-out region)
+        "adopted_from": (meta.get("adopted_from") or {}).get("sample"),
     }
     m = clean_floats(m)
     write_json(metrics_json, m)

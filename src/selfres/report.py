@@ -1658,6 +1658,12 @@ def render_sample_report(
 
     # --- training
     parts.append('<h2 id="training">Training curves</h2>')
+    adopted = metrics.get("adopted_from")
+    if adopted:
+        parts.append(f"<p><b>Model trained on sample {_esc(adopted)}</b> (sample sheet column "
+                     "<code>model_from</code>); the curves below are that training's. This sample did not "
+                     "train: the model was judged on this sample's own held-out region (below), as a model "
+                     "trained here would be.</p>")
     if df is None or "training_curves" not in figures:
         parts.append("<p>No training log available (no training, or it failed before "
                      "logging).</p>")

@@ -18,9 +18,9 @@ import pandas as pd
 
 from .errors import ConfigError
 
-__all__ = ["SAMPLE_ID", "check_results_dirs", "check_sample_id", "check_sample_row", "expand_channels",
-           "expand_series", "expand_timepoints", "inbox_table", "merge_settings", "read_sample_sheet",
-           "sample_overrides"]
+__all__ = ["SAMPLE_ID", "check_model_sources", "check_results_dirs", "check_sample_id", "check_sample_row",
+           "expand_channels", "expand_series", "expand_timepoints", "inbox_table", "merge_settings",
+           "read_sample_sheet", "sample_overrides"]
 
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -431,6 +431,52 @@ def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str) -> pd.Da
                           "rename the sample")
     return out
 
+
+def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance", default_scale: str = "2,2,2") -> None:
+    """Refuse ``model_from`` cells (after ``all`` expansion) that no job could honour.
+
+    A sample whose ``model_from`` names another sample is restored with that sample's
+    trained model (:mod:`selfres.adopt`). The other sample must be in the sheet and train
+    its own model (no chains), and both must be ``enhance`` samples of the same ``scale``.
+    A cell naming the sample itself means "train" (so ``timepoint=all`` with
+    ``model_from={sample}_t0`` trains time point 0 and lends its model to the others).
+
+    Raises
+    ------
+    ConfigError
+        Naming the sample, the column and what is wrong.
+    """
+    if "model_from" not in sheet:
+        return
+    rows = {r["sample"]: r for r in sheet.to_dict(orient="records")}
+
+    def mode(r):
+        return str(r.get("mode") or "").strip() or default_mode
+
+    def scale(r):
+        return str(r.get("scale") or "").strip() or default_scale
+
+    for sid, row in rows.items():
+        src = str(row.get("model_from") or "").strip()
+        if not src or src == sid:
+            continue
+        where = f"sample sheet: sample {sid!r}, column 'model_from': "
+        if src not in rows:
+            close = sorted(rows)[:8]
+            raise ConfigError(f"{where}{src!r} is not a sample of the sheet (samples: {', '.join(close)}"
+                              f"{', …' if len(rows) > 8 else ''}); with channel/timepoint/series 'all', name an "
+                              "expanded id such as {sample}_t0")
+        other = str(rows[src].get("model_from") or "").strip()
+        if other and other != src:
+            raise ConfigError(f"{where}{src!r} itself uses the model of {other!r}; name the sample that trains "
+                              f"({other!r})")
+        for r, name in ((row, sid), (rows[src], src)):
+            if mode(r) != "enhance":
+                raise ConfigError(f"{where}sample {name!r} is in {mode(r)} mode; models are shared between enhance "
+                                  "samples only (an isotropic model is tied to its stack's z factor)")
+        if scale(row) != scale(rows[src]):
+            raise ConfigError(f"{where}its scale {scale(row)} differs from {src!r}'s {scale(rows[src])}; a model "
+                              "restores by the factors it was trained for")
 
 def check_results_dirs(results: str | os.PathLike, samples: Iterable[str]) -> None:
     """Refuse samples whose results folder would lie outside ``results``.

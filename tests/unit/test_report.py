@@ -487,3 +487,12 @@ def test_verdict_leaves_isotropy_out_when_z_was_not_resampled_and_keeps_narrow_i
     assert "Isotropy" in report._verdict(m | {"voxel_size_out": [2.0, 0.25, 0.25]}, "ok")
     narrow = report._verdict(m | {"holdout_gain_db_interval": [0.101, 0.104]}, "ok")
     assert "between +0.101 and +0.104 dB" in narrow
+
+
+def test_a_sample_restored_with_another_samples_model_says_so():
+    raw, interp, restored = _volumes()
+    kw = dict(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
+              voxel_size_out=(0.5, 0.5, 0.5), training_log=_log())
+    page = report.render_sample_report(sample="lapse_t3", metrics=_metrics(adopted_from="lapse_t0"), **kw)
+    assert "Model trained on sample lapse_t0" in page and "model_from" in page
+    assert "Model trained on sample" not in report.render_sample_report(sample="a", metrics=_metrics(), **kw)

@@ -163,3 +163,34 @@ def test_bad_inbox_columns_are_refused_even_when_the_inbox_is_empty(columns, mes
 
     with pytest.raises(ConfigError, match=message):
         inbox_table([], columns, schema=SCHEMA)
+
+
+# ---------------------------------------------------------------- model_from (another sample's model)
+
+def _model_sheet(rows):
+    import pandas as pd
+
+    cols = ["sample", "path", "mode", "scale", "model_from"]
+    return pd.DataFrame([dict(zip(cols, r)) for r in rows], columns=cols).fillna("")
+
+
+def test_model_from_accepts_a_training_sample_of_the_same_scale_and_itself():
+    from selfres.sheet import check_model_sources
+
+    check_model_sources(_model_sheet([("t0", "x.tif", "", "1,2,2", "t0"), ("t1", "x.tif", "", "1,2,2", "t0"),
+                                      ("t2", "x.tif", "enhance", "", "t0")]), default_scale="1,2,2")
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([("a", "a.tif", "", "", "nope")], r"sample 'a', column 'model_from': 'nope' is not a sample of the sheet"),
+    ([("a", "a.tif", "", "", ""), ("b", "b.tif", "", "", "a"), ("c", "c.tif", "", "", "b")],
+     r"sample 'c'.*'b' itself uses the model of 'a'; name the sample that trains \('a'\)"),
+    ([("a", "a.tif", "isotropic", "", ""), ("b", "b.tif", "", "", "a")], r"sample 'a' is in isotropic mode"),
+    ([("a", "a.tif", "", "", ""), ("b", "b.tif", "isotropic", "", "a")], r"sample 'b' is in isotropic mode"),
+    ([("a", "a.tif", "", "1,2,2", ""), ("b", "b.tif", "", "", "a")], r"its scale 2,2,2 differs from 'a''s 1,2,2"),
+])
+def test_model_from_that_no_job_could_honour_is_refused(rows, message):
+    from selfres.sheet import check_model_sources
+
+    with pytest.raises(ConfigError, match=message):
+        check_model_sources(_model_sheet(rows))

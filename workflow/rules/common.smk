@@ -59,6 +59,8 @@ if len(_inbox):
 SHEET = _sheet.expand_series(SHEET)  # series=all: one sample (and model) per image of a TIFF
 SHEET = _sheet.expand_channels(SHEET)  # channel=all: one sample (and model) per channel
 SHEET = _sheet.expand_timepoints(SHEET)  # timepoint=all: one sample (and model) per time point
+# model_from: a sample restored with another sample's model (same scale, enhance)
+_sheet.check_model_sources(SHEET, default_mode=config["mode"], default_scale=config["scale"])
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)
 _sheet.check_results_dirs(R, SAMPLE_IDS)  # no id or symlink may lead a write out of results/
@@ -198,6 +200,26 @@ def infer_blocks(sample):
 
 def _samples_regex(ids):
     return "|".join(re.escape(s) for s in ids) or "(?!)"
+
+
+# model_from (selfres.adopt): such a sample's model/ comes from rule adopt, not train
+def model_source(sample):
+    """The sample whose trained model restores ``sample`` (itself unless model_from names another)."""
+    return _cell(sample, "model_from") or sample
+
+
+TRAINING = _samples_regex([s for s in SAMPLE_IDS if model_source(s) == s])
+ADOPTING = _samples_regex([s for s in SAMPLE_IDS if model_source(s) != s])
+
+
+def source_model(wildcards):
+    return f"{R}/{model_source(wildcards.sample)}/model"
+
+
+def adopt_args(wildcards):
+    s = wildcards.sample
+    args = ["--sample", s, "--scale", sample_scale(s), "--settings", stage_settings(s, "train")]
+    return " ".join(_q(a) for a in args)
 
 
 SINGLE_INFER = _samples_regex([s for s in SAMPLE_IDS if infer_blocks(s) == 1])

@@ -46,6 +46,8 @@ rule train:
         f"{R}/{{sample}}/logs/train.log",
     benchmark:
         f"{R}/{{sample}}/benchmarks/train.tsv"
+    wildcard_constraints:
+        sample=TRAINING,
     threads: MAX_THREADS
     params:
         args=train_args,
@@ -55,6 +57,31 @@ rule train:
         "../../envs/selfres.yaml"
     shell:
         "selfres train {input.normalized:q} {input.fov:q} -o {output:q} --threads {threads} {params.args} > {log:q} 2>&1"
+
+
+# model_from: the model another sample trained, judged on this sample's held-out region
+# (selfres.adopt) and written as this sample's model/; no GPU needed (held-out region only).
+rule adopt:
+    input:
+        normalized=rules.normalise.output,
+        fov=rules.crop.output,
+        source=source_model,
+    output:
+        directory(f"{R}/{{sample}}/model"),
+    log:
+        f"{R}/{{sample}}/logs/adopt.log",
+    benchmark:
+        f"{R}/{{sample}}/benchmarks/adopt.tsv"
+    wildcard_constraints:
+        sample=ADOPTING,
+    threads: MAX_THREADS
+    params:
+        args=adopt_args,
+    conda:
+        "../../envs/selfres.yaml"
+    shell:
+        "selfres adopt {input.normalized:q} {input.fov:q} {input.source:q} -o {output:q} --threads {threads} "
+        "{params.args} > {log:q} 2>&1"
 
 
 # infer.blocks = 1: one job. A killed job resumes from the tiles it recorded in

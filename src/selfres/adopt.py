@@ -1,0 +1,162 @@
+"""A sample restored with another sample's trained model (sheet column ``model_from``).
+
+The time points of a series, or the tiles of one acquisition, share a microscope, a
+sample and a staining: one model trained on one of them restores all of them alike (no
+model-to-model differences between time points, one training instead of many). Nothing
+is taken on trust: each adopting sample is judged on *its own* held-out region, with the
+acquisition noise measured on *its own* training FOV, by the same guard as a sample that
+trained (:func:`selfres.train.guard_with_extras`), and gets its own ``model/`` folder (the
+same weights, a ``model.json`` that describes this sample), so that inference, QC and the
+report run as for any sample.
+
+``enhance`` only: an ``isotropic`` model is tied to its stack's axial factor and, with a
+learned degradation, to a generator that is not kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from . import noise
+from .infer import predict_array
+from .settings import InferSettings, TrainSettings, from_dict, to_dict
+from .train import (
+    SHARE_PROBE_SHAPE,
+    TrainResult,
+    central_crop,
+    guard_with_extras,
+    holdout_pair,
+    inference_extras,
+    make_degradation,
+    psf_scaled_targets,
+    psf_target_blur_px,
+    psnr01,
+    resolve_noise_match,
+)
+
+log = logging.getLogger("selfres.adopt")
+
+__all__ = ["adopt_enhance", "VOXEL_SIZE_TOLERANCE"]
+
+#: Relative difference of voxel size (per axis) beyond which the log warns that the model
+#: was trained at another sampling.
+VOXEL_SIZE_TOLERANCE = 0.05
+
+
+def adopt_enhance(
+    model: torch.nn.Module,
+    meta: dict,
+    train_volume: np.ndarray,
+    holdout_volume: np.ndarray,
+    *,
+    sample: str,
+    voxel_size: Sequence[float] | None,
+    guard_margin_db: float,
+    guard_confidence: float,
+    infer_settings: InferSettings,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """``model.json`` metadata for ``sample`` restored with ``model`` (trained on another
+    sample, whose metadata is ``meta``), judged on this sample's held-out region.
+
+    Parameters
+    ----------
+    model
+        The trained network as inference runs it (a serial ×4 model composed).
+    meta
+        Its training metadata (``model.json``'s ``metadata``).
+    train_volume, holdout_volume
+        This sample's normalised training FOV and held-out region.
+    voxel_size
+        This sample's voxel size (µm), or ``None``.
+    guard_margin_db, guard_confidence
+        The guard's settings for this sample.
+    infer_settings
+        This sample's inference settings (the extras the guard scores).
+
+    Returns
+    -------
+    dict
+        The metadata: the source's, with ``sample``, ``adopted_from`` (source sample, its own
+        held-out figures and training time), ``self_validation``, ``flags``, the noise levels
+        and ``voxel_size_in`` of this sample; ``train_seconds`` is the time taken here.
+    """
+    t0 = time.monotonic()
+    factors = tuple(int(f) for f in meta["factors"])
+    trained = from_dict(TrainSettings, meta.get("settings") or {})
+    measured = noise.noise_level_function(train_volume)
+    if meta.get("noise") is not None:  # the top-up was estimated on the source: estimate it on this sample
+        unresolved = dataclasses.replace(trained.degradation, noise_variance=None)
+        trained, noise_info = resolve_noise_match(train_volume, factors,
+                                                  dataclasses.replace(trained, degradation=unresolved),
+                                                  voxel_size, level=measured)
+    else:
+        noise_info = None
+    _warn_if_sampled_otherwise(meta.get("voxel_size_in"), voxel_size, sample=sample, source=meta.get("sample"))
+    degradation = make_degradation(trained.degradation, voxel_size=voxel_size)
+    blur = psf_target_blur_px(trained.psf_sigma_um, factors, voxel_size)
+    if blur is not None:
+        holdout_volume = psf_scaled_targets(holdout_volume, blur)
+    target, low, interp = holdout_pair(holdout_volume, factors, degradation)
+    data_range = float(max(target.max() - target.min(), 1e-6))
+    tile = tuple(max(8, min(64, n)) for n in low.shape)
+    network = predict_array(model, low, factors=factors, tile_size=tile, device=device)
+    learned = int(meta.get("best_step") or 0) > 0 or bool(meta.get("serial"))
+    result = TrainResult(
+        model=model, spec=None, best_step=int(meta.get("best_step") or 0) if not meta.get("serial") else 1,
+        steps_done=0, seconds=0.0, stop_reason="adopted", val_psnr_model=psnr01(target, network, data_range),
+        val_psnr_interp=psnr01(target, interp, data_range), holdout=(target, low, interp), settings=trained,
+        noise=noise_info, acquisition_noise=noise.NoiseLevel(*measured.as_list(), bins=measured.bins),
+    )
+    if not learned:
+        result.flags.append("model_worse_than_interpolation")  # as train_enhance leaves an untrained net
+    elif result.val_psnr_model <= result.val_psnr_interp + guard_margin_db:
+        result.flags.append("model_worse_than_interpolation")
+    extras = inference_extras(infer_settings)
+    psnr_out, flags = guard_with_extras(
+        result, factors=factors, degradation=degradation, extras=extras, margin_db=guard_margin_db,
+        confidence=guard_confidence, device=device, acquisition=central_crop(train_volume, SHARE_PROBE_SHAPE))
+    source_flags = [f for f in meta.get("flags") or [] if f != "model_worse_than_interpolation"]
+    out = dict(meta)
+    out.update({
+        "sample": sample,
+        "adopted_from": {"sample": meta.get("sample"), "self_validation": meta.get("self_validation"),
+                         "flags": meta.get("flags") or [], "train_seconds": meta.get("train_seconds"),
+                         "voxel_size_in": meta.get("voxel_size_in")},
+        "voxel_size_in": list(voxel_size) if voxel_size else None,
+        "self_validation": {"psnr_model": psnr_out, "psnr_interp": result.val_psnr_interp,
+                            "psnr_network": result.val_psnr_model},
+        "flags": list(dict.fromkeys(source_flags + flags)),
+        "settings": to_dict(trained),
+        "train_seconds": time.monotonic() - t0,
+        "device": str(device),
+    })
+    for key in ("noise", "acquisition_noise", "correction_noise"):
+        out.pop(key, None)
+    if noise_info is not None:
+        out["noise"] = noise_info
+    out["acquisition_noise"] = result.acquisition_noise.as_list()
+    if result.correction_noise is not None:
+        out["correction_noise"] = result.correction_noise.as_list()
+    shrink = bool(extras.get("back_projection_shrink")) and result.correction_noise is not None
+    out["inference_extras"] = {**extras, "back_projection_shrink": shrink}
+    log.info("sample %s adopts the model of %s: held-out %.2f dB vs tricubic %.2f dB (network alone %.2f dB)%s",
+             sample, meta.get("sample"), psnr_out, result.val_psnr_interp, result.val_psnr_model,
+             "; flagged model_worse_than_interpolation" if "model_worse_than_interpolation" in out["flags"] else "")
+    return out
+
+
+def _warn_if_sampled_otherwise(source_voxel, voxel, *, sample: str, source) -> None:
+    if not source_voxel or not voxel:
+        return
+    off = [abs(float(a) - float(b)) / max(float(b), 1e-12) for a, b in zip(voxel, source_voxel)]
+    if max(off) > VOXEL_SIZE_TOLERANCE:
+        log.warning("sample %s: voxel size %s µm, but the model of %s was trained at %s µm: it learned another "
+                    "sampling (the guard judges it on this sample's held-out region)", sample,
+                    tuple(voxel), source, tuple(source_voxel))

@@ -1,0 +1,108 @@
+"""``model_from``: a sample restored with another sample's trained model (:mod:`selfres.adopt`),
+judged by the guard on its own held-out region; the real ``snakemake`` CLI on tiny samples."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from workdir import make_workdir, run_snakemake, tiny_volume
+
+from selfres import io
+from selfres.errors import ConfigError
+from selfres.runlog import parse_snakemake_log
+
+pytestmark = pytest.mark.slow
+
+
+def _jobs(proc) -> set[tuple[str, str | None]]:
+    return {(j["rule"], j["sample"]) for j in parse_snakemake_log(proc.stdout + proc.stderr)["jobs"]}
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """``a`` trains; ``b`` (other data) uses a's model; ``strict`` too, with a guard margin no
+    model can clear on its own held-out region (and no confidence rule for small gains)."""
+    wd = make_workdir(tmp_path_factory.mktemp("model_from"), samples={
+        "a": {}, "b": {"model_from": "a"},
+        "strict": {"model_from": "a", "train.guard_margin_db": "50", "train.guard_confidence": "0"}})
+    proc = run_snakemake(wd)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return wd, proc
+
+
+def test_one_training_serves_the_other_samples(shared):
+    wd, proc = shared
+    jobs = _jobs(proc)
+    assert ("train", "a") in jobs and ("adopt", "b") in jobs and ("adopt", "strict") in jobs
+    assert not {("train", "b"), ("train", "strict")} & jobs
+    res = wd / "results"
+    assert _sha(res / "b" / "model" / "weights.safetensors") == _sha(res / "a" / "model" / "weights.safetensors")
+    for s in ("a", "b", "strict"):
+        assert (res / s / "restored.ome.zarr").is_dir() and (res / s / "report.html").is_file()
+
+
+def test_the_adopting_sample_is_judged_on_its_own_held_out_region(shared):
+    wd, _ = shared
+    res = wd / "results"
+    meta_a = json.loads((res / "a" / "model" / "model.json").read_text())["metadata"]
+    meta_b = json.loads((res / "b" / "model" / "model.json").read_text())["metadata"]
+    assert meta_b["sample"] == "b" and meta_b["adopted_from"]["sample"] == "a"
+    assert meta_b["adopted_from"]["self_validation"] == meta_a["self_validation"]
+    assert meta_b["self_validation"]["psnr_interp"] != meta_a["self_validation"]["psnr_interp"]  # b's region
+    metrics = json.loads((res / "b" / "qc" / "metrics.json").read_text())
+    assert metrics["adopted_from"] == "a"
+    # QC re-scores b's held-out region as the guard did: the same figure
+    assert metrics["self_validation"]["psnr_model"] == pytest.approx(meta_b["self_validation"]["psnr_model"], abs=1e-6)
+    assert "Model trained on sample a" in (res / "b" / "report.html").read_text()
+    # b's own guard: a margin no model clears makes b fall back to tricubic, whatever a's verdict
+    strict = json.loads((res / "strict" / "model" / "model.json").read_text())["metadata"]
+    assert "model_worse_than_interpolation" in strict["flags"]
+    assert io.read_ome_zarr(res / "strict" / "restored.ome.zarr").attrs["content"] == "interpolation"
+    assert (res / "strict" / "restored_model.ome.zarr").is_dir()
+
+
+def test_retraining_the_source_redoes_the_samples_that_use_its_model(shared):
+    wd, _ = shared
+    proc = run_snakemake(wd, "-n", "--forcerun", "train")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(proc)
+    assert {("train", "a"), ("adopt", "b"), ("adopt", "strict"), ("infer", "b")} <= jobs
+    assert not any(rule in ("normalise", "crop") for rule, _ in jobs)
+
+
+def test_a_model_for_other_factors_is_refused_by_the_stage(shared):
+    from selfres import pipeline
+
+    wd, _ = shared
+    res = wd / "results"
+    with pytest.raises(ConfigError, match=r"restores by \(1, 2, 2\), this sample asks for scale \(2, 2, 2\)"):
+        pipeline.stage_adopt(res / "b" / "normalized.ome.zarr", res / "b" / "train_fov.json", res / "a" / "model",
+                             wd / "elsewhere", sample="b", scale=(2, 2, 2), device="cpu")
+    assert not (wd / "elsewhere").exists()
+
+
+def test_time_points_share_the_first_time_points_model(tmp_path):
+    wd = make_workdir(tmp_path, samples={"lapse": {"path": "../data/t.tif", "timepoint": "all",
+                                                   "model_from": "lapse_t0"}})
+    data = np.stack([tiny_volume(seed=t) for t in range(3)])
+    (wd / "data").mkdir(exist_ok=True)
+    tifffile.imwrite(wd / "data" / "t.tif", data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "TZYX"})
+    proc = run_snakemake(wd, "-n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _jobs(proc)
+    assert {s for r, s in jobs if r == "train"} == {"lapse_t0"}
+    assert {s for r, s in jobs if r == "adopt"} == {"lapse_t1", "lapse_t2"}
+    # a name that is no sample stops the run before any job, naming the cell
+    bad = make_workdir(tmp_path, name="bad", samples={"a": {}, "b": {"model_from": "lapse_t9"}})
+    proc = run_snakemake(bad, "-n")
+    assert proc.returncode != 0
+    assert "sample 'b', column 'model_from': 'lapse_t9' is not a sample of the sheet" in proc.stdout + proc.stderr

@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--series", type=int, default=None, help="image of a TIFF holding several (TIFF series number)")
     s.add_argument("--training-fov", default=None)
     s.add_argument("--keep", type=Path, default=None, help="keep intermediate files (model, metrics, report) here")
+    s.add_argument("--model-from", type=Path, default=None,
+                   help="restore with this model/ folder (another volume's, kept with --keep; enhance, same scale) "
+                        "instead of training; the guard still judges it on this volume")
     s.add_argument("--reference", type=Path, default=None,
                    help="ground truth on the output grid: QC scores the output and the interpolation against it")
     _common(s, compute=True)
@@ -259,7 +262,7 @@ def run(args) -> int:
     elif cmd == "restore":
         m = pipeline.restore(args.input, args.output, mode=args.mode, scale=args.scale, voxel_size=args.voxel_size,
                              channel=args.channel, timepoint=args.timepoint, series=args.series,
-                             training_fov=args.training_fov,
+                             training_fov=args.training_fov, model_from=args.model_from,
                              settings=_settings(args),
                              device=args.device, threads=args.threads, keep=args.keep, sample=args.sample,
                              reference=args.reference)

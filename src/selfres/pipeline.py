@@ -1138,11 +1138,14 @@ def restore(
     reference: str | Path | None = None,
     timepoint: int | None = None,
     series: int | None = None,
+    model_from: str | Path | None = None,
 ) -> dict:
     """Whole chain for one volume, no Snakemake: normalise → crop → train → infer → qc → report.
 
     Intermediate files go to ``keep`` (kept) or a temporary folder (removed). ``reference``:
     a ground truth on the output grid, scored by QC as the sheet's ``reference`` column is.
+    ``model_from``: another volume's ``model/`` folder (an ``enhance`` model of the same
+    scale), judged on this volume's held-out region instead of training (:func:`stage_adopt`).
     """
     settings = settings or Settings()
     sample = sample or Path(str(input_path).rstrip("/")).name.split(".")[0]
@@ -1162,8 +1165,12 @@ def restore(
                         settings=settings.normalise, ngff_version=settings.infer.ngff_version)
         stage_crop(norm, work / "train_fov.json", sample=sample, mode=mode, scale=scale, training_fov=training_fov,
                    settings=settings.fov, reference=reference)
-        stage_train(norm, work / "train_fov.json", work / "model", sample=sample, mode=mode, scale=scale,
-                    settings=settings, device=device, threads=threads)
+        if model_from is not None:
+            stage_adopt(norm, work / "train_fov.json", model_from, work / "model", sample=sample, scale=scale,
+                        settings=settings, device=device, threads=threads)
+        else:
+            stage_train(norm, work / "train_fov.json", work / "model", sample=sample, mode=mode, scale=scale,
+                        settings=settings, device=device, threads=threads)
         stage_infer(norm, work / "model", output, sample=sample, settings=settings.infer, device=device,
                     threads=threads)
         m = stage_qc(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
@@ -1171,7 +1178,8 @@ def restore(
         stage_report(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
                      work / "report.html", work / "provenance.json", sample=sample,
                      resolved_config={"mode": mode, "scale": scale, "settings": to_dict(settings),
-                                      "reference": str(reference) if reference else None})
+                                      "reference": str(reference) if reference else None,
+                                      "model_from": str(model_from) if model_from is not None else None})
         return m
     finally:
         if not keep:

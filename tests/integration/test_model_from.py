@@ -106,3 +106,14 @@ def test_time_points_share_the_first_time_points_model(tmp_path):
     proc = run_snakemake(bad, "-n")
     assert proc.returncode != 0
     assert "sample 'b', column 'model_from': 'lapse_t9' is not a sample of the sheet" in proc.stdout + proc.stderr
+
+
+def test_restore_without_snakemake_takes_a_model_folder(shared, tmp_path):
+    from selfres import pipeline
+
+    wd, _ = shared
+    m = pipeline.restore(wd / "data" / "b.tif", tmp_path / "b.ome.zarr", scale=(1, 2, 2), device="cpu",
+                         model_from=wd / "results" / "a" / "model", keep=tmp_path / "work")
+    assert m["adopted_from"] == "a" and (tmp_path / "b.ome.zarr").is_dir()
+    meta = json.loads((tmp_path / "work" / "model" / "model.json").read_text())["metadata"]
+    assert meta["adopted_from"]["sample"] == "a" and meta["sample"] == "b"

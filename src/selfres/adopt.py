@@ -9,8 +9,10 @@ trained (:func:`selfres.train.guard_with_extras`), and gets its own ``model/`` f
 same weights, a ``model.json`` that describes this sample), so that inference, QC and the
 report run as for any sample.
 
-``enhance`` only: an ``isotropic`` model is tied to its stack's axial factor and, with a
-learned degradation, to a generator that is not kept.
+Both modes. An ``isotropic`` model is tied to its stack's axial factor, so the two samples
+must have the same one (within :data:`ISOTROPIC_FACTOR_TOLERANCE`), and to its degradation:
+with ``isotropic.degradation: learned`` the held-out figures come from the generator
+trained with the model, which cannot judge another sample, so such a model is not lent.
 """
 
 from __future__ import annotations
@@ -42,11 +44,14 @@ from .train import (
 
 log = logging.getLogger("selfres.adopt")
 
-__all__ = ["adopt_enhance", "VOXEL_SIZE_TOLERANCE"]
+__all__ = ["ISOTROPIC_FACTOR_TOLERANCE", "VOXEL_SIZE_TOLERANCE", "adopt_enhance", "adopt_isotropic"]
 
 #: Relative difference of voxel size (per axis) beyond which the log warns that the model
 #: was trained at another sampling.
 VOXEL_SIZE_TOLERANCE = 0.05
+#: Relative difference of the axial factor (voxel_z / voxel_xy) up to which an isotropic
+#: model restores another sample (beyond it the model learned another axial blur).
+ISOTROPIC_FACTOR_TOLERANCE = 0.01
 
 
 def adopt_enhance(
@@ -160,3 +165,67 @@ def _warn_if_sampled_otherwise(source_voxel, voxel, *, sample: str, source) -> N
         log.warning("sample %s: voxel size %s µm, but the model of %s was trained at %s µm: it learned another "
                     "sampling (the guard judges it on this sample's held-out region)", sample,
                     tuple(voxel), source, tuple(source_voxel))
+
+
+def adopt_isotropic(
+    model: torch.nn.Module,
+    spec,
+    meta: dict,
+    vol,
+    fov,
+    *,
+    sample: str,
+    factor: float,
+) -> dict:
+    """``model.json`` metadata for the isotropic ``sample`` restored with ``model`` (trained on
+    another sample, whose metadata is ``meta``), judged on this sample's held-out lateral
+    slices with the model's analytic degradation (:func:`selfres.isotropic.self_validation`).
+
+    Parameters
+    ----------
+    vol, fov
+        This sample's normalised volume (:class:`selfres.io.Volume`, lazy is fine) and its
+        training FOV / held-out region.
+    factor
+        This sample's axial factor (voxel_z / voxel_xy): its output grid.
+
+    Raises
+    ------
+    selfres.errors.ConfigError
+        The model's degradation was learned, or the factors differ by more than
+        :data:`ISOTROPIC_FACTOR_TOLERANCE`.
+    """
+    from .errors import ConfigError
+    from .isotropic import self_validation
+
+    t0 = time.monotonic()
+    source = meta.get("sample")
+    if (meta.get("isotropic") or {}).get("degradation") == "learned":
+        raise ConfigError(f"sample {sample!r}: model_from {source!r} was trained with isotropic.degradation learned; "
+                          "its held-out check needs the generator trained with it, so it cannot judge another "
+                          "sample: train this sample (or use the analytic degradation for both)")
+    trained_factor = float(meta["factor"])
+    if abs(factor - trained_factor) > ISOTROPIC_FACTOR_TOLERANCE * trained_factor:
+        raise ConfigError(f"sample {sample!r}: its axial factor (voxel z / xy) is {factor:.4g}, the model of "
+                          f"{source!r} was trained for {trained_factor:.4g}: a model restores the axial blur it "
+                          "learned; train this sample")
+    validation = self_validation(vol, fov, model, spec, meta)
+    flags = [f for f in meta.get("flags") or [] if f != "model_worse_than_interpolation"]
+    if not validation["psnr_model"] > validation["psnr_interp"]:
+        flags.append("model_worse_than_interpolation")
+    out = dict(meta)
+    out.update({
+        "sample": sample,
+        "factor": float(factor),
+        "adopted_from": {"sample": source, "self_validation": meta.get("self_validation"),
+                         "flags": meta.get("flags") or [], "train_seconds": meta.get("train_seconds"),
+                         "voxel_size_in": meta.get("voxel_size_in"), "factor": trained_factor},
+        "voxel_size_in": list(vol.voxel_size) if vol.voxel_size else None,
+        "self_validation": validation,
+        "flags": list(dict.fromkeys(flags)),
+        "train_seconds": time.monotonic() - t0,
+    })
+    log.info("sample %s adopts the isotropic model of %s: held-out lateral %.2f dB vs input %.2f dB%s", sample,
+             source, validation["psnr_model"], validation["psnr_interp"],
+             "; flagged model_worse_than_interpolation" if "model_worse_than_interpolation" in out["flags"] else "")
+    return out

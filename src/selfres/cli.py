@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("fov", type=Path)
     s.add_argument("source_model", type=Path, help="the other sample's model/ folder")
     s.add_argument("-o", "--output", type=Path, required=True)
-    s.add_argument("--scale", type=_scale, default=None, help="z,y,x factors of this sample (must be the model's)")
+    s.add_argument("--mode", default="enhance", help="enhance or isotropic (must be the model's)")
+    s.add_argument("--scale", type=_scale, default=None, help="enhance: z,y,x factors of this sample (the model's)")
     _common(s, compute=True)
 
     s = sub.add_parser("infer", help="restore the whole FOV → restored.ome.zarr (resumable; scatter with --step)")
@@ -220,7 +221,7 @@ def run(args) -> int:
                              settings=_settings(args), device=args.device, threads=args.threads)
     elif cmd == "adopt":
         pipeline.stage_adopt(args.normalized, args.fov, args.source_model, args.output, sample=sample,
-                             scale=args.scale, settings=_settings(args), device=args.device, threads=args.threads)
+                             mode=args.mode, scale=args.scale, settings=_settings(args), device=args.device, threads=args.threads)
     elif cmd == "infer":
         import dataclasses
 

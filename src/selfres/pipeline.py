@@ -409,37 +409,48 @@ def stage_adopt(
     model_dir: str | Path,
     *,
     sample: str,
+    mode: str = "enhance",
     scale: Sequence[int] | None = None,
     settings: Settings | None = None,
     device: str = "auto",
     threads: int | None = None,
 ) -> dict:
     """Restore ``sample`` with the model another sample trained (sheet column ``model_from``):
-    judge it on this sample's held-out region (:func:`selfres.adopt.adopt_enhance`) and write
-    this sample's ``model/`` — the same weights, a ``model.json`` describing this sample,
-    the source's ``training_log.tsv`` — so that infer, qc and report run as for any sample."""
+    judge it on this sample's held-out region (:func:`selfres.adopt.adopt_enhance`,
+    :func:`selfres.adopt.adopt_isotropic`) and write this sample's ``model/`` — the same
+    weights, a ``model.json`` describing this sample, the source's ``training_log.tsv`` — so
+    that infer, qc and report run as for any sample."""
     settings = settings or Settings()
+    check_mode(mode, sample=sample)
     set_threads(threads)
     from . import models
-    from .adopt import adopt_enhance
+    from .adopt import adopt_enhance, adopt_isotropic
 
     dev = models.select_device(device)
     model, spec, meta = load_trained(source_model)
     source = meta.get("sample") or str(source_model)
-    factors = tuple(int(f) for f in (scale or (2, 2, 2)))
-    if meta.get("mode") != "enhance":
-        raise ConfigError(f"sample {sample!r}: model_from {source!r} is a {meta.get('mode')} model; only enhance "
-                          "models can be shared between samples (an isotropic model is tied to its stack's z factor)")
-    if tuple(meta.get("factors") or ()) != factors:
-        raise ConfigError(f"sample {sample!r}: model_from {source!r} restores by {tuple(meta.get('factors') or ())}, "
-                          f"this sample asks for scale {factors}: give both the same scale")
+    if meta.get("mode") != mode:
+        raise ConfigError(f"sample {sample!r}: model_from {source!r} is an {meta.get('mode')} model, this sample is "
+                          f"restored in {mode} mode: give both the same mode")
     vol, _ = read_normalized(normalized, lazy=True)
-    _check_enhance_input(vol.data.shape, factors, sample, normalized)
     fov = TrainingFov.load(fov_json)
-    new_meta = adopt_enhance(
-        model.to(dev), meta, np.asarray(vol.data[box_slices(fov.train)]), np.asarray(vol.data[box_slices(fov.holdout)]),
-        sample=sample, voxel_size=_voxel_size_of(vol), guard_margin_db=settings.train.guard_margin_db,
-        guard_confidence=settings.train.guard_confidence, infer_settings=settings.infer, device=dev)
+    if mode == "isotropic":
+        from .isotropic import isotropic_factor
+
+        factor = isotropic_factor(_voxel_size_of(vol), path=str(vol.attrs.get("source") or normalized), sample=sample)
+        new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor)
+    else:
+        factors = tuple(int(f) for f in (scale or (2, 2, 2)))
+        if tuple(meta.get("factors") or ()) != factors:
+            raise ConfigError(f"sample {sample!r}: model_from {source!r} restores by "
+                              f"{tuple(meta.get('factors') or ())}, this sample asks for scale {factors}: give both "
+                              "the same scale")
+        _check_enhance_input(vol.data.shape, factors, sample, normalized)
+        new_meta = adopt_enhance(
+            model.to(dev), meta, np.asarray(vol.data[box_slices(fov.train)]),
+            np.asarray(vol.data[box_slices(fov.holdout)]), sample=sample, voxel_size=_voxel_size_of(vol),
+            guard_margin_db=settings.train.guard_margin_db, guard_confidence=settings.train.guard_confidence,
+            infer_settings=settings.infer, device=dev)
     model_dir = Path(model_dir)
     first, _, _ = _checked_model_folder(source_model, models.load_model)  # stage 1 of a serial model
     with io.atomic_output(model_dir) as tmp:
@@ -1144,8 +1155,9 @@ def restore(
 
     Intermediate files go to ``keep`` (kept) or a temporary folder (removed). ``reference``:
     a ground truth on the output grid, scored by QC as the sheet's ``reference`` column is.
-    ``model_from``: another volume's ``model/`` folder (an ``enhance`` model of the same
-    scale), judged on this volume's held-out region instead of training (:func:`stage_adopt`).
+    ``model_from``: another volume's ``model/`` folder (same mode; ``enhance``: same scale;
+    ``isotropic``: same axial factor), judged on this volume's held-out region instead of
+    training (:func:`stage_adopt`).
     """
     settings = settings or Settings()
     sample = sample or Path(str(input_path).rstrip("/")).name.split(".")[0]
@@ -1166,8 +1178,8 @@ def restore(
         stage_crop(norm, work / "train_fov.json", sample=sample, mode=mode, scale=scale, training_fov=training_fov,
                    settings=settings.fov, reference=reference)
         if model_from is not None:
-            stage_adopt(norm, work / "train_fov.json", model_from, work / "model", sample=sample, scale=scale,
-                        settings=settings, device=device, threads=threads)
+            stage_adopt(norm, work / "train_fov.json", model_from, work / "model", sample=sample, mode=mode,
+                        scale=scale, settings=settings, device=device, threads=threads)
         else:
             stage_train(norm, work / "train_fov.json", work / "model", sample=sample, mode=mode, scale=scale,
                         settings=settings, device=device, threads=threads)

@@ -437,7 +437,8 @@ def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance", d
 
     A sample whose ``model_from`` names another sample is restored with that sample's
     trained model (:mod:`selfres.adopt`). The other sample must be in the sheet and train
-    its own model (no chains), and both must be ``enhance`` samples of the same ``scale``.
+    its own model (no chains), in the same mode; ``enhance`` samples of the same ``scale``.
+    (An ``isotropic`` pair's axial factors come from the files: compared by the job.)
     A cell naming the sample itself means "train" (so ``timepoint=all`` with
     ``model_from={sample}_t0`` trains time point 0 and lends its model to the others).
 
@@ -470,11 +471,10 @@ def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance", d
         if other and other != src:
             raise ConfigError(f"{where}{src!r} itself uses the model of {other!r}; name the sample that trains "
                               f"({other!r})")
-        for r, name in ((row, sid), (rows[src], src)):
-            if mode(r) != "enhance":
-                raise ConfigError(f"{where}sample {name!r} is in {mode(r)} mode; models are shared between enhance "
-                                  "samples only (an isotropic model is tied to its stack's z factor)")
-        if scale(row) != scale(rows[src]):
+        if mode(row) != mode(rows[src]):
+            raise ConfigError(f"{where}this sample is in {mode(row)} mode, {src!r} in {mode(rows[src])} mode; a model "
+                              "restores in the mode it was trained for")
+        if mode(row) == "enhance" and scale(row) != scale(rows[src]):
             raise ConfigError(f"{where}its scale {scale(row)} differs from {src!r}'s {scale(rows[src])}; a model "
                               "restores by the factors it was trained for")
 

@@ -117,3 +117,26 @@ def test_restore_without_snakemake_takes_a_model_folder(shared, tmp_path):
     assert m["adopted_from"] == "a" and (tmp_path / "b.ome.zarr").is_dir()
     meta = json.loads((tmp_path / "work" / "model" / "model.json").read_text())["metadata"]
     assert meta["adopted_from"]["sample"] == "a" and meta["sample"] == "b"
+
+
+def test_isotropic_samples_share_a_model_of_the_same_axial_factor(tmp_path):
+    """iso_b (same voxel size as iso_a) adopts iso_a's model and is judged on its own held-out
+    slices; iso_c (another z step) is refused by its adopt job, naming both factors."""
+    samples = {"iso_a": {"mode": "isotropic"}, "iso_b": {"mode": "isotropic", "model_from": "iso_a"},
+               "iso_c": {"mode": "isotropic", "model_from": "iso_a", "voxel_size": "1.5,0.5,0.5"}}
+    wd = make_workdir(tmp_path, samples=samples, config_overrides={
+        "isotropic": {"steps": 6, "width": 8, "depth": 1, "patch_size": 24, "batch_size": 4}})
+    proc = run_snakemake(wd, "--keep-going")
+    assert proc.returncode != 0  # iso_c
+    jobs = _jobs(proc)
+    assert ("train", "iso_a") in jobs and ("adopt", "iso_b") in jobs and ("train", "iso_b") not in jobs
+    res = wd / "results"
+    meta = json.loads((res / "iso_b" / "model" / "model.json").read_text())["metadata"]
+    assert meta["mode"] == "isotropic" and meta["adopted_from"]["sample"] == "iso_a"
+    assert set(meta["self_validation"]) >= {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
+    metrics = json.loads((res / "iso_b" / "qc" / "metrics.json").read_text())
+    assert metrics["adopted_from"] == "iso_a" and metrics["output_shape"] == [16, 48, 48]
+    # QC re-scores iso_b's held-out slices as the adopt job did
+    assert metrics["self_validation"]["psnr_model"] == pytest.approx(meta["self_validation"]["psnr_model"])
+    log = (res / "iso_c" / "logs" / "adopt.log").read_text()
+    assert "its axial factor (voxel z / xy) is 3, the model of 'iso_a' was trained for 2" in log

@@ -179,14 +179,18 @@ def test_model_from_accepts_a_training_sample_of_the_same_scale_and_itself():
 
     check_model_sources(_model_sheet([("t0", "x.tif", "", "1,2,2", "t0"), ("t1", "x.tif", "", "1,2,2", "t0"),
                                       ("t2", "x.tif", "enhance", "", "t0")]), default_scale="1,2,2")
+    # isotropic pairs: the scale column is enhance's (their axial factors are compared by the job)
+    check_model_sources(_model_sheet([("i0", "x.tif", "isotropic", "", ""), ("i1", "y.tif", "isotropic", "2,2,2", "i0")]))
 
 
 @pytest.mark.parametrize("rows, message", [
     ([("a", "a.tif", "", "", "nope")], r"sample 'a', column 'model_from': 'nope' is not a sample of the sheet"),
     ([("a", "a.tif", "", "", ""), ("b", "b.tif", "", "", "a"), ("c", "c.tif", "", "", "b")],
      r"sample 'c'.*'b' itself uses the model of 'a'; name the sample that trains \('a'\)"),
-    ([("a", "a.tif", "isotropic", "", ""), ("b", "b.tif", "", "", "a")], r"sample 'a' is in isotropic mode"),
-    ([("a", "a.tif", "", "", ""), ("b", "b.tif", "isotropic", "", "a")], r"sample 'b' is in isotropic mode"),
+    ([("a", "a.tif", "isotropic", "", ""), ("b", "b.tif", "", "", "a")],
+     r"sample 'b'.*this sample is in enhance mode, 'a' in isotropic mode"),
+    ([("a", "a.tif", "", "", ""), ("b", "b.tif", "isotropic", "", "a")],
+     r"this sample is in isotropic mode, 'a' in enhance mode"),
     ([("a", "a.tif", "", "1,2,2", ""), ("b", "b.tif", "", "", "a")], r"its scale 2,2,2 differs from 'a''s 1,2,2"),
 ])
 def test_model_from_that_no_job_could_honour_is_refused(rows, message):

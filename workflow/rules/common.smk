@@ -59,7 +59,7 @@ if len(_inbox):
 SHEET = _sheet.expand_series(SHEET)  # series=all: one sample (and model) per image of a TIFF
 SHEET = _sheet.expand_channels(SHEET)  # channel=all: one sample (and model) per channel
 SHEET = _sheet.expand_timepoints(SHEET)  # timepoint=all: one sample (and model) per time point
-# model_from: a sample restored with another sample's model (same scale, enhance)
+# model_from: a sample restored with another sample's model (same mode; enhance: same scale)
 _sheet.check_model_sources(SHEET, default_mode=config["mode"], default_scale=config["scale"])
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)
@@ -218,7 +218,9 @@ def source_model(wildcards):
 
 def adopt_args(wildcards):
     s = wildcards.sample
-    args = ["--sample", s, "--scale", sample_scale(s), "--settings", stage_settings(s, "train")]
+    args = ["--sample", s, "--mode", sample_mode(s), "--settings", stage_settings(s, "train")]
+    if sample_mode(s) == "enhance":
+        args += ["--scale", sample_scale(s)]
     return " ".join(_q(a) for a in args)
 
 

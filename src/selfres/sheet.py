@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 __all__ = ["SAMPLE_ID", "check_model_sources", "check_results_dirs", "check_sample_id", "check_sample_row",
            "expand_channels", "expand_series", "expand_timepoints", "inbox_table", "merge_settings",
-           "read_sample_sheet", "sample_overrides"]
+           "read_sample_sheet", "resolve_first_timepoint", "sample_overrides"]
 
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -429,6 +429,41 @@ def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str) -> pd.Da
     if dup:
         raise ConfigError(f"sample sheet: {column}=all makes sample id(s) {', '.join(dup)} that are already taken; "
                           "rename the sample")
+    return out
+
+
+#: ``model_from`` value of a ``timepoint = all`` row: every time point uses the model of its
+#: series' time point 0 (channel by channel with ``channel = all``).
+FIRST_TIMEPOINT = "first_timepoint"
+_TIMEPOINT_ID = re.compile(r"^(?P<stem>.+)_t(?P<t>[0-9]+)$")
+
+
+def resolve_first_timepoint(sheet: pd.DataFrame) -> pd.DataFrame:
+    """``model_from = first_timepoint`` (after :func:`expand_timepoints`): each row names its
+    own series' time point 0 — ``lapse_t7`` → ``lapse_t0``, ``lapse_c1_t7`` → ``lapse_c1_t0``
+    (time point 0 itself then trains). The value is resolved per row, so it also works as
+    an ``inbox_columns`` entry for time series dropped into the inbox.
+
+    Raises
+    ------
+    ConfigError
+        On a row that is not a time point of a ``timepoint = all`` expansion.
+    """
+    if "model_from" not in sheet or not (sheet["model_from"] == FIRST_TIMEPOINT).any():
+        return sheet
+    out = sheet.copy()
+    for i, row in out.iterrows():
+        if row["model_from"] != FIRST_TIMEPOINT:
+            continue
+        if str(row.get("timepoint", "")).strip() == "all":  # its file could not be read: its first job says why
+            out.at[i, "model_from"] = ""
+            continue
+        m = _TIMEPOINT_ID.match(str(row["sample"]))
+        if m is None or str(row.get("timepoint", "")).strip() != m["t"]:
+            raise ConfigError(f"sample sheet: sample {row['sample']!r}, column 'model_from': {FIRST_TIMEPOINT} "
+                              "names time point 0 of the same series, so it needs timepoint=all on the row "
+                              "(or a file with a single time point: leave model_from empty)")
+        out.at[i, "model_from"] = f"{m['stem']}_t0"
     return out
 
 

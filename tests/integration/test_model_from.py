@@ -89,9 +89,10 @@ def test_a_model_for_other_factors_is_refused_by_the_stage(shared):
     assert not (wd / "elsewhere").exists()
 
 
-def test_time_points_share_the_first_time_points_model(tmp_path):
+@pytest.mark.parametrize("value", ["lapse_t0", "first_timepoint"])
+def test_time_points_share_the_first_time_points_model(tmp_path, value):
     wd = make_workdir(tmp_path, samples={"lapse": {"path": "../data/t.tif", "timepoint": "all",
-                                                   "model_from": "lapse_t0"}})
+                                                   "model_from": value}})
     data = np.stack([tiny_volume(seed=t) for t in range(3)])
     (wd / "data").mkdir(exist_ok=True)
     tifffile.imwrite(wd / "data" / "t.tif", data, imagej=True, resolution=(2.0, 2.0),

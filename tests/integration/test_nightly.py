@@ -353,10 +353,15 @@ def test_inbox_columns_choose_channels_and_time_points_of_every_acquisition(tmp_
     inbox = {"inbox": ["inbox/*.tif"], "inbox_settle_seconds": 0}
     chosen = make_workdir(tmp_path, samples={}, name="chosen",
                           config_overrides={**inbox, "inbox_columns": {"channel": "all", "timepoint": "all",
-                                                                       "scale": "1,2,2"}})
+                                                                       "scale": "1,2,2",
+                                                                       "model_from": "first_timepoint"}})
     _hyperstack(chosen / "inbox" / "lapse.tif")
     expected = {f"lapse_c{c}_t{t}" for c in (0, 1) for t in (0, 1)}
-    assert {s for r, s in _jobs(_dry(chosen)) if r == "normalise"} == expected
+    jobs = _jobs(_dry(chosen))
+    assert {s for r, s in jobs if r == "normalise"} == expected
+    # each channel trains on its time point 0; the later time points use that model
+    assert {s for r, s in jobs if r == "train"} == {"lapse_c0_t0", "lapse_c1_t0"}
+    assert {s for r, s in jobs if r == "adopt"} == {"lapse_c0_t1", "lapse_c1_t1"}
     # a bad value stops the run before any job, naming the key
     proc = run_snakemake(chosen, "-n", "--config", "inbox_columns={'channel': 'first'}")
     assert proc.returncode != 0

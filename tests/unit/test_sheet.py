@@ -198,3 +198,21 @@ def test_model_from_that_no_job_could_honour_is_refused(rows, message):
 
     with pytest.raises(ConfigError, match=message):
         check_model_sources(_model_sheet(rows))
+
+
+def test_first_timepoint_names_each_series_own_time_point_zero():
+    import pandas as pd
+
+    from selfres.sheet import resolve_first_timepoint
+
+    sheet = pd.DataFrame([
+        {"sample": "lapse_t0", "timepoint": "0", "model_from": "first_timepoint"},
+        {"sample": "lapse_t12", "timepoint": "12", "model_from": "first_timepoint"},
+        {"sample": "two_c1_t3", "timepoint": "3", "model_from": "first_timepoint"},
+        {"sample": "unread", "timepoint": "all", "model_from": "first_timepoint"},  # expansion failed
+        {"sample": "other", "timepoint": "", "model_from": "lapse_t0"},
+    ])
+    assert list(resolve_first_timepoint(sheet)["model_from"]) == ["lapse_t0", "lapse_t0", "two_c1_t0", "",
+                                                                  "lapse_t0"]
+    with pytest.raises(ConfigError, match=r"sample 'still_t1', column 'model_from': first_timepoint .*timepoint=all"):
+        resolve_first_timepoint(pd.DataFrame([{"sample": "still_t1", "timepoint": "", "model_from": "first_timepoint"}]))

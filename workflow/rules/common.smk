@@ -60,6 +60,7 @@ SHEET = _sheet.expand_series(SHEET)  # series=all: one sample (and model) per im
 SHEET = _sheet.expand_channels(SHEET)  # channel=all: one sample (and model) per channel
 SHEET = _sheet.expand_timepoints(SHEET)  # timepoint=all: one sample (and model) per time point
 # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
+SHEET = _sheet.resolve_first_timepoint(SHEET)  # model_from=first_timepoint: {series}_t0's model
 _sheet.check_model_sources(SHEET, default_mode=config["mode"], default_scale=config["scale"])
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)

@@ -216,3 +216,37 @@ def test_first_timepoint_names_each_series_own_time_point_zero():
                                                                   "lapse_t0"]
     with pytest.raises(ConfigError, match=r"sample 'still_t1', column 'model_from': first_timepoint .*timepoint=all"):
         resolve_first_timepoint(pd.DataFrame([{"sample": "still_t1", "timepoint": "", "model_from": "first_timepoint"}]))
+
+
+# ---------------------------------------------------------------- header counts kept between evaluations
+
+def test_file_counts_are_read_once_and_again_only_when_the_file_changes(tmp_path):
+    import os
+
+    from selfres.sheet import FileCounts
+
+    acq = tmp_path / "a.tif"
+    acq.write_bytes(b"x" * 10)
+    cache = tmp_path / ".snakemake" / "selfres" / "file_counts.json"
+    calls = []
+
+    def count():
+        calls.append(1)
+        return 3
+
+    first = FileCounts(cache)
+    assert first.get("timepoints", str(acq), None, count) == 3
+    first.save()
+    assert FileCounts(cache).get("timepoints", str(acq), None, count) == 3 and len(calls) == 1  # next evaluation
+    assert FileCounts(cache).get("timepoints", str(acq), 1, count) == 3 and len(calls) == 2  # another series
+    acq.write_bytes(b"x" * 11)  # rewritten: counted again
+    os.utime(acq, ns=(1, 1))
+    assert FileCounts(cache).get("timepoints", str(acq), None, count) == 3 and len(calls) == 3
+    store = tmp_path / "s.zarr"
+    store.mkdir()
+    fresh = FileCounts(cache)
+    fresh.get("channels", str(store), None, count)
+    fresh.get("channels", str(store), None, count)
+    assert len(calls) == 5 and not fresh.changed  # folders are not cached
+    cache.write_text("{not json")
+    assert FileCounts(cache).entries == {}  # a damaged cache is an empty one

@@ -56,9 +56,13 @@ SHEET = _read_sheet(config["samples"])
 _inbox = _inbox_rows(SHEET)
 if len(_inbox):
     SHEET = pd.concat([SHEET, _inbox], ignore_index=True).fillna("")
-SHEET = _sheet.expand_series(SHEET)  # series=all: one sample (and model) per image of a TIFF
-SHEET = _sheet.expand_channels(SHEET)  # channel=all: one sample (and model) per channel
-SHEET = _sheet.expand_timepoints(SHEET)  # timepoint=all: one sample (and model) per time point
+# header counts of the `all` expansions, kept between the Snakefile's evaluations (one per job)
+_counts = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))
+SHEET = _sheet.expand_series(SHEET, _counts)  # series=all: one sample (and model) per image of a TIFF
+SHEET = _sheet.expand_channels(SHEET, _counts)  # channel=all: one sample (and model) per channel
+SHEET = _sheet.expand_timepoints(SHEET, _counts)  # timepoint=all: one sample (and model) per time point
+if workflow.is_main_process:
+    _counts.save()
 # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
 SHEET = _sheet.resolve_first_timepoint(SHEET)  # model_from=first_timepoint: {series}_t0's model
 _sheet.check_model_sources(SHEET, default_mode=config["mode"], default_scale=config["scale"])

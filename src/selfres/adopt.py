@@ -66,6 +66,7 @@ def adopt_enhance(
     guard_confidence: float,
     infer_settings: InferSettings,
     device: torch.device | str = "cpu",
+    path: str = "<volume>",
 ) -> dict:
     """``model.json`` metadata for ``sample`` restored with ``model`` (trained on another
     sample, whose metadata is ``meta``), judged on this sample's held-out region.
@@ -83,7 +84,9 @@ def adopt_enhance(
     guard_margin_db, guard_confidence
         The guard's settings for this sample.
     infer_settings
-        This sample's inference settings (the extras the guard scores).
+        This sample's inference settings (the extras the guard scores, ``amp``).
+    path
+        This sample's file, for messages.
 
     Returns
     -------
@@ -103,15 +106,18 @@ def adopt_enhance(
                                                   voxel_size, level=measured)
     else:
         noise_info = None
-    _warn_if_sampled_otherwise(meta.get("voxel_size_in"), voxel_size, sample=sample, source=meta.get("sample"))
+    _warn_if_sampled_otherwise(meta.get("voxel_size_in"), voxel_size, sample=sample, source=meta.get("sample"),
+                               skip_z=np.shape(train_volume)[0] == 1)
     degradation = make_degradation(trained.degradation, voxel_size=voxel_size)
-    blur = psf_target_blur_px(trained.psf_sigma_um, factors, voxel_size)
+    # the source's PSF (train.psf_sigma_um) needs this sample's voxel size too
+    blur = psf_target_blur_px(trained.psf_sigma_um, factors, voxel_size, path=path)
     if blur is not None:
         holdout_volume = psf_scaled_targets(holdout_volume, blur)
     target, low, interp = holdout_pair(holdout_volume, factors, degradation)
     data_range = float(max(target.max() - target.min(), 1e-6))
     tile = tuple(max(8, min(64, n)) for n in low.shape)
-    network = predict_array(model, low, factors=factors, tile_size=tile, device=device)
+    amp = bool(infer_settings.amp)
+    network = predict_array(model, low, factors=factors, tile_size=tile, device=device, amp=amp)
     learned = int(meta.get("best_step") or 0) > 0 or bool(meta.get("serial"))
     result = TrainResult(
         model=model, spec=None, best_step=int(meta.get("best_step") or 0) if not meta.get("serial") else 1,
@@ -126,7 +132,8 @@ def adopt_enhance(
     extras = inference_extras(infer_settings)
     psnr_out, flags = guard_with_extras(
         result, factors=factors, degradation=degradation, extras=extras, margin_db=guard_margin_db,
-        confidence=guard_confidence, device=device, acquisition=central_crop(train_volume, SHARE_PROBE_SHAPE))
+        confidence=guard_confidence, device=device, amp=amp,
+        acquisition=central_crop(train_volume, SHARE_PROBE_SHAPE))
     source_flags = [f for f in meta.get("flags") or [] if f != "model_worse_than_interpolation"]
     out = dict(meta)
     out.update({
@@ -157,10 +164,10 @@ def adopt_enhance(
     return out
 
 
-def _warn_if_sampled_otherwise(source_voxel, voxel, *, sample: str, source) -> None:
+def _warn_if_sampled_otherwise(source_voxel, voxel, *, sample: str, source, skip_z: bool = False) -> None:
     if not source_voxel or not voxel:
         return
-    off = [abs(float(a) - float(b)) / max(float(b), 1e-12) for a, b in zip(voxel, source_voxel)]
+    off = [abs(float(a) - float(b)) / max(float(b), 1e-12) for a, b in zip(voxel, source_voxel)][int(skip_z):]
     if max(off) > VOXEL_SIZE_TOLERANCE:
         log.warning("sample %s: voxel size %s µm, but the model of %s was trained at %s µm: it learned another "
                     "sampling (the guard judges it on this sample's held-out region)", sample,
@@ -176,6 +183,7 @@ def adopt_isotropic(
     *,
     sample: str,
     factor: float,
+    device: torch.device | str = "cpu",
 ) -> dict:
     """``model.json`` metadata for the isotropic ``sample`` restored with ``model`` (trained on
     another sample, whose metadata is ``meta``), judged on this sample's held-out lateral
@@ -209,7 +217,7 @@ def adopt_isotropic(
         raise ConfigError(f"sample {sample!r}: its axial factor (voxel z / xy) is {factor:.4g}, the model of "
                           f"{source!r} was trained for {trained_factor:.4g}: a model restores the axial blur it "
                           "learned; train this sample")
-    validation = self_validation(vol, fov, model, spec, meta)
+    validation = self_validation(vol, fov, model, spec, meta, device=device)
     flags = [f for f in meta.get("flags") or [] if f != "model_worse_than_interpolation"]
     if not validation["psnr_model"] > validation["psnr_interp"]:
         flags.append("model_worse_than_interpolation")

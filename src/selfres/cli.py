@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block", type=int, default=0, help="with --step block: block index 0..N-1")
     s.add_argument("--blocks", type=int, default=None, help="number of blocks N (overrides infer.blocks)")
     s.add_argument("--done", type=Path, default=None, help="write this JSON marker (stats) on success")
+    s.add_argument("--drop-stale-export", action="store_true",
+                   help="the workflow's: remove OUTPUT's OME-TIFF export (restored.ome.tif) from an earlier run")
     _common(s, compute=True)
 
     s = sub.add_parser("qc", help="metrics (self-validation, resolution, reference) → qc/metrics.json")
@@ -190,8 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--training-fov", default=None)
     s.add_argument("--keep", type=Path, default=None, help="keep intermediate files (model, metrics, report) here")
     s.add_argument("--model-from", type=Path, default=None,
-                   help="restore with this model/ folder (another volume's, kept with --keep; enhance, same scale) "
-                        "instead of training; the guard still judges it on this volume")
+                   help="restore with this model/ folder (another volume's, kept with --keep; same mode, and the "
+                        "same scale or axial factor) instead of training; the guard still judges it on this volume")
     s.add_argument("--reference", type=Path, default=None,
                    help="ground truth on the output grid: QC scores the output and the interpolation against it")
     _common(s, compute=True)
@@ -231,6 +233,8 @@ def run(args) -> int:
             st.validate()
         out = pipeline.stage_infer(args.normalized, args.model, args.output, sample=sample, settings=st,
                                    device=args.device, threads=args.threads, step=args.step, block=args.block)
+        if args.drop_stale_export and args.step in ("all", "gather"):
+            pipeline.drop_stale_export(args.output)
         if args.done:  # a Snakemake output: never half-written
             from .io import write_text_atomic
 
@@ -247,7 +251,7 @@ def run(args) -> int:
     elif cmd == "export":
         from .io import write_ome_tiff
 
-        write_ome_tiff(args.output, args.source, level=args.level, name=sample)
+        write_ome_tiff(args.output, args.source, level=args.level, name=args.sample)
     elif cmd == "summary":
         samples = [s for s in args.samples.split(",") if s]
         modes = json.loads(args.modes) if args.modes else None

@@ -1177,17 +1177,14 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             from .pipeline import drop_stale_model_output
 
             drop_stale_model_output(output)
-    if step in ("all", "gather"):
-        from .pipeline import drop_stale_export
-
-        drop_stale_export(output)
     return {"sample": sample, "output_shape": list(shape), "voxel_size_out": list(vs_out),
             "infer_seconds": sum(float(r["seconds"] or 0.0) for r in runs),
             "content": "interpolation" if use_interp else "model", "tiles": runs[-1]["tiles"],
             "computed": sum(int(r["computed"]) for r in runs), "resumed": sum(int(r["resumed"]) for r in runs)}
 
 
-def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: models.ModelSpec, meta: dict) -> dict:
+def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: models.ModelSpec, meta: dict, *,
+                    device: torch.device | str = "cpu") -> dict:
     """Model vs the degraded input (z-cubic-like) on held-out lateral slices, degraded as in training.
 
     ``analytic``: recomputed here (the degradation is deterministic and stored in the
@@ -1204,5 +1201,5 @@ def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: mo
                                   otsu_threshold(train_box))
     pairs = holdout_pairs(held, deg)
     data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
-    preds = [predict_slices(model, low) for _, low in pairs]
+    preds = [predict_slices(model, low, device=device) for _, low in pairs]
     return compare_stacks(pairs, preds, data_range)

@@ -438,7 +438,7 @@ def stage_adopt(
         from .isotropic import isotropic_factor
 
         factor = isotropic_factor(_voxel_size_of(vol), path=str(vol.attrs.get("source") or normalized), sample=sample)
-        new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor)
+        new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor, device=dev)
     else:
         factors = tuple(int(f) for f in (scale or (2, 2, 2)))
         if tuple(meta.get("factors") or ()) != factors:
@@ -450,7 +450,7 @@ def stage_adopt(
             model.to(dev), meta, np.asarray(vol.data[box_slices(fov.train)]),
             np.asarray(vol.data[box_slices(fov.holdout)]), sample=sample, voxel_size=_voxel_size_of(vol),
             guard_margin_db=settings.train.guard_margin_db, guard_confidence=settings.train.guard_confidence,
-            infer_settings=settings.infer, device=dev)
+            infer_settings=settings.infer, device=dev, path=str(vol.attrs.get("source") or normalized))
     model_dir = Path(model_dir)
     first, _, _ = _checked_model_folder(source_model, models.load_model)  # stage 1 of a serial model
     with io.atomic_output(model_dir) as tmp:
@@ -610,8 +610,6 @@ def stage_infer(
         secs = write_one(model_out, output, "model")
         if step in ("all", "gather"):
             drop_stale_model_output(output)
-    if step in ("all", "gather"):
-        drop_stale_export(output)
     return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model",
             "tiles": runs[-1]["tiles"], "computed": sum(r["computed"] for r in runs),
             "resumed": sum(r["resumed"] for r in runs)}
@@ -699,7 +697,9 @@ def tiff_export_path(output: str | Path) -> Path:
 def drop_stale_export(output: str | Path) -> None:
     """Remove the OME-TIFF export (:func:`tiff_export_path`) of an earlier ``output``: once
     ``output`` is rewritten it shows the old restoration, and with ``export_tiff: false`` no
-    job would ever replace it."""
+    job would ever replace it. Only the workflow's infer rules ask for this (``selfres infer
+    --drop-stale-export``), where that path is the workflow's own export: next to an output
+    named by a user it may be any file (``selfres restore x.ome.tif -o x.ome.zarr``)."""
     stale = tiff_export_path(output)
     if stale.is_file():
         stale.unlink()

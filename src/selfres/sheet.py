@@ -342,6 +342,9 @@ def inbox_table(rows: Iterable[Mapping[str, str]], columns: Mapping | None = Non
     validator = _row_validator(schema)
     check_sample_row({"sample": "inbox", "path": "inbox", **columns}, validator=validator,
                      where="config inbox_columns: ", who="")
+    if columns.get("model_from") == FIRST_TIMEPOINT and columns.get("timepoint") != "all":
+        raise ConfigError(f"config inbox_columns: model_from {FIRST_TIMEPOINT} names time point 0 of each "
+                          "acquisition's series, so it needs timepoint: all beside it")
     out = []
     for row in rows:
         full = {**columns, **{k: str(v) for k, v in row.items()}}
@@ -383,7 +386,9 @@ class FileCounts:
             return compute()
         if not os.path.isfile(path):
             return compute()
-        key = f"{kind}|{os.path.realpath(path)}|{series}"
+        from . import __version__
+
+        key = f"{kind}|{os.path.realpath(path)}|{series}|{__version__}"  # a new reader may count otherwise
         stamp = [st.st_size, st.st_mtime_ns]
         hit = self.entries.get(key)
         if isinstance(hit, dict) and hit.get("stamp") == stamp:

@@ -81,11 +81,28 @@ def test_inference_without_extras_does_not_need_the_training_degradation(tmp_pat
     tifffile.imwrite(tmp_path / "psf.tif", np.einsum("i,j,k->ijk", g, g, g).astype(np.float32))
     norm = _trained_sample(tmp_path, {"method": "psf", "psf_path": str(tmp_path / "psf.tif")})
     (tmp_path / "psf.tif").unlink()
-    (tmp_path / "out.ome.tif").write_bytes(b"exported from an earlier out.ome.zarr")
     info = pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", device="cpu",
                                 settings=InferSettings(back_projection_iterations=0))
     assert info["tiles"] >= 1 and (tmp_path / "out.ome.zarr").exists()
-    assert not (tmp_path / "out.ome.tif").exists()  # it showed the old restoration
+
+
+def test_only_the_workflow_drops_an_export_of_an_older_output(tmp_path):
+    """``selfres infer --drop-stale-export`` (what the infer rules run) removes the OME-TIFF of
+    the earlier ``restored.ome.zarr``; without it a file of that name is the user's (``selfres
+    restore x.ome.tif -o x.ome.zarr``) and is never touched."""
+    import json
+
+    from selfres import cli
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    (tmp_path / "in.ome.tif").write_bytes(b"the user's acquisition")
+    pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "in.ome.zarr", sample="s", device="cpu")
+    assert (tmp_path / "in.ome.tif").read_bytes() == b"the user's acquisition"
+    (tmp_path / "restored.ome.tif").write_bytes(b"exported from an earlier restored.ome.zarr")
+    settings = json.dumps({"infer": {"back_projection_iterations": 0}})
+    assert cli.main(["infer", str(norm), str(tmp_path / "model"), "-o", str(tmp_path / "restored.ome.zarr"),
+                     "--device", "cpu", "--settings", settings, "--drop-stale-export"]) == 0
+    assert not (tmp_path / "restored.ome.tif").exists() and (tmp_path / "in.ome.tif").exists()
 
 
 def test_a_model_from_before_the_shrink_infers_without_a_false_retrain_warning(tmp_path, caplog):

@@ -157,6 +157,7 @@ def test_inbox_without_columns_gives_bare_rows_and_an_empty_inbox_an_empty_table
     ({"scale": "1,1,1"}, r"config inbox_columns: .*column 'scale'"),
     ({"path": "x.tif"}, r"config inbox_columns: 'path' cannot be shared by all inbox acquisitions"),
     ({"reference": "truth.tif", "sample": "x"}, r"'reference', 'sample' cannot be shared"),
+    ({"model_from": "first_timepoint"}, r"config inbox_columns: model_from first_timepoint .*needs timepoint: all"),
 ])
 def test_bad_inbox_columns_are_refused_even_when_the_inbox_is_empty(columns, message):
     from selfres.sheet import inbox_table

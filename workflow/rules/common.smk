@@ -261,7 +261,9 @@ def resolved_config(sample):
             "series": _cell(sample, "series") or None, "channel": _cell(sample, "channel") or None,
             "timepoint": _cell(sample, "timepoint") or None,
             "reference": _cell(sample, "reference") or None,
-            "training_fov": _cell(sample, "training_fov") or None, "settings": _applied_settings(sample)}
+            "training_fov": _cell(sample, "training_fov") or None,
+            "model_from": model_source(sample) if model_source(sample) != sample else None,
+            "settings": _applied_settings(sample)}
 
 
 def _applied_settings(sample):

@@ -106,7 +106,8 @@ rule infer:
     conda:
         "../../envs/selfres.yaml"
     shell:
-        "selfres infer {input.normalized:q} {input.model:q} -o {output:q} --threads {threads} {params.args} > {log:q} 2>&1"
+        "selfres infer {input.normalized:q} {input.model:q} -o {output:q} --threads {threads} --drop-stale-export "
+        "{params.args} > {log:q} 2>&1"
 
 
 # infer.blocks = N > 1: prepare the partial store, N block jobs (each its own GPU
@@ -179,7 +180,8 @@ rule infer_gather:
     conda:
         "../../envs/selfres.yaml"
     shell:
-        "selfres infer {input.normalized:q} {input.model:q} -o {output:q} --step gather {params.args} > {log:q} 2>&1"
+        "selfres infer {input.normalized:q} {input.model:q} -o {output:q} --step gather --drop-stale-export "
+        "{params.args} > {log:q} 2>&1"
 
 
 rule qc:

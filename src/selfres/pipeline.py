@@ -835,9 +835,10 @@ def stage_qc(
         iso_in, iso_out, iso_interp = metrics.isotropy(li, ai), metrics.isotropy(lo, ao), metrics.isotropy(lt, at)
         if mode == "isotropic" and iso_out is not None and np.isfinite(iso_out) and iso_out < 0.8:
             flags.append("isotropy_not_reached")
-        fi, pi = metrics.axial_spectrum(raw_norm, voxel_size=vs_in)
-        fo, po = metrics.axial_spectrum(restored_norm, voxel_size=vs_out)
-        write_json(qc_dir / "spectra.json", clean_floats({"input": [fi, pi], "output": [fo, po]}))
+        if raw_norm.shape[0] >= 2:  # a 2-D image (one slice) has no axial spectrum
+            fi, pi = metrics.axial_spectrum(raw_norm, voxel_size=vs_in)
+            fo, po = metrics.axial_spectrum(restored_norm, voxel_size=vs_out)
+            write_json(qc_dir / "spectra.json", clean_floats({"input": [fi, pi], "output": [fo, po]}))
     if vs_in is None:
         flags.append("voxel_size_missing")
     sat = vol.attrs.get("saturated_fraction")

@@ -134,3 +134,24 @@ def test_a_model_from_before_the_shrink_infers_without_a_false_retrain_warning(t
         pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out2.ome.zarr", sample="s", device="cpu",
                              settings=InferSettings(back_projection_iterations=2))
     assert "the guard scored the model with" in caplog.text
+
+
+def test_a_2d_image_with_a_pixel_size_is_restored_and_measured_laterally_only(tmp_path):
+    """A single plane with its pixel size: QC measures the lateral resolution and skips the
+    axial figures (it used to stop on the axial spectrum, which needs two slices)."""
+    import tifffile
+
+    from selfres.settings import parse_settings
+
+    from ..conftest import blob_volume
+
+    plane = (blob_volume((1, 64, 64), n=40, sigma=(1.0, 1.5, 1.5), seed=5)[0] * 3000 + 100).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "plane.tif", plane, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"})
+    settings = parse_settings({"train": {"steps": 2, "width": 4, "depth": 1, "batch_size": 1, "validate_every": 1,
+                                         "warmup_steps": 1, "patch_size": [1, 16, 16]},
+                               "fov": {"min_holdout_voxels": 256}})
+    m = pipeline.restore(tmp_path / "plane.tif", tmp_path / "out.ome.zarr", scale=(1, 2, 2), settings=settings,
+                         device="cpu", keep=tmp_path / "work")
+    assert m["output_shape"] == [1, 128, 128]
+    assert m["resolution_um"]["lateral_in"] is not None and m["resolution_um"]["axial_in"] is None
+    assert not (tmp_path / "work" / "qc" / "spectra.json").exists() and (tmp_path / "work" / "report.html").exists()

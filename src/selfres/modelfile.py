@@ -8,6 +8,7 @@ the network from what :func:`read_description` has checked.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,20 @@ def read_description(directory: str | Path) -> tuple[dict[str, Any], Path]:
         raise InputError(w_path, "checksum mismatch: the weights file is corrupt; "
                                  "delete it to retrain")
     return info, w_path
+
+
+def copy_with_metadata(source: str | Path, destination: str | Path, metadata: dict[str, Any]) -> None:
+    """Copy the model folder ``source`` (weights, a serial model's second stage, training log)
+    to ``destination`` (which must not exist) with ``metadata`` in place of its description's.
+    The weights and their checksum stay the source's: the copy loads as the same network.
+
+    Raises
+    ------
+    InputError
+        ``source`` is not a sound model folder (:func:`read_description`).
+    """
+    info, _ = read_description(source)
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns(".*"))  # no half-written temporaries
+    info["metadata"] = dict(metadata)
+    text = json.dumps(info, indent=2, sort_keys=True)  # fails early if not JSON-able
+    (Path(destination) / DESCRIPTION_FILE).write_text(text + "\n", encoding="utf-8")

@@ -434,10 +434,11 @@ def stage_adopt(
                           f"restored in {mode} mode: give both the same mode")
     vol, _ = read_normalized(normalized, lazy=True)
     fov = TrainingFov.load(fov_json)
+    path = str(vol.attrs.get("source") or normalized)  # the user's acquisition, for messages
     if mode == "isotropic":
         from .isotropic import isotropic_factor
 
-        factor = isotropic_factor(_voxel_size_of(vol), path=str(vol.attrs.get("source") or normalized), sample=sample)
+        factor = isotropic_factor(_voxel_size_of(vol), path=path, sample=sample)
         new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor, device=dev)
     else:
         factors = tuple(int(f) for f in (scale or (2, 2, 2)))
@@ -450,16 +451,11 @@ def stage_adopt(
             model.to(dev), meta, np.asarray(vol.data[box_slices(fov.train)]),
             np.asarray(vol.data[box_slices(fov.holdout)]), sample=sample, voxel_size=_voxel_size_of(vol),
             guard_margin_db=settings.train.guard_margin_db, guard_confidence=settings.train.guard_confidence,
-            infer_settings=settings.infer, device=dev, path=str(vol.attrs.get("source") or normalized))
-    model_dir = Path(model_dir)
-    first, _, _ = _checked_model_folder(source_model, models.load_model)  # stage 1 of a serial model
-    with io.atomic_output(model_dir) as tmp:
-        models.save_model(tmp, first, spec, metadata=new_meta)
-        if meta.get("serial"):
-            shutil.copytree(Path(source_model) / meta["serial"]["stage2"], tmp / meta["serial"]["stage2"])
-        log_file = Path(source_model) / "training_log.tsv"
-        if log_file.is_file():
-            shutil.copy2(log_file, tmp / "training_log.tsv")
+            infer_settings=settings.infer, device=dev, path=path)
+    from .modelfile import copy_with_metadata
+
+    with io.atomic_output(model_dir) as tmp:  # the source's files as they are, this sample's model.json
+        copy_with_metadata(source_model, tmp, new_meta)
     return new_meta
 
 

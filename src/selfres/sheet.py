@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import __version__
 from .errors import ConfigError
 
 __all__ = ["SAMPLE_ID", "FileCounts", "check_model_sources", "check_results_dirs", "check_sample_id", "check_sample_row",
@@ -386,8 +387,6 @@ class FileCounts:
             return compute()
         if not os.path.isfile(path):
             return compute()
-        from . import __version__
-
         key = f"{kind}|{os.path.realpath(path)}|{series}|{__version__}"  # a new reader may count otherwise
         stamp = [st.st_size, st.st_mtime_ns]
         hit = self.entries.get(key)
@@ -415,8 +414,8 @@ class FileCounts:
             logging.getLogger("selfres").warning("file counts cache %s not written: %s", self.path, exc)
 
 
-def _counted(counts: "FileCounts | None", kind: str, row: dict, compute):
-    return compute() if counts is None else counts.get(kind, row["path"], _series_of(row), compute)
+def _counted(counts: "FileCounts | None", kind: str, path: str, series: int | None, compute):
+    return compute() if counts is None else counts.get(kind, path, series, compute)
 
 
 def expand_series(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd.DataFrame:
@@ -433,7 +432,7 @@ def expand_series(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd.D
     """
     from .io import series_numbers
 
-    return _expand_all(sheet, "series", lambda row: _counted(counts, "series", {**row, "series": ""},
+    return _expand_all(sheet, "series", lambda row: _counted(counts, "series", row["path"], None,
                                                             lambda: series_numbers(row["path"])), "s")
 
 
@@ -451,7 +450,8 @@ def expand_channels(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd
     from .io import channel_count
 
     return _expand_all(sheet, "channel", lambda row: range(_counted(
-        counts, "channels", row, lambda: channel_count(row["path"], series=_series_of(row)))), "c")
+        counts, "channels", row["path"], _series_of(row), lambda: channel_count(row["path"], series=_series_of(row)))),
+        "c")
 
 
 def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd.DataFrame:
@@ -469,7 +469,8 @@ def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None) -> 
     from .io import timepoint_count
 
     return _expand_all(sheet, "timepoint", lambda row: range(_counted(
-        counts, "timepoints", row, lambda: timepoint_count(row["path"], series=_series_of(row)))), "t")
+        counts, "timepoints", row["path"], _series_of(row),
+        lambda: timepoint_count(row["path"], series=_series_of(row)))), "t")
 
 
 def _series_of(row: dict) -> int | None:

@@ -539,6 +539,35 @@ def resolve_first_timepoint(sheet: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+_EXPANSION_SUFFIX = re.compile(r"(?:_[sct][0-9]+)+")
+
+
+def resolve_unexpanded_sources(sheet: pd.DataFrame) -> pd.DataFrame:
+    """``model_from`` naming an expanded id (``lapse_t0``) of a row whose file could not be
+    read, so that it was not expanded (its ``series``/``channel``/``timepoint`` is still
+    ``all``): the cell is pointed at that row. That row's first job fails with the reader's
+    message and the samples waiting for its model are not run, while every other sample goes
+    on — instead of the whole run stopping on "not a sample of the sheet".
+    """
+    if "model_from" not in sheet:
+        return sheet
+    ids = set(sheet["sample"])
+    unexpanded = {r["sample"] for r in sheet.to_dict(orient="records")
+                  if any(str(r.get(c, "")).strip() == "all" for c in ("series", "channel", "timepoint"))}
+    if not unexpanded:
+        return sheet
+    out = sheet.copy()
+    for i, row in out.iterrows():
+        src = str(row["model_from"] or "").strip()
+        if not src or src in ids:
+            continue
+        stem = next((u for u in sorted(unexpanded, key=len, reverse=True)
+                     if src.startswith(u + "_") and _EXPANSION_SUFFIX.fullmatch(src[len(u):])), None)
+        if stem is not None:
+            out.at[i, "model_from"] = stem
+    return out
+
+
 def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance", default_scale: str = "2,2,2") -> None:
     """Refuse ``model_from`` cells (after ``all`` expansion) that no job could honour.
 

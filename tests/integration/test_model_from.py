@@ -107,6 +107,15 @@ def test_time_points_share_the_first_time_points_model(tmp_path, value):
     proc = run_snakemake(bad, "-n")
     assert proc.returncode != 0
     assert "sample 'b', column 'model_from': 'lapse_t9' is not a sample of the sheet" in proc.stdout + proc.stderr
+    # a time series whose file cannot be read is not expanded: the sample naming its time point 0
+    # waits on that row (whose normalise will fail with the reader's message); the run goes on
+    gone = make_workdir(tmp_path, name="gone", samples={"a": {}, "lost": {"path": "../data/lost.tif",
+                                                                          "timepoint": "all"},
+                                                        "b": {"model_from": "lost_t0"}})
+    proc = run_snakemake(gone, "-n")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    jobs = _jobs(proc)
+    assert ("train", "lost") in jobs and ("adopt", "b") in jobs and ("train", "a") in jobs
 
 
 def test_restore_without_snakemake_takes_a_model_folder(shared, tmp_path):

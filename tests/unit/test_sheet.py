@@ -219,6 +219,29 @@ def test_first_timepoint_names_each_series_own_time_point_zero():
         resolve_first_timepoint(pd.DataFrame([{"sample": "still_t1", "timepoint": "", "model_from": "first_timepoint"}]))
 
 
+def test_model_from_an_unexpanded_row_points_at_that_row():
+    import pandas as pd
+
+    from selfres.sheet import check_model_sources, resolve_unexpanded_sources
+
+    sheet = pd.DataFrame([
+        {"sample": "lapse", "channel": "", "timepoint": "all", "model_from": ""},  # its file could not be read
+        {"sample": "two", "channel": "all", "timepoint": "all", "model_from": ""},
+        {"sample": "ok_t0", "channel": "", "timepoint": "0", "model_from": ""},
+        {"sample": "a", "channel": "", "timepoint": "", "model_from": "lapse_t0"},
+        {"sample": "b", "channel": "", "timepoint": "", "model_from": "two_c1_t3"},
+        {"sample": "c", "channel": "", "timepoint": "", "model_from": "ok_t0"},
+        {"sample": "d", "channel": "", "timepoint": "", "model_from": "lapse_x0"},  # no expansion suffix
+        {"sample": "e", "channel": "", "timepoint": "", "model_from": "lapsed_t0"},  # another stem
+    ])
+    out = resolve_unexpanded_sources(sheet)
+    assert list(out["model_from"]) == ["", "", "", "lapse", "two", "ok_t0", "lapse_x0", "lapsed_t0"]
+    check_model_sources(out.iloc[:6])
+    with pytest.raises(ConfigError, match="'lapse_x0' is not a sample of the sheet"):
+        check_model_sources(out)
+    assert resolve_unexpanded_sources(sheet.iloc[2:]).equals(sheet.iloc[2:])  # nothing unexpanded: unchanged
+
+
 # ---------------------------------------------------------------- header counts kept between evaluations
 
 def test_file_counts_are_read_once_and_again_only_when_the_file_changes(tmp_path):

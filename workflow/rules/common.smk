@@ -65,6 +65,7 @@ if workflow.is_main_process:
     _counts.save()
 # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
 SHEET = _sheet.resolve_first_timepoint(SHEET)  # model_from=first_timepoint: {series}_t0's model
+SHEET = _sheet.resolve_unexpanded_sources(SHEET)  # lapse_t0 of an unreadable lapse.tif: wait on its row
 _sheet.check_model_sources(SHEET, default_mode=config["mode"], default_scale=config["scale"])
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)

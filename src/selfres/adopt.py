@@ -54,6 +54,18 @@ VOXEL_SIZE_TOLERANCE = 0.05
 ISOTROPIC_FACTOR_TOLERANCE = 0.01
 
 
+def model_was_learned(meta: dict) -> bool:
+    """Whether a saved enhance model holds a learned mapping (some stage kept a step > 0),
+    as the guard asks (:func:`selfres.train.guard_with_extras`): an untrained one is tricubic
+    (+ the inference extras) and is judged by the confidence rule, a learned one by the margin.
+    A serial ×4 model saved before its stages' steps were recorded counts as learned."""
+    serial = meta.get("serial")
+    if serial:
+        steps = serial.get("stage_best_steps")
+        return True if steps is None else any(int(s) > 0 for s in steps)
+    return int(meta.get("best_step") or 0) > 0
+
+
 def adopt_enhance(
     model: torch.nn.Module,
     meta: dict,
@@ -118,9 +130,9 @@ def adopt_enhance(
     tile = tuple(max(8, min(64, n)) for n in low.shape)
     amp = bool(infer_settings.amp)
     network = predict_array(model, low, factors=factors, tile_size=tile, device=device, amp=amp)
-    learned = int(meta.get("best_step") or 0) > 0 or bool(meta.get("serial"))
+    learned = model_was_learned(meta)
     result = TrainResult(
-        model=model, spec=None, best_step=int(meta.get("best_step") or 0) if not meta.get("serial") else 1,
+        model=model, spec=None, best_step=int(meta.get("best_step") or 0) if not meta.get("serial") else int(learned),
         steps_done=0, seconds=0.0, stop_reason="adopted", val_psnr_model=psnr01(target, network, data_range),
         val_psnr_interp=psnr01(target, interp, data_range), holdout=(target, low, interp), settings=trained,
         noise=noise_info, acquisition_noise=noise.NoiseLevel(*measured.as_list(), bins=measured.bins),

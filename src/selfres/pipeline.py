@@ -383,7 +383,8 @@ def stage_train(
     if result.stages:  # serial ×4: stage 1 in model/, stage 2 in model/stage2/
         first, second = result.stages
         meta["serial"] = {"stage2": "stage2", "factors": [list(first.spec.factors), list(second.spec.factors)],
-                          "stage_gains": [r.val_psnr_model - r.val_psnr_interp for r in result.stages]}
+                          "stage_gains": [r.val_psnr_model - r.val_psnr_interp for r in result.stages],
+                          "stage_best_steps": [int(r.best_step) for r in result.stages]}
         models.save_model(tmp, first.model, first.spec, metadata=meta)
         models.save_model(tmp / "stage2", second.model, second.spec, metadata={"serial_stage": 2})
     else:

@@ -244,6 +244,7 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
     meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 4, 4),
                                 settings=s, device="cpu")
     assert meta["serial"]["factors"] == [[1, 2, 2], [1, 2, 2]]
+    assert len(meta["serial"]["stage_best_steps"]) == 2  # what a sample adopting this model is judged by
     model, _, _ = pipeline.load_trained(tmp_path / "model")
     assert isinstance(model, Serial) and model.factors == (1, 4, 4)
     pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", settings=s.infer,

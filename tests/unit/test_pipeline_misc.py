@@ -155,3 +155,16 @@ def test_a_2d_image_with_a_pixel_size_is_restored_and_measured_laterally_only(tm
     assert m["output_shape"] == [1, 128, 128]
     assert m["resolution_um"]["lateral_in"] is not None and m["resolution_um"]["axial_in"] is None
     assert not (tmp_path / "work" / "qc" / "spectra.json").exists() and (tmp_path / "work" / "report.html").exists()
+
+
+@pytest.mark.parametrize("meta, learned", [
+    ({"best_step": 0}, False),
+    ({"best_step": 150}, True),
+    ({"best_step": 0, "serial": {"stage_best_steps": [0, 0]}}, False),  # both stages tricubic
+    ({"best_step": 0, "serial": {"stage_best_steps": [75, 0]}}, True),  # stage 1 learned, stage 2 did not
+    ({"best_step": 0, "serial": {"factors": [[2, 2, 2], [2, 2, 2]]}}, True),  # saved before steps were kept
+])
+def test_an_adopted_model_is_judged_as_learned_only_when_a_stage_learned(meta, learned):
+    from selfres.adopt import model_was_learned
+
+    assert model_was_learned(meta) is learned

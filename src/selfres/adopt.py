@@ -137,7 +137,7 @@ def adopt_enhance(
         val_psnr_interp=psnr01(target, interp, data_range), holdout=(target, low, interp), settings=trained,
         noise=noise_info, acquisition_noise=noise.NoiseLevel(*measured.as_list(), bins=measured.bins),
     )
-    if not learned:
+    if not learned and not meta.get("serial"):
         result.flags.append("model_worse_than_interpolation")  # as train_enhance leaves an untrained net
     elif result.val_psnr_model <= result.val_psnr_interp + guard_margin_db:
         result.flags.append("model_worse_than_interpolation")

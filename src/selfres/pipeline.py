@@ -902,7 +902,9 @@ def stage_qc(
         # the gain the guard asks of a trained network (isotropic: any gain)
         "guard_margin_db": ((meta.get("settings") or {}).get("guard_margin_db") if mode == "enhance" else 0.0),
         "restored_check": agreement,
-        "best_step": meta.get("best_step"),
+        # serial ×4: the later step of the two stages (meta's own is stage 2's), so 0 means nothing was learned
+        "best_step": (max((meta.get("serial") or {}).get("stage_best_steps") or [meta.get("best_step") or 0])
+                      if meta.get("serial") else meta.get("best_step")),
         "stop_reason": meta.get("stop_reason"),
         # model_from: the sample that trained the model (judged on this sample's held-out region)
         "adopted_from": (meta.get("adopted_from") or {}).get("sample"),

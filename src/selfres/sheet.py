@@ -539,7 +539,8 @@ def resolve_first_timepoint(sheet: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-_EXPANSION_SUFFIX = re.compile(r"(?:_[sct][0-9]+)+")
+#: the id suffix each ``all`` column adds, in the order the expansions run
+_EXPANSION_SUFFIXES = (("series", "s"), ("channel", "c"), ("timepoint", "t"))
 
 
 def resolve_unexpanded_sources(sheet: pd.DataFrame) -> pd.DataFrame:
@@ -547,22 +548,28 @@ def resolve_unexpanded_sources(sheet: pd.DataFrame) -> pd.DataFrame:
     read, so that it was not expanded (its ``series``/``channel``/``timepoint`` is still
     ``all``): the cell is pointed at that row. That row's first job fails with the reader's
     message and the samples waiting for its model are not run, while every other sample goes
-    on — instead of the whole run stopping on "not a sample of the sheet".
+    on (``--keep-going``, as the profiles set) — instead of the whole run stopping on "not a
+    sample of the sheet". Only the suffixes that row's ``all`` columns would have added count
+    (``_s<n>``, ``_c<n>``, ``_t<n>``, in that order): ``lapse_c3`` of a ``timepoint = all`` row is
+    still refused.
     """
     if "model_from" not in sheet:
         return sheet
     ids = set(sheet["sample"])
-    unexpanded = {r["sample"] for r in sheet.to_dict(orient="records")
-                  if any(str(r.get(c, "")).strip() == "all" for c in ("series", "channel", "timepoint"))}
-    if not unexpanded:
+    suffixes = {}  # unexpanded row -> the pattern of the ids its expansion would have made
+    for r in sheet.to_dict(orient="records"):
+        parts = [rf"_{letter}[0-9]+" for column, letter in _EXPANSION_SUFFIXES if str(r.get(column, "")).strip() == "all"]
+        if parts:
+            suffixes[r["sample"]] = re.compile("".join(parts))
+    if not suffixes:
         return sheet
     out = sheet.copy()
     for i, row in out.iterrows():
         src = str(row["model_from"] or "").strip()
         if not src or src in ids:
             continue
-        stem = next((u for u in sorted(unexpanded, key=len, reverse=True)
-                     if src.startswith(u + "_") and _EXPANSION_SUFFIX.fullmatch(src[len(u):])), None)
+        stem = next((u for u in sorted(suffixes, key=len, reverse=True)
+                     if src.startswith(u + "_") and suffixes[u].fullmatch(src[len(u):])), None)
         if stem is not None:
             out.at[i, "model_from"] = stem
     return out

@@ -244,7 +244,9 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
     meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 4, 4),
                                 settings=s, device="cpu")
     assert meta["serial"]["factors"] == [[1, 2, 2], [1, 2, 2]]
-    assert len(meta["serial"]["stage_best_steps"]) == 2  # what a sample adopting this model is judged by
+    # what a sample adopting this model is judged by: each stage's kept step (1 step each: 0 or 1)
+    steps = meta["serial"]["stage_best_steps"]
+    assert len(steps) == 2 and all(isinstance(v, int) and v in (0, 1) for v in steps)
     model, _, _ = pipeline.load_trained(tmp_path / "model")
     assert isinstance(model, Serial) and model.factors == (1, 4, 4)
     pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", settings=s.infer,
@@ -259,3 +261,13 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
 
     got = normalise.apply(np.asarray(out.data), params)
     np.testing.assert_allclose(got, expect, atol=2e-3)
+    # QC's best_step is the later of the two stages' (model.json's own is stage 2's): stage 1
+    # learned, stage 2 did not — the report must not say that nothing was learned
+    import json
+
+    doc = json.loads((tmp_path / "model" / "model.json").read_text())
+    doc["metadata"].update(best_step=0, serial=doc["metadata"]["serial"] | {"stage_best_steps": [1, 0]})
+    (tmp_path / "model" / "model.json").write_text(json.dumps(doc))
+    m = pipeline.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
+                          tmp_path / "qc" / "metrics.json", sample="s")
+    assert m["best_step"] == 1

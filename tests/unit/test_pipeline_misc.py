@@ -168,3 +168,33 @@ def test_an_adopted_model_is_judged_as_learned_only_when_a_stage_learned(meta, l
     from selfres.adopt import model_was_learned
 
     assert model_was_learned(meta) is learned
+
+
+@pytest.mark.parametrize("stage_steps, confidence_used", [([0, 0], 0.95), ([75, 0], 0.0)])
+def test_adopting_a_serial_model_applies_the_guard_rule_of_what_it_learned(monkeypatch, stage_steps, confidence_used):
+    """An untrained serial ×4 source (both stages kept step 0: tricubic ×2 twice, + the extras) is
+    judged by the confidence rule, as train_serial's own guard would; a learned one by the margin."""
+    from selfres import adopt, train
+    from selfres.ensemble import Serial
+    from selfres.models import ModelSpec, build_model
+    from selfres.settings import InferSettings
+    from ..conftest import blob_volume
+
+    seen = []
+    real = train.guard_passes
+
+    def spy(*args, confidence, **kwargs):
+        seen.append(confidence)
+        return real(*args, confidence=confidence, **kwargs)
+
+    monkeypatch.setattr(train, "guard_passes", spy)
+    stage = ModelSpec(arch="resnet3d", factors=(2, 2, 2), width=4, depth=1)
+    model = Serial(build_model(stage), build_model(stage)).eval()  # untrained stages: tricubic ×2 each
+    vol = blob_volume((16, 48, 48), n=30, sigma=(1.0, 1.5, 1.5), seed=3).astype(np.float32)
+    meta = {"sample": "src", "factors": [4, 4, 4], "best_step": 0, "flags": [], "settings": {},
+            "serial": {"stage2": "stage2", "factors": [[2, 2, 2], [2, 2, 2]], "stage_best_steps": stage_steps}}
+    out = adopt.adopt_enhance(model, meta, vol[:, :, :32], vol[:, :, 32:], sample="b", voxel_size=None,
+                              guard_margin_db=0.2, guard_confidence=0.95,
+                              infer_settings=InferSettings(back_projection_iterations=1), device="cpu")
+    assert seen == [confidence_used]
+    assert out["sample"] == "b"

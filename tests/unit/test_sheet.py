@@ -233,9 +233,12 @@ def test_model_from_an_unexpanded_row_points_at_that_row():
         {"sample": "c", "channel": "", "timepoint": "", "model_from": "ok_t0"},
         {"sample": "d", "channel": "", "timepoint": "", "model_from": "lapse_x0"},  # no expansion suffix
         {"sample": "e", "channel": "", "timepoint": "", "model_from": "lapsed_t0"},  # another stem
+        {"sample": "f", "channel": "", "timepoint": "", "model_from": "lapse_c3"},  # lapse has no channel=all
+        {"sample": "g", "channel": "", "timepoint": "", "model_from": "two_t3_c1"},  # not the expansion's order
     ])
     out = resolve_unexpanded_sources(sheet)
-    assert list(out["model_from"]) == ["", "", "", "lapse", "two", "ok_t0", "lapse_x0", "lapsed_t0"]
+    assert list(out["model_from"]) == ["", "", "", "lapse", "two", "ok_t0", "lapse_x0", "lapsed_t0", "lapse_c3",
+                                       "two_t3_c1"]
     check_model_sources(out.iloc[:6])
     with pytest.raises(ConfigError, match="'lapse_x0' is not a sample of the sheet"):
         check_model_sources(out)

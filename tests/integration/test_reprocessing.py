@@ -7,6 +7,8 @@ of a copy of that finished working directory and reads the dry-run job list
 
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 
 import pytest
@@ -121,3 +123,34 @@ def test_forcerun_reruns_a_stage_for_one_sample(wd):
 def test_forcerun_until_stops_before_qc(wd):
     jobs = _jobs(wd, "--forcerun", "results/b/model", "--until", "infer")
     assert jobs == {("train", "b"), ("infer", "b")}
+
+
+def _train_command(wd, sample):
+    """The shell command of ``sample``'s train job in a dry run (``-p``)."""
+    proc = run_snakemake(wd, "-n", "-p", "--forceall")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    lines = [ln[ln.index("selfres train "):] for ln in out.splitlines()
+             if "selfres train " in ln and f"--sample {sample} " in ln]
+    assert len(lines) == 1, out[-4000:]
+    return lines[0]
+
+
+def test_an_enhance_only_train_value_does_not_retrain_isotropic_samples(tmp_path):
+    """Isotropic mode's restorer has its own net, loss, steps and patches (`isotropic.*`); the
+    `train` values it does not read (and the noise model of `train.degradation`) are left out
+    of its train job's parameters, so changing them reruns only the enhance samples."""
+    wd = make_workdir(tmp_path, samples={"e": {}, "i": {"mode": "isotropic", "voxel_size": "2,0.5,0.5"}})
+    before = _train_command(wd, "i")
+    argv = shlex.split(before.split(" > ")[0])
+    train = json.loads(argv[argv.index("--settings") + 1])["train"]
+    assert not {"steps", "loss", "width", "patch_size", "guard_margin_db"} & set(train), train
+    assert "noise" not in train["degradation"] and train["max_minutes"] == 1.0
+    _edit_config(wd, train={"steps": 7, "loss": "mse", "width": 4, "guard_margin_db": 0.5,
+                            "degradation": {"noise": "none"}})
+    assert _train_command(wd, "i") == before
+    assert _train_command(wd, "e") != before  # the enhance sample's does change
+    _edit_config(wd, train={"learning_rate": 0.000123})  # the restorer's learning rate: read
+    assert _train_command(wd, "i") != before
+    _edit_config(wd, train={"degradation": {"method": "gaussian", "sigma_um": [2.0, 0.5, 0.5]}})  # the axial σ
+    assert "sigma_um" in _train_command(wd, "i")

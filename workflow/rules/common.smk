@@ -145,11 +145,23 @@ STAGE_SECTIONS = {
 }
 
 
+#: the `train` values isotropic mode reads (its restorer has its own net, loss, steps and
+#: patches in `isotropic`; of `train.degradation` only the optics / PSF that give the axial σ)
+ISOTROPIC_TRAIN_KEYS = ("seed", "augment", "learning_rate", "lr_schedule", "warmup_steps", "max_minutes",
+                        "patience", "validate_every", "degradation")
+ISOTROPIC_DEGRADATION_KEYS = ("method", "sigma_um", "na", "wavelength_um", "refractive_index", "microscope",
+                              "psf_path")
+
+
 def stage_settings(sample, stage):
     s = sample_settings(sample)
     out = {k: s[k] for k in STAGE_SECTIONS[stage] if k in s}
     if sample_mode(sample) != "isotropic":  # an isotropic value must not retrain enhance samples
         out.pop("isotropic", None)
+    elif "train" in out:  # nor an enhance-only value isotropic samples
+        out["train"] = {k: v for k, v in out["train"].items() if k in ISOTROPIC_TRAIN_KEYS}
+        out["train"]["degradation"] = {k: v for k, v in out["train"].get("degradation", {}).items()
+                                       if k in ISOTROPIC_DEGRADATION_KEYS}
     if "train" in out and (sample_mode(sample) != "enhance" or out["train"].get("psf_sigma_um") is not None):
         # blurred targets are enhance's, and off with a PSF: their values must not retrain these samples
         out["train"] = {k: v for k, v in out["train"].items() if not k.startswith("blur_augment")}

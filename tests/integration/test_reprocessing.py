@@ -125,13 +125,13 @@ def test_forcerun_until_stops_before_qc(wd):
     assert jobs == {("train", "b"), ("infer", "b")}
 
 
-def _train_command(wd, sample):
-    """The shell command of ``sample``'s train job in a dry run (``-p``)."""
+def _train_command(wd, sample, stage="train"):
+    """The shell command of ``sample``'s ``stage`` job in a dry run (``-p``)."""
     proc = run_snakemake(wd, "-n", "-p", "--forceall")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    lines = [ln[ln.index("selfres train "):] for ln in out.splitlines()
-             if "selfres train " in ln and f"--sample {sample} " in ln]
+    lines = [ln[ln.index(f"selfres {stage} "):] for ln in out.splitlines()
+             if f"selfres {stage} " in ln and f"--sample {sample} " in ln]
     assert len(lines) == 1, out[-4000:]
     return lines[0]
 
@@ -141,7 +141,7 @@ def test_an_enhance_only_train_value_does_not_retrain_isotropic_samples(tmp_path
     `train` values it does not read (and the noise model of `train.degradation`) are left out
     of its train job's parameters, so changing them reruns only the enhance samples."""
     wd = make_workdir(tmp_path, samples={"e": {}, "i": {"mode": "isotropic", "voxel_size": "2,0.5,0.5"}})
-    before = _train_command(wd, "i")
+    before, report_before = _train_command(wd, "i"), _train_command(wd, "i", "report")
     argv = shlex.split(before.split(" > ")[0])
     train = json.loads(argv[argv.index("--settings") + 1])["train"]
     assert not {"steps", "loss", "width", "patch_size", "guard_margin_db"} & set(train), train
@@ -149,6 +149,7 @@ def test_an_enhance_only_train_value_does_not_retrain_isotropic_samples(tmp_path
     _edit_config(wd, train={"steps": 7, "loss": "mse", "width": 4, "guard_margin_db": 0.5,
                             "degradation": {"noise": "none"}})
     assert _train_command(wd, "i") == before
+    assert _train_command(wd, "i", "report") == report_before  # its provenance records what it reads
     assert _train_command(wd, "e") != before  # the enhance sample's does change
     _edit_config(wd, train={"learning_rate": 0.000123})  # the restorer's learning rate: read
     assert _train_command(wd, "i") != before

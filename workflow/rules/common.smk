@@ -153,18 +153,28 @@ ISOTROPIC_DEGRADATION_KEYS = ("method", "sigma_um", "na", "wavelength_um", "refr
                               "psf_path")
 
 
+def _used_by_mode(sample, sections):
+    """``sections`` without the values the sample's mode does not read, so that changing one
+    neither reruns nor is recorded for samples it cannot affect."""
+    out = dict(sections)
+    mode = sample_mode(sample)
+    if mode != "isotropic":  # an isotropic value must not retrain enhance samples
+        out.pop("isotropic", None)
+    if "train" in out:
+        train = out["train"]
+        if mode == "isotropic":  # nor an enhance-only value isotropic samples
+            train = {k: v for k, v in train.items() if k in ISOTROPIC_TRAIN_KEYS}
+            train["degradation"] = {k: v for k, v in train.get("degradation", {}).items()
+                                    if k in ISOTROPIC_DEGRADATION_KEYS}
+        elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
+            train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
+        out["train"] = train
+    return out
+
+
 def stage_settings(sample, stage):
     s = sample_settings(sample)
-    out = {k: s[k] for k in STAGE_SECTIONS[stage] if k in s}
-    if sample_mode(sample) != "isotropic":  # an isotropic value must not retrain enhance samples
-        out.pop("isotropic", None)
-    elif "train" in out:  # nor an enhance-only value isotropic samples
-        out["train"] = {k: v for k, v in out["train"].items() if k in ISOTROPIC_TRAIN_KEYS}
-        out["train"]["degradation"] = {k: v for k, v in out["train"].get("degradation", {}).items()
-                                       if k in ISOTROPIC_DEGRADATION_KEYS}
-    if "train" in out and (sample_mode(sample) != "enhance" or out["train"].get("psf_sigma_um") is not None):
-        # blurred targets are enhance's, and off with a PSF: their values must not retrain these samples
-        out["train"] = {k: v for k, v in out["train"].items() if not k.startswith("blur_augment")}
+    out = _used_by_mode(sample, {k: s[k] for k in STAGE_SECTIONS[stage] if k in s})
     if stage == "normalise":
         out["infer"] = {"ngff_version": s["infer"]["ngff_version"]}
     if stage == "train":
@@ -280,16 +290,13 @@ def resolved_config(sample):
 
 
 def _applied_settings(sample):
-    """The settings that apply to the sample (no isotropic section for enhance samples)."""
-    s = sample_settings(sample)
-    if sample_mode(sample) != "isotropic":
-        s.pop("isotropic", None)
-    return s
+    """The settings that apply to the sample: those its mode reads (:func:`_used_by_mode`)."""
+    return _used_by_mode(sample, sample_settings(sample))
 
 
 def report_args(wildcards):
     s = wildcards.sample
-    return " ".join(_q(a) for a in ["--sample", s, "--config", json.dumps(resolved_config(s)),
+    return " ".join(_q(a) for a in ["--sample", s, "--config", json.dumps(resolved_config(s), sort_keys=True),
                                     "--workflow-dir", workflow.basedir])
 
 

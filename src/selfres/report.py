@@ -1489,24 +1489,24 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
               and len(vs_out) == 3 and _num(vs_in[0]) is not None and _num(vs_out[0]) is not None
               and abs(_num(vs_in[0]) - _num(vs_out[0])) <= 1e-6 * abs(_num(vs_in[0])))
     if iso_in is not None and iso_out is not None and not z_kept:  # z not resampled: the ratio says nothing new
-        if iso_interp is None:
+        same = iso_interp is not None and abs(iso_out - iso_interp) <= 0.05 * max(iso_out, iso_interp)
+        if iso_interp is None:  # metrics from before the interpolation was measured
             bits.append(f"Isotropy (lateral / axial resolution, 1 = isotropic) {_esc(_fmt(iso_in))}"
-                        f" → {_esc(_fmt(iso_out))}.")
+                        f" → {_esc(_fmt(iso_out))} (the estimate follows the grid: interpolation alone moves it).")
         else:
             # the decorrelation estimate follows the grid (interpolation alone moves it), so the
             # output is set against the interpolation on its own grid, and the input only named
-            interp_name = "z-cubic" if metrics.get("mode") == "isotropic" else "tricubic"
-            same = abs(iso_out - iso_interp) < 0.05
             bits.append(f"Isotropy (lateral / axial resolution, 1 = isotropic) of the output "
-                        f"{_esc(_fmt(iso_out))}, of {interp_name} interpolation on the same grid "
-                        f"{_esc(_fmt(iso_interp))}" + (" (no difference the estimate can see)" if same else "")
+                        f"{_esc(_fmt(iso_out))}, of {baseline} on the same grid "
+                        f"{_esc(_fmt(iso_interp))}" + (" (within 5 %: no difference the estimate can see)" if same else "")
                         + f"; the input's {_esc(_fmt(iso_in))} was measured on its own, coarser grid and is "
                         "not comparable: interpolation alone moves this estimate.")
         res, res_i = metrics.get("resolution_um") or {}, metrics.get("resolution_interp_um") or {}
         lat_out, lat_i = _num(res.get("lateral_out")), _num(res_i.get("lateral"))
-        if (iso_interp is not None and iso_out > iso_interp and lat_out is not None and lat_i is not None
+        if (iso_interp is not None and not same and iso_out > iso_interp and lat_out is not None and lat_i is not None
                 and lat_out > 1.05 * lat_i):
-            bits.append(f"Part of the output's higher figure comes from a blurrier lateral estimate ({_esc(_fmt(lat_out))} against "
+            bits.append(f"Part of the output's higher figure comes from a blurrier lateral estimate "
+                        f"({_esc(_fmt(lat_out))} against "
                         f"{_esc(_fmt(lat_i))} µm for the interpolation), which alone raises the ratio: "
                         "look at the XY views.")
     flags = metrics.get("flags") or []

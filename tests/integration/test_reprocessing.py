@@ -142,16 +142,35 @@ def test_an_enhance_only_train_value_does_not_retrain_isotropic_samples(tmp_path
     of its train job's parameters, so changing them reruns only the enhance samples."""
     wd = make_workdir(tmp_path, samples={"e": {}, "i": {"mode": "isotropic", "voxel_size": "2,0.5,0.5"}})
     before, report_before = _train_command(wd, "i"), _train_command(wd, "i", "report")
-    argv = shlex.split(before.split(" > ")[0])
-    train = json.loads(argv[argv.index("--settings") + 1])["train"]
+    enhance_before = _train_command(wd, "e")
+    train = _settings(before)["train"]
     assert not {"steps", "loss", "width", "patch_size", "guard_margin_db"} & set(train), train
     assert "noise" not in train["degradation"] and train["max_minutes"] == 1.0
+    assert "infer" not in _settings(before)  # nor does it read infer.amp
     _edit_config(wd, train={"steps": 7, "loss": "mse", "width": 4, "guard_margin_db": 0.5,
                             "degradation": {"noise": "none"}})
     assert _train_command(wd, "i") == before
     assert _train_command(wd, "i", "report") == report_before  # its provenance records what it reads
-    assert _train_command(wd, "e") != before  # the enhance sample's does change
+    assert _train_command(wd, "e") != enhance_before  # the enhance sample's does change
     _edit_config(wd, train={"learning_rate": 0.000123})  # the restorer's learning rate: read
     assert _train_command(wd, "i") != before
-    _edit_config(wd, train={"degradation": {"method": "gaussian", "sigma_um": [2.0, 0.5, 0.5]}})  # the axial σ
-    assert "sigma_um" in _train_command(wd, "i")
+    _edit_config(wd, train={"degradation": {"noise": "none", "method": "gaussian", "sigma_um": [2.0, 0.5, 0.5]}})
+    assert _settings(_train_command(wd, "i"))["train"]["degradation"]["sigma_um"] == [2.0, 0.5, 0.5]  # the axial σ
+
+
+def _settings(command):
+    argv = shlex.split(command.split(" > ")[0])
+    return json.loads(argv[argv.index("--settings") + 1])
+
+
+def test_reordering_the_config_file_reruns_nothing(tmp_path):
+    """The report's parameters (the configuration its provenance records) are written with
+    sorted keys: the same values in another order are no change."""
+    wd = make_workdir(tmp_path, samples={"e": {}})
+    before = _train_command(wd, "e", "report")
+    path = wd / "config" / "config.yaml"
+    cfg = yaml.safe_load(path.read_text())
+    reordered = {k: (dict(reversed(list(v.items()))) if isinstance(v, dict) else v) for k, v in reversed(cfg.items())}
+    path.write_text(yaml.safe_dump(reordered, sort_keys=False))
+    assert path.read_text() != yaml.safe_dump(cfg, sort_keys=False)
+    assert _train_command(wd, "e", "report") == before

@@ -486,13 +486,15 @@ def test_verdict_leaves_isotropy_out_when_z_was_not_resampled_and_keeps_narrow_i
     assert "Isotropy" not in report._verdict(m, "ok")  # scale 1,2,2
     assert "Isotropy" in report._verdict(m | {"voxel_size_out": [2.0, 0.25, 0.25]}, "ok")
     # the output is set against the interpolation on its grid; the input's figure is only named
-    z2 = m | {"voxel_size_out": [2.0, 0.25, 0.25], "isotropy_interp": 0.1, "mode": "enhance"}
+    z2 = m | {"voxel_size_out": [2.0, 0.25, 0.25], "isotropy_out": 1.03, "isotropy_interp": 1.0, "mode": "enhance",
+              "resolution_um": {"lateral_out": 0.3}, "resolution_interp_um": {"lateral": 0.25}}
     text = report._verdict(z2, "ok")
-    assert ("of the output 0.09, of tricubic interpolation on the same grid 0.1 (no difference the estimate can "
-            "see); the input's 0.19 was measured on its own, coarser grid and is not comparable") in text
-    assert "→" not in text
+    assert ("of the output 1.03, of tricubic interpolation on the same grid 1 (within 5 %: no difference the "
+            "estimate can see); the input's 0.19 was measured on its own, coarser grid and is not comparable") in text
+    assert "→" not in text and "blurrier lateral" not in text  # no reason given for a difference there is not
     iso = report._verdict(z2 | {"mode": "isotropic", "isotropy_out": 0.9, "isotropy_interp": 0.5}, "ok")
     assert "of the output 0.9, of z-cubic interpolation on the same grid 0.5;" in iso
+    assert "no difference" not in report._verdict(z2 | {"isotropy_out": 0.13, "isotropy_interp": 0.09}, "ok")
     narrow = report._verdict(m | {"holdout_gain_db_interval": [0.101, 0.104]}, "ok")
     assert "between +0.101 and +0.104 dB" in narrow
 

@@ -177,10 +177,11 @@ def stage_settings(sample, stage):
     out = _used_by_mode(sample, {k: s[k] for k in STAGE_SECTIONS[stage] if k in s})
     if stage == "normalise":
         out["infer"] = {"ngff_version": s["infer"]["ngff_version"]}
-    if stage == "train":
-        out["infer"] = {"amp": s["infer"]["amp"]}
-        if sample_mode(sample) == "enhance":  # the guard scores the model with these inference extras
-            out["infer"] |= {k: s["infer"][k] for k in ("ensemble", "back_projection_iterations", "back_projection_shrink")}
+    if stage == "train" and sample_mode(sample) == "enhance":
+        # the guard scores the model with these inference extras, with mixed precision or not
+        # (isotropic training and adoption read no infer value)
+        out["infer"] = {k: s["infer"][k] for k in ("amp", "ensemble", "back_projection_iterations",
+                                                   "back_projection_shrink")}
     return json.dumps(out, sort_keys=True)
 
 

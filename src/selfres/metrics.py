@@ -854,6 +854,58 @@ def bead_fwhm_table(
     return pd.DataFrame(rows, columns=columns)
 
 
+#: Profiles of :func:`bead_fwhm_table_widened` reach at least this many σ of the beads'
+#: median width each side (a profile of ±1.5 σ fits a Gaussian ~35 % too narrow).
+PROFILE_SIGMAS = 3.0
+
+
+def bead_fwhm_table_widened(
+    volume: np.ndarray,
+    *,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    positions: np.ndarray | None = None,
+    half_width: int | Sequence[int] | None = None,
+    min_distance: int | Sequence[int] = 3,
+    threshold_rel: float = 0.2,
+    max_beads: int = 50,
+    max_passes: int = 3,
+    max_half_width: int = 64,
+) -> pd.DataFrame:
+    """:func:`bead_fwhm_table`, refitted with profiles widened to ±``PROFILE_SIGMAS`` σ of the
+    beads' median width until they hold it (at most ``max_passes`` fits; never narrower than
+    ``half_width``, at most ``max_half_width`` voxels).
+
+    The default profile (±3 ``min_distance`` voxels) suits beads a few voxels wide; a bead
+    stack sampled finely (a PSF measurement, or any volume after upsampling) has beads
+    wider than that, which a truncated profile fits too narrow — a tricubic ×2 of beads 9.8
+    voxels wide read 12.8 instead of ~19.6 output voxels, i.e. 35 % narrower in µm than its
+    input. The beads are those of the first pass (detected once, fitted again).
+    """
+    vol = _array_like(volume)
+    if positions is None:
+        positions = detect_beads(vol, min_distance=min_distance, threshold_rel=threshold_rel)
+    positions = np.asarray(positions, dtype=int).reshape(-1, 3)[: int(max_beads)]
+    if half_width is None:
+        hw = tuple(max(4, 3 * md) for md in _as_int3(min_distance, "min_distance"))
+    else:
+        hw = _as_int3(half_width, "half_width")
+    table = bead_fwhm_table(vol, voxel_size=voxel_size, positions=positions, max_beads=max_beads, half_width=hw)
+    for _ in range(int(max_passes) - 1):
+        if table.empty:
+            break
+        sigma = table[[f"fwhm_{a}" for a in "zyx"]].astype(float).median().to_numpy() / FWHM_PER_SIGMA
+        if not np.all(np.isfinite(sigma)):
+            break
+        want = tuple(min(int(max_half_width), max(h, int(math.ceil(PROFILE_SIGMAS * s))))
+                     for h, s in zip(hw, sigma))
+        if all(w <= h for w, h in zip(want, hw)):
+            break
+        hw = want
+        table = bead_fwhm_table(vol, voxel_size=voxel_size, positions=positions, max_beads=max_beads,
+                                half_width=hw)
+    return table
+
+
 def bead_fwhm_summary(df: pd.DataFrame) -> dict[str, float | int | None]:
     """Median FWHM over beads.
 

@@ -865,12 +865,15 @@ def stage_qc(
 
         # the same beads in and out: detect on the finer output grid, then map each
         # centre to input voxels with the contract's grid convention
-        t_out = metrics.bead_fwhm_table(restored_norm, voxel_size=vs_out or (1, 1, 1))
+        # profiles widened to the beads' width: finely sampled beads (and any upsampled output)
+        # are wider than the default profile, which would fit them too narrow
+        t_out = metrics.bead_fwhm_table_widened(restored_norm, voxel_size=vs_out or (1, 1, 1))
         pos_in = np.array([[int(round((c + 0.5) / r - 0.5)) for c, r in zip(row, ratio)]
                            for row in t_out[["z", "y", "x"]].to_numpy()], dtype=int).reshape(-1, 3)
         pos_in = np.clip(pos_in, 0, np.array(raw_norm.shape) - 1)
         hw_in = tuple(max(3, int(np.ceil(9 / r))) for r in ratio)
-        t_in = metrics.bead_fwhm_table(raw_norm, voxel_size=vs_in or (1, 1, 1), positions=pos_in, half_width=hw_in)
+        t_in = metrics.bead_fwhm_table_widened(raw_norm, voxel_size=vs_in or (1, 1, 1), positions=pos_in,
+                                               half_width=hw_in)
         io.write_text_atomic(qc_dir / "beads.tsv", pd.concat(
             [t_in.assign(volume="input"), t_out.assign(volume="output")]).to_csv(sep="\t", index=False))
     m = {

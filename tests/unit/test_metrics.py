@@ -326,6 +326,25 @@ def test_bead_fwhm_median_within_3_percent(sigma, noise):
     assert np.abs(got - np.sort(centres, axis=0)).max() < 0.2
 
 
+def test_widened_profiles_fit_finely_sampled_beads_that_the_default_profile_cuts():
+    """Beads 19 voxels wide (a PSF stack sampled finely, or an upsampled output) outgrow the
+    default ±9-voxel profile, which fits them too narrow; the widened table does not."""
+    sigma = (3.0, 8.0, 8.0)
+    vol, _ = bead_lattice(sigma, per_axis=(2, 2, 2), noise=0.03, seed=3)  # noise: a cut profile misfits
+    plain = m.bead_fwhm_summary(m.bead_fwhm_table(vol))
+    wide = m.bead_fwhm_summary(m.bead_fwhm_table_widened(vol))
+    assert wide["n_beads"] >= plain["n_beads"] >= 4  # (the cut profiles also lose fits: 8 against 6)
+    for axis, s in zip("zyx", sigma):
+        truth = m.FWHM_PER_SIGMA * s
+        assert wide[f"fwhm_{axis}"] == pytest.approx(truth, rel=0.03), axis
+    assert plain["fwhm_y"] < 0.92 * m.FWHM_PER_SIGMA * 8.0  # what QC reported before (0.89 of the truth)
+    # narrow beads keep the default profile: the same table
+    small, _ = bead_lattice((2.0, 2.0, 2.0), per_axis=(2, 2, 2), seed=1)
+    table = m.bead_fwhm_table(small)
+    assert len(table) == 8
+    pd.testing.assert_frame_equal(m.bead_fwhm_table_widened(small), table)
+
+
 def test_bead_table_positions_and_empty_summary():
     vol, centres = bead_lattice((1.0, 1.0, 1.0), per_axis=(1, 1, 2))
     df = m.bead_fwhm_table(vol, positions=np.rint(centres[:1]).astype(int), max_beads=5)

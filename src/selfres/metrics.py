@@ -765,6 +765,17 @@ def detect_beads(
     return out[np.lexsort((out[:, 2], out[:, 1], out[:, 0], -vals))].astype(int)
 
 
+def _beads_and_profile(vol, positions, half_width, min_distance, threshold_rel, max_beads):
+    """The beads to fit (``positions``, else :func:`detect_beads`; the first ``max_beads``) and
+    the profiles' half-length per axis (``half_width``, else 3 ``min_distance``, at least 4)."""
+    if positions is None:
+        positions = detect_beads(vol, min_distance=min_distance, threshold_rel=threshold_rel)
+    positions = np.asarray(positions, dtype=int).reshape(-1, 3)[: int(max_beads)]
+    if half_width is None:
+        return positions, tuple(max(4, 3 * md) for md in _as_int3(min_distance, "min_distance"))
+    return positions, _as_int3(half_width, "half_width")
+
+
 def bead_fwhm_table(
     volume: np.ndarray,
     *,
@@ -816,13 +827,7 @@ def bead_fwhm_table(
     vs = _as_pair(voxel_size, "voxel_size", 3)
     if int(max_beads) < 1:
         raise ValueError(f"max_beads must be >= 1; got {max_beads!r}")
-    if positions is None:
-        positions = detect_beads(vol, min_distance=min_distance, threshold_rel=threshold_rel)
-    positions = np.asarray(positions, dtype=int).reshape(-1, 3)[: int(max_beads)]
-    if half_width is None:
-        hw = tuple(max(4, 3 * m) for m in _as_int3(min_distance, "min_distance"))
-    else:
-        hw = _as_int3(half_width, "half_width")
+    positions, hw = _beads_and_profile(vol, positions, half_width, min_distance, threshold_rel, max_beads)
     axes = ("z", "y", "x")
     shape = tuple(int(n) for n in vol.shape)
     rows: list[dict[str, float]] = [{} for _ in positions]
@@ -882,13 +887,7 @@ def bead_fwhm_table_widened(
     input. The beads are those of the first pass (detected once, fitted again).
     """
     vol = _array_like(volume)
-    if positions is None:
-        positions = detect_beads(vol, min_distance=min_distance, threshold_rel=threshold_rel)
-    positions = np.asarray(positions, dtype=int).reshape(-1, 3)[: int(max_beads)]
-    if half_width is None:
-        hw = tuple(max(4, 3 * md) for md in _as_int3(min_distance, "min_distance"))
-    else:
-        hw = _as_int3(half_width, "half_width")
+    positions, hw = _beads_and_profile(vol, positions, half_width, min_distance, threshold_rel, max_beads)
     table = bead_fwhm_table(vol, voxel_size=voxel_size, positions=positions, max_beads=max_beads, half_width=hw)
     for _ in range(int(max_passes) - 1):
         if table.empty:

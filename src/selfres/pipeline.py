@@ -304,6 +304,18 @@ def _check_enhance_input(vol_shape, factors, sample, path):
                          sample=sample)
 
 
+def _model_stage_inputs(normalized, fov_json, *, sample, mode, settings, device, threads):
+    """What the train and adopt stages start from: settings (defaults when None), the device,
+    the normalised volume (lazy: only the training FOV and held-out region are read), its
+    normalisation and the training FOV."""
+    from . import models
+
+    check_mode(mode, sample=sample)
+    set_threads(threads)
+    vol, params = read_normalized(normalized, lazy=True)
+    return (settings or Settings(), models.select_device(device), vol, params, TrainingFov.load(fov_json))
+
+
 def stage_train(
     normalized: str | Path,
     fov_json: str | Path,
@@ -317,16 +329,12 @@ def stage_train(
     threads: int | None = None,
 ) -> dict:
     """Train the sample's model; write ``model/`` (weights, model.json, training_log.tsv)."""
-    settings = settings or Settings()
-    check_mode(mode, sample=sample)
-    set_threads(threads)
     from . import models
     from .train import guard_with_extras, inference_extras, make_degradation, psf_target_blur_px, train_enhance
 
-    dev = models.select_device(device)
-    vol, params = read_normalized(normalized, lazy=True)  # enhance reads only the training FOV and held-out region
+    settings, dev, vol, params, fov = _model_stage_inputs(normalized, fov_json, sample=sample, mode=mode,
+                                                          settings=settings, device=device, threads=threads)
     data = vol.data
-    fov = TrainingFov.load(fov_json)
     if mode == "isotropic":
         from . import isotropic
 
@@ -421,20 +429,15 @@ def stage_adopt(
     :func:`selfres.adopt.adopt_isotropic`) and write this sample's ``model/`` — the same
     weights, a ``model.json`` describing this sample, the source's ``training_log.tsv`` — so
     that infer, qc and report run as for any sample."""
-    settings = settings or Settings()
-    check_mode(mode, sample=sample)
-    set_threads(threads)
-    from . import models
     from .adopt import adopt_enhance, adopt_isotropic
 
-    dev = models.select_device(device)
+    settings, dev, vol, _, fov = _model_stage_inputs(normalized, fov_json, sample=sample, mode=mode,
+                                                     settings=settings, device=device, threads=threads)
     model, spec, meta = load_trained(source_model)
     source = meta.get("sample") or str(source_model)
     if meta.get("mode") != mode:
         raise ConfigError(f"sample {sample!r}: model_from {source!r} is an {meta.get('mode')} model, this sample is "
                           f"restored in {mode} mode: give both the same mode")
-    vol, _ = read_normalized(normalized, lazy=True)
-    fov = TrainingFov.load(fov_json)
     path = str(vol.attrs.get("source") or normalized)  # the user's acquisition, for messages
     if mode == "isotropic":
         from .isotropic import isotropic_factor

@@ -227,11 +227,15 @@ def run(args) -> int:
     elif cmd == "infer":
         import dataclasses
 
-        st = _settings(args).infer
+        full = _settings(args)
+        st = full.infer
         if args.blocks is not None:
             st = dataclasses.replace(st, blocks=args.blocks)
             st.validate()
+        # an isotropic section given: its fusion / infer_batch, else those saved with the model
+        given_isotropic = bool(args.settings) and "isotropic" in json.loads(args.settings)
         out = pipeline.stage_infer(args.normalized, args.model, args.output, sample=sample, settings=st,
+                                   isotropic_settings=full.isotropic if given_isotropic else None,
                                    device=args.device, threads=args.threads, step=args.step, block=args.block)
         if args.drop_stale_export and args.step in ("all", "gather"):
             pipeline.drop_stale_export(args.output)

@@ -1103,7 +1103,7 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
 
 def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.Module, meta: dict,
                 output: str | Path, *, sample: str, settings: InferSettings, device, fingerprint: dict | None = None,
-                step: str = "all", block: int = 0) -> dict:
+                step: str = "all", block: int = 0, iso_settings: IsotropicSettings | None = None) -> dict:
     """Write ``restored.ome.zarr`` on the isotropic grid (raw units).
 
     ``vol``/``params`` are the normalised input as :func:`selfres.pipeline.read_normalized`
@@ -1111,14 +1111,17 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     Resumable and scatterable like enhance (:func:`selfres.infer.scattered_store`): tiles
     are y/x columns spanning all of z (``infer.tile_size`` y, x), each owning whole
     output chunks; ``step``/``block`` split the work over ``settings.blocks`` jobs.
+    ``iso_settings`` gives ``fusion`` and ``infer_batch`` (inference choices: a sample that
+    changes them, or adopts another sample's model, needs no training); None takes the
+    values saved with the model.
     """
     from .infer import scattered_store
     from .pipeline import grid_origin, model_output_path, output_dtype
 
     factor = float(meta["factor"])
     iso = meta.get("isotropic", {})
-    fusion = iso.get("fusion", "mean")
-    batch = int(iso.get("infer_batch", 8))
+    fusion = iso_settings.fusion if iso_settings is not None else iso.get("fusion", "mean")
+    batch = int(iso_settings.infer_batch if iso_settings is not None else iso.get("infer_batch", 8))
     shape = isotropic_shape(source.shape, factor)
     vs_in = vol.voxel_size or (factor, 1.0, 1.0)
     vs_out = (float(vs_in[0]) / factor, float(vs_in[1]), float(vs_in[2]))

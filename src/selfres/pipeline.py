@@ -25,7 +25,7 @@ import numpy as np
 from . import __version__, io, normalise
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
-from .settings import FovSettings, InferSettings, NormaliseSettings, QcSettings, Settings, to_dict
+from .settings import FovSettings, InferSettings, IsotropicSettings, NormaliseSettings, QcSettings, Settings, to_dict
 
 log = logging.getLogger("selfres")
 
@@ -520,12 +520,16 @@ def stage_infer(
     *,
     sample: str,
     settings: InferSettings | None = None,
+    isotropic_settings: IsotropicSettings | None = None,
     device: str = "auto",
     threads: int | None = None,
     step: str = "all",
     block: int = 0,
 ) -> dict:
     """Restore the whole FOV into ``restored.ome.zarr`` (raw intensity units).
+
+    ``isotropic_settings`` (an ``isotropic``-mode model only): its inference values
+    (``fusion``, ``infer_batch``) for this sample; None takes those saved with the model.
 
     ``step`` splits the work for scattered runs (see :func:`selfres.infer.infer_to_store`):
     ``"prepare"`` creates (or keeps, when it matches) the partial store next to
@@ -552,7 +556,8 @@ def stage_infer(
         from . import isotropic
 
         return isotropic.stage_infer(vol, params, source, model, meta, output, sample=sample, settings=settings,
-                                     device=dev, fingerprint=fingerprint, step=step, block=block)
+                                     iso_settings=isotropic_settings, device=dev, fingerprint=fingerprint, step=step,
+                                     block=block)
     factors = tuple(meta["factors"])
     use_interp = "model_worse_than_interpolation" in meta.get("flags", []) and (
         settings.on_worse_than_interpolation == "interpolation"
@@ -1189,8 +1194,8 @@ def restore(
         else:
             stage_train(norm, work / "train_fov.json", work / "model", sample=sample, mode=mode, scale=scale,
                         settings=settings, device=device, threads=threads)
-        stage_infer(norm, work / "model", output, sample=sample, settings=settings.infer, device=device,
-                    threads=threads)
+        stage_infer(norm, work / "model", output, sample=sample, settings=settings.infer,
+                    isotropic_settings=settings.isotropic, device=device, threads=threads)
         m = stage_qc(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
                      sample=sample, reference=reference, settings=settings.qc)
         stage_report(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",

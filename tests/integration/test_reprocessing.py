@@ -127,13 +127,21 @@ def test_forcerun_until_stops_before_qc(wd):
 
 def _train_command(wd, sample, stage="train"):
     """The shell command of ``sample``'s ``stage`` job in a dry run (``-p``)."""
+    return _stage_commands(wd, sample, (stage,))[stage]
+
+
+def _stage_commands(wd, sample, stages):
+    """``{stage: shell command}`` of ``sample``'s jobs of ``stages``, from one dry run."""
     proc = run_snakemake(wd, "-n", "-p", "--forceall")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    lines = [ln[ln.index(f"selfres {stage} "):] for ln in out.splitlines()
-             if f"selfres {stage} " in ln and f"--sample {sample} " in ln]
-    assert len(lines) == 1, out[-4000:]
-    return lines[0]
+    commands = {}
+    for stage in stages:
+        lines = [ln[ln.index(f"selfres {stage} "):] for ln in out.splitlines()
+                 if f"selfres {stage} " in ln and f"--sample {sample} " in ln]
+        assert len(lines) == 1, out[-4000:]
+        commands[stage] = lines[0]
+    return commands
 
 
 def test_an_enhance_only_train_value_does_not_retrain_isotropic_samples(tmp_path):
@@ -174,3 +182,19 @@ def test_reordering_the_config_file_reruns_nothing(tmp_path):
     path.write_text(yaml.safe_dump(reordered, sort_keys=False))
     assert path.read_text() != yaml.safe_dump(cfg, sort_keys=False)
     assert _train_command(wd, "e", "report") == before
+
+
+def test_an_isotropic_inference_value_reinfers_without_retraining(tmp_path):
+    """`isotropic.fusion` and `isotropic.infer_batch` are read by inference only: changing them
+    leaves the isotropic sample's train job as it was and changes its infer job."""
+    wd = make_workdir(tmp_path, samples={"i": {"mode": "isotropic", "voxel_size": "2,0.5,0.5"}})
+    before = _stage_commands(wd, "i", ("train", "infer"))
+    assert set(_settings(before["infer"])["isotropic"]) == {"fusion", "infer_batch"}
+    assert not {"fusion", "infer_batch"} & set(_settings(before["train"])["isotropic"])
+    _edit_config(wd, isotropic={"fusion": "geometric", "infer_batch": 2})
+    after = _stage_commands(wd, "i", ("train", "infer"))
+    assert after["train"] == before["train"]
+    assert _settings(after["infer"])["isotropic"] == {"fusion": "geometric", "infer_batch": 2}
+    _edit_config(wd, isotropic={"steps": 3})  # a training value: retrains, and does not reach infer
+    last = _stage_commands(wd, "i", ("train", "infer"))
+    assert last["train"] != before["train"] and last["infer"] == after["infer"]

@@ -432,3 +432,40 @@ def test_isotropic_inference_scatters_over_blocks_and_resumes_like_enhance(tmp_p
         pipeline.stage_infer(norm, tmp_path / "model", again, sample="s1", settings=single, device="cpu")
     assert calls and sorted(calls[-1]) == [1, 3, 4, 5, 6, 7, 8]  # 0 and 2 reused, 1 recomputed
     np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(again).data), np.asarray(a.data))
+
+
+def test_inference_takes_the_samples_fusion_not_the_models(tmp_path):
+    """`fusion` and `infer_batch` are inference choices: given, they override the values saved
+    with the model (a sample that changes them, or adopts another's model, is not retrained);
+    not given, the model's own are used."""
+    from selfres import io, pipeline
+    from selfres.settings import InferSettings, IsotropicSettings
+
+    norm = _normalised(tmp_path)
+    s = _tiny()
+    meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
+                                settings=s, device="cpu")
+    assert meta["isotropic"]["fusion"] == "mean"
+    infer = InferSettings(tile_size=(8, 16, 16), on_worse_than_interpolation="model")
+
+    def restored(name, iso_settings):
+        out = tmp_path / f"{name}.ome.zarr"
+        pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=infer,
+                             isotropic_settings=iso_settings, device="cpu")
+        vol = io.read_ome_zarr(out)
+        return np.asarray(vol.data), vol.attrs["fusion"]
+
+    saved, saved_fusion = restored("saved", None)
+    geometric, geometric_fusion = restored("geometric", IsotropicSettings(fusion="geometric", infer_batch=3))
+    mean, _ = restored("mean", IsotropicSettings(fusion="mean", infer_batch=3))
+    assert (saved_fusion, geometric_fusion) == ("mean", "geometric")
+    np.testing.assert_allclose(mean, saved, atol=1e-6 * max(1.0, float(np.abs(saved).max())))
+    assert not np.allclose(geometric, saved)
+    # the infer command: an isotropic section in --settings is the sample's, none the model's
+    from selfres import cli
+
+    for settings, fusion in (('{"isotropic": {"fusion": "geometric"}}', "geometric"), ("{}", "mean")):
+        out = tmp_path / f"cli_{fusion}.ome.zarr"
+        assert cli.main(["infer", str(norm), str(tmp_path / "model"), "-o", str(out), "--device", "cpu",
+                         "--settings", settings]) == 0
+        assert io.read_ome_zarr(out).attrs["fusion"] == fusion

@@ -151,6 +151,8 @@ ISOTROPIC_TRAIN_KEYS = ("seed", "augment", "learning_rate", "lr_schedule", "warm
                         "patience", "validate_every", "degradation")
 ISOTROPIC_DEGRADATION_KEYS = ("method", "sigma_um", "na", "wavelength_um", "refractive_index", "microscope",
                               "psf_path")
+#: the `isotropic` values only inference reads: changing them re-infers, never retrains
+ISOTROPIC_INFER_KEYS = ("fusion", "infer_batch")
 
 
 def _used_by_mode(sample, sections):
@@ -175,6 +177,9 @@ def _used_by_mode(sample, sections):
 def stage_settings(sample, stage):
     s = sample_settings(sample)
     out = _used_by_mode(sample, {k: s[k] for k in STAGE_SECTIONS[stage] if k in s})
+    if "isotropic" in out:  # training (and adoption) never reads these, inference nothing else
+        keep = (lambda k: k in ISOTROPIC_INFER_KEYS) if stage == "infer" else (lambda k: k not in ISOTROPIC_INFER_KEYS)
+        out["isotropic"] = {k: v for k, v in out["isotropic"].items() if keep(k)}
     if stage == "normalise":
         out["infer"] = {"ngff_version": s["infer"]["ngff_version"]}
     if stage == "train" and sample_mode(sample) == "enhance":

@@ -666,6 +666,7 @@ def detect_beads(
     threshold_rel: float = 0.2,
     border: int | Sequence[int] | None = None,
     isolation: int | Sequence[int] | None = None,
+    smooth: float | Sequence[float] | None = None,
     block_voxels: int = READ_BLOCK_VOXELS,
 ) -> np.ndarray:
     """Find isolated bright spots (beads) in a ZYX volume.
@@ -674,7 +675,10 @@ def detect_beads(
     rises above ``min + threshold_rel (max - min)`` of the volume, lies at least
     ``border`` voxels from every face, and has no other such maximum within the
     box of half-size ``isolation`` (both are then rejected: a neighbour would bias
-    the profile fits).
+    the profile fits). With ``smooth`` all of this is done on the volume blurred by a
+    Gaussian of that σ (voxels, one value or ``(z, y, x)``): on noisy beads wider than a
+    voxel the noise otherwise makes several maxima on each bead's top (rejected as
+    neighbours) and on its flanks (fitted as narrow spots).
 
     The volume is read in blocks of about ``block_voxels`` voxels (with the filter's box and
     :data:`_PLATEAU_HALO` voxels around each), so a lazy volume larger than memory can be
@@ -694,6 +698,8 @@ def detect_beads(
     isolation
         Half-size of the neighbourhood that must hold no other detected maximum;
         default ``3 * min_distance``.
+    smooth
+        Gaussian σ in voxels of the blur the search runs on (None: none).
     block_voxels
         Voxels read at once.
 
@@ -719,13 +725,30 @@ def detect_beads(
     md = tuple(m if n > 1 else 0 for m, n in zip(md, shape))
     bd = tuple(2 * m for m in md) if border is None else _as_int3(border, "border")
     iso = tuple(3 * m for m in md) if isolation is None else _as_int3(isolation, "isolation")
+    sm = None if smooth is None else tuple(v if n > 1 else 0.0 for v, n in zip(_as_pair(smooth, "smooth", 3), shape))
+    # the Gaussian's reach: a block read with it around smooths as the whole volume would
+    reach = tuple(int(math.ceil(4 * v)) for v in sm) if sm is not None else (0, 0, 0)
     blocks = _cubic_blocks(shape, block_voxels)
     if len(blocks) == 1:  # small: read once for both passes
         vol = _read_block(vol, blocks[0])
+
+    def searched(sl, extra=(0, 0, 0)):
+        """The block ``sl`` with ``extra`` voxels around it, as searched (smoothed or not),
+        and the slices it covers."""
+        ext = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(sl, extra, shape))
+        if sm is None:
+            b = _read_block(vol, ext)
+            _refuse_non_finite(b, "detect_beads: the volume", ext)
+            return b, ext
+        wide = tuple(slice(max(0, e.start - r), min(n, e.stop + r)) for e, r, n in zip(ext, reach, shape))
+        b = _read_block(vol, wide).astype(np.float32)
+        _refuse_non_finite(b, "detect_beads: the volume", wide)
+        b = ndimage.gaussian_filter(b, sm, mode="nearest", truncate=4.0)
+        return b[tuple(slice(e.start - w.start, e.stop - w.start) for e, w in zip(ext, wide))], ext
+
     lo, hi = math.inf, -math.inf
     for sl in blocks:
-        b = _read_block(vol, sl)
-        _refuse_non_finite(b, "detect_beads: the volume", sl)
+        b, _ = searched(sl)
         lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
     if not hi > lo:
         return np.zeros((0, 3), dtype=int)
@@ -735,8 +758,8 @@ def detect_beads(
     halo = tuple(m + _PLATEAU_HALO for m in md)
     found, values = [], []
     for sl in blocks:
-        ext = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(sl, halo, shape))
-        b = _read_block(vol, ext).astype(np.float32)
+        b, ext = searched(sl, halo)
+        b = b.astype(np.float32)
         local_max = ndimage.maximum_filter(b, size=tuple(2 * m + 1 for m in md), mode="nearest")
         is_peak = (b == local_max) & (b > thr)
         labels, n = ndimage.label(is_peak, structure=np.ones((3, 3, 3), dtype=bool))
@@ -942,11 +965,13 @@ def psf_sigma_from_beads(
     max_beads: int = 200,
     min_distance: int | Sequence[int] = (1, 2, 2),
     threshold_rel: float = 0.2,
+    smooth: float | Sequence[float] | None = 1.0,
 ) -> dict:
     """The optical PSF as a Gaussian σ (z, y, x, µm), measured on an image of sub-resolution beads.
 
-    Beads are found with :func:`detect_beads` and fitted with :func:`bead_fwhm_table`
-    (profiles 4 voxels each side, then ±3 σ of that first estimate); the median FWHM per axis, over beads whose three fits
+    Beads are found with :func:`detect_beads` (on the stack blurred by ``smooth`` voxels,
+    so that noise makes no maxima of its own; the fits use the stack as it is) and fitted with :func:`bead_fwhm_table_widened`
+    (profiles 4 voxels each side, widened to ±3 σ of the estimate, up to 3 fits); the median FWHM per axis, over beads whose three fits
     succeed, gives ``σ_image = FWHM / 2.355``. The image of a point is the PSF seen
     through the camera pixel, a box of one voxel (variance ``v²/12``); that is removed,
     ``σ = sqrt(σ_image² − v²/12)`` (0 where the bead is no wider than a voxel), because
@@ -974,13 +999,9 @@ def psf_sigma_from_beads(
     vol = _array_like(volume)
     if vol.ndim != 3:
         raise ValueError(f"psf_sigma_from_beads needs a 3-D ZYX array; got shape {vol.shape}")
-    pos = detect_beads(vol, min_distance=min_distance, threshold_rel=threshold_rel)
-    table = bead_fwhm_table(vol, voxel_size=vs, positions=pos, max_beads=max_beads, half_width=4)
-    # again with profiles of ±3 σ of that first estimate (a ±2 σ profile biases the fit)
-    first = table[[f"fwhm_{a}" for a in "zyx"]].median().to_numpy() / FWHM_PER_SIGMA
-    if np.all(np.isfinite(first)):
-        hw = tuple(max(4, int(math.ceil(3 * s))) for s in first)
-        table = bead_fwhm_table(vol, voxel_size=vs, positions=pos, max_beads=max_beads, half_width=hw)
+    pos = detect_beads(vol, min_distance=min_distance, threshold_rel=threshold_rel, smooth=smooth)
+    # profiles of ±4 voxels, then widened to ±3 σ of the median estimate (a cut profile fits too narrow)
+    table = bead_fwhm_table_widened(vol, voxel_size=vs, positions=pos, max_beads=max_beads, half_width=4)
     good = table[[f"fwhm_{a}" for a in "zyx"]].notna().all(axis=1)
     if int(good.sum()) < min_beads:
         raise ValueError(

@@ -440,10 +440,14 @@ def stage_adopt(
                           f"restored in {mode} mode: give both the same mode")
     path = str(vol.attrs.get("source") or normalized)  # the user's acquisition, for messages
     if mode == "isotropic":
-        from .isotropic import isotropic_factor
+        from .isotropic import isotropic_factor, load_degrader
 
         factor = isotropic_factor(_voxel_size_of(vol), path=path, sample=sample)
-        new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor, device=dev)
+        degrader = None
+        if (meta.get("isotropic") or {}).get("degradation") == "learned":
+            degrader = _checked_model_folder(source_model, lambda d: load_degrader(d, meta, device=dev))
+        new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor,
+                                   degrader=degrader, device=dev)
     else:
         factors = tuple(int(f) for f in (scale or (2, 2, 2)))
         if tuple(meta.get("factors") or ()) != factors:
@@ -875,7 +879,9 @@ def stage_qc(
         # centre to input voxels with the contract's grid convention
         # profiles widened to the beads' width: finely sampled beads (and any upsampled output)
         # are wider than the default profile, which would fit them too narrow
-        t_out = metrics.bead_fwhm_table_widened(restored_norm, voxel_size=vs_out or (1, 1, 1))
+        # found on the output blurred by one voxel: noise makes no maxima of its own on a bead's top or flanks
+        pos_out = metrics.detect_beads(restored_norm, min_distance=3, smooth=1.0)
+        t_out = metrics.bead_fwhm_table_widened(restored_norm, voxel_size=vs_out or (1, 1, 1), positions=pos_out)
         pos_in = np.array([[int(round((c + 0.5) / r - 0.5)) for c, r in zip(row, ratio)]
                            for row in t_out[["z", "y", "x"]].to_numpy()], dtype=int).reshape(-1, 3)
         pos_in = np.clip(pos_in, 0, np.array(raw_norm.shape) - 1)

@@ -17,7 +17,7 @@ seconds. ``--mode isotropic``: the same with the semi-synthetic ×4 axial volume
 baseline. Usage::
 
     python bench/model_from.py [--volumes nuclei,trailmap] [--lr-noise 1000] [--markdown out.md]
-    python bench/model_from.py --mode isotropic
+    python bench/model_from.py --mode isotropic [--set isotropic.degradation=learned]
 """
 
 from __future__ import annotations
@@ -32,7 +32,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import DEFAULT_DATA, VOLUMES, add_shot_noise, degrade_truth, interpolations, scores  # noqa: E402
+from quality import (  # noqa: E402
+    DEFAULT_DATA,
+    VOLUMES,
+    add_shot_noise,
+    degrade_truth,
+    interpolations,
+    parse_overrides,
+    scores,
+)
 
 
 def _stages(low: np.ndarray, work: Path, *, factors, settings, voxel_size, name: str, source_model: Path | None):
@@ -138,23 +146,26 @@ def main(argv=None) -> int:
     p.add_argument("--mode", choices=["enhance", "isotropic"], default="enhance",
                    help="isotropic: the semi-synthetic volumes of bench/isotropic.py (z-cubic is the baseline)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", action="append", default=[],
+                   help="settings override for every run, e.g. isotropic.degradation=learned")
     p.add_argument("--markdown", type=Path, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     import torch
 
-    from selfres.settings import Settings
+    from selfres.settings import Settings, from_dict
 
     torch.set_num_threads(args.threads)
+    settings = from_dict(Settings, parse_overrides(args.set))
     wanted = [w for w in args.volumes.split(",") if w]
     if args.mode == "isotropic":
         from isotropic import SEMI
 
-        runs = [(lambda n=n: bench_isotropic(n, settings=Settings())) for n in SEMI if not wanted or n in wanted]
+        runs = [(lambda n=n: bench_isotropic(n, settings=settings)) for n in SEMI if not wanted or n in wanted]
     else:
         paths = [args.data / f"{stem}.tif" for stem in VOLUMES if (args.data / f"{stem}.tif").exists()]
         paths = [q for q in paths if not wanted or any(w in q.stem for w in wanted)]
-        runs = [(lambda q=q: bench_volume(q, settings=Settings(), photons=args.lr_noise)) for q in paths]
+        runs = [(lambda q=q: bench_volume(q, settings=settings, photons=args.lr_noise)) for q in paths]
     base = "z-cubic" if args.mode == "isotropic" else "tricubic"
     lines = [f"| volume (right half) | LR shape | {base} dB | own model dB (guard) | left half's model dB (guard) | "
              "train s (own) | adopt s |", "|---|---|---|---|---|---|---|"]

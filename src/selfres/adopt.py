@@ -11,8 +11,10 @@ report run as for any sample.
 
 Both modes. An ``isotropic`` model is tied to its stack's axial factor, so the two samples
 must have the same one (within :data:`ISOTROPIC_FACTOR_TOLERANCE`), and to its degradation:
-with ``isotropic.degradation: learned`` the held-out figures come from the generator
-trained with the model, which cannot judge another sample, so such a model is not lent.
+this sample's held-out lateral slices are degraded as the source's were in training, with
+the analytic model or, for ``isotropic.degradation: learned``, with the lateral→axial
+generator saved beside the weights (what that generator learned of the source's axial
+slices is taken to hold for this sample, as the weights are).
 """
 
 from __future__ import annotations
@@ -195,11 +197,14 @@ def adopt_isotropic(
     *,
     sample: str,
     factor: float,
+    degrader: torch.nn.Module | None = None,
     device: torch.device | str = "cpu",
 ) -> dict:
     """``model.json`` metadata for the isotropic ``sample`` restored with ``model`` (trained on
     another sample, whose metadata is ``meta``), judged on this sample's held-out lateral
-    slices with the model's analytic degradation (:func:`selfres.isotropic.self_validation`).
+    slices degraded as in the model's training (:func:`selfres.isotropic.self_validation`):
+    analytically, or with ``degrader``, the learned generator saved with a model of
+    ``isotropic.degradation: learned`` (:func:`selfres.isotropic.load_degrader`).
 
     Parameters
     ----------
@@ -212,24 +217,23 @@ def adopt_isotropic(
     Raises
     ------
     selfres.errors.ConfigError
-        The model's degradation was learned, or the factors differ by more than
-        :data:`ISOTROPIC_FACTOR_TOLERANCE`.
+        The factors differ by more than :data:`ISOTROPIC_FACTOR_TOLERANCE`.
+    ValueError
+        The model's degradation was learned and ``degrader`` is not given.
     """
     from .errors import ConfigError
     from .isotropic import self_validation
 
     t0 = time.monotonic()
     source = meta.get("sample")
-    if (meta.get("isotropic") or {}).get("degradation") == "learned":
-        raise ConfigError(f"sample {sample!r}: model_from {source!r} was trained with isotropic.degradation learned; "
-                          "its held-out check needs the generator trained with it, so it cannot judge another "
-                          "sample: train this sample (or use the analytic degradation for both)")
+    if (meta.get("isotropic") or {}).get("degradation") == "learned" and degrader is None:
+        raise ValueError("a model of isotropic.degradation learned is judged with its generator: give degrader")
     trained_factor = float(meta["factor"])
     if abs(factor - trained_factor) > ISOTROPIC_FACTOR_TOLERANCE * trained_factor:
         raise ConfigError(f"sample {sample!r}: its axial factor (voxel z / xy) is {factor:.4g}, the model of "
                           f"{source!r} was trained for {trained_factor:.4g}: a model restores the axial blur it "
                           "learned; train this sample")
-    validation = self_validation(vol, fov, model, spec, meta, device=device)
+    validation = self_validation(vol, fov, model, spec, meta, device=device, degrader=degrader)
     flags = [f for f in meta.get("flags") or [] if f != "model_worse_than_interpolation"]
     if not validation["psnr_model"] > validation["psnr_interp"]:
         flags.append("model_worse_than_interpolation")

@@ -60,6 +60,8 @@ from .settings import InferSettings, IsotropicSettings, Settings, TrainSettings,
 log = logging.getLogger("selfres.isotropic")
 
 DEGRADER_FILE = "degrader.safetensors"
+#: noise seed of the first held-out slice degraded by a learned degradation (slice i: + i)
+LEARNED_VALIDATION_SEED = 12345
 TAIL_LR_SCALE = 0.1
 UNIFORM_SHARE = 0.25  # share of training patches placed uniformly (the rest: foreground)
 _LOG_COLUMNS = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
@@ -860,7 +862,7 @@ def train_isotropic(
                                 augment=s.augment, generator=gen)
     pairs = holdout_pairs(val_volume, deg)
     if degrader is not None:  # validation inputs made by the learned degradation (seeded noise)
-        pairs = [(t, degradation.apply_numpy(t, rng=12345 + i)) for i, (t, _) in enumerate(pairs)]
+        pairs = [(t, degradation.apply_numpy(t, rng=LEARNED_VALIDATION_SEED + i)) for i, (t, _) in enumerate(pairs)]
     data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
     val_interp = _psnr_stack(pairs, [low for _, low in pairs], data_range)
 
@@ -1084,6 +1086,7 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
         save_file({k: v.detach().cpu().contiguous() for k, v in res.degrader.state_dict().items()},
                   str(tmp / DEGRADER_FILE))
         meta["degrader"] = {"file": DEGRADER_FILE, "spec": generator_spec(settings.isotropic).to_dict(),
+                            "sha256": io.file_checksum(tmp / DEGRADER_FILE),
                             "steps": res.degrader_log[-1]["step"] if res.degrader_log else 0,
                             "log": res.degrader_log}
     models.save_model(tmp, res.model, res.spec, metadata=meta)
@@ -1186,23 +1189,61 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             "computed": sum(int(r["computed"]) for r in runs), "resumed": sum(int(r["resumed"]) for r in runs)}
 
 
+def load_degrader(model_dir: str | Path, meta: dict, *, device: torch.device | str = "cpu") -> nn.Module:
+    """The learned lateral→axial generator saved beside an ``isotropic.degradation: learned``
+    model (``model.json``'s ``degrader``), frozen, in eval mode.
+
+    Raises
+    ------
+    InputError
+        The generator file is missing, does not match its recorded checksum, or does not
+        fit the recorded architecture.
+    """
+    from safetensors.torch import load_file
+
+    info = meta.get("degrader") or {}
+    path = Path(model_dir) / str(info.get("file") or DEGRADER_FILE)
+    if not path.is_file():
+        raise InputError(path, "the learned degradation's generator is missing from this isotropic model folder; "
+                               "delete the folder to retrain")
+    if info.get("sha256") and io.file_checksum(path) != info["sha256"]:
+        raise InputError(path, "checksum mismatch: the learned degradation's generator is corrupt; "
+                               "delete the model folder to retrain")
+    try:
+        generator = models.build_model(models.ModelSpec.from_dict(info["spec"]))
+        generator.load_state_dict(load_file(str(path), device="cpu"), strict=True)
+    except Exception as exc:  # a spec or state that does not fit
+        raise InputError(path, f"cannot load the learned degradation's generator ({exc}); "
+                               "delete the model folder to retrain") from exc
+    generator = generator.to(device).eval()
+    for p in generator.parameters():
+        p.requires_grad_(False)
+    return generator
+
+
 def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: models.ModelSpec, meta: dict, *,
-                    device: torch.device | str = "cpu") -> dict:
+                    device: torch.device | str = "cpu", degrader: nn.Module | None = None) -> dict:
     """Model vs the degraded input (z-cubic-like) on held-out lateral slices, degraded as in training.
 
     ``analytic``: recomputed here (the degradation is deterministic and stored in the
-    model's metadata). ``learned``: the figures computed at the end of training with
-    the learned generator (stored beside the weights).
+    model's metadata). ``learned``: with the learned generator ``degrader``
+    (:func:`load_degrader`) recomputed the same way, with the seeds of training; without
+    it, the figures stored in the metadata (computed so at the end of training, or when
+    another sample adopted the model).
     """
     stored = dict(meta.get("self_validation") or {})
     d = meta.get("degradation") or {}
-    if (meta.get("isotropic") or {}).get("degradation") == "learned" or "factor" not in d:
+    learned = (meta.get("isotropic") or {}).get("degradation") == "learned"
+    if (learned and degrader is None) or "factor" not in d:
         return {k: stored.get(k) for k in ("psnr_model", "psnr_interp", "ssim_model", "ssim_interp")}
     deg = AxialDegradation.from_dict(d)
     train_box = np.asarray(vol.data[box_slices(fov.train)], dtype=np.float32)  # the two boxes only
     _, held, _ = validation_split(train_box, np.asarray(vol.data[box_slices(fov.holdout)], dtype=np.float32),
                                   otsu_threshold(train_box))
     pairs = holdout_pairs(held, deg)
+    if learned:  # as in training: the learned degradation of each true slice, with its seed
+        degradation = LearnedDegradation(deg, degrader)
+        pairs = [(t, degradation.apply_numpy(t, rng=LEARNED_VALIDATION_SEED + i)) for i, (t, _) in enumerate(pairs)]
     data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
     preds = [predict_slices(model, low, device=device) for _, low in pairs]
     return compare_stacks(pairs, preds, data_range)

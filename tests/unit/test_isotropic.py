@@ -469,3 +469,52 @@ def test_inference_takes_the_samples_fusion_not_the_models(tmp_path):
         assert cli.main(["infer", str(norm), str(tmp_path / "model"), "-o", str(out), "--device", "cpu",
                          "--settings", settings]) == 0
         assert io.read_ome_zarr(out).attrs["fusion"] == fusion
+
+
+def test_a_learned_degradation_model_is_rejudged_with_its_saved_generator(tmp_path):
+    """The generator saved beside a `learned` model re-makes the held-out inputs of training
+    (same seeds): the source's own figures come back, another sample (`model_from`) is judged
+    on its own slices, and a damaged generator is refused, its folder moved aside."""
+    from selfres import io, pipeline
+    from selfres.errors import InputError
+    from selfres.fov import TrainingFov
+
+    norm = _normalised(tmp_path)
+    meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
+                                settings=_tiny(degradation="learned"), device="cpu")
+    assert len(meta["degrader"]["sha256"]) == 64
+    model, spec, info = pipeline.load_trained(tmp_path / "model")
+    generator = iso.load_degrader(tmp_path / "model", info)
+    vol, fov = io.read_ome_zarr(norm), TrainingFov.load(tmp_path / "fov.json")
+    again = iso.self_validation(vol, fov, model, spec, info, degrader=generator)
+    for key in ("psnr_model", "psnr_interp"):
+        assert again[key] == pytest.approx(meta["self_validation"][key], abs=1e-3)
+    torch.manual_seed(0)
+    with torch.no_grad():  # the generator is what makes the inputs: another one gives other figures
+        for p in generator.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    other_generator = iso.self_validation(vol, fov, model, spec, info, degrader=generator)
+    assert other_generator["psnr_interp"] < again["psnr_interp"] - 0.5
+
+    # another acquisition of the same optics adopts the model: judged on its held-out slices
+    other = tmp_path / "other"
+    other.mkdir()
+    import tifffile
+
+    tifffile.imwrite(other / "b.tif", (_degrade_z(_iso_truth((32, 40, 40), seed=5), 1.0, 4) * 1000).astype(np.uint16))
+    pipeline.stage_normalise(other / "b.tif", other / "n.ome.zarr", sample="b", voxel_size=(1.25, 0.5, 0.5))
+    pipeline.stage_crop(other / "n.ome.zarr", other / "fov.json", sample="b", mode="isotropic")
+    adopted = pipeline.stage_adopt(other / "n.ome.zarr", other / "fov.json", tmp_path / "model", other / "model",
+                                   sample="b", mode="isotropic", device="cpu")
+    assert adopted["adopted_from"]["sample"] == "s1" and adopted["sample"] == "b"
+    assert (other / "model" / iso.DEGRADER_FILE).is_file()
+    assert adopted["self_validation"]["psnr_model"] != pytest.approx(meta["self_validation"]["psnr_model"], abs=1e-3)
+    assert all(np.isfinite(adopted["self_validation"][k]) for k in ("psnr_model", "psnr_interp"))
+
+    # a damaged generator is never used
+    path = tmp_path / "model" / iso.DEGRADER_FILE
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(InputError, match="checksum mismatch.*moved aside"):
+        pipeline.stage_adopt(other / "n.ome.zarr", other / "fov.json", tmp_path / "model", other / "model2",
+                             sample="b", mode="isotropic", device="cpu")
+    assert not (tmp_path / "model").exists() and not (other / "model2").exists()

@@ -25,6 +25,7 @@ import tifffile
 import zarr
 
 from selfres import cli, io, pipeline
+from selfres.runlog import parse_snakemake_log
 from workdir import make_workdir, run_snakemake, tiny_volume, write_tiny_tiff
 
 SAMPLE = "s1"
@@ -432,6 +433,13 @@ def test_a_missing_reference_is_named_at_the_start_and_fails_only_its_samples_qc
     assert table.loc["bad", "status"] == "failed"
     assert "no_truth.tif" in table.loc["bad", "error"] and "does not exist" in table.loc["bad", "error"], \
         table.loc["bad", "error"]
+    # the row taken out of the sheet: the next run rebuilds the summary (written outside
+    # Snakemake's records by the failed run) from the samples left, and does nothing else
+    sheet = wd / "config" / "samples.tsv"
+    sheet.write_text("".join(ln for ln in sheet.read_text().splitlines(keepends=True) if not ln.startswith("bad\t")))
+    plan = run_snakemake(wd, "-n", timeout=120)
+    assert plan.returncode == 0 and {j["rule"] for j in parse_snakemake_log(plan.stdout + plan.stderr)["jobs"]} \
+        == {"summary"}, plan.stdout[-3000:]
 
 
 def test_write_tiny_tiff_is_valid(tmp_path):

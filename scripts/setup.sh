@@ -4,7 +4,7 @@
 #   scripts/setup.sh --test   the pipeline plus the test tools
 # A CPU build of torch is installed first when torch is missing, so that pip does not
 # pull the multi-GB CUDA build on machines without a GPU. On a GPU node install the
-# CUDA build of torch yourself before running this (see README, "Installation").
+# CUDA build of torch yourself before running this (see README, "The two commands").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

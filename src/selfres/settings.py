@@ -135,7 +135,7 @@ class DegradationSettings:
 class TrainSettings:
     """Per-sample training of the restoration network."""
 
-    arch: Literal["resnet3d", "svision_mini", "svision_paper", "iso2d"] = "resnet3d"
+    arch: Literal["resnet3d", "svision_mini", "svision_paper"] = "resnet3d"
     width: int = 16
     depth: int = 2
     residual: Literal["tricubic", "trilinear", "none"] = "tricubic"

@@ -170,6 +170,7 @@ def test_unsafe_sample_ids_are_refused(tmp_path, sid):
     ("train.loss", "l3", r"sample 'a': train.loss: 'l3'"),
     ("train.stpes", "50", r"sample 'a': .*unknown key\(s\) stpes"),
     ("qc.beads", "yes please", r"sample 'a': qc.beads"),
+    ("train.arch", "iso2d", r"sample 'a': train.arch: 'iso2d' is not allowed"),  # isotropic mode's own net
     ("isotropic.stepz", "5", r"sample 'a': .*unknown key\(s\) stepz"),
 ])
 def test_bad_per_sample_values_fail_when_the_sheet_is_read(tmp_path, column, value, problem):

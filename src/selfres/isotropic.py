@@ -932,6 +932,11 @@ def train_isotropic(
                 break
             if el > s.max_minutes * 60:
                 stop_reason = "time_budget"
+                log.info("time budget of %.1f min reached", s.max_minutes)
+                if sel.still_improving:
+                    flags.append("stopped_while_improving")
+                    log.warning("training stopped by its time budget (train.max_minutes %.1f) while the held-out "
+                                "score was still improving", s.max_minutes)
                 break
         if stop_after_steps is not None and step >= stop_after_steps:
             stop_reason = "interrupted"

@@ -85,6 +85,15 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "Usually nothing to do. If the validation curve was still rising, raise the "
         "patience or the number of steps.",
     ),
+    "stopped_while_improving": (
+        "Training reached its time budget (train.max_minutes) while the score on the "
+        "held-out region was still rising: the kept model came at one of the last two "
+        "validations, so more training would likely have given a better one. The model "
+        "was judged and used as usual.",
+        "Raise train.max_minutes for this sample (a sample-sheet column, e.g. "
+        "train.max_minutes 10), run its training on a GPU (the slurm profile), or choose a "
+        "smaller training field of view; the training curves below show the trend.",
+    ),
     "dead_output": (
         "The network output is constant (the same value everywhere): the model "
         "learned nothing useful.",

@@ -550,6 +550,12 @@ class Selection:
         """``patience`` validations in a row without improvement."""
         return self.bad_validations >= self.patience
 
+    @property
+    def still_improving(self) -> bool:
+        """The best model came at one of the last two validations (and after the start): a
+        stop now (the time budget) cuts short a training that was still gaining."""
+        return self.best_step > 0 and self.bad_validations <= 1
+
     def state_dict(self) -> dict:
         return {"rows": json.dumps(self.rows), "best_psnr": self.best_psnr, "best_step": self.best_step,
                 "best_score": self.best_score, "best_state": self.best_state,
@@ -738,6 +744,10 @@ def train_enhance(
             if el > settings.max_minutes * 60:
                 stop_reason = "time_budget"
                 log.info("time budget of %.1f min reached", settings.max_minutes)
+                if sel.still_improving:
+                    flags.append("stopped_while_improving")
+                    log.warning("training stopped by its time budget (train.max_minutes %.1f) while the held-out "
+                                "score was still improving", settings.max_minutes)
                 break
         if stop_after_steps is not None and step >= stop_after_steps:
             stop_reason = "interrupted"

@@ -12,7 +12,7 @@ from scipy import ndimage
 from selfres import isotropic as iso
 from selfres import models
 from selfres.errors import InputError
-from selfres.settings import Settings, from_dict
+from selfres.settings import Settings, from_dict, to_dict
 
 from ..conftest import blob_volume
 
@@ -230,6 +230,28 @@ def test_analytic_training_selects_by_held_out_lateral_psnr_and_reports_it():
     best = max([r.validation["psnr_interp"]] + [row["val_psnr_model"] for row in r.log_rows])
     assert r.validation["psnr_model"] == pytest.approx(best, abs=0.02)  # the kept checkpoint is the best one
     assert r.degradation["sigma_source"] == "estimated" and r.degradation["factor"] == 4.0
+
+
+def test_a_time_budget_stop_while_the_held_out_score_rises_is_flagged():
+    """As in enhance mode (the rule: tests/unit/test_train.py): a budget stop is flagged
+    exactly when the selection says the score was still rising."""
+    import itertools
+    import types
+
+    from selfres import train as train_module
+
+    train, held = _semi()
+    s = from_dict(Settings, to_dict(_tiny()) | {"train": to_dict(_tiny().train) | {"max_minutes": 0.25}}
+                  | {"isotropic": to_dict(_tiny().isotropic) | {"steps": 10_000}})
+    for rising in (True, False):
+        clock = itertools.count()  # one second each time the clock is read: the budget ends after a few steps
+        fake_time = types.SimpleNamespace(monotonic=lambda: float(next(clock)), time=lambda: float(next(clock)))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(iso, "time", fake_time)
+            mp.setattr(train_module.Selection, "still_improving", property(lambda self, r=rising: r))
+            r = iso.train_isotropic(train, held, factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5))
+        assert r.stop_reason == "time_budget" and len(r.log_rows) >= 2
+        assert ("stopped_while_improving" in r.flags) == rising
 
 
 def test_untrained_model_equals_its_input_and_is_flagged():

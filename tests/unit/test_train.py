@@ -141,6 +141,45 @@ def test_time_budget_stops_between_validations():
     assert len(r.log_rows) == 1  # the budget stop is validated, so the best checkpoint is still chosen
 
 
+def test_a_time_budget_stop_while_the_held_out_score_rises_is_flagged():
+    """`stopped_while_improving`: the budget ended a training whose kept model came at one of
+    its last two validations (not the untrained start); a plateau or no gain is not flagged."""
+    from selfres.train import Selection
+
+    model = torch.nn.Linear(1, 1)
+    sel = Selection.start(model, psnr=30.0, score=30.0, patience=8)
+    assert not sel.still_improving  # nothing learned yet
+    for step, psnr in ((5, 31.0), (10, 31.0)):
+        sel.observe(model, step=step, psnr=psnr, score=psnr, row={})
+    assert sel.still_improving  # best at the last but one
+    sel.observe(model, step=15, psnr=30.5, score=30.5, row={})
+    assert not sel.still_improving  # two validations without gain: a plateau
+    sel.observe(model, step=20, psnr=32.0, score=32.0, row={})
+    assert sel.still_improving
+
+    # wired into training: a clock that moves one second each time it is read ends the
+    # 30-second budget after a few validations, whatever the machine's speed
+    import itertools
+    import types
+
+    import selfres.train as train_module
+
+    train, held = _data()
+    seen = set()
+    for lr in (3e-3, 1e-9):
+        clock = itertools.count()
+        fake_time = types.SimpleNamespace(monotonic=lambda: float(next(clock)), time=lambda: float(next(clock)))
+        s = TrainSettings(steps=10_000, **TINY | {"validate_every": 4, "max_minutes": 0.5, "learning_rate": lr})
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(train_module, "time", fake_time)
+            r = train_enhance(train, held, factors=(1, 2, 2), settings=s)
+        assert r.stop_reason == "time_budget" and len(r.log_rows) >= 3
+        rising = r.best_step > 0 and r.best_step in [row["step"] for row in r.log_rows[-2:]]
+        assert ("stopped_while_improving" in r.flags) == rising
+        seen.add(rising)
+    assert seen == {True, False}
+
+
 @pytest.mark.parametrize("deg", [
     {"method": "gaussian", "sigma_um": [0.0, 0.2, 0.2]},
     {"method": "gaussian", "na": 0.8, "wavelength_um": 0.52, "refractive_index": 1.33, "noise": "poisson_gaussian",

@@ -397,7 +397,10 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
         (wd / "data" / "bad.tif").write_bytes(good[: len(good) // 3])
     else:
         (wd / "data" / "bad.tif").unlink(missing_ok=True)
-        assert run_snakemake(wd, "-n", timeout=120).returncode == 0  # the plan stands
+        plan = run_snakemake(wd, "-n", timeout=120)
+        assert plan.returncode == 0  # the plan stands, and names the missing file at once
+        assert "sample 'bad': its acquisition data/bad.tif does not exist" in plan.stderr, plan.stderr[-2000:]
+        assert "sample 'good'" not in plan.stderr
     proc = run_snakemake(wd, "--keep-going", timeout=300)
     assert proc.returncode != 0  # the night had a failure, and says so
     res = wd / "results"

@@ -129,6 +129,12 @@ if workflow.is_main_process:
     # start: a check in an earlier job would need the file's existence among that job's
     # params, and a reference that appears later would then rerun the whole sample.
     for _s in SAMPLE_IDS:
+        # a mistyped or not-yet-copied acquisition: said now, not only in the morning's summary
+        # (nothing to say once the sample is normalised: its raw file is no longer read)
+        if (_cell(_s, "path") and not _declared(_cell(_s, "path"))
+                and not os.path.exists(f"{R}/{_s}/normalized.ome.zarr")):
+            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist; that "
+                  "sample will fail at normalise (the others go on)", file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist; that "
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)

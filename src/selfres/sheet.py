@@ -60,8 +60,10 @@ def _schema_message(err) -> str:
     if v == "enum":
         allowed = ", ".join(repr(a) for a in err.validator_value if a != "")
         return f"column {col!r}: {err.instance!r} is not allowed; allowed values: {allowed} (or empty)"
-    if v == "pattern":
-        return f"column {col!r}: {err.instance!r} does not match the pattern {err.validator_value}"
+    if v == "pattern":  # what the column holds, in words, where the schema says it
+        said = str(err.schema.get("description") or "").strip().rstrip(".")
+        return (f"column {col!r}: {err.instance!r} is not " + (f"of the form: {said}" if said else
+                f"of the form {err.validator_value}"))
     if v == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         return (f"unknown column(s) {', '.join(repr(e) for e in extra)}; allowed: "

@@ -349,6 +349,7 @@ def test_bad_input(runner, case, tmp_path, capsys):
         assert proc.returncode != 0, out
         assert re.search(problem, out), out
         assert len(out.splitlines()) < 40, out  # the message, not a dump of the schema
+        assert 'File "' not in out and "Traceback" not in out, out  # nor a Python traceback after it
         assert not (wd / "results" / "a" / "normalized.ome.zarr").exists()
         assert not (tmp_path / "evil").exists()
 

@@ -151,7 +151,7 @@ def test_inbox_without_columns_gives_bare_rows_and_an_empty_inbox_an_empty_table
 
 
 @pytest.mark.parametrize("columns, message", [
-    ({"channel": "first"}, r"config inbox_columns: .*column 'channel': 'first' does not match"),
+    ({"channel": "first"}, r"config inbox_columns: .*column 'channel': 'first' is not of the form: Channel index"),
     ({"colour": "1"}, r"config inbox_columns: .*unknown column\(s\) 'colour'"),
     ({"train.steps": "many"}, r"config inbox_columns: .*train\.steps"),
     ({"scale": "1,1,1"}, r"config inbox_columns: .*column 'scale'"),

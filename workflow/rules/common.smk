@@ -18,8 +18,23 @@ except ImportError:  # snakemake run from an env without the package: use the ch
     sys.path.insert(0, os.path.join(workflow.basedir, "src"))
     from selfres import sheet as _sheet
 
+from selfres.errors import SelfresError as _SelfresError
+
+
+def _stop_on_bad_config(check, *args, **kwargs):
+    """``check(*args, **kwargs)``; a config or sheet mistake (selfres's one-line message, which
+    names the file, the sample and the column) stops the run before any job, without a
+    Python traceback after it."""
+    try:
+        return check(*args, **kwargs)
+    except _SelfresError as exc:
+        print(f"selfres: ERROR: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
 # a short message naming the key first; then snakemake's validation fills the defaults
-_sheet.check_config(config, schema=os.path.join(workflow.current_basedir, "..", "schemas", "config.schema.yaml"))
+_stop_on_bad_config(_sheet.check_config, config,
+                    schema=os.path.join(workflow.current_basedir, "..", "schemas", "config.schema.yaml"))
 validate(config, schema="../schemas/config.schema.yaml")
 
 R = config["results"]
@@ -52,24 +67,31 @@ def _inbox_rows(sheet):
     return _sheet.inbox_table(scan.rows, config["inbox_columns"], schema=schema)
 
 
-SHEET = _read_sheet(config["samples"])
-_inbox = _inbox_rows(SHEET)
-if len(_inbox):
-    SHEET = pd.concat([SHEET, _inbox], ignore_index=True).fillna("")
-# header counts of the `all` expansions, kept between the Snakefile's evaluations (one per job)
-_counts = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))
-SHEET = _sheet.expand_series(SHEET, _counts)  # series=all: one sample (and model) per image of a TIFF
-SHEET = _sheet.expand_channels(SHEET, _counts)  # channel=all: one sample (and model) per channel
-SHEET = _sheet.expand_timepoints(SHEET, _counts)  # timepoint=all: one sample (and model) per time point
-if workflow.is_main_process:
-    _counts.save()
-# model_from: a sample restored with another sample's model (same mode; enhance: same scale)
-SHEET = _sheet.resolve_first_timepoint(SHEET)  # model_from=first_timepoint: {series}_t0's model
-SHEET = _sheet.resolve_unexpanded_sources(SHEET)  # lapse_t0 of an unreadable lapse.tif: wait on its row
-_sheet.check_model_sources(SHEET, default_mode=config["mode"], default_scale=config["scale"])
+def _sample_table():
+    """The sheet's rows and the inbox's, one per sample: `all` columns expanded, `model_from`
+    resolved and checked."""
+    sheet = _read_sheet(config["samples"])
+    inbox = _inbox_rows(sheet)
+    if len(inbox):
+        sheet = pd.concat([sheet, inbox], ignore_index=True).fillna("")
+    # header counts of the `all` expansions, kept between the Snakefile's evaluations (one per job)
+    counts = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))
+    sheet = _sheet.expand_series(sheet, counts)  # series=all: one sample (and model) per image of a TIFF
+    sheet = _sheet.expand_channels(sheet, counts)  # channel=all: one sample (and model) per channel
+    sheet = _sheet.expand_timepoints(sheet, counts)  # timepoint=all: one sample (and model) per time point
+    if workflow.is_main_process:
+        counts.save()
+    # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
+    sheet = _sheet.resolve_first_timepoint(sheet)  # model_from=first_timepoint: {series}_t0's model
+    sheet = _sheet.resolve_unexpanded_sources(sheet)  # lapse_t0 of an unreadable lapse.tif: wait on its row
+    _sheet.check_model_sources(sheet, default_mode=config["mode"], default_scale=config["scale"])
+    return sheet
+
+
+SHEET = _stop_on_bad_config(_sample_table)
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)
-_sheet.check_results_dirs(R, SAMPLE_IDS)  # no id or symlink may lead a write out of results/
+_stop_on_bad_config(_sheet.check_results_dirs, R, SAMPLE_IDS)  # no id or symlink may lead a write out of results/
 
 
 wildcard_constraints:

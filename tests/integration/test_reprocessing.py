@@ -198,3 +198,16 @@ def test_an_isotropic_inference_value_reinfers_without_retraining(tmp_path):
     _edit_config(wd, isotropic={"steps": 3})  # a training value: retrains, and does not reach infer
     last = _stage_commands(wd, "i", ("train", "infer"))
     assert last["train"] != before["train"] and last["infer"] == after["infer"]
+
+
+def test_a_scale_on_an_isotropic_row_is_named_as_unused_and_not_recorded(tmp_path):
+    """Isotropic mode's grid follows the voxel size: a `scale` in its row is said to be unused
+    when the run starts, and its provenance does not record one."""
+    wd = make_workdir(tmp_path, samples={"i": {"mode": "isotropic", "voxel_size": "2,0.5,0.5", "scale": "1,2,2"}})
+    proc = run_snakemake(wd, "-n", "-p", "--forceall")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sample 'i': its scale 1,2,2 is not used in isotropic mode" in proc.stderr
+    report = [ln[ln.index("selfres report "):] for ln in (proc.stdout + proc.stderr).splitlines()
+              if "selfres report " in ln]
+    argv = shlex.split(report[0].split(" > ")[0])
+    assert json.loads(argv[argv.index("--config") + 1])["scale"] is None

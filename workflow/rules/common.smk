@@ -157,6 +157,9 @@ if workflow.is_main_process:
                 and not os.path.exists(f"{R}/{_s}/normalized.ome.zarr")):
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist; that "
                   "sample will fail at normalise (the others go on)", file=sys.stderr)
+        if _cell(_s, "scale") and sample_mode(_s) == "isotropic":
+            print(f"selfres: WARNING: sample {_s!r}: its scale {_cell(_s, 'scale')} is not used in isotropic mode "
+                  "(the output grid follows the voxel size: z step / lateral pixel)", file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist; that "
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)
@@ -314,7 +317,8 @@ def qc_args(wildcards):
 
 def resolved_config(sample):
     return {"sample": sample, "path": _cell(sample, "path"), "mode": sample_mode(sample),
-            "scale": sample_scale(sample), "voxel_size": _cell(sample, "voxel_size") or None,
+            "scale": sample_scale(sample) if sample_mode(sample) == "enhance" else None,  # isotropic: voxel size
+            "voxel_size": _cell(sample, "voxel_size") or None,
             "series": _cell(sample, "series") or None, "channel": _cell(sample, "channel") or None,
             "timepoint": _cell(sample, "timepoint") or None,
             "reference": _cell(sample, "reference") or None,

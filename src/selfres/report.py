@@ -1981,8 +1981,12 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
                  else "<p class=\"status-ok\">Every sample restored without flags.</p>")
     body_html = (
         "<h1>selfres summary</h1>" + counts_html + look_html
-        + "<p class=\"muted\">Click a column header to sort. PSNR gain = model − tricubic "
-        "on the held-out self-validation region. Click a sample for its report.</p>"
+        + "<p class=\"muted\">Click a column header to sort. PSNR gain = model − interpolation "
+        "(tricubic; z-cubic in isotropic mode) on the held-out self-validation region. Isotropy = "
+        "lateral / axial resolution (1: isotropic), a decorrelation estimate tied to the grid: "
+        "compare <i>out</i> with <i>of interpolation</i> (the same grid), not with <i>in</i>; "
+        "where the network sharpens x and y more than z (enhance mode), it falls. Click a sample "
+        "for its report.</p>"
         + table + (f"<h2>Flags in this run</h2><ul>{legend}</ul>" if legend else ""))
     return _page("selfres summary", body_html, script=_SORT_JS)
 

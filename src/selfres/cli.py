@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--snakemake-log", type=Path, default=None, help=".snakemake/log/*.snakemake.log of the run")
     s.add_argument("--samples", default="", help="comma-separated sample ids of the run")
 
+    s = sub.add_parser("inspect", help="what selfres reads from an acquisition (images, channels, time points, "
+                       "shape, voxel size) and the output grid of each mode: check a file before a run")
+    s.add_argument("input", type=Path)
+    s.add_argument("--voxel-size", type=_triple(float), default=None,
+                   help="z,y,x µm as the sample sheet's voxel_size column would give it (overrides the file's)")
+    s.add_argument("--scale", type=_scale, default=(2, 2, 2), help="enhance factors z,y,x for the output grid shown")
+
     s = sub.add_parser("psf-sigma", help="Gaussian PSF σ (z,y,x µm) for train.psf_sigma_um: from the optics "
                        "(--na, --wavelength-um, --refractive-index) or measured on a bead stack (--beads)")
     s.add_argument("--beads", type=Path, default=None,
@@ -265,6 +272,8 @@ def run(args) -> int:
 
         print(write_run_record(args.results, status=args.status, snakemake_log=args.snakemake_log,
                                samples=[s for s in args.samples.split(",") if s]))
+    elif cmd == "inspect":
+        print(describe_for_sheet(args.input, voxel_size=args.voxel_size, scale=args.scale))
     elif cmd == "psf-sigma":
         sig = _psf_sigma(args)
         print(",".join(f"{v:.4g}" for v in sig))  # µm, ready for a train.psf_sigma_um cell
@@ -310,6 +319,47 @@ def _psf_sigma(args) -> tuple[float, ...]:
         print("warning: the spots differ in width by more than 25 %: sub-resolution beads all have the "
               "PSF's width, so these are probably not (or not only) beads, and σ is not the PSF's", file=sys.stderr)
     return m["sigma_um"]
+
+
+def describe_for_sheet(path: Path, *, voxel_size=None, scale=(2, 2, 2)) -> str:
+    """``selfres inspect``: :func:`selfres.io.describe_acquisition` in words, with the sheet
+    columns each image needs and the output grid of each mode."""
+    from .errors import InputError
+    from .io import describe_acquisition
+    from .isotropic import isotropic_factor, isotropic_shape
+
+    images = describe_acquisition(path)
+    lines = [f"{path}: {len(images)} image{'s' if len(images) > 1 else ''}"
+             + (" (TIFF series: sheet column series, or all for one sample per image)" if len(images) > 1 else "")]
+
+    def grid(shape):
+        return "×".join(str(n) for n in shape)
+
+    for im in images:
+        vs = tuple(voxel_size) if voxel_size else im["voxel_size"]
+        where = "as given" if voxel_size else ("from the file" if vs else "none recorded: give the sheet column "
+                                                                            "voxel_size (z,y,x µm)")
+        head = f"series {im['series']}: " if len(images) > 1 else ""
+        lines.append(f"{head}{grid(im['shape'])} ZYX, {im['dtype']}, {im['channels']} channel"
+                     f"{'s' if im['channels'] > 1 else ''}, {im['timepoints']} time point"
+                     f"{'s' if im['timepoints'] > 1 else ''}")
+        if im["channels"] > 1:
+            lines.append(f"  channels: sheet column channel, 0..{im['channels'] - 1} or all (one sample per channel)")
+        if im["timepoints"] > 1:
+            lines.append(f"  time points: sheet column timepoint, 0..{im['timepoints'] - 1} or all (one sample per "
+                         "time point; model_from first_timepoint trains once)")
+        lines.append("  voxel size z,y,x: " + (", ".join(f"{v:.4g}" for v in vs) + f" µm ({where})" if vs else where))
+        factors = tuple(int(f) for f in scale)
+        lines.append(f"  enhance {','.join(map(str, factors))}: output "
+                     f"{grid(n * f for n, f in zip(im['shape'], factors))}"
+                     + (f", voxel {', '.join(f'{v / f:.4g}' for v, f in zip(vs, factors))} µm" if vs else ""))
+        try:
+            f = isotropic_factor(vs, path=str(path))
+            lines.append(f"  isotropic: axial factor {f:.4g} (z step / lateral pixel), output "
+                         f"{grid(isotropic_shape(im['shape'], f))}, voxel {vs[1]:.4g} µm")
+        except InputError as exc:
+            lines.append(f"  isotropic: not possible — {exc.what}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

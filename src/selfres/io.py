@@ -43,6 +43,7 @@ __all__ = [
     "count_beyond_float32",
     "create_ome_zarr",
     "default_chunks",
+    "describe_acquisition",
     "file_checksum",
     "finalize_ome_zarr",
     "open_ome_zarr_array",
@@ -831,6 +832,31 @@ def timepoint_count(path: str | os.PathLike, *, series: int | None = None) -> in
     except TimepointNotChosen as exc:
         return exc.n_timepoints
     return 1
+
+
+def describe_acquisition(path: str | os.PathLike) -> list[dict]:
+    """What selfres reads from an acquisition, image by image, from its metadata (no voxels):
+    one dict per image (TIFF series) with ``series``, ``shape`` (ZYX of one channel and
+    time point), ``dtype`` (as stored), ``channels``, ``timepoints`` and ``voxel_size``
+    (z, y, x µm, or None when the file records none).
+
+    Raises
+    ------
+    InputError
+        As :func:`read_volume` for a file it cannot read.
+    """
+    numbers = series_numbers(path)
+    out = []
+    for number in numbers:
+        series = number if len(numbers) > 1 else None
+        n_c = channel_count(path, series=series)
+        n_t = timepoint_count(path, series=series)
+        vol = read_volume(path, lazy=True, series=series, channel=0 if n_c > 1 else None,
+                          timepoint=0 if n_t > 1 else None)
+        out.append({"series": number, "shape": tuple(int(n) for n in vol.data.shape),
+                    "dtype": str(np.dtype(vol.source_dtype)), "channels": n_c, "timepoints": n_t,
+                    "voxel_size": tuple(float(v) for v in vol.voxel_size) if vol.voxel_size else None})
+    return out
 
 
 def series_numbers(path: str | os.PathLike) -> list[int]:

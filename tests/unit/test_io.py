@@ -696,3 +696,34 @@ def test_ome_tiff_export_of_what_is_not_an_ome_zarr_image_is_one_clear_error(tmp
     with pytest.raises(InputError, match="does not exist"):
         io.write_ome_tiff(tmp_path / "x.ome.tif", tmp_path / "missing.ome.zarr")
     assert not (tmp_path / "x.ome.tif").exists()
+
+
+def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output_grids(tmp_path, capsys):
+    """`selfres inspect`: what the sheet needs for each image, from the metadata alone."""
+    from selfres import cli
+
+    hyper = tmp_path / "lapse.tif"
+    data = np.zeros((3, 6, 2, 16, 20), dtype=np.uint16)  # TZCYX
+    tifffile.imwrite(hyper, data, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                     metadata={"spacing": 2.0, "unit": "micron", "axes": "TZCYX"})
+    assert io.describe_acquisition(hyper) == [{"series": 0, "shape": (6, 16, 20), "dtype": "uint16", "channels": 2,
+                                               "timepoints": 3, "voxel_size": pytest.approx((2.0, 0.5, 0.5))}]
+    assert cli.main(["inspect", str(hyper), "--scale", "1,2,2"]) == 0
+    out = capsys.readouterr().out
+    assert "6×16×20 ZYX, uint16, 2 channels, 3 time points" in out
+    assert "channel, 0..1 or all" in out and "timepoint, 0..2 or all" in out
+    assert "voxel size z,y,x: 2, 0.5, 0.5 µm (from the file)" in out
+    assert "enhance 1,2,2: output 6×32×40, voxel 2, 0.25, 0.25 µm" in out
+    assert "isotropic: axial factor 4 (z step / lateral pixel), output 24×16×20, voxel 0.5 µm" in out
+
+    positions = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(positions, ome=True) as tw:
+        tw.write(_vol(), metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5})
+        tw.write(_vol(seed=1), metadata={"axes": "ZYX"})
+    assert [d["voxel_size"] for d in io.describe_acquisition(positions)] == [pytest.approx((2.0, 0.5, 0.5)), None]
+    assert cli.main(["inspect", str(positions)]) == 0
+    out = capsys.readouterr().out
+    assert "2 images (TIFF series" in out and "series 1: 5×12×14 ZYX" in out
+    assert "isotropic: not possible — isotropic mode needs the voxel size" in out
+    assert cli.main(["inspect", str(tmp_path / "absent.tif")]) == 2  # one clear error
+    assert "absent.tif: does not exist" in capsys.readouterr().err

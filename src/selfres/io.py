@@ -122,6 +122,12 @@ def _unit_factor(unit: str | None) -> float | None:
     return _UNIT_TO_UM.get(str(unit).strip().lower())
 
 
+def tidy_size(value: float) -> float:
+    """``value`` to 10 significant digits, for metadata: a size computed by division
+    (isotropic z: 4 µm / (4 / 0.8286)) is written 0.8286, not 0.8285999999999999."""
+    return float(f"{float(value):.10g}")
+
+
 def _make_voxel(z: float | None, y: float | None, x: float | None, nz: int):
     """Build a ``(z, y, x)`` voxel size, or ``None`` when incomplete.
 
@@ -1317,9 +1323,10 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
         {
             "path": str(k),
             "coordinateTransformations": [
-                {"type": "scale", "scale": [float(v) for v in s]},
+                {"type": "scale", "scale": [tidy_size(v) for v in s]},
                 {"type": "translation",
-                 "translation": [float(o + (a - b) / 2.0) for o, a, b in zip(origin or (0.0, 0.0, 0.0), s, base)]},
+                 "translation": [tidy_size(o + (a - b) / 2.0) for o, a, b in zip(origin or (0.0, 0.0, 0.0), s,
+                                                                                base)]},
             ],
         }
         for k, s in enumerate(scales)
@@ -1461,7 +1468,7 @@ def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level:
     metadata: dict[str, Any] = {"axes": "ZYX", "Name": name or Path(source).name.split(".")[0]}
     if voxel is not None:
         for axis, size in zip("ZYX", voxel):
-            metadata[f"PhysicalSize{axis}"] = float(size)
+            metadata[f"PhysicalSize{axis}"] = tidy_size(size)
             metadata[f"PhysicalSize{axis}Unit"] = "µm"
 
     def planes() -> Iterator[np.ndarray]:

@@ -727,3 +727,16 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     assert "isotropic: not possible — isotropic mode needs the voxel size" in out
     assert cli.main(["inspect", str(tmp_path / "absent.tif")]) == 2  # one clear error
     assert "absent.tif: does not exist" in capsys.readouterr().err
+
+
+def test_a_voxel_size_computed_by_division_is_written_as_it_reads(tmp_path):
+    """Isotropic output z: 4 µm / (4 / 0.8286) is 0.8285999999999999 in floating point; the
+    OME-Zarr scale and the exported OME-TIFF's PhysicalSizeZ say 0.8286."""
+    vz = 4.0 / (4.0 / 0.8286)
+    assert vz != 0.8286
+    store = tmp_path / "o.ome.zarr"
+    io.write_ome_zarr(store, _vol().astype(np.float32), voxel_size=(vz, 0.8286, 0.8286))
+    assert io.read_ome_zarr(store).voxel_size == (0.8286, 0.8286, 0.8286)
+    tif = io.write_ome_tiff(tmp_path / "o.ome.tif", store)
+    with tifffile.TiffFile(tif) as t:
+        assert 'PhysicalSizeZ="0.8286"' in t.ome_metadata

@@ -48,6 +48,18 @@ log = logging.getLogger("selfres.adopt")
 
 __all__ = ["ISOTROPIC_FACTOR_TOLERANCE", "VOXEL_SIZE_TOLERANCE", "adopt_enhance", "adopt_isotropic"]
 
+#: The source's flags that an adopting sample does not take over: its own guard decides
+#: ``model_worse_than_interpolation``, and the flags about how the training went (with advice
+#: such as more training time) concern the sample that trained; they stay in ``adopted_from``.
+NOT_INHERITED_FLAGS = frozenset({"model_worse_than_interpolation", "early_stopped", "stopped_while_improving",
+                                 "training_diverged"})
+
+
+def inherited_flags(meta: dict) -> list[str]:
+    """The flags of the source model ``meta`` that describe the model itself, for the adopter."""
+    return [f for f in meta.get("flags") or [] if f not in NOT_INHERITED_FLAGS]
+
+
 #: Relative difference of voxel size (per axis) beyond which the log warns that the model
 #: was trained at another sampling.
 VOXEL_SIZE_TOLERANCE = 0.05
@@ -148,7 +160,7 @@ def adopt_enhance(
         result, factors=factors, degradation=degradation, extras=extras, margin_db=guard_margin_db,
         confidence=guard_confidence, device=device, amp=amp,
         acquisition=central_crop(train_volume, SHARE_PROBE_SHAPE))
-    source_flags = [f for f in meta.get("flags") or [] if f != "model_worse_than_interpolation"]
+    source_flags = inherited_flags(meta)
     out = dict(meta)
     out.update({
         "sample": sample,
@@ -234,7 +246,7 @@ def adopt_isotropic(
                           f"{source!r} was trained for {trained_factor:.4g}: a model restores the axial blur it "
                           "learned; train this sample")
     validation = self_validation(vol, fov, model, spec, meta, device=device, degrader=degrader)
-    flags = [f for f in meta.get("flags") or [] if f != "model_worse_than_interpolation"]
+    flags = inherited_flags(meta)
     if not validation["psnr_model"] > validation["psnr_interp"]:
         flags.append("model_worse_than_interpolation")
     out = dict(meta)

@@ -234,15 +234,20 @@ def run(args) -> int:
     elif cmd == "infer":
         import dataclasses
 
-        full = _settings(args)
+        from .settings import parse_settings
+
+        try:
+            given = json.loads(args.settings) if args.settings else {}
+        except json.JSONDecodeError:
+            given = args.settings  # parse_settings says what is wrong
+        full = parse_settings(given)
         st = full.infer
         if args.blocks is not None:
             st = dataclasses.replace(st, blocks=args.blocks)
             st.validate()
-        # an isotropic section given: its fusion / infer_batch, else those saved with the model
-        given_isotropic = bool(args.settings) and "isotropic" in json.loads(args.settings)
+        # an isotropic section given: its fusion / infer_batch, else those saved with an older model
         out = pipeline.stage_infer(args.normalized, args.model, args.output, sample=sample, settings=st,
-                                   isotropic_settings=full.isotropic if given_isotropic else None,
+                                   isotropic_settings=full.isotropic if "isotropic" in given else None,
                                    device=args.device, threads=args.threads, step=args.step, block=args.block)
         if args.drop_stale_export and args.step in ("all", "gather"):
             pipeline.drop_stale_export(args.output)
@@ -326,7 +331,8 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=(2, 2, 2)) -> str:
     columns each image needs and the output grid of each mode."""
     from .errors import InputError
     from .io import describe_acquisition
-    from .isotropic import isotropic_factor, isotropic_shape
+    from .isotropic import isotropic_shape
+    from .pipeline import check_volume_for_mode
 
     images = describe_acquisition(path)
     lines = [f"{path}: {len(images)} image{'s' if len(images) > 1 else ''}"
@@ -350,13 +356,18 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=(2, 2, 2)) -> str:
                          "time point; model_from first_timepoint trains once)")
         lines.append("  voxel size z,y,x: " + (", ".join(f"{v:.4g}" for v in vs) + f" µm ({where})" if vs else where))
         factors = tuple(int(f) for f in scale)
-        lines.append(f"  enhance {','.join(map(str, factors))}: output "
-                     f"{grid(n * f for n, f in zip(im['shape'], factors))}"
-                     + (f", voxel {', '.join(f'{v / f:.4g}' for v, f in zip(vs, factors))} µm" if vs else ""))
+        try:  # the checks the crop stage makes, before any training
+            check_volume_for_mode(im["shape"], vs, mode="enhance", factors=factors, path=str(path))
+            lines.append(f"  enhance {','.join(map(str, factors))}: output "
+                         f"{grid(n * f for n, f in zip(im['shape'], factors))}"
+                         + (f", voxel {', '.join(f'{v / f:.4g}' for v, f in zip(vs, factors))} µm" if vs else ""))
+        except InputError as exc:
+            lines.append(f"  enhance {','.join(map(str, factors))}: not possible — {exc.what}")
         try:
-            f = isotropic_factor(vs, path=str(path))
+            f = check_volume_for_mode(im["shape"], vs, mode="isotropic", path=str(path))
             lines.append(f"  isotropic: axial factor {f:.4g} (z step / lateral pixel), output "
-                         f"{grid(isotropic_shape(im['shape'], f))}, voxel {vs[1]:.4g} µm")
+                         f"{grid(isotropic_shape(im['shape'], f))}, voxel {vs[0] / f:.4g}, {vs[1]:.4g}, "
+                         f"{vs[2]:.4g} µm")
         except InputError as exc:
             lines.append(f"  isotropic: not possible — {exc.what}")
     return "\n".join(lines)

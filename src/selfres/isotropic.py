@@ -55,11 +55,14 @@ from torch import nn
 from . import degrade, io, metrics, models, normalise
 from .errors import InputError
 from .fov import TrainingFov, box_slices
-from .settings import InferSettings, IsotropicSettings, Settings, TrainSettings, to_dict
+from .settings import ISOTROPIC_INFERENCE_KEYS, InferSettings, IsotropicSettings, Settings, TrainSettings, to_dict
 
 log = logging.getLogger("selfres.isotropic")
 
 DEGRADER_FILE = "degrader.safetensors"
+#: held-out slices per forward pass when validating during training (a fixed value: the
+#: training job does not get ``infer_batch``; held-out slices are a few hundred pixels wide)
+VALIDATION_BATCH = 8
 #: noise seed of the first held-out slice degraded by a learned degradation (slice i: + i)
 LEARNED_VALIDATION_SEED = 12345
 TAIL_LR_SCALE = 0.1
@@ -700,6 +703,13 @@ def train_degrader(
                           steps_done=step, seconds=time.monotonic() - t0, log_rows=rows)
 
 
+def learned_holdout_pairs(pairs, degradation: "LearnedDegradation") -> list:
+    """Held-out ``(true slice, input)`` pairs with each input made by the learned degradation,
+    slice ``i`` with the noise seed ``LEARNED_VALIDATION_SEED + i``: in training and when
+    :func:`self_validation` judges the model again (another sample's slices, ``model_from``)."""
+    return [(t, degradation.apply_numpy(t, rng=LEARNED_VALIDATION_SEED + i)) for i, (t, _) in enumerate(pairs)]
+
+
 class LearnedDegradation:
     """Analytic degradation followed by the learned lateral→axial generator (frozen)."""
 
@@ -862,12 +872,12 @@ def train_isotropic(
                                 augment=s.augment, generator=gen)
     pairs = holdout_pairs(val_volume, deg)
     if degrader is not None:  # validation inputs made by the learned degradation (seeded noise)
-        pairs = [(t, degradation.apply_numpy(t, rng=LEARNED_VALIDATION_SEED + i)) for i, (t, _) in enumerate(pairs)]
+        pairs = learned_holdout_pairs(pairs, degradation)
     data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
     val_interp = _psnr_stack(pairs, [low for _, low in pairs], data_range)
 
     def validate() -> float:
-        return _psnr_stack(pairs, [predict_slices(model, low, device=device, batch=iso.infer_batch)
+        return _psnr_stack(pairs, [predict_slices(model, low, device=device, batch=VALIDATION_BATCH)
                                    for _, low in pairs], data_range)
 
     # the output conv starts at zero (the net starts as its input, i.e. as z-cubic); it learns at a tenth of the
@@ -930,20 +940,16 @@ def train_isotropic(
                 stop_reason = "early_stop"
                 flags.append("early_stopped")
                 break
-            if el > s.max_minutes * 60:
+            if el > s.max_minutes * 60 and step < s.steps:
                 stop_reason = "time_budget"
-                log.info("time budget of %.1f min reached", s.max_minutes)
-                if sel.still_improving:
-                    flags.append("stopped_while_improving")
-                    log.warning("training stopped by its time budget (train.max_minutes %.1f) while the held-out "
-                                "score was still improving", s.max_minutes)
+                flags += sel.budget_stop_flags(s.max_minutes)
                 break
         if stop_after_steps is not None and step >= stop_after_steps:
             stop_reason = "interrupted"
             break
     model.load_state_dict(sel.best_state)
     model.eval()
-    preds = [predict_slices(model, low, device=device, batch=iso.infer_batch) for _, low in pairs]
+    preds = [predict_slices(model, low, device=device, batch=VALIDATION_BATCH) for _, low in pairs]
     validation = compare_stacks(pairs, preds, data_range)
     if not validation["psnr_model"] > validation["psnr_interp"]:
         flags.append("model_worse_than_interpolation")
@@ -1077,7 +1083,8 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
         "flags": res.flags,
         "train_seconds": time.monotonic() - t0 + res.resumed_seconds,  # with the interrupted runs' time
         "settings": to_dict(settings.train),
-        "isotropic": to_dict(settings.isotropic),
+        # the training values: fusion and infer_batch belong to each infer job (iso_settings)
+        "isotropic": {k: v for k, v in to_dict(settings.isotropic).items() if k not in ISOTROPIC_INFERENCE_KEYS},
         "degradation": res.degradation,
         "device": str(device),
     }
@@ -1211,7 +1218,12 @@ def load_degrader(model_dir: str | Path, meta: dict, *, device: torch.device | s
     if not path.is_file():
         raise InputError(path, "the learned degradation's generator is missing from this isotropic model folder; "
                                "delete the folder to retrain")
-    if info.get("sha256") and io.file_checksum(path) != info["sha256"]:
+    try:
+        actual = io.file_checksum(path) if info.get("sha256") else None
+    except OSError as exc:
+        raise InputError(path, f"cannot read the learned degradation's generator ({exc.strerror or exc}); "
+                               "delete the model folder to retrain") from exc
+    if actual is not None and actual != info["sha256"]:
         raise InputError(path, "checksum mismatch: the learned degradation's generator is corrupt; "
                                "delete the model folder to retrain")
     try:
@@ -1248,7 +1260,7 @@ def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: mo
     pairs = holdout_pairs(held, deg)
     if learned:  # as in training: the learned degradation of each true slice, with its seed
         degradation = LearnedDegradation(deg, degrader)
-        pairs = [(t, degradation.apply_numpy(t, rng=LEARNED_VALIDATION_SEED + i)) for i, (t, _) in enumerate(pairs)]
+        pairs = learned_holdout_pairs(pairs, degradation)
     data_range = float(max(max(float(t.max()) for t, _ in pairs) - min(float(t.min()) for t, _ in pairs), 1e-6))
     preds = [predict_slices(model, low, device=device) for _, low in pairs]
     return compare_stacks(pairs, preds, data_range)

@@ -680,8 +680,9 @@ def detect_beads(
     voxel the noise otherwise makes several maxima on each bead's top (rejected as
     neighbours) and on its flanks (fitted as narrow spots).
 
-    The volume is read in blocks of about ``block_voxels`` voxels (with the filter's box and
-    :data:`_PLATEAU_HALO` voxels around each), so a lazy volume larger than memory can be
+    The volume is read in blocks of about ``block_voxels`` voxels (with the filter's box,
+    :data:`_PLATEAU_HALO` voxels and, with ``smooth``, the Gaussian's reach of 4 σ around
+    each, so that each block is blurred as the whole volume would be), so a lazy volume larger than memory can be
     searched; the result does not depend on the blocks, except for a flat maximum wider than
     that halo across a block's face.
 
@@ -732,19 +733,28 @@ def detect_beads(
     if len(blocks) == 1:  # small: read once for both passes
         vol = _read_block(vol, blocks[0])
 
+    single = {}  # a volume of one block is read (and blurred) once for both passes
+
     def searched(sl, extra=(0, 0, 0)):
         """The block ``sl`` with ``extra`` voxels around it, as searched (smoothed or not),
         and the slices it covers."""
         ext = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(sl, extra, shape))
+        if len(blocks) == 1:
+            if "b" not in single:
+                single["b"] = _searched_block(ext)
+            return single["b"], ext
+        return _searched_block(ext), ext
+
+    def _searched_block(ext):
         if sm is None:
             b = _read_block(vol, ext)
             _refuse_non_finite(b, "detect_beads: the volume", ext)
-            return b, ext
+            return b
         wide = tuple(slice(max(0, e.start - r), min(n, e.stop + r)) for e, r, n in zip(ext, reach, shape))
         b = _read_block(vol, wide).astype(np.float32)
         _refuse_non_finite(b, "detect_beads: the volume", wide)
         b = ndimage.gaussian_filter(b, sm, mode="nearest", truncate=4.0)
-        return b[tuple(slice(e.start - w.start, e.stop - w.start) for e, w in zip(ext, wide))], ext
+        return b[tuple(slice(e.start - w.start, e.stop - w.start) for e, w in zip(ext, wide))]
 
     lo, hi = math.inf, -math.inf
     for sl in blocks:
@@ -885,6 +895,9 @@ def bead_fwhm_table(
 #: Profiles of :func:`bead_fwhm_table_widened` reach at least this many σ of the beads'
 #: median width each side (a profile of ±1.5 σ fits a Gaussian ~35 % too narrow).
 PROFILE_SIGMAS = 3.0
+#: σ in voxels of the blur the bead search runs on (``psf-sigma --beads``, QC's ``qc.beads``):
+#: noise then makes no maxima of its own on a bead's top or flanks
+BEAD_SEARCH_SMOOTH = 1.0
 
 
 def bead_fwhm_table_widened(
@@ -965,13 +978,14 @@ def psf_sigma_from_beads(
     max_beads: int = 200,
     min_distance: int | Sequence[int] = (1, 2, 2),
     threshold_rel: float = 0.2,
-    smooth: float | Sequence[float] | None = 1.0,
+    smooth: float | Sequence[float] | None = BEAD_SEARCH_SMOOTH,
 ) -> dict:
     """The optical PSF as a Gaussian σ (z, y, x, µm), measured on an image of sub-resolution beads.
 
     Beads are found with :func:`detect_beads` (on the stack blurred by ``smooth`` voxels,
-    so that noise makes no maxima of its own; the fits use the stack as it is) and fitted with :func:`bead_fwhm_table_widened`
-    (profiles 4 voxels each side, widened to ±3 σ of the estimate, up to 3 fits); the median FWHM per axis, over beads whose three fits
+    so that noise makes no maxima of its own; the fits use the stack as it is) and fitted
+    with :func:`bead_fwhm_table_widened` (profiles 4 voxels each side, widened to ±3 σ of the
+    estimate, in up to 3 passes); the median FWHM per axis, over beads whose fits on all three axes
     succeed, gives ``σ_image = FWHM / 2.355``. The image of a point is the PSF seen
     through the camera pixel, a box of one voxel (variance ``v²/12``); that is removed,
     ``σ = sqrt(σ_image² − v²/12)`` (0 where the bead is no wider than a voxel), because
@@ -987,6 +1001,10 @@ def psf_sigma_from_beads(
         ``(z, y, x)`` voxel size in µm.
     min_beads
         Fewer beads with three good fits than this raise ``ValueError``.
+    max_beads, min_distance, threshold_rel
+        As for :func:`detect_beads` and :func:`bead_fwhm_table`.
+    smooth
+        σ in voxels of the blur the bead search runs on (None: the stack as it is).
 
     Returns
     -------

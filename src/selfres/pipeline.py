@@ -260,21 +260,8 @@ def stage_crop(
 
         parse_scale(factors, sample=sample)
     source = vol.attrs.get("source") or str(normalized)
-    if mode == "isotropic" and vol.data.shape[0] < 2:
-        raise InputError(source, f"isotropic mode restores the z axis of a 3-D stack; this is a 2-D image (shape "
-                         f"{tuple(vol.data.shape)}, one z slice): use mode enhance with scale 1,y,x", sample=sample)
-    if mode == "isotropic":  # refused here, not at train: before the GPU job is queued
-        from .isotropic import MIN_ISOTROPIC_SLICES, isotropic_factor
-
-        if vol.data.shape[0] < MIN_ISOTROPIC_SLICES:
-            raise InputError(source, f"isotropic mode needs at least {MIN_ISOTROPIC_SLICES} z slices; the volume "
-                             f"(shape {tuple(vol.data.shape)}) has {vol.data.shape[0]}: acquire more slices, or use "
-                             "mode enhance with scale 1,y,x", sample=sample)
-        isotropic_factor(_voxel_size_of(vol), path=source, sample=sample)
-    if mode == "enhance":
-        _check_size_for_factors(vol.data.shape, factors, what=f"the volume (shape {tuple(vol.data.shape)})",
-                                path=source, sample=sample, hint="use a smaller factor on that axis (sheet column "
-                                "'scale', e.g. 1,2,2) or a larger acquisition")
+    check_volume_for_mode(vol.data.shape, _voxel_size_of(vol), mode=mode, factors=factors, path=source,
+                          sample=sample)  # refused here, not at train: before the GPU job is queued
     try:
         fov = choose_training_fov(
             vol.data, max_voxels=settings.max_voxels, holdout_fraction=settings.holdout_fraction,
@@ -296,6 +283,36 @@ def stage_crop(
     write_json(output_json, d)
     log.info("training FOV %s, held-out %s: %s", fov.train, fov.holdout, fov.reason)
     return fov
+
+
+def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), path, sample: str | None = None
+                          ) -> float | None:
+    """Refuse a volume of ``shape`` (ZYX) and ``voxel_size`` that ``mode`` cannot restore (at
+    ``factors``, enhance): a 2-D image or too few slices for isotropic mode, or no usable
+    voxel size; too few voxels along a scaled axis for enhance's training pairs. Returns the
+    isotropic axial factor (None for enhance).
+
+    Raises
+    ------
+    InputError
+        Naming the file, the sample and what to do instead.
+    """
+    shape = tuple(int(n) for n in shape)
+    if mode == "isotropic":
+        from .isotropic import MIN_ISOTROPIC_SLICES, isotropic_factor
+
+        if shape[0] < 2:
+            raise InputError(path, f"isotropic mode restores the z axis of a 3-D stack; this is a 2-D image (shape "
+                             f"{shape}, one z slice): use mode enhance with scale 1,y,x", sample=sample)
+        if shape[0] < MIN_ISOTROPIC_SLICES:
+            raise InputError(path, f"isotropic mode needs at least {MIN_ISOTROPIC_SLICES} z slices; the volume "
+                             f"(shape {shape}) has {shape[0]}: acquire more slices, or use mode enhance with "
+                             "scale 1,y,x", sample=sample)
+        return isotropic_factor(voxel_size, path=path, sample=sample)
+    _check_size_for_factors(shape, factors, what=f"the volume (shape {shape})", path=path, sample=sample,
+                            hint="use a smaller factor on that axis (sheet column 'scale', e.g. 1,2,2) or a "
+                                 "larger acquisition")
+    return None
 
 
 def _check_enhance_input(vol_shape, factors, sample, path):
@@ -880,7 +897,7 @@ def stage_qc(
         # profiles widened to the beads' width: finely sampled beads (and any upsampled output)
         # are wider than the default profile, which would fit them too narrow
         # found on the output blurred by one voxel: noise makes no maxima of its own on a bead's top or flanks
-        pos_out = metrics.detect_beads(restored_norm, min_distance=3, smooth=1.0)
+        pos_out = metrics.detect_beads(restored_norm, smooth=metrics.BEAD_SEARCH_SMOOTH)
         t_out = metrics.bead_fwhm_table_widened(restored_norm, voxel_size=vs_out or (1, 1, 1), positions=pos_out)
         pos_in = np.array([[int(round((c + 0.5) / r - 0.5)) for c, r in zip(row, ratio)]
                            for row in t_out[["z", "y", "x"]].to_numpy()], dtype=int).reshape(-1, 3)

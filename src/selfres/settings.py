@@ -253,6 +253,11 @@ class QcSettings:
     max_resolution_slices: int = 16
 
 
+#: ``IsotropicSettings`` keys read by inference only: each infer job's values apply (changing
+#: them re-infers, never retrains), not those of the sample that trained the model
+ISOTROPIC_INFERENCE_KEYS = ("fusion", "infer_batch")
+
+
 @dataclass(frozen=True)
 class IsotropicSettings:
     """``isotropic`` mode (Self-Net): how lateral slices teach the axial ones.

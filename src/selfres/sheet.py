@@ -53,6 +53,15 @@ def _load_schema(schema: str | os.PathLike | Mapping | None) -> Mapping | None:
         return yaml.safe_load(fh)
 
 
+def _expected_form(err) -> str:
+    """What a value failing a schema ``pattern`` should look like, in words: the property's
+    ``title`` (else its description, else the pattern itself)."""
+    said = str(err.schema.get("title") or err.schema.get("description") or "").strip().rstrip(".")
+    if not said:
+        return f"of the form {err.validator_value}"
+    return "of the form: " + (said if len(said) <= 120 else said[:117] + "...")
+
+
 def _schema_message(err) -> str:
     """A one-line account of a jsonschema error: column, value, what is allowed."""
     col = err.path[-1] if err.path else None
@@ -60,10 +69,8 @@ def _schema_message(err) -> str:
     if v == "enum":
         allowed = ", ".join(repr(a) for a in err.validator_value if a != "")
         return f"column {col!r}: {err.instance!r} is not allowed; allowed values: {allowed} (or empty)"
-    if v == "pattern":  # what the column holds, in words, where the schema says it
-        said = str(err.schema.get("description") or "").strip().rstrip(".")
-        return (f"column {col!r}: {err.instance!r} is not " + (f"of the form: {said}" if said else
-                f"of the form {err.validator_value}"))
+    if v == "pattern":
+        return f"column {col!r}: {err.instance!r} is not {_expected_form(err)}"
     if v == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         return (f"unknown column(s) {', '.join(repr(e) for e in extra)}; allowed: "
@@ -121,6 +128,8 @@ def _config_message(err) -> str:
         return "; ".join(parts) + f"; allowed{' in ' + key if key else ''}: {', '.join(known)}"
     if err.validator == "enum":
         return f"{key}: {value} is not allowed; allowed values: {', '.join(repr(a) for a in err.validator_value)}"
+    if err.validator == "pattern":
+        return f"{key}: {value} is not {_expected_form(err)}"
     message = err.message if len(err.message) <= 200 else err.message[:197] + "..."
     return f"{key}: {message}" if key else message
 

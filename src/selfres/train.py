@@ -556,6 +556,16 @@ class Selection:
         stop now (the time budget) cuts short a training that was still gaining."""
         return self.best_step > 0 and self.bad_validations <= 1
 
+    def budget_stop_flags(self, max_minutes: float) -> list[str]:
+        """Log a stop by the time budget (before the step limit); ``["stopped_while_improving"]``
+        when the held-out score was still rising, else none."""
+        log.info("time budget of %.1f min reached", max_minutes)
+        if not self.still_improving:
+            return []
+        log.warning("training stopped by its time budget (train.max_minutes %.1f) while the held-out score was "
+                    "still improving", max_minutes)
+        return ["stopped_while_improving"]
+
     def state_dict(self) -> dict:
         return {"rows": json.dumps(self.rows), "best_psnr": self.best_psnr, "best_step": self.best_step,
                 "best_score": self.best_score, "best_state": self.best_state,
@@ -741,13 +751,9 @@ def train_enhance(
                 flags.append("early_stopped")
                 log.info("no held-out improvement in %d validations: early stop", settings.patience)
                 break
-            if el > settings.max_minutes * 60:
+            if el > settings.max_minutes * 60 and step < settings.steps:
                 stop_reason = "time_budget"
-                log.info("time budget of %.1f min reached", settings.max_minutes)
-                if sel.still_improving:
-                    flags.append("stopped_while_improving")
-                    log.warning("training stopped by its time budget (train.max_minutes %.1f) while the held-out "
-                                "score was still improving", settings.max_minutes)
+                flags += sel.budget_stop_flags(settings.max_minutes)
                 break
         if stop_after_steps is not None and step >= stop_after_steps:
             stop_reason = "interrupted"

@@ -365,7 +365,7 @@ def test_inbox_columns_choose_channels_and_time_points_of_every_acquisition(tmp_
     # a bad value stops the run before any job, naming the key
     proc = run_snakemake(chosen, "-n", "--config", "inbox_columns={'channel': 'first'}")
     assert proc.returncode != 0
-    assert "config inbox_columns: column 'channel': 'first' is not of the form: Channel index" in proc.stderr
+    assert "config inbox_columns: column 'channel': 'first' is not of the form: a channel index" in proc.stderr
 
     unchosen = make_workdir(tmp_path, samples={}, name="unchosen", config_overrides=inbox)
     _hyperstack(unchosen / "inbox" / "lapse.tif")

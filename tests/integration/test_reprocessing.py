@@ -206,7 +206,7 @@ def test_a_scale_on_an_isotropic_row_is_named_as_unused_and_not_recorded(tmp_pat
     wd = make_workdir(tmp_path, samples={"i": {"mode": "isotropic", "voxel_size": "2,0.5,0.5", "scale": "1,2,2"}})
     proc = run_snakemake(wd, "-n", "-p", "--forceall")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "sample 'i': its scale 1,2,2 is not used in isotropic mode" in proc.stderr
+    assert "sample 'i': scale 1,2,2 is not used in isotropic mode" in proc.stderr
     report = [ln[ln.index("selfres report "):] for ln in (proc.stdout + proc.stderr).splitlines()
               if "selfres report " in ln]
     argv = shlex.split(report[0].split(" > ")[0])

@@ -714,7 +714,7 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     assert "channel, 0..1 or all" in out and "timepoint, 0..2 or all" in out
     assert "voxel size z,y,x: 2, 0.5, 0.5 µm (from the file)" in out
     assert "enhance 1,2,2: output 6×32×40, voxel 2, 0.25, 0.25 µm" in out
-    assert "isotropic: axial factor 4 (z step / lateral pixel), output 24×16×20, voxel 0.5 µm" in out
+    assert "isotropic: axial factor 4 (z step / lateral pixel), output 24×16×20, voxel 0.5, 0.5, 0.5 µm" in out
 
     positions = tmp_path / "positions.ome.tif"
     with tifffile.TiffWriter(positions, ome=True) as tw:
@@ -725,6 +725,14 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     out = capsys.readouterr().out
     assert "2 images (TIFF series" in out and "series 1: 5×12×14 ZYX" in out
     assert "isotropic: not possible — isotropic mode needs the voxel size" in out
+    # what the crop stage would refuse is said so, with its reason
+    thin = _imagej(tmp_path / "thin.tif", _vol(shape=(3, 12, 14)), voxel=(1.0, 0.4, 0.5))
+    assert cli.main(["inspect", str(thin)]) == 0
+    out = capsys.readouterr().out
+    assert "enhance 2,2,2: not possible — the volume (shape (3, 12, 14)) has 3 slices; scale 2 along z needs" in out
+    assert "isotropic: not possible — isotropic mode needs at least 4 z slices" in out
+    assert cli.main(["inspect", str(thin), "--scale", "1,2,2"]) == 0
+    assert "enhance 1,2,2: output 3×24×28, voxel 1, 0.2, 0.25 µm" in capsys.readouterr().out
     assert cli.main(["inspect", str(tmp_path / "absent.tif")]) == 2  # one clear error
     assert "absent.tif: does not exist" in capsys.readouterr().err
 

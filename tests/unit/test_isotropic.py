@@ -467,7 +467,7 @@ def test_inference_takes_the_samples_fusion_not_the_models(tmp_path):
     s = _tiny()
     meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
                                 settings=s, device="cpu")
-    assert meta["isotropic"]["fusion"] == "mean"
+    assert not {"fusion", "infer_batch"} & set(meta["isotropic"])  # each infer job's own, not the model's
     infer = InferSettings(tile_size=(8, 16, 16), on_worse_than_interpolation="model")
 
     def restored(name, iso_settings):
@@ -530,8 +530,12 @@ def test_a_learned_degradation_model_is_rejudged_with_its_saved_generator(tmp_pa
                                    sample="b", mode="isotropic", device="cpu")
     assert adopted["adopted_from"]["sample"] == "s1" and adopted["sample"] == "b"
     assert (other / "model" / iso.DEGRADER_FILE).is_file()
+    other_vol, other_fov = io.read_ome_zarr(other / "n.ome.zarr"), TrainingFov.load(other / "fov.json")
+    expected = iso.self_validation(other_vol, other_fov, model, spec, info,
+                                   degrader=iso.load_degrader(tmp_path / "model", info))  # the saved generator
+    for key in ("psnr_model", "psnr_interp"):
+        assert adopted["self_validation"][key] == pytest.approx(expected[key], abs=1e-6)
     assert adopted["self_validation"]["psnr_model"] != pytest.approx(meta["self_validation"]["psnr_model"], abs=1e-3)
-    assert all(np.isfinite(adopted["self_validation"][k]) for k in ("psnr_model", "psnr_interp"))
 
     # a damaged generator is never used
     path = tmp_path / "model" / iso.DEGRADER_FILE

@@ -116,6 +116,9 @@ def test_a_config_scale_of_one_on_every_axis_is_refused():
     with pytest.raises(ConfigError, match=r"^config: scale '1,1,1' is 1 on every axis: enhance would restore nothing"):
         check_config({"scale": "1,1,1"}, schema=schema)
     check_config({"scale": "1,2,2"}, schema=schema)
+    # a value of the wrong form is described in words, not by the schema's regular expression
+    with pytest.raises(ConfigError, match=r"^config: scale: '1.5,2,2' is not of the form: integer factors z,y,x"):
+        check_config({"scale": "1.5,2,2"}, schema=schema)
 
 
 @pytest.mark.parametrize("text, what", [
@@ -151,7 +154,7 @@ def test_inbox_without_columns_gives_bare_rows_and_an_empty_inbox_an_empty_table
 
 
 @pytest.mark.parametrize("columns, message", [
-    ({"channel": "first"}, r"config inbox_columns: .*column 'channel': 'first' is not of the form: Channel index"),
+    ({"channel": "first"}, r"config inbox_columns: .*column 'channel': 'first' is not of the form: a channel index"),
     ({"colour": "1"}, r"config inbox_columns: .*unknown column\(s\) 'colour'"),
     ({"train.steps": "many"}, r"config inbox_columns: .*train\.steps"),
     ({"scale": "1,1,1"}, r"config inbox_columns: .*column 'scale'"),

@@ -146,7 +146,21 @@ def get_reference(wildcards):
     return _declared(_cell(wildcards.sample, "reference"))
 
 
+def _unused_scales():
+    """``{(path, scale): [samples]}`` of the isotropic rows that give a scale (their grid
+    follows the voxel size): one warning per sheet row, however many samples it expands to."""
+    rows = {}
+    for s in SAMPLE_IDS:
+        if _cell(s, "scale") and sample_mode(s) == "isotropic":
+            rows.setdefault((_cell(s, "path"), _cell(s, "scale")), []).append(s)
+    return rows
+
+
 if workflow.is_main_process:
+    for (_path, _scale), _ids in _unused_scales().items():
+        _names = ", ".join(repr(i) for i in _ids[:3]) + (f" and {len(_ids) - 3} more" if len(_ids) > 3 else "")
+        print(f"selfres: WARNING: sample{'s' if len(_ids) > 1 else ''} {_names}: scale {_scale} is not used in "
+              "isotropic mode (the output grid follows the voxel size: z step / lateral pixel)", file=sys.stderr)
     # A missing reference fails only its sample's qc, after its restoration. Said here, at the
     # start: a check in an earlier job would need the file's existence among that job's
     # params, and a reference that appears later would then rerun the whole sample.
@@ -156,10 +170,8 @@ if workflow.is_main_process:
         if (_cell(_s, "path") and not _declared(_cell(_s, "path"))
                 and not os.path.exists(f"{R}/{_s}/normalized.ome.zarr")):
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist; that "
-                  "sample will fail at normalise (the others go on)", file=sys.stderr)
-        if _cell(_s, "scale") and sample_mode(_s) == "isotropic":
-            print(f"selfres: WARNING: sample {_s!r}: its scale {_cell(_s, 'scale')} is not used in isotropic mode "
-                  "(the output grid follows the voxel size: z step / lateral pixel)", file=sys.stderr)
+                  "sample fails at normalise (and so do the samples that use its model); with --keep-going, as "
+                  "the profiles set, the others go on", file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist; that "
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)
@@ -182,8 +194,6 @@ ISOTROPIC_TRAIN_KEYS = ("seed", "augment", "learning_rate", "lr_schedule", "warm
                         "patience", "validate_every", "degradation")
 ISOTROPIC_DEGRADATION_KEYS = ("method", "sigma_um", "na", "wavelength_um", "refractive_index", "microscope",
                               "psf_path")
-#: the `isotropic` values only inference reads: changing them re-infers, never retrains
-ISOTROPIC_INFER_KEYS = ("fusion", "infer_batch")
 
 
 def _used_by_mode(sample, sections):
@@ -209,7 +219,9 @@ def stage_settings(sample, stage):
     s = sample_settings(sample)
     out = _used_by_mode(sample, {k: s[k] for k in STAGE_SECTIONS[stage] if k in s})
     if "isotropic" in out:  # training (and adoption) never reads these, inference nothing else
-        keep = (lambda k: k in ISOTROPIC_INFER_KEYS) if stage == "infer" else (lambda k: k not in ISOTROPIC_INFER_KEYS)
+        from selfres.settings import ISOTROPIC_INFERENCE_KEYS as infer_keys
+
+        keep = (lambda k: k in infer_keys) if stage == "infer" else (lambda k: k not in infer_keys)
         out["isotropic"] = {k: v for k, v in out["isotropic"].items() if keep(k)}
     if stage == "normalise":
         out["infer"] = {"ngff_version": s["infer"]["ngff_version"]}

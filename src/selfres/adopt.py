@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import noise
+from . import models, noise
 from .infer import predict_array
 from .settings import InferSettings, TrainSettings, from_dict, to_dict
 from .train import (
@@ -174,6 +174,7 @@ def adopt_enhance(
         "settings": to_dict(trained),
         "train_seconds": time.monotonic() - t0,
         "device": str(device),
+        "ran_on": models.ran_on(device),
     })
     for key in ("noise", "acquisition_noise", "correction_noise"):
         out.pop(key, None)

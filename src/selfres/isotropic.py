@@ -1087,6 +1087,7 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
         "isotropic": {k: v for k, v in to_dict(settings.isotropic).items() if k not in ISOTROPIC_INFERENCE_KEYS},
         "degradation": res.degradation,
         "device": str(device),
+        "ran_on": models.ran_on(device),
     }
     tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
     if tmp.exists():
@@ -1175,7 +1176,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             compute=compute, voxel_size=vs_out, ngff_version=settings.ngff_version,
             contrast_limits=(params.low, params.high), origin=grid_origin(vs_in, vs_out),
             attrs={"sample": sample, "content": kind, "factor": factor, "normalisation": params.to_dict(),
-                   "fusion": fusion},
+                   "fusion": fusion, "ran_on": models.ran_on(device)},
             compute_kind=models.compute_label(device, amp=settings.amp and net is not None))  # z-cubic: float32
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s", kind, step, path, stats["computed"], stats["tiles"],
                  stats["seconds"])

@@ -663,6 +663,27 @@ def autocast_dtype(device: str | torch.device, *, enabled: bool, cpu: bool = Fal
     return None
 
 
+def ran_on(device: str | torch.device) -> dict[str, Any]:
+    """Where a job computes, for provenance: ``device`` (``cuda:0``, ``cpu``), the device's
+    name (the GPU model, e.g. ``NVIDIA A100-SXM4-40GB``; the CPU's where the platform says),
+    the host, and on Slurm the job id and the GPUs it was given (``CUDA_VISIBLE_DEVICES``)."""
+    import platform
+    import socket
+
+    device = torch.device(device)
+    name = None
+    if device.type == "cuda":
+        try:
+            name = torch.cuda.get_device_name(device)
+        except Exception:  # noqa: BLE001 - provenance must never fail a job
+            name = None
+    else:
+        name = platform.processor() or platform.machine() or None
+    return {"device": str(device), "device_name": name, "host": socket.gethostname(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def compute_label(device: str | torch.device, *, amp: bool) -> str:
     """How inference computes on ``device``, e.g. ``cuda/bfloat16`` or ``cpu/float32``:
     tiles made under different labels differ in rounding, so a resumed or scattered

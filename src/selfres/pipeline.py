@@ -394,6 +394,7 @@ def stage_train(
         "train_seconds": time.monotonic() - t0 + result.resumed_seconds,  # with the interrupted runs' time
         "settings": to_dict(trained),
         "device": str(dev),
+        "ran_on": models.ran_on(dev),
     }
     if result.noise is not None:
         meta["noise"] = result.noise
@@ -601,7 +602,7 @@ def stage_infer(
             chunks=settings.chunks, shards=settings.shards, ngff_version=settings.ngff_version,
             transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype),
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict(),
-                   "voxel_size_known": vs_in is not None},
+                   "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
             memory_fraction=settings.gpu_memory_fraction, origin=origin,
         )
@@ -1060,10 +1061,12 @@ def stage_report(
         "input": vol.attrs.get("source"),
         "input_checksum": vol.attrs.get("source_checksum"),
         "resolved_config": resolved_config or {},
-        "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device")},
+        "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device",
+                                           "ran_on")},
         "timings": {"train_seconds": metrics_d.get("train_seconds"), "infer_seconds": metrics_d.get("infer_seconds"),
                     "rules": timings},
         "inference_compute": out.attrs.get("compute"),  # device/precision of the restored tiles
+        "inference_ran_on": out.attrs.get("ran_on"),  # host, GPU and Slurm job of the job that wrote it
         "software": software_versions(),
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

@@ -342,6 +342,7 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
     tr = zarr.open_group(str(out), mode="r").attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][1]
     np.testing.assert_allclose(tr["translation"], [-0.375, 0.0, 0.0])
     assert vol.attrs["content"] in ("model", "interpolation")
+    assert vol.attrs["ran_on"]["device"] == "cpu" and meta["ran_on"]["host"]  # where each step ran
     model, spec, info = pipeline.load_trained(tmp_path / "model")
     sv = iso.self_validation(io.read_ome_zarr(norm), TrainingFov.load(tmp_path / "fov.json"), model, spec, info)
     assert set(sv) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}

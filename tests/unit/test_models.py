@@ -282,3 +282,19 @@ def test_cuda_precision_follows_what_the_gpu_computes_natively(monkeypatch, nati
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", supported)
     assert models.cuda_autocast_dtype(training=training) is expected
     assert calls == [False]
+
+
+def test_ran_on_names_the_host_the_device_and_the_slurm_job(monkeypatch):
+    """Provenance of the GPU steps: which node, which GPU, which Slurm job (model.json's
+    ``ran_on``, the restored store's attrs, provenance.json)."""
+    import socket
+
+    from selfres.models import ran_on
+
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    got = ran_on("cpu")
+    assert got["device"] == "cpu" and got["host"] == socket.gethostname()
+    assert got["slurm_job_id"] == "4242" and got["cuda_visible_devices"] == "3"
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert ran_on("cpu")["slurm_job_id"] is None

@@ -350,8 +350,23 @@ def test_bad_input(runner, case, tmp_path, capsys):
         assert re.search(problem, out), out
         assert len(out.splitlines()) < 40, out  # the message, not a dump of the schema
         assert 'File "' not in out and "Traceback" not in out, out  # nor a Python traceback after it
+        assert not (wd / "results" / "runs").exists()  # a dry run records no run
         assert not (wd / "results" / "a" / "normalized.ome.zarr").exists()
         assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_a_sheet_mistake_leaves_its_line_in_runs_tsv(tmp_path):
+    """A night that stops before its first job is not a quiet night in the morning's files:
+    runs.tsv has an error line with no jobs, its record the message."""
+    wd, problem = s_unknown_mode_sheet(tmp_path)
+    proc = run_snakemake(wd, timeout=120)
+    assert proc.returncode == 1 and re.search(problem, proc.stderr), proc.stderr[-2000:]
+    lines = (wd / "results" / "runs" / "runs.tsv").read_text().splitlines()
+    assert len(lines) == 2 and "\terror\t" in lines[1]
+    (record,) = (wd / "results" / "runs").glob("*_error.json")
+    rec = json.loads(record.read_text())
+    assert rec["jobs"] == [] and re.search(problem, rec["stopped_before_any_job"])
 
 
 def test_console_command_prints_one_line_and_exits_2(tmp_path):

@@ -29,7 +29,22 @@ def _stop_on_bad_config(check, *args, **kwargs):
         return check(*args, **kwargs)
     except _SelfresError as exc:
         print(f"selfres: ERROR: {exc}", file=sys.stderr)
+        if workflow.is_main_process and not workflow.output_settings.dryrun:
+            _record_stopped_run(str(exc))
         sys.exit(1)
+
+
+def _record_stopped_run(message):
+    """A run stopped before its first job still leaves its line in runs/runs.tsv (status
+    error, no jobs; the message in its record): the morning check sees the night that failed."""
+    from selfres.runlog import write_run_record
+
+    try:
+        path = write_run_record(config.get("results") or "results", status="error",
+                                extra={"stopped_before_any_job": message})
+        print(f"selfres: run record {path}", file=sys.stderr)
+    except Exception as exc:  # a record must not hide the message above
+        print(f"selfres: WARNING: no run record written: {exc}", file=sys.stderr)
 
 
 # a short message naming the key first; then snakemake's validation fills the defaults

@@ -664,9 +664,10 @@ def autocast_dtype(device: str | torch.device, *, enabled: bool, cpu: bool = Fal
 
 
 def ran_on(device: str | torch.device) -> dict[str, Any]:
-    """Where a job computes, for provenance: ``device`` (``cuda:0``, ``cpu``), the device's
-    name (the GPU model, e.g. ``NVIDIA A100-SXM4-40GB``; the CPU's where the platform says),
-    the host, and on Slurm the job id and the GPUs it was given (``CUDA_VISIBLE_DEVICES``)."""
+    """Where a job computes, for provenance: ``device`` (``cuda``, ``cuda:1``, ``cpu``), the
+    device's name (the GPU model, e.g. ``NVIDIA A100-SXM4-40GB``; the CPU model), the host,
+    and on Slurm the job id and the GPUs it was given (``SLURM_JOB_GPUS``: the node's GPU
+    indices; ``CUDA_VISIBLE_DEVICES``: as the job sees them)."""
     import platform
     import socket
 
@@ -678,10 +679,23 @@ def ran_on(device: str | torch.device) -> dict[str, Any]:
         except Exception:  # noqa: BLE001 - provenance must never fail a job
             name = None
     else:
-        name = platform.processor() or platform.machine() or None
+        name = _cpu_model() or platform.processor() or platform.machine() or None
     return {"device": str(device), "device_name": name, "host": socket.gethostname(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+            "slurm_job_gpus": os.environ.get("SLURM_JOB_GPUS"),  # the node's GPU indices Slurm gave the job
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), or None."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip() or None
+    except OSError:
+        return None
+    return None
 
 
 def compute_label(device: str | torch.device, *, amp: bool) -> str:

@@ -360,6 +360,8 @@ def test_a_run_stopped_by_a_sheet_mistake_leaves_its_line_in_runs_tsv(tmp_path):
     """A night that stops before its first job is not a quiet night in the morning's files:
     runs.tsv has an error line with no jobs, its record the message."""
     wd, problem = s_unknown_mode_sheet(tmp_path)
+    assert run_snakemake(wd, "--unlock", timeout=120).returncode == 1  # not a run: no record
+    assert not (wd / "results" / "runs").exists()
     proc = run_snakemake(wd, timeout=120)
     assert proc.returncode == 1 and re.search(problem, proc.stderr), proc.stderr[-2000:]
     lines = (wd / "results" / "runs" / "runs.tsv").read_text().splitlines()

@@ -530,6 +530,7 @@ def test_a_learned_degradation_model_is_rejudged_with_its_saved_generator(tmp_pa
     adopted = pipeline.stage_adopt(other / "n.ome.zarr", other / "fov.json", tmp_path / "model", other / "model",
                                    sample="b", mode="isotropic", device="cpu")
     assert adopted["adopted_from"]["sample"] == "s1" and adopted["sample"] == "b"
+    assert adopted["ran_on"]["device"] == "cpu" and adopted["adopted_from"]["ran_on"] == meta["ran_on"]
     assert (other / "model" / iso.DEGRADER_FILE).is_file()
     other_vol, other_fov = io.read_ome_zarr(other / "n.ome.zarr"), TrainingFov.load(other / "fov.json")
     expected = iso.self_validation(other_vol, other_fov, model, spec, info,

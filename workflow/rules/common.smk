@@ -29,9 +29,33 @@ def _stop_on_bad_config(check, *args, **kwargs):
         return check(*args, **kwargs)
     except _SelfresError as exc:
         print(f"selfres: ERROR: {exc}", file=sys.stderr)
-        if workflow.is_main_process and not workflow.output_settings.dryrun:
+        if workflow.is_main_process and _is_a_run():
             _record_stopped_run(str(exc))
         sys.exit(1)
+
+
+#: Snakemake options after which a command is not a run of the workflow (its parse of the
+#: Snakefile must not be recorded as a stopped run)
+_NOT_A_RUN = ("dryrun", "touch", "unlock", "report", "lint", "list_changes", "list_input_changes",
+              "list_params_changes", "list_code_changes", "summary", "detailed_summary", "dag", "rulegraph",
+              "filegraph", "d3dag", "cleanup_metadata", "list_rules", "list_target_rules", "delete_all_output",
+              "delete_temp_output", "archive", "containerize", "list_untracked", "conda_create_envs_only",
+              "print_compilation", "generate_unit_tests", "cleanup_shadow", "list_conda_envs", "conda_cleanup_envs")
+
+
+def _is_a_run():
+    """Whether this snakemake command runs the workflow (not a dry run, --unlock, --report,
+    --list-changes, …), read with Snakemake's own parser (profiles, abbreviations); when it
+    cannot tell (the Python API), not."""
+    if getattr(workflow.output_settings, "dryrun", False):
+        return False
+    try:
+        from snakemake.cli import parse_args
+
+        _, args = parse_args(sys.argv[1:])
+    except BaseException:  # noqa: BLE001 - argparse exits on what it cannot read
+        return False
+    return not any(getattr(args, name, None) for name in _NOT_A_RUN)
 
 
 def _record_stopped_run(message):

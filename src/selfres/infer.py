@@ -1467,7 +1467,8 @@ def scattered_store(
         name = "all" if step == "all" else f"b{block}"
         stats = compute(dest, tiles, done, store.recorder(name, compute_kind))
         stats["resumed"] = len(done)
-        io.write_text_atomic(store.meta / f"stats-{name}.json", json.dumps(stats))
+        io.write_text_atomic(store.meta / f"stats-{name}.json",
+                             json.dumps(stats | {"ran_on": (attrs or {}).get("ran_on")}))
         out.update(stats)
     if step in ("all", "gather"):
         store.check(fingerprint)
@@ -1484,8 +1485,11 @@ def scattered_store(
                 f"block(s) {', '.join(map(str, owners))} of {blocks}")
         secs = 0.0
         vox = 0.0
+        ran_on = {}  # where the tiles were computed: each block job's host, GPU and Slurm job
         for f in store.meta.glob("stats-*.json"):
             st = json.loads(f.read_text())
+            if st.get("ran_on"):
+                ran_on[json.dumps(st["ran_on"], sort_keys=True)] = st["ran_on"]
             sec, r = float(st.get("seconds") or 0.0), float(st.get("mvoxel_per_s") or 0.0)
             secs += sec
             vox += r * sec if math.isfinite(r) else 0.0
@@ -1498,7 +1502,8 @@ def scattered_store(
         io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version, origin=origin, unit=unit,
                              contrast_limits=contrast_limits, name=Path(final).name.split(".")[0],
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
-                                                        "mvoxel_per_s": rate, "blocks": blocks, "compute": kinds})
+                                                        "mvoxel_per_s": rate, "blocks": blocks, "compute": kinds,
+                                                        "tiles_ran_on": [ran_on[k] for k in sorted(ran_on)]})
         store.commit()
         if step == "gather":
             out.update(seconds=secs, mvoxel_per_s=rate)

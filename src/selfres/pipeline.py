@@ -1067,6 +1067,7 @@ def stage_report(
                     "rules": timings},
         "inference_compute": out.attrs.get("compute"),  # device/precision of the restored tiles
         "inference_ran_on": out.attrs.get("ran_on"),  # host, GPU and Slurm job of the job that wrote it
+        "tiles_ran_on": out.attrs.get("tiles_ran_on"),  # ... of the jobs that computed tiles (each block's)
         "software": software_versions(),
         "host": socket.gethostname(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),

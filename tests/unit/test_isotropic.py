@@ -429,6 +429,8 @@ def test_isotropic_inference_scatters_over_blocks_and_resumes_like_enhance(tmp_p
     a, b = io.read_ome_zarr(one), io.read_ome_zarr(many)
     np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
     assert b.attrs["blocks"] == 3 and not (many.parent / ".restored.ome.zarr.partial").exists()
+    # where the tiles were computed: the block jobs' (here one host, one CPU: one entry)
+    assert [r["device"] for r in b.attrs["tiles_ran_on"]] == ["cpu"] and b.attrs["tiles_ran_on"][0]["host"]
 
     # resume: records for some tiles, one of them damaged on disk; only those are recomputed
     again = tmp_path / "again" / "restored.ome.zarr"

@@ -1214,19 +1214,11 @@ def load_degrader(model_dir: str | Path, meta: dict, *, device: torch.device | s
     """
     from safetensors.torch import load_file
 
+    from .modelfile import check_file
+
     info = meta.get("degrader") or {}
     path = Path(model_dir) / str(info.get("file") or DEGRADER_FILE)
-    if not path.is_file():
-        raise InputError(path, "the learned degradation's generator is missing from this isotropic model folder; "
-                               "delete the folder to retrain")
-    try:
-        actual = io.file_checksum(path) if info.get("sha256") else None
-    except OSError as exc:
-        raise InputError(path, f"cannot read the learned degradation's generator ({exc.strerror or exc}); "
-                               "delete the model folder to retrain") from exc
-    if actual is not None and actual != info["sha256"]:
-        raise InputError(path, "checksum mismatch: the learned degradation's generator is corrupt; "
-                               "delete the model folder to retrain")
+    check_file(path, info.get("sha256"), what="learned degradation's generator file")
     try:
         generator = models.build_model(models.ModelSpec.from_dict(info["spec"]))
         generator.load_state_dict(load_file(str(path), device="cpu"), strict=True)

@@ -730,22 +730,9 @@ def detect_beads(
     # the Gaussian's reach: a block read with it around smooths as the whole volume would
     reach = tuple(int(math.ceil(4 * v)) for v in sm) if sm is not None else (0, 0, 0)
     blocks = _cubic_blocks(shape, block_voxels)
-    if len(blocks) == 1:  # small: read once for both passes
-        vol = _read_block(vol, blocks[0])
 
-    single = {}  # a volume of one block is read (and blurred) once for both passes
-
-    def searched(sl, extra=(0, 0, 0)):
-        """The block ``sl`` with ``extra`` voxels around it, as searched (smoothed or not),
-        and the slices it covers."""
-        ext = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(sl, extra, shape))
-        if len(blocks) == 1:
-            if "b" not in single:
-                single["b"] = _searched_block(ext)
-            return single["b"], ext
-        return _searched_block(ext), ext
-
-    def _searched_block(ext):
+    def searched(ext):
+        """The region ``ext`` as the search sees it: read (with the blur's reach) and blurred."""
         if sm is None:
             b = _read_block(vol, ext)
             _refuse_non_finite(b, "detect_beads: the volume", ext)
@@ -756,9 +743,11 @@ def detect_beads(
         b = ndimage.gaussian_filter(b, sm, mode="nearest", truncate=4.0)
         return b[tuple(slice(e.start - w.start, e.stop - w.start) for e, w in zip(ext, wide))]
 
+    # small: the whole volume is one block, read (and blurred) once for both passes
+    whole = searched(blocks[0]) if len(blocks) == 1 else None
     lo, hi = math.inf, -math.inf
     for sl in blocks:
-        b, _ = searched(sl)
+        b = whole if whole is not None else searched(sl)
         lo, hi = min(lo, float(b.min())), max(hi, float(b.max()))
     if not hi > lo:
         return np.zeros((0, 3), dtype=int)
@@ -768,8 +757,8 @@ def detect_beads(
     halo = tuple(m + _PLATEAU_HALO for m in md)
     found, values = [], []
     for sl in blocks:
-        b, ext = searched(sl, halo)
-        b = b.astype(np.float32)
+        ext = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(sl, halo, shape))
+        b = (whole if whole is not None else searched(ext)).astype(np.float32)
         local_max = ndimage.maximum_filter(b, size=tuple(2 * m + 1 for m in md), mode="nearest")
         is_peak = (b == local_max) & (b > thr)
         labels, n = ndimage.label(is_peak, structure=np.ones((3, 3, 3), dtype=bool))

@@ -49,17 +49,29 @@ def read_description(directory: str | Path) -> tuple[dict[str, Any], Path]:
         w_path = directory / str(info.get("weights_file", WEIGHTS_FILE))
     except (KeyError, TypeError) as exc:
         raise InputError(j_path, f"invalid model description ({exc})") from exc
-    if not w_path.is_file():
-        raise InputError(w_path, "weights file not found; delete the model folder "
-                                 "to retrain")
-    try:
-        actual = file_checksum(w_path)
-    except OSError as exc:
-        raise InputError(w_path, f"cannot read the weights file ({exc})") from exc
-    if actual != expected:
-        raise InputError(w_path, "checksum mismatch: the weights file is corrupt; "
-                                 "delete it to retrain")
+    check_file(w_path, expected, what="weights file")
     return info, w_path
+
+
+def check_file(path: Path, sha256: str | None, *, what: str) -> None:
+    """A file of a model folder (``what``, e.g. ``"weights file"``) exists, reads, and matches
+    its recorded SHA-256 (not checked when ``sha256`` is None: saved before it was recorded).
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable, or not matching (the message starts ``checksum mismatch``).
+    """
+    if not path.is_file():
+        raise InputError(path, f"{what} not found; delete the model folder to retrain")
+    if sha256 is None:
+        return
+    try:
+        actual = file_checksum(path)
+    except OSError as exc:
+        raise InputError(path, f"cannot read the {what} ({exc})") from exc
+    if actual != sha256:
+        raise InputError(path, f"checksum mismatch: the {what} is corrupt; delete it to retrain")
 
 
 def copy_with_metadata(source: str | Path, destination: str | Path, metadata: dict[str, Any]) -> None:

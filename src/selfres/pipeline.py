@@ -893,11 +893,10 @@ def stage_qc(
     if settings.beads:
         import pandas as pd
 
-        # the same beads in and out: detect on the finer output grid, then map each
-        # centre to input voxels with the contract's grid convention
-        # profiles widened to the beads' width: finely sampled beads (and any upsampled output)
-        # are wider than the default profile, which would fit them too narrow
-        # found on the output blurred by one voxel: noise makes no maxima of its own on a bead's top or flanks
+        # the same beads in and out: found on the finer output grid (blurred by one voxel, so
+        # that noise makes no maxima of its own), each centre mapped to input voxels with the
+        # contract's grid convention; profiles widened to the beads' width (finely sampled
+        # beads, and any upsampled output, are wider than the default profile)
         pos_out = metrics.detect_beads(restored_norm, smooth=metrics.BEAD_SEARCH_SMOOTH)
         t_out = metrics.bead_fwhm_table_widened(restored_norm, voxel_size=vs_out or (1, 1, 1), positions=pos_out)
         pos_in = np.array([[int(round((c + 0.5) / r - 0.5)) for c, r in zip(row, ratio)]

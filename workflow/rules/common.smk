@@ -61,13 +61,18 @@ def _is_a_run():
 def _record_stopped_run(message):
     """A run stopped before its first job still leaves its line in runs/runs.tsv (status
     error, no jobs; the message in its record): the morning check sees the night that failed."""
+    _write_run_record(config.get("results") or "results", "error", extra={"stopped_before_any_job": message})
+
+
+def _write_run_record(results, status, log=None, samples=(), extra=None):
+    """Append a run's record to {results}/runs/ (selfres.runlog); never fails (nor hides) the
+    run's own outcome."""
     from selfres.runlog import write_run_record
 
     try:
-        path = write_run_record(config.get("results") or "results", status="error",
-                                extra={"stopped_before_any_job": message})
+        path = write_run_record(results, status=status, snakemake_log=log, samples=samples, extra=extra)
         print(f"selfres: run record {path}", file=sys.stderr)
-    except Exception as exc:  # a record must not hide the message above
+    except Exception as exc:  # a record must not turn a good run into a failed one
         print(f"selfres: WARNING: no run record written: {exc}", file=sys.stderr)
 
 
@@ -412,13 +417,7 @@ def all_outputs():
 
 def run_record(status, log):
     """Append this run's record to {results}/runs/ (selfres.runlog); never fails the run."""
-    from selfres.runlog import write_run_record
-
-    try:
-        path = write_run_record(R, status=status, snakemake_log=log, samples=SAMPLE_IDS)
-        print(f"selfres: run record {path}", file=sys.stderr)
-    except Exception as exc:  # a record must not turn a good run into a failed one
-        print(f"selfres: WARNING: no run record written: {exc}", file=sys.stderr)
+    _write_run_record(R, status, log, SAMPLE_IDS)
 
 
 def summary_written_outside_the_rule():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -31,14 +32,29 @@ class NormParams:
         return cls(**{k: float(data[k]) for k in ("low", "high", "low_percentile", "high_percentile")})
 
 
+def sample_strides(shape: Sequence[int], max_voxels: int) -> tuple[int, ...]:
+    """Per-axis strides that leave at most ``max_voxels`` voxels of an array of ``shape``,
+    taken from the axes with the most samples left first: a stack of a few large planes keeps
+    every plane (one stride on every axis skipped whole planes: a (2, 2048, 2048) stack
+    sampled plane 0 only)."""
+    strides = [1] * len(shape)
+
+    def left(i):
+        return -(-int(shape[i]) // strides[i])
+
+    while int(np.prod([left(i) for i in range(len(shape))])) > max_voxels:
+        i = max(range(len(shape)), key=left)
+        if left(i) <= 1:
+            break
+        strides[i] += 1
+    return tuple(strides)
+
+
 def _subsample(data, max_voxels: int) -> np.ndarray:
-    """A strided subsample of at most about ``max_voxels`` voxels (works on lazy arrays)."""
-    size = int(np.prod(data.shape))
-    if size <= max_voxels:
-        out = data[...]
-    else:
-        stride = int(np.ceil((size / max_voxels) ** (1.0 / data.ndim)))
-        out = data[tuple(slice(None, None, stride) for _ in data.shape)]
+    """A strided subsample of at most about ``max_voxels`` voxels (works on lazy arrays;
+    strides from :func:`sample_strides`)."""
+    strides = sample_strides(data.shape, max_voxels)
+    out = data[tuple(slice(None, None, s) for s in strides)]
     if hasattr(out, "compute"):
         out = out.compute()
     return np.asarray(out)
@@ -73,8 +89,11 @@ def fit_percentiles(
 
 
 def apply(data, params: NormParams):
-    """Normalise: ``(x - low) / (high - low)`` as float32 (numpy or dask)."""
-    return ((data.astype(np.float32) - np.float32(params.low)) / np.float32(params.span)).astype(np.float32)
+    """Normalise: ``(x - low) / (high - low)`` as float32 (numpy or dask); 32/64-bit integers
+    and float64 subtract ``low`` in float64 (a large offset would take their low digits)."""
+    dt = np.dtype(data.dtype)
+    work = np.float64 if dt.itemsize >= 4 and dt != np.float32 else np.float32
+    return ((data.astype(work) - work(params.low)) / work(params.span)).astype(np.float32)
 
 
 def undo(data, params: NormParams):
@@ -98,7 +117,13 @@ def cast_to_dtype(data: np.ndarray, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
-        return np.clip(np.rint(data), info.min, info.max).astype(dtype)
+        if dtype.itemsize < 4:
+            return np.clip(np.rint(data), info.min, info.max).astype(dtype)
+        # 32/64-bit: bounds in float64, below the limit (float32's int32 max is 2**31, which wraps)
+        high = float(info.max)
+        if high > info.max:
+            high = float(np.nextafter(high, -np.inf))
+        return np.clip(np.rint(np.asarray(data, dtype=np.float64)), float(info.min), high).astype(dtype)
     if np.issubdtype(dtype, np.floating) and float(np.finfo(dtype).max) < _float_max(data):
         info = np.finfo(dtype)
         return np.clip(data, info.min, info.max).astype(dtype)

@@ -48,6 +48,26 @@ def test_dask_input_and_subsampling_agree_with_numpy(blobs):
     assert p3.high == pytest.approx(p1.high, rel=0.1)
 
 
+def test_subsampling_keeps_every_plane_of_a_stack_of_few_large_planes():
+    """One stride on every axis sampled plane 0 only of a (2, 2048, 2048) stack: a dark
+    first plane then set the range, and the sample plane came out ~130 instead of ~1."""
+    vol = np.full((2, 2048, 2048), 100.0, np.float32)
+    vol[1] += np.linspace(0, 2000, 2048, dtype=np.float32)[None, :]
+    p = normalise.fit_percentiles(da.from_array(vol, chunks=(1, 1024, 1024)))
+    assert p.high == pytest.approx(np.percentile(vol, 99.8), rel=0.01)
+    assert normalise.sample_strides((2, 2048, 2048), 4_000_000) == (1, 2, 2)
+    strides = normalise.sample_strides((300, 1000, 1000), 4_000_000)
+    assert np.prod([-(-n // s) for n, s in zip((300, 1000, 1000), strides)]) <= 4_000_000
+
+
+def test_normalising_keeps_the_low_digits_of_an_offset_32_bit_or_float64_volume():
+    low = 2_000_000_000
+    p = normalise.NormParams(float(low), float(low + 10), 1.0, 99.8)
+    for dtype in (np.int64, np.uint32, np.float64):
+        x = np.array([low + 3, low + 5], dtype)
+        np.testing.assert_allclose(normalise.apply(x, p), [0.3, 0.5], rtol=1e-6)
+
+
 def test_params_round_trip_through_dict():
     p = normalise.NormParams(1.0, 9.0, 1.0, 99.8)
     assert normalise.NormParams.from_dict(p.to_dict()) == p
@@ -56,6 +76,16 @@ def test_params_round_trip_through_dict():
 def test_cast_to_integer_dtype_rounds_and_clips():
     x = np.array([-3.2, 0.4, 0.6, 300.0], np.float32)
     np.testing.assert_array_equal(normalise.cast_to_dtype(x, np.uint8), [0, 0, 1, 255])
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64])
+def test_cast_to_a_wide_integer_dtype_clips_at_its_limits_without_wrapping(dtype):
+    """float32's nearest value to int32's maximum is 2**31, which wrapped to the minimum:
+    the brightest voxels came out darkest."""
+    info = np.iinfo(dtype)
+    x = np.array([1e30, -1e30, 7.6], np.float32)
+    out = normalise.cast_to_dtype(x, dtype)
+    assert out[0] >= info.max - 1024 and out[1] == info.min and out[2] == 8
 
 
 def test_cast_to_a_narrower_float_dtype_clips_instead_of_overflowing_to_inf():

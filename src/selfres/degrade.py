@@ -587,11 +587,13 @@ def load_psf(path: str | Path) -> np.ndarray:
     return _normalise_psf(data, path)
 
 
-def _psf_for(shape: tuple, psf: np.ndarray, k: int) -> np.ndarray:
+def _psf_for(shape: tuple, psf: np.ndarray, k: int, factors: Sequence[int] | None = None) -> np.ndarray:
     """Align ``psf`` with the last ``k`` axes of data of ``shape``.
 
     A 3-D PSF applied to single-plane data (z length 1) is reduced to its central
-    plane, renormalised: the same thing a Gaussian does on a single plane.
+    plane, renormalised: the same thing a Gaussian does on a single plane. So is every
+    axis whose factor (``factors``, when given) is 1: the degradation leaves an axis that
+    is not resampled as it was (see :func:`sigma_on_resampled_axes`).
     """
     p = np.asarray(psf, dtype=np.float64)
     while p.ndim > k:
@@ -602,7 +604,8 @@ def _psf_for(shape: tuple, psf: np.ndarray, k: int) -> np.ndarray:
     while p.ndim < k:
         p = p[None]
     for ax in range(k):
-        if shape[len(shape) - k + ax] == 1 and p.shape[ax] > 1:
+        not_resampled = factors is not None and int(factors[ax]) == 1
+        if (shape[len(shape) - k + ax] == 1 or not_resampled) and p.shape[ax] > 1:
             p = np.take(p, [p.shape[ax] // 2], axis=ax)
     return p / p.sum()
 
@@ -725,9 +728,10 @@ class Degradation:
         ``"cubic"``: anti-aliased Keys-cubic downscale (Self-Vision's default).
         ``"block"``: the block mean, i.e. pixel binning (a camera binning f × f pixels, or
         pixels f times larger that integrate the light over their area).
-        ``"gaussian"``: Gaussian blur with ``sigma_px`` (σ in HR voxels; applied on
-        every axis, also those with factor 1), then block-mean decimation.
-        ``"psf"``: measured PSF blur, then block-mean decimation.
+        ``"gaussian"``: Gaussian blur with ``sigma_px`` (σ in HR voxels, on the axes
+        with a factor above 1 only), then block-mean decimation.
+        ``"psf"``: measured PSF blur (its central plane along axes with factor 1), then
+        block-mean decimation.
     sigma_px
         ``(σz, σy, σx)`` (or ``(σy, σx)``) in voxels; only for ``"gaussian"``.
     psf
@@ -817,6 +821,17 @@ def _sigma_for(sigma: tuple, k: int) -> tuple:
     raise ValueError(f"sigma_px {sigma} does not match {k} factors")
 
 
+def sigma_on_resampled_axes(sigma: tuple, factors: Sequence[int]) -> tuple:
+    """The Gaussian degradation's σ (voxels) for ``factors``: 0 on every axis with factor 1.
+
+    A pair whose input is blurred along an axis the output grid does not refine teaches the
+    net to deconvolve along it (scale 1,2,2 with the PSF's z: output sharper along z than the
+    acquisition, with negative ringing; back-projection then deconvolves it further).
+    """
+    sig = _sigma_for(tuple(sigma), len(factors))
+    return tuple(0.0 if int(f) == 1 else float(s) for s, f in zip(sig, factors))
+
+
 def add_noise(x: np.ndarray, *, gain: float, read_sigma: float,
               rng: np.random.Generator | int | None) -> np.ndarray:
     """Poisson-Gaussian noise on normalised intensities.
@@ -878,9 +893,9 @@ def degrade(x: np.ndarray, factors: Sequence[int], degradation: Degradation, *,
     elif degradation.method == "block":
         y = _block_mean(x, fs)
     elif degradation.method == "gaussian":
-        y = _block_mean(blur(x, sigma_px=_sigma_for(degradation.sigma_px, len(fs))), fs)
+        y = _block_mean(blur(x, sigma_px=sigma_on_resampled_axes(degradation.sigma_px, fs)), fs)
     else:
-        p = _psf_for(x.shape, degradation.psf, len(fs))
+        p = _psf_for(x.shape, degradation.psf, len(fs), fs)
         y = _block_mean(blur(x, psf=p), fs)
     if degradation.noise == "poisson_gaussian":
         y = add_noise(y, gain=degradation.gain, read_sigma=degradation.read_sigma, rng=rng)
@@ -939,10 +954,10 @@ class TorchDegrader:
                              f"shape {tuple(x.shape)}")
         return fs
 
-    def _psf_tensor(self, shape: tuple, device: Any) -> Any:
+    def _psf_tensor(self, shape: tuple, factors: tuple, device: Any) -> Any:
         import torch
 
-        p = _psf_for(shape, self.degradation.psf, 3)
+        p = _psf_for(shape, self.degradation.psf, 3, factors)
         key = (p.shape, str(device), p.tobytes())
         if key not in self._psf_cache:
             flipped = np.ascontiguousarray(p[::-1, ::-1, ::-1])
@@ -978,17 +993,17 @@ class TorchDegrader:
         elif d.method == "block":
             y = _block_mean(x, fs)
         elif d.method == "gaussian":
-            sig = _sigma_for(d.sigma_px, k)
+            sig = sigma_on_resampled_axes(d.sigma_px, fs)
             y = x
             for i, (f, s) in enumerate(zip(fs, sig)):
                 axis = i - k
                 n = int(y.shape[axis])
-                if f == 1 and s == 0:
+                if f == 1:
                     continue
                 y = _apply_along(y, axis, ("gauss", n, float(s), int(f)))
         else:
             x5 = x if k == 3 else x[:, :, None]
-            kern = self._psf_tensor(tuple(x5.shape), self._device or x.device)
+            kern = self._psf_tensor(tuple(x5.shape), fs if k == 3 else (1,) + fs, self._device or x.device)
             kern = kern.to(x.device)
             half = [s // 2 for s in kern.shape[2:]]
             y = F.conv3d(mirror_pad(x5, half, edge=False), kern)

@@ -261,8 +261,30 @@ def test_gaussian_degrade_of_delta_has_expected_width(sigma, factors):
     assert lr.sum() == pytest.approx(1.0 / np.prod(factors), rel=1e-5)
     for axis, (s, f) in enumerate(zip(sigma, factors)):
         profile = lr.sum(axis=tuple(a for a in range(3) if a != axis))
-        # block-mean sampling adds the within-block variance (f² - 1)/12 (Sheppard)
-        assert _delta_variance(profile, f) == pytest.approx(s**2 + (f**2 - 1) / 12, rel=0.01)
+        # block-mean sampling adds the within-block variance (f² - 1)/12 (Sheppard); an axis
+        # with factor 1 is not resampled, so not blurred (the delta stays one voxel wide)
+        expected = s**2 + (f**2 - 1) / 12 if f > 1 else 0.0
+        assert _delta_variance(profile, f) == pytest.approx(expected, rel=0.01, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", ["gaussian", "psf"])
+def test_degradation_leaves_axes_with_factor_one_unblurred(method):
+    """Scale 1,2,2 with a PSF's z blur in the degradation would teach z deconvolution: the
+    input of a pair must be as sharp along z as its target (numpy and torch paths alike)."""
+    import torch
+
+    zz, yy, xx = np.meshgrid(*(np.arange(-6, 7),) * 3, indexing="ij")
+    psf = np.exp(-(zz**2 / (2 * 3.0**2) + (yy**2 + xx**2) / (2 * 1.5**2)))
+    deg = (Degradation(method="gaussian", sigma_px=(3.0, 1.5, 1.5)) if method == "gaussian"
+           else Degradation(method="psf", psf=psf))
+    hr = np.zeros((24, 32, 32), np.float32)
+    hr[12, 16, 16] = 1.0
+    for lr in (degrade(hr, (1, 2, 2), deg),
+               TorchDegrader((1, 2, 2), deg)(torch.from_numpy(hr)[None, None])[0, 0].numpy()):
+        z_profile = lr.sum(axis=(1, 2))
+        assert z_profile[12] == pytest.approx(z_profile.sum(), rel=1e-5)  # all of it in its own plane
+        y_profile = lr.sum(axis=(0, 2))
+        assert _delta_variance(y_profile, 2) == pytest.approx(1.5**2 + 3 / 12, rel=0.03)
 
 
 def test_block_degradation_is_pixel_binning():

@@ -159,7 +159,9 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     ),
     "isotropy_not_reached": (
         "The restored volume is still clearly anisotropic: its axial resolution "
-        "stays well below its lateral resolution.",
+        "stays well below its lateral resolution (isotropy below 0.8), or it holds the z "
+        "interpolation of an input that was (interpolation adds no axial detail, whatever "
+        "the estimate reads on its finer grid).",
         "Check the voxel size (the anisotropy factor comes from it), the training "
         "field of view, and consider more training steps.",
     ),

@@ -231,3 +231,16 @@ def test_qc_beads_measures_the_same_noisy_beads_in_and_out(tmp_path):
         w_in, w_out = inp[f"fwhm_{axis}_um"].median(), out[f"fwhm_{axis}_um"].median()
         assert w_in == pytest.approx(2.3548 * 1.5 * 0.2, rel=0.15)
         assert w_out == pytest.approx(w_in, rel=0.15)
+
+
+def test_an_interpolated_isotropic_output_is_judged_by_its_input_not_by_its_reading():
+    """The decorrelation estimate on a z-interpolated noisy stack reads interpolated noise as
+    axial detail (0.23 in, 0.85 out for a z-cubic bead stack), so `isotropy_not_reached`
+    never fired on an output the guard had replaced by z-cubic interpolation."""
+    from selfres.pipeline import isotropy_not_reached
+
+    assert isotropy_not_reached(0.23, 0.85, "interpolation")
+    assert not isotropy_not_reached(0.23, 0.85, "model")
+    assert isotropy_not_reached(0.23, 0.6, "model")
+    assert not isotropy_not_reached(0.9, 0.9, "interpolation")  # an input already isotropic
+    assert not isotropy_not_reached(None, float("nan"), "model") and not isotropy_not_reached(None, 0.5, "interpolation")

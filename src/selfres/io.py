@@ -96,6 +96,10 @@ class Volume:
     attrs
         Extra attributes: for OME-Zarr the custom ``"selfres"`` attributes, for a
         plain Zarr array its attributes, for TIFF an empty dict.
+    origin
+        ``(z, y, x)`` position of voxel 0's centre (an OME-Zarr's translation, in the unit
+        of :attr:`voxel_size`, or in voxel steps when that is unknown); ``None`` when the
+        file gives none (at 0).
     """
 
     data: Any
@@ -103,6 +107,7 @@ class Volume:
     source_dtype: np.dtype
     path: str
     attrs: dict = field(default_factory=dict)
+    origin: tuple[float, float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -646,15 +651,34 @@ def _axes_letters(path: str, axes) -> tuple[str, list[str | None]]:
     return letters, units
 
 
-def _level_scale(ms: Mapping, level: int, ndim: int) -> list[float] | None:
-    def _scale(transforms) -> list[float] | None:
-        for t in transforms or []:
-            if t.get("type") == "scale" and "scale" in t:
-                return [float(v) for v in t["scale"]]
-        return None
+def _transform(transforms, kind: str) -> list[float] | None:
+    """The values of the first ``scale`` or ``translation`` transformation of a list."""
+    for t in transforms or []:
+        if t.get("type") == kind and kind in t:
+            return [float(v) for v in t[kind]]
+    return None
 
-    ds_scale = _scale(ms["datasets"][level].get("coordinateTransformations"))
-    glob = _scale(ms.get("coordinateTransformations"))
+
+def _level_translation(ms: Mapping, level: int, ndim: int) -> list[float] | None:
+    """Where voxel 0 of a level sits: its dataset's translation, then the multiscale's own
+    scale and translation (NGFF applies the dataset's transformations first); ``None``
+    when neither translates."""
+    ds_t = _transform(ms["datasets"][level].get("coordinateTransformations"), "translation")
+    glob = ms.get("coordinateTransformations")
+    glob_s, glob_t = _transform(glob, "scale"), _transform(glob, "translation")
+    if ds_t is None and glob_t is None:
+        return None
+    t = ds_t if ds_t is not None and len(ds_t) == ndim else [0.0] * ndim
+    if glob_s is not None and len(glob_s) == ndim:
+        t = [a * b for a, b in zip(t, glob_s)]
+    if glob_t is not None and len(glob_t) == ndim:
+        t = [a + b for a, b in zip(t, glob_t)]
+    return t
+
+
+def _level_scale(ms: Mapping, level: int, ndim: int) -> list[float] | None:
+    ds_scale = _transform(ms["datasets"][level].get("coordinateTransformations"), "scale")
+    glob = _transform(ms.get("coordinateTransformations"), "scale")
     if ds_scale is None and glob is None:
         return None
     s = ds_scale or [1.0] * ndim
@@ -664,7 +688,8 @@ def _level_scale(ms: Mapping, level: int, ndim: int) -> list[float] | None:
 
 
 def _ome_zarr_level(path: str, group, level: int):
-    """Return (zarr array, axes letters, voxel size) of one OME-Zarr level."""
+    """Return (zarr array, axes letters, voxel size, origin) of one OME-Zarr level (origin:
+    see :attr:`Volume.origin`)."""
     ms = _multiscale(path, group)
     datasets = ms.get("datasets") or []
     if not isinstance(level, (int, np.integer)) or not 0 <= level < len(datasets):
@@ -688,22 +713,27 @@ def _ome_zarr_level(path: str, group, level: int):
             path, f"declares {len(letters)} axes but level {level} is {arr.ndim}-D"
         )
     scale = _level_scale(ms, level, arr.ndim)
+    translation = _level_translation(ms, level, arr.ndim)
     sizes: dict[str, float | None] = {}
+    origin: list[float] = []
     for ax in "ZYX":
-        if ax not in letters or scale is None:
+        i = letters.index(ax) if ax in letters else None
+        if i is None or scale is None:
             sizes[ax] = None
-            continue
-        i = letters.index(ax)
-        unit = units[i]
-        if unit is None:
-            # no unit: micrometres unless the scale is plain pixel steps
-            fac = None if all(v == 1.0 for v in scale) else 1.0
         else:
-            fac = _unit_factor(unit)
-        sizes[ax] = scale[i] * fac if fac is not None else None
+            unit = units[i]
+            if unit is None:
+                # no unit: micrometres unless the scale is plain pixel steps
+                fac = None if all(v == 1.0 for v in scale) else 1.0
+            else:
+                fac = _unit_factor(unit)
+            sizes[ax] = scale[i] * fac if fac is not None else None
+        # in the voxel size's unit (µm), or as written where that is unknown (voxel steps)
+        shift = translation[i] if translation is not None and i is not None else 0.0
+        origin.append(shift * sizes[ax] / scale[i] if sizes[ax] is not None else shift)
     nz = arr.shape[letters.index("Z")] if "Z" in letters else 1
     vox = _make_voxel(sizes["Z"], sizes["Y"], sizes["X"], int(nz))
-    return arr, letters, vox
+    return arr, letters, vox, (tuple(origin) if any(origin) else None)
 
 
 def _plain_zarr_axes(arr) -> tuple[str, bool]:
@@ -729,7 +759,7 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
                                "for a store of several images give the path of the image's own group")
     node = _open_zarr(path)
     if isinstance(node, zarr.Group):
-        arr, letters, vox = _ome_zarr_level(path, node, level)
+        arr, letters, vox, origin = _ome_zarr_level(path, node, level)
         attrs = dict(node.attrs.get(ATTRS_KEY, {}) or {})
         known = True
     else:
@@ -737,14 +767,14 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
             raise InputError(path, "is a plain Zarr array, not an OME-Zarr image")
         arr, attrs = node, {k: v for k, v in node.attrs.items() if k != "_ARRAY_DIMENSIONS"}
         letters, known = _plain_zarr_axes(arr)
-        vox = None
+        vox = origin = None
     _check_dtype(path, arr.dtype)
     darr = da.from_zarr(arr)
     data = _to_zyx(darr, letters, channel=channel, timepoint=timepoint, path=path, axes_known=known)
     data, dtype = _finish(path, data, lazy=lazy, cast=cast)
     if vox is not None and (not known or attrs.get("voxel_size_known") is False):
         vox = None  # selfres's own store of an input without a voxel size: scaled in its voxels
-    return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs=attrs)
+    return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs=attrs, origin=origin)
 
 
 # --------------------------------------------------------------------------- #
@@ -1358,7 +1388,7 @@ def write_ome_zarr(path: str | os.PathLike, data, *, voxel_size,
                    max_levels: int | None = None,
                    contrast_limits: Sequence[float] | None = None,
                    attrs: Mapping[str, Any] | None = None,
-                   name: str | None = None) -> None:
+                   name: str | None = None, origin: Sequence[float] | None = None) -> None:
     """Write a ZYX volume as an OME-Zarr image with a z-aware pyramid, atomically.
 
     Parameters
@@ -1382,6 +1412,8 @@ def write_ome_zarr(path: str | os.PathLike, data, *, voxel_size,
         Custom attributes stored under ``"selfres"``.
     name
         Image name in the metadata.
+    origin
+        ``(z, y, x)`` position of voxel 0's centre (see :func:`finalize_ome_zarr`).
     """
     if isinstance(data, zarr.Array):
         data = da.from_zarr(data)
@@ -1407,7 +1439,7 @@ def write_ome_zarr(path: str | os.PathLike, data, *, voxel_size,
         finalize_ome_zarr(
             tmp, voxel_size=voxel_size, ngff_version=ngff_version,
             contrast_limits=contrast_limits, attrs=attrs, max_levels=max_levels,
-            name=name or Path(path).name.split(".")[0],
+            name=name or Path(path).name.split(".")[0], origin=origin,
         )
 
 

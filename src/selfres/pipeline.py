@@ -207,7 +207,12 @@ def stage_normalise(
         "raw_range": [vmin, vmax],
     }
     # an unknown voxel size is written as such (scale in voxels, no unit), never as an invented 1 µm
-    io.write_ome_zarr(output, norm, voxel_size=vs, ngff_version=ngff_version,
+    # an OME-Zarr's translation carries on (a crop or a tile of a mosaic stays in place); one in
+    # voxel steps (no voxel size in the file) is turned into µm with the sheet's voxel size
+    origin = vol.origin
+    if origin is not None and vs is not None and vol.voxel_size is None:
+        origin = tuple(o * v for o, v in zip(origin, vs))
+    io.write_ome_zarr(output, norm, voxel_size=vs, ngff_version=ngff_version, origin=origin,
                       contrast_limits=(0.0, 1.0), attrs=attrs | {"voxel_size_known": vs is not None})
     log.info("normalised %s: shape %s, %s → [0,1] from percentiles %s (%s)", input_path, data.shape,
              (params.low, params.high), (params.low_percentile, params.high_percentile), vol.source_dtype)
@@ -589,7 +594,7 @@ def stage_infer(
     # unknown: the output is scaled in input voxels with no unit (and says so), so that it
     # still overlays its input in a viewer, rather than invent micrometres
     vs_grid = tuple(v / f for v, f in zip(vs_in or (1.0, 1.0, 1.0), factors))
-    origin = grid_origin(vs_in or (1.0, 1.0, 1.0), vs_grid)
+    origin = grid_origin(vs_in or (1.0, 1.0, 1.0), vs_grid, vol.origin)
 
     runs: list[dict] = []
 
@@ -642,14 +647,16 @@ def stage_infer(
             "resumed": sum(r["resumed"] for r in runs)}
 
 
-def grid_origin(vs_in, vs_out) -> tuple[float, ...] | None:
-    """Where the first output voxel's centre sits (µm) when the input's sits at 0: the
-    contract's half-pixel-centre grid, output voxel ``j`` at input coordinate
-    ``(j + 0.5) / s − 0.5``, i.e. ``(v_out − v_in) / 2`` per axis; ``None`` when the voxel
-    size is unknown (the store's scales are then plain voxel steps)."""
+def grid_origin(vs_in, vs_out, origin_in=None) -> tuple[float, ...] | None:
+    """Where the first output voxel's centre sits (µm) when the input's sits at
+    ``origin_in`` (default 0): the contract's half-pixel-centre grid, output voxel ``j`` at
+    input coordinate ``(j + 0.5) / s − 0.5``, i.e. ``origin_in + (v_out − v_in) / 2`` per
+    axis; ``None`` when the voxel size is unknown (the store's scales are then plain voxel
+    steps)."""
     if not vs_in or not vs_out:
         return None
-    return tuple((float(o) - float(i)) / 2.0 for i, o in zip(vs_in, vs_out))
+    return tuple(float(o0) + (float(o) - float(i)) / 2.0
+                 for i, o, o0 in zip(vs_in, vs_out, origin_in or (0.0, 0.0, 0.0)))
 
 
 def trained_degradation(meta: dict) -> dict:

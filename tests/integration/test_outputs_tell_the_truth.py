@@ -77,6 +77,21 @@ def test_a_known_voxel_size_reaches_the_output_in_micrometres(tmp_path):
     assert np.mean(centres) == 0.0
 
 
+def test_an_ome_zarr_input_s_position_carries_to_the_output(tmp_path):
+    """The input's translation was dropped: a restored crop or mosaic tile no longer overlaid
+    its source (it sat at the origin)."""
+    src = tmp_path / "tile.ome.zarr"
+    io.write_ome_zarr(src, tiny_volume((8, 48, 48)), voxel_size=(1.0, 0.5, 0.5), origin=(10.0, 200.0, 300.0))
+    out = tmp_path / "out" / "restored.ome.zarr"
+    keep = tmp_path / "work"
+    pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), settings=parse_settings(FAST), device="cpu",
+                     keep=keep, sample="tile")
+    assert io.read_ome_zarr(keep / "normalized.ome.zarr").origin == pytest.approx((10.0, 200.0, 300.0))
+    restored = io.read_ome_zarr(out)
+    assert restored.voxel_size == pytest.approx((1.0, 0.25, 0.25))
+    assert restored.origin == pytest.approx((10.0, 199.875, 299.875))
+
+
 def _restored_with_intermediates(tmp_path):
     """A tiny 8×48×48 stack of known voxel size restored ×(1, 2, 2) as sample ``s``; returns
     (the folder of its intermediates, restored.ome.zarr)."""

@@ -301,6 +301,27 @@ def test_ome_zarr_nanometre_axes_are_converted(tmp_path):
     assert io.read_volume(tmp_path / "n.zarr").voxel_size == pytest.approx((0.5, 0.1, 0.1))
 
 
+def test_ome_zarr_translation_is_read_as_the_origin_in_micrometres(tmp_path):
+    """A crop or a mosaic tile written with its position: the dataset's translation, then the
+    multiscale's own scale and translation (NGFF order), in the axes' unit."""
+    g = zarr.open_group(str(tmp_path / "t.zarr"), mode="w", zarr_format=2)
+    g.create_array("s0", data=_vol())
+    g.attrs["multiscales"] = [{
+        "version": "0.4", "axes": [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"],
+        "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [500.0, 100.0, 100.0]},
+            {"type": "translation", "translation": [1000.0, 2000.0, 3000.0]}]}],
+        "coordinateTransformations": [{"type": "scale", "scale": [2.0, 1.0, 1.0]},
+                                      {"type": "translation", "translation": [0.0, 0.0, 500.0]}]}]
+    vol = io.read_volume(tmp_path / "t.zarr")
+    assert vol.voxel_size == pytest.approx((1.0, 0.1, 0.1))
+    assert vol.origin == pytest.approx((2.0, 2.0, 3.5))
+    io.write_ome_zarr(tmp_path / "w.ome.zarr", _vol(), voxel_size=(1.0, 0.1, 0.1), origin=vol.origin)
+    assert io.read_ome_zarr(tmp_path / "w.ome.zarr").origin == pytest.approx((2.0, 2.0, 3.5))
+    io.write_ome_zarr(tmp_path / "0.ome.zarr", _vol(), voxel_size=(1.0, 0.1, 0.1))
+    assert io.read_ome_zarr(tmp_path / "0.ome.zarr").origin is None
+
+
 def test_ome_zarr_czyx_channel(tmp_path):
     data = _vol(shape=(2, 3, 8, 9))
     g = zarr.open_group(str(tmp_path / "c.zarr"), mode="w", zarr_format=2)

@@ -341,6 +341,14 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
 
     tr = zarr.open_group(str(out), mode="r").attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][1]
     np.testing.assert_allclose(tr["translation"], [-0.375, 0.0, 0.0])
+    if degradation == "analytic":  # an input placed elsewhere (an OME-Zarr's translation) keeps its place
+        g = zarr.open_group(str(norm), mode="r+")
+        ms = g.attrs["multiscales"]
+        ms[0]["datasets"][0]["coordinateTransformations"][1]["translation"] = [5.0, 6.0, 7.0]
+        g.attrs["multiscales"] = ms
+        pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "placed.ome.zarr", sample="s1",
+                             settings=s.infer.__class__(tile_size=(8, 16, 16)), device="cpu")
+        assert io.read_ome_zarr(tmp_path / "placed.ome.zarr").origin == pytest.approx((4.625, 6.0, 7.0))
     assert vol.attrs["content"] in ("model", "interpolation")
     assert vol.attrs["ran_on"]["device"] == "cpu" and meta["ran_on"]["host"]  # where each step ran
     model, spec, info = pipeline.load_trained(tmp_path / "model")

@@ -53,13 +53,15 @@ def _as5d(x: torch.Tensor, factors: Sequence[int]) -> tuple[torch.Tensor, bool]:
     return x, False
 
 
-def ensemble_members(factors: Sequence[int], *, z_flips: bool = True) -> list[tuple[int, bool, bool]]:
+def ensemble_members(factors: Sequence[int], *, z_flips: bool = True,
+                     rotations: bool = True) -> list[tuple[int, bool, bool]]:
     """Members ``(k, flip_y, flip_z)`` of the geometric self-ensemble.
 
     Member ``(k, fy, fz)`` transforms the input by flipping z (``fz``) and y (``fy``),
     then rotating by ``k``·90° in the (y, x) plane. With unequal y and x factors a
     rotation would swap them, so the lateral part becomes the flips of y and x
-    (``k`` is then 0 or 2: a rotation by 180° is the flip of both axes).
+    (``k`` is then 0 or 2: a rotation by 180° is the flip of both axes); so it does
+    without ``rotations`` (unequal y and x voxel sizes: :func:`selfres.models.lateral_rotations`).
 
     Parameters
     ----------
@@ -73,7 +75,7 @@ def ensemble_members(factors: Sequence[int], *, z_flips: bool = True) -> list[tu
     list of tuple
         8 lateral members (4 without rotations), doubled with ``z_flips``.
     """
-    ks = (0, 1, 2, 3) if int(factors[1]) == int(factors[2]) else (0, 2)
+    ks = (0, 1, 2, 3) if rotations and int(factors[1]) == int(factors[2]) else (0, 2)
     lateral = [(k, fy) for k in ks for fy in (False, True)]
     zs = (False, True) if z_flips else (False,)
     return [(k, fy, fz) for fz in zs for k, fy in lateral]
@@ -94,7 +96,9 @@ class SelfEnsemble(nn.Module):
         super().__init__()
         self.model = model
         self.factors = tuple(int(f) for f in model.factors)
-        self.members = ensemble_members(self.factors, z_flips=z_flips)
+        # a model trained without 90° rotations (unequal y and x voxel sizes) is not rotated
+        self.members = ensemble_members(self.factors, z_flips=z_flips,
+                                        rotations=getattr(model, "lateral_rotations", True))
         h = [int(v) for v in model.halo]
         if any(k % 2 for k, _, _ in self.members):  # 90° rotations swap the y and x halos
             h[1] = h[2] = max(h[1], h[2])

@@ -28,7 +28,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -432,6 +432,16 @@ class _ResNetTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.head(x)
         return h + self.fuse(self.blocks(h))
+
+
+def lateral_rotations(factors: Sequence[int], voxel_size: Sequence[float] | None) -> bool:
+    """Whether 90° rotations in the (y, x) plane keep the task the same: equal y and x
+    factors and voxel sizes (unknown: taken as equal). Training augments with them only
+    then, and the self-ensemble averages over them only then (a rotation otherwise feeds
+    the net data whose y and x sampling it never saw)."""
+    if int(factors[1]) != int(factors[2]):
+        return False
+    return voxel_size is None or abs(float(voxel_size[1]) - float(voxel_size[2])) < 1e-6 * max(float(voxel_size[1]), 1e-9)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -533,6 +533,10 @@ def load_trained(model_dir: str | Path):
 
         second, _, _ = models.load_model(Path(model_dir) / meta["serial"]["stage2"])
         model = Serial(model, second).eval()
+    if meta.get("factors"):  # enhance: rotated in the self-ensemble only if trained (and now run) with rotations
+        model.lateral_rotations = all(
+            models.lateral_rotations(meta["factors"], vs)
+            for vs in (meta.get("voxel_size_in"), (meta.get("adopted_from") or {}).get("voxel_size_in")))
     return model, spec, meta
 
 

@@ -632,12 +632,13 @@ def train_enhance(
     # more would teach ratios beyond it
     blur_fraction = settings.blur_augment if blur is None else 0.0
     patch = fit_patch_size(settings.patch_size, train_volume.shape, factors)
-    lateral_iso = factors[1] == factors[2] and (voxel_size is None or abs(voxel_size[1] - voxel_size[2]) < 1e-6 * max(voxel_size[1], 1e-9))
+    lateral_iso = models.lateral_rotations(factors, voxel_size)
     spec = models.ModelSpec(
         arch=settings.arch, factors=factors, width=settings.width, depth=settings.depth,
         residual=settings.residual, dims=2 if train_volume.shape[0] == 1 else 3,
     )
     model = models.build_model(spec).to(device)
+    model.lateral_rotations = lateral_iso  # the self-ensemble rotates only a model trained with rotations
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     gen = torch.Generator().manual_seed(settings.seed)
     sampler = PatchSampler(
@@ -968,6 +969,7 @@ def train_serial(
     r2 = train_enhance(up_train, up_hold, factors=f2, settings=half, voxel_size=vs2,
                        work_dir=wd / "stage2" if wd else None, device=device, amp=amp)
     model = Serial(r1.model, r2.model).eval()
+    model.lateral_rotations = r1.model.lateral_rotations and r2.model.lateral_rotations
     degradation = make_degradation(settings.degradation, voxel_size=voxel_size)
     blur = psf_target_blur_px(settings.psf_sigma_um, factors, voxel_size)
     target_h, low_h, interp_h = holdout_pair(psf_scaled_targets(holdout_volume, blur), factors, degradation)

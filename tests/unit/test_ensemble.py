@@ -49,6 +49,21 @@ def test_members_form_the_right_group(factors, n):
         assert all(k % 2 == 0 for k, _, _ in members)
 
 
+def test_a_model_trained_without_rotations_is_not_rotated_in_the_ensemble():
+    """Unequal y and x voxel sizes: training never rotates (the y and x sampling differ), so
+    the self-ensemble must not feed the net rotated data either."""
+    from selfres.models import lateral_rotations
+
+    assert lateral_rotations((1, 2, 2), (1.0, 0.2, 0.2)) and lateral_rotations((1, 2, 2), None)
+    assert not lateral_rotations((1, 2, 2), (1.0, 0.2, 0.3)) and not lateral_rotations((1, 2, 1), (1.0, 0.2, 0.2))
+    assert all(k % 2 == 0 for k, _, _ in ensemble_members((1, 2, 2), rotations=False))
+    assert len(ensemble_members((1, 2, 2), rotations=False)) == 8
+    up = CubicUpsampler((1, 2, 2))
+    assert any(k % 2 for k, _, _ in SelfEnsemble(up).members)
+    up.lateral_rotations = False
+    assert not any(k % 2 for k, _, _ in SelfEnsemble(up).members)
+
+
 def test_every_member_is_undone_so_an_equivariant_model_is_unchanged():
     # nearest upsampling commutes with every flip and 90° rotation: the ensemble must equal it exactly
     x = torch.from_numpy(blob_volume((4, 8, 8)))[None, None]
@@ -271,3 +286,21 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
     m = pipeline.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
                           tmp_path / "qc" / "metrics.json", sample="s")
     assert m["best_step"] == 1
+
+
+@pytest.mark.parametrize("voxel_size, adopted_from, rotates", [
+    ([1.0, 0.2, 0.2], None, True),
+    ([1.0, 0.2, 0.3], None, False),
+    ([1.0, 0.2, 0.2], {"voxel_size_in": [1.0, 0.2, 0.3]}, False),  # lent by a sample trained without rotations
+])
+def test_a_loaded_model_knows_whether_it_may_be_rotated(tmp_path, voxel_size, adopted_from, rotates):
+    from selfres import models, pipeline
+
+    spec = models.ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1)
+    meta = {"factors": [1, 2, 2], "voxel_size_in": voxel_size}
+    if adopted_from:
+        meta["adopted_from"] = adopted_from
+    models.save_model(tmp_path / "model", models.build_model(spec), spec, metadata=meta)
+    model, _, _ = pipeline.load_trained(tmp_path / "model")
+    assert model.lateral_rotations is rotates
+    assert any(k % 2 for k, _, _ in SelfEnsemble(model).members) is rotates

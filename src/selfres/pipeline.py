@@ -141,6 +141,13 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
+def saturation_levels(dtype) -> tuple[int, ...]:
+    """Values at which an integer acquisition of ``dtype`` saturates: its own largest value
+    and each smaller camera bit depth's (2**k − 1 for 8, 10, 12, 14 bits)."""
+    top = int(np.iinfo(dtype).max)
+    return tuple(v for v in (255, 1023, 4095, 16383) if v < top) + (top,)
+
+
 # --------------------------------------------------------------------------- stages
 def stage_normalise(
     input_path: str | Path,
@@ -169,7 +176,10 @@ def stage_normalise(
     import dask
 
     integer = np.issubdtype(vol.source_dtype, np.integer)
-    sat_lazy = (data >= np.iinfo(vol.source_dtype).max).mean() if integer else None
+    # saturation: the share of voxels at the dtype's top, or at a camera's (12-bit data in
+    # uint16 saturate at 4095), whichever the volume's maximum turns out to be
+    levels = saturation_levels(vol.source_dtype) if integer else ()
+    sat_lazy = [(data >= level).mean() for level in levels] if integer else None
     bad_lazy = None if integer else ((~np.isfinite(data)).sum(), np.isnan(data).sum())
     try:  # one pass over the input, chunk by chunk
         vmin, vmax, sat_value, bad = dask.compute(data.min(), data.max(), sat_lazy, bad_lazy)
@@ -194,7 +204,8 @@ def stage_normalise(
         max_sample_voxels=settings.max_sample_voxels,
     )
     norm = normalise.apply(data, params)
-    saturated = None if sat_value is None else float(sat_value)
+    saturated = None if sat_value is None else next(
+        (float(share) for level, share in zip(levels, sat_value) if vmax == level), 0.0)
     attrs = {
         "sample": sample,
         "normalisation": params.to_dict(),

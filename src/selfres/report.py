@@ -114,7 +114,8 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     ),
     "saturated_input": (
         "A noticeable fraction of input voxels sit at the maximum value of the data "
-        "type (clipped); detail in those regions is lost and cannot be restored.",
+        "type, or of a camera's bit depth (4095 for 12-bit data stored in 16 bits): clipped; "
+        "detail in those regions is lost and cannot be restored.",
         "Reacquire with lower gain/laser power if possible; otherwise treat bright "
         "regions with caution.",
     ),

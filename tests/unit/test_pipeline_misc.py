@@ -244,3 +244,18 @@ def test_an_interpolated_isotropic_output_is_judged_by_its_input_not_by_its_read
     assert isotropy_not_reached(0.23, 0.6, "model")
     assert not isotropy_not_reached(0.9, 0.9, "interpolation")  # an input already isotropic
     assert not isotropy_not_reached(None, float("nan"), "model") and not isotropy_not_reached(None, 0.5, "interpolation")
+
+
+@pytest.mark.parametrize("top, clipped, expected", [(4095, True, 0.05), (65535, True, 0.05), (3000, False, 0.0)])
+def test_saturation_is_found_at_a_camera_s_bit_depth_too(tmp_path, top, clipped, expected):
+    """12-bit data stored in uint16 saturate at 4095: only the dtype's 65535 was looked at."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(100, top - 100, size=(8, 40, 40)).astype(np.uint16)
+    vol.reshape(-1)[: vol.size // 20] = top if clipped else top - 1
+    vol.reshape(-1)[0] = top
+    tifffile.imwrite(tmp_path / "in.tif", vol)
+    attrs = pipeline.stage_normalise(tmp_path / "in.tif", tmp_path / "n.ome.zarr", sample="s")
+    assert attrs["saturated_fraction"] == pytest.approx(expected, abs=1e-3)
+    assert pipeline.saturation_levels(np.uint16) == (255, 1023, 4095, 16383, 65535)

@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -354,13 +355,17 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=(2, 2, 2)) -> str:
         if im["timepoints"] > 1:
             lines.append(f"  time points: sheet column timepoint, 0..{im['timepoints'] - 1} or all (one sample per "
                          "time point; model_from first_timepoint trains once)")
-        lines.append("  voxel size z,y,x: " + (", ".join(f"{v:.4g}" for v in vs) + f" µm ({where})" if vs else where))
+        plane = im["shape"][0] == 1  # a single plane has no z step (its z size is only a stand-in)
+        shown = slice(1, 3) if plane else slice(0, 3)
+        lines.append(f"  voxel size {'y,x' if plane else 'z,y,x'}: "
+                     + (", ".join(f"{v:.4g}" for v in vs[shown]) + f" µm ({where})" if vs else where))
         factors = tuple(int(f) for f in scale)
-        try:  # the checks the crop stage makes, before any training
+        try:  # the checks the crop stage makes (at the default fov settings, no training_fov), before any training
             check_volume_for_mode(im["shape"], vs, mode="enhance", factors=factors, path=str(path))
             lines.append(f"  enhance {','.join(map(str, factors))}: output "
                          f"{grid(n * f for n, f in zip(im['shape'], factors))}"
-                         + (f", voxel {', '.join(f'{v / f:.4g}' for v, f in zip(vs, factors))} µm" if vs else ""))
+                         + (f", voxel {', '.join(f'{v / f:.4g}' for v, f in list(zip(vs, factors))[shown])} µm"
+                            if vs else ""))
         except InputError as exc:
             lines.append(f"  enhance {','.join(map(str, factors))}: not possible — {exc.what}")
         try:
@@ -395,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
             text = prefix + text
         print("ERROR: " + " ".join(text.split("\n")), file=sys.stderr)  # one line: the summary reads it
         return 2
+    except BrokenPipeError:  # `selfres inspect … | head`: the reader stopped reading; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 1
     except MemoryError as exc:
         why = " ".join(str(exc).split()) or "reduce infer.tile_size or fov.max_voxels"
         print(f"ERROR: {prefix}out of memory; {why}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -227,6 +228,31 @@ def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tupl
     return box, float(means[idx])
 
 
+def automatic_holdout_slab(shape: Sequence[int], *, holdout_fraction: float = 0.2, min_holdout_voxels: int = 4096,
+                           multiple: Sequence[int] = (1, 1, 1), path: str = "<volume>") -> tuple[int, int]:
+    """``(axis, length)`` of the end slab :func:`choose_training_fov` holds out when the sheet
+    gives no ``training_fov`` (along the longer lateral axis), from the shape alone.
+
+    Raises
+    ------
+    InputError
+        When the volume is too small to split into a training FOV and a held-out region.
+    """
+    shape = tuple(int(n) for n in shape)
+    ax = 1 if shape[1] >= shape[2] else 2
+    n = shape[ax]
+    other = int(np.prod(shape)) // n
+    hold_len = max(int(round(n * holdout_fraction)), int(np.ceil(min_holdout_voxels / other)), multiple[ax] * 4)
+    hold_len = int(np.ceil(hold_len / multiple[ax]) * multiple[ax])
+    if n - hold_len < max(8, 4 * multiple[ax]) or hold_len * other < min_holdout_voxels:
+        raise InputError(
+            path,
+            f"volume of shape {shape} is too small to split into a training FOV and a held-out "
+            f"region (needs at least {min_holdout_voxels} held-out voxels plus a training part)",
+        )
+    return ax, hold_len
+
+
 def choose_training_fov(
     volume: np.ndarray,
     *,
@@ -302,17 +328,9 @@ def choose_training_fov(
             scores={"train_structure": tscore, "holdout_structure": hscore, "volume_structure": total_mean},
         )
 
-    ax = 1 if shape[1] >= shape[2] else 2
+    ax, hold_len = automatic_holdout_slab(shape, holdout_fraction=holdout_fraction,
+                                          min_holdout_voxels=min_holdout_voxels, multiple=multiple, path=path)
     n = shape[ax]
-    other = int(np.prod(shape)) // n
-    hold_len = max(int(round(n * holdout_fraction)), int(np.ceil(min_holdout_voxels / other)), multiple[ax] * 4)
-    hold_len = int(np.ceil(hold_len / multiple[ax]) * multiple[ax])
-    if n - hold_len < max(8, 4 * multiple[ax]) or hold_len * other < min_holdout_voxels:
-        raise InputError(
-            path,
-            f"volume of shape {shape} is too small to split into a training FOV and a held-out "
-            f"region (needs at least {min_holdout_voxels} held-out voxels plus a training part)",
-        )
     ends = []
     for lo, hi in ((0, hold_len), (n - hold_len, n)):
         region = list(full)

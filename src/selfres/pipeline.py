@@ -230,8 +230,9 @@ def stage_normalise(
     return attrs
 
 
-def check_reference(reference: str | Path, *, sample: str) -> None:
-    """Refuse a reference that is missing or cannot be read, before any model work.
+def check_reference(reference: str | Path, *, sample: str, output_shape: Sequence[int] | None = None) -> None:
+    """Refuse a reference that is missing or cannot be read, or (``output_shape``: the
+    output grid, ZYX) whose shape is not the output's, before any model work.
 
     Raises
     ------
@@ -239,10 +240,14 @@ def check_reference(reference: str | Path, *, sample: str) -> None:
         Naming the sample and the reference, as a bad ``path`` is named at ``normalise``.
     """
     try:
-        io.read_volume(reference, lazy=True)  # as qc reads it: metadata and shape only
+        ref = io.read_volume(reference, lazy=True)  # as qc reads it: metadata and shape only
     except InputError as exc:
         raise InputError(exc.path, f"{exc.what}; it is the sample's reference (sheet column 'reference'; selfres "
                          "restore: --reference), checked before training", sample=sample) from None
+    if output_shape is not None and ref.shape != tuple(int(n) for n in output_shape):
+        raise InputError(reference, f"reference shape {ref.shape} does not match the output grid "
+                         f"{tuple(int(n) for n in output_shape)} (a reference must have the shape of "
+                         "restored.ome.zarr); checked before training", sample=sample)
 
 
 def _voxel_size_of(vol: io.Volume) -> tuple[float, float, float] | None:
@@ -267,7 +272,7 @@ def stage_crop(
     """
     settings = settings or FovSettings()
     check_mode(mode, sample=sample)
-    if reference:
+    if reference:  # missing or unreadable: refused before the volume is looked at
         check_reference(reference, sample=sample)
     vol, _ = read_normalized(normalized, lazy=True)  # the structure map reads it a slab at a time
     factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
@@ -276,8 +281,14 @@ def stage_crop(
 
         parse_scale(factors, sample=sample)
     source = vol.attrs.get("source") or str(normalized)
-    check_volume_for_mode(vol.data.shape, _voxel_size_of(vol), mode=mode, factors=factors, path=source,
-                          sample=sample)  # refused here, not at train: before the GPU job is queued
+    iso_factor = check_volume_for_mode(vol.data.shape, _voxel_size_of(vol), mode=mode, factors=factors, path=source,
+                                       sample=sample, fov_settings=settings, training_fov=training_fov)
+    # refused here, not at train: before the GPU job is queued
+    if reference:
+        from .isotropic import isotropic_shape
+
+        check_reference(reference, sample=sample, output_shape=isotropic_shape(vol.data.shape, iso_factor)
+                        if mode == "isotropic" else tuple(n * f for n, f in zip(vol.data.shape, factors)))
     try:
         fov = choose_training_fov(
             vol.data, max_voxels=settings.max_voxels, holdout_fraction=settings.holdout_fraction,
@@ -301,12 +312,14 @@ def stage_crop(
     return fov
 
 
-def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), path, sample: str | None = None
+def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), path, sample: str | None = None,
+                          fov_settings: FovSettings | None = None, training_fov: str | None = None
                           ) -> float | None:
     """Refuse a volume of ``shape`` (ZYX) and ``voxel_size`` that ``mode`` cannot restore (at
     ``factors``, enhance): a 2-D image or too few slices for isotropic mode, or no usable
-    voxel size; too few voxels along a scaled axis for enhance's training pairs. Returns the
-    isotropic axial factor (None for enhance).
+    voxel size; too few voxels along a scaled axis for enhance's training pairs; without a
+    ``training_fov``, too few voxels to hold a region out (``fov_settings``, default the
+    defaults). Returns the isotropic axial factor (None for enhance).
 
     Raises
     ------
@@ -324,11 +337,23 @@ def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), pa
             raise InputError(path, f"isotropic mode needs at least {MIN_ISOTROPIC_SLICES} z slices; the volume "
                              f"(shape {shape}) has {shape[0]}: acquire more slices, or use mode enhance with "
                              "scale 1,y,x", sample=sample)
-        return isotropic_factor(voxel_size, path=path, sample=sample)
-    _check_size_for_factors(shape, factors, what=f"the volume (shape {shape})", path=path, sample=sample,
-                            hint="use a smaller factor on that axis (sheet column 'scale', e.g. 1,2,2) or a "
-                                 "larger acquisition")
-    return None
+        factor = isotropic_factor(voxel_size, path=path, sample=sample)
+        factors = (1, 1, 1)
+    else:
+        factor = None
+        _check_size_for_factors(shape, factors, what=f"the volume (shape {shape})", path=path, sample=sample,
+                                hint="use a smaller factor on that axis (sheet column 'scale', e.g. 1,2,2) or a "
+                                     "larger acquisition")
+    if not training_fov:
+        from .fov import automatic_holdout_slab
+
+        fs = fov_settings or FovSettings()
+        try:
+            automatic_holdout_slab(shape, holdout_fraction=fs.holdout_fraction,
+                                   min_holdout_voxels=fs.min_holdout_voxels, multiple=factors, path=path)
+        except InputError as exc:
+            raise exc.for_sample(sample) if sample else exc from None
+    return factor
 
 
 def _check_enhance_input(vol_shape, factors, sample, path):

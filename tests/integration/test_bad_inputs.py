@@ -230,6 +230,15 @@ def b_reference_shape(d):
         ref.name, r"reference shape \(8, 48, 48\) does not match the output grid \(8, 64, 64\)"
 
 
+def b_reference_shape_at_crop(d):
+    # found at qc only, after training and inference (`selfres restore --reference` too)
+    src, norm = _norm(d, shape=(8, 32, 32))
+    ref = _tif(d, "truth.tif", tiny_volume((8, 62, 64)))
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--scale", "1,2,2", "--reference", str(ref),
+            "--sample", SAMPLE], ref.name, \
+        r"reference shape \(8, 62, 64\) does not match the output grid \(8, 64, 64\).*checked before training"
+
+
 def b_reference_missing(d):
     # used to be found only at qc, after training and inference
     src, norm = _norm(d)
@@ -266,6 +275,7 @@ CLI_CASES = {
     "unknown_mode_cli": b_unknown_mode_cli,
     "reference_shape_mismatch": b_reference_shape,
     "reference_missing": b_reference_missing,
+    "reference_shape_at_crop": b_reference_shape_at_crop,
 }
 
 

@@ -724,18 +724,18 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     from selfres import cli
 
     hyper = tmp_path / "lapse.tif"
-    data = np.zeros((3, 6, 2, 16, 20), dtype=np.uint16)  # TZCYX
+    data = np.zeros((3, 6, 2, 48, 60), dtype=np.uint16)  # TZCYX
     tifffile.imwrite(hyper, data, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
                      metadata={"spacing": 2.0, "unit": "micron", "axes": "TZCYX"})
-    assert io.describe_acquisition(hyper) == [{"series": 0, "shape": (6, 16, 20), "dtype": "uint16", "channels": 2,
+    assert io.describe_acquisition(hyper) == [{"series": 0, "shape": (6, 48, 60), "dtype": "uint16", "channels": 2,
                                                "timepoints": 3, "voxel_size": pytest.approx((2.0, 0.5, 0.5))}]
     assert cli.main(["inspect", str(hyper), "--scale", "1,2,2"]) == 0
     out = capsys.readouterr().out
-    assert "6×16×20 ZYX, uint16, 2 channels, 3 time points" in out
+    assert "6×48×60 ZYX, uint16, 2 channels, 3 time points" in out
     assert "channel, 0..1 or all" in out and "timepoint, 0..2 or all" in out
     assert "voxel size z,y,x: 2, 0.5, 0.5 µm (from the file)" in out
-    assert "enhance 1,2,2: output 6×32×40, voxel 2, 0.25, 0.25 µm" in out
-    assert "isotropic: axial factor 4 (z step / lateral pixel), output 24×16×20, voxel 0.5, 0.5, 0.5 µm" in out
+    assert "enhance 1,2,2: output 6×96×120, voxel 2, 0.25, 0.25 µm" in out
+    assert "isotropic: axial factor 4 (z step / lateral pixel), output 24×48×60, voxel 0.5, 0.5, 0.5 µm" in out
 
     positions = tmp_path / "positions.ome.tif"
     with tifffile.TiffWriter(positions, ome=True) as tw:
@@ -752,8 +752,18 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     out = capsys.readouterr().out
     assert "enhance 2,2,2: not possible — the volume (shape (3, 12, 14)) has 3 slices; scale 2 along z needs" in out
     assert "isotropic: not possible — isotropic mode needs at least 4 z slices" in out
-    assert cli.main(["inspect", str(thin), "--scale", "1,2,2"]) == 0
-    assert "enhance 1,2,2: output 3×24×28, voxel 1, 0.2, 0.25 µm" in capsys.readouterr().out
+    assert cli.main(["inspect", str(thin), "--scale", "1,2,2"]) == 0  # as the crop stage: too small to hold out
+    assert ("enhance 1,2,2: not possible — volume of shape (3, 12, 14) is too small to split into a training FOV "
+            "and a held-out region") in capsys.readouterr().out
+    wide = _imagej(tmp_path / "wide.tif", _vol(shape=(3, 48, 60)), voxel=(1.0, 0.4, 0.5))
+    assert cli.main(["inspect", str(wide), "--scale", "1,2,2"]) == 0
+    assert "enhance 1,2,2: output 3×96×120, voxel 1, 0.2, 0.25 µm" in capsys.readouterr().out
+    plane = tmp_path / "plane.tif"  # a single plane records no z step: none is shown
+    tifffile.imwrite(plane, _vol(shape=(1, 96, 96))[0], imagej=True, resolution=(1 / 0.3, 1 / 0.3),
+                     metadata={"unit": "micron", "axes": "YX"})
+    assert cli.main(["inspect", str(plane), "--scale", "1,2,2"]) == 0
+    out = capsys.readouterr().out
+    assert "voxel size y,x: 0.3, 0.3 µm (from the file)" in out and "voxel 0.15, 0.15 µm" in out
     assert cli.main(["inspect", str(tmp_path / "absent.tif")]) == 2  # one clear error
     assert "absent.tif: does not exist" in capsys.readouterr().err
 
@@ -769,3 +779,15 @@ def test_a_voxel_size_computed_by_division_is_written_as_it_reads(tmp_path):
     tif = io.write_ome_tiff(tmp_path / "o.ome.tif", store)
     with tifffile.TiffFile(tif) as t:
         assert 'PhysicalSizeZ="0.8286"' in t.ome_metadata
+
+
+def test_a_reader_that_stops_reading_is_no_error(tmp_path):
+    """`selfres inspect … | head`: a closed pipe ended in a traceback and 'This is a bug'."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from selfres import cli\n"
+            "def run(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "cli.run = run; sys.exit(cli.main(['inspect', 'x.tif']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr == ""

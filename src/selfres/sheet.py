@@ -82,6 +82,51 @@ def _schema_message(err) -> str:
     return f"column {col!r}: {err.message}" if col else err.message
 
 
+_SCHEMA_TYPES = {"integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+                 "number": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                 "boolean": lambda v: isinstance(v, bool), "null": lambda v: v is None,
+                 "array": lambda v: isinstance(v, list), "object": lambda v: isinstance(v, dict)}
+
+
+def coerce_command_line_strings(config: dict, *, schema: str | os.PathLike | Mapping) -> dict:
+    """Turn strings the schema does not take as strings into the values they write, in place.
+
+    ``snakemake --config 'isotropic={"steps": 70}'`` hands a nested value over as the string
+    ``'70'`` (Snakemake reads it with YAML's base loader), which the schema then refused
+    (``'70' is not of type 'integer'``). A string where the schema wants a number, a boolean,
+    null or a list is read as YAML and kept only when it has such a type; a string the
+    schema allows stays a string.
+    """
+    import yaml
+
+    def coerce(value, sch):
+        if not isinstance(sch, Mapping):
+            return value
+        if isinstance(value, dict):
+            props = sch.get("properties") or {}
+            for key in list(value):
+                if key in props:
+                    value[key] = coerce(value[key], props[key])
+            return value
+        if isinstance(value, list):
+            return [coerce(v, sch.get("items")) for v in value]
+        if not isinstance(value, str):
+            return value
+        types = sch.get("type")
+        types = [types] if isinstance(types, str) else list(types or [])
+        if not types or "string" in types:
+            return value
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if isinstance(parsed, (dict, list)):
+            parsed = coerce(parsed, sch)
+        return parsed if any(_SCHEMA_TYPES.get(t, lambda v: False)(parsed) for t in types) else value
+
+    return coerce(config, _load_schema(schema))
+
+
 def check_config(config: Mapping, *, schema: str | os.PathLike | Mapping) -> None:
     """Refuse a config its schema does not allow with one line per problem (at most five),
     naming the key, the value and what is allowed.

@@ -211,3 +211,15 @@ def test_a_scale_on_an_isotropic_row_is_named_as_unused_and_not_recorded(tmp_pat
               if "selfres report " in ln]
     argv = shlex.split(report[0].split(" > ")[0])
     assert json.loads(argv[argv.index("--config") + 1])["scale"] is None
+
+
+def test_a_nested_command_line_config_value_is_read_as_its_type(tmp_path):
+    """`--config 'isotropic={"steps": 70}'` reached selfres as the string '70' (Snakemake reads
+    nested values with YAML's base loader) and the run stopped: "'70' is not of type 'integer'"."""
+    wd = make_workdir(tmp_path, samples={"i": {"mode": "isotropic", "voxel_size": "2,0.5,0.5"}})
+    proc = run_snakemake(wd, "-n", "-p", "--forceall", "--config",
+                         'isotropic={"steps": 70, "fusion": "geometric"}', 'train={"patch_size": [8, 32, 32]}')
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    train = [ln for ln in out.splitlines() if "selfres train " in ln and "--sample i " in ln]
+    assert len(train) == 1 and _settings(train[0][train[0].index("selfres train "):])["isotropic"]["steps"] == 70

@@ -280,3 +280,23 @@ def test_file_counts_are_read_once_and_again_only_when_the_file_changes(tmp_path
     assert len(calls) == 5 and not fresh.changed  # folders are not cached
     cache.write_text("{not json")
     assert FileCounts(cache).entries == {}  # a damaged cache is an empty one
+
+
+def test_nested_command_line_strings_become_the_schema_s_types():
+    """Snakemake hands `--config 'train={"steps": 70}'` over as strings; a string the schema
+    takes as a string stays one, and a string that is not of the wanted type is left for the
+    check to refuse with its message."""
+    from pathlib import Path
+
+    from selfres.sheet import check_config, coerce_command_line_strings
+
+    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    config = {"isotropic": {"steps": "70", "axial_sigma_px": "null", "fusion": "mean"},
+              "train": {"patch_size": ["8", "32", "32"], "psf_sigma_um": "[1, 0.5, 0.5]"},
+              "infer": {"ensemble": "true", "blocks": "two"}, "scale": "2,2,2"}
+    coerce_command_line_strings(config, schema=schema)
+    assert config["isotropic"] == {"steps": 70, "axial_sigma_px": None, "fusion": "mean"}
+    assert config["train"] == {"patch_size": [8, 32, 32], "psf_sigma_um": [1, 0.5, 0.5]}
+    assert config["infer"] == {"ensemble": True, "blocks": "two"} and config["scale"] == "2,2,2"
+    with pytest.raises(Exception, match="infer.blocks: 'two'"):
+        check_config(config, schema=schema)

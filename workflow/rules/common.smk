@@ -76,9 +76,11 @@ def _write_run_record(results, status, log=None, samples=(), extra=None):
         print(f"selfres: WARNING: no run record written: {exc}", file=sys.stderr)
 
 
-# a short message naming the key first; then snakemake's validation fills the defaults
-_stop_on_bad_config(_sheet.check_config, config,
-                    schema=os.path.join(workflow.current_basedir, "..", "schemas", "config.schema.yaml"))
+# nested --config values arrive as strings ('isotropic={"steps": 70}'): read as the schema
+# wants; then a short message naming the key first; then snakemake's validation fills the defaults
+_CONFIG_SCHEMA = os.path.join(workflow.current_basedir, "..", "schemas", "config.schema.yaml")
+_sheet.coerce_command_line_strings(config, schema=_CONFIG_SCHEMA)
+_stop_on_bad_config(_sheet.check_config, config, schema=_CONFIG_SCHEMA)
 validate(config, schema="../schemas/config.schema.yaml")
 
 R = config["results"]

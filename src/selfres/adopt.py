@@ -210,6 +210,7 @@ def adopt_isotropic(
     *,
     sample: str,
     factor: float,
+    guard_margin_db: float,
     degrader: torch.nn.Module | None = None,
     device: torch.device | str = "cpu",
 ) -> dict:
@@ -226,6 +227,8 @@ def adopt_isotropic(
         training FOV / held-out region.
     factor
         This sample's axial factor (voxel_z / voxel_xy): its output grid.
+    guard_margin_db
+        Gain over z-cubic the model must show on those slices (``train.guard_margin_db``).
 
     Raises
     ------
@@ -235,7 +238,7 @@ def adopt_isotropic(
         The model's degradation was learned and ``degrader`` is not given.
     """
     from .errors import ConfigError
-    from .isotropic import self_validation
+    from .isotropic import guard_flags, self_validation
 
     t0 = time.monotonic()
     source = meta.get("sample")
@@ -247,9 +250,7 @@ def adopt_isotropic(
                           f"{source!r} was trained for {trained_factor:.4g}: a model restores the axial blur it "
                           "learned; train this sample")
     validation = self_validation(vol, fov, model, spec, meta, device=device, degrader=degrader)
-    flags = inherited_flags(meta)
-    if not validation["psnr_model"] > validation["psnr_interp"]:
-        flags.append("model_worse_than_interpolation")
+    flags = inherited_flags(meta) + guard_flags(validation, guard_margin_db)
     out = dict(meta)
     out.update({
         "sample": sample,

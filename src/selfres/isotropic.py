@@ -28,7 +28,8 @@ Degradation models (``IsotropicSettings.degradation``):
 Model selection uses held-out lateral slices (the held-out box of the training FOV),
 degraded as in training: the checkpoint with the best PSNR there is kept, and the
 model is flagged ``model_worse_than_interpolation`` when it does not beat the
-degraded input itself (which is what z-cubic interpolation gives on real axial data).
+degraded input itself (which is what z-cubic interpolation gives on real axial data) by
+``train.guard_margin_db``, as in enhance mode (:func:`guard_flags`).
 """
 
 from __future__ import annotations
@@ -727,6 +728,15 @@ class LearnedDegradation:
         return predict_slices(self.generator, low, device=dev)
 
 
+def guard_flags(validation: dict, margin_db: float) -> list[str]:
+    """``["model_worse_than_interpolation"]`` unless the model beats z-cubic on the held-out
+    slices by ``margin_db`` (``train.guard_margin_db``; enhance asks a trained network the
+    same); in training and when a sample adopts another's model."""
+    if validation["psnr_model"] > validation["psnr_interp"] + float(margin_db):
+        return []
+    return ["model_worse_than_interpolation"]
+
+
 # ----------------------------------------------------------------------- training
 @dataclass
 class IsoTrainResult:
@@ -951,8 +961,7 @@ def train_isotropic(
     model.eval()
     preds = [predict_slices(model, low, device=device, batch=VALIDATION_BATCH) for _, low in pairs]
     validation = compare_stacks(pairs, preds, data_range)
-    if not validation["psnr_model"] > validation["psnr_interp"]:
-        flags.append("model_worse_than_interpolation")
+    flags += guard_flags(validation, s.guard_margin_db)
     return IsoTrainResult(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=time.monotonic() - t0,
         stop_reason=stop_reason, validation=validation, degradation=deg_info, flags=flags, log_rows=sel.rows,

@@ -506,7 +506,7 @@ def stage_adopt(
         if (meta.get("isotropic") or {}).get("degradation") == "learned":
             degrader = _checked_model_folder(source_model, lambda d: load_degrader(d, meta, device=dev))
         new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor,
-                                   degrader=degrader, device=dev)
+                                   guard_margin_db=settings.train.guard_margin_db, degrader=degrader, device=dev)
     else:
         factors = tuple(int(f) for f in (scale or (2, 2, 2)))
         if tuple(meta.get("factors") or ()) != factors:
@@ -996,8 +996,8 @@ def stage_qc(
         "noise_model": (((meta.get("settings") or {}).get("degradation") or {}).get("noise")
                         if mode == "enhance" else None),
         "holdout_gain_db_interval": sv.get("gain_db_interval"),
-        # the gain the guard asks of a trained network (isotropic: any gain)
-        "guard_margin_db": ((meta.get("settings") or {}).get("guard_margin_db") if mode == "enhance" else 0.0),
+        # the gain the guard asks of a trained network
+        "guard_margin_db": (meta.get("settings") or {}).get("guard_margin_db"),
         "restored_check": agreement,
         # serial ×4: the later step of the two stages (meta's own is stage 2's), so 0 means nothing was learned
         "best_step": (max((meta.get("serial") or {}).get("stage_best_steps") or [meta.get("best_step") or 0])

@@ -265,6 +265,24 @@ def test_untrained_model_equals_its_input_and_is_flagged():
     assert r.degradation["sigma_source"] == "settings"
 
 
+def test_a_gain_below_the_guard_margin_is_flagged_as_in_enhance_mode():
+    """Isotropic mode let any gain through (+0.01 dB passed as `ok`); it asks the margin of
+    `train.guard_margin_db`, in training and in adoption alike (`guard_flags`)."""
+    assert iso.guard_flags({"psnr_model": 30.01, "psnr_interp": 30.0}, 0.2) == ["model_worse_than_interpolation"]
+    assert iso.guard_flags({"psnr_model": 30.01, "psnr_interp": 30.0}, 0.0) == []
+    assert iso.guard_flags({"psnr_model": 30.3, "psnr_interp": 30.0}, 0.2) == []
+    train, held = _semi()
+    runs = {}
+    for margin in (0.0, 1000.0):  # the same training, judged with no margin and with an unreachable one
+        s = from_dict(Settings, to_dict(_tiny(axial_sigma_px=1.5)) | {"train": {
+            **to_dict(_tiny().train), "guard_margin_db": margin}})
+        runs[margin] = iso.train_isotropic(train, held, factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5))
+    assert runs[0.0].validation == runs[1000.0].validation
+    assert "model_worse_than_interpolation" in runs[1000.0].flags
+    assert ("model_worse_than_interpolation" in runs[0.0].flags) == (
+        not runs[0.0].validation["psnr_model"] > runs[0.0].validation["psnr_interp"])
+
+
 def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
     train, held = _semi()
     s = _tiny(axial_sigma_px=1.5)

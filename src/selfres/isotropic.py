@@ -971,9 +971,13 @@ def train_isotropic(
 
 # ---------------------------------------------------------------------- inference
 def _fuse(a: np.ndarray, b: np.ndarray, fusion: str) -> np.ndarray:
+    mean = (0.5 * (a + b)).astype(np.float32)
     if fusion == "geometric":
-        return np.sqrt(np.clip(a, 0, None) * np.clip(b, 0, None)).astype(np.float32)
-    return (0.5 * (a + b)).astype(np.float32)
+        # where either view is at or below 0 (normalised background, ~1 % of it below the low
+        # percentile), the mean: clipping both to 0 lifted or flattened the background
+        both = (a > 0) & (b > 0)
+        return np.where(both, np.sqrt(np.where(both, a * b, 0.0)), mean).astype(np.float32)
+    return mean
 
 
 def isotropic_tile_grid(shape_yx: Sequence[int], tile: Sequence[int]) -> list[tuple[int, int, int, int]]:

@@ -208,11 +208,17 @@ def test_tiled_isotropic_inference_equals_a_single_pass(tile):
     np.testing.assert_allclose(full, 0.5 * (np.transpose(xz, (1, 0, 2)) + np.transpose(yz, (1, 2, 0))), atol=1e-5)
 
 
-def test_no_model_gives_z_cubic_and_geometric_fusion_is_nonnegative():
+def test_no_model_gives_z_cubic_and_geometric_fusion_keeps_the_background():
     vol = _iso_truth((5, 12, 12))
     np.testing.assert_allclose(iso.restore_isotropic(None, vol, factor=3.0), iso.reslice(vol, 3.0))
+    # the geometric mean where both views are positive; elsewhere (background around 0) the
+    # mean: clipping both views to 0 lifted negative background to 0 and zeroed a voxel one view saw
+    a = np.array([4.0, 1.0, -0.02, -0.02, 0.5], np.float32)
+    b = np.array([1.0, -0.5, -0.04, 0.02, 0.0], np.float32)
+    np.testing.assert_allclose(iso._fuse(a, b, "geometric"), [2.0, 0.25, -0.03, 0.0, 0.25], atol=1e-7)
+    np.testing.assert_allclose(iso._fuse(a, b, "mean"), 0.5 * (a + b))
     g = iso.restore_isotropic(_random_model(), vol - 0.5, factor=2.0, fusion="geometric")
-    assert g.min() >= 0
+    assert np.all(np.isfinite(g)) and g.min() < 0  # negative background stays negative
 
 
 # --------------------------------------------------------------------- training

@@ -926,9 +926,13 @@ def stage_qc(
         if mode == "isotropic" and isotropy_not_reached(iso_in, iso_out, restored_attrs.get("content", "model")):
             flags.append("isotropy_not_reached")
         if raw_norm.shape[0] >= 2:  # a 2-D image (one slice) has no axial spectrum
-            fi, pi = metrics.axial_spectrum(raw_norm, voxel_size=vs_in)
-            fo, po = metrics.axial_spectrum(restored_norm, voxel_size=vs_out)
-            write_json(qc_dir / "spectra.json", clean_floats({"input": [fi, pi], "output": [fo, po]}))
+            # the same window of input, interpolation and output: power beyond the input's
+            # Nyquist is new detail only where the output holds more than the interpolation
+            # (which adds none, yet leaks power there)
+            spectra = {name: list(metrics.axial_spectrum(a, voxel_size=v))
+                       for name, a, v in (("input", raw_w, vs_in), ("interpolation", interp_w, vs_out),
+                                          ("output", out_w, vs_out))}
+            write_json(qc_dir / "spectra.json", clean_floats(spectra | {"nyquist_in": 0.5 / vs_in[0]}))
     if vs_in is None:
         flags.append("voxel_size_missing")
     sat = vol.attrs.get("saturated_fraction")
@@ -998,6 +1002,11 @@ def stage_qc(
         "holdout_gain_db_interval": sv.get("gain_db_interval"),
         # the gain the guard asks of a trained network
         "guard_margin_db": (meta.get("settings") or {}).get("guard_margin_db"),
+        # isotropic: how lateral slices were made to look axial (the held-out check's assumption)
+        "isotropic_degradation": ({k: (meta.get("degradation") or {}).get(k)
+                                   for k in ("sigma_px", "sigma_source", "noise_sigma_mean")}
+                                  | {"method": (meta.get("isotropic") or {}).get("degradation")}
+                                  if mode == "isotropic" else None),
         "restored_check": agreement,
         # serial ×4: the later step of the two stages (meta's own is stage 2's), so 0 means nothing was learned
         "best_step": (max((meta.get("serial") or {}).get("stage_best_steps") or [meta.get("best_step") or 0])
@@ -1103,7 +1112,8 @@ def stage_report(
     spectra = None
     if (qc_dir / "spectra.json").exists():
         s = json.loads((qc_dir / "spectra.json").read_text())
-        spectra = {k: (np.asarray(v[0], float), np.asarray(v[1], float)) for k, v in s.items()}
+        spectra = {k: v if k == "nyquist_in" else (np.asarray(v[0], float), np.asarray(v[1], float))
+                   for k, v in s.items()}
     beads = pd.read_csv(qc_dir / "beads.tsv", sep="\t") if (qc_dir / "beads.tsv").exists() else None
     timings = {}
     if benchmarks_dir and Path(benchmarks_dir).is_dir():

@@ -92,6 +92,22 @@ def test_an_ome_zarr_input_s_position_carries_to_the_output(tmp_path):
     assert restored.origin == pytest.approx((10.0, 199.875, 299.875))
 
 
+def test_qc_writes_the_interpolation_s_axial_spectrum_beside_input_and_output(tmp_path):
+    """Power beyond the input's Nyquist is new detail only above the interpolation's: the
+    spectra hold all three, on one window, with the input's Nyquist frequency."""
+    src = tmp_path / "known.tif"
+    tifffile.imwrite(src, tiny_volume((9, 48, 48)), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    keep = tmp_path / "work"
+    pipeline.restore(src, tmp_path / "r.ome.zarr", mode="enhance", scale=(2, 2, 2), settings=parse_settings(FAST),
+                     device="cpu", keep=keep, sample="s")
+    spectra = json.loads((keep / "qc" / "spectra.json").read_text())
+    assert set(spectra) == {"input", "interpolation", "output", "nyquist_in"}
+    assert spectra["nyquist_in"] == pytest.approx(0.25)  # 9 slices of 2 µm: the last bin is 0.222
+    assert max(spectra["input"][0]) < 0.25 and max(spectra["output"][0]) == pytest.approx(0.5, abs=0.03)
+    assert len(spectra["interpolation"][0]) == len(spectra["output"][0])
+
+
 def _restored_with_intermediates(tmp_path):
     """A tiny 8×48×48 stack of known voxel size restored ×(1, 2, 2) as sample ``s``; returns
     (the folder of its intermediates, restored.ome.zarr)."""

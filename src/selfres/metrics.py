@@ -483,6 +483,30 @@ READ_BLOCK_VOXELS = 8 * 2**20
 _PLATEAU_HALO = 8
 
 
+#: How far below the darkest input voxel (share of the normalised range) an output voxel
+#: counts as undershoot (:func:`undershoot`)
+UNDERSHOOT_DEPTH = 0.05
+
+
+def undershoot(output: np.ndarray, interpolation: np.ndarray, *, floor: float,
+               depth: float = UNDERSHOOT_DEPTH) -> dict:
+    """Shares of ``output`` and ``interpolation`` voxels (normalised units) below ``floor``
+    (the darkest input voxel) by more than ``depth``: values no acquisition held, the dark
+    halos (ringing) a sharpening restoration leaves next to bright objects.
+
+    Returns
+    -------
+    dict
+        ``output``, ``interpolation`` (shares, 0..1), ``below`` (the threshold) and
+        ``output_min`` (the output's darkest voxel), normalised units.
+    """
+    below = float(floor) - float(depth)
+    out = np.asarray(output, dtype=np.float32)
+    return {"output": float(np.mean(out < below)) if out.size else 0.0,
+            "interpolation": float(np.mean(np.asarray(interpolation) < below)) if np.size(interpolation) else 0.0,
+            "below": below, "output_min": float(out.min()) if out.size else None}
+
+
 def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_000,
                        block_voxels: int | None = None) -> dict:
     """How far the restored volume as written still looks like its input: a check of the

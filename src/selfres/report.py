@@ -158,6 +158,15 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "(train.psf_sigma_um, or train.degradation.method gaussian/psf), then compare "
         "again; or use the interpolation for such samples.",
     ),
+    "restored_undershoots": (
+        "Part of the output (over 0.1 % of the QC window, and over twice the interpolation's share) "
+        "lies more than 5 % of the intensity range below the darkest input voxel: dark halos "
+        "(ringing) next to bright objects, which the network's sharpening adds. No acquisition "
+        "held such values (metrics.json: restored_check.undershoot).",
+        "Look at the views around bright objects. For intensity measurements clip the output at "
+        "the input's minimum, or measure on the interpolation; judge the output by its views, "
+        "beads or a reference rather than by the held-out figure alone.",
+    ),
     "isotropy_not_reached": (
         "The restored volume is still clearly anisotropic: its axial resolution "
         "stays well below its lateral resolution (isotropy below 0.8), or it holds the z "

@@ -125,6 +125,7 @@ def _restored_with_intermediates(tmp_path):
     ("constant", "restored_unlike_input"),
     ("shifted", "restored_unlike_input"),
     ("nan", "restored_not_finite"),
+    ("halos", "restored_undershoots"),
     (None, None),
 ])
 def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag):
@@ -141,11 +142,17 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
         data = data.copy()
         data[0, :3, :3] = np.nan
         level0[:] = data
+    elif damage == "halos":  # dark pits next to the brightest voxels, far below any input value
+        data = data.copy()
+        bright = data > np.percentile(data, 99.5)
+        data[np.roll(bright, 2, axis=2)] = data.min() - 0.3 * np.ptp(data)
+        level0[:] = data
     m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                           tmp_path / "qc" / "metrics.json", sample="s")
     check = m["restored_check"]
     if flag is None:
-        assert not {"restored_unlike_input", "restored_not_finite"} & set(m["flags"])
+        assert not {"restored_unlike_input", "restored_not_finite", "restored_undershoots"} & set(m["flags"])
+        assert check["undershoot"]["output"] <= 2 * check["undershoot"]["interpolation"] + 1e-3
         # the resolution figures come with the interpolation's, measured on the same window
         assert m["resolution_interp_um"]["lateral"] > 0 and m["isotropy_interp"] > 0
         from selfres.report import _fmt
@@ -160,7 +167,9 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
         assert flag in m["flags"], (m["flags"], check)
     if damage == "nan":
         assert check["nonfinite_voxels"] == 9
-    if flag is not None:  # and the report still renders, explaining the flag in plain words
+    if damage == "halos":
+        assert check["undershoot"]["output"] > 0.004 and check["undershoot"]["interpolation"] == 0.0
+    if flag in ("restored_unlike_input", "restored_not_finite"):  # the report still renders, explaining it
         pipeline.stage_report(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                               tmp_path / "qc" / "metrics.json", tmp_path / "report.html", tmp_path / "prov.json",
                               sample="s")

@@ -585,11 +585,16 @@ def _panel_grid(
                            extent=_extent(ah, av, shape, vsz), aspect="equal",
                            interpolation="nearest")
             ax.tick_params(labelsize=7)
-            for box, color in (boxes if r == 0 else ()):
+            # boxes on the XY panel only (a projection along a slab's own axis covers the whole
+            # panel), drawn inside their voxels by a fraction of one and in two styles, so that a
+            # box on the image frame or on the other's edge stays visible
+            for i, (box, color) in enumerate(boxes if r == 0 and pname == "XY" else ()):
                 (b0, b1), (a0, a1) = box[ah], box[av]
+                inset = 0.15 + 0.2 * i
                 ax.add_patch(matplotlib.patches.Rectangle(
-                    (b0 * vsz[ah], a0 * vsz[av]), (b1 - b0) * vsz[ah], (a1 - a0) * vsz[av],
-                    fill=False, edgecolor=color, lw=1.0))
+                    ((b0 + inset) * vsz[ah], (a0 + inset) * vsz[av]),
+                    max(b1 - b0 - 2 * inset, 0.1) * vsz[ah], max(a1 - a0 - 2 * inset, 0.1) * vsz[av],
+                    fill=False, edgecolor=color, lw=1.8 if i == 0 else 1.4, ls="-" if i == 0 else "--", zorder=3))
             if is_2d:
                 ax.set_title(f"{name} ({pname})", fontsize=9)
                 ax.set_ylabel(f"y ({unit})", fontsize=7)
@@ -707,7 +712,7 @@ def figure_projections(
         title += "; red: training field of view"
     if (hold := _holdout_bbox(train_fov)) is not None:
         boxes.append((hold, "cyan"))
-        title += "; cyan: held-out region"
+        title += "; cyan dashed: held-out region"
     return _panel_grid(vols, planes, unit=unit, vmin=vmin, vmax=vmax, title=title, boxes=boxes)
 
 
@@ -1695,8 +1700,9 @@ def render_sample_report(
     parts.append(_img_tag(figures["orthoviews"], alt="orthogonal centre slices"))
     parts.append('<h2 id="mips">Maximum-intensity projections</h2>')
     parts.append("<p class=\"muted\">Brightest voxel along each viewing axis, matched "
-                 "contrast. Red box: the training field of view; cyan box: the held-out "
-                 "region used for self-validation (never trained on).</p>")
+                 "contrast. In the XY projection, red box: the training field of view; cyan "
+                 "dashed box: the held-out region used for self-validation (never trained on; it "
+                 "spans all of z).</p>")
     parts.append(_img_tag(figures["projections"], alt="maximum intensity projections"))
     parts.append('<h2 id="detail">Zoomed detail and line profile</h2>')
     parts.append("<p class=\"muted\">A 4× zoom around the brightest structure, in the z "

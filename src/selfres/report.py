@@ -1195,6 +1195,18 @@ def _holdout_bbox(train_fov: Any) -> tuple[tuple[int, int], ...] | None:
     return None if inner is None else fov_bbox(inner)
 
 
+def _box_words(box: Any) -> Any:
+    """``[[z0, z1], [y0, y1], [x0, x1]]`` as ``z 0–32, y 0–102, x 0–128 (input voxels, end
+    excluded)``; anything else as it is."""
+    try:
+        bounds = [(int(a), int(b)) for a, b in box]
+    except (TypeError, ValueError):
+        return box
+    if len(bounds) != 3:
+        return box
+    return ", ".join(f"{ax} {a}–{b}" for ax, (a, b) in zip("zyx", bounds)) + " (input voxels, end excluded)"
+
+
 def _draw_fov_note(train_fov: Any) -> str:
     """Plain-text description of a training FOV given in any supported form."""
     if train_fov is None:
@@ -1205,7 +1217,7 @@ def _draw_fov_note(train_fov: Any) -> str:
         parts = []
         for key in ("train", "bbox", "slices", "holdout", "held_out", "source", "reason"):
             if key in train_fov:
-                parts.append(f"{key}: {train_fov[key]}")
+                parts.append(f"{key}: {_box_words(train_fov[key])}")
         return "; ".join(parts) if parts else json.dumps(train_fov, default=str)
     for attr in ("train", "bbox", "slices"):
         if hasattr(train_fov, attr):
@@ -1732,9 +1744,15 @@ def render_sample_report(
             note = (" — before the first logged validation: no later checkpoint did better"
                     " on the validation data than the starting model")
         stop = metrics.get("stop_reason")
+        extras = metrics.get("inference_extras") or {}
+        with_extras = (metrics.get("mode") != "isotropic"
+                       and (extras.get("back_projection_iterations") or extras.get("ensemble")))
         parts.append(f"<p>Kept checkpoint: step {_esc(_fmt(best))}{_esc(note)}; "
-                     f"{len(df)} logged steps"
-                     + (f"; training stopped: {_esc(stop)}" if stop else "") + ".</p>")
+                     f"{len(df)} validations logged"
+                     + (f"; training stopped: {_esc(stop)}" if stop else "") + ". "
+                     + ("The curves score the network alone; the self-validation table below scores it"
+                        f"{_esc(_extras_text(extras))}, as restored.ome.zarr holds it, so its figures differ."
+                        if with_extras else "") + "</p>")
 
     # --- self-validation
     parts.append('<h2 id="self-validation">Self-validation (held-out region)</h2>')

@@ -520,3 +520,21 @@ def test_self_validation_caption_says_what_was_compared_in_each_mode():
     assert "compared with that region as acquired" in enh and "never saw" not in enh
     assert "output grid's PSF" in report._self_validation_caption({"mode": "enhance", "psf_sigma_um": [1, .5, .5]},
                                                                   "tricubic")
+
+
+def test_training_fov_is_written_with_axis_names_and_curves_say_what_they_score():
+    from selfres import report
+
+    note = report._draw_fov_note({"train": [[0, 32], [0, 102], [0, 128]], "holdout": [[0, 32], [102, 128], [0, 128]]})
+    assert "train: z 0–32, y 0–102, x 0–128 (input voxels, end excluded)" in note and "[[" not in note
+    assert report._box_words("z0:z1") == "z0:z1"
+    raw, interp, restored = _volumes()
+
+    def page(mode):
+        m = _metrics() | {"mode": mode, "inference_extras": {"back_projection_iterations": 1, "ensemble": False}}
+        return report.render_sample_report(sample="s", metrics=m, raw=raw, interp=interp, restored=restored,
+                                           voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5),
+                                           training_log=_log())
+    # enhance: the curves are the network alone, the table network + back-projection
+    assert "The curves score the network alone" in page("enhance") and "validations logged" in page("enhance")
+    assert "The curves score the network alone" not in page("isotropic")

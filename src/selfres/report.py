@@ -784,6 +784,10 @@ def figure_detail(
         raw, interp, restored, voxel_size_in, voxel_size_out)
     s_in, s_out = _as_zyx(raw.shape), _as_zyx(restored.shape)
     z, y, x = _find_structure(restored)
+    if s_out[1:] == s_in[1:] and s_out[0] != s_in[0] and s_in[0] > 1:
+        # only z resampled (isotropic mode): an XY crop shows nothing new, and where its plane
+        # falls on an acquired slice the profiles coincide; the detail is an XZ crop and a z profile
+        return _axial_detail(raw, interp, restored, vin, vout, unit, (z, y, x), zoom=zoom, display=display)
     hy = max(2, s_out[1] // (2 * zoom))
     hx = max(2, s_out[2] // (2 * zoom))
     y0, y1 = max(0, y - hy), min(s_out[1], y + hy)
@@ -829,6 +833,52 @@ def figure_detail(
     ax.set_xlabel(f"x ({unit})", fontsize=8)
     ax.set_ylabel("intensity", fontsize=8)
     ax.set_title(f"line profile at z={z}, y={y} (output voxels)", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=7)
+    return _fig_to_png(fig)
+
+
+def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, display) -> bytes:
+    """:func:`figure_detail` when only z was resampled: XZ crops through the brightest
+    structure (all of z, ``1/zoom`` of x) and the profiles along z through it."""
+    s_in, s_out = _as_zyx(raw.shape), _as_zyx(restored.shape)
+    z, y, x = at
+    hx = max(2, s_out[2] // (2 * zoom))
+    x0, x1 = max(0, x - hx), min(s_out[2], x + hx)
+    hz = max(2, int(round(hx * vout[2] / vout[0])))  # a square in µm
+    z0, z1 = max(0, z - hz), min(s_out[0], z + hz)
+    f = s_out[0] / s_in[0]
+    iz0, iz1 = int(math.floor(z0 / f)), max(int(math.floor(z0 / f)) + 1, int(math.ceil(z1 / f)))
+    crops = {  # (crop, voxel size, first z index)
+        "raw": (np.asarray(raw[iz0:iz1, y, x0:x1], dtype=np.float32), vin, iz0),
+        "interpolation": (np.asarray(interp[z0:z1, y, x0:x1], dtype=np.float32), vout, z0),
+        "restored": (np.asarray(restored[z0:z1, y, x0:x1], dtype=np.float32), vout, z0),
+    }
+    if display is None:
+        display = display_range(crops["restored"][0], low=0.5, high=99.9)
+    vmin, vmax = display
+    fig = plt.figure(figsize=(11.0, 3.6))
+    gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.5], left=0.06, right=0.98, top=0.86, bottom=0.16,
+                          wspace=0.35)
+    colors = {"raw": "tab:blue", "interpolation": "tab:orange", "restored": "tab:green"}
+    x_phys = (x + 0.5) * vout[2]
+    for k, (name, (crop, vs, oz)) in enumerate(crops.items()):
+        ax = fig.add_subplot(gs[0, k])
+        ax.imshow(crop, cmap="gray", vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest",
+                  extent=(x0 * vs[2], x1 * vs[2], (oz + crop.shape[0]) * vs[0], oz * vs[0]))
+        ax.axvline(x_phys, color=colors[name], lw=1.0, alpha=0.8)
+        ax.set_title(f"{name} (XZ, y={y})", fontsize=9)
+        ax.set_xlabel(f"x ({unit})", fontsize=7)
+        ax.set_ylabel(f"z ({unit})", fontsize=7)
+        ax.tick_params(labelsize=7)
+    ax = fig.add_subplot(gs[0, 3])
+    for name, (crop, vs, oz) in crops.items():
+        prof = crop[:, x - x0]
+        ax.plot((oz + np.arange(prof.size) + 0.5) * vs[0], prof, marker="." if name == "raw" else None, ms=5,
+                color=colors[name], label=name, lw=1.2)
+    ax.set_xlabel(f"z ({unit})", fontsize=8)
+    ax.set_ylabel("intensity", fontsize=8)
+    ax.set_title(f"axial profile at y={y}, x={x} (dots: acquired slices)", fontsize=9)
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
     return _fig_to_png(fig)

@@ -538,3 +538,20 @@ def test_training_fov_is_written_with_axis_names_and_curves_say_what_they_score(
     # enhance: the curves are the network alone, the table network + back-projection
     assert "The curves score the network alone" in page("enhance") and "validations logged" in page("enhance")
     assert "The curves score the network alone" not in page("isotropic")
+
+
+def test_detail_of_an_output_resampled_along_z_only_is_an_axial_crop(monkeypatch):
+    """Isotropic mode: an XY detail shows nothing z restored, and on an acquired plane its
+    profiles coincide; the detail is an XZ crop with a profile along z."""
+    rng = np.random.default_rng(0)
+    raw = rng.random((8, 32, 32)).astype(np.float32)
+    up = np.repeat(raw, 2, axis=0) + 0.01
+    called = []
+    real = report._axial_detail
+    monkeypatch.setattr(report, "_axial_detail", lambda *a, **k: called.append(a[6]) or real(*a, **k))
+    png = report.figure_detail(raw=raw, interp=up, restored=up, voxel_size_in=(1.0, 0.5, 0.5),
+                               voxel_size_out=(0.5, 0.5, 0.5))
+    assert png.startswith(PNG_MAGIC) and len(called) == 1
+    report.figure_detail(raw=raw, interp=np.repeat(np.repeat(raw, 2, 1), 2, 2), restored=np.repeat(
+        np.repeat(raw, 2, 1), 2, 2), voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(1.0, 0.25, 0.25))
+    assert len(called) == 1  # lateral upsampling keeps the XY detail

@@ -790,8 +790,8 @@ def figure_detail(
         return _axial_detail(raw, interp, restored, vin, vout, unit, (z, y, x), zoom=zoom, display=display)
     hy = max(2, s_out[1] // (2 * zoom))
     hx = max(2, s_out[2] // (2 * zoom))
-    y0, y1 = max(0, y - hy), min(s_out[1], y + hy)
-    x0, x1 = max(0, x - hx), min(s_out[2], x + hx)
+    y0, y1 = _window(y, hy, s_out[1])
+    x0, x1 = _window(x, hx, s_out[2])
     # same physical window on the input grid
     fy, fx = s_out[1] / s_in[1], s_out[2] / s_in[2]
     iy0, iy1 = int(math.floor(y0 / fy)), max(int(math.floor(y0 / fy)) + 1, int(math.ceil(y1 / fy)))
@@ -838,15 +838,22 @@ def figure_detail(
     return _fig_to_png(fig)
 
 
+def _window(centre: int, half: int, n: int) -> tuple[int, int]:
+    """``[start, end)`` of ``2·half`` voxels around ``centre``, shifted to lie inside ``0..n``
+    (a structure at the edge keeps a full-size crop), or all of ``n`` when shorter."""
+    start = min(max(0, centre - half), max(0, n - 2 * half))
+    return start, min(n, start + 2 * half)
+
+
 def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, display) -> bytes:
     """:func:`figure_detail` when only z was resampled: XZ crops through the brightest
     structure (all of z, ``1/zoom`` of x) and the profiles along z through it."""
     s_in, s_out = _as_zyx(raw.shape), _as_zyx(restored.shape)
     z, y, x = at
     hx = max(2, s_out[2] // (2 * zoom))
-    x0, x1 = max(0, x - hx), min(s_out[2], x + hx)
+    x0, x1 = _window(x, hx, s_out[2])
     hz = max(2, int(round(hx * vout[2] / vout[0])))  # a square in µm
-    z0, z1 = max(0, z - hz), min(s_out[0], z + hz)
+    z0, z1 = _window(z, hz, s_out[0])
     f = s_out[0] / s_in[0]
     iz0, iz1 = int(math.floor(z0 / f)), max(int(math.floor(z0 / f)) + 1, int(math.ceil(z1 / f)))
     crops = {  # (crop, voxel size, first z index)

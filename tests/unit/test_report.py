@@ -555,3 +555,8 @@ def test_detail_of_an_output_resampled_along_z_only_is_an_axial_crop(monkeypatch
     report.figure_detail(raw=raw, interp=np.repeat(np.repeat(raw, 2, 1), 2, 2), restored=np.repeat(
         np.repeat(raw, 2, 1), 2, 2), voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(1.0, 0.25, 0.25))
     assert len(called) == 1  # lateral upsampling keeps the XY detail
+
+
+def test_detail_crop_at_the_edge_keeps_its_full_size():
+    assert report._window(0, 8, 64) == (0, 16) and report._window(63, 8, 64) == (48, 64)
+    assert report._window(30, 8, 64) == (22, 38) and report._window(3, 8, 10) == (0, 10)

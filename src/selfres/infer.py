@@ -998,10 +998,16 @@ def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int
     y = torch.from_numpy(y)[None, None]
     crop = (slice(None), slice(None)) + tuple(slice(r * f, n + r * f) for n, r, f in zip(y.shape[2:], reach, factors))
     t0 = time.monotonic()
+    say = log.debug if quiet else log.info
+    # a minute or more on a large volume, with no tile to count: say it started, and each step
+    say("back-projection over the whole volume %s: %d iteration(s), no tiles are written until it ends",
+        list(y.shape[2:]), bp.iterations)
     with torch.inference_mode():
         noise_variance = bp.noise_variance(x)
-        for _ in range(bp.iterations):
+        for i in range(bp.iterations):
             y = bp.step(x, mirror_pad(y, [r * f for r, f in zip(reach, factors)], edge=True), noise_variance)[crop]
+            if bp.iterations > 1:
+                say("back-projection iteration %d/%d done (%.1f s)", i + 1, bp.iterations, time.monotonic() - t0)
     (log.debug if quiet else log.info)("back-projection (%d iterations) over the whole volume %s: %.1f s",
                                        bp.iterations, list(y.shape[2:]), time.monotonic() - t0)
     return np.ascontiguousarray(y[0, 0].numpy())
@@ -1350,6 +1356,7 @@ def infer_to_store(
     memory_fraction: float = 0.5,
     origin: Sequence[float] | None = None,
     unit: str | None = "micrometer",
+    reuse_finished: bool = False,
 ) -> dict:
     """Resumable, scatterable whole-FOV inference into the OME-Zarr store ``final``.
 
@@ -1365,7 +1372,11 @@ def infer_to_store(
         is reused only when it matches.
     attrs, contrast_limits
         Metadata written at gather (``attrs`` gains ``infer_seconds``, ``tiles``,
-        ``mvoxel_per_s``).
+        ``mvoxel_per_s`` and the job's ``fingerprint``).
+    reuse_finished
+        Keep ``final`` when it is a finished store of this same job (every step then only
+        reports it): for an output the workflow does not declare, which a rerun therefore
+        finds in place (the model output kept beside the interpolation).
     Other parameters
         As for :func:`restore_to_store` and :func:`store_layout`.
 
@@ -1396,7 +1407,7 @@ def infer_to_store(
         create=lambda p: io.create_ome_zarr(p, shape=shape, dtype=dtype, voxel_size=voxel_size, chunks=ch,
                                             shards=sh, ngff_version=ngff_version),
         compute=compute, voxel_size=voxel_size, ngff_version=ngff_version, attrs=attrs,
-        contrast_limits=contrast_limits, origin=origin, unit=unit,
+        contrast_limits=contrast_limits, origin=origin, unit=unit, reuse_finished=reuse_finished,
         compute_kind=compute_label(device, amp=amp and not getattr(model, "computes_in_float32", False)))
 
 
@@ -1418,12 +1429,13 @@ def scattered_store(
     origin: Sequence[float] | None = None,
     compute_kind: str | None = None,
     unit: str | None = "micrometer",
+    reuse_finished: bool = False,
 ) -> dict:
     """The prepare / block / gather protocol over a :class:`PartialStore`, for any tiling.
 
     Parameters
     ----------
-    step, block, blocks, fingerprint
+    step, block, blocks, fingerprint, reuse_finished
         As for :func:`infer_to_store`.
     n_tiles, region_of
         The number of tiles and the output slices of tile ``i`` (for verification).
@@ -1446,6 +1458,11 @@ def scattered_store(
 
     if step not in ("all", "prepare", "block", "gather"):
         raise ValueError(f"step must be one of all, prepare, block, gather; got {step!r}")
+    if reuse_finished and finished_store_matches(final, fingerprint):
+        secs = float(io.read_ome_zarr(final, lazy=True).attrs.get("infer_seconds") or 0.0)
+        log.info("%s is finished and was made by this same job: kept", final)
+        return {"tiles": n_tiles, "computed": 0, "seconds": secs if step in ("all", "gather") else 0.0,
+                "mvoxel_per_s": float("nan"), "resumed": n_tiles}
     store = PartialStore(final)
     out: dict = {"tiles": n_tiles, "computed": 0, "seconds": 0.0, "mvoxel_per_s": float("nan"), "resumed": 0}
     if step in ("all", "prepare"):
@@ -1503,11 +1520,26 @@ def scattered_store(
                              contrast_limits=contrast_limits, name=Path(final).name.split(".")[0],
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
                                                         "mvoxel_per_s": rate, "blocks": blocks, "compute": kinds,
-                                                        "tiles_ran_on": [ran_on[k] for k in sorted(ran_on)]})
+                                                        "tiles_ran_on": [ran_on[k] for k in sorted(ran_on)],
+                                                        "fingerprint": _json_roundtrip(fingerprint)})
         store.commit()
         if step == "gather":
             out.update(seconds=secs, mvoxel_per_s=rate)
     return out
+
+
+def finished_store_matches(final: str | Path, fingerprint: dict) -> bool:
+    """Whether ``final`` is a finished store (moved into place by :func:`scattered_store`)
+    made for ``fingerprint``: the same job, whose output need not be computed again."""
+    from . import io
+
+    if not Path(final).exists():
+        return False
+    try:
+        attrs = io.read_ome_zarr(final, lazy=True).attrs
+    except Exception:  # noqa: BLE001 - damaged or not a store: not finished
+        return False
+    return attrs.get("fingerprint") == _json_roundtrip(fingerprint)
 
 
 def _open_level0(path: Path, ngff_version: str):

@@ -1168,7 +1168,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
         y0, y1, x0, x1 = grid[i]
         return (slice(None), slice(y0, y1), slice(x0, x1))
 
-    def write_one(net, path, kind) -> dict:
+    def write_one(net, path, kind, reuse_finished=False) -> dict:
         def compute(dest, tiles, done, record):
             todo = [i for i in tiles if i not in done]
             t0 = time.monotonic()
@@ -1190,7 +1190,8 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             contrast_limits=(params.low, params.high), origin=grid_origin(vs_in, vs_out, vol.origin),
             attrs={"sample": sample, "content": kind, "factor": factor, "normalisation": params.to_dict(),
                    "fusion": fusion, "ran_on": models.ran_on(device)},
-            compute_kind=models.compute_label(device, amp=settings.amp and net is not None))  # z-cubic: float32
+            compute_kind=models.compute_label(device, amp=settings.amp and net is not None),  # z-cubic: float32
+            reuse_finished=reuse_finished)
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s", kind, step, path, stats["computed"], stats["tiles"],
                  stats["seconds"])
         return stats
@@ -1201,7 +1202,8 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             log.warning("sample %s: the model did not beat z-cubic interpolation on held-out lateral slices; "
                         "%s holds z-cubic, the model output is kept in %s", sample, Path(output).name,
                         model_output_path(output).name)
-        runs.append(write_one(model, model_output_path(output), "model"))
+        # kept when finished by this same job (see selfres.pipeline.stage_infer)
+        runs.append(write_one(model, model_output_path(output), "model", reuse_finished=True))
         runs.append(write_one(None, output, "interpolation"))
     else:
         runs.append(write_one(model, output, "model"))

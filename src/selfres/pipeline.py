@@ -8,6 +8,7 @@ stage never leaves an output that looks complete.
 from __future__ import annotations
 
 import functools
+import math
 import json
 import logging
 import os
@@ -602,7 +603,8 @@ def stage_infer(
     ``"prepare"`` creates (or keeps, when it matches) the partial store next to
     ``output``; ``"block"`` writes block ``block`` of ``settings.blocks``; ``"gather"``
     verifies every tile, builds the pyramid and moves the store into place. ``"all"``
-    does the three in one process. A killed run resumes from the tiles it recorded.
+    does the three in one process. A killed run resumes from the tiles it recorded (on a
+    CPU's whole-volume back-projection path, recorded only once the whole volume is computed).
     """
     settings = settings or InferSettings()
     set_threads(threads)
@@ -638,7 +640,7 @@ def stage_infer(
 
     runs: list[dict] = []
 
-    def write_one(net, path, kind):
+    def write_one(net, path, kind, reuse_finished=False):
         net = prepare_model(net, dev)
         stats = infer_to_store(
             net, source, path, step=step, block=block, blocks=settings.blocks, factors=factors,
@@ -649,10 +651,10 @@ def stage_infer(
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict(),
                    "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
-            memory_fraction=settings.gpu_memory_fraction, origin=origin,
+            memory_fraction=settings.gpu_memory_fraction, origin=origin, reuse_finished=reuse_finished,
         )
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%s Mvoxel/s)", kind, step, path,
-                 stats["computed"], stats["tiles"], stats["seconds"], stats["mvoxel_per_s"])
+                 stats["computed"], stats["tiles"], stats["seconds"], _rate_text(stats["mvoxel_per_s"]))
         runs.append(stats)
         return stats["seconds"]
 
@@ -676,7 +678,9 @@ def stage_infer(
         model_path = model_output_path(output)
         log.warning("sample %s: the model did not beat tricubic on the held-out region; %s holds tricubic "
                     "interpolation, the model output is kept in %s", sample, Path(output).name, model_path.name)
-        secs = write_one(model_out, model_path, "model")
+        # kept when finished by this same job (a run killed while writing the interpolation after it):
+        # Snakemake removes the rule's declared output before a rerun, not this one
+        secs = write_one(model_out, model_path, "model", reuse_finished=True)
         secs += write_one(CubicUpsampler(factors), output, "interpolation")
     else:
         secs = write_one(model_out, output, "model")
@@ -685,6 +689,15 @@ def stage_infer(
     return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model",
             "tiles": runs[-1]["tiles"], "computed": sum(r["computed"] for r in runs),
             "resumed": sum(r["resumed"] for r in runs)}
+
+
+def _rate_text(mvoxel_per_s) -> str:
+    """Throughput for the log: three significant digits, or "–" when nothing was computed."""
+    try:
+        rate = float(mvoxel_per_s)
+    except (TypeError, ValueError):
+        return "–"
+    return f"{rate:.3g}" if math.isfinite(rate) else "–"
 
 
 def grid_origin(vs_in, vs_out, origin_in=None) -> tuple[float, ...] | None:
@@ -994,7 +1007,7 @@ def stage_qc(
         "voxel_size_in": list(vs_in) if vs_in else None,
         "voxel_size_out": list(vs_out) if vs_out else None,
         "train_seconds": meta.get("train_seconds"),
-        "infer_seconds": restored_attrs.get("infer_seconds"),
+        "infer_seconds": _infer_seconds(restored, restored_attrs),
         "self_validation": {k: sv.get(k) for k in ("psnr_model", "psnr_interp", "ssim_model", "ssim_interp")},
         "resolution_um": res,
         "isotropy_in": iso_in,
@@ -1031,6 +1044,20 @@ def stage_qc(
     write_json(metrics_json, m)
     log.info("metrics: self-validation %s; flags %s", m["self_validation"], m["flags"])
     return m
+
+
+def _infer_seconds(restored, restored_attrs: dict) -> float | None:
+    """The inference time of a sample: its restored store's, plus that of the model output
+    kept beside it when the guard put the interpolation in ``restored`` (alone, the summary
+    gave a fallen-back sample's 10 s of interpolation for a 230 s job)."""
+    secs = restored_attrs.get("infer_seconds")
+    if restored_attrs.get("content") != "interpolation" or not model_output_path(restored).exists():
+        return secs
+    try:
+        extra = io.read_ome_zarr(model_output_path(restored), lazy=True).attrs.get("infer_seconds")
+    except InputError:
+        return secs
+    return None if secs is None and extra is None else float(secs or 0.0) + float(extra or 0.0)
 
 
 def interpolation_of(raw_norm: np.ndarray, meta: dict, mode: str) -> np.ndarray:

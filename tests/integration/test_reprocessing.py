@@ -115,6 +115,15 @@ def test_params_trigger_alone_finds_the_change(wd):
     assert _jobs(wd, "--rerun-triggers", "params") == _from("train", "a")
 
 
+@pytest.mark.parametrize("missing, stage", [("model", "train"), ("normalized.ome.zarr", "normalise")])
+def test_a_missing_intermediate_reruns_its_step_and_everything_after(wd, missing, stage):
+    """A retrain killed after Snakemake removed model/ (or an intermediate deleted to save
+    disk) left restored.ome.zarr and the report in place, and the next run said "Nothing to
+    be done": the sample's outputs no longer came from any model on disk."""
+    shutil.rmtree(wd / "results" / "a" / missing)
+    assert _jobs(wd) == _from(stage, "a")
+
+
 def test_forcerun_reruns_a_stage_for_one_sample(wd):
     jobs = _jobs(wd, "--forcerun", "results/b/qc/metrics.json")
     assert jobs == _from("qc", "b")

@@ -300,6 +300,30 @@ def test_scattered_blocks_equal_one_run_and_store_appears_atomically(tmp_path, n
     assert not (tmp_path / ".many.ome.zarr.progress").exists()
 
 
+def test_a_finished_store_of_the_same_job_is_kept_when_asked(tmp_path):
+    """The model output kept beside a fallen-back sample's interpolation is not a declared
+    output, so a rerun killed after it found it in place and recomputed it (74 s of network
+    work for 3 interpolation tiles): with reuse_finished a store of the same job is kept."""
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 20, 24))
+    out = tmp_path / "restored_model.ome.zarr"
+    first = _job(tmp_path, model, vol, out)
+    assert first["computed"] == first["tiles"]
+    before = np.asarray(io.read_ome_zarr(out).data)
+    dead = _DiesAfter(model, 0)  # any network call fails: nothing may be computed
+    for step in ("all", "prepare", "block", "gather"):
+        kept = _job(tmp_path, dead, vol, out, step=step, reuse_finished=True)
+        assert kept["computed"] == 0 and kept["resumed"] == kept["tiles"]
+    np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(out).data), before)
+    from selfres.infer import infer_to_store
+
+    with pytest.raises(_Killed):  # another job (fingerprint) is computed again, and so is any job without reuse
+        infer_to_store(dead, vol, out, factors=(1, 2, 2), tile_size=(3, 8, 8), dtype="float32",
+                       voxel_size=(1.0, 0.5, 0.5), fingerprint={"model": "m2"}, reuse_finished=True)
+    with pytest.raises(_Killed):
+        _job(tmp_path, dead, vol, out)
+
+
 class _Killed(Exception):
     pass
 

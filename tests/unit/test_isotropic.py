@@ -396,6 +396,14 @@ def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
     pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=InferSettings(), device="cpu")
     assert io.read_ome_zarr(out).attrs["content"] == "interpolation"
     assert io.read_ome_zarr(tmp_path / "restored_model.ome.zarr").data.shape == (24, 40, 40)
+    # the sample's inference time counts both stores (alone, the interpolation's few seconds)
+    both = [io.read_ome_zarr(p).attrs["infer_seconds"] for p in (out, tmp_path / "restored_model.ome.zarr")]
+    assert pipeline._infer_seconds(out, io.read_ome_zarr(out).attrs) == pytest.approx(sum(both))
+    # a rerun (a job killed while writing the interpolation) keeps the finished model output
+    kept_at = (tmp_path / "restored_model.ome.zarr" / "zarr.json", tmp_path / "restored_model.ome.zarr" / ".zattrs")
+    stamp = [p.stat().st_mtime_ns for p in kept_at if p.exists()]
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=InferSettings(), device="cpu")
+    assert [p.stat().st_mtime_ns for p in kept_at if p.exists()] == stamp and stamp
     # re-run asking for the model output anyway: the older restored_model.ome.zarr is removed
     pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1",
                          settings=InferSettings(on_worse_than_interpolation="model"), device="cpu")

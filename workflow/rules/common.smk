@@ -407,8 +407,12 @@ def results_dir_of(wildcards, output):
 
 
 def all_outputs():
+    # the intermediates too: Snakemake reruns nothing for a missing intermediate whose
+    # downstream outputs are present (a retrain killed after its model/ was removed said
+    # "Nothing to be done"); requested, it is remade and everything after it reruns
     per_sample = expand(
-        [f"{R}/{{sample}}/restored.ome.zarr", f"{R}/{{sample}}/qc/metrics.json",
+        [f"{R}/{{sample}}/normalized.ome.zarr", f"{R}/{{sample}}/train_fov.json", f"{R}/{{sample}}/model",
+         f"{R}/{{sample}}/restored.ome.zarr", f"{R}/{{sample}}/qc/metrics.json",
          f"{R}/{{sample}}/report.html", f"{R}/{{sample}}/provenance.json"],
         sample=SAMPLE_IDS,
     )

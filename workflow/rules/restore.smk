@@ -85,7 +85,8 @@ rule adopt:
 
 
 # infer.blocks = 1: one job. A killed job resumes from the tiles it recorded in
-# .restored.ome.zarr.partial (same model and settings); the store appears atomically.
+# .restored.ome.zarr.partial (same model and settings; on a CPU's whole-volume back-projection
+# path tiles are recorded only at the end); the store appears atomically.
 rule infer:
     input:
         normalized=rules.normalise.output,

@@ -409,12 +409,29 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     except OSError as exc:
         if getattr(exc, "errno", None) == errno.ENOSPC:
-            print(f"ERROR: {prefix}no space left on device while writing {exc.filename or ''}".rstrip(),
-                  file=sys.stderr)
+            print(f"ERROR: {prefix}{_no_space_message(exc, args)}", file=sys.stderr)
             return 4
         return _unexpected(exc, args, prefix)
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: still one line for the summary
         return _unexpected(exc, args, prefix)
+
+
+def _no_space_message(exc: OSError, args) -> str:
+    """'no space left on device while writing PATH (N GB free on that file system)': the file
+    the error names, else the command's output (zarr's writes name none)."""
+    import shutil
+
+    target = exc.filename or getattr(args, "output", None) or ""
+    text = f"no space left on device while writing {target}".rstrip()
+    probe = Path(target) if target else None
+    while probe is not None and not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe is not None:
+        try:
+            text += f" ({shutil.disk_usage(probe).free / 1e9:.2g} GB free on that file system)"
+        except OSError:
+            pass
+    return text
 
 
 def _unexpected(exc: BaseException, args, prefix: str) -> int:

@@ -736,10 +736,15 @@ def train_enhance(
             running, n_running = 0.0, 0
             rate = step / max(el, 1e-9)
             eta = (settings.steps - step) / rate if rate > 0 else float("nan")
+            # the kept checkpoint is the best by the smaller of the held-out and coarse-scale gains:
+            # a better held-out figure whose coarse-scale gain fell is not kept, and the log says why
+            scale_checked = math.isfinite(last["coarse_gain"])
             log.info(
-                "step %d/%d loss %.5f held-out %.2f dB (tricubic %.2f, best %.2f @ %d) lr %.2e elapsed %.0fs ETA %.0fs",
-                step, settings.steps, sel.rows[-1]["loss"], val, val_interp, sel.best_psnr, sel.best_step, lr, el,
-                min(eta, settings.max_minutes * 60 - el),
+                "step %d/%d loss %.5f held-out %.2f dB (tricubic %.2f%s) kept %.2f @ %d%s lr %.2e elapsed %.0fs "
+                "ETA %.0fs", step, settings.steps, sel.rows[-1]["loss"], val, val_interp,
+                f", coarse-scale gain {last['coarse_gain']:+.2f} dB" if scale_checked else "", sel.best_psnr, sel.best_step,
+                " (by the smaller of the held-out and coarse-scale gains)" if scale_checked else "",
+                lr, el, min(eta, settings.max_minutes * 60 - el),
             )
             if ckpt_path is not None:
                 save_checkpoint(ckpt_path, {

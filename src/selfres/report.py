@@ -826,16 +826,21 @@ def figure_detail(
         "interpolation": (np.asarray(interp[z, y, x0:x1], dtype=np.float32), vout[2], x0),
         "restored": (np.asarray(restored[z, y, x0:x1], dtype=np.float32), vout[2], x0),
     }
-    for name, (prof, vx, o) in profiles.items():
-        pos = (o + np.arange(prof.size) + 0.5) * vx
-        ax.plot(pos, prof, marker="." if name == "raw" else None, ms=4,
+    _profile_panel(ax, profiles, colors, xlabel=f"x ({unit})", title=f"line profile at z={z}, y={y} (output voxels)")
+    return _fig_to_png(fig)
+
+
+def _profile_panel(ax, profiles: Mapping[str, tuple], colors: Mapping[str, str], *, xlabel: str, title: str) -> None:
+    """The detail figure's profile plot: ``{name: (values, voxel size, first index)}``, each at
+    its voxels' centres (µm); the raw samples as dots."""
+    for name, (prof, voxel, first) in profiles.items():
+        ax.plot((first + np.arange(prof.size) + 0.5) * voxel, prof, marker="." if name == "raw" else None, ms=4,
                 color=colors[name], label=name, lw=1.2)
-    ax.set_xlabel(f"x ({unit})", fontsize=8)
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("intensity", fontsize=8)
-    ax.set_title(f"line profile at z={z}, y={y} (output voxels)", fontsize=9)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
-    return _fig_to_png(fig)
 
 
 def _window(centre: int, half: int, n: int) -> tuple[int, int]:
@@ -879,15 +884,8 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
         ax.set_ylabel(f"z ({unit})", fontsize=7)
         ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[0, 3])
-    for name, (crop, vs, oz) in crops.items():
-        prof = crop[:, x - x0]
-        ax.plot((oz + np.arange(prof.size) + 0.5) * vs[0], prof, marker="." if name == "raw" else None, ms=5,
-                color=colors[name], label=name, lw=1.2)
-    ax.set_xlabel(f"z ({unit})", fontsize=8)
-    ax.set_ylabel("intensity", fontsize=8)
-    ax.set_title(f"axial profile at y={y}, x={x} (dots: acquired slices)", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.tick_params(labelsize=7)
+    _profile_panel(ax, {name: (crop[:, x - x0], vs[0], oz) for name, (crop, vs, oz) in crops.items()}, colors,
+                   xlabel=f"z ({unit})", title=f"axial profile at y={y}, x={x} (dots: acquired slices)")
     return _fig_to_png(fig)
 
 

@@ -400,7 +400,10 @@ def main(argv: list[str] | None = None) -> int:
             text = prefix + text
         print("ERROR: " + " ".join(text.split("\n")), file=sys.stderr)  # one line: the summary reads it
         return 2
-    except BrokenPipeError:  # `selfres inspect … | head`: the reader stopped reading; nothing to report
+    except BrokenPipeError as exc:
+        if args.command not in ("inspect", "psf-sigma"):  # a stage's own pipes: an error like any other
+            return _unexpected(exc, args, prefix)
+        # `selfres inspect … | head`: the reader stopped reading; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 1
     except MemoryError as exc:

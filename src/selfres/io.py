@@ -96,10 +96,10 @@ class Volume:
     attrs
         Extra attributes: for OME-Zarr the custom ``"selfres"`` attributes, for a
         plain Zarr array its attributes, for TIFF an empty dict.
-    origin
-        ``(z, y, x)`` position of voxel 0's centre (an OME-Zarr's translation, in the unit
-        of :attr:`voxel_size`, or in voxel steps when that is unknown); ``None`` when the
-        file gives none (at 0).
+    origin_voxels
+        ``(z, y, x)`` position of voxel 0's centre in voxel steps (an OME-Zarr's translation
+        divided by its scale: the same whatever the unit, and whether or not the voxel size is
+        known or overridden by the sheet); ``None`` when the file gives none (at 0).
     """
 
     data: Any
@@ -107,7 +107,7 @@ class Volume:
     source_dtype: np.dtype
     path: str
     attrs: dict = field(default_factory=dict)
-    origin: tuple[float, float, float] | None = None
+    origin_voxels: tuple[float, float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -688,8 +688,8 @@ def _level_scale(ms: Mapping, level: int, ndim: int) -> list[float] | None:
 
 
 def _ome_zarr_level(path: str, group, level: int):
-    """Return (zarr array, axes letters, voxel size, origin) of one OME-Zarr level (origin:
-    see :attr:`Volume.origin`)."""
+    """Return (zarr array, axes letters, voxel size, origin) of one OME-Zarr level (origin in
+    voxel steps: see :attr:`Volume.origin_voxels`)."""
     ms = _multiscale(path, group)
     datasets = ms.get("datasets") or []
     if not isinstance(level, (int, np.integer)) or not 0 <= level < len(datasets):
@@ -728,9 +728,10 @@ def _ome_zarr_level(path: str, group, level: int):
             else:
                 fac = _unit_factor(unit)
             sizes[ax] = scale[i] * fac if fac is not None else None
-        # in the voxel size's unit (µm), or as written where that is unknown (voxel steps)
+        # in voxel steps: translation / scale (no unit involved; a zero scale places nothing)
         shift = translation[i] if translation is not None and i is not None else 0.0
-        origin.append(shift * sizes[ax] / scale[i] if sizes[ax] is not None else shift)
+        step = scale[i] if scale is not None and i is not None else 1.0
+        origin.append(shift / step if step else 0.0)
     nz = arr.shape[letters.index("Z")] if "Z" in letters else 1
     vox = _make_voxel(sizes["Z"], sizes["Y"], sizes["X"], int(nz))
     return arr, letters, vox, (tuple(origin) if any(origin) else None)
@@ -774,7 +775,7 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
     data, dtype = _finish(path, data, lazy=lazy, cast=cast)
     if vox is not None and (not known or attrs.get("voxel_size_known") is False):
         vox = None  # selfres's own store of an input without a voxel size: scaled in its voxels
-    return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs=attrs, origin=origin)
+    return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs=attrs, origin_voxels=origin)
 
 
 # --------------------------------------------------------------------------- #
@@ -1242,9 +1243,9 @@ def _window(sample: np.ndarray, dtype, contrast_limits) -> dict[str, float]:
 
 
 def _subsample_view(arr: da.Array) -> da.Array:
-    n = int(np.prod(arr.shape))
-    step = max(1, int(math.ceil((n / _SUBSAMPLE_VOXELS) ** (1.0 / 3.0))))
-    return arr[:: min(step, arr.shape[0]) or 1, ::step, ::step]
+    from .normalise import sample_strides
+
+    return arr[tuple(slice(None, None, s) for s in sample_strides(arr.shape, _SUBSAMPLE_VOXELS))]
 
 
 def _json_safe(obj):

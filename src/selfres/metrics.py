@@ -489,22 +489,31 @@ UNDERSHOOT_DEPTH = 0.05
 
 
 def undershoot(output: np.ndarray, interpolation: np.ndarray, *, floor: float,
-               depth: float = UNDERSHOOT_DEPTH) -> dict:
+               depth: float = UNDERSHOOT_DEPTH, lowest: float | None = None) -> dict:
     """Shares of ``output`` and ``interpolation`` voxels (normalised units) below ``floor``
     (the darkest input voxel) by more than ``depth``: values no acquisition held, the dark
     halos (ringing) a sharpening restoration leaves next to bright objects.
 
+    ``lowest``: the lowest value the output could be written as (an integer dtype's minimum,
+    normalised), at which the interpolation is clipped too; when the threshold is not above
+    it (e.g. unsigned data whose darkest voxel is 0), no undershoot can be seen:
+    ``detectable`` is False.
+
     Returns
     -------
     dict
-        ``output``, ``interpolation`` (shares, 0..1), ``below`` (the threshold) and
-        ``output_min`` (the output's darkest voxel), normalised units.
+        ``output``, ``interpolation`` (shares, 0..1), ``below`` (the threshold),
+        ``output_min`` (the output's darkest voxel), normalised units, and ``detectable``.
     """
     below = float(floor) - float(depth)
     out = np.asarray(output, dtype=np.float32)
+    interp = np.asarray(interpolation, dtype=np.float32)
+    if lowest is not None:
+        interp = np.maximum(interp, np.float32(lowest))
     return {"output": float(np.mean(out < below)) if out.size else 0.0,
-            "interpolation": float(np.mean(np.asarray(interpolation) < below)) if np.size(interpolation) else 0.0,
-            "below": below, "output_min": float(out.min()) if out.size else None}
+            "interpolation": float(np.mean(interp < below)) if interp.size else 0.0,
+            "below": below, "output_min": float(out.min()) if out.size else None,
+            "detectable": lowest is None or below > float(lowest)}
 
 
 def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_000,
@@ -540,13 +549,15 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
     """
     if raw.ndim != restored.ndim:
         raise ValueError(f"input and output must have the same number of axes; received {raw.shape} and {restored.shape}")
-    stride = max(1, int(math.ceil((raw.size / max(1, int(max_samples))) ** (1.0 / raw.ndim))))
+    from .normalise import sample_strides
+
+    strides = sample_strides(raw.shape, max(1, int(max_samples)))  # every plane of a stack of few large ones
     index_in, index_out = [], []
-    for n_in, n_out in zip(raw.shape, restored.shape):
+    for n_in, n_out, stride in zip(raw.shape, restored.shape, strides):
         j = np.arange(0, n_in, stride)
         index_in.append(j)
         index_out.append(np.clip(np.round((j + 0.5) * (n_out / n_in) - 0.5).astype(int), 0, n_out - 1))
-    a = np.asarray(raw[(slice(None, None, stride),) * raw.ndim], dtype=np.float64)  # = index_in (numpy or lazy)
+    a = np.asarray(raw[tuple(slice(None, None, s) for s in strides)], dtype=np.float64)  # = index_in (numpy or lazy)
     b = np.empty(a.shape, dtype=np.float64)
     nonfinite = 0
     block_voxels = block_voxels or READ_BLOCK_VOXELS

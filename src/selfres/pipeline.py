@@ -219,11 +219,9 @@ def stage_normalise(
         "raw_range": [vmin, vmax],
     }
     # an unknown voxel size is written as such (scale in voxels, no unit), never as an invented 1 µm
-    # an OME-Zarr's translation carries on (a crop or a tile of a mosaic stays in place); one in
-    # voxel steps (no voxel size in the file) is turned into µm with the sheet's voxel size
-    origin = vol.origin
-    if origin is not None and vs is not None and vol.voxel_size is None:
-        origin = tuple(o * v for o, v in zip(origin, vs))
+    # an OME-Zarr's translation carries on (a crop or a tile of a mosaic stays in place), in
+    # voxel steps times the voxel size used (the sheet's when it gives one), or in voxel steps
+    origin = at_voxel_size(vol.origin_voxels, vs)
     io.write_ome_zarr(output, norm, voxel_size=vs, ngff_version=ngff_version, origin=origin,
                       contrast_limits=(0.0, 1.0), attrs=attrs | {"voxel_size_known": vs is not None})
     log.info("normalised %s: shape %s, %s → [0,1] from percentiles %s (%s)", input_path, data.shape,
@@ -515,6 +513,11 @@ def stage_adopt(
                               f"{tuple(meta.get('factors') or ())}, this sample asks for scale {factors}: give both "
                               "the same scale")
         _check_enhance_input(vol.data.shape, factors, sample, normalized)
+        from . import models
+
+        # as load_trained will read the adopted model: rotated only if both samples allow it
+        model.lateral_rotations = (getattr(model, "lateral_rotations", True)
+                                   and models.lateral_rotations(factors, _voxel_size_of(vol)))
         new_meta = adopt_enhance(
             model.to(dev), meta, np.asarray(vol.data[box_slices(fov.train)]),
             np.asarray(vol.data[box_slices(fov.holdout)]), sample=sample, voxel_size=_voxel_size_of(vol),
@@ -636,7 +639,7 @@ def stage_infer(
     # unknown: the output is scaled in input voxels with no unit (and says so), so that it
     # still overlays its input in a viewer, rather than invent micrometres
     vs_grid = tuple(v / f for v, f in zip(vs_in or (1.0, 1.0, 1.0), factors))
-    origin = grid_origin(vs_in or (1.0, 1.0, 1.0), vs_grid, vol.origin)
+    origin = grid_origin(vs_in or (1.0, 1.0, 1.0), vs_grid, at_voxel_size(vol.origin_voxels, vs_in))
 
     runs: list[dict] = []
 
@@ -698,6 +701,14 @@ def _rate_text(mvoxel_per_s) -> str:
     except (TypeError, ValueError):
         return "–"
     return f"{rate:.3g}" if math.isfinite(rate) else "–"
+
+
+def at_voxel_size(origin_voxels, voxel_size) -> tuple[float, ...] | None:
+    """A position in voxel steps (:attr:`selfres.io.Volume.origin_voxels`) in the unit of
+    ``voxel_size`` (µm), or still in voxel steps when the voxel size is unknown."""
+    if origin_voxels is None:
+        return None
+    return tuple(float(o) * float(v) for o, v in zip(origin_voxels, voxel_size or (1.0, 1.0, 1.0)))
 
 
 def grid_origin(vs_in, vs_out, origin_in=None) -> tuple[float, ...] | None:
@@ -935,8 +946,12 @@ def stage_qc(
                                      round(x0 * ratio[2]):round(x1 * ratio[2])])
     interp_w = interpolation_of(raw_w, meta, mode)
     raw_min = (vol.attrs.get("raw_range") or [None])[0]
+    out_dtype = np.dtype(out.source_dtype)  # an integer output is clipped at its dtype's lowest value
+    lowest = ((float(np.iinfo(out_dtype).min) - params.low) / params.span
+              if np.issubdtype(out_dtype, np.integer) else None)
     agreement["undershoot"] = metrics.undershoot(
-        out_w, interp_w, floor=float(raw_w.min()) if raw_min is None else (float(raw_min) - params.low) / params.span)
+        out_w, interp_w, floor=float(raw_w.min()) if raw_min is None else (float(raw_min) - params.low) / params.span,
+        lowest=lowest)
     if (agreement["undershoot"]["output"] > UNDERSHOOT_SHARE
             and agreement["undershoot"]["output"] > 2 * agreement["undershoot"]["interpolation"]):
         flags.append("restored_undershoots")

@@ -88,6 +88,17 @@ _SCHEMA_TYPES = {"integer": lambda v: isinstance(v, int) and not isinstance(v, b
                  "array": lambda v: isinstance(v, list), "object": lambda v: isinstance(v, dict)}
 
 
+def _number(text: str) -> int | float | None:
+    """``'70'`` → 70, ``'1e-4'`` → 0.0001 (YAML 1.1 reads that as a string), ``'010'`` → 10
+    (not octal); None when the text is no number."""
+    for kind in (int, float):
+        try:
+            return kind(text.strip())
+        except ValueError:
+            pass
+    return None
+
+
 def coerce_command_line_strings(config: dict, *, schema: str | os.PathLike | Mapping) -> dict:
     """Turn strings the schema does not take as strings into the values they write, in place.
 
@@ -114,12 +125,16 @@ def coerce_command_line_strings(config: dict, *, schema: str | os.PathLike | Map
             return value
         types = sch.get("type")
         types = [types] if isinstance(types, str) else list(types or [])
+        if "null" in types and value.strip() in ("null", "~", "None", ""):
+            return None
         if not types or "string" in types:
             return value
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            return value
+        parsed = _number(value) if {"integer", "number"} & set(types) else None
+        if parsed is None:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
         if isinstance(parsed, (dict, list)):
             parsed = coerce(parsed, sch)
         return parsed if any(_SCHEMA_TYPES.get(t, lambda v: False)(parsed) for t in types) else value

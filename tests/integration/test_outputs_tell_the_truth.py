@@ -86,10 +86,16 @@ def test_an_ome_zarr_input_s_position_carries_to_the_output(tmp_path):
     keep = tmp_path / "work"
     pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), settings=parse_settings(FAST), device="cpu",
                      keep=keep, sample="tile")
-    assert io.read_ome_zarr(keep / "normalized.ome.zarr").origin == pytest.approx((10.0, 200.0, 300.0))
+    assert io.read_ome_zarr(keep / "normalized.ome.zarr").origin_voxels == pytest.approx((10.0, 400.0, 600.0))
+    # the sheet's voxel size (here twice the file's) places the tile in its own µm: same voxels
+    pipeline.stage_normalise(src, tmp_path / "n2.ome.zarr", sample="tile", voxel_size=(2.0, 1.0, 1.0))
+    n2 = io.read_ome_zarr(tmp_path / "n2.ome.zarr")
+    assert n2.origin_voxels == pytest.approx((10.0, 400.0, 600.0))
+    assert pipeline.at_voxel_size(n2.origin_voxels, n2.voxel_size) == pytest.approx((20.0, 400.0, 600.0))
     restored = io.read_ome_zarr(out)
     assert restored.voxel_size == pytest.approx((1.0, 0.25, 0.25))
-    assert restored.origin == pytest.approx((10.0, 199.875, 299.875))
+    assert pipeline.at_voxel_size(restored.origin_voxels, restored.voxel_size) == pytest.approx(
+        (10.0, 199.875, 299.875))
 
 
 def test_qc_writes_the_interpolation_s_axial_spectrum_beside_input_and_output(tmp_path):

@@ -315,11 +315,18 @@ def test_ome_zarr_translation_is_read_as_the_origin_in_micrometres(tmp_path):
                                       {"type": "translation", "translation": [0.0, 0.0, 500.0]}]}]
     vol = io.read_volume(tmp_path / "t.zarr")
     assert vol.voxel_size == pytest.approx((1.0, 0.1, 0.1))
-    assert vol.origin == pytest.approx((2.0, 2.0, 3.5))
-    io.write_ome_zarr(tmp_path / "w.ome.zarr", _vol(), voxel_size=(1.0, 0.1, 0.1), origin=vol.origin)
-    assert io.read_ome_zarr(tmp_path / "w.ome.zarr").origin == pytest.approx((2.0, 2.0, 3.5))
+    assert vol.origin_voxels == pytest.approx((2.0, 20.0, 35.0))  # (2, 2, 3.5) µm in voxels of (1, 0.1, 0.1)
+    io.write_ome_zarr(tmp_path / "w.ome.zarr", _vol(), voxel_size=(1.0, 0.1, 0.1), origin=(2.0, 2.0, 3.5))
+    assert io.read_ome_zarr(tmp_path / "w.ome.zarr").origin_voxels == pytest.approx((2.0, 20.0, 35.0))
     io.write_ome_zarr(tmp_path / "0.ome.zarr", _vol(), voxel_size=(1.0, 0.1, 0.1))
-    assert io.read_ome_zarr(tmp_path / "0.ome.zarr").origin is None
+    assert io.read_ome_zarr(tmp_path / "0.ome.zarr").origin_voxels is None
+    # a unit that is no length, and a zero scale, read as voxel steps (no error, no unit mixed in)
+    ms = g.attrs["multiscales"]
+    ms[0]["axes"] = [{"name": n, "type": "space", "unit": "pixel"} for n in "zyx"]
+    ms[0]["datasets"][0]["coordinateTransformations"][0]["scale"] = [2000.0, 0.0, 500.0]
+    del ms[0]["coordinateTransformations"]
+    g.attrs["multiscales"] = ms
+    assert io.read_volume(tmp_path / "t.zarr").origin_voxels == pytest.approx((0.5, 0.0, 6.0))
 
 
 def test_ome_zarr_czyx_channel(tmp_path):

@@ -609,3 +609,16 @@ def test_restored_agreement_tells_a_restoration_from_a_broken_output():
     assert m.restored_agreement(raw, iso)["correlation_with_input"] > 0.95
     # a subsample of a large volume still decides
     assert m.restored_agreement(raw, up, max_samples=500)["correlation_with_input"] > 0.95
+
+
+def test_undershoot_counts_values_below_the_darkest_input_and_says_when_it_cannot_see_them():
+    from selfres.metrics import undershoot
+
+    out = np.array([0.5, -0.1, -0.2, 0.0], np.float32)
+    interp = np.array([0.5, -0.1, 0.0, 0.0], np.float32)
+    u = undershoot(out, interp, floor=0.0)
+    assert u["output"] == 0.5 and u["interpolation"] == 0.25 and u["detectable"] and u["output_min"] == pytest.approx(-0.2)
+    # uint16 output whose darkest input voxel was 0: clipped at 0, so nothing can fall below it;
+    # the interpolation is clipped the same way, and the check says it is blind
+    blind = undershoot(np.clip(out, 0, None), interp, floor=0.0, lowest=0.0)
+    assert blind["output"] == blind["interpolation"] == 0.0 and not blind["detectable"]

@@ -291,11 +291,13 @@ def test_nested_command_line_strings_become_the_schema_s_types():
     from selfres.sheet import check_config, coerce_command_line_strings
 
     schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-    config = {"isotropic": {"steps": "70", "axial_sigma_px": "null", "fusion": "mean"},
+    config = {"isotropic": {"steps": "70", "axial_sigma_px": "null", "fusion": "mean", "gan_max_minutes": "010"},
               "train": {"patch_size": ["8", "32", "32"], "psf_sigma_um": "[1, 0.5, 0.5]"},
               "infer": {"ensemble": "true", "blocks": "two"}, "scale": "2,2,2"}
+    config["train"] |= {"learning_rate": "1e-4", "degradation": {"psf_path": "null"}}
     coerce_command_line_strings(config, schema=schema)
-    assert config["isotropic"] == {"steps": 70, "axial_sigma_px": None, "fusion": "mean"}
+    assert config["isotropic"] == {"steps": 70, "axial_sigma_px": None, "fusion": "mean", "gan_max_minutes": 10}
+    assert config["train"].pop("learning_rate") == 1e-4 and config["train"].pop("degradation") == {"psf_path": None}
     assert config["train"] == {"patch_size": [8, 32, 32], "psf_sigma_um": [1, 0.5, 0.5]}
     assert config["infer"] == {"ensemble": True, "blocks": "two"} and config["scale"] == "2,2,2"
     with pytest.raises(Exception, match="infer.blocks: 'two'"):

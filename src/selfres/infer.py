@@ -1461,6 +1461,10 @@ def scattered_store(
     if reuse_finished and finished_store_matches(final, fingerprint):
         secs = float(io.read_ome_zarr(final, lazy=True).attrs.get("infer_seconds") or 0.0)
         log.info("%s is finished and was made by this same job: kept", final)
+        if step in ("all", "gather"):  # a partial store left by an earlier killed run is litter now
+            stale = PartialStore(final)
+            shutil.rmtree(stale.path, ignore_errors=True)
+            shutil.rmtree(stale.meta, ignore_errors=True)
         return {"tiles": n_tiles, "computed": 0, "seconds": secs if step in ("all", "gather") else 0.0,
                 "mvoxel_per_s": float("nan"), "resumed": n_tiles}
     store = PartialStore(final)

@@ -311,10 +311,12 @@ def test_a_finished_store_of_the_same_job_is_kept_when_asked(tmp_path):
     assert first["computed"] == first["tiles"]
     before = np.asarray(io.read_ome_zarr(out).data)
     dead = _DiesAfter(model, 0)  # any network call fails: nothing may be computed
+    (tmp_path / ".restored_model.ome.zarr.partial").mkdir()  # left by an earlier killed run
     for step in ("all", "prepare", "block", "gather"):
         kept = _job(tmp_path, dead, vol, out, step=step, reuse_finished=True)
         assert kept["computed"] == 0 and kept["resumed"] == kept["tiles"]
     np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(out).data), before)
+    assert not (tmp_path / ".restored_model.ome.zarr.partial").exists()  # and no litter is left
     from selfres.infer import infer_to_store
 
     with pytest.raises(_Killed):  # another job (fingerprint) is computed again, and so is any job without reuse

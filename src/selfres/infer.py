@@ -1008,8 +1008,8 @@ def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int
             y = bp.step(x, mirror_pad(y, [r * f for r, f in zip(reach, factors)], edge=True), noise_variance)[crop]
             if bp.iterations > 1:
                 say("back-projection iteration %d/%d done (%.1f s)", i + 1, bp.iterations, time.monotonic() - t0)
-    (log.debug if quiet else log.info)("back-projection (%d iterations) over the whole volume %s: %.1f s",
-                                       bp.iterations, list(y.shape[2:]), time.monotonic() - t0)
+    say("back-projection (%d iterations) over the whole volume %s: %.1f s", bp.iterations, list(y.shape[2:]),
+        time.monotonic() - t0)
     return np.ascontiguousarray(y[0, 0].numpy())
 
 
@@ -1458,8 +1458,9 @@ def scattered_store(
 
     if step not in ("all", "prepare", "block", "gather"):
         raise ValueError(f"step must be one of all, prepare, block, gather; got {step!r}")
-    if reuse_finished and finished_store_matches(final, fingerprint):
-        secs = float(io.read_ome_zarr(final, lazy=True).attrs.get("infer_seconds") or 0.0)
+    kept = finished_store_attrs(final, fingerprint) if reuse_finished else None
+    if kept is not None:
+        secs = float(kept.get("infer_seconds") or 0.0)
         log.info("%s is finished and was made by this same job: kept", final)
         if step in ("all", "gather"):  # a partial store left by an earlier killed run is litter now
             stale = PartialStore(final)
@@ -1532,18 +1533,19 @@ def scattered_store(
     return out
 
 
-def finished_store_matches(final: str | Path, fingerprint: dict) -> bool:
-    """Whether ``final`` is a finished store (moved into place by :func:`scattered_store`)
-    made for ``fingerprint``: the same job, whose output need not be computed again."""
+def finished_store_attrs(final: str | Path, fingerprint: dict) -> dict | None:
+    """The attributes of ``final`` when it is a finished store (moved into place by
+    :func:`scattered_store`) made for ``fingerprint`` — the same job, whose output need not
+    be computed again; else None."""
     from . import io
 
     if not Path(final).exists():
-        return False
+        return None
     try:
         attrs = io.read_ome_zarr(final, lazy=True).attrs
     except Exception:  # noqa: BLE001 - damaged or not a store: not finished
-        return False
-    return attrs.get("fingerprint") == _json_roundtrip(fingerprint)
+        return None
+    return attrs if attrs.get("fingerprint") == _json_roundtrip(fingerprint) else None
 
 
 def _open_level0(path: Path, ngff_version: str):

@@ -1187,7 +1187,8 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             create=lambda p: io.create_ome_zarr(p, shape=shape, dtype=dtype, voxel_size=vs_out, chunks=chunks,
                                                 ngff_version=settings.ngff_version),
             compute=compute, voxel_size=vs_out, ngff_version=settings.ngff_version,
-            contrast_limits=(params.low, params.high), origin=grid_origin(vs_in, vs_out, at_voxel_size(vol.origin_voxels, vs_in)),
+            contrast_limits=(params.low, params.high),
+            origin=grid_origin(vs_in, vs_out, at_voxel_size(vol.origin_voxels, vs_in)),
             attrs={"sample": sample, "content": kind, "factor": factor, "normalisation": params.to_dict(),
                    "fusion": fusion, "ran_on": models.ran_on(device)},
             compute_kind=models.compute_label(device, amp=settings.amp and net is not None),  # z-cubic: float32

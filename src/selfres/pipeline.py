@@ -271,8 +271,6 @@ def stage_crop(
     """
     settings = settings or FovSettings()
     check_mode(mode, sample=sample)
-    if reference:  # missing or unreadable: refused before the volume is looked at
-        check_reference(reference, sample=sample)
     vol, _ = read_normalized(normalized, lazy=True)  # the structure map reads it a slab at a time
     factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
     if mode == "enhance":  # the sheet, the config and the CLI refuse it already; a library call too
@@ -282,7 +280,8 @@ def stage_crop(
     source = vol.attrs.get("source") or str(normalized)
     iso_factor = check_volume_for_mode(vol.data.shape, _voxel_size_of(vol), mode=mode, factors=factors, path=source,
                                        sample=sample, fov_settings=settings, training_fov=training_fov)
-    # refused here, not at train: before the GPU job is queued
+    # refused here, not at train: before the GPU job is queued; so is a reference that is
+    # missing, unreadable or off the output grid
     if reference:
         from .isotropic import isotropic_shape
 
@@ -1066,10 +1065,11 @@ def _infer_seconds(restored, restored_attrs: dict) -> float | None:
     kept beside it when the guard put the interpolation in ``restored`` (alone, the summary
     gave a fallen-back sample's 10 s of interpolation for a 230 s job)."""
     secs = restored_attrs.get("infer_seconds")
-    if restored_attrs.get("content") != "interpolation" or not model_output_path(restored).exists():
+    beside = model_output_path(restored)
+    if restored_attrs.get("content") != "interpolation" or not beside.exists():
         return secs
     try:
-        extra = io.read_ome_zarr(model_output_path(restored), lazy=True).attrs.get("infer_seconds")
+        extra = io.read_ome_zarr(beside, lazy=True).attrs.get("infer_seconds")
     except InputError:
         return secs
     return None if secs is None and extra is None else float(secs or 0.0) + float(extra or 0.0)

@@ -8,6 +8,7 @@ stage never leaves an output that looks complete.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import json
 import logging
@@ -121,6 +122,19 @@ def git_dirty(where: str | Path | None = None) -> bool | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """SHA-256 (first 16 hex digits) of the selfres package's own source files: which code
+    ran, also for an installed wheel or a checkout with uncommitted changes, where the
+    version and the commit do not say. Part of an inference job's fingerprint, so that a
+    partial store written by other code is never resumed."""
+    digest = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for f in sorted(here.rglob("*.py")):
+        digest.update(f.relative_to(here).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def software_versions() -> dict:
@@ -619,6 +633,7 @@ def stage_infer(
     source = io.open_ome_zarr_array(normalized)
     # identity of the job: a partial store is resumed only when all of this matches
     fingerprint = {"model": io.file_checksum(Path(model_dir) / "model.json"),
+                   "code": {"selfres_version": __version__, "source_digest": source_digest()},
                    "input": {k: vol.attrs.get(k) for k in ("normalisation", "source_checksum")}
                    | {"shape": list(source.shape)},
                    "settings": {k: v for k, v in to_dict(settings).items()
@@ -1182,6 +1197,10 @@ def stage_report(
         "selfres_version": __version__,
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
+        "source_digest": source_digest(),  # of the code that wrote this report
+        # ... and of the code that trained the model and wrote the restored output
+        "model_source_digest": json.loads((Path(model_dir) / "model.json").read_text()).get("selfres_source_digest"),
+        "restored_with": (out.attrs.get("fingerprint") or {}).get("code"),
         "workflow": ({"dir": str(Path(workflow_dir).resolve()), "git_commit": git_commit(workflow_dir),
                       "git_dirty": git_dirty(workflow_dir)} if workflow_dir is not None else None),
         "input": vol.attrs.get("source"),

@@ -105,6 +105,30 @@ def test_only_the_workflow_drops_an_export_of_an_older_output(tmp_path):
     assert not (tmp_path / "restored.ome.tif").exists() and (tmp_path / "in.ome.tif").exists()
 
 
+def test_a_partial_store_written_by_other_code_is_not_resumed(tmp_path, monkeypatch, caplog):
+    """A job killed before an upgrade of selfres (or an edit of its source) starts its store
+    afresh: its tiles came from other code. The same code resumes it; the restored store and
+    the model say which code made them."""
+    import json
+
+    from selfres.infer import PartialStore
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    out = tmp_path / "restored.ome.zarr"
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", step="prepare")
+    with caplog.at_level("INFO", logger="selfres"):
+        pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", step="prepare")
+    assert "resuming" in caplog.text and "discarding" not in caplog.text
+    monkeypatch.setattr(pipeline, "source_digest", lambda: "0123456789abcdef")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="selfres"):
+        pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", step="prepare")
+    assert "discarding" in caplog.text
+    assert PartialStore(out).fingerprint()["code"]["source_digest"] == "0123456789abcdef"
+    model_doc = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert len(model_doc["selfres_source_digest"]) == 16 and model_doc["selfres_source_digest"] != "0123456789abcdef"
+
+
 def test_a_model_from_before_the_shrink_infers_without_a_false_retrain_warning(tmp_path, caplog):
     """model.json of an older selfres: no noise levels, extras without ``back_projection_shrink``.
     Its steps are plain whatever the setting says, which is what its guard scored."""

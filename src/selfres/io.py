@@ -449,6 +449,14 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
 
     z = ij.get("spacing")
     z = float(z) * fac if z is not None else None
+    if z is None and tif.is_imagej and nz > 1 and _res("YResolution") and _res("XResolution"):
+        # ImageJ writes no spacing when the z step is 1 unit, and reads none as 1 unit
+        z = fac
+        log.warning("%s: the ImageJ metadata gives the pixel size but no z spacing, which ImageJ writes only "
+                    "when the z step is not 1 %s: the z step is taken as 1 %s (%g µm), as ImageJ and Fiji read "
+                    "it. If that is wrong, give the voxel size in the sample sheet column voxel_size (z,y,x in "
+                    "µm; selfres: --voxel-size)", getattr(tif, "filename", "TIFF"), ij.get("unit"),
+                    ij.get("unit"), z)
     if z is not None and nz > 1 and not z > 0:  # dropped below: say so, it is not a missing value
         log.warning("%s: the ImageJ metadata gives a z spacing of %g µm, which is not a voxel size; the voxel size "
                     "is taken as unknown. Give it in the sample sheet column voxel_size (z,y,x in µm; selfres: "

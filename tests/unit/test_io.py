@@ -74,6 +74,24 @@ def test_a_non_positive_imagej_spacing_is_dropped_with_a_warning(tmp_path, caplo
                      r"the voxel size is taken as unknown\. Give it in the sample sheet column voxel_size", caplog.text)
 
 
+def test_an_imagej_stack_without_spacing_has_imagejs_z_step_of_one_unit(tmp_path, caplog):
+    """ImageJ omits ``spacing=`` when the z step is 1 unit and reads a missing one as 1 unit:
+    such a stack saved by Fiji with a 1 µm step read as having no voxel size at all."""
+    p = tmp_path / "fiji.tif"
+    tifffile.imwrite(p, _vol(dtype="uint8"), imagej=True, resolution=(1 / 0.5, 1 / 0.25),
+                     metadata={"unit": "nm", "axes": "ZYX"})
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(p).voxel_size == pytest.approx((1e-3, 0.25e-3, 0.5e-3))
+    assert "gives the pixel size but no z spacing" in caplog.text and "1 nm (0.001 µm)" in caplog.text
+    one = tmp_path / "plane.tif"  # a single plane has no z step to guess
+    tifffile.imwrite(one, _vol(shape=(12, 14), dtype="uint8"), imagej=True, resolution=(2.0, 4.0),
+                     metadata={"unit": "micron", "axes": "YX"})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(one).voxel_size == pytest.approx((0.25, 0.25, 0.5))
+    assert "no z spacing" not in caplog.text
+
+
 def test_imagej_without_unit_has_no_voxel_size(tmp_path):
     p = tmp_path / "a.tif"
     tifffile.imwrite(p, _vol(), imagej=True, metadata={"axes": "ZYX"})

@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--voxel-size", type=_triple(float), default=None,
                    help="z,y,x µm as the sample sheet's voxel_size column would give it (overrides the file's)")
     s.add_argument("--scale", type=_scale, default=(2, 2, 2), help="enhance factors z,y,x for the output grid shown")
+    s.add_argument("--training-fov", default=None,
+                   help="z0:z1,y0:y1,x0:x1 as the sample sheet's training_fov column would give it")
+    _common(s, sample=False)
 
     s = sub.add_parser("psf-sigma", help="Gaussian PSF σ (z,y,x µm) for train.psf_sigma_um: from the optics "
                        "(--na, --wavelength-um, --refractive-index) or measured on a bead stack (--beads)")
@@ -279,7 +282,8 @@ def run(args) -> int:
         print(write_run_record(args.results, status=args.status, snakemake_log=args.snakemake_log,
                                samples=[s for s in args.samples.split(",") if s]))
     elif cmd == "inspect":
-        print(describe_for_sheet(args.input, voxel_size=args.voxel_size, scale=args.scale))
+        print(describe_for_sheet(args.input, voxel_size=args.voxel_size, scale=args.scale,
+                                 fov_settings=_settings(args).fov, training_fov=args.training_fov))
     elif cmd == "psf-sigma":
         sig = _psf_sigma(args)
         print(",".join(f"{v:.4g}" for v in sig))  # µm, ready for a train.psf_sigma_um cell
@@ -327,9 +331,11 @@ def _psf_sigma(args) -> tuple[float, ...]:
     return m["sigma_um"]
 
 
-def describe_for_sheet(path: Path, *, voxel_size=None, scale=(2, 2, 2)) -> str:
+def describe_for_sheet(path: Path, *, voxel_size=None, scale=(2, 2, 2), fov_settings=None,
+                       training_fov: str | None = None) -> str:
     """``selfres inspect``: :func:`selfres.io.describe_acquisition` in words, with the sheet
-    columns each image needs and the output grid of each mode."""
+    columns each image needs and the output grid of each mode (refused as the crop stage
+    would refuse it, with ``fov_settings`` and ``training_fov``)."""
     from .errors import InputError
     from .io import describe_acquisition
     from .isotropic import isotropic_shape
@@ -360,8 +366,9 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=(2, 2, 2)) -> str:
         lines.append(f"  voxel size {'y,x' if plane else 'z,y,x'}: "
                      + (", ".join(f"{v:.4g}" for v in vs[shown]) + f" µm ({where})" if vs else where))
         factors = tuple(int(f) for f in scale)
-        try:  # the checks the crop stage makes (at the default fov settings, no training_fov), before any training
-            check_volume_for_mode(im["shape"], vs, mode="enhance", factors=factors, path=str(path))
+        checks = {"path": str(path), "fov_settings": fov_settings, "training_fov": training_fov}
+        try:  # the checks the crop stage makes, before any training
+            check_volume_for_mode(im["shape"], vs, mode="enhance", factors=factors, **checks)
             lines.append(f"  enhance {','.join(map(str, factors))}: output "
                          f"{grid(n * f for n, f in zip(im['shape'], factors))}"
                          + (f", voxel {', '.join(f'{v / f:.4g}' for v, f in list(zip(vs, factors))[shown])} µm"
@@ -369,7 +376,7 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=(2, 2, 2)) -> str:
         except InputError as exc:
             lines.append(f"  enhance {','.join(map(str, factors))}: not possible — {exc.what}")
         try:
-            f = check_volume_for_mode(im["shape"], vs, mode="isotropic", path=str(path))
+            f = check_volume_for_mode(im["shape"], vs, mode="isotropic", **checks)
             lines.append(f"  isotropic: axial factor {f:.4g} (z step / lateral pixel), output "
                          f"{grid(isotropic_shape(im['shape'], f))}, voxel {vs[0] / f:.4g}, {vs[1]:.4g}, "
                          f"{vs[2]:.4g} µm")

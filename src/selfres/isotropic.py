@@ -56,7 +56,8 @@ from torch import nn
 from . import degrade, io, metrics, models, normalise
 from .errors import InputError
 from .fov import TrainingFov, box_slices
-from .settings import ISOTROPIC_INFERENCE_KEYS, InferSettings, IsotropicSettings, Settings, TrainSettings, to_dict
+from .settings import (ISOTROPIC_INFERENCE_KEYS, InferSettings, IsotropicSettings, Settings, TrainSettings,
+                       isotropic_train_values, to_dict)
 
 log = logging.getLogger("selfres.isotropic")
 
@@ -1095,7 +1096,7 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
         "stop_reason": res.stop_reason,
         "flags": res.flags,
         "train_seconds": time.monotonic() - t0 + res.resumed_seconds,  # with the interrupted runs' time
-        "settings": to_dict(settings.train),
+        "settings": isotropic_train_values(to_dict(settings.train)),  # the train values this mode reads
         # the training values: fusion and infer_batch belong to each infer job (iso_settings)
         "isotropic": {k: v for k, v in to_dict(settings.isotropic).items() if k not in ISOTROPIC_INFERENCE_KEYS},
         "degradation": res.degradation,

@@ -253,6 +253,24 @@ class QcSettings:
     max_resolution_slices: int = 16
 
 
+#: the ``train`` values isotropic mode reads (its restorer has its own net, loss, steps and
+#: patches in ``isotropic``; of ``train.degradation`` only the optics / PSF that give the
+#: axial σ): the workflow passes an isotropic sample these alone, so that changing another
+#: neither retrains it nor is recorded for it
+ISOTROPIC_TRAIN_KEYS = ("seed", "augment", "learning_rate", "lr_schedule", "warmup_steps", "max_minutes",
+                        "patience", "validate_every", "guard_margin_db", "degradation")
+ISOTROPIC_DEGRADATION_KEYS = ("method", "sigma_um", "na", "wavelength_um", "refractive_index", "microscope",
+                              "psf_path")
+
+
+def isotropic_train_values(train: dict) -> dict:
+    """The values of a ``train`` section (a dict) that isotropic mode reads."""
+    out = {k: v for k, v in train.items() if k in ISOTROPIC_TRAIN_KEYS}
+    if "degradation" in out:
+        out["degradation"] = {k: v for k, v in out["degradation"].items() if k in ISOTROPIC_DEGRADATION_KEYS}
+    return out
+
+
 #: ``IsotropicSettings`` keys read by inference only: each infer job's values apply (changing
 #: them re-infers, never retrains), not those of the sample that trained the model
 ISOTROPIC_INFERENCE_KEYS = ("fusion", "infer_batch")

@@ -161,16 +161,18 @@ def test_an_enhance_only_train_value_does_not_retrain_isotropic_samples(tmp_path
     before, report_before = _train_command(wd, "i"), _train_command(wd, "i", "report")
     enhance_before = _train_command(wd, "e")
     train = _settings(before)["train"]
-    assert not {"steps", "loss", "width", "patch_size", "guard_margin_db"} & set(train), train
+    assert not {"steps", "loss", "width", "patch_size"} & set(train), train
+    assert train["guard_margin_db"] == 0.2  # the guard's margin is read in both modes
     assert "noise" not in train["degradation"] and train["max_minutes"] == 1.0
     assert "infer" not in _settings(before)  # nor does it read infer.amp
-    _edit_config(wd, train={"steps": 7, "loss": "mse", "width": 4, "guard_margin_db": 0.5,
-                            "degradation": {"noise": "none"}})
+    _edit_config(wd, train={"steps": 7, "loss": "mse", "width": 4, "degradation": {"noise": "none"}})
     assert _train_command(wd, "i") == before
     assert _train_command(wd, "i", "report") == report_before  # its provenance records what it reads
     assert _train_command(wd, "e") != enhance_before  # the enhance sample's does change
     _edit_config(wd, train={"learning_rate": 0.000123})  # the restorer's learning rate: read
     assert _train_command(wd, "i") != before
+    _edit_config(wd, train={"guard_margin_db": 0.5})  # and the guard's margin
+    assert _settings(_train_command(wd, "i"))["train"]["guard_margin_db"] == 0.5
     _edit_config(wd, train={"degradation": {"noise": "none", "method": "gaussian", "sigma_um": [2.0, 0.5, 0.5]}})
     assert _settings(_train_command(wd, "i"))["train"]["degradation"]["sigma_um"] == [2.0, 0.5, 0.5]  # the axial σ
 

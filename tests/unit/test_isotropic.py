@@ -12,7 +12,7 @@ from scipy import ndimage
 from selfres import isotropic as iso
 from selfres import models
 from selfres.errors import InputError
-from selfres.settings import Settings, from_dict, to_dict
+from selfres.settings import ISOTROPIC_TRAIN_KEYS, Settings, from_dict, to_dict
 
 from ..conftest import blob_volume
 
@@ -350,6 +350,8 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
     for key in ("sample", "voxel_size_in", "self_validation", "best_step", "steps_done", "stop_reason", "flags",
                 "train_seconds", "settings", "device"):
         assert key in meta
+    # only the train values this mode reads: not enhance's steps or loss, which it does not use
+    assert set(meta["settings"]) == set(ISOTROPIC_TRAIN_KEYS) and "noise" not in meta["settings"]["degradation"]
     assert (tmp_path / "model" / "training_log.tsv").read_text().startswith(
         "step\tloss\tval_psnr_model\tval_psnr_interp\tlr\tseconds")
     assert ((tmp_path / "model" / iso.DEGRADER_FILE).exists()) == (degradation == "learned")

@@ -19,6 +19,7 @@ except ImportError:  # snakemake run from an env without the package: use the ch
     from selfres import sheet as _sheet
 
 from selfres.errors import SelfresError as _SelfresError
+from selfres.settings import isotropic_train_values
 
 
 def _stop_on_bad_config(check, *args, **kwargs):
@@ -234,14 +235,6 @@ STAGE_SECTIONS = {
 }
 
 
-#: the `train` values isotropic mode reads (its restorer has its own net, loss, steps and
-#: patches in `isotropic`; of `train.degradation` only the optics / PSF that give the axial σ)
-ISOTROPIC_TRAIN_KEYS = ("seed", "augment", "learning_rate", "lr_schedule", "warmup_steps", "max_minutes",
-                        "patience", "validate_every", "degradation")
-ISOTROPIC_DEGRADATION_KEYS = ("method", "sigma_um", "na", "wavelength_um", "refractive_index", "microscope",
-                              "psf_path")
-
-
 def _used_by_mode(sample, sections):
     """``sections`` without the values the sample's mode does not read, so that changing one
     neither reruns nor is recorded for samples it cannot affect."""
@@ -252,9 +245,7 @@ def _used_by_mode(sample, sections):
     if "train" in out:
         train = out["train"]
         if mode == "isotropic":  # nor an enhance-only value isotropic samples
-            train = {k: v for k, v in train.items() if k in ISOTROPIC_TRAIN_KEYS}
-            train["degradation"] = {k: v for k, v in train.get("degradation", {}).items()
-                                    if k in ISOTROPIC_DEGRADATION_KEYS}
+            train = isotropic_train_values(train)
         elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
             train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
         out["train"] = train

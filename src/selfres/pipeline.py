@@ -950,6 +950,8 @@ def stage_qc(
     iso_in = iso_out = None
     qc_dir = Path(metrics_json).parent
     qc_dir.mkdir(parents=True, exist_ok=True)
+    for side in ("spectra.json", "beads.tsv"):  # an earlier run's, made with other settings or of another output
+        (qc_dir / side).unlink(missing_ok=True)
     res_interp = {"lateral": None, "axial": None}
     iso_interp = None
     # one window (the most contrasted, full z) of input, output and interpolation baseline: for

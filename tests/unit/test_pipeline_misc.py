@@ -237,7 +237,7 @@ def test_qc_beads_measures_the_same_noisy_beads_in_and_out(tmp_path):
     import tifffile
 
     from selfres.demo import make_beads
-    from selfres.settings import Settings, from_dict
+    from selfres.settings import QcSettings, Settings, from_dict
 
     beads = make_beads(shape=(24, 96, 96), n_beads=12, sigma_px=(2.0, 1.5, 1.5), seed=2)
     noisy = beads / beads.max() + np.random.default_rng(0).normal(0, 0.05, beads.shape)
@@ -255,6 +255,12 @@ def test_qc_beads_measures_the_same_noisy_beads_in_and_out(tmp_path):
         w_in, w_out = inp[f"fwhm_{axis}_um"].median(), out[f"fwhm_{axis}_um"].median()
         assert w_in == pytest.approx(2.3548 * 1.5 * 0.2, rel=0.15)
         assert w_out == pytest.approx(w_in, rel=0.15)
+    # qc rerun with beads and resolution off: the earlier tables go, so no report shows them
+    assert (tmp_path / "work" / "qc" / "spectra.json").exists()
+    work = tmp_path / "work"
+    pipeline.stage_qc(work / "normalized.ome.zarr", tmp_path / "out.ome.zarr", work / "model", work / "train_fov.json",
+                      work / "qc" / "metrics.json", sample="s", settings=QcSettings(beads=False, resolution=False))
+    assert not (work / "qc" / "beads.tsv").exists() and not (work / "qc" / "spectra.json").exists()
 
 
 def test_an_interpolated_isotropic_output_is_judged_by_its_input_not_by_its_reading():

@@ -1146,7 +1146,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     values saved with the model.
     """
     from .infer import scattered_store
-    from .pipeline import at_voxel_size, grid_origin, model_output_path, output_dtype
+    from .pipeline import at_voxel_size, code_identity, grid_origin, model_output_path, output_dtype
 
     factor = float(meta["factor"])
     iso = meta.get("isotropic", {})
@@ -1191,7 +1191,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             contrast_limits=(params.low, params.high),
             origin=grid_origin(vs_in, vs_out, at_voxel_size(vol.origin_voxels, vs_in)),
             attrs={"sample": sample, "content": kind, "factor": factor, "normalisation": params.to_dict(),
-                   "fusion": fusion, "ran_on": models.ran_on(device)},
+                   "fusion": fusion, "ran_on": models.ran_on(device), "code": code_identity()},
             compute_kind=models.compute_label(device, amp=settings.amp and net is not None),  # z-cubic: float32
             reuse_finished=reuse_finished)
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s", kind, step, path, stats["computed"], stats["tiles"],

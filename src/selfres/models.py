@@ -479,7 +479,7 @@ def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
 
     import selfres
 
-    from .pipeline import source_digest
+    from .pipeline import code_identity
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -500,7 +500,7 @@ def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
         "metadata": dict(metadata) if metadata is not None else {},
         "torch_version": torch.__version__,
         "selfres_version": getattr(selfres, "__version__", None),
-        "selfres_source_digest": source_digest(),  # which code trained it, also uncommitted
+        "selfres_code": code_identity(),  # which code trained it (the digest also says so for uncommitted code)
     }
     text = json.dumps(info, indent=2, sort_keys=True)  # fails early if not JSON-able
     j_tmp.write_text(text + "\n", encoding="utf-8")

@@ -100,12 +100,18 @@ def read_normalized(path: str | Path, *, lazy: bool = False) -> tuple[io.Volume,
     return vol, params
 
 
+#: read a checkout that another user owns (an install in /opt run by a service account);
+#: git refuses it otherwise ("dubious ownership") and the commit would be recorded as unknown
+_GIT_TRUST = ("-c", "safe.directory=*")
+
+
 def git_commit(where: str | Path | None = None) -> str | None:
     """The commit checked out where ``where`` lies (default: the selfres package's own
     files); ``None`` outside a git checkout."""
     here = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", *_GIT_TRUST, "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
         return (out.stdout.strip() or None) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -117,7 +123,7 @@ def git_dirty(where: str | Path | None = None) -> bool | None:
     ``None`` outside a checkout."""
     here = Path(where) if where is not None else Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+        out = subprocess.run(["git", *_GIT_TRUST, "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
                              capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -135,6 +141,14 @@ def source_digest() -> str:
     for f in sorted(here.rglob("*.py")):
         digest.update(f.relative_to(here).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
+
+
+def code_identity() -> dict:
+    """Which selfres code runs: version, source digest and the commit of its checkout (None
+    outside one; ``git_dirty``: uncommitted changes), recorded with each model and output by
+    the job that made it."""
+    return {"selfres_version": __version__, "source_digest": source_digest(), "git_commit": git_commit(),
+            "git_dirty": git_dirty()}
 
 
 def software_versions() -> dict:
@@ -666,6 +680,7 @@ def stage_infer(
             chunks=settings.chunks, shards=settings.shards, ngff_version=settings.ngff_version,
             transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype),
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict(),
+                   "code": code_identity(),
                    "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
             memory_fraction=settings.gpu_memory_fraction, origin=origin, reuse_finished=reuse_finished,
@@ -1199,10 +1214,9 @@ def stage_report(
         "selfres_version": __version__,
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
-        "source_digest": source_digest(),  # of the code that wrote this report
-        # ... and of the code that trained the model and wrote the restored output
-        "model_source_digest": json.loads((Path(model_dir) / "model.json").read_text()).get("selfres_source_digest"),
-        "restored_with": (out.attrs.get("fingerprint") or {}).get("code"),
+        "source_digest": source_digest(),  # of the code that wrote this report; the model's and the output's:
+        "model_code": json.loads((Path(model_dir) / "model.json").read_text()).get("selfres_code"),
+        "restored_code": out.attrs.get("code"),
         "workflow": ({"dir": str(Path(workflow_dir).resolve()), "git_commit": git_commit(workflow_dir),
                       "git_dirty": git_dirty(workflow_dir)} if workflow_dir is not None else None),
         "input": vol.attrs.get("source"),

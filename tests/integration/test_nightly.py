@@ -235,6 +235,9 @@ def test_provenance_per_sample_is_complete(night1):
     assert cfg["settings"]["train"]["steps"] == 4  # the workdir's config, not the defaults
     assert prov["selfres_version"] and re.fullmatch(r"[0-9a-f]{40}", prov["git_commit"] or "")
     assert prov["git_dirty"] in (True, False)  # a run from a modified checkout says so
+    # and which code made the model and the output (the same code here)
+    assert prov["model_code"] == prov["restored_code"] and prov["model_code"]["git_commit"] == prov["git_commit"]
+    assert prov["restored_code"]["source_digest"] == prov["source_digest"]
     # the workflow that ran (its Snakefile's checkout), which need not be where the package is installed from
     from workdir import SNAKEFILE
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import numpy as np
@@ -21,6 +22,9 @@ def test_git_commit_names_the_checkout_a_path_lies_in_and_none_outside_one(tmp_p
     assert pipeline.git_commit(repo) == head and pipeline.git_dirty(repo) is False
     (repo / "Snakefile").write_text("rule all:\n    input: []\n")
     assert pipeline.git_dirty(repo) is True
+    if os.geteuid() == 0:  # a checkout another user owns (an install in /opt run by a service account)
+        os.chown(repo, 12345, 12345)
+        assert pipeline.git_commit(repo) == head and pipeline.git_dirty(repo) is True
     outside = tmp_path / "plain"
     outside.mkdir()
     assert pipeline.git_commit(outside) is None and pipeline.git_dirty(outside) is None
@@ -125,8 +129,11 @@ def test_a_partial_store_written_by_other_code_is_not_resumed(tmp_path, monkeypa
         pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", step="prepare")
     assert "discarding" in caplog.text
     assert PartialStore(out).fingerprint()["code"]["source_digest"] == "0123456789abcdef"
-    model_doc = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert len(model_doc["selfres_source_digest"]) == 16 and model_doc["selfres_source_digest"] != "0123456789abcdef"
+    model_code = json.loads((tmp_path / "model" / "model.json").read_text())["selfres_code"]
+    assert len(model_code["source_digest"]) == 16 and model_code["source_digest"] != "0123456789abcdef"
+    assert model_code["git_commit"] == pipeline.git_commit()
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu")
+    assert pipeline.io.read_ome_zarr(out, lazy=True).attrs["code"]["source_digest"] == "0123456789abcdef"
 
 
 def test_a_model_from_before_the_shrink_infers_without_a_false_retrain_warning(tmp_path, caplog):

@@ -696,7 +696,8 @@ def ran_on(device: str | torch.device) -> dict[str, Any]:
     return {"device": str(device), "device_name": name, "host": socket.gethostname(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
             "slurm_job_gpus": os.environ.get("SLURM_JOB_GPUS"),  # the node's GPU indices Slurm gave the job
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "torch_threads": torch.get_num_threads()}  # a CPU's results depend on it (summation order)
 
 
 def _cpu_model() -> str | None:

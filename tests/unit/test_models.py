@@ -296,5 +296,6 @@ def test_ran_on_names_the_host_the_device_and_the_slurm_job(monkeypatch):
     got = ran_on("cpu")
     assert got["device"] == "cpu" and got["host"] == socket.gethostname()
     assert got["slurm_job_id"] == "4242" and got["cuda_visible_devices"] == "3"
+    assert got["torch_threads"] == torch.get_num_threads()  # a CPU's weights depend on it
     monkeypatch.delenv("SLURM_JOB_ID")
     assert ran_on("cpu")["slurm_job_id"] is None

@@ -129,7 +129,8 @@ def degradation_reach(degradation: degrade.Degradation, factors: Sequence[int], 
     """Low-resolution voxels each side that one voxel of ``D(y)`` depends on, per axis.
 
     Measured from the impulse response of the degradation (so it holds for cubic,
-    Gaussian and measured-PSF degradations alike), rounded up by one voxel.
+    Gaussian and measured-PSF degradations alike), rounded up by one voxel — except on an
+    axis it leaves alone (factor 1, no reach): 0.
 
     Parameters
     ----------
@@ -146,7 +147,9 @@ def degradation_reach(degradation: degrade.Degradation, factors: Sequence[int], 
     while True:
         reach = _impulse_reach(d, fs, probe)
         if max(reach) < probe or probe >= 64:
-            return tuple(r + 1 for r in reach)
+            # an axis the degradation leaves alone (factor 1, no blur) needs no margin: a 2-D
+            # image's tiles were read as 1 + 2 × iterations mirrored copies of their one plane
+            return tuple(r + 1 if r > 0 or f > 1 else 0 for r, f in zip(reach, fs))
         probe *= 2
 
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import threading
 import time
+import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -1282,7 +1283,9 @@ class PartialStore:
         """Move the store into place atomically (replacing ``final``), then drop the records."""
         old = None
         if self.final.exists() or self.final.is_symlink():
-            old = self.final.with_name(f".{self.final.name}.old-{os.getpid()}")
+            # unique: a leftover of a commit killed in the same place, with the same pid, would
+            # make this move fail (a directory is replaced only when empty)
+            old = self.final.with_name(f".{self.final.name}.old-{uuid.uuid4().hex}")
             os.replace(self.final, old)
         try:
             os.replace(self.path, self.final)

@@ -1176,7 +1176,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             with torch.inference_mode():
                 restore_isotropic(net, source, factor=factor, tile=tile, batch=batch, fusion=fusion, device=device,
                                   dest=dest, amp=settings.amp, tiles=todo, on_tile_written=record,
-                                  transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype))
+                                  transform=lambda b: normalise.to_dtype(b, params, dtype))
             secs = time.monotonic() - t0
             vox = sum(shape[0] * (grid[i][1] - grid[i][0]) * (grid[i][3] - grid[i][2]) for i in todo)
             return {"tiles": len(tiles), "computed": len(todo), "seconds": secs,

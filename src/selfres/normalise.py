@@ -88,17 +88,30 @@ def fit_percentiles(
     return NormParams(float(lo), float(hi), float(low_percentile), float(high_percentile))
 
 
+def _working_float(dtype) -> type:
+    """float64 for 32/64-bit integers and float64 (float32 would take the low digits of a
+    large value), float32 for the rest."""
+    dt = np.dtype(dtype)
+    return np.float64 if dt.itemsize >= 4 and dt != np.float32 else np.float32
+
+
 def apply(data, params: NormParams):
     """Normalise: ``(x - low) / (high - low)`` as float32 (numpy or dask); 32/64-bit integers
     and float64 subtract ``low`` in float64 (a large offset would take their low digits)."""
-    dt = np.dtype(data.dtype)
-    work = np.float64 if dt.itemsize >= 4 and dt != np.float32 else np.float32
+    work = _working_float(data.dtype)
     return ((data.astype(work) - work(params.low)) / work(params.span)).astype(np.float32)
 
 
-def undo(data, params: NormParams):
-    """Undo :func:`apply`: back to raw intensity units (float32)."""
-    return (data.astype(np.float32) * np.float32(params.span) + np.float32(params.low)).astype(np.float32)
+def undo(data, params: NormParams, dtype=np.float32):
+    """Undo :func:`apply`: back to raw intensity units, as float32 — as float64 when they are
+    going to ``dtype`` 32/64-bit integers or float64, whose low digits float32 would lose."""
+    work = _working_float(dtype)
+    return data.astype(work) * work(params.span) + work(params.low)
+
+
+def to_dtype(data, params: NormParams, dtype) -> np.ndarray:
+    """Normalised ``data`` back in raw units, cast into ``dtype`` (:func:`cast_to_dtype`)."""
+    return cast_to_dtype(undo(data, params, dtype), dtype)
 
 
 def _float_max(data) -> float:

@@ -678,7 +678,7 @@ def stage_infer(
             tile_size=settings.tile_size, dtype=dtype, voxel_size=vs_grid, unit="micrometer" if vs_in else None,
             fingerprint=fingerprint | {"kind": kind},
             chunks=settings.chunks, shards=settings.shards, ngff_version=settings.ngff_version,
-            transform=lambda b: normalise.cast_to_dtype(normalise.undo(b, params), dtype),
+            transform=lambda b: normalise.to_dtype(b, params, dtype),
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict(),
                    "code": code_identity(),
                    "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},

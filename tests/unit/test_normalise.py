@@ -68,6 +68,23 @@ def test_normalising_keeps_the_low_digits_of_an_offset_32_bit_or_float64_volume(
         np.testing.assert_allclose(normalise.apply(x, p), [0.3, 0.5], rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64])
+def test_an_offset_wide_integer_volume_comes_back_exactly(dtype):
+    """Normalised and back into its own dtype (``infer.output_dtype: input``), every value of an
+    offset 32/64-bit volume survives: in float32 the way back kept only even values near 2e7."""
+    x = (20_000_000 + np.arange(1000)).astype(dtype)
+    p = normalise.fit_percentiles(x)
+    np.testing.assert_array_equal(normalise.to_dtype(normalise.apply(x, p), p, dtype), x)
+
+
+def test_an_offset_float64_volume_keeps_its_digits_on_the_way_back():
+    x = 1e6 + np.linspace(0, 1, 1000)
+    p = normalise.fit_percentiles(x)
+    back = normalise.to_dtype(normalise.apply(x, p), p, np.float64)
+    assert back.dtype == np.float64 and len(np.unique(back)) == 1000  # float32 left 17 distinct values
+    np.testing.assert_allclose(back, x, rtol=0, atol=1e-6)
+
+
 def test_params_round_trip_through_dict():
     p = normalise.NormParams(1.0, 9.0, 1.0, 99.8)
     assert normalise.NormParams.from_dict(p.to_dict()) == p

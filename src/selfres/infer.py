@@ -1525,7 +1525,9 @@ def scattered_store(
                         "generations; values may differ by the rounding of the lower precision where blocks meet",
                         store.path, ", ".join(kinds))
         io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version, origin=origin, unit=unit,
-                             contrast_limits=contrast_limits, name=Path(final).name.split(".")[0],
+                             contrast_limits=contrast_limits,
+                             # the sample's id: a viewer's layer name (every output is restored.ome.zarr)
+                             name=(attrs or {}).get("sample") or Path(final).name.split(".")[0],
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
                                                         "mvoxel_per_s": rate, "blocks": blocks, "compute": kinds,
                                                         "tiles_ran_on": [ran_on[k] for k in sorted(ran_on)],

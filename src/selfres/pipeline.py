@@ -1221,6 +1221,8 @@ def stage_report(
                       "git_dirty": git_dirty(workflow_dir)} if workflow_dir is not None else None),
         "input": vol.attrs.get("source"),
         "input_checksum": vol.attrs.get("source_checksum"),
+        # which image, channel and time point of the file this sample is (none: the file's only one)
+        "input_part": {k: vol.attrs[k] for k in ("series", "channel", "timepoint") if vol.attrs.get(k) is not None},
         "resolved_config": resolved_config or {},
         "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device",
                                            "ran_on")},

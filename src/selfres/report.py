@@ -1736,6 +1736,7 @@ def render_sample_report(
         f'<a href="#{k}">{_esc(v)}</a>' for k, v in _TOC if k not in skip) + "</p>")
     parts.append(_kv_table([
         ("sample", sample),
+        *([("input", _input_text(provenance))] if (provenance or {}).get("input") else []),
         ("mode", mode),
         ("status", status),
         ("restored.ome.zarr holds", metrics.get("restored_content") or "model"),
@@ -1905,6 +1906,14 @@ def render_sample_report(
                  f"{_esc(json.dumps(metrics, indent=2, sort_keys=True, default=str))}</pre>"
                  "</details>")
     return _page(f"selfres report: {sample}", "\n".join(parts))
+
+
+def _input_text(provenance: Mapping[str, Any]) -> str:
+    """The input file, and which part of it the sample is: ``stack.tif (series 2, channel 1)``."""
+    part = provenance.get("input_part") or {}
+    words = ", ".join(f"{'time point' if k == 'timepoint' else k} {part[k]}" for k in ("series", "channel", "timepoint")
+                      if part.get(k) is not None)
+    return f"{provenance['input']}" + (f" ({words})" if words else "")
 
 
 # ----------------------------------------------------------------------------------

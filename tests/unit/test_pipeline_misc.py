@@ -134,6 +134,10 @@ def test_a_partial_store_written_by_other_code_is_not_resumed(tmp_path, monkeypa
     assert model_code["git_commit"] == pipeline.git_commit()
     pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu")
     assert pipeline.io.read_ome_zarr(out, lazy=True).attrs["code"]["source_digest"] == "0123456789abcdef"
+    import zarr
+
+    group = zarr.open_group(str(out), mode="r")  # a viewer names the layer after the sample, not "restored"
+    assert group.attrs["multiscales"][0]["name"] == "s" and group.attrs["omero"]["channels"][0]["label"] == "s"
 
 
 def test_a_model_from_before_the_shrink_infers_without_a_false_retrain_warning(tmp_path, caplog):

@@ -732,11 +732,19 @@ def _smooth2d(plane: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _find_structure(restored: Any) -> tuple[int, int, int]:
-    """Output-grid voxel (z, y, x) at the brightest smoothed structure."""
+    """Output-grid voxel (z, y, x) at the brightest smoothed structure, away from the lateral
+    edges (a structure cut by the border put its profile line on the panel's frame)."""
     nz, ny, nx = _as_zyx(restored.shape)
     mip = _projections(restored)["XY"]
     fy, fx = _factor(ny), _factor(nx)
     sm = _smooth2d(np.nan_to_num(mip), max(1.0, min(mip.shape) / 64))
+    for axis, n in enumerate(sm.shape):
+        margin = n // 16
+        if margin and n > 2 * margin + 1:
+            edge = [slice(None)] * 2
+            for part in (slice(0, margin), slice(n - margin, n)):
+                edge[axis] = part
+                sm[tuple(edge)] = -np.inf
     iy, ix = np.unravel_index(int(np.argmax(sm)), sm.shape)
     y = min(ny - 1, iy * fy + fy // 2)
     x = min(nx - 1, ix * fx + fx // 2)
@@ -784,7 +792,7 @@ def figure_detail(
         raw, interp, restored, voxel_size_in, voxel_size_out)
     s_in, s_out = _as_zyx(raw.shape), _as_zyx(restored.shape)
     z, y, x = _find_structure(restored)
-    if s_out[1:] == s_in[1:] and s_out[0] != s_in[0] and s_in[0] > 1:
+    if _only_z_resampled(s_in, s_out):
         # only z resampled (isotropic mode): an XY crop shows nothing new, and where its plane
         # falls on an acquired slice the profiles coincide; the detail is an XZ crop and a z profile
         return _axial_detail(raw, interp, restored, vin, vout, unit, (z, y, x), zoom=zoom, display=display)
@@ -828,6 +836,13 @@ def figure_detail(
     }
     _profile_panel(ax, profiles, colors, xlabel=f"x ({unit})", title=f"line profile at z={z}, y={y} (output voxels)")
     return _fig_to_png(fig)
+
+
+def _only_z_resampled(shape_in: Sequence[int], shape_out: Sequence[int]) -> bool:
+    """Whether only z was resampled (isotropic mode, enhance ``scale`` n,1,1): the detail
+    figure is then an XZ crop and an axial profile."""
+    s_in, s_out = _as_zyx(shape_in), _as_zyx(shape_out)
+    return s_out[1:] == s_in[1:] and s_out[0] != s_in[0] and s_in[0] > 1
 
 
 def _profile_panel(ax, profiles: Mapping[str, tuple], colors: Mapping[str, str], *, xlabel: str, title: str) -> None:
@@ -879,13 +894,14 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
         ax.imshow(crop, cmap="gray", vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest",
                   extent=(x0 * vs[2], x1 * vs[2], (oz + crop.shape[0]) * vs[0], oz * vs[0]))
         ax.axvline(x_phys, color=colors[name], lw=1.0, alpha=0.8)
-        ax.set_title(f"{name} (XZ, y={y})", fontsize=9)
+        ax.set_title(f"{name} (XZ at y={y})", fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
         ax.set_ylabel(f"z ({unit})", fontsize=7)
         ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[0, 3])
     _profile_panel(ax, {name: (crop[:, x - x0], vs[0], oz) for name, (crop, vs, oz) in crops.items()}, colors,
-                   xlabel=f"z ({unit})", title=f"axial profile at y={y}, x={x} (dots: acquired slices)")
+                   xlabel=f"z ({unit})", title=f"axial profile at y={y}, x={x} (output voxels; dots: acquired "
+                                                "slices)")
     return _fig_to_png(fig)
 
 
@@ -1773,10 +1789,20 @@ def render_sample_report(
                  "spans all of z).</p>")
     parts.append(_img_tag(figures["projections"], alt="maximum intensity projections"))
     parts.append('<h2 id="detail">Zoomed detail and line profile</h2>')
-    parts.append("<p class=\"muted\">A 4× zoom around the brightest structure, in the z "
-                 "plane where it peaks, and an intensity profile along the drawn line. "
-                 "Narrower, higher peaks in the restored profile than in the "
-                 "interpolation mean sharper structures.</p>")
+    if _only_z_resampled(raw.shape, restored.shape):
+        parts.append("<p class=\"muted\">An XZ crop through the brightest structure (y given in output "
+                     "voxels; only z was resampled, so an XY crop would show nothing new) and the intensity "
+                     "profile along z through it, on the drawn line; the dots are the acquired slices. A "
+                     "narrower peak in the restored profile than in the interpolation means a sharper "
+                     "structure along z; a peak far above the acquired slices' own values is intensity they "
+                     "do not support (isotropic mode: the axial blur σ may be overestimated, see "
+                     "Self-validation).</p>")
+    else:
+        parts.append("<p class=\"muted\">A 4× zoom around the brightest structure, in the z "
+                     "plane where it peaks, and an intensity profile along the drawn line. "
+                     "Narrower peaks in the restored profile than in the interpolation mean sharper "
+                     "structures; a sharper peak is also higher, but one far above the input's own "
+                     "samples (dots) is intensity the acquisition does not support.</p>")
     parts.append(_img_tag(figures["detail"], alt="zoomed detail and line profile"))
     if train_fov is not None:
         parts.append(f"<p><b>Training field of view:</b> {_esc(_draw_fov_note(train_fov))}</p>")

@@ -560,6 +560,16 @@ def test_detail_of_an_output_resampled_along_z_only_is_an_axial_crop(monkeypatch
     assert len(called) == 1  # lateral upsampling keeps the XY detail
 
 
+def test_detail_structure_is_found_away_from_the_lateral_edges():
+    """A nucleus cut by the border (the brightest) put the profile line on the panel's frame
+    at x=0; the detail goes to the brightest structure inside."""
+    vol = np.zeros((4, 64, 64), np.float32)
+    vol[:, 30:34, 0:3] = 2.0  # brightest, touching x = 0
+    vol[:, 40:44, 20:24] = 1.0
+    z, y, x = report._find_structure(vol)
+    assert 40 <= y < 44 and 20 <= x < 24
+
+
 def test_detail_crop_at_the_edge_keeps_its_full_size():
     assert report._window(0, 8, 64) == (0, 16) and report._window(63, 8, 64) == (48, 64)
     assert report._window(30, 8, 64) == (22, 38) and report._window(3, 8, 10) == (0, 10)

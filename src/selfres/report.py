@@ -163,17 +163,23 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "lies more than 5 % of the intensity range below the darkest input voxel: dark halos "
         "(ringing) next to bright objects, which the network's sharpening adds. No acquisition "
         "held such values (metrics.json: restored_check.undershoot).",
-        "Look at the views around bright objects. For intensity measurements clip the output at "
+        "Look at the views around bright objects. In isotropic mode they usually mean an axial "
+        "blur σ larger than the acquisition's (the estimate can read a specimen's own extent in z "
+        "as blur; Self-validation gives the σ used): set isotropic.axial_sigma_px to the PSF's "
+        "axial σ in lateral pixels and compare. For intensity measurements clip the output at "
         "the input's minimum, or measure on the interpolation; judge the output by its views, "
         "beads or a reference rather than by the held-out figure alone.",
     ),
     "isotropy_not_reached": (
-        "The restored volume is still clearly anisotropic: its axial resolution "
-        "stays well below its lateral resolution (isotropy below 0.8), or it holds the z "
-        "interpolation of an input that was (interpolation adds no axial detail, whatever "
-        "the estimate reads on its finer grid).",
-        "Check the voxel size (the anisotropy factor comes from it), the training "
-        "field of view, and consider more training steps.",
+        "By the decorrelation estimate the restored volume still looks clearly anisotropic: its "
+        "axial resolution reads well below its lateral one (isotropy below 0.8), or it holds the "
+        "z interpolation of an input that read so (interpolation adds no axial detail, whatever "
+        "the estimate reads on its finer grid). The estimate is a hint, not a measurement (see "
+        "Resolution): it can read interpolated noise as detail, and an output below 0.8 need "
+        "not have gained nothing.",
+        "Compare the XZ/YZ views and the axial detail with the interpolation. Check the voxel "
+        "size (the anisotropy factor comes from it) and the axial σ in Self-validation; a "
+        "training stopped early (flags) may gain from more isotropic.steps.",
     ),
 }
 

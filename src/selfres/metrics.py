@@ -516,6 +516,33 @@ def undershoot(output: np.ndarray, interpolation: np.ndarray, *, floor: float,
             "detectable": lowest is None or below > float(lowest)}
 
 
+def brightening(output: np.ndarray, interpolation: np.ndarray, *, background: float | None = None,
+                top_percent: float = 1.0) -> dict:
+    """How much brighter than the interpolation the output's brightest structures are: the
+    median of ``(output − background) / (interpolation − background)`` over the voxels where
+    the interpolation is in its top ``top_percent`` (normalised units; ``background``: the
+    interpolation's median). Sharpening raises a small structure's peak — the noise-free truth
+    of a z-blurred ×4 nucleus stack is 1.19× its z-cubic interpolation there — but far above
+    that only where the structures are thinner than the blur the restoration assumed.
+
+    Returns
+    -------
+    dict
+        ``ratio`` (None when there is nothing above the background) and ``background``.
+    """
+    out = np.asarray(output, dtype=np.float32)
+    interp = np.asarray(interpolation, dtype=np.float32)
+    bg = float(np.median(interp)) if background is None else float(background)
+    if not interp.size:
+        return {"ratio": None, "background": bg}
+    top = interp >= np.percentile(interp, 100.0 - top_percent)
+    above = interp[top] - bg
+    keep = above > 1e-6
+    if not keep.any():
+        return {"ratio": None, "background": bg}
+    return {"ratio": float(np.median((out[top][keep] - bg) / above[keep])), "background": bg}
+
+
 def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_000,
                        block_voxels: int | None = None) -> dict:
     """How far the restored volume as written still looks like its input: a check of the

@@ -165,10 +165,25 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "held such values (metrics.json: restored_check.undershoot).",
         "Look at the views around bright objects. In isotropic mode they usually mean an axial "
         "blur σ larger than the acquisition's (the estimate can read a specimen's own extent in z "
-        "as blur; Self-validation gives the σ used): set isotropic.axial_sigma_px to the PSF's "
-        "axial σ in lateral pixels and compare. For intensity measurements clip the output at "
+        "as blur; Self-validation gives the σ used): give the axial blur you know "
+        "(isotropic.axial_sigma_px, the extra axial blur in lateral pixels, or train.degradation "
+        "with the optics or a bead-measured PSF) and compare. For intensity measurements clip the output at "
         "the input's minimum, or measure on the interpolation; judge the output by its views, "
         "beads or a reference rather than by the held-out figure alone.",
+    ),
+    "restored_brighter": (
+        "The output's brightest structures are over 1.5 times as bright as in the z-cubic "
+        "interpolation of the acquisition (metrics.json: restored_check.brightening; a good "
+        "restoration of a z-blurred nucleus stack measured 1.18, its truth 1.19). Restoring z "
+        "raises peaks that much only for structures thinner in z than the axial blur σ assumed "
+        "(Self-validation gives it): with larger structures it means σ was overestimated — the "
+        "estimate can read a specimen's own length in z as blur — and the intensities are not "
+        "the specimen's.",
+        "Unless your structures are thinner in z than that σ (sub-resolution beads, thin "
+        "fibres lying flat), give the axial blur you know and rerun: isotropic.axial_sigma_px "
+        "(the extra axial blur, in lateral pixels), or train.degradation with the optics or a "
+        "bead-measured PSF (selfres psf-sigma --beads); meanwhile measure intensities on the "
+        "interpolation.",
     ),
     "isotropy_not_reached": (
         "By the decorrelation estimate the restored volume still looks clearly anisotropic: its "

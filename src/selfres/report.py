@@ -1545,12 +1545,25 @@ def _baseline_name(mode: Any) -> str:
     return "z-cubic interpolation" if mode == "isotropic" else "tricubic interpolation"
 
 
+def _holdout_name(metrics: Mapping[str, Any]) -> str:
+    """What the held-out figure scores, for the verdict: isotropic mode scores lateral slices
+    made to look axial, with an axial σ the figure cannot check."""
+    if metrics.get("mode") != "isotropic":
+        return "the held-out region"
+    deg = metrics.get("isotropic_degradation") or {}
+    sigma = _num(deg.get("sigma_px"))
+    told = (f" (axial σ {_fmt(sigma)} lateral pixels, {deg.get('sigma_source') or 'source not recorded'})"
+            if sigma is not None else "")
+    return f"held-out lateral slices made to look axial{told}"
+
+
 def _verdict(metrics: Mapping[str, Any], status: str) -> str:
     """One-paragraph 'at a glance' summary in plain words."""
     sv = metrics.get("self_validation") or {}
     gain = _diff(sv.get("psnr_model"), sv.get("psnr_interp"))
     subject = "The network" + _extras_text(metrics.get("inference_extras"))
     baseline = _baseline_name(metrics.get("mode"))
+    region = _esc(_holdout_name(metrics))
     margin = _num(metrics.get("guard_margin_db"))
     bits = []
     if status == "failed":
@@ -1559,16 +1572,16 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
         bits.append("No self-validation figure is available for this sample.")
     elif ("model_worse_than_interpolation" in (metrics.get("flags") or []) and gain >= 0.005
           and margin is not None and margin > 0):
-        bits.append(f"<b class=\"status-failed\">{_esc(subject)} beats {baseline} on the held-out region by "
+        bits.append(f"<b class=\"status-failed\">{_esc(subject)} beats {baseline} on {region} by "
                     f"only {_esc(f'{gain:+.2f}')} dB PSNR</b>, less than the margin the guard asks of a trained "
                     f"network (train.guard_margin_db = {_esc(_fmt(margin))} dB): too little to trust that the "
                     "gain carries over to the whole volume.")
     elif "model_worse_than_interpolation" in (metrics.get("flags") or []) or gain < 0.005:
-        bits.append(f"<b class=\"status-failed\">{_esc(subject)} does not beat {baseline}</b> on the "
-                    f"held-out region ({_esc(f'{gain:+.2f}')} dB PSNR).")
+        bits.append(f"<b class=\"status-failed\">{_esc(subject)} does not beat {baseline}</b> on "
+                    f"{region} ({_esc(f'{gain:+.2f}')} dB PSNR).")
     else:
         bits.append(f"<b class=\"status-ok\">{_esc(subject)} beats {baseline}</b> on "
-                    f"the held-out region by {_esc(f'{gain:+.2f}')} dB PSNR.")
+                    f"{region} by {_esc(f'{gain:+.2f}')} dB PSNR.")
     interval = metrics.get("holdout_gain_db_interval")
     if gain is not None and isinstance(interval, (list, tuple)) and len(interval) == 2:
         lo, hi = _num(interval[0]), _num(interval[1])
@@ -1641,8 +1654,8 @@ def _self_validation_caption(metrics: Mapping[str, Any], interp_name: str) -> st
         return (f"Held-out lateral (XY) slices are made to look axial — {how}{told} (and with isotropic.noise_match, "
                 f"on by default, noise topped up to the acquisition's) — and restored by the model and by {interp_name} interpolation; both are "
                 "compared with the slices themselves. This checks the model on the task it learned, not the "
-                "axial one: a wrong σ cannot be seen here (give it where known: isotropic.axial_sigma_px or "
-                f"train.psf_sigma_um). {chose}")
+                "axial one: a wrong σ cannot be seen here (give it where known: isotropic.axial_sigma_px, or "
+                f"train.degradation with the optics or a measured PSF). {chose}")
     target = ("that region seen through the output grid's PSF (train.psf_sigma_um is given)"
               if metrics.get("psf_sigma_um") else "that region as acquired")
     return (f"A region of the input held out of training is degraded as in training and restored by the "

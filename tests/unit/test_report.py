@@ -437,6 +437,10 @@ def test_verdict_says_a_small_gain_missed_the_guards_margin_and_names_z_cubic_in
     iso = {"self_validation": {"psnr_model": 31.0, "psnr_interp": 30.0}, "mode": "isotropic",
            "guard_margin_db": 0.0}
     assert "beats z-cubic interpolation" in report._verdict(iso, "ok")
+    # ... on what isotropic mode scores, with the σ that figure rests on (and cannot check)
+    iso["isotropic_degradation"] = {"sigma_px": 2.5, "sigma_source": "estimated"}
+    assert ("beats z-cubic interpolation</b> on held-out lateral slices made to look axial (axial σ 2.5 lateral "
+            "pixels, estimated) by +1.00 dB") in report._verdict(iso, "ok")
     iso_worse = dict(iso, self_validation={"psnr_model": 29.0, "psnr_interp": 30.0},
                      flags=["model_worse_than_interpolation"], restored_content="interpolation")
     text = report._verdict(iso_worse, "ok")

@@ -110,7 +110,9 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
     given = f"voxel size z,y,x {vz:g}, {vy:g}, {vx:g} µm"
     if f < 1.0 - 1e-6:
         raise InputError(path, f"z voxel ({vz:g} µm) is finer than the lateral pixel ({vxy:g} µm); isotropic "
-                               "mode restores stacks whose z spacing is coarser than x/y", sample=sample)
+                               "mode restores stacks whose z spacing is coarser than x/y (check the voxel size's "
+                               "order: z,y,x; for a finer lateral grid use mode enhance with scale 1,2,2)",
+                         sample=sample)
     if f < MIN_ISOTROPIC_FACTOR:
         raise InputError(path, f"{given}: the z step is {f:.3g}x the lateral pixel, so the stack is already "
                                f"(nearly) isotropic and there is nothing to restore on the z grid; isotropic mode "

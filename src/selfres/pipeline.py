@@ -361,8 +361,8 @@ def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), pa
                              f"{shape}, one z slice): use mode enhance with scale 1,y,x", sample=sample)
         if shape[0] < MIN_ISOTROPIC_SLICES:
             raise InputError(path, f"isotropic mode needs at least {MIN_ISOTROPIC_SLICES} z slices; the volume "
-                             f"(shape {shape}) has {shape[0]}: acquire more slices, or use mode enhance with "
-                             "scale 1,y,x", sample=sample)
+                             f"(shape {shape}) has {shape[0]}: acquire more slices (mode enhance with scale 1,y,x "
+                             "can still refine x and y, but not z)", sample=sample)
         factor = isotropic_factor(voxel_size, path=path, sample=sample)
         factors = (1, 1, 1)
     else:

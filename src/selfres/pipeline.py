@@ -1162,6 +1162,27 @@ def _zcubic(raw_norm: np.ndarray, f: float) -> np.ndarray:
     return np.asarray(degrade.upscale_cubic(raw_norm, (f, 1, 1)), dtype=np.float32)
 
 
+def current_benchmarks(files: Sequence[Path], *, blocks: int | None) -> list[Path]:
+    """The rules' benchmark files of the chain that made the current outputs: of ``train`` and
+    ``adopt`` the newer (a sample that stopped adopting left its ``adopt.tsv``), of ``infer``
+    and the scattered ``infer_prepare`` / ``infer_block_*`` / ``infer_gather`` the newer kind,
+    and blocks only below ``blocks`` (a run with fewer blocks left the others)."""
+    by = {Path(f).stem: Path(f) for f in files}
+
+    def age(names) -> float:
+        return max((by[n].stat().st_mtime for n in names if n in by), default=-1.0)
+
+    scattered = [n for n in by if n.startswith("infer_block_")] + ["infer_prepare", "infer_gather"]
+    stale = {"adopt"} if age(["train"]) >= age(["adopt"]) else {"train"}
+    if age(["infer"]) >= age(scattered):
+        stale |= set(scattered)
+    else:
+        stale.add("infer")
+        stale |= {n for n in scattered if n.startswith("infer_block_") and blocks
+                  and int(n.removeprefix("infer_block_")) >= int(blocks)}
+    return [Path(f) for f in files if Path(f).stem not in stale]
+
+
 def stage_report(
     normalized: str | Path,
     restored: str | Path,
@@ -1215,7 +1236,7 @@ def stage_report(
     beads = pd.read_csv(qc_dir / "beads.tsv", sep="\t") if (qc_dir / "beads.tsv").exists() else None
     timings = {}
     if benchmarks_dir and Path(benchmarks_dir).is_dir():
-        for f in sorted(Path(benchmarks_dir).glob("*.tsv")):
+        for f in current_benchmarks(sorted(Path(benchmarks_dir).glob("*.tsv")), blocks=out.attrs.get("blocks")):
             try:
                 b = pd.read_csv(f, sep="\t")
                 timings[f.stem] = {"seconds": float(b["s"].iloc[-1]), "max_rss_mb": float(b["max_rss"].iloc[-1])}

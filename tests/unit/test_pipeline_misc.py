@@ -300,3 +300,23 @@ def test_saturation_is_found_at_a_camera_s_bit_depth_too(tmp_path, top, clipped,
     attrs = pipeline.stage_normalise(tmp_path / "in.tif", tmp_path / "n.ome.zarr", sample="s")
     assert attrs["saturated_fraction"] == pytest.approx(expected, abs=1e-3)
     assert pipeline.saturation_levels(np.uint16) == (255, 1023, 4095, 16383, 65535)
+
+
+def test_provenance_times_only_the_rules_that_made_the_current_outputs(tmp_path):
+    """A sample that stopped adopting, or went back from scattered inference to one job, left
+    the old rules' benchmark files; the report's timings leave them out."""
+    import os
+
+    def bench(name, t):
+        path = tmp_path / f"{name}.tsv"
+        path.write_text("s\tmax_rss\n1\t1\n")
+        os.utime(path, (t, t))
+        return path
+
+    files = [bench("normalise", 1), bench("adopt", 2), bench("train", 3), bench("infer_prepare", 4),
+             bench("infer_block_0", 4), bench("infer_block_1", 4), bench("infer_block_2", 4),
+             bench("infer_gather", 5), bench("infer", 6)]
+    assert [f.stem for f in pipeline.current_benchmarks(files, blocks=1)] == ["normalise", "train", "infer"]
+    files[-1] = bench("infer", 1)  # now scattered over 2 blocks, after a run with 3
+    assert [f.stem for f in pipeline.current_benchmarks(files, blocks=2)] == [
+        "normalise", "train", "infer_prepare", "infer_block_0", "infer_block_1", "infer_gather"]

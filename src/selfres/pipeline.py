@@ -654,7 +654,10 @@ def stage_infer(
                                 if k not in ("blocks", "batch_size", "gpu_memory_fraction")}}
     if meta.get("mode") == "isotropic":
         from . import isotropic
+        from .settings import ENHANCE_ONLY_INFER_KEYS
 
+        fingerprint["settings"] = {k: v for k, v in fingerprint["settings"].items()
+                                   if k not in ENHANCE_ONLY_INFER_KEYS}
         return isotropic.stage_infer(vol, params, source, model, meta, output, sample=sample, settings=settings,
                                      iso_settings=isotropic_settings, device=dev, fingerprint=fingerprint, step=step,
                                      block=block)
@@ -1166,14 +1169,15 @@ def current_benchmarks(files: Sequence[Path], *, blocks: int | None) -> list[Pat
     """The rules' benchmark files of the chain that made the current outputs: of ``train`` and
     ``adopt`` the newer (a sample that stopped adopting left its ``adopt.tsv``), of ``infer``
     and the scattered ``infer_prepare`` / ``infer_block_*`` / ``infer_gather`` the newer kind,
-    and blocks only below ``blocks`` (a run with fewer blocks left the others)."""
+    and blocks only below ``blocks`` (a run with fewer blocks left the others); not ``report``."""
     by = {Path(f).stem: Path(f) for f in files}
 
     def age(names) -> float:
         return max((by[n].stat().st_mtime for n in names if n in by), default=-1.0)
 
     scattered = [n for n in by if n.startswith("infer_block_")] + ["infer_prepare", "infer_gather"]
-    stale = {"adopt"} if age(["train"]) >= age(["adopt"]) else {"train"}
+    # the report job cannot time itself: report.tsv is the previous report's
+    stale = {"report", "adopt" if age(["train"]) >= age(["adopt"]) else "train"}
     if age(["infer"]) >= age(scattered):
         stale |= set(scattered)
     else:

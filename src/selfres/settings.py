@@ -271,6 +271,10 @@ def isotropic_train_values(train: dict) -> dict:
     return out
 
 
+#: ``InferSettings`` keys only enhance mode reads (isotropic inference has no self-ensemble or
+#: back-projection): left out of an isotropic sample's settings, its job's fingerprint and provenance
+ENHANCE_ONLY_INFER_KEYS = ("ensemble", "back_projection_iterations", "back_projection_shrink")
+
 #: ``IsotropicSettings`` keys read by inference only: each infer job's values apply (changing
 #: them re-infers, never retrains), not those of the sample that trained the model
 ISOTROPIC_INFERENCE_KEYS = ("fusion", "infer_batch")

@@ -209,6 +209,10 @@ def test_an_isotropic_inference_value_reinfers_without_retraining(tmp_path):
     _edit_config(wd, isotropic={"steps": 3})  # a training value: retrains, and does not reach infer
     last = _stage_commands(wd, "i", ("train", "infer"))
     assert last["train"] != before["train"] and last["infer"] == after["infer"]
+    # enhance's inference extras are not isotropic inference's: they rerun nothing here
+    assert not {"ensemble", "back_projection_iterations", "back_projection_shrink"} & set(_settings(last["infer"])["infer"])
+    _edit_config(wd, infer={"back_projection_iterations": 3, "ensemble": True, "back_projection_shrink": False})
+    assert _stage_commands(wd, "i", ("train", "infer")) == last
 
 
 def test_a_scale_on_an_isotropic_row_is_named_as_unused_and_not_recorded(tmp_path):

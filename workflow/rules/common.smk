@@ -19,7 +19,7 @@ except ImportError:  # snakemake run from an env without the package: use the ch
     from selfres import sheet as _sheet
 
 from selfres.errors import SelfresError as _SelfresError
-from selfres.settings import isotropic_train_values
+from selfres.settings import ENHANCE_ONLY_INFER_KEYS, isotropic_train_values
 
 
 def _stop_on_bad_config(check, *args, **kwargs):
@@ -249,6 +249,8 @@ def _used_by_mode(sample, sections):
         elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
             train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
         out["train"] = train
+    if mode == "isotropic" and "infer" in out:  # its inference has no self-ensemble or back-projection
+        out["infer"] = {k: v for k, v in out["infer"].items() if k not in ENHANCE_ONLY_INFER_KEYS}
     return out
 
 

@@ -1165,6 +1165,40 @@ def _zcubic(raw_norm: np.ndarray, f: float) -> np.ndarray:
     return np.asarray(degrade.upscale_cubic(raw_norm, (f, 1, 1)), dtype=np.float32)
 
 
+def settings_not_applied(resolved_config: dict | None, model_meta: dict, store_attrs: dict) -> dict:
+    """Values of the configuration a report is written with that differ from those that made
+    its outputs: ``{"train.steps": {"config": 45, "used": 35}, …}`` — the train (and isotropic
+    training) values against ``model.json``, the inference values against the restored store's
+    fingerprint, whether ``model_from`` is set against whether the model was adopted. Empty when they agree; they differ
+    only when Snakemake did not rerun a step for a change (its recorded parameters were
+    cleaned up, ``--cleanup-metadata``). A value the config leaves to the data (null) is not
+    compared; nor are an adopting sample's train values (its model is its source's)."""
+    cfg = (resolved_config or {}).get("settings") or {}
+    used_infer = ((store_attrs.get("fingerprint") or {}).get("settings")) or {}
+    adopted = (model_meta.get("adopted_from") or {}).get("sample")
+    pairs = [("infer", cfg.get("infer") or {}, used_infer)]
+    if adopted is None:
+        pairs += [("train", cfg.get("train") or {}, model_meta.get("settings") or {}),
+                  ("isotropic", cfg.get("isotropic") or {}, model_meta.get("isotropic") or {})]
+    out: dict = {}
+
+    def compare(prefix: str, given: dict, used: dict) -> None:
+        for key, value in given.items():
+            if key not in used or value is None:
+                continue
+            if isinstance(value, dict) and isinstance(used[key], dict):
+                compare(f"{prefix}.{key}", value, used[key])
+            elif json.loads(json.dumps(value)) != json.loads(json.dumps(used[key])):
+                out[f"{prefix}.{key}"] = {"config": value, "used": used[key]}
+
+    for section, given, used in pairs:
+        compare(section, given, used)
+    wanted = (resolved_config or {}).get("model_from")
+    if resolved_config is not None and (wanted is None) != (adopted is None):  # (a path in `selfres restore`)
+        out["model_from"] = {"config": wanted, "used": adopted}
+    return out
+
+
 def current_benchmarks(files: Sequence[Path], *, blocks: int | None) -> list[Path]:
     """The rules' benchmark files of the chain that made the current outputs: of ``train`` and
     ``adopt`` the newer (a sample that stopped adopting left its ``adopt.tsv``), of ``infer``
@@ -1261,6 +1295,8 @@ def stage_report(
         # which image, channel and time point of the file this sample is (none: the file's only one)
         "input_part": {k: vol.attrs[k] for k in ("series", "channel", "timepoint") if vol.attrs.get(k) is not None},
         "resolved_config": resolved_config or {},
+        # config values that did not make these outputs (a step not rerun for a change): see the report
+        "settings_not_applied": settings_not_applied(resolved_config, meta, out.attrs),
         "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device",
                                            "ran_on")},
         "timings": {"train_seconds": metrics_d.get("train_seconds"), "infer_seconds": metrics_d.get("infer_seconds"),

@@ -1951,6 +1951,16 @@ def render_sample_report(
     parts.append(_table(["step", "seconds", "max memory (MB)"],
                         _timing_rows(metrics, provenance)))
     parts.append('<h2 id="provenance">Provenance</h2>')
+    differ = (provenance or {}).get("settings_not_applied") or {}
+    if differ:
+        listed = "; ".join(f"{k}: configured {json.dumps(v.get('config'))}, used {json.dumps(v.get('used'))}"
+                           for k, v in sorted(differ.items()))
+        parts.append('<div class="warn"><h3>The configuration differs from what made these outputs</h3>'
+                     f"<p>{_esc(listed)}.</p><p>Snakemake did not rerun the steps for these values (their "
+                     "recorded parameters were cleaned up, <code>--cleanup-metadata</code>): the outputs, "
+                     "model.json and the figures above are those of the values used. To apply the configured "
+                     "ones, rerun the steps (<code>snakemake --forcerun train</code>, or <code>infer</code> "
+                     "for inference values, with this sample's report as target).</p></div>")
     if provenance:
         info = [(k, provenance.get(k)) for k in
                 ("selfres_version", "git_commit", "input", "input_checksum", "host",

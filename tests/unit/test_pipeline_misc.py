@@ -320,3 +320,34 @@ def test_provenance_times_only_the_rules_that_made_the_current_outputs(tmp_path)
     files[-2] = bench("infer", 1)  # now scattered over 2 blocks, after a run with 3
     assert [f.stem for f in pipeline.current_benchmarks(files, blocks=2)] == [
         "normalise", "train", "infer_prepare", "infer_block_0", "infer_block_1", "infer_gather"]
+
+
+def test_a_configuration_that_did_not_make_the_outputs_is_named_in_provenance_and_report():
+    """After `--cleanup-metadata`, Snakemake reruns only the report for a changed value; the
+    provenance then recorded the new config as if it had made the model."""
+    from selfres import report
+
+    meta = {"settings": {"steps": 35, "degradation": {"method": "cubic", "noise_variance": [1e-6, 2e-6]},
+                         "patch_size": [8, 64, 64]}}
+    attrs = {"fingerprint": {"settings": {"back_projection_iterations": 1, "tile_size": [32, 128, 128]}}}
+    same = {"settings": {"train": {"steps": 35, "patch_size": [8, 64, 64],
+                                   "degradation": {"method": "cubic", "noise_variance": None}},
+                         "infer": {"back_projection_iterations": 1, "blocks": 3}}, "model_from": None}
+    assert pipeline.settings_not_applied(same, meta, attrs) == {}  # null: left to the data; blocks: no output change
+    changed = {"settings": {"train": {"steps": 45, "degradation": {"method": "gaussian"}},
+                            "infer": {"back_projection_iterations": 0}}, "model_from": "other"}
+    differ = pipeline.settings_not_applied(changed, meta, attrs)
+    assert differ == {"train.steps": {"config": 45, "used": 35},
+                      "train.degradation.method": {"config": "gaussian", "used": "cubic"},
+                      "infer.back_projection_iterations": {"config": 0, "used": 1},
+                      "model_from": {"config": "other", "used": None}}
+    adopted = dict(meta, adopted_from={"sample": "other"})  # its train values are its source's
+    assert pipeline.settings_not_applied(changed, adopted, attrs) == {
+        "infer.back_projection_iterations": {"config": 0, "used": 1}}
+    from .test_report import _metrics, _volumes
+
+    raw, interp, restored = _volumes()
+    page = report.render_sample_report(sample="s", metrics=_metrics(), raw=raw, interp=interp, restored=restored,
+                                       voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5),
+                                       provenance={"settings_not_applied": differ})
+    assert "The configuration differs from what made these outputs" in page and "train.steps: configured 45" in page

@@ -1291,6 +1291,8 @@ def stage_report(
         "workflow": ({"dir": str(Path(workflow_dir).resolve()), "git_commit": git_commit(workflow_dir),
                       "git_dirty": git_dirty(workflow_dir)} if workflow_dir is not None else None),
         "input": vol.attrs.get("source"),
+        # as given (a sheet's paths are relative to the working directory): resolved here, where the jobs run
+        "input_resolved": str(Path(vol.attrs["source"]).resolve()) if vol.attrs.get("source") else None,
         "input_checksum": vol.attrs.get("source_checksum"),
         # which image, channel and time point of the file this sample is (none: the file's only one)
         "input_part": {k: vol.attrs[k] for k in ("series", "channel", "timepoint") if vol.attrs.get(k) is not None},

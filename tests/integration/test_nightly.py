@@ -239,6 +239,7 @@ def test_provenance_per_sample_is_complete(night1):
     assert prov["model_code"] == prov["restored_code"] and prov["model_code"]["git_commit"] == prov["git_commit"]
     assert prov["restored_code"]["source_digest"] == prov["source_digest"]
     assert prov["settings_not_applied"] == {}  # the config is what made the outputs
+    assert Path(prov["input_resolved"]) == raw.resolve()  # the sheet's path is relative to the work folder
     # the workflow that ran (its Snakefile's checkout), which need not be where the package is installed from
     from workdir import SNAKEFILE
 

@@ -949,7 +949,7 @@ def train_isotropic(
                     "key": key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                     "generator": gen.get_state(), "noise_generator": noise_gen.get_state(), "step": step,
                     "elapsed": el, **sel.state_dict()})
-            if sel.exhausted:
+            if sel.exhausted and step < s.steps:  # at the last step it is not early
                 stop_reason = "early_stop"
                 flags.append("early_stopped")
                 break

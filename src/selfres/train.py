@@ -752,7 +752,7 @@ def train_enhance(
                     "generator": gen.get_state(), "noise_generator": noise_gen.get_state(), "step": step,
                     "elapsed": el, **sel.state_dict(),
                 })
-            if sel.exhausted:
+            if sel.exhausted and step < settings.steps:  # at the last step it is not early
                 stop_reason = "early_stop"
                 flags.append("early_stopped")
                 log.info("no held-out improvement in %d validations: early stop", settings.patience)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -27,6 +29,17 @@ def test_untrained_model_equals_tricubic_and_is_flagged_when_it_cannot_improve()
                       "learning_rate": 1e-9}))
     assert r.val_psnr_model == pytest.approx(r.val_psnr_interp, abs=1e-3)
     assert "model_worse_than_interpolation" in r.flags
+
+
+def test_patience_running_out_at_the_last_step_is_not_an_early_stop():
+    """Out of patience at the last validation, training has run every step: the flag
+    early_stopped ('stopped before the configured number of steps') was false there."""
+    train, held = _data()
+    settings = TrainSettings(steps=4, **TINY | {"validate_every": 1, "patience": 4, "learning_rate": 1e-12})
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=settings)
+    assert r.steps_done == 4 and r.stop_reason == "steps" and "early_stopped" not in r.flags
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=dataclasses.replace(settings, steps=6))
+    assert r.steps_done == 4 and r.stop_reason == "early_stop" and "early_stopped" in r.flags
 
 
 def test_training_beats_tricubic_on_the_held_out_region():

@@ -1914,6 +1914,13 @@ def render_sample_report(
          ["axial resolution (µm)", _num(res.get("axial_in")), _num(res_i.get("axial")), _num(res.get("axial_out"))],
          ["isotropy (lateral / axial; 1 = isotropic)", _num(metrics.get("isotropy_in")),
           _num(metrics.get("isotropy_interp")), _num(metrics.get("isotropy_out"))]]))
+    missing_in = [axis for axis in ("lateral", "axial")
+                  if _num(res.get(f"{axis}_in")) is None and _num(res.get(f"{axis}_out")) is not None]
+    if missing_in:
+        parts.append(f"<p>No {' or '.join(missing_in)} estimate for the input: the decorrelation analysis "
+                     "found no resolution limit within its sampling — typically an image whose detail reaches "
+                     "the voxel size (sampled at or below its resolution: then its resolution is about two "
+                     "voxels, the sampling limit), or too little signal in the window.</p>")
     if all(_num(v) is None for v in res.values()):
         parts.append("<p>Not measured: "
                      + ("the voxel size is unknown (flag voxel_size_missing)"

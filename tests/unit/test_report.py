@@ -564,6 +564,14 @@ def test_detail_of_an_output_resampled_along_z_only_is_an_axial_crop(monkeypatch
     assert len(called) == 1  # lateral upsampling keeps the XY detail
 
 
+def test_an_input_resolution_without_estimate_is_explained():
+    raw, interp, restored = _volumes()
+    m = _metrics() | {"resolution_um": {"lateral_in": None, "axial_in": 24.7, "lateral_out": 2.5, "axial_out": 6.7}}
+    page = report.render_sample_report(sample="s", metrics=m, raw=raw, interp=interp, restored=restored,
+                                       voxel_size_in=(5.0, 2.0, 2.0), voxel_size_out=(2.5, 1.0, 1.0))
+    assert "No lateral estimate for the input: the decorrelation analysis found no resolution limit" in page
+
+
 def test_detail_structure_is_found_away_from_the_lateral_edges():
     """A nucleus cut by the border (the brightest) put the profile line on the panel's frame
     at x=0; the detail goes to the brightest structure inside."""

@@ -1519,7 +1519,9 @@ def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level:
 
     with atomic_output(path) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=nz * plane_bytes > _BIGTIFF_BYTES, ome=True) as tif:
-            tif.write(planes(), shape=shape, dtype=dtype, metadata=metadata, photometric="minisblack")
+            # the pixel size in the TIFF tags too, for readers that ignore the OME-XML (pixels per cm)
+            res = {"resolution": (1e4 / voxel[2], 1e4 / voxel[1]), "resolutionunit": "CENTIMETER"} if voxel else {}
+            tif.write(planes(), shape=shape, dtype=dtype, metadata=metadata, photometric="minisblack", **res)
     return Path(path)
 
 def file_checksum(path: str | os.PathLike) -> str:

@@ -717,6 +717,9 @@ def test_ome_tiff_export_is_the_stored_image_plane_by_plane(tmp_path, monkeypatc
         assert tif.series[0].axes == "ZYX" and tif.series[0].dtype == np.uint16  # the stored type is kept
         np.testing.assert_array_equal(tif.asarray(), data)
         assert 'Name="s1"' in tif.ome_metadata
+        # the pixel size in the TIFF tags as well, for readers that ignore the OME-XML: 80000 px/cm
+        page = tif.pages[0]
+        assert page.tags["ResolutionUnit"].value == 3 and page.tags["XResolution"].value == (80000, 1)
     assert io.read_volume(out).voxel_size == pytest.approx((0.5, 0.125, 0.125))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.ome.tif", "r.ome.zarr"]  # no temporary left
 

@@ -998,8 +998,8 @@ def stage_qc(
             and agreement["undershoot"]["output"] > 2 * agreement["undershoot"]["interpolation"]):
         flags.append("restored_undershoots")
     agreement["brightening"] = metrics.brightening(out_w, interp_w)
-    ratio = agreement["brightening"]["ratio"]
-    if mode == "isotropic" and ratio is not None and ratio > BRIGHTENING_RATIO:
+    brighter = agreement["brightening"]["ratio"]
+    if mode == "isotropic" and brighter is not None and brighter > BRIGHTENING_RATIO:
         flags.append("restored_brighter")  # an interpolated output is its own interpolation: 1
     if settings.resolution and vs_in is not None:
         est = functools.partial(metrics.resolution_lateral_axial, max_slices=settings.max_resolution_slices)

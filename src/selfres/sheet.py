@@ -316,8 +316,11 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
                           f"{'; '.join([*(repr(c) for c in dup_cols), *empty])}")
     missing = [c for c in REQUIRED if c not in header]
     if missing:
+        joined = len(header) == 1 and any(sep in header[0] for sep in (",", ";", " "))
         raise ConfigError(f"sample sheet {path}: missing required column(s) {', '.join(missing)} "
-                          f"(found: {', '.join(header) or 'none'})")
+                          f"(found: {', '.join(header) or 'none'})"
+                          + ("; the sheet must be tab-separated, and this header has no tab: save it as "
+                             "tab-separated text (spreadsheets: 'Text (tab delimited)' or .tsv)" if joined else ""))
     sheet = pd.DataFrame(rows, columns=header, dtype=str) if rows else pd.DataFrame(columns=header, dtype=str)
     sheet = sheet.fillna("").astype(str)
     for c in sheet.columns:

@@ -800,6 +800,9 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     assert cli.main(["inspect", str(plane), "--scale", "1,2,2"]) == 0
     out = capsys.readouterr().out
     assert "voxel size y,x: 0.3, 0.3 µm (from the file)" in out and "voxel 0.15, 0.15 µm" in out
+    assert cli.main(["inspect", str(plane)]) == 0  # the default scale 2,2,2: said to be a 2-D image
+    assert ("enhance 2,2,2: not possible — is a 2-D image (shape (1, 96, 96), one z slice): it cannot be scaled "
+            "along z (scale 2,2,2); give the sample scale 1,2,2") in capsys.readouterr().out
     assert cli.main(["inspect", str(tmp_path / "absent.tif")]) == 2  # one clear error
     assert "absent.tif: does not exist" in capsys.readouterr().err
 

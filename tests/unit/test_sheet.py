@@ -44,6 +44,16 @@ def test_lines_whose_first_cell_starts_with_a_hash_are_comments(tmp_path):
     assert read_sample_sheet(p, schema=SCHEMA)["sample"].tolist() == ["a"]
 
 
+@pytest.mark.parametrize("sep", [",", ";", " "])
+def test_a_sheet_that_is_not_tab_separated_is_named_as_such(tmp_path, sep):
+    """A spreadsheet saved as CSV read as one column 'sample,path,mode' and the message only
+    said that 'sample' and 'path' were missing."""
+    p = _sheet(tmp_path, f"sample{sep}path{sep}mode\na{sep}a.tif{sep}enhance\n")
+    with pytest.raises(ConfigError, match=r"missing required column\(s\) sample, path .*the sheet must be "
+                                          r"tab-separated, and this header has no tab"):
+        read_sample_sheet(p, schema=SCHEMA)
+
+
 def test_a_row_error_names_the_line_in_the_file_counting_comments(tmp_path):
     p = _sheet(tmp_path, "# comment\nsample\tpath\tmode\na\ta.tif\n# another\nb\tb.tif\tsuperres\n")
     with pytest.raises(ConfigError, match=r"samples\.tsv, line 5: sample 'b': column 'mode'"):

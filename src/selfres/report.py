@@ -2167,9 +2167,9 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
                              + (f" — {_esc(err)}" if isinstance(err, str) and err else
                                 " (see its logs/ folder)") + "</li>")
         elif r["status"] == "fallback_interpolation":
-            attention.append(f"<li>{name}: the network did not beat {_baseline_name(r.get('mode'))} on the "
-                             "held-out region (by the guard's margin, for a trained network); "
-                             "restored.ome.zarr holds the interpolation.</li>")
+            attention.append(f"<li>{name}: the guard found no clear gain over {_baseline_name(r.get('mode'))} "
+                             "on the held-out region (its report says by how much, and whether the network "
+                             "learned anything); restored.ome.zarr holds the interpolation.</li>")
         elif r["status"] not in ("ok",):
             attention.append(f"<li>{name}: status {_esc(r['status'])}.</li>")
         elif r["flags"]:

@@ -228,6 +228,8 @@ def test_render_summary():
     assert "/x/&lt;y&gt;.tif: no voxel size" in failed_row
     assert 'href="b_ok/report.html"' in page and 'href="a_fb/report.html"' in page
     assert page.count('<tr class="fallback">') == 1
+    # what to look at: the fallback, and where to read why (the report), without a reason it may contradict
+    assert "the guard found no clear gain over tricubic interpolation on the held-out region (its report" in page
 
 
 def test_write_report_figures(tmp_path):

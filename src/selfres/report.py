@@ -61,8 +61,8 @@ __all__ = [
 FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     "model_worse_than_interpolation": (
         "The network did not beat plain interpolation (tricubic; z-cubic in isotropic mode) "
-        "on the held-out region of the input that training never saw, or in enhance mode "
-        "beat it by less than the margin the guard asks of a trained network "
+        "on the held-out region of the input that training never saw, or beat it by less "
+        "than the margin the guard asks of a trained network "
         "(train.guard_margin_db). Unless the configuration says "
         "otherwise, restored.ome.zarr holds the interpolation, not the network output.",
         "Look at the held-out region (the cyan box in the projections): if it is mostly "

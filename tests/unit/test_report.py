@@ -229,7 +229,7 @@ def test_render_summary():
     assert 'href="b_ok/report.html"' in page and 'href="a_fb/report.html"' in page
     assert page.count('<tr class="fallback">') == 1
     # what to look at: the fallback, and where to read why (the report), without a reason it may contradict
-    assert "the guard found no clear gain over tricubic interpolation on the held-out region (its report" in page
+    assert "the guard found no clear gain over z-cubic interpolation on the held-out region (its report" in page
 
 
 def test_write_report_figures(tmp_path):

@@ -1810,7 +1810,9 @@ def render_sample_report(
         f"{_esc(_fmt(lo))} – {_esc(_fmt(hi))} (0.2–99.8 percentiles of the restored "
         f"volume), at physical aspect ({_esc(unit)}). The restored row should look "
         "sharper than the interpolation, with no structure that the raw data does not "
-        "support.</p>")
+        "support. Each XY panel is its own grid's centre plane: where z was resampled, the "
+        "interpolated and restored planes can lie between two acquired slices (so their structures "
+        "differ from the raw plane's), and the XZ/YZ panels show how.</p>")
     if fallback:
         parts.append("<p><b>Note:</b> the restored volume of this sample holds the "
                      "interpolation (see the flags), so its row matches the "

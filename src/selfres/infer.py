@@ -1522,7 +1522,8 @@ def scattered_store(
         kinds = sorted({str(c) for c in store.computes().values()})
         if len(kinds) > 1:
             log.warning("%s: the blocks were computed in different ways (%s), e.g. on GPUs of different "
-                        "generations; values may differ by the rounding of the lower precision where blocks meet",
+                        "generations or with another selfres code; values may differ where blocks meet (by the "
+                        "rounding of the lower precision, when only that differs)",
                         store.path, ", ".join(kinds))
         io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version, origin=origin, unit=unit,
                              contrast_limits=contrast_limits,

@@ -1148,7 +1148,8 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     values saved with the model.
     """
     from .infer import scattered_store
-    from .pipeline import at_voxel_size, code_identity, grid_origin, model_output_path, output_dtype
+    from .codeinfo import code_identity
+    from .pipeline import at_voxel_size, grid_origin, model_output_path, output_dtype
 
     factor = float(meta["factor"])
     iso = meta.get("isotropic", {})

@@ -479,7 +479,7 @@ def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
 
     import selfres
 
-    from .pipeline import code_identity
+    from .codeinfo import code_identity
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -713,9 +713,12 @@ def _cpu_model() -> str | None:
 
 
 def compute_label(device: str | torch.device, *, amp: bool) -> str:
-    """How inference computes on ``device``, e.g. ``cuda/bfloat16`` or ``cpu/float32``:
-    tiles made under different labels differ in rounding, so a resumed or scattered
-    store records it per tile."""
+    """How inference computes on ``device``, and with which selfres code, e.g.
+    ``cuda/bfloat16 code 1a2b3c4d``: tiles made under different labels can differ, so a
+    resumed or scattered store records it per tile, and a block (or a resumed job) recomputes
+    the tiles an earlier run made another way — after an update of selfres too."""
+    from .codeinfo import source_digest
+
     device = torch.device(device)
     dtype = autocast_dtype(device, enabled=amp, cpu=True) or torch.float32
-    return f"{device.type}/{str(dtype).removeprefix('torch.')}"
+    return f"{device.type}/{str(dtype).removeprefix('torch.')} code {source_digest()[:8]}"

@@ -8,15 +8,12 @@ stage never leaves an output that looks complete.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import json
 import logging
 import os
-import platform
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import __version__, io, normalise
+from .codeinfo import code_identity, git_commit, git_dirty, software_versions, source_digest  # noqa: F401
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
 from .settings import FovSettings, InferSettings, IsotropicSettings, NormaliseSettings, QcSettings, Settings, to_dict
@@ -98,69 +96,6 @@ def read_normalized(path: str | Path, *, lazy: bool = False) -> tuple[io.Volume,
     except (KeyError, TypeError) as exc:
         raise InputError(path, f"not a selfres normalised store (missing normalisation attributes: {exc})") from None
     return vol, params
-
-
-#: read a checkout that another user owns (an install in /opt run by a service account);
-#: git refuses it otherwise ("dubious ownership") and the commit would be recorded as unknown
-_GIT_TRUST = ("-c", "safe.directory=*")
-
-
-def git_commit(where: str | Path | None = None) -> str | None:
-    """The commit checked out where ``where`` lies (default: the selfres package's own
-    files); ``None`` outside a git checkout."""
-    here = Path(where) if where is not None else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", *_GIT_TRUST, "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5)
-        return (out.stdout.strip() or None) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def git_dirty(where: str | Path | None = None) -> bool | None:
-    """Whether the checkout selfres runs from (or the one ``where`` lies in) has uncommitted
-    changes to tracked files (then ``git_commit`` alone does not say which code ran);
-    ``None`` outside a checkout."""
-    here = Path(where) if where is not None else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", *_GIT_TRUST, "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
-
-
-@functools.lru_cache(maxsize=1)
-def source_digest() -> str:
-    """SHA-256 (first 16 hex digits) of the selfres package's own source files: which code
-    ran, also for an installed wheel or a checkout with uncommitted changes, where the
-    version and the commit do not say. Part of an inference job's fingerprint, so that a
-    partial store written by other code is never resumed."""
-    digest = hashlib.sha256()
-    here = Path(__file__).resolve().parent
-    for f in sorted(here.rglob("*.py")):
-        digest.update(f.relative_to(here).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def code_identity() -> dict:
-    """Which selfres code runs: version, source digest and the commit of its checkout (None
-    outside one; ``git_dirty``: uncommitted changes), recorded with each model and output by
-    the job that made it."""
-    return {"selfres_version": __version__, "source_digest": source_digest(), "git_commit": git_commit(),
-            "git_dirty": git_dirty()}
-
-
-def software_versions() -> dict:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "selfres": __version__}
-    for pkg in ("numpy", "scipy", "torch", "zarr", "ome-zarr", "dask", "tifffile", "scikit-image", "snakemake"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def set_threads(threads: int | None) -> None:
@@ -651,7 +586,6 @@ def stage_infer(
     source = io.open_ome_zarr_array(normalized)
     # identity of the job: a partial store is resumed only when all of this matches
     fingerprint = {"model": io.file_checksum(Path(model_dir) / "model.json"),
-                   "code": {"selfres_version": __version__, "source_digest": source_digest()},
                    "input": {k: vol.attrs.get(k) for k in ("normalisation", "source_checksum")}
                    | {"shape": list(source.shape)},
                    "settings": {k: v for k, v in to_dict(settings).items()
@@ -1286,10 +1220,7 @@ def stage_report(
                 continue
     prov = {
         "sample": sample,
-        "selfres_version": __version__,
-        "git_commit": git_commit(),
-        "git_dirty": git_dirty(),
-        "source_digest": source_digest(),  # of the code that wrote this report; the model's and the output's:
+        **code_identity(),  # of the code that wrote this report; the model's and the output's:
         "model_code": json.loads((Path(model_dir) / "model.json").read_text()).get("selfres_code"),
         "restored_code": out.attrs.get("code"),
         "workflow": ({"dir": str(Path(workflow_dir).resolve()), "git_commit": git_commit(workflow_dir),

@@ -157,7 +157,7 @@ def _versions() -> dict:
 
 
 def _git_commit() -> str | None:
-    from .pipeline import git_commit
+    from .codeinfo import git_commit
 
     return git_commit()
 

@@ -50,7 +50,10 @@ def test_unknown_voxel_size_is_written_as_unknown_not_as_one_micrometre(tmp_path
     html = (keep / "report.html").read_text()
     assert "unknown (see the flag voxel_size_missing)" in html and "1 × 1 × 1" not in html
     compute = json.loads((keep / "provenance.json").read_text())["inference_compute"]  # how the tiles were made
-    assert len(compute) == 1 and compute[0] in ("cpu/float32", "cpu/bfloat16")
+    assert len(compute) == 1 and compute[0].split(" code ")[0] in ("cpu/float32", "cpu/bfloat16")
+    from selfres.codeinfo import source_digest
+
+    assert compute[0].endswith(f" code {source_digest()[:8]}")  # and with which code
 
 
 def test_a_known_voxel_size_reaches_the_output_in_micrometres(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from selfres import degrade, io
+from selfres.codeinfo import source_digest
 from selfres.infer import (
     CubicUpsampler, output_slices, predict_array, predict_single_pass, prepare_model, restore_to_store, run_tiles,
     tile_grid,
@@ -16,6 +17,9 @@ from selfres.infer import (
 from selfres.models import ModelSpec, build_model
 
 from ..conftest import blob_volume
+
+#: the code part of a compute label (:func:`selfres.models.compute_label`)
+CODE = f"code {source_digest()[:8]}"
 
 
 def _random_model(spec: ModelSpec) -> torch.nn.Module:
@@ -444,20 +448,22 @@ def test_interpolation_tiles_are_labelled_float32_whatever_amp_says(tmp_path, mo
                                                                    depth=1)), "cpu"), "net", "cpu/bfloat16")):
         final = tmp_path / f"{name}.ome.zarr"
         _job(tmp_path, net, blob_volume((6, 16, 24)), final, amp=True)
-        assert _json.loads((final / ".zattrs").read_text())["selfres"]["compute"] == [want]
+        assert _json.loads((final / ".zattrs").read_text())["selfres"]["compute"] == [f"{want} {CODE}"]
 
 
-def test_compute_label_names_the_device_and_precision(monkeypatch):
-    from selfres import models
+def test_compute_label_names_the_device_the_precision_and_the_code(monkeypatch):
+    from selfres import codeinfo, models
 
-    assert models.compute_label("cpu", amp=False) == "cpu/float32"
+    assert models.compute_label("cpu", amp=False) == f"cpu/float32 {CODE}"
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
-    assert models.compute_label("cpu", amp=True) == "cpu/bfloat16"
+    assert models.compute_label("cpu", amp=True) == f"cpu/bfloat16 {CODE}"
     monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: False)
-    assert models.compute_label("cpu", amp=True) == "cpu/float32"
+    assert models.compute_label("cpu", amp=True) == f"cpu/float32 {CODE}"
     monkeypatch.setattr(models, "cuda_native_bf16", lambda: False)
-    assert models.compute_label("cuda", amp=True) == "cuda/float16"
-    assert models.compute_label("cuda:1", amp=False) == "cuda/float32"
+    assert models.compute_label("cuda", amp=True) == f"cuda/float16 {CODE}"
+    assert models.compute_label("cuda:1", amp=False) == f"cuda/float32 {CODE}"
+    monkeypatch.setattr(codeinfo, "source_digest", lambda: "0123456789abcdef")  # another code: another label
+    assert models.compute_label("cpu", amp=False) == "cpu/float32 code 01234567"
 
 
 @pytest.mark.parametrize("ngff, shards", [("0.4", None), ("0.5", (4, 16, 16))])

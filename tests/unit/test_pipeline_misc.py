@@ -22,9 +22,14 @@ def test_git_commit_names_the_checkout_a_path_lies_in_and_none_outside_one(tmp_p
     assert pipeline.git_commit(repo) == head and pipeline.git_dirty(repo) is False
     (repo / "Snakefile").write_text("rule all:\n    input: []\n")
     assert pipeline.git_dirty(repo) is True
+    # a checkout's own configuration runs no command (git status would start its fsmonitor)
+    marker = tmp_path / "fsmonitor-ran"
+    subprocess.run(["git", "-C", str(repo), "config", "core.fsmonitor", f"touch {marker}"], check=True)
+    assert pipeline.git_dirty(repo) is True and not marker.exists()
     if os.geteuid() == 0:  # a checkout another user owns (an install in /opt run by a service account)
         os.chown(repo, 12345, 12345)
         assert pipeline.git_commit(repo) == head and pipeline.git_dirty(repo) is True
+        assert not marker.exists()
     outside = tmp_path / "plain"
     outside.mkdir()
     assert pipeline.git_commit(outside) is None and pipeline.git_dirty(outside) is None
@@ -109,31 +114,37 @@ def test_only_the_workflow_drops_an_export_of_an_older_output(tmp_path):
     assert not (tmp_path / "restored.ome.tif").exists() and (tmp_path / "in.ome.tif").exists()
 
 
-def test_a_partial_store_written_by_other_code_is_not_resumed(tmp_path, monkeypatch, caplog):
-    """A job killed before an upgrade of selfres (or an edit of its source) starts its store
-    afresh: its tiles came from other code. The same code resumes it; the restored store and
-    the model say which code made them."""
+def test_tiles_written_by_other_code_are_recomputed_and_outputs_name_their_code(tmp_path, monkeypatch, caplog):
+    """A job killed before an update of selfres (or an edit of its source) does not mix tiles of
+    two codes: the code is part of each tile's compute label, so the rerun (or a block job of a
+    scattered run) recomputes the other code's tiles instead of refusing the store. The
+    restored store and the model say which code made them."""
     import json
 
+    from selfres import codeinfo
     from selfres.infer import PartialStore
+    from selfres.settings import InferSettings
 
     norm = _trained_sample(tmp_path, {"method": "cubic"})
     out = tmp_path / "restored.ome.zarr"
-    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", step="prepare")
+    two = InferSettings(blocks=2, tile_size=(8, 16, 16))
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=two, step="prepare")
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=two, step="block", block=0)
+    before = set(PartialStore(out).computes().values())
+    assert len(before) == 1 and next(iter(before)).endswith(f" code {codeinfo.source_digest()[:8]}")
+    monkeypatch.setattr(codeinfo, "source_digest", lambda: "0123456789abcdef")
     with caplog.at_level("INFO", logger="selfres"):
-        pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", step="prepare")
-    assert "resuming" in caplog.text and "discarding" not in caplog.text
-    monkeypatch.setattr(pipeline, "source_digest", lambda: "0123456789abcdef")
-    caplog.clear()
-    with caplog.at_level("INFO", logger="selfres"):
-        pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", step="prepare")
-    assert "discarding" in caplog.text
-    assert PartialStore(out).fingerprint()["code"]["source_digest"] == "0123456789abcdef"
+        pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=two, step="block",
+                             block=0)
+    assert "were computed as" in caplog.text and "recomputing them" in caplog.text
+    assert {c.split(" code ")[1] for c in PartialStore(out).computes().values()} == {"01234567"}
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=two, step="block", block=1)
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=two, step="gather")
+    attrs = pipeline.io.read_ome_zarr(out, lazy=True).attrs
+    assert attrs["code"]["source_digest"] == "0123456789abcdef" and attrs["compute"][0].endswith("code 01234567")
     model_code = json.loads((tmp_path / "model" / "model.json").read_text())["selfres_code"]
     assert len(model_code["source_digest"]) == 16 and model_code["source_digest"] != "0123456789abcdef"
     assert model_code["git_commit"] == pipeline.git_commit()
-    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu")
-    assert pipeline.io.read_ome_zarr(out, lazy=True).attrs["code"]["source_digest"] == "0123456789abcdef"
     import zarr
 
     group = zarr.open_group(str(out), mode="r")  # a viewer names the layer after the sample, not "restored"

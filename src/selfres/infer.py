@@ -1293,8 +1293,9 @@ class PartialStore:
             if old is not None:
                 os.replace(old, self.final)
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        # the old store, and any a commit killed while removing it left
+        for leftover in self.final.parent.glob(f".{self.final.name}.old-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         shutil.rmtree(self.meta, ignore_errors=True)
 
 

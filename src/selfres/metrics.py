@@ -516,6 +516,11 @@ def undershoot(output: np.ndarray, interpolation: np.ndarray, *, floor: float,
             "detectable": lowest is None or below > float(lowest)}
 
 
+#: Least height (normalised units, 1 = the input's 0.2–99.8 percentile range) of the
+#: interpolation's brightest structures above its median for :func:`brightening` to be measured
+BRIGHT_CONTRAST = 0.02
+
+
 def brightening(output: np.ndarray, interpolation: np.ndarray, *, background: float | None = None,
                 top_percent: float = 1.0) -> dict:
     """How much brighter than the interpolation the output's brightest structures are: the
@@ -528,18 +533,20 @@ def brightening(output: np.ndarray, interpolation: np.ndarray, *, background: fl
     Returns
     -------
     dict
-        ``ratio`` (None when there is nothing above the background) and ``background``.
+        ``ratio`` (None when the brightest structures stand less than :data:`BRIGHT_CONTRAST`
+        above the background) and ``background``.
     """
     out = np.asarray(output, dtype=np.float32)
     interp = np.asarray(interpolation, dtype=np.float32)
     bg = float(np.median(interp)) if background is None else float(background)
     if not interp.size:
         return {"ratio": None, "background": bg}
-    top = interp >= np.percentile(interp, 100.0 - top_percent)
+    cut = float(np.percentile(interp, 100.0 - top_percent))
+    if cut - bg < BRIGHT_CONTRAST:  # nothing stands out of the background: a ratio of noise
+        return {"ratio": None, "background": bg}
+    top = interp >= cut
     above = interp[top] - bg
     keep = above > 1e-6
-    if not keep.any():
-        return {"ratio": None, "background": bg}
     return {"ratio": float(np.median((out[top][keep] - bg) / above[keep])), "background": bg}
 
 

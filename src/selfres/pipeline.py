@@ -25,7 +25,8 @@ from . import __version__, io, normalise
 from .codeinfo import code_identity, git_commit, git_dirty, software_versions, source_digest  # noqa: F401
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
-from .settings import FovSettings, InferSettings, IsotropicSettings, NormaliseSettings, QcSettings, Settings, to_dict
+from .settings import (FovSettings, InferSettings, IsotropicSettings, NormaliseSettings, QcSettings, Settings,
+                       from_dict, to_dict)
 
 log = logging.getLogger("selfres")
 
@@ -174,6 +175,7 @@ def stage_normalise(
         "sample": sample,
         "normalisation": params.to_dict(),
         "source": str(input_path),
+        "source_resolved": str(Path(input_path).resolve()),  # as given is relative to where the job ran
         "source_dtype": str(vol.source_dtype),
         "source_checksum": io.file_checksum(input_path),
         **{k: v for k, v in (("series", series), ("channel", channel), ("timepoint", timepoint)) if v is not None},
@@ -1107,11 +1109,20 @@ def settings_not_applied(resolved_config: dict | None, model_meta: dict, store_a
     """Values of the configuration a report is written with that differ from those that made
     its outputs: ``{"train.steps": {"config": 45, "used": 35}, …}`` — the train (and isotropic
     training) values against ``model.json``, the inference values against the restored store's
-    fingerprint, whether ``model_from`` is set against whether the model was adopted. Empty when they agree; they differ
+    fingerprint (isotropic ``fusion`` too), ``mode`` and ``scale`` against the model, whether
+    ``model_from`` is set against whether the model was adopted. Values are compared as the
+    stages read them (a sheet cell ``2.0,0.5,0.5`` is a list). Empty when they agree; they differ
     only when Snakemake did not rerun a step for a change (its recorded parameters were
     cleaned up, ``--cleanup-metadata``). A value the config leaves to the data (null) is not
     compared; nor are an adopting sample's train values (its model is its source's)."""
-    cfg = (resolved_config or {}).get("settings") or {}
+    raw = (resolved_config or {}).get("settings") or {}
+    try:  # read as the stages read them (a sheet cell "2.0,0.5,0.5" is a list, "1e-3" a number)
+        typed = to_dict(from_dict(Settings, raw))
+    except (ConfigError, TypeError, ValueError):
+        typed = raw
+    # only the values the configuration gives (the typed copy fills in every default)
+    cfg = {section: _given(values, typed.get(section) or {}) for section, values in raw.items()
+           if isinstance(values, dict)}
     used_infer = ((store_attrs.get("fingerprint") or {}).get("settings")) or {}
     adopted = (model_meta.get("adopted_from") or {}).get("sample")
     pairs = [("infer", cfg.get("infer") or {}, used_infer)]
@@ -1131,10 +1142,26 @@ def settings_not_applied(resolved_config: dict | None, model_meta: dict, store_a
 
     for section, given, used in pairs:
         compare(section, given, used)
+    fp = store_attrs.get("fingerprint") or {}
+    if "fusion" in fp:  # isotropic inference's fusion sits beside its settings
+        compare("isotropic", {k: v for k, v in (cfg.get("isotropic") or {}).items() if k == "fusion"},
+                {"fusion": fp["fusion"]})
+    rc = resolved_config or {}
+    if rc.get("mode") and rc["mode"] != model_meta.get("mode", "enhance"):
+        out["mode"] = {"config": rc["mode"], "used": model_meta.get("mode", "enhance")}
+    elif rc.get("scale") and model_meta.get("factors") is not None:
+        scale = [int(v) for v in str(rc["scale"]).replace(" ", "").split(",")]
+        if scale != [int(f) for f in model_meta["factors"]]:
+            out["scale"] = {"config": rc["scale"], "used": list(model_meta["factors"])}
     wanted = (resolved_config or {}).get("model_from")
     if resolved_config is not None and (wanted is None) != (adopted is None):  # (a path in `selfres restore`)
         out["model_from"] = {"config": wanted, "used": adopted}
     return out
+
+
+def _given(raw: dict, typed: dict) -> dict:
+    """``typed``'s values of the keys ``raw`` has (nested)."""
+    return {k: (_given(v, typed.get(k) or {}) if isinstance(v, dict) else typed.get(k, v)) for k, v in raw.items()}
 
 
 def current_benchmarks(files: Sequence[Path], *, blocks: int | None) -> list[Path]:
@@ -1212,7 +1239,10 @@ def stage_report(
     beads = pd.read_csv(qc_dir / "beads.tsv", sep="\t") if (qc_dir / "beads.tsv").exists() else None
     timings = {}
     if benchmarks_dir and Path(benchmarks_dir).is_dir():
-        for f in current_benchmarks(sorted(Path(benchmarks_dir).glob("*.tsv")), blocks=out.attrs.get("blocks")):
+        exported = Path(restored).with_name("restored.ome.tif")  # an earlier export_tiff's left its benchmark
+        files = [f for f in sorted(Path(benchmarks_dir).glob("*.tsv")) if f.stem != "export_tiff" or (
+            exported.exists() and exported.stat().st_mtime >= Path(restored).stat().st_mtime)]
+        for f in current_benchmarks(files, blocks=out.attrs.get("blocks")):
             try:
                 b = pd.read_csv(f, sep="\t")
                 timings[f.stem] = {"seconds": float(b["s"].iloc[-1]), "max_rss_mb": float(b["max_rss"].iloc[-1])}
@@ -1226,8 +1256,9 @@ def stage_report(
         "workflow": ({"dir": str(Path(workflow_dir).resolve()), "git_commit": git_commit(workflow_dir),
                       "git_dirty": git_dirty(workflow_dir)} if workflow_dir is not None else None),
         "input": vol.attrs.get("source"),
-        # as given (a sheet's paths are relative to the working directory): resolved here, where the jobs run
-        "input_resolved": str(Path(vol.attrs["source"]).resolve()) if vol.attrs.get("source") else None,
+        # as given (a sheet's paths are relative to the working directory), and resolved where normalise ran
+        "input_resolved": vol.attrs.get("source_resolved") or (str(Path(vol.attrs["source"]).resolve())
+                                                                if vol.attrs.get("source") else None),
         "input_checksum": vol.attrs.get("source_checksum"),
         # which image, channel and time point of the file this sample is (none: the file's only one)
         "input_part": {k: vol.attrs[k] for k in ("series", "channel", "timepoint") if vol.attrs.get(k) is not None},

@@ -1965,11 +1965,13 @@ def render_sample_report(
         listed = "; ".join(f"{k}: configured {json.dumps(v.get('config'))}, used {json.dumps(v.get('used'))}"
                            for k, v in sorted(differ.items()))
         parts.append('<div class="warn"><h3>The configuration differs from what made these outputs</h3>'
-                     f"<p>{_esc(listed)}.</p><p>Snakemake did not rerun the steps for these values (their "
-                     "recorded parameters were cleaned up, <code>--cleanup-metadata</code>): the outputs, "
-                     "model.json and the figures above are those of the values used. To apply the configured "
-                     "ones, rerun the steps (<code>snakemake --forcerun train</code>, or <code>infer</code> "
-                     "for inference values, with this sample's report as target).</p></div>")
+                     f"<p>{_esc(listed)}.</p><p>Snakemake did not rerun the steps for these values (e.g. their "
+                     "recorded parameters were cleaned up with <code>--cleanup-metadata</code>, or a run used "
+                     "<code>--rerun-triggers mtime</code>): the outputs, model.json and the figures above are "
+                     "those of the values used. To apply the configured ones, force the step's output: "
+                     "<code>snakemake --forcerun results/SAMPLE/model</code> for training values (train or "
+                     "adopt, and all after), <code>results/SAMPLE/restored.ome.zarr</code> for inference values "
+                     "(with infer.blocks above 1: <code>results/SAMPLE/infer/prepared.json</code>).</p></div>")
     if provenance:
         info = [(k, provenance.get(k)) for k in
                 ("selfres_version", "git_commit", "input", "input_checksum", "host",

@@ -881,3 +881,20 @@ def test_back_projection_in_pieces_of_a_tile_split_for_memory_equals_the_whole_v
     np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
+
+
+def test_a_commit_replaces_the_old_store_and_clears_what_a_killed_commit_left(tmp_path):
+    from selfres.infer import PartialStore
+
+    final = tmp_path / "restored.ome.zarr"
+    final.mkdir()
+    (final / "old").write_text("the previous output")
+    killed = tmp_path / ".restored.ome.zarr.old-0123"  # a commit killed while removing the old store
+    killed.mkdir()
+    store = PartialStore(final)
+    store.path.mkdir()
+    (store.path / "new").write_text("this output")
+    store.meta.mkdir()
+    store.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["restored.ome.zarr"]
+    assert [p.name for p in final.iterdir()] == ["new"]

@@ -418,6 +418,17 @@ def test_an_isotropic_output_far_brighter_than_its_interpolation_is_flagged(tmp_
     assert "restored_brighter" in m["flags"]
 
 
+def test_isotropic_patience_running_out_at_the_last_step_is_not_an_early_stop(tmp_path):
+    from selfres import pipeline
+
+    norm = _normalised(tmp_path, voxel=(2.0, 0.5, 0.5), nz=6)
+    s = from_dict(Settings, {"train": {"validate_every": 1, "patience": 3, "learning_rate": 1e-12, "warmup_steps": 0},
+                             "isotropic": {"steps": 3, "batch_size": 2, "width": 4, "depth": 1, "patch_size": 16}})
+    meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
+                                settings=s, device="cpu")
+    assert meta["steps_done"] == 3 and meta["stop_reason"] == "steps" and "early_stopped" not in meta["flags"]
+
+
 def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
     from selfres import io, pipeline
     from selfres.settings import InferSettings

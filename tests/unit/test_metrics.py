@@ -622,3 +622,14 @@ def test_undershoot_counts_values_below_the_darkest_input_and_says_when_it_canno
     # the interpolation is clipped the same way, and the check says it is blind
     blind = undershoot(np.clip(out, 0, None), interp, floor=0.0, lowest=0.0)
     assert blind["output"] == blind["interpolation"] == 0.0 and not blind["detectable"]
+
+
+def test_brightening_is_the_ratio_of_the_brightest_structures_and_none_without_any():
+    from selfres.metrics import brightening
+
+    rng = np.random.default_rng(0)
+    interp = np.full((4, 32, 32), 0.1, np.float32)
+    interp[:, 10:14, 10:14] = 0.9  # bright structures, 6 % of the voxels
+    assert brightening(1.5 * (interp - 0.1) + 0.1, interp)["ratio"] == pytest.approx(1.5, rel=1e-4)
+    flat = (0.1 + 0.001 * rng.standard_normal((4, 32, 32))).astype(np.float32)  # only noise: no ratio
+    assert brightening(flat * 3, flat)["ratio"] is None

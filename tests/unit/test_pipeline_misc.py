@@ -328,9 +328,13 @@ def test_provenance_times_only_the_rules_that_made_the_current_outputs(tmp_path)
              bench("infer_block_0", 4), bench("infer_block_1", 4), bench("infer_block_2", 4),
              bench("infer_gather", 5), bench("infer", 6), bench("report", 7)]  # the previous report's
     assert [f.stem for f in pipeline.current_benchmarks(files, blocks=1)] == ["normalise", "train", "infer"]
+    files[1] = bench("adopt", 8)  # adopting now, after training: the train job's file is the old one
+    assert [f.stem for f in pipeline.current_benchmarks(files, blocks=1)] == ["normalise", "adopt", "infer"]
+    files[1] = bench("adopt", 2)
     files[-2] = bench("infer", 1)  # now scattered over 2 blocks, after a run with 3
     assert [f.stem for f in pipeline.current_benchmarks(files, blocks=2)] == [
         "normalise", "train", "infer_prepare", "infer_block_0", "infer_block_1", "infer_gather"]
+    assert len(pipeline.current_benchmarks(files, blocks=None)) == 7  # unknown block count: every block kept
 
 
 def test_a_configuration_that_did_not_make_the_outputs_is_named_in_provenance_and_report():
@@ -362,3 +366,25 @@ def test_a_configuration_that_did_not_make_the_outputs_is_named_in_provenance_an
                                        voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5),
                                        provenance={"settings_not_applied": differ})
     assert "The configuration differs from what made these outputs" in page and "train.steps: configured 45" in page
+
+
+def test_configured_values_are_compared_as_the_stages_read_them():
+    """A sheet cell is a string until the stages read it: '2.0,0.5,0.5' and '1e-3' made the
+    demo's beads report warn that its configuration had not made its outputs."""
+    from selfres.settings import parse_settings, to_dict
+
+    given = {"train": {"psf_sigma_um": "2.0,0.5,0.5", "learning_rate": "1e-3", "patch_size": "12,64,64"},
+             "infer": {"tile_size": "16,64,64"}}
+    used = to_dict(parse_settings(__import__("json").dumps(given)))
+    meta, attrs = {"settings": used["train"], "factors": [1, 2, 2]}, {"fingerprint": {"settings": used["infer"]}}
+    config = {"settings": given, "mode": "enhance", "scale": "1,2,2", "model_from": None}
+    assert pipeline.settings_not_applied(config, meta, attrs) == {}
+    assert pipeline.settings_not_applied(dict(config, scale="2,2,2"), meta, attrs) == {
+        "scale": {"config": "2,2,2", "used": [1, 2, 2]}}
+    iso = {"mode": "isotropic", "settings": {}}
+    assert pipeline.settings_not_applied(dict(config, mode="isotropic"), meta, attrs)["mode"] == {
+        "config": "isotropic", "used": "enhance"}
+    fused = {"fingerprint": {"settings": {}, "fusion": "mean"}}
+    assert pipeline.settings_not_applied(dict(iso, settings={"isotropic": {"fusion": "geometric"}}),
+                                         {"mode": "isotropic"}, fused) == {
+        "isotropic.fusion": {"config": "geometric", "used": "mean"}}

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from selfres import pipeline
+from selfres import pipeline, provenance
 
 
 def test_git_commit_names_the_checkout_a_path_lies_in_and_none_outside_one(tmp_path):
@@ -327,14 +327,24 @@ def test_provenance_times_only_the_rules_that_made_the_current_outputs(tmp_path)
     files = [bench("normalise", 1), bench("adopt", 2), bench("train", 3), bench("infer_prepare", 4),
              bench("infer_block_0", 4), bench("infer_block_1", 4), bench("infer_block_2", 4),
              bench("infer_gather", 5), bench("infer", 6), bench("report", 7)]  # the previous report's
-    assert [f.stem for f in pipeline.current_benchmarks(files, blocks=1)] == ["normalise", "train", "infer"]
+    assert [f.stem for f in provenance.current_benchmarks(files, blocks=1)] == ["normalise", "train", "infer"]
     files[1] = bench("adopt", 8)  # adopting now, after training: the train job's file is the old one
-    assert [f.stem for f in pipeline.current_benchmarks(files, blocks=1)] == ["normalise", "adopt", "infer"]
+    assert [f.stem for f in provenance.current_benchmarks(files, blocks=1)] == ["normalise", "adopt", "infer"]
     files[1] = bench("adopt", 2)
     files[-2] = bench("infer", 1)  # now scattered over 2 blocks, after a run with 3
-    assert [f.stem for f in pipeline.current_benchmarks(files, blocks=2)] == [
+    assert [f.stem for f in provenance.current_benchmarks(files, blocks=2)] == [
         "normalise", "train", "infer_prepare", "infer_block_0", "infer_block_1", "infer_gather"]
-    assert len(pipeline.current_benchmarks(files, blocks=None)) == 7  # unknown block count: every block kept
+    assert len(provenance.current_benchmarks(files, blocks=None)) == 7  # unknown block count: every block kept
+    # an export_tiff benchmark counts only while the export beside the output is as new as it
+    restored = tmp_path / "restored.ome.zarr"
+    restored.mkdir()
+    os.utime(restored, (10, 10))
+    export = [bench("export_tiff", 11)]
+    assert provenance.current_benchmarks(export, blocks=1, restored=restored) == []
+    (tmp_path / "restored.ome.tif").write_bytes(b"")
+    assert provenance.current_benchmarks(export, blocks=1, restored=restored) == export
+    os.utime(tmp_path / "restored.ome.tif", (9, 9))  # from before the output: an earlier export's
+    assert provenance.current_benchmarks(export, blocks=1, restored=restored) == []
 
 
 def test_a_configuration_that_did_not_make_the_outputs_is_named_in_provenance_and_report():
@@ -348,16 +358,16 @@ def test_a_configuration_that_did_not_make_the_outputs_is_named_in_provenance_an
     same = {"settings": {"train": {"steps": 35, "patch_size": [8, 64, 64],
                                    "degradation": {"method": "cubic", "noise_variance": None}},
                          "infer": {"back_projection_iterations": 1, "blocks": 3}}, "model_from": None}
-    assert pipeline.settings_not_applied(same, meta, attrs) == {}  # null: left to the data; blocks: no output change
+    assert provenance.settings_not_applied(same, meta, attrs) == {}  # null: left to the data; blocks: no output change
     changed = {"settings": {"train": {"steps": 45, "degradation": {"method": "gaussian"}},
                             "infer": {"back_projection_iterations": 0}}, "model_from": "other"}
-    differ = pipeline.settings_not_applied(changed, meta, attrs)
+    differ = provenance.settings_not_applied(changed, meta, attrs)
     assert differ == {"train.steps": {"config": 45, "used": 35},
                       "train.degradation.method": {"config": "gaussian", "used": "cubic"},
                       "infer.back_projection_iterations": {"config": 0, "used": 1},
                       "model_from": {"config": "other", "used": None}}
     adopted = dict(meta, adopted_from={"sample": "other"})  # its train values are its source's
-    assert pipeline.settings_not_applied(changed, adopted, attrs) == {
+    assert provenance.settings_not_applied(changed, adopted, attrs) == {
         "infer.back_projection_iterations": {"config": 0, "used": 1}}
     from .test_report import _metrics, _volumes
 
@@ -378,13 +388,13 @@ def test_configured_values_are_compared_as_the_stages_read_them():
     used = to_dict(parse_settings(__import__("json").dumps(given)))
     meta, attrs = {"settings": used["train"], "factors": [1, 2, 2]}, {"fingerprint": {"settings": used["infer"]}}
     config = {"settings": given, "mode": "enhance", "scale": "1,2,2", "model_from": None}
-    assert pipeline.settings_not_applied(config, meta, attrs) == {}
-    assert pipeline.settings_not_applied(dict(config, scale="2,2,2"), meta, attrs) == {
+    assert provenance.settings_not_applied(config, meta, attrs) == {}
+    assert provenance.settings_not_applied(dict(config, scale="2,2,2"), meta, attrs) == {
         "scale": {"config": "2,2,2", "used": [1, 2, 2]}}
     iso = {"mode": "isotropic", "settings": {}}
-    assert pipeline.settings_not_applied(dict(config, mode="isotropic"), meta, attrs)["mode"] == {
+    assert provenance.settings_not_applied(dict(config, mode="isotropic"), meta, attrs)["mode"] == {
         "config": "isotropic", "used": "enhance"}
     fused = {"fingerprint": {"settings": {}, "fusion": "mean"}}
-    assert pipeline.settings_not_applied(dict(iso, settings={"isotropic": {"fusion": "geometric"}}),
+    assert provenance.settings_not_applied(dict(iso, settings={"isotropic": {"fusion": "geometric"}}),
                                          {"mode": "isotropic"}, fused) == {
         "isotropic.fusion": {"config": "geometric", "used": "mean"}}

@@ -1,0 +1,98 @@
+"""What made a sample's outputs, for its report and ``provenance.json``: the configured values
+that did not (a step Snakemake did not rerun for a change), and the benchmark files of the
+rules that did. Pure functions of the recorded files; no torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from .errors import ConfigError
+from .settings import Settings, from_dict, to_dict
+
+
+def settings_not_applied(resolved_config: dict | None, model_meta: dict, store_attrs: dict) -> dict:
+    """Values of the configuration a report is written with that differ from those that made
+    its outputs: ``{"train.steps": {"config": 45, "used": 35}, …}`` — the train (and isotropic
+    training) values against ``model.json``, the inference values against the restored store's
+    fingerprint (isotropic ``fusion`` too), ``mode`` and ``scale`` against the model, whether
+    ``model_from`` is set against whether the model was adopted. Values are compared as the
+    stages read them (a sheet cell ``2.0,0.5,0.5`` is a list). Empty when they agree; they differ
+    only when Snakemake did not rerun a step for a change (its recorded parameters were
+    cleaned up, ``--cleanup-metadata``). A value the config leaves to the data (null) is not
+    compared; nor are an adopting sample's train values (its model is its source's)."""
+    raw = (resolved_config or {}).get("settings") or {}
+    try:  # read as the stages read them (a sheet cell "2.0,0.5,0.5" is a list, "1e-3" a number)
+        typed = to_dict(from_dict(Settings, raw))
+    except (ConfigError, TypeError, ValueError):
+        typed = raw
+    # only the values the configuration gives (the typed copy fills in every default)
+    cfg = {section: _given(values, typed.get(section) or {}) for section, values in raw.items()
+           if isinstance(values, dict)}
+    used_infer = ((store_attrs.get("fingerprint") or {}).get("settings")) or {}
+    adopted = (model_meta.get("adopted_from") or {}).get("sample")
+    pairs = [("infer", cfg.get("infer") or {}, used_infer)]
+    if adopted is None:
+        pairs += [("train", cfg.get("train") or {}, model_meta.get("settings") or {}),
+                  ("isotropic", cfg.get("isotropic") or {}, model_meta.get("isotropic") or {})]
+    out: dict = {}
+
+    def compare(prefix: str, given: dict, used: dict) -> None:
+        for key, value in given.items():
+            if key not in used or value is None:
+                continue
+            if isinstance(value, dict) and isinstance(used[key], dict):
+                compare(f"{prefix}.{key}", value, used[key])
+            elif json.loads(json.dumps(value)) != json.loads(json.dumps(used[key])):
+                out[f"{prefix}.{key}"] = {"config": value, "used": used[key]}
+
+    for section, given, used in pairs:
+        compare(section, given, used)
+    fp = store_attrs.get("fingerprint") or {}
+    if "fusion" in fp:  # isotropic inference's fusion sits beside its settings
+        compare("isotropic", {k: v for k, v in (cfg.get("isotropic") or {}).items() if k == "fusion"},
+                {"fusion": fp["fusion"]})
+    rc = resolved_config or {}
+    if rc.get("mode") and rc["mode"] != model_meta.get("mode", "enhance"):
+        out["mode"] = {"config": rc["mode"], "used": model_meta.get("mode", "enhance")}
+    elif rc.get("scale") and model_meta.get("factors") is not None:
+        scale = [int(v) for v in str(rc["scale"]).replace(" ", "").split(",")]
+        if scale != [int(f) for f in model_meta["factors"]]:
+            out["scale"] = {"config": rc["scale"], "used": list(model_meta["factors"])}
+    wanted = (resolved_config or {}).get("model_from")
+    if resolved_config is not None and (wanted is None) != (adopted is None):  # (a path in `selfres restore`)
+        out["model_from"] = {"config": wanted, "used": adopted}
+    return out
+
+
+def _given(raw: dict, typed: dict) -> dict:
+    """``typed``'s values of the keys ``raw`` has (nested)."""
+    return {k: (_given(v, typed.get(k) or {}) if isinstance(v, dict) else typed.get(k, v)) for k, v in raw.items()}
+
+
+def current_benchmarks(files: Sequence[Path], *, blocks: int | None, restored: str | Path | None = None
+                       ) -> list[Path]:
+    """The rules' benchmark files of the chain that made the current outputs: of ``train`` and
+    ``adopt`` the newer (a sample that stopped adopting left its ``adopt.tsv``), of ``infer``
+    and the scattered ``infer_prepare`` / ``infer_block_*`` / ``infer_gather`` the newer kind,
+    and blocks only below ``blocks`` (a run with fewer blocks left the others); not ``report``,
+    nor ``export_tiff`` unless ``restored``'s export beside it is at least as new."""
+    by = {Path(f).stem: Path(f) for f in files}
+
+    def age(names) -> float:
+        return max((by[n].stat().st_mtime for n in names if n in by), default=-1.0)
+
+    scattered = [n for n in by if n.startswith("infer_block_")] + ["infer_prepare", "infer_gather"]
+    # the report job cannot time itself: report.tsv is the previous report's
+    stale = {"report", "adopt" if age(["train"]) >= age(["adopt"]) else "train"}
+    exported = Path(restored).with_name("restored.ome.tif") if restored is not None else None
+    if exported is None or not exported.exists() or exported.stat().st_mtime < Path(restored).stat().st_mtime:
+        stale.add("export_tiff")  # an earlier export_tiff's
+    if age(["infer"]) >= age(scattered):
+        stale |= set(scattered)
+    else:
+        stale.add("infer")
+        stale |= {n for n in scattered if n.startswith("infer_block_") and blocks
+                  and int(n.removeprefix("infer_block_")) >= int(blocks)}
+    return [Path(f) for f in files if Path(f).stem not in stale]

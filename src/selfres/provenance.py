@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ConfigError
-from .settings import Settings, from_dict, to_dict
+from .settings import Settings, from_dict, parse_triple, to_dict
 
 
 def settings_not_applied(resolved_config: dict | None, model_meta: dict, store_attrs: dict) -> dict:
@@ -57,8 +57,11 @@ def settings_not_applied(resolved_config: dict | None, model_meta: dict, store_a
     if rc.get("mode") and rc["mode"] != model_meta.get("mode", "enhance"):
         out["mode"] = {"config": rc["mode"], "used": model_meta.get("mode", "enhance")}
     elif rc.get("scale") and model_meta.get("factors") is not None:
-        scale = [int(v) for v in str(rc["scale"]).replace(" ", "").split(",")]
-        if scale != [int(f) for f in model_meta["factors"]]:
+        try:  # "1,2,2" from the sheet, a tuple from `selfres restore`
+            scale = list(parse_triple(rc["scale"], name="scale", kind=int))
+        except ConfigError:
+            scale = None
+        if scale is not None and scale != [int(f) for f in model_meta["factors"]]:
             out["scale"] = {"config": rc["scale"], "used": list(model_meta["factors"])}
     wanted = (resolved_config or {}).get("model_from")
     if resolved_config is not None and (wanted is None) != (adopted is None):  # (a path in `selfres restore`)

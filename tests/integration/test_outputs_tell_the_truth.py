@@ -127,6 +127,8 @@ def _restored_with_intermediates(tmp_path):
     out = tmp_path / "restored.ome.zarr"
     pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), settings=parse_settings(FAST), device="cpu",
                      keep=keep, sample="s")
+    # what it was asked is what made it (a scale tuple, not the sheet's "1,2,2", once crashed the comparison)
+    assert json.loads((keep / "provenance.json").read_text())["settings_not_applied"] == {}
     return keep, out
 
 

@@ -389,6 +389,7 @@ def test_configured_values_are_compared_as_the_stages_read_them():
     meta, attrs = {"settings": used["train"], "factors": [1, 2, 2]}, {"fingerprint": {"settings": used["infer"]}}
     config = {"settings": given, "mode": "enhance", "scale": "1,2,2", "model_from": None}
     assert provenance.settings_not_applied(config, meta, attrs) == {}
+    assert provenance.settings_not_applied(dict(config, scale=(1, 2, 2)), meta, attrs) == {}  # selfres restore's
     assert provenance.settings_not_applied(dict(config, scale="2,2,2"), meta, attrs) == {
         "scale": {"config": "2,2,2", "used": [1, 2, 2]}}
     iso = {"mode": "isotropic", "settings": {}}

@@ -1968,10 +1968,11 @@ def render_sample_report(
                      f"<p>{_esc(listed)}.</p><p>Snakemake did not rerun the steps for these values (e.g. their "
                      "recorded parameters were cleaned up with <code>--cleanup-metadata</code>, or a run used "
                      "<code>--rerun-triggers mtime</code>): the outputs, model.json and the figures above are "
-                     "those of the values used. To apply the configured ones, force the step's output: "
-                     "<code>snakemake --forcerun results/SAMPLE/model</code> for training values (train or "
-                     "adopt, and all after), <code>results/SAMPLE/restored.ome.zarr</code> for inference values "
-                     "(with infer.blocks above 1: <code>results/SAMPLE/infer/prepared.json</code>).</p></div>")
+                     "those of the values used. To apply the configured ones, force the step's output (in "
+                     f"the results folder): <code>snakemake --forcerun results/{_esc(sample)}/model</code> for "
+                     "training values (train or adopt, and all after), <code>results/"
+                     f"{_esc(sample)}/restored.ome.zarr</code> for inference values (with infer.blocks above 1: "
+                     f"<code>results/{_esc(sample)}/infer/prepared.json</code>).</p></div>")
     if provenance:
         info = [(k, provenance.get(k)) for k in
                 ("selfres_version", "git_commit", "input", "input_checksum", "host",

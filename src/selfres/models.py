@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -37,6 +38,8 @@ from torch import nn
 from selfres.errors import ConfigError, InputError
 from selfres.io import file_checksum
 from selfres.modelfile import DESCRIPTION_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, read_description
+
+log = logging.getLogger("selfres.models")
 
 __all__ = [
     "ARCHS",
@@ -557,6 +560,13 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu"
 # ----------------------------------------------------------------------------------
 
 
+def gpu_allocated(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the job was given a GPU (Slurm, or a user, set ``CUDA_VISIBLE_DEVICES`` to one
+    or more devices; empty, ``-1`` or ``NoDevFiles`` mean none)."""
+    value = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES", "").strip()
+    return value not in ("", "-1", "NoDevFiles")
+
+
 def select_device(preference: str = "auto") -> torch.device:
     """Choose the compute device.
 
@@ -577,7 +587,13 @@ def select_device(preference: str = "auto") -> torch.device:
     """
     p = str(preference).strip().lower()
     if p == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if gpu_allocated():
+            log.warning("a GPU was allocated to this job (CUDA_VISIBLE_DEVICES=%s) but torch cannot use it (a CPU "
+                        "build of torch, or no driver on this node): computing on the CPU; install the CUDA build "
+                        "of torch where the GPU jobs run", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return torch.device("cpu")
     if p == "cpu":
         return torch.device("cpu")
     if p == "cuda" or (p.startswith("cuda:") and p[5:].isdigit()):

@@ -867,6 +867,7 @@ def stage_qc(
     settings = settings or QcSettings()
     set_threads(threads)
     from . import metrics
+    from .models import gpu_allocated
 
     ref = None
     if reference:  # fail fast, before any model work, on a reference off the output grid
@@ -961,6 +962,11 @@ def stage_qc(
             write_json(qc_dir / "spectra.json", clean_floats(spectra | {"nyquist_in": 0.5 / vs_in[0]}))
     if vs_in is None:
         flags.append("voxel_size_missing")
+    # a job given a GPU that computed on the CPU (a CPU build of torch on the GPU nodes): hours of a GPU held
+    ran = [meta.get("ran_on"), restored_attrs.get("ran_on"), *(restored_attrs.get("tiles_ran_on") or [])]
+    if any(isinstance(r, dict) and r.get("device") == "cpu" and gpu_allocated(
+            {"CUDA_VISIBLE_DEVICES": r.get("cuda_visible_devices") or ""}) for r in ran):
+        flags.append("gpu_unused")
     sat = vol.attrs.get("saturated_fraction")
     if sat is not None and sat > 0.01:
         flags.append("saturated_input")

@@ -187,6 +187,20 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
         assert "Do not use this output" in (tmp_path / "report.html").read_text()
 
 
+def test_a_job_given_a_gpu_that_computed_on_the_cpu_is_flagged(tmp_path, monkeypatch):
+    """A CPU build of torch on the GPU nodes: the jobs run (slowly) on the CPU while holding a GPU."""
+    keep, out = _restored_with_intermediates(tmp_path)
+    args = (keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json")
+    assert "gpu_unused" not in pipeline.stage_qc(*args, tmp_path / "a" / "metrics.json", sample="s")["flags"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # the model as trained on a node that gave the job a GPU
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    pipeline.stage_infer(keep / "normalized.ome.zarr", keep / "model", tmp_path / "gpu.ome.zarr", sample="s",
+                         device="auto")
+    m = pipeline.stage_qc(*args[:1], tmp_path / "gpu.ome.zarr", *args[2:], tmp_path / "b" / "metrics.json",
+                          sample="s")
+    assert "gpu_unused" in m["flags"]
+
+
 def test_a_reference_that_prefers_interpolation_flags_the_sample(tmp_path):
     """Whatever the held-out figure, a reference (the truth) that scores the output below
     interpolation is a flag; one that matches the output is not."""

@@ -299,3 +299,23 @@ def test_ran_on_names_the_host_the_device_and_the_slurm_job(monkeypatch):
     assert got["torch_threads"] == torch.get_num_threads()  # a CPU's weights depend on it
     monkeypatch.delenv("SLURM_JOB_ID")
     assert ran_on("cpu")["slurm_job_id"] is None
+
+
+def test_a_gpu_allocated_but_not_usable_is_said_and_the_job_runs_on_the_cpu(monkeypatch, caplog):
+    """Slurm gives the job a GPU (CUDA_VISIBLE_DEVICES), but a CPU build of torch cannot use it:
+    the job computes on the CPU and says so (QC flags the sample gpu_unused)."""
+    from selfres.models import gpu_allocated, select_device
+
+    assert gpu_allocated({"CUDA_VISIBLE_DEVICES": "0"}) and gpu_allocated({"CUDA_VISIBLE_DEVICES": "2,3"})
+    assert not any(gpu_allocated(env) for env in ({}, {"CUDA_VISIBLE_DEVICES": ""},
+                                                  {"CUDA_VISIBLE_DEVICES": "-1"}, {"CUDA_VISIBLE_DEVICES": "NoDevFiles"}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with caplog.at_level("WARNING", logger="selfres"):
+        assert select_device("auto").type == "cpu"
+    assert "a GPU was allocated to this job (CUDA_VISIBLE_DEVICES=0) but torch cannot use it" in caplog.text
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfres"):
+        assert select_device("auto").type == "cpu"
+    assert "GPU was allocated" not in caplog.text

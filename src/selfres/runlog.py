@@ -78,7 +78,22 @@ def parse_snakemake_log(text: str) -> dict:
     stamp = None
     current = None  # the job block being read
     in_error = None  # the job id of an "Error in rule" block
+    quoted = None  # a failed job's log file copied in (show-failed-logs): None, "opening" or "inside"
     for line in text.splitlines():
+        # "Logfile <path>:", a rule of "=", the file, a rule of "=": on Slurm the file is the job's
+        # own Snakemake output, whose job (jobid 0) is not one of this run's
+        rule_line = len(line) >= 20 and set(line) == {"="}
+        if quoted == "opening":
+            quoted = "inside" if rule_line else None
+            if quoted:
+                continue
+        elif quoted == "inside":
+            if rule_line:
+                quoted = None
+            continue
+        if line.startswith("Logfile ") and line.rstrip().endswith(":"):
+            quoted = "opening"
+            continue
         if not jobs and current is None:
             m = _HEADER_RE.match(line)
             if m and m["key"] in _HEADER_KEYS:

@@ -156,6 +156,30 @@ def test_run_log_parser_reads_slurm_jobs_and_failures():
                     "started": "2026-11-30T09:02:10", "status": "finished", "slurm_jobid": 18,
                     "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log"}
     assert crop["status"] == "failed" and crop["slurm_jobid"] == 19
+    # show-failed-logs copies the failed Slurm job's log, its own Snakemake output, into the run's log:
+    # its job (jobid 0, "Forced execution") is not one of this run's
+    quoted = SLURM_LOG + """    log: results/a/logs/crop.log, /w/logs/slurm/rule_crop/a/19.log (check log file(s) for error details)
+Logfile /w/logs/slurm/rule_crop/a/19.log:
+================================================================================
+SNAKEMAKE
+=========
+  Command: snakemake --target-jobs crop:sample=a --mode remote
+[Mon Nov 30 09:02:50 2026]
+rule crop:
+    jobid: 0
+    reason: Forced execution
+    wildcards: sample=a
+[Mon Nov 30 09:02:51 2026]
+Error in rule crop:
+    jobid: 0
+================================================================================
+[Mon Nov 30 09:03:10 2026]
+rule qc:
+    jobid: 5
+    wildcards: sample=b
+"""
+    assert [(j["rule"], j["jobid"], j["status"]) for j in parse_snakemake_log(quoted)["jobs"]] == [
+        ("normalise", 2, "finished"), ("crop", 4, "failed"), ("qc", 5, "incomplete")]
 
 
 def test_runlog_command_writes_a_record_and_a_history_line(tmp_path, capsys):

@@ -67,11 +67,19 @@ def source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=1)
+def _own_checkout() -> tuple[str | None, bool | None]:
+    """``(git_commit(), git_dirty())`` of selfres's own checkout, asked once per process (a
+    job records its code with every model and store it writes)."""
+    return git_commit(), git_dirty()
+
+
 def code_identity() -> dict:
     """Which selfres code runs: version, source digest and the commit of its checkout (None
     outside one; ``git_dirty``: uncommitted changes)."""
-    return {"selfres_version": __version__, "source_digest": source_digest(), "git_commit": git_commit(),
-            "git_dirty": git_dirty()}
+    commit, dirty = _own_checkout()
+    return {"selfres_version": __version__, "source_digest": source_digest(), "git_commit": commit,
+            "git_dirty": dirty}
 
 
 def software_versions() -> dict:

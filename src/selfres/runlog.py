@@ -55,6 +55,15 @@ def _iso(stamp: str) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.strptime(" ".join(stamp.split()), "%a %b %d %H:%M:%S %Y"))
 
 
+def _attempt(stamp: str | None) -> dict:
+    return {"started": stamp, "status": "incomplete", "slurm_jobid": None, "slurm_log": None}
+
+
+def _set_status(job: dict, status: str) -> None:
+    """The job's status is its last attempt's."""
+    job["status"] = job["attempts"][-1]["status"] = status
+
+
 def parse_snakemake_log(text: str) -> dict:
     """Read the header and the jobs out of a Snakemake (9.x) run log.
 
@@ -70,8 +79,10 @@ def parse_snakemake_log(text: str) -> dict:
         snakefile, workdir, config_files, config_md5 — those present) and ``jobs``:
         one dict per job with ``jobid``, ``rule``, ``sample`` (or ``None``),
         ``wildcards``, ``reason``, ``started``, ``status`` (``finished``, ``failed`` or
-        ``incomplete``), ``slurm_jobid`` and ``slurm_log`` (``None`` off Slurm).
-        Jobs of the target rule ``all`` are left out.
+        ``incomplete``), ``slurm_jobid`` and ``slurm_log`` (``None`` off Slurm) — all of
+        its last attempt — and ``attempts``: one dict per try (``started``, ``status``,
+        ``slurm_jobid``, ``slurm_log``), more than one when Snakemake retried the job
+        (``retries``). Jobs of the target rule ``all`` are left out.
     """
     header: dict = {}
     jobs: dict[int, dict] = {}
@@ -107,7 +118,8 @@ def parse_snakemake_log(text: str) -> dict:
         m = _RULE_RE.match(line)
         if m:
             current = {"jobid": None, "rule": m["rule"], "sample": None, "wildcards": None, "reason": None,
-                       "started": stamp, "status": "incomplete", "slurm_jobid": None, "slurm_log": None}
+                       "started": stamp, "status": "incomplete", "slurm_jobid": None, "slurm_log": None,
+                       "attempts": [_attempt(stamp)]}
             in_error = None
             continue
         m = _ERROR_RE.match(line)
@@ -121,11 +133,17 @@ def parse_snakemake_log(text: str) -> dict:
                 if key == "jobid" and value.isdigit():
                     in_error = int(value)
                     if in_error in jobs:
-                        jobs[in_error]["status"] = "failed"
+                        _set_status(jobs[in_error], "failed")
                 continue
             if key == "jobid" and value.isdigit():
-                current["jobid"] = int(value)
-                jobs.setdefault(current["jobid"], current)
+                jid = int(value)
+                if jid in jobs:  # a retry ("Trying to restart job N."): the same job, one more attempt
+                    current = jobs[jid]
+                    current["status"] = "incomplete"
+                    current["attempts"].append(_attempt(stamp))
+                else:
+                    current["jobid"] = jid
+                    jobs[jid] = current
             elif key == "wildcards":
                 current["wildcards"] = value
                 wc = dict(part.split("=", 1) for part in value.split(", ") if "=" in part)
@@ -135,12 +153,13 @@ def parse_snakemake_log(text: str) -> dict:
             continue
         m = _FINISHED_RE.match(line)
         if m and int(m["jobid"]) in jobs:
-            jobs[int(m["jobid"])]["status"] = "finished"
+            _set_status(jobs[int(m["jobid"])], "finished")
             continue
         m = _SLURM_RE.match(line)
         if m and int(m["jobid"]) in jobs:
-            jobs[int(m["jobid"])]["slurm_jobid"] = int(m["slurm"])
-            jobs[int(m["jobid"])]["slurm_log"] = m["log"]
+            job = jobs[int(m["jobid"])]
+            job["slurm_jobid"], job["slurm_log"] = int(m["slurm"]), m["log"]
+            job["attempts"][-1].update(slurm_jobid=job["slurm_jobid"], slurm_log=job["slurm_log"])
     ordered = sorted(jobs.values(), key=lambda j: (j["started"] or "", j["jobid"]))
     return {"header": header, "jobs": [j for j in ordered if j["rule"] != "all"]}
 

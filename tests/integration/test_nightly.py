@@ -154,7 +154,9 @@ def test_run_log_parser_reads_slurm_jobs_and_failures():
     assert norm == {"jobid": 2, "rule": "normalise", "sample": "a", "wildcards": "sample=a",
                     "reason": "Missing output files: results/a/normalized.ome.zarr",
                     "started": "2026-11-30T09:02:10", "status": "finished", "slurm_jobid": 18,
-                    "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log"}
+                    "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log",
+                    "attempts": [{"started": "2026-11-30T09:02:10", "status": "finished", "slurm_jobid": 18,
+                                  "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log"}]}
     assert crop["status"] == "failed" and crop["slurm_jobid"] == 19
     # show-failed-logs copies the failed Slurm job's log, its own Snakemake output, into the run's log:
     # its job (jobid 0, "Forced execution") is not one of this run's
@@ -180,6 +182,28 @@ rule qc:
 """
     assert [(j["rule"], j["jobid"], j["status"]) for j in parse_snakemake_log(quoted)["jobs"]] == [
         ("normalise", 2, "finished"), ("crop", 4, "failed"), ("qc", 5, "incomplete")]
+
+
+def test_run_log_parser_keeps_every_attempt_of_a_retried_job():
+    # Snakemake's retries ("Trying to restart job N."): the same job id, a new rule block and submission
+    retried = SLURM_LOG + """Trying to restart job 4.
+[Mon Nov 30 09:03:05 2026]
+rule crop:
+    jobid: 4
+    wildcards: sample=a
+    resources: mem_mb=8000
+Job 4 has been submitted with SLURM jobid 20 (log: /w/logs/slurm/rule_crop/a/20.log).
+[Mon Nov 30 09:03:30 2026]
+Finished jobid: 4 (Rule: crop)
+"""
+    (_, crop) = parse_snakemake_log(retried)["jobs"]
+    assert crop["status"] == "finished" and crop["slurm_jobid"] == 20 and crop["started"] == "2026-11-30T09:02:46"
+    assert [(a["started"], a["status"], a["slurm_jobid"]) for a in crop["attempts"]] == [
+        ("2026-11-30T09:02:46", "failed", 19), ("2026-11-30T09:03:05", "finished", 20)]
+    # a retry that fails again: the job failed, both attempts on record
+    twice = retried.replace("Finished jobid: 4 (Rule: crop)", "Error in rule crop:\n    jobid: 4")
+    (_, crop) = parse_snakemake_log(twice)["jobs"]
+    assert crop["status"] == "failed" and [a["status"] for a in crop["attempts"]] == ["failed", "failed"]
 
 
 def test_runlog_command_writes_a_record_and_a_history_line(tmp_path, capsys):

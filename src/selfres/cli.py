@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modes", default=None, help="JSON mapping sample → mode")
     s.add_argument("-o", "--output", type=Path, required=True, help="summary.tsv")
     s.add_argument("--html", type=Path, required=True, help="summary.html")
+    s.add_argument("--snakemake-log", type=Path, default=None,
+                   help="the ending run's .snakemake/log/*.snakemake.log: its samples with a job that did not "
+                        "finish are failed, whatever older outputs lie on disk")
 
     s = sub.add_parser("runlog", help="record of one snakemake run → RESULTS/runs/*.json and runs.tsv")
     s.add_argument("results", type=Path)
@@ -275,7 +278,8 @@ def run(args) -> int:
     elif cmd == "summary":
         samples = [s for s in args.samples.split(",") if s]
         modes = json.loads(args.modes) if args.modes else None
-        pipeline.stage_summary(args.results, samples, args.output, args.html, modes=modes)
+        pipeline.stage_summary(args.results, samples, args.output, args.html, modes=modes,
+                               snakemake_log=args.snakemake_log)
     elif cmd == "runlog":
         from .runlog import write_run_record
 

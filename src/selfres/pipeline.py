@@ -1247,12 +1247,39 @@ SAMPLE_OUTPUTS = ("normalized.ome.zarr", "train_fov.json", "model", "restored.om
                   "report.html")
 
 
+def _log_time(stamp: str | None) -> float | None:
+    """``2026-11-30 09:02:09`` (a Snakemake log's ``Date``, local time) → seconds since the epoch."""
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) if stamp else None
+    except ValueError:
+        return None
+
+
+def _unfinished_message(jobs: Sequence[dict]) -> str:
+    """What a sample's unfinished jobs say without an ``ERROR:`` line of their own."""
+    parts = []
+    for job in jobs:
+        where = f" (Slurm job {job['slurm_jobid']}, log {job['slurm_log']})" if job.get("slurm_jobid") else ""
+        parts.append(f"{job['rule']}{where}")
+    return ("its " + ", ".join(parts) + " job did not finish in this run and wrote no ERROR line: "
+            "killed (a time or memory limit, or by hand) or stopped with the run")
+
+
 def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,
-                  *, modes: dict | None = None) -> list[dict]:
-    """Write ``summary.tsv`` / ``summary.html`` over all samples, failed ones included."""
+                  *, modes: dict | None = None, snakemake_log: str | Path | None = None) -> list[dict]:
+    """Write ``summary.tsv`` / ``summary.html`` over all samples, failed ones included.
+
+    ``snakemake_log``: the log of the run that ends (the workflow's ``onerror`` passes it).
+    A sample with a job that did not finish in that run is ``failed``, even where an
+    earlier run's outputs are all still on disk (a killed job leaves no ``ERROR:`` line,
+    and Snakemake keeps the outputs of the steps before it).
+    """
     from . import report
+    from .runlog import read_snakemake_log, unfinished_jobs_by_sample
 
     results = Path(results)
+    unfinished = unfinished_jobs_by_sample(snakemake_log)
+    run_started = _log_time(read_snakemake_log(snakemake_log)["header"].get("started")) if unfinished else None
     rows = []
     for s in samples:
         mfile = results / s / "qc" / "metrics.json"
@@ -1261,7 +1288,8 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
         complete = all((results / s / p).exists() for p in SAMPLE_OUTPUTS)
         # a job of a later run that failed leaves its ERROR line in a log newer than the report
         failed_since = last_error(results / s / "logs", newer_than=html.stat().st_mtime) if complete else None
-        if complete and failed_since is None:
+        jobs_left = unfinished.get(s)
+        if complete and failed_since is None and not jobs_left:
             m = json.loads(mfile.read_text())
             sv = m.get("self_validation") or {}
             gain = None
@@ -1284,7 +1312,12 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             })
         else:
             logs = results / s / "logs"
-            err = failed_since or last_error(logs)
+            # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
+            err = failed_since or last_error(logs, newer_than=run_started - 60 if jobs_left and run_started else None)
+            if jobs_left and err is None:
+                err = _unfinished_message(jobs_left)
+            if jobs_left and complete:
+                err += "; the outputs on disk are from an earlier run"
             if err is None and logs.is_dir():  # killed (time or memory limit, by hand) or still running
                 newest = max(logs.glob("*.log"), key=lambda q: q.stat().st_mtime, default=None)
                 err = ("no ERROR line in its logs: the job was killed (a time or memory limit, or by hand) "

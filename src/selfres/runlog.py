@@ -30,7 +30,8 @@ from typing import Sequence
 
 from . import __version__
 
-__all__ = ["parse_snakemake_log", "write_run_record", "RUNS_TSV_COLUMNS"]
+__all__ = ["parse_snakemake_log", "read_snakemake_log", "snakemake_log_file", "unfinished_jobs_by_sample",
+           "write_run_record", "RUNS_TSV_COLUMNS"]
 
 #: Columns of ``runs/runs.tsv`` (one line per run).
 RUNS_TSV_COLUMNS = ("started", "finished", "status", "host", "user", "jobs", "failed_jobs",
@@ -48,6 +49,32 @@ _HEADER_KEYS = {"Date": "started", "Workflow ID": "workflow_id", "Host": "host",
                 "Snakemake version": "snakemake_version", "Command": "command",
                 "Snakefile": "snakefile", "Working directory": "workdir", "Config file(s)": "config_files",
                 "Config MD5": "config_md5"}
+
+
+def snakemake_log_file(log: "str | os.PathLike | Sequence[str | os.PathLike] | None") -> "str | os.PathLike | None":
+    """The run's ``*.snakemake.log`` out of what Snakemake 9 hands its ``onsuccess`` /
+    ``onerror`` handlers (a list of log files), or the one path given."""
+    if isinstance(log, (list, tuple)):
+        return next((f for f in log if str(f).endswith(".snakemake.log")), log[0] if log else None)
+    return log
+
+
+def read_snakemake_log(path: "str | os.PathLike | None") -> dict:
+    """:func:`parse_snakemake_log` of a file; no header and no jobs without one."""
+    if path and Path(path).is_file():
+        return parse_snakemake_log(Path(path).read_text(errors="replace"))
+    return {"header": {}, "jobs": []}
+
+
+def unfinished_jobs_by_sample(path: "str | os.PathLike | None") -> dict[str, list[dict]]:
+    """The jobs of a run that did not finish (failed, or still running when the run
+    stopped), by sample: what the morning summary marks failed whatever older outputs
+    lie on disk."""
+    out: dict[str, list[dict]] = {}
+    for job in read_snakemake_log(path)["jobs"]:
+        if job["sample"] and job["status"] != "finished":
+            out.setdefault(job["sample"], []).append(job)
+    return out
 
 
 def _iso(stamp: str) -> str:
@@ -227,12 +254,8 @@ def write_run_record(
     """
     if status not in ("success", "error"):
         raise ValueError(f"status must be 'success' or 'error', got {status!r}")
-    if isinstance(snakemake_log, (list, tuple)):  # Snakemake 9 hands its handlers a list of log files
-        snakemake_log = next((f for f in snakemake_log if str(f).endswith(".snakemake.log")),
-                             snakemake_log[0] if snakemake_log else None)
-    parsed = {"header": {}, "jobs": []}
-    if snakemake_log and Path(snakemake_log).is_file():
-        parsed = parse_snakemake_log(Path(snakemake_log).read_text(errors="replace"))
+    snakemake_log = snakemake_log_file(snakemake_log)
+    parsed = read_snakemake_log(snakemake_log)
     header = parsed["header"]
     jobs = parsed["jobs"]
     finished = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -374,6 +374,52 @@ def test_stage_summary_flags_and_failed(tmp_path):
     assert "isotropy of interpolation" in html and "isotropy_interp" in df.columns
 
 
+def test_stage_summary_marks_a_sample_whose_job_this_run_did_not_finish(tmp_path):
+    """An earlier run's outputs all on disk, this run's job killed with no ERROR line (a Slurm
+    time limit on a block of scattered inference): the run's log says the sample failed."""
+    import json
+
+    from selfres import pipeline
+
+    for sample in ("a", "b"):
+        d = tmp_path / sample
+        for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
+            (d / sub).mkdir(parents=True)
+        (d / "train_fov.json").write_text("{}")
+        (d / "qc" / "metrics.json").write_text(json.dumps(_metrics(sample=sample)))
+        (d / "report.html").write_text("<html></html>")
+    log = tmp_path / "run.snakemake.log"
+    log.write_text("""SNAKEMAKE
+=========
+  Date: 2026-11-30 09:02:09
+
+[Mon Nov 30 09:02:10 2026]
+rule infer_block:
+    jobid: 7
+    wildcards: sample=a, block=1
+Job 7 has been submitted with SLURM jobid 31 (log: /w/logs/slurm/rule_infer_block/a/31.log).
+[Mon Nov 30 11:02:11 2026]
+Error in rule infer_block:
+    message: SLURM-job '31' failed
+    jobid: 7
+[Mon Nov 30 09:02:12 2026]
+rule qc:
+    jobid: 9
+    wildcards: sample=b
+[Mon Nov 30 09:02:20 2026]
+Finished jobid: 9 (Rule: qc)
+""")
+    summary = tmp_path / "summary.tsv"
+    pipeline.stage_summary(tmp_path, ["a", "b"], summary, tmp_path / "summary.html", snakemake_log=log)
+    df = pd.read_csv(summary, sep="\t").set_index("sample")
+    assert df.loc["b", "status"] == "ok"
+    assert df.loc["a", "status"] == "failed"
+    assert "infer_block (Slurm job 31" in df.loc["a", "error"] and "earlier run" in df.loc["a", "error"]
+    # without the run's log (the summary rule of a run that finished) both read as done
+    pipeline.stage_summary(tmp_path, ["a", "b"], summary, tmp_path / "summary.html")
+    assert set(pd.read_csv(summary, sep="\t")["status"]) == {"ok"}
+
+
 def test_verdict_names_the_inference_extras_the_guard_scored():
     from selfres import report
 

@@ -437,12 +437,16 @@ onsuccess:
 
 
 onerror:
-    # A failed sample must still show in the morning summary (with its error). An argument
-    # list, no shell: the JSON of --modes holds braces that shell() would try to format.
+    # A failed sample must still show in the morning summary (with its error; the run's log
+    # names jobs that were killed). An argument list, no shell: the JSON of --modes holds
+    # braces that shell() would try to format.
     import subprocess
+    from selfres.runlog import snakemake_log_file
 
+    run_log = snakemake_log_file(log)
     subprocess.run(["selfres", "summary", R, "--samples", ",".join(SAMPLE_IDS), "--modes",
                     json.dumps({s: sample_mode(s) for s in SAMPLE_IDS}), "-o", f"{R}/summary.tsv",
-                    "--html", f"{R}/summary.html"], check=False)
+                    "--html", f"{R}/summary.html"] + (["--snakemake-log", str(run_log)] if run_log else []),
+                   check=False)
     summary_written_outside_the_rule()
     run_record("error", log)

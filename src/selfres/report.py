@@ -1693,7 +1693,9 @@ _TOC = [("flags", "Flags"), ("views", "Orthogonal views"), ("mips", "Projections
 
 
 def _timing_rows(metrics: Mapping[str, Any], provenance: Any) -> list[list[Any]]:
-    rows: list[list[Any]] = [["training", _num(metrics.get("train_seconds")), None],
+    adopted = metrics.get("adopted_from")  # train_seconds: the time taken to judge the other sample's model
+    first = f"adoption (model trained on {adopted}, judged here)" if adopted else "training"
+    rows: list[list[Any]] = [[first, _num(metrics.get("train_seconds")), None],
                              ["inference", _num(metrics.get("infer_seconds")), None]]
     prov_t = provenance.get("timings") if isinstance(provenance, Mapping) else None
     if isinstance(prov_t, Mapping):

@@ -61,7 +61,8 @@ def test_the_adopting_sample_is_judged_on_its_own_held_out_region(shared):
     assert metrics["adopted_from"] == "a"
     # QC re-scores b's held-out region as the guard did: the same figure
     assert metrics["self_validation"]["psnr_model"] == pytest.approx(meta_b["self_validation"]["psnr_model"], abs=1e-6)
-    assert "Model trained on sample a" in (res / "b" / "report.html").read_text()
+    page = (res / "b" / "report.html").read_text()
+    assert "Model trained on sample a" in page and "adoption (model trained on a, judged here)" in page
     # b's own guard: a margin no model clears makes b fall back to tricubic, whatever a's verdict
     strict = json.loads((res / "strict" / "model" / "model.json").read_text())["metadata"]
     assert "model_worse_than_interpolation" in strict["flags"]

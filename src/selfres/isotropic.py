@@ -1105,26 +1105,21 @@ def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, 
         "device": str(device),
         "ran_on": models.ran_on(device),
     }
-    tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if res.degrader is not None:
-        from safetensors.torch import save_file
+    with io.atomic_output(model_dir) as tmp:  # a kill or an error leaves the old model/ or nothing
+        if res.degrader is not None:
+            from safetensors.torch import save_file
 
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in res.degrader.state_dict().items()},
-                  str(tmp / DEGRADER_FILE))
-        meta["degrader"] = {"file": DEGRADER_FILE, "spec": generator_spec(settings.isotropic).to_dict(),
-                            "sha256": io.file_checksum(tmp / DEGRADER_FILE),
-                            "steps": res.degrader_log[-1]["step"] if res.degrader_log else 0,
-                            "log": res.degrader_log}
-    models.save_model(tmp, res.model, res.spec, metadata=meta)
-    import pandas as pd
+            tmp.mkdir(parents=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in res.degrader.state_dict().items()},
+                      str(tmp / DEGRADER_FILE))
+            meta["degrader"] = {"file": DEGRADER_FILE, "spec": generator_spec(settings.isotropic).to_dict(),
+                                "sha256": io.file_checksum(tmp / DEGRADER_FILE),
+                                "steps": res.degrader_log[-1]["step"] if res.degrader_log else 0,
+                                "log": res.degrader_log}
+        models.save_model(tmp, res.model, res.spec, metadata=meta)
+        import pandas as pd
 
-    pd.DataFrame(res.log_rows, columns=_LOG_COLUMNS).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    os.replace(tmp, model_dir)
+        pd.DataFrame(res.log_rows, columns=_LOG_COLUMNS).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
     shutil.rmtree(work, ignore_errors=True)
     v = res.validation
     log.info("isotropic model saved to %s: held-out lateral %.2f dB vs input (z-cubic-like) %.2f dB; SSIM %.3f vs "

@@ -411,26 +411,21 @@ def stage_train(
     if result.correction_noise is not None:
         meta["correction_noise"] = result.correction_noise.as_list()
     meta["inference_extras"] = effective_extras(extras, meta)  # as they acted: no shrink without a level
-    tmp = model_dir.with_name(f".{model_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if result.stages:  # serial ×4: stage 1 in model/, stage 2 in model/stage2/
-        first, second = result.stages
-        meta["serial"] = {"stage2": "stage2", "factors": [list(first.spec.factors), list(second.spec.factors)],
-                          "stage_gains": [r.val_psnr_model - r.val_psnr_interp for r in result.stages],
-                          "stage_best_steps": [int(r.best_step) for r in result.stages]}
-        models.save_model(tmp, first.model, first.spec, metadata=meta)
-        models.save_model(tmp / "stage2", second.model, second.spec, metadata={"serial_stage": 2})
-    else:
-        models.save_model(tmp, result.model, result.spec, metadata=meta)
-    import pandas as pd
+    with io.atomic_output(model_dir) as tmp:  # a kill or an error leaves the old model/ or nothing
+        if result.stages:  # serial ×4: stage 1 in model/, stage 2 in model/stage2/
+            first, second = result.stages
+            meta["serial"] = {"stage2": "stage2", "factors": [list(first.spec.factors), list(second.spec.factors)],
+                              "stage_gains": [r.val_psnr_model - r.val_psnr_interp for r in result.stages],
+                              "stage_best_steps": [int(r.best_step) for r in result.stages]}
+            models.save_model(tmp, first.model, first.spec, metadata=meta)
+            models.save_model(tmp / "stage2", second.model, second.spec, metadata={"serial_stage": 2})
+        else:
+            models.save_model(tmp, result.model, result.spec, metadata=meta)
+        import pandas as pd
 
-    cols = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
-    cols += [c for c in ("val_coarse_gain", "stage") if any(c in r for r in result.log_rows)]
-    pd.DataFrame(result.log_rows, columns=cols).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    os.replace(tmp, model_dir)
+        cols = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
+        cols += [c for c in ("val_coarse_gain", "stage") if any(c in r for r in result.log_rows)]
+        pd.DataFrame(result.log_rows, columns=cols).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
     shutil.rmtree(work, ignore_errors=True)
     log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB (best step %d, %s, %.0f s)", model_dir,
              result.val_psnr_model, result.val_psnr_interp, result.best_step, result.stop_reason, meta["train_seconds"])

@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import ConfigError
+from .settings import parse_scale
 
 __all__ = ["SAMPLE_ID", "FileCounts", "check_model_sources", "check_results_dirs", "check_sample_id", "check_sample_row",
            "expand_channels", "expand_series", "expand_timepoints", "inbox_table", "merge_settings",
@@ -671,8 +672,9 @@ def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance", d
     def mode(r):
         return str(r.get("mode") or "").strip() or default_mode
 
-    def scale(r):
-        return str(r.get("scale") or "").strip() or default_scale
+    def scale(r):  # as numbers: "1, 2, 2" and "1,2,2" are one scale
+        text = str(r.get("scale") or "").strip() or default_scale
+        return ",".join(map(str, parse_scale(text, sample=r["sample"])))
 
     for sid, row in rows.items():
         src = str(row.get("model_from") or "").strip()

@@ -193,6 +193,8 @@ def test_model_from_accepts_a_training_sample_of_the_same_scale_and_itself():
 
     check_model_sources(_model_sheet([("t0", "x.tif", "", "1,2,2", "t0"), ("t1", "x.tif", "", "1,2,2", "t0"),
                                       ("t2", "x.tif", "enhance", "", "t0")]), default_scale="1,2,2")
+    # one scale written two ways
+    check_model_sources(_model_sheet([("a", "x.tif", "", "1, 2, 2", ""), ("b", "y.tif", "", "1,2,2", "a")]))
     # isotropic pairs: the scale column is enhance's (their axial factors are compared by the job)
     check_model_sources(_model_sheet([("i0", "x.tif", "isotropic", "", ""), ("i1", "y.tif", "isotropic", "2,2,2", "i0")]))
 

@@ -249,7 +249,7 @@ def adopt_isotropic(
         raise ConfigError(f"sample {sample!r}: its axial factor (voxel z / xy) is {factor:.4g}, the model of "
                           f"{source!r} was trained for {trained_factor:.4g}: a model restores the axial blur it "
                           "learned; train this sample")
-    validation = self_validation(vol, fov, model, spec, meta, device=device, degrader=degrader)
+    validation = self_validation(vol, fov, model, meta, device=device, degrader=degrader)
     flags = inherited_flags(meta) + guard_flags(validation, guard_margin_db)
     out = dict(meta)
     out.update({

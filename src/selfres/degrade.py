@@ -38,7 +38,6 @@ __all__ = [
     "add_noise",
     "blur",
     "degrade",
-    "degrade_volume",
     "downscale",
     "downscale_cubic",
     "gaussian_sigma_from_optics",
@@ -906,8 +905,6 @@ def degrade(x: np.ndarray, factors: Sequence[int], degradation: Degradation, *,
         y = y + std * np.random.default_rng(rng).standard_normal(np.shape(y))
     return np.asarray(y, dtype=np.float32)
 
-
-degrade_volume = degrade  # name used in docs/design.md
 
 
 class TorchDegrader:

@@ -380,7 +380,7 @@ def _tiff_log() -> Iterator[_LogCapture]:
 _CORRUPT_HINTS = ("invalid page offset", "failed to reshape", "corrupt", "truncat")
 
 
-def _tiff_integrity(path: str, tif, series, log: _LogCapture) -> None:
+def _tiff_integrity(path: str, series, log: _LogCapture) -> None:
     for msg in log.messages:
         if any(h in msg.lower() for h in _CORRUPT_HINTS):
             raise InputError(path, f"is truncated or corrupt (tifffile: {msg.strip()})")
@@ -561,7 +561,7 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True,
         try:
             number = series
             series = _tiff_series(path, tif, number)
-            _tiff_integrity(path, tif, series, log)
+            _tiff_integrity(path, series, log)
             if number is None:
                 _tiff_one_image(path, tif)
             _tiff_codec(path, series)
@@ -578,7 +578,7 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True,
             # a shaped series may silently lose planes when IFDs are broken
             if tuple(arr.shape) != tuple(series.shape):
                 raise InputError(path, "is truncated or corrupt (fewer planes than declared)")
-            _tiff_integrity(path, tif, series, log)
+            _tiff_integrity(path, series, log)
             data = _to_zyx(arr, axes, channel=channel, timepoint=timepoint, path=path, axes_known=True)
             vox = _tiff_voxel(tif, int(data.shape[0]), series, number or 0)
         finally:

@@ -40,7 +40,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -1069,7 +1068,7 @@ def restore_isotropic(
 
 
 # ------------------------------------------------------------------ pipeline hooks
-def stage_train(vol: io.Volume, params: normalise.NormParams, fov: TrainingFov, model_dir: str | Path, *,
+def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
                 sample: str, settings: Settings, device) -> dict:
     """Train the isotropic model of one sample and write ``model/`` atomically."""
     path = str(vol.attrs.get("source", "normalized.ome.zarr"))
@@ -1246,7 +1245,7 @@ def load_degrader(model_dir: str | Path, meta: dict, *, device: torch.device | s
     return generator
 
 
-def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, spec: models.ModelSpec, meta: dict, *,
+def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, meta: dict, *,
                     device: torch.device | str = "cpu", degrader: nn.Module | None = None) -> dict:
     """Model vs the degraded input (z-cubic-like) on held-out lateral slices, degraded as in training.
 

@@ -56,7 +56,6 @@ __all__ = [
 ]
 
 ARCHS = ("svision_paper", "svision_mini", "resnet3d", "iso2d")
-_RESIDUALS = ("tricubic", "trilinear", "none", "identity")
 
 # Per-architecture defaults: the one place they live (None in ModelSpec -> these).
 _DEFAULTS: dict[str, dict[str, Any]] = {

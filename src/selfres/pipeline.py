@@ -21,8 +21,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import __version__, io, normalise
-from .codeinfo import code_identity, git_commit, git_dirty, software_versions, source_digest  # noqa: F401
+from . import io, normalise
+from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
@@ -363,7 +363,7 @@ def stage_train(
     if mode == "isotropic":
         from . import isotropic
 
-        return isotropic.stage_train(vol, params, fov, model_dir, sample=sample, settings=settings, device=dev)
+        return isotropic.stage_train(vol, fov, model_dir, sample=sample, settings=settings, device=dev)
     factors = tuple(scale or (2, 2, 2))
     _check_enhance_input(data.shape, factors, sample, normalized)
     model_dir = Path(model_dir)
@@ -578,7 +578,7 @@ def stage_infer(
     from .infer import CubicUpsampler, infer_to_store, prepare_model
 
     dev = models.select_device(device)
-    model, spec, meta = load_trained(model_dir)
+    model, _, meta = load_trained(model_dir)
     vol, params = read_normalized(normalized, lazy=True)
     source = io.open_ome_zarr_array(normalized)
     # identity of the job: a partial store is resumed only when all of this matches
@@ -876,7 +876,7 @@ def stage_qc(
             raise InputError(reference, f"reference shape {ref_shape} does not match the output grid {out_shape} "
                              "(a reference must have the shape of restored.ome.zarr)", sample=sample)
     vol, params = read_normalized(normalized, lazy=True)  # read where needed: two boxes, a window, samples
-    model, spec, meta = load_trained(model_dir)
+    model, _, meta = load_trained(model_dir)
     fov = TrainingFov.load(fov_json)
     out = io.read_ome_zarr(restored, lazy=True)  # lazy: read below without refusing NaN (checked and flagged)
     restored_attrs = out.attrs
@@ -892,7 +892,7 @@ def stage_qc(
     elif mode == "isotropic":
         from . import isotropic
 
-        sv = isotropic.self_validation(vol, fov, model, spec, meta)
+        sv = isotropic.self_validation(vol, fov, model, meta)
     vs_in = _voxel_size_of(vol)
     vs_out = tuple(out.voxel_size) if vs_in else None
     raw_norm = vol.data

@@ -217,10 +217,8 @@ GENERIC_FLAG_HINT = (
     "maintainers if unsure.",
 )
 
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _DPI = 80
 _MAX_PLANE = 512  # largest side of a plane passed to imshow
-_NAMES = ("raw", "interpolation", "restored")
 
 
 def explain_flag(flag: str) -> tuple[str, str]:

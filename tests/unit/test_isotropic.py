@@ -379,7 +379,7 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
     assert vol.attrs["content"] in ("model", "interpolation")
     assert vol.attrs["ran_on"]["device"] == "cpu" and meta["ran_on"]["host"]  # where each step ran
     model, spec, info = pipeline.load_trained(tmp_path / "model")
-    sv = iso.self_validation(io.read_ome_zarr(norm), TrainingFov.load(tmp_path / "fov.json"), model, spec, info)
+    sv = iso.self_validation(io.read_ome_zarr(norm), TrainingFov.load(tmp_path / "fov.json"), model, info)
     assert set(sv) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
     assert sv["psnr_model"] == pytest.approx(meta["self_validation"]["psnr_model"], abs=1e-3)
     json.dumps(meta)
@@ -479,7 +479,7 @@ def test_isotropic_stage_train_itself_refuses_an_unknown_voxel_size(tmp_path):
                     path="normalized.ome.zarr", attrs={"voxel_size_known": False, "source": "in.tif"})
     fov = TrainingFov(train=((0, 8), (0, 20), (0, 16)), holdout=((0, 8), (0, 20), (16, 20)), source="t", reason="t")
     with pytest.raises(InputError, match=r"sample 's1'.*in.tif.*isotropic mode needs the voxel size"):
-        iso.stage_train(vol, None, fov, tmp_path / "model", sample="s1", settings=_tiny(), device="cpu")
+        iso.stage_train(vol, fov, tmp_path / "model", sample="s1", settings=_tiny(), device="cpu")
 
 
 def test_isotropic_inference_scatters_over_blocks_and_resumes_like_enhance(tmp_path):
@@ -598,14 +598,14 @@ def test_a_learned_degradation_model_is_rejudged_with_its_saved_generator(tmp_pa
     model, spec, info = pipeline.load_trained(tmp_path / "model")
     generator = iso.load_degrader(tmp_path / "model", info)
     vol, fov = io.read_ome_zarr(norm), TrainingFov.load(tmp_path / "fov.json")
-    again = iso.self_validation(vol, fov, model, spec, info, degrader=generator)
+    again = iso.self_validation(vol, fov, model, info, degrader=generator)
     for key in ("psnr_model", "psnr_interp"):
         assert again[key] == pytest.approx(meta["self_validation"][key], abs=1e-3)
     torch.manual_seed(0)
     with torch.no_grad():  # the generator is what makes the inputs: another one gives other figures
         for p in generator.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    other_generator = iso.self_validation(vol, fov, model, spec, info, degrader=generator)
+    other_generator = iso.self_validation(vol, fov, model, info, degrader=generator)
     assert other_generator["psnr_interp"] < again["psnr_interp"] - 0.5
 
     # another acquisition of the same optics adopts the model: judged on its held-out slices
@@ -622,7 +622,7 @@ def test_a_learned_degradation_model_is_rejudged_with_its_saved_generator(tmp_pa
     assert adopted["ran_on"]["device"] == "cpu" and adopted["adopted_from"]["ran_on"] == meta["ran_on"]
     assert (other / "model" / iso.DEGRADER_FILE).is_file()
     other_vol, other_fov = io.read_ome_zarr(other / "n.ome.zarr"), TrainingFov.load(other / "fov.json")
-    expected = iso.self_validation(other_vol, other_fov, model, spec, info,
+    expected = iso.self_validation(other_vol, other_fov, model, info,
                                    degrader=iso.load_degrader(tmp_path / "model", info))  # the saved generator
     for key in ("psnr_model", "psnr_interp"):
         assert adopted["self_validation"][key] == pytest.approx(expected[key], abs=1e-6)

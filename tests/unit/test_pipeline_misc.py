@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from selfres import pipeline, provenance
+from selfres import codeinfo, pipeline, provenance
 
 
 def test_git_commit_names_the_checkout_a_path_lies_in_and_none_outside_one(tmp_path):
@@ -19,20 +19,20 @@ def test_git_commit_names_the_checkout_a_path_lies_in_and_none_outside_one(tmp_p
     subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
                    check=True)
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    assert pipeline.git_commit(repo) == head and pipeline.git_dirty(repo) is False
+    assert codeinfo.git_commit(repo) == head and codeinfo.git_dirty(repo) is False
     (repo / "Snakefile").write_text("rule all:\n    input: []\n")
-    assert pipeline.git_dirty(repo) is True
+    assert codeinfo.git_dirty(repo) is True
     # a checkout's own configuration runs no command (git status would start its fsmonitor)
     marker = tmp_path / "fsmonitor-ran"
     subprocess.run(["git", "-C", str(repo), "config", "core.fsmonitor", f"touch {marker}"], check=True)
-    assert pipeline.git_dirty(repo) is True and not marker.exists()
+    assert codeinfo.git_dirty(repo) is True and not marker.exists()
     if os.geteuid() == 0:  # a checkout another user owns (an install in /opt run by a service account)
         os.chown(repo, 12345, 12345)
-        assert pipeline.git_commit(repo) == head and pipeline.git_dirty(repo) is True
+        assert codeinfo.git_commit(repo) == head and codeinfo.git_dirty(repo) is True
         assert not marker.exists()
     outside = tmp_path / "plain"
     outside.mkdir()
-    assert pipeline.git_commit(outside) is None and pipeline.git_dirty(outside) is None
+    assert codeinfo.git_commit(outside) is None and codeinfo.git_dirty(outside) is None
 
 
 @pytest.mark.parametrize("meta, mode", [({"factors": [2, 2, 2]}, "enhance"), ({"factors": [1, 2, 2]}, "enhance"),
@@ -144,7 +144,7 @@ def test_tiles_written_by_other_code_are_recomputed_and_outputs_name_their_code(
     assert attrs["code"]["source_digest"] == "0123456789abcdef" and attrs["compute"][0].endswith("code 01234567")
     model_code = json.loads((tmp_path / "model" / "model.json").read_text())["selfres_code"]
     assert len(model_code["source_digest"]) == 16 and model_code["source_digest"] != "0123456789abcdef"
-    assert model_code["git_commit"] == pipeline.git_commit()
+    assert model_code["git_commit"] == codeinfo.git_commit()
     import zarr
 
     group = zarr.open_group(str(out), mode="r")  # a viewer names the layer after the sample, not "restored"

@@ -90,7 +90,6 @@ R = config["results"]
 # set-threads (profiles/slurm) or --set-threads train=8 overrides it
 MAX_THREADS = 4
 SETTINGS_SECTIONS = ("normalise", "fov", "train", "infer", "qc", "isotropic")
-SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _read_sheet(path):

@@ -297,7 +297,6 @@ def test_sample_path_with_shell_metacharacters_is_quoted(tmp_path):
 # --------------------------------------------------------------------------- kill -9 during inference
 @pytest.mark.slow
 def test_kill_9_during_inference_resumes_without_recomputing_finished_tiles(tmp_path):
-
     src = write_tiny_tiff(tmp_path / "raw.tif", shape=(8, 128, 128))
     norm = tmp_path / "normalized.ome.zarr"
     pipeline.stage_normalise(src, norm, sample=SAMPLE)

@@ -516,13 +516,18 @@ def _checked_model_folder(model_dir: str | Path, read):
                          sample=exc.sample) from None
 
 
-def trained_metadata(model_dir: str | Path) -> dict:
-    """The training metadata of a sample model (``model.json``'s ``metadata``), its weights
+def trained_description(model_dir: str | Path) -> dict:
+    """A sample model's ``model.json`` (spec, ``metadata``, ``selfres_code``), its weights
     checked against their checksum but not loaded: no torch needed."""
     from . import modelfile
 
     info, _ = _checked_model_folder(model_dir, modelfile.read_description)
-    return info.get("metadata", {})
+    return info
+
+
+def trained_metadata(model_dir: str | Path) -> dict:
+    """The training metadata of a sample model (``model.json``'s ``metadata``): :func:`trained_description`."""
+    return trained_description(model_dir).get("metadata", {})
 
 
 def load_trained(model_dir: str | Path):
@@ -1136,7 +1141,8 @@ def stage_report(
 
     vol, params = read_normalized(normalized, lazy=True)
     out = io.read_ome_zarr(restored, lazy=True)
-    meta = trained_metadata(model_dir)
+    model_description = trained_description(model_dir)
+    meta = model_description.get("metadata", {})
     metrics_d = json.loads(Path(metrics_json).read_text())
     fov = json.loads(Path(fov_json).read_text())
     # raw units: normalise.undo is x * span + low, applied where read
@@ -1169,7 +1175,7 @@ def stage_report(
     prov = {
         "sample": sample,
         **code_identity(),  # of the code that wrote this report; the model's and the output's:
-        "model_code": json.loads((Path(model_dir) / "model.json").read_text()).get("selfres_code"),
+        "model_code": model_description.get("selfres_code"),
         "restored_code": out.attrs.get("code"),
         "workflow": ({"dir": str(Path(workflow_dir).resolve()), "git_commit": git_commit(workflow_dir),
                       "git_dirty": git_dirty(workflow_dir)} if workflow_dir is not None else None),

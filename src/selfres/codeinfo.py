@@ -87,7 +87,8 @@ def software_versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "selfres": __version__}
-    for pkg in ("numpy", "scipy", "torch", "zarr", "ome-zarr", "dask", "tifffile", "scikit-image", "snakemake"):
+    for pkg in ("numpy", "scipy", "torch", "zarr", "ome-zarr", "dask", "tifffile", "scikit-image", "snakemake",
+                "snakemake-executor-plugin-slurm"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

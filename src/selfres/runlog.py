@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
+from .codeinfo import code_identity, software_versions
 
 __all__ = ["parse_snakemake_log", "read_snakemake_log", "snakemake_log_file", "unfinished_jobs_by_sample",
            "write_run_record", "RUNS_TSV_COLUMNS"]
@@ -204,25 +204,6 @@ def _as_list(text: str | None) -> list | None:
     return list(value) if isinstance(value, (list, tuple)) else [str(value)]
 
 
-def _versions() -> dict:
-    import importlib.metadata as md
-    import platform
-
-    out = {"python": platform.python_version(), "selfres": __version__}
-    for pkg in ("snakemake", "snakemake-executor-plugin-slurm", "torch", "numpy", "zarr"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _git_commit() -> str | None:
-    from .codeinfo import git_commit
-
-    return git_commit()
-
-
 def write_run_record(
     results: str | os.PathLike,
     *,
@@ -274,9 +255,8 @@ def write_run_record(
         "config_files": _as_list(header.get("config_files")),
         "config_md5": header.get("config_md5"),
         "snakemake_log": str(snakemake_log) if snakemake_log else None,
-        "selfres_version": __version__,
-        "git_commit": _git_commit(),
-        "software": _versions(),
+        **code_identity(),  # selfres_version, source_digest, git_commit, git_dirty
+        "software": software_versions(),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "samples": list(samples),
         "samples_run": ran,

@@ -388,9 +388,13 @@ def report_args(wildcards):
                                     "--workflow-dir", workflow.basedir])
 
 
+def summary_cli_args():
+    """The samples and their modes, as `selfres summary` takes them (the rule and `onerror`)."""
+    return ["--samples", ",".join(SAMPLE_IDS), "--modes", json.dumps({s: sample_mode(s) for s in SAMPLE_IDS})]
+
+
 def summary_args(wildcards):
-    modes = {s: sample_mode(s) for s in SAMPLE_IDS}
-    return " ".join(_q(a) for a in ["--samples", ",".join(SAMPLE_IDS), "--modes", json.dumps(modes)])
+    return " ".join(_q(a) for a in summary_cli_args())
 
 
 def results_dir_of(wildcards, output):
@@ -443,9 +447,7 @@ onerror:
     from selfres.runlog import snakemake_log_file
 
     run_log = snakemake_log_file(log)
-    subprocess.run(["selfres", "summary", R, "--samples", ",".join(SAMPLE_IDS), "--modes",
-                    json.dumps({s: sample_mode(s) for s in SAMPLE_IDS}), "-o", f"{R}/summary.tsv",
-                    "--html", f"{R}/summary.html"] + (["--snakemake-log", str(run_log)] if run_log else []),
-                   check=False)
+    subprocess.run(["selfres", "summary", R, *summary_cli_args(), "-o", f"{R}/summary.tsv", "--html",
+                    f"{R}/summary.html"] + (["--snakemake-log", str(run_log)] if run_log else []), check=False)
     summary_written_outside_the_rule()
     run_record("error", log)

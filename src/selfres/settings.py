@@ -14,6 +14,7 @@ import json
 import math
 import typing
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from .errors import ConfigError
@@ -349,6 +350,12 @@ class Settings:
             part = getattr(self, f.name)
             if hasattr(part, "validate"):
                 part.validate()
+
+
+def settings_sections(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The stage sections of a workflow config (``normalise``, ``fov``, ``train``, ``infer``,
+    ``qc``, ``isotropic``: the fields of :class:`Settings`), copied."""
+    return {f.name: json.loads(json.dumps(config[f.name])) for f in dataclasses.fields(Settings) if f.name in config}
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:

@@ -9,6 +9,7 @@ naming the sheet, the row / sample, the column and what is allowed.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -162,13 +163,16 @@ def check_config(config: Mapping, *, schema: str | os.PathLike | Mapping) -> Non
     if errors:
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         raise ConfigError("config: " + "; ".join(_config_message(e) for e in errors[:5]) + more)
-    if config.get("scale"):  # what a pattern cannot say clearly: 1,1,1 restores nothing
-        from .settings import parse_scale
+    from .settings import parse_settings, settings_sections
 
-        try:
+    try:
+        if config.get("scale"):  # what a pattern cannot say clearly: 1,1,1 restores nothing
             parse_scale(config["scale"], name="scale")
-        except ConfigError as exc:
-            raise ConfigError(f"config: {exc}") from None
+        # the rules between values (guard_confidence 0 or ≥ 0.5, method psf needs psf_path,
+        # infer.shards needs chunks and NGFF 0.5…), as every job would apply them
+        parse_settings(settings_sections(config))
+    except ConfigError as exc:
+        raise ConfigError(f"config: {exc}") from None
 
 
 def _config_message(err) -> str:
@@ -280,8 +284,8 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:
     return header, rows, lines
 
 
-def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Mapping | None = None
-                      ) -> pd.DataFrame:
+def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Mapping | None = None,
+                      config_settings: Mapping | None = None) -> pd.DataFrame:
     """Read and validate the sample sheet.
 
     Parameters
@@ -293,6 +297,9 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     schema
         JSON schema of one row (``workflow/schemas/samples.schema.yaml``), as a path
         or a mapping; ``None`` checks only the required columns and sample ids.
+    config_settings
+        The config's stage sections (``train``, ``infer``…): each row's overrides are
+        checked merged into them, as its jobs will read them (:func:`check_sample_row`).
 
     Returns
     -------
@@ -328,7 +335,8 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
         sheet[c] = sheet[c].str.strip()
     validator = _row_validator(schema)
     for i, row in zip(lines, sheet.to_dict(orient="records")):
-        check_sample_row(row, validator=validator, where=f"sample sheet {path}, line {i}: ")
+        check_sample_row(row, validator=validator, where=f"sample sheet {path}, line {i}: ",
+                         config_settings=config_settings)
     dup = sorted(sheet["sample"][sheet["sample"].duplicated()].unique())
     if dup:
         raise ConfigError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}; ids must be unique")
@@ -349,12 +357,15 @@ def _row_validator(schema: str | os.PathLike | Mapping | None):
     return jsonschema.validators.validator_for(schema_d)(schema_d)
 
 
-def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "", who: str | None = None) -> None:
+def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "", who: str | None = None,
+                     config_settings: Mapping | None = None) -> None:
     """Refuse one sample row (sheet line or inbox acquisition) that would fail its jobs.
 
     Checks the id, the row schema (``validator``, from :func:`_row_validator`), a non-empty
     ``path``, and parses ``voxel_size``, ``scale`` and the per-sample overrides as the jobs
-    will, so that a bad value stops the run before any job, as the same value in
+    will — merged into ``config_settings`` (the config's stage sections) when given, so that
+    a value that needs another (``infer.shards`` and the config's ``ngff_version``) is judged
+    with it — so that a bad value stops the run before any job, as the same value in
     config.yaml does.
 
     Raises
@@ -376,7 +387,9 @@ def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "",
         parse_triple(row.get("voxel_size", ""), name="column 'voxel_size':")
         if row.get("mode") != "isotropic":  # scale is enhance's (an isotropic row ignores it)
             parse_scale(row.get("scale", ""), name="column 'scale':")
-        parse_settings(sample_overrides(row))
+        overrides = sample_overrides(row)
+        parse_settings(merge_settings(json.loads(json.dumps(config_settings)), overrides) if config_settings
+                       else overrides)
     except ConfigError as exc:
         raise ConfigError(f"{where}{exc}") from None
 
@@ -395,7 +408,8 @@ def _cell_text(value) -> str:
 
 
 def inbox_table(rows: Iterable[Mapping[str, str]], columns: Mapping | None = None, *,
-                schema: str | os.PathLike | Mapping | None = None) -> pd.DataFrame:
+                schema: str | os.PathLike | Mapping | None = None, config_settings: Mapping | None = None
+                ) -> pd.DataFrame:
     """The inbox's acquisitions (:func:`selfres.inbox.scan_inbox`'s rows) as sheet rows, each
     given the config's ``inbox_columns``: sheet columns shared by every acquisition the inbox
     finds (``channel: all``, ``timepoint: all``, ``series: all``, ``mode``, ``scale``,
@@ -417,14 +431,15 @@ def inbox_table(rows: Iterable[Mapping[str, str]], columns: Mapping | None = Non
                           "FOV belongs to one acquisition: give it its own sample sheet row)")
     validator = _row_validator(schema)
     check_sample_row({"sample": "inbox", "path": "inbox", **columns}, validator=validator,
-                     where="config inbox_columns: ", who="")
+                     where="config inbox_columns: ", who="", config_settings=config_settings)
     if columns.get("model_from") == FIRST_TIMEPOINT and columns.get("timepoint") != "all":
         raise ConfigError(f"config inbox_columns: model_from {FIRST_TIMEPOINT} names time point 0 of each "
                           "acquisition's series, so it needs timepoint: all beside it")
     out = []
     for row in rows:
         full = {**columns, **{k: str(v) for k, v in row.items()}}
-        check_sample_row(full, validator=validator, where=f"inbox acquisition {row.get('path', '')}: ")
+        check_sample_row(full, validator=validator, where=f"inbox acquisition {row.get('path', '')}: ",
+                         config_settings=config_settings)
         out.append(full)
     return pd.DataFrame(out, columns=["sample", "path", *columns], dtype=str).fillna("")
 

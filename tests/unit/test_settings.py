@@ -163,6 +163,34 @@ def test_a_config_mistake_is_one_short_line_naming_the_key(config, expected):
     check_config({"train": {"steps": 3}, "results": "r"}, schema=SCHEMA)  # a valid config passes
 
 
+@pytest.mark.parametrize("config, expected", [
+    ({"train": {"guard_confidence": 0.3}}, "config: "),
+    ({"train": {"degradation": {"method": "psf"}}}, "psf_path"),
+    ({"infer": {"shards": [16, 256, 256]}}, "shards"),
+    ({"normalise": {"low_percentile": 99.9, "high_percentile": 99.8}}, "low_percentile < high_percentile"),
+])
+def test_a_config_value_that_breaks_a_rule_between_values_stops_the_run_before_any_job(config, expected):
+    """The schema allows each value alone; the rule between values failed every sample's job."""
+    from selfres.sheet import check_config
+
+    with pytest.raises(ConfigError, match=r"^config: ") as err:
+        check_config(config, schema=SCHEMA)
+    assert expected in str(err.value)
+
+
+def test_a_sheet_override_is_judged_with_the_config_values_it_needs(tmp_path):
+    """infer.shards in a row is valid beside the config's NGFF 0.5 and chunks, not alone."""
+    from selfres.sheet import read_sample_sheet
+
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("sample\tpath\tinfer.shards\na\ta.tif\t16,256,256\n")
+    schema = SCHEMA.with_name("samples.schema.yaml")
+    with pytest.raises(ConfigError, match=r"line 2: sample 'a': .*shards"):
+        read_sample_sheet(sheet, schema=schema, config_settings={"infer": {"ngff_version": "0.4"}})
+    ok = {"infer": {"ngff_version": "0.5", "chunks": [16, 128, 128]}}
+    assert read_sample_sheet(sheet, schema=schema, config_settings=ok)["sample"].tolist() == ["a"]
+
+
 def test_a_sheet_cell_that_reads_as_a_number_may_name_a_text_choice(tmp_path):
     """A sheet cell 0.5 is read as YAML (a number); infer.ngff_version's choices are text."""
     from selfres.sheet import read_sample_sheet

@@ -19,7 +19,7 @@ except ImportError:  # snakemake run from an env without the package: use the ch
     from selfres import sheet as _sheet
 
 from selfres.errors import SelfresError as _SelfresError
-from selfres.settings import ENHANCE_ONLY_INFER_KEYS, isotropic_train_values
+from selfres.settings import ENHANCE_ONLY_INFER_KEYS, isotropic_train_values, settings_sections
 
 
 def _stop_on_bad_config(check, *args, **kwargs):
@@ -89,13 +89,12 @@ R = config["results"]
 # up to 4 cores, and a larger machine runs more samples side by side; a profile's
 # set-threads (profiles/slurm) or --set-threads train=8 overrides it
 MAX_THREADS = 4
-SETTINGS_SECTIONS = ("normalise", "fov", "train", "infer", "qc", "isotropic")
 
 
 def _read_sheet(path):
     """The sample sheet as a table of strings (selfres.sheet: schema, safe unique ids, paths)."""
     schema = os.path.join(workflow.current_basedir, "..", "schemas", "samples.schema.yaml")
-    return _sheet.read_sample_sheet(path, schema=schema)
+    return _sheet.read_sample_sheet(path, schema=schema, config_settings=settings_sections(config))
 
 
 def _inbox_rows(sheet):
@@ -110,7 +109,8 @@ def _inbox_rows(sheet):
     for line in scan.messages():
         print(line, file=sys.stderr)
     schema = os.path.join(workflow.current_basedir, "..", "schemas", "samples.schema.yaml")
-    return _sheet.inbox_table(scan.rows, config["inbox_columns"], schema=schema)
+    return _sheet.inbox_table(scan.rows, config["inbox_columns"], schema=schema,
+                              config_settings=settings_sections(config))
 
 
 def _sample_table():
@@ -158,8 +158,7 @@ def sample_scale(sample):
 
 def sample_settings(sample):
     """Config stage sections with the sample's own overrides (columns like train.steps)."""
-    s = {k: json.loads(json.dumps(config[k])) for k in SETTINGS_SECTIONS}
-    return _sheet.merge_settings(s, _sheet.sample_overrides(SAMPLES.loc[sample].to_dict()))
+    return _sheet.merge_settings(settings_sections(config), _sheet.sample_overrides(SAMPLES.loc[sample].to_dict()))
 
 
 def _q(x):

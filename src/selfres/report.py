@@ -100,18 +100,6 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "Check the normalisation and the training field of view (it may be empty "
         "background), lower the learning rate, and retrain.",
     ),
-    "fov_too_small": (
-        "The training field of view holds fewer voxels than recommended, so the "
-        "network saw little structure to learn from.",
-        "Give a larger training_fov in the sample sheet (around 1e5 voxels or more) "
-        "or let the pipeline choose it automatically.",
-    ),
-    "low_signal": (
-        "The input has little signal above background (low contrast or "
-        "signal-to-noise); restoration may amplify noise.",
-        "Check the acquisition and the chosen channel; judge the result by eye and "
-        "against the interpolation before using it.",
-    ),
     "saturated_input": (
         "A noticeable fraction of input voxels sit at the maximum value of the data "
         "type, or of a camera's bit depth (4095 for 12-bit data stored in 16 bits): clipped; "
@@ -123,12 +111,6 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "The input file holds no voxel size and none was given in the sample sheet; "
         "physical units, aspect ratios and resolution values may be wrong.",
         "Add a voxel_size column (z,y,x in µm) to the sample sheet for this sample.",
-    ),
-    "reference_shape_mismatch": (
-        "The reference volume's shape does not match the output grid, so reference "
-        "metrics could not be computed.",
-        "Give a reference on the output grid (input shape × scale), or remove the "
-        "reference column for this sample.",
     ),
     "restored_not_finite": (
         "The restored volume holds NaN or infinite voxels: something failed while it was "

@@ -237,7 +237,7 @@ def test_adopting_a_serial_model_applies_the_guard_rule_of_what_it_learned(monke
     stage = ModelSpec(arch="resnet3d", factors=(2, 2, 2), width=4, depth=1)
     model = Serial(build_model(stage), build_model(stage)).eval()  # untrained stages: tricubic ×2 each
     vol = blob_volume((16, 48, 48), n=30, sigma=(1.0, 1.5, 1.5), seed=3).astype(np.float32)
-    source_flags = ["stopped_while_improving", "early_stopped", "fov_too_small"]
+    source_flags = ["stopped_while_improving", "early_stopped", "saturated_input"]
     meta = {"sample": "src", "factors": [4, 4, 4], "best_step": 0, "flags": source_flags, "settings": {},
             "serial": {"stage2": "stage2", "factors": [[2, 2, 2], [2, 2, 2]], "stage_best_steps": stage_steps}}
     out = adopt.adopt_enhance(model, meta, vol[:, :, :32], vol[:, :, 32:], sample="b", voxel_size=None,
@@ -246,7 +246,7 @@ def test_adopting_a_serial_model_applies_the_guard_rule_of_what_it_learned(monke
     assert seen == [confidence_used]
     assert out["sample"] == "b"
     # how the source's training went (with advice about its training time) stays the source's
-    assert "fov_too_small" in out["flags"]
+    assert "saturated_input" in out["flags"]
     assert not {"stopped_while_improving", "early_stopped"} & set(out["flags"])
     assert out["adopted_from"]["flags"] == source_flags
 

@@ -189,11 +189,25 @@ def test_fov_bbox_forms(fov, box):
 
 def test_unknown_flag_generic_hint():
     assert report.explain_flag("nope") == report.GENERIC_FLAG_HINT
-    required = {"model_worse_than_interpolation", "training_diverged", "early_stopped",
-                "dead_output", "fov_too_small", "low_signal", "saturated_input",
-                "voxel_size_missing", "reference_shape_mismatch", "isotropy_not_reached"}
-    assert required <= set(report.FLAG_EXPLANATIONS)
     assert all(len(v) == 2 and all(v) for v in report.FLAG_EXPLANATIONS.values())
+
+
+def test_every_flag_the_code_raises_is_explained_and_documented_and_no_other():
+    """The flags the stages append (read from the source, so a new one cannot go unexplained)
+    are exactly those the report explains and docs/reports.md lists."""
+    import re
+    from pathlib import Path
+
+    src = Path(report.__file__).parent
+    raised = set()
+    for f in src.glob("*.py"):
+        raised |= set(re.findall(r'flags\.append\("([a-z_]+)"\)', f.read_text()))
+    raised |= {"stopped_while_improving"}  # train.Selection.budget_stop_flags
+    assert "dead_output" in raised and "gpu_unused" in raised  # the scan finds them
+    assert set(report.FLAG_EXPLANATIONS) == raised
+    docs = (src.parents[1] / "docs" / "reports.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z_]+)` \|", docs.split("## Flags")[1].split("\n## ")[0], flags=re.M))
+    assert listed == raised
 
 
 ROWS = [
@@ -344,7 +358,7 @@ def test_stage_summary_flags_and_failed(tmp_path):
         (d / "train_fov.json").write_text("{}")
         (d / "logs" / "normalise.log").write_text("normalised\n")
         (d / "qc" / "metrics.json").write_text(json.dumps(
-            {**_metrics(sample=sample), "flags": ["early_stopped", "low_signal"]}))
+            {**_metrics(sample=sample), "flags": ["early_stopped", "saturated_input"]}))
         (d / "report.html").write_text("<html></html>")
         os.utime(d / "logs" / "normalise.log", (1e9, 1e9))  # written before the report
 
@@ -361,7 +375,7 @@ def test_stage_summary_flags_and_failed(tmp_path):
     pipeline.stage_summary(tmp_path, ["a", "b", "c", "d", "e", "f"], tmp_path / "summary.tsv",
                            tmp_path / "summary.html")
     df = pd.read_csv(tmp_path / "summary.tsv", sep="\t").set_index("sample")
-    assert df.loc["a", "flags"] == "early_stopped;low_signal" and df.loc["a", "status"] == "ok"
+    assert df.loc["a", "flags"] == "early_stopped;saturated_input" and df.loc["a", "status"] == "ok"
     assert df.loc["e", "status"] == "failed" and "e.tif: is truncated" in df.loc["e", "error"]
     assert df.loc["f", "status"] == "failed" and "killed" in df.loc["f", "error"]
     assert df.loc["b", "status"] == "failed" and "not a TIFF" in df.loc["b", "error"]

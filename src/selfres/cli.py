@@ -25,14 +25,15 @@ def _settings(args):
     return parse_settings(args.settings)
 
 
-def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=False):
+def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=False, device=True):
     if sample:
         p.add_argument("--sample", required=False, default=None, help="sample id (for messages and metadata)")
     if settings:
         p.add_argument("--settings", default=None,
                        help="JSON object of stage settings (partial; defaults fill the rest); see README")
     if compute:
-        p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
+        if device:
+            p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
         p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
@@ -128,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("fov", type=Path)
     s.add_argument("-o", "--output", type=Path, required=True)
     s.add_argument("--reference", type=Path, default=None)
-    _common(s, compute=True)
+    _common(s, compute=True, device=False)  # a CPU step: the held-out re-score is small
 
     s = sub.add_parser("report", help="per-sample report.html and provenance.json")
     s.add_argument("normalized", type=Path)

@@ -280,6 +280,57 @@ ENHANCE_ONLY_INFER_KEYS = ("ensemble", "back_projection_iterations", "back_proje
 #: them re-infers, never retrains), not those of the sample that trained the model
 ISOTROPIC_INFERENCE_KEYS = ("fusion", "infer_batch")
 
+#: The settings sections each workflow stage receives: changing one value reruns exactly
+#: the stages (and samples) that read it (:func:`stage_settings`).
+STAGE_SECTIONS = {
+    "normalise": ("normalise",),
+    "crop": ("fov",),
+    "train": ("train", "isotropic"),
+    "infer": ("infer", "isotropic"),
+    "qc": ("qc",),
+}
+
+#: ``infer`` values an ``enhance`` training reads: the guard scores the model with the
+#: inference extras, with mixed precision or not.
+GUARD_INFER_KEYS = ("amp", *ENHANCE_ONLY_INFER_KEYS)
+
+
+def settings_used_by_mode(sections: Mapping[str, Any], mode: str) -> dict[str, Any]:
+    """``sections`` (a sample's settings, as dicts) without the values its mode does not read,
+    so that changing one neither reruns nor is recorded for samples it cannot affect: no
+    ``isotropic`` section for ``enhance``; for ``isotropic`` only the ``train`` values it
+    reads and no self-ensemble or back-projection; with a PSF given, no blurred targets."""
+    out = dict(sections)
+    if mode != "isotropic":
+        out.pop("isotropic", None)
+    if "train" in out:
+        train = out["train"]
+        if mode == "isotropic":
+            train = isotropic_train_values(train)
+        elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
+            train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
+        out["train"] = train
+    if mode == "isotropic" and "infer" in out:
+        out["infer"] = {k: v for k, v in out["infer"].items() if k not in ENHANCE_ONLY_INFER_KEYS}
+    return out
+
+
+def stage_settings(sections: Mapping[str, Any], *, stage: str, mode: str) -> dict[str, Any]:
+    """The settings one workflow stage of a sample receives (its ``--settings``): the
+    sections of :data:`STAGE_SECTIONS` that its mode reads (:func:`settings_used_by_mode`);
+    isotropic training never reads :data:`ISOTROPIC_INFERENCE_KEYS`, isotropic inference
+    nothing else; ``normalise`` gets the output's NGFF version, an ``enhance`` training the
+    :data:`GUARD_INFER_KEYS`."""
+    out = settings_used_by_mode({k: sections[k] for k in STAGE_SECTIONS[stage] if k in sections}, mode)
+    if "isotropic" in out:
+        keep = (lambda k: k in ISOTROPIC_INFERENCE_KEYS) if stage == "infer" else (lambda k: k not in ISOTROPIC_INFERENCE_KEYS)
+        out["isotropic"] = {k: v for k, v in out["isotropic"].items() if keep(k)}
+    if stage == "normalise":
+        out["infer"] = {"ngff_version": sections["infer"]["ngff_version"]}
+    if stage == "train" and mode == "enhance":
+        out["infer"] = {k: sections["infer"][k] for k in GUARD_INFER_KEYS}
+    return out
+
 
 @dataclass(frozen=True)
 class IsotropicSettings:

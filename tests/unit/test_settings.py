@@ -202,3 +202,50 @@ def test_a_sheet_cell_that_reads_as_a_number_may_name_a_text_choice(tmp_path):
     sheet = tmp_path / "s.tsv"
     sheet.write_text("sample\tpath\tinfer.ngff_version\na\ta.tif\t0.5\n")
     assert read_sample_sheet(sheet)["infer.ngff_version"].tolist() == ["0.5"]
+
+
+def _all_sections():
+    from selfres.settings import Settings, to_dict
+
+    return to_dict(Settings())
+
+
+@pytest.mark.parametrize("stage, mode, sections, absent", [
+    ("normalise", "enhance", {"normalise", "infer"}, ()),
+    ("crop", "isotropic", {"fov"}, ()),
+    ("qc", "enhance", {"qc"}, ()),
+    # enhance training: its train values and the inference values the guard scores with; no isotropic
+    ("train", "enhance", {"train", "infer"}, ()),
+    # isotropic training: only the train values it reads, its isotropic values but fusion/infer_batch, no infer
+    ("train", "isotropic", {"train", "isotropic"}, ("train.steps", "train.loss", "isotropic.fusion",
+                                                    "isotropic.infer_batch")),
+    ("infer", "enhance", {"infer"}, ()),
+    # isotropic inference: no self-ensemble or back-projection, of isotropic only fusion and infer_batch
+    ("infer", "isotropic", {"infer", "isotropic"}, ("infer.ensemble", "infer.back_projection_iterations",
+                                                    "isotropic.steps")),
+])
+def test_each_stage_receives_only_what_it_reads(stage, mode, sections, absent):
+    """What reruns after a change: a stage's --settings holds exactly the values it reads."""
+    from selfres.settings import GUARD_INFER_KEYS, stage_settings
+
+    out = stage_settings(_all_sections(), stage=stage, mode=mode)
+    assert set(out) == sections
+    for dotted in absent:
+        section, key = dotted.split(".")
+        assert key not in out[section], dotted
+    if stage == "normalise":
+        assert out["infer"] == {"ngff_version": "0.4"}
+    if (stage, mode) == ("train", "enhance"):
+        assert set(out["infer"]) == set(GUARD_INFER_KEYS) and "blocks" not in out["infer"]
+    if (stage, mode) == ("infer", "isotropic"):
+        assert set(out["isotropic"]) == {"fusion", "infer_batch"} and "tile_size" in out["infer"]
+
+
+def test_a_psf_turns_blurred_targets_off_so_their_values_rerun_nothing():
+    from selfres.settings import stage_settings
+
+    sections = _all_sections()
+    assert "blur_augment" in stage_settings(sections, stage="train", mode="enhance")["train"]
+    sections["train"]["psf_sigma_um"] = [2.0, 0.5, 0.5]
+    train = stage_settings(sections, stage="train", mode="enhance")["train"]
+    assert not [k for k in train if k.startswith("blur_augment")] and train["psf_sigma_um"] == [2.0, 0.5, 0.5]

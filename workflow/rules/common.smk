@@ -19,7 +19,8 @@ except ImportError:  # snakemake run from an env without the package: use the ch
     from selfres import sheet as _sheet
 
 from selfres.errors import SelfresError as _SelfresError
-from selfres.settings import ENHANCE_ONLY_INFER_KEYS, isotropic_train_values, settings_sections
+import selfres.settings as _settings
+from selfres.settings import settings_sections
 
 
 def _stop_on_bad_config(check, *args, **kwargs):
@@ -222,52 +223,11 @@ if workflow.is_main_process:
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)
 
 
-# Each stage receives only the settings sections it uses, so that changing one value
-# reruns exactly the stages (and samples) it affects.
-STAGE_SECTIONS = {
-    "normalise": ("normalise",),
-    "crop": ("fov",),
-    "train": ("train", "isotropic"),
-    "infer": ("infer", "isotropic"),
-    "qc": ("qc",),
-}
-
-
-def _used_by_mode(sample, sections):
-    """``sections`` without the values the sample's mode does not read, so that changing one
-    neither reruns nor is recorded for samples it cannot affect."""
-    out = dict(sections)
-    mode = sample_mode(sample)
-    if mode != "isotropic":  # an isotropic value must not retrain enhance samples
-        out.pop("isotropic", None)
-    if "train" in out:
-        train = out["train"]
-        if mode == "isotropic":  # nor an enhance-only value isotropic samples
-            train = isotropic_train_values(train)
-        elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
-            train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
-        out["train"] = train
-    if mode == "isotropic" and "infer" in out:  # its inference has no self-ensemble or back-projection
-        out["infer"] = {k: v for k, v in out["infer"].items() if k not in ENHANCE_ONLY_INFER_KEYS}
-    return out
-
-
 def stage_settings(sample, stage):
-    s = sample_settings(sample)
-    out = _used_by_mode(sample, {k: s[k] for k in STAGE_SECTIONS[stage] if k in s})
-    if "isotropic" in out:  # training (and adoption) never reads these, inference nothing else
-        from selfres.settings import ISOTROPIC_INFERENCE_KEYS as infer_keys
-
-        keep = (lambda k: k in infer_keys) if stage == "infer" else (lambda k: k not in infer_keys)
-        out["isotropic"] = {k: v for k, v in out["isotropic"].items() if keep(k)}
-    if stage == "normalise":
-        out["infer"] = {"ngff_version": s["infer"]["ngff_version"]}
-    if stage == "train" and sample_mode(sample) == "enhance":
-        # the guard scores the model with these inference extras, with mixed precision or not
-        # (isotropic training and adoption read no infer value)
-        out["infer"] = {k: s["infer"][k] for k in ("amp", "ensemble", "back_projection_iterations",
-                                                   "back_projection_shrink")}
-    return json.dumps(out, sort_keys=True)
+    """The stage's --settings (selfres.settings.stage_settings: only what it reads, so that a
+    changed value reruns exactly the stages and samples it affects)."""
+    return json.dumps(_settings.stage_settings(sample_settings(sample), stage=stage, mode=sample_mode(sample)),
+                      sort_keys=True)
 
 
 def normalise_args(wildcards):
@@ -377,8 +337,8 @@ def resolved_config(sample):
 
 
 def _applied_settings(sample):
-    """The settings that apply to the sample: those its mode reads (:func:`_used_by_mode`)."""
-    return _used_by_mode(sample, sample_settings(sample))
+    """The settings that apply to the sample: those its mode reads."""
+    return _settings.settings_used_by_mode(sample_settings(sample), sample_mode(sample))
 
 
 def report_args(wildcards):

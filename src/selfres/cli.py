@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, InputError, SelfresError
+from .settings import DEFAULT_SCALE
 
 
 def _settings(args):
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("input", type=Path)
     s.add_argument("--voxel-size", type=_triple(float), default=None,
                    help="z,y,x µm as the sample sheet's voxel_size column would give it (overrides the file's)")
-    s.add_argument("--scale", type=_scale, default=(2, 2, 2), help="enhance factors z,y,x for the output grid shown")
+    s.add_argument("--scale", type=_scale, default=DEFAULT_SCALE, help="enhance factors z,y,x for the output grid shown")
     s.add_argument("--training-fov", default=None,
                    help="z0:z1,y0:y1,x0:x1 as the sample sheet's training_fov column would give it")
     _common(s, sample=False)
@@ -336,7 +337,7 @@ def _psf_sigma(args) -> tuple[float, ...]:
     return m["sigma_um"]
 
 
-def describe_for_sheet(path: Path, *, voxel_size=None, scale=(2, 2, 2), fov_settings=None,
+def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_settings=None,
                        training_fov: str | None = None) -> str:
     """``selfres inspect``: :func:`selfres.io.describe_acquisition` in words, with the sheet
     columns each image needs and the output grid of each mode (refused as the crop stage

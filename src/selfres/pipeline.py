@@ -26,7 +26,8 @@ from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
-from .settings import FovSettings, InferSettings, IsotropicSettings, NormaliseSettings, QcSettings, Settings, to_dict
+from .settings import (DEFAULT_SCALE, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings, QcSettings,
+                       Settings, to_dict)
 
 log = logging.getLogger("selfres")
 
@@ -237,7 +238,7 @@ def stage_crop(
     settings = settings or FovSettings()
     check_mode(mode, sample=sample)
     vol, _ = read_normalized(normalized, lazy=True)  # the structure map reads it a slab at a time
-    factors = tuple(scale or (2, 2, 2)) if mode == "enhance" else (1, 1, 1)
+    factors = tuple(scale or DEFAULT_SCALE) if mode == "enhance" else (1, 1, 1)
     if mode == "enhance":  # the sheet, the config and the CLI refuse it already; a library call too
         from .settings import parse_scale
 
@@ -364,7 +365,7 @@ def stage_train(
         from . import isotropic
 
         return isotropic.stage_train(vol, fov, model_dir, sample=sample, settings=settings, device=dev)
-    factors = tuple(scale or (2, 2, 2))
+    factors = tuple(scale or DEFAULT_SCALE)
     _check_enhance_input(data.shape, factors, sample, normalized)
     model_dir = Path(model_dir)
     work = model_dir.with_name(model_dir.name + ".work")
@@ -470,7 +471,7 @@ def stage_adopt(
         new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor,
                                    guard_margin_db=settings.train.guard_margin_db, degrader=degrader, device=dev)
     else:
-        factors = tuple(int(f) for f in (scale or (2, 2, 2)))
+        factors = tuple(int(f) for f in (scale or DEFAULT_SCALE))
         if tuple(meta.get("factors") or ()) != factors:
             raise ConfigError(f"sample {sample!r}: model_from {source!r} restores by "
                               f"{tuple(meta.get('factors') or ())}, this sample asks for scale {factors}: give both "

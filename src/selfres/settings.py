@@ -20,6 +20,11 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 
+#: ``enhance``'s output grid when no scale is given: ×2 on every axis (the config's ``scale``
+#: default; a test checks that the schema agrees).
+DEFAULT_SCALE = (2, 2, 2)
+
+
 def parse_triple(text, *, name: str, kind=float, sample: str | None = None) -> tuple | None:
     """Parse ``"a,b,c"`` (or a sequence) into a 3-tuple of positive, finite ``kind``;
     ``None``/empty → None."""

@@ -19,7 +19,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import ConfigError
-from .settings import parse_scale
+from .settings import DEFAULT_SCALE, parse_scale
 
 __all__ = ["SAMPLE_ID", "FileCounts", "check_model_sources", "check_results_dirs", "check_sample_id", "check_sample_row",
            "expand_channels", "expand_series", "expand_timepoints", "inbox_table", "merge_settings",
@@ -665,7 +665,8 @@ def resolve_unexpanded_sources(sheet: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance", default_scale: str = "2,2,2") -> None:
+def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance",
+                        default_scale: str = ",".join(map(str, DEFAULT_SCALE))) -> None:
     """Refuse ``model_from`` cells (after ``all`` expansion) that no job could honour.
 
     A sample whose ``model_from`` names another sample is restored with that sample's

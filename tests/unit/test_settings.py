@@ -30,6 +30,9 @@ def test_schema_defaults_equal_package_defaults():
     props = schema["properties"]
     from_schema = {k: _schema_defaults(props[k]["properties"]) for k in ("normalise", "fov", "train", "infer", "qc", "isotropic")}
     assert from_schema == to_dict(Settings())
+    from selfres.settings import DEFAULT_SCALE
+
+    assert props["scale"]["default"] == ",".join(map(str, DEFAULT_SCALE))
 
 
 def test_every_schema_key_has_a_description_and_default():

@@ -324,12 +324,6 @@ def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), pa
     return factor
 
 
-def _check_enhance_input(vol_shape, factors, sample, path):
-    if vol_shape[0] == 1 and factors[0] != 1:
-        raise InputError(path, f"2-D input (one z slice) cannot be scaled along z (scale {factors}); use 1,y,x",
-                         sample=sample)
-
-
 def _model_stage_inputs(normalized, fov_json, *, sample, mode, settings, device, threads):
     """What the train and adopt stages start from: settings (defaults when None), the device,
     the normalised volume (lazy: only the training FOV and held-out region are read), its
@@ -366,7 +360,9 @@ def stage_train(
 
         return isotropic.stage_train(vol, fov, model_dir, sample=sample, settings=settings, device=dev)
     factors = tuple(scale or DEFAULT_SCALE)
-    _check_enhance_input(data.shape, factors, sample, normalized)
+    # crop checked the volume already; a second line of defence for a stage called alone
+    check_volume_for_mode(data.shape, None, mode="enhance", factors=factors, path=normalized, sample=sample,
+                          training_fov="given")
     model_dir = Path(model_dir)
     work = model_dir.with_name(model_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -476,7 +472,8 @@ def stage_adopt(
             raise ConfigError(f"sample {sample!r}: model_from {source!r} restores by "
                               f"{tuple(meta.get('factors') or ())}, this sample asks for scale {factors}: give both "
                               "the same scale")
-        _check_enhance_input(vol.data.shape, factors, sample, normalized)
+        check_volume_for_mode(vol.data.shape, None, mode="enhance", factors=factors, path=normalized, sample=sample,
+                              training_fov="given")
         from . import models
 
         # as load_trained will read the adopted model: rotated only if both samples allow it

@@ -201,6 +201,12 @@ def test_a_2d_image_with_a_pixel_size_is_restored_and_measured_laterally_only(tm
     assert m["output_shape"] == [1, 128, 128]
     assert m["resolution_um"]["lateral_in"] is not None and m["resolution_um"]["axial_in"] is None
     assert not (tmp_path / "work" / "qc" / "spectra.json").exists() and (tmp_path / "work" / "report.html").exists()
+    # train called alone with a z factor (crop, which refuses it, was skipped): one clear error
+    from selfres.errors import InputError
+
+    with pytest.raises(InputError, match=r"sample 's'.*2-D image.*give the sample scale 1,2,2"):
+        pipeline.stage_train(tmp_path / "work" / "normalized.ome.zarr", tmp_path / "work" / "train_fov.json",
+                             tmp_path / "m2", sample="s", scale=(2, 2, 2), settings=settings, device="cpu")
 
 
 @pytest.mark.parametrize("meta, learned", [

@@ -1738,7 +1738,7 @@ def render_sample_report(
         (``input``/``output``) and ``z, y, x, fwhm_{z,y,x}`` columns; medians are
         shown, and for the long form a figure of a typical bead's fitted profiles.
     spectra
-        ``{"input": (freq, power), "output": (freq, power)}``; optional.
+        ``{"input": (freq, log10 power), "output": …}`` as `qc` writes them (:func:`selfres.metrics.axial_spectrum`); optional.
     train_fov
         Content of ``train_fov.json`` (or a ``TrainingFov``/string); optional.
     figures
@@ -1762,7 +1762,7 @@ def render_sample_report(
         figures = sample_figures(raw=raw, interp=interp, restored=restored,
                                  voxel_size_in=vin, voxel_size_out=vout, training_log=df,
                                  best_step=best, bead_table=bead_table, spectra=spectra,
-                                 train_fov=train_fov)
+                                 spectra_log10=True, train_fov=train_fov)  # as qc writes them (metrics.axial_spectrum)
     figures = dict(figures)
     ref = metrics.get("reference")
     beads = _bead_summary(bead_table)

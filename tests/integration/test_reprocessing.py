@@ -124,6 +124,20 @@ def test_a_missing_intermediate_reruns_its_step_and_everything_after(wd, missing
     assert _jobs(wd) == _from(stage, "a")
 
 
+def test_an_acquisition_archived_after_its_night_keeps_its_sample_done(wd):
+    """Facilities move raw files away once processed: the sample stays done (said at the start),
+    a later training change still retrains it from its normalised copy; it was rerun from
+    normalise, which failed, deleted the normalised copy and turned the sample failed."""
+    (wd / "data" / "a.tif").rename(wd / "data" / "a.archived.tif")
+    proc = run_snakemake(wd, "-n")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and {(j["rule"], j["sample"]) for j in parse_snakemake_log(out)["jobs"]} == set()
+    assert "sample 'a': its acquisition data/a.tif no longer exists; the sample goes on from its normalised copy" \
+        in proc.stderr, proc.stderr[-2000:]
+    _edit_config(wd, train={"learning_rate": 0.000123})
+    assert _jobs(wd) == _from("train", "a", "b")
+
+
 def test_forcerun_reruns_a_stage_for_one_sample(wd):
     jobs = _jobs(wd, "--forcerun", "results/b/qc/metrics.json")
     assert jobs == _from("qc", "b")

@@ -171,17 +171,24 @@ DEMO_FILES = ("demo_data/beads.tif", "demo_data/beads_reference.tif", "demo_data
               "demo_data/neurites_reference.tif")
 
 
-def _declared(path):
+def _declared(path, made_from_it=None):
     """``path`` as a job input when it exists (or the demo makes it); else nothing. A missing
     acquisition then fails its own sample's first job with selfres's one-line error, and
-    ``--keep-going`` runs the others, instead of Snakemake refusing the whole batch."""
+    ``--keep-going`` runs the others, instead of Snakemake refusing the whole batch.
+    ``made_from_it``: the job's output; where it exists the path stays declared although
+    missing (an acquisition archived after its night): the job is then up to date, as
+    Snakemake judges a job whose input is gone, instead of rerun for a changed input set
+    and failed."""
     if not path:
         return []
-    return [path] if os.path.exists(path) or os.path.normpath(path) in DEMO_FILES else []
+    if os.path.exists(path) or os.path.normpath(path) in DEMO_FILES:
+        return [path]
+    return [path] if made_from_it and os.path.exists(made_from_it) else []
 
 
 def get_raw(wildcards):
-    return _declared(_cell(wildcards.sample, "path"))
+    s = wildcards.sample
+    return _declared(_cell(s, "path"), made_from_it=f"{R}/{s}/normalized.ome.zarr")
 
 
 def raw_path(wildcards):
@@ -212,12 +219,15 @@ if workflow.is_main_process:
     # params, and a reference that appears later would then rerun the whole sample.
     for _s in SAMPLE_IDS:
         # a mistyped or not-yet-copied acquisition: said now, not only in the morning's summary
-        # (nothing to say once the sample is normalised: its raw file is no longer read)
-        if (_cell(_s, "path") and not _declared(_cell(_s, "path"))
-                and not os.path.exists(f"{R}/{_s}/normalized.ome.zarr")):
-            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist; that "
-                  "sample fails at normalise (and so do the samples that use its model); with --keep-going, as "
-                  "the profiles set, the others go on", file=sys.stderr)
+        if _cell(_s, "path") and not _declared(_cell(_s, "path")):
+            if os.path.exists(f"{R}/{_s}/normalized.ome.zarr"):  # archived after its night
+                print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} no longer exists; the "
+                      f"sample goes on from its normalised copy ({R}/{_s}/normalized.ome.zarr): a change of its "
+                      "normalise settings cannot apply until the file is back", file=sys.stderr)
+            else:
+                print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist; that "
+                      "sample fails at normalise (and so do the samples that use its model); with --keep-going, as "
+                      "the profiles set, the others go on", file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist; that "
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)

@@ -1220,11 +1220,6 @@ def stage_report(
     write_json(provenance_json, clean_floats(prov))
 
 
-def _rounded(value, digits: int):
-    """A summary figure rounded for people (None stays None; -0.0 becomes 0.0)."""
-    return None if value is None else round(float(value), digits) + 0.0
-
-
 def last_error(log_dir: Path, *, newer_than: float | None = None) -> str | None:
     """The last ``ERROR:`` line in a sample's logs (what the CLI prints on failure), in logs
     written after ``newer_than`` (a modification time) when given."""
@@ -1289,26 +1284,8 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
         failed_since = last_error(results / s / "logs", newer_than=html.stat().st_mtime) if complete else None
         jobs_left = unfinished.get(s)
         if complete and failed_since is None and not jobs_left:
-            m = json.loads(mfile.read_text())
-            sv = m.get("self_validation") or {}
-            gain = None
-            if sv.get("psnr_model") is not None and sv.get("psnr_interp") is not None:
-                gain = sv["psnr_model"] - sv["psnr_interp"]
-            row.update({
-                "status": "fallback_interpolation" if m.get("restored_content") == "interpolation" else "ok",
-                "mode": m.get("mode"),
-                "input_shape": "x".join(map(str, m.get("input_shape") or [])),
-                "output_shape": "x".join(map(str, m.get("output_shape") or [])),
-                "psnr_gain": _rounded(gain, 3),
-                "isotropy_in": _rounded(m.get("isotropy_in"), 3),
-                "isotropy_out": _rounded(m.get("isotropy_out"), 3),
-                "isotropy_interp": _rounded(m.get("isotropy_interp"), 3),
-                "flags": list(m.get("flags") or []),
-                "train_seconds": _rounded(m.get("train_seconds"), 1),
-                "infer_seconds": _rounded(m.get("infer_seconds"), 1),
-                "error": None,
-                "report": f"{s}/report.html",
-            })
+            # the summary's columns come from metrics.json (report.summary_table derives them)
+            row.update(json.loads(mfile.read_text()), sample=s, error=None, report=f"{s}/report.html")
         else:
             logs = results / s / "logs"
             # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)

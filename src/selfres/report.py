@@ -2063,7 +2063,9 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         })
     df = pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
     for c in ("psnr_gain", "isotropy_in", "isotropy_out", "isotropy_interp", "train_seconds", "infer_seconds"):
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+        # rounded for people (-0.0 becomes 0.0)
+        digits = 1 if c.endswith("_seconds") else 3
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float).round(digits) + 0.0
     return df
 
 

@@ -419,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         # `selfres inspect … | head`: the reader stopped reading; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 1
+    except KeyboardInterrupt:  # Ctrl-C, or Snakemake stopping its jobs: one line, not a traceback
+        print(f"ERROR: {prefix}selfres {args.command} was interrupted (Ctrl-C or SIGINT); its output was not "
+              "written, and a rerun resumes a training from its last checkpoint and an inference from its "
+              "recorded tiles", file=sys.stderr)
+        return 130
     except MemoryError as exc:
         why = " ".join(str(exc).split()) or "reduce infer.tile_size or fov.max_voxels"
         print(f"ERROR: {prefix}out of memory; {why}", file=sys.stderr)

@@ -412,6 +412,23 @@ def test_an_unforeseen_failure_still_ends_in_one_error_line(tmp_path, capsys, mo
     assert "ValueError: n_in must be an integer >= 1" in errors[0]
 
 
+def test_an_interrupted_stage_ends_with_one_error_line_not_a_traceback(tmp_path, capsys, monkeypatch):
+    """Ctrl-C (or Snakemake stopping its jobs with SIGINT): the stage's log ends with one
+    ERROR line the summary reads, as for every other failure."""
+    from selfres import pipeline
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "stage_crop", interrupted)
+    rc = cli.main(["crop", str(tmp_path / "n.ome.zarr"), "-o", str(tmp_path / "fov.json"), "--sample", SAMPLE])
+    err = capsys.readouterr().err
+    assert rc == 130 and "Traceback" not in err
+    assert err.strip().splitlines() == [f"ERROR: sample '{SAMPLE}': selfres crop was interrupted (Ctrl-C or SIGINT); "
+                                        "its output was not written, and a rerun resumes a training from its last "
+                                        "checkpoint and an inference from its recorded tiles"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("broken, problem", [
     ("truncated", r"is truncated or corrupt .*"),

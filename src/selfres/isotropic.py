@@ -830,8 +830,8 @@ def train_isotropic(
     stop_after_steps
         Stop (as if killed) after this many restorer steps — for resumption tests.
     """
-    from .train import (Selection, learning_rate, load_checkpoint, loss_fn, optimisation_step,
-                        resume_from_checkpoint, save_checkpoint)
+    from .train import (Checkpointing, Selection, load_checkpoint, loss_fn, resume_from_checkpoint, run_steps,
+                        save_checkpoint)
 
     iso = settings.isotropic
     # the 2-D net has its own step limit (isotropic.steps); the rest of the loop is train's
@@ -913,52 +913,25 @@ def train_isotropic(
              factor, iso.degradation, deg.sigma_px, f"{deg.noise_variance[0]:.3g}", deg.noise_variance[1],
              deg_info["sigma_source"],
              models.count_parameters(model), patch, 100 * sampler.fraction_kept, threshold, val_interp, sel.best_psnr)
-    t0 = time.monotonic() - elapsed_before
-    stop_reason, flags = "steps", []
-    running, n_running = 0.0, 0
-    model.train()
-    while step < s.steps:
-        lr = learning_rate(step, s)
-        for g in optimiser.param_groups:
-            g["lr"] = lr * g["scale"]
+    def batch_loss() -> torch.Tensor:
         target = sampler.sample(iso.batch_size).to(device)
         with torch.no_grad():
             low = degradation.apply_torch(target, generator=noise_gen)
         pred = model(low)
-        loss = loss_fn(iso.loss, pred[:, :, None], target[:, :, None], fft_weight=iso.fft_weight)
-        if not optimisation_step(model, optimiser, loss):
-            flags.append("training_diverged")
-            stop_reason = "diverged"
-            break
-        step += 1
-        running += float(loss.item())
-        n_running += 1
-        over_budget = time.monotonic() - t0 > s.max_minutes * 60  # checked every step, as in enhance
-        if step % s.validate_every == 0 or step == s.steps or over_budget:
-            val = validate()
-            el = time.monotonic() - t0
-            sel.observe(model, step=step, psnr=val, score=val, row={
-                "step": step, "loss": running / n_running, "val_psnr_model": val, "val_psnr_interp": val_interp,
-                "lr": lr, "seconds": round(el, 2)})
-            running, n_running = 0.0, 0
-            log.info("step %d/%d loss %.5f held-out %.2f dB (input %.2f, best %.2f @ %d) lr %.2e %.0fs", step, s.steps,
-                     sel.rows[-1]["loss"], val, val_interp, sel.best_psnr, sel.best_step, lr, el)
-            if ckpt_path is not None:
-                save_checkpoint(ckpt_path, {
-                    "key": key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "generator": gen.get_state(), "noise_generator": noise_gen.get_state(), "step": step,
-                    "elapsed": el, **sel.state_dict()})
-            if sel.exhausted and step < s.steps:  # at the last step it is not early
-                stop_reason = "early_stop"
-                flags.append("early_stopped")
-                break
-            if el > s.max_minutes * 60 and step < s.steps:
-                stop_reason = "time_budget"
-                flags += sel.budget_stop_flags(s.max_minutes)
-                break
-        if stop_after_steps is not None and step >= stop_after_steps:
-            stop_reason = "interrupted"
-            break
+        return loss_fn(iso.loss, pred[:, :, None], target[:, :, None], fft_weight=iso.fft_weight)
+
+    def scored() -> tuple[float, float, dict]:
+        val = validate()
+        return val, val, {"val_psnr_interp": val_interp}
+
+    def describe(row: dict, eta: float) -> None:
+        log.info("step %d/%d loss %.5f held-out %.2f dB (input %.2f, best %.2f @ %d) lr %.2e elapsed %.0fs ETA %.0fs",
+                 row["step"], s.steps, row["loss"], row["val_psnr_model"], val_interp, sel.best_psnr, sel.best_step,
+                 row["lr"], row["seconds"], eta)
+
+    step, stop_reason, flags, t0 = run_steps(
+        model, optimiser, sel, s, step=step, elapsed_before=elapsed_before, batch_loss=batch_loss, validate=scored,
+        describe=describe, checkpoint=Checkpointing(ckpt_path, key, gen, noise_gen), stop_after_steps=stop_after_steps)
     model.load_state_dict(sel.best_state)
     model.eval()
     preds = [predict_slices(model, low, device=device, batch=VALIDATION_BATCH) for _, low in pairs]

@@ -499,7 +499,13 @@ def resume_from_checkpoint(path: Path | None, *, key: str, model: torch.nn.Modul
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimiser"])
     generator.set_state(state["generator"])
-    noise_generator.set_state(state["noise_generator"])
+    saved_noise = state["noise_generator"]
+    if saved_noise.numel() == noise_generator.get_state().numel():
+        noise_generator.set_state(saved_noise)
+    else:  # the noise generator lives on the training device: a CPU run resumed on a GPU, or back
+        noise_generator.manual_seed(noise_generator.initial_seed() + int(state["step"]))
+        log.warning("checkpoint written on another kind of device: its weights and step are resumed, the noise "
+                    "draws start anew (the weights will not be bit-identical to an uninterrupted run)")
     return state
 
 
@@ -579,6 +585,82 @@ class Selection:
         self.best_score = float(state.get("best_score", score_of_psnr(self.best_psnr)))
         self.best_state = state["best_state"]
         self.bad_validations = int(state["bad_validations"])
+
+
+@dataclass
+class Checkpointing:
+    """Where and with what a training loop saves its resumable checkpoint (``path`` None: never)."""
+
+    path: Path | None
+    key: str
+    generator: torch.Generator
+    noise_generator: torch.Generator
+
+    def save(self, model: torch.nn.Module, optimiser, sel: "Selection", *, step: int, elapsed: float) -> None:
+        if self.path is not None:
+            save_checkpoint(self.path, {
+                "key": self.key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "generator": self.generator.get_state(), "noise_generator": self.noise_generator.get_state(),
+                "step": step, "elapsed": elapsed, **sel.state_dict(),
+            })
+
+
+def run_steps(model: torch.nn.Module, optimiser, sel: "Selection", settings, *, step: int, elapsed_before: float,
+              batch_loss, validate, describe, checkpoint: Checkpointing, stop_after_steps: int | None = None
+              ) -> tuple[int, str, list[str], float]:
+    """The optimisation loop both modes share: learning-rate schedule (each parameter group's
+    ``scale`` times :func:`learning_rate`), one step per batch, validation every
+    ``settings.validate_every`` steps, at the last step and when the time budget is spent
+    (checked every step), checkpoint selection (``sel``), a resumable checkpoint at every
+    validation, and the stops: divergence, early stop (patience), time budget, the step limit.
+
+    ``batch_loss()``: the loss of one fresh batch; ``validate()``: ``(psnr, score, extra log
+    columns such as val_psnr_interp)`` of the current weights; ``describe(row, eta_seconds)``: logs one validation.
+    Returns ``(steps done, stop reason, flags, t0)`` (``t0``: the monotonic clock's start,
+    earlier runs' time included); the caller loads ``sel.best_state``.
+    """
+    t0 = time.monotonic() - elapsed_before
+    stop_reason, flags = "steps", []
+    running, n_running = 0.0, 0
+    model.train()
+    while step < settings.steps:
+        lr = learning_rate(step, settings)
+        for g in optimiser.param_groups:
+            g["lr"] = lr * g.get("scale", 1.0)
+        loss = batch_loss()
+        if not optimisation_step(model, optimiser, loss):
+            flags.append("training_diverged")
+            stop_reason = "diverged"
+            log.warning("loss became %s at step %d; keeping the best checkpoint", loss.item(), step)
+            break
+        step += 1
+        running += float(loss.item())
+        n_running += 1
+        over_budget = time.monotonic() - t0 > settings.max_minutes * 60
+        if step % settings.validate_every == 0 or step == settings.steps or over_budget:
+            val, score, extra = validate()
+            el = time.monotonic() - t0
+            row = {"step": step, "loss": running / n_running, "val_psnr_model": val, **extra, "lr": lr,
+                   "seconds": round(el, 2)}
+            sel.observe(model, step=step, psnr=val, score=score, row=row)
+            running, n_running = 0.0, 0
+            rate = step / max(el, 1e-9)
+            eta = (settings.steps - step) / rate if rate > 0 else float("nan")
+            describe(sel.rows[-1], min(eta, settings.max_minutes * 60 - el))
+            checkpoint.save(model, optimiser, sel, step=step, elapsed=el)
+            if sel.exhausted and step < settings.steps:  # at the last step it is not early
+                stop_reason = "early_stop"
+                flags.append("early_stopped")
+                log.info("no held-out improvement in %d validations: early stop", settings.patience)
+                break
+            if el > settings.max_minutes * 60 and step < settings.steps:
+                stop_reason = "time_budget"
+                flags += sel.budget_stop_flags(settings.max_minutes)
+                break
+        if stop_after_steps is not None and step >= stop_after_steps:
+            stop_reason = "interrupted"
+            break
+    return step, stop_reason, flags, t0
 
 
 def train_enhance(
@@ -698,16 +780,7 @@ def train_enhance(
         spec.arch, models.count_parameters(model), tuple(train_volume.shape), patch, factors,
         tuple(target_h.shape), val_interp, sel.best_psnr,
     )
-    t0 = time.monotonic() - elapsed_before
-    stop_reason = "steps"
-    flags: list[str] = []
-    running = 0.0
-    n_running = 0
-    model.train()
-    while step < settings.steps:
-        lr = learning_rate(step, settings)
-        for g in optimiser.param_groups:
-            g["lr"] = lr
+    def batch_loss() -> torch.Tensor:
         # blurred on the device (a GPU does it in no time); the draws come from the CPU generator
         target = blur_targets(sampler.sample(settings.batch_size).to(device), factors, fraction=blur_fraction,
                               max_sigma_px=settings.blur_augment_sigma_px, generator=gen)
@@ -715,55 +788,28 @@ def train_enhance(
             low = degrader(target, generator=noise_gen)
         with models.autocast_context(device, enabled=amp, training=True):
             pred = model(low)
-        loss = loss_fn(settings.loss, pred.float(), target)
-        if not optimisation_step(model, optimiser, loss):
-            flags.append("training_diverged")
-            stop_reason = "diverged"
-            log.warning("loss became %s at step %d; keeping the best checkpoint", loss.item(), step)
-            break
-        step += 1
-        running += float(loss.item())
-        n_running += 1
-        over_budget = time.monotonic() - t0 > settings.max_minutes * 60
-        if step % settings.validate_every == 0 or step == settings.steps or over_budget:
-            val = validate()
-            el = time.monotonic() - t0
-            sel.observe(model, step=step, psnr=val, score=last["score"], row={
-                "step": step, "loss": running / n_running, "val_psnr_model": val,
-                "val_coarse_gain": last["coarse_gain"],
-                "val_psnr_interp": val_interp, "lr": lr, "seconds": round(el, 2),
-            })
-            running, n_running = 0.0, 0
-            rate = step / max(el, 1e-9)
-            eta = (settings.steps - step) / rate if rate > 0 else float("nan")
-            # the kept checkpoint is the best by the smaller of the held-out and coarse-scale gains:
-            # a better held-out figure whose coarse-scale gain fell is not kept, and the log says why
-            scale_checked = math.isfinite(last["coarse_gain"])
-            log.info(
-                "step %d/%d loss %.5f held-out %.2f dB (tricubic %.2f%s) kept %.2f @ %d%s lr %.2e elapsed %.0fs "
-                "ETA %.0fs", step, settings.steps, sel.rows[-1]["loss"], val, val_interp,
-                f", coarse-scale gain {last['coarse_gain']:+.2f} dB" if scale_checked else "", sel.best_psnr, sel.best_step,
-                " (by the smaller of the held-out and coarse-scale gains)" if scale_checked else "",
-                lr, el, min(eta, settings.max_minutes * 60 - el),
-            )
-            if ckpt_path is not None:
-                save_checkpoint(ckpt_path, {
-                    "key": key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "generator": gen.get_state(), "noise_generator": noise_gen.get_state(), "step": step,
-                    "elapsed": el, **sel.state_dict(),
-                })
-            if sel.exhausted and step < settings.steps:  # at the last step it is not early
-                stop_reason = "early_stop"
-                flags.append("early_stopped")
-                log.info("no held-out improvement in %d validations: early stop", settings.patience)
-                break
-            if el > settings.max_minutes * 60 and step < settings.steps:
-                stop_reason = "time_budget"
-                flags += sel.budget_stop_flags(settings.max_minutes)
-                break
-        if stop_after_steps is not None and step >= stop_after_steps:
-            stop_reason = "interrupted"
-            break
+        return loss_fn(settings.loss, pred.float(), target)
+
+    def scored() -> tuple[float, float, dict]:
+        val = validate()
+        return val, last["score"], {"val_coarse_gain": last["coarse_gain"], "val_psnr_interp": val_interp}
+
+    def describe(row: dict, eta: float) -> None:
+        # the kept checkpoint is the best by the smaller of the held-out and coarse-scale gains:
+        # a better held-out figure whose coarse-scale gain fell is not kept, and the log says why
+        scale_checked = math.isfinite(row["val_coarse_gain"])
+        log.info(
+            "step %d/%d loss %.5f held-out %.2f dB (tricubic %.2f%s) kept %.2f @ %d%s lr %.2e elapsed %.0fs "
+            "ETA %.0fs", row["step"], settings.steps, row["loss"], row["val_psnr_model"], val_interp,
+            f", coarse-scale gain {row['val_coarse_gain']:+.2f} dB" if scale_checked else "", sel.best_psnr,
+            sel.best_step, " (by the smaller of the held-out and coarse-scale gains)" if scale_checked else "",
+            row["lr"], row["seconds"], eta,
+        )
+
+    step, stop_reason, flags, t0 = run_steps(
+        model, optimiser, sel, settings, step=step, elapsed_before=elapsed_before, batch_loss=batch_loss,
+        validate=scored, describe=describe, checkpoint=Checkpointing(ckpt_path, key, gen, noise_gen),
+        stop_after_steps=stop_after_steps)
     model.load_state_dict(sel.best_state)
     model.eval()
     seconds = time.monotonic() - t0

@@ -65,6 +65,27 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
         torch.testing.assert_close(a, b, msg=k)
 
 
+def test_a_checkpoint_from_another_kind_of_device_resumes_its_weights(tmp_path, caplog):
+    """The noise generator lives on the training device (a CUDA generator's state is 16 bytes,
+    a CPU one's 5056): a train job killed on a GPU and rerun on a CPU node, or back, failed
+    at every rerun; now its weights and step resume and the noise draws start anew."""
+    from selfres.train import resume_from_checkpoint, save_checkpoint
+
+    model = torch.nn.Conv3d(1, 1, 3)
+    optimiser = torch.optim.Adam(model.parameters())
+    gen, noise_gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(4)
+    saved = {k: v + 1 for k, v in model.state_dict().items()}
+    save_checkpoint(tmp_path / "checkpoint.pt", {
+        "key": "k", "model": saved, "optimiser": optimiser.state_dict(), "generator": gen.get_state(),
+        "noise_generator": torch.zeros(16, dtype=torch.uint8), "step": 40})  # as a CUDA generator's
+    with caplog.at_level("WARNING", logger="selfres"):
+        state = resume_from_checkpoint(tmp_path / "checkpoint.pt", key="k", model=model, optimiser=optimiser,
+                                       generator=gen, noise_generator=noise_gen)
+    assert state["step"] == 40 and "another kind of device" in caplog.text
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, saved[k])
+
+
 def test_corrupt_checkpoint_is_ignored(tmp_path):
     train, held = _data()
     s = TrainSettings(steps=10, **TINY)

@@ -319,3 +319,35 @@ def test_a_gpu_allocated_but_not_usable_is_said_and_the_job_runs_on_the_cpu(monk
     with caplog.at_level("WARNING", logger="selfres"):
         assert select_device("auto").type == "cpu"
     assert "GPU was allocated" not in caplog.text
+
+
+def test_a_network_without_a_base_keeps_a_float32_output_under_mixed_precision():
+    """residual 'none' has no float32 interpolation to add a bf16 correction to: its last conv
+    runs in float32, or the whole output would be rounded to bf16's ~0.4 %."""
+    spec = ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1, residual="none")
+    model = build_model(spec).eval()
+    x = torch.rand(1, 1, 6, 16, 16)
+    with torch.no_grad():
+        exact = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x)
+    assert mixed.dtype == torch.float32
+    # only the features are rounded: far below bf16's rounding of the output itself
+    assert (mixed - exact).abs().max() < 0.02 * exact.abs().max()
+    assert len(torch.unique(mixed)) > len(torch.unique(exact.bfloat16()))
+
+
+def test_choosing_a_gpu_makes_it_current_and_turns_tf32_off(monkeypatch):
+    """Runs without a GPU: CUDA calls are stood in for. cuda:1 becomes the current device
+    (bf16 support and memory are then asked of it, not of GPU 0); float32 stays float32."""
+    from selfres import models
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(str(d)))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert models.select_device("cuda:1") == torch.device("cuda:1") and calls == ["cuda:1"]
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    assert models.select_device("auto") == torch.device("cuda") and calls == ["cuda:1"]  # current already

@@ -15,6 +15,7 @@ volume's border, in tiles as over the whole volume: :func:`selfres.ensemble.mirr
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import logging
@@ -577,7 +578,8 @@ def cpu_pass_limit(factors: Sequence[int], *, available: int | None, fraction: f
 
 
 #: A GPU pass is kept under this many padded input voxels, so that the widest activation
-#: (up to 256 channels) stays below 2³¹ elements (32-bit indexing in some kernels).
+#: (up to 256 channels) stays below 2³¹ elements (32-bit indexing in some kernels); a
+#: wider network gets less (:func:`pass_voxel_cap`).
 MAX_PASS_VOXELS = 8 * 2**20
 
 
@@ -624,20 +626,47 @@ def gpu_memory_budget(device: torch.device, fraction: float) -> int:
     return int(fraction * (free + max(0, cached)))
 
 
+@contextlib.contextmanager
+def widest_activation(model: nn.Module) -> Iterator[list[int]]:
+    """Record the element count of the largest tensor any submodule of ``model`` returns
+    while the block runs (one forward pass): ``[n]``."""
+    widest = [0]
+
+    def hook(_module, _inputs, output):
+        if isinstance(output, torch.Tensor):
+            widest[0] = max(widest[0], output.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        yield widest
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def measure_pass_bytes(model: nn.Module, padded_shape: Sequence[int], *, device: torch.device,
-                       amp: bool) -> float:
-    """Peak device bytes per padded input voxel of one forward pass (CUDA)."""
+                       amp: bool) -> tuple[float, float]:
+    """Peak device bytes, and elements of the widest activation, per padded input voxel of
+    one forward pass (CUDA)."""
     x = torch.zeros((1, 1, *[int(n) for n in padded_shape]), device=device)
     x = x.contiguous(memory_format=torch.channels_last_3d)
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    with torch.inference_mode(), autocast_context(device, enabled=amp, cpu=True):
+    with torch.inference_mode(), autocast_context(device, enabled=amp, cpu=True), widest_activation(model) as widest:
         y = model(x)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base
     del x, y
-    return max(1.0, peak / math.prod(int(n) for n in padded_shape))
+    voxels = math.prod(int(n) for n in padded_shape)
+    return max(1.0, peak / voxels), max(1.0, widest[0] / voxels)
+
+
+def pass_voxel_cap(widest_per_voxel: float) -> float:
+    """Padded input voxels a GPU pass may hold: :data:`MAX_PASS_VOXELS`, less where the
+    network's widest activation (``widest_per_voxel`` elements per input voxel: 1024 for the
+    paper's net at ×4) would reach 2³¹ elements."""
+    return min(MAX_PASS_VOXELS, 0.9 * 2**31 / max(1.0, widest_per_voxel))
 
 
 def fit_pass_tile(model: nn.Module, *, tile_size: Sequence[int], shape: Sequence[int], device: torch.device,
@@ -664,9 +693,9 @@ def fit_pass_tile(model: nn.Module, *, tile_size: Sequence[int], shape: Sequence
                 raise
             torch.cuda.empty_cache()
             return tile  # type: ignore[return-value]
-    per_voxel = cache[key]
+    per_voxel, widest_per_voxel = cache[key]
     budget = gpu_memory_budget(device, memory_fraction)
-    voxels = min(budget / per_voxel, MAX_PASS_VOXELS)
+    voxels = min(budget / per_voxel, pass_voxel_cap(widest_per_voxel))
     pass_tile = pass_tile_for_budget(tile, shape, halo, voxels)
     (log.info if pass_tile != tile else log.debug)("GPU pass fitted to memory: %s input voxels (%d grid tiles of %s), %.0f bytes/voxel, "
              "budget %.1f GiB (%.0f%% of free)", pass_tile,

@@ -661,6 +661,22 @@ def test_fit_pass_tile_is_one_tile_off_cuda():
                          amp=True) == (10, 128, 60)
 
 
+def test_a_wide_network_gets_smaller_gpu_passes():
+    """The paper's net at ×4 holds 1024 channels per input voxel before its pixel shuffle: an
+    8 M-voxel pass would hold 2³³ elements, past the 32-bit indexing some kernels use."""
+    from selfres.infer import MAX_PASS_VOXELS, pass_voxel_cap, widest_activation
+
+    model = _random_model(ModelSpec(arch="svision_paper", factors=(4, 4, 4))).eval()
+    x = torch.zeros(1, 1, 6, 8, 8)
+    with torch.no_grad(), widest_activation(model) as widest:
+        model(x)
+    per_voxel = widest[0] / x.numel()
+    assert per_voxel >= 1024
+    assert pass_voxel_cap(per_voxel) * per_voxel < 2**31 and pass_voxel_cap(per_voxel) < MAX_PASS_VOXELS
+    assert pass_voxel_cap(64) == MAX_PASS_VOXELS  # the default nets keep the fixed cap
+    assert not model._forward_hooks and not any(m._forward_hooks for m in model.modules())  # hooks removed
+
+
 def test_split_prelu_equals_prelu_and_prepare_model_keeps_the_output():
     from selfres.infer import SplitPReLU, split_prelus
 

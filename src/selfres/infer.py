@@ -354,7 +354,10 @@ def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    return isinstance(exc, RuntimeError) and any(
+        what in text for what in ("out of memory", "can't allocate memory",
+                                  # cuDNN's and cuBLAS's own workspace allocations under memory pressure
+                                  "cudnn_status_alloc_failed", "cublas_status_alloc_failed"))
 
 
 def back_projection_iterations(model: nn.Module) -> int:
@@ -421,7 +424,7 @@ class _Fitter:
             except Exception as exc:  # noqa: BLE001 - only OOM is handled
                 if not _is_oom(exc):
                     raise
-                self._oom(len(blocks) * blocks[0].size)
+            self._oom(len(blocks) * blocks[0].size)  # out of the except: the failed pass's tensors are freed
         return [self.single(b, None if outside is None else outside[k]) for k, b in enumerate(blocks)]
 
     def single(self, block: np.ndarray, outside: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
@@ -432,7 +435,7 @@ class _Fitter:
             except Exception as exc:  # noqa: BLE001 - only OOM is handled
                 if not _is_oom(exc):
                     raise
-                self._oom(block.size)
+            self._oom(block.size)  # out of the except: the failed pass's tensors are freed
         core = [n - 2 * h for n, h in zip(block.shape, self.halo)]
         ax = int(np.argmax(core))
         if core[ax] < 2 * self.min_core:
@@ -577,6 +580,20 @@ def cpu_pass_limit(factors: Sequence[int], *, available: int | None, fraction: f
     return fraction * available / (CPU_PASS_BYTES_PER_OUTPUT_VOXEL * math.prod(int(f) for f in factors))
 
 
+#: Host bytes a GPU pass's output takes per output voxel, an estimate: the float32 copy
+#: from the device, the halo-cropped copies of its tiles and the blocks queued for writing.
+GPU_PASS_HOST_BYTES_PER_OUTPUT_VOXEL = 16
+
+
+def gpu_pass_host_limit(factors: Sequence[int], *, available: int | None, fraction: float = 0.5) -> float:
+    """Padded input voxels whose output a GPU pass may bring to the host: ``fraction`` of
+    ``available`` bytes at :data:`GPU_PASS_HOST_BYTES_PER_OUTPUT_VOXEL` (inf where memory is
+    unknown). A Slurm GPU job with a small ``--mem`` would otherwise be killed at ×4."""
+    if available is None:
+        return math.inf
+    return fraction * available / (GPU_PASS_HOST_BYTES_PER_OUTPUT_VOXEL * math.prod(int(f) for f in factors))
+
+
 #: A GPU pass is kept under this many padded input voxels, so that the widest activation
 #: (up to 256 channels) stays below 2³¹ elements (32-bit indexing in some kernels); a
 #: wider network gets less (:func:`pass_voxel_cap`).
@@ -670,12 +687,13 @@ def pass_voxel_cap(widest_per_voxel: float) -> float:
 
 
 def fit_pass_tile(model: nn.Module, *, tile_size: Sequence[int], shape: Sequence[int], device: torch.device,
-                  amp: bool, memory_fraction: float = 0.5) -> tuple[int, int, int]:
+                  amp: bool, memory_fraction: float = 0.5, host_voxels: float = math.inf) -> tuple[int, int, int]:
     """The pass size for ``device``: on CUDA fitted to free memory, elsewhere one tile.
 
     On CUDA one grid tile is run once to measure the peak memory per padded voxel, and
     the pass grows (whole tiles, :func:`pass_tile_for_budget`) until it would use
-    ``memory_fraction`` of the free memory, or :data:`MAX_PASS_VOXELS`. An
+    ``memory_fraction`` of the free memory, :func:`pass_voxel_cap` or ``host_voxels``
+    (what the host can hold of a pass's output: :func:`gpu_pass_host_limit`). An
     out-of-memory error still halves a pass and retries (:class:`_Fitter`).
     """
     tile = tuple(max(1, min(int(t), int(n))) for t, n in zip(tile_size, shape))
@@ -691,11 +709,12 @@ def fit_pass_tile(model: nn.Module, *, tile_size: Sequence[int], shape: Sequence
         except Exception as exc:  # noqa: BLE001 - an OOM on the probe: one tile per pass, halving as needed
             if not _is_oom(exc):
                 raise
-            torch.cuda.empty_cache()
+        if key not in cache:
+            torch.cuda.empty_cache()  # out of the except: the probe's tensors are freed
             return tile  # type: ignore[return-value]
     per_voxel, widest_per_voxel = cache[key]
     budget = gpu_memory_budget(device, memory_fraction)
-    voxels = min(budget / per_voxel, pass_voxel_cap(widest_per_voxel))
+    voxels = min(budget / per_voxel, pass_voxel_cap(widest_per_voxel), host_voxels)
     pass_tile = pass_tile_for_budget(tile, shape, halo, voxels)
     (log.info if pass_tile != tile else log.debug)("GPU pass fitted to memory: %s input voxels (%d grid tiles of %s), %.0f bytes/voxel, "
              "budget %.1f GiB (%.0f%% of free)", pass_tile,
@@ -798,7 +817,9 @@ def run_tiles(
                         "more work)", math.prod(padded) * gib_per_voxel, padded, list(factors),
                         fitter.limit * gib_per_voxel)
     pass_tile = fit_pass_tile(model, tile_size=tile, shape=source.shape, device=device, amp=amp,
-                              memory_fraction=memory_fraction) if fit_memory else tile
+                              memory_fraction=memory_fraction,
+                              host_voxels=gpu_pass_host_limit(factors, available=host_memory_available())
+                              ) if fit_memory else tile
     fitter.pass_tile = pass_tile
     # a job is ("pass", box, members): one forward over the union of neighbouring tiles,
     # or ("batch", None, members): equally shaped tiles stacked into one forward

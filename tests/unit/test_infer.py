@@ -131,6 +131,23 @@ def test_out_of_memory_halves_the_work_and_output_is_unchanged():
     assert max(oom.sizes) <= one_tile // 2 and len(oom.sizes) >= 2  # split, each part fits
 
 
+def test_a_gpu_pass_is_held_to_what_the_host_can_take_of_its_output():
+    from selfres.infer import gpu_pass_host_limit
+
+    gib = 2**30
+    assert gpu_pass_host_limit((4, 4, 4), available=16 * gib) == 8 * 2**20  # a 16 GB job at ×4: 8 M voxels
+    assert gpu_pass_host_limit((4, 4, 4), available=4 * gib) == 2 * 2**20
+    assert gpu_pass_host_limit((2, 2, 2), available=None) == float("inf")
+
+
+def test_cudnn_and_cublas_allocation_failures_count_as_out_of_memory():
+    from selfres.infer import _is_oom
+
+    assert _is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    assert _is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert not _is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))
+
+
 def test_out_of_memory_on_a_batch_falls_back_to_single_tiles_and_other_errors_propagate():
     model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
     vol = blob_volume((4, 16, 32))

@@ -138,3 +138,40 @@ def test_isotropic_inference_on_the_gpu_matches_the_cpu():
     mixed = restore_isotropic(model, vol, factor=2.5, tile=(16, 16), device=CUDA, amp=True, progress=False)
     err = np.abs(mixed - cpu)
     assert err.max() > 0 and err.mean() < 1e-2 * float(np.abs(cpu).mean())  # 0.7 % measured on an H200
+
+
+@pytest.mark.parametrize("shrink", [False, True])
+def test_gpu_back_projection_in_passes_and_batches_equals_the_cpu_single_pass(shrink):
+    """Back-projection (steps inside every tile on a GPU, the border mirrored as over the
+    whole volume; with the noise shrink) through passes fitted to no memory (one tile each)
+    and batches: the seams and the batch path, which one whole-volume pass never runs."""
+    from selfres.ensemble import BackProjection
+    from selfres.noise import NoiseLevel
+
+    model = _random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1))
+    bp = BackProjection(model, iterations=2, noise_level=NoiseLevel(0.02, 0.002) if shrink else None)
+    vol = np.random.default_rng(4).random((6, 40, 36)).astype(np.float32)
+    ref = predict_single_pass(bp, vol, factors=(1, 2, 2))
+    gpu = prepare_model(bp, CUDA)
+    dest = np.zeros(ref.shape, np.float32)
+    restore_to_store(gpu, vol, dest, factors=(1, 2, 2), tile_size=(3, 8, 12), device=CUDA, amp=False,
+                     batch_size=4, memory_fraction=0.0)
+    np.testing.assert_allclose(dest, ref, atol=1e-4)
+
+
+def test_a_training_checkpoint_moves_between_cpu_and_gpu(tmp_path, caplog):
+    """Killed on one kind of device, resumed on the other: weights and step carry over (the
+    noise generator's state does not fit the other device; its draws start anew)."""
+    from selfres.settings import TrainSettings
+    from selfres.train import train_enhance
+
+    vol = blob_volume((8, 48, 48), n=120, sigma=(1.0, 1.2, 1.2))
+    s = TrainSettings(steps=20, width=8, depth=1, batch_size=2, patch_size=(4, 16, 16), validate_every=5,
+                      warmup_steps=2, patience=50, max_minutes=5)
+    part = train_enhance(vol[:, :, :32], vol[:, :, 32:], factors=(1, 2, 2), settings=s, work_dir=tmp_path,
+                         device="cpu", stop_after_steps=10)
+    assert part.steps_done == 10
+    with caplog.at_level("WARNING", logger="selfres"):
+        done = train_enhance(vol[:, :, :32], vol[:, :, 32:], factors=(1, 2, 2), settings=s, work_dir=tmp_path,
+                             device=CUDA)
+    assert done.steps_done == 20 and "another kind of device" in caplog.text

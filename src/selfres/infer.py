@@ -687,14 +687,17 @@ def pass_voxel_cap(widest_per_voxel: float) -> float:
 
 
 def fit_pass_tile(model: nn.Module, *, tile_size: Sequence[int], shape: Sequence[int], device: torch.device,
-                  amp: bool, memory_fraction: float = 0.5, host_voxels: float = math.inf) -> tuple[int, int, int]:
+                  amp: bool, memory_fraction: float = 0.5, host_voxels: float = math.inf,
+                  limit_out: list | None = None) -> tuple[int, int, int]:
     """The pass size for ``device``: on CUDA fitted to free memory, elsewhere one tile.
 
     On CUDA one grid tile is run once to measure the peak memory per padded voxel, and
     the pass grows (whole tiles, :func:`pass_tile_for_budget`) until it would use
     ``memory_fraction`` of the free memory, :func:`pass_voxel_cap` or ``host_voxels``
     (what the host can hold of a pass's output: :func:`gpu_pass_host_limit`). An
-    out-of-memory error still halves a pass and retries (:class:`_Fitter`).
+    out-of-memory error still halves a pass and retries (:class:`_Fitter`). ``limit_out``:
+    a list the two hard caps (activation size and host memory, in padded input voxels) are
+    appended to, for the fitter to split a tile or a batch that exceeds them.
     """
     tile = tuple(max(1, min(int(t), int(n))) for t, n in zip(tile_size, shape))
     if device.type != "cuda":
@@ -714,7 +717,10 @@ def fit_pass_tile(model: nn.Module, *, tile_size: Sequence[int], shape: Sequence
             return tile  # type: ignore[return-value]
     per_voxel, widest_per_voxel = cache[key]
     budget = gpu_memory_budget(device, memory_fraction)
-    voxels = min(budget / per_voxel, pass_voxel_cap(widest_per_voxel), host_voxels)
+    hard_cap = min(pass_voxel_cap(widest_per_voxel), host_voxels)
+    if limit_out is not None:
+        limit_out.append(hard_cap)
+    voxels = min(budget / per_voxel, hard_cap)
     pass_tile = pass_tile_for_budget(tile, shape, halo, voxels)
     (log.info if pass_tile != tile else log.debug)("GPU pass fitted to memory: %s input voxels (%d grid tiles of %s), %.0f bytes/voxel, "
              "budget %.1f GiB (%.0f%% of free)", pass_tile,
@@ -816,10 +822,13 @@ def run_tiles(
                         "more than %.1f GiB can be spared: tiles are cut into pieces that fit (same output, "
                         "more work)", math.prod(padded) * gib_per_voxel, padded, list(factors),
                         fitter.limit * gib_per_voxel)
+    caps: list[float] = []
     pass_tile = fit_pass_tile(model, tile_size=tile, shape=source.shape, device=device, amp=amp,
                               memory_fraction=memory_fraction,
-                              host_voxels=gpu_pass_host_limit(factors, available=host_memory_available())
-                              ) if fit_memory else tile
+                              host_voxels=gpu_pass_host_limit(factors, available=host_memory_available()),
+                              limit_out=caps) if fit_memory else tile
+    if caps:  # a tile (or a batch) above the caps is split as after an out-of-memory error
+        fitter.limit = min(fitter.limit, caps[0] + 1)
     fitter.pass_tile = pass_tile
     # a job is ("pass", box, members): one forward over the union of neighbouring tiles,
     # or ("batch", None, members): equally shaped tiles stacked into one forward

@@ -29,7 +29,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -574,16 +574,25 @@ def gpu_allocated(env: Mapping[str, str] | None = None) -> bool:
 
 
 def _use_cuda(device: torch.device) -> torch.device:
-    """Make ``device`` the current CUDA device (queries such as bf16 support and the memory
-    in use then ask that GPU, not GPU 0), and keep float32 float32: TF32 convolutions and
-    matrix products (on by default for convolutions on Ampere and later GPUs) round their
-    inputs to 10 bits, which a ``cuda/float32`` label and the noise measurements made with
-    mixed precision off do not expect; mixed precision (``infer.amp``) is the fast path."""
+    """Make ``device`` the current CUDA device: queries such as bf16 support and the memory
+    in use then ask that GPU, not GPU 0."""
     if device.index is not None:  # plain "cuda" is the current device already
         torch.cuda.set_device(device)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     return device
+
+
+@contextlib.contextmanager
+def exact_float32_cuda() -> Iterator[None]:
+    """TF32 off inside: float32 convolutions and matrix products on a GPU stay float32.
+    PyTorch allows TF32 for convolutions by default, which rounds their inputs to 10 bits
+    on Ampere and later GPUs — not what a ``cuda/float32`` label, or the noise measured with
+    mixed precision off, expects. (Process-wide flags, restored on exit.)"""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -689,12 +698,16 @@ def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = F
     -------
     contextlib.AbstractContextManager
         bf16 autocast on CUDA (fp16 where the GPU has no bf16), bf16 on a capable CPU
-        when ``cpu``, else a no-op. Precision-sensitive parts (the cubic base, the
-        back-projection residual) switch autocast off inside.
+        when ``cpu``, else float32: on CUDA outside training exact float32
+        (:func:`exact_float32_cuda`; training keeps PyTorch's TF32 default, for speed).
+        Precision-sensitive parts (the cubic base, the back-projection residual) switch
+        autocast off inside.
     """
     device = torch.device(device)
     dtype = autocast_dtype(device, enabled=enabled, cpu=cpu, training=training)
-    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+    if dtype is None:
+        return exact_float32_cuda() if device.type == "cuda" and not training else contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def autocast_dtype(device: str | torch.device, *, enabled: bool, cpu: bool = False, training: bool = False

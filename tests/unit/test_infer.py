@@ -656,6 +656,29 @@ def test_merged_passes_equal_one_pass_and_keep_the_grid(monkeypatch, skip_some):
         np.testing.assert_allclose(out, ref[tuple(slice(a * 2, b * 2) for a, b in t)], atol=2e-5)
 
 
+def test_a_tile_or_batch_above_the_gpu_caps_is_split_before_it_runs(monkeypatch):
+    """The activation and host caps apply to one tile and to a batch too (a pass is never
+    smaller than a tile): a tile above them is cut as after an out-of-memory error."""
+    import selfres.infer as infer_mod
+    from selfres.infer import run_tiles
+
+    model = _random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1))
+    vol = blob_volume((4, 24, 32))
+    tile = (4, 12, 16)
+    padded = int(np.prod([t + 2 * h for t, h in zip(tile, model.halo)]))
+
+    def fitted(*args, limit_out=None, **kwargs):  # as on a GPU whose caps are below one padded tile
+        limit_out.append(padded // 2)
+        return tile
+
+    monkeypatch.setattr(infer_mod, "fit_pass_tile", fitted)
+    fitters: list = []
+    out = infer_mod._assemble(run_tiles(model, vol, factors=(1, 2, 2), tile_size=tile, batch_size=2,
+                                        fitter_out=fitters), vol.shape, (1, 2, 2))
+    assert fitters[0].splits >= 1 and fitters[0].limit <= padded // 2 + 1
+    np.testing.assert_allclose(out, predict_single_pass(model, vol, factors=(1, 2, 2)), atol=2e-5)
+
+
 def test_an_out_of_memory_merged_pass_is_halved_and_the_output_is_unchanged(monkeypatch):
     import selfres.infer as infer_mod
 

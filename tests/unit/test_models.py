@@ -337,17 +337,30 @@ def test_a_network_without_a_base_keeps_a_float32_output_under_mixed_precision()
     assert len(torch.unique(mixed)) > len(torch.unique(exact.bfloat16()))
 
 
-def test_choosing_a_gpu_makes_it_current_and_turns_tf32_off(monkeypatch):
+def test_choosing_a_gpu_makes_it_current(monkeypatch):
     """Runs without a GPU: CUDA calls are stood in for. cuda:1 becomes the current device
-    (bf16 support and memory are then asked of it, not of GPU 0); float32 stays float32."""
+    (bf16 support and memory are then asked of it, not of GPU 0)."""
     from selfres import models
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(str(d)))
+    assert models.select_device("cuda:1") == torch.device("cuda:1") and calls == ["cuda:1"]
+    assert models.select_device("auto") == torch.device("cuda") and calls == ["cuda:1"]  # current already
+
+
+def test_float32_inference_on_a_gpu_is_exact_float32_and_training_keeps_tf32(monkeypatch):
+    """TF32 (PyTorch's default for GPU convolutions) rounds float32 inputs to 10 bits: off
+    inside float32 inference (a 'cuda/float32' label), restored after; training keeps it."""
+    from selfres import models
+
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    assert models.select_device("cuda:1") == torch.device("cuda:1") and calls == ["cuda:1"]
-    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
-    assert models.select_device("auto") == torch.device("cuda") and calls == ["cuda:1"]  # current already
+    with models.autocast_context("cuda", enabled=False, cpu=True):
+        assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is True
+    with models.autocast_context("cuda", enabled=False, training=True):
+        assert torch.backends.cudnn.allow_tf32 is True
+    with models.autocast_context("cpu", enabled=False, cpu=True):
+        assert torch.backends.cudnn.allow_tf32 is True

@@ -163,14 +163,12 @@ def check_config(config: Mapping, *, schema: str | os.PathLike | Mapping) -> Non
     if errors:
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         raise ConfigError("config: " + "; ".join(_config_message(e) for e in errors[:5]) + more)
-    from .settings import parse_settings, settings_sections
-
+    # The rules between values (method psf needs psf_path, infer.shards needs chunks and
+    # NGFF 0.5…) are checked per sample, on the config merged with its sheet row
+    # (check_sample_row): a sheet column may give what the config leaves out.
     try:
         if config.get("scale"):  # what a pattern cannot say clearly: 1,1,1 restores nothing
             parse_scale(config["scale"], name="scale")
-        # the rules between values (guard_confidence 0 or ≥ 0.5, method psf needs psf_path,
-        # infer.shards needs chunks and NGFF 0.5…), as every job would apply them
-        parse_settings(settings_sections(config))
     except ConfigError as exc:
         raise ConfigError(f"config: {exc}") from None
 

@@ -167,18 +167,33 @@ def test_a_config_mistake_is_one_short_line_naming_the_key(config, expected):
 
 
 @pytest.mark.parametrize("config, expected", [
-    ({"train": {"guard_confidence": 0.3}}, "config: "),
-    ({"train": {"degradation": {"method": "psf"}}}, "psf_path"),
+    ({"train": {"guard_confidence": 0.3}}, "train.guard_confidence must be 0 (off) or within 0.5..1"),
+    ({"train": {"degradation": {"method": "psf"}}}, "degradation.method 'psf' needs degradation.psf_path"),
     ({"infer": {"shards": [16, 256, 256]}}, "shards"),
     ({"normalise": {"low_percentile": 99.9, "high_percentile": 99.8}}, "low_percentile < high_percentile"),
 ])
-def test_a_config_value_that_breaks_a_rule_between_values_stops_the_run_before_any_job(config, expected):
-    """The schema allows each value alone; the rule between values failed every sample's job."""
-    from selfres.sheet import check_config
+def test_a_config_value_that_breaks_a_rule_between_values_stops_the_run_before_any_job(tmp_path, config, expected):
+    """The schema allows each value alone; the rule between values failed every sample's job.
+    Judged per sheet row, merged into the config, when the sheet is read."""
+    from selfres.sheet import read_sample_sheet
 
-    with pytest.raises(ConfigError, match=r"^config: ") as err:
-        check_config(config, schema=SCHEMA)
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("sample\tpath\na\ta.tif\n")
+    with pytest.raises(ConfigError, match=r"line 2: sample 'a': ") as err:
+        read_sample_sheet(sheet, schema=SCHEMA.with_name("samples.schema.yaml"), config_settings=config)
     assert expected in str(err.value)
+
+
+def test_a_sheet_column_may_give_the_value_a_config_rule_needs(tmp_path):
+    """method psf in the config, each sample's PSF file in its row: valid (the config alone is not)."""
+    from selfres.sheet import check_config, read_sample_sheet
+
+    config = {"train": {"degradation": {"method": "psf"}}}
+    check_config(config, schema=SCHEMA)
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("sample\tpath\ttrain.degradation.psf_path\na\ta.tif\tpsf_a.tif\n")
+    assert read_sample_sheet(sheet, schema=SCHEMA.with_name("samples.schema.yaml"),
+                             config_settings=config)["sample"].tolist() == ["a"]
 
 
 def test_a_sheet_override_is_judged_with_the_config_values_it_needs(tmp_path):

@@ -974,6 +974,15 @@ def read_ome_zarr(path: str | os.PathLike, *, level: int = 0,
     return _read_zarr(path, channel=None, lazy=lazy, level=level, require_ome=True)
 
 
+def recorded_source(path: str | os.PathLike) -> str | None:
+    """The acquisition a selfres store was made from, as its stage was given it (the
+    ``source`` attribute of ``normalized.ome.zarr``), or None: no such store, or unreadable."""
+    try:
+        return read_ome_zarr(path, lazy=True).attrs.get("source")
+    except Exception:  # noqa: BLE001 - a missing or damaged store records nothing
+        return None
+
+
 def open_ome_zarr_array(path: str | os.PathLike, *, level: int = 0, mode: str = "r"):
     """Open the zarr array of one level of an OME-Zarr image.
 

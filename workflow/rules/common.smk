@@ -171,24 +171,28 @@ DEMO_FILES = ("demo_data/beads.tif", "demo_data/beads_reference.tif", "demo_data
               "demo_data/neurites_reference.tif")
 
 
-def _declared(path, made_from_it=None):
+def _declared(path):
     """``path`` as a job input when it exists (or the demo makes it); else nothing. A missing
     acquisition then fails its own sample's first job with selfres's one-line error, and
-    ``--keep-going`` runs the others, instead of Snakemake refusing the whole batch.
-    ``made_from_it``: the job's output; where it exists the path stays declared although
-    missing (an acquisition archived after its night): the job is then up to date, as
-    Snakemake judges a job whose input is gone, instead of rerun for a changed input set
-    and failed."""
+    ``--keep-going`` runs the others, instead of Snakemake refusing the whole batch."""
     if not path:
         return []
-    if os.path.exists(path) or os.path.normpath(path) in DEMO_FILES:
-        return [path]
-    return [path] if made_from_it and os.path.exists(made_from_it) else []
+    return [path] if os.path.exists(path) or os.path.normpath(path) in DEMO_FILES else []
+
+
+def _archived(sample):
+    """The sample's acquisition is gone but its normalised copy was made from that very path
+    (moved away after its night): the path stays declared, and Snakemake judges normalise up
+    to date (a job whose input is gone), instead of rerunning it for a changed input set."""
+    from selfres.io import recorded_source  # zarr and dask: imported only for a missing acquisition
+
+    path = _cell(sample, "path")
+    return bool(path) and not _declared(path) and recorded_source(f"{R}/{sample}/normalized.ome.zarr") == path
 
 
 def get_raw(wildcards):
     s = wildcards.sample
-    return _declared(_cell(s, "path"), made_from_it=f"{R}/{s}/normalized.ome.zarr")
+    return [_cell(s, "path")] if _archived(s) else _declared(_cell(s, "path"))
 
 
 def raw_path(wildcards):
@@ -220,10 +224,11 @@ if workflow.is_main_process:
     for _s in SAMPLE_IDS:
         # a mistyped or not-yet-copied acquisition: said now, not only in the morning's summary
         if _cell(_s, "path") and not _declared(_cell(_s, "path")):
-            if os.path.exists(f"{R}/{_s}/normalized.ome.zarr"):  # archived after its night
+            if _archived(_s):
                 print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} no longer exists; the "
                       f"sample goes on from its normalised copy ({R}/{_s}/normalized.ome.zarr): a change of its "
-                      "normalise settings cannot apply until the file is back", file=sys.stderr)
+                      "normalise settings cannot apply, and forcing its normalise stops the run, until the file "
+                      "is back", file=sys.stderr)
             else:
                 print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist; that "
                       "sample fails at normalise (and so do the samples that use its model); with --keep-going, as "

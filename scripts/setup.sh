@@ -3,10 +3,12 @@
 #   scripts/setup.sh          the pipeline
 #   scripts/setup.sh --test   the pipeline plus the test tools
 # When torch is missing it is installed first: on a machine without a GPU (no nvidia-smi)
-# the CPU build, from PyTorch's CPU wheel index (pip's own configured sources, e.g. a
-# local wheel folder, still count), so that pip does not pull the multi-GB CUDA build
-# that PyPI serves for Linux; with a GPU, the default build (CUDA). Another torch
-# version: SELFRES_TORCH_VERSION=2.x.y. A torch already installed is left as it is.
+# the CPU build, from PyTorch's CPU wheel index (it replaces pip's index-url; a configured
+# find-links or extra-index-url still counts), so that pip does not pull the multi-GB CUDA
+# build that PyPI serves for Linux; with a GPU, PyPI's default (CUDA) build.
+# SELFRES_TORCH_BUILD=cuda|cpu decides instead (a cluster's login node has no GPU, but the
+# environment it installs serves the GPU jobs: SELFRES_TORCH_BUILD=cuda there).
+# Another torch version: SELFRES_TORCH_VERSION=2.x.y. A torch already installed is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -14,13 +16,19 @@ extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 TORCH="torch==${SELFRES_TORCH_VERSION:-2.13.0}"
 if ! "$PY" -c "import torch" 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1; then
-        echo "selfres setup: torch missing; a GPU is present: installing $TORCH (PyPI's CUDA build)"
+    BUILD=${SELFRES_TORCH_BUILD:-}
+    if [ -z "$BUILD" ]; then
+        if command -v nvidia-smi >/dev/null 2>&1; then BUILD=cuda; else BUILD=cpu; fi
+    fi
+    if [ "$BUILD" = cuda ]; then
+        echo "selfres setup: torch missing; installing $TORCH (PyPI's CUDA build)"
         "$PY" -m pip install "$TORCH"
     else
-        echo "selfres setup: torch missing; no GPU: installing the CPU build of $TORCH"
+        echo "selfres setup: torch missing; no GPU here: installing the CPU build of $TORCH" \
+             "(SELFRES_TORCH_BUILD=cuda for an environment GPU jobs will use)"
         "$PY" -m pip install "$TORCH" --index-url https://download.pytorch.org/whl/cpu --timeout 30 --retries 1 \
-            || "$PY" -m pip install "$TORCH"
+            || { echo "selfres setup: PyTorch's CPU index unreachable; installing $TORCH from pip's own index" \
+                      "(on PyPI for Linux: the CUDA build, several GB)"; "$PY" -m pip install "$TORCH"; }
     fi
 fi
 "$PY" -m pip install -e ".${extras}"

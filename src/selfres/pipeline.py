@@ -1288,12 +1288,13 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             row.update(json.loads(mfile.read_text()), sample=s, error=None, report=f"{s}/report.html")
         else:
             logs = results / s / "logs"
-            # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
-            err = failed_since or last_error(logs, newer_than=run_started - 60 if jobs_left and run_started else None)
-            if jobs_left and err is None:
-                err = _unfinished_message(jobs_left)
-            if jobs_left and complete:
-                err += "; the outputs on disk are from an earlier run"
+            if jobs_left:  # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
+                err = (failed_since or (last_error(logs, newer_than=run_started - 60) if run_started else None)
+                       or _unfinished_message(jobs_left))
+                if complete:
+                    err += "; the outputs on disk are from an earlier run"
+            else:
+                err = failed_since or last_error(logs)
             if err is None and logs.is_dir():  # killed (time or memory limit, by hand) or still running
                 newest = max(logs.glob("*.log"), key=lambda q: q.stat().st_mtime, default=None)
                 err = ("no ERROR line in its logs: the job was killed (a time or memory limit, or by hand) "

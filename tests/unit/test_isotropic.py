@@ -253,6 +253,7 @@ def test_a_time_budget_stop_while_the_held_out_score_rises_is_flagged():
         clock = itertools.count()  # one second each time the clock is read: the budget ends after a few steps
         fake_time = types.SimpleNamespace(monotonic=lambda: float(next(clock)), time=lambda: float(next(clock)))
         with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(train_module, "time", fake_time)  # the clock of the shared loop (train.run_steps)
             mp.setattr(iso, "time", fake_time)
             mp.setattr(train_module.Selection, "still_improving", property(lambda self, r=rising: r))
             r = iso.train_isotropic(train, held, factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5))

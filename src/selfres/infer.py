@@ -401,6 +401,7 @@ class _Fitter:
         self.amp = amp
         self.min_core = min_core
         self.limit = math.inf  # input voxels per forward call known to fail (exclusive bound)
+        self.batch_limit = math.inf  # input voxels a batch of tiles may hold (GPU caps; one tile always runs)
         self.splits = 0
         self.pass_tile: tuple[int, ...] | None = None  # set by run_tiles
 
@@ -418,7 +419,7 @@ class _Fitter:
 
     def batch(self, blocks: list[np.ndarray], outside: list | None = None) -> list[np.ndarray]:
         """Outputs (halo cropped) of equally shaped padded blocks."""
-        if len(blocks) > 1 and len(blocks) * blocks[0].size < self.limit:
+        if len(blocks) > 1 and len(blocks) * blocks[0].size < min(self.limit, self.batch_limit):
             try:
                 return list(self._crop(self._forward(np.stack(blocks)[:, None], outside)))
             except Exception as exc:  # noqa: BLE001 - only OOM is handled
@@ -696,8 +697,8 @@ def fit_pass_tile(model: nn.Module, *, tile_size: Sequence[int], shape: Sequence
     ``memory_fraction`` of the free memory, :func:`pass_voxel_cap` or ``host_voxels``
     (what the host can hold of a pass's output: :func:`gpu_pass_host_limit`). An
     out-of-memory error still halves a pass and retries (:class:`_Fitter`). ``limit_out``:
-    a list the two hard caps (activation size and host memory, in padded input voxels) are
-    appended to, for the fitter to split a tile or a batch that exceeds them.
+    a list the two hard caps together (activation size and host memory, in padded input
+    voxels) are appended to, for the fitter to run a batch above them tile by tile.
     """
     tile = tuple(max(1, min(int(t), int(n))) for t, n in zip(tile_size, shape))
     if device.type != "cuda":
@@ -823,12 +824,14 @@ def run_tiles(
                         "more work)", math.prod(padded) * gib_per_voxel, padded, list(factors),
                         fitter.limit * gib_per_voxel)
     caps: list[float] = []
+    host_voxels = gpu_pass_host_limit(factors, available=host_memory_available()) if device.type == "cuda" else math.inf
     pass_tile = fit_pass_tile(model, tile_size=tile, shape=source.shape, device=device, amp=amp,
-                              memory_fraction=memory_fraction,
-                              host_voxels=gpu_pass_host_limit(factors, available=host_memory_available()),
+                              memory_fraction=memory_fraction, host_voxels=host_voxels,
                               limit_out=caps) if fit_memory else tile
-    if caps:  # a tile (or a batch) above the caps is split as after an out-of-memory error
-        fitter.limit = min(fitter.limit, caps[0] + 1)
+    # a batch of tiles above the caps (activation size, host memory) runs tile by tile; a
+    # pass is never smaller than one tile, and one tile runs whole (an out-of-memory error
+    # still halves it)
+    fitter.batch_limit = min([host_voxels, *caps]) + 1
     fitter.pass_tile = pass_tile
     # a job is ("pass", box, members): one forward over the union of neighbouring tiles,
     # or ("batch", None, members): equally shaped tiles stacked into one forward

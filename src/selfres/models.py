@@ -686,7 +686,7 @@ def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = F
     device
         The compute device.
     enabled
-        False gives a no-op context everywhere.
+        False: float32 (exact float32 on CUDA outside training, see below).
     cpu
         Also use bfloat16 on a CPU that computes it natively
         (:func:`cpu_has_native_bf16`). Inference passes True; training keeps float32
@@ -698,16 +698,20 @@ def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = F
     -------
     contextlib.AbstractContextManager
         bf16 autocast on CUDA (fp16 where the GPU has no bf16), bf16 on a capable CPU
-        when ``cpu``, else float32: on CUDA outside training exact float32
-        (:func:`exact_float32_cuda`; training keeps PyTorch's TF32 default, for speed).
-        Precision-sensitive parts (the cubic base, the back-projection residual) switch
-        autocast off inside.
+        when ``cpu``, else float32. On CUDA outside training, whatever is float32 is exact
+        float32 (:func:`exact_float32_cuda`): the whole pass without mixed precision, and
+        with it the precision-sensitive parts that switch autocast off inside (the cubic
+        base, the back-projection step, a base-less network's last conv). Training keeps
+        PyTorch's TF32 default, for speed.
     """
     device = torch.device(device)
     dtype = autocast_dtype(device, enabled=enabled, cpu=cpu, training=training)
-    if dtype is None:
-        return exact_float32_cuda() if device.type == "cuda" and not training else contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    stack = contextlib.ExitStack()
+    if device.type == "cuda" and not training:  # the float32 parts of inference too (autocast off inside)
+        stack.enter_context(exact_float32_cuda())
+    if dtype is not None:
+        stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
+    return stack
 
 
 def autocast_dtype(device: str | torch.device, *, enabled: bool, cpu: bool = False, training: bool = False

@@ -389,7 +389,21 @@ def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "",
         parse_settings(merge_settings(json.loads(json.dumps(config_settings)), overrides) if config_settings
                        else overrides)
     except ConfigError as exc:
+        if config_settings and _fails_alone(config_settings, str(exc)):  # the config's own mistake
+            raise ConfigError(f"config: {exc}") from None
         raise ConfigError(f"{where}{exc}") from None
+
+
+def _fails_alone(config_settings: Mapping, message: str) -> bool:
+    """Whether the config's stage sections alone fail with ``message`` (a row that gives
+    none of the values involved is not at fault)."""
+    from .settings import parse_settings
+
+    try:
+        parse_settings(json.loads(json.dumps(config_settings)))
+    except ConfigError as exc:
+        return str(exc) == message
+    return False
 
 
 #: sheet columns that name one acquisition's own files or region: never shared by all inbox rows

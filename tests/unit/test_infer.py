@@ -656,9 +656,9 @@ def test_merged_passes_equal_one_pass_and_keep_the_grid(monkeypatch, skip_some):
         np.testing.assert_allclose(out, ref[tuple(slice(a * 2, b * 2) for a, b in t)], atol=2e-5)
 
 
-def test_a_tile_or_batch_above_the_gpu_caps_is_split_before_it_runs(monkeypatch):
-    """The activation and host caps apply to one tile and to a batch too (a pass is never
-    smaller than a tile): a tile above them is cut as after an out-of-memory error."""
+def test_a_batch_above_the_gpu_caps_runs_tile_by_tile(monkeypatch):
+    """The activation and host caps hold a batch of tiles (a pass is never smaller than one
+    tile, and one tile runs whole): above them the tiles run one by one, the output unchanged."""
     import selfres.infer as infer_mod
     from selfres.infer import run_tiles
 
@@ -667,16 +667,22 @@ def test_a_tile_or_batch_above_the_gpu_caps_is_split_before_it_runs(monkeypatch)
     tile = (4, 12, 16)
     padded = int(np.prod([t + 2 * h for t, h in zip(tile, model.halo)]))
 
-    def fitted(*args, limit_out=None, **kwargs):  # as on a GPU whose caps are below one padded tile
-        limit_out.append(padded // 2)
+    def fitted(*args, limit_out=None, **kwargs):  # as on a GPU whose caps hold one padded tile, not two
+        limit_out.append(1.5 * padded)
         return tile
 
     monkeypatch.setattr(infer_mod, "fit_pass_tile", fitted)
+    seen = _OomAbove(model, limit=10**9)  # records each forward's input size
     fitters: list = []
-    out = infer_mod._assemble(run_tiles(model, vol, factors=(1, 2, 2), tile_size=tile, batch_size=2,
+    out = infer_mod._assemble(run_tiles(seen, vol, factors=(1, 2, 2), tile_size=tile, batch_size=2,
                                         fitter_out=fitters), vol.shape, (1, 2, 2))
-    assert fitters[0].splits >= 1 and fitters[0].limit <= padded // 2 + 1
+    assert max(seen.sizes) == padded and len(seen.sizes) == 4 and fitters[0].splits == 0
     np.testing.assert_allclose(out, predict_single_pass(model, vol, factors=(1, 2, 2)), atol=2e-5)
+    # without the caps the same tiles go two at a time
+    monkeypatch.setattr(infer_mod, "fit_pass_tile", lambda *a, **k: tile)
+    seen.sizes.clear()
+    list(run_tiles(seen, vol, factors=(1, 2, 2), tile_size=tile, batch_size=2))
+    assert max(seen.sizes) == 2 * padded
 
 
 def test_an_out_of_memory_merged_pass_is_halved_and_the_output_is_unchanged(monkeypatch):

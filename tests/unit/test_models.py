@@ -362,5 +362,11 @@ def test_float32_inference_on_a_gpu_is_exact_float32_and_training_keeps_tf32(mon
     assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is True
     with models.autocast_context("cuda", enabled=False, training=True):
         assert torch.backends.cudnn.allow_tf32 is True
+    # with mixed precision the parts that switch autocast off (cubic base, back-projection) stay exact too
+    monkeypatch.setattr(models, "autocast_dtype", lambda *a, **k: torch.bfloat16)
+    monkeypatch.setattr(torch, "autocast", lambda **k: contextlib.nullcontext())  # no CUDA here to autocast
+    with models.autocast_context("cuda", enabled=True, cpu=True):
+        assert torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.allow_tf32 is True
     with models.autocast_context("cpu", enabled=False, cpu=True):
         assert torch.backends.cudnn.allow_tf32 is True

@@ -174,14 +174,20 @@ def test_a_config_mistake_is_one_short_line_naming_the_key(config, expected):
 ])
 def test_a_config_value_that_breaks_a_rule_between_values_stops_the_run_before_any_job(tmp_path, config, expected):
     """The schema allows each value alone; the rule between values failed every sample's job.
-    Judged per sheet row, merged into the config, when the sheet is read."""
-    from selfres.sheet import read_sample_sheet
+    Judged per sheet row, merged into the config, when the sheet is read — and named as the
+    config's mistake when the row adds nothing to it; a row's own value is the row's."""
+    from selfres.sheet import inbox_table, read_sample_sheet
 
     sheet = tmp_path / "s.tsv"
     sheet.write_text("sample\tpath\na\ta.tif\n")
-    with pytest.raises(ConfigError, match=r"line 2: sample 'a': ") as err:
+    with pytest.raises(ConfigError, match=r"^config: ") as err:
         read_sample_sheet(sheet, schema=SCHEMA.with_name("samples.schema.yaml"), config_settings=config)
     assert expected in str(err.value)
+    with pytest.raises(ConfigError, match=r"^config: "):  # a night with an empty sheet and inbox too
+        inbox_table([], {}, schema=SCHEMA.with_name("samples.schema.yaml"), config_settings=config)
+    sheet.write_text("sample\tpath\ttrain.guard_confidence\na\ta.tif\t0.3\n")
+    with pytest.raises(ConfigError, match=r"line 2: sample 'a': train.guard_confidence must be 0"):
+        read_sample_sheet(sheet, schema=SCHEMA.with_name("samples.schema.yaml"), config_settings={})
 
 
 def test_a_sheet_column_may_give_the_value_a_config_rule_needs(tmp_path):

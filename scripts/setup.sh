@@ -15,14 +15,18 @@ PY=${PYTHON:-python3}
 extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 TORCH="torch==${SELFRES_TORCH_VERSION:-2.13.0}"
+case "${SELFRES_TORCH_BUILD:-}" in
+    cuda|cpu) BUILD=$SELFRES_TORCH_BUILD ;;
+    "") if command -v nvidia-smi >/dev/null 2>&1; then BUILD=cuda; else BUILD=cpu; fi ;;
+    *) echo "selfres setup: SELFRES_TORCH_BUILD must be cuda or cpu, got '$SELFRES_TORCH_BUILD'" >&2; exit 2 ;;
+esac
 if ! "$PY" -c "import torch" 2>/dev/null; then
-    BUILD=${SELFRES_TORCH_BUILD:-}
-    if [ -z "$BUILD" ]; then
-        if command -v nvidia-smi >/dev/null 2>&1; then BUILD=cuda; else BUILD=cpu; fi
-    fi
     if [ "$BUILD" = cuda ]; then
         echo "selfres setup: torch missing; installing $TORCH (PyPI's CUDA build)"
         "$PY" -m pip install "$TORCH"
+    elif [ -n "${SELFRES_TORCH_BUILD:-}" ]; then  # cpu asked for: no multi-GB CUDA fall-back
+        echo "selfres setup: torch missing; installing the CPU build of $TORCH"
+        "$PY" -m pip install "$TORCH" --index-url https://download.pytorch.org/whl/cpu --timeout 30 --retries 1
     else
         echo "selfres setup: torch missing; no GPU here: installing the CPU build of $TORCH" \
              "(SELFRES_TORCH_BUILD=cuda for an environment GPU jobs will use)"
@@ -30,6 +34,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
             || { echo "selfres setup: PyTorch's CPU index unreachable; installing $TORCH from pip's own index" \
                       "(on PyPI for Linux: the CUDA build, several GB)"; "$PY" -m pip install "$TORCH"; }
     fi
+elif [ "${SELFRES_TORCH_BUILD:-}" = cuda ] && [ "$("$PY" -c 'import torch; print(torch.version.cuda or "")')" = "" ]; then
+    echo "selfres setup: WARNING: SELFRES_TORCH_BUILD=cuda, but the torch installed here is a CPU build; GPU jobs" \
+         "would compute on the CPU: pip uninstall torch, then run this again" >&2
 fi
 "$PY" -m pip install -e ".${extras}"
 echo "selfres setup: done ($("$PY" -c 'import selfres; print(selfres.__version__)'))"

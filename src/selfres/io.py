@@ -974,13 +974,16 @@ def read_ome_zarr(path: str | os.PathLike, *, level: int = 0,
     return _read_zarr(path, channel=None, lazy=lazy, level=level, require_ome=True)
 
 
-def recorded_source(path: str | os.PathLike) -> str | None:
-    """The acquisition a selfres store was made from, as its stage was given it (the
-    ``source`` attribute of ``normalized.ome.zarr``), or None: no such store, or unreadable."""
+def made_from(store: str | os.PathLike, source: str) -> bool:
+    """Whether a selfres store (``normalized.ome.zarr``) was made from the acquisition
+    ``source``: the path its stage was given (``source`` attribute), or the same file by
+    its resolved path (``source_resolved``: another spelling, a symlinked folder). False
+    without such a store."""
     try:
-        return read_ome_zarr(path, lazy=True).attrs.get("source")
+        attrs = read_ome_zarr(store, lazy=True).attrs
     except Exception:  # noqa: BLE001 - a missing or damaged store records nothing
-        return None
+        return False
+    return attrs.get("source") == source or attrs.get("source_resolved") == os.path.realpath(source)
 
 
 def open_ome_zarr_array(path: str | os.PathLike, *, level: int = 0, mode: str = "r"):

@@ -1289,7 +1289,7 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
         else:
             logs = results / s / "logs"
             if jobs_left:  # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
-                err = (failed_since or (last_error(logs, newer_than=run_started - 60) if run_started else None)
+                err = ((last_error(logs, newer_than=run_started - 60) if run_started else None)
                        or _unfinished_message(jobs_left))
                 if complete:
                     err += "; the outputs on disk are from an earlier run"

@@ -830,3 +830,26 @@ def test_a_reader_that_stops_reading_is_no_error(tmp_path):
             "cli.run = run; sys.exit(cli.main(['inspect', 'x.tif']))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and done.stderr == ""
+
+
+def test_a_normalised_store_knows_the_acquisition_it_was_made_from(tmp_path):
+    """The workflow keeps an archived sample done only when its normalised copy was made
+    from the path the sheet names: as given, or the same file by another path."""
+    import os
+
+    import tifffile
+
+    from selfres import pipeline
+    from selfres.io import made_from
+
+    (tmp_path / "data").mkdir()
+    tifffile.imwrite(tmp_path / "data" / "a.tif", np.random.default_rng(0).random((4, 16, 16)).astype(np.float32),
+                     imagej=True, metadata={"axes": "ZYX"})
+    os.symlink(tmp_path / "data", tmp_path / "alias")
+    store = tmp_path / "n.ome.zarr"
+    pipeline.stage_normalise(str(tmp_path / "data" / "a.tif"), store, sample="a", voxel_size=(1.0, 0.5, 0.5))
+    (tmp_path / "data" / "a.tif").rename(tmp_path / "data" / "a.archived.tif")  # moved away after its night
+    assert made_from(store, str(tmp_path / "data" / "a.tif"))
+    assert made_from(store, str(tmp_path / "alias" / "a.tif"))  # the same file through a symlinked folder
+    assert not made_from(store, str(tmp_path / "data" / "b.tif"))
+    assert not made_from(tmp_path / "missing.ome.zarr", str(tmp_path / "data" / "a.tif"))

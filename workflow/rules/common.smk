@@ -184,10 +184,10 @@ def _archived(sample):
     """The sample's acquisition is gone but its normalised copy was made from that very path
     (moved away after its night): the path stays declared, and Snakemake judges normalise up
     to date (a job whose input is gone), instead of rerunning it for a changed input set."""
-    from selfres.io import recorded_source  # zarr and dask: imported only for a missing acquisition
+    from selfres.io import made_from  # zarr and dask: imported only for a missing acquisition
 
     path = _cell(sample, "path")
-    return bool(path) and not _declared(path) and recorded_source(f"{R}/{sample}/normalized.ome.zarr") == path
+    return bool(path) and not _declared(path) and made_from(f"{R}/{sample}/normalized.ome.zarr", path)
 
 
 def get_raw(wildcards):

@@ -706,12 +706,18 @@ def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = F
     """
     device = torch.device(device)
     dtype = autocast_dtype(device, enabled=enabled, cpu=cpu, training=training)
-    stack = contextlib.ExitStack()
-    if device.type == "cuda" and not training:  # the float32 parts of inference too (autocast off inside)
-        stack.enter_context(exact_float32_cuda())
-    if dtype is not None:
-        stack.enter_context(torch.autocast(device_type=device.type, dtype=dtype))
-    return stack
+    exact = device.type == "cuda" and not training  # the float32 parts of inference too (autocast off inside)
+    if dtype is None:
+        return exact_float32_cuda() if exact else contextlib.nullcontext()
+    if not exact:
+        return torch.autocast(device_type=device.type, dtype=dtype)
+    return _exact_float32_and_autocast(device.type, dtype)
+
+
+@contextlib.contextmanager
+def _exact_float32_and_autocast(device_type: str, dtype: torch.dtype) -> Iterator[None]:
+    with exact_float32_cuda(), torch.autocast(device_type=device_type, dtype=dtype):
+        yield
 
 
 def autocast_dtype(device: str | torch.device, *, enabled: bool, cpu: bool = False, training: bool = False

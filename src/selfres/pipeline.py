@@ -1272,8 +1272,9 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
     from .runlog import read_snakemake_log, unfinished_jobs_by_sample
 
     results = Path(results)
-    unfinished = unfinished_jobs_by_sample(snakemake_log)
-    run_started = _log_time(read_snakemake_log(snakemake_log)["header"].get("started")) if unfinished else None
+    run = read_snakemake_log(snakemake_log)
+    unfinished = unfinished_jobs_by_sample(run["jobs"])
+    run_started = _log_time(run["header"].get("started")) if unfinished else None
     rows = []
     for s in samples:
         mfile = results / s / "qc" / "metrics.json"

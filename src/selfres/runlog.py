@@ -66,12 +66,12 @@ def read_snakemake_log(path: "str | os.PathLike | None") -> dict:
     return {"header": {}, "jobs": []}
 
 
-def unfinished_jobs_by_sample(path: "str | os.PathLike | None") -> dict[str, list[dict]]:
-    """The jobs of a run that did not finish (failed, or still running when the run
-    stopped), by sample: what the morning summary marks failed whatever older outputs
-    lie on disk."""
+def unfinished_jobs_by_sample(jobs: Sequence[dict]) -> dict[str, list[dict]]:
+    """The jobs of a run (:func:`parse_snakemake_log`'s ``jobs``) that did not finish
+    (failed, or still running when the run stopped), by sample: what the morning summary
+    marks failed whatever older outputs lie on disk."""
     out: dict[str, list[dict]] = {}
-    for job in read_snakemake_log(path)["jobs"]:
+    for job in jobs:
         if job["sample"] and job["status"] != "finished":
             out.setdefault(job["sample"], []).append(job)
     return out

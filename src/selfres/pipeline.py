@@ -1255,7 +1255,8 @@ def _unfinished_message(jobs: Sequence[dict]) -> str:
     for job in jobs:
         where = f" (Slurm job {job['slurm_jobid']}, log {job['slurm_log']})" if job.get("slurm_jobid") else ""
         parts.append(f"{job['rule']}{where}")
-    return ("its " + ", ".join(parts) + " job did not finish in this run and wrote no ERROR line: "
+    jobs_word = "job" if len(parts) == 1 else "jobs"
+    return (f"its {', '.join(parts)} {jobs_word} did not finish in this run and wrote no ERROR line: "
             "killed (a time or memory limit, or by hand) or stopped with the run")
 
 

@@ -157,9 +157,9 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "A job of this sample was given a GPU (CUDA_VISIBLE_DEVICES was set) but computed on the "
         "CPU: torch could not use the GPU there (a CPU build of torch, or no driver on the node). "
         "The results are right, only slower, and the GPU was held for nothing.",
-        "Install the CUDA build of torch in the environment the GPU jobs run in (pip install torch "
-        "on a GPU node, before scripts/setup.sh); provenance.json (ran_on, tiles_ran_on) names the "
-        "jobs and hosts.",
+        "Install the CUDA build of torch in the environment the GPU jobs run in: pip uninstall torch, "
+        "then SELFRES_TORCH_BUILD=cuda scripts/setup.sh (docs/slurm.md, step 1); provenance.json "
+        "(ran_on, tiles_ran_on) names the jobs and hosts.",
     ),
     "restored_brighter": (
         "The output's brightest structures are over 1.5 times as bright as in the z-cubic "

@@ -204,7 +204,7 @@ class TrainSettings:
         if self.guard_margin_db < 0:
             raise ConfigError(f"train.guard_margin_db must be >= 0, got {self.guard_margin_db}")
         if not (self.guard_confidence == 0 or 0.5 <= self.guard_confidence < 1):
-            raise ConfigError(f"train.guard_confidence must be 0 (off) or within 0.5..1 (exclusive), "
+            raise ConfigError(f"train.guard_confidence must be 0 (off), or at least 0.5 and below 1, "
                               f"got {self.guard_confidence}")
         self.degradation.validate()
 

@@ -167,7 +167,7 @@ def test_a_config_mistake_is_one_short_line_naming_the_key(config, expected):
 
 
 @pytest.mark.parametrize("config, expected", [
-    ({"train": {"guard_confidence": 0.3}}, "train.guard_confidence must be 0 (off) or within 0.5..1"),
+    ({"train": {"guard_confidence": 0.3}}, "train.guard_confidence must be 0 (off), or at least 0.5 and below 1"),
     ({"train": {"degradation": {"method": "psf"}}}, "degradation.method 'psf' needs degradation.psf_path"),
     ({"infer": {"shards": [16, 256, 256]}}, "shards"),
     ({"normalise": {"low_percentile": 99.9, "high_percentile": 99.8}}, "low_percentile < high_percentile"),

@@ -63,7 +63,7 @@ def settings_not_applied(resolved_config: dict | None, model_meta: dict, store_a
             scale = None
         if scale is not None and scale != [int(f) for f in model_meta["factors"]]:
             out["scale"] = {"config": rc["scale"], "used": list(model_meta["factors"])}
-    wanted = (resolved_config or {}).get("model_from")
+    wanted = rc.get("model_from")
     if resolved_config is not None and (wanted is None) != (adopted is None):  # (a path in `selfres restore`)
         out["model_from"] = {"config": wanted, "used": adopted}
     return out

@@ -242,7 +242,7 @@ def write_run_record(
     finished = time.strftime("%Y-%m-%dT%H:%M:%S")
     started = (header.get("started") or finished).replace(" ", "T")
     ran = sorted({j["sample"] for j in jobs if j["sample"]})
-    failed = sorted({j["sample"] for j in jobs if j["sample"] and j["status"] != "finished"})
+    failed = sorted(unfinished_jobs_by_sample(jobs))
     record = {
         "started": started,
         "finished": finished,

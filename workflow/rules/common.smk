@@ -1,5 +1,6 @@
 # Validation of config and sample sheet, the sample table and input functions.
 # All logic beyond this lives in the selfres package.
+import functools
 import json
 import os
 import re
@@ -180,6 +181,7 @@ def _declared(path):
     return [path] if os.path.exists(path) or os.path.normpath(path) in DEMO_FILES else []
 
 
+@functools.lru_cache(maxsize=None)  # the plan asks per job; the store is read once per evaluation
 def _archived(sample):
     """The sample's acquisition is gone but its normalised copy was made from that very path
     (moved away after its night): the path stays declared, and Snakemake judges normalise up
@@ -192,7 +194,7 @@ def _archived(sample):
 
 def get_raw(wildcards):
     s = wildcards.sample
-    return [_cell(s, "path")] if _archived(s) else _declared(_cell(s, "path"))
+    return _declared(_cell(s, "path")) or ([_cell(s, "path")] if _archived(s) else [])
 
 
 def raw_path(wildcards):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, InputError, SelfresError
+from .runlog import RUN_STATUSES
 from .settings import DEFAULT_SCALE
 
 
@@ -167,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("runlog", help="record of one snakemake run → RESULTS/runs/*.json and runs.tsv")
     s.add_argument("results", type=Path)
-    s.add_argument("--status", required=True, choices=["success", "error"])
+    s.add_argument("--status", required=True, choices=RUN_STATUSES,
+                   help="stopped: a run killed before Snakemake's onsuccess/onerror (the next run records those)")
     s.add_argument("--snakemake-log", type=Path, default=None, help=".snakemake/log/*.snakemake.log of the run")
     s.add_argument("--samples", default="", help="comma-separated sample ids of the run")
 

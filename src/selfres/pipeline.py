@@ -1260,6 +1260,18 @@ def _unfinished_message(jobs: Sequence[dict]) -> str:
             "killed (a time or memory limit, or by hand) or stopped with the run")
 
 
+def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str | None:
+    """What a failed sample's older report says at its top (``None`` for a sample that is ok)."""
+    if row.get("report"):
+        return None
+    when = f" (started {run_started})" if run_started else ""
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(html.stat().st_mtime))
+    return (f"The latest run{when} did not finish this sample: {row.get('error') or 'see its logs'}. This page "
+            f"shows the results of the run that wrote it on {written}; the latest run may have remade or "
+            "removed files beside it. summary.html (one folder up) shows the current state; the next run that finishes "
+            "this sample writes a new report.")
+
+
 def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,
                   *, modes: dict | None = None, snakemake_log: str | Path | None = None) -> list[dict]:
     """Write ``summary.tsv`` / ``summary.html`` over all samples, failed ones included.
@@ -1303,6 +1315,8 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                        "or has not finished" + (f"; see {s}/logs/{newest.name}" if newest else ""))
             row.update({"status": "failed" if err or logs.is_dir() else "pending",
                         "error": err, "report": None})
+        if html.exists():
+            report.set_stale_banner(html, _stale_report_message(row, html, run["header"].get("started")))
         rows.append(row)
     io.write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
     io.write_text_atomic(out_html, report.render_summary(rows))

@@ -20,6 +20,7 @@ import html
 import io
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -1340,6 +1341,40 @@ def _page(title: str, body: str, *, script: str = "") -> str:
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>\n"
         f"{body}\n{js}</body></html>\n"
     )
+
+
+# A sample report whose sample failed a later run says so at its top (pipeline.stage_summary):
+# the banner lies between these markers, so the next summary can replace or remove it.
+_STALE_START, _STALE_END = "<!-- selfres:stale -->", "<!-- /selfres:stale -->"
+
+
+def set_stale_banner(report_html: str | Path, message: str | None) -> bool:
+    """Put ``message`` at the top of a written sample report (``None``: take it away).
+
+    The banner says the report no longer shows the sample's current state (its last run
+    failed; the report is an earlier run's). The file's modification time is kept: the
+    report's age is what marks when the sample last finished (the summary and Snakemake read
+    it). Returns whether the file changed.
+    """
+    path = Path(report_html)
+    text = path.read_text(encoding="utf-8")
+    start, end = text.find(_STALE_START), text.find(_STALE_END)
+    bare = text[:start] + text[end + len(_STALE_END):] if 0 <= start < end else text
+    if message is None:
+        new = bare
+    else:
+        banner = (f'{_STALE_START}<div class="warn" id="stale"><h3>This report is out of date</h3>'
+                  f"<p>{_esc(message)}</p></div>{_STALE_END}")
+        at = bare.find("<body>")
+        new = bare[:at + len("<body>")] + banner + bare[at + len("<body>"):] if at >= 0 else banner + bare
+    if new == text:
+        return False
+    stat = path.stat()
+    tmp = path.with_name(f".{path.name}.tmp-stale")
+    tmp.write_text(new, encoding="utf-8")
+    os.replace(tmp, path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return True
 
 
 def _kv_table(rows: Sequence[tuple[str, Any]]) -> str:

@@ -30,8 +30,12 @@ from typing import Sequence
 
 from .codeinfo import code_identity, software_versions
 
-__all__ = ["parse_snakemake_log", "read_snakemake_log", "snakemake_log_file", "unfinished_jobs_by_sample",
-           "write_run_record", "RUNS_TSV_COLUMNS"]
+__all__ = ["parse_snakemake_log", "read_snakemake_log", "record_stopped_runs", "snakemake_log_file",
+           "unfinished_jobs_by_sample", "write_run_record", "RUN_STATUSES", "RUNS_TSV_COLUMNS"]
+
+#: A run's ``status``: Snakemake's ``onsuccess`` / ``onerror`` ran, or neither did (the
+#: driver was killed; recorded by a later run, :func:`record_stopped_runs`).
+RUN_STATUSES = ("success", "error", "stopped")
 
 #: Columns of ``runs/runs.tsv`` (one line per run).
 RUNS_TSV_COLUMNS = ("started", "finished", "status", "host", "user", "jobs", "failed_jobs",
@@ -105,7 +109,8 @@ def parse_snakemake_log(text: str) -> dict:
         ``header`` (started, workflow_id, host, user, snakemake_version, command,
         snakefile, workdir, config_files, config_md5 — those present) and ``jobs``:
         one dict per job with ``jobid``, ``rule``, ``sample`` (or ``None``),
-        ``wildcards``, ``reason``, ``started``, ``status`` (``finished``, ``failed`` or
+        ``wildcards``, ``reason``, ``output`` (the job's output files as Snakemake prints them,
+        comma-separated), ``started``, ``status`` (``finished``, ``failed`` or
         ``incomplete``), ``slurm_jobid`` and ``slurm_log`` (``None`` off Slurm) — all of
         its last attempt — and ``attempts``: one dict per try (``started``, ``status``,
         ``slurm_jobid``, ``slurm_log``), more than one when Snakemake retried the job
@@ -145,8 +150,8 @@ def parse_snakemake_log(text: str) -> dict:
         m = _RULE_RE.match(line)
         if m:
             current = {"jobid": None, "rule": m["rule"], "sample": None, "wildcards": None, "reason": None,
-                       "started": stamp, "status": "incomplete", "slurm_jobid": None, "slurm_log": None,
-                       "attempts": [_attempt(stamp)]}
+                       "output": None, "started": stamp, "status": "incomplete", "slurm_jobid": None,
+                       "slurm_log": None, "attempts": [_attempt(stamp)]}
             in_error = None
             continue
         m = _ERROR_RE.match(line)
@@ -175,8 +180,8 @@ def parse_snakemake_log(text: str) -> dict:
                 current["wildcards"] = value
                 wc = dict(part.split("=", 1) for part in value.split(", ") if "=" in part)
                 current["sample"] = wc.get("sample")
-            elif key == "reason":
-                current["reason"] = value
+            elif key in ("reason", "output"):
+                current[key] = value
             continue
         m = _FINISHED_RE.match(line)
         if m and int(m["jobid"]) in jobs:
@@ -211,6 +216,7 @@ def write_run_record(
     snakemake_log: "str | os.PathLike | Sequence[str | os.PathLike] | None" = None,
     samples: Sequence[str] = (),
     extra: dict | None = None,
+    finished: str | None = None,
 ) -> Path:
     """Write the record of one run and append its line to ``runs/runs.tsv``.
 
@@ -219,7 +225,8 @@ def write_run_record(
     results
         The results root (config key ``results``).
     status
-        ``success`` or ``error``.
+        ``success`` or ``error``; ``stopped`` for a run that ended without either
+        (:func:`record_stopped_runs`).
     snakemake_log
         Snakemake's log of this run (or the list of log files Snakemake hands its
         ``onsuccess``/``onerror`` handlers); without it the record has no job list.
@@ -227,19 +234,21 @@ def write_run_record(
         Sample ids of the run (sheet rows and inbox acquisitions).
     extra
         More fields to store as they are (e.g. ``inbox`` waiting files).
+    finished
+        When the run ended (``YYYY-MM-DDTHH:MM:SS``); default now.
 
     Returns
     -------
     Path
         The JSON record written.
     """
-    if status not in ("success", "error"):
-        raise ValueError(f"status must be 'success' or 'error', got {status!r}")
+    if status not in RUN_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
     snakemake_log = snakemake_log_file(snakemake_log)
     parsed = read_snakemake_log(snakemake_log)
     header = parsed["header"]
     jobs = parsed["jobs"]
-    finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+    finished = finished or time.strftime("%Y-%m-%dT%H:%M:%S")
     started = (header.get("started") or finished).replace(" ", "T")
     ran = sorted({j["sample"] for j in jobs if j["sample"]})
     failed = sorted(unfinished_jobs_by_sample(jobs))
@@ -247,7 +256,7 @@ def write_run_record(
         "started": started,
         "finished": finished,
         "status": status,
-        "host": socket.gethostname(),
+        "host": header.get("host") or socket.gethostname(),
         "user": header.get("user") or getpass.getuser(),
         "workdir": header.get("workdir") or os.getcwd(),
         "command": header.get("command") or " ".join(sys.argv),
@@ -285,3 +294,93 @@ def write_run_record(
             fh.write("\t".join(RUNS_TSV_COLUMNS) + "\n")
         fh.write("\t".join(line) + "\n")
     return path
+
+
+def _newest_recorded_start(runs: Path) -> str | None:
+    """The latest ``started`` in ``runs/runs.tsv`` (``None`` without one)."""
+    try:
+        lines = (runs / "runs.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    except OSError:
+        return None
+    starts = [line.split("\t", 1)[0] for line in lines if line.strip()]
+    return max(starts) if starts else None
+
+
+def _other_runs_hold_locks(workdir: Path) -> bool:
+    """More than one Snakemake run's locks in ``.snakemake/locks`` (``0.input.lock``,
+    ``0.output.lock``, ``1.input.lock``…): another run in this working directory is going."""
+    held = {p.name.split(".", 1)[0] for p in (workdir / ".snakemake" / "locks").glob("*.lock")}
+    return len(held) > 1
+
+
+def _ended(log: Path) -> bool:
+    """Snakemake closes the log of a run that ended (after ``onsuccess``/``onerror``, also on
+    SIGTERM) with ``Complete log(s): …``; a killed run's log stops wherever it was."""
+    with open(log, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 2048))
+        tail = fh.read().decode("utf-8", errors="replace").splitlines()
+    return any(line.startswith("Complete log") for line in tail[-4:])
+
+
+def _writes_under(job: dict, results: Path, workdir: Path) -> bool:
+    root = os.path.abspath(results)
+    for out in (job.get("output") or "").split(", "):
+        path = os.path.abspath(os.path.join(workdir, out.strip())) if out.strip() else ""
+        if path == root or path.startswith(root + os.sep):
+            return True
+    return False
+
+
+#: What a stopped run's record cannot know (the code and environment of the run that
+#: records it are not those of the stopped run); its sample list is its jobs' (``samples_run``).
+_UNKNOWN_FOR_STOPPED_RUNS = {"selfres_version": None, "source_digest": None, "git_commit": None, "git_dirty": None,
+                             "software": None, "slurm_job_id": None}
+
+
+def record_stopped_runs(results: str | os.PathLike, current_log: "str | os.PathLike | Sequence | None"
+                        ) -> list[Path]:
+    """Write the records of runs that ended without ``onsuccess`` / ``onerror``.
+
+    A Snakemake run whose driver is killed (``kill -9``, a node failure, a Slurm time limit
+    on the job that runs ``snakemake``) leaves its log in ``.snakemake/log/`` but writes no
+    record. The next run calls this before writing its own record: every log beside
+    ``current_log`` that Snakemake did not close (:func:`_ended`), started after the newest
+    line of ``runs/runs.tsv`` (when there is one: an older run is on record or predates the
+    records), and ran a job writing under ``results`` (not another results folder's run, nor a
+    run stopped by a lock or a config mistake before any job) gets a record with status
+    ``stopped``: its end is the log's last write, jobs still running then count as not
+    finished. Nothing is written while another run holds locks in the working directory (its
+    log is not closed yet either).
+
+    Returns the records written, oldest first.
+    """
+    current = snakemake_log_file(current_log)
+    if not current:
+        return []
+    current = Path(current)
+    log_dir = current.parent
+    workdir = log_dir.parent.parent  # <workdir>/.snakemake/log
+    if _other_runs_hold_locks(workdir):
+        return []
+    newest = _newest_recorded_start(Path(results) / "runs")
+    written = []
+    for log in sorted(log_dir.glob("*.snakemake.log")):
+        if log.resolve() == current.resolve() or _ended(log):
+            continue
+        parsed = read_snakemake_log(log)
+        started = (parsed["header"].get("started") or "").replace(" ", "T")
+        if not started or (newest is not None and started <= newest):
+            continue
+        wd = Path(parsed["header"].get("workdir") or workdir)
+        if not any(_writes_under(job, Path(results), wd) for job in parsed["jobs"]):
+            continue
+        ended = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(log.stat().st_mtime))
+        written.append(write_run_record(
+            results, status="stopped", snakemake_log=log, finished=ended,
+            extra={**_UNKNOWN_FOR_STOPPED_RUNS,
+                   "stopped": "the run ended without Snakemake's onsuccess or onerror (its driver was "
+                              "killed: kill -9, a node failure or a time limit on the job running snakemake); "
+                              "recorded by the next run. 'finished' is the last write to its log; jobs still "
+                              "running then are not finished"}))
+    return written

@@ -21,7 +21,7 @@ from workdir import make_workdir, run_snakemake, snakemake_command, write_tiny_t
 
 from selfres.errors import ConfigError
 from selfres.inbox import last_change, safe_id, scan_inbox
-from selfres.runlog import parse_snakemake_log
+from selfres.runlog import parse_snakemake_log, write_run_record
 
 PER_SAMPLE_RULES = {"normalise", "crop", "train", "infer", "qc", "report"}
 
@@ -128,6 +128,7 @@ SNAKEMAKE
 [Mon Nov 30 09:02:10 2026]
 rule normalise:
     input: data/a.tif
+    output: results/a/normalized.ome.zarr
     jobid: 2
     reason: Missing output files: results/a/normalized.ome.zarr
     wildcards: sample=a
@@ -153,7 +154,7 @@ def test_run_log_parser_reads_slurm_jobs_and_failures():
     (norm, crop) = parsed["jobs"]
     assert norm == {"jobid": 2, "rule": "normalise", "sample": "a", "wildcards": "sample=a",
                     "reason": "Missing output files: results/a/normalized.ome.zarr",
-                    "started": "2026-11-30T09:02:10", "status": "finished", "slurm_jobid": 18,
+                    "output": "results/a/normalized.ome.zarr", "started": "2026-11-30T09:02:10", "status": "finished", "slurm_jobid": 18,
                     "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log",
                     "attempts": [{"started": "2026-11-30T09:02:10", "status": "finished", "slurm_jobid": 18,
                                   "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log"}]}
@@ -223,6 +224,87 @@ def test_runlog_command_writes_a_record_and_a_history_line(tmp_path, capsys):
     assert len(lines) == 3 and lines[1].split("\t")[2] == "error"
 
 
+def _night_log(log_dir: Path, date: str, body: str, closed: bool) -> Path:
+    """A Snakemake log of a run started at ``date`` (``YYYY-MM-DD HH:MM:SS``)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"{date.replace(' ', 'T').replace(':', '')}.000000.snakemake.log"
+    text = SLURM_LOG.split("[Mon")[0].replace("2026-11-30 09:02:09", date) + body
+    path.write_text(text + (f"Complete log(s): {path}\nElapsed time: 0:01:00\n" if closed else ""))
+    return path
+
+
+KILLED_MID_JOB = """[Tue Dec  1 09:02:10 2026]
+rule normalise:
+    output: results/b/normalized.ome.zarr
+    jobid: 2
+    wildcards: sample=b
+Job 2 has been submitted with SLURM jobid 31 (log: /w/logs/slurm/rule_normalise/b/31.log).
+"""
+
+
+def test_a_killed_run_is_recorded_by_the_next_run(tmp_path):
+    from selfres.runlog import record_stopped_runs
+
+    results, logs = tmp_path / "results", tmp_path / ".snakemake" / "log"
+    night1 = _night_log(logs, "2026-11-30 09:02:09", SLURM_LOG.split("Config MD5")[1].split("\n", 1)[1], True)
+    write_run_record(results, status="error", snakemake_log=night1)
+    killed = _night_log(logs, "2026-12-01 09:02:09", KILLED_MID_JOB, False)
+    os.utime(killed, (time.mktime((2026, 12, 1, 9, 5, 0, 0, 0, -1)),) * 2)
+    # not this results folder's run, a run stopped by a stale lock (no job), and a run that ended
+    _night_log(logs, "2026-12-01 10:00:00", KILLED_MID_JOB.replace("results/", "other/"), False)
+    _night_log(logs, "2026-12-02 08:00:00", "LockException:\nError: Directory cannot be locked.\n", False)
+    _night_log(logs, "2026-12-02 08:30:00", KILLED_MID_JOB.replace("sample=b", "sample=c"), True)
+    tonight = _night_log(logs, "2026-12-02 09:00:00", KILLED_MID_JOB, False)
+
+    (locks := tmp_path / ".snakemake" / "locks").mkdir()
+    for name in ("0.input.lock", "1.input.lock"):  # another run is going: its log is not closed either
+        (locks / name).touch()
+    assert record_stopped_runs(results, [str(tonight)]) == []
+    (locks / "1.input.lock").unlink()
+
+    (record,) = record_stopped_runs(results, [str(tonight)])
+    rec = json.loads(record.read_text())
+    assert rec["status"] == "stopped" and rec["snakemake_log"] == str(killed)
+    assert (rec["started"], rec["finished"]) == ("2026-12-01T09:02:09", "2026-12-01T09:05:00")
+    assert rec["failed_samples"] == ["b"] and rec["jobs"][0]["slurm_jobid"] == 31
+    assert rec["software"] is None and rec["source_digest"] is None, "the recording run's code is not the killed run's"
+    lines = (results / "runs" / "runs.tsv").read_text().splitlines()
+    assert [line.split("\t")[2] for line in lines[1:]] == ["error", "stopped"]
+    assert record_stopped_runs(results, [str(tonight)]) == [], "recorded once"
+    # a folder whose records were deleted: only the runs that did not end are written again
+    import shutil
+
+    shutil.rmtree(results / "runs")
+    assert [json.loads(p.read_text())["snakemake_log"] for p in record_stopped_runs(results, str(tonight))] == [
+        str(killed)]
+
+
+@pytest.mark.slow
+def test_a_night_killed_with_kill_9_gets_its_runs_tsv_line_from_the_next_night(tmp_path):
+    wd = make_workdir(tmp_path, samples={"a": {}})
+    driver = subprocess.Popen(snakemake_command(wd), cwd=wd, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        logs = wd / ".snakemake" / "log"
+        while time.time() < deadline and driver.poll() is None and not any(
+                "rule normalise:" in p.read_text() for p in logs.glob("*.snakemake.log")):
+            time.sleep(0.05)
+        assert driver.poll() is None, "the run ended before it could be killed"
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and its jobs: a node lost, no handler runs
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert not (wd / "results" / "runs").exists()
+    assert run_snakemake(wd, "--unlock").returncode == 0
+    nxt = run_snakemake(wd, "--rerun-incomplete", "results/a/train_fov.json", timeout=300)
+    assert nxt.returncode == 0, nxt.stderr[-3000:]
+    rows = [line.split("\t") for line in (wd / "results" / "runs" / "runs.tsv").read_text().splitlines()[1:]]
+    assert [(r[2], r[8]) for r in rows] == [("stopped", "a"), ("success", "")], rows
+    assert "record of an earlier run that was stopped" in nxt.stderr
+
+
 # ---------------------------------------------------------------- nights (snakemake)
 
 def _jobs(out: str) -> set[tuple[str, str | None]]:
@@ -262,6 +344,23 @@ def test_first_night_processes_the_inbox(night1):
     assert (res / "night1" / "report.html").is_file()
     rows = (res / "summary.tsv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("night1\t")
+
+
+def test_a_failed_rerun_marks_the_older_report_out_of_date(night1, tmp_path):
+    import shutil
+
+    wd = tmp_path / "copy"
+    shutil.copytree(night1, wd, symlinks=True)
+    report = wd / "results" / "night1" / "report.html"
+    age = report.stat().st_mtime
+    assert "out of date" not in report.read_text()
+    time.sleep(1.1)
+    good = (wd / "inbox" / "night1.tif").read_bytes()
+    (wd / "inbox" / "night1.tif").write_bytes(good[: len(good) // 3])  # re-acquired, and broken
+    assert run_snakemake(wd, "--keep-going").returncode != 0
+    page = report.read_text()
+    assert "This report is out of date" in page and "is truncated" in page
+    assert report.stat().st_mtime == age  # its age still marks when the sample last finished
 
 
 def test_second_run_at_once_does_nothing(night1):

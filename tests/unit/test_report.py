@@ -388,6 +388,19 @@ def test_stage_summary_flags_and_failed(tmp_path):
     assert 'href="b/report.html"' not in html
     assert ">nan<" not in html  # a failed row's missing shapes are dashes
     assert "isotropy of interpolation" in html and "isotropy_interp" in df.columns
+    # the older reports of failed samples say so at their top, and keep their age (it marks when the
+    # sample last finished: a second summary still finds e's ERROR line newer than its report)
+    for sample in "ef":
+        text = (tmp_path / sample / "report.html").read_text()
+        assert not text.startswith("<html>") and "This report is out of date" in text
+        assert (tmp_path / sample / "report.html").stat().st_mtime < 2e9
+    assert "is truncated" in (tmp_path / "e" / "report.html").read_text()
+    assert (tmp_path / "a" / "report.html").read_text() == "<html></html>"
+    pipeline.stage_summary(tmp_path, ["a", "b", "c", "d", "e", "f"], tmp_path / "summary.tsv",
+                           tmp_path / "summary.html")
+    again = pd.read_csv(tmp_path / "summary.tsv", sep="\t").set_index("sample")
+    assert again.loc["e", "status"] == "failed"
+    assert (tmp_path / "e" / "report.html").read_text().count("This report is out of date") == 1
 
 
 def test_stage_summary_marks_a_sample_whose_job_this_run_did_not_finish(tmp_path):
@@ -431,9 +444,13 @@ Finished jobid: 9 (Rule: qc)
     assert df.loc["b", "status"] == "ok"
     assert df.loc["a", "status"] == "failed"
     assert "infer_block (Slurm job 31" in df.loc["a", "error"] and "earlier run" in df.loc["a", "error"]
-    # without the run's log (the summary rule of a run that finished) both read as done
+    stale = (tmp_path / "a" / "report.html").read_text()
+    assert "This report is out of date" in stale and "(started 2026-11-30 09:02:09)" in stale
+    assert "infer_block (Slurm job 31" in stale and "out of date" not in (tmp_path / "b" / "report.html").read_text()
+    # without the run's log (the summary rule of a run that finished) both read as done, the banner goes
     pipeline.stage_summary(tmp_path, ["a", "b"], summary, tmp_path / "summary.html")
     assert set(pd.read_csv(summary, sep="\t")["status"]) == {"ok"}
+    assert (tmp_path / "a" / "report.html").read_text() == "<html></html>"
 
 
 def test_verdict_names_the_inference_extras_the_guard_scored():

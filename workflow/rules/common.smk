@@ -68,10 +68,15 @@ def _record_stopped_run(message):
 
 
 def _write_run_record(results, status, log=None, samples=(), extra=None):
-    """Append a run's record to {results}/runs/ (selfres.runlog); never fails (nor hides) the
-    run's own outcome."""
-    from selfres.runlog import write_run_record
+    """Append a run's record to {results}/runs/ (selfres.runlog), after those of earlier runs
+    that were killed before writing theirs; never fails (nor hides) the run's own outcome."""
+    from selfres.runlog import record_stopped_runs, write_run_record
 
+    try:  # first the runs killed since the last record (they wrote none themselves)
+        for path in record_stopped_runs(results, log):
+            print(f"selfres: record of an earlier run that was stopped: {path}", file=sys.stderr)
+    except Exception as exc:
+        print(f"selfres: WARNING: earlier stopped runs not recorded: {exc}", file=sys.stderr)
     try:
         path = write_run_record(results, status=status, snakemake_log=log, samples=samples, extra=extra)
         print(f"selfres: run record {path}", file=sys.stderr)

@@ -77,6 +77,10 @@ class TrainResult:
     correction_noise: noise.NoiseLevel | None = None
     """The noise a back-projection correction holds (:func:`correction_noise`), set by
     :func:`guard_with_extras` when back-projection shrinks its corrections."""
+    coarse_scale_failed: bool = False
+    """The kept checkpoint was learned (step > 0) but its score — the smaller of its held-out and
+    coarse-scale gains — was not above 0: what it learned is not trusted to carry over to the
+    finer grid, whatever the held-out gain (flagged; :func:`guard_with_extras` keeps the flag)."""
     acquisition_noise: noise.NoiseLevel | None = None
     """The acquisition's noise level (:func:`selfres.noise.noise_level_function` on the
     training FOV, whatever ``degradation.noise`` says), rounded as ``model.json`` records it;
@@ -813,7 +817,8 @@ def train_enhance(
     model.load_state_dict(sel.best_state)
     model.eval()
     seconds = time.monotonic() - t0
-    if sel.best_step == 0 or sel.best_psnr <= val_interp + settings.guard_margin_db or sel.best_score <= 0:
+    coarse_scale_failed = sel.best_step > 0 and sel.best_score <= 0
+    if sel.best_step == 0 or sel.best_psnr <= val_interp + settings.guard_margin_db or coarse_scale_failed:
         # a small held-out gain of a learned mapping does not carry over to the finer scale reliably
         flags.append("model_worse_than_interpolation")
     return TrainResult(
@@ -821,6 +826,7 @@ def train_enhance(
         stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
         flags=flags, log_rows=sel.rows, holdout=(target_h, low_h, interp_h), resumed_seconds=elapsed_before,
         settings=settings, noise=noise_info, acquisition_noise=acquisition_noise,
+        coarse_scale_failed=coarse_scale_failed,
     )
 
 
@@ -883,12 +889,13 @@ def guard_with_extras(
     factors = tuple(int(f) for f in factors)
     pred = predict_array(wrapped, low, factors=factors, tile_size=tuple(max(8, min(64, n)) for n in low.shape),
                          device=device, amp=amp)
-    learned = any(r.best_step > 0 for r in (result.stages or [result]))
+    stages = result.stages or [result]
+    learned = any(r.best_step > 0 for r in stages)
     passes, gain, interval = guard_passes(target, pred, interp, margin_db=margin_db,
                                           confidence=0.0 if learned else confidence)
     psnr = result.val_psnr_interp + gain  # val_psnr_interp was scored on this same (target, interp)
     flags = [f for f in flags if f != "model_worse_than_interpolation"]
-    if not passes:
+    if not passes or any(r.coarse_scale_failed for r in stages):  # the extras do not mend the coarse-scale check
         flags.append("model_worse_than_interpolation")
     log.info("guard on the inference output (%s): held-out %.2f dB vs tricubic %.2f dB (network alone %.2f dB)%s%s",
              ", ".join(f"{k} {v}" for k, v in extras.items()), psnr, result.val_psnr_interp, result.val_psnr_model,
@@ -1030,7 +1037,7 @@ def train_serial(
     val_model = psnr01(target_h, pred, data_range)
     val_interp = psnr01(target_h, interp_h, data_range)
     flags = [f for f in dict.fromkeys(r1.flags + r2.flags) if f != "model_worse_than_interpolation"]
-    if not val_model > val_interp + settings.guard_margin_db:
+    if not val_model > val_interp + settings.guard_margin_db or r1.coarse_scale_failed or r2.coarse_scale_failed:
         flags.append("model_worse_than_interpolation")
     log.info("serial ×%s: held-out %.2f dB vs tricubic %.2f dB (stage gains %+.2f, %+.2f dB)", factors, val_model,
              val_interp, r1.val_psnr_model - r1.val_psnr_interp, r2.val_psnr_model - r2.val_psnr_interp)

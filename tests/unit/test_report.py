@@ -453,6 +453,48 @@ Finished jobid: 9 (Rule: qc)
     assert (tmp_path / "a" / "report.html").read_text() == "<html></html>"
 
 
+def test_verdict_matches_the_guards_reason_and_never_calls_a_delivered_gain_a_loss():
+    from selfres import report
+
+    # flagged by the coarse-scale check with a held-out gain past the margin: not "by only … less than"
+    coarse = {"self_validation": {"psnr_model": 30.8, "psnr_interp": 30.0}, "guard_margin_db": 0.2,
+              "flags": ["model_worse_than_interpolation"], "mode": "enhance"}
+    for margin in (0.2, 0.0):
+        text = report._verdict(dict(coarse, guard_margin_db=margin), "ok")
+        assert "scores +0.80 dB PSNR over tricubic" in text and "one scale coarser" in text
+        assert "less than the margin" not in text and "does not beat" not in text
+    # a small gain that passed the guard (above 0 in every resample): the output holds it, the words say so
+    small = report._verdict({"self_validation": {"psnr_model": 30.003, "psnr_interp": 30.0},
+                             "guard_margin_db": 0.2, "mode": "enhance"}, "ok")
+    assert "beats tricubic interpolation</b> on the held-out region by +0.003 dB" in small
+    assert "does not beat" not in small
+
+
+def test_bead_table_of_a_volume_without_voxel_size_compares_widths_on_one_grid():
+    """QC writes each grid's own voxels into the _um columns when the voxel size is unknown: the
+    report gives both in output voxels (an input bead 2 voxels wide in z at ×4 is 8 output voxels)."""
+    from selfres import report
+
+    beads = pd.DataFrame({"z": [5, 20], "y": [5, 20], "x": [5, 20], "fwhm_z": [2.0, 8.0], "fwhm_y": [2.0, 2.0],
+                          "fwhm_x": [2.0, 2.0], "fwhm_z_um": [2.0, 8.0], "fwhm_y_um": [2.0, 2.0],
+                          "fwhm_x_um": [2.0, 2.0], "volume": ["input", "output"]})
+    known = report._bead_summary(beads, ((1.0, 0.5, 0.5), (0.25, 0.5, 0.5), "µm"))
+    assert known.attrs["unit"] == "µm" and known.loc["z", "output"] / known.loc["z", "input"] == 4.0
+    unknown = report._bead_summary(beads, ((4.0, 1.0, 1.0), (1.0, 1.0, 1.0), "output voxels"))
+    assert unknown.attrs["unit"] == "output voxels"
+    assert unknown.loc["z"].tolist() == [8.0, 8.0] and unknown.loc["y"].tolist() == [2.0, 2.0]
+
+
+def test_projection_caption_gives_the_z_planes_of_the_training_and_held_out_boxes():
+    from selfres import report
+
+    fov = {"train": [[0, 32], [0, 50], [0, 50]], "holdout": [[40, 64], [0, 20], [0, 20]]}
+    assert report._z_extent_words(fov, 100) == (". In z, the training field of view: planes 0–31; the held-out "
+                                                "region: planes 40–63 (of the input's 100)")
+    assert "all planes" in report._z_extent_words({"train": [[0, 100], [0, 5], [0, 5]]}, 100)
+    assert report._z_extent_words(None, 100) == ""
+
+
 def test_verdict_names_the_inference_extras_the_guard_scored():
     from selfres import report
 

@@ -324,6 +324,25 @@ def test_guard_lets_a_consistent_small_gain_through_only_when_nothing_was_learne
     assert flagged(r, 0.0)
 
 
+def test_guard_with_extras_keeps_a_learned_mappings_failed_coarse_scale_check():
+    """Back-projection can lift a held-out gain past the margin; it does not mend a learned
+    mapping whose gain one scale coarser was not above 0 (training's flag stays)."""
+    from dataclasses import replace
+
+    from selfres.train import guard_with_extras
+
+    train, held = _data()
+    r = _untrained(train, held)
+    bp = {"ensemble": False, "back_projection_iterations": 1}
+    learned = replace(r, best_step=50, flags=[])
+    _, flags = guard_with_extras(learned, factors=(1, 2, 2), degradation=degrade.Degradation(), extras=bp,
+                                 margin_db=0.2, confidence=0.0)
+    assert "model_worse_than_interpolation" not in flags  # the wrapped output passes the margin
+    _, flags = guard_with_extras(replace(learned, coarse_scale_failed=True), factors=(1, 2, 2),
+                                 degradation=degrade.Degradation(), extras=bp, margin_db=0.2, confidence=0.0)
+    assert "model_worse_than_interpolation" in flags
+
+
 def test_guard_with_back_projection_flags_a_wrapped_model_that_does_not_beat_tricubic():
     """A dead network (all zeros) wrapped in one back-projection gives exactly tricubic of the
     input: no gain, so the guard flags it although training had not."""

@@ -488,10 +488,18 @@ def _read_group(source, group, halo):
     return [read_padded(source, *_halo_box(t, halo)) for _, t in group]
 
 
+def job_cores() -> int:
+    """The cores this process may run on (a Slurm job's or a container's CPU set), not the node's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS)
+        return os.cpu_count() or 1
+
+
 def io_threads(device: torch.device | str) -> int:
-    """Reader (and writer) threads: 1 on CPU, where the cores compute; up to 4 on CUDA,
-    where decompression and compression must keep up with the GPU."""
-    return 1 if torch.device(device).type == "cpu" else max(1, min(4, (os.cpu_count() or 2) // 4))
+    """Reader (and writer) threads: 1 on CPU, where the cores compute; on CUDA a quarter of
+    the job's cores, 1 to 4, so that decompression and compression keep up with the GPU."""
+    return 1 if torch.device(device).type == "cpu" else max(1, min(4, job_cores() // 4))
 
 
 #: Host bytes a CPU pass takes per output voxel of its padded block, an upper bound: 20–45

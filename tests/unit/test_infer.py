@@ -960,3 +960,15 @@ def test_a_commit_replaces_the_old_store_and_clears_what_a_killed_commit_left(tm
     store.commit()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["restored.ome.zarr"]
     assert [p.name for p in final.iterdir()] == ["new"]
+
+
+def test_gpu_io_threads_follow_the_jobs_cores_not_the_nodes(monkeypatch):
+    """A GPU job given 4 of a 64-core node's cores reads with 1 thread, not 4 (io_threads)."""
+    from selfres import infer
+
+    monkeypatch.setattr(infer.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(infer.os, "sched_getaffinity", lambda pid: set(range(4)), raising=False)
+    assert infer.job_cores() == 4
+    assert infer.io_threads("cuda") == 1 and infer.io_threads("cpu") == 1
+    monkeypatch.setattr(infer.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert infer.io_threads("cuda") == 4

@@ -331,7 +331,7 @@ def _psf_sigma(args) -> tuple[float, ...]:
     except ValueError as exc:
         raise InputError(args.beads, str(exc)) from None
     print(f"{m['n_beads']} beads; image FWHM z,y,x {', '.join(f'{v:.3g}' for v in m['fwhm_um'])} µm; "
-          f"spread (IQR/median) {', '.join(f'{v:.2f}' for v in m['spread'])}; σ minus the voxel box:",
+          f"spread (IQR/median) {', '.join(f'{v:.2f}' for v in m['spread'])}; σ minus the pixel box (lateral):",
           file=sys.stderr)
     if max(m["spread"]) > 0.25:
         print("warning: the spots differ in width by more than 25 %: sub-resolution beads all have the "

@@ -22,6 +22,7 @@ torch is imported lazily inside the torch functions; numpy users never pay for i
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -31,6 +32,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from selfres.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "Degradation",
@@ -456,18 +459,20 @@ def gaussian_sigma_from_optics(
 
     Notes
     -----
-    Widefield and confocal follow the paraxial approximations of Zhang, Zerubia &
-    Olivo-Marin, "Gaussian approximations of fluorescence microscope point-spread
-    function models", Appl. Opt. 46(10):1819-1829 (2007), Table 1:
+    Widefield and confocal follow the 3-D paraxial least-squares Gaussians of Zhang,
+    Zerubia & Olivo-Marin, "Gaussian approximations of fluorescence microscope
+    point-spread function models", Appl. Opt. 46(10):1819-1829 (2007), with k = 2π/λ:
 
-    - widefield: σxy = 0.21 λ/NA, σz = 0.66 λ n/NA²;
-    - confocal: the same with λ replaced by λex λem / sqrt(λex² + λem²), i.e. a
-      factor 1/√2 when λex = λem.
+    - widefield: σxy = √2/(k NA) ≈ 0.225 λ/NA, σz = 2√6 n/(k NA²) ≈ 0.780 λ n/NA²
+      (the 2-D Airy-disc fit, 0.21 λ/NA, is narrower than the 3-D PSF's lateral σ);
+    - confocal (small pinhole: excitation × emission PSF): the same with λ replaced by
+      λex λem / sqrt(λex² + λem²), i.e. a factor 1/√2 when λex = λem.
 
     Two-photon follows Zipfel, Williams & Webb, Nat. Biotechnol. 21:1369 (2003),
     1/e radii of the squared illumination PSF: ωxy = 0.320 λ/(√2 NA) for NA <= 0.7,
     0.325 λ/(√2 NA^0.91) above; ωz = 0.532 λ/√2 · 1/(n - sqrt(n² - NA²)). The
-    profile ``exp(-2 r²/ω²)`` is a Gaussian with σ = ω/2.
+    profile ``exp(-r²/ω²)`` is a Gaussian with σ = ω/√2 (its FWHM 2√(ln 2) ω; at NA 1.0
+    and 800 nm 0.31 µm, the one-photon Airy FWHM at 800 nm over √2, as squaring asks).
     """
     if kind not in _PSF_KINDS:
         raise ConfigError(f"PSF kind must be one of {', '.join(_PSF_KINDS)}; "
@@ -481,22 +486,22 @@ def gaussian_sigma_from_optics(
                           f"({refractive_index})")
     vz, vy, vx = _check_voxel_size(voxel_size)
     lam, n = float(wavelength_um), float(refractive_index)
-    if kind == "widefield":
-        s_xy, s_z = 0.21 * lam / na, 0.66 * lam * n / na**2
-    elif kind == "confocal":
-        lex = lam if excitation_wavelength_um is None else float(excitation_wavelength_um)
-        if not math.isfinite(lex) or lex <= 0:
-            raise ConfigError(f"excitation_wavelength_um must be > 0; received "
-                              f"{excitation_wavelength_um!r}")
-        leff = lex * lam / math.sqrt(lex**2 + lam**2)
-        s_xy, s_z = 0.21 * leff / na, 0.66 * leff * n / na**2
+    if kind in ("widefield", "confocal"):
+        if kind == "confocal":
+            lex = lam if excitation_wavelength_um is None else float(excitation_wavelength_um)
+            if not math.isfinite(lex) or lex <= 0:
+                raise ConfigError(f"excitation_wavelength_um must be > 0; received "
+                                  f"{excitation_wavelength_um!r}")
+            lam = lex * lam / math.sqrt(lex**2 + lam**2)
+        k = 2.0 * math.pi / lam
+        s_xy, s_z = math.sqrt(2.0) / (k * na), 2.0 * math.sqrt(6.0) * n / (k * na**2)
     else:
         if na <= 0.7:
             w_xy = 0.320 * lam / (math.sqrt(2.0) * na)
         else:
             w_xy = 0.325 * lam / (math.sqrt(2.0) * na**0.91)
         w_z = 0.532 * lam / math.sqrt(2.0) / (n - math.sqrt(n**2 - na**2))
-        s_xy, s_z = w_xy / 2.0, w_z / 2.0
+        s_xy, s_z = w_xy / math.sqrt(2.0), w_z / math.sqrt(2.0)
     return (s_z / vz, s_xy / vy, s_xy / vx)
 
 
@@ -527,8 +532,16 @@ def sigma_um_to_px(sigma_um: Sequence[float], voxel_size: Sequence[float]) -> tu
     return tuple(a / b for a, b in zip(s, vs))
 
 
+def _border_level(a: np.ndarray) -> float:
+    """Median of the image's outermost voxels (its faces): a measured PSF's background."""
+    faces = [np.take(a, idx, axis=ax).ravel() for ax in range(a.ndim) for idx in (0, -1)]
+    return float(np.median(np.concatenate(faces)))
+
+
 def _normalise_psf(psf: np.ndarray, source: str | Path) -> np.ndarray:
-    """Clip negatives, pad to odd sizes centred on the centroid, sum to 1."""
+    """Take away the background (the median of the border voxels: a camera's offset and the
+    background light of a measured bead stack, which would otherwise weigh as a flat blur over
+    the whole crop), clip negatives, pad to odd sizes centred on the centroid, sum to 1."""
     a = np.asarray(psf, dtype=np.float64)
     a = np.squeeze(a)
     if a.ndim not in (2, 3):
@@ -536,6 +549,12 @@ def _normalise_psf(psf: np.ndarray, source: str | Path) -> np.ndarray:
                                  f"{tuple(np.shape(psf))}")
     if not np.all(np.isfinite(a)):
         raise InputError(source, "the PSF contains NaN or infinite values")
+    background = _border_level(a)
+    if background > 0:
+        if background > 0.01 * a.max():
+            log.info("%s: took away the PSF's background, %.4g (%.1f %% of its peak; the median of its border "
+                     "voxels)", source, background, 100 * background / a.max())
+        a = a - background
     a = np.clip(a, 0.0, None)
     total = a.sum()
     if total <= 0:

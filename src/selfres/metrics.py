@@ -1044,11 +1044,12 @@ def psf_sigma_from_beads(
     so that noise makes no maxima of its own; the fits use the stack as it is) and fitted
     with :func:`bead_fwhm_table_widened` (profiles 4 voxels each side, widened to ±3 σ of the
     estimate, in up to 3 passes); the median FWHM per axis, over beads whose fits on all three axes
-    succeed, gives ``σ_image = FWHM / 2.355``. The image of a point is the PSF seen
-    through the camera pixel, a box of one voxel (variance ``v²/12``); that is removed,
+    succeed, gives ``σ_image = FWHM / 2.355``. Laterally the image of a point is the PSF
+    seen through the camera pixel, a box of one voxel (variance ``v²/12``); that is removed,
     ``σ = sqrt(σ_image² − v²/12)`` (0 where the bead is no wider than a voxel), because
     PSF-scaled targets (``train.psf_sigma_um``) need the optical σ: the output grid has
-    smaller voxels but the same PSF.
+    smaller voxels but the same PSF. Along z a stack samples the PSF at its focus steps
+    (points, no box): σz is the image's.
 
     Parameters
     ----------
@@ -1088,7 +1089,9 @@ def psf_sigma_from_beads(
     fwhm = table.loc[good, [f"fwhm_{a}_um" for a in "zyx"]].to_numpy()
     q1, med, q3 = np.percentile(fwhm, [25, 50, 75], axis=0)
     sigma_image = med / FWHM_PER_SIGMA
-    sigma = np.sqrt(np.maximum(sigma_image**2 - np.asarray(vs) ** 2 / 12.0, 0.0))
+    box = np.asarray(vs, dtype=float) ** 2 / 12.0
+    box[0] = 0.0  # z: focus steps are point samples
+    sigma = np.sqrt(np.maximum(sigma_image**2 - box, 0.0))
     return {
         "sigma_um": tuple(float(v) for v in sigma),
         "fwhm_um": tuple(float(v) for v in med),

@@ -378,14 +378,18 @@ def test_psnr_gain_interval_brackets_the_gain_and_says_when_it_cannot_tell():
 
 
 def test_psf_sigma_from_beads_removes_the_voxel_box_and_refuses_too_few_beads():
-    """The measured σ is the optical one: the image FWHM / 2.355 with the voxel's box
-    (variance v²/12) taken out, within 3 % on noisy beads; too few beads is one clear error."""
+    """The measured σ is the optical one: the image FWHM / 2.355 with the camera pixel's box
+    (variance v²/12) taken out laterally, within 3 % on noisy beads; along z, where a stack
+    samples the PSF at its focus steps, the image's σ as it is; too few beads is one clear error."""
     sigma_px, vs = (2.0, 1.2, 1.2), (0.5, 0.1, 0.1)
     vol, centres = bead_lattice(sigma_px, noise=0.02, seed=3)
     got = m.psf_sigma_from_beads(vol, vs)
     assert got["n_beads"] == len(centres)
-    for s, v, g in zip(sigma_px, vs, got["sigma_um"]):
-        assert g == pytest.approx(math.sqrt((s * v) ** 2 - v**2 / 12), rel=0.03)
+    for s, v, g, box in zip(sigma_px, vs, got["sigma_um"], (0, 1, 1)):
+        assert g == pytest.approx(math.sqrt((s * v) ** 2 - box * v**2 / 12), rel=0.03)
+    # a coarse z step (σz 1.5 µm at 2 µm steps): a box taken out along z would read 1.385 µm
+    coarse = m.psf_sigma_from_beads(bead_lattice((0.75, 1.5, 1.5), seed=3)[0], (2.0, 0.1, 0.1))["sigma_um"]
+    assert coarse[0] == pytest.approx(1.5, rel=0.02)
     assert max(got["spread"]) < 0.1  # identical points
     small = m.psf_sigma_from_beads(bead_lattice((1.0, 0.8, 0.8), seed=3)[0], (1.0, 1.0, 1.0))["sigma_um"]
     assert small[1] == pytest.approx(math.sqrt(0.8**2 - 1 / 12), rel=0.02)  # 7 % below the image's 0.8
@@ -409,11 +413,11 @@ def test_bead_search_on_a_blurred_copy_finds_noisy_beads_wider_than_a_voxel():
     np.testing.assert_array_equal(m.detect_beads(vol, min_distance=(1, 2, 2), smooth=1.0, block_voxels=4000), found)
     got = m.psf_sigma_from_beads(vol, (1.0, 1.0, 1.0))
     assert got["n_beads"] >= len(centres) - 2
-    for s, g in zip(sigma_px, got["sigma_um"]):
-        assert g == pytest.approx(math.sqrt(s**2 - 1 / 12), rel=0.05)
+    for s, g, box in zip(sigma_px, got["sigma_um"], (0, 1, 1)):
+        assert g == pytest.approx(math.sqrt(s**2 - box / 12), rel=0.05)
     wide, _ = bead_lattice((8.0, 6.0, 6.0), noise=0.02, seed=3)  # a finely sampled PSF stack
-    for s, g in zip((8.0, 6.0, 6.0), m.psf_sigma_from_beads(wide, (1.0, 1.0, 1.0))["sigma_um"]):
-        assert g == pytest.approx(math.sqrt(s**2 - 1 / 12), rel=0.03)  # read 0.6–0.7 px laterally before
+    for s, g, box in zip((8.0, 6.0, 6.0), m.psf_sigma_from_beads(wide, (1.0, 1.0, 1.0))["sigma_um"], (0, 1, 1)):
+        assert g == pytest.approx(math.sqrt(s**2 - box / 12), rel=0.03)  # read 0.6–0.7 px laterally before
 
 
 # --------------------------------------------------------- decorrelation analysis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_settings_are_frozen():
 
 
 def test_psf_sigma_command_prints_the_optics_sigma_in_um_ready_for_the_sheet(capsys):
-    """`selfres psf-sigma` gives σ z,y,x in µm (Zhang et al. widefield: 0.21 λ/NA, 0.66 λ n/NA²),
+    """`selfres psf-sigma` gives σ z,y,x in µm (Zhang et al. widefield, 3-D paraxial: √2/(k NA), 2√6 n/(k NA²), k = 2π/λ),
     parsable as train.psf_sigma_um; impossible optics are one clear error."""
     from selfres.cli import main
     from selfres.settings import parse_settings
@@ -98,8 +99,9 @@ def test_psf_sigma_command_prints_the_optics_sigma_in_um_ready_for_the_sheet(cap
     assert main(["psf-sigma", "--na", "1.0", "--wavelength-um", "0.5", "--refractive-index", "1.33"]) == 0
     text = capsys.readouterr().out.strip()
     z, y, x = (float(v) for v in text.split(","))
-    assert (y, x) == (pytest.approx(0.21 * 0.5 / 1.0, rel=1e-3),) * 2
-    assert z == pytest.approx(0.66 * 0.5 * 1.33 / 1.0**2, rel=1e-3)
+    k = 2 * math.pi / 0.5
+    assert (y, x) == (pytest.approx(math.sqrt(2) / (k * 1.0), rel=1e-3),) * 2
+    assert z == pytest.approx(2 * math.sqrt(6) * 1.33 / (k * 1.0**2), rel=1e-3)
     assert parse_settings({"train": {"psf_sigma_um": text}}).train.psf_sigma_um == (z, y, x)
     assert main(["psf-sigma", "--na", "1.6", "--wavelength-um", "0.5", "--refractive-index", "1.518"]) == 2
     assert "na (1.6) must be smaller" in capsys.readouterr().err
@@ -124,7 +126,7 @@ def test_psf_sigma_command_measures_a_bead_stack(tmp_path, capsys):
     out = capsys.readouterr()
     z, y, x = (float(v) for v in out.out.strip().split(","))
     assert "beads; image FWHM" in out.err
-    assert z == pytest.approx(((2.5 * 0.4) ** 2 - 0.4**2 / 12) ** 0.5, rel=0.05)
+    assert z == pytest.approx(2.5 * 0.4, rel=0.05)  # z: focus steps, no pixel box
     assert y == x == pytest.approx(((1.5 * 0.1) ** 2 - 0.1**2 / 12) ** 0.5, rel=0.05)
     assert parse_settings({"train": {"psf_sigma_um": out.out.strip()}}).train.psf_sigma_um == (z, y, x)
     bare = tmp_path / "bare.tif"

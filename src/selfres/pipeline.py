@@ -215,6 +215,46 @@ def check_reference(reference: str | Path, *, sample: str, output_shape: Sequenc
                          "restored.ome.zarr); checked before training", sample=sample)
 
 
+def planned_output_shape(path: str | Path, *, mode: str, scale: Sequence[int] = (1, 1, 1),
+                         voxel_size: Sequence[float] | None = None, series: int | None = None
+                         ) -> tuple[int, int, int] | None:
+    """The output grid (ZYX) a sample will get, from its acquisition's header: what
+    :func:`check_reference` compares a reference with, said before any job runs. ``None``
+    when the header cannot be read or the volume cannot be restored in ``mode`` (normalise
+    or crop then fail with their own message)."""
+    try:
+        images = io.describe_acquisition(path)
+        image = next(im for im in images if series is None or int(im["series"]) == int(series))
+        vs = tuple(voxel_size) if voxel_size else image["voxel_size"]
+        factors = tuple(int(f) for f in scale)
+        factor = check_volume_for_mode(image["shape"], vs, mode=mode, factors=factors, path=str(path))
+    except (InputError, ConfigError, StopIteration, ValueError, OSError):
+        return None
+    shape = tuple(int(n) for n in image["shape"])
+    if mode == "isotropic":
+        from .isotropic import isotropic_shape  # torch: only for isotropic samples
+
+        return tuple(int(n) for n in isotropic_shape(shape, factor))
+    return tuple(n * f for n, f in zip(shape, factors))
+
+
+def reference_grid_problem(reference: str | Path, path: str | Path, *, mode: str, scale: Sequence[int] = (1, 1, 1),
+                           voxel_size: Sequence[float] | None = None, series: int | None = None) -> str | None:
+    """Why ``reference`` cannot be scored against the sample's output, read from the two
+    headers before any job (``None``: it fits, or either header cannot tell)."""
+    planned = planned_output_shape(path, mode=mode, scale=scale, voxel_size=voxel_size, series=series)
+    if planned is None:
+        return None
+    try:
+        shape = tuple(io.read_volume(reference, lazy=True).shape)
+    except (InputError, OSError, ValueError):
+        return None
+    if shape == planned:
+        return None
+    return (f"its reference {reference} has shape {shape}, the output grid is {planned} (a reference must have "
+            "the shape of restored.ome.zarr)")
+
+
 def _voxel_size_of(vol: io.Volume) -> tuple[float, float, float] | None:
     return tuple(vol.voxel_size) if vol.attrs.get("voxel_size_known", True) and vol.voxel_size else None
 

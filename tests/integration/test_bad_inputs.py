@@ -490,6 +490,21 @@ def test_a_missing_reference_is_named_at_the_start_and_fails_only_its_samples_qc
         == {"summary"}, plan.stdout[-3000:]
 
 
+def test_a_reference_off_the_output_grid_is_named_at_the_start(tmp_path):
+    """Read from the two headers before any job (a check in crop would put the reference among
+    its params: one added later would rerun the sample): the acquisition's own grid is not the
+    output's at scale 1,2,2; the right grid passes quietly."""
+    wd = make_workdir(tmp_path, samples={"off": {"reference": "../data/off_truth.tif"},
+                                         "fits": {"reference": "../data/fits_truth.tif"}})
+    write_tiny_tiff(wd / "data" / "off_truth.tif")  # 8×48×48: the input's grid
+    write_tiny_tiff(wd / "data" / "fits_truth.tif", shape=(8, 96, 96))
+    plan = run_snakemake(wd, "-n", timeout=120)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert ("sample 'off': its reference data/off_truth.tif has shape (8, 48, 48), the output grid is (8, 96, 96)"
+            in plan.stderr), plan.stderr[-3000:]
+    assert "sample 'fits'" not in plan.stderr
+
+
 def test_write_tiny_tiff_is_valid(tmp_path):
     """Guard for the builders: the good tiny acquisition itself reads cleanly."""
     p = write_tiny_tiff(tmp_path / "ok.tif")

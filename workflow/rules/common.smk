@@ -225,9 +225,10 @@ if workflow.is_main_process:
         _names = ", ".join(repr(i) for i in _ids[:3]) + (f" and {len(_ids) - 3} more" if len(_ids) > 3 else "")
         print(f"selfres: WARNING: sample{'s' if len(_ids) > 1 else ''} {_names}: scale {_scale} is not used in "
               "isotropic mode (the output grid follows the voxel size: z step / lateral pixel)", file=sys.stderr)
-    # A missing reference fails only its sample's qc, after its restoration. Said here, at the
-    # start: a check in an earlier job would need the file's existence among that job's
-    # params, and a reference that appears later would then rerun the whole sample.
+    # A missing reference, or one off the output grid, fails only its sample's qc, after its
+    # restoration. Said here, at the start: a check in an earlier job would need the file (its
+    # existence, its shape) among that job's params, and a reference that appears or changes
+    # later would then rerun the whole sample.
     for _s in SAMPLE_IDS:
         # a mistyped or not-yet-copied acquisition: said now, not only in the morning's summary
         if _cell(_s, "path") and not _declared(_cell(_s, "path")):
@@ -243,6 +244,17 @@ if workflow.is_main_process:
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist; that "
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)
+        elif _cell(_s, "reference") and _declared(_cell(_s, "path")):
+            from selfres.pipeline import reference_grid_problem
+
+            _problem = reference_grid_problem(
+                _cell(_s, "reference"), _cell(_s, "path"), mode=sample_mode(_s),
+                scale=[int(f) for f in sample_scale(_s).split(",")],
+                voxel_size=[float(v) for v in _cell(_s, "voxel_size").split(",")] if _cell(_s, "voxel_size") else None,
+                series=int(_cell(_s, "series")) if _cell(_s, "series") not in ("", "all") else None)
+            if _problem:
+                print(f"selfres: WARNING: sample {_s!r}: {_problem}; that sample is restored, but its qc will fail "
+                      "until the reference is mended", file=sys.stderr)
 
 
 def stage_settings(sample, stage):

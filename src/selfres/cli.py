@@ -387,7 +387,10 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
             f = check_volume_for_mode(im["shape"], vs, mode="isotropic", **checks)
             lines.append(f"  isotropic: axial factor {f:.4g} (z step / lateral pixel), output "
                          f"{grid(isotropic_shape(im['shape'], f))}, voxel {vs[0] / f:.4g}, {vs[1]:.4g}, "
-                         f"{vs[2]:.4g} µm")
+                         f"{vs[2]:.4g} µm"
+                         + ("; the lateral pixels are not square, so z is matched to their mean and the output "
+                            "is not isotropic (resample y or x first for that)"
+                            if abs(vs[1] - vs[2]) > 0.05 * max(vs[1], vs[2]) else ""))
         except InputError as exc:
             lines.append(f"  isotropic: not possible — {exc.what}")
     return "\n".join(lines)

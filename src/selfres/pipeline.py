@@ -874,19 +874,31 @@ UNDERSHOOT_SHARE = 0.001
 BRIGHTENING_RATIO = 1.5
 
 #: Isotropy (lateral / axial) below which an isotropic-mode output is flagged ``isotropy_not_reached``
+#: (above its inverse, ``isotropy_implausible``)
 ISOTROPY_REACHED = 0.8
 
 
-def isotropy_not_reached(iso_in: float | None, iso_out: float | None, content: str) -> bool:
-    """Whether an isotropic-mode output is still clearly anisotropic: its own isotropy figure
-    is below :data:`ISOTROPY_REACHED`, or it holds the z interpolation (the guard kept it) of
-    an input below it. Interpolation adds no axial detail, yet the decorrelation estimate on
-    its finer z grid reads interpolated noise as detail (a noisy bead stack: 0.23 in, 0.85 as
-    z-cubic); so an interpolated output is judged by its input's figure."""
-    def below(value):
-        return value is not None and np.isfinite(value) and value < ISOTROPY_REACHED
+def isotropy_flags(iso_in: float | None, iso_out: float | None, content: str) -> list[str]:
+    """The flags of an isotropic-mode output's isotropy estimate (lateral / axial).
 
-    return below(iso_in) if content == "interpolation" else below(iso_out)
+    ``isotropy_not_reached``: still clearly anisotropic, its own figure below
+    :data:`ISOTROPY_REACHED`, or it holds the z interpolation (the guard kept it) of an input
+    below it. Interpolation adds no axial detail, yet the decorrelation estimate on its finer z
+    grid reads interpolated noise as detail (a noisy bead stack: 0.23 in, 0.85 as z-cubic); so
+    an interpolated output is judged by its input's figure. ``isotropy_implausible``: its own
+    figure above ``1 / ISOTROPY_REACHED``, an axial resolution finer than the lateral, which
+    the acquisition cannot give (a 4-slice stack read 2.38): the estimate does not hold there.
+    """
+    def known(value):
+        return value is not None and np.isfinite(value)
+
+    judged = iso_in if content == "interpolation" else iso_out
+    flags: list[str] = []
+    if known(judged) and judged < ISOTROPY_REACHED:
+        flags.append("isotropy_not_reached")
+    if known(iso_out) and iso_out > 1 / ISOTROPY_REACHED:
+        flags.append("isotropy_implausible")
+    return flags
 
 
 def stage_qc(
@@ -988,8 +1000,8 @@ def stage_qc(
         res = {"lateral_in": li, "axial_in": ai, "lateral_out": lo, "axial_out": ao}
         res_interp = {"lateral": lt, "axial": at}
         iso_in, iso_out, iso_interp = metrics.isotropy(li, ai), metrics.isotropy(lo, ao), metrics.isotropy(lt, at)
-        if mode == "isotropic" and isotropy_not_reached(iso_in, iso_out, restored_attrs.get("content", "model")):
-            flags.append("isotropy_not_reached")
+        if mode == "isotropic":
+            flags += isotropy_flags(iso_in, iso_out, restored_attrs.get("content", "model"))
         if raw_norm.shape[0] >= 2:  # a 2-D image (one slice) has no axial spectrum
             # the same window of input, interpolation and output: power beyond the input's
             # Nyquist is new detail only where the output holds more than the interpolation

@@ -177,6 +177,14 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "bead-measured PSF (selfres psf-sigma --beads); meanwhile measure intensities on the "
         "interpolation.",
     ),
+    "isotropy_implausible": (
+        "By the decorrelation estimate the restored volume's axial resolution reads well finer "
+        "than its lateral one (isotropy above 1.25): more than the acquisition can give, so the "
+        "estimate does not hold on this volume (few slices, or noise read as detail) and says "
+        "nothing of how isotropic the output is.",
+        "Judge the output by the XZ/YZ views and the axial detail against the interpolation, and by "
+        "the held-out figure in Self-validation.",
+    ),
     "isotropy_not_reached": (
         "By the decorrelation estimate the restored volume still looks clearly anisotropic: its "
         "axial resolution reads well below its lateral one (isotropy below 0.8), or it holds the "

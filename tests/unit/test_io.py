@@ -764,6 +764,11 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     assert "voxel size z,y,x: 2, 0.5, 0.5 µm (from the file)" in out
     assert "enhance 1,2,2: output 6×96×120, voxel 2, 0.25, 0.25 µm" in out
     assert "isotropic: axial factor 4 (z step / lateral pixel), output 24×48×60, voxel 0.5, 0.5, 0.5 µm" in out
+    assert "not square" not in out
+    # pixels that are not square (a resonant scanner's): z follows their mean, and inspect says so
+    assert cli.main(["inspect", str(hyper), "--voxel-size", "2,0.5,0.4"]) == 0
+    assert ("voxel 0.45, 0.5, 0.4 µm; the lateral pixels are not square, so z is matched to their mean and the "
+            "output is not isotropic") in capsys.readouterr().out
 
     positions = tmp_path / "positions.ome.tif"
     with tifffile.TiffWriter(positions, ome=True) as tw:

@@ -295,13 +295,16 @@ def test_an_interpolated_isotropic_output_is_judged_by_its_input_not_by_its_read
     """The decorrelation estimate on a z-interpolated noisy stack reads interpolated noise as
     axial detail (0.23 in, 0.85 out for a z-cubic bead stack), so `isotropy_not_reached`
     never fired on an output the guard had replaced by z-cubic interpolation."""
-    from selfres.pipeline import isotropy_not_reached
+    from selfres.pipeline import isotropy_flags
 
-    assert isotropy_not_reached(0.23, 0.85, "interpolation")
-    assert not isotropy_not_reached(0.23, 0.85, "model")
-    assert isotropy_not_reached(0.23, 0.6, "model")
-    assert not isotropy_not_reached(0.9, 0.9, "interpolation")  # an input already isotropic
-    assert not isotropy_not_reached(None, float("nan"), "model") and not isotropy_not_reached(None, 0.5, "interpolation")
+    assert isotropy_flags(0.23, 0.85, "interpolation") == ["isotropy_not_reached"]
+    assert isotropy_flags(0.23, 0.85, "model") == []
+    assert isotropy_flags(0.23, 0.6, "model") == ["isotropy_not_reached"]
+    assert isotropy_flags(0.9, 0.9, "interpolation") == []  # an input already isotropic
+    assert isotropy_flags(None, float("nan"), "model") == [] and isotropy_flags(None, 0.5, "interpolation") == []
+    # axial finer than lateral (a 4-slice stack read 2.38): the estimate does not hold there
+    assert isotropy_flags(None, 2.38, "model") == ["isotropy_implausible"]
+    assert isotropy_flags(0.5, 1.2, "model") == []
 
 
 @pytest.mark.parametrize("top, clipped, expected", [(4095, True, 0.05), (65535, True, 0.05), (3000, False, 0.0)])

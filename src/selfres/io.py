@@ -15,6 +15,7 @@ This module does not import torch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import logging
@@ -40,7 +41,6 @@ log = logging.getLogger("selfres.io")
 __all__ = [
     "Volume",
     "atomic_output",
-    "count_beyond_float32",
     "create_ome_zarr",
     "default_chunks",
     "describe_acquisition",
@@ -403,6 +403,13 @@ def _tiff_integrity(path: str, series, log: _LogCapture) -> None:
         )
 
 
+@functools.lru_cache(maxsize=256)
+def _warn_once(message: str, *args) -> None:
+    """A metadata warning, once per process for the same file and values (``selfres inspect``
+    reads a file's header several times)."""
+    log.warning(message, *args)
+
+
 def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, float, float] | None:
     """Voxel size of the TIFF's first image, or of image ``series`` (series ``number``)."""
     # OME-TIFF: the number-th Image's Pixels (tifffile makes one series per OME Image, in order)
@@ -452,16 +459,16 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
     if z is None and tif.is_imagej and nz > 1 and _res("YResolution") and _res("XResolution"):
         # ImageJ writes no spacing when the z step is 1 unit, and reads none as 1 unit
         z = fac
-        log.warning("%s: the ImageJ metadata gives the pixel size but no z spacing, which ImageJ writes only "
-                    "when the z step is not 1 %s: the z step is taken as 1 %s (%g µm), as ImageJ and Fiji read "
-                    "it. If that is wrong, give the voxel size in the sample sheet column voxel_size (z,y,x in "
-                    "µm; selfres: --voxel-size)", getattr(tif, "filename", "TIFF"), ij.get("unit"),
-                    ij.get("unit"), z)
+        _warn_once("%s: the ImageJ metadata gives the pixel size but no z spacing, which ImageJ writes only "
+                   "when the z step is not 1 %s: the z step is taken as 1 %s (%g µm), as ImageJ and Fiji read "
+                   "it. If that is wrong, give the voxel size in the sample sheet column voxel_size (z,y,x in "
+                   "µm; selfres: --voxel-size)", getattr(tif, "filename", "TIFF"), ij.get("unit"),
+                   ij.get("unit"), z)
     if z is not None and nz > 1 and not z > 0:  # dropped below: say so, it is not a missing value
-        log.warning("%s: the ImageJ metadata gives a z spacing of %g µm, which is not a voxel size; the voxel size "
-                    "is taken as unknown. Give it in the sample sheet column voxel_size (z,y,x in µm; selfres: "
-                    "--voxel-size); a stack saved in reverse z order may carry a negative spacing, its z step is "
-                    "then the spacing's absolute value", getattr(tif, "filename", "TIFF"), z)
+        _warn_once("%s: the ImageJ metadata gives a z spacing of %g µm, which is not a voxel size; the voxel size "
+                   "is taken as unknown. Give it in the sample sheet column voxel_size (z,y,x in µm; selfres: "
+                   "--voxel-size): for a stack saved in reverse z order, which may carry a negative spacing, "
+                   "give the spacing's absolute value", getattr(tif, "filename", "TIFF"), z)
     return _make_voxel(z, _res("YResolution"), _res("XResolution"), nz)
 
 
@@ -541,13 +548,16 @@ def _tiff_one_image(path: str, tif) -> None:
     if len(full) < 2:
         return
     same = len({tuple(s.shape) for _, s in full}) == 1
+    planes = same and all(len(s.shape) == 2 or (len(s.shape) == 3 and s.axes[-1] in "SC") for _, s in full)
     shown = "; ".join(described[:6]) + (f"; … ({len(full) - 6} more)" if len(full) > 6 else "")
     raise SeriesNotChosen(
         path,
         f"holds {len(full)} images (TIFF series{', all of the same shape' if same else ' of different shapes'}: "
         f"{shown}); selfres will not guess which to restore: choose one with series=N (sample sheet column "
         "'series', where all makes one sample per image; --series for the selfres commands; config "
-        "inbox_columns for inbox acquisitions)",
+        "inbox_columns for inbox acquisitions)"
+        + ("; if they are the planes of one z-stack written one by one, each would be a 2-D image: save them "
+           "as one stack (Fiji: Image > Stacks > Images to Stack, then save as TIFF)" if planes else ""),
         n_images=len(full),
     )
 
@@ -569,7 +579,8 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True,
             axes = series.axes
             try:
                 if lazy:
-                    store = tifffile.imread(path, aszarr=True, series=number or 0)
+                    # level 0: a pyramid (SubIFDs) opens as a group of levels otherwise
+                    store = tifffile.imread(path, aszarr=True, series=number or 0, level=0)
                     arr = da.from_zarr(zarr.open_array(store, mode="r"))
                 else:
                     arr = series.asarray()
@@ -792,7 +803,8 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
 
 
 def read_volume(path: str | os.PathLike, *, channel: int | None = None,
-                lazy: bool = False, timepoint: int | None = None, series: int | None = None) -> Volume:
+                lazy: bool = False, timepoint: int | None = None, series: int | None = None,
+                cast: bool = True) -> Volume:
     """Read a TIFF / OME-TIFF file or a Zarr / OME-Zarr store as a ZYX volume.
 
     Parameters
@@ -809,11 +821,14 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
     series
         Image of a TIFF holding several (TIFF series: OME-TIFF images or positions), by
         series number; required when it holds more than one. A Zarr store is one image.
+    cast
+        ``False`` (lazy reads only): keep the file's own dtype, e.g. for normalising 32/64-bit
+        data with a large offset in float64 (float32 keeps 7 significant digits).
 
     Returns
     -------
     Volume
-        ``data`` is ``float32`` ZYX; a 2-D image becomes shape ``(1, Y, X)``.
+        ``data`` is ``float32`` ZYX (``cast=False``: the file's dtype); a 2-D image becomes shape ``(1, Y, X)``.
         ``voxel_size`` comes from OME metadata, ImageJ metadata (``spacing`` and the
         X/YResolution tags) or OME-Zarr ``coordinateTransformations``, in µm.
 
@@ -825,26 +840,10 @@ def read_volume(path: str | os.PathLike, *, channel: int | None = None,
         or ``timepoint``; NaN/Inf voxels (eager reads only).
     """
     path = os.fspath(path)
-    if _kind(path) == "tiff":
-        return _read_tiff(path, channel=channel, timepoint=timepoint, series=series, lazy=lazy)
-    return _read_zarr(path, channel=channel, timepoint=timepoint, series=series, lazy=lazy)
-
-
-def count_beyond_float32(path: str | os.PathLike, *, channel: int | None = None,
-                         timepoint: int | None = None, series: int | None = None) -> tuple[int, float]:
-    """Finite voxels of a float64 acquisition that float32 cannot hold: ``(count, largest |value|)``.
-
-    :func:`read_volume` gives float32, where they are Inf; read here in the file's own dtype,
-    chunk by chunk, so that a caller can tell them from Inf voxels of the file.
-    """
-    path = os.fspath(path)
+    if not cast and not lazy:
+        raise ValueError("read_volume(cast=False) needs lazy=True (an eager read is float32)")
     reader = _read_tiff if _kind(path) == "tiff" else _read_zarr
-    raw = reader(path, channel=channel, timepoint=timepoint, series=series, lazy=True, cast=False).data
-    if np.dtype(raw.dtype).kind != "f" or np.dtype(raw.dtype).itemsize <= 4:
-        return 0, 0.0
-    over = da.isfinite(raw) & (abs(raw) > float(np.finfo(np.float32).max))
-    n, largest = dask.compute(over.sum(), da.where(over, abs(raw), 0).max())
-    return int(n), float(largest)
+    return reader(path, channel=channel, timepoint=timepoint, series=series, lazy=lazy, cast=cast)
 
 
 def channel_count(path: str | os.PathLike, *, series: int | None = None) -> int:

@@ -131,8 +131,11 @@ def stage_normalise(
     normalise it robustly and write ``normalized.ome.zarr``."""
     settings = settings or NormaliseSettings()
     try:
-        # lazy (dask): streamed chunk by chunk, so memory does not grow with the volume
-        vol = io.read_volume(input_path, channel=channel, timepoint=timepoint, series=series, lazy=True)
+        # lazy (dask): streamed chunk by chunk, so memory does not grow with the volume; in the
+        # file's own dtype, so that 32/64-bit data are normalised in float64 (normalise.apply):
+        # float32 would keep 7 digits of a large offset's values (uint32 1e8 + 0..999: 126 levels)
+        vol = io.read_volume(input_path, channel=channel, timepoint=timepoint, series=series, lazy=True,
+                             cast=False)
     except InputError as exc:
         raise exc.for_sample(sample) from None
     data = vol.data
@@ -140,6 +143,7 @@ def stage_normalise(
     if data.size == 0:
         raise InputError(input_path, "the volume is empty (zero voxels)", sample=sample)
     import dask
+    import dask.array  # noqa: F401 - dask.array.where below
 
     integer = np.issubdtype(vol.source_dtype, np.integer)
     # saturation: the share of voxels at the dtype's top, or at a camera's (12-bit data in
@@ -147,17 +151,20 @@ def stage_normalise(
     levels = saturation_levels(vol.source_dtype) if integer else ()
     sat_lazy = [(data >= level).mean() for level in levels] if integer else None
     bad_lazy = None if integer else ((~np.isfinite(data)).sum(), np.isnan(data).sum())
+    f32 = float(np.finfo(np.float32).max)
+    wide = np.dtype(data.dtype).kind == "f" and np.dtype(data.dtype).itemsize > 4  # float64: beyond float32?
+    over_lazy = None
+    if wide:
+        over = np.isfinite(data) & (abs(data) > f32)
+        over_lazy = (over.sum(), dask.array.where(over, abs(data), 0).max())
     try:  # one pass over the input, chunk by chunk
-        vmin, vmax, sat_value, bad = dask.compute(data.min(), data.max(), sat_lazy, bad_lazy)
+        vmin, vmax, sat_value, bad, beyond = dask.compute(data.min(), data.max(), sat_lazy, bad_lazy, over_lazy)
     except Exception as exc:  # noqa: BLE001 - library errors become InputError
         raise InputError(input_path, f"cannot read its data ({exc})", sample=sample) from exc
+    if beyond is not None and int(beyond[0]):  # finite in the file, past what the float32 stages hold
+        raise io.beyond_float32(str(input_path), int(beyond[0]), float(beyond[1]), data.size).for_sample(sample)
     if bad is not None and int(bad[0]):
         n_bad, n_nan = int(bad[0]), int(bad[1])
-        if vol.source_dtype.itemsize > 4:  # float64: Inf in float32 may be finite in the file
-            n_over, largest = io.count_beyond_float32(input_path, channel=channel, timepoint=timepoint,
-                                                          series=series)
-            if n_over:
-                raise io.beyond_float32(str(input_path), n_over, largest, data.size).for_sample(sample)
         raise InputError(input_path, f"contains {n_bad} non-finite voxels ({n_nan} NaN, {n_bad - n_nan} Inf) out of "
                          f"{data.size}; replace them (e.g. by 0) before restoring", sample=sample)
     vmin, vmax = float(vmin), float(vmax)

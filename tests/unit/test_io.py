@@ -193,7 +193,6 @@ def test_float64_values_beyond_float32_are_named_as_such_not_as_non_finite(tmp_p
     tifffile.imwrite(p, data, photometric="minisblack", metadata={"axes": "ZYX"})
     with pytest.raises(InputError, match=r"wide\.tif: has 1 voxels beyond the float32 range .*largest 5e\+38"):
         io.read_volume(p)
-    assert io.count_beyond_float32(p) == (1, 5e38)  # the Inf of the file is not counted
     data[0, 0, 0] = 1.0
     tifffile.imwrite(p, data, photometric="minisblack", metadata={"axes": "ZYX"})
     with pytest.raises(InputError, match=r"1 non-finite voxels \(0 NaN, 1 Inf\)"):  # a real Inf keeps its message
@@ -230,6 +229,19 @@ def test_a_tiff_of_several_images_is_refused_naming_them_unless_one_is_chosen(tm
     with pytest.raises(InputError, match=r"series 2 is out of range: the file's images are series 0, 1"):
         io.read_volume(p, series=2)
     assert io.series_numbers(p) == [0, 1]
+    with pytest.raises(SeriesNotChosen) as stacks:
+        io.read_volume(p)
+    assert "planes of one z-stack" not in str(stacks.value)  # 3-D images: no such hint
+
+
+def test_a_z_stack_written_plane_by_plane_is_told_how_to_become_one_stack(tmp_path):
+    p = tmp_path / "planes.tif"
+    with tifffile.TiffWriter(p) as tw:
+        for plane in _vol():
+            tw.write(plane, photometric="minisblack")
+    with pytest.raises(SeriesNotChosen, match=r"holds 5 images .* if they are the planes of one z-stack written one by "
+                                              r"one, each would be a 2-D image: save them as one stack"):
+        io.read_volume(p)
 
 
 def test_each_image_of_an_ome_tiff_keeps_its_own_voxel_size(tmp_path):
@@ -259,6 +271,9 @@ def test_an_ome_tiff_pyramid_is_one_image_and_reads_its_full_resolution(tmp_path
     vol = io.read_volume(p)
     np.testing.assert_array_equal(vol.data, data.astype(np.float32))
     assert vol.voxel_size == pytest.approx((1.0, 0.2, 0.2))
+    # lazily too (how normalise reads it): tifffile's zarr view of a pyramid is a group of levels
+    lazy = io.read_volume(p, lazy=True)
+    np.testing.assert_array_equal(np.asarray(lazy.data), data.astype(np.float32))
 
 
 def test_a_reduced_resolution_thumbnail_is_not_another_image(tmp_path):

@@ -115,3 +115,20 @@ def test_cast_to_a_narrower_float_dtype_clips_instead_of_overflowing_to_inf():
     np.testing.assert_array_equal(out[:-1], np.array([-big, -big, 1.5, big, big, big], np.float16))
     assert np.isnan(out[-1])
     np.testing.assert_array_equal(normalise.cast_to_dtype(x[:-1], np.float64), x[:-1].astype(np.float64))
+
+
+@pytest.mark.parametrize("dtype, offset, step", [("uint32", 100_000_000, 1), ("float64", 1e6, 1e-3)])
+def test_normalise_stage_keeps_the_levels_of_an_offset_wide_acquisition(tmp_path, dtype, offset, step):
+    """The stage reads the file in its own dtype: read as float32 first, uint32 1e8 + 0..999 kept
+    126 of its 1000 levels (and float64 1e6 + [0, 1) 17), whatever normalise.apply then did."""
+    import tifffile
+    import zarr
+
+    from selfres import pipeline
+
+    rng = np.random.default_rng(0)
+    raw = (offset + rng.integers(0, 1000, (6, 24, 28)) * step).astype(dtype)
+    tifffile.imwrite(tmp_path / "wide.tif", raw, metadata={"axes": "ZYX"})
+    pipeline.stage_normalise(tmp_path / "wide.tif", tmp_path / "n.ome.zarr", sample="s")
+    store = zarr.open_group(str(tmp_path / "n.ome.zarr"), mode="r")
+    assert len(np.unique(store["0"][:])) == len(np.unique(raw))

@@ -650,7 +650,7 @@ def run_steps(model: torch.nn.Module, optimiser, sel: "Selection", settings, *, 
             running, n_running = 0.0, 0
             rate = step / max(el, 1e-9)
             eta = (settings.steps - step) / rate if rate > 0 else float("nan")
-            describe(sel.rows[-1], min(eta, settings.max_minutes * 60 - el))
+            describe(sel.rows[-1], max(0.0, min(eta, settings.max_minutes * 60 - el)))  # 0 once the budget is spent
             checkpoint.save(model, optimiser, sel, step=step, elapsed=el)
             if sel.exhausted and step < settings.steps:  # at the last step it is not early
                 stop_reason = "early_stop"

@@ -150,10 +150,11 @@ def adopt_enhance(
         steps_done=0, seconds=0.0, stop_reason="adopted", val_psnr_model=psnr01(target, network, data_range),
         val_psnr_interp=psnr01(target, interp, data_range), holdout=(target, low, interp), settings=trained,
         noise=noise_info, acquisition_noise=noise.NoiseLevel(*measured.as_list(), bins=measured.bins),
+        coarse_scale_failed=bool(meta.get("coarse_scale_failed")),  # the source's training: the same mapping
     )
     if not learned and not meta.get("serial"):
         result.flags.append("model_worse_than_interpolation")  # as train_enhance leaves an untrained net
-    elif result.val_psnr_model <= result.val_psnr_interp + guard_margin_db:
+    elif result.val_psnr_model <= result.val_psnr_interp + guard_margin_db or result.coarse_scale_failed:
         result.flags.append("model_worse_than_interpolation")
     extras = inference_extras(infer_settings)
     psnr_out, flags = guard_with_extras(

@@ -346,7 +346,7 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
     would refuse it, with ``fov_settings`` and ``training_fov``)."""
     from .errors import InputError
     from .io import describe_acquisition
-    from .isotropic import isotropic_shape
+    from .isotropic import isotropic_shape, square_pixels
     from .pipeline import check_volume_for_mode
 
     images = describe_acquisition(path)
@@ -390,7 +390,7 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
                          f"{vs[2]:.4g} µm"
                          + ("; the lateral pixels are not square, so z is matched to their mean and the output "
                             "is not isotropic (resample y or x first for that)"
-                            if abs(vs[1] - vs[2]) > 0.05 * max(vs[1], vs[2]) else ""))
+                            if not square_pixels(vs) else ""))
         except InputError as exc:
             lines.append(f"  isotropic: not possible — {exc.what}")
     return "\n".join(lines)

@@ -403,6 +403,12 @@ def _tiff_integrity(path: str, series, log: _LogCapture) -> None:
         )
 
 
+def _tiff_path(tif) -> str:
+    """The open TIFF's path (``filename`` is its base name only: two samples' raw.tif would
+    share a warning)."""
+    return str(getattr(getattr(tif, "filehandle", None), "path", None) or getattr(tif, "filename", "TIFF"))
+
+
 @functools.lru_cache(maxsize=256)
 def _warn_once(message: str, *args) -> None:
     """A metadata warning, once per process for the same file and values (``selfres inspect``
@@ -462,13 +468,13 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
         _warn_once("%s: the ImageJ metadata gives the pixel size but no z spacing, which ImageJ writes only "
                    "when the z step is not 1 %s: the z step is taken as 1 %s (%g µm), as ImageJ and Fiji read "
                    "it. If that is wrong, give the voxel size in the sample sheet column voxel_size (z,y,x in "
-                   "µm; selfres: --voxel-size)", getattr(tif, "filename", "TIFF"), ij.get("unit"),
+                   "µm; selfres: --voxel-size)", _tiff_path(tif), ij.get("unit"),
                    ij.get("unit"), z)
     if z is not None and nz > 1 and not z > 0:  # dropped below: say so, it is not a missing value
         _warn_once("%s: the ImageJ metadata gives a z spacing of %g µm, which is not a voxel size; the voxel size "
                    "is taken as unknown. Give it in the sample sheet column voxel_size (z,y,x in µm; selfres: "
                    "--voxel-size): for a stack saved in reverse z order, which may carry a negative spacing, "
-                   "give the spacing's absolute value", getattr(tif, "filename", "TIFF"), z)
+                   "give the spacing's absolute value", _tiff_path(tif), z)
     return _make_voxel(z, _res("YResolution"), _res("XResolution"), nz)
 
 

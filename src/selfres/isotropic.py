@@ -85,6 +85,13 @@ MAX_ISOTROPIC_FACTOR = 20.0
 MIN_ISOTROPIC_SLICES = 4
 
 
+def square_pixels(voxel_size: Sequence[float]) -> bool:
+    """The lateral pixel sizes (y, x of ``voxel_size`` z,y,x) agree within 5 %: z can be matched
+    to both (otherwise to their mean, and the output is not isotropic)."""
+    vy, vx = float(voxel_size[1]), float(voxel_size[2])
+    return abs(vy - vx) <= 0.05 * max(vy, vx)
+
+
 def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume>",
                      sample: str | None = None) -> float:
     """Anisotropy factor ``f = voxel_z / voxel_xy`` (may be non-integer).
@@ -102,7 +109,7 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
                                "inbox acquisitions) or in the file metadata",
                          sample=sample)
     vz, vy, vx = (float(v) for v in voxel_size)
-    if abs(vy - vx) > 0.05 * max(vy, vx):
+    if not square_pixels(voxel_size):
         log.warning("lateral voxel sizes differ (y %.4g, x %.4g µm); using their mean", vy, vx)
     vxy = 0.5 * (vy + vx)
     f = vz / vxy

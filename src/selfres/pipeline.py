@@ -443,6 +443,8 @@ def stage_train(
         "steps_done": result.steps_done,
         "stop_reason": result.stop_reason,
         "flags": flags,
+        # the guard's other test (not the margin): what the learned mapping gained one scale coarser
+        "coarse_scale_failed": any(r.coarse_scale_failed for r in (result.stages or [result])),
         "train_seconds": time.monotonic() - t0 + result.resumed_seconds,  # with the interrupted runs' time
         "settings": to_dict(trained),
         "device": str(dev),
@@ -903,8 +905,8 @@ def isotropy_flags(iso_in: float | None, iso_out: float | None, content: str) ->
     flags: list[str] = []
     if known(judged) and judged < ISOTROPY_REACHED:
         flags.append("isotropy_not_reached")
-    if known(iso_out) and iso_out > 1 / ISOTROPY_REACHED:
-        flags.append("isotropy_implausible")
+    if content != "interpolation" and known(iso_out) and iso_out > 1 / ISOTROPY_REACHED:
+        flags.append("isotropy_implausible")  # (an interpolated output is judged by its input's figure)
     return flags
 
 
@@ -1089,8 +1091,9 @@ def stage_qc(
         "noise_model": (((meta.get("settings") or {}).get("degradation") or {}).get("noise")
                         if mode == "enhance" else None),
         "holdout_gain_db_interval": sv.get("gain_db_interval"),
-        # the gain the guard asks of a trained network
+        # the gain the guard asks of a trained network, and whether its coarse-scale test failed
         "guard_margin_db": (meta.get("settings") or {}).get("guard_margin_db"),
+        "coarse_scale_failed": bool(meta.get("coarse_scale_failed")),
         # isotropic: how lateral slices were made to look axial (the held-out check's assumption)
         "isotropic_degradation": ({k: (meta.get("degradation") or {}).get(k)
                                    for k in ("sigma_px", "sigma_source", "noise_sigma_mean")}
@@ -1375,7 +1378,10 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             row.update({"status": "failed" if err or logs.is_dir() else "pending",
                         "error": err, "report": None})
         if html.exists():
-            report.set_stale_banner(html, _stale_report_message(row, html, run["header"].get("started")))
+            try:
+                report.set_stale_banner(html, _stale_report_message(row, html, run["header"].get("started")))
+            except OSError as exc:  # a read-only or full results folder: the summary still gets written
+                log.warning("%s: could not mark or unmark it as out of date (%s)", html, exc)
         rows.append(row)
     io.write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
     io.write_text_atomic(out_html, report.render_summary(rows))

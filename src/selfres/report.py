@@ -1378,6 +1378,10 @@ def set_stale_banner(report_html: str | Path, message: str | None) -> bool:
     it). Returns whether the file changed.
     """
     path = Path(report_html)
+    if message is None:  # the common case, every summary: the banner sits right after <body>
+        with open(path, "rb") as fh:
+            if _STALE_START.encode() not in fh.read(65536):
+                return False
     text = path.read_text(encoding="utf-8")
     start, end = text.find(_STALE_START), text.find(_STALE_END)
     bare = text[:start] + text[end + len(_STALE_END):] if 0 <= start < end else text
@@ -1391,7 +1395,7 @@ def set_stale_banner(report_html: str | Path, message: str | None) -> bool:
     if new == text:
         return False
     stat = path.stat()
-    tmp = path.with_name(f".{path.name}.tmp-stale")
+    tmp = path.with_name(f".{path.name}.tmp-stale-{os.getpid()}")
     tmp.write_text(new, encoding="utf-8")
     os.replace(tmp, path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -1631,11 +1635,16 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
         bits.append("<b class=\"status-failed\">This sample failed.</b>")
     elif gain is None:
         bits.append("No self-validation figure is available for this sample.")
-    elif flagged and margin is not None and gain > margin:
+    elif flagged and metrics.get("coarse_scale_failed"):
         # the guard's other test: a learned mapping whose coarse-scale gain was not above 0
         bits.append(f"<b class=\"status-failed\">{_esc(subject)} scores {_esc(f'{gain:+.2f}')} dB PSNR over "
                     f"{baseline} on {region}, but the guard did not accept it</b>: its gain one scale coarser, "
                     "where training checks that what it learned carries over to a finer grid, was not above 0.")
+    elif flagged and margin is not None and gain > margin:  # re-scored here above the guard's own figure
+        bits.append(f"<b class=\"status-failed\">{_esc(subject)} scores {_esc(f'{gain:+.2f}')} dB PSNR over "
+                    f"{baseline} on {region} as scored for this report, but the guard, scoring the same region "
+                    "when the model was made, did not accept it</b> (a figure this close to the margin, "
+                    f"train.guard_margin_db = {_esc(_fmt(margin))} dB, can move a little between devices).")
     elif flagged and gain >= 0.005 and margin is not None and margin > 0:
         bits.append(f"<b class=\"status-failed\">{_esc(subject)} beats {baseline} on {region} by "
                     f"only {_esc(f'{gain:+.2f}')} dB PSNR</b>, less than the margin the guard asks of a trained "
@@ -1645,7 +1654,7 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
         bits.append(f"<b class=\"status-failed\">{_esc(subject)} does not beat {baseline}</b> on "
                     f"{region} ({_esc(f'{gain:+.2f}')} dB PSNR).")
     else:  # passed the guard: a small gain passes when it is above 0 in every resample of the region
-        shown = f"{gain:+.2f}" if gain >= 0.005 else f"{gain:+.3f}"
+        shown = f"{gain:+.2f}" if gain >= 0.005 else f"{gain:+.2g}"
         bits.append(f"<b class=\"status-ok\">{_esc(subject)} beats {baseline}</b> on "
                     f"{region} by {_esc(shown)} dB PSNR.")
     interval = metrics.get("holdout_gain_db_interval")

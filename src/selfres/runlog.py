@@ -296,14 +296,13 @@ def write_run_record(
     return path
 
 
-def _newest_recorded_start(runs: Path) -> str | None:
-    """The latest ``started`` in ``runs/runs.tsv`` (``None`` without one)."""
+def _recorded_starts(runs: Path) -> set[str]:
+    """The ``started`` of every run in ``runs/runs.tsv``."""
     try:
         lines = (runs / "runs.tsv").read_text(encoding="utf-8").splitlines()[1:]
     except OSError:
-        return None
-    starts = [line.split("\t", 1)[0] for line in lines if line.strip()]
-    return max(starts) if starts else None
+        return set()
+    return {line.split("\t", 1)[0] for line in lines if line.strip()}
 
 
 def _other_runs_hold_locks(workdir: Path) -> bool:
@@ -345,13 +344,14 @@ def record_stopped_runs(results: str | os.PathLike, current_log: "str | os.PathL
     A Snakemake run whose driver is killed (``kill -9``, a node failure, a Slurm time limit
     on the job that runs ``snakemake``) leaves its log in ``.snakemake/log/`` but writes no
     record. The next run calls this before writing its own record: every log beside
-    ``current_log`` that Snakemake did not close (:func:`_ended`), started after the newest
-    line of ``runs/runs.tsv`` (when there is one: an older run is on record or predates the
-    records), and ran a job writing under ``results`` (not another results folder's run, nor a
-    run stopped by a lock or a config mistake before any job) gets a record with status
-    ``stopped``: its end is the log's last write, jobs still running then count as not
-    finished. Nothing is written while another run holds locks in the working directory (its
-    log is not closed yet either).
+    ``current_log`` that Snakemake did not close (:func:`_ended`), whose start is not a line of
+    ``runs/runs.tsv`` yet is after its first (an earlier one predates the records), and that ran
+    a job writing under ``results`` (not another results folder's run, nor a run stopped by a
+    lock or a config mistake before any job) gets a record with status ``stopped``: its end is
+    the log's last write, jobs still running then count as not finished. Nothing is written
+    while another run holds locks in the working directory (its log is not closed yet either).
+    A log without ``output:`` lines (``--quiet rules``) shows no job writing anywhere and is
+    never recorded.
 
     Returns the records written, oldest first.
     """
@@ -363,14 +363,15 @@ def record_stopped_runs(results: str | os.PathLike, current_log: "str | os.PathL
     workdir = log_dir.parent.parent  # <workdir>/.snakemake/log
     if _other_runs_hold_locks(workdir):
         return []
-    newest = _newest_recorded_start(Path(results) / "runs")
+    recorded = _recorded_starts(Path(results) / "runs")
+    first = min(recorded, default=None)
     written = []
     for log in sorted(log_dir.glob("*.snakemake.log")):
         if log.resolve() == current.resolve() or _ended(log):
             continue
         parsed = read_snakemake_log(log)
         started = (parsed["header"].get("started") or "").replace(" ", "T")
-        if not started or (newest is not None and started <= newest):
+        if not started or started in recorded or (first is not None and started < first):
             continue
         wd = Path(parsed["header"].get("workdir") or workdir)
         if not any(_writes_under(job, Path(results), wd) for job in parsed["jobs"]):

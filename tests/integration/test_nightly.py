@@ -262,6 +262,8 @@ def test_a_killed_run_is_recorded_by_the_next_run(tmp_path):
     assert record_stopped_runs(results, [str(tonight)]) == []
     (locks / "1.input.lock").unlink()
 
+    # a later run stopped by a config mistake (recorded now, no log) does not hide the killed one
+    write_run_record(results, status="error", extra={"stopped_before_any_job": "a typo in the sheet"})
     (record,) = record_stopped_runs(results, [str(tonight)])
     rec = json.loads(record.read_text())
     assert rec["status"] == "stopped" and rec["snakemake_log"] == str(killed)
@@ -269,7 +271,7 @@ def test_a_killed_run_is_recorded_by_the_next_run(tmp_path):
     assert rec["failed_samples"] == ["b"] and rec["jobs"][0]["slurm_jobid"] == 31
     assert rec["software"] is None and rec["source_digest"] is None, "the recording run's code is not the killed run's"
     lines = (results / "runs" / "runs.tsv").read_text().splitlines()
-    assert [line.split("\t")[2] for line in lines[1:]] == ["error", "stopped"]
+    assert [line.split("\t")[2] for line in lines[1:]] == ["error", "error", "stopped"]
     assert record_stopped_runs(results, [str(tonight)]) == [], "recorded once"
     # a folder whose records were deleted: only the runs that did not end are written again
     import shutil

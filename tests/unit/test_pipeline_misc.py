@@ -305,6 +305,7 @@ def test_an_interpolated_isotropic_output_is_judged_by_its_input_not_by_its_read
     # axial finer than lateral (a 4-slice stack read 2.38): the estimate does not hold there
     assert isotropy_flags(None, 2.38, "model") == ["isotropy_implausible"]
     assert isotropy_flags(0.5, 1.2, "model") == []
+    assert isotropy_flags(0.23, 1.4, "interpolation") == ["isotropy_not_reached"]  # judged by its input only
 
 
 @pytest.mark.parametrize("top, clipped, expected", [(4095, True, 0.05), (65535, True, 0.05), (3000, False, 0.0)])

@@ -458,15 +458,20 @@ def test_verdict_matches_the_guards_reason_and_never_calls_a_delivered_gain_a_lo
 
     # flagged by the coarse-scale check with a held-out gain past the margin: not "by only … less than"
     coarse = {"self_validation": {"psnr_model": 30.8, "psnr_interp": 30.0}, "guard_margin_db": 0.2,
-              "flags": ["model_worse_than_interpolation"], "mode": "enhance"}
+              "flags": ["model_worse_than_interpolation"], "mode": "enhance", "coarse_scale_failed": True}
     for margin in (0.2, 0.0):
         text = report._verdict(dict(coarse, guard_margin_db=margin), "ok")
         assert "scores +0.80 dB PSNR over tricubic" in text and "one scale coarser" in text
         assert "less than the margin" not in text and "does not beat" not in text
+    # the margin missed by the guard's own figure, passed by the report's re-scoring: said as such
+    rescored = report._verdict(dict(coarse, coarse_scale_failed=False), "ok")
+    assert "as scored for this report, but the guard" in rescored and "one scale coarser" not in rescored
     # a small gain that passed the guard (above 0 in every resample): the output holds it, the words say so
     small = report._verdict({"self_validation": {"psnr_model": 30.003, "psnr_interp": 30.0},
                              "guard_margin_db": 0.2, "mode": "enhance"}, "ok")
     assert "beats tricubic interpolation</b> on the held-out region by +0.003 dB" in small
+    tiny = report._verdict({"self_validation": {"psnr_model": 30.0004, "psnr_interp": 30.0}, "mode": "enhance"}, "ok")
+    assert "by +0.0004 dB" in tiny
     assert "does not beat" not in small
 
 

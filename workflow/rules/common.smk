@@ -246,12 +246,16 @@ if workflow.is_main_process:
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)
         elif _cell(_s, "reference") and _declared(_cell(_s, "path")):
             from selfres.pipeline import reference_grid_problem
+            from selfres.settings import parse_scale, parse_triple
 
-            _problem = reference_grid_problem(
-                _cell(_s, "reference"), _cell(_s, "path"), mode=sample_mode(_s),
-                scale=[int(f) for f in sample_scale(_s).split(",")],
-                voxel_size=[float(v) for v in _cell(_s, "voxel_size").split(",")] if _cell(_s, "voxel_size") else None,
-                series=int(_cell(_s, "series")) if _cell(_s, "series") not in ("", "all") else None)
+            try:  # a hint: whatever goes wrong here, the jobs say it in their own words
+                _problem = reference_grid_problem(
+                    _cell(_s, "reference"), _cell(_s, "path"), mode=sample_mode(_s),
+                    scale=parse_scale(sample_scale(_s)), voxel_size=parse_triple(_cell(_s, "voxel_size") or None,
+                                                                                 name="voxel_size"),
+                    series=int(_cell(_s, "series")) if _cell(_s, "series") not in ("", "all") else None)
+            except Exception:
+                _problem = None
             if _problem:
                 print(f"selfres: WARNING: sample {_s!r}: {_problem}; that sample is restored, but its qc will fail "
                       "until the reference is mended", file=sys.stderr)

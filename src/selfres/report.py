@@ -147,11 +147,12 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "lies more than 5 % of the intensity range below the darkest input voxel: dark halos "
         "(ringing) next to bright objects, which the network's sharpening adds. No acquisition "
         "held such values (metrics.json: restored_check.undershoot).",
-        "Look at the views around bright objects. In isotropic mode they usually mean an axial "
-        "blur σ larger than the acquisition's (the estimate can read a specimen's own extent in z "
-        "as blur; Self-validation gives the σ used): give the axial blur you know "
+        "Look at the views around bright objects. In isotropic mode one cause is an axial blur σ "
+        "larger than the acquisition's (the estimate can read a specimen's own extent in z as blur; "
+        "Self-validation gives the σ used): if you know the axial blur, give it "
         "(isotropic.axial_sigma_px, the extra axial blur in lateral pixels, or train.degradation "
-        "with the optics or a bead-measured PSF) and compare. For intensity measurements clip the output at "
+        "with the optics or a bead-measured PSF) and compare; a training cut short (its flags and "
+        "curves) can leave them too, with the σ right. For intensity measurements clip the output at "
         "the input's minimum, or measure on the interpolation; judge the output by its views, "
         "beads or a reference rather than by the held-out figure alone.",
     ),

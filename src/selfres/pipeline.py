@@ -143,7 +143,6 @@ def stage_normalise(
     if data.size == 0:
         raise InputError(input_path, "the volume is empty (zero voxels)", sample=sample)
     import dask
-    import dask.array  # noqa: F401 - dask.array.where below
 
     integer = np.issubdtype(vol.source_dtype, np.integer)
     # saturation: the share of voxels at the dtype's top, or at a camera's (12-bit data in
@@ -151,12 +150,10 @@ def stage_normalise(
     levels = saturation_levels(vol.source_dtype) if integer else ()
     sat_lazy = [(data >= level).mean() for level in levels] if integer else None
     bad_lazy = None if integer else ((~np.isfinite(data)).sum(), np.isnan(data).sum())
-    f32 = float(np.finfo(np.float32).max)
-    wide = np.dtype(data.dtype).kind == "f" and np.dtype(data.dtype).itemsize > 4  # float64: beyond float32?
     over_lazy = None
-    if wide:
-        over = np.isfinite(data) & (abs(data) > f32)
-        over_lazy = (over.sum(), dask.array.where(over, abs(data), 0).max())
+    if vol.source_dtype.kind == "f" and vol.source_dtype.itemsize > 4:  # float64: beyond what float32 holds?
+        over = np.isfinite(data) & (abs(data) > float(np.finfo(np.float32).max))
+        over_lazy = (over.sum(), np.where(over, abs(data), 0).max())  # dask, as data is
     try:  # one pass over the input, chunk by chunk
         vmin, vmax, sat_value, bad, beyond = dask.compute(data.min(), data.max(), sat_lazy, bad_lazy, over_lazy)
     except Exception as exc:  # noqa: BLE001 - library errors become InputError

@@ -40,6 +40,7 @@ from .degrade import mirror_indices
 from .allocator import keep_freed_memory  # noqa: F401 - re-exported
 from .errors import SelfresError
 from .models import autocast_context, compute_label
+from .models import is_out_of_memory as _is_oom
 
 log = logging.getLogger("selfres.infer")
 
@@ -347,17 +348,6 @@ def prepare_model(model: nn.Module, device: torch.device | str, *, fuse: bool = 
     elif channels_last_2d:
         prepared = prepared.to(memory_format=torch.channels_last)
     return prepared
-
-
-def _is_oom(exc: BaseException) -> bool:
-    """True for an out-of-memory error of the accelerator (CUDA, MPS) or the allocator."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(
-        what in text for what in ("out of memory", "can't allocate memory",
-                                  # cuDNN's and cuBLAS's own workspace allocations under memory pressure
-                                  "cudnn_status_alloc_failed", "cublas_status_alloc_failed"))
 
 
 def back_projection_iterations(model: nn.Module) -> int:

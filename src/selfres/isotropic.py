@@ -531,21 +531,78 @@ def validation_split(train_volume: np.ndarray, holdout_volume: np.ndarray, thres
     return np.ascontiguousarray(train_volume[keep]), np.ascontiguousarray(train_volume[val]), note
 
 
+class SliceFitter:
+    """Run a 2-D model on a batch of slices ``(n, H, W)``, halving the work on out-of-memory.
+
+    A batch that does not fit is cut in two; a single slice that does not fit is cut in two
+    along its longer axis, each half with the model's halo (its receptive radius) beyond
+    the cut, so the result is unchanged (as :class:`selfres.infer._Fitter` does for 3-D
+    tiles). The size that failed is remembered: later batches that large are split first.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device | str, *, amp: bool = False):
+        self.model = model
+        self.device = torch.device(device)
+        self.amp = amp
+        self.halo = tuple(int(h) for h in getattr(model, "halo", (0, 0)))[-2:]
+        self.limit = math.inf  # pixels per forward call known to fail (exclusive bound)
+        self.splits = 0
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None].to(self.device)
+        return self.model(t)[:, 0].float().cpu().numpy()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.size < self.limit:
+            try:
+                return self._forward(x)
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
+                if not models.is_out_of_memory(exc):
+                    raise
+            self._out_of_memory(x.size)  # out of the except: the failed pass's tensors are freed
+        self.splits += 1
+        if x.shape[0] > 1:
+            half = x.shape[0] // 2
+            return np.concatenate([self(x[:half]), self(x[half:])])
+        axis = 1 if x.shape[1] >= x.shape[2] else 2
+        n, h = x.shape[axis], self.halo[axis - 1]
+        mid = n // 2
+        if mid + h >= n or mid - h <= 0:
+            raise MemoryError(
+                f"one slice of {list(x.shape[1:])} pixels does not fit in {self.device} memory even after "
+                f"halving (the model reads {h} pixels beyond each cut). Lower infer.tile_size, or use a "
+                "machine with more memory")
+        low = self(np.take(x, range(0, mid + h), axis=axis))
+        high = self(np.take(x, range(mid - h, n), axis=axis))
+        return np.concatenate([np.take(low, range(0, mid), axis=axis),
+                               np.take(high, range(h, high.shape[axis]), axis=axis)], axis=axis)
+
+    def _out_of_memory(self, size: int) -> None:
+        self.limit = min(self.limit, size)
+        log.warning("out of memory on %s with %d pixels per pass; halving the work and retrying", self.device, size)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def predict_slices(model: nn.Module, slices: np.ndarray, *, device: torch.device | str = "cpu",
-                   batch: int = 8, amp: bool = False) -> np.ndarray:
+                   batch: int = 8, amp: bool = False, fitter: SliceFitter | None = None) -> np.ndarray:
     """Apply a 2-D model to a stack ``(N, H, W)`` in batches (inference mode).
 
     ``amp``: mixed precision (:func:`selfres.models.autocast_context`, CPU included).
+    ``fitter``: a :class:`SliceFitter` of this model kept across calls, so that a size
+    found not to fit in memory is split at once the next time (one is made otherwise).
     """
     device = torch.device(device)
+    fitter = fitter if fitter is not None else SliceFitter(model, device, amp=amp)
     out = np.empty(slices.shape, dtype=np.float32)
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), models.autocast_context(device, enabled=amp, cpu=True):
-        for s in range(0, slices.shape[0], batch):
-            t = torch.from_numpy(np.ascontiguousarray(slices[s : s + batch], dtype=np.float32))[:, None].to(device)
-            out[s : s + batch] = model(t)[:, 0].float().cpu().numpy()
-    model.train(was_training)
+    try:
+        with torch.inference_mode(), models.autocast_context(device, enabled=amp, cpu=True):
+            for s in range(0, slices.shape[0], batch):
+                out[s : s + batch] = fitter(slices[s : s + batch])
+    finally:
+        model.train(was_training)
     return out
 
 
@@ -1021,6 +1078,7 @@ def restore_isotropic(
         from .infer import prepare_model
 
         model = prepare_model(model, device, channels_last_2d=device.type == "cpu")
+        fitter = SliceFitter(model, device, amp=amp)
     grid = isotropic_tile_grid((ny, nx), (ty, tx))
     todo = list(range(len(grid))) if tiles is None else list(tiles)
     t_last = time.monotonic()
@@ -1034,8 +1092,8 @@ def restore_isotropic(
         else:
             xz = np.ascontiguousarray(np.transpose(block[:, y0 - ya : y1 - ya, :], (1, 0, 2)))  # (y, Z, x)
             yz = np.ascontiguousarray(np.transpose(block[:, :, x0 - xa : x1 - xa], (2, 0, 1)))  # (x, Z, y)
-            r_xz = predict_slices(model, xz, device=device, batch=batch, amp=amp)[:, :, x0 - xa : x1 - xa]
-            r_yz = predict_slices(model, yz, device=device, batch=batch, amp=amp)[:, :, y0 - ya : y1 - ya]
+            r_xz = predict_slices(model, xz, device=device, batch=batch, amp=amp, fitter=fitter)[:, :, x0 - xa : x1 - xa]
+            r_yz = predict_slices(model, yz, device=device, batch=batch, amp=amp, fitter=fitter)[:, :, y0 - ya : y1 - ya]
             res = _fuse(np.transpose(r_xz, (1, 0, 2)), np.transpose(r_yz, (1, 2, 0)), fusion)
         block = transform(res) if transform is not None else res
         out[:, y0:y1, x0:x1] = block

@@ -677,6 +677,17 @@ def cuda_autocast_dtype(*, training: bool) -> torch.dtype | None:
     return None if training else torch.float16
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for an out-of-memory error of the accelerator (CUDA, MPS) or the allocator."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        what in text for what in ("out of memory", "can't allocate memory",
+                                  # cuDNN's and cuBLAS's own workspace allocations under memory pressure
+                                  "cudnn_status_alloc_failed", "cublas_status_alloc_failed"))
+
+
 def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = False, training: bool = False
                      ) -> contextlib.AbstractContextManager:
     """Mixed-precision context.

@@ -208,6 +208,45 @@ def test_tiled_isotropic_inference_equals_a_single_pass(tile):
     np.testing.assert_allclose(full, 0.5 * (np.transpose(xz, (1, 0, 2)) + np.transpose(yz, (1, 2, 0))), atol=1e-5)
 
 
+class _OomAbove(torch.nn.Module):
+    """Wraps a 2-D model; raises a CUDA out-of-memory error for inputs above ``limit`` pixels
+    and records the sizes that ran through ``record`` (kept by the inference copy)."""
+
+    def __init__(self, inner, limit, record):
+        super().__init__()
+        self.inner, self.limit, self.halo, self.record = inner, limit, inner.halo, record
+
+    def forward(self, x):
+        if x.numel() > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.record(x.numel())
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_batches_then_slices_and_the_output_is_unchanged():
+    vol = _iso_truth((8, 40, 36))
+    model = _random_model(depth=1)  # halo 3: a slice can be cut
+    full = iso.restore_isotropic(model, vol, factor=2.0, tile=(100, 100), batch=8)
+    one_slice = 16 * 36  # the smaller of the XZ (16 x 36) and YZ (16 x 40) slices
+    sizes: list[int] = []
+    oom = _OomAbove(model, limit=one_slice // 2, record=sizes.append)
+    out = iso.restore_isotropic(oom, vol, factor=2.0, tile=(100, 100), batch=8)
+    np.testing.assert_allclose(out, full, atol=1e-5)
+    assert sizes and max(sizes) <= one_slice // 2  # every slice was cut, each piece fits
+    # a slice that cannot be cut (the halo reaches past the middle) says what to do
+    with pytest.raises(MemoryError, match="infer.tile_size"):
+        iso.restore_isotropic(_OomAbove(model, limit=10, record=sizes.append), vol, factor=2.0, tile=(100, 100))
+    # an error that is not out-of-memory is not swallowed
+    class Broken(torch.nn.Module):
+        halo = (3, 3)
+
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        iso.restore_isotropic(Broken(), vol, factor=2.0)
+
+
 def test_no_model_gives_z_cubic_and_geometric_fusion_keeps_the_background():
     vol = _iso_truth((5, 12, 12))
     np.testing.assert_allclose(iso.restore_isotropic(None, vol, factor=3.0), iso.reslice(vol, 3.0))

@@ -346,8 +346,8 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
     would refuse it, with ``fov_settings`` and ``training_fov``)."""
     from .errors import InputError
     from .io import describe_acquisition
-    from .isotropic import isotropic_shape, square_pixels
-    from .pipeline import check_volume_for_mode
+    from .isotropic import square_pixels
+    from .pipeline import check_volume_for_mode, output_grid_shape
 
     images = describe_acquisition(path)
     lines = [f"{path}: {len(images)} image{'s' if len(images) > 1 else ''}"
@@ -378,7 +378,7 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
         try:  # the checks the crop stage makes, before any training
             check_volume_for_mode(im["shape"], vs, mode="enhance", factors=factors, **checks)
             lines.append(f"  enhance {','.join(map(str, factors))}: output "
-                         f"{grid(n * f for n, f in zip(im['shape'], factors))}"
+                         f"{grid(output_grid_shape(im['shape'], mode='enhance', factors=factors))}"
                          + (f", voxel {', '.join(f'{v / f:.4g}' for v, f in list(zip(vs, factors))[shown])} µm"
                             if vs else ""))
         except InputError as exc:
@@ -386,7 +386,7 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
         try:
             f = check_volume_for_mode(im["shape"], vs, mode="isotropic", **checks)
             lines.append(f"  isotropic: axial factor {f:.4g} (z step / lateral pixel), output "
-                         f"{grid(isotropic_shape(im['shape'], f))}, voxel {vs[0] / f:.4g}, {vs[1]:.4g}, "
+                         f"{grid(output_grid_shape(im['shape'], mode='isotropic', axial_factor=f))}, voxel {vs[0] / f:.4g}, {vs[1]:.4g}, "
                          f"{vs[2]:.4g} µm"
                          + ("; the lateral pixels are not square, so z is matched to their mean and the output "
                             "is not isotropic (resample y or x first for that)"

@@ -234,12 +234,19 @@ def planned_output_shape(path: str | Path, *, mode: str, scale: Sequence[int] = 
         factor = check_volume_for_mode(image["shape"], vs, mode=mode, factors=factors, path=str(path))
     except (InputError, ConfigError, StopIteration, ValueError, OSError):
         return None
-    shape = tuple(int(n) for n in image["shape"])
+    return output_grid_shape(image["shape"], mode=mode, factors=factors, axial_factor=factor)
+
+
+def output_grid_shape(shape: Sequence[int], *, mode: str, factors: Sequence[int] = (1, 1, 1),
+                      axial_factor: float | None = None) -> tuple[int, int, int]:
+    """The output grid (ZYX) of an input ``shape``: ``factors`` finer per axis (enhance),
+    or z resliced by ``axial_factor`` (isotropic, from :func:`check_volume_for_mode`)."""
+    shape = tuple(int(n) for n in shape)
     if mode == "isotropic":
         from .isotropic import isotropic_shape  # torch: only for isotropic samples
 
-        return tuple(int(n) for n in isotropic_shape(shape, factor))
-    return tuple(n * f for n, f in zip(shape, factors))
+        return tuple(int(n) for n in isotropic_shape(shape, axial_factor))
+    return tuple(n * int(f) for n, f in zip(shape, factors))
 
 
 def reference_grid_problem(reference: str | Path, path: str | Path, *, mode: str, scale: Sequence[int] = (1, 1, 1),

@@ -1,7 +1,7 @@
 """Benchmark of ``isotropic`` mode (not a test): semi-synthetic ×4 and real anisotropic stacks.
 
 Semi-synthetic: a near-isotropic real volume is taken as the truth (declared
-isotropic at its lateral pixel size), z is blurred (σ 2 slices) and block-averaged ×4,
+isotropic at its lateral pixel size), z is blurred (σ 2 slices) and sampled every 4th slice,
 the whole selfres chain (``pipeline.restore``) restores it, and the output is compared
 with the truth next to z-cubic interpolation of the same degraded input (PSNR/SSIM in
 the truth's normalised units; SSIM is the mean 2-D SSIM over XZ and YZ slices).
@@ -44,12 +44,28 @@ REAL = {  # name: (file, voxel size z,y,x µm)
 
 
 def degrade_z(volume: np.ndarray, *, sigma: float = 2.0, block: int = 4) -> np.ndarray:
-    """Blur z by ``sigma`` slices (mirror borders) and block-average ``block`` slices."""
-    from scipy.ndimage import gaussian_filter1d
+    """The acquisition of a z stack: the object blurred along z by ``sigma`` slices and
+    sampled every ``block`` slices, sample ``i`` at ``(i + 0.5)·block − 0.5``.
 
-    nz = (volume.shape[0] // block) * block
-    v = gaussian_filter1d(volume[:nz].astype(np.float32), sigma, axis=0, mode="mirror")
-    return v.reshape(nz // block, block, *v.shape[1:]).mean(axis=1)
+    Each sample is the Gaussian (continuous, evaluated at the sample's off-grid position;
+    mirror borders) applied to the truth's slices: point sampling of the blurred object,
+    as a microscope stepping its focus does. Written independently of selfres's own
+    degradation (Keys-cubic read of a discretely blurred axis).
+    """
+    v = np.asarray(volume, dtype=np.float32)
+    n = v.shape[0]
+    m = n // block
+    radius = int(4 * sigma + 2)
+    out = np.empty((m, *v.shape[1:]), np.float32)
+    for i in range(m):
+        c = (i + 0.5) * block - 0.5
+        j = np.arange(int(np.floor(c)) - radius, int(np.ceil(c)) + radius + 1)
+        w = np.exp(-0.5 * ((j - c) / sigma) ** 2)
+        w /= w.sum()
+        j = np.abs(j)  # mirror at 0 (scipy 'mirror')
+        j = np.where(j > n - 1, 2 * (n - 1) - j, j)
+        out[i] = np.tensordot(w.astype(np.float32), v[j], axes=1)
+    return out
 
 
 def slice_ssim(truth: np.ndarray, image: np.ndarray, data_range: float, *, every: int = 4) -> float:

@@ -11,8 +11,8 @@ every XZ and every YZ slice; the two restorations are fused.
 Degradation models (``IsotropicSettings.degradation``):
 
 ``analytic``
-    Gaussian blur of ``axial_sigma_px`` lateral pixels along one axis, box (area)
-    sampling by ``f`` (a thick optical section integrates over its slice), optional
+    Gaussian blur of ``axial_sigma_px`` lateral pixels along one axis, point sampling
+    every ``f`` (a z stack samples the axially blurred object at its focus steps), optional
     noise top-up so the degraded slice is as noisy as a real z sample, then cubic back
     to the fine grid. σ comes from the settings, else from ``train.degradation``
     (optics or measured PSF), else it is *estimated from the data*: the σ whose
@@ -146,25 +146,30 @@ def reslice(volume: np.ndarray, factor: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- axial degradation
-def area_matrix(n_fine: int, n_low: int, factor: float) -> np.ndarray:
-    """Box (area) sampling ``(n_low, n_fine)``: low sample ``i`` integrates ``[i·f, (i+1)·f)``.
+def sample_matrix(n_fine: int, n_low: int, factor: float) -> np.ndarray:
+    """Point sampling ``(n_low, n_fine)``: low sample ``i`` is the fine signal at ``(i + 0.5)·f − 0.5``.
 
-    In pixel-edge coordinates of the fine grid, so low sample ``i`` is centred at fine
-    coordinate ``(i + 0.5)·f − 0.5`` (the contract's half-pixel convention). Rows sum
-    to 1 (boxes overhanging the end are renormalised).
+    A z stack samples the axially blurred object at its focus positions; the
+    contract's half-pixel convention puts z sample ``i`` at that fine coordinate.
+    Off-grid positions are read by Keys-cubic interpolation (no anti-aliasing: the
+    blur before it is the optics'), borders mirrored. Rows sum to 1.
     """
-    m = np.zeros((n_low, n_fine), dtype=np.float64)
-    for i in range(n_low):
-        a, b = i * factor, (i + 1) * factor
-        j0, j1 = int(math.floor(a)), min(int(math.ceil(b)), n_fine)
-        for j in range(max(j0, 0), j1):
-            m[i, j] = max(0.0, min(b, j + 1) - max(a, j))
-        s = m[i].sum()
-        if s <= 0:  # box entirely past the end: take the last pixel
-            m[i, n_fine - 1] = 1.0
-        else:
-            m[i] /= s
-    return m
+    return np.array(degrade.resize_matrix(int(n_fine), int(n_low), scale=1.0 / float(factor), antialias=False),
+                    dtype=np.float64)
+
+
+def low_length(n_fine: int, factor: float) -> int:
+    """Number of z samples ``floor(n / f)`` (at least 2) that a fine axis of ``n`` holds.
+
+    Rounding down keeps every sample inside the axis, as real z samples are (a sample
+    past the end would be read from the mirrored border).
+    """
+    return max(2, int(math.floor(n_fine / float(factor) + 1e-9)))
+
+
+def axial_down_matrix(n_fine: int, n_low: int, factor: float, sigma: float) -> np.ndarray:
+    """``(n_low, n_fine)`` float64: Gaussian blur by ``sigma`` then point sampling by ``f``."""
+    return sample_matrix(n_fine, n_low, factor) @ gaussian_matrix(int(n_fine), float(sigma))
 
 
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
@@ -185,12 +190,13 @@ def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
 def axial_operator(n: int, factor: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """``(down, up)`` matrices degrading an axis of length ``n`` like z was degraded.
 
-    ``down`` (``m × n``, ``m = round(n / f)``) blurs by ``sigma`` and box-samples by
-    ``f``; ``up`` (``n × m``) is the Keys-cubic upsampling by ``f`` back to ``n``
-    (exactly what z-cubic reslicing does to real z samples).
+    ``down`` (``m × n``, ``m`` from :func:`low_length`) blurs by ``sigma`` and samples
+    every ``f`` (:func:`axial_down_matrix`); ``up`` (``n × m``) is the Keys-cubic
+    upsampling by ``f`` back to ``n`` (exactly what z-cubic reslicing does to real z
+    samples).
     """
-    m = max(2, int(round(n / factor)))
-    down = (area_matrix(n, m, factor) @ gaussian_matrix(n, sigma)).astype(np.float32)
+    m = low_length(n, factor)
+    down = axial_down_matrix(n, m, factor, sigma).astype(np.float32)
     up = np.array(degrade.resize_matrix(m, n, scale=factor, antialias=False), dtype=np.float32)
     return down, up
 
@@ -204,7 +210,7 @@ class AxialDegradation:
     factor
         Anisotropy factor ``f``.
     sigma_px
-        Extra axial blur (σ, in lateral pixels) before box sampling.
+        Extra axial blur (σ, in lateral pixels) before sampling every ``f``.
     noise_sigma
         Standard deviation of the Gaussian noise added to each low-resolution sample
         (the noise top-up; 0 for none).
@@ -272,7 +278,7 @@ def noise_topup(factor: float, sigma_px: float, noise_sigma: float, *, n: int = 
     """σ of the noise to add to degraded lateral samples so they are as noisy as real z samples.
 
     A real z sample carries the per-plane noise ``noise_sigma``; a degraded lateral
-    sample carries ``noise_sigma² · Σ w²`` (its blur + box weights average the noise
+    sample carries ``noise_sigma² · Σ w²`` (its blur and sampling weights average the noise
     down). The top-up is the difference.
     """
     if noise_sigma <= 0:
@@ -313,7 +319,7 @@ def estimate_axial_sigma(
     """Estimate the extra axial blur σ (lateral pixels) by matching power spectra.
 
     Real z profiles (sampled every ``f`` lateral pixels) are compared with lateral
-    profiles blurred by a candidate σ, box-sampled by ``f`` and topped up with noise:
+    profiles blurred by a candidate σ, sampled every ``f`` and topped up with noise:
     the σ whose log power spectrum best matches (free overall offset) is returned.
     This assumes the specimen is statistically isotropic; the figure is a starting
     point (``learned`` mode corrects what it misses).
@@ -328,7 +334,8 @@ def estimate_axial_sigma(
     nz, ny, nx = vol.shape
     low_len = min(nz, int(min(ny, nx) // factor), 64)
     if low_len < 6:
-        return 0.0, {"reason": f"too few samples for a spectrum (z {nz}, lateral {min(ny, nx)}, f {factor:.3g})"}
+        return 0.0, {"reason": f"too few samples for a spectrum (z {nz}, lateral {min(ny, nx)}, f {factor:.3g})",
+                     "estimated": False}
     fine_len = int(round(low_len * factor))
     rng = np.random.default_rng(seed)
     pz = _psd(_profiles(vol, low_len, 0, max_profiles, rng))
@@ -339,7 +346,7 @@ def estimate_axial_sigma(
     best = (float("inf"), 0.0)
     errors = {}
     for sigma in np.arange(0.0, 3.0 * factor + 1e-9, 0.25):
-        down = area_matrix(fine_len, low_len, factor) @ gaussian_matrix(fine_len, float(sigma))
+        down = axial_down_matrix(fine_len, low_len, factor, float(sigma))
         q = lat @ down.T.astype(np.float32)
         top = noise_topup(factor, float(sigma), noise_sigma)
         pl = _psd(q) + top**2 * win2
@@ -836,7 +843,7 @@ def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Setti
     The noise top-up (``isotropic.noise_match``) follows the acquisition's noise level
     against intensity (:func:`selfres.noise.noise_level_function` on the training FOV, as
     ``enhance`` mode estimates it): each degraded lateral sample ``y`` gets Gaussian noise of
-    variance ``(slope·y + floor)·(1 − Σw²)``, the share its blur and box weights averaged
+    variance ``(slope·y + floor)·(1 − Σw²)``, the share its blur and sampling weights averaged
     away. The axial σ's spectrum match uses the level at the volume's mean intensity.
     """
     from .noise import NoiseLevel, noise_level_function
@@ -858,6 +865,11 @@ def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Setti
     if sigma is None:
         sigma, est = estimate_axial_sigma(train_volume, factor, noise_sigma=noise, seed=settings.train.seed)
         info["estimate"] = est
+        if est.get("estimated") is False:
+            log.warning("isotropic: the extra axial blur could not be estimated from the training FOV %s (%s); "
+                        "training assumes none (σ 0), so the output undoes the z sampling but not the axial blur. "
+                        "Give it: isotropic.axial_sigma_px (lateral pixels), or train.degradation with the optics "
+                        "or a measured PSF", tuple(np.shape(train_volume)), est["reason"])
     lost = noise_topup(factor, sigma, 1.0) ** 2  # share of a sample's noise variance that degrading removes
     top = level.scaled(lost).as_list()
     deg = AxialDegradation(factor=float(factor), sigma_px=float(sigma), noise_variance=tuple(top))
@@ -1001,6 +1013,8 @@ def train_isotropic(
     preds = [predict_slices(model, low, device=device, batch=VALIDATION_BATCH) for _, low in pairs]
     validation = compare_stacks(pairs, preds, data_range)
     flags += guard_flags(validation, s.guard_margin_db)
+    if deg_info.get("estimate", {}).get("estimated") is False:
+        flags.append("axial_sigma_unestimated")
     return IsoTrainResult(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=time.monotonic() - t0,
         stop_reason=stop_reason, validation=validation, degradation=deg_info, flags=flags, log_rows=sel.rows,

@@ -178,6 +178,14 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "bead-measured PSF (selfres psf-sigma --beads); meanwhile measure intensities on the "
         "interpolation.",
     ),
+    "axial_sigma_unestimated": (
+        "The stack has too few z slices (or too small a lateral field) to estimate its extra axial "
+        "blur, and none was given, so the model was trained for a blur of 0: it undoes the z "
+        "sampling, not the blur, and the output stays about as soft in z as the interpolation.",
+        "Give the axial blur and rerun: isotropic.axial_sigma_px (the extra axial blur, in lateral "
+        "pixels), or train.degradation with the optics (NA, wavelength, immersion) or a bead-measured "
+        "PSF (selfres psf-sigma --beads).",
+    ),
     "isotropy_implausible": (
         "By the decorrelation estimate the restored volume's axial resolution reads well finer "
         "than its lateral one (isotropy above 1.25): more than the acquisition can give, so the "

@@ -23,10 +23,13 @@ def _iso_truth(shape=(32, 40, 40), seed=0) -> np.ndarray:
 
 
 def _degrade_z(v: np.ndarray, sigma: float, f: int) -> np.ndarray:
-    """Blur z by σ (mirror) and block-average f slices: the semi-synthetic acquisition."""
+    """Blur z by σ (mirror) and sample every f slices at the contract's z positions
+    ``(i + 0.5)·f − 0.5`` (read off-grid by Keys cubic): the semi-synthetic acquisition."""
+    from selfres.degrade import resize_matrix
+
     b = ndimage.gaussian_filter1d(v, sigma, axis=0, mode="mirror") if sigma > 0 else v
-    nz = (v.shape[0] // f) * f
-    return b[:nz].reshape(nz // f, f, *v.shape[1:]).mean(axis=1)
+    at = resize_matrix(v.shape[0], v.shape[0] // f, scale=1 / f, antialias=False)
+    return np.einsum("mz,zyx->myx", at, b).astype(np.float32)
 
 
 def _tiny(**iso_kw) -> Settings:
@@ -73,15 +76,27 @@ def test_output_grid_is_round_nz_times_f(nz, f, out):
 
 
 @pytest.mark.parametrize("f", [2.0, 2.5, 4.0, 3.3])
-def test_area_matrix_rows_are_boxes_centred_on_the_half_pixel_grid(f):
-    n = int(round(8 * f))
-    m = iso.area_matrix(n, 8, f)
-    np.testing.assert_allclose(m.sum(axis=1), 1.0)
-    err = m @ np.arange(n) - ((np.arange(8) + 0.5) * f - 0.5)
-    if float(f).is_integer():
-        np.testing.assert_allclose(err, 0.0, atol=1e-9)
-    else:  # pixels cut by a box edge put their share at their centre: small, alternating offsets
-        assert np.abs(err[:-1]).max() < 0.25 and abs(err[:-1].mean()) < 0.02  # last box may overhang the end
+def test_z_samples_sit_at_the_half_pixel_positions_of_the_fine_grid(f):
+    """Point sampling: low sample i reads the fine axis at (i + 0.5)·f − 0.5, every sample inside it."""
+    n = int(round(8 * f)) + 1
+    m = iso.low_length(n, f)
+    assert m == 8 and (m - 0.5) * f - 0.5 <= n - 1
+    s = iso.sample_matrix(n, m, f)
+    np.testing.assert_allclose(s.sum(axis=1), 1.0)
+    np.testing.assert_allclose((s @ np.arange(n))[1:-1], ((np.arange(m) + 0.5) * f - 0.5)[1:-1], atol=1e-9)
+    assert np.count_nonzero(iso.sample_matrix(9, 3, 3.0)[1]) == 1  # odd f: on the grid, no interpolation
+
+
+def test_axial_degradation_point_samples_the_blurred_axis_rather_than_averaging_slabs():
+    """A z stack samples the blurred object at its focus steps: with σ = 0 an odd f takes single
+    pixels (an impulse keeps its height); a slab average would spread it to 1/f."""
+    x = np.zeros((1, 31, 4), np.float32)
+    x[0, 16] = 1.0  # fine pixel 16 = z sample 5 at f = 3 ((5 + 0.5)·3 − 0.5)
+    down, _ = iso.AxialDegradation(factor=3.0).matrices(31)
+    assert float((down @ x[0])[5, 0]) == pytest.approx(1.0, abs=1e-6)
+    blurred, _ = iso.AxialDegradation(factor=3.0, sigma_px=2.0).matrices(31)
+    peak = float((blurred @ x[0])[5, 0])
+    assert peak == pytest.approx(1 / (2 * np.sqrt(2 * np.pi)), rel=0.02)  # the Gaussian's height, no box on top
 
 
 # ----------------------------------------------------- degradation along one axis
@@ -159,9 +174,31 @@ def test_axial_sigma_estimate_tracks_the_true_blur(sigma):
     assert est == pytest.approx(sigma, abs=0.5), info
 
 
+def test_a_stack_too_thin_for_the_axial_blur_estimate_says_so_and_is_flagged(tmp_path, caplog):
+    """Five z slices give no spectrum: σ falls to 0, which undoes the sampling but not the blur —
+    said in the log and flagged, not silent."""
+    import logging
+
+    from selfres import pipeline
+
+    assert iso.estimate_axial_sigma(np.random.default_rng(0).random((5, 40, 40), np.float32), 4.0)[1]["estimated"] is False
+    norm = _normalised(tmp_path, nz=5)
+    with caplog.at_level(logging.WARNING, logger="selfres"):
+        meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
+                                    settings=_tiny(steps=4), device="cpu")
+    assert "axial_sigma_unestimated" in meta["flags"]
+    assert "extra axial blur could not be estimated" in caplog.text and "isotropic.axial_sigma_px" in caplog.text
+    given = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model2", sample="s1", mode="isotropic",
+                                 settings=_tiny(steps=4, axial_sigma_px=1.0), device="cpu")
+    assert "axial_sigma_unestimated" not in given["flags"]
+
+
 def test_noise_topup_restores_per_sample_noise():
-    top = iso.noise_topup(4.0, 0.0, 0.1)
-    assert top == pytest.approx(0.1 * np.sqrt(1 - 1 / 4), rel=0.02)  # box of 4 keeps 1/4 of the variance
+    assert iso.noise_topup(3.0, 0.0, 0.1) == pytest.approx(0.0, abs=1e-6)  # a point sample keeps all its noise
+    top = iso.noise_topup(3.0, 4.0, 0.1)  # a blur of σ 4 keeps Σg² ≈ 1/(2σ√π) of the variance
+    assert top == pytest.approx(0.1 * np.sqrt(1 - 1 / (2 * 4.0 * np.sqrt(np.pi))), rel=0.02)
+    half = iso.noise_topup(2.0, 0.0, 0.1)  # f = 2 reads between two pixels: Keys weights keep 0.64
+    assert half == pytest.approx(0.1 * np.sqrt(1 - 2 * (81 + 1) / 256), rel=0.02)
     assert iso.noise_topup(4.0, 2.0, 0.0) == 0.0
 
 
@@ -586,7 +623,7 @@ def test_isotropic_inference_scatters_over_blocks_and_resumes_like_enhance(tmp_p
     np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(again).data), np.asarray(a.data))
 
 
-def test_inference_takes_the_samples_fusion_not_the_models(tmp_path):
+def test_inference_takes_the_samples_fusion_not_the_models(tmp_path, monkeypatch):
     """`fusion` and `infer_batch` are inference choices: given, they override the values saved
     with the model (a sample that changes them, or adopts another's model, is not retrained);
     not given, the model's own are used."""
@@ -600,11 +637,17 @@ def test_inference_takes_the_samples_fusion_not_the_models(tmp_path):
     assert not {"fusion", "infer_batch"} & set(meta["isotropic"])  # each infer job's own, not the model's
     infer = InferSettings(tile_size=(8, 16, 16), on_worse_than_interpolation="model")
 
+    fused_with = []  # the fusion each tile was fused with (a barely trained model may equal z-cubic on both axes)
+    fuse = iso._fuse
+    monkeypatch.setattr(iso, "_fuse", lambda a, b, fusion: fused_with.append(fusion) or fuse(a, b, fusion))
+
     def restored(name, iso_settings):
+        fused_with.clear()
         out = tmp_path / f"{name}.ome.zarr"
         pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=infer,
                              isotropic_settings=iso_settings, device="cpu")
         vol = io.read_ome_zarr(out)
+        assert len(set(fused_with)) == 1 and fused_with[0] == vol.attrs["fusion"]
         return np.asarray(vol.data), vol.attrs["fusion"]
 
     saved, saved_fusion = restored("saved", None)
@@ -612,7 +655,6 @@ def test_inference_takes_the_samples_fusion_not_the_models(tmp_path):
     mean, _ = restored("mean", IsotropicSettings(fusion="mean", infer_batch=3))
     assert (saved_fusion, geometric_fusion) == ("mean", "geometric")
     np.testing.assert_allclose(mean, saved, atol=1e-6 * max(1.0, float(np.abs(saved).max())))
-    assert not np.allclose(geometric, saved)
     # the infer command: an isotropic section in --settings is the sample's, none the model's
     from selfres import cli
 

@@ -456,12 +456,20 @@ class SlicePatchSampler:
 
 
 class AxialPatchSampler:
-    """Random patches of real axial (XZ and YZ) slices of a resliced volume ``(NZ, Y, X)``."""
+    """Random patches of real axial (XZ and YZ) slices of a resliced volume ``(NZ, Y, X)``.
 
-    def __init__(self, resliced: np.ndarray, patch: tuple[int, int], *, generator: torch.Generator):
+    A patch starts on a z sample (fine row ``round(k·f)``) and is never flipped along z, so
+    its z samples sit where a degraded lateral patch has them (``(i + 0.5)·f − 0.5`` from its
+    first row): otherwise the sampling phase alone would tell the discriminator real from fake.
+    """
+
+    def __init__(self, resliced: np.ndarray, patch: tuple[int, int], *, factor: float, generator: torch.Generator):
         self.vol = torch.from_numpy(np.ascontiguousarray(resliced, dtype=np.float32))
         nz, ny, nx = self.vol.shape
         self.patch = (min(int(patch[0]), nz), min(int(patch[1]), ny, nx))
+        last = nz - self.patch[0]
+        starts = [int(round(k * float(factor))) for k in range(int(last / float(factor)) + 2)]
+        self.z_starts = [z for z in starts if z <= last] or [0]
         self.gen = generator
 
     def _r(self, n: int) -> int:
@@ -472,16 +480,14 @@ class AxialPatchSampler:
         nz, ny, nx = self.vol.shape
         out = []
         for _ in range(batch):
-            z = self._r(nz - ph + 1)
+            z = self.z_starts[self._r(len(self.z_starts))]
             if torch.rand(1, generator=self.gen) < 0.5:  # XZ slice at a y
                 y, x = self._r(ny), self._r(nx - pw + 1)
                 p = self.vol[z : z + ph, y, x : x + pw]
             else:  # YZ slice at an x
                 x, y = self._r(nx), self._r(ny - pw + 1)
                 p = self.vol[z : z + ph, y : y + pw, x]
-            r = torch.rand(2, generator=self.gen)
-            dims = [d for d in range(2) if r[d] < 0.5]
-            out.append(torch.flip(p, dims) if dims else p)
+            out.append(torch.flip(p, [1]) if torch.rand(1, generator=self.gen) < 0.5 else p)
         return torch.stack(out)[:, None].contiguous()
 
 
@@ -709,7 +715,7 @@ def train_degrader(
     pw = min(patch[1], lateral.shape[1], lateral.shape[2], axial_resliced.shape[1], axial_resliced.shape[2])
     lat = SlicePatchSampler(lateral, (h, pw), threshold=otsu_threshold(lateral),
                             foreground_fraction=iso.foreground_fraction, augment=True, generator=gen)
-    ax = AxialPatchSampler(axial_resliced, (h, pw), generator=gen)
+    ax = AxialPatchSampler(axial_resliced, (h, pw), factor=deg.factor, generator=gen)
     g_ax = models.build_model(generator_spec(iso)).to(device)  # lateral-degraded -> axial-like
     g_lat = models.build_model(generator_spec(iso)).to(device)  # axial -> lateral-degraded-like
     d_ax = PatchDiscriminator(iso.gan_width).to(device)

@@ -193,6 +193,22 @@ def test_a_stack_too_thin_for_the_axial_blur_estimate_says_so_and_is_flagged(tmp
     assert "axial_sigma_unestimated" not in given["flags"]
 
 
+@pytest.mark.parametrize("f", [4.0, 2.5])
+def test_real_axial_patches_keep_the_z_sampling_phase_of_degraded_lateral_ones(f):
+    """learned mode: a degraded lateral patch has its z samples at (i + 0.5)·f − 0.5 from its first
+    row; real axial patches must too (start on a sample, no z flip), or the phase alone tells the
+    discriminator real from fake."""
+    nz = 40
+    ramp = np.broadcast_to(np.arange(nz, dtype=np.float32)[:, None, None], (nz, 12, 12)).copy()
+    sampler = iso.AxialPatchSampler(ramp, (16, 8), factor=f, generator=torch.Generator().manual_seed(0))
+    patches = sampler.sample(200)[:, 0].numpy()  # (B, 16, 8): row r of a patch from z0 holds z0 + r
+    starts = patches[:, 0, 0]
+    np.testing.assert_array_equal(np.diff(patches[:, :, 0], axis=1), 1.0)  # never flipped along z
+    phase = np.abs(starts / f - np.round(starts / f)) * f  # distance to the nearest multiple of f
+    assert phase.max() <= 0.5 + 1e-5 and len(set(starts.tolist())) >= 4  # several sample-aligned starts
+    assert starts.max() + 16 <= nz
+
+
 def test_noise_topup_restores_per_sample_noise():
     assert iso.noise_topup(3.0, 0.0, 0.1) == pytest.approx(0.0, abs=1e-6)  # a point sample keeps all its noise
     top = iso.noise_topup(3.0, 4.0, 0.1)  # a blur of σ 4 keeps Σg² ≈ 1/(2σ√π) of the variance

@@ -968,6 +968,8 @@ def stage_qc(
     # resolution figures one window, a reference comparison and the bead search blocks, the bead fits profiles
     restored_norm = normalise.apply(out.data, params)
     ratio = [o / i for o, i in zip(restored_norm.shape, raw_norm.shape)]  # output voxels per input voxel
+    if mode == "isotropic" and meta.get("factor"):  # z: round(nz·f) / nz is f only to within 0.5 / nz
+        ratio[0] = float(meta["factor"])
     agreement = metrics.restored_agreement(raw_norm, restored_norm)
     if agreement["nonfinite_voxels"]:
         flags.append("restored_not_finite")

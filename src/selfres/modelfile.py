@@ -74,6 +74,23 @@ def check_file(path: Path, sha256: str | None, *, what: str) -> None:
         raise InputError(path, f"checksum mismatch: the {what} is corrupt; delete it to retrain")
 
 
+def with_psf_record(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``metadata`` (a model's training metadata) with ``psf``: ``{"path", "sha256"}`` of the
+    measured PSF file its ``settings`` trained with (``degradation.method`` ``psf``), so that
+    ``model.json`` tells which PSF made the model even after the file was replaced (``sha256``
+    None when the file can no longer be read). Unchanged for any other method, and when it
+    already records one (an adopted model keeps its source's)."""
+    deg = ((metadata or {}).get("settings") or {}).get("degradation") or {}
+    if not isinstance(deg, dict) or deg.get("method") != "psf" or not deg.get("psf_path") or "psf" in metadata:
+        return metadata
+    path = str(deg["psf_path"])
+    try:
+        sha = file_checksum(path)
+    except (InputError, OSError):
+        sha = None
+    return {**metadata, "psf": {"path": path, "sha256": sha}}
+
+
 def copy_with_metadata(source: str | Path, destination: str | Path, metadata: dict[str, Any]) -> None:
     """Copy the model folder ``source`` (weights, a serial model's second stage, training log)
     to ``destination`` (which must not exist) with ``metadata`` in place of its description's.

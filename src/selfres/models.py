@@ -37,7 +37,8 @@ from torch import nn
 
 from selfres.errors import ConfigError, InputError
 from selfres.io import file_checksum
-from selfres.modelfile import DESCRIPTION_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, read_description
+from selfres.modelfile import (DESCRIPTION_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, read_description,
+                                with_psf_record)
 
 log = logging.getLogger("selfres.models")
 
@@ -476,7 +477,9 @@ def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
     spec
         Its :class:`ModelSpec`.
     metadata
-        JSON-able extra information (training settings, normalisation, ...).
+        JSON-able extra information (training settings, normalisation, ...); trained with a
+        measured PSF (``settings.degradation.method`` ``psf``), the PSF file's path and
+        SHA-256 are added as ``psf`` (:func:`selfres.modelfile.with_psf_record`).
 
     Notes
     -----
@@ -506,7 +509,7 @@ def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
         "halo": list(getattr(model, "halo", ())),
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": file_checksum(w_tmp),
-        "metadata": dict(metadata) if metadata is not None else {},
+        "metadata": dict(with_psf_record(metadata)) if metadata is not None else {},  # + the PSF's SHA-256
         "torch_version": torch.__version__,
         "selfres_version": getattr(selfres, "__version__", None),
         "selfres_code": code_identity(),  # which code trained it (the digest also says so for uncommitted code)

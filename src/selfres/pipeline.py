@@ -1256,7 +1256,7 @@ def stage_report(
         # config values that did not make these outputs (a step not rerun for a change): see the report
         "settings_not_applied": settings_not_applied(resolved_config, meta, out.attrs),
         "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device",
-                                           "ran_on")},
+                                           "ran_on")} | ({"psf": meta["psf"]} if meta.get("psf") else {}),
         "timings": {"train_seconds": metrics_d.get("train_seconds"), "infer_seconds": metrics_d.get("infer_seconds"),
                     "rules": timings},
         "inference_compute": out.attrs.get("compute"),  # device/precision of the restored tiles

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from collections.abc import Mapping
@@ -293,6 +294,7 @@ STAGE_SECTIONS = {
     "train": ("train", "isotropic"),
     "infer": ("infer", "isotropic"),
     "qc": ("qc",),
+    "adopt": ("train", "isotropic"),
 }
 
 #: ``infer`` values an ``enhance`` training reads: the guard scores the model with the
@@ -300,41 +302,168 @@ STAGE_SECTIONS = {
 GUARD_INFER_KEYS = ("amp", *ENHANCE_ONLY_INFER_KEYS)
 
 
-def settings_used_by_mode(sections: Mapping[str, Any], mode: str) -> dict[str, Any]:
-    """``sections`` (a sample's settings, as dicts) without the values its mode does not read,
-    so that changing one neither reruns nor is recorded for samples it cannot affect: no
-    ``isotropic`` section for ``enhance``; for ``isotropic`` only the ``train`` values it
-    reads and no self-ensemble or back-projection; with a PSF given, no blurred targets."""
-    out = dict(sections)
+def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: bool = False,
+                          config_sections: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``sections`` (a sample's settings, as dicts) in canonical form (:func:`canonical_sections`)
+    without the values its mode does not read, so that changing one neither reruns nor is
+    recorded for samples it cannot affect: no ``isotropic`` section for ``enhance``; for
+    ``isotropic`` only the ``train`` values it reads and no self-ensemble or back-projection;
+    with a PSF given, no blurred targets. The ``train.degradation`` values its method and noise
+    leave unread (:func:`degradation_keys_read`) are given as their defaults. A sample that is
+    ``adopting`` another sample's model (``model_from``) reads of ``train`` only the guard's
+    values (:data:`ADOPT_TRAIN_KEYS`), and no ``isotropic`` training value: the others are given
+    as ``config_sections`` (the config's own sections, without the sample's sheet columns; None:
+    the defaults) has them. Given, not left out: the same keys as before, so that a config that
+    did not change gives the same text (and reruns nothing) after an update."""
+    out = canonical_sections(sections)
+    defaults = to_dict(Settings())
     if mode != "isotropic":
         out.pop("isotropic", None)
+    if adopting:
+        base = canonical_sections(config_sections) if config_sections is not None else {}
+        if "train" in out:
+            out["train"] = _pinned(out["train"], base.get("train") or defaults["train"], ADOPT_TRAIN_KEYS[mode])
+        if "isotropic" in out:
+            out["isotropic"] = _pinned(out["isotropic"], base.get("isotropic") or defaults["isotropic"],
+                                       ISOTROPIC_INFERENCE_KEYS)
     if "train" in out:
         train = out["train"]
         if mode == "isotropic":
             train = isotropic_train_values(train)
         elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
             train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
+        if isinstance(train.get("degradation"), dict):
+            deg = train["degradation"]
+            train = {**train, "degradation": _pinned(deg, defaults["train"]["degradation"],
+                                                     degradation_keys_read(deg))}
         out["train"] = train
     if mode == "isotropic" and "infer" in out:
         out["infer"] = {k: v for k, v in out["infer"].items() if k not in ENHANCE_ONLY_INFER_KEYS}
     return out
 
 
-def stage_settings(sections: Mapping[str, Any], *, stage: str, mode: str) -> dict[str, Any]:
-    """The settings one workflow stage of a sample receives (its ``--settings``): the
-    sections of :data:`STAGE_SECTIONS` that its mode reads (:func:`settings_used_by_mode`);
+#: the ``train`` values an adopting sample (``model_from``) reads: the guard's, which judge the
+#: source's model on this sample's held-out region (isotropic mode has no confidence test)
+ADOPT_TRAIN_KEYS = {"enhance": ("guard_margin_db", "guard_confidence"), "isotropic": ("guard_margin_db",)}
+
+
+def degradation_keys_read(degradation: Mapping[str, Any]) -> set[str]:
+    """The ``train.degradation`` keys read for its ``method`` and ``noise``: ``sigma_um`` for
+    ``gaussian``, the optics (``na``, ``wavelength_um``, ``refractive_index``, ``microscope``)
+    for ``gaussian`` without ``sigma_um``, ``psf_path`` for ``psf``; ``gain`` and
+    ``read_sigma`` for noise ``poisson_gaussian``, ``noise_variance`` for ``match``."""
+    default = DegradationSettings()
+    method = degradation.get("method", default.method)
+    noise = degradation.get("noise", default.noise)
+    read = {"method", "noise"}
+    if method == "gaussian":
+        read.add("sigma_um")
+        if degradation.get("sigma_um") is None:
+            read |= {"na", "wavelength_um", "refractive_index", "microscope"}
+    elif method == "psf":
+        read.add("psf_path")
+    if noise == "poisson_gaussian":
+        read |= {"gain", "read_sigma"}
+    elif noise == "match":
+        read.add("noise_variance")
+    return read
+
+
+def _pinned(values: Mapping[str, Any], defaults: Mapping[str, Any], read) -> dict[str, Any]:
+    """``values`` with those of keys not in ``read`` replaced by their ``defaults`` (same keys)."""
+    return {k: (v if k in read or k not in defaults else defaults[k]) for k, v in values.items()}
+
+
+def psf_file(sections: Mapping[str, Any]) -> str | None:
+    """The measured PSF a sample's training reads (``train.degradation.psf_path`` with method
+    ``psf``, as its train job receives it), else None."""
+    deg = canonical_sections({"train": (sections.get("train") or {})}).get("train", {}).get("degradation") or {}
+    if deg.get("method") == "psf" and isinstance(deg.get("psf_path"), str) and deg["psf_path"]:
+        return deg["psf_path"]
+    return None
+
+
+def stage_settings(sections: Mapping[str, Any], *, stage: str, mode: str,
+                   config_sections: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings one workflow stage of a sample receives (its ``--settings``), in canonical
+    form (:func:`canonical_sections`: the same values written otherwise give the same text):
+    the sections of :data:`STAGE_SECTIONS` that its mode reads (:func:`settings_used_by_mode`);
     isotropic training never reads :data:`ISOTROPIC_INFERENCE_KEYS`, isotropic inference
-    nothing else; ``normalise`` gets the output's NGFF version, an ``enhance`` training the
+    nothing else; ``normalise`` gets the output's NGFF version, an ``enhance`` training (and
+    ``adopt``, whose ``train`` values but the guard's are ``config_sections``'s) the
     :data:`GUARD_INFER_KEYS`."""
-    out = settings_used_by_mode({k: sections[k] for k in STAGE_SECTIONS[stage] if k in sections}, mode)
+    out = settings_used_by_mode({k: sections[k] for k in STAGE_SECTIONS[stage] if k in sections}, mode,
+                                adopting=stage == "adopt", config_sections=config_sections)
     if "isotropic" in out:
         keep = (lambda k: k in ISOTROPIC_INFERENCE_KEYS) if stage == "infer" else (lambda k: k not in ISOTROPIC_INFERENCE_KEYS)
         out["isotropic"] = {k: v for k, v in out["isotropic"].items() if keep(k)}
+    infer = canonical_sections({"infer": sections["infer"]})["infer"] if "infer" in sections else {}
     if stage == "normalise":
-        out["infer"] = {"ngff_version": sections["infer"]["ngff_version"]}
-    if stage == "train" and mode == "enhance":
-        out["infer"] = {k: sections["infer"][k] for k in GUARD_INFER_KEYS}
+        out["infer"] = {"ngff_version": infer["ngff_version"]}
+    if stage in ("train", "adopt") and mode == "enhance":
+        out["infer"] = {k: infer[k] for k in GUARD_INFER_KEYS}
     return out
+
+
+def _canonical(tp: Any, value: Any, key: str) -> Any:
+    """``value`` of a setting of type ``tp`` in canonical form (:func:`canonical_values`)."""
+    if dataclasses.is_dataclass(tp):
+        return canonical_values(tp, value, prefix=key) if isinstance(value, Mapping) else value
+    typed = _coerce(tp, value, key)
+    if key.rsplit(".", 1)[-1] in PATH_KEYS and isinstance(typed, str) and typed:
+        return os.path.normpath(typed)
+    return json.loads(json.dumps(typed))
+
+
+#: settings that name a file: canonical with :func:`os.path.normpath` (``./psf.tif`` is ``psf.tif``)
+PATH_KEYS = ("psf_path",)
+
+
+def canonical_values(cls: type, values: Mapping[str, Any], *, prefix: str = "") -> dict[str, Any]:
+    """The values of a (partial) section of the settings dataclass ``cls``, same keys, each in
+    one canonical form: read as the stage reads it (:func:`from_dict`), then written as JSON —
+    a number of a float setting as a float (``1`` and ``1.0`` are ``1.0``, ``1e-3`` is
+    ``0.001``), of an integer setting as an integer; a triple as a list of such numbers (a sheet
+    cell ``2,0.5, 0.5`` and config.yaml's ``[2.0, 0.5, 0.5]`` are ``[2.0, 0.5, 0.5]``); a file path
+    normalised (``./psf.tif`` is ``psf.tif``). A value that does not read (unknown key, wrong
+    type) is kept as it is: the stage names it."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for k, v in values.items():
+        key = f"{prefix}.{k}" if prefix else k
+        try:
+            out[k] = _canonical(hints[k], v, key) if k in hints else v
+        except ConfigError:
+            out[k] = v
+    return out
+
+
+def canonical_sections(sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Stage sections (``train``, ``infer``…, as dicts) in canonical form (:func:`canonical_values`):
+    the same values written otherwise (``1`` / ``1.0``, ``./psf.tif`` / ``psf.tif``) give the
+    same JSON, so that rewriting a value reruns nothing."""
+    hints = typing.get_type_hints(Settings)
+    return {k: (canonical_values(hints[k], v, prefix=k) if k in hints and isinstance(v, Mapping) else v)
+            for k, v in sections.items()}
+
+
+def canonical_triple_text(text: Any, *, kind=float) -> str:
+    """A sheet's ``voxel_size`` (or, ``kind=int``, ``scale``) as the text its jobs receive: the
+    three numbers in their shortest form, comma-separated (``2.0, 0.5,0.5`` is ``2,0.5,0.5``);
+    empty for none; text that does not read as three numbers is returned stripped (its job
+    names the mistake)."""
+    try:
+        vals = parse_triple(text, name="", kind=kind)
+    except ConfigError:
+        return str(text).strip()
+    if vals is None:
+        return ""
+    return ",".join(_shortest(v) for v in vals)
+
+
+def _shortest(v: float) -> str:
+    r = repr(v)
+    return r[:-2] if r.endswith(".0") else r
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,11 @@ __all__ = ["SAMPLE_ID", "FileCounts", "check_model_sources", "check_results_dirs
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 REQUIRED = ("sample", "path")
-PATH_COLUMNS = ("path", "reference")
+#: columns naming a file, resolved against the sheet's folder (a measured PSF too: the same
+#: ``psf_path`` in config.yaml is relative to the working directory, as every config path is)
+PATH_COLUMNS = ("path", "reference", "train.degradation.psf_path")
+#: cells that the settings read as YAML null (no file), left as they are
+_NULL_CELLS = ("null", "Null", "NULL", "~", "None")
 
 
 def check_sample_id(sample: str, *, where: str = "") -> str:
@@ -302,8 +306,9 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     Returns
     -------
     pandas.DataFrame
-        All cells are stripped strings; ``path`` and ``reference`` are resolved
-        against the sheet's folder (kept relative when inside the working directory).
+        All cells are stripped strings; ``path``, ``reference`` and
+        ``train.degradation.psf_path`` are resolved against the sheet's folder (kept
+        relative when inside the working directory).
 
     Raises
     ------
@@ -341,7 +346,7 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     base = os.path.dirname(os.path.abspath(path))
     for col in PATH_COLUMNS:
         if col in sheet:
-            sheet[col] = [_resolve(p, base) if p else "" for p in sheet[col]]
+            sheet[col] = [_resolve(p, base) if p and p not in _NULL_CELLS else p for p in sheet[col]]
     return sheet
 
 

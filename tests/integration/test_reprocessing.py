@@ -30,7 +30,8 @@ def _from(stage, *samples):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    wd = make_workdir(tmp_path_factory.mktemp("reprocess"), samples={"a": {}, "b": {"qc.beads": "false"}})
+    wd = make_workdir(tmp_path_factory.mktemp("reprocess"),
+                      samples={"a": {}, "b": {"qc.beads": "false", "voxel_size": "1,0.5,0.5"}})
     proc = run_snakemake(wd)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     return wd
@@ -96,6 +97,18 @@ CASES = [
     ("sheet scale of one sample", lambda wd: _edit_sheet(wd, "b", "scale", "2,2,2"), _from("crop", "b")),
     ("isotropic value (enhance samples only)", lambda wd: _edit_config(wd, isotropic={"fusion": "geometric"}), set()),
     ("nightly settle time", lambda wd: _edit_config(wd, inbox_settle_seconds=5), set()),
+    # the same values written otherwise: config, sheet columns, voxel size (a scale has one form: the schemas')
+    ("same values written otherwise", lambda wd: (
+        _edit_config(wd, normalise={"low_percentile": 1}, train={"max_minutes": 1}),
+        _edit_sheet(wd, "a", "train.steps", "4.0"), _edit_sheet(wd, "a", "train.learning_rate", "1e-3"),
+        _edit_sheet(wd, "a", "train.patch_size", "4, 16,16"),
+        _edit_sheet(wd, "b", "voxel_size", "1.0, 0.5,0.50")), set()),
+    # values the samples' choices leave unread (method cubic, noise match)
+    ("unread degradation values", lambda wd: _edit_config(wd, train={"degradation": {
+        "sigma_um": [2.0, 0.5, 0.5], "na": 1.2, "wavelength_um": 0.5, "refractive_index": 1.33,
+        "microscope": "confocal", "psf_path": "optics/psf.tif", "gain": 50.0, "read_sigma": 0.01}}), set()),
+    ("read degradation value", lambda wd: _edit_config(wd, train={"degradation": {"method": "block"}}),
+     _from("train", "a", "b")),
 ]
 
 
@@ -258,3 +271,52 @@ def test_a_nested_command_line_config_value_is_read_as_its_type(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     train = [ln for ln in out.splitlines() if "selfres train " in ln and "--sample i " in ln]
     assert len(train) == 1 and _settings(train[0][train[0].index("selfres train "):])["isotropic"]["steps"] == 70
+
+
+def test_an_adopting_sample_reruns_adopt_only_for_the_train_values_it_reads(tmp_path):
+    """model_from: the model is its source's, and adopt reads of `train` only the guard's values;
+    the adopting row's other train columns were passed to adopt and reran it (and its report)."""
+    wd = make_workdir(tmp_path, samples={"a": {}, "b": {"model_from": "a"}})
+    before = _stage_commands(wd, "b", ("adopt", "report"))
+    _edit_sheet(wd, "b", "train.steps", "3")
+    _edit_sheet(wd, "b", "train.degradation.method", "block")
+    assert _stage_commands(wd, "b", ("adopt", "report")) == before
+    _edit_sheet(wd, "b", "train.guard_margin_db", "0.5")
+    after = _stage_commands(wd, "b", ("adopt", "report"))
+    assert after["adopt"] != before["adopt"] and _settings(after["adopt"])["train"]["guard_margin_db"] == 0.5
+
+
+def _write_psf(path, sigma=(1.0, 0.8, 0.8)):
+    import numpy as np
+    import tifffile
+    from scipy import ndimage
+
+    psf = np.zeros((7, 9, 9), np.float32)
+    psf[3, 4, 4] = 1.0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, ndimage.gaussian_filter(psf, sigma))
+
+
+def test_a_replaced_psf_file_reruns_the_stages_that_read_it(tmp_path):
+    """train.degradation.method psf: the PSF file is an input of train, infer and qc, so a
+    replaced file retrains (its path alone was a parameter: nothing reran); model.json records
+    its SHA-256; the same file touched, or its path written otherwise, reruns nothing."""
+    import hashlib
+    import os
+
+    wd = make_workdir(tmp_path, samples={"a": {}},
+                      config_overrides={"train": {"degradation": {"method": "psf", "psf_path": "optics/psf.tif"}}})
+    psf = wd / "optics" / "psf.tif"
+    _write_psf(psf)
+    proc = run_snakemake(wd)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    model = json.loads((wd / "results" / "a" / "model" / "model.json").read_text())["metadata"]
+    assert model["psf"] == {"path": "optics/psf.tif", "sha256": hashlib.sha256(psf.read_bytes()).hexdigest()}
+    assert json.loads((wd / "results" / "a" / "provenance.json").read_text())["model"]["psf"] == model["psf"]
+    assert _jobs(wd) == set()
+    os.utime(psf)  # touched, same contents (a file under 1 MB: Snakemake compares its checksum)
+    assert _jobs(wd) == set()
+    _edit_config(wd, train={"degradation": {"method": "psf", "psf_path": "./optics//psf.tif"}})
+    assert _jobs(wd) == set()
+    _write_psf(psf, sigma=(2.0, 0.6, 0.6))  # another PSF measured, same name
+    assert _jobs(wd) == _from("train", "a")

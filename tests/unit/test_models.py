@@ -370,3 +370,25 @@ def test_float32_inference_on_a_gpu_is_exact_float32_and_training_keeps_tf32(mon
     assert torch.backends.cudnn.allow_tf32 is True
     with models.autocast_context("cpu", enabled=False, cpu=True):
         assert torch.backends.cudnn.allow_tf32 is True
+
+
+def test_a_model_trained_with_a_measured_psf_records_the_files_checksum(tmp_path):
+    """Which PSF made a model, after the file at psf_path was replaced: model.json keeps its
+    SHA-256 (an adopted model keeps its source's record); other methods record none."""
+    import hashlib
+
+    from selfres.modelfile import copy_with_metadata
+
+    psf = tmp_path / "psf.tif"
+    psf.write_bytes(b"not really a tiff, but bytes to hash")
+    spec = _spec("resnet3d", factors=(1, 2, 2))
+    settings = {"degradation": {"method": "psf", "psf_path": str(psf)}}
+    save_model(tmp_path / "m", build_model(spec), spec, metadata={"settings": settings})
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())["metadata"]
+    assert meta["psf"] == {"path": str(psf), "sha256": hashlib.sha256(psf.read_bytes()).hexdigest()}
+    psf.write_bytes(b"another PSF")  # replaced after training: the adopted copy keeps what trained it
+    copy_with_metadata(tmp_path / "m", tmp_path / "adopted", {**meta, "sample": "b"})
+    assert json.loads((tmp_path / "adopted" / "model.json").read_text())["metadata"]["psf"] == meta["psf"]
+    save_model(tmp_path / "c", build_model(spec), spec,
+               metadata={"settings": {"degradation": {"method": "cubic", "psf_path": None}}})
+    assert "psf" not in json.loads((tmp_path / "c" / "model.json").read_text())["metadata"]

@@ -275,3 +275,154 @@ def test_a_psf_turns_blurred_targets_off_so_their_values_rerun_nothing():
     sections["train"]["psf_sigma_um"] = [2.0, 0.5, 0.5]
     train = stage_settings(sections, stage="train", mode="enhance")["train"]
     assert not [k for k in train if k.startswith("blur_augment")] and train["psf_sigma_um"] == [2.0, 0.5, 0.5]
+
+
+# ------------------------------------------------ reprocessing: the same value, another spelling
+
+
+def _shipped_sections():
+    """The stage sections of the shipped config/config.yaml as Snakemake validates them
+    (schema defaults filled in)."""
+    from selfres.settings import settings_sections
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "config.yaml").read_text())
+    sections = _all_sections()
+    for name, values in cfg.items():
+        if isinstance(values, dict) and name in sections:
+            sections[name].update(values)
+    return settings_sections(sections)
+
+
+STAGES = [("normalise", "enhance"), ("crop", "enhance"), ("train", "enhance"), ("adopt", "enhance"),
+          ("infer", "enhance"), ("qc", "enhance"), ("train", "isotropic"), ("adopt", "isotropic"),
+          ("infer", "isotropic")]
+
+
+def test_the_shipped_config_is_already_canonical():
+    """An update must not rerun a facility's samples for its own unchanged config: the
+    shipped config's values (and every default) are their canonical form, and no value it
+    gives is unread, so the parameters' text is what it was before canonical forms."""
+    import json
+
+    from selfres.settings import canonical_sections, stage_settings
+
+    sections = _shipped_sections()
+    assert json.dumps(canonical_sections(sections)) == json.dumps(sections)
+    def given(out, config, where):
+        for key, value in out.items():
+            if isinstance(value, dict):
+                given(value, config[key], f"{where}.{key}")
+            else:
+                assert value == config[key], f"{where}.{key}"
+
+    for stage, mode in STAGES:  # no value pinned: every stage gets exactly the config's values
+        given(stage_settings(sections, stage=stage, mode=mode, config_sections=sections), sections, f"{stage}/{mode}")
+
+
+def _with(sections, **dotted):
+    import copy
+
+    out = copy.deepcopy(sections)
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return out
+
+
+@pytest.mark.parametrize("a, b", [
+    ({"normalise__low_percentile": 1.0}, {"normalise__low_percentile": 1}),
+    ({"train__max_minutes": 3}, {"train__max_minutes": 3.0}),  # a sheet cell 3 against 3.0
+    ({"train__steps": 50}, {"train__steps": 50.0}),
+    ({"train__learning_rate": 0.001}, {"train__learning_rate": "1e-3"}),  # YAML 1.1 reads 1e-3 as text
+    ({"train__psf_sigma_um": "2.0,0.5,0.5"}, {"train__psf_sigma_um": "2,0.5, 0.5"}),  # sheet cells
+    ({"train__psf_sigma_um": [2.0, 0.5, 0.5]}, {"train__psf_sigma_um": "2,0.5,0.5"}),  # config and sheet
+    ({"train__patch_size": [4, 16, 16]}, {"train__patch_size": "4, 16,16"}),
+    ({"train__psf_sigma_um": [2.0, 0.5, 0.5]}, {"train__psf_sigma_um": [2, 0.5, 0.5]}),
+    ({"infer__tile_size": [8, 32, 32]}, {"infer__tile_size": [8.0, 32, 32]}),
+    ({"train__degradation__method": "psf", "train__degradation__psf_path": "extra/psf.tif"},
+     {"train__degradation__method": "psf", "train__degradation__psf_path": "./extra//psf.tif"}),
+    ({"infer__ngff_version": "0.5"}, {"infer__ngff_version": 0.5}),  # a sheet cell 0.5 is read as a number
+])
+def test_the_same_value_written_otherwise_gives_every_stage_the_same_settings(a, b):
+    import json
+
+    from selfres.settings import stage_settings
+
+    base = _shipped_sections()
+    for stage, mode in STAGES:
+        left = stage_settings(_with(base, **a), stage=stage, mode=mode, config_sections=base)
+        right = stage_settings(_with(base, **b), stage=stage, mode=mode, config_sections=base)
+        assert json.dumps(left, sort_keys=True) == json.dumps(right, sort_keys=True), (stage, mode)
+
+
+@pytest.mark.parametrize("unread, read", [
+    # sigma_um and the optics are read by method gaussian only (the optics when sigma_um is not given)
+    ({"train__degradation__sigma_um": [2.0, 0.5, 0.5]}, {"train__degradation__method": "gaussian"}),
+    ({"train__degradation__na": 1.2, "train__degradation__wavelength_um": 0.5,
+      "train__degradation__refractive_index": 1.33}, {"train__degradation__method": "gaussian"}),
+    ({"train__degradation__microscope": "confocal"},
+     {"train__degradation__method": "gaussian", "train__degradation__na": 1.2,
+      "train__degradation__wavelength_um": 0.5, "train__degradation__refractive_index": 1.33}),
+    # the measured PSF by method psf only
+    ({"train__degradation__psf_path": "psf.tif"}, {"train__degradation__method": "psf"}),
+    # gain and read noise by noise poisson_gaussian only
+    ({"train__degradation__gain": 50.0, "train__degradation__read_sigma": 0.01},
+     {"train__degradation__noise": "poisson_gaussian"}),
+])
+@pytest.mark.parametrize("mode", ["enhance", "isotropic"])
+def test_a_degradation_value_its_method_or_noise_does_not_read_retrains_nothing(unread, read, mode):
+    from selfres.settings import stage_settings
+
+    base = _shipped_sections()
+    before = stage_settings(base, stage="train", mode=mode)
+    assert stage_settings(_with(base, **unread), stage="train", mode=mode) == before
+    noise_only = all(k.endswith(("gain", "read_sigma", "noise")) for k in {**unread, **read})
+    if mode == "isotropic" and noise_only:
+        return  # isotropic training reads no noise value of train.degradation
+    chosen = _with(base, **read)
+    assert stage_settings(_with(chosen, **unread), stage="train", mode=mode) != \
+        stage_settings(chosen, stage="train", mode=mode)
+
+
+@pytest.mark.parametrize("mode", ["enhance", "isotropic"])
+def test_an_adopting_sample_reads_only_the_guard_of_its_train_values(mode):
+    """model_from: the model is its source's; adopt judges it with this sample's guard only."""
+    from selfres.settings import settings_used_by_mode, stage_settings
+
+    config = _shipped_sections()
+    before = stage_settings(config, stage="adopt", mode=mode, config_sections=config)
+    row = _with(config, train__steps=7, train__learning_rate=0.0005, train__degradation__method="block",
+                train__psf_sigma_um=[1.0, 0.3, 0.3], isotropic__steps=5)
+    assert stage_settings(row, stage="adopt", mode=mode, config_sections=config) == before
+    assert settings_used_by_mode(row, mode, adopting=True, config_sections=config) == \
+        settings_used_by_mode(config, mode, adopting=True, config_sections=config)  # its report's record
+    guarded = _with(row, train__guard_margin_db=0.7)
+    assert stage_settings(guarded, stage="adopt", mode=mode, config_sections=config)["train"]["guard_margin_db"] == 0.7
+    if mode == "enhance":  # the confidence test and the inference extras the guard scores with
+        assert stage_settings(_with(row, train__guard_confidence=0.9), stage="adopt", mode=mode,
+                              config_sections=config) != before
+        assert stage_settings(_with(row, infer__ensemble=True), stage="adopt", mode=mode,
+                              config_sections=config) != before
+
+
+def test_a_voxel_size_is_given_in_one_form():
+    from selfres.settings import canonical_triple_text
+
+    assert canonical_triple_text("2,0.5,0.5") == canonical_triple_text("2.0, 0.5,0.50") == "2,0.5,0.5"
+    assert canonical_triple_text("0.3,0.1,0.1") == "0.3,0.1,0.1"
+    assert canonical_triple_text("2,2,2", kind=int) == canonical_triple_text(" 2, 2,2", kind=int) == "2,2,2"
+    assert canonical_triple_text("") == "" and canonical_triple_text(None) == ""
+    assert canonical_triple_text(" 2,x,1 ") == "2,x,1"  # its job names the mistake
+
+
+def test_psf_file_is_the_path_training_reads():
+    from selfres.settings import psf_file
+
+    base = _shipped_sections()
+    assert psf_file(base) is None
+    assert psf_file(_with(base, train__degradation__psf_path="psf.tif")) is None  # method cubic: not read
+    assert psf_file(_with(base, train__degradation__method="psf", train__degradation__psf_path="./x/../psf.tif")) \
+        == "psf.tif"

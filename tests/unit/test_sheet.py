@@ -7,6 +7,7 @@ spreadsheet export, comment lines.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -314,3 +315,20 @@ def test_nested_command_line_strings_become_the_schema_s_types():
     assert config["infer"] == {"ensemble": True, "blocks": "two"} and config["scale"] == "2,2,2"
     with pytest.raises(Exception, match="infer.blocks: 'two'"):
         check_config(config, schema=schema)
+
+
+def test_a_psf_path_column_is_relative_to_the_sheet_like_path_and_reference(tmp_path, monkeypatch):
+    """A sheet's files are found beside it: its measured PSF too (it was read relative to the
+    working directory, unlike the acquisition in the same row); ``null`` stays no file."""
+    monkeypatch.chdir(tmp_path)
+    p = _sheet(tmp_path, "sample\tpath\ttrain.degradation.method\ttrain.degradation.psf_path\n"
+                         "a\t../data/a.tif\tpsf\t../optics/psf.tif\n"
+                         "b\t../data/b.tif\tpsf\t./psf b.tif\n"
+                         "c\t../data/c.tif\t\tnull\n"
+                         f"d\t../data/d.tif\tpsf\t{tmp_path / 'abs' / 'psf.tif'}\n")
+    sheet = read_sample_sheet(p, schema=SCHEMA).set_index("sample")
+    assert sheet.loc["a", "train.degradation.psf_path"] == os.path.join("optics", "psf.tif")
+    assert sheet.loc["b", "train.degradation.psf_path"] == os.path.join("config", "psf b.tif")
+    assert sheet.loc["c", "train.degradation.psf_path"] == "null"
+    assert sheet.loc["d", "train.degradation.psf_path"] == os.path.join("abs", "psf.tif")  # inside the working dir
+    assert sheet.loc["a", "path"] == os.path.join("data", "a.tif")

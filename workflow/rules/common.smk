@@ -163,6 +163,11 @@ def sample_scale(sample):
     return _cell(sample, "scale") or config["scale"]
 
 
+def sample_voxel_size(sample):
+    """The sheet's voxel size as its jobs receive it: ``2.0,0.5,0.5`` is ``2,0.5,0.5``; empty for none."""
+    return _settings.canonical_triple_text(_cell(sample, "voxel_size"))
+
+
 def sample_settings(sample):
     """Config stage sections with the sample's own overrides (columns like train.steps)."""
     return _sheet.merge_settings(settings_sections(config), _sheet.sample_overrides(SAMPLES.loc[sample].to_dict()))
@@ -208,6 +213,24 @@ def raw_path(wildcards):
 
 def get_reference(wildcards):
     return _declared(_cell(wildcards.sample, "reference"))
+
+
+def sample_psf(sample):
+    """The measured PSF file the model of ``sample`` is trained with (its ``model_from``
+    source's: the file its model.json names), or ""."""
+    return _settings.psf_file(sample_settings(model_source(sample))) or ""
+
+
+def get_model_psf(wildcards):
+    """The PSF as an input of infer and qc of an enhance sample (back-projection and the
+    held-out pair re-read it): a replaced file reruns them."""
+    return _declared(sample_psf(wildcards.sample)) if sample_mode(wildcards.sample) == "enhance" else []
+
+
+def get_training_psf(wildcards):
+    """The PSF as an input of train and adopt, which read it: a replaced file reruns them
+    (Snakemake's mtime trigger, with its checksum for files under 1 MB)."""
+    return _declared(sample_psf(wildcards.sample))
 
 
 def _unused_scales():
@@ -262,10 +285,11 @@ if workflow.is_main_process:
 
 
 def stage_settings(sample, stage):
-    """The stage's --settings (selfres.settings.stage_settings: only what it reads, so that a
-    changed value reruns exactly the stages and samples it affects)."""
-    return json.dumps(_settings.stage_settings(sample_settings(sample), stage=stage, mode=sample_mode(sample)),
-                      sort_keys=True)
+    """The stage's --settings (selfres.settings.stage_settings: only what it reads, in one
+    canonical form, so that a changed value reruns the stages and samples it affects, and the
+    same value written otherwise reruns nothing)."""
+    return json.dumps(_settings.stage_settings(sample_settings(sample), stage=stage, mode=sample_mode(sample),
+                                               config_sections=settings_sections(config)), sort_keys=True)
 
 
 def normalise_args(wildcards):
@@ -277,8 +301,8 @@ def normalise_args(wildcards):
         args += ["--timepoint", _cell(s, "timepoint")]
     if _cell(s, "series") not in ("", "all"):
         args += ["--series", _cell(s, "series")]
-    if _cell(s, "voxel_size"):
-        args += [f"--voxel-size={_cell(s, 'voxel_size')}"]
+    if sample_voxel_size(s):
+        args += [f"--voxel-size={sample_voxel_size(s)}"]
     return " ".join(_q(a) for a in args)
 
 
@@ -324,13 +348,26 @@ TRAINING = _samples_regex([s for s in SAMPLE_IDS if model_source(s) == s])
 ADOPTING = _samples_regex([s for s in SAMPLE_IDS if model_source(s) != s])
 
 
+if workflow.is_main_process:  # a missing measured PSF: said now; those samples' training fails until it is there
+    _missing_psf = {}
+    for _s in SAMPLE_IDS:
+        if model_source(_s) == _s and sample_psf(_s) and not _declared(sample_psf(_s)):
+            _missing_psf.setdefault(sample_psf(_s), []).append(_s)
+    for _psf, _ids in _missing_psf.items():
+        _names = ", ".join(repr(i) for i in _ids[:3]) + (f" and {len(_ids) - 3} more" if len(_ids) > 3 else "")
+        print(f"selfres: WARNING: sample{'s' if len(_ids) > 1 else ''} {_names}: the PSF {_psf} "
+              "(train.degradation.psf_path) does not exist; training fails until it is there (a psf_path in the "
+              "sample sheet is relative to the sheet's folder, as path and reference are; in config.yaml, to the "
+              "working directory)", file=sys.stderr)
+
+
 def source_model(wildcards):
     return f"{R}/{model_source(wildcards.sample)}/model"
 
 
 def adopt_args(wildcards):
     s = wildcards.sample
-    args = ["--sample", s, "--mode", sample_mode(s), "--settings", stage_settings(s, "train")]
+    args = ["--sample", s, "--mode", sample_mode(s), "--settings", stage_settings(s, "adopt")]
     if sample_mode(s) == "enhance":
         args += ["--scale", sample_scale(s)]
     return " ".join(_q(a) for a in args)
@@ -365,7 +402,7 @@ def qc_args(wildcards):
 def resolved_config(sample):
     return {"sample": sample, "path": _cell(sample, "path"), "mode": sample_mode(sample),
             "scale": sample_scale(sample) if sample_mode(sample) == "enhance" else None,  # isotropic: voxel size
-            "voxel_size": _cell(sample, "voxel_size") or None,
+            "voxel_size": sample_voxel_size(sample) or None,
             "series": _cell(sample, "series") or None, "channel": _cell(sample, "channel") or None,
             "timepoint": _cell(sample, "timepoint") or None,
             "reference": _cell(sample, "reference") or None,
@@ -375,8 +412,11 @@ def resolved_config(sample):
 
 
 def _applied_settings(sample):
-    """The settings that apply to the sample: those its mode reads."""
-    return _settings.settings_used_by_mode(sample_settings(sample), sample_mode(sample))
+    """The settings that apply to the sample: those its mode reads (an adopting sample reads
+    no training value but the guard's: its row's others are not recorded, the config's are)."""
+    return _settings.settings_used_by_mode(sample_settings(sample), sample_mode(sample),
+                                           adopting=model_source(sample) != sample,
+                                           config_sections=settings_sections(config))
 
 
 def report_args(wildcards):

@@ -40,6 +40,7 @@ rule train:
     input:
         normalized=rules.normalise.output,
         fov=rules.crop.output,
+        psf=get_training_psf,  # method psf: a replaced PSF file retrains
     output:
         directory(f"{R}/{{sample}}/model"),
     log:
@@ -66,6 +67,7 @@ rule adopt:
         normalized=rules.normalise.output,
         fov=rules.crop.output,
         source=source_model,
+        psf=get_training_psf,  # the source's PSF, which judging its model on this sample re-reads
     output:
         directory(f"{R}/{{sample}}/model"),
     log:
@@ -91,6 +93,7 @@ rule infer:
     input:
         normalized=rules.normalise.output,
         model=rules.train.output,
+        psf=get_model_psf,  # back-projection re-reads the training PSF
     output:
         directory(f"{R}/{{sample}}/restored.ome.zarr"),
     log:
@@ -118,6 +121,7 @@ rule infer_prepare:
     input:
         normalized=rules.normalise.output,
         model=rules.train.output,
+        psf=get_model_psf,  # back-projection re-reads the training PSF
     output:
         f"{R}/{{sample}}/infer/prepared.json",
     log:
@@ -141,6 +145,7 @@ rule infer_block:
         normalized=rules.normalise.output,
         model=rules.train.output,
         prepared=rules.infer_prepare.output,
+        psf=get_model_psf,
     output:
         f"{R}/{{sample}}/infer/block_{{block}}.json",
     log:
@@ -168,6 +173,7 @@ rule infer_gather:
         normalized=rules.normalise.output,
         model=rules.train.output,
         blocks=get_infer_blocks,
+        psf=get_model_psf,
     output:
         directory(f"{R}/{{sample}}/restored.ome.zarr"),
     log:
@@ -192,6 +198,7 @@ rule qc:
         model=rules.train.output,
         fov=rules.crop.output,
         reference=get_reference,
+        psf=get_model_psf,  # the held-out pair is re-made with the training PSF
     output:
         f"{R}/{{sample}}/qc/metrics.json",
     log:

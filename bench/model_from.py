@@ -13,7 +13,7 @@ restored three ways and scored against its truth:
 
 Printed: PSNR of each against the truth, the guard's verdict on each, train / adopt
 seconds. ``--mode isotropic``: the same with the semi-synthetic ×4 axial volumes of
-``bench/isotropic.py`` (z blurred σ 2 slices and block-averaged ×4), z-cubic as the
+``bench/isotropic.py`` (z blurred σ 2 slices and sampled every 4th slice), z-cubic as the
 baseline. Usage::
 
     python bench/model_from.py [--volumes nuclei,trailmap] [--lr-noise 1000] [--markdown out.md]

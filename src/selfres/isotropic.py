@@ -172,6 +172,30 @@ def axial_down_matrix(n_fine: int, n_low: int, factor: float, sigma: float) -> n
     return sample_matrix(n_fine, n_low, factor) @ gaussian_matrix(int(n_fine), float(sigma))
 
 
+def area_matrix(n_fine: int, n_low: int, factor: float) -> np.ndarray:
+    """Box (area) sampling ``(n_low, n_fine)``: low sample ``i`` integrates ``[i·f, (i+1)·f)``.
+
+    The degradation of isotropic models trained before the twenty-third session (their
+    ``model.json`` records no ``sampling``): kept so that they are judged as they were trained.
+
+    In pixel-edge coordinates of the fine grid, so low sample ``i`` is centred at fine
+    coordinate ``(i + 0.5)·f − 0.5`` (the contract's half-pixel convention). Rows sum
+    to 1 (boxes overhanging the end are renormalised).
+    """
+    m = np.zeros((n_low, n_fine), dtype=np.float64)
+    for i in range(n_low):
+        a, b = i * factor, (i + 1) * factor
+        j0, j1 = int(math.floor(a)), min(int(math.ceil(b)), n_fine)
+        for j in range(max(j0, 0), j1):
+            m[i, j] = max(0.0, min(b, j + 1) - max(a, j))
+        s = m[i].sum()
+        if s <= 0:  # box entirely past the end: take the last pixel
+            m[i, n_fine - 1] = 1.0
+        else:
+            m[i] /= s
+    return m
+
+
 def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
     """``(n, n)`` Gaussian blur with mirror borders (scipy ``mode='mirror'``)."""
     if sigma <= 0:
@@ -187,16 +211,23 @@ def gaussian_matrix(n: int, sigma: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=128)
-def axial_operator(n: int, factor: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def axial_operator(n: int, factor: float, sigma: float, sampling: str = "point") -> tuple[np.ndarray, np.ndarray]:
     """``(down, up)`` matrices degrading an axis of length ``n`` like z was degraded.
 
     ``down`` (``m × n``, ``m`` from :func:`low_length`) blurs by ``sigma`` and samples
     every ``f`` (:func:`axial_down_matrix`); ``up`` (``n × m``) is the Keys-cubic
     upsampling by ``f`` back to ``n`` (exactly what z-cubic reslicing does to real z
-    samples).
+    samples). ``sampling`` ``"box"``: the box average of earlier versions (:func:`area_matrix`,
+    ``m = round(n / f)``), for their models.
     """
-    m = low_length(n, factor)
-    down = axial_down_matrix(n, m, factor, sigma).astype(np.float32)
+    if sampling not in ("point", "box"):
+        raise ValueError(f"axial sampling must be 'point' or 'box'; received {sampling!r}")
+    if sampling == "box":
+        m = max(2, int(round(n / factor)))
+        down = (area_matrix(n, m, factor) @ gaussian_matrix(n, sigma)).astype(np.float32)
+    else:
+        m = low_length(n, factor)
+        down = axial_down_matrix(n, m, factor, sigma).astype(np.float32)
     up = np.array(degrade.resize_matrix(m, n, scale=factor, antialias=False), dtype=np.float32)
     return down, up
 
@@ -218,19 +249,23 @@ class AxialDegradation:
         ``(slope, floor)``: a further top-up of variance ``slope·y + floor`` (never below 0)
         at each low-resolution sample ``y`` — shot noise grows with the signal, so a single
         σ gives bright structure too little and the background too much.
+    sampling
+        ``"point"`` (z samples read at their positions, :func:`axial_down_matrix`) or
+        ``"box"`` (the box average of models trained before point sampling).
     """
 
     factor: float
     sigma_px: float = 0.0
     noise_sigma: float = 0.0
     noise_variance: tuple[float, float] = (0.0, 0.0)
+    sampling: str = "point"
 
     @property
     def noisy(self) -> bool:
         return self.noise_sigma > 0 or any(v > 0 for v in self.noise_variance)
 
     def matrices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        return axial_operator(int(n), float(self.factor), float(self.sigma_px))
+        return axial_operator(int(n), float(self.factor), float(self.sigma_px), self.sampling)
 
     def topup_std(self, low):
         """Standard deviation of the top-up at each low-resolution sample (numpy or torch)."""
@@ -264,13 +299,15 @@ class AxialDegradation:
 
     def to_dict(self) -> dict:
         return {"factor": float(self.factor), "sigma_px": float(self.sigma_px), "noise_sigma": float(self.noise_sigma),
-                "noise_variance": [float(v) for v in self.noise_variance]}
+                "noise_variance": [float(v) for v in self.noise_variance], "sampling": self.sampling}
 
     @classmethod
     def from_dict(cls, d: dict) -> "AxialDegradation":
-        """As :meth:`to_dict` wrote it (``noise_variance`` absent in models of earlier versions)."""
+        """As :meth:`to_dict` wrote it (``noise_variance`` absent in models of earlier versions;
+        ``sampling`` absent before point sampling: those models were trained with box averages)."""
         return cls(factor=float(d["factor"]), sigma_px=float(d["sigma_px"]), noise_sigma=float(d["noise_sigma"]),
-                   noise_variance=tuple(float(v) for v in d.get("noise_variance", (0.0, 0.0))))
+                   noise_variance=tuple(float(v) for v in d.get("noise_variance", (0.0, 0.0))),
+                   sampling=str(d.get("sampling", "box")))
 
 
 # ---------------------------------------------------------------------- estimation
@@ -472,8 +509,8 @@ class SlicePatchSampler:
 class AxialPatchSampler:
     """Random patches of real axial (XZ and YZ) slices of a resliced volume ``(NZ, Y, X)``.
 
-    A patch starts on a z sample (fine row ``round(k·f)``) and is never flipped along z, so
-    its z samples sit where a degraded lateral patch has them (``(i + 0.5)·f − 0.5`` from its
+    A patch starts on a multiple of ``f`` (fine row ``round(k·f)``) and is never flipped along
+    z, so its z samples sit where a degraded lateral patch has them (``(i + 0.5)·f − 0.5`` from its
     first row): otherwise the sampling phase alone would tell the discriminator real from fake.
     """
 

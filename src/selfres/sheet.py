@@ -32,7 +32,7 @@ REQUIRED = ("sample", "path")
 #: ``psf_path`` in config.yaml is relative to the working directory, as every config path is)
 PATH_COLUMNS = ("path", "reference", "train.degradation.psf_path")
 #: cells that the settings read as YAML null (no file), left as they are
-_NULL_CELLS = ("null", "Null", "NULL", "~", "None")
+_NULL_CELLS = ("null", "Null", "NULL", "~")
 
 
 def check_sample_id(sample: str, *, where: str = "") -> str:

@@ -134,7 +134,14 @@ def test_noise_topup_follows_intensity_and_old_models_read_back():
     t_res = t - iso.AxialDegradation(factor=4.0).apply_numpy(x)
     assert t_res[..., 36:60].std() / t_res[..., 4:28].std() == pytest.approx(bright / dark, rel=0.15)
     old = {"factor": 4.0, "sigma_px": 1.0, "noise_sigma": 0.02}  # model.json of an earlier version
-    assert iso.AxialDegradation.from_dict(old) == iso.AxialDegradation(factor=4.0, sigma_px=1.0, noise_sigma=0.02)
+    assert iso.AxialDegradation.from_dict(old) == iso.AxialDegradation(factor=4.0, sigma_px=1.0, noise_sigma=0.02,
+                                                                      sampling="box")
+    # ... judged as it was trained: box averages of f pixels (centred on the half-pixel grid)
+    down, _ = iso.AxialDegradation.from_dict(old).matrices(32)
+    box = iso.area_matrix(32, 8, 4.0)
+    np.testing.assert_allclose(box @ np.arange(32), (np.arange(8) + 0.5) * 4 - 0.5, atol=1e-9)
+    np.testing.assert_allclose(down, box @ iso.gaussian_matrix(32, 1.0), atol=1e-6)
+    assert deg.to_dict()["sampling"] == "point"
     assert iso.AxialDegradation.from_dict(deg.to_dict()) == deg
     # resolved from Poisson data: the variance grows with intensity, topped up by the share degrading removes
     rng = np.random.default_rng(2)

@@ -217,20 +217,47 @@ def get_reference(wildcards):
 
 def sample_psf(sample):
     """The measured PSF file the model of ``sample`` is trained with (its ``model_from``
-    source's: the file its model.json names), or ""."""
-    return _settings.psf_file(sample_settings(model_source(sample))) or ""
+    source's: the file its model.json names), or "" — also for an isotropic sample whose
+    ``isotropic.axial_sigma_px`` is given (its training does not read the PSF)."""
+    source = model_source(sample)
+    sections = sample_settings(source)
+    if sample_mode(source) == "isotropic" and (sections.get("isotropic") or {}).get("axial_sigma_px") is not None:
+        return ""
+    return _settings.psf_file(sections) or ""
+
+
+@functools.lru_cache(maxsize=None)
+def _psf_recorded(sample, path):
+    """``path`` is gone, and the sample's model.json names it as the PSF it was made with (moved
+    away after training): it stays declared, and Snakemake judges the jobs up to date, as for an
+    archived acquisition (_archived), instead of retraining for a changed input set."""
+    try:
+        with open(f"{R}/{sample}/model/model.json") as fh:
+            recorded = (json.load(fh).get("metadata") or {}).get("psf") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(recorded, dict) and recorded.get("path") == path
+
+
+def _psf_input(sample):
+    path = sample_psf(sample)
+    return _declared(path) or ([path] if path and _psf_recorded(sample, path) else [])
 
 
 def get_model_psf(wildcards):
     """The PSF as an input of infer and qc of an enhance sample (back-projection and the
     held-out pair re-read it): a replaced file reruns them."""
-    return _declared(sample_psf(wildcards.sample)) if sample_mode(wildcards.sample) == "enhance" else []
+    return _psf_input(wildcards.sample) if sample_mode(wildcards.sample) == "enhance" else []
 
 
 def get_training_psf(wildcards):
-    """The PSF as an input of train and adopt, which read it: a replaced file reruns them
+    """The PSF as an input of train and of an enhance sample's adopt, which read it (an isotropic
+    adopt takes the axial σ from the source's model.json): a replaced file reruns them
     (Snakemake's mtime trigger, with its checksum for files under 1 MB)."""
-    return _declared(sample_psf(wildcards.sample))
+    s = wildcards.sample
+    if model_source(s) != s and sample_mode(s) == "isotropic":
+        return []
+    return _psf_input(s)
 
 
 def _unused_scales():
@@ -351,7 +378,8 @@ ADOPTING = _samples_regex([s for s in SAMPLE_IDS if model_source(s) != s])
 if workflow.is_main_process:  # a missing measured PSF: said now; those samples' training fails until it is there
     _missing_psf = {}
     for _s in SAMPLE_IDS:
-        if model_source(_s) == _s and sample_psf(_s) and not _declared(sample_psf(_s)):
+        if (model_source(_s) == _s and sample_psf(_s) and not _declared(sample_psf(_s))
+                and not _psf_recorded(_s, sample_psf(_s))):
             _missing_psf.setdefault(sample_psf(_s), []).append(_s)
     for _psf, _ids in _missing_psf.items():
         _names = ", ".join(repr(i) for i in _ids[:3]) + (f" and {len(_ids) - 3} more" if len(_ids) > 3 else "")

@@ -215,6 +215,7 @@ def get_reference(wildcards):
     return _declared(_cell(wildcards.sample, "reference"))
 
 
+@functools.lru_cache(maxsize=None)  # asked by every job of the sample; the settings merge once
 def sample_psf(sample):
     """The measured PSF file the model of ``sample`` is trained with (its ``model_from``
     source's: the file its model.json names), or "" — also for an isotropic sample whose
@@ -378,8 +379,7 @@ ADOPTING = _samples_regex([s for s in SAMPLE_IDS if model_source(s) != s])
 if workflow.is_main_process:  # a missing measured PSF: said now; those samples' training fails until it is there
     _missing_psf = {}
     for _s in SAMPLE_IDS:
-        if (model_source(_s) == _s and sample_psf(_s) and not _declared(sample_psf(_s))
-                and not _psf_recorded(_s, sample_psf(_s))):
+        if model_source(_s) == _s and sample_psf(_s) and not _psf_input(_s):  # neither there nor recorded
             _missing_psf.setdefault(sample_psf(_s), []).append(_s)
     for _psf, _ids in _missing_psf.items():
         _names = ", ".join(repr(i) for i in _ids[:3]) + (f" and {len(_ids) - 3} more" if len(_ids) > 3 else "")

@@ -8,7 +8,9 @@ naming the sheet, the row / sample, the column and what is allowed.
 
 from __future__ import annotations
 
+import copy
 import csv
+import functools
 import json
 import os
 import re
@@ -53,10 +55,17 @@ def check_sample_id(sample: str, *, where: str = "") -> str:
 def _load_schema(schema: str | os.PathLike | Mapping | None) -> Mapping | None:
     if schema is None or isinstance(schema, Mapping):
         return schema
+    return copy.deepcopy(_schema_file(os.fspath(schema), os.stat(schema).st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _schema_file(path: str, mtime_ns: int) -> Mapping:
+    """A schema file, parsed once per workflow start (per version of the file); libyaml's
+    loader where PyYAML has it (the pure-Python one took ~0.2 s a schema)."""
     import yaml
 
-    with open(schema, encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _expected_form(err) -> str:
@@ -525,6 +534,18 @@ def _counted(counts: "FileCounts | None", kind: str, path: str, series: int | No
     return compute() if counts is None else counts.get(kind, path, series, compute)
 
 
+def _io_reader(name: str):
+    """The reader ``selfres.io.<name>``, imported at its first call: zarr and dask take about a
+    second to import, which every workflow start (and every Slurm job's) paid for sheets that
+    ask no file for its series, channels or time points."""
+    def read(*args, **kwargs):
+        from . import io
+
+        return getattr(io, name)(*args, **kwargs)
+
+    return read
+
+
 def expand_series(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd.DataFrame:
     """Rows with ``series = all`` become one sample per image of their TIFF (its series
     numbers: an OME-TIFF's positions, say): ``{sample}_s0``, ``{sample}_s1``… with ``series``
@@ -537,8 +558,7 @@ def expand_series(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd.D
     ConfigError
         When an expanded id is already a sample of the sheet.
     """
-    from .io import series_numbers
-
+    series_numbers = _io_reader("series_numbers")
     return _expand_all(sheet, "series", lambda row: _counted(counts, "series", row["path"], None,
                                                             lambda: series_numbers(row["path"])), "s")
 
@@ -554,8 +574,7 @@ def expand_channels(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd
     ConfigError
         When an expanded id is already a sample of the sheet.
     """
-    from .io import channel_count
-
+    channel_count = _io_reader("channel_count")
     return _expand_all(sheet, "channel", lambda row: range(_counted(
         counts, "channels", row["path"], _series_of(row), lambda: channel_count(row["path"], series=_series_of(row)))),
         "c")
@@ -573,8 +592,7 @@ def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None) -> 
     ConfigError
         When an expanded id is already a sample of the sheet.
     """
-    from .io import timepoint_count
-
+    timepoint_count = _io_reader("timepoint_count")
     return _expand_all(sheet, "timepoint", lambda row: range(_counted(
         counts, "timepoints", row["path"], _series_of(row),
         lambda: timepoint_count(row["path"], series=_series_of(row)))), "t")

@@ -100,8 +100,9 @@ class DegradationSettings:
 
     method: Literal["cubic", "block", "gaussian", "psf"] = "cubic"
     """``cubic``: antialiased Keys cubic (MATLAB ``imresize``); ``block``: the block mean (pixel
-    binning); ``gaussian``: a Gaussian PSF, then the block mean; ``psf``: a measured PSF, then
-    the block mean."""
+    binning); ``gaussian``: a Gaussian PSF, then the block mean laterally and, along z, the
+    blurred signal at each block's centre (a focus step); ``psf``: a measured PSF, then
+    sampled as ``gaussian``."""
     sigma_um: tuple[float, float, float] | None = None
     na: float | None = None
     wavelength_um: float | None = None
@@ -307,7 +308,8 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
     """``sections`` (a sample's settings, as dicts) in canonical form (:func:`canonical_sections`)
     without the values its mode does not read, so that changing one neither reruns nor is
     recorded for samples it cannot affect: no ``isotropic`` section for ``enhance``; for
-    ``isotropic`` only the ``train`` values it reads and no self-ensemble or back-projection;
+    ``isotropic`` only the ``train`` values it reads (none of ``train.degradation`` when
+    ``isotropic.axial_sigma_px`` gives the axial σ) and no self-ensemble or back-projection;
     with a PSF given, no blurred targets. The ``train.degradation`` values its method and noise
     leave unread (:func:`degradation_keys_read`) are given as their defaults. A sample that is
     ``adopting`` another sample's model (``model_from``) reads of ``train`` only the guard's
@@ -330,6 +332,9 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
         train = out["train"]
         if mode == "isotropic":
             train = isotropic_train_values(train)
+            if (out.get("isotropic") or {}).get("axial_sigma_px") is not None and "degradation" in train:
+                # σ given: the degradation's method, optics and PSF are not read (isotropic.resolve_degradation)
+                train = {**train, "degradation": _pinned(train["degradation"], defaults["train"]["degradation"], ())}
         elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
             train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
         if isinstance(train.get("degradation"), dict):

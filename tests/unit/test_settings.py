@@ -387,6 +387,24 @@ def test_a_degradation_value_its_method_or_noise_does_not_read_retrains_nothing(
         stage_settings(chosen, stage="train", mode=mode)
 
 
+def test_an_isotropic_sample_given_its_axial_sigma_reads_no_degradation_value():
+    """isotropic.axial_sigma_px is the axial σ: train.degradation's method, σ, optics and PSF
+    are not read, so changing them neither retrains the sample nor asks for its PSF file."""
+    from selfres.settings import psf_file, stage_settings
+
+    base = _with(_shipped_sections(), isotropic__axial_sigma_px=1.5)
+    before = stage_settings(base, stage="train", mode="isotropic")
+    psf = _with(base, train__degradation__method="psf", train__degradation__psf_path="psf.tif")
+    gauss = _with(base, train__degradation__method="gaussian", train__degradation__sigma_um=[2.0, 0.5, 0.5])
+    for edited in (psf, gauss):
+        assert stage_settings(edited, stage="train", mode="isotropic") == before
+    assert psf_file(stage_settings(psf, stage="train", mode="isotropic")) is None
+    # without it, the σ comes from the degradation: a change retrains
+    unset = _with(gauss, isotropic__axial_sigma_px=None)
+    assert stage_settings(unset, stage="train", mode="isotropic") != \
+        stage_settings(_with(base, isotropic__axial_sigma_px=None), stage="train", mode="isotropic")
+
+
 @pytest.mark.parametrize("mode", ["enhance", "isotropic"])
 def test_an_adopting_sample_reads_only_the_guard_of_its_train_values(mode):
     """model_from: the model is its source's; adopt judges it with this sample's guard only."""

@@ -100,9 +100,8 @@ class DegradationSettings:
 
     method: Literal["cubic", "block", "gaussian", "psf"] = "cubic"
     """``cubic``: antialiased Keys cubic (MATLAB ``imresize``); ``block``: the block mean (pixel
-    binning); ``gaussian``: a Gaussian PSF, then the block mean laterally and, along z, the
-    blurred signal at each block's centre (a focus step); ``psf``: a measured PSF, then
-    sampled as ``gaussian``."""
+    binning); ``gaussian``: a Gaussian PSF, then the block mean; ``psf``: a measured PSF, then
+    the block mean."""
     sigma_um: tuple[float, float, float] | None = None
     na: float | None = None
     wavelength_um: float | None = None

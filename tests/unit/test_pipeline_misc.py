@@ -409,3 +409,44 @@ def test_configured_values_are_compared_as_the_stages_read_them():
     assert provenance.settings_not_applied(dict(iso, settings={"isotropic": {"fusion": "geometric"}}),
                                          {"mode": "isotropic"}, fused) == {
         "isotropic.fusion": {"config": "geometric", "used": "mean"}}
+
+
+def test_an_adopted_psf_model_keeps_the_record_of_the_psf_that_trained_it(tmp_path):
+    """model_from with a measured PSF: the adopt stage judges the source's model with the PSF
+    file as it is now, but this sample's model.json names the PSF that trained the weights
+    (path and SHA-256 of the file then), not the file's new content."""
+    import hashlib
+    import json
+
+    import tifffile
+
+    from selfres.settings import FovSettings, Settings, from_dict
+
+    from ..conftest import blob_volume
+
+    def gaussian_psf(sigma):
+        zz, yy, xx = np.mgrid[-3:4, -3:4, -3:4]
+        return np.exp(-0.5 * ((zz / sigma[0]) ** 2 + (yy / sigma[1]) ** 2 + (xx / sigma[2]) ** 2)).astype(np.float32)
+
+    psf = tmp_path / "psf.tif"
+    tifffile.imwrite(psf, gaussian_psf((1.0, 0.8, 0.8)))
+    trained_sha = hashlib.sha256(psf.read_bytes()).hexdigest()
+    settings = from_dict(Settings, {"train": {"steps": 2, "validate_every": 1, "width": 4, "depth": 1,
+                                              "batch_size": 1, "patch_size": [4, 16, 16], "warmup_steps": 0,
+                                              "degradation": {"method": "psf", "psf_path": str(psf)}}})
+    for name, seed in (("a", 0), ("b", 1)):
+        tifffile.imwrite(tmp_path / f"{name}.tif", (blob_volume((8, 48, 48), seed=seed) * 1000).astype(np.float32))
+        pipeline.stage_normalise(tmp_path / f"{name}.tif", tmp_path / f"{name}.ome.zarr", sample=name)
+        pipeline.stage_crop(tmp_path / f"{name}.ome.zarr", tmp_path / f"{name}_fov.json", sample=name, scale=(1, 2, 2),
+                            settings=FovSettings(min_holdout_voxels=256))
+    pipeline.stage_train(tmp_path / "a.ome.zarr", tmp_path / "a_fov.json", tmp_path / "model_a", sample="a",
+                         scale=(1, 2, 2), settings=settings, device="cpu")
+    source = json.loads((tmp_path / "model_a" / "model.json").read_text())["metadata"]
+    assert source["psf"] == {"path": str(psf), "sha256": trained_sha}
+    tifffile.imwrite(psf, gaussian_psf((1.5, 1.2, 1.2)))  # replaced after training
+    assert hashlib.sha256(psf.read_bytes()).hexdigest() != trained_sha
+    pipeline.stage_adopt(tmp_path / "b.ome.zarr", tmp_path / "b_fov.json", tmp_path / "model_a", tmp_path / "model_b",
+                         sample="b", scale=(1, 2, 2), settings=settings, device="cpu")
+    adopted = json.loads((tmp_path / "model_b" / "model.json").read_text())["metadata"]
+    assert adopted["sample"] == "b" and adopted["adopted_from"]["sample"] == "a"
+    assert adopted["psf"] == source["psf"]

@@ -137,7 +137,8 @@ def test_isotropic_samples_share_a_model_of_the_same_axial_factor(tmp_path):
                "iso_c": {"mode": "isotropic", "model_from": "iso_a", "voxel_size": "1.5,0.5,0.5"}}
     wd = make_workdir(tmp_path, samples=samples, config_overrides={
         "isotropic": {"steps": 6, "width": 8, "depth": 1, "patch_size": 24, "batch_size": 4}})
-    proc = run_snakemake(wd, "--keep-going")
+    # what the test reads (iso_a's own inference, QC and the reports are those of any sample)
+    proc = run_snakemake(wd, "--keep-going", "results/iso_b/qc/metrics.json", "results/iso_c/model")
     assert proc.returncode != 0  # iso_c
     jobs = _jobs(proc)
     assert ("train", "iso_a") in jobs and ("adopt", "iso_b") in jobs and ("train", "iso_b") not in jobs

@@ -332,3 +332,18 @@ def test_a_psf_path_column_is_relative_to_the_sheet_like_path_and_reference(tmp_
     assert sheet.loc["c", "train.degradation.psf_path"] == "null"
     assert sheet.loc["d", "train.degradation.psf_path"] == os.path.join("abs", "psf.tif")  # inside the working dir
     assert sheet.loc["a", "path"] == os.path.join("data", "a.tif")
+
+
+def test_a_sheet_that_asks_no_file_for_all_its_images_does_not_import_the_readers():
+    """Every workflow start (and every Slurm job, which starts Snakemake again) reads the sheet:
+    the file readers (zarr, dask: about a second) are imported only for a row whose series,
+    channel or time point is `all`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pandas as pd; from selfres import sheet; "
+            "t = pd.DataFrame([{'sample': 'a', 'path': 'a.tif', 'series': '', 'channel': '1', 'timepoint': ''}]); "
+            "t = sheet.expand_timepoints(sheet.expand_channels(sheet.expand_series(t))); "
+            "print(len(t), 'selfres.io' in sys.modules, 'zarr' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "False", "False"]

@@ -10,6 +10,7 @@ documentation and validation; a test checks that the two agree.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -317,7 +318,7 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
     the defaults) has them. Given, not left out: the same keys as before, so that a config that
     did not change gives the same text (and reruns nothing) after an update."""
     out = canonical_sections(sections)
-    defaults = to_dict(Settings())
+    defaults = _default_sections()
     if mode != "isotropic":
         out.pop("isotropic", None)
     if adopting:
@@ -329,17 +330,16 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
                                        ISOTROPIC_INFERENCE_KEYS)
     if "train" in out:
         train = out["train"]
+        # isotropic with the axial σ given reads no degradation value (isotropic.resolve_degradation)
+        sigma_given = mode == "isotropic" and (out.get("isotropic") or {}).get("axial_sigma_px") is not None
         if mode == "isotropic":
             train = isotropic_train_values(train)
-            if (out.get("isotropic") or {}).get("axial_sigma_px") is not None and "degradation" in train:
-                # σ given: the degradation's method, optics and PSF are not read (isotropic.resolve_degradation)
-                train = {**train, "degradation": _pinned(train["degradation"], defaults["train"]["degradation"], ())}
         elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
             train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
         if isinstance(train.get("degradation"), dict):
             deg = train["degradation"]
             train = {**train, "degradation": _pinned(deg, defaults["train"]["degradation"],
-                                                     degradation_keys_read(deg))}
+                                                     () if sigma_given else degradation_keys_read(deg))}
         out["train"] = train
     if mode == "isotropic" and "infer" in out:
         out["infer"] = {k: v for k, v in out["infer"].items() if k not in ENHANCE_ONLY_INFER_KEYS}
@@ -371,6 +371,12 @@ def degradation_keys_read(degradation: Mapping[str, Any]) -> set[str]:
     elif noise == "match":
         read.add("noise_variance")
     return read
+
+
+@functools.lru_cache(maxsize=1)
+def _default_sections() -> dict[str, Any]:
+    """``to_dict(Settings())``, built once (read, never changed: :func:`_pinned` copies)."""
+    return to_dict(Settings())
 
 
 def _pinned(values: Mapping[str, Any], defaults: Mapping[str, Any], read) -> dict[str, Any]:

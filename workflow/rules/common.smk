@@ -221,10 +221,8 @@ def sample_psf(sample):
     source's: the file its model.json names), or "" — also for an isotropic sample whose
     ``isotropic.axial_sigma_px`` is given (its training does not read the PSF)."""
     source = model_source(sample)
-    sections = sample_settings(source)
-    if sample_mode(source) == "isotropic" and (sections.get("isotropic") or {}).get("axial_sigma_px") is not None:
-        return ""
-    return _settings.psf_file(sections) or ""
+    trained = _settings.stage_settings(sample_settings(source), stage="train", mode=sample_mode(source))
+    return _settings.psf_file(trained) or ""  # as the source's train job gets them: only what it reads
 
 
 @functools.lru_cache(maxsize=None)

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--done", type=Path, default=None, help="write this JSON marker (stats) on success")
     s.add_argument("--drop-stale-export", action="store_true",
                    help="the workflow's: remove OUTPUT's OME-TIFF export (restored.ome.tif) from an earlier run")
+    s.add_argument("--execution", default=None,
+                   help="JSON object of the values that change how the job runs, not its output "
+                        "(infer.batch_size, infer.gpu_memory_fraction, isotropic.infer_batch), put over --settings; "
+                        "the workflow passes them apart, so that changing one reruns nothing")
     _common(s, compute=True)
 
     s = sub.add_parser("qc", help="metrics (self-validation, resolution, reference) → qc/metrics.json")
@@ -245,12 +249,22 @@ def run(args) -> int:
     elif cmd == "infer":
         import dataclasses
 
-        from .settings import parse_settings
+        from .settings import merge_execution, parse_settings
 
         try:
             given = json.loads(args.settings) if args.settings else {}
         except json.JSONDecodeError:
             given = args.settings  # parse_settings says what is wrong
+        if args.execution:
+            try:
+                execution = json.loads(args.execution)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"--execution is not valid JSON ({exc})") from None
+            if not isinstance(given, dict) or not isinstance(execution, dict):
+                raise ConfigError("--settings and --execution must each be a JSON object")
+            given = merge_execution(given, execution)
+            logging.getLogger("selfres").info("how this job runs (--execution, not recorded in provenance.json): %s",
+                                              json.dumps(execution, sort_keys=True))
         full = parse_settings(given)
         st = full.infer
         if args.blocks is not None:

@@ -26,7 +26,7 @@ from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
-from .settings import (DEFAULT_SCALE, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings, QcSettings,
+from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings, QcSettings,
                        Settings, to_dict)
 
 log = logging.getLogger("selfres")
@@ -642,7 +642,7 @@ def stage_infer(
                    "input": {k: vol.attrs.get(k) for k in ("normalisation", "source_checksum")}
                    | {"shape": list(source.shape)},
                    "settings": {k: v for k, v in to_dict(settings).items()
-                                if k not in ("blocks", "batch_size", "gpu_memory_fraction")}}
+                                if k not in ("blocks", *EXECUTION_KEYS["infer"])}}
     if meta.get("mode") == "isotropic":
         from . import isotropic
         from .settings import ENHANCE_ONLY_INFER_KEYS
@@ -1252,7 +1252,8 @@ def stage_report(
         "input_checksum": vol.attrs.get("source_checksum"),
         # which image, channel and time point of the file this sample is (none: the file's only one)
         "input_part": {k: vol.attrs[k] for k in ("series", "channel", "timepoint") if vol.attrs.get(k) is not None},
-        "resolved_config": resolved_config or {},
+        # less how the jobs ran (tiles per pass...): the workflow does not rerun a report for those
+        "resolved_config": _without_execution(resolved_config or {}),
         # config values that did not make these outputs (a step not rerun for a change): see the report
         "settings_not_applied": settings_not_applied(resolved_config, meta, out.attrs),
         "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device",
@@ -1338,6 +1339,15 @@ def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str
             f"shows the results of the run that wrote it on {written}; the latest run may have remade or "
             "removed files beside it. summary.html (one folder up) shows the current state; the next run that finishes "
             "this sample writes a new report.")
+
+
+def _without_execution(resolved_config: dict) -> dict:
+    """A resolved configuration without the settings that decide how its jobs ran
+    (:data:`selfres.settings.EXECUTION_KEYS`)."""
+    from .settings import without_execution
+
+    settings = resolved_config.get("settings")
+    return resolved_config | {"settings": without_execution(settings)} if isinstance(settings, dict) else resolved_config
 
 
 def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,

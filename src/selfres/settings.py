@@ -287,6 +287,54 @@ ENHANCE_ONLY_INFER_KEYS = ("ensemble", "back_projection_iterations", "back_proje
 #: them re-infers, never retrains), not those of the sample that trained the model
 ISOTROPIC_INFERENCE_KEYS = ("fusion", "infer_batch")
 
+#: Inference values that decide how a job runs, not what it writes: tiles per forward pass,
+#: the share of free GPU memory a pass may fill, 2-D slices per pass of isotropic inference.
+#: The workflow gives them to a job apart from its ``--settings`` (``selfres infer
+#: --execution``, from a job resource, which Snakemake does not compare between runs), so that
+#: changing one reruns nothing (:func:`split_execution`). The restored store's fingerprint and
+#: ``provenance.json`` leave them out.
+EXECUTION_KEYS = {"infer": ("batch_size", "gpu_memory_fraction"), "isotropic": ("infer_batch",)}
+
+
+def split_execution(sections: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``sections`` (settings as dicts) as two: the same with every :data:`EXECUTION_KEYS`
+    value given as its default — the same keys as before, so that a configuration that did not
+    change gives the same text, and reruns nothing, after an update — and those values as
+    given (sections without one left out)."""
+    defaults = _default_sections()
+    decisive: dict[str, Any] = dict(sections)
+    execution: dict[str, Any] = {}
+    for section, keys in EXECUTION_KEYS.items():
+        values = sections.get(section)
+        if isinstance(values, Mapping) and any(k in values for k in keys):
+            decisive[section] = _pinned(values, defaults[section], [k for k in values if k not in keys])
+            execution[section] = {k: values[k] for k in keys if k in values}
+    return decisive, execution
+
+
+def without_execution(sections: Mapping[str, Any]) -> dict[str, Any]:
+    """``sections`` (settings as dicts) without their :data:`EXECUTION_KEYS` values."""
+    return {name: ({k: v for k, v in values.items() if k not in EXECUTION_KEYS.get(name, ())}
+                   if isinstance(values, Mapping) else values) for name, values in sections.items()}
+
+
+def merge_execution(given: Mapping[str, Any], execution: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` settings (dicts) with the :data:`EXECUTION_KEYS` values of ``execution`` put in
+    (:func:`split_execution` undone); any other value in ``execution`` is a :class:`ConfigError`,
+    since the workflow would not rerun a job for it."""
+    out = {k: dict(v) if isinstance(v, Mapping) else v for k, v in given.items()}
+    allowed = ", ".join(f"{s}.{k}" for s, ks in EXECUTION_KEYS.items() for k in ks)
+    for section, values in execution.items():
+        if not isinstance(values, Mapping) or not isinstance(out.get(section, {}), dict):
+            raise ConfigError(f"settings section {section!r} must be a mapping")
+        other = [k for k in values if k not in EXECUTION_KEYS.get(section, ())]
+        if other:
+            raise ConfigError(f"--execution takes only values that do not change the output ({allowed}); "
+                              f"got {section}.{other[0]}: give it in --settings")
+        out[section] = {**out.get(section, {}), **values}
+    return out
+
+
 #: The settings sections each workflow stage receives: changing one value reruns exactly
 #: the stages (and samples) that read it (:func:`stage_settings`).
 STAGE_SECTIONS = {

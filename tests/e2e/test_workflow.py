@@ -107,6 +107,9 @@ def test_every_contract_output_exists_and_is_valid(finished_run):
     prov = json.loads((r / "provenance.json").read_text())
     for key in ("resolved_config", "selfres_version", "input_checksum", "software", "timings", "host"):
         assert prov.get(key) is not None, key
+    # what decided the output; how the infer job ran (tiles per pass, GPU memory) is not recorded
+    infer_given = prov["resolved_config"]["settings"]["infer"]
+    assert "tile_size" in infer_given and not {"batch_size", "gpu_memory_fraction"} & set(infer_given)
 
     fov = json.loads((r / "train_fov.json").read_text())
     assert fov["train"] and fov["holdout"] and fov["reason"]

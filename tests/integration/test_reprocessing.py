@@ -96,6 +96,10 @@ CASES = [
      _from("normalise", "a", "b")),
     ("sheet scale of one sample", lambda wd: _edit_sheet(wd, "b", "scale", "2,2,2"), _from("crop", "b")),
     ("isotropic value (enhance samples only)", lambda wd: _edit_config(wd, isotropic={"fusion": "geometric"}), set()),
+    # how an infer job runs, not what it writes: given apart from its parameters (--execution)
+    ("execution values (tiles per pass, GPU memory share)", lambda wd: (
+        _edit_config(wd, infer={"batch_size": 3, "gpu_memory_fraction": 0.25}),
+        _edit_sheet(wd, "a", "infer.batch_size", "2")), set()),
     ("nightly settle time", lambda wd: _edit_config(wd, inbox_settle_seconds=5), set()),
     # the same values written otherwise: config, sheet columns, voxel size (a scale has one form: the schemas')
     ("same values written otherwise", lambda wd: (
@@ -228,9 +232,28 @@ def test_reordering_the_config_file_reruns_nothing(tmp_path):
     assert _train_command(wd, "e", "report") == before
 
 
+def _execution(command):
+    argv = shlex.split(command.split(" > ")[0])
+    return json.loads(argv[argv.index("--execution") + 1])
+
+
+def test_an_execution_value_reaches_the_infer_job_and_not_its_parameters(tmp_path):
+    """Tiles per pass and the GPU memory share decide how an infer job runs, not what it
+    writes: the job's --execution carries them (a resource, which Snakemake does not compare
+    between runs), while its --settings and the report's configuration keep the defaults' text."""
+    wd = make_workdir(tmp_path, samples={"a": {}})
+    before = _stage_commands(wd, "a", ("infer", "report"))
+    _edit_config(wd, infer={"batch_size": 3, "gpu_memory_fraction": 0.25})
+    after = _stage_commands(wd, "a", ("infer", "report"))
+    assert _execution(after["infer"]) == {"infer": {"batch_size": 3, "gpu_memory_fraction": 0.25}}
+    assert _settings(after["infer"]) == _settings(before["infer"]) and after["report"] == before["report"]
+    assert _settings(before["infer"])["infer"]["batch_size"] == 1  # given, as before an update: same text
+
+
 def test_an_isotropic_inference_value_reinfers_without_retraining(tmp_path):
     """`isotropic.fusion` and `isotropic.infer_batch` are read by inference only: changing them
-    leaves the isotropic sample's train job as it was and changes its infer job."""
+    leaves the isotropic sample's train job as it was; fusion changes its infer job's settings,
+    infer_batch (slices per pass, not the output) only its --execution."""
     wd = make_workdir(tmp_path, samples={"i": {"mode": "isotropic", "voxel_size": "2,0.5,0.5"}})
     before = _stage_commands(wd, "i", ("train", "infer"))
     assert set(_settings(before["infer"])["isotropic"]) == {"fusion", "infer_batch"}
@@ -238,7 +261,8 @@ def test_an_isotropic_inference_value_reinfers_without_retraining(tmp_path):
     _edit_config(wd, isotropic={"fusion": "geometric", "infer_batch": 2})
     after = _stage_commands(wd, "i", ("train", "infer"))
     assert after["train"] == before["train"]
-    assert _settings(after["infer"])["isotropic"] == {"fusion": "geometric", "infer_batch": 2}
+    assert _settings(after["infer"])["isotropic"] == {"fusion": "geometric", "infer_batch": 8}
+    assert _execution(after["infer"])["isotropic"] == {"infer_batch": 2}
     _edit_config(wd, isotropic={"steps": 3})  # a training value: retrains, and does not reach infer
     last = _stage_commands(wd, "i", ("train", "infer"))
     assert last["train"] != before["train"] and last["infer"] == after["infer"]

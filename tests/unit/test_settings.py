@@ -444,3 +444,48 @@ def test_psf_file_is_the_path_training_reads():
     assert psf_file(_with(base, train__degradation__psf_path="psf.tif")) is None  # method cubic: not read
     assert psf_file(_with(base, train__degradation__method="psf", train__degradation__psf_path="./x/../psf.tif")) \
         == "psf.tif"
+
+
+def test_execution_values_are_split_off_as_defaults_and_put_back_over_them():
+    """How a job runs (tiles or slices per pass, GPU memory share) travels apart from the
+    settings that decide its output: those keep the keys, with the defaults' values (the same
+    text as before an update); putting the values back gives the settings as given."""
+    from selfres.settings import merge_execution, split_execution, without_execution
+
+    given = {"infer": {"batch_size": 4, "gpu_memory_fraction": 0.3, "tile_size": [8, 8, 8]},
+             "isotropic": {"fusion": "mean", "infer_batch": 16}, "train": {"steps": 3}}
+    decisive, execution = split_execution(given)
+    assert decisive == {"infer": {"batch_size": 1, "gpu_memory_fraction": 0.5, "tile_size": [8, 8, 8]},
+                        "isotropic": {"fusion": "mean", "infer_batch": 8}, "train": {"steps": 3}}
+    assert execution == {"infer": {"batch_size": 4, "gpu_memory_fraction": 0.3}, "isotropic": {"infer_batch": 16}}
+    assert merge_execution(decisive, execution) == given
+    assert split_execution({"train": {"steps": 3}}) == ({"train": {"steps": 3}}, {})
+    assert without_execution(given) == {"infer": {"tile_size": [8, 8, 8]}, "isotropic": {"fusion": "mean"},
+                                        "train": {"steps": 3}}
+    with pytest.raises(ConfigError, match=r"infer\.tile_size: give it in --settings"):
+        merge_execution(decisive, {"infer": {"tile_size": [4, 4, 4]}})
+
+
+def test_infer_command_puts_execution_values_over_its_settings(monkeypatch, caplog):
+    """`selfres infer --execution`: the values reach the stage; a value that changes the output
+    is refused there (the workflow would not rerun a job for it)."""
+    import logging
+
+    from selfres import cli, pipeline
+
+    caplog.set_level(logging.INFO, logger="selfres")
+    seen = {}
+
+    def fake_stage_infer(normalized, model, output, *, settings, isotropic_settings, **kwargs):
+        seen.update(settings=settings, isotropic=isotropic_settings)
+        return {}
+
+    monkeypatch.setattr(pipeline, "stage_infer", fake_stage_infer)
+    argv = ["infer", "n.ome.zarr", "model", "-o", "r.ome.zarr", "--settings",
+            '{"infer": {"batch_size": 1, "tile_size": [8, 16, 16]}, "isotropic": {"fusion": "geometric"}}']
+    assert cli.main([*argv, "--execution", '{"infer": {"batch_size": 5}, "isotropic": {"infer_batch": 3}}']) == 0
+    assert (seen["settings"].batch_size, seen["settings"].tile_size) == (5, (8, 16, 16))
+    assert (seen["isotropic"].fusion, seen["isotropic"].infer_batch) == ("geometric", 3)
+    assert 'how this job runs (--execution, not recorded in provenance.json): {"infer": {"batch_size": 5}' in caplog.text
+    assert cli.main([*argv, "--execution", '{"infer": {"tile_size": [4, 4, 4]}}']) == 2
+

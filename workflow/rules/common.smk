@@ -310,12 +310,26 @@ if workflow.is_main_process:
                       "until the reference is mended", file=sys.stderr)
 
 
+def _stage_sections(sample, stage):
+    """selfres.settings.stage_settings, split into the values that decide the output and those
+    that only decide how the job runs (selfres.settings.EXECUTION_KEYS)."""
+    return _settings.split_execution(_settings.stage_settings(
+        sample_settings(sample), stage=stage, mode=sample_mode(sample), config_sections=settings_sections(config)))
+
+
 def stage_settings(sample, stage):
     """The stage's --settings (selfres.settings.stage_settings: only what it reads, in one
     canonical form, so that a changed value reruns the stages and samples it affects, and the
-    same value written otherwise reruns nothing)."""
-    return json.dumps(_settings.stage_settings(sample_settings(sample), stage=stage, mode=sample_mode(sample),
-                                               config_sections=settings_sections(config)), sort_keys=True)
+    same value written otherwise reruns nothing), its execution values given as their defaults
+    (infer_execution passes the real ones)."""
+    return json.dumps(_stage_sections(sample, stage)[0], sort_keys=True)
+
+
+def infer_execution(wildcards):
+    """An inference job's execution values (tiles or slices per pass, GPU memory share) for
+    `selfres infer --execution`: given as a job resource, which Snakemake does not compare
+    between runs, so changing one reruns nothing (they do not change the output)."""
+    return json.dumps(_stage_sections(wildcards.sample, "infer")[1], sort_keys=True)
 
 
 def normalise_args(wildcards):
@@ -440,9 +454,10 @@ def resolved_config(sample):
 def _applied_settings(sample):
     """The settings that apply to the sample: those its mode reads (an adopting sample reads
     no training value but the guard's: its row's others are not recorded, the config's are)."""
-    return _settings.settings_used_by_mode(sample_settings(sample), sample_mode(sample),
+    used = _settings.settings_used_by_mode(sample_settings(sample), sample_mode(sample),
                                            adopting=model_source(sample) != sample,
                                            config_sections=settings_sections(config))
+    return _settings.split_execution(used)[0]  # how its jobs ran reruns no report (nor is it recorded)
 
 
 def report_args(wildcards):

@@ -107,11 +107,12 @@ rule infer:
         args=infer_args,
     resources:
         gpu=1,
+        execution=infer_execution,  # not params: changing these reruns nothing
     conda:
         "../../envs/selfres.yaml"
     shell:
         "selfres infer {input.normalized:q} {input.model:q} -o {output:q} --threads {threads} --drop-stale-export "
-        "{params.args} > {log:q} 2>&1"
+        "{params.args} --execution {resources.execution:q} > {log:q} 2>&1"
 
 
 # infer.blocks = N > 1: prepare the partial store, N block jobs (each its own GPU
@@ -161,11 +162,12 @@ rule infer_block:
         args=infer_step_args,
     resources:
         gpu=1,
+        execution=infer_execution,  # not params: changing these reruns nothing
     conda:
         "../../envs/selfres.yaml"
     shell:
         "selfres infer {input.normalized:q} {input.model:q} -o {params.restored:q} --step block "
-        "--done {output:q} --threads {threads} {params.args} > {log:q} 2>&1"
+        "--done {output:q} --threads {threads} {params.args} --execution {resources.execution:q} > {log:q} 2>&1"
 
 
 rule infer_gather:

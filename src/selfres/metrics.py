@@ -23,11 +23,14 @@ import itertools
 import math
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage, optimize
 from skimage.metrics import structural_similarity
+
+if TYPE_CHECKING:  # pandas is imported where a table is made: training and QC without beads do without it
+    import pandas as pd
 
 __all__ = [
     "FWHM_PER_SIGMA",
@@ -946,6 +949,8 @@ def bead_fwhm_table(
                     row[name] = lo + fit[0]
                     row[f"fwhm_{name}"] = FWHM_PER_SIGMA * fit[1]
                 row[f"fwhm_{name}_um"] = row[f"fwhm_{name}"] * vs[a]
+    import pandas as pd
+
     columns = [*axes, *(f"fwhm_{a}" for a in axes), *(f"fwhm_{a}_um" for a in axes)]
     return pd.DataFrame(rows, columns=columns)
 

@@ -637,3 +637,16 @@ def test_brightening_is_the_ratio_of_the_brightest_structures_and_none_without_a
     assert brightening(1.5 * (interp - 0.1) + 0.1, interp)["ratio"] == pytest.approx(1.5, rel=1e-4)
     flat = (0.1 + 0.001 * rng.standard_normal((4, 32, 32))).astype(np.float32)  # only noise: no ratio
     assert brightening(flat * 3, flat)["ratio"] is None
+
+
+def test_scoring_without_a_bead_table_does_not_import_pandas():
+    """Every train and qc job imports the metrics: pandas (about half a second per job) is
+    imported only where a bead table is made."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from selfres import metrics; "
+            "a = np.random.default_rng(0).random((8, 16, 16), dtype=np.float32); metrics.psnr(a, a * 0.9); "
+            "print('pandas' in sys.modules, type(metrics.bead_fwhm_table(np.zeros((9, 9, 9), np.float32))).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "DataFrame"]

@@ -26,8 +26,8 @@ from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
-from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings, QcSettings,
-                       Settings, to_dict)
+from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
+                       QcSettings, Settings, to_dict)
 
 log = logging.getLogger("selfres")
 
@@ -1347,7 +1347,9 @@ def _without_execution(resolved_config: dict) -> dict:
     from .settings import without_execution
 
     settings = resolved_config.get("settings")
-    return resolved_config | {"settings": without_execution(settings)} if isinstance(settings, dict) else resolved_config
+    if not isinstance(settings, dict):
+        return resolved_config
+    return resolved_config | {"settings": without_execution(settings)}
 
 
 def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,

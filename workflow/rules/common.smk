@@ -453,7 +453,8 @@ def resolved_config(sample):
 
 def _applied_settings(sample):
     """The settings that apply to the sample: those its mode reads (an adopting sample reads
-    no training value but the guard's: its row's others are not recorded, the config's are)."""
+    no training value but the guard's: its row's others are not recorded, the config's are);
+    how its infer jobs run given as the defaults (selfres.settings.split_execution)."""
     used = _settings.settings_used_by_mode(sample_settings(sample), sample_mode(sample),
                                            adopting=model_source(sample) != sample,
                                            config_sections=settings_sections(config))

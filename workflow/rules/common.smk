@@ -221,8 +221,7 @@ def sample_psf(sample):
     source's: the file its model.json names), or "" — also for an isotropic sample whose
     ``isotropic.axial_sigma_px`` is given (its training does not read the PSF)."""
     source = model_source(sample)
-    trained = _settings.stage_settings(sample_settings(source), stage="train", mode=sample_mode(source))
-    return _settings.psf_file(trained) or ""  # as the source's train job gets them: only what it reads
+    return _settings.psf_file(_stage_sections(source, "train")[0]) or ""  # as the source's train job gets them
 
 
 @functools.lru_cache(maxsize=None)
@@ -310,9 +309,12 @@ if workflow.is_main_process:
                       "until the reference is mended", file=sys.stderr)
 
 
+@functools.lru_cache(maxsize=None)
 def _stage_sections(sample, stage):
     """selfres.settings.stage_settings, split into the values that decide the output and those
-    that only decide how the job runs (selfres.settings.EXECUTION_KEYS)."""
+    that only decide how the job runs (selfres.settings.EXECUTION_KEYS); worked out once per
+    sample and stage (an infer job asks for both halves, the PSF input for the train stage's).
+    Callers only read the dicts."""
     return _settings.split_execution(_settings.stage_settings(
         sample_settings(sample), stage=stage, mode=sample_mode(sample), config_sections=settings_sections(config)))
 

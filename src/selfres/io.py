@@ -1483,7 +1483,10 @@ def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level:
 
     ZYX planes keep the stored data type (float32, or the input's with
     ``infer.output_dtype: input``) and the physical voxel size in µm (none when the image
-    has none). The image is read a slab of planes at a time (at most ~256 MB), so any
+    has none). Where the image has a translation and a voxel size, each plane gets its
+    position in µm (OME ``Plane`` ``PositionX/Y/Z``: voxel 0's centre in y, x, the plane's
+    centre in z), so that a crop or a tile of a mosaic stays in place in tools that place
+    images by it (BigStitcher; napari's and Bio-Formats' metadata views). The image is read a slab of planes at a time (at most ~256 MB), so any
     size fits in memory; BigTIFF above ~4 GB of pixels. Written atomically: the file
     appears complete or not at all.
 
@@ -1512,7 +1515,8 @@ def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level:
 
     source = os.fspath(source)
     arr = open_ome_zarr_array(source, level=level)
-    voxel = read_ome_zarr(source, level=level, lazy=True).voxel_size
+    image = read_ome_zarr(source, level=level, lazy=True)
+    voxel = image.voxel_size
     shape = tuple(int(n) for n in arr.shape)
     if len(shape) != 3:
         raise InputError(source, f"level {level} has shape {shape}; expected z, y, x")
@@ -1528,6 +1532,8 @@ def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level:
         for axis, size in zip("ZYX", voxel):
             metadata[f"PhysicalSize{axis}"] = tidy_size(size)
             metadata[f"PhysicalSize{axis}Unit"] = "µm"
+        if image.origin_voxels is not None:
+            metadata["Plane"] = _plane_positions(image.origin_voxels, voxel, nz)
 
     def planes() -> Iterator[np.ndarray]:
         for z0 in range(0, nz, depth):
@@ -1540,6 +1546,18 @@ def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level:
             res = {"resolution": (1e4 / voxel[2], 1e4 / voxel[1]), "resolutionunit": "CENTIMETER"} if voxel else {}
             tif.write(planes(), shape=shape, dtype=dtype, metadata=metadata, photometric="minisblack", **res)
     return Path(path)
+
+
+def _plane_positions(origin_voxels: Sequence[float], voxel_size: Sequence[float], nz: int) -> dict[str, list]:
+    """OME ``Plane`` positions (µm) of ``nz`` planes whose voxel 0 sits at ``origin_voxels``
+    (voxel steps) on a grid of ``voxel_size`` (µm)."""
+    z0, y0, x0 = (tidy_size(o * s) for o, s in zip(origin_voxels, voxel_size))
+    return {
+        "PositionX": [x0] * nz, "PositionXUnit": ["µm"] * nz,
+        "PositionY": [y0] * nz, "PositionYUnit": ["µm"] * nz,
+        "PositionZ": [tidy_size(z0 + k * voxel_size[0]) for k in range(nz)], "PositionZUnit": ["µm"] * nz,
+    }
+
 
 def file_checksum(path: str | os.PathLike) -> str:
     """SHA-256 of a file, or of a directory store (sorted relative paths + contents).

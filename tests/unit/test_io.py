@@ -753,6 +753,44 @@ def test_ome_tiff_export_of_a_pyramid_level_and_of_an_image_without_voxel_size(t
     assert level1.shape[1] < 256
 
 
+def _plane_positions(ome_xml: str) -> list[tuple[float, float, float]]:
+    import xml.etree.ElementTree as ET
+
+    planes = [e for e in ET.fromstring(ome_xml).iter() if e.tag.endswith("}Plane")]
+    assert all(e.get(f"Position{a}Unit") == "µm" for e in planes for a in "XYZ")
+    return [tuple(float(e.get(f"Position{a}")) for a in "ZYX") for e in planes]
+
+
+def test_ome_tiff_export_keeps_where_the_image_sits(tmp_path):
+    """A crop or a mosaic tile restored from an OME-Zarr keeps its translation in the export:
+    each plane's OME position (µm) is voxel 0's centre in y, x and the plane's centre in z,
+    at every pyramid level (a level's voxel 0 sits half a voxel-size change further out)."""
+    import tifffile
+
+    data = np.random.default_rng(5).random((6, 256, 256)).astype(np.float32)
+    store = tmp_path / "r.ome.zarr"
+    io.write_ome_zarr(store, data, voxel_size=(0.5, 0.125, 0.125), origin=(10.0, -2.5, 100.25))
+    io.write_ome_tiff(tmp_path / "l0.ome.tif", store)
+    with tifffile.TiffFile(tmp_path / "l0.ome.tif") as tif:
+        assert _plane_positions(tif.ome_metadata) == [(10.0 + 0.5 * k, -2.5, 100.25) for k in range(6)]
+    level1 = io.read_ome_zarr(store, level=1)
+    vz, vy, vx = level1.voxel_size
+    assert vy == 0.25  # the pyramid halves y and x at level 1
+    io.write_ome_tiff(tmp_path / "l1.ome.tif", store, level=1)
+    with tifffile.TiffFile(tmp_path / "l1.ome.tif") as tif:
+        got = _plane_positions(tif.ome_metadata)
+    z1 = 10.0 + (vz - 0.5) / 2
+    assert got == pytest.approx([(z1 + vz * k, -2.5 + 0.0625, 100.25 + 0.0625) for k in range(level1.shape[0])])
+    # an image at the origin (a TIFF input's restored grid has a half-voxel shift, this has none) and
+    # one without a voxel size have no positions to give
+    io.write_ome_zarr(tmp_path / "o.ome.zarr", data, voxel_size=(0.5, 0.125, 0.125))
+    io.write_ome_zarr(tmp_path / "u.ome.zarr", data, voxel_size=None, attrs={"voxel_size_known": False})
+    for name in ("o", "u"):
+        io.write_ome_tiff(tmp_path / f"{name}.ome.tif", tmp_path / f"{name}.ome.zarr")
+        with tifffile.TiffFile(tmp_path / f"{name}.ome.tif") as tif:
+            assert "Position" not in tif.ome_metadata
+
+
 def test_ome_tiff_export_of_what_is_not_an_ome_zarr_image_is_one_clear_error(tmp_path):
     io.write_ome_zarr(tmp_path / "r.ome.zarr", np.zeros((2, 64, 64), np.float32), voxel_size=(1, 1, 1))
     with pytest.raises(InputError, match="level 7"):

@@ -296,7 +296,8 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:
 
 
 def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Mapping | None = None,
-                      config_settings: Mapping | None = None) -> pd.DataFrame:
+                      config_settings: Mapping | None = None,
+                      refused: dict[str, str] | None = None) -> pd.DataFrame:
     """Read and validate the sample sheet.
 
     Parameters
@@ -311,6 +312,12 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     config_settings
         The config's stage sections (``train``, ``infer``…): each row's overrides are
         checked merged into them, as its jobs will read them (:func:`check_sample_row`).
+    refused
+        Given (config ``bad_rows: fail_alone``), a row that fails the schema or its checks,
+        and every row of a duplicated id, is left out of the table and its message stored
+        here under its sample id, instead of raised; the caller fails that sample alone.
+        What no sample can own still raises: an unreadable sheet, its header, an id that
+        cannot be a folder name, a mistake of the config itself.
 
     Returns
     -------
@@ -323,7 +330,8 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     ------
     ConfigError
         Missing or unreadable sheet, missing columns, a row with more fields than the
-        header, a row that fails the schema, an unsafe or duplicate sample id.
+        header, a row that fails the schema, an unsafe or duplicate sample id (without
+        ``refused``: the first of these).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -347,11 +355,25 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
         sheet[c] = sheet[c].str.strip()
     validator = _row_validator(schema)
     for i, row in zip(lines, sheet.to_dict(orient="records")):
-        check_sample_row(row, validator=validator, where=f"sample sheet {path}, line {i}: ",
-                         config_settings=config_settings)
+        where = f"sample sheet {path}, line {i}: "
+        if refused is None:
+            check_sample_row(row, validator=validator, where=where, config_settings=config_settings)
+            continue
+        check_sample_id(row["sample"], where=where)  # no folder to fail in: stops the run
+        try:
+            check_sample_row(row, validator=validator, where=where, config_settings=config_settings)
+        except ConfigError as exc:
+            if str(exc).startswith("config: "):  # the config's own mistake: every sample's
+                raise
+            refused.setdefault(row["sample"], str(exc))
     dup = sorted(sheet["sample"][sheet["sample"].duplicated()].unique())
-    if dup:
+    if dup and refused is None:
         raise ConfigError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}; ids must be unique")
+    for sid in dup:  # which row was meant? neither runs
+        at = ", ".join(str(i) for i, s in zip(lines, sheet["sample"]) if s == sid)
+        refused[sid] = f"sample sheet {path}, lines {at}: sample {sid!r}: duplicate sample id; ids must be unique"
+    if refused:
+        sheet = sheet[~sheet["sample"].isin(list(refused))].reset_index(drop=True)
     base = os.path.dirname(os.path.abspath(path))
     for col in PATH_COLUMNS:
         if col in sheet:

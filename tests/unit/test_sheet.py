@@ -347,3 +347,32 @@ def test_a_sheet_that_asks_no_file_for_all_its_images_does_not_import_the_reader
             "print(len(t), 'selfres.io' in sys.modules, 'zarr' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["1", "False", "False"]
+
+
+def test_with_bad_rows_fail_alone_a_refused_row_is_left_out_with_its_message(tmp_path):
+    """``bad_rows: fail_alone``: a row that fails its checks, and every row of a duplicated id,
+    leaves the table with the message the run would have stopped on; the other rows stay.
+    What no one sample owns still stops the run: an id that cannot be a folder name, a
+    mistake of the config itself."""
+    text = ("sample\tpath\tscale\ttrain.steps\n"
+            "good\tg.tif\t1,2,2\t\n"
+            "bad\tb.tif\t2x2x2\t\n"
+            "dup\td1.tif\t\t\n"
+            "steps\ts.tif\t\t-3\n"
+            "dup\td2.tif\t\t\n")
+    p = _sheet(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"line 3: sample 'bad': column 'scale'"):  # the default: stop
+        read_sample_sheet(p, schema=SCHEMA)
+    refused: dict = {}
+    table = read_sample_sheet(p, schema=SCHEMA, refused=refused, config_settings={"train": {"steps": 200}})
+    assert table["sample"].tolist() == ["good"]
+    assert sorted(refused) == ["bad", "dup", "steps"]
+    assert refused["bad"].startswith(f"sample sheet {p}, line 3: sample 'bad': column 'scale': '2x2x2' is not of")
+    assert refused["dup"] == f"sample sheet {p}, lines 4, 6: sample 'dup': duplicate sample id; ids must be unique"
+    assert refused["steps"].startswith(f"sample sheet {p}, line 5: sample 'steps': ") and "train.steps" in refused["steps"]
+    # an id that cannot be a folder, and the config's own mistake, stop the run either way
+    with pytest.raises(ConfigError, match=r"line 3: sample id '\.\./evil' is not allowed"):
+        read_sample_sheet(_sheet(tmp_path, "sample\tpath\ngood\tg.tif\n../evil\te.tif\n"), schema=SCHEMA, refused={})
+    with pytest.raises(ConfigError, match=r"^config: "):
+        read_sample_sheet(_sheet(tmp_path, "sample\tpath\ngood\tg.tif\n"), schema=SCHEMA, refused={},
+                          config_settings={"train": {"guard_confidence": 0.3}})

@@ -98,21 +98,33 @@ R = config["results"]
 MAX_THREADS = 4
 
 
-def _read_sheet(path):
-    """The sample sheet as a table of strings (selfres.sheet: schema, safe unique ids, paths)."""
+#: bad_rows: fail_alone — a refused sheet row or inbox acquisition fails its own sample only
+FAIL_ALONE = config["bad_rows"] == "fail_alone"
+
+
+def _read_sheet(path, refused):
+    """The sample sheet as a table of strings (selfres.sheet: schema, safe unique ids, paths);
+    with bad_rows: fail_alone the rows it refuses go to ``refused`` instead of stopping the run."""
     schema = os.path.join(workflow.current_basedir, "..", "schemas", "samples.schema.yaml")
-    return _sheet.read_sample_sheet(path, schema=schema, config_settings=settings_sections(config))
+    return _sheet.read_sample_sheet(path, schema=schema, config_settings=settings_sections(config),
+                                    refused=refused if FAIL_ALONE else None)
 
 
-def _inbox_rows(sheet):
+def _inbox_rows(sheet, refused):
     """Nightly batches: acquisitions of the config's inbox globs (selfres.inbox has the rules)."""
     from selfres.inbox import scan_inbox
 
-    # the run stops on clashing ids before its first job; a job (which re-reads the inbox)
-    # leaves them out instead, so a file dropped in during the night fails no other job
+    # the run stops on clashing ids before its first job (bad_rows: fail_alone: those samples
+    # fail alone); a job (which re-reads the inbox) leaves them out instead, so a file dropped
+    # in during the night fails no other job
     scan = scan_inbox(config["inbox"], settle_seconds=config["inbox_settle_seconds"],
                       known_ids=sheet["sample"], known_paths=sheet["path"],
-                      on_clash="error" if workflow.is_main_process else "skip")
+                      on_clash="error" if workflow.is_main_process and not FAIL_ALONE else "skip")
+    if FAIL_ALONE:
+        for sid, paths in scan.clashes:
+            refused[sid] = (f"inbox: acquisitions with the same sample id {sid!r}: {', '.join(paths)}. Rename all "
+                            "but one, or give each its own row (own id) in the sample sheet")
+        scan.clashes = []
     for line in scan.messages():
         print(line, file=sys.stderr)
     schema = os.path.join(workflow.current_basedir, "..", "schemas", "samples.schema.yaml")
@@ -122,9 +134,10 @@ def _inbox_rows(sheet):
 
 def _sample_table():
     """The sheet's rows and the inbox's, one per sample: `all` columns expanded, `model_from`
-    resolved and checked."""
-    sheet = _read_sheet(config["samples"])
-    inbox = _inbox_rows(sheet)
+    resolved and checked; and the samples refused with bad_rows: fail_alone, ``{id: message}``."""
+    refused = {}
+    sheet = _read_sheet(config["samples"], refused)
+    inbox = _inbox_rows(sheet, refused)
     if len(inbox):
         sheet = pd.concat([sheet, inbox], ignore_index=True).fillna("")
     # header counts of the `all` expansions, kept between the Snakefile's evaluations (one per job)
@@ -137,18 +150,29 @@ def _sample_table():
     # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
     sheet = _sheet.resolve_first_timepoint(sheet)  # model_from=first_timepoint: {series}_t0's model
     sheet = _sheet.resolve_unexpanded_sources(sheet)  # lapse_t0 of an unreadable lapse.tif: wait on its row
+    if refused and "model_from" in sheet:  # restored with a refused sample's model: refused too
+        source_refused = sheet["model_from"].isin(list(refused)) & ~sheet["sample"].isin(list(refused))
+        for sid, source in zip(sheet["sample"][source_refused], sheet["model_from"][source_refused]):
+            refused[sid] = f"sample {sid!r}: its model_from sample {source!r} was refused: {refused[source]}"
+        sheet = sheet[~source_refused].reset_index(drop=True)
     _sheet.check_model_sources(sheet, default_mode=config["mode"], default_scale=config["scale"])
-    return sheet
+    return sheet, refused
 
 
-SHEET = _stop_on_bad_config(_sample_table)
+SHEET, REFUSED = _stop_on_bad_config(_sample_table)
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)
-_stop_on_bad_config(_sheet.check_results_dirs, R, SAMPLE_IDS)  # no id or symlink may lead a write out of results/
+#: every sample of the run, the refused ones (bad_rows: fail_alone) included: the summary lists them
+ALL_SAMPLE_IDS = SAMPLE_IDS + sorted(REFUSED)
+_stop_on_bad_config(_sheet.check_results_dirs, R, ALL_SAMPLE_IDS)  # no id or symlink may lead a write out of results/
+if workflow.is_main_process:
+    for _s, _message in sorted(REFUSED.items()):
+        print(f"selfres: ERROR: {_message}; sample {_s!r} fails alone, the others run (bad_rows: fail_alone)",
+              file=sys.stderr)
 
 
 wildcard_constraints:
-    sample="|".join(re.escape(s) for s in SAMPLE_IDS) or "NO_SAMPLES",
+    sample="|".join(re.escape(s) for s in ALL_SAMPLE_IDS) or "NO_SAMPLES",
 
 
 def _cell(sample, col):
@@ -471,7 +495,7 @@ def report_args(wildcards):
 
 def summary_cli_args():
     """The samples and their modes, as `selfres summary` takes them (the rule and `onerror`)."""
-    return ["--samples", ",".join(SAMPLE_IDS), "--modes", json.dumps({s: sample_mode(s) for s in SAMPLE_IDS})]
+    return ["--samples", ",".join(ALL_SAMPLE_IDS), "--modes", json.dumps({s: sample_mode(s) for s in SAMPLE_IDS})]
 
 
 def summary_args(wildcards):
@@ -495,12 +519,13 @@ def all_outputs():
     )
     if config["export_tiff"]:
         per_sample += expand(f"{R}/{{sample}}/restored.ome.tif", sample=SAMPLE_IDS)
-    return per_sample + [f"{R}/summary.tsv", f"{R}/summary.html"]
+    refused = expand(f"{R}/{{sample}}/logs/refused_row", sample=sorted(REFUSED))  # never made: those fail
+    return per_sample + refused + [f"{R}/summary.tsv", f"{R}/summary.html"]
 
 
 def run_record(status, log):
     """Append this run's record to {results}/runs/ (selfres.runlog); never fails the run."""
-    _write_run_record(R, status, log, SAMPLE_IDS)
+    _write_run_record(R, status, log, ALL_SAMPLE_IDS)
 
 
 def summary_written_outside_the_rule():

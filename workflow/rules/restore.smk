@@ -1,6 +1,20 @@
 # Per-sample chain: normalise → crop → train (GPU) → infer (GPU) → qc.
 
 
+# bad_rows: fail_alone — a sheet row or inbox acquisition selfres refused: its sample's one job
+# writes the refusal as its ERROR line (the summary's error) and fails; the others run
+rule refused_row:
+    output:
+        f"{R}/{{sample}}/logs/refused_row",  # never made
+    log:
+        f"{R}/{{sample}}/logs/refused_row.log",
+    params:
+        message=lambda wildcards: REFUSED[wildcards.sample],
+    localrule: True
+    shell:
+        "printf 'ERROR: %s\\n' {params.message:q} > {log:q}; exit 1"
+
+
 rule normalise:
     input:
         get_raw,

@@ -723,7 +723,8 @@ def resolve_unexpanded_sources(sheet: pd.DataFrame) -> pd.DataFrame:
 
 
 def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance",
-                        default_scale: str = ",".join(map(str, DEFAULT_SCALE))) -> None:
+                        default_scale: str = ",".join(map(str, DEFAULT_SCALE)),
+                        refused: dict[str, str] | None = None) -> pd.DataFrame:
     """Refuse ``model_from`` cells (after ``all`` expansion) that no job could honour.
 
     A sample whose ``model_from`` names another sample is restored with that sample's
@@ -733,14 +734,24 @@ def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance",
     A cell naming the sample itself means "train" (so ``timepoint=all`` with
     ``model_from={sample}_t0`` trains time point 0 and lends its model to the others).
 
+    ``refused`` (config ``bad_rows: fail_alone``): the samples already refused, ``{id:
+    message}``; a sample whose ``model_from`` cell fails, or names one of them, joins them
+    instead of raising.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``sheet``, without the rows refused here.
+
     Raises
     ------
     ConfigError
-        Naming the sample, the column and what is wrong.
+        Naming the sample, the column and what is wrong (without ``refused``).
     """
     if "model_from" not in sheet:
-        return
+        return sheet
     rows = {r["sample"]: r for r in sheet.to_dict(orient="records")}
+    problems: dict[str, str] = {}
 
     def mode(r):
         return str(r.get("mode") or "").strip() or default_mode
@@ -754,21 +765,32 @@ def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance",
         if not src or src == sid:
             continue
         where = f"sample sheet: sample {sid!r}, column 'model_from': "
+        if refused is not None and src in refused:
+            problems[sid] = f"sample {sid!r}: its model_from sample {src!r} was refused: {refused[src]}"
+            continue
         if src not in rows:
             close = sorted(rows)[:8]
-            raise ConfigError(f"{where}{src!r} is not a sample of the sheet (samples: {', '.join(close)}"
-                              f"{', …' if len(rows) > 8 else ''}); with channel/timepoint/series 'all', name an "
-                              "expanded id such as {sample}_t0")
-        other = str(rows[src].get("model_from") or "").strip()
-        if other and other != src:
-            raise ConfigError(f"{where}{src!r} itself uses the model of {other!r}; name the sample that trains "
-                              f"({other!r})")
-        if mode(row) != mode(rows[src]):
-            raise ConfigError(f"{where}this sample is in {mode(row)} mode, {src!r} in {mode(rows[src])} mode; a model "
-                              "restores in the mode it was trained for")
-        if mode(row) == "enhance" and scale(row) != scale(rows[src]):
-            raise ConfigError(f"{where}its scale {scale(row)} differs from {src!r}'s {scale(rows[src])}; a model "
-                              "restores by the factors it was trained for")
+            problem = (f"{where}{src!r} is not a sample of the sheet (samples: {', '.join(close)}"
+                       f"{', …' if len(rows) > 8 else ''}); with channel/timepoint/series 'all', name an "
+                       "expanded id such as {sample}_t0")
+        elif (other := str(rows[src].get("model_from") or "").strip()) and other != src:
+            problem = f"{where}{src!r} itself uses the model of {other!r}; name the sample that trains ({other!r})"
+        elif mode(row) != mode(rows[src]):
+            problem = (f"{where}this sample is in {mode(row)} mode, {src!r} in {mode(rows[src])} mode; a model "
+                       "restores in the mode it was trained for")
+        elif mode(row) == "enhance" and scale(row) != scale(rows[src]):
+            problem = (f"{where}its scale {scale(row)} differs from {src!r}'s {scale(rows[src])}; a model "
+                       "restores by the factors it was trained for")
+        else:
+            continue
+        if refused is None:
+            raise ConfigError(problem)
+        problems[sid] = problem
+    if not problems:
+        return sheet
+    refused.update(problems)
+    return sheet[~sheet["sample"].isin(list(problems))].reset_index(drop=True)
+
 
 def check_results_dirs(results: str | os.PathLike, samples: Iterable[str]) -> None:
     """Refuse samples whose results folder would lie outside ``results``.

@@ -215,6 +215,13 @@ def test_model_from_that_no_job_could_honour_is_refused(rows, message):
 
     with pytest.raises(ConfigError, match=message):
         check_model_sources(_model_sheet(rows))
+    # bad_rows: fail_alone: the same message refuses that sample alone; the others stay
+    refused = {"z": "sample sheet config/samples.tsv, line 9: sample 'z': column 'scale': …"}
+    kept = check_model_sources(_model_sheet([*rows, ("y", "y.tif", "", "", "z")]), refused=refused)
+    culprit = rows[-1][0]  # the row whose model_from cell fails
+    assert re.search(message, refused.pop(culprit))
+    assert refused.pop("y") == f"sample 'y': its model_from sample 'z' was refused: {refused['z']}"
+    assert sorted(kept["sample"]) == sorted({r[0] for r in rows} - {culprit})
 
 
 def test_first_timepoint_names_each_series_own_time_point_zero():

@@ -150,12 +150,8 @@ def _sample_table():
     # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
     sheet = _sheet.resolve_first_timepoint(sheet)  # model_from=first_timepoint: {series}_t0's model
     sheet = _sheet.resolve_unexpanded_sources(sheet)  # lapse_t0 of an unreadable lapse.tif: wait on its row
-    if refused and "model_from" in sheet:  # restored with a refused sample's model: refused too
-        source_refused = sheet["model_from"].isin(list(refused)) & ~sheet["sample"].isin(list(refused))
-        for sid, source in zip(sheet["sample"][source_refused], sheet["model_from"][source_refused]):
-            refused[sid] = f"sample {sid!r}: its model_from sample {source!r} was refused: {refused[source]}"
-        sheet = sheet[~source_refused].reset_index(drop=True)
-    _sheet.check_model_sources(sheet, default_mode=config["mode"], default_scale=config["scale"])
+    sheet = _sheet.check_model_sources(sheet, default_mode=config["mode"], default_scale=config["scale"],
+                                       refused=refused if FAIL_ALONE else None)
     return sheet, refused
 
 

@@ -11,6 +11,8 @@ rule refused_row:
     params:
         message=lambda wildcards: REFUSED[wildcards.sample],
     localrule: True
+    conda:
+        "../../envs/selfres.yaml"
     shell:
         "printf 'ERROR: %s\\n' {params.message:q} > {log:q}; exit 1"
 

@@ -381,51 +381,6 @@ def test_a_run_stopped_by_a_sheet_mistake_leaves_its_line_in_runs_tsv(tmp_path):
     assert rec["jobs"] == [] and re.search(problem, rec["stopped_before_any_job"])
 
 
-@pytest.mark.slow
-def test_with_bad_rows_fail_alone_a_sheet_mistake_fails_only_its_sample(tmp_path):
-    """``bad_rows: fail_alone`` (nightly batches): a row with a bad value, a duplicated id, a
-    sample restored with a refused sample's model and two inbox files with one id each fail
-    alone — said at the start, as their sample's ERROR line and in the summary, and in the
-    run's record — while the good sample is restored; the night ends in failure, as one with
-    a broken acquisition does."""
-    wd = make_workdir(tmp_path, samples={"good": {}}, config_overrides={
-        "bad_rows": "fail_alone", "inbox": ["inbox/**/*.tif"], "inbox_settle_seconds": 0})
-    sheet = wd / "config" / "samples.tsv"
-    sheet.write_text("sample\tpath\tscale\tmodel_from\n"
-                     "good\t../data/good.tif\t\t\n"
-                     "bad\t../data/good.tif\t2x2x2\t\n"
-                     "uses_bad\t../data/good.tif\t\tbad\n"
-                     "dup\t../data/good.tif\t\t\n"
-                     "dup\t../data/good.tif\t\t\n")
-    for day in ("day1", "day2"):
-        write_tiny_tiff(wd / "inbox" / day / "stack.tif")
-    expected = {
-        "bad": "sample sheet config/samples.tsv, line 3: sample 'bad': column 'scale': '2x2x2' is not of the form: "
-               "integer factors z,y,x, e.g. 1,2,2 (at least one above 1)",
-        "dup": "sample sheet config/samples.tsv, lines 5, 6: sample 'dup': duplicate sample id; ids must be unique",
-        "stack": "inbox: acquisitions with the same sample id 'stack': inbox/day1/stack.tif, inbox/day2/stack.tif. "
-                 "Rename all but one, or give each its own row (own id) in the sample sheet",
-    }
-    expected["uses_bad"] = f"sample 'uses_bad': its model_from sample 'bad' was refused: {expected['bad']}"
-    plan = run_snakemake(wd, "-n", timeout=120)
-    assert plan.returncode == 0, plan.stderr[-2000:]
-    for sid, message in expected.items():
-        assert (f"selfres: ERROR: {message}; sample {sid!r} fails alone, the others run (bad_rows: fail_alone)"
-                in plan.stderr), (sid, plan.stderr[-3000:])
-    proc = run_snakemake(wd, "--keep-going", timeout=300)
-    assert proc.returncode != 0
-    res = wd / "results"
-    assert (res / "good" / "report.html").exists()
-    table = pd.read_csv(res / "summary.tsv", sep="\t").set_index("sample")
-    assert table.loc["good", "status"] in ("ok", "fallback_interpolation")
-    for sid, message in expected.items():
-        assert table.loc[sid, "status"] == "failed" and table.loc[sid, "error"] == message, sid
-        assert (res / sid / "logs" / "refused_row.log").read_text() == f"ERROR: {message}\n"
-        assert not (res / sid / "normalized.ome.zarr").exists()
-    (record,) = (res / "runs").glob("*_error.json")
-    assert sorted(json.loads(record.read_text())["failed_samples"]) == sorted(expected)
-
-
 def test_console_command_prints_one_line_and_exits_2(tmp_path):
     """The installed ``selfres`` command, not just ``cli.main``: one line, status 2."""
     missing = tmp_path / "no such file.tif"
@@ -480,8 +435,33 @@ def test_an_interrupted_stage_ends_with_one_error_line_not_a_traceback(tmp_path,
     ("missing", r"does not exist \(no such file or store\)"),  # deleted before the night: not a whole-batch stop
 ])
 def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, problem):
-    """A broken or missing acquisition fails only its own sample; summary.tsv lists it with its error."""
-    wd = make_workdir(tmp_path, samples={"good": {}, "bad": {"path": "../data/bad.tif"}})
+    """A broken or missing acquisition fails only its own sample; summary.tsv lists it with its error.
+
+    The same run has ``bad_rows: fail_alone`` (nightly batches) and four samples selfres refuses
+    when it reads the sheet and the inbox: a row with a bad value, a duplicated id, a sample
+    restored with a refused sample's model, and two inbox files with one id. Each fails alone
+    too — said at the start (also by a dry run), as its sample's ERROR line and in the summary,
+    and in the run's record — instead of stopping the night before any job (the default)."""
+    wd = make_workdir(tmp_path, samples={"good": {}, "bad": {"path": "../data/bad.tif"}}, config_overrides={
+        "bad_rows": "fail_alone", "inbox": ["inbox/**/*.tif"], "inbox_settle_seconds": 0})
+    (wd / "config" / "samples.tsv").write_text("".join("\t".join(row) + "\n" for row in [
+        ("sample", "path", "scale", "model_from"),
+        ("good", "../data/good.tif", "", ""),
+        ("bad", "../data/bad.tif", "", ""),
+        ("wrong_scale", "../data/good.tif", "2x2x2", ""),  # line 4
+        ("uses_wrong", "../data/good.tif", "", "wrong_scale"),
+        ("dup", "../data/good.tif", "", ""),
+        ("dup", "../data/good.tif", "", "")]))
+    for day in ("day1", "day2"):
+        write_tiny_tiff(wd / "inbox" / day / "stack.tif")
+    refused = {
+        "wrong_scale": "sample sheet config/samples.tsv, line 4: sample 'wrong_scale': column 'scale': '2x2x2' is not "
+                       "of the form: integer factors z,y,x, e.g. 1,2,2 (at least one above 1)",
+        "dup": "sample sheet config/samples.tsv, lines 6, 7: sample 'dup': duplicate sample id; ids must be unique",
+        "stack": "inbox: acquisitions with the same sample id 'stack': inbox/day1/stack.tif, inbox/day2/stack.tif. "
+                 "Rename all but one, or give each its own row (own id) in the sample sheet",
+    }
+    refused["uses_wrong"] = f"sample 'uses_wrong': its model_from sample 'wrong_scale' was refused: {refused['wrong_scale']}"
     good = (wd / "data" / "good.tif").read_bytes()
     if broken == "truncated":
         (wd / "data" / "bad.tif").write_bytes(good[: len(good) // 3])
@@ -491,6 +471,9 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
         assert plan.returncode == 0  # the plan stands, and names the missing file at once
         assert "sample 'bad': its acquisition data/bad.tif does not exist" in plan.stderr, plan.stderr[-2000:]
         assert "sample 'good'" not in plan.stderr
+        for sid, message in refused.items():
+            assert (f"selfres: ERROR: {message}; sample {sid!r} fails alone, the others run (bad_rows: fail_alone)"
+                    in plan.stderr), (sid, plan.stderr[-3000:])
     proc = run_snakemake(wd, "--keep-going", timeout=300)
     assert proc.returncode != 0  # the night had a failure, and says so
     res = wd / "results"
@@ -504,6 +487,12 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
     assert (res / "summary.html").exists()
     log = (res / "bad" / "logs" / "normalise.log").read_text()
     assert [ln for ln in log.splitlines() if ln.startswith("ERROR:")] == ["ERROR: " + table.loc["bad", "error"]]
+    for sid, message in refused.items():
+        assert table.loc[sid, "status"] == "failed" and table.loc[sid, "error"] == message, sid
+        assert (res / sid / "logs" / "refused_row.log").read_text() == f"ERROR: {message}\n"
+        assert not (res / sid / "normalized.ome.zarr").exists()
+    (record,) = (res / "runs").glob("*_error.json")
+    assert sorted(json.loads(record.read_text())["failed_samples"]) == sorted(["bad", *refused])
 
 
 @pytest.mark.slow

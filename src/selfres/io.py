@@ -1486,9 +1486,10 @@ def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level:
     has none). Where the image has a translation and a voxel size, each plane gets its
     position in µm (OME ``Plane`` ``PositionX/Y/Z``: voxel 0's centre in y, x, the plane's
     centre in z), so that a crop or a tile of a mosaic stays in place in tools that place
-    images by it (BigStitcher; napari's and Bio-Formats' metadata views). The image is read a slab of planes at a time (at most ~256 MB), so any
-    size fits in memory; BigTIFF above ~4 GB of pixels. Written atomically: the file
-    appears complete or not at all.
+    images by it (BigStitcher; napari's and Bio-Formats' metadata views). The image is
+    read a slab of planes at a time (at most ~256 MB), so any size fits in memory;
+    BigTIFF above ~4 GB of pixels. Written atomically: the file appears complete or not
+    at all.
 
     Parameters
     ----------

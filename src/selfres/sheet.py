@@ -316,8 +316,10 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
         Given (config ``bad_rows: fail_alone``), a row that fails the schema or its checks,
         and every row of a duplicated id, is left out of the table and its message stored
         here under its sample id, instead of raised; the caller fails that sample alone.
-        What no sample can own still raises: an unreadable sheet, its header, an id that
-        cannot be a folder name, a mistake of the config itself.
+        Their acquisitions' paths are in the table's ``attrs["refused_paths"]`` (an inbox
+        scan leaves those files to their rows). What no sample can own still raises: an
+        unreadable sheet, its header, an id that cannot be a folder name, a mistake of the
+        config itself.
 
     Returns
     -------
@@ -372,12 +374,15 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     for sid in dup:  # which row was meant? neither runs
         at = ", ".join(str(i) for i, s in zip(lines, sheet["sample"]) if s == sid)
         refused[sid] = f"sample sheet {path}, lines {at}: sample {sid!r}: duplicate sample id; ids must be unique"
-    if refused:
-        sheet = sheet[~sheet["sample"].isin(list(refused))].reset_index(drop=True)
     base = os.path.dirname(os.path.abspath(path))
     for col in PATH_COLUMNS:
         if col in sheet:
             sheet[col] = [_resolve(p, base) if p and p not in _NULL_CELLS else p for p in sheet[col]]
+    if refused:
+        gone = sheet["sample"].isin(list(refused))
+        paths = [p for p in sheet.loc[gone, "path"] if p]
+        sheet = sheet[~gone].reset_index(drop=True)
+        sheet.attrs["refused_paths"] = paths  # an inbox scan leaves these files to their (refused) rows
     return sheet
 
 

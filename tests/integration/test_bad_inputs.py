@@ -448,12 +448,13 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
         ("sample", "path", "scale", "model_from"),
         ("good", "../data/good.tif", "", ""),
         ("bad", "../data/bad.tif", "", ""),
-        ("wrong_scale", "../data/good.tif", "2x2x2", ""),  # line 4
+        ("wrong_scale", "../inbox/wrong_scale.tif", "2x2x2", ""),  # line 4; its file is in the inbox too
         ("uses_wrong", "../data/good.tif", "", "wrong_scale"),
         ("dup", "../data/good.tif", "", ""),
         ("dup", "../data/good.tif", "", "")]))
     for day in ("day1", "day2"):
         write_tiny_tiff(wd / "inbox" / day / "stack.tif")
+    write_tiny_tiff(wd / "inbox" / "wrong_scale.tif")  # a refused row keeps its file from the inbox's defaults
     refused = {
         "wrong_scale": "sample sheet config/samples.tsv, line 4: sample 'wrong_scale': column 'scale': '2x2x2' is not "
                        "of the form: integer factors z,y,x, e.g. 1,2,2 (at least one above 1)",

@@ -377,6 +377,8 @@ def test_with_bad_rows_fail_alone_a_refused_row_is_left_out_with_its_message(tmp
     assert refused["bad"].startswith(f"sample sheet {p}, line 3: sample 'bad': column 'scale': '2x2x2' is not of")
     assert refused["dup"] == f"sample sheet {p}, lines 4, 6: sample 'dup': duplicate sample id; ids must be unique"
     assert refused["steps"].startswith(f"sample sheet {p}, line 5: sample 'steps': ") and "train.steps" in refused["steps"]
+    # their files stay theirs: an inbox scan must not take them up as new samples
+    assert sorted(Path(f).name for f in table.attrs["refused_paths"]) == ["b.tif", "d1.tif", "d2.tif", "s.tif"]
     # an id that cannot be a folder, and the config's own mistake, stop the run either way
     with pytest.raises(ConfigError, match=r"line 3: sample id '\.\./evil' is not allowed"):
         read_sample_sheet(_sheet(tmp_path, "sample\tpath\ngood\tg.tif\n../evil\te.tif\n"), schema=SCHEMA, refused={})

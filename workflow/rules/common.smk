@@ -117,8 +117,10 @@ def _inbox_rows(sheet, refused):
     # the run stops on clashing ids before its first job (bad_rows: fail_alone: those samples
     # fail alone); a job (which re-reads the inbox) leaves them out instead, so a file dropped
     # in during the night fails no other job
+    # a refused row still owns its id and its file: the inbox must not take them with other settings
     scan = scan_inbox(config["inbox"], settle_seconds=config["inbox_settle_seconds"],
-                      known_ids=sheet["sample"], known_paths=sheet["path"],
+                      known_ids=[*sheet["sample"], *refused],
+                      known_paths=[*sheet["path"], *sheet.attrs.get("refused_paths", [])],
                       on_clash="error" if workflow.is_main_process and not FAIL_ALONE else "skip")
     if FAIL_ALONE:
         for sid, paths in scan.clashes:

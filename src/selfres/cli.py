@@ -170,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the ending run's .snakemake/log/*.snakemake.log: its samples with a job that did not "
                         "finish are failed, whatever older outputs lie on disk")
 
+    s = sub.add_parser("refused", help="the one job of a sample the workflow refused when it read the sheet or "
+                       "the inbox (bad_rows: fail_alone): prints the reason as the sample's ERROR line and fails")
+    s.add_argument("--sample", required=True)
+    s.add_argument("--message", required=True, help="why the sample was refused (the run's start says it too)")
+
     s = sub.add_parser("runlog", help="record of one snakemake run → RESULTS/runs/*.json and runs.tsv")
     s.add_argument("results", type=Path)
     s.add_argument("--status", required=True, choices=RUN_STATUSES,
@@ -223,9 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    cmd = args.command
+    if cmd in ("summary", "runlog"):  # run at the end of every run: without dask, zarr, matplotlib, torch
+        return _run_record_or_summary(args)
+    if cmd == "refused":
+        raise ConfigError(args.message)
     from . import pipeline
 
-    cmd = args.command
     sample = getattr(args, "sample", None) or "sample"
     if cmd == "demo":
         from .demo import write_demo
@@ -277,7 +286,7 @@ def run(args) -> int:
         if args.drop_stale_export and args.step in ("all", "gather"):
             pipeline.drop_stale_export(args.output)
         if args.done:  # a Snakemake output: never half-written
-            from .io import write_text_atomic
+            from .atomic import write_text_atomic
 
             write_text_atomic(args.done, json.dumps(out | {"step": args.step, "block": args.block,
                                                            "blocks": st.blocks}, default=str) + "\n")
@@ -293,16 +302,6 @@ def run(args) -> int:
         from .io import write_ome_tiff
 
         write_ome_tiff(args.output, args.source, level=args.level, name=args.sample)
-    elif cmd == "summary":
-        samples = [s for s in args.samples.split(",") if s]
-        modes = json.loads(args.modes) if args.modes else None
-        pipeline.stage_summary(args.results, samples, args.output, args.html, modes=modes,
-                               snakemake_log=args.snakemake_log)
-    elif cmd == "runlog":
-        from .runlog import write_run_record
-
-        print(write_run_record(args.results, status=args.status, snakemake_log=args.snakemake_log,
-                               samples=[s for s in args.samples.split(",") if s]))
     elif cmd == "inspect":
         print(describe_for_sheet(args.input, voxel_size=args.voxel_size, scale=args.scale,
                                  fov_settings=_settings(args).fov, training_fov=args.training_fov))
@@ -317,6 +316,21 @@ def run(args) -> int:
                              device=args.device, threads=args.threads, keep=args.keep, sample=args.sample,
                              reference=args.reference)
         print(json.dumps(m, indent=2))
+    return 0
+
+
+def _run_record_or_summary(args) -> int:
+    """``selfres summary`` and ``selfres runlog``: the batch's summary and run record."""
+    samples = [s for s in args.samples.split(",") if s]
+    if args.command == "summary":
+        from .summary import stage_summary
+
+        stage_summary(args.results, samples, args.output, args.html,
+                      modes=json.loads(args.modes) if args.modes else None, snakemake_log=args.snakemake_log)
+    else:
+        from .runlog import write_run_record
+
+        print(write_run_record(args.results, status=args.status, snakemake_log=args.snakemake_log, samples=samples))
     return 0
 
 

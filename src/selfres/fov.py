@@ -51,7 +51,7 @@ class TrainingFov:
         )
 
     def save(self, path: str | Path) -> None:
-        from .io import write_text_atomic
+        from .atomic import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
 

@@ -21,8 +21,6 @@ import itertools
 import logging
 import math
 import os
-import shutil
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ import numpy as np
 import zarr
 
 from selfres.errors import ChannelNotChosen, InputError, SeriesNotChosen, TimepointNotChosen
+from selfres.atomic import atomic_output, write_text_atomic  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("selfres.io")
 
@@ -1062,69 +1061,6 @@ def _check_chunks(chunks, shape) -> tuple[int, int, int]:
     if len(c) != 3 or min(c) < 1:
         raise ValueError(f"chunks must be 3 positive integers (z, y, x), got {chunks!r}")
     return tuple(min(ci, max(1, n)) for ci, n in zip(c, shape))
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a small text file atomically: a temporary sibling renamed into place, so a
-    reader (or a rerun after a kill) sees the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or a kill leaves no partial file behind
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Write to a temporary sibling of ``path`` and move it into place on success.
-
-    Parameters
-    ----------
-    path
-        Final file or directory. An existing one is replaced only once the new
-        output is complete; on any error the temporary output is deleted and
-        ``path`` is left as it was.
-
-    Yields
-    ------
-    pathlib.Path
-        The temporary path to write (does not exist yet).
-    """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    tmp = final.with_name(f".{final.name}.tmp-{token}")
-    try:
-        yield tmp
-        if not tmp.exists():
-            raise FileNotFoundError(f"nothing was written to the temporary path {tmp}")
-        old = None
-        if final.exists() or final.is_symlink():
-            old = final.with_name(f".{final.name}.old-{token}")
-            os.replace(final, old)
-        try:
-            os.replace(tmp, final)
-        except BaseException:
-            if old is not None:
-                os.replace(old, final)
-            raise
-        if old is not None:
-            _remove(old)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(p: Path) -> None:
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p, ignore_errors=True)
-    elif p.exists() or p.is_symlink():
-        with contextlib.suppress(OSError):
-            p.unlink()
 
 
 def create_ome_zarr(path: str | os.PathLike, *, shape: Sequence[int], dtype,

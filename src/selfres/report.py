@@ -23,18 +23,14 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.patches  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "VolumeView",
@@ -222,6 +218,24 @@ _DPI = 80
 _MAX_PLANE = 512  # largest side of a plane passed to imshow
 
 
+@functools.cache
+def _matplotlib():
+    """matplotlib on the Agg backend (files, no display), with the submodules the figures use;
+    imported at the first figure, so that the batch summary, which draws none, starts without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.patches
+    import matplotlib.pyplot
+    import matplotlib.ticker  # noqa: F401
+
+    return matplotlib
+
+
+def _pyplot():
+    return _matplotlib().pyplot
+
+
 def explain_flag(flag: str) -> tuple[str, str]:
     """Return ``(meaning, what to do)`` for a flag, with a generic hint if unknown.
 
@@ -251,7 +265,7 @@ def _fig_to_png(fig: Figure) -> bytes:
     """Render a figure to compact PNG bytes (palette PNG when Pillow is present)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     data = buf.getvalue()
     try:
         from PIL import Image
@@ -588,7 +602,7 @@ def _panel_grid(
         # one XY panel per volume, side by side
         aspect = heights[0] / widths[0]
         panel_w = 3.4
-        fig = plt.figure(figsize=(panel_w * n_vol + 0.8,
+        fig = _pyplot().figure(figsize=(panel_w * n_vol + 0.8,
                                   max(1.5, min(6.0, panel_w * aspect)) + 1.0))
         gs = fig.add_gridspec(1, n_vol, left=0.06, right=0.92, top=0.86, bottom=0.12,
                               wspace=0.25)
@@ -597,7 +611,7 @@ def _panel_grid(
         total_w = 10.5
         col_w = total_w * ratio_w / ratio_w.sum()
         row_h = max(1.2, min(4.0, max(h / w * cw for h, w, cw in zip(heights, widths, col_w))))
-        fig = plt.figure(figsize=(total_w + 0.8, row_h * n_vol + 0.9))
+        fig = _pyplot().figure(figsize=(total_w + 0.8, row_h * n_vol + 0.9))
         gs = fig.add_gridspec(n_vol, len(cols), width_ratios=list(ratio_w),
                               left=0.07, right=0.92, top=0.90, bottom=0.06,
                               wspace=0.25, hspace=0.35)
@@ -619,7 +633,7 @@ def _panel_grid(
             for i, (box, color) in enumerate(boxes if r == 0 and pname == "XY" else ()):
                 (b0, b1), (a0, a1) = box[ah], box[av]
                 inset = 0.15 + 0.2 * i
-                ax.add_patch(matplotlib.patches.Rectangle(
+                ax.add_patch(_matplotlib().patches.Rectangle(
                     ((b0 + inset) * vsz[ah], (a0 + inset) * vsz[av]),
                     max(b1 - b0 - 2 * inset, 0.1) * vsz[ah], max(a1 - a0 - 2 * inset, 0.1) * vsz[av],
                     fill=False, edgecolor=color, lw=1.8 if i == 0 else 1.4, ls="-" if i == 0 else "--", zorder=3))
@@ -843,7 +857,7 @@ def figure_detail(
         display = display_range(crops["restored"][0], low=0.5, high=99.9)
     vmin, vmax = display
     line_y_phys = (y + 0.5) * vout[1]
-    fig = plt.figure(figsize=(11.0, 3.4))
+    fig = _pyplot().figure(figsize=(11.0, 3.4))
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.5], left=0.05, right=0.98,
                           top=0.86, bottom=0.16, wspace=0.3)
     colors = {"raw": "tab:blue", "interpolation": "tab:orange", "restored": "tab:green"}
@@ -912,7 +926,7 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
     if display is None:
         display = display_range(crops["restored"][0], low=0.5, high=99.9)
     vmin, vmax = display
-    fig = plt.figure(figsize=(11.0, 3.6))
+    fig = _pyplot().figure(figsize=(11.0, 3.6))
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.5], left=0.06, right=0.98, top=0.86, bottom=0.16,
                           wspace=0.35)
     colors = {"raw": "tab:blue", "interpolation": "tab:orange", "restored": "tab:green"}
@@ -980,7 +994,7 @@ def figure_training_curves(training_log: Any, *, best_step: int | None = None) -
         raise ValueError("training_log is empty or has no 'step' column")
     step = pd.to_numeric(df["step"], errors="coerce").to_numpy(dtype=float)
     best = _best_step(df, best_step)
-    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.0))
+    fig, axes = _pyplot().subplots(1, 3, figsize=(11.0, 3.0))
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.17, top=0.85, wspace=0.3)
 
     def col(name):
@@ -995,7 +1009,7 @@ def figure_training_curves(training_log: Any, *, best_step: int | None = None) -
         # log scale only when the loss spans more than a decade (else unreadable ticks)
         if finite.size and np.all(finite > 0) and finite.max() / finite.min() > 10:
             ax.set_yscale("log")
-            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.yaxis.set_minor_formatter(_matplotlib().ticker.NullFormatter())
     ax.set_title("training loss", fontsize=9)
     ax = axes[1]
     if "val_psnr_model" in df.columns:
@@ -1044,7 +1058,7 @@ def figure_spectra(spectra: Mapping[str, Any], *, log10_power: bool = False) -> 
     bytes
         A PNG image.
     """
-    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    fig, ax = _pyplot().subplots(figsize=(6.0, 3.4))
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.16, top=0.88)
     nyquist_in = spectra.get("nyquist_in")
     for name, color, style in (("input", "tab:blue", "-"), ("interpolation", "tab:orange", "--"),
@@ -1171,7 +1185,7 @@ def figure_beads(
         j = int(np.nanargmin(d)) if np.isfinite(d).any() else -1
         if j >= 0 and d[j] <= 2.0:  # within two input voxels
             c_out = (pos_out[j], t_out.loc[j])
-    fig = plt.figure(figsize=(11.0, 3.2))
+    fig = _pyplot().figure(figsize=(11.0, 3.2))
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.2], left=0.06, right=0.98,
                           top=0.82, bottom=0.17, wspace=0.32)
     styles = {"input": ("tab:blue", "o", "--"), "output": ("tab:green", "s", "-")}
@@ -1232,7 +1246,7 @@ def figure_beads(
 
 def _placeholder_png(text: str) -> bytes:
     """A small PNG saying why a figure is missing (for fixed Snakemake outputs)."""
-    fig = plt.figure(figsize=(5.0, 1.2))
+    fig = _pyplot().figure(figsize=(5.0, 1.2))
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="0.3", wrap=True)
     return _fig_to_png(fig)
 
@@ -1373,7 +1387,7 @@ def _page(title: str, body: str, *, script: str = "") -> str:
     )
 
 
-# A sample report whose sample failed a later run says so at its top (pipeline.stage_summary):
+# A sample report whose sample failed a later run says so at its top (summary.stage_summary):
 # the banner lies between these markers, so the next summary can replace or remove it.
 _STALE_START, _STALE_END = "<!-- selfres:stale -->", "<!-- /selfres:stale -->"
 

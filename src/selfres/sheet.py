@@ -547,7 +547,7 @@ class FileCounts:
         import json
         import logging
 
-        from .io import write_text_atomic
+        from .atomic import write_text_atomic
 
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

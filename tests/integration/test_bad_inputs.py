@@ -459,8 +459,8 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
         "wrong_scale": "sample sheet config/samples.tsv, line 4: sample 'wrong_scale': column 'scale': '2x2x2' is not "
                        "of the form: integer factors z,y,x, e.g. 1,2,2 (at least one above 1)",
         "dup": "sample sheet config/samples.tsv, lines 6, 7: sample 'dup': duplicate sample id; ids must be unique",
-        "stack": "inbox: acquisitions with the same sample id 'stack': inbox/day1/stack.tif, inbox/day2/stack.tif. "
-                 "Rename all but one, or give each its own row (own id) in the sample sheet",
+        "stack": "sample 'stack': inbox: acquisitions with the same sample id: inbox/day1/stack.tif, "
+                 "inbox/day2/stack.tif. Rename all but one, or give each its own row (own id) in the sample sheet",
     }
     refused["uses_wrong"] = f"sample 'uses_wrong': its model_from sample 'wrong_scale' was refused: {refused['wrong_scale']}"
     good = (wd / "data" / "good.tif").read_bytes()

@@ -349,11 +349,11 @@ def test_summary_failed_sample_has_no_dead_link_and_is_listed():
 def test_stage_summary_flags_and_failed(tmp_path):
     import json
 
-    from selfres import pipeline
+    from selfres import summary
 
     import os
 
-    def finished(sample):  # what a finished run leaves (pipeline.SAMPLE_OUTPUTS)
+    def finished(sample):  # what a finished run leaves (summary.SAMPLE_OUTPUTS)
         d = tmp_path / sample
         for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
             (d / sub).mkdir(parents=True)
@@ -374,7 +374,7 @@ def test_stage_summary_flags_and_failed(tmp_path):
     (tmp_path / "b" / "logs" / "normalise.log").write_text("ERROR: b.tif: not a TIFF\n")
     (tmp_path / "c" / "logs").mkdir(parents=True)  # killed mid-training: no ERROR line
     (tmp_path / "c" / "logs" / "train.log").write_text("step 40/100 loss 0.01\n")
-    pipeline.stage_summary(tmp_path, ["a", "b", "c", "d", "e", "f"], tmp_path / "summary.tsv",
+    summary.stage_summary(tmp_path, ["a", "b", "c", "d", "e", "f"], tmp_path / "summary.tsv",
                            tmp_path / "summary.html")
     df = pd.read_csv(tmp_path / "summary.tsv", sep="\t").set_index("sample")
     assert df.loc["a", "flags"] == "early_stopped;saturated_input" and df.loc["a", "status"] == "ok"
@@ -396,7 +396,7 @@ def test_stage_summary_flags_and_failed(tmp_path):
         assert (tmp_path / sample / "report.html").stat().st_mtime < 2e9
     assert "is truncated" in (tmp_path / "e" / "report.html").read_text()
     assert (tmp_path / "a" / "report.html").read_text() == "<html></html>"
-    pipeline.stage_summary(tmp_path, ["a", "b", "c", "d", "e", "f"], tmp_path / "summary.tsv",
+    summary.stage_summary(tmp_path, ["a", "b", "c", "d", "e", "f"], tmp_path / "summary.tsv",
                            tmp_path / "summary.html")
     again = pd.read_csv(tmp_path / "summary.tsv", sep="\t").set_index("sample")
     assert again.loc["e", "status"] == "failed"
@@ -408,7 +408,7 @@ def test_stage_summary_marks_a_sample_whose_job_this_run_did_not_finish(tmp_path
     time limit on a block of scattered inference): the run's log says the sample failed."""
     import json
 
-    from selfres import pipeline
+    from selfres import summary
 
     for sample in ("a", "b"):
         d = tmp_path / sample
@@ -438,9 +438,9 @@ rule qc:
 [Mon Nov 30 09:02:20 2026]
 Finished jobid: 9 (Rule: qc)
 """)
-    summary = tmp_path / "summary.tsv"
-    pipeline.stage_summary(tmp_path, ["a", "b"], summary, tmp_path / "summary.html", snakemake_log=log)
-    df = pd.read_csv(summary, sep="\t").set_index("sample")
+    table = tmp_path / "summary.tsv"
+    summary.stage_summary(tmp_path, ["a", "b"], table, tmp_path / "summary.html", snakemake_log=log)
+    df = pd.read_csv(table, sep="\t").set_index("sample")
     assert df.loc["b", "status"] == "ok"
     assert df.loc["a", "status"] == "failed"
     assert "infer_block (Slurm job 31" in df.loc["a", "error"] and "earlier run" in df.loc["a", "error"]
@@ -448,8 +448,8 @@ Finished jobid: 9 (Rule: qc)
     assert "This report is out of date" in stale and "(started 2026-11-30 09:02:09)" in stale
     assert "infer_block (Slurm job 31" in stale and "out of date" not in (tmp_path / "b" / "report.html").read_text()
     # without the run's log (the summary rule of a run that finished) both read as done, the banner goes
-    pipeline.stage_summary(tmp_path, ["a", "b"], summary, tmp_path / "summary.html")
-    assert set(pd.read_csv(summary, sep="\t")["status"]) == {"ok"}
+    summary.stage_summary(tmp_path, ["a", "b"], table, tmp_path / "summary.html")
+    assert set(pd.read_csv(table, sep="\t")["status"]) == {"ok"}
     assert (tmp_path / "a" / "report.html").read_text() == "<html></html>"
 
 
@@ -713,3 +713,20 @@ def test_detail_structure_is_found_away_from_the_lateral_edges():
 def test_detail_crop_at_the_edge_keeps_its_full_size():
     assert report._window(0, 8, 64) == (0, 16) and report._window(63, 8, 64) == (48, 64)
     assert report._window(30, 8, 64) == (22, 38) and report._window(3, 8, 10) == (0, 10)
+
+
+def test_the_batch_summary_starts_without_the_heavy_libraries(tmp_path):
+    """`selfres summary` (and `selfres runlog`) end every run, and the summary again from the
+    workflow's onerror: they need json, pandas and the report's HTML, not dask, zarr,
+    matplotlib or torch (which took the summary from ~0.7 s to ~3 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from selfres import cli\n"
+            f"assert cli.main(['summary', {str(tmp_path)!r}, '--samples', 'a', '-o', {str(tmp_path / 's.tsv')!r},"
+            f" '--html', {str(tmp_path / 's.html')!r}]) == 0\n"
+            f"assert cli.main(['runlog', {str(tmp_path)!r}, '--status', 'success', '--samples', 'a']) == 0\n"
+            "print(sorted(m for m in ('dask', 'zarr', 'matplotlib', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines()[-1] == "[]"
+    assert pd.read_csv(tmp_path / "s.tsv", sep="\t").loc[0, "status"] == "pending"

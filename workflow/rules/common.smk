@@ -124,8 +124,8 @@ def _inbox_rows(sheet, refused):
                       on_clash="error" if workflow.is_main_process and not FAIL_ALONE else "skip")
     if FAIL_ALONE:
         for sid, paths in scan.clashes:
-            refused[sid] = (f"inbox: acquisitions with the same sample id {sid!r}: {', '.join(paths)}. Rename all "
-                            "but one, or give each its own row (own id) in the sample sheet")
+            refused[sid] = (f"sample {sid!r}: inbox: acquisitions with the same sample id: {', '.join(paths)}. "
+                            "Rename all but one, or give each its own row (own id) in the sample sheet")
         scan.clashes = []
     for line in scan.messages():
         print(line, file=sys.stderr)

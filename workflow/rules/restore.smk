@@ -14,7 +14,7 @@ rule refused_row:
     conda:
         "../../envs/selfres.yaml"
     shell:
-        "printf 'ERROR: %s\\n' {params.message:q} > {log:q}; exit 1"
+        "selfres refused --sample {wildcards.sample:q} --message {params.message:q} > {log:q} 2>&1"
 
 
 rule normalise:

@@ -1,0 +1,79 @@
+"""Outputs that appear complete or not at all: write to a temporary sibling, rename at the end.
+
+Kept apart from :mod:`selfres.io` (which needs dask and zarr) so that light commands, such
+as ``selfres summary``, write atomically without importing them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_output", "write_text_atomic"]
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write a small text file atomically: a temporary sibling renamed into place, so a
+    reader (or a rerun after a kill) sees the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill leaves no partial file behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Write to a temporary sibling of ``path`` and move it into place on success.
+
+    Parameters
+    ----------
+    path
+        Final file or directory. An existing one is replaced only once the new
+        output is complete; on any error the temporary output is deleted and
+        ``path`` is left as it was.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary path to write (does not exist yet).
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    tmp = final.with_name(f".{final.name}.tmp-{token}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written to the temporary path {tmp}")
+        old = None
+        if final.exists() or final.is_symlink():
+            old = final.with_name(f".{final.name}.old-{token}")
+            os.replace(final, old)
+        try:
+            os.replace(tmp, final)
+        except BaseException:
+            if old is not None:
+                os.replace(old, final)
+            raise
+        if old is not None:
+            _remove(old)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    elif p.exists() or p.is_symlink():
+        with contextlib.suppress(OSError):
+            p.unlink()

@@ -1,0 +1,125 @@
+"""The batch summary: ``summary.tsv`` and ``summary.html`` over a run's samples, failed ones
+included, and the "out of date" box on the older report of a sample that failed later.
+
+Light on purpose (no dask, zarr, matplotlib or torch): it runs at the end of every run, and
+again from the workflow's ``onerror`` handler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import report
+from .atomic import write_text_atomic
+from .runlog import read_snakemake_log, unfinished_jobs_by_sample
+
+log = logging.getLogger("selfres.summary")
+
+__all__ = ["SAMPLE_OUTPUTS", "last_error", "stage_summary"]
+
+
+def last_error(log_dir: Path, *, newer_than: float | None = None) -> str | None:
+    """The last ``ERROR:`` line in a sample's logs (what the CLI prints on failure), in logs
+    written after ``newer_than`` (a modification time) when given."""
+    msgs = []
+    if log_dir.is_dir():
+        for f in sorted(log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime):
+            if newer_than is not None and f.stat().st_mtime <= newer_than:
+                continue
+            for line in f.read_text(errors="replace").splitlines():
+                if line.startswith("ERROR:"):
+                    msgs.append(line[len("ERROR:"):].strip())
+    return msgs[-1] if msgs else None
+
+
+#: What a sample's results folder holds when its last run finished (contract names).
+#: Snakemake removes the outputs of a job that fails or is killed, so a sample missing
+#: any of them did not finish its last run, whatever an older report says.
+SAMPLE_OUTPUTS = ("normalized.ome.zarr", "train_fov.json", "model", "restored.ome.zarr", "qc/metrics.json",
+                  "report.html")
+
+
+def _log_time(stamp: str | None) -> float | None:
+    """``2026-11-30 09:02:09`` (a Snakemake log's ``Date``, local time) → seconds since the epoch."""
+    try:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) if stamp else None
+    except ValueError:
+        return None
+
+
+def _unfinished_message(jobs: Sequence[dict]) -> str:
+    """What a sample's unfinished jobs say without an ``ERROR:`` line of their own."""
+    parts = []
+    for job in jobs:
+        where = f" (Slurm job {job['slurm_jobid']}, log {job['slurm_log']})" if job.get("slurm_jobid") else ""
+        parts.append(f"{job['rule']}{where}")
+    jobs_word = "job" if len(parts) == 1 else "jobs"
+    return (f"its {', '.join(parts)} {jobs_word} did not finish in this run and wrote no ERROR line: "
+            "killed (a time or memory limit, or by hand) or stopped with the run")
+
+
+def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str | None:
+    """What a failed sample's older report says at its top (``None`` for a sample that is ok)."""
+    if row.get("report"):
+        return None
+    when = f" (started {run_started})" if run_started else ""
+    written = time.strftime("%Y-%m-%d %H:%M", time.localtime(html.stat().st_mtime))
+    return (f"The latest run{when} did not finish this sample: {row.get('error') or 'see its logs'}. This page "
+            f"shows the results of the run that wrote it on {written}; the latest run may have remade or "
+            "removed files beside it. summary.html (one folder up) shows the current state; the next run that finishes "
+            "this sample writes a new report.")
+
+
+def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,
+                  *, modes: dict | None = None, snakemake_log: str | Path | None = None) -> list[dict]:
+    """Write ``summary.tsv`` / ``summary.html`` over all samples, failed ones included.
+
+    ``snakemake_log``: the log of the run that ends (the workflow's ``onerror`` passes it).
+    A sample with a job that did not finish in that run is ``failed``, even where an
+    earlier run's outputs are all still on disk (a killed job leaves no ``ERROR:`` line,
+    and Snakemake keeps the outputs of the steps before it).
+    """
+    results = Path(results)
+    run = read_snakemake_log(snakemake_log)
+    unfinished = unfinished_jobs_by_sample(run["jobs"])
+    run_started = _log_time(run["header"].get("started")) if unfinished else None
+    rows = []
+    for s in samples:
+        mfile = results / s / "qc" / "metrics.json"
+        row = {"sample": s, "mode": (modes or {}).get(s)}
+        html = results / s / "report.html"
+        complete = all((results / s / p).exists() for p in SAMPLE_OUTPUTS)
+        # a job of a later run that failed leaves its ERROR line in a log newer than the report
+        failed_since = last_error(results / s / "logs", newer_than=html.stat().st_mtime) if complete else None
+        jobs_left = unfinished.get(s)
+        if complete and failed_since is None and not jobs_left:
+            # the summary's columns come from metrics.json (report.summary_table derives them)
+            row.update(json.loads(mfile.read_text()), sample=s, error=None, report=f"{s}/report.html")
+        else:
+            logs = results / s / "logs"
+            if jobs_left:  # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
+                err = ((last_error(logs, newer_than=run_started - 60) if run_started else None)
+                       or _unfinished_message(jobs_left))
+                if complete:
+                    err += "; the outputs on disk are from an earlier run"
+            else:
+                err = failed_since or last_error(logs)
+            if err is None and logs.is_dir():  # killed (time or memory limit, by hand) or still running
+                newest = max(logs.glob("*.log"), key=lambda q: q.stat().st_mtime, default=None)
+                err = ("no ERROR line in its logs: the job was killed (a time or memory limit, or by hand) "
+                       "or has not finished" + (f"; see {s}/logs/{newest.name}" if newest else ""))
+            row.update({"status": "failed" if err or logs.is_dir() else "pending",
+                        "error": err, "report": None})
+        if html.exists():
+            try:
+                report.set_stale_banner(html, _stale_report_message(row, html, run["header"].get("started")))
+            except OSError as exc:  # a read-only or full results folder: the summary still gets written
+                log.warning("%s: could not mark or unmark it as out of date (%s)", html, exc)
+        rows.append(row)
+    write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
+    write_text_atomic(out_html, report.render_summary(rows))
+    return rows

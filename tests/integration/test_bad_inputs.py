@@ -392,6 +392,16 @@ def test_console_command_prints_one_line_and_exits_2(tmp_path):
         f"ERROR: sample 'night-3': {missing}: does not exist (no such file or store)"]
 
 
+def test_a_refused_samples_job_fails_with_its_reason_as_the_error_line(capsys):
+    """`selfres refused` (the job of a sample refused with bad_rows: fail_alone): exit 2 and
+    one ERROR line, the sample named once."""
+    why = "sample sheet config/samples.tsv, line 4: sample 'a': column 'scale': '2x2x2' is not of the form: …"
+    assert cli.main(["refused", "--sample", "a", "--message", why]) == 2
+    assert capsys.readouterr().err == f"ERROR: {why}\n"
+    assert cli.main(["refused", "--sample", "b", "--message", "inbox: two files"]) == 2
+    assert capsys.readouterr().err == "ERROR: sample 'b': inbox: two files\n"
+
+
 def test_an_unforeseen_failure_still_ends_in_one_error_line(tmp_path, capsys, monkeypatch):
     """An exception selfres does not anticipate (a bug) keeps its traceback in the log but
     still ends with one ``ERROR:`` line naming the sample, the command and the input —

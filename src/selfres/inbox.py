@@ -64,6 +64,10 @@ def last_change(path: str | os.PathLike) -> float:
     return newest
 
 
+#: What to do about acquisitions that map to one sample id.
+CLASH_ADVICE = "Rename all but one, or give each its own row (own id) in the sample sheet"
+
+
 @dataclass
 class InboxScan:
     """What one scan of the inbox found.
@@ -85,6 +89,14 @@ class InboxScan:
     waiting: list[tuple[str, float]] = field(default_factory=list)
     shadowed: list[tuple[str, str]] = field(default_factory=list)
     clashes: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    def refusals(self) -> dict[str, str]:
+        """``{id: why}`` of the clashing ids, for a run that fails each alone (``bad_rows:
+        fail_alone``); the clashes are then its to report, and leave :meth:`messages`."""
+        out = {sid: f"sample {sid!r}: inbox: acquisitions with the same sample id: {', '.join(ps)}. {CLASH_ADVICE}"
+               for sid, ps in self.clashes}
+        self.clashes = []
+        return out
 
     def messages(self) -> list[str]:
         """One line per acquisition not taken, for the run's output."""
@@ -155,10 +167,7 @@ def scan_inbox(
             del by_id[sid]
     elif clashes:
         detail = "; ".join(f"{sid!r} from {', '.join(ps)}" for sid, ps in sorted(clashes.items()))
-        raise ConfigError(
-            f"inbox: acquisitions with the same sample id: {detail}. Rename all but one, "
-            "or give each its own row (own id) in the sample sheet"
-        )
+        raise ConfigError(f"inbox: acquisitions with the same sample id: {detail}. {CLASH_ADVICE}")
     for sid, (path,) in sorted(by_id.items()):
         try:
             age = now - last_change(path)

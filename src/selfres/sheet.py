@@ -358,14 +358,12 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     validator = _row_validator(schema)
     for i, row in zip(lines, sheet.to_dict(orient="records")):
         where = f"sample sheet {path}, line {i}: "
-        if refused is None:
-            check_sample_row(row, validator=validator, where=where, config_settings=config_settings)
-            continue
-        check_sample_id(row["sample"], where=where)  # no folder to fail in: stops the run
+        if refused is not None:
+            check_sample_id(row["sample"], where=where)  # no folder to fail in: stops the run
         try:
             check_sample_row(row, validator=validator, where=where, config_settings=config_settings)
         except ConfigError as exc:
-            if str(exc).startswith("config: "):  # the config's own mistake: every sample's
+            if refused is None or str(exc).startswith("config: "):  # "config:": every sample's mistake
                 raise
             refused.setdefault(row["sample"], str(exc))
     dup = sorted(sheet["sample"][sheet["sample"].duplicated()].unique())

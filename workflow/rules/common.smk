@@ -123,10 +123,7 @@ def _inbox_rows(sheet, refused):
                       known_paths=[*sheet["path"], *sheet.attrs.get("refused_paths", [])],
                       on_clash="error" if workflow.is_main_process and not FAIL_ALONE else "skip")
     if FAIL_ALONE:
-        for sid, paths in scan.clashes:
-            refused[sid] = (f"sample {sid!r}: inbox: acquisitions with the same sample id: {', '.join(paths)}. "
-                            "Rename all but one, or give each its own row (own id) in the sample sheet")
-        scan.clashes = []
+        refused.update(scan.refusals())
     for line in scan.messages():
         print(line, file=sys.stderr)
     schema = os.path.join(workflow.current_basedir, "..", "schemas", "samples.schema.yaml")

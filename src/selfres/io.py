@@ -32,6 +32,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from selfres import formats
 from selfres.errors import ChannelNotChosen, InputError, SeriesNotChosen, TimepointNotChosen
 from selfres.atomic import atomic_output, write_text_atomic  # noqa: F401 (part of this module's API)
 
@@ -63,7 +64,7 @@ ATTRS_KEY = "selfres"
 WINDOW_PERCENTILES = (0.1, 99.9)
 _SUBSAMPLE_VOXELS = 1_000_000
 
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_TIFF_MAGIC = formats.TIFF_MAGIC
 
 # Length units to micrometres (OME, ImageJ and NGFF spellings).
 _UNIT_TO_UM = {
@@ -332,6 +333,9 @@ def _kind(path: str) -> str:
     if p.is_dir():
         if any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray")):
             return "zarr"
+        problem = formats.unread_format(p)
+        if problem:
+            raise InputError(path, problem)
         raise InputError(
             path,
             "is a directory but not a Zarr store (no zarr.json, .zgroup or .zarray); "
@@ -341,6 +345,9 @@ def _kind(path: str) -> str:
         head = fh.read(4)
     if head in _TIFF_MAGIC:
         return "tiff"
+    problem = formats.unread_format(p)
+    if problem:
+        raise InputError(path, problem)
     raise InputError(
         path,
         "is not a TIFF file (unrecognised header) nor a Zarr store; allowed: a "

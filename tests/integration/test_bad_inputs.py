@@ -74,6 +74,13 @@ def b_truncated(d):
     return _normalise_argv(p), p.name, r"truncated or corrupt"
 
 
+def b_vendor_file(d):
+    p = d / "scan.czi"
+    p.write_bytes(b"ZISRAWFILE" + bytes(100))  # a Zeiss CZI file's first segment id
+    return _normalise_argv(p), p.name, (r"scan\.czi: is a Zeiss CZI file, which selfres does not read; selfres reads "
+                                        r"TIFF/OME-TIFF .* `bfconvert -bigtiff \S+scan\.czi \S+scan\.ome\.tif`")
+
+
 def b_corrupt_zarr(d):
     p = d / "corrupt.zarr"
     p.mkdir()
@@ -253,6 +260,7 @@ CLI_CASES = {
     "zero_byte_tiff": b_zero_byte,
     "truncated_tiff": b_truncated,
     "corrupt_zarr": b_corrupt_zarr,
+    "vendor_file": b_vendor_file,
     "one_d": b_one_d,
     "four_d_tiff_unknown_axes": b_four_d_tiff,
     "five_d_zarr_no_axis_names": b_five_d_zarr,
@@ -504,6 +512,23 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
         assert not (res / sid / "normalized.ome.zarr").exists()
     (record,) = (res / "runs").glob("*_error.json")
     assert sorted(json.loads(record.read_text())["failed_samples"]) == sorted(["bad", *refused])
+
+
+@pytest.mark.slow
+def test_a_vendor_file_is_named_at_the_start_with_the_command_that_converts_it(tmp_path):
+    """A CZI in the sheet (or the inbox) does not stop the night; the plan says at once what it
+    is and how to convert it, and leaves the TIFF beside it alone."""
+    wd = make_workdir(tmp_path, samples={"good": {}, "scan": {"path": "../data/scan.czi"}})
+    (wd / "data" / "scan.czi").write_bytes(b"ZISRAWFILE" + bytes(100))
+    plan = run_snakemake(wd, "-n", timeout=120)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    warnings = [ln for ln in plan.stderr.splitlines() if ln.startswith("selfres: WARNING: sample")]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "selfres: WARNING: sample 'scan': its acquisition data/scan.czi is a Zeiss CZI file, which selfres does "
+        "not read; "), plan.stderr[-2000:]
+    assert "`bfconvert -bigtiff data/scan.czi data/scan.ome.tif`" in warnings[0]
+    assert warnings[0].endswith("That sample fails at normalise; with --keep-going, as the profiles set, the "
+                                "others go on")
 
 
 @pytest.mark.slow

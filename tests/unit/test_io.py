@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 
 import dask.array as da
 import numpy as np
@@ -496,6 +497,43 @@ def test_bad_inputs_raise_input_error(tmp_path, make, kwargs, match):
     with pytest.raises(InputError, match=match) as info:
         io.read_volume(path, **kwargs)
     assert str(path) in str(info.value)  # the message names the file
+
+
+@pytest.mark.parametrize("name, head, what, convert_with", [
+    ("scan 1.czi", b"ZISRAWFILE\0\0\0\0\0\0", "a Zeiss CZI file", "bfconvert"),
+    ("a.nd2", b"\xda\xce\xbe\x0aND2 FILE SIGNATURE", "a Nikon ND2 file", "bfconvert"),
+    ("a.lif", b"\x70\x00\x00\x00\x10\x00\x00\x00\x2a", "a Leica LIF file", "bfconvert"),
+    ("a.ims", b"\x89HDF\r\n\x1a\n\0\0", "an Imaris file", "bfconvert"),
+    ("a.h5", b"\x89HDF\r\n\x1a\n\0\0", "an HDF5 file", "Fiji"),
+    ("renamed.tif", b"ZISRAWFILE\0\0\0\0\0\0", "a Zeiss CZI file", "bfconvert"),  # the bytes decide
+    ("a.oir", b"\x00\x01\x02\x03 unknown header", "an Olympus OIR file", "bfconvert"),  # else the name
+])
+def test_a_microscope_vendors_file_is_named_with_the_command_that_converts_it(tmp_path, name, head, what,
+                                                                              convert_with):
+    path = tmp_path / name
+    path.write_bytes(head + bytes(64))
+    with pytest.raises(InputError) as info:
+        io.read_volume(path)
+    message = str(info.value)
+    assert f"{path}: is {what}, which selfres does not read" in message
+    assert convert_with in message
+    if convert_with == "bfconvert":  # a command to paste, with this file's names quoted for the shell
+        stem = str(path.with_suffix(""))
+        assert f"bfconvert -bigtiff {shlex.quote(str(path))} {shlex.quote(stem + '.ome.tif')}" in message
+
+
+def test_a_tiff_is_read_as_one_whatever_its_name(tmp_path):
+    path = tmp_path / "exported.czi"  # a TIFF with a vendor's suffix (Zeiss LSM files are TIFFs too)
+    tifffile.imwrite(path, np.ones((3, 8, 8), "uint16"), metadata={"axes": "ZYX"})
+    assert io.read_volume(path).shape == (3, 8, 8)
+
+
+def test_an_n5_container_is_named_as_one(tmp_path):
+    store = tmp_path / "tiles.n5"
+    store.mkdir()
+    (store / "attributes.json").write_text('{"n5": "2.2.0"}')
+    with pytest.raises(InputError, match="is an N5 container, which selfres does not read; .*Fiji"):
+        io.read_volume(store)
 
 
 def test_lazy_read_skips_finite_check(tmp_path):

@@ -20,6 +20,7 @@ except ImportError:  # snakemake run from an env without the package: use the ch
     from selfres import sheet as _sheet
 
 from selfres.errors import SelfresError as _SelfresError
+from selfres.formats import unread_format as _unread_format
 import selfres.settings as _settings
 from selfres.settings import settings_sections
 
@@ -308,6 +309,10 @@ if workflow.is_main_process:
                 print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist; that "
                       "sample fails at normalise (and so do the samples that use its model); with --keep-going, as "
                       "the profiles set, the others go on", file=sys.stderr)
+        elif _cell(_s, "path") and (_problem := _unread_format(_cell(_s, "path"))):
+            # a microscope vendor's file (CZI, ND2, LIF …): said now, with the command that converts it
+            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} {_problem}. That sample "
+                  "fails at normalise; with --keep-going, as the profiles set, the others go on", file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist; that "
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)

@@ -1,0 +1,104 @@
+"""Image formats selfres does not read, told apart so that the user learns what to do.
+
+selfres reads TIFF/OME-TIFF files and Zarr/OME-Zarr stores (:mod:`selfres.io`). A
+facility's acquisitions often come as a microscope vendor's file (Zeiss CZI, Nikon ND2,
+Leica LIF, Imaris, Olympus OIB/OIR …); rather than "unrecognised header", such a file gets
+its name and the Bio-Formats command that converts it, with its voxel size, channels and
+time points. Light on purpose (no numpy, dask or zarr): the workflow checks every sample's
+acquisition with it when a run starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+
+_READS = "selfres reads TIFF/OME-TIFF files and Zarr/OME-Zarr stores"
+
+#: What to do with a microscope vendor's file: Bio-Formats reads them all. ``{src}``,
+#: ``{tif}`` and ``{zarr}`` become the file's own names, quoted for the shell.
+CONVERT_ADVICE = (f"{_READS}: convert it with Bio-Formats, keeping its voxel size, channels and time "
+                  "points — `bfconvert -bigtiff {src} {tif}` or `bioformats2raw {src} {zarr}`, "
+                  "or in Fiji File › Import › Bio-Formats, then File › Save As › OME-TIFF — and give the "
+                  "converted file as the sample's path")
+
+#: ... and with an N5 container or a BigDataViewer dataset, which Bio-Formats does not read.
+FIJI_EXPORT_ADVICE = (f"{_READS}: open it in Fiji (File › Import › HDF5/N5/Zarr/OME-NGFF …, or BigDataViewer "
+                      "for its .xml), save it with File › Save As › OME-TIFF, and give that file as the "
+                      "sample's path")
+
+_VENDOR = CONVERT_ADVICE
+_FIJI = FIJI_EXPORT_ADVICE
+
+#: Leading bytes of image formats selfres does not read: what a user would call each, and what to do.
+_MAGIC = (
+    (b"ZISRAWFILE", "a Zeiss CZI file", _VENDOR),
+    (b"\xda\xce\xbe\x0a", "a Nikon ND2 file", _VENDOR),
+    (b"\x00\x00\x00\x0cjP  ", "a Nikon ND2 (JPEG 2000) file", _VENDOR),  # legacy ND2: a JP2 container
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an OLE container (Olympus OIB, Zeiss ZVI …)", _VENDOR),
+    (b"OLYMPUSRAWFORMAT", "an Olympus OIR file", _VENDOR),
+    (b"\x89PNG", "a PNG image", _VENDOR),
+    (b"\xff\xd8\xff", "a JPEG image", _VENDOR),
+    (b"NRRD", "an NRRD file", _VENDOR),
+)
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: A TIFF's first four bytes (little / big endian; classic TIFF, BigTIFF).
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_HEAD_BYTES = 16
+
+#: The same by file name, for formats without a distinctive header.
+_SUFFIX = {
+    ".czi": ("a Zeiss CZI file", _VENDOR), ".nd2": ("a Nikon ND2 file", _VENDOR),
+    ".lif": ("a Leica LIF file", _VENDOR), ".lof": ("a Leica LOF file", _VENDOR),
+    ".xlef": ("a Leica LAS X project", _VENDOR), ".ims": ("an Imaris file", _VENDOR),
+    ".oib": ("an Olympus OIB file", _VENDOR), ".oir": ("an Olympus OIR file", _VENDOR),
+    ".vsi": ("an Olympus VSI file", _VENDOR), ".sld": ("a SlideBook file", _VENDOR),
+    ".dv": ("a DeltaVision file", _VENDOR), ".r3d": ("a DeltaVision file", _VENDOR),
+    ".ics": ("an ICS file", _VENDOR), ".ids": ("an ICS data file", _VENDOR), ".mrc": ("an MRC file", _VENDOR),
+    ".png": ("a PNG image", _VENDOR), ".jpg": ("a JPEG image", _VENDOR), ".jpeg": ("a JPEG image", _VENDOR),
+    ".h5": ("an HDF5 file", _FIJI), ".hdf5": ("an HDF5 file", _FIJI), ".n5": ("an N5 container", _FIJI),
+    ".xml": ("an XML file (a BigDataViewer dataset?)", _FIJI), ".klb": ("a KLB file", _FIJI),
+}
+
+
+def other_image_format(path: str | os.PathLike, head: bytes = b"") -> tuple[str, str] | None:
+    """``(what it is, what to do)`` when ``path`` is an image format selfres does not read (a
+    microscope vendor's, say); ``None`` when neither its first bytes (``head``) nor its name
+    tell. A TIFF-based format (Zeiss LSM, most OME-TIFF writers) is a TIFF: not one of these."""
+    suffix = Path(path).suffix.lower()
+    for magic, name, advice in _MAGIC:
+        if head.startswith(magic):
+            return name, advice
+    if head[:4] == b"\x70\x00\x00\x00" and head[8:9] == b"\x2a":  # Leica LIF: 0x70, a size, 0x2A
+        return "a Leica LIF file", _VENDOR
+    if head.startswith(_HDF5_MAGIC):  # Bio-Formats reads Imaris' HDF5, not BigDataViewer's
+        return ("an Imaris file", _VENDOR) if suffix == ".ims" else ("an HDF5 file", _FIJI)
+    return _SUFFIX.get(suffix)
+
+
+def unread_format(path: str | os.PathLike) -> str | None:
+    """The message for an existing file or folder that is an image format selfres does not
+    read — ``"is a Zeiss CZI file, which selfres does not read; … `bfconvert -bigtiff …`"``,
+    the command with this file's names — or ``None`` (a TIFF, a Zarr store, a folder or file
+    of no format known here; :mod:`selfres.io` says what is wrong with those)."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "attributes.json").is_file() or p.suffix.lower() == ".n5":
+            return f"is an N5 container, which selfres does not read; {FIJI_EXPORT_ADVICE}"
+        return None
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(_HEAD_BYTES)
+    except OSError:
+        return None
+    if head[:4] in TIFF_MAGIC:  # a TIFF (Zeiss LSM too), whatever its name
+        return None
+    found = other_image_format(p, head)
+    if found is None:
+        return None
+    name, advice = found
+    stem = str(p.with_suffix(""))
+    advice = advice.format(src=shlex.quote(str(p)), tif=shlex.quote(f"{stem}.ome.tif"),
+                           zarr=shlex.quote(f"{stem}.ome.zarr"))
+    return f"is {name}, which selfres does not read; {advice}"

@@ -571,7 +571,8 @@ def _io_reader(name: str):
     return read
 
 
-def expand_series(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd.DataFrame:
+def expand_series(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
+                  refused: dict[str, str] | None = None) -> pd.DataFrame:
     """Rows with ``series = all`` become one sample per image of their TIFF (its series
     numbers: an OME-TIFF's positions, say): ``{sample}_s0``, ``{sample}_s1``… with ``series``
     0, 1… (one model each). Expanded before channels and time points, which are counted in the
@@ -581,31 +582,39 @@ def expand_series(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd.D
     Raises
     ------
     ConfigError
-        When an expanded id is already a sample of the sheet.
+        When an expanded id is already a sample of the sheet (without ``refused``, as in
+        :func:`expand_channels`).
     """
     series_numbers = _io_reader("series_numbers")
     return _expand_all(sheet, "series", lambda row: _counted(counts, "series", row["path"], None,
-                                                            lambda: series_numbers(row["path"])), "s")
+                                                            lambda: series_numbers(row["path"])), "s", refused)
 
 
-def expand_channels(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd.DataFrame:
+def expand_channels(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
+                    refused: dict[str, str] | None = None) -> pd.DataFrame:
     """Rows with ``channel = all`` become one sample per channel of their file:
     ``{sample}_c0``, ``{sample}_c1``… with ``channel`` 0, 1… (one model each, as every
     sample has). A file that cannot be read keeps its row, whose first job then fails
     with the reader's message.
 
+    ``refused`` (config ``bad_rows: fail_alone``: the ids :func:`read_sample_sheet` refused,
+    with their messages): an expanded id that another row has too, or that is refused, fails
+    alone — all rows of it are left out and the message stored here — instead of raising.
+    The same holds for :func:`expand_series` and :func:`expand_timepoints`.
+
     Raises
     ------
     ConfigError
-        When an expanded id is already a sample of the sheet.
+        When an expanded id is already a sample of the sheet (without ``refused``).
     """
     channel_count = _io_reader("channel_count")
     return _expand_all(sheet, "channel", lambda row: range(_counted(
         counts, "channels", row["path"], _series_of(row), lambda: channel_count(row["path"], series=_series_of(row)))),
-        "c")
+        "c", refused)
 
 
-def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None) -> pd.DataFrame:
+def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
+                      refused: dict[str, str] | None = None) -> pd.DataFrame:
     """Rows with ``timepoint = all`` become one sample per time point of their file:
     ``{sample}_t0``, ``{sample}_t1``… with ``timepoint`` 0, 1… (one model each: every time
     point is trained on itself). After :func:`expand_channels`, a row with both ``all``
@@ -615,12 +624,13 @@ def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None) -> 
     Raises
     ------
     ConfigError
-        When an expanded id is already a sample of the sheet.
+        When an expanded id is already a sample of the sheet (without ``refused``, as in
+        :func:`expand_channels`).
     """
     timepoint_count = _io_reader("timepoint_count")
     return _expand_all(sheet, "timepoint", lambda row: range(_counted(
         counts, "timepoints", row["path"], _series_of(row),
-        lambda: timepoint_count(row["path"], series=_series_of(row)))), "t")
+        lambda: timepoint_count(row["path"], series=_series_of(row)))), "t", refused)
 
 
 def _series_of(row: dict) -> int | None:
@@ -628,14 +638,16 @@ def _series_of(row: dict) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str) -> pd.DataFrame:
+def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str,
+                refused: dict[str, str] | None = None) -> pd.DataFrame:
     """Rows with ``column = all``: one row per value of ``choices(row)``, the sample id
-    suffixed ``_{suffix}{value}``."""
+    suffixed ``_{suffix}{value}``. An id made twice (by this and another row, or a refused
+    row's id) raises, or with ``refused`` (see :func:`expand_channels`) fails alone."""
     from .errors import SelfresError
 
     if column not in sheet or not (sheet[column] == "all").any():
         return sheet
-    rows = []
+    rows, made_by = [], {}
     for row in sheet.to_dict(orient="records"):
         if row.get(column) != "all":
             rows.append(row)
@@ -645,13 +657,21 @@ def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str) -> pd.Da
         except (SelfresError, OSError):
             rows.append(row)
             continue
-        rows += [row | {"sample": f"{row['sample']}_{suffix}{i}", column: str(i)} for i in values]
+        for i in values:
+            made_by.setdefault(f"{row['sample']}_{suffix}{i}", row["sample"])
+            rows.append(row | {"sample": f"{row['sample']}_{suffix}{i}", column: str(i)})
     out = pd.DataFrame(rows, columns=sheet.columns)
-    dup = sorted(out["sample"][out["sample"].duplicated()].unique())
-    if dup:
+    ids = out["sample"]
+    dup = sorted(set(ids[ids.duplicated()]) | (set(made_by) & set(refused or ())))
+    if dup and refused is None:
         raise ConfigError(f"sample sheet: {column}=all makes sample id(s) {', '.join(dup)} that are already taken; "
                           "rename the sample")
-    return out
+    for sid in dup:  # which row was meant? neither runs
+        maker = f"{column}=all of sample {made_by[sid]!r}"
+        refused[sid] = (f"{refused[sid]}; also, {maker} makes this id too; rename one of them" if sid in refused
+                        else f"sample sheet: sample {sid!r}: a row has this id, and {maker} makes it too; "
+                             "rename one of them")
+    return out[~ids.isin(dup)].reset_index(drop=True) if dup else out
 
 
 #: ``model_from`` value of a ``timepoint = all`` row: every time point uses the model of its

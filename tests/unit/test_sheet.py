@@ -385,3 +385,36 @@ def test_with_bad_rows_fail_alone_a_refused_row_is_left_out_with_its_message(tmp
     with pytest.raises(ConfigError, match=r"^config: "):
         read_sample_sheet(_sheet(tmp_path, "sample\tpath\ngood\tg.tif\n"), schema=SCHEMA, refused={},
                           config_settings={"train": {"guard_confidence": 0.3}})
+
+
+def test_an_id_that_an_all_expansion_makes_twice_fails_alone_with_bad_rows_fail_alone(tmp_path):
+    """``channel=all`` of ``a`` makes ``a_c0`` and ``a_c1``; a row named ``a_c0`` — valid, or
+    itself refused — makes the id twice. By default the run stops; with ``fail_alone`` the id
+    fails alone (neither row's meaning is guessed) and ``a_c1`` runs."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from selfres.sheet import expand_channels
+
+    two = tmp_path / "two.tif"
+    tifffile.imwrite(two, np.zeros((3, 2, 8, 8), "uint16"), imagej=True, metadata={"axes": "ZCYX"})
+    sheet = pd.DataFrame({"sample": ["a", "a_c0", "b"], "path": [str(two), "x.tif", "y.tif"],
+                          "channel": ["all", "", ""]})
+    with pytest.raises(ConfigError, match=r"channel=all makes sample id\(s\) a_c0 that are already taken"):
+        expand_channels(sheet)
+    refused: dict = {}
+    out = expand_channels(sheet, refused=refused)
+    assert out["sample"].tolist() == ["a_c1", "b"] and out["channel"].tolist() == ["1", ""]
+    assert refused == {"a_c0": "sample sheet: sample 'a_c0': a row has this id, and channel=all of sample 'a' "
+                                "makes it too; rename one of them"}
+    # the row a_c0 refused already (left out of the sheet): its message gains the clash
+    refused = {"a_c0": "sample sheet s.tsv, line 3: sample 'a_c0': column 'scale': ..."}
+    out = expand_channels(sheet[sheet["sample"] != "a_c0"], refused=refused)
+    assert out["sample"].tolist() == ["a_c1", "b"]
+    assert refused["a_c0"] == ("sample sheet s.tsv, line 3: sample 'a_c0': column 'scale': ...; also, channel=all "
+                               "of sample 'a' makes this id too; rename one of them")
+    # nothing refused, nothing made twice: the table as before
+    refused = {}
+    assert expand_channels(sheet[sheet["sample"] != "a_c0"], refused=refused)["sample"].tolist() == ["a_c0", "a_c1", "b"]
+    assert refused == {}

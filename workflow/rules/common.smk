@@ -142,9 +142,11 @@ def _sample_table():
         sheet = pd.concat([sheet, inbox], ignore_index=True).fillna("")
     # header counts of the `all` expansions, kept between the Snakefile's evaluations (one per job)
     counts = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))
-    sheet = _sheet.expand_series(sheet, counts)  # series=all: one sample (and model) per image of a TIFF
-    sheet = _sheet.expand_channels(sheet, counts)  # channel=all: one sample (and model) per channel
-    sheet = _sheet.expand_timepoints(sheet, counts)  # timepoint=all: one sample (and model) per time point
+    # an id made twice (or a refused row's id) stops the run, or with fail_alone fails alone
+    alone = refused if FAIL_ALONE else None
+    sheet = _sheet.expand_series(sheet, counts, refused=alone)  # series=all: one sample (and model) per image of a TIFF
+    sheet = _sheet.expand_channels(sheet, counts, refused=alone)  # channel=all: one sample (and model) per channel
+    sheet = _sheet.expand_timepoints(sheet, counts, refused=alone)  # timepoint=all: one sample (and model) per time point
     if workflow.is_main_process:
         counts.save()
     # model_from: a sample restored with another sample's model (same mode; enhance: same scale)

@@ -62,6 +62,11 @@ _SUFFIX = {
 }
 
 
+#: File name endings of microscope vendors' formats (an inbox id drops them, as it drops ``.tif``).
+VENDOR_SUFFIXES = tuple(sorted(k for k, (_, advice) in _SUFFIX.items() if advice is _VENDOR
+                               and k not in (".png", ".jpg", ".jpeg", ".mrc", ".ics", ".ids")))
+
+
 def other_image_format(path: str | os.PathLike, head: bytes = b"") -> tuple[str, str] | None:
     """``(what it is, what to do)`` when ``path`` is an image format selfres does not read (a
     microscope vendor's, say); ``None`` when neither its first bytes (``head``) nor its name

@@ -9,7 +9,9 @@ Rules (see ``docs/operations.md``):
 - the sheet wins: an acquisition whose id, or whose path, is already in the sample sheet
   is left to the sheet's row;
 - two acquisitions with the same id are an error (naming both), never a silent merge:
-  rename one, or give each its own sheet row;
+  rename one, or give each its own sheet row — except a microscope vendor's file (CZI,
+  ND2, LIF … which selfres does not read) beside its conversion (``scan7.czi`` and
+  ``scan7.ome.tif``, as the error of the vendor's file advises): the conversion is the sample;
 - an acquisition that changed less than ``settle_seconds`` ago is left for the next run.
   "Changed" is the newest ``st_mtime`` *or* ``st_ctime`` of the file, or of any file or
   folder inside a Zarr store: every write moves both, and ``ctime`` also catches copies
@@ -26,17 +28,19 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .errors import ConfigError
+from .formats import VENDOR_SUFFIXES, unread_format
 
 __all__ = ["safe_id", "last_change", "scan_inbox", "InboxScan"]
 
-_EXT_RE = re.compile(r"(\.ome)?\.(tiff?|zarr|n5)$", re.IGNORECASE)
+_EXT_RE = re.compile(r"(\.ome)?\.(tiff?|zarr|n5)$|\.(" + "|".join(s.lstrip(".") for s in VENDOR_SUFFIXES) + ")$",
+                     re.IGNORECASE)
 
 
 def safe_id(name: str) -> str:
     """A sample id (``^[A-Za-z0-9][A-Za-z0-9_.-]*$``) from an acquisition's file name.
 
     The folder and the extension (``.tif``, ``.tiff``, ``.ome.tif``, ``.zarr``,
-    ``.ome.zarr``) are dropped, every run of other characters becomes ``_`` and leading
+    ``.ome.zarr``, or a microscope vendor's: ``.czi``, ``.nd2``, ``.lif`` …) are dropped, every run of other characters becomes ``_`` and leading
     ``.``, ``_``, ``-`` are stripped; an empty result becomes ``sample``.
 
     Examples
@@ -83,12 +87,15 @@ class InboxScan:
     clashes
         ``(id, paths)`` left out because several acquisitions map to one id
         (``on_clash="skip"`` only).
+    converted
+        ``(path, conversion)``: a vendor's file left to its conversion of the same id.
     """
 
     rows: list[dict] = field(default_factory=list)
     waiting: list[tuple[str, float]] = field(default_factory=list)
     shadowed: list[tuple[str, str]] = field(default_factory=list)
     clashes: list[tuple[str, list[str]]] = field(default_factory=list)
+    converted: list[tuple[str, str]] = field(default_factory=list)
 
     def refusals(self) -> dict[str, str]:
         """``{id: why}`` of the clashing ids, for a run that fails each alone (``bad_rows:
@@ -102,6 +109,7 @@ class InboxScan:
         """One line per acquisition not taken, for the run's output."""
         out = [f"selfres inbox: {p} changed {age:.0f} s ago; left for the next run" for p, age in self.waiting]
         out += [f"selfres inbox: {p} left to the sample sheet's row {sid!r}" for p, sid in self.shadowed]
+        out += [f"selfres inbox: {p} left to its conversion {q}" for p, q in self.converted]
         out += [f"selfres inbox: ERROR: {', '.join(ps)} all map to sample id {sid!r}; left out" for sid, ps in self.clashes]
         return out
 
@@ -160,6 +168,11 @@ def scan_inbox(
             same = by_id.setdefault(sid, [])
             if os.path.realpath(path) not in {os.path.realpath(p) for p in same}:
                 same.append(path)
+    for sid, ps in by_id.items():  # scan7.czi beside scan7.ome.tif: the conversion is the sample
+        readable = [p for p in ps if unread_format(p) is None] if len(ps) > 1 else ps
+        if len(readable) == 1 and len(ps) > 1:
+            scan.converted += [(p, readable[0]) for p in ps if p != readable[0]]
+            by_id[sid] = readable
     clashes = {sid: ps for sid, ps in by_id.items() if len(ps) > 1}
     if clashes and on_clash == "skip":
         for sid, ps in sorted(clashes.items()):

@@ -40,6 +40,9 @@ PER_SAMPLE_RULES = {"normalise", "crop", "train", "infer", "qc", "report"}
         ("v1.2_cell.tif", "v1.2_cell"),
         ("###.tif", "sample"),
         ("Ärger.tif", "rger"),
+        ("scan7.czi", "scan7"),  # a vendor's file gets the id its conversion (scan7.ome.tif) will have
+        ("/in/cells.ND2", "cells"),
+        ("notes.txt", "notes.txt"),
     ],
 )
 def test_safe_id(name, sid):
@@ -105,6 +108,23 @@ def test_inside_a_job_clashing_files_are_left_out_not_fatal(tmp_path):
     scan = scan_inbox([str(tmp_path / "**" / "*.tif")], settle_seconds=0, now=_later(), on_clash="skip")
     assert [r["sample"] for r in scan.rows] == ["other"]
     assert scan.clashes[0][0] == "stack" and "ERROR" in scan.messages()[0]
+
+
+def test_a_vendors_file_beside_its_conversion_is_left_to_it(tmp_path):
+    """The error of ``scan7.czi`` gives ``bfconvert … scan7.ome.tif``, which writes beside it:
+    the next night the conversion is sample ``scan7``, not a clash of two files."""
+    (tmp_path / "scan7.czi").write_bytes(b"ZISRAWFILE" + bytes(64))
+    alone = scan_inbox([str(tmp_path / "*")], settle_seconds=0, now=_later())
+    assert alone.rows == [{"sample": "scan7", "path": str(tmp_path / "scan7.czi")}]  # fails, with the advice
+    write_tiny_tiff(tmp_path / "scan7.ome.tif")
+    for on_clash in ("error", "skip"):
+        scan = scan_inbox([str(tmp_path / "*")], settle_seconds=0, now=_later(), on_clash=on_clash)
+        assert scan.rows == [{"sample": "scan7", "path": str(tmp_path / "scan7.ome.tif")}]
+        assert scan.messages() == [f"selfres inbox: {tmp_path / 'scan7.czi'} left to its conversion "
+                                   f"{tmp_path / 'scan7.ome.tif'}"]
+    write_tiny_tiff(tmp_path / "scan7.tif")  # two readable files of one id: a clash as ever
+    with pytest.raises(ConfigError, match="acquisitions with the same sample id"):
+        scan_inbox([str(tmp_path / "*")], settle_seconds=0, now=_later())
 
 
 def test_one_file_matched_by_two_patterns_is_one_sample(tmp_path):

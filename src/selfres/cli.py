@@ -153,8 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the key figures as PNG files into this folder")
     _common(s, settings=False)
 
-    s = sub.add_parser("export", help="copy restored.ome.zarr into an OME-TIFF (Fiji, other TIFF readers)")
-    s.add_argument("source", type=Path, help="OME-Zarr image, e.g. results/SAMPLE/restored.ome.zarr")
+    s = sub.add_parser("export", help="copy restored.ome.zarr into an OME-TIFF (Fiji, other TIFF readers); "
+                                      "several: one multichannel image")
+    s.add_argument("source", type=Path, nargs="+",
+                   help="OME-Zarr image, e.g. results/SAMPLE/restored.ome.zarr; several on one grid (the channels "
+                        "of one acquisition: results/S_c0/restored.ome.zarr results/S_c1/restored.ome.zarr) become "
+                        "the channels of one image, named by their samples")
     s.add_argument("-o", "--output", type=Path, required=True, help="OME-TIFF to write (*.ome.tif)")
     s.add_argument("--level", type=int, default=0,
                    help="pyramid level (0: full resolution; 1, 2…: smaller views for a quick look)")
@@ -301,7 +305,8 @@ def run(args) -> int:
     elif cmd == "export":
         from .io import write_ome_tiff
 
-        write_ome_tiff(args.output, args.source, level=args.level, name=args.sample)
+        write_ome_tiff(args.output, args.source[0] if len(args.source) == 1 else args.source, level=args.level,
+                       name=args.sample)
     elif cmd == "inspect":
         print(describe_for_sheet(args.input, voxel_size=args.voxel_size, scale=args.scale,
                                  fov_settings=_settings(args).fov, training_fov=args.training_fov))

@@ -1419,31 +1419,37 @@ _TIFF_SLAB_BYTES = 256 * 2**20
 _BIGTIFF_BYTES = 2**32 - 2**25
 
 
-def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level: int = 0,
-                   name: str | None = None) -> Path:
-    """Copy one level of an OME-Zarr image into an OME-TIFF, for tools that read TIFF
-    (Fiji's Bio-Formats opens it with its voxel size).
+def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequence[str | os.PathLike]", *,
+                   level: int = 0, name: str | None = None, channel_names: Sequence[str] | None = None) -> Path:
+    """Copy one level of an OME-Zarr image — or of several, as the channels of one image —
+    into an OME-TIFF, for tools that read TIFF (Fiji's Bio-Formats opens it with its voxel
+    size; several sources open as one multichannel composite).
 
-    ZYX planes keep the stored data type (float32, or the input's with
-    ``infer.output_dtype: input``) and the physical voxel size in µm (none when the image
-    has none). Where the image has a translation and a voxel size, each plane gets its
-    position in µm (OME ``Plane`` ``PositionX/Y/Z``: voxel 0's centre in y, x, the plane's
-    centre in z), so that a crop or a tile of a mosaic stays in place in tools that place
-    images by it (BigStitcher; napari's and Bio-Formats' metadata views). The image is
-    read a slab of planes at a time (at most ~256 MB), so any size fits in memory;
-    BigTIFF above ~4 GB of pixels. Written atomically: the file appears complete or not
-    at all.
+    ZYX planes (CZYX with several sources) keep the stored data type (float32, or the
+    input's with ``infer.output_dtype: input``; several types: the smallest that holds
+    them all) and the physical voxel size in µm (none when the image has none). Where the
+    image has a translation and a voxel size, each plane gets its position in µm (OME
+    ``Plane`` ``PositionX/Y/Z``: voxel 0's centre in y, x, the plane's centre in z), so
+    that a crop or a tile of a mosaic stays in place in tools that place images by it
+    (BigStitcher; napari's and Bio-Formats' metadata views). The image is read a slab of
+    planes at a time (at most ~256 MB), so any size fits in memory; BigTIFF above ~4 GB of
+    pixels. Written atomically: the file appears complete or not at all.
 
     Parameters
     ----------
     path
         Output file (``*.ome.tif``).
     source
-        OME-Zarr image (``restored.ome.zarr``).
+        OME-Zarr image (``restored.ome.zarr``), or several on one grid — the samples of one
+        acquisition's channels (``channel: all``: ``results/a_c0/restored.ome.zarr``,
+        ``results/a_c1/…``) — to write as its channels, in this order.
     level
         Pyramid level to copy (0 = full resolution; 1, 2… are smaller views).
     name
-        Image name in the OME metadata (the sample id); default: the store's name.
+        Image name in the OME metadata (the sample id); default: the sample's folder for
+        ``…/restored.ome.zarr``, else the store's name (several sources: ``path``'s name).
+    channel_names
+        Names of the channels (several sources); default: each source's, as ``name``.
 
     Returns
     -------
@@ -1453,43 +1459,86 @@ def write_ome_tiff(path: str | os.PathLike, source: str | os.PathLike, *, level:
     Raises
     ------
     selfres.errors.InputError
-        If ``source`` is not an OME-Zarr image or has no such level.
+        If a source is not an OME-Zarr image or has no such level, or the sources' grids
+        (shape, voxel size, position) differ.
     """
     import tifffile
 
-    source = os.fspath(source)
-    arr = open_ome_zarr_array(source, level=level)
-    image = read_ome_zarr(source, level=level, lazy=True)
+    sources = ([os.fspath(source)] if isinstance(source, (str, os.PathLike))
+               else [os.fspath(s) for s in source])
+    if not sources:
+        raise ValueError("write_ome_tiff needs at least one source")
+    arrays, images = [], []
+    for src in sources:
+        arr = open_ome_zarr_array(src, level=level)
+        if len(arr.shape) != 3:
+            raise InputError(src, f"level {level} has shape {tuple(arr.shape)}; expected z, y, x")
+        arrays.append(arr)
+        images.append(read_ome_zarr(src, level=level, lazy=True))
+    shape = tuple(int(n) for n in arrays[0].shape)
+    image = images[0]
     voxel = image.voxel_size
-    shape = tuple(int(n) for n in arr.shape)
-    if len(shape) != 3:
-        raise InputError(source, f"level {level} has shape {shape}; expected z, y, x")
+    for src, arr, other in zip(sources[1:], arrays[1:], images[1:]):
+        problem = _grid_difference(shape, image, tuple(int(n) for n in arr.shape), other)
+        if problem:
+            raise InputError(src, f"cannot be a channel beside {sources[0]}: {problem} (level {level}); the channels "
+                                  "of one image share one grid")
     nz, ny, nx = shape
-    dtype = np.dtype(arr.dtype)
+    nc = len(sources)
+    dtype = np.result_type(*(np.dtype(a.dtype) for a in arrays))
     plane_bytes = ny * nx * dtype.itemsize
     depth = max(1, min(nz, _TIFF_SLAB_BYTES // max(plane_bytes, 1)))
-    chunk_z = int(arr.chunks[0])
+    chunk_z = int(arrays[0].chunks[0])
     if depth >= chunk_z:  # whole stored chunks per read: each is decoded once
         depth -= depth % chunk_z
-    metadata: dict[str, Any] = {"axes": "ZYX", "Name": name or Path(source).name.split(".")[0]}
+    if nc == 1:
+        metadata: dict[str, Any] = {"axes": "ZYX", "Name": name or _image_name(sources[0])}
+    else:
+        names = list(channel_names) if channel_names is not None else [_image_name(s) for s in sources]
+        if len(names) != nc:
+            raise ValueError(f"{len(names)} channel names for {nc} sources")
+        metadata = {"axes": "CZYX", "Name": name or Path(path).name.split(".")[0], "Channel": {"Name": names}}
     if voxel is not None:
         for axis, size in zip("ZYX", voxel):
             metadata[f"PhysicalSize{axis}"] = tidy_size(size)
             metadata[f"PhysicalSize{axis}Unit"] = "µm"
-        if image.origin_voxels is not None:
-            metadata["Plane"] = _plane_positions(image.origin_voxels, voxel, nz)
+        if image.origin_voxels is not None:  # planes in C, Z order: each channel's z positions
+            metadata["Plane"] = {k: v * nc for k, v in _plane_positions(image.origin_voxels, voxel, nz).items()}
 
     def planes() -> Iterator[np.ndarray]:
-        for z0 in range(0, nz, depth):
-            slab = np.asarray(arr[z0:min(nz, z0 + depth)])
-            yield from slab
+        for arr in arrays:
+            for z0 in range(0, nz, depth):
+                slab = np.asarray(arr[z0:min(nz, z0 + depth)]).astype(dtype, copy=False)
+                yield from slab
 
     with atomic_output(path) as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=nz * plane_bytes > _BIGTIFF_BYTES, ome=True) as tif:
+        with tifffile.TiffWriter(tmp, bigtiff=nc * nz * plane_bytes > _BIGTIFF_BYTES, ome=True) as tif:
             # the pixel size in the TIFF tags too, for readers that ignore the OME-XML (pixels per cm)
             res = {"resolution": (1e4 / voxel[2], 1e4 / voxel[1]), "resolutionunit": "CENTIMETER"} if voxel else {}
-            tif.write(planes(), shape=shape, dtype=dtype, metadata=metadata, photometric="minisblack", **res)
+            tif.write(planes(), shape=shape if nc == 1 else (nc, *shape), dtype=dtype, metadata=metadata,
+                      photometric="minisblack", **res)
     return Path(path)
+
+
+def _image_name(source: str) -> str:
+    """An exported image's default name: the sample's folder for ``…/restored.ome.zarr`` (and
+    ``restored_model.ome.zarr``), else the store's name without its extensions."""
+    p = Path(source)
+    stem = p.name.split(".")[0]
+    return p.parent.name if stem in ("restored", "restored_model") and p.parent.name else stem
+
+
+def _grid_difference(shape, image: "Volume", other_shape, other: "Volume") -> str | None:
+    """How a second image's grid differs from the first's (shape, voxel size, position), or ``None``."""
+    if other_shape != shape:
+        return f"shape {other_shape}, against {shape}"
+    if (image.voxel_size is None) != (other.voxel_size is None) or (
+            image.voxel_size is not None and not np.allclose(image.voxel_size, other.voxel_size, rtol=1e-6)):
+        return f"voxel size {other.voxel_size}, against {image.voxel_size}"
+    if (image.origin_voxels is None) != (other.origin_voxels is None) or (
+            image.origin_voxels is not None and not np.allclose(image.origin_voxels, other.origin_voxels, atol=1e-6)):
+        return f"position {other.origin_voxels} (voxels), against {image.origin_voxels}"
+    return None
 
 
 def _plane_positions(origin_voxels: Sequence[float], voxel_size: Sequence[float], nz: int) -> dict[str, list]:

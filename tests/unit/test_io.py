@@ -829,6 +829,55 @@ def test_ome_tiff_export_keeps_where_the_image_sits(tmp_path):
             assert "Position" not in tif.ome_metadata
 
 
+def test_the_channels_of_one_acquisition_export_as_one_multichannel_ome_tiff(tmp_path, monkeypatch):
+    """``channel: all`` restores each channel as its own sample; ``selfres export`` of their
+    stores gives one CZYX image (a composite in Fiji), channels named by their samples, each
+    plane in place, read back by selfres channel by channel."""
+    import tifffile
+
+    from selfres import cli
+
+    rng = np.random.default_rng(6)
+    chans = [(rng.random((5, 40, 36)) * 1000).astype(np.float32) for _ in range(2)]
+    stores = []
+    for c, data in enumerate(chans):
+        store = tmp_path / "results" / f"cells_c{c}" / "restored.ome.zarr"
+        io.write_ome_zarr(store, data, voxel_size=(0.5, 0.125, 0.125), origin=(1.0, 2.0, 3.0), chunks=(2, 16, 16))
+        stores.append(store)
+    monkeypatch.setattr(io, "_TIFF_SLAB_BYTES", 3 * 40 * 36 * 4)  # slabs across chunks and channels
+    out = tmp_path / "cells.ome.tif"
+    assert cli.main(["export", *map(str, stores), "-o", str(out)]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "CZYX" and tif.series[0].shape == (2, 5, 40, 36)
+        np.testing.assert_array_equal(tif.asarray(), np.stack(chans))
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["cells_c0", "cells_c1"]
+        assert 'Image ID="Image:0" Name="cells"' in tif.ome_metadata
+        assert _plane_positions(tif.ome_metadata) == [(1.0 + 0.5 * k, 2.0, 3.0) for k in range(5)] * 2
+    for c in (0, 1):
+        back = io.read_volume(out, channel=c)
+        np.testing.assert_array_equal(back.data, chans[c])
+        assert back.voxel_size == pytest.approx((0.5, 0.125, 0.125))
+    # one store alone: named by its sample, as before a ZYX image
+    io.write_ome_tiff(tmp_path / "c0.ome.tif", stores[0])
+    with tifffile.TiffFile(tmp_path / "c0.ome.tif") as tif:
+        assert tif.series[0].axes == "ZYX" and 'Name="cells_c0"' in tif.ome_metadata
+
+
+@pytest.mark.parametrize("other, problem", [
+    (dict(shape=(5, 40, 30)), r"shape \(5, 40, 30\), against \(5, 40, 36\)"),
+    (dict(voxel_size=(1.0, 0.125, 0.125)), r"voxel size \(1\.0, 0\.125, 0\.125\), against"),
+    (dict(origin=(0.0, 0.0, 8.0)), r"position .* \(voxels\), against"),
+])
+def test_images_on_other_grids_cannot_be_channels_of_one(tmp_path, other, problem):
+    first, second = tmp_path / "a.ome.zarr", tmp_path / "b.ome.zarr"
+    io.write_ome_zarr(first, np.zeros((5, 40, 36), np.float32), voxel_size=(0.5, 0.125, 0.125))
+    io.write_ome_zarr(second, np.zeros(other.get("shape", (5, 40, 36)), np.float32),
+                      voxel_size=other.get("voxel_size", (0.5, 0.125, 0.125)), origin=other.get("origin"))
+    with pytest.raises(InputError, match=f"b.ome.zarr: cannot be a channel beside .*a.ome.zarr: {problem}"):
+        io.write_ome_tiff(tmp_path / "x.ome.tif", [first, second])
+    assert not (tmp_path / "x.ome.tif").exists()
+
+
 def test_ome_tiff_export_of_what_is_not_an_ome_zarr_image_is_one_clear_error(tmp_path):
     io.write_ome_zarr(tmp_path / "r.ome.zarr", np.zeros((2, 64, 64), np.float32), voxel_size=(1, 1, 1))
     with pytest.raises(InputError, match="level 7"):

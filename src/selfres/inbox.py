@@ -40,8 +40,9 @@ def safe_id(name: str) -> str:
     """A sample id (``^[A-Za-z0-9][A-Za-z0-9_.-]*$``) from an acquisition's file name.
 
     The folder and the extension (``.tif``, ``.tiff``, ``.ome.tif``, ``.zarr``,
-    ``.ome.zarr``, or a microscope vendor's: ``.czi``, ``.nd2``, ``.lif`` …) are dropped, every run of other characters becomes ``_`` and leading
-    ``.``, ``_``, ``-`` are stripped; an empty result becomes ``sample``.
+    ``.ome.zarr``, or a microscope vendor's: ``.czi``, ``.nd2``, ``.lif`` …) are dropped,
+    every run of other characters becomes ``_`` and leading ``.``, ``_``, ``-`` are
+    stripped; an empty result becomes ``sample``.
 
     Examples
     --------

@@ -674,6 +674,18 @@ def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str,
     return out[~ids.isin(dup)].reset_index(drop=True) if dup else out
 
 
+_CHANNEL_ID = re.compile(r"^(?P<stem>.+)_c(?P<c>[0-9]+)(?P<rest>(?:_t[0-9]+)?)$")
+
+
+def channel_of(sample_id: str) -> tuple[str, int] | None:
+    """``(acquisition, channel)`` of an id that :func:`expand_channels` makes — ``cells_c1`` →
+    ``("cells", 1)``, ``lapse_c0_t3`` → ``("lapse_t3", 0)`` — else ``None``. With
+    ``export_tiff`` the workflow writes an acquisition's channels as one
+    ``{results}/{acquisition}.ome.tif``."""
+    m = _CHANNEL_ID.match(sample_id)
+    return (m["stem"] + m["rest"], int(m["c"])) if m else None
+
+
 #: ``model_from`` value of a ``timepoint = all`` row: every time point uses the model of its
 #: series' time point 0 (channel by channel with ``channel = all``).
 FIRST_TIMEPOINT = "first_timepoint"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -53,11 +55,20 @@ def test_channel_all_may_not_take_an_existing_id(tmp_path):
 def test_workflow_restores_every_channel(tmp_path):
     wd = make_workdir(tmp_path, samples={"twoch": {"path": "../data/twoch.tif", "channel": "all", "scale": "1,2,2"}})
     _two_channel_tiff(wd / "data" / "twoch.tif")
-    # each channel through training and inference (its QC and report are those of any sample)
-    proc = run_snakemake(wd, *(f"results/twoch_c{c}/restored.ome.zarr" for c in (0, 1)), timeout=600)
+    # each channel through training and inference (its QC and report are those of any sample), and
+    # with export_tiff both as the channels of one OME-TIFF (results/twoch.ome.tif; Fiji: a composite)
+    proc = run_snakemake(wd, *(f"results/twoch_c{c}/restored.ome.zarr" for c in (0, 1)), "results/twoch.ome.tif",
+                         timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     outs = [io.read_ome_zarr(wd / "results" / f"twoch_c{c}" / "restored.ome.zarr") for c in (0, 1)]
     assert all(o.data.shape == (8, 96, 96) for o in outs)
     assert not np.allclose(np.asarray(outs[0].data), np.asarray(outs[1].data))  # each its own channel
+    for c in (0, 1):
+        exported = io.read_volume(wd / "results" / "twoch.ome.tif", channel=c)
+        np.testing.assert_array_equal(exported.data, np.asarray(outs[c].data))
+        assert exported.voxel_size == pytest.approx(outs[c].voxel_size)
+    (wd / "results" / "twoch.ome.tif").unlink()
+    plan = run_snakemake(wd, "-n", "--config", "export_tiff=true", timeout=120)  # a whole run asks for it too
+    assert re.search(r"^export_channels +1$", plan.stdout, flags=re.M), plan.stdout
     for c in (0, 1):
         assert (wd / "results" / f"twoch_c{c}" / "model" / "model.json").exists()

@@ -195,6 +195,26 @@ def sample_settings(sample):
     return _sheet.merge_settings(settings_sections(config), _sheet.sample_overrides(SAMPLES.loc[sample].to_dict()))
 
 
+def channel_groups():
+    """The samples that are the channels of one acquisition (``channel: all``: ``S_c0``,
+    ``S_c1``…; ``S_c0_t3``… are time point 3's), ``{acquisition: ids by channel}``: with
+    ``export_tiff`` each group is also written as one multichannel OME-TIFF. Only ids of
+    that form whose channel cell is their number, one file, image and time point, and one
+    mode and scale (one output grid); at least two channels."""
+    groups = {}
+    for s in SAMPLE_IDS:
+        found = _sheet.channel_of(s)
+        if found and _cell(s, "channel") == str(found[1]):
+            groups.setdefault(found[0], []).append(s)
+    same = lambda s: (_cell(s, "path"), _cell(s, "series"), _cell(s, "timepoint"), sample_mode(s),  # noqa: E731
+                      sample_scale(s) if sample_mode(s) == "enhance" else "", sample_voxel_size(s))
+    return {key: sorted(ids, key=lambda s: int(_cell(s, "channel"))) for key, ids in groups.items()
+            if len(ids) > 1 and len({same(s) for s in ids}) == 1}
+
+
+CHANNEL_GROUPS = channel_groups()
+
+
 def _q(x):
     return shlex.quote(str(x))
 
@@ -521,6 +541,7 @@ def all_outputs():
     )
     if config["export_tiff"]:
         per_sample += expand(f"{R}/{{sample}}/restored.ome.tif", sample=SAMPLE_IDS)
+        per_sample += expand(f"{R}/{{acquisition}}.ome.tif", acquisition=sorted(CHANNEL_GROUPS))
     refused = expand(f"{R}/{{sample}}/logs/refused_row", sample=sorted(REFUSED))  # never made: those fail
     return per_sample + refused + [f"{R}/summary.tsv", f"{R}/summary.html"]
 

@@ -72,6 +72,22 @@ rule export_tiff:
         "selfres export {input:q} -o {output:q} --sample {wildcards.sample:q} > {log:q} 2>&1"
 
 
+# export_tiff: true, and channel: all: the channels of one acquisition as one multichannel OME-TIFF.
+rule export_channels:
+    input:
+        lambda wildcards: expand(f"{R}/{{sample}}/restored.ome.zarr", sample=CHANNEL_GROUPS[wildcards.acquisition]),
+    output:
+        f"{R}/{{acquisition}}.ome.tif",
+    log:
+        f"{R}/logs/export_channels/{{acquisition}}.log",
+    wildcard_constraints:
+        acquisition="|".join(re.escape(a) for a in CHANNEL_GROUPS) or "NO_CHANNEL_GROUPS",
+    conda:
+        "../../envs/selfres.yaml"
+    shell:
+        "selfres export {input:q} -o {output:q} --sample {wildcards.acquisition:q} > {log:q} 2>&1"
+
+
 rule summary:
     input:
         expand(f"{R}/{{sample}}/report.html", sample=SAMPLE_IDS),

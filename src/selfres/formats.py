@@ -20,13 +20,13 @@ _READS = "selfres reads TIFF/OME-TIFF files and Zarr/OME-Zarr stores"
 #: ``{tif}`` and ``{zarr}`` become the file's own names, quoted for the shell.
 CONVERT_ADVICE = (f"{_READS}: convert it with Bio-Formats, keeping its voxel size, channels and time "
                   "points — `bfconvert -bigtiff {src} {tif}` or `bioformats2raw {src} {zarr}`, "
-                  "or in Fiji File › Import › Bio-Formats, then File › Save As › OME-TIFF — and give the "
-                  "converted file as the sample's path")
+                  "or in Fiji File › Import › Bio-Formats, then File › Save As › OME-TIFF — and give selfres "
+                  "the converted file instead (in an inbox, a conversion beside it takes its place)")
 
 #: ... and with an N5 container or a BigDataViewer dataset, which Bio-Formats does not read.
 FIJI_EXPORT_ADVICE = (f"{_READS}: open it in Fiji (File › Import › HDF5/N5/Zarr/OME-NGFF …, or BigDataViewer "
-                      "for its .xml), save it with File › Save As › OME-TIFF, and give that file as the "
-                      "sample's path")
+                      "for its .xml), save it with File › Save As › OME-TIFF, and give selfres that file "
+                      "instead")
 
 _VENDOR = CONVERT_ADVICE
 _FIJI = FIJI_EXPORT_ADVICE

@@ -1588,8 +1588,9 @@ def scattered_store(
                         store.path, ", ".join(kinds))
         io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version, origin=origin, unit=unit,
                              contrast_limits=contrast_limits,
-                             # the sample's id: a viewer's layer name (every output is restored.ome.zarr)
-                             name=(attrs or {}).get("sample") or Path(final).name.split(".")[0],
+                             # the sample's id: a viewer's layer name (every output is restored.ome.zarr),
+                             # with the acquisition's name of its channel where it has one ("cells_c0 (DAPI)")
+                             name=_layer_name(attrs or {}, final),
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
                                                         "mvoxel_per_s": rate, "blocks": blocks, "compute": kinds,
                                                         "tiles_ran_on": [ran_on[k] for k in sorted(ran_on)],
@@ -1598,6 +1599,11 @@ def scattered_store(
         if step == "gather":
             out.update(seconds=secs, mvoxel_per_s=rate)
     return out
+
+
+def _layer_name(attrs: dict, final: str | Path) -> str:
+    name = attrs.get("sample") or Path(final).name.split(".")[0]
+    return f"{name} ({attrs['channel_name']})" if attrs.get("channel_name") else name
 
 
 def finished_store_attrs(final: str | Path, fingerprint: dict) -> dict | None:

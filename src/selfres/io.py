@@ -874,6 +874,39 @@ def channel_count(path: str | os.PathLike, *, series: int | None = None) -> int:
     return 1
 
 
+def channel_name(path: str | os.PathLike, channel: int, *, series: int | None = None) -> str | None:
+    """The name an acquisition gives its channel ``channel`` (``"DAPI"``), or ``None``: an
+    OME-TIFF's OME ``Channel Name``, an OME-Zarr's ``omero`` channel ``label``. Metadata for
+    people (layer and channel names of the outputs): ``None`` whenever it cannot be read."""
+    path = os.fspath(path)
+    try:
+        if _kind(path) == "zarr":
+            channels = _ome_attrs(_open_zarr(path)).get("omero", {}).get("channels", [])
+            name = channels[channel].get("label") if 0 <= channel < len(channels) else None
+        else:
+            name = _ome_tiff_channel_name(path, channel, series)
+    except Exception:  # noqa: BLE001 - a name is optional; the reader says what is wrong with the file
+        return None
+    return str(name).strip() or None if name is not None else None
+
+
+def _ome_tiff_channel_name(path: str, channel: int, series: int | None) -> str | None:
+    """``Channel Name`` of the OME ``Image`` of TIFF series ``series`` (one Image per series)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.is_ome or not tif.ome_metadata:
+            return None
+        root = ET.fromstring(tif.ome_metadata)
+        images = [e for e in root if e.tag.endswith("}Image")]
+        index = series or 0
+        if len(images) != len(tif.series) and not (len(images) == 1 and index == 0):
+            return None  # which Image is which series is not certain
+        pixels = [e for e in images[index] if e.tag.endswith("}Pixels")]
+        chans = [e for e in pixels[0] if e.tag.endswith("}Channel")] if pixels else []
+        return chans[channel].get("Name") if 0 <= channel < len(chans) else None
+
+
 def timepoint_count(path: str | os.PathLike, *, series: int | None = None) -> int:
     """Number of time points of an acquisition (1 without a T axis of more than one), from
     its metadata and shape, without reading its voxels.
@@ -1449,7 +1482,8 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
         Image name in the OME metadata (the sample id); default: the sample's folder for
         ``…/restored.ome.zarr``, else the store's name (several sources: ``path``'s name).
     channel_names
-        Names of the channels (several sources); default: each source's, as ``name``.
+        Names of the channels (several sources); default: each source's, as ``name``, with
+        the acquisition's own name of that channel where it had one (``cells_c0 (DAPI)``).
 
     Returns
     -------
@@ -1494,7 +1528,8 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     if nc == 1:
         metadata: dict[str, Any] = {"axes": "ZYX", "Name": name or _image_name(sources[0])}
     else:
-        names = list(channel_names) if channel_names is not None else [_image_name(s) for s in sources]
+        names = (list(channel_names) if channel_names is not None else
+                 [_channel_label(src, img) for src, img in zip(sources, images)])
         if len(names) != nc:
             raise ValueError(f"{len(names)} channel names for {nc} sources")
         metadata = {"axes": "CZYX", "Name": name or Path(path).name.split(".")[0], "Channel": {"Name": names}}
@@ -1526,6 +1561,13 @@ def _image_name(source: str) -> str:
     p = Path(source)
     stem = p.name.split(".")[0]
     return p.parent.name if stem in ("restored", "restored_model") and p.parent.name else stem
+
+
+def _channel_label(source: str, image: "Volume") -> str:
+    """A channel's name in a multichannel export: its sample's, with the acquisition's own
+    name for that channel where it had one (``cells_c0 (DAPI)``)."""
+    own = (image.attrs or {}).get("channel_name")
+    return f"{_image_name(source)} ({own})" if own else _image_name(source)
 
 
 def _grid_difference(shape, image: "Volume", other_shape, other: "Volume") -> str | None:

@@ -184,6 +184,9 @@ def stage_normalise(
         "source_dtype": str(vol.source_dtype),
         "source_checksum": io.file_checksum(input_path),
         **{k: v for k, v in (("series", series), ("channel", channel), ("timepoint", timepoint)) if v is not None},
+        # the acquisition's own name of the channel (OME: "DAPI"), for the outputs' layer and channel names
+        **({"channel_name": name} if channel is not None and (name := io.channel_name(input_path, channel,
+                                                                                       series=series)) else {}),
         "voxel_size_source": "sheet" if voxel_size else ("metadata" if vol.voxel_size else None),
         "saturated_fraction": saturated,
         "raw_range": [vmin, vmax],
@@ -674,7 +677,7 @@ def stage_infer(
             chunks=settings.chunks, shards=settings.shards, ngff_version=settings.ngff_version,
             transform=lambda b: normalise.to_dtype(b, params, dtype),
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict(),
-                   "code": code_identity(),
+                   "code": code_identity(), **{k: vol.attrs[k] for k in ("channel_name",) if vol.attrs.get(k)},
                    "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
             memory_fraction=settings.gpu_memory_fraction, origin=origin, reuse_finished=reuse_finished,

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from selfres import io
 from selfres.errors import ConfigError
@@ -54,7 +55,12 @@ def test_channel_all_may_not_take_an_existing_id(tmp_path):
 @pytest.mark.slow
 def test_workflow_restores_every_channel(tmp_path):
     wd = make_workdir(tmp_path, samples={"twoch": {"path": "../data/twoch.tif", "channel": "all", "scale": "1,2,2"}})
-    _two_channel_tiff(wd / "data" / "twoch.tif")
+    # an OME-TIFF that names its channels, as a microscope's export does
+    stack = np.stack([tiny_volume((8, 48, 48), seed=1), tiny_volume((8, 48, 48), seed=2)], axis=1)  # ZCYX
+    (wd / "data").mkdir(exist_ok=True)
+    tifffile.imwrite(wd / "data" / "twoch.tif", stack, ome=True, metadata={
+        "axes": "ZCYX", "PhysicalSizeZ": 1.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5,
+        "Channel": {"Name": ["DAPI", "GFP"]}})
     # each channel through training and inference (its QC and report are those of any sample), and
     # with export_tiff both as the channels of one OME-TIFF (results/twoch.ome.tif; Fiji: a composite)
     proc = run_snakemake(wd, *(f"results/twoch_c{c}/restored.ome.zarr" for c in (0, 1)), "results/twoch.ome.tif",
@@ -63,10 +69,16 @@ def test_workflow_restores_every_channel(tmp_path):
     outs = [io.read_ome_zarr(wd / "results" / f"twoch_c{c}" / "restored.ome.zarr") for c in (0, 1)]
     assert all(o.data.shape == (8, 96, 96) for o in outs)
     assert not np.allclose(np.asarray(outs[0].data), np.asarray(outs[1].data))  # each its own channel
-    for c in (0, 1):
+    for c, name in ((0, "DAPI"), (1, "GFP")):
         exported = io.read_volume(wd / "results" / "twoch.ome.tif", channel=c)
         np.testing.assert_array_equal(exported.data, np.asarray(outs[c].data))
         assert exported.voxel_size == pytest.approx(outs[c].voxel_size)
+        assert outs[c].voxel_size == pytest.approx((1.0, 0.25, 0.25))  # the OME-TIFF's voxel size, ×2 laterally
+        # the acquisition's channel names follow: the layer name in napari, the channel name in Fiji
+        omero = zarr.open_group(str(wd / "results" / f"twoch_c{c}" / "restored.ome.zarr"), mode="r").attrs["omero"]
+        assert omero["channels"][0]["label"] == f"twoch_c{c} ({name})"
+    with tifffile.TiffFile(wd / "results" / "twoch.ome.tif") as tif:
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["twoch_c0 (DAPI)", "twoch_c1 (GFP)"]
     (wd / "results" / "twoch.ome.tif").unlink()
     plan = run_snakemake(wd, "-n", "--config", "export_tiff=true", timeout=120)  # a whole run asks for it too
     assert re.search(r"^export_channels +1$", plan.stdout, flags=re.M), plan.stdout

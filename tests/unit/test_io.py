@@ -831,8 +831,8 @@ def test_ome_tiff_export_keeps_where_the_image_sits(tmp_path):
 
 def test_the_channels_of_one_acquisition_export_as_one_multichannel_ome_tiff(tmp_path, monkeypatch):
     """``channel: all`` restores each channel as its own sample; ``selfres export`` of their
-    stores gives one CZYX image (a composite in Fiji), channels named by their samples, each
-    plane in place, read back by selfres channel by channel."""
+    stores gives one CZYX image (a composite in Fiji), channels named by their samples (and the
+    acquisition's own channel names), each plane in place, read back by selfres channel by channel."""
     import tifffile
 
     from selfres import cli
@@ -842,7 +842,8 @@ def test_the_channels_of_one_acquisition_export_as_one_multichannel_ome_tiff(tmp
     stores = []
     for c, data in enumerate(chans):
         store = tmp_path / "results" / f"cells_c{c}" / "restored.ome.zarr"
-        io.write_ome_zarr(store, data, voxel_size=(0.5, 0.125, 0.125), origin=(1.0, 2.0, 3.0), chunks=(2, 16, 16))
+        io.write_ome_zarr(store, data, voxel_size=(0.5, 0.125, 0.125), origin=(1.0, 2.0, 3.0), chunks=(2, 16, 16),
+                          attrs={"channel_name": "DAPI"} if c == 0 else None)  # the acquisition named channel 0
         stores.append(store)
     monkeypatch.setattr(io, "_TIFF_SLAB_BYTES", 3 * 40 * 36 * 4)  # slabs across chunks and channels
     out = tmp_path / "cells.ome.tif"
@@ -850,7 +851,7 @@ def test_the_channels_of_one_acquisition_export_as_one_multichannel_ome_tiff(tmp
     with tifffile.TiffFile(out) as tif:
         assert tif.series[0].axes == "CZYX" and tif.series[0].shape == (2, 5, 40, 36)
         np.testing.assert_array_equal(tif.asarray(), np.stack(chans))
-        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["cells_c0", "cells_c1"]
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["cells_c0 (DAPI)", "cells_c1"]
         assert 'Image ID="Image:0" Name="cells"' in tif.ome_metadata
         assert _plane_positions(tif.ome_metadata) == [(1.0 + 0.5 * k, 2.0, 3.0) for k in range(5)] * 2
     for c in (0, 1):
@@ -876,6 +877,23 @@ def test_images_on_other_grids_cannot_be_channels_of_one(tmp_path, other, proble
     with pytest.raises(InputError, match=f"b.ome.zarr: cannot be a channel beside .*a.ome.zarr: {problem}"):
         io.write_ome_tiff(tmp_path / "x.ome.tif", [first, second])
     assert not (tmp_path / "x.ome.tif").exists()
+
+
+def test_an_acquisitions_own_channel_names_are_read_where_it_has_them(tmp_path):
+    """OME-TIFF ``Channel Name`` and OME-Zarr ``omero`` labels name the outputs' channels; an
+    ImageJ stack has none, and a file the reader refuses has none either (never an error)."""
+    data = np.zeros((3, 2, 16, 16), np.uint16)  # ZCYX
+    ome = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(ome, data, ome=True, metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP"]}})
+    assert [io.channel_name(ome, c) for c in (0, 1, 2)] == ["DAPI", "GFP", None]
+    imagej = tmp_path / "cells.tif"
+    tifffile.imwrite(imagej, data, imagej=True, metadata={"axes": "ZCYX"})
+    assert io.channel_name(imagej, 0) is None
+    store = tmp_path / "cells.ome.zarr"
+    io.write_ome_zarr(store, np.zeros((3, 16, 16), np.float32), voxel_size=(1, 1, 1), name="Hoechst")
+    assert io.channel_name(store, 0) == "Hoechst"
+    (tmp_path / "x.czi").write_bytes(b"ZISRAWFILE" + bytes(16))
+    assert io.channel_name(tmp_path / "x.czi", 0) is None and io.channel_name(tmp_path / "missing.tif", 0) is None
 
 
 def test_ome_tiff_export_of_what_is_not_an_ome_zarr_image_is_one_clear_error(tmp_path):

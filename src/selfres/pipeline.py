@@ -1264,7 +1264,8 @@ def stage_report(
                                                                 if vol.attrs.get("source") else None),
         "input_checksum": vol.attrs.get("source_checksum"),
         # which image, channel and time point of the file this sample is (none: the file's only one)
-        "input_part": {k: vol.attrs[k] for k in ("series", "channel", "timepoint") if vol.attrs.get(k) is not None},
+        "input_part": {k: vol.attrs[k] for k in ("series", "channel", "channel_name", "timepoint")
+                       if vol.attrs.get(k) is not None},
         # less how the jobs ran (tiles per pass...): the workflow does not rerun a report for those
         "resolved_config": _without_execution(resolved_config or {}),
         # config values that did not make these outputs (a step not rerun for a change): see the report

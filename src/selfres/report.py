@@ -2091,8 +2091,10 @@ def render_sample_report(
 
 
 def _input_text(provenance: Mapping[str, Any]) -> str:
-    """The input file, and which part of it the sample is: ``stack.tif (series 2, channel 1)``."""
-    part = provenance.get("input_part") or {}
+    """The input file, and which part of it the sample is: ``stack.tif (series 2, channel 1 "GFP")``."""
+    part = dict(provenance.get("input_part") or {})
+    if part.get("channel") is not None and part.get("channel_name"):
+        part["channel"] = f"{part['channel']} \"{part['channel_name']}\""
     words = ", ".join(f"{'time point' if k == 'timepoint' else k} {part[k]}" for k in ("series", "channel", "timepoint")
                       if part.get(k) is not None)
     return f"{provenance['input']}" + (f" ({words})" if words else "")

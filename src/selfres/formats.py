@@ -47,24 +47,22 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _HEAD_BYTES = 16
 
-#: The same by file name, for formats without a distinctive header.
-_SUFFIX = {
-    ".czi": ("a Zeiss CZI file", _VENDOR), ".nd2": ("a Nikon ND2 file", _VENDOR),
-    ".lif": ("a Leica LIF file", _VENDOR), ".lof": ("a Leica LOF file", _VENDOR),
-    ".xlef": ("a Leica LAS X project", _VENDOR), ".ims": ("an Imaris file", _VENDOR),
-    ".oib": ("an Olympus OIB file", _VENDOR), ".oir": ("an Olympus OIR file", _VENDOR),
-    ".vsi": ("an Olympus VSI file", _VENDOR), ".sld": ("a SlideBook file", _VENDOR),
-    ".dv": ("a DeltaVision file", _VENDOR), ".r3d": ("a DeltaVision file", _VENDOR),
+#: Microscope vendors' file name endings (an inbox id drops them, as it drops ``.tif``).
+_VENDOR_FILES = {
+    ".czi": "a Zeiss CZI file", ".nd2": "a Nikon ND2 file", ".lif": "a Leica LIF file",
+    ".lof": "a Leica LOF file", ".xlef": "a Leica LAS X project", ".ims": "an Imaris file",
+    ".oib": "an Olympus OIB file", ".oir": "an Olympus OIR file", ".vsi": "an Olympus VSI file",
+    ".sld": "a SlideBook file", ".dv": "a DeltaVision file", ".r3d": "a DeltaVision file",
+}
+VENDOR_SUFFIXES = tuple(sorted(_VENDOR_FILES))
+
+#: The formats by file name, for those without a distinctive header.
+_SUFFIX = {k: (name, _VENDOR) for k, name in _VENDOR_FILES.items()} | {
     ".ics": ("an ICS file", _VENDOR), ".ids": ("an ICS data file", _VENDOR), ".mrc": ("an MRC file", _VENDOR),
     ".png": ("a PNG image", _VENDOR), ".jpg": ("a JPEG image", _VENDOR), ".jpeg": ("a JPEG image", _VENDOR),
     ".h5": ("an HDF5 file", _FIJI), ".hdf5": ("an HDF5 file", _FIJI), ".n5": ("an N5 container", _FIJI),
     ".xml": ("an XML file (a BigDataViewer dataset?)", _FIJI), ".klb": ("a KLB file", _FIJI),
 }
-
-
-#: File name endings of microscope vendors' formats (an inbox id drops them, as it drops ``.tif``).
-VENDOR_SUFFIXES = tuple(sorted(k for k, (_, advice) in _SUFFIX.items() if advice is _VENDOR
-                               and k not in (".png", ".jpg", ".jpeg", ".mrc", ".ics", ".ids")))
 
 
 def other_image_format(path: str | os.PathLike, head: bytes = b"") -> tuple[str, str] | None:

@@ -1590,7 +1590,8 @@ def scattered_store(
                              contrast_limits=contrast_limits,
                              # the sample's id: a viewer's layer name (every output is restored.ome.zarr),
                              # with the acquisition's name of its channel where it has one ("cells_c0 (DAPI)")
-                             name=_layer_name(attrs or {}, final),
+                             name=io.channel_label((attrs or {}).get("sample") or Path(final).name.split(".")[0],
+                                                   (attrs or {}).get("channel_name")),
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
                                                         "mvoxel_per_s": rate, "blocks": blocks, "compute": kinds,
                                                         "tiles_ran_on": [ran_on[k] for k in sorted(ran_on)],
@@ -1599,11 +1600,6 @@ def scattered_store(
         if step == "gather":
             out.update(seconds=secs, mvoxel_per_s=rate)
     return out
-
-
-def _layer_name(attrs: dict, final: str | Path) -> str:
-    name = attrs.get("sample") or Path(final).name.split(".")[0]
-    return f"{name} ({attrs['channel_name']})" if attrs.get("channel_name") else name
 
 
 def finished_store_attrs(final: str | Path, fingerprint: dict) -> dict | None:

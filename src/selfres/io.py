@@ -887,7 +887,7 @@ def channel_name(path: str | os.PathLike, channel: int, *, series: int | None = 
             name = _ome_tiff_channel_name(path, channel, series)
     except Exception:  # noqa: BLE001 - a name is optional; the reader says what is wrong with the file
         return None
-    return str(name).strip() or None if name is not None else None
+    return (str(name).strip() or None) if name is not None else None
 
 
 def _ome_tiff_channel_name(path: str, channel: int, series: int | None) -> str | None:
@@ -1529,7 +1529,8 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
         metadata: dict[str, Any] = {"axes": "ZYX", "Name": name or _image_name(sources[0])}
     else:
         names = (list(channel_names) if channel_names is not None else
-                 [_channel_label(src, img) for src, img in zip(sources, images)])
+                 [channel_label(_image_name(src), (img.attrs or {}).get("channel_name"))
+                  for src, img in zip(sources, images)])
         if len(names) != nc:
             raise ValueError(f"{len(names)} channel names for {nc} sources")
         metadata = {"axes": "CZYX", "Name": name or Path(path).name.split(".")[0], "Channel": {"Name": names}}
@@ -1563,11 +1564,10 @@ def _image_name(source: str) -> str:
     return p.parent.name if stem in ("restored", "restored_model") and p.parent.name else stem
 
 
-def _channel_label(source: str, image: "Volume") -> str:
-    """A channel's name in a multichannel export: its sample's, with the acquisition's own
-    name for that channel where it had one (``cells_c0 (DAPI)``)."""
-    own = (image.attrs or {}).get("channel_name")
-    return f"{_image_name(source)} ({own})" if own else _image_name(source)
+def channel_label(name: str, channel_name: str | None) -> str:
+    """A sample's name for people, with the acquisition's own name of its channel where it
+    has one: ``cells_c0 (DAPI)`` — the restored store's layer name, an export's channel name."""
+    return f"{name} ({channel_name})" if channel_name else name
 
 
 def _grid_difference(shape, image: "Volume", other_shape, other: "Volume") -> str | None:

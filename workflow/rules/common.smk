@@ -143,17 +143,18 @@ def _sample_table():
     # header counts of the `all` expansions, kept between the Snakefile's evaluations (one per job)
     counts = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))
     # an id made twice (or a refused row's id) stops the run, or with fail_alone fails alone
-    alone = refused if FAIL_ALONE else None
-    sheet = _sheet.expand_series(sheet, counts, refused=alone)  # series=all: one sample (and model) per image of a TIFF
-    sheet = _sheet.expand_channels(sheet, counts, refused=alone)  # channel=all: one sample (and model) per channel
-    sheet = _sheet.expand_timepoints(sheet, counts, refused=alone)  # timepoint=all: one sample (and model) per time point
+    alone = refused if FAIL_ALONE else None  # where refusals go (None: they stop the run)
+    # all: one sample (and model) per image of a TIFF (series), per channel, per time point
+    sheet = _sheet.expand_series(sheet, counts, refused=alone)
+    sheet = _sheet.expand_channels(sheet, counts, refused=alone)
+    sheet = _sheet.expand_timepoints(sheet, counts, refused=alone)
     if workflow.is_main_process:
         counts.save()
     # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
     sheet = _sheet.resolve_first_timepoint(sheet)  # model_from=first_timepoint: {series}_t0's model
     sheet = _sheet.resolve_unexpanded_sources(sheet)  # lapse_t0 of an unreadable lapse.tif: wait on its row
     sheet = _sheet.check_model_sources(sheet, default_mode=config["mode"], default_scale=config["scale"],
-                                       refused=refused if FAIL_ALONE else None)
+                                       refused=alone)
     return sheet, refused
 
 
@@ -206,10 +207,13 @@ def channel_groups():
         found = _sheet.channel_of(s)
         if found and _cell(s, "channel") == str(found[1]):
             groups.setdefault(found[0], []).append(s)
-    same = lambda s: (_cell(s, "path"), _cell(s, "series"), _cell(s, "timepoint"), sample_mode(s),  # noqa: E731
-                      sample_scale(s) if sample_mode(s) == "enhance" else "", sample_voxel_size(s))
+
+    def grid(s):  # one file, image and time point, one output grid
+        return (_cell(s, "path"), _cell(s, "series"), _cell(s, "timepoint"), sample_mode(s),
+                sample_scale(s) if sample_mode(s) == "enhance" else "", sample_voxel_size(s))
+
     return {key: sorted(ids, key=lambda s: int(_cell(s, "channel"))) for key, ids in groups.items()
-            if len(ids) > 1 and len({same(s) for s in ids}) == 1}
+            if len(ids) > 1 and len({grid(s) for s in ids}) == 1}
 
 
 CHANNEL_GROUPS = channel_groups()

@@ -237,6 +237,12 @@ def run(args) -> int:
         return _run_record_or_summary(args)
     if cmd == "refused":
         raise ConfigError(args.message)
+    if cmd == "export":  # the io layer only: not the pipeline's imports
+        from .io import write_ome_tiff
+
+        write_ome_tiff(args.output, args.source[0] if len(args.source) == 1 else args.source, level=args.level,
+                       name=args.sample)
+        return 0
     from . import pipeline
 
     sample = getattr(args, "sample", None) or "sample"
@@ -302,11 +308,6 @@ def run(args) -> int:
         pipeline.stage_report(args.normalized, args.restored, args.model, args.fov, args.metrics, args.output,
                               args.provenance, sample=sample, resolved_config=cfg, benchmarks_dir=args.benchmarks,
                               figures_dir=args.figures, workflow_dir=args.workflow_dir)
-    elif cmd == "export":
-        from .io import write_ome_tiff
-
-        write_ome_tiff(args.output, args.source[0] if len(args.source) == 1 else args.source, level=args.level,
-                       name=args.sample)
     elif cmd == "inspect":
         print(describe_for_sheet(args.input, voxel_size=args.voxel_size, scale=args.scale,
                                  fov_settings=_settings(args).fov, training_fov=args.training_fov))

@@ -14,7 +14,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -376,6 +376,7 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     for col in PATH_COLUMNS:
         if col in sheet:
             sheet[col] = [_resolve(p, base) if p and p not in _NULL_CELLS else p for p in sheet[col]]
+    sheet.attrs["row_ids"] = list(sheet["sample"])  # every row's id in line order, refused ones too
     if refused:
         gone = sheet["sample"].isin(list(refused))
         paths = [p for p in sheet.loc[gone, "path"] if p]
@@ -633,6 +634,41 @@ def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
         lambda: timepoint_count(row["path"], series=_series_of(row)))), "t", refused)
 
 
+def out_of_range(sheet: pd.DataFrame, counts: FileCounts | None = None) -> dict[str, str]:
+    """``{sample: problem}`` for the rows whose ``series``, ``channel`` or ``timepoint`` names
+    an image, channel or time point that their file does not have, read from its header
+    (through ``counts``, as the ``all`` expansions are), in the reader's words: ``"channel 3
+    is out of range: the file has 2 channels (allowed 0..1)"``. The workflow says it when a
+    run starts, where the sample's first job would find it only later. A file that cannot be
+    read is left to that job, which says why."""
+    from .errors import SelfresError
+
+    readers = {"channels": _io_reader("channel_count"), "timepoints": _io_reader("timepoint_count")}
+    series_numbers = _io_reader("series_numbers")
+    problems = {}
+    for row in sheet.to_dict(orient="records"):
+        path, series = row.get("path") or "", _series_of(row)
+        try:
+            if series is not None:
+                numbers = _counted(counts, "series", path, None, lambda: series_numbers(path))
+                if series not in numbers:
+                    problems[row["sample"]] = (f"series {series} is out of range: the file's images are series "
+                                               f"{', '.join(str(i) for i in numbers)}")
+                    continue
+            for column, kind, noun in (("channel", "channels", "channel"), ("timepoint", "timepoints", "time point")):
+                value = str(row.get(column) or "").strip()
+                if not value.isdigit():
+                    continue
+                n = _counted(counts, kind, path, series, lambda: readers[kind](path, series=series))
+                if int(value) >= n:
+                    problems[row["sample"]] = (f"{noun} {int(value)} is out of range: the file has {n} {noun}"
+                                               f"{'s' if n > 1 else ''} (allowed {f'0..{n - 1}' if n > 1 else '0'})")
+                    break
+        except (SelfresError, OSError, ValueError):
+            continue  # its job reads the file and says what is wrong
+    return problems
+
+
 def _series_of(row: dict) -> int | None:
     value = str(row.get("series") or "").strip()
     return int(value) if value.isdigit() else None
@@ -672,6 +708,30 @@ def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str,
                         else f"sample sheet: sample {sid!r}: a row has this id, and {maker} makes it too; "
                              "rename one of them")
     return out[~ids.isin(dup)].reset_index(drop=True) if dup else out
+
+
+#: an id an `all` expansion made from another: ``{base}_s{i}``, ``_c{i}``, ``_t{i}``
+_EXPANDED_ID = re.compile(r"^(?P<base>.+)_[sct][0-9]+$")
+
+
+def in_sheet_order(ids: Sequence[str], row_ids: Sequence[str]) -> list[str]:
+    """``ids`` in the order of the sheet rows they come from (``row_ids``, the sheet's ids in
+    line order): an expanded id (``cells_c1``) at its row (``cells``); ids of no row (the
+    inbox's) after the sheet's, in their own order. Refused samples are thus listed where
+    their rows are, not after the others. Stable: ids of one row keep their order."""
+    rank: dict[str, int] = {}
+    for i, sid in enumerate(row_ids):
+        rank.setdefault(sid, i)
+
+    def row_of(sid: str) -> int:
+        while sid not in rank:
+            m = _EXPANDED_ID.match(sid)
+            if m is None:
+                return len(rank)
+            sid = m["base"]
+        return rank[sid]
+
+    return sorted(ids, key=row_of)
 
 
 _CHANNEL_ID = re.compile(r"^(?P<stem>.+)_c(?P<c>[0-9]+)(?P<rest>(?:_t[0-9]+)?)$")

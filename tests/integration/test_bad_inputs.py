@@ -500,6 +500,8 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
         assert (res / "good" / f).exists(), f
     assert not (res / "bad" / "normalized.ome.zarr").exists()
     table = pd.read_csv(res / "summary.tsv", sep="\t").set_index("sample")
+    # in the sheet's order, refused rows where they stand, then the inbox's
+    assert list(table.index) == ["good", "bad", "wrong_scale", "uses_wrong", "dup", "stack"]
     assert table.loc["good", "status"] in ("ok", "fallback_interpolation")
     assert table.loc["bad", "status"] == "failed"
     assert re.fullmatch(r"sample 'bad': data/bad\.tif: " + problem, table.loc["bad", "error"]), table.loc["bad", "error"]
@@ -515,15 +517,24 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
 
 
 @pytest.mark.slow
-def test_a_vendor_file_is_named_at_the_start_with_the_command_that_converts_it(tmp_path):
+def test_a_vendor_file_or_a_channel_its_file_lacks_is_named_at_the_start(tmp_path):
     """A CZI in the sheet (or the inbox) does not stop the night; the plan says at once what it
-    is and how to convert it, and leaves the TIFF beside it alone."""
-    wd = make_workdir(tmp_path, samples={"good": {}, "scan": {"path": "../data/scan.czi"}})
+    is and how to convert it, and leaves the TIFF beside it alone. So does a channel or time
+    point that the sample's file does not have, in the words its normalise would fail with."""
+    wd = make_workdir(tmp_path, samples={"good": {}, "scan": {"path": "../data/scan.czi"},
+                                         "far": {"path": "../data/good.tif", "channel": 2},
+                                         "late": {"path": "../data/good.tif", "timepoint": 1}})
     (wd / "data" / "scan.czi").write_bytes(b"ZISRAWFILE" + bytes(100))
     plan = run_snakemake(wd, "-n", timeout=120)
     assert plan.returncode == 0, plan.stderr[-2000:]
     warnings = [ln for ln in plan.stderr.splitlines() if ln.startswith("selfres: WARNING: sample")]
-    assert len(warnings) == 1 and warnings[0].startswith(
+    assert warnings[1:] == [
+        "selfres: WARNING: sample 'far': its acquisition data/good.tif: channel 2 is out of range: the file has 1 "
+        "channel (allowed 0); that sample fails at normalise; with --keep-going, as the profiles set, the others go on",
+        "selfres: WARNING: sample 'late': its acquisition data/good.tif: time point 1 is out of range: the file has 1 "
+        "time point (allowed 0); that sample fails at normalise; with --keep-going, as the profiles set, the others "
+        "go on"], plan.stderr[-3000:]
+    assert len(warnings) == 3 and warnings[0].startswith(
         "selfres: WARNING: sample 'scan': its acquisition data/scan.czi is a Zeiss CZI file, which selfres does "
         "not read; "), plan.stderr[-2000:]
     assert "`bfconvert -bigtiff data/scan.czi data/scan.ome.tif`" in warnings[0]

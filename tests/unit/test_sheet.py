@@ -379,12 +379,64 @@ def test_with_bad_rows_fail_alone_a_refused_row_is_left_out_with_its_message(tmp
     assert refused["steps"].startswith(f"sample sheet {p}, line 5: sample 'steps': ") and "train.steps" in refused["steps"]
     # their files stay theirs: an inbox scan must not take them up as new samples
     assert sorted(Path(f).name for f in table.attrs["refused_paths"]) == ["b.tif", "d1.tif", "d2.tif", "s.tif"]
+    assert table.attrs["row_ids"] == ["good", "bad", "dup", "steps", "dup"]  # the summary's order
     # an id that cannot be a folder, and the config's own mistake, stop the run either way
     with pytest.raises(ConfigError, match=r"line 3: sample id '\.\./evil' is not allowed"):
         read_sample_sheet(_sheet(tmp_path, "sample\tpath\ngood\tg.tif\n../evil\te.tif\n"), schema=SCHEMA, refused={})
     with pytest.raises(ConfigError, match=r"^config: "):
         read_sample_sheet(_sheet(tmp_path, "sample\tpath\ngood\tg.tif\n"), schema=SCHEMA, refused={},
                           config_settings={"train": {"guard_confidence": 0.3}})
+
+
+def test_a_series_channel_or_time_point_its_file_lacks_is_found_from_the_header(tmp_path, monkeypatch):
+    """What the sample's normalise would fail on, found when the run starts: the reader's
+    words, a header read once (cached with the `all` expansions' counts); a file that
+    cannot be read, or a row that names nothing, is left to its job."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from selfres import io
+    from selfres.sheet import FileCounts, out_of_range
+
+    lapse = tmp_path / "lapse.tif"  # 3 time points, 2 channels
+    tifffile.imwrite(lapse, np.zeros((3, 4, 2, 8, 8), "uint16"), imagej=True, metadata={"axes": "TZCYX"})
+    rows = [("ok", lapse, "", "1", "2"), ("c", lapse, "", "2", ""), ("t", lapse, "", "0", "3"),
+            ("s", lapse, "1", "", ""), ("s0", lapse, "0", "1", "0"), ("every", lapse, "", "all", "all"),
+            ("gone", tmp_path / "gone.tif", "", "5", ""), ("czi", tmp_path / "scan.czi", "", "5", "")]
+    (tmp_path / "scan.czi").write_bytes(b"ZISRAWFILE" + bytes(100))
+    sheet = pd.DataFrame([(sid, str(p), se, c, t) for sid, p, se, c, t in rows],
+                         columns=["sample", "path", "series", "channel", "timepoint"])
+    counts = FileCounts(tmp_path / "counts.json")
+    assert out_of_range(sheet, counts) == {
+        "c": "channel 2 is out of range: the file has 2 channels (allowed 0..1)",
+        "t": "time point 3 is out of range: the file has 3 time points (allowed 0..2)",
+        "s": "series 1 is out of range: the file's images are series 0",
+    }
+    # the reader says the same when the sample's job reads the file
+    with pytest.raises(io.InputError, match=r"channel 2 is out of range: the file has 2 channels \(allowed 0\.\.1\)"):
+        io.read_volume(lapse, channel=2, timepoint=0)
+    # the header is read once: a second start asks the cache
+    counts.save()
+    for reader in ("series_numbers", "channel_count", "timepoint_count"):
+        monkeypatch.setattr(io, reader, lambda *a, **k: pytest.fail("the header was read again"))
+    assert sorted(out_of_range(sheet[sheet["path"] == str(lapse)], FileCounts(tmp_path / "counts.json"))) == [
+        "c", "s", "t"]
+
+
+def test_samples_are_listed_in_the_order_of_the_sheet_rows_they_come_from():
+    """The summary lists a run's samples as the sheet has them: a refused row where it stands
+    (not after the others), an expanded id at the row that made it, the inbox's last."""
+    from selfres.sheet import in_sheet_order
+
+    rows = ["good", "bad", "cells", "dup", "lapse", "dup"]  # line order, refused rows too
+    ran = ["good", "cells_c0", "cells_c1", "lapse_c0_t0", "lapse_c0_t1", "scan7", "day_b"]  # the table's order
+    refused = ["bad", "dup", "lapse_c1_t0", "scan3"]  # in the order they were refused
+    assert in_sheet_order([*ran, *refused], rows) == [
+        "good", "bad", "cells_c0", "cells_c1", "dup", "lapse_c0_t0", "lapse_c0_t1", "lapse_c1_t0",
+        "scan7", "day_b", "scan3"]
+    assert in_sheet_order(["b_s1", "a"], ["a", "b"]) == ["a", "b_s1"]
+    assert in_sheet_order(["x", "y"], []) == ["x", "y"]  # no sheet rows: as given
 
 
 def test_an_id_that_an_all_expansion_makes_twice_fails_alone_with_bad_rows_fail_alone(tmp_path):

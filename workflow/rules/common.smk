@@ -132,11 +132,16 @@ def _inbox_rows(sheet, refused):
                               config_settings=settings_sections(config))
 
 
+#: {sample: problem} of the rows whose series, channel or time point their file lacks
+_OUT_OF_RANGE = {}
+
+
 def _sample_table():
     """The sheet's rows and the inbox's, one per sample: `all` columns expanded, `model_from`
     resolved and checked; and the samples refused with bad_rows: fail_alone, ``{id: message}``."""
     refused = {}
     sheet = _read_sheet(config["samples"], refused)
+    row_ids = sheet.attrs["row_ids"]
     inbox = _inbox_rows(sheet, refused)
     if len(inbox):
         sheet = pd.concat([sheet, inbox], ignore_index=True).fillna("")
@@ -149,23 +154,26 @@ def _sample_table():
     sheet = _sheet.expand_channels(sheet, counts, refused=alone)
     sheet = _sheet.expand_timepoints(sheet, counts, refused=alone)
     if workflow.is_main_process:
+        # a series, channel or time point that its file lacks: said at the start (below)
+        _OUT_OF_RANGE.update(_sheet.out_of_range(sheet, counts))
         counts.save()
     # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
     sheet = _sheet.resolve_first_timepoint(sheet)  # model_from=first_timepoint: {series}_t0's model
     sheet = _sheet.resolve_unexpanded_sources(sheet)  # lapse_t0 of an unreadable lapse.tif: wait on its row
     sheet = _sheet.check_model_sources(sheet, default_mode=config["mode"], default_scale=config["scale"],
                                        refused=alone)
-    return sheet, refused
+    # every sample of the run, the refused ones included, in the sheet's order (the summary's)
+    return sheet, refused, _sheet.in_sheet_order([*sheet["sample"], *refused], row_ids)
 
 
-SHEET, REFUSED = _stop_on_bad_config(_sample_table)
+#: ALL_SAMPLE_IDS: every sample of the run, the refused ones (bad_rows: fail_alone) included,
+#: in sheet order (then the inbox's): the summary lists them so
+SHEET, REFUSED, ALL_SAMPLE_IDS = _stop_on_bad_config(_sample_table)
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)
-#: every sample of the run, the refused ones (bad_rows: fail_alone) included: the summary lists them
-ALL_SAMPLE_IDS = SAMPLE_IDS + sorted(REFUSED)
 _stop_on_bad_config(_sheet.check_results_dirs, R, ALL_SAMPLE_IDS)  # no id or symlink may lead a write out of results/
 if workflow.is_main_process:
-    for _s, _message in sorted(REFUSED.items()):
+    for _s, _message in ((s, REFUSED[s]) for s in ALL_SAMPLE_IDS if s in REFUSED):
         print(f"selfres: ERROR: {_message}; sample {_s!r} fails alone, the others run (bad_rows: fail_alone)",
               file=sys.stderr)
 
@@ -339,6 +347,10 @@ if workflow.is_main_process:
             # a microscope vendor's file (CZI, ND2, LIF …): said now, with the command that converts it
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} {_problem}. That sample "
                   "fails at normalise; with --keep-going, as the profiles set, the others go on", file=sys.stderr)
+        elif _s in _OUT_OF_RANGE:  # channel 3 of a two-channel file: said now, not after the night
+            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: {_OUT_OF_RANGE[_s]}; that "
+                  "sample fails at normalise; with --keep-going, as the profiles set, the others go on",
+                  file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist; that "
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)

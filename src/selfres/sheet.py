@@ -634,36 +634,48 @@ def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
         lambda: timepoint_count(row["path"], series=_series_of(row)))), "t", refused)
 
 
-def out_of_range(sheet: pd.DataFrame, counts: FileCounts | None = None) -> dict[str, str]:
-    """``{sample: problem}`` for the rows whose ``series``, ``channel`` or ``timepoint`` names
-    an image, channel or time point that their file does not have, read from its header
-    (through ``counts``, as the ``all`` expansions are), in the reader's words: ``"channel 3
-    is out of range: the file has 2 channels (allowed 0..1)"``. The workflow says it when a
-    run starts, where the sample's first job would find it only later. A file that cannot be
+def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> dict[str, str]:
+    """``{sample: problem}`` for the rows whose image, channel or time point the sample's
+    normalise would refuse, found from the file's header (through ``counts``, as the ``all``
+    expansions count them): one that the file does not have (``"channel 3 is out of range:
+    the file has 2 channels (allowed 0..1)"``), or none chosen where the file holds several
+    (``"has 2 channels; choose one with channel=0..1 (…)"``), in the reader's words and in its
+    order (image, time point, channel). The workflow says these when a run starts (a dry run
+    too), where the sample's first job would find them only later. A file that cannot be
     read is left to that job, which says why."""
-    from .errors import SelfresError
+    from .errors import ChannelNotChosen, SelfresError, SeriesNotChosen, TimepointNotChosen
 
-    readers = {"channels": _io_reader("channel_count"), "timepoints": _io_reader("timepoint_count")}
     series_numbers = _io_reader("series_numbers")
+    columns = (("timepoint", "timepoints", "time point", _io_reader("timepoint_count"), TimepointNotChosen),
+               ("channel", "channels", "channel", _io_reader("channel_count"), ChannelNotChosen))
     problems = {}
     for row in sheet.to_dict(orient="records"):
         path, series = row.get("path") or "", _series_of(row)
         try:
-            if series is not None:
-                numbers = _counted(counts, "series", path, None, lambda: series_numbers(path))
-                if series not in numbers:
-                    problems[row["sample"]] = (f"series {series} is out of range: the file's images are series "
-                                               f"{', '.join(str(i) for i in numbers)}")
-                    continue
-            for column, kind, noun in (("channel", "channels", "channel"), ("timepoint", "timepoints", "time point")):
+            numbers = _counted(counts, "series", path, None, lambda: series_numbers(path))
+            if series is None and len(numbers) > 1:
+                try:  # the reader's message lists the images
+                    columns[1][3](path)
+                except SeriesNotChosen as exc:
+                    problems[row["sample"]] = exc.what
+                continue
+            if series is not None and series not in numbers:
+                problems[row["sample"]] = (f"series {series} is out of range: the file's images are series "
+                                           f"{', '.join(str(i) for i in numbers)}")
+                continue
+            for column, kind, noun, count, not_chosen in columns:
                 value = str(row.get(column) or "").strip()
-                if not value.isdigit():
+                if value and not value.isdigit():
                     continue
-                n = _counted(counts, kind, path, series, lambda: readers[kind](path, series=series))
-                if int(value) >= n:
+                n = _counted(counts, kind, path, series, lambda: count(path, series=series))
+                if not value and n > 1:
+                    problems[row["sample"]] = not_chosen(path, n).what
+                elif value and int(value) >= n:
                     problems[row["sample"]] = (f"{noun} {int(value)} is out of range: the file has {n} {noun}"
                                                f"{'s' if n > 1 else ''} (allowed {f'0..{n - 1}' if n > 1 else '0'})")
-                    break
+                else:
+                    continue
+                break
         except (SelfresError, OSError, ValueError):
             continue  # its job reads the file and says what is wrong
     return problems

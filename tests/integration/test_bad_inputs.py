@@ -520,21 +520,27 @@ def test_keep_going_one_bad_sample_does_not_cost_the_other(tmp_path, broken, pro
 def test_a_vendor_file_or_a_channel_its_file_lacks_is_named_at_the_start(tmp_path):
     """A CZI in the sheet (or the inbox) does not stop the night; the plan says at once what it
     is and how to convert it, and leaves the TIFF beside it alone. So does a channel or time
-    point that the sample's file does not have, in the words its normalise would fail with."""
+    point that the sample's file does not have, or a two-channel file without a channel, in
+    the words its normalise would fail with."""
     wd = make_workdir(tmp_path, samples={"good": {}, "scan": {"path": "../data/scan.czi"},
                                          "far": {"path": "../data/good.tif", "channel": 2},
-                                         "late": {"path": "../data/good.tif", "timepoint": 1}})
+                                         "late": {"path": "../data/good.tif", "timepoint": 1},
+                                         "two": {"path": "../data/two.tif"}})
     (wd / "data" / "scan.czi").write_bytes(b"ZISRAWFILE" + bytes(100))
+    tifffile.imwrite(wd / "data" / "two.tif", np.zeros((4, 2, 16, 16), "uint16"), imagej=True,
+                     metadata={"axes": "ZCYX"})
     plan = run_snakemake(wd, "-n", timeout=120)
     assert plan.returncode == 0, plan.stderr[-2000:]
     warnings = [ln for ln in plan.stderr.splitlines() if ln.startswith("selfres: WARNING: sample")]
-    assert warnings[1:] == [
+    assert warnings[3].startswith("selfres: WARNING: sample 'two': its acquisition data/two.tif: has 2 channels; "
+                                  "choose one with channel=0..1 (sample sheet column 'channel'"), warnings
+    assert warnings[1:3] == [
         "selfres: WARNING: sample 'far': its acquisition data/good.tif: channel 2 is out of range: the file has 1 "
         "channel (allowed 0); that sample fails at normalise; with --keep-going, as the profiles set, the others go on",
         "selfres: WARNING: sample 'late': its acquisition data/good.tif: time point 1 is out of range: the file has 1 "
         "time point (allowed 0); that sample fails at normalise; with --keep-going, as the profiles set, the others "
         "go on"], plan.stderr[-3000:]
-    assert len(warnings) == 3 and warnings[0].startswith(
+    assert len(warnings) == 4 and warnings[0].startswith(
         "selfres: WARNING: sample 'scan': its acquisition data/scan.czi is a Zeiss CZI file, which selfres does "
         "not read; "), plan.stderr[-2000:]
     assert "`bfconvert -bigtiff data/scan.czi data/scan.ome.tif`" in warnings[0]

@@ -388,40 +388,53 @@ def test_with_bad_rows_fail_alone_a_refused_row_is_left_out_with_its_message(tmp
                           config_settings={"train": {"guard_confidence": 0.3}})
 
 
-def test_a_series_channel_or_time_point_its_file_lacks_is_found_from_the_header(tmp_path, monkeypatch):
-    """What the sample's normalise would fail on, found when the run starts: the reader's
-    words, a header read once (cached with the `all` expansions' counts); a file that
-    cannot be read, or a row that names nothing, is left to its job."""
+def test_an_image_channel_or_time_point_the_file_refuses_is_found_from_its_header(tmp_path, monkeypatch):
+    """What the sample's normalise would refuse — a channel, time point or image the file
+    lacks, or none chosen where it holds several — found when the run starts, in the reader's
+    words and order, from a header read once (cached with the `all` expansions' counts); a
+    file that cannot be read is left to its job."""
     import numpy as np
     import pandas as pd
     import tifffile
 
     from selfres import io
-    from selfres.sheet import FileCounts, out_of_range
+    from selfres.sheet import FileCounts, choice_problems
 
     lapse = tmp_path / "lapse.tif"  # 3 time points, 2 channels
     tifffile.imwrite(lapse, np.zeros((3, 4, 2, 8, 8), "uint16"), imagej=True, metadata={"axes": "TZCYX"})
-    rows = [("ok", lapse, "", "1", "2"), ("c", lapse, "", "2", ""), ("t", lapse, "", "0", "3"),
+    two = tmp_path / "two.ome.tif"  # two positions
+    with tifffile.TiffWriter(two, ome=True) as tw:
+        for _ in range(2):
+            tw.write(np.zeros((4, 8, 8), "uint16"), metadata={"axes": "ZYX"})
+    rows = [("ok", lapse, "", "1", "2"), ("c", lapse, "", "2", "0"), ("t", lapse, "", "0", "3"),
             ("s", lapse, "1", "", ""), ("s0", lapse, "0", "1", "0"), ("every", lapse, "", "all", "all"),
-            ("gone", tmp_path / "gone.tif", "", "5", ""), ("czi", tmp_path / "scan.czi", "", "5", "")]
+            ("no_c", lapse, "", "", "1"), ("no_t", lapse, "", "", ""), ("no_s", two, "", "", ""),
+            ("pos1", two, "1", "", ""), ("gone", tmp_path / "gone.tif", "", "5", ""),
+            ("czi", tmp_path / "scan.czi", "", "5", "")]
     (tmp_path / "scan.czi").write_bytes(b"ZISRAWFILE" + bytes(100))
     sheet = pd.DataFrame([(sid, str(p), se, c, t) for sid, p, se, c, t in rows],
                          columns=["sample", "path", "series", "channel", "timepoint"])
     counts = FileCounts(tmp_path / "counts.json")
-    assert out_of_range(sheet, counts) == {
-        "c": "channel 2 is out of range: the file has 2 channels (allowed 0..1)",
-        "t": "time point 3 is out of range: the file has 3 time points (allowed 0..2)",
-        "s": "series 1 is out of range: the file's images are series 0",
-    }
+    found = choice_problems(sheet, counts)
+    assert sorted(found) == ["c", "no_c", "no_s", "no_t", "s", "t"]
+    assert found["c"] == "channel 2 is out of range: the file has 2 channels (allowed 0..1)"
+    assert found["t"] == "time point 3 is out of range: the file has 3 time points (allowed 0..2)"
+    assert found["s"] == "series 1 is out of range: the file's images are series 0"
     # the reader says the same when the sample's job reads the file
-    with pytest.raises(io.InputError, match=r"channel 2 is out of range: the file has 2 channels \(allowed 0\.\.1\)"):
-        io.read_volume(lapse, channel=2, timepoint=0)
+    for sid, kwargs in (("c", {"channel": 2, "timepoint": 0}), ("t", {"channel": 0, "timepoint": 3}),
+                        ("no_c", {"timepoint": 1}), ("no_t", {}), ("no_s", {}), ("s", {"series": 1})):
+        with pytest.raises(io.InputError) as err:
+            io.read_volume(sheet.set_index("sample").loc[sid, "path"], lazy=True, **kwargs)
+        assert err.value.what == found[sid], sid
+    assert found["no_c"].startswith("has 2 channels; choose one with channel=0..1")
+    assert found["no_t"].startswith("has 3 time points; ")  # the time point first, as the reader asks
+    assert found["no_s"].startswith("holds 2 images (TIFF series")
     # the header is read once: a second start asks the cache
     counts.save()
     for reader in ("series_numbers", "channel_count", "timepoint_count"):
         monkeypatch.setattr(io, reader, lambda *a, **k: pytest.fail("the header was read again"))
-    assert sorted(out_of_range(sheet[sheet["path"] == str(lapse)], FileCounts(tmp_path / "counts.json"))) == [
-        "c", "s", "t"]
+    again = choice_problems(sheet[sheet["path"] == str(lapse)], FileCounts(tmp_path / "counts.json"))
+    assert again == {k: v for k, v in found.items() if k != "no_s"}
 
 
 def test_samples_are_listed_in_the_order_of_the_sheet_rows_they_come_from():

@@ -132,8 +132,8 @@ def _inbox_rows(sheet, refused):
                               config_settings=settings_sections(config))
 
 
-#: {sample: problem} of the rows whose series, channel or time point their file lacks
-_OUT_OF_RANGE = {}
+#: {sample: problem} of the rows whose image, channel or time point their file's header refuses
+_CHOICE_PROBLEMS = {}
 
 
 def _sample_table():
@@ -154,8 +154,8 @@ def _sample_table():
     sheet = _sheet.expand_channels(sheet, counts, refused=alone)
     sheet = _sheet.expand_timepoints(sheet, counts, refused=alone)
     if workflow.is_main_process:
-        # a series, channel or time point that its file lacks: said at the start (below)
-        _OUT_OF_RANGE.update(_sheet.out_of_range(sheet, counts))
+        # a channel (image, time point) that the file lacks, or none chosen of several: said at the start (below)
+        _CHOICE_PROBLEMS.update(_sheet.choice_problems(sheet, counts))
         counts.save()
     # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
     sheet = _sheet.resolve_first_timepoint(sheet)  # model_from=first_timepoint: {series}_t0's model
@@ -347,8 +347,8 @@ if workflow.is_main_process:
             # a microscope vendor's file (CZI, ND2, LIF …): said now, with the command that converts it
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} {_problem}. That sample "
                   "fails at normalise; with --keep-going, as the profiles set, the others go on", file=sys.stderr)
-        elif _s in _OUT_OF_RANGE:  # channel 3 of a two-channel file: said now, not after the night
-            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: {_OUT_OF_RANGE[_s]}; that "
+        elif _s in _CHOICE_PROBLEMS:  # a two-channel file without a channel: said now, not after the night
+            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: {_CHOICE_PROBLEMS[_s]}; that "
                   "sample fails at normalise; with --keep-going, as the profiles set, the others go on",
                   file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):

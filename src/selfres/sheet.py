@@ -645,17 +645,17 @@ def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> di
     read is left to that job, which says why."""
     from .errors import ChannelNotChosen, SelfresError, SeriesNotChosen, TimepointNotChosen
 
-    series_numbers = _io_reader("series_numbers")
+    series_numbers, channel_count = _io_reader("series_numbers"), _io_reader("channel_count")
     columns = (("timepoint", "timepoints", "time point", _io_reader("timepoint_count"), TimepointNotChosen),
-               ("channel", "channels", "channel", _io_reader("channel_count"), ChannelNotChosen))
+               ("channel", "channels", "channel", channel_count, ChannelNotChosen))
     problems = {}
     for row in sheet.to_dict(orient="records"):
         path, series = row.get("path") or "", _series_of(row)
         try:
             numbers = _counted(counts, "series", path, None, lambda: series_numbers(path))
             if series is None and len(numbers) > 1:
-                try:  # the reader's message lists the images
-                    columns[1][3](path)
+                try:  # any read without a series: the reader's message, which lists the images
+                    channel_count(path)
                 except SeriesNotChosen as exc:
                     problems[row["sample"]] = exc.what
                 continue

@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s, settings=False)
 
     s = sub.add_parser("export", help="copy restored.ome.zarr into an OME-TIFF (Fiji, other TIFF readers); "
-                                      "several: one multichannel image")
+                                      "several: one multichannel image or time series")
     s.add_argument("source", type=Path, nargs="+",
                    help="OME-Zarr image, e.g. results/SAMPLE/restored.ome.zarr; several on one grid (the channels "
                         "of one acquisition: results/S_c0/restored.ome.zarr results/S_c1/restored.ome.zarr) become "
@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, required=True, help="OME-TIFF to write (*.ome.tif)")
     s.add_argument("--level", type=int, default=0,
                    help="pyramid level (0: full resolution; 1, 2…: smaller views for a quick look)")
+    s.add_argument("--timepoints", type=int, default=1,
+                   help="the sources are this many time points, each of the same channels in the same order "
+                        "(S_t0 S_t1 …, or S_c0_t0 S_c1_t0 S_c0_t1 S_c1_t1 …): one time series (default 1)")
     _common(s, settings=False)
 
     s = sub.add_parser("summary", help="summary.tsv and summary.html over all samples")
@@ -240,8 +243,11 @@ def run(args) -> int:
     if cmd == "export":  # the io layer only: not the pipeline's imports
         from .io import write_ome_tiff
 
+        if args.timepoints < 1 or len(args.source) % args.timepoints:
+            raise ConfigError(f"--timepoints {args.timepoints}: {len(args.source)} images cannot be that many time "
+                              "points of the same channels")
         write_ome_tiff(args.output, args.source[0] if len(args.source) == 1 else args.source, level=args.level,
-                       name=args.sample)
+                       name=args.sample, timepoints=args.timepoints)
         return 0
     from . import pipeline
 

@@ -1453,12 +1453,14 @@ _BIGTIFF_BYTES = 2**32 - 2**25
 
 
 def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequence[str | os.PathLike]", *,
-                   level: int = 0, name: str | None = None, channel_names: Sequence[str] | None = None) -> Path:
-    """Copy one level of an OME-Zarr image — or of several, as the channels of one image —
-    into an OME-TIFF, for tools that read TIFF (Fiji's Bio-Formats opens it with its voxel
-    size; several sources open as one multichannel composite).
+                   level: int = 0, name: str | None = None, channel_names: Sequence[str] | None = None,
+                   timepoints: int = 1) -> Path:
+    """Copy one level of an OME-Zarr image — or of several, as the channels and time points
+    of one image — into an OME-TIFF, for tools that read TIFF (Fiji's Bio-Formats opens it
+    with its voxel size; several channels open as one multichannel composite, several time
+    points as one time series).
 
-    ZYX planes (CZYX with several sources) keep the stored data type (float32, or the
+    ZYX planes (CZYX, TZYX, TCZYX with several sources) keep the stored data type (float32, or the
     input's with ``infer.output_dtype: input``; several types: the smallest that holds
     them all) and the physical voxel size in µm (none when the image has none). Where the
     image has a translation and a voxel size, each plane gets its position in µm (OME
@@ -1475,7 +1477,8 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     source
         OME-Zarr image (``restored.ome.zarr``), or several on one grid — the samples of one
         acquisition's channels (``channel: all``: ``results/a_c0/restored.ome.zarr``,
-        ``results/a_c1/…``) — to write as its channels, in this order.
+        ``results/a_c1/…``) — to write as its channels, in this order; with ``timepoints``,
+        time point by time point (``a_c0_t0``, ``a_c1_t0``, ``a_c0_t1``…).
     level
         Pyramid level to copy (0 = full resolution; 1, 2… are smaller views).
     name
@@ -1483,7 +1486,11 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
         ``…/restored.ome.zarr``, else the store's name (several sources: ``path``'s name).
     channel_names
         Names of the channels (several sources); default: each source's, as ``name``, with
-        the acquisition's own name of that channel where it had one (``cells_c0 (DAPI)``).
+        the acquisition's own name of that channel where it had one (``cells_c0 (DAPI)``);
+        with several time points, those of the first.
+    timepoints
+        How many time points the sources are (``len(source)`` must be a multiple): each
+        ``len(source) / timepoints`` of them are the channels of one time point.
 
     Returns
     -------
@@ -1495,6 +1502,8 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     selfres.errors.InputError
         If a source is not an OME-Zarr image or has no such level, or the sources' grids
         (shape, voxel size, position) differ.
+    ValueError
+        If the sources cannot be split into ``timepoints`` time points.
     """
     import tifffile
 
@@ -1502,6 +1511,9 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
                else [os.fspath(s) for s in source])
     if not sources:
         raise ValueError("write_ome_tiff needs at least one source")
+    nt = int(timepoints)
+    if nt < 1 or len(sources) % nt:
+        raise ValueError(f"{len(sources)} images cannot be {timepoints} time points of the same channels")
     arrays, images = [], []
     for src in sources:
         arr = open_ome_zarr_array(src, level=level)
@@ -1515,31 +1527,34 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     for src, arr, other in zip(sources[1:], arrays[1:], images[1:]):
         problem = _grid_difference(shape, image, tuple(int(n) for n in arr.shape), other)
         if problem:
-            raise InputError(src, f"cannot be a channel beside {sources[0]}: {problem} (level {level}); the channels "
-                                  "of one image share one grid")
+            raise InputError(src, f"cannot be a channel or time point beside {sources[0]}: {problem} (level {level}); "
+                                  "the channels and time points of one image share one grid")
     nz, ny, nx = shape
-    nc = len(sources)
+    nc = len(sources) // nt
     dtype = np.result_type(*(np.dtype(a.dtype) for a in arrays))
     plane_bytes = ny * nx * dtype.itemsize
     depth = max(1, min(nz, _TIFF_SLAB_BYTES // max(plane_bytes, 1)))
     chunk_z = int(arrays[0].chunks[0])
     if depth >= chunk_z:  # whole stored chunks per read: each is decoded once
         depth -= depth % chunk_z
-    if nc == 1:
-        metadata: dict[str, Any] = {"axes": "ZYX", "Name": name or _image_name(sources[0])}
-    else:
+    axes = ("T" if nt > 1 else "") + ("C" if nc > 1 else "") + "ZYX"
+    out_shape = (*((nt,) if nt > 1 else ()), *((nc,) if nc > 1 else ()), *shape)
+    metadata: dict[str, Any] = {"axes": axes, "Name": name or (_image_name(sources[0]) if len(sources) == 1
+                                                               else Path(path).name.split(".")[0])}
+    if nc > 1:
         names = (list(channel_names) if channel_names is not None else
                  [channel_label(_image_name(src), (img.attrs or {}).get("channel_name"))
-                  for src, img in zip(sources, images)])
+                  for src, img in zip(sources[:nc], images[:nc])])
         if len(names) != nc:
-            raise ValueError(f"{len(names)} channel names for {nc} sources")
-        metadata = {"axes": "CZYX", "Name": name or Path(path).name.split(".")[0], "Channel": {"Name": names}}
+            raise ValueError(f"{len(names)} channel names for {nc} channels")
+        metadata["Channel"] = {"Name": names}
     if voxel is not None:
         for axis, size in zip("ZYX", voxel):
             metadata[f"PhysicalSize{axis}"] = tidy_size(size)
             metadata[f"PhysicalSize{axis}Unit"] = "µm"
-        if image.origin_voxels is not None:  # planes in C, Z order: each channel's z positions
-            metadata["Plane"] = {k: v * nc for k, v in _plane_positions(image.origin_voxels, voxel, nz).items()}
+        if image.origin_voxels is not None:  # planes in T, C, Z order: each image's z positions
+            metadata["Plane"] = {k: v * len(sources)
+                                 for k, v in _plane_positions(image.origin_voxels, voxel, nz).items()}
 
     def planes() -> Iterator[np.ndarray]:
         for arr in arrays:
@@ -1548,11 +1563,10 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
                 yield from slab
 
     with atomic_output(path) as tmp:
-        with tifffile.TiffWriter(tmp, bigtiff=nc * nz * plane_bytes > _BIGTIFF_BYTES, ome=True) as tif:
+        with tifffile.TiffWriter(tmp, bigtiff=len(sources) * nz * plane_bytes > _BIGTIFF_BYTES, ome=True) as tif:
             # the pixel size in the TIFF tags too, for readers that ignore the OME-XML (pixels per cm)
             res = {"resolution": (1e4 / voxel[2], 1e4 / voxel[1]), "resolutionunit": "CENTIMETER"} if voxel else {}
-            tif.write(planes(), shape=shape if nc == 1 else (nc, *shape), dtype=dtype, metadata=metadata,
-                      photometric="minisblack", **res)
+            tif.write(planes(), shape=out_shape, dtype=dtype, metadata=metadata, photometric="minisblack", **res)
     return Path(path)
 
 

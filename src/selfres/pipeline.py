@@ -808,8 +808,9 @@ def drop_stale_model_output(output: str | Path) -> None:
 
 def tiff_export_path(output: str | Path) -> Path:
     """Where ``export_tiff`` (``selfres export``) puts the OME-TIFF of ``output``:
-    ``restored.ome.zarr`` → ``restored.ome.tif`` beside it (and a channel's, ``export_channels``,
-    the acquisition's multichannel ``{results}/{acquisition}.ome.tif``: see :func:`drop_stale_export`)."""
+    ``restored.ome.zarr`` → ``restored.ome.tif`` beside it (and a channel's or time point's,
+    ``export_acquisition``, the acquisition's ``{results}/{acquisition}.ome.tif``: see
+    :func:`drop_stale_export`)."""
     output = Path(output)
     name = output.name
     for suffix in (".ome.zarr", ".zarr"):
@@ -820,18 +821,18 @@ def tiff_export_path(output: str | Path) -> Path:
 
 
 def drop_stale_export(output: str | Path) -> None:
-    """Remove the OME-TIFF export (:func:`tiff_export_path`; for a channel of an acquisition,
-    ``results/S_c1/restored.ome.zarr``, also the acquisition's ``results/S.ome.tif``) of an earlier ``output``: once
+    """Remove the OME-TIFF export (:func:`tiff_export_path`; for a channel or time point of an
+    acquisition, ``results/S_c1/restored.ome.zarr``, also the acquisition's ``results/S.ome.tif``) of an earlier ``output``: once
     ``output`` is rewritten it shows the old restoration, and with ``export_tiff: false`` no
     job would ever replace it. Only the workflow's infer rules ask for this (``selfres infer
     --drop-stale-export``), where that path is the workflow's own export: next to an output
     named by a user it may be any file (``selfres restore x.ome.tif -o x.ome.zarr``)."""
     stale = [tiff_export_path(output)]
     output = Path(output)
-    if output.name == "restored.ome.zarr" and "_c" in output.parent.name:
-        from .sheet import channel_of  # pandas: only for the channels of an acquisition
+    if output.name == "restored.ome.zarr" and ("_c" in output.parent.name or "_t" in output.parent.name):
+        from .sheet import part_of  # pandas: only for the channels and time points of an acquisition
 
-        found = channel_of(output.parent.name)  # results/S_c1/restored.ome.zarr: a channel of results/S.ome.tif
+        found = part_of(output.parent.name)  # results/S_c1_t2/restored.ome.zarr: a part of results/S.ome.tif
         if found:
             stale.append(output.parent.parent / f"{found[0]}.ome.tif")
     for path in stale:

@@ -746,16 +746,19 @@ def in_sheet_order(ids: Sequence[str], row_ids: Sequence[str]) -> list[str]:
     return sorted(ids, key=row_of)
 
 
-_CHANNEL_ID = re.compile(r"^(?P<stem>.+)_c(?P<c>[0-9]+)(?P<rest>(?:_t[0-9]+)?)$")
+_PART_ID = re.compile(r"^(?P<stem>.+?)(?:_c(?P<c>[0-9]+))?(?:_t(?P<t>[0-9]+))?$")
 
 
-def channel_of(sample_id: str) -> tuple[str, int] | None:
-    """``(acquisition, channel)`` of an id that :func:`expand_channels` makes — ``cells_c1`` →
-    ``("cells", 1)``, ``lapse_c0_t3`` → ``("lapse_t3", 0)`` — else ``None``. With
-    ``export_tiff`` the workflow writes an acquisition's channels as one
+def part_of(sample_id: str) -> tuple[str, int | None, int | None] | None:
+    """``(acquisition, time point, channel)`` of an id that :func:`expand_channels` and
+    :func:`expand_timepoints` make — ``cells_c1`` → ``("cells", None, 1)``, ``lapse_t3`` →
+    ``("lapse", 3, None)``, ``lapse_c0_t3`` → ``("lapse", 3, 0)`` — else ``None``. With
+    ``export_tiff`` the workflow writes an acquisition's channels and time points as one
     ``{results}/{acquisition}.ome.tif``."""
-    m = _CHANNEL_ID.match(sample_id)
-    return (m["stem"] + m["rest"], int(m["c"])) if m else None
+    m = _PART_ID.match(sample_id)
+    if m is None or (m["c"] is None and m["t"] is None):
+        return None
+    return m["stem"], None if m["t"] is None else int(m["t"]), None if m["c"] is None else int(m["c"])
 
 
 #: ``model_from`` value of a ``timepoint = all`` row: every time point uses the model of its

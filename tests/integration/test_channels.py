@@ -81,6 +81,6 @@ def test_workflow_restores_every_channel(tmp_path):
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["twoch_c0 (DAPI)", "twoch_c1 (GFP)"]
     (wd / "results" / "twoch.ome.tif").unlink()
     plan = run_snakemake(wd, "-n", "--config", "export_tiff=true", timeout=120)  # a whole run asks for it too
-    assert re.search(r"^export_channels +1$", plan.stdout, flags=re.M), plan.stdout
+    assert re.search(r"^export_acquisition +1$", plan.stdout, flags=re.M), plan.stdout
     for c in (0, 1):
         assert (wd / "results" / f"twoch_c{c}" / "model" / "model.json").exists()

@@ -3,6 +3,8 @@ sample, and one model, per time point (as ``channel = all`` does per channel).""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import tifffile
@@ -109,3 +111,27 @@ def test_workflow_normalises_each_time_point_and_names_a_missing_choice(tmp_path
         # normalisation is affine: the time point's own data, not another's
         assert np.corrcoef(norm.ravel(), raw.ravel())[0, 1] > 0.9999
         assert np.corrcoef(norm.ravel(), data[1 - t].astype(np.float64).ravel())[0, 1] < 0.9
+
+
+@pytest.mark.slow
+def test_with_export_tiff_the_time_points_of_an_acquisition_are_planned_as_one_time_series(tmp_path):
+    """``export_tiff: true``: a ``timepoint: all`` row (with ``channel: all``, too) is also
+    written as one ``results/{acquisition}.ome.tif``, its stores passed time point by time
+    point, each by channel, with their count; a row that is one time point of a file is not."""
+    wd = make_workdir(tmp_path, samples={"lapse": {"path": "../data/tc.tif", "timepoint": "all", "channel": "all"},
+                                         "solo": {"path": "../data/t.tif", "timepoint": "all"},
+                                         "one": {"path": "../data/t.tif", "timepoint": "1"}},
+                      config_overrides={"export_tiff": True})
+    _time_series(wd / "data" / "tc.tif", n_t=3, n_c=2)
+    _time_series(wd / "data" / "t.tif", n_t=2)
+    plan = run_snakemake(wd, "-n", "-p", timeout=120)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert re.search(r"^export_acquisition +2$", plan.stdout, flags=re.M), plan.stdout[-3000:]
+    commands = {m[1]: m[0] for m in re.findall(r"^(?:Shell command: )?(selfres export .* -o results/(\w+)\.ome\.tif .*)$",
+                                               plan.stdout + plan.stderr, flags=re.M)}
+    assert sorted(commands) == ["lapse", "solo"], commands
+    stores = " ".join(f"results/lapse_c{c}_t{t}/restored.ome.zarr" for t in range(3) for c in range(2))
+    assert commands["lapse"].startswith(f"selfres export {stores} -o results/lapse.ome.tif --sample lapse "
+                                        "--timepoints 3 "), commands["lapse"]
+    assert "results/solo_t0/restored.ome.zarr results/solo_t1/restored.ome.zarr -o" in commands["solo"]
+    assert "--timepoints 2 " in commands["solo"]

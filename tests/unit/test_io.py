@@ -864,6 +864,42 @@ def test_the_channels_of_one_acquisition_export_as_one_multichannel_ome_tiff(tmp
         assert tif.series[0].axes == "ZYX" and 'Name="cells_c0"' in tif.ome_metadata
 
 
+@pytest.mark.parametrize("channels, axes", [(2, "TCZYX"), (1, "TZYX")])
+def test_the_time_points_of_one_acquisition_export_as_one_time_series(tmp_path, channels, axes):
+    """``timepoint: all`` (and ``channel: all``) restores each time point (and channel) as its
+    own sample; ``selfres export --timepoints`` of their stores, time point by time point, gives
+    one TZYX or TCZYX image (a hyperstack in Fiji) that selfres reads back time point by time
+    point; a count that does not divide the stores is refused before anything is written."""
+    import tifffile
+
+    from selfres import cli
+
+    rng = np.random.default_rng(7)
+    stores, data = [], {}
+    for t in range(3):
+        for c in range(channels):
+            sid = f"lapse_c{c}_t{t}" if channels > 1 else f"lapse_t{t}"
+            data[t, c] = (rng.random((4, 24, 20)) * 100).astype(np.float32)
+            store = tmp_path / "results" / sid / "restored.ome.zarr"
+            io.write_ome_zarr(store, data[t, c], voxel_size=(0.5, 0.125, 0.125), origin=(1.0, 0.0, 0.0))
+            stores.append(store)
+    out = tmp_path / "lapse.ome.tif"
+    assert cli.main(["export", *map(str, stores), "-o", str(out), "--timepoints", "3"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        series = tif.series[0]
+        assert series.axes == axes and series.shape == (3, *((channels,) if channels > 1 else ()), 4, 24, 20)
+        np.testing.assert_array_equal(tif.asarray().reshape(3, channels, 4, 24, 20),
+                                      np.stack([np.stack([data[t, c] for c in range(channels)]) for t in range(3)]))
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == (
+            ["lapse_c0_t0", "lapse_c1_t0"] if channels > 1 else [])
+        assert _plane_positions(tif.ome_metadata) == [(1.0 + 0.5 * k, 0.0, 0.0) for k in range(4)] * 3 * channels
+    for t in range(3):
+        back = io.read_volume(out, timepoint=t, channel=channels - 1)
+        np.testing.assert_array_equal(back.data, data[t, channels - 1])
+    assert cli.main(["export", *map(str, stores[:-1]), "-o", str(tmp_path / "x.ome.tif"), "--timepoints", "3"]) == 2
+    assert not (tmp_path / "x.ome.tif").exists()
+
+
 @pytest.mark.parametrize("other, problem", [
     (dict(shape=(5, 40, 30)), r"shape \(5, 40, 30\), against \(5, 40, 36\)"),
     (dict(voxel_size=(1.0, 0.125, 0.125)), r"voxel size \(1\.0, 0\.125, 0\.125\), against"),
@@ -874,7 +910,7 @@ def test_images_on_other_grids_cannot_be_channels_of_one(tmp_path, other, proble
     io.write_ome_zarr(first, np.zeros((5, 40, 36), np.float32), voxel_size=(0.5, 0.125, 0.125))
     io.write_ome_zarr(second, np.zeros(other.get("shape", (5, 40, 36)), np.float32),
                       voxel_size=other.get("voxel_size", (0.5, 0.125, 0.125)), origin=other.get("origin"))
-    with pytest.raises(InputError, match=f"b.ome.zarr: cannot be a channel beside .*a.ome.zarr: {problem}"):
+    with pytest.raises(InputError, match=f"b.ome.zarr: cannot be a channel or time point beside .*a.ome.zarr: {problem}"):
         io.write_ome_tiff(tmp_path / "x.ome.tif", [first, second])
     assert not (tmp_path / "x.ome.tif").exists()
 

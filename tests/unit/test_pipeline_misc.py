@@ -115,19 +115,22 @@ def test_only_the_workflow_drops_an_export_of_an_older_output(tmp_path):
 
 
 def test_a_channels_new_restoration_drops_its_acquisitions_multichannel_export(tmp_path):
-    """``export_channels`` writes ``results/cells.ome.tif`` from ``cells_c0``, ``cells_c1``…: once
-    one channel is restored anew that file shows the old one, and with ``export_tiff: false``
-    nothing would replace it."""
+    """``export_acquisition`` writes ``results/cells.ome.tif`` from ``cells_c0``, ``cells_c1``…
+    (``results/lapse.ome.tif`` from ``lapse_t0``… or ``lapse_c0_t0``…): once one channel or time
+    point is restored anew that file shows the old one, and with ``export_tiff: false`` nothing
+    would replace it."""
     res = tmp_path / "results"
-    for folder in ("cells_c1", "lapse_c0_t3", "plain"):
+    for folder in ("cells_c1", "lapse_c0_t3", "series_t2", "plain"):
         (res / folder).mkdir(parents=True)
-    exports = ["cells.ome.tif", "cells_c1/restored.ome.tif", "lapse_t3.ome.tif", "plain.ome.tif", "other.ome.tif"]
+    exports = ["cells.ome.tif", "cells_c1/restored.ome.tif", "lapse.ome.tif", "lapse_t3.ome.tif", "series.ome.tif",
+               "plain.ome.tif", "other.ome.tif"]
     for name in exports:
         (res / name).write_bytes(b"an earlier export")
     pipeline.drop_stale_export(res / "cells_c1" / "restored.ome.zarr")
     pipeline.drop_stale_export(res / "lapse_c0_t3" / "restored.ome.zarr")  # channel 0 of time point 3
-    pipeline.drop_stale_export(res / "plain" / "restored.ome.zarr")  # not a channel: its own export only
-    assert sorted(n for n in exports if (res / n).exists()) == ["other.ome.tif", "plain.ome.tif"]
+    pipeline.drop_stale_export(res / "series_t2" / "restored.ome.zarr")  # time point 2
+    pipeline.drop_stale_export(res / "plain" / "restored.ome.zarr")  # not a part: its own export only
+    assert sorted(n for n in exports if (res / n).exists()) == ["lapse_t3.ome.tif", "other.ome.tif", "plain.ome.tif"]
 
 
 def test_tiles_written_by_other_code_are_recomputed_and_outputs_name_their_code(tmp_path, monkeypatch, caplog):

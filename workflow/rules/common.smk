@@ -204,27 +204,35 @@ def sample_settings(sample):
     return _sheet.merge_settings(settings_sections(config), _sheet.sample_overrides(SAMPLES.loc[sample].to_dict()))
 
 
-def channel_groups():
-    """The samples that are the channels of one acquisition (``channel: all``: ``S_c0``,
-    ``S_c1``…; ``S_c0_t3``… are time point 3's), ``{acquisition: ids by channel}``: with
-    ``export_tiff`` each group is also written as one multichannel OME-TIFF. Only ids of
-    that form whose channel cell is their number, one file, image and time point, and one
-    mode and scale (one output grid); at least two channels."""
+def acquisition_groups():
+    """The samples that are the channels and time points of one acquisition (``channel: all``:
+    ``S_c0``, ``S_c1``…; ``timepoint: all``: ``S_t0``, ``S_t1``…; both: ``S_c0_t0``…),
+    ``{acquisition: (ids, time points)}``, the ids time point by time point, each by channel:
+    with ``export_tiff`` each group is also written as one OME-TIFF (CZYX, TZYX or TCZYX).
+    Only ids of that form whose channel and time point cells are their numbers, every channel
+    of every time point, time points 0, 1… without a gap, one file and image, one mode and
+    scale (one output grid); at least two samples."""
     groups = {}
     for s in SAMPLE_IDS:
-        found = _sheet.channel_of(s)
-        if found and _cell(s, "channel") == str(found[1]):
-            groups.setdefault(found[0], []).append(s)
+        found = _sheet.part_of(s)
+        if found and all(v is None or _cell(s, col) == str(v) for col, v in zip(("timepoint", "channel"), found[1:])):
+            groups.setdefault(found[0], {})[found[1:]] = s
 
-    def grid(s):  # one file, image and time point, one output grid
-        return (_cell(s, "path"), _cell(s, "series"), _cell(s, "timepoint"), sample_mode(s),
+    def grid(s):  # one file and image, one output grid
+        return (_cell(s, "path"), _cell(s, "series"), sample_mode(s),
                 sample_scale(s) if sample_mode(s) == "enhance" else "", sample_voxel_size(s))
 
-    return {key: sorted(ids, key=lambda s: int(_cell(s, "channel"))) for key, ids in groups.items()
-            if len(ids) > 1 and len({grid(s) for s in ids}) == 1}
+    out = {}
+    for acquisition, parts in groups.items():
+        times = sorted({t for t, _ in parts}, key=lambda v: -1 if v is None else v)
+        channels = sorted({c for _, c in parts}, key=lambda v: -1 if v is None else v)
+        whole = len(parts) == len(times) * len(channels) and times in ([None], list(range(len(times))))
+        if len(parts) > 1 and whole and len({grid(s) for s in parts.values()}) == 1:
+            out[acquisition] = ([parts[t, c] for t in times for c in channels], len(times))
+    return out
 
 
-CHANNEL_GROUPS = channel_groups()
+ACQUISITION_GROUPS = acquisition_groups()
 
 
 def _q(x):
@@ -557,7 +565,7 @@ def all_outputs():
     )
     if config["export_tiff"]:
         per_sample += expand(f"{R}/{{sample}}/restored.ome.tif", sample=SAMPLE_IDS)
-        per_sample += expand(f"{R}/{{acquisition}}.ome.tif", acquisition=sorted(CHANNEL_GROUPS))
+        per_sample += expand(f"{R}/{{acquisition}}.ome.tif", acquisition=sorted(ACQUISITION_GROUPS))
     refused = expand(f"{R}/{{sample}}/logs/refused_row", sample=sorted(REFUSED))  # never made: those fail
     return per_sample + refused + [f"{R}/summary.tsv", f"{R}/summary.html"]
 

@@ -72,20 +72,24 @@ rule export_tiff:
         "selfres export {input:q} -o {output:q} --sample {wildcards.sample:q} > {log:q} 2>&1"
 
 
-# export_tiff: true, and channel: all: the channels of one acquisition as one multichannel OME-TIFF.
-rule export_channels:
+# export_tiff: true, and channel: all or timepoint: all: the channels and time points of one
+# acquisition as one OME-TIFF (a composite or hyperstack in Fiji).
+rule export_acquisition:
     input:
-        lambda wildcards: expand(f"{R}/{{sample}}/restored.ome.zarr", sample=CHANNEL_GROUPS[wildcards.acquisition]),
+        lambda wildcards: expand(f"{R}/{{sample}}/restored.ome.zarr", sample=ACQUISITION_GROUPS[wildcards.acquisition][0]),
     output:
         f"{R}/{{acquisition}}.ome.tif",
     log:
-        f"{R}/logs/export_channels/{{acquisition}}.log",
+        f"{R}/logs/export_acquisition/{{acquisition}}.log",
+    params:
+        timepoints=lambda wildcards: ACQUISITION_GROUPS[wildcards.acquisition][1],
     wildcard_constraints:
-        acquisition="|".join(re.escape(a) for a in CHANNEL_GROUPS) or "NO_CHANNEL_GROUPS",
+        acquisition="|".join(re.escape(a) for a in ACQUISITION_GROUPS) or "NO_ACQUISITION_GROUPS",
     conda:
         "../../envs/selfres.yaml"
     shell:
-        "selfres export {input:q} -o {output:q} --sample {wildcards.acquisition:q} > {log:q} 2>&1"
+        "selfres export {input:q} -o {output:q} --sample {wildcards.acquisition:q} --timepoints {params.timepoints} "
+        "> {log:q} 2>&1"
 
 
 rule summary:

@@ -2107,7 +2107,7 @@ def _input_text(provenance: Mapping[str, Any]) -> str:
 SUMMARY_COLUMNS = (
     "sample", "status", "mode", "input_shape", "output_shape", "psnr_gain",
     "isotropy_in", "isotropy_out", "isotropy_interp", "flags", "train_seconds", "infer_seconds", "error",
-    "report",
+    "failed_runs", "failing_since", "report",
 )
 
 
@@ -2122,6 +2122,12 @@ def _shape_text(shape: Any) -> str | None:
 def _text_or_dash(value: Any) -> str:
     """A text cell of the summary, or a dash where there is none (NaN in a failed row)."""
     return value if isinstance(value, str) and value else "–"
+
+
+def _ordinal(n: int) -> str:
+    """``2nd``, ``3rd``, ``11th``, ``21st``."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -2170,6 +2176,9 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "train_seconds": _num(row.get("train_seconds")),
             "infer_seconds": _num(row.get("infer_seconds")),
             "error": None if error is None else str(error),
+            # a failed sample: the runs in a row it failed in, this one included, and the first one's start
+            "failed_runs": _num(row.get("failed_runs")),
+            "failing_since": row.get("failing_since"),
             # an explicit None (e.g. a failed sample) means: no report to link
             "report": row["report"] if "report" in row else f"{sample}/report.html",
         })
@@ -2178,6 +2187,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         # rounded for people (-0.0 becomes 0.0)
         digits = 1 if c.endswith("_seconds") else 3
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float).round(digits) + 0.0
+    df["failed_runs"] = pd.to_numeric(df["failed_runs"], errors="coerce").astype("Int64")
     return df
 
 
@@ -2272,9 +2282,13 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
             name = f'<a href="{_esc(r["report"])}">{name}</a>'
         err = r["error"]
         if r["status"] == "failed":
+            runs, since = r.get("failed_runs"), r.get("failing_since")
+            again = (f" — the {_ordinal(int(runs))} run in a row that failed it"
+                     + (f", since the run of {_esc(str(since).replace('T', ' ')[:16])}" if isinstance(since, str) else "")
+                     if not pd.isna(runs) and int(runs) > 1 else "")
             attention.append(f"<li>{name}: <b>failed</b>"
                              + (f" — {_esc(err)}" if isinstance(err, str) and err else
-                                " (see its logs/ folder)") + "</li>")
+                                " (see its logs/ folder)") + again + "</li>")
         elif r["status"] == "fallback_interpolation":
             attention.append(f"<li>{name}: the guard found no clear gain over {_baseline_name(r.get('mode'))} "
                              "on the held-out region (its report says by how much, and whether the network "

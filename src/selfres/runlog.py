@@ -296,6 +296,44 @@ def write_run_record(
     return path
 
 
+def failing_runs(results: str | os.PathLike, samples: Sequence[str], *,
+                 before: float | None = None) -> dict[str, tuple[int, str]]:
+    """``{sample: (runs, since)}`` for the ``samples`` that failed in the runs just before:
+    how many recorded runs in a row (``runs/runs.tsv``, newest first) list the sample among
+    their failed samples, and when the first of them started (``YYYY-MM-DDTHH:MM:SS``). The
+    count stops at the newest run that ran the sample and did not fail it; a run that did
+    not run it (nothing to do, or another sheet) leaves the count alone. ``before``: only
+    runs that finished before this time (seconds since the epoch), so that the run being
+    summarised does not count itself once its own record is written. A missing or unreadable
+    ``runs.tsv`` gives ``{}``."""
+    try:
+        lines = (Path(results) / "runs" / "runs.tsv").read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return {}
+    runs = []
+    for line in lines[1:]:
+        cells = dict(zip(RUNS_TSV_COLUMNS, line.split("\t")))
+        try:
+            finished = time.mktime(time.strptime(cells["finished"], "%Y-%m-%dT%H:%M:%S"))
+        except (KeyError, ValueError):
+            continue
+        if before is None or finished < before:
+            runs.append((cells["started"], set(filter(None, cells.get("samples_run", "").split(","))),
+                         set(filter(None, cells.get("failed_samples", "").split(",")))))
+    runs.sort(key=lambda r: r[0], reverse=True)
+    out = {}
+    for s in samples:
+        n, since = 0, None
+        for started, ran, failed in runs:
+            if s in failed:
+                n, since = n + 1, started
+            elif s in ran:
+                break
+        if n:
+            out[s] = (n, since)
+    return out
+
+
 def _recorded_starts(runs: Path) -> set[str]:
     """The ``started`` of every run in ``runs/runs.tsv``."""
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import report
 from .atomic import write_text_atomic
-from .runlog import read_snakemake_log, unfinished_jobs_by_sample
+from .runlog import failing_runs, read_snakemake_log, unfinished_jobs_by_sample
 
 log = logging.getLogger("selfres.summary")
 
@@ -114,6 +114,10 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                        "or has not finished" + (f"; see {s}/logs/{newest.name}" if newest else ""))
             row.update({"status": "failed" if err or logs.is_dir() else "pending",
                         "error": err, "report": None})
+            if row["status"] == "failed":  # a failure of the runs before too: an old problem, not last night's
+                newest_log = max((q.stat().st_mtime for q in logs.glob("*.log")), default=None)
+                before = failing_runs(results, [s], before=newest_log).get(s) if newest_log else None
+                row.update(failed_runs=1 + (before[0] if before else 0), failing_since=before and before[1])
         if html.exists():
             try:
                 report.set_stale_banner(html, _stale_report_message(row, html, run["header"].get("started")))

@@ -16,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from workdir import make_workdir, run_snakemake, snakemake_command, write_tiny_tiff
 
@@ -505,6 +506,12 @@ def test_a_failed_run_leaves_an_error_record_and_a_summary(tmp_path):
     assert failed["status"] == "failed" and failed["sample"] == "broken"
     summary = (wd / "results" / "summary.tsv").read_text().splitlines()
     assert summary[1].startswith("broken\tfailed")
+    # the next night fails it again: the summary says it is an old failure, not a new one
+    assert run_snakemake(wd, "--keep-going").returncode != 0
+    table = pd.read_csv(wd / "results" / "summary.tsv", sep="\t").set_index("sample")
+    assert table.loc["broken", "failed_runs"] == 2 and table.loc["broken", "failing_since"] == rec["started"]
+    html = (wd / "results" / "summary.html").read_text()
+    assert f"the 2nd run in a row that failed it, since the run of {rec['started'].replace('T', ' ')[:16]}" in html
 
 
 def _hyperstack(path: Path, *, n_t: int = 2, n_c: int = 2) -> None:

@@ -405,6 +405,43 @@ def test_stage_summary_flags_and_failed(tmp_path):
     assert (tmp_path / "e" / "report.html").read_text().count("This report is out of date") == 1
 
 
+def test_a_sample_failing_night_after_night_is_told_from_a_new_failure(tmp_path):
+    """``runs/runs.tsv``, newest first: the runs in a row that failed a sample, up to the newest
+    run that ran it without failing; runs that did not run it leave the count alone; the
+    run being summarised (finished after ``before``) does not count itself."""
+    import time
+
+    from selfres.runlog import RUNS_TSV_COLUMNS, failing_runs
+
+    rows = [  # started, finished, samples run, failed samples
+        ("2026-11-28T01:30:00", "2026-11-28T02:00:00", "a,b,c", "a"),
+        ("2026-11-29T01:30:00", "2026-11-29T02:00:00", "a,b", "a,b"),  # b fails: its first night
+        ("2026-11-30T01:30:00", "2026-11-30T01:31:00", "x", ""),  # a and b not run (another sheet)
+        ("2026-12-01T01:30:00", "2026-12-01T02:00:00", "a,b,c", "b,c"),  # a finished after all
+        ("2026-12-02T01:30:00", "2026-12-02T02:00:00", "b,c", "b,c"),
+        ("2026-12-03T01:30:00", "2026-12-03T02:00:00", "b", "b"),  # tonight's own record
+    ]
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "runs.tsv").write_text("\t".join(RUNS_TSV_COLUMNS) + "\n" + "".join(
+        "\t".join([s, f, "error", "host", "user", "9", "1", ran, failed, f"{s}.json"]) + "\n"
+        for s, f, ran, failed in rows))
+    found = failing_runs(tmp_path, ["a", "b", "c", "d"])
+    assert found == {"b": (4, "2026-11-29T01:30:00"), "c": (2, "2026-12-01T01:30:00")}
+    tonight = time.mktime(time.strptime("2026-12-03T01:45:00", "%Y-%m-%dT%H:%M:%S"))
+    assert failing_runs(tmp_path, ["b", "c"], before=tonight) == {"b": (3, "2026-11-29T01:30:00"),
+                                                                  "c": (2, "2026-12-01T01:30:00")}
+    assert failing_runs(tmp_path / "elsewhere", ["b"]) == {}
+    # the summary: 1 + the runs before this one, and their start; the page says it in words
+    table = report.summary_table([{"sample": "b", "status": "failed", "error": "x", "report": None,
+                                   "failed_runs": 4, "failing_since": "2026-11-29T01:30:00"},
+                                  {"sample": "n", "status": "failed", "error": "y", "report": None, "failed_runs": 1}])
+    assert table["failed_runs"].tolist() == [4, 1]
+    page = report.render_summary(table.to_dict(orient="records"))
+    assert "the 4th run in a row that failed it, since the run of 2026-11-29 01:30" in page
+    assert page.count("run in a row") == 1  # a first failure says nothing more
+
+
 def test_stage_summary_marks_a_sample_whose_job_this_run_did_not_finish(tmp_path):
     """An earlier run's outputs all on disk, this run's job killed with no ERROR line (a Slurm
     time limit on a block of scattered inference): the run's log says the sample failed."""

@@ -890,21 +890,67 @@ def channel_name(path: str | os.PathLike, channel: int, *, series: int | None = 
     return (str(name).strip() or None) if name is not None else None
 
 
+def _ome_pixels(tif, series: int | None):
+    """The OME ``Pixels`` element of the ``Image`` of TIFF series ``series`` (one Image per
+    series), or ``None`` (not an OME-TIFF, or which Image is which series is not certain)."""
+    if not tif.is_ome or not tif.ome_metadata:
+        return None
+    images = [e for e in ET.fromstring(tif.ome_metadata) if e.tag.endswith("}Image")]
+    index = series or 0
+    if len(images) != len(tif.series) and not (len(images) == 1 and index == 0):
+        return None
+    pixels = [e for e in images[index] if e.tag.endswith("}Pixels")]
+    return pixels[0] if pixels else None
+
+
 def _ome_tiff_channel_name(path: str, channel: int, series: int | None) -> str | None:
-    """``Channel Name`` of the OME ``Image`` of TIFF series ``series`` (one Image per series)."""
+    """``Channel Name`` of the OME ``Image`` of TIFF series ``series``."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        if not tif.is_ome or not tif.ome_metadata:
-            return None
-        root = ET.fromstring(tif.ome_metadata)
-        images = [e for e in root if e.tag.endswith("}Image")]
-        index = series or 0
-        if len(images) != len(tif.series) and not (len(images) == 1 and index == 0):
-            return None  # which Image is which series is not certain
-        pixels = [e for e in images[index] if e.tag.endswith("}Pixels")]
-        chans = [e for e in pixels[0] if e.tag.endswith("}Channel")] if pixels else []
+        pixels = _ome_pixels(tif, series)
+        chans = [e for e in pixels if e.tag.endswith("}Channel")] if pixels is not None else []
         return chans[channel].get("Name") if 0 <= channel < len(chans) else None
+
+
+#: seconds per unit of a time axis (OME ``TimeIncrementUnit``, ImageJ ``tunit``, NGFF axis ``unit``)
+_SECONDS_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "millisecond": 1e-3,
+                "µs": 1e-6, "us": 1e-6, "microsecond": 1e-6, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+                "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "day": 86400.0}
+
+
+def time_increment(path: str | os.PathLike, *, series: int | None = None) -> float | None:
+    """Seconds between an acquisition's time points, or ``None``: an OME-TIFF's OME
+    ``TimeIncrement`` (with its unit), an ImageJ hyperstack's ``finterval`` (``tunit``), an
+    OME-Zarr's scale along its ``t`` axis (with its unit). Metadata for people (the time-series
+    export's frame interval): ``None`` whenever it cannot be read or is not positive."""
+    path = os.fspath(path)
+    try:
+        if _kind(path) == "zarr":
+            ms = _multiscale(path, _open_zarr(path))
+            axes = [a if isinstance(a, Mapping) else {"name": a} for a in ms.get("axes") or []]
+            names = [str(a.get("name", "")).lower() for a in axes]
+            scale = _level_scale(ms, 0, len(names)) if "t" in names else None
+            value, unit = (scale[names.index("t")], axes[names.index("t")].get("unit")) if scale else (None, None)
+        else:
+            value, unit = _tiff_time_increment(path, series)
+        seconds = float(value) * _SECONDS_PER[str(unit or "s").strip().lower()]
+    except Exception:  # noqa: BLE001 - an interval is optional; the reader says what is wrong with the file
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def _tiff_time_increment(path: str, series: int | None) -> tuple[Any, Any]:
+    """``(value, unit)`` of a TIFF's time step: OME ``TimeIncrement`` of series ``series``, or
+    ImageJ ``finterval`` / ``tunit``."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if tif.is_ome:
+            pixels = _ome_pixels(tif, series)
+            return (None, None) if pixels is None else (pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit"))
+        meta = tif.imagej_metadata or {}
+        return meta.get("finterval"), meta.get("tunit")
 
 
 def timepoint_count(path: str | os.PathLike, *, series: int | None = None) -> int:
@@ -1548,6 +1594,8 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
         if len(names) != nc:
             raise ValueError(f"{len(names)} channel names for {nc} channels")
         metadata["Channel"] = {"Name": names}
+    if nt > 1 and (dt := (image.attrs or {}).get("time_increment_s")):  # the acquisition's frame interval
+        metadata.update(TimeIncrement=float(dt), TimeIncrementUnit="s")
     if voxel is not None:
         for axis, size in zip("ZYX", voxel):
             metadata[f"PhysicalSize{axis}"] = tidy_size(size)

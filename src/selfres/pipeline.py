@@ -187,6 +187,9 @@ def stage_normalise(
         # the acquisition's own name of the channel (OME: "DAPI"), for the outputs' layer and channel names
         **({"channel_name": name} if channel is not None and (name := io.channel_name(input_path, channel,
                                                                                        series=series)) else {}),
+        # a time point's series' frame interval, for the time-series export
+        **({"time_increment_s": dt} if timepoint is not None and (dt := io.time_increment(input_path,
+                                                                                          series=series)) else {}),
         "voxel_size_source": "sheet" if voxel_size else ("metadata" if vol.voxel_size else None),
         "saturated_fraction": saturated,
         "raw_range": [vmin, vmax],
@@ -677,7 +680,8 @@ def stage_infer(
             chunks=settings.chunks, shards=settings.shards, ngff_version=settings.ngff_version,
             transform=lambda b: normalise.to_dtype(b, params, dtype),
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict(),
-                   "code": code_identity(), **{k: vol.attrs[k] for k in ("channel_name",) if vol.attrs.get(k)},
+                   "code": code_identity(),
+                   **{k: vol.attrs[k] for k in ("channel_name", "time_increment_s") if vol.attrs.get(k)},
                    "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
             memory_fraction=settings.gpu_memory_fraction, origin=origin, reuse_finished=reuse_finished,
@@ -1265,7 +1269,7 @@ def stage_report(
                                                                 if vol.attrs.get("source") else None),
         "input_checksum": vol.attrs.get("source_checksum"),
         # which image, channel and time point of the file this sample is (none: the file's only one)
-        "input_part": {k: vol.attrs[k] for k in ("series", "channel", "channel_name", "timepoint")
+        "input_part": {k: vol.attrs[k] for k in ("series", "channel", "channel_name", "timepoint", "time_increment_s")
                        if vol.attrs.get(k) is not None},
         # less how the jobs ran (tiles per pass...): the workflow does not rerun a report for those
         "resolved_config": _without_execution(resolved_config or {}),

@@ -881,7 +881,8 @@ def test_the_time_points_of_one_acquisition_export_as_one_time_series(tmp_path, 
             sid = f"lapse_c{c}_t{t}" if channels > 1 else f"lapse_t{t}"
             data[t, c] = (rng.random((4, 24, 20)) * 100).astype(np.float32)
             store = tmp_path / "results" / sid / "restored.ome.zarr"
-            io.write_ome_zarr(store, data[t, c], voxel_size=(0.5, 0.125, 0.125), origin=(1.0, 0.0, 0.0))
+            io.write_ome_zarr(store, data[t, c], voxel_size=(0.5, 0.125, 0.125), origin=(1.0, 0.0, 0.0),
+                              attrs={"time_increment_s": 90.0})  # normalise's, from the acquisition
             stores.append(store)
     out = tmp_path / "lapse.ome.tif"
     assert cli.main(["export", *map(str, stores), "-o", str(out), "--timepoints", "3"]) == 0
@@ -893,6 +894,7 @@ def test_the_time_points_of_one_acquisition_export_as_one_time_series(tmp_path, 
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == (
             ["lapse_c0_t0", "lapse_c1_t0"] if channels > 1 else [])
         assert _plane_positions(tif.ome_metadata) == [(1.0 + 0.5 * k, 0.0, 0.0) for k in range(4)] * 3 * channels
+        assert re.search(r'<Pixels [^>]*TimeIncrement="90.0" TimeIncrementUnit="s"', tif.ome_metadata)
     for t in range(3):
         back = io.read_volume(out, timepoint=t, channel=channels - 1)
         np.testing.assert_array_equal(back.data, data[t, channels - 1])
@@ -913,6 +915,34 @@ def test_images_on_other_grids_cannot_be_channels_of_one(tmp_path, other, proble
     with pytest.raises(InputError, match=f"b.ome.zarr: cannot be a channel or time point beside .*a.ome.zarr: {problem}"):
         io.write_ome_tiff(tmp_path / "x.ome.tif", [first, second])
     assert not (tmp_path / "x.ome.tif").exists()
+
+
+def test_an_acquisitions_frame_interval_is_read_where_it_has_one(tmp_path):
+    """OME ``TimeIncrement`` (with its unit), ImageJ ``finterval`` / ``tunit``, an OME-Zarr's
+    ``t`` scale: in seconds; none, zero or an unknown unit is ``None``, never an error."""
+    data = np.zeros((3, 2, 8, 8), np.uint16)  # TZYX
+    ome = tmp_path / "lapse.ome.tif"
+    tifffile.imwrite(ome, data, ome=True, metadata={"axes": "TZYX", "TimeIncrement": 2.5, "TimeIncrementUnit": "min"})
+    assert io.time_increment(ome) == 150.0
+    seconds = tmp_path / "s.ome.tif"
+    tifffile.imwrite(seconds, data, ome=True, metadata={"axes": "TZYX", "TimeIncrement": 0.5})  # unit: s (OME's default)
+    assert io.time_increment(seconds) == 0.5
+    imagej = tmp_path / "lapse.tif"
+    tifffile.imwrite(imagej, data, imagej=True, metadata={"axes": "TZYX", "finterval": 30.0, "tunit": "sec"})
+    assert io.time_increment(imagej) == 30.0
+    store = tmp_path / "lapse.ome.zarr"
+    group = zarr.open_group(str(store), mode="w", zarr_format=2)
+    group.create_array("0", data=data.astype(np.float32))
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "t", "type": "time", "unit": "millisecond"}, {"name": "z", "type": "space"},
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [250.0, 1, 1, 1]}]}]}]
+    assert io.time_increment(store) == 0.25
+    plain = tmp_path / "plain.tif"
+    tifffile.imwrite(plain, data)
+    odd = tmp_path / "odd.ome.tif"
+    tifffile.imwrite(odd, data, ome=True, metadata={"axes": "TZYX", "TimeIncrement": 2.0, "TimeIncrementUnit": "fortnight"})
+    assert [io.time_increment(p) for p in (plain, odd, tmp_path / "missing.tif")] == [None, None, None]
 
 
 def test_an_acquisitions_own_channel_names_are_read_where_it_has_them(tmp_path):

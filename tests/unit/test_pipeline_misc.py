@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from selfres import codeinfo, pipeline, provenance
+from selfres import codeinfo, io, pipeline, provenance
 
 
 def test_git_commit_names_the_checkout_a_path_lies_in_and_none_outside_one(tmp_path):
@@ -469,3 +469,37 @@ def test_an_adopted_psf_model_keeps_the_record_of_the_psf_that_trained_it(tmp_pa
     adopted = json.loads((tmp_path / "model_b" / "model.json").read_text())["metadata"]
     assert adopted["sample"] == "b" and adopted["adopted_from"]["sample"] == "a"
     assert adopted["psf"] == source["psf"]
+
+
+def test_a_time_points_frame_interval_follows_it_into_the_time_series_export(tmp_path):
+    """An ImageJ hyperstack's ``finterval`` (OME ``TimeIncrement`` alike) goes with each time
+    point's sample — normalised and restored stores, provenance's ``input_part`` — so that the
+    time points exported as one series keep their frame interval (Fiji: Image › Properties)."""
+    import tifffile
+
+    from selfres.settings import FovSettings, Settings, TrainSettings, from_dict
+
+    from ..conftest import blob_volume
+
+    frames = np.stack([blob_volume((8, 48, 48), n=80, sigma=(1.0, 1.5, 1.5), seed=t) * 1000 for t in range(2)])
+    tifffile.imwrite(tmp_path / "lapse.tif", frames.astype(np.uint16), imagej=True,
+                     metadata={"axes": "TZYX", "finterval": 2.0, "tunit": "min"})
+    s = Settings(train=from_dict(TrainSettings, {"steps": 1, "width": 4, "depth": 1, "batch_size": 1,
+                                                 "patch_size": [4, 16, 16], "validate_every": 1, "warmup_steps": 1}))
+    stores = []
+    for t in range(2):
+        d = tmp_path / f"lapse_t{t}"
+        pipeline.stage_normalise(tmp_path / "lapse.tif", d / "n.ome.zarr", sample=d.name, timepoint=t,
+                                 voxel_size=(1.0, 0.2, 0.2))
+        assert io.read_ome_zarr(d / "n.ome.zarr", lazy=True).attrs["time_increment_s"] == 120.0
+        pipeline.stage_crop(d / "n.ome.zarr", d / "fov.json", sample=d.name, scale=(1, 2, 2),
+                            settings=FovSettings(min_holdout_voxels=256))
+        pipeline.stage_train(d / "n.ome.zarr", d / "fov.json", d / "model", sample=d.name, scale=(1, 2, 2),
+                             settings=s, device="cpu")
+        pipeline.stage_infer(d / "n.ome.zarr", d / "model", d / "restored.ome.zarr", sample=d.name, device="cpu")
+        assert io.read_ome_zarr(d / "restored.ome.zarr", lazy=True).attrs["time_increment_s"] == 120.0
+        stores.append(d / "restored.ome.zarr")
+    io.write_ome_tiff(tmp_path / "lapse.ome.tif", stores, timepoints=2)
+    assert io.time_increment(tmp_path / "lapse.ome.tif") == 120.0
+    with tifffile.TiffFile(tmp_path / "lapse.ome.tif") as tif:
+        assert tif.series[0].axes == "TZYX"

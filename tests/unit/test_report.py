@@ -73,7 +73,8 @@ def full_page():
         voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5),
         training_log=_log(), provenance={"path": "/data/<x>.tif", "timings": {"train": 12.5},
                                          "input": "/data/<two>.tif",
-                                         "input_part": {"channel": 1, "channel_name": "<GFP>", "timepoint": 3}},
+                                         "input_part": {"channel": 1, "channel_name": "<GFP>", "timepoint": 3,
+                                                        "time_increment_s": 150.0}},
         bead_table={"fwhm_z_in": [2.0, 2.2, 9.0], "fwhm_z_out": [1.2, 1.1, 1.3],
                     "fwhm_y_in": [1, 1, 1], "fwhm_y_out": [1, 1, 1],
                     "fwhm_x_in": [1, 1, 1], "fwhm_x_out": [1, 1, 1]},
@@ -90,8 +91,9 @@ def test_page_self_contained_and_escaped(full_page):
     assert "<script" not in full_page  # sample report needs no script at all
     assert "/data/&lt;x&gt;.tif" in full_page
     # which part of a multichannel time series this sample is, in the table at the top
-    # (and the acquisition's own name of the channel)
-    assert "<th>input</th><td>/data/&lt;two&gt;.tif (channel 1 &quot;&lt;GFP&gt;&quot;, time point 3)</td>" in full_page
+    # (and the acquisition's own name of the channel, and its frame interval)
+    assert ("<th>input</th><td>/data/&lt;two&gt;.tif (channel 1 &quot;&lt;GFP&gt;&quot;, time point 3 (one every "
+            "2.5 min))</td>") in full_page
 
 
 def test_page_sections_flags_and_tables(full_page):

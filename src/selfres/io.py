@@ -21,6 +21,7 @@ import itertools
 import logging
 import math
 import os
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1533,7 +1534,7 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     channel_names
         Names of the channels (several sources); default: each source's, as ``name``, with
         the acquisition's own name of that channel where it had one (``cells_c0 (DAPI)``);
-        with several time points, those of the first.
+        with several time points, those of the first, less their time point (``lapse_c0``).
     timepoints
         How many time points the sources are (``len(source)`` must be a multiple): each
         ``len(source) / timepoints`` of them are the channels of one time point.
@@ -1588,8 +1589,10 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     metadata: dict[str, Any] = {"axes": axes, "Name": name or (_image_name(sources[0]) if len(sources) == 1
                                                                else Path(path).name.split(".")[0])}
     if nc > 1:
+        # named by the first time point's samples, less their time point (lapse_c0_t0 → lapse_c0)
         names = (list(channel_names) if channel_names is not None else
-                 [channel_label(_image_name(src), (img.attrs or {}).get("channel_name"))
+                 [channel_label(re.sub(r"_t[0-9]+$", "", _image_name(src)) if nt > 1 else _image_name(src),
+                                (img.attrs or {}).get("channel_name"))
                   for src, img in zip(sources[:nc], images[:nc])])
         if len(names) != nc:
             raise ValueError(f"{len(names)} channel names for {nc} channels")

@@ -892,7 +892,7 @@ def test_the_time_points_of_one_acquisition_export_as_one_time_series(tmp_path, 
         np.testing.assert_array_equal(tif.asarray().reshape(3, channels, 4, 24, 20),
                                       np.stack([np.stack([data[t, c] for c in range(channels)]) for t in range(3)]))
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == (
-            ["lapse_c0_t0", "lapse_c1_t0"] if channels > 1 else [])
+            ["lapse_c0", "lapse_c1"] if channels > 1 else [])  # the channels of every time point
         assert _plane_positions(tif.ome_metadata) == [(1.0 + 0.5 * k, 0.0, 0.0) for k in range(4)] * 3 * channels
         assert re.search(r'<Pixels [^>]*TimeIncrement="90.0" TimeIncrementUnit="s"', tif.ome_metadata)
     for t in range(3):

@@ -384,9 +384,11 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
     """``selfres inspect``: :func:`selfres.io.describe_acquisition` in words, with the sheet
     columns each image needs and the output grid of each mode (refused as the crop stage
     would refuse it, with ``fov_settings`` and ``training_fov``)."""
+    from . import io
     from .errors import InputError
     from .io import describe_acquisition
     from .isotropic import square_pixels
+    from .report import duration_text
     from .pipeline import check_volume_for_mode, output_grid_shape
 
     images = describe_acquisition(path)
@@ -405,10 +407,15 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
                      f"{'s' if im['channels'] > 1 else ''}, {im['timepoints']} time point"
                      f"{'s' if im['timepoints'] > 1 else ''}")
         if im["channels"] > 1:
-            lines.append(f"  channels: sheet column channel, 0..{im['channels'] - 1} or all (one sample per channel)")
+            names = [io.channel_name(path, c, series=im["series"]) for c in range(im["channels"])]
+            named = (" (" + ", ".join(f'{c} "{n}"' for c, n in enumerate(names) if n) + ")") if any(names) else ""
+            lines.append(f"  channels{named}: sheet column channel, 0..{im['channels'] - 1} or all (one sample per "
+                         "channel)")
         if im["timepoints"] > 1:
-            lines.append(f"  time points: sheet column timepoint, 0..{im['timepoints'] - 1} or all (one sample per "
-                         "time point; model_from first_timepoint trains once)")
+            dt = io.time_increment(path, series=im["series"])
+            every = f" (one every {duration_text(dt)})" if dt else ""
+            lines.append(f"  time points{every}: sheet column timepoint, 0..{im['timepoints'] - 1} or all (one sample "
+                         "per time point; model_from first_timepoint trains once)")
         plane = im["shape"][0] == 1  # a single plane has no z step (its z size is only a stand-in)
         shown = slice(1, 3) if plane else slice(0, 3)
         lines.append(f"  voxel size {'y,x' if plane else 'z,y,x'}: "

@@ -2090,7 +2090,7 @@ def render_sample_report(
     return _page(f"selfres report: {sample}", "\n".join(parts))
 
 
-def _duration_text(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     """``0.25 s``, ``30 s``, ``2 min``, ``1.5 h``: a frame interval for people."""
     for unit, size in (("h", 3600.0), ("min", 60.0)):
         if seconds >= size:
@@ -2104,7 +2104,7 @@ def _input_text(provenance: Mapping[str, Any]) -> str:
     if part.get("channel") is not None and part.get("channel_name"):
         part["channel"] = f"{part['channel']} \"{part['channel_name']}\""
     if part.get("timepoint") is not None and part.get("time_increment_s"):
-        part["timepoint"] = f"{part['timepoint']} (one every {_duration_text(float(part['time_increment_s']))})"
+        part["timepoint"] = f"{part['timepoint']} (one every {duration_text(float(part['time_increment_s']))})"
     words = ", ".join(f"{'time point' if k == 'timepoint' else k} {part[k]}" for k in ("series", "channel", "timepoint")
                       if part.get(k) is not None)
     return f"{provenance['input']}" + (f" ({words})" if words else "")

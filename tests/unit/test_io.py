@@ -978,13 +978,20 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     hyper = tmp_path / "lapse.tif"
     data = np.zeros((3, 6, 2, 48, 60), dtype=np.uint16)  # TZCYX
     tifffile.imwrite(hyper, data, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
-                     metadata={"spacing": 2.0, "unit": "micron", "axes": "TZCYX"})
+                     metadata={"spacing": 2.0, "unit": "micron", "axes": "TZCYX", "finterval": 45.0})
     assert io.describe_acquisition(hyper) == [{"series": 0, "shape": (6, 48, 60), "dtype": "uint16", "channels": 2,
                                                "timepoints": 3, "voxel_size": pytest.approx((2.0, 0.5, 0.5))}]
     assert cli.main(["inspect", str(hyper), "--scale", "1,2,2"]) == 0
     out = capsys.readouterr().out
     assert "6×48×60 ZYX, uint16, 2 channels, 3 time points" in out
     assert "channel, 0..1 or all" in out and "timepoint, 0..2 or all" in out
+    assert "  time points (one every 45 s): sheet column timepoint" in out  # the file's frame interval
+    assert "  channels: sheet column channel" in out  # an ImageJ hyperstack names no channels
+    named = tmp_path / "named.ome.tif"  # a microscope's export names its channels
+    tifffile.imwrite(named, np.zeros((4, 2, 16, 16), np.uint16), ome=True,
+                     metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP"]}})
+    assert cli.main(["inspect", str(named)]) == 0
+    assert '  channels (0 "DAPI", 1 "GFP"): sheet column channel, 0..1 or all' in capsys.readouterr().out
     assert "voxel size z,y,x: 2, 0.5, 0.5 µm (from the file)" in out
     assert "enhance 1,2,2: output 6×96×120, voxel 2, 0.25, 0.25 µm" in out
     assert "isotropic: axial factor 4 (z step / lateral pixel), output 24×48×60, voxel 0.5, 0.5, 0.5 µm" in out

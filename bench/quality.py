@@ -192,13 +192,14 @@ def add_shot_noise(low: np.ndarray, photons: float, *, seed: int = 0) -> np.ndar
     return (counts / gain + lo).astype(np.float32)
 
 
-def bench_volume(path: Path, factor: int, *, settings, ssim: bool, keep: Path | None,
+def bench_volume(path: Path, factor: "int | tuple[int, int, int]", *, settings, ssim: bool, keep: Path | None,
                  lr_degradation: str = "cubic", unknown_voxel_size=None, lr_photons: float | None = None,
                  variant: str | None = None) -> dict:
     from selfres import io
 
     vol = io.read_volume(path)
-    factors = (factor,) * 3
+    factors = tuple(factor) if isinstance(factor, tuple) else (factor,) * 3  # (1, 2, 2): lateral only
+    factor = ",".join(map(str, factors)) if isinstance(factor, tuple) else factor
     hr_vs = vol.voxel_size or unknown_voxel_size  # µm of the original (HR) voxels
     hr, hr_vs = volume_variant(np.asarray(vol.data, dtype=np.float32), hr_vs, variant)
     hr = hr[tuple(slice(0, (n // f) * f) for n, f in zip(hr.shape, factors))]
@@ -417,7 +418,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of the real volumes (the shared ones by name, then any other *.tif in it)")
     p.add_argument("--volumes", default="", help="comma-separated substrings of file names (default: all)")
-    p.add_argument("--scales", default="2", help="comma-separated factors, e.g. 2,4")
+    p.add_argument("--scales", default="2", help="comma-separated factors, e.g. 2,4 (the same on every axis)")
+    p.add_argument("--factors", default=None, metavar="Z,Y,X",
+                   help="one factor per axis instead of --scales, e.g. 1,2,2 (lateral undersampling) or 2,1,1")
     p.add_argument("--minutes", type=float, default=None, help="override train.max_minutes")
     p.add_argument("--steps", type=int, default=None, help="override train.steps")
     p.add_argument("--set", action="append", default=[], help="settings override, e.g. train.width=16")
@@ -465,7 +468,9 @@ def main(argv=None) -> int:
         paths += sorted(q for q in a.data.glob("*.tif") if q not in paths and not q.stem.endswith("_lr"))
         paths = [q for q in paths if q.exists() and (not wanted or any(w in q.stem for w in wanted))]
         variants = (None,) + (VARIANTS if a.variants else ())
-        for f in [int(s) for s in a.scales.split(",") if s]:
+        scales = ([tuple(int(v) for v in a.factors.split(","))] if a.factors
+                  else [int(s) for s in a.scales.split(",") if s])
+        for f in scales:
             for q, variant in [(q, v) for v in variants for q in paths]:
                 t0 = time.monotonic()
                 try:
@@ -480,7 +485,7 @@ def main(argv=None) -> int:
                 rows.append(r)
                 s = r["scores"]
                 tbp = f"tricubic+BP {s['tricubic_bp']['psnr']:.2f} " if "tricubic_bp" in s else ""
-                print(f"{r['volume']:18s} ×{f} tricubic {s['tricubic']['psnr']:.2f} {tbp}model {s['model']['psnr']:.2f} "
+                print(f"{r['volume']:18s} ×{r['factor']} tricubic {s['tricubic']['psnr']:.2f} {tbp}model {s['model']['psnr']:.2f} "
                       f"selfres {s['selfres']['psnr']:.2f} (Δ {s['selfres']['psnr'] - s['tricubic']['psnr']:+.2f}) "
                       f"held-out {gain_text(r)} guard {r['guard']} ref {r['reference_verdict']} "
                       f"train {r['train_s']:.0f}s infer {r['infer_s']:.0f}s steps {r['steps']}({r['best_step']}) "

@@ -39,6 +39,19 @@ class InputError(SelfresError):
         return InputError(self.path, self.what, sample=sample)
 
 
+def out_of_range(noun: str, value, count: int) -> str:
+    """What is wrong with a ``channel`` or ``time point`` that the file lacks, as the reader
+    and the run's start (:func:`selfres.sheet.choice_problems`) say it: ``channel 3 is out
+    of range: the file has 2 channels (allowed 0..1)``."""
+    allowed = f"0..{count - 1}" if count > 1 else "0"
+    return f"{noun} {value!r} is out of range: the file has {count} {noun}{'s' if count > 1 else ''} (allowed {allowed})"
+
+
+def series_out_of_range(value, numbers) -> str:
+    """``series 3 is out of range: the file's images are series 0, 1``."""
+    return f"series {value!r} is out of range: the file's images are series {', '.join(str(i) for i in numbers)}"
+
+
 class ChannelNotChosen(InputError):
     """A multichannel file was read without choosing a channel.
 

@@ -34,7 +34,8 @@ import numpy as np
 import zarr
 
 from selfres import formats
-from selfres.errors import ChannelNotChosen, InputError, SeriesNotChosen, TimepointNotChosen
+from selfres.errors import (ChannelNotChosen, InputError, SeriesNotChosen, TimepointNotChosen, out_of_range,
+                            series_out_of_range)
 from selfres.atomic import atomic_output, write_text_atomic  # noqa: F401 (part of this module's API)
 
 log = logging.getLogger("selfres.io")
@@ -240,13 +241,12 @@ def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool,
         if timepoint is None:
             raise TimepointNotChosen(path, n_t)
         if not isinstance(timepoint, (int, np.integer)) or isinstance(timepoint, bool) or not 0 <= timepoint < n_t:
-            raise InputError(path, f"time point {timepoint!r} is out of range: the file has {n_t} time points "
-                                   f"(allowed 0..{n_t - 1})")
+            raise InputError(path, out_of_range("time point", timepoint, n_t))
         arr = arr[tuple(int(timepoint) if i == ti else slice(None) for i in range(len(axes)))]
         axes = axes.replace("T", "")
         shape = shape[:ti] + shape[ti + 1:]
     elif timepoint not in (None, 0):
-        raise InputError(path, f"time point {timepoint!r} is out of range: the file has 1 time point (allowed 0)")
+        raise InputError(path, out_of_range("time point", timepoint, 1))
     if "C" in axes:
         ci = axes.index("C")
         n_c = shape[ci]
@@ -254,17 +254,11 @@ def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool,
             raise ChannelNotChosen(path, n_c)
         c = 0 if channel is None else channel
         if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 0 <= c < n_c:
-            raise InputError(
-                path,
-                f"channel {channel!r} is out of range: the file has {n_c} "
-                f"channel{'s' if n_c > 1 else ''} (allowed 0..{n_c - 1})",
-            )
+            raise InputError(path, out_of_range("channel", channel, n_c))
         arr = arr[tuple(int(c) if i == ci else slice(None) for i in range(len(axes)))]
         axes = axes.replace("C", "")
     elif channel not in (None, 0):
-        raise InputError(
-            path, f"channel {channel!r} is out of range: the file has 1 channel (allowed 0)"
-        )
+        raise InputError(path, out_of_range("channel", channel, 1))
 
     if "Z" not in axes:
         arr = arr[None]
@@ -503,8 +497,7 @@ def _tiff_series(path: str, tif, number: int | None = None):
         else:
             images = dict(_tiff_images(tif))
             if number not in images:
-                raise InputError(path, f"series {number!r} is out of range: the file's images are series "
-                                       f"{', '.join(str(i) for i in images)}")
+                raise InputError(path, series_out_of_range(number, images))
             series = images[number]
         _ = series.axes, series.shape, series.dtype
     except InputError:

@@ -643,7 +643,8 @@ def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> di
     order (image, time point, channel). The workflow says these when a run starts (a dry run
     too), where the sample's first job would find them only later. A file that cannot be
     read is left to that job, which says why."""
-    from .errors import ChannelNotChosen, SelfresError, SeriesNotChosen, TimepointNotChosen
+    from .errors import (ChannelNotChosen, SelfresError, SeriesNotChosen, TimepointNotChosen, out_of_range,
+                         series_out_of_range)
 
     series_numbers, channel_count = _io_reader("series_numbers"), _io_reader("channel_count")
     columns = (("timepoint", "timepoints", "time point", _io_reader("timepoint_count"), TimepointNotChosen),
@@ -660,8 +661,7 @@ def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> di
                     problems[row["sample"]] = exc.what
                 continue
             if series is not None and series not in numbers:
-                problems[row["sample"]] = (f"series {series} is out of range: the file's images are series "
-                                           f"{', '.join(str(i) for i in numbers)}")
+                problems[row["sample"]] = series_out_of_range(series, numbers)
                 continue
             for column, kind, noun, count, not_chosen in columns:
                 value = str(row.get(column) or "").strip()
@@ -671,8 +671,7 @@ def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> di
                 if not value and n > 1:
                     problems[row["sample"]] = not_chosen(path, n).what
                 elif value and int(value) >= n:
-                    problems[row["sample"]] = (f"{noun} {int(value)} is out of range: the file has {n} {noun}"
-                                               f"{'s' if n > 1 else ''} (allowed {f'0..{n - 1}' if n > 1 else '0'})")
+                    problems[row["sample"]] = out_of_range(noun, int(value), n)
                 else:
                     continue
                 break

@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--snakemake-log", type=Path, default=None,
                    help="the ending run's .snakemake/log/*.snakemake.log: its samples with a job that did not "
                         "finish are failed, whatever older outputs lie on disk")
+    s.add_argument("--acquisitions", default=None,
+                   help="JSON mapping acquisition → its sample ids, for the combined OME-TIFFs of export_tiff: "
+                        "those the run did not write are named, with why")
 
     s = sub.add_parser("refused", help="the one job of a sample the workflow refused when it read the sheet or "
                        "the inbox (bad_rows: fail_alone): prints the reason as the sample's ERROR line and fails")
@@ -338,7 +341,8 @@ def _run_record_or_summary(args) -> int:
         from .summary import stage_summary
 
         stage_summary(args.results, samples, args.output, args.html,
-                      modes=json.loads(args.modes) if args.modes else None, snakemake_log=args.snakemake_log)
+                      modes=json.loads(args.modes) if args.modes else None, snakemake_log=args.snakemake_log,
+                      acquisitions=json.loads(args.acquisitions) if args.acquisitions else None)
     else:
         from .runlog import write_run_record
 

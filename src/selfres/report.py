@@ -2223,13 +2223,17 @@ _SORT_JS = """
 """
 
 
-def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+def render_summary(rows: Sequence[Mapping[str, Any]], *,
+                   unwritten_exports: Sequence[Mapping[str, Any]] = ()) -> str:
     """Render ``summary.html``: counts, and a sortable table linking each report.
 
     Parameters
     ----------
     rows
         As for :func:`summary_table`.
+    unwritten_exports
+        The combined OME-TIFFs the run did not write (``selfres.summary.unwritten_exports``),
+        listed under "What to look at".
 
     Returns
     -------
@@ -2308,6 +2312,13 @@ def render_summary(rows: Sequence[Mapping[str, Any]]) -> str:
         elif r["flags"]:
             attention.append(f"<li>{name}: flags {_esc(str(r['flags']).replace(';', ', '))}."
                              "</li>")
+    for x in unwritten_exports:
+        attention.append(
+            f"<li>{_esc(x['file'])} (the {_esc(x.get('parts', 'parts'))} of {_esc(x['acquisition'])} as one "
+            f"OME-TIFF): <b>not written</b> — {_esc(x['reason'])}"
+            + ("; the file there is an earlier run's" if x.get("on_disk") else "")
+            + ". It is written once every part is restored; each part's own restored.ome.tif is "
+            "in its folder.</li>")
     look_html = ("<h2>What to look at</h2><ul>" + "".join(attention) + "</ul>" if attention
                  else "<p class=\"status-ok\">Every sample restored without flags.</p>")
     body_html = (

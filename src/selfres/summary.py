@@ -19,7 +19,7 @@ from .runlog import failing_runs, read_snakemake_log, unfinished_jobs_by_sample
 
 log = logging.getLogger("selfres.summary")
 
-__all__ = ["SAMPLE_OUTPUTS", "last_error", "stage_summary"]
+__all__ = ["SAMPLE_OUTPUTS", "last_error", "stage_summary", "unwritten_exports"]
 
 
 def last_error(log_dir: Path, *, newer_than: float | None = None) -> str | None:
@@ -30,10 +30,14 @@ def last_error(log_dir: Path, *, newer_than: float | None = None) -> str | None:
         for f in sorted(log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime):
             if newer_than is not None and f.stat().st_mtime <= newer_than:
                 continue
-            for line in f.read_text(errors="replace").splitlines():
-                if line.startswith("ERROR:"):
-                    msgs.append(line[len("ERROR:"):].strip())
+            msgs += _error_lines(f)
     return msgs[-1] if msgs else None
+
+
+def _error_lines(log_file: Path) -> list[str]:
+    """The ``ERROR:`` lines of one job's log, without the prefix."""
+    return [line[len("ERROR:"):].strip() for line in log_file.read_text(errors="replace").splitlines()
+            if line.startswith("ERROR:")]
 
 
 #: What a sample's results folder holds when its last run finished (contract names).
@@ -75,13 +79,18 @@ def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str
 
 
 def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,
-                  *, modes: dict | None = None, snakemake_log: str | Path | None = None) -> list[dict]:
+                  *, modes: dict | None = None, snakemake_log: str | Path | None = None,
+                  acquisitions: dict[str, Sequence[str]] | None = None) -> list[dict]:
     """Write ``summary.tsv`` / ``summary.html`` over all samples, failed ones included.
 
     ``snakemake_log``: the log of the run that ends (the workflow's ``onerror`` passes it).
     A sample with a job that did not finish in that run is ``failed``, even where an
     earlier run's outputs are all still on disk (a killed job leaves no ``ERROR:`` line,
     and Snakemake keeps the outputs of the steps before it).
+
+    ``acquisitions``: ``{acquisition: sample ids}`` of the combined OME-TIFFs the run asks
+    (``export_tiff`` with ``channel: all`` / ``timepoint: all``); those it did not write are
+    named on the page (:func:`unwritten_exports`).
     """
     results = Path(results)
     run = read_snakemake_log(snakemake_log)
@@ -125,5 +134,47 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 log.warning("%s: could not mark or unmark it as out of date (%s)", html, exc)
         rows.append(row)
     write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
-    write_text_atomic(out_html, report.render_summary(rows))
+    unwritten = unwritten_exports(results, acquisitions or {}, rows, run_ended=snakemake_log is not None)
+    write_text_atomic(out_html, report.render_summary(rows, unwritten_exports=unwritten))
     return rows
+
+
+def unwritten_exports(results: str | Path, acquisitions: dict[str, Sequence[str]], rows: Sequence[dict],
+                      *, run_ended: bool = False) -> list[dict]:
+    """The combined OME-TIFFs (``{results}/{acquisition}.ome.tif``) that a run did not write, and why.
+
+    A part (channel or time point) that failed or was not restored holds its file back
+    (Snakemake writes it only from every part). With every part restored, a file that is
+    missing is named when its own export job left an ``ERROR:`` line, or when ``run_ended``
+    (the summary that ``onerror`` writes: the run stopped before the export); the summary
+    rule itself runs beside the exports, so there a missing file may just not be written yet.
+
+    Returns ``[{"acquisition", "file", "parts", "reason", "on_disk"}]``; ``parts``: "channels",
+    "time points" or both; ``on_disk``: a file that an earlier run wrote is still there, and
+    does not hold this run's parts.
+    """
+    results = Path(results)
+    restored = {r["sample"] for r in rows if r.get("report")}  # a failed or pending row links no report
+    status = {r["sample"]: r.get("status") for r in rows}
+    out = []
+    for acquisition, parts in acquisitions.items():
+        path = results / f"{acquisition}.ome.tif"
+        not_done = [s for s in parts if s not in restored]
+        log_file = results / "logs" / "export_acquisition" / f"{acquisition}.log"
+        if not_done:
+            failed = [s for s in not_done if status.get(s) == "failed"]
+            reason = (f"{', '.join(failed)} failed" if failed else f"{', '.join(not_done)} not restored yet")
+        elif path.exists():
+            continue
+        elif log_file.exists() and _error_lines(log_file):
+            reason = f"its export failed: {_error_lines(log_file)[-1]} (see logs/export_acquisition/{log_file.name})"
+        elif run_ended:
+            reason = "the run stopped before its export"
+        else:
+            continue
+        suffixes = {s[len(acquisition):] for s in parts}
+        what = " and ".join(word for word, key in (("channels", "_c"), ("time points", "_t"))
+                            if any(key in x for x in suffixes)) or "parts"
+        out.append({"acquisition": acquisition, "file": path.name, "parts": what, "reason": reason,
+                    "on_disk": path.exists()})
+    return out

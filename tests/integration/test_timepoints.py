@@ -3,7 +3,9 @@ sample, and one model, per time point (as ``channel = all`` does per channel).""
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 
 import numpy as np
 import pytest
@@ -135,3 +137,8 @@ def test_with_export_tiff_the_time_points_of_an_acquisition_are_planned_as_one_t
                                         "--timepoints 3 "), commands["lapse"]
     assert "results/solo_t0/restored.ome.zarr results/solo_t1/restored.ome.zarr -o" in commands["solo"]
     assert "--timepoints 2 " in commands["solo"]
+    # the summary is told the groups, to name a combined file a failed part holds back
+    summary = re.search(r"^(?:Shell command: )?selfres summary .*$", plan.stdout + plan.stderr, flags=re.M)
+    assert summary, plan.stdout[-3000:]
+    groups = json.loads(shlex.split(summary[0].split("--acquisitions ", 1)[1])[0])
+    assert groups == {"lapse": [f"lapse_c{c}_t{t}" for t in range(3) for c in range(2)], "solo": ["solo_t0", "solo_t1"]}

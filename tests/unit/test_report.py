@@ -494,6 +494,58 @@ Finished jobid: 9 (Rule: qc)
     assert (tmp_path / "a" / "report.html").read_text() == "<html></html>"
 
 
+def test_a_combined_export_the_run_did_not_write_is_named_with_why(tmp_path):
+    """export_tiff with ``timepoint: all`` / ``channel: all``: an acquisition's one OME-TIFF is
+    written from every part; the summary names those a run did not write — a part failed,
+    the export itself failed, or the run stopped first — and no file that is there or may
+    still be written beside the summary rule."""
+    import json
+
+    from selfres import summary
+
+    def restored(sample):
+        d = tmp_path / sample
+        for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
+            (d / sub).mkdir(parents=True)
+        (d / "train_fov.json").write_text("{}")
+        (d / "qc" / "metrics.json").write_text(json.dumps(_metrics(sample=sample)))
+        (d / "report.html").write_text("<html></html>")
+
+    for s in ("lapse_t0", "mc_c0", "mc_c1", "done_c0", "done_c1", "later_t0", "later_t1"):
+        restored(s)
+    (tmp_path / "lapse_t1" / "logs").mkdir(parents=True)
+    (tmp_path / "lapse_t1" / "logs" / "train.log").write_text("ERROR: sample 'lapse_t1': out of memory\n")
+    (tmp_path / "lapse.ome.tif").write_bytes(b"an earlier run's")
+    (tmp_path / "done.ome.tif").write_bytes(b"written")
+    (tmp_path / "logs" / "export_acquisition").mkdir(parents=True)
+    (tmp_path / "logs" / "export_acquisition" / "mc.log").write_text("ERROR: No space left on device\n")
+    groups = {"lapse": ["lapse_t0", "lapse_t1", "lapse_t2"], "mc": ["mc_c0", "mc_c1"],
+              "done": ["done_c0", "done_c1"], "later": ["later_t0", "later_t1"]}
+    samples = [s for ids in groups.values() for s in ids]
+    rows = summary.stage_summary(tmp_path, samples, tmp_path / "summary.tsv", tmp_path / "summary.html",
+                                 acquisitions=groups)
+    found = {x["acquisition"]: x for x in summary.unwritten_exports(tmp_path, groups, rows)}
+    assert set(found) == {"lapse", "mc"}  # done is there; later may still be written
+    assert found["lapse"]["reason"] == "lapse_t1 failed" and found["lapse"]["on_disk"]
+    assert found["mc"]["reason"].startswith("its export failed: No space left on device")
+    assert not found["mc"]["on_disk"]
+    page = (tmp_path / "summary.html").read_text()
+    assert ("lapse.ome.tif (the time points of lapse as one OME-TIFF): <b>not written</b> — "
+            "lapse_t1 failed; the file there is an earlier run's.") in page
+    assert "mc.ome.tif (the channels of mc as one OME-TIFF)" in page and "done.ome.tif" not in page and "later.ome.tif" not in page
+    # the part not run at all, and the summary onerror writes (the run stopped before the export)
+    ended = {x["acquisition"]: x["reason"] for x in summary.unwritten_exports(tmp_path, groups, rows, run_ended=True)}
+    assert ended["later"] == "the run stopped before its export" and "done" not in ended
+    both = summary.unwritten_exports(tmp_path, {"x": ["x_c0_t0", "x_c1_t0"]}, [], run_ended=True)
+    assert both[0]["parts"] == "channels and time points"
+    pending = [dict(r, status="pending", report=None) if r["sample"] == "lapse_t1" else r for r in rows]
+    assert summary.unwritten_exports(tmp_path, {"lapse": groups["lapse"]}, pending)[0]["reason"] == \
+        "lapse_t1, lapse_t2 not restored yet"
+    # without acquisitions (export_tiff off) the page has no such line
+    summary.stage_summary(tmp_path, samples, tmp_path / "summary.tsv", tmp_path / "summary.html")
+    assert "not written" not in (tmp_path / "summary.html").read_text()
+
+
 def test_verdict_matches_the_guards_reason_and_never_calls_a_delivered_gain_a_loss():
     from selfres import report
 

@@ -541,7 +541,9 @@ def report_args(wildcards):
 
 def summary_cli_args():
     """The samples and their modes, as `selfres summary` takes them (the rule and `onerror`)."""
-    return ["--samples", ",".join(ALL_SAMPLE_IDS), "--modes", json.dumps({s: sample_mode(s) for s in SAMPLE_IDS})]
+    exports = {a: ids for a, (ids, _) in ACQUISITION_GROUPS.items()} if config["export_tiff"] else {}
+    return (["--samples", ",".join(ALL_SAMPLE_IDS), "--modes", json.dumps({s: sample_mode(s) for s in SAMPLE_IDS})]
+            + (["--acquisitions", json.dumps(exports)] if exports else []))
 
 
 def summary_args(wildcards):

@@ -134,20 +134,23 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 log.warning("%s: could not mark or unmark it as out of date (%s)", html, exc)
         rows.append(row)
     write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
-    unwritten = unwritten_exports(results, acquisitions or {}, rows, run_ended=snakemake_log is not None)
+    unwritten = unwritten_exports(results, acquisitions or {}, rows,
+                                  run_started=_log_time(run["header"].get("started")))
     write_text_atomic(out_html, report.render_summary(rows, unwritten_exports=unwritten))
     return rows
 
 
 def unwritten_exports(results: str | Path, acquisitions: dict[str, Sequence[str]], rows: Sequence[dict],
-                      *, run_ended: bool = False) -> list[dict]:
+                      *, run_started: float | None = None) -> list[dict]:
     """The combined OME-TIFFs (``{results}/{acquisition}.ome.tif``) that a run did not write, and why.
 
     A part (channel or time point) that failed or was not restored holds its file back
-    (Snakemake writes it only from every part). With every part restored, a file that is
-    missing is named when its own export job left an ``ERROR:`` line, or when ``run_ended``
-    (the summary that ``onerror`` writes: the run stopped before the export); the summary
-    rule itself runs beside the exports, so there a missing file may just not be written yet.
+    (Snakemake writes it only from every part). With every part restored, a missing file is
+    named only in the summary of a run that stopped (``onerror``, which passes the run's
+    start as ``run_started``): with its export job's ``ERROR:`` line where that job ran in
+    this run (its log is newer than the start, with a minute's grace for a node's clock),
+    else as a run that stopped before the export. The summary rule itself runs beside the
+    exports (``run_started`` ``None``): there a missing file may just not be written yet.
 
     Returns ``[{"acquisition", "file", "parts", "reason", "on_disk"}]``; ``parts``: "channels",
     "time points" or both; ``on_disk``: a file that an earlier run wrote is still there, and
@@ -160,18 +163,17 @@ def unwritten_exports(results: str | Path, acquisitions: dict[str, Sequence[str]
     for acquisition, parts in acquisitions.items():
         path = results / f"{acquisition}.ome.tif"
         not_done = [s for s in parts if s not in restored]
-        log_file = results / "logs" / "export_acquisition" / f"{acquisition}.log"
         if not_done:
             failed = [s for s in not_done if status.get(s) == "failed"]
-            reason = (f"{', '.join(failed)} failed" if failed else f"{', '.join(not_done)} not restored yet")
-        elif path.exists():
+            reason = f"{', '.join(failed)} failed" if failed else f"{', '.join(not_done)} not restored yet"
+        elif path.exists() or run_started is None:
             continue
-        elif log_file.exists() and _error_lines(log_file):
-            reason = f"its export failed: {_error_lines(log_file)[-1]} (see logs/export_acquisition/{log_file.name})"
-        elif run_ended:
-            reason = "the run stopped before its export"
         else:
-            continue
+            log_file = results / "logs" / "export_acquisition" / f"{acquisition}.log"
+            ran = log_file.is_file() and log_file.stat().st_mtime >= run_started - 60
+            errors = _error_lines(log_file) if ran else []
+            reason = (f"its export failed: {errors[-1]} (see logs/export_acquisition/{log_file.name})" if errors
+                      else "the run stopped before its export")
         suffixes = {s[len(acquisition):] for s in parts}
         what = " and ".join(word for word, key in (("channels", "_c"), ("time points", "_t"))
                             if any(key in x for x in suffixes)) or "parts"

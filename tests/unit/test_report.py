@@ -496,10 +496,13 @@ Finished jobid: 9 (Rule: qc)
 
 def test_a_combined_export_the_run_did_not_write_is_named_with_why(tmp_path):
     """export_tiff with ``timepoint: all`` / ``channel: all``: an acquisition's one OME-TIFF is
-    written from every part; the summary names those a run did not write — a part failed,
-    the export itself failed, or the run stopped first — and no file that is there or may
-    still be written beside the summary rule."""
+    written from every part. The summary of a run that stopped names those it did not write —
+    a part failed, the export itself failed in this run, or the run stopped first — and no
+    file that is there; the summary rule (no run log: it runs beside the exports) names only
+    a part that holds its file back."""
     import json
+    import os
+    import time
 
     from selfres import summary
 
@@ -511,38 +514,48 @@ def test_a_combined_export_the_run_did_not_write_is_named_with_why(tmp_path):
         (d / "qc" / "metrics.json").write_text(json.dumps(_metrics(sample=sample)))
         (d / "report.html").write_text("<html></html>")
 
-    for s in ("lapse_t0", "mc_c0", "mc_c1", "done_c0", "done_c1", "later_t0", "later_t1"):
+    for s in ("lapse_t0", "mc_c0", "mc_c1", "done_c0", "done_c1", "later_t0", "later_t1", "old_c0", "old_c1"):
         restored(s)
     (tmp_path / "lapse_t1" / "logs").mkdir(parents=True)
     (tmp_path / "lapse_t1" / "logs" / "train.log").write_text("ERROR: sample 'lapse_t1': out of memory\n")
     (tmp_path / "lapse.ome.tif").write_bytes(b"an earlier run's")
     (tmp_path / "done.ome.tif").write_bytes(b"written")
-    (tmp_path / "logs" / "export_acquisition").mkdir(parents=True)
-    (tmp_path / "logs" / "export_acquisition" / "mc.log").write_text("ERROR: No space left on device\n")
+    exports = tmp_path / "logs" / "export_acquisition"
+    exports.mkdir(parents=True)
+    (exports / "mc.log").write_text("ERROR: No space left on device\n")
+    (exports / "old.log").write_text("ERROR: an earlier night's problem\n")
+    started = time.time() - 30
+    os.utime(exports / "old.log", (started - 3600, started - 3600))  # that export did not run in this run
+    run_log = tmp_path / "run.snakemake.log"
+    run_log.write_text("SNAKEMAKE\n=========\n  Date: %s\n" % time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)))
     groups = {"lapse": ["lapse_t0", "lapse_t1", "lapse_t2"], "mc": ["mc_c0", "mc_c1"],
-              "done": ["done_c0", "done_c1"], "later": ["later_t0", "later_t1"]}
+              "done": ["done_c0", "done_c1"], "later": ["later_t0", "later_t1"], "old": ["old_c0", "old_c1"]}
     samples = [s for ids in groups.values() for s in ids]
     rows = summary.stage_summary(tmp_path, samples, tmp_path / "summary.tsv", tmp_path / "summary.html",
-                                 acquisitions=groups)
-    found = {x["acquisition"]: x for x in summary.unwritten_exports(tmp_path, groups, rows)}
-    assert set(found) == {"lapse", "mc"}  # done is there; later may still be written
-    assert found["lapse"]["reason"] == "lapse_t1 failed" and found["lapse"]["on_disk"]
-    assert found["mc"]["reason"].startswith("its export failed: No space left on device")
+                                 snakemake_log=run_log, acquisitions=groups)
+    found = {x["acquisition"]: x for x in summary.unwritten_exports(tmp_path, groups, rows, run_started=started)}
+    assert set(found) == {"lapse", "mc", "later", "old"}  # done.ome.tif is there
+    assert found["lapse"]["reason"] == "lapse_t1 failed" and found["lapse"]["on_disk"]  # lapse_t2 never ran
+    assert found["mc"]["reason"] == "its export failed: No space left on device (see logs/export_acquisition/mc.log)"
     assert not found["mc"]["on_disk"]
+    assert found["later"]["reason"] == found["old"]["reason"] == "the run stopped before its export"
+    assert [x["parts"] for x in found.values()] == ["time points", "channels", "time points", "channels"]
     page = (tmp_path / "summary.html").read_text()
     assert ("lapse.ome.tif (the time points of lapse as one OME-TIFF): <b>not written</b> — "
             "lapse_t1 failed; the file there is an earlier run's.") in page
-    assert "mc.ome.tif (the channels of mc as one OME-TIFF)" in page and "done.ome.tif" not in page and "later.ome.tif" not in page
-    # the part not run at all, and the summary onerror writes (the run stopped before the export)
-    ended = {x["acquisition"]: x["reason"] for x in summary.unwritten_exports(tmp_path, groups, rows, run_ended=True)}
-    assert ended["later"] == "the run stopped before its export" and "done" not in ended
-    both = summary.unwritten_exports(tmp_path, {"x": ["x_c0_t0", "x_c1_t0"]}, [], run_ended=True)
-    assert both[0]["parts"] == "channels and time points"
+    assert "mc.ome.tif (the channels of mc as one OME-TIFF)" in page and "done.ome.tif" not in page
+    assert "an earlier night" not in page
+    # the summary rule (no run log) names only what a part holds back
+    rule = summary.unwritten_exports(tmp_path, groups, rows)
+    assert [x["acquisition"] for x in rule] == ["lapse"]
     pending = [dict(r, status="pending", report=None) if r["sample"] == "lapse_t1" else r for r in rows]
     assert summary.unwritten_exports(tmp_path, {"lapse": groups["lapse"]}, pending)[0]["reason"] == \
         "lapse_t1, lapse_t2 not restored yet"
+    both = summary.unwritten_exports(tmp_path, {"x": ["x_c0_t0", "x_c1_t0"]}, [])
+    assert both[0]["parts"] == "channels and time points"
     # without acquisitions (export_tiff off) the page has no such line
-    summary.stage_summary(tmp_path, samples, tmp_path / "summary.tsv", tmp_path / "summary.html")
+    summary.stage_summary(tmp_path, samples, tmp_path / "summary.tsv", tmp_path / "summary.html",
+                          snakemake_log=run_log)
     assert "not written" not in (tmp_path / "summary.html").read_text()
 
 

@@ -444,20 +444,25 @@ def test_a_sample_failing_night_after_night_is_told_from_a_new_failure(tmp_path)
     assert page.count("run in a row") == 1  # a first failure says nothing more
 
 
+def _finished_sample_folder(results, sample):
+    """A sample's results folder as a finished run leaves it (the summary reads its metrics)."""
+    import json
+
+    d = results / sample
+    for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
+        (d / sub).mkdir(parents=True)
+    (d / "train_fov.json").write_text("{}")
+    (d / "qc" / "metrics.json").write_text(json.dumps(_metrics(sample=sample)))
+    (d / "report.html").write_text("<html></html>")
+
+
 def test_stage_summary_marks_a_sample_whose_job_this_run_did_not_finish(tmp_path):
     """An earlier run's outputs all on disk, this run's job killed with no ERROR line (a Slurm
     time limit on a block of scattered inference): the run's log says the sample failed."""
-    import json
-
     from selfres import summary
 
     for sample in ("a", "b"):
-        d = tmp_path / sample
-        for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
-            (d / sub).mkdir(parents=True)
-        (d / "train_fov.json").write_text("{}")
-        (d / "qc" / "metrics.json").write_text(json.dumps(_metrics(sample=sample)))
-        (d / "report.html").write_text("<html></html>")
+        _finished_sample_folder(tmp_path, sample)
     log = tmp_path / "run.snakemake.log"
     log.write_text("""SNAKEMAKE
 =========
@@ -500,22 +505,13 @@ def test_a_combined_export_the_run_did_not_write_is_named_with_why(tmp_path):
     a part failed, the export itself failed in this run, or the run stopped first — and no
     file that is there; the summary rule (no run log: it runs beside the exports) names only
     a part that holds its file back."""
-    import json
     import os
     import time
 
     from selfres import summary
 
-    def restored(sample):
-        d = tmp_path / sample
-        for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
-            (d / sub).mkdir(parents=True)
-        (d / "train_fov.json").write_text("{}")
-        (d / "qc" / "metrics.json").write_text(json.dumps(_metrics(sample=sample)))
-        (d / "report.html").write_text("<html></html>")
-
     for s in ("lapse_t0", "mc_c0", "mc_c1", "done_c0", "done_c1", "later_t0", "later_t1", "old_c0", "old_c1"):
-        restored(s)
+        _finished_sample_folder(tmp_path, s)
     (tmp_path / "lapse_t1" / "logs").mkdir(parents=True)
     (tmp_path / "lapse_t1" / "logs" / "train.log").write_text("ERROR: sample 'lapse_t1': out of memory\n")
     (tmp_path / "lapse.ome.tif").write_bytes(b"an earlier run's")

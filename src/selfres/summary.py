@@ -16,6 +16,7 @@ from pathlib import Path
 from . import report
 from .atomic import write_text_atomic
 from .runlog import failing_runs, read_snakemake_log, unfinished_jobs_by_sample
+from .sheet import part_of
 
 log = logging.getLogger("selfres.summary")
 
@@ -174,9 +175,9 @@ def unwritten_exports(results: str | Path, acquisitions: dict[str, Sequence[str]
             errors = _error_lines(log_file) if ran else []
             reason = (f"its export failed: {errors[-1]} (see logs/export_acquisition/{log_file.name})" if errors
                       else "the run stopped before its export")
-        suffixes = {s[len(acquisition):] for s in parts}
-        what = " and ".join(word for word, key in (("channels", "_c"), ("time points", "_t"))
-                            if any(key in x for x in suffixes)) or "parts"
+        found = [part_of(s) or (s, None, None) for s in parts]  # (acquisition, time point, channel)
+        what = " and ".join(word for word, i in (("channels", 2), ("time points", 1))
+                            if any(f[i] is not None for f in found)) or "parts"
         out.append({"acquisition": acquisition, "file": path.name, "parts": what, "reason": reason,
                     "on_disk": path.exists()})
     return out

@@ -832,3 +832,18 @@ def test_the_batch_summary_starts_without_the_heavy_libraries(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-1] == "[]"
     assert pd.read_csv(tmp_path / "s.tsv", sep="\t").loc[0, "status"] == "pending"
+
+
+def test_verdict_cautions_that_the_held_out_gain_is_loose_when_only_z_was_upsampled():
+    from selfres import report
+
+    sv = {"psnr_model": 31.0, "psnr_interp": 30.0}
+    z_only = {"self_validation": sv, "mode": "enhance", "input_shape": [15, 64, 64], "output_shape": [30, 64, 64],
+              "restored_content": "model"}
+    text = report._verdict(z_only, "ok")
+    assert "Only z was upsampled" in text and "loose estimate" in text and "isotropic</code> mode" in text
+    # every axis, lateral only, the guard's fallback (tricubic delivered), isotropic mode, no figure: no caution
+    for other in (dict(z_only, output_shape=[30, 128, 128]), dict(z_only, output_shape=[15, 128, 128]),
+                  dict(z_only, restored_content="interpolation"), dict(z_only, mode="isotropic"),
+                  dict(z_only, self_validation={}), dict(z_only, input_shape=None)):
+        assert "Only z was upsampled" not in report._verdict(other, "ok")

@@ -847,3 +847,19 @@ def test_verdict_cautions_that_the_held_out_gain_is_loose_when_only_z_was_upsamp
                   dict(z_only, restored_content="interpolation"), dict(z_only, mode="isotropic"),
                   dict(z_only, self_validation={}), dict(z_only, input_shape=None)):
         assert "Only z was upsampled" not in report._verdict(other, "ok")
+
+
+def test_summary_lists_enhance_samples_upsampled_along_z_alone_under_what_to_look_at():
+    sv = {"psnr_model": 31.0, "psnr_interp": 30.0}
+    base = {"status": "ok", "mode": "enhance", "self_validation": sv, "input_shape": [15, 64, 64], "flags": []}
+    rows = [dict(base, sample="zonly_a", output_shape=[30, 64, 64], report="zonly_a/report.html"),
+            dict(base, sample="zonly_b", output_shape=[30, 64, 64]),
+            dict(base, sample="every_axis", output_shape=[30, 128, 128]),
+            dict(base, sample="zonly_fallback", output_shape=[30, 64, 64], status="fallback_interpolation"),
+            dict(base, sample="iso", output_shape=[60, 64, 64], mode="isotropic")]
+    page = report.render_summary(rows)
+    line = re.search(r"<li>((?:(?!<li>).)*upsampled along z alone.*?)</li>", page).group(1)
+    assert ('<a href="zonly_a/report.html">zonly_a</a>, <a href="zonly_b/report.html">zonly_b</a>:' in line
+            and "their reports" in line)
+    assert "every_axis" not in line and "zonly_fallback" not in line and "iso" not in line.split(":")[0]
+    assert "upsampled along z alone" not in report.render_summary(rows[2:])

@@ -901,12 +901,21 @@ def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance",
     return sheet[~sheet["sample"].isin(list(problems))].reset_index(drop=True)
 
 
-def check_results_dirs(results: str | os.PathLike, samples: Iterable[str]) -> None:
-    """Refuse samples whose results folder would lie outside ``results``.
+#: What the workflow writes at the top of ``results/`` beside the sample folders: no sample may
+#: be named so (a sample ``summary.tsv`` would make a folder where the summary file goes).
+RESULTS_ROOT_NAMES = ("summary.tsv", "summary.html", "logs", "runs")
 
-    A sample id is checked again (:func:`check_sample_id`), and an existing
-    ``results/<sample>`` (or any path above a file the pipeline writes) must not be a
-    symbolic link leading out of the results root.
+
+def check_results_dirs(results: str | os.PathLike, samples: Iterable[str], *,
+                       root_files: Iterable[str] = ()) -> None:
+    """Refuse samples whose results folder would lie outside ``results``, or on a name the
+    workflow writes at the top of it.
+
+    A sample id is checked again (:func:`check_sample_id`); it must not be one of
+    :data:`RESULTS_ROOT_NAMES` or ``root_files`` (with ``export_tiff``, each acquisition's
+    ``{acquisition}.ome.tif``), compared regardless of case (macOS and Windows file
+    systems); and an existing ``results/<sample>`` (or any path above a file the pipeline
+    writes) must not be a symbolic link leading out of the results root.
 
     Raises
     ------
@@ -914,8 +923,15 @@ def check_results_dirs(results: str | os.PathLike, samples: Iterable[str]) -> No
         Naming the sample and the folder.
     """
     root = Path(os.path.realpath(results))
+    taken = {name.casefold(): name for name in (*RESULTS_ROOT_NAMES, *root_files)}
     for s in samples:
         check_sample_id(s)
+        if s.casefold() in taken:
+            raise ConfigError(
+                f"sample id {s!r} is not allowed: the workflow writes {taken[s.casefold()]!r} at the top of the "
+                f"results folder ({Path(results) / taken[s.casefold()]}), where this sample's folder would go; "
+                "rename the sample"
+            )
         d = Path(results) / s
         if d.is_symlink() or d.exists():
             real = Path(os.path.realpath(d))

@@ -329,8 +329,15 @@ def s_symlinked_results(tmp):
     return wd, r"sample 'a': results folder results/a is a link to .*outside, outside the results root"
 
 
+def s_id_on_a_results_file(tmp):
+    wd = make_workdir(tmp, samples={"a": {}, "summary.tsv": {"path": "../data/a.tif"}})
+    return wd, (r"sample id 'summary.tsv' is not allowed: the workflow writes 'summary.tsv' at the top of the results "
+                r"folder \(results/summary.tsv\)")
+
+
 SHEET_CASES = {
     "duplicate_sample_id": s_duplicate_id,
+    "id_on_a_results_file": s_id_on_a_results_file,
     "unsafe_id_dotdot": s_dotdot_id,
     "unsafe_id_absolute": s_absolute_id,
     "unknown_mode_sheet": s_unknown_mode_sheet,

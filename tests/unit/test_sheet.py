@@ -483,3 +483,16 @@ def test_an_id_that_an_all_expansion_makes_twice_fails_alone_with_bad_rows_fail_
     refused = {}
     assert expand_channels(sheet[sheet["sample"] != "a_c0"], refused=refused)["sample"].tolist() == ["a_c0", "a_c1", "b"]
     assert refused == {}
+
+
+def test_a_sample_may_not_be_named_after_what_the_workflow_writes_at_the_top_of_results(tmp_path):
+    from selfres.sheet import RESULTS_ROOT_NAMES, check_results_dirs
+
+    results = tmp_path / "results"
+    check_results_dirs(results, ["a", "summary", "logs_2", "lapse.ome.tif"])  # near misses are fine
+    for name in (*RESULTS_ROOT_NAMES, "Summary.HTML", "RUNS"):  # case-insensitive file systems too
+        with pytest.raises(ConfigError, match=rf"sample id '{re.escape(name)}' is not allowed: the workflow writes"):
+            check_results_dirs(results, ["a", name])
+    # with export_tiff, an acquisition's combined OME-TIFF
+    with pytest.raises(ConfigError, match=r"writes 'lapse.ome.tif' at the top of the results folder"):
+        check_results_dirs(results, ["lapse_t0", "lapse.ome.tif"], root_files=["lapse.ome.tif"])

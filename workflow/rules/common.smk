@@ -171,7 +171,6 @@ def _sample_table():
 SHEET, REFUSED, ALL_SAMPLE_IDS = _stop_on_bad_config(_sample_table)
 SAMPLES = SHEET.set_index("sample", drop=False)
 SAMPLE_IDS = list(SAMPLES.index)
-_stop_on_bad_config(_sheet.check_results_dirs, R, ALL_SAMPLE_IDS)  # no id or symlink may lead a write out of results/
 if workflow.is_main_process:
     for _s, _message in ((s, REFUSED[s]) for s in ALL_SAMPLE_IDS if s in REFUSED):
         print(f"selfres: ERROR: {_message}; sample {_s!r} fails alone, the others run (bad_rows: fail_alone)",
@@ -233,6 +232,9 @@ def acquisition_groups():
 
 
 ACQUISITION_GROUPS = acquisition_groups()
+# no id or symlink may lead a write out of results/, nor onto a file or folder the workflow writes there
+_stop_on_bad_config(_sheet.check_results_dirs, R, ALL_SAMPLE_IDS,
+                    root_files=[f"{a}.ome.tif" for a in ACQUISITION_GROUPS] if config["export_tiff"] else ())
 
 
 def _q(x):

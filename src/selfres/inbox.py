@@ -42,16 +42,23 @@ def safe_id(name: str) -> str:
     The folder and the extension (``.tif``, ``.tiff``, ``.ome.tif``, ``.zarr``,
     ``.ome.zarr``, or a microscope vendor's: ``.czi``, ``.nd2``, ``.lif`` …) are dropped,
     every run of other characters becomes ``_`` and leading ``.``, ``_``, ``-`` are
-    stripped; an empty result becomes ``sample``.
+    stripped; an empty result becomes ``sample``, and a name the workflow writes at the top
+    of ``results/`` (``logs``, ``runs``, ``summary.tsv``, ``summary.html``: see
+    :data:`selfres.sheet.RESULTS_ROOT_NAMES`) gets ``_sample`` appended, so that a file
+    ``logs.tif`` dropped in the inbox is restored, not a reason to stop every night's run.
 
     Examples
     --------
     >>> safe_id("/data/2026-11-30 mouse #3.ome.tif")
     '2026-11-30_mouse_3'
+    >>> safe_id("/data/Logs.tif")
+    'Logs_sample'
     """
+    from .sheet import RESULTS_ROOT_NAMES
+
     stem = _EXT_RE.sub("", os.path.basename(os.path.normpath(name)))
-    sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("._-")
-    return sid or "sample"
+    sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("._-") or "sample"
+    return f"{sid}_sample" if sid.casefold() in {n.casefold() for n in RESULTS_ROOT_NAMES} else sid
 
 
 def last_change(path: str | os.PathLike) -> float:

@@ -44,6 +44,10 @@ PER_SAMPLE_RULES = {"normalise", "crop", "train", "infer", "qc", "report"}
         ("scan7.czi", "scan7"),  # a vendor's file gets the id its conversion (scan7.ome.tif) will have
         ("/in/cells.ND2", "cells"),
         ("notes.txt", "notes.txt"),
+        ("/in/logs.tif", "logs_sample"),  # what the workflow writes at the top of results/ (any case)
+        ("/in/RUNS.ome.tif", "RUNS_sample"),
+        ("/in/summary.tsv.tif", "summary.tsv_sample"),
+        ("/in/logs2.tif", "logs2"),
     ],
 )
 def test_safe_id(name, sid):

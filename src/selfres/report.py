@@ -1644,15 +1644,15 @@ def _holdout_name(metrics: Mapping[str, Any]) -> str:
     return f"held-out lateral slices made to look axial{told}"
 
 
+Z_ONLY_EVIDENCE = ("in the project's benchmark (21 real volumes at scale 2,1,1) the network lost to tricubic on "
+                   "four, by up to 0.54 dB, while their held-out gains read +0.5 to +2.75 dB")
+"""Why an ``enhance`` output upsampled along z alone is worth a look (docs/quality.md,
+"Twenty-ninth session": the held-out check's gain at ``2,1,1`` against the truth)."""
 Z_ONLY_CAVEAT = (
     "Only z was upsampled here, and at z-only factors the held-out gain is a loose estimate of the true one: "
     "the held-out input is one z scale coarser again, where the network's advantage can be larger than on "
-    "the acquisition. In the project's benchmark (21 real volumes at scale 2,1,1) the network lost to tricubic "
-    "on four (by up to 0.54 dB) while their held-out gains read +0.5 to +2.75 dB. Judge this sample by the XZ "
-    "pictures below as well; <code>isotropic</code> mode, which learns z from lateral slices, is the other route "
-    "for a z stack.")
-"""The verdict's caution for an ``enhance`` output upsampled along z alone (docs/quality.md,
-"Twenty-ninth session": the held-out check's gain at ``2,1,1`` against the truth)."""
+    f"the acquisition ({Z_ONLY_EVIDENCE}). Judge this sample by the XZ pictures below as well; "
+    "<code>isotropic</code> mode, which learns z from lateral slices, is the other route for a z stack.")
 
 
 def _verdict(metrics: Mapping[str, Any], status: str) -> str:
@@ -2341,9 +2341,8 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
               if r["status"] == "ok" and r["mode"] == "enhance" and _z_only_text(r["input_shape"], r["output_shape"])]
     if z_only:
         attention.append(f"<li>{', '.join(z_only)}: upsampled along z alone, where the held-out gain is a loose "
-                         "estimate (in the project's benchmark at scale 2,1,1 four volumes lost to tricubic with "
-                         f"held-out gains of +0.5 to +2.75 dB): look at the XZ pictures in {'their reports' if len(z_only) > 1 else 'its report'} "
-                         "before trusting the gain.</li>")
+                         f"estimate ({_esc(Z_ONLY_EVIDENCE)}): look at the XZ pictures in "
+                         f"{'their reports' if len(z_only) > 1 else 'its report'} before trusting the gain.</li>")
     for x in unwritten_exports:
         attention.append(
             f"<li>{_esc(x['file'])} (the {_esc(x.get('parts', 'parts'))} of {_esc(x['acquisition'])} as one "

@@ -27,6 +27,7 @@ Full table at default settings, written to docs/quality.md::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -197,6 +198,15 @@ def add_shot_noise(low: np.ndarray, photons: float, *, seed: int = 0) -> np.ndar
     return (counts / gain + lo).astype(np.float32)
 
 
+@contextlib.contextmanager
+def work_folder(keep: Path | None, label: str):
+    """A run's work folder: ``keep/label`` (kept) with ``--keep``, else a temporary one."""
+    with tempfile.TemporaryDirectory(prefix="selfres-bench-") as tmp:
+        work = Path(keep) / label if keep else Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        yield work
+
+
 def bench_volume(path: Path, factor: "int | tuple[int, int, int]", *, settings, ssim: bool, keep: Path | None,
                  lr_degradation: str = "cubic", unknown_voxel_size=None, lr_photons: float | None = None,
                  variant: str | None = None, isotropic: bool = False) -> dict:
@@ -213,18 +223,14 @@ def bench_volume(path: Path, factor: "int | tuple[int, int, int]", *, settings, 
         low = add_shot_noise(low, lr_photons)
     vs = tuple(v * f for v, f in zip(hr_vs, factors)) if hr_vs else None
     name = VOLUMES.get(path.stem, path.stem) + (f"__{variant}" if variant else "")
-    with tempfile.TemporaryDirectory(prefix="selfres-bench-") as tmp:
-        work = Path(keep) / f"{name}_x{factor}" if keep else Path(tmp)
-        work.mkdir(parents=True, exist_ok=True)
+    with work_folder(keep, f"{name}_x{factor}") as work:
         r = run_pipeline(low, work, factors=factors, settings=settings, voxel_size=vs, name=name)
     images = {"selfres": r["restored"], "model": r["model"], **interpolations(low, factors)}
     iso = None
     if isotropic:  # the other mode on the same LR volume, its axial factor declared as f (z-only factors)
         f = factors[0]
         lateral = hr_vs[1] if hr_vs else 1.0
-        with tempfile.TemporaryDirectory(prefix="selfres-bench-iso-") as tmp:
-            work = Path(keep) / f"{name}_x{factor}_isotropic" if keep else Path(tmp)
-            work.mkdir(parents=True, exist_ok=True)
+        with work_folder(keep, f"{name}_x{factor}_isotropic") as work:
             iso = run_pipeline(low, work, factors=None, settings=settings, voxel_size=(f * lateral, lateral, lateral),
                                name=name, mode="isotropic")
         images["isotropic"] = iso["restored"]

@@ -54,11 +54,11 @@ def safe_id(name: str) -> str:
     >>> safe_id("/data/Logs.tif")
     'Logs_sample'
     """
-    from .sheet import RESULTS_ROOT_NAMES
+    from .sheet import results_root_name
 
     stem = _EXT_RE.sub("", os.path.basename(os.path.normpath(name)))
     sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("._-") or "sample"
-    return f"{sid}_sample" if sid.casefold() in {n.casefold() for n in RESULTS_ROOT_NAMES} else sid
+    return f"{sid}_sample" if results_root_name(sid) else sid
 
 
 def last_change(path: str | os.PathLike) -> float:

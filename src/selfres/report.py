@@ -882,7 +882,9 @@ def figure_detail(
 
 def _only_z_resampled(shape_in: Sequence[int], shape_out: Sequence[int]) -> bool:
     """Whether only z was resampled (isotropic mode, enhance ``scale`` n,1,1): the detail
-    figure is then an XZ crop and an axial profile."""
+    figure is then an XZ crop and an axial profile. ``False`` when either is not a 2-D or 3-D shape."""
+    if not all(len(tuple(s)) in (2, 3) for s in (shape_in, shape_out)):
+        return False
     s_in, s_out = _as_zyx(shape_in), _as_zyx(shape_out)
     return s_out[1:] == s_in[1:] and s_out[0] != s_in[0] and s_in[0] > 1
 
@@ -1728,7 +1730,7 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
                     "followed by back-projection, not a learned restoration.")
     shapes = metrics.get("input_shape") or (), metrics.get("output_shape") or ()
     if (metrics.get("mode") == "enhance" and metrics.get("restored_content", "model") == "model" and gain is not None
-            and all(len(s) in (2, 3) for s in shapes) and _only_z_resampled(*shapes)):
+            and _only_z_resampled(*shapes)):
         bits.append(Z_ONLY_CAVEAT)
     ref = metrics.get("reference") or {}
     r_out, r_int = _num(ref.get("psnr")), _num(ref.get("psnr_interp"))
@@ -2150,7 +2152,7 @@ def _z_only_text(shape_in: Any, shape_out: Any) -> bool:
         shapes = [tuple(int(v) for v in str(t).split("x")) for t in (shape_in, shape_out)]
     except ValueError:  # a missing shape (NaN, None, "–")
         return False
-    return all(len(t) in (2, 3) for t in shapes) and _only_z_resampled(*shapes)
+    return _only_z_resampled(*shapes)
 
 
 def _text_or_dash(value: Any) -> str:

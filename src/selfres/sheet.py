@@ -906,6 +906,12 @@ def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance",
 RESULTS_ROOT_NAMES = ("summary.tsv", "summary.html", "logs", "runs")
 
 
+def results_root_name(sample: str, root_files: Iterable[str] = ()) -> str | None:
+    """The name among :data:`RESULTS_ROOT_NAMES` and ``root_files`` that ``sample`` would clash
+    with, compared regardless of case (macOS and Windows file systems), or ``None``."""
+    return next((n for n in (*RESULTS_ROOT_NAMES, *root_files) if n.casefold() == sample.casefold()), None)
+
+
 def check_results_dirs(results: str | os.PathLike, samples: Iterable[str], *,
                        root_files: Iterable[str] = ()) -> None:
     """Refuse samples whose results folder would lie outside ``results``, or on a name the
@@ -923,14 +929,13 @@ def check_results_dirs(results: str | os.PathLike, samples: Iterable[str], *,
         Naming the sample and the folder.
     """
     root = Path(os.path.realpath(results))
-    taken = {name.casefold(): name for name in (*RESULTS_ROOT_NAMES, *root_files)}
+    root_files = tuple(root_files)
     for s in samples:
         check_sample_id(s)
-        if s.casefold() in taken:
+        if taken := results_root_name(s, root_files):
             raise ConfigError(
-                f"sample id {s!r} is not allowed: the workflow writes {taken[s.casefold()]!r} at the top of the "
-                f"results folder ({Path(results) / taken[s.casefold()]}), where this sample's folder would go; "
-                "rename the sample"
+                f"sample id {s!r} is not allowed: the workflow writes {taken!r} at the top of the "
+                f"results folder ({Path(results) / taken}), where this sample's folder would go; rename the sample"
             )
         d = Path(results) / s
         if d.is_symlink() or d.exists():

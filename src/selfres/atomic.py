@@ -10,10 +10,51 @@ import contextlib
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-__all__ = ["atomic_output", "write_text_atomic"]
+from .errors import ConfigError
+
+__all__ = ["atomic_output", "check_outputs_spare_inputs", "overwritten_input", "write_text_atomic"]
+
+
+def overwritten_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> Path | None:
+    """The first of ``inputs`` that writing ``output`` would destroy, else ``None``.
+
+    Outputs are replaced whole (:func:`atomic_output`), so an input is lost when it is the
+    output itself (the same path, through symbolic links, or a hard link to the same file)
+    or lies inside it (``-o data/`` for ``data/a.tif``). An output written *inside* an
+    input folder replaces nothing of it and passes.
+    """
+    out = Path(output).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        inp = Path(given).resolve()
+        if inp == out or out in inp.parents:
+            return Path(given)
+        try:
+            if os.path.samefile(out, inp):
+                return Path(given)
+        except OSError:  # one of them does not exist yet
+            pass
+    return None
+
+
+def check_outputs_spare_inputs(outputs: Mapping[str, str | os.PathLike | None],
+                               inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Raise :class:`~selfres.errors.ConfigError` when writing one of ``outputs`` (named by
+    what the user gave, e.g. ``"-o/--output"``) would replace or delete one of ``inputs``."""
+    inputs = [p for p in inputs if p is not None]
+    for what, output in outputs.items():
+        if output is None:
+            continue
+        hit = overwritten_input(output, inputs)
+        if hit is not None:
+            holds = Path(output).resolve() in Path(hit).resolve().parents
+            where = "is a folder holding the input" if holds else "is the input"
+            raise ConfigError(f"{what} {output} {where} {hit}: writing it would replace or delete that input, so "
+                              "nothing was written; choose another output path")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

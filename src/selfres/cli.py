@@ -237,8 +237,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the arguments of each command that name files it reads, and those it writes (flag as users type it)
+_INPUT_ARGS = ("input", "normalized", "fov", "model", "source_model", "restored", "metrics", "source", "reference",
+               "model_from", "results")
+_OUTPUT_ARGS = {"output": "-o/--output", "provenance": "--provenance", "html": "--html", "done": "--done",
+                "figures": "--figures"}
+
+
+def check_outputs_apart(args) -> None:
+    """Refuse, before any work, a command whose output would replace one of its inputs
+    (``selfres normalise a.tif -o a.tif``, ``-o data/`` for ``data/a.tif``): outputs are
+    replaced whole, so the input would be lost with exit status 0."""
+    from .atomic import check_outputs_spare_inputs
+
+    inputs = []
+    for name in _INPUT_ARGS:
+        value = getattr(args, name, None)
+        inputs += value if isinstance(value, list) else [value]
+    outputs = {flag: getattr(args, name, None) for name, flag in _OUTPUT_ARGS.items()}
+    if args.command in ("infer", "restore"):  # the model's output when the guard delivers interpolation
+        from .pipeline import MODEL_OUTPUT_WHAT, model_output_path, tiff_export_path
+
+        outputs[MODEL_OUTPUT_WHAT] = model_output_path(args.output)
+        if getattr(args, "drop_stale_export", False):
+            outputs["the output's OME-TIFF export (--drop-stale-export)"] = tiff_export_path(args.output)
+    check_outputs_spare_inputs(outputs, inputs)
+
+
 def run(args) -> int:
     cmd = args.command
+    check_outputs_apart(args)
     if cmd in ("summary", "runlog"):  # run at the end of every run: without dask, zarr, matplotlib, torch
         return _run_record_or_summary(args)
     if cmd == "refused":

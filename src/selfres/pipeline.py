@@ -24,6 +24,7 @@ import numpy as np
 from . import io, normalise
 from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
+from .atomic import check_outputs_spare_inputs
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
 from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
@@ -787,6 +788,9 @@ def recorded_noise_level(meta: dict):
     return NoiseLevel(float(level[0]), float(level[1]))
 
 
+MODEL_OUTPUT_WHAT = "the model's output (written beside the output when the guard delivers interpolation)"
+
+
 def model_output_path(output: str | Path) -> Path:
     """Where the model's output goes beside ``output`` when the guard put interpolation in
     ``output``: ``restored.ome.zarr`` → ``restored_model.ome.zarr``, ``a.ome.zarr`` →
@@ -1319,6 +1323,10 @@ def _without_execution(resolved_config: dict) -> dict:
     return resolved_config | {"settings": without_execution(settings)}
 
 
+KEPT_FILES = ("normalized.ome.zarr", "train_fov.json", "model", "qc", "report.html", "provenance.json")
+"""What :func:`restore` writes into its ``keep`` folder."""
+
+
 def restore(
     input_path: str | Path,
     output: str | Path,
@@ -1352,6 +1360,10 @@ def restore(
     if not str(output).rstrip("/").endswith(".zarr"):
         raise ConfigError(f"restore writes an OME-Zarr store, a folder: name the output like NAME.ome.zarr "
                           f"(got {output})")
+    kept = KEPT_FILES if keep else ()
+    check_outputs_spare_inputs({"the output": output, MODEL_OUTPUT_WHAT: model_output_path(output)}
+                               | {f"the kept file ({name})": Path(keep) / name for name in kept},
+                               [input_path, reference, model_from])
     if not keep:
         log.info("intermediate files (model, metrics, report) go to a temporary folder and are removed at the "
                  "end; --keep DIR keeps them")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from selfres.pipeline import drop_stale_export, drop_stale_model_output, model_output_path, tiff_export_path
+import pytest
+
+from selfres import cli
+from selfres.atomic import overwritten_input
+from selfres.errors import ConfigError
+from selfres.pipeline import drop_stale_export, drop_stale_model_output, model_output_path, restore, tiff_export_path
 
 
 def test_model_output_is_named_after_its_output():
@@ -31,3 +37,60 @@ def test_tiff_export_is_named_after_its_output_and_only_its_own_is_dropped(tmp_p
         (tmp_path / name).write_bytes(b"old")
     drop_stale_export(tmp_path / "b.ome.zarr")
     assert (tmp_path / "a.ome.tif").is_file() and not (tmp_path / "b.ome.tif").exists()
+
+
+def _tiny_tiff(path):
+    import numpy as np
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("output", ["same", "dotted", "folder", "hard_link", "symlink"])
+def test_cli_refuses_an_output_that_would_replace_its_input_and_leaves_the_input_as_it_was(tmp_path, capsys, output):
+    """``selfres normalise a.tif -o a.tif`` (or ``-o data/``) would replace the input whole
+    and exit 0: it must stop first, with one line naming both paths."""
+    src = tmp_path / "data" / "a.tif"
+    before = _tiny_tiff(src)
+    target = {"same": src, "dotted": tmp_path / "data" / ".." / "data" / "a.tif", "folder": tmp_path / "data",
+              "hard_link": tmp_path / "h.tif", "symlink": tmp_path / "s.tif"}[output]
+    if output == "hard_link":
+        os.link(src, target)
+    if output == "symlink":
+        target.symlink_to(src)
+    assert cli.main(["normalise", str(src), "-o", str(target), "--sample", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "ERROR: sample 'a': -o/--output" in err and str(src) in err and "choose another output path" in err
+    assert src.read_bytes() == before and sorted(p.name for p in (tmp_path / "data").iterdir()) == ["a.tif"]
+
+
+def test_an_output_inside_an_input_folder_or_beside_the_input_is_allowed(tmp_path):
+    store = tmp_path / "in.ome.zarr"
+    store.mkdir()
+    assert overwritten_input(store / "inside.json", [store]) is None
+    assert overwritten_input(tmp_path / "b.ome.zarr", [store, None]) is None
+    assert overwritten_input(tmp_path, [store]) == store
+
+
+def test_summary_refuses_to_replace_the_results_folder(tmp_path, capsys):
+    (tmp_path / "results").mkdir()
+    assert cli.main(["summary", str(tmp_path / "results"), "--samples", "a", "-o", str(tmp_path / "results"),
+                     "--html", str(tmp_path / "s.html")]) == 2
+    assert (tmp_path / "results").is_dir() and "is the input" in capsys.readouterr().err
+
+
+def test_restore_refuses_a_keep_folder_whose_files_would_replace_its_model_from_or_input(tmp_path):
+    """``selfres restore b.tif --keep run --model-from run/model`` would write the new model
+    over the one it adopts; an input kept as ``run/normalized.ome.zarr`` would be replaced."""
+    src = tmp_path / "b.tif"
+    _tiny_tiff(src)
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"kept file \(model\).*is the input"):
+        restore(src, tmp_path / "out.ome.zarr", keep=tmp_path / "run", model_from=tmp_path / "run" / "model")
+    with pytest.raises(ConfigError, match=r"kept file \(normalized.ome.zarr\)"):
+        restore(tmp_path / "run" / "normalized.ome.zarr", tmp_path / "out.ome.zarr", keep=tmp_path / "run")
+    with pytest.raises(ConfigError, match="model's output"):
+        restore(tmp_path / "a_model.ome.zarr", tmp_path / "a.ome.zarr")
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model"]

@@ -8,6 +8,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
+MAX_NORMALISED = 1e12
+"""Largest normalised magnitude a volume may reach (its values ``x``: ``|x - low| / (high - low)``):
+sums of squares over millions of voxels stay far inside float32 (1e24 × 1e7 < 3.4e38); a
+16-bit volume reaches at most 65535, a 32-bit integer one 4.3e9."""
+
+
 @dataclass(frozen=True)
 class NormParams:
     """Affine normalisation ``(x - low) / (high - low)``.

@@ -174,6 +174,12 @@ def stage_normalise(
         data, low_percentile=settings.low_percentile, high_percentile=settings.high_percentile,
         max_sample_voxels=settings.max_sample_voxels,
     )
+    reach = max(abs(vmax - params.low), abs(vmin - params.low)) / params.span
+    if reach > normalise.MAX_NORMALISED:
+        raise InputError(input_path, f"its values reach {vmin:.3g}..{vmax:.3g}, up to {reach:.2g} times the range "
+                         f"between its {params.low_percentile:g} and {params.high_percentile:g} percentiles "
+                         f"({params.low:.4g}..{params.high:.4g}): selfres computes in float32 and cannot train on or "
+                         "score such voxels (corrupted values?); clip or replace them before restoring", sample=sample)
     norm = normalise.apply(data, params)
     saturated = None if sat_value is None else next(
         (float(share) for level, share in zip(levels, sat_value) if vmax == level), 0.0)

@@ -151,6 +151,15 @@ def b_beyond_float32(d):
                                        r"out of 1024; selfres computes in float32: rescale the data"
 
 
+def b_corrupt_outlier(d):
+    # one voxel of 1e25 in float32 data: normalised to ~1e25, its gradient squared overflowed float32 at crop
+    v = tiny_volume((4, 16, 16)).astype(np.float32)
+    v[2, 3, 4] = 1e25
+    p = _tif(d, "outlier.tif", v)
+    return _normalise_argv(p), p.name, r"its values reach .*1e\+25, up to .* times the range between its 1 and " \
+                                       r"99.8 percentiles .*clip or replace them before restoring"
+
+
 def b_constant(d):
     p = _tif(d, "blank.tif", np.full((4, 16, 16), 7, np.uint16))
     return _normalise_argv(p), p.name, r"constant \(every voxel is 7\)"
@@ -270,6 +279,7 @@ CLI_CASES = {
     "object_dtype": b_object,
     "nan_inf_voxels": b_nan_inf,
     "beyond_float32": b_beyond_float32,
+    "corrupt_outlier": b_corrupt_outlier,
     "constant_volume": b_constant,
     "smaller_than_fov": b_smaller_than_fov,
     "fov_smaller_than_patch": b_fov_smaller_than_patch,

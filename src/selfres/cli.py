@@ -39,16 +39,13 @@ def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=F
         p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
-def _triple(kind):
-    def parse(text):
-        from .settings import parse_triple
+def _voxel_size(text):
+    from .settings import parse_voxel_size
 
-        try:
-            return parse_triple(text, name="value", kind=kind)
-        except ConfigError as exc:  # argparse's own one-line error, exit 2
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
+    try:
+        return parse_voxel_size(text, name="value")
+    except ConfigError as exc:  # argparse's own one-line error, exit 2
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _scale(text):
@@ -79,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channel", type=int, default=None)
     s.add_argument("--timepoint", type=int, default=None, help="time point of a time series (0-based)")
     s.add_argument("--series", type=int, default=None, help="image of a TIFF holding several (TIFF series number)")
-    s.add_argument("--voxel-size", type=_triple(float), default=None, help="z,y,x in µm (overrides metadata)")
+    s.add_argument("--voxel-size", type=_voxel_size, default=None, help="z,y,x in µm (overrides metadata)")
     _common(s)
 
     s = sub.add_parser("crop", help="choose the training FOV and held-out region → train_fov.json")
@@ -195,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="what selfres reads from an acquisition (images, channels, time points, "
                        "shape, voxel size) and the output grid of each mode: check a file before a run")
     s.add_argument("input", type=Path)
-    s.add_argument("--voxel-size", type=_triple(float), default=None,
+    s.add_argument("--voxel-size", type=_voxel_size, default=None,
                    help="z,y,x µm as the sample sheet's voxel_size column would give it (overrides the file's)")
     s.add_argument("--scale", type=_scale, default=DEFAULT_SCALE, help="enhance factors z,y,x for the output grid shown")
     s.add_argument("--training-fov", default=None,
@@ -206,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(--na, --wavelength-um, --refractive-index) or measured on a bead stack (--beads)")
     s.add_argument("--beads", type=Path, default=None,
                    help="an image of sparse sub-resolution beads from the same microscope and settings")
-    s.add_argument("--voxel-size", type=_triple(float), default=None,
+    s.add_argument("--voxel-size", type=_voxel_size, default=None,
                    help="with --beads: z,y,x µm when the file does not record it")
     s.add_argument("--channel", type=int, default=None, help="with --beads: channel of a multi-channel file")
     s.add_argument("--timepoint", type=int, default=None, help="with --beads: time point of a time series")
@@ -222,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, required=True, help="OUT.ome.zarr")
     s.add_argument("--mode", default="enhance", help="enhance or isotropic")
     s.add_argument("--scale", type=_scale, default=None, help="enhance: z,y,x integer factors (default 2,2,2)")
-    s.add_argument("--voxel-size", type=_triple(float), default=None)
+    s.add_argument("--voxel-size", type=_voxel_size, default=None)
     s.add_argument("--channel", type=int, default=None)
     s.add_argument("--timepoint", type=int, default=None, help="time point of a time series (0-based)")
     s.add_argument("--series", type=int, default=None, help="image of a TIFF holding several (TIFF series number)")

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ from selfres import formats
 from selfres.errors import (ChannelNotChosen, InputError, SeriesNotChosen, TimepointNotChosen, out_of_range,
                             series_out_of_range)
 from selfres.atomic import atomic_output, write_text_atomic  # noqa: F401 (part of this module's API)
+from selfres.settings import voxel_size_problem
 
 log = logging.getLogger("selfres.io")
 
@@ -181,6 +183,9 @@ def _to_zyx(arr, axes: str, *, channel: int | None, path: str, axes_known: bool,
         )
     if len(axes) != arr.ndim:
         raise InputError(path, f"axis names {axes!r} do not match its shape {shape_txt}")
+    if 0 in shape:
+        named = ", ".join(f"{a if axes_known and a != '?' else i}" for i, (a, n) in enumerate(zip(axes, shape)) if not n)
+        raise InputError(path, f"has no voxels: shape {shape_txt} has size 0 along axis {named}")
     if not axes_known:
         # no axis names: leading singleton axes are harmless, then 2-D = YX, 3-D = ZYX
         while arr.ndim > 3 and arr.shape[0] == 1:
@@ -417,6 +422,36 @@ def _warn_once(message: str, *args) -> None:
     log.warning(message, *args)
 
 
+def _warn_voxel_unknown(path: str, why: str) -> None:
+    """Metadata that gives a voxel size selfres cannot use: said once, then read as none."""
+    _warn_once("%s: %s; the voxel size is taken as unknown. Give it in the sample sheet column voxel_size "
+               "(z,y,x in µm; selfres: --voxel-size)", path, why)
+
+
+def _number(value) -> float | None:
+    """``value`` as a float, ``None`` when it is not a number (``"abc"``, ``None``, a list, ``True``)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _size_problem(name: str, value, unit) -> str | None:
+    """Why a metadata voxel size (``value`` in ``unit``, ``None``: the format's default) is
+    not one, else ``None``."""
+    number = _number(value)
+    if number is None:
+        return f"{name} is {value!r}, not a number"
+    if unit is not None and _unit_factor(unit) is None:
+        return f"{name} is in {unit!r}, not a length unit"
+    if not (math.isfinite(number) and number > 0):
+        return f"{name} is {number:g}, not a voxel size (it must be positive)"
+    problem = voxel_size_problem([number * _unit_factor(unit or "µm")])
+    return f"{name} is {number:g} {unit or 'µm'}: {problem}" if problem else None
+
+
 def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, float, float] | None:
     """Voxel size of the TIFF's first image, or of image ``series`` (series ``number``)."""
     # OME-TIFF: the number-th Image's Pixels (tifffile makes one series per OME Image, in order)
@@ -429,11 +464,16 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
             pixels = next(itertools.islice((el for el in root.iter() if el.tag.endswith("Pixels")), number, None),
                           None)
             if pixels is not None:
-                sizes = []
+                sizes, problems = [], []
                 for ax in "ZYX":
-                    val = pixels.get(f"PhysicalSize{ax}")
-                    fac = _unit_factor(pixels.get(f"PhysicalSize{ax}Unit", "µm"))
-                    sizes.append(float(val) * fac if val is not None and fac else None)
+                    val, unit = pixels.get(f"PhysicalSize{ax}"), pixels.get(f"PhysicalSize{ax}Unit")
+                    problem = None if val is None or (ax == "Z" and nz == 1) else \
+                        _size_problem(f"PhysicalSize{ax}", val, unit)
+                    problems += [problem] if problem else []
+                    sizes.append(float(val) * _unit_factor(unit or "µm") if val is not None and not problem else None)
+                if problems:
+                    _warn_voxel_unknown(_tiff_path(tif), "in its OME metadata, " + "; ".join(problems))
+                    return None
                 vox = _make_voxel(*sizes, nz)
                 if vox is not None:
                     return vox
@@ -462,6 +502,9 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
         return float(den) / float(num) * fac
 
     z = ij.get("spacing")
+    if z is not None and _number(z) is None:
+        _warn_voxel_unknown(_tiff_path(tif), f"the ImageJ metadata gives a z spacing of {z!r}, which is not a number")
+        return None
     z = float(z) * fac if z is not None else None
     if z is None and tif.is_imagej and nz > 1 and _res("YResolution") and _res("XResolution"):
         # ImageJ writes no spacing when the z step is 1 unit, and reads none as 1 unit
@@ -476,7 +519,13 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
                    "is taken as unknown. Give it in the sample sheet column voxel_size (z,y,x in µm; selfres: "
                    "--voxel-size): for a stack saved in reverse z order, which may carry a negative spacing, "
                    "give the spacing's absolute value", _tiff_path(tif), z)
-    return _make_voxel(z, _res("YResolution"), _res("XResolution"), nz)
+    vox = _make_voxel(z, _res("YResolution"), _res("XResolution"), nz)
+    problem = None if vox is None else voxel_size_problem(vox)
+    if problem:
+        _warn_voxel_unknown(_tiff_path(tif), f"its ImageJ or TIFF resolution metadata gives a voxel size of "
+                                             f"{', '.join(f'{v:g}' for v in vox)} µm; {problem}")
+        return None
+    return vox
 
 
 def _open_tiff(path: str):
@@ -651,6 +700,9 @@ def _multiscale(path: str, group) -> dict:
 
 def _axes_letters(path: str, axes) -> tuple[str, list[str | None]]:
     letters, units = "", []
+    if not isinstance(axes, list) or not all(isinstance(ax, (str, Mapping)) for ax in axes):
+        raise InputError(path, f"has OME-Zarr axes {json.dumps(axes)[:120]}, which cannot be interpreted: NGFF "
+                               "gives a list of objects such as {\"name\": \"z\", \"type\": \"space\"}")
     for ax in axes:
         if isinstance(ax, str):
             name, typ, unit = ax, None, None
@@ -676,11 +728,25 @@ def _axes_letters(path: str, axes) -> tuple[str, list[str | None]]:
     return letters, units
 
 
-def _transform(transforms, kind: str) -> list[float] | None:
-    """The values of the first ``scale`` or ``translation`` transformation of a list."""
-    for t in transforms or []:
+class _BadTransforms(ValueError):
+    """OME-Zarr coordinateTransformations that do not say what NGFF allows."""
+
+
+def _transform(transforms, kind: str, ndim: int, where: str) -> list[float] | None:
+    """The values of the first ``scale`` or ``translation`` transformation of a list, one per
+    axis; :class:`_BadTransforms` when the list or that transformation is malformed."""
+    if transforms is None:
+        return None
+    if not isinstance(transforms, list) or not all(isinstance(t, Mapping) for t in transforms):
+        raise _BadTransforms(f"{where} is {json.dumps(transforms)[:80]}, not a list of objects")
+    for t in transforms:
         if t.get("type") == kind and kind in t:
-            return [float(v) for v in t[kind]]
+            values = t[kind]
+            numbers = [_number(v) for v in values] if isinstance(values, list) else [None]
+            if any(v is None for v in numbers) or len(numbers) != ndim:
+                raise _BadTransforms(f"the {kind} of {where} is {json.dumps(values)[:80]}, not {ndim} numbers "
+                                     f"(one per axis)")
+            return numbers
     return None
 
 
@@ -688,26 +754,29 @@ def _level_translation(ms: Mapping, level: int, ndim: int) -> list[float] | None
     """Where voxel 0 of a level sits: its dataset's translation, then the multiscale's own
     scale and translation (NGFF applies the dataset's transformations first); ``None``
     when neither translates."""
-    ds_t = _transform(ms["datasets"][level].get("coordinateTransformations"), "translation")
+    ds_t = _transform(ms["datasets"][level].get("coordinateTransformations"), "translation", ndim,
+                      f"dataset {level}'s coordinateTransformations")
     glob = ms.get("coordinateTransformations")
-    glob_s, glob_t = _transform(glob, "scale"), _transform(glob, "translation")
+    where = "the multiscale's coordinateTransformations"
+    glob_s, glob_t = _transform(glob, "scale", ndim, where), _transform(glob, "translation", ndim, where)
     if ds_t is None and glob_t is None:
         return None
-    t = ds_t if ds_t is not None and len(ds_t) == ndim else [0.0] * ndim
-    if glob_s is not None and len(glob_s) == ndim:
+    t = ds_t if ds_t is not None else [0.0] * ndim
+    if glob_s is not None:
         t = [a * b for a, b in zip(t, glob_s)]
-    if glob_t is not None and len(glob_t) == ndim:
+    if glob_t is not None:
         t = [a + b for a, b in zip(t, glob_t)]
     return t
 
 
 def _level_scale(ms: Mapping, level: int, ndim: int) -> list[float] | None:
-    ds_scale = _transform(ms["datasets"][level].get("coordinateTransformations"), "scale")
-    glob = _transform(ms.get("coordinateTransformations"), "scale")
+    ds_scale = _transform(ms["datasets"][level].get("coordinateTransformations"), "scale", ndim,
+                          f"dataset {level}'s coordinateTransformations")
+    glob = _transform(ms.get("coordinateTransformations"), "scale", ndim, "the multiscale's coordinateTransformations")
     if ds_scale is None and glob is None:
         return None
     s = ds_scale or [1.0] * ndim
-    if glob is not None and len(glob) == len(s):
+    if glob is not None:
         s = [a * b for a, b in zip(s, glob)]
     return s
 
@@ -737,10 +806,16 @@ def _ome_zarr_level(path: str, group, level: int):
         raise InputError(
             path, f"declares {len(letters)} axes but level {level} is {arr.ndim}-D"
         )
-    scale = _level_scale(ms, level, arr.ndim)
-    translation = _level_translation(ms, level, arr.ndim)
+    try:
+        scale = _level_scale(ms, level, arr.ndim)
+        translation = _level_translation(ms, level, arr.ndim)
+    except _BadTransforms as exc:
+        _warn_voxel_unknown(path, f"its OME-Zarr metadata cannot be read: {exc} (and the image's position is "
+                                  "taken as 0)")
+        scale = translation = None
     sizes: dict[str, float | None] = {}
     origin: list[float] = []
+    problems = []
     for ax in "ZYX":
         i = letters.index(ax) if ax in letters else None
         if i is None or scale is None:
@@ -752,11 +827,18 @@ def _ome_zarr_level(path: str, group, level: int):
                 fac = None if all(v == 1.0 for v in scale) else 1.0
             else:
                 fac = _unit_factor(unit)
+            nz_here = arr.shape[i] if ax == "Z" else 2
+            problem = None if nz_here == 1 or (unit is None and fac is None) else \
+                _size_problem(f"the scale of axis {ax.lower()}", scale[i], unit)
+            problems += [problem] if problem else []
             sizes[ax] = scale[i] * fac if fac is not None else None
         # in voxel steps: translation / scale (no unit involved; a zero scale places nothing)
         shift = translation[i] if translation is not None and i is not None else 0.0
         step = scale[i] if scale is not None and i is not None else 1.0
         origin.append(shift / step if step else 0.0)
+    if problems:
+        _warn_voxel_unknown(path, "in its OME-Zarr metadata, " + "; ".join(problems))
+        sizes = dict.fromkeys("ZYX")
     nz = arr.shape[letters.index("Z")] if "Z" in letters else 1
     vox = _make_voxel(sizes["Z"], sizes["Y"], sizes["X"], int(nz))
     return arr, letters, vox, (tuple(origin) if any(origin) else None)

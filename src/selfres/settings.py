@@ -44,6 +44,30 @@ def parse_triple(text, *, name: str, kind=float, sample: str | None = None) -> t
     return vals
 
 
+VOXEL_SIZE_RANGE_UM = (1e-6, 1e4)
+"""Voxel sizes selfres accepts, in µm: 1 pm to 1 cm. Outside it a size is a unit mistake
+(metres or nanometres read as µm), and its arithmetic (the figures' scale bars, resolution
+in µm) overflows: a voxel size of 1e308 µm crashed the report after the whole training."""
+
+
+def voxel_size_problem(values) -> str | None:
+    """Why the voxel size ``values`` (z,y,x µm, positive) is outside :data:`VOXEL_SIZE_RANGE_UM`, else ``None``."""
+    low, high = VOXEL_SIZE_RANGE_UM
+    if all(low <= v <= high for v in values):
+        return None
+    return f"a voxel size must be within {low:g}..{high:g} µm (1 pm to 1 cm) on each axis (given in another unit?)"
+
+
+def parse_voxel_size(text, *, name: str, sample: str | None = None) -> tuple[float, float, float] | None:
+    """Parse a voxel size ``"z,y,x"`` in µm (:func:`parse_triple`), within :data:`VOXEL_SIZE_RANGE_UM`."""
+    vals = parse_triple(text, name=name, kind=float, sample=sample)
+    problem = None if vals is None else voxel_size_problem(vals)
+    if problem:
+        who = f"sample {sample!r}: " if sample else ""
+        raise ConfigError(f"{who}{name} {text!r}: {problem}")
+    return vals
+
+
 def parse_scale(text, *, name: str = "scale", sample: str | None = None) -> tuple[int, int, int] | None:
     """Parse an ``enhance`` scale ``"z,y,x"`` (:func:`parse_triple` of integers); ``None``/empty → None.
 
@@ -691,4 +715,7 @@ def parse_settings(text: str | dict | None) -> Settings:
             raise ConfigError(f"--settings is not valid JSON: {exc}") from None
     else:
         data = text
+    if not isinstance(data, dict):
+        raise ConfigError(f"--settings must be a JSON object of sections, e.g. '{{\"train\": {{\"steps\": 500}}}}'; "
+                          f"got {json.dumps(data)[:80]}")
     return from_dict(Settings, data)

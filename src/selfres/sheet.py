@@ -420,9 +420,9 @@ def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "",
     if not row.get("path"):
         raise ConfigError(f"{where}column 'path' is empty")
     try:
-        from .settings import parse_scale, parse_settings, parse_triple
+        from .settings import parse_scale, parse_settings, parse_voxel_size
 
-        parse_triple(row.get("voxel_size", ""), name="column 'voxel_size':")
+        parse_voxel_size(row.get("voxel_size", ""), name="column 'voxel_size':")
         if row.get("mode") != "isotropic":  # scale is enhance's (an isotropic row ignores it)
             parse_scale(row.get("scale", ""), name="column 'scale':")
         overrides = sample_overrides(row)

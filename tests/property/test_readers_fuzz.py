@@ -166,6 +166,7 @@ def test_unsafe_sample_ids_are_refused(tmp_path, sid):
     ("voxel_size", "0,0.5,0.5", r"column 'voxel_size': '0,0.5,0.5' must be three positive numbers"),
     ("voxel_size", "-1,0.5,0.5", r"column 'voxel_size': '-1,0.5,0.5' must be three positive numbers"),
     ("voxel_size", "1,nan,1", r"column .voxel_size.: .1,nan,1."),
+    ("voxel_size", "1e308,0.5,0.5", r"column 'voxel_size': '1e308,0.5,0.5': a voxel size must be within 1e-06..10000 µm"),
     ("train.steps", "abc", r"sample 'a': train.steps"),
     ("train.loss", "l3", r"sample 'a': train.loss: 'l3'"),
     ("train.stpes", "50", r"sample 'a': .*unknown key\(s\) stpes"),

@@ -140,6 +140,94 @@ def test_lazy_tiff_is_dask_and_equal(tmp_path):
 # ------------------------------------------------------------------ Zarr ---
 
 
+def _ome_zarr_with(path, **multiscale):
+    """An OME-Zarr (voxel 2, 0.5, 0.5 µm) whose multiscale entries are then replaced: what
+    another writer, or a hand edit, may leave."""
+    io.write_ome_zarr(path, _vol(shape=(6, 12, 14), dtype="float32"), voxel_size=(2.0, 0.5, 0.5))
+    g = zarr.open_group(str(path), mode="r+")
+    attrs = g.attrs.asdict()
+    ms = attrs["multiscales"][0]
+    for key, value in multiscale.items():
+        if key == "dataset_transforms":
+            ms["datasets"][0]["coordinateTransformations"] = value
+        else:
+            ms[key] = value
+    g.attrs.update(attrs)
+    return path
+
+
+@pytest.mark.parametrize("edit, said", [
+    ({"dataset_transforms": [{"type": "scale", "scale": [1.0, 2.0]}]}, r"the scale of dataset 0's .* is \[1.0, 2.0\], "
+                                                                       r"not 3 numbers"),
+    ({"dataset_transforms": [None]}, r"dataset 0's coordinateTransformations is \[null\], not a list of objects"),
+    ({"dataset_transforms": {"type": "scale", "scale": [1, 1, 1]}}, r"is \{.*\}, not a list of objects"),
+    ({"dataset_transforms": [{"type": "scale", "scale": ["a", "b", "c"]}]}, r"is \[\"a\", \"b\", \"c\"\], not 3"),
+    ({"dataset_transforms": [{"type": "scale", "scale": [2, .5, .5]}, {"type": "translation", "translation": None}]},
+     r"the translation of dataset 0's coordinateTransformations is null"),
+    ({"coordinateTransformations": [{"type": "scale", "scale": [1, 2]}]}, r"the multiscale's .* is \[1, 2\]"),
+    ({"dataset_transforms": [{"type": "scale", "scale": [0.0, 0.5, 0.5]}]}, r"the scale of axis z is 0, not a voxel size"),
+    ({"dataset_transforms": [{"type": "scale", "scale": [-2.0, 0.5, 0.5]}]}, r"the scale of axis z is -2, not a voxel"),
+    ({"axes": [{"name": a, "type": "space", "unit": "furlong"} for a in "zyx"]},
+     r"the scale of axis z is in 'furlong', not a length unit"),
+])
+def test_ome_zarr_transformations_that_give_no_voxel_size_are_named_in_a_warning_not_a_traceback(tmp_path, caplog,
+                                                                                                 edit, said):
+    """Malformed NGFF coordinateTransformations failed with IndexError, AttributeError or
+    ValueError; a zero, negative or unit-less scale was dropped without a word."""
+    p = _ome_zarr_with(tmp_path / "img.ome.zarr", **edit)
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        vol = io.read_volume(p)
+    assert vol.voxel_size is None and vol.shape == (6, 12, 14)
+    assert re.search(said, caplog.text), caplog.text
+    assert "the voxel size is taken as unknown. Give it in the sample sheet column voxel_size" in caplog.text
+
+
+def test_ome_zarr_axes_that_are_not_names_or_objects_are_refused(tmp_path):
+    p = _ome_zarr_with(tmp_path / "img.ome.zarr", axes=[1, 2, 3])
+    with pytest.raises(InputError, match=r"img.ome.zarr: has OME-Zarr axes \[1, 2, 3\], which cannot be interpreted"):
+        io.read_volume(p)
+
+
+def test_a_zarr_array_with_no_slices_is_refused_as_having_no_voxels(tmp_path):
+    zarr.open(str(tmp_path / "e.zarr"), mode="w", shape=(0, 16, 16), dtype="f4")
+    with pytest.raises(InputError, match=r"e.zarr: has no voxels: shape 0x16x16 has size 0 along axis 0"):
+        io.read_volume(tmp_path / "e.zarr", lazy=True)
+
+
+@pytest.mark.parametrize("metadata, said", [
+    ({"PhysicalSizeZ": "abc"}, r"in its OME metadata, PhysicalSizeZ is 'abc', not a number"),
+    ({"PhysicalSizeZ": -1}, r"PhysicalSizeZ is -1, not a voxel size"),
+    ({"PhysicalSizeZ": 2, "PhysicalSizeZUnit": "furlong"}, r"PhysicalSizeZ is in 'furlong', not a length unit"),
+])
+def test_ome_tiff_sizes_that_are_not_voxel_sizes_are_named_in_a_warning(tmp_path, caplog, metadata, said):
+    p = tmp_path / "a.ome.tif"
+    tifffile.imwrite(p, _vol(shape=(6, 12, 14)), metadata={"axes": "ZYX", "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5,
+                                                           **metadata})
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(p).voxel_size is None
+    assert re.search(said, caplog.text) and "the voxel size is taken as unknown" in caplog.text, caplog.text
+
+
+def test_a_voxel_size_of_1e300_in_the_metadata_is_named_in_a_warning_and_taken_as_unknown(tmp_path, caplog):
+    p = _imagej(tmp_path / "big.tif", _vol(dtype="uint8"), voxel=(1e300, 0.25, 0.5))
+    o = tmp_path / "big.ome.tif"
+    tifffile.imwrite(o, _vol(), metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeZUnit": "m",
+                                          "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5})
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(p).voxel_size is None and io.read_volume(o).voxel_size is None
+    assert "big.tif: its ImageJ or TIFF resolution metadata gives a voxel size of 1e+300, 0.25, 0.5 µm; a voxel " \
+           "size must be within 1e-06..10000 µm" in caplog.text
+    assert "PhysicalSizeZ is 2 m: a voxel size must be within" in caplog.text, caplog.text
+
+
+def test_a_non_numeric_imagej_spacing_is_named_in_a_warning(tmp_path, caplog):
+    p = _imagej(tmp_path / "s.tif", _vol(dtype="uint8"), voxel=("abc", 0.25, 0.5))
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(p).voxel_size is None
+    assert "gives a z spacing of 'abc', which is not a number; the voxel size is taken as unknown" in caplog.text
+
+
+
 # ------------------------------------------------------- compressed TIFF ---
 
 

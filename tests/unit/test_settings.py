@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from selfres.errors import ConfigError
-from selfres.settings import Settings, from_dict, parse_settings, to_dict
+from selfres.settings import Settings, from_dict, parse_settings, parse_voxel_size, to_dict
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -83,6 +84,22 @@ def test_partial_settings_fill_defaults_and_round_trip():
 def test_invalid_json_is_a_config_error():
     with pytest.raises(ConfigError, match="not valid JSON"):
         parse_settings("{train: 1")
+
+
+@pytest.mark.parametrize("text", ["null", "[1]", '"train"', "3"])
+def test_settings_that_are_json_but_not_an_object_are_a_config_error(text):
+    """``--settings null`` and ``[1]`` failed with a TypeError traceback; ``"train"`` was read
+    as the unknown keys t, r, a, i, n."""
+    with pytest.raises(ConfigError, match=r"--settings must be a JSON object of sections.*; got " + re.escape(text)):
+        parse_settings(text)
+
+
+@pytest.mark.parametrize("text", ["1e308,1,1", "2,0.5,1e-9", "2e4,1,1"])
+def test_a_voxel_size_outside_a_picometre_to_a_centimetre_is_refused(text):
+    """1e308 µm passed, trained for minutes, then crashed the report (scale bars overflowed)."""
+    with pytest.raises(ConfigError, match=r"sample 'a': column 'voxel_size': .*must be within 1e-06..10000 µm"):
+        parse_voxel_size(text, name="column 'voxel_size':", sample="a")
+    assert parse_voxel_size("10000,1e-6,0.1", name="x") == (1e4, 1e-6, 0.1)
 
 
 def test_settings_are_frozen():

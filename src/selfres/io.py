@@ -38,7 +38,7 @@ from selfres import formats
 from selfres.errors import (ChannelNotChosen, InputError, SeriesNotChosen, TimepointNotChosen, out_of_range,
                             series_out_of_range)
 from selfres.atomic import atomic_output, write_text_atomic  # noqa: F401 (part of this module's API)
-from selfres.settings import voxel_size_problem
+from selfres.settings import STORED_VOXEL_SIZE_RANGE_UM, voxel_size_problem
 
 log = logging.getLogger("selfres.io")
 
@@ -390,6 +390,9 @@ def _tiff_integrity(path: str, series, log: _LogCapture) -> None:
     for msg in log.messages:
         if any(h in msg.lower() for h in _CORRUPT_HINTS):
             raise InputError(path, f"is truncated or corrupt (tifffile: {msg.strip()})")
+    shape = tuple(int(n) for n in getattr(series, "shape", ()) or ())
+    if 0 in shape:
+        raise InputError(path, f"has no voxels: its image has shape {'x'.join(map(str, shape))}")
     size = os.path.getsize(path)
     end = 0
     offset = getattr(series, "dataoffset", None)
@@ -448,7 +451,7 @@ def _size_problem(name: str, value, unit) -> str | None:
         return f"{name} is in {unit!r}, not a length unit"
     if not (math.isfinite(number) and number > 0):
         return f"{name} is {number:g}, not a voxel size (it must be positive)"
-    problem = voxel_size_problem([number * _unit_factor(unit or "µm")])
+    problem = voxel_size_problem([number * _unit_factor(unit or "µm")], limits=STORED_VOXEL_SIZE_RANGE_UM)
     return f"{name} is {number:g} {unit or 'µm'}: {problem}" if problem else None
 
 
@@ -520,7 +523,7 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
                    "--voxel-size): for a stack saved in reverse z order, which may carry a negative spacing, "
                    "give the spacing's absolute value", _tiff_path(tif), z)
     vox = _make_voxel(z, _res("YResolution"), _res("XResolution"), nz)
-    problem = None if vox is None else voxel_size_problem(vox)
+    problem = None if vox is None else voxel_size_problem(vox, limits=STORED_VOXEL_SIZE_RANGE_UM)
     if problem:
         _warn_voxel_unknown(_tiff_path(tif), f"its ImageJ or TIFF resolution metadata gives a voxel size of "
                                              f"{', '.join(f'{v:g}' for v in vox)} µm; {problem}")
@@ -786,6 +789,9 @@ def _ome_zarr_level(path: str, group, level: int):
     voxel steps: see :attr:`Volume.origin_voxels`)."""
     ms = _multiscale(path, group)
     datasets = ms.get("datasets") or []
+    if not isinstance(datasets, list) or not datasets:
+        raise InputError(path, f"has OME-Zarr multiscales metadata without images: its datasets are "
+                               f"{json.dumps(ms.get('datasets'))[:80]}, not a list of pyramid levels")
     if not isinstance(level, (int, np.integer)) or not 0 <= level < len(datasets):
         raise InputError(
             path,

@@ -7,6 +7,7 @@ stage never leaves an output that looks complete.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import json
@@ -28,7 +29,7 @@ from .atomic import check_outputs_spare_inputs
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
 from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
-                       QcSettings, Settings, to_dict)
+                       QcSettings, Settings, to_dict, voxel_size_problem)
 
 log = logging.getLogger("selfres")
 
@@ -140,6 +141,12 @@ def stage_normalise(
     except InputError as exc:
         raise exc.for_sample(sample) from None
     data = vol.data
+    metadata_problem = None if voxel_size or vol.voxel_size is None else voxel_size_problem(vol.voxel_size)
+    if metadata_problem:  # a unit mistake: the figures' µm arithmetic would overflow
+        log.warning("sample %r: %s: its metadata gives a voxel size of %s µm; %s; the voxel size is taken as unknown. "
+                    "Give it in the sample sheet column voxel_size (z,y,x in µm; selfres: --voxel-size)", sample,
+                    input_path, ", ".join(f"{v:g}" for v in vol.voxel_size), metadata_problem)
+        vol = dataclasses.replace(vol, voxel_size=None)
     vs = tuple(voxel_size) if voxel_size else vol.voxel_size
     if data.size == 0:
         raise InputError(input_path, "the volume is empty (zero voxels)", sample=sample)

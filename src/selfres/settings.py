@@ -50,12 +50,17 @@ VOXEL_SIZE_RANGE_UM = (1e-6, 1e4)
 in µm) overflows: a voxel size of 1e308 µm crashed the report after the whole training."""
 
 
-def voxel_size_problem(values) -> str | None:
-    """Why the voxel size ``values`` (z,y,x µm, positive) is outside :data:`VOXEL_SIZE_RANGE_UM`, else ``None``."""
-    low, high = VOXEL_SIZE_RANGE_UM
+STORED_VOXEL_SIZE_RANGE_UM = (1e-9, 1e7)
+"""Voxel sizes the readers take from metadata, in µm: 1000 times wider each way than
+:data:`VOXEL_SIZE_RANGE_UM`, for selfres's own outputs (×4 finer) and pyramid levels (2ⁿ coarser)."""
+
+
+def voxel_size_problem(values, *, limits: tuple[float, float] = VOXEL_SIZE_RANGE_UM) -> str | None:
+    """Why the voxel size ``values`` (z,y,x µm, positive) is outside ``limits``, else ``None``."""
+    low, high = limits
     if all(low <= v <= high for v in values):
         return None
-    return f"a voxel size must be within {low:g}..{high:g} µm (1 pm to 1 cm) on each axis (given in another unit?)"
+    return f"a voxel size must be within {low:g}..{high:g} µm on each axis (given in another unit?)"
 
 
 def parse_voxel_size(text, *, name: str, sample: str | None = None) -> tuple[float, float, float] | None:

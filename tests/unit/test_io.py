@@ -192,6 +192,17 @@ def test_a_zarr_array_with_no_slices_is_refused_as_having_no_voxels(tmp_path):
     zarr.open(str(tmp_path / "e.zarr"), mode="w", shape=(0, 16, 16), dtype="f4")
     with pytest.raises(InputError, match=r"e.zarr: has no voxels: shape 0x16x16 has size 0 along axis 0"):
         io.read_volume(tmp_path / "e.zarr", lazy=True)
+    with pytest.warns(UserWarning):  # tifffile: a zero-size TIFF is nonconformant, yet it writes one
+        tifffile.imwrite(tmp_path / "e.tif", np.zeros((0, 8, 8), np.uint16))
+    with pytest.raises(InputError, match=r"e.tif: has no voxels: its image has shape 0x8x8"):  # was "is truncated"
+        io.read_volume(tmp_path / "e.tif")
+
+
+def test_an_ome_zarr_without_pyramid_levels_says_so(tmp_path):
+    p = _ome_zarr_with(tmp_path / "img.ome.zarr", datasets=[])  # was "level 0 does not exist … allowed 0..-1"
+    with pytest.raises(InputError, match=r"img.ome.zarr: has OME-Zarr multiscales metadata without images: its "
+                                         r"datasets are \[\], not a list of pyramid levels"):
+        io.read_volume(p)
 
 
 @pytest.mark.parametrize("metadata, said", [
@@ -211,13 +222,13 @@ def test_ome_tiff_sizes_that_are_not_voxel_sizes_are_named_in_a_warning(tmp_path
 def test_a_voxel_size_of_1e300_in_the_metadata_is_named_in_a_warning_and_taken_as_unknown(tmp_path, caplog):
     p = _imagej(tmp_path / "big.tif", _vol(dtype="uint8"), voxel=(1e300, 0.25, 0.5))
     o = tmp_path / "big.ome.tif"
-    tifffile.imwrite(o, _vol(), metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeZUnit": "m",
+    tifffile.imwrite(o, _vol(), metadata={"axes": "ZYX", "PhysicalSizeZ": 2e7, "PhysicalSizeZUnit": "m",
                                           "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5})
     with caplog.at_level("WARNING", logger="selfres.io"):
         assert io.read_volume(p).voxel_size is None and io.read_volume(o).voxel_size is None
     assert "big.tif: its ImageJ or TIFF resolution metadata gives a voxel size of 1e+300, 0.25, 0.5 µm; a voxel " \
-           "size must be within 1e-06..10000 µm" in caplog.text
-    assert "PhysicalSizeZ is 2 m: a voxel size must be within" in caplog.text, caplog.text
+           "size must be within 1e-09..1e+07 µm" in caplog.text
+    assert "PhysicalSizeZ is 2e+07 m: a voxel size must be within" in caplog.text, caplog.text
 
 
 def test_a_non_numeric_imagej_spacing_is_named_in_a_warning(tmp_path, caplog):

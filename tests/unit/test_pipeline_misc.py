@@ -503,3 +503,23 @@ def test_a_time_points_frame_interval_follows_it_into_the_time_series_export(tmp
     assert io.time_increment(tmp_path / "lapse.ome.tif") == 120.0
     with tifffile.TiffFile(tmp_path / "lapse.ome.tif") as tif:
         assert tif.series[0].axes == "TZYX"
+
+
+def test_an_input_whose_metadata_gives_a_voxel_of_centimetres_is_normalised_with_its_voxel_size_unknown(tmp_path,
+                                                                                                          caplog):
+    """2 cm per z step read from metadata (a unit mistake) passed into the figures' µm arithmetic;
+    its own outputs (×4 finer) and pyramid levels are still read with their sizes."""
+    import tifffile
+
+    src = tmp_path / "cm.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).integers(0, 1000, (6, 16, 16), dtype=np.uint16), imagej=True,
+                     resolution=(2.0, 2.0), metadata={"spacing": 2e4, "unit": "um", "axes": "ZYX"})
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_normalise(src, tmp_path / "n.ome.zarr", sample="s")
+    assert "sample 's': " in caplog.text and "metadata gives a voxel size of 20000, 0.5, 0.5 µm; a voxel size must " \
+           "be within 1e-06..10000 µm" in caplog.text
+    assert io.read_ome_zarr(tmp_path / "n.ome.zarr").voxel_size is None
+    pipeline.stage_normalise(src, tmp_path / "m.ome.zarr", sample="s", voxel_size=(2.0, 0.5, 0.5))  # the sheet's
+    assert io.read_ome_zarr(tmp_path / "m.ome.zarr").voxel_size == pytest.approx((2.0, 0.5, 0.5))
+    io.write_ome_zarr(tmp_path / "fine.ome.zarr", np.zeros((4, 8, 8), np.float32), voxel_size=(2.5e-7,) * 3)
+    assert io.read_ome_zarr(tmp_path / "fine.ome.zarr").voxel_size == pytest.approx((2.5e-7,) * 3)

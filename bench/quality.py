@@ -198,6 +198,17 @@ def add_shot_noise(low: np.ndarray, photons: float, *, seed: int = 0) -> np.ndar
     return (counts / gain + lo).astype(np.float32)
 
 
+def axial_over_lateral(volume: np.ndarray, voxel_size) -> float | None:
+    """Axial over lateral resolution (decorrelation, µm / µm; voxels where the size is unknown)
+    of a volume on the truth's grid: what isotropic mode aims to bring to 1, which a truth
+    with an anisotropic PSF is not."""
+    from selfres import metrics
+
+    lateral, axial = metrics.resolution_lateral_axial(np.asarray(volume, dtype=np.float32),
+                                                      voxel_size=tuple(voxel_size or (1.0, 1.0, 1.0)))
+    return axial / lateral if lateral and axial else None
+
+
 @contextlib.contextmanager
 def work_folder(keep: Path | None, label: str):
     """A run's work folder: ``keep/label`` (kept) with ``--keep``, else a temporary one."""
@@ -234,6 +245,8 @@ def bench_volume(path: Path, factor: "int | tuple[int, int, int]", *, settings, 
             iso = run_pipeline(low, work, factors=None, settings=settings, voxel_size=(f * lateral, lateral, lateral),
                                name=name, mode="isotropic")
         images["isotropic"] = iso["restored"]
+        anisotropy = {k: axial_over_lateral(v, hr_vs) for k, v in (("truth", hr), ("selfres", images["selfres"]),
+                                                                     ("isotropic", iso["restored"]))}
     bp = settings.infer.back_projection_iterations
     if bp:  # the honest baseline when back-projection is on: tricubic + the same back-projection, no network
         images["tricubic_bp"] = tricubic_back_projected(low, factors, bp, settings.train.degradation, vs,
@@ -255,7 +268,8 @@ def bench_volume(path: Path, factor: "int | tuple[int, int, int]", *, settings, 
         # the truth's own voxel anisotropy (z / lateral): isotropic mode aims at lateral sharpness along z,
         # which a truth with coarser z voxels does not have
         "truth_anisotropy": hr_vs[0] / hr_vs[1] if hr_vs else None,
-        **({"isotropic_train_s": iso["train_s"], "isotropic_flags": iso["meta"].get("flags", [])} if iso else {}),
+        **({"isotropic_train_s": iso["train_s"], "isotropic_flags": iso["meta"].get("flags", []),
+            "axial_over_lateral": anisotropy} if iso else {}),
     }
 
 
@@ -402,14 +416,16 @@ def markdown(rows: list[dict], beads: dict | None, *, header: str) -> str:
         if iso_rows:
             lines += ["", "The same LR volumes restored in `isotropic` mode (axial factor declared as the z factor):", "",
                       "| volume | truth voxel z / lateral | tricubic dB | enhance (selfres) dB | isotropic dB | "
-                      "isotropic − enhance dB | SSIM enhance / isotropic | isotropic train s | isotropic flags |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "isotropic − enhance dB | SSIM enhance / isotropic | axial / lateral resolution: truth · "
+                      "enhance · isotropic | isotropic train s | isotropic flags |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for r in iso_rows:
                 s = r["scores"]
                 an = f"{r['truth_anisotropy']:.2f}" if r.get("truth_anisotropy") else "unknown"
                 ss = (f"{s['selfres']['ssim']:.4f} / {s['isotropic']['ssim']:.4f}" if "ssim" in s["isotropic"] else "–")
                 lines.append(f"| {r['volume']} | {an} | {s['tricubic']['psnr']:.2f} | {s['selfres']['psnr']:.2f} | "
                              f"{s['isotropic']['psnr']:.2f} | {s['isotropic']['psnr'] - s['selfres']['psnr']:+.2f} | {ss} | "
+                             f"{' · '.join(f'{v:.2f}' if v else '–' for v in r['axial_over_lateral'].values())} | "
                              f"{r['isotropic_train_s']:.0f} | {', '.join(r['isotropic_flags']) or '–'} |")
         for f in sorted({r["factor"] for r in rows}):
             sub = [r for r in rows if r["factor"] == f]

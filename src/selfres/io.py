@@ -322,6 +322,9 @@ def _check_exists(path: str) -> Path:
     p = Path(path)
     if not p.exists():
         raise InputError(path, "does not exist (no such file or store)")
+    if not (p.is_file() or p.is_dir()):  # a FIFO or a device: reading it would block or never end
+        raise InputError(path, "is neither a file nor a folder (a pipe, socket or device?); give an image file "
+                               "or a Zarr store")
     if p.is_file() and p.stat().st_size == 0:
         raise InputError(path, "is empty (0 bytes)")
     return p

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shlex
 
@@ -196,6 +197,15 @@ def test_a_zarr_array_with_no_slices_is_refused_as_having_no_voxels(tmp_path):
         tifffile.imwrite(tmp_path / "e.tif", np.zeros((0, 8, 8), np.uint16))
     with pytest.raises(InputError, match=r"e.tif: has no voxels: its image has shape 0x8x8"):  # was "is truncated"
         io.read_volume(tmp_path / "e.tif")
+
+
+def test_a_pipe_is_refused_instead_of_read_forever(tmp_path):
+    fifo = tmp_path / "stack.tif"
+    os.mkfifo(fifo)  # `selfres inspect` on it used to wait forever for a writer
+    with pytest.raises(InputError, match=r"stack.tif: is neither a file nor a folder \(a pipe, socket or device\?\)"):
+        io.describe_acquisition(fifo)
+    with pytest.raises(InputError, match="is neither a file nor a folder"):
+        io.read_volume(fifo)
 
 
 def test_an_ome_zarr_without_pyramid_levels_says_so(tmp_path):

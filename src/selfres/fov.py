@@ -293,12 +293,16 @@ def choose_training_fov(
         When the volume is too small to hold a training FOV and a held-out region.
     """
     shape = tuple(int(n) for n in volume.shape)
+    try:  # before the structure score: a mistake in the sheet fails at once
+        given = parse_fov(training_fov, shape) if training_fov else None
+    except ConfigError as exc:  # about this volume: name it
+        raise InputError(path, str(exc)) from None
     score = StructureScore(volume)
     full: Box = tuple((0, n) for n in shape)
     total_mean = score.mean(full)
 
-    if training_fov:
-        train = parse_fov(training_fov, shape)
+    if given is not None:
+        train = given
         candidates = []
         for ax in range(3):
             (a, b) = train[ax]

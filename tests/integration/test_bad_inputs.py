@@ -177,6 +177,13 @@ def b_fov_smaller_than_patch(d):
             "--sample", SAMPLE], src.name, r"training FOV .* has 3 voxels along y; scale 2 along y needs at least 4"
 
 
+def b_fov_outside_the_volume(d):
+    # it named neither the file nor, in the CLI, anything but the sample
+    src, norm = _norm(d)
+    return ["crop", str(norm), "-o", str(d / "fov.json"), "--training-fov", "0:100,0:10,0:10", "--sample", SAMPLE], \
+        src.name, r"training_fov '0:100,0:10,0:10': z range 0:100 is empty or outside the volume \(size 8\)"
+
+
 def b_holdout_thinner_than_factor(d):
     # the only slab outside the given training FOV is 3 slices: too thin for a factor 4 along z
     src, norm = _norm(d, shape=(16, 64, 64))
@@ -283,6 +290,7 @@ CLI_CASES = {
     "constant_volume": b_constant,
     "smaller_than_fov": b_smaller_than_fov,
     "fov_smaller_than_patch": b_fov_smaller_than_patch,
+    "fov_outside_the_volume": b_fov_outside_the_volume,
     "too_few_slices_for_factor": b_too_few_slices,
     "holdout_thinner_than_factor": b_holdout_thinner_than_factor,
     "voxel_size_missing_isotropic": b_voxel_missing_isotropic,

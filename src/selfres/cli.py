@@ -419,6 +419,7 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
     from .isotropic import square_pixels
     from .report import duration_text
     from .pipeline import check_volume_for_mode, output_grid_shape
+    from .settings import voxel_size_problem
 
     images = describe_acquisition(path)
     lines = [f"{path}: {len(images)} image{'s' if len(images) > 1 else ''}"
@@ -431,6 +432,11 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
         vs = tuple(voxel_size) if voxel_size else im["voxel_size"]
         where = "as given" if voxel_size else ("from the file" if vs else "none recorded: give the sheet column "
                                                                             "voxel_size (z,y,x µm)")
+        unusable = None if voxel_size or not vs else voxel_size_problem(vs)
+        if unusable:  # as normalise takes it: unknown
+            where = (f"the file's {', '.join(f'{v:.4g}' for v in vs)} µm is not used: {unusable}; give the sheet "
+                     "column voxel_size (z,y,x µm)")
+            vs = None
         head = f"series {im['series']}: " if len(images) > 1 else ""
         lines.append(f"{head}{grid(im['shape'])} ZYX, {im['dtype']}, {im['channels']} channel"
                      f"{'s' if im['channels'] > 1 else ''}, {im['timepoints']} time point"

@@ -1110,6 +1110,13 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     assert ("voxel 0.45, 0.5, 0.4 µm; the lateral pixels are not square, so z is matched to their mean and the "
             "output is not isotropic") in capsys.readouterr().out
 
+    # a metadata size normalise would not use (a unit mistake) is not used here either
+    cm = _imagej(tmp_path / "cm.tif", _vol(), voxel=(2e4, 0.5, 0.5))
+    assert cli.main(["inspect", str(cm)]) == 0
+    out = capsys.readouterr().out
+    assert "voxel size z,y,x: the file's 2e+04, 0.5, 0.5 µm is not used: a voxel size must be within" in out
+    assert "isotropic: not possible — isotropic mode needs the voxel size" in out
+
     positions = tmp_path / "positions.ome.tif"
     with tifffile.TiffWriter(positions, ome=True) as tw:
         tw.write(_vol(), metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5})

@@ -36,7 +36,28 @@ def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=F
     if compute:
         if device:
             p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
-        p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+        p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (>= 1)")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _json_object(text: str, option: str) -> dict:
+    """``text``, the value of the command-line ``option``, as a JSON object (ConfigError if not)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{option} is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option} must be a JSON object, not a {type(value).__name__}")
+    return value
 
 
 def _voxel_size(text):
@@ -241,6 +262,10 @@ _OUTPUT_ARGS = {"output": "-o/--output", "provenance": "--provenance", "html": "
                 "figures": "--figures"}
 
 
+#: commands whose -o/--output is a file (the others write an OME-Zarr store, a directory)
+_FILE_OUTPUT_COMMANDS = ("crop", "qc", "report", "export", "summary")
+
+
 def check_outputs_apart(args) -> None:
     """Refuse, before any work, a command whose output would replace one of its inputs
     (``selfres normalise a.tif -o a.tif``, ``-o data/`` for ``data/a.tif``): outputs are
@@ -259,6 +284,12 @@ def check_outputs_apart(args) -> None:
         if getattr(args, "drop_stale_export", False):
             outputs["the output's OME-TIFF export (--drop-stale-export)"] = tiff_export_path(args.output)
     check_outputs_spare_inputs(outputs, inputs)
+    file_outputs = ["done", "html", "provenance"] + (["output"] if args.command in _FILE_OUTPUT_COMMANDS else [])
+    for name in file_outputs:
+        value = getattr(args, name, None)
+        if value is not None and Path(value).is_dir():
+            raise ConfigError(f"{_OUTPUT_ARGS[name]} {value} is a directory; this output is a file: give a file "
+                              "name (the directory is left as it is)")
 
 
 def run(args) -> int:
@@ -309,11 +340,8 @@ def run(args) -> int:
         except json.JSONDecodeError:
             given = args.settings  # parse_settings says what is wrong
         if args.execution:
-            try:
-                execution = json.loads(args.execution)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"--execution is not valid JSON ({exc})") from None
-            if not isinstance(given, dict) or not isinstance(execution, dict):
+            execution = _json_object(args.execution, "--execution")
+            if not isinstance(given, dict):
                 raise ConfigError("--settings and --execution must each be a JSON object")
             given = merge_execution(given, execution)
             logging.getLogger("selfres").info("how this job runs (--execution, not recorded in provenance.json): %s",
@@ -338,7 +366,7 @@ def run(args) -> int:
         pipeline.stage_qc(args.normalized, args.restored, args.model, args.fov, args.output, sample=sample,
                           reference=args.reference, settings=_settings(args).qc, threads=args.threads)
     elif cmd == "report":
-        cfg = json.loads(args.config) if args.config else None
+        cfg = _json_object(args.config, "--config") if args.config else None
         pipeline.stage_report(args.normalized, args.restored, args.model, args.fov, args.metrics, args.output,
                               args.provenance, sample=sample, resolved_config=cfg, benchmarks_dir=args.benchmarks,
                               figures_dir=args.figures, workflow_dir=args.workflow_dir)
@@ -366,8 +394,9 @@ def _run_record_or_summary(args) -> int:
         from .summary import stage_summary
 
         stage_summary(args.results, samples, args.output, args.html,
-                      modes=json.loads(args.modes) if args.modes else None, snakemake_log=args.snakemake_log,
-                      acquisitions=json.loads(args.acquisitions) if args.acquisitions else None)
+                      modes=_json_object(args.modes, "--modes") if args.modes else None,
+                      snakemake_log=args.snakemake_log,
+                      acquisitions=_json_object(args.acquisitions, "--acquisitions") if args.acquisitions else None)
     else:
         from .runlog import write_run_record
 
@@ -455,6 +484,14 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
         shown = slice(1, 3) if plane else slice(0, 3)
         lines.append(f"  voxel size {'y,x' if plane else 'z,y,x'}: "
                      + (", ".join(f"{v:.4g}" for v in vs[shown]) + f" µm ({where})" if vs else where))
+        if training_fov:  # as the crop stage parses it: the form, and inside this image
+            from .fov import parse_fov
+
+            try:
+                parse_fov(training_fov, tuple(im["shape"]))
+                lines.append(f"  training_fov {training_fov}: inside the image")
+            except ConfigError as exc:
+                lines.append(f"  {exc}: the crop stage would refuse it")
         factors = tuple(int(f) for f in scale)
         checks = {"path": str(path), "fov_settings": fov_settings, "training_fov": training_fov}
         try:  # the checks the crop stage makes, before any training

@@ -263,6 +263,8 @@ class InferSettings:
             raise ConfigError(f"infer.tile_size must be positive, got {self.tile_size}")
         if self.blocks < 1:
             raise ConfigError(f"infer.blocks must be >= 1, got {self.blocks}")
+        if self.batch_size < 1:
+            raise ConfigError(f"infer.batch_size must be >= 1, got {self.batch_size}")
         if not 0 <= self.gpu_memory_fraction <= 0.95:
             raise ConfigError(f"infer.gpu_memory_fraction must be in [0, 0.95], got {self.gpu_memory_fraction}")
         if self.back_projection_iterations < 0:

@@ -40,24 +40,71 @@ class TrainingFov:
         d["holdout_shape"] = box_shape(self.holdout)
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainingFov":
-        return cls(
-            train=tuple(tuple(int(v) for v in a) for a in d["train"]),
-            holdout=tuple(tuple(int(v) for v in a) for a in d["holdout"]),
-            source=d["source"],
-            reason=d["reason"],
-            scores=d.get("scores", {}),
-        )
-
     def save(self, path: str | Path) -> None:
         from .atomic import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainingFov":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+    def load(cls, path: str | Path, *, volume_shape: Sequence[int] | None = None, mode: str | None = None,
+             sample: str | None = None) -> "TrainingFov":
+        """Read ``train_fov.json`` (written by the crop stage), checked: JSON, both boxes three
+        ``[start, end]`` integer ranges, inside ``volume_shape`` (the normalised volume's ZYX
+        shape, when given), the held-out region apart from the training FOV, and the file
+        made for a volume of that shape and for ``mode`` (when it records them).
+
+        Raises
+        ------
+        InputError
+            Naming the file and what is wrong, with ``sample``; the fix is to delete the file
+            and rerun the crop stage.
+        """
+        def bad(what: str) -> InputError:
+            return InputError(path, f"{what}; delete it and rerun the crop stage (selfres crop) to rewrite it",
+                              sample=sample)
+
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(path, "training-FOV file not found; run the crop stage (selfres crop) first",
+                             sample=sample) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise bad(f"cannot read the training-FOV file ({exc})") from None
+        if not isinstance(d, dict):
+            raise bad(f"not a training-FOV file: a JSON object was expected, not {type(d).__name__}")
+        missing = [k for k in ("train", "holdout") if k not in d]
+        if missing:
+            raise bad(f"not a training-FOV file: it lacks {', '.join(map(repr, missing))}")
+        boxes = {}
+        for key in ("train", "holdout"):
+            boxes[key] = _checked_box(d[key], key, volume_shape, bad)
+        if boxes_overlap(boxes["train"], boxes["holdout"]):
+            raise bad(f"the held-out region {boxes['holdout']} overlaps the training FOV {boxes['train']}: "
+                      "self-validation would see training voxels")
+        recorded = d.get("volume_shape")
+        if volume_shape is not None and recorded is not None and recorded != [int(n) for n in volume_shape]:
+            shown = tuple(recorded) if isinstance(recorded, list) else json.dumps(recorded)
+            raise bad(f"was made for a volume of shape {shown}, the normalised volume has shape "
+                      f"{tuple(int(n) for n in volume_shape)}")
+        if mode is not None and d.get("mode") not in (None, mode):
+            raise bad(f"was made for mode {d.get('mode')!r}, this sample is restored in mode {mode!r}")
+        return cls(train=boxes["train"], holdout=boxes["holdout"], source=str(d.get("source", "")),
+                   reason=str(d.get("reason", "")), scores=d.get("scores") if isinstance(d.get("scores"), dict) else {})
+
+
+def _checked_box(value, key: str, volume_shape, bad) -> Box:
+    """``value`` (a box from ``train_fov.json``) as a :data:`Box`, or ``bad(what)`` raised."""
+    shape_ok = isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(a, (list, tuple)) and len(a) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in a)
+        for a in value)
+    if not shape_ok:
+        raise bad(f"{key!r} is {json.dumps(value)[:80]}, not three [start, end] integer ranges (z, y, x)")
+    box = tuple((int(a), int(b)) for a, b in value)
+    for (a, b), name, n in zip(box, "zyx", volume_shape if volume_shape is not None else (None,) * 3):
+        if not (0 <= a < b and (n is None or b <= int(n))):
+            where = f" (the volume has {int(n)})" if n is not None else ""
+            raise bad(f"{key!r} {name} range {a}:{b} is empty or outside the volume{where}")
+    return box
 
 
 def box_shape(box: Box) -> list[int]:

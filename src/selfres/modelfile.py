@@ -49,8 +49,39 @@ def read_description(directory: str | Path) -> tuple[dict[str, Any], Path]:
         w_path = directory / str(info.get("weights_file", WEIGHTS_FILE))
     except (KeyError, TypeError) as exc:
         raise InputError(j_path, f"invalid model description ({exc})") from exc
+    version = info.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= FORMAT_VERSION:
+        raise InputError(j_path, f"format_version {version!r}: this selfres reads model descriptions of version "
+                                 f"1..{FORMAT_VERSION} (a newer selfres wrote it, or it was edited)")
+    problem = metadata_problem(info.get("metadata", {}))
+    if problem:
+        raise InputError(j_path, f"invalid model description: {problem}")
     check_file(w_path, expected, what="weights file")
     return info, w_path
+
+
+def metadata_problem(metadata) -> str | None:
+    """What is wrong with a model description's ``metadata`` that the stages read it by (None:
+    nothing): a mode other than ``enhance`` or ``isotropic``; an enhance model whose
+    ``factors`` are not three integers ≥ 1; an isotropic model whose axial ``factor`` is not
+    a number > 1. Other keys are the training record, read where shown."""
+    if not isinstance(metadata, dict):
+        return f"metadata is a {type(metadata).__name__}, not an object"
+    if "mode" not in metadata:  # a serial model's second stage: its first stage's description says
+        return None
+    mode = metadata["mode"]
+    if mode == "enhance":
+        f = metadata.get("factors")
+        if not (isinstance(f, list) and len(f) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in f)):
+            return f"an enhance model's factors must be three integers >= 1, not {json.dumps(f)}"
+    elif mode == "isotropic":
+        f = metadata.get("factor")
+        if not (isinstance(f, (int, float)) and not isinstance(f, bool) and 1 < f < float("inf")):
+            return f"an isotropic model's axial factor must be a number > 1, not {json.dumps(f)}"
+    else:
+        return f"mode {json.dumps(mode)} is not enhance or isotropic"
+    return None
 
 
 def check_file(path: Path, sha256: str | None, *, what: str) -> None:

@@ -68,6 +68,26 @@ def write_json(path: str | Path, data: dict) -> None:
     io.write_text_atomic(path, json.dumps(data, indent=2, default=_json_default, allow_nan=False))
 
 
+def read_json_object(path: str | Path, *, what: str, sample: str | None = None, remedy: str) -> dict:
+    """The JSON object in ``path`` (a stage's own output read by a later stage, e.g. ``what``
+    ``"metrics file"``).
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable, not JSON or not an object; the message ends with ``remedy``.
+    """
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(path, f"{what} not found; {remedy}", sample=sample) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"cannot read the {what} ({exc}); {remedy}", sample=sample) from None
+    if not isinstance(d, dict):
+        raise InputError(path, f"the {what} holds a JSON {type(d).__name__}, not an object; {remedy}", sample=sample)
+    return d
+
+
 def _json_default(o):
     if isinstance(o, (np.integer,)):
         return int(o)
@@ -269,6 +289,58 @@ def output_grid_shape(shape: Sequence[int], *, mode: str, factors: Sequence[int]
     return tuple(n * int(f) for n, f in zip(shape, factors))
 
 
+def check_restored_grid(restored: str | Path, restored_shape: Sequence[int], volume_shape: Sequence[int],
+                        meta: dict, *, sample: str) -> None:
+    """Refuse a restored volume that is not on the output grid of this model (``meta``: its
+    training metadata) and this normalised volume: one restored by another model, or from
+    another acquisition, cannot be scored or shown against them.
+
+    Raises
+    ------
+    InputError
+        Naming ``restored``, the two grids and the fix.
+    """
+    def zyx(shape):
+        shape = tuple(int(n) for n in shape)
+        return (1,) * (3 - len(shape)) + shape[-3:]
+
+    mode = meta.get("mode", "enhance")
+    expected = output_grid_shape(zyx(volume_shape), mode=mode, factors=meta.get("factors") or (1, 1, 1),
+                                 axial_factor=meta.get("factor"))
+    if zyx(restored_shape) != expected:
+        raise InputError(restored, f"has shape {zyx(restored_shape)}, but this model ({mode}, "
+                         + (f"axial factor {meta.get('factor'):.4g}" if mode == "isotropic"
+                            else f"factors {tuple(meta.get('factors') or ())}")
+                         + f") restores the normalised volume {zyx(volume_shape)} onto {expected}: it was restored by "
+                         "another model or from another acquisition; rerun the infer stage", sample=sample)
+
+
+def check_restored_origin(restored: str | Path, restored_attrs: dict, model_dir: str | Path, normalized_attrs: dict,
+                          *, sample: str) -> None:
+    """Refuse a restored volume whose record (the ``fingerprint`` infer writes) names another
+    ``model.json`` than ``model_dir``'s, or another acquisition than the normalised volume's:
+    its metrics would be filed under a model or an input that did not make it. A store
+    without that record (written before it was kept) passes.
+
+    Raises
+    ------
+    InputError
+        Naming ``restored`` and the fix.
+    """
+    fp = restored_attrs.get("fingerprint")
+    if not isinstance(fp, dict):
+        return
+    made_by = fp.get("model")
+    if made_by and made_by != io.file_checksum(Path(model_dir) / "model.json"):
+        raise InputError(restored, f"was restored by another model than {model_dir} (its model.json differs from the "
+                         "one inference recorded: retrained or replaced since); rerun the infer stage", sample=sample)
+    made_from = (fp.get("input") or {}).get("source_checksum")
+    ours = normalized_attrs.get("source_checksum")
+    if made_from and ours and made_from != ours:
+        raise InputError(restored, "was restored from another acquisition than this normalised volume's (their "
+                         "source checksums differ); rerun the infer stage", sample=sample)
+
+
 def reference_grid_problem(reference: str | Path, path: str | Path, *, mode: str, scale: Sequence[int] = (1, 1, 1),
                            voxel_size: Sequence[float] | None = None, series: int | None = None) -> str | None:
     """Why ``reference`` cannot be scored against the sample's output, read from the two
@@ -334,17 +406,23 @@ def stage_crop(
     except InputError as exc:
         raise exc.for_sample(sample) from None
     if mode == "enhance":
-        from .fov import box_shape
-
-        _check_size_for_factors(box_shape(fov.train), factors, what=f"the training FOV {fov.train}",
-                                path=source, sample=sample, hint="choose a larger training_fov")
-        _check_size_for_factors(box_shape(fov.holdout), factors, what=f"the held-out region {fov.holdout}",
-                                path=source, sample=sample, hint="choose a training_fov that leaves a thicker "
-                                "slab of the volume outside it")
+        check_boxes_for_factors(fov, factors, path=source, sample=sample)
     d = fov.to_dict() | {"sample": sample, "volume_shape": list(vol.data.shape), "mode": mode}
     write_json(output_json, d)
     log.info("training FOV %s, held-out %s: %s", fov.train, fov.holdout, fov.reason)
     return fov
+
+
+def check_boxes_for_factors(fov: TrainingFov, factors: Sequence[int], *, path, sample: str) -> None:
+    """Refuse a training FOV or held-out region too small to make enhance's training pairs
+    at ``factors`` (crop chose or was given it; train and adopt check the file again)."""
+    from .fov import box_shape
+
+    _check_size_for_factors(box_shape(fov.train), factors, what=f"the training FOV {fov.train}",
+                            path=path, sample=sample, hint="choose a larger training_fov")
+    _check_size_for_factors(box_shape(fov.holdout), factors, what=f"the held-out region {fov.holdout}",
+                            path=path, sample=sample, hint="choose a training_fov that leaves a thicker "
+                            "slab of the volume outside it")
 
 
 def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), path, sample: str | None = None,
@@ -404,7 +482,8 @@ def _model_stage_inputs(normalized, fov_json, *, sample, mode, settings, device,
     check_mode(mode, sample=sample)
     set_threads(threads)
     vol, params = read_normalized(normalized, lazy=True)
-    return (settings or Settings(), models.select_device(device), vol, params, TrainingFov.load(fov_json))
+    fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=mode, sample=sample)
+    return settings or Settings(), models.select_device(device), vol, params, fov
 
 
 def stage_train(
@@ -434,6 +513,7 @@ def stage_train(
     # crop checked the volume already; a second line of defence for a stage called alone
     check_volume_for_mode(data.shape, None, mode="enhance", factors=factors, path=normalized, sample=sample,
                           training_fov="given")
+    check_boxes_for_factors(fov, factors, path=fov_json, sample=sample)
     model_dir = Path(model_dir)
     work = model_dir.with_name(model_dir.name + ".work")
     work.mkdir(parents=True, exist_ok=True)
@@ -547,6 +627,7 @@ def stage_adopt(
                               "the same scale")
         check_volume_for_mode(vol.data.shape, None, mode="enhance", factors=factors, path=normalized, sample=sample,
                               training_fov="given")
+        check_boxes_for_factors(fov, factors, path=fov_json, sample=sample)
         from . import models
 
         # as load_trained will read the adopted model: rotated only if both samples allow it
@@ -612,6 +693,11 @@ def load_trained(model_dir: str | Path):
 
         second, _, _ = models.load_model(Path(model_dir) / meta["serial"]["stage2"])
         model = Serial(model, second).eval()
+    net_factors = getattr(model, "factors", None)
+    if meta.get("mode") == "enhance" and net_factors is not None and tuple(net_factors) != tuple(meta["factors"]):
+        raise InputError(Path(model_dir) / "model.json", f"invalid model description: it says factors "
+                         f"{tuple(meta['factors'])}, its network restores by {tuple(net_factors)}; delete the model "
+                         f"folder {model_dir} and rerun to retrain it")
     if meta.get("factors"):  # enhance: rotated in the self-ensemble only if trained (and now run) with rotations
         model.lateral_rotations = all(
             models.lateral_rotations(meta["factors"], vs)
@@ -980,9 +1066,11 @@ def stage_qc(
                              "(a reference must have the shape of restored.ome.zarr)", sample=sample)
     vol, params = read_normalized(normalized, lazy=True)  # read where needed: two boxes, a window, samples
     model, _, meta = load_trained(model_dir)
-    fov = TrainingFov.load(fov_json)
+    fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample)
     out = io.read_ome_zarr(restored, lazy=True)  # lazy: read below without refusing NaN (checked and flagged)
+    check_restored_grid(restored, out.shape, vol.data.shape, meta, sample=sample)
     restored_attrs = out.attrs
+    check_restored_origin(restored, restored_attrs, model_dir, vol.attrs, sample=sample)
     mode = meta.get("mode", "enhance")
     flags = list(dict.fromkeys(meta.get("flags", [])))
     sv = meta.get("self_validation", {})
@@ -1244,12 +1332,14 @@ def stage_report(
     out = io.read_ome_zarr(restored, lazy=True)
     model_description = trained_description(model_dir)
     meta = model_description.get("metadata", {})
-    metrics_d = json.loads(Path(metrics_json).read_text())
+    check_restored_grid(restored, out.shape, vol.data.shape, meta, sample=sample)
+    metrics_d = read_json_object(metrics_json, what="metrics file", sample=sample, remedy="rerun the qc stage")
+    TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample)  # checked
     fov = json.loads(Path(fov_json).read_text())
     # raw units: normalise.undo is x * span + low, applied where read
     raw = report.VolumeView(vol.data, scale=params.span, offset=params.low)
     shape_in = tuple(vol.data.shape)[-3:] if vol.data.ndim >= 3 else (1, *vol.data.shape)
-    factors = ((float(meta["factor"]), 1.0, 1.0) if metrics_d["mode"] == "isotropic"
+    factors = ((float(meta["factor"]), 1.0, 1.0) if meta.get("mode") == "isotropic"
                else tuple(float(f) for f in meta["factors"]))
     mats = [None if f == 1 else degrade.resize_matrix(n, int(round(n * f)), scale=f, antialias=False)
             for n, f in zip(shape_in, factors)]  # = interpolation_of, computed where read

@@ -267,6 +267,14 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
     assert len(steps) == 2 and all(isinstance(v, int) and v in (0, 1) for v in steps)
     model, _, _ = pipeline.load_trained(tmp_path / "model")
     assert isinstance(model, Serial) and model.factors == (1, 4, 4)
+    # QC's best_step (below) is the later of the two stages' (model.json's own is stage 2's):
+    # stage 1 learned, stage 2 did not — the report must not say that nothing was learned.
+    # Recorded before inference: qc refuses an output another model.json made
+    import json
+
+    doc = json.loads((tmp_path / "model" / "model.json").read_text())
+    doc["metadata"].update(best_step=0, serial=doc["metadata"]["serial"] | {"stage_best_steps": [1, 0]})
+    (tmp_path / "model" / "model.json").write_text(json.dumps(doc))
     pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", settings=s.infer,
                          device="cpu")
     out = io.read_ome_zarr(tmp_path / "out.ome.zarr")
@@ -279,13 +287,6 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
 
     got = normalise.apply(np.asarray(out.data), params)
     np.testing.assert_allclose(got, expect, atol=2e-3)
-    # QC's best_step is the later of the two stages' (model.json's own is stage 2's): stage 1
-    # learned, stage 2 did not — the report must not say that nothing was learned
-    import json
-
-    doc = json.loads((tmp_path / "model" / "model.json").read_text())
-    doc["metadata"].update(best_step=0, serial=doc["metadata"]["serial"] | {"stage_best_steps": [1, 0]})
-    (tmp_path / "model" / "model.json").write_text(json.dumps(doc))
     m = pipeline.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
                           tmp_path / "qc" / "metrics.json", sample="s")
     assert m["best_step"] == 1

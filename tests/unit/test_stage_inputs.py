@@ -1,0 +1,228 @@
+"""A stage run alone (``selfres train|infer|qc|report``) checks the files another stage wrote:
+a damaged, edited or mismatched ``train_fov.json``, ``model.json``, ``restored.ome.zarr``
+or ``metrics.json`` is refused with one message naming the file, never a traceback or a
+silent run on the wrong voxels."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selfres import cli, pipeline
+from selfres.errors import ConfigError, InputError
+from selfres.fov import TrainingFov
+from selfres.settings import Settings, from_dict
+
+from ..conftest import blob_volume
+
+FAST = {"train": {"steps": 2, "width": 4, "depth": 1, "batch_size": 1, "patch_size": [4, 16, 16],
+                  "validate_every": 1, "warmup_steps": 1}, "qc": {"resolution": False}}
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory) -> Path:
+    """One sample restored ×(1,2,2) with its work files kept: ``work/`` and ``out.ome.zarr``."""
+    import tifffile
+
+    d = tmp_path_factory.mktemp("stage_inputs")
+    tifffile.imwrite(d / "in.tif", (blob_volume((8, 64, 64), n=120, seed=4) * 1000).astype(np.uint16))
+    pipeline.restore(d / "in.tif", d / "out.ome.zarr", scale=(1, 2, 2), voxel_size=(1.0, 0.2, 0.2), device="cpu",
+                     settings=from_dict(Settings, FAST), keep=d / "work")
+    return d
+
+
+@pytest.fixture
+def work(sample, tmp_path) -> Path:
+    """A copy of the sample's work folder (tests edit it) with the restored volume in it."""
+    w = tmp_path / "work"
+    shutil.copytree(sample / "work", w)
+    shutil.copytree(sample / "out.ome.zarr", w / "out.ome.zarr")
+    return w
+
+
+def _fov(work: Path) -> dict:
+    return json.loads((work / "train_fov.json").read_text())
+
+
+def _train(work: Path, **kw):
+    return pipeline.stage_train(work / "normalized.ome.zarr", work / "train_fov.json", work / "model2", sample="s",
+                                scale=(1, 2, 2), settings=from_dict(Settings, FAST), device="cpu", **kw)
+
+
+def _qc(work: Path):
+    return pipeline.stage_qc(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model",
+                             work / "train_fov.json", work / "qc" / "m2.json", sample="s",
+                             settings=from_dict(Settings, FAST).qc)
+
+
+def _edited(d: dict, **changes) -> str:
+    return json.dumps(d | changes)
+
+
+FOV_DAMAGE = {
+    "not JSON": (lambda d: "{ not json", "cannot read the training-FOV file"),
+    "a list": (lambda d: "[1, 2]", "a JSON object was expected"),
+    "no holdout": (lambda d: json.dumps({k: v for k, v in d.items() if k != "holdout"}), "lacks 'holdout'"),
+    "string box": (lambda d: _edited(d, train="0:8,0:32,0:32"), "not three [start, end] integer ranges"),
+    "two axes": (lambda d: _edited(d, train=d["train"][1:]), "not three [start, end] integer ranges"),
+    "float bound": (lambda d: _edited(d, train=[[0, 4.5], *d["train"][1:]]), "not three [start, end] integer"),
+    "swapped": (lambda d: _edited(d, train=[list(reversed(a)) for a in d["train"]]), "is empty or outside"),
+    "empty holdout": (lambda d: _edited(d, holdout=[[a, a] for a, _ in d["holdout"]]), "is empty or outside"),
+    "negative": (lambda d: _edited(d, train=[[-2, 4], *d["train"][1:]]), "is empty or outside"),
+    "past the end": (lambda d: _edited(d, train=[*d["train"][:2], [0, 65]]), "x range 0:65 is empty or outside "
+                                                                             "the volume (the volume has 64)"),
+    "overlap": (lambda d: _edited(d, holdout=d["train"]), "overlaps the training FOV"),
+    "other volume": (lambda d: _edited(d, volume_shape=[8, 64, 80]), "made for a volume of shape (8, 64, 80)"),
+    "other mode": (lambda d: _edited(d, mode="isotropic"), "made for mode 'isotropic'"),
+}
+
+
+@pytest.mark.parametrize("damage", FOV_DAMAGE, ids=list(FOV_DAMAGE))
+def test_a_damaged_or_mismatched_training_fov_file_is_refused_by_train_and_qc(work, damage):
+    edit, expected = FOV_DAMAGE[damage]
+    (work / "train_fov.json").write_text(edit(_fov(work)))
+    for stage in (_train, _qc):
+        with pytest.raises(InputError, match="delete it and rerun the crop stage") as exc:
+            stage(work)
+        assert "train_fov.json" in str(exc.value) and expected in str(exc.value) and exc.value.sample == "s"
+    assert not (work / "model2").exists() and not (work / "qc" / "m2.json").exists()
+
+
+def test_the_training_fov_file_the_crop_stage_wrote_loads_as_it_was_chosen(work):
+    d = _fov(work)
+    fov = TrainingFov.load(work / "train_fov.json", volume_shape=d["volume_shape"], mode="enhance", sample="s")
+    assert [list(a) for a in fov.train] == d["train"] and [list(a) for a in fov.holdout] == d["holdout"]
+    with pytest.raises(InputError, match="not found; run the crop stage"):
+        TrainingFov.load(work / "missing.json")
+
+
+def _edit_model(work: Path, **metadata):
+    p = work / "model" / "model.json"
+    info = json.loads(p.read_text())
+    info["metadata"].update(metadata)
+    p.write_text(json.dumps(info))
+
+
+@pytest.mark.parametrize("metadata, expected", [
+    ({"mode": "isotropic"}, "an isotropic model's axial factor must be a number > 1"),
+    ({"mode": "sharpen"}, 'mode "sharpen" is not enhance or isotropic'),
+    ({"factors": [1, 2]}, "factors must be three integers >= 1"),
+    ({"factors": [1, 0, 2]}, "factors must be three integers >= 1"),
+])
+def test_an_edited_model_description_is_refused_before_inference(work, metadata, expected, tmp_path):
+    _edit_model(work, **metadata)
+    with pytest.raises(InputError, match="invalid model description") as exc:
+        pipeline.stage_infer(work / "normalized.ome.zarr", work / "model", tmp_path / "o.ome.zarr", sample="s",
+                             device="cpu")
+    assert expected in str(exc.value) and "model.json" in str(exc.value)
+    assert not (tmp_path / "o.ome.zarr").exists()
+
+
+def test_a_model_description_whose_factors_are_not_its_networks_is_refused(work, tmp_path):
+    _edit_model(work, factors=[2, 2, 2])
+    with pytest.raises(InputError, match=r"it says factors \(2, 2, 2\), its network restores by \(1, 2, 2\)"):
+        pipeline.stage_infer(work / "normalized.ome.zarr", work / "model", tmp_path / "o.ome.zarr", sample="s",
+                             device="cpu")
+
+
+def test_a_model_description_of_a_newer_format_is_refused(work):
+    p = work / "model" / "model.json"
+    p.write_text(json.dumps(json.loads(p.read_text()) | {"format_version": 99}))
+    with pytest.raises(InputError, match="format_version 99: this selfres reads model descriptions of version 1"):
+        pipeline.trained_description(work / "model")
+
+
+def test_a_model_with_other_factors_cannot_score_or_show_a_restored_volume_on_another_grid(work):
+    """A model trained ×2 on every axis, with qc/report given the ×(1,2,2) output: the grids
+    differ, so the metrics would compare the wrong voxels."""
+    pipeline.stage_train(work / "normalized.ome.zarr", work / "train_fov.json", work / "model222", sample="s",
+                         scale=(2, 2, 2), settings=from_dict(Settings, FAST), device="cpu")
+    grids = (r"out.ome.zarr: has shape \(8, 128, 128\), but this model \(enhance, factors \(2, 2, 2\)\) restores "
+             r"the normalised volume \(8, 64, 64\) onto \(16, 128, 128\).*rerun the infer stage")
+    with pytest.raises(InputError, match=grids):
+        pipeline.stage_qc(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model222",
+                          work / "train_fov.json", work / "qc" / "m2.json", sample="s")
+    with pytest.raises(InputError, match=grids):
+        pipeline.stage_report(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model222",
+                              work / "train_fov.json", work / "qc" / "metrics.json", work / "r.html",
+                              work / "p.json", sample="s")
+    assert not (work / "r.html").exists() and not (work / "qc" / "m2.json").exists()
+
+
+@pytest.mark.parametrize("text, expected", [("{", "cannot read the metrics file"),
+                                            ("[]", "holds a JSON list, not an object")])
+def test_report_refuses_a_damaged_metrics_file(work, text, expected):
+    (work / "qc" / "metrics.json").write_text(text)
+    with pytest.raises(InputError, match=expected + ".*rerun the qc stage"):
+        pipeline.stage_report(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model",
+                              work / "train_fov.json", work / "qc" / "metrics.json", work / "r.html",
+                              work / "p.json", sample="s")
+
+
+def test_inference_refuses_a_batch_of_no_tiles():
+    with pytest.raises(ConfigError, match="infer.batch_size must be >= 1, got 0"):
+        from_dict(Settings, {"infer": {"batch_size": 0}})
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "n.ome.zarr", "f.json", "-o", "m", "--threads", "0"], "--threads: must be >= 1, got 0"),
+    (["qc", "n", "r", "m", "f", "-o", "q.json", "--threads", "-3"], "must be >= 1, got -3"),
+    (["infer", "n", "m", "-o", "o.ome.zarr", "--threads", "two"], "'two' is not an integer"),
+])
+def test_a_thread_count_below_one_is_a_usage_error(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2 and expected in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["summary", "RES", "--samples", "a", "-o", "RES/s.tsv", "--html", "RES/s.html", "--modes", "[1]"],
+     "--modes must be a JSON object, not a list"),
+    (["summary", "RES", "--samples", "a", "-o", "RES/s.tsv", "--html", "RES/s.html", "--modes", "{a"],
+     "--modes is not valid JSON"),
+    (["report", "n", "r", "m", "f", "q", "-o", "RES/r.html", "--provenance",
+      "RES/p.json", "--config", "7"], "--config must be a JSON object, not a int"),
+    (["qc", "n", "r", "m", "f", "-o", "RES"], "-o/--output RES is a directory"),
+    (["infer", "n", "m", "-o", "RES/o.ome.zarr", "--done", "RES"], "--done RES is a directory"),
+])
+def test_command_line_values_of_the_wrong_kind_get_one_line_and_write_nothing(argv, expected, tmp_path, capsys,
+                                                                              monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "RES").mkdir()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: ") and expected in err and "Traceback" not in err
+    assert list((tmp_path / "RES").iterdir()) == []
+
+
+def test_qc_refuses_a_restored_volume_another_model_made(work, sample):
+    """Same grid, other weights: the model was retrained after inference (here: its record
+    changed), so the restored volume's metrics would be filed under a model that did not
+    make it."""
+    _qc(work)  # as inference left it: scored
+    _edit_model(work, best_step=12345)
+    with pytest.raises(InputError, match="was restored by another model than .*model.*rerun the infer stage"):
+        _qc(work)
+
+
+def test_qc_refuses_a_restored_volume_of_another_acquisition(work):
+    import zarr
+
+    attrs = zarr.open_group(work / "out.ome.zarr", mode="r+").attrs
+    record = attrs["selfres"]
+    record["fingerprint"]["input"]["source_checksum"] = "0" * 64
+    attrs["selfres"] = record
+    with pytest.raises(InputError, match="restored from another acquisition than this normalised volume's"):
+        _qc(work)
+
+
+def test_train_refuses_a_training_fov_too_small_for_its_training_pairs(work):
+    d = _fov(work)
+    (work / "train_fov.json").write_text(_edited(d, train=[[0, 8], [0, 3], [0, 64]]))
+    with pytest.raises(InputError, match=r"train_fov.json: the training FOV \(\(0, 8\), \(0, 3\), \(0, 64\)\) has 3 "
+                                         r"voxels along y; scale 2 along y needs at least"):
+        _train(work)

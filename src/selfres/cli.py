@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, required=True, help="OME-TIFF to write (*.ome.tif)")
     s.add_argument("--level", type=int, default=0,
                    help="pyramid level (0: full resolution; 1, 2…: smaller views for a quick look)")
-    s.add_argument("--timepoints", type=int, default=1,
+    s.add_argument("--timepoints", type=_positive_int, default=1,
                    help="the sources are this many time points, each of the same channels in the same order "
                         "(S_t0 S_t1 …, or S_c0_t0 S_c1_t0 S_c0_t1 S_c1_t1 …): one time series (default 1)")
     _common(s, settings=False)
@@ -302,7 +302,10 @@ def run(args) -> int:
     if cmd == "export":  # the io layer only: not the pipeline's imports
         from .io import write_ome_tiff
 
-        if args.timepoints < 1 or len(args.source) % args.timepoints:
+        if not args.output.name.lower().endswith((".ome.tif", ".ome.tiff")):
+            raise ConfigError(f"-o/--output {args.output}: name the OME-TIFF *.ome.tif (or *.ome.tiff): Bio-Formats "
+                              "(Fiji, napari, QuPath) reads its voxel size and channel names only from such a name")
+        if len(args.source) % args.timepoints:
             raise ConfigError(f"--timepoints {args.timepoints}: {len(args.source)} images cannot be that many time "
                               "points of the same channels")
         write_ome_tiff(args.output, args.source[0] if len(args.source) == 1 else args.source, level=args.level,

@@ -678,6 +678,13 @@ def _tiff_voxel_only(path: str) -> tuple[float, float, float] | None:
 # --------------------------------------------------------------------------- #
 
 
+def _check_ome_zarr_folder(path: str) -> None:
+    """Refuse a file where an OME-Zarr store (a folder) is read: zarr would call it corrupt."""
+    if _check_exists(path).is_file():
+        raise InputError(path, "is a file, not an OME-Zarr store (a folder such as restored.ome.zarr or "
+                               "normalized.ome.zarr)")
+
+
 def _open_zarr(path: str, *, mode: str = "r"):
     try:
         return zarr.open(path, mode=mode)
@@ -1145,7 +1152,7 @@ def read_ome_zarr(path: str | os.PathLike, *, level: int = 0,
         ``"selfres"`` attributes of the image (empty dict when absent).
     """
     path = os.fspath(path)
-    _check_exists(path)
+    _check_ome_zarr_folder(path)
     return _read_zarr(path, channel=None, lazy=lazy, level=level, require_ome=True)
 
 
@@ -1180,7 +1187,7 @@ def open_ome_zarr_array(path: str | os.PathLike, *, level: int = 0, mode: str = 
     if mode not in ("r", "r+"):
         raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}")
     path = os.fspath(path)
-    _check_exists(path)
+    _check_ome_zarr_folder(path)
     node = _open_zarr(path, mode=mode)
     if not isinstance(node, zarr.Group):
         raise InputError(path, "is a plain Zarr array, not an OME-Zarr image")

@@ -1011,6 +1011,27 @@ def test_the_time_points_of_one_acquisition_export_as_one_time_series(tmp_path, 
     assert not (tmp_path / "x.ome.tif").exists()
 
 
+@pytest.mark.parametrize("source, output, expected", [
+    ("store", "view.png", "name the OME-TIFF *.ome.tif (or *.ome.tiff)"),
+    ("store", "view.tif", "name the OME-TIFF *.ome.tif"),
+    ("tiff", "x.ome.tif", "in.tif: is a file, not an OME-Zarr store"),
+])
+def test_export_refuses_a_name_fiji_would_not_read_as_ome_and_a_file_for_a_store(tmp_path, capsys, source, output,
+                                                                                 expected):
+    import tifffile
+
+    from selfres import cli
+
+    data = np.ones((2, 8, 8), np.float32)
+    io.write_ome_zarr(tmp_path / "r.ome.zarr", data, voxel_size=(1.0, 0.5, 0.5))
+    tifffile.imwrite(tmp_path / "in.tif", data)
+    given = tmp_path / ("r.ome.zarr" if source == "store" else "in.tif")
+    assert cli.main(["export", str(given), "-o", str(tmp_path / output)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR: ") and expected in err
+    assert not (tmp_path / output).exists()
+
+
 @pytest.mark.parametrize("other, problem", [
     (dict(shape=(5, 40, 30)), r"shape \(5, 40, 30\), against \(5, 40, 36\)"),
     (dict(voxel_size=(1.0, 0.125, 0.125)), r"voxel size \(1\.0, 0\.125, 0\.125\), against"),

@@ -602,6 +602,7 @@ def stage_adopt(
     that infer, qc and report run as for any sample."""
     from .adopt import adopt_enhance, adopt_isotropic
 
+    check_model_source(source_model, sample=sample)
     settings, dev, vol, _, fov = _model_stage_inputs(normalized, fov_json, sample=sample, mode=mode,
                                                      settings=settings, device=device, threads=threads)
     model, spec, meta = load_trained(source_model)
@@ -643,6 +644,23 @@ def stage_adopt(
     with io.atomic_output(model_dir) as tmp:  # the source's files as they are, this sample's model.json
         copy_with_metadata(source_model, tmp, new_meta)
     return new_meta
+
+
+def check_model_source(source_model: str | Path, *, sample: str) -> None:
+    """Refuse a ``model_from`` that is not a model folder at all (no ``model.json``), naming it
+    as the user gave it: the model-folder errors of :func:`load_trained` advise deleting the
+    folder to retrain, which is wrong for a folder that is not a model.
+
+    Raises
+    ------
+    InputError
+    """
+    from .modelfile import DESCRIPTION_FILE
+
+    if not (Path(source_model) / DESCRIPTION_FILE).is_file():
+        raise InputError(source_model, f"is not a selfres model folder (no {DESCRIPTION_FILE}): model_from takes the "
+                         "model/ folder of a sample restored before (the workflow: results/<sample>/model; selfres "
+                         "restore --keep DIR: DIR/model)", sample=sample)
 
 
 def _checked_model_folder(model_dir: str | Path, read):
@@ -1463,6 +1481,10 @@ def restore(
     if not str(output).rstrip("/").endswith(".zarr"):
         raise ConfigError(f"restore writes an OME-Zarr store, a folder: name the output like NAME.ome.zarr "
                           f"(got {output})")
+    if keep and Path(keep).exists() and not Path(keep).is_dir():
+        raise ConfigError(f"--keep {keep} is a file; it names the folder the intermediate files are kept in")
+    if model_from is not None:  # before the normalise and crop stages, not after them
+        check_model_source(model_from, sample=sample)
     kept = KEPT_FILES if keep else ()
     check_outputs_spare_inputs({"the output": output, MODEL_OUTPUT_WHAT: model_output_path(output)}
                                | {f"the kept file ({name})": Path(keep) / name for name in kept},

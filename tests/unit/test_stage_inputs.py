@@ -226,3 +226,20 @@ def test_train_refuses_a_training_fov_too_small_for_its_training_pairs(work):
     with pytest.raises(InputError, match=r"train_fov.json: the training FOV \(\(0, 8\), \(0, 3\), \(0, 64\)\) has 3 "
                                          r"voxels along y; scale 2 along y needs at least"):
         _train(work)
+
+
+def test_restore_refuses_a_model_from_that_is_no_model_and_a_keep_that_is_a_file(tmp_path, capsys):
+    """Both before any stage runs; the message must not advise deleting the user's folder to
+    retrain, as a damaged model's does."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", (blob_volume((8, 32, 32)) * 1000).astype(np.uint16))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "kf").write_text("x")
+    common = [str(tmp_path / "in.tif"), "-o", str(tmp_path / "o.ome.zarr"), "--voxel-size", "1,0.2,0.2"]
+    assert cli.main(["restore", *common, "--model-from", str(tmp_path / "notes")]) == 2
+    err = capsys.readouterr().err
+    assert "notes: is not a selfres model folder (no model.json)" in err and "delete" not in err
+    assert cli.main(["restore", *common, "--keep", str(tmp_path / "kf")]) == 2
+    assert "--keep" in capsys.readouterr().err and (tmp_path / "kf").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "kf", "notes"]

@@ -1483,12 +1483,12 @@ def restore(
                           f"(got {output})")
     if keep and Path(keep).exists() and not Path(keep).is_dir():
         raise ConfigError(f"--keep {keep} is a file; it names the folder the intermediate files are kept in")
-    if model_from is not None:  # before the normalise and crop stages, not after them
-        check_model_source(model_from, sample=sample)
     kept = KEPT_FILES if keep else ()
     check_outputs_spare_inputs({"the output": output, MODEL_OUTPUT_WHAT: model_output_path(output)}
                                | {f"the kept file ({name})": Path(keep) / name for name in kept},
                                [input_path, reference, model_from])
+    if model_from is not None:  # before the normalise and crop stages, not after them
+        check_model_source(model_from, sample=sample)
     if not keep:
         log.info("intermediate files (model, metrics, report) go to a temporary folder and are removed at the "
                  "end; --keep DIR keeps them")

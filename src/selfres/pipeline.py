@@ -1352,8 +1352,7 @@ def stage_report(
     meta = model_description.get("metadata", {})
     check_restored_grid(restored, out.shape, vol.data.shape, meta, sample=sample)
     metrics_d = read_json_object(metrics_json, what="metrics file", sample=sample, remedy="rerun the qc stage")
-    TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample)  # checked
-    fov = json.loads(Path(fov_json).read_text())
+    fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample).to_dict()
     # raw units: normalise.undo is x * span + low, applied where read
     raw = report.VolumeView(vol.data, scale=params.span, offset=params.low)
     shape_in = tuple(vol.data.shape)[-3:] if vol.data.ndim >= 3 else (1, *vol.data.shape)

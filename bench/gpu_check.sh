@@ -6,7 +6,9 @@
 #   bash bench/gpu_check.sh [OUTDIR]
 #
 # Needs torch with CUDA and the package's dependencies importable (pip install -e .);
-# where nothing can be installed, wheels in .whl/ are unpacked to /tmp/site first.
+# where nothing can be installed, wheels in .whl/ are unpacked to /tmp/site first. For a
+# machine with no network whose Python has torch, numpy, scipy, scikit-image, tifffile and
+# pandas (the lent H200, Python 3.12), make them here with bench/gpu_wheels.sh (~40 MB).
 # Figures go to OUTDIR (default: ./gpu-check): at most 7 files (logs, JSON). Each step has
 # its own time limit, so that one slow step cannot eat the others' minutes; the whole
 # script ends within about 9 minutes.
@@ -63,9 +65,11 @@ timeout 100 python3 bench/throughput.py --device cuda --threads 8 --repeat 2 --s
     --iso-shape 64 512 512 --x4 --json "$out/gpu_throughput.json" 2>&1 | tee "$out/throughput.log"
 
 step "unit and property suites with CUDA present (time-boxed: a test's result is logged as it ends)"
-timeout -s INT 120 "${pytest_plain[@]}" -v -n 8 --dist loadfile tests/unit tests/property >"$out/test_unit.log" 2>&1
-printf 'passed %s, skipped %s, failed or errors %s\n' "$(grep -c ' PASSED ' "$out/test_unit.log")" \
-    "$(grep -c ' SKIPPED ' "$out/test_unit.log")" "$(grep -cE ' (FAILED|ERROR) ' "$out/test_unit.log")"
-grep -E ' (FAILED|ERROR) ' "$out/test_unit.log" | head -n 20
+# -rA lists every test's outcome in the summary, so a run cut off by the time limit still
+# shows which tests ended ('-q -v' would cancel out and list none).
+timeout -s INT 120 "${pytest_plain[@]}" -rA -n 8 --dist loadfile tests/unit tests/property >"$out/test_unit.log" 2>&1
+printf 'passed %s, skipped %s, failed or errors %s\n' "$(grep -c '^PASSED ' "$out/test_unit.log")" \
+    "$(grep -c '^SKIPPED ' "$out/test_unit.log")" "$(grep -cE '^(FAILED|ERROR) ' "$out/test_unit.log")"
+grep -E '^(FAILED|ERROR) |^SKIPPED |^=+ .*(passed|failed|error).* =+$' "$out/test_unit.log" | head -n 20
 rm -rf "$work"
 step "done"

@@ -50,8 +50,9 @@ for name in ("qc/metrics.json", "model/model.json"):
     p = work / name
     if p.exists():
         d = json.loads(p.read_text())
+        d = d.get("metadata", d)  # model.json keeps the training's figures under "metadata"
         keep = {k: d[k] for k in ("train_seconds", "infer_seconds", "device", "amp", "steps_done", "best_step",
-                                  "self_validation", "isotropy_in", "isotropy_out", "flags") if k in d}
+                                  "self_validation", "isotropy_in", "isotropy_out", "flags", "ran_on", "stop_reason") if k in d}
         print(name, json.dumps(keep)[:700])
 EOF
 }

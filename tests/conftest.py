@@ -58,6 +58,7 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
 
 
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist it is never called
 def pytest_xdist_auto_num_workers(config):
     """``-n auto``: one worker more than this process may use cores, at most 4 (pyproject's
     ``--maxprocesses``). The workflow tests spend much of their time waiting — on Slurm's

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -56,18 +54,3 @@ def pytest_collection_modifyitems(config, items):
     overlap the rest instead of running alone at the end. The workflow runs (e2e,
     integration) come next, the many short unit files last, to fill the gaps."""
     items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
-
-
-@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist it is never called
-def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: one worker more than this process may use cores, at most 4 (pyproject's
-    ``--maxprocesses``). The workflow tests spend much of their time waiting — on Slurm's
-    status polls (the Slurm file sleeps through most of its ~200 s), on Snakemake between
-    jobs, on each job's interpreter start — so a worker per core leaves a core idle; with
-    one more, the whole suite took 16 min 23 s instead of 17 min 18 s on 2 cores
-    (thirty-third session)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return cores + 1

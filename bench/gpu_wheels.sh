@@ -5,12 +5,8 @@
 #
 #   bash bench/gpu_wheels.sh [PYTHON_VERSION]
 #
-# Lacking on the lent H200 image (thirty-third session): zarr 3 and its checksums
-# (numcodecs, crc32c, google-crc32c, donfig), dask (partd, locket), ome-zarr and
-# ome-zarr-models (pydantic, pydantic-core, pydantic-zarr, annotated-types,
-# typing-inspection, typing-extensions >= 4.14, deprecated, lazy-importer), jsonschema
-# (referencing, rpds-py, jsonschema-specifications), imagecodecs, importlib-metadata,
-# rangehttpserver.
+# `names` below is what the lent H200 image lacked in the thirty-third session (zarr 3,
+# dask, ome-zarr and jsonschema with the dependencies that image does not have).
 set -euo pipefail
 py=${1:-3.12}
 names="zarr numcodecs crc32c google-crc32c donfig dask partd locket ome-zarr ome-zarr-models pydantic

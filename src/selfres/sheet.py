@@ -8,6 +8,7 @@ naming the sheet, the row / sample, the column and what is allowed.
 
 from __future__ import annotations
 
+import codecs
 import copy
 import csv
 import functools
@@ -15,6 +16,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from io import StringIO
 from pathlib import Path
 
 import pandas as pd
@@ -249,6 +251,38 @@ def _resolve(p: str, base: str) -> str:
     return full if rel.startswith("..") else rel
 
 
+#: byte-order marks of the Unicode encodings a sheet may come in (UTF-32 first: its
+#: little-endian mark begins with UTF-16's)
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _sheet_text(path: str) -> str:
+    """The sheet's text: UTF-8 (with or without a byte-order mark), or UTF-16 / UTF-32 with one
+    (Excel's "Unicode Text" export is UTF-16). Any other encoding is refused, naming the line and
+    the byte, rather than guessed: a code page read as another turns ``Müller`` into a path that
+    does not exist."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"sample sheet {path} cannot be read ({exc.strerror or exc})") from None
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8-sig")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        if encoding != "utf-8-sig":
+            raise ConfigError(f"sample sheet {path} starts with a {encoding.upper()} byte-order mark but is "
+                              f"not {encoding.upper()} text ({exc.reason} at byte {exc.start})") from None
+        line_no = data.count(b"\n", 0, exc.start) + 1
+        line = data.split(b"\n")[line_no - 1].rstrip(b"\r")
+        shown = line.decode("utf-8", errors="backslashreplace").replace("\t", "\\t")[:80]
+        raise ConfigError(
+            f"sample sheet {path}, line {line_no}: not UTF-8 text (byte 0x{data[exc.start]:02x} in \"{shown}\"); "
+            f"a spreadsheet's 'Text (Tab delimited)' is written in the computer's code page: save the sheet "
+            f"as 'Unicode Text' (Excel) or as tab-separated UTF-8 (LibreOffice: Text CSV, character set "
+            f"UTF-8, field delimiter {{Tab}})") from None
+
+
 def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:
     """The sheet's header, its rows and each row's line number (1-based, in the file).
 
@@ -258,15 +292,15 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:
     are dropped, from the header as well; a row with a non-empty cell beyond the header's
     columns is refused, naming its line, rather than shifting or losing a value.
     """
+    text = _sheet_text(path)
     try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            records = []
-            reader = csv.reader(fh, delimiter="\t", strict=True)  # an unbalanced quote is an error
-            start = 1
-            for cells in reader:
-                records.append((start, cells))
-                start = reader.line_num + 1
-    except (UnicodeDecodeError, csv.Error, ValueError) as exc:
+        records = []
+        reader = csv.reader(StringIO(text, newline=""), delimiter="\t", strict=True)  # unbalanced quote: error
+        start = 1
+        for cells in reader:
+            records.append((start, cells))
+            start = reader.line_num + 1
+    except (csv.Error, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"sample sheet {path} cannot be read as a tab-separated table ({first})") from None
     records = [(n, c) for n, c in records if any(x.strip() for x in c) and not c[0].strip().startswith("#")]

@@ -7,6 +7,7 @@ spreadsheet export, comment lines.
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from pathlib import Path
@@ -43,6 +44,32 @@ def test_lines_whose_first_cell_starts_with_a_hash_are_comments(tmp_path):
                          "  #c\tc.tif\n"
                          "\n")
     assert read_sample_sheet(p, schema=SCHEMA)["sample"].tolist() == ["a"]
+
+
+@pytest.mark.parametrize("encoding, bom", [("utf-8", b""), ("utf-8", codecs.BOM_UTF8),
+                                           ("utf-16-le", codecs.BOM_UTF16_LE), ("utf-16-be", codecs.BOM_UTF16_BE),
+                                           ("utf-32-le", codecs.BOM_UTF32_LE)])
+def test_a_sheet_in_a_unicode_encoding_with_its_byte_order_mark_reads_as_utf_8_does(tmp_path, encoding, bom):
+    """Excel's tab-separated "Unicode Text" is UTF-16 with a byte-order mark and CRLF line ends;
+    it was refused as "'utf-8' codec can't decode byte 0xff"."""
+    text = "sample\tpath\tmode\r\nm1\tM\u00fcller/a.tif\tenhance\r\nb\tb.tif\r\n"
+    p = tmp_path / "samples.tsv"
+    p.write_bytes(bom + text.encode(encoding))
+    sheet = read_sample_sheet(p, schema=SCHEMA)
+    assert sheet["sample"].tolist() == ["m1", "b"]
+    assert Path(sheet["path"].iloc[0]).parts[-2:] == ("M\u00fcller", "a.tif")
+    assert sheet["mode"].tolist()[0] == "enhance"
+
+
+def test_a_sheet_in_a_code_page_is_refused_naming_the_line_the_byte_and_how_to_save_it(tmp_path):
+    """A spreadsheet's "Text (Tab delimited)" is written in the computer's code page (cp1252 for
+    Western Europe): the message was only "'utf-8' codec can't decode byte 0xfc in position 27"."""
+    p = tmp_path / "samples.tsv"
+    p.write_bytes("# night 3\nsample\tpath\na\tM\u00fcller/a.tif\n".encode("cp1252"))
+    with pytest.raises(ConfigError, match=r"samples\.tsv, line 3: not UTF-8 text \(byte 0xfc in "
+                                          r"\"a\\tM\\xfcller/a\.tif\"\); .*save the sheet as 'Unicode Text' "
+                                          r"\(Excel\) or as tab-separated UTF-8"):
+        read_sample_sheet(p, schema=SCHEMA)
 
 
 @pytest.mark.parametrize("sep", [",", ";", " "])

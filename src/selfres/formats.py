@@ -89,7 +89,7 @@ def unread_format(path: str | os.PathLike) -> str | None:
     if p.is_dir():
         if (p / "attributes.json").is_file() or p.suffix.lower() == ".n5":
             return f"is an N5 container, which selfres does not read; {FIJI_EXPORT_ADVICE}"
-        return None
+        return tiff_folder_problem(p)
     try:
         with open(p, "rb") as fh:
             head = fh.read(_HEAD_BYTES)
@@ -105,3 +105,25 @@ def unread_format(path: str | os.PathLike) -> str | None:
     advice = advice.format(src=shlex.quote(str(p)), tif=shlex.quote(f"{stem}.ome.tif"),
                            zarr=shlex.quote(f"{stem}.ome.zarr"))
     return f"is {name}, which selfres does not read; {advice}"
+
+
+def tiff_folder_problem(folder: Path) -> str | None:
+    """The message for a folder of TIFF files given where one acquisition is expected (many
+    microscopes write one TIFF per plane), or ``None`` when it holds none or is a Zarr store."""
+    if any((folder / n).exists() for n in ("zarr.json", ".zgroup", ".zarray")):
+        return None
+    try:
+        names = sorted(e.name for e in os.scandir(folder)
+                       if e.name.lower().endswith((".tif", ".tiff")) and not e.name.startswith("."))
+    except OSError:
+        return None
+    if not names:
+        return None
+    if len(names) == 1:
+        return f"is a folder, not an image; it holds one TIFF file, {names[0]}: give selfres that file"
+    return (f"is a folder of {len(names)} TIFF files ({names[0]} … {names[-1]}), not one image; {_READS}, "
+            "one per sample. The planes of one stack: open them in Fiji with File › Import › Image Sequence, "
+            "set the voxel size (Image › Properties), save with File › Save As › OME-TIFF and give selfres that "
+            "file. Separate acquisitions: one sheet row each, or an inbox glob such as "
+            f"{shlex.quote(str(folder / '*.tif'))} (config inbox)")
+

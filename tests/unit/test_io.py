@@ -645,6 +645,28 @@ def test_an_n5_container_is_named_as_one(tmp_path):
         io.read_volume(store)
 
 
+@pytest.mark.parametrize("n_planes", [1, 3])
+def test_a_folder_of_tiff_planes_is_named_as_such_with_what_to_do(tmp_path, n_planes):
+    """Many microscopes write one TIFF per plane; the folder was refused only as "a directory but
+    not a Zarr store"."""
+    folder = tmp_path / "scan"
+    folder.mkdir()
+    for z in range(n_planes):
+        tifffile.imwrite(folder / f"img_z{z:03d}.tif", np.ones((8, 8), "uint16"))
+    if n_planes == 1:
+        expected = r"is a folder, not an image; it holds one TIFF file, img_z000\.tif: give selfres that file"
+    else:
+        expected = (r"is a folder of 3 TIFF files \(img_z000\.tif … img_z002\.tif\), not one image; .*"
+                    r"File › Import › Image Sequence.*inbox glob such as .*scan/\*\.tif")
+    with pytest.raises(InputError, match=expected):
+        io.read_volume(folder)
+
+
+def test_an_empty_folder_is_refused_as_not_a_zarr_store(tmp_path):
+    with pytest.raises(InputError, match="is a directory but not a Zarr store"):
+        io.read_volume(tmp_path)
+
+
 def test_lazy_read_skips_finite_check(tmp_path):
     p = tmp_path / "a.zarr"
     zarr.save_array(str(p), _with(np.nan, 1))

@@ -297,6 +297,16 @@ def automatic_holdout_slab(shape: Sequence[int], *, holdout_fraction: float = 0.
             f"volume of shape {shape} is too small to split into a training FOV and a held-out "
             f"region (needs at least {min_holdout_voxels} held-out voxels plus a training part)",
         )
+    if hold_len > n - hold_len:
+        # a 75×75 image held 56 of its 75 rows out: the guard then scored a region most of the
+        # image on a network trained on the rest, and passed a true loss of 0.9 dB (noisy 2-D)
+        raise InputError(
+            path,
+            f"volume of shape {shape} is too small to split into a training FOV and a held-out "
+            f"region: the held-out region needs at least {min_holdout_voxels} voxels, {hold_len} of its "
+            f"{n} voxels along {'zyx'[ax]}, which would leave less to train on ({n - hold_len}) than to check "
+            f"the network with; give a larger image, or a smaller fov.min_holdout_voxels (a less certain check)",
+        )
     return ax, hold_len
 
 

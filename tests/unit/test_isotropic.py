@@ -189,7 +189,8 @@ def test_a_stack_too_thin_for_the_axial_blur_estimate_says_so_and_is_flagged(tmp
     from selfres import pipeline
 
     assert iso.estimate_axial_sigma(np.random.default_rng(0).random((5, 40, 40), np.float32), 4.0)[1]["estimated"] is False
-    norm = _normalised(tmp_path, nz=5)
+    # 5 × 40 × 40: the default 4096 held-out voxels would be more of the stack than its training part
+    norm = _normalised(tmp_path, nz=5, min_holdout_voxels=2048)
     with caplog.at_level(logging.WARNING, logger="selfres"):
         meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
                                     settings=_tiny(steps=4), device="cpu")
@@ -439,17 +440,19 @@ def test_learned_stage_trains_both_generators_and_its_output_is_restorable():
 
 
 # ------------------------------------------------------------------ pipeline hooks
-def _normalised(tmp_path, *, voxel=(1.25, 0.5, 0.5), nz=8):
+def _normalised(tmp_path, *, voxel=(1.25, 0.5, 0.5), nz=8, min_holdout_voxels=None):
     import tifffile
 
     from selfres import pipeline
+    from selfres.settings import FovSettings
 
     low = _degrade_z(_iso_truth((nz * 4, 40, 40)), 1.0, 4)
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, (low * 1000).astype(np.uint16))
     norm = tmp_path / "normalized.ome.zarr"
     pipeline.stage_normalise(src, norm, sample="s1", voxel_size=voxel)
-    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s1", mode="isotropic")
+    fov = FovSettings(min_holdout_voxels=min_holdout_voxels) if min_holdout_voxels else None
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s1", mode="isotropic", settings=fov)
     return norm
 
 

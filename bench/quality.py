@@ -274,15 +274,21 @@ def bench_volume(path: Path, factor: "int | tuple[int, int, int]", *, settings, 
 
 
 VARIANTS = ("xhalf", "zy")
+PLANES = ("plane_q1", "plane_q2", "plane_q3")  # --planes: 2-D images cut from the volumes
 
 
 def volume_variant(hr: np.ndarray, voxel_size, which: str | None):
     """Another volume made from a real one, for a check that the defaults are not fitted to
     the files: ``xhalf`` — the right half in x of a central band in y (≤ 160 × 160 laterally),
     all of z; ``zy`` — z and y swapped (the axial profile now lies in a lateral axis), the
-    middle 48 planes of the new z, x cut to ≤ 160. ``None``: the volume as it is."""
+    middle 48 planes of the new z, x cut to ≤ 160; ``plane_q1``, ``plane_q2``, ``plane_q3`` — the
+    z plane at a quarter, half and three quarters of the stack alone, a 2-D image (``--planes``,
+    with ``--factors 1,2,2``). ``None``: the volume as it is."""
     if which is None:
         return hr, voxel_size
+    if which in PLANES:
+        quarter = int(which[-1])
+        return np.ascontiguousarray(hr[min(hr.shape[0] - 1, hr.shape[0] * quarter // 4)][None]), voxel_size
     if which == "xhalf":
         _, ny, nx = hr.shape
         return hr[:, ny // 4 : ny // 4 + 160, nx // 2 :][:, :, :160], voxel_size
@@ -291,7 +297,7 @@ def volume_variant(hr: np.ndarray, voxel_size, which: str | None):
         start = max(0, (swapped.shape[0] - 48) // 2)
         vs = (voxel_size[1], voxel_size[0], voxel_size[2]) if voxel_size else None
         return np.ascontiguousarray(swapped[start : start + 48, :, :160]), vs
-    raise ValueError(f"unknown variant {which!r}; known: {VARIANTS}")
+    raise ValueError(f"unknown variant {which!r}; known: {VARIANTS + PLANES}")
 
 
 BEAD_ACQUISITIONS = ("rescale", "cubic")
@@ -481,6 +487,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", action="store_true",
                    help="also run two variants of each volume (xhalf: another region; zy: z and y swapped), "
                         "a check that the defaults are not fitted to the files")
+    p.add_argument("--planes", action="store_true",
+                   help="2-D input: the z planes at 1/4, 1/2 and 3/4 of each volume, each alone, instead of "
+                        "the volume (with --factors 1,2,2)")
     p.add_argument("--beads", action="store_true", help="also run the bead experiment")
     p.add_argument("--bead-acquisition", choices=BEAD_ACQUISITIONS, default="rescale",
                    help="how the bead experiment's ×4 acquisition is made (default: rescale, the seed's)")
@@ -524,9 +533,11 @@ def main(argv=None) -> int:
         paths = [a.data / f"{stem}.tif" for stem in VOLUMES]
         paths += sorted(q for q in a.data.glob("*.tif") if q not in paths and not q.stem.endswith("_lr"))
         paths = [q for q in paths if q.exists() and (not wanted or any(w in q.stem for w in wanted))]
-        variants = (None,) + (VARIANTS if a.variants else ())
+        variants = PLANES if a.planes else (None,) + (VARIANTS if a.variants else ())
         scales = ([tuple(int(v) for v in a.factors.split(","))] if a.factors
                   else [int(s) for s in a.scales.split(",") if s])
+        if a.planes and not (len(scales) == 1 and isinstance(scales[0], tuple) and scales[0][0] == 1):
+            p.error("--planes needs --factors with 1 along z, e.g. --factors 1,2,2")
         if a.isotropic and not (len(scales) == 1 and isinstance(scales[0], tuple) and scales[0][1:] == (1, 1)):
             p.error("--isotropic needs z-only --factors, e.g. --factors 2,1,1")
         for f in scales:

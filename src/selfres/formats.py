@@ -127,3 +127,14 @@ def tiff_folder_problem(folder: Path) -> str | None:
             "file. Separate acquisitions: one sheet row each, or an inbox glob such as "
             f"{shlex.quote(str(folder / '*.tif'))} (config inbox)")
 
+
+def missing_path_hint(path: str | os.PathLike) -> str:
+    """What a path that does not exist may be instead, for its error: ``""``, or ``"; …"``
+    when it has the backslashes of a Windows path (a sheet written on a PC)."""
+    text = os.fspath(path)
+    if "\\" not in text:
+        return ""
+    return ("; it holds a backslash (\\), as a Windows path does: on this machine folders are separated by /, "
+            "and the path must be where this machine sees the file (e.g. /mnt/share/run1/a.tif, not "
+            "C:\\data\\run1\\a.tif)")
+

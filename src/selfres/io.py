@@ -321,7 +321,7 @@ def _describe(exc: BaseException) -> str:
 def _check_exists(path: str) -> Path:
     p = Path(path)
     if not p.exists():
-        raise InputError(path, "does not exist (no such file or store)")
+        raise InputError(path, "does not exist (no such file or store)" + formats.missing_path_hint(path))
     if not (p.is_file() or p.is_dir()):  # a FIFO or a device: reading it would block or never end
         raise InputError(path, "is neither a file nor a folder (a pipe, socket or device?); give an image file "
                                "or a Zarr store")

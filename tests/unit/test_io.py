@@ -662,6 +662,17 @@ def test_a_folder_of_tiff_planes_is_named_as_such_with_what_to_do(tmp_path, n_pl
         io.read_volume(folder)
 
 
+def test_a_missing_windows_path_says_how_this_machine_separates_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    tifffile.imwrite(tmp_path / "data" / "a.tif", np.ones((3, 8, 8), "uint16"))
+    with pytest.raises(InputError, match=r"does not exist \(no such file or store\); it holds a backslash .* "
+                                         r"folders are separated by /"):
+        io.read_volume("data\\a.tif")
+    with pytest.raises(InputError, match=r"does not exist \(no such file or store\)$"):
+        io.read_volume("data/b.tif")
+
+
 def test_an_empty_folder_is_refused_as_not_a_zarr_store(tmp_path):
     with pytest.raises(InputError, match="is a directory but not a Zarr store"):
         io.read_volume(tmp_path)

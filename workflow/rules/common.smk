@@ -20,7 +20,7 @@ except ImportError:  # snakemake run from an env without the package: use the ch
     from selfres import sheet as _sheet
 
 from selfres.errors import SelfresError as _SelfresError
-from selfres.formats import unread_format as _unread_format
+from selfres.formats import missing_path_hint as _missing_path_hint, unread_format as _unread_format
 import selfres.settings as _settings
 from selfres.settings import settings_sections
 
@@ -350,7 +350,8 @@ if workflow.is_main_process:
                       "normalise settings cannot apply, and forcing its normalise stops the run, until the file "
                       "is back", file=sys.stderr)
             else:
-                print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist; that "
+                print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist"
+                      f"{_missing_path_hint(_cell(_s, 'path'))}; that "
                       "sample fails at normalise (and so do the samples that use its model); with --keep-going, as "
                       "the profiles set, the others go on", file=sys.stderr)
         elif _cell(_s, "path") and (_problem := _unread_format(_cell(_s, "path"))):

@@ -363,7 +363,8 @@ if workflow.is_main_process:
                   "sample fails at normalise; with --keep-going, as the profiles set, the others go on",
                   file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
-            print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist; that "
+            print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist"
+                  f"{_missing_path_hint(_cell(_s, 'reference'))}; that "
                   "sample is restored, but its qc will fail until the file is there", file=sys.stderr)
         elif _cell(_s, "reference") and _declared(_cell(_s, "path")):
             from selfres.pipeline import reference_grid_problem

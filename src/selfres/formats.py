@@ -137,4 +137,3 @@ def missing_path_hint(path: str | os.PathLike) -> str:
     return ("; it holds a backslash (\\), as a Windows path does: on this machine folders are separated by /, "
             "and the path must be where this machine sees the file (e.g. /mnt/share/run1/a.tif, not "
             "C:\\data\\run1\\a.tif)")
-

@@ -268,7 +268,7 @@ def _sheet_text(path: str) -> str:
         raise ConfigError(f"sample sheet {path} cannot be read ({exc.strerror or exc})") from None
     encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8-sig")
     try:
-        return data.decode(encoding)
+        text = data.decode(encoding)
     except UnicodeDecodeError as exc:
         if encoding != "utf-8-sig":
             raise ConfigError(f"sample sheet {path} starts with a {encoding.upper()} byte-order mark but is "
@@ -281,6 +281,11 @@ def _sheet_text(path: str) -> str:
             f"a spreadsheet's 'Text (Tab delimited)' is written in the computer's code page: save the sheet "
             f"as 'Unicode Text' (Excel) or as tab-separated UTF-8 (LibreOffice: Text CSV, character set "
             f"UTF-8, field delimiter {{Tab}})") from None
+    if "\x00" in text:  # UTF-16 without its byte-order mark reads as UTF-8 with a NUL after each letter
+        line_no = text.count("\n", 0, text.index("\x00")) + 1
+        raise ConfigError(f"sample sheet {path}, line {line_no}: holds NUL bytes: not a text file, or UTF-16 text "
+                          f"without a byte-order mark; save it as tab-separated UTF-8 or as Excel's 'Unicode Text'")
+    return text
 
 
 def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:

@@ -61,6 +61,15 @@ def test_a_sheet_in_a_unicode_encoding_with_its_byte_order_mark_reads_as_utf_8_d
     assert sheet["mode"].tolist()[0] == "enhance"
 
 
+def test_utf_16_without_its_byte_order_mark_is_refused_as_such(tmp_path):
+    """It decodes as UTF-8 with a NUL after each letter, and was refused only as missing columns."""
+    p = tmp_path / "samples.tsv"
+    p.write_bytes("sample\tpath\na\ta.tif\n".encode("utf-16-le"))
+    with pytest.raises(ConfigError, match=r"samples\.tsv, line 1: holds NUL bytes: .*UTF-16 text without a "
+                                          r"byte-order mark"):
+        read_sample_sheet(p, schema=SCHEMA)
+
+
 def test_a_sheet_in_a_code_page_is_refused_naming_the_line_the_byte_and_how_to_save_it(tmp_path):
     """A spreadsheet's "Text (Tab delimited)" is written in the computer's code page (cp1252 for
     Western Europe): the message was only "'utf-8' codec can't decode byte 0xfc in position 27"."""

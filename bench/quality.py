@@ -536,9 +536,10 @@ def main(argv=None) -> int:
         variants = PLANES if a.planes else (None,) + (VARIANTS if a.variants else ())
         scales = ([tuple(int(v) for v in a.factors.split(","))] if a.factors
                   else [int(s) for s in a.scales.split(",") if s])
-        if a.planes and not (len(scales) == 1 and isinstance(scales[0], tuple) and scales[0][0] == 1):
+        per_axis = scales[0] if len(scales) == 1 and isinstance(scales[0], tuple) else None  # --factors z,y,x
+        if a.planes and not (per_axis and per_axis[0] == 1):
             p.error("--planes needs --factors with 1 along z, e.g. --factors 1,2,2")
-        if a.isotropic and not (len(scales) == 1 and isinstance(scales[0], tuple) and scales[0][1:] == (1, 1)):
+        if a.isotropic and not (per_axis and per_axis[1:] == (1, 1)):
             p.error("--isotropic needs z-only --factors, e.g. --factors 2,1,1")
         for f in scales:
             for q, variant in [(q, v) for v in variants for q in paths]:

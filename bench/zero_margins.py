@@ -29,13 +29,6 @@ VOLUMES = {"nucleus_confocal": "neubias_nucleus_dna_confocal.tif",
            "nuclei_tissue": "neubias_nuclei_tissue_z4um.tif"}
 
 
-def psnr_on(truth: np.ndarray, image: np.ndarray) -> float:
-    """PSNR of ``image`` cut to ``truth``'s extent, over the truth's range."""
-    image = image[tuple(slice(0, n) for n in truth.shape)]
-    span = float(truth.max() - truth.min())
-    return float(10 * np.log10(span**2 / np.mean((image - truth) ** 2)))
-
-
 def run_one(hr: np.ndarray, voxel_size, *, pad: bool, photons: float | None, settings, name: str) -> dict:
     factors = (2, 2, 2)
     volume = np.concatenate([hr, np.zeros_like(hr)], axis=2) if pad else hr
@@ -45,11 +38,14 @@ def run_one(hr: np.ndarray, voxel_size, *, pad: bool, photons: float | None, set
     vs = tuple(v * f for v, f in zip(voxel_size, factors)) if voxel_size else None
     with tempfile.TemporaryDirectory(prefix="selfres-zeros-") as tmp:
         r = quality.run_pipeline(low, Path(tmp), factors=factors, settings=settings, voxel_size=vs, name=name)
-    tricubic = quality.interpolations(low, factors)["tricubic"]
+    images = {"tricubic": quality.interpolations(low, factors)["tricubic"], "model": r["model"],
+              "selfres": r["restored"]}
+    extent = tuple(slice(0, n) for n in hr.shape)  # scored on the original extent only
+    psnr = {k: v["psnr"] for k, v in quality.scores(hr, {k: v[extent] for k, v in images.items()},
+                                                     ssim=False).items()}
     meta = r["meta"]
     sv = meta["self_validation"]
-    row = {"volume": name, "zero_margin": pad, "tricubic": psnr_on(hr, tricubic), "model": psnr_on(hr, r["model"]),
-           "selfres": psnr_on(hr, r["restored"]), "held_out_gain": sv["psnr_model"] - sv["psnr_interp"],
+    row = {"volume": name, "zero_margin": pad, **psnr, "held_out_gain": sv["psnr_model"] - sv["psnr_interp"],
            "flags": meta["flags"], "best_step": meta["best_step"], "train_s": r["train_s"],
            "correction_noise": meta.get("correction_noise")}
     row["true_gain"] = row["model"] - row["tricubic"]

@@ -107,10 +107,16 @@ def unread_format(path: str | os.PathLike) -> str | None:
     return f"is {name}, which selfres does not read; {advice}"
 
 
+def is_zarr_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder with a Zarr v2 or v3 store's root metadata."""
+    p = Path(path)
+    return p.is_dir() and any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray"))
+
+
 def tiff_folder_problem(folder: Path) -> str | None:
     """The message for a folder of TIFF files given where one acquisition is expected (many
     microscopes write one TIFF per plane), or ``None`` when it holds none or is a Zarr store."""
-    if any((folder / n).exists() for n in ("zarr.json", ".zgroup", ".zarray")):
+    if is_zarr_store(folder):
         return None
     try:
         names = sorted(e.name for e in os.scandir(folder)

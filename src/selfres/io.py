@@ -334,7 +334,7 @@ def _kind(path: str) -> str:
     """``"tiff"`` or ``"zarr"``; raises for anything else."""
     p = _check_exists(path)
     if p.is_dir():
-        if any((p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray")):
+        if formats.is_zarr_store(p):
             return "zarr"
         problem = formats.unread_format(p)
         if problem:
@@ -1286,9 +1286,7 @@ def create_ome_zarr(path: str | os.PathLike, *, shape: Sequence[int], dtype,
     if shards is not None and zarr_format == 2:
         raise ValueError("shards need ngff_version='0.5' (Zarr v3); got ngff_version='0.4'")
     p = Path(path)
-    if p.exists() and not (p.is_dir() and any(
-        (p / n).exists() for n in ("zarr.json", ".zgroup", ".zarray")
-    )):
+    if p.exists() and not formats.is_zarr_store(p):
         raise FileExistsError(f"{p} exists and is not a Zarr store; refusing to overwrite it")
     group = zarr.open_group(str(p), mode="w", zarr_format=zarr_format)
     kwargs: dict[str, Any] = {}

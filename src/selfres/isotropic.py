@@ -887,9 +887,9 @@ class IsoTrainResult:
     resumed_seconds: float = 0.0  # as :attr:`selfres.train.TrainResult.resumed_seconds`
 
 
-def _key(settings: Settings, factor: float, shape, deg: AxialDegradation) -> str:
+def _key(settings: Settings, factor: float, data: str, deg: AxialDegradation) -> str:
     blob = json.dumps({"t": to_dict(settings.train), "i": to_dict(settings.isotropic), "f": factor,
-                       "shape": list(shape), "d": deg.to_dict()}, sort_keys=True)
+                       "data": data, "d": deg.to_dict()}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -963,8 +963,8 @@ def train_isotropic(
     stop_after_steps
         Stop (as if killed) after this many restorer steps — for resumption tests.
     """
-    from .train import (Checkpointing, Selection, load_checkpoint, loss_fn, resume_from_checkpoint, run_steps,
-                        save_checkpoint)
+    from .train import (Checkpointing, Selection, data_digest, load_checkpoint, loss_fn, resume_from_checkpoint,
+                        run_steps, save_checkpoint, stopped_run)
 
     iso = settings.isotropic
     # the 2-D net has its own step limit (isotropic.steps); the rest of the loop is train's
@@ -984,7 +984,7 @@ def train_isotropic(
     m = min(iso.patch_size, train_volume.shape[1], train_volume.shape[2])
     patch = (m, m)
     ckpt_path = Path(work_dir) / "checkpoint.pt" if work_dir else None
-    key = _key(settings, factor, train_volume.shape, deg)
+    key = _key(settings, factor, data_digest(train_volume, holdout_volume), deg)
     degrader = None
     degrader_log: list[dict] = []
     degradation: Any = deg
@@ -1064,7 +1064,8 @@ def train_isotropic(
 
     step, stop_reason, flags, t0 = run_steps(
         model, optimiser, sel, s, step=step, elapsed_before=elapsed_before, batch_loss=batch_loss, validate=scored,
-        describe=describe, checkpoint=Checkpointing(ckpt_path, key, gen, noise_gen), stop_after_steps=stop_after_steps)
+        describe=describe, checkpoint=Checkpointing(ckpt_path, key, gen, noise_gen), stop_after_steps=stop_after_steps,
+        stopped=stopped_run(state))
     model.load_state_dict(sel.best_state)
     model.eval()
     preds = [predict_slices(model, low, device=device, batch=VALIDATION_BATCH) for _, low in pairs]

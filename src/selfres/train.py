@@ -170,16 +170,20 @@ def crop_to_multiple(volume: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     return volume[tuple(slice(0, (n // f) * f) for n, f in zip(volume.shape, factors))]
 
 
-def fit_patch_size(patch: Sequence[int], shape: Sequence[int], factors: Sequence[int]) -> tuple[int, int, int]:
-    """Patch size clipped to ``shape`` and rounded down to multiples of ``factors``."""
+def fit_patch_size(patch: Sequence[int], shape: Sequence[int], factors: Sequence[int], *,
+                   square: bool = True) -> tuple[int, int, int]:
+    """Patch size clipped to ``shape`` and rounded down to multiples of ``factors``; with
+    ``square`` (training augments with 90° rotations in y, x, which needs equal y and x
+    factors) the lateral sides are made equal, the shorter one kept."""
     out = []
     for p, n, f in zip(patch, shape, factors):
         p = min(int(p), int(n))
         p = (p // f) * f
         out.append(max(p, f))
-    if out[1] != out[2]:  # square lateral patches allow 90° rotations
-        m = min(out[1], out[2])
-        out[1] = out[2] = m
+    if square and out[1] != out[2]:
+        if int(factors[1]) != int(factors[2]):
+            raise ValueError(f"square lateral patches need equal y and x factors, not {tuple(factors)}")
+        out[1] = out[2] = min(out[1], out[2])
     return tuple(out)
 
 
@@ -438,8 +442,21 @@ def blur_targets(targets: torch.Tensor, factors: Sequence[int], *, fraction: flo
     return torch.cat(out)
 
 
-def _settings_hash(settings: TrainSettings, factors, shape) -> str:
-    blob = json.dumps({"s": to_dict(settings), "f": list(factors), "shape": list(shape)}, sort_keys=True)
+def data_digest(*arrays: np.ndarray) -> str:
+    """A digest of the arrays' shapes, types and voxels: part of a checkpoint's key, so that
+    a run resumes only on the data it was trained on (a sample whose image, voxel size or
+    training FOV changed after a killed run starts afresh)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype.str}".encode())
+        h.update(a.data)
+    return h.hexdigest()[:16]
+
+
+def _settings_hash(settings: TrainSettings, factors, data: str, voxel_size) -> str:
+    blob = json.dumps({"s": to_dict(settings), "f": list(factors), "data": data,
+                       "voxel": None if voxel_size is None else [float(v) for v in voxel_size]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -600,18 +617,30 @@ class Checkpointing:
     generator: torch.Generator
     noise_generator: torch.Generator
 
-    def save(self, model: torch.nn.Module, optimiser, sel: "Selection", *, step: int, elapsed: float) -> None:
+    def save(self, model: torch.nn.Module, optimiser, sel: "Selection", *, step: int, elapsed: float,
+             stopped: tuple[str, list[str]] | None = None) -> None:
+        """``stopped``: the reason and flags of a run that ends at this validation before its
+        step limit (early stop, time budget): a resume then ends where the run ended."""
         if self.path is not None:
             save_checkpoint(self.path, {
                 "key": self.key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "generator": self.generator.get_state(), "noise_generator": self.noise_generator.get_state(),
                 "step": step, "elapsed": elapsed, **sel.state_dict(),
+                **({} if stopped is None else {"stopped": json.dumps(list(stopped))}),
             })
 
 
+def stopped_run(state: dict | None) -> tuple[str, list[str]] | None:
+    """The stop (reason, flags) a resumed checkpoint recorded, or None for a run to go on."""
+    if state is None or "stopped" not in state:
+        return None
+    reason, flags = json.loads(state["stopped"])
+    return str(reason), [str(f) for f in flags]
+
+
 def run_steps(model: torch.nn.Module, optimiser, sel: "Selection", settings, *, step: int, elapsed_before: float,
-              batch_loss, validate, describe, checkpoint: Checkpointing, stop_after_steps: int | None = None
-              ) -> tuple[int, str, list[str], float]:
+              batch_loss, validate, describe, checkpoint: Checkpointing, stop_after_steps: int | None = None,
+              stopped: tuple[str, list[str]] | None = None) -> tuple[int, str, list[str], float]:
     """The optimisation loop both modes share: learning-rate schedule (each parameter group's
     ``scale`` times :func:`learning_rate`), one step per batch, validation every
     ``settings.validate_every`` steps, at the last step and when the time budget is spent
@@ -621,9 +650,13 @@ def run_steps(model: torch.nn.Module, optimiser, sel: "Selection", settings, *, 
     ``batch_loss()``: the loss of one fresh batch; ``validate()``: ``(psnr, score, extra log
     columns such as val_psnr_interp)`` of the current weights; ``describe(row, eta_seconds)``: logs one validation.
     Returns ``(steps done, stop reason, flags, t0)`` (``t0``: the monotonic clock's start,
-    earlier runs' time included); the caller loads ``sel.best_state``.
+    earlier runs' time included); the caller loads ``sel.best_state``. ``stopped``: the stop a
+    resumed checkpoint recorded (:func:`stopped_run`); the loop does not run again.
     """
     t0 = time.monotonic() - elapsed_before
+    if stopped is not None:
+        log.info("the resumed run had stopped at step %d (%s): not trained further", step, stopped[0])
+        return step, stopped[0], list(stopped[1]), t0
     stop_reason, flags = "steps", []
     running, n_running = 0.0, 0
     model.train()
@@ -651,15 +684,16 @@ def run_steps(model: torch.nn.Module, optimiser, sel: "Selection", settings, *, 
             rate = step / max(el, 1e-9)
             eta = (settings.steps - step) / rate if rate > 0 else float("nan")
             describe(sel.rows[-1], max(0.0, min(eta, settings.max_minutes * 60 - el)))  # 0 once the budget is spent
-            checkpoint.save(model, optimiser, sel, step=step, elapsed=el)
+            stop = None
             if sel.exhausted and step < settings.steps:  # at the last step it is not early
-                stop_reason = "early_stop"
-                flags.append("early_stopped")
                 log.info("no held-out improvement in %d validations: early stop", settings.patience)
-                break
-            if el > settings.max_minutes * 60 and step < settings.steps:
-                stop_reason = "time_budget"
-                flags += sel.budget_stop_flags(settings.max_minutes)
+                stop = ("early_stop", ["early_stopped"])
+            elif el > settings.max_minutes * 60 and step < settings.steps:
+                stop = ("time_budget", sel.budget_stop_flags(settings.max_minutes))
+            checkpoint.save(model, optimiser, sel, step=step, elapsed=el, stopped=stop)
+            if stop is not None:
+                stop_reason = stop[0]
+                flags += stop[1]
                 break
         if stop_after_steps is not None and step >= stop_after_steps:
             stop_reason = "interrupted"
@@ -717,8 +751,8 @@ def train_enhance(
     # PSF-scaled targets already have the output grid's blur-to-voxel ratio: blurring them
     # more would teach ratios beyond it
     blur_fraction = settings.blur_augment if blur is None else 0.0
-    patch = fit_patch_size(settings.patch_size, train_volume.shape, factors)
     lateral_iso = models.lateral_rotations(factors, voxel_size)
+    patch = fit_patch_size(settings.patch_size, train_volume.shape, factors, square=lateral_iso)
     spec = models.ModelSpec(
         arch=settings.arch, factors=factors, width=settings.width, depth=settings.depth,
         residual=settings.residual, dims=2 if train_volume.shape[0] == 1 else 3,
@@ -767,7 +801,7 @@ def train_enhance(
     ckpt_path = Path(work_dir) / CHECKPOINT if work_dir else None
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    key = _settings_hash(settings, factors, train_volume.shape)
+    key = _settings_hash(settings, factors, data_digest(train_volume, holdout_volume), voxel_size)
     step = 0
     start_psnr = validate()
     sel = Selection.start(model, psnr=start_psnr, score=last["score"], patience=settings.patience)
@@ -813,7 +847,7 @@ def train_enhance(
     step, stop_reason, flags, t0 = run_steps(
         model, optimiser, sel, settings, step=step, elapsed_before=elapsed_before, batch_loss=batch_loss,
         validate=scored, describe=describe, checkpoint=Checkpointing(ckpt_path, key, gen, noise_gen),
-        stop_after_steps=stop_after_steps)
+        stop_after_steps=stop_after_steps, stopped=stopped_run(state))
     model.load_state_dict(sel.best_state)
     model.eval()
     seconds = time.monotonic() - t0

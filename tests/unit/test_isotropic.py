@@ -419,6 +419,18 @@ def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
         torch.testing.assert_close(done.model.state_dict()[k], v)
 
 
+def test_a_checkpoint_of_another_image_of_the_same_shape_is_not_resumed(tmp_path):
+    """The key held the settings, the shape and the degradation: a killed run's checkpoint
+    was resumed on another image of the same shape (a replaced acquisition). No noise top-up,
+    which the key held through the noise level measured on the image."""
+    train, held = _semi()
+    s = _tiny(axial_sigma_px=1.5, noise_match=False)
+    kw = dict(factor=4.0, settings=s, voxel_size=(2.0, 0.5, 0.5), work_dir=tmp_path)
+    iso.train_isotropic(train, held, stop_after_steps=8, **kw)
+    other_train, other_held = _semi(seed=5)
+    assert iso.train_isotropic(other_train, other_held, **kw).resumed_seconds == 0
+
+
 def test_learned_stage_trains_both_generators_and_its_output_is_restorable():
     train, _ = _semi()
     s = _tiny(axial_sigma_px=1.5, gan_steps=24, gan_weight=0.1, feedback_weight=1.0)

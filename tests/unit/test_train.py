@@ -86,6 +86,53 @@ def test_a_checkpoint_from_another_kind_of_device_resumes_its_weights(tmp_path, 
         torch.testing.assert_close(v, saved[k])
 
 
+def test_a_checkpoint_resumes_only_on_its_own_data_and_voxel_size(tmp_path):
+    """A train job killed, then rerun after the sample changed (another image of the same
+    shape, a corrected voxel size) trained on: before, the key held the settings and the
+    shape only, so the rerun went on from the old run's weights and best score."""
+    train, held = _data()
+    s = TrainSettings(steps=10, **TINY)
+    s = dataclasses.replace(s, degradation=dataclasses.replace(TrainSettings().degradation, method="gaussian",
+                                                                sigma_um=(1.0, 0.5, 0.5), noise="none"))
+    kw = dict(factors=(1, 2, 2), settings=s, work_dir=tmp_path)
+    assert train_enhance(train, held, voxel_size=(1.0, 0.5, 0.5), stop_after_steps=5, **kw).steps_done == 5
+    other = blob_volume((8, 48, 48), n=120, sigma=(1.0, 1.2, 1.2), seed=7)
+    assert train_enhance(other[:, :36], other[:, 36:], voxel_size=(1.0, 0.5, 0.5), **kw).resumed_seconds == 0
+    assert train_enhance(train, held, voxel_size=(1.0, 0.5, 0.5), stop_after_steps=5, **kw).resumed_seconds == 0
+    assert train_enhance(train, held, voxel_size=(1.0, 0.25, 0.25), **kw).resumed_seconds == 0
+    # the same data and voxel size do resume
+    train_enhance(train, held, voxel_size=(1.0, 0.5, 0.5), stop_after_steps=5, **kw)
+    assert train_enhance(train, held, voxel_size=(1.0, 0.5, 0.5), **kw).resumed_seconds > 0
+
+
+def test_a_run_that_stopped_early_is_not_trained_further_on_resume(tmp_path):
+    """The job is killed after training stopped early but before the model was written (the
+    guard with extras runs then): the rerun must give the same model, not go on training
+    from the early-stop checkpoint (before: 4 steps, then 10 steps and another best step)."""
+    train, held = _data()
+    s = TrainSettings(steps=10, **TINY | {"validate_every": 1, "patience": 2, "learning_rate": 1e-12})
+    first = train_enhance(train, held, factors=(1, 2, 2), settings=s, work_dir=tmp_path)
+    assert first.stop_reason == "early_stop" and first.steps_done < 10
+    again = train_enhance(train, held, factors=(1, 2, 2), settings=s, work_dir=tmp_path)
+    assert (again.stop_reason, again.steps_done, again.best_step, again.flags) == \
+        (first.stop_reason, first.steps_done, first.best_step, first.flags)
+    assert again.resumed_seconds > 0
+    for (k, a), b in zip(first.model.state_dict().items(), again.model.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
+def test_unequal_lateral_factors_train_on_patches_that_are_multiples_of_them():
+    """Factors 1,1,2 with a y side shorter than the patch: the patch was squared to
+    41×41 (x not a multiple of 2) and the degradation refused it."""
+    assert fit_patch_size((16, 64, 64), (20, 41, 480), (1, 1, 2), square=False) == (16, 41, 64)
+    with pytest.raises(ValueError, match="equal y and x factors"):
+        fit_patch_size((16, 64, 64), (20, 41, 480), (1, 1, 2))
+    vol = blob_volume((8, 41, 128), n=80, sigma=(1.0, 1.2, 1.2))
+    r = train_enhance(vol[:, :, :96], vol[:, :, 96:], factors=(1, 1, 2),
+                      settings=TrainSettings(steps=2, **TINY | {"patch_size": (4, 64, 64), "validate_every": 1}))
+    assert r.steps_done == 2
+
+
 def test_corrupt_checkpoint_is_ignored(tmp_path):
     train, held = _data()
     s = TrainSettings(steps=10, **TINY)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -460,22 +459,27 @@ def _size_problem(name: str, value, unit) -> str | None:
 
 def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, float, float] | None:
     """Voxel size of the TIFF's first image, or of image ``series`` (series ``number``)."""
-    # OME-TIFF: the number-th Image's Pixels (tifffile makes one series per OME Image, in order)
+    # OME-TIFF: the Pixels of the series' Image (tifffile makes one series per OME Image, in
+    # order, but leaves out an Image whose planes are in a file that is not there)
     if tif.is_ome and tif.ome_metadata:
         try:
-            root = ET.fromstring(tif.ome_metadata)
+            images = [e for e in ET.fromstring(tif.ome_metadata) if e.tag.endswith("}Image")]
         except ET.ParseError:
-            root = None
-        if root is not None:
-            pixels = next(itertools.islice((el for el in root.iter() if el.tag.endswith("Pixels")), number, None),
-                          None)
+            images = None
+        if images is not None and len(images) != len(tif.series) and not (len(images) == 1 and number == 0):
+            _warn_voxel_unknown(_tiff_path(tif), f"its OME metadata describes {len(images)} images and the file "
+                                                 f"holds {len(tif.series)} (a multi-file OME-TIFF without all its "
+                                                 "files?), so which image's size is this image's is not certain")
+            return None
+        if images is not None:
+            pixels = _ome_pixels(tif, number)
             if pixels is not None:
                 sizes, problems = [], []
                 for ax in "ZYX":
                     val, unit = pixels.get(f"PhysicalSize{ax}"), pixels.get(f"PhysicalSize{ax}Unit")
-                    problem = None if val is None or (ax == "Z" and nz == 1) else \
-                        _size_problem(f"PhysicalSize{ax}", val, unit)
-                    problems += [problem] if problem else []
+                    problem = None if val is None else _size_problem(f"PhysicalSize{ax}", val, unit)
+                    if not (ax == "Z" and nz == 1):  # a single plane's z size is not used: y's stands for it
+                        problems += [problem] if problem else []
                     sizes.append(float(val) * _unit_factor(unit or "µm") if val is not None and not problem else None)
                 if problems:
                     _warn_voxel_unknown(_tiff_path(tif), "in its OME metadata, " + "; ".join(problems))
@@ -697,6 +701,35 @@ def _ome_attrs(group) -> dict:
     return dict(attrs["ome"]) if isinstance(attrs.get("ome"), Mapping) else attrs
 
 
+def _bioformats2raw_series(node) -> list[int] | None:
+    """The series of a store in bioformats2raw's layout (a root group marked
+    ``bioformats2raw.layout``, one OME-Zarr image per series in groups ``0``, ``1``, …: what
+    ``bioformats2raw scan.czi scan.ome.zarr`` writes), or ``None`` for any other store."""
+    if not isinstance(node, zarr.Group):
+        return None
+    attrs = _ome_attrs(node)
+    if "bioformats2raw.layout" not in attrs or "multiscales" in attrs:
+        return None
+    return sorted(int(k) for k in node.group_keys() if k.isdigit())
+
+
+def _zarr_image(path: str, series: int | None = None):
+    """The image of a Zarr store: the store itself, or in bioformats2raw's layout the group
+    of series ``series`` (default 0)."""
+    node = _open_zarr(path)
+    numbers = _bioformats2raw_series(node)
+    if numbers is None:
+        if series not in (None, 0):
+            raise InputError(path, f"series {series!r} is out of range: a Zarr store is read as one image (series "
+                                   "0); for a store of several images give the path of the image's own group")
+        return node
+    index = series or 0
+    if index not in numbers:
+        raise InputError(path, f"series {index} is out of range: this bioformats2raw store holds series "
+                               f"{', '.join(map(str, numbers)) or 'none'}")
+    return node[str(index)]
+
+
 def _multiscale(path: str, group) -> dict:
     ome = _ome_attrs(group)
     ms = ome.get("multiscales")
@@ -840,7 +873,8 @@ def _ome_zarr_level(path: str, group, level: int):
             unit = units[i]
             if unit is None:
                 # no unit: micrometres unless the scale is plain pixel steps
-                fac = None if all(v == 1.0 for v in scale) else 1.0
+                # (the spatial axes' steps: a time or channel step says nothing about them)
+                fac = None if all(scale[letters.index(a)] == 1.0 for a in "ZYX" if a in letters) else 1.0
             else:
                 fac = _unit_factor(unit)
             nz_here = arr.shape[i] if ax == "Z" else 2
@@ -878,10 +912,7 @@ def _plain_zarr_axes(arr) -> tuple[str, bool]:
 def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
                require_ome: bool = False, cast: bool = True, timepoint: int | None = None,
                series: int | None = None) -> Volume:
-    if series not in (None, 0):
-        raise InputError(path, f"series {series!r} is out of range: a Zarr store is read as one image (series 0); "
-                               "for a store of several images give the path of the image's own group")
-    node = _open_zarr(path)
+    node = _zarr_image(path, series)
     if isinstance(node, zarr.Group):
         arr, letters, vox, origin = _ome_zarr_level(path, node, level)
         attrs = dict(node.attrs.get(ATTRS_KEY, {}) or {})
@@ -973,7 +1004,7 @@ def channel_name(path: str | os.PathLike, channel: int, *, series: int | None = 
     path = os.fspath(path)
     try:
         if _kind(path) == "zarr":
-            channels = _ome_attrs(_open_zarr(path)).get("omero", {}).get("channels", [])
+            channels = _ome_attrs(_zarr_image(path, series)).get("omero", {}).get("channels", [])
             name = channels[channel].get("label") if 0 <= channel < len(channels) else None
         else:
             name = _ome_tiff_channel_name(path, channel, series)
@@ -1019,7 +1050,7 @@ def time_increment(path: str | os.PathLike, *, series: int | None = None) -> flo
     path = os.fspath(path)
     try:
         if _kind(path) == "zarr":
-            ms = _multiscale(path, _open_zarr(path))
+            ms = _multiscale(path, _zarr_image(path, series))
             axes = [a if isinstance(a, Mapping) else {"name": a} for a in ms.get("axes") or []]
             names = [str(a.get("name", "")).lower() for a in axes]
             scale = _level_scale(ms, 0, len(names)) if "t" in names else None
@@ -1097,7 +1128,7 @@ def series_numbers(path: str | os.PathLike) -> list[int]:
     """
     path = os.fspath(path)
     if _kind(path) != "tiff":
-        return [0]
+        return _bioformats2raw_series(_open_zarr(path)) or [0]
     with _tiff_log():
         tif = _open_tiff(path)
         try:
@@ -1126,7 +1157,7 @@ def read_voxel_size(path: str | os.PathLike) -> tuple[float, float, float] | Non
     path = os.fspath(path)
     if _kind(path) == "tiff":
         return _tiff_voxel_only(path)
-    node = _open_zarr(path)
+    node = _zarr_image(path)
     if isinstance(node, zarr.Group):
         return _ome_zarr_level(path, node, 0)[2]
     return None

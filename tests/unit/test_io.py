@@ -1259,3 +1259,66 @@ def test_a_normalised_store_knows_the_acquisition_it_was_made_from(tmp_path):
     assert made_from(store, str(tmp_path / "alias" / "a.tif"))  # the same file through a symlinked folder
     assert not made_from(store, str(tmp_path / "data" / "b.tif"))
     assert not made_from(tmp_path / "missing.ome.zarr", str(tmp_path / "data" / "a.tif"))
+
+
+def test_a_bioformats2raw_store_reads_each_of_its_series(tmp_path):
+    """`bioformats2raw scan.czi scan.ome.zarr`, the conversion selfres's own error line gives for
+    a vendor file, writes a root group marked bioformats2raw.layout with one OME-Zarr image per
+    series in 0/, 1/, …; the root was refused as 'a Zarr group without multiscales metadata'."""
+    root = tmp_path / "scan.ome.zarr"
+    zarr.open_group(root, mode="w", zarr_format=2).attrs["bioformats2raw.layout"] = 3
+    first = np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)
+    io.write_ome_zarr(root / "0", first, voxel_size=(2.0, 0.5, 0.5))
+    io.write_ome_zarr(root / "1", first[:, :8], voxel_size=(1.0, 0.25, 0.25))
+    assert io.series_numbers(root) == [0, 1]
+    vol = io.read_volume(root)
+    assert vol.shape == (4, 16, 16) and vol.voxel_size == (2.0, 0.5, 0.5)
+    np.testing.assert_array_equal(vol.data, first)
+    second = io.read_volume(root, series=1)
+    assert second.shape == (4, 8, 16) and second.voxel_size == (1.0, 0.25, 0.25)
+    assert io.read_voxel_size(root) == (2.0, 0.5, 0.5)
+    with pytest.raises(InputError, match="series 2 is out of range: this bioformats2raw store holds series 0, 1"):
+        io.read_volume(root, series=2)
+
+
+@pytest.mark.parametrize("z", [{"PhysicalSizeZ": 1.0, "PhysicalSizeZUnit": "pixel"}, {"PhysicalSizeZ": 0.0},
+                               {"PhysicalSizeZ": "abc"}])
+def test_a_single_plane_ome_tiff_keeps_its_pixel_size_whatever_its_z_size_says(tmp_path, z):
+    """A 2-D OME-TIFF's z size is not used; one in pixels or not a number raised a TypeError /
+    ValueError (not a selfres error), and 0 threw the valid pixel size away."""
+    path = tmp_path / "plane.ome.tif"
+    tifffile.imwrite(path, np.ones((40, 50), np.uint16), ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, **z})
+    assert io.read_volume(path).voxel_size == (0.2, 0.2, 0.2)
+
+
+def test_an_ome_tiff_missing_one_of_its_images_files_does_not_lend_another_images_voxel_size(tmp_path, caplog):
+    """tifffile leaves out an OME Image whose planes are in a file that is not there, so the
+    n-th Pixels element is not the n-th series: image B was read with image A's voxel size."""
+    path = tmp_path / "multi.ome.tif"
+    planes = np.ones((3, 32, 32), np.uint16)
+    with tifffile.TiffWriter(path, ome=True) as w:
+        w.write(planes, metadata={"axes": "ZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1, "PhysicalSizeZ": 0.5})
+        w.write(planes, metadata={"axes": "ZYX", "PhysicalSizeX": 0.7, "PhysicalSizeY": 0.7, "PhysicalSizeZ": 2.0})
+    xml = tifffile.tiffcomment(path)
+    i0, i1 = xml.index('<Image ID="Image:0"'), xml.index('<Image ID="Image:1"')
+    elsewhere = re.sub(r"<TiffData([^/]*)/>", r'<TiffData\1><UUID FileName="missing.ome.tif">'
+                       r"urn:uuid:00000000-0000-0000-0000-000000000000</UUID></TiffData>", xml[i0:i1])
+    tifffile.tiffcomment(path, xml[:i0] + elsewhere + xml[i1:])
+    with caplog.at_level("WARNING"):
+        vol = io.read_volume(path)
+    assert vol.voxel_size is None
+    assert "describes 2 images and the file holds 1" in caplog.text
+
+
+@pytest.mark.parametrize("t_step", [1.0, 60.0])
+def test_an_ome_zarr_in_pixel_steps_is_not_given_micrometres_by_its_time_step(tmp_path, t_step):
+    """Scale 1 on z, y, x and no units: pixel steps, no voxel size — a time step of 60 (s)
+    made them 1 µm."""
+    g = zarr.open_group(tmp_path / "t.zarr", mode="w", zarr_format=2)
+    g.create_array("0", data=np.ones((2, 4, 32, 32), np.float32))
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "t", "type": "time"}, {"name": "z", "type": "space"}, {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"}], "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [t_step, 1, 1, 1]}]}]}]
+    assert io.read_volume(tmp_path / "t.zarr", timepoint=0).voxel_size is None

@@ -390,7 +390,10 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
     ``isotropic`` only the ``train`` values it reads (none of ``train.degradation`` when
     ``isotropic.axial_sigma_px`` gives the axial σ) and no self-ensemble or back-projection;
     with a PSF given, no blurred targets. The ``train.degradation`` values its method and noise
-    leave unread (:func:`degradation_keys_read`) are given as their defaults. A sample that is
+    leave unread (:func:`degradation_keys_read`) are given as their defaults, as are the other
+    values a sample's choices leave unread: the learned degradation's with ``isotropic.degradation``
+    analytic, ``isotropic.fft_weight`` without the ``l1_fft`` loss, ``train.blur_augment_sigma_px``
+    with ``train.blur_augment`` 0, and ``infer.chunks`` / ``infer.shards`` in isotropic mode. A sample that is
     ``adopting`` another sample's model (``model_from``) reads of ``train`` only the guard's
     values (:data:`ADOPT_TRAIN_KEYS`), and no ``isotropic`` training value: the others are given
     as ``config_sections`` (the config's own sections, without the sample's sheet columns; None:
@@ -421,8 +424,26 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
                                                      () if sigma_given else degradation_keys_read(deg))}
         out["train"] = train
     if mode == "isotropic" and "infer" in out:
-        out["infer"] = {k: v for k, v in out["infer"].items() if k not in ENHANCE_ONLY_INFER_KEYS}
+        infer = {k: v for k, v in out["infer"].items() if k not in ENHANCE_ONLY_INFER_KEYS}
+        # isotropic inference writes chunks of its own (one per slice tile)
+        out["infer"] = _pinned(infer, defaults["infer"], set(infer) - {"chunks", "shards"})
+    if isinstance(out.get("isotropic"), dict):
+        iso = out["isotropic"]
+        unread = set()
+        if iso.get("degradation") != "learned":
+            unread |= set(ISOTROPIC_LEARNED_DEGRADATION_KEYS)
+        if iso.get("loss") != "l1_fft":
+            unread.add("fft_weight")
+        out["isotropic"] = _pinned(iso, defaults["isotropic"], set(iso) - unread)
+    train = out.get("train")
+    if mode != "isotropic" and isinstance(train, dict) and train.get("blur_augment") == 0:
+        out["train"] = _pinned(train, defaults["train"], set(train) - {"blur_augment_sigma_px"})
     return out
+
+
+#: ``isotropic`` values read only with ``isotropic.degradation: learned`` (the generator's training)
+ISOTROPIC_LEARNED_DEGRADATION_KEYS = ("gan_steps", "gan_max_minutes", "gan_width", "gan_depth", "gan_weight",
+                                      "cycle_weight", "feedback_weight")
 
 
 #: the ``train`` values an adopting sample (``model_from``) reads: the guard's, which judge the

@@ -123,7 +123,8 @@ def coerce_command_line_strings(config: dict, *, schema: str | os.PathLike | Map
     ``'70'`` (Snakemake reads it with YAML's base loader), which the schema then refused
     (``'70' is not of type 'integer'``). A string where the schema wants a number, a boolean,
     null or a list is read as YAML and kept only when it has such a type; a string the
-    schema allows stays a string.
+    schema allows stays a string. A number where the schema wants one of a list of strings
+    (``infer.ngff_version: 0.5`` written without quotes) becomes that string.
     """
     import yaml
 
@@ -138,6 +139,9 @@ def coerce_command_line_strings(config: dict, *, schema: str | os.PathLike | Map
             return value
         if isinstance(value, list):
             return [coerce(v, sch.get("items")) for v in value]
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and sch.get("type") == "string":
+            # YAML reads `ngff_version: 0.5` as a number; the schema's choices are its text
+            return str(value) if str(value) in (sch.get("enum") or ()) else value
         if not isinstance(value, str):
             return value
         types = sch.get("type")

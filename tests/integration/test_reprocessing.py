@@ -122,6 +122,31 @@ def test_a_change_reruns_exactly_what_it_affects(wd, what, change, expected):
     assert _jobs(wd) == expected, what
 
 
+def test_another_path_to_the_checkout_or_to_the_results_folder_reruns_nothing(wd, tmp_path):
+    """Every report (and so the summary) reran when the Snakefile was given by another path
+    to the same checkout (a symlink, cron's /opt/selfres next to the interactive checkout):
+    its folder was among the report's parameters. `results: results/` reran the summary at
+    every run (Snakemake compares `results//summary.tsv` as text); `results: ""` wrote every
+    sample to the file system's root."""
+    import os
+    import subprocess
+    import sys
+
+    from workdir import REPO_ROOT
+
+    alias = tmp_path / "checkout"
+    os.symlink(REPO_ROOT, alias)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(alias / "Snakefile"), "--directory", str(wd),
+                           "--cores", "2", "-n"], capture_output=True, text=True, timeout=300, cwd=wd)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and parse_snakemake_log(out)["jobs"] == [], out[-3000:]
+    _edit_config(wd, results="results/")
+    assert _jobs(wd) == set()
+    _edit_config(wd, results="")
+    proc = run_snakemake(wd, "-n")
+    assert proc.returncode != 0 and "results" in proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+
+
 def test_params_trigger_alone_finds_the_change(wd):
     """`snakemake -n --rerun-triggers params`: the jobs a parameter change alone reruns.
 

@@ -506,3 +506,28 @@ def test_infer_command_puts_execution_values_over_its_settings(monkeypatch, capl
     assert 'how this job runs (--execution, not recorded in provenance.json): {"infer": {"batch_size": 5}' in caplog.text
     assert cli.main([*argv, "--execution", '{"infer": {"tile_size": [4, 4, 4]}}']) == 2
 
+
+
+@pytest.mark.parametrize("mode, stage, unread, read", [
+    # the learned degradation's values with the analytic one (the default)
+    ("isotropic", "train", {"isotropic__gan_steps": 300, "isotropic__gan_weight": 0.5, "isotropic__cycle_weight": 2.0},
+     {"isotropic__degradation": "learned", "isotropic__gan_steps": 300}),
+    # fft_weight weighs the l1_fft loss only
+    ("isotropic", "train", {"isotropic__loss": "l1", "isotropic__fft_weight": 0.9}, {"isotropic__loss": "l1"}),
+    # isotropic inference writes chunks of its own
+    ("isotropic", "infer", {"infer__chunks": [3, 3, 3]}, {"infer__fusion": "geometric"}),
+    # blurred targets' σ with blurred targets off
+    ("enhance", "train", {"train__blur_augment": 0.0, "train__blur_augment_sigma_px": 3.0},
+     {"train__blur_augment": 0.0}),
+])
+def test_a_value_the_samples_choices_leave_unread_reruns_nothing(mode, stage, unread, read):
+    """Each changed the job's parameters and so retrained (or re-inferred) a sample that never
+    reads it. ``read`` is the same sample's reading choice alone, which does change them."""
+    from selfres.settings import stage_settings
+
+    config = _shipped_sections()
+    chosen = {k: v for k, v in unread.items() if k in read}  # the choice that leaves the rest unread
+    base = stage_settings(_with(config, **chosen), stage=stage, mode=mode)
+    assert stage_settings(_with(config, **unread), stage=stage, mode=mode) == base
+    if read != chosen:
+        assert stage_settings(_with(config, **read), stage=stage, mode=mode) != base

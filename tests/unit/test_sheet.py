@@ -360,6 +360,26 @@ def test_nested_command_line_strings_become_the_schema_s_types():
         check_config(config, schema=schema)
 
 
+def test_an_unquoted_ngff_version_in_the_config_is_its_text():
+    """YAML reads `ngff_version: 0.5` as a number; it was refused with "0.5 is not of type
+    'string'; … is not allowed; allowed values: '0.4', '0.5'". A number outside the choices
+    stays one, for the check to refuse."""
+    from pathlib import Path
+
+    from selfres.sheet import check_config, coerce_command_line_strings
+
+    schema = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+    for written, read in ((0.5, "0.5"), (0.4, "0.4")):
+        config = {"infer": {"ngff_version": written}}
+        coerce_command_line_strings(config, schema=schema)
+        assert config == {"infer": {"ngff_version": read}}
+        check_config(config, schema=schema)
+    config = {"infer": {"ngff_version": 0.6}}
+    coerce_command_line_strings(config, schema=schema)
+    with pytest.raises(Exception, match="infer.ngff_version"):
+        check_config(config, schema=schema)
+
+
 def test_a_psf_path_column_is_relative_to_the_sheet_like_path_and_reference(tmp_path, monkeypatch):
     """A sheet's files are found beside it: its measured PSF too (it was read relative to the
     working directory, unlike the acquisition in the same row); ``null`` stays no file."""

@@ -92,7 +92,9 @@ _sheet.coerce_command_line_strings(config, schema=_CONFIG_SCHEMA)
 _stop_on_bad_config(_sheet.check_config, config, schema=_CONFIG_SCHEMA)
 validate(config, schema="../schemas/config.schema.yaml")
 
-R = config["results"]
+# one spelling of the results folder (`results/` and `./results` are `results`; Snakemake
+# compares output paths as text)
+R = os.path.normpath(config["results"])
 # torch threads of one train/infer job (snakemake lowers it to --cores): one sample uses
 # up to 4 cores, and a larger machine runs more samples side by side; a profile's
 # set-threads (profiles/slurm) or --set-threads train=8 overrides it
@@ -539,8 +541,7 @@ def _applied_settings(sample):
 
 def report_args(wildcards):
     s = wildcards.sample
-    return " ".join(_q(a) for a in ["--sample", s, "--config", json.dumps(resolved_config(s), sort_keys=True),
-                                    "--workflow-dir", workflow.basedir])
+    return " ".join(_q(a) for a in ["--sample", s, "--config", json.dumps(resolved_config(s), sort_keys=True)])
 
 
 def summary_cli_args():

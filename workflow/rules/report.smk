@@ -48,12 +48,14 @@ rule report:
         args=report_args,
         benchmarks=f"{R}/{{sample}}/benchmarks",
         figures=f"{R}/{{sample}}/figures",
+    resources:
+        workflow_dir=workflow.basedir,  # for provenance; not params: another path to the checkout reruns nothing
     conda:
         "../../envs/selfres.yaml"
     shell:
         "selfres report {input.normalized:q} {input.restored:q} {input.model:q} {input.fov:q} {input.metrics:q} "
         "-o {output.html:q} --provenance {output.provenance:q} --benchmarks {params.benchmarks:q} "
-        "--figures {params.figures:q} {params.args} > {log:q} 2>&1"
+        "--figures {params.figures:q} --workflow-dir {resources.workflow_dir:q} {params.args} > {log:q} 2>&1"
 
 
 # export_tiff: true: restored.ome.zarr also as an OME-TIFF, for Fiji and other TIFF readers.

@@ -1374,8 +1374,9 @@ def _block_mean(block: np.ndarray, *, factors: tuple[int, int, int], out_dtype) 
     m = acc * acc_dtype(1.0 / (factors[0] * factors[1] * factors[2]))
     out_dtype = np.dtype(out_dtype)
     if out_dtype.kind in "iu":
-        info = np.iinfo(out_dtype)
-        m = np.clip(np.rint(m), info.min, info.max)
+        from .normalise import cast_to_dtype  # rounded and clipped below a 64-bit integer's limit
+
+        return cast_to_dtype(m, out_dtype)
     return m.astype(out_dtype, copy=False)
 
 

@@ -1322,3 +1322,12 @@ def test_an_ome_zarr_in_pixel_steps_is_not_given_micrometres_by_its_time_step(tm
         {"name": "x", "type": "space"}], "datasets": [{"path": "0", "coordinateTransformations": [
             {"type": "scale", "scale": [t_step, 1, 1, 1]}]}]}]
     assert io.read_volume(tmp_path / "t.zarr", timepoint=0).voxel_size is None
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64])
+def test_a_pyramid_level_of_64_bit_integers_near_their_limit_does_not_wrap(dtype):
+    """The block mean was clipped at the limit as a float (2**63, 2**64: one past it) and wrapped
+    to the other end of the range on the cast."""
+    block = np.full((2, 2, 2), np.iinfo(dtype).max - 5, dtype)
+    mean = io._block_mean(block, factors=(2, 2, 2), out_dtype=dtype)
+    assert mean.dtype == dtype and int(mean[0, 0, 0]) > np.iinfo(dtype).max // 2

@@ -358,6 +358,30 @@ def reference_grid_problem(reference: str | Path, path: str | Path, *, mode: str
             "the shape of restored.ome.zarr)")
 
 
+def chunk_layout_problem(path: str | Path, *, scale: Sequence[int], tile_size: Sequence[int],
+                         chunks: Sequence[int] | None, shards: Sequence[int] | None,
+                         series: int | None = None) -> str | None:
+    """Why an ``enhance`` sample's ``infer.chunks`` / ``infer.shards`` cannot be written by its
+    tiles (:func:`selfres.infer.store_layout`), read from the acquisition's header before any job
+    (``None``: they fit, none is set, or the header cannot tell): found otherwise only when the
+    infer job starts, after the training."""
+    if chunks is None and shards is None:
+        return None
+    try:
+        images = io.describe_acquisition(path)
+        image = next(im for im in images if series is None or int(im["series"]) == int(series))
+    except (InputError, StopIteration, ValueError, OSError):
+        return None
+    from .infer import store_layout
+
+    try:
+        store_layout(tuple(image["shape"]), factors=tuple(int(f) for f in scale), tile_size=tile_size,
+                     chunks=chunks, shards=shards)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def _voxel_size_of(vol: io.Volume) -> tuple[float, float, float] | None:
     return tuple(vol.voxel_size) if vol.attrs.get("voxel_size_known", True) and vol.voxel_size else None
 

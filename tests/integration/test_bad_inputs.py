@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import tifffile
 import zarr
+import yaml
 
 from selfres import cli, io, pipeline
 from selfres.runlog import parse_snakemake_log
@@ -665,3 +666,21 @@ def test_a_library_call_with_a_scale_of_one_on_every_axis_is_refused_at_crop(tmp
     with pytest.raises(ConfigError, match=r"sample 's1': scale '1,1,1' is 1 on every axis"):
         pipeline.stage_crop(norm, tmp_path / "fov.json", sample=SAMPLE, scale=(1, 1, 1))
     assert not (tmp_path / "fov.json").exists()
+
+
+def test_output_chunks_the_tiles_cannot_write_whole_stop_the_run_before_any_job(tmp_path):
+    """`infer.chunks` is checked against each enhance sample's tile × scale from its header at
+    the start: it passed the start and failed the infer job, after the training. Chunks that
+    fit (here a's own sheet value) pass."""
+    wd = make_workdir(tmp_path, samples={"a": {"infer.chunks": "4,32,32"}, "b": {}},
+                      config_overrides={"infer": {"chunks": [3, 3, 3]}})
+    plan = run_snakemake(wd, "-n", timeout=120)
+    assert plan.returncode != 0
+    assert ("selfres: ERROR: sample 'b': infer.chunks (3, 3, 3) must divide infer.tile_size x scale (8, 64, 64) "
+            "along y, x") in plan.stderr, plan.stderr[-3000:]
+    assert "sample 'a'" not in plan.stderr
+    cfg = yaml.safe_load((wd / "config" / "config.yaml").read_text())
+    cfg["infer"]["chunks"] = None
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    plan = run_snakemake(wd, "-n", timeout=120)
+    assert plan.returncode == 0, plan.stderr[-3000:]

@@ -19,7 +19,7 @@ except ImportError:  # snakemake run from an env without the package: use the ch
     sys.path.insert(0, os.path.join(workflow.basedir, "src"))
     from selfres import sheet as _sheet
 
-from selfres.errors import SelfresError as _SelfresError
+from selfres.errors import ConfigError as _ConfigError, SelfresError as _SelfresError
 from selfres.formats import missing_path_hint as _missing_path_hint, unread_format as _unread_format
 import selfres.settings as _settings
 from selfres.settings import settings_sections
@@ -36,6 +36,10 @@ def _stop_on_bad_config(check, *args, **kwargs):
         if workflow.is_main_process and _is_a_run():
             _record_stopped_run(str(exc))
         sys.exit(1)
+
+
+def _refuse(message):
+    raise _ConfigError(message)
 
 
 #: Snakemake options after which a command is not a run of the workflow (its parse of the
@@ -611,3 +615,21 @@ onerror:
                     f"{R}/summary.html"] + (["--snakemake-log", str(run_log)] if run_log else []), check=False)
     summary_written_outside_the_rule()
     run_record("error", log)
+
+
+if workflow.is_main_process:
+    # output chunks (shards) that the sample's tiles cannot write whole: a config mistake, said
+    # before any job (the infer job would refuse them after the training), from the header
+    for _s in SAMPLE_IDS:
+        _infer = _stage_sections(_s, "infer")[0].get("infer", {})
+        if sample_mode(_s) == "enhance" and (_infer.get("chunks") or _infer.get("shards")) and \
+                _declared(_cell(_s, "path")):
+            from selfres.pipeline import chunk_layout_problem
+            from selfres.settings import parse_scale
+
+            _problem = chunk_layout_problem(
+                _cell(_s, "path"), scale=parse_scale(sample_scale(_s)), tile_size=_infer["tile_size"],
+                chunks=_infer.get("chunks"), shards=_infer.get("shards"),
+                series=int(_cell(_s, "series")) if _cell(_s, "series") not in ("", "all") else None)
+            if _problem:
+                _stop_on_bad_config(_refuse, f"sample {_s!r}: {_problem}")

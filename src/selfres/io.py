@@ -670,7 +670,7 @@ def _tiff_voxel_only(path: str) -> tuple[float, float, float] | None:
             series = _tiff_series(path, tif)
             axes, shape = series.axes.upper(), series.shape
             nz = shape[axes.index("Z")] if "Z" in axes else (
-                shape[0] if len(shape) == 3 and axes[0] not in "TCS" else 1
+                shape[0] if len(shape) == 3 and axes[0] not in "TCS" and axes[1:] == "YX" else 1  # not YXS (RGB)
             )
             return _tiff_voxel(tif, int(nz))
         finally:

@@ -1331,3 +1331,17 @@ def test_a_pyramid_level_of_64_bit_integers_near_their_limit_does_not_wrap(dtype
     block = np.full((2, 2, 2), np.iinfo(dtype).max - 5, dtype)
     mean = io._block_mean(block, factors=(2, 2, 2), out_dtype=dtype)
     assert mean.dtype == dtype and int(mean[0, 0, 0]) > np.iinfo(dtype).max // 2
+
+
+@pytest.mark.parametrize("ome", [False, True])
+def test_read_voxel_size_of_an_rgb_plane_agrees_with_read_volume(tmp_path, ome):
+    """Axes YXS: the y size was taken for a z count (ImageJ: a z step of 1 µm and a warning;
+    OME: no voxel size at all), where read_volume reads the plane's 0.5 µm."""
+    rgb = np.zeros((40, 50, 3), np.uint8)
+    path = tmp_path / ("rgb.ome.tif" if ome else "rgb.tif")
+    if ome:
+        tifffile.imwrite(path, rgb, ome=True, photometric="rgb",
+                         metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    else:
+        tifffile.imwrite(path, rgb, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"}, photometric="rgb")
+    assert io.read_voxel_size(path) == io.read_volume(path, channel=0).voxel_size == (0.5, 0.5, 0.5)

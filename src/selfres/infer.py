@@ -1032,6 +1032,9 @@ def whole_volume_back_projection(model: nn.Module, shape: Sequence[int], factors
     if model.noise_level is not None:
         need += inputs * WHOLE_VOLUME_SHRINK_BYTES_PER_INPUT_VOXEL
     available = host_memory_available() if available is None else available
+    if available is None:  # not Linux: how much memory is free is unknown, and the tile path always fits
+        log.debug("back-projection runs inside each tile: the host's free memory cannot be read")
+        return None
     if need > available / 2:
         (log.debug if quiet else log.info)(
             "back-projection runs inside each tile: over the whole volume it would need ~%.0f MiB of host "
@@ -1316,7 +1319,9 @@ class PartialStore:
             if _crc(np.asarray(dest[region_of(i)])) == crc:
                 good.add(i)
             else:
-                log.warning("tile %d of %s does not match its record; it is recomputed", i, self.path)
+                # recomputed by a block or single job; gather asks for the block's rerun
+                log.warning("tile %d of %s does not match its record (damaged or cut short); it is not used",
+                            i, self.path)
         return good
 
     def recorder(self, name: str, compute: str | None = None) -> Callable[[int, np.ndarray], None]:

@@ -17,7 +17,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from .errors import ConfigError
 
@@ -382,8 +382,20 @@ STAGE_SECTIONS = {
 GUARD_INFER_KEYS = ("amp", *ENHANCE_ONLY_INFER_KEYS)
 
 
+def reads_x4_strategy(factors: Sequence[int]) -> bool:
+    """Whether ``train.x4_strategy`` applies to these factors: a factor of 4, the others 1, 2 or
+    4 (``serial`` then trains two ×2 stages); other factors always train directly."""
+    fs = tuple(int(f) for f in factors)
+    return 4 in fs and all(f in (1, 2, 4) for f in fs)
+
+
+#: the ``train`` values of the ``resnet3d`` network's shape, which the paper's fixed networks ignore
+RESNET_SHAPE_KEYS = ("width", "depth")
+
+
 def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: bool = False,
-                          config_sections: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                          config_sections: Mapping[str, Any] | None = None,
+                          scale: Sequence[int] | None = None) -> dict[str, Any]:
     """``sections`` (a sample's settings, as dicts) in canonical form (:func:`canonical_sections`)
     without the values its mode does not read, so that changing one neither reruns nor is
     recorded for samples it cannot affect: no ``isotropic`` section for ``enhance``; for
@@ -393,7 +405,9 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
     leave unread (:func:`degradation_keys_read`) are given as their defaults, as are the other
     values a sample's choices leave unread: the learned degradation's with ``isotropic.degradation``
     analytic, ``isotropic.fft_weight`` without the ``l1_fft`` loss, ``train.blur_augment_sigma_px``
-    with ``train.blur_augment`` 0, and ``infer.chunks`` / ``infer.shards`` in isotropic mode. A sample that is
+    with ``train.blur_augment`` 0, ``train.width`` / ``depth`` with the paper's fixed networks,
+    ``train.x4_strategy`` where the ``enhance`` sample's ``scale`` (when given) has no factor of 4,
+    and ``infer.chunks`` / ``infer.shards`` in isotropic mode. A sample that is
     ``adopting`` another sample's model (``model_from``) reads of ``train`` only the guard's
     values (:data:`ADOPT_TRAIN_KEYS`), and no ``isotropic`` training value: the others are given
     as ``config_sections`` (the config's own sections, without the sample's sheet columns; None:
@@ -436,8 +450,15 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
             unread.add("fft_weight")
         out["isotropic"] = _pinned(iso, defaults["isotropic"], set(iso) - unread)
     train = out.get("train")
-    if mode != "isotropic" and isinstance(train, dict) and train.get("blur_augment") == 0:
-        out["train"] = _pinned(train, defaults["train"], set(train) - {"blur_augment_sigma_px"})
+    if mode != "isotropic" and isinstance(train, dict):
+        unread = set()
+        if train.get("blur_augment") == 0:
+            unread.add("blur_augment_sigma_px")
+        if train.get("arch", defaults["train"]["arch"]) != "resnet3d":
+            unread |= set(RESNET_SHAPE_KEYS)
+        if scale is not None and not reads_x4_strategy(scale):
+            unread.add("x4_strategy")
+        out["train"] = _pinned(train, defaults["train"], set(train) - unread)
     return out
 
 
@@ -494,7 +515,8 @@ def psf_file(sections: Mapping[str, Any]) -> str | None:
 
 
 def stage_settings(sections: Mapping[str, Any], *, stage: str, mode: str,
-                   config_sections: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                   config_sections: Mapping[str, Any] | None = None,
+                   scale: Sequence[int] | None = None) -> dict[str, Any]:
     """The settings one workflow stage of a sample receives (its ``--settings``), in canonical
     form (:func:`canonical_sections`: the same values written otherwise give the same text):
     the sections of :data:`STAGE_SECTIONS` that its mode reads (:func:`settings_used_by_mode`);
@@ -503,7 +525,7 @@ def stage_settings(sections: Mapping[str, Any], *, stage: str, mode: str,
     ``adopt``, whose ``train`` values but the guard's are ``config_sections``'s) the
     :data:`GUARD_INFER_KEYS`."""
     out = settings_used_by_mode({k: sections[k] for k in STAGE_SECTIONS[stage] if k in sections}, mode,
-                                adopting=stage == "adopt", config_sections=config_sections)
+                                adopting=stage == "adopt", config_sections=config_sections, scale=scale)
     if "isotropic" in out:
         keep = (lambda k: k in ISOTROPIC_INFERENCE_KEYS) if stage == "infer" else (lambda k: k not in ISOTROPIC_INFERENCE_KEYS)
         out["isotropic"] = {k: v for k, v in out["isotropic"].items() if keep(k)}

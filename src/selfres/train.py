@@ -37,7 +37,7 @@ from .noise import NOISE_AT
 from .io import file_checksum, write_text_atomic
 from .fov import _window_means, structure_map
 from .infer import predict_array
-from .settings import DegradationSettings, TrainSettings, to_dict
+from .settings import DegradationSettings, TrainSettings, reads_x4_strategy, to_dict
 
 log = logging.getLogger("selfres.train")
 
@@ -996,7 +996,7 @@ def serial_split(factors: Sequence[int]) -> tuple[tuple[int, int, int], tuple[in
     directly). Axes of factor 2 are scaled in the first stage, axes of factor 4 in both.
     """
     fs = tuple(int(f) for f in factors)
-    if 4 not in fs or any(f not in (1, 2, 4) for f in fs):
+    if not reads_x4_strategy(fs):
         return None
     first = tuple(2 if f in (2, 4) else 1 for f in fs)
     second = tuple(2 if f == 4 else 1 for f in fs)

@@ -190,6 +190,20 @@ def test_cpu_pass_that_would_not_fit_in_host_memory_is_split_before_it_runs(monk
     assert "host memory" in caplog.text and "cut into pieces" in caplog.text
 
 
+def test_back_projection_where_the_hosts_free_memory_cannot_be_read(monkeypatch):
+    """Off Linux host_memory_available gives None: the whole-volume back-projection compared
+    None with its need and raised a TypeError; it now runs in the tiles, with the same output."""
+    import selfres.infer as infer
+    from selfres.ensemble import BackProjection
+
+    bp = BackProjection(infer.CubicUpsampler((1, 2, 2)), iterations=1)
+    vol = blob_volume((4, 16, 16))
+    ref = predict_single_pass(bp, vol, factors=(1, 2, 2))
+    monkeypatch.setattr(infer, "host_memory_available", lambda *a, **k: None)
+    out = predict_array(bp, vol, factors=(1, 2, 2), tile_size=(4, 8, 8))
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
 def test_cpu_pass_that_cannot_fit_at_all_says_what_to_change(monkeypatch):
     import selfres.infer as infer
     from selfres.ensemble import BackProjection

@@ -531,3 +531,20 @@ def test_a_value_the_samples_choices_leave_unread_reruns_nothing(mode, stage, un
     assert stage_settings(_with(config, **unread), stage=stage, mode=mode) == base
     if read != chosen:
         assert stage_settings(_with(config, **read), stage=stage, mode=mode) != base
+
+
+def test_the_x4_strategy_and_the_resnet_shape_are_read_only_where_they_apply():
+    """train.x4_strategy retrained samples with no factor of 4, train.width / depth samples
+    whose network (the paper's) has a fixed shape."""
+    from selfres.settings import stage_settings
+
+    config = _shipped_sections()
+    serial = _with(config, train__x4_strategy="serial")
+    for scale, read in (((1, 2, 2), False), ((2, 2, 2), False), ((4, 4, 4), True), ((1, 4, 4), True)):
+        assert (stage_settings(serial, stage="train", mode="enhance", scale=scale)
+                != stage_settings(config, stage="train", mode="enhance", scale=scale)) == read, scale
+    paper = _with(config, train__arch="svision_paper")
+    assert stage_settings(_with(paper, train__width=32, train__depth=4), stage="train", mode="enhance") == \
+        stage_settings(paper, stage="train", mode="enhance")
+    assert stage_settings(_with(config, train__width=32), stage="train", mode="enhance") != \
+        stage_settings(config, stage="train", mode="enhance")

@@ -396,7 +396,13 @@ def _stage_sections(sample, stage):
     sample and stage (an infer job asks for both halves, the PSF input for the train stage's).
     Callers only read the dicts."""
     return _settings.split_execution(_settings.stage_settings(
-        sample_settings(sample), stage=stage, mode=sample_mode(sample), config_sections=settings_sections(config)))
+        sample_settings(sample), stage=stage, mode=sample_mode(sample), config_sections=settings_sections(config),
+        scale=_enhance_scale(sample)))
+
+
+def _enhance_scale(sample):
+    """An enhance sample's factors (what of train.x4_strategy it reads), else None."""
+    return _settings.parse_scale(sample_scale(sample)) if sample_mode(sample) == "enhance" else None
 
 
 def stage_settings(sample, stage):
@@ -539,7 +545,7 @@ def _applied_settings(sample):
     how its infer jobs run given as the defaults (selfres.settings.split_execution)."""
     used = _settings.settings_used_by_mode(sample_settings(sample), sample_mode(sample),
                                            adopting=model_source(sample) != sample,
-                                           config_sections=settings_sections(config))
+                                           config_sections=settings_sections(config), scale=_enhance_scale(sample))
     return _settings.split_execution(used)[0]  # how its jobs ran reruns no report (nor is it recorded)
 
 

@@ -1298,7 +1298,9 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             contrast_limits=(params.low, params.high),
             origin=grid_origin(vs_in, vs_out, at_voxel_size(vol.origin_voxels, vs_in)),
             attrs={"sample": sample, "content": kind, "factor": factor, "normalisation": params.to_dict(),
-                   "fusion": fusion, "ran_on": models.ran_on(device), "code": code_identity()},
+                   "fusion": fusion, "ran_on": models.ran_on(device), "code": code_identity(),
+                   # the acquisition's channel name and frame interval (layer names, the time-series export)
+                   **{k: vol.attrs[k] for k in ("channel_name", "time_increment_s") if vol.attrs.get(k)}},
             compute_kind=models.compute_label(device, amp=settings.amp and net is not None),  # z-cubic: float32
             reuse_finished=reuse_finished)
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s", kind, step, path, stats["computed"], stats["tiles"],

@@ -202,6 +202,33 @@ def _warn_if_sampled_otherwise(source_voxel, voxel, *, sample: str, source, skip
                     tuple(voxel), source, tuple(source_voxel))
 
 
+def _own_noise_topup(meta: dict, vol, fov, *, sample: str) -> dict:
+    """The source's axial degradation (``model.json``'s ``degradation``) with the noise top-up
+    of *this* sample: its held-out lateral slices are degraded with the source's σ, and topped
+    up to this acquisition's own noise (measured on its training FOV), as the source's were to
+    the source's, when the source matched noise (``isotropic.noise_match``)."""
+    from .fov import box_slices
+    from .isotropic import noise_topup
+
+    d = dict(meta.get("degradation") or {})
+    if not (meta.get("isotropic") or {}).get("noise_match", True) or "factor" not in d or "sigma_px" not in d:
+        return d
+    train_box = np.asarray(vol.data[box_slices(fov.train)], dtype=np.float32)
+    level = noise.noise_level_function(train_box)
+    lost = noise_topup(float(d["factor"]), float(d["sigma_px"]), 1.0) ** 2
+    d.update({"noise_variance": level.scaled(lost).as_list(), "noise_level": level.as_list(),
+              "noise_bins": level.bins,
+              "noise_sigma_mean": float(np.sqrt(level.variance(float(np.mean(train_box))))) if level.bins else 0.0})
+    log.info("sample %s: held-out lateral slices topped up to its own noise (σ %.4f at its mean intensity; the "
+             "source's %s)", sample, d["noise_sigma_mean"], _fmt_sigma((meta.get("degradation") or {})
+                                                                          .get("noise_sigma_mean")))
+    return d
+
+
+def _fmt_sigma(value) -> str:
+    return f"σ {float(value):.4f}" if isinstance(value, (int, float)) else "unknown"
+
+
 def adopt_isotropic(
     model: torch.nn.Module,
     spec,
@@ -250,6 +277,7 @@ def adopt_isotropic(
         raise ConfigError(f"sample {sample!r}: its axial factor (voxel z / xy) is {factor:.4g}, the model of "
                           f"{source!r} was trained for {trained_factor:.4g}: a model restores the axial blur it "
                           "learned; train this sample")
+    meta = dict(meta, degradation=_own_noise_topup(meta, vol, fov, sample=sample))
     validation = self_validation(vol, fov, model, meta, device=device, degrader=degrader)
     flags = inherited_flags(meta) + guard_flags(validation, guard_margin_db)
     out = dict(meta)

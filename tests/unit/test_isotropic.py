@@ -762,7 +762,14 @@ def test_a_learned_degradation_model_is_rejudged_with_its_saved_generator(tmp_pa
     assert adopted["ran_on"]["device"] == "cpu" and adopted["adopted_from"]["ran_on"] == meta["ran_on"]
     assert (other / "model" / iso.DEGRADER_FILE).is_file()
     other_vol, other_fov = io.read_ome_zarr(other / "n.ome.zarr"), TrainingFov.load(other / "fov.json")
-    expected = iso.self_validation(other_vol, other_fov, model, info,
+    # the source's axial σ, this acquisition's own noise top-up (it was the source's)
+    from selfres.fov import box_slices
+    from selfres.noise import noise_level_function
+
+    own = noise_level_function(np.asarray(other_vol.data[box_slices(other_fov.train)], np.float32))
+    assert adopted["degradation"]["noise_level"] == own.as_list() != info["degradation"]["noise_level"]
+    assert adopted["degradation"]["sigma_px"] == info["degradation"]["sigma_px"]
+    expected = iso.self_validation(other_vol, other_fov, model, dict(info, degradation=adopted["degradation"]),
                                    degrader=iso.load_degrader(tmp_path / "model", info))  # the saved generator
     for key in ("psnr_model", "psnr_interp"):
         assert adopted["self_validation"][key] == pytest.approx(expected[key], abs=1e-6)

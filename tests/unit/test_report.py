@@ -197,9 +197,10 @@ def test_unknown_flag_generic_hint():
 
 
 def test_every_flag_the_code_raises_is_explained_and_documented_and_no_other():
-    """The flags the stages raise — appended to a flags list, or returned as one by a helper
-    such as train.Selection.budget_stop_flags (read from the source, in the two forms the code
-    uses) — are exactly those the report explains and docs/reports.md lists."""
+    """The flags the stages raise — appended to a flags list, returned as one by a helper
+    such as train.Selection.budget_stop_flags, or given with a stop reason (run_steps) — read
+    from the source, in the three forms the code uses, are exactly those the report explains
+    and docs/reports.md lists."""
     import re
     from pathlib import Path
 
@@ -209,6 +210,7 @@ def test_every_flag_the_code_raises_is_explained_and_documented_and_no_other():
         text = f.read_text()
         raised |= set(re.findall(r'flags\.append\("([a-z_]+)"\)', text))
         raised |= set(re.findall(r'return \["([a-z_]+)"\]', text))
+        raised |= set(re.findall(r'\("[a-z_]+", \["([a-z_]+)"\]\)', text))  # with a stop: (reason, [flag])
     assert {"dead_output", "gpu_unused", "stopped_while_improving"} <= raised  # both forms are found
     assert set(report.FLAG_EXPLANATIONS) == raised
     docs = (src.parents[1] / "docs" / "reports.md").read_text()

@@ -297,7 +297,10 @@ def _fmt(value: Any, *, digits: int = 3) -> str:
         if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
             return f"{v:.{digits}g}"
         text = f"{v:.{digits}f}"
-        return text.rstrip("0").rstrip(".") if "." in text else text
+        text = text.rstrip("0").rstrip(".") if "." in text else text
+        if abs(v) < 1 and text in ("1", "-1"):  # an SSIM of 0.9996 is not a perfect 1
+            return f"{v:.{digits + 3}g}"
+        return text
     if isinstance(value, (list, tuple)):
         return " × ".join(_fmt(v, digits=digits) for v in value)
     return str(value)
@@ -1238,7 +1241,7 @@ def figure_beads(
     ax.set_xticks(range(len(ticks)))
     ax.set_xticklabels(ticks, fontsize=7)
     ax.set_ylabel(f"FWHM ({unit})", fontsize=8)
-    ax.set_title(f"all beads (in: {len(t_in)}, out: {len(t_out)}); bar = median",
+    ax.set_title(f"all beads (in: {len(t_in)}, out: {len(t_out)}; a failed fit has no dot); bar = median",
                  fontsize=9)
     ax.tick_params(labelsize=7)
     fig.suptitle("Typical bead (closest to the median width): line profiles through its "
@@ -1517,14 +1520,16 @@ def _bead_summary(bead_table: Any, voxel_units: tuple | None = None) -> pd.DataF
     out: dict[str, dict[str, float | None]] = {}
     used: set[str] = set()
     stage_col = next((cols[k] for k in ("stage", "which", "volume", "kind") if k in cols), None)
+    fitted: dict[str, pd.Series] = {}  # per stage: the rows (beads) whose every axis was fitted
     for axis in "zyx":
         for stage, aliases in (("input", ("in", "input")), ("output", ("out", "output"))):
             val = None
+            widths = None
             if stage_col is not None:
                 mask = df[stage_col].astype(str).str.lower().isin(aliases)
                 for cand in (f"fwhm_{axis}_um", f"fwhm_{axis}", f"fwhm_{axis}_px"):
                     if cand in cols and mask.any():
-                        val = pd.to_numeric(df.loc[mask, cols[cand]], errors="coerce").median()
+                        widths = pd.to_numeric(df.loc[mask, cols[cand]], errors="coerce")
                         used.add(cand)
                         break
             else:
@@ -1532,22 +1537,27 @@ def _bead_summary(bead_table: Any, voxel_units: tuple | None = None) -> pd.DataF
                     for cand in (f"fwhm_{axis}_um_{suf}", f"fwhm_{axis}_{suf}",
                                  f"fwhm_{axis}_px_{suf}", f"{suf}_fwhm_{axis}"):
                         if cand in cols:
-                            val = pd.to_numeric(df[cols[cand]], errors="coerce").median()
+                            widths = pd.to_numeric(df[cols[cand]], errors="coerce")
                             used.add(cand)
                             break
-                    if val is not None:
+                    if widths is not None:
                         break
+            if widths is not None:
+                val = widths.median()
+                ok = widths.notna()
+                fitted[stage] = ok if stage not in fitted else (fitted[stage] & ok.reindex(fitted[stage].index,
+                                                                                            fill_value=False))
             out.setdefault(axis, {})[stage] = _num(val)
     res = pd.DataFrame(out).T[["input", "output"]]
     if res.isna().all().all():
         return None
     res.index.name = "axis"
     res.attrs["unit"] = "µm" if any("_um" in c for c in used) else "voxels"
-    res.attrs["n_beads"] = int(len(df) if stage_col is None else
-                               (df[stage_col].astype(str).str.lower().isin(("in", "input"))).sum())
+    # the beads the medians rest on: those with every axis fitted (as metrics.bead_fwhm_summary counts;
+    # a failed fit, common along a coarse z, leaves that bead out of its axis' median)
+    res.attrs["n_beads"] = int(fitted["input"].sum()) if "input" in fitted else 0
     if stage_col is not None:
-        res.attrs["n_beads_out"] = int(
-            df[stage_col].astype(str).str.lower().isin(("out", "output")).sum())
+        res.attrs["n_beads_out"] = int(fitted["output"].sum()) if "output" in fitted else 0
     return res
 
 

@@ -865,3 +865,22 @@ def test_summary_lists_enhance_samples_upsampled_along_z_alone_under_what_to_loo
             and "their reports" in line)
     assert "every_axis" not in line and "zonly_fallback" not in line and "iso" not in line.split(":")[0]
     assert "upsampled along z alone" not in report.render_summary(rows[2:])
+
+
+def test_the_bead_count_is_of_the_beads_the_medians_rest_on():
+    """A bead whose fits failed (common along a coarse z) is in the table but not in the
+    medians: it was counted ("over 3 beads" for medians of 2)."""
+    import pandas as pd
+
+    beads = pd.DataFrame({"fwhm_z_um": [4.0, 4.2, np.nan], "fwhm_y_um": [1.0, 1.05, np.nan],
+                          "fwhm_x_um": [1.0, 1.05, np.nan]})
+    table = pd.concat([beads.assign(volume="input"), beads.assign(volume="output")])
+    summary = report._bead_summary(table)
+    assert (summary.attrs["n_beads"], summary.attrs["n_beads_out"]) == (2, 2)
+    assert summary.loc["z", "input"] == pytest.approx(4.1)
+
+
+def test_a_figure_just_below_one_is_not_shown_as_one():
+    """An SSIM of 0.9996 read "1" (three decimals, trailing zeros cut) beside a gain of +0.0005."""
+    assert report._fmt(0.99962) == "0.99962" and report._fmt(0.9991) == "0.999"
+    assert report._fmt(1.0) == "1" and report._fmt(31.25) == "31.25" and report._fmt(-0.9999) == "-0.9999"

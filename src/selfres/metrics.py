@@ -384,7 +384,8 @@ def compare_to_reference(
     match = {}
     for k, (sx, sxx, sxr) in sums.items():
         var_x = sxx - sx * sx / n  # n × variance of x; the covariance with r likewise
-        a = (sxr - sx * sr / n) / var_x if var_x > 0 else 0.0
+        # never below 0: an output of inverted contrast is wrong, not matched (−x scored inf dB)
+        a = max((sxr - sx * sr / n) / var_x, 0.0) if var_x > 0 else 0.0
         # a·x + b = a·(x - shift_x) + (mean of r) - a·(mean of x - shift_x)
         b = shift["reference"] + sr / n - a * (shift[k] + sx / n)
         match[k] = (float(a), float(b))

@@ -218,6 +218,15 @@ def test_compare_to_reference_does_not_depend_on_an_output_offset(offset, dtype)
     assert far["match_model"][0] == pytest.approx(near["match_model"][0], rel=1e-4)
 
 
+def test_an_output_of_inverted_contrast_is_not_matched_to_the_reference():
+    """The least-squares scale was unconstrained: −reference matched it exactly (scale −1) and
+    scored inf dB, which metrics.json wrote as null, and no flag followed."""
+    ref = ndimage.gaussian_filter(np.random.default_rng(5).random((12, 24, 24)), 1).astype(np.float32)
+    got = m.compare_to_reference(ref, -ref, ref * 0.9, block_voxels=500)
+    assert got["match_model"][0] == 0.0 and np.isfinite(got["psnr_model"])
+    assert got["psnr_model"] < got["psnr_interp"] - 20
+
+
 def test_compare_to_reference_refuses_non_finite_and_constant_arrays():
     ref = ndimage.gaussian_filter(np.random.default_rng(0).random((8, 16, 16)), 1).astype(np.float32)
     bad = ref.copy()

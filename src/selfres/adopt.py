@@ -277,6 +277,8 @@ def adopt_isotropic(
         raise ConfigError(f"sample {sample!r}: its axial factor (voxel z / xy) is {factor:.4g}, the model of "
                           f"{source!r} was trained for {trained_factor:.4g}: a model restores the axial blur it "
                           "learned; train this sample")
+    # the same axial factor at another pixel size: the axial σ (in pixels) was learned at the source's
+    _warn_if_sampled_otherwise(meta.get("voxel_size_in"), vol.voxel_size, sample=sample, source=source)
     meta = dict(meta, degradation=_own_noise_topup(meta, vol, fov, sample=sample))
     validation = self_validation(vol, fov, model, meta, device=device, degrader=degrader)
     flags = inherited_flags(meta) + guard_flags(validation, guard_margin_db)

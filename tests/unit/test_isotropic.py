@@ -782,3 +782,24 @@ def test_a_learned_degradation_model_is_rejudged_with_its_saved_generator(tmp_pa
         pipeline.stage_adopt(other / "n.ome.zarr", other / "fov.json", tmp_path / "model", other / "model2",
                              sample="b", mode="isotropic", device="cpu")
     assert not (tmp_path / "model").exists() and not (other / "model2").exists()
+
+
+def test_an_isotropic_model_adopted_at_another_pixel_size_says_so(tmp_path, caplog):
+    """The same axial factor at another lateral pixel: the axial σ was learned in the source's
+    pixels. enhance's adoption warned; isotropic's said nothing."""
+    import tifffile
+
+    from selfres import pipeline
+
+    norm = _normalised(tmp_path)  # voxel 1.25, 0.5, 0.5: f 2.5
+    pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
+                         settings=_tiny(axial_sigma_px=1.0), device="cpu")
+    other = tmp_path / "other"
+    other.mkdir()
+    tifffile.imwrite(other / "b.tif", (_degrade_z(_iso_truth((32, 40, 40), seed=5), 1.0, 4) * 1000).astype(np.uint16))
+    pipeline.stage_normalise(other / "b.tif", other / "n.ome.zarr", sample="b", voxel_size=(1.0, 0.4, 0.4))
+    pipeline.stage_crop(other / "n.ome.zarr", other / "fov.json", sample="b", mode="isotropic")
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_adopt(other / "n.ome.zarr", other / "fov.json", tmp_path / "model", other / "model",
+                             sample="b", mode="isotropic", device="cpu")
+    assert "but the model of s1 was trained at (1.25, 0.5, 0.5) µm" in caplog.text

@@ -723,6 +723,12 @@ def _zarr_image(path: str, series: int | None = None):
             raise InputError(path, f"series {series!r} is out of range: a Zarr store is read as one image (series "
                                    "0); for a store of several images give the path of the image's own group")
         return node
+    if series is None and len(numbers) > 1:
+        raise SeriesNotChosen(
+            path, f"holds {len(numbers)} images (bioformats2raw series {', '.join(map(str, numbers))}); selfres will "
+                  "not guess which to restore: choose one with series=N (sample sheet column 'series', where all "
+                  "makes one sample per image; --series for the selfres commands; config inbox_columns for inbox "
+                  "acquisitions)", n_images=len(numbers))
     index = series or 0
     if index not in numbers:
         raise InputError(path, f"series {index} is out of range: this bioformats2raw store holds series "

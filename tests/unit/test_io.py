@@ -1271,14 +1271,21 @@ def test_a_bioformats2raw_store_reads_each_of_its_series(tmp_path):
     io.write_ome_zarr(root / "0", first, voxel_size=(2.0, 0.5, 0.5))
     io.write_ome_zarr(root / "1", first[:, :8], voxel_size=(1.0, 0.25, 0.25))
     assert io.series_numbers(root) == [0, 1]
-    vol = io.read_volume(root)
+    vol = io.read_volume(root, series=0)
     assert vol.shape == (4, 16, 16) and vol.voxel_size == (2.0, 0.5, 0.5)
     np.testing.assert_array_equal(vol.data, first)
     second = io.read_volume(root, series=1)
     assert second.shape == (4, 8, 16) and second.voxel_size == (1.0, 0.25, 0.25)
-    assert io.read_voxel_size(root) == (2.0, 0.5, 0.5)
     with pytest.raises(InputError, match="series 2 is out of range: this bioformats2raw store holds series 0, 1"):
         io.read_volume(root, series=2)
+    # several images and none chosen: refused as a TIFF of several series is, not series 0 taken
+    with pytest.raises(SeriesNotChosen, match=r"holds 2 images \(bioformats2raw series 0, 1\)"):
+        io.read_volume(root)
+    import shutil
+
+    shutil.rmtree(root / "1")  # one image: read as it is
+    assert io.series_numbers(root) == [0] and io.read_voxel_size(root) == (2.0, 0.5, 0.5)
+    assert io.read_volume(root).shape == (4, 16, 16)
 
 
 @pytest.mark.parametrize("z", [{"PhysicalSizeZ": 1.0, "PhysicalSizeZUnit": "pixel"}, {"PhysicalSizeZ": 0.0},

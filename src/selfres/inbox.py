@@ -178,7 +178,9 @@ def scan_inbox(
                 same.append(path)
     for sid, ps in by_id.items():  # scan7.czi beside scan7.ome.tif: the conversion is the sample
         readable = [p for p in ps if unread_format(p) is None] if len(ps) > 1 else ps
-        if len(readable) == 1 and len(ps) > 1:
+        # beside it: a vendor file in another folder (another microscope's sample1.czi) is no conversion
+        beside = len(readable) == 1 and all(os.path.dirname(p) == os.path.dirname(readable[0]) for p in ps)
+        if beside and len(ps) > 1:
             scan.converted += [(p, readable[0]) for p in ps if p != readable[0]]
             by_id[sid] = readable
     clashes = {sid: ps for sid, ps in by_id.items() if len(ps) > 1}

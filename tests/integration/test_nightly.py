@@ -132,6 +132,18 @@ def test_a_vendors_file_beside_its_conversion_is_left_to_it(tmp_path):
         scan_inbox([str(tmp_path / "*")], settle_seconds=0, now=_later())
 
 
+def test_a_vendors_file_is_not_left_to_a_file_of_its_name_in_another_folder(tmp_path):
+    """Two microscopes, two folders, one file name: zeiss/sample1.czi was dropped as 'left to its
+    conversion leica/sample1.ome.tif' and never processed or reported. It is a clash."""
+    (tmp_path / "zeiss").mkdir()
+    (tmp_path / "zeiss" / "sample1.czi").write_bytes(b"ZISRAWFILE" + bytes(64))
+    write_tiny_tiff(tmp_path / "leica" / "sample1.ome.tif")
+    scan = scan_inbox([str(tmp_path / "**" / "*.czi"), str(tmp_path / "**" / "*.tif")], settle_seconds=0,
+                      now=_later(), on_clash="skip")
+    assert scan.converted == [] and scan.rows == []
+    assert [sid for sid, _ in scan.clashes] == ["sample1"]
+
+
 def test_one_file_matched_by_two_patterns_is_one_sample(tmp_path):
     write_tiny_tiff(tmp_path / "a.tif")
     scan = scan_inbox([str(tmp_path / "*.tif"), str(tmp_path / "a.*")], settle_seconds=0, now=_later())

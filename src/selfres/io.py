@@ -1724,6 +1724,12 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
         if len(names) != nc:
             raise ValueError(f"{len(names)} channel names for {nc} channels")
         metadata["Channel"] = {"Name": names}
+    elif channel_names is not None or (images[0].attrs or {}).get("channel_name"):
+        # one channel of an acquisition that names its channels (cells_c1 → GFP): the name goes with it
+        names = list(channel_names) if channel_names is not None else [images[0].attrs["channel_name"]]
+        if len(names) != 1:
+            raise ValueError(f"{len(names)} channel names for 1 channel")
+        metadata["Channel"] = {"Name": names}
     if nt > 1 and (dt := (image.attrs or {}).get("time_increment_s")):  # the acquisition's frame interval
         metadata.update(TimeIncrement=float(dt), TimeIncrementUnit="s")
     if voxel is not None:

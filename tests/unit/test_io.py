@@ -1000,10 +1000,15 @@ def test_the_channels_of_one_acquisition_export_as_one_multichannel_ome_tiff(tmp
         back = io.read_volume(out, channel=c)
         np.testing.assert_array_equal(back.data, chans[c])
         assert back.voxel_size == pytest.approx((0.5, 0.125, 0.125))
-    # one store alone: named by its sample, as before a ZYX image
+    # one store alone: named by its sample, as before a ZYX image; its channel keeps the acquisition's
+    # name for it (a single channel's name was dropped), and a channel the acquisition does not name has none
     io.write_ome_tiff(tmp_path / "c0.ome.tif", stores[0])
     with tifffile.TiffFile(tmp_path / "c0.ome.tif") as tif:
         assert tif.series[0].axes == "ZYX" and 'Name="cells_c0"' in tif.ome_metadata
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["DAPI"]
+    io.write_ome_tiff(tmp_path / "c1.ome.tif", stores[1])
+    with tifffile.TiffFile(tmp_path / "c1.ome.tif") as tif:
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == []
 
 
 @pytest.mark.parametrize("channels, axes", [(2, "TCZYX"), (1, "TZYX")])

@@ -57,6 +57,15 @@ def check_outputs_spare_inputs(outputs: Mapping[str, str | os.PathLike | None],
                               "nothing was written; choose another output path")
 
 
+def permissions_as_umask(path: str | os.PathLike) -> None:
+    """Give a file the permissions a plain ``open()`` would (0666 less the umask): safetensors
+    creates its files 0600, so on a group-readable results folder the other accounts of a
+    facility could read ``model.json`` but not the weights."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write a small text file atomically: a temporary sibling renamed into place, so a
     reader (or a rerun after a kill) sees the old file or the new one, never a torn one."""

@@ -39,14 +39,22 @@ def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=F
         p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (>= 1)")
 
 
-def _positive_int(text):
+def _int_at_least(text, least: int):
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be >= {least}, got {value}")
     return value
+
+
+def _positive_int(text):
+    return _int_at_least(text, 1)
+
+
+def _non_negative_int(text):
+    return _int_at_least(text, 0)
 
 
 def _json_object(text: str, option: str) -> dict:
@@ -89,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("demo", help="write the built-in demo acquisitions (beads, neurites) and references")
     s.add_argument("outdir", type=Path)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_non_negative_int, default=0)
 
     s = sub.add_parser("normalise", help="robust normalisation → normalized.ome.zarr")
     s.add_argument("input", type=Path)

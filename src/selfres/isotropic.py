@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import degrade, io, metrics, models, normalise
+from .atomic import permissions_as_umask
 from .errors import InputError
 from .fov import TrainingFov, box_slices
 from .settings import (ISOTROPIC_INFERENCE_KEYS, InferSettings, IsotropicSettings, Settings, TrainSettings,
@@ -1221,6 +1222,7 @@ def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
             tmp.mkdir(parents=True)
             save_file({k: v.detach().cpu().contiguous() for k, v in res.degrader.state_dict().items()},
                       str(tmp / DEGRADER_FILE))
+            permissions_as_umask(tmp / DEGRADER_FILE)
             meta["degrader"] = {"file": DEGRADER_FILE, "spec": generator_spec(settings.isotropic).to_dict(),
                                 "sha256": io.file_checksum(tmp / DEGRADER_FILE),
                                 "steps": res.degrader_log[-1]["step"] if res.degrader_log else 0,

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfres.errors import ConfigError, InputError
+from selfres.atomic import permissions_as_umask
 from selfres.io import file_checksum
 from selfres.modelfile import (DESCRIPTION_FILE, FORMAT, FORMAT_VERSION, WEIGHTS_FILE, read_description,
                                 with_psf_record)
@@ -501,6 +502,7 @@ def save_model(directory: str | Path, model: nn.Module, spec: ModelSpec, *,
     w_tmp = directory / f".{WEIGHTS_FILE}.tmp"
     j_tmp = directory / f".{DESCRIPTION_FILE}.tmp"
     save_file(tensors, str(w_tmp), metadata={"format": "pt"})
+    permissions_as_umask(w_tmp)
     info = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -618,18 +618,21 @@ def stage_adopt(
     settings: Settings | None = None,
     device: str = "auto",
     threads: int | None = None,
+    source_is_output: bool = True,
 ) -> dict:
     """Restore ``sample`` with the model another sample trained (sheet column ``model_from``):
     judge it on this sample's held-out region (:func:`selfres.adopt.adopt_enhance`,
     :func:`selfres.adopt.adopt_isotropic`) and write this sample's ``model/`` — the same
     weights, a ``model.json`` describing this sample, the source's ``training_log.tsv`` — so
-    that infer, qc and report run as for any sample."""
+    that infer, qc and report run as for any sample. ``source_is_output``: the source is a
+    workflow output (moved aside when damaged, so the run retrains it), not a folder the user
+    gave (``selfres restore --model-from``: refused, left where it is)."""
     from .adopt import adopt_enhance, adopt_isotropic
 
     check_model_source(source_model, sample=sample)
     settings, dev, vol, _, fov = _model_stage_inputs(normalized, fov_json, sample=sample, mode=mode,
                                                      settings=settings, device=device, threads=threads)
-    model, spec, meta = load_trained(source_model)
+    model, spec, meta = load_trained(source_model, move_damaged_aside=source_is_output)
     source = meta.get("sample") or str(source_model)
     if meta.get("mode") != mode:
         raise ConfigError(f"sample {sample!r}: model_from {source!r} is an {meta.get('mode')} model, this sample is "
@@ -641,7 +644,8 @@ def stage_adopt(
         factor = isotropic_factor(_voxel_size_of(vol), path=path, sample=sample)
         degrader = None
         if (meta.get("isotropic") or {}).get("degradation") == "learned":
-            degrader = _checked_model_folder(source_model, lambda d: load_degrader(d, meta, device=dev))
+            degrader = _checked_model_folder(source_model, lambda d: load_degrader(d, meta, device=dev),
+                                             move_aside=source_is_output)
         new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor,
                                    guard_margin_db=settings.train.guard_margin_db, degrader=degrader, device=dev)
     else:
@@ -687,16 +691,20 @@ def check_model_source(source_model: str | Path, *, sample: str) -> None:
                          "restore --keep DIR: DIR/model)", sample=sample)
 
 
-def _checked_model_folder(model_dir: str | Path, read):
+def _checked_model_folder(model_dir: str | Path, read, *, move_aside: bool = True):
     """``read(model_dir)``, its model-folder errors told in the workflow's terms.
 
     A damaged model is never loaded. Snakemake takes ``model/`` as done while it exists, so
     a folder whose weights fail their checksum is moved aside (kept for inspection): the
-    next run retrains."""
+    next run retrains. Not with ``move_aside`` False: a folder the user gave as an input
+    (``selfres restore --model-from``) is only refused."""
     try:
         return read(model_dir)
     except InputError as exc:
         what = exc.what.split("; delete")[0]
+        if "checksum mismatch" in what and not move_aside:
+            raise InputError(exc.path, f"{what}; the model folder {model_dir} is damaged: give another model, or "
+                                       "retrain it", sample=exc.sample) from None
         if "checksum mismatch" in what:
             aside = Path(model_dir).with_name(f"{Path(model_dir).name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
             try:
@@ -724,16 +732,18 @@ def trained_metadata(model_dir: str | Path) -> dict:
     return trained_description(model_dir).get("metadata", {})
 
 
-def load_trained(model_dir: str | Path):
-    """(model, spec, metadata) of a trained sample model."""
+def load_trained(model_dir: str | Path, *, move_damaged_aside: bool = True):
+    """(model, spec, metadata) of a trained sample model (``move_damaged_aside``: see
+    :func:`_checked_model_folder`)."""
     from . import models
 
-    model, spec, info = _checked_model_folder(model_dir, models.load_model)
+    model, spec, info = _checked_model_folder(model_dir, models.load_model, move_aside=move_damaged_aside)
     meta = info.get("metadata", {})
-    if meta.get("serial"):  # serial ×4: compose the two ×2 stages
+    if meta.get("serial"):  # serial ×4: compose the two ×2 stages (a damaged second stage is the folder's too)
         from .ensemble import Serial
 
-        second, _, _ = models.load_model(Path(model_dir) / meta["serial"]["stage2"])
+        second, _, _ = _checked_model_folder(model_dir, lambda d: models.load_model(Path(d) / meta["serial"]["stage2"]),
+                                             move_aside=move_damaged_aside)
         model = Serial(model, second).eval()
     net_factors = getattr(model, "factors", None)
     if meta.get("mode") == "enhance" and net_factors is not None and tuple(net_factors) != tuple(meta["factors"]):
@@ -1526,7 +1536,7 @@ def restore(
                    settings=settings.fov, reference=reference)
         if model_from is not None:
             stage_adopt(norm, work / "train_fov.json", model_from, work / "model", sample=sample, mode=mode,
-                        scale=scale, settings=settings, device=device, threads=threads)
+                        scale=scale, settings=settings, device=device, threads=threads, source_is_output=False)
         else:
             stage_train(norm, work / "train_fov.json", work / "model", sample=sample, mode=mode, scale=scale,
                         settings=settings, device=device, threads=threads)

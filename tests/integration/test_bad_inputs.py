@@ -629,6 +629,7 @@ def test_write_tiny_tiff_is_valid(tmp_path):
 @pytest.mark.parametrize("argv, what", [
     (["restore", "x.tif", "-o", "y.ome.zarr", "--scale", "2,2"], "argument --scale: value '2,2' must be three"),
     (["normalise", "x.tif", "-o", "y.ome.zarr", "--voxel-size=0,0.1,0.1"], "argument --voxel-size: value"),
+    (["demo", "dd", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),  # was numpy's traceback
 ])
 def test_a_bad_command_line_value_is_argparses_one_line_not_a_traceback(argv, what, capsys):
     with pytest.raises(SystemExit) as ex:

@@ -236,6 +236,50 @@ def test_corrupted_or_missing_files_are_reported(tmp_path):
         load_model(tmp_path / "nowhere")
 
 
+def test_weights_are_as_readable_as_the_model_description(tmp_path):
+    """safetensors creates its file 0600: on a group-readable results folder another account of
+    the facility could read model.json but not the weights (model_from, --model-from)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        save_model(tmp_path / "m", build_model(ModelSpec(arch="svision_mini")), ModelSpec(arch="svision_mini"))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "m").iterdir()}
+    assert modes == {"model.json": 0o644, "weights.safetensors": 0o644}
+
+
+def test_a_damaged_model_folder_is_moved_aside_only_when_it_is_a_workflow_output(tmp_path):
+    """`selfres restore --model-from DIR` renamed the user's own folder when its weights failed
+    their checksum (and told them to rerun the workflow); the workflow's model/ is moved aside
+    so the next run retrains. A serial ×4 model's damaged second stage is the folder's too
+    (it was refused with 'delete it', and model/ stayed: nothing retrained)."""
+    from selfres.pipeline import load_trained
+
+    def damaged(name, serial=False):
+        spec = ModelSpec(arch="svision_mini", factors=(2, 2, 2))
+        folder = tmp_path / name
+        save_model(folder, build_model(spec), spec, metadata={"mode": "enhance", "factors": [4, 4, 4] if serial
+                                                               else [2, 2, 2],
+                                                               **({"serial": {"stage2": "stage2"}} if serial else {})})
+        if serial:
+            save_model(folder / "stage2", build_model(spec), spec)
+        weights = folder / ("stage2" if serial else "") / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+        return folder
+
+    given = damaged("given")
+    with pytest.raises(InputError, match="is damaged: give another model, or retrain it"):
+        load_trained(given, move_damaged_aside=False)
+    assert given.is_dir()
+    for folder in (damaged("model"), damaged("serial", serial=True)):
+        with pytest.raises(InputError, match="moved aside to .*corrupt-.*rerun the workflow to retrain it"):
+            load_trained(folder)
+        assert not folder.exists()
+
+
 def test_weights_not_matching_spec_are_reported(tmp_path):
     spec = ModelSpec(arch="svision_mini")
     save_model(tmp_path, build_model(spec), spec)

@@ -116,7 +116,25 @@ def undo(data, params: NormParams, dtype=np.float32):
 
 
 def to_dtype(data, params: NormParams, dtype) -> np.ndarray:
-    """Normalised ``data`` back in raw units, cast into ``dtype`` (:func:`cast_to_dtype`)."""
+    """Normalised ``data`` back in raw units, cast into ``dtype`` (:func:`cast_to_dtype`).
+
+    Raises
+    ------
+    SelfresError
+        ``dtype`` is an integer type and ``data`` holds NaN or infinite voxels (a network that
+        overflowed, say): cast, they would become 0 or the type's limit, and nothing downstream
+        could tell them from data. A float output keeps them, and QC flags ``restored_not_finite``.
+    """
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            from .errors import SelfresError
+
+            raise SelfresError(
+                f"the restoration holds {bad} non-finite voxels (NaN or infinite) in a tile of {np.shape(data)}, "
+                f"which the output type {np.dtype(dtype).name} (infer.output_dtype: input) cannot hold: the output is "
+                "not written. Set infer.output_dtype: float32 to keep and inspect them (QC then flags "
+                "restored_not_finite), or infer.amp: false if they come from mixed precision on a GPU")
     return cast_to_dtype(undo(data, params, dtype), dtype)
 
 

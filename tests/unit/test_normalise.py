@@ -85,6 +85,19 @@ def test_an_offset_float64_volume_keeps_its_digits_on_the_way_back():
     np.testing.assert_allclose(back, x, rtol=0, atol=1e-6)
 
 
+def test_non_finite_voxels_are_refused_for_an_integer_output_and_kept_in_a_float_one():
+    """`infer.output_dtype: input` (uint16): a NaN of the network was written as 0 (numpy's cast,
+    with a RuntimeWarning), where no check could see it; a float output keeps it for QC."""
+    from selfres.errors import SelfresError
+
+    p = normalise.NormParams(100.0, 1100.0, 0.1, 99.9)
+    restored = np.array([0.1, np.nan, 0.5, np.inf], np.float32)
+    with pytest.raises(SelfresError, match="holds 2 non-finite voxels .* uint16 .*infer.output_dtype: float32"):
+        normalise.to_dtype(restored, p, np.uint16)
+    kept = normalise.to_dtype(restored, p, np.float32)
+    assert np.isnan(kept[1]) and np.isfinite(kept[[0, 2]]).all()
+
+
 def test_params_round_trip_through_dict():
     p = normalise.NormParams(1.0, 9.0, 1.0, 99.8)
     assert normalise.NormParams.from_dict(p.to_dict()) == p

@@ -459,20 +459,19 @@ def _size_problem(name: str, value, unit) -> str | None:
 
 def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, float, float] | None:
     """Voxel size of the TIFF's first image, or of image ``series`` (series ``number``)."""
-    # OME-TIFF: the Pixels of the series' Image (tifffile makes one series per OME Image, in
-    # order, but leaves out an Image whose planes are in a file that is not there)
+    # OME-TIFF: the Pixels of the series' Image
     if tif.is_ome and tif.ome_metadata:
         try:
-            images = [e for e in ET.fromstring(tif.ome_metadata) if e.tag.endswith("}Image")]
+            images = _ome_images(tif)
         except ET.ParseError:
             images = None
-        if images is not None and len(images) != len(tif.series) and not (len(images) == 1 and number == 0):
-            _warn_voxel_unknown(_tiff_path(tif), f"its OME metadata describes {len(images)} images and the file "
-                                                 f"holds {len(tif.series)} (a multi-file OME-TIFF without all its "
-                                                 "files?), so which image's size is this image's is not certain")
-            return None
         if images is not None:
-            pixels = _ome_pixels(tif, number)
+            if not _images_are_series(images, tif, number):
+                _warn_voxel_unknown(_tiff_path(tif), f"its OME metadata describes {len(images)} images and the file "
+                                                     f"holds {len(tif.series)} (a multi-file OME-TIFF without all its "
+                                                     "files?), so which image's size is this image's is not certain")
+                return None
+            pixels = _series_pixels(images, tif, number)
             if pixels is not None:
                 sizes, problems = [], []
                 for ax in "ZYX":
@@ -1019,17 +1018,34 @@ def channel_name(path: str | os.PathLike, channel: int, *, series: int | None = 
     return (str(name).strip() or None) if name is not None else None
 
 
-def _ome_pixels(tif, series: int | None):
-    """The OME ``Pixels`` element of the ``Image`` of TIFF series ``series`` (one Image per
-    series), or ``None`` (not an OME-TIFF, or which Image is which series is not certain)."""
+def _ome_images(tif) -> list | None:
+    """The OME ``Image`` elements of an OME-TIFF (``None``: not an OME-TIFF)."""
     if not tif.is_ome or not tif.ome_metadata:
         return None
-    images = [e for e in ET.fromstring(tif.ome_metadata) if e.tag.endswith("}Image")]
-    index = series or 0
-    if len(images) != len(tif.series) and not (len(images) == 1 and index == 0):
+    return [e for e in ET.fromstring(tif.ome_metadata) if e.tag.endswith("}Image")]
+
+
+def _series_pixels(images: list, tif, series: int | None):
+    """The ``Pixels`` element of the ``Image`` (among ``images``) of TIFF series ``series``, or
+    ``None``: tifffile makes one series per Image, in order, but leaves out an Image whose
+    planes are in a file that is not there, so where the counts differ (a multi-file OME-TIFF
+    without all its files) which Image is which series is not certain."""
+    if not _images_are_series(images, tif, series):
         return None
-    pixels = [e for e in images[index] if e.tag.endswith("}Pixels")]
+    pixels = [e for e in images[series or 0] if e.tag.endswith("}Pixels")]
     return pixels[0] if pixels else None
+
+
+def _images_are_series(images: list, tif, series: int | None) -> bool:
+    """Whether the OME ``images`` are the TIFF's series one for one (or the one image is series 0)."""
+    return len(images) == len(tif.series) or (len(images) == 1 and not series)
+
+
+def _ome_pixels(tif, series: int | None):
+    """The OME ``Pixels`` element of the ``Image`` of TIFF series ``series`` (:func:`_series_pixels`),
+    or ``None`` (not an OME-TIFF, or which Image is which series is not certain)."""
+    images = _ome_images(tif)
+    return None if images is None else _series_pixels(images, tif, series)
 
 
 def _ome_tiff_channel_name(path: str, channel: int, series: int | None) -> str | None:

@@ -208,17 +208,16 @@ def _own_noise_topup(meta: dict, vol, fov, *, sample: str) -> dict:
     up to this acquisition's own noise (measured on its training FOV), as the source's were to
     the source's, when the source matched noise (``isotropic.noise_match``)."""
     from .fov import box_slices
-    from .isotropic import noise_topup
+    from .isotropic import noise_sigma_at_mean, topup_variance
 
     d = dict(meta.get("degradation") or {})
     if not (meta.get("isotropic") or {}).get("noise_match", True) or "factor" not in d or "sigma_px" not in d:
         return d
     train_box = np.asarray(vol.data[box_slices(fov.train)], dtype=np.float32)
     level = noise.noise_level_function(train_box)
-    lost = noise_topup(float(d["factor"]), float(d["sigma_px"]), 1.0) ** 2
-    d.update({"noise_variance": level.scaled(lost).as_list(), "noise_level": level.as_list(),
-              "noise_bins": level.bins,
-              "noise_sigma_mean": float(np.sqrt(level.variance(float(np.mean(train_box))))) if level.bins else 0.0})
+    d.update({"noise_variance": topup_variance(level, float(d["factor"]), float(d["sigma_px"])),
+              "noise_level": level.as_list(), "noise_bins": level.bins,
+              "noise_sigma_mean": noise_sigma_at_mean(level, train_box)})
     log.info("sample %s: held-out lateral slices topped up to its own noise (σ %.4f at its mean intensity; the "
              "source's %s)", sample, d["noise_sigma_mean"], _fmt_sigma((meta.get("degradation") or {})
                                                                           .get("noise_sigma_mean")))

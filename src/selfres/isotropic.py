@@ -917,7 +917,7 @@ def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Setti
         log.warning("isotropic noise match: the acquisition's noise could not be measured on the training FOV %s "
                     "(too few voxels in planes of at least 8 x 8, or none finite); degraded lateral slices are not "
                     "topped up", tuple(np.shape(train_volume)))
-    noise = float(np.sqrt(level.variance(float(np.mean(train_volume))))) if level.bins else 0.0
+    noise = noise_sigma_at_mean(level, train_volume)
     info: dict[str, Any] = {"sigma_source": source, "noise_sigma_mean": noise, "noise_level": level.as_list(),
                             "noise_bins": level.bins}
     if sigma is None:
@@ -928,11 +928,21 @@ def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Setti
                         "training assumes none (σ 0), so the output undoes the z sampling but not the axial blur. "
                         "Give it: isotropic.axial_sigma_px (lateral pixels), or train.degradation with the optics "
                         "or a measured PSF", tuple(np.shape(train_volume)), est["reason"])
-    lost = noise_topup(factor, sigma, 1.0) ** 2  # share of a sample's noise variance that degrading removes
-    top = level.scaled(lost).as_list()
-    deg = AxialDegradation(factor=float(factor), sigma_px=float(sigma), noise_variance=tuple(top))
+    deg = AxialDegradation(factor=float(factor), sigma_px=float(sigma),
+                           noise_variance=tuple(topup_variance(level, factor, sigma)))
     info.update(deg.to_dict())
     return deg, info
+
+
+def noise_sigma_at_mean(level, volume: np.ndarray) -> float:
+    """The noise σ at the volume's mean intensity (0 where the level could not be measured)."""
+    return float(np.sqrt(level.variance(float(np.mean(volume))))) if level.bins else 0.0
+
+
+def topup_variance(level, factor: float, sigma_px: float) -> list[float]:
+    """The noise variance (against intensity) to add to degraded lateral samples: the share of
+    the acquisition's noise ``level`` that degrading (σ, sampling by ``factor``) averaged away."""
+    return level.scaled(noise_topup(factor, sigma_px, 1.0) ** 2).as_list()
 
 
 def train_isotropic(

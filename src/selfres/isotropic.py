@@ -995,7 +995,8 @@ def train_isotropic(
     m = min(iso.patch_size, train_volume.shape[1], train_volume.shape[2])
     patch = (m, m)
     ckpt_path = Path(work_dir) / "checkpoint.pt" if work_dir else None
-    key = _key(settings, factor, data_digest(train_volume, holdout_volume), deg)
+    # (hashing the data only where there is a checkpoint to match)
+    key = _key(settings, factor, data_digest(train_volume, holdout_volume), deg) if ckpt_path else ""
     degrader = None
     degrader_log: list[dict] = []
     degradation: Any = deg

@@ -1545,8 +1545,7 @@ def _bead_summary(bead_table: Any, voxel_units: tuple | None = None) -> pd.DataF
             if widths is not None:
                 val = widths.median()
                 ok = widths.notna()
-                fitted[stage] = ok if stage not in fitted else (fitted[stage] & ok.reindex(fitted[stage].index,
-                                                                                            fill_value=False))
+                fitted[stage] = ok if stage not in fitted else fitted[stage] & ok  # the same rows on every axis
             out.setdefault(axis, {})[stage] = _num(val)
     res = pd.DataFrame(out).T[["input", "output"]]
     if res.isna().all().all():

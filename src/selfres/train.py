@@ -801,7 +801,8 @@ def train_enhance(
     ckpt_path = Path(work_dir) / CHECKPOINT if work_dir else None
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    key = _settings_hash(settings, factors, data_digest(train_volume, holdout_volume), voxel_size)
+    # (hashing the data only where there is a checkpoint to match)
+    key = _settings_hash(settings, factors, data_digest(train_volume, holdout_volume), voxel_size) if ckpt_path else ""
     step = 0
     start_psnr = validate()
     sel = Selection.start(model, psnr=start_psnr, score=last["score"], patience=settings.patience)

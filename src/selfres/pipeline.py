@@ -266,15 +266,25 @@ def planned_output_shape(path: str | Path, *, mode: str, scale: Sequence[int] = 
     :func:`check_reference` compares a reference with, said before any job runs. ``None``
     when the header cannot be read or the volume cannot be restored in ``mode`` (normalise
     or crop then fail with their own message)."""
+    image = header_image(path, series)
+    if image is None:
+        return None
     try:
-        images = io.describe_acquisition(path)
-        image = next(im for im in images if series is None or int(im["series"]) == int(series))
         vs = tuple(voxel_size) if voxel_size else image["voxel_size"]
         factors = tuple(int(f) for f in scale)
         factor = check_volume_for_mode(image["shape"], vs, mode=mode, factors=factors, path=str(path))
-    except (InputError, ConfigError, StopIteration, ValueError, OSError):
+    except (InputError, ConfigError, ValueError):
         return None
     return output_grid_shape(image["shape"], mode=mode, factors=factors, axial_factor=factor)
+
+
+def header_image(path: str | Path, series: int | None = None) -> dict | None:
+    """The acquisition's image ``series`` as its header describes it (:func:`selfres.io.describe_acquisition`:
+    shape, voxel size …), or ``None`` where the header cannot tell (the jobs then say why)."""
+    try:
+        return next(im for im in io.describe_acquisition(path) if series is None or int(im["series"]) == int(series))
+    except (InputError, StopIteration, ValueError, OSError):
+        return None
 
 
 def output_grid_shape(shape: Sequence[int], *, mode: str, factors: Sequence[int] = (1, 1, 1),
@@ -367,10 +377,8 @@ def chunk_layout_problem(path: str | Path, *, scale: Sequence[int], tile_size: S
     infer job starts, after the training."""
     if chunks is None and shards is None:
         return None
-    try:
-        images = io.describe_acquisition(path)
-        image = next(im for im in images if series is None or int(im["series"]) == int(series))
-    except (InputError, StopIteration, ValueError, OSError):
+    image = header_image(path, series)
+    if image is None:
         return None
     from .infer import store_layout
 

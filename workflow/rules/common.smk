@@ -42,6 +42,11 @@ def _refuse(message):
     raise _ConfigError(message)
 
 
+def _series_number(sample):
+    """The image a sample's row chooses of its file (its `series` cell), None where it chooses none."""
+    return int(_cell(sample, "series")) if _cell(sample, "series") not in ("", "all") else None
+
+
 #: Snakemake options after which a command is not a run of the workflow (its parse of the
 #: Snakefile must not be recorded as a stopped run)
 _NOT_A_RUN = ("dryrun", "touch", "unlock", "report", "lint", "list_changes", "list_input_changes",
@@ -381,7 +386,7 @@ if workflow.is_main_process:
                     _cell(_s, "reference"), _cell(_s, "path"), mode=sample_mode(_s),
                     scale=parse_scale(sample_scale(_s)), voxel_size=parse_triple(_cell(_s, "voxel_size") or None,
                                                                                  name="voxel_size"),
-                    series=int(_cell(_s, "series")) if _cell(_s, "series") not in ("", "all") else None)
+                    series=_series_number(_s))
             except Exception:
                 _problem = None
             if _problem:
@@ -631,11 +636,10 @@ if workflow.is_main_process:
         if sample_mode(_s) == "enhance" and (_infer.get("chunks") or _infer.get("shards")) and \
                 _declared(_cell(_s, "path")):
             from selfres.pipeline import chunk_layout_problem
-            from selfres.settings import parse_scale
 
             _problem = chunk_layout_problem(
-                _cell(_s, "path"), scale=parse_scale(sample_scale(_s)), tile_size=_infer["tile_size"],
+                _cell(_s, "path"), scale=_enhance_scale(_s), tile_size=_infer["tile_size"],
                 chunks=_infer.get("chunks"), shards=_infer.get("shards"),
-                series=int(_cell(_s, "series")) if _cell(_s, "series") not in ("", "all") else None)
+                series=_series_number(_s))
             if _problem:
                 _stop_on_bad_config(_refuse, f"sample {_s!r}: {_problem}")

@@ -1297,7 +1297,10 @@ class PartialStore:
                 try:
                     rec = json.loads(line)
                     i, new = int(rec["tile"]), {"crc": str(rec["crc"]), "compute": rec.get("compute"),
-                                                "key": (int(rec.get("t") or 0), order)}
+                                                "key": (int(rec.get("t") or 0), order),
+                                                "seconds": None if rec.get("s") is None else float(rec["s"]),
+                                                "ran_on": rec.get("ran_on"),
+                                                "name": f.name[len("done-"):-len(".jsonl")]}
                 except (ValueError, KeyError, TypeError, AttributeError):
                     continue
                 order += 1
@@ -1324,17 +1327,24 @@ class PartialStore:
                             i, self.path)
         return good
 
-    def recorder(self, name: str, compute: str | None = None) -> Callable[[int, np.ndarray], None]:
+    def recorder(self, name: str, compute: str | None = None,
+                 ran_on: dict | None = None) -> Callable[[int, np.ndarray], None]:
         """``on_tile_written`` hook appending to ``done-{name}.jsonl`` (one writer per name);
-        ``compute`` labels how the tiles were computed."""
+        ``compute`` labels how the tiles were computed, ``ran_on`` where (host, GPU, Slurm job)."""
         self.meta.mkdir(parents=True, exist_ok=True)
         path = self.meta / f"done-{name}.jsonl"
         lock = threading.Lock()
+        last = [time.monotonic()]
 
         def record(i: int, block: np.ndarray) -> None:
-            line = json.dumps({"tile": int(i), "crc": _crc(block), "compute": compute, "t": time.time_ns()}) + "\n"
+            crc = _crc(block)
             with lock, open(path, "a") as fh:
-                fh.write(line)
+                # s: the seconds this tile cost the job (since its previous tile, or its start), so
+                # that gather can sum the work of the tiles the output holds, whichever jobs made them
+                now = time.monotonic()
+                seconds, last[0] = now - last[0], now
+                rec = {"tile": int(i), "crc": crc, "compute": compute, "t": time.time_ns(), "s": round(seconds, 6)}
+                fh.write(json.dumps(rec | ({"ran_on": ran_on} if ran_on else {})) + "\n")
                 fh.flush()
 
         return record
@@ -1452,7 +1462,7 @@ def infer_to_store(
     Returns
     -------
     dict
-        ``seconds`` (network time of this call; at gather, the sum over blocks),
+        ``seconds`` (network time of this call; at gather, the time the tiles the store holds cost, whichever jobs made them),
         ``tiles``, ``computed``, ``mvoxel_per_s``, ``resumed`` (tiles reused).
     """
     from . import io
@@ -1556,7 +1566,7 @@ def scattered_store(
         if done:
             log.info("%d of %d tiles already written and verified; computing the rest", len(done), len(tiles))
         name = "all" if step == "all" else f"b{block}"
-        stats = compute(dest, tiles, done, store.recorder(name, compute_kind))
+        stats = compute(dest, tiles, done, store.recorder(name, compute_kind, (attrs or {}).get("ran_on")))
         stats["resumed"] = len(done)
         io.write_text_atomic(store.meta / f"stats-{name}.json",
                              json.dumps(stats | {"ran_on": (attrs or {}).get("ran_on")}))
@@ -1574,17 +1584,7 @@ def scattered_store(
             raise SelfresError(
                 f"{store.path}: {len(missing)} of {n_tiles} tiles are not written (or damaged); rerun "
                 f"block(s) {', '.join(map(str, owners))} of {blocks}")
-        secs = 0.0
-        vox = 0.0
-        ran_on = {}  # where the tiles were computed: each block job's host, GPU and Slurm job
-        for f in store.meta.glob("stats-*.json"):
-            st = json.loads(f.read_text())
-            if st.get("ran_on"):
-                ran_on[json.dumps(st["ran_on"], sort_keys=True)] = st["ran_on"]
-            sec, r = float(st.get("seconds") or 0.0), float(st.get("mvoxel_per_s") or 0.0)
-            secs += sec
-            vox += r * sec if math.isfinite(r) else 0.0
-        rate = vox / secs if secs > 0 else None
+        secs, rate, ran_on = _gather_stats(store, n_tiles)
         kinds = sorted({str(c) for c in store.computes().values()})
         if len(kinds) > 1:
             log.warning("%s: the blocks were computed in different ways (%s), e.g. on GPUs of different "
@@ -1605,6 +1605,35 @@ def scattered_store(
         if step == "gather":
             out.update(seconds=secs, mvoxel_per_s=rate)
     return out
+
+
+def _gather_stats(store: PartialStore, n_tiles: int) -> tuple[float, float | None, dict]:
+    """Seconds, Mvoxel/s and hosts (``{key: ran_on}``) of the work that made the tiles the store holds.
+
+    The newest record of each tile says which job wrote it, where and at what cost. The store is
+    kept when ``infer.blocks`` changes and a rerun of a block overwrites its stats file, so the
+    stats files alone counted recomputed tiles twice, named hosts whose tiles were since
+    replaced, or lost the hosts of tiles a rerun kept.
+    """
+    newest = {i: r for i, r in store._records().items() if i < n_tiles}
+    per_job: dict[str, list[dict]] = {}
+    for rec in newest.values():
+        per_job.setdefault(rec["name"], []).append(rec)
+    secs, vox, rated, ran_on = 0.0, 0.0, 0.0, {}
+    for name, recs in sorted(per_job.items()):
+        f = store.meta / f"stats-{name}.json"
+        st = json.loads(f.read_text()) if f.is_file() else {}
+        for where in {json.dumps(r["ran_on"] or st.get("ran_on"), sort_keys=True) for r in recs} - {"null"}:
+            ran_on[where] = json.loads(where)
+        r = float(st.get("mvoxel_per_s") or float("nan"))
+        if all(rec["seconds"] is not None for rec in recs):  # the tiles' own costs
+            sec = float(sum(rec["seconds"] for rec in recs))
+        else:  # records of an older selfres: the job's time, in proportion to the tiles kept
+            sec = float(st.get("seconds") or 0.0) * len(recs) / max(int(st.get("computed") or 0), len(recs))
+        secs += sec
+        if math.isfinite(r):  # a job's rate (not known for one that only kept tiles)
+            vox, rated = vox + r * sec, rated + sec
+    return secs, (vox / rated if rated > 0 else None), ran_on
 
 
 def finished_store_attrs(final: str | Path, fingerprint: dict) -> dict | None:

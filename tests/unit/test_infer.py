@@ -986,3 +986,49 @@ def test_gpu_io_threads_follow_the_jobs_cores_not_the_nodes(monkeypatch):
     assert infer.io_threads("cuda") == 1 and infer.io_threads("cpu") == 1
     monkeypatch.setattr(infer.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
     assert infer.io_threads("cuda") == 4
+
+
+def test_gather_counts_the_work_and_hosts_of_the_tiles_the_store_holds(tmp_path, monkeypatch):
+    """The store is kept when infer.blocks changes and a block's rerun overwrites its stats:
+    gather summed every stats file, so tiles recomputed under a new split were counted twice and
+    the hosts whose tiles were replaced stayed in ``tiles_ran_on``; a rerun that only kept tiles
+    replaced the host that made them. Each tile's record now says where and at what cost."""
+    import json as _json
+
+    from selfres import infer as I
+
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 16, 24))  # 12 tiles
+
+    def job(final, host, **kw):
+        return _job(tmp_path, model, vol, final, attrs={"ran_on": {"host": host}}, **kw)
+
+    def selfres_attrs(final):
+        return _json.loads((final / ".zattrs").read_text())["selfres"]
+
+    # blocks 2 -> 1, every tile recomputed (another device): only the new job's host and time count
+    a = tmp_path / "a.ome.zarr"
+    monkeypatch.setattr(I, "compute_label", lambda device, amp: "cuda/bfloat16")
+    job(a, "old-0", step="prepare", blocks=2)
+    job(a, "old-0", step="block", block=0, blocks=2)
+    job(a, "old-1", step="block", block=1, blocks=2)
+    monkeypatch.setattr(I, "compute_label", lambda device, amp: "cpu/float32")
+    job(a, "new", step="prepare", blocks=1)
+    new = job(a, "new", step="block", block=0, blocks=1)
+    job(a, "new", step="gather", blocks=1)
+    got = selfres_attrs(a)
+    assert got["tiles_ran_on"] == [{"host": "new"}]
+    assert got["infer_seconds"] == pytest.approx(new["seconds"], rel=0.25, abs=0.05)
+
+    # blocks 2 -> 1, every tile kept: the hosts that made them, not the one that kept them
+    b = tmp_path / "b.ome.zarr"
+    job(b, "old-0", step="prepare", blocks=2)
+    first = job(b, "old-0", step="block", block=0, blocks=2)["seconds"]
+    first += job(b, "old-1", step="block", block=1, blocks=2)["seconds"]
+    job(b, "keeper", step="prepare", blocks=1)
+    kept = job(b, "keeper", step="block", block=0, blocks=1)
+    assert kept["computed"] == 0
+    job(b, "keeper", step="gather", blocks=1)
+    got = selfres_attrs(b)
+    assert got["tiles_ran_on"] == [{"host": "old-0"}, {"host": "old-1"}]
+    assert got["infer_seconds"] == pytest.approx(first, rel=0.25, abs=0.05)

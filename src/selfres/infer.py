@@ -1462,7 +1462,8 @@ def infer_to_store(
     Returns
     -------
     dict
-        ``seconds`` (network time of this call; at gather, the time the tiles the store holds cost, whichever jobs made them),
+        ``seconds`` (network time of this call; at gather, the time the tiles the store holds
+        cost, whichever jobs made them),
         ``tiles``, ``computed``, ``mvoxel_per_s``, ``resumed`` (tiles reused).
     """
     from . import io

@@ -335,8 +335,9 @@ def write_demo(outdir: str | os.PathLike, *, samples: Sequence[str] = ("beads", 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     written: dict[str, dict[str, Path]] = {}
-    for k, name in enumerate(samples):
+    for name in samples:
         spec = DEMO_SAMPLES[name]
+        k = list(DEMO_SAMPLES).index(name)  # the sample's own noise, whichever others are written with it
         if name == "beads":
             hr = make_beads(shape=spec["shape"], n_beads=spec["n_beads"], seed=seed)
         else:

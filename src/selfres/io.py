@@ -79,6 +79,7 @@ _UNIT_TO_UM = {
     "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
     "pm": 1e-6, "picometer": 1e-6,
     "å": 1e-4, "angstrom": 1e-4,
+    "inch": 25400.0, "inches": 25400.0, "in": 25400.0,
 }
 
 
@@ -495,40 +496,54 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
     ij = tif.imagej_metadata or {}
     fac = None
     if tif.is_imagej:
-        fac = _unit_factor(ij.get("unit"))
+        # ImageJ's unit is x's; y and z have their own (yunit, zunit) where they differ, as
+        # ImageJ writes them when a calibration has per-axis units (e.g. from Bio-Formats)
+        units = {ax: ij.get(key) or ij.get("unit") for ax, key in (("x", "unit"), ("y", "yunit"), ("z", "zunit"))}
+        unknown = sorted({str(u) for u in units.values()
+                          if u is not None and str(u).strip().lower() not in ("", "pixel", "pixels")
+                          and _unit_factor(u) is None})
+        if unknown:
+            _warn_voxel_unknown(_tiff_path(tif), "its ImageJ metadata gives the unit " + " and ".join(
+                repr(u) for u in unknown) + ", not a length unit")
+            return None
+        factors = {ax: _unit_factor(u) for ax, u in units.items()}
+        if factors["x"] is None or factors["y"] is None:
+            return None
+        fac, yfac, zfac = factors["x"], factors["y"], factors["z"] or factors["x"]
     elif "ResolutionUnit" in tags:
         # TIFF ResolutionUnit: 3 = centimetre; tifffile also writes 4 = mm, 5 = µm
         fac = {3: 1e4, 4: 1e3, 5: 1.0}.get(int(tags["ResolutionUnit"].value))
+        yfac = zfac = fac
     if fac is None:
         return None
 
-    def _res(name: str) -> float | None:
+    def _res(name: str, factor: float) -> float | None:
         if name not in tags:
             return None
         num, den = tags[name].value
         if not num or not den:
             return None
-        return float(den) / float(num) * fac
+        return float(den) / float(num) * factor
 
     z = ij.get("spacing")
     if z is not None and _number(z) is None:
         _warn_voxel_unknown(_tiff_path(tif), f"the ImageJ metadata gives a z spacing of {z!r}, which is not a number")
         return None
-    z = float(z) * fac if z is not None else None
-    if z is None and tif.is_imagej and nz > 1 and _res("YResolution") and _res("XResolution"):
+    z = float(z) * zfac if z is not None else None
+    if z is None and tif.is_imagej and nz > 1 and _res("YResolution", yfac) and _res("XResolution", fac):
         # ImageJ writes no spacing when the z step is 1 unit, and reads none as 1 unit
-        z = fac
+        z = zfac
         _warn_once("%s: the ImageJ metadata gives the pixel size but no z spacing, which ImageJ writes only "
                    "when the z step is not 1 %s: the z step is taken as 1 %s (%g µm), as ImageJ and Fiji read "
                    "it. If that is wrong, give the voxel size in the sample sheet column voxel_size (z,y,x in "
-                   "µm; selfres: --voxel-size)", _tiff_path(tif), ij.get("unit"),
-                   ij.get("unit"), z)
+                   "µm; selfres: --voxel-size)", _tiff_path(tif), ij.get("zunit") or ij.get("unit"),
+                   ij.get("zunit") or ij.get("unit"), z)
     if z is not None and nz > 1 and not z > 0:  # dropped below: say so, it is not a missing value
         _warn_once("%s: the ImageJ metadata gives a z spacing of %g µm, which is not a voxel size; the voxel size "
                    "is taken as unknown. Give it in the sample sheet column voxel_size (z,y,x in µm; selfres: "
                    "--voxel-size): for a stack saved in reverse z order, which may carry a negative spacing, "
                    "give the spacing's absolute value", _tiff_path(tif), z)
-    vox = _make_voxel(z, _res("YResolution"), _res("XResolution"), nz)
+    vox = _make_voxel(z, _res("YResolution", yfac), _res("XResolution", fac), nz)
     problem = None if vox is None else voxel_size_problem(vox, limits=STORED_VOXEL_SIZE_RANGE_UM)
     if problem:
         _warn_voxel_unknown(_tiff_path(tif), f"its ImageJ or TIFF resolution metadata gives a voxel size of "

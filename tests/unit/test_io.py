@@ -94,6 +94,37 @@ def test_an_imagej_stack_without_spacing_has_imagejs_z_step_of_one_unit(tmp_path
     assert "no z spacing" not in caplog.text
 
 
+def test_imagej_per_axis_units_are_read(tmp_path, caplog):
+    """ImageJ writes ``yunit``/``zunit`` where an axis's unit differs from x's (``unit``), and
+    reads them back: a z spacing of 500 nm was read as 500 µm."""
+    p = tmp_path / "zunit.tif"
+    tifffile.imwrite(p, _vol(dtype="uint8"), imagej=True, resolution=(1 / 0.2, 1 / 0.2),
+                     metadata={"axes": "ZYX", "spacing": 500, "unit": "micron", "zunit": "nm"})
+    assert io.read_volume(p).voxel_size == pytest.approx((0.5, 0.2, 0.2))
+    assert io.read_voxel_size(p) == pytest.approx((0.5, 0.2, 0.2))
+    q = tmp_path / "yunit.tif"
+    tifffile.imwrite(q, _vol(dtype="uint8"), imagej=True, resolution=(1 / 0.2, 1 / 200),  # (x, y)
+                     metadata={"axes": "ZYX", "spacing": 1.0, "unit": "micron", "yunit": "nm"})
+    assert io.read_volume(q).voxel_size == pytest.approx((1.0, 0.2, 0.2))
+
+
+@pytest.mark.parametrize("units", [{"unit": "furlong"}, {"unit": "micron", "zunit": "sec"}])
+def test_an_imagej_unit_that_is_not_a_length_is_named_in_a_warning(tmp_path, caplog, units):
+    """The voxel size was dropped silently (the OME-TIFF reader warns), and the user met
+    'needs the voxel size' later without knowing why."""
+    p = tmp_path / "odd.tif"
+    tifffile.imwrite(p, _vol(dtype="uint8"), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"axes": "ZYX", "spacing": 1.0} | units)
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(p).voxel_size is None
+    bad = units.get("zunit", units["unit"])
+    assert f"odd.tif: its ImageJ metadata gives the unit {bad!r}, not a length unit" in caplog.text
+    inch = tmp_path / "inch.tif"  # a unit ImageJ knows
+    tifffile.imwrite(inch, _vol(dtype="uint8"), imagej=True, resolution=(1 / 0.001, 1 / 0.001),
+                     metadata={"axes": "ZYX", "spacing": 0.002, "unit": "inch"})
+    assert io.read_volume(inch).voxel_size == pytest.approx((50.8, 25.4, 25.4))
+
+
 def test_imagej_without_unit_has_no_voxel_size(tmp_path):
     p = tmp_path / "a.tif"
     tifffile.imwrite(p, _vol(), imagej=True, metadata={"axes": "ZYX"})

@@ -1092,6 +1092,8 @@ def time_increment(path: str | os.PathLike, *, series: int | None = None) -> flo
             names = [str(a.get("name", "")).lower() for a in axes]
             scale = _level_scale(ms, 0, len(names)) if "t" in names else None
             value, unit = (scale[names.index("t")], axes[names.index("t")].get("unit")) if scale else (None, None)
+            if unit is None and value is not None and float(value) == 1.0:
+                return None  # plain frame steps (the writers' default), as for unitless spatial steps
         else:
             value, unit = _tiff_time_increment(path, series)
         seconds = float(value) * _SECONDS_PER[str(unit or "s").strip().lower()]

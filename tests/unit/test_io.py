@@ -1137,6 +1137,15 @@ def test_an_acquisitions_frame_interval_is_read_where_it_has_one(tmp_path):
         {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
         "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [250.0, 1, 1, 1]}]}]}]
     assert io.time_increment(store) == 0.25
+    # no unit and a step of 1: frame steps (ome-zarr-py's default), not "one every 1 s"
+    ms = group.attrs["multiscales"]
+    del ms[0]["axes"][0]["unit"]
+    ms[0]["datasets"][0]["coordinateTransformations"][0]["scale"][0] = 1.0
+    group.attrs["multiscales"] = ms
+    assert io.time_increment(store) is None
+    ms[0]["datasets"][0]["coordinateTransformations"][0]["scale"][0] = 30.0  # no unit, a step: seconds
+    group.attrs["multiscales"] = ms
+    assert io.time_increment(store) == 30.0
     plain = tmp_path / "plain.tif"
     tifffile.imwrite(plain, data)
     odd = tmp_path / "odd.ome.tif"

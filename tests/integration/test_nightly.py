@@ -570,3 +570,19 @@ def test_inbox_columns_choose_channels_and_time_points_of_every_acquisition(tmp_
     assert proc.returncode != 0
     log = (unchosen / "results" / "lapse" / "logs" / "normalise.log").read_text()
     assert "has 2 time points" in log and "config inbox_columns for inbox acquisitions" in log
+
+
+def test_an_inbox_file_named_like_an_id_a_sheet_row_makes_is_left_to_the_sheet(tmp_path):
+    """The sheet wins ids: also those its `all` rows make. An inbox file ``cells_c0.tif`` beside a
+    sheet row ``cells`` with ``channel: all`` stopped the run with 'channel=all makes sample id(s)
+    cells_c0 that are already taken', naming no inbox file (with fail_alone the sheet's own
+    cells_c0 failed too); it is left to the sheet's row, as a file of a sheet id is."""
+    wd = make_workdir(tmp_path, samples={"cells": {"path": "../data/cells.tif", "channel": "all"}},
+                      config_overrides={"inbox": ["inbox/*.tif"], "inbox_settle_seconds": 0})
+    _hyperstack(wd / "data" / "cells.tif", n_t=1)
+    write_tiny_tiff(wd / "inbox" / "cells_c0.tif", seed=5)
+    write_tiny_tiff(wd / "inbox" / "other.tif", seed=6)
+    for bad_rows in ("stop", "fail_alone"):
+        out = _dry(wd, "--config", f"bad_rows={bad_rows}")
+        assert "inbox/cells_c0.tif left to the sample sheet's row 'cells_c0'" in out
+        assert {s for r, s in _jobs(out) if r == "normalise"} == {"cells_c0", "cells_c1", "other"}

@@ -122,17 +122,18 @@ def _read_sheet(path, refused):
                                     refused=refused if FAIL_ALONE else None)
 
 
-def _inbox_rows(sheet, refused):
+def _inbox_rows(sheet, refused, refused_paths):
     """Nightly batches: acquisitions of the config's inbox globs (selfres.inbox has the rules)."""
     from selfres.inbox import scan_inbox
 
     # the run stops on clashing ids before its first job (bad_rows: fail_alone: those samples
     # fail alone); a job (which re-reads the inbox) leaves them out instead, so a file dropped
     # in during the night fails no other job
-    # a refused row still owns its id and its file: the inbox must not take them with other settings
+    # a refused row still owns its id and its file: the inbox must not take them with other settings;
+    # the sheet's ids are those its `all` rows make (cells_c0 of cells.tif), so the sheet wins them too
     scan = scan_inbox(config["inbox"], settle_seconds=config["inbox_settle_seconds"],
                       known_ids=[*sheet["sample"], *refused],
-                      known_paths=[*sheet["path"], *sheet.attrs.get("refused_paths", [])],
+                      known_paths=[*sheet["path"], *refused_paths],
                       on_clash="error" if workflow.is_main_process and not FAIL_ALONE else "skip")
     if FAIL_ALONE:
         refused.update(scan.refusals())
@@ -152,18 +153,22 @@ def _sample_table():
     resolved and checked; and the samples refused with bad_rows: fail_alone, ``{id: message}``."""
     refused = {}
     sheet = _read_sheet(config["samples"], refused)
-    row_ids = sheet.attrs["row_ids"]
-    inbox = _inbox_rows(sheet, refused)
-    if len(inbox):
-        sheet = pd.concat([sheet, inbox], ignore_index=True).fillna("")
+    row_ids, refused_paths = sheet.attrs["row_ids"], sheet.attrs.get("refused_paths", [])
     # header counts of the `all` expansions, kept between the Snakefile's evaluations (one per job)
     counts = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))
     # an id made twice (or a refused row's id) stops the run, or with fail_alone fails alone
     alone = refused if FAIL_ALONE else None  # where refusals go (None: they stop the run)
-    # all: one sample (and model) per image of a TIFF (series), per channel, per time point
-    sheet = _sheet.expand_series(sheet, counts, refused=alone)
-    sheet = _sheet.expand_channels(sheet, counts, refused=alone)
-    sheet = _sheet.expand_timepoints(sheet, counts, refused=alone)
+
+    def expand(table):
+        # all: one sample (and model) per image of a TIFF (series), per channel, per time point
+        table = _sheet.expand_series(table, counts, refused=alone)
+        table = _sheet.expand_channels(table, counts, refused=alone)
+        return _sheet.expand_timepoints(table, counts, refused=alone)
+
+    sheet = expand(sheet)  # before the inbox: the ids the sheet's rows make are the sheet's
+    inbox = _inbox_rows(sheet, refused, refused_paths)
+    if len(inbox):  # the inbox's own `all` rows (inbox_columns), checked against every id
+        sheet = expand(pd.concat([sheet, inbox], ignore_index=True).fillna(""))
     if workflow.is_main_process:
         # a channel (image, time point) that the file lacks, or none chosen of several: said at the start (below)
         _CHOICE_PROBLEMS.update(_sheet.choice_problems(sheet, counts))

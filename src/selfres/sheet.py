@@ -684,10 +684,11 @@ def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> di
     the file has 2 channels (allowed 0..1)"``), or none chosen where the file holds several
     (``"has 2 channels; choose one with channel=0..1 (…)"``), in the reader's words and in its
     order (image, time point, channel). The workflow says these when a run starts (a dry run
-    too), where the sample's first job would find them only later. A file that cannot be
-    read is left to that job, which says why."""
-    from .errors import (ChannelNotChosen, SelfresError, SeriesNotChosen, TimepointNotChosen, out_of_range,
-                         series_out_of_range)
+    too), where the sample's first job would find them only later; and so is a file there that
+    cannot be read (``"is truncated or corrupt (…)"``, the reader's words). A file that is not
+    there yet (the demo's, before its rule runs) is left to its job."""
+    from .errors import (ChannelNotChosen, InputError, SelfresError, SeriesNotChosen, TimepointNotChosen,
+                         out_of_range, series_out_of_range)
 
     series_numbers, channel_count = _io_reader("series_numbers"), _io_reader("channel_count")
     columns = (("timepoint", "timepoints", "time point", _io_reader("timepoint_count"), TimepointNotChosen),
@@ -718,6 +719,9 @@ def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> di
                 else:
                     continue
                 break
+        except InputError as exc:  # the header cannot be read: normalise will say the same
+            if os.path.exists(path):
+                problems[row["sample"]] = exc.what
         except (SelfresError, OSError, ValueError):
             continue  # its job reads the file and says what is wrong
     return problems

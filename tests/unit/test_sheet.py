@@ -447,8 +447,9 @@ def test_with_bad_rows_fail_alone_a_refused_row_is_left_out_with_its_message(tmp
 def test_an_image_channel_or_time_point_the_file_refuses_is_found_from_its_header(tmp_path, monkeypatch):
     """What the sample's normalise would refuse — a channel, time point or image the file
     lacks, or none chosen where it holds several — found when the run starts, in the reader's
-    words and order, from a header read once (cached with the `all` expansions' counts); a
-    file that cannot be read is left to its job."""
+    words and order, from a header read once (cached with the `all` expansions' counts); so is
+    a file there that cannot be read (the README says a run names it at its start; it was left to
+    its job); one that is not there (yet) is left to its job."""
     import numpy as np
     import pandas as pd
     import tifffile
@@ -468,11 +469,15 @@ def test_an_image_channel_or_time_point_the_file_refuses_is_found_from_its_heade
             ("pos1", two, "1", "", ""), ("gone", tmp_path / "gone.tif", "", "5", ""),
             ("czi", tmp_path / "scan.czi", "", "5", "")]
     (tmp_path / "scan.czi").write_bytes(b"ZISRAWFILE" + bytes(100))
+    cut = tmp_path / "cut.tif"  # a copy cut short
+    cut.write_bytes(lapse.read_bytes()[:600])
+    rows.append(("cut", cut, "", "", ""))
     sheet = pd.DataFrame([(sid, str(p), se, c, t) for sid, p, se, c, t in rows],
                          columns=["sample", "path", "series", "channel", "timepoint"])
     counts = FileCounts(tmp_path / "counts.json")
     found = choice_problems(sheet, counts)
-    assert sorted(found) == ["c", "no_c", "no_s", "no_t", "s", "t"]
+    assert sorted(found) == ["c", "cut", "czi", "no_c", "no_s", "no_t", "s", "t"]
+    assert "truncated or corrupt" in found["cut"] and "CZI" in found["czi"]
     assert found["c"] == "channel 2 is out of range: the file has 2 channels (allowed 0..1)"
     assert found["t"] == "time point 3 is out of range: the file has 3 time points (allowed 0..2)"
     assert found["s"] == "series 1 is out of range: the file's images are series 0"
@@ -490,7 +495,7 @@ def test_an_image_channel_or_time_point_the_file_refuses_is_found_from_its_heade
     for reader in ("series_numbers", "channel_count", "timepoint_count"):
         monkeypatch.setattr(io, reader, lambda *a, **k: pytest.fail("the header was read again"))
     again = choice_problems(sheet[sheet["path"] == str(lapse)], FileCounts(tmp_path / "counts.json"))
-    assert again == {k: v for k, v in found.items() if k != "no_s"}
+    assert again == {k: v for k, v in found.items() if k not in ("no_s", "cut", "czi")}
 
 
 def test_samples_are_listed_in_the_order_of_the_sheet_rows_they_come_from():

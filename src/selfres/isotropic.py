@@ -120,12 +120,12 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
                                "mode restores stacks whose z spacing is coarser than x/y (check the voxel size's "
                                "order: z,y,x; for a finer lateral grid use mode enhance with scale 1,2,2)",
                          sample=sample)
-    if f < MIN_ISOTROPIC_FACTOR:
+    if f < MIN_ISOTROPIC_FACTOR * (1 - 1e-9):  # 0.22 / 0.2 is 1.0999999999999999: 1.1 is allowed
         raise InputError(path, f"{given}: the z step is {f:.3g}x the lateral pixel, so the stack is already "
                                f"(nearly) isotropic and there is nothing to restore on the z grid; isotropic mode "
                                f"needs a z step of at least {MIN_ISOTROPIC_FACTOR:g}x the lateral pixel (for a finer "
                                "grid on every axis use mode enhance)", sample=sample)
-    if f > MAX_ISOTROPIC_FACTOR:
+    if f > MAX_ISOTROPIC_FACTOR * (1 + 1e-9):
         raise InputError(path, f"{given}: the z step is {f:.4g}x the lateral pixel; isotropic mode allows at most "
                                f"{MAX_ISOTROPIC_FACTOR:g}x. Check the units: voxel sizes are in µm, and a z step "
                                "written in nm (or a lateral pixel in mm) gives such a factor; correct it in the sample "
@@ -577,8 +577,12 @@ def validation_split(train_volume: np.ndarray, holdout_volume: np.ndarray, thres
     The held-out box of the training FOV is used as it is when at least ``min_share``
     of its voxels are above the foreground ``threshold``. Otherwise (e.g. a single
     object in the middle of the field, both ends dark) every ``every``-th lateral
-    plane of the training FOV is held out of training and validates instead, so
-    that model selection measures restoration of structure, not of background.
+    plane of the training FOV is held out of the restorer's training and validates
+    instead, so that model selection measures restoration of structure, not of
+    background; a stack of fewer than ``2·every`` planes holds out every
+    ``max(2, nz // 2)``-th (4 planes: 1 and 3). (The degradation is still estimated on
+    the whole training FOV: its axial profile, and the learned degradation's axial
+    slices, need the planes in their z order.)
 
     Returns
     -------
@@ -587,12 +591,13 @@ def validation_split(train_volume: np.ndarray, holdout_volume: np.ndarray, thres
     """
     share = float(np.mean(holdout_volume > threshold)) if holdout_volume.size else 0.0
     nz = train_volume.shape[0]
-    if share >= min_share or nz < 2 * every:
+    if share >= min_share or nz < 3:
         return train_volume, holdout_volume, None
+    every = max(2, min(every, nz // 2))  # a thin stack (4-7 planes) still validates on structure
     val = np.arange(every // 2, nz, every)
     keep = np.setdiff1d(np.arange(nz), val)
     note = (f"held-out box has {100 * share:.2f}% foreground (< {100 * min_share:g}%): validating on lateral planes "
-            f"{val.tolist()} of the training FOV, which training does not see")
+            f"{val.tolist()} of the training FOV, which the restorer does not train on")
     return np.ascontiguousarray(train_volume[keep]), np.ascontiguousarray(train_volume[val]), note
 
 

@@ -555,7 +555,7 @@ def brightening(output: np.ndarray, interpolation: np.ndarray, *, background: fl
 
 
 def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_000,
-                       block_voxels: int | None = None) -> dict:
+                       block_voxels: int | None = None, noise=None) -> dict:
     """How far the restored volume as written still looks like its input: a check of the
     production path (tiling, device, precision, writing), not of the method.
 
@@ -577,13 +577,19 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
         At most this many input voxels, on a regular stride.
     block_voxels
         Voxels of ``restored`` read at once (default :data:`READ_BLOCK_VOXELS`).
+    noise
+        The input's noise (:class:`selfres.noise.NoiseLevel`, variance against intensity), or None.
 
     Returns
     -------
     dict
         ``nonfinite_voxels`` (in all of ``restored``), ``correlation_with_input`` (Pearson r
         over the samples, finite ones only; 0 for a constant output; ``None`` when the
-        input is constant there).
+        input is constant there), and ``correlation_ceiling``: the correlation that the
+        noise-free signal itself has with the noisy input, ``sqrt(1 − noise variance /
+        input variance)`` over the samples (a restoration that removes the noise cannot
+        correlate better; 1 for a clean input; ``None`` without ``noise`` or with nothing
+        measured).
     """
     if raw.ndim != restored.ndim:
         raise ValueError(f"input and output must have the same number of axes; received {raw.shape} and {restored.shape}")
@@ -616,7 +622,11 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
         r = 0.0
     else:
         r = float(np.corrcoef(a, b)[0, 1])
-    return {"nonfinite_voxels": nonfinite, "correlation_with_input": r}
+    ceiling = None
+    if noise is not None and getattr(noise, "bins", 1) and r is not None and a.size >= 2:
+        noise_var = float(np.mean(noise.variance(a)))
+        ceiling = round(float(np.sqrt(max(0.0, 1.0 - noise_var / float(np.var(a))))), 4)
+    return {"nonfinite_voxels": nonfinite, "correlation_with_input": r, "correlation_ceiling": ceiling}
 
 
 def _chunk_shape(arr) -> tuple[int, ...] | None:

@@ -118,8 +118,9 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     ),
     "restored_unlike_input": (
         "The restored volume as written does not look like its input: at the input "
-        "voxels' centres the two barely correlate (qc/metrics.json, restored_check), "
-        "which a working restoration always does. The output is broken (e.g. a dead "
+        "voxels' centres the two barely correlate (qc/metrics.json, restored_check: "
+        "below 0.8 × the correlation the input's own noise allows), which a working "
+        "restoration always does. The output is broken (e.g. a dead "
         "network, a device or precision failure, or a damaged store), whatever the "
         "held-out figures say.",
         "Do not use this output. Look at the orthoviews below, rerun the infer step (on "

@@ -624,6 +624,34 @@ def test_restored_agreement_tells_a_restoration_from_a_broken_output():
     assert m.restored_agreement(raw, up, max_samples=500)["correlation_with_input"] > 0.95
 
 
+def test_a_denoised_restoration_of_a_noisy_input_is_judged_against_what_noise_allows():
+    """A restoration that removes the noise cannot correlate with a noisy input better than
+    the noise-free signal does: a low-light sample restored better than tricubic (0.70) was
+    flagged as a broken output at a flat 0.8. The ceiling comes from the input's own noise."""
+    import torch
+
+    from selfres import degrade
+    from selfres.noise import noise_level_function
+    from selfres.pipeline import RESTORED_MIN_CORRELATION
+
+    rng = np.random.default_rng(1)
+    signal = ndimage.gaussian_filter(rng.random((16, 64, 64)), 2.0).astype(np.float32)
+    signal = (signal - signal.min()) / (signal.max() - signal.min())
+    noisy = (signal + rng.normal(0, 0.2, signal.shape)).astype(np.float32)  # sd of the signal ~0.16
+    level = noise_level_function(noisy)
+    clean_up = degrade.upscale_cubic(torch.from_numpy(signal)[None, None], (2, 2, 2))[0, 0].numpy()
+    good = m.restored_agreement(noisy, clean_up, noise=level)
+    assert good["correlation_with_input"] < RESTORED_MIN_CORRELATION  # flagged before
+    assert 0.4 < good["correlation_ceiling"] < 0.9
+    assert good["correlation_with_input"] > RESTORED_MIN_CORRELATION * good["correlation_ceiling"]
+    for broken in (np.roll(clean_up, 30, axis=2), np.full_like(clean_up, 0.3), rng.random(clean_up.shape)):
+        got = m.restored_agreement(noisy, broken, noise=level)
+        assert got["correlation_with_input"] < RESTORED_MIN_CORRELATION * got["correlation_ceiling"]
+    clean = m.restored_agreement(signal, clean_up, noise=noise_level_function(signal))
+    assert clean["correlation_ceiling"] > 0.97  # a clean input keeps the flat threshold
+    assert m.restored_agreement(signal, clean_up)["correlation_ceiling"] is None
+
+
 def test_undershoot_counts_values_below_the_darkest_input_and_says_when_it_cannot_see_them():
     from selfres.metrics import undershoot
 

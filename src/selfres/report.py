@@ -1373,7 +1373,7 @@ img{max-width:100%;height:auto;display:block;margin:.4em 0}
 .warn h3{margin:.1em 0 .4em 0;color:#922}
 .flag{border-left:4px solid #e0a800;background:#fff8e1;padding:.4em .8em;margin:.5em 0}
 .status-ok{color:#1a7f37;font-weight:bold}.status-failed{color:#c0392b;font-weight:bold}
-.status-fallback_interpolation{color:#b36b00;font-weight:bold}
+.status-fallback_interpolation{color:#b36b00;font-weight:bold}.status-output_broken{color:#c0392b;font-weight:bold}
 tr.failed td{background:#fdecea}tr.fallback td{background:#fff8e1}
 pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
 .muted{color:#666;font-size:.9em}
@@ -1447,11 +1447,22 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+#: Flags that say ``restored.ome.zarr`` as written is broken, whatever it holds (the network's
+#: output or the interpolation): such a sample's status is ``output_broken``, not ``ok``.
+BROKEN_OUTPUT_FLAGS = ("restored_not_finite", "restored_unlike_input")
+
+
 def _status(metrics: Mapping[str, Any]) -> str:
-    """``metrics["status"]``, else ``fallback_interpolation`` when the restored volume
+    """``metrics["status"]``, else ``output_broken`` when a flag says the restored volume as
+    written is broken (:data:`BROKEN_OUTPUT_FLAGS`), else ``fallback_interpolation`` when it
     holds the interpolation (``restored_content == "interpolation"``), else ``ok``."""
     if metrics.get("status"):
         return str(metrics["status"])
+    flags = metrics.get("flags") or []
+    if isinstance(flags, str):  # a summary row's "a;b"
+        flags = [f for f in flags.split(";") if f]
+    if any(f in BROKEN_OUTPUT_FLAGS for f in flags):
+        return "output_broken"
     if metrics.get("restored_content") == "interpolation":
         return "fallback_interpolation"
     return "ok"
@@ -1464,6 +1475,8 @@ def _diff(a: Any, b: Any) -> float | None:
 
 #: Flags shown as a red warning box, first, with these titles.
 _WARNING_TITLES = {
+    "restored_not_finite": "the restored volume as written is broken (do not use it)",
+    "restored_unlike_input": "the restored volume as written is broken (do not use it)",
     "model_worse_than_interpolation": "the guard did not accept the network over interpolation",
     "worse_than_interpolation_on_reference": "against its reference the output is worse than interpolation",
 }
@@ -1677,6 +1690,11 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
     margin = _num(metrics.get("guard_margin_db"))
     flagged = "model_worse_than_interpolation" in (metrics.get("flags") or [])
     bits = []
+    if status == "output_broken":  # said first: the figures below judge the model, not this file
+        bits.append("<b class=\"status-failed\">restored.ome.zarr as written is broken: do not use it</b> "
+                    f"({_esc(', '.join(f for f in metrics.get('flags') or [] if f in BROKEN_OUTPUT_FLAGS))}; "
+                    "see the warning below). What follows is about the model on its held-out region, "
+                    "not about that file.")
     if status == "failed":
         bits.append("<b class=\"status-failed\">This sample failed.</b>")
     elif gain is None:
@@ -2281,12 +2299,13 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
     n_ok = int(counts.get("ok", 0))
     n_fb = int(counts.get("fallback_interpolation", 0))
     n_fail = int(counts.get("failed", 0))
-    n_other = len(df) - n_ok - n_fb - n_fail
+    n_broken = int(counts.get("output_broken", 0))
+    n_other = len(df) - n_ok - n_fb - n_fail - n_broken
     head = ["sample", "status", "mode", "input shape", "output shape", "PSNR gain (dB)",
             "isotropy in", "isotropy out", "isotropy of interpolation", "flags", "train (s)", "infer (s)", "error"]
     body = []
     for _, r in df.iterrows():
-        cls = {"failed": "failed", "fallback_interpolation": "fallback"}.get(r["status"], "")
+        cls = {"failed": "failed", "output_broken": "failed", "fallback_interpolation": "fallback"}.get(r["status"], "")
         link = r["report"]
         has_link = isinstance(link, str) and bool(link)
         cells = [
@@ -2317,6 +2336,7 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
         f'<p><span class="status-ok">{n_ok} ok</span> · '
         f'<span class="status-fallback_interpolation">{n_fb} fallback to interpolation</span>'
         f' · <span class="status-failed">{n_fail} failed</span>'
+        + (f' · <span class="status-failed">{n_broken} output broken</span>' if n_broken else "")
         + (f" · {n_other} other" if n_other else "") + f" · {len(df)} samples</p>")
     table = ('<table class="sortable"><thead><tr>'
              + "".join(f"<th>{_esc(h)}</th>" for h in head)
@@ -2339,10 +2359,15 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
             attention.append(f"<li>{name}: <b>failed</b>"
                              + (f" — {_esc(err)}" if isinstance(err, str) and err else
                                 " (see its logs/ folder)") + again + "</li>")
+        elif r["status"] == "output_broken":
+            attention.append(f"<li>{name}: <b>restored.ome.zarr is broken — do not use it</b> (flags "
+                             f"{_esc(str(r['flags']).replace(';', ', '))}; its report says what to do).</li>")
         elif r["status"] == "fallback_interpolation":
+            others = [f for f in str(r["flags"] or "").split(";") if f and f != "model_worse_than_interpolation"]
             attention.append(f"<li>{name}: the guard found no clear gain over {_baseline_name(r.get('mode'))} "
                              "on the held-out region (its report says by how much, and whether the network "
-                             "learned anything); restored.ome.zarr holds the interpolation.</li>")
+                             "learned anything); restored.ome.zarr holds the interpolation"
+                             + (f"; also flags {_esc(', '.join(others))}" if others else "") + ".</li>")
         elif r["status"] not in ("ok",):
             attention.append(f"<li>{name}: status {_esc(r['status'])}.</li>")
         elif r["flags"]:

@@ -884,3 +884,31 @@ def test_a_figure_just_below_one_is_not_shown_as_one():
     """An SSIM of 0.9996 read "1" (three decimals, trailing zeros cut) beside a gain of +0.0005."""
     assert report._fmt(0.99962) == "0.99962" and report._fmt(0.9991) == "0.999"
     assert report._fmt(1.0) == "1" and report._fmt(31.25) == "31.25" and report._fmt(-0.9999) == "-0.9999"
+
+
+def test_a_broken_restored_volume_is_not_ok_anywhere():
+    """restored_unlike_input / restored_not_finite say 'Do not use this output', yet the sample's
+    status stayed ok, its verdict opened with a green 'beats tricubic', the summary counted it
+    among the ok ones and its flag box was a plain note; and a fallback's other flags were
+    dropped from 'What to look at'."""
+    raw, interp, restored = _volumes()
+    broken = _metrics(sample="noise", mode="enhance", flags=["restored_unlike_input"], restored_content="model")
+    page = report.render_sample_report(
+        sample="noise", metrics=broken, raw=raw, interp=interp, restored=restored,
+        voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5), training_log=_log())
+    verdict = re.search(r'<p class="verdict">(.*?)</p>', page, re.S).group(1)
+    assert verdict.startswith('<b class="status-failed">restored.ome.zarr as written is broken: do not use it</b>')
+    assert "Warning: the restored volume as written is broken (do not use it) (restored_unlike_input)" in page
+    assert "output_broken" in page and ">ok<" not in page
+    rows = [{**broken, "report": "noise/report.html"},
+            {**_metrics(sample="nan", flags=["restored_not_finite", "model_worse_than_interpolation"]),
+             "restored_content": "interpolation"},
+            {**_metrics(sample="iso", flags=["model_worse_than_interpolation", "isotropy_not_reached"]),
+             "restored_content": "interpolation"},
+            _metrics(sample="fine")]
+    df = report.summary_table(rows)
+    assert df["status"].tolist() == ["output_broken", "output_broken", "fallback_interpolation", "ok"]
+    summary = report.render_summary(rows)
+    assert "1 ok" in summary and "2 output broken" in summary and "1 fallback" in summary
+    assert "restored.ome.zarr is broken — do not use it</b> (flags restored_unlike_input;" in summary
+    assert "restored.ome.zarr holds the interpolation; also flags isotropy_not_reached." in summary

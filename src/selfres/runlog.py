@@ -87,7 +87,34 @@ def _iso(stamp: str) -> str:
 
 
 def _attempt(stamp: str | None) -> dict:
-    return {"started": stamp, "status": "incomplete", "slurm_jobid": None, "slurm_log": None}
+    return {"started": stamp, "status": "incomplete", "slurm_jobid": None, "slurm_log": None, "ended_by": None}
+
+
+#: What Slurm's states say of a job it ended, in a facility's words (the executor's
+#: "SLURM status is: 'TIMEOUT'")
+_SLURM_STATES = {
+    "TIMEOUT": "Slurm ended it at its time limit (runtime)",
+    "OUT_OF_MEMORY": "Slurm ended it at its memory limit (mem_mb)",
+    "CANCELLED": "it was cancelled (scancel, or Slurm)",
+    "NODE_FAIL": "its node failed",
+    "PREEMPTED": "it was preempted",
+    "BOOT_FAIL": "its node failed to boot",
+    "DEADLINE": "Slurm ended it at its deadline",
+}
+
+
+def _ended_by(message: str) -> str | None:
+    """Why a failed job ended, from the first line of its error block's ``message:``: sbatch's
+    refusal (``sbatch: error: invalid partition specified: x``) or the Slurm state that ended it;
+    ``None`` for anything else (a job's own failure, whose log has selfres's ERROR line)."""
+    m = re.search(r"SLURM sbatch failed\. The error message was '(?P<why>[^']*)", message)
+    if m:
+        why = re.sub(r"^sbatch: error: ", "", m["why"].strip())
+        return f"sbatch refused to submit it ({why})"
+    m = re.search(r"SLURM status is: '(?P<state>[A-Z_]+)'", message)
+    if m and m["state"] != "FAILED":
+        return _SLURM_STATES.get(m["state"], f"Slurm ended it ({m['state']})")
+    return None
 
 
 def _set_status(job: dict, status: str) -> None:
@@ -111,9 +138,10 @@ def parse_snakemake_log(text: str) -> dict:
         one dict per job with ``jobid``, ``rule``, ``sample`` (or ``None``),
         ``wildcards``, ``reason``, ``output`` (the job's output files as Snakemake prints them,
         comma-separated), ``started``, ``status`` (``finished``, ``failed`` or
-        ``incomplete``), ``slurm_jobid`` and ``slurm_log`` (``None`` off Slurm) — all of
-        its last attempt — and ``attempts``: one dict per try (``started``, ``status``,
-        ``slurm_jobid``, ``slurm_log``), more than one when Snakemake retried the job
+        ``incomplete``), ``slurm_jobid`` and ``slurm_log`` (``None`` off Slurm), ``ended_by``
+        (why Slurm ended or refused it, e.g. ``Slurm ended it at its time limit (runtime)``;
+        ``None`` otherwise) — all of its last attempt — and ``attempts``: one dict per try
+        (``started``, ``status``, ``slurm_jobid``, ``slurm_log``, ``ended_by``), more than one when Snakemake retried the job
         (``retries``). Jobs of the target rule ``all`` are left out.
     """
     header: dict = {}
@@ -121,6 +149,7 @@ def parse_snakemake_log(text: str) -> dict:
     stamp = None
     current = None  # the job block being read
     in_error = None  # the job id of an "Error in rule" block
+    error_message = None  # its "message:" (before its jobid)
     quoted = None  # a failed job's log file copied in (show-failed-logs): None, "opening" or "inside"
     for line in text.splitlines():
         # "Logfile <path>:", a rule of "=", the file, a rule of "=": on Slurm the file is the job's
@@ -151,27 +180,31 @@ def parse_snakemake_log(text: str) -> dict:
         if m:
             current = {"jobid": None, "rule": m["rule"], "sample": None, "wildcards": None, "reason": None,
                        "output": None, "started": stamp, "status": "incomplete", "slurm_jobid": None,
-                       "slurm_log": None, "attempts": [_attempt(stamp)]}
+                       "slurm_log": None, "ended_by": None, "attempts": [_attempt(stamp)]}
             in_error = None
             continue
         m = _ERROR_RE.match(line)
         if m:
-            current, in_error = None, -1
+            current, in_error, error_message = None, -1, None
             continue
         m = _FIELD_RE.match(line)
         if m and (current is not None or in_error is not None):
             key, value = m["key"], m["value"].strip()
             if in_error is not None:
-                if key == "jobid" and value.isdigit():
+                if key == "message" and in_error == -1:
+                    error_message = value
+                elif key == "jobid" and value.isdigit():
                     in_error = int(value)
                     if in_error in jobs:
                         _set_status(jobs[in_error], "failed")
+                        why = _ended_by(error_message or "")
+                        jobs[in_error]["ended_by"] = jobs[in_error]["attempts"][-1]["ended_by"] = why
                 continue
             if key == "jobid" and value.isdigit():
                 jid = int(value)
                 if jid in jobs:  # a retry ("Trying to restart job N."): the same job, one more attempt
                     current = jobs[jid]
-                    current["status"] = "incomplete"
+                    current["status"], current["ended_by"] = "incomplete", None
                     current["attempts"].append(_attempt(stamp))
                 else:
                     current["jobid"] = jid

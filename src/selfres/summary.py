@@ -57,14 +57,22 @@ def _log_time(stamp: str | None) -> float | None:
 
 
 def _unfinished_message(jobs: Sequence[dict]) -> str:
-    """What a sample's unfinished jobs say without an ``ERROR:`` line of their own."""
-    parts = []
+    """What a sample's unfinished jobs say without an ``ERROR:`` line of their own: why Slurm
+    ended or refused each where the run's log says (:func:`selfres.runlog.parse_snakemake_log`'s
+    ``ended_by``), else the likely causes."""
+    known, unknown = [], []
     for job in jobs:
         where = f" (Slurm job {job['slurm_jobid']}, log {job['slurm_log']})" if job.get("slurm_jobid") else ""
-        parts.append(f"{job['rule']}{where}")
-    jobs_word = "job" if len(parts) == 1 else "jobs"
-    return (f"its {', '.join(parts)} {jobs_word} did not finish in this run and wrote no ERROR line: "
-            "killed (a time or memory limit, or by hand) or stopped with the run")
+        if job.get("ended_by"):
+            known.append(f"its {job['rule']} job{where}: {job['ended_by']}")
+        else:
+            unknown.append(f"{job['rule']}{where}")
+    out = list(known)
+    if unknown:
+        jobs_word = "job" if len(unknown) == 1 else "jobs"
+        out.append(f"its {', '.join(unknown)} {jobs_word} did not finish in this run and wrote no ERROR line: "
+                   "killed (a time or memory limit, or by hand) or stopped with the run")
+    return "; ".join(out)
 
 
 def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str | None:

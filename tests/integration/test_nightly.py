@@ -192,9 +192,9 @@ def test_run_log_parser_reads_slurm_jobs_and_failures():
     assert norm == {"jobid": 2, "rule": "normalise", "sample": "a", "wildcards": "sample=a",
                     "reason": "Missing output files: results/a/normalized.ome.zarr",
                     "output": "results/a/normalized.ome.zarr", "started": "2026-11-30T09:02:10", "status": "finished", "slurm_jobid": 18,
-                    "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log",
+                    "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log", "ended_by": None,
                     "attempts": [{"started": "2026-11-30T09:02:10", "status": "finished", "slurm_jobid": 18,
-                                  "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log"}]}
+                                  "slurm_log": "/w/logs/slurm/rule_normalise/a/18.log", "ended_by": None}]}
     assert crop["status"] == "failed" and crop["slurm_jobid"] == 19
     # show-failed-logs copies the failed Slurm job's log, its own Snakemake output, into the run's log:
     # its job (jobid 0, "Forced execution") is not one of this run's
@@ -220,6 +220,52 @@ rule qc:
 """
     assert [(j["rule"], j["jobid"], j["status"]) for j in parse_snakemake_log(quoted)["jobs"]] == [
         ("normalise", 2, "finished"), ("crop", 4, "failed"), ("qc", 5, "incomplete")]
+
+
+def test_why_slurm_ended_or_refused_a_job_reaches_the_summary():
+    """sbatch's refusal (a mistyped partition) and the Slurm state that ended a job (TIMEOUT)
+    are in the run's log, but the summary said 'killed (a time or memory limit, or by hand)' for
+    both: a facility raised runtime and mem_mb for a partition typo."""
+    from selfres.summary import _unfinished_message
+
+    log = """[Sat Dec  5 01:20:01 2026]
+rule normalise:
+    jobid: 1
+    wildcards: sample=b
+[Sat Dec  5 01:20:02 2026]
+Error in rule normalise:
+    message: SLURM sbatch failed. The error message was 'sbatch: error: invalid partition specified: nosuch
+sbatch: error: Batch job submission failed: Invalid partition name specified'.
+    sbatch call:
+        sbatch --parsable -p nosuch
+For further error details see the cluster/cloud log and the log files of the involved rule(s).
+    jobid: 1
+    log: results/b/logs/normalise.log (check log file(s) for error details)
+[Sat Dec  5 01:20:03 2026]
+rule train:
+    jobid: 6
+    wildcards: sample=a
+Job 6 has been submitted with SLURM jobid 187 (log: /w/logs/slurm/rule_train/a/187.log).
+[Sat Dec  5 01:21:10 2026]
+Error in rule train:
+    message: SLURM-job '187' failed, SLURM status is: 'TIMEOUT'. Detailed failure reason unavailable.
+    jobid: 6
+    external_jobid: 187
+Logfile results/a/logs/train.log:
+================================================================================
+Error in rule train:
+    message: None
+    jobid: 0
+================================================================================
+"""
+    norm, train = parse_snakemake_log(log)["jobs"]
+    assert norm["ended_by"] == "sbatch refused to submit it (invalid partition specified: nosuch)"
+    assert train["ended_by"] == "Slurm ended it at its time limit (runtime)" and train["status"] == "failed"
+    assert _unfinished_message([norm]) == "its normalise job: sbatch refused to submit it (invalid partition " \
+                                          "specified: nosuch)"
+    both = _unfinished_message([train, {"rule": "qc", "slurm_jobid": None}])
+    assert both.startswith("its train job (Slurm job 187, log /w/logs/slurm/rule_train/a/187.log): Slurm ended it "
+                           "at its time limit (runtime); its qc job did not finish in this run and wrote no ERROR")
 
 
 def test_run_log_parser_keeps_every_attempt_of_a_retried_job():

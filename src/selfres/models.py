@@ -753,8 +753,9 @@ def autocast_dtype(device: str | torch.device, *, enabled: bool, cpu: bool = Fal
 def ran_on(device: str | torch.device) -> dict[str, Any]:
     """Where a job computes, for provenance: ``device`` (``cuda``, ``cuda:1``, ``cpu``), the
     device's name (the GPU model, e.g. ``NVIDIA A100-SXM4-40GB``; the CPU model), the host,
-    and on Slurm the job id and the GPUs it was given (``SLURM_JOB_GPUS``: the node's GPU
-    indices; ``CUDA_VISIBLE_DEVICES``: as the job sees them)."""
+    and on Slurm the job id and the GPUs it was given (``SLURM_JOB_GPUS``, or inside a job
+    step ``SLURM_STEP_GPUS``: the node's GPU indices — the Slurm executor runs each rule in a
+    step whose environment keeps only the latter; ``CUDA_VISIBLE_DEVICES``: as the job sees them)."""
     import platform
     import socket
 
@@ -769,7 +770,8 @@ def ran_on(device: str | torch.device) -> dict[str, Any]:
         name = _cpu_model() or platform.processor() or platform.machine() or None
     return {"device": str(device), "device_name": name, "host": socket.gethostname(),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-            "slurm_job_gpus": os.environ.get("SLURM_JOB_GPUS"),  # the node's GPU indices Slurm gave the job
+            # the node's GPU indices Slurm gave the job (in an srun step: the step's)
+            "slurm_job_gpus": os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_STEP_GPUS"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "torch_threads": torch.get_num_threads()}  # a CPU's results depend on it (summation order)
 

@@ -343,6 +343,12 @@ def test_ran_on_names_the_host_the_device_and_the_slurm_job(monkeypatch):
     assert got["torch_threads"] == torch.get_num_threads()  # a CPU's weights depend on it
     monkeypatch.delenv("SLURM_JOB_ID")
     assert ran_on("cpu")["slurm_job_id"] is None
+    # the Slurm executor runs a rule in an srun step whose environment has SLURM_STEP_GPUS only
+    monkeypatch.delenv("SLURM_JOB_GPUS", raising=False)
+    monkeypatch.setenv("SLURM_STEP_GPUS", "2")
+    assert ran_on("cpu")["slurm_job_gpus"] == "2"
+    monkeypatch.setenv("SLURM_JOB_GPUS", "5")
+    assert ran_on("cpu")["slurm_job_gpus"] == "5"
 
 
 def test_a_gpu_allocated_but_not_usable_is_said_and_the_job_runs_on_the_cpu(monkeypatch, caplog):

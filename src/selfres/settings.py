@@ -710,12 +710,16 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            out = tp(value)
+            number = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-        if tp is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        return out
+            raise ConfigError(f"{key}: expected {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+        if not math.isfinite(number):  # nan compares false with every bound, so no bound catches it
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        if tp is int:
+            if not number.is_integer():
+                raise ConfigError(f"{key}: expected an integer, got {value!r}")
+            return int(number) if not isinstance(value, int) else value
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")

@@ -13,6 +13,7 @@ import copy
 import csv
 import functools
 import json
+import math
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -176,6 +177,18 @@ def check_config(config: Mapping, *, schema: str | os.PathLike | Mapping) -> Non
     """
     import jsonschema
 
+    def non_finite(node, path=()):  # YAML's .nan and .inf: every bound compares false with nan
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                yield from non_finite(v, (*path, str(k)))
+        elif isinstance(node, (list, tuple)):
+            for v in node:
+                yield from non_finite(v, path)
+        elif isinstance(node, float) and not math.isfinite(node):
+            yield ".".join(path), node
+
+    for key, value in non_finite(config):
+        raise ConfigError(f"config: {key}: expected a finite number, got {value!r}")
     schema_d = _load_schema(schema)
     validator = jsonschema.validators.validator_for(schema_d)(schema_d)
     errors = sorted(validator.iter_errors(dict(config)), key=lambda e: [str(p) for p in e.path])
@@ -398,13 +411,14 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     sheet = sheet.fillna("").astype(str)
     for c in sheet.columns:
         sheet[c] = sheet[c].str.strip()
-    validator = _row_validator(schema)
+    validator, bounds = _row_validator(schema), _config_schema_beside(schema)
     for i, row in zip(lines, sheet.to_dict(orient="records")):
         where = f"sample sheet {path}, line {i}: "
         if refused is not None:
             check_sample_id(row["sample"], where=where)  # no folder to fail in: stops the run
         try:
-            check_sample_row(row, validator=validator, where=where, config_settings=config_settings)
+            check_sample_row(row, validator=validator, where=where, config_settings=config_settings,
+                             config_schema=bounds)
         except ConfigError as exc:
             if refused is None or str(exc).startswith("config: "):  # "config:": every sample's mistake
                 raise
@@ -428,6 +442,44 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     return sheet
 
 
+def _config_schema_beside(schema: str | os.PathLike | Mapping | None) -> Mapping | None:
+    """The config schema (``config.schema.yaml``) beside the sheet's row schema file, whose
+    bounds a sheet's override columns must keep as the config's values do; ``None`` when the
+    row schema is not a file there."""
+    if schema is None or isinstance(schema, Mapping):
+        return None
+    path = os.path.join(os.path.dirname(os.fspath(schema)), "config.schema.yaml")
+    return _load_schema(path) if os.path.isfile(path) else None
+
+
+def _override_bound_problem(overrides: Mapping, parsed: Mapping, config_schema: Mapping) -> str | None:
+    """The first override (``train.learning_rate``…) whose value, as the jobs will read it
+    (``parsed``: the settings after coercion), the config schema's bounds refuse: a sheet cell
+    is text, so its row schema cannot hold the ranges the config's values are checked against."""
+    import jsonschema
+
+    def leaves(node, path=()):
+        for key, value in node.items():
+            if isinstance(value, Mapping):
+                yield from leaves(value, (*path, key))
+            else:
+                yield (*path, key)
+
+    for path in leaves(overrides):
+        sub, value = config_schema, parsed
+        for part in path:
+            sub = (sub.get("properties") or {}).get(part) if isinstance(sub, Mapping) else None
+            value = value.get(part) if isinstance(value, Mapping) else None
+            if sub is None:
+                break
+        if sub is None:
+            continue
+        value = json.loads(json.dumps(value))  # tuples as lists, as YAML gives them
+        for err in jsonschema.validators.validator_for(config_schema)(sub).iter_errors(value):
+            return f"{'.'.join(path)}: {err.message}"
+    return None
+
+
 def _row_validator(schema: str | os.PathLike | Mapping | None):
     """A jsonschema validator of one sheet row, or ``None`` without a schema."""
     schema_d = _load_schema(schema)
@@ -439,7 +491,7 @@ def _row_validator(schema: str | os.PathLike | Mapping | None):
 
 
 def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "", who: str | None = None,
-                     config_settings: Mapping | None = None) -> None:
+                     config_settings: Mapping | None = None, config_schema: Mapping | None = None) -> None:
     """Refuse one sample row (sheet line or inbox acquisition) that would fail its jobs.
 
     Checks the id, the row schema (``validator``, from :func:`_row_validator`), a non-empty
@@ -447,7 +499,8 @@ def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "",
     will — merged into ``config_settings`` (the config's stage sections) when given, so that
     a value that needs another (``infer.shards`` and the config's ``ngff_version``) is judged
     with it — so that a bad value stops the run before any job, as the same value in
-    config.yaml does.
+    config.yaml does; with ``config_schema`` the overrides must also keep its bounds
+    (``train.learning_rate`` above 0…), as the config's own values must.
 
     Raises
     ------
@@ -469,8 +522,14 @@ def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "",
         if row.get("mode") != "isotropic":  # scale is enhance's (an isotropic row ignores it)
             parse_scale(row.get("scale", ""), name="column 'scale':")
         overrides = sample_overrides(row)
-        parse_settings(merge_settings(json.loads(json.dumps(config_settings)), overrides) if config_settings
-                       else overrides)
+        parsed = parse_settings(merge_settings(json.loads(json.dumps(config_settings)), overrides) if config_settings
+                                else overrides)
+        if config_schema is not None:
+            from .settings import to_dict
+
+            problem = _override_bound_problem(overrides, to_dict(parsed), config_schema)
+            if problem:
+                raise ConfigError(problem)
     except ConfigError as exc:
         if config_settings and _fails_alone(config_settings, str(exc)):  # the config's own mistake
             raise ConfigError(f"config: {exc}") from None
@@ -524,9 +583,9 @@ def inbox_table(rows: Iterable[Mapping[str, str]], columns: Mapping | None = Non
         raise ConfigError(f"config inbox_columns: {', '.join(repr(c) for c in own)} cannot be shared by all inbox "
                           "acquisitions (the sample id and path come from each file; a reference or training "
                           "FOV belongs to one acquisition: give it its own sample sheet row)")
-    validator = _row_validator(schema)
+    validator, bounds = _row_validator(schema), _config_schema_beside(schema)
     check_sample_row({"sample": "inbox", "path": "inbox", **columns}, validator=validator,
-                     where="config inbox_columns: ", who="", config_settings=config_settings)
+                     where="config inbox_columns: ", who="", config_settings=config_settings, config_schema=bounds)
     if columns.get("model_from") == FIRST_TIMEPOINT and columns.get("timepoint") != "all":
         raise ConfigError(f"config inbox_columns: model_from {FIRST_TIMEPOINT} names time point 0 of each "
                           "acquisition's series, so it needs timepoint: all beside it")
@@ -534,7 +593,7 @@ def inbox_table(rows: Iterable[Mapping[str, str]], columns: Mapping | None = Non
     for row in rows:
         full = {**columns, **{k: str(v) for k, v in row.items()}}
         check_sample_row(full, validator=validator, where=f"inbox acquisition {row.get('path', '')}: ",
-                         config_settings=config_settings)
+                         config_settings=config_settings, config_schema=bounds)
         out.append(full)
     return pd.DataFrame(out, columns=["sample", "path", *columns], dtype=str).fillna("")
 

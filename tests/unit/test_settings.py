@@ -173,6 +173,9 @@ def test_psf_sigma_command_measures_a_bead_stack(tmp_path, capsys):
     ({"train": {"stepz": 3}}, "unknown key 'train.stepz' (did you mean 'train.steps'?); allowed in train: "),
     ({"train": {"loss": "l3"}}, "train.loss: 'l3' is not allowed; allowed values: 'mse', "),
     ({"infer": {"tile_size": "big"}}, "infer.tile_size: 'big' is not of type"),
+    # YAML's .nan passes every jsonschema bound (nan compares false): a nan guard margin flagged every model
+    ({"train": {"guard_margin_db": float("nan")}}, "train.guard_margin_db: expected a finite number, got nan"),
+    ({"inbox_settle_seconds": float("inf")}, "inbox_settle_seconds: expected a finite number, got inf"),
 ])
 def test_a_config_mistake_is_one_short_line_naming_the_key(config, expected):
     """Snakemake's own validation prints the whole schema (>1000 lines) for one typo."""

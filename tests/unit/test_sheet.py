@@ -557,3 +557,31 @@ def test_a_sample_may_not_be_named_after_what_the_workflow_writes_at_the_top_of_
     # with export_tiff, an acquisition's combined OME-TIFF
     with pytest.raises(ConfigError, match=r"writes 'lapse.ome.tif' at the top of the results folder"):
         check_results_dirs(results, ["lapse_t0", "lapse.ome.tif"], root_files=["lapse.ome.tif"])
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("train.learning_rate", "-0.001", r"train\.learning_rate: -0\.001 is less than or equal to the minimum of 0"),
+    ("train.width", "3", r"train\.width: 3 is less than the minimum of"),
+    ("train.patience", "0", r"train\.patience: 0 is less than the minimum of 1"),
+    ("train.degradation.gain", "0", r"train\.degradation\.gain: 0\.0 is less than or equal to the minimum of 0"),
+    ("isotropic.patch_size", "7", r"isotropic\.patch_size: 7 is less than the minimum of"),
+    ("train.guard_margin_db", "nan", r"train\.guard_margin_db: expected a finite number, got 'nan'"),
+    ("train.max_minutes", "1e400", r"train\.max_minutes: expected a finite number"),
+])
+def test_a_sheet_override_keeps_the_bounds_the_config_keeps(tmp_path, column, value, message):
+    """A sheet cell is text, so its row schema held no ranges: a learning rate of -0.001 passed
+    the run's start and failed train with 'this is a bug'; a guard margin of nan threw away a
+    network that gained +2.3 dB, flagged model_worse_than_interpolation. The config schema's
+    bounds now apply to the cell as the jobs read it, and no number may be nan or infinite."""
+    p = _sheet(tmp_path, f"sample\tpath\t{column}\na\ta.tif\t{value}\nb\tb.tif\t\n")
+    with pytest.raises(ConfigError, match=rf"line 2: sample 'a': {message}"):
+        read_sample_sheet(p, schema=SCHEMA)
+    refused = {}
+    sheet = read_sample_sheet(p, schema=SCHEMA, refused=refused)  # bad_rows: fail_alone
+    assert sheet["sample"].tolist() == ["b"] and list(refused) == ["a"]
+
+
+def test_a_sheet_override_within_the_bounds_passes_as_the_jobs_read_it(tmp_path):
+    p = _sheet(tmp_path, "sample\tpath\ttrain.learning_rate\ttrain.steps\ttrain.psf_sigma_um\n"
+                         "a\ta.tif\t1e-3\t1e3\t1,0.5,0.5\n")
+    assert read_sample_sheet(p, schema=SCHEMA)["sample"].tolist() == ["a"]

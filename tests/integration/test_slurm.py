@@ -76,6 +76,11 @@ def test_only_train_and_infer_request_the_gpu(slurm_run):
         else:
             assert j["gpus"] == 0 and j["Partition"] == "cpu", (j["rule"], j["gpus"], j["Partition"])
     assert {j["rule"] for j in jobs if j["gpus"]} >= {"train", "infer"}
+    # cpus_per_gpu: threads — a GPU job's cores are its rule's threads (set-threads train: 2), so
+    # torch's threads never exceed what Slurm granted (a literal cpus_per_gpu lowered as the docs
+    # advised for pending jobs left train running 4 threads on 1 core)
+    assert {int(j["NumCPUs"]) for j in jobs if j["rule"] == "train"} == {2}
+    assert {int(j["NumCPUs"]) for j in jobs if j["rule"] == "infer"} == {1}
 
 
 def test_outputs_are_complete(slurm_run):

@@ -989,7 +989,10 @@ def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance",
                        f"{', …' if len(rows) > 8 else ''}); with channel/timepoint/series 'all', name an "
                        "expanded id such as {sample}_t0")
         elif (other := str(rows[src].get("model_from") or "").strip()) and other != src:
-            problem = f"{where}{src!r} itself uses the model of {other!r}; name the sample that trains ({other!r})"
+            problem = (f"{where}{src!r} itself uses the model of {other!r}; name the sample that trains ({other!r})"
+                       if other in rows else
+                       f"{where}{src!r} itself uses the model of {other!r}, which is not a sample of the sheet; "
+                       f"name a sample that trains (mend {src!r}'s model_from first)")
         elif mode(row) != mode(rows[src]):
             problem = (f"{where}this sample is in {mode(row)} mode, {src!r} in {mode(rows[src])} mode; a model "
                        "restores in the mode it was trained for")

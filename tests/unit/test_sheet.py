@@ -236,6 +236,18 @@ def test_model_from_accepts_a_training_sample_of_the_same_scale_and_itself():
     check_model_sources(_model_sheet([("i0", "x.tif", "isotropic", "", ""), ("i1", "y.tif", "isotropic", "2,2,2", "i0")]))
 
 
+def test_a_model_from_chain_to_no_sample_names_the_row_to_mend():
+    """b uses a's model and a names 'zz', no sample: b's message said 'name the sample that trains
+    ('zz')' — a sample that does not exist."""
+    from selfres.sheet import check_model_sources
+
+    refused = {}
+    check_model_sources(_model_sheet([("a", "a.tif", "", "", "zz"), ("b", "b.tif", "", "", "a")]), refused=refused)
+    assert "'zz' is not a sample of the sheet" in refused["a"]
+    assert refused["b"].endswith("'a' itself uses the model of 'zz', which is not a sample of the sheet; name a "
+                                 "sample that trains (mend 'a''s model_from first)")
+
+
 @pytest.mark.parametrize("rows, message", [
     ([("a", "a.tif", "", "", "nope")], r"sample 'a', column 'model_from': 'nope' is not a sample of the sheet"),
     ([("a", "a.tif", "", "", ""), ("b", "b.tif", "", "", "a"), ("c", "c.tif", "", "", "b")],

@@ -1550,6 +1550,16 @@ def scattered_store(
                 "mvoxel_per_s": float("nan"), "resumed": n_tiles}
     store = PartialStore(final)
     out: dict = {"tiles": n_tiles, "computed": 0, "seconds": 0.0, "mvoxel_per_s": float("nan"), "resumed": 0}
+    if step == "gather" and store.fingerprint() is None:
+        # the blocks' tiles are gone: a run stopped after this gather had moved the store into place
+        # (Snakemake then removes the output as incomplete and reruns gather alone), or gather reran
+        # for a changed command, or by --forcerun. Failing here failed every later run too; computing
+        # the tiles here (resumable) restores the sample
+        log.warning("%s: no prepared store with the block jobs' tiles (removed since, or never made); computing "
+                    "all %d tiles in this gather job instead. A killed job resumes from its recorded tiles; to "
+                    "compute them in block jobs again, rerun with --forcerun on the sample's infer/prepared.json",
+                    store.path, n_tiles)
+        step = "all"
     if step in ("all", "prepare"):
         kept = store.prepare(fingerprint=fingerprint, create=create)
         log.info("%s %s", "resuming" if kept else "created", store.path)

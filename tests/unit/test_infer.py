@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -552,6 +554,27 @@ def test_fused_subpixel_model_equals_the_trained_one_everywhere(arch, factors, d
         assert all(c.out_channels % 8 == 0 for c in convs)
     paper = _random_model(ModelSpec(arch="svision_paper", factors=(2, 2, 2), width=8, depth=1))
     assert fuse_for_inference(paper) is paper  # pixel-shuffle nets have nothing to fuse
+
+
+def test_gather_without_its_prepared_store_computes_the_tiles_itself(tmp_path, caplog):
+    """A run stopped after gather had moved the store into place: Snakemake removes the output as
+    incomplete and reruns gather alone, whose prepare and block markers are up to date. Gather
+    refused ('no prepared inference store') at that run and every later one, until someone
+    deleted the markers by hand; it now computes the tiles itself (resumable), the same output."""
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 16, 24))
+    final = tmp_path / "out.ome.zarr"
+    _job(tmp_path, model, vol, final, step="prepare", blocks=2)
+    for b in (0, 1):
+        _job(tmp_path, model, vol, final, step="block", block=b, blocks=2)
+    _job(tmp_path, model, vol, final, step="gather", blocks=2)
+    first = np.asarray(io.read_ome_zarr(final).data)
+    shutil.rmtree(final)  # --rerun-incomplete removes it; no partial store is left
+    with caplog.at_level("WARNING", logger="selfres.infer"):
+        out = _job(tmp_path, model, vol, final, step="gather", blocks=2)
+    assert "no prepared store with the block jobs' tiles" in caplog.text and out["computed"] == out["tiles"]
+    np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(final).data), first)
+    assert not (tmp_path / ".out.ome.zarr.partial").exists()
 
 
 def test_block_without_or_with_a_stale_prepared_store_is_refused(tmp_path):

@@ -563,21 +563,64 @@ def main(argv: list[str] | None = None) -> int:
         why = " ".join(str(exc).split()) or "reduce infer.tile_size or fov.max_voxels"
         print(f"ERROR: {prefix}out of memory; {why}", file=sys.stderr)
         return 3
-    except OSError as exc:
-        if getattr(exc, "errno", None) == errno.ENOSPC:
+    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: still one line for the summary
+        # a full disk says so in its own words to some writers only (tifffile: "36864 requested and
+        # 31688 written"; torch.save: "unexpected pos"): the output's file system tells
+        if _errno_in_chain(exc, (errno.ENOSPC, errno.EDQUOT)) or _output_disk_full(args):
             print(f"ERROR: {prefix}{_no_space_message(exc, args)}", file=sys.stderr)
             return 4
-        return _unexpected(exc, args, prefix)
-    except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: still one line for the summary
+        denied = _errno_in_chain(exc, (errno.EROFS, errno.EACCES, errno.EPERM))
+        if denied is not None:
+            print(f"ERROR: {prefix}{_not_writable_message(denied, args)}", file=sys.stderr)
+            return 5
         return _unexpected(exc, args, prefix)
 
 
-def _no_space_message(exc: OSError, args) -> str:
+def _errno_in_chain(exc: BaseException, codes: tuple[int, ...]) -> OSError | None:
+    """The first ``OSError`` with one of ``codes`` in ``exc`` and its causes, or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in codes:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+#: Free space (bytes) on the output's file system below which a failed write is taken as a full disk
+DISK_FULL_BYTES = 16 * 2**20
+
+
+def _output_disk_full(args) -> bool:
+    """Whether the file system of the command's output has (next to) no room left."""
+    import shutil
+
+    target = getattr(args, "output", None) or getattr(args, "html", None)
+    probe = Path(target) if target else None
+    while probe is not None and not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return probe is not None and shutil.disk_usage(probe).free < DISK_FULL_BYTES
+    except OSError:
+        return False
+
+
+def _not_writable_message(exc: OSError, args) -> str:
+    """'cannot write FOLDER: read-only file system' (or permission denied): the folder of the
+    file the error names, else of the command's output — not a hidden temporary name."""
+    target = Path(exc.filename) if exc.filename else Path(getattr(args, "output", None) or ".")
+    folder = target.parent
+    why = {errno.EROFS: "it is on a read-only file system"}.get(exc.errno, "permission denied")
+    return (f"cannot write in {folder} ({why}); give the results a folder this account can write "
+            "(config results, or -o)")
+
+
+def _no_space_message(exc: BaseException, args) -> str:
     """'no space left on device while writing PATH (N GB free on that file system)': the file
     the error names, else the command's output (zarr's writes name none)."""
     import shutil
 
-    target = exc.filename or getattr(args, "output", None) or ""
+    target = getattr(exc, "filename", None) or getattr(args, "output", None) or ""
     text = f"no space left on device while writing {target}".rstrip()
     probe = Path(target) if target else None
     while probe is not None and not probe.exists() and probe != probe.parent:

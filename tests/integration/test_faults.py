@@ -110,6 +110,52 @@ def test_full_disk_while_saving_a_model_leaves_no_model_json(tmp_path, monkeypat
     assert not (tmp_path / "model" / "model.json").exists()  # load_model refuses the folder
 
 
+@pytest.mark.parametrize("failure", [
+    OSError("36864 requested and 31688 written"),  # tifffile, writing an OME-TIFF export
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0"),  # torch.save
+])
+def test_a_full_disk_that_the_writer_does_not_name_is_still_a_full_disk(tmp_path, monkeypatch, capsys, failure):
+    """Some writers fail on a full disk without ENOSPC: the line said 'failed unexpectedly … This
+    is a bug', which the summary and the report showed. The output's file system has no room: that
+    is what is said."""
+    import shutil
+    from collections import namedtuple
+
+    src = write_tiny_tiff(tmp_path / "raw.tif")
+    out = tmp_path / "res" / "normalized.ome.zarr"
+
+    def fails(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(io, "finalize_ome_zarr", fails)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 4096, 4096))
+    assert cli.main(["--log-level", "ERROR", "normalise", str(src), "-o", str(out), "--sample", SAMPLE]) == 4
+    msg = _only_error_line(capsys.readouterr().err)
+    assert msg.startswith(f"ERROR: sample '{SAMPLE}': no space left on device while writing {out} (4.1e-06 GB free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**11, 9 * 10**11))  # room: a bug
+    assert cli.main(["--log-level", "ERROR", "normalise", str(src), "-o", str(out), "--sample", SAMPLE]) == 1
+    assert "failed unexpectedly" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("code, why", [(errno.EROFS, "it is on a read-only file system"),
+                                       (errno.EACCES, "permission denied")])
+def test_an_output_folder_that_cannot_be_written_is_one_line_naming_it(tmp_path, monkeypatch, capsys, code, why):
+    """A read-only mount or a folder of another account: every stage said 'failed unexpectedly …
+    This is a bug', naming a hidden temporary path."""
+    src = write_tiny_tiff(tmp_path / "raw.tif")
+    out = tmp_path / "res" / "normalized.ome.zarr"
+
+    def denied(*args, **kwargs):
+        raise OSError(code, os.strerror(code), str(out.parent / ".normalized.ome.zarr.tmp-1a2b"))
+
+    monkeypatch.setattr(io, "finalize_ome_zarr", denied)
+    assert cli.main(["--log-level", "ERROR", "normalise", str(src), "-o", str(out), "--sample", SAMPLE]) == 5
+    assert _only_error_line(capsys.readouterr().err) == (
+        f"ERROR: sample '{SAMPLE}': cannot write in {out.parent} ({why}); give the results a folder this account "
+        "can write (config results, or -o)")
+
+
 # --------------------------------------------------------------------------- damaged / hostile model files
 def _tiny_model(folder: Path) -> Path:
     spec = models.ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1)

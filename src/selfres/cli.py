@@ -555,9 +555,14 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 1
     except KeyboardInterrupt:  # Ctrl-C, or Snakemake stopping its jobs: one line, not a traceback
+        if args.command == "restore":  # the whole chain in one command: it starts over
+            again = ("a rerun starts the chain again" + (f" (a training cut short resumes from its checkpoint in "
+                                                           f"{args.keep})" if getattr(args, "keep", None) else "")
+                     + "; the workflow, or the stage commands, resume each stage")
+        else:
+            again = "a rerun resumes a training from its last checkpoint and an inference from its recorded tiles"
         print(f"ERROR: {prefix}selfres {args.command} was interrupted (Ctrl-C or SIGINT); its output was not "
-              "written, and a rerun resumes a training from its last checkpoint and an inference from its "
-              "recorded tiles", file=sys.stderr)
+              f"written, and {again}", file=sys.stderr)
         return 130
     except MemoryError as exc:
         why = " ".join(str(exc).split()) or "reduce infer.tile_size or fov.max_voxels"

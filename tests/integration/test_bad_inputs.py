@@ -471,6 +471,14 @@ def test_an_interrupted_stage_ends_with_one_error_line_not_a_traceback(tmp_path,
     assert err.strip().splitlines() == [f"ERROR: sample '{SAMPLE}': selfres crop was interrupted (Ctrl-C or SIGINT); "
                                         "its output was not written, and a rerun resumes a training from its last "
                                         "checkpoint and an inference from its recorded tiles"]
+    # restore is the whole chain: its rerun starts over (it promised a resume it does not make)
+    monkeypatch.setattr(pipeline, "restore", interrupted)
+    rc = cli.main(["restore", str(tmp_path / "a.tif"), "-o", str(tmp_path / "a.ome.zarr"), "--keep",
+                   str(tmp_path / "work")])
+    assert rc == 130 and capsys.readouterr().err.strip().endswith(
+        "selfres restore was interrupted (Ctrl-C or SIGINT); its output was not written, and a rerun starts the "
+        f"chain again (a training cut short resumes from its checkpoint in {tmp_path / 'work'}); the workflow, or "
+        "the stage commands, resume each stage")
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -15,7 +16,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["atomic_output", "check_outputs_spare_inputs", "overwritten_input", "write_text_atomic"]
+__all__ = ["atomic_output", "check_outputs_spare_inputs", "overwritten_input", "remove_stale_siblings",
+           "write_text_atomic"]
 
 
 def overwritten_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> Path | None:
@@ -98,6 +100,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(final)
     token = uuid.uuid4().hex[:8]
     tmp = final.with_name(f".{final.name}.tmp-{token}")
     try:
@@ -119,6 +122,23 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+
+
+def remove_stale_siblings(final: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings of ``final`` that a killed writer left (``.NAME.tmp-XXXXXXXX``,
+    ``.NAME.old-XXXXXXXX`` of :func:`atomic_output`; ``.NAME.tmp-PID`` of :func:`write_text_atomic`):
+    a SIGKILL runs no cleanup, and each kill stranded a full-size copy (a normalised volume, an
+    OME-TIFF level 0) that no later run removed. One writer per output (Snakemake locks it), so a
+    sibling found before writing is litter. Returns what was removed."""
+    final = Path(final)
+    gone = []
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:tmp-(?:[0-9a-f]{{8}}|[0-9]+)|old-[0-9a-f]{{8}})$")
+    with contextlib.suppress(OSError):
+        for p in final.parent.iterdir():
+            if pattern.match(p.name):
+                _remove(p)
+                gone.append(p)
+    return gone
 
 
 def _remove(p: Path) -> None:

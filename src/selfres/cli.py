@@ -12,7 +12,9 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -538,6 +540,16 @@ def main(argv: list[str] | None = None) -> int:
     from .allocator import keep_freed_memory
 
     keep_freed_memory()  # every stage allocates large short-lived arrays (see its docstring)
+    previous = _stop_cleanly_on_sigterm()
+    try:
+        return _run_reporting(args, sample, prefix)
+    finally:
+        if previous is not None:  # main() called in-process (tests, a caller's script): its handler back
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run_reporting(args, sample, prefix) -> int:
+    """``run(args)``, each failure ending in one ``ERROR:`` line and its exit status."""
     try:
         return run(args)
     except SelfresError as exc:
@@ -554,16 +566,18 @@ def main(argv: list[str] | None = None) -> int:
         # `selfres inspect … | head`: the reader stopped reading; nothing to report
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 1
-    except KeyboardInterrupt:  # Ctrl-C, or Snakemake stopping its jobs: one line, not a traceback
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, or Snakemake stopping its jobs: one line, not a traceback
+        how = ("stopped by SIGTERM (a Slurm time limit, scancel, or the workflow stopping it)"
+               if isinstance(exc, Terminated) else "interrupted (Ctrl-C or SIGINT)")
         if args.command == "restore":  # the whole chain in one command: it starts over
             again = ("a rerun starts the chain again" + (f" (a training cut short resumes from its checkpoint in "
                                                            f"{args.keep})" if getattr(args, "keep", None) else "")
                      + "; the workflow, or the stage commands, resume each stage")
         else:
             again = "a rerun resumes a training from its last checkpoint and an inference from its recorded tiles"
-        print(f"ERROR: {prefix}selfres {args.command} was interrupted (Ctrl-C or SIGINT); its output was not "
-              f"written, and {again}", file=sys.stderr)
-        return 130
+        print(f"ERROR: {prefix}selfres {args.command} was {how}; its output was not written, and {again}",
+              file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except MemoryError as exc:
         why = " ".join(str(exc).split()) or "reduce infer.tile_size or fov.max_voxels"
         print(f"ERROR: {prefix}out of memory; {why}", file=sys.stderr)
@@ -579,6 +593,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ERROR: {prefix}{_not_writable_message(denied, args)}", file=sys.stderr)
             return 5
         return _unexpected(exc, args, prefix)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the stage is, so that its cleanup runs as for Ctrl-C (temporary
+    outputs removed, one ERROR line): a Slurm time limit sends it before SIGKILL."""
+
+
+def _stop_cleanly_on_sigterm():
+    """Install the SIGTERM handler; returns the one it replaces (None where none can be set)."""
+    def stop(signum, frame):
+        raise Terminated()
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live there only
+        return None
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _errno_in_chain(exc: BaseException, codes: tuple[int, ...]) -> OSError | None:

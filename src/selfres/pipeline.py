@@ -1473,10 +1473,7 @@ def stage_report(
     )
     if figures_dir is not None:
         report.write_report_figures(figures_dir, figures=figures, names=report.REPORT_FIGURES)
-    Path(report_html).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(report_html).with_name(f".{Path(report_html).name}.tmp-{os.getpid()}")
-    tmp.write_text(html, encoding="utf-8")
-    os.replace(tmp, report_html)
+    io.write_text_atomic(report_html, html)  # a full disk or a kill leaves no temporary file behind
     write_json(provenance_json, clean_floats(prov))
 
 

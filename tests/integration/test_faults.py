@@ -382,3 +382,52 @@ def test_kill_9_during_inference_resumes_without_recomputing_finished_tiles(tmp_
     ref = tmp_path / "ref.ome.zarr"
     assert subprocess.run(cmd(ref), capture_output=True, timeout=300).returncode == 0
     np.testing.assert_allclose(io.read_ome_zarr(out).data, io.read_ome_zarr(ref).data, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- SIGTERM, stale temporaries
+def test_sigterm_cleans_up_and_says_so_and_a_killed_writers_litter_goes_at_the_next_write(tmp_path):
+    """A Slurm time limit sends SIGTERM: the stage died without its cleanup (a full-size
+    `.normalized.ome.zarr.tmp-XXXX` stayed for good) and wrote no ERROR line. Now SIGTERM stops it
+    like Ctrl-C does; and a SIGKILL's litter is removed by the next write of that output."""
+    out = tmp_path / "normalized.ome.zarr"
+    ready = tmp_path / "writing"
+    script = f"""
+import sys, time
+from pathlib import Path
+from selfres import cli, pipeline
+from selfres.atomic import atomic_output
+
+def slow(src, output, **kwargs):
+    with atomic_output(output) as tmp:
+        tmp.mkdir()
+        (tmp / "0").write_bytes(bytes(1000))
+        Path({str(ready)!r}).touch()
+        time.sleep(60)
+
+pipeline.stage_normalise = slow
+sys.exit(cli.main(["normalise", "raw.tif", "-o", {str(out)!r}, "--sample", "s1"]))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ready.exists(), proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == (
+        "ERROR: sample 's1': selfres normalise was stopped by SIGTERM (a Slurm time limit, scancel, or the workflow "
+        "stopping it); its output was not written, and a rerun resumes a training from its last checkpoint and an "
+        "inference from its recorded tiles")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["writing"]  # no temporary sibling left
+
+    from selfres.atomic import atomic_output
+
+    for name in (".normalized.ome.zarr.tmp-1a2b3c4d", ".normalized.ome.zarr.old-0f0f0f0f"):  # a SIGKILL's
+        (tmp_path / name).mkdir()
+    (tmp_path / ".normalized.ome.zarr.partial").mkdir()  # an inference's resumable store: not litter
+    with atomic_output(out) as tmp:
+        tmp.mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".normalized.ome.zarr.partial", "normalized.ome.zarr",
+                                                          "writing"]

@@ -119,10 +119,16 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             row.update(json.loads(mfile.read_text()), sample=s, error=None, report=f"{s}/report.html")
         else:
             logs = results / s / "logs"
+            fresh_report = None
             if jobs_left:  # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
                 err = ((last_error(logs, newer_than=run_started - 60) if run_started else None)
                        or _unfinished_message(jobs_left))
-                if complete:
+                if complete and run_started and html.stat().st_mtime >= run_started - 60:
+                    # the report is this run's: only a job after it (the OME-TIFF export) did not finish
+                    err += (f"; its {', '.join(sorted({j['rule'] for j in jobs_left}))} did not finish, but "
+                            "restored.ome.zarr, its QC and report are this run's")
+                    fresh_report = f"{s}/report.html"
+                elif complete:
                     err += "; the outputs on disk are from an earlier run"
             else:
                 err = failed_since or last_error(logs)
@@ -131,7 +137,7 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 err = ("no ERROR line in its logs: the job was killed (a time or memory limit, or by hand) "
                        "or has not finished" + (f"; see {s}/logs/{newest.name}" if newest else ""))
             row.update({"status": "failed" if err or logs.is_dir() else "pending",
-                        "error": err, "report": None})
+                        "error": err, "report": fresh_report})
             if row["status"] == "failed":  # a failure of the runs before too: an old problem, not last night's
                 newest_log = max((q.stat().st_mtime for q in logs.glob("*.log")), default=None)
                 before = failing_runs(results, [s], before=newest_log).get(s) if newest_log else None

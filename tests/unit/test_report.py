@@ -463,8 +463,14 @@ def test_stage_summary_marks_a_sample_whose_job_this_run_did_not_finish(tmp_path
     time limit on a block of scattered inference): the run's log says the sample failed."""
     from selfres import summary
 
+    import os
+    import time
+
+    earlier = time.mktime(time.strptime("2026-11-29 22:00:00", "%Y-%m-%d %H:%M:%S"))  # the night before
     for sample in ("a", "b"):
         _finished_sample_folder(tmp_path, sample)
+        for p in (tmp_path / sample).rglob("*"):
+            os.utime(p, (earlier, earlier))
     log = tmp_path / "run.snakemake.log"
     log.write_text("""SNAKEMAKE
 =========
@@ -499,6 +505,43 @@ Finished jobid: 9 (Rule: qc)
     summary.stage_summary(tmp_path, ["a", "b"], table, tmp_path / "summary.html")
     assert set(pd.read_csv(table, sep="\t")["status"]) == {"ok"}
     assert (tmp_path / "a" / "report.html").read_text() == "<html></html>"
+
+
+def test_a_failed_export_after_this_runs_report_does_not_call_the_report_out_of_date(tmp_path):
+    """Only export_tiff failed (a full disk), after the sample's restoration, QC and report of this
+    very run: the summary said 'the outputs on disk are from an earlier run' and the fresh report
+    got the red 'This report is out of date' box."""
+    import time
+
+    from selfres import summary
+
+    _finished_sample_folder(tmp_path, "a")  # written now, after the run started
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time.time() - 600))
+    (tmp_path / "a" / "logs" / "export_tiff.log").write_text(
+        "ERROR: sample 'a': no space left on device while writing results/a/restored.ome.tif (0 GB free on that "
+        "file system)\n")
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(f"""SNAKEMAKE
+=========
+  Date: {started}
+
+[Mon Nov 30 09:02:10 2026]
+rule export_tiff:
+    jobid: 12
+    wildcards: sample=a
+[Mon Nov 30 09:02:12 2026]
+Error in rule export_tiff:
+    jobid: 12
+""")
+    table = tmp_path / "summary.tsv"
+    summary.stage_summary(tmp_path, ["a"], table, tmp_path / "summary.html", snakemake_log=log)
+    row = pd.read_csv(table, sep="\t").iloc[0]
+    assert row["status"] == "failed" and row["report"] == "a/report.html"
+    assert row["error"].startswith("sample 'a': no space left on device while writing results/a/restored.ome.tif")
+    assert row["error"].endswith("; its export_tiff did not finish, but restored.ome.zarr, its QC and report are "
+                                 "this run's")
+    assert "earlier run" not in row["error"]
+    assert "out of date" not in (tmp_path / "a" / "report.html").read_text()
 
 
 def test_a_combined_export_the_run_did_not_write_is_named_with_why(tmp_path):

@@ -15,6 +15,7 @@ volume's border, in tiles as over the whole volume: :func:`selfres.ensemble.mirr
 from __future__ import annotations
 
 import collections
+import copy
 import contextlib
 import itertools
 import json
@@ -492,9 +493,10 @@ def io_threads(device: torch.device | str) -> int:
     return 1 if torch.device(device).type == "cpu" else max(1, min(4, job_cores() // 4))
 
 
-#: Host bytes a CPU pass takes per output voxel of its padded block, an upper bound: 20–45
-#: measured for the default network with 0–10 back-projection iterations at ×2 and ×4
-#: (activations at low resolution, output and back-projection buffers at high resolution).
+#: Host bytes a CPU pass takes per output voxel of its padded block, at least: 20–45 measured
+#: for the default network with 0–10 back-projection iterations at ×2 and ×4 (activations at low
+#: resolution, output and back-projection buffers at high resolution); the network's own
+#: activations set more where they need it (:func:`cpu_pass_bytes_per_input_voxel`).
 CPU_PASS_BYTES_PER_OUTPUT_VOXEL = 48
 
 
@@ -571,12 +573,53 @@ def host_memory_available(*, meminfo: Path = Path("/proc/meminfo"), cgroup_root:
     return avail
 
 
-def cpu_pass_limit(factors: Sequence[int], *, available: int | None, fraction: float = 0.8) -> float:
+#: Live copies of the widest activation a CPU forward holds at its peak (its input and output,
+#: oneDNN's reordered copies, a residual sum): 6.6–6.8 measured for resnet3d of width 16 and
+#: 64 at 2,2,2 and 2,1,1 (a reviewer's /proc VmHWM of one pass, thirty-sixth session)
+CPU_ACTIVATION_COPIES = 7
+
+#: Probes larger than this (padded input voxels) are not run: the constant bound is used
+CPU_PROBE_MAX_VOXELS = 200_000
+
+
+def cpu_pass_bytes_per_input_voxel(factors: Sequence[int], widest_per_voxel: float | None) -> float:
+    """Host bytes a CPU pass takes per padded input voxel: the network's widest activation
+    (``widest_per_voxel`` elements per input voxel, :func:`widest_per_input_voxel`) times
+    :data:`CPU_ACTIVATION_COPIES` float32 copies, plus 16 bytes per output voxel (the output and
+    back-projection buffers); never below :data:`CPU_PASS_BYTES_PER_OUTPUT_VOXEL` per output
+    voxel. A constant per output voxel alone was 1.2–4.5× too low for factors of small product
+    (1,2,2; 2,1,1) and for wider networks: a pass it judged safe peaked at 3× the memory left."""
+    n_out = math.prod(int(f) for f in factors)
+    floor = CPU_PASS_BYTES_PER_OUTPUT_VOXEL * n_out
+    if widest_per_voxel is None:
+        return floor
+    return max(floor, CPU_ACTIVATION_COPIES * 4 * float(widest_per_voxel) + 16 * n_out)
+
+
+def widest_per_input_voxel(model: nn.Module, tile: Sequence[int], halo: Sequence[int]) -> float | None:
+    """Elements of ``model``'s widest activation per padded input voxel, from one forward of a
+    small block (up to 8 voxels of core per axis, with the halo), on the CPU in float32; None
+    where that block would be large (a wide halo) or the forward fails."""
+    probe = [min(int(t), 8) + 2 * int(h) for t, h in zip(tile, halo)]
+    if math.prod(probe) > CPU_PROBE_MAX_VOXELS:
+        return None
+    try:
+        twin = copy.deepcopy(model)  # not the model itself: a forward of a caller's model is a computed tile to it
+        x = torch.zeros((1, 1, *probe))
+        with torch.inference_mode(), widest_activation(twin) as widest:
+            twin(x)
+    except Exception:  # noqa: BLE001 - an estimate: the constant bound stands in
+        return None
+    return widest[0] / math.prod(probe) if widest[0] else None
+
+
+def cpu_pass_limit(factors: Sequence[int], *, available: int | None, fraction: float = 0.8,
+                   widest_per_voxel: float | None = None) -> float:
     """Padded input voxels one CPU pass may hold: ``fraction`` of ``available`` bytes at
-    :data:`CPU_PASS_BYTES_PER_OUTPUT_VOXEL` per output voxel (inf where memory is unknown)."""
+    :func:`cpu_pass_bytes_per_input_voxel` (inf where memory is unknown)."""
     if available is None:
         return math.inf
-    return fraction * available / (CPU_PASS_BYTES_PER_OUTPUT_VOXEL * math.prod(int(f) for f in factors))
+    return fraction * available / cpu_pass_bytes_per_input_voxel(factors, widest_per_voxel)
 
 
 #: Host bytes a GPU pass's output takes per output voxel, an estimate: the float32 copy
@@ -813,10 +856,12 @@ def run_tiles(
         return
     tile = tuple(max(1, min(int(t), int(n))) for t, n in zip(tile_size, source.shape))
     if device.type != "cuda":  # on CUDA an out-of-memory error is caught; on a host the kernel kills instead
-        fitter.limit = cpu_pass_limit(factors, available=host_memory_available())
+        available = host_memory_available()
+        widest = widest_per_input_voxel(model, tile, halo) if available is not None else None
+        fitter.limit = cpu_pass_limit(factors, available=available, widest_per_voxel=widest)
         padded = [t + 2 * h for t, h in zip(tile, halo)]
         if math.prod(padded) >= fitter.limit:
-            gib_per_voxel = math.prod(factors) * CPU_PASS_BYTES_PER_OUTPUT_VOXEL / 2**30
+            gib_per_voxel = cpu_pass_bytes_per_input_voxel(factors, widest) / 2**30
             log.warning("one tile with its halo needs ~%.1f GiB of host memory (%s padded input voxels × %s), "
                         "more than %.1f GiB can be spared: tiles are cut into pieces that fit (same output, "
                         "more work)", math.prod(padded) * gib_per_voxel, padded, list(factors),

@@ -178,7 +178,8 @@ def test_cpu_pass_that_would_not_fit_in_host_memory_is_split_before_it_runs(monk
     ref = predict_single_pass(model, vol, factors=(1, 2, 2))
     one_tile = int(np.prod([n + 2 * h for n, h in zip(vol.shape, model.halo)]))
     # room for half a padded tile: the bytes that cpu_pass_limit turns into one_tile / 2 voxels
-    spare = one_tile / 2 * infer.CPU_PASS_BYTES_PER_OUTPUT_VOXEL * 4 / 0.8
+    widest = infer.widest_per_input_voxel(model, vol.shape, model.halo)
+    spare = one_tile / 2 * infer.cpu_pass_bytes_per_input_voxel((1, 2, 2), widest) / 0.8
     monkeypatch.setattr(infer, "host_memory_available", lambda: int(spare))
     counted = _OomAbove(model, limit=10**12)  # never raises: records what each forward got
     fitters = []
@@ -190,6 +191,28 @@ def test_cpu_pass_that_would_not_fit_in_host_memory_is_split_before_it_runs(monk
     np.testing.assert_allclose(out, ref, atol=2e-5)
     assert max(sizes) < one_tile / 2 and len(sizes) >= 2 and fitters[0].splits >= 1
     assert "host memory" in caplog.text and "cut into pieces" in caplog.text
+
+
+@pytest.mark.parametrize("arch, factors, width, measured", [
+    ("resnet3d", (2, 1, 1), 16, 210 * 2),   # a reviewer's VmHWM of one pass: bytes per padded input voxel
+    ("resnet3d", (1, 2, 2), 16, 106 * 4),
+    ("resnet3d", (2, 2, 2), 64, 219 * 8),
+    ("resnet3d", (2, 2, 2), 16, 58 * 8),
+])
+def test_the_cpu_pass_limit_follows_the_network_not_a_constant_per_output_voxel(monkeypatch, arch, factors, width,
+                                                                                measured):
+    """48 bytes per output voxel was 1.2-4.5x too low for factors of small product and for wider
+    networks: at 2,1,1 a pass the planner judged safe peaked at 3x the memory it had been told
+    was left. The limit now comes from the network's widest activation."""
+    import selfres.infer as infer
+
+    model = prepare_model(_random_model(ModelSpec(arch=arch, factors=factors, width=width, depth=2)), "cpu")
+    monkeypatch.setattr(infer, "host_memory_available", lambda: 100 * 2**20)
+    fitters = []
+    vol = blob_volume((4, 12, 12))
+    list(run_tiles(model, vol, factors=factors, tile_size=(4, 12, 12), fitter_out=fitters))
+    assert fitters[0].limit <= 0.8 * 100 * 2**20 / measured  # never more voxels than the measured cost allows
+    assert fitters[0].limit >= 0.8 * 100 * 2**20 / (3 * measured)  # nor needlessly few
 
 
 def test_back_projection_where_the_hosts_free_memory_cannot_be_read(monkeypatch):

@@ -872,7 +872,7 @@ FIRST_TIMEPOINT = "first_timepoint"
 _TIMEPOINT_ID = re.compile(r"^(?P<stem>.+)_t(?P<t>[0-9]+)$")
 
 
-def resolve_first_timepoint(sheet: pd.DataFrame) -> pd.DataFrame:
+def resolve_first_timepoint(sheet: pd.DataFrame, refused: dict[str, str] | None = None) -> pd.DataFrame:
     """``model_from = first_timepoint`` (after :func:`expand_timepoints`): each row names its
     own series' time point 0 — ``lapse_t7`` → ``lapse_t0``, ``lapse_c1_t7`` → ``lapse_c1_t0``
     (time point 0 itself then trains). The value is resolved per row, so it also works as
@@ -881,11 +881,13 @@ def resolve_first_timepoint(sheet: pd.DataFrame) -> pd.DataFrame:
     Raises
     ------
     ConfigError
-        On a row that is not a time point of a ``timepoint = all`` expansion.
+        On a row that is not a time point of a ``timepoint = all`` expansion; with ``refused``
+        (``bad_rows: fail_alone``) that row goes there instead and the others stay.
     """
     if "model_from" not in sheet or not (sheet["model_from"] == FIRST_TIMEPOINT).any():
         return sheet
-    out = sheet.copy()
+    out = sheet.reset_index(drop=True)  # one label per row (a concatenated sheet repeats them)
+    bad = []
     for i, row in out.iterrows():
         if row["model_from"] != FIRST_TIMEPOINT:
             continue
@@ -894,11 +896,16 @@ def resolve_first_timepoint(sheet: pd.DataFrame) -> pd.DataFrame:
             continue
         m = _TIMEPOINT_ID.match(str(row["sample"]))
         if m is None or str(row.get("timepoint", "")).strip() != m["t"]:
-            raise ConfigError(f"sample sheet: sample {row['sample']!r}, column 'model_from': {FIRST_TIMEPOINT} "
-                              "names time point 0 of the same series, so it needs timepoint=all on the row "
-                              "(or a file with a single time point: leave model_from empty)")
+            problem = (f"sample sheet: sample {row['sample']!r}, column 'model_from': {FIRST_TIMEPOINT} names time "
+                       "point 0 of the same series, so it needs timepoint=all on the row (or a file with a single "
+                       "time point: leave model_from empty)")
+            if refused is None:
+                raise ConfigError(problem)
+            refused[str(row["sample"])] = problem
+            bad.append(i)
+            continue
         out.at[i, "model_from"] = f"{m['stem']}_t0"
-    return out
+    return out.drop(index=bad).reset_index(drop=True) if bad else out
 
 
 #: the id suffix each ``all`` column adds, in the order the expansions run

@@ -288,6 +288,13 @@ def test_first_timepoint_names_each_series_own_time_point_zero():
                                                                   "lapse_t0"]
     with pytest.raises(ConfigError, match=r"sample 'still_t1', column 'model_from': first_timepoint .*timepoint=all"):
         resolve_first_timepoint(pd.DataFrame([{"sample": "still_t1", "timepoint": "", "model_from": "first_timepoint"}]))
+    # bad_rows: fail_alone: that row fails alone (it stopped the whole night, every night)
+    refused = {}
+    kept = resolve_first_timepoint(pd.concat([sheet, pd.DataFrame([{"sample": "still_t1", "timepoint": "",
+                                                                      "model_from": "first_timepoint"}])]),
+                                   refused=refused)
+    assert list(kept["sample"]) == list(sheet["sample"]) and list(refused) == ["still_t1"]
+    assert "first_timepoint names time point 0 of the same series" in refused["still_t1"]
 
 
 def test_model_from_an_unexpanded_row_points_at_that_row():

@@ -174,7 +174,7 @@ def _sample_table():
         _CHOICE_PROBLEMS.update(_sheet.choice_problems(sheet, counts))
         counts.save()
     # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
-    sheet = _sheet.resolve_first_timepoint(sheet)  # model_from=first_timepoint: {series}_t0's model
+    sheet = _sheet.resolve_first_timepoint(sheet, refused=alone)  # model_from=first_timepoint: {series}_t0's model
     sheet = _sheet.resolve_unexpanded_sources(sheet)  # lapse_t0 of an unreadable lapse.tif: wait on its row
     sheet = _sheet.check_model_sources(sheet, default_mode=config["mode"], default_scale=config["scale"],
                                        refused=alone)

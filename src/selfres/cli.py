@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--acquisitions", default=None,
                    help="JSON mapping acquisition → its sample ids, for the combined OME-TIFFs of export_tiff: "
                         "those the run did not write are named, with why")
+    s.add_argument("--model-sources", default=None,
+                   help="JSON mapping sample → the sample whose model it uses (model_from): a sample not restored "
+                        "because its source failed says so")
 
     s = sub.add_parser("refused", help="the one job of a sample the workflow refused when it read the sheet or "
                        "the inbox (bad_rows: fail_alone): prints the reason as the sample's ERROR line and fails")
@@ -409,7 +412,9 @@ def _run_record_or_summary(args) -> int:
         stage_summary(args.results, samples, args.output, args.html,
                       modes=_json_object(args.modes, "--modes") if args.modes else None,
                       snakemake_log=args.snakemake_log,
-                      acquisitions=_json_object(args.acquisitions, "--acquisitions") if args.acquisitions else None)
+                      acquisitions=_json_object(args.acquisitions, "--acquisitions") if args.acquisitions else None,
+                      model_sources=(_json_object(args.model_sources, "--model-sources") if args.model_sources
+                                     else None))
     else:
         from .runlog import write_run_record
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import report
@@ -75,6 +75,28 @@ def _unfinished_message(jobs: Sequence[dict]) -> str:
     return "; ".join(out)
 
 
+#: The start of the error a sample gets when none of its logs holds an ERROR line
+_NO_ERROR_LINE = "no ERROR line in its logs"
+
+
+def _blame_failed_model_sources(rows: list[dict], model_sources: Mapping[str, str]) -> None:
+    """A sample not restored because the sample whose model it uses failed (its adopt job never
+    ran, so its logs hold no ERROR line) was said to be 'killed (a time or memory limit, or by
+    hand)': it now names its source and the source's error."""
+    by_id = {r["sample"]: r for r in rows}
+    for row in rows:
+        src = model_sources.get(row["sample"])
+        source = by_id.get(src) if src and src != row["sample"] else None
+        if source is None or source.get("status") != "failed" or row.get("report"):
+            continue
+        if row.get("error") and not str(row["error"]).startswith(_NO_ERROR_LINE):
+            continue  # its own failure, with its own ERROR line
+        row.update(status="failed", error=f"not restored: its model comes from {src!r} (model_from), which failed: "
+                                          f"{source.get('error') or 'see its logs'}")
+        row.setdefault("failed_runs", source.get("failed_runs"))
+        row.setdefault("failing_since", source.get("failing_since"))
+
+
 def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str | None:
     """What a failed sample's older report says at its top (``None`` for a sample that is ok)."""
     if row.get("report"):
@@ -89,13 +111,18 @@ def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str
 
 def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,
                   *, modes: dict | None = None, snakemake_log: str | Path | None = None,
-                  acquisitions: dict[str, Sequence[str]] | None = None) -> list[dict]:
+                  acquisitions: dict[str, Sequence[str]] | None = None,
+                  model_sources: dict[str, str] | None = None) -> list[dict]:
     """Write ``summary.tsv`` / ``summary.html`` over all samples, failed ones included.
 
     ``snakemake_log``: the log of the run that ends (the workflow's ``onerror`` passes it).
     A sample with a job that did not finish in that run is ``failed``, even where an
     earlier run's outputs are all still on disk (a killed job leaves no ``ERROR:`` line,
     and Snakemake keeps the outputs of the steps before it).
+
+    ``model_sources``: ``{sample: the sample whose model it uses}`` (``model_from``): a sample
+    that was not restored because its source failed says so, with the source's error (its
+    own logs hold no ERROR line: its adopt job never ran).
 
     ``acquisitions``: ``{acquisition: sample ids}`` of the combined OME-TIFFs the run asks
     (``export_tiff`` with ``channel: all`` / ``timepoint: all``); those it did not write are
@@ -134,7 +161,7 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 err = failed_since or last_error(logs)
             if err is None and logs.is_dir():  # killed (time or memory limit, by hand) or still running
                 newest = max(logs.glob("*.log"), key=lambda q: q.stat().st_mtime, default=None)
-                err = ("no ERROR line in its logs: the job was killed (a time or memory limit, or by hand) "
+                err = (f"{_NO_ERROR_LINE}: the job was killed (a time or memory limit, or by hand) "
                        "or has not finished" + (f"; see {s}/logs/{newest.name}" if newest else ""))
             row.update({"status": "failed" if err or logs.is_dir() else "pending",
                         "error": err, "report": fresh_report})
@@ -148,6 +175,7 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             except OSError as exc:  # a read-only or full results folder: the summary still gets written
                 log.warning("%s: could not mark or unmark it as out of date (%s)", html, exc)
         rows.append(row)
+    _blame_failed_model_sources(rows, model_sources or {})
     write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
     unwritten = unwritten_exports(results, acquisitions or {}, rows,
                                   run_started=_log_time(run["header"].get("started")))

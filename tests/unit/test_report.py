@@ -544,6 +544,26 @@ Error in rule export_tiff:
     assert "out of date" not in (tmp_path / "a" / "report.html").read_text()
 
 
+def test_a_sample_whose_model_source_failed_names_it_instead_of_a_kill(tmp_path):
+    """model_from first_timepoint: time point 0 failed (a constant volume), so time point 1's adopt
+    never ran. Its logs hold no ERROR line and it was said to be 'killed (a time or memory limit,
+    or by hand)', sending staff after cluster limits instead of the acquisition."""
+    from selfres import summary
+
+    for s_id in ("hb_t0", "hb_t1"):
+        (tmp_path / s_id / "logs").mkdir(parents=True)
+        (tmp_path / s_id / "logs" / "crop.log").write_text("12:00:00 INFO selfres: training FOV …\n")
+    (tmp_path / "hb_t0" / "logs" / "train.log").write_text("ERROR: sample 'hb_t0': a.tif: the volume is constant "
+                                                            "(every voxel is 500)\n")
+    table = tmp_path / "summary.tsv"
+    summary.stage_summary(tmp_path, ["hb_t0", "hb_t1"], table, tmp_path / "summary.html",
+                          model_sources={"hb_t1": "hb_t0"})
+    df = pd.read_csv(table, sep="\t").set_index("sample")
+    assert df.loc["hb_t0", "status"] == "failed" == df.loc["hb_t1", "status"]
+    assert df.loc["hb_t1", "error"] == ("not restored: its model comes from 'hb_t0' (model_from), which failed: "
+                                       "sample 'hb_t0': a.tif: the volume is constant (every voxel is 500)")
+
+
 def test_a_combined_export_the_run_did_not_write_is_named_with_why(tmp_path):
     """export_tiff with ``timepoint: all`` / ``channel: all``: an acquisition's one OME-TIFF is
     written from every part. The summary of a run that stopped names those it did not write —

@@ -567,8 +567,10 @@ def report_args(wildcards):
 def summary_cli_args():
     """The samples and their modes, as `selfres summary` takes them (the rule and `onerror`)."""
     exports = {a: ids for a, (ids, _) in ACQUISITION_GROUPS.items()} if config["export_tiff"] else {}
+    sources = {s: _cell(s, "model_from") for s in SAMPLE_IDS if _cell(s, "model_from") not in ("", s)}
     return (["--samples", ",".join(ALL_SAMPLE_IDS), "--modes", json.dumps({s: sample_mode(s) for s in SAMPLE_IDS})]
-            + (["--acquisitions", json.dumps(exports)] if exports else []))
+            + (["--acquisitions", json.dumps(exports)] if exports else [])
+            + (["--model-sources", json.dumps(sources, sort_keys=True)] if sources else []))
 
 
 def summary_args(wildcards):

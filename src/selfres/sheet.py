@@ -675,7 +675,7 @@ def _io_reader(name: str):
 
 
 def expand_series(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
-                  refused: dict[str, str] | None = None) -> pd.DataFrame:
+                  refused: dict[str, str] | None = None, made: set[str] | None = None) -> pd.DataFrame:
     """Rows with ``series = all`` become one sample per image of their TIFF (its series
     numbers: an OME-TIFF's positions, say): ``{sample}_s0``, ``{sample}_s1``… with ``series``
     0, 1… (one model each). Expanded before channels and time points, which are counted in the
@@ -690,11 +690,12 @@ def expand_series(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
     """
     series_numbers = _io_reader("series_numbers")
     return _expand_all(sheet, "series", lambda row: _counted(counts, "series", row["path"], None,
-                                                            lambda: series_numbers(row["path"])), "s", refused)
+                                                            lambda: series_numbers(row["path"])), "s", refused,
+                       made)
 
 
 def expand_channels(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
-                    refused: dict[str, str] | None = None) -> pd.DataFrame:
+                    refused: dict[str, str] | None = None, made: set[str] | None = None) -> pd.DataFrame:
     """Rows with ``channel = all`` become one sample per channel of their file:
     ``{sample}_c0``, ``{sample}_c1``… with ``channel`` 0, 1… (one model each, as every
     sample has). A file that cannot be read keeps its row, whose first job then fails
@@ -713,11 +714,11 @@ def expand_channels(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
     channel_count = _io_reader("channel_count")
     return _expand_all(sheet, "channel", lambda row: range(_counted(
         counts, "channels", row["path"], _series_of(row), lambda: channel_count(row["path"], series=_series_of(row)))),
-        "c", refused)
+        "c", refused, made)
 
 
 def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
-                      refused: dict[str, str] | None = None) -> pd.DataFrame:
+                      refused: dict[str, str] | None = None, made: set[str] | None = None) -> pd.DataFrame:
     """Rows with ``timepoint = all`` become one sample per time point of their file:
     ``{sample}_t0``, ``{sample}_t1``… with ``timepoint`` 0, 1… (one model each: every time
     point is trained on itself). After :func:`expand_channels`, a row with both ``all``
@@ -733,7 +734,7 @@ def expand_timepoints(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
     timepoint_count = _io_reader("timepoint_count")
     return _expand_all(sheet, "timepoint", lambda row: range(_counted(
         counts, "timepoints", row["path"], _series_of(row),
-        lambda: timepoint_count(row["path"], series=_series_of(row)))), "t", refused)
+        lambda: timepoint_count(row["path"], series=_series_of(row)))), "t", refused, made)
 
 
 def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> dict[str, str]:
@@ -792,10 +793,12 @@ def _series_of(row: dict) -> int | None:
 
 
 def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str,
-                refused: dict[str, str] | None = None) -> pd.DataFrame:
+                refused: dict[str, str] | None = None, made: set[str] | None = None) -> pd.DataFrame:
     """Rows with ``column = all``: one row per value of ``choices(row)``, the sample id
     suffixed ``_{suffix}{value}``. An id made twice (by this and another row, or a refused
-    row's id) raises, or with ``refused`` (see :func:`expand_channels`) fails alone."""
+    row's id) raises, or with ``refused`` (see :func:`expand_channels`) fails alone.
+    ``made`` collects every id an expansion made, also those then refused (a combined export
+    of the acquisition must then wait for them)."""
     from .errors import SelfresError
 
     if column not in sheet or not (sheet[column] == "all").any():
@@ -812,6 +815,8 @@ def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str,
             continue
         for i in values:
             made_by.setdefault(f"{row['sample']}_{suffix}{i}", row["sample"])
+            if made is not None:
+                made.add(f"{row['sample']}_{suffix}{i}")
             rows.append(row | {"sample": f"{row['sample']}_{suffix}{i}", column: str(i)})
     out = pd.DataFrame(rows, columns=sheet.columns)
     ids = out["sample"]

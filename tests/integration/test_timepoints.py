@@ -142,3 +142,21 @@ def test_with_export_tiff_the_time_points_of_an_acquisition_are_planned_as_one_t
     assert summary, plan.stdout[-3000:]
     groups = json.loads(shlex.split(summary[0].split("--acquisitions ", 1)[1])[0])
     assert groups == {"lapse": [f"lapse_c{c}_t{t}" for t in range(3) for c in range(2)], "solo": ["solo_t0", "solo_t1"]}
+
+
+def test_an_acquisition_missing_a_refused_time_point_is_not_exported_as_if_whole(tmp_path):
+    """bad_rows: fail_alone, and a row whose id is one the timepoint: all row makes (tz_t2): both
+    are refused, and the two time points left were written as a 2-frame tz.ome.tif that looked
+    whole, the summary silent. The export waits for every part; the summary is told the group."""
+    wd = make_workdir(tmp_path, samples={"tz": {"path": "../data/t.tif", "timepoint": "all"},
+                                         "tz_t2": {"path": "../data/other.tif"}},
+                      config_overrides={"export_tiff": True, "bad_rows": "fail_alone"})
+    _time_series(wd / "data" / "t.tif", n_t=3)
+    _time_series(wd / "data" / "other.tif", n_t=1)
+    plan = run_snakemake(wd, "-n", "-p", timeout=120)
+    out = plan.stdout + plan.stderr
+    assert plan.returncode == 0, out[-3000:]
+    assert "export_acquisition" not in out
+    summary = re.search(r"^(?:Shell command: )?selfres summary .*$", out, flags=re.M)
+    groups = json.loads(shlex.split(summary[0].split("--acquisitions ", 1)[1])[0])
+    assert groups == {"tz": ["tz_t0", "tz_t1", "tz_t2"]}

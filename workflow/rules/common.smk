@@ -146,6 +146,8 @@ def _inbox_rows(sheet, refused, refused_paths):
 
 #: {sample: problem} of the rows whose image, channel or time point their file's header refuses
 _CHOICE_PROBLEMS = {}
+#: every id an `all` expansion made, refused ones included (their acquisition's export waits on them)
+EXPANDED_IDS = set()
 
 
 def _sample_table():
@@ -161,9 +163,9 @@ def _sample_table():
 
     def expand(table):
         # all: one sample (and model) per image of a TIFF (series), per channel, per time point
-        table = _sheet.expand_series(table, counts, refused=alone)
-        table = _sheet.expand_channels(table, counts, refused=alone)
-        return _sheet.expand_timepoints(table, counts, refused=alone)
+        table = _sheet.expand_series(table, counts, refused=alone, made=EXPANDED_IDS)
+        table = _sheet.expand_channels(table, counts, refused=alone, made=EXPANDED_IDS)
+        return _sheet.expand_timepoints(table, counts, refused=alone, made=EXPANDED_IDS)
 
     sheet = expand(sheet)  # before the inbox: the ids the sheet's rows make are the sheet's
     inbox = _inbox_rows(sheet, refused, refused_paths)
@@ -226,7 +228,9 @@ def acquisition_groups():
     with ``export_tiff`` each group is also written as one OME-TIFF (CZYX, TZYX or TCZYX).
     Only ids of that form whose channel and time point cells are their numbers, every channel
     of every time point, time points 0, 1… without a gap, one file and image, one mode and
-    scale (one output grid); at least two samples."""
+    scale (one output grid); at least two samples. Also ``{acquisition: ids}`` of those held
+    back because an expansion made a part of them that was refused (bad_rows: fail_alone): no
+    file is written from the parts left (it would look whole), and the summary says why."""
     groups = {}
     for s in SAMPLE_IDS:
         found = _sheet.part_of(s)
@@ -237,17 +241,24 @@ def acquisition_groups():
         return (_cell(s, "path"), _cell(s, "series"), sample_mode(s),
                 sample_scale(s) if sample_mode(s) == "enhance" else "", sample_voxel_size(s))
 
+    held = {}
+    for s in REFUSED:
+        found = _sheet.part_of(s)
+        if s in EXPANDED_IDS and found and found[0] in groups:
+            held.setdefault(found[0], []).append(s)
     out = {}
     for acquisition, parts in groups.items():
+        if acquisition in held:
+            continue
         times = sorted({t for t, _ in parts}, key=lambda v: -1 if v is None else v)
         channels = sorted({c for _, c in parts}, key=lambda v: -1 if v is None else v)
         whole = len(parts) == len(times) * len(channels) and times in ([None], list(range(len(times))))
         if len(parts) > 1 and whole and len({grid(s) for s in parts.values()}) == 1:
             out[acquisition] = ([parts[t, c] for t in times for c in channels], len(times))
-    return out
+    return out, {a: sorted([*groups[a].values(), *ids]) for a, ids in held.items()}
 
 
-ACQUISITION_GROUPS = acquisition_groups()
+ACQUISITION_GROUPS, HELD_ACQUISITIONS = acquisition_groups()
 # no id or symlink may lead a write out of results/, nor onto a file or folder the workflow writes there
 _stop_on_bad_config(_sheet.check_results_dirs, R, ALL_SAMPLE_IDS,
                     root_files=[f"{a}.ome.tif" for a in ACQUISITION_GROUPS] if config["export_tiff"] else ())
@@ -566,7 +577,8 @@ def report_args(wildcards):
 
 def summary_cli_args():
     """The samples and their modes, as `selfres summary` takes them (the rule and `onerror`)."""
-    exports = {a: ids for a, (ids, _) in ACQUISITION_GROUPS.items()} if config["export_tiff"] else {}
+    exports = ({a: ids for a, (ids, _) in ACQUISITION_GROUPS.items()} | HELD_ACQUISITIONS
+               if config["export_tiff"] else {})
     sources = {s: _cell(s, "model_from") for s in SAMPLE_IDS if _cell(s, "model_from") not in ("", s)}
     return (["--samples", ",".join(ALL_SAMPLE_IDS), "--modes", json.dumps({s: sample_mode(s) for s in SAMPLE_IDS})]
             + (["--acquisitions", json.dumps(exports)] if exports else [])

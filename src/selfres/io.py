@@ -1076,7 +1076,10 @@ def _ome_tiff_channel_name(path: str, channel: int, series: int | None) -> str |
 #: seconds per unit of a time axis (OME ``TimeIncrementUnit``, ImageJ ``tunit``, NGFF axis ``unit``)
 _SECONDS_PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0, "ms": 1e-3, "millisecond": 1e-3,
                 "µs": 1e-6, "us": 1e-6, "microsecond": 1e-6, "min": 60.0, "minute": 60.0, "minutes": 60.0,
-                "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "day": 86400.0}
+                "h": 3600.0, "hr": 3600.0, "hour": 3600.0, "hours": 3600.0, "d": 86400.0, "day": 86400.0,
+                # the rest of the NGFF / UDUNITS time units an OME-Zarr axis may name
+                "ns": 1e-9, "nanosecond": 1e-9, "milliseconds": 1e-3, "microseconds": 1e-6,
+                "nanoseconds": 1e-9, "days": 86400.0, "ps": 1e-12, "picosecond": 1e-12}
 
 
 def time_increment(path: str | os.PathLike, *, series: int | None = None) -> float | None:

@@ -1137,6 +1137,12 @@ def test_an_acquisitions_frame_interval_is_read_where_it_has_one(tmp_path):
         {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
         "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [250.0, 1, 1, 1]}]}]}]
     assert io.time_increment(store) == 0.25
+    ms = group.attrs["multiscales"]
+    ms[0]["axes"][0]["unit"] = "nanosecond"  # an NGFF unit the table lacked: no interval at all
+    group.attrs["multiscales"] = ms
+    assert io.time_increment(store) == pytest.approx(250e-9)
+    ms[0]["axes"][0]["unit"] = "millisecond"
+    group.attrs["multiscales"] = ms
     # no unit and a step of 1: frame steps (ome-zarr-py's default), not "one every 1 s"
     ms = group.attrs["multiscales"]
     del ms[0]["axes"][0]["unit"]

@@ -310,6 +310,47 @@ def automatic_holdout_slab(shape: Sequence[int], *, holdout_fraction: float = 0.
     return ax, hold_len
 
 
+def holdout_region_beside(shape: Sequence[int], train: Box, *, training_fov: str, min_holdout_voxels: int,
+                          min_holdout_shape: Sequence[int], path: str = "<volume>") -> Box:
+    """The region a given training FOV leaves for the held-out box: the largest slab of the
+    volume beside it (from its shape only), at least ``min_holdout_voxels`` and
+    ``min_holdout_shape``.
+
+    Raises
+    ------
+    InputError
+        When no slab is that large.
+    """
+    shape = tuple(int(n) for n in shape)
+    full: Box = tuple((0, n) for n in shape)
+    candidates = []
+    for ax in range(3):
+        (a, b) = train[ax]
+        for lo, hi in ((0, a), (b, shape[ax])):
+            if hi - lo > 0:
+                region = list(full)
+                region[ax] = (lo, hi)
+                candidates.append(tuple(region))
+    candidates = [c for c in candidates if np.prod(box_shape(c)) >= min_holdout_voxels
+                  and all(n >= m for n, m in zip(box_shape(c), min_holdout_shape))]
+    if not candidates:
+        least = " x ".join(f"{m} {a}" for a, m in zip("zyx", min_holdout_shape))
+        raise InputError(
+            path,
+            f"training_fov {training_fov} leaves no room for a held-out region (a slab of the volume "
+            f"outside it, at least {min_holdout_voxels} voxels and {least}); choose a smaller "
+            f"training_fov, or leave the column empty to let selfres choose",
+        )
+    return max(candidates, key=lambda c: np.prod(box_shape(c)))
+
+
+def held_out_window_shape(region: Box, *, max_voxels: int, min_holdout_voxels: int,
+                          multiple: Sequence[int]) -> tuple[int, ...]:
+    """The shape of the held-out box :func:`choose_training_fov` takes in ``region`` (where
+    in it depends on the data; how large, only on the shapes)."""
+    return tuple(int(n) for n in _window_size(region, max(max_voxels // 4, min_holdout_voxels), tuple(multiple)))
+
+
 def choose_training_fov(
     volume: np.ndarray,
     *,
@@ -360,25 +401,8 @@ def choose_training_fov(
 
     if given is not None:
         train = given
-        candidates = []
-        for ax in range(3):
-            (a, b) = train[ax]
-            for lo, hi in ((0, a), (b, shape[ax])):
-                if hi - lo > 0:
-                    region = list(full)
-                    region[ax] = (lo, hi)
-                    candidates.append(tuple(region))
-        candidates = [c for c in candidates if np.prod(box_shape(c)) >= min_holdout_voxels
-                      and all(n >= m for n, m in zip(box_shape(c), min_holdout_shape))]
-        if not candidates:
-            least = " x ".join(f"{m} {a}" for a, m in zip("zyx", min_holdout_shape))
-            raise InputError(
-                path,
-                f"training_fov {training_fov} leaves no room for a held-out region (a slab of the volume "
-                f"outside it, at least {min_holdout_voxels} voxels and {least}); choose a smaller "
-                f"training_fov, or leave the column empty to let selfres choose",
-            )
-        region = max(candidates, key=lambda c: np.prod(box_shape(c)))
+        region = holdout_region_beside(shape, train, training_fov=training_fov, min_holdout_voxels=min_holdout_voxels,
+                                       min_holdout_shape=min_holdout_shape, path=path)
         holdout, hscore = score.best_window(region, max(max_voxels // 4, min_holdout_voxels), multiple)
         tscore = score.mean(train)
         return TrainingFov(

@@ -457,6 +457,11 @@ def check_boxes_for_factors(fov: TrainingFov, factors: Sequence[int], *, path, s
                             "slab of the volume outside it")
 
 
+#: ``training_fov`` of :func:`check_volume_for_mode` for a stage whose training FOV crop has
+#: chosen already (train, adopt): the FOV checks are left to that file's own
+FOV_ALREADY_CHOSEN = "<chosen by crop>"
+
+
 def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), path, sample: str | None = None,
                           fov_settings: FovSettings | None = None, training_fov: str | None = None
                           ) -> float | None:
@@ -493,15 +498,37 @@ def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), pa
         _check_size_for_factors(shape, factors, what=f"the volume (shape {shape})", path=path, sample=sample,
                                 hint="use a smaller factor on that axis (sheet column 'scale', e.g. 1,2,2) or a "
                                      "larger acquisition")
+    fs = fov_settings or FovSettings()
     if not training_fov:
         from .fov import automatic_holdout_slab
 
-        fs = fov_settings or FovSettings()
         try:
             automatic_holdout_slab(shape, holdout_fraction=fs.holdout_fraction,
                                    min_holdout_voxels=fs.min_holdout_voxels, multiple=factors, path=path)
         except InputError as exc:
             raise exc.for_sample(sample) if sample else exc from None
+    elif training_fov != FOV_ALREADY_CHOSEN:  # crop's checks of a given FOV, from the shapes: it leaves a held-out
+        # region, both large enough
+        from .fov import box_shape, held_out_window_shape, holdout_region_beside, parse_fov
+
+        try:
+            train = parse_fov(training_fov, shape)
+        except ConfigError as exc:
+            raise InputError(path, str(exc), sample=sample) from None
+        try:
+            region = holdout_region_beside(
+                shape, train, training_fov=training_fov, min_holdout_voxels=fs.min_holdout_voxels, path=path,
+                min_holdout_shape=tuple(MIN_LOWRES_VOXELS * f if f > 1 else 1 for f in factors))
+        except InputError as exc:
+            raise exc.for_sample(sample) if sample else exc from None
+        if mode == "enhance":
+            _check_size_for_factors(box_shape(train), factors, what=f"the training FOV {train}", path=path,
+                                    sample=sample, hint="choose a larger training_fov")
+            window = held_out_window_shape(region, max_voxels=fs.max_voxels, min_holdout_voxels=fs.min_holdout_voxels,
+                                           multiple=factors)
+            _check_size_for_factors(window, factors, what=f"the held-out region of shape {window}", path=path,
+                                    sample=sample, hint="choose a training_fov that leaves a thicker slab of the "
+                                                        "volume outside it")
     return factor
 
 
@@ -544,7 +571,7 @@ def stage_train(
     factors = tuple(scale or DEFAULT_SCALE)
     # crop checked the volume already; a second line of defence for a stage called alone
     check_volume_for_mode(data.shape, None, mode="enhance", factors=factors, path=normalized, sample=sample,
-                          training_fov="given")
+                          training_fov=FOV_ALREADY_CHOSEN)
     check_boxes_for_factors(fov, factors, path=fov_json, sample=sample)
     model_dir = Path(model_dir)
     work = model_dir.with_name(model_dir.name + ".work")
@@ -663,7 +690,7 @@ def stage_adopt(
                               f"{tuple(meta.get('factors') or ())}, this sample asks for scale {factors}: give both "
                               "the same scale")
         check_volume_for_mode(vol.data.shape, None, mode="enhance", factors=factors, path=normalized, sample=sample,
-                              training_fov="given")
+                              training_fov=FOV_ALREADY_CHOSEN)
         check_boxes_for_factors(fov, factors, path=fov_json, sample=sample)
         from . import models
 

@@ -1240,8 +1240,14 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     assert cli.main(["inspect", str(thin), "--scale", "1,2,2"]) == 0  # as the crop stage: too small to hold out
     assert ("enhance 1,2,2: not possible — volume of shape (3, 12, 14) is too small to split into a training FOV "
             "and a held-out region") in capsys.readouterr().out
-    # ... unless the sheet gives the training FOV, or the config's fov settings allow a smaller region
+    # a training FOV given is checked as crop checks it: the slab it leaves (3x12x6) holds too few voxels
+    # for the default held-out region (inspect said 'output 3×24×28' for a FOV crop refused) ...
     assert cli.main(["inspect", str(thin), "--scale", "1,2,2", "--training-fov", "0:3,0:12,0:8"]) == 0
+    assert ("enhance 1,2,2: not possible — training_fov 0:3,0:12,0:8 leaves no room for a held-out region (a slab "
+            "of the volume outside it, at least 4096 voxels and 1 z x 4 y x 4 x)") in capsys.readouterr().out
+    # ... unless the config's fov settings allow a smaller region
+    assert cli.main(["inspect", str(thin), "--scale", "1,2,2", "--training-fov", "0:3,0:12,0:8",
+                     "--settings", '{"fov": {"min_holdout_voxels": 16}}']) == 0
     assert "enhance 1,2,2: output 3×24×28" in capsys.readouterr().out
     mid = _imagej(tmp_path / "mid.tif", _vol(shape=(3, 30, 40)), voxel=(1.0, 0.4, 0.5))
     assert cli.main(["inspect", str(mid), "--scale", "1,2,2"]) == 0

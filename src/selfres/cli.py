@@ -594,10 +594,34 @@ def _run_reporting(args, sample, prefix) -> int:
             print(f"ERROR: {prefix}{_no_space_message(exc, args)}", file=sys.stderr)
             return 4
         denied = _errno_in_chain(exc, (errno.EROFS, errno.EACCES, errno.EPERM))
-        if denied is not None:
+        if denied is not None and _is_written_here(denied.filename, args):
             print(f"ERROR: {prefix}{_not_writable_message(denied, args)}", file=sys.stderr)
             return 5
+        if denied is not None and denied.filename:  # a file this account may not read: the input's fault
+            print(f"ERROR: {prefix}{denied.filename}: cannot be read by this account (permission denied); give "
+                  "the account that runs selfres read access to it (and its folders)", file=sys.stderr)
+            return 2
         return _unexpected(exc, args, prefix)
+
+
+#: The arguments that name what a command writes
+_WRITTEN_ARGS = ("output", "html", "provenance", "done", "keep")
+
+
+def _is_written_here(filename, args) -> bool:
+    """Whether ``filename`` (of a failed call) is one the command writes: its output, beside it
+    (a temporary sibling), or inside it; not one of its inputs."""
+    if not filename:
+        return True  # unnamed: the writes of zarr and tifffile name none
+    path = Path(os.fspath(filename)).absolute()
+    for name in _WRITTEN_ARGS:
+        out = getattr(args, name, None)
+        if not out:
+            continue
+        out = Path(os.fspath(out)).absolute()
+        if path == out or out in path.parents or (path.parent == out.parent and path.name.startswith(f".{out.name}")):
+            return True
+    return False
 
 
 class Terminated(KeyboardInterrupt):

@@ -782,6 +782,9 @@ def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> di
         except InputError as exc:  # the header cannot be read: normalise will say the same
             if os.path.exists(path):
                 problems[row["sample"]] = exc.what
+        except PermissionError:  # the microscope's account owns it, not the one that runs selfres
+            problems[row["sample"]] = ("cannot be read by this account (permission denied); give the account that "
+                                       "runs selfres read access to it (and its folders)")
         except (SelfresError, OSError, ValueError):
             continue  # its job reads the file and says what is wrong
     return problems

@@ -154,6 +154,16 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_naming_it(tmp_path,
     assert _only_error_line(capsys.readouterr().err) == (
         f"ERROR: sample '{SAMPLE}': cannot write in {out.parent} ({why}); give the results a folder this account "
         "can write (config results, or -o)")
+    # an acquisition this account may not read is the input's fault, not the results folder's
+
+    def unreadable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(src))
+
+    monkeypatch.setattr(io, "finalize_ome_zarr", unreadable)
+    assert cli.main(["--log-level", "ERROR", "normalise", str(src), "-o", str(out), "--sample", SAMPLE]) == 2
+    assert _only_error_line(capsys.readouterr().err) == (
+        f"ERROR: sample '{SAMPLE}': {src}: cannot be read by this account (permission denied); give the account "
+        "that runs selfres read access to it (and its folders)")
 
 
 # --------------------------------------------------------------------------- damaged / hostile model files

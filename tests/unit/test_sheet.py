@@ -497,6 +497,13 @@ def test_an_image_channel_or_time_point_the_file_refuses_is_found_from_its_heade
     found = choice_problems(sheet, counts)
     assert sorted(found) == ["c", "cut", "czi", "no_c", "no_s", "no_t", "s", "t"]
     assert "truncated or corrupt" in found["cut"] and "CZI" in found["czi"]
+    # a file this account may not read (root reads anything: the reader is made to refuse)
+    monkeypatch.setattr(io, "series_numbers", lambda path: (_ for _ in ()).throw(PermissionError(13, "denied", path))
+                        if str(path).endswith("two.ome.tif") else [0])
+    denied = choice_problems(sheet[sheet["sample"] == "pos1"], FileCounts(tmp_path / "other.json"))
+    assert denied == {"pos1": "cannot be read by this account (permission denied); give the account that runs "
+                              "selfres read access to it (and its folders)"}
+    monkeypatch.undo()
     assert found["c"] == "channel 2 is out of range: the file has 2 channels (allowed 0..1)"
     assert found["t"] == "time point 3 is out of range: the file has 3 time points (allowed 0..2)"
     assert found["s"] == "series 1 is out of range: the file's images are series 0"

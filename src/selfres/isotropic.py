@@ -928,6 +928,8 @@ def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Setti
     if sigma is None:
         sigma, est = estimate_axial_sigma(train_volume, factor, noise_sigma=noise, seed=settings.train.seed)
         info["estimate"] = est
+        if est.get("estimated") is False:  # no σ could be read off the data: say so, not "estimated"
+            info["sigma_source"] = "unestimated"
         if est.get("estimated") is False:
             log.warning("isotropic: the extra axial blur could not be estimated from the training FOV %s (%s); "
                         "training assumes none (σ 0), so the output undoes the z sampling but not the axial blur. "

@@ -214,6 +214,8 @@ def test_a_stack_too_thin_for_the_axial_blur_estimate_says_so_and_is_flagged(tmp
         meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
                                     settings=_tiny(steps=4), device="cpu")
     assert "axial_sigma_unestimated" in meta["flags"]
+    # model.json said sigma_source "estimated" for a σ of 0 that nothing estimated
+    assert meta["degradation"]["sigma_source"] == "unestimated"
     assert "extra axial blur could not be estimated" in caplog.text and "isotropic.axial_sigma_px" in caplog.text
     given = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model2", sample="s1", mode="isotropic",
                                  settings=_tiny(steps=4, axial_sigma_px=1.0), device="cpu")

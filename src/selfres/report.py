@@ -1458,9 +1458,11 @@ def _status(metrics: Mapping[str, Any]) -> str:
     holds the interpolation (``restored_content == "interpolation"``), else ``ok``."""
     if metrics.get("status"):
         return str(metrics["status"])
-    flags = metrics.get("flags") or []
+    flags = metrics.get("flags")
     if isinstance(flags, str):  # a summary row's "a;b"
         flags = [f for f in flags.split(";") if f]
+    elif not isinstance(flags, (list, tuple)):  # None, or a table's NaN
+        flags = []
     if any(f in BROKEN_OUTPUT_FLAGS for f in flags):
         return "output_broken"
     if metrics.get("restored_content") == "interpolation":

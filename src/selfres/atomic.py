@@ -125,8 +125,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def remove_stale_siblings(final: str | os.PathLike) -> list[Path]:
-    """Remove the temporary siblings of ``final`` that a killed writer left (``.NAME.tmp-XXXXXXXX``,
-    ``.NAME.old-XXXXXXXX`` of :func:`atomic_output`; ``.NAME.tmp-PID`` of :func:`write_text_atomic`):
+    """Remove the temporary siblings of ``final`` that a killed writer left (``.NAME.tmp-<token>``,
+    ``.NAME.old-<token>`` of :func:`atomic_output`, 8 hex digits; ``.NAME.tmp-<pid>`` of :func:`write_text_atomic`):
     a SIGKILL runs no cleanup, and each kill stranded a full-size copy (a normalised volume, an
     OME-TIFF level 0) that no later run removed. One writer per output (Snakemake locks it), so a
     sibling found before writing is litter. Returns what was removed."""

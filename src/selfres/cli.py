@@ -654,18 +654,23 @@ def _errno_in_chain(exc: BaseException, codes: tuple[int, ...]) -> OSError | Non
 DISK_FULL_BYTES = 16 * 2**20
 
 
-def _output_disk_full(args) -> bool:
-    """Whether the file system of the command's output has (next to) no room left."""
+def _free_bytes(target) -> int | None:
+    """Free bytes on the file system of ``target`` (its nearest existing folder), or None."""
     import shutil
 
-    target = getattr(args, "output", None) or getattr(args, "html", None)
     probe = Path(target) if target else None
     while probe is not None and not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
-        return probe is not None and shutil.disk_usage(probe).free < DISK_FULL_BYTES
+        return None if probe is None else shutil.disk_usage(probe).free
     except OSError:
-        return False
+        return None
+
+
+def _output_disk_full(args) -> bool:
+    """Whether the file system of the command's output has (next to) no room left."""
+    free = _free_bytes(getattr(args, "output", None) or getattr(args, "html", None))
+    return free is not None and free < DISK_FULL_BYTES
 
 
 def _not_writable_message(exc: OSError, args) -> str:
@@ -681,19 +686,10 @@ def _not_writable_message(exc: OSError, args) -> str:
 def _no_space_message(exc: BaseException, args) -> str:
     """'no space left on device while writing PATH (N GB free on that file system)': the file
     the error names, else the command's output (zarr's writes name none)."""
-    import shutil
-
     target = getattr(exc, "filename", None) or getattr(args, "output", None) or ""
     text = f"no space left on device while writing {target}".rstrip()
-    probe = Path(target) if target else None
-    while probe is not None and not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe is not None:
-        try:
-            text += f" ({shutil.disk_usage(probe).free / 1e9:.2g} GB free on that file system)"
-        except OSError:
-            pass
-    return text
+    free = _free_bytes(target)
+    return text + (f" ({free / 1e9:.2g} GB free on that file system)" if free is not None else "")
 
 
 def _unexpected(exc: BaseException, args, prefix: str) -> int:

@@ -599,18 +599,22 @@ def cpu_pass_bytes_per_input_voxel(factors: Sequence[int], widest_per_voxel: flo
 def widest_per_input_voxel(model: nn.Module, tile: Sequence[int], halo: Sequence[int]) -> float | None:
     """Elements of ``model``'s widest activation per padded input voxel, from one forward of a
     small block (up to 8 voxels of core per axis, with the halo), on the CPU in float32; None
-    where that block would be large (a wide halo) or the forward fails."""
-    probe = [min(int(t), 8) + 2 * int(h) for t, h in zip(tile, halo)]
+    where that block would be large (a wide halo) or the forward fails. Kept on the model (its
+    shape does not change with its weights): training validates with the same net many times."""
+    probe = tuple(min(int(t), 8) + 2 * int(h) for t, h in zip(tile, halo))
     if math.prod(probe) > CPU_PROBE_MAX_VOXELS:
         return None
-    try:
-        twin = copy.deepcopy(model)  # not the model itself: a forward of a caller's model is a computed tile to it
-        x = torch.zeros((1, 1, *probe))
-        with torch.inference_mode(), widest_activation(twin) as widest:
-            twin(x)
-    except Exception:  # noqa: BLE001 - an estimate: the constant bound stands in
-        return None
-    return widest[0] / math.prod(probe) if widest[0] else None
+    known = model.__dict__.setdefault("_selfres_widest_per_voxel", {})
+    if probe not in known:
+        try:
+            twin = copy.deepcopy(model)  # not the model itself: a forward of a caller's model is a tile to it
+            x = torch.zeros((1, 1, *probe))
+            with torch.inference_mode(), widest_activation(twin) as widest:
+                twin(x)
+        except Exception:  # noqa: BLE001 - an estimate: the constant bound stands in
+            return None
+        known[probe] = widest[0] / math.prod(probe) if widest[0] else None
+    return known[probe]
 
 
 def cpu_pass_limit(factors: Sequence[int], *, available: int | None, fraction: float = 0.8,

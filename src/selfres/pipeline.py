@@ -433,7 +433,7 @@ def stage_crop(
             vol.data, max_voxels=settings.max_voxels, holdout_fraction=settings.holdout_fraction,
             min_holdout_voxels=settings.min_holdout_voxels, multiple=factors, training_fov=training_fov,
             path=source,  # the user's acquisition, not our intermediate
-            min_holdout_shape=tuple(MIN_LOWRES_VOXELS * f if f > 1 else 1 for f in factors),
+            min_holdout_shape=min_holdout_shape(factors),
         )
     except InputError as exc:
         raise exc.for_sample(sample) from None
@@ -455,6 +455,11 @@ def check_boxes_for_factors(fov: TrainingFov, factors: Sequence[int], *, path, s
     _check_size_for_factors(box_shape(fov.holdout), factors, what=f"the held-out region {fov.holdout}",
                             path=path, sample=sample, hint="choose a training_fov that leaves a thicker "
                             "slab of the volume outside it")
+
+
+def min_holdout_shape(factors: Sequence[int]) -> tuple[int, ...]:
+    """The smallest held-out region per axis that still degrades by ``factors`` into pairs."""
+    return tuple(MIN_LOWRES_VOXELS * int(f) if int(f) > 1 else 1 for f in factors)
 
 
 #: ``training_fov`` of :func:`check_volume_for_mode` for a stage whose training FOV crop has
@@ -518,7 +523,7 @@ def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), pa
         try:
             region = holdout_region_beside(
                 shape, train, training_fov=training_fov, min_holdout_voxels=fs.min_holdout_voxels, path=path,
-                min_holdout_shape=tuple(MIN_LOWRES_VOXELS * f if f > 1 else 1 for f in factors))
+                min_holdout_shape=min_holdout_shape(factors))
         except InputError as exc:
             raise exc.for_sample(sample) if sample else exc from None
         if mode == "enhance":

@@ -372,7 +372,10 @@ def run(args) -> int:
                                    isotropic_settings=full.isotropic if "isotropic" in given else None,
                                    device=args.device, threads=args.threads, step=args.step, block=args.block)
         if args.drop_stale_export and args.step in ("all", "gather"):
-            pipeline.drop_stale_export(args.output)
+            from . import io
+
+            attrs = io.read_volume(args.normalized, lazy=True).attrs  # which part of its file it is
+            pipeline.drop_stale_export(args.output, part=(attrs.get("timepoint"), attrs.get("channel")))
         if args.done:  # a Snakemake output: never half-written
             from .atomic import write_text_atomic
 

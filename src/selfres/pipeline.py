@@ -1019,20 +1019,25 @@ def tiff_export_path(output: str | Path) -> Path:
     return output.with_name(f"{name}.ome.tif")
 
 
-def drop_stale_export(output: str | Path) -> None:
+def drop_stale_export(output: str | Path, *, part: tuple[int | None, int | None] = (None, None)) -> None:
     """Remove the OME-TIFF export (:func:`tiff_export_path`; for a channel or time point of an
     acquisition, ``results/S_c1/restored.ome.zarr``, also the acquisition's ``results/S.ome.tif``) of an earlier ``output``: once
     ``output`` is rewritten it shows the old restoration, and with ``export_tiff: false`` no
     job would ever replace it. Only the workflow's infer rules ask for this (``selfres infer
     --drop-stale-export``), where that path is the workflow's own export: next to an output
-    named by a user it may be any file (``selfres restore x.ome.tif -o x.ome.zarr``)."""
+    named by a user it may be any file (``selfres restore x.ome.tif -o x.ome.zarr``).
+
+    ``part`` is ``(time point, channel)`` of the file that the restored input was read from
+    (its normalised store's attributes): the acquisition's export is dropped only when the
+    sample's id names that part, as the workflow groups parts (``cells_c1`` read as channel 1).
+    A sample merely named like a part (``mouse_t2``, the whole of another file) is not one."""
     stale = [tiff_export_path(output)]
     output = Path(output)
     if output.name == "restored.ome.zarr" and ("_c" in output.parent.name or "_t" in output.parent.name):
         from .sheet import part_of  # pandas: only for the channels and time points of an acquisition
 
         found = part_of(output.parent.name)  # results/S_c1_t2/restored.ome.zarr: a part of results/S.ome.tif
-        if found:
+        if found and found[1:] == tuple(part):
             stale.append(output.parent.parent / f"{found[0]}.ome.tif")
     for path in stale:
         if path.is_file():

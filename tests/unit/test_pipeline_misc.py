@@ -126,11 +126,52 @@ def test_a_channels_new_restoration_drops_its_acquisitions_multichannel_export(t
                "plain.ome.tif", "other.ome.tif"]
     for name in exports:
         (res / name).write_bytes(b"an earlier export")
-    pipeline.drop_stale_export(res / "cells_c1" / "restored.ome.zarr")
-    pipeline.drop_stale_export(res / "lapse_c0_t3" / "restored.ome.zarr")  # channel 0 of time point 3
-    pipeline.drop_stale_export(res / "series_t2" / "restored.ome.zarr")  # time point 2
+    pipeline.drop_stale_export(res / "cells_c1" / "restored.ome.zarr", part=(None, 1))
+    pipeline.drop_stale_export(res / "lapse_c0_t3" / "restored.ome.zarr", part=(3, 0))  # channel 0 of time point 3
+    pipeline.drop_stale_export(res / "series_t2" / "restored.ome.zarr", part=(2, None))  # time point 2
     pipeline.drop_stale_export(res / "plain" / "restored.ome.zarr")  # not a part: its own export only
     assert sorted(n for n in exports if (res / n).exists()) == ["lapse_t3.ome.tif", "other.ome.tif", "plain.ome.tif"]
+
+
+def test_the_infer_rule_drops_an_acquisitions_export_only_for_the_part_it_restored(tmp_path):
+    """Through ``selfres infer --drop-stale-export``: channel 1 of ``cells`` restored anew drops
+    ``results/cells.ome.tif``; ``mouse_t2``, a whole file of its own, keeps ``results/mouse.ome.tif``."""
+    import json
+
+    import tifffile
+
+    from selfres import cli
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    two = np.stack([tifffile.imread(tmp_path / "in.tif")] * 2, axis=1)  # Z C Y X
+    tifffile.imwrite(tmp_path / "cells.tif", two, imagej=True, metadata={"axes": "ZCYX"})
+    channel_1 = tmp_path / "n1.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "cells.tif", channel_1, sample="cells_c1", channel=1,
+                             voxel_size=(1.0, 0.2, 0.2))
+    res = tmp_path / "results"
+    res.mkdir()
+    for name in ("cells.ome.tif", "mouse.ome.tif"):
+        (res / name).write_bytes(b"an earlier export")
+    settings = json.dumps({"infer": {"back_projection_iterations": 0}})
+    for normalized, sample in ((channel_1, "cells_c1"), (norm, "mouse_t2")):
+        assert cli.main(["infer", str(normalized), str(tmp_path / "model"), "-o",
+                         str(res / sample / "restored.ome.zarr"), "--device", "cpu", "--settings", settings,
+                         "--drop-stale-export"]) == 0
+    assert not (res / "cells.ome.tif").exists() and (res / "mouse.ome.tif").exists()
+
+
+def test_a_sample_merely_named_like_a_part_keeps_the_acquisitions_export(tmp_path):
+    """``mouse_t2`` (tissue 2: a whole file of its own, no time point read) restored anew is not
+    time point 2 of ``mouse``: the combined ``results/mouse.ome.tif`` of that acquisition's
+    channels stays, as does a part's export when the id's number is not the part it read."""
+    res = tmp_path / "results"
+    for folder in ("mouse_t2", "cells_c1"):
+        (res / folder).mkdir(parents=True)
+    for name in ("mouse.ome.tif", "cells.ome.tif"):
+        (res / name).write_bytes(b"an export of another sample's acquisition")
+    pipeline.drop_stale_export(res / "mouse_t2" / "restored.ome.zarr", part=(None, None))
+    pipeline.drop_stale_export(res / "cells_c1" / "restored.ome.zarr", part=(None, 0))  # a row cells_c1 reading channel 0
+    assert (res / "mouse.ome.tif").exists() and (res / "cells.ome.tif").exists()
 
 
 def test_tiles_written_by_other_code_are_recomputed_and_outputs_name_their_code(tmp_path, monkeypatch, caplog):

@@ -31,7 +31,7 @@ from typing import Sequence
 from .codeinfo import code_identity, software_versions
 
 __all__ = ["parse_snakemake_log", "read_snakemake_log", "record_stopped_runs", "snakemake_log_file",
-           "unfinished_jobs_by_sample", "write_run_record", "RUN_STATUSES", "RUNS_TSV_COLUMNS"]
+           "unfinished_jobs_by_sample", "waiting_on_failed_sources", "write_run_record", "RUN_STATUSES", "RUNS_TSV_COLUMNS"]
 
 #: A run's ``status``: Snakemake's ``onsuccess`` / ``onerror`` ran, or neither did (the
 #: driver was killed; recorded by a later run, :func:`record_stopped_runs`).
@@ -79,6 +79,21 @@ def unfinished_jobs_by_sample(jobs: Sequence[dict]) -> dict[str, list[dict]]:
         if job["sample"] and job["status"] != "finished":
             out.setdefault(job["sample"], []).append(job)
     return out
+
+
+#: The jobs that make a sample's ``model/`` (and those before them): one of them unfinished,
+#: a sample restored by that model (``model_from``) cannot have run this time.
+_MODEL_CHAIN_RULES = frozenset({"normalise", "crop", "train", "adopt"})
+
+
+def waiting_on_failed_sources(jobs: Sequence[dict], model_sources: dict[str, str]) -> set[str]:
+    """Samples of ``model_sources`` (``{sample: source}``) whose source left a job of its model's
+    chain unfinished in this run: Snakemake never started their own ``adopt`` job (it waits on
+    the source's model, which the run then did not make), so the log holds no job of theirs
+    that failed, yet they were not restored."""
+    unfinished = unfinished_jobs_by_sample(jobs)
+    broken = {s for s, js in unfinished.items() if any(j["rule"] in _MODEL_CHAIN_RULES for j in js)}
+    return {s for s, src in model_sources.items() if src != s and src in broken}
 
 
 def _iso(stamp: str) -> str:
@@ -250,6 +265,7 @@ def write_run_record(
     samples: Sequence[str] = (),
     extra: dict | None = None,
     finished: str | None = None,
+    model_sources: dict[str, str] | None = None,
 ) -> Path:
     """Write the record of one run and append its line to ``runs/runs.tsv``.
 
@@ -269,6 +285,10 @@ def write_run_record(
         More fields to store as they are (e.g. ``inbox`` waiting files).
     finished
         When the run ended (``YYYY-MM-DDTHH:MM:SS``); default now.
+    model_sources
+        ``{sample: the sample whose model it uses}`` (``model_from``): a sample whose source
+        did not make its model in this run never ran its own model job (Snakemake holds it
+        back, nothing in the log) and counts among the failed samples too.
 
     Returns
     -------
@@ -284,7 +304,7 @@ def write_run_record(
     finished = finished or time.strftime("%Y-%m-%dT%H:%M:%S")
     started = (header.get("started") or finished).replace(" ", "T")
     ran = sorted({j["sample"] for j in jobs if j["sample"]})
-    failed = sorted(unfinished_jobs_by_sample(jobs))
+    failed = sorted(set(unfinished_jobs_by_sample(jobs)) | waiting_on_failed_sources(jobs, model_sources or {}))
     record = {
         "started": started,
         "finished": finished,

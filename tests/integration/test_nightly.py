@@ -22,7 +22,7 @@ from workdir import make_workdir, run_snakemake, snakemake_command, write_tiny_t
 
 from selfres.errors import ConfigError
 from selfres.inbox import last_change, safe_id, scan_inbox
-from selfres.runlog import parse_snakemake_log, write_run_record
+from selfres.runlog import RUNS_TSV_COLUMNS, parse_snakemake_log, write_run_record
 
 PER_SAMPLE_RULES = {"normalise", "crop", "train", "infer", "qc", "report"}
 
@@ -305,6 +305,30 @@ def test_runlog_command_writes_a_record_and_a_history_line(tmp_path, capsys):
         "config/config.yaml"]
     lines = (tmp_path / "results" / "runs" / "runs.tsv").read_text().splitlines()
     assert len(lines) == 3 and lines[1].split("\t")[2] == "error"
+
+
+def test_a_sample_whose_model_source_failed_is_a_failed_sample_of_the_run(tmp_path):
+    """``b`` restores with ``a``'s model (``model_from``); ``a``'s crop failed, so ``b``'s adopt job
+    never started and nothing of ``b`` is in the log: ``runs.tsv`` still lists it as failed (the
+    count of nights in a row a sample failed reads that column). ``c`` uses the model of ``d``,
+    which failed after its model (QC): ``c`` was not held back."""
+    log = tmp_path / "run.snakemake.log"
+    qc_failed = """[Mon Nov 30 09:03:10 2026]
+rule qc:
+    jobid: 9
+    wildcards: sample=d
+Job 9 has been submitted with SLURM jobid 20 (log: /w/logs/slurm/rule_qc/d/20.log).
+[Mon Nov 30 09:03:30 2026]
+Error in rule qc:
+    message: SLURM-job '20' failed
+    jobid: 9
+"""
+    log.write_text(SLURM_LOG + qc_failed)
+    path = write_run_record(tmp_path / "results", status="error", snakemake_log=log, samples=["a", "b", "c", "d"],
+                            model_sources={"b": "a", "c": "d"})
+    assert json.loads(path.read_text())["failed_samples"] == ["a", "b", "d"]
+    line = (tmp_path / "results" / "runs" / "runs.tsv").read_text().splitlines()[1].split("\t")
+    assert line[RUNS_TSV_COLUMNS.index("failed_samples")] == "a,b,d"
 
 
 def _night_log(log_dir: Path, date: str, body: str, closed: bool) -> Path:

@@ -77,7 +77,7 @@ def _record_stopped_run(message):
     _write_run_record(config.get("results") or "results", "error", extra={"stopped_before_any_job": message})
 
 
-def _write_run_record(results, status, log=None, samples=(), extra=None):
+def _write_run_record(results, status, log=None, samples=(), extra=None, model_sources=None):
     """Append a run's record to {results}/runs/ (selfres.runlog), after those of earlier runs
     that were killed before writing theirs; never fails (nor hides) the run's own outcome."""
     from selfres.runlog import record_stopped_runs, write_run_record
@@ -88,7 +88,8 @@ def _write_run_record(results, status, log=None, samples=(), extra=None):
     except Exception as exc:
         print(f"selfres: WARNING: earlier stopped runs not recorded: {exc}", file=sys.stderr)
     try:
-        path = write_run_record(results, status=status, snakemake_log=log, samples=samples, extra=extra)
+        path = write_run_record(results, status=status, snakemake_log=log, samples=samples, extra=extra,
+                                model_sources=model_sources)
         print(f"selfres: run record {path}", file=sys.stderr)
     except Exception as exc:  # a record must not turn a good run into a failed one
         print(f"selfres: WARNING: no run record written: {exc}", file=sys.stderr)
@@ -575,11 +576,16 @@ def report_args(wildcards):
     return " ".join(_q(a) for a in ["--sample", s, "--config", json.dumps(resolved_config(s), sort_keys=True)])
 
 
+def model_sources_of_samples():
+    """``{sample: the sample whose model it uses}`` for the samples with a ``model_from``."""
+    return {s: _cell(s, "model_from") for s in SAMPLE_IDS if _cell(s, "model_from") not in ("", s)}
+
+
 def summary_cli_args():
     """The samples and their modes, as `selfres summary` takes them (the rule and `onerror`)."""
     exports = ({a: ids for a, (ids, _) in ACQUISITION_GROUPS.items()} | HELD_ACQUISITIONS
                if config["export_tiff"] else {})
-    sources = {s: _cell(s, "model_from") for s in SAMPLE_IDS if _cell(s, "model_from") not in ("", s)}
+    sources = model_sources_of_samples()
     return (["--samples", ",".join(ALL_SAMPLE_IDS), "--modes", json.dumps({s: sample_mode(s) for s in SAMPLE_IDS})]
             + (["--acquisitions", json.dumps(exports)] if exports else [])
             + (["--model-sources", json.dumps(sources, sort_keys=True)] if sources else []))
@@ -613,7 +619,7 @@ def all_outputs():
 
 def run_record(status, log):
     """Append this run's record to {results}/runs/ (selfres.runlog); never fails the run."""
-    _write_run_record(R, status, log, ALL_SAMPLE_IDS)
+    _write_run_record(R, status, log, ALL_SAMPLE_IDS, model_sources=model_sources_of_samples())
 
 
 def summary_written_outside_the_rule():

@@ -555,7 +555,8 @@ def brightening(output: np.ndarray, interpolation: np.ndarray, *, background: fl
 
 
 def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_000,
-                       block_voxels: int | None = None, noise=None) -> dict:
+                       block_voxels: int | None = None, noise=None,
+                       factors: Sequence[float] | None = None) -> dict:
     """How far the restored volume as written still looks like its input: a check of the
     production path (tiling, device, precision, writing), not of the method.
 
@@ -579,6 +580,10 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
         Voxels of ``restored`` read at once (default :data:`READ_BLOCK_VOXELS`).
     noise
         The input's noise (:class:`selfres.noise.NoiseLevel`, variance against intensity), or None.
+    factors
+        Output voxels per input voxel along each axis; default the shapes' ratio. Give it where
+        the grid's factor is not that ratio: in ``isotropic`` mode z holds ``round(nz · f)``
+        planes, so input plane j sits at output ``(j + 0.5) · f − 0.5``, not at the ratio's.
 
     Returns
     -------
@@ -596,11 +601,15 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
     from .normalise import sample_strides
 
     strides = sample_strides(raw.shape, max(1, int(max_samples)))  # every plane of a stack of few large ones
+    if factors is None:
+        factors = [n_out / n_in for n_in, n_out in zip(raw.shape, restored.shape)]
+    if len(factors) != raw.ndim:
+        raise ValueError(f"factors must give one value per axis of {raw.shape}; received {tuple(factors)}")
     index_in, index_out = [], []
-    for n_in, n_out, stride in zip(raw.shape, restored.shape, strides):
+    for n_in, n_out, stride, f in zip(raw.shape, restored.shape, strides, factors):
         j = np.arange(0, n_in, stride)
         index_in.append(j)
-        index_out.append(np.clip(np.round((j + 0.5) * (n_out / n_in) - 0.5).astype(int), 0, n_out - 1))
+        index_out.append(np.clip(np.round((j + 0.5) * float(f) - 0.5).astype(int), 0, n_out - 1))
     a = np.asarray(raw[tuple(slice(None, None, s) for s in strides)], dtype=np.float64)  # = index_in (numpy or lazy)
     b = np.empty(a.shape, dtype=np.float64)
     nonfinite = 0

@@ -1200,7 +1200,7 @@ def stage_qc(
     raw_w = np.asarray(raw_norm[:, y0:y1, x0:x1])
     from .noise import noise_level_function
 
-    agreement = metrics.restored_agreement(raw_norm, restored_norm, noise=noise_level_function(raw_w))
+    agreement = metrics.restored_agreement(raw_norm, restored_norm, noise=noise_level_function(raw_w), factors=ratio)
     if agreement["nonfinite_voxels"]:
         flags.append("restored_not_finite")
         # the figures below still run, with non-finite voxels read as 0

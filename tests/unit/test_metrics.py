@@ -624,6 +624,19 @@ def test_restored_agreement_tells_a_restoration_from_a_broken_output():
     assert m.restored_agreement(raw, up, max_samples=500)["correlation_with_input"] > 0.95
 
 
+def test_restored_agreement_reads_a_non_integer_z_factor_on_the_contracts_grid():
+    """Isotropic mode with f = 2.6: 24 planes → round(24 · 2.6) = 62, whose ratio (2.583) is not
+    f. Input plane j sits at output (j + 0.5) · f − 0.5; the shapes' ratio compared some
+    input planes with their neighbours' output planes."""
+    rng = np.random.default_rng(1)
+    raw = rng.random((24, 16, 16))
+    f = 2.6
+    out = rng.random((round(24 * f), 16, 16))  # planes unlike the input's, but at their centres:
+    out[np.round((np.arange(24) + 0.5) * f - 0.5).astype(int)] = raw  # the contract's grid
+    assert m.restored_agreement(raw, out, factors=(f, 1, 1))["correlation_with_input"] == pytest.approx(1.0)
+    assert m.restored_agreement(raw, out)["correlation_with_input"] < 0.9
+
+
 def test_a_denoised_restoration_of_a_noisy_input_is_judged_against_what_noise_allows():
     """A restoration that removes the noise cannot correlate with a noisy input better than
     the noise-free signal does: a low-light sample restored better than tricubic (0.70) was

@@ -600,7 +600,24 @@ def results_dir_of(wildcards, output):
     return os.path.dirname(output.tsv) or "."
 
 
+def _making_snakemakes_report():
+    """`snakemake --report FILE` (not with `--report-after-run`, which first runs the workflow)."""
+    args = sys.argv[1:]
+    return (any(a == "--report" or a.startswith("--report=") for a in args)
+            and "--report-after-run" not in args)
+
+
+#: The samples whose outputs the default target asks for. `snakemake --report` refuses the
+#: whole report when one file marked for it is missing ("marked for report but does not
+#: exist"), and after a night with a failed sample one is: that report is made of the samples
+#: whose report job finished (the summary beside them lists every sample).
+TARGET_SAMPLES = ([s for s in SAMPLE_IDS if os.path.exists(f"{R}/{s}/report.html")]
+                  if _making_snakemakes_report() else SAMPLE_IDS)
+
+
 def all_outputs():
+    if TARGET_SAMPLES != SAMPLE_IDS:  # snakemake --report after a night with a failed sample
+        return expand(f"{R}/{{sample}}/report.html", sample=TARGET_SAMPLES) + [f"{R}/summary.tsv"]
     # the intermediates too: Snakemake reruns nothing for a missing intermediate whose
     # downstream outputs are present (a retrain killed after its model/ was removed said
     # "Nothing to be done"); requested, it is remade and everything after it reruns

@@ -96,7 +96,7 @@ rule export_acquisition:
 
 rule summary:
     input:
-        expand(f"{R}/{{sample}}/report.html", sample=SAMPLE_IDS),
+        expand(f"{R}/{{sample}}/report.html", sample=TARGET_SAMPLES),
     output:
         tsv=report(f"{R}/summary.tsv", caption="../report/summary.rst", category="Summary",
                    labels={"figure": "summary table"}),

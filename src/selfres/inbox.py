@@ -104,13 +104,16 @@ class InboxScan:
     shadowed: list[tuple[str, str]] = field(default_factory=list)
     clashes: list[tuple[str, list[str]]] = field(default_factory=list)
     converted: list[tuple[str, str]] = field(default_factory=list)
+    unusable: list[tuple[str, str, str]] = field(default_factory=list)
 
     def refusals(self) -> dict[str, str]:
-        """``{id: why}`` of the clashing ids, for a run that fails each alone (``bad_rows:
-        fail_alone``); the clashes are then its to report, and leave :meth:`messages`."""
+        """``{id: why}`` of the clashing ids and of the acquisitions whose name Snakemake cannot
+        take as an input (``unusable``), for a run that fails each alone (``bad_rows:
+        fail_alone``); they are then its to report, and leave :meth:`messages`."""
         out = {sid: f"sample {sid!r}: inbox: acquisitions with the same sample id: {', '.join(ps)}. {CLASH_ADVICE}"
                for sid, ps in self.clashes}
-        self.clashes = []
+        out |= {sid: f"sample {sid!r}: inbox: {why}" for sid, _, why in self.unusable}
+        self.clashes, self.unusable = [], []
         return out
 
     def messages(self) -> list[str]:
@@ -119,6 +122,7 @@ class InboxScan:
         out += [f"selfres inbox: {p} left to the sample sheet's row {sid!r}" for p, sid in self.shadowed]
         out += [f"selfres inbox: {p} left to its conversion {q}" for p, q in self.converted]
         out += [f"selfres inbox: ERROR: {', '.join(ps)} all map to sample id {sid!r}; left out" for sid, ps in self.clashes]
+        out += [f"selfres inbox: ERROR: {why}; left out" for _, _, why in self.unusable]
         return out
 
 
@@ -130,13 +134,15 @@ def scan_inbox(
     known_paths: Iterable[str] = (),
     now: float | None = None,
     on_clash: str = "error",
+    exclude: Iterable[str] = (),
 ) -> InboxScan:
     """Find the acquisitions to add as samples.
 
     Parameters
     ----------
     patterns
-        Glob patterns (config key ``inbox``); ``**`` matches folders recursively.
+        Glob patterns (config key ``inbox``); ``**`` matches folders recursively; ``~`` is
+        the home folder.
     settle_seconds
         Acquisitions changed more recently than this are left for the next run.
     known_ids, known_paths
@@ -147,7 +153,11 @@ def scan_inbox(
         Two acquisitions with one id: ``"error"`` (raise; what a run does before its
         first job) or ``"skip"`` (leave all of them out and say so in
         :meth:`InboxScan.messages`; what a job does, so that a file dropped into the inbox
-        during a long run cannot make the night's other jobs fail).
+        during a long run cannot make the night's other jobs fail). The same holds for an
+        acquisition whose name Snakemake reads as a pattern (``pos{2}.tif``: ``unusable``).
+    exclude
+        Folders whose contents are never acquisitions: the results folder (a broad pattern
+        such as ``**/*.ome.zarr`` would take the workflow's own stores) and ``.snakemake``.
 
     Returns
     -------
@@ -165,9 +175,13 @@ def scan_inbox(
     paths = {os.path.realpath(p) for p in known_paths if p}
     by_id: dict[str, list[str]] = {}
     scan = InboxScan()
+    excluded = [os.path.realpath(os.path.expanduser(e)) for e in exclude]
     for pattern in patterns:
-        for path in sorted(glob.glob(pattern, recursive=True)):
+        for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
             path = os.path.normpath(path)
+            real = os.path.realpath(path)
+            if any(real == e or real.startswith(e + os.sep) for e in excluded):
+                continue
             sid = safe_id(path)
             if os.path.realpath(path) in paths or sid in ids:
                 if (path, sid) not in scan.shadowed:
@@ -183,6 +197,15 @@ def scan_inbox(
         if beside and len(ps) > 1:
             scan.converted += [(p, readable[0]) for p in ps if p != readable[0]]
             by_id[sid] = readable
+    from .sheet import snakemake_pattern_problem
+
+    for sid, ps in list(by_id.items()):
+        problems = [why for p in ps if (why := snakemake_pattern_problem(p))]
+        if problems and on_clash == "error":
+            raise ConfigError(f"inbox: {problems[0]}")
+        if problems:
+            scan.unusable.append((sid, ps[0], problems[0]))
+            del by_id[sid]
     clashes = {sid: ps for sid, ps in by_id.items() if len(ps) > 1}
     if clashes and on_clash == "skip":
         for sid, ps in sorted(clashes.items()):

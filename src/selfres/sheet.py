@@ -262,9 +262,22 @@ def merge_settings(base: dict, overrides: dict) -> dict:
 
 
 def _resolve(p: str, base: str) -> str:
-    """Sample paths: relative to the sheet's folder; inside the working dir they stay relative."""
-    full = os.path.normpath(p if os.path.isabs(p) else os.path.join(base, p))
+    """Sample paths: relative to the sheet's folder (``~``: the home folder); inside the
+    working directory they stay relative (also when spelled through a link to it, so that
+    another spelling of the same sheet reruns nothing). ``..`` goes up from where a folder
+    really is, as the file system does: through a sheet folder that is a link, to its
+    target's parent."""
+    p = os.path.expanduser(p)
+    joined = p if os.path.isabs(p) else os.path.join(base, p)
+    full = os.path.normpath(joined)
+    if ".." in Path(p).parts:  # a lexical '..' would drop a linked folder's real parent
+        head, name = os.path.split(joined)
+        full = os.path.join(os.path.realpath(head), name)
     rel = os.path.relpath(full)
+    if not rel.startswith(".."):
+        return rel
+    real = os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full))
+    rel = os.path.relpath(real, os.path.realpath(os.getcwd()))  # the file itself may be a link: kept
     return full if rel.startswith("..") else rel
 
 
@@ -391,7 +404,7 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
         header, a row that fails the schema, an unsafe or duplicate sample id (without
         ``refused``: the first of these).
     """
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
         raise ConfigError(f"sample sheet {path} does not exist (config key 'samples')")
     header, rows, lines = _read_table(path)
@@ -490,6 +503,21 @@ def _row_validator(schema: str | os.PathLike | Mapping | None):
     return jsonschema.validators.validator_for(schema_d)(schema_d)
 
 
+#: What Snakemake reads in a job's input path: ``{name}`` a wildcard, ``<name>`` a path variable
+#: (Snakemake 9). A file so named cannot be a job's input: the run would stop while its jobs
+#: are planned, for every sample, with Snakemake's message naming none.
+_SNAKEMAKE_PATTERN = re.compile(r"[{}]|<[a-z][a-z0-9_]*>")
+
+
+def snakemake_pattern_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a Snakemake job's input (``scan{2}.tif``, ``scan<run2>.tif``), or ``None``."""
+    found = _SNAKEMAKE_PATTERN.search(str(path))
+    if found is None:
+        return None
+    return (f"{path}: its name holds {found.group()!r}, which Snakemake reads as a wildcard or path variable "
+            "in a job's input; rename the file (or folder) without '{', '}' and '<name>'")
+
+
 def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "", who: str | None = None,
                      config_settings: Mapping | None = None, config_schema: Mapping | None = None) -> None:
     """Refuse one sample row (sheet line or inbox acquisition) that would fail its jobs.
@@ -515,6 +543,10 @@ def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "",
             raise ConfigError(f"{where}{_schema_message(errors[0])}")
     if not row.get("path"):
         raise ConfigError(f"{where}column 'path' is empty")
+    for column in PATH_COLUMNS:
+        problem = snakemake_pattern_problem(row.get(column) or "")
+        if problem:
+            raise ConfigError(f"{where}column {column!r}: {problem}")
     try:
         from .settings import parse_scale, parse_settings, parse_voxel_size
 

@@ -69,6 +69,24 @@ def test_scan_takes_settled_files_and_leaves_young_ones(tmp_path):
     assert settled.rows == [{"sample": "a", "path": str(tmp_path / "a.tif")}] and not settled.waiting
 
 
+def test_inbox_leaves_out_the_results_folder_and_names_snakemake_patterns(tmp_path, monkeypatch):
+    """A broad pattern (``**/*.ome.zarr``) took the workflow's own stores under ``results/`` as
+    new acquisitions; ``pos{2}.tif`` stopped the whole night in Snakemake's planning (a wildcard
+    in an input): it is left out (fails alone) with its name; ``~`` is the home folder."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "results" / "a").mkdir(parents=True)
+    write_tiny_tiff(tmp_path / "results" / "a" / "restored.tif")
+    write_tiny_tiff(tmp_path / "new.tif")
+    write_tiny_tiff(tmp_path / "pos{2}.tif")
+    skip = scan_inbox(["~/**/*.tif"], settle_seconds=0, on_clash="skip", exclude=[str(tmp_path / "results")])
+    assert skip.rows == [{"sample": "new", "path": str(tmp_path / "new.tif")}]
+    assert any("pos{2}.tif" in m and "left out" in m for m in skip.messages())
+    alone = skip.refusals()
+    assert list(alone) == ["pos_2_"] and "rename" in alone["pos_2_"] and not skip.messages()
+    with pytest.raises(ConfigError, match=re.escape("pos{2}.tif")):
+        scan_inbox(["~/*.tif"], settle_seconds=0)
+
+
 def test_copy_that_restores_an_old_mtime_still_waits(tmp_path):
     """cp -p / rsync -a set the source's old mtime; the ctime still says 'just written'."""
     f = write_tiny_tiff(tmp_path / "a.tif")

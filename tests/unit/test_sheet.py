@@ -611,3 +611,41 @@ def test_a_sheet_override_within_the_bounds_passes_as_the_jobs_read_it(tmp_path)
     p = _sheet(tmp_path, "sample\tpath\ttrain.learning_rate\ttrain.steps\ttrain.psf_sigma_um\n"
                          "a\ta.tif\t1e-3\t1e3\t1,0.5,0.5\n")
     assert read_sample_sheet(p, schema=SCHEMA)["sample"].tolist() == ["a"]
+
+
+@pytest.mark.parametrize("name", ["pos{2}.tif", "scan<run2>.tif"])
+def test_a_path_snakemake_reads_as_a_pattern_fails_its_own_row_only(tmp_path, name):
+    """``{2}`` is a wildcard and ``<run2>`` a path variable to Snakemake: such a file as a job's
+    input stopped the whole run while the jobs were planned, naming no sample or file."""
+    sheet = _sheet(tmp_path, f"sample\tpath\ngood\tgood.tif\nodd\t{name}\n")
+    refused = {}
+    table = read_sample_sheet(sheet, refused=refused)
+    assert list(table["sample"]) == ["good"]
+    assert name in refused["odd"] and "column 'path'" in refused["odd"] and "rename" in refused["odd"]
+    with pytest.raises(ConfigError, match=re.escape(name)):
+        read_sample_sheet(sheet)  # bad_rows: fail_run
+    assert read_sample_sheet(_sheet(tmp_path, "sample\tpath\nok\tscan<2>.tif\n"))["path"][0].endswith("scan<2>.tif")
+
+
+def test_sheet_paths_read_tilde_as_home_and_dotdot_as_the_file_system_does(tmp_path, monkeypatch):
+    """``~/x.tif`` is in the home folder (it was joined to the sheet's folder); ``../data`` from a
+    sheet folder that is a link goes up from the link's target, where ``ls`` finds the file; and
+    the same sheet spelled through a link to the working directory gives the same relative paths
+    (another spelling reran every sample)."""
+    home, wd = tmp_path / "home", tmp_path / "wd"
+    (home / "scope").mkdir(parents=True)
+    (tmp_path / "ext" / "deep" / "sub").mkdir(parents=True)
+    (tmp_path / "ext" / "deep" / "data").mkdir()
+    (wd / "sheets").mkdir(parents=True)
+    (wd / "sheets" / "sub").symlink_to(tmp_path / "ext" / "deep" / "sub")
+    (tmp_path / "wdlink").symlink_to(wd)
+    text = "sample\tpath\nh\t~/scope/a.tif\nup\t../data/a.tif\n"
+    (tmp_path / "ext" / "deep" / "sub" / "samples.tsv").write_text(text)
+    (wd / "sheets" / "plain.tsv").write_text("sample\tpath\np\tdata/b.tif\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(wd)
+    table = read_sample_sheet("sheets/sub/samples.tsv").set_index("sample")["path"]
+    assert table["h"] == str(home / "scope" / "a.tif")
+    assert table["up"] == str(tmp_path / "ext" / "deep" / "data" / "a.tif")
+    via_link = read_sample_sheet(str(tmp_path / "wdlink" / "sheets" / "plain.tsv"))
+    assert list(via_link["path"]) == [os.path.join("sheets", "data", "b.tif")]

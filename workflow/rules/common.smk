@@ -104,7 +104,7 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 # one spelling of the results folder (`results/` and `./results` are `results`; Snakemake
 # compares output paths as text)
-R = os.path.normpath(config["results"])
+R = os.path.normpath(os.path.expanduser(config["results"]))  # ~: the home folder, not a folder named ~
 # torch threads of one train/infer job (snakemake lowers it to --cores): one sample uses
 # up to 4 cores, and a larger machine runs more samples side by side; a profile's
 # set-threads (profiles/slurm) or --set-threads train=8 overrides it
@@ -135,7 +135,8 @@ def _inbox_rows(sheet, refused, refused_paths):
     scan = scan_inbox(config["inbox"], settle_seconds=config["inbox_settle_seconds"],
                       known_ids=[*sheet["sample"], *refused],
                       known_paths=[*sheet["path"], *refused_paths],
-                      on_clash="error" if workflow.is_main_process and not FAIL_ALONE else "skip")
+                      on_clash="error" if workflow.is_main_process and not FAIL_ALONE else "skip",
+                      exclude=[R, ".snakemake"])  # never the workflow's own outputs
     if FAIL_ALONE:
         refused.update(scan.refusals())
     for line in scan.messages():

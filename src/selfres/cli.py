@@ -8,6 +8,7 @@ one ``ERROR:`` line (no traceback) and the command exits with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -279,6 +280,36 @@ _OUTPUT_ARGS = {"output": "-o/--output", "provenance": "--provenance", "html": "
 _FILE_OUTPUT_COMMANDS = ("crop", "qc", "report", "export", "summary")
 
 
+#: commands whose -o/--output is a folder they replace whole (an OME-Zarr store; train and adopt: a model folder)
+_FOLDER_OUTPUT_COMMANDS = ("normalise", "train", "adopt", "infer", "restore")
+
+
+def _check_replaceable(flag: str, folder: Path, *, model: bool) -> None:
+    """Refuse an existing output that selfres did not write: the output is replaced whole, so
+    a mistyped ``-o results/`` (another sample's folder, the summary) or ``-o raw.ome.zarr`` (an
+    acquisition) would be deleted with exit status 0. An empty folder, or one that selfres
+    wrote (a store with its ``"selfres"`` attributes; a model folder with its ``model.json``),
+    is replaced as every rerun replaces it."""
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"{flag} {folder} is an existing file; this output is a folder that selfres writes whole: "
+                          "give a new path (the file is left as it is)")
+    if model:
+        ours = (folder / "model.json").is_file()
+    else:
+        ours = False
+        for name in (".zattrs", "zarr.json"):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                ours = ours or '"selfres"' in (folder / name).read_text(encoding="utf-8")
+    entries = sorted(p.name for p in folder.iterdir()) if not ours else []
+    if entries:
+        what = "a model folder" if model else "an OME-Zarr store"
+        raise ConfigError(f"{flag} {folder} exists and is not {what} that selfres wrote (it holds "
+                          f"{', '.join(entries[:3])}{' …' if len(entries) > 3 else ''}); selfres replaces its output "
+                          "whole: give a new path, or remove that folder yourself if it is to go (it is left as it is)")
+
+
 def check_outputs_apart(args) -> None:
     """Refuse, before any work, a command whose output would replace one of its inputs
     (``selfres normalise a.tif -o a.tif``, ``-o data/`` for ``data/a.tif``): outputs are
@@ -290,13 +321,17 @@ def check_outputs_apart(args) -> None:
         value = getattr(args, name, None)
         inputs += value if isinstance(value, list) else [value]
     outputs = {flag: getattr(args, name, None) for name, flag in _OUTPUT_ARGS.items()}
+    # the folders the command replaces whole
+    folders = {"-o/--output": args.output} if args.command in _FOLDER_OUTPUT_COMMANDS else {}
     if args.command in ("infer", "restore"):  # the model's output when the guard delivers interpolation
         from .pipeline import MODEL_OUTPUT_WHAT, model_output_path, tiff_export_path
 
-        outputs[MODEL_OUTPUT_WHAT] = model_output_path(args.output)
+        outputs[MODEL_OUTPUT_WHAT] = folders[MODEL_OUTPUT_WHAT] = model_output_path(args.output)
         if getattr(args, "drop_stale_export", False):
             outputs["the output's OME-TIFF export (--drop-stale-export)"] = tiff_export_path(args.output)
     check_outputs_spare_inputs(outputs, inputs)
+    for flag, folder in folders.items():
+        _check_replaceable(flag, Path(folder), model=args.command in ("train", "adopt"))
     file_outputs = ["done", "html", "provenance"] + (["output"] if args.command in _FILE_OUTPUT_COMMANDS else [])
     for name in file_outputs:
         value = getattr(args, name, None)

@@ -25,7 +25,7 @@ import numpy as np
 from . import io, normalise
 from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
-from .atomic import check_outputs_spare_inputs
+from .atomic import check_outputs_spare_inputs, overwritten_input
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, box_slices, choose_training_fov
 from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
@@ -1568,6 +1568,13 @@ def restore(
     check_outputs_spare_inputs({"the output": output, MODEL_OUTPUT_WHAT: model_output_path(output)}
                                | {f"the kept file ({name})": Path(keep) / name for name in kept},
                                [input_path, reference, model_from])
+    if keep:  # nor the kept files that the later stages read back, nor their folder
+        for what, out in (("the output", output), (MODEL_OUTPUT_WHAT, model_output_path(output))):
+            hit = overwritten_input(out, [keep, *(Path(keep) / name for name in kept)])
+            if hit is not None:
+                raise ConfigError(f"{what} {out} would replace the --keep folder or its {hit}, which restore writes "
+                                  "and reads back: give the output a path beside that folder or inside it under "
+                                  f"another name (the kept files are {', '.join(kept)})")
     if model_from is not None:  # before the normalise and crop stages, not after them
         check_model_source(model_from, sample=sample)
     if not keep:

@@ -94,3 +94,44 @@ def test_restore_refuses_a_keep_folder_whose_files_would_replace_its_model_from_
     with pytest.raises(ConfigError, match="model's output"):
         restore(tmp_path / "a_model.ome.zarr", tmp_path / "a.ome.zarr")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("output", ["keep", "kept_store", "parent"])
+def test_restore_refuses_an_output_over_its_own_keep_folder_before_any_work(tmp_path, output):
+    """``-o same.ome.zarr --keep same.ome.zarr`` trained to the end, then deleted its own kept
+    files and failed with a misleading message; ``-o work/normalized.ome.zarr --keep work`` wrote
+    the restoration over the kept normalised volume."""
+    src = tmp_path / "a.tif"
+    _tiny_tiff(src)
+    keep = tmp_path / "work" / "run.ome.zarr"
+    out = {"keep": keep, "kept_store": keep / "normalized.ome.zarr", "parent": tmp_path / "work"}[output]
+    with pytest.raises(ConfigError, match="--keep folder"):
+        restore(src, out if output != "parent" else tmp_path / "work.ome.zarr", keep=keep if output != "parent"
+                else tmp_path / "work.ome.zarr" / "k")
+    assert not keep.exists() and not (tmp_path / "work.ome.zarr").exists(), "refused before any work"
+
+
+@pytest.mark.parametrize("command", ["normalise", "restore"])
+def test_an_existing_folder_selfres_did_not_write_is_never_replaced(tmp_path, capsys, command):
+    """``selfres normalise a.tif -o results/`` replaced the whole results folder (another sample,
+    the summary) with a store, exit 0; ``restore -o other.ome.zarr`` an acquisition's store. A
+    store that selfres wrote is replaced as every rerun replaces it."""
+    import numpy as np
+    import tifffile
+
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, np.arange(8 * 16 * 16, dtype=np.uint16).reshape(8, 16, 16), imagej=True,
+                     metadata={"axes": "ZYX"})
+    taken = tmp_path / ("results" if command == "normalise" else "other.ome.zarr")
+    (taken / "b").mkdir(parents=True)
+    (taken / "summary.tsv").write_text("another sample's results")
+    args = [command, str(src), "-o", str(taken)] + (["--voxel-size", "1,0.5,0.5"] if command == "normalise" else [])
+    assert cli.main(args) == 2
+    assert "is not a" in capsys.readouterr().err and (taken / "summary.tsv").read_text() == "another sample's results"
+    store = tmp_path / "n.ome.zarr"
+    for _ in range(2):  # the second run replaces the first's store
+        assert cli.main(["normalise", str(src), "-o", str(store)]) == 0
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "notes.txt").write_text("mine")
+    assert cli.main(["train", str(store), str(tmp_path / "fov.json"), "-o", str(tmp_path / "model")]) == 2
+    assert (tmp_path / "model" / "notes.txt").read_text() == "mine"

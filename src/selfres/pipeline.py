@@ -1506,7 +1506,7 @@ def stage_report(
         sample=sample, metrics=metrics_d, raw=raw, interp=interp, restored=restored_arr,
         voxel_size_in=vs_in, voxel_size_out=vs_out,
         training_log=training_log, provenance=prov, bead_table=beads, spectra=spectra, train_fov=fov,
-        figures=figures,
+        figures=figures, sample_dir=Path(report_html).parent,  # as the rule names it: a --forcerun target
     )
     if figures_dir is not None:
         report.write_report_figures(figures_dir, figures=figures, names=report.REPORT_FIGURES)

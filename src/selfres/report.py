@@ -1866,6 +1866,7 @@ def render_sample_report(
     spectra: Mapping[str, Any] | None = None,
     train_fov: Any = None,
     figures: Mapping[str, bytes] | None = None,
+    sample_dir: str | Path | None = None,
 ) -> str:
     """Render the self-contained per-sample quality report.
 
@@ -1873,6 +1874,9 @@ def render_sample_report(
     ----------
     sample
         Sample id (escaped; may contain anything).
+    sample_dir
+        The sample's folder of outputs as the workflow names it (``results/S``, or under the
+        config's ``results``), for the commands the report suggests; default ``results/S``.
     metrics
         The content of ``qc/metrics.json`` (keys per the contract; missing keys are
         shown as "–"). ``metrics["status"]`` (default ``"ok"``),
@@ -2108,6 +2112,7 @@ def render_sample_report(
                         _timing_rows(metrics, provenance)))
     parts.append('<h2 id="provenance">Provenance</h2>')
     differ = (provenance or {}).get("settings_not_applied") or {}
+    here = Path(sample_dir).as_posix() if sample_dir is not None else f"results/{sample}"
     if differ:
         listed = "; ".join(f"{k}: configured {json.dumps(v.get('config'))}, used {json.dumps(v.get('used'))}"
                            for k, v in sorted(differ.items()))
@@ -2116,10 +2121,10 @@ def render_sample_report(
                      "recorded parameters were cleaned up with <code>--cleanup-metadata</code>, or a run used "
                      "<code>--rerun-triggers mtime</code>): the outputs, model.json and the figures above are "
                      "those of the values used. To apply the configured ones, force the step's output (in "
-                     f"the results folder): <code>snakemake --forcerun results/{_esc(sample)}/model</code> for "
-                     "training values (train or adopt, and all after), <code>results/"
-                     f"{_esc(sample)}/restored.ome.zarr</code> for inference values (with infer.blocks above 1: "
-                     f"<code>results/{_esc(sample)}/infer/prepared.json</code>).</p></div>")
+                     f"the results folder): <code>snakemake --forcerun {_esc(here)}/model</code> for "
+                     f"training values (train or adopt, and all after), <code>{_esc(here)}/restored.ome.zarr"
+                     "</code> for inference values (with infer.blocks above 1: "
+                     f"<code>{_esc(here)}/infer/prepared.json</code>).</p></div>")
     if provenance:
         info = [(k, provenance.get(k)) for k in
                 ("selfres_version", "git_commit", "input", "input_checksum", "host",

@@ -975,3 +975,15 @@ def test_a_broken_restored_volume_is_not_ok_anywhere():
     assert "1 ok" in summary and "2 output broken" in summary and "1 fallback" in summary
     assert "restored.ome.zarr is broken — do not use it</b> (flags restored_unlike_input;" in summary
     assert "restored.ome.zarr holds the interpolation; also flags isotropy_not_reached." in summary
+
+
+def test_the_forcerun_command_a_report_suggests_names_the_configured_results_folder():
+    """With ``results: nightly_out`` the box said ``--forcerun results/s/model``, a target no rule
+    makes (MissingRuleException); the command now names the sample's folder as the rule does."""
+    raw, interp, restored = _volumes()
+    prov = {"settings_not_applied": {"train.steps": {"config": 6, "used": 4}}}
+    page = report.render_sample_report(
+        sample="s", metrics=_metrics(), raw=raw, interp=interp, restored=restored,
+        voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5), provenance=prov,
+        sample_dir="nightly_out/s")
+    assert "snakemake --forcerun nightly_out/s/model" in page and "results/s" not in page

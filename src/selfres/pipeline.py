@@ -1067,7 +1067,9 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
 
     tile = tuple(max(8, min(64, n)) for n in low.shape)
     pred = predict_array(model, low, factors=factors, tile_size=tile, device=device)
-    dead = bool(np.std(pred) < 1e-6)  # the network's own output: back-projection would hide a dead net
+    # the network's own output (back-projection would hide a dead net), constant where its input
+    # is not: on a held-out region of empty background a constant output is the right one
+    dead = bool(np.std(pred) < 1e-6 and np.std(low) >= 1e-6)
     extras = meta.get("inference_extras") or {}
     wrapped = wrap_for_inference(model, degradation=deg, noise_level=recorded_noise_level(meta), **extras)
     if wrapped is not model:

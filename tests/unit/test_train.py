@@ -477,6 +477,9 @@ def test_qc_self_validation_scores_the_wrapped_model_and_still_sees_a_dead_netwo
     assert bp["dead_output"], "a dead network must be flagged even when back-projection hides it"
     assert bp["psnr_model"] == pytest.approx(bp["psnr_interp"], abs=0.05)  # zeros + one BP step = tricubic
     assert bp["inference_extras"] == {"ensemble": False, "back_projection_iterations": 1}
+    # a held-out region of empty background (one cell in a dark field): nothing to vary, not dead
+    dark = SimpleNamespace(data=np.concatenate([train, np.zeros_like(held)], axis=1))
+    assert not pipeline.self_validation(dark, fov, Zero(), meta)["dead_output"]
 
 
 def test_selection_keeps_the_best_stops_after_patience_and_round_trips():

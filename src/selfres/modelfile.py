@@ -67,6 +67,9 @@ def metadata_problem(metadata) -> str | None:
     a number > 1. Other keys are the training record, read where shown."""
     if not isinstance(metadata, dict):
         return f"metadata is a {type(metadata).__name__}, not an object"
+    flags = metadata.get("flags", [])
+    if not (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
+        return f"flags must be a list of names, not {json.dumps(flags)}"
     if "mode" not in metadata:  # a serial model's second stage: its first stage's description says
         return None
     mode = metadata["mode"]

@@ -467,6 +467,35 @@ def min_holdout_shape(factors: Sequence[int]) -> tuple[int, ...]:
 FOV_ALREADY_CHOSEN = "<chosen by crop>"
 
 
+def check_model_fits_volume(meta: dict, shape, voxel_size, *, model_dir, normalized, sample: str) -> None:
+    """Refuse, before any work, a model that cannot restore this volume on the contract's grid
+    (``selfres infer`` with another sample's model): an isotropic model trained for another
+    axial factor (its output would be anisotropic the other way), either mode's z scaling of a
+    2-D image (planes made up from one).
+
+    Raises
+    ------
+    ConfigError
+        Naming the sample, the model folder and what differs.
+    """
+    nz = int(shape[0])
+    if meta.get("mode") == "isotropic":
+        from .adopt import ISOTROPIC_FACTOR_TOLERANCE
+        from .isotropic import isotropic_factor
+
+        if nz < 2:
+            raise ConfigError(f"sample {sample!r}: {normalized} is a 2-D image (one z slice); the isotropic model "
+                              f"{model_dir} restores the z axis of a 3-D stack")
+        factor, trained = isotropic_factor(voxel_size, path=str(normalized), sample=sample), float(meta["factor"])
+        if abs(factor - trained) > ISOTROPIC_FACTOR_TOLERANCE * trained:
+            raise ConfigError(f"sample {sample!r}: the axial factor (voxel z / xy) of {normalized} is {factor:.4g}, "
+                              f"the model {model_dir} was trained for {trained:.4g}: a model restores the axial blur "
+                              "it learned, on its own grid; train one for this volume")
+    elif nz == 1 and int(meta["factors"][0]) > 1:
+        raise ConfigError(f"sample {sample!r}: {normalized} is a 2-D image (one z slice); the model {model_dir} "
+                          f"scales z by {meta['factors'][0]}: use a model trained with scale 1,y,x")
+
+
 def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), path, sample: str | None = None,
                           fov_settings: FovSettings | None = None, training_fov: str | None = None
                           ) -> float | None:
@@ -779,6 +808,9 @@ def load_trained(model_dir: str | Path, *, move_damaged_aside: bool = True):
 
     model, spec, info = _checked_model_folder(model_dir, models.load_model, move_aside=move_damaged_aside)
     meta = info.get("metadata", {})
+    if "mode" not in meta:  # only a serial model's second stage has none, read through its first
+        raise InputError(Path(model_dir) / "model.json", "invalid model description: its metadata names no mode "
+                         f"(enhance or isotropic); delete the model folder {model_dir} and rerun to retrain it")
     if meta.get("serial"):  # serial ×4: compose the two ×2 stages (a damaged second stage is the folder's too)
         from .ensemble import Serial
 
@@ -836,6 +868,8 @@ def stage_infer(
     vol, params = read_normalized(normalized, lazy=True)
     source = io.open_ome_zarr_array(normalized)
     # identity of the job: a partial store is resumed only when all of this matches
+    check_model_fits_volume(meta, source.shape, vol.voxel_size, model_dir=model_dir, normalized=normalized,
+                            sample=sample)
     fingerprint = {"model": io.file_checksum(Path(model_dir) / "model.json"),
                    "input": {k: vol.attrs.get(k) for k in ("normalisation", "source_checksum")}
                    | {"shape": list(source.shape)},

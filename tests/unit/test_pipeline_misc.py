@@ -564,3 +564,43 @@ def test_an_input_whose_metadata_gives_a_voxel_of_centimetres_is_normalised_with
     assert io.read_ome_zarr(tmp_path / "m.ome.zarr").voxel_size == pytest.approx((2.0, 0.5, 0.5))
     io.write_ome_zarr(tmp_path / "fine.ome.zarr", np.zeros((4, 8, 8), np.float32), voxel_size=(2.5e-7,) * 3)
     assert io.read_ome_zarr(tmp_path / "fine.ome.zarr").voxel_size == pytest.approx((2.5e-7,) * 3)
+
+
+@pytest.mark.parametrize("meta, shape, voxel_size, message", [
+    ({"mode": "isotropic", "factor": 4.0}, (16, 32, 32), (1.0, 0.5, 0.5), "trained for 4"),
+    ({"mode": "isotropic", "factor": 2.0}, (1, 32, 32), (1.0, 0.5, 0.5), "2-D image"),
+    ({"mode": "enhance", "factors": [2, 2, 2]}, (1, 32, 32), None, "scales z by 2"),
+])
+def test_infer_refuses_a_model_that_cannot_restore_the_volume_on_its_grid(meta, shape, voxel_size, message):
+    """``selfres infer`` with another sample's model wrote, with exit 0, an isotropic output
+    anisotropic the other way (a model of factor 4 on a stack of factor 2) and z planes made up
+    from a single plane."""
+    from selfres.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        pipeline.check_model_fits_volume(meta, shape, voxel_size, model_dir="m", normalized="n.ome.zarr", sample="s")
+    for fits, shape in (({"mode": "isotropic", "factor": 2.01}, (16, 32, 32)),  # within 1 %
+                        ({"mode": "enhance", "factors": [1, 2, 2]}, (1, 32, 32))):
+        pipeline.check_model_fits_volume(fits, shape, (1.0, 0.5, 0.5), model_dir="m", normalized="n", sample="s")
+
+
+@pytest.mark.parametrize("edit", ["no_metadata", "no_mode", "flags_null"])
+def test_a_model_description_missing_what_infer_reads_is_named_not_a_crash(tmp_path, edit):
+    """A model.json without ``metadata``, without ``metadata.mode`` or with ``flags: null`` passed
+    the check and failed as 'a bug' (KeyError 'factors', TypeError)."""
+    import json
+
+    from selfres.errors import InputError
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    path = tmp_path / "model" / "model.json"
+    info = json.loads(path.read_text())
+    if edit == "no_metadata":
+        del info["metadata"]
+    elif edit == "no_mode":
+        del info["metadata"]["mode"]
+    else:
+        info["metadata"]["flags"] = None
+    path.write_text(json.dumps(info))
+    with pytest.raises(InputError, match="invalid model description"):
+        pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", device="cpu")

@@ -310,6 +310,11 @@ def _check_replaceable(flag: str, folder: Path, *, model: bool) -> None:
                           "whole: give a new path, or remove that folder yourself if it is to go (it is left as it is)")
 
 
+#: How torch's allocators say they are out of memory (a RuntimeError, not a MemoryError):
+#: "DefaultCPUAllocator: can't allocate memory", "CUDA out of memory"
+_ALLOCATOR_REFUSALS = ("can't allocate memory", "out of memory")
+
+
 def check_outputs_apart(args) -> None:
     """Refuse, before any work, a command whose output would replace one of its inputs
     (``selfres normalise a.tif -o a.tif``, ``-o data/`` for ``data/a.tif``): outputs are
@@ -626,6 +631,11 @@ def _run_reporting(args, sample, prefix) -> int:
         print(f"ERROR: {prefix}out of memory; {why}", file=sys.stderr)
         return 3
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: still one line for the summary
+        if isinstance(exc, RuntimeError) and any(what in str(exc).lower() for what in _ALLOCATOR_REFUSALS):
+            print(f"ERROR: {prefix}out of memory (the allocator refused: {' '.join(str(exc).split())[:200]}); give "
+                  "the job more memory (mem_mb, ulimit -v), or reduce infer.tile_size or fov.max_voxels",
+                  file=sys.stderr)
+            return 3
         # a full disk says so in its own words to some writers only (tifffile: "36864 requested and
         # 31688 written"; torch.save: "unexpected pos"): the output's file system tells
         if _errno_in_chain(exc, (errno.ENOSPC, errno.EDQUOT)) or _output_disk_full(args):

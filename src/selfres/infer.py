@@ -554,11 +554,29 @@ def _cgroup_memory_left(cgroup_root: Path, proc_cgroup: Path) -> int | None:
     return left
 
 
+def _address_space_left() -> int | None:
+    """The address-space limit (``RLIMIT_AS``) less what this process has mapped (``VmSize``);
+    None without a limit or where it cannot be read."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft == resource.RLIM_INFINITY:
+            return None
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return max(0, soft - int(line.split()[1]) * 1024)
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def host_memory_available(*, meminfo: Path = Path("/proc/meminfo"), cgroup_root: Path = Path("/sys/fs/cgroup"),
                           proc_cgroup: Path = Path("/proc/self/cgroup")) -> int | None:
     """Bytes this process can still allocate: ``MemAvailable`` of ``/proc/meminfo``, capped
-    by its cgroup's memory limit (under Slurm the job's ``--mem``, not the node's RAM).
-    None where neither can be read (not Linux)."""
+    by its cgroup's memory limit (under Slurm the job's ``--mem``, not the node's RAM) and by
+    its address-space limit (``ulimit -v``, SGE's ``h_vmem``: the limit less the address space
+    already mapped). None where none can be read (not Linux)."""
     avail = None
     try:
         for line in meminfo.read_text().splitlines():
@@ -567,9 +585,9 @@ def host_memory_available(*, meminfo: Path = Path("/proc/meminfo"), cgroup_root:
                 break
     except (OSError, ValueError, IndexError):
         pass
-    left = _cgroup_memory_left(cgroup_root, proc_cgroup)
-    if left is not None:
-        avail = left if avail is None else min(avail, left)
+    for left in (_cgroup_memory_left(cgroup_root, proc_cgroup), _address_space_left()):
+        if left is not None:
+            avail = left if avail is None else min(avail, left)
     return avail
 
 

@@ -1078,3 +1078,31 @@ def test_gather_counts_the_work_and_hosts_of_the_tiles_the_store_holds(tmp_path,
     got = selfres_attrs(b)
     assert got["tiles_ran_on"] == [{"host": "old-0"}, {"host": "old-1"}]
     assert got["infer_seconds"] == pytest.approx(first, rel=0.25, abs=0.05)
+
+
+def test_host_memory_available_keeps_to_an_address_space_limit():
+    """Under ``ulimit -v`` (SGE's h_vmem, shared nodes) a whole-volume back-projection judged
+    to fit in MemAvailable failed in torch's allocator, after all of the network's work."""
+    import subprocess
+    import sys
+
+    code = ("import resource, re\n"
+            "from selfres.infer import host_memory_available\n"
+            "vm = int(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read()).group(1)) * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (vm + 300 * 2**20, resource.RLIM_INFINITY))\n"
+            "print(host_memory_available())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert 200 * 2**20 < int(out) <= 300 * 2**20
+
+
+def test_torchs_allocator_refusing_memory_is_the_out_of_memory_exit_not_a_bug(monkeypatch, capsys):
+    from selfres import cli
+
+    def refuse(args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] . DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 140582912 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(cli, "run", refuse)
+    assert cli.main(["infer", "n.ome.zarr", "model", "-o", "out.ome.zarr", "--sample", "s"]) == 3
+    err = capsys.readouterr().err
+    assert "ERROR: sample 's': out of memory" in err and "This is a bug" not in err

@@ -55,6 +55,18 @@ NOT_INHERITED_FLAGS = frozenset({"model_worse_than_interpolation", "early_stoppe
                                  "training_diverged"})
 
 
+def trained_by(meta: dict, **extra) -> dict:
+    """The ``adopted_from`` record of a model adopted from ``meta``'s: the sample that trained it,
+    its held-out figures, flags, training seconds, voxel size and machine. A model that was
+    itself adopted (``selfres restore --model-from`` of another adopter's folder) keeps its
+    trainer's record, with the sample it came through as ``via``: the training is the trainer's."""
+    if meta.get("adopted_from"):
+        return dict(meta["adopted_from"], via=meta.get("sample"))
+    return {"sample": meta.get("sample"), "self_validation": meta.get("self_validation"),
+            "flags": meta.get("flags") or [], "train_seconds": meta.get("train_seconds"),
+            "voxel_size_in": meta.get("voxel_size_in"), **extra, "ran_on": meta.get("ran_on")}
+
+
 def inherited_flags(meta: dict) -> list[str]:
     """The flags of the source model ``meta`` that describe the model itself, for the adopter."""
     return [f for f in meta.get("flags") or [] if f not in NOT_INHERITED_FLAGS]
@@ -132,7 +144,8 @@ def adopt_enhance(
                                                   voxel_size, level=measured)
     else:
         noise_info = None
-    _warn_if_sampled_otherwise(meta.get("voxel_size_in"), voxel_size, sample=sample, source=meta.get("sample"),
+    trainer = trained_by(meta)
+    _warn_if_sampled_otherwise(trainer["voxel_size_in"], voxel_size, sample=sample, source=trainer["sample"],
                                skip_z=np.shape(train_volume)[0] == 1)
     degradation = make_degradation(trained.degradation, voxel_size=voxel_size)
     # the source's PSF (train.psf_sigma_um) needs this sample's voxel size too
@@ -165,9 +178,7 @@ def adopt_enhance(
     out = dict(meta)
     out.update({
         "sample": sample,
-        "adopted_from": {"sample": meta.get("sample"), "self_validation": meta.get("self_validation"),
-                         "flags": meta.get("flags") or [], "train_seconds": meta.get("train_seconds"),
-                         "voxel_size_in": meta.get("voxel_size_in"), "ran_on": meta.get("ran_on")},
+        "adopted_from": trained_by(meta),
         "voxel_size_in": list(voxel_size) if voxel_size else None,
         "self_validation": {"psnr_model": psnr_out, "psnr_interp": result.val_psnr_interp,
                             "psnr_network": result.val_psnr_model},
@@ -277,7 +288,8 @@ def adopt_isotropic(
                           f"{source!r} was trained for {trained_factor:.4g}: a model restores the axial blur it "
                           "learned; train this sample")
     # the same axial factor at another pixel size: the axial σ (in pixels) was learned at the source's
-    _warn_if_sampled_otherwise(meta.get("voxel_size_in"), vol.voxel_size, sample=sample, source=source)
+    trainer = trained_by(meta)
+    _warn_if_sampled_otherwise(trainer["voxel_size_in"], vol.voxel_size, sample=sample, source=trainer["sample"])
     meta = dict(meta, degradation=_own_noise_topup(meta, vol, fov, sample=sample))
     validation = self_validation(vol, fov, model, meta, device=device, degrader=degrader)
     flags = inherited_flags(meta) + guard_flags(validation, guard_margin_db)
@@ -285,10 +297,7 @@ def adopt_isotropic(
     out.update({
         "sample": sample,
         "factor": float(factor),
-        "adopted_from": {"sample": source, "self_validation": meta.get("self_validation"),
-                         "flags": meta.get("flags") or [], "train_seconds": meta.get("train_seconds"),
-                         "voxel_size_in": meta.get("voxel_size_in"), "factor": trained_factor,
-                         "ran_on": meta.get("ran_on")},
+        "adopted_from": trained_by(meta, factor=trained_factor),
         "voxel_size_in": list(vol.voxel_size) if vol.voxel_size else None,
         "self_validation": validation,
         "flags": list(dict.fromkeys(flags)),

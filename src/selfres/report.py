@@ -1999,7 +1999,8 @@ def render_sample_report(
     adopted = metrics.get("adopted_from")
     if adopted:
         parts.append(f"<p><b>Model trained on sample {_esc(adopted)}</b> (sample sheet column "
-                     "<code>model_from</code>); the curves below are that training's. This sample did not "
+                     "<code>model_from</code>, or <code>selfres restore --model-from</code>); the curves below are "
+                     "that training's. This sample did not "
                      "train: the model was judged on this sample's own held-out region (below), as a model "
                      "trained here would be.</p>")
     if df is None or "training_curves" not in figures:

@@ -315,6 +315,12 @@ def test_adopting_a_serial_model_applies_the_guard_rule_of_what_it_learned(monke
     assert "saturated_input" in out["flags"]
     assert not {"stopped_while_improving", "early_stopped"} & set(out["flags"])
     assert out["adopted_from"]["flags"] == source_flags
+    # adopted again from b's folder (selfres restore --model-from): the training is still src's
+    again = adopt.adopt_enhance(model, out, vol[:, :, :32], vol[:, :, 32:], sample="c", voxel_size=None,
+                                guard_margin_db=0.2, guard_confidence=0.95,
+                                infer_settings=InferSettings(back_projection_iterations=1), device="cpu")
+    assert again["adopted_from"]["sample"] == "src" and again["adopted_from"]["via"] == "b"
+    assert again["adopted_from"]["flags"] == source_flags
 
 
 def test_qc_beads_measures_the_same_noisy_beads_in_and_out(tmp_path):

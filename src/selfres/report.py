@@ -142,9 +142,12 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     "restored_undershoots": (
         "Part of the output (over 0.1 % of the QC window, and over twice the interpolation's share) "
         "lies more than 5 % of the intensity range below the darkest input voxel: dark halos "
-        "(ringing) next to bright objects, which the network's sharpening adds. No acquisition "
-        "held such values (metrics.json: restored_check.undershoot).",
-        "Look at the views around bright objects. In isotropic mode one cause is an axial blur σ "
+        "(ringing) next to bright objects, which sharpening adds: the network's, or back-projection's "
+        "(in enhance mode, on by default; with best step 0 the network kept tricubic and the halos are "
+        "back-projection's alone). No acquisition held such values (metrics.json: "
+        "restored_check.undershoot).",
+        "Look at the views around bright objects. In enhance mode infer.back_projection_iterations: 0 "
+        "removes back-projection's part (compare the two outputs). In isotropic mode one cause is an axial blur σ "
         "larger than the acquisition's (the estimate can read a specimen's own extent in z as blur; "
         "Self-validation gives the σ used): if you know the axial blur, give it "
         "(isotropic.axial_sigma_px, the extra axial blur in lateral pixels, or train.degradation "
@@ -1747,8 +1750,9 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
                     f"σ {low:.2g} at 10 % and {mid:.2g} at 50 % of the normalised range), so the "
                     "figure counts what that noise does to the output.")
     elif low is not None and mid is not None:
-        bits.append("No noise could be measured in the acquisition (none, or too few voxels to tell), so the "
-                    "training inputs and the held-out input were not given any: if the acquisition is noisy, "
+        bits.append("No noise could be measured in the acquisition (none, too few voxels to tell, or noise that "
+                    "the estimate could not tell from fine structure, as on a single plane of fine texture), so "
+                    "the training inputs and the held-out input were not given any: if the acquisition is noisy, "
                     "the figure does not count what its noise does to the output.")
     elif metrics.get("mode") == "enhance" and metrics.get("noise_model") not in (None, "match"):
         bits.append(f"Noise matching is off (train.degradation.noise: {_esc(str(metrics.get('noise_model')))}): "

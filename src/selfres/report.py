@@ -1615,9 +1615,11 @@ def sample_figures(
         ``spectra``, ``beads`` (PNG bytes), and ``display_range``: the orthogonal views'
         ``(vmin, vmax)``, which the report's caption gives.
     """
-    raw, interp, restored, vin, vout, _ = _prepare(
-        raw, interp, restored, voxel_size_in, voxel_size_out)
+    raw, interp, restored, _, _, _ = _prepare(raw, interp, restored, voxel_size_in, voxel_size_out)
     raw, interp, restored = _Memo(raw), _Memo(interp), _Memo(restored)
+    # the sizes as given: each figure fills in unknown ones itself, and then labels its axes in
+    # voxels, not in µm (filled-in sizes passed on looked like micrometres)
+    vin, vout = voxel_size_in, voxel_size_out
     kw = dict(raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout)
     display = display_range(restored)  # one strided read of the restored volume (it touches every chunk)
     figs = {

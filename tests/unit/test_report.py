@@ -987,3 +987,20 @@ def test_the_forcerun_command_a_report_suggests_names_the_configured_results_fol
         voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5), provenance=prov,
         sample_dir="nightly_out/s")
     assert "snakemake --forcerun nightly_out/s/model" in page and "results/s" not in page
+
+
+def test_figures_of_a_sample_without_voxel_size_measure_in_voxels_not_micrometres(monkeypatch):
+    """Without a voxel size the figures' axes said "µm" over values in output voxels: the filled-in
+    sizes were passed on as if known. Each figure now receives the sizes as given (None)."""
+    raw, interp, restored = _volumes()
+    seen = {}
+    real = report.figure_orthoviews
+
+    def spy(**kw):
+        seen.update(vin=kw["voxel_size_in"], vout=kw["voxel_size_out"])
+        return real(**kw)
+
+    monkeypatch.setattr(report, "figure_orthoviews", spy)
+    report.sample_figures(raw=raw, interp=interp, restored=restored, voxel_size_in=None, voxel_size_out=None)
+    assert seen == {"vin": None, "vout": None}
+    assert report._voxel_sizes(raw.shape, restored.shape, None, None)[2] != "µm"

@@ -951,8 +951,7 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
         ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[0, 3])
     _profile_panel(ax, {name: (crop[:, x - x0], vs[0], oz) for name, (crop, vs, oz) in crops.items()}, colors,
-                   xlabel=f"z ({unit})", title=f"axial profile at y={y}, x={x} (output voxels; dots: acquired "
-                                                "slices)")
+                   xlabel=f"z ({unit})", title=f"axial profile at y={y}, x={x}\n(output voxels; dots: acquired slices)")
     return _fig_to_png(fig)
 
 

@@ -119,13 +119,18 @@ def boxes_overlap(a: Box, b: Box) -> bool:
     return all(a0 < b1 and b0 < a1 for (a0, a1), (b0, b1) in zip(a, b))
 
 
-def parse_fov(text: str, shape: tuple[int, int, int]) -> Box:
-    """Parse ``"z0:z1,y0:y1,x0:x1"`` (input voxels, end exclusive) and check it fits ``shape``."""
+def fov_bounds(text: str) -> Box:
+    """``"z0:z1,y0:y1,x0:x1"`` as a box, its form only (no volume needed: checked before any work)."""
     m = _FOV_RE.match(str(text))
     if not m:
         raise ConfigError(f"training_fov {text!r} is not of the form z0:z1,y0:y1,x0:x1 (integers)")
     v = [int(g) for g in m.groups()]
-    box = ((v[0], v[1]), (v[2], v[3]), (v[4], v[5]))
+    return (v[0], v[1]), (v[2], v[3]), (v[4], v[5])
+
+
+def parse_fov(text: str, shape: tuple[int, int, int]) -> Box:
+    """Parse ``"z0:z1,y0:y1,x0:x1"`` (input voxels, end exclusive) and check it fits ``shape``."""
+    box = fov_bounds(text)
     for (a, b), n, name in zip(box, shape, "zyx"):
         if not 0 <= a < b <= n:
             raise ConfigError(

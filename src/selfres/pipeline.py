@@ -1595,6 +1595,13 @@ def restore(
     settings = settings or Settings()
     sample = sample or Path(str(input_path).rstrip("/")).name.split(".")[0]
     check_mode(mode, sample=sample)
+    # what needs no data, before the normalise stage reads a large acquisition
+    from .fov import fov_bounds
+    from .models import select_device
+
+    select_device(device)
+    if training_fov is not None:
+        fov_bounds(training_fov)
     if not str(output).rstrip("/").endswith(".zarr"):
         raise ConfigError(f"restore writes an OME-Zarr store, a folder: name the output like NAME.ome.zarr "
                           f"(got {output})")

@@ -135,3 +135,14 @@ def test_an_existing_folder_selfres_did_not_write_is_never_replaced(tmp_path, ca
     (tmp_path / "model" / "notes.txt").write_text("mine")
     assert cli.main(["train", str(store), str(tmp_path / "fov.json"), "-o", str(tmp_path / "model")]) == 2
     assert (tmp_path / "model" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("option, message", [({"device": "cuda:7"}, "device"),
+                                              ({"training_fov": "garbage"}, "not of the form")])
+def test_restore_refuses_a_wrong_device_or_fov_form_before_reading_the_acquisition(tmp_path, option, message):
+    """A typo in --device or --training-fov cost a full normalise pass of a large acquisition first."""
+    src = tmp_path / "a.tif"
+    _tiny_tiff(src)
+    with pytest.raises(ConfigError, match=message):
+        restore(src, tmp_path / "out.ome.zarr", keep=tmp_path / "work", **option)
+    assert not (tmp_path / "work" / "normalized.ome.zarr").exists()

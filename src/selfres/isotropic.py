@@ -1172,8 +1172,10 @@ def restore_isotropic(
         fitter = SliceFitter(model, device, amp=amp)
     grid = isotropic_tile_grid((ny, nx), (ty, tx))
     todo = list(range(len(grid))) if tiles is None else list(tiles)
-    t_last = time.monotonic()
-    for k, i in enumerate(todo):
+    from .infer import Progress
+
+    ticker = Progress(len(todo), what="isotropic inference: tiles") if progress else None
+    for i in todo:
         y0, y1, x0, x1 = grid[i]
         ya, yb, xa, xb = max(0, y0 - halo), min(ny, y1 + halo), max(0, x0 - halo), min(nx, x1 + halo)
         block = reslice(np.asarray(source[:, ya:yb, xa:xb], dtype=np.float32), factor)
@@ -1190,9 +1192,8 @@ def restore_isotropic(
         out[:, y0:y1, x0:x1] = block
         if on_tile_written is not None:
             on_tile_written(i, block)
-        if progress and time.monotonic() - t_last > 10:
-            log.info("isotropic inference: tile %d/%d", k + 1, len(todo))
-            t_last = time.monotonic()
+        if ticker is not None:  # at most every 10 s, and at the last tile: done, %, elapsed, ETA
+            ticker.update()
     return None if dest is not None else out
 
 

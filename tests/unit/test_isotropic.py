@@ -824,3 +824,14 @@ def test_an_isotropic_model_adopted_at_another_pixel_size_says_so(tmp_path, capl
         pipeline.stage_adopt(other / "n.ome.zarr", other / "fov.json", tmp_path / "model", other / "model",
                              sample="b", mode="isotropic", device="cpu")
     assert "but the model of s1 was trained at (1.25, 0.5, 0.5) µm" in caplog.text
+
+
+def test_isotropic_inference_logs_progress_with_an_eta(caplog):
+    """Enhance inference logged tiles, %, elapsed and ETA; isotropic logged only 'tile k/N', and
+    only after a tile of more than 10 s: no estimate of when a long run ends."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    iso.restore_isotropic(_random_model(), _iso_truth((6, 20, 18)), factor=2.0, tile=(7, 9))
+    lines = [r.getMessage() for r in caplog.records if "isotropic inference" in r.getMessage()]
+    assert lines and "6/6 (100%)" in lines[-1] and "ETA" in lines[-1]

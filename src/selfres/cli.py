@@ -35,7 +35,8 @@ def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=F
         p.add_argument("--sample", required=False, default=None, help="sample id (for messages and metadata)")
     if settings:
         p.add_argument("--settings", default=None,
-                       help="JSON object of stage settings (partial; defaults fill the rest); see README")
+                       help="JSON object of settings, by section as in config.yaml (partial; defaults fill the "
+                            "rest), e.g. '{\"train\": {\"max_minutes\": 1}}' or '{\"train.max_minutes\": 1}'")
     if compute:
         if device:
             p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Self-supervised resolution restoration of 3-D fluorescence stacks.",
     )
     p.add_argument("--version", action="version", version=f"selfres {__version__}")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    levels = dict(type=str.upper, choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                  help="how much the log says (default INFO; also after the command)")
+    p.add_argument("--log-level", default="INFO", **levels)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("demo", help="write the built-in demo acquisitions (beads, neurites) and references")
@@ -266,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reference", type=Path, default=None,
                    help="ground truth on the output grid: QC scores the output and the interpolation against it")
     _common(s, compute=True)
+    for command in sub.choices.values():  # `selfres restore … --log-level warning` as well
+        command.add_argument("--log-level", default=argparse.SUPPRESS, **levels)
     return p
 
 

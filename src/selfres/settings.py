@@ -772,4 +772,22 @@ def parse_settings(text: str | dict | None) -> Settings:
     if not isinstance(data, dict):
         raise ConfigError(f"--settings must be a JSON object of sections, e.g. '{{\"train\": {{\"steps\": 500}}}}'; "
                           f"got {json.dumps(data)[:80]}")
-    return from_dict(Settings, data)
+    return from_dict(Settings, _nested(data))
+
+
+def _nested(data: dict) -> dict:
+    """``{"train.steps": 10}`` (the README's and the sheet's dotted names) as ``{"train": {"steps": 10}}``,
+    merged with the nested keys given beside it."""
+    out: dict = {}
+    for key, value in data.items():
+        *path, last = str(key).split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--settings: {key!r} sets a value inside {part!r}, which is given as a value")
+        if isinstance(value, dict) and isinstance(node.get(last), dict):
+            node[last] = {**node[last], **_nested(value)}
+        else:
+            node[last] = _nested(value) if isinstance(value, dict) else value
+    return out

@@ -551,3 +551,20 @@ def test_the_x4_strategy_and_the_resnet_shape_are_read_only_where_they_apply():
         stage_settings(paper, stage="train", mode="enhance")
     assert stage_settings(_with(config, train__width=32), stage="train", mode="enhance") != \
         stage_settings(config, stage="train", mode="enhance")
+
+
+def test_settings_take_the_dotted_names_of_the_readme_and_the_sheet():
+    """``--settings '{"train.steps": 10}'`` (the README's and the sheet's names) was refused as an
+    unknown key; nested and dotted keys merge."""
+    from selfres.settings import parse_settings
+
+    st = parse_settings('{"train.steps": 10, "train": {"seed": 3}, "train.degradation.method": "block"}')
+    assert (st.train.steps, st.train.seed, st.train.degradation.method) == (10, 3, "block")
+
+
+def test_the_log_level_is_taken_after_the_command_too_and_in_lower_case():
+    from selfres.cli import build_parser
+
+    args = build_parser().parse_args(["restore", "a.tif", "-o", "b.ome.zarr", "--log-level", "warning"])
+    assert args.log_level == "WARNING"
+    assert build_parser().parse_args(["restore", "a.tif", "-o", "b.ome.zarr"]).log_level == "INFO"

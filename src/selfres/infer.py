@@ -38,7 +38,7 @@ from torch import nn
 
 from . import degrade
 from .degrade import mirror_indices
-from .allocator import keep_freed_memory  # noqa: F401 - re-exported
+from .allocator import heap_only, keep_freed_memory  # noqa: F401 - keep_freed_memory re-exported
 from .errors import SelfresError
 from .models import autocast_context, compute_label
 from .models import is_out_of_memory as _is_oom
@@ -399,7 +399,7 @@ class _Fitter:
     def _forward(self, x: np.ndarray, outside: list | None = None) -> np.ndarray:
         t = torch.from_numpy(x).to(self.device, non_blocking=True)
         t = t.contiguous(memory_format=torch.channels_last_3d)
-        with autocast_context(self.device, enabled=self.amp, cpu=True):
+        with heap_only(), autocast_context(self.device, enabled=self.amp, cpu=True):
             y = self.model(t) if outside is None else self.model(t, outside=outside)
         return y.float().cpu().numpy()[:, 0]
 

@@ -619,8 +619,11 @@ class SliceFitter:
         self.splits = 0
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
+        from .allocator import heap_only
+
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None].to(self.device)
-        return self.model(t)[:, 0].float().cpu().numpy()
+        with heap_only():  # a pass's activations reused by the next, not faulted in afresh
+            return self.model(t)[:, 0].float().cpu().numpy()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.size < self.limit:

@@ -146,3 +146,18 @@ def test_a_large_volume_is_searched_in_blocks_and_finds_the_structure(monkeypatc
     fov = F.choose_training_fov(vol, max_voxels=8 * 24 * 24, min_holdout_voxels=512, multiple=(2, 2, 2))
     assert not F.boxes_overlap(fov.train, fov.holdout)
     assert F.boxes_overlap(fov.train, ((2, 10), (50, 80), (10, 40)))
+
+
+def test_a_held_out_slab_of_empty_background_is_taken_along_the_other_lateral_axis():
+    """A band of tissue across x in a dark field: both end slabs along y (the longer axis) are
+    exact background, where the guard judged the network on rounding noise; the ends along x
+    hold the band. A volume whose y ends hold structure keeps its y slab."""
+    rng = np.random.default_rng(0)
+    vol = np.zeros((8, 96, 64), np.float32)
+    vol[:, 36:60, :] = rng.random((8, 24, 64))
+    fov = choose_training_fov(vol, max_voxels=8 * 32 * 32, min_holdout_voxels=512)
+    (hz, hy, hx) = fov.holdout
+    assert (hx[0] == 0 or hx[1] == 64) and "axis x" in fov.reason, fov
+    assert vol[tuple(slice(a, b) for a, b in fov.holdout)].std() > 0
+    busy = rng.random((8, 96, 64)).astype(np.float32)
+    assert choose_training_fov(busy, max_voxels=8 * 32 * 32, min_holdout_voxels=512).reason.count("axis y") == 1

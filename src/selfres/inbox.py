@@ -183,12 +183,12 @@ def scan_inbox(
             if any(real == e or real.startswith(e + os.sep) for e in excluded):
                 continue
             sid = safe_id(path)
-            if os.path.realpath(path) in paths or sid in ids:
+            if real in paths or sid in ids:
                 if (path, sid) not in scan.shadowed:
                     scan.shadowed.append((path, sid))
                 continue
             same = by_id.setdefault(sid, [])
-            if os.path.realpath(path) not in {os.path.realpath(p) for p in same}:
+            if real not in {os.path.realpath(p) for p in same}:
                 same.append(path)
     for sid, ps in by_id.items():  # scan7.czi beside scan7.ome.tif: the conversion is the sample
         readable = [p for p in ps if unread_format(p) is None] if len(ps) > 1 else ps

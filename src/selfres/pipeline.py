@@ -1599,7 +1599,8 @@ def restore(
     from .fov import fov_bounds
     from .models import select_device
 
-    select_device(device)
+    if str(device).strip().lower() != "auto":  # auto always finds one (and says so when training starts)
+        select_device(device)
     if training_fov is not None:
         fov_bounds(training_fov)
     if not str(output).rstrip("/").endswith(".zarr"):

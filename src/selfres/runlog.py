@@ -86,12 +86,11 @@ def unfinished_jobs_by_sample(jobs: Sequence[dict]) -> dict[str, list[dict]]:
 _MODEL_CHAIN_RULES = frozenset({"normalise", "crop", "train", "adopt"})
 
 
-def waiting_on_failed_sources(jobs: Sequence[dict], model_sources: dict[str, str]) -> set[str]:
+def waiting_on_failed_sources(unfinished: dict[str, list[dict]], model_sources: dict[str, str]) -> set[str]:
     """Samples of ``model_sources`` (``{sample: source}``) whose source left a job of its model's
-    chain unfinished in this run: Snakemake never started their own ``adopt`` job (it waits on
-    the source's model, which the run then did not make), so the log holds no job of theirs
-    that failed, yet they were not restored."""
-    unfinished = unfinished_jobs_by_sample(jobs)
+    chain unfinished in this run (``unfinished``: :func:`unfinished_jobs_by_sample`): Snakemake
+    never started their own ``adopt`` job (it waits on the source's model, which the run then
+    did not make), so the log holds no job of theirs that failed, yet they were not restored."""
     broken = {s for s, js in unfinished.items() if any(j["rule"] in _MODEL_CHAIN_RULES for j in js)}
     return {s for s, src in model_sources.items() if src != s and src in broken}
 
@@ -304,7 +303,8 @@ def write_run_record(
     finished = finished or time.strftime("%Y-%m-%dT%H:%M:%S")
     started = (header.get("started") or finished).replace(" ", "T")
     ran = sorted({j["sample"] for j in jobs if j["sample"]})
-    failed = sorted(set(unfinished_jobs_by_sample(jobs)) | waiting_on_failed_sources(jobs, model_sources or {}))
+    unfinished = unfinished_jobs_by_sample(jobs)
+    failed = sorted(set(unfinished) | waiting_on_failed_sources(unfinished, model_sources or {}))
     record = {
         "started": started,
         "finished": finished,

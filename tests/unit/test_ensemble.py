@@ -301,7 +301,7 @@ def test_a_loaded_model_knows_whether_it_may_be_rotated(tmp_path, voxel_size, ad
     from selfres import models, pipeline
 
     spec = models.ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1)
-    meta = {"factors": [1, 2, 2], "voxel_size_in": voxel_size}
+    meta = {"mode": "enhance", "factors": [1, 2, 2], "voxel_size_in": voxel_size}
     if adopted_from:
         meta["adopted_from"] = adopted_from
     models.save_model(tmp_path / "model", models.build_model(spec), spec, metadata=meta)

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import degrade, io, metrics, models, normalise
+from .allocator import heap_only
 from .atomic import permissions_as_umask
 from .errors import InputError
 from .fov import TrainingFov, box_slices
@@ -619,8 +620,6 @@ class SliceFitter:
         self.splits = 0
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
-        from .allocator import heap_only
-
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None].to(self.device)
         with heap_only():  # a pass's activations reused by the next, not faulted in afresh
             return self.model(t)[:, 0].float().cpu().numpy()

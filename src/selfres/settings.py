@@ -777,17 +777,23 @@ def parse_settings(text: str | dict | None) -> Settings:
 
 def _nested(data: dict) -> dict:
     """``{"train.steps": 10}`` (the README's and the sheet's dotted names) as ``{"train": {"steps": 10}}``,
-    merged with the nested keys given beside it."""
+    merged with the nested keys given beside it (:func:`merge_settings`)."""
     out: dict = {}
     for key, value in data.items():
         *path, last = str(key).split(".")
-        node = out
-        for part in path:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--settings: {key!r} sets a value inside {part!r}, which is given as a value")
-        if isinstance(value, dict) and isinstance(node.get(last), dict):
-            node[last] = {**node[last], **_nested(value)}
-        else:
-            node[last] = _nested(value) if isinstance(value, dict) else value
+        item = {last: _nested(value) if isinstance(value, dict) else value}
+        for part in reversed(path):
+            item = {part: item}
+        merge_settings(out, item)
     return out
+
+
+def merge_settings(base: dict, overrides: dict) -> dict:
+    """``base`` (config sections) with ``overrides`` (a sheet row's, :func:`selfres.sheet.sample_overrides`)
+    merged in, nested sections key by key; ``base`` is changed and returned."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge_settings(base[key], value)
+        else:
+            base[key] = value
+    return base

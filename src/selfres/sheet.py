@@ -24,7 +24,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import ConfigError
-from .settings import DEFAULT_SCALE, parse_scale
+from .settings import DEFAULT_SCALE, merge_settings, parse_scale
 
 __all__ = ["SAMPLE_ID", "FileCounts", "check_model_sources", "check_results_dirs", "check_sample_id", "check_sample_row",
            "expand_channels", "expand_series", "expand_timepoints", "inbox_table", "merge_settings",
@@ -248,17 +248,6 @@ def sample_overrides(row: Mapping[str, str]) -> dict:
         except yaml.YAMLError:
             node[leaf] = value  # the settings' own check names the key and what is allowed
     return out
-
-
-def merge_settings(base: dict, overrides: dict) -> dict:
-    """``base`` (config sections) with ``overrides`` (:func:`sample_overrides`) merged in,
-    nested sections key by key; ``base`` is changed and returned."""
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            merge_settings(base[key], value)
-        else:
-            base[key] = value
-    return base
 
 
 def _resolve(p: str, base: str) -> str:

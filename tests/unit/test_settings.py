@@ -560,6 +560,8 @@ def test_settings_take_the_dotted_names_of_the_readme_and_the_sheet():
 
     st = parse_settings('{"train.steps": 10, "train": {"seed": 3}, "train.degradation.method": "block"}')
     assert (st.train.steps, st.train.seed, st.train.degradation.method) == (10, 3, "block")
+    deep = parse_settings({"train.degradation.method": "block", "train": {"degradation": {"noise": "none"}}})
+    assert (deep.train.degradation.method, deep.train.degradation.noise) == ("block", "none")
 
 
 def test_the_log_level_is_taken_after_the_command_too_and_in_lower_case():

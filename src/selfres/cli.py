@@ -90,6 +90,16 @@ def _scale(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+_ACQUISITION_HELP = "the acquisition: TIFF / OME-TIFF, OME-Zarr or Zarr (see README, Using your own data)"
+_NORMALIZED_HELP = "the sample's normalized.ome.zarr (written by normalise)"
+_FOV_HELP = "the sample's train_fov.json (written by crop)"
+_MODEL_HELP = "the sample's model/ folder (written by train or adopt)"
+_RESTORED_HELP = "the sample's restored.ome.zarr (written by infer)"
+_RESULTS_HELP = "the workflow's results folder"
+_MODE_HELP = "enhance (finer grid, --scale) or isotropic (z restored to the lateral voxel size); default enhance"
+_SCALE_HELP = "enhance: z,y,x integer factors of the output grid (default 2,2,2)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="selfres",
@@ -102,50 +112,50 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("demo", help="write the built-in demo acquisitions (beads, neurites) and references")
-    s.add_argument("outdir", type=Path)
-    s.add_argument("--seed", type=_non_negative_int, default=0)
+    s.add_argument("outdir", type=Path, help="folder to write the demo's acquisitions and references into")
+    s.add_argument("--seed", type=_non_negative_int, default=0, help="random seed of the simulation (default 0)")
 
     s = sub.add_parser("normalise", help="robust normalisation → normalized.ome.zarr")
-    s.add_argument("input", type=Path)
-    s.add_argument("-o", "--output", type=Path, required=True)
-    s.add_argument("--channel", type=int, default=None)
+    s.add_argument("input", type=Path, help=_ACQUISITION_HELP)
+    s.add_argument("-o", "--output", type=Path, required=True, help="OME-Zarr store to write (NAME.ome.zarr)")
+    s.add_argument("--channel", type=int, default=None, help="channel of a multi-channel acquisition (0-based)")
     s.add_argument("--timepoint", type=int, default=None, help="time point of a time series (0-based)")
     s.add_argument("--series", type=int, default=None, help="image of a TIFF holding several (TIFF series number)")
     s.add_argument("--voxel-size", type=_voxel_size, default=None, help="z,y,x in µm (overrides metadata)")
     _common(s)
 
     s = sub.add_parser("crop", help="choose the training FOV and held-out region → train_fov.json")
-    s.add_argument("normalized", type=Path)
-    s.add_argument("-o", "--output", type=Path, required=True)
-    s.add_argument("--mode", default="enhance")
-    s.add_argument("--scale", type=_scale, default=None)
+    s.add_argument("normalized", type=Path, help=_NORMALIZED_HELP)
+    s.add_argument("-o", "--output", type=Path, required=True, help="JSON file to write (train_fov.json)")
+    s.add_argument("--mode", default="enhance", help=_MODE_HELP)
+    s.add_argument("--scale", type=_scale, default=None, help=_SCALE_HELP)
     s.add_argument("--training-fov", default=None, help="z0:z1,y0:y1,x0:x1 in input voxels")
     s.add_argument("--reference", type=Path, default=None,
                    help="the sample's ground truth: fail now, before training, when it is missing or unreadable")
     _common(s)
 
     s = sub.add_parser("train", help="train the sample's model → model/")
-    s.add_argument("normalized", type=Path)
-    s.add_argument("fov", type=Path)
-    s.add_argument("-o", "--output", type=Path, required=True)
-    s.add_argument("--mode", default="enhance")
-    s.add_argument("--scale", type=_scale, default=None)
+    s.add_argument("normalized", type=Path, help=_NORMALIZED_HELP)
+    s.add_argument("fov", type=Path, help=_FOV_HELP)
+    s.add_argument("-o", "--output", type=Path, required=True, help="model folder to write (model/)")
+    s.add_argument("--mode", default="enhance", help=_MODE_HELP)
+    s.add_argument("--scale", type=_scale, default=None, help=_SCALE_HELP)
     _common(s, compute=True)
 
     s = sub.add_parser("adopt", help="restore a sample with another sample's trained model → model/ "
                        "(judged on this sample's held-out region)")
-    s.add_argument("normalized", type=Path)
-    s.add_argument("fov", type=Path)
+    s.add_argument("normalized", type=Path, help=_NORMALIZED_HELP)
+    s.add_argument("fov", type=Path, help=_FOV_HELP)
     s.add_argument("source_model", type=Path, help="the other sample's model/ folder")
-    s.add_argument("-o", "--output", type=Path, required=True)
-    s.add_argument("--mode", default="enhance", help="enhance or isotropic (must be the model's)")
+    s.add_argument("-o", "--output", type=Path, required=True, help="model folder to write for this sample (model/)")
+    s.add_argument("--mode", default="enhance", help=_MODE_HELP + " (must be the model's)")
     s.add_argument("--scale", type=_scale, default=None, help="enhance: z,y,x factors of this sample (the model's)")
     _common(s, compute=True)
 
     s = sub.add_parser("infer", help="restore the whole FOV → restored.ome.zarr (resumable; scatter with --step)")
-    s.add_argument("normalized", type=Path)
-    s.add_argument("model", type=Path)
-    s.add_argument("-o", "--output", type=Path, required=True)
+    s.add_argument("normalized", type=Path, help=_NORMALIZED_HELP)
+    s.add_argument("model", type=Path, help=_MODEL_HELP)
+    s.add_argument("-o", "--output", type=Path, required=True, help="OME-Zarr store to write (restored.ome.zarr)")
     s.add_argument("--step", default="all", choices=["all", "prepare", "block", "gather"],
                    help="all (default) or one step of a scattered run: prepare the partial store, write one "
                         "block of tiles, gather (verify, pyramid, move into place)")
@@ -161,26 +171,28 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s, compute=True)
 
     s = sub.add_parser("qc", help="metrics (self-validation, resolution, reference) → qc/metrics.json")
-    s.add_argument("normalized", type=Path)
-    s.add_argument("restored", type=Path)
-    s.add_argument("model", type=Path)
-    s.add_argument("fov", type=Path)
-    s.add_argument("-o", "--output", type=Path, required=True)
-    s.add_argument("--reference", type=Path, default=None)
+    s.add_argument("normalized", type=Path, help=_NORMALIZED_HELP)
+    s.add_argument("restored", type=Path, help=_RESTORED_HELP)
+    s.add_argument("model", type=Path, help=_MODEL_HELP)
+    s.add_argument("fov", type=Path, help=_FOV_HELP)
+    s.add_argument("-o", "--output", type=Path, required=True, help="JSON file to write (qc/metrics.json)")
+    s.add_argument("--reference", type=Path, default=None,
+                   help="ground truth on the output grid: the output and the interpolation are scored against it")
     _common(s, compute=True, device=False)  # a CPU step: the held-out re-score is small
 
     s = sub.add_parser("report", help="per-sample report.html and provenance.json")
-    s.add_argument("normalized", type=Path)
-    s.add_argument("restored", type=Path)
-    s.add_argument("model", type=Path)
-    s.add_argument("fov", type=Path)
-    s.add_argument("metrics", type=Path)
-    s.add_argument("-o", "--output", type=Path, required=True)
-    s.add_argument("--provenance", type=Path, required=True)
+    s.add_argument("normalized", type=Path, help=_NORMALIZED_HELP)
+    s.add_argument("restored", type=Path, help=_RESTORED_HELP)
+    s.add_argument("model", type=Path, help=_MODEL_HELP)
+    s.add_argument("fov", type=Path, help=_FOV_HELP)
+    s.add_argument("metrics", type=Path, help="the sample's qc/metrics.json (written by qc)")
+    s.add_argument("-o", "--output", type=Path, required=True, help="HTML file to write (report.html)")
+    s.add_argument("--provenance", type=Path, required=True, help="JSON file to write (provenance.json)")
     s.add_argument("--config", default=None, help="resolved per-sample config (JSON) for provenance")
     s.add_argument("--workflow-dir", type=Path, default=None,
                    help="folder of the Snakefile that ran (provenance records its git commit)")
-    s.add_argument("--benchmarks", type=Path, default=None)
+    s.add_argument("--benchmarks", type=Path, default=None,
+                   help="folder of the workflow's benchmark files (rule timings for provenance)")
     s.add_argument("--figures", type=Path, default=None,
                    help="also write the key figures as PNG files into this folder")
     _common(s, settings=False)
@@ -200,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s, settings=False)
 
     s = sub.add_parser("summary", help="summary.tsv and summary.html over all samples")
-    s.add_argument("results", type=Path)
+    s.add_argument("results", type=Path, help=_RESULTS_HELP)
     s.add_argument("--samples", required=True, help="comma-separated sample ids")
     s.add_argument("--modes", default=None, help="JSON mapping sample → mode")
     s.add_argument("-o", "--output", type=Path, required=True, help="summary.tsv")
@@ -217,11 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("refused", help="the one job of a sample the workflow refused when it read the sheet or "
                        "the inbox (bad_rows: fail_alone): prints the reason as the sample's ERROR line and fails")
-    s.add_argument("--sample", required=True)
+    s.add_argument("--sample", required=True, help="the refused sample's id")
     s.add_argument("--message", required=True, help="why the sample was refused (the run's start says it too)")
 
     s = sub.add_parser("runlog", help="record of one snakemake run → RESULTS/runs/*.json and runs.tsv")
-    s.add_argument("results", type=Path)
+    s.add_argument("results", type=Path, help=_RESULTS_HELP)
     s.add_argument("--status", required=True, choices=RUN_STATUSES,
                    help="stopped: a run killed before Snakemake's onsuccess/onerror (the next run records those)")
     s.add_argument("--snakemake-log", type=Path, default=None, help=".snakemake/log/*.snakemake.log of the run")
@@ -229,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", help="what selfres reads from an acquisition (images, channels, time points, "
                        "shape, voxel size) and the output grid of each mode: check a file before a run")
-    s.add_argument("input", type=Path)
+    s.add_argument("input", type=Path, help=_ACQUISITION_HELP)
     s.add_argument("--voxel-size", type=_voxel_size, default=None,
                    help="z,y,x µm as the sample sheet's voxel_size column would give it (overrides the file's)")
     s.add_argument("--scale", type=_scale, default=DEFAULT_SCALE, help="enhance factors z,y,x for the output grid shown")
@@ -250,18 +262,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wavelength-um", type=float, default=None,
                    help="emission wavelength in µm (two-photon: the excitation wavelength)")
     s.add_argument("--refractive-index", type=float, default=None, help="of the immersion medium")
-    s.add_argument("--microscope", default="widefield", choices=["widefield", "confocal", "two_photon"])
+    s.add_argument("--microscope", default="widefield", choices=["widefield", "confocal", "two_photon"],
+                   help="with --na: the kind of microscope, for the PSF formula (default widefield)")
 
     s = sub.add_parser("restore", help="whole chain for one volume (no Snakemake)")
-    s.add_argument("input", type=Path)
+    s.add_argument("input", type=Path, help=_ACQUISITION_HELP)
     s.add_argument("-o", "--output", type=Path, required=True, help="OUT.ome.zarr")
-    s.add_argument("--mode", default="enhance", help="enhance or isotropic")
-    s.add_argument("--scale", type=_scale, default=None, help="enhance: z,y,x integer factors (default 2,2,2)")
-    s.add_argument("--voxel-size", type=_voxel_size, default=None)
-    s.add_argument("--channel", type=int, default=None)
+    s.add_argument("--mode", default="enhance", help=_MODE_HELP)
+    s.add_argument("--scale", type=_scale, default=None, help=_SCALE_HELP)
+    s.add_argument("--voxel-size", type=_voxel_size, default=None, help="z,y,x in µm (overrides metadata)")
+    s.add_argument("--channel", type=int, default=None, help="channel of a multi-channel acquisition (0-based)")
     s.add_argument("--timepoint", type=int, default=None, help="time point of a time series (0-based)")
     s.add_argument("--series", type=int, default=None, help="image of a TIFF holding several (TIFF series number)")
-    s.add_argument("--training-fov", default=None)
+    s.add_argument("--training-fov", default=None,
+                   help="z0:z1,y0:y1,x0:x1 in input voxels (default: chosen from the volume's structure)")
     s.add_argument("--keep", type=Path, default=None, help="keep intermediate files (model, metrics, report) here")
     s.add_argument("--model-from", type=Path, default=None,
                    help="restore with this model/ folder (another volume's, kept with --keep; same mode, and the "
@@ -339,6 +353,10 @@ def check_outputs_apart(args) -> None:
         outputs[MODEL_OUTPUT_WHAT] = folders[MODEL_OUTPUT_WHAT] = model_output_path(args.output)
         if getattr(args, "drop_stale_export", False):
             outputs["the output's OME-TIFF export (--drop-stale-export)"] = tiff_export_path(args.output)
+    if args.command in ("normalise", "infer"):  # restore checks its own, after what it says first
+        from .pipeline import check_store_name
+
+        check_store_name(args.output, command=args.command)
     check_outputs_spare_inputs(outputs, inputs)
     for flag, folder in folders.items():
         _check_replaceable(flag, Path(folder), model=args.command in ("train", "adopt"))

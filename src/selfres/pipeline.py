@@ -37,6 +37,14 @@ MODES = ("enhance", "isotropic")
 
 
 # --------------------------------------------------------------------------- helpers
+def check_store_name(output: str | Path, *, command: str) -> None:
+    """Refuse an OME-Zarr output not named as one (``-o out.tif`` would be a folder named
+    like a TIFF, which no TIFF reader opens and the workflow's stages do not recognise)."""
+    if not str(output).rstrip("/").endswith(".zarr"):
+        raise ConfigError(f"{command} writes an OME-Zarr store, a folder: name the output like NAME.ome.zarr "
+                          f"(got {output})")
+
+
 def check_mode(mode: str, *, sample: str | None = None) -> str:
     if mode not in MODES:
         prefix = f"sample {sample!r}: " if sample else ""
@@ -1603,9 +1611,7 @@ def restore(
         select_device(device)
     if training_fov is not None:
         fov_bounds(training_fov)
-    if not str(output).rstrip("/").endswith(".zarr"):
-        raise ConfigError(f"restore writes an OME-Zarr store, a folder: name the output like NAME.ome.zarr "
-                          f"(got {output})")
+    check_store_name(output, command="restore")
     if keep and Path(keep).exists() and not Path(keep).is_dir():
         raise ConfigError(f"--keep {keep} is a file; it names the folder the intermediate files are kept in")
     kept = KEPT_FILES if keep else ()

@@ -654,6 +654,16 @@ def test_restore_refuses_an_output_that_is_not_a_zarr_store(tmp_path, capsys):
     assert not (tmp_path / "out.tif").exists()
 
 
+@pytest.mark.parametrize("command", [["normalise", "in.tif"], ["infer", "n.ome.zarr", "model"]])
+def test_normalise_and_infer_refuse_an_output_that_is_not_a_zarr_store(command, tmp_path, monkeypatch, capsys):
+    """`selfres normalise a.tif -o a_norm.tif` wrote an OME-Zarr folder named like a TIFF."""
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main([*command, "-o", "out.tif"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{command[0]} writes an OME-Zarr store, a folder: name the output like NAME.ome.zarr" in err
+    assert not (tmp_path / "out.tif").exists()
+
+
 @pytest.mark.parametrize("argv", [
     ["restore", "x.tif", "-o", "y.ome.zarr", "--scale", "1,1,1"],
     ["crop", "n.ome.zarr", "-o", "fov.json", "--scale", "1,1,1"],

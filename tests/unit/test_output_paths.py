@@ -122,7 +122,7 @@ def test_an_existing_folder_selfres_did_not_write_is_never_replaced(tmp_path, ca
     src = tmp_path / "a.tif"
     tifffile.imwrite(src, np.arange(8 * 16 * 16, dtype=np.uint16).reshape(8, 16, 16), imagej=True,
                      metadata={"axes": "ZYX"})
-    taken = tmp_path / ("results" if command == "normalise" else "other.ome.zarr")
+    taken = tmp_path / "other.ome.zarr"  # (`-o results/` is now refused by its name, before this)
     (taken / "b").mkdir(parents=True)
     (taken / "summary.tsv").write_text("another sample's results")
     args = [command, str(src), "-o", str(taken)] + (["--voxel-size", "1,0.5,0.5"] if command == "normalise" else [])
@@ -146,3 +146,16 @@ def test_restore_refuses_a_wrong_device_or_fov_form_before_reading_the_acquisiti
     with pytest.raises(ConfigError, match=message):
         restore(src, tmp_path / "out.ome.zarr", keep=tmp_path / "work", **option)
     assert not (tmp_path / "work" / "normalized.ome.zarr").exists()
+
+
+def test_every_command_line_option_says_what_it_is():
+    """`selfres COMMAND --help` is the reference of someone running a stage alone: an option
+    listed bare (`-o OUTPUT`, `normalized`) leaves them to read the source."""
+    import argparse
+
+    from selfres.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    bare = [f"{name} {action.dest}" for name, command in commands.items() for action in command._actions
+            if action.help is None and not isinstance(action, argparse._HelpAction)]
+    assert bare == []

@@ -399,18 +399,32 @@ def estimate_axial_sigma(
 
 
 def psf_axis_sigma(psf: np.ndarray, axis: int) -> float:
-    """σ (voxels) of a measured PSF along one axis: a Gaussian with offset fitted to its projection.
+    """σ (voxels) of a measured PSF along one axis: a Gaussian with offset fitted to the line
+    profile through its peak, as a bead's width is measured (``selfres psf-sigma --beads``)
+    and as the optics formulas give it.
 
-    Faint wide tails (a widefield PSF's cone, residual background) inflate second moments —
-    a core of σ 3 with a tenth of its mass in a halo of σ 12 reads 4.7 by moments — and an
-    axial σ read too large is the costly error of isotropic restoration. Second moments
-    only when the fit fails.
+    Not a projection: every plane of a widefield PSF carries the same light, so its projection
+    on z is flat until the defocused disc leaves the crop, and a fit to it measures the crop
+    (12 times the profile's σ on a 41-plane Gaussian-beam PSF); the lateral projections sum
+    the wide defocused planes. Faint wide tails (a widefield PSF's cone, residual background)
+    inflate second moments — a core of σ 3 with a tenth of its mass in a halo of σ 12 reads
+    4.7 by moments — and an axial σ read too large is the costly error of isotropic
+    restoration. Second moments of the profile only when the fit fails.
     """
+    from scipy.ndimage import gaussian_filter
+
     p = np.asarray(psf, dtype=np.float64)
-    prof = p.sum(axis=tuple(i for i in range(p.ndim) if i != axis))
+    # the peak of a copy smoothed by one voxel: a noisy measured PSF's brightest voxel may
+    # be a noise spike beside its centre
+    peak = np.unravel_index(int(np.argmax(gaussian_filter(p, 1.0))), p.shape)
+    line = tuple(slice(None) if i == axis else int(c) for i, c in enumerate(peak))
+    prof = p[line]
     fwhm = metrics.fit_gaussian_fwhm(prof)
     if math.isfinite(fwhm) and fwhm > 0:
         return float(fwhm / metrics.FWHM_PER_SIGMA)
+    prof = np.clip(prof - prof.min(), 0.0, None)
+    if prof.sum() <= 0:
+        return 0.0
     prof = prof / prof.sum()
     c = np.arange(prof.size)
     mu = float(np.sum(c * prof))
@@ -422,7 +436,7 @@ def sigma_from_settings(train: TrainSettings, voxel_size: Sequence[float]) -> fl
 
     The lateral slices already carry the lateral PSF, so the extra blur is
     ``sqrt(σz² − σxy²)`` (Gaussian approximation; a measured PSF's σ from a Gaussian fitted
-    to each axis, :func:`psf_axis_sigma`).
+    to its profile through the peak along each axis, :func:`psf_axis_sigma`).
     """
     d = train.degradation
     vz, vy, vx = (float(v) for v in voxel_size)

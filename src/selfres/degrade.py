@@ -532,10 +532,17 @@ def sigma_um_to_px(sigma_um: Sequence[float], voxel_size: Sequence[float]) -> tu
     return tuple(a / b for a, b in zip(s, vs))
 
 
-def _border_level(a: np.ndarray) -> float:
-    """Median of the image's outermost voxels (its faces): a measured PSF's background."""
-    faces = [np.take(a, idx, axis=ax).ravel() for ax in range(a.ndim) for idx in (0, -1)]
-    return float(np.median(np.concatenate(faces)))
+def _border_level(a: np.ndarray) -> tuple[float, bool]:
+    """A measured PSF's background from its outermost voxels (its faces), and whether they are
+    flat: the median of the faces where they are (a camera's offset and background light, with
+    noise: their 10th percentile is at least half their median), else their 10th percentile
+    (a PSF cropped inside its own wings, e.g. a computed one at ±2σ: the median of its faces is
+    the PSF's signal, and taking it away cut a fifth of a 7³ Gaussian's mass)."""
+    faces = np.concatenate([np.take(a, idx, axis=ax).ravel() for ax in range(a.ndim) for idx in (0, -1)])
+    median, low = float(np.median(faces)), float(np.percentile(faces, 10))
+    if median <= 0 or low >= 0.5 * median:
+        return median, True
+    return max(low, 0.0), False
 
 
 def _normalise_psf(psf: np.ndarray, source: str | Path) -> np.ndarray:
@@ -549,9 +556,13 @@ def _normalise_psf(psf: np.ndarray, source: str | Path) -> np.ndarray:
                                  f"{tuple(np.shape(psf))}")
     if not np.all(np.isfinite(a)):
         raise InputError(source, "the PSF contains NaN or infinite values")
-    background = _border_level(a)
+    background, flat = _border_level(a)
+    if not flat and background > 0.01 * a.max():
+        log.warning("%s: the PSF's border is not flat (its faces hold the PSF's own wings: cropped tighter than "
+                    "the PSF); only its lowest level, %.4g, is taken away as background. Crop it wider for a "
+                    "truer kernel", source, background)
     if background > 0:
-        if background > 0.01 * a.max():
+        if flat and background > 0.01 * a.max():
             log.info("%s: took away the PSF's background, %.4g (%.1f %% of its peak; the median of its border "
                      "voxels)", source, background, 100 * background / a.max())
         a = a - background

@@ -244,6 +244,25 @@ def test_load_psf_takes_away_a_measured_stacks_background(tmp_path):
     np.testing.assert_allclose(measured, clean, atol=1e-4)
 
 
+def test_load_psf_keeps_the_wings_of_a_psf_cropped_inside_them(tmp_path):
+    """A computed PSF (no background) cropped at ±1.5σ laterally: the median of its faces is its
+    own signal, and taking it away cut 21 % of its mass and 11 % of its lateral width. A noisy
+    camera offset is still taken away whole."""
+    z, y, x = np.meshgrid(*(np.arange(7) - 3,) * 3, indexing="ij")
+    psf = np.exp(-(z**2 / (2 * 2.0**2) + (y**2 + x**2) / (2 * 1.5**2)))
+    tifffile.imwrite(tmp_path / "tight.tif", psf.astype(np.float32), photometric="minisblack")
+
+    def lateral_sd(a):
+        m = a.sum(axis=(0, 1)) / a.sum()
+        c = np.arange(m.size)
+        return float(np.sqrt(((c - (c * m).sum()) ** 2 * m).sum()))
+
+    assert lateral_sd(load_psf(tmp_path / "tight.tif")) == pytest.approx(lateral_sd(psf), rel=0.05)
+    noisy = 1000 * psf + 100 + np.random.default_rng(0).normal(0, 10, psf.shape)
+    tifffile.imwrite(tmp_path / "noisy.tif", noisy.astype(np.float32), photometric="minisblack")
+    np.testing.assert_allclose(load_psf(tmp_path / "noisy.tif"), load_psf(tmp_path / "tight.tif"), atol=0.01)
+
+
 @pytest.mark.parametrize("content, match", [
     (None, "PSF file not found"),
     (b"not a tiff", "cannot read the PSF as a TIFF"),

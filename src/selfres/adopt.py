@@ -197,6 +197,7 @@ def adopt_enhance(
         out["correction_noise"] = result.correction_noise.as_list()
     shrink = bool(extras.get("back_projection_shrink")) and result.correction_noise is not None
     out["inference_extras"] = {**extras, "back_projection_shrink": shrink}
+    out["guard_amp"] = amp  # this sample's guard's precision, as QC re-scores it
     log.info("sample %s adopts the model of %s: held-out %.2f dB vs tricubic %.2f dB (network alone %.2f dB)%s",
              sample, meta.get("sample"), psnr_out, result.val_psnr_interp, result.val_psnr_model,
              "; flagged model_worse_than_interpolation" if "model_worse_than_interpolation" in out["flags"] else "")

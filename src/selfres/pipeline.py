@@ -644,6 +644,7 @@ def stage_train(
         "self_validation": {"psnr_model": psnr_out, "psnr_interp": result.val_psnr_interp,
                             "psnr_network": result.val_psnr_model},
         "inference_extras": extras,
+        "guard_amp": bool(settings.infer.amp),  # QC re-scores the held-out region in the guard's precision
         "best_step": result.best_step,
         "steps_done": result.steps_done,
         "stop_reason": result.stop_reason,
@@ -1091,7 +1092,9 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     """Model vs tricubic on the held-out region, degraded exactly as in training.
 
     The model is wrapped in the inference extras the guard scored (``meta["inference_extras"]``:
-    self-ensemble, back-projection), so the figures are those of what ``restored.ome.zarr`` holds.
+    self-ensemble, back-projection), in the guard's precision (``meta["guard_amp"]``:
+    ``infer.amp``; a model without it, mixed precision where the device has it), so the figures
+    are those of what ``restored.ome.zarr`` holds.
     """
     from . import metrics
     from .infer import predict_array
@@ -1108,14 +1111,15 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     from .ensemble import wrap_for_inference
 
     tile = tuple(max(8, min(64, n)) for n in low.shape)
-    pred = predict_array(model, low, factors=factors, tile_size=tile, device=device)
+    amp = bool(meta.get("guard_amp", True))
+    pred = predict_array(model, low, factors=factors, tile_size=tile, device=device, amp=amp)
     # the network's own output (back-projection would hide a dead net), constant where its input
     # is not: on a held-out region of empty background a constant output is the right one
     dead = bool(np.std(pred) < 1e-6 and np.std(low) >= 1e-6)
     extras = meta.get("inference_extras") or {}
     wrapped = wrap_for_inference(model, degradation=deg, noise_level=recorded_noise_level(meta), **extras)
     if wrapped is not model:
-        pred = predict_array(wrapped, low, factors=factors, tile_size=tile, device=device)
+        pred = predict_array(wrapped, low, factors=factors, tile_size=tile, device=device, amp=amp)
     data_range = float(max(target.max() - target.min(), 1e-6))
     out = metrics.compare(target, pred, interp, data_range=data_range)
     interval = metrics.psnr_gain_interval(target, pred, interp)

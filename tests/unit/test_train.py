@@ -482,6 +482,29 @@ def test_qc_self_validation_scores_the_wrapped_model_and_still_sees_a_dead_netwo
     assert not pipeline.self_validation(dark, fov, Zero(), meta)["dead_output"]
 
 
+def test_qc_self_validation_scores_in_the_guards_precision(monkeypatch):
+    """`infer.amp: false` turns mixed precision off everywhere: QC's re-score of the held-out
+    region took bf16 on any CPU that has it, so its figures (and the flag it derives) changed
+    with the node the qc job landed on."""
+    from types import SimpleNamespace
+
+    from selfres import infer, pipeline
+    from selfres.settings import DegradationSettings, to_dict
+
+    train, held = _data()
+    vol = SimpleNamespace(data=np.concatenate([train, held], axis=1))
+    fov = SimpleNamespace(holdout=((0, 8), (36, 48), (0, 48)))
+    meta = {"factors": [1, 2, 2], "settings": {"degradation": to_dict(DegradationSettings())}, "voxel_size_in": None}
+    asked = []
+    real = infer.predict_array
+    monkeypatch.setattr(infer, "predict_array", lambda *a, **k: asked.append(k.get("amp", True)) or real(*a, **k))
+    net = torch.nn.Upsample(scale_factor=(1, 2, 2), mode="nearest")
+    net.factors, net.halo = (1, 2, 2), (0, 0, 0)
+    pipeline.self_validation(vol, fov, net, meta | {"guard_amp": False})
+    pipeline.self_validation(vol, fov, net, meta)  # a model from before guard_amp: as before
+    assert asked == [False, True]
+
+
 def test_selection_keeps_the_best_stops_after_patience_and_round_trips():
     from selfres.train import Selection
 

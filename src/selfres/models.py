@@ -600,6 +600,48 @@ def exact_float32_cuda() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
 
 
+#: The GPU this process claimed (:func:`claim_gpu`): its index and the open lock file that
+#: holds the claim until the process exits.
+_CLAIMED_GPU: list = []
+
+#: The last device preference :func:`select_device` was given (``ran_on`` records it: a CPU
+#: chosen by name is not a GPU left unused).
+_REQUESTED: list = []
+
+
+def claim_gpu(count: int, lock_dir: str | Path | None = None) -> int:
+    """Index of a GPU of this machine that no other selfres job holds, claimed until this
+    process exits (an exclusive ``flock`` on ``selfres-gpu-N.lock`` in ``lock_dir``:
+    ``SELFRES_GPU_LOCK_DIR`` or the temporary folder). Snakemake's local executor runs
+    ``--resources gpu=N`` jobs side by side without telling each which GPU is its own, and
+    plain ``cuda`` is GPU 0 in every one of them. When every GPU is held (more jobs than
+    GPUs), the one with the most free memory; the same index for later calls of a process.
+    """
+    if _CLAIMED_GPU:
+        return _CLAIMED_GPU[0]
+    import tempfile
+
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no claim
+        return 0
+    folder = Path(lock_dir or os.environ.get("SELFRES_GPU_LOCK_DIR") or tempfile.gettempdir())
+    for index in range(count):
+        try:
+            fd = os.open(folder / f"selfres-gpu-{index}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        _CLAIMED_GPU[:] = [index, fd]
+        return index
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
+    return int(max(range(count), key=free.__getitem__))
+
+
 def select_device(preference: str = "auto") -> torch.device:
     """Choose the compute device.
 
@@ -619,8 +661,15 @@ def select_device(preference: str = "auto") -> torch.device:
         Unknown preference, or CUDA asked for but not available.
     """
     p = str(preference).strip().lower()
+    _REQUESTED[:] = [p]
     if p == "auto":
         if torch.cuda.is_available():
+            count = torch.cuda.device_count()
+            if count > 1 and not gpu_allocated():  # a workstation's GPUs, none given to this job
+                index = claim_gpu(count)
+                log.info("%d GPUs and none assigned to this job (CUDA_VISIBLE_DEVICES unset): using cuda:%d",
+                         count, index)
+                return _use_cuda(torch.device(f"cuda:{index}"))
             return _use_cuda(torch.device("cuda"))
         if gpu_allocated():
             log.warning("a GPU was allocated to this job (CUDA_VISIBLE_DEVICES=%s) but torch cannot use it (a CPU "
@@ -773,6 +822,7 @@ def ran_on(device: str | torch.device) -> dict[str, Any]:
             # the node's GPU indices Slurm gave the job (in an srun step: the step's)
             "slurm_job_gpus": os.environ.get("SLURM_JOB_GPUS") or os.environ.get("SLURM_STEP_GPUS"),
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "requested": _REQUESTED[0] if _REQUESTED else None,  # auto, cpu, cuda…: as asked
             "torch_threads": torch.get_num_threads()}  # a CPU's results depend on it (summation order)
 
 

@@ -371,6 +371,35 @@ def test_a_gpu_allocated_but_not_usable_is_said_and_the_job_runs_on_the_cpu(monk
     assert "GPU was allocated" not in caplog.text
 
 
+def test_jobs_side_by_side_on_a_workstation_with_several_gpus_each_take_their_own(monkeypatch, tmp_path):
+    """`--resources gpu=2` on a two-GPU workstation: Snakemake's local executor sets no
+    CUDA_VISIBLE_DEVICES, and plain `cuda` is GPU 0 in every job, so both jobs shared GPU 0
+    (each half the steps in its time budget) while GPU 1 sat idle."""
+    import fcntl
+    import os
+
+    from selfres import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(models, "_use_cuda", lambda d: d)
+    monkeypatch.setattr(models, "_CLAIMED_GPU", [])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("SELFRES_GPU_LOCK_DIR", str(tmp_path))
+    other_job = os.open(tmp_path / "selfres-gpu-0.lock", os.O_RDONLY | os.O_CREAT)  # GPU 0 held by another job
+    fcntl.flock(other_job, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        assert models.select_device("auto") == torch.device("cuda:1")
+        assert models.select_device("auto") == torch.device("cuda:1"), "a process keeps its GPU"
+    finally:
+        os.close(other_job)
+        if models._CLAIMED_GPU:
+            os.close(models._CLAIMED_GPU[1])
+    monkeypatch.setattr(models, "_CLAIMED_GPU", [])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # Slurm gave the job its GPU: that one
+    assert models.select_device("auto") == torch.device("cuda")
+
+
 def test_a_network_without_a_base_keeps_a_float32_output_under_mixed_precision():
     """residual 'none' has no float32 interpolation to add a bf16 correction to: its last conv
     runs in float32, or the whole output would be rounded to bf16's ~0.4 %."""

@@ -1301,9 +1301,10 @@ def stage_qc(
             write_json(qc_dir / "spectra.json", clean_floats(spectra | {"nyquist_in": 0.5 / vs_in[0]}))
     if vs_in is None:
         flags.append("voxel_size_missing")
-    # a job given a GPU that computed on the CPU (a CPU build of torch on the GPU nodes): hours of a GPU held
+    # a job given a GPU that computed on the CPU (a CPU build of torch on the GPU nodes): hours of a GPU held;
+    # not a CPU asked for by name (--device cpu on a GPU node)
     ran = [meta.get("ran_on"), restored_attrs.get("ran_on"), *(restored_attrs.get("tiles_ran_on") or [])]
-    if any(isinstance(r, dict) and r.get("device") == "cpu" and gpu_allocated(
+    if any(isinstance(r, dict) and r.get("device") == "cpu" and r.get("requested") != "cpu" and gpu_allocated(
             {"CUDA_VISIBLE_DEVICES": r.get("cuda_visible_devices") or ""}) for r in ran):
         flags.append("gpu_unused")
     sat = vol.attrs.get("saturated_fraction")

@@ -199,6 +199,12 @@ def test_a_job_given_a_gpu_that_computed_on_the_cpu_is_flagged(tmp_path, monkeyp
     m = pipeline.stage_qc(*args[:1], tmp_path / "gpu.ome.zarr", *args[2:], tmp_path / "b" / "metrics.json",
                           sample="s")
     assert "gpu_unused" in m["flags"]
+    # the CPU asked for by name (--device cpu on a GPU node): no GPU left unused by mistake
+    pipeline.stage_infer(keep / "normalized.ome.zarr", keep / "model", tmp_path / "cpu.ome.zarr", sample="s",
+                         device="cpu")
+    m = pipeline.stage_qc(*args[:1], tmp_path / "cpu.ome.zarr", *args[2:], tmp_path / "c" / "metrics.json",
+                          sample="s")
+    assert "gpu_unused" not in m["flags"]
 
 
 def test_a_reference_that_prefers_interpolation_flags_the_sample(tmp_path):

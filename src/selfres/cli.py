@@ -543,8 +543,9 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
 
     for im in images:
         vs = tuple(voxel_size) if voxel_size else im["voxel_size"]
-        where = "as given" if voxel_size else ("from the file" if vs else "none recorded: give the sheet column "
-                                                                            "voxel_size (z,y,x µm)")
+        where = "as given" if voxel_size else ("from the file" if vs else "none usable in the file (a warning above "
+                                               "says why where it records some): give the sheet column voxel_size "
+                                               "(z,y,x µm)")
         unusable = None if voxel_size or not vs else voxel_size_problem(vs)
         if unusable:  # as normalise takes it: unknown
             where = (f"the file's {', '.join(f'{v:.4g}' for v in vs)} µm is not used: {unusable}; give the sheet "

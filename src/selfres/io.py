@@ -434,6 +434,12 @@ def _warn_voxel_unknown(path: str, why: str) -> None:
                "(z,y,x in µm; selfres: --voxel-size)", path, why)
 
 
+def _lateral_only(lateral, nz: int, where: str, missing: str) -> str:
+    """Why a stack whose metadata sizes only its pixels has no voxel size (for the warning)."""
+    return (f"{where} the pixel size (y, x: {', '.join(f'{v:g}' for v in lateral)} µm) but {missing} for "
+            f"its {nz} planes")
+
+
 def _number(value) -> float | None:
     """``value`` as a float, ``None`` when it is not a number (``"abc"``, ``None``, a list, ``True``)."""
     if isinstance(value, bool):
@@ -487,6 +493,10 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
                 vox = _make_voxel(*sizes, nz)
                 if vox is not None:
                     return vox
+                if sizes[0] is None and None not in sizes[1:]:
+                    _warn_voxel_unknown(_tiff_path(tif), _lateral_only(sizes[1:], nz, "its OME metadata gives",
+                                                                       "no PhysicalSizeZ"))
+                    return None
     # ImageJ (or a plain TIFF with a physical resolution unit)
     if series is not None and number:
         page = series.keyframe
@@ -543,7 +553,11 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
                    "is taken as unknown. Give it in the sample sheet column voxel_size (z,y,x in µm; selfres: "
                    "--voxel-size): for a stack saved in reverse z order, which may carry a negative spacing, "
                    "give the spacing's absolute value", _tiff_path(tif), z)
-    vox = _make_voxel(z, _res("YResolution", yfac), _res("XResolution", fac), nz)
+    lateral = (_res("YResolution", yfac), _res("XResolution", fac))
+    vox = _make_voxel(z, *lateral, nz)
+    if vox is None and z is None and None not in lateral:
+        _warn_voxel_unknown(_tiff_path(tif), _lateral_only(lateral, nz, "its TIFF resolution tags give", "no z step"))
+        return None
     problem = None if vox is None else voxel_size_problem(vox, limits=STORED_VOXEL_SIZE_RANGE_UM)
     if problem:
         _warn_voxel_unknown(_tiff_path(tif), f"its ImageJ or TIFF resolution metadata gives a voxel size of "
@@ -909,6 +923,14 @@ def _ome_zarr_level(path: str, group, level: int):
     if problems:
         _warn_voxel_unknown(path, "in its OME-Zarr metadata, " + "; ".join(problems))
         sizes = dict.fromkeys("ZYX")
+    unitless = [ax.lower() for ax in "ZYX"
+                if ax in letters and sizes[ax] is not None and units[letters.index(ax)] is None]
+    ours = ATTRS_KEY in dict(group.attrs)  # selfres writes no unit only for a size it does not know
+    if unitless and not ours:
+        _warn_once("%s: its OME-Zarr axes %s carry no unit; their scale (%s) is read as µm, which the NGFF format "
+                   "leaves open. If the file was written in another unit (nm), give the voxel size in the sample "
+                   "sheet column voxel_size (z,y,x in µm; selfres: --voxel-size)", path, ", ".join(unitless),
+                   ", ".join(f"{sizes[ax.upper()]:g}" for ax in unitless))
     nz = arr.shape[letters.index("Z")] if "Z" in letters else 1
     vox = _make_voxel(sizes["Z"], sizes["Y"], sizes["X"], int(nz))
     return arr, letters, vox, (tuple(origin) if any(origin) else None)

@@ -475,6 +475,48 @@ def test_ome_zarr_nanometre_axes_are_converted(tmp_path):
     assert io.read_volume(tmp_path / "n.zarr").voxel_size == pytest.approx((0.5, 0.1, 0.1))
 
 
+def test_an_ome_zarr_scale_without_a_unit_is_read_as_micrometres_with_a_warning(tmp_path, caplog):
+    """NGFF leaves a missing unit open: a converter that wrote nm without saying so was read as
+    µm without a word (and the outputs stamped micrometer, 1000 times too large). selfres's own
+    stores of a sample of unknown voxel size (a scale in output steps, no unit) say nothing."""
+    g = zarr.open_group(str(tmp_path / "u.zarr"), mode="w", zarr_format=2)
+    g.create_array("s0", data=_vol())
+    g.attrs["multiscales"] = [{
+        "version": "0.4", "axes": [{"name": n, "type": "space"} for n in "zyx"],
+        "datasets": [{"path": "s0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1500.0, 200.0, 200.0]}]}]}]
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(tmp_path / "u.zarr").voxel_size == pytest.approx((1500.0, 200.0, 200.0))
+    assert "u.zarr: its OME-Zarr axes z, y, x carry no unit; their scale (1500, 200, 200) is read as µm" in caplog.text
+    caplog.clear()
+    ours = tmp_path / "ours.ome.zarr"  # as infer writes a store of unknown voxel size: no unit
+    io.write_ome_zarr(ours, _vol(), voxel_size=(0.5, 0.5, 0.5), attrs={"s": 1})
+    zattrs = json.loads((ours / ".zattrs").read_text())
+    for axis in zattrs["multiscales"][0]["axes"]:
+        axis.pop("unit", None)
+    (ours / ".zattrs").write_text(json.dumps(zattrs))
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        io.read_volume(tmp_path / "ours.ome.zarr")
+    assert "carry no unit" not in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["ome", "resolution"])
+def test_a_stack_whose_metadata_sizes_only_its_pixels_says_so(tmp_path, caplog, kind):
+    """An OME-TIFF with PhysicalSizeY/X and no PhysicalSizeZ (or a TIFF's resolution tags on a
+    stack) lost its whole voxel size without a word, and `inspect` said none was recorded."""
+    p = tmp_path / "s.tif"
+    if kind == "ome":
+        tifffile.imwrite(p, _vol(dtype="uint16"), ome=True,
+                         metadata={"axes": "ZYX", "PhysicalSizeY": 0.2, "PhysicalSizeX": 0.2})
+    else:
+        tifffile.imwrite(p, _vol(dtype="uint16"), resolution=(5e4, 5e4), resolutionunit="CENTIMETER")
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(p).voxel_size is None
+    where = "its OME metadata gives" if kind == "ome" else "its TIFF resolution tags give"
+    missing = "no PhysicalSizeZ" if kind == "ome" else "no z step"
+    assert f"{where} the pixel size (y, x: 0.2, 0.2 µm) but {missing} for its 5 planes" in caplog.text
+
+
 def test_ome_zarr_translation_is_read_as_the_origin_in_micrometres(tmp_path):
     """A crop or a mosaic tile written with its position: the dataset's translation, then the
     multiscale's own scale and translation (NGFF order), in the axes' unit."""

@@ -34,7 +34,7 @@ import numpy as np
 import zarr
 
 from selfres import formats
-from selfres.errors import (ChannelNotChosen, InputError, SeriesNotChosen, TimepointNotChosen, out_of_range,
+from selfres.errors import (ChannelNotChosen, ConfigError, InputError, SeriesNotChosen, TimepointNotChosen, out_of_range,
                             series_out_of_range)
 from selfres.atomic import atomic_output, write_text_atomic  # noqa: F401 (part of this module's API)
 from selfres.settings import STORED_VOXEL_SIZE_RANGE_UM, voxel_size_problem
@@ -674,9 +674,11 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True,
                 if lazy:
                     # level 0: a pyramid (SubIFDs) opens as a group of levels otherwise
                     store = tifffile.imread(path, aszarr=True, series=number or 0, level=0)
-                    arr = da.from_zarr(zarr.open_array(store, mode="r"))
+                    arr = da.from_zarr(_tiff_as_zarr(store))
                 else:
                     arr = series.asarray()
+            except ConfigError:
+                raise
             except Exception as exc:  # noqa: BLE001
                 raise InputError(path, f"is truncated or corrupt ({_describe(exc)})") from exc
             # a shaped series may silently lose planes when IFDs are broken
@@ -689,6 +691,20 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True,
             tif.close()
     data, dtype = _finish(path, data, lazy=lazy, cast=cast)
     return Volume(data=data, voxel_size=vox, source_dtype=dtype, path=path, attrs={})
+
+
+def _tiff_as_zarr(store) -> zarr.Array:
+    """tifffile's Zarr view of a TIFF as a zarr array. A pair of tifffile and zarr releases
+    that do not fit (zarr 3.1.6 with tifffile 2025.5.10 or older; zarr 3.0 with tifffile 2026)
+    fails here with a TypeError for every TIFF: the installation's fault, not the file's."""
+    import tifffile
+
+    try:
+        return zarr.open_array(store, mode="r")
+    except TypeError as exc:
+        raise ConfigError(f"tifffile {tifffile.__version__} and zarr {zarr.__version__} do not work together, so no "
+                          f"TIFF can be read ({exc}); install tifffile>=2025.5.21 and zarr>=3.1.5 (pip install -U "
+                          "tifffile zarr)") from exc
 
 
 def _tiff_voxel_only(path: str) -> tuple[float, float, float] | None:

@@ -1451,3 +1451,19 @@ def test_read_voxel_size_of_an_rgb_plane_agrees_with_read_volume(tmp_path, ome):
     else:
         tifffile.imwrite(path, rgb, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"}, photometric="rgb")
     assert io.read_voxel_size(path) == io.read_volume(path, channel=0).voxel_size == (0.5, 0.5, 0.5)
+
+
+def test_a_tifffile_and_zarr_pair_that_do_not_fit_is_named_not_called_a_corrupt_file(tmp_path, monkeypatch):
+    """zarr 3.1.6 with tifffile <= 2025.5.10 fails on every TIFF with a TypeError, which read
+    as 'is truncated or corrupt': staff went looking for damaged acquisitions."""
+    from selfres.errors import ConfigError
+
+    p = tmp_path / "a.tif"
+    tifffile.imwrite(p, _vol(), imagej=True, metadata={"axes": "ZYX"})
+
+    def mismatch(store, mode="r"):
+        raise TypeError("Unsupported type for store_like: 'ZarrTiffStore'")
+
+    monkeypatch.setattr(io.zarr, "open_array", mismatch)
+    with pytest.raises(ConfigError, match=r"tifffile .* and zarr .* do not work together, so no TIFF can be read"):
+        io.read_volume(p, lazy=True)

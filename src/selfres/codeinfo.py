@@ -4,6 +4,7 @@ the job that made it, and in the run records. No torch import."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import platform
@@ -23,15 +24,29 @@ def _checkout_top(where: Path) -> Path | None:
     return None
 
 
+def _ours(top: Path, *, package: bool) -> bool:
+    """Whether the checkout at ``top`` is selfres's: the one its running package was installed
+    from (``src/selfres`` is this package: an editable install), or, for a workflow folder, one
+    that holds a Snakefile. Any other repository above (a lab project holding the virtual
+    environment, a group-writable folder on a shared disk) is not asked: its commit is not
+    selfres's, and git would run that repository's configuration (a clean filter) as this user."""
+    if package:
+        with contextlib.suppress(OSError):
+            return (top / "src" / "selfres").resolve() == PACKAGE_DIR
+        return False
+    return (top / "Snakefile").is_file() or (top / "workflow" / "Snakefile").is_file()
+
+
 def _git(where: str | Path | None, *args: str) -> str | None:
     """``git args`` run in the checkout ``where`` lies in (default: selfres's own); its
-    stdout, or None outside a checkout or on failure. That checkout alone is trusted, also
+    stdout, or None outside a checkout, in a checkout not selfres's (:func:`_ours`) or on
+    failure. That checkout alone is trusted, also
     when another user owns it (an install in /opt run by a service account, which git
     refuses as "dubious ownership"), and with its file-system monitor off, so that a
     checkout's configuration runs no command."""
     here = Path(where).resolve() if where is not None else PACKAGE_DIR
     top = _checkout_top(here)
-    if top is None:
+    if top is None or not _ours(top, package=where is None):
         return None
     try:
         out = subprocess.run(["git", "-c", f"safe.directory={top}", "-c", "core.fsmonitor=false", "-C", str(here),

@@ -35,6 +35,33 @@ def test_git_commit_names_the_checkout_a_path_lies_in_and_none_outside_one(tmp_p
     assert codeinfo.git_commit(outside) is None and codeinfo.git_dirty(outside) is None
 
 
+def test_a_repository_that_is_not_selfres_s_is_never_asked(tmp_path, monkeypatch):
+    """selfres installed in a virtual environment inside a lab's own repository recorded that
+    repository's commit as selfres's, and ran git there with its ownership check overridden, so
+    that repository's configuration (a clean filter) ran commands as the user running selfres."""
+    lab = tmp_path / "lab"
+    subprocess.run(["git", "init", "-q", str(lab)], check=True)
+    (lab / "notes.txt").write_text("a\n")
+    subprocess.run(["git", "-C", str(lab), "add", "notes.txt"], check=True)
+    subprocess.run(["git", "-C", str(lab), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+                   check=True)
+    marker = tmp_path / "filter-ran"
+    subprocess.run(["git", "-C", str(lab), "config", "filter.x.clean", f"touch {marker}; cat"], check=True)
+    (lab / ".gitattributes").write_text("*.txt filter=x\n")
+    (lab / "notes.txt").write_text("b\n")
+    installed = lab / ".venv" / "lib" / "site-packages" / "selfres"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(codeinfo, "PACKAGE_DIR", installed)
+    assert codeinfo.git_commit() is None and codeinfo.git_dirty() is None
+    assert codeinfo.git_commit(lab) is None and codeinfo.git_dirty(lab) is None  # a workflow folder: no Snakefile
+    assert not marker.exists()
+    # an editable install from a checkout: that checkout's commit
+    (lab / "src" / "selfres").mkdir(parents=True)
+    monkeypatch.setattr(codeinfo, "PACKAGE_DIR", (lab / "src" / "selfres").resolve())
+    head = subprocess.run(["git", "-C", str(lab), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert codeinfo.git_commit() == head
+
+
 @pytest.mark.parametrize("meta, mode", [({"factors": [2, 2, 2]}, "enhance"), ({"factors": [1, 2, 2]}, "enhance"),
                                         ({"factors": [4, 4, 4]}, "enhance"), ({"factor": 2.5}, "isotropic"),
                                         ({"factor": 3.0}, "isotropic")])

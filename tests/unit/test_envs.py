@@ -74,11 +74,32 @@ def test_python_and_build_requirements_agree():
         assert specs[build_req.name] == build_req.specifier
 
 
-def test_post_deploy_script_installs_this_checkout():
+def test_post_deploy_script_installs_this_checkout(tmp_path):
+    """Snakemake runs a copy of the script kept beside the environment
+    (`.snakemake/conda/HASH.post-deploy.sh`): derived from its own location, the checkout was
+    `.snakemake`, pip failed and no conda environment could ever be created. The Snakefile
+    names the checkout in SELFRES_CHECKOUT."""
+    import os
+    import shutil
+    import subprocess
+
     script = REPO / "envs" / "selfres.post-deploy.sh"
-    text = script.read_text()
-    assert text.startswith("#!"), "the shebang picks the interpreter Snakemake runs it with"
-    assert "--no-deps" in text and "-e" in text
+    assert script.read_text().startswith("#!"), "the shebang picks the interpreter Snakemake runs it with"
+    copy = tmp_path / "work" / ".snakemake" / "conda" / "abc123.post-deploy.sh"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(script, copy)
+    fake = tmp_path / "bin"  # a python that records what pip was asked
+    fake.mkdir()
+    (fake / "python").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'asked'}\n")
+    (fake / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "SELFRES_CHECKOUT": str(REPO)}
+    subprocess.run(["bash", str(copy)], cwd=tmp_path / "work", env=env, check=True)
+    assert (tmp_path / "asked").read_text().split() == ["-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                                                        "-e", str(REPO)]
+    env.pop("SELFRES_CHECKOUT")
+    run = subprocess.run(["bash", str(copy)], cwd=tmp_path / "work", env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and "is not a selfres checkout" in run.stderr
+    assert "SELFRES_CHECKOUT" in (REPO / "Snakefile").read_text()
 
 
 @pytest.mark.parametrize("smk", sorted((REPO / "workflow" / "rules").glob("*.smk")), ids=lambda p: p.name)

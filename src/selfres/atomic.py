@@ -16,8 +16,11 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["atomic_output", "check_outputs_spare_inputs", "overwritten_input", "remove_stale_siblings",
-           "write_text_atomic"]
+__all__ = ["atomic_output", "check_outputs_spare_inputs", "output_lock", "overwritten_input",
+           "remove_stale_siblings", "write_text_atomic"]
+
+#: The output locks this process holds (:func:`output_lock`): lock file -> [descriptor, depth].
+_HELD: dict[Path, list[int]] = {}
 
 
 def overwritten_input(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> Path | None:
@@ -82,6 +85,73 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def _lock_file(final: Path) -> Path:
+    return final.parent.resolve() / f".{final.name}.lock"
+
+
+def _take(lock: Path, final: Path) -> int | None:
+    """An exclusive ``flock`` on ``lock`` (created), held by the returned descriptor; ``None``
+    where the file system has no locks. The file is re-checked after locking: a holder
+    removes it when done, and a lock on a removed file guards nothing."""
+    import fcntl
+    import socket
+
+    for _ in range(10):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"{final}: another selfres run ({holder}) is writing this output now; wait for it to "
+                              "end, or give another output (two writers would mix their results)") from None
+        except OSError:  # no locks on this file system (some network mounts): go on unguarded
+            os.close(fd)
+            return None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            return fd
+        os.close(fd)
+    return None
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``path`` for this process's writing: a second selfres writing the same output at
+    the same time (two ``selfres restore … -o out.ome.zarr``, or ``infer`` with another model)
+    is refused at once, naming the holder, instead of each deleting the other's temporary
+    files and committing a store that mixes both runs' tiles. An exclusive lock on
+    ``.NAME.lock`` beside it, released (and the file removed) at the end or when the process
+    dies; re-entrant within a process (``restore`` holds its output through ``infer``)."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_file(final)
+    if lock in _HELD:
+        _HELD[lock][1] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock][1] -= 1
+        return
+    fd = _take(lock, final)
+    if fd is None:
+        yield
+        return
+    _HELD[lock] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _HELD[lock]
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Write to a temporary sibling of ``path`` and move it into place on success.
@@ -99,8 +169,12 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         The temporary path to write (does not exist yet).
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_siblings(final)
+    with output_lock(final):
+        yield from _atomic_output(final)
+
+
+def _atomic_output(final: Path) -> Iterator[Path]:
+    remove_stale_siblings(final)  # litter of killed writers: a live one holds the output's lock
     token = uuid.uuid4().hex[:8]
     tmp = final.with_name(f".{final.name}.tmp-{token}")
     try:

@@ -353,11 +353,11 @@ def check_outputs_apart(args) -> None:
         outputs[MODEL_OUTPUT_WHAT] = folders[MODEL_OUTPUT_WHAT] = model_output_path(args.output)
         if getattr(args, "drop_stale_export", False):
             outputs["the output's OME-TIFF export (--drop-stale-export)"] = tiff_export_path(args.output)
+    check_outputs_spare_inputs(outputs, inputs)
     if args.command in ("normalise", "infer"):  # restore checks its own, after what it says first
         from .pipeline import check_store_name
 
         check_store_name(args.output, command=args.command)
-    check_outputs_spare_inputs(outputs, inputs)
     for flag, folder in folders.items():
         _check_replaceable(flag, Path(folder), model=args.command in ("train", "adopt"))
     file_outputs = ["done", "html", "provenance"] + (["output"] if args.command in _FILE_OUTPUT_COMMANDS else [])

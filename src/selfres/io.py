@@ -34,8 +34,8 @@ import numpy as np
 import zarr
 
 from selfres import formats
-from selfres.errors import (ChannelNotChosen, ConfigError, InputError, SeriesNotChosen, TimepointNotChosen, out_of_range,
-                            series_out_of_range)
+from selfres.errors import (ChannelNotChosen, ConfigError, InputError, SeriesNotChosen, TimepointNotChosen,
+                            out_of_range, series_out_of_range)
 from selfres.atomic import atomic_output, write_text_atomic  # noqa: F401 (part of this module's API)
 from selfres.settings import STORED_VOXEL_SIZE_RANGE_UM, voxel_size_problem
 

@@ -7,6 +7,7 @@ stage never leaves an output that looks complete.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -15,7 +16,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -866,7 +866,32 @@ def stage_infer(
     verifies every tile, builds the pyramid and moves the store into place. ``"all"``
     does the three in one process. A killed run resumes from the tiles it recorded (on a
     CPU's whole-volume back-projection path, recorded only once the whole volume is computed).
+    Every step but ``"block"`` (whose jobs share the partial store by design) holds
+    ``output`` (:func:`selfres.atomic.output_lock`): a second writer is refused.
     """
+    from .atomic import output_lock
+
+    held = contextlib.nullcontext() if step == "block" else output_lock(output)
+    with held:
+        return _stage_infer(normalized, model_dir, output, sample=sample, settings=settings,
+                            isotropic_settings=isotropic_settings, device=device, threads=threads, step=step,
+                            block=block)
+
+
+def _stage_infer(
+    normalized: str | Path,
+    model_dir: str | Path,
+    output: str | Path,
+    *,
+    sample: str,
+    settings: InferSettings | None = None,
+    isotropic_settings: IsotropicSettings | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    step: str = "all",
+    block: int = 0,
+) -> dict:
+    """:func:`stage_infer`, its output held."""
     settings = settings or InferSettings()
     set_threads(threads)
     from . import models
@@ -1635,31 +1660,38 @@ def restore(
     if not keep:
         log.info("intermediate files (model, metrics, report) go to a temporary folder and are removed at the "
                  "end; --keep DIR keeps them")
-    work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="selfres-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        norm = work / "normalized.ome.zarr"
-        stage_normalise(input_path, norm, sample=sample, channel=channel, timepoint=timepoint, series=series,
-                        voxel_size=voxel_size,
-                        settings=settings.normalise, ngff_version=settings.infer.ngff_version)
-        stage_crop(norm, work / "train_fov.json", sample=sample, mode=mode, scale=scale, training_fov=training_fov,
-                   settings=settings.fov, reference=reference)
-        if model_from is not None:
-            stage_adopt(norm, work / "train_fov.json", model_from, work / "model", sample=sample, mode=mode,
-                        scale=scale, settings=settings, device=device, threads=threads, source_is_output=False)
-        else:
-            stage_train(norm, work / "train_fov.json", work / "model", sample=sample, mode=mode, scale=scale,
-                        settings=settings, device=device, threads=threads)
-        stage_infer(norm, work / "model", output, sample=sample, settings=settings.infer,
-                    isotropic_settings=settings.isotropic, device=device, threads=threads)
-        m = stage_qc(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
-                     sample=sample, reference=reference, settings=settings.qc)
-        stage_report(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
-                     work / "report.html", work / "provenance.json", sample=sample,
-                     resolved_config={"mode": mode, "scale": scale, "settings": to_dict(settings),
-                                      "reference": str(reference) if reference else None,
-                                      "model_from": str(model_from) if model_from is not None else None})
-        return m
-    finally:
+    from .atomic import output_lock
+
+    with output_lock(output):  # a second restore to this output is refused, before any work
+        # without --keep: beside the output (its disk, not /tmp's), and a killed run's is
+        # removed by the next (the lock says no live run uses it)
+        work = Path(keep) if keep else Path(output).with_name(f".{Path(output).name}.work")
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            norm = work / "normalized.ome.zarr"
+            stage_normalise(input_path, norm, sample=sample, channel=channel, timepoint=timepoint, series=series,
+                            voxel_size=voxel_size,
+                            settings=settings.normalise, ngff_version=settings.infer.ngff_version)
+            stage_crop(norm, work / "train_fov.json", sample=sample, mode=mode, scale=scale,
+                       training_fov=training_fov, settings=settings.fov, reference=reference)
+            if model_from is not None:
+                stage_adopt(norm, work / "train_fov.json", model_from, work / "model", sample=sample, mode=mode,
+                            scale=scale, settings=settings, device=device, threads=threads, source_is_output=False)
+            else:
+                stage_train(norm, work / "train_fov.json", work / "model", sample=sample, mode=mode, scale=scale,
+                            settings=settings, device=device, threads=threads)
+            stage_infer(norm, work / "model", output, sample=sample, settings=settings.infer,
+                        isotropic_settings=settings.isotropic, device=device, threads=threads)
+            m = stage_qc(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
+                         sample=sample, reference=reference, settings=settings.qc)
+            stage_report(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
+                         work / "report.html", work / "provenance.json", sample=sample,
+                         resolved_config={"mode": mode, "scale": scale, "settings": to_dict(settings),
+                                          "reference": str(reference) if reference else None,
+                                          "model_from": str(model_from) if model_from is not None else None})
+            return m
+        finally:
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)

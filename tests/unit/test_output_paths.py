@@ -159,3 +159,54 @@ def test_every_command_line_option_says_what_it_is():
     bare = [f"{name} {action.dest}" for name, command in commands.items() for action in command._actions
             if action.help is None and not isinstance(action, argparse._HelpAction)]
     assert bare == []
+
+
+def test_a_second_writer_of_the_same_output_is_refused_at_once(tmp_path):
+    """Two `selfres restore … -o out.ome.zarr` (or infer with another model) at once each
+    deleted the other's temporary files, and the one that ended last committed a store holding
+    118 of 256 tiles of the other's model, labelled as its own. While one holds the output, the
+    other is refused before any work, naming the holder; a killed run's work folder is removed
+    by the next."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    import tifffile
+
+    from selfres.atomic import atomic_output, output_lock
+
+    src = tmp_path / "a.tif"
+    _tiny_tiff(src)
+    out = tmp_path / "out.ome.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom selfres.atomic import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"out.ome.zarr: another selfres run \(pid {holder.pid} on .*\) is "
+                                              "writing this output now"):
+            restore(src, out)
+        assert not out.exists() and not (tmp_path / ".out.ome.zarr.work").exists(), "refused before any work"
+        with pytest.raises(ConfigError, match="another selfres run"), atomic_output(out) as tmp:
+            tmp.mkdir()
+        from selfres.pipeline import stage_infer
+
+        with pytest.raises(ConfigError, match="another selfres run"):
+            stage_infer(tmp_path / "n.ome.zarr", tmp_path / "model", out, sample="s")
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out), output_lock(out):  # the holder died: free again; re-entrant within a process
+        pass
+    assert not (tmp_path / ".out.ome.zarr.lock").exists(), "released and removed"
+    stale = tmp_path / ".out.ome.zarr.work" / "normalized.ome.zarr"  # left by a restore killed with SIGKILL
+    stale.mkdir(parents=True)
+    from selfres.settings import Settings, from_dict
+
+    fast = from_dict(Settings, {"train": {"arch": "resnet3d", "width": 8, "depth": 1, "steps": 2, "validate_every": 1,
+                                          "warmup_steps": 0, "batch_size": 2, "patch_size": [2, 16, 16]},
+                                "fov": {"min_holdout_voxels": 64}})
+    big = tmp_path / "b.tif"
+    tifffile.imwrite(big, np.random.default_rng(0).random((8, 48, 48)).astype(np.float32))
+    restore(big, out, scale=(1, 2, 2), settings=fast, device="cpu")
+    assert out.is_dir() and not (tmp_path / ".out.ome.zarr.work").exists()

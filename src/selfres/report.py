@@ -2291,7 +2291,7 @@ _SORT_JS = """
 
 
 def render_summary(rows: Sequence[Mapping[str, Any]], *,
-                   unwritten_exports: Sequence[Mapping[str, Any]] = ()) -> str:
+                   unwritten_exports: Sequence[Mapping[str, Any]] = (), written: str | None = None) -> str:
     """Render ``summary.html``: counts, and a sortable table linking each report.
 
     Parameters
@@ -2301,6 +2301,8 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
     unwritten_exports
         The combined OME-TIFFs the run did not write (``selfres.summary.unwritten_exports``),
         listed under "What to look at".
+    written
+        When the page is written (shown beside the counts: which night it describes).
 
     Returns
     -------
@@ -2350,7 +2352,8 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
         f'<span class="status-fallback_interpolation">{n_fb} fallback to interpolation</span>'
         f' · <span class="status-failed">{n_fail} failed</span>'
         + (f' · <span class="status-failed">{n_broken} output broken</span>' if n_broken else "")
-        + (f" · {n_other} other" if n_other else "") + f" · {len(df)} samples</p>")
+        + (f" · {n_other} other" if n_other else "") + f" · {len(df)} samples"
+        + (f" · written {_esc(written)}" if written else "") + "</p>")
     table = ('<table class="sortable"><thead><tr>'
              + "".join(f"<th>{_esc(h)}</th>" for h in head)
              + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>")

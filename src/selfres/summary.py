@@ -179,7 +179,8 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
     write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
     unwritten = unwritten_exports(results, acquisitions or {}, rows,
                                   run_started=_log_time(run["header"].get("started")))
-    write_text_atomic(out_html, report.render_summary(rows, unwritten_exports=unwritten))
+    write_text_atomic(out_html, report.render_summary(rows, unwritten_exports=unwritten,
+                                                      written=time.strftime("%Y-%m-%d %H:%M %Z")))
     return rows
 
 

@@ -602,6 +602,10 @@ def test_a_missing_reference_is_named_at_the_start_and_fails_only_its_samples_qc
     assert table.loc["bad", "status"] == "failed"
     assert "no_truth.tif" in table.loc["bad", "error"] and "does not exist" in table.loc["bad", "error"], \
         table.loc["bad", "error"]
+    # dated when written, and says when: it was dated back before every report, so a failed
+    # night's summary looked older than the night before's (to a cache, rsync -u, find -mtime)
+    assert (res / "summary.html").stat().st_mtime >= (res / "good" / "report.html").stat().st_mtime
+    assert re.search(r" · written 20\d\d-\d\d-\d\d \d\d:\d\d", (res / "summary.html").read_text())
     # the row taken out of the sheet: the next run rebuilds the summary (written outside
     # Snakemake's records by the failed run) from the samples left, and does nothing else
     sheet = wd / "config" / "samples.tsv"

@@ -640,17 +640,24 @@ def run_record(status, log):
     _write_run_record(R, status, log, ALL_SAMPLE_IDS, model_sources=model_sources_of_samples())
 
 
+#: Touched by `onerror` after it writes the summary, and an input of the summary rule once it
+#: exists: newer than the summary, it makes the next run rebuild it from that run's samples (after
+#: the sheet is mended, a row removed, or another sheet given), as Snakemake keeps no record of a
+#: summary written outside the rule. (The summary was dated back instead, which made a failed
+#: night's summary look older than the night before's — to a cache, rsync -u, a find -mtime mail.)
+SUMMARY_REBUILD_MARKER = f"{R}/runs/.rebuild_summary"
+
+
+def summary_rebuild_marker(wildcards):
+    return [SUMMARY_REBUILD_MARKER] if os.path.exists(SUMMARY_REBUILD_MARKER) else []
+
+
 def summary_written_outside_the_rule():
-    """Date the summary that `onerror` wrote back to before every report under the results
-    folder: Snakemake keeps no record of it, so only its age makes the next run (after the
-    sheet is mended, a row removed, or another sheet given) rebuild it from that run's samples."""
-    reports = [p.stat().st_mtime for p in Path(R).glob("*/report.html")]
-    stamp = min(reports) - 1.0 if reports else 0.0
-    for path in (f"{R}/summary.tsv", f"{R}/summary.html"):
-        try:
-            os.utime(path, (stamp, stamp))
-        except OSError:
-            pass
+    try:
+        os.makedirs(os.path.dirname(SUMMARY_REBUILD_MARKER), exist_ok=True)
+        Path(SUMMARY_REBUILD_MARKER).touch()
+    except OSError:
+        pass
 
 
 onsuccess:

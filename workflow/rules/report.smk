@@ -97,6 +97,7 @@ rule export_acquisition:
 rule summary:
     input:
         expand(f"{R}/{{sample}}/report.html", sample=TARGET_SAMPLES),
+        summary_rebuild_marker,
     output:
         tsv=report(f"{R}/summary.tsv", caption="../report/summary.rst", category="Summary",
                    labels={"figure": "summary table"}),

@@ -848,7 +848,7 @@ def train_degrader(
                      step, iso.gan_steps, rows[-1]["gan"], rows[-1]["cycle"], rows[-1]["feedback"],
                      rows[-1]["disc"], el)
             if over:
-                log.info("learned stage time budget of %.1f min reached", iso.gan_max_minutes)
+                log.info("learned stage time budget of %g min reached", iso.gan_max_minutes)
                 break
     g_ax.eval()
     r_state = {k: v.detach().clone() for k, v in restorer.state_dict().items()}

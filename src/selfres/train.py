@@ -586,10 +586,10 @@ class Selection:
     def budget_stop_flags(self, max_minutes: float) -> list[str]:
         """Log a stop by the time budget (before the step limit); ``["stopped_while_improving"]``
         when the held-out score was still rising, else none."""
-        log.info("time budget of %.1f min reached", max_minutes)
+        log.info("time budget of %g min reached", max_minutes)
         if not self.still_improving:
             return []
-        log.warning("training stopped by its time budget (train.max_minutes %.1f) while the held-out score was "
+        log.warning("training stopped by its time budget (train.max_minutes %g) while the held-out score was "
                     "still improving", max_minutes)
         return ["stopped_while_improving"]
 

@@ -222,7 +222,7 @@ def test_time_budget_stops_between_validations():
     assert len(r.log_rows) == 1  # the budget stop is validated, so the best checkpoint is still chosen
 
 
-def test_a_time_budget_stop_while_the_held_out_score_rises_is_flagged():
+def test_a_time_budget_stop_while_the_held_out_score_rises_is_flagged(caplog):
     """`stopped_while_improving`: the budget ended a training whose kept model came at one of
     its last two validations (not the untrained start); a plateau or no gain is not flagged."""
     from selfres.train import Selection
@@ -237,6 +237,10 @@ def test_a_time_budget_stop_while_the_held_out_score_rises_is_flagged():
     assert not sel.still_improving  # two validations without gain: a plateau
     sel.observe(model, step=20, psnr=32.0, score=32.0, row={})
     assert sel.still_improving
+    with caplog.at_level("INFO", logger="selfres"):
+        assert sel.budget_stop_flags(0.15) == ["stopped_while_improving"]
+    said = caplog.text  # the budget as configured, not 0.1
+    assert "time budget of 0.15 min reached" in said and "(train.max_minutes 0.15)" in said
 
     # wired into training: a clock that moves one second each time it is read ends the
     # 30-second budget after a few validations, whatever the machine's speed

@@ -665,6 +665,13 @@ def _run_reporting(args, sample, prefix) -> int:
         if _errno_in_chain(exc, (errno.ENOSPC, errno.EDQUOT)) or _output_disk_full(args):
             print(f"ERROR: {prefix}{_no_space_message(exc, args)}", file=sys.stderr)
             return 4
+        too_large = _errno_in_chain(exc, (errno.EFBIG,))
+        if too_large is not None:  # a job's file-size limit (ulimit -f, SGE h_fsize), FAT's 4 GiB
+            target = too_large.filename or getattr(args, "output", None) or ""
+            print(f"ERROR: {prefix}file too large while writing {target}: over this job's file-size limit (ulimit "
+                  "-f; a batch system's file-size limit) or the file system's largest file (4 GiB on FAT/exFAT "
+                  "drives); raise the limit or write to another file system", file=sys.stderr)
+            return 4
         denied = _errno_in_chain(exc, (errno.EROFS, errno.EACCES, errno.EPERM))
         if denied is not None and _is_written_here(denied.filename, args):
             print(f"ERROR: {prefix}{_not_writable_message(denied, args)}", file=sys.stderr)

@@ -441,3 +441,18 @@ sys.exit(cli.main(["normalise", "raw.tif", "-o", {str(out)!r}, "--sample", "s1"]
         tmp.mkdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".normalized.ome.zarr.partial", "normalized.ome.zarr",
                                                           "writing"]
+
+
+def test_a_file_size_limit_is_one_error_line_not_a_bug(tmp_path):
+    """`ulimit -f` (SGE h_fsize, a FAT drive's 4 GiB) gave a traceback and 'This is a bug', exit 1."""
+    import tifffile
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).random((8, 128, 128)).astype(np.float32))
+    out = tmp_path / "n.ome.zarr"
+    proc = subprocess.run(["bash", "-c", f"ulimit -f 64; exec {sys.executable} -m selfres.cli normalise {src} "
+                                         f"-o {out} --sample {SAMPLE}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    line = _only_error_line(proc.stderr)
+    assert line.startswith(f"ERROR: sample '{SAMPLE}': file too large while writing ") and "ulimit -f" in line
+    assert not out.exists()

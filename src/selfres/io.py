@@ -967,6 +967,22 @@ def _plain_zarr_axes(arr) -> tuple[str, bool]:
     return "?" * arr.ndim, False
 
 
+def _warn_missing_chunks(path: str, arr) -> None:
+    """Say when chunks of an acquisition's array are absent: zarr reads each as its fill
+    value, so a store whose copy has not finished (rsync writes .zarray first) gave blocks of
+    zeros that shifted the whole normalisation, without a word. Not an error: a writer may
+    leave out chunks that hold only the fill value."""
+    try:
+        total, present = int(arr.nchunks), int(arr.nchunks_initialized)
+    except Exception:  # noqa: BLE001 - a store that cannot list its chunks: nothing to say
+        return
+    if present < total:
+        _warn_once("%s: %d of its %d chunks are absent and read as the fill value (%s): a copy that has not "
+                   "finished, or a writer that leaves out chunks holding only that value (then all is well). If "
+                   "the copy is not complete, finish it and run again; touch the store's folder so that Snakemake "
+                   "sees it changed", path, total - present, total, arr.fill_value)
+
+
 def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
                require_ome: bool = False, cast: bool = True, timepoint: int | None = None,
                series: int | None = None) -> Volume:
@@ -982,6 +998,8 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
         letters, known = _plain_zarr_axes(arr)
         vox = origin = None
     _check_dtype(path, arr.dtype)
+    if ATTRS_KEY not in attrs and ATTRS_KEY not in dict(getattr(node, "attrs", {})):  # an acquisition
+        _warn_missing_chunks(path, arr)
     darr = da.from_zarr(arr)
     data = _to_zyx(darr, letters, channel=channel, timepoint=timepoint, path=path, axes_known=known)
     data, dtype = _finish(path, data, lazy=lazy, cast=cast)

@@ -1467,3 +1467,19 @@ def test_a_tifffile_and_zarr_pair_that_do_not_fit_is_named_not_called_a_corrupt_
     monkeypatch.setattr(io.zarr, "open_array", mismatch)
     with pytest.raises(ConfigError, match=r"tifffile .* and zarr .* do not work together, so no TIFF can be read"):
         io.read_volume(p, lazy=True)
+
+
+def test_an_acquisition_store_with_absent_chunks_says_so(tmp_path, caplog):
+    """A Zarr acquisition still being copied (rsync writes .zarray first) was read with zeros
+    where chunks were missing, without a word; the normalisation shifted with them."""
+    arr = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=(8, 16, 16), chunks=(4, 8, 8), dtype="u2",
+                          zarr_format=2)
+    arr[:] = 1 + np.arange(8 * 16 * 16, dtype=np.uint16).reshape(8, 16, 16)
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        io.read_volume(tmp_path / "a.zarr", lazy=True)
+    assert "chunks are absent" not in caplog.text
+    (tmp_path / "a.zarr" / "1.1.1").unlink()
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        io.read_volume(tmp_path / "a.zarr", lazy=True)
+    assert "a.zarr: 1 of its 8 chunks are absent and read as the fill value (0): a copy that has not finished" \
+        in caplog.text

@@ -145,6 +145,16 @@ def saturation_levels(dtype) -> tuple[int, ...]:
 
 
 # --------------------------------------------------------------------------- stages
+def _file_identity(path: str | Path) -> tuple | None:
+    """What changes when a file is replaced or written to: device, inode, size, modification
+    time (of a directory store: its top folder's)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def stage_normalise(
     input_path: str | Path,
     output: str | Path,
@@ -160,6 +170,7 @@ def stage_normalise(
     """Read the acquisition (its ``series``, ``channel`` and ``timepoint`` where it has several),
     normalise it robustly and write ``normalized.ome.zarr``."""
     settings = settings or NormaliseSettings()
+    before = _file_identity(input_path)
     try:
         # lazy (dask): streamed chunk by chunk, so memory does not grow with the volume; in the
         # file's own dtype, so that 32/64-bit data are normalised in float64 (normalise.apply):
@@ -242,6 +253,11 @@ def stage_normalise(
     origin = at_voxel_size(vol.origin_voxels, vs)
     io.write_ome_zarr(output, norm, voxel_size=vs, ngff_version=ngff_version, origin=origin,
                       contrast_limits=(0.0, 1.0), attrs=attrs | {"voxel_size_known": vs is not None})
+    if _file_identity(input_path) != before:
+        shutil.rmtree(output, ignore_errors=True)
+        raise InputError(input_path, "changed while it was being read (replaced, or still being written): its "
+                         "normalised copy and checksum would not be of one file, and the newer file would never be "
+                         "read (it is older than the output); run again once it is complete", sample=sample)
     log.info("normalised %s: shape %s, %s → [0,1] from percentiles %s (%s)", input_path, data.shape,
              (params.low, params.high), (params.low_percentile, params.high_percentile), vol.source_dtype)
     return attrs

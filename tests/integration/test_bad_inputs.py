@@ -26,6 +26,7 @@ import zarr
 import yaml
 
 from selfres import cli, io, pipeline
+from selfres.errors import InputError
 from selfres.runlog import parse_snakemake_log
 from workdir import make_workdir, run_snakemake, tiny_volume, write_tiny_tiff
 
@@ -707,3 +708,25 @@ def test_output_chunks_the_tiles_cannot_write_whole_stop_the_run_before_any_job(
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     plan = run_snakemake(wd, "-n", timeout=120)
     assert plan.returncode == 0, plan.stderr[-3000:]
+
+
+def test_an_acquisition_replaced_while_it_is_normalised_fails_and_leaves_no_output(tmp_path, monkeypatch):
+    """A re-acquisition saved under the same name while normalise read the old one: the data
+    were the old file's, the checksum the new one's, and the output (newer than the new file)
+    meant the new one was never read."""
+    import os
+
+    src = _tif(tmp_path, "raw.tif", tiny_volume((8, 64, 64), seed=0), metadata={"axes": "ZYX"})
+    newer = _tif(tmp_path, "newer.tif", tiny_volume((8, 64, 64), seed=1), metadata={"axes": "ZYX"})
+    checksum = io.file_checksum
+
+    def replaced_meanwhile(path):
+        os.replace(newer, src)  # the writer's rename lands while the old file is being read
+        return checksum(path)
+
+    monkeypatch.setattr(io, "file_checksum", replaced_meanwhile)
+    out = tmp_path / "normalized.ome.zarr"
+    with pytest.raises(InputError, match=r"raw.tif: changed while it was being read \(replaced, or still being "
+                                         r"written\)"):
+        pipeline.stage_normalise(src, out, sample=SAMPLE)
+    assert not out.exists()

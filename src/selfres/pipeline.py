@@ -187,6 +187,11 @@ def stage_normalise(
                     input_path, ", ".join(f"{v:g}" for v in vol.voxel_size), metadata_problem)
         vol = dataclasses.replace(vol, voxel_size=None)
     vs = tuple(voxel_size) if voxel_size else vol.voxel_size
+    if voxel_size and vol.voxel_size and any(abs(g - f) > 0.01 * f for g, f in zip(voxel_size, vol.voxel_size)):
+        # the sheet wins, as documented; a factor between them is more often a slip than a correction
+        log.warning("sample %r: the voxel size given (sheet column voxel_size; selfres: --voxel-size), %s µm, is not "
+                    "the one %s records, %s µm; the given one is used", sample,
+                    ", ".join(f"{v:g}" for v in voxel_size), input_path, ", ".join(f"{v:g}" for v in vol.voxel_size))
     if data.size == 0:
         raise InputError(input_path, "the volume is empty (zero voxels)", sample=sample)
     import dask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -637,3 +638,20 @@ def test_a_model_description_missing_what_infer_reads_is_named_not_a_crash(tmp_p
     path.write_text(json.dumps(info))
     with pytest.raises(InputError, match="invalid model description"):
         pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", device="cpu")
+
+
+def test_a_given_voxel_size_that_is_not_the_files_is_said(tmp_path, caplog):
+    """The sheet's voxel_size overrides the file's, as documented, but a factor of 2 between
+    them (more often a slip than a correction) went by without a word."""
+    import tifffile
+
+    src = tmp_path / "a.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).random((6, 32, 32)).astype(np.float32), imagej=True,
+                     resolution=(2.0, 2.0), metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_normalise(src, tmp_path / "same.ome.zarr", sample="s", voxel_size=(1.0, 0.5, 0.5))
+    assert "is not the one" not in caplog.text
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_normalise(src, tmp_path / "other.ome.zarr", sample="s", voxel_size=(2.0, 1.0, 1.0))
+    assert re.search(r"sample 's': the voxel size given \(sheet column voxel_size; selfres: --voxel-size\), 2, 1, 1 "
+                     r"µm, is not the one .*a\.tif records, 1, 0\.5, 0\.5 µm; the given one is used", caplog.text)

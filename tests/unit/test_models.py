@@ -425,6 +425,7 @@ def test_choosing_a_gpu_makes_it_current(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(str(d)))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")  # a scheduler's: `auto` then takes the current one
     assert models.select_device("cuda:1") == torch.device("cuda:1") and calls == ["cuda:1"]
     assert models.select_device("auto") == torch.device("cuda") and calls == ["cuda:1"]  # current already
 

@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model-sources", default=None,
                    help="JSON mapping sample → the sample whose model it uses (model_from): a sample not restored "
                         "because its source failed says so")
+    s.add_argument("--waiting", default=None,
+                   help="JSON mapping sample → its inbox acquisition, left for the next run because it is still "
+                        "changing: listed as pending (with an earlier run's report, if any)")
 
     s = sub.add_parser("refused", help="the one job of a sample the workflow refused when it read the sheet or "
                        "the inbox (bad_rows: fail_alone): prints the reason as the sample's ERROR line and fails")
@@ -480,7 +483,8 @@ def _run_record_or_summary(args) -> int:
                       snakemake_log=args.snakemake_log,
                       acquisitions=_json_object(args.acquisitions, "--acquisitions") if args.acquisitions else None,
                       model_sources=(_json_object(args.model_sources, "--model-sources") if args.model_sources
-                                     else None))
+                                     else None),
+                      waiting=_json_object(args.waiting, "--waiting") if args.waiting else None)
     else:
         from .runlog import write_run_record
 

@@ -90,6 +90,8 @@ class InboxScan:
         New samples: ``{"sample": id, "path": path}``, sorted by id.
     waiting
         ``(path, seconds since its last change)`` of acquisitions left for the next run.
+    waiting_ids
+        ``{sample id: path}`` of the same (the summary gives each a ``pending`` row).
     shadowed
         ``(path, id)`` of acquisitions left to a sheet row of the same id or path.
     clashes
@@ -101,6 +103,7 @@ class InboxScan:
 
     rows: list[dict] = field(default_factory=list)
     waiting: list[tuple[str, float]] = field(default_factory=list)
+    waiting_ids: dict[str, str] = field(default_factory=dict)
     shadowed: list[tuple[str, str]] = field(default_factory=list)
     clashes: list[tuple[str, list[str]]] = field(default_factory=list)
     converted: list[tuple[str, str]] = field(default_factory=list)
@@ -221,6 +224,7 @@ def scan_inbox(
             continue
         if age < settle_seconds:
             scan.waiting.append((path, age))
+            scan.waiting_ids[sid] = path
         else:
             scan.rows.append({"sample": sid, "path": path})
     return scan

@@ -2315,7 +2315,8 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
     n_fb = int(counts.get("fallback_interpolation", 0))
     n_fail = int(counts.get("failed", 0))
     n_broken = int(counts.get("output_broken", 0))
-    n_other = len(df) - n_ok - n_fb - n_fail - n_broken
+    n_pending = int(counts.get("pending", 0))
+    n_other = len(df) - n_ok - n_fb - n_fail - n_broken - n_pending
     head = ["sample", "status", "mode", "input shape", "output shape", "PSNR gain (dB)",
             "isotropy in", "isotropy out", "isotropy of interpolation", "flags", "train (s)", "infer (s)", "error"]
     body = []
@@ -2352,6 +2353,7 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
         f'<span class="status-fallback_interpolation">{n_fb} fallback to interpolation</span>'
         f' · <span class="status-failed">{n_fail} failed</span>'
         + (f' · <span class="status-failed">{n_broken} output broken</span>' if n_broken else "")
+        + (f" · {n_pending} pending" if n_pending else "")
         + (f" · {n_other} other" if n_other else "") + f" · {len(df)} samples"
         + (f" · written {_esc(written)}" if written else "") + "</p>")
     table = ('<table class="sortable"><thead><tr>'

@@ -112,7 +112,8 @@ def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str
 def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Path, out_html: str | Path,
                   *, modes: dict | None = None, snakemake_log: str | Path | None = None,
                   acquisitions: dict[str, Sequence[str]] | None = None,
-                  model_sources: dict[str, str] | None = None) -> list[dict]:
+                  model_sources: dict[str, str] | None = None,
+                  waiting: dict[str, str] | None = None) -> list[dict]:
     """Write ``summary.tsv`` / ``summary.html`` over all samples, failed ones included.
 
     ``snakemake_log``: the log of the run that ends (the workflow's ``onerror`` passes it).
@@ -123,6 +124,10 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
     ``model_sources``: ``{sample: the sample whose model it uses}`` (``model_from``): a sample
     that was not restored because its source failed says so, with the source's error (its
     own logs hold no ERROR line: its adopt job never ran).
+
+    ``waiting``: ``{sample: acquisition}`` of the inbox's acquisitions left for the next run (still
+    changing): each a ``pending`` row saying so, linking an earlier run's report where one is on
+    disk (a re-exported file), so that no acquisition vanishes from the page.
 
     ``acquisitions``: ``{acquisition: sample ids}`` of the combined OME-TIFFs the run asks
     (``export_tiff`` with ``channel: all`` / ``timepoint: all``); those it did not write are
@@ -175,6 +180,13 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             except OSError as exc:  # a read-only or full results folder: the summary still gets written
                 log.warning("%s: could not mark or unmark it as out of date (%s)", html, exc)
         rows.append(row)
+    for s, path in sorted((waiting or {}).items()):
+        if s in samples:
+            continue
+        earlier = (results / s / "report.html").exists()
+        rows.append({"sample": s, "status": "pending", "report": f"{s}/report.html" if earlier else None,
+                     "error": f"inbox: {path} is still changing; left for the next run"
+                              + ("; the report is an earlier run's" if earlier else "")})
     _blame_failed_model_sources(rows, model_sources or {})
     write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
     unwritten = unwritten_exports(results, acquisitions or {}, rows,

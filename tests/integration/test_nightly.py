@@ -490,6 +490,27 @@ def test_a_failed_rerun_marks_the_older_report_out_of_date(night1, tmp_path):
     assert report.stat().st_mtime == age  # its age still marks when the sample last finished
 
 
+def test_inbox_acquisitions_left_for_the_next_run_are_pending_rows_of_the_summary(night1, tmp_path):
+    """An acquisition still changing was named only in the run's terminal output: the summary
+    (what the operator reads) lost a re-exported sample's row, and never listed a new one."""
+    import shutil
+
+    import pandas as pd
+
+    wd = tmp_path / "copy"
+    shutil.copytree(night1, wd, symlinks=True)
+    (wd / "inbox" / "night1.tif").touch()  # re-exported this minute
+    write_tiny_tiff(wd / "inbox" / "night2.tif", seed=2)  # still being copied
+    proc = run_snakemake(wd, "--config", "inbox_settle_seconds=3600")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    table = pd.read_csv(wd / "results" / "summary.tsv", sep="\t").set_index("sample")
+    assert set(table.index) == {"night1", "night2"} and set(table["status"]) == {"pending"}
+    assert table.loc["night2", "error"] == "inbox: inbox/night2.tif is still changing; left for the next run"
+    assert table.loc["night1", "error"].endswith("; the report is an earlier run's")
+    page = (wd / "results" / "summary.html").read_text()
+    assert " · 2 pending · 2 samples" in page and 'href="night1/report.html"' in page
+
+
 def test_second_run_at_once_does_nothing(night1):
     before = _tree_stamps(night1 / "results")
     out = _dry(night1)

@@ -123,6 +123,11 @@ def _read_sheet(path, refused):
                                     refused=refused if FAIL_ALONE else None)
 
 
+#: {sample id: path} of the inbox's acquisitions left for the next run (still changing): the
+#: summary lists each as pending, so that none vanishes from the morning's page
+INBOX_WAITING = {}
+
+
 def _inbox_rows(sheet, refused, refused_paths):
     """Nightly batches: acquisitions of the config's inbox globs (selfres.inbox has the rules)."""
     from selfres.inbox import scan_inbox
@@ -139,6 +144,7 @@ def _inbox_rows(sheet, refused, refused_paths):
                       exclude=[R, ".snakemake"])  # never the workflow's own outputs
     if FAIL_ALONE:
         refused.update(scan.refusals())
+    INBOX_WAITING.update(scan.waiting_ids)
     for line in scan.messages():
         print(line, file=sys.stderr)
     schema = os.path.join(workflow.current_basedir, "..", "schemas", "samples.schema.yaml")
@@ -589,7 +595,9 @@ def summary_cli_args():
     sources = model_sources_of_samples()
     return (["--samples", ",".join(ALL_SAMPLE_IDS), "--modes", json.dumps({s: sample_mode(s) for s in SAMPLE_IDS})]
             + (["--acquisitions", json.dumps(exports)] if exports else [])
-            + (["--model-sources", json.dumps(sources, sort_keys=True)] if sources else []))
+            + (["--model-sources", json.dumps(sources, sort_keys=True)] if sources else [])
+            + (["--waiting", json.dumps(waiting, sort_keys=True)]
+               if (waiting := {s: p for s, p in INBOX_WAITING.items() if s not in ALL_SAMPLE_IDS}) else []))
 
 
 def summary_args(wildcards):

@@ -967,11 +967,20 @@ def _plain_zarr_axes(arr) -> tuple[str, bool]:
     return "?" * arr.ndim, False
 
 
-def _warn_missing_chunks(path: str, arr) -> None:
-    """Say when chunks of an acquisition's array are absent: zarr reads each as its fill
-    value, so a store whose copy has not finished (rsync writes .zarray first) gave blocks of
-    zeros that shifted the whole normalisation, without a word. Not an error: a writer may
-    leave out chunks that hold only the fill value."""
+def warn_absent_chunks(path: str | os.PathLike, *, series: int | None = None) -> None:
+    """Say when chunks of a Zarr acquisition's image (level 0) are absent: zarr reads each as
+    its fill value, so a store whose copy has not finished (rsync writes .zarray first) gave
+    blocks of zeros that shifted the whole normalisation, without a word. Not an error: a
+    writer may leave out chunks that hold only the fill value. It lists the store's chunks, so
+    normalise asks it once, not every reading of a header. Nothing for a TIFF, or a store
+    that selfres wrote."""
+    path = os.fspath(path)
+    if _kind(path) == "tiff":
+        return
+    node = _zarr_image(path, series)
+    if ATTRS_KEY in dict(node.attrs):
+        return
+    arr = _ome_zarr_level(path, node, 0)[0] if isinstance(node, zarr.Group) else node
     try:
         total, present = int(arr.nchunks), int(arr.nchunks_initialized)
     except Exception:  # noqa: BLE001 - a store that cannot list its chunks: nothing to say
@@ -998,8 +1007,6 @@ def _read_zarr(path: str, *, channel: int | None, lazy: bool, level: int = 0,
         letters, known = _plain_zarr_axes(arr)
         vox = origin = None
     _check_dtype(path, arr.dtype)
-    if ATTRS_KEY not in attrs and ATTRS_KEY not in dict(getattr(node, "attrs", {})):  # an acquisition
-        _warn_missing_chunks(path, arr)
     darr = da.from_zarr(arr)
     data = _to_zyx(darr, letters, channel=channel, timepoint=timepoint, path=path, axes_known=known)
     data, dtype = _finish(path, data, lazy=lazy, cast=cast)

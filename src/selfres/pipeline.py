@@ -177,6 +177,7 @@ def stage_normalise(
         # float32 would keep 7 digits of a large offset's values (uint32 1e8 + 0..999: 126 levels)
         vol = io.read_volume(input_path, channel=channel, timepoint=timepoint, series=series, lazy=True,
                              cast=False)
+        io.warn_absent_chunks(input_path, series=series)
     except InputError as exc:
         raise exc.for_sample(sample) from None
     data = vol.data
@@ -863,6 +864,20 @@ def output_dtype(settings: InferSettings, source_dtype: str):
     return np.dtype(source_dtype) if settings.output_dtype == "input" else np.dtype("float32")
 
 
+def _holding_its_output(stage):
+    """``stage`` (an infer stage) holding its ``output`` (:func:`selfres.atomic.output_lock`)
+    for every step but ``"block"``, whose jobs share the partial store by design."""
+    @functools.wraps(stage)
+    def held(normalized, model_dir, output, *args, step: str = "all", **kwargs):
+        from .atomic import output_lock
+
+        with contextlib.nullcontext() if step == "block" else output_lock(output):
+            return stage(normalized, model_dir, output, *args, step=step, **kwargs)
+
+    return held
+
+
+@_holding_its_output
 def stage_infer(
     normalized: str | Path,
     model_dir: str | Path,
@@ -890,29 +905,6 @@ def stage_infer(
     Every step but ``"block"`` (whose jobs share the partial store by design) holds
     ``output`` (:func:`selfres.atomic.output_lock`): a second writer is refused.
     """
-    from .atomic import output_lock
-
-    held = contextlib.nullcontext() if step == "block" else output_lock(output)
-    with held:
-        return _stage_infer(normalized, model_dir, output, sample=sample, settings=settings,
-                            isotropic_settings=isotropic_settings, device=device, threads=threads, step=step,
-                            block=block)
-
-
-def _stage_infer(
-    normalized: str | Path,
-    model_dir: str | Path,
-    output: str | Path,
-    *,
-    sample: str,
-    settings: InferSettings | None = None,
-    isotropic_settings: IsotropicSettings | None = None,
-    device: str = "auto",
-    threads: int | None = None,
-    step: str = "all",
-    block: int = 0,
-) -> dict:
-    """:func:`stage_infer`, its output held."""
     settings = settings or InferSettings()
     set_threads(threads)
     from . import models

@@ -1476,10 +1476,17 @@ def test_an_acquisition_store_with_absent_chunks_says_so(tmp_path, caplog):
                           zarr_format=2)
     arr[:] = 1 + np.arange(8 * 16 * 16, dtype=np.uint16).reshape(8, 16, 16)
     with caplog.at_level("WARNING", logger="selfres.io"):
-        io.read_volume(tmp_path / "a.zarr", lazy=True)
+        io.warn_absent_chunks(tmp_path / "a.zarr")
     assert "chunks are absent" not in caplog.text
     (tmp_path / "a.zarr" / "1.1.1").unlink()
     with caplog.at_level("WARNING", logger="selfres.io"):
-        io.read_volume(tmp_path / "a.zarr", lazy=True)
+        io.warn_absent_chunks(tmp_path / "a.zarr")
     assert "a.zarr: 1 of its 8 chunks are absent and read as the fill value (0): a copy that has not finished" \
         in caplog.text
+    from selfres import pipeline
+
+    caplog.clear()
+    io._warn_once.cache_clear()
+    with caplog.at_level("WARNING", logger="selfres.io"):  # normalise says it, with the acquisition's name
+        pipeline.stage_normalise(tmp_path / "a.zarr", tmp_path / "n.ome.zarr", sample="s")
+    assert "chunks are absent" in caplog.text

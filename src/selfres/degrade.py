@@ -534,15 +534,23 @@ def sigma_um_to_px(sigma_um: Sequence[float], voxel_size: Sequence[float]) -> tu
 
 def _border_level(a: np.ndarray) -> tuple[float, bool]:
     """A measured PSF's background from its outermost voxels (its faces), and whether they are
-    flat: the median of the faces where they are (a camera's offset and background light, with
-    noise: their 10th percentile is at least half their median), else their 10th percentile
-    (a PSF cropped inside its own wings, e.g. a computed one at ±2σ: the median of its faces is
-    the PSF's signal, and taking it away cut a fifth of a 7³ Gaussian's mass)."""
+    flat: the median of the faces where the shell one voxel further in is no brighter (a
+    camera's offset and background light, however noisy), else their 10th percentile (a PSF
+    cropped inside its own wings, e.g. a computed one at ±2σ, which still rises inwards: the
+    median of its faces is the PSF's signal, and taking it away cut a fifth of a 7³ Gaussian's
+    mass). Told apart by that slope, not by the faces' spread, which noise alone makes wide."""
     faces = np.concatenate([np.take(a, idx, axis=ax).ravel() for ax in range(a.ndim) for idx in (0, -1)])
-    median, low = float(np.median(faces)), float(np.percentile(faces, 10))
-    if median <= 0 or low >= 0.5 * median:
+    median = float(np.median(faces))
+    if min(a.shape) < 3:
         return median, True
-    return max(low, 0.0), False
+    inner_box = a[tuple(slice(1, -1) for _ in range(a.ndim))]
+    inner = np.concatenate([np.take(inner_box, idx, axis=ax).ravel() for ax in range(a.ndim) for idx in (0, -1)])
+    noise = 1.4826 * float(np.median(np.abs(faces - median)))
+    rise = float(np.median(inner)) - median
+    # a rise beyond what the medians' own noise allows, and worth a part of the peak
+    if median <= 0 or rise <= max(5 * 1.2533 * noise / math.sqrt(faces.size), 0.002 * float(a.max())):
+        return median, True
+    return max(float(np.percentile(faces, 10)), 0.0), False
 
 
 def _normalise_psf(psf: np.ndarray, source: str | Path) -> np.ndarray:
@@ -557,7 +565,7 @@ def _normalise_psf(psf: np.ndarray, source: str | Path) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise InputError(source, "the PSF contains NaN or infinite values")
     background, flat = _border_level(a)
-    if not flat and background > 0.01 * a.max():
+    if not flat:
         log.warning("%s: the PSF's border is not flat (its faces hold the PSF's own wings: cropped tighter than "
                     "the PSF); only its lowest level, %.4g, is taken away as background. Crop it wider for a "
                     "truer kernel", source, background)

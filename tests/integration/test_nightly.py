@@ -511,6 +511,29 @@ def test_inbox_acquisitions_left_for_the_next_run_are_pending_rows_of_the_summar
     assert " · 2 pending · 2 samples" in page and 'href="night1/report.html"' in page
 
 
+def test_a_waiting_multichannel_file_keeps_the_rows_of_the_samples_it_made(tmp_path):
+    """A re-exported two-channel file (inbox_columns channel: all) made samples plate_c0 and
+    plate_c1; while it waits, the summary listed one row under the file's id, linking nothing,
+    and the channels' rows vanished."""
+    import numpy as np
+
+    from selfres import io
+    from selfres.summary import stage_summary
+
+    results = tmp_path / "results"
+    acquisition = tmp_path / "inbox" / "plate.tif"
+    acquisition.parent.mkdir()
+    acquisition.write_bytes(b"")
+    for s in ("plate_c0", "plate_c1", "other"):
+        io.write_ome_zarr(results / s / "normalized.ome.zarr", np.zeros((2, 4, 4), np.float32), voxel_size=None,
+                          attrs={"source_resolved": str(acquisition.resolve() if s != "other" else tmp_path)})
+        (results / s / "report.html").write_text("<html></html>")
+    rows = stage_summary(results, [], results / "summary.tsv", results / "summary.html",
+                         waiting={"plate": str(acquisition)})
+    assert [(r["sample"], r["status"], r["report"]) for r in rows] == [
+        ("plate_c0", "pending", "plate_c0/report.html"), ("plate_c1", "pending", "plate_c1/report.html")]
+
+
 def test_second_run_at_once_does_nothing(night1):
     before = _tree_stamps(night1 / "results")
     out = _dry(night1)

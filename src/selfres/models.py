@@ -627,8 +627,15 @@ def claim_gpu(count: int, lock_dir: str | Path | None = None) -> int:
         return 0
     folder = Path(lock_dir or os.environ.get("SELFRES_GPU_LOCK_DIR") or tempfile.gettempdir())
     for index in range(count):
-        try:
-            fd = os.open(folder / f"selfres-gpu-{index}.lock", os.O_RDONLY | os.O_CREAT, 0o666)
+        path = folder / f"selfres-gpu-{index}.lock"
+        try:  # another account's file: opened without O_CREAT (fs.protected_regular refuses that in /tmp)
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+                os.fchmod(fd, 0o666)  # whatever the umask: every account's jobs share the GPUs
+            except OSError:
+                continue
         except OSError:
             continue
         try:

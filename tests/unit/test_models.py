@@ -388,13 +388,18 @@ def test_jobs_side_by_side_on_a_workstation_with_several_gpus_each_take_their_ow
     monkeypatch.setenv("SELFRES_GPU_LOCK_DIR", str(tmp_path))
     other_job = os.open(tmp_path / "selfres-gpu-0.lock", os.O_RDONLY | os.O_CREAT)  # GPU 0 held by another job
     fcntl.flock(other_job, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    umask = os.umask(0o077)
     try:
         assert models.select_device("auto") == torch.device("cuda:1")
         assert models.select_device("auto") == torch.device("cuda:1"), "a process keeps its GPU"
     finally:
+        os.umask(umask)
         os.close(other_job)
         if models._CLAIMED_GPU:
             os.close(models._CLAIMED_GPU[1])
+    # a lock file this account makes is every account's to open, whatever the umask: with 0600
+    # another user's jobs could never open it, and skipped that GPU for good
+    assert (tmp_path / "selfres-gpu-1.lock").stat().st_mode & 0o777 == 0o666
     monkeypatch.setattr(models, "_CLAIMED_GPU", [])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")  # Slurm gave the job its GPU: that one
     assert models.select_device("auto") == torch.device("cuda")

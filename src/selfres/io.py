@@ -493,7 +493,8 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
                 vox = _make_voxel(*sizes, nz)
                 if vox is not None:
                     return vox
-                if sizes[0] is None and None not in sizes[1:]:
+                if sizes[0] is None and None not in sizes[1:] and not tif.is_imagej:
+                    # (an ImageJ description beside the OME-XML, as Micro-Manager writes, may give the z step)
                     _warn_voxel_unknown(_tiff_path(tif), _lateral_only(sizes[1:], nz, "its OME metadata gives",
                                                                        "no PhysicalSizeZ"))
                     return None

@@ -539,12 +539,14 @@ def _border_level(a: np.ndarray) -> tuple[float, bool]:
     cropped inside its own wings, e.g. a computed one at ±2σ, which still rises inwards: the
     median of its faces is the PSF's signal, and taking it away cut a fifth of a 7³ Gaussian's
     mass). Told apart by that slope, not by the faces' spread, which noise alone makes wide."""
-    faces = np.concatenate([np.take(a, idx, axis=ax).ravel() for ax in range(a.ndim) for idx in (0, -1)])
+    def faces_of(box: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.take(box, idx, axis=ax).ravel() for ax in range(box.ndim) for idx in (0, -1)])
+
+    faces = faces_of(a)
     median = float(np.median(faces))
     if min(a.shape) < 3:
         return median, True
-    inner_box = a[tuple(slice(1, -1) for _ in range(a.ndim))]
-    inner = np.concatenate([np.take(inner_box, idx, axis=ax).ravel() for ax in range(a.ndim) for idx in (0, -1)])
+    inner = faces_of(a[tuple(slice(1, -1) for _ in range(a.ndim))])
     noise = 1.4826 * float(np.median(np.abs(faces - median)))
     rise = float(np.median(inner)) - median
     # a rise beyond what the medians' own noise allows, and worth a part of the peak

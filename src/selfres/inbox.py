@@ -90,8 +90,6 @@ class InboxScan:
         New samples: ``{"sample": id, "path": path}``, sorted by id.
     waiting
         ``(path, seconds since its last change)`` of acquisitions left for the next run.
-    waiting_ids
-        ``{sample id: path}`` of the same (the summary gives each a ``pending`` row).
     shadowed
         ``(path, id)`` of acquisitions left to a sheet row of the same id or path.
     clashes
@@ -103,11 +101,15 @@ class InboxScan:
 
     rows: list[dict] = field(default_factory=list)
     waiting: list[tuple[str, float]] = field(default_factory=list)
-    waiting_ids: dict[str, str] = field(default_factory=dict)
     shadowed: list[tuple[str, str]] = field(default_factory=list)
     clashes: list[tuple[str, list[str]]] = field(default_factory=list)
     converted: list[tuple[str, str]] = field(default_factory=list)
     unusable: list[tuple[str, str, str]] = field(default_factory=list)
+
+    @property
+    def waiting_ids(self) -> dict[str, str]:
+        """``{sample id: path}`` of :attr:`waiting` (the summary gives each a ``pending`` row)."""
+        return {safe_id(path): path for path, _ in self.waiting}
 
     def refusals(self) -> dict[str, str]:
         """``{id: why}`` of the clashing ids and of the acquisitions whose name Snakemake cannot
@@ -224,7 +226,6 @@ def scan_inbox(
             continue
         if age < settle_seconds:
             scan.waiting.append((path, age))
-            scan.waiting_ids[sid] = path
         else:
             scan.rows.append({"sample": sid, "path": path})
     return scan

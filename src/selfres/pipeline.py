@@ -1671,8 +1671,8 @@ def restore(
     if model_from is not None:  # before the normalise and crop stages, not after them
         check_model_source(model_from, sample=sample)
     if not keep:
-        log.info("intermediate files (model, metrics, report) go to a temporary folder and are removed at the "
-                 "end; --keep DIR keeps them")
+        log.info("intermediate files (model, metrics, report) go to %s beside the output and are removed at the "
+                 "end; --keep DIR keeps them", f".{Path(output).name}.work")
     from .atomic import output_lock
 
     with output_lock(output):  # a second restore to this output is refused, before any work

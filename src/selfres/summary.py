@@ -97,21 +97,20 @@ def _blame_failed_model_sources(rows: list[dict], model_sources: Mapping[str, st
         row.setdefault("failing_since", source.get("failing_since"))
 
 
-def _samples_made_from(results: Path, acquisition: str) -> list[str]:
-    """The samples under ``results`` whose normalised store was made from ``acquisition`` (its
-    ``source_resolved``): a multichannel file makes one per channel, named apart from the file.
-    Read from the stores' JSON, without zarr."""
-    target = str(Path(acquisition).resolve())
-    found = []
+def _samples_by_source(results: Path) -> dict[str, list[str]]:
+    """``{acquisition (resolved path): the samples under results made from it}``, from their
+    normalised stores' ``source_resolved``: a multichannel file makes one sample per channel,
+    named apart from the file. Read from the stores' JSON, without zarr."""
+    found: dict[str, list[str]] = {}
     for store in sorted(results.glob("*/normalized.ome.zarr")):
         for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
             try:
                 attrs = json.loads((store / name).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            attrs = attrs.get(key, {}) if key else attrs
-            if (attrs.get("selfres") or {}).get("source_resolved") == target:
-                found.append(store.parent.name)
+            source = ((attrs.get(key, {}) if key else attrs).get("selfres") or {}).get("source_resolved")
+            if source:
+                found.setdefault(source, []).append(store.parent.name)
             break
     return found
 
@@ -199,9 +198,11 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             except OSError as exc:  # a read-only or full results folder: the summary still gets written
                 log.warning("%s: could not mark or unmark it as out of date (%s)", html, exc)
         rows.append(row)
+    made_from = _samples_by_source(results) if waiting else {}
     for sid, path in sorted((waiting or {}).items()):
         # the samples an earlier run made of the file (one per channel / time point / image), else its id
-        for s in [m for m in _samples_made_from(results, path) if m not in samples] or [sid] * (sid not in samples):
+        made = [m for m in made_from.get(str(Path(path).resolve()), []) if m not in samples]
+        for s in made or [sid] * (sid not in samples):
             earlier = (results / s / "report.html").exists()
             rows.append({"sample": s, "status": "pending", "report": f"{s}/report.html" if earlier else None,
                          "error": f"inbox: {path} is still changing; left for the next run"

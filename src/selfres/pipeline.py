@@ -1193,6 +1193,12 @@ UNDERSHOOT_SHARE = 0.001
 #: 23 dB below z-cubic against the truth) — a walkthrough, nineteenth session
 BRIGHTENING_RATIO = 1.5
 
+#: :func:`selfres.metrics.structure_share` of the input's QC window below which a sample is
+#: flagged ``input_mostly_noise``: nothing in it stands clear of the noise (pure noise reads about
+#: 0; the benchmark's real volumes 0.96–1.0, and 0.15–0.36 with one photon of Poisson noise at
+#: their 99.9th percentile)
+INPUT_MIN_STRUCTURE_SHARE = 0.1
+
 #: Isotropy (lateral / axial) below which an isotropic-mode output is flagged ``isotropy_not_reached``
 #: (above its inverse, ``isotropy_implausible``)
 ISOTROPY_REACHED = 0.8
@@ -1286,7 +1292,11 @@ def stage_qc(
     raw_w = np.asarray(raw_norm[:, y0:y1, x0:x1])
     from .noise import noise_level_function
 
-    agreement = metrics.restored_agreement(raw_norm, restored_norm, noise=noise_level_function(raw_w), factors=ratio)
+    noise_w = noise_level_function(raw_w)
+    agreement = metrics.restored_agreement(raw_norm, restored_norm, noise=noise_w, factors=ratio)
+    structure = metrics.structure_share(raw_w, noise_w)
+    if structure is not None and structure < INPUT_MIN_STRUCTURE_SHARE:
+        flags.append("input_mostly_noise")
     if agreement["nonfinite_voxels"]:
         flags.append("restored_not_finite")
         # the figures below still run, with non-finite voxels read as 0
@@ -1419,6 +1429,8 @@ def stage_qc(
                                   | {"method": (meta.get("isotropic") or {}).get("degradation")}
                                   if mode == "isotropic" else None),
         "restored_check": agreement,
+        # the most structured lateral tile of the input's QC window: 1 − noise variance / variance
+        "input_structure_share": structure,
         # serial ×4: the later step of the two stages (meta's own is stage 2's), so 0 means nothing was learned
         "best_step": (max((meta.get("serial") or {}).get("stage_best_steps") or [meta.get("best_step") or 0])
                       if meta.get("serial") else meta.get("best_step")),

@@ -105,6 +105,17 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "Reacquire with lower gain/laser power if possible; otherwise treat bright "
         "regions with caution.",
     ),
+    "input_mostly_noise": (
+        "Almost nothing in the input stands clear of its noise: in its most contrasted "
+        "window, even the most structured part is less than 10 % structure by variance "
+        "(qc/metrics.json, input_structure_share; a clean image reads near 1). An empty "
+        "field, a wrong channel, a closed shutter or an acquisition far too dim. A network "
+        "trained on it learns to smooth noise, which the held-out figures can score as a "
+        "gain; it is not a resolution gain.",
+        "Look at the input's views below. If the sample is really there, acquire with more "
+        "light or longer exposure, or denoise first; otherwise check the position and the "
+        "channel of this acquisition.",
+    ),
     "voxel_size_missing": (
         "The input file holds no voxel size and none was given in the sample sheet; "
         "physical units, aspect ratios and resolution values may be wrong.",

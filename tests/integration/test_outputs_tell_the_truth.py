@@ -264,3 +264,23 @@ def test_restore_on_the_command_line_scores_a_reference(tmp_path):
     assert "worse_than_interpolation_on_reference" in m["flags"]
     prov = json.loads((tmp_path / "work" / "provenance.json").read_text())
     assert prov["resolved_config"]["reference"] == str(tmp_path / "ref.tif")
+
+
+def test_an_acquisition_of_pure_noise_is_flagged_not_reported_ok(tmp_path):
+    """An empty field (wrong position, closed shutter) restored without a word: the network
+    learns to smooth noise, and its held-out figures may even call that a gain."""
+    from selfres.report import _status
+
+    rng = np.random.default_rng(3)
+    for name, volume in (("empty", rng.poisson(40.0, (8, 64, 64))),
+                         ("cells", rng.poisson(40.0 + 400.0 * tiny_volume((8, 64, 64)) / 255.0))):
+        src = tmp_path / f"{name}.tif"
+        tifffile.imwrite(src, volume.astype(np.uint16), metadata={"axes": "ZYX"})
+        keep = tmp_path / name
+        pipeline.restore(src, tmp_path / "out" / name / "restored.ome.zarr", mode="enhance", scale=(1, 2, 2),
+                         settings=parse_settings(FAST), device="cpu", keep=keep, sample=name)
+        m = json.loads((keep / "qc" / "metrics.json").read_text())
+        assert ("input_mostly_noise" in m["flags"]) == (name == "empty"), (name, m["input_structure_share"])
+        html = (keep / "report.html").read_text()
+        assert ("Almost nothing in the input stands clear of its noise" in html) == (name == "empty")
+        assert _status(m) in ("ok", "fallback_interpolation")  # a warning, not a broken output

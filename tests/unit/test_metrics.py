@@ -700,3 +700,32 @@ def test_scoring_without_a_bead_table_does_not_import_pandas():
             "print('pandas' in sys.modules, type(metrics.bead_fwhm_table(np.zeros((9, 9, 9), np.float32))).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "DataFrame"]
+
+
+def test_structure_share_tells_pure_noise_from_a_few_cells_in_a_wide_empty_field():
+    """An acquisition of pure noise (an empty field, a closed shutter) came out `ok`: the network
+    smooths noise and the held-out figures score it as a gain. Its structure share is about 0,
+    however bright the noise; a few cells in a wide noisy field are not (the largest tile counts)."""
+    from selfres.noise import noise_level_function
+    from selfres.pipeline import INPUT_MIN_STRUCTURE_SHARE
+
+    rng = np.random.default_rng(1)
+
+    def share(expected):
+        counts = rng.poisson(expected).astype(np.float32)
+        return m.structure_share(counts, noise_level_function(counts))
+
+    for background in (1.0, 10.0, 200.0):  # pure noise, dim to bright
+        assert abs(share(np.full((24, 128, 128), background))) < 0.05
+    cells = np.zeros((24, 128, 128))
+    cells[12, [30, 90, 60], [40, 100, 20]] = 1.0
+    cells = ndimage.gaussian_filter(cells, (3, 5, 5))
+    cells = 10.0 + 20.0 * cells / cells.max()  # three cells of 20 photons on 10 of background
+    assert share(cells) > 3 * INPUT_MIN_STRUCTURE_SHARE
+    clean = ndimage.gaussian_filter(rng.random((12, 40, 44)), 1.5)
+    assert m.structure_share(clean, noise_level_function(clean)) > 0.9
+    assert m.structure_share(clean[0], noise_level_function(clean[0])) > 0.9  # one plane (2-D input)
+    from selfres.noise import NoiseLevel
+
+    assert m.structure_share(clean, NoiseLevel(0.0, 0.0)) is None  # nothing measured: no figure
+    assert m.structure_share(np.ones((4, 16, 16)), NoiseLevel(0.0, 1e-3, bins=3)) is None  # constant

@@ -595,7 +595,9 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
         noise-free signal itself has with the noisy input, ``sqrt(1 − noise variance /
         input variance)`` over the samples (a restoration that removes the noise cannot
         correlate better; 1 for a clean input; ``None`` without ``noise`` or with nothing
-        measured).
+        measured); ``level``: the mean of the sampled input voxels and of the output voxels at
+        their centres, and their ratio (the output's intensity level: restoration keeps it,
+        a wrong gain or offset on the way to the file does not; ``None`` with no finite sample).
     """
     if raw.ndim != restored.ndim:
         raise ValueError(f"input and output must have the same number of axes; received {raw.shape} and {restored.shape}")
@@ -636,7 +638,13 @@ def restored_agreement(raw: np.ndarray, restored, *, max_samples: int = 1_000_00
     if noise is not None and getattr(noise, "bins", 1) and r is not None and a.size >= 2:
         noise_var = float(np.mean(noise.variance(a)))
         ceiling = round(float(np.sqrt(max(0.0, 1.0 - noise_var / float(np.var(a))))), 4)
-    return {"nonfinite_voxels": nonfinite, "correlation_with_input": r, "correlation_ceiling": ceiling}
+    level = None
+    if a.size:
+        mean_in, mean_out = float(np.mean(a)), float(np.mean(b))
+        level = {"input_mean": round(mean_in, 6), "output_mean": round(mean_out, 6),
+                 "ratio": round(mean_out / mean_in, 4) if mean_in > 0 else None}
+    return {"nonfinite_voxels": nonfinite, "correlation_with_input": r, "correlation_ceiling": ceiling,
+            "level": level}
 
 
 def _chunk_shape(arr) -> tuple[int, ...] | None:

@@ -138,6 +138,16 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "the CPU, or with infer.amp off, if it ran on a GPU) and report it with the infer "
         "log if it happens again.",
     ),
+    "restored_level_shifted": (
+        "The restored volume as written is not at its input's intensity level: at the input "
+        "voxels' centres its mean differs from the input's by more than a fifth (qc/metrics.json, "
+        "restored_check.level), which a restoration never does (it keeps the mean to within 2 % "
+        "on every volume measured). A wrong gain or offset on the way to the file, e.g. values "
+        "written in normalised units, or a damaged store; the correlation with the input can "
+        "still be perfect.",
+        "Do not use this output for intensities. Rerun the infer step and report it with the "
+        "infer log and restored.ome.zarr's attributes (normalisation) if it happens again.",
+    ),
     "worse_than_interpolation_on_reference": (
         "Against the reference given for this sample (its ground truth), the restored "
         "volume scores a lower PSNR than plain interpolation, whatever the held-out "
@@ -1462,7 +1472,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 #: Flags that say ``restored.ome.zarr`` as written is broken, whatever it holds (the network's
 #: output or the interpolation): such a sample's status is ``output_broken``, not ``ok``.
-BROKEN_OUTPUT_FLAGS = ("restored_not_finite", "restored_unlike_input")
+BROKEN_OUTPUT_FLAGS = ("restored_not_finite", "restored_unlike_input", "restored_level_shifted")
 
 
 def _status(metrics: Mapping[str, Any]) -> str:
@@ -1492,6 +1502,7 @@ def _diff(a: Any, b: Any) -> float | None:
 _WARNING_TITLES = {
     "restored_not_finite": "the restored volume as written is broken (do not use it)",
     "restored_unlike_input": "the restored volume as written is broken (do not use it)",
+    "restored_level_shifted": "the restored volume as written is broken (do not use it)",
     "model_worse_than_interpolation": "the guard did not accept the network over interpolation",
     "worse_than_interpolation_on_reference": "against its reference the output is worse than interpolation",
 }

@@ -137,6 +137,8 @@ def _restored_with_intermediates(tmp_path):
     ("shifted", "restored_unlike_input"),
     ("nan", "restored_not_finite"),
     ("halos", "restored_undershoots"),
+    ("gain", "restored_level_shifted"),
+    ("normalised_units", "restored_level_shifted"),
     (None, None),
 ])
 def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag):
@@ -158,11 +160,17 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
         bright = data > np.percentile(data, 99.5)
         data[np.roll(bright, 2, axis=2)] = data.min() - 0.3 * np.ptp(data)
         level0[:] = data
+    elif damage == "gain":  # a wrong gain on the way to the file: perfectly correlated with the input
+        level0[:] = data * 1.5
+    elif damage == "normalised_units":  # written as the network saw it, not in the input's units
+        level0[:] = data / np.percentile(data, 99.9)
     m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                           tmp_path / "qc" / "metrics.json", sample="s")
     check = m["restored_check"]
     if flag is None:
-        assert not {"restored_unlike_input", "restored_not_finite", "restored_undershoots"} & set(m["flags"])
+        assert not {"restored_unlike_input", "restored_not_finite", "restored_undershoots",
+                    "restored_level_shifted"} & set(m["flags"])
+        assert 0.98 < check["level"]["ratio"] < 1.02
         assert check["undershoot"]["output"] <= 2 * check["undershoot"]["interpolation"] + 1e-3
         # the resolution figures come with the interpolation's, measured on the same window
         assert m["resolution_interp_um"]["lateral"] > 0 and m["isotropy_interp"] > 0
@@ -180,7 +188,9 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
         assert check["nonfinite_voxels"] == 9
     if damage == "halos":
         assert check["undershoot"]["output"] > 0.004 and check["undershoot"]["interpolation"] == 0.0
-    if flag in ("restored_unlike_input", "restored_not_finite"):  # the report still renders, explaining it
+    if damage in ("gain", "normalised_units"):  # the correlation cannot see it
+        assert check["correlation_with_input"] > 0.9 and "restored_unlike_input" not in m["flags"]
+    if flag in ("restored_unlike_input", "restored_not_finite", "restored_level_shifted"):  # the report still renders, explaining it
         pipeline.stage_report(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                               tmp_path / "qc" / "metrics.json", tmp_path / "report.html", tmp_path / "prov.json",
                               sample="s")

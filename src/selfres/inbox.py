@@ -173,6 +173,8 @@ def scan_inbox(
     ConfigError
         If two acquisitions map to the same sample id and ``on_clash="error"``.
     """
+    from .sheet import not_an_option
+
     if on_clash not in ("error", "skip"):
         raise ValueError(f"on_clash must be 'error' or 'skip', got {on_clash!r}")
     now = time.time() if now is None else now
@@ -183,7 +185,7 @@ def scan_inbox(
     excluded = [os.path.realpath(os.path.expanduser(e)) for e in exclude]
     for pattern in patterns:
         for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
-            path = os.path.normpath(path)
+            path = not_an_option(os.path.normpath(path))
             real = os.path.realpath(path)
             if any(real == e or real.startswith(e + os.sep) for e in excluded):
                 continue

@@ -28,7 +28,7 @@ from .settings import DEFAULT_SCALE, merge_settings, parse_scale
 
 __all__ = ["SAMPLE_ID", "FileCounts", "check_model_sources", "check_results_dirs", "check_sample_id", "check_sample_row",
            "expand_channels", "expand_series", "expand_timepoints", "inbox_table", "merge_settings",
-           "read_sample_sheet", "resolve_first_timepoint", "sample_overrides"]
+           "not_an_option", "read_sample_sheet", "resolve_first_timepoint", "sample_overrides"]
 
 #: Sample ids (contract): they become folder names under ``results/``.
 SAMPLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -264,10 +264,17 @@ def _resolve(p: str, base: str) -> str:
         full = os.path.join(os.path.realpath(head), name)
     rel = os.path.relpath(full)
     if not rel.startswith(".."):
-        return rel
+        return not_an_option(rel)
     real = os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full))
     rel = os.path.relpath(real, os.path.realpath(os.getcwd()))  # the file itself may be a link: kept
-    return full if rel.startswith("..") else rel
+    return full if rel.startswith("..") else not_an_option(rel)
+
+
+def not_an_option(path: str) -> str:
+    """``path`` as a command-line argument: a relative path that starts with ``-`` (``-scan.tif``)
+    is made absolute, which no command reads as an option (``./-scan.tif`` would do too, but
+    Snakemake discourages a leading ``./`` in its file paths)."""
+    return os.path.abspath(path) if str(path).startswith("-") else path
 
 
 #: byte-order marks of the Unicode encodings a sheet may come in (UTF-32 first: its

@@ -105,6 +105,9 @@ class InboxScan:
     clashes: list[tuple[str, list[str]]] = field(default_factory=list)
     converted: list[tuple[str, str]] = field(default_factory=list)
     unusable: list[tuple[str, str, str]] = field(default_factory=list)
+    unmatched: list[tuple[str, str]] = field(default_factory=list)
+    """``(pattern, why)`` of patterns that matched nothing and cannot have: shell braces, or a
+    folder that does not exist (every night silently "nothing to do" otherwise)."""
 
     @property
     def waiting_ids(self) -> dict[str, str]:
@@ -128,7 +131,22 @@ class InboxScan:
         out += [f"selfres inbox: {p} left to its conversion {q}" for p, q in self.converted]
         out += [f"selfres inbox: ERROR: {', '.join(ps)} all map to sample id {sid!r}; left out" for sid, ps in self.clashes]
         out += [f"selfres inbox: ERROR: {why}; left out" for _, _, why in self.unusable]
+        out += [f"selfres inbox: WARNING: pattern {pattern!r} matched nothing: {why}" for pattern, why in self.unmatched]
         return out
+
+
+def why_nothing_matched(pattern: str) -> str | None:
+    """Why glob ``pattern`` (``~`` expanded) can match nothing, or ``None`` when an empty
+    folder explains it: shell braces (``*.{tif,tiff}``), which glob reads literally, or a
+    folder before its first wildcard that does not exist."""
+    if re.search(r"\{[^{}]*,[^{}]*\}", pattern):
+        return ("'{a,b}' is shell syntax, which glob reads literally: give one pattern per alternative "
+                "(inbox/*.tif and inbox/*.tiff)")
+    fixed = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    folder = os.path.dirname(fixed) if re.search(r"[*?\[]", pattern) else os.path.dirname(pattern)
+    if folder and not os.path.isdir(folder):
+        return f"its folder {folder} does not exist (not mounted, or mistyped?)"
+    return None
 
 
 def scan_inbox(
@@ -184,7 +202,10 @@ def scan_inbox(
     scan = InboxScan()
     excluded = [os.path.realpath(os.path.expanduser(e)) for e in exclude]
     for pattern in patterns:
-        for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
+        found = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+        if not found and (why := why_nothing_matched(os.path.expanduser(pattern))):
+            scan.unmatched.append((pattern, why))
+        for path in found:
             path = not_an_option(os.path.normpath(path))
             real = os.path.realpath(path)
             if any(real == e or real.startswith(e + os.sep) for e in excluded):

@@ -40,6 +40,14 @@ PATH_COLUMNS = ("path", "reference", "train.degradation.psf_path")
 _NULL_CELLS = ("null", "Null", "NULL", "~")
 
 
+#: Sample ids longer than this are refused: ``{id}.ome.tif`` written through its temporary
+#: sibling ``.{id}.ome.tif.tmp-XXXXXXXX`` must stay under the 255 bytes of a file name
+MAX_SAMPLE_ID_LENGTH = 200
+#: an id ending in one part repeated 20 times or more (``img_00000000000000000000``), which
+#: Snakemake refuses as a wildcard value (its PeriodicityDetector: 20 to 100 repeats)
+_PERIODIC_END = re.compile(r"(.+?)\1{19,}$")
+
+
 def check_sample_id(sample: str, *, where: str = "") -> str:
     """Return ``sample`` if it is a safe folder name, else raise :class:`ConfigError`.
 
@@ -198,6 +206,9 @@ def check_config(config: Mapping, *, schema: str | os.PathLike | Mapping) -> Non
     # The rules between values (method psf needs psf_path, infer.shards needs chunks and
     # NGFF 0.5…) are checked per sample, on the config merged with its sheet row
     # (check_sample_row): a sheet column may give what the config leaves out.
+    problem = snakemake_pattern_problem(config.get("results") or "")
+    if problem:  # it is part of every job's output: Snakemake stopped in planning, naming no key
+        raise ConfigError(f"config: results: {problem}")
     try:
         if config.get("scale"):  # what a pattern cannot say clearly: 1,1,1 restores nothing
             parse_scale(config["scale"], name="scale")
@@ -231,7 +242,13 @@ def _config_message(err) -> str:
 
 def sample_overrides(row: Mapping[str, str]) -> dict:
     """A row's per-sample override columns (``train.steps``, ``train.degradation.method``…)
-    as nested settings sections, values read as YAML (``50`` → 50, ``true`` → True)."""
+    as nested settings sections, values read as YAML (``50`` → 50, ``true`` → True).
+
+    Numbers are read as written, as ``--config`` reads them: YAML 1.1 read ``0042`` as octal
+    (34) and ``1:30`` as base 60 (90), without a word; ``1:30`` stays text, which the settings'
+    check then refuses where a number is wanted, naming the key."""
+    import math
+
     import yaml
 
     out: dict = {}
@@ -243,11 +260,21 @@ def sample_overrides(row: Mapping[str, str]) -> dict:
         *parents, leaf = str(col).split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        try:
-            node[leaf] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            node[leaf] = value  # the settings' own check names the key and what is allowed
+        number = _number(value)
+        if number is not None and math.isfinite(number):
+            node[leaf] = number
+        elif _SEXAGESIMAL.fullmatch(value):
+            node[leaf] = value
+        else:
+            try:
+                node[leaf] = yaml.safe_load(value)
+            except yaml.YAMLError:
+                node[leaf] = value  # the settings' own check names the key and what is allowed
     return out
+
+
+#: what YAML 1.1 reads as a base-60 number (``1:30`` → 90)
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?")
 
 
 def _resolve(p: str, base: str) -> str:
@@ -333,7 +360,9 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:
             start = reader.line_num + 1
     except (csv.Error, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(f"sample sheet {path} cannot be read as a tab-separated table ({first})") from None
+        raise ConfigError(f"sample sheet {path}, line {start}: cannot be read as a tab-separated table ({first}); "
+                          'a cell that starts with a double quote is read as quoted text: write such a name '
+                          'in quotes with its quotes doubled ("""best"" scan.tif")') from None
     records = [(n, c) for n, c in records if any(x.strip() for x in c) and not c[0].strip().startswith("#")]
     if not records:
         raise ConfigError(f"sample sheet {path} is empty; it needs a header line with "
@@ -533,6 +562,13 @@ def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "",
     """
     check_sample_id(row["sample"], where=where)
     where += f"sample {row['sample']!r}: " if who is None else who
+    if len(row["sample"]) > MAX_SAMPLE_ID_LENGTH:
+        raise ConfigError(f"{where}the sample id is {len(row['sample'])} characters long; at most "
+                          f"{MAX_SAMPLE_ID_LENGTH} are allowed (the files written for it add to its length, and a "
+                          "file name has at most 255 bytes): give it a shorter id")
+    if _PERIODIC_END.search(row["sample"]):
+        raise ConfigError(f"{where}the sample id ends in one part repeated 20 times or more, which Snakemake "
+                          "refuses for every sample of the run (PeriodicWildcardError): give it another id")
     if validator is not None:
         errors = sorted(validator.iter_errors(dict(row)), key=lambda e: list(e.path))
         if errors:

@@ -87,6 +87,19 @@ def test_inbox_leaves_out_the_results_folder_and_names_snakemake_patterns(tmp_pa
         scan_inbox(["~/*.tif"], settle_seconds=0)
 
 
+def test_an_inbox_pattern_that_cannot_match_is_named_not_silently_empty(tmp_path):
+    """``inbox/*.{tif,tiff}`` (shell braces, read literally by glob) and a folder that is not
+    mounted gave every night "nothing to do", without a word."""
+    write_tiny_tiff(tmp_path / "inbox" / "a.tif")
+    (tmp_path / "empty").mkdir()
+    scan = scan_inbox([str(tmp_path / "inbox" / "*.{tif,tiff}"), str(tmp_path / "mnt" / "scope" / "*.tif"),
+                       str(tmp_path / "empty" / "*.tif"), str(tmp_path / "inbox" / "*.tif")], settle_seconds=0)
+    assert [r["sample"] for r in scan.rows] == ["a"]
+    lines = [m for m in scan.messages() if "matched nothing" in m]
+    assert len(lines) == 2, lines  # an empty folder is no mistake
+    assert "{a,b}" in lines[0] and "does not exist" in lines[1] and str(tmp_path / "mnt" / "scope") in lines[1]
+
+
 def test_copy_that_restores_an_old_mtime_still_waits(tmp_path):
     """cp -p / rsync -a set the source's old mtime; the ctime still says 'just written'."""
     f = write_tiny_tiff(tmp_path / "a.tif")

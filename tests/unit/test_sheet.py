@@ -171,6 +171,8 @@ def test_a_config_scale_of_one_on_every_axis_is_refused():
 @pytest.mark.parametrize("text, what", [
     ('sample\tpath\tmode\ns1\t"a.tif\tenhance\ns2\tb.tif\tenhance\n', "unexpected end of data"),
     ('sample\tpath\tmode\ns1\t"a.tif\tenhance"\ns2\tb.tif\tenhance\n', "line 2: a quoted value spans a tab"),
+    # a name that starts with a quote, deep in a long sheet: the error named no line
+    ("sample\tpath\n" + "".join(f"s{i}\ts{i}.tif\n" for i in range(30)) + 'q\t"best" scan.tif\n', "line 32: cannot be read"),
 ])
 def test_an_unbalanced_quote_is_refused_instead_of_swallowing_the_rows_after_it(tmp_path, text, what):
     """An opening quote made the csv reader read on to the file's end: sample s2 vanished."""
@@ -377,6 +379,16 @@ def test_nested_command_line_strings_become_the_schema_s_types():
     assert config["infer"] == {"ensemble": True, "blocks": "two"} and config["scale"] == "2,2,2"
     with pytest.raises(Exception, match="infer.blocks: 'two'"):
         check_config(config, schema=schema)
+
+
+def test_a_results_folder_snakemake_reads_as_a_pattern_is_refused_naming_the_key():
+    """``results: results_{night}`` stopped the run with a WildcardError from a rule file."""
+    from selfres.sheet import check_config
+
+    schema = SCHEMA.with_name("config.schema.yaml")
+    with pytest.raises(ConfigError, match=r"^config: results: results_\{night\}: .*wildcard"):
+        check_config({"results": "results_{night}"}, schema=schema)
+    check_config({"results": "results_night"}, schema=schema)
 
 
 def test_an_unquoted_ngff_version_in_the_config_is_its_text():
@@ -611,6 +623,41 @@ def test_a_sheet_override_within_the_bounds_passes_as_the_jobs_read_it(tmp_path)
     p = _sheet(tmp_path, "sample\tpath\ttrain.learning_rate\ttrain.steps\ttrain.psf_sigma_um\n"
                          "a\ta.tif\t1e-3\t1e3\t1,0.5,0.5\n")
     assert read_sample_sheet(p, schema=SCHEMA)["sample"].tolist() == ["a"]
+
+
+def test_sheet_override_numbers_are_read_as_written_not_as_yaml_1_1_octal_or_base_60():
+    """``0042`` was seed 34 (octal), ``0200`` steps 128, and ``1:30`` minutes 90 (base 60),
+    without a word; ``--config`` read the same text as 42 and 200."""
+    from selfres.sheet import sample_overrides
+
+    got = sample_overrides({"sample": "a", "train.seed": "0042", "train.steps": "0200",
+                            "train.learning_rate": "1e-4", "infer.ensemble": "true", "train.patch_size": "[8,48,48]"})
+    assert got == {"train": {"seed": 42, "steps": 200, "learning_rate": 1e-4, "patch_size": [8, 48, 48]},
+                   "infer": {"ensemble": True}}
+    assert sample_overrides({"train.max_minutes": "1:30"}) == {"train": {"max_minutes": "1:30"}}
+
+
+def test_a_base_60_looking_time_budget_in_the_sheet_is_refused_naming_its_column(tmp_path):
+    p = _sheet(tmp_path, "sample\tpath\ttrain.max_minutes\na\ta.tif\t1:30\n")
+    with pytest.raises(ConfigError, match=r"line 2: sample 'a': .*train\.max_minutes"):
+        read_sample_sheet(p, schema=SCHEMA)
+
+
+_LONG_ID = "scan_" + "".join(f"{i:04d}" for i in range(60))
+
+
+@pytest.mark.parametrize("sid, message", [
+    ("img_" + "0" * 20, "repeated 20 times"),  # Snakemake's PeriodicWildcardError stopped every sample
+    (_LONG_ID[:201], "201 characters long"),  # its combined TIFF's temporary name passed 255 bytes: 'This is a bug'
+])
+def test_an_id_snakemake_or_the_file_system_cannot_take_fails_its_own_row_naming_its_line(tmp_path, sid, message):
+    p = _sheet(tmp_path, f"sample\tpath\ngood\tgood.tif\n{sid}\todd.tif\n")
+    with pytest.raises(ConfigError, match=rf"line 3: sample '{sid}': .*{message}"):
+        read_sample_sheet(p)
+    refused = {}
+    assert read_sample_sheet(p, refused=refused)["sample"].tolist() == ["good"] and list(refused) == [sid]
+    assert read_sample_sheet(_sheet(tmp_path, f"sample\tpath\n{'img_' + '0' * 19}\ta.tif\n{_LONG_ID[:200]}\tb.tif\n"),
+                             )["sample"].str.len().tolist() == [23, 200]
 
 
 @pytest.mark.parametrize("name", ["pos{2}.tif", "scan<run2>.tif"])

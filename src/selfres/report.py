@@ -245,20 +245,21 @@ _MAX_PLANE = 512  # largest side of a plane passed to imshow
 
 @functools.cache
 def _matplotlib():
-    """matplotlib on the Agg backend (files, no display), with the submodules the figures use;
-    imported at the first figure, so that the batch summary, which draws none, starts without it."""
+    """matplotlib with the submodules the figures use, imported at the first figure, so that
+    the batch summary, which draws none, starts without it. No pyplot and no backend switch:
+    the figures are :class:`matplotlib.figure.Figure` objects rendered to PNG on their own
+    canvas, so a notebook's backend (inline plots) is left as it was."""
     import matplotlib
-
-    matplotlib.use("Agg")
+    import matplotlib.figure
     import matplotlib.patches
-    import matplotlib.pyplot
     import matplotlib.ticker  # noqa: F401
 
     return matplotlib
 
 
-def _pyplot():
-    return _matplotlib().pyplot
+def _new_figure(**kwargs):
+    """A figure of its own (not registered with pyplot: nothing to close, no backend touched)."""
+    return _matplotlib().figure.Figure(**kwargs)
 
 
 def explain_flag(flag: str) -> tuple[str, str]:
@@ -290,7 +291,6 @@ def _fig_to_png(fig: Figure) -> bytes:
     """Render a figure to compact PNG bytes (palette PNG when Pillow is present)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=_DPI)
-    _pyplot().close(fig)
     data = buf.getvalue()
     try:
         from PIL import Image
@@ -630,7 +630,7 @@ def _panel_grid(
         # one XY panel per volume, side by side
         aspect = heights[0] / widths[0]
         panel_w = 3.4
-        fig = _pyplot().figure(figsize=(panel_w * n_vol + 0.8,
+        fig = _new_figure(figsize=(panel_w * n_vol + 0.8,
                                   max(1.5, min(6.0, panel_w * aspect)) + 1.0))
         gs = fig.add_gridspec(1, n_vol, left=0.06, right=0.92, top=0.86, bottom=0.12,
                               wspace=0.25)
@@ -639,7 +639,7 @@ def _panel_grid(
         total_w = 10.5
         col_w = total_w * ratio_w / ratio_w.sum()
         row_h = max(1.2, min(4.0, max(h / w * cw for h, w, cw in zip(heights, widths, col_w))))
-        fig = _pyplot().figure(figsize=(total_w + 0.8, row_h * n_vol + 0.9))
+        fig = _new_figure(figsize=(total_w + 0.8, row_h * n_vol + 0.9))
         gs = fig.add_gridspec(n_vol, len(cols), width_ratios=list(ratio_w),
                               left=0.07, right=0.92, top=0.90, bottom=0.06,
                               wspace=0.25, hspace=0.35)
@@ -885,7 +885,7 @@ def figure_detail(
         display = display_range(crops["restored"][0], low=0.5, high=99.9)
     vmin, vmax = display
     line_y_phys = (y + 0.5) * vout[1]
-    fig = _pyplot().figure(figsize=(11.0, 3.4))
+    fig = _new_figure(figsize=(11.0, 3.4))
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.5], left=0.05, right=0.98,
                           top=0.86, bottom=0.16, wspace=0.3)
     colors = {"raw": "tab:blue", "interpolation": "tab:orange", "restored": "tab:green"}
@@ -956,7 +956,7 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
     if display is None:
         display = display_range(crops["restored"][0], low=0.5, high=99.9)
     vmin, vmax = display
-    fig = _pyplot().figure(figsize=(11.0, 3.6))
+    fig = _new_figure(figsize=(11.0, 3.6))
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.5], left=0.06, right=0.98, top=0.86, bottom=0.16,
                           wspace=0.35)
     colors = {"raw": "tab:blue", "interpolation": "tab:orange", "restored": "tab:green"}
@@ -1023,7 +1023,8 @@ def figure_training_curves(training_log: Any, *, best_step: int | None = None) -
         raise ValueError("training_log is empty or has no 'step' column")
     step = pd.to_numeric(df["step"], errors="coerce").to_numpy(dtype=float)
     best = _best_step(df, best_step)
-    fig, axes = _pyplot().subplots(1, 3, figsize=(11.0, 3.0))
+    fig = _new_figure(figsize=(11.0, 3.0))
+    axes = fig.subplots(1, 3)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.17, top=0.85, wspace=0.3)
 
     def col(name):
@@ -1087,7 +1088,8 @@ def figure_spectra(spectra: Mapping[str, Any], *, log10_power: bool = False) -> 
     bytes
         A PNG image.
     """
-    fig, ax = _pyplot().subplots(figsize=(6.0, 3.4))
+    fig = _new_figure(figsize=(6.0, 3.4))
+    ax = fig.subplots()
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.16, top=0.88)
     nyquist_in = spectra.get("nyquist_in")
     for name, color, style in (("input", "tab:blue", "-"), ("interpolation", "tab:orange", "--"),
@@ -1214,7 +1216,7 @@ def figure_beads(
         j = int(np.nanargmin(d)) if np.isfinite(d).any() else -1
         if j >= 0 and d[j] <= 2.0:  # within two input voxels
             c_out = (pos_out[j], t_out.loc[j])
-    fig = _pyplot().figure(figsize=(11.0, 3.2))
+    fig = _new_figure(figsize=(11.0, 3.2))
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.2], left=0.06, right=0.98,
                           top=0.82, bottom=0.17, wspace=0.32)
     styles = {"input": ("tab:blue", "o", "--"), "output": ("tab:green", "s", "-")}
@@ -1275,7 +1277,7 @@ def figure_beads(
 
 def _placeholder_png(text: str) -> bytes:
     """A small PNG saying why a figure is missing (for fixed Snakemake outputs)."""
-    fig = _pyplot().figure(figsize=(5.0, 1.2))
+    fig = _new_figure(figsize=(5.0, 1.2))
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, color="0.3", wrap=True)
     return _fig_to_png(fig)
 

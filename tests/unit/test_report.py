@@ -129,6 +129,20 @@ def test_best_step_from_metrics_wins():
     assert png_default.startswith(PNG_MAGIC) and png_default != png_given
 
 
+def test_drawing_a_report_leaves_the_callers_matplotlib_backend_alone():
+    """The figures switched the whole process to Agg: in a notebook, after one restore() or
+    report call, inline plots stopped showing, with no hint why."""
+    import subprocess
+    import sys
+
+    code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt; "
+            "from selfres import report; import pandas as pd; "
+            "png = report.figure_training_curves(pd.DataFrame({'step': [1, 2], 'loss': [1.0, 0.5]})); "
+            "print(matplotlib.get_backend(), png[:4] == b'\\x89PNG', len(plt.get_fignums()))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["svg", "True", "0"]
+
+
 def test_minimal_page_2d_no_optional_parts():
     raw, interp, restored = (v[:1] for v in _volumes(factor=(1, 2, 2)))
     page = report.render_sample_report(

@@ -30,7 +30,8 @@ def _settings(args):
     return parse_settings(args.settings)
 
 
-def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=False, device=True):
+def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=False, device=True,
+            default_device="auto"):
     if sample:
         p.add_argument("--sample", required=False, default=None, help="sample id (for messages and metadata)")
     if settings:
@@ -39,7 +40,8 @@ def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=F
                             "rest), e.g. '{\"train\": {\"max_minutes\": 1}}' or '{\"train.max_minutes\": 1}'")
     if compute:
         if device:
-            p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda[:N]")
+            p.add_argument("--device", default=default_device,
+                           help=f"auto (CUDA if available), cpu or cuda[:N] (default {default_device})")
         p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (>= 1)")
 
 
@@ -150,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, required=True, help="model folder to write for this sample (model/)")
     s.add_argument("--mode", default="enhance", help=_MODE_HELP + " (must be the model's)")
     s.add_argument("--scale", type=_scale, default=None, help="enhance: z,y,x factors of this sample (the model's)")
-    _common(s, compute=True)
+    # a CPU step, as its rule asks no GPU: on a workstation's GPU pool it took a GPU's lock
+    _common(s, compute=True, default_device="cpu")
 
     s = sub.add_parser("infer", help="restore the whole FOV → restored.ome.zarr (resumable; scatter with --step)")
     s.add_argument("normalized", type=Path, help=_NORMALIZED_HELP)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import inspect
 import math
 import json
 import logging
@@ -609,6 +610,31 @@ def _model_stage_inputs(normalized, fov_json, *, sample, mode, settings, device,
     return settings or Settings(), models.select_device(device), vol, params, fov
 
 
+def _holding(output_parameter: str):
+    """The stage holding its output, the argument named ``output_parameter``, from its start
+    (:func:`selfres.atomic.output_lock`): a second writer of the same output is refused at
+    once, before it trains or computes anything — an infer stage for every step but
+    ``"block"``, whose jobs share the partial store by design. (Taken only at the final move,
+    a second ``train`` resumed the first's checkpoint, and one removed the other's work
+    folder under it.)"""
+    def wrap(stage):
+        signature = inspect.signature(stage)
+
+        @functools.wraps(stage)
+        def held(*args, **kwargs):
+            from .atomic import output_lock
+
+            bound = signature.bind(*args, **kwargs)
+            step = bound.arguments.get("step", "all")
+            with contextlib.nullcontext() if step == "block" else output_lock(bound.arguments[output_parameter]):
+                return stage(*args, **kwargs)
+
+        return held
+
+    return wrap
+
+
+@_holding("model_dir")
 def stage_train(
     normalized: str | Path,
     fov_json: str | Path,
@@ -706,6 +732,7 @@ def stage_train(
     return meta
 
 
+@_holding("model_dir")
 def stage_adopt(
     normalized: str | Path,
     fov_json: str | Path,
@@ -864,20 +891,7 @@ def output_dtype(settings: InferSettings, source_dtype: str):
     return np.dtype(source_dtype) if settings.output_dtype == "input" else np.dtype("float32")
 
 
-def _holding_its_output(stage):
-    """``stage`` (an infer stage) holding its ``output`` (:func:`selfres.atomic.output_lock`)
-    for every step but ``"block"``, whose jobs share the partial store by design."""
-    @functools.wraps(stage)
-    def held(normalized, model_dir, output, *args, step: str = "all", **kwargs):
-        from .atomic import output_lock
-
-        with contextlib.nullcontext() if step == "block" else output_lock(output):
-            return stage(normalized, model_dir, output, *args, step=step, **kwargs)
-
-    return held
-
-
-@_holding_its_output
+@_holding("output")
 def stage_infer(
     normalized: str | Path,
     model_dir: str | Path,
@@ -910,7 +924,9 @@ def stage_infer(
     from . import models
     from .infer import CubicUpsampler, infer_to_store, prepare_model
 
-    dev = models.select_device(device)
+    # prepare and gather compute nothing with the model (their rules ask no GPU: on a
+    # workstation's GPU pool they took a GPU's lock from the jobs that did)
+    dev = models.select_device("cpu" if step in ("prepare", "gather") else device)
     model, _, meta = load_trained(model_dir)
     vol, params = read_normalized(normalized, lazy=True)
     source = io.open_ome_zarr_array(normalized)

@@ -210,3 +210,69 @@ def test_a_second_writer_of_the_same_output_is_refused_at_once(tmp_path):
     tifffile.imwrite(big, np.random.default_rng(0).random((8, 48, 48)).astype(np.float32))
     restore(big, out, scale=(1, 2, 2), settings=fast, device="cpu")
     assert out.is_dir() and not (tmp_path / ".out.ome.zarr.work").exists()
+
+
+def test_a_second_train_or_adopt_of_one_model_is_refused_before_it_trains(tmp_path):
+    """`selfres train` locked its model/ only at the final move: a second run of the same sample
+    (two working directories sharing results/, a hand run, a Slurm job resubmitted) resumed
+    the first's checkpoint, and the first removed model.work under it ('This is a bug')."""
+    import subprocess
+    import sys
+
+    from selfres.pipeline import stage_adopt, stage_infer, stage_train
+
+    model = tmp_path / "model"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom selfres.atomic import output_lock\n"
+                               f"with output_lock({str(model)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for mode in ("enhance", "isotropic"):
+            with pytest.raises(ConfigError, match=rf"model: another selfres run \(pid {holder.pid} on .*\) is writing"):
+                stage_train(tmp_path / "n.ome.zarr", tmp_path / "fov.json", model, sample="s", mode=mode)
+        with pytest.raises(ConfigError, match="another selfres run"):
+            stage_adopt(tmp_path / "n.ome.zarr", tmp_path / "fov.json", tmp_path / "other", model_dir=model, sample="s")
+        assert not (tmp_path / "model.work").exists(), "refused before any work"
+    finally:
+        holder.kill()
+        holder.wait()
+    # the infer steps that hold their output: all but the scattered blocks
+    out = tmp_path / "out.ome.zarr"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom selfres.atomic import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for step in ("prepare", "gather"):
+            with pytest.raises(ConfigError, match="another selfres run"):
+                stage_infer(tmp_path / "n.ome.zarr", model, out, sample="s", step=step)
+        with pytest.raises(Exception) as block:  # not refused for the lock: it fails on the missing input
+            stage_infer(tmp_path / "n.ome.zarr", model, out, sample="s", step="block")
+        assert "another selfres run" not in str(block.value)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_steps_whose_rules_ask_no_gpu_compute_on_the_cpu(tmp_path, monkeypatch):
+    """adopt and infer's prepare / gather ran with --device auto: on a workstation's GPU pool
+    (`--resources gpu=2`) a seconds-long adopt took one GPU's lock, and the train and infer
+    jobs that started meanwhile both landed on the other."""
+    from selfres import models, pipeline
+    from selfres.cli import build_parser
+
+    args = build_parser().parse_args(["adopt", "n.ome.zarr", "fov.json", "other/model", "-o", "model"])
+    assert args.device == "cpu"
+    assert build_parser().parse_args(["train", "n.ome.zarr", "fov.json", "-o", "model"]).device == "auto"
+    asked = []
+
+    def spy(device):
+        asked.append(device)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(models, "select_device", spy)
+    for step in ("prepare", "gather", "block", "all"):
+        with pytest.raises(RuntimeError, match="stop here"):
+            pipeline.stage_infer(tmp_path / "n.ome.zarr", tmp_path / "model", tmp_path / "out.ome.zarr", sample="s",
+                                 step=step, device="auto")
+    assert asked == ["cpu", "cpu", "auto", "auto"]

@@ -752,6 +752,7 @@ class DegraderResult:
     log_rows: list[dict] = field(default_factory=list)
 
 
+@models.keeps_callers_random_state
 def train_degrader(
     lateral: np.ndarray,
     axial_resliced: np.ndarray,
@@ -968,6 +969,7 @@ def topup_variance(level, factor: float, sigma_px: float) -> list[float]:
     return level.scaled(noise_topup(factor, sigma_px, 1.0) ** 2).as_list()
 
 
+@models.keeps_callers_random_state
 def train_isotropic(
     train_volume: np.ndarray,
     holdout_volume: np.ndarray,

@@ -571,6 +571,28 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu"
 # ----------------------------------------------------------------------------------
 
 
+def keeps_callers_random_state(train):
+    """``train`` (a training function with a ``device`` argument, which seeds torch's global
+    generator for its weights) run in a fork of that generator: the caller's random stream is
+    as it was afterwards (a notebook's draws after each training were the same "random"
+    numbers), and the training's own numbers are unchanged. CUDA's generator is forked only
+    for a CUDA training (forking it creates a CUDA context)."""
+    import inspect
+
+    signature = inspect.signature(train)
+
+    @functools.wraps(train)
+    def forked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        device = torch.device(bound.arguments.get("device") or "cpu")
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            return train(*args, **kwargs)
+
+    return forked
+
+
 def gpu_allocated(env: Mapping[str, str] | None = None) -> bool:
     """Whether the job was given a GPU (Slurm, or a user, set ``CUDA_VISIBLE_DEVICES`` to one
     or more devices; empty, ``-1`` or ``NoDevFiles`` mean none)."""

@@ -84,8 +84,18 @@ def fit_percentiles(
     NormParams
         When the percentiles coincide (flat images), the full range is used; a truly
         constant volume yields ``high = low + 1`` so that the map stays invertible.
+
+    Raises
+    ------
+    ValueError
+        When the sampled voxels hold NaN or infinite values (one NaN made both parameters
+        NaN, and every normalised voxel with them).
     """
     sample = _subsample(data, max_sample_voxels).astype(np.float64, copy=False)
+    if not np.isfinite(sample).all():
+        bad = int(np.count_nonzero(~np.isfinite(sample)))
+        raise ValueError(f"{bad} of the {sample.size} voxels sampled for the percentiles are NaN or infinite; "
+                         "replace them (e.g. by 0) first")
     lo, hi = np.percentile(sample, [low_percentile, high_percentile])
     if hi <= lo:
         lo, hi = float(sample.min()), float(sample.max())

@@ -1390,11 +1390,12 @@ def stage_qc(
     ref_metrics = None
     if ref is not None:
         # block by block (metrics.compare_to_reference): a truth and an output larger than memory can be scored
-        rparams = normalise.fit_percentiles(ref.data, low_percentile=params.low_percentile,
-                                            high_percentile=params.high_percentile)
-        if not (np.isfinite(rparams.low) and np.isfinite(rparams.high)):
+        try:
+            rparams = normalise.fit_percentiles(ref.data, low_percentile=params.low_percentile,
+                                                high_percentile=params.high_percentile)
+        except ValueError:
             raise InputError(reference, "the reference has non-finite voxels (NaN or Inf): cannot score against it",
-                             sample=sample)
+                             sample=sample) from None
         interp_blocks, whole_axes = interpolation_blocks(raw_norm, meta, mode)
         ref_n = normalise.apply(ref.data, rparams)
         try:

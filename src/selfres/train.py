@@ -701,6 +701,7 @@ def run_steps(model: torch.nn.Module, optimiser, sel: "Selection", settings, *, 
     return step, stop_reason, flags, t0
 
 
+@models.keeps_callers_random_state
 def train_enhance(
     train_volume: np.ndarray,
     holdout_volume: np.ndarray,

@@ -40,6 +40,18 @@ def test_flat_and_constant_volumes_stay_invertible():
     np.testing.assert_allclose(normalise.undo(normalise.apply(const, p), p), const)
 
 
+def test_one_nan_voxel_is_refused_not_turned_into_nan_parameters(blobs):
+    """A NaN made both percentiles NaN, and every normalised voxel with them (a notebook's
+    array after a registration or a division)."""
+    vol = blobs.astype(np.float32).copy()
+    vol[1, 2, 3] = np.nan
+    with pytest.raises(ValueError, match="1 of the .* voxels sampled for the percentiles are NaN or infinite"):
+        normalise.fit_percentiles(vol)
+    vol[1, 2, 3] = np.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        normalise.fit_percentiles(vol)
+
+
 def test_dask_input_and_subsampling_agree_with_numpy(blobs):
     p1 = normalise.fit_percentiles(blobs)
     p2 = normalise.fit_percentiles(da.from_array(blobs, chunks=(8, 16, 16)))

@@ -220,7 +220,8 @@ def axial_operator(n: int, factor: float, sigma: float, sampling: str = "point")
     every ``f`` (:func:`axial_down_matrix`); ``up`` (``n × m``) is the Keys-cubic
     upsampling by ``f`` back to ``n`` (exactly what z-cubic reslicing does to real z
     samples). ``sampling`` ``"box"``: the box average of earlier versions (:func:`area_matrix`,
-    ``m = round(n / f)``), for their models.
+    ``m = round(n / f)``), for their models. Both are read-only (cached, as
+    :func:`selfres.degrade.resize_matrix`'s are).
     """
     if sampling not in ("point", "box"):
         raise ValueError(f"axial sampling must be 'point' or 'box'; received {sampling!r}")
@@ -231,6 +232,8 @@ def axial_operator(n: int, factor: float, sigma: float, sampling: str = "point")
         m = low_length(n, factor)
         down = axial_down_matrix(n, m, factor, sigma).astype(np.float32)
     up = np.array(degrade.resize_matrix(m, n, scale=factor, antialias=False), dtype=np.float32)
+    down.setflags(write=False)  # cached: shared by every later call in the process
+    up.setflags(write=False)
     return down, up
 
 

@@ -1464,8 +1464,9 @@ def resolution_lateral_axial(
       physical pixel sizes ``(voxel_z, voxel_x)`` / ``(voxel_z, voxel_y)``, so no
       resampling is needed on anisotropic grids.
 
-    Each is the median over up to ``max_slices`` planes of each kind with the
-    highest standard deviation (planes rich in signal). Large volumes are first
+    Each is one estimate from the spectra of up to ``max_slices`` planes of each kind with
+    the highest standard deviation (planes rich in signal), pooled (:func:`_pooled_resolution`),
+    not a median of per-plane estimates. Large volumes are first
     cropped to the ``max_size`` × ``max_size`` lateral window of highest contrast
     (full z), which keeps a 64×128×128 volume well under a second.
 

@@ -329,8 +329,10 @@ class EnhanceNet(nn.Module):
                 y = self.hr_body[-1](feats.float())
         else:
             y = self.hr_body(self.up(self.lr_body(x)))
-        if base is not None:  # in place when no graph is recorded (saves one HR float32 array)
-            y = base.add_(y) if not torch.is_grad_enabled() else base + y
+        if base is not None:  # in place when no graph is recorded (saves one HR float32 array), never
+            # into the caller's input: with factors 1,1,1 the "upsampled" base is x itself
+            in_place = not torch.is_grad_enabled() and base.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+            y = base.add_(y) if in_place else base + y
         return y[:, :, 0] if squeeze else y
 
 
@@ -536,7 +538,9 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu"
     Returns
     -------
     tuple
-        ``(model in eval mode, spec, contents of model.json)``.
+        ``(model in eval mode, spec, contents of model.json)``. An enhance model's
+        ``lateral_rotations`` (whether :class:`selfres.ensemble.SelfEnsemble` may rotate it) is
+        set from the factors and voxel size it was trained with, as training set it.
 
     Raises
     ------
@@ -563,6 +567,9 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu"
     except RuntimeError as exc:
         raise InputError(w_path, f"the weights do not match the architecture in "
                                  f"model.json ({exc})") from exc
+    meta = info.get("metadata") or {}
+    if meta.get("factors"):  # enhance: the self-ensemble rotates only a model trained with rotations
+        model.lateral_rotations = lateral_rotations(meta["factors"], meta.get("voxel_size_in"))
     return model.to(device).eval(), spec, info
 
 

@@ -64,6 +64,19 @@ def test_a_model_trained_without_rotations_is_not_rotated_in_the_ensemble():
     assert not any(k % 2 for k, _, _ in SelfEnsemble(up).members)
 
 
+def test_a_model_saved_and_loaded_keeps_whether_the_ensemble_may_rotate_it(tmp_path):
+    """models.load_model lost the model's lateral_rotations: the self-ensemble of a reloaded
+    model trained on unequal y and x voxel sizes averaged in 16 members instead of 8."""
+    from selfres.models import ModelSpec, build_model, load_model, save_model
+
+    spec = ModelSpec(arch="resnet3d", factors=(2, 2, 2), width=4, depth=1)
+    for voxel_size, members in (((1.0, 0.5, 0.25), 8), ((1.0, 0.5, 0.5), 16)):
+        save_model(tmp_path / str(members), build_model(spec), spec,
+                   metadata={"factors": [2, 2, 2], "voxel_size_in": list(voxel_size)})
+        loaded, _, _ = load_model(tmp_path / str(members))
+        assert len(SelfEnsemble(loaded).members) == members
+
+
 def test_every_member_is_undone_so_an_equivariant_model_is_unchanged():
     # nearest upsampling commutes with every flip and 90° rotation: the ensemble must equal it exactly
     x = torch.from_numpy(blob_volume((4, 8, 8)))[None, None]

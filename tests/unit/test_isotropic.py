@@ -395,6 +395,16 @@ def _semi(seed=0):
     return low[:, :, :28], low[:, :, 28:]
 
 
+def test_the_cached_axial_operator_cannot_be_changed_by_a_caller():
+    """Its matrices are cached for the process: one `d *= 0` zeroed every later degradation."""
+    down, up = iso.axial_operator(24, 2.0, 1.0)
+    with pytest.raises(ValueError):
+        down *= 0
+    with pytest.raises(ValueError):
+        up[0, 0] = 1.0
+    assert iso.axial_operator(24, 2.0, 1.0)[0].sum() > 0
+
+
 @pytest.mark.parametrize("degradation", ["analytic", "learned"])
 def test_isotropic_training_leaves_the_callers_random_stream_as_it_was(degradation):
     train, held = _semi()

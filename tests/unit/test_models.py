@@ -477,3 +477,17 @@ def test_a_model_trained_with_a_measured_psf_records_the_files_checksum(tmp_path
     save_model(tmp_path / "c", build_model(spec), spec,
                metadata={"settings": {"degradation": {"method": "cubic", "psf_path": None}}})
     assert "psf" not in json.loads((tmp_path / "c" / "model.json").read_text())["metadata"]
+
+
+def test_a_same_grid_enhance_network_leaves_its_input_alone():
+    """Factors 1,1,1 (a same-grid restorer, which the library allows): the 'upsampled' base is
+    the input itself, and the in-place residual add overwrote the caller's tensor."""
+    spec = ModelSpec(arch="resnet3d", factors=(1, 1, 1), width=4, depth=1)
+    model = build_model(spec).eval()
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    x = torch.rand(1, 1, 4, 8, 8)
+    before = x.clone()
+    with torch.no_grad():
+        y = model(x)
+    assert torch.equal(x, before) and y.data_ptr() != x.data_ptr()

@@ -310,6 +310,29 @@ def test_an_adopted_model_is_judged_as_learned_only_when_a_stage_learned(meta, l
     assert model_was_learned(meta) is learned
 
 
+def test_an_adopted_model_gaining_less_than_the_margin_is_flagged_without_extras():
+    """With no inference extras the adopting sample's verdict is adopt_enhance's own: dropping
+    the margin from it failed no test (a mutation review)."""
+    from selfres import adopt
+    from selfres.settings import InferSettings, TrainSettings
+    from selfres.train import train_enhance
+    from ..conftest import blob_volume
+
+    vol = blob_volume((8, 48, 48), n=120, sigma=(1.0, 1.2, 1.2))
+    trained = train_enhance(vol[:, :36], vol[:, 36:], factors=(1, 2, 2), settings=TrainSettings(
+        steps=60, width=8, depth=1, batch_size=2, patch_size=(4, 16, 16), validate_every=5, warmup_steps=2,
+        learning_rate=2e-3, patience=50))
+    meta = {"sample": "src", "factors": [1, 2, 2], "best_step": trained.best_step, "flags": [], "settings": {}}
+    no_extras = InferSettings(back_projection_iterations=0, ensemble=False)
+    verdicts = {}
+    for margin in (0.0, 30.0):
+        out = adopt.adopt_enhance(trained.model, meta, vol[:, :36], vol[:, 36:], sample="b", voxel_size=None,
+                                  guard_margin_db=margin, guard_confidence=0.95, infer_settings=no_extras,
+                                  device="cpu")
+        verdicts[margin] = "model_worse_than_interpolation" in out["flags"]
+    assert verdicts == {0.0: False, 30.0: True}
+
+
 @pytest.mark.parametrize("stage_steps, confidence_used", [([0, 0], 0.95), ([75, 0], 0.0)])
 def test_adopting_a_serial_model_applies_the_guard_rule_of_what_it_learned(monkeypatch, stage_steps, confidence_used):
     """An untrained serial ×4 source (both stages kept step 0: tricubic ×2 twice, + the extras) is

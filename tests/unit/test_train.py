@@ -51,6 +51,18 @@ def test_training_beats_tricubic_on_the_held_out_region():
     assert {"step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"} <= set(r.log_rows[0])
 
 
+def test_a_gain_below_the_guard_margin_is_flagged_by_training_itself():
+    """Without inference extras (no back-projection, no ensemble) training's own verdict is the
+    guard's: dropping the margin from it failed no test (a mutation review)."""
+    train, held = _data()
+    gained = train_enhance(train, held, factors=(1, 2, 2), settings=TrainSettings(steps=60, **TINY))
+    gain = gained.val_psnr_model - gained.val_psnr_interp
+    assert gain > 0.2 and "model_worse_than_interpolation" not in gained.flags
+    margin = dataclasses.replace(TrainSettings(steps=60, **TINY), guard_margin_db=gain + 0.5)
+    held_back = train_enhance(train, held, factors=(1, 2, 2), settings=margin)
+    assert held_back.best_step > 0 and "model_worse_than_interpolation" in held_back.flags
+
+
 def test_training_leaves_the_callers_random_stream_as_it_was_and_is_still_seeded():
     """train_enhance seeded torch's global generator: in a notebook every draw after a training
     was the same "random" numbers."""

@@ -197,6 +197,38 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
         assert "Do not use this output" in (tmp_path / "report.html").read_text()
 
 
+def test_unequal_lateral_factors_reach_the_output_grid_on_their_own_axes(tmp_path):
+    """Scale 1,1,2 (x only): every voxel-size check used 1,2,2, so swapping y and x in the
+    output's scale failed no test (a mutation review); the output would not overlay its input."""
+    src = tmp_path / "known.tif"
+    tifffile.imwrite(src, tiny_volume((8, 48, 48)), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    out = tmp_path / "out" / "restored.ome.zarr"
+    pipeline.restore(src, out, mode="enhance", scale=(1, 1, 2), settings=parse_settings(FAST), device="cpu",
+                     sample="xonly")
+    units, scale = _units_and_scale(out)
+    np.testing.assert_allclose(scale, [1.0, 0.5, 0.25])
+    t0 = zarr.open_group(str(out), mode="r").attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][1]
+    np.testing.assert_allclose(t0["translation"], [0.0, 0.0, -0.125])
+    assert io.read_ome_zarr(out).data.shape == (8, 48, 96)
+
+
+def test_qc_flags_a_network_its_own_re_score_puts_below_interpolation(tmp_path, monkeypatch):
+    """QC re-scores the network on the held-out region (a second line of defence for adopted,
+    hand-edited or older models): loosening its rule failed no test (a mutation review)."""
+    keep, out = _restored_with_intermediates(tmp_path)
+    args = (keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json")
+    real = pipeline.self_validation
+    for delta, flagged in ((+0.5, False), (-0.5, True), (0.0, True)):
+        def rescored(*a, delta=delta, **k):
+            sv = real(*a, **k)
+            return sv | {"psnr_model": sv["psnr_interp"] + delta}
+
+        monkeypatch.setattr(pipeline, "self_validation", rescored)
+        m = pipeline.stage_qc(*args, tmp_path / str(delta) / "metrics.json", sample="s")
+        assert ("model_worse_than_interpolation" in m["flags"]) is flagged, delta
+
+
 def test_a_job_given_a_gpu_that_computed_on_the_cpu_is_flagged(tmp_path, monkeypatch):
     """A CPU build of torch on the GPU nodes: the jobs run (slowly) on the CPU while holding a GPU."""
     keep, out = _restored_with_intermediates(tmp_path)

@@ -929,6 +929,42 @@ def test_atomic_output_for_files(tmp_path):
     assert p.read_text() == "new" and len(list(p.parent.iterdir())) == 1
 
 
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_failed_final_rename_puts_the_previous_output_back(tmp_path, monkeypatch, kind):
+    """The move into place failing (a full or read-only folder, a network file system): the
+    previous output is put back; dropping that rollback failed no test (a mutation review),
+    and the next write would have deleted the old one as litter."""
+    import os
+
+    p = tmp_path / ("f.txt" if kind == "file" else "d.ome.zarr")
+
+    def write(path, text):
+        if kind == "file":
+            path.write_text(text)
+        else:
+            path.mkdir()
+            (path / "x").write_text(text)
+
+    def read(path):
+        return path.read_text() if kind == "file" else (path / "x").read_text()
+
+    with io.atomic_output(p) as tmp:
+        write(tmp, "good")
+    real = os.replace
+
+    def failing(src, dst):
+        if ".tmp-" in str(src):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="No space"), io.atomic_output(p) as tmp:
+        write(tmp, "new")
+    monkeypatch.setattr(os, "replace", real)
+    assert read(p) == "good"
+    assert sorted(q.name for q in tmp_path.iterdir()) == [p.name], "no temporary or old copy left"
+
+
 # -------------------------------------------------------------- checksum ---
 
 

@@ -157,3 +157,23 @@ def test_normalise_stage_keeps_the_levels_of_an_offset_wide_acquisition(tmp_path
     pipeline.stage_normalise(tmp_path / "wide.tif", tmp_path / "n.ome.zarr", sample="s")
     store = zarr.open_group(str(tmp_path / "n.ome.zarr"), mode="r")
     assert len(np.unique(store["0"][:])) == len(np.unique(raw))
+
+
+def test_the_normalise_stage_maps_the_percentiles_it_is_given(tmp_path, blobs):
+    """normalise.low_percentile / high_percentile reach the parameters the store records and
+    applies: fixing them at the defaults failed no test (a mutation review)."""
+    import tifffile
+
+    from selfres import pipeline
+    from selfres.pipeline import read_normalized
+    from selfres.settings import NormaliseSettings
+
+    raw = (blobs * 1000 + 100).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", raw, metadata={"axes": "ZYX"})
+    pipeline.stage_normalise(tmp_path / "a.tif", tmp_path / "n.ome.zarr", sample="s",
+                             settings=NormaliseSettings(low_percentile=2.0, high_percentile=98.0))
+    vol, params = read_normalized(tmp_path / "n.ome.zarr")
+    assert (params.low_percentile, params.high_percentile) == (2.0, 98.0)
+    lo, hi = np.percentile(raw.astype(np.float64), [2.0, 98.0])
+    assert params.low == pytest.approx(lo) and params.high == pytest.approx(hi)
+    np.testing.assert_allclose(np.asarray(vol.data), (raw - lo) / (hi - lo), atol=1e-5)

@@ -1464,6 +1464,8 @@ def stage_qc(
         # serial ×4: the later step of the two stages (meta's own is stage 2's), so 0 means nothing was learned
         "best_step": (max((meta.get("serial") or {}).get("stage_best_steps") or [meta.get("best_step") or 0])
                       if meta.get("serial") else meta.get("best_step")),
+        # serial ×4: each stage's kept step (the report marks both on the training curves)
+        "stage_best_steps": (meta.get("serial") or {}).get("stage_best_steps"),
         "stop_reason": meta.get("stop_reason"),
         # model_from: the sample that trained the model (judged on this sample's held-out region)
         "adopted_from": (meta.get("adopted_from") or {}).get("sample"),
@@ -1629,7 +1631,9 @@ def stage_report(
     vs_out = metrics_d.get("voxel_size_out")
     figures = report.sample_figures(
         raw=raw, interp=interp, restored=restored_arr, voxel_size_in=vs_in, voxel_size_out=vs_out,
-        training_log=training_log, best_step=metrics_d.get("best_step"), bead_table=beads,
+        training_log=training_log, bead_table=beads,
+        # a serial ×4 model: each stage's kept step (its log's steps restart with stage 2)
+        best_step=metrics_d.get("stage_best_steps") or metrics_d.get("best_step"),
         spectra=spectra, spectra_log10=True, train_fov=fov)
     html = report.render_sample_report(
         sample=sample, metrics=metrics_d, raw=raw, interp=interp, restored=restored_arr,

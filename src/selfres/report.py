@@ -257,6 +257,13 @@ def _matplotlib():
     return matplotlib
 
 
+def _gray():
+    """The grey colour map with NaN and infinite voxels in red: on the default map they were
+    transparent, i.e. the figure's white, as bright as the brightest signal (a failed tile
+    looked saturated)."""
+    return _matplotlib().colormaps["gray"].with_extremes(bad="red")
+
+
 def _new_figure(**kwargs):
     """A figure of its own (not registered with pyplot: nothing to close, no backend touched)."""
     return _matplotlib().figure.Figure(**kwargs)
@@ -651,7 +658,7 @@ def _panel_grid(
         for c, pname in enumerate(cols):
             ax = fig.add_subplot(slots[r][c])
             av, ah = _PLANE_AXES[pname]
-            im = ax.imshow(planes[pname], cmap="gray", vmin=vmin, vmax=vmax,
+            im = ax.imshow(planes[pname], cmap=_gray(), vmin=vmin, vmax=vmax,
                            extent=_extent(ah, av, shape, vsz), aspect="equal",
                            interpolation="nearest")
             ax.tick_params(labelsize=7)
@@ -892,7 +899,7 @@ def figure_detail(
     for k, (name, (crop, vs, oy, ox)) in enumerate(crops.items()):
         ax = fig.add_subplot(gs[0, k])
         ext = (ox * vs[2], (ox + crop.shape[1]) * vs[2], (oy + crop.shape[0]) * vs[1], oy * vs[1])
-        ax.imshow(crop, cmap="gray", vmin=vmin, vmax=vmax, extent=ext, aspect="equal",
+        ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, extent=ext, aspect="equal",
                   interpolation="nearest")
         ax.axhline(line_y_phys, color=colors[name], lw=1.0, alpha=0.8)
         ax.set_title(f"{name} ({zoom}× zoom)", fontsize=9)
@@ -963,7 +970,7 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
     x_phys = (x + 0.5) * vout[2]
     for k, (name, (crop, vs, oz)) in enumerate(crops.items()):
         ax = fig.add_subplot(gs[0, k])
-        ax.imshow(crop, cmap="gray", vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest",
+        ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest",
                   extent=(x0 * vs[2], x1 * vs[2], (oz + crop.shape[0]) * vs[0], oz * vs[0]))
         ax.axvline(x_phys, color=colors[name], lw=1.0, alpha=0.8)
         ax.set_title(f"{name} (XZ at y={y})", fontsize=9)
@@ -990,7 +997,11 @@ def _log_frame(training_log: Any) -> pd.DataFrame | None:
     return df
 
 
-def _best_step(df: pd.DataFrame, best_step: Any) -> int | None:
+def _best_step(df: pd.DataFrame, best_step: Any) -> int | list[int] | None:
+    """The kept checkpoint's step as given (a list: one per stage of a serial ×4 model), else
+    the step of the best validation PSNR."""
+    if isinstance(best_step, (list, tuple)) and all(_num(b) is not None for b in best_step) and best_step:
+        return [int(b) for b in best_step]
     if _num(best_step) is not None:
         return int(best_step)
     if "val_psnr_model" in df.columns:
@@ -1000,18 +1011,22 @@ def _best_step(df: pd.DataFrame, best_step: Any) -> int | None:
     return None
 
 
-def figure_training_curves(training_log: Any, *, best_step: int | None = None) -> bytes:
-    """Loss, validation PSNR (model vs interpolation) and learning rate vs step.
+def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] | None = None) -> bytes:
+    """Loss, validation PSNR (model vs interpolation), the kept checkpoint's score and
+    learning rate vs step.
 
     Parameters
     ----------
     training_log
         DataFrame (or mapping of columns, or path of ``training_log.tsv``) with
-        columns ``step``, ``loss``, ``val_psnr_model``, ``val_psnr_interp``, ``lr``
-        (missing columns are skipped).
+        columns ``step``, ``loss``, ``val_psnr_model``, ``val_psnr_interp``, ``lr``, and
+        ``val_coarse_gain`` (enhance's coarse-scale check) and ``stage`` (a serial ×4
+        model's two trainings) where they were logged (missing columns are skipped).
+        Stages are drawn one after the other, each in its own colour: their steps restart
+        from 0 (drawn on one axis they zig-zagged).
     best_step
-        Step of the kept checkpoint; default: the row with the largest
-        ``val_psnr_model``. Marked by a dashed line.
+        Step of the kept checkpoint (one per stage, as a list, for a serial model);
+        default: the row with the largest ``val_psnr_model``. Marked by a dotted line.
 
     Returns
     -------
@@ -1022,19 +1037,35 @@ def figure_training_curves(training_log: Any, *, best_step: int | None = None) -
     if df is None:
         raise ValueError("training_log is empty or has no 'step' column")
     step = pd.to_numeric(df["step"], errors="coerce").to_numpy(dtype=float)
+    stage = (pd.to_numeric(df["stage"], errors="coerce").fillna(1).astype(int).to_numpy()
+             if "stage" in df.columns else np.ones(len(df), dtype=int))
+    stages = sorted(set(stage.tolist()))
+    offsets, shift = {}, 0.0
+    for k in stages:  # each stage starts where the one before ended
+        offsets[k] = shift
+        shift += float(np.nanmax(step[stage == k])) if np.isfinite(step[stage == k]).any() else 0.0
+    x = step + np.array([offsets[k] for k in stage])
     best = _best_step(df, best_step)
-    fig = _new_figure(figsize=(11.0, 3.0))
-    axes = fig.subplots(1, 3)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.17, top=0.85, wspace=0.3)
+    bests = (best if isinstance(best, list) else [best]) if best is not None else []
+    best_x = [b + offsets.get(k, 0.0) for k, b in zip(stages, bests)] if len(stages) > 1 else bests[:1]
+    fig = _new_figure(figsize=(12.0, 3.0))
+    axes = fig.subplots(1, 4)
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.17, top=0.8, wspace=0.32)
 
     def col(name):
         return pd.to_numeric(df[name], errors="coerce").to_numpy(dtype=float)
 
+    def per_stage(ax, values, fmt, colour, label, **kw):
+        for i, k in enumerate(stages):
+            sel = stage == k
+            tag = f"{label} (stage {k})" if len(stages) > 1 else label
+            ax.plot(x[sel], values[sel], fmt, color=colour, alpha=1.0 if i == len(stages) - 1 else 0.55,
+                    label=tag, **kw)
+
     ax = axes[0]
     if "loss" in df.columns:
         loss = col("loss")
-        ax.plot(step, loss, lw=1, color="tab:blue", marker="." if len(step) < 30 else None,
-                ms=3)
+        per_stage(ax, loss, "-", "tab:blue", "loss", lw=1, marker="." if len(step) < 30 else None, ms=3)
         finite = loss[np.isfinite(loss)]
         # log scale only when the loss spans more than a decade (else unreadable ticks)
         if finite.size and np.all(finite > 0) and finite.max() / finite.min() > 10:
@@ -1043,23 +1074,38 @@ def figure_training_curves(training_log: Any, *, best_step: int | None = None) -
     ax.set_title("training loss", fontsize=9)
     ax = axes[1]
     if "val_psnr_model" in df.columns:
-        ax.plot(step, col("val_psnr_model"), ".-", ms=3, lw=1, label="model", color="tab:green")
+        per_stage(ax, col("val_psnr_model"), ".-", "tab:green", "model", ms=3, lw=1)
     if "val_psnr_interp" in df.columns:
-        ax.plot(step, col("val_psnr_interp"), "--", lw=1, label="interpolation", color="tab:orange")
+        per_stage(ax, col("val_psnr_interp"), "--", "tab:orange", "interpolation", lw=1)
     ax.set_title("validation PSNR (dB)", fontsize=9)
+    ax.ticklabel_format(axis="y", useOffset=False)  # a flat curve read "+3.2e1" and 0.00045 ticks
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
-    ax = axes[2]
+        ax.legend(fontsize=6)
+    ax = axes[2]  # what chose the kept checkpoint: its gains over interpolation
+    if {"val_psnr_model", "val_psnr_interp"} <= set(df.columns):
+        gain = col("val_psnr_model") - col("val_psnr_interp")
+        per_stage(ax, gain, ".-", "tab:green", "held-out gain", ms=3, lw=1)
+        if "val_coarse_gain" in df.columns and np.isfinite(col("val_coarse_gain")).any():
+            per_stage(ax, col("val_coarse_gain"), ".:", "tab:brown", "coarse-scale gain", ms=3, lw=1)
+        ax.axhline(0.0, color="0.5", lw=0.8)
+        ax.legend(fontsize=6)
+    ax.set_title("gain over interpolation (dB)", fontsize=9)
+    ax = axes[3]
     if "lr" in df.columns:
-        ax.plot(step, col("lr"), lw=1, color="tab:purple")
+        per_stage(ax, col("lr"), "-", "tab:purple", "lr", lw=1)
     ax.set_title("learning rate", fontsize=9)
     for ax in axes:
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel("step" if len(stages) == 1 else "step (stage 2 after stage 1)", fontsize=8)
         ax.tick_params(which="both", labelsize=7)
-        if best is not None:
-            ax.axvline(best, color="k", ls=":", lw=1)
-    if best is not None:
-        fig.suptitle(f"best checkpoint: step {best} (dotted line)", fontsize=9)
+        for b in best_x:
+            ax.axvline(b, color="k", ls=":", lw=1)
+        for k in stages[1:]:
+            ax.axvline(offsets[k], color="0.6", lw=0.8)
+    if bests:
+        which = (", ".join(f"stage {k} step {b}" for k, b in zip(stages, bests)) if len(stages) > 1
+                 else f"step {bests[0]}")
+        fig.suptitle(f"kept checkpoint: {which} (dotted line): the best score, the smaller of its gains over "
+                     "interpolation (held-out, and coarse-scale where checked)", fontsize=8.5)
     return _fig_to_png(fig)
 
 
@@ -1267,7 +1313,7 @@ def figure_beads(
     ax.set_xticks(range(len(ticks)))
     ax.set_xticklabels(ticks, fontsize=7)
     ax.set_ylabel(f"FWHM ({unit})", fontsize=8)
-    ax.set_title(f"all beads (in: {len(t_in)}, out: {len(t_out)}; a failed fit has no dot); bar = median",
+    ax.set_title(f"all beads (in: {len(t_in)}, out: {len(t_out)});\nno dot: a failed fit; bar: median",
                  fontsize=9)
     ax.tick_params(labelsize=7)
     fig.suptitle("Typical bead (closest to the median width): line profiles through its "
@@ -1947,10 +1993,12 @@ def render_sample_report(
     raw, interp, restored, vin, vout, unit = _prepare(
         raw, interp, restored, voxel_size_in, voxel_size_out)
     df = _log_frame(training_log)
-    best = _best_step(df, metrics.get("best_step")) if df is not None else None
+    best = (_best_step(df, metrics.get("stage_best_steps") or metrics.get("best_step"))
+            if df is not None else None)
     if figures is None:
+        # the sizes as given, not _prepare's filled-in ones (axes in voxels read as µm otherwise)
         figures = sample_figures(raw=raw, interp=interp, restored=restored,
-                                 voxel_size_in=vin, voxel_size_out=vout, training_log=df,
+                                 voxel_size_in=voxel_size_in, voxel_size_out=voxel_size_out, training_log=df,
                                  best_step=best, bead_table=bead_table, spectra=spectra,
                                  spectra_log10=True, train_fov=train_fov)  # as qc writes them (metrics.axial_spectrum)
     figures = dict(figures)
@@ -1988,7 +2036,7 @@ def render_sample_report(
         f"<p class=\"muted\">Centre slices of the raw input (on its own grid), the {interp_name} "
         f"interpolation and the restored volume, all shown with the same display range "
         f"{_esc(_fmt(lo))} – {_esc(_fmt(hi))} (0.2–99.8 percentiles of the restored "
-        f"volume), at physical aspect ({_esc(unit)}). The restored row should look "
+        f"volume), at physical aspect ({_esc(unit)}); red: NaN or infinite voxels. The restored row should look "
         "sharper than the interpolation, with no structure that the raw data does not "
         "support. Each XY panel is its own grid's centre plane: where z was resampled, the "
         "interpolated and restored planes can lie between two acquired slices (so their structures "
@@ -2038,16 +2086,22 @@ def render_sample_report(
     else:
         parts.append(_img_tag(figures["training_curves"], alt="training curves"))
         steps = pd.to_numeric(df["step"], errors="coerce")
+        bests = best if isinstance(best, list) else [best]
+        n_stages = df["stage"].nunique() if "stage" in df.columns else 1
         note = ""
-        if best is not None and steps.notna().any() and best < steps.min():
-            note = (" — before the first logged validation: no later checkpoint did better"
-                    " on the validation data than the starting model")
+        if best is not None and steps.notna().any() and all(b is not None and b < steps.min() for b in bests):
+            note = (" — before the first logged validation: no later checkpoint scored better than the"
+                    " starting model (the score: the smaller of its gains over interpolation, held-out and"
+                    " coarse-scale, in the gain panel)")
+        kept = (", ".join(f"stage {k} step {_fmt(b)}" for k, b in enumerate(bests, 1)) if isinstance(best, list)
+                else f"step {_fmt(best)}")
         stop = metrics.get("stop_reason")
         extras = metrics.get("inference_extras") or {}
         with_extras = (metrics.get("mode") != "isotropic"
                        and (extras.get("back_projection_iterations") or extras.get("ensemble")))
-        parts.append(f"<p>Kept checkpoint: step {_esc(_fmt(best))}{_esc(note)}; "
-                     f"{len(df)} validations logged"
+        parts.append(f"<p>Kept checkpoint: {_esc(kept)}{_esc(note)}; "
+                     f"{len(df)} validations logged" + (f" over {n_stages} stages (a serial ×4 model's two "
+                                                         "trainings, one after the other)" if n_stages > 1 else "")
                      + (f"; training stopped: {_esc(stop)}" if stop else "") + ". "
                      + ("The curves score the network alone; the self-validation table below scores it"
                         f"{_esc(_extras_text(extras))}, as restored.ome.zarr holds it, so its figures differ."

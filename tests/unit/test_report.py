@@ -1018,3 +1018,75 @@ def test_figures_of_a_sample_without_voxel_size_measure_in_voxels_not_micrometre
     report.sample_figures(raw=raw, interp=interp, restored=restored, voxel_size_in=None, voxel_size_out=None)
     assert seen == {"vin": None, "vout": None}
     assert report._voxel_sizes(raw.shape, restored.shape, None, None)[2] != "µm"
+
+
+def _captured(monkeypatch):
+    """The figures a report function draws (their PNG made as usual)."""
+    drawn = []
+    real = report._fig_to_png
+
+    def keep(fig):
+        drawn.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(report, "_fig_to_png", keep)
+    return drawn
+
+
+def _line(ax, label):
+    return next(line for line in ax.get_lines() if line.get_label() == label)
+
+
+def test_a_serial_models_two_trainings_are_drawn_one_after_the_other(monkeypatch):
+    """A serial ×4 model's log restarts its steps with stage 2: drawn on one axis each curve
+    zig-zagged (2→4, back to 2, →4) and one dotted line stood for both stages' kept steps."""
+    drawn = _captured(monkeypatch)
+    log = pd.DataFrame({"step": [2, 4, 2, 4], "stage": [1, 1, 2, 2], "loss": [0.5, 0.4, 0.3, 0.2],
+                        "val_psnr_model": [42.3, 42.5, 58.8, 58.9], "val_psnr_interp": [42.0, 42.0, 58.0, 58.0],
+                        "lr": 1e-3})
+    report.figure_training_curves(log, best_step=[4, 2])
+    fig = drawn[-1]
+    loss, psnr, gain, lr = fig.axes
+    assert list(_line(psnr, "model (stage 1)").get_xdata()) == [2, 4]
+    assert list(_line(psnr, "model (stage 2)").get_xdata()) == [6, 8]
+    dotted = sorted(line.get_xdata()[0] for line in psnr.get_lines() if line.get_linestyle() == ":"
+                    and line.get_label().startswith("_"))
+    assert dotted == [4, 6]  # stage 1's step 4, stage 2's step 2 drawn after stage 1
+    assert "stage 1 step 4, stage 2 step 2" in fig._suptitle.get_text()
+
+
+def test_the_kept_checkpoints_score_is_drawn_beside_the_psnr(monkeypatch):
+    """The kept checkpoint is the best of the smaller of two gains (held-out, coarse-scale), not
+    the best PSNR: with only the PSNR drawn the dotted line sat where nothing explained it."""
+    drawn = _captured(monkeypatch)
+    log = pd.DataFrame({"step": [25, 50, 75], "val_psnr_model": [40.5, 41.0, 40.8], "val_psnr_interp": 40.0,
+                        "val_coarse_gain": [0.30, -0.05, 0.20], "loss": [0.3, 0.2, 0.1], "lr": 1e-3})
+    report.figure_training_curves(log, best_step=25)
+    gain = drawn[-1].axes[2]
+    np.testing.assert_allclose(_line(gain, "held-out gain").get_ydata(), [0.5, 1.0, 0.8])
+    np.testing.assert_allclose(_line(gain, "coarse-scale gain").get_ydata(), [0.30, -0.05, 0.20])
+    assert "smaller of its gains" in drawn[-1]._suptitle.get_text()
+    flat = log.assign(val_psnr_model=[32.0391, 32.0392, 32.0393])  # no "+3.2039e1" offset on the axis
+    report.figure_training_curves(flat, best_step=75)
+    assert drawn[-1].axes[1].yaxis.get_major_formatter().get_useOffset() is False
+
+
+def test_non_finite_voxels_are_red_not_white_like_the_brightest_signal(monkeypatch):
+    drawn = _captured(monkeypatch)
+    raw, interp, restored = _volumes(factor=(2, 1, 1))
+    restored[:, 2:6, 2:6] = np.nan  # a failed tile
+    report.figure_orthoviews(raw=raw, interp=interp, restored=restored, voxel_size_in=(2, 1, 1),
+                             voxel_size_out=(1, 1, 1))
+    images = [im for ax in drawn[-1].axes for im in ax.get_images()]
+    assert images and all(tuple(im.get_cmap().get_bad()) == (1.0, 0.0, 0.0, 1.0) for im in images)
+
+
+def test_a_report_without_voxel_sizes_labels_its_figures_in_voxels(monkeypatch):
+    """render_sample_report drew its own figures with the filled-in sizes: axes read 'x (µm)'
+    while the caption said output voxels."""
+    drawn = _captured(monkeypatch)
+    raw, interp, restored = _volumes(factor=(2, 1, 1))
+    report.render_sample_report(sample="s", metrics={"mode": "enhance"}, raw=raw, interp=interp,
+                                restored=restored, voxel_size_in=None, voxel_size_out=None)
+    labels = [ax.get_xlabel() for fig in drawn for ax in fig.axes if ax.get_xlabel()]
+    assert labels and not any("µm" in text for text in labels), labels

@@ -41,7 +41,8 @@ def _common(p: argparse.ArgumentParser, *, sample=True, settings=True, compute=F
     if compute:
         if device:
             p.add_argument("--device", default=default_device,
-                           help=f"auto (CUDA if available), cpu or cuda[:N] (default {default_device})")
+                           help="auto (CUDA if available), cpu or cuda[:N] (default "
+                                f"{default_device or 'auto; cpu for --step prepare and gather'})")
         p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for torch (>= 1)")
 
 
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON object of the values that change how the job runs, not its output "
                         "(infer.batch_size, infer.gpu_memory_fraction, isotropic.infer_batch), put over --settings; "
                         "the workflow passes them apart, so that changing one reruns nothing")
-    _common(s, compute=True)
+    _common(s, compute=True, default_device=None)  # auto; cpu for --step prepare and gather
 
     s = sub.add_parser("qc", help="metrics (self-validation, resolution, reference) → qc/metrics.json")
     s.add_argument("normalized", type=Path, help=_NORMALIZED_HELP)
@@ -436,10 +437,14 @@ def run(args) -> int:
         if args.blocks is not None:
             st = dataclasses.replace(st, blocks=args.blocks)
             st.validate()
+        # prepare and gather compute with the model only when no prepared store is there (then
+        # every tile): their rules ask no GPU, so by default they take none (on a workstation's
+        # GPU pool they took a GPU's lock from the jobs that had asked for one)
+        device = args.device or ("cpu" if args.step in ("prepare", "gather") else "auto")
         # an isotropic section given: its fusion / infer_batch, else those saved with an older model
         out = pipeline.stage_infer(args.normalized, args.model, args.output, sample=sample, settings=st,
                                    isotropic_settings=full.isotropic if "isotropic" in given else None,
-                                   device=args.device, threads=args.threads, step=args.step, block=args.block)
+                                   device=device, threads=args.threads, step=args.step, block=args.block)
         if args.drop_stale_export and args.step in ("all", "gather"):
             from . import io
 

@@ -51,6 +51,7 @@ __all__ = [
     "resolution_lateral_axial",
     "lateral_window",
     "structure_share",
+    "plane_correlation",
     "isotropy",
     "axial_spectrum",
     "lateral_spectrum",
@@ -1409,6 +1410,21 @@ def lateral_window(volume: np.ndarray, max_size: int) -> tuple[int, int, int, in
                 best, best_pos = s, (y0, x0)
     y0, x0 = best_pos
     return int(y0), int(y0 + wy), int(x0), int(x0 + wx)
+
+
+def plane_correlation(volume: np.ndarray) -> float | None:
+    """Pearson correlation of each plane of ``volume`` (ZYX) with the next, over all of them:
+    about 0 for noise that is independent from plane to plane, clearly above it for anything
+    the optics spread over neighbouring planes. ``None`` for one plane or a constant volume."""
+    vol = np.asarray(volume, dtype=np.float64)
+    if vol.ndim != 3 or vol.shape[0] < 2:
+        return None
+    a, b = vol[:-1].ravel(), vol[1:].ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if a.size < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return round(float(np.corrcoef(a, b)[0, 1]), 4)
 
 
 #: Voxels of the lateral tiles (all of z) of :func:`structure_share`: enough that a tile of pure

@@ -924,9 +924,7 @@ def stage_infer(
     from . import models
     from .infer import CubicUpsampler, infer_to_store, prepare_model
 
-    # prepare and gather compute nothing with the model (their rules ask no GPU: on a
-    # workstation's GPU pool they took a GPU's lock from the jobs that did)
-    dev = models.select_device("cpu" if step in ("prepare", "gather") else device)
+    dev = models.select_device(device)
     model, _, meta = load_trained(model_dir)
     vol, params = read_normalized(normalized, lazy=True)
     source = io.open_ome_zarr_array(normalized)
@@ -1320,7 +1318,11 @@ def stage_qc(
     noise_w = noise_level_function(raw_w)
     agreement = metrics.restored_agreement(raw_norm, restored_norm, noise=noise_w, factors=ratio)
     structure = metrics.structure_share(raw_w, noise_w)
-    if structure is not None and structure < INPUT_MIN_STRUCTURE_SHARE:
+    # and nothing carries over from plane to plane (the noise estimate reads texture at the
+    # sampling limit, sub-voxel puncta, as noise; the optics spread those over planes)
+    planes_alike = metrics.plane_correlation(raw_w)
+    if (structure is not None and structure < INPUT_MIN_STRUCTURE_SHARE
+            and (planes_alike is None or planes_alike < INPUT_MIN_STRUCTURE_SHARE)):
         flags.append("input_mostly_noise")
     if agreement["nonfinite_voxels"]:
         flags.append("restored_not_finite")
@@ -1330,7 +1332,10 @@ def stage_qc(
     if r is not None and r < RESTORED_MIN_CORRELATION * (1.0 if ceiling is None else ceiling):
         flags.append("restored_unlike_input")
     level = agreement["level"]
-    if level and abs(level["output_mean"] - level["input_mean"]) > RESTORED_MAX_LEVEL_SHIFT and not (
+    # an integer output rounds each voxel: half a step of its dtype, in normalised units, is no shift
+    # (a dim uint8 stack's denoised background of 0.4 counts is written as 0)
+    rounding = 0.5 / params.span if np.issubdtype(np.dtype(out.source_dtype), np.integer) else 0.0
+    if level and abs(level["output_mean"] - level["input_mean"]) > RESTORED_MAX_LEVEL_SHIFT + rounding and not (
             level["ratio"] is not None and RESTORED_LEVEL_RATIO[0] <= level["ratio"] <= RESTORED_LEVEL_RATIO[1]):
         flags.append("restored_level_shifted")
     res = {"lateral_in": None, "axial_in": None, "lateral_out": None, "axial_out": None}
@@ -1461,6 +1466,7 @@ def stage_qc(
         "restored_check": agreement,
         # the most structured lateral tile of the input's QC window: 1 − noise variance / variance
         "input_structure_share": structure,
+        "input_plane_correlation": planes_alike,  # each plane with the next: ~0 for noise alone
         # serial ×4: the later step of the two stages (meta's own is stage 2's), so 0 means nothing was learned
         "best_step": (max((meta.get("serial") or {}).get("stage_best_steps") or [meta.get("best_step") or 0])
                       if meta.get("serial") else meta.get("best_step")),

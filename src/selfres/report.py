@@ -141,12 +141,14 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     "restored_level_shifted": (
         "The restored volume as written is not at its input's intensity level: at the input "
         "voxels' centres its mean differs from the input's by more than a fifth (qc/metrics.json, "
-        "restored_check.level), which a restoration never does (it keeps the mean to within 2 % "
-        "on every volume measured). A wrong gain or offset on the way to the file, e.g. values "
-        "written in normalised units, or a damaged store; the correlation with the input can "
-        "still be perfect.",
-        "Do not use this output for intensities. Rerun the infer step and report it with the "
-        "infer log and restored.ome.zarr's attributes (normalisation) if it happens again.",
+        "restored_check.level), which a restoration keeps to within 2 % on every volume measured. "
+        "Most likely a wrong gain or offset on the way to the file (e.g. values written in "
+        "normalised units) or a damaged store, which the correlation with the input cannot see; "
+        "in a very dim acquisition (a photon or less per voxel) it can also be the network "
+        "pushing the background towards its most common value, 0.",
+        "Do not use this output for intensities until you have compared it with the input (the "
+        "views below, or both files in a viewer). Rerun the infer step; if it stays, report it "
+        "with the infer log and restored.ome.zarr's attributes (normalisation).",
     ),
     "worse_than_interpolation_on_reference": (
         "Against the reference given for this sample (its ground truth), the restored "
@@ -1520,7 +1522,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 #: Flags that say ``restored.ome.zarr`` as written is broken, whatever it holds (the network's
 #: output or the interpolation): such a sample's status is ``output_broken``, not ``ok``.
-BROKEN_OUTPUT_FLAGS = ("restored_not_finite", "restored_unlike_input", "restored_level_shifted")
+BROKEN_OUTPUT_FLAGS = ("restored_not_finite", "restored_unlike_input")
 
 
 def _status(metrics: Mapping[str, Any]) -> str:
@@ -1550,7 +1552,7 @@ def _diff(a: Any, b: Any) -> float | None:
 _WARNING_TITLES = {
     "restored_not_finite": "the restored volume as written is broken (do not use it)",
     "restored_unlike_input": "the restored volume as written is broken (do not use it)",
-    "restored_level_shifted": "the restored volume as written is broken (do not use it)",
+    "restored_level_shifted": "the restored volume is not at its input's intensity level",
     "model_worse_than_interpolation": "the guard did not accept the network over interpolation",
     "worse_than_interpolation_on_reference": "against its reference the output is worse than interpolation",
 }

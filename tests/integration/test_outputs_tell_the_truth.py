@@ -197,6 +197,33 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
         assert "Do not use this output" in (tmp_path / "report.html").read_text()
 
 
+def test_a_dim_integer_output_rounded_to_its_dtype_is_not_taken_for_a_level_shift(tmp_path):
+    """A very dim uint8 stack kept in its dtype (`infer.output_dtype: input`): the ideal
+    restoration's background of 0.4 counts is written as 0, its mean at half the input's, and
+    QC called a correct output broken. Half a step of an integer dtype is no shift."""
+    from scipy.ndimage import gaussian_filter, zoom
+
+    rng = np.random.default_rng(0)
+    lam = np.zeros((16, 48, 48))
+    lam[tuple(rng.integers(0, 16, 12)), tuple(rng.integers(0, 48, 12)), tuple(rng.integers(0, 48, 12))] = 1
+    lam = gaussian_filter(lam, (1.5, 3, 3))
+    lam = lam / lam.max() * 4 + 0.4
+    src = tmp_path / "dim.tif"
+    tifffile.imwrite(src, rng.poisson(lam).astype(np.uint8), metadata={"axes": "ZYX"})
+    keep, out = tmp_path / "work", tmp_path / "restored.ome.zarr"
+    pipeline.restore(src, out, mode="enhance", scale=(1, 2, 2), device="cpu", keep=keep, sample="dim",
+                     settings=parse_settings(FAST | {"infer": {"output_dtype": "input"}}))
+    ideal = zoom(lam, (1, 2, 2), order=3, grid_mode=True, mode="grid-mirror")
+    zarr.open_array(str(out / "0"), mode="r+")[:] = np.clip(np.round(ideal), 0, 255).astype(np.uint8)
+    m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
+                          tmp_path / "qc" / "metrics.json", sample="dim")
+    assert m["restored_check"]["level"]["ratio"] < 0.8  # off by more than a fifth ...
+    assert "restored_level_shifted" not in m["flags"]  # ... by rounding alone
+    from selfres.report import _status
+
+    assert _status({"flags": ["restored_level_shifted"]}) == "ok"  # a warning: the output may be right
+
+
 def test_unequal_lateral_factors_reach_the_output_grid_on_their_own_axes(tmp_path):
     """Scale 1,1,2 (x only): every voxel-size check used 1,2,2, so swapping y and x in the
     output's scale failed no test (a mutation review); the output would not overlay its input."""
@@ -313,9 +340,15 @@ def test_an_acquisition_of_pure_noise_is_flagged_not_reported_ok(tmp_path):
     learns to smooth noise, and its held-out figures may even call that a gain."""
     from selfres.report import _status
 
+    from scipy.ndimage import gaussian_filter
+
     rng = np.random.default_rng(3)
+    puncta = np.zeros((8, 64, 64))  # dense sub-voxel puncta: their texture reads as noise to the estimate,
+    puncta[tuple(rng.integers(0, n, 1200) for n in puncta.shape)] = 1.0  # but they span planes
+    puncta = gaussian_filter(puncta, (1.0, 0.4, 0.4))
     for name, volume in (("empty", rng.poisson(40.0, (8, 64, 64))),
-                         ("cells", rng.poisson(40.0 + 400.0 * tiny_volume((8, 64, 64)) / 255.0))):
+                         ("cells", rng.poisson(40.0 + 400.0 * tiny_volume((8, 64, 64)) / 255.0)),
+                         ("puncta", rng.poisson(5.0 + 40.0 * puncta / puncta.max()))):
         src = tmp_path / f"{name}.tif"
         tifffile.imwrite(src, volume.astype(np.uint16), metadata={"axes": "ZYX"})
         keep = tmp_path / name

@@ -728,4 +728,7 @@ def test_structure_share_tells_pure_noise_from_a_few_cells_in_a_wide_empty_field
     from selfres.noise import NoiseLevel
 
     assert m.structure_share(clean, NoiseLevel(0.0, 0.0)) is None  # nothing measured: no figure
+    # what carries over from plane to plane: nothing for noise, much for anything the optics spread
+    assert abs(m.plane_correlation(rng.poisson(5.0, (12, 64, 64)))) < 0.03
+    assert m.plane_correlation(clean) > 0.3 and m.plane_correlation(clean[:1]) is None
     assert m.structure_share(np.ones((4, 16, 16)), NoiseLevel(0.0, 1e-3, bins=3)) is None  # constant

@@ -258,7 +258,7 @@ def test_steps_whose_rules_ask_no_gpu_compute_on_the_cpu(tmp_path, monkeypatch):
     """adopt and infer's prepare / gather ran with --device auto: on a workstation's GPU pool
     (`--resources gpu=2`) a seconds-long adopt took one GPU's lock, and the train and infer
     jobs that started meanwhile both landed on the other."""
-    from selfres import models, pipeline
+    from selfres import pipeline
     from selfres.cli import build_parser
 
     args = build_parser().parse_args(["adopt", "n.ome.zarr", "fov.json", "other/model", "-o", "model"])
@@ -266,13 +266,16 @@ def test_steps_whose_rules_ask_no_gpu_compute_on_the_cpu(tmp_path, monkeypatch):
     assert build_parser().parse_args(["train", "n.ome.zarr", "fov.json", "-o", "model"]).device == "auto"
     asked = []
 
-    def spy(device):
+    def spy(*args, device, step, **kwargs):
         asked.append(device)
-        raise RuntimeError("stop here")
+        return {}
 
-    monkeypatch.setattr(models, "select_device", spy)
+    monkeypatch.setattr(pipeline, "stage_infer", spy)
+    from selfres.cli import main
+
     for step in ("prepare", "gather", "block", "all"):
-        with pytest.raises(RuntimeError, match="stop here"):
-            pipeline.stage_infer(tmp_path / "n.ome.zarr", tmp_path / "model", tmp_path / "out.ome.zarr", sample="s",
-                                 step=step, device="auto")
-    assert asked == ["cpu", "cpu", "auto", "auto"]
+        main(["infer", "n.ome.zarr", "model", "-o", str(tmp_path / "out.ome.zarr"), "--step", step])
+    # a device given is honoured, also for gather (which computes every tile when nothing was prepared)
+    main(["infer", "n.ome.zarr", "model", "-o", str(tmp_path / "out.ome.zarr"), "--step", "gather",
+          "--device", "cuda"])
+    assert asked == ["cpu", "cpu", "auto", "auto", "cuda"]

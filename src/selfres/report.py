@@ -1008,6 +1008,10 @@ def _best_step(df: pd.DataFrame, best_step: Any) -> int | list[int] | None:
         return int(best_step)
     if "val_psnr_model" in df.columns:
         col = pd.to_numeric(df["val_psnr_model"], errors="coerce")
+        if "stage" in df.columns and df["stage"].nunique() > 1:  # each stage's own best (steps restart)
+            best = [df.loc[col[df["stage"] == k].idxmax(), "step"] if col[df["stage"] == k].notna().any() else None
+                    for k in sorted(df["stage"].unique())]
+            return [int(b) for b in best] if all(b is not None for b in best) else None
         if col.notna().any():
             return int(df.loc[col.idxmax(), "step"])
     return None

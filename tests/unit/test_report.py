@@ -1053,6 +1053,8 @@ def test_a_serial_models_two_trainings_are_drawn_one_after_the_other(monkeypatch
                     and line.get_label().startswith("_"))
     assert dotted == [4, 6]  # stage 1's step 4, stage 2's step 2 drawn after stage 1
     assert "stage 1 step 4, stage 2 step 2" in fig._suptitle.get_text()
+    report.figure_training_curves(log)  # no kept steps given: each stage's best PSNR, on its own stage
+    assert "stage 1 step 4, stage 2 step 4" in drawn[-1]._suptitle.get_text()
 
 
 def test_the_kept_checkpoints_score_is_drawn_beside_the_psnr(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -161,15 +162,29 @@ def test_every_command_line_option_says_what_it_is():
     assert bare == []
 
 
+@contextlib.contextmanager
+def _held_by_another_process(path):
+    """Another process holding ``path``'s output lock while the block runs; yields its pid."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom selfres.atomic import output_lock\n"
+                               f"with output_lock({str(path)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_second_writer_of_the_same_output_is_refused_at_once(tmp_path):
     """Two `selfres restore … -o out.ome.zarr` (or infer with another model) at once each
     deleted the other's temporary files, and the one that ended last committed a store holding
     118 of 256 tiles of the other's model, labelled as its own. While one holds the output, the
     other is refused before any work, naming the holder; a killed run's work folder is removed
     by the next."""
-    import subprocess
-    import sys
-
     import numpy as np
     import tifffile
 
@@ -178,12 +193,8 @@ def test_a_second_writer_of_the_same_output_is_refused_at_once(tmp_path):
     src = tmp_path / "a.tif"
     _tiny_tiff(src)
     out = tmp_path / "out.ome.zarr"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom selfres.atomic import output_lock\n"
-                               f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ConfigError, match=rf"out.ome.zarr: another selfres run \(pid {holder.pid} on .*\) is "
+    with _held_by_another_process(out) as pid:
+        with pytest.raises(ConfigError, match=rf"out.ome.zarr: another selfres run \(pid {pid} on .*\) is "
                                               "writing this output now"):
             restore(src, out)
         assert not out.exists() and not (tmp_path / ".out.ome.zarr.work").exists(), "refused before any work"
@@ -193,9 +204,6 @@ def test_a_second_writer_of_the_same_output_is_refused_at_once(tmp_path):
 
         with pytest.raises(ConfigError, match="another selfres run"):
             stage_infer(tmp_path / "n.ome.zarr", tmp_path / "model", out, sample="s")
-    finally:
-        holder.kill()
-        holder.wait()
     with output_lock(out), output_lock(out):  # the holder died: free again; re-entrant within a process
         pass
     assert not (tmp_path / ".out.ome.zarr.lock").exists(), "released and removed"
@@ -216,42 +224,25 @@ def test_a_second_train_or_adopt_of_one_model_is_refused_before_it_trains(tmp_pa
     """`selfres train` locked its model/ only at the final move: a second run of the same sample
     (two working directories sharing results/, a hand run, a Slurm job resubmitted) resumed
     the first's checkpoint, and the first removed model.work under it ('This is a bug')."""
-    import subprocess
-    import sys
-
     from selfres.pipeline import stage_adopt, stage_infer, stage_train
 
     model = tmp_path / "model"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom selfres.atomic import output_lock\n"
-                               f"with output_lock({str(model)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(model) as pid:
         for mode in ("enhance", "isotropic"):
-            with pytest.raises(ConfigError, match=rf"model: another selfres run \(pid {holder.pid} on .*\) is writing"):
+            with pytest.raises(ConfigError, match=rf"model: another selfres run \(pid {pid} on .*\) is writing"):
                 stage_train(tmp_path / "n.ome.zarr", tmp_path / "fov.json", model, sample="s", mode=mode)
         with pytest.raises(ConfigError, match="another selfres run"):
             stage_adopt(tmp_path / "n.ome.zarr", tmp_path / "fov.json", tmp_path / "other", model_dir=model, sample="s")
         assert not (tmp_path / "model.work").exists(), "refused before any work"
-    finally:
-        holder.kill()
-        holder.wait()
     # the infer steps that hold their output: all but the scattered blocks
     out = tmp_path / "out.ome.zarr"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom selfres.atomic import output_lock\n"
-                               f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(out):
         for step in ("prepare", "gather"):
             with pytest.raises(ConfigError, match="another selfres run"):
                 stage_infer(tmp_path / "n.ome.zarr", model, out, sample="s", step=step)
         with pytest.raises(Exception) as block:  # not refused for the lock: it fails on the missing input
             stage_infer(tmp_path / "n.ome.zarr", model, out, sample="s", step="block")
         assert "another selfres run" not in str(block.value)
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_steps_whose_rules_ask_no_gpu_compute_on_the_cpu(tmp_path, monkeypatch):

@@ -1221,6 +1221,10 @@ BRIGHTENING_RATIO = 1.5
 #: 0; the benchmark's real volumes 0.96–1.0, and 0.15–0.36 with one photon of Poisson noise at
 #: their 99.9th percentile)
 INPUT_MIN_STRUCTURE_SHARE = 0.1
+#: ... and :func:`selfres.metrics.plane_correlation` below which (or one plane): nothing carries
+#: over from plane to plane (pure noise ±0.01; dense sub-voxel puncta, whose texture the noise
+#: estimate reads as noise, 0.3–0.6; cells of 2 photons 0.08 — their structure share is 0.13)
+INPUT_MAX_PLANE_CORRELATION = 0.1
 
 #: Isotropy (lateral / axial) below which an isotropic-mode output is flagged ``isotropy_not_reached``
 #: (above its inverse, ``isotropy_implausible``)
@@ -1322,7 +1326,7 @@ def stage_qc(
     # sampling limit, sub-voxel puncta, as noise; the optics spread those over planes)
     planes_alike = metrics.plane_correlation(raw_w)
     if (structure is not None and structure < INPUT_MIN_STRUCTURE_SHARE
-            and (planes_alike is None or planes_alike < INPUT_MIN_STRUCTURE_SHARE)):
+            and (planes_alike is None or planes_alike < INPUT_MAX_PLANE_CORRELATION)):
         flags.append("input_mostly_noise")
     if agreement["nonfinite_voxels"]:
         flags.append("restored_not_finite")
@@ -1332,9 +1336,10 @@ def stage_qc(
     if r is not None and r < RESTORED_MIN_CORRELATION * (1.0 if ceiling is None else ceiling):
         flags.append("restored_unlike_input")
     level = agreement["level"]
-    # an integer output rounds each voxel: half a step of its dtype, in normalised units, is no shift
-    # (a dim uint8 stack's denoised background of 0.4 counts is written as 0)
-    rounding = 0.5 / params.span if np.issubdtype(np.dtype(out.source_dtype), np.integer) else 0.0
+    out_dtype = np.dtype(out.source_dtype)  # an integer output is rounded, and clipped at its dtype's lowest value
+    # half a step of an integer dtype, in normalised units, is no shift (a dim uint8 stack's
+    # denoised background of 0.4 counts is written as 0)
+    rounding = 0.5 / params.span if np.issubdtype(out_dtype, np.integer) else 0.0
     if level and abs(level["output_mean"] - level["input_mean"]) > RESTORED_MAX_LEVEL_SHIFT + rounding and not (
             level["ratio"] is not None and RESTORED_LEVEL_RATIO[0] <= level["ratio"] <= RESTORED_LEVEL_RATIO[1]):
         flags.append("restored_level_shifted")
@@ -1350,7 +1355,6 @@ def stage_qc(
                                      round(x0 * ratio[2]):round(x1 * ratio[2])])
     interp_w = interpolation_of(raw_w, meta, mode)
     raw_min = (vol.attrs.get("raw_range") or [None])[0]
-    out_dtype = np.dtype(out.source_dtype)  # an integer output is clipped at its dtype's lowest value
     lowest = ((float(np.iinfo(out_dtype).min) - params.low) / params.span
               if np.issubdtype(out_dtype, np.integer) else None)
     agreement["undershoot"] = metrics.undershoot(

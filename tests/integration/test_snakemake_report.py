@@ -67,3 +67,41 @@ def test_snakemake_report_zip_holds_reports_figures_and_captions(finished):
         assert "<strong>s1</strong>" in entry, path  # caption with the sample filled in
     assert "Maximum-intensity projections along z, y and x" in main
     assert "Zoomed detail of sample" in main
+
+
+def _runs(wd):
+    runs = wd / "results" / "runs" / "runs.tsv"
+    return runs.read_text().splitlines() if runs.exists() else []
+
+
+def test_snakemake_9s_own_report_spelling_works_after_a_failed_night_and_is_no_run(finished):
+    """`--reporter html --report-html-path FILE` is Snakemake 9's spelling of `--report FILE`: it
+    asked for the failed sample's report ('marked for report but does not exist') and recorded
+    an 'error' night."""
+    before = _runs(finished)
+    proc = run_snakemake(finished, "--reporter", "html", "--report-html-path", "r.html", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (finished / "r.html").exists() and _runs(finished) == before
+
+
+def test_touch_runs_nothing_and_records_no_run(finished):
+    """`snakemake --touch` recorded the jobs it touched as run ('success … samples_run …'),
+    including a retrain that never happened."""
+    before = _runs(finished)
+    run_snakemake(finished, "--touch", "--config", 'train={"steps": 5}', timeout=300)
+    assert _runs(finished) == before
+
+
+def test_a_report_without_a_summary_holds_the_samples_reports(finished, tmp_path):
+    """A first night killed outright leaves no summary.tsv: the report asked for it and refused
+    to be made at all, though a sample's report was complete."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy, symlinks=True)
+    for name in ("summary.tsv", "summary.html"):
+        (copy / "results" / name).unlink()
+    proc = run_snakemake(copy, "--report", "report.zip", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with zipfile.ZipFile(copy / "report.zip") as zf:
+        assert any(n.endswith("/report.html") and n != "report/report.html" for n in zf.namelist())

@@ -49,26 +49,37 @@ def _series_number(sample):
 
 #: Snakemake options after which a command is not a run of the workflow (its parse of the
 #: Snakefile must not be recorded as a stopped run)
-_NOT_A_RUN = ("dryrun", "touch", "unlock", "report", "lint", "list_changes", "list_input_changes",
+_NOT_A_RUN = ("dryrun", "touch", "unlock", "report", "reporter", "lint", "list_changes", "list_input_changes",
               "list_params_changes", "list_code_changes", "summary", "detailed_summary", "dag", "rulegraph",
               "filegraph", "d3dag", "cleanup_metadata", "list_rules", "list_target_rules", "delete_all_output",
               "delete_temp_output", "archive", "containerize", "list_untracked", "conda_create_envs_only",
               "print_compilation", "generate_unit_tests", "cleanup_shadow", "list_conda_envs", "conda_cleanup_envs")
 
 
-def _is_a_run():
-    """Whether this snakemake command runs the workflow (not a dry run, --unlock, --report,
-    --list-changes, …), read with Snakemake's own parser (profiles, abbreviations); when it
-    cannot tell (the Python API), not."""
-    if getattr(workflow.output_settings, "dryrun", False):
-        return False
+@functools.cache
+def _snakemake_args():
+    """This snakemake command's options, read with Snakemake's own parser (profiles,
+    abbreviations, `--report FILE` and `--reporter html` alike); None when it cannot tell (the
+    Python API)."""
     try:
         from snakemake.cli import parse_args
 
-        _, args = parse_args(sys.argv[1:])
+        return parse_args(sys.argv[1:])[1]
     except BaseException:  # noqa: BLE001 - argparse exits on what it cannot read
+        return None
+
+
+def _is_a_run():
+    """Whether this snakemake command runs the workflow (not a dry run, --touch, --unlock,
+    --report, --list-changes, …); when it cannot tell, not."""
+    if getattr(workflow.output_settings, "dryrun", False):
         return False
-    return not any(getattr(args, name, None) for name in _NOT_A_RUN)
+    args = _snakemake_args()
+    if args is None:
+        return False
+    after_run = getattr(args, "report_after_run", False)  # runs the workflow, then reports
+    return not any(getattr(args, name, None) for name in _NOT_A_RUN
+                   if not (after_run and name in ("report", "reporter")))
 
 
 def _record_stopped_run(message):
@@ -612,10 +623,11 @@ def results_dir_of(wildcards, output):
 
 
 def _making_snakemakes_report():
-    """`snakemake --report FILE` (not with `--report-after-run`, which first runs the workflow)."""
-    args = sys.argv[1:]
-    return (any(a == "--report" or a.startswith("--report=") for a in args)
-            and "--report-after-run" not in args)
+    """`snakemake --report FILE`, or Snakemake 9's `--reporter html --report-html-path FILE` (not
+    with `--report-after-run`, which first runs the workflow)."""
+    args = _snakemake_args()
+    return (args is not None and bool(getattr(args, "report", None) or getattr(args, "reporter", None))
+            and not getattr(args, "report_after_run", False))
 
 
 #: The samples whose outputs the default target asks for. `snakemake --report` refuses the
@@ -628,7 +640,9 @@ TARGET_SAMPLES = ([s for s in SAMPLE_IDS if os.path.exists(f"{R}/{s}/report.html
 
 def all_outputs():
     if TARGET_SAMPLES != SAMPLE_IDS:  # snakemake --report after a night with a failed sample
-        return expand(f"{R}/{{sample}}/report.html", sample=TARGET_SAMPLES) + [f"{R}/summary.tsv"]
+        # (and without a summary, after a first night killed outright: the samples' reports alone)
+        return (expand(f"{R}/{{sample}}/report.html", sample=TARGET_SAMPLES)
+                + [f for f in (f"{R}/summary.tsv",) if os.path.exists(f)])
     # the intermediates too: Snakemake reruns nothing for a missing intermediate whose
     # downstream outputs are present (a retrain killed after its model/ was removed said
     # "Nothing to be done"); requested, it is remade and everything after it reruns
@@ -671,7 +685,8 @@ def summary_written_outside_the_rule():
 
 
 onsuccess:
-    run_record("success", log)
+    if _is_a_run():  # not `snakemake --touch`, which ran nothing (it recorded a retrain that never was)
+        run_record("success", log)
 
 
 onerror:
@@ -681,11 +696,12 @@ onerror:
     import subprocess
     from selfres.runlog import snakemake_log_file
 
-    run_log = snakemake_log_file(log)
-    subprocess.run(["selfres", "summary", R, *summary_cli_args(), "-o", f"{R}/summary.tsv", "--html",
-                    f"{R}/summary.html"] + (["--snakemake-log", str(run_log)] if run_log else []), check=False)
-    summary_written_outside_the_rule()
-    run_record("error", log)
+    if _is_a_run():  # (`snakemake --touch` that found outputs missing ran nothing)
+        run_log = snakemake_log_file(log)
+        subprocess.run(["selfres", "summary", R, *summary_cli_args(), "-o", f"{R}/summary.tsv", "--html",
+                        f"{R}/summary.html"] + (["--snakemake-log", str(run_log)] if run_log else []), check=False)
+        summary_written_outside_the_rule()
+        run_record("error", log)
 
 
 if workflow.is_main_process:

@@ -134,12 +134,36 @@ def tiff_folder_problem(folder: Path) -> str | None:
             f"{shlex.quote(str(folder / '*.tif'))} (config inbox)")
 
 
+def _unicode_form_hint(path: str) -> str:
+    import unicodedata
+
+    folder, name = os.path.split(path)
+    if name.isascii():
+        return ""
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return ""
+    wanted = unicodedata.normalize("NFC", name)
+    same = [e for e in entries if e != name and unicodedata.normalize("NFC", e) == wanted]
+    if not same:
+        return ""
+    form = ("as separate marks (NFD, as macOS writes names)" if same[0] == unicodedata.normalize("NFD", name)
+            else "in another Unicode form")
+    return (f"; its folder holds {same[0]!r}, the same name with its accents written {form}: they look alike but "
+            "are different names to the file system. Rename the file (or retype the name in the sheet by copying "
+            "it from the file listing)")
+
+
 def missing_path_hint(path: str | os.PathLike) -> str:
     """What a path that does not exist may be instead, for its error: ``""``, or ``"; …"``
-    when it has the backslashes of a Windows path (a sheet written on a PC)."""
+    when it has the backslashes of a Windows path (a sheet written on a PC), or when a file of
+    its folder has the same name with its accents encoded the other way (macOS writes ``ü`` as
+    ``u`` + a combining mark, NFD; a sheet typed elsewhere has one character, NFC: both look
+    alike, and ``ls`` shows the very name said not to exist)."""
     text = os.fspath(path)
     if "\\" not in text:
-        return ""
+        return _unicode_form_hint(text)
     return ("; it holds a backslash (\\), as a Windows path does: on this machine folders are separated by /, "
             "and the path must be where this machine sees the file (e.g. /mnt/share/run1/a.tif, not "
             "C:\\data\\run1\\a.tif)")

@@ -746,6 +746,20 @@ def test_a_missing_windows_path_says_how_this_machine_separates_folders(tmp_path
         io.read_volume("data/b.tif")
 
 
+def test_a_name_whose_accents_are_encoded_the_other_way_is_named(tmp_path, monkeypatch):
+    """A file named on a Mac (NFD: u + a combining mark) and a sheet typed elsewhere (NFC: ü)
+    look alike: 'does not exist', while ls shows that very name."""
+    import unicodedata
+
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite(tmp_path / unicodedata.normalize("NFD", "Müller.tif"), np.ones((3, 8, 8), "uint16"))
+    with pytest.raises(InputError, match=r"does not exist \(no such file or store\); its folder holds 'Mu.*ller\.tif', "
+                                         r"the same name with its accents written as separate marks \(NFD"):
+        io.read_volume(unicodedata.normalize("NFC", "Müller.tif"))
+    with pytest.raises(InputError, match=r"does not exist \(no such file or store\)$"):
+        io.read_volume("Mahler.tif")
+
+
 def test_an_empty_folder_is_refused_as_not_a_zarr_store(tmp_path):
     with pytest.raises(InputError, match="is a directory but not a Zarr store"):
         io.read_volume(tmp_path)

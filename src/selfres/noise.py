@@ -17,13 +17,14 @@ of every degraded input back up to the acquisition's own level:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["NOISE_AT", "NoiseLevel", "immerkaer_residual", "noise_level_function", "sensor_defects", "topup_variance",
-           "variance_kept"]
+__all__ = ["NOISE_AT", "NoiseLevel", "immerkaer_residual", "noise_level_function", "repair_sensor_defects",
+           "sensor_defect_positions", "sensor_defects", "topup_variance", "variance_kept"]
 
 #: The intensities (fractions of the normalised range) at which a noise level is reported, as
 #: the keys of :meth:`NoiseLevel.sigma_at` (``model.json`` ``noise``, ``metrics.json``, the report).
@@ -84,6 +85,83 @@ DEFECT_Z = 6.0
 SPIKE_RATIO = 1.5
 
 
+def sensor_defect_positions(volume) -> np.ndarray | None:
+    """The lateral positions (a ``(Y, X)`` mask) of ``volume``'s hot and dead sensor pixels
+    (:func:`sensor_defects`, without their neighbourhood), judged on up to 16 evenly spaced
+    planes, read one at a time from a lazy array, border included; ``None`` when there are
+    none, or the volume has fewer than 3 planes or planes under 8 pixels a side."""
+    from scipy.ndimage import convolve
+
+    if volume.ndim != 3 or volume.shape[0] < 3 or min(volume.shape[1:]) < 8:
+        return None
+    idx = np.unique(np.linspace(0, volume.shape[0] - 1, min(16, volume.shape[0])).astype(int))
+    residuals = []
+    for i in idx:
+        plane = np.asarray(volume[i], dtype=np.float64)
+        if np.all(np.isfinite(plane)):  # the whole plane, its border too (mirrored): a defect may sit on it
+            residuals.append(convolve(plane, _IMMERKAER, mode="mirror"))
+    return _defect_positions(residuals, border=False)
+
+
+def repair_sensor_defects(volume: np.ndarray, positions: np.ndarray | None) -> np.ndarray:
+    """A copy of ``volume`` (ZYX) with the lateral ``positions`` (a ``(Y, X)`` mask, e.g.
+    :func:`sensor_defect_positions`) replaced, in every plane, by the median of their
+    neighbours that are not among them (a position with none keeps its value)."""
+    vol = np.array(volume, dtype=np.float32, copy=True)
+    if positions is None or not positions.any():
+        return vol
+    ys, xs = np.nonzero(positions)
+    around = []
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if not (dy or dx):
+                continue
+            yy, xx = ys + dy, xs + dx
+            inside = (yy >= 0) & (yy < vol.shape[1]) & (xx >= 0) & (xx < vol.shape[2])
+            yy, xx = np.clip(yy, 0, vol.shape[1] - 1), np.clip(xx, 0, vol.shape[2] - 1)
+            usable = inside & ~positions[yy, xx]
+            around.append(np.where(usable[None], vol[:, yy, xx], np.nan))
+    around = np.stack(around)  # (8, z, defects): NaN where a neighbour is outside or a defect itself
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        median = np.nanmedian(around, axis=0)
+    vol[:, ys, xs] = np.where(np.isfinite(median), median, vol[:, ys, xs])
+    return vol
+
+
+def _defect_positions(residuals: Sequence[np.ndarray], *, border: bool = True) -> np.ndarray | None:
+    """The defect positions of :func:`sensor_defects` (plane shape), without their neighbourhood.
+    ``border``: the residuals leave out the plane's outer voxels (:func:`immerkaer_residual`)."""
+    from scipy.ndimage import median_filter
+
+    if len(residuals) < 3:
+        return None
+    stack = np.stack(residuals)
+    n = stack.shape[0]
+    sigma = median_filter(stack.std(axis=0, ddof=1), size=5, mode="mirror")
+    sigma = np.maximum(sigma, 1e-12 * (float(np.abs(stack).max()) + 1e-300))
+    centre = np.median(stack, axis=0)
+    strong = np.abs(stack.mean(axis=0)) * np.sqrt(n) > DEFECT_Z * sigma
+    strong |= np.abs(centre) * np.sqrt(n) > DEFECT_Z * 1.2533 * sigma
+    # ... and shaped as a one-voxel spike: the residual of a spike is 4/6 of it at the spike,
+    # -2/6 beside it; optics blur whatever the sample holds over more than a voxel, whose
+    # residual changes little from one voxel to the next (kept: the estimate discounts it)
+    # (the second largest of the 8: two hot pixels side by side; beyond the border as the
+    # residuals were made: 0 where they leave it out, mirrored where they mirror the plane — a
+    # spike next to the border is mirrored to its other side, not a second one to flag)
+    padded = np.pad(np.abs(centre), 1) if border else np.pad(np.abs(centre), 1, mode="reflect")
+    around = np.sort([padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
+                      for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=0)[-2]
+    strong &= np.abs(centre) >= SPIKE_RATIO * around
+    if not strong.any():
+        return None
+    if not border:
+        return strong
+    full = np.zeros((stack.shape[1] + 2, stack.shape[2] + 2), dtype=bool)
+    full[1:-1, 1:-1] = strong
+    return full
+
+
 def sensor_defects(residuals: Sequence[np.ndarray]) -> np.ndarray | None:
     """Lateral positions of a stack (plane shape, the residuals' border included) to leave out
     of the noise estimate: hot or dead sensor pixels and their neighbourhood.
@@ -105,29 +183,11 @@ def sensor_defects(residuals: Sequence[np.ndarray]) -> np.ndarray | None:
     instead), 4 % 30: a sensor that bad is beyond it. ``None`` with fewer than 3 planes (one
     plane cannot tell a defect from a bright point) or when nothing stands out.
     """
-    from scipy.ndimage import maximum_filter, median_filter
+    from scipy.ndimage import maximum_filter
 
-    if len(residuals) < 3:
+    full = _defect_positions(residuals)
+    if full is None:
         return None
-    stack = np.stack(residuals)
-    n = stack.shape[0]
-    sigma = median_filter(stack.std(axis=0, ddof=1), size=5, mode="mirror")
-    sigma = np.maximum(sigma, 1e-12 * (float(np.abs(stack).max()) + 1e-300))
-    centre = np.median(stack, axis=0)
-    strong = np.abs(stack.mean(axis=0)) * np.sqrt(n) > DEFECT_Z * sigma
-    strong |= np.abs(centre) * np.sqrt(n) > DEFECT_Z * 1.2533 * sigma
-    # ... and shaped as a one-voxel spike: the residual of a spike is 4/6 of it at the spike,
-    # -2/6 beside it; optics blur whatever the sample holds over more than a voxel, whose
-    # residual changes little from one voxel to the next (kept: the estimate discounts it)
-    # (the second largest of the 8: two hot pixels side by side; beyond the border counts as 0)
-    padded = np.pad(np.abs(centre), 1)
-    around = np.sort([padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
-                      for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=0)[-2]
-    strong &= np.abs(centre) >= SPIKE_RATIO * around
-    if not strong.any():
-        return None
-    full = np.zeros((stack.shape[1] + 2, stack.shape[2] + 2), dtype=bool)
-    full[1:-1, 1:-1] = strong
     # many defects (over ~1.4 % of the pixels fill half the field at 7×7): a smaller neighbourhood,
     # down to their 3×3, which holds every residual a spike reaches
     for size in (7, 5):

@@ -142,8 +142,7 @@ def why_nothing_matched(pattern: str) -> str | None:
     if re.search(r"\{[^{}]*,[^{}]*\}", pattern):
         return ("'{a,b}' is shell syntax, which glob reads literally: give one pattern per alternative "
                 "(inbox/*.tif and inbox/*.tiff)")
-    fixed = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
-    folder = os.path.dirname(fixed) if re.search(r"[*?\[]", pattern) else os.path.dirname(pattern)
+    folder = os.path.dirname(re.split(r"[*?\[]", pattern, maxsplit=1)[0])  # (no wildcard: the pattern's own)
     if folder and not os.path.isdir(folder):
         return f"its folder {folder} does not exist (not mounted, or mistyped?)"
     return None
@@ -191,7 +190,7 @@ def scan_inbox(
     ConfigError
         If two acquisitions map to the same sample id and ``on_clash="error"``.
     """
-    from .sheet import not_an_option
+    from .sheet import not_an_option, snakemake_pattern_problem
 
     if on_clash not in ("error", "skip"):
         raise ValueError(f"on_clash must be 'error' or 'skip', got {on_clash!r}")
@@ -225,8 +224,6 @@ def scan_inbox(
         if beside and len(ps) > 1:
             scan.converted += [(p, readable[0]) for p in ps if p != readable[0]]
             by_id[sid] = readable
-    from .sheet import snakemake_pattern_problem
-
     for sid, ps in list(by_id.items()):
         problems = [why for p in ps if (why := snakemake_pattern_problem(p))]
         if problems and on_clash == "error":

@@ -43,7 +43,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -1238,10 +1238,10 @@ def restore_isotropic(
 
 
 # ------------------------------------------------------------------ pipeline hooks
-def training_boxes(data, fov: TrainingFov) -> tuple[np.ndarray, np.ndarray, int]:
+def training_boxes(data, fov: TrainingFov, *, repair: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """The training FOV and the held-out region of ``data`` (read alone, float32), each with its
-    hot and dead sensor pixels repaired (:func:`selfres.noise.repair_sensor_defects`), and how
-    many positions were. A hot pixel is a spike in a lateral slice, the training target, and a
+    hot and dead sensor pixels repaired (:func:`selfres.noise.repair_sensor_defects`; not with
+    ``repair`` False: a model trained before the repair existed), and how many positions were. A hot pixel is a spike in a lateral slice, the training target, and a
     line through z in an axial one: twelve (0.19 % of the pixels) raised a stack's axial σ
     estimate from 1.75 to 2.5 px and took its gain over z-cubic from +4.2 dB to −1.8 dB while
     the held-out check passed (a review, thirty-ninth session). Training, its held-out check and
@@ -1251,7 +1251,7 @@ def training_boxes(data, fov: TrainingFov) -> tuple[np.ndarray, np.ndarray, int]
     boxes, count = [], 0
     for box in (fov.train, fov.holdout):
         part = np.asarray(data[box_slices(box)], dtype=np.float32)
-        positions = noise.sensor_defect_positions(part)
+        positions = noise.sensor_defect_positions(part) if repair else None
         boxes.append(noise.repair_sensor_defects(part, positions))
         count += 0 if positions is None else int(positions.sum())
     return boxes[0], boxes[1], count
@@ -1361,13 +1361,17 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
         y0, y1, x0, x1 = grid[i]
         return (slice(None), slice(y0, y1), slice(x0, x1))
 
-    from .noise import sensor_defect_positions
-
     # the network's input has its hot and dead pixels repaired, as in training (found on the
-    # whole field, the same in every job of a scattered run)
-    # (a model trained before this repair existed: its inference as it was)
-    defects = sensor_defect_positions(source) if "sensor_defects_repaired" in meta else None
-    base_fp["sensor_defects"] = 0 if defects is None else int(defects.sum())  # tiles made otherwise are redone
+    # whole field, the same in every job of a scattered run, and only by a job that computes
+    # tiles); a model trained before this repair existed: its inference as it was
+    repair = "sensor_defects_repaired" in meta
+    base_fp["repair_sensor_defects"] = repair  # tiles made otherwise are redone
+
+    @cache
+    def defects():
+        from .noise import sensor_defect_positions
+
+        return sensor_defect_positions(source) if repair else None
 
     def write_one(net, path, kind, reuse_finished=False) -> dict:
         def compute(dest, tiles, done, record):
@@ -1377,7 +1381,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
                 restore_isotropic(net, source, factor=factor, tile=tile, batch=batch, fusion=fusion, device=device,
                                   dest=dest, amp=settings.amp, tiles=todo, on_tile_written=record,
                                   transform=lambda b: normalise.to_dtype(b, params, dtype),
-                                  defects=defects if net is not None else None)
+                                  defects=defects() if net is not None else None)
             secs = time.monotonic() - t0
             vox = sum(shape[0] * (grid[i][1] - grid[i][0]) * (grid[i][3] - grid[i][2]) for i in todo)
             return {"tiles": len(tiles), "computed": len(todo), "seconds": secs,
@@ -1467,7 +1471,8 @@ def self_validation(vol: io.Volume, fov: TrainingFov, model: nn.Module, meta: di
     if (learned and degrader is None) or "factor" not in d:
         return {k: stored.get(k) for k in ("psnr_model", "psnr_interp", "ssim_model", "ssim_interp")}
     deg = AxialDegradation.from_dict(d)
-    train_box, held_box, _ = training_boxes(vol.data, fov)  # the two boxes only, as training read them
+    # the two boxes only, as training read them
+    train_box, held_box, _ = training_boxes(vol.data, fov, repair="sensor_defects_repaired" in meta)
     _, held, _ = validation_split(train_box, held_box, otsu_threshold(train_box))
     pairs = holdout_pairs(held, deg)
     if learned:  # as in training: the learned degradation of each true slice, with its seed

@@ -173,10 +173,10 @@ def sensor_defects(residuals: Sequence[np.ndarray]) -> np.ndarray | None:
     from 0, with the σ of the residual through z pooled over the 5×5 positions around it (the
     median of theirs: a defect's own does not count, and a few planes give a σ of its own
     too rough to judge by) — and whose median residual is :data:`SPIKE_RATIO` times each of
-    its neighbours' but one (a one-voxel spike, or two side by side; blurred structure is smoother, and the estimate
-    discounts it as before) is left out, with every voxel within 3 of it (the residuals the
-    estimate pairs reach that far). Measured (a review, 16×96×96, clean σ 3.7 counts): 5 hot pixels of 700–1600
-    counts read σ 255, 20 read 1055; with this, the clean figure. Where the 7×7 neighbourhoods
+    its neighbours' but one (a one-voxel spike, or two side by side; blurred structure is
+    smoother, and the estimate discounts it as before) is left out, with every voxel within 3
+    of it (the residuals the estimate pairs reach that far). Measured (a review, 16×96×96,
+    clean σ 3.7 counts): 5 hot pixels of 700–1600 counts read σ 255, 20 read 1055; with this, the clean figure. Where the 7×7 neighbourhoods
     would take over half of the field (more than ~1.4 % of the pixels defective), each one's
     5×5 goes, or at least its 3×3 (the residuals a spike reaches). Measured (a self-check,
     16×128×128, σ 4.5): 0.2–1 % hot pixels 4.4–4.5, 1.3–2 % 5.2–5.9 (51–56 when all were kept

@@ -108,7 +108,8 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     "input_mostly_noise": (
         "Almost nothing in the input stands clear of its noise: in its most contrasted "
         "window, even the most structured part is less than 10 % structure by variance "
-        "(qc/metrics.json, input_structure_share; a clean image reads near 1). An empty "
+        "(qc/metrics.json, input_structure_share; a clean image reads near 1), and nothing "
+        "carries over from one plane to the next (input_plane_correlation below 0.1). An empty "
         "field, a wrong channel, a closed shutter or an acquisition far too dim. A network "
         "trained on it learns to smooth noise, which the held-out figures can score as a "
         "gain; it is not a resolution gain.",
@@ -259,6 +260,7 @@ def _matplotlib():
     return matplotlib
 
 
+@functools.cache
 def _gray():
     """The grey colour map with NaN and infinite voxels in red: on the default map they were
     transparent, i.e. the figure's white, as bright as the brightest signal (a failed tile

@@ -41,7 +41,7 @@ _NULL_CELLS = ("null", "Null", "NULL", "~")
 
 
 #: Sample ids longer than this are refused: ``{id}.ome.tif`` written through its temporary
-#: sibling ``.{id}.ome.tif.tmp-XXXXXXXX`` must stay under the 255 bytes of a file name
+#: sibling (``.{id}.ome.tif.tmp-`` and 8 hex digits) must stay under the 255 bytes of a file name
 MAX_SAMPLE_ID_LENGTH = 200
 #: an id ending in one part repeated 20 times or more (``img_00000000000000000000``), which
 #: Snakemake refuses as a wildcard value (its PeriodicityDetector: 20 to 100 repeats)

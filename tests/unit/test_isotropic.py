@@ -350,6 +350,8 @@ def test_hot_pixels_are_repaired_in_the_networks_input_and_kept_as_acquired(tile
                       reason="test")
     train, held, count = iso.training_boxes(hot, fov)
     assert count >= 4 and train.max() < 2.0 and held.max() < 2.0  # (each box judged alone: its edges too)
+    # a model trained before the repair is re-scored on the boxes as it was trained on them
+    assert iso.training_boxes(hot, fov, repair=False)[2] == 0 and iso.training_boxes(hot, fov, repair=False)[0].max() > 2
 
 
 @pytest.mark.parametrize("tile", [(7, 9), (16, 5), (40, 40)])

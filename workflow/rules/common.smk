@@ -115,9 +115,8 @@ validate(config, schema="../schemas/config.schema.yaml")
 
 # one spelling of the results folder (`results/` and `./results` are `results`; Snakemake
 # compares output paths as text)
-R = os.path.normpath(os.path.expanduser(config["results"]))  # ~: the home folder, not a folder named ~
-if R.startswith("-"):  # "-out" would be read as an option by every command given a path in it
-    R = os.path.abspath(R)
+# ~: the home folder, not a folder named ~; "-out" absolute, or every command would read it as an option
+R = _sheet.not_an_option(os.path.normpath(os.path.expanduser(config["results"])))
 # torch threads of one train/infer job (snakemake lowers it to --cores): one sample uses
 # up to 4 cores, and a larger machine runs more samples side by side; a profile's
 # set-threads (profiles/slurm) or --set-threads train=8 overrides it

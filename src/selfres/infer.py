@@ -82,6 +82,53 @@ def read_padded(source, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
     return block
 
 
+class SensorRepaired:
+    """A read-only view of a ``(Z, Y, X)`` source whose hot and dead sensor pixels (the
+    lateral ``positions``, :func:`selfres.noise.sensor_defect_positions`) read as the median of
+    their neighbours (:func:`selfres.noise.repair_sensor_defects`), as the network was trained;
+    each read takes one more voxel around it, so a tile reads what the whole volume would."""
+
+    def __init__(self, source, positions: np.ndarray):
+        self.source, self.positions = source, np.asarray(positions, dtype=bool)
+        self.shape = tuple(int(n) for n in source.shape)
+        self.ndim, self.dtype = 3, np.dtype(np.float32)
+
+    def __getitem__(self, key) -> np.ndarray:
+        from .noise import repair_sensor_defects
+
+        z, y, x = (range(*k.indices(n)) for k, n in zip(key, self.shape))
+        if z.step != 1 or y.step != 1 or x.step != 1:
+            raise ValueError("SensorRepaired reads boxes (slices of step 1)")
+        ya, yb = max(0, y.start - 1), min(self.shape[1], y.stop + 1)
+        xa, xb = max(0, x.start - 1), min(self.shape[2], x.stop + 1)
+        block = self.source[z.start:z.stop, ya:yb, xa:xb]
+        block = np.asarray(block.compute() if hasattr(block, "compute") else block, dtype=np.float32)
+        block = repair_sensor_defects(block, self.positions[ya:yb, xa:xb])
+        return block[:, y.start - ya:y.stop - ya, x.start - xa:x.stop - xa]
+
+
+def write_defects_as_acquired(block: np.ndarray, tile, acquired, positions: np.ndarray,
+                              factors: Sequence[int]) -> np.ndarray:
+    """``block`` (the output of core ``tile``) with the output voxels of each sensor defect in
+    it (the ``fy × fx`` columns nearest each position) set to the tricubic interpolation of
+    the ``acquired`` source there: the network restored the repaired input, and the output
+    keeps the defect as acquired rather than invent what it hid."""
+    (z0, z1), (y0, y1), (x0, x1) = tile
+    ys, xs = np.nonzero(positions[y0:y1, x0:x1])
+    if ys.size == 0:
+        return block
+    fz, fy, fx = (int(f) for f in factors)
+    # each defect's 5×5 window through the tile's planes, with the reach of the cubic kernel (2)
+    region = read_padded(acquired, (z0 - 2, y0 - 2, x0 - 2), (z1 + 2, y1 + 3, x1 + 3))
+    windows = np.stack([region[:, y:y + 5, x:x + 5] for y, x in zip(ys, xs)])  # (n, z + 4, 5, 5)
+    upscaled = np.asarray(degrade.upscale_cubic(windows, (fz, fy, fx)))
+    own = upscaled[:, 2 * fz:upscaled.shape[1] - 2 * fz, 2 * fy:3 * fy, 2 * fx:3 * fx]
+    block = np.array(block, dtype=np.float32, copy=True)
+    for k, (y, x) in enumerate(zip(ys, xs)):
+        block[:, y * fy:(y + 1) * fy, x * fx:(x + 1) * fx] = own[k]
+    return block
+
+
 def output_slices(tile, factors: Sequence[int]) -> tuple[slice, ...]:
     """The output-grid slices of the core tile ``((z0, z1), (y0, y1), (x0, x1))``."""
     return tuple(slice(a * f, b * f) for (a, b), f in zip(tile, factors))
@@ -1162,6 +1209,7 @@ def restore_to_store(
     prefetch: int = 2,
     writers: int | None = None,
     memory_fraction: float = 0.5,
+    defects: np.ndarray | None = None,
 ) -> dict:
     """Stream ``source`` (LR, normalised) through ``model`` into the array ``dest``.
 
@@ -1189,6 +1237,11 @@ def restore_to_store(
     memory_fraction
         On CUDA, the share of free GPU memory a pass may use (:func:`fit_pass_tile`);
         0 runs one grid tile per pass.
+    defects
+        Lateral positions ``(Y, X)`` of the source's hot and dead sensor pixels: the network
+        reads them repaired (:class:`SensorRepaired`), as it was trained, and their own output
+        voxels are the tricubic interpolation of the acquisition
+        (:func:`write_defects_as_acquired`).
 
     Returns
     -------
@@ -1197,6 +1250,11 @@ def restore_to_store(
         "pass_tile": [z, y, x]}``.
     """
     done_tiles = done_tiles or set()
+    acquired = source
+    if defects is not None and defects.any():
+        source = SensorRepaired(source, defects)
+    else:
+        defects = None
     wanted = list(range(len(tile_grid(source.shape, tile_size)))) if tiles is None else list(tiles)
     fitters: list = []
     blocks, bp = _output_blocks(model, source, factors=factors, tile_size=tile_size, tiles=wanted, done=done_tiles,
@@ -1214,6 +1272,8 @@ def restore_to_store(
     lock = threading.Lock()
 
     def write(i, t, block):
+        if defects is not None:
+            block = write_defects_as_acquired(block, t, acquired, defects, factors)
         if transform is not None:
             block = transform(block)
         dest[output_slices(t, factors)] = block
@@ -1503,6 +1563,7 @@ def infer_to_store(
     origin: Sequence[float] | None = None,
     unit: str | None = "micrometer",
     reuse_finished: bool = False,
+    defects: Callable[[], np.ndarray | None] | None = None,
 ) -> dict:
     """Resumable, scatterable whole-FOV inference into the OME-Zarr store ``final``.
 
@@ -1523,6 +1584,9 @@ def infer_to_store(
         Keep ``final`` when it is a finished store of this same job (every step then only
         reports it): for an output the workflow does not declare, which a rerun therefore
         finds in place (the model output kept beside the interpolation).
+    defects
+        Called, only by a step that computes tiles, for the source's sensor defects
+        (``restore_to_store``'s ``defects``).
     Other parameters
         As for :func:`restore_to_store` and :func:`store_layout`.
 
@@ -1547,7 +1611,8 @@ def infer_to_store(
     def compute(dest, tiles, done, record):
         return restore_to_store(model, source, dest, factors=factors, tile_size=tile_size, transform=transform,
                                 device=device, amp=amp, batch_size=batch_size, done_tiles=done, tiles=tiles,
-                                on_tile_written=record, memory_fraction=memory_fraction)
+                                on_tile_written=record, memory_fraction=memory_fraction,
+                                defects=defects() if defects is not None else None)
 
     return scattered_store(
         final, step=step, block=block, blocks=blocks, fingerprint=fp, n_tiles=len(grid), region_of=region_of,

@@ -56,7 +56,7 @@ from . import degrade, io, metrics, models, normalise
 from .allocator import heap_only
 from .atomic import permissions_as_umask
 from .errors import InputError
-from .fov import TrainingFov, box_slices
+from .fov import TrainingFov, box_slices, training_boxes
 from .settings import (ISOTROPIC_INFERENCE_KEYS, InferSettings, IsotropicSettings, Settings, TrainSettings,
                        isotropic_train_values, to_dict)
 
@@ -1238,25 +1238,6 @@ def restore_isotropic(
 
 
 # ------------------------------------------------------------------ pipeline hooks
-def training_boxes(data, fov: TrainingFov, *, repair: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
-    """The training FOV and the held-out region of ``data`` (read alone, float32), each with its
-    hot and dead sensor pixels repaired (:func:`selfres.noise.repair_sensor_defects`; not with
-    ``repair`` False: a model trained before the repair existed), and how many positions were. A hot pixel is a spike in a lateral slice, the training target, and a
-    line through z in an axial one: twelve (0.19 % of the pixels) raised a stack's axial σ
-    estimate from 1.75 to 2.5 px and took its gain over z-cubic from +4.2 dB to −1.8 dB while
-    the held-out check passed (a review, thirty-ninth session). Training, its held-out check and
-    QC's re-score read the same; inference repairs its input too (:func:`restore_isotropic`)."""
-    from . import noise
-
-    boxes, count = [], 0
-    for box in (fov.train, fov.holdout):
-        part = np.asarray(data[box_slices(box)], dtype=np.float32)
-        positions = noise.sensor_defect_positions(part) if repair else None
-        boxes.append(noise.repair_sensor_defects(part, positions))
-        count += 0 if positions is None else int(positions.sum())
-    return boxes[0], boxes[1], count
-
-
 def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
                 sample: str, settings: Settings, device) -> dict:
     """Train the isotropic model of one sample and write ``model/`` atomically."""

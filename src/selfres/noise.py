@@ -83,6 +83,9 @@ DEFECT_Z = 6.0
 #: ... whose median residual is at least this many times that of all but one of its 8
 #: neighbours (a one-voxel spike: 4/6 against 2/6; two side by side)
 SPIKE_RATIO = 1.5
+#: ... whose median residual is this many σ from 0 (a spike 4.5 σ high: one in the noise is
+#: left as it is)
+PLANE_Z = 3.0
 #: ... and whose residual has the sign of its median (beyond :data:`SIGMA_FLOOR`) in at least this
 #: share of the planes (a spike 2.25 σ high, the least the mean test finds in 16 planes, has it in
 #: 93 % of them)
@@ -91,16 +94,20 @@ PERSISTENCE = 0.75
 #: sign: in a noise-free (simulated or denoised) stack σ is 0, and every smooth tail that kept
 #: its sign through z stood 6 σ out
 SIGMA_FLOOR = 1e-3
+#: Fewer planes cannot tell a defect from a point the optics spread over all of them (blurred
+#: points in 6 planes passed every test; in 12, none of 60)
+MIN_DEFECT_PLANES = 8
 
 
 def sensor_defect_positions(volume) -> np.ndarray | None:
     """The lateral positions (a ``(Y, X)`` mask) of ``volume``'s hot and dead sensor pixels
     (:func:`sensor_defects`, without their neighbourhood), judged on up to 16 evenly spaced
     planes, read one at a time from a lazy array, border included; ``None`` when there are
-    none, or the volume has fewer than 3 planes or planes under 8 pixels a side."""
+    none, or the volume has fewer than :data:`MIN_DEFECT_PLANES` planes or planes under 8
+    pixels a side."""
     from scipy.ndimage import convolve
 
-    if volume.ndim != 3 or volume.shape[0] < 3 or min(volume.shape[1:]) < 8:
+    if volume.ndim != 3 or volume.shape[0] < MIN_DEFECT_PLANES or min(volume.shape[1:]) < 8:
         return None
     idx = np.unique(np.linspace(0, volume.shape[0] - 1, min(16, volume.shape[0])).astype(int))
     residuals = []
@@ -162,6 +169,9 @@ def _defect_positions(residuals: Sequence[np.ndarray], *, border: bool = True) -
     around = np.sort([padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
                       for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=0)[-2]
     strong &= np.abs(centre) > SPIKE_RATIO * around  # strictly: flat, noise-free background is no spike
+    # ... and clear of the noise in each plane, not only on average: a dim point spread over most
+    # planes passed the mean test, and a defect within the noise matters to nothing downstream
+    strong &= np.abs(centre) > PLANE_Z * sigma
     # ... and there in (nearly) every plane, as a sensor's defect is: a bead or a fibre end crossing
     # the position in a few planes is not (noise-free beads read σ 0, and 2374 positions of a
     # simulated bead stack passed the two tests above with a residual of one sign in 1/8 of its planes)

@@ -28,7 +28,7 @@ from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
 from .atomic import check_outputs_spare_inputs, overwritten_input
 from .errors import ConfigError, InputError
-from .fov import TrainingFov, box_slices, choose_training_fov
+from .fov import TrainingFov, choose_training_fov, repaired_box, training_boxes
 from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
                        QcSettings, Settings, to_dict, voxel_size_problem)
 
@@ -670,9 +670,13 @@ def stage_train(
     # a PSF without a voxel size: fail now, naming the file, not after minutes of set-up
     psf_target_blur_px(settings.train.psf_sigma_um, factors, vs_known, path=str(normalized))
     t0 = time.monotonic()
-    train_volume = np.asarray(data[box_slices(fov.train)])
+    train_volume, held_volume, defects = training_boxes(data, fov)
+    if defects:
+        log.info("sample %s: %d hot or dead sensor pixels (the same in every plane) replaced by their neighbours' "
+                 "median in the training FOV and the held-out region (and in the network's input at inference)",
+                 sample, defects)
     result = train_enhance(
-        train_volume, np.asarray(data[box_slices(fov.holdout)]), factors=factors,
+        train_volume, held_volume, factors=factors,
         settings=settings.train,
         voxel_size=vs_known, work_dir=work, device=dev, amp=settings.infer.amp,
     )
@@ -699,6 +703,7 @@ def stage_train(
         "flags": flags,
         # the guard's other test (not the margin): what the learned mapping gained one scale coarser
         "coarse_scale_failed": any(r.coarse_scale_failed for r in (result.stages or [result])),
+        "sensor_defects_repaired": defects,
         "train_seconds": time.monotonic() - t0 + result.resumed_seconds,  # with the interrupted runs' time
         "settings": to_dict(trained),
         "device": str(dev),
@@ -789,11 +794,15 @@ def stage_adopt(
         # as load_trained will read the adopted model: rotated only if both samples allow it
         model.lateral_rotations = (getattr(model, "lateral_rotations", True)
                                    and models.lateral_rotations(factors, _voxel_size_of(vol)))
+        # repaired as the source's training was (its inference repairs this sample's input too)
+        repair = "sensor_defects_repaired" in meta
+        train_box, held_box, defects = training_boxes(vol.data, fov, repair=repair)
         new_meta = adopt_enhance(
-            model.to(dev), meta, np.asarray(vol.data[box_slices(fov.train)]),
-            np.asarray(vol.data[box_slices(fov.holdout)]), sample=sample, voxel_size=_voxel_size_of(vol),
+            model.to(dev), meta, train_box, held_box, sample=sample, voxel_size=_voxel_size_of(vol),
             guard_margin_db=settings.train.guard_margin_db, guard_confidence=settings.train.guard_confidence,
             infer_settings=settings.infer, device=dev, path=path)
+        if repair:
+            new_meta["sensor_defects_repaired"] = defects  # this sample's
     from .modelfile import copy_with_metadata
 
     with io.atomic_output(model_dir) as tmp:  # the source's files as they are, this sample's model.json
@@ -957,6 +966,17 @@ def stage_infer(
     origin = grid_origin(vs_in or (1.0, 1.0, 1.0), vs_grid, at_voxel_size(vol.origin_voxels, vs_in))
 
     runs: list[dict] = []
+    # the network reads the volume with its hot and dead pixels repaired, as in training (found
+    # on the whole field, the same in every job of a scattered run, and only by a job that
+    # computes tiles); a model trained before this repair existed: its inference as it was
+    repair = "sensor_defects_repaired" in meta
+    fingerprint["repair_sensor_defects"] = repair  # tiles made otherwise are redone
+
+    @functools.cache
+    def defects():
+        from .noise import sensor_defect_positions
+
+        return sensor_defect_positions(source)
 
     def write_one(net, path, kind, reuse_finished=False):
         net = prepare_model(net, dev)
@@ -972,6 +992,7 @@ def stage_infer(
                    "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
             memory_fraction=settings.gpu_memory_fraction, origin=origin, reuse_finished=reuse_finished,
+            defects=defects if repair and kind == "model" else None,
         )
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%s Mvoxel/s)", kind, step, path,
                  stats["computed"], stats["tiles"], stats["seconds"], _rate_text(stats["mvoxel_per_s"]))
@@ -1156,7 +1177,8 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     factors = tuple(meta["factors"])
     deg = make_degradation(from_dict(DegradationSettings, trained_degradation(meta)),
                            voxel_size=meta.get("voxel_size_in"))
-    held = np.asarray(normalized_vol.data[box_slices(fov.holdout)])
+    # repaired as training's was (a model trained before the repair: as it was)
+    held = repaired_box(normalized_vol.data, fov.holdout, repair="sensor_defects_repaired" in meta)[0]
     psf_sigma_um = (meta.get("settings") or {}).get("psf_sigma_um")  # PSF-scaled targets: score what was learned
     held = psf_scaled_targets(held, psf_target_blur_px(psf_sigma_um, factors, meta.get("voxel_size_in")))
     target, low, interp = holdout_pair(held, factors, deg)

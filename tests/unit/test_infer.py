@@ -102,6 +102,42 @@ def test_streamed_zarr_output_equals_in_memory_and_resume_skips_done_tiles(tmp_p
     assert again["computed"] == 0
 
 
+@pytest.mark.parametrize("factors, tile", [((2, 2, 2), (5, 7, 9)), ((1, 2, 2), (12, 30, 30)), ((2, 1, 1), (4, 5, 8))])
+def test_hot_pixels_are_repaired_in_the_networks_input_and_written_as_acquired(tmp_path, factors, tile):
+    """A network trained on a repaired training FOV sees each hot pixel as a spike it never
+    learned: 20 of them on a reviewer's stack rang to −846 counts beside each (tricubic −244)
+    and cost 0.8 dB away from them. The network now reads the volume repaired, tile by tile
+    as over the whole volume, and the defects' own output voxels are the acquisition's
+    tricubic interpolation."""
+    from selfres import noise
+    from selfres.infer import SensorRepaired
+
+    spec = ModelSpec(arch="resnet3d", factors=factors, width=8, depth=2)
+    model = _random_model(spec)
+    rng = np.random.default_rng(1)
+    vol = blob_volume((12, 22, 20), n=20) + rng.normal(0, 0.01, (12, 22, 20)).astype(np.float32)
+    ys, xs = np.array([3, 12, 0, 21]), np.array([4, 15, 9, 19])  # two on the border
+    hot = vol.copy()
+    hot[:, ys, xs] = rng.uniform(3.0, 8.0, 4)
+    defects = noise.sensor_defect_positions(hot)
+    assert defects is not None and set(zip(*np.nonzero(defects))) == set(zip(ys, xs))
+    repaired = noise.repair_sensor_defects(hot, defects)
+    view = SensorRepaired(hot, defects)
+    np.testing.assert_array_equal(view[2:5, 10:14, 3:6], repaired[2:5, 10:14, 3:6])  # a box reads as the whole
+    np.testing.assert_array_equal(view[:, 0:1, 8:11], repaired[:, 0:1, 8:11])
+    dest = np.zeros(tuple(n * f for n, f in zip(hot.shape, factors)), np.float32)
+    restore_to_store(model, hot, dest, factors=factors, tile_size=tile, defects=defects)
+    own = np.kron(defects, np.ones(factors[1:], bool))  # each defect's output columns
+    expected = predict_single_pass(model, repaired, factors=factors)
+    np.testing.assert_allclose(dest[:, ~own], expected[:, ~own], atol=2e-5)
+    np.testing.assert_allclose(dest[:, own], degrade.upscale_cubic(hot, factors)[:, own], atol=2e-4)
+    assert dest.max() > 2.5  # the hot pixels are still there, as acquired
+    # no defects given: the volume as it is
+    plain = np.zeros_like(dest)
+    restore_to_store(model, hot, plain, factors=factors, tile_size=tile)
+    np.testing.assert_allclose(plain, predict_single_pass(model, hot, factors=factors), atol=2e-5)
+
+
 # --------------------------------------------------------------------------- #
 # out-of-memory fitting, blocks, resume, store layout
 # --------------------------------------------------------------------------- #

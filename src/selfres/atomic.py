@@ -63,12 +63,13 @@ def check_outputs_spare_inputs(outputs: Mapping[str, str | os.PathLike | None],
 
 
 def permissions_as_umask(path: str | os.PathLike) -> None:
-    """Give a file the permissions a plain ``open()`` would (0666 less the umask): safetensors
-    creates its files 0600, so on a group-readable results folder the other accounts of a
-    facility could read ``model.json`` but not the weights."""
+    """Give a file the permissions a plain ``open()`` would (0666 less the umask; a folder:
+    ``mkdir``'s 0777 less it): safetensors creates its files 0600, so on a group-readable
+    results folder the other accounts of a facility could read ``model.json`` but not the
+    weights; a copied folder keeps its source's modes."""
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
+    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -97,7 +98,14 @@ def _take(lock: Path, final: Path) -> int | None:
     import socket
 
     for _ in range(10):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # left by another account's killed run: a lock is taken on a reading too
+            try:
+                fd = os.open(lock, os.O_RDONLY)
+            except PermissionError:
+                raise ConfigError(f"{final}: the lock file {lock} belongs to another account and cannot be read; "
+                                  "if no selfres run is writing this output, delete that file") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -113,8 +121,9 @@ def _take(lock: Path, final: Path) -> int | None:
         except FileNotFoundError:
             same = False
         if same:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            with contextlib.suppress(OSError):  # the holder's line: not on another account's file, nor a full disk
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
             return fd
         os.close(fd)
     return None

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .atomic import permissions_as_umask
 from .errors import InputError
 from .io import file_checksum
 
@@ -136,7 +137,12 @@ def copy_with_metadata(source: str | Path, destination: str | Path, metadata: di
         ``source`` is not a sound model folder (:func:`read_description`).
     """
     info, _ = read_description(source)
-    shutil.copytree(source, destination, ignore=shutil.ignore_patterns(".*"))  # no half-written temporaries
+    # the data only: the copy is this account's, with the modes its umask gives (a curated,
+    # read-only model folder copied with its modes could not take its own description)
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns(".*"),  # no half-written temporaries
+                    copy_function=shutil.copyfile)
+    for folder in [Path(destination), *(p for p in Path(destination).rglob("*") if p.is_dir())]:
+        permissions_as_umask(folder)
     info["metadata"] = dict(metadata)
     text = json.dumps(info, indent=2, sort_keys=True)  # fails early if not JSON-able
     (Path(destination) / DESCRIPTION_FILE).write_text(text + "\n", encoding="utf-8")

@@ -270,3 +270,62 @@ def test_steps_whose_rules_ask_no_gpu_compute_on_the_cpu(tmp_path, monkeypatch):
     main(["infer", "n.ome.zarr", "model", "-o", str(tmp_path / "out.ome.zarr"), "--step", "gather",
           "--device", "cuda"])
     assert asked == ["cpu", "cpu", "auto", "auto", "cuda"]
+
+
+def test_a_lock_file_another_account_left_does_not_block_the_output(tmp_path, monkeypatch):
+    """A killed run of another account leaves its ``.NAME.lock`` (0644, not this account's to
+    write): nobody holds it, so the output is written; before, 'cannot write in <folder>'. One
+    this account cannot even read is named, with what to do."""
+    from selfres import atomic
+
+    out = tmp_path / "out.ome.zarr"
+    lock = tmp_path / ".out.ome.zarr.lock"
+    lock.write_text("pid 1 on elsewhere")
+    real_open = os.open
+    refused = {os.O_RDWR | os.O_CREAT}
+
+    def foreign(path, flags, *args):  # as a file of another account reads to this one (tests run as root)
+        if Path(path) == lock and flags in refused:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(atomic.os, "open", foreign)
+    with atomic.atomic_output(out) as tmp:
+        tmp.write_text("x")
+    assert out.read_text() == "x" and not lock.exists()
+    lock.write_text("pid 1 on elsewhere")
+    refused.add(os.O_RDONLY)
+    with pytest.raises(ConfigError, match=r"the lock file .*\.out\.ome\.zarr\.lock belongs to another account"):
+        with atomic.atomic_output(out) as tmp:
+            tmp.write_text("y")
+    assert out.read_text() == "x"
+
+
+def test_a_read_only_model_copied_for_another_sample_takes_this_accounts_modes(tmp_path):
+    """A facility freezes curated models (``chmod -R a-w``); adopting one copied its modes,
+    and the copy's own description could then not be written ('cannot write in' the
+    results folder, and a read-only temporary folder left that ``rm -rf`` could not delete)."""
+    import stat
+
+    from selfres import models
+    from selfres.modelfile import copy_with_metadata
+
+    spec = models.ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1)
+    source = tmp_path / "frozen"
+    models.save_model(source, models.build_model(spec), spec, metadata={"mode": "enhance", "factors": [1, 2, 2]})
+    (source / "stage2").mkdir()
+    (source / "stage2" / "note.txt").write_text("x")
+    for p in sorted(source.rglob("*"), reverse=True) + [source]:
+        p.chmod(0o555 if p.is_dir() else 0o444)
+    old = os.umask(0o027)
+    try:
+        copy_with_metadata(source, tmp_path / "copy", {"mode": "enhance", "factors": [1, 2, 2], "sample": "b"})
+    finally:
+        os.umask(old)
+        for p in [source, *source.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+    modes = {p.relative_to(tmp_path / "copy").as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [tmp_path / "copy", *(tmp_path / "copy").rglob("*")]}
+    assert modes.pop(".") == 0o750 and modes.pop("stage2") == 0o750
+    assert set(modes.values()) == {0o640}, modes
+    assert models.load_model(tmp_path / "copy")[0] is not None

@@ -215,7 +215,8 @@ def remove_stale_siblings(final: str | os.PathLike) -> list[Path]:
     sibling found before writing is litter. Returns what was removed."""
     final = Path(final)
     gone = []
-    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:tmp-(?:[0-9a-f]{{8}}|[0-9]+)|old-[0-9a-f]{{8}})$")
+    # (``tmp-stale-<pid>``: the out-of-date banner of selfres before 2026-12-05, left by a full disk)
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.(?:tmp-(?:[0-9a-f]{{8}}|[0-9]+|stale-[0-9]+)|old-[0-9a-f]{{8}})$")
     with contextlib.suppress(OSError):
         for p in final.parent.iterdir():
             if pattern.match(p.name):

@@ -155,6 +155,20 @@ def _unicode_form_hint(path: str) -> str:
             "it from the file listing)")
 
 
+def denied_path(path: str | os.PathLike) -> str | None:
+    """Why a path this account cannot see is not missing: a folder on its way is closed to this
+    account (``os.path.exists`` says False for it too, and the run started by warning that the
+    file "does not exist"); ``None`` when the path is missing, or there."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return ("cannot be reached by this account (permission denied on a folder of its path); give the account "
+                "that runs selfres read access to it and its folders")
+    except OSError:
+        return None
+    return None
+
+
 def missing_path_hint(path: str | os.PathLike) -> str:
     """What a path that does not exist may be instead, for its error: ``""``, or ``"; …"``
     when it has the backslashes of a Windows path (a sheet written on a PC), or when a file of

@@ -1502,10 +1502,10 @@ def set_stale_banner(report_html: str | Path, message: str | None) -> bool:
         new = bare[:at + len("<body>")] + banner + bare[at + len("<body>"):] if at >= 0 else banner + bare
     if new == text:
         return False
+    from .atomic import write_text_atomic
+
     stat = path.stat()
-    tmp = path.with_name(f".{path.name}.tmp-stale-{os.getpid()}")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, new)  # a full disk leaves the report as it was, and no temporary beside it
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     return True
 
@@ -2374,6 +2374,14 @@ _SORT_JS = """
   });
 })();
 """
+
+
+def render_summary_unwritten(error: BaseException) -> str:
+    """A ``summary.html`` for a run whose summary could not be written (a full disk): it
+    says so, in place of an earlier run's page that would call outputs since removed "ok"."""
+    return _page("selfres summary", '<h1>selfres summary</h1><div class="warn"><h3>This run\'s summary could not '
+                 f"be written</h3><p>{_esc(str(error))}</p><p>Free space (or fix the results folder), then run "
+                 "the workflow again; until then, the run's log says what happened to each sample.</p></div>")
 
 
 def render_summary(rows: Sequence[Mapping[str, Any]], *,

@@ -1540,3 +1540,32 @@ def test_an_acquisition_store_with_absent_chunks_says_so(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="selfres.io"):  # normalise says it, with the acquisition's name
         pipeline.stage_normalise(tmp_path / "a.zarr", tmp_path / "n.ome.zarr", sample="s")
     assert "chunks are absent" in caplog.text
+
+
+def test_a_file_behind_a_folder_closed_to_this_account_is_not_called_missing(tmp_path):
+    """The run started by warning that such an acquisition 'does not exist' (os.path.exists
+    is False for it too), while its job then said the truth: permission denied."""
+    import shutil
+    import subprocess
+    import sys
+
+    from selfres.formats import denied_path
+
+    closed = tmp_path / "microscope"
+    closed.mkdir()
+    tifffile.imwrite(closed / "a.tif", np.ones((3, 8, 8), "uint16"))
+    assert denied_path(closed / "a.tif") is None and denied_path(tmp_path / "missing.tif") is None
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to act as an account the folder is closed to")
+    os.chown(closed, 65534, 65534)  # another account's folder, open to it alone
+    closed.chmod(0o700)
+    try:  # root without the capabilities that pass by file permissions: an ordinary account
+        probe = subprocess.run(
+            ["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner", sys.executable, "-c",
+             f"from selfres.formats import denied_path; print(denied_path({str(closed / 'a.tif')!r}))"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        closed.chmod(0o755)
+        os.chown(closed, 0, 0)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.startswith("cannot be reached by this account (permission denied"), probe.stdout

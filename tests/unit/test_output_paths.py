@@ -329,3 +329,12 @@ def test_a_read_only_model_copied_for_another_sample_takes_this_accounts_modes(t
     assert modes.pop(".") == 0o750 and modes.pop("stage2") == 0o750
     assert set(modes.values()) == {0o640}, modes
     assert models.load_model(tmp_path / "copy")[0] is not None
+
+
+def test_an_older_selfres_s_banner_temporary_is_removed_as_litter(tmp_path):
+    from selfres.atomic import remove_stale_siblings
+
+    for name in (".report.html.tmp-stale-4711", ".report.html.tmp-stale-x", ".other.html.tmp-stale-4711"):
+        (tmp_path / name).write_text("partial")
+    assert [p.name for p in remove_stale_siblings(tmp_path / "report.html")] == [".report.html.tmp-stale-4711"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.html.tmp-stale-4711", ".report.html.tmp-stale-x"]

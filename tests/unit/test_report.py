@@ -1092,3 +1092,39 @@ def test_a_report_without_voxel_sizes_labels_its_figures_in_voxels(monkeypatch):
                                 restored=restored, voxel_size_in=None, voxel_size_out=None)
     labels = [ax.get_xlabel() for fig in drawn for ax in fig.axes if ax.get_xlabel()]
     assert labels and not any("µm" in text for text in labels), labels
+
+
+def test_a_summary_that_cannot_be_written_leaves_no_old_ok_and_no_temporary(tmp_path, monkeypatch):
+    """A full disk on the night a sample's outputs were removed for a rerun: the summary
+    could not be written and last night's still said "ok", and the report's out-of-date
+    banner left a partial copy of the report beside it for good."""
+    import errno
+    import json
+
+    from selfres import atomic, summary
+
+    d = tmp_path / "a"
+    for sub in ("qc", "logs", "model", "normalized.ome.zarr"):  # restored.ome.zarr: removed for the rerun
+        (d / sub).mkdir(parents=True)
+    (d / "train_fov.json").write_text("{}")
+    (d / "qc" / "metrics.json").write_text(json.dumps(_metrics(sample="a")))
+    (d / "report.html").write_text("<html><body>old</body></html>")
+    (d / "logs" / "infer.log").write_text("ERROR: no space left on device\n")
+    (tmp_path / "summary.tsv").write_text("sample\tstatus\na\tok\n")
+    (tmp_path / "summary.html").write_text("<html>a ok</html>")
+    real = atomic.Path.write_text
+
+    def full(self, *args, **kwargs):
+        if ".tmp-" in self.name and not self.name.startswith(".summary.html"):
+            real(self, "partial", encoding="utf-8")  # some bytes land before the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomic.Path, "write_text", full)
+    with pytest.raises(OSError, match="No space"):
+        summary.stage_summary(tmp_path, ["a"], tmp_path / "summary.tsv", tmp_path / "summary.html")
+    assert not (tmp_path / "summary.tsv").exists()
+    page = (tmp_path / "summary.html").read_text()
+    assert "could not be written" in page and "No space left" in page and "a ok" not in page
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == [], "no temporary left beside the report"
+    assert (d / "report.html").read_text() == "<html><body>old</body></html>"

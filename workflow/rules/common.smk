@@ -20,7 +20,7 @@ except ImportError:  # snakemake run from an env without the package: use the ch
     from selfres import sheet as _sheet
 
 from selfres.errors import ConfigError as _ConfigError, SelfresError as _SelfresError
-from selfres.formats import missing_path_hint as _missing_path_hint, unread_format as _unread_format
+from selfres.formats import denied_path as _denied_path, missing_path_hint as _missing_path_hint, unread_format as _unread_format
 import selfres.settings as _settings
 from selfres.settings import settings_sections
 
@@ -391,11 +391,15 @@ if workflow.is_main_process:
     for _s in SAMPLE_IDS:
         # a mistyped or not-yet-copied acquisition: said now, not only in the morning's summary
         if _cell(_s, "path") and not _declared(_cell(_s, "path")):
+            _denied = _denied_path(_cell(_s, "path"))  # there, but behind a folder closed to this account
             if _archived(_s):
-                print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} no longer exists; the "
-                      f"sample goes on from its normalised copy ({R}/{_s}/normalized.ome.zarr): a change of its "
-                      "normalise settings cannot apply, and forcing its normalise stops the run, until the file "
-                      "is back", file=sys.stderr)
+                print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} "
+                      f"{_denied or 'no longer exists'}; the sample goes on from its normalised copy "
+                      f"({R}/{_s}/normalized.ome.zarr): a change of its normalise settings cannot apply, and "
+                      "forcing its normalise stops the run, until the file is back", file=sys.stderr)
+            elif _denied:
+                print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} {_denied}; that sample "
+                      "fails at normalise; with --keep-going, as the profiles set, the others go on", file=sys.stderr)
             else:
                 print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist"
                       f"{_missing_path_hint(_cell(_s, 'path'))}; that "

@@ -536,8 +536,11 @@ def job_cores() -> int:
 
 def io_threads(device: torch.device | str) -> int:
     """Reader (and writer) threads: 1 on CPU, where the cores compute; on CUDA a quarter of
-    the job's cores, 1 to 4, so that decompression and compression keep up with the GPU."""
-    return 1 if torch.device(device).type == "cpu" else max(1, min(4, job_cores() // 4))
+    the job's cores, 1 to 4, so that decompression and compression keep up with the GPU (the
+    job's cores: its CPU set, or fewer where ``--threads`` gave torch fewer)."""
+    if torch.device(device).type == "cpu":
+        return 1
+    return max(1, min(4, min(job_cores(), torch.get_num_threads()) // 4))
 
 
 #: Host bytes a CPU pass takes per output voxel of its padded block, at least: 20–45 measured

@@ -1067,7 +1067,10 @@ def test_gpu_io_threads_follow_the_jobs_cores_not_the_nodes(monkeypatch):
     assert infer.job_cores() == 4
     assert infer.io_threads("cuda") == 1 and infer.io_threads("cpu") == 1
     monkeypatch.setattr(infer.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(infer.torch, "get_num_threads", lambda: 16)
     assert infer.io_threads("cuda") == 4
+    monkeypatch.setattr(infer.torch, "get_num_threads", lambda: 4)  # --threads 4 on a workstation: no CPU set
+    assert infer.io_threads("cuda") == 1
 
 
 def test_gather_counts_the_work_and_hosts_of_the_tiles_the_store_holds(tmp_path, monkeypatch):

@@ -1695,6 +1695,15 @@ def scattered_store(
                     "compute them in block jobs again, rerun with --forcerun on the sample's infer/prepared.json",
                     store.path, n_tiles)
         step = "all"
+    if step == "block" and store.fingerprint() is None:
+        # the store was moved into place by an earlier gather, and this block reruns alone (its
+        # command changed with an update of selfres, which prepare's did not): refusing failed
+        # every scattered sample for a night, and the next run kept the old output. The gather
+        # that follows finds no store and computes every tile (above)
+        log.warning("%s: no prepared store (an earlier run's gather has used it); block %d computes nothing, and "
+                    "the gather job computes all %d tiles. To compute them in block jobs, rerun with --forcerun on "
+                    "the sample's infer/prepared.json", store.path, block, n_tiles)
+        return out
     if step in ("all", "prepare"):
         kept = store.prepare(fingerprint=fingerprint, create=create)
         log.info("%s %s", "resuming" if kept else "created", store.path)

@@ -1438,6 +1438,16 @@ def stage_qc(
         if (restored_attrs.get("content", "model") == "model"
                 and not ref_metrics["psnr"] > ref_metrics["psnr_interp"]):
             flags.append("worse_than_interpolation_on_reference")  # the truth outranks the held-out figure
+    # hot and dead camera pixels: repaired for the network since the fortieth session; a model
+    # trained before restores the acquisition with them as its network learned them
+    defects = {"repaired": meta.get("sensor_defects_repaired"), "not_repaired": None}
+    if defects["repaired"] is None:
+        from .noise import sensor_defect_positions
+
+        found = sensor_defect_positions(raw_norm)
+        defects["not_repaired"] = 0 if found is None else int(found.sum())
+        if defects["not_repaired"]:
+            flags.append("sensor_defects_not_repaired")
     if settings.beads:
         import pandas as pd
 
@@ -1493,6 +1503,9 @@ def stage_qc(
         # the most structured lateral tile of the input's QC window: 1 − noise variance / variance
         "input_structure_share": structure,
         "input_plane_correlation": planes_alike,  # each plane with the next: ~0 for noise alone
+        # hot and dead camera pixels: repaired for the network (model.json), or found and not
+        # (a model trained before the repair existed)
+        "sensor_defects": defects,
         # serial ×4: the later step of the two stages (meta's own is stage 2's), so 0 means nothing was learned
         "best_step": (max((meta.get("serial") or {}).get("stage_best_steps") or [meta.get("best_step") or 0])
                       if meta.get("serial") else meta.get("best_step")),

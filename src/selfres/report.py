@@ -139,6 +139,15 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "the CPU, or with infer.amp off, if it ran on a GPU) and report it with the infer "
         "log if it happens again.",
     ),
+    "sensor_defects_not_repaired": (
+        "The acquisition has hot or dead camera pixels (single pixels far brighter or darker than "
+        "their neighbours in every plane; qc/metrics.json, sensor_defects.not_repaired), and its "
+        "model was trained by a selfres that did not repair them: its network learned them as "
+        "structure and may ring beside each one, and an enhance model trained before 2026-12-05 "
+        "may have read them as noise and buried its training in it.",
+        "Retrain the sample (snakemake --forcerun results/SAMPLE/model): selfres now repairs such "
+        "pixels in what the network sees and writes them as acquired.",
+    ),
     "restored_level_shifted": (
         "The restored volume as written is not at its input's intensity level: at the input "
         "voxels' centres its mean differs from the input's by more than a fifth (qc/metrics.json, "

@@ -636,14 +636,26 @@ def test_gather_without_its_prepared_store_computes_the_tiles_itself(tmp_path, c
     assert not (tmp_path / ".out.ome.zarr.partial").exists()
 
 
-def test_block_without_or_with_a_stale_prepared_store_is_refused(tmp_path):
+def test_a_block_without_a_prepared_store_leaves_its_tiles_to_gather_and_a_stale_one_is_refused(tmp_path, caplog):
+    """After an update of selfres changed the block jobs' command (not prepare's), Snakemake
+    reran the blocks alone: the last run's gather had moved the store into place, and every
+    block failed ('no prepared inference store'), every scattered sample with them, for a
+    night; the next run then kept the old output. A block with no store now computes nothing
+    and the gather after it computes every tile."""
+    import zarr
+
     from selfres.errors import SelfresError
     from selfres.infer import infer_to_store
 
     model = CubicUpsampler((1, 2, 2))
     vol = blob_volume((4, 8, 8), n=5)
-    with pytest.raises(SelfresError, match=r"no prepared inference store; run 'selfres infer --step prepare'"):
-        _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="block", blocks=2)
+    with caplog.at_level("WARNING", logger="selfres.infer"):
+        stats = _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="block", blocks=2)
+    assert stats["computed"] == 0 and "the gather job computes all" in caplog.text
+    _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="gather", blocks=2)
+    np.testing.assert_allclose(zarr.open(str(tmp_path / "o.ome.zarr"), mode="r")["0"][...],
+                               degrade.upscale_cubic(vol, (1, 2, 2)), atol=1e-5)
+    shutil.rmtree(tmp_path / "o.ome.zarr")
     _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="prepare", blocks=2)
     with pytest.raises(SelfresError, match=r"prepared for other settings.*differs in model"):
         infer_to_store(model, vol, tmp_path / "o.ome.zarr", step="block", blocks=2, factors=(1, 2, 2),

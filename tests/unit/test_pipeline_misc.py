@@ -164,6 +164,10 @@ def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(
     beside = ndimage.binary_dilation(own, iterations=2) & ~own
     np.testing.assert_allclose(out[:, own], upscale_cubic(raw, (1, 2, 2))[:, own], rtol=2e-3, atol=2.0)
     assert out[:, beside].max() < 2500  # the scene's brightest is ~1000; a smeared 15000 would be ~3000 beside
+    qc = pipeline.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
+                           tmp_path / "qc" / "metrics.json", sample="s")
+    assert qc["sensor_defects"] == {"repaired": meta["sensor_defects_repaired"], "not_repaired": None}
+    assert "sensor_defects_not_repaired" not in qc["flags"]
     # a model trained before the repair: as it was (the hot pixels in the network's input)
     info = json.loads((tmp_path / "model" / "model.json").read_text())
     del info["metadata"]["sensor_defects_repaired"]
@@ -172,6 +176,10 @@ def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(
                          settings=model_output)
     old = np.asarray(zarr.open(str(tmp_path / "old.ome.zarr"), mode="r")["0"])
     assert old[:, beside].max() > 2500
+    # ... and QC says so, with how many, and what to do (the report)
+    qc = pipeline.stage_qc(norm, tmp_path / "old.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
+                           tmp_path / "qc" / "metrics.json", sample="s")
+    assert "sensor_defects_not_repaired" in qc["flags"] and qc["sensor_defects"]["not_repaired"] == 12
 
 
 def test_only_the_workflow_drops_an_export_of_an_older_output(tmp_path):

@@ -174,8 +174,11 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             if jobs_left:  # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
                 err = ((last_error(logs, newer_than=run_started - 60) if run_started else None)
                        or _unfinished_message(jobs_left))
-                if complete and run_started and html.stat().st_mtime >= run_started - 60:
-                    # the report is this run's: only a job after it (the OME-TIFF export) did not finish
+                if complete and any(j["rule"] == "report" and j["sample"] == s and j["status"] == "finished"
+                                    for j in run["jobs"]):
+                    # the report is this run's (its job finished in this run; a report's time within the
+                    # minute's grace was also the last run's, just before): only a job after it (the
+                    # OME-TIFF export) did not finish
                     err += (f"; its {', '.join(sorted({j['rule'] for j in jobs_left}))} did not finish, but "
                             "restored.ome.zarr, its QC and report are this run's")
                     fresh_report = f"{s}/report.html"

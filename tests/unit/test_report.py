@@ -539,6 +539,13 @@ def test_a_failed_export_after_this_runs_report_does_not_call_the_report_out_of_
 =========
   Date: {started}
 
+[Mon Nov 30 09:01:10 2026]
+rule report:
+    jobid: 11
+    wildcards: sample=a
+[Mon Nov 30 09:01:40 2026]
+Finished jobid: 11 (Rule: report)
+
 [Mon Nov 30 09:02:10 2026]
 rule export_tiff:
     jobid: 12
@@ -548,6 +555,11 @@ Error in rule export_tiff:
     jobid: 12
 """)
     table = tmp_path / "summary.tsv"
+    without_report = log.read_text().split("[Mon Nov 30 09:01:10 2026]")[0] + "[Mon Nov 30 09:02:10 2026]" + \
+        log.read_text().split("[Mon Nov 30 09:02:10 2026]")[1]
+    (tmp_path / "before.log").write_text(without_report)  # a rerun right after a run: the report is that run's
+    summary.stage_summary(tmp_path, ["a"], table, tmp_path / "summary.html", snakemake_log=tmp_path / "before.log")
+    assert pd.read_csv(table, sep="\t").iloc[0]["error"].endswith("; the outputs on disk are from an earlier run")
     summary.stage_summary(tmp_path, ["a"], table, tmp_path / "summary.html", snakemake_log=log)
     row = pd.read_csv(table, sep="\t").iloc[0]
     assert row["status"] == "failed" and row["report"] == "a/report.html"

@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -69,7 +70,12 @@ def permissions_as_umask(path: str | os.PathLike) -> None:
     weights; a copied folder keeps its source's modes."""
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~mask)
+    if not os.path.isdir(path):
+        os.chmod(path, 0o666 & ~mask)
+        return
+    # a folder in a group-shared (setgid) one keeps the bit, so its files stay in that group
+    shared = os.stat(os.path.dirname(os.path.abspath(path))).st_mode & stat.S_ISGID
+    os.chmod(path, (0o777 & ~mask) | shared)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

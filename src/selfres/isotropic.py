@@ -1346,7 +1346,8 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     # whole field, the same in every job of a scattered run, and only by a job that computes
     # tiles); a model trained before this repair existed: its inference as it was
     repair = "sensor_defects_repaired" in meta
-    base_fp["repair_sensor_defects"] = repair  # tiles made otherwise are redone
+    if repair:  # tiles made otherwise are redone (an older model's key stays as it was: its stores resume)
+        base_fp["repair_sensor_defects"] = True
 
     @cache
     def defects():

@@ -212,12 +212,13 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                          "error": f"inbox: {path} is still changing; left for the next run"
                                   + ("; the report is an earlier run's" if earlier else "")})
     _blame_failed_model_sources(rows, model_sources or {})
+    unwritten = unwritten_exports(results, acquisitions or {}, rows,
+                                  run_started=_log_time(run["header"].get("started")))
+    table = report.summary_table(rows).to_csv(sep="\t", index=False)
+    page = report.render_summary(rows, unwritten_exports=unwritten, written=time.strftime("%Y-%m-%d %H:%M %Z"))
     try:
-        write_text_atomic(out_tsv, report.summary_table(rows).to_csv(sep="\t", index=False))
-        unwritten = unwritten_exports(results, acquisitions or {}, rows,
-                                      run_started=_log_time(run["header"].get("started")))
-        write_text_atomic(out_html, report.render_summary(rows, unwritten_exports=unwritten,
-                                                          written=time.strftime("%Y-%m-%d %H:%M %Z")))
+        write_text_atomic(out_tsv, table)
+        write_text_atomic(out_html, page)
     except OSError as exc:  # a full disk: the last run's summary would say "ok" of outputs since removed
         for old in (out_tsv, out_html):
             with contextlib.suppress(OSError):

@@ -205,6 +205,46 @@ def test_beads_in_a_few_planes_are_not_sensor_defects():
     assert found is not None and found[40, 50]
 
 
+def _puncta(shape, n, sigma, peak, background, seed, *, along_z=False):
+    """Sub-pixel puncta (or fibres running along z) of Gaussian profile, Poisson noise."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.indices(shape, dtype=np.float64)
+    v = np.full(shape, float(background))
+    for _ in range(n):
+        c = rng.uniform((0, 3, 3), (shape[0], shape[1] - 3, shape[2] - 3))
+        through = 1.0 if along_z else np.exp(-0.5 * ((z - c[0]) / sigma[0]) ** 2)
+        v += peak * through * np.exp(-0.5 * (((y - c[1]) / sigma[1]) ** 2 + ((x - c[2]) / sigma[2]) ** 2))
+    return rng.poisson(v).astype(np.float32)
+
+
+@pytest.mark.parametrize("planes, along_z", [(8, False), (10, False), (32, True)])
+def test_sharp_puncta_and_fibres_along_z_are_not_sensor_defects(planes, along_z):
+    """In a thin stack a sub-pixel punctum spans the planes, and a fibre along z does in any:
+    both have a spike's residual and its steadiness. A review found 79–142 of 100 puncta
+    (σ 0.6 px) of 8 planes, and each z fibre's tails, taken for hot pixels — repaired away in
+    what enhance's network saw, and its output 1.2 dB below tricubic, unflagged. A defect is
+    one pixel wide in the planes themselves."""
+    v = _puncta((planes, 96, 96), 30 if along_z else 100, (2.0, 0.6, 0.6), 500.0, 20.0, seed=planes)
+    assert noise.sensor_defect_positions(v) is None
+    # a hot pixel is still found there, where no punctum touches it (beside one it is not one pixel wide)
+    quiet = ndimage.maximum_filter(np.median(v, axis=0), 5)[4:-4, 4:-4]
+    y, x = np.add(np.unravel_index(np.argmin(quiet), quiet.shape), 4)
+    hot = v.copy()
+    hot[:, y, x] += 600.0
+    assert set(zip(*np.nonzero(noise.sensor_defect_positions(hot)))) == {(y, x)}
+
+
+def test_a_pair_of_hot_pixels_leaves_its_clean_neighbours_alone():
+    """Beside a hot pair the residual is negative: the clean pixels either side were taken for
+    dead ones and 'repaired', while the pair stayed. A pair is not one pixel wide: it is left as
+    acquired, and so are its neighbours."""
+    rng = np.random.default_rng(0)
+    v = rng.poisson(100.0, (16, 64, 64)).astype(np.float32)
+    v[:, 20, 20:22] += 300.0
+    v[:, 40, 30] += 300.0
+    assert set(zip(*np.nonzero(noise.sensor_defect_positions(v)))) == {(40, 30)}
+
+
 def test_a_single_plane_tells_sharp_points_from_noise():
     """2-D input has no next plane: points of a voxel or two are told from noise by how
     residuals two apart correlate."""

@@ -318,8 +318,12 @@ def test_a_read_only_model_copied_for_another_sample_takes_this_accounts_modes(t
     for p in sorted(source.rglob("*"), reverse=True) + [source]:
         p.chmod(0o555 if p.is_dir() else 0o444)
     old = os.umask(0o027)
+    shared = tmp_path / "shared"  # a group-shared results folder: setgid, so its files stay in the group
+    shared.mkdir()
+    shared.chmod(0o2770)
     try:
         copy_with_metadata(source, tmp_path / "copy", {"mode": "enhance", "factors": [1, 2, 2], "sample": "b"})
+        copy_with_metadata(source, shared / "copy", {"mode": "enhance", "factors": [1, 2, 2], "sample": "b"})
     finally:
         os.umask(old)
         for p in [source, *source.rglob("*")]:
@@ -328,6 +332,8 @@ def test_a_read_only_model_copied_for_another_sample_takes_this_accounts_modes(t
              for p in [tmp_path / "copy", *(tmp_path / "copy").rglob("*")]}
     assert modes.pop(".") == 0o750 and modes.pop("stage2") == 0o750
     assert set(modes.values()) == {0o640}, modes
+    for folder in (shared / "copy", shared / "copy" / "stage2"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o2750, oct(folder.stat().st_mode)
     assert models.load_model(tmp_path / "copy")[0] is not None
 
 

@@ -172,6 +172,12 @@ def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(
     info = json.loads((tmp_path / "model" / "model.json").read_text())
     del info["metadata"]["sensor_defects_repaired"]
     (tmp_path / "model" / "model.json").write_text(json.dumps(info))
+    # ... whose inference stores are keyed as before (a partial store of an older selfres resumes)
+    from selfres.infer import PartialStore
+
+    pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "old.ome.zarr", sample="s", device="cpu",
+                         settings=model_output, step="prepare")
+    assert "repair_sensor_defects" not in PartialStore(tmp_path / "old.ome.zarr").fingerprint()
     pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "old.ome.zarr", sample="s", device="cpu",
                          settings=model_output)
     old = np.asarray(zarr.open(str(tmp_path / "old.ome.zarr"), mode="r")["0"])

@@ -267,6 +267,28 @@ def sensor_defects(residuals: Sequence[np.ndarray]) -> np.ndarray | None:
     return maximum_filter(full, 3, mode="constant")
 
 
+#: A voxel whose residual is this many times the noise around it (the 7×7 positions' robust σ,
+#: at least half the plane's RMS residual) is a spike of its own (:func:`_spikes_of_plane`)
+SPIKE_OUTLIER = 10.0
+
+
+def _spikes_of_plane(residual: np.ndarray) -> np.ndarray:
+    """The voxels of a plane (shape of ``residual``, an :func:`immerkaer_residual` with its
+    border) within 3 of a residual :data:`SPIKE_OUTLIER` times the noise around it: spikes
+    that are not a sensor's steady defect — a telegraph pixel on in some planes, a cluster of
+    hot pixels, a cosmic-ray hit, a bright punctum's peak. The centre of such a spike has a
+    smoothed gradient of 0, so it counts among the smoothest voxels of its bin, where its lag
+    products dwarf the noise's: a review found 11 telegraph pixels reading σ ×18 and 6
+    cosmic-ray hits ×45, and the guard passing outputs 7–12 dB below tricubic, unflagged."""
+    from scipy.ndimage import maximum_filter, median_filter
+
+    size = np.abs(residual)
+    around = _MAD_TO_SIGMA * median_filter(size, 7, mode="mirror")  # a zero-mean residual: MAD = median |r|
+    floor = 0.5 * float(np.sqrt(np.mean(residual * residual)))  # quantised or near-empty planes read 0 around
+    spikes = size > SPIKE_OUTLIER * np.maximum(around, floor)
+    return maximum_filter(spikes, 7, mode="constant") if spikes.any() else spikes
+
+
 def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int = 16,
                          smooth_fraction: float = 0.25, min_voxels: int = 64,
                          white_signature: bool = True) -> NoiseLevel:
@@ -331,6 +353,7 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
         mean.append(uniform_filter(plane, 3, mode="mirror")[inner].ravel())
         grad.append(gaussian_gradient_magnitude(plane, 1.5, mode="mirror")[inner].ravel())
         ok = np.ones(plane.shape, dtype=bool) if defects is None else ~defects
+        ok[1:-1, 1:-1] &= ~_spikes_of_plane(r)  # the residual leaves out the plane's border
         if clip_hi:
             ok &= maximum_filter(plane, 7, mode="mirror") < hi_v  # the residuals it pairs reach 3 voxels
         unclipped.append(ok[inner].ravel())

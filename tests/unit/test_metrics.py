@@ -731,4 +731,8 @@ def test_structure_share_tells_pure_noise_from_a_few_cells_in_a_wide_empty_field
     # what carries over from plane to plane: nothing for noise, much for anything the optics spread
     assert abs(m.plane_correlation(rng.poisson(5.0, (12, 64, 64)))) < 0.03
     assert m.plane_correlation(clean) > 0.3 and m.plane_correlation(clean[:1]) is None
+    spiked = clean.copy()  # six cosmic-ray hits, one plane each: the cells still carry over
+    for z, y, x in ((1, 5, 5), (3, 20, 30), (5, 33, 9), (7, 12, 40), (9, 30, 22), (11, 2, 17)):
+        spiked[z, y, x] = 1000.0
+    assert m.plane_correlation(spiked) > 0.9 * m.plane_correlation(clean)
     assert m.structure_share(np.ones((4, 16, 16)), NoiseLevel(0.0, 1e-3, bins=3)) is None  # constant

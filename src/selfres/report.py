@@ -68,8 +68,11 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "the safe side; a larger fov.holdout_fraction gives it more of the sample. In enhance "
         "mode on a noisy acquisition, back-projection amplifies the noise: try "
         "infer.back_projection_iterations: 0 for the sample. Otherwise check that the training "
-        "field of view holds structure, give the acquisition's blur (train.psf_sigma_um), or "
-        "accept the interpolation (more training steps measured worse on the benchmark).",
+        "field of view holds structure, and: in enhance mode, give the acquisition's blur "
+        "(train.psf_sigma_um) or accept the interpolation (more training steps measured worse "
+        "on the benchmark); in isotropic mode, give the axial blur (isotropic.axial_sigma_px) "
+        "and, where training stopped at its time budget (Training, below), give it more "
+        "(train.max_minutes) or a GPU: more steps measured better there.",
     ),
     "training_diverged": (
         "The training loss became non-finite (NaN or infinite); the weights from before the "

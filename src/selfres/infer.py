@@ -1626,6 +1626,30 @@ def infer_to_store(
         compute_kind=compute_label(device, amp=amp and not getattr(model, "computes_in_float32", False)))
 
 
+#: Marks a partial store whose tiles a gather job computes itself (no block job had them)
+_GATHER_COMPUTES = "gather-computes"
+
+
+@contextlib.contextmanager
+def _waiting_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created, and removed by its holder when done: what it
+    guards is re-checked under the lock, so a waiter on the removed file and a newcomer on a new
+    one find it done), waiting for a holder to finish; unguarded where the file system has no
+    locks (some network mounts)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
 def scattered_store(
     final: str | os.PathLike,
     *,
@@ -1685,7 +1709,8 @@ def scattered_store(
                 "mvoxel_per_s": float("nan"), "resumed": n_tiles}
     store = PartialStore(final)
     out: dict = {"tiles": n_tiles, "computed": 0, "seconds": 0.0, "mvoxel_per_s": float("nan"), "resumed": 0}
-    if step == "gather" and store.fingerprint() is None:
+    gather_computes = step == "gather" and store.fingerprint() is None
+    if gather_computes:
         # the blocks' tiles are gone: a run stopped after this gather had moved the store into place
         # (Snakemake then removes the output as incomplete and reruns gather alone), or gather reran
         # for a changed command, or by --forcerun. Failing here failed every later run too; computing
@@ -1695,18 +1720,27 @@ def scattered_store(
                     "compute them in block jobs again, rerun with --forcerun on the sample's infer/prepared.json",
                     store.path, n_tiles)
         step = "all"
+    elif step == "gather" and (store.meta / _GATHER_COMPUTES).exists():
+        # ... and such a gather was stopped (a time limit): it resumes, rather than ask the blocks for
+        # tiles they never had, which failed every retry and every later run
+        log.info("%s: resuming the tiles an earlier gather job was computing", store.path)
+        step = "all"
     if step == "block" and store.fingerprint() is None:
         # the store was moved into place by an earlier gather, and this block reruns alone (its
         # command changed with an update of selfres, which prepare's did not): refusing failed
-        # every scattered sample for a night, and the next run kept the old output. The gather
-        # that follows finds no store and computes every tile (above)
-        log.warning("%s: no prepared store (an earlier run's gather has used it); block %d computes nothing, and "
-                    "the gather job computes all %d tiles. To compute them in block jobs, rerun with --forcerun on "
-                    "the sample's infer/prepared.json", store.path, block, n_tiles)
-        return out
+        # every scattered sample for a night, and the next run kept the old output. The block
+        # prepares the store itself, one block at a time (the others then find it made), and
+        # computes its own tiles, as after a prepare job
+        with _waiting_lock(store.meta.with_name(store.meta.name + ".lock")):
+            if store.fingerprint() is None:
+                log.warning("%s: no prepared store (an earlier run's gather has used it); block %d prepares it",
+                            store.path, block)
+                store.prepare(fingerprint=fingerprint, create=create)
     if step in ("all", "prepare"):
         kept = store.prepare(fingerprint=fingerprint, create=create)
         log.info("%s %s", "resuming" if kept else "created", store.path)
+        if gather_computes:
+            (store.meta / _GATHER_COMPUTES).touch()
     if step in ("all", "block"):
         store.check(fingerprint)
         dest = _open_level0(store.path, ngff_version)

@@ -1503,7 +1503,7 @@ def stage_qc(
         "restored_check": agreement,
         # the most structured lateral tile of the input's QC window: 1 − noise variance / variance
         "input_structure_share": structure,
-        "input_plane_correlation": planes_alike,  # each plane with the next, by rank: ~0 for noise alone
+        "input_plane_correlation": planes_alike,  # each plane with the next (clipped): ~0 for noise alone
         # hot and dead camera pixels: repaired for the network (model.json), or found and not
         # (a model trained before the repair existed)
         "sensor_defects": defects,

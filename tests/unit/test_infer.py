@@ -438,6 +438,22 @@ class _DiesAfter(torch.nn.Module):
         return self.inner(x)
 
 
+def test_a_gather_computing_the_tiles_itself_resumes_after_a_kill(tmp_path):
+    """A gather that finds no prepared store computes every tile itself (resumably, its log
+    says); stopped by a time limit, its retry found a store whose tiles no block had written and
+    asked for the blocks' rerun — on every retry and every later night (a self-check)."""
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 16, 24))  # 12 tiles
+    final = tmp_path / "out.ome.zarr"
+    with pytest.raises(_Killed):
+        _job(tmp_path, _DiesAfter(model, 5), vol, final, step="gather", blocks=2)
+    counting = _DiesAfter(model, 10**6)
+    stats = _job(tmp_path, counting, vol, final, step="gather", blocks=2)
+    assert stats["resumed"] == 5 and counting.seen == 7
+    ref = predict_single_pass(model, vol, factors=(1, 2, 2))
+    np.testing.assert_allclose(np.asarray(io.read_ome_zarr(final).data), ref, atol=2e-5)
+
+
 def test_killed_run_resumes_from_verified_tiles_only(tmp_path):
     from selfres.infer import PartialStore
 
@@ -636,12 +652,14 @@ def test_gather_without_its_prepared_store_computes_the_tiles_itself(tmp_path, c
     assert not (tmp_path / ".out.ome.zarr.partial").exists()
 
 
-def test_a_block_without_a_prepared_store_leaves_its_tiles_to_gather_and_a_stale_one_is_refused(tmp_path, caplog):
+def test_a_block_without_a_prepared_store_prepares_it_and_a_stale_one_is_refused(tmp_path, caplog):
     """After an update of selfres changed the block jobs' command (not prepare's), Snakemake
     reran the blocks alone: the last run's gather had moved the store into place, and every
     block failed ('no prepared inference store'), every scattered sample with them, for a
-    night; the next run then kept the old output. A block with no store now computes nothing
-    and the gather after it computes every tile."""
+    night; the next run then kept the old output. A block with no store prepares it (one at a
+    time) and computes its own tiles; the gather after them finds every tile. (Leaving the
+    tiles to the gather, tried first, put the whole volume on one CPU job whose retry after a
+    time limit then failed for good: a self-check.)"""
     import zarr
 
     from selfres.errors import SelfresError
@@ -650,11 +668,15 @@ def test_a_block_without_a_prepared_store_leaves_its_tiles_to_gather_and_a_stale
     model = CubicUpsampler((1, 2, 2))
     vol = blob_volume((4, 8, 8), n=5)
     with caplog.at_level("WARNING", logger="selfres.infer"):
-        stats = _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="block", blocks=2)
-    assert stats["computed"] == 0 and "the gather job computes all" in caplog.text
-    _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="gather", blocks=2)
+        first = _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="block", block=1, blocks=2,
+                     tile_size=(2, 8, 8))
+    second = _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="block", block=0, blocks=2, tile_size=(2, 8, 8))
+    assert first["computed"] == second["computed"] == 1 and "block 1 prepares it" in caplog.text
+    gathered = _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="gather", blocks=2, tile_size=(2, 8, 8))
+    assert gathered["computed"] == 0
     np.testing.assert_allclose(zarr.open(str(tmp_path / "o.ome.zarr"), mode="r")["0"][...],
                                degrade.upscale_cubic(vol, (1, 2, 2)), atol=1e-5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.ome.zarr"], "no store, record or lock left beside it"
     shutil.rmtree(tmp_path / "o.ome.zarr")
     _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="prepare", blocks=2)
     with pytest.raises(SelfresError, match=r"prepared for other settings.*differs in model"):

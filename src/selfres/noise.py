@@ -243,7 +243,7 @@ def sensor_defects(residuals: Sequence[np.ndarray]) -> np.ndarray | None:
     smoother, and the estimate discounts it as before), and whose residual is steady through z
     (in :data:`PERSISTENCE` of the planes of its sign and within half its median plus 3 σ of
     it: a bead or a fibre end crossing the position in a few planes is not a defect; without
-    this, the review stacks' clean control lost 35 positions to its fibres, now 6, each
+    this, the review stacks' clean control lost 35 positions to its fibres, now none, each
     defect still found) is left out, with every voxel within 3
     of it (the residuals the estimate pairs reach that far). Measured (a review, 16×96×96,
     clean σ 3.7 counts): 5 hot pixels of 700–1600 counts read σ 255, 20 read 1055; with this, the clean figure. Where the 7×7 neighbourhoods

@@ -110,14 +110,38 @@ def sensor_defect_positions(volume) -> np.ndarray | None:
     if volume.ndim != 3 or volume.shape[0] < MIN_DEFECT_PLANES or min(volume.shape[1:]) < 8:
         return None
     idx = np.unique(np.linspace(0, volume.shape[0] - 1, min(16, volume.shape[0])).astype(int))
-    planes = []
-    for i in idx:
-        plane = np.asarray(volume[i], dtype=np.float64)
-        if np.all(np.isfinite(plane)):  # the whole plane, its border too (mirrored): a defect may sit on it
-            planes.append(plane)
-    residuals = [convolve(plane, _IMMERKAER, mode="mirror") for plane in planes]
-    found = _defect_positions(residuals, border=False)
-    return None if found is None else _one_pixel_wide(np.stack(planes), found, np.stack(residuals))
+    ny, nx = (int(n) for n in volume.shape[1:])
+    # in lateral blocks with a margin past every test's reach (a 2048² plane took 2–3 GB in one
+    # piece, a stitched 10k² one would not fit): the same positions as the whole plane, where the
+    # block's edges are the volume's (mirrored) or ``_DEFECT_MARGIN`` inside it
+    found = np.zeros((ny, nx), dtype=bool)
+    step = DEFECT_BLOCK
+    for y0 in range(0, ny, step):
+        for x0 in range(0, nx, step):
+            ya, yb = max(0, y0 - _DEFECT_MARGIN), min(ny, y0 + step + _DEFECT_MARGIN)
+            xa, xb = max(0, x0 - _DEFECT_MARGIN), min(nx, x0 + step + _DEFECT_MARGIN)
+            planes = []
+            for i in idx:
+                plane = volume[i, ya:yb, xa:xb]
+                plane = np.asarray(plane.compute() if hasattr(plane, "compute") else plane, dtype=np.float64)
+                if np.all(np.isfinite(plane)):  # its border too (mirrored): a defect may sit on it
+                    planes.append(plane)
+            if len(planes) < 3 or min(yb - ya, xb - xa) < 3:
+                continue
+            residuals = [convolve(plane, _IMMERKAER, mode="mirror") for plane in planes]
+            block = _defect_positions(residuals, border=False)
+            if block is not None:
+                block = _one_pixel_wide(np.stack(planes), block, np.stack(residuals))
+            if block is not None:
+                found[y0:y0 + step, x0:x0 + step] = block[y0 - ya:y0 - ya + step, x0 - xa:x0 - xa + step]
+    return found if found.any() else None
+
+
+#: Lateral block (pixels a side) in which :func:`sensor_defect_positions` judges a volume, and the
+#: margin read around it: beyond the reach of every test (residual 1, pooled σ 2, neighbours and
+#: ring 2), so that blocks find what the whole plane would
+DEFECT_BLOCK = 512
+_DEFECT_MARGIN = 8
 
 
 #: A defect's four side neighbours stand out from the ring around it (see :func:`_one_pixel_wide`),

@@ -235,6 +235,21 @@ def test_sharp_puncta_and_fibres_along_z_are_not_sensor_defects(planes, along_z)
     assert set(zip(*np.nonzero(noise.sensor_defect_positions(hot)))) == {(y, x)}
 
 
+@pytest.mark.parametrize("block", [37, 64])
+def test_sensor_defects_are_judged_in_lateral_blocks_as_over_the_whole_plane(monkeypatch, block):
+    """Sixteen whole planes of float64 (and their residuals) took 2–3 GB for a 2048² field and
+    would not fit for a stitched 10k² one: the planes are judged in lateral blocks, with a
+    margin past every test's reach, and find the same positions, on the border too."""
+    rng = np.random.default_rng(0)
+    v = _puncta((16, 120, 130), 120, (2.0, 1.0, 1.0), 300.0, 20.0, seed=3)
+    ys, xs = np.r_[rng.integers(0, 120, 30), 0, 119, 36, 37], np.r_[rng.integers(0, 130, 30), 0, 129, 64, 64]
+    v[:, ys, xs] += rng.uniform(300, 900, ys.size)
+    whole = noise.sensor_defect_positions(v)
+    assert whole is not None and whole.sum() >= 25
+    monkeypatch.setattr(noise, "DEFECT_BLOCK", block)
+    np.testing.assert_array_equal(noise.sensor_defect_positions(v), whole)
+
+
 def test_a_pair_of_hot_pixels_leaves_its_clean_neighbours_alone():
     """Beside a hot pair the residual is negative: the clean pixels either side were taken for
     dead ones and 'repaired', while the pair stayed. A pair is not one pixel wide: it is left as

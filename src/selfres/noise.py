@@ -117,15 +117,15 @@ def sensor_defect_positions(volume) -> np.ndarray | None:
     found = np.zeros((ny, nx), dtype=bool)
     step = DEFECT_BLOCK
     for y0 in range(0, ny, step):
+        ya, yb = max(0, y0 - _DEFECT_MARGIN), min(ny, y0 + step + _DEFECT_MARGIN)
+        band = []  # each sampled plane's rows of this band, read once (a TIFF is read by rows)
+        for i in idx:
+            rows = volume[i, ya:yb, :]
+            band.append(np.asarray(rows.compute() if hasattr(rows, "compute") else rows, dtype=np.float32))
         for x0 in range(0, nx, step):
-            ya, yb = max(0, y0 - _DEFECT_MARGIN), min(ny, y0 + step + _DEFECT_MARGIN)
             xa, xb = max(0, x0 - _DEFECT_MARGIN), min(nx, x0 + step + _DEFECT_MARGIN)
-            planes = []
-            for i in idx:
-                plane = volume[i, ya:yb, xa:xb]
-                plane = np.asarray(plane.compute() if hasattr(plane, "compute") else plane, dtype=np.float64)
-                if np.all(np.isfinite(plane)):  # its border too (mirrored): a defect may sit on it
-                    planes.append(plane)
+            # its border too (mirrored): a defect may sit on it
+            planes = [p for p in (b[:, xa:xb].astype(np.float64) for b in band) if np.all(np.isfinite(p))]
             if len(planes) < 3 or min(yb - ya, xb - xa) < 3:
                 continue
             residuals = [convolve(plane, _IMMERKAER, mode="mirror") for plane in planes]

@@ -67,7 +67,8 @@ def _subsample(data, max_voxels: int) -> np.ndarray:
 
 
 def fit_percentiles(
-    data, *, low_percentile: float = 1.0, high_percentile: float = 99.8, max_sample_voxels: int = 4_000_000
+    data, *, low_percentile: float = 1.0, high_percentile: float = 99.8, max_sample_voxels: int = 4_000_000,
+    exclude: np.ndarray | None = None,
 ) -> NormParams:
     """Fit normalisation parameters from robust percentiles.
 
@@ -78,6 +79,11 @@ def fit_percentiles(
         than ``max_sample_voxels``.
     low_percentile, high_percentile
         Percentiles mapped to 0 and 1.
+    exclude
+        Lateral positions ``(Y, X)`` left out of the percentiles in every plane (hot and dead
+        camera pixels, :func:`selfres.noise.sensor_defect_positions`: 12 hot columns, 0.3 % of a
+        stack's voxels, took its 99.8th percentile to their values and squeezed the sample into
+        a fraction of the range; its restoration fell back to tricubic, +0.93 dB lost).
 
     Returns
     -------
@@ -92,6 +98,11 @@ def fit_percentiles(
         NaN, and every normalised voxel with them).
     """
     sample = _subsample(data, max_sample_voxels).astype(np.float64, copy=False)
+    if exclude is not None and exclude.any() and sample.ndim == 3:
+        strides = sample_strides(data.shape, max_sample_voxels)
+        keep = ~np.asarray(exclude, dtype=bool)[::strides[1], ::strides[2]]
+        if keep.any():
+            sample = sample[:, keep]
     if not np.isfinite(sample).all():
         bad = int(np.count_nonzero(~np.isfinite(sample)))
         raise ValueError(f"{bad} of the {sample.size} voxels sampled for the percentiles are NaN or infinite; "

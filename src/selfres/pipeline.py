@@ -223,9 +223,12 @@ def stage_normalise(
         raise InputError(
             input_path, f"the volume is constant (every voxel is {vmin:g}): there is nothing to restore", sample=sample
         )
+    from .noise import sensor_defect_positions
+
+    defects = sensor_defect_positions(data) if data.ndim == 3 else None  # not in the intensity range
     params = normalise.fit_percentiles(
         data, low_percentile=settings.low_percentile, high_percentile=settings.high_percentile,
-        max_sample_voxels=settings.max_sample_voxels,
+        max_sample_voxels=settings.max_sample_voxels, exclude=defects,
     )
     reach = max(abs(vmax - params.low), abs(vmin - params.low)) / params.span
     if reach > normalise.MAX_NORMALISED:

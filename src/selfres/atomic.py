@@ -136,6 +136,27 @@ def _take(lock: Path, final: Path) -> int | None:
 
 
 @contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created, and removed by its holder when done: what it
+    guards is re-checked under the lock, so a waiter on the removed file and a newcomer on a new
+    one find it done), waiting for a holder to finish (:func:`output_lock` refuses a second
+    holder at once instead); unguarded where the file system has no locks (some network
+    mounts)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def output_lock(path: str | os.PathLike) -> Iterator[None]:
     """Hold ``path`` for this process's writing: a second selfres writing the same output at
     the same time (two ``selfres restore … -o out.ome.zarr``, or ``infer`` with another model)

@@ -39,6 +39,7 @@ from torch import nn
 from . import degrade
 from .degrade import mirror_indices
 from .allocator import heap_only, keep_freed_memory  # noqa: F401 - keep_freed_memory re-exported
+from .atomic import waiting_lock
 from .errors import SelfresError
 from .models import autocast_context, compute_label
 from .models import is_out_of_memory as _is_oom
@@ -1630,26 +1631,6 @@ def infer_to_store(
 _GATHER_COMPUTES = "gather-computes"
 
 
-@contextlib.contextmanager
-def _waiting_lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created, and removed by its holder when done: what it
-    guards is re-checked under the lock, so a waiter on the removed file and a newcomer on a new
-    one find it done), waiting for a holder to finish; unguarded where the file system has no
-    locks (some network mounts)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        with contextlib.suppress(OSError):
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        os.close(fd)
-
-
 def scattered_store(
     final: str | os.PathLike,
     *,
@@ -1731,7 +1712,7 @@ def scattered_store(
         # every scattered sample for a night, and the next run kept the old output. The block
         # prepares the store itself, one block at a time (the others then find it made), and
         # computes its own tiles, as after a prepare job
-        with _waiting_lock(store.meta.with_name(store.meta.name + ".lock")):
+        with waiting_lock(store.meta.with_name(store.meta.name + ".lock")):
             if store.fingerprint() is None:
                 log.warning("%s: no prepared store (an earlier run's gather has used it); block %d prepares it",
                             store.path, block)

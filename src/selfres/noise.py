@@ -166,14 +166,13 @@ def _one_pixel_wide(planes: np.ndarray, candidates: np.ndarray, residuals: np.nd
                      if max(abs(dy), abs(dx)) == 2])
     level = np.median(ring, axis=0)
     excess = median[ys + 2, xs + 2] - level
-    sides = np.mean([median[ys + 2 + dy, xs + 2 + dx] for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))],
-                    axis=0) - level
-    direction = np.sign(np.median(residuals[:, ys, xs], axis=0))
+    around = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    beside = np.stack([median[ys + 2 + dy, xs + 2 + dx] - level for dy, dx in around])
+    sides = beside[[k for k, (dy, dx) in enumerate(around) if not (dy and dx)]].mean(axis=0)
+    own = residuals[:, ys, xs]
+    direction = np.sign(np.median(own, axis=0))
     # ... and none of the 8 by more than that share plus 3 σ of a median of the planes (σ from the
     # residuals through z there: white noise of σ gives a residual of σ)
-    beside = np.stack([median[ys + 2 + dy, xs + 2 + dx] - level for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                       if dy or dx])
-    own = residuals[:, ys, xs]
     sigma = 1.2533 * 1.4826 * np.median(np.abs(own - np.median(own, axis=0)), axis=0) / np.sqrt(planes.shape[0])
     keep = (np.sign(excess) == direction) & (direction * sides <= NEIGHBOUR_SHARE * np.abs(excess))
     keep &= (np.abs(beside) <= NEIGHBOUR_SHARE * np.abs(excess) + 3.0 * sigma).all(axis=0)

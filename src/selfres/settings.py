@@ -669,6 +669,24 @@ class Settings:
                 part.validate()
 
 
+#: Minutes a train job asks of a cluster beyond its time budgets (reading the volume, the noise
+#: and defect search, the final checks, a slow node's start) — :func:`train_job_minutes`
+TRAIN_JOB_SLACK_MINUTES = 60
+
+
+def train_job_minutes(settings: Settings, mode: str) -> int:
+    """The walltime (minutes) a train job needs at most: its time budgets — ``train.max_minutes``,
+    in ``isotropic`` mode with the ``learned`` degradation also ``isotropic.gan_max_minutes``,
+    which runs before it — half as long again (a step and a validation may start just before
+    the budget ends), plus :data:`TRAIN_JOB_SLACK_MINUTES`. The ``train`` rule's ``runtime``
+    (× the attempt), so that a cluster neither kills a long budget nor books four hours for a
+    few minutes' training (a short request is scheduled sooner)."""
+    budget = settings.train.max_minutes
+    if mode == "isotropic" and settings.isotropic.degradation == "learned":
+        budget += settings.isotropic.gan_max_minutes
+    return TRAIN_JOB_SLACK_MINUTES + int(math.ceil(1.5 * budget))
+
+
 def settings_sections(config: Mapping[str, Any]) -> dict[str, Any]:
     """The stage sections of a workflow config (``normalise``, ``fov``, ``train``, ``infer``,
     ``qc``, ``isotropic``: the fields of :class:`Settings`), copied."""

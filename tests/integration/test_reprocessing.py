@@ -8,6 +8,7 @@ of a copy of that finished working directory and reads the dry-run job list
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 
@@ -372,3 +373,30 @@ def test_a_replaced_psf_file_reruns_the_stages_that_read_it(tmp_path):
     (wd / "psf_archived.tif").rename(psf)
     _write_psf(psf, sigma=(2.0, 0.6, 0.6))  # another PSF measured, same name
     assert _jobs(wd) == _from("train", "a")
+
+
+def _train_runtimes(wd, *args):
+    """``{sample: runtime}`` of the train jobs a dry run lists (the rule's `runtime` resource)."""
+    proc = run_snakemake(wd, "-n", *args)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    found = {}
+    for block in out.split("\n\n"):
+        for job in block.split("rule train:")[1:]:
+            sample = re.search(r"wildcards: sample=(\S+)", job)[1]
+            found[sample] = int(re.search(r"resources: .*\bruntime=(\d+)", job)[1])
+    return found
+
+
+def test_a_train_job_asks_the_cluster_for_its_samples_time_budget(wd):
+    """The train rule's `runtime` (Slurm's time limit, minutes) is the sample's budget half as
+    long again plus an hour: a sheet column raising train.max_minutes to 100 asks for 210 min
+    (a fixed 240 min killed a budget above it on the first attempt, and booked four hours for
+    the default's few minutes); changing it reruns that sample's training only."""
+    assert _train_runtimes(wd, "--forcerun", "train") == {"a": 62, "b": 62}  # TINY_CONFIG: 1 min
+    _edit_sheet(wd, "a", "train.max_minutes", "100")
+    assert _jobs(wd) == _from("train", "a")
+    assert _train_runtimes(wd, "--forcerun", "train") == {"a": 210, "b": 62}
+    _edit_sheet(wd, "b", "mode", "isotropic")
+    _edit_sheet(wd, "b", "isotropic.degradation", "learned")  # its GAN stage's 8 min come first
+    assert _train_runtimes(wd, "--forcerun", "train")["b"] == 60 + 14

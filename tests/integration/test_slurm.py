@@ -83,6 +83,15 @@ def test_only_train_and_infer_request_the_gpu(slurm_run):
     assert {int(j["NumCPUs"]) for j in jobs if j["rule"] == "infer"} == {1}
 
 
+def test_train_asks_for_its_samples_time_budget(slurm_run):
+    """Neither profile sets train's runtime: the rule asks for the sample's budget (TINY_CONFIG:
+    train.max_minutes 1) half as long again plus an hour, 62 min; infer keeps the profile's."""
+    wd, out = slurm_run
+    jobs = jobs_seen(job_ids=submitted_job_ids(out))
+    assert {j["TimeLimit"] for j in jobs if j["rule"] == "train"} == {"01:02:00"}
+    assert {j["TimeLimit"] for j in jobs if j["rule"] == "infer"} == {"00:20:00"}
+
+
 def test_outputs_are_complete(slurm_run):
     wd, _ = slurm_run
     res = wd / "results"

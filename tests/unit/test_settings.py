@@ -570,3 +570,14 @@ def test_the_log_level_is_taken_after_the_command_too_and_in_lower_case():
     args = build_parser().parse_args(["restore", "a.tif", "-o", "b.ome.zarr", "--log-level", "warning"])
     assert args.log_level == "WARNING"
     assert build_parser().parse_args(["restore", "a.tif", "-o", "b.ome.zarr"]).log_level == "INFO"
+
+
+def test_a_train_job_asks_for_its_budgets_half_as_long_again_plus_an_hour():
+    from selfres.settings import train_job_minutes
+
+    assert train_job_minutes(parse_settings({}), "enhance") == 66  # 4 min default
+    assert train_job_minutes(parse_settings({"train.max_minutes": 300}), "enhance") == 510
+    assert train_job_minutes(parse_settings({}), "isotropic") == 66  # analytic: no GAN stage
+    learned = parse_settings({"isotropic.degradation": "learned", "isotropic.gan_max_minutes": 10})
+    assert train_job_minutes(learned, "isotropic") == 60 + 21
+    assert train_job_minutes(learned, "enhance") == 66  # an enhance sample never runs the GAN stage

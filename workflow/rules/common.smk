@@ -497,6 +497,13 @@ def train_args(wildcards):
     return " ".join(_q(a) for a in args)
 
 
+def train_runtime(wildcards, attempt):
+    """The train job's walltime (minutes, the `runtime` resource): its sample's time budgets half
+    as long again plus an hour (selfres.settings.train_job_minutes), times the attempt."""
+    s = wildcards.sample
+    return attempt * _settings.train_job_minutes(_settings.parse_settings(sample_settings(s)), sample_mode(s))
+
+
 def infer_args(wildcards):
     s = wildcards.sample
     return " ".join(_q(a) for a in ["--sample", s, "--settings", stage_settings(s, "infer")])

@@ -70,6 +70,7 @@ rule train:
         args=train_args,
     resources:
         gpu=1,
+        runtime=train_runtime,  # minutes: the sample's time budget, half as long again, plus an hour
     conda:
         "../../envs/selfres.yaml"
     shell:

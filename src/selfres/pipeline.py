@@ -246,6 +246,8 @@ def stage_normalise(
         "source_resolved": str(Path(input_path).resolve()),  # as given is relative to where the job ran
         "source_dtype": str(vol.source_dtype),
         "source_checksum": io.file_checksum(input_path),
+        # a replacement not newer than this store is found by these, not by Snakemake's mtimes
+        **({"source_stat": {"size": before[2], "mtime_ns": before[3]}} if before and Path(input_path).is_file() else {}),
         **{k: v for k, v in (("series", series), ("channel", channel), ("timepoint", timepoint)) if v is not None},
         # the acquisition's own name of the channel (OME: "DAPI"), for the outputs' layer and channel names
         **({"channel_name": name} if channel is not None and (name := io.channel_name(input_path, channel,

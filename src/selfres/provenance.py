@@ -5,6 +5,7 @@ rules that did. Pure functions of the recorded files; no torch."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -99,3 +100,69 @@ def current_benchmarks(files: Sequence[Path], *, blocks: int | None, restored: s
         stale |= {n for n in scattered if n.startswith("infer_block_") and blocks
                   and int(n.removeprefix("infer_block_")) >= int(blocks)}
     return [Path(f) for f in files if Path(f).stem not in stale]
+
+
+def store_attrs(store: str | Path) -> dict:
+    """The ``"selfres"`` attributes of one of selfres's OME-Zarr stores (NGFF 0.4 ``.zattrs`` or
+    0.5 ``zarr.json``), read from its JSON without zarr; empty when there are none."""
+    for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
+        try:
+            attrs = json.loads((Path(store) / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        found = (attrs.get(key) or {}) if key else attrs
+        return found.get("selfres") or {} if isinstance(found, dict) else {}
+    return {}
+
+
+def file_stat(path: str | Path) -> dict | None:
+    """What a normalised store records of the acquisition it was made from (``source_stat``): a
+    file's size and modification time (ns); None for a Zarr store (a folder, whose own time does
+    not follow its chunks) or a path that cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns} if os.path.isfile(path) else None
+
+
+def output_mtime_ns(folder: str | Path) -> int | None:
+    """A folder output's time as Snakemake reads it: its ``.snakemake_timestamp``, else the folder's."""
+    for path in (Path(folder) / ".snakemake_timestamp", Path(folder)):
+        try:
+            return os.stat(path).st_mtime_ns
+        except OSError:
+            continue
+    return None
+
+
+def replaced_by_an_older_file(store: str | Path, source: str | Path) -> str | None:
+    """Why ``source`` is no longer the acquisition the normalised ``store`` was made from while
+    Snakemake would rerun nothing: its size or modification time differ from the store's
+    ``source_stat``, yet it is not newer than the store (``cp -p`` or ``rsync -a`` of a file made
+    before the last run). None when it is the same file, newer (Snakemake reruns it anyway), gone
+    (an archived acquisition), a Zarr store, or the store records nothing (made before the
+    forty-first session)."""
+    recorded = store_attrs(store).get("source_stat")
+    now = file_stat(source)
+    made = output_mtime_ns(store)
+    if not recorded or now is None or made is None or now == recorded or now["mtime_ns"] > made:
+        return None
+    return (f"{source} is not the file its normalised copy was made from ({recorded['size']} bytes then, "
+            f"{now['size']} now; modified {_when(recorded['mtime_ns'])} then, {_when(now['mtime_ns'])} now), and it "
+            "is not newer than that copy, so Snakemake would not see the change")
+
+
+def _when(ns: int) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+
+
+def date_before(folder: str | Path, mtime_ns: int) -> None:
+    """Date a folder output (its ``.snakemake_timestamp``, made if missing) one second before
+    ``mtime_ns``, so that Snakemake reruns the job that writes it and every job after it."""
+    stamp = Path(folder) / ".snakemake_timestamp"
+    stamp.touch()
+    when = mtime_ns - 1_000_000_000
+    os.utime(stamp, ns=(when, when))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import report
 from .atomic import write_text_atomic
+from .provenance import store_attrs
 from .runlog import failing_runs, read_snakemake_log, unfinished_jobs_by_sample
 from .sheet import part_of
 
@@ -104,15 +105,9 @@ def _samples_by_source(results: Path) -> dict[str, list[str]]:
     named apart from the file. Read from the stores' JSON, without zarr."""
     found: dict[str, list[str]] = {}
     for store in sorted(results.glob("*/normalized.ome.zarr")):
-        for name, key in ((".zattrs", None), ("zarr.json", "attributes")):
-            try:
-                attrs = json.loads((store / name).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            source = ((attrs.get(key, {}) if key else attrs).get("selfres") or {}).get("source_resolved")
-            if source:
-                found.setdefault(source, []).append(store.parent.name)
-            break
+        source = store_attrs(store).get("source_resolved")
+        if source:
+            found.setdefault(source, []).append(store.parent.name)
     return found
 
 

@@ -400,3 +400,33 @@ def test_a_train_job_asks_the_cluster_for_its_samples_time_budget(wd):
     _edit_sheet(wd, "b", "mode", "isotropic")
     _edit_sheet(wd, "b", "isotropic.degradation", "learned")  # its GAN stage's 8 min come first
     assert _train_runtimes(wd, "--forcerun", "train")["b"] == 60 + 14
+
+
+def test_an_acquisition_replaced_by_an_older_file_restores_its_sample_again(wd):
+    """`cp -p` or `rsync -a` of a file made before the last run: its time is older than the
+    sample's outputs, so Snakemake saw nothing to do and the sample kept the old file's results.
+    The workflow compares the file with what its normalised copy recorded, dates that copy
+    before the file, and the sample's chain reruns — once."""
+    import os
+
+    from workdir import write_tiny_tiff
+
+    from selfres.io import file_checksum, read_ome_zarr
+
+    raw = wd / "data" / "a.tif"
+    write_tiny_tiff(raw, seed=7)
+    old = (wd / "results" / "a" / "normalized.ome.zarr" / ".snakemake_timestamp").stat().st_mtime_ns - 3600 * 10**9
+    os.utime(raw, ns=(old, old))
+    dry = run_snakemake(wd, "-n")
+    assert dry.returncode == 0 and "Nothing to be done" in dry.stdout + dry.stderr
+    assert "sample 'a': its acquisition data/a.tif is not the file its normalised copy was made from" in dry.stderr
+    assert "the next run restores the sample again" in dry.stderr
+    proc = run_snakemake(wd)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "this run restores the sample again from the file now there" in out
+    assert {(j["rule"], j["sample"]) for j in parse_snakemake_log(out)["jobs"]} == _from("normalise", "a")
+    attrs = read_ome_zarr(wd / "results" / "a" / "normalized.ome.zarr", lazy=True).attrs
+    assert attrs["source_checksum"] == file_checksum(raw)
+    assert _jobs(wd) == set()
+    assert "is not the file" not in run_snakemake(wd, "-n").stderr

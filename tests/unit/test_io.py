@@ -1410,6 +1410,38 @@ def test_a_normalised_store_knows_the_acquisition_it_was_made_from(tmp_path):
     assert not made_from(tmp_path / "missing.ome.zarr", str(tmp_path / "data" / "a.tif"))
 
 
+@pytest.mark.parametrize("ngff_version", ["0.4", "0.5"])
+def test_an_acquisition_replaced_by_an_older_file_is_told_from_the_one_its_copy_was_made_from(tmp_path, ngff_version):
+    """`cp -p` / `rsync -a` of a file made before the last run: Snakemake sees no newer input, so
+    the normalised copy records the file's size and time and the workflow compares them."""
+    import os
+
+    import tifffile
+
+    from selfres import pipeline
+    from selfres.provenance import date_before, output_mtime_ns, replaced_by_an_older_file
+
+    raw = tmp_path / "a.tif"
+    tifffile.imwrite(raw, np.random.default_rng(0).random((4, 16, 16)).astype(np.float32), imagej=True,
+                     metadata={"axes": "ZYX"})
+    store = tmp_path / "n.ome.zarr"
+    pipeline.stage_normalise(str(raw), store, sample="a", voxel_size=(1.0, 0.5, 0.5), ngff_version=ngff_version)
+    (store / ".snakemake_timestamp").touch()  # as Snakemake dates a folder output after its job
+    assert replaced_by_an_older_file(store, raw) is None  # the same file
+    made = output_mtime_ns(store)
+    os.utime(raw, ns=(made + 10**9, made + 10**9))  # touched (newer): Snakemake reruns it itself
+    assert replaced_by_an_older_file(store, raw) is None
+    tifffile.imwrite(raw, np.random.default_rng(1).random((4, 16, 24)).astype(np.float32), imagej=True,
+                     metadata={"axes": "ZYX"})
+    os.utime(raw, ns=(made - 86400 * 10**9, made - 86400 * 10**9))  # another file, a day older
+    told = replaced_by_an_older_file(store, raw)
+    assert told and told.startswith(f"{raw} is not the file its normalised copy was made from")
+    assert replaced_by_an_older_file(store, tmp_path / "gone.tif") is None  # archived: goes on from its copy
+    assert replaced_by_an_older_file(tmp_path / "none.ome.zarr", raw) is None
+    date_before(store, os.stat(raw).st_mtime_ns)  # what the workflow does: Snakemake then reruns it
+    assert output_mtime_ns(store) < os.stat(raw).st_mtime_ns
+
+
 def test_a_bioformats2raw_store_reads_each_of_its_series(tmp_path):
     """`bioformats2raw scan.czi scan.ome.zarr`, the conversion selfres's own error line gives for
     a vendor file, writes a root group marked bioformats2raw.layout with one OME-Zarr image per

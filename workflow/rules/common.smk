@@ -22,6 +22,7 @@ except ImportError:  # snakemake run from an env without the package: use the ch
 from selfres.errors import ConfigError as _ConfigError, SelfresError as _SelfresError
 from selfres.formats import denied_path as _denied_path, missing_path_hint as _missing_path_hint, unread_format as _unread_format
 import selfres.settings as _settings
+from selfres.provenance import date_before as _date_before, replaced_by_an_older_file as _replaced_by_an_older_file
 from selfres.settings import settings_sections
 
 
@@ -412,6 +413,14 @@ if workflow.is_main_process:
         elif _s in _CHOICE_PROBLEMS:  # a two-channel file without a channel: said now, not after the night
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: {_CHOICE_PROBLEMS[_s]}; that "
                   "sample fails at normalise; with --keep-going, as the profiles set, the others go on",
+                  file=sys.stderr)
+        elif _declared(_cell(_s, "path")) and (
+                _replaced := _replaced_by_an_older_file(f"{R}/{_s}/normalized.ome.zarr", _cell(_s, "path"))):
+            # cp -p / rsync -a of an older file: dated before it, the normalised copy is made again
+            if _is_a_run():
+                _date_before(f"{R}/{_s}/normalized.ome.zarr", os.stat(_cell(_s, "path")).st_mtime_ns)
+            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_replaced}; "
+                  f"{'this' if _is_a_run() else 'the next'} run restores the sample again from the file now there",
                   file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist"

@@ -53,12 +53,24 @@ def safe_id(name: str) -> str:
     '2026-11-30_mouse_3'
     >>> safe_id("/data/Logs.tif")
     'Logs_sample'
+
+    The other ids a sheet's row may not have are made into ones it may, for the same reason: a
+    name longer than :data:`selfres.sheet.MAX_SAMPLE_ID_LENGTH` is cut, with 8 hex digits of
+    its SHA-1 appended (two long names that differ only at their end stay apart), and one
+    ending in a part repeated 20 times or more (which Snakemake refuses for every sample,
+    ``img_0000000000000000000000.tif``) gets ``_sample`` appended.
     """
-    from .sheet import results_root_name
+    import hashlib
+
+    from .sheet import MAX_SAMPLE_ID_LENGTH, periodic_end, results_root_name
 
     stem = _EXT_RE.sub("", os.path.basename(os.path.normpath(name)))
     sid = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).lstrip("._-") or "sample"
-    return f"{sid}_sample" if results_root_name(sid) else sid
+    if results_root_name(sid) or periodic_end(sid):
+        sid = f"{sid}_sample"
+    if len(sid) > MAX_SAMPLE_ID_LENGTH:
+        sid = f"{sid[:MAX_SAMPLE_ID_LENGTH - 9]}_{hashlib.sha1(sid.encode()).hexdigest()[:8]}"
+    return sid
 
 
 def last_change(path: str | os.PathLike) -> float:

@@ -543,6 +543,12 @@ def snakemake_pattern_problem(path: str) -> str | None:
             "in a job's input; rename the file (or folder) without '{', '}' and '<name>'")
 
 
+def periodic_end(sample_id: str) -> bool:
+    """Whether an id ends in one part repeated 20 times or more, which Snakemake's wildcard
+    matching refuses for every sample of the run (``PeriodicWildcardError``)."""
+    return bool(_PERIODIC_END.search(sample_id))
+
+
 def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "", who: str | None = None,
                      config_settings: Mapping | None = None, config_schema: Mapping | None = None) -> None:
     """Refuse one sample row (sheet line or inbox acquisition) that would fail its jobs.
@@ -566,7 +572,7 @@ def check_sample_row(row: Mapping[str, str], *, validator=None, where: str = "",
         raise ConfigError(f"{where}the sample id is {len(row['sample'])} characters long; at most "
                           f"{MAX_SAMPLE_ID_LENGTH} are allowed (the files written for it add to its length, and a "
                           "file name has at most 255 bytes): give it a shorter id")
-    if _PERIODIC_END.search(row["sample"]):
+    if periodic_end(row["sample"]):
         raise ConfigError(f"{where}the sample id ends in one part repeated 20 times or more, which Snakemake "
                           "refuses for every sample of the run (PeriodicWildcardError): give it another id")
     if validator is not None:

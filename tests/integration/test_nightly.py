@@ -55,6 +55,26 @@ def test_safe_id(name, sid):
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", safe_id(name))
 
 
+@pytest.mark.parametrize("name", ["img_" + "0" * 25 + ".tif", "run" + "ab" * 30 + ".tif", "x" * 210 + ".tif",
+                                  "y" * 300 + "_0001.ome.tif", "z" * 193 + "0" * 20 + ".tif"],
+                         ids=["periodic", "periodic-pairs", "long", "longer", "long-and-periodic"])
+def test_an_inbox_file_name_always_makes_an_id_a_sheet_row_may_have(name):
+    """A file name of 200 characters and more, or ending in one part repeated 20 times (which
+    Snakemake refuses for every sample): its inbox row was refused, and that stopped every
+    night's run, fail_alone or not, until someone renamed the file."""
+    from selfres.sheet import MAX_SAMPLE_ID_LENGTH, inbox_table, periodic_end
+
+    sid = safe_id(name)
+    assert len(sid) <= MAX_SAMPLE_ID_LENGTH and not periodic_end(sid)
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", sid)
+    assert list(inbox_table([{"sample": sid, "path": f"/in/{name}"}], {})["sample"]) == [sid]
+
+
+def test_long_inbox_file_names_that_differ_only_at_their_end_make_two_ids():
+    first, second = safe_id("cell_" + "a" * 250 + "_t1.tif"), safe_id("cell_" + "a" * 250 + "_t2.tif")
+    assert first != second and first[:190] == second[:190]
+
+
 def _later(seconds=10_000):
     return time.time() + seconds
 

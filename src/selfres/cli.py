@@ -336,6 +336,15 @@ def _check_replaceable(flag: str, folder: Path, *, model: bool) -> None:
                           "whole: give a new path, or remove that folder yourself if it is to go (it is left as it is)")
 
 
+#: What else lowers a stage's memory, after "give the job more memory" (an out-of-memory exit)
+_MEMORY_ADVICE = {
+    "train": ", or lower fov.max_voxels",
+    "adopt": ", or lower fov.max_voxels",
+    "infer": ", or lower infer.tile_size",
+    "restore": ", or lower fov.max_voxels or infer.tile_size",
+}
+
+
 #: How torch's allocators say they are out of memory (a RuntimeError, not a MemoryError):
 #: "DefaultCPUAllocator: can't allocate memory", "CUDA out of memory"
 _ALLOCATOR_REFUSALS = ("can't allocate memory", "out of memory")
@@ -663,8 +672,12 @@ def _run_reporting(args, sample, prefix) -> int:
               file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
     except MemoryError as exc:
-        why = " ".join(str(exc).split()) or "reduce infer.tile_size or fov.max_voxels"
-        print(f"ERROR: {prefix}out of memory; {why}", file=sys.stderr)
+        why = " ".join(str(exc).split())
+        if why and not why.startswith("Unable to allocate"):  # selfres's own: what ran out, and the remedy
+            print(f"ERROR: {prefix}out of memory; {why}", file=sys.stderr)
+        else:  # numpy's "Unable to allocate 122. MiB for an array with shape …", or nothing
+            print(f"ERROR: {prefix}out of memory{f' ({why})' if why else ''}; give the job more memory (the "
+                  f"profile's mem_mb, ulimit -v){_MEMORY_ADVICE.get(args.command, '')}", file=sys.stderr)
         return 3
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: still one line for the summary
         if isinstance(exc, RuntimeError) and any(what in str(exc).lower() for what in _ALLOCATOR_REFUSALS):

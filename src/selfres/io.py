@@ -292,6 +292,8 @@ def _finish(path: str, arr, *, lazy: bool, cast: bool = True) -> tuple[Any, np.d
     if isinstance(arr, da.Array):
         try:
             arr = arr.compute()
+        except MemoryError:  # the job's memory, not the file: said as such (cli: exit 3)
+            raise
         except Exception as exc:  # noqa: BLE001 - library errors become InputError
             raise InputError(path, f"cannot read its data ({_describe(exc)})") from exc
     with np.errstate(over="ignore"):  # float64 beyond float32's range: reported below
@@ -678,7 +680,7 @@ def _read_tiff(path: str, *, channel: int | None, lazy: bool, cast: bool = True,
                     arr = da.from_zarr(_tiff_as_zarr(store))
                 else:
                     arr = series.asarray()
-            except ConfigError:
+            except (ConfigError, MemoryError):  # a MemoryError is the job's memory, not the file
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise InputError(path, f"is truncated or corrupt ({_describe(exc)})") from exc

@@ -210,6 +210,8 @@ def stage_normalise(
         over_lazy = (over.sum(), np.where(over, abs(data), 0).max())  # dask, as data is
     try:  # one pass over the input, chunk by chunk
         vmin, vmax, sat_value, bad, beyond = dask.compute(data.min(), data.max(), sat_lazy, bad_lazy, over_lazy)
+    except MemoryError:  # the job's memory, not the file: said as such (cli: exit 3)
+        raise
     except Exception as exc:  # noqa: BLE001 - library errors become InputError
         raise InputError(input_path, f"cannot read its data ({exc})", sample=sample) from exc
     if beyond is not None and int(beyond[0]):  # finite in the file, past what the float32 stages hold

@@ -194,6 +194,37 @@ def test_corrupt_weights_are_refused_by_checksum_with_advice(normalized, tmp_pat
     assert len(list(tmp_path.glob("model.corrupt-*/weights.safetensors"))) == 1
 
 
+def test_normalise_out_of_memory_is_said_as_such_not_as_a_bad_file(tmp_path, monkeypatch, capsys):
+    """numpy's MemoryError while the acquisition is scanned was caught as a library error and
+    reported as "a.tif: cannot read its data (Unable to allocate …)", exit 2: the user was
+    sent to a good file. It is the job's memory: exit 3, and what to give it. The eager readers
+    (a whole series, a dask array computed) let it through too."""
+    import dask
+    import tifffile
+
+    raw = write_tiny_tiff(tmp_path / "a.tif")
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 122. MiB for an array with shape (4000, 4000) and data type float64")
+
+    with monkeypatch.context() as m:
+        m.setattr(dask, "compute", no_memory)  # the normalise stage's one pass over the volume
+        rc = cli.main(["--log-level", "ERROR", "normalise", str(raw), "-o", str(tmp_path / "n.ome.zarr"),
+                       "--sample", SAMPLE])
+    msg = _only_error_line(capsys.readouterr().err)
+    assert rc == 3, msg
+    assert msg.startswith(f"ERROR: sample '{SAMPLE}': out of memory (Unable to allocate 122. MiB"), msg
+    assert "give the job more memory" in msg and "cannot read" not in msg
+    assert not (tmp_path / "n.ome.zarr").exists()
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_memory)
+    with pytest.raises(MemoryError):
+        io.read_volume(raw, lazy=False)
+    monkeypatch.undo()
+    monkeypatch.setattr("dask.array.Array.compute", no_memory)
+    with pytest.raises(MemoryError):
+        io._finish(str(raw), io.da.zeros((2, 8, 8), dtype="uint16"), lazy=False)
+
+
 def test_inference_that_cannot_fit_in_host_memory_is_one_error_line_with_the_remedy(normalized, tmp_path,
                                                                                     monkeypatch, capsys):
     import selfres.infer as infer

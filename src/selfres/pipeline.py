@@ -309,6 +309,8 @@ def planned_output_shape(path: str | Path, *, mode: str, scale: Sequence[int] = 
         return None
     try:
         vs = tuple(voxel_size) if voxel_size else image["voxel_size"]
+        if not voxel_size and vs is not None and voxel_size_problem(vs):
+            vs = None  # a unit mistake in the metadata: taken as unknown, as stage_normalise does
         factors = tuple(int(f) for f in scale)
         factor = check_volume_for_mode(image["shape"], vs, mode=mode, factors=factors, path=str(path))
     except (InputError, ConfigError, ValueError):

@@ -687,6 +687,16 @@ def test_an_input_whose_metadata_gives_a_voxel_of_centimetres_is_normalised_with
     assert io.read_ome_zarr(tmp_path / "m.ome.zarr").voxel_size == pytest.approx((2.0, 0.5, 0.5))
     io.write_ome_zarr(tmp_path / "fine.ome.zarr", np.zeros((4, 8, 8), np.float32), voxel_size=(2.5e-7,) * 3)
     assert io.read_ome_zarr(tmp_path / "fine.ome.zarr").voxel_size == pytest.approx((2.5e-7,) * 3)
+    # the output grid said at the start of a run (a reference's check) takes it as unknown too:
+    # an isotropic grid of 40000 planes was planned from the 2 cm step, while crop refuses the sample
+    # (metres written as µm: 1e-6 per z step, 2e-7 per pixel; planned: 5 times as many planes)
+    big = tmp_path / "m_big.tif"
+    tifffile.imwrite(big, np.random.default_rng(0).integers(0, 1000, (16, 64, 64), dtype=np.uint16), imagej=True,
+                     resolution=(5e6, 5e6), metadata={"spacing": 1e-6, "unit": "um", "axes": "ZYX"})
+    assert io.describe_acquisition(big)[0]["voxel_size"] == pytest.approx((1e-6, 2e-7, 2e-7))
+    assert pipeline.planned_output_shape(big, mode="isotropic") is None
+    assert pipeline.planned_output_shape(big, mode="isotropic", voxel_size=(1.0, 0.5, 0.5)) == (32, 64, 64)
+    assert pipeline.planned_output_shape(big, mode="enhance", scale=(1, 2, 2)) == (16, 128, 128)
 
 
 @pytest.mark.parametrize("meta, shape, voxel_size, message", [

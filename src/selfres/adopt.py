@@ -242,7 +242,6 @@ def _fmt_sigma(value) -> str:
 
 def adopt_isotropic(
     model: torch.nn.Module,
-    spec,
     meta: dict,
     vol,
     fov,

@@ -41,7 +41,6 @@ __all__ = [
     "add_noise",
     "blur",
     "degrade",
-    "downscale",
     "downscale_cubic",
     "gaussian_sigma_from_optics",
     "keys_cubic",
@@ -405,8 +404,6 @@ def upscale_cubic(x: Any, factors: Sequence[float]) -> Any:
     out = tuple(int(round(n * f)) for n, f in zip(x.shape[-len(fs):], fs))
     return resize_axes(x, out, scale=tuple(float(f) for f in fs), antialias=False)
 
-
-downscale = downscale_cubic  # name used in docs/design.md
 
 
 # ----------------------------------------------------------------------------------

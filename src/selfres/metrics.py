@@ -14,7 +14,7 @@ Contents
 - :func:`decorrelation_resolution`, :func:`resolution_lateral_axial`,
   :func:`isotropy` (resolution without ground truth, after Descloux, Grußmayer &
   Radenovic, *Nat. Methods* 16:918, 2019).
-- :func:`axial_spectrum`, :func:`lateral_spectrum` (for reports).
+- :func:`axial_spectrum` (for reports), :func:`lateral_spectrum`.
 """
 
 from __future__ import annotations

@@ -568,7 +568,7 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu"
         raise InputError(w_path, f"the weights do not match the architecture in "
                                  f"model.json ({exc})") from exc
     meta = info.get("metadata") or {}
-    if meta.get("factors"):  # enhance: the self-ensemble rotates only a model trained with rotations
+    if meta.get("factors"):  # enhance: the self-ensemble rotates only where a rotation keeps the task the same
         model.lateral_rotations = lateral_rotations(meta["factors"], meta.get("voxel_size_in"))
     return model.to(device).eval(), spec, info
 

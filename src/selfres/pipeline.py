@@ -773,7 +773,7 @@ def stage_adopt(
     check_model_source(source_model, sample=sample)
     settings, dev, vol, _, fov = _model_stage_inputs(normalized, fov_json, sample=sample, mode=mode,
                                                      settings=settings, device=device, threads=threads)
-    model, spec, meta = load_trained(source_model, move_damaged_aside=source_is_output)
+    model, _, meta = load_trained(source_model, move_damaged_aside=source_is_output)
     source = meta.get("sample") or str(source_model)
     if meta.get("mode") != mode:
         raise ConfigError(f"sample {sample!r}: model_from {source!r} is an {meta.get('mode')} model, this sample is "
@@ -787,7 +787,7 @@ def stage_adopt(
         if (meta.get("isotropic") or {}).get("degradation") == "learned":
             degrader = _checked_model_folder(source_model, lambda d: load_degrader(d, meta, device=dev),
                                              move_aside=source_is_output)
-        new_meta = adopt_isotropic(model.to(dev), spec, meta, vol, fov, sample=sample, factor=factor,
+        new_meta = adopt_isotropic(model.to(dev), meta, vol, fov, sample=sample, factor=factor,
                                    guard_margin_db=settings.train.guard_margin_db, degrader=degrader, device=dev)
     else:
         factors = tuple(int(f) for f in (scale or DEFAULT_SCALE))
@@ -872,11 +872,6 @@ def trained_description(model_dir: str | Path) -> dict:
     return info
 
 
-def trained_metadata(model_dir: str | Path) -> dict:
-    """The training metadata of a sample model (``model.json``'s ``metadata``): :func:`trained_description`."""
-    return trained_description(model_dir).get("metadata", {})
-
-
 def load_trained(model_dir: str | Path, *, move_damaged_aside: bool = True):
     """(model, spec, metadata) of a trained sample model (``move_damaged_aside``: see
     :func:`_checked_model_folder`)."""
@@ -898,7 +893,7 @@ def load_trained(model_dir: str | Path, *, move_damaged_aside: bool = True):
         raise InputError(Path(model_dir) / "model.json", f"invalid model description: it says factors "
                          f"{tuple(meta['factors'])}, its network restores by {tuple(net_factors)}; delete the model "
                          f"folder {model_dir} and rerun to retrain it")
-    if meta.get("factors"):  # enhance: rotated in the self-ensemble only if trained (and now run) with rotations
+    if meta.get("factors"):  # enhance: the self-ensemble rotates only where a rotation keeps the task (and did in training)
         model.lateral_rotations = all(
             models.lateral_rotations(meta["factors"], vs)
             for vs in (meta.get("voxel_size_in"), (meta.get("adopted_from") or {}).get("voxel_size_in")))

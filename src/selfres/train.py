@@ -759,7 +759,7 @@ def train_enhance(
         residual=settings.residual, dims=2 if train_volume.shape[0] == 1 else 3,
     )
     model = models.build_model(spec).to(device)
-    model.lateral_rotations = lateral_iso  # the self-ensemble rotates only a model trained with rotations
+    model.lateral_rotations = lateral_iso  # the self-ensemble rotates only where a rotation keeps the task the same
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
     gen = torch.Generator().manual_seed(settings.seed)
     sampler = PatchSampler(

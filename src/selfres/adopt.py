@@ -41,6 +41,7 @@ from .train import (
     psf_scaled_targets,
     psf_target_blur_px,
     psnr01,
+    acquisition_noise_given,
     resolve_noise_match,
 )
 
@@ -162,7 +163,9 @@ def adopt_enhance(
         model=model, spec=None, best_step=int(meta.get("best_step") or 0) if not meta.get("serial") else int(learned),
         steps_done=0, seconds=0.0, stop_reason="adopted", val_psnr_model=psnr01(target, network, data_range),
         val_psnr_interp=psnr01(target, interp, data_range), holdout=(target, low, interp), settings=trained,
-        noise=noise_info, acquisition_noise=noise.NoiseLevel(*measured.as_list(), bins=measured.bins),
+        noise=noise_info, acquisition_noise=(  # a top-up the source's config set by hand: the level it implies
+            (acquisition_noise_given(train_volume, factors, trained, voxel_size) if noise_info is None else None)
+            or noise.NoiseLevel(*measured.as_list(), bins=measured.bins)),
         coarse_scale_failed=bool(meta.get("coarse_scale_failed")),  # the source's training: the same mapping
     )
     if not learned and not meta.get("serial"):

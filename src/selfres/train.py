@@ -126,6 +126,32 @@ def make_degradation(
     )
 
 
+def noise_kept(train_volume: np.ndarray, factors: Sequence[int], settings: TrainSettings,
+               voxel_size: Sequence[float] | None) -> float:
+    """The fraction of white-noise variance that making a training input keeps (PSF-scaled
+    target blur, then ``D``): :func:`selfres.noise.variance_kept` of that operator."""
+    import dataclasses
+
+    fs = tuple(int(f) for f in factors)
+    clean = make_degradation(dataclasses.replace(settings.degradation, noise="none"), voxel_size=voxel_size)
+    blur = psf_target_blur_px(settings.psf_sigma_um, fs, voxel_size)
+    size = (12, 24, 24) if np.asarray(train_volume).shape[0] > 1 else (1, 64, 64)
+    return noise.variance_kept(lambda v: degrade.degrade(psf_scaled_targets(v, blur), fs, clean), fs, size=size)
+
+
+def acquisition_noise_given(train_volume: np.ndarray, factors: Sequence[int], settings: TrainSettings,
+                            voxel_size: Sequence[float] | None) -> noise.NoiseLevel | None:
+    """The acquisition's noise level a hand-set top-up implies (``degradation.noise: match`` with
+    ``noise_variance`` given: the top-up over the share ``1 − kept`` that making an input
+    removes), so that back-projection's shrink holds it too; ``None`` when none is given."""
+    deg = settings.degradation
+    if deg.noise != "match" or deg.noise_variance is None:
+        return None
+    removed = 1.0 - noise_kept(train_volume, factors, settings, voxel_size)
+    slope, floor = (float(v) / max(removed, 1e-6) for v in deg.noise_variance)
+    return noise.NoiseLevel(*noise.NoiseLevel(slope, floor).as_list(), bins=0)
+
+
 def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settings: TrainSettings,
                         voxel_size: Sequence[float] | None, *,
                         level: noise.NoiseLevel | None = None) -> tuple[TrainSettings, dict | None]:
@@ -143,13 +169,8 @@ def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settin
     deg = settings.degradation
     if deg.noise != "match" or deg.noise_variance is not None:
         return settings, None
-    fs = tuple(int(f) for f in factors)
     level = noise.noise_level_function(train_volume) if level is None else level
-    clean = make_degradation(dataclasses.replace(deg, noise="none"), voxel_size=voxel_size)
-    blur = psf_target_blur_px(settings.psf_sigma_um, fs, voxel_size)
-    dims = 2 if np.asarray(train_volume).shape[0] == 1 else 3
-    size = (12, 24, 24) if dims == 3 else (1, 64, 64)
-    kept = noise.variance_kept(lambda v: degrade.degrade(psf_scaled_targets(v, blur), fs, clean), fs, size=size)
+    kept = noise_kept(train_volume, factors, settings, voxel_size)
     top = noise.topup_variance(level, kept)
     # the level itself is model.json's ``acquisition_noise``, recorded whatever the noise setting
     info = {"kept": round(kept, 4), "topup": top.as_list(), "bins": level.bins, "sigma_at": level.sigma_at()}
@@ -734,6 +755,8 @@ def train_enhance(
     factors = tuple(int(f) for f in factors)
     measured = noise.noise_level_function(train_volume)
     acquisition_noise = noise.NoiseLevel(*measured.as_list(), bins=measured.bins)  # as model.json records it
+    # a top-up set by hand (a measured level the estimate misses): back-projection's shrink holds it too
+    acquisition_noise = acquisition_noise_given(train_volume, factors, settings, voxel_size) or acquisition_noise
     settings, noise_info = resolve_noise_match(train_volume, factors, settings, voxel_size, level=measured)
     if settings.x4_strategy == "serial" and serial_split(factors) is not None:
         result = train_serial(train_volume, holdout_volume, factors=factors, settings=settings,

@@ -117,6 +117,29 @@ def test_match_tops_degraded_inputs_up_to_the_acquisitions_noise():
     assert resolve_noise_match(acquisition, factors, off, None) == (off, None)
 
 
+def test_a_top_up_set_by_hand_is_the_level_back_projection_shrinks_by_too():
+    """`noise_variance` given (where the estimate misses a sample's noise, e.g. dense spots of a
+    voxel or two): the held-out input got it, but back-projection's shrink still used the
+    estimate (a review's spots: 0.05 x the true variance at 0.5), so the acquisition's noise went
+    back onto the output. The level it implies (the top-up over the share making an input
+    removes) is now the acquisition's noise of the model."""
+    from selfres.train import acquisition_noise_given, noise_kept
+
+    vol = _poisson_gaussian(blob_volume((8, 48, 48), n=120, sigma=(1.0, 1.2, 1.2)), photons_per_unit=200.0,
+                            read_sigma=0.0)
+    train, held = vol[:, :36], vol[:, 36:]
+    given = DegradationSettings(noise="match", noise_variance=(0.004, 0.0002))
+    s = TrainSettings(steps=2, width=8, depth=1, batch_size=2, patch_size=(4, 16, 16), validate_every=1,
+                      warmup_steps=1, degradation=given)
+    removed = 1.0 - noise_kept(train, (1, 2, 2), s, None)
+    level = acquisition_noise_given(train, (1, 2, 2), s, None)
+    assert (level.slope, level.floor) == pytest.approx((0.004 / removed, 0.0002 / removed), rel=1e-3)
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=s)
+    assert r.settings.degradation.noise_variance == (0.004, 0.0002) and r.noise is None
+    assert (r.acquisition_noise.slope, r.acquisition_noise.floor) == (level.slope, level.floor)
+    assert acquisition_noise_given(train, (1, 2, 2), TrainSettings(), None) is None  # estimated: the estimate
+
+
 def test_training_records_the_top_up_and_scores_the_held_out_pair_made_with_it():
     vol = _poisson_gaussian(blob_volume((8, 48, 48), n=120, sigma=(1.0, 1.2, 1.2)), photons_per_unit=200.0,
                             read_sigma=0.0)

@@ -111,7 +111,7 @@ def store_attrs(store: str | Path) -> dict:
         except (OSError, ValueError):
             continue
         found = (attrs.get(key) or {}) if key else attrs
-        return found.get("selfres") or {} if isinstance(found, dict) else {}
+        return (found.get("selfres") or {}) if isinstance(found, dict) else {}
     return {}
 
 
@@ -159,10 +159,15 @@ def _when(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
-def date_before(folder: str | Path, mtime_ns: int) -> None:
+def date_before(folder: str | Path, mtime_ns: int) -> bool:
     """Date a folder output (its ``.snakemake_timestamp``, made if missing) one second before
-    ``mtime_ns``, so that Snakemake reruns the job that writes it and every job after it."""
+    ``mtime_ns``, so that Snakemake reruns the job that writes it and every job after it; False
+    where it cannot (another account's folder, a read-only file system)."""
     stamp = Path(folder) / ".snakemake_timestamp"
-    stamp.touch()
     when = mtime_ns - 1_000_000_000
-    os.utime(stamp, ns=(when, when))
+    try:
+        stamp.touch()
+        os.utime(stamp, ns=(when, when))
+    except OSError:
+        return False
+    return True

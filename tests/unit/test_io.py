@@ -1601,3 +1601,22 @@ def test_a_file_behind_a_folder_closed_to_this_account_is_not_called_missing(tmp
         os.chown(closed, 0, 0)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.startswith("cannot be reached by this account (permission denied"), probe.stdout
+
+
+def test_store_attributes_are_read_from_its_json_and_an_output_that_cannot_be_dated_says_so(tmp_path, monkeypatch):
+    import os
+
+    from selfres.provenance import date_before, store_attrs
+
+    (tmp_path / "odd.ome.zarr").mkdir()
+    (tmp_path / "odd.ome.zarr" / ".zattrs").write_text("[1, 2]")  # JSON, but not an object
+    assert store_attrs(tmp_path / "odd.ome.zarr") == {}
+    (tmp_path / "v3.ome.zarr").mkdir()
+    (tmp_path / "v3.ome.zarr" / "zarr.json").write_text('{"attributes": {"selfres": {"sample": "a"}}}')
+    assert store_attrs(tmp_path / "v3.ome.zarr") == {"sample": "a"}
+
+    def refused(*args, **kwargs):  # another account's results folder
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "utime", refused)
+    assert date_before(tmp_path / "v3.ome.zarr", 10**18) is False  # the run goes on and says what to do

@@ -417,11 +417,14 @@ if workflow.is_main_process:
         elif _declared(_cell(_s, "path")) and (
                 _replaced := _replaced_by_an_older_file(f"{R}/{_s}/normalized.ome.zarr", _cell(_s, "path"))):
             # cp -p / rsync -a of an older file: dated before it, the normalised copy is made again
-            if _is_a_run():
-                _date_before(f"{R}/{_s}/normalized.ome.zarr", os.stat(_cell(_s, "path")).st_mtime_ns)
-            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_replaced}; "
-                  f"{'this' if _is_a_run() else 'the next'} run restores the sample again from the file now there",
-                  file=sys.stderr)
+            if not _is_a_run():
+                _then = "the next run restores the sample again from the file now there"
+            elif _date_before(f"{R}/{_s}/normalized.ome.zarr", os.stat(_cell(_s, "path")).st_mtime_ns):
+                _then = "this run restores the sample again from the file now there"
+            else:
+                _then = (f"it cannot be dated before it here ({R}/{_s}/normalized.ome.zarr is not writable): "
+                         f"run with --forcerun {R}/{_s}/normalized.ome.zarr")
+            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_replaced}; {_then}", file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist"
                   f"{_missing_path_hint(_cell(_s, 'reference'))}; that "

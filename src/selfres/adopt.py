@@ -33,6 +33,7 @@ from .settings import InferSettings, TrainSettings, from_dict, to_dict
 from .train import (
     SHARE_PROBE_SHAPE,
     TrainResult,
+    acquisition_noise_given,
     central_crop,
     guard_with_extras,
     holdout_pair,
@@ -41,7 +42,6 @@ from .train import (
     psf_scaled_targets,
     psf_target_blur_px,
     psnr01,
-    acquisition_noise_given,
     resolve_noise_match,
 )
 
@@ -137,7 +137,9 @@ def adopt_enhance(
     t0 = time.monotonic()
     factors = tuple(int(f) for f in meta["factors"])
     trained = from_dict(TrainSettings, meta.get("settings") or {})
-    measured = noise.noise_level_function(train_volume)
+    # a top-up the source's config set by hand: the level it implies (nothing measured); else this sample's
+    given = acquisition_noise_given(train_volume, factors, trained, voxel_size) if meta.get("noise") is None else None
+    measured = noise.noise_level_function(train_volume) if given is None else None
     if meta.get("noise") is not None:  # the top-up was estimated on the source: estimate it on this sample
         unresolved = dataclasses.replace(trained.degradation, noise_variance=None)
         trained, noise_info = resolve_noise_match(train_volume, factors,
@@ -163,9 +165,7 @@ def adopt_enhance(
         model=model, spec=None, best_step=int(meta.get("best_step") or 0) if not meta.get("serial") else int(learned),
         steps_done=0, seconds=0.0, stop_reason="adopted", val_psnr_model=psnr01(target, network, data_range),
         val_psnr_interp=psnr01(target, interp, data_range), holdout=(target, low, interp), settings=trained,
-        noise=noise_info, acquisition_noise=(  # a top-up the source's config set by hand: the level it implies
-            (acquisition_noise_given(train_volume, factors, trained, voxel_size) if noise_info is None else None)
-            or noise.NoiseLevel(*measured.as_list(), bins=measured.bins)),
+        noise=noise_info, acquisition_noise=given or measured.recorded(),
         coarse_scale_failed=bool(meta.get("coarse_scale_failed")),  # the source's training: the same mapping
     )
     if not learned and not meta.get("serial"):

@@ -63,6 +63,10 @@ class NoiseLevel:
         """The noise σ at each intensity of :data:`NOISE_AT`, keyed as there."""
         return {key: float(np.sqrt(self.variance(float(key)))) for key in NOISE_AT}
 
+    def recorded(self) -> "NoiseLevel":
+        """This level as ``model.json`` records it (:meth:`as_list`'s rounding), its bins kept."""
+        return NoiseLevel(*self.as_list(), bins=self.bins)
+
     def as_list(self) -> list[float]:
         """``[slope, floor]`` rounded to 4 significant digits (as recorded and used: the last
         bits of an estimate must not change a checkpoint's fingerprint between machines)."""
@@ -396,7 +400,7 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     # that changes little from plane to plane — spots a voxel or two wide, whose in-plane
     # residual the lag test below subtracts with the noise (a review's dense spots of σ 1 px:
     # 0.05 x the true variance at 0.5 in-plane)
-    through_z = vol.shape[0] >= 3
+    through_z = vol.shape[0] >= 3 and white_signature  # the lag test's alone
     if through_z:
         idx = np.unique(np.linspace(1, vol.shape[0] - 2, min(max_planes, vol.shape[0] - 2)).astype(int))
     planes, residuals, across = [], [], []

@@ -149,7 +149,7 @@ def acquisition_noise_given(train_volume: np.ndarray, factors: Sequence[int], se
         return None
     removed = 1.0 - noise_kept(train_volume, factors, settings, voxel_size)
     slope, floor = (float(v) / max(removed, 1e-6) for v in deg.noise_variance)
-    return noise.NoiseLevel(*noise.NoiseLevel(slope, floor).as_list(), bins=0)
+    return noise.NoiseLevel(slope, floor).recorded()
 
 
 def resolve_noise_match(train_volume: np.ndarray, factors: Sequence[int], settings: TrainSettings,
@@ -753,10 +753,11 @@ def train_enhance(
         Stop (as if killed) after this many steps — for tests of resumption.
     """
     factors = tuple(int(f) for f in factors)
-    measured = noise.noise_level_function(train_volume)
-    acquisition_noise = noise.NoiseLevel(*measured.as_list(), bins=measured.bins)  # as model.json records it
-    # a top-up set by hand (a measured level the estimate misses): back-projection's shrink holds it too
-    acquisition_noise = acquisition_noise_given(train_volume, factors, settings, voxel_size) or acquisition_noise
+    # a top-up set by hand (a level the estimate misses): back-projection's shrink holds it too,
+    # and nothing is measured; else the estimate, as model.json records it
+    acquisition_noise = acquisition_noise_given(train_volume, factors, settings, voxel_size)
+    measured = noise.noise_level_function(train_volume) if acquisition_noise is None else None
+    acquisition_noise = acquisition_noise or measured.recorded()
     settings, noise_info = resolve_noise_match(train_volume, factors, settings, voxel_size, level=measured)
     if settings.x4_strategy == "serial" and serial_split(factors) is not None:
         result = train_serial(train_volume, holdout_volume, factors=factors, settings=settings,

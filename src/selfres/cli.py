@@ -687,8 +687,13 @@ def _run_reporting(args, sample, prefix) -> int:
             return 3
         # a full disk says so in its own words to some writers only (tifffile: "36864 requested and
         # 31688 written"; torch.save: "unexpected pos"): the output's file system tells
-        if _errno_in_chain(exc, (errno.ENOSPC, errno.EDQUOT)) or _output_disk_full(args):
+        if _errno_in_chain(exc, (errno.ENOSPC, errno.EDQUOT)):
             print(f"ERROR: {prefix}{_no_space_message(exc, args)}", file=sys.stderr)
+            return 4
+        if _output_disk_full(args):  # most likely the cause, but the error itself is said too (a bug is not hidden)
+            logging.getLogger("selfres").debug("the failure on a full disk", exc_info=exc)
+            print(f"ERROR: {prefix}{_no_space_message(exc, args, said=' '.join(str(exc).split())[:200])}",
+                  file=sys.stderr)
             return 4
         too_large = _errno_in_chain(exc, (errno.EFBIG,))
         if too_large is not None:  # a job's file-size limit (ulimit -f, SGE h_fsize), FAT's 4 GiB
@@ -787,13 +792,16 @@ def _not_writable_message(exc: OSError, args) -> str:
             "(config results, or -o)")
 
 
-def _no_space_message(exc: BaseException, args) -> str:
+def _no_space_message(exc: BaseException, args, said: str = "") -> str:
     """'no space left on device while writing PATH (N GB free on that file system)': the file
-    the error names, else the command's output (zarr's writes name none)."""
+    the error names, else the command's output (zarr's writes name none); ``said``, the error's
+    own words where it did not say ENOSPC, follows ('the error: …')."""
     target = getattr(exc, "filename", None) or getattr(args, "output", None) or ""
     text = f"no space left on device while writing {target}".rstrip()
     free = _free_bytes(target)
-    return text + (f" ({free / 1e9:.2g} GB free on that file system)" if free is not None else "")
+    details = ([f"{free / 1e9:.2g} GB free on that file system"] if free is not None else []) + (
+        [f"the error: {said}"] if said else [])
+    return text + (f" ({'; '.join(details)})" if details else "")
 
 
 def _unexpected(exc: BaseException, args, prefix: str) -> int:

@@ -133,6 +133,8 @@ def test_a_full_disk_that_the_writer_does_not_name_is_still_a_full_disk(tmp_path
     assert cli.main(["--log-level", "ERROR", "normalise", str(src), "-o", str(out), "--sample", SAMPLE]) == 4
     msg = _only_error_line(capsys.readouterr().err)
     assert msg.startswith(f"ERROR: sample '{SAMPLE}': no space left on device while writing {out} (4.1e-06 GB free")
+    # the writer's own words follow: a bug that struck on a full disk is not hidden by it
+    assert msg.endswith(f"; the error: {' '.join(str(failure).split())})"), msg
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 10**11, 9 * 10**11))  # room: a bug
     assert cli.main(["--log-level", "ERROR", "normalise", str(src), "-o", str(out), "--sample", SAMPLE]) == 1
     assert "failed unexpectedly" in capsys.readouterr().err

@@ -227,6 +227,28 @@ def test_normalise_out_of_memory_is_said_as_such_not_as_a_bad_file(tmp_path, mon
         io._finish(str(raw), io.da.zeros((2, 8, 8), dtype="uint16"), lazy=False)
 
 
+@pytest.mark.parametrize("command, stage, advice", [
+    ("infer", "stage_infer", "or lower infer.tile_size"),
+    ("train", "stage_train", "or lower fov.max_voxels"),
+])
+def test_numpys_out_of_memory_in_a_stage_names_that_stages_remedy(tmp_path, monkeypatch, capsys, command, stage,
+                                                                   advice):
+    """numpy's own words ("Unable to allocate …") in train or infer: exit 3, the job's memory,
+    and the setting that makes that stage smaller (only normalise's, which has none, was tested)."""
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 2.00 GiB for an array with shape (512, 1024, 1024) and data type "
+                          "float32")
+
+    monkeypatch.setattr(pipeline, stage, no_memory)
+    args = {"infer": ["infer", "n.ome.zarr", "model", "-o", str(tmp_path / "r.ome.zarr")],
+            "train": ["train", "n.ome.zarr", "fov.json", "-o", str(tmp_path / "model")]}[command]
+    rc = cli.main(["--log-level", "ERROR", *args, "--sample", SAMPLE, "--device", "cpu"])
+    msg = _only_error_line(capsys.readouterr().err)
+    assert rc == 3, msg
+    assert msg.startswith(f"ERROR: sample '{SAMPLE}': out of memory (Unable to allocate 2.00 GiB"), msg
+    assert msg.endswith(f"give the job more memory (the profile's mem_mb, ulimit -v), {advice}"), msg
+
+
 def test_inference_that_cannot_fit_in_host_memory_is_one_error_line_with_the_remedy(normalized, tmp_path,
                                                                                     monkeypatch, capsys):
     import selfres.infer as infer

@@ -70,6 +70,18 @@ def test_an_inbox_file_name_always_makes_an_id_a_sheet_row_may_have(name):
     assert list(inbox_table([{"sample": sid, "path": f"/in/{name}"}], {})["sample"]) == [sid]
 
 
+@pytest.mark.parametrize("length", [200, 201])
+def test_an_inbox_id_is_cut_only_past_the_longest_a_sheet_takes(length):
+    """A name of exactly 200 characters (not periodic) is its own id; one of 201 is cut to 200
+    with a checksum, which the sheet takes (an id of 201 stopped the night)."""
+    from selfres.sheet import MAX_SAMPLE_ID_LENGTH, inbox_table
+
+    stem = "".join("abcdefghij"[(i * 7 + i // 10) % 10] for i in range(length))
+    sid = safe_id(stem + ".tif")
+    assert (sid == stem) == (length <= MAX_SAMPLE_ID_LENGTH) and len(sid) <= MAX_SAMPLE_ID_LENGTH
+    assert list(inbox_table([{"sample": sid, "path": f"/in/{stem}.tif"}], {})["sample"]) == [sid]
+
+
 def test_long_inbox_file_names_that_differ_only_at_their_end_make_two_ids():
     first, second = safe_id("cell_" + "a" * 250 + "_t1.tif"), safe_id("cell_" + "a" * 250 + "_t2.tif")
     assert first != second and first[:190] == second[:190]

@@ -1424,6 +1424,7 @@ def test_an_acquisition_replaced_by_an_older_file_is_told_from_the_one_its_copy_
     raw = tmp_path / "a.tif"
     tifffile.imwrite(raw, np.random.default_rng(0).random((4, 16, 16)).astype(np.float32), imagej=True,
                      metadata={"axes": "ZYX"})
+    first_size = os.stat(raw).st_size
     store = tmp_path / "n.ome.zarr"
     pipeline.stage_normalise(str(raw), store, sample="a", voxel_size=(1.0, 0.5, 0.5), ngff_version=ngff_version)
     (store / ".snakemake_timestamp").touch()  # as Snakemake dates a folder output after its job
@@ -1436,6 +1437,12 @@ def test_an_acquisition_replaced_by_an_older_file_is_told_from_the_one_its_copy_
     os.utime(raw, ns=(made - 86400 * 10**9, made - 86400 * 10**9))  # another file, a day older
     told = replaced_by_an_older_file(store, raw)
     assert told and told.startswith(f"{raw} is not the file its normalised copy was made from")
+    # another acquisition of the same size (the same camera and stack), older: told by its time
+    tifffile.imwrite(raw, np.random.default_rng(2).random((4, 16, 16)).astype(np.float32), imagej=True,
+                     metadata={"axes": "ZYX"})
+    assert os.stat(raw).st_size == first_size
+    os.utime(raw, ns=(made - 2 * 86400 * 10**9,) * 2)
+    assert replaced_by_an_older_file(store, raw)
     assert replaced_by_an_older_file(store, tmp_path / "gone.tif") is None  # archived: goes on from its copy
     assert replaced_by_an_older_file(tmp_path / "none.ome.zarr", raw) is None
     date_before(store, os.stat(raw).st_mtime_ns)  # what the workflow does: Snakemake then reruns it

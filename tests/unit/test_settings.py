@@ -577,6 +577,9 @@ def test_a_train_job_asks_for_its_budgets_half_as_long_again_plus_an_hour():
 
     assert train_job_minutes(parse_settings({}), "enhance") == 66  # 4 min default
     assert train_job_minutes(parse_settings({"train.max_minutes": 300}), "enhance") == 510
+    # a fractional budget rounds up, never a minute short: 60 + ceil(3.75), 60 + ceil(0.75)
+    assert train_job_minutes(parse_settings({"train.max_minutes": 2.5}), "enhance") == 64
+    assert train_job_minutes(parse_settings({"train.max_minutes": 0.5}), "enhance") == 61
     assert train_job_minutes(parse_settings({}), "isotropic") == 66  # analytic: no GAN stage
     learned = parse_settings({"isotropic.degradation": "learned", "isotropic.gan_max_minutes": 10})
     assert train_job_minutes(learned, "isotropic") == 60 + 21

@@ -573,10 +573,14 @@ def _normalised(tmp_path, *, voxel=(1.25, 0.5, 0.5), nz=8, min_holdout_voxels=No
 
 
 @pytest.mark.parametrize("degradation", ["analytic", "learned"])
-def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_path, degradation):
+def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_path, monkeypatch, degradation):
     from selfres import io, pipeline
     from selfres.fov import TrainingFov
 
+    given = []
+    real_restore = iso.restore_isotropic
+    monkeypatch.setattr(iso, "restore_isotropic", lambda *a, **k: given.append(k.get("end_weights")) or
+                        real_restore(*a, **k))
     norm = _normalised(tmp_path)
     s = _tiny(degradation=degradation)
     meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
@@ -621,6 +625,10 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
     sv = iso.self_validation(io.read_ome_zarr(norm), TrainingFov.load(tmp_path / "fov.json"), model, info)
     assert set(sv) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
     assert sv["psnr_model"] == pytest.approx(meta["self_validation"]["psnr_model"], abs=1e-3)
+    # the first and last planes' blend with z-cubic, measured in training, is in model.json and is
+    # what QC's re-score applies (all z-cubic at the ends scores otherwise, unless they were already)
+    assert len(info["end_weights"]) == 5 and all(0.0 <= w <= 1.0 for w in info["end_weights"])
+    assert given and all(g == info["end_weights"] for g in given)  # what inference blends by
     json.dumps(meta)
 
 
@@ -918,3 +926,55 @@ def test_isotropic_inference_logs_progress_with_an_eta(caplog):
     iso.restore_isotropic(_random_model(), _iso_truth((6, 20, 18)), factor=2.0, tile=(7, 9))
     lines = [r.getMessage() for r in caplog.records if "isotropic inference" in r.getMessage()]
     assert lines and "6/6 (100%)" in lines[-1] and "ETA" in lines[-1]
+
+
+def test_end_weights_are_the_least_squares_share_of_the_network_at_each_row_from_an_end():
+    """At the stack's first and last planes the restorer sharpened as in the middle and lost
+    to z-cubic (a review: −0.7 to −5 dB over the first and last 8 of 96 planes while +4 to +5 dB
+    between them). Per row from an end, the held-out slices give the share of the network's
+    output closest to the truth: 1 / overshoot where it overshoots, 0 where it is wrong, 1 where
+    it is right."""
+    rng = np.random.default_rng(0)
+    target = rng.random((6, 40, 30)).astype(np.float32)
+    low = (target + 0.3 * rng.standard_normal(target.shape)).astype(np.float32)
+    gain = np.ones(40, np.float32)
+    gain[:5] = [2.0, 4.0, -1.0, 1.0, 0.5]  # the network's step from its input towards the truth, per row
+    pred = low + gain[None, :, None] * (target - low)
+    w = iso.end_weights([(target, low)], [pred], 2.5)  # ceil(2 · 2.5) = 5 rows
+    assert w == pytest.approx([0.5, 0.25, 0.0, 1.0, 1.0], abs=1e-3)
+    assert len(iso.end_weights([(target[:, :6], low[:, :6])], [pred[:, :6]], 4.0)) == 3  # half a short slice
+
+
+def test_blend_ends_mixes_the_first_and_last_rows_alike_and_leaves_the_middle():
+    restored, interp = np.full((10, 3, 3), 2.0, np.float32), np.zeros((10, 3, 3), np.float32)
+    out = iso.blend_ends(restored, interp, [0.0, 0.5], axis=0)
+    np.testing.assert_allclose(out[:, 0, 0], [0, 1, 2, 2, 2, 2, 2, 2, 1, 0])
+    assert iso.blend_ends(restored, interp, [], axis=0) is restored
+    stack = iso.blend_ends(np.full((2, 6, 4), 2.0, np.float32), np.zeros((2, 6, 4), np.float32), [0.25], axis=-2)
+    np.testing.assert_allclose(stack[1, :, 2], [0.5, 2, 2, 2, 2, 0.5])
+
+
+def test_inference_blends_the_first_and_last_planes_with_z_cubic_by_the_models_weights():
+    vol = np.random.default_rng(3).random((8, 30, 30)).astype(np.float32)
+    model = _random_model()
+    plain = iso.restore_isotropic(model, vol, factor=2.0, tile=(16, 16), progress=False)
+    zcubic = iso.reslice(vol, 2.0)
+    ends = iso.restore_isotropic(model, vol, factor=2.0, tile=(16, 16), progress=False, end_weights=[0.0, 0.0, 0.5])
+    np.testing.assert_allclose(ends[[0, 1, -2, -1]], zcubic[[0, 1, -2, -1]], atol=1e-6)
+    np.testing.assert_allclose(ends[[2, -3]], 0.5 * (plain[[2, -3]] + zcubic[[2, -3]]), atol=1e-5)
+    np.testing.assert_array_equal(ends[3:-3], plain[3:-3])
+    assert not np.allclose(plain[:2], zcubic[:2])
+
+
+def test_the_held_out_rescore_blends_the_ends_as_inference_does(tmp_path):
+    from selfres import io
+    from selfres.fov import TrainingFov
+
+    norm = _normalised(tmp_path)
+    vol, fov = io.read_ome_zarr(norm), TrainingFov.load(tmp_path / "fov.json")
+    meta = {"degradation": iso.AxialDegradation(factor=2.5, sigma_px=1.0, sampling="point").to_dict()}
+    model = _random_model()
+    as_trained = iso.self_validation(vol, fov, model, meta)
+    ends = iso.self_validation(vol, fov, model, dict(meta, end_weights=[0.0] * 5))
+    assert ends["psnr_interp"] == as_trained["psnr_interp"]
+    assert ends["psnr_model"] != pytest.approx(as_trained["psnr_model"], abs=1e-3)

@@ -140,7 +140,10 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "held-out figures say.",
         "Do not use this output. Look at the orthoviews below, rerun the infer step (on "
         "the CPU, or with infer.amp off, if it ran on a GPU) and report it with the infer "
-        "log if it happens again.",
+        "log if it happens again. In isotropic mode an axial blur estimated far too large "
+        "does this too (structure running along z reads as blur; the network then breaks "
+        "it into beads): compare model.json's degradation sigma_px with your optics, and "
+        "give isotropic.axial_sigma_px or the optics, then retrain.",
     ),
     "sensor_defects_not_repaired": (
         "The acquisition has hot or dead camera pixels (single pixels far brighter or darker than "

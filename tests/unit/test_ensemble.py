@@ -99,6 +99,32 @@ def test_ensemble_is_exact_under_tiling_with_unequal_halo():
     np.testing.assert_allclose(tiled, ref, atol=2e-5)
 
 
+class _Reach(nn.Module):
+    """A ×(1,2,2) net whose output reads exactly ``halo`` input voxels (y, x) each side."""
+
+    factors = (1, 2, 2)
+
+    def __init__(self, hy: int, hx: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.halo = (0, hy, hx)
+        self.conv = nn.Conv3d(1, 1, (1, 2 * hy + 1, 2 * hx + 1), padding=(0, hy, hx), bias=False)
+
+    def forward(self, x):
+        return self.conv(x).repeat_interleave(2, 3).repeat_interleave(2, 4)
+
+
+def test_a_rotating_ensemble_of_a_net_reaching_farther_in_x_than_in_y_tiles_exactly():
+    """A 90° member swaps y and x: the ensemble's halo is the larger of the two on both (a
+    net of halo (0, 1, 3) tiled with seams of 3e-2 without it; the built-in nets' are equal)."""
+    vol = blob_volume((2, 14, 16), seed=2)
+    with torch.no_grad():
+        ens = SelfEnsemble(_Reach(1, 3))
+        assert ens.halo[1] == ens.halo[2] == 3
+        ref = predict_single_pass(ens, vol, factors=(1, 2, 2))
+        np.testing.assert_allclose(predict_array(ens, vol, factors=(1, 2, 2), tile_size=(2, 7, 8)), ref, atol=1e-5)
+
+
 def test_ensemble_of_a_trained_like_model_improves_or_matches_the_mean_member():
     # averaging the members cannot be worse than their mean error (convexity of the MSE)
     hr = blob_volume((8, 32, 32), seed=4)
@@ -262,6 +288,23 @@ def test_serial_models_compose_factors_and_halo_and_tile_exactly():
     ref = predict_single_pass(s, vol, factors=(1, 4, 4))
     tiled = predict_array(s, vol, factors=(1, 4, 4), tile_size=(2, 6, 7))
     np.testing.assert_allclose(tiled, ref, atol=5e-5)
+
+
+def test_a_serial_second_stage_with_a_tight_halo_tiles_exactly():
+    """The second stage's halo in the first stage's input voxels rounds up (3 fine voxels at ×2
+    are 2 coarse ones, not 1: seams of 0.29 otherwise)."""
+    class Nearest(nn.Module):
+        factors, halo = (1, 2, 2), (0, 0, 0)
+
+        def forward(self, x):
+            return x.repeat_interleave(2, 3).repeat_interleave(2, 4)
+
+    vol = blob_volume((2, 12, 14), seed=6)
+    with torch.no_grad():
+        s = Serial(Nearest(), _Reach(3, 3))
+        assert s.halo == (0, 2, 2)
+        ref = predict_single_pass(s, vol, factors=(1, 4, 4))
+        np.testing.assert_allclose(predict_array(s, vol, factors=(1, 4, 4), tile_size=(2, 6, 7)), ref, atol=1e-5)
 
 
 def test_wrap_is_the_model_itself_when_nothing_is_asked_and_handles_2d_batches():

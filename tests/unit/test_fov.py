@@ -161,3 +161,48 @@ def test_a_held_out_slab_of_empty_background_is_taken_along_the_other_lateral_ax
     assert vol[tuple(slice(a, b) for a, b in fov.holdout)].std() > 0
     busy = rng.random((8, 96, 64)).astype(np.float32)
     assert choose_training_fov(busy, max_voxels=8 * 32 * 32, min_holdout_voxels=512).reason.count("axis y") == 1
+
+
+def test_boxes_sharing_one_voxel_overlap_and_boxes_that_touch_do_not():
+    """The check that keeps the held-out region out of the training FOV (a file with a shared
+    row was accepted by a mutant the other tests, which call this same function, missed)."""
+    train = ((0, 4), (0, 10), (0, 10))
+    assert boxes_overlap(train, ((0, 4), (9, 20), (0, 10)))
+    assert not boxes_overlap(train, ((0, 4), (10, 20), (0, 10)))
+    assert boxes_overlap(((3, 4), (0, 1), (0, 1)), ((0, 4), (0, 10), (0, 10)))
+
+
+def test_a_held_out_slab_is_rounded_up_to_the_factor_and_keeps_its_minimum():
+    """A slab length the factor does not divide is rounded up, not down: rounding was all that
+    kept the region at min_holdout_voxels (3840 voxels for a minimum of 4096 without it)."""
+    fov = choose_training_fov(blob_volume((4, 80, 60), n=60), multiple=(1, 4, 4), min_holdout_voxels=4096)
+    shape = box_shape(fov.holdout)
+    assert np.prod(shape) >= 4096 and all(n % m == 0 for n, m in zip(shape, (1, 4, 4)))
+
+
+def test_the_training_part_beside_a_held_out_slab_is_at_least_8_voxels_wide():
+    with pytest.raises(InputError, match="too small"):
+        choose_training_fov(blob_volume((64, 10, 9), n=60), min_holdout_voxels=256)
+
+
+def test_the_binned_search_of_a_large_volume_keeps_windows_multiples_of_the_factor(monkeypatch):
+    from selfres import fov as fov_module
+
+    monkeypatch.setattr(fov_module, "BINNED_SCORE_VOXELS", 1000)  # a small volume searched as a large one
+    fov = choose_training_fov(blob_volume((4, 90, 90), n=100), multiple=(1, 3, 3), min_holdout_voxels=256,
+                              max_voxels=4 * 45 * 45)
+    for box in (fov.train, fov.holdout):
+        assert all(n % m == 0 for n, m in zip(box_shape(box), (1, 3, 3))), box
+
+
+def test_the_crops_held_out_size_check_judges_the_window_training_takes():
+    """`held_out_window_shape` (the crop's size check) must be the shape `choose_training_fov`
+    takes beside a sheet's training FOV, or the check judges another region."""
+    from selfres.fov import held_out_window_shape, holdout_region_beside
+
+    vol = blob_volume((16, 64, 64), n=100)
+    fov = choose_training_fov(vol, training_fov="0:16,0:40,0:64", max_voxels=8000, min_holdout_voxels=4096)
+    region = holdout_region_beside(vol.shape, fov.train, training_fov="0:16,0:40,0:64", min_holdout_voxels=4096,
+                                   min_holdout_shape=(1, 1, 1))
+    assert list(held_out_window_shape(region, max_voxels=8000, min_holdout_voxels=4096, multiple=(1, 1, 1))) == \
+        box_shape(fov.holdout)

@@ -364,6 +364,14 @@ def test_store_layout_requires_tiles_to_own_whole_write_units(chunks, shards, ok
             store_layout((8, 32, 32), **args)
 
 
+def test_a_single_tile_along_an_axis_needs_no_chunk_dividing_it():
+    """z holds one tile (the whole of z): its chunks need not divide the tile (a mutation review)."""
+    from selfres.infer import store_layout
+
+    shape, chunks, _ = store_layout((10, 256, 256), factors=(2, 2, 2), tile_size=(32, 128, 128), chunks=(8, 128, 128))
+    assert shape == (20, 512, 512) and chunks == (8, 128, 128)
+
+
 def _job(tmp_path, model, vol, final, *, tile_size=(3, 8, 8), **kw):
     from selfres.infer import infer_to_store
 
@@ -837,6 +845,28 @@ def test_fit_pass_tile_is_one_tile_off_cuda():
                          amp=True) == (10, 128, 60)
 
 
+def test_a_fitted_gpu_pass_stays_under_the_hosts_share_and_the_activation_cap(monkeypatch):
+    """Planned without a GPU: the probe's figures are in the model's cache and the free GPU
+    memory is faked (60 GiB). A job of 1 GiB (Slurm --mem) holds a pass's output on the host:
+    the pass stays under what it can take, and under the activation cap whatever the budget."""
+    import selfres.infer as infer_mod
+
+    model = _random_model(ModelSpec(arch="resnet3d", factors=(2, 2, 2), width=16, depth=2))
+    tile, shape, cuda = (32, 128, 128), (256, 1024, 1024), torch.device("cuda")
+    padded = tuple(t + 2 * h for t, h in zip(tile, model.halo))
+    monkeypatch.setattr(infer_mod, "gpu_memory_budget", lambda device, fraction: 60 * 2**30)
+    model.__dict__["_selfres_pass_bytes"] = {(padded, False, str(cuda)): (400.0, 64.0)}  # bytes, widest per voxel
+
+    def padded_voxels(p):
+        return math.prod(a + 2 * h for a, h in zip(p, model.halo))
+
+    host = infer_mod.gpu_pass_host_limit((2, 2, 2), available=2**30)
+    small = infer_mod.fit_pass_tile(model, tile_size=tile, shape=shape, device=cuda, amp=False, host_voxels=host)
+    assert padded_voxels(small) <= host
+    roomy = infer_mod.fit_pass_tile(model, tile_size=tile, shape=shape, device=cuda, amp=False)
+    assert padded_voxels(roomy) <= infer_mod.pass_voxel_cap(64.0) < padded_voxels(shape)
+
+
 def test_a_wide_network_gets_smaller_gpu_passes():
     """The paper's net at ×4 holds 1024 channels per input voxel before its pixel shuffle: an
     8 M-voxel pass would hold 2³³ elements, past the 32-bit indexing some kernels use."""
@@ -1212,3 +1242,36 @@ print(outside, inside, mapped(512 * 2**20))
     if out.returncode and "mallinfo2" in out.stderr:
         pytest.skip("glibc without mallinfo2")
     assert out.stdout.split() == ["1", "0", "1"], out.stderr
+
+
+def test_a_gather_refuses_a_tile_damaged_after_its_block_recorded_it(tmp_path):
+    """A block wrote and recorded its tiles; one was overwritten afterwards (a torn chunk, another
+    job writing there): the gather checks each tile against its record and refuses, rather than
+    commit a store holding it (a mutation review: trusting the records committed 768 voxels of -1)."""
+    import zarr
+
+    from selfres.errors import SelfresError
+
+    model = build_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1)).eval()
+    vol = blob_volume((6, 20, 24))
+    final = tmp_path / "many.ome.zarr"
+    _job(tmp_path, model, vol, final, step="prepare", blocks=3)
+    for b in range(3):
+        _job(tmp_path, model, vol, final, step="block", block=b, blocks=3)
+    zarr.open_array(str(tmp_path / ".many.ome.zarr.partial" / "0"), mode="r+")[0:3, 0:16, 0:16] = -1.0
+    with pytest.raises(SelfresError, match=r"1 of 18 tiles are not written \(or damaged\); rerun block\(s\) 0 of 3"):
+        _job(tmp_path, model, vol, final, step="gather", blocks=3)
+    assert not final.exists()
+
+
+def test_a_prepared_run_whose_partial_store_was_removed_starts_it_again(tmp_path):
+    """The progress records are there, the partial store is not (a scratch purge): the next run
+    makes the store again and finishes, instead of failing on every rerun (a mutation review)."""
+    model = build_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1)).eval()
+    vol = blob_volume((6, 20, 24))
+    final = tmp_path / "r.ome.zarr"
+    _job(tmp_path, model, vol, final, step="prepare")
+    shutil.rmtree(tmp_path / ".r.ome.zarr.partial")
+    _job(tmp_path, model, vol, final, step="all")
+    expected = predict_array(model, vol, factors=(1, 2, 2), tile_size=(3, 8, 8))
+    np.testing.assert_allclose(np.asarray(io.read_ome_zarr(final).data), expected, atol=1e-5)

@@ -49,6 +49,26 @@ def test_members_form_the_right_group(factors, n):
         assert all(k % 2 == 0 for k, _, _ in members)
 
 
+def test_a_single_plane_is_not_flipped_through_z_in_the_ensemble():
+    """A 2-D image (one z slice) is its own z flip: its 8 lateral members run, not 16 (the z
+    flips would double the time for the same output; a mutation review)."""
+    calls = []
+
+    class Counting(_Probe):
+        def forward(self, x):
+            calls.append(x.shape)
+            return super().forward(x)
+
+    ens = SelfEnsemble(Counting((1, 2, 2)))
+    with torch.no_grad():
+        ens(torch.rand(1, 1, 1, 8, 8))
+    assert len(calls) == 8
+    calls.clear()
+    with torch.no_grad():
+        ens(torch.rand(1, 1, 3, 8, 8))
+    assert len(calls) == 16
+
+
 def test_a_model_trained_without_rotations_is_not_rotated_in_the_ensemble():
     """Unequal y and x voxel sizes: training never rotates (the y and x sampling differ), so
     the self-ensemble must not feed the net rotated data either."""

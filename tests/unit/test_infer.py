@@ -1275,3 +1275,14 @@ def test_a_prepared_run_whose_partial_store_was_removed_starts_it_again(tmp_path
     _job(tmp_path, model, vol, final, step="all")
     expected = predict_array(model, vol, factors=(1, 2, 2), tile_size=(3, 8, 8))
     np.testing.assert_allclose(np.asarray(io.read_ome_zarr(final).data), expected, atol=1e-5)
+
+
+def test_a_cpu_pass_of_a_narrow_network_still_counts_its_output_buffers():
+    """The bytes a CPU pass takes per padded input voxel: the widest activation's copies, never
+    below the output and back-projection buffers' 48 bytes per output voxel (an interpolation-like
+    net of 2 elements per voxel was planned at 184 bytes without that floor; a mutation review)."""
+    from selfres.infer import CPU_ACTIVATION_COPIES, CPU_PASS_BYTES_PER_OUTPUT_VOXEL, cpu_pass_bytes_per_input_voxel
+
+    assert cpu_pass_bytes_per_input_voxel((2, 2, 2), 2.0) == CPU_PASS_BYTES_PER_OUTPUT_VOXEL * 8
+    assert cpu_pass_bytes_per_input_voxel((2, 2, 2), None) == CPU_PASS_BYTES_PER_OUTPUT_VOXEL * 8
+    assert cpu_pass_bytes_per_input_voxel((1, 2, 2), 64.0) == CPU_ACTIVATION_COPIES * 4 * 64 + 16 * 4

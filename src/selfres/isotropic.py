@@ -751,20 +751,17 @@ def end_weights(pairs, preds, factor: float) -> list[float]:
 
 def blend_ends(restored: np.ndarray, interp: np.ndarray, weights: Sequence[float] | None, *,
                axis: int) -> np.ndarray:
-    """``restored`` with its first and last ``len(weights)`` rows along ``axis`` blended with
-    ``interp`` by :func:`end_weights` (row ``k`` from either end takes weight ``weights[k]``)."""
+    """``restored`` with its first and last ``len(weights)`` rows along ``axis`` blended, in
+    place, with ``interp`` by :func:`end_weights` (row ``k`` from either end takes weight
+    ``weights[k]``); returned. Only those rows are touched (inference calls it on every tile)."""
     if not weights:
         return restored
-    n = restored.shape[axis]
-    w = np.ones(n, dtype=np.float32)
-    k = min(len(weights), n // 2)
-    ends = np.asarray(weights[:k], dtype=np.float32)
-    w[:k] = ends
-    w[n - k:] = np.minimum(w[n - k:], ends[::-1])
-    shape = [1] * restored.ndim
-    shape[axis] = n
-    w = w.reshape(shape)
-    return (w * restored + (1.0 - w) * interp).astype(np.float32)
+    out, ref = np.moveaxis(restored, axis, 0), np.moveaxis(interp, axis, 0)  # views
+    n = out.shape[0]
+    for k, w in enumerate(weights[: n // 2]):
+        for row in (k, n - 1 - k):
+            out[row] = w * out[row] + (1.0 - w) * ref[row]
+    return restored
 
 
 # -------------------------------------------------------------- learned (CycleGAN)

@@ -392,8 +392,8 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     def residual_of(i):  # a plane's residual, also as a neighbour's through z (all planes sampled: 3 uses)
         return immerkaer_residual(readable(i))
 
-    # hot and dead pixels: judged on the planes sampled over the whole stack (one of 8 or 9 planes
-    # keeps its search, which needs 8), whichever have neighbours through z
+    # hot and dead pixels: judged on the planes sampled over the whole stack, with or without
+    # neighbours through z (a stack of 8 or 9 planes keeps its search, which needs 8)
     defects = sensor_defects([residual_of(i) for i in idx if readable(i) is not None])
     # across planes too (3 planes or more): the residuals' second difference through z
     # (r[i-1] - 2 r[i] + r[i+1]) / sqrt(6) keeps independent noise as it is and cancels structure

@@ -191,10 +191,8 @@ def adopt_enhance(
         "device": str(device),
         "ran_on": models.ran_on(device),
     })
-    for key in ("noise", "acquisition_noise", "correction_noise", "end_weights"):
+    for key in ("noise", "acquisition_noise", "correction_noise"):
         out.pop(key, None)
-    if result.end_weights:  # this sample's own, from its held-out region
-        out["end_weights"] = result.end_weights
     if noise_info is not None:
         out["noise"] = noise_info
     out["acquisition_noise"] = result.acquisition_noise.as_list()

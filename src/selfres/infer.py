@@ -130,34 +130,6 @@ def write_defects_as_acquired(block: np.ndarray, tile, acquired, positions: np.n
     return block
 
 
-def blend_end_planes(block: np.ndarray, tile, source, end_weights: Sequence[float], factors: Sequence[int]
-                     ) -> np.ndarray:
-    """``block`` (the output of core ``tile`` of ``source``) with the volume's first and last
-    output planes in it blended with the tricubic interpolation of ``source`` by the model's
-    ``end_weights`` (:func:`selfres.endplanes.blend_ends`: plane ``k`` from either end of z,
-    ``w · block + (1 − w) · tricubic``), in place where the block allows; returned. The
-    interpolation is computed for those planes only, from the source with the cubic kernel's
-    reach around the tile (mirrored at the volume's edges), as the whole volume's would be."""
-    from .endplanes import blended_rows
-
-    fz, fy, fx = (int(f) for f in factors)
-    rows = blended_rows(end_weights, int(source.shape[0]) * fz)
-    (z0, z1), (y0, y1), (x0, x1) = tile
-    mine = [r for r in sorted(rows) if z0 * fz <= r < z1 * fz]
-    if not mine:
-        return block
-    lo, hi = mine[0] // fz, mine[-1] // fz + 1  # the input planes those rows interpolate
-    region = read_padded(source, (lo - 2, y0 - 2, x0 - 2), (hi + 2, y1 + 2, x1 + 2))
-    interp = np.asarray(degrade.upscale_cubic(region, (fz, fy, fx)))
-    if not block.flags.writeable:
-        block = np.array(block, dtype=np.float32, copy=True)
-    for r in mine:
-        w = rows[r]
-        ref = interp[r - lo * fz + 2 * fz, 2 * fy:interp.shape[1] - 2 * fy, 2 * fx:interp.shape[2] - 2 * fx]
-        block[r - z0 * fz] = w * block[r - z0 * fz] + (1.0 - w) * ref
-    return block
-
-
 def output_slices(tile, factors: Sequence[int]) -> tuple[slice, ...]:
     """The output-grid slices of the core tile ``((z0, z1), (y0, y1), (x0, x1))``."""
     return tuple(slice(a * f, b * f) for (a, b), f in zip(tile, factors))
@@ -1242,7 +1214,6 @@ def restore_to_store(
     writers: int | None = None,
     memory_fraction: float = 0.5,
     defects: np.ndarray | None = None,
-    end_weights: Sequence[float] | None = None,
 ) -> dict:
     """Stream ``source`` (LR, normalised) through ``model`` into the array ``dest``.
 
@@ -1275,9 +1246,6 @@ def restore_to_store(
         reads them repaired (:class:`SensorRepaired`), as it was trained, and their own output
         voxels are the tricubic interpolation of the acquisition
         (:func:`write_defects_as_acquired`).
-    end_weights
-        The model's ``end_weights`` (``model.json``): the volume's first and last output
-        planes blended with tricubic by them (:func:`blend_end_planes`); None or empty: none.
 
     Returns
     -------
@@ -1308,8 +1276,6 @@ def restore_to_store(
     lock = threading.Lock()
 
     def write(i, t, block):
-        if end_weights:
-            block = blend_end_planes(block, t, source, end_weights, factors)
         if defects is not None:
             block = write_defects_as_acquired(block, t, acquired, defects, factors)
         if transform is not None:
@@ -1602,7 +1568,6 @@ def infer_to_store(
     unit: str | None = "micrometer",
     reuse_finished: bool = False,
     defects: Callable[[], np.ndarray | None] | None = None,
-    end_weights: Sequence[float] | None = None,
 ) -> dict:
     """Resumable, scatterable whole-FOV inference into the OME-Zarr store ``final``.
 
@@ -1626,8 +1591,6 @@ def infer_to_store(
     defects
         Called, only by a step that computes tiles, for the source's sensor defects
         (``restore_to_store``'s ``defects``).
-    end_weights
-        As for :func:`restore_to_store` (the caller's fingerprint must name them).
     Other parameters
         As for :func:`restore_to_store` and :func:`store_layout`.
 
@@ -1653,7 +1616,7 @@ def infer_to_store(
         return restore_to_store(model, source, dest, factors=factors, tile_size=tile_size, transform=transform,
                                 device=device, amp=amp, batch_size=batch_size, done_tiles=done, tiles=tiles,
                                 on_tile_written=record, memory_fraction=memory_fraction,
-                                defects=defects() if defects is not None else None, end_weights=end_weights)
+                                defects=defects() if defects is not None else None)
 
     return scattered_store(
         final, step=step, block=block, blocks=blocks, fingerprint=fp, n_tiles=len(grid), region_of=region_of,

@@ -54,7 +54,6 @@ from torch import nn
 
 from . import degrade, io, metrics, models, normalise
 from .allocator import heap_only
-from .endplanes import blend_ends, end_rows, least_squares_weights
 from .atomic import permissions_as_umask
 from .errors import InputError
 from .fov import TrainingFov, box_slices, training_boxes
@@ -719,6 +718,11 @@ def compare_stacks(pairs, preds, data_range: float) -> dict:
     }
 
 
+#: Output planes at either end of z whose restoration is blended with z-cubic, per unit of the axial
+#: factor (the first two z samples' reach): there the network has its input on one side only
+END_PLANES_PER_FACTOR = 2
+
+
 def end_weights(pairs, preds, factor: float) -> list[float]:
     """Per row ``k`` from an end of the degraded axis (``k < ceil(2 f)``), the weight ``w`` of the
     network's output in ``w · model + (1 − w) · input`` that is closest to the truth on the held-out
@@ -731,7 +735,8 @@ def end_weights(pairs, preds, factor: float) -> list[float]:
     −1.1 dB against z-cubic, +5 dB between them; planes 1.1–1.15 × as bright as the truth; the
     held-out check, scoring whole slices, did not see it). 1 where the network wins outright.
     """
-    rows = end_rows(factor, min(t.shape[-2] for t, _ in pairs))
+    rows = min(int(math.ceil(END_PLANES_PER_FACTOR * float(factor))),
+               min(t.shape[-2] for t, _ in pairs) // 2)
     if rows < 1:
         return []
     num, den = np.zeros(rows), np.zeros(rows)
@@ -740,7 +745,23 @@ def end_weights(pairs, preds, factor: float) -> list[float]:
         e = (target[..., :rows, :] - low[..., :rows, :]).astype(np.float64)
         num += np.einsum("nkw,nkw->k", d, e)
         den += np.einsum("nkw,nkw->k", d, d)
-    return least_squares_weights(num, den)
+    w = np.where(den > 0, num / np.maximum(den, 1e-30), 1.0)
+    return [round(float(v), 3) for v in np.clip(w, 0.0, 1.0)]
+
+
+def blend_ends(restored: np.ndarray, interp: np.ndarray, weights: Sequence[float] | None, *,
+               axis: int) -> np.ndarray:
+    """``restored`` with its first and last ``len(weights)`` rows along ``axis`` blended, in
+    place, with ``interp`` by :func:`end_weights` (row ``k`` from either end takes weight
+    ``weights[k]``); returned. Only those rows are touched (inference calls it on every tile)."""
+    if not weights:
+        return restored
+    out, ref = np.moveaxis(restored, axis, 0), np.moveaxis(interp, axis, 0)  # views
+    n = out.shape[0]
+    for k, w in enumerate(weights[: n // 2]):
+        for row in (k, n - 1 - k):
+            out[row] = w * out[row] + (1.0 - w) * ref[row]
+    return restored
 
 
 # -------------------------------------------------------------- learned (CycleGAN)

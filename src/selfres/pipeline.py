@@ -724,8 +724,6 @@ def stage_train(
         meta["acquisition_noise"] = result.acquisition_noise.as_list()
     if result.correction_noise is not None:
         meta["correction_noise"] = result.correction_noise.as_list()
-    if result.end_weights:
-        meta["end_weights"] = result.end_weights
     meta["inference_extras"] = effective_extras(extras, meta)  # as they acted: no shrink without a level
     with io.atomic_output(model_dir) as tmp:  # a kill or an error leaves the old model/ or nothing
         if result.stages:  # serial ×4: stage 1 in model/, stage 2 in model/stage2/
@@ -978,10 +976,6 @@ def stage_infer(
     repair = "sensor_defects_repaired" in meta
     if repair:  # tiles made otherwise are redone (an older model's key stays as it was: its stores resume)
         fingerprint["repair_sensor_defects"] = True
-    # the first and last planes blended with tricubic where the model lost there (model.json; none before)
-    ends = meta.get("end_weights") if any(float(w) < 1.0 for w in meta.get("end_weights") or []) else None
-    if ends:
-        fingerprint["end_weights"] = list(ends)
 
     @functools.cache
     def defects():
@@ -1003,7 +997,7 @@ def stage_infer(
                    "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
             memory_fraction=settings.gpu_memory_fraction, origin=origin, reuse_finished=reuse_finished,
-            defects=defects if repair and kind == "model" else None, end_weights=ends if kind == "model" else None,
+            defects=defects if repair and kind == "model" else None,
         )
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%s Mvoxel/s)", kind, step, path,
                  stats["computed"], stats["tiles"], stats["seconds"], _rate_text(stats["mvoxel_per_s"]))
@@ -1181,7 +1175,6 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     are those of what ``restored.ome.zarr`` holds.
     """
     from . import metrics
-    from .endplanes import blend_ends
     from .infer import predict_array
     from .settings import DegradationSettings, from_dict
     from .train import holdout_pair, make_degradation, psf_scaled_targets, psf_target_blur_px
@@ -1206,7 +1199,6 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     wrapped = wrap_for_inference(model, degradation=deg, noise_level=recorded_noise_level(meta), **extras)
     if wrapped is not model:
         pred = predict_array(wrapped, low, factors=factors, tile_size=tile, device=device, amp=amp)
-    blend_ends(pred, interp, meta.get("end_weights"), axis=0)  # the first and last planes as inference writes them
     data_range = float(max(target.max() - target.min(), 1e-6))
     out = metrics.compare(target, pred, interp, data_range=data_range)
     interval = metrics.psnr_gain_interval(target, pred, interp)
@@ -1513,8 +1505,6 @@ def stage_qc(
                                   | {"method": (meta.get("isotropic") or {}).get("degradation")}
                                   if mode == "isotropic" else None),
         "restored_check": agreement,
-        # the output's share in the first and last planes (the rest interpolation), from the held-out region
-        "end_weights": meta.get("end_weights"),
         # the most structured lateral tile of the input's QC window: 1 − noise variance / variance
         "input_structure_share": structure,
         "input_plane_correlation": planes_alike,  # each plane with the next (clipped): ~0 for noise alone

@@ -1905,19 +1905,6 @@ def _self_validation_caption(metrics: Mapping[str, Any], interp_name: str) -> st
             f"model and by {interp_name} interpolation; both are compared with {target}. {chose}")
 
 
-def _end_planes_text(metrics: Mapping[str, Any], interp_name: str) -> str:
-    """Which of the stack's first and last planes hold the model's output only in part (``end_weights``
-    below 1: there it lost to the interpolation on the held-out region), or "" when none do."""
-    weights = [_num(w) for w in metrics.get("end_weights") or []]
-    if metrics.get("restored_content") == "interpolation" or not any(w is not None and w < 1 for w in weights):
-        return ""
-    parts = [f"plane {k + 1} from either end: {round(100 * w)} % model" for k, w in enumerate(weights)
-             if w is not None and w < 1]
-    return (f"The stack's first and last planes: where the model lost to {interp_name} interpolation on those "
-            f"planes of the held-out region, the output there is a blend of the two ({_esc('; '.join(parts))}; "
-            f"the rest {interp_name}). Between them it is the model's own.")
-
-
 def _isotropy_sentence(metrics: Mapping[str, Any], baseline: str) -> str:
     """The verdict's isotropy figures (isotropic mode): output against the interpolation on
     the same grid, the input's on its own, and what the estimate is worth on a finer grid."""
@@ -2153,9 +2140,6 @@ def render_sample_report(
           _gain_text(sv.get("psnr_model"), sv.get("psnr_interp"), digits=2)],
          ["SSIM", _num(sv.get("ssim_model")), _num(sv.get("ssim_interp")),
           _gain_text(sv.get("ssim_model"), sv.get("ssim_interp"), digits=4)]]))
-    ends = _end_planes_text(metrics, interp_name)
-    if ends:
-        parts.append(f"<p>{ends}</p>")
     if ref:
         parts.append('<h2 id="reference">Reference metrics</h2>')
         parts.append("<p class=\"muted\">Against the reference volume given in the sample "

@@ -81,10 +81,6 @@ class TrainResult:
     """The kept checkpoint was learned (step > 0) but its score — the smaller of its held-out and
     coarse-scale gains — was not above 0: what it learned is not trusted to carry over to the
     finer grid, whatever the held-out gain (flagged; :func:`guard_with_extras` keeps the flag)."""
-    end_weights: list[float] = field(default_factory=list)
-    """The weight of the output inference writes in its first and last planes, the rest
-    tricubic (:func:`selfres.endplanes.losing_end_weights` on the held-out region), set by
-    :func:`guard_with_extras`; empty: the output as it is."""
     acquisition_noise: noise.NoiseLevel | None = None
     """The acquisition's noise level (:func:`selfres.noise.noise_level_function` on the
     training FOV, whatever ``degradation.noise`` says), rounded as ``model.json`` records it;
@@ -935,16 +931,11 @@ def guard_with_extras(
     on which the share of noise a back-projection correction holds is measured
     (:func:`correction_noise`; ``None``: on the held-out input).
 
-    The first and last planes are scored as inference writes them: where the wrapped model
-    loses to tricubic on those rows of the held-out region, blended with it by
-    ``result.end_weights`` (:func:`selfres.endplanes.losing_end_weights`, set here).
-
     Returns
     -------
     (float, list of str)
         The held-out PSNR of the wrapped model and the flags.
     """
-    from .endplanes import blend_ends, losing_end_weights
     from .ensemble import wrap_for_inference
 
     flags = list(result.flags)
@@ -953,17 +944,11 @@ def guard_with_extras(
     result.correction_noise = correction_noise(result, probe, degradation=degradation, extras=extras, device=device)
     wrapped = wrap_for_inference(result.model, degradation=degradation, noise_level=result.correction_noise,
                                  **extras)
+    if wrapped is result.model:  # no extras: the network is what inference writes
+        return result.val_psnr_model, flags
     factors = tuple(int(f) for f in factors)
     pred = predict_array(wrapped, low, factors=factors, tile_size=tuple(max(8, min(64, n)) for n in low.shape),
                          device=device, amp=amp)
-    result.end_weights = losing_end_weights(target, pred, interp, factors[0])
-    if any(w < 1.0 for w in result.end_weights):
-        log.info("first and last planes: the output kept at weights %s of planes 0..%d from either end, the rest "
-                 "tricubic (where it lost to tricubic on the held-out region)", result.end_weights,
-                 len(result.end_weights) - 1)
-        blend_ends(pred, interp, result.end_weights, axis=0)
-    elif wrapped is result.model:  # no extras and no blend: the network's own figures stand
-        return result.val_psnr_model, flags
     stages = result.stages or [result]
     learned = any(r.best_step > 0 for r in stages)
     passes, gain, interval = guard_passes(target, pred, interp, margin_db=margin_db,

@@ -388,8 +388,7 @@ def test_an_adopted_model_gaining_less_than_the_margin_is_flagged_without_extras
     trained = train_enhance(vol[:, :36], vol[:, 36:], factors=(1, 2, 2), settings=TrainSettings(
         steps=60, width=8, depth=1, batch_size=2, patch_size=(4, 16, 16), validate_every=5, warmup_steps=2,
         learning_rate=2e-3, patience=50))
-    meta = {"sample": "src", "factors": [1, 2, 2], "best_step": trained.best_step, "flags": [], "settings": {},
-            "end_weights": [0.5, 0.5, 0.5]}  # the source's own (as if its z factor were 1.5)
+    meta = {"sample": "src", "factors": [1, 2, 2], "best_step": trained.best_step, "flags": [], "settings": {}}
     no_extras = InferSettings(back_projection_iterations=0, ensemble=False)
     verdicts = {}
     for margin in (0.0, 30.0):
@@ -397,7 +396,6 @@ def test_an_adopted_model_gaining_less_than_the_margin_is_flagged_without_extras
                                   guard_margin_db=margin, guard_confidence=0.95, infer_settings=no_extras,
                                   device="cpu")
         verdicts[margin] = "model_worse_than_interpolation" in out["flags"]
-        assert len(out["end_weights"]) == 2  # measured on this sample's held-out region: ceil(2 · 1) planes
     assert verdicts == {0.0: False, 30.0: True}
 
 
@@ -756,48 +754,3 @@ def test_a_given_voxel_size_that_is_not_the_files_is_said(tmp_path, caplog):
         pipeline.stage_normalise(src, tmp_path / "other.ome.zarr", sample="s", voxel_size=(2.0, 1.0, 1.0))
     assert re.search(r"sample 's': the voxel size given \(sheet column voxel_size; selfres: --voxel-size\), 2, 1, 1 "
                      r"µm, is not the one .*a\.tif records, 1, 0\.5, 0\.5 µm; the given one is used", caplog.text)
-
-
-def test_enhance_blends_its_end_planes_with_tricubic_by_the_weights_training_measured(tmp_path):
-    """Training records, per plane from either end of z, how much of the output to keep there
-    (``end_weights``, measured on the held-out region); inference blends those planes with
-    tricubic by them, keys its store by them, and QC's self-validation scores the same blend."""
-    import json
-
-    import zarr
-
-    from selfres.degrade import upscale_cubic
-    from selfres.infer import PartialStore
-    from selfres.settings import InferSettings
-
-    norm = _trained_sample(tmp_path, {"method": "cubic"})
-    info = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert len(info["metadata"]["end_weights"]) == 2  # ceil(2 · 1) planes from each end at a z factor of 1
-    assert all(0.0 <= w <= 1.0 for w in info["metadata"]["end_weights"])
-    net = InferSettings(on_worse_than_interpolation="model", tile_size=(3, 32, 32))  # back-projected: not tricubic
-    info["metadata"]["end_weights"] = [1.0, 1.0]
-    (tmp_path / "model" / "model.json").write_text(json.dumps(info))
-    pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "plain.ome.zarr", sample="s", device="cpu",
-                         settings=net)
-    vol, _ = pipeline.read_normalized(norm)
-    model, _, meta = pipeline.load_trained(tmp_path / "model")
-    fov = pipeline.TrainingFov.load(tmp_path / "fov.json")
-    plain_sv = pipeline.self_validation(vol, fov, model, meta)
-    info["metadata"]["end_weights"] = [0.0, 0.5]
-    (tmp_path / "model" / "model.json").write_text(json.dumps(info))
-    pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "ends.ome.zarr", sample="s", device="cpu",
-                         settings=net, step="prepare")
-    assert PartialStore(tmp_path / "ends.ome.zarr").fingerprint()["end_weights"] == [0.0, 0.5]
-    pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "ends.ome.zarr", sample="s", device="cpu",
-                         settings=net)
-    plain, ends = (np.asarray(zarr.open(str(tmp_path / f"{n}.ome.zarr"), mode="r")["0"], np.float32)
-                   for n in ("plain", "ends"))
-    raw = np.asarray(io.read_volume(tmp_path / "in.tif").data, np.float32)
-    tri = np.asarray(upscale_cubic(raw, (1, 2, 2)))
-    np.testing.assert_allclose(ends[[0, -1]], tri[[0, -1]], rtol=1e-3, atol=0.5)
-    np.testing.assert_allclose(ends[[1, -2]], 0.5 * (plain[[1, -2]] + tri[[1, -2]]), rtol=1e-3, atol=0.5)
-    np.testing.assert_array_equal(ends[2:-2], plain[2:-2])
-    assert np.abs(plain[0] - tri[0]).max() > 5  # the output's own planes differ from tricubic
-    _, _, meta = pipeline.load_trained(tmp_path / "model")
-    ends_sv = pipeline.self_validation(vol, fov, model, meta)
-    assert ends_sv["psnr_model"] != plain_sv["psnr_model"] and ends_sv["psnr_interp"] == plain_sv["psnr_interp"]

@@ -831,18 +831,6 @@ def test_a_sample_restored_with_another_samples_model_says_so():
     assert "Model trained on sample" not in report.render_sample_report(sample="a", metrics=_metrics(), **kw)
 
 
-def test_a_report_says_which_end_planes_hold_the_model_only_in_part():
-    raw, interp, restored = _volumes()
-    kw = dict(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
-              voxel_size_out=(0.5, 0.5, 0.5), training_log=_log())
-    page = report.render_sample_report(sample="s", metrics=_metrics(end_weights=[0.137, 1.0, 0.5, 1.0]), **kw)
-    assert "plane 1 from either end: 14 % model; plane 3 from either end: 50 % model" in page
-    assert "first and last planes" not in report.render_sample_report(
-        sample="s", metrics=_metrics(end_weights=[1.0, 1.0]), **kw)
-    assert "first and last planes" not in report.render_sample_report(  # the file holds tricubic anyway
-        sample="s", metrics=_metrics(end_weights=[0.1, 1.0], restored_content="interpolation"), **kw)
-
-
 def test_self_validation_caption_says_what_was_compared_in_each_mode():
     """It said 'a region training never saw' (the region chooses the kept checkpoint), and in
     isotropic mode gave neither the lateral-slice task nor the axial σ it rests on."""

@@ -743,6 +743,62 @@ def test_cpu_bf16_isotropic_slices_stay_close_to_float32():
     assert err.max() > 0 and err.mean() < 5e-3 * float(np.abs(fp32).mean())
 
 
+def test_float16_inference_of_a_gpu_without_bf16_stays_close_and_keeps_the_float32_parts(monkeypatch):
+    """A GPU without native bfloat16 (V100, T4, P100…) infers in float16 (a ``cuda/float16``
+    label); its arithmetic, run here on the CPU's float16 autocast: the network body is
+    rounded, the parts that switch autocast off — the tricubic base, back-projection, the
+    reference interpolation, a base-less network's last conv — stay float32."""
+    from selfres import models
+    from selfres.ensemble import wrap_for_inference
+    from selfres.isotropic import predict_slices
+
+    vol = blob_volume((8, 20, 20))
+
+    def both(model, factors, tile):
+        fp32 = predict_array(model, vol, factors=factors, tile_size=tile, amp=False)
+        with monkeypatch.context() as m:
+            m.setattr(models, "autocast_dtype", lambda device, *, enabled, **k: torch.float16 if enabled else None)
+            fp16 = predict_array(model, vol, factors=factors, tile_size=tile, amp=True)
+        return fp32, fp16
+
+    from selfres.noise import NoiseLevel
+
+    # as inference runs them: prepared (banded cubic base, fused layers), back-projection shrunk by the noise
+    net = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(2, 2, 2), width=8, depth=2)), "cpu")
+    wrapped = wrap_for_inference(net, back_projection_iterations=1, back_projection_shrink=True,
+                                 degradation=degrade.Degradation(), noise_level=NoiseLevel(slope=0.01, floor=1e-4))
+    for model in (net, wrapped):
+        fp32, fp16 = both(model, (2, 2, 2), (4, 10, 10))
+        err = np.abs(fp16 - fp32)
+        assert fp16.dtype == np.float32 and np.isfinite(fp16).all()
+        assert err.max() > 0  # float16 really ran
+        assert err.mean() < 1e-3 * float(np.abs(fp32).mean()) and err.max() < 1e-2
+    # an untrained network (its correction 0) returns its float32 tricubic base exactly, and
+    # the reference interpolation is float32: rounded to float16 they would be off by ~1e-4;
+    # back-projection after it (tricubic + back-projection) is float32 too
+    untrained = build_model(ModelSpec(arch="resnet3d", factors=(2, 2, 2), width=8, depth=2)).eval()
+    tri = np.asarray(degrade.upscale_cubic(vol, (2, 2, 2)))
+    for model in (untrained, prepare_model(untrained, "cpu"), CubicUpsampler((2, 2, 2))):
+        np.testing.assert_allclose(both(model, (2, 2, 2), (4, 10, 10))[1], tri, atol=2e-6)
+    fp32, fp16 = both(wrap_for_inference(prepare_model(untrained, "cpu"), back_projection_iterations=1,
+                                         back_projection_shrink=True, degradation=degrade.Degradation(),
+                                         noise_level=NoiseLevel(slope=0.01, floor=1e-4)), (2, 2, 2), (4, 10, 10))
+    assert np.abs(fp32 - tri).max() > 1e-3  # back-projection changed the output
+    np.testing.assert_allclose(fp16, fp32, atol=2e-6)
+    # a network without a base: its last conv in float32, so the output is not float16-rounded
+    bare = _random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1, residual="none"))
+    fp32, fp16 = both(bare, (1, 2, 2), (4, 10, 10))
+    assert len(np.unique(fp16)) > len(np.unique(fp16.astype(np.float16)))
+    # isotropic slices
+    iso = _random_model(ModelSpec(arch="iso2d", width=8, depth=2))
+    slices = blob_volume((4, 24, 32))
+    ref = predict_slices(iso, slices, amp=False)
+    monkeypatch.setattr(models, "autocast_dtype", lambda device, *, enabled, **k: torch.float16 if enabled else None)
+    half = predict_slices(iso, slices, amp=True)
+    err = np.abs(half - ref)
+    assert np.isfinite(half).all() and err.max() > 0 and err.mean() < 1e-3 * float(np.abs(ref).mean())
+
+
 # --------------------------------------------------------------------------- #
 # GPU passes fitted to memory (the arithmetic and the merged-pass path run on CPU)
 # --------------------------------------------------------------------------- #

@@ -1258,6 +1258,61 @@ INPUT_MAX_PLANE_CORRELATION = 0.1
 ISOTROPY_REACHED = 0.8
 
 
+#: Share of saturated input voxels (``saturated_fraction`` of the normalised volume) above which
+#: a sample is flagged ``saturated_input``
+SATURATED_SHARE = 0.01
+
+
+def qc_flags(agreement: dict, *, mode: str, content: str, structure: float | None, planes_alike: float | None,
+             level_rounding: float = 0.0, isotropy_in: float | None = None, isotropy_out: float | None = None,
+             voxel_size_known: bool = True, saturated_fraction: float | None = None) -> list[str]:
+    """The QC flags that the figures of the input and of the restored volume as written decide
+    (:func:`stage_qc` measures them; the model's own flags come from ``model.json``), in the
+    order the report lists them.
+
+    Parameters
+    ----------
+    agreement
+        :func:`selfres.metrics.restored_agreement` with ``undershoot`` and ``brightening``
+        added (:func:`selfres.metrics.undershoot`, :func:`selfres.metrics.brightening`).
+    content
+        What ``restored.ome.zarr`` holds: ``model`` or ``interpolation``.
+    structure, planes_alike
+        :func:`selfres.metrics.structure_share` and :func:`selfres.metrics.plane_correlation`
+        of the input's QC window.
+    level_rounding
+        Half a step of an integer output dtype, in normalised units (0 for float outputs).
+    isotropy_in, isotropy_out
+        The input's and the output's isotropy (``isotropic`` mode: :func:`isotropy_flags`).
+    """
+    flags: list[str] = []
+    if (structure is not None and structure < INPUT_MIN_STRUCTURE_SHARE
+            and (planes_alike is None or planes_alike < INPUT_MAX_PLANE_CORRELATION)):
+        flags.append("input_mostly_noise")
+    if agreement.get("nonfinite_voxels"):
+        flags.append("restored_not_finite")
+    r, ceiling = agreement.get("correlation_with_input"), agreement.get("correlation_ceiling")
+    if r is not None and r < RESTORED_MIN_CORRELATION * (1.0 if ceiling is None else ceiling):
+        flags.append("restored_unlike_input")
+    level = agreement.get("level")
+    if level and abs(level["output_mean"] - level["input_mean"]) > RESTORED_MAX_LEVEL_SHIFT + level_rounding and not (
+            level["ratio"] is not None and RESTORED_LEVEL_RATIO[0] <= level["ratio"] <= RESTORED_LEVEL_RATIO[1]):
+        flags.append("restored_level_shifted")
+    under = agreement.get("undershoot") or {}
+    if under and under["output"] > UNDERSHOOT_SHARE and under["output"] > 2 * under["interpolation"]:
+        flags.append("restored_undershoots")
+    brighter = (agreement.get("brightening") or {}).get("ratio")
+    if mode == "isotropic" and brighter is not None and brighter > BRIGHTENING_RATIO:
+        flags.append("restored_brighter")  # an interpolated output is its own interpolation: 1
+    if mode == "isotropic":
+        flags += isotropy_flags(isotropy_in, isotropy_out, content)
+    if not voxel_size_known:
+        flags.append("voxel_size_missing")
+    if saturated_fraction is not None and saturated_fraction > SATURATED_SHARE:
+        flags.append("saturated_input")
+    return flags
+
+
 def isotropy_flags(iso_in: float | None, iso_out: float | None, content: str) -> list[str]:
     """The flags of an isotropic-mode output's isotropy estimate (lateral / axial).
 
@@ -1352,24 +1407,9 @@ def stage_qc(
     # and nothing carries over from plane to plane (the noise estimate reads texture at the
     # sampling limit, sub-voxel puncta, as noise; the optics spread those over planes)
     planes_alike = metrics.plane_correlation(raw_w)
-    if (structure is not None and structure < INPUT_MIN_STRUCTURE_SHARE
-            and (planes_alike is None or planes_alike < INPUT_MAX_PLANE_CORRELATION)):
-        flags.append("input_mostly_noise")
-    if agreement["nonfinite_voxels"]:
-        flags.append("restored_not_finite")
-        # the figures below still run, with non-finite voxels read as 0
+    if agreement["nonfinite_voxels"]:  # flagged; the figures below still run, with non-finite voxels read as 0
         restored_norm = restored_norm.map_blocks(np.nan_to_num, nan=0.0, posinf=0.0, neginf=0.0)
-    r, ceiling = agreement["correlation_with_input"], agreement["correlation_ceiling"]
-    if r is not None and r < RESTORED_MIN_CORRELATION * (1.0 if ceiling is None else ceiling):
-        flags.append("restored_unlike_input")
-    level = agreement["level"]
     out_dtype = np.dtype(out.source_dtype)  # an integer output is rounded, and clipped at its dtype's lowest value
-    # half a step of an integer dtype, in normalised units, is no shift (a dim uint8 stack's
-    # denoised background of 0.4 counts is written as 0)
-    rounding = 0.5 / params.span if np.issubdtype(out_dtype, np.integer) else 0.0
-    if level and abs(level["output_mean"] - level["input_mean"]) > RESTORED_MAX_LEVEL_SHIFT + rounding and not (
-            level["ratio"] is not None and RESTORED_LEVEL_RATIO[0] <= level["ratio"] <= RESTORED_LEVEL_RATIO[1]):
-        flags.append("restored_level_shifted")
     res = {"lateral_in": None, "axial_in": None, "lateral_out": None, "axial_out": None}
     iso_in = iso_out = None
     qc_dir = Path(metrics_json).parent
@@ -1387,13 +1427,7 @@ def stage_qc(
     agreement["undershoot"] = metrics.undershoot(
         out_w, interp_w, floor=float(raw_w.min()) if raw_min is None else (float(raw_min) - params.low) / params.span,
         lowest=lowest)
-    if (agreement["undershoot"]["output"] > UNDERSHOOT_SHARE
-            and agreement["undershoot"]["output"] > 2 * agreement["undershoot"]["interpolation"]):
-        flags.append("restored_undershoots")
     agreement["brightening"] = metrics.brightening(out_w, interp_w)
-    brighter = agreement["brightening"]["ratio"]
-    if mode == "isotropic" and brighter is not None and brighter > BRIGHTENING_RATIO:
-        flags.append("restored_brighter")  # an interpolated output is its own interpolation: 1
     if settings.resolution and vs_in is not None:
         est = functools.partial(metrics.resolution_lateral_axial, max_slices=settings.max_resolution_slices)
         li, ai = est(raw_w, voxel_size=vs_in)
@@ -1402,8 +1436,6 @@ def stage_qc(
         res = {"lateral_in": li, "axial_in": ai, "lateral_out": lo, "axial_out": ao}
         res_interp = {"lateral": lt, "axial": at}
         iso_in, iso_out, iso_interp = metrics.isotropy(li, ai), metrics.isotropy(lo, ao), metrics.isotropy(lt, at)
-        if mode == "isotropic":
-            flags += isotropy_flags(iso_in, iso_out, restored_attrs.get("content", "model"))
         if raw_norm.shape[0] >= 2:  # a 2-D image (one slice) has no axial spectrum
             # the same window of input, interpolation and output: power beyond the input's
             # Nyquist is new detail only where the output holds more than the interpolation
@@ -1412,17 +1444,19 @@ def stage_qc(
                        for name, a, v in (("input", raw_w, vs_in), ("interpolation", interp_w, vs_out),
                                           ("output", out_w, vs_out))}
             write_json(qc_dir / "spectra.json", clean_floats(spectra | {"nyquist_in": 0.5 / vs_in[0]}))
-    if vs_in is None:
-        flags.append("voxel_size_missing")
+    flags += qc_flags(agreement, mode=mode, content=restored_attrs.get("content", "model"), structure=structure,
+                      planes_alike=planes_alike,
+                      # half a step of an integer dtype, in normalised units, is no shift (a dim uint8
+                      # stack's denoised background of 0.4 counts is written as 0)
+                      level_rounding=0.5 / params.span if np.issubdtype(out_dtype, np.integer) else 0.0,
+                      isotropy_in=iso_in, isotropy_out=iso_out, voxel_size_known=vs_in is not None,
+                      saturated_fraction=vol.attrs.get("saturated_fraction"))
     # a job given a GPU that computed on the CPU (a CPU build of torch on the GPU nodes): hours of a GPU held;
     # not a CPU asked for by name (--device cpu on a GPU node)
     ran = [meta.get("ran_on"), restored_attrs.get("ran_on"), *(restored_attrs.get("tiles_ran_on") or [])]
     if any(isinstance(r, dict) and r.get("device") == "cpu" and r.get("requested") != "cpu" and gpu_allocated(
             {"CUDA_VISIBLE_DEVICES": r.get("cuda_visible_devices") or ""}) for r in ran):
         flags.append("gpu_unused")
-    sat = vol.attrs.get("saturated_fraction")
-    if sat is not None and sat > 0.01:
-        flags.append("saturated_input")
     ref_metrics = None
     if ref is not None:
         # block by block (metrics.compare_to_reference): a truth and an output larger than memory can be scored

@@ -384,6 +384,16 @@ def test_psnr_gain_interval_brackets_the_gain_and_says_when_it_cannot_tell():
     assert lo < g < hi and hi - lo > 0.1
     assert m.psnr_gain_interval(ref[:2, :4, :4], better[:2, :4, :4], interp[:2, :4, :4]) is None
     assert m.psnr_gain_interval(ref, ref, interp) is None  # exact output: no ratio to resample
+    # the "95 %" interval is the 2.5th and 97.5th percentiles of the gains over resampled blocks
+    # (2 × 4 × 4 blocks of 8 × 12 × 12 here), not a narrower one
+    blocks = [(slice(z, z + 8), slice(y, y + 12), slice(x, x + 12))
+              for z in (0, 8) for y in range(0, 48, 12) for x in range(0, 48, 12)]
+    se_c = np.array([np.sum((corner[b] - ref[b]) ** 2) for b in blocks])
+    se_i = np.array([np.sum((interp[b] - ref[b]) ** 2) for b in blocks])
+    draws = np.random.default_rng(0).integers(0, 32, size=(2000, 32))
+    gains = 10 * np.log10(se_i[draws].sum(axis=1) / se_c[draws].sum(axis=1))
+    np.testing.assert_allclose(m.psnr_gain_interval(ref, corner, interp), np.percentile(gains, [2.5, 97.5]))
+    np.testing.assert_allclose(m.psnr_gain_interval(ref, corner, interp, level=0.5), np.percentile(gains, [25, 75]))
 
 
 def test_psf_sigma_from_beads_removes_the_voxel_box_and_refuses_too_few_beads():
@@ -400,6 +410,9 @@ def test_psf_sigma_from_beads_removes_the_voxel_box_and_refuses_too_few_beads():
     coarse = m.psf_sigma_from_beads(bead_lattice((0.75, 1.5, 1.5), seed=3)[0], (2.0, 0.1, 0.1))["sigma_um"]
     assert coarse[0] == pytest.approx(1.5, rel=0.02)
     assert max(got["spread"]) < 0.1  # identical points
+    # the spread is relative (interquartile range / median): the same beads at ten times the voxel size
+    coarser = m.psf_sigma_from_beads(vol, tuple(10 * v for v in vs))
+    np.testing.assert_allclose(coarser["spread"], got["spread"], rtol=1e-6, atol=1e-9)
     small = m.psf_sigma_from_beads(bead_lattice((1.0, 0.8, 0.8), seed=3)[0], (1.0, 1.0, 1.0))["sigma_um"]
     assert small[1] == pytest.approx(math.sqrt(0.8**2 - 1 / 12), rel=0.02)  # 7 % below the image's 0.8
     one, _ = bead_lattice(sigma_px, per_axis=(1, 1, 2))
@@ -687,6 +700,10 @@ def test_brightening_is_the_ratio_of_the_brightest_structures_and_none_without_a
     assert brightening(1.5 * (interp - 0.1) + 0.1, interp)["ratio"] == pytest.approx(1.5, rel=1e-4)
     flat = (0.1 + 0.001 * rng.standard_normal((4, 32, 32))).astype(np.float32)  # only noise: no ratio
     assert brightening(flat * 3, flat)["ratio"] is None
+    # a few hot voxels among the brightest do not decide it (the median of the ratios, not their mean)
+    hot = 1.2 * (interp - 0.1) + 0.1
+    hot[0, 10, 10:14] = 40.0
+    assert brightening(hot, interp)["ratio"] == pytest.approx(1.2, rel=1e-4)
 
 
 def test_scoring_without_a_bead_table_does_not_import_pandas():

@@ -491,6 +491,58 @@ def test_an_interpolated_isotropic_output_is_judged_by_its_input_not_by_its_read
     assert isotropy_flags(0.23, 1.4, "interpolation") == ["isotropy_not_reached"]  # judged by its input only
 
 
+def _clean_check(**over):
+    """:func:`pipeline.qc_flags`' figures of a good restoration, with ``over`` changed."""
+    agreement = {"nonfinite_voxels": 0, "correlation_with_input": 0.98, "correlation_ceiling": 1.0,
+                 "level": {"input_mean": 0.20, "output_mean": 0.201, "ratio": 1.005},
+                 "undershoot": {"output": 0.0, "interpolation": 0.0}, "brightening": {"ratio": 1.05}}
+    return agreement | over
+
+
+def _flags(agreement=None, **kw):
+    args = dict(mode="enhance", content="model", structure=0.9, planes_alike=0.8) | kw
+    return pipeline.qc_flags(agreement or _clean_check(), **args)
+
+
+def test_qc_flags_of_a_good_restoration_are_none_and_each_check_fires_on_its_own():
+    """Each QC check on the restored volume and the input decides its flag at its threshold (a
+    mutation review: the ceiling's scaling, the interpolation's share of undershoot, the
+    plane-correlation exemption, the mode of ``restored_brighter``, the thresholds of
+    brightening, undershoot and implausible isotropy, and saturation could all change unseen)."""
+    assert _flags() == [] and _flags(mode="isotropic", isotropy_in=0.4, isotropy_out=0.9) == []
+    # restored_unlike_input: 0.8 × the correlation the noise allows
+    assert "restored_unlike_input" in _flags(_clean_check(correlation_with_input=0.79))
+    low_light = _clean_check(correlation_with_input=0.70, correlation_ceiling=0.80)  # 0.70 ≥ 0.8 × 0.80
+    assert _flags(low_light) == []
+    assert "restored_unlike_input" in _flags(_clean_check(correlation_with_input=0.63, correlation_ceiling=0.80))
+    assert "restored_unlike_input" in _flags(_clean_check(correlation_with_input=0.70, correlation_ceiling=None))
+    # restored_undershoots: above 0.1 % of the window and above twice the interpolation's share
+    assert "restored_undershoots" in _flags(_clean_check(undershoot={"output": 0.0015, "interpolation": 0.0}))
+    assert _flags(_clean_check(undershoot={"output": 0.0009, "interpolation": 0.0})) == []
+    assert _flags(_clean_check(undershoot={"output": 0.004, "interpolation": 0.003})) == []  # cubic rings too
+    assert "restored_undershoots" in _flags(_clean_check(undershoot={"output": 0.007, "interpolation": 0.003}))
+    # restored_brighter: isotropic mode only (enhance's sharpened beads may rightly be brighter), above 1.5
+    assert _flags(_clean_check(brightening={"ratio": 1.6}), mode="isotropic") == ["restored_brighter"]
+    assert _flags(_clean_check(brightening={"ratio": 1.45}), mode="isotropic") == []
+    assert _flags(_clean_check(brightening={"ratio": 2.5})) == []
+    # restored_level_shifted: a fifth off and 2 % of the range (plus an integer dtype's half step)
+    shifted = _clean_check(level={"input_mean": 0.20, "output_mean": 0.30, "ratio": 1.5})
+    assert _flags(shifted) == ["restored_level_shifted"] and _flags(shifted, level_rounding=0.09) == []
+    assert _flags(_clean_check(level={"input_mean": 0.05, "output_mean": 0.065, "ratio": 1.3})) == []  # < 2 %
+    assert "restored_not_finite" in _flags(_clean_check(nonfinite_voxels=9))
+    # input_mostly_noise: little structure, and nothing carrying over between planes
+    assert _flags(structure=0.05, planes_alike=0.02) == ["input_mostly_noise"]
+    assert _flags(structure=0.05, planes_alike=None) == ["input_mostly_noise"]  # a single plane
+    assert _flags(structure=0.05, planes_alike=0.3) == []  # dense sub-voxel puncta span planes
+    assert _flags(structure=0.15, planes_alike=0.02) == []
+    # isotropic mode's isotropy, from the figures stage_qc measured
+    assert _flags(mode="isotropic", isotropy_in=0.4, isotropy_out=0.6) == ["isotropy_not_reached"]
+    assert _flags(mode="isotropic", isotropy_in=0.4, isotropy_out=1.4) == ["isotropy_implausible"]
+    assert _flags(isotropy_in=0.4, isotropy_out=0.6) == []  # enhance: no isotropy claim
+    assert _flags(voxel_size_known=False) == ["voxel_size_missing"]
+    assert _flags(saturated_fraction=0.05) == ["saturated_input"] and _flags(saturated_fraction=0.005) == []
+
+
 @pytest.mark.parametrize("top, clipped, expected", [(4095, True, 0.05), (65535, True, 0.05), (3000, False, 0.0)])
 def test_saturation_is_found_at_a_camera_s_bit_depth_too(tmp_path, top, clipped, expected):
     """12-bit data stored in uint16 saturate at 4095: only the dtype's 65535 was looked at."""

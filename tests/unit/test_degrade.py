@@ -429,3 +429,117 @@ def test_mirror_pad_equals_numpy_pad_for_any_pad_on_arrays_and_tensors(pads, edg
     want = np.pad(x, [(0, 0)] + [(p, p) if np.isscalar(p) else p for p in pads], mode=mode)
     np.testing.assert_array_equal(D.mirror_pad(x, pads, edge=edge), want)
     np.testing.assert_array_equal(D.mirror_pad(torch.from_numpy(x), pads, edge=edge).numpy(), want)
+
+
+# ---------------------------------------------------------------- found by a mutation review
+
+
+@pytest.mark.parametrize("noise", [dict(noise="poisson_gaussian", gain=50.0, read_sigma=0.01),
+                                   dict(noise="affine_gaussian", noise_variance=(0.004, 1e-4))])
+def test_noise_on_normalised_data_below_zero_stays_finite_in_both_paths(noise):
+    """Normalised data lies partly below 0 (under the low percentile, cubic ringing): the shot
+    noise there has no negative rate, and the affine variance no negative value (a NaN or an
+    error otherwise)."""
+    hr = np.full((8, 16, 16), 0.3, np.float32)
+    hr[:, :, :6] = -0.1
+    deg = Degradation(**noise)
+    lr = degrade(hr, (2, 2, 2), deg, rng=0)
+    batch = TorchDegrader((2, 2, 2), deg)(torch.from_numpy(hr)[None, None], generator=torch.Generator().manual_seed(0))
+    for out in (lr, batch[0, 0].numpy()):
+        assert np.isfinite(out).all()
+        assert abs(float(out[:, :, 4:].mean()) - 0.3) < 0.03  # the bright part keeps its level
+
+
+def test_torch_read_noise_has_the_given_standard_deviation_where_there_is_no_signal():
+    deg = Degradation(noise="poisson_gaussian", gain=100.0, read_sigma=0.02)
+    out = TorchDegrader((1, 2, 2), deg)(torch.zeros(4, 1, 8, 64, 64), generator=torch.Generator().manual_seed(1))
+    assert float(out.std()) == pytest.approx(0.02, rel=0.05)
+
+
+def test_add_noise_keeps_the_mean_of_voxels_brighter_than_the_normalised_range():
+    """Voxels above 1 (above the high percentile) keep their level under shot noise."""
+    out = add_noise(np.full((64, 64), 3.0, np.float32), gain=100.0, read_sigma=0.0, rng=0)
+    assert float(out.mean()) == pytest.approx(3.0, rel=0.01)
+
+
+def _comet_psf() -> np.ndarray:
+    """An asymmetric PSF (a comet: brighter and longer on one side in z, y and x)."""
+    z, y, x = np.meshgrid(np.arange(9) - 4.0, np.arange(7) - 3.0, np.arange(7) - 3.0, indexing="ij")
+    p = np.exp(-0.5 * ((z - 1.0) ** 2 / 2.0 + (y - 0.7) ** 2 + (x + 0.5) ** 2 / 0.6))
+    p[z > 2] *= 3.0
+    return (p / p.sum()).astype(np.float32)
+
+
+def test_a_measured_psf_is_convolved_with_mirrored_borders_in_both_paths():
+    """An asymmetric PSF (the convolution, not the correlation) and the border mirrored
+    without repeating the edge voxel, as scipy's 'mirror': numpy and torch alike."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    hr = rng.random((12, 16, 16)).astype(np.float32)
+    hr[:, :, 0] += 5.0  # a bright edge: a border that repeats it differs
+    psf = _comet_psf()
+    np.testing.assert_allclose(blur(hr, psf=psf), ndimage.convolve(hr, psf.astype(np.float64), mode="mirror"),
+                               atol=1e-5)
+    deg = Degradation(method="psf", psf=psf)  # the kernel as the degradation keeps it (centred, background off)
+    ref = degrade(hr, (2, 2, 2), deg)
+    kept = np.asarray(deg.psf, np.float64)
+    want = ndimage.convolve(hr, kept, mode="mirror").reshape(6, 2, 8, 2, 8, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(ref, want, atol=1e-5)
+    got = TorchDegrader((2, 2, 2), deg)(torch.from_numpy(hr)[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_a_non_separable_psf_keeps_its_central_plane_along_an_axis_that_is_not_resampled():
+    """Scale 1,2,2: the lateral blur is the PSF's in-focus plane, not its projection (an
+    hourglass PSF widens out of focus)."""
+    z, y, x = np.meshgrid(np.arange(9) - 4.0, np.arange(13) - 6.0, np.arange(13) - 6.0, indexing="ij")
+    width = 1.0 + 0.6 * np.abs(z)
+    psf = np.exp(-0.5 * (y**2 + x**2) / width**2) / width**2
+    hr = np.zeros((9, 32, 32), np.float32)
+    hr[4, 16, 16] = 1.0
+    deg = Degradation(method="psf", psf=psf)
+    for lr in (degrade(hr, (1, 2, 2), deg),
+               TorchDegrader((1, 2, 2), deg)(torch.from_numpy(hr)[None, None])[0, 0].numpy()):
+        y_profile = lr.sum(axis=(0, 2))
+        assert _delta_variance(y_profile, 2) == pytest.approx(1.0 + 3 / 12, rel=0.05)
+
+
+@pytest.mark.parametrize("shape, sigma, factors, expected", [
+    ((32, 32), (3.0, 1.0, 1.5), (2, 2), (1.0 + 0.25, 2.25 + 0.25)),  # 2-D: the last two of σz, σy, σx
+    ((32, 32, 32), (1.5, 2.0), (2, 2, 2), (0.0, 2.25 + 0.25, 4.0 + 0.25)),  # (σy, σx) on a volume: z unblurred
+])
+def test_gaussian_sigmas_go_to_their_own_axes(shape, sigma, factors, expected):
+    hr = np.zeros(shape, np.float32)
+    hr[tuple(n // 2 for n in shape)] = 1.0
+    deg = Degradation(method="gaussian", sigma_px=sigma)
+    lr = degrade(hr, factors, deg)
+    for axis, (f, want) in enumerate(zip(factors, expected)):
+        profile = lr.sum(axis=tuple(a for a in range(lr.ndim) if a != axis))
+        assert _delta_variance(profile, f) == pytest.approx(want, rel=0.02, abs=1e-6), axis
+
+
+def test_a_non_integer_upscale_puts_each_output_voxel_at_its_own_position():
+    """Output voxel j of a factor f sits at input coordinate (j + 0.5) / f − 0.5, also along an
+    axis whose length n · f was rounded (7 planes × 1.5 → 10; isotropic mode's factors)."""
+    ramp = np.broadcast_to(np.arange(7, dtype=np.float32)[:, None, None], (7, 4, 4)).copy()
+    out = np.asarray(upscale_cubic(ramp, (1.5, 1, 1)))
+    assert out.shape[0] == round(7 * 1.5)
+    pos = (np.arange(out.shape[0]) + 0.5) / 1.5 - 0.5
+    inside = (pos >= 1) & (pos <= 5)  # away from the mirrored borders
+    np.testing.assert_allclose(out[inside, 0, 0], pos[inside], atol=1e-4)
+
+
+def test_the_cubic_downscale_suppresses_what_the_coarser_grid_cannot_hold():
+    """A pattern of 0.4 cycles per voxel, above the ×2 grid's Nyquist (0.25): anti-aliased,
+    it almost vanishes instead of folding back as a coarse pattern."""
+    x = np.cos(2 * np.pi * 0.4 * np.arange(64, dtype=np.float32))
+    plane = np.broadcast_to(x, (16, 64)).astype(np.float32)
+    low = np.asarray(downscale_cubic(plane, (1, 2)))
+    assert float(np.abs(low[:, 4:-4]).max()) < 0.1
+
+
+def test_optics_sigmas_follow_each_lateral_voxel_size():
+    """Voxels twice as long in x as in y: the same optical σ is half as many voxels in x."""
+    s = gaussian_sigma_from_optics(na=1.0, wavelength_um=0.5, refractive_index=1.33, voxel_size=(0.5, 0.1, 0.2))
+    assert s[1] == pytest.approx(2 * s[2], rel=1e-9)

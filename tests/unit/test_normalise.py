@@ -130,6 +130,13 @@ def test_cast_to_a_wide_integer_dtype_clips_at_its_limits_without_wrapping(dtype
     assert out[0] >= info.max - 1024 and out[1] == info.min and out[2] == 8
 
 
+def test_cast_to_a_signed_integer_dtype_keeps_negative_values():
+    """A signed acquisition's restoration (ringing below 0, an offset-subtracted camera) keeps
+    its negative values, rounded, and clips only at the dtype's own limits."""
+    out = normalise.cast_to_dtype(np.array([-120.4, 5.6, -40000.0, 40000.0], np.float32), np.int16)
+    np.testing.assert_array_equal(out, np.array([-120, 6, -32768, 32767], np.int16))
+
+
 def test_cast_to_a_narrower_float_dtype_clips_instead_of_overflowing_to_inf():
     """``infer.output_dtype: input`` with a float16 acquisition: values beyond float16's
     range (±65504) became ±Inf in restored.ome.zarr."""
@@ -195,3 +202,12 @@ def test_hot_camera_pixels_are_left_out_of_the_percentiles():
     for voxels in (4_000_000, 5000):  # the whole stack, and a strided sample of it
         fitted = normalise.fit_percentiles(hot, exclude=defects, max_sample_voxels=voxels)
         assert fitted.high == pytest.approx(reference.high, rel=0.05) and fitted.low == pytest.approx(reference.low, rel=0.1)
+    # planes that are not square, sampled with other strides along y than along x
+    wide = np.concatenate([clean] * 4, axis=2)[:, :48]
+    wide_hot = wide.copy()
+    wide_hot[:, ys % 48, xs + 128] += 5000.0
+    strides = normalise.sample_strides(wide.shape, 2500)
+    assert strides[1] != strides[2]
+    fitted = normalise.fit_percentiles(wide_hot, exclude=noise.sensor_defect_positions(wide_hot),
+                                       max_sample_voxels=2500)
+    assert fitted.high == pytest.approx(normalise.fit_percentiles(wide, max_sample_voxels=2500).high, rel=0.05)

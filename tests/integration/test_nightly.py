@@ -162,6 +162,28 @@ def test_sheet_rows_win_by_id_and_by_path(tmp_path):
     assert sorted(sid for _, sid in scan.shadowed) == ["a", "b"]
 
 
+def test_a_sheet_path_spelt_otherwise_still_shadows_the_inbox_file(tmp_path, monkeypatch):
+    """The sheet keeps a relative path (inbox/scan1.tif) that the scan finds by an absolute
+    pattern, and a link: the same acquisition, not a second sample under another id."""
+    write_tiny_tiff(tmp_path / "inbox" / "scan1.tif")
+    write_tiny_tiff(tmp_path / "inbox" / "scan2.tif")
+    (tmp_path / "alias").symlink_to(tmp_path / "inbox")
+    monkeypatch.chdir(tmp_path)
+    scan = scan_inbox([str(tmp_path / "inbox" / "*.tif")], settle_seconds=0, known_ids=["day1", "day2"],
+                      known_paths=["inbox/scan1.tif", "alias/scan2.tif"], now=_later())
+    assert scan.rows == [] and sorted(sid for _, sid in scan.shadowed) == ["scan1", "scan2"]
+
+
+def test_a_folder_named_like_the_results_folder_is_not_taken_for_it(tmp_path):
+    """Only files inside an excluded folder are left out, not those of a sibling whose name
+    starts with it (results_raw/ beside results/)."""
+    write_tiny_tiff(tmp_path / "results" / "a" / "x.tif")
+    write_tiny_tiff(tmp_path / "results_raw" / "scan2.tif")
+    scan = scan_inbox([str(tmp_path / "*" / "*.tif"), str(tmp_path / "results" / "*" / "*.tif")],
+                      settle_seconds=0, now=_later(), exclude=[str(tmp_path / "results")])
+    assert [r["sample"] for r in scan.rows] == ["scan2"]
+
+
 def test_two_files_with_one_id_are_an_error_naming_both(tmp_path):
     write_tiny_tiff(tmp_path / "d1" / "stack.tif")
     write_tiny_tiff(tmp_path / "d2" / "stack.ome.tif")

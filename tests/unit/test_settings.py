@@ -65,6 +65,9 @@ def test_every_schema_key_has_a_description_and_default():
         ({"train": {"degradation": {"method": "psf"}}}, r"needs degradation.psf_path"),
         ({"train": {"degradation": {"method": "gaussian"}}}, r"needs degradation.sigma_um"),
         ({"normalise": {"low_percentile": 99, "high_percentile": 1}}, r"low_percentile < high_percentile"),
+        ({"normalise": {"low_percentile": 50, "high_percentile": 50}}, r"low_percentile < high_percentile"),
+        ({"infer": {"ngff_version": "0.5", "chunks": [8, 8, 8], "shards": [12, 12, 12]}},
+         r"must be a multiple of infer.chunks"),
         ({"bogus": {}}, r"unknown key\(s\) bogus"),
     ],
 )
@@ -285,6 +288,53 @@ def test_each_stage_receives_only_what_it_reads(stage, mode, sections, absent):
         assert set(out["infer"]) == set(GUARD_INFER_KEYS) and "blocks" not in out["infer"]
     if (stage, mode) == ("infer", "isotropic"):
         assert set(out["isotropic"]) == {"fusion", "infer_batch"} and "tile_size" in out["infer"]
+
+
+@pytest.mark.parametrize("key, value", [("patience", 3), ("seed", 7), ("learning_rate", 5e-4),
+                                        ("validate_every", 10), ("max_minutes", 3.0), ("guard_margin_db", 0.5),
+                                        ("warmup_steps", 5)])
+def test_every_train_value_isotropic_training_reads_reaches_its_job(key, value):
+    """A value isotropic training reads and its train job did not receive is silently the
+    default there, and changing it retrains nothing (a mutation review: train.patience)."""
+    from selfres.settings import stage_settings
+
+    sections = _all_sections()
+    assert sections["train"][key] != value
+    before = stage_settings(sections, stage="train", mode="isotropic")
+    after = stage_settings(_with(sections, **{f"train__{key}": value}), stage="train", mode="isotropic")
+    assert after["train"][key] == value and after != before
+
+
+def test_enhance_training_receives_the_precision_its_guard_scores_in():
+    """The guard scores what inference writes, in inference's precision: infer.amp is a value
+    the enhance train job reads (changing it re-judges the model); isotropic training's is not."""
+    from selfres.settings import stage_settings
+
+    sections = _all_sections()
+    for mode, reads in (("enhance", True), ("isotropic", False)):
+        before = stage_settings(sections, stage="train", mode=mode)
+        after = stage_settings(_with(sections, infer__amp=not sections["infer"]["amp"]), stage="train", mode=mode)
+        assert (after != before) is reads, mode
+
+
+def test_a_hand_set_noise_top_up_reaches_training_where_noise_match_reads_it():
+    from selfres.settings import stage_settings
+
+    top_up = {"train__degradation__noise_variance": [0.01, 0.001]}
+    for noise, reads in (("match", True), ("none", False)):
+        base = _with(_shipped_sections(), train__degradation__noise=noise)
+        before = stage_settings(base, stage="train", mode="enhance")
+        after = stage_settings(_with(base, **top_up), stage="train", mode="enhance")
+        assert (after != before) is reads, noise
+        if reads:
+            assert after["train"]["degradation"]["noise_variance"] == [0.01, 0.001]
+
+
+def test_only_factors_of_one_two_and_four_with_a_four_read_the_x4_strategy():
+    from selfres.settings import reads_x4_strategy
+
+    assert reads_x4_strategy((4, 4, 4)) and reads_x4_strategy((1, 4, 4)) and reads_x4_strategy((4, 2, 1))
+    assert not reads_x4_strategy((4, 3, 1)) and not reads_x4_strategy((2, 2, 2)) and not reads_x4_strategy((8, 4, 4))
 
 
 def test_a_psf_turns_blurred_targets_off_so_their_values_rerun_nothing():

@@ -597,6 +597,23 @@ def test_a_sample_may_not_be_named_after_what_the_workflow_writes_at_the_top_of_
         check_results_dirs(results, ["lapse_t0", "lapse.ome.tif"], root_files=["lapse.ome.tif"])
 
 
+def test_a_link_inside_a_sample_s_results_folder_leading_out_of_results_is_refused(tmp_path):
+    """results/<sample>/normalized.ome.zarr as a link to a folder elsewhere: the pipeline would
+    write outside the results root through it; a link that stays inside is fine."""
+    from selfres.sheet import check_results_dirs
+
+    results, outside = tmp_path / "results", tmp_path / "outside"
+    (results / "a").mkdir(parents=True)
+    (results / "elsewhere").mkdir()
+    outside.mkdir()
+    (results / "a" / "model").symlink_to(results / "elsewhere")
+    check_results_dirs(results, ["a"])
+    (results / "a" / "normalized.ome.zarr").symlink_to(outside)
+    with pytest.raises(ConfigError, match=r"sample 'a': .*normalized\.ome\.zarr is a link to .*outside, outside "
+                                          r"the results root"):
+        check_results_dirs(results, ["a"])
+
+
 @pytest.mark.parametrize("column, value, message", [
     ("train.learning_rate", "-0.001", r"train\.learning_rate: -0\.001 is less than or equal to the minimum of 0"),
     ("train.width", "3", r"train\.width: 3 is less than the minimum of"),

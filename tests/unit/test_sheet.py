@@ -349,12 +349,26 @@ def test_file_counts_are_read_once_and_again_only_when_the_file_changes(tmp_path
     acq.write_bytes(b"x" * 11)  # rewritten: counted again
     os.utime(acq, ns=(1, 1))
     assert FileCounts(cache).get("timepoints", str(acq), None, count) == 3 and len(calls) == 3
+    saved = FileCounts(cache)
+    saved.get("timepoints", str(acq), None, count)
+    saved.save()
+    acq.write_bytes(b"y" * 11)  # overwritten by an acquisition of the same size: its time tells
+    os.utime(acq, ns=(2_000_000_000, 2_000_000_000))
+    assert FileCounts(cache).get("timepoints", str(acq), None, count) == 3 and len(calls) == 5
+    again = FileCounts(cache)
+    again.get("timepoints", str(acq), None, count)
+    again.save()
+    assert FileCounts(cache).get("timepoints", str(acq), None, count) == 3 and len(calls) == 6  # cached
+    with pytest.MonkeyPatch.context() as mp:  # counts of another selfres version's reader are not reused
+        mp.setattr("selfres.sheet.__version__", "0.0.0+another")
+        assert FileCounts(cache).get("timepoints", str(acq), None, count) == 3 and len(calls) == 7
+    calls.clear()
     store = tmp_path / "s.zarr"
     store.mkdir()
     fresh = FileCounts(cache)
     fresh.get("channels", str(store), None, count)
     fresh.get("channels", str(store), None, count)
-    assert len(calls) == 5 and not fresh.changed  # folders are not cached
+    assert len(calls) == 2 and not fresh.changed  # folders are not cached
     cache.write_text("{not json")
     assert FileCounts(cache).entries == {}  # a damaged cache is an empty one
 

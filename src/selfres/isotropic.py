@@ -759,6 +759,8 @@ def blend_ends(restored: np.ndarray, interp: np.ndarray, weights: Sequence[float
     out, ref = np.moveaxis(restored, axis, 0), np.moveaxis(interp, axis, 0)  # views
     n = out.shape[0]
     for k, w in enumerate(weights[: n // 2]):
+        if w == 1.0:  # the network's own rows: nothing to blend
+            continue
         for row in (k, n - 1 - k):
             out[row] = w * out[row] + (1.0 - w) * ref[row]
     return restored

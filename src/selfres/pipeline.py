@@ -1301,10 +1301,10 @@ def qc_flags(agreement: dict, *, mode: str, content: str, structure: float | Non
     under = agreement.get("undershoot") or {}
     if under and under["output"] > UNDERSHOOT_SHARE and under["output"] > 2 * under["interpolation"]:
         flags.append("restored_undershoots")
-    brighter = (agreement.get("brightening") or {}).get("ratio")
-    if mode == "isotropic" and brighter is not None and brighter > BRIGHTENING_RATIO:
-        flags.append("restored_brighter")  # an interpolated output is its own interpolation: 1
     if mode == "isotropic":
+        brighter = (agreement.get("brightening") or {}).get("ratio")
+        if brighter is not None and brighter > BRIGHTENING_RATIO:
+            flags.append("restored_brighter")  # an interpolated output is its own interpolation: 1
         flags += isotropy_flags(isotropy_in, isotropy_out, content)
     if not voxel_size_known:
         flags.append("voxel_size_missing")

@@ -335,7 +335,8 @@ def _lag_variance(residual: np.ndarray, lag1: np.ndarray, lag2: np.ndarray) -> f
 
 
 #: The brightest of :func:`noise_level_function`'s quantile bins starts below this fraction of the
-#: normalised range: an empty field around a few bright objects (one nucleus, an organoid, beads).
+#: normalised range: an empty field around a few bright objects (one nucleus, an organoid, beads);
+#: a stack of 2 planes or more.
 #: That bin then spans every intensity of the objects, and its smoothest voxels — the ones it
 #: measures — are their dim fringe, so the objects' own noise went unread (a review's textured
 #: object: 0.3 x the true variance at 0.5; a silent loss of up to 0.4 dB against its truth).
@@ -386,8 +387,8 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     planes or more the same lag test is also made on the residuals' second difference through
     z, ``(r[i-1] - 2 r[i] + r[i+1]) / sqrt(6)``, which keeps independent noise and cancels
     structure that changes little from plane to plane; a bin whose in-plane reading is below
-    :data:`THROUGH_Z_SHARE` of that one takes it. In an empty field (the brightest quantile bin
-    starts below :data:`EMPTY_FIELD_TOP` of the range) the bright objects' intensities get bins an
+    :data:`THROUGH_Z_SHARE` of that one takes it. In an empty field of 2 planes or more (the brightest
+    quantile bin starts below :data:`EMPTY_FIELD_TOP` of the range) the bright objects' intensities get bins an
     octave wide, and the line is fitted with each bin weighted by its precision
     (:func:`_precision_weighted_line`). Voxels within 3
     of a saturated one (the top value, shared by many voxels) are left out, and so are
@@ -492,7 +493,9 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     if m.size == 0:
         return NoiseLevel(0.0, 0.0)
     edges = np.unique(np.quantile(m, np.linspace(0.0, 1.0, bins + 1)))
-    empty_field = len(edges) >= 3 and edges[-2] < EMPTY_FIELD_TOP < edges[-1]
+    # (not for a single plane: there the object's texture fails the white-noise signature in its
+    # own bins and reads 0, which pinned the line at no slope: σ 0.13 x where the one wide bin read 0.5 x)
+    empty_field = not planar and len(edges) >= 3 and edges[-2] < EMPTY_FIELD_TOP < edges[-1]
     if empty_field:  # the bright objects' intensities in bins of their own, an octave wide
         octaves = edges[-1] / 2.0 ** np.arange(1, OCTAVE_BINS + 1)
         edges = np.unique(np.concatenate([edges, octaves[octaves > edges[-2]]]))

@@ -500,7 +500,7 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
         octaves = edges[-1] / 2.0 ** np.arange(1, OCTAVE_BINS + 1)
         edges = np.unique(np.concatenate([edges, octaves[octaves > edges[-2]]]))
     which = np.clip(np.searchsorted(edges, m, side="right") - 1, 0, max(len(edges) - 2, 0))
-    mus, variances, variances_z, counts = [], [], [], []
+    mus, variances, variances_z, counts, still = [], [], [], [], []
     for b in range(max(len(edges) - 1, 1)):
         sel = which == b
         if sel.sum() < min_voxels:
@@ -531,14 +531,21 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
         mus.append(float(np.median(m[sel])))
         variances.append(variance)
         counts.append(float(rb.size))
+        still.append(not np.any(rb))  # a residual of 0: nothing varies here, no noise read as none
     if not mus:
         return NoiseLevel(0.0, 0.0)
     if variances_z:  # bin by bin: where the in-plane reading is below THROUGH_Z_SHARE of it
         variances = [vz if v < THROUGH_Z_SHARE * vz else v for v, vz in zip(variances, variances_z)]
     mu, var, w = np.asarray(mus), np.asarray(variances), np.sqrt(np.asarray(counts))
-    if empty_field and len(mu) >= 2 and np.ptp(mu) > 0:
-        slope, floor = _precision_weighted_line(mu, var, np.asarray(counts))
-        return NoiseLevel(slope, floor, bins=len(mus))
+    if empty_field:
+        # a bin that reads 0 where its residual is not 0 was not read: structure on its voxels (a
+        # bead's steep flank) outweighed the noise in both lag tests, which clip at 0 — a review's
+        # small beads had every octave bin at 0, each weighing as much as a bin read right, and the
+        # line pinned at no slope (σ 0.14 x). A residual of 0 (a noiseless background) is a reading.
+        read = (var > 0) | np.asarray(still)
+        if read.sum() >= 2 and np.ptp(mu[read]) > 0:
+            slope, floor = _precision_weighted_line(mu[read], var[read], np.asarray(counts)[read])
+            return NoiseLevel(slope, floor, bins=int(read.sum()))
     if len(mu) >= 2 and np.ptp(mu) > 0:
         slope, floor = np.linalg.lstsq(np.c_[mu, np.ones_like(mu)] * w[:, None], var * w, rcond=None)[0]
     else:

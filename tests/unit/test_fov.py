@@ -13,17 +13,20 @@ def _inside(box, shape):
     return all(0 <= a < b <= n for (a, b), n in zip(box, shape))
 
 
-@pytest.mark.parametrize("shape", [(16, 48, 48), (1, 64, 64), (8, 40, 96), (30, 64, 32)])
+@pytest.mark.parametrize("shape", [(16, 48, 48), (1, 64, 64), (8, 40, 96), (30, 64, 32), (16, 90, 70)])
 @pytest.mark.parametrize("multiple", [(1, 1, 1), (1, 2, 2), (2, 2, 2), (1, 4, 4)])
-def test_training_fov_and_holdout_are_disjoint_inside_and_multiples(shape, multiple):
+@pytest.mark.parametrize("max_voxels", [None, 6000])  # 6000: windows smaller than what is left to them
+def test_training_fov_and_holdout_are_disjoint_inside_and_multiples(shape, multiple, max_voxels):
     if shape[0] == 1 and multiple[0] > 1:
         pytest.skip("2-D input has no z factor")
     vol = blob_volume(shape, n=80)
-    fov = choose_training_fov(vol, multiple=multiple, min_holdout_voxels=256)
+    fov = choose_training_fov(vol, multiple=multiple, min_holdout_voxels=256,
+                              **({} if max_voxels is None else {"max_voxels": max_voxels}))
     assert _inside(fov.train, shape) and _inside(fov.holdout, shape)
     assert not boxes_overlap(fov.train, fov.holdout)
-    for n, m in zip(box_shape(fov.holdout), multiple):
-        assert n % m == 0 or n < m
+    for box in (fov.train, fov.holdout):
+        for n, m in zip(box_shape(box), multiple):
+            assert n % m == 0 or n < m
 
 
 def test_large_volume_gets_the_structure_rich_window():

@@ -458,6 +458,32 @@ def test_analytic_training_selects_by_held_out_lateral_psnr_and_reports_it():
     assert r.degradation["sigma_source"] == "estimated" and r.degradation["factor"] == 4.0
 
 
+def test_training_returns_the_checkpoint_best_on_the_held_out_slices(monkeypatch):
+    """The held-out score peaks at step 8 of 12 (scripted; training runs as it is): ``best_step``
+    is 8 and the model returned carries the weights step 8 was scored with, not the last step's."""
+    import copy
+
+    from selfres import train as train_module
+
+    script = iter([30.0, 30.0, 31.0, 32.0, 31.5])  # the input (z-cubic), the start, steps 4, 8, 12
+    real = iso._psnr_stack
+    monkeypatch.setattr(iso, "_psnr_stack", lambda pairs, preds, rng: next(script, None) or real(pairs, preds, rng))
+    seen: dict[int, dict] = {}
+    observe = train_module.Selection.observe
+
+    def spy(self, model, *, step, **kw):
+        seen[int(step)] = copy.deepcopy(model.state_dict())
+        return observe(self, model, step=step, **kw)
+
+    monkeypatch.setattr(train_module.Selection, "observe", spy)
+    train, held = _semi()
+    r = iso.train_isotropic(train, held, factor=4.0, settings=_tiny(), voxel_size=(2.0, 0.5, 0.5))
+    assert [row["step"] for row in r.log_rows] == [4, 8, 12] and r.best_step == 8
+    assert any(not torch.equal(seen[8][k], seen[12][k]) for k in seen[8])  # the weights moved after step 8
+    returned = r.model.state_dict()
+    assert all(torch.equal(returned[k], seen[8][k]) for k in seen[8])
+
+
 def test_a_time_budget_stop_while_the_held_out_score_rises_is_flagged():
     """As in enhance mode (the rule: tests/unit/test_train.py): a budget stop is flagged
     exactly when the selection says the score was still rising."""

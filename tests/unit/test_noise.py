@@ -570,7 +570,7 @@ def _small_beads(n, seed, shape=(16, 128, 128)) -> np.ndarray:
     return (0.01 + v / np.percentile(v, 99.9)).astype(np.float32)
 
 
-@pytest.mark.parametrize("beads, seed", [(10, 3), (20, 3)])
+@pytest.mark.parametrize("beads, seed", [(10, 3), (10, 4)])  # each fails when every bin counts
 def test_octave_bins_that_structure_kept_from_being_read_do_not_count_as_noiseless(beads, seed):
     """On small beads every octave bin but the top can read 0 (their steep flanks outweigh the
     noise in both lag tests, which clip at 0); counted as readings, each as precise as a bin

@@ -397,6 +397,13 @@ def test_an_adopted_model_gaining_less_than_the_margin_is_flagged_without_extras
                                   device="cpu")
         verdicts[margin] = "model_worse_than_interpolation" in out["flags"]
     assert verdicts == {0.0: False, 30.0: True}
+    # a source whose kept checkpoint failed the coarse-scale check hands that verdict on (the same
+    # mapping), with or without the extras: the margin alone would pass it here
+    for extras in (no_extras, InferSettings()):
+        out = adopt.adopt_enhance(trained.model, meta | {"coarse_scale_failed": True}, vol[:, :36], vol[:, 36:],
+                                  sample="b", voxel_size=None, guard_margin_db=0.0, guard_confidence=0.95,
+                                  infer_settings=extras, device="cpu")
+        assert "model_worse_than_interpolation" in out["flags"]
 
 
 @pytest.mark.parametrize("stage_steps, confidence_used", [([0, 0], 0.95), ([75, 0], 0.0)])

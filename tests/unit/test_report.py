@@ -348,6 +348,17 @@ def test_bead_figure_and_spectra_from_qc_tables(tmp_path):
     assert report.figure_spectra(with_interp, log10_power=True) != report.figure_spectra(spectra, log10_power=True)
     assert (report.figure_spectra(with_interp | {"nyquist_in": 0.25}, log10_power=True)
             != report.figure_spectra(with_interp, log10_power=True))
+    with pytest.MonkeyPatch.context() as mp:
+        drawn = _captured(mp)
+        report.figure_spectra(with_interp | {"nyquist_in": 0.25}, log10_power=True)
+        report.figure_spectra(with_interp, log10_power=True)
+
+    def nyquist_at(fig):  # the dotted vertical line's x
+        lines = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == ":"]
+        assert len(lines) == 1
+        return set(np.ravel(lines[0].get_xdata()).astype(float))
+
+    assert [nyquist_at(f) for f in drawn] == [{0.25}, {0.2}]  # given; else the input's last bin
     figs = report.sample_figures(raw=raw, interp=interp, restored=restored, bead_table=beads,
                                  spectra=spectra, spectra_log10=True)
     assert {"orthoviews", "projections", "detail", "spectra", "beads"} <= set(figs)

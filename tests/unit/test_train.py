@@ -238,6 +238,11 @@ def test_serial_x4_trains_two_x2_stages_and_scores_their_composition():
 
     rng = float(target.max() - target.min())
     assert r.val_psnr_interp == pytest.approx(psnr01(target, interp, rng), abs=1e-4)
+    # the held-out figure is the composition's own, scored on that pair (not a sum of the stages' gains)
+    from selfres.infer import predict_array
+
+    composed = predict_array(r.model, low, factors=(1, 4, 4), tile_size=(8, 64, 64), device="cpu", amp=True)
+    assert r.val_psnr_model == pytest.approx(psnr01(target, composed, rng), abs=1e-3)
     assert ("model_worse_than_interpolation" in r.flags) == (not r.val_psnr_model > r.val_psnr_interp + 0.2)
 
 
@@ -352,6 +357,75 @@ def test_best_checkpoint_must_beat_tricubic_on_both_scales():
         assert min(best) > 0 and min(best) >= max(min(g) for g in gains) - 0.01 - 1e-9  # 0.01 dB hysteresis
     else:
         assert "model_worse_than_interpolation" in r.flags
+
+
+def _scripted_validation(monkeypatch, module, gains):
+    """Make ``module``'s held-out scores follow ``gains`` (one tuple per validation, the start
+    included: the gain over the baseline of each scored target, in the order the targets are first
+    scored) and record the weights each validation saw, by step (a spy on ``Selection.observe``).
+    Training itself runs as it is; only what the validations read is scripted."""
+    import copy
+
+    from selfres import train as train_mod
+
+    real_psnr = module.psnr01 if hasattr(module, "psnr01") else None
+    calls: dict[int, int] = {}
+    order: list[int] = []
+
+    def psnr01(target, pred, data_range):
+        key = id(target)
+        if key not in calls:
+            order.append(key)
+            calls[key] = 0
+            return 30.0  # the baseline (tricubic) is each target's first score
+        k, which = calls[key], order.index(key)
+        calls[key] += 1
+        return 30.0 + gains[k][which] if k < len(gains) else real_psnr(target, pred, data_range)
+
+    monkeypatch.setattr(module, "psnr01", psnr01)
+    seen: dict[int, dict] = {}
+    observe = train_mod.Selection.observe
+
+    def spy(self, model, *, step, **kw):
+        seen[int(step)] = copy.deepcopy(model.state_dict())
+        return observe(self, model, step=step, **kw)
+
+    monkeypatch.setattr(train_mod.Selection, "observe", spy)
+    return seen
+
+
+def test_training_keeps_and_returns_the_checkpoint_best_by_the_smaller_of_its_two_gains(monkeypatch):
+    """The kept checkpoint is the one whose smaller gain (held-out, coarse scale) is the highest -
+    not the best held-out figure (step 10, whose coarse-scale gain fell) and not the last step -
+    and the model returned carries that checkpoint's weights, which the figures describe."""
+    from selfres import train as train_mod
+
+    train, held = _data()
+    gains = [(0.0, 0.0), (1.0, 2.0), (3.0, 0.5), (2.0, 1.5), (1.2, 1.0), (0.8, 0.8), (0.5, 0.5)]
+    seen = _scripted_validation(monkeypatch, train_mod, gains)
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=TrainSettings(steps=30, **TINY))
+    assert [row["step"] for row in r.log_rows] == [5, 10, 15, 20, 25, 30]
+    assert [round(row["val_coarse_gain"], 6) for row in r.log_rows] == [g[1] for g in gains[1:]]
+    assert r.best_step == 15 and r.val_psnr_model == pytest.approx(32.0)
+    assert "model_worse_than_interpolation" not in r.flags
+    kept, last = seen[15], seen[30]
+    assert any(not torch.equal(kept[k], last[k]) for k in kept)  # the weights moved after the kept step
+    returned = r.model.state_dict()
+    assert all(torch.equal(returned[k], kept[k]) for k in kept)
+
+
+def test_a_kept_checkpoint_whose_coarse_scale_gain_stays_below_zero_is_flagged(monkeypatch):
+    """A network that does not start as tricubic can start below it: a later checkpoint that beats
+    the start but still loses on the coarse scale is kept, and flagged however large its
+    held-out gain (the coarse-scale check is what the held-out figure cannot see)."""
+    from selfres import train as train_mod
+
+    train, held = _data()
+    gains = [(0.5, -3.0), (2.0, -1.0), (1.5, -2.0), (1.0, -2.5)]
+    _scripted_validation(monkeypatch, train_mod, gains)
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=TrainSettings(steps=15, **TINY))
+    assert r.best_step == 5 and r.val_psnr_model == pytest.approx(32.0)
+    assert r.coarse_scale_failed and "model_worse_than_interpolation" in r.flags
 
 
 # ------------------------------------------------ the guard judges what inference writes

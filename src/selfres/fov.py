@@ -310,11 +310,15 @@ def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tupl
 
 
 #: An automatic held-out end slab whose mean structure is below this share of the volume's
-#: is as good as empty (one cell or organoid in a dark field: the end slabs along the longer
-#: lateral axis held exact background, and the guard judged the network on rounding noise);
-#: the ends along the other lateral axis are tried too. The benchmark's volumes: 0.065 and
-#: more (a single nucleus in its field), so they keep their slab.
-EMPTY_HOLDOUT_SHARE = 0.02
+#: stands for too little of it, and the ends along the other lateral axis are tried too (the
+#: richer end is taken). One cell or organoid in a dark field: the end slabs along the longer
+#: lateral axis held exact background, and the guard judged the network on rounding noise
+#: (share 0); a sparse bead stack (bian_beads_subres as acquired): both y ends held only noisy
+#: background (share 0.35, brightest voxel 15 on a range of 1-156) while the x ends held beads
+#: (0.62, 0.88), and the report showed a +2.3 dB "win" measured on background (until the
+#: forty-fifth session the threshold was 0.02). The benchmark's other volumes are unchanged:
+#: a single nucleus in its field (0.09-0.18) has no richer end along its other axis.
+SPARSE_HOLDOUT_SHARE = 0.5
 
 
 def automatic_holdout_slab(shape: Sequence[int], *, holdout_fraction: float = 0.2, min_holdout_voxels: int = 4096,
@@ -469,7 +473,7 @@ def choose_training_fov(
 
     # held-out slab: the end with more structure, so that validation measures something
     ends = sorted(end_slabs(ax, hold_len), key=lambda e: e[0], reverse=True)
-    if ends[0][0] < EMPTY_HOLDOUT_SHARE * total_mean:  # one object in a dark field: try the other lateral axis
+    if ends[0][0] < SPARSE_HOLDOUT_SHARE * total_mean:  # little structure at either end: try the other lateral axis
         with contextlib.suppress(InputError):
             other = automatic_holdout_slab(shape, **slab, axis=3 - ax)
             ends = sorted([*ends, *end_slabs(*other)], key=lambda e: e[0], reverse=True)

@@ -258,6 +258,8 @@ def stage_normalise(
         **({"time_increment_s": dt} if timepoint is not None and (dt := io.time_increment(input_path,
                                                                                           series=series)) else {}),
         "voxel_size_source": "sheet" if voxel_size else ("metadata" if vol.voxel_size else None),
+        # what the file records where the sheet gives another: QC flags a unit slip (voxel_size_unlike_file)
+        **({"voxel_size_file": [float(v) for v in vol.voxel_size]} if voxel_size and vol.voxel_size else {}),
         "saturated_fraction": saturated,
         "raw_range": [vmin, vmax],
     }
@@ -1263,9 +1265,25 @@ ISOTROPY_REACHED = 0.8
 SATURATED_SHARE = 0.01
 
 
+#: A voxel size given in the sheet that is this many times the file's own (or less by as much) on
+#: an axis is flagged ``voxel_size_unlike_file``: a unit slip (nm typed for µm: 1000×) more often
+#: than a correction; a binned acquisition whose metadata kept the camera's pixel differs by 2-4×
+VOXEL_SIZE_SLIP_RATIO = 10.0
+
+
+def voxel_size_unlike_file(given: Sequence[float] | None, recorded: Sequence[float] | None) -> bool:
+    """Whether the voxel size ``given`` (sheet) is :data:`VOXEL_SIZE_SLIP_RATIO` times or more
+    the file's ``recorded`` one, or as much less, on any axis (``False`` when either is missing)."""
+    if not given or not recorded:
+        return False
+    return any(max(g / f, f / g) >= VOXEL_SIZE_SLIP_RATIO for g, f in zip(given, recorded) if g > 0 and f > 0)
+
+
 def qc_flags(agreement: dict, *, mode: str, content: str, structure: float | None, planes_alike: float | None,
              level_rounding: float = 0.0, isotropy_in: float | None = None, isotropy_out: float | None = None,
-             voxel_size_known: bool = True, saturated_fraction: float | None = None) -> list[str]:
+             voxel_size_known: bool = True, saturated_fraction: float | None = None,
+             voxel_size_given: Sequence[float] | None = None,
+             voxel_size_file: Sequence[float] | None = None) -> list[str]:
     """The QC flags that the figures of the input and of the restored volume as written decide
     (:func:`stage_qc` measures them; the model's own flags come from ``model.json``), in the
     order the report lists them.
@@ -1284,6 +1302,9 @@ def qc_flags(agreement: dict, *, mode: str, content: str, structure: float | Non
         Half a step of an integer output dtype, in normalised units (0 for float outputs).
     isotropy_in, isotropy_out
         The input's and the output's isotropy (``isotropic`` mode: :func:`isotropy_flags`).
+    voxel_size_given, voxel_size_file
+        The voxel size the sheet gave (µm) and the one the file records, where both exist
+        (:func:`voxel_size_unlike_file`).
     """
     flags: list[str] = []
     if (structure is not None and structure < INPUT_MIN_STRUCTURE_SHARE
@@ -1308,6 +1329,8 @@ def qc_flags(agreement: dict, *, mode: str, content: str, structure: float | Non
         flags += isotropy_flags(isotropy_in, isotropy_out, content)
     if not voxel_size_known:
         flags.append("voxel_size_missing")
+    elif voxel_size_unlike_file(voxel_size_given, voxel_size_file):
+        flags.append("voxel_size_unlike_file")
     if saturated_fraction is not None and saturated_fraction > SATURATED_SHARE:
         flags.append("saturated_input")
     return flags
@@ -1450,7 +1473,9 @@ def stage_qc(
                       # stack's denoised background of 0.4 counts is written as 0)
                       level_rounding=0.5 / params.span if np.issubdtype(out_dtype, np.integer) else 0.0,
                       isotropy_in=iso_in, isotropy_out=iso_out, voxel_size_known=vs_in is not None,
-                      saturated_fraction=vol.attrs.get("saturated_fraction"))
+                      saturated_fraction=vol.attrs.get("saturated_fraction"),
+                      voxel_size_given=vs_in if vol.attrs.get("voxel_size_source") == "sheet" else None,
+                      voxel_size_file=vol.attrs.get("voxel_size_file"))
     # a job given a GPU that computed on the CPU (a CPU build of torch on the GPU nodes): hours of a GPU held;
     # not a CPU asked for by name (--device cpu on a GPU node)
     ran = [meta.get("ran_on"), restored_attrs.get("ran_on"), *(restored_attrs.get("tiles_ran_on") or [])]

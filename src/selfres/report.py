@@ -125,6 +125,15 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "physical units, aspect ratios and resolution values may be wrong.",
         "Add a voxel_size column (z,y,x in µm) to the sample sheet for this sample.",
     ),
+    "voxel_size_unlike_file": (
+        "The voxel size given in the sample sheet is 10 times the one the input file records, or more "
+        "(or as much smaller), on at least one axis; the sheet's was used. That is more often a unit slip "
+        "(nm typed for µm is 1000 times) than a correction, and it sets the physical units, the aspect "
+        "ratios, a PSF or optics given in µm, and in isotropic mode the output grid "
+        "(Input: voxel size in, and the normalise log, give both).",
+        "Check the sample sheet's voxel_size (z,y,x in µm). If the file's metadata is what is wrong, "
+        "the sheet's value stands and this flag can be ignored; otherwise correct it and rerun the sample.",
+    ),
     "restored_not_finite": (
         "The restored volume holds NaN or infinite voxels: something failed while it was "
         "computed or written (qc/metrics.json, restored_check, gives the count).",
@@ -1034,6 +1043,11 @@ def _best_step(df: pd.DataFrame, best_step: Any) -> int | list[int] | None:
     return None
 
 
+#: The least rise of a validation score that replaces the kept checkpoint: training's
+#: ``selfres.train.MIN_GAIN_DB`` (a test ties them; the report does not import torch)
+KEEP_MIN_GAIN_DB = 0.01
+
+
 def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] | None = None) -> bytes:
     """Loss, validation PSNR (model vs interpolation), the kept checkpoint's score and
     learning rate vs step.
@@ -1128,7 +1142,8 @@ def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] 
         which = (", ".join(f"stage {k} step {b}" for k, b in zip(stages, bests)) if len(stages) > 1
                  else f"step {bests[0]}")
         fig.suptitle(f"kept checkpoint: {which} (dotted line): the best score, the smaller of its gains over "
-                     "interpolation (held-out, and coarse-scale where checked)", fontsize=8.5)
+                     "interpolation (held-out, and coarse-scale where checked);\na later one replaces it only "
+                     f"when more than {KEEP_MIN_GAIN_DB:g} dB higher", fontsize=8.5)
     return _fig_to_png(fig)
 
 
@@ -2122,7 +2137,8 @@ def render_sample_report(
         extras = metrics.get("inference_extras") or {}
         with_extras = (metrics.get("mode") != "isotropic"
                        and (extras.get("back_projection_iterations") or extras.get("ensemble")))
-        parts.append(f"<p>Kept checkpoint: {_esc(kept)}{_esc(note)}; "
+        parts.append(f"<p>Kept checkpoint: {_esc(kept)}{_esc(note)} (a later validation replaces it only when its "
+                     f"score is more than {KEEP_MIN_GAIN_DB:g} dB higher); "
                      f"{len(df)} validations logged" + (f" over {n_stages} stages (a serial ×4 model's two "
                                                          "trainings, one after the other)" if n_stages > 1 else "")
                      + (f"; training stopped: {_esc(stop)}" if stop else "") + ". "

@@ -547,6 +547,12 @@ def test_qc_flags_of_a_good_restoration_are_none_and_each_check_fires_on_its_own
     assert _flags(mode="isotropic", isotropy_in=0.4, isotropy_out=1.4) == ["isotropy_implausible"]
     assert _flags(isotropy_in=0.4, isotropy_out=0.6) == []  # enhance: no isotropy claim
     assert _flags(voxel_size_known=False) == ["voxel_size_missing"]
+    # voxel_size_unlike_file: the sheet's 10 times the file's, or a tenth, on an axis (nm typed for µm)
+    file_vs = (4.0, 0.8286, 0.8286)
+    assert _flags(voxel_size_given=(4000.0, 828.6, 828.6), voxel_size_file=file_vs) == ["voxel_size_unlike_file"]
+    assert _flags(voxel_size_given=(4.0, 0.08286, 0.8286), voxel_size_file=file_vs) == ["voxel_size_unlike_file"]
+    assert _flags(voxel_size_given=(4.0, 3.3, 3.3), voxel_size_file=file_vs) == []  # binned 4x: a correction
+    assert _flags(voxel_size_given=(4000.0, 828.6, 828.6), voxel_size_file=None) == []
     assert _flags(saturated_fraction=0.05) == ["saturated_input"] and _flags(saturated_fraction=0.005) == []
 
 
@@ -813,3 +819,9 @@ def test_a_given_voxel_size_that_is_not_the_files_is_said(tmp_path, caplog):
         pipeline.stage_normalise(src, tmp_path / "other.ome.zarr", sample="s", voxel_size=(2.0, 1.0, 1.0))
     assert re.search(r"sample 's': the voxel size given \(sheet column voxel_size; selfres: --voxel-size\), 2, 1, 1 "
                      r"µm, is not the one .*a\.tif records, 1, 0\.5, 0\.5 µm; the given one is used", caplog.text)
+    # the file's own is kept beside a given one, for QC's unit-slip flag; none where the sheet gives nothing
+    from selfres import io
+
+    assert io.read_volume(tmp_path / "other.ome.zarr").attrs["voxel_size_file"] == [1.0, 0.5, 0.5]
+    pipeline.stage_normalise(src, tmp_path / "file.ome.zarr", sample="s")
+    assert "voxel_size_file" not in io.read_volume(tmp_path / "file.ome.zarr").attrs

@@ -1091,6 +1091,11 @@ def test_the_kept_checkpoints_score_is_drawn_beside_the_psnr(monkeypatch):
     np.testing.assert_allclose(_line(gain, "held-out gain").get_ydata(), [0.5, 1.0, 0.8])
     np.testing.assert_allclose(_line(gain, "coarse-scale gain").get_ydata(), [0.30, -0.05, 0.20])
     assert "smaller of its gains" in drawn[-1]._suptitle.get_text()
+    # a later score higher by less than training's least rise does not replace the kept one: said so
+    from selfres.train import MIN_GAIN_DB
+
+    assert report.KEEP_MIN_GAIN_DB == MIN_GAIN_DB
+    assert f"more than {MIN_GAIN_DB:g} dB higher" in drawn[-1]._suptitle.get_text()
     flat = log.assign(val_psnr_model=[32.0391, 32.0392, 32.0393])  # no "+3.2039e1" offset on the axis
     report.figure_training_curves(flat, best_step=75)
     assert drawn[-1].axes[1].yaxis.get_major_formatter().get_useOffset() is False

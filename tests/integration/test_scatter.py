@@ -92,8 +92,11 @@ def test_isotropic_blocks_2_run_as_separate_jobs_and_equal_one_job(tmp_path):
         "c\t../data/v.tif\tisotropic\t2,1,1\t\n"
         "d\t../data/v.tif\tisotropic\t2,1,1\t2\n"
     )
-    cfg = {"samples": "config/samples.tsv", "results": "results", "train": {"validate_every": 2},
-           "isotropic": {"steps": 2, "width": 4, "depth": 1, "batch_size": 1, "patch_size": 16},
+    # enough steps for the kept network to have learned something (best step > 0, checked below): a
+    # network still at its start is z-cubic itself, and a block job that dropped it went unseen
+    cfg = {"samples": "config/samples.tsv", "results": "results",
+           "train": {"validate_every": 2, "patience": 50, "learning_rate": 1e-2},
+           "isotropic": {"steps": 30, "width": 8, "depth": 1, "batch_size": 2, "patch_size": 16},
            "infer": {"tile_size": [4, 16, 16]}}
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     res = tmp_path / "results"
@@ -111,3 +114,7 @@ def test_isotropic_blocks_2_run_as_separate_jobs_and_equal_one_job(tmp_path):
     assert d.data.shape == (16, 32, 32)
     np.testing.assert_array_equal(np.asarray(c.data), np.asarray(d.data))
     assert d.attrs["blocks"] == 2 and c.attrs["blocks"] == 1
+    assert json.loads((res / "c" / "model" / "model.json").read_text())["metadata"]["best_step"] > 0
+    if kinds == 2:  # the network's output, kept beside z-cubic, is what the blocks must agree on
+        np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(res / "c" / "restored_model.ome.zarr").data),
+                                      np.asarray(io.read_ome_zarr(res / "d" / "restored_model.ome.zarr").data))

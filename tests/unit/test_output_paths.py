@@ -132,9 +132,19 @@ def test_an_existing_folder_selfres_did_not_write_is_never_replaced(tmp_path, ca
     store = tmp_path / "n.ome.zarr"
     for _ in range(2):  # the second run replaces the first's store
         assert cli.main(["normalise", str(src), "-o", str(store)]) == 0
+    # a model folder: a training that would run (its inputs all there) is refused for the folder alone
+    big = tmp_path / "big.tif"
+    tifffile.imwrite(big, (np.random.default_rng(0).random((8, 64, 64)) * 1000).astype(np.uint16), imagej=True,
+                     metadata={"axes": "ZYX"})
+    assert cli.main(["normalise", str(big), "-o", str(tmp_path / "big.ome.zarr")]) == 0
+    assert cli.main(["crop", str(tmp_path / "big.ome.zarr"), "-o", str(tmp_path / "fov.json"), "--scale", "1,2,2"]) == 0
+    capsys.readouterr()
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "notes.txt").write_text("mine")
-    assert cli.main(["train", str(store), str(tmp_path / "fov.json"), "-o", str(tmp_path / "model")]) == 2
+    tiny = '{"train": {"steps": 2, "width": 4, "depth": 1, "batch_size": 1, "patch_size": [4, 8, 8]}}'
+    assert cli.main(["train", str(tmp_path / "big.ome.zarr"), str(tmp_path / "fov.json"), "-o",
+                     str(tmp_path / "model"), "--scale", "1,2,2", "--settings", tiny]) == 2
+    assert "is not a model folder that selfres wrote" in capsys.readouterr().err
     assert (tmp_path / "model" / "notes.txt").read_text() == "mine"
 
 

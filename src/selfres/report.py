@@ -1540,6 +1540,13 @@ def set_stale_banner(report_html: str | Path, message: str | None) -> bool:
     return True
 
 
+def _voxel_text(voxel_size: Sequence[float] | None) -> str | None:
+    """``z × y × x`` to 4 significant digits (the report's 3 decimals printed 0.02249 µm as 0.022)."""
+    if not voxel_size:
+        return None
+    return " × ".join(f"{float(v):.4g}" for v in voxel_size)
+
+
 def _kv_table(rows: Sequence[tuple[str, Any]]) -> str:
     cells = "".join(
         f"<tr><th>{_esc(k)}</th><td>{_esc(_fmt(v))}</td></tr>" for k, v in rows)
@@ -2058,8 +2065,8 @@ def render_sample_report(
         ("restored.ome.zarr holds", metrics.get("restored_content") or "model"),
         ("input shape (z, y, x)", metrics.get("input_shape") or list(_as_zyx(raw.shape))),
         ("output shape (z, y, x)", metrics.get("output_shape") or list(_as_zyx(restored.shape))),
-        ("voxel size in (µm)", voxel_size_in or "unknown (see the flag voxel_size_missing)"),
-        ("voxel size out (µm)", voxel_size_out or "unknown"),
+        ("voxel size in (µm)", _voxel_text(voxel_size_in) or "unknown (see the flag voxel_size_missing)"),
+        ("voxel size out (µm)", _voxel_text(voxel_size_out) or "unknown"),
         ("flags", ", ".join(flags) if flags else "none"),
     ]))
     parts.append('<h2 id="flags">Flags</h2>')

@@ -757,9 +757,13 @@ def from_dict(cls: type, data: dict[str, Any], *, prefix: str = "") -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
+        import difflib
+
         where = prefix or cls.__name__
+        close = {u: difflib.get_close_matches(u, sorted(names), n=1) for u in unknown}
+        hints_text = "".join(f" (did you mean {c[0]!r} for {u!r}?)" for u, c in close.items() if c)
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
+            f"{where}: unknown key(s) {', '.join(unknown)}{hints_text}; allowed: {', '.join(sorted(names))}"
         )
     kwargs = {}
     for name, value in data.items():

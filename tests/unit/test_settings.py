@@ -54,7 +54,9 @@ def test_every_schema_key_has_a_description_and_default():
 @pytest.mark.parametrize(
     "data, match",
     [
-        ({"train": {"stepz": 3}}, r"train: unknown key\(s\) stepz; allowed: .*steps"),
+        # a sheet's per-sample column is read here: its typo gets the config's "did you mean" too
+        ({"train": {"stepz": 3}}, r"train: unknown key\(s\) stepz \(did you mean 'steps' for 'stepz'\?\); "
+                                  r"allowed: .*steps"),
         ({"train": {"loss": "huber"}}, r"train.loss: 'huber' is not allowed; choose one of 'mse'"),
         ({"train": {"steps": 0}}, r"train.steps must be >= 1"),
         ({"train": {"steps": 2.5}}, r"train.steps: expected an integer"),

@@ -117,7 +117,8 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
     f = vz / vxy
     given = f"voxel size z,y,x {vz:g}, {vy:g}, {vx:g} µm"
     if f < 1.0 - 1e-6:
-        raise InputError(path, f"z voxel ({vz:g} µm) is finer than the lateral pixel ({vxy:g} µm); isotropic "
+        lateral = f"{vxy:g} µm" if square_pixels(voxel_size) else f"y {vy:g}, x {vx:g} µm: mean {vxy:g}"
+        raise InputError(path, f"{given}: the z voxel ({vz:g} µm) is finer than the lateral pixel ({lateral}); isotropic "
                                "mode restores stacks whose z spacing is coarser than x/y (check the voxel size's "
                                "order: z,y,x; for a finer lateral grid use mode enhance with scale 1,2,2)",
                          sample=sample)

@@ -56,7 +56,10 @@ def test_factor_is_voxel_z_over_voxel_xy(voxel, factor):
 
 @pytest.mark.parametrize("voxel, match", [
     (None, r"isotropic mode needs the voxel size.*voxel_size"),
-    ((0.25, 0.5, 0.5), r"z voxel \(0.25 µm\) is finer than the lateral pixel"),
+    ((0.25, 0.5, 0.5), r"z voxel \(0.25 µm\) is finer than the lateral pixel \(0.5 µm\)"),
+    # z typed last: the message names the sizes as given, not only their mean (a walkthrough read 2.4145)
+    ((0.829, 0.829, 4.0), r"voxel size z,y,x 0.829, 0.829, 4 µm: the z voxel \(0.829 µm\) is finer than the "
+                          r"lateral pixel \(y 0.829, x 4 µm: mean 2.4145\); .*order: z,y,x"),
     # f = 1 (and up to 1.1: round(nz · f) adds no slice below 1 + 0.5/nz): nothing to restore
     ((0.5, 0.5, 0.5), r"voxel size z,y,x 0.5, 0.5, 0.5 µm: the z step is 1x the lateral pixel, so the stack is "
                       r"already \(nearly\) isotropic and there is nothing to restore"),

@@ -717,6 +717,7 @@ def _panel_grid(
         cax = fig.add_axes([0.94, 0.2, 0.012, 0.6])
         cb = fig.colorbar(im, cax=cax)
         cb.ax.tick_params(labelsize=7)
+        cb.set_label("intensity (the acquisition's units)", fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _fig_to_png(fig)
 
@@ -932,6 +933,8 @@ def figure_detail(
         ax.axhline(line_y_phys, color=colors[name], lw=1.0, alpha=0.8)
         ax.set_title(f"{name} ({zoom}× zoom)", fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
+        if k == 0:
+            ax.set_ylabel(f"y ({unit})", fontsize=7)
         ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[0, 3])
     profiles = {

@@ -1166,3 +1166,17 @@ def test_voxel_sizes_are_printed_to_four_significant_digits():
                                        raw=raw, interp=interp, restored=restored,
                                        voxel_size_in=(0.5, 0.02249, 0.02249), voxel_size_out=(0.5, 0.01124, 0.01124))
     assert "0.5 × 0.02249 × 0.02249" in page and "0.5 × 0.01124 × 0.01124" in page
+
+
+def test_the_colour_bar_and_the_zoom_panels_say_what_they_show(monkeypatch):
+    """A walkthrough found the orthoviews' colour bar without a label and the detail's zoomed
+    crops without a y axis label."""
+    drawn = _captured(monkeypatch)
+    raw, interp, restored = _volumes()
+    report.figure_orthoviews(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
+                             voxel_size_out=(0.5, 0.5, 0.5))
+    assert "intensity" in drawn[-1].axes[-1].get_ylabel()  # the colour bar's own axes, added last
+    raw, interp, restored = _volumes(factor=(1, 2, 2))  # a lateral factor: the lateral detail
+    report.figure_detail(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
+                         voxel_size_out=(1.0, 0.25, 0.25))
+    assert drawn[-1].axes[0].get_ylabel() == "y (µm)" and "zoom" in drawn[-1].axes[0].get_title()

@@ -1536,6 +1536,8 @@ def stage_qc(
         "output_shape": list(out.data.shape),
         "voxel_size_in": list(vs_in) if vs_in else None,
         "voxel_size_out": list(vs_out) if vs_out else None,
+        # the file's own, where the sheet gave another (normalise keeps it): the report shows both
+        **({"voxel_size_file": list(vol.attrs["voxel_size_file"])} if vol.attrs.get("voxel_size_file") else {}),
         "train_seconds": meta.get("train_seconds"),
         "infer_seconds": _infer_seconds(restored, restored_attrs),
         "self_validation": {k: sv.get(k) for k in ("psnr_model", "psnr_interp", "ssim_model", "ssim_interp")},

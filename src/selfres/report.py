@@ -130,7 +130,7 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "(or as much smaller), on at least one axis; the sheet's was used. That is more often a unit slip "
         "(nm typed for µm is 1000 times) than a correction, and it sets the physical units, the aspect "
         "ratios, a PSF or optics given in µm, and in isotropic mode the output grid "
-        "(Input: voxel size in, and the normalise log, give both).",
+        "(the table at the top gives both).",
         "Check the sample sheet's voxel_size (z,y,x in µm). If the file's metadata is what is wrong, "
         "the sheet's value stands and this flag can be ignored; otherwise correct it and rerun the sample.",
     ),
@@ -2069,6 +2069,8 @@ def render_sample_report(
         ("input shape (z, y, x)", metrics.get("input_shape") or list(_as_zyx(raw.shape))),
         ("output shape (z, y, x)", metrics.get("output_shape") or list(_as_zyx(restored.shape))),
         ("voxel size in (µm)", _voxel_text(voxel_size_in) or "unknown (see the flag voxel_size_missing)"),
+        *([("voxel size the file records (µm)", _voxel_text(metrics["voxel_size_file"]) + " (the sheet's is used)")]
+          if metrics.get("voxel_size_file") and list(metrics["voxel_size_file"]) != list(voxel_size_in or []) else []),
         ("voxel size out (µm)", _voxel_text(voxel_size_out) or "unknown"),
         ("flags", ", ".join(flags) if flags else "none"),
     ]))

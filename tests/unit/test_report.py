@@ -1166,6 +1166,13 @@ def test_voxel_sizes_are_printed_to_four_significant_digits():
                                        raw=raw, interp=interp, restored=restored,
                                        voxel_size_in=(0.5, 0.02249, 0.02249), voxel_size_out=(0.5, 0.01124, 0.01124))
     assert "0.5 × 0.02249 × 0.02249" in page and "0.5 × 0.01124 × 0.01124" in page
+    assert "the file records" not in page
+    # a sheet voxel size unlike the file's: both shown (the flag voxel_size_unlike_file points here)
+    page = report.render_sample_report(sample="s", metrics=_metrics(voxel_size_in=[500.0, 22.49, 22.49],
+                                                                     voxel_size_file=[0.5, 0.02249, 0.02249]),
+                                       raw=raw, interp=interp, restored=restored,
+                                       voxel_size_in=(500.0, 22.49, 22.49), voxel_size_out=(500.0, 11.24, 11.24))
+    assert "voxel size the file records (µm)</th><td>0.5 × 0.02249 × 0.02249 (the sheet&#x27;s is used)" in page
 
 
 def test_the_colour_bar_and_the_zoom_panels_say_what_they_show(monkeypatch):

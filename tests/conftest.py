@@ -17,6 +17,24 @@ def blob_volume(shape=(16, 48, 48), *, n=60, sigma=(1.5, 1.0, 1.0), seed=0) -> n
     return (v / v.max() + 0.02).astype(np.float32)
 
 
+def weights_at_each_validation(monkeypatch) -> dict:
+    """``{step: state_dict}``: the weights each validation of a training scored, recorded by a spy
+    on ``selfres.train.Selection.observe`` (which then runs as it is)."""
+    import copy
+
+    from selfres import train
+
+    seen: dict = {}
+    observe = train.Selection.observe
+
+    def spy(self, model, *, step, **kw):
+        seen[int(step)] = copy.deepcopy(model.state_dict())
+        return observe(self, model, step=step, **kw)
+
+    monkeypatch.setattr(train.Selection, "observe", spy)
+    return seen
+
+
 @pytest.fixture
 def blobs():
     return blob_volume()

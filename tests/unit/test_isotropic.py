@@ -464,21 +464,12 @@ def test_analytic_training_selects_by_held_out_lateral_psnr_and_reports_it():
 def test_training_returns_the_checkpoint_best_on_the_held_out_slices(monkeypatch):
     """The held-out score peaks at step 8 of 12 (scripted; training runs as it is): ``best_step``
     is 8 and the model returned carries the weights step 8 was scored with, not the last step's."""
-    import copy
-
-    from selfres import train as train_module
+    from ..conftest import weights_at_each_validation
 
     script = iter([30.0, 30.0, 31.0, 32.0, 31.5])  # the input (z-cubic), the start, steps 4, 8, 12
     real = iso._psnr_stack
     monkeypatch.setattr(iso, "_psnr_stack", lambda pairs, preds, rng: next(script, None) or real(pairs, preds, rng))
-    seen: dict[int, dict] = {}
-    observe = train_module.Selection.observe
-
-    def spy(self, model, *, step, **kw):
-        seen[int(step)] = copy.deepcopy(model.state_dict())
-        return observe(self, model, step=step, **kw)
-
-    monkeypatch.setattr(train_module.Selection, "observe", spy)
+    seen = weights_at_each_validation(monkeypatch)
     train, held = _semi()
     r = iso.train_isotropic(train, held, factor=4.0, settings=_tiny(), voxel_size=(2.0, 0.5, 0.5))
     assert [row["step"] for row in r.log_rows] == [4, 8, 12] and r.best_step == 8

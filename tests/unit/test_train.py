@@ -12,7 +12,7 @@ from selfres import degrade
 from selfres.settings import TrainSettings
 from selfres.train import PatchSampler, fit_patch_size, learning_rate, loss_fn, train_enhance
 
-from ..conftest import blob_volume
+from ..conftest import blob_volume, weights_at_each_validation
 
 TINY = dict(width=8, depth=1, batch_size=2, patch_size=(4, 16, 16), validate_every=5, warmup_steps=2,
             learning_rate=2e-3, patience=50, max_minutes=5)
@@ -364,11 +364,7 @@ def _scripted_validation(monkeypatch, module, gains):
     included: the gain over the baseline of each scored target, in the order the targets are first
     scored) and record the weights each validation saw, by step (a spy on ``Selection.observe``).
     Training itself runs as it is; only what the validations read is scripted."""
-    import copy
-
-    from selfres import train as train_mod
-
-    real_psnr = module.psnr01 if hasattr(module, "psnr01") else None
+    real_psnr = module.psnr01
     calls: dict[int, int] = {}
     order: list[int] = []
 
@@ -383,15 +379,7 @@ def _scripted_validation(monkeypatch, module, gains):
         return 30.0 + gains[k][which] if k < len(gains) else real_psnr(target, pred, data_range)
 
     monkeypatch.setattr(module, "psnr01", psnr01)
-    seen: dict[int, dict] = {}
-    observe = train_mod.Selection.observe
-
-    def spy(self, model, *, step, **kw):
-        seen[int(step)] = copy.deepcopy(model.state_dict())
-        return observe(self, model, step=step, **kw)
-
-    monkeypatch.setattr(train_mod.Selection, "observe", spy)
-    return seen
+    return weights_at_each_validation(monkeypatch)
 
 
 def test_training_keeps_and_returns_the_checkpoint_best_by_the_smaller_of_its_two_gains(monkeypatch):

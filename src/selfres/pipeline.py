@@ -1234,7 +1234,7 @@ RESTORED_MAX_LEVEL_SHIFT = 0.02
 #: Share of the QC window's output voxels below the darkest input voxel by more than
 #: :data:`selfres.metrics.UNDERSHOOT_DEPTH` above which (and above twice the interpolation's
 #: share) a sample is flagged ``restored_undershoots``: dark halos next to bright objects
-#: (the demo's beads: 0.46 %, tricubic 0 %; its neurites 0 %)
+#: (the demo's beads: 0.41 %, tricubic 0 %; its neurites 0 %)
 UNDERSHOOT_SHARE = 0.001
 
 #: Ratio of the brightest structures of an isotropic-mode output to those of its z-cubic

@@ -165,7 +165,7 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     ),
     "restored_level_shifted": (
         "The restored volume as written is not at its input's intensity level: at the input "
-        "voxels' centres its mean differs from the input's by more than a fifth (qc/metrics.json, "
+        "voxels' centres its mean is below 0.8 or above 1.25 times the input's (qc/metrics.json, "
         "restored_check.level), which a restoration keeps to within 2 % on every volume measured. "
         "Most likely a wrong gain or offset on the way to the file (e.g. values written in "
         "normalised units) or a damaged store, which the correlation with the input cannot see; "

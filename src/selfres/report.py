@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .settings import MIN_GAIN_DB
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -1046,9 +1048,8 @@ def _best_step(df: pd.DataFrame, best_step: Any) -> int | list[int] | None:
     return None
 
 
-#: The least rise of a validation score that replaces the kept checkpoint: training's
-#: ``selfres.train.MIN_GAIN_DB`` (a test ties them; the report does not import torch)
-KEEP_MIN_GAIN_DB = 0.01
+#: The least rise of a validation score that replaces the kept checkpoint (training's own constant)
+KEEP_MIN_GAIN_DB = MIN_GAIN_DB
 
 
 def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] | None = None) -> bytes:

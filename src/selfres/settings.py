@@ -44,6 +44,11 @@ def parse_triple(text, *, name: str, kind=float, sample: str | None = None) -> t
     return vals
 
 
+#: A validation counts as an improvement (a new kept checkpoint) when its score beats the best by
+#: more than this, dB (training's selection; the report says so beside the training curves)
+MIN_GAIN_DB = 0.01
+
+
 VOXEL_SIZE_RANGE_UM = (1e-6, 1e4)
 """Voxel sizes selfres accepts, in µm: 1 pm to 1 cm. Outside it a size is a unit mistake
 (metres or nanometres read as µm), and its arithmetic (the figures' scale bars, resolution

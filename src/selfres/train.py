@@ -37,7 +37,7 @@ from .noise import NOISE_AT
 from .io import file_checksum, write_text_atomic
 from .fov import _window_means, structure_map
 from .infer import predict_array
-from .settings import DegradationSettings, TrainSettings, reads_x4_strategy, to_dict
+from .settings import MIN_GAIN_DB, DegradationSettings, TrainSettings, reads_x4_strategy, to_dict
 
 log = logging.getLogger("selfres.train")
 
@@ -549,10 +549,6 @@ def resume_from_checkpoint(path: Path | None, *, key: str, model: torch.nn.Modul
         log.warning("checkpoint written on another kind of device: its weights and step are resumed, the noise "
                     "draws start anew (the weights will not be bit-identical to an uninterrupted run)")
     return state
-
-
-MIN_GAIN_DB = 0.01
-"""A validation counts as an improvement when its score beats the best by more than this."""
 
 
 def _state_copy(model: torch.nn.Module) -> dict:

@@ -30,7 +30,8 @@ from .atomic import check_outputs_spare_inputs, overwritten_input
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, choose_training_fov, repaired_box, training_boxes
 from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
-                       QcSettings, Settings, to_dict, voxel_size_problem)
+                       QcSettings, Settings, VOXEL_SIZE_SLIP_RATIO, to_dict, voxel_size_problem,
+                       voxel_size_unlike_file)
 
 log = logging.getLogger("selfres")
 
@@ -192,8 +193,10 @@ def stage_normalise(
     if voxel_size and vol.voxel_size and any(abs(g - f) > 0.01 * f for g, f in zip(voxel_size, vol.voxel_size)):
         # the sheet wins, as documented; a factor between them is more often a slip than a correction
         log.warning("sample %r: the voxel size given (sheet column voxel_size; selfres: --voxel-size), %s µm, is not "
-                    "the one %s records, %s µm; the given one is used", sample,
-                    ", ".join(f"{v:g}" for v in voxel_size), input_path, ", ".join(f"{v:g}" for v in vol.voxel_size))
+                    "the one %s records, %s µm; the given one is used%s", sample,
+                    ", ".join(f"{v:g}" for v in voxel_size), input_path, ", ".join(f"{v:g}" for v in vol.voxel_size),
+                    f" ({VOXEL_SIZE_SLIP_RATIO:g} times or more on an axis: nm typed for µm? its qc flags "
+                    "voxel_size_unlike_file)" if voxel_size_unlike_file(voxel_size, vol.voxel_size) else "")
     if data.size == 0:
         raise InputError(input_path, "the volume is empty (zero voxels)", sample=sample)
     import dask
@@ -1263,20 +1266,6 @@ ISOTROPY_REACHED = 0.8
 #: Share of saturated input voxels (``saturated_fraction`` of the normalised volume) above which
 #: a sample is flagged ``saturated_input``
 SATURATED_SHARE = 0.01
-
-
-#: A voxel size given in the sheet that is this many times the file's own (or less by as much) on
-#: an axis is flagged ``voxel_size_unlike_file``: a unit slip (nm typed for µm: 1000×) more often
-#: than a correction; a binned acquisition whose metadata kept the camera's pixel differs by 2-4×
-VOXEL_SIZE_SLIP_RATIO = 10.0
-
-
-def voxel_size_unlike_file(given: Sequence[float] | None, recorded: Sequence[float] | None) -> bool:
-    """Whether the voxel size ``given`` (sheet) is :data:`VOXEL_SIZE_SLIP_RATIO` times or more
-    the file's ``recorded`` one, or as much less, on any axis (``False`` when either is missing)."""
-    if not given or not recorded:
-        return False
-    return any(max(g / f, f / g) >= VOXEL_SIZE_SLIP_RATIO for g, f in zip(given, recorded) if g > 0 and f > 0)
 
 
 def qc_flags(agreement: dict, *, mode: str, content: str, structure: float | None, planes_alike: float | None,

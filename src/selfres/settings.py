@@ -68,6 +68,31 @@ def voxel_size_problem(values, *, limits: tuple[float, float] = VOXEL_SIZE_RANGE
     return f"a voxel size must be within {low:g}..{high:g} µm on each axis (given in another unit?)"
 
 
+#: A voxel size given in the sheet that is this many times the file's own (or less by as much) on
+#: an axis is flagged ``voxel_size_unlike_file``: a unit slip (nm typed for µm: 1000×) more often
+#: than a correction; a binned acquisition whose metadata kept the camera's pixel differs by 2-4×
+VOXEL_SIZE_SLIP_RATIO = 10.0
+
+
+def voxel_size_unlike_file(given: Sequence[float] | None, recorded: Sequence[float] | None) -> bool:
+    """Whether the voxel size ``given`` (sheet) is :data:`VOXEL_SIZE_SLIP_RATIO` times or more
+    the file's ``recorded`` one, or as much less, on any axis (``False`` when either is missing)."""
+    if not given or not recorded:
+        return False
+    return any(max(g / f, f / g) >= VOXEL_SIZE_SLIP_RATIO for g, f in zip(given, recorded) if g > 0 and f > 0)
+
+
+def voxel_size_slip_text(given: Sequence[float], recorded: Sequence[float]) -> str:
+    """The warning for a voxel size ``given`` unlike the file's ``recorded`` one
+    (:func:`voxel_size_unlike_file`): both, z,y,x µm, and what selfres does with them."""
+    def text(v):
+        return ",".join(f"{x:.4g}" for x in v)
+
+    return (f"the sheet's voxel size {text(given)} µm (z,y,x) is {VOXEL_SIZE_SLIP_RATIO:g} times or more unlike the "
+            f"{text(recorded)} µm its file records (nm typed for µm?); selfres uses the sheet's, and its qc flags "
+            "voxel_size_unlike_file. If the sheet's is right, nothing needs doing")
+
+
 def parse_voxel_size(text, *, name: str, sample: str | None = None) -> tuple[float, float, float] | None:
     """Parse a voxel size ``"z,y,x"`` in µm (:func:`parse_triple`), within :data:`VOXEL_SIZE_RANGE_UM`."""
     vals = parse_triple(text, name=name, kind=float, sample=sample)

@@ -707,7 +707,7 @@ class FileCounts:
         if isinstance(hit, dict) and hit.get("stamp") == stamp:
             return hit["value"]
         value = compute()
-        self.entries[key] = {"stamp": stamp, "value": list(value) if not isinstance(value, int) else value}
+        self.entries[key] = {"stamp": stamp, "value": value if value is None or isinstance(value, int) else list(value)}
         self.changed = True
         return value
 
@@ -858,6 +858,32 @@ def choice_problems(sheet: pd.DataFrame, counts: FileCounts | None = None) -> di
         except (SelfresError, OSError, ValueError):
             continue  # its job reads the file and says what is wrong
     return problems
+
+
+def voxel_size_slips(sheet: pd.DataFrame, counts: FileCounts | None = None) -> dict[str, str]:
+    """``{sample: warning}`` for the rows whose ``voxel_size`` cell is
+    :data:`~selfres.settings.VOXEL_SIZE_SLIP_RATIO` times or more unlike the voxel size their
+    file records, on an axis (a unit slip: nm typed for µm), read from the file's header
+    (through ``counts``, as :func:`choice_problems` reads it). The workflow says these when a run
+    starts (a dry run too): the sample's qc flags it only after its training. Rows of a later
+    image of a file (``series`` above 0), files not there or unreadable, and cells that do not
+    parse are left to the sample's jobs."""
+    from .settings import parse_triple, voxel_size_slip_text, voxel_size_unlike_file
+
+    read_voxel_size = _io_reader("read_voxel_size")
+    slips = {}
+    for row in sheet.to_dict(orient="records"):
+        path, cell = row.get("path") or "", str(row.get("voxel_size") or "").strip()
+        if not cell or (_series_of(row) or 0) > 0 or not os.path.isfile(path) and not os.path.isdir(path):
+            continue
+        try:
+            given = parse_triple(cell, name="voxel_size", kind=float)
+            recorded = _counted(counts, "voxel_size", path, None, lambda: read_voxel_size(path))
+        except Exception:  # noqa: BLE001 - a hint: the sample's normalise says what is wrong in its own words
+            continue
+        if voxel_size_unlike_file(given, recorded):
+            slips[row["sample"]] = voxel_size_slip_text(given, recorded)
+    return slips
 
 
 def _series_of(row: dict) -> int | None:

@@ -556,11 +556,12 @@ def test_a_vendor_file_or_a_channel_its_file_lacks_is_named_at_the_start(tmp_pat
     """A CZI in the sheet (or the inbox) does not stop the night; the plan says at once what it
     is and how to convert it, and leaves the TIFF beside it alone. So does a channel or time
     point that the sample's file does not have, or a two-channel file without a channel, in
-    the words its normalise would fail with."""
+    the words its normalise would fail with; and a voxel size typed in another unit."""
     wd = make_workdir(tmp_path, samples={"good": {}, "scan": {"path": "../data/scan.czi"},
                                          "far": {"path": "../data/good.tif", "channel": 2},
                                          "late": {"path": "../data/good.tif", "timepoint": 1},
-                                         "two": {"path": "../data/two.tif"}})
+                                         "two": {"path": "../data/two.tif"},
+                                         "slip": {"path": "../data/good.tif", "voxel_size": "1000,500,500"}})
     (wd / "data" / "scan.czi").write_bytes(b"ZISRAWFILE" + bytes(100))
     tifffile.imwrite(wd / "data" / "two.tif", np.zeros((4, 2, 16, 16), "uint16"), imagej=True,
                      metadata={"axes": "ZCYX"})
@@ -575,7 +576,12 @@ def test_a_vendor_file_or_a_channel_its_file_lacks_is_named_at_the_start(tmp_pat
         "selfres: WARNING: sample 'late': its acquisition data/good.tif: time point 1 is out of range: the file has 1 "
         "time point (allowed 0); that sample fails at normalise; with --keep-going, as the profiles set, the others "
         "go on"], plan.stderr[-3000:]
-    assert len(warnings) == 4 and warnings[0].startswith(
+    # a voxel size typed in nm: said now, where its qc flag would say it after the training
+    assert warnings[4] == ("selfres: WARNING: sample 'slip': its acquisition data/good.tif: the sheet's voxel size "
+                           "1000,500,500 µm (z,y,x) is 10 times or more unlike the 1,0.5,0.5 µm its file records (nm "
+                           "typed for µm?); selfres uses the sheet's, and its qc flags voxel_size_unlike_file. If the "
+                           "sheet's is right, nothing needs doing"), plan.stderr[-3000:]
+    assert len(warnings) == 5 and warnings[0].startswith(
         "selfres: WARNING: sample 'scan': its acquisition data/scan.czi is a Zeiss CZI file, which selfres does "
         "not read; "), plan.stderr[-2000:]
     assert "`bfconvert -bigtiff data/scan.czi data/scan.ome.tif`" in warnings[0]

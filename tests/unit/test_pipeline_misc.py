@@ -818,7 +818,13 @@ def test_a_given_voxel_size_that_is_not_the_files_is_said(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="selfres"):
         pipeline.stage_normalise(src, tmp_path / "other.ome.zarr", sample="s", voxel_size=(2.0, 1.0, 1.0))
     assert re.search(r"sample 's': the voxel size given \(sheet column voxel_size; selfres: --voxel-size\), 2, 1, 1 "
-                     r"µm, is not the one .*a\.tif records, 1, 0\.5, 0\.5 µm; the given one is used", caplog.text)
+                     r"µm, is not the one .*a\.tif records, 1, 0\.5, 0\.5 µm; the given one is used$", caplog.text,
+                     re.M)
+    # ten times or more (nm typed for µm): the log names the qc flag it will raise
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_normalise(src, tmp_path / "nm.ome.zarr", sample="s", voxel_size=(1000.0, 500.0, 500.0))
+    assert re.search(r"records, 1, 0\.5, 0\.5 µm; the given one is used \(10 times or more on an axis: nm typed "
+                     r"for µm\? its qc flags voxel_size_unlike_file\)$", caplog.text, re.M)
     # the file's own is kept beside a given one, for QC's unit-slip flag; none where the sheet gives nothing
     from selfres import io
 

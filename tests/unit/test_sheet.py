@@ -551,6 +551,41 @@ def test_an_image_channel_or_time_point_the_file_refuses_is_found_from_its_heade
     assert again == {k: v for k, v in found.items() if k not in ("no_s", "cut", "czi")}
 
 
+def test_a_sheet_voxel_size_unlike_its_files_is_found_from_the_header_once(tmp_path, monkeypatch):
+    """A ``voxel_size`` cell 10 times or more unlike what the file records on an axis (nm typed
+    for µm) is said when the run starts, from the file's header, read once per file version;
+    a correction within that (a binned camera's pixel) is not, nor a row without a cell, a
+    file with no recorded size, a file not there, or a later image of a file."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from selfres import io
+    from selfres.sheet import FileCounts, voxel_size_slips
+
+    sized = tmp_path / "sized.tif"  # 1 x 0.5 x 0.5 µm
+    tifffile.imwrite(sized, np.zeros((4, 8, 8), "uint16"), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    bare = tmp_path / "bare.tif"  # records none
+    tifffile.imwrite(bare, np.zeros((4, 8, 8), "uint16"))
+    rows = [("nm", sized, "", "1000,500,500"), ("one_axis", sized, "", "1,0.5,5"), ("small", sized, "", "1,0.05,0.5"),
+            ("binned", sized, "", "1,2,2"), ("same", sized, "", "1,0.5,0.5"), ("none", sized, "", ""),
+            ("bare", bare, "", "1000,500,500"), ("gone", tmp_path / "gone.tif", "", "1000,500,500"),
+            ("later", sized, "1", "1000,500,500"), ("typo", sized, "", "1,0.5")]
+    sheet = pd.DataFrame([(sid, str(p), se, vs) for sid, p, se, vs in rows],
+                         columns=["sample", "path", "series", "voxel_size"])
+    counts = FileCounts(tmp_path / "counts.json")
+    found = voxel_size_slips(sheet, counts)
+    assert sorted(found) == ["nm", "one_axis", "small"]
+    assert found["nm"] == ("the sheet's voxel size 1000,500,500 µm (z,y,x) is 10 times or more unlike the 1,0.5,0.5 "
+                           "µm its file records (nm typed for µm?); selfres uses the sheet's, and its qc flags "
+                           "voxel_size_unlike_file. If the sheet's is right, nothing needs doing")
+    # the header is read once: a second start asks the cache (a file that records none too)
+    counts.save()
+    monkeypatch.setattr(io, "read_voxel_size", lambda *a, **k: pytest.fail("the header was read again"))
+    assert voxel_size_slips(sheet, FileCounts(tmp_path / "counts.json")) == found
+
+
 def test_samples_are_listed_in_the_order_of_the_sheet_rows_they_come_from():
     """The summary lists a run's samples as the sheet has them: a refused row where it stands
     (not after the others), an expanded id at the row that made it, the inbox's last."""

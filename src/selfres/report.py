@@ -669,7 +669,7 @@ def _panel_grid(
         panel_w = 3.4
         fig = _new_figure(figsize=(panel_w * n_vol + 0.8,
                                   max(1.5, min(6.0, panel_w * aspect)) + 1.0))
-        gs = fig.add_gridspec(1, n_vol, left=0.06, right=0.92, top=0.86, bottom=0.12,
+        gs = fig.add_gridspec(1, n_vol, left=0.06, right=0.89, top=0.86, bottom=0.12,
                               wspace=0.25)
         slots = [[gs[0, r]] for r in range(n_vol)]
     else:
@@ -678,7 +678,7 @@ def _panel_grid(
         row_h = max(1.2, min(4.0, max(h / w * cw for h, w, cw in zip(heights, widths, col_w))))
         fig = _new_figure(figsize=(total_w + 0.8, row_h * n_vol + 0.9))
         gs = fig.add_gridspec(n_vol, len(cols), width_ratios=list(ratio_w),
-                              left=0.07, right=0.92, top=0.90, bottom=0.06,
+                              left=0.07, right=0.89, top=0.90, bottom=0.06,
                               wspace=0.25, hspace=0.35)
         slots = [[gs[r, c] for c in range(len(cols))] for r in range(n_vol)]
     im = None
@@ -716,7 +716,7 @@ def _panel_grid(
             if r == n_vol - 1:
                 ax.set_xlabel(f"{'zyx'[ah]} ({unit})", fontsize=7)
     if im is not None:
-        cax = fig.add_axes([0.94, 0.2, 0.012, 0.6])
+        cax = fig.add_axes([0.905, 0.2, 0.012, 0.6])  # room to its right for 5-digit ticks and the label
         cb = fig.colorbar(im, cax=cax)
         cb.ax.tick_params(labelsize=7)
         cb.set_label("intensity (the acquisition's units)", fontsize=7)
@@ -944,7 +944,8 @@ def figure_detail(
         "interpolation": (np.asarray(interp[z, y, x0:x1], dtype=np.float32), vout[2], x0),
         "restored": (np.asarray(restored[z, y, x0:x1], dtype=np.float32), vout[2], x0),
     }
-    _profile_panel(ax, profiles, colors, xlabel=f"x ({unit})", title=f"line profile at z={z}, y={y} (output voxels)")
+    _profile_panel(ax, profiles, colors, xlabel=f"x ({unit})",
+                   title=f"line profile at z={(z + 0.5) * vout[0]:.4g}, y={line_y_phys:.4g} {unit}")
     return _fig_to_png(fig)
 
 
@@ -1000,19 +1001,20 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.5], left=0.06, right=0.98, top=0.86, bottom=0.16,
                           wspace=0.35)
     colors = {"raw": "tab:blue", "interpolation": "tab:orange", "restored": "tab:green"}
-    x_phys = (x + 0.5) * vout[2]
+    x_phys, y_phys = (x + 0.5) * vout[2], (y + 0.5) * vout[1]  # the axes' units: voxel centres
     for k, (name, (crop, vs, oz)) in enumerate(crops.items()):
         ax = fig.add_subplot(gs[0, k])
         ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest",
                   extent=(x0 * vs[2], x1 * vs[2], (oz + crop.shape[0]) * vs[0], oz * vs[0]))
         ax.axvline(x_phys, color=colors[name], lw=1.0, alpha=0.8)
-        ax.set_title(f"{name} (XZ at y={y})", fontsize=9)
+        ax.set_title(f"{name} (XZ at y={y_phys:.4g} {unit})", fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
         ax.set_ylabel(f"z ({unit})", fontsize=7)
         ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[0, 3])
     _profile_panel(ax, {name: (crop[:, x - x0], vs[0], oz) for name, (crop, vs, oz) in crops.items()}, colors,
-                   xlabel=f"z ({unit})", title=f"axial profile at y={y}, x={x}\n(output voxels; dots: acquired slices)")
+                   xlabel=f"z ({unit})",
+                   title=f"axial profile at y={y_phys:.4g}, x={x_phys:.4g} {unit}\n(dots: acquired slices)")
     return _fig_to_png(fig)
 
 
@@ -2105,8 +2107,7 @@ def render_sample_report(
     parts.append(_img_tag(figures["projections"], alt="maximum intensity projections"))
     parts.append('<h2 id="detail">Zoomed detail and line profile</h2>')
     if _only_z_resampled(raw.shape, restored.shape):
-        parts.append("<p class=\"muted\">An XZ crop through the brightest structure (y given in output "
-                     "voxels; only z was resampled, so an XY crop would show nothing new) and the intensity "
+        parts.append("<p class=\"muted\">An XZ crop through the brightest structure (only z was resampled, so an XY crop would show nothing new) and the intensity "
                      "profile along z through it, on the drawn line; the dots are the acquired slices. A "
                      "narrower peak in the restored profile than in the interpolation means a sharper "
                      "structure along z; a peak far above the acquired slices' own values is intensity they "

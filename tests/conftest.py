@@ -35,6 +35,18 @@ def weights_at_each_validation(monkeypatch) -> dict:
     return seen
 
 
+def forget_training_acquisition(model_dir) -> None:
+    """Drop the acquisition a model's ``model.json`` records (as a model written before the record
+    was kept), so that a test may restore another volume with it; ``infer`` refuses that otherwise."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "model.json"
+    info = json.loads(path.read_text())
+    assert info["metadata"].pop("acquisition", None) is not None, "the model recorded no acquisition"
+    path.write_text(json.dumps(info))
+
+
 @pytest.fixture
 def blobs():
     return blob_volume()

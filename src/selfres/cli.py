@@ -391,6 +391,10 @@ def run(args) -> int:
         return _run_record_or_summary(args)
     if cmd == "refused":
         raise ConfigError(args.message)
+    if getattr(args, "mode", None) == "isotropic" and getattr(args, "scale", None) is not None and cmd != "inspect":
+        logging.getLogger("selfres").warning(  # as the workflow says of a sheet row's scale
+            "--scale %s is not used in isotropic mode (the output grid follows the voxel size: z step / lateral pixel)",
+            ",".join(str(f) for f in args.scale))
     if cmd == "export":  # the io layer only: not the pipeline's imports
         from .io import write_ome_tiff
 
@@ -405,7 +409,7 @@ def run(args) -> int:
         return 0
     from . import pipeline
 
-    sample = getattr(args, "sample", None) or "sample"
+    sample = _sample_id(args)
     if cmd == "demo":
         from .demo import write_demo
 
@@ -487,6 +491,27 @@ def run(args) -> int:
                              reference=args.reference)
         print(json.dumps(m, indent=2))
     return 0
+
+
+def _sample_id(args) -> str:
+    """The sample id of a stage's messages and metadata: ``--sample``, else the one its
+    normalised store records (``normalise``: the acquisition's file name, as ``restore``
+    takes it), else ``sample``."""
+    if getattr(args, "sample", None):
+        return args.sample
+    if args.command == "normalise":
+        return Path(str(args.input).rstrip("/")).name.split(".")[0] or "sample"
+    normalized = getattr(args, "normalized", None)
+    if normalized is not None:
+        try:
+            import zarr
+
+            recorded = zarr.open_group(str(normalized), mode="r").attrs.get("selfres", {}).get("sample")
+        except Exception:  # noqa: BLE001 - the stage reads the store and says what is wrong with it
+            recorded = None
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    return "sample"
 
 
 def _run_record_or_summary(args) -> int:
@@ -690,6 +715,17 @@ def _run_reporting(args, sample, prefix) -> int:
         if _errno_in_chain(exc, (errno.ENOSPC, errno.EDQUOT)):
             print(f"ERROR: {prefix}{_no_space_message(exc, args)}", file=sys.stderr)
             return 4
+        # a read-only file system or a closed folder is said as such, however little room it has
+        denied = _errno_in_chain(exc, (errno.EROFS, errno.EACCES, errno.EPERM))
+        if denied is not None and _is_written_here(denied.filename, args):
+            print(f"ERROR: {prefix}{_not_writable_message(denied, args)}", file=sys.stderr)
+            return 5
+        in_the_way = _file_in_the_way(args) if _errno_in_chain(exc, (errno.EEXIST, errno.ENOTDIR)) else None
+        if in_the_way is not None:  # -o afile/out.ome.zarr: no folder can be made where a file is
+            output, blocker = in_the_way
+            print(f"ERROR: {prefix}cannot write {output}: {blocker} is a file, not a folder; choose another output "
+                  "path", file=sys.stderr)
+            return 5
         if _output_disk_full(args):  # most likely the cause, but the error itself is said too (a bug is not hidden)
             logging.getLogger("selfres").debug("the failure on a full disk", exc_info=exc)
             print(f"ERROR: {prefix}{_no_space_message(exc, args, said=' '.join(str(exc).split())[:200])}",
@@ -702,10 +738,6 @@ def _run_reporting(args, sample, prefix) -> int:
                   "-f; a batch system's file-size limit) or the file system's largest file (4 GiB on FAT/exFAT "
                   "drives); raise the limit or write to another file system", file=sys.stderr)
             return 4
-        denied = _errno_in_chain(exc, (errno.EROFS, errno.EACCES, errno.EPERM))
-        if denied is not None and _is_written_here(denied.filename, args):
-            print(f"ERROR: {prefix}{_not_writable_message(denied, args)}", file=sys.stderr)
-            return 5
         if denied is not None and denied.filename:  # a file this account may not read: the input's fault
             print(f"ERROR: {prefix}{denied.filename}: cannot be read by this account (permission denied); give "
                   "the account that runs selfres read access to it (and its folders)", file=sys.stderr)
@@ -714,7 +746,9 @@ def _run_reporting(args, sample, prefix) -> int:
 
 
 #: The arguments that name what a command writes
-_WRITTEN_ARGS = ("output", "html", "provenance", "done", "keep")
+_WRITTEN_ARGS = ("output", "html", "provenance", "done", "keep", "outdir")
+#: ... of them, those that name a folder (a file there is in the way too)
+_WRITTEN_FOLDER_ARGS = ("keep", "outdir")
 
 
 def _is_written_here(filename, args) -> bool:
@@ -731,6 +765,22 @@ def _is_written_here(filename, args) -> bool:
         if path == out or out in path.parents or (path.parent == out.parent and path.name.startswith(f".{out.name}")):
             return True
     return False
+
+
+def _file_in_the_way(args) -> tuple[str, Path] | None:
+    """``(output, file)`` where a folder above one of the command's outputs is an existing
+    file (``-o notes.txt/out.ome.zarr``), else None."""
+    for name in _WRITTEN_ARGS:
+        out = getattr(args, name, None)
+        if not out:
+            continue
+        out_path = Path(os.fspath(out))
+        for folder in ((out_path,) if name in _WRITTEN_FOLDER_ARGS else ()) + tuple(out_path.parents):
+            if folder.exists():
+                if not folder.is_dir():
+                    return str(out), folder
+                break
+    return None
 
 
 class Terminated(KeyboardInterrupt):

@@ -48,11 +48,12 @@ class TrainingFov:
 
     @classmethod
     def load(cls, path: str | Path, *, volume_shape: Sequence[int] | None = None, mode: str | None = None,
-             sample: str | None = None) -> "TrainingFov":
+             sample: str | None = None, acquisition: dict | None = None) -> "TrainingFov":
         """Read ``train_fov.json`` (written by the crop stage), checked: JSON, both boxes three
         ``[start, end]`` integer ranges, inside ``volume_shape`` (the normalised volume's ZYX
         shape, when given), the held-out region apart from the training FOV, and the file
-        made for a volume of that shape and for ``mode`` (when it records them).
+        made for a volume of that shape, for ``mode`` and from ``acquisition`` (the normalised
+        volume's, :func:`selfres.normalise.acquisition_of`), when it records them.
 
         Raises
         ------
@@ -89,6 +90,12 @@ class TrainingFov:
                       f"{tuple(int(n) for n in volume_shape)}")
         if mode is not None and d.get("mode") not in (None, mode):
             raise bad(f"was made for mode {d.get('mode')!r}, this sample is restored in mode {mode!r}")
+        made_from = d.get("acquisition")
+        if acquisition is not None and isinstance(made_from, dict) and made_from != acquisition:
+            from .normalise import acquisition_text
+
+            raise bad(f"was made for another acquisition ({acquisition_text(made_from)}) than the normalised "
+                      f"volume's ({acquisition_text(acquisition)})")
         return cls(train=boxes["train"], holdout=boxes["holdout"], source=str(d.get("source", "")),
                    reason=str(d.get("reason", "")), scores=d.get("scores") if isinstance(d.get("scores"), dict) else {})
 

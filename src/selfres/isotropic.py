@@ -1319,8 +1319,11 @@ def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
                  defects)
     res = train_isotropic(train_box, held_box, factor=factor, settings=settings, voxel_size=vol.voxel_size,
                           work_dir=work, device=device)
+    from .pipeline import trained_on
+
     meta = {
         "sample": sample,
+        **trained_on(vol),
         "mode": "isotropic",
         "factor": float(factor),
         "voxel_size_in": list(vol.voxel_size),

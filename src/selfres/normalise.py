@@ -38,6 +38,26 @@ class NormParams:
         return cls(**{k: float(data[k]) for k in ("low", "high", "low_percentile", "high_percentile")})
 
 
+#: The attributes of a normalised store that name the part of its file it holds
+ACQUISITION_PARTS = ("series", "channel", "timepoint")
+
+
+def acquisition_of(attrs: dict) -> dict | None:
+    """The acquisition a normalised store was made from, as its attributes record it: its
+    file's checksum and the image, channel and time point chosen of it (``None`` where the
+    store records no checksum). Stored beside what the later stages derive from it (the
+    training FOV, the model), so that one made from another acquisition is refused."""
+    if not attrs.get("source_checksum"):
+        return None
+    return {"source_checksum": str(attrs["source_checksum"]), **{k: attrs.get(k) for k in ACQUISITION_PARTS}}
+
+
+def acquisition_text(acquisition: dict) -> str:
+    """An acquisition of :func:`acquisition_of` in a message: its checksum's start and its part."""
+    parts = [f"{k} {acquisition[k]}" for k in ACQUISITION_PARTS if acquisition.get(k) is not None]
+    return f"file checksum {str(acquisition.get('source_checksum'))[:12]}…" + "".join(f", {p}" for p in parts)
+
+
 def sample_strides(shape: Sequence[int], max_voxels: int) -> tuple[int, ...]:
     """Per-axis strides that leave at most ``max_voxels`` voxels of an array of ``shape``,
     taken from the axes with the most samples left first: a stack of a few large planes keeps

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import inspect
 import math
 import json
@@ -124,7 +125,21 @@ def clean_floats(obj):
 
 
 def read_normalized(path: str | Path, *, lazy: bool = False) -> tuple[io.Volume, normalise.NormParams]:
+    """A normalised store (``normalized.ome.zarr``) and its normalisation, refusing what is
+    not one: a model folder, or a restored volume (its values are raw intensities, which would
+    be scaled back a second time) given in its place (arguments in the wrong order?).
+
+    Raises
+    ------
+    InputError
+    """
+    if (Path(path) / "model.json").is_file():
+        raise InputError(path, "is a model folder, not a normalised store (normalized.ome.zarr, written by selfres "
+                         "normalise): arguments in the wrong order?")
     vol = io.read_ome_zarr(path, lazy=lazy)
+    if vol.attrs.get("content"):  # infer's output: raw intensities, on the output grid
+        raise InputError(path, f"is a restored volume (content: {vol.attrs['content']}), not a normalised store "
+                         "(normalized.ome.zarr, written by selfres normalise): arguments in the wrong order?")
     try:
         params = normalise.NormParams.from_dict(vol.attrs["normalisation"])
     except (KeyError, TypeError) as exc:
@@ -344,6 +359,22 @@ def output_grid_shape(shape: Sequence[int], *, mode: str, factors: Sequence[int]
     return tuple(n * int(f) for n, f in zip(shape, factors))
 
 
+def read_restored(restored: str | Path, *, sample: str) -> io.Volume:
+    """The restored volume (lazy), or, where it is missing but an unfinished inference left
+    its partial store beside it (killed, out of time), an error that says so.
+
+    Raises
+    ------
+    InputError
+    """
+    final = Path(restored)
+    partial = final.with_name(f".{final.name}.partial")
+    if not final.exists() and partial.exists():
+        raise InputError(restored, f"does not exist: its inference did not finish (its partial store {partial} is "
+                         "there); rerun the infer stage, which resumes from the tiles it recorded", sample=sample)
+    return io.read_ome_zarr(restored, lazy=True)
+
+
 def check_restored_grid(restored: str | Path, restored_shape: Sequence[int], volume_shape: Sequence[int],
                         meta: dict, *, sample: str) -> None:
     """Refuse a restored volume that is not on the output grid of this model (``meta``: its
@@ -394,6 +425,40 @@ def check_restored_origin(restored: str | Path, restored_attrs: dict, model_dir:
     if made_from and ours and made_from != ours:
         raise InputError(restored, "was restored from another acquisition than this normalised volume's (their "
                          "source checksums differ); rerun the infer stage", sample=sample)
+
+
+def metrics_origin(model_dir: str | Path, restored_attrs: dict) -> dict:
+    """What a sample's ``metrics.json`` was computed from: the checksum of the model's
+    ``model.json`` and of the record infer wrote into the restored volume (its
+    ``fingerprint``: model, input, settings and content; ``None`` for a store without one)."""
+    fp = restored_attrs.get("fingerprint")
+    return {"model_json": io.file_checksum(Path(model_dir) / "model.json"),
+            "restored": (hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
+                         if isinstance(fp, dict) else None)}
+
+
+def check_metrics_origin(metrics_json: str | Path, metrics: dict, model_dir: str | Path, restored: str | Path,
+                         restored_attrs: dict, *, sample: str) -> None:
+    """Refuse a ``metrics.json`` computed from another model or another restored volume than
+    those given (an earlier run's, another sample's): the report would state its figures and
+    its verdict of outputs they do not describe. A file without that record (written before
+    it was kept) passes.
+
+    Raises
+    ------
+    InputError
+        Naming ``metrics_json`` and the fix.
+    """
+    recorded = metrics.get("computed_from")
+    if not isinstance(recorded, dict):
+        return
+    now = metrics_origin(model_dir, restored_attrs)
+    if recorded.get("model_json") and recorded["model_json"] != now["model_json"]:
+        raise InputError(metrics_json, f"was computed for another model than {model_dir} (another sample's, or one "
+                         "retrained since); rerun the qc stage", sample=sample)
+    if recorded.get("restored") and now["restored"] and recorded["restored"] != now["restored"]:
+        raise InputError(metrics_json, f"was computed from another restored volume than {restored} (another "
+                         "sample's, or one restored again since); rerun the qc stage", sample=sample)
 
 
 def reference_grid_problem(reference: str | Path, path: str | Path, *, mode: str, scale: Sequence[int] = (1, 1, 1),
@@ -485,6 +550,8 @@ def stage_crop(
     if mode == "enhance":
         check_boxes_for_factors(fov, factors, path=source, sample=sample)
     d = fov.to_dict() | {"sample": sample, "volume_shape": list(vol.data.shape), "mode": mode}
+    if (acquisition := normalise.acquisition_of(vol.attrs)) is not None:  # train and adopt refuse another's
+        d["acquisition"] = acquisition
     write_json(output_json, d)
     log.info("training FOV %s, held-out %s: %s", fov.train, fov.holdout, fov.reason)
     return fov
@@ -510,6 +577,35 @@ def min_holdout_shape(factors: Sequence[int]) -> tuple[int, ...]:
 #: ``training_fov`` of :func:`check_volume_for_mode` for a stage whose training FOV crop has
 #: chosen already (train, adopt): the FOV checks are left to that file's own
 FOV_ALREADY_CHOSEN = "<chosen by crop>"
+
+
+def trained_on(vol: io.Volume) -> dict:
+    """``{"acquisition": …}`` for a model's metadata: the acquisition of the normalised volume
+    ``vol`` it was trained on or judged on (:func:`selfres.normalise.acquisition_of`; empty
+    where the store records none)."""
+    acquisition = normalise.acquisition_of(vol.attrs)
+    return {"acquisition": acquisition} if acquisition is not None else {}
+
+
+def check_model_acquisition(meta: dict, normalized_attrs: dict, *, model_dir, normalized, sample: str) -> None:
+    """Refuse a model trained (or, adopted, judged) on another acquisition than the normalised
+    volume's, when both record theirs: its guard, its held-out figures and its noise level
+    are that acquisition's, and would be filed under this sample. Another sample's model is
+    judged on this one by ``selfres adopt`` (the sheet's ``model_from``).
+
+    Raises
+    ------
+    InputError
+        Naming the model's ``model.json``, both acquisitions and the fix.
+    """
+    made_from, ours = meta.get("acquisition"), normalise.acquisition_of(normalized_attrs)
+    if not isinstance(made_from, dict) or ours is None or made_from == ours:
+        return
+    raise InputError(Path(model_dir) / "model.json", f"was trained on another acquisition "
+                     f"({normalise.acquisition_text(made_from)}, sample {meta.get('sample')!r}) than {normalized} "
+                     f"({normalise.acquisition_text(ours)}): its guard judged it on that one only. Judge it on this "
+                     "one with selfres adopt (the sheet's model_from; selfres restore --model-from), or train this "
+                     "sample's own model", sample=sample)
 
 
 def check_model_fits_volume(meta: dict, shape, voxel_size, *, model_dir, normalized, sample: str) -> None:
@@ -620,7 +716,8 @@ def _model_stage_inputs(normalized, fov_json, *, sample, mode, settings, device,
     check_mode(mode, sample=sample)
     set_threads(threads)
     vol, params = read_normalized(normalized, lazy=True)
-    fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=mode, sample=sample)
+    fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=mode, sample=sample,
+                           acquisition=normalise.acquisition_of(vol.attrs))
     return settings or Settings(), models.select_device(device), vol, params, fov
 
 
@@ -704,6 +801,7 @@ def stage_train(
         amp=settings.infer.amp, acquisition=train_volume)
     meta = {
         "sample": sample,
+        **trained_on(vol),
         "mode": mode,
         "factors": list(factors),
         "voxel_size_in": list(vs_known) if vs_known else None,
@@ -817,6 +915,8 @@ def stage_adopt(
             infer_settings=settings.infer, device=dev, path=path)
         if repair:
             new_meta["sensor_defects_repaired"] = defects  # this sample's
+    new_meta.pop("acquisition", None)  # the source's: this model.json describes this sample, judged on its volume
+    new_meta.update(trained_on(vol))
     from .modelfile import copy_with_metadata
 
     with io.atomic_output(model_dir) as tmp:  # the source's files as they are, this sample's model.json
@@ -848,6 +948,10 @@ def _checked_model_folder(model_dir: str | Path, read, *, move_aside: bool = Tru
     a folder whose weights fail their checksum is moved aside (kept for inspection): the
     next run retrains. Not with ``move_aside`` False: a folder the user gave as an input
     (``selfres restore --model-from``) is only refused."""
+    path = Path(model_dir)
+    if path.is_file() or any((path / marker).is_file() for marker in (".zattrs", ".zgroup", "zarr.json")):
+        raise InputError(model_dir, f"is {'a file' if path.is_file() else 'a Zarr store'}, not a model folder "
+                         "(model/, written by selfres train or adopt): arguments in the wrong order?")
     try:
         return read(model_dir)
     except InputError as exc:
@@ -949,6 +1053,7 @@ def stage_infer(
     # identity of the job: a partial store is resumed only when all of this matches
     check_model_fits_volume(meta, source.shape, vol.voxel_size, model_dir=model_dir, normalized=normalized,
                             sample=sample)
+    check_model_acquisition(meta, vol.attrs, model_dir=model_dir, normalized=normalized, sample=sample)
     fingerprint = {"model": io.file_checksum(Path(model_dir) / "model.json"),
                    "input": {k: vol.attrs.get(k) for k in ("normalisation", "source_checksum")}
                    | {"shape": list(source.shape)},
@@ -1369,7 +1474,7 @@ def stage_qc(
     ref = None
     if reference:  # fail fast, before any model work, on a reference off the output grid
         try:
-            out_shape = io.read_ome_zarr(restored, lazy=True).shape
+            out_shape = read_restored(restored, sample=sample).shape
             ref = io.read_volume(reference, lazy=True)
             ref_shape = ref.shape
         except InputError as exc:
@@ -1379,8 +1484,10 @@ def stage_qc(
                              "(a reference must have the shape of restored.ome.zarr)", sample=sample)
     vol, params = read_normalized(normalized, lazy=True)  # read where needed: two boxes, a window, samples
     model, _, meta = load_trained(model_dir)
-    fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample)
-    out = io.read_ome_zarr(restored, lazy=True)  # lazy: read below without refusing NaN (checked and flagged)
+    check_model_acquisition(meta, vol.attrs, model_dir=model_dir, normalized=normalized, sample=sample)
+    fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample,
+                           acquisition=normalise.acquisition_of(vol.attrs))
+    out = read_restored(restored, sample=sample)  # lazy: read below without refusing NaN (checked and flagged)
     check_restored_grid(restored, out.shape, vol.data.shape, meta, sample=sample)
     restored_attrs = out.attrs
     check_restored_origin(restored, restored_attrs, model_dir, vol.attrs, sample=sample)
@@ -1569,6 +1676,8 @@ def stage_qc(
         "stop_reason": meta.get("stop_reason"),
         # model_from: the sample that trained the model (judged on this sample's held-out region)
         "adopted_from": (meta.get("adopted_from") or {}).get("sample"),
+        # what these figures were computed from: the report refuses them beside another model or output
+        "computed_from": metrics_origin(model_dir, restored_attrs),
     }
     m = clean_floats(m)
     write_json(metrics_json, m)
@@ -1663,12 +1772,16 @@ def stage_report(
     from . import degrade, report
 
     vol, params = read_normalized(normalized, lazy=True)
-    out = io.read_ome_zarr(restored, lazy=True)
+    out = read_restored(restored, sample=sample)
     model_description = trained_description(model_dir)
     meta = model_description.get("metadata", {})
     check_restored_grid(restored, out.shape, vol.data.shape, meta, sample=sample)
+    check_model_acquisition(meta, vol.attrs, model_dir=model_dir, normalized=normalized, sample=sample)
+    check_restored_origin(restored, out.attrs, model_dir, vol.attrs, sample=sample)
     metrics_d = read_json_object(metrics_json, what="metrics file", sample=sample, remedy="rerun the qc stage")
-    fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample).to_dict()
+    check_metrics_origin(metrics_json, metrics_d, model_dir, restored, out.attrs, sample=sample)
+    fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample,
+                           acquisition=normalise.acquisition_of(vol.attrs)).to_dict()
     # raw units: normalise.undo is x * span + low, applied where read
     raw = report.VolumeView(vol.data, scale=params.span, offset=params.low)
     shape_in = tuple(vol.data.shape)[-3:] if vol.data.ndim >= 3 else (1, *vol.data.shape)

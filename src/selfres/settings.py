@@ -40,7 +40,8 @@ def parse_triple(text, *, name: str, kind=float, sample: str | None = None) -> t
         raise ConfigError(
             f"{who}{name} {text!r} must be three {'integers' if kind is int else 'numbers'} z,y,x") from None
     if len(vals) != 3 or not all(0 < v < math.inf for v in vals):
-        raise ConfigError(f"{who}{name} {text!r} must be three positive numbers z,y,x")
+        raise ConfigError(f"{who}{name} {text!r} must be three positive {'integers' if kind is int else 'numbers'} "
+                          "z,y,x")
     return vals
 
 

@@ -247,6 +247,9 @@ def test_the_infer_rule_drops_an_acquisitions_export_only_for_the_part_it_restor
     for name in ("cells.ome.tif", "mouse.ome.tif"):
         (res / name).write_bytes(b"an earlier export")
     settings = json.dumps({"infer": {"back_projection_iterations": 0}})
+    from ..conftest import forget_training_acquisition
+
+    forget_training_acquisition(tmp_path / "model")  # one model for both volumes: this test is about the export
     for normalized, sample in ((channel_1, "cells_c1"), (norm, "mouse_t2")):
         assert cli.main(["infer", str(normalized), str(tmp_path / "model"), "-o",
                          str(res / sample / "restored.ome.zarr"), "--device", "cpu", "--settings", settings,

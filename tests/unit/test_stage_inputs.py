@@ -243,3 +243,173 @@ def test_restore_refuses_a_model_from_that_is_no_model_and_a_keep_that_is_a_file
     assert cli.main(["restore", *common, "--keep", str(tmp_path / "kf")]) == 2
     assert "--keep" in capsys.readouterr().err and (tmp_path / "kf").read_text() == "x"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "kf", "notes"]
+
+
+@pytest.fixture
+def other(work, tmp_path) -> Path:
+    """Another acquisition of the same shape and voxel size, normalised, with its own crop."""
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "other.tif", (blob_volume((8, 64, 64), n=120, seed=9) * 1000).astype(np.uint16))
+    pipeline.stage_normalise(tmp_path / "other.tif", tmp_path / "other.ome.zarr", sample="o",
+                             voxel_size=(1.0, 0.2, 0.2))
+    pipeline.stage_crop(tmp_path / "other.ome.zarr", tmp_path / "other_fov.json", sample="o", scale=(1, 2, 2))
+    return tmp_path / "other.ome.zarr"
+
+
+def test_another_acquisitions_model_or_training_fov_is_refused_until_adopted(work, other, tmp_path):
+    """A model's guard, held-out figures and noise are its training volume's: ``infer``/``qc``/
+    ``report`` with another acquisition's model (same grid) ran and filed them under this
+    sample, and ``train`` trained on another sample's split. Both are refused; ``adopt``, which
+    judges the model on this volume, makes one this volume's stages take."""
+    trained_on = rf"was trained on another acquisition \(file checksum [0-9a-f]{{12}}…, sample 'in'\) than {other}"
+    with pytest.raises(InputError, match=trained_on + r".*selfres adopt"):
+        pipeline.stage_infer(other, work / "model", tmp_path / "o.ome.zarr", sample="o", device="cpu")
+    assert not (tmp_path / "o.ome.zarr").exists()
+    with pytest.raises(InputError, match=trained_on):
+        pipeline.stage_qc(other, work / "out.ome.zarr", work / "model", tmp_path / "other_fov.json",
+                          tmp_path / "m.json", sample="o", settings=from_dict(Settings, FAST).qc)
+    with pytest.raises(InputError, match=trained_on):
+        pipeline.stage_report(other, work / "out.ome.zarr", work / "model", tmp_path / "other_fov.json",
+                              work / "qc" / "metrics.json", tmp_path / "r.html", tmp_path / "p.json", sample="o")
+    with pytest.raises(InputError, match=r"train_fov.json: was made for another acquisition \(file checksum .*\) than "
+                                         r"the normalised volume's .*rerun the crop stage"):
+        pipeline.stage_train(other, work / "train_fov.json", tmp_path / "m2", sample="o", scale=(1, 2, 2),
+                             settings=from_dict(Settings, FAST), device="cpu")
+    # adopted: judged on this volume, recorded as this volume's
+    meta = pipeline.stage_adopt(other, tmp_path / "other_fov.json", work / "model", tmp_path / "adopted",
+                                sample="o", scale=(1, 2, 2), settings=from_dict(Settings, FAST), device="cpu")
+    assert meta["acquisition"] == pipeline.normalise.acquisition_of(pipeline.io.read_ome_zarr(other, lazy=True).attrs)
+    assert meta["acquisition"] != json.loads((work / "model" / "model.json").read_text())["metadata"]["acquisition"]
+    pipeline.stage_infer(other, tmp_path / "adopted", tmp_path / "o.ome.zarr", sample="o", device="cpu")
+    # its own acquisition's model is taken, as is a model that records none (written before the record)
+    pipeline.stage_infer(work / "normalized.ome.zarr", work / "model", tmp_path / "own.ome.zarr", sample="s",
+                         device="cpu")
+    from ..conftest import forget_training_acquisition
+
+    forget_training_acquisition(work / "model")
+    pipeline.stage_infer(other, work / "model", tmp_path / "old.ome.zarr", sample="o", device="cpu")
+
+
+def test_one_channel_of_a_file_is_another_acquisition_than_the_next(tmp_path):
+    from selfres.normalise import acquisition_of, acquisition_text
+
+    c0 = {"source_checksum": "ab" * 32, "channel": 0}
+    assert acquisition_of(c0) != acquisition_of(c0 | {"channel": 1})
+    assert acquisition_of(c0) == acquisition_of(c0 | {"sample": "renamed"})  # what the file and part are
+    assert acquisition_of({"sample": "s"}) is None  # a store written before the checksum was kept
+    assert acquisition_text(acquisition_of(c0 | {"timepoint": 3})) == "file checksum abababababab…, channel 0, timepoint 3"
+
+
+def test_report_refuses_metrics_of_another_model_or_restored_volume(work):
+    """A stale ``metrics.json`` (an earlier run's, or another sample's) beside this model and
+    output made the report state its verdict, "holds the tricubic interpolation", of an output
+    that holds the network's."""
+    import zarr
+
+    def report(metrics):
+        pipeline.stage_report(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model",
+                              work / "train_fov.json", metrics, work / "r.html", work / "p.json", sample="s")
+
+    m = _qc(work)
+    assert set(m["computed_from"]) == {"model_json", "restored"} and all(m["computed_from"].values())
+    report(work / "qc" / "m2.json")  # its own: taken
+    assert (work / "r.html").exists()
+    (work / "r.html").unlink()
+    other_model = m | {"computed_from": m["computed_from"] | {"model_json": "0" * 64}}
+    (work / "qc" / "m3.json").write_text(json.dumps(other_model))
+    with pytest.raises(InputError, match=r"m3.json: was computed for another model than .*model.*rerun the qc stage"):
+        report(work / "qc" / "m3.json")
+    # the restored volume made again with other settings (same model and input): its record differs
+    attrs = zarr.open_group(work / "out.ome.zarr", mode="r+").attrs
+    record = attrs["selfres"]
+    record["fingerprint"]["tile_size"] = [4, 4, 4]
+    attrs["selfres"] = record
+    with pytest.raises(InputError, match=r"m2.json: was computed from another restored volume than .*out.ome.zarr"):
+        report(work / "qc" / "m2.json")
+    assert not (work / "r.html").exists()
+    # a metrics file written before the record was kept: taken as it is
+    (work / "qc" / "m4.json").write_text(json.dumps({k: v for k, v in m.items() if k != "computed_from"}))
+    report(work / "qc" / "m4.json")
+
+
+@pytest.mark.parametrize("swap", ["restored_for_normalised", "model_for_normalised", "store_for_model",
+                                  "file_for_model"])
+def test_stage_arguments_in_the_wrong_order_are_named_as_such(work, swap, capsys):
+    """``selfres infer restored.ome.zarr model`` read the raw-unit output as normalised and wrote
+    values ~1e9; ``selfres infer model normalized.ome.zarr`` advised deleting the normalised
+    volume "to retrain it"."""
+    out = work / "new.ome.zarr"
+    normalized, model = {
+        "restored_for_normalised": (work / "out.ome.zarr", work / "model"),
+        "model_for_normalised": (work / "model", work / "normalized.ome.zarr"),
+        "store_for_model": (work / "normalized.ome.zarr", work / "out.ome.zarr"),
+        "file_for_model": (work / "normalized.ome.zarr", work / "train_fov.json"),
+    }[swap]
+    assert cli.main(["infer", str(normalized), str(model), "-o", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("ERROR: ") == 1 and "Traceback" not in err and "delete" not in err, err
+    assert "arguments in the wrong order?" in err, err
+    expected = {"restored_for_normalised": "out.ome.zarr: is a restored volume (content: model), not a normalised "
+                                           "store",
+                "model_for_normalised": "normalized.ome.zarr: is a Zarr store, not a model folder",  # read first
+                "store_for_model": "is a Zarr store, not a model folder",
+                "file_for_model": "train_fov.json: is a file, not a model folder"}[swap]
+    assert expected in err, err
+    assert not out.exists()
+    assert (work / "normalized.ome.zarr").exists() and (work / "train_fov.json").exists()
+
+
+def test_qc_after_an_unfinished_inference_says_to_rerun_it(work, tmp_path):
+    (work / ".o.ome.zarr.partial").mkdir()
+    with pytest.raises(InputError, match=r"o.ome.zarr: does not exist: its inference did not finish \(its partial "
+                                         r"store .*\.o\.ome\.zarr\.partial is there\); rerun the infer stage"):
+        pipeline.stage_qc(work / "normalized.ome.zarr", work / "o.ome.zarr", work / "model", work / "train_fov.json",
+                          tmp_path / "m.json", sample="s")
+
+
+def test_a_stage_run_without_sample_takes_the_id_its_normalised_store_records(work, capsys):
+    (work / "train_fov.json").write_text("{")
+    assert cli.main(["train", str(work / "normalized.ome.zarr"), str(work / "train_fov.json"), "-o",
+                     str(work / "m9")]) == 2
+    assert capsys.readouterr().err.startswith("ERROR: sample 'in': ")  # restore named it after in.tif
+
+
+@pytest.mark.parametrize("argv", [["normalise", "IN", "-o", "{f}/n.ome.zarr"], ["demo", "{f}/demo"], ["demo", "{f}"],
+                                  ["restore", "IN", "-o", "x.ome.zarr", "--keep", "{f}/kw"]])
+def test_an_output_under_a_file_is_one_line_not_a_traceback(argv, tmp_path, capsys):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", (blob_volume((8, 32, 32)) * 1000).astype(np.uint16))
+    (tmp_path / "afile").write_text("notes")
+    f = str(tmp_path / "afile")
+    argv = [a.replace("{f}", f).replace("IN", str(tmp_path / "in.tif")) for a in argv]
+    assert cli.main(argv) == 5
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().endswith(f"{f} is a file, not a folder; choose another output path")
+    assert (tmp_path / "afile").read_text() == "notes"
+
+
+def test_a_read_only_output_with_little_room_is_said_to_be_read_only(tmp_path, capsys, monkeypatch):
+    """A small read-only file system also has next to no free space: the error's own errno
+    (EROFS) decides, not the free-space guess."""
+    import errno
+
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "in.tif", (blob_volume((8, 32, 32)) * 1000).astype(np.uint16))
+    monkeypatch.setattr(cli, "_free_bytes", lambda target: 1000)
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "ro" / ".n.ome.zarr.lock"))
+
+    monkeypatch.setattr(pipeline, "stage_normalise", read_only)
+    assert cli.main(["normalise", str(tmp_path / "in.tif"), "-o", str(tmp_path / "ro" / "n.ome.zarr")]) == 5
+    assert "(it is on a read-only file system)" in capsys.readouterr().err
+
+
+def test_a_scale_given_in_isotropic_mode_is_said_to_be_unused(work, caplog):
+    with caplog.at_level("WARNING", logger="selfres"):
+        cli.main(["crop", str(work / "normalized.ome.zarr"), "-o", str(work / "f2.json"), "--mode", "isotropic",
+                  "--scale", "2,2,2"])
+    assert "--scale 2,2,2 is not used in isotropic mode" in caplog.text

@@ -746,9 +746,9 @@ def _run_reporting(args, sample, prefix) -> int:
 
 
 #: The arguments that name what a command writes
-_WRITTEN_ARGS = ("output", "html", "provenance", "done", "keep", "outdir")
+_WRITTEN_ARGS = ("output", "html", "provenance", "done", "keep", "outdir", "figures")
 #: ... of them, those that name a folder (a file there is in the way too)
-_WRITTEN_FOLDER_ARGS = ("keep", "outdir")
+_WRITTEN_FOLDER_ARGS = ("keep", "outdir", "figures")
 
 
 def _is_written_here(filename, args) -> bool:

@@ -94,8 +94,11 @@ class TrainingFov:
         if acquisition is not None and isinstance(made_from, dict) and made_from != acquisition:
             from .normalise import acquisition_text
 
-            raise bad(f"was made for another acquisition ({acquisition_text(made_from)}) than the normalised "
-                      f"volume's ({acquisition_text(acquisition)})")
+            # most likely another sample's file given by mistake: not one to delete
+            raise InputError(path, f"was made for another acquisition ({acquisition_text(made_from)}, sample "
+                             f"{d.get('sample')!r}) than the normalised volume's ({acquisition_text(acquisition)}): "
+                             "give this sample's own train_fov.json, or write one with the crop stage (selfres crop)",
+                             sample=sample)
         return cls(train=boxes["train"], holdout=boxes["holdout"], source=str(d.get("source", "")),
                    reason=str(d.get("reason", "")), scores=d.get("scores") if isinstance(d.get("scores"), dict) else {})
 

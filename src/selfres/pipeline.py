@@ -601,11 +601,13 @@ def check_model_acquisition(meta: dict, normalized_attrs: dict, *, model_dir, no
     made_from, ours = meta.get("acquisition"), normalise.acquisition_of(normalized_attrs)
     if not isinstance(made_from, dict) or ours is None or made_from == ours:
         return
-    raise InputError(Path(model_dir) / "model.json", f"was trained on another acquisition "
-                     f"({normalise.acquisition_text(made_from)}, sample {meta.get('sample')!r}) than {normalized} "
-                     f"({normalise.acquisition_text(ours)}): its guard judged it on that one only. Judge it on this "
-                     "one with selfres adopt (the sheet's model_from; selfres restore --model-from), or train this "
-                     "sample's own model", sample=sample)
+    source = (meta.get("adopted_from") or {}).get("sample")
+    how = (f"was judged (adopted from sample {source!r}) on another acquisition" if meta.get("adopted_from")
+           else "was trained on another acquisition")
+    raise InputError(Path(model_dir) / "model.json", f"{how} ({normalise.acquisition_text(made_from)}, sample "
+                     f"{meta.get('sample')!r}) than {normalized} ({normalise.acquisition_text(ours)}): its guard "
+                     "judged it on that one only. Judge it on this one with selfres adopt (the sheet's model_from; "
+                     "selfres restore --model-from), or train this sample's own model", sample=sample)
 
 
 def check_model_fits_volume(meta: dict, shape, voxel_size, *, model_dir, normalized, sample: str) -> None:

@@ -272,16 +272,23 @@ def test_another_acquisitions_model_or_training_fov_is_refused_until_adopted(wor
     with pytest.raises(InputError, match=trained_on):
         pipeline.stage_report(other, work / "out.ome.zarr", work / "model", tmp_path / "other_fov.json",
                               work / "qc" / "metrics.json", tmp_path / "r.html", tmp_path / "p.json", sample="o")
-    with pytest.raises(InputError, match=r"train_fov.json: was made for another acquisition \(file checksum .*\) than "
-                                         r"the normalised volume's .*rerun the crop stage"):
+    with pytest.raises(InputError, match=r"train_fov.json: was made for another acquisition \(file checksum .*, sample "
+                                         r"'in'\) than the normalised volume's \(file checksum .*\): give this "
+                                         r"sample's own train_fov.json, or write one with the crop stage") as refused:
         pipeline.stage_train(other, work / "train_fov.json", tmp_path / "m2", sample="o", scale=(1, 2, 2),
                              settings=from_dict(Settings, FAST), device="cpu")
+    assert "delete" not in str(refused.value)  # another sample's valid file, most likely given by mistake
     # adopted: judged on this volume, recorded as this volume's
     meta = pipeline.stage_adopt(other, tmp_path / "other_fov.json", work / "model", tmp_path / "adopted",
                                 sample="o", scale=(1, 2, 2), settings=from_dict(Settings, FAST), device="cpu")
     assert meta["acquisition"] == pipeline.normalise.acquisition_of(pipeline.io.read_ome_zarr(other, lazy=True).attrs)
     assert meta["acquisition"] != json.loads((work / "model" / "model.json").read_text())["metadata"]["acquisition"]
     pipeline.stage_infer(other, tmp_path / "adopted", tmp_path / "o.ome.zarr", sample="o", device="cpu")
+    # ... and refused, in its own words, beside the volume whose sample trained it
+    with pytest.raises(InputError, match=r"model.json: was judged \(adopted from sample 'in'\) on another acquisition "
+                                         r"\(file checksum .*, sample 'o'\) than .*normalized.ome.zarr"):
+        pipeline.stage_infer(work / "normalized.ome.zarr", tmp_path / "adopted", tmp_path / "x.ome.zarr", sample="s",
+                             device="cpu")
     # its own acquisition's model is taken, as is a model that records none (written before the record)
     pipeline.stage_infer(work / "normalized.ome.zarr", work / "model", tmp_path / "own.ome.zarr", sample="s",
                          device="cpu")
@@ -413,3 +420,14 @@ def test_a_scale_given_in_isotropic_mode_is_said_to_be_unused(work, caplog):
         cli.main(["crop", str(work / "normalized.ome.zarr"), "-o", str(work / "f2.json"), "--mode", "isotropic",
                   "--scale", "2,2,2"])
     assert "--scale 2,2,2 is not used in isotropic mode" in caplog.text
+
+
+def test_report_figures_under_a_file_is_one_line_not_a_traceback(work, capsys):
+    (work / "notes.txt").write_text("notes")
+    assert cli.main(["report", *(str(work / n) for n in ("normalized.ome.zarr", "out.ome.zarr", "model",
+                                                          "train_fov.json", "qc/metrics.json")),
+                     "-o", str(work / "r.html"), "--provenance", str(work / "p.json"),
+                     "--figures", str(work / "notes.txt" / "figs")]) == 5
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().endswith("notes.txt is a file, not a folder; choose another "
+                                                           "output path")

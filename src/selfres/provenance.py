@@ -148,15 +148,19 @@ def replaced_by_an_older_file(store: str | Path, source: str | Path) -> str | No
     made = output_mtime_ns(store)
     if not recorded or now is None or made is None or now == recorded or now["mtime_ns"] > made:
         return None
+    # to the second where that tells them apart, else to the microsecond (a copy made within the same second)
+    digits = 0 if recorded["mtime_ns"] // 10**9 != now["mtime_ns"] // 10**9 else 6
     return (f"{source} is not the file its normalised copy was made from ({recorded['size']} bytes then, "
-            f"{now['size']} now; modified {_when(recorded['mtime_ns'])} then, {_when(now['mtime_ns'])} now), and it "
-            "is not newer than that copy, so Snakemake would not see the change")
+            f"{now['size']} now; modified {_when(recorded['mtime_ns'], digits)} then, {_when(now['mtime_ns'], digits)} "
+            "now), and it is not newer than that copy, so Snakemake would not see the change")
 
 
-def _when(ns: int) -> str:
+def _when(ns: int, digits: int = 0) -> str:
+    """A file time as local date and time, with ``digits`` decimals of its second."""
     import time
 
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
+    text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns // 10**9))
+    return text + (f".{ns % 10**9:09d}"[:digits + 1] if digits else "")
 
 
 def date_before(folder: str | Path, mtime_ns: int) -> bool:

@@ -2069,6 +2069,8 @@ def render_sample_report(
         ("mode", mode),
         ("status", status),
         ("restored.ome.zarr holds", metrics.get("restored_content") or "model"),
+        *([("model", f"sample {metrics['adopted_from']}'s (model_from), judged on this sample's own held-out "
+                     "region")] if metrics.get("adopted_from") else []),
         ("input shape (z, y, x)", metrics.get("input_shape") or list(_as_zyx(raw.shape))),
         ("output shape (z, y, x)", metrics.get("output_shape") or list(_as_zyx(restored.shape))),
         ("voxel size in (µm)", _voxel_text(voxel_size_in) or "unknown (see the flag voxel_size_missing)"),

@@ -111,6 +111,25 @@ def _samples_by_source(results: Path) -> dict[str, list[str]]:
     return found
 
 
+def _outputs_of_an_earlier_model(sample_dir: Path) -> str | None:
+    """Why a sample's metrics and report describe an earlier model than its ``model/`` (the qc
+    records the ``model.json`` it scored, since the forty-sixth session): a run stopped after
+    training and before inference left the new model beside the old model's outputs, which
+    Snakemake reruns next time; ``None`` when they agree or either cannot tell."""
+    import hashlib
+
+    try:
+        recorded = (json.loads((sample_dir / "qc" / "metrics.json").read_text()).get("computed_from")
+                    or {}).get("model_json")
+        now = hashlib.sha256((sample_dir / "model" / "model.json").read_bytes()).hexdigest()
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not recorded or recorded == now:
+        return None
+    return ("its model was made again after restored.ome.zarr, its QC and report (a run stopped before they ran): "
+            "they are the earlier model's; the next run remakes them")
+
+
 def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str | None:
     """What a failed sample's older report says at its top (``None`` for a sample that is ok)."""
     if row.get("report"):
@@ -160,6 +179,15 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
         # a job of a later run that failed leaves its ERROR line in a log newer than the report
         failed_since = last_error(results / s / "logs", newer_than=html.stat().st_mtime) if complete else None
         jobs_left = unfinished.get(s)
+        outdated = _outputs_of_an_earlier_model(results / s) if complete and failed_since is None else None
+        if outdated and not jobs_left:  # the model was remade, the steps after it not yet (a stopped run)
+            rows.append(row | {"status": "pending", "error": outdated, "report": None})
+            if html.exists():
+                try:
+                    report.set_stale_banner(html, _stale_report_message(rows[-1], html, run["header"].get("started")))
+                except OSError as exc:
+                    log.warning("%s: could not mark it as out of date (%s)", html, exc)
+            continue
         if complete and failed_since is None and not jobs_left:
             # the summary's columns come from metrics.json (report.summary_table derives them)
             row.update(json.loads(mfile.read_text()), sample=s, error=None, report=f"{s}/report.html")

@@ -1459,6 +1459,13 @@ def test_an_acquisition_replaced_by_an_older_file_is_told_from_the_one_its_copy_
     assert os.stat(raw).st_size == first_size
     os.utime(raw, ns=(made - 2 * 86400 * 10**9,) * 2)
     assert replaced_by_an_older_file(store, raw)
+    # ... within the same second as the first (a copy of the same size, 20 ms apart): the times, to the microsecond
+    recorded = pipeline.io.read_volume(store, lazy=True).attrs["source_stat"]["mtime_ns"]
+    os.utime(raw, ns=(recorded - 20_000_000,) * 2 if recorded % 10**9 >= 20_000_000 else (recorded + 20_000_000,) * 2)
+    assert os.stat(raw).st_mtime_ns < made
+    told = replaced_by_an_older_file(store, raw)
+    then, now = told.split("modified ")[1].split(" now)")[0].split(" then, ")
+    assert then != now and len(then.split(".")[-1]) == 6, told
     assert replaced_by_an_older_file(store, tmp_path / "gone.tif") is None  # archived: goes on from its copy
     assert replaced_by_an_older_file(tmp_path / "none.ome.zarr", raw) is None
     date_before(store, os.stat(raw).st_mtime_ns)  # what the workflow does: Snakemake then reruns it

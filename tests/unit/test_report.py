@@ -839,7 +839,12 @@ def test_a_sample_restored_with_another_samples_model_says_so():
               voxel_size_out=(0.5, 0.5, 0.5), training_log=_log())
     page = report.render_sample_report(sample="lapse_t3", metrics=_metrics(adopted_from="lapse_t0"), **kw)
     assert "Model trained on sample lapse_t0" in page and "model_from" in page
-    assert "Model trained on sample" not in report.render_sample_report(sample="a", metrics=_metrics(), **kw)
+    # in the table at the top too, beside what restored.ome.zarr holds (it was said only further down)
+    top = page.split('<h2 id="flags">')[0]
+    assert "sample lapse_t0&#x27;s (model_from), judged on this sample&#x27;s own held-out region" in top or \
+        "sample lapse_t0's (model_from), judged on this sample's own held-out region" in top, top[-1500:]
+    own = report.render_sample_report(sample="a", metrics=_metrics(), **kw)
+    assert "Model trained on sample" not in own and "(model_from)" not in own.split('<h2 id="flags">')[0]
 
 
 def test_self_validation_caption_says_what_was_compared_in_each_mode():
@@ -1187,3 +1192,37 @@ def test_the_colour_bar_and_the_zoom_panels_say_what_they_show(monkeypatch):
     report.figure_detail(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
                          voxel_size_out=(1.0, 0.25, 0.25))
     assert drawn[-1].axes[0].get_ylabel() == "y (µm)" and "zoom" in drawn[-1].axes[0].get_title()
+
+
+def test_a_model_made_again_after_its_samples_outputs_makes_the_sample_pending(tmp_path):
+    """A run stopped (SIGTERM to snakemake) after a training finished and before its infer, qc
+    and report ran: the summary said ``ok`` of outputs the earlier model made. metrics.json
+    records the model.json it scored; a model.json that differs since is told."""
+    import hashlib
+    import json
+
+    from selfres import summary
+
+    d = tmp_path / "s"
+    for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
+        (d / sub).mkdir(parents=True)
+    (d / "train_fov.json").write_text("{}")
+    (d / "model" / "model.json").write_text('{"metadata": {"best_step": 100}}')
+    scored = hashlib.sha256((d / "model" / "model.json").read_bytes()).hexdigest()
+    (d / "qc" / "metrics.json").write_text(json.dumps(
+        _metrics(sample="s") | {"computed_from": {"model_json": scored, "restored": "ab" * 32}}))
+    (d / "report.html").write_text("<html></html>")
+
+    def status():
+        summary.stage_summary(tmp_path, ["s"], tmp_path / "summary.tsv", tmp_path / "summary.html")
+        return pd.read_csv(tmp_path / "summary.tsv", sep="\t").set_index("sample").loc["s"]
+
+    assert status()["status"] == "ok"
+    (d / "model" / "model.json").write_text('{"metadata": {"best_step": 250}}')  # trained again, nothing after
+    row = status()
+    assert row["status"] == "pending" and row["error"].startswith("its model was made again after restored.ome.zarr")
+    assert "This report is out of date" in (d / "report.html").read_text()
+    # a metrics file written before the record was kept: as before
+    (d / "qc" / "metrics.json").write_text(json.dumps(_metrics(sample="s")))
+    (d / "report.html").write_text("<html></html>")
+    assert status()["status"] == "ok"

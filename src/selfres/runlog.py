@@ -55,6 +55,33 @@ _HEADER_KEYS = {"Date": "started", "Workflow ID": "workflow_id", "Host": "host",
                 "Config MD5": "config_md5"}
 
 
+#: The query the check below asks ``sacct`` (as the Slurm executor's default status command asks it)
+SACCT_PROBE = ("sacct", "-X", "-n", "--parsable2", "--format=JobIdRaw,State", "--starttime", "now-1hours",
+               "--endtime", "now")
+
+
+def slurm_status_problem(status_command: str | None, *, timeout: float = 10.0) -> str | None:
+    """Why a Slurm run with ``status_command`` (the executor's ``slurm-status-command``; not a
+    string: its default, sacct) would never see its jobs finish: ``sacct`` fails on a cluster without
+    accounting (``Slurm accounting storage is disabled``), and the run then waits without a
+    word. None where the command is squeue, sacct answers, or it cannot tell (no answer in
+    ``timeout`` seconds)."""
+    import subprocess
+
+    if isinstance(status_command, str) and status_command not in ("", "sacct"):  # not a str: the plugin's default
+        return None
+    try:
+        done = subprocess.run(SACCT_PROBE, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return "sacct is not installed on this machine"
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode == 0:
+        return None
+    said = " ".join((done.stderr or done.stdout or "").split())[:200] or f"exit status {done.returncode}"
+    return f"sacct fails here ({said})"
+
+
 def snakemake_log_file(log: "str | os.PathLike | Sequence[str | os.PathLike] | None") -> "str | os.PathLike | None":
     """The run's ``*.snakemake.log`` out of what Snakemake 9 hands its ``onsuccess`` /
     ``onerror`` handlers (a list of log files), or the one path given."""

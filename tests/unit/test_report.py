@@ -1226,3 +1226,27 @@ def test_a_model_made_again_after_its_samples_outputs_makes_the_sample_pending(t
     (d / "qc" / "metrics.json").write_text(json.dumps(_metrics(sample="s")))
     (d / "report.html").write_text("<html></html>")
     assert status()["status"] == "ok"
+
+
+def test_a_cluster_whose_sacct_fails_is_told_before_a_slurm_run_waits_silently(tmp_path, monkeypatch):
+    """Without accounting, the Slurm executor's default status command (sacct) never sees a job
+    finish: a run waited 13 minutes without a word, and would wait all night. The check asks
+    sacct as the executor does; squeue as the status command needs no check."""
+    from selfres.runlog import slurm_status_problem
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    sacct = fake / "sacct"
+    monkeypatch.setenv("PATH", f"{fake}:/usr/bin:/bin")
+    sacct.write_text("#!/bin/sh\necho 'Slurm accounting storage is disabled' >&2\nexit 1\n")
+    sacct.chmod(0o755)
+    assert slurm_status_problem(None) == "sacct fails here (Slurm accounting storage is disabled)"
+    assert slurm_status_problem("sacct") == "sacct fails here (Slurm accounting storage is disabled)"
+    assert slurm_status_problem("squeue") is None  # the profile chose squeue: nothing to ask
+    sacct.write_text("#!/bin/sh\necho '4711|COMPLETED'\nexit 0\n")
+    assert slurm_status_problem(None) is None
+    sacct.write_text("#!/bin/sh\nsleep 5\n")
+    assert slurm_status_problem(None, timeout=0.5) is None  # no answer in time: cannot tell
+    sacct.unlink()
+    monkeypatch.setenv("PATH", str(fake))
+    assert slurm_status_problem(None) == "sacct is not installed on this machine"

@@ -383,6 +383,19 @@ def _unused_scales():
     return rows
 
 
+if workflow.is_main_process and getattr(_snakemake_args(), "executor", None) == "slurm":
+    # a cluster without accounting: the executor's default status command (sacct) never sees a
+    # job finish, and the run waits without a word (said now; the profile's own settings decide)
+    from selfres.runlog import slurm_status_problem as _slurm_status_problem
+
+    _problem = _slurm_status_problem(getattr(_snakemake_args(), "slurm_status_command", None))
+    if _problem:
+        print(f"selfres: WARNING: {_problem}: the Slurm executor's status command (slurm-status-command: sacct) "
+              "would never see a job finish and this run would wait without a word. Set slurm-status-command: "
+              "squeue in the profile (and slurm-no-account: true where the cluster has no accounts); see "
+              "docs/slurm.md", file=sys.stderr)
+
+
 if workflow.is_main_process:
     for (_path, _scale), _ids in _unused_scales().items():
         _names = ", ".join(repr(i) for i in _ids[:3]) + (f" and {len(_ids) - 3} more" if len(_ids) > 3 else "")

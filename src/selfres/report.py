@@ -2308,7 +2308,7 @@ def _input_text(provenance: Mapping[str, Any]) -> str:
 SUMMARY_COLUMNS = (
     "sample", "status", "mode", "input_shape", "output_shape", "psnr_gain",
     "isotropy_in", "isotropy_out", "isotropy_interp", "flags", "train_seconds", "infer_seconds", "error",
-    "failed_runs", "failing_since", "report",
+    "failed_runs", "failing_since", "report", "model_from",
 )
 
 
@@ -2391,6 +2391,8 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             "failing_since": row.get("failing_since"),
             # an explicit None (e.g. a failed sample) means: no report to link
             "report": row["report"] if "report" in row else f"{sample}/report.html",
+            # model_from: the sample whose model restored it (judged here; train_seconds is that judging)
+            "model_from": row.get("adopted_from") or None,
         })
     df = pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
     for c in ("psnr_gain", "isotropy_in", "isotropy_out", "isotropy_interp", "train_seconds", "infer_seconds"):
@@ -2470,7 +2472,9 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
              f'{_esc(r["sample"])}</a></td>') if has_link else
             f'<td data-v="{_esc(r["sample"])}">{_esc(r["sample"])}</td>',
             f'<td class="status-{_esc(r["status"])}">{_esc(r["status"])}</td>',
-            f"<td>{_esc(_text_or_dash(r['mode']))}</td>",
+            f"<td>{_esc(_text_or_dash(r['mode']))}"
+            + (f" · model of {_esc(r['model_from'])}" if isinstance(r.get("model_from"), str) and r["model_from"]
+               else "") + "</td>",
             f"<td>{_esc(_text_or_dash(r['input_shape']))}</td>",
             f"<td>{_esc(_text_or_dash(r['output_shape']))}</td>",
         ]

@@ -1250,3 +1250,14 @@ def test_a_cluster_whose_sacct_fails_is_told_before_a_slurm_run_waits_silently(t
     sacct.unlink()
     monkeypatch.setenv("PATH", str(fake))
     assert slurm_status_problem(None) == "sacct is not installed on this machine"
+
+
+def test_the_summary_names_the_sample_whose_model_restored_an_adopting_one():
+    """A ``model_from`` sample's row said nothing of it; its ``train (s)`` is the time taken to
+    judge the other sample's model."""
+    rows = [{**_metrics(sample="lapse_t1", adopted_from="lapse_t0"), "status": "ok"},
+            {**_metrics(sample="lapse_t0"), "status": "ok"}]
+    df = report.summary_table(rows).set_index("sample")
+    assert df.loc["lapse_t1", "model_from"] == "lapse_t0" and pd.isna(df.loc["lapse_t0", "model_from"])
+    page = report.render_summary(rows)
+    assert "isotropic · model of lapse_t0</td>" in page and page.count("model of") == 1

@@ -92,6 +92,13 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def partial_path(final: str | os.PathLike) -> Path:
+    """Where a resumable inference writes ``final`` until it is complete: ``.{name}.partial``
+    beside it (:class:`selfres.infer.PartialStore`)."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.partial")
+
+
 def _lock_file(final: Path) -> Path:
     return final.parent.resolve() / f".{final.name}.lock"
 

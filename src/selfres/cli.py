@@ -502,13 +502,10 @@ def _sample_id(args) -> str:
     if args.command == "normalise":
         return Path(str(args.input).rstrip("/")).name.split(".")[0] or "sample"
     normalized = getattr(args, "normalized", None)
-    if normalized is not None:
-        try:
-            import zarr
+    if normalized is not None:  # read from the store's JSON; the stage says what is wrong with a bad one
+        from .provenance import store_attrs
 
-            recorded = zarr.open_group(str(normalized), mode="r").attrs.get("selfres", {}).get("sample")
-        except Exception:  # noqa: BLE001 - the stage reads the store and says what is wrong with it
-            recorded = None
+        recorded = store_attrs(normalized).get("sample")
         if isinstance(recorded, str) and recorded:
             return recorded
     return "sample"

@@ -39,7 +39,7 @@ from torch import nn
 from . import degrade
 from .degrade import mirror_indices
 from .allocator import heap_only, keep_freed_memory  # noqa: F401 - keep_freed_memory re-exported
-from .atomic import waiting_lock
+from .atomic import partial_path, waiting_lock
 from .errors import SelfresError
 from .models import autocast_context, compute_label
 from .models import is_out_of_memory as _is_oom
@@ -1365,7 +1365,7 @@ class PartialStore:
 
     def __init__(self, final: str | os.PathLike):
         self.final = Path(final)
-        self.path = self.final.with_name(f".{self.final.name}.partial")
+        self.path = partial_path(self.final)
         self.meta = self.final.with_name(f".{self.final.name}.progress")
 
     def prepare(self, *, fingerprint: dict, create: Callable[[Path], object]) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 from . import io, normalise
 from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
-from .atomic import check_outputs_spare_inputs, overwritten_input
+from .atomic import check_outputs_spare_inputs, overwritten_input, partial_path
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, choose_training_fov, repaired_box, training_boxes
 from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
@@ -367,8 +367,7 @@ def read_restored(restored: str | Path, *, sample: str) -> io.Volume:
     ------
     InputError
     """
-    final = Path(restored)
-    partial = final.with_name(f".{final.name}.partial")
+    final, partial = Path(restored), partial_path(restored)
     if not final.exists() and partial.exists():
         raise InputError(restored, f"does not exist: its inference did not finish (its partial store {partial} is "
                          "there); rerun the infer stage, which resumes from the tiles it recorded", sample=sample)
@@ -1232,7 +1231,7 @@ def drop_stale_model_output(output: str | Path) -> None:
     ``output`` by an earlier run whose model was flagged: now that ``output`` holds the model
     output, a second, older model output would only mislead."""
     stale = model_output_path(output)
-    for p in (stale, stale.with_name(f".{stale.name}.partial"), stale.with_name(f".{stale.name}.progress")):
+    for p in (stale, partial_path(stale), stale.with_name(f".{stale.name}.progress")):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
             log.info("removed %s from an earlier run (the model is no longer flagged)", p)

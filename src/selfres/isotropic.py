@@ -436,32 +436,51 @@ def psf_axis_sigma(psf: np.ndarray, axis: int) -> float:
 
 
 def sigma_from_settings(train: TrainSettings, voxel_size: Sequence[float]) -> float | None:
-    """Extra axial σ (lateral pixels) implied by ``train.degradation`` (optics or PSF), else None.
+    """Extra axial σ (lateral pixels) implied by the settings' PSF, else None.
 
-    The lateral slices already carry the lateral PSF, so the extra blur is
-    ``sqrt(σz² − σxy²)`` (Gaussian approximation; a measured PSF's σ from a Gaussian fitted
-    to its profile through the peak along each axis, :func:`psf_axis_sigma`).
+    The PSF is ``train.degradation``'s (``gaussian``: σ in µm or the optics; ``psf``: a
+    measured PSF), else ``train.psf_sigma_um`` (the acquisition's Gaussian σ, z,y,x µm, as
+    ``selfres psf-sigma`` prints it). The lateral slices already carry the lateral PSF, so
+    the extra blur is ``sqrt(σz² − σxy²)`` (Gaussian approximation; a measured PSF's σ from
+    a Gaussian fitted to its profile through the peak along each axis,
+    :func:`psf_axis_sigma`). An axial σ narrower than the lateral one gives 0, with a warning
+    (z,y,x typed in another order reads so).
     """
+    given = axial_lateral_sigma_um(train, voxel_size)
+    if given is None:
+        return None
+    sz, sxy, source = given
+    vxy = 0.5 * (float(voxel_size[1]) + float(voxel_size[2]))
+    if sz < sxy:
+        log.warning("isotropic: the axial σ from %s (%.4g µm) is narrower than the lateral one (%.4g µm): no axial "
+                    "blur is added to the lateral slices (σ 0), so the output undoes the z sampling but not an "
+                    "axial blur. If that is not your microscope's PSF, check the order of the values: z,y,x",
+                    source, sz, sxy)
+    return float(math.sqrt(max(sz**2 - sxy**2, 0.0)) / vxy)
+
+
+def axial_lateral_sigma_um(train: TrainSettings, voxel_size: Sequence[float]) -> tuple[float, float, str] | None:
+    """``(σz, σxy, source)`` in µm of the PSF the settings give (:func:`sigma_from_settings`),
+    ``source`` naming the setting; None where they give none."""
     d = train.degradation
     vz, vy, vx = (float(v) for v in voxel_size)
-    vxy = 0.5 * (vy + vx)
     if d.method == "gaussian":
         if d.sigma_um is not None:
-            sz, sxy = float(d.sigma_um[0]), 0.5 * float(d.sigma_um[1] + d.sigma_um[2])
-        else:
-            px = degrade.gaussian_sigma_from_optics(na=d.na, wavelength_um=d.wavelength_um,
-                                                    refractive_index=d.refractive_index,
-                                                    voxel_size=(vz, vy, vx), kind=d.microscope)
-            sz, sxy = px[0] * vz, 0.5 * (px[1] * vy + px[2] * vx)
-    elif d.method == "psf":
+            return float(d.sigma_um[0]), 0.5 * float(d.sigma_um[1] + d.sigma_um[2]), "train.degradation.sigma_um"
+        px = degrade.gaussian_sigma_from_optics(na=d.na, wavelength_um=d.wavelength_um,
+                                                refractive_index=d.refractive_index,
+                                                voxel_size=(vz, vy, vx), kind=d.microscope)
+        return px[0] * vz, 0.5 * (px[1] * vy + px[2] * vx), "the optics of train.degradation"
+    if d.method == "psf":
         psf = degrade.load_psf(d.psf_path)
         if psf.ndim != 3:
             return None
         sig = [psf_axis_sigma(psf, ax) for ax in range(3)]
-        sz, sxy = sig[0] * vz, 0.5 * (sig[1] * vy + sig[2] * vx)
-    else:
-        return None
-    return float(math.sqrt(max(sz**2 - sxy**2, 0.0)) / vxy)
+        return sig[0] * vz, 0.5 * (sig[1] * vy + sig[2] * vx), "train.degradation.psf_path"
+    if train.psf_sigma_um is not None:
+        sz, sy, sx = (float(v) for v in train.psf_sigma_um)
+        return sz, 0.5 * (sy + sx), "train.psf_sigma_um"
+    return None
 
 
 # ------------------------------------------------------------------------ patches
@@ -982,11 +1001,16 @@ def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Setti
     from .noise import NoiseLevel, noise_level_function
 
     iso = settings.isotropic
+    if settings.train.degradation.method == "block":  # enhance's binned-camera model: nothing here reads it
+        log.warning("isotropic: train.degradation.method block is not used in isotropic mode (its lateral slices are "
+                    "degraded by the axial blur and point sampling at the z steps); the axial σ is taken from "
+                    "isotropic.axial_sigma_px, train.psf_sigma_um, or estimated from the data")
     if iso.axial_sigma_px is not None:
         sigma, source = float(iso.axial_sigma_px), "settings"
     else:
         s = sigma_from_settings(settings.train, voxel_size)
-        sigma, source = (s, "train.degradation") if s is not None else (None, "estimated")
+        given = axial_lateral_sigma_um(settings.train, voxel_size) if s is not None else None
+        sigma, source = (s, given[2]) if given is not None else (None, "estimated")
     level = noise_level_function(train_volume) if iso.noise_match else NoiseLevel(0.0, 0.0)
     if iso.noise_match and level.bins == 0:
         log.warning("isotropic noise match: the acquisition's noise could not be measured on the training FOV %s "

@@ -325,8 +325,9 @@ class QcSettings:
 
 #: the ``train`` values isotropic mode reads (its restorer has its own net, loss, steps and
 #: patches in ``isotropic``; of ``train.degradation`` only the optics / PSF that give the
-#: axial σ): the workflow passes an isotropic sample these alone, so that changing another
-#: neither retrains it nor is recorded for it
+#: axial σ; ``psf_sigma_um`` too, where given: :func:`isotropic_train_values`): the workflow
+#: passes an isotropic sample these alone, so that changing another neither retrains it nor
+#: is recorded for it
 ISOTROPIC_TRAIN_KEYS = ("seed", "augment", "learning_rate", "lr_schedule", "warmup_steps", "max_minutes",
                         "patience", "validate_every", "guard_margin_db", "degradation")
 ISOTROPIC_DEGRADATION_KEYS = ("method", "sigma_um", "na", "wavelength_um", "refractive_index", "microscope",
@@ -334,8 +335,12 @@ ISOTROPIC_DEGRADATION_KEYS = ("method", "sigma_um", "na", "wavelength_um", "refr
 
 
 def isotropic_train_values(train: dict) -> dict:
-    """The values of a ``train`` section (a dict) that isotropic mode reads."""
+    """The values of a ``train`` section (a dict) that isotropic mode reads; ``psf_sigma_um``
+    only where given (the axial σ's last source before the estimate), so that the text of a
+    train section without it is as before it was read."""
     out = {k: v for k, v in train.items() if k in ISOTROPIC_TRAIN_KEYS}
+    if train.get("psf_sigma_um") is not None:
+        out["psf_sigma_um"] = train["psf_sigma_um"]
     if "degradation" in out:
         out["degradation"] = {k: v for k, v in out["degradation"].items() if k in ISOTROPIC_DEGRADATION_KEYS}
     return out
@@ -461,6 +466,9 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
         sigma_given = mode == "isotropic" and (out.get("isotropic") or {}).get("axial_sigma_px") is not None
         if mode == "isotropic":
             train = isotropic_train_values(train)
+            method = (train.get("degradation") or {}).get("method", defaults["train"]["degradation"]["method"])
+            if sigma_given or method in ("gaussian", "psf"):  # the axial σ comes from elsewhere
+                train.pop("psf_sigma_um", None)
         elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
             train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
         if isinstance(train.get("degradation"), dict):

@@ -258,6 +258,34 @@ def test_axial_sigma_from_optics_settings_is_the_extra_axial_blur():
     assert iso.sigma_from_settings(Settings().train, (2.0, 0.5, 0.5)) is None
 
 
+def test_the_psf_selfres_psf_sigma_prints_gives_the_axial_sigma_in_isotropic_mode():
+    """`selfres psf-sigma` prints a train.psf_sigma_um cell; isotropic mode ignored it and
+    estimated σ (2.25 px for a given 2.00 on a reviewer's stack: +2.6 dB instead of +5.8)."""
+    s = from_dict(Settings, {"train": {"psf_sigma_um": [2.5, 0.5, 0.5]}})
+    assert iso.sigma_from_settings(s.train, (2.0, 0.5, 0.5)) == pytest.approx(np.sqrt(2.5**2 - 0.5**2) / 0.5)
+    # train.degradation's PSF, where given, comes first
+    both = from_dict(Settings, {"train": {"psf_sigma_um": [2.5, 0.5, 0.5],
+                                          "degradation": {"method": "gaussian", "sigma_um": [1.5, 0.5, 0.5]}}})
+    assert iso.sigma_from_settings(both.train, (2.0, 0.5, 0.5)) == pytest.approx(np.sqrt(1.5**2 - 0.5**2) / 0.5)
+    train, _ = _semi()
+    deg, info = iso.resolve_degradation(train, 4.0, s, (2.0, 0.5, 0.5))
+    assert info["sigma_source"] == "train.psf_sigma_um"
+    assert deg.sigma_px == pytest.approx(np.sqrt(2.5**2 - 0.5**2) / 0.5)
+
+
+def test_an_axial_sigma_narrower_than_the_lateral_one_is_said(caplog):
+    """z,y,x typed as x,y,z: the extra axial blur is 0 — said, not silently trained on."""
+    s = from_dict(Settings, {"train": {"degradation": {"method": "gaussian", "sigma_um": [0.1, 0.3, 0.3]}}})
+    with caplog.at_level("WARNING", logger="selfres"):
+        assert iso.sigma_from_settings(s.train, (2.0, 0.5, 0.5)) == 0.0
+    assert "narrower than the lateral one" in caplog.text and "z,y,x" in caplog.text
+    caplog.clear()
+    ok = from_dict(Settings, {"train": {"degradation": {"method": "gaussian", "sigma_um": [1.0, 0.3, 0.3]}}})
+    with caplog.at_level("WARNING", logger="selfres"):
+        iso.sigma_from_settings(ok.train, (2.0, 0.5, 0.5))
+    assert "narrower" not in caplog.text
+
+
 def test_axial_sigma_from_a_measured_psf_follows_its_core_not_its_faint_tails(tmp_path):
     """A measured PSF with a faint wide halo (a tenth of its mass): second moments read σz 4.7 for
     a core of 3, an overestimate that costs dB; the fitted Gaussian follows the core."""

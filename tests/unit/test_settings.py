@@ -307,6 +307,20 @@ def test_every_train_value_isotropic_training_reads_reaches_its_job(key, value):
     assert after["train"][key] == value and after != before
 
 
+def test_isotropic_training_reads_the_psf_sigma_only_where_nothing_else_gives_the_axial_sigma():
+    """train.psf_sigma_um gives isotropic mode its axial σ unless train.degradation's PSF or
+    isotropic.axial_sigma_px does; a sheet without it gives the text it gave before it was read."""
+    from selfres.settings import ISOTROPIC_TRAIN_KEYS, stage_settings
+
+    sections = _all_sections()
+    assert set(stage_settings(sections, stage="train", mode="isotropic")["train"]) == set(ISOTROPIC_TRAIN_KEYS)
+    given = _with(sections, train__psf_sigma_um=[2.0, 0.3, 0.3])
+    assert stage_settings(given, stage="train", mode="isotropic")["train"]["psf_sigma_um"] == [2.0, 0.3, 0.3]
+    for elsewhere in ({"isotropic__axial_sigma_px": 1.5},
+                      {"train__degradation__method": "gaussian", "train__degradation__sigma_um": [1.0, 0.3, 0.3]}):
+        assert "psf_sigma_um" not in stage_settings(_with(given, **elsewhere), stage="train", mode="isotropic")["train"]
+
+
 def test_enhance_training_receives_the_precision_its_guard_scores_in():
     """The guard scores what inference writes, in inference's precision: infer.amp is a value
     the enhance train job reads (changing it re-judges the model); isotropic training's is not."""

@@ -1939,8 +1939,16 @@ def _isotropy_sentence(metrics: Mapping[str, Any], baseline: str) -> str:
     iso_in, iso_out = _num(metrics.get("isotropy_in")), _num(metrics.get("isotropy_out"))
     iso_interp = _num(metrics.get("isotropy_interp"))
     if iso_out is None:
-        return ("Isotropy was not measured (qc.resolution off, no voxel size, or too small a volume): judge "
-                "the XZ/YZ views.")
+        res = metrics.get("resolution_um") or {}
+        unfound = [axis for axis in ("lateral", "axial") if _num(res.get(f"{axis}_out")) is None]
+        if any(_num(v) is not None for v in res.values()) and unfound:
+            return (f"Isotropy was not measured: the decorrelation analysis found no {' or '.join(unfound)} "
+                    "resolution limit in the output's window (detail that reaches the voxel size, or too little "
+                    "signal; see Resolution): judge the XZ/YZ views.")
+        return ("Isotropy was not measured ("
+                + ("the voxel size is unknown" if "voxel_size_missing" in (metrics.get("flags") or [])
+                   else "qc.resolution off, or too small a volume for the estimate")
+                + "): judge the XZ/YZ views.")
     return (f"Isotropy estimate (lateral / axial resolution, 1 = isotropic) of the output {_esc(_fmt(iso_out))}"
             + (f", of {baseline} on the same grid {_esc(_fmt(iso_interp))}" if iso_interp is not None else "")
             + (f", of the input on its own grid {_esc(_fmt(iso_in))}" if iso_in is not None else
@@ -2206,13 +2214,17 @@ def render_sample_report(
          ["axial resolution (µm)", _num(res.get("axial_in")), _num(res_i.get("axial")), _num(res.get("axial_out"))],
          ["isotropy (lateral / axial; 1 = isotropic)", _num(metrics.get("isotropy_in")),
           _num(metrics.get("isotropy_interp")), _num(metrics.get("isotropy_out"))]]))
-    missing_in = [axis for axis in ("lateral", "axial")
-                  if _num(res.get(f"{axis}_in")) is None and _num(res.get(f"{axis}_out")) is not None]
-    if missing_in:
-        parts.append(f"<p>No {' or '.join(missing_in)} estimate for the input: the decorrelation analysis "
+    measured = any(_num(v) is not None for v in res.values())
+    missing = {axis: [side for side, key in (("the input", "in"), ("the output", "out"))
+                      if _num(res.get(f"{axis}_{key}")) is None] for axis in ("lateral", "axial")}
+    missing = {axis: sides for axis, sides in missing.items() if sides and measured}
+    if missing:
+        which = "; ".join(f"{axis} for {' or '.join(sides)}" for axis, sides in missing.items())
+        parts.append(f"<p>No estimate ({which}): the decorrelation analysis "
                      "found no resolution limit within its sampling — typically an image whose detail reaches "
                      "the voxel size (sampled at or below its resolution: then its resolution is about two "
-                     "voxels, the sampling limit), or too little signal in the window.</p>")
+                     "voxels, the sampling limit), or too little signal in the window (axially, also a window of fewer "
+                     "than 8 planes).</p>")
     if all(_num(v) is None for v in res.values()):
         parts.append("<p>Not measured: "
                      + ("the voxel size is unknown (flag voxel_size_missing)"

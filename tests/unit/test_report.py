@@ -906,7 +906,24 @@ def test_an_input_resolution_without_estimate_is_explained():
     m = _metrics() | {"resolution_um": {"lateral_in": None, "axial_in": 24.7, "lateral_out": 2.5, "axial_out": 6.7}}
     page = report.render_sample_report(sample="s", metrics=m, raw=raw, interp=interp, restored=restored,
                                        voxel_size_in=(5.0, 2.0, 2.0), voxel_size_out=(2.5, 1.0, 1.0))
-    assert "No lateral estimate for the input: the decorrelation analysis found no resolution limit" in page
+    assert "No estimate (lateral for the input): the decorrelation analysis found no resolution limit" in page
+
+
+def test_a_missing_isotropy_names_the_estimate_that_failed_not_settings_that_were_right():
+    """A reviewer's cellfinder crop (5, 2, 2 µm): qc.resolution on, the voxel size known, no
+    lateral estimate in input or output; the verdict blamed "qc.resolution off, no voxel size,
+    or too small a volume" and the Resolution section said nothing."""
+    raw, interp, restored = _volumes()
+    m = _metrics() | {"mode": "isotropic", "isotropy_in": None, "isotropy_out": None,
+                      "resolution_um": {"lateral_in": None, "axial_in": 24.7, "lateral_out": None, "axial_out": 6.6}}
+    verdict = report._verdict(m, "ok")
+    assert "found no lateral resolution limit in the output's window" in verdict and "qc.resolution off" not in verdict
+    page = report.render_sample_report(sample="s", metrics=m, raw=raw, interp=interp, restored=restored,
+                                       voxel_size_in=(5.0, 2.0, 2.0), voxel_size_out=(2.0, 2.0, 2.0))
+    assert "No estimate (lateral for the input or the output)" in page
+    unknown = report._verdict(m | {"resolution_um": dict.fromkeys(m["resolution_um"]), "flags": ["voxel_size_missing"]},
+                              "ok")
+    assert "Isotropy was not measured (the voxel size is unknown)" in unknown
 
 
 def test_detail_structure_is_found_away_from_the_lateral_edges():

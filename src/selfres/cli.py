@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, InputError, SelfresError
+from .errors import ConfigError, InputError, NoRoom, SelfresError
 from .runlog import RUN_STATUSES
 from .settings import DEFAULT_SCALE
 
@@ -495,11 +495,11 @@ def run(args) -> int:
 
 def _sample_id(args) -> str:
     """The sample id of a stage's messages and metadata: ``--sample``, else the one its
-    normalised store records (``normalise``: the acquisition's file name, as ``restore``
-    takes it), else ``sample``."""
+    normalised store records (``normalise`` and ``restore``: the acquisition's file name, as
+    :func:`selfres.pipeline.restore` takes it), else ``sample``."""
     if getattr(args, "sample", None):
         return args.sample
-    if args.command == "normalise":
+    if args.command in ("normalise", "restore"):
         return Path(str(args.input).rstrip("/")).name.split(".")[0] or "sample"
     normalized = getattr(args, "normalized", None)
     if normalized is not None:  # read from the store's JSON; the stage says what is wrong with a bad one
@@ -651,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
     sample = getattr(args, "sample", None)
+    if args.command == "restore" and not sample:  # the id restore gives the volume: its file name's stem
+        sample = _sample_id(args)
     prefix = f"sample {sample!r}: " if sample else ""
     from .allocator import keep_freed_memory
 
@@ -674,7 +676,7 @@ def _run_reporting(args, sample, prefix) -> int:
         if sample and not isinstance(exc, InputError) and not text.startswith("sample "):
             text = prefix + text
         print("ERROR: " + " ".join(text.split("\n")), file=sys.stderr)  # one line: the summary reads it
-        return 2
+        return 4 if isinstance(exc, NoRoom) else 2  # no room: the status of a disk that filled up
     except BrokenPipeError as exc:
         if args.command not in ("inspect", "psf-sigma"):  # a stage's own pipes: an error like any other
             return _unexpected(exc, args, prefix)
@@ -848,7 +850,22 @@ def _no_space_message(exc: BaseException, args, said: str = "") -> str:
     free = _free_bytes(target)
     details = ([f"{free / 1e9:.2g} GB free on that file system"] if free is not None else []) + (
         [f"the error: {said}"] if said else [])
-    return text + (f" ({'; '.join(details)})" if details else "")
+    return text + (f" ({'; '.join(details)})" if details else "") + _kept_partial_stores(args)
+
+
+def _kept_partial_stores(args) -> str:
+    """What an inference stopped by a full disk leaves for its rerun to resume (its partial
+    stores, :func:`selfres.atomic.partial_path`), said with their size and how to free it."""
+    if args.command not in ("infer", "restore") or not getattr(args, "output", None):
+        return ""
+    from .atomic import partial_path
+    from .pipeline import model_output_path, tree_bytes
+
+    kept = [p for p in (partial_path(model_output_path(args.output)), partial_path(args.output)) if p.exists()]
+    if not kept:
+        return ""
+    return ("; kept for the rerun to resume: " + ", ".join(f"{p} ({tree_bytes(p) / 1e9:.2g} GB)" for p in kept)
+            + " (delete to free the space instead)")
 
 
 def _unexpected(exc: BaseException, args, prefix: str) -> int:

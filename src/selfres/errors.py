@@ -99,3 +99,9 @@ class TimepointNotChosen(InputError):
 
 class ConfigError(SelfresError):
     """A configuration value or sample-sheet entry is invalid."""
+
+
+class NoRoom(SelfresError):
+    """The output's file system has too little free space for what a stage is about to write:
+    said before the work, not when the first chunk fails to write (exit status 4, as a disk
+    that fills up during the write)."""

@@ -1440,7 +1440,7 @@ def create_ome_zarr(path: str | os.PathLike, *, shape: Sequence[int], dtype,
     )
 
 
-def _plan_levels(shape, voxel, max_levels) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
+def plan_levels(shape, voxel, max_levels) -> list[tuple[tuple[int, int, int], tuple[int, int, int]]]:
     """Per extra level: (factor relative to the previous level, shape)."""
     vz, vy, vx = voxel if voxel is not None else (1.0, 1.0, 1.0)
     plan = []
@@ -1597,7 +1597,7 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
         if key != "0":
             del group[key]
 
-    plan = _plan_levels(level0.shape, vox, max_levels)
+    plan = plan_levels(level0.shape, vox, max_levels)
     src = da.from_zarr(level0)
     sample_view = _subsample_view(src)
     sample = None

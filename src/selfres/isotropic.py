@@ -1392,7 +1392,8 @@ def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
 
 def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.Module, meta: dict,
                 output: str | Path, *, sample: str, settings: InferSettings, device, fingerprint: dict | None = None,
-                step: str = "all", block: int = 0, iso_settings: IsotropicSettings | None = None) -> dict:
+                step: str = "all", block: int = 0, iso_settings: IsotropicSettings | None = None,
+                compression: float = 1.0) -> dict:
     """Write ``restored.ome.zarr`` on the isotropic grid (raw units).
 
     ``vol``/``params`` are the normalised input as :func:`selfres.pipeline.read_normalized`
@@ -1402,7 +1403,8 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     output chunks; ``step``/``block`` split the work over ``settings.blocks`` jobs.
     ``iso_settings`` gives ``fusion`` and ``infer_batch`` (inference choices: a sample that
     changes them, or adopts another sample's model, needs no training); None takes the
-    values saved with the model.
+    values saved with the model. ``compression``: bytes on disk per byte of array of the
+    normalised copy (:func:`selfres.pipeline.normalised_compression`), for the room check.
     """
     from .infer import scattered_store
     from .codeinfo import code_identity
@@ -1477,6 +1479,12 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
                  stats["seconds"])
         return stats
 
+    if step in ("all", "prepare"):  # a disk without room for the output: said now, not after the network's work
+        from .pipeline import check_room_for_outputs
+
+        check_room_for_outputs([model_output_path(output), output] if use_interp else [output], shape, dtype,
+                               vs_out if vol.voxel_size else None, compression=compression, sample=sample,
+                               source_dtype=vol.attrs.get("source_dtype"))
     runs: list[dict] = []
     if use_interp:
         if step in ("all", "prepare"):

@@ -1068,7 +1068,7 @@ def stage_infer(
                                    if k not in ENHANCE_ONLY_INFER_KEYS}
         return isotropic.stage_infer(vol, params, source, model, meta, output, sample=sample, settings=settings,
                                      iso_settings=isotropic_settings, device=dev, fingerprint=fingerprint, step=step,
-                                     block=block)
+                                     block=block, compression=normalised_compression(normalized, source))
     factors = tuple(meta["factors"])
     use_interp = "model_worse_than_interpolation" in meta.get("flags", []) and (
         settings.on_worse_than_interpolation == "interpolation"
@@ -1131,6 +1131,11 @@ def stage_infer(
         deg = make_degradation(from_dict(DegradationSettings, trained_degradation(meta)),
                                voxel_size=meta.get("voxel_size_in"))
         model_out = wrap_for_inference(model, degradation=deg, noise_level=recorded_noise_level(meta), **extras)
+    if step in ("all", "prepare"):  # a disk without room for the output: said now, not after the network's work
+        check_room_for_outputs([model_output_path(output), output] if use_interp else [output],
+                               [n * f for n, f in zip(source.shape, factors)], dtype, vs_grid if vs_in else None,
+                               compression=normalised_compression(normalized, source), sample=sample,
+                               source_dtype=vol.attrs.get("source_dtype"))
     if use_interp:
         model_path = model_output_path(output)
         log.warning("sample %s: the model did not beat tricubic on the held-out region; %s holds tricubic "
@@ -1146,6 +1151,88 @@ def stage_infer(
     return {"infer_seconds": secs, "content": "interpolation" if use_interp else "model",
             "tiles": runs[-1]["tiles"], "computed": sum(r["computed"] for r in runs),
             "resumed": sum(r["resumed"] for r in runs)}
+
+
+#: An output is refused before any work when the free space of its file system (plus what an
+#: unfinished store of it already holds) is below this share of its estimated size
+#: (:func:`check_room_for_outputs`): the estimate takes the compression of the normalised
+#: copy, which an interpolated output matches within this share or compresses worse
+ROOM_SHARE_REFUSED = 0.8
+
+
+def tree_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist)."""
+    total = 0
+    stack = [Path(path)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def output_bytes_estimate(shape: Sequence[int], dtype, voxel_size: Sequence[float] | None, *,
+                          compression: float) -> int:
+    """The bytes an output store of ``shape`` and ``dtype`` takes on disk: its level 0 and the
+    pyramid levels below it (:func:`selfres.io.plan_levels`), times ``compression`` (bytes on
+    disk per byte of array)."""
+    voxels = math.prod(int(n) for n in shape)
+    voxels += sum(math.prod(level_shape) for _, level_shape in io.plan_levels(tuple(shape), voxel_size, None))
+    return int(voxels * np.dtype(dtype).itemsize * compression)
+
+
+def normalised_compression(normalized: str | Path, source) -> float:
+    """Bytes on disk per byte of array of the normalised copy's level 0 (``source``, its open
+    array), between 0.05 and 1: how well this acquisition's content compresses."""
+    raw = math.prod(int(n) for n in source.shape) * np.dtype(source.dtype).itemsize
+    on_disk = tree_bytes(Path(normalized) / "0")
+    return float(min(1.0, max(0.05, on_disk / raw))) if raw and on_disk else 1.0
+
+
+def check_room_for_outputs(stores: Sequence[str | Path], shape: Sequence[int], dtype, voxel_size, *,
+                           compression: float, sample: str, source_dtype=None) -> None:
+    """Refuse, before any computation, output stores their file system has no room for.
+
+    ``stores`` are written in full, each of ``shape`` and ``dtype`` (the guard's fall-back
+    writes two; one already finished beside the output, as a resumed fall-back keeps it, needs
+    nothing). Their estimated size (:func:`output_bytes_estimate`) is set against the free
+    space of the file system of the first, to which an unfinished store of each adds what it
+    holds (a resumed run rewrites its tiles in place); below :data:`ROOM_SHARE_REFUSED` of it
+    the run would fail at a write after the network's work, so :class:`~selfres.errors.NoRoom`
+    is raised now."""
+    from .errors import NoRoom
+
+    stores = [Path(s) for s in stores]
+    todo = [s for i, s in enumerate(stores) if i == len(stores) - 1 or not s.exists()]
+    need = len(todo) * output_bytes_estimate(shape, dtype, voxel_size, compression=compression)
+    probe = stores[0].parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return
+    held = sum(tree_bytes(partial_path(s)) for s in todo)
+    if free + held >= ROOM_SHARE_REFUSED * need:
+        return
+    names = " and ".join(s.name for s in todo)
+    shape_text = "×".join(str(int(n)) for n in shape)
+    raise NoRoom(f"sample {sample!r}: {names} ({len(todo)} × {shape_text} {np.dtype(dtype).name}, with its "
+                 f"pyramid) need about {need / 1e9:.3g} GB at this acquisition's compression, and the file system "
+                 f"of {probe} has {free / 1e9:.3g} GB free{f' (+{held / 1e9:.3g} GB in unfinished stores)' if held else ''}"
+                 "; nothing was computed. Free space there, or give the output another place (config results, -o)"
+                 + ("; or write the acquisition's own type (infer.output_dtype: input)"
+                    if source_dtype is not None and np.dtype(source_dtype).itemsize < np.dtype(dtype).itemsize
+                    else ""))
 
 
 def _rate_text(mvoxel_per_s) -> str:
@@ -1876,6 +1963,21 @@ KEPT_FILES = ("normalized.ome.zarr", "train_fov.json", "model", "qc", "report.ht
 """What :func:`restore` writes into its ``keep`` folder."""
 
 
+@contextlib.contextmanager
+def _after_the_output(output: str | Path, stage: str):
+    """A stage of :func:`restore` after ``output`` was written: running out of memory there is
+    said with the stage's name and the output's state (the remedy of the stages before it —
+    a smaller training FOV or tile — does not apply; a reviewer's report stage under
+    ``ulimit -v`` failed so, with that advice, while the output was whole)."""
+    try:
+        yield
+    except MemoryError as exc:
+        why = " ".join(str(exc).split()) or "no detail"
+        raise MemoryError(f"the {stage} stage ran out ({why}) after {output} was written whole (it is kept); give "
+                          "the command more memory (ulimit -v), or rerun with --keep DIR and then run "
+                          f"`selfres {stage}` alone on the kept files, in a process of its own") from exc
+
+
 def restore(
     input_path: str | Path,
     output: str | Path,
@@ -1957,13 +2059,15 @@ def restore(
                             settings=settings, device=device, threads=threads)
             stage_infer(norm, work / "model", output, sample=sample, settings=settings.infer,
                         isotropic_settings=settings.isotropic, device=device, threads=threads)
-            m = stage_qc(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
-                         sample=sample, reference=reference, settings=settings.qc)
-            stage_report(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
-                         work / "report.html", work / "provenance.json", sample=sample,
-                         resolved_config={"mode": mode, "scale": scale, "settings": to_dict(settings),
-                                          "reference": str(reference) if reference else None,
-                                          "model_from": str(model_from) if model_from is not None else None})
+            with _after_the_output(output, "qc"):
+                m = stage_qc(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
+                             sample=sample, reference=reference, settings=settings.qc)
+            with _after_the_output(output, "report"):
+                stage_report(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
+                             work / "report.html", work / "provenance.json", sample=sample,
+                             resolved_config={"mode": mode, "scale": scale, "settings": to_dict(settings),
+                                              "reference": str(reference) if reference else None,
+                                              "model_from": str(model_from) if model_from is not None else None})
             return m
         finally:
             if not keep:

@@ -249,6 +249,30 @@ def test_numpys_out_of_memory_in_a_stage_names_that_stages_remedy(tmp_path, monk
     assert msg.endswith(f"give the job more memory (the profile's mem_mb, ulimit -v), {advice}"), msg
 
 
+@pytest.mark.parametrize("stage", ["qc", "report"])
+def test_restore_out_of_memory_after_its_output_names_the_stage_and_the_whole_output(tmp_path, monkeypatch, capsys,
+                                                                                     stage):
+    """A reviewer's restore under ulimit -v: both outputs written, then the report stage ran out
+    and the line said "out of memory (…); … or lower fov.max_voxels or infer.tile_size", with no
+    sample, no stage, and the remedy of the stages before it."""
+    src = write_tiny_tiff(tmp_path / "raw.tif")
+    out = tmp_path / "restored.ome.zarr"
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 119. MiB for an array with shape (1200, 13000) and data type float64")
+
+    for name in ("stage_normalise", "stage_crop", "stage_train", "stage_qc", "stage_report"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: {})
+    monkeypatch.setattr(pipeline, "stage_infer", lambda *a, **k: out.mkdir())
+    monkeypatch.setattr(pipeline, f"stage_{stage}", no_memory)
+    rc = cli.main(["--log-level", "ERROR", "restore", str(src), "-o", str(out), "--device", "cpu"])
+    msg = _only_error_line(capsys.readouterr().err)
+    assert rc == 3 and out.is_dir()
+    assert msg.startswith(f"ERROR: sample 'raw': out of memory; the {stage} stage ran out (Unable to allocate 119. MiB"), msg
+    assert f"after {out} was written whole (it is kept)" in msg and f"`selfres {stage}` alone" in msg
+    assert "fov.max_voxels" not in msg and "infer.tile_size" not in msg
+
+
 def test_inference_that_cannot_fit_in_host_memory_is_one_error_line_with_the_remedy(normalized, tmp_path,
                                                                                     monkeypatch, capsys):
     import selfres.infer as infer
@@ -263,6 +287,85 @@ def test_inference_that_cannot_fit_in_host_memory_is_one_error_line_with_the_rem
     assert msg.startswith(f"ERROR: sample '{SAMPLE}': out of memory; a tile of ")
     assert "infer.back_projection_iterations" in msg and "infer.tile_size" in msg
     assert not out.exists() and _litter(tmp_path) == []
+
+
+def test_an_output_the_disk_has_no_room_for_is_refused_before_the_network_runs(normalized, tmp_path, monkeypatch,
+                                                                                capsys):
+    """A reviewer's 150 MB file system: normalise, training, every network tile and the
+    back-projection ran, then 'no space left' at the first tile written, and a 106 MB partial
+    store stayed on the full disk. The room is checked first: nothing is computed or written."""
+    import shutil
+    from collections import namedtuple
+
+    import selfres.infer as infer
+
+    model = _tiny_model(tmp_path / "model")
+    ran = []
+    monkeypatch.setattr(infer, "run_tiles", lambda *a, **k: ran.append(1))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 50_000, 50_000))
+    out = tmp_path / "restored.ome.zarr"
+    rc = cli.main(["--log-level", "ERROR", "infer", str(normalized), str(model), "-o", str(out),
+                   "--sample", SAMPLE, "--device", "cpu"])
+    msg = _only_error_line(capsys.readouterr().err)
+    assert rc == 4 and not ran
+    assert msg.startswith(f"ERROR: sample '{SAMPLE}': restored.ome.zarr (1 × 8×96×96 float32, with its pyramid) need "
+                          "about "), msg
+    assert "5e-05 GB free" in msg and "nothing was computed" in msg
+    assert not out.exists() and not pipeline.partial_path(out).exists() and _litter(tmp_path) == []
+    monkeypatch.undo()  # this file system's room
+    assert cli.main(["--log-level", "ERROR", "infer", str(normalized), str(model), "-o", str(out),
+                     "--sample", SAMPLE, "--device", "cpu"]) == 0
+
+
+def test_a_disk_that_fills_during_inference_names_the_partial_store_kept_for_the_rerun(normalized, tmp_path,
+                                                                                      monkeypatch, capsys):
+    """docs/errors.md said no temporary sibling is left; an inference keeps its partial store
+    (a rerun resumes from its tiles) — on the full disk, unsaid."""
+    import selfres.infer as infer
+
+    model = _tiny_model(tmp_path / "model")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(infer, "run_tiles", full)
+    out = tmp_path / "restored.ome.zarr"
+    rc = cli.main(["--log-level", "ERROR", "infer", str(normalized), str(model), "-o", str(out),
+                   "--sample", SAMPLE, "--device", "cpu"])
+    msg = _only_error_line(capsys.readouterr().err)
+    assert rc == 4 and pipeline.partial_path(out).is_dir() and not out.exists()
+    assert f"; kept for the rerun to resume: {pipeline.partial_path(out)} (" in msg
+    assert msg.endswith(" GB) (delete to free the space instead)"), msg
+
+
+def test_the_room_check_counts_an_unfinished_store_and_the_fall_backs_two_stores(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from selfres.errors import NoRoom
+
+    usage = namedtuple("usage", "total used free")
+    need = pipeline.output_bytes_estimate((8, 256, 256), "float32", None, compression=1.0)
+    assert need == 4 * (8 * 256 * 256 + 4 * 128 * 128 + 2 * 64 * 64)  # level 0 and the pyramid's levels
+    out = tmp_path / "restored.ome.zarr"
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, need))
+    pipeline.check_room_for_outputs([out], (8, 256, 256), "float32", None, compression=1.0, sample="s")
+    with pytest.raises(NoRoom, match=r"restored_model.ome.zarr and restored.ome.zarr \(2 × "):
+        pipeline.check_room_for_outputs([pipeline.model_output_path(out), out], (8, 256, 256), "float32", None,
+                                        compression=1.0, sample="s")
+    # a model output already finished beside it (a resumed fall-back keeps it) needs nothing
+    pipeline.model_output_path(out).mkdir()
+    pipeline.check_room_for_outputs([pipeline.model_output_path(out), out], (8, 256, 256), "float32", None,
+                                    compression=1.0, sample="s")
+    # what an unfinished store holds is room for the rerun that resumes it
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, need // 2))
+    with pytest.raises(NoRoom, match="infer.output_dtype: input"):
+        pipeline.check_room_for_outputs([out], (8, 256, 256), "float32", None, compression=1.0, sample="s",
+                                        source_dtype="uint16")
+    pipeline.partial_path(out).mkdir()
+    (pipeline.partial_path(out) / "0").write_bytes(b"\0" * (need // 2))
+    pipeline.check_room_for_outputs([out], (8, 256, 256), "float32", None, compression=1.0, sample="s")
 
 
 class _Pwn:

@@ -666,6 +666,21 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
                              settings=s.infer.__class__(tile_size=(8, 16, 16)), device="cpu")
         placed = io.read_ome_zarr(tmp_path / "placed.ome.zarr")
         assert pipeline.at_voxel_size(placed.origin_voxels, placed.voxel_size) == pytest.approx((4.625, 6.0, 7.0))
+        # a file system without room for the output: refused before any tile (its estimate: 20×40×40 float32)
+        import shutil
+        from collections import namedtuple
+
+        from selfres.errors import NoRoom
+
+        real = shutil.disk_usage
+        shutil.disk_usage = lambda p: namedtuple("usage", "total used free")(10**9, 10**9 - 4096, 4096)
+        try:
+            with pytest.raises(NoRoom, match=r"sample 's1': (full_model.ome.zarr and )?full.ome.zarr \([12] × 20×40×40 float32"):
+                pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "full.ome.zarr", sample="s1",
+                                     settings=s.infer.__class__(tile_size=(8, 16, 16)), device="cpu")
+        finally:
+            shutil.disk_usage = real
+        assert not (tmp_path / "full.ome.zarr").exists() and not pipeline.partial_path(tmp_path / "full.ome.zarr").exists()
         assert (placed.attrs["channel_name"], placed.attrs["time_increment_s"]) == ("DAPI", 30.0)
     assert vol.attrs["content"] in ("model", "interpolation")
     assert vol.attrs["ran_on"]["device"] == "cpu" and meta["ran_on"]["host"]  # where each step ran

@@ -24,12 +24,16 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 import functools
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from .settings import MIN_GAIN_DB
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -1741,13 +1745,19 @@ def sample_figures(
     # voxels, not in µm (filled-in sizes passed on looked like micrometres)
     vin, vout = voxel_size_in, voxel_size_out
     kw = dict(raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout)
+    voxels = math.prod(int(n) for n in np.shape(restored))
+    # the projections read the whole output and compute the interpolation of the whole input
+    # (minutes on a large field): said as each figure is done, so a long report is not a hang
+    log.info("drawing the figures of a %.3g Mvoxel output (the projections read all of it)", voxels / 1e6)
+    t0 = time.monotonic()
     display = display_range(restored)  # one strided read of the restored volume (it touches every chunk)
-    figs = {
-        "display_range": display,
-        "orthoviews": figure_orthoviews(**kw, display=display),
-        "projections": figure_projections(**kw, train_fov=train_fov),
-        "detail": figure_detail(**kw),
-    }
+    figs = {"display_range": display}
+    for name, draw in (("orthoviews", lambda: figure_orthoviews(**kw, display=display)),
+                       ("projections", lambda: figure_projections(**kw, train_fov=train_fov)),
+                       ("detail", lambda: figure_detail(**kw))):
+        started = time.monotonic()
+        figs[name] = draw()
+        log.info("%s drawn in %.1f s", name, time.monotonic() - started)
     df = _log_frame(training_log)
     if df is not None:
         figs["training_curves"] = figure_training_curves(df, best_step=_best_step(df, best_step))
@@ -1757,6 +1767,7 @@ def sample_figures(
                          voxel_size_in=vin, voxel_size_out=vout)
     if beads is not None:
         figs["beads"] = beads
+    log.info("figures drawn in %.1f s", time.monotonic() - t0)
     return figs
 
 
@@ -1968,10 +1979,12 @@ def _timing_rows(metrics: Mapping[str, Any], provenance: Any) -> list[list[Any]]
     first = f"adoption (model trained on {adopted}, judged here)" if adopted else "training"
     rows: list[list[Any]] = [[first, _num(metrics.get("train_seconds")), None],
                              ["inference", _num(metrics.get("infer_seconds")), None]]
+    if _num(metrics.get("qc_seconds")) is not None:  # metrics written before it was timed: no row
+        rows.append(["quality control", _num(metrics.get("qc_seconds")), None])
     prov_t = provenance.get("timings") if isinstance(provenance, Mapping) else None
     if isinstance(prov_t, Mapping):
         for k, v in prov_t.items():
-            if k in ("train_seconds", "infer_seconds"):
+            if k in ("train_seconds", "infer_seconds", "qc_seconds"):
                 continue
             if isinstance(v, Mapping) and all(isinstance(x, Mapping) for x in v.values()):
                 for rule, rec in v.items():  # Snakemake benchmarks: rule -> record

@@ -636,6 +636,7 @@ def test_provenance_per_sample_is_complete(night1):
         assert prov["software"][pkg], pkg
     assert prov["host"] and prov["written"]
     assert prov["timings"]["train_seconds"] > 0 and prov["timings"]["infer_seconds"] >= 0
+    assert prov["timings"]["qc_seconds"] > 0  # a long qc is seen in the report, not guessed from the log
     assert {"normalise", "crop", "train", "infer", "qc"} <= set(prov["timings"]["rules"])
 
 

@@ -43,8 +43,22 @@ def test_sheet_fov_is_kept_and_holdout_lies_outside():
     vol = blob_volume((16, 64, 64), n=100)
     fov = choose_training_fov(vol, training_fov="0:16,0:40,0:64", min_holdout_voxels=256)
     assert fov.train == ((0, 16), (0, 40), (0, 64))
-    assert fov.source == "sample_sheet"
+    assert fov.source == "given"  # also from --training-fov or the config: not said to be the sheet's
     assert not boxes_overlap(fov.train, fov.holdout)
+
+
+def test_a_given_training_fov_on_background_is_warned_of(caplog):
+    """A reviewer's FOV over near-empty background (a quarter of the volume's structure) was
+    taken without a word."""
+    vol = np.zeros((16, 64, 64), np.float32)
+    vol[:, 32:, :] = blob_volume((16, 32, 64), n=60)
+    with caplog.at_level("WARNING", logger="selfres.fov"):
+        choose_training_fov(vol, training_fov="0:16,0:24,0:64", min_holdout_voxels=256)
+    assert "holds little structure" in caplog.text and "0:16,0:24,0:64" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfres.fov"):
+        choose_training_fov(vol, training_fov="0:16,32:64,0:64", min_holdout_voxels=256)
+    assert "little structure" not in caplog.text
 
 
 @pytest.mark.parametrize(

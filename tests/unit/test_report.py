@@ -909,6 +909,20 @@ def test_an_input_resolution_without_estimate_is_explained():
     assert "No estimate (lateral for the input): the decorrelation analysis found no resolution limit" in page
 
 
+def test_the_timings_table_has_the_qc_stage_once_and_the_figures_are_timed_in_the_log(caplog):
+    """A reviewer's large field: qc and the report's figures took minutes with no line in the
+    log and no row in the report's timings."""
+    rows = report._timing_rows({"train_seconds": 2.0, "infer_seconds": 3.0, "qc_seconds": 4.5},
+                               {"timings": {"train_seconds": 2.0, "infer_seconds": 3.0, "qc_seconds": 4.5}})
+    assert ["quality control", 4.5, None] in rows and sum(r[0] in ("quality control", "qc_seconds") for r in rows) == 1
+    assert all(r[0] != "quality control" for r in report._timing_rows({"train_seconds": 2.0}, {}))  # an older file
+    raw, interp, restored = _volumes()
+    with caplog.at_level("INFO", logger="selfres.report"):
+        report.sample_figures(raw=raw, interp=interp, restored=restored)
+    for line in ("drawing the figures of a", "projections drawn in", "figures drawn in"):
+        assert line in caplog.text, line
+
+
 def test_a_missing_isotropy_names_the_estimate_that_failed_not_settings_that_were_right():
     """A reviewer's cellfinder crop (5, 2, 2 µm): qc.resolution on, the voxel size known, no
     lateral estimate in input or output; the verdict blamed "qc.resolution off, no voxel size,

@@ -144,6 +144,16 @@ _SLURM_STATES = {
 }
 
 
+#: What Snakemake logs when it is sent SIGTERM (a cron ``timeout``, ``kill``, a time limit on the
+#: job running it): it finishes the running jobs, starts no other, and ends through ``onerror``
+_GRACEFUL_STOP = "Will exit after finishing currently running jobs"
+
+#: The run record's ``stopped`` of such a run, whose ``runs.tsv`` status is ``stopped``, not ``error``
+STOP_REQUESTED = ("snakemake was sent SIGTERM (a cron timeout, kill, or a time limit on the job running it): it "
+                  "finished its running jobs and started no others; the samples it did not reach are pending, and "
+                  "the next run goes on with them")
+
+
 def _ended_by(message: str) -> str | None:
     """Why a failed job ended, from the first line of its error block's ``message:``: sbatch's
     refusal (``sbatch: error: invalid partition specified: x``) or the Slurm state that ended it;
@@ -261,6 +271,9 @@ def parse_snakemake_log(text: str) -> dict:
         if m and int(m["jobid"]) in jobs:
             _set_status(jobs[int(m["jobid"])], "finished")
             continue
+        if line.startswith(_GRACEFUL_STOP):
+            header["stop_requested"] = True
+            continue
         m = _SLURM_RE.match(line)
         if m and int(m["jobid"]) in jobs:
             job = jobs[int(m["jobid"])]
@@ -327,6 +340,8 @@ def write_run_record(
     parsed = read_snakemake_log(snakemake_log)
     header = parsed["header"]
     jobs = parsed["jobs"]
+    if status == "error" and header.get("stop_requested"):  # no job failed: the run was told to stop
+        status, extra = "stopped", {"stopped": STOP_REQUESTED, **(extra or {})}
     finished = finished or time.strftime("%Y-%m-%dT%H:%M:%S")
     started = (header.get("started") or finished).replace(" ", "T")
     ran = sorted({j["sample"] for j in jobs if j["sample"]})

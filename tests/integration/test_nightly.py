@@ -416,6 +416,34 @@ Error in rule qc:
     assert line[RUNS_TSV_COLUMNS.index("failed_samples")] == "a,b,d"
 
 
+def test_a_run_sent_sigterm_is_recorded_as_stopped_with_why(tmp_path):
+    """A reviewer's `kill -TERM` of snakemake: it finished its running job and ended through
+    onerror; runs.tsv said `error` with no failed job and the record no reason."""
+    from selfres.runlog import STOP_REQUESTED
+
+    log = tmp_path / "run.snakemake.log"
+    finished_job = """[Mon Nov 30 09:03:10 2026]
+rule train:
+    output: results/a/model
+    jobid: 9
+    wildcards: sample=a
+Will exit after finishing currently running jobs (scheduler).
+[Mon Nov 30 09:04:10 2026]
+Finished jobid: 9 (Rule: train)
+Will exit after finishing currently running jobs (scheduler).
+"""
+    log.write_text(SLURM_LOG.split("[Mon")[0] + finished_job)
+    path = write_run_record(tmp_path / "results", status="error", snakemake_log=log, samples=["a"])
+    rec = json.loads(path.read_text())
+    assert path.name.endswith("_stopped.json") and rec["status"] == "stopped" and rec["stopped"] == STOP_REQUESTED
+    line = (tmp_path / "results" / "runs" / "runs.tsv").read_text().splitlines()[1].split("\t")
+    assert line[RUNS_TSV_COLUMNS.index("status")] == "stopped"
+    # a run that failed without being told to stop stays an error
+    log.write_text(SLURM_LOG)
+    assert json.loads(write_run_record(tmp_path / "results", status="error", snakemake_log=log)
+                      .read_text())["status"] == "error"
+
+
 def _night_log(log_dir: Path, date: str, body: str, closed: bool) -> Path:
     """A Snakemake log of a run started at ``date`` (``YYYY-MM-DD HH:MM:SS``)."""
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -1218,9 +1218,12 @@ def check_room_for_outputs(stores: Sequence[str | Path], shape: Sequence[int], d
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
-        free = shutil.disk_usage(probe).free
+        usage = shutil.disk_usage(probe)
     except OSError:
         return
+    if usage.total <= 0:  # a file system that reports no sizes (some FUSE mounts): nothing to go by
+        return
+    free = usage.free
     held = sum(tree_bytes(partial_path(s)) for s in todo)
     if free + held >= ROOM_SHARE_REFUSED * need:
         return

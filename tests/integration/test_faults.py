@@ -366,6 +366,10 @@ def test_the_room_check_counts_an_unfinished_store_and_the_fall_backs_two_stores
     pipeline.partial_path(out).mkdir()
     (pipeline.partial_path(out) / "0").write_bytes(b"\0" * (need // 2))
     pipeline.check_room_for_outputs([out], (8, 256, 256), "float32", None, compression=1.0, sample="s")
+    # a file system that reports no sizes at all (some FUSE mounts) is not taken as full
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(0, 0, 0))
+    pipeline.check_room_for_outputs([out.with_name("other.ome.zarr")], (8, 256, 256), "float32", None,
+                                    compression=1.0, sample="s")
 
 
 class _Pwn:

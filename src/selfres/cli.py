@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 
 from . import __version__
-from .errors import ConfigError, InputError, NoRoom, SelfresError
+from .errors import ALLOCATOR_REFUSALS, ConfigError, InputError, NoRoom, SelfresError
 from .runlog import RUN_STATUSES
 from .settings import DEFAULT_SCALE
 
@@ -343,11 +343,6 @@ _MEMORY_ADVICE = {
     "infer": ", or lower infer.tile_size",
     "restore": ", or lower fov.max_voxels or infer.tile_size",
 }
-
-
-#: How torch's allocators say they are out of memory (a RuntimeError, not a MemoryError):
-#: "DefaultCPUAllocator: can't allocate memory", "CUDA out of memory"
-_ALLOCATOR_REFUSALS = ("can't allocate memory", "out of memory")
 
 
 def check_outputs_apart(args) -> None:
@@ -704,7 +699,7 @@ def _run_reporting(args, sample, prefix) -> int:
                   f"profile's mem_mb, ulimit -v){_MEMORY_ADVICE.get(args.command, '')}", file=sys.stderr)
         return 3
     except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen input: still one line for the summary
-        if isinstance(exc, RuntimeError) and any(what in str(exc).lower() for what in _ALLOCATOR_REFUSALS):
+        if isinstance(exc, RuntimeError) and any(what in str(exc).lower() for what in ALLOCATOR_REFUSALS):
             print(f"ERROR: {prefix}out of memory (the allocator refused: {' '.join(str(exc).split())[:200]}); give "
                   "the job more memory (mem_mb, ulimit -v), or reduce infer.tile_size or fov.max_voxels",
                   file=sys.stderr)
@@ -864,8 +859,13 @@ def _kept_partial_stores(args) -> str:
     kept = [p for p in (partial_path(model_output_path(args.output)), partial_path(args.output)) if p.exists()]
     if not kept:
         return ""
-    return ("; kept for the rerun to resume: " + ", ".join(f"{p} ({tree_bytes(p) / 1e9:.2g} GB)" for p in kept)
-            + " (delete to free the space instead)")
+    stores = ", ".join(f"{p} ({tree_bytes(p) / 1e9:.2g} GB)" for p in kept)
+    if args.command == "infer":
+        return f"; kept for the rerun to resume: {stores} (delete to free the space instead)"
+    # restore trains again, and its new model's inference discards them
+    resume = (f"; or, with the room made, resume it from the kept files: selfres infer {args.keep}/normalized.ome.zarr "
+              f"{args.keep}/model -o {args.output}" if getattr(args, "keep", None) else "")
+    return f"; left on that file system: {stores}: a rerun of restore starts over and discards it, so delete it{resume}"
 
 
 def _unexpected(exc: BaseException, args, prefix: str) -> int:

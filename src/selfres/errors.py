@@ -10,6 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
+#: How torch's allocators say they are out of memory (a RuntimeError, not a MemoryError):
+#: "DefaultCPUAllocator: can't allocate memory", "CUDA out of memory"
+ALLOCATOR_REFUSALS = ("can't allocate memory", "out of memory")
+
+
 class SelfresError(Exception):
     """Base class of errors meant for users (printed without a traceback)."""
 

@@ -1068,7 +1068,8 @@ def stage_infer(
                                    if k not in ENHANCE_ONLY_INFER_KEYS}
         return isotropic.stage_infer(vol, params, source, model, meta, output, sample=sample, settings=settings,
                                      iso_settings=isotropic_settings, device=dev, fingerprint=fingerprint, step=step,
-                                     block=block, compression=normalised_compression(normalized, source))
+                                     block=block, compression=(normalised_compression(normalized, source)
+                                                               if step in ("all", "prepare") else 1.0))
     factors = tuple(meta["factors"])
     use_interp = "model_worse_than_interpolation" in meta.get("flags", []) and (
         settings.on_worse_than_interpolation == "interpolation"
@@ -1155,9 +1156,12 @@ def stage_infer(
 
 #: An output is refused before any work when the free space of its file system (plus what an
 #: unfinished store of it already holds) is below this share of its estimated size
-#: (:func:`check_room_for_outputs`): the estimate takes the compression of the normalised
-#: copy, which an interpolated output matches within this share or compresses worse
-ROOM_SHARE_REFUSED = 0.8
+#: (:func:`check_room_for_outputs`): one that surely cannot fit. The estimate takes the
+#: compression of the float32 normalised copy; a review measured outputs at 0.60–0.73 of it
+#: (16-bit outputs, a smooth z-cubic fall-back: refused wrongly at 0.8) and at 1.52 of it (a
+#: float32 output of an 8-bit acquisition, whose normalised copy compresses like its integers):
+#: a disk short by less than that is found when it fills, its partial store kept
+ROOM_SHARE_REFUSED = 0.5
 
 
 def tree_bytes(path: str | os.PathLike) -> int:
@@ -1207,8 +1211,8 @@ def check_room_for_outputs(stores: Sequence[str | Path], shape: Sequence[int], d
     nothing). Their estimated size (:func:`output_bytes_estimate`) is set against the free
     space of the file system of the first, to which an unfinished store of each adds what it
     holds (a resumed run rewrites its tiles in place); below :data:`ROOM_SHARE_REFUSED` of it
-    the run would fail at a write after the network's work, so :class:`~selfres.errors.NoRoom`
-    is raised now."""
+    the run would surely fail at a write after the network's work, so
+    :class:`~selfres.errors.NoRoom` is raised now."""
     from .errors import NoRoom
 
     stores = [Path(s) for s in stores]
@@ -1976,10 +1980,14 @@ def _after_the_output(output: str | Path, stage: str):
     said with the stage's name and the output's state (the remedy of the stages before it —
     a smaller training FOV or tile — does not apply; a reviewer's report stage under
     ``ulimit -v`` failed so, with that advice, while the output was whole)."""
+    from .errors import ALLOCATOR_REFUSALS
+
     try:
         yield
-    except MemoryError as exc:
-        why = " ".join(str(exc).split()) or "no detail"
+    except (MemoryError, RuntimeError) as exc:  # numpy's, or torch's allocator (qc runs the network)
+        if isinstance(exc, RuntimeError) and not any(w in str(exc).lower() for w in ALLOCATOR_REFUSALS):
+            raise
+        why = " ".join(str(exc).split())[:300] or "no detail"
         raise MemoryError(f"the {stage} stage ran out ({why}) after {output} was written whole (it is kept); give "
                           "the command more memory (ulimit -v), or rerun with --keep DIR and then run "
                           f"`selfres {stage}` alone on the kept files, in a process of its own") from exc

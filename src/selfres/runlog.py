@@ -272,7 +272,9 @@ def parse_snakemake_log(text: str) -> dict:
             _set_status(jobs[int(m["jobid"])], "finished")
             continue
         if line.startswith(_GRACEFUL_STOP):
-            header["stop_requested"] = True
+            if not header.get("stop_requested"):  # the jobs that had failed before it: not the stop's doing
+                header["stop_requested"] = True
+                header["failed_before_stop"] = sum(j["status"] == "failed" for j in jobs.values())
             continue
         m = _SLURM_RE.match(line)
         if m and int(m["jobid"]) in jobs:
@@ -340,7 +342,8 @@ def write_run_record(
     parsed = read_snakemake_log(snakemake_log)
     header = parsed["header"]
     jobs = parsed["jobs"]
-    if status == "error" and header.get("stop_requested"):  # no job failed: the run was told to stop
+    if status == "error" and header.get("stop_requested") and not header.get("failed_before_stop"):
+        # no job had failed when the run was told to stop (those its SIGTERM ended are the stop's)
         status, extra = "stopped", {"stopped": STOP_REQUESTED, **(extra or {})}
     finished = finished or time.strftime("%Y-%m-%dT%H:%M:%S")
     started = (header.get("started") or finished).replace(" ", "T")

@@ -467,8 +467,8 @@ def settings_used_by_mode(sections: Mapping[str, Any], mode: str, *, adopting: b
         if mode == "isotropic":
             train = isotropic_train_values(train)
             method = (train.get("degradation") or {}).get("method", defaults["train"]["degradation"]["method"])
-            if sigma_given or method in ("gaussian", "psf"):  # the axial σ comes from elsewhere
-                train.pop("psf_sigma_um", None)
+            if sigma_given or adopting or method in ("gaussian", "psf"):  # the axial σ comes from elsewhere
+                train.pop("psf_sigma_um", None)  # (an adopted model brings its own)
         elif train.get("psf_sigma_um") is not None:  # blurred targets are off with a PSF
             train = {k: v for k, v in train.items() if not k.startswith("blur_augment")}
         if isinstance(train.get("degradation"), dict):

@@ -319,6 +319,11 @@ def test_isotropic_training_reads_the_psf_sigma_only_where_nothing_else_gives_th
     for elsewhere in ({"isotropic__axial_sigma_px": 1.5},
                       {"train__degradation__method": "gaussian", "train__degradation__sigma_um": [1.0, 0.3, 0.3]}):
         assert "psf_sigma_um" not in stage_settings(_with(given, **elsewhere), stage="train", mode="isotropic")["train"]
+    # an adopting sample judges the source's model, with the source's σ: the cell reruns nothing there
+    # (the shipped config.yaml has no psf_sigma_um: a sheet cell was kept, a review found)
+    shipped = {"train": {k: v for k, v in sections["train"].items() if k != "psf_sigma_um"}}
+    assert "psf_sigma_um" not in stage_settings(given, stage="adopt", mode="isotropic",
+                                                config_sections=shipped)["train"]
 
 
 def test_enhance_training_receives_the_precision_its_guard_scores_in():

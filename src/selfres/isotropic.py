@@ -446,6 +446,12 @@ def sigma_from_settings(train: TrainSettings, voxel_size: Sequence[float]) -> fl
     :func:`psf_axis_sigma`). An axial σ narrower than the lateral one gives 0, with a warning
     (z,y,x typed in another order reads so).
     """
+    found = sigma_and_source(train, voxel_size)
+    return None if found is None else found[0]
+
+
+def sigma_and_source(train: TrainSettings, voxel_size: Sequence[float]) -> tuple[float, str] | None:
+    """:func:`sigma_from_settings` with the setting it came from (``train.psf_sigma_um``…)."""
     given = axial_lateral_sigma_um(train, voxel_size)
     if given is None:
         return None
@@ -456,7 +462,7 @@ def sigma_from_settings(train: TrainSettings, voxel_size: Sequence[float]) -> fl
                     "blur is added to the lateral slices (σ 0), so the output undoes the z sampling but not an "
                     "axial blur. If that is not your microscope's PSF, check the order of the values: z,y,x",
                     source, sz, sxy)
-    return float(math.sqrt(max(sz**2 - sxy**2, 0.0)) / vxy)
+    return float(math.sqrt(max(sz**2 - sxy**2, 0.0)) / vxy), source
 
 
 def axial_lateral_sigma_um(train: TrainSettings, voxel_size: Sequence[float]) -> tuple[float, float, str] | None:
@@ -1008,9 +1014,8 @@ def resolve_degradation(train_volume: np.ndarray, factor: float, settings: Setti
     if iso.axial_sigma_px is not None:
         sigma, source = float(iso.axial_sigma_px), "settings"
     else:
-        s = sigma_from_settings(settings.train, voxel_size)
-        given = axial_lateral_sigma_um(settings.train, voxel_size) if s is not None else None
-        sigma, source = (s, given[2]) if given is not None else (None, "estimated")
+        found = sigma_and_source(settings.train, voxel_size)
+        sigma, source = found if found is not None else (None, "estimated")
     level = noise_level_function(train_volume) if iso.noise_match else NoiseLevel(0.0, 0.0)
     if iso.noise_match and level.bins == 0:
         log.warning("isotropic noise match: the acquisition's noise could not be measured on the training FOV %s "

@@ -43,7 +43,7 @@ import math
 import shutil
 import time
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -56,7 +56,7 @@ from . import degrade, io, metrics, models, normalise
 from .allocator import heap_only
 from .atomic import permissions_as_umask
 from .errors import InputError
-from .fov import TrainingFov, box_slices, training_boxes
+from .fov import TrainingFov, training_boxes
 from .settings import (ISOTROPIC_INFERENCE_KEYS, InferSettings, IsotropicSettings, Settings, TrainSettings,
                        isotropic_train_values, to_dict)
 
@@ -1446,11 +1446,9 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     if ends:
         base_fp["end_weights"] = list(ends)
 
-    @cache
-    def defects():
-        from .noise import sensor_defect_positions
+    from .noise import defect_positions_once
 
-        return sensor_defect_positions(source) if repair else None
+    defects = defect_positions_once(source) if repair else (lambda: None)
 
     def write_one(net, path, kind, reuse_finished=False) -> dict:
         def compute(dest, tiles, done, record):

@@ -104,6 +104,13 @@ SIGMA_FLOOR = 1e-3
 MIN_DEFECT_PLANES = 8
 
 
+def defect_positions_once(volume) -> Callable[[], np.ndarray | None]:
+    """A function giving :func:`sensor_defect_positions` of ``volume``, found at its first call
+    and kept: an inference job finds them only when it computes a tile (the same on every job
+    of a scattered run, read from the whole field)."""
+    return functools.cache(lambda: sensor_defect_positions(volume))
+
+
 def sensor_defect_positions(volume) -> np.ndarray | None:
     """The lateral positions (a ``(Y, X)`` mask) of ``volume``'s hot and dead sensor pixels
     (:func:`sensor_defects`, without their neighbourhood), judged on up to 16 evenly spaced

@@ -1089,11 +1089,9 @@ def stage_infer(
     if repair:  # tiles made otherwise are redone (an older model's key stays as it was: its stores resume)
         fingerprint["repair_sensor_defects"] = True
 
-    @functools.cache
-    def defects():
-        from .noise import sensor_defect_positions
+    from .noise import defect_positions_once
 
-        return sensor_defect_positions(source)
+    defects = defect_positions_once(source)
 
     def write_one(net, path, kind, reuse_finished=False):
         net = prepare_model(net, dev)

@@ -193,6 +193,15 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "(train.psf_sigma_um, or train.degradation.method gaussian/psf), then compare "
         "again; or use the interpolation for such samples.",
     ),
+    "restored_clipped": (
+        "Part of the output (over 0.05 % of the QC window, beyond the input's own saturated share) sits at the "
+        "largest value of its integer type: the restoration went past the type's range there and was cut "
+        "(infer.output_dtype: input). Its brightest objects are then brighter than the input's, and the cut hides "
+        "by how much from the other checks (restored_brighter reads the clipped values). metrics.json: "
+        "restored_check.clipped.",
+        "Do not measure intensities on this output. Write it as float32 (infer.output_dtype: float32, the default) "
+        "to see and judge the overshoot; measure intensities on the interpolation, or on the float output where "
+        "its other checks pass."),
     "restored_undershoots": (
         "Part of the output (over 0.1 % of the QC window, and over twice the interpolation's share) "
         "lies more than 5 % of the intensity range below the darkest input voxel: dark halos "

@@ -557,6 +557,39 @@ def test_qc_flags_of_a_good_restoration_are_none_and_each_check_fires_on_its_own
     assert _flags(voxel_size_given=(4.0, 3.3, 3.3), voxel_size_file=file_vs) == []  # binned 4x: a correction
     assert _flags(voxel_size_given=(4000.0, 828.6, 828.6), voxel_size_file=None) == []
     assert _flags(saturated_fraction=0.05) == ["saturated_input"] and _flags(saturated_fraction=0.005) == []
+    # restored_clipped: an integer output at its type's largest value beyond the input's own share there
+    assert _flags(_clean_check(clipped={"output": 0.0127, "input": 0.0, "at": 255})) == ["restored_clipped"]
+    assert _flags(_clean_check(clipped={"output": 0.0004, "input": 0.0, "at": 255})) == []  # a stray voxel or two
+    assert _flags(_clean_check(clipped={"output": 0.0300, "input": 0.0298, "at": 65535})) == []  # saturated input
+
+
+def test_an_integer_output_cut_at_its_types_largest_value_is_flagged_by_qc(tmp_path):
+    """A review: an isotropic uint8 output with 1.27 % of its voxels cut at 255 (nuclei 1.5–1.8× too
+    bright) had no flag at all — the cut hid restored_brighter. QC counts the cut voxels."""
+    import tifffile
+    import zarr
+
+    from selfres.settings import Settings, from_dict
+
+    rng = np.random.default_rng(0)
+    vol = (rng.random((8, 48, 48)) * 200).astype(np.uint8)
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, vol)
+    keep, out = tmp_path / "k", tmp_path / "out.ome.zarr"
+    fast = {"train": {"steps": 2, "width": 4, "depth": 1, "batch_size": 1, "patch_size": [4, 16, 16],
+                      "validate_every": 1, "warmup_steps": 1}, "qc": {"resolution": False},
+            "infer": {"output_dtype": "input"}}
+    pipeline.restore(src, out, scale=(1, 2, 2), device="cpu", keep=keep, settings=from_dict(Settings, fast))
+    arr = zarr.open_group(str(out), mode="r+")["0"]
+    assert arr.dtype == np.uint8
+    cut = np.asarray(arr[:])
+    cut[:, :20, :] = 255  # as an overshooting restoration written as uint8 is: cut at the type's largest value
+    arr[:] = cut
+    m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
+                          tmp_path / "m.json", sample="s", settings=from_dict(Settings, fast).qc)
+    assert "restored_clipped" in m["flags"], m["flags"]
+    assert m["restored_check"]["clipped"]["at"] == 255 and m["restored_check"]["clipped"]["output"] > 0.1
+    assert m["restored_check"]["clipped"]["input"] == 0.0
 
 
 @pytest.mark.parametrize("top, clipped, expected", [(4095, True, 0.05), (65535, True, 0.05), (3000, False, 0.0)])

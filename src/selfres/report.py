@@ -108,9 +108,10 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "background), lower the learning rate, and retrain.",
     ),
     "saturated_input": (
-        "A noticeable fraction of input voxels sit at the maximum value of the data "
+        "Over 0.1 % of input voxels sit at the maximum value of the data "
         "type, or of a camera's bit depth (4095 for 12-bit data stored in 16 bits): clipped; "
-        "detail in those regions is lost and cannot be restored.",
+        "detail in those regions is lost and cannot be restored, and their intensities are not measurements "
+        "(a float output may exceed the clip there; normalized.ome.zarr records the share: saturated_fraction).",
         "Reacquire with lower gain/laser power if possible; otherwise treat bright "
         "regions with caution.",
     ),

@@ -556,7 +556,8 @@ def test_qc_flags_of_a_good_restoration_are_none_and_each_check_fires_on_its_own
     assert _flags(voxel_size_given=(4.0, 0.08286, 0.8286), voxel_size_file=file_vs) == ["voxel_size_unlike_file"]
     assert _flags(voxel_size_given=(4.0, 3.3, 3.3), voxel_size_file=file_vs) == []  # binned 4x: a correction
     assert _flags(voxel_size_given=(4000.0, 828.6, 828.6), voxel_size_file=None) == []
-    assert _flags(saturated_fraction=0.05) == ["saturated_input"] and _flags(saturated_fraction=0.005) == []
+    assert _flags(saturated_fraction=0.05) == ["saturated_input"] and _flags(saturated_fraction=0.0005) == []
+    assert _flags(saturated_fraction=0.0029) == ["saturated_input"]  # a review's two clipped objects in four
     # restored_clipped: an integer output at its type's largest value beyond the input's own share there
     assert _flags(_clean_check(clipped={"output": 0.0127, "input": 0.0, "at": 255})) == ["restored_clipped"]
     assert _flags(_clean_check(clipped={"output": 0.0004, "input": 0.0, "at": 255})) == []  # a stray voxel or two

@@ -259,6 +259,9 @@ def stage_normalise(
     norm = normalise.apply(data, params)
     saturated = None if sat_value is None else next(
         (float(share) for level, share in zip(levels, sat_value) if vmax == level), 0.0)
+    if saturated and defects is not None and defects.any():  # a camera's hot pixels at its top: not a clip
+        plane = np.asarray(data[data.shape[0] // 2])  # hot columns are the same in every plane
+        saturated = max(0.0, saturated - float(np.sum(plane[defects] >= vmax)) * data.shape[0] / data.size)
     attrs = {
         "sample": sample,
         "normalisation": params.to_dict(),
@@ -1438,8 +1441,9 @@ RESTORED_MAX_LEVEL_SHIFT = 0.02
 #: (the demo's beads: 0.41 %, tricubic 0 %; its neurites 0 %)
 UNDERSHOOT_SHARE = 0.001
 
-#: Share of the QC window's voxels of an integer output at its type's largest value, beyond the
-#: input's own share there (its saturated voxels), above which the output is flagged
+#: Share of the QC window's voxels of an integer output at its type's largest value where its
+#: interpolation is below it (an input's saturated cores are at the top in both), above which
+#: the output is flagged
 #: ``restored_clipped``: the restoration went past the type's range and was cut. A review's
 #: isotropic uint8 output of dense nuclei: 1.27 % at 255 (the input's maximum 245), nuclei
 #: 1.5–1.8× their input's total, and the clipping had hidden ``restored_brighter`` (1.08
@@ -1521,7 +1525,7 @@ def qc_flags(agreement: dict, *, mode: str, content: str, structure: float | Non
     if under and under["output"] > UNDERSHOOT_SHARE and under["output"] > 2 * under["interpolation"]:
         flags.append("restored_undershoots")
     clipped = agreement.get("clipped") or {}
-    if clipped and clipped["output"] - clipped["input"] > CLIPPED_SHARE:
+    if clipped and clipped["beyond_interpolation"] > CLIPPED_SHARE:
         flags.append("restored_clipped")
     if mode == "isotropic":
         brighter = (agreement.get("brightening") or {}).get("ratio")
@@ -1657,7 +1661,11 @@ def stage_qc(
     agreement["brightening"] = metrics.brightening(out_w, interp_w)
     if np.issubdtype(out_dtype, np.integer):  # values past the type's largest were cut when written
         top = (float(np.iinfo(out_dtype).max) - params.low) / params.span - 0.5 / params.span
-        agreement["clipped"] = {"output": float(np.mean(out_w >= top)), "input": float(np.mean(raw_w >= top)),
+        at_top = out_w >= top
+        # voxel by voxel, where the interpolation stays below it: an input's saturated cores are at
+        # the top in both, and their share would hide clipping elsewhere (a review)
+        agreement["clipped"] = {"output": float(np.mean(at_top)),
+                                "beyond_interpolation": float(np.mean(at_top & (interp_w < top))),
                                 "at": int(np.iinfo(out_dtype).max)}
     if settings.resolution and vs_in is not None:
         est = functools.partial(metrics.resolution_lateral_axial, max_slices=settings.max_resolution_slices)

@@ -195,7 +195,7 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "again; or use the interpolation for such samples.",
     ),
     "restored_clipped": (
-        "Part of the output (over 0.05 % of the QC window, beyond the input's own saturated share) sits at the "
+        "Part of the output (over 0.05 % of the QC window, where its interpolation stays below it) sits at the "
         "largest value of its integer type: the restoration went past the type's range there and was cut "
         "(infer.output_dtype: input). Its brightest objects are then brighter than the input's, and the cut hides "
         "by how much from the other checks (restored_brighter reads the clipped values). metrics.json: "

@@ -92,6 +92,34 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def tree_bytes(path: str | os.PathLike) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist)."""
+    total = 0
+    stack = [Path(path)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def nearest_existing(path: str | os.PathLike) -> Path:
+    """``path``, or its nearest parent that exists (where a file system's room is asked)."""
+    probe = Path(path)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
 def partial_path(final: str | os.PathLike) -> Path:
     """Where a resumable inference writes ``final`` until it is complete: ``.{name}.partial``
     beside it (:class:`selfres.infer.PartialStore`)."""

@@ -811,9 +811,9 @@ def _free_bytes(target) -> int | None:
     """Free bytes on the file system of ``target`` (its nearest existing folder), or None."""
     import shutil
 
-    probe = Path(target) if target else None
-    while probe is not None and not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    from .atomic import nearest_existing
+
+    probe = nearest_existing(target) if target else None
     try:
         return None if probe is None else shutil.disk_usage(probe).free
     except OSError:
@@ -853,8 +853,8 @@ def _kept_partial_stores(args) -> str:
     stores, :func:`selfres.atomic.partial_path`), said with their size and how to free it."""
     if args.command not in ("infer", "restore") or not getattr(args, "output", None):
         return ""
-    from .atomic import partial_path
-    from .pipeline import model_output_path, tree_bytes
+    from .atomic import partial_path, tree_bytes
+    from .pipeline import model_output_path
 
     kept = [p for p in (partial_path(model_output_path(args.output)), partial_path(args.output)) if p.exists()]
     if not kept:

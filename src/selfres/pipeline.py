@@ -27,7 +27,7 @@ import numpy as np
 from . import io, normalise
 from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
-from .atomic import check_outputs_spare_inputs, overwritten_input, partial_path
+from .atomic import check_outputs_spare_inputs, nearest_existing, overwritten_input, partial_path, tree_bytes
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, choose_training_fov, repaired_box, training_boxes
 from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
@@ -1165,26 +1165,6 @@ def stage_infer(
 ROOM_SHARE_REFUSED = 0.5
 
 
-def tree_bytes(path: str | os.PathLike) -> int:
-    """Bytes of the files under ``path`` (0 when it does not exist)."""
-    total = 0
-    stack = [Path(path)]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for entry in entries:
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(Path(entry.path))
-                else:
-                    total += entry.stat(follow_symlinks=False).st_size
-            except FileNotFoundError:
-                continue
-    return total
-
-
 def output_bytes_estimate(shape: Sequence[int], dtype, voxel_size: Sequence[float] | None, *,
                           compression: float) -> int:
     """The bytes an output store of ``shape`` and ``dtype`` takes on disk: its level 0 and the
@@ -1219,9 +1199,7 @@ def check_room_for_outputs(stores: Sequence[str | Path], shape: Sequence[int], d
     stores = [Path(s) for s in stores]
     todo = [s for i, s in enumerate(stores) if i == len(stores) - 1 or not s.exists()]
     need = len(todo) * output_bytes_estimate(shape, dtype, voxel_size, compression=compression)
-    probe = stores[0].parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(stores[0].parent)
     try:
         usage = shutil.disk_usage(probe)
     except OSError:

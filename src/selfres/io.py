@@ -1083,17 +1083,21 @@ def channel_count(path: str | os.PathLike, *, series: int | None = None) -> int:
     return 1
 
 
-def channel_name(path: str | os.PathLike, channel: int, *, series: int | None = None) -> str | None:
+def channel_name(path: str | os.PathLike, channel: int | None, *, series: int | None = None) -> str | None:
     """The name an acquisition gives its channel ``channel`` (``"DAPI"``), or ``None``: an
-    OME-TIFF's OME ``Channel Name``, an OME-Zarr's ``omero`` channel ``label``. Metadata for
+    OME-TIFF's OME ``Channel Name``, an OME-Zarr's ``omero`` channel ``label``. ``channel``
+    ``None``: the name of a file's only channel (none where it lists several). Metadata for
     people (layer and channel names of the outputs): ``None`` whenever it cannot be read."""
     path = os.fspath(path)
     try:
         if _kind(path) == "zarr":
             channels = _ome_attrs(_zarr_image(path, series)).get("omero", {}).get("channels", [])
-            name = channels[channel].get("label") if 0 <= channel < len(channels) else None
         else:
-            name = _ome_tiff_channel_name(path, channel, series)
+            channels = _ome_tiff_channels(path, series)
+        if channel is None:
+            channel = 0 if len(channels) == 1 else -1
+        name = channels[channel].get("label" if _kind(path) == "zarr" else "Name") \
+            if 0 <= channel < len(channels) else None
     except Exception:  # noqa: BLE001 - a name is optional; the reader says what is wrong with the file
         return None
     return (str(name).strip() or None) if name is not None else None
@@ -1129,14 +1133,13 @@ def _ome_pixels(tif, series: int | None):
     return None if images is None else _series_pixels(images, tif, series)
 
 
-def _ome_tiff_channel_name(path: str, channel: int, series: int | None) -> str | None:
-    """``Channel Name`` of the OME ``Image`` of TIFF series ``series``."""
+def _ome_tiff_channels(path: str, series: int | None) -> list:
+    """The OME ``Channel`` elements of the ``Image`` of TIFF series ``series`` (none: not an OME-TIFF)."""
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
         pixels = _ome_pixels(tif, series)
-        chans = [e for e in pixels if e.tag.endswith("}Channel")] if pixels is not None else []
-        return chans[channel].get("Name") if 0 <= channel < len(chans) else None
+        return [e for e in pixels if e.tag.endswith("}Channel")] if pixels is not None else []
 
 
 #: seconds per unit of a time axis (OME ``TimeIncrementUnit``, ImageJ ``tunit``, NGFF axis ``unit``)

@@ -273,8 +273,8 @@ def stage_normalise(
         **({"source_stat": {"size": before[2], "mtime_ns": before[3]}} if before and Path(input_path).is_file() else {}),
         **{k: v for k, v in (("series", series), ("channel", channel), ("timepoint", timepoint)) if v is not None},
         # the acquisition's own name of the channel (OME: "DAPI"), for the outputs' layer and channel names
-        **({"channel_name": name} if channel is not None and (name := io.channel_name(input_path, channel,
-                                                                                       series=series)) else {}),
+        # (a file's only channel too)
+        **({"channel_name": name} if (name := io.channel_name(input_path, channel, series=series)) else {}),
         # a time point's series' frame interval, for the time-series export
         **({"time_increment_s": dt} if timepoint is not None and (dt := io.time_increment(input_path,
                                                                                           series=series)) else {}),

@@ -1284,6 +1284,25 @@ def test_an_acquisitions_own_channel_names_are_read_where_it_has_them(tmp_path):
     assert io.channel_name(tmp_path / "x.czi", 0) is None and io.channel_name(tmp_path / "missing.tif", 0) is None
 
 
+def test_a_files_only_channel_is_named_without_a_channel_index(tmp_path):
+    """A one-channel acquisition's name reaches the outputs too (an interoperability walkthrough:
+    an OME-Zarr labelled "GFP" came out labelled with the sample alone); a file listing several
+    channels gives none without an index."""
+    one = tmp_path / "one.ome.tif"
+    tifffile.imwrite(one, np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16), ome=True,
+                     metadata={"axes": "ZYX", "Channel": {"Name": ["GFP"]}})
+    two = tmp_path / "two.ome.tif"
+    tifffile.imwrite(two, np.zeros((3, 2, 16, 16), np.uint16), ome=True,
+                     metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP"]}})
+    store = tmp_path / "one.ome.zarr"
+    io.write_ome_zarr(store, np.zeros((3, 16, 16), np.float32), voxel_size=(1, 1, 1), name="Hoechst")
+    assert [io.channel_name(p, None) for p in (one, two, store)] == ["GFP", None, "Hoechst"]
+    from selfres import pipeline
+
+    pipeline.stage_normalise(one, tmp_path / "n.ome.zarr", sample="one")
+    assert io.read_volume(tmp_path / "n.ome.zarr").attrs["channel_name"] == "GFP"
+
+
 def test_ome_tiff_export_of_what_is_not_an_ome_zarr_image_is_one_clear_error(tmp_path):
     io.write_ome_zarr(tmp_path / "r.ome.zarr", np.zeros((2, 64, 64), np.float32), voxel_size=(1, 1, 1))
     with pytest.raises(InputError, match="level 7"):

@@ -1516,14 +1516,42 @@ class PartialStore:
         shutil.rmtree(self.meta, ignore_errors=True)
 
 
+#: Largest default output chunk, in bytes. A viewer (BigDataViewer, napari) reads a chunk whole
+#: for any view of it: the tile × scale it used to be was 16 MiB of float32 at ×2 and 128 MiB
+#: at ×4 (a tile of 32×128×128).
+DEFAULT_CHUNK_BYTES = 4 * 2**20
+
+
+def default_output_chunks(tile_out: Sequence[int], shape: Sequence[int], itemsize: int,
+                          max_bytes: int | None = None) -> tuple[int, int, int]:
+    """The output chunk when ``infer.chunks`` is not set: the tile's output region ``tile_out``
+    (clipped to ``shape``), its longest axis (z first among equals) cut to its largest divisor
+    until the chunk holds at most ``max_bytes`` (default :data:`DEFAULT_CHUNK_BYTES`). A
+    divisor, so that tiles still own whole chunks; an axis whose largest divisor is under a
+    quarter of it (a prime length) is left whole."""
+    max_bytes = DEFAULT_CHUNK_BYTES if max_bytes is None else max_bytes
+    ch = [max(1, min(int(t), int(n))) for t, n in zip(tile_out, shape)]
+    while math.prod(ch) * int(itemsize) > max_bytes:
+        for ax in sorted(range(len(ch)), key=lambda a: -ch[a]):
+            div = next(d for d in range(ch[ax] // 2, 0, -1) if ch[ax] % d == 0) if ch[ax] > 1 else 0
+            if div and 4 * div >= ch[ax]:
+                ch[ax] = div
+                break
+        else:
+            break
+    return tuple(ch)
+
+
 def store_layout(shape_in: Sequence[int], *, factors: Sequence[int], tile_size: Sequence[int],
-                 chunks: Sequence[int] | None = None, shards: Sequence[int] | None = None):
+                 chunks: Sequence[int] | None = None, shards: Sequence[int] | None = None,
+                 itemsize: int = 4):
     """Output shape, chunks and shards for tiled writing, checked so tiles own whole write units.
 
     A tile writes the output region ``tile × factors``; the unit of storage written at
     once (the shard if any, else the chunk) must divide it along every axis that has
     more than one tile, so that a tile never shares a file with another tile (block
     jobs write concurrently; a resumed run trusts a tile's files only as a whole).
+    Without ``chunks``, :func:`default_output_chunks` for voxels of ``itemsize`` bytes.
 
     Returns
     -------
@@ -1539,7 +1567,8 @@ def store_layout(shape_in: Sequence[int], *, factors: Sequence[int], tile_size: 
 
     shape = out_shape(shape_in, factors)
     tile_out = [min(int(t), int(n)) * int(f) for t, n, f in zip(tile_size, shape_in, factors)]
-    ch = [min(int(c), n) for c, n in zip(chunks or tile_out, shape)]
+    ch = ([min(int(c), n) for c, n in zip(chunks, shape)] if chunks
+          else list(default_output_chunks(tile_out, shape, itemsize)))
     sh = None if shards is None else [min(int(s), -(-n // c) * c) for s, n, c in zip(shards, shape, ch)]
     unit = sh or ch
     bad = [ax for ax, (u, t, n) in enumerate(zip(unit, tile_out, shape)) if t < n and t % u]
@@ -1614,7 +1643,8 @@ def infer_to_store(
     """
     from . import io
 
-    shape, ch, sh = store_layout(source.shape, factors=factors, tile_size=tile_size, chunks=chunks, shards=shards)
+    shape, ch, sh = store_layout(source.shape, factors=factors, tile_size=tile_size, chunks=chunks, shards=shards,
+                                 itemsize=np.dtype(dtype).itemsize)
     fp = dict(fingerprint) | {"out_shape": list(shape), "chunks": list(ch), "shards": sh and list(sh),
                               "tile_size": [int(t) for t in tile_size], "dtype": str(np.dtype(dtype)),
                               "ngff_version": ngff_version}
@@ -1850,5 +1880,5 @@ __all__ = [
     "CubicUpsampler", "read_padded", "tile_grid", "prepare_model", "run_tiles", "predict_array",
     "predict_single_pass", "restore_to_store", "Progress", "out_shape",
     "block_tiles", "PartialStore", "SubpixelConv", "SplitPReLU", "split_prelus", "fit_pass_tile",
-    "pass_tile_for_budget", "keep_freed_memory", "scattered_store", "BandedCubic", "fuse_for_inference", "pad_channels", "store_layout", "infer_to_store",
+    "pass_tile_for_budget", "keep_freed_memory", "scattered_store", "BandedCubic", "fuse_for_inference", "pad_channels", "store_layout", "default_output_chunks", "infer_to_store",
 ]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-
 import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from selfres import degrade, io
+from selfres import degrade, io, normalise
 from selfres.codeinfo import source_digest
 from selfres.infer import (
     CubicUpsampler, output_slices, predict_array, predict_single_pass, prepare_model, restore_to_store, run_tiles,
@@ -364,6 +363,35 @@ def test_store_layout_requires_tiles_to_own_whole_write_units(chunks, shards, ok
             store_layout((8, 32, 32), **args)
 
 
+@pytest.mark.parametrize(
+    "shape_in, factors, itemsize, chunks",
+    [((100, 1000, 1000), (2, 2, 2), 4, (64, 128, 128)),  # the tile × scale: 64×256×256, 16 MiB
+     ((100, 1000, 1000), (4, 4, 4), 4, (64, 128, 128)),  # 128×512×512, 128 MiB
+     ((100, 1000, 1000), (2, 2, 2), 2, (64, 128, 256)),
+     ((100, 1000, 1000), (1, 2, 2), 1, (32, 256, 256)),  # 2 MiB: kept whole
+     ((10, 60, 60), (2, 2, 2), 4, (20, 120, 120))],      # a small volume: one chunk
+)
+def test_default_output_chunks_are_a_few_mib_that_tiles_own_whole(shape_in, factors, itemsize, chunks):
+    """Viewers read a chunk whole: without infer.chunks an output chunk is the tile × scale cut to
+    at most 4 MiB, by divisors, so that tiles still own whole chunks (an interoperability
+    walkthrough: 128 MiB chunks at ×4)."""
+    from selfres.infer import DEFAULT_CHUNK_BYTES, store_layout
+
+    tile = (32, 128, 128)
+    shape, got, _ = store_layout(shape_in, factors=factors, tile_size=tile, itemsize=itemsize)
+    assert got == chunks
+    assert math.prod(got) * itemsize <= DEFAULT_CHUNK_BYTES
+    assert all(min(t, n) * f % c == 0 for t, n, f, c in zip(tile, shape_in, factors, got))
+
+
+def test_default_output_chunks_leave_an_axis_without_a_large_divisor_whole():
+    from selfres.infer import default_output_chunks
+
+    assert default_output_chunks((74, 256, 256), (300, 999, 999), 4) == (74, 64, 128)  # 37 would do as well
+    assert default_output_chunks((67, 67, 67), (200, 200, 200), 32) == (67, 67, 67)  # primes: no divisor
+    assert default_output_chunks((64, 256, 256), (64, 256, 256), 4, max_bytes=2**30) == (64, 256, 256)
+
+
 def test_a_single_tile_along_an_axis_needs_no_chunk_dividing_it():
     """z holds one tile (the whole of z): its chunks need not divide the tile (a mutation review)."""
     from selfres.infer import store_layout
@@ -402,6 +430,29 @@ def test_scattered_blocks_equal_one_run_and_store_appears_atomically(tmp_path, n
     ref = predict_single_pass(model, vol, factors=(1, 2, 2))
     np.testing.assert_allclose(np.asarray(b.data), ref, atol=2e-5)
     assert not (tmp_path / ".many.ome.zarr.progress").exists()
+
+
+@pytest.mark.parametrize("dtype, chunks", [("float32", (3, 8, 8)), ("uint16", (3, 8, 16))])
+def test_default_chunks_smaller_than_a_tile_keep_scattered_blocks_exact(tmp_path, monkeypatch, dtype, chunks):
+    """Several chunks per tile, sized by the output type: three block jobs writing beside each
+    other give the one run's output, voxel for voxel."""
+    from selfres import infer
+
+    monkeypatch.setattr(infer, "DEFAULT_CHUNK_BYTES", 3 * 8 * 16 * 2)  # the tile's output: 3×16×16
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 20, 24))
+    params = normalise.NormParams(0.0, 1000.0, 0.1, 99.9)
+    kw = dict(dtype=dtype, transform=lambda b: normalise.to_dtype(b, params, dtype))
+    one, many = tmp_path / "one.ome.zarr", tmp_path / "many.ome.zarr"
+    infer.infer_to_store(model, vol, one, factors=(1, 2, 2), tile_size=(3, 8, 8), voxel_size=(1.0, 0.5, 0.5),
+                         fingerprint={"model": "m1"}, **kw)
+    for step, b in (("prepare", 0), ("block", 2), ("block", 0), ("block", 1), ("gather", 0)):
+        infer.infer_to_store(model, vol, many, factors=(1, 2, 2), tile_size=(3, 8, 8), voxel_size=(1.0, 0.5, 0.5),
+                             fingerprint={"model": "m1"}, step=step, block=b, blocks=3, **kw)
+    import zarr
+
+    assert zarr.open_group(str(many), mode="r")["0"].chunks == chunks
+    np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(one).data), np.asarray(io.read_ome_zarr(many).data))
 
 
 def test_a_finished_store_of_the_same_job_is_kept_when_asked(tmp_path):

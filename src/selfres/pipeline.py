@@ -895,7 +895,8 @@ def stage_adopt(
             degrader = _checked_model_folder(source_model, lambda d: load_degrader(d, meta, device=dev),
                                              move_aside=source_is_output)
         new_meta = adopt_isotropic(model.to(dev), meta, vol, fov, sample=sample, factor=factor,
-                                   guard_margin_db=settings.train.guard_margin_db, degrader=degrader, device=dev)
+                                   guard_margin_db=settings.train.guard_margin_db, degrader=degrader, device=dev,
+                                   acquisition=normalise.acquisition_of(vol.attrs))
     else:
         factors = tuple(int(f) for f in (scale or DEFAULT_SCALE))
         if tuple(meta.get("factors") or ()) != factors:
@@ -916,9 +917,13 @@ def stage_adopt(
         new_meta = adopt_enhance(
             model.to(dev), meta, train_box, held_box, sample=sample, voxel_size=_voxel_size_of(vol),
             guard_margin_db=settings.train.guard_margin_db, guard_confidence=settings.train.guard_confidence,
-            infer_settings=settings.infer, device=dev, path=path)
+            infer_settings=settings.infer, device=dev, path=path, acquisition=normalise.acquisition_of(vol.attrs))
         if repair:
             new_meta["sensor_defects_repaired"] = defects  # this sample's
+    # another time point of the series that trained the model: restored the same way where it does not lose
+    from .adopt import keep_model_for_series
+
+    new_meta = keep_model_for_series(new_meta, meta, normalise.acquisition_of(vol.attrs), sample=sample)
     new_meta.pop("acquisition", None)  # the source's: this model.json describes this sample, judged on its volume
     new_meta.update(trained_on(vol))
     from .modelfile import copy_with_metadata

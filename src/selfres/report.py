@@ -80,6 +80,18 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "and, where training stopped at its time budget (Training, below), give it more "
         "(train.max_minutes) or a GPU: more steps measured better there.",
     ),
+    "below_margin_kept_for_series": (
+        "This time point adopted the model trained on another time point of the same acquisition "
+        "(model_from), and on its own held-out region the network beat interpolation by less than "
+        "the guard's margin (train.guard_margin_db), though by more than 0. restored.ome.zarr "
+        "holds the network's output all the same, as for the time point that trained the model: a "
+        "series restored partly by the network and partly by interpolation jumps in sharpness and "
+        "peak intensity where it switches. A time point where the network loses (a gain of 0 or "
+        "below) still holds the interpolation.",
+        "Compare this time point's views with its neighbours', and the held-out gains of all "
+        "the series' time points in summary.html: a gain this small says the network adds little "
+        "here.",
+    ),
     "training_diverged": (
         "The training loss became non-finite (NaN or infinite); the weights from before the "
         "divergence (if any) were kept.",

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from workdir import make_workdir, run_snakemake, tiny_volume
+from workdir import TINY_CONFIG, make_workdir, run_snakemake, tiny_volume
 
 from selfres import io
 from selfres.errors import ConfigError
@@ -117,6 +117,37 @@ def test_time_points_share_the_first_time_points_model(tmp_path, value):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     jobs = _jobs(proc)
     assert ("train", "lost") in jobs and ("adopt", "b") in jobs and ("train", "a") in jobs
+
+
+def test_a_later_time_point_under_the_margin_keeps_the_network_output_as_its_series_does(tmp_path):
+    """A series whose later time points fell under the guard's margin (still gaining) switched to
+    tricubic part-way, and its peaks and widths jumped there (a time-lapse walkthrough). A time
+    point of the same file and channel keeps the network's output; another file does not."""
+    from selfres import pipeline
+    from selfres.settings import Settings, from_dict
+
+    data = np.stack([tiny_volume(seed=t) for t in range(2)])
+    tifffile.imwrite(tmp_path / "t.tif", data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "other.tif", data[1], imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    config = {k: TINY_CONFIG[k] for k in ("train", "infer", "fov", "qc")}
+    first = pipeline.restore(tmp_path / "t.tif", tmp_path / "t0.ome.zarr", scale=(1, 2, 2), device="cpu",
+                             keep=tmp_path / "w0", settings=from_dict(Settings, config), timepoint=0)
+    assert "model_worse_than_interpolation" not in first["flags"]
+    # a margin no gain clears, and no confidence rule: each time point gains, under the margin
+    strict = from_dict(Settings, config | {"train": config["train"] | {"guard_margin_db": 50.0,
+                                                                       "guard_confidence": 0.0}})
+    later = pipeline.restore(tmp_path / "t.tif", tmp_path / "t1.ome.zarr", scale=(1, 2, 2), device="cpu",
+                             settings=strict, timepoint=1, model_from=tmp_path / "w0" / "model")
+    other = pipeline.restore(tmp_path / "other.tif", tmp_path / "o.ome.zarr", scale=(1, 2, 2), device="cpu",
+                             settings=strict, model_from=tmp_path / "w0" / "model")
+    for m in (later, other):
+        assert m["self_validation"]["psnr_model"] > m["self_validation"]["psnr_interp"]
+    assert "below_margin_kept_for_series" in later["flags"] and "model_worse_than_interpolation" not in later["flags"]
+    assert io.read_ome_zarr(tmp_path / "t1.ome.zarr").attrs["content"] == "model"
+    assert "model_worse_than_interpolation" in other["flags"]
+    assert io.read_ome_zarr(tmp_path / "o.ome.zarr").attrs["content"] == "interpolation"
 
 
 def test_restore_without_snakemake_takes_a_model_folder(shared, tmp_path):

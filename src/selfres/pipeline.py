@@ -1935,7 +1935,13 @@ def stage_report(
         # config values that did not make these outputs (a step not rerun for a change): see the report
         "settings_not_applied": settings_not_applied(resolved_config, meta, out.attrs),
         "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device",
-                                           "ran_on")} | ({"psf": meta["psf"]} if meta.get("psf") else {}),
+                                           "ran_on")} | ({"psf": meta["psf"]} if meta.get("psf") else {})
+        # the network and how its training inputs were made, for the report's methods text
+        | {"arch": (model_description.get("spec") or {}).get("arch"),
+           "residual": (model_description.get("spec") or {}).get("residual"),
+           "n_parameters": model_description.get("n_parameters"),
+           "degradation": {k: v for k, v in ((meta.get("settings") or {}).get("degradation") or {}).items()
+                           if k in ("method", "sigma_um", "na", "wavelength_um", "psf_path")}},
         "timings": {"train_seconds": metrics_d.get("train_seconds"), "infer_seconds": metrics_d.get("infer_seconds"),
                     "qc_seconds": metrics_d.get("qc_seconds"), "rules": timings},
         "inference_compute": out.attrs.get("compute"),  # device/precision of the restored tiles

@@ -1520,6 +1520,7 @@ pre{background:#f7f7f7;padding:.6em;overflow:auto;font-size:.85em}
 .muted{color:#666;font-size:.9em}
 .verdict{font-size:1.05em;background:#f4f7fb;border:1px solid #d5dde8;padding:.6em .9em;border-radius:4px}
 .toc{font-size:.9em}
+blockquote.methods{margin:.5em 0;padding:.6em .9em;border-left:4px solid #9aa7b8;background:#fafafa}
 th.sortable{cursor:pointer;user-select:none}th.sortable:after{content:" \\2195";color:#999}
 """
 
@@ -1993,7 +1994,7 @@ def _isotropy_sentence(metrics: Mapping[str, Any], baseline: str) -> str:
 _TOC = [("flags", "Flags"), ("views", "Orthogonal views"), ("mips", "Projections"),
         ("detail", "Detail"), ("training", "Training"), ("self-validation", "Self-validation"),
         ("reference", "Reference"), ("resolution", "Resolution"), ("beads", "Beads"),
-        ("timings", "Timings"), ("provenance", "Provenance")]
+        ("methods", "Methods text"), ("timings", "Timings"), ("provenance", "Provenance")]
 
 
 def _timing_rows(metrics: Mapping[str, Any], provenance: Any) -> list[list[Any]]:
@@ -2292,6 +2293,14 @@ def render_sample_report(
         if "beads" in figures:
             parts.append(_img_tag(figures["beads"], alt="bead profiles and FWHM"))
 
+    # --- a methods section's paragraph
+    methods = methods_text(metrics, provenance)
+    if methods:
+        parts.append('<h2 id="methods">Methods text</h2>')
+        parts.append("<p>For a paper's methods section: what was done to this sample, with its figures. Check "
+                     "it against the sections above, and cite the method's paper and this software.</p>")
+        parts.append(f'<blockquote class="methods">{_esc(methods)}</blockquote>')
+
     # --- timings & provenance
     parts.append('<h2 id="timings">Timings</h2>')
     parts.append(_table(["step", "seconds", "max memory (MB)"],
@@ -2326,6 +2335,142 @@ def render_sample_report(
                  f"{_esc(json.dumps(metrics, indent=2, sort_keys=True, default=str))}</pre>"
                  "</details>")
     return _page(f"selfres report: {sample}", "\n".join(parts))
+
+
+#: The methods a mode implements, as a methods section cites them
+METHOD_CITATIONS = {
+    "enhance": ("Self-Vision", "He et al., Photonics Research 11(1):1, 2023, doi:10.1364/PRJ.469231"),
+    "isotropic": ("Self-Net", "Ning et al., Light: Science & Applications 12:204, 2023"),
+}
+
+_ARCH_WORDS = {"resnet3d": "a 3-D residual network", "svision_mini": "the Self-Vision authors' final 3-D network",
+               "svision_paper": "the 3-D network of the Self-Vision paper", "iso2d": "a 2-D residual network"}
+
+
+def _degradation_words(deg: Mapping[str, Any], factors_text: str) -> str:
+    """How training inputs were made from the acquisition (enhance), in a methods section's words."""
+    method = deg.get("method") or "cubic"
+    if method == "block":
+        return f"block-averaged ×{factors_text} (as pixel binning does)"
+    if method == "psf":
+        return f"blurred by the measured PSF given and subsampled ×{factors_text}"
+    if method == "gaussian" and deg.get("sigma_um"):
+        sigma = ", ".join(_fmt(_num(v)) for v in deg["sigma_um"])
+        return f"blurred by a Gaussian (σ z,y,x = {sigma} µm) and subsampled ×{factors_text}"
+    if method == "gaussian":
+        return f"blurred by a Gaussian from the optics given and subsampled ×{factors_text}"
+    return f"downscaled ×{factors_text} with an antialiased cubic kernel (as MATLAB's imresize)"
+
+
+def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> str | None:
+    """A paragraph for a paper's methods section: what was done to this sample, with the
+    figures that back it (plain text; ``None`` for a failed sample or one without metrics)."""
+    mode = metrics.get("mode")
+    if mode not in METHOD_CITATIONS or metrics.get("status") == "failed":
+        return None
+    prov = provenance or {}
+    model = prov.get("model") or {}
+    name, cite = METHOD_CITATIONS[mode]
+    version = prov.get("selfres_version")
+    commit = str(prov.get("git_commit") or "")[:10]
+    tool = "selfres" + (f" {version}" if version else "") + (f" (commit {commit})" if commit else "")
+    vin, vout = metrics.get("voxel_size_in"), metrics.get("voxel_size_out")
+    sin, sout = _shape_text(metrics.get("input_shape")), _shape_text(metrics.get("output_shape"))
+
+    def grid(shape, vs):
+        if shape is None:
+            return None
+        return f"{shape.replace('x', '×')} voxels (z, y, x)" + (
+            f" of {' × '.join(_fmt(_num(v)) for v in vs)} µm" if isinstance(vs, (list, tuple)) and len(vs) == 3
+            else "")
+
+    arch = _ARCH_WORDS.get(str(model.get("arch")), "a network")
+    n_par = model.get("n_parameters")
+    arch += f" ({int(n_par):,} parameters)" if isinstance(n_par, (int, float)) else ""
+    secs = _num(metrics.get("train_seconds"))
+    ran_on = model.get("ran_on") if isinstance(model.get("ran_on"), Mapping) else {}
+    device_name = ran_on.get("device_name")
+    if str(model.get("device")).startswith("cuda"):
+        device = "a GPU" + (f" ({device_name})" if device_name else "")
+    elif model.get("device") == "cpu":
+        threads = ran_on.get("torch_threads")
+        what = [str(device_name)] if device_name else []
+        what += [f"{threads} threads"] if threads else []
+        device = "CPU" + (f" ({', '.join(what)})" if what else "")
+    else:
+        device = None
+    took = (f" for {duration_text(secs)}" if secs else "") + (f" on {device}" if device else "")
+    adopted = metrics.get("adopted_from")
+    bits = [f"The volume was restored with {tool} in its {mode} mode, after {name} ({cite})."]
+    if mode == "enhance":
+        factors = [int(f) for f in (model.get("factors") or [])] or None
+        ftext = ",".join(str(f) for f in factors) if factors else "k"
+        deg = model.get("degradation") or {}
+        noise = (", with noise added to match the acquisition's own" if metrics.get("noise_model") == "match"
+                 and any((_num(v) or 0) > 0 for v in (metrics.get("noise_sigma_at") or {}).values()) else "")
+        psf = metrics.get("psf_sigma_um")
+        target = (f"the crops seen through the PSF given (σ z,y,x = {', '.join(_fmt(_num(v)) for v in psf)} µm)"
+                  if isinstance(psf, (list, tuple)) and len(psf) == 3 else "the crops as acquired")
+        base = (" as a correction to tricubic interpolation" if model.get("residual") == "tricubic" else "")
+        trained = (f"{arch[0].upper()}{arch[1:]} was trained{base} on crops of "
+                   + (f"another acquisition (sample {adopted}) alone" if adopted else "this volume alone")
+                   + f"{took}: its inputs were the crops {_degradation_words(deg, ftext)}{noise}, its targets "
+                   f"{target}.")
+        bits.append(trained)
+        best = _num(metrics.get("best_step"))
+        if best is not None:
+            bits.append(f"The checkpoint kept (step {int(best)}) scored best on a region of the volume held "
+                        "out of training.")
+        restored = grid(sout, vout)
+        if restored:
+            acquired = grid(sin, vin)
+            bits.append("The whole field of view" + (f", {acquired}," if acquired else "") + f" was restored to "
+                        f"{restored}{_extras_text(metrics.get('inference_extras'))}.")
+    else:
+        deg = metrics.get("isotropic_degradation") or {}
+        sigma = _num(deg.get("sigma_px"))
+        how = ("with a learned degradation (Self-Net's CycleGAN generator)" if deg.get("method") == "learned" else
+               f"by a Gaussian blur of σ {_fmt(sigma)} lateral pixels" + (f" ({deg['sigma_source']})"
+                                                                           if deg.get("sigma_source") else "")
+               if sigma is not None else "as the axial direction is")
+        factor = _num(metrics.get("factor")) or _num(model.get("factor"))
+        ftext = f" subsampled ×{_fmt(factor)} and" if factor else ""
+        bits.append(f"{arch[0].upper()}{arch[1:]} was trained on "
+                    + (f"another acquisition (sample {adopted})" if adopted else "this volume alone")
+                    + f"{took} to restore its lateral (XY) slices degraded along one axis {how},{ftext} brought "
+                    "back by cubic interpolation; it then restored the axial (XZ and YZ) slices of the volume "
+                    "interpolated along z, and the two restorations were fused.")
+        restored = grid(sout, vout)
+        if restored:
+            acquired = grid(sin, vin)
+            bits.append("The volume" + (f", {acquired}," if acquired else "") + f" was brought to {restored}.")
+    sv = metrics.get("self_validation") or {}
+    a, b = _num(sv.get("psnr_model")), _num(sv.get("psnr_interp"))
+    baseline = _baseline_name(mode)
+    if a is not None and b is not None:
+        region = ("held-out lateral slices degraded the same way" if mode == "isotropic"
+                  else "the held-out region, degraded as in training")
+        text = f"On {region}, the network scored {a:.2f} dB PSNR and {baseline} {b:.2f} dB"
+        interval = metrics.get("holdout_gain_db_interval")
+        if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in map(_num, interval):
+            text += f" (gain {a - b:+.2f} dB; 95 % interval {_num(interval[0]):+.2f} to {_num(interval[1]):+.2f} dB)"
+        bits.append(text + ".")
+    if metrics.get("restored_content") == "interpolation":
+        margin = _num(metrics.get("guard_margin_db"))
+        bits.append(f"As the network did not beat {baseline} there"
+                    + (f" by the required {_fmt(margin)} dB" if margin else "")
+                    + f", the output is the {baseline}, not the network's.")
+    ref = metrics.get("reference") or {}
+    r_out, r_int = _num(ref.get("psnr")), _num(ref.get("psnr_interp"))
+    if r_out is not None and r_int is not None:
+        bits.append(f"Against a reference volume, the output scored {r_out:.2f} dB PSNR and {baseline} "
+                    f"{r_int:.2f} dB.")
+    if mode == "isotropic":
+        iso_in, iso_out = _num(metrics.get("isotropy_in")), _num(metrics.get("isotropy_out"))
+        if iso_in is not None and iso_out is not None:
+            bits.append(f"The ratio of lateral to axial resolution estimated by decorrelation analysis went from "
+                        f"{_fmt(iso_in)} (input) to {_fmt(iso_out)} (output; 1 is isotropic).")
+    return " ".join(bits)
 
 
 def duration_text(seconds: float) -> str:

@@ -110,6 +110,11 @@ def test_every_contract_output_exists_and_is_valid(finished_run):
     # what decided the output; how the infer job ran (tiles per pass, GPU memory) is not recorded
     infer_given = prov["resolved_config"]["settings"]["infer"]
     assert "tile_size" in infer_given and not {"batch_size", "gpu_memory_fraction"} & set(infer_given)
+    # the network and its training inputs, for the report's methods text
+    assert prov["model"]["arch"] == "resnet3d" and prov["model"]["n_parameters"] > 0
+    assert prov["model"]["degradation"]["method"] == "cubic"
+    page = (r / "report.html").read_text()
+    assert '<h2 id="methods">Methods text</h2>' in page and "×1,2,2 with an antialiased cubic kernel" in page
 
     fov = json.loads((r / "train_fov.json").read_text())
     assert fov["train"] and fov["holdout"] and fov["reason"]

@@ -132,12 +132,15 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "window, even the most structured part is less than 10 % structure by variance "
         "(qc/metrics.json, input_structure_share; a clean image reads near 1), and nothing "
         "carries over from one plane to the next (input_plane_correlation below 0.1). An empty "
-        "field, a wrong channel, a closed shutter or an acquisition far too dim. A network "
+        "field, a wrong channel, a closed shutter or an acquisition far too dim; or planes that "
+        "are not z planes: a time series whose file labels its T and Z axes the wrong way round "
+        "(moving objects then barely correlate from one 'plane' to the next). A network "
         "trained on it learns to smooth noise, which the held-out figures can score as a "
         "gain; it is not a resolution gain.",
         "Look at the input's views below. If the sample is really there, acquire with more "
         "light or longer exposure, or denoise first; otherwise check the position and the "
-        "channel of this acquisition.",
+        "channel of this acquisition, and with selfres inspect that its z planes and time points "
+        "are counted the right way round (resave the file with its axes set right).",
     ),
     "voxel_size_missing": (
         "The input file holds no voxel size and none was given in the sample sheet; "

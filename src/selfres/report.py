@@ -43,6 +43,7 @@ __all__ = [
     "FLAG_EXPLANATIONS",
     "GENERIC_FLAG_HINT",
     "explain_flag",
+    "sample_status",
     "display_range",
     "figure_orthoviews",
     "figure_projections",
@@ -1604,7 +1605,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 BROKEN_OUTPUT_FLAGS = ("restored_not_finite", "restored_unlike_input")
 
 
-def _status(metrics: Mapping[str, Any]) -> str:
+def sample_status(metrics: Mapping[str, Any]) -> str:
     """``metrics["status"]``, else ``output_broken`` when a flag says the restored volume as
     written is broken (:data:`BROKEN_OUTPUT_FLAGS`), else ``fallback_interpolation`` when it
     holds the interpolation (``restored_content == "interpolation"``), else ``ok``."""
@@ -2086,7 +2087,7 @@ def render_sample_report(
     """
     metrics = dict(metrics or {})
     mode = metrics.get("mode")
-    status = _status(metrics)
+    status = sample_status(metrics)
     flags = [str(f) for f in (metrics.get("flags") or [])]
     raw, interp, restored, vin, vout, unit = _prepare(
         raw, interp, restored, voxel_size_in, voxel_size_out)
@@ -2557,7 +2558,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         row = dict(row)
         sample = str(row.get("sample", ""))
         error = row.get("error")
-        status = "failed" if error and not row.get("status") else _status(row)
+        status = "failed" if error and not row.get("status") else sample_status(row)
         gain = _num(row.get("psnr_gain"))
         if gain is None:
             sv = row.get("self_validation") or {}
@@ -2629,13 +2630,17 @@ def render_summary_unwritten(error: BaseException) -> str:
 
 
 def render_summary(rows: Sequence[Mapping[str, Any]], *,
-                   unwritten_exports: Sequence[Mapping[str, Any]] = (), written: str | None = None) -> str:
+                   unwritten_exports: Sequence[Mapping[str, Any]] = (),
+                   mixed_series: Sequence[Mapping[str, Any]] = (), written: str | None = None) -> str:
     """Render ``summary.html``: counts, and a sortable table linking each report.
 
     Parameters
     ----------
     rows
         As for :func:`summary_table`.
+    mixed_series
+        Time series restored partly by the network, partly by interpolation
+        (``selfres.summary.mixed_time_series``), said under "What to look at".
     unwritten_exports
         The combined OME-TIFFs the run did not write (``selfres.summary.unwritten_exports``),
         listed under "What to look at".
@@ -2745,6 +2750,15 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
             + ("; the file there is an earlier run's" if x.get("on_disk") else "")
             + ". It is written once every part is restored; each part's own restored.ome.tif is "
             "in its folder.</li>")
+    for x in mixed_series:
+        k = len(x["interpolated"])
+        attention.append(
+            f"<li>Time series {_esc(x['series'])}: {k} of its {_esc(x['of'])} time points "
+            f"({_esc(', '.join(x['interpolated']))}) hold the interpolation, the guard's fall-back where the "
+            "network lost on their held-out regions, the others the network's output: the series changes in "
+            "sharpness and peak intensity where it switches. Compare the views in their reports; for one "
+            "method throughout, set <code>infer.on_worse_than_interpolation: model</code> on its row (each "
+            "network output is then kept, its held-out loss said in its report).</li>")
     look_html = ("<h2>What to look at</h2><ul>" + "".join(attention) + "</ul>" if attention
                  else "<p class=\"status-ok\">Every sample restored without flags.</p>")
     body_html = (

@@ -219,7 +219,7 @@ def test_a_dim_integer_output_rounded_to_its_dtype_is_not_taken_for_a_level_shif
                           tmp_path / "qc" / "metrics.json", sample="dim")
     assert m["restored_check"]["level"]["ratio"] < 0.8  # off by more than a fifth ...
     assert "restored_level_shifted" not in m["flags"]  # ... by rounding alone
-    from selfres.report import _status
+    from selfres.report import sample_status as _status
 
     assert _status({"flags": ["restored_level_shifted"]}) == "ok"  # a warning: the output may be right
 
@@ -338,7 +338,7 @@ def test_restore_on_the_command_line_scores_a_reference(tmp_path):
 def test_an_acquisition_of_pure_noise_is_flagged_not_reported_ok(tmp_path):
     """An empty field (wrong position, closed shutter) restored without a word: the network
     learns to smooth noise, and its held-out figures may even call that a gain."""
-    from selfres.report import _status
+    from selfres.report import sample_status as _status
 
     from scipy.ndimage import gaussian_filter
 

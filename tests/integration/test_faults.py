@@ -169,10 +169,10 @@ def test_an_output_folder_that_cannot_be_written_is_one_line_naming_it(tmp_path,
 
 
 # --------------------------------------------------------------------------- damaged / hostile model files
-def _tiny_model(folder: Path) -> Path:
+def _tiny_model(folder: Path, flags=()) -> Path:
     spec = models.ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1)
     models.save_model(folder, models.build_model(spec), spec,
-                      metadata={"mode": "enhance", "factors": [1, 2, 2], "flags": []})
+                      metadata={"mode": "enhance", "factors": [1, 2, 2], "flags": list(flags)})
     return folder
 
 
@@ -277,6 +277,25 @@ def test_restore_out_of_memory_after_its_output_names_the_stage_and_the_whole_ou
     assert "fov.max_voxels" not in msg and "infer.tile_size" not in msg
 
 
+def test_a_bug_in_qc_after_the_output_is_not_called_out_of_memory(tmp_path, monkeypatch, capsys):
+    """Only an allocator's refusal after the output is out of memory (exit 3, 'give the command
+    more memory'); any other error of qc is a bug, said as one, not hidden behind that advice."""
+    src = write_tiny_tiff(tmp_path / "raw.tif")
+    out = tmp_path / "restored.ome.zarr"
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch in the qc window")
+
+    for name in ("stage_normalise", "stage_crop", "stage_train", "stage_report"):
+        monkeypatch.setattr(pipeline, name, lambda *a, **k: {})
+    monkeypatch.setattr(pipeline, "stage_infer", lambda *a, **k: out.mkdir())
+    monkeypatch.setattr(pipeline, "stage_qc", bug)
+    rc = cli.main(["--log-level", "ERROR", "restore", str(src), "-o", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "failed unexpectedly" in err and "shape mismatch in the qc window" in err
+    assert "out of memory" not in err and "ulimit -v" not in err
+
+
 def test_inference_that_cannot_fit_in_host_memory_is_one_error_line_with_the_remedy(normalized, tmp_path,
                                                                                     monkeypatch, capsys):
     import selfres.infer as infer
@@ -293,11 +312,13 @@ def test_inference_that_cannot_fit_in_host_memory_is_one_error_line_with_the_rem
     assert not out.exists() and _litter(tmp_path) == []
 
 
+@pytest.mark.parametrize("step", [[], ["--step", "prepare", "--blocks", "2"]], ids=["whole", "scattered-prepare"])
 def test_an_output_the_disk_has_no_room_for_is_refused_before_the_network_runs(normalized, tmp_path, monkeypatch,
-                                                                                capsys):
+                                                                                capsys, step):
     """A reviewer's 150 MB file system: normalise, training, every network tile and the
     back-projection ran, then 'no space left' at the first tile written, and a 106 MB partial
-    store stayed on the full disk. The room is checked first: nothing is computed or written."""
+    store stayed on the full disk. The room is checked first: nothing is computed or written —
+    in a scattered run by its prepare step, before any block job starts."""
     import shutil
     from collections import namedtuple
 
@@ -310,7 +331,7 @@ def test_an_output_the_disk_has_no_room_for_is_refused_before_the_network_runs(n
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 50_000, 50_000))
     out = tmp_path / "restored.ome.zarr"
     rc = cli.main(["--log-level", "ERROR", "infer", str(normalized), str(model), "-o", str(out),
-                   "--sample", SAMPLE, "--device", "cpu"])
+                   "--sample", SAMPLE, "--device", "cpu", *step])
     msg = _only_error_line(capsys.readouterr().err)
     assert rc == 4 and not ran
     assert msg.startswith(f"ERROR: sample '{SAMPLE}': restored.ome.zarr (1 × 8×96×96 float32, with its pyramid) need "
@@ -319,7 +340,35 @@ def test_an_output_the_disk_has_no_room_for_is_refused_before_the_network_runs(n
     assert not out.exists() and not pipeline.partial_path(out).exists() and _litter(tmp_path) == []
     monkeypatch.undo()  # this file system's room
     assert cli.main(["--log-level", "ERROR", "infer", str(normalized), str(model), "-o", str(out),
-                     "--sample", SAMPLE, "--device", "cpu"]) == 0
+                     "--sample", SAMPLE, "--device", "cpu", *step]) == 0
+
+
+def test_the_fall_back_to_interpolation_is_refused_without_room_for_both_its_stores(normalized, tmp_path,
+                                                                                  monkeypatch, capsys):
+    """A model that did not beat tricubic writes two stores: its own output beside the
+    interpolation that takes the output's name. A disk with room enough to let one store through
+    (over half its estimate) but not the two is refused before any tile, naming both."""
+    import shutil
+    from collections import namedtuple
+
+    import selfres.infer as infer
+
+    model = _tiny_model(tmp_path / "model", flags=["model_worse_than_interpolation"])
+    ran = []
+    monkeypatch.setattr(infer, "run_tiles", lambda *a, **k: ran.append(1))
+    one = pipeline.output_bytes_estimate(
+        (8, 96, 96), "float32", (1.0, 0.25, 0.25),
+        compression=pipeline.normalised_compression(normalized, io.open_ome_zarr_array(normalized)))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, int(0.75 * one)))
+    out = tmp_path / "restored.ome.zarr"
+    rc = cli.main(["--log-level", "ERROR", "infer", str(normalized), str(model), "-o", str(out),
+                   "--sample", SAMPLE, "--device", "cpu"])
+    msg = _only_error_line(capsys.readouterr().err)
+    assert rc == 4 and not ran
+    assert msg.startswith(f"ERROR: sample '{SAMPLE}': restored_model.ome.zarr and restored.ome.zarr (2 × 8×96×96 "
+                          "float32, with its pyramid) need about "), msg
+    assert not out.exists() and not pipeline.model_output_path(out).exists()
 
 
 def test_a_disk_that_fills_during_inference_names_the_partial_store_kept_for_the_rerun(normalized, tmp_path,
@@ -369,6 +418,15 @@ def test_the_room_check_counts_an_unfinished_store_and_the_fall_backs_two_stores
     with pytest.raises(NoRoom, match="infer.output_dtype: input"):
         pipeline.check_room_for_outputs([out], (8, 256, 256), "float32", None, compression=1.0, sample="s",
                                         source_dtype="uint16")
+    # an acquisition already float32: writing its own type saves nothing, so it is not advised
+    with pytest.raises(NoRoom) as refused:
+        pipeline.check_room_for_outputs([out], (8, 256, 256), "float32", None, compression=1.0, sample="s",
+                                        source_dtype="float32")
+    assert "output_dtype" not in str(refused.value)
+    # an output already there (a rerun rewrites it) needs its room all the same
+    out.mkdir()
+    with pytest.raises(NoRoom, match=r"restored.ome.zarr \(1 × "):
+        pipeline.check_room_for_outputs([out], (8, 256, 256), "float32", None, compression=1.0, sample="s")
     pipeline.partial_path(out).mkdir()
     (pipeline.partial_path(out) / "0").write_bytes(b"\0" * (need // 4))
     pipeline.check_room_for_outputs([out], (8, 256, 256), "float32", None, compression=1.0, sample="s")
@@ -376,6 +434,31 @@ def test_the_room_check_counts_an_unfinished_store_and_the_fall_backs_two_stores
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(0, 0, 0))
     pipeline.check_room_for_outputs([out.with_name("other.ome.zarr")], (8, 256, 256), "float32", None,
                                     compression=1.0, sample="s")
+    # an output in folders not made yet: the room is asked of the nearest folder that exists, however
+    # many levels up (the file system answers nothing of a missing path)
+    def room_of(path):
+        if not Path(path).exists():
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        return usage(10**9, 0, need // 3)
+
+    monkeypatch.setattr(shutil, "disk_usage", room_of)
+    with pytest.raises(NoRoom, match=f"the file system of {tmp_path} has "):
+        pipeline.check_room_for_outputs([tmp_path / "a" / "b" / "c" / "restored.ome.zarr"], (8, 256, 256), "float32",
+                                        None, compression=1.0, sample="s")
+
+
+def test_the_room_estimate_takes_the_compression_of_a_mostly_empty_acquisition(tmp_path):
+    """Sparse acquisitions (a few cells in a dark field) compress well: their outputs take a small
+    share of their array's bytes. Estimated at full size, the room check refused disks that had room."""
+    import tifffile
+
+    vol = np.zeros((16, 96, 96), np.uint16)
+    vol[4:8, 40:56, 40:56] = 1000
+    tifffile.imwrite(tmp_path / "sparse.tif", vol)
+    normalized = tmp_path / "normalized.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "sparse.tif", normalized, sample=SAMPLE)
+    compression = pipeline.normalised_compression(normalized, io.open_ome_zarr_array(normalized))
+    assert 0.05 <= compression < 0.3
 
 
 def test_restores_full_disk_message_says_a_rerun_starts_over_and_how_to_resume_with_keep(tmp_path):
@@ -390,6 +473,13 @@ def test_restores_full_disk_message_says_a_rerun_starts_over_and_how_to_resume_w
     kept = cli._kept_partial_stores(argparse.Namespace(command="restore", output=out, keep=tmp_path / "k"))
     assert f"selfres infer {tmp_path / 'k'}/normalized.ome.zarr {tmp_path / 'k'}/model -o {out}" in kept
     assert "kept for the rerun to resume" in cli._kept_partial_stores(argparse.Namespace(command="infer", output=out))
+    # a fall-back's model output, unfinished beside it, is on the same disk: named too, with its size
+    model_partial = pipeline.partial_path(pipeline.model_output_path(out))
+    model_partial.mkdir()
+    (model_partial / "0").write_bytes(b"\0" * 2_000_000)
+    assert cli._kept_partial_stores(argparse.Namespace(command="infer", output=out)) == (
+        f"; kept for the rerun to resume: {model_partial} (0.002 GB), {pipeline.partial_path(out)} (0 GB) "
+        "(delete to free the space instead)")
 
 
 class _Pwn:

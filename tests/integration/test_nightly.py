@@ -438,6 +438,13 @@ Will exit after finishing currently running jobs (scheduler).
     assert path.name.endswith("_stopped.json") and rec["status"] == "stopped" and rec["stopped"] == STOP_REQUESTED
     line = (tmp_path / "results" / "runs" / "runs.tsv").read_text().splitlines()[1].split("\t")
     assert line[RUNS_TSV_COLUMNS.index("status")] == "stopped"
+    # a running job the stop killed (its error between the stop and Snakemake's last line): stopped still
+    killed_by_the_stop = finished_job.replace("Finished jobid: 9 (Rule: train)",
+                                              "Error in rule train:\n    message: killed by SIGTERM\n    jobid: 9")
+    log.write_text(SLURM_LOG.split("[Mon")[0] + killed_by_the_stop)
+    rec = json.loads(write_run_record(tmp_path / "results", status="error", snakemake_log=log, samples=["a"])
+                     .read_text())
+    assert rec["status"] == "stopped" and rec["stopped"] == STOP_REQUESTED
     # a job that had failed before the stop: an error still (its own failure, not the stop's)
     failed_first = finished_job.replace("rule train:", "rule crop:\n    jobid: 8\n    wildcards: sample=b\n"
                                         "[Mon Nov 30 09:03:20 2026]\nError in rule crop:\n    message: x\n"

@@ -59,6 +59,13 @@ def test_a_given_training_fov_on_background_is_warned_of(caplog):
     with caplog.at_level("WARNING", logger="selfres.fov"):
         choose_training_fov(vol, training_fov="0:16,32:64,0:64", min_holdout_voxels=256)
     assert "little structure" not in caplog.text
+    # under half the volume's score is warned of (a third, here); most of it (four fifths) is not
+    for box, share, warned in (("0:16,0:36,0:64", 0.3, True), ("0:16,8:48,0:64", 0.83, False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="selfres.fov"):
+            fov = choose_training_fov(vol, training_fov=box, min_holdout_voxels=256)
+        assert fov.scores["train_structure"] / fov.scores["volume_structure"] == pytest.approx(share, abs=0.03)
+        assert ("holds little structure" in caplog.text) == warned, box
 
 
 @pytest.mark.parametrize(

@@ -256,6 +256,16 @@ def test_axial_sigma_from_optics_settings_is_the_extra_axial_blur():
     sig = iso.sigma_from_settings(s.train, (2.0, 0.5, 0.5))
     assert sig == pytest.approx(np.sqrt(2.5**2 - 0.5**2) / 0.5)
     assert iso.sigma_from_settings(Settings().train, (2.0, 0.5, 0.5)) is None
+    # from the optics (NA, wavelength, immersion): the axial σ in voxels is z voxels, not lateral ones
+    from selfres.degrade import gaussian_sigma_from_optics
+
+    optics = {"method": "gaussian", "na": 0.8, "wavelength_um": 0.52, "refractive_index": 1.33}
+    s = from_dict(Settings, {"train": {"degradation": optics}})
+    pz, py, px = gaussian_sigma_from_optics(na=0.8, wavelength_um=0.52, refractive_index=1.33,
+                                            voxel_size=(2.0, 0.5, 0.5), kind=s.train.degradation.microscope)
+    sz, sxy = pz * 2.0, 0.5 * (py + px) * 0.5  # µm
+    assert sz > sxy
+    assert iso.sigma_from_settings(s.train, (2.0, 0.5, 0.5)) == pytest.approx(np.sqrt(sz**2 - sxy**2) / 0.5)
 
 
 def test_the_psf_selfres_psf_sigma_prints_gives_the_axial_sigma_in_isotropic_mode():
@@ -726,6 +736,45 @@ def test_an_isotropic_output_far_brighter_than_its_interpolation_is_flagged(tmp_
     m = qc()
     assert m["restored_check"]["brightening"]["ratio"] == pytest.approx(1.8, abs=0.05)
     assert "restored_brighter" in m["flags"]
+
+
+def test_only_a_model_trained_on_repaired_sensor_defects_restores_them_repaired(tmp_path, monkeypatch):
+    """A model trained before hot pixels were repaired (its model.json has no
+    ``sensor_defects_repaired``) restores as it did: its network reads the acquisition as it is.
+    A model trained on the repaired volume reads it repaired, as in training."""
+    import zarr
+
+    from selfres import pipeline
+    from selfres.settings import InferSettings
+
+    norm = _normalised(tmp_path, voxel=(2.0, 0.5, 0.5), nz=8)  # enough planes to find hot pixels by
+    s = from_dict(Settings, {"train": {"validate_every": 1, "learning_rate": 1e-12},
+                             "isotropic": {"steps": 1, "batch_size": 2, "width": 4, "depth": 1, "patch_size": 16}})
+    pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s1", mode="isotropic",
+                         settings=s, device="cpu")
+    level0 = zarr.open_array(str(norm / "0"), mode="r+")
+    hot = np.asarray(level0[:])
+    hot[:, [5, 20], [7, 30]] = 8.0 * float(hot.max())
+    level0[:] = hot
+    given = []
+    restore = iso.restore_isotropic
+
+    def spy(net, *args, defects=None, **kwargs):
+        if net is not None:
+            given.append(defects)
+        return restore(net, *args, defects=defects, **kwargs)
+
+    monkeypatch.setattr(iso, "restore_isotropic", spy)
+    pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "new.ome.zarr", sample="s1", settings=InferSettings(),
+                         device="cpu")
+    assert given and all(d is not None and d[5, 7] and d[20, 30] for d in given)
+    info = json.loads((tmp_path / "model" / "model.json").read_text())
+    del info["metadata"]["sensor_defects_repaired"]
+    (tmp_path / "model" / "model.json").write_text(json.dumps(info))
+    given.clear()
+    pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "old.ome.zarr", sample="s1", settings=InferSettings(),
+                         device="cpu")
+    assert given and all(d is None for d in given)
 
 
 def test_isotropic_patience_running_out_at_the_last_step_is_not_an_early_stop(tmp_path):

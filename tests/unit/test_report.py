@@ -907,6 +907,11 @@ def test_an_input_resolution_without_estimate_is_explained():
     page = report.render_sample_report(sample="s", metrics=m, raw=raw, interp=interp, restored=restored,
                                        voxel_size_in=(5.0, 2.0, 2.0), voxel_size_out=(2.5, 1.0, 1.0))
     assert "No estimate (lateral for the input): the decorrelation analysis found no resolution limit" in page
+    # qc.resolution off: nothing was estimated, so nothing failed to be — said as not measured, once
+    off = _metrics() | {"resolution_um": dict.fromkeys(m["resolution_um"])}
+    page = report.render_sample_report(sample="s", metrics=off, raw=raw, interp=interp, restored=restored,
+                                       voxel_size_in=(5.0, 2.0, 2.0), voxel_size_out=(2.5, 1.0, 1.0))
+    assert "Not measured: qc.resolution is off" in page and "No estimate (" not in page
 
 
 def test_the_timings_table_has_the_qc_stage_once_and_the_figures_are_timed_in_the_log(caplog):
@@ -935,6 +940,10 @@ def test_a_missing_isotropy_names_the_estimate_that_failed_not_settings_that_wer
     page = report.render_sample_report(sample="s", metrics=m, raw=raw, interp=interp, restored=restored,
                                        voxel_size_in=(5.0, 2.0, 2.0), voxel_size_out=(2.0, 2.0, 2.0))
     assert "No estimate (lateral for the input or the output)" in page
+    # the input's lateral estimate found, the output's not: the output's is the one that failed
+    output_only = m | {"resolution_um": m["resolution_um"] | {"lateral_in": 9.8}}
+    verdict = report._verdict(output_only, "ok")
+    assert "found no lateral resolution limit in the output's window" in verdict and "qc.resolution off" not in verdict
     unknown = report._verdict(m | {"resolution_um": dict.fromkeys(m["resolution_um"]), "flags": ["voxel_size_missing"]},
                               "ok")
     assert "Isotropy was not measured (the voxel size is unknown)" in unknown

@@ -317,7 +317,8 @@ def test_isotropic_training_reads_the_psf_sigma_only_where_nothing_else_gives_th
     given = _with(sections, train__psf_sigma_um=[2.0, 0.3, 0.3])
     assert stage_settings(given, stage="train", mode="isotropic")["train"]["psf_sigma_um"] == [2.0, 0.3, 0.3]
     for elsewhere in ({"isotropic__axial_sigma_px": 1.5},
-                      {"train__degradation__method": "gaussian", "train__degradation__sigma_um": [1.0, 0.3, 0.3]}):
+                      {"train__degradation__method": "gaussian", "train__degradation__sigma_um": [1.0, 0.3, 0.3]},
+                      {"train__degradation__method": "psf", "train__degradation__psf_path": "beads_psf.tif"}):
         assert "psf_sigma_um" not in stage_settings(_with(given, **elsewhere), stage="train", mode="isotropic")["train"]
     # an adopting sample judges the source's model, with the source's σ: the cell reruns nothing there
     # (the shipped config.yaml has no psf_sigma_um: a sheet cell was kept, a review found)

@@ -237,11 +237,14 @@ def keep_model_for_series(out: dict, meta: dict, acquisition: Mapping | None, *,
     (a reviewer's filaments: −4.5 % peak and +4.5 % width in one frame). ``out``: the adopter's
     metadata (:func:`adopt_enhance`, :func:`adopt_isotropic`); ``meta``: the model's.
     ``model_worse_than_interpolation`` becomes ``below_margin_kept_for_series``. A loss (gain ≤ 0)
-    still falls back, and a model adopted through another sample is left to each sample's guard."""
+    still falls back, and a model adopted through another sample, or an ``enhance`` model that kept its
+    starting point (judged by the guard's confidence test, not its margin), is left to each sample's guard."""
     flags = list(out.get("flags") or [])
     sv = out.get("self_validation") or {}
     if ("model_worse_than_interpolation" not in flags or "model_worse_than_interpolation" in (meta.get("flags") or [])
-            or meta.get("adopted_from") or not same_series(meta.get("acquisition"), acquisition)):
+            or meta.get("adopted_from") or not same_series(meta.get("acquisition"), acquisition)
+            # an enhance model that learned nothing is judged by the confidence test, not the margin
+            or (meta.get("mode") == "enhance" and not model_was_learned(meta))):
         return out
     gain = float(sv.get("psnr_model", float("nan"))) - float(sv.get("psnr_interp", float("nan")))
     if not gain > 0:

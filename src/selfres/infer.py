@@ -1645,9 +1645,29 @@ def infer_to_store(
 
     shape, ch, sh = store_layout(source.shape, factors=factors, tile_size=tile_size, chunks=chunks, shards=shards,
                                  itemsize=np.dtype(dtype).itemsize)
-    fp = dict(fingerprint) | {"out_shape": list(shape), "chunks": list(ch), "shards": sh and list(sh),
-                              "tile_size": [int(t) for t in tile_size], "dtype": str(np.dtype(dtype)),
-                              "ngff_version": ngff_version}
+
+    def job(ch):
+        return dict(fingerprint) | {"out_shape": list(shape), "chunks": list(ch), "shards": sh and list(sh),
+                                    "tile_size": [int(t) for t in tile_size], "dtype": str(np.dtype(dtype)),
+                                    "ngff_version": ngff_version}
+
+    fp = job(ch)
+    if chunks is None and shards is None:
+        # a partial store begun with other default chunks (before they were cut to DEFAULT_CHUNK_BYTES), the
+        # same job otherwise: its chunks are kept, so that its tiles resume (a scattered run's block jobs
+        # would refuse it, while its prepare step, done, is not rerun)
+        found = PartialStore(final).fingerprint()
+        if isinstance(found, dict) and isinstance(found.get("chunks"), list) and found["chunks"] != list(ch):
+            from .errors import ConfigError
+
+            try:
+                kept = store_layout(source.shape, factors=factors, tile_size=tile_size, chunks=found["chunks"])[1]
+            except ConfigError:
+                kept = None
+            if kept is not None and list(kept) == found["chunks"] and found == _json_roundtrip(job(kept)):
+                log.info("%s: keeping the chunks %s of the partial store begun before (default now %s)",
+                         final, tuple(kept), tuple(ch))
+                ch, fp = tuple(kept), job(kept)
     grid = tile_grid(source.shape, tile_size)
 
     def region_of(i):

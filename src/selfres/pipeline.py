@@ -1940,6 +1940,7 @@ def stage_report(
         | {"arch": (model_description.get("spec") or {}).get("arch"),
            "residual": (model_description.get("spec") or {}).get("residual"),
            "n_parameters": model_description.get("n_parameters"),
+           "adopted_from": meta.get("adopted_from"),  # the sample that trained it: its time and machine
            "degradation": {k: v for k, v in ((meta.get("settings") or {}).get("degradation") or {}).items()
                            if k in ("method", "sigma_um", "na", "wavelength_um", "psf_path")}},
         "timings": {"train_seconds": metrics_d.get("train_seconds"), "infer_seconds": metrics_d.get("infer_seconds"),

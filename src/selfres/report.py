@@ -2391,12 +2391,18 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
     arch = _ARCH_WORDS.get(str(model.get("arch")), "a network")
     n_par = model.get("n_parameters")
     arch += f" ({int(n_par):,} parameters)" if isinstance(n_par, (int, float)) else ""
-    secs = _num(metrics.get("train_seconds"))
-    ran_on = model.get("ran_on") if isinstance(model.get("ran_on"), Mapping) else {}
+    arch = arch[0].upper() + arch[1:]
+    # an adopted model: its training is the trainer's (time, machine), not this sample's judging
+    trainer = model.get("adopted_from") if isinstance(model.get("adopted_from"), Mapping) else None
+    adopted = metrics.get("adopted_from") or (trainer or {}).get("sample")
+    secs = _num((trainer or {}).get("train_seconds") if adopted else metrics.get("train_seconds"))
+    ran_on = (trainer or {}).get("ran_on") if adopted else model.get("ran_on")
+    ran_on = ran_on if isinstance(ran_on, Mapping) else {}
+    kind = str(ran_on.get("device") or ("" if adopted else model.get("device")))
     device_name = ran_on.get("device_name")
-    if str(model.get("device")).startswith("cuda"):
+    if kind.startswith("cuda"):
         device = "a GPU" + (f" ({device_name})" if device_name else "")
-    elif model.get("device") == "cpu":
+    elif kind == "cpu":
         threads = ran_on.get("torch_threads")
         what = [str(device_name)] if device_name else []
         what += [f"{threads} threads"] if threads else []
@@ -2404,8 +2410,11 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
     else:
         device = None
     took = (f" for {duration_text(secs)}" if secs else "") + (f" on {device}" if device else "")
-    adopted = metrics.get("adopted_from")
+    whose = f"another acquisition (sample {adopted})" if adopted else "this volume"
     bits = [f"The volume was restored with {tool} in its {mode} mode, after {name} ({cite})."]
+    extras = metrics.get("inference_extras")
+    fell_back = metrics.get("restored_content") == "interpolation"
+    unlearned = False
     if mode == "enhance":
         factors = [int(f) for f in (model.get("factors") or [])] or None
         ftext = ",".join(str(f) for f in factors) if factors else "k"
@@ -2416,20 +2425,31 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
         target = (f"the crops seen through the PSF given (σ z,y,x = {', '.join(_fmt(_num(v)) for v in psf)} µm)"
                   if isinstance(psf, (list, tuple)) and len(psf) == 3 else "the crops as acquired")
         base = (" as a correction to tricubic interpolation" if model.get("residual") == "tricubic" else "")
-        trained = (f"{arch[0].upper()}{arch[1:]} was trained{base} on crops of "
-                   + (f"another acquisition (sample {adopted}) alone" if adopted else "this volume alone")
-                   + f"{took}: its inputs were the crops {_degradation_words(deg, ftext)}{noise}, its targets "
-                   f"{target}.")
-        bits.append(trained)
-        best = _num(metrics.get("best_step"))
-        if best is not None:
-            bits.append(f"The checkpoint kept (step {int(best)}) scored best on a region of the volume held "
-                        "out of training.")
+        bits.append(f"{arch} was trained{base} on crops of {whose} alone{took}: its inputs were the crops "
+                    f"{_degradation_words(deg, ftext)}{noise}, its targets {target}.")
+        steps = metrics.get("stage_best_steps")
+        steps = ([int(x) for x in steps if _num(x) is not None] if isinstance(steps, (list, tuple))
+                 else [int(x) for x in [_num(metrics.get("best_step"))] if x is not None])
+        region = "that acquisition" if adopted else "the volume"
+        if steps and not any(steps):
+            unlearned = True
+            bits.append(f"No checkpoint beat the starting point on a region of {region} held out of training, "
+                        "so the network adds nothing: the restoration is tricubic interpolation"
+                        + (f"{_extras_text(extras)}" if _extras_text(extras) and not fell_back else "")
+                        + ", not a learned one.")
+        elif len(steps) > 1:
+            bits.append(f"The checkpoints kept (steps {' and '.join(str(x) for x in steps)}, of its two ×2 "
+                        f"stages) scored best on a region of {region} held out of training.")
+        elif steps:
+            bits.append(f"The checkpoint kept (step {steps[0]}) scored best on a region of {region} held out "
+                        "of training.")
+        if adopted:
+            bits.append("It was applied to this volume unchanged.")
         restored = grid(sout, vout)
         if restored:
             acquired = grid(sin, vin)
             bits.append("The whole field of view" + (f", {acquired}," if acquired else "") + f" was restored to "
-                        f"{restored}{_extras_text(metrics.get('inference_extras'))}.")
+                        f"{restored}{'' if fell_back else _extras_text(extras)}.")
     else:
         deg = metrics.get("isotropic_degradation") or {}
         sigma = _num(deg.get("sigma_px"))
@@ -2439,11 +2459,11 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
                if sigma is not None else "as the axial direction is")
         factor = _num(metrics.get("factor")) or _num(model.get("factor"))
         ftext = f" subsampled ×{_fmt(factor)} and" if factor else ""
-        bits.append(f"{arch[0].upper()}{arch[1:]} was trained on "
-                    + (f"another acquisition (sample {adopted})" if adopted else "this volume alone")
-                    + f"{took} to restore its lateral (XY) slices degraded along one axis {how},{ftext} brought "
-                    "back by cubic interpolation; it then restored the axial (XZ and YZ) slices of the volume "
-                    "interpolated along z, and the two restorations were fused.")
+        slices = "that acquisition's" if adopted else "its"
+        bits.append(f"{arch} was trained on {whose if adopted else 'this volume alone'}{took} to restore {slices} "
+                    f"lateral (XY) slices degraded along one axis {how},{ftext} brought back by cubic interpolation; "
+                    "it then restored the axial (XZ and YZ) slices of this volume interpolated along z, and the two "
+                    "restorations were fused.")
         restored = grid(sout, vout)
         if restored:
             acquired = grid(sin, vin)
@@ -2452,9 +2472,13 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
     a, b = _num(sv.get("psnr_model")), _num(sv.get("psnr_interp"))
     baseline = _baseline_name(mode)
     if a is not None and b is not None:
-        region = ("held-out lateral slices degraded the same way" if mode == "isotropic"
-                  else "the held-out region, degraded as in training")
-        text = f"On {region}, the network scored {a:.2f} dB PSNR and {baseline} {b:.2f} dB"
+        region = (f"held-out lateral slices{' of this volume' if adopted else ''} degraded the same way"
+                  if mode == "isotropic" else
+                  f"{'a held-out region of this volume' if adopted else 'the held-out region'}, degraded as in "
+                  "training")
+        short = _extras_text(extras).split(" (")[0]  # " with back-projection", without its details
+        scored = "the network" + short if not unlearned else f"{baseline}{short or ' through the network'}"
+        text = f"On {region}, {scored} scored {a:.2f} dB PSNR and {baseline}{' alone' if unlearned else ''} {b:.2f} dB"
         interval = metrics.get("holdout_gain_db_interval")
         if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in map(_num, interval):
             text += f" (gain {a - b:+.2f} dB; 95 % interval {_num(interval[0]):+.2f} to {_num(interval[1]):+.2f} dB)"

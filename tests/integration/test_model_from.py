@@ -135,6 +135,12 @@ def test_a_later_time_point_under_the_margin_keeps_the_network_output_as_its_ser
     first = pipeline.restore(tmp_path / "t.tif", tmp_path / "t0.ome.zarr", scale=(1, 2, 2), device="cpu",
                              keep=tmp_path / "w0", settings=from_dict(Settings, config), timepoint=0)
     assert "model_worse_than_interpolation" not in first["flags"]
+    # as if training had kept a later step (these tiny volumes leave step 0): a learned model is judged
+    # by the guard's margin, which the rule is about
+    description = tmp_path / "w0" / "model" / "model.json"
+    record = json.loads(description.read_text())
+    record["metadata"]["best_step"] = 2
+    description.write_text(json.dumps(record))
     # a margin no gain clears, and no confidence rule: each time point gains, under the margin
     strict = from_dict(Settings, config | {"train": config["train"] | {"guard_margin_db": 50.0,
                                                                        "guard_confidence": 0.0}})

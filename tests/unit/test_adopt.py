@@ -28,7 +28,7 @@ def test_same_series_is_another_time_point_of_the_same_file_image_and_channel(ot
 def test_a_time_point_under_the_margin_but_gaining_keeps_the_series_model_output():
     """A reviewer's bleaching filaments: time points 2-5 gained 0.10-0.17 dB held out, under the 0.2 dB
     margin, and switched to tricubic; the series jumped -4.5 % in peak intensity at t2."""
-    meta = {"flags": [], "acquisition": T0}
+    meta = {"flags": [], "acquisition": T0, "mode": "enhance", "best_step": 40}
     kept = keep_model_for_series(_adopter(0.14, ("dim_input", "model_worse_than_interpolation")), meta,
                                  T0 | {"timepoint": 2}, sample="lapse_c1_t2")
     assert kept["flags"] == ["dim_input", "below_margin_kept_for_series"]
@@ -40,6 +40,8 @@ def test_a_time_point_under_the_margin_but_gaining_keeps_the_series_model_output
     (0.14, {"flags": ["model_worse_than_interpolation"], "acquisition": T0}, T0 | {"timepoint": 2}),  # t0 fell back
     (0.14, {"flags": [], "acquisition": T0}, T0 | {"source_checksum": "other"}),  # another acquisition
     (0.14, {"flags": [], "acquisition": T0, "adopted_from": {"sample": "x"}}, T0 | {"timepoint": 2}),  # not trained here
+    # an enhance model that kept its starting point: its guard is the confidence test, not the margin
+    (0.14, {"flags": [], "acquisition": T0, "mode": "enhance", "best_step": 0}, T0 | {"timepoint": 2}),
 ])
 def test_each_other_sample_keeps_its_own_guards_verdict(gain, meta, acquisition):
     out = _adopter(gain)

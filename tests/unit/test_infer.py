@@ -455,6 +455,34 @@ def test_default_chunks_smaller_than_a_tile_keep_scattered_blocks_exact(tmp_path
     np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(one).data), np.asarray(io.read_ome_zarr(many).data))
 
 
+def test_a_partial_store_begun_with_the_old_default_chunks_resumes(tmp_path, monkeypatch):
+    """A scattered run stopped before the default chunks were cut: its prepare step is done and not
+    rerun, so its block jobs must take the store as it is, not refuse it (a review)."""
+    from selfres import infer
+
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 20, 24))
+    many, one = tmp_path / "many.ome.zarr", tmp_path / "one.ome.zarr"
+    _job(tmp_path, model, vol, one)
+    _job(tmp_path, model, vol, many, step="prepare", blocks=3, chunks=(3, 16, 16))  # the tile × scale, as before
+    _job(tmp_path, model, vol, many, step="block", block=0, blocks=3, chunks=(3, 16, 16))
+    monkeypatch.setattr(infer, "DEFAULT_CHUNK_BYTES", 3 * 8 * 8 * 4)  # today's default: smaller
+    for b in (1, 2):
+        _job(tmp_path, model, vol, many, step="block", block=b, blocks=3)
+    stats = _job(tmp_path, model, vol, many, step="gather", blocks=3)
+    import zarr
+
+    assert zarr.open_group(str(many), mode="r")["0"].chunks == (3, 16, 16) and stats["tiles"] == 18
+    np.testing.assert_array_equal(np.asarray(io.read_ome_zarr(one).data), np.asarray(io.read_ome_zarr(many).data))
+    # another job (another model): the store is not kept for its chunks' sake
+    _job(tmp_path, model, vol, tmp_path / "other.ome.zarr", step="prepare", blocks=3, chunks=(3, 16, 16))
+    from selfres.infer import infer_to_store
+
+    infer_to_store(model, vol, tmp_path / "other.ome.zarr", factors=(1, 2, 2), tile_size=(3, 8, 8), dtype="float32",
+                   voxel_size=(1.0, 0.5, 0.5), fingerprint={"model": "m2"}, step="prepare", blocks=3)
+    assert zarr.open_group(str(infer.partial_path(tmp_path / "other.ome.zarr")), mode="r")["0"].chunks == (3, 8, 8)
+
+
 def test_a_finished_store_of_the_same_job_is_kept_when_asked(tmp_path):
     """The model output kept beside a fallen-back sample's interpolation is not a declared
     output, so a rerun killed after it found it in place and recomputed it (74 s of network

@@ -1941,8 +1941,13 @@ def stage_report(
            "residual": (model_description.get("spec") or {}).get("residual"),
            "n_parameters": model_description.get("n_parameters"),
            "adopted_from": meta.get("adopted_from"),  # the sample that trained it: its time and machine
-           "degradation": {k: v for k, v in ((meta.get("settings") or {}).get("degradation") or {}).items()
-                           if k in ("method", "sigma_um", "na", "wavelength_um", "psf_path")}},
+           # isotropic mode: the axial degradation it learned (the enhance setting does not apply)
+           "degradation": ({k: v for k, v in (meta.get("degradation") or {}).items()
+                            if k in ("sigma_px", "sigma_source", "factor", "noise_variance")}
+                           if meta.get("mode") == "isotropic" else
+                           {k: v for k, v in ((meta.get("settings") or {}).get("degradation") or {}).items()
+                            if k in ("method", "sigma_um", "na", "wavelength_um", "psf_path")}),
+           "training": training_record(meta)},
         "timings": {"train_seconds": metrics_d.get("train_seconds"), "infer_seconds": metrics_d.get("infer_seconds"),
                     "qc_seconds": metrics_d.get("qc_seconds"), "rules": timings},
         "inference_compute": out.attrs.get("compute"),  # device/precision of the restored tiles
@@ -1971,6 +1976,23 @@ def stage_report(
         report.write_report_figures(figures_dir, figures=figures, names=report.REPORT_FIGURES)
     io.write_text_atomic(report_html, html)  # a full disk or a kill leaves no temporary file behind
     write_json(provenance_json, clean_floats(prov))
+
+
+def training_record(meta: dict) -> dict:
+    """How a model's training ran, from its ``model.json`` metadata, for the report's methods
+    text: steps asked and run, why it stopped, loss, optimiser schedule, batches, patches, seed and
+    augmentations (``isotropic``: steps, loss, batches and patches are its own settings')."""
+    train = meta.get("settings") or {}
+    own = meta.get("isotropic") or {} if meta.get("mode") == "isotropic" else train
+    keys = ("steps", "loss", "batch_size", "patch_size", "fft_weight")
+    return {k: v for k, v in {
+        **{k: own.get(k) for k in keys},
+        **{k: train.get(k) for k in ("max_minutes", "learning_rate", "lr_schedule", "warmup_steps", "seed",
+                                     "augment", "blur_augment", "blur_augment_sigma_px")},
+        "steps_done": meta.get("steps_done"), "stop_reason": meta.get("stop_reason"),
+        "noise_match": own.get("noise_match") if meta.get("mode") == "isotropic" else None,
+        "end_blended": bool(meta.get("end_weights")) or None,
+    }.items() if v is not None}
 
 
 def _without_execution(resolved_config: dict) -> dict:

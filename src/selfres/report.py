@@ -2366,6 +2366,77 @@ def _degradation_words(deg: Mapping[str, Any], factors_text: str) -> str:
     return f"downscaled ×{factors_text} with an antialiased cubic kernel (as MATLAB's imresize)"
 
 
+def _code_words(prov: Mapping[str, Any]) -> str:
+    """``selfres 0.1.0 (commit abc…)`` of the code that made the output (and the model, where
+    another commit trained it), not of the code that wrote the report; a checkout with local
+    changes says so, with the source digest that tells it apart."""
+    def one(code: Any) -> str | None:
+        if not isinstance(code, Mapping):
+            return None
+        commit = str(code.get("git_commit") or "")[:10]
+        text = f"commit {commit}" if commit else f"source digest {code.get('source_digest')}"
+        if commit and code.get("git_dirty"):
+            text += f" with local changes, source digest {code.get('source_digest')}"
+        return text if (commit or code.get("source_digest")) else None
+
+    version = (prov.get("restored_code") or {}).get("selfres_version") if isinstance(prov.get("restored_code"),
+                                                                                      Mapping) else None
+    version = version or prov.get("selfres_version")
+    restored, trained = one(prov.get("restored_code")), one(prov.get("model_code"))
+    if restored is None:  # an output written before its code was recorded: the report's own
+        restored = one({k: prov.get(k) for k in ("git_commit", "git_dirty", "source_digest")})
+    where = (f"{restored}; the model trained at {trained}" if trained and restored and trained != restored
+             else restored)
+    return "selfres" + (f" {version}" if version else "") + (f" ({where})" if where else "")
+
+
+_STOP_WORDS = {"time_budget": "stopped at its time budget", "patience": "stopped early, no longer improving",
+               "steps": None, "diverged": "stopped when its loss diverged"}
+
+
+def _training_words(training: Mapping[str, Any], mode: str) -> str:
+    """One sentence on how training ran, from ``provenance.json``'s ``model.training``."""
+    done, asked = _num(training.get("steps_done")), _num(training.get("steps"))
+    parts = []
+    if done is not None:
+        steps = f"{int(done)}" + (f" of {int(asked)}" if asked and int(asked) != int(done) else "") + " steps"
+        why = _STOP_WORDS.get(str(training.get("stop_reason")), None)
+        if why and training.get("stop_reason") == "time_budget":
+            minutes = _num(training.get("max_minutes"))
+            why += (f" of {_fmt(minutes)} min" if minutes else "") + (
+                ", so a rerun on another machine or under another load stops elsewhere")
+        parts.append(steps + (f" ({why})" if why else ""))
+    loss = training.get("loss")
+    if loss:
+        words = {"l1": "an L1 loss", "l2": "a mean squared error loss", "mse": "a mean squared error loss",
+                 "charbonnier": "a Charbonnier loss", "l1_ssim": "an L1 + SSIM loss",
+                 "l1_fft": "an L1 loss with a Fourier-amplitude term"}.get(str(loss), f"the {loss} loss")
+        if loss == "l1_fft" and _num(training.get("fft_weight")) is not None:
+            words += f" (weight {_fmt(_num(training.get('fft_weight')))})"
+        parts.append(words)
+    lr = _num(training.get("learning_rate"))
+    if lr is not None:
+        sched = training.get("lr_schedule")
+        warm = _num(training.get("warmup_steps"))
+        parts.append(f"Adam at a learning rate of {lr:g}" + (f" with a {sched} schedule" if sched and sched != "constant"
+                                                            else "")
+                     + (f" after {int(warm)} warm-up steps" if warm else ""))
+    batch, patch = _num(training.get("batch_size")), training.get("patch_size")
+    if batch is not None and patch is not None:
+        patch_text = ("×".join(str(int(v)) for v in patch) if isinstance(patch, (list, tuple))
+                      else f"{int(patch)}×{int(patch)}")
+        parts.append(f"batches of {int(batch)} patches of {patch_text} voxels")
+    if training.get("augment"):
+        parts.append("random flips and rotations that keep the axes' scales" if mode == "enhance"
+                     else "random flips and rotations")
+    seed = training.get("seed")
+    if seed is not None:
+        parts.append(f"seed {seed}")
+    return ("Training ran " + parts[0] + (": " + ", ".join(parts[1:]) if len(parts) > 1 else "") + "."
+            if parts and done is not None else
+            ("Training used " + ", ".join(parts) + "." if parts else ""))
+
+
 def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> str | None:
     """A paragraph for a paper's methods section: what was done to this sample, with the
     figures that back it (plain text; ``None`` for a failed sample or one without metrics)."""
@@ -2375,9 +2446,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
     prov = provenance or {}
     model = prov.get("model") or {}
     name, cite = METHOD_CITATIONS[mode]
-    version = prov.get("selfres_version")
-    commit = str(prov.get("git_commit") or "")[:10]
-    tool = "selfres" + (f" {version}" if version else "") + (f" (commit {commit})" if commit else "")
+    tool = _code_words(prov)
     vin, vout = metrics.get("voxel_size_in"), metrics.get("voxel_size_out")
     sin, sout = _shape_text(metrics.get("input_shape")), _shape_text(metrics.get("output_shape"))
 
@@ -2385,7 +2454,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
         if shape is None:
             return None
         return f"{shape.replace('x', '×')} voxels (z, y, x)" + (
-            f" of {' × '.join(_fmt(_num(v)) for v in vs)} µm" if isinstance(vs, (list, tuple)) and len(vs) == 3
+            f" of {' × '.join(_fmt(_num(v), digits=4) for v in vs)} µm" if isinstance(vs, (list, tuple)) and len(vs) == 3
             else "")
 
     arch = _ARCH_WORDS.get(str(model.get("arch")), "a network")
@@ -2411,6 +2480,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
         device = None
     took = (f" for {duration_text(secs)}" if secs else "") + (f" on {device}" if device else "")
     whose = f"another acquisition (sample {adopted})" if adopted else "this volume"
+    training = model.get("training") if isinstance(model.get("training"), Mapping) else {}
     bits = [f"The volume was restored with {tool} in its {mode} mode, after {name} ({cite})."]
     extras = metrics.get("inference_extras")
     fell_back = metrics.get("restored_content") == "interpolation"
@@ -2424,6 +2494,11 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
         psf = metrics.get("psf_sigma_um")
         target = (f"the crops seen through the PSF given (σ z,y,x = {', '.join(_fmt(_num(v)) for v in psf)} µm)"
                   if isinstance(psf, (list, tuple)) and len(psf) == 3 else "the crops as acquired")
+        share, up_to = _num(training.get("blur_augment")), _num(training.get("blur_augment_sigma_px"))
+        if share and up_to:
+            target += (f", {'each' if share >= 1 else f'{share:.0%} of them'} blurred by a random Gaussian (σ up "
+                       f"to {_fmt(up_to)}·√(f²−1) voxels along each axis scaled by f) so that the network does not "
+                       "sharpen small objects past their width one scale finer")
         base = (" as a correction to tricubic interpolation" if model.get("residual") == "tricubic" else "")
         bits.append(f"{arch} was trained{base} on crops of {whose} alone{took}: its inputs were the crops "
                     f"{_degradation_words(deg, ftext)}{noise}, its targets {target}.")
@@ -2435,7 +2510,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
             unlearned = True
             bits.append(f"No checkpoint beat the starting point on a region of {region} held out of training, "
                         "so the network adds nothing: the restoration is tricubic interpolation"
-                        + (f"{_extras_text(extras)}" if _extras_text(extras) and not fell_back else "")
+                        + (_extras_text(extras).split(" (")[0] if not fell_back else "")
                         + ", not a learned one.")
         elif len(steps) > 1:
             bits.append(f"The checkpoints kept (steps {' and '.join(str(x) for x in steps)}, of its two ×2 "
@@ -2443,6 +2518,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
         elif steps:
             bits.append(f"The checkpoint kept (step {steps[0]}) scored best on a region of {region} held out "
                         "of training.")
+        bits.append(_training_words(training, mode))
         if adopted:
             bits.append("It was applied to this volume unchanged.")
         restored = grid(sout, vout)
@@ -2464,10 +2540,20 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
                     f"lateral (XY) slices degraded along one axis {how},{ftext} brought back by cubic interpolation; "
                     "it then restored the axial (XZ and YZ) slices of this volume interpolated along z, and the two "
                     "restorations were fused.")
+        if training.get("noise_match"):
+            bits.append("The degraded slices were given noise to match the acquisition's own.")
+        bits.append(_training_words(training, mode))
         restored = grid(sout, vout)
         if restored:
             acquired = grid(sin, vin)
-            bits.append("The volume" + (f", {acquired}," if acquired else "") + f" was brought to {restored}.")
+            bits.append("The volume" + (f", {acquired}," if acquired else "") + f" was brought to {restored}"
+                        + (", its first and last planes blended with z-cubic interpolation, where the XZ and YZ "
+                           "slices end" if training.get("end_blended") and not fell_back else "") + ".")
+    norm = ((prov.get("resolved_config") or {}).get("settings") or {}).get("normalise") or {}
+    lo, hi = _num(norm.get("low_percentile")), _num(norm.get("high_percentile"))
+    if lo is not None and hi is not None:
+        bits.append(f"Intensities were scaled to 0 and 1 at the volume's percentiles {_fmt(lo)} and {_fmt(hi)} "
+                    "for the network, and the output brought back to the acquisition's units.")
     sv = metrics.get("self_validation") or {}
     a, b = _num(sv.get("psnr_model")), _num(sv.get("psnr_interp"))
     baseline = _baseline_name(mode)
@@ -2495,10 +2581,15 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
                     f"{r_int:.2f} dB.")
     if mode == "isotropic":
         iso_in, iso_out = _num(metrics.get("isotropy_in")), _num(metrics.get("isotropy_out"))
+        iso_interp = _num(metrics.get("isotropy_interp"))
         if iso_in is not None and iso_out is not None:
-            bits.append(f"The ratio of lateral to axial resolution estimated by decorrelation analysis went from "
-                        f"{_fmt(iso_in)} (input) to {_fmt(iso_out)} (output; 1 is isotropic).")
-    return " ".join(bits)
+            bits.append(f"The ratio of lateral to axial resolution estimated by decorrelation analysis (1 is "
+                        f"isotropic) read {_fmt(iso_in)} for the input and {_fmt(iso_out)} for the output"
+                        + (f", {_fmt(iso_interp)} for z-cubic interpolation on the same grid" if iso_interp is not None
+                           else "")
+                        + "; on the finer grid the estimate also reads interpolated noise as axial detail, so these "
+                          "two are indications, not measurements.")
+    return " ".join(b for b in bits if b)
 
 
 def duration_text(seconds: float) -> str:

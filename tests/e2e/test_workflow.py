@@ -113,6 +113,9 @@ def test_every_contract_output_exists_and_is_valid(finished_run):
     # the network and its training inputs, for the report's methods text
     assert prov["model"]["arch"] == "resnet3d" and prov["model"]["n_parameters"] > 0
     assert prov["model"]["degradation"]["method"] == "cubic"
+    assert prov["model"]["training"]["steps_done"] > 0 and prov["model"]["training"]["loss"] == "l1"
+    assert f"(commit {prov['restored_code']['git_commit'][:10]}" in (r / "report.html").read_text() or \
+        prov["restored_code"].get("git_commit") is None
     page = (r / "report.html").read_text()
     assert '<h2 id="methods">Methods text</h2>' in page and "×1,2,2 with an antialiased cubic kernel" in page
 
@@ -133,6 +136,9 @@ def test_isotropic_sample_gets_isotropic_voxels(finished_run):
     # voxel (1.0, 0.5, 0.5) µm from the TIFF: f = 2, z 8 → 16 slices, y and x unchanged
     assert m["input_shape"] == [8, 40, 40] and m["output_shape"] == [16, 40, 40]
     assert m["voxel_size_out"] == pytest.approx([0.5, 0.5, 0.5])
+    prov = json.loads((r / "provenance.json").read_text())  # the axial blur it learned, not enhance's setting
+    assert "method" not in prov["model"]["degradation"] and prov["model"]["degradation"]["sigma_px"] > 0
+    assert "Training ran " in (r / "report.html").read_text()
     assert set(m["self_validation"]) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
     # the isotropy flags are those of the figures QC wrote (here, where the guard keeps z-cubic,
     # the input's 0.33: isotropy_not_reached)

@@ -56,6 +56,9 @@ def test_the_adopting_sample_is_judged_on_its_own_held_out_region(shared):
     meta_b = json.loads((res / "b" / "model" / "model.json").read_text())["metadata"]
     assert meta_b["sample"] == "b" and meta_b["adopted_from"]["sample"] == "a"
     assert meta_b["adopted_from"]["self_validation"] == meta_a["self_validation"]
+    # the acquisition that trained it, traceable from b's own records (a publishing walkthrough)
+    assert meta_b["adopted_from"]["acquisition"] == meta_a["acquisition"]
+    assert meta_a["acquisition"]["source_checksum"] == hashlib.sha256((wd / "data" / "a.tif").read_bytes()).hexdigest()
     assert meta_b["self_validation"]["psnr_interp"] != meta_a["self_validation"]["psnr_interp"]  # b's region
     metrics = json.loads((res / "b" / "qc" / "metrics.json").read_text())
     assert metrics["adopted_from"] == "a"

@@ -2564,7 +2564,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
                   "training")
         short = _extras_text(extras).split(" (")[0]  # " with back-projection", without its details
         scored = "the network" + short if not unlearned else f"{baseline}{short or ' through the network'}"
-        text = f"On {region}, {scored} scored {a:.2f} dB PSNR and {baseline}{' alone' if unlearned else ''} {b:.2f} dB"
+        text = f"On {region}, {scored} scored {a:.2f} dB PSNR and {'plain ' if unlearned else ''}{baseline} {b:.2f} dB"
         interval = metrics.get("holdout_gain_db_interval")
         if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in map(_num, interval):
             text += f" (gain {a - b:+.2f} dB; 95 % interval {_num(interval[0]):+.2f} to {_num(interval[1]):+.2f} dB)"

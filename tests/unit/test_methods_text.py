@@ -78,7 +78,7 @@ def test_a_network_that_kept_its_starting_point_is_not_credited_with_the_gain():
     text = report.methods_text(_enhance(best_step=0), PROVENANCE)
     assert ("No checkpoint beat the starting point on a region of the volume held out of training, so the network "
             "adds nothing: the restoration is tricubic interpolation with back-projection, not a learned one.") in text
-    assert ("tricubic interpolation with back-projection scored 34.01 dB PSNR and tricubic interpolation alone "
+    assert ("tricubic interpolation with back-projection scored 34.01 dB PSNR and plain tricubic interpolation "
             "32.17 dB") in text and "The checkpoint kept" not in text and "the network with" not in text
     serial = report.methods_text(_enhance(best_step=1, stage_best_steps=[40, 0]), PROVENANCE)
     assert "The checkpoints kept (steps 40 and 0, of its two ×2 stages)" in serial

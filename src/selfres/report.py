@@ -1906,9 +1906,12 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
     low, mid = ((_num(noise_at.get(NOISE_AT[0])), _num(noise_at.get(NOISE_AT[1]))) if isinstance(noise_at, Mapping)
                 else (None, None))
     if low is not None and mid is not None and max(low, mid) > 0:
-        bits.append("The training inputs and the held-out input were given the acquisition's own noise (estimated "
-                    f"σ {low:.2g} at 10 % and {mid:.2g} at 50 % of the normalised range), so the "
-                    "figure counts what that noise does to the output.")
+        given = ("The held-out input was given this acquisition's own noise" if metrics.get("adopted_from") else
+                 "The training inputs and the held-out input were given the acquisition's own noise")
+        bits.append(f"{given} (estimated σ {low:.2g} at 10 % and {mid:.2g} at 50 % of the normalised range), so "
+                    "the figure counts what that noise does to the output"
+                    + ("; the training inputs were given the noise of the acquisition that trained the model."
+                       if metrics.get("adopted_from") else "."))
     elif low is not None and mid is not None:
         bits.append("No noise could be measured in the acquisition (none, too few voxels to tell, or noise that "
                     "the estimate could not tell from fine structure, as on a single plane of fine texture), so "
@@ -2480,6 +2483,12 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
         device = None
     took = (f" for {duration_text(secs)}" if secs else "") + (f" on {device}" if device else "")
     whose = f"another acquisition (sample {adopted})" if adopted else "this volume"
+    from_part = (trainer or {}).get("acquisition") if isinstance((trainer or {}).get("acquisition"), Mapping) else {}
+    part = prov.get("input_part") or {}
+    if (adopted and from_part.get("source_checksum") and from_part.get("source_checksum") == prov.get("input_checksum")
+            and all(from_part.get(k) == part.get(k) for k in ("series", "channel"))
+            and from_part.get("timepoint") is not None):
+        whose = f"time point {from_part['timepoint']} of the same acquisition (sample {adopted})"
     training = model.get("training") if isinstance(model.get("training"), Mapping) else {}
     bits = [f"The volume was restored with {tool} in its {mode} mode, after {name} ({cite})."]
     extras = metrics.get("inference_extras")
@@ -2569,6 +2578,13 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
         if isinstance(interval, (list, tuple)) and len(interval) == 2 and None not in map(_num, interval):
             text += f" (gain {a - b:+.2f} dB; 95 % interval {_num(interval[0]):+.2f} to {_num(interval[1]):+.2f} dB)"
         bits.append(text + ".")
+    if "below_margin_kept_for_series" in (metrics.get("flags") or []):
+        margin = _num(metrics.get("guard_margin_db"))
+        bits.append("That gain is under the margin the guard asks of a network"
+                    + (f" ({_fmt(margin)} dB)" if margin else "")
+                    + ", but above 0: the network's output was kept, as for the time point that trained the model, "
+                      "so that the series is restored one way (a time point where the network loses holds "
+                      f"{baseline}).")
     if metrics.get("restored_content") == "interpolation":
         margin = _num(metrics.get("guard_margin_db"))
         bits.append(f"As the network did not beat {baseline} there"

@@ -178,3 +178,36 @@ def test_the_normalisation_is_said_where_provenance_records_it():
                                                                           "high_percentile": 99.8}}}}
     assert ("Intensities were scaled to 0 and 1 at the volume's percentiles 1 and 99.8 for the network" in
             report.methods_text(_enhance(), prov))
+
+
+def test_a_time_point_of_the_same_acquisition_is_named_so_and_its_kept_output_explained():
+    """A re-check of the time-lapse walkthrough: 'another acquisition (sample shared_t0)' for the
+    same file's time point 0, and nothing on why a time point under the margin kept the network."""
+    trainer = {"sample": "shared_t0", "train_seconds": 37.5,
+               "acquisition": {"source_checksum": "abc", "series": None, "channel": 1, "timepoint": 0}}
+    prov = PROVENANCE | {"input_checksum": "abc", "input_part": {"channel": 1, "timepoint": 2},
+                         "model": PROVENANCE["model"] | {"adopted_from": trainer}}
+    m = _enhance(adopted_from="shared_t0", flags=["below_margin_kept_for_series"])
+    text = report.methods_text(m, prov)
+    assert "on crops of time point 0 of the same acquisition (sample shared_t0) alone" in text
+    assert ("That gain is under the margin the guard asks of a network (0.2 dB), but above 0: the network's output "
+            "was kept, as for the time point that trained the model") in text
+    other = prov | {"input_part": {"channel": 0, "timepoint": 2}}  # another channel: another series
+    assert "another acquisition (sample shared_t0)" in report.methods_text(m, other)
+
+
+def test_an_adopted_samples_verdict_says_whose_noise_the_training_inputs_had():
+    import numpy as np
+
+    raw = np.random.default_rng(0).normal(100, 2, (6, 24, 24)).astype(np.float32)
+    up = np.repeat(np.repeat(np.repeat(raw, 2, 0), 2, 1), 2, 2)
+    m = _enhance(input_shape=[6, 24, 24], output_shape=[12, 48, 48], adopted_from="shared_t0")
+    page = report.render_sample_report(sample="s", metrics=m, raw=raw, interp=up, restored=up,
+                                       voxel_size_in=(2.0, 1.0, 1.0), voxel_size_out=(1.0, 0.5, 0.5))
+    assert "The held-out input was given this acquisition's own noise (estimated σ 0.018" in page
+    assert "the training inputs were given the noise of the acquisition that trained the model." in page
+    own = report.render_sample_report(sample="s", metrics=_enhance(input_shape=[6, 24, 24],
+                                                                    output_shape=[12, 48, 48]),
+                                      raw=raw, interp=up, restored=up, voxel_size_in=(2.0, 1.0, 1.0),
+                                      voxel_size_out=(1.0, 0.5, 0.5))
+    assert "The training inputs and the held-out input were given the acquisition's own noise" in own

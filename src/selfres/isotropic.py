@@ -1348,11 +1348,12 @@ def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
                  defects)
     res = train_isotropic(train_box, held_box, factor=factor, settings=settings, voxel_size=vol.voxel_size,
                           work_dir=work, device=device)
-    from .pipeline import trained_on
+    from .pipeline import trained_on, training_input_figures
 
     meta = {
         "sample": sample,
         **trained_on(vol),
+        "training_input": training_input_figures(train_box),  # what a sample adopting it learned from
         "mode": "isotropic",
         "factor": float(factor),
         "voxel_size_in": list(vol.voxel_size),

@@ -589,6 +589,29 @@ def trained_on(vol: io.Volume) -> dict:
     return {"acquisition": acquisition} if acquisition is not None else {}
 
 
+def training_input_figures(train_volume: np.ndarray) -> dict:
+    """How much structure the training FOV held, for a model's metadata: the
+    :func:`selfres.metrics.structure_share` and :func:`selfres.metrics.plane_correlation` that flag
+    an input ``input_mostly_noise`` at QC. A sample that adopts the model is not trained on its
+    own input: its QC reads these to say when the model learned from noise (a re-check of a
+    time-lapse walkthrough: a first time point of pure noise trained the series' model, and the
+    later time points read ``ok``, their outputs blurrier than their inputs)."""
+    from . import metrics
+    from .noise import noise_level_function
+
+    volume = np.asarray(train_volume, dtype=np.float32)
+    structure = metrics.structure_share(volume, noise_level_function(volume))
+    planes = metrics.plane_correlation(volume)
+    return {"structure_share": None if structure is None else round(float(structure), 4),
+            "plane_correlation": None if planes is None else round(float(planes), 4)}
+
+
+def mostly_noise(structure: float | None, planes_alike: float | None) -> bool:
+    """The ``input_mostly_noise`` test: structure share and plane correlation both low."""
+    return (structure is not None and structure < INPUT_MIN_STRUCTURE_SHARE
+            and (planes_alike is None or planes_alike < INPUT_MAX_PLANE_CORRELATION))
+
+
 def check_model_acquisition(meta: dict, normalized_attrs: dict, *, model_dir, normalized, sample: str) -> None:
     """Refuse a model trained (or, adopted, judged) on another acquisition than the normalised
     volume's, when both record theirs: its guard, its held-out figures and its noise level
@@ -820,6 +843,7 @@ def stage_train(
         # the guard's other test (not the margin): what the learned mapping gained one scale coarser
         "coarse_scale_failed": any(r.coarse_scale_failed for r in (result.stages or [result])),
         "sensor_defects_repaired": defects,
+        "training_input": training_input_figures(train_volume),  # what a sample adopting it learned from
         "train_seconds": time.monotonic() - t0 + result.resumed_seconds,  # with the interrupted runs' time
         "settings": to_dict(trained),
         "device": str(dev),
@@ -1492,8 +1516,7 @@ def qc_flags(agreement: dict, *, mode: str, content: str, structure: float | Non
         (:func:`voxel_size_unlike_file`).
     """
     flags: list[str] = []
-    if (structure is not None and structure < INPUT_MIN_STRUCTURE_SHARE
-            and (planes_alike is None or planes_alike < INPUT_MAX_PLANE_CORRELATION)):
+    if mostly_noise(structure, planes_alike):
         flags.append("input_mostly_noise")
     if agreement.get("nonfinite_voxels"):
         flags.append("restored_not_finite")
@@ -1666,6 +1689,10 @@ def stage_qc(
                        for name, a, v in (("input", raw_w, vs_in), ("interpolation", interp_w, vs_out),
                                           ("output", out_w, vs_out))}
             write_json(qc_dir / "spectra.json", clean_floats(spectra | {"nyquist_in": 0.5 / vs_in[0]}))
+    learned_from = meta.get("training_input") if meta.get("adopted_from") else None
+    if isinstance(learned_from, dict) and mostly_noise(learned_from.get("structure_share"),
+                                                       learned_from.get("plane_correlation")):
+        flags.append("model_trained_on_noise")  # the sample that trained it: its own QC says input_mostly_noise
     flags += qc_flags(agreement, mode=mode, content=restored_attrs.get("content", "model"), structure=structure,
                       planes_alike=planes_alike,
                       # half a step of an integer dtype, in normalised units, is no shift (a dim uint8

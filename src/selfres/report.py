@@ -143,6 +143,17 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "channel of this acquisition, and with selfres inspect that its z planes and time points "
         "are counted the right way round (resave the file with its axes set right).",
     ),
+    "model_trained_on_noise": (
+        "This sample uses a model another sample trained (model_from), and that sample's "
+        "training field of view was almost all noise: its structure share and plane-to-plane "
+        "correlation were as low as those that flag an input input_mostly_noise. A model "
+        "that learned from noise learns to smooth it: here it can score a held-out gain and "
+        "still blur the structure (a time series whose first time point was an empty "
+        "frame: the later time points read ok, with outputs blurrier than their inputs).",
+        "Look at the sample that trained the model (its report's views and flags). Train on a "
+        "time point or sample that holds the structure (model_from another one), or let this "
+        "sample train on its own input.",
+    ),
     "voxel_size_missing": (
         "The input file holds no voxel size and none was given in the sample sheet; "
         "physical units, aspect ratios and resolution values may be wrong.",

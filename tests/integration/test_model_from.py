@@ -159,6 +159,35 @@ def test_a_later_time_point_under_the_margin_keeps_the_network_output_as_its_ser
     assert io.read_ome_zarr(tmp_path / "o.ome.zarr").attrs["content"] == "interpolation"
 
 
+def test_a_model_trained_on_noise_is_flagged_in_the_samples_that_adopt_it(tmp_path):
+    """A time series whose first frame was empty: its model, learned from noise, blurred the later
+    time points, which read ok (a re-check of the time-lapse walkthrough)."""
+    from selfres import pipeline
+    from selfres.settings import Settings, from_dict
+
+    rng = np.random.default_rng(3)
+    data = np.stack([rng.poisson(100, size=tiny_volume().shape).astype(np.uint16), tiny_volume(seed=1)])
+    tifffile.imwrite(tmp_path / "t.tif", data, imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "TZYX"})
+    settings = from_dict(Settings, {k: TINY_CONFIG[k] for k in ("train", "infer", "fov", "qc")})
+    first = pipeline.restore(tmp_path / "t.tif", tmp_path / "t0.ome.zarr", scale=(1, 2, 2), device="cpu",
+                             keep=tmp_path / "w0", settings=settings, timepoint=0)
+    meta = json.loads((tmp_path / "w0" / "model" / "model.json").read_text())["metadata"]
+    assert meta["training_input"]["structure_share"] < 0.1 and "input_mostly_noise" in first["flags"]
+    later = pipeline.restore(tmp_path / "t.tif", tmp_path / "t1.ome.zarr", scale=(1, 2, 2), device="cpu",
+                             settings=settings, timepoint=1, model_from=tmp_path / "w0" / "model")
+    assert "model_trained_on_noise" in later["flags"] and "input_mostly_noise" not in later["flags"]
+    assert "model_trained_on_noise" not in first["flags"]  # its own input says it already
+    # a model trained on structure: nothing said
+    own = pipeline.restore(tmp_path / "t.tif", tmp_path / "o.ome.zarr", scale=(1, 2, 2), device="cpu",
+                           keep=tmp_path / "w1", settings=settings, timepoint=1)
+    assert json.loads((tmp_path / "w1" / "model" / "model.json").read_text())["metadata"]["training_input"][
+        "structure_share"] > 0.5
+    again = pipeline.restore(tmp_path / "t.tif", tmp_path / "a.ome.zarr", scale=(1, 2, 2), device="cpu",
+                             settings=settings, timepoint=0, model_from=tmp_path / "w1" / "model")
+    assert "model_trained_on_noise" not in again["flags"] and "model_trained_on_noise" not in own["flags"]
+
+
 def test_restore_without_snakemake_takes_a_model_folder(shared, tmp_path):
     from selfres import pipeline
 

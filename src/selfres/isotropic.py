@@ -986,6 +986,7 @@ class IsoTrainResult:
     degrader_log: list[dict] = field(default_factory=list)
     resumed_seconds: float = 0.0  # as :attr:`selfres.train.TrainResult.resumed_seconds`
     end_weights: list[float] = field(default_factory=list)  # :func:`end_weights`
+    patch: tuple[int, int] | None = None  # the lateral training patch, as clipped to the training FOV
 
 
 def _key(settings: Settings, factor: float, data: str, deg: AxialDegradation) -> str:
@@ -1200,6 +1201,7 @@ def train_isotropic(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=time.monotonic() - t0,
         stop_reason=stop_reason, validation=validation, degradation=deg_info, flags=flags, log_rows=sel.rows,
         degrader=degrader, degrader_log=degrader_log, resumed_seconds=elapsed_before, end_weights=ends,
+        patch=patch,
     )
 
 
@@ -1354,6 +1356,7 @@ def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
         "sample": sample,
         **trained_on(vol),
         "training_input": training_input_figures(train_box),  # what a sample adopting it learned from
+        "patch": list(res.patch) if res.patch else None,  # as trained (clipped to the training FOV)
         "mode": "isotropic",
         "factor": float(factor),
         "voxel_size_in": list(vol.voxel_size),

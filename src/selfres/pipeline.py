@@ -844,6 +844,7 @@ def stage_train(
         "coarse_scale_failed": any(r.coarse_scale_failed for r in (result.stages or [result])),
         "sensor_defects_repaired": defects,
         "training_input": training_input_figures(train_volume),  # what a sample adopting it learned from
+        "patch": list((result.stages[0] if result.stages else result).patch or []) or None,  # as trained
         "train_seconds": time.monotonic() - t0 + result.resumed_seconds,  # with the interrupted runs' time
         "settings": to_dict(trained),
         "device": str(dev),
@@ -861,7 +862,9 @@ def stage_train(
             first, second = result.stages
             meta["serial"] = {"stage2": "stage2", "factors": [list(first.spec.factors), list(second.spec.factors)],
                               "stage_gains": [r.val_psnr_model - r.val_psnr_interp for r in result.stages],
-                              "stage_best_steps": [int(r.best_step) for r in result.stages]}
+                              "stage_best_steps": [int(r.best_step) for r in result.stages],
+                              "stage_steps_done": [int(r.steps_done) for r in result.stages],
+                              "stage_stop_reasons": [str(r.stop_reason) for r in result.stages]}
             models.save_model(tmp, first.model, first.spec, metadata=meta)
             models.save_model(tmp / "stage2", second.model, second.spec, metadata={"serial_stage": 2})
         else:
@@ -1969,8 +1972,9 @@ def stage_report(
            "n_parameters": model_description.get("n_parameters"),
            "adopted_from": meta.get("adopted_from"),  # the sample that trained it: its time and machine
            # isotropic mode: the axial degradation it learned (the enhance setting does not apply)
-           "degradation": ({k: v for k, v in (meta.get("degradation") or {}).items()
-                            if k in ("sigma_px", "sigma_source", "factor", "noise_variance")}
+           "degradation": ({"method": (meta.get("isotropic") or {}).get("degradation"),
+                            **{k: v for k, v in (meta.get("degradation") or {}).items()
+                               if k in ("sigma_px", "sigma_source", "factor", "noise_variance")}}
                            if meta.get("mode") == "isotropic" else
                            {k: v for k, v in ((meta.get("settings") or {}).get("degradation") or {}).items()
                             if k in ("method", "sigma_um", "na", "wavelength_um", "psf_path")}),
@@ -2007,19 +2011,31 @@ def stage_report(
 
 def training_record(meta: dict) -> dict:
     """How a model's training ran, from its ``model.json`` metadata, for the report's methods
-    text: steps asked and run, why it stopped, loss, optimiser schedule, batches, patches, seed and
-    augmentations (``isotropic``: steps, loss, batches and patches are its own settings')."""
+    text: steps asked and run (a serial ×4 model's per stage), why it stopped, loss, optimiser
+    schedule, batches, the patch as trained, seed and augmentations (``isotropic``: steps, loss,
+    batches and noise matching are its own settings; noise matched only where a level was added;
+    ends blended only where a weight is under 1)."""
     train = meta.get("settings") or {}
-    own = meta.get("isotropic") or {} if meta.get("mode") == "isotropic" else train
-    keys = ("steps", "loss", "batch_size", "patch_size", "fft_weight")
-    return {k: v for k, v in {
-        **{k: own.get(k) for k in keys},
+    iso = meta.get("mode") == "isotropic"
+    own = (meta.get("isotropic") or {}) if iso else train
+    serial = meta.get("serial") or {}
+    degradation = meta.get("degradation") or {}
+    record = {
+        **{k: own.get(k) for k in ("steps", "loss", "batch_size", "fft_weight")},
         **{k: train.get(k) for k in ("max_minutes", "learning_rate", "lr_schedule", "warmup_steps", "seed",
-                                     "augment", "blur_augment", "blur_augment_sigma_px")},
-        "steps_done": meta.get("steps_done"), "stop_reason": meta.get("stop_reason"),
-        "noise_match": own.get("noise_match") if meta.get("mode") == "isotropic" else None,
-        "end_blended": bool(meta.get("end_weights")) or None,
-    }.items() if v is not None}
+                                     "augment")},
+        # no random blur where the PSF was given: the targets are the PSF-scaled crops
+        **({k: train.get(k) for k in ("blur_augment", "blur_augment_sigma_px")} if not train.get("psf_sigma_um")
+           else {}),
+        "patch_size": meta.get("patch") or own.get("patch_size"),
+        "steps_done": serial.get("stage_steps_done") or meta.get("steps_done"),
+        "stop_reason": serial.get("stage_stop_reasons") or meta.get("stop_reason"),
+        "noise_match": (bool(own.get("noise_match")) and any(float(v or 0) > 0 for v in
+                                                             degradation.get("noise_variance") or [])) or None
+        if iso else None,
+        "end_blended": any(float(w) < 1 for w in meta.get("end_weights") or []) or None,
+    }
+    return {k: v for k, v in record.items() if v is not None}
 
 
 def _without_execution(resolved_config: dict) -> dict:

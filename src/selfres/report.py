@@ -2404,22 +2404,32 @@ def _code_words(prov: Mapping[str, Any]) -> str:
     return "selfres" + (f" {version}" if version else "") + (f" ({where})" if where else "")
 
 
-_STOP_WORDS = {"time_budget": "stopped at its time budget", "patience": "stopped early, no longer improving",
+_STOP_WORDS = {"time_budget": "stopped at its time budget", "early_stop": "stopped early, no longer improving",
                "steps": None, "diverged": "stopped when its loss diverged"}
 
 
 def _training_words(training: Mapping[str, Any], mode: str) -> str:
     """One sentence on how training ran, from ``provenance.json``'s ``model.training``."""
-    done, asked = _num(training.get("steps_done")), _num(training.get("steps"))
+    raw_done, asked = training.get("steps_done"), _num(training.get("steps"))
+    stages = isinstance(raw_done, (list, tuple))  # a serial ×4 model: per ×2 stage
+    done_list = [int(v) for v in (raw_done if stages else [raw_done]) if _num(v) is not None]
+    reasons = training.get("stop_reason")
+    reasons = [str(r) for r in (reasons if isinstance(reasons, (list, tuple)) else [reasons]) if r]
+    done = sum(done_list) if done_list else None
     parts = []
-    if done is not None:
-        steps = f"{int(done)}" + (f" of {int(asked)}" if asked and int(asked) != int(done) else "") + " steps"
-        why = _STOP_WORDS.get(str(training.get("stop_reason")), None)
-        if why and training.get("stop_reason") == "time_budget":
+    if done_list:
+        counts = " and ".join(str(v) for v in done_list)
+        whole = asked and all(v == int(asked) for v in done_list)
+        steps = counts + ("" if whole or not asked else f" of {int(asked)}") + " steps" + (
+            " in its two ×2 stages" if stages else "")
+        why = [w for w in dict.fromkeys(_STOP_WORDS.get(r) for r in reasons) if w]
+        if "time_budget" in reasons:
             minutes = _num(training.get("max_minutes"))
-            why += (f" of {_fmt(minutes)} min" if minutes else "") + (
-                ", so a rerun on another machine or under another load stops elsewhere")
-        parts.append(steps + (f" ({why})" if why else ""))
+            budget = f"stopped at its time budget of {_fmt(minutes)} min" if minutes and not stages else (
+                "stopped at its time budget" + (f" ({_fmt(minutes)} min, half to each stage)" if minutes else ""))
+            why = [budget + ", so a rerun on another machine or under another load stops elsewhere"
+                   if w == _STOP_WORDS["time_budget"] else w for w in why]
+        parts.append(steps + (f" ({'; '.join(why)})" if why else ""))
     loss = training.get("loss")
     if loss:
         words = {"l1": "an L1 loss", "l2": "a mean squared error loss", "mse": "a mean squared error loss",

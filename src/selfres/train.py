@@ -64,6 +64,8 @@ class TrainResult:
     """The held-out pair the model was scored on, ``(target, degraded input, its tricubic)`` as
     :func:`holdout_pair` made it — PSF-scaled when ``train.psf_sigma_um`` is set — so that the
     guard re-scores on exactly that pair."""
+    patch: tuple[int, ...] | None = None
+    """The training patch (z, y, x) as fitted to the training FOV (:func:`fit_patch_size`)."""
     resumed_seconds: float = 0.0
     """Training time of earlier, interrupted runs that this one resumed from their checkpoint
     (included in ``seconds``; a caller timing this run adds it to its own clock)."""
@@ -881,7 +883,7 @@ def train_enhance(
         model=model, spec=spec, best_step=sel.best_step, steps_done=step, seconds=seconds,
         stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
         flags=flags, log_rows=sel.rows, holdout=(target_h, low_h, interp_h), resumed_seconds=elapsed_before,
-        settings=settings, noise=noise_info, acquisition_noise=acquisition_noise,
+        settings=settings, noise=noise_info, acquisition_noise=acquisition_noise, patch=tuple(int(v) for v in patch),
         coarse_scale_failed=coarse_scale_failed,
     )
 

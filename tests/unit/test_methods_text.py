@@ -211,3 +211,39 @@ def test_an_adopted_samples_verdict_says_whose_noise_the_training_inputs_had():
                                       raw=raw, interp=up, restored=up, voxel_size_in=(2.0, 1.0, 1.0),
                                       voxel_size_out=(1.0, 0.5, 0.5))
     assert "The training inputs and the held-out input were given the acquisition's own noise" in own
+
+
+def _training(meta):
+    from selfres.pipeline import training_record
+
+    return training_record(meta)
+
+
+ENHANCE_SETTINGS = {"steps": 200, "loss": "l1", "batch_size": 4, "patch_size": [8, 48, 48], "max_minutes": 3.0,
+                    "learning_rate": 0.001, "lr_schedule": "cosine", "warmup_steps": 25, "seed": 0, "augment": True,
+                    "blur_augment": 1.0, "blur_augment_sigma_px": 1.0}
+
+
+def test_the_training_record_is_what_ran_not_what_was_asked():
+    """A review: a serial ×4 model's summed steps ('400 of 200'), an early stop left unsaid, a random
+    target blur claimed where the PSF was given (none is applied), the patch asked for where the
+    training FOV clipped it, noise 'matched' where none was added, ends 'blended' at weight 1."""
+    serial = _training({"mode": "enhance", "settings": ENHANCE_SETTINGS, "steps_done": 26,
+                        "stop_reason": "time_budget+time_budget", "patch": [4, 16, 16],
+                        "serial": {"stage_steps_done": [16, 10], "stage_stop_reasons": ["time_budget", "time_budget"]}})
+    text = report._training_words(serial, "enhance")
+    assert text.startswith("Training ran 16 and 10 of 200 steps in its two ×2 stages (stopped at its time budget "
+                           "(3 min, half to each stage), so a rerun"), text
+    assert "patches of 4×16×16 voxels" in text
+    early = _training({"mode": "enhance", "settings": ENHANCE_SETTINGS, "steps_done": 20, "stop_reason": "early_stop"})
+    assert "Training ran 20 of 200 steps (stopped early, no longer improving)" in report._training_words(early,
+                                                                                                       "enhance")
+    psf = _training({"mode": "enhance", "settings": ENHANCE_SETTINGS | {"psf_sigma_um": [0.5, 0.12, 0.12]}})
+    assert "blur_augment" not in psf and "blur_augment" in _training({"mode": "enhance", "settings": ENHANCE_SETTINGS})
+    iso = {"mode": "isotropic", "settings": {"seed": 0}, "isotropic": {"steps": 1000, "noise_match": True,
+                                                                       "patch_size": 64},
+           "degradation": {"noise_variance": [0.0, 0.0]}, "end_weights": [1.0, 1.0], "patch": [40, 40]}
+    record = _training(iso)
+    assert "noise_match" not in record and "end_blended" not in record and record["patch_size"] == [40, 40]
+    lived = _training(iso | {"degradation": {"noise_variance": [0.0, 2e-5]}, "end_weights": [0.99, 1.0]})
+    assert lived["noise_match"] and lived["end_blended"]

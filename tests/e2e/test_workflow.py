@@ -137,7 +137,7 @@ def test_isotropic_sample_gets_isotropic_voxels(finished_run):
     assert m["input_shape"] == [8, 40, 40] and m["output_shape"] == [16, 40, 40]
     assert m["voxel_size_out"] == pytest.approx([0.5, 0.5, 0.5])
     prov = json.loads((r / "provenance.json").read_text())  # the axial blur it learned, not enhance's setting
-    assert "method" not in prov["model"]["degradation"] and prov["model"]["degradation"]["sigma_px"] > 0
+    assert prov["model"]["degradation"]["method"] == "analytic" and prov["model"]["degradation"]["sigma_px"] > 0
     assert "Training ran " in (r / "report.html").read_text()
     assert set(m["self_validation"]) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
     # the isotropy flags are those of the figures QC wrote (here, where the guard keeps z-cubic,

@@ -238,7 +238,9 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
     unwritten = unwritten_exports(results, acquisitions or {}, rows,
                                   run_started=_log_time(run["header"].get("started")))
     table = report.summary_table(rows).to_csv(sep="\t", index=False)
-    page = report.render_summary(rows, unwritten_exports=unwritten, mixed_series=mixed_time_series(rows),
+    sources = {str(r.get("sample")): store_attrs(results / str(r.get("sample")) / "normalized.ome.zarr").get(
+        "source_checksum") for r in rows if part_of(str(r.get("sample")))}
+    page = report.render_summary(rows, unwritten_exports=unwritten, mixed_series=mixed_time_series(rows, sources),
                                  written=time.strftime("%Y-%m-%d %H:%M %Z"))
     try:
         write_text_atomic(out_tsv, table)
@@ -253,11 +255,14 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
     return rows
 
 
-def mixed_time_series(rows: Sequence[dict]) -> list[dict]:
+def mixed_time_series(rows: Sequence[dict], sources: Mapping[str, str | None] | None = None) -> list[dict]:
     """The time series (one acquisition's time points, channel by channel: ids such as
     ``lapse_t3``, ``lapse_c1_t3``) whose restored time points are partly the network's output and
     partly the interpolation, the guard's fall-back: the frames change in sharpness and peak
     intensity where it switches (a time-lapse walkthrough: −4.5 % at one frame).
+
+    ``sources``: ``{sample: its acquisition's file checksum}``; samples of other files are no
+    series, whatever their ids (``mouse_t1``, ``mouse_t2`` named by hand).
 
     Returns ``[{"series", "interpolated", "of"}]``: the series' id (``lapse``, ``lapse_c1``),
     its samples that hold the interpolation in time order, and its number of time points.
@@ -266,9 +271,12 @@ def mixed_time_series(rows: Sequence[dict]) -> list[dict]:
     for r in rows:
         part = part_of(str(r.get("sample")))
         if part is not None and part[1] is not None:
-            groups.setdefault((part[0], part[2]), []).append((part[1], r))
+            source = (sources or {}).get(str(r.get("sample")))
+            groups.setdefault((part[0], part[2], source), []).append((part[1], r))
     out = []
-    for (stem, channel), members in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1])):
+    for (stem, channel, _), members in sorted(groups.items(),
+                                              key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0,
+                                                              str(kv[0][2]))):
         members.sort(key=lambda m: m[0])
         status = [report.sample_status(r) for _, r in members]  # a finished row: from its metrics.json
         interpolated = [r["sample"] for (_, r), st in zip(members, status) if st == "fallback_interpolation"]

@@ -18,6 +18,10 @@ def test_a_series_that_switches_to_interpolation_is_named_with_its_time_points_i
             + [_row("cells_c1", "fallback_interpolation"), _row("cells_c0"), _row("a")])  # channels, no time
     assert mixed_time_series(rows) == [{"series": "lapse_c1", "interpolated": ["lapse_c1_t2", "lapse_c1_t10"],
                                         "of": 4}]
+    # ids that look like a series, of two files: no series
+    by_hand = [_row("mouse_t1"), _row("mouse_t2", "fallback_interpolation")]
+    assert mixed_time_series(by_hand, {"mouse_t1": "aaa", "mouse_t2": "bbb"}) == []
+    assert mixed_time_series(by_hand, {"mouse_t1": "aaa", "mouse_t2": "aaa"})[0]["series"] == "mouse"
     failed = [_row("x_t0"), _row("x_t1", "failed"), _row("x_t2", "fallback_interpolation")]
     assert mixed_time_series(failed) == [{"series": "x", "interpolated": ["x_t2"], "of": 3}]
 
@@ -41,6 +45,7 @@ def test_stage_summary_says_it_of_the_samples_results(tmp_path):
         d = tmp_path / f"lapse_t{t}"
         for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
             (d / sub).mkdir(parents=True)
+        (d / "normalized.ome.zarr" / ".zattrs").write_text(json.dumps({"selfres": {"source_checksum": "abc"}}))
         (d / "train_fov.json").write_text("{}")
         flags = ["model_worse_than_interpolation"] if content == "interpolation" else []
         (d / "qc" / "metrics.json").write_text(json.dumps({
@@ -52,3 +57,23 @@ def test_stage_summary_says_it_of_the_samples_results(tmp_path):
                                  tmp_path / "summary.html")
     assert [report.sample_status(r) for r in rows] == ["ok", "fallback_interpolation"]
     assert "Time series lapse: 1 of its 2 time points (lapse_t1)" in (tmp_path / "summary.html").read_text()
+
+
+def test_stage_summary_does_not_call_samples_of_two_files_a_series(tmp_path):
+    import json
+
+    from selfres import summary
+
+    for t, content, checksum in ((1, "model", "aaa"), (2, "interpolation", "bbb")):
+        d = tmp_path / f"mouse_t{t}"
+        for sub in ("qc", "logs", "model", "normalized.ome.zarr", "restored.ome.zarr"):
+            (d / sub).mkdir(parents=True)
+        (d / "normalized.ome.zarr" / ".zattrs").write_text(json.dumps({"selfres": {"source_checksum": checksum}}))
+        (d / "train_fov.json").write_text("{}")
+        (d / "qc" / "metrics.json").write_text(json.dumps({
+            "sample": d.name, "mode": "enhance", "input_shape": [4, 32, 32], "output_shape": [4, 64, 64],
+            "self_validation": {"psnr_model": 30.1, "psnr_interp": 30.0}, "restored_content": content,
+            "flags": ["model_worse_than_interpolation"] if content == "interpolation" else []}))
+        (d / "report.html").write_text("<html></html>")
+    summary.stage_summary(tmp_path, ["mouse_t1", "mouse_t2"], tmp_path / "summary.tsv", tmp_path / "summary.html")
+    assert "Time series" not in (tmp_path / "summary.html").read_text()

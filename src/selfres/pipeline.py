@@ -913,6 +913,7 @@ def stage_adopt(
         raise ConfigError(f"sample {sample!r}: model_from {source!r} is an {meta.get('mode')} model, this sample is "
                           f"restored in {mode} mode: give both the same mode")
     path = str(vol.attrs.get("source") or normalized)  # the user's acquisition, for messages
+    acquisition = normalise.acquisition_of(vol.attrs)  # this sample's part of its file
     if mode == "isotropic":
         from .isotropic import isotropic_factor, load_degrader
 
@@ -923,7 +924,7 @@ def stage_adopt(
                                              move_aside=source_is_output)
         new_meta = adopt_isotropic(model.to(dev), meta, vol, fov, sample=sample, factor=factor,
                                    guard_margin_db=settings.train.guard_margin_db, degrader=degrader, device=dev,
-                                   acquisition=normalise.acquisition_of(vol.attrs))
+                                   acquisition=acquisition)
     else:
         factors = tuple(int(f) for f in (scale or DEFAULT_SCALE))
         if tuple(meta.get("factors") or ()) != factors:
@@ -944,13 +945,13 @@ def stage_adopt(
         new_meta = adopt_enhance(
             model.to(dev), meta, train_box, held_box, sample=sample, voxel_size=_voxel_size_of(vol),
             guard_margin_db=settings.train.guard_margin_db, guard_confidence=settings.train.guard_confidence,
-            infer_settings=settings.infer, device=dev, path=path, acquisition=normalise.acquisition_of(vol.attrs))
+            infer_settings=settings.infer, device=dev, path=path, acquisition=acquisition)
         if repair:
             new_meta["sensor_defects_repaired"] = defects  # this sample's
     # another time point of the series that trained the model: restored the same way where it does not lose
     from .adopt import keep_model_for_series
 
-    new_meta = keep_model_for_series(new_meta, meta, normalise.acquisition_of(vol.attrs), sample=sample)
+    new_meta = keep_model_for_series(new_meta, meta, acquisition, sample=sample)
     new_meta.pop("acquisition", None)  # the source's: this model.json describes this sample, judged on its volume
     new_meta.update(trained_on(vol))
     from .modelfile import copy_with_metadata
@@ -1964,21 +1965,7 @@ def stage_report(
         "resolved_config": _without_execution(resolved_config or {}),
         # config values that did not make these outputs (a step not rerun for a change): see the report
         "settings_not_applied": settings_not_applied(resolved_config, meta, out.attrs),
-        "model": {k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device",
-                                           "ran_on")} | ({"psf": meta["psf"]} if meta.get("psf") else {})
-        # the network and how its training inputs were made, for the report's methods text
-        | {"arch": (model_description.get("spec") or {}).get("arch"),
-           "residual": (model_description.get("spec") or {}).get("residual"),
-           "n_parameters": model_description.get("n_parameters"),
-           "adopted_from": meta.get("adopted_from"),  # the sample that trained it: its time and machine
-           # isotropic mode: the axial degradation it learned (the enhance setting does not apply)
-           "degradation": ({"method": (meta.get("isotropic") or {}).get("degradation"),
-                            **{k: v for k, v in (meta.get("degradation") or {}).items()
-                               if k in ("sigma_px", "sigma_source", "factor", "noise_variance")}}
-                           if meta.get("mode") == "isotropic" else
-                           {k: v for k, v in ((meta.get("settings") or {}).get("degradation") or {}).items()
-                            if k in ("method", "sigma_um", "na", "wavelength_um", "psf_path")}),
-           "training": training_record(meta)},
+        "model": model_record(model_description),
         "timings": {"train_seconds": metrics_d.get("train_seconds"), "infer_seconds": metrics_d.get("infer_seconds"),
                     "qc_seconds": metrics_d.get("qc_seconds"), "rules": timings},
         "inference_compute": out.attrs.get("compute"),  # device/precision of the restored tiles
@@ -2007,6 +1994,28 @@ def stage_report(
         report.write_report_figures(figures_dir, figures=figures, names=report.REPORT_FIGURES)
     io.write_text_atomic(report_html, html)  # a full disk or a kill leaves no temporary file behind
     write_json(provenance_json, clean_floats(prov))
+
+
+def model_record(description: dict) -> dict:
+    """``provenance.json``'s ``model``: from a model's ``model.json`` (``description``), what made
+    it and how — mode, factors, kept step, device — and, for the report's methods text, the
+    network, the sample that trained it (an adopted model), how its training inputs were made
+    (isotropic mode: the axial degradation it learned; enhance's setting does not apply) and
+    :func:`training_record`."""
+    meta = description.get("metadata", {})
+    spec = description.get("spec") or {}
+    if meta.get("mode") == "isotropic":
+        degradation = {"method": (meta.get("isotropic") or {}).get("degradation"),
+                       **{k: v for k, v in (meta.get("degradation") or {}).items()
+                          if k in ("sigma_px", "sigma_source", "factor", "noise_variance")}}
+    else:
+        degradation = {k: v for k, v in ((meta.get("settings") or {}).get("degradation") or {}).items()
+                       if k in ("method", "sigma_um", "na", "wavelength_um", "psf_path")}
+    return ({k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device", "ran_on")}
+            | ({"psf": meta["psf"]} if meta.get("psf") else {})
+            | {"arch": spec.get("arch"), "residual": spec.get("residual"),
+               "n_parameters": description.get("n_parameters"), "adopted_from": meta.get("adopted_from"),
+               "degradation": degradation, "training": training_record(meta)})
 
 
 def training_record(meta: dict) -> dict:

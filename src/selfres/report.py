@@ -1814,8 +1814,9 @@ def _gain_text(a: Any, b: Any, *, digits: int) -> str:
     return "–" if d is None else f"{d:+.{digits}f}"
 
 
-def _extras_text(extras: Any) -> str:
-    """' with back-projection (1 step)' etc. for the inference extras the guard scored."""
+def _extras_text(extras: Any, *, detail: bool = True) -> str:
+    """' with back-projection (1 step)' etc. for the inference extras the guard scored
+    (``detail`` False: ' with back-projection', without the steps and the shrink)."""
     if not isinstance(extras, Mapping):
         return ""
     parts = []
@@ -1824,7 +1825,7 @@ def _extras_text(extras: Any) -> str:
         parts.append("self-ensemble")
     if n:
         shrunk = ", its corrections shrunk by the acquisition's noise" if extras.get("back_projection_shrink") else ""
-        parts.append(f"back-projection ({n} step{'s' if n != 1 else ''}{shrunk})")
+        parts.append(f"back-projection ({n} step{'s' if n != 1 else ''}{shrunk})" if detail else "back-projection")
     return (" with " + " and ".join(parts)) if parts else ""
 
 
@@ -2540,7 +2541,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
             unlearned = True
             bits.append(f"No checkpoint beat the starting point on a region of {region} held out of training, "
                         "so the network adds nothing: the restoration is tricubic interpolation"
-                        + (_extras_text(extras).split(" (")[0] if not fell_back else "")
+                        + (_extras_text(extras, detail=False) if not fell_back else "")
                         + ", not a learned one.")
         elif len(steps) > 1:
             bits.append(f"The checkpoints kept (steps {' and '.join(str(x) for x in steps)}, of its two ×2 "
@@ -2592,7 +2593,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
                   if mode == "isotropic" else
                   f"{'a held-out region of this volume' if adopted else 'the held-out region'}, degraded as in "
                   "training")
-        short = _extras_text(extras).split(" (")[0]  # " with back-projection", without its details
+        short = _extras_text(extras, detail=False)
         scored = "the network" + short if not unlearned else f"{baseline}{short or ' through the network'}"
         text = f"On {region}, {scored} scored {a:.2f} dB PSNR and {'plain ' if unlearned else ''}{baseline} {b:.2f} dB"
         interval = metrics.get("holdout_gain_db_interval")

@@ -1372,6 +1372,7 @@ def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
         "isotropic": {k: v for k, v in to_dict(settings.isotropic).items() if k not in ISOTROPIC_INFERENCE_KEYS},
         "degradation": res.degradation,
         "end_weights": res.end_weights,
+        "tail_lr_scale": TAIL_LR_SCALE,  # the output layer's learning rate, × train.learning_rate
         "device": str(device),
         "ran_on": models.ran_on(device),
     }

@@ -18,13 +18,16 @@ sums of squares over millions of voxels stay far inside float32 (1e24 × 1e7 < 3
 class NormParams:
     """Affine normalisation ``(x - low) / (high - low)``.
 
-    ``low`` and ``high`` are the intensities (raw units) at the chosen percentiles.
+    ``low`` and ``high`` are the intensities (raw units) at the chosen percentiles; ``basis``
+    says where they came from: ``"percentiles"``, ``"range"`` (the percentiles coincided, so the
+    sample's minimum and maximum) or ``"constant"`` (a constant volume: ``high = low + 1``).
     """
 
     low: float
     high: float
     low_percentile: float
     high_percentile: float
+    basis: str = "percentiles"
 
     @property
     def span(self) -> float:
@@ -35,7 +38,9 @@ class NormParams:
 
     @classmethod
     def from_dict(cls, data: dict) -> "NormParams":
-        return cls(**{k: float(data[k]) for k in ("low", "high", "low_percentile", "high_percentile")})
+        # stores written before ``basis`` was recorded: unknown, not assumed
+        return cls(**{k: float(data[k]) for k in ("low", "high", "low_percentile", "high_percentile")},
+                   basis=str(data.get("basis") or "unrecorded"))
 
 
 #: The attributes of a normalised store that name the part of its file it holds
@@ -128,11 +133,14 @@ def fit_percentiles(
         raise ValueError(f"{bad} of the {sample.size} voxels sampled for the percentiles are NaN or infinite; "
                          "replace them (e.g. by 0) first")
     lo, hi = np.percentile(sample, [low_percentile, high_percentile])
+    basis = "percentiles"
     if hi <= lo:
         lo, hi = float(sample.min()), float(sample.max())
+        basis = "range"
     if hi <= lo:
         hi = lo + 1.0
-    return NormParams(float(lo), float(hi), float(low_percentile), float(high_percentile))
+        basis = "constant"
+    return NormParams(float(lo), float(hi), float(low_percentile), float(high_percentile), basis)
 
 
 def _working_float(dtype) -> type:

@@ -1958,6 +1958,8 @@ def stage_report(
         "input_resolved": vol.attrs.get("source_resolved") or (str(Path(vol.attrs["source"]).resolve())
                                                                 if vol.attrs.get("source") else None),
         "input_checksum": vol.attrs.get("source_checksum"),
+        # the intensities mapped to 0 and 1 for the network (raw units), and what they were read from
+        "normalisation": params.to_dict(),
         # which image, channel and time point of the file this sample is (none: the file's only one)
         "input_part": {k: vol.attrs[k] for k in ("series", "channel", "channel_name", "timepoint", "time_increment_s")
                        if vol.attrs.get(k) is not None},
@@ -2023,7 +2025,7 @@ def training_record(meta: dict) -> dict:
     text: steps asked and run (a serial ×4 model's per stage), why it stopped, loss, optimiser
     schedule, batches, the patch as trained, seed and augmentations (``isotropic``: steps, loss,
     batches and noise matching are its own settings; noise matched only where a level was added;
-    ends blended only where a weight is under 1)."""
+    ends blended only where a weight is under 1; the output layer's share of the learning rate)."""
     train = meta.get("settings") or {}
     iso = meta.get("mode") == "isotropic"
     own = (meta.get("isotropic") or {}) if iso else train
@@ -2043,6 +2045,7 @@ def training_record(meta: dict) -> dict:
                                                              degradation.get("noise_variance") or [])) or None
         if iso else None,
         "end_blended": any(float(w) < 1 for w in meta.get("end_weights") or []) or None,
+        "tail_lr_scale": meta.get("tail_lr_scale") if iso else None,
     }
     return {k: v for k, v in record.items() if v is not None}
 

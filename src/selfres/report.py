@@ -2359,7 +2359,8 @@ def render_sample_report(
 #: The methods a mode implements, as a methods section cites them
 METHOD_CITATIONS = {
     "enhance": ("Self-Vision", "He et al., Photonics Research 11(1):1, 2023, doi:10.1364/PRJ.469231"),
-    "isotropic": ("Self-Net", "Ning et al., Light: Science & Applications 12:204, 2023"),
+    "isotropic": ("Self-Net",
+                  "Ning et al., Light: Science & Applications 12:204, 2023, doi:10.1038/s41377-023-01230-2"),
 }
 
 _ARCH_WORDS = {"resnet3d": "a 3-D residual network", "svision_mini": "the Self-Vision authors' final 3-D network",
@@ -2443,8 +2444,10 @@ def _training_words(training: Mapping[str, Any], mode: str) -> str:
     if lr is not None:
         sched = training.get("lr_schedule")
         warm = _num(training.get("warmup_steps"))
-        parts.append(f"Adam at a learning rate of {lr:g}" + (f" with a {sched} schedule" if sched and sched != "constant"
-                                                            else "")
+        tail = _num(training.get("tail_lr_scale"))  # isotropic: the output layer's share of the rate
+        parts.append(f"Adam at a learning rate of {lr:g}" + (f" ({tail:g}× that for the output layer)"
+                                                            if tail is not None and tail != 1 else "")
+                     + (f" with a {sched} schedule" if sched and sched != "constant" else "")
                      + (f" after {int(warm)} warm-up steps" if warm else ""))
     batch, patch = _num(training.get("batch_size")), training.get("patch_size")
     if batch is not None and patch is not None:
@@ -2460,6 +2463,28 @@ def _training_words(training: Mapping[str, Any], mode: str) -> str:
     return ("Training ran " + parts[0] + (": " + ", ".join(parts[1:]) if len(parts) > 1 else "") + "."
             if parts and done is not None else
             ("Training used " + ", ".join(parts) + "." if parts else ""))
+
+
+def _normalisation_words(prov: Mapping[str, Any]) -> str:
+    """How intensities were scaled for the network: as the normalised store records it
+    (``provenance.json``'s ``normalisation``: the raw values, and whether the percentiles or,
+    where they coincided, the volume's range gave them), else as the configuration asked."""
+    used = prov.get("normalisation") if isinstance(prov.get("normalisation"), Mapping) else {}
+    asked = ((prov.get("resolved_config") or {}).get("settings") or {}).get("normalise") or {}
+    lo_p = _num(used.get("low_percentile", asked.get("low_percentile")))
+    hi_p = _num(used.get("high_percentile", asked.get("high_percentile")))
+    lo, hi, basis = _num(used.get("low")), _num(used.get("high")), used.get("basis")
+    back = " for the network, and the output brought back to the acquisition's units."
+    if basis == "constant" and lo is not None:
+        return f"The volume is constant ({lo:.4g}); it was shifted to 0" + back
+    values = f"{lo:.4g} and {hi:.4g}" if lo is not None and hi is not None else None
+    if basis == "range" and values:
+        return (f"Intensities were scaled to 0 and 1 at the volume's minimum and maximum ({values}; its percentiles "
+                f"{_fmt(lo_p)} and {_fmt(hi_p)} were equal)" + back)
+    if lo_p is None or hi_p is None:
+        return ""
+    return (f"Intensities were scaled to 0 and 1 at the volume's percentiles {_fmt(lo_p)} and {_fmt(hi_p)}"
+            + (f" ({values})" if values else "") + back)
 
 
 def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> str | None:
@@ -2580,11 +2605,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
             bits.append("The volume" + (f", {acquired}," if acquired else "") + f" was brought to {restored}"
                         + (", its first and last planes blended with z-cubic interpolation, where the XZ and YZ "
                            "slices end" if training.get("end_blended") and not fell_back else "") + ".")
-    norm = ((prov.get("resolved_config") or {}).get("settings") or {}).get("normalise") or {}
-    lo, hi = _num(norm.get("low_percentile")), _num(norm.get("high_percentile"))
-    if lo is not None and hi is not None:
-        bits.append(f"Intensities were scaled to 0 and 1 at the volume's percentiles {_fmt(lo)} and {_fmt(hi)} "
-                    "for the network, and the output brought back to the acquisition's units.")
+    bits.append(_normalisation_words(prov))
     sv = metrics.get("self_validation") or {}
     a, b = _num(sv.get("psnr_model")), _num(sv.get("psnr_interp"))
     baseline = _baseline_name(mode)

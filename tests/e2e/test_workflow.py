@@ -114,6 +114,8 @@ def test_every_contract_output_exists_and_is_valid(finished_run):
     assert prov["model"]["arch"] == "resnet3d" and prov["model"]["n_parameters"] > 0
     assert prov["model"]["degradation"]["method"] == "cubic"
     assert prov["model"]["training"]["steps_done"] > 0 and prov["model"]["training"]["loss"] == "l1"
+    assert prov["normalisation"]["basis"] == "percentiles" and prov["normalisation"]["high"] > \
+        prov["normalisation"]["low"]  # the values the methods text quotes
     assert f"(commit {prov['restored_code']['git_commit'][:10]}" in (r / "report.html").read_text() or \
         prov["restored_code"].get("git_commit") is None
     page = (r / "report.html").read_text()
@@ -139,6 +141,7 @@ def test_isotropic_sample_gets_isotropic_voxels(finished_run):
     prov = json.loads((r / "provenance.json").read_text())  # the axial blur it learned, not enhance's setting
     assert prov["model"]["degradation"]["method"] == "analytic" and prov["model"]["degradation"]["sigma_px"] > 0
     assert "Training ran " in (r / "report.html").read_text()
+    assert prov["model"]["training"]["tail_lr_scale"] == 0.1  # recorded by training, said by the methods text
     assert set(m["self_validation"]) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
     # the isotropy flags are those of the figures QC wrote (here, where the guard keeps z-cubic,
     # the input's 0.33: isotropy_not_reached)

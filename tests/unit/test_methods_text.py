@@ -99,7 +99,8 @@ def test_an_isotropic_sample_says_the_axial_blur_it_assumed_and_the_isotropy_mea
     prov = {"model": {"device": "cuda", "ran_on": {"device_name": "NVIDIA H100"}, "arch": "iso2d",
                       "n_parameters": 41985}}
     text = report.methods_text(m, prov)
-    for said in ("in its isotropic mode, after Self-Net (Ning et al., Light: Science & Applications 12:204, 2023)",
+    for said in ("in its isotropic mode, after Self-Net (Ning et al., Light: Science & Applications 12:204, 2023, "
+                 "doi:10.1038/s41377-023-01230-2)",
                  "A 2-D residual network (41,985 parameters) was trained on this volume alone for 21.3 s on a GPU "
                  "(NVIDIA H100) to restore its lateral (XY) slices degraded along one axis by a Gaussian blur of "
                  "σ 3.75 lateral pixels (estimated), subsampled ×4 and brought back by cubic interpolation",
@@ -180,6 +181,40 @@ def test_the_normalisation_is_said_where_provenance_records_it():
             report.methods_text(_enhance(), prov))
 
 
+def test_the_normalisation_says_the_values_used_and_a_range_where_the_percentiles_coincided():
+    """The walkthrough: the text read the configuration's percentiles, also where they coincided
+    and normalisation used the volume's minimum and maximum."""
+    asked = {"resolved_config": {"settings": {"normalise": {"low_percentile": 1.0, "high_percentile": 99.8}}}}
+    used = {"low": 102.0, "high": 3850.5, "low_percentile": 1.0, "high_percentile": 99.8, "basis": "percentiles"}
+    text = report.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": used})
+    assert "at the volume's percentiles 1 and 99.8 (102 and 3850) for the network" in text
+    flat = used | {"low": 0.0, "high": 7.0, "basis": "range"}
+    text = report.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": flat})
+    assert ("at the volume's minimum and maximum (0 and 7; its percentiles 1 and 99.8 were equal) for the network"
+            in text) and "at the volume's percentiles" not in text
+    constant = used | {"low": 5.0, "high": 6.0, "basis": "constant"}
+    text = report.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": constant})
+    assert "The volume is constant (5); it was shifted to 0 for the network" in text and "percentiles" not in text
+    # a store written before the basis was recorded: the percentiles and values, as before
+    old = {k: v for k, v in used.items() if k != "basis"}
+    text = report.methods_text(_enhance(), PROVENANCE | {"normalisation": old})
+    assert "percentiles 1 and 99.8 (102 and 3850)" in text
+
+
+def test_the_isotropic_output_layers_learning_rate_is_said_where_recorded():
+    m = {"mode": "isotropic", "factor": 4.0, "flags": []}
+    training = {"learning_rate": 0.001, "tail_lr_scale": 0.1, "steps": 10, "steps_done": 10}
+    text = report.methods_text(m, {"model": {"arch": "iso2d", "training": training}})
+    assert "Adam at a learning rate of 0.001 (0.1× that for the output layer)" in text
+    text = report.methods_text(m, {"model": {"arch": "iso2d", "training": training | {"tail_lr_scale": 1}}})
+    assert "Adam at a learning rate of 0.001" in text and "output layer" not in text
+
+
+def test_both_methods_are_cited_with_their_doi():
+    assert report.METHOD_CITATIONS["enhance"][1].endswith("doi:10.1364/PRJ.469231")
+    assert report.METHOD_CITATIONS["isotropic"][1].endswith("12:204, 2023, doi:10.1038/s41377-023-01230-2")
+
+
 def test_a_time_point_of_the_same_acquisition_is_named_so_and_its_kept_output_explained():
     """A re-check of the time-lapse walkthrough: 'another acquisition (sample shared_t0)' for the
     same file's time point 0, and nothing on why a time point under the margin kept the network."""
@@ -247,3 +282,5 @@ def test_the_training_record_is_what_ran_not_what_was_asked():
     assert "noise_match" not in record and "end_blended" not in record and record["patch_size"] == [40, 40]
     lived = _training(iso | {"degradation": {"noise_variance": [0.0, 2e-5]}, "end_weights": [0.99, 1.0]})
     assert lived["noise_match"] and lived["end_blended"]
+    assert _training(iso | {"tail_lr_scale": 0.1})["tail_lr_scale"] == 0.1  # isotropic's own output-layer rate
+    assert "tail_lr_scale" not in _training({"mode": "enhance", "settings": ENHANCE_SETTINGS, "tail_lr_scale": 0.1})

@@ -211,3 +211,18 @@ def test_hot_camera_pixels_are_left_out_of_the_percentiles():
     fitted = normalise.fit_percentiles(wide_hot, exclude=noise.sensor_defect_positions(wide_hot),
                                        max_sample_voxels=2500)
     assert fitted.high == pytest.approx(normalise.fit_percentiles(wide, max_sample_voxels=2500).high, rel=0.05)
+
+
+def test_the_parameters_record_whether_percentiles_or_the_range_gave_them():
+    rng = np.random.default_rng(0)
+    assert normalise.fit_percentiles(rng.random((4, 16, 16)), low_percentile=1, high_percentile=99).basis == \
+        "percentiles"
+    sparse = np.zeros((4, 16, 16))
+    sparse[0, 0, 0] = 9.0  # the percentiles coincide (0 and 0): the range 0..9
+    p = normalise.fit_percentiles(sparse, low_percentile=1, high_percentile=99)
+    assert (p.low, p.high, p.basis) == (0.0, 9.0, "range")
+    p = normalise.fit_percentiles(np.full((4, 16, 16), 3.0), low_percentile=1, high_percentile=99)
+    assert (p.low, p.high, p.basis) == (3.0, 4.0, "constant")
+    assert normalise.NormParams.from_dict(p.to_dict()) == p
+    old = {k: v for k, v in p.to_dict().items() if k != "basis"}  # a store written before it was recorded
+    assert normalise.NormParams.from_dict(old).basis == "unrecorded"

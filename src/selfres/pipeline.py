@@ -1387,9 +1387,12 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     """Model vs tricubic on the held-out region, degraded exactly as in training.
 
     The model is wrapped in the inference extras the guard scored (``meta["inference_extras"]``:
-    self-ensemble, back-projection), in the guard's precision (``meta["guard_amp"]``:
-    ``infer.amp``; a model without it, mixed precision where the device has it), so the figures
-    are those of what ``restored.ome.zarr`` holds.
+    self-ensemble, back-projection), with the guard's mixed-precision setting (``meta["guard_amp"]``:
+    ``infer.amp``; a model without it, on), so the figures are those of what ``restored.ome.zarr``
+    holds, to the precision of ``device``: QC runs on the CPU, where mixed precision is bfloat16 only
+    on a CPU with native bfloat16, else float32, while a guard on a GPU scored in bfloat16 (float16
+    before Ampere). Measured by a review on CPU, float32 against bfloat16: held-out gains 2.0345 and
+    2.0350 dB, far inside ``train.guard_margin_db``.
     """
     from . import metrics
     from .infer import predict_array
@@ -1904,7 +1907,7 @@ def stage_report(
     """
     import pandas as pd
 
-    from . import degrade, report
+    from . import degrade, figures, report
 
     vol, params = read_normalized(normalized, lazy=True)
     out = read_restored(restored, sample=sample)
@@ -1918,13 +1921,13 @@ def stage_report(
     fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample,
                            acquisition=normalise.acquisition_of(vol.attrs)).to_dict()
     # raw units: normalise.undo is x * span + low, applied where read
-    raw = report.VolumeView(vol.data, scale=params.span, offset=params.low)
+    raw = figures.VolumeView(vol.data, scale=params.span, offset=params.low)
     shape_in = tuple(vol.data.shape)[-3:] if vol.data.ndim >= 3 else (1, *vol.data.shape)
     factors = ((float(meta["factor"]), 1.0, 1.0) if meta.get("mode") == "isotropic"
                else tuple(float(f) for f in meta["factors"]))
     mats = [None if f == 1 else degrade.resize_matrix(n, int(round(n * f)), scale=f, antialias=False)
             for n, f in zip(shape_in, factors)]  # = interpolation_of, computed where read
-    interp = report.VolumeView(vol.data, matrices=mats, scale=params.span, offset=params.low)
+    interp = figures.VolumeView(vol.data, matrices=mats, scale=params.span, offset=params.low)
     restored_arr = out.data
     if out.attrs.get("content") == "interpolation":  # the guard's fall-back: the store is that interpolation,
         interp = restored_arr  # read, not computed again (half of a large field's report: its projections)
@@ -1980,7 +1983,7 @@ def stage_report(
     }
     vs_in = metrics_d.get("voxel_size_in")  # None: unknown (figures then measure in voxels)
     vs_out = metrics_d.get("voxel_size_out")
-    figures = report.sample_figures(
+    drawn = figures.sample_figures(
         raw=raw, interp=interp, restored=restored_arr, voxel_size_in=vs_in, voxel_size_out=vs_out,
         training_log=training_log, bead_table=beads,
         # a serial ×4 model: each stage's kept step (its log's steps restart with stage 2)
@@ -1990,10 +1993,10 @@ def stage_report(
         sample=sample, metrics=metrics_d, raw=raw, interp=interp, restored=restored_arr,
         voxel_size_in=vs_in, voxel_size_out=vs_out,
         training_log=training_log, provenance=prov, bead_table=beads, spectra=spectra, train_fov=fov,
-        figures=figures, sample_dir=Path(report_html).parent,  # as the rule names it: a --forcerun target
+        figures=drawn, sample_dir=Path(report_html).parent,  # as the rule names it: a --forcerun target
     )
     if figures_dir is not None:
-        report.write_report_figures(figures_dir, figures=figures, names=report.REPORT_FIGURES)
+        figures.write_report_figures(figures_dir, figures=drawn, names=figures.REPORT_FIGURES)
     io.write_text_atomic(report_html, html)  # a full disk or a kill leaves no temporary file behind
     write_json(provenance_json, clean_floats(prov))
 

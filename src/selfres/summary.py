@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import report
 from .atomic import write_text_atomic
+from .flags import sample_status
 from .provenance import store_attrs
 from .runlog import failing_runs, read_snakemake_log, unfinished_jobs_by_sample
 from .sheet import part_of
@@ -278,7 +279,7 @@ def mixed_time_series(rows: Sequence[dict], sources: Mapping[str, str | None] | 
                                               key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0,
                                                               str(kv[0][2]))):
         members.sort(key=lambda m: m[0])
-        status = [report.sample_status(r) for _, r in members]  # a finished row: from its metrics.json
+        status = [sample_status(r) for _, r in members]  # a finished row: from its metrics.json
         interpolated = [r["sample"] for (_, r), st in zip(members, status) if st == "fallback_interpolation"]
         if interpolated and "ok" in status:
             out.append({"series": stem + (f"_c{channel}" if channel is not None else ""),

@@ -174,7 +174,7 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
         assert check["undershoot"]["output"] <= 2 * check["undershoot"]["interpolation"] + 1e-3
         # the resolution figures come with the interpolation's, measured on the same window
         assert m["resolution_interp_um"]["lateral"] > 0 and m["isotropy_interp"] > 0
-        from selfres.report import _fmt
+        from selfres.wording import fmt as _fmt
 
         html = (keep / "report.html").read_text()
         # the resolution table gives the interpolation's isotropy beside the output's; the
@@ -219,7 +219,7 @@ def test_a_dim_integer_output_rounded_to_its_dtype_is_not_taken_for_a_level_shif
                           tmp_path / "qc" / "metrics.json", sample="dim")
     assert m["restored_check"]["level"]["ratio"] < 0.8  # off by more than a fifth ...
     assert "restored_level_shifted" not in m["flags"]  # ... by rounding alone
-    from selfres.report import sample_status as _status
+    from selfres.flags import sample_status as _status
 
     assert _status({"flags": ["restored_level_shifted"]}) == "ok"  # a warning: the output may be right
 
@@ -338,7 +338,7 @@ def test_restore_on_the_command_line_scores_a_reference(tmp_path):
 def test_an_acquisition_of_pure_noise_is_flagged_not_reported_ok(tmp_path):
     """An empty field (wrong position, closed shutter) restored without a word: the network
     learns to smooth noise, and its held-out figures may even call that a gain."""
-    from selfres.report import sample_status as _status
+    from selfres.flags import sample_status as _status
 
     from scipy.ndimage import gaussian_filter
 

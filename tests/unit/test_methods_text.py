@@ -1,11 +1,11 @@
-"""The report's paragraph for a paper's methods section (:func:`selfres.report.methods_text`):
+"""The report's paragraph for a paper's methods section (:func:`selfres.methods_text.methods_text`):
 what was done to the sample, with the figures that back it, and nothing it did not do."""
 
 from __future__ import annotations
 
 import pytest
 
-from selfres import report
+from selfres import methods_text, report
 
 PROVENANCE = {
     "selfres_version": "0.1.0", "git_commit": "b720b778e504d3fe",
@@ -27,7 +27,7 @@ def _enhance(**over):
 
 
 def test_an_enhance_sample_is_described_with_its_method_grid_training_and_held_out_figures():
-    text = report.methods_text(_enhance(), PROVENANCE)
+    text = methods_text.methods_text(_enhance(), PROVENANCE)
     for said in ("selfres 0.1.0 (commit b720b778e5) in its enhance mode, after Self-Vision (He et al., Photonics "
                  "Research 11(1):1, 2023",
                  "A 3-D residual network (35,569 parameters) was trained as a correction to tricubic interpolation "
@@ -48,9 +48,9 @@ def test_what_the_sample_did_not_have_is_not_said_and_a_fall_back_is():
                         reference={"psnr": 40.5, "psnr_interp": 38.8}, psf_sigma_um=[2.0, 0.5, 0.5])
     prov = PROVENANCE | {"model": PROVENANCE["model"] | {"degradation": {"method": "gaussian",
                                                                           "sigma_um": [1.5, 0.4, 0.4]}}}
-    text = report.methods_text(no_noise, prov)
+    text = methods_text.methods_text(no_noise, prov)
     assert "noise added" not in text
-    assert "noise added" not in report.methods_text(_enhance(noise_model="none"), PROVENANCE)  # measured, not added
+    assert "noise added" not in methods_text.methods_text(_enhance(noise_model="none"), PROVENANCE)  # measured, not added
     assert "blurred by a Gaussian (σ z,y,x = 1.5, 0.4, 0.4 µm) and subsampled ×2,2,2" in text
     assert "its targets the crops seen through the PSF given (σ z,y,x = 2, 0.5, 0.5 µm)" in text
     assert text.endswith("As the network did not beat tricubic interpolation there by the required 0.2 dB, the "
@@ -63,7 +63,7 @@ def test_an_adopted_model_says_whose_volume_trained_it_and_where_and_how_long():
     adopter's, for a model trained in 1.79 s elsewhere)."""
     trainer = {"sample": "lapse_t0", "train_seconds": 95.0, "ran_on": {"device": "cuda", "device_name": "A100"}}
     prov = PROVENANCE | {"model": PROVENANCE["model"] | {"adopted_from": trainer}}
-    text = report.methods_text(_enhance(adopted_from="lapse_t0", train_seconds=1.89), prov)
+    text = methods_text.methods_text(_enhance(adopted_from="lapse_t0", train_seconds=1.89), prov)
     assert ("on crops of another acquisition (sample lapse_t0) alone for 1.58 min on a GPU (A100): its inputs"
             in text)
     assert "scored best on a region of that acquisition held out of training. It was applied to this volume " \
@@ -75,17 +75,17 @@ def test_an_adopted_model_says_whose_volume_trained_it_and_where_and_how_long():
 def test_a_network_that_kept_its_starting_point_is_not_credited_with_the_gain():
     """Best step 0: the output is tricubic with back-projection (a review: the text credited a
     network that learned nothing with +0.53 dB)."""
-    text = report.methods_text(_enhance(best_step=0), PROVENANCE)
+    text = methods_text.methods_text(_enhance(best_step=0), PROVENANCE)
     assert ("No checkpoint beat the starting point on a region of the volume held out of training, so the network "
             "adds nothing: the restoration is tricubic interpolation with back-projection, not a learned one.") in text
     assert ("tricubic interpolation with back-projection scored 34.01 dB PSNR and plain tricubic interpolation "
             "32.17 dB") in text and "The checkpoint kept" not in text and "the network with" not in text
-    serial = report.methods_text(_enhance(best_step=1, stage_best_steps=[40, 0]), PROVENANCE)
+    serial = methods_text.methods_text(_enhance(best_step=1, stage_best_steps=[40, 0]), PROVENANCE)
     assert "The checkpoints kept (steps 40 and 0, of its two ×2 stages)" in serial
 
 
 def test_a_fall_back_output_is_not_said_to_have_the_network_extras():
-    text = report.methods_text(_enhance(restored_content="interpolation"), PROVENANCE)
+    text = methods_text.methods_text(_enhance(restored_content="interpolation"), PROVENANCE)
     assert "was restored to 64×256×256 voxels (z, y, x) of 1 × 0.5 × 0.5 µm. On the held-out" in text
 
 
@@ -98,7 +98,7 @@ def test_an_isotropic_sample_says_the_axial_blur_it_assumed_and_the_isotropy_mea
          "flags": []}
     prov = {"model": {"device": "cuda", "ran_on": {"device_name": "NVIDIA H100"}, "arch": "iso2d",
                       "n_parameters": 41985}}
-    text = report.methods_text(m, prov)
+    text = methods_text.methods_text(m, prov)
     for said in ("in its isotropic mode, after Self-Net (Ning et al., Light: Science & Applications 12:204, 2023, "
                  "doi:10.1038/s41377-023-01230-2)",
                  "A 2-D residual network (41,985 parameters) was trained on this volume alone for 21.3 s on a GPU "
@@ -114,7 +114,7 @@ def test_an_isotropic_sample_says_the_axial_blur_it_assumed_and_the_isotropy_mea
 
 @pytest.mark.parametrize("metrics", [{"mode": "enhance", "status": "failed"}, {"mode": None}, {}])
 def test_a_failed_or_unknown_sample_has_no_methods_text(metrics):
-    assert report.methods_text(metrics, PROVENANCE) is None
+    assert methods_text.methods_text(metrics, PROVENANCE) is None
 
 
 def test_the_report_shows_it_escaped_in_its_own_section():
@@ -136,12 +136,12 @@ def test_the_code_cited_is_the_code_that_made_the_output_and_the_model():
                          "restored_code": {"selfres_version": "0.1.0", "git_commit": "df1877bc96aa", "git_dirty": True,
                                            "source_digest": "50e43e81"},
                          "model_code": {"git_commit": "aaaa1111bbbb", "git_dirty": False, "source_digest": "11"}}
-    text = report.methods_text(_enhance(), prov)
+    text = methods_text.methods_text(_enhance(), prov)
     assert text.startswith("The volume was restored with selfres 0.1.0 (commit df1877bc96 with local changes, source "
                            "digest 50e43e81; the model trained at commit aaaa1111bb) in its enhance mode")
     assert "5124633840" not in text
     same = PROVENANCE | {"restored_code": {"git_commit": "df1877bc96aa"}, "model_code": {"git_commit": "df1877bc96aa"}}
-    assert "(commit df1877bc96) in its" in report.methods_text(_enhance(), same)
+    assert "(commit df1877bc96) in its" in methods_text.methods_text(_enhance(), same)
 
 
 def test_how_training_ran_is_said_with_a_time_budget_stop_and_the_target_blur():
@@ -150,14 +150,14 @@ def test_how_training_ran_is_said_with_a_time_budget_stop_and_the_target_blur():
                 "patch_size": [8, 48, 48], "seed": 0, "augment": True, "blur_augment": 1.0,
                 "blur_augment_sigma_px": 1.0}
     prov = PROVENANCE | {"model": PROVENANCE["model"] | {"training": training}}
-    text = report.methods_text(_enhance(), prov)
+    text = methods_text.methods_text(_enhance(), prov)
     assert ("its targets the crops as acquired, each blurred by a random Gaussian (σ up to 1·√(f²−1) voxels along "
             "each axis scaled by f)") in text
     assert ("Training ran 83 of 200 steps (stopped at its time budget of 0.5 min, so a rerun on another machine or "
             "under another load stops elsewhere): an L1 loss, Adam at a learning rate of 0.001 with a cosine schedule "
             "after 25 warm-up steps, batches of 4 patches of 8×48×48 voxels, random flips and rotations that keep "
             "the axes' scales, seed 0.") in text
-    done = report.methods_text(_enhance(), PROVENANCE | {"model": PROVENANCE["model"] | {"training": training | {
+    done = methods_text.methods_text(_enhance(), PROVENANCE | {"model": PROVENANCE["model"] | {"training": training | {
         "steps_done": 200, "stop_reason": "steps", "blur_augment": 0.0}}})
     assert "Training ran 200 steps: an L1 loss" in done and "rerun" not in done and "blurred by a random" not in done
 
@@ -167,7 +167,7 @@ def test_an_isotropic_model_says_its_noise_top_up_and_its_blended_ends():
          "self_validation": {"psnr_model": 29.1, "psnr_interp": 27.4}, "flags": []}
     training = {"steps": 1000, "steps_done": 30, "stop_reason": "time_budget", "loss": "l1_fft", "fft_weight": 0.3,
                 "batch_size": 8, "patch_size": 64, "noise_match": True, "end_blended": True}
-    text = report.methods_text(m, {"model": {"arch": "iso2d", "training": training}})
+    text = methods_text.methods_text(m, {"model": {"arch": "iso2d", "training": training}})
     assert "The degraded slices were given noise to match the acquisition's own." in text
     assert "Training ran 30 of 1000 steps (stopped at its time budget" in text
     assert "an L1 loss with a Fourier-amplitude term (weight 0.3)" in text and "batches of 8 patches of 64×64" in text
@@ -178,7 +178,7 @@ def test_the_normalisation_is_said_where_provenance_records_it():
     prov = PROVENANCE | {"resolved_config": {"settings": {"normalise": {"low_percentile": 1.0,
                                                                           "high_percentile": 99.8}}}}
     assert ("Intensities were scaled to 0 and 1 at the volume's percentiles 1 and 99.8 for the network" in
-            report.methods_text(_enhance(), prov))
+            methods_text.methods_text(_enhance(), prov))
 
 
 def test_the_normalisation_says_the_values_used_and_a_range_where_the_percentiles_coincided():
@@ -186,33 +186,33 @@ def test_the_normalisation_says_the_values_used_and_a_range_where_the_percentile
     and normalisation used the volume's minimum and maximum."""
     asked = {"resolved_config": {"settings": {"normalise": {"low_percentile": 1.0, "high_percentile": 99.8}}}}
     used = {"low": 102.0, "high": 3850.5, "low_percentile": 1.0, "high_percentile": 99.8, "basis": "percentiles"}
-    text = report.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": used})
+    text = methods_text.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": used})
     assert "at the volume's percentiles 1 and 99.8 (102 and 3850) for the network" in text
     flat = used | {"low": 0.0, "high": 7.0, "basis": "range"}
-    text = report.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": flat})
+    text = methods_text.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": flat})
     assert ("at the volume's minimum and maximum (0 and 7; its percentiles 1 and 99.8 were equal) for the network"
             in text) and "at the volume's percentiles" not in text
     constant = used | {"low": 5.0, "high": 6.0, "basis": "constant"}
-    text = report.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": constant})
+    text = methods_text.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": constant})
     assert "The volume is constant (5); it was shifted to 0 for the network" in text and "percentiles" not in text
     # a store written before the basis was recorded: the percentiles and values, as before
     old = {k: v for k, v in used.items() if k != "basis"}
-    text = report.methods_text(_enhance(), PROVENANCE | {"normalisation": old})
+    text = methods_text.methods_text(_enhance(), PROVENANCE | {"normalisation": old})
     assert "percentiles 1 and 99.8 (102 and 3850)" in text
 
 
 def test_the_isotropic_output_layers_learning_rate_is_said_where_recorded():
     m = {"mode": "isotropic", "factor": 4.0, "flags": []}
     training = {"learning_rate": 0.001, "tail_lr_scale": 0.1, "steps": 10, "steps_done": 10}
-    text = report.methods_text(m, {"model": {"arch": "iso2d", "training": training}})
+    text = methods_text.methods_text(m, {"model": {"arch": "iso2d", "training": training}})
     assert "Adam at a learning rate of 0.001 (0.1× that for the output layer)" in text
-    text = report.methods_text(m, {"model": {"arch": "iso2d", "training": training | {"tail_lr_scale": 1}}})
+    text = methods_text.methods_text(m, {"model": {"arch": "iso2d", "training": training | {"tail_lr_scale": 1}}})
     assert "Adam at a learning rate of 0.001" in text and "output layer" not in text
 
 
 def test_both_methods_are_cited_with_their_doi():
-    assert report.METHOD_CITATIONS["enhance"][1].endswith("doi:10.1364/PRJ.469231")
-    assert report.METHOD_CITATIONS["isotropic"][1].endswith("12:204, 2023, doi:10.1038/s41377-023-01230-2")
+    assert methods_text.METHOD_CITATIONS["enhance"][1].endswith("doi:10.1364/PRJ.469231")
+    assert methods_text.METHOD_CITATIONS["isotropic"][1].endswith("12:204, 2023, doi:10.1038/s41377-023-01230-2")
 
 
 def test_a_time_point_of_the_same_acquisition_is_named_so_and_its_kept_output_explained():
@@ -223,12 +223,12 @@ def test_a_time_point_of_the_same_acquisition_is_named_so_and_its_kept_output_ex
     prov = PROVENANCE | {"input_checksum": "abc", "input_part": {"channel": 1, "timepoint": 2},
                          "model": PROVENANCE["model"] | {"adopted_from": trainer}}
     m = _enhance(adopted_from="shared_t0", flags=["below_margin_kept_for_series"])
-    text = report.methods_text(m, prov)
+    text = methods_text.methods_text(m, prov)
     assert "on crops of time point 0 of the same acquisition (sample shared_t0) alone" in text
     assert ("That gain is under the margin the guard asks of a network (0.2 dB), but above 0: the network's output "
             "was kept, as for the time point that trained the model") in text
     other = prov | {"input_part": {"channel": 0, "timepoint": 2}}  # another channel: another series
-    assert "another acquisition (sample shared_t0)" in report.methods_text(m, other)
+    assert "another acquisition (sample shared_t0)" in methods_text.methods_text(m, other)
 
 
 def test_an_adopted_samples_verdict_says_whose_noise_the_training_inputs_had():
@@ -266,12 +266,12 @@ def test_the_training_record_is_what_ran_not_what_was_asked():
     serial = _training({"mode": "enhance", "settings": ENHANCE_SETTINGS, "steps_done": 26,
                         "stop_reason": "time_budget+time_budget", "patch": [4, 16, 16],
                         "serial": {"stage_steps_done": [16, 10], "stage_stop_reasons": ["time_budget", "time_budget"]}})
-    text = report._training_words(serial, "enhance")
+    text = methods_text._training_words(serial, "enhance")
     assert text.startswith("Training ran 16 and 10 of 200 steps in its two ×2 stages (stopped at its time budget "
                            "(3 min, half to each stage), so a rerun"), text
     assert "patches of 4×16×16 voxels" in text
     early = _training({"mode": "enhance", "settings": ENHANCE_SETTINGS, "steps_done": 20, "stop_reason": "early_stop"})
-    assert "Training ran 20 of 200 steps (stopped early, no longer improving)" in report._training_words(early,
+    assert "Training ran 20 of 200 steps (stopped early, no longer improving)" in methods_text._training_words(early,
                                                                                                        "enhance")
     psf = _training({"mode": "enhance", "settings": ENHANCE_SETTINGS | {"psf_sigma_um": [0.5, 0.12, 0.12]}})
     assert "blur_augment" not in psf and "blur_augment" in _training({"mode": "enhance", "settings": ENHANCE_SETTINGS})

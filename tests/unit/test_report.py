@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from selfres import report
+from selfres import figures, flags, report, wording
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
@@ -68,7 +68,7 @@ def _images(page):
 def full_page():
     raw, interp, restored = _volumes()
     return report.render_sample_report(
-        sample=EVIL, metrics=_metrics(flags=list(report.FLAG_EXPLANATIONS) + ["brand_new"]),
+        sample=EVIL, metrics=_metrics(flags=list(flags.FLAG_EXPLANATIONS) + ["brand_new"]),
         raw=raw, interp=interp, restored=restored,
         voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5),
         training_log=_log(), provenance={"path": "/data/<x>.tif", "timings": {"train": 12.5},
@@ -102,9 +102,9 @@ def test_page_sections_flags_and_tables(full_page):
                     'id="timings"', 'id="provenance"', "<details>"):
         assert section in full_page, section
     import html as _html
-    for meaning, todo in report.FLAG_EXPLANATIONS.values():
+    for meaning, todo in flags.FLAG_EXPLANATIONS.values():
         assert _html.escape(meaning) in full_page and _html.escape(todo) in full_page
-    assert _html.escape(report.GENERIC_FLAG_HINT[1]) in full_page
+    assert _html.escape(flags.GENERIC_FLAG_HINT[1]) in full_page
     # the prominent warning box is shown, and first among flags
     flags_part = full_page.split('id="flags"')[1]
     assert flags_part.index('class="warn"') < flags_part.index('class="flag"')
@@ -124,8 +124,8 @@ def test_images_are_png_and_size_bounded(full_page):
 
 
 def test_best_step_from_metrics_wins():
-    png_default = report.figure_training_curves(_log())
-    png_given = report.figure_training_curves(_log(), best_step=90)
+    png_default = figures.figure_training_curves(_log())
+    png_given = figures.figure_training_curves(_log(), best_step=90)
     assert png_default.startswith(PNG_MAGIC) and png_default != png_given
 
 
@@ -136,8 +136,8 @@ def test_drawing_a_report_leaves_the_callers_matplotlib_backend_alone():
     import sys
 
     code = ("import matplotlib; matplotlib.use('svg'); import matplotlib.pyplot as plt; "
-            "from selfres import report; import pandas as pd; "
-            "png = report.figure_training_curves(pd.DataFrame({'step': [1, 2], 'loss': [1.0, 0.5]})); "
+            "from selfres import figures; import pandas as pd; "
+            "png = figures.figure_training_curves(pd.DataFrame({'step': [1, 2], 'loss': [1.0, 0.5]})); "
             "print(matplotlib.get_backend(), png[:4] == b'\\x89PNG', len(plt.get_fignums()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["svg", "True", "0"]
@@ -157,7 +157,7 @@ def test_minimal_page_2d_no_optional_parts():
 def test_mismatched_output_grids_rejected():
     raw, interp, restored = _volumes()
     with pytest.raises(ValueError, match="output grid"):
-        report.figure_orthoviews(raw=raw, interp=interp[:-1], restored=restored)
+        figures.figure_orthoviews(raw=raw, interp=interp[:-1], restored=restored)
 
 
 def test_orthoview_physical_aspect():
@@ -166,7 +166,7 @@ def test_orthoview_physical_aspect():
     from PIL import Image
 
     raw, interp, restored = _volumes(shape_in=(4, 16, 16), factor=(4, 1, 1))
-    png = report.figure_orthoviews(raw=raw, interp=interp, restored=restored,
+    png = figures.figure_orthoviews(raw=raw, interp=interp, restored=restored,
                                    voxel_size_in=(2.0, .5, .5), voxel_size_out=(.5, .5, .5))
     img = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
     assert img.shape[0] > 100 and img.shape[1] > 300
@@ -187,9 +187,9 @@ def test_orthoview_physical_aspect():
 
 def test_display_range_and_matched_contrast():
     vol = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
-    lo, hi = report.display_range(vol, low=0, high=100)
+    lo, hi = figures.display_range(vol, low=0, high=100)
     assert (lo, hi) == (0.0, 999.0)
-    assert report.display_range(np.full((2, 3, 3), 7.0)) == (7.0, 8.0)
+    assert figures.display_range(np.full((2, 3, 3), 7.0)) == (7.0, 8.0)
 
 
 @pytest.mark.parametrize("fov, box", [
@@ -202,12 +202,12 @@ def test_display_range_and_matched_contrast():
     ("3:0,4:20,5:21", None),
 ])
 def test_fov_bbox_forms(fov, box):
-    assert report.fov_bbox(fov) == box
+    assert figures.fov_bbox(fov) == box
 
 
 def test_unknown_flag_generic_hint():
-    assert report.explain_flag("nope") == report.GENERIC_FLAG_HINT
-    assert all(len(v) == 2 and all(v) for v in report.FLAG_EXPLANATIONS.values())
+    assert flags.explain_flag("nope") == flags.GENERIC_FLAG_HINT
+    assert all(len(v) == 2 and all(v) for v in flags.FLAG_EXPLANATIONS.values())
 
 
 def test_every_flag_the_code_raises_is_explained_and_documented_and_no_other():
@@ -226,7 +226,7 @@ def test_every_flag_the_code_raises_is_explained_and_documented_and_no_other():
         raised |= set(re.findall(r'return \["([a-z_]+)"\]', text))
         raised |= set(re.findall(r'\("[a-z_]+", \["([a-z_]+)"\]\)', text))  # with a stop: (reason, [flag])
     assert {"dead_output", "gpu_unused", "stopped_while_improving"} <= raised  # both forms are found
-    assert set(report.FLAG_EXPLANATIONS) == raised
+    assert set(flags.FLAG_EXPLANATIONS) == raised
     docs = (src.parents[1] / "docs" / "reports.md").read_text()
     listed = set(re.findall(r"^\| `([a-z_]+)` \|", docs.split("## Flags")[1].split("\n## ")[0], flags=re.M))
     assert listed == raised
@@ -270,7 +270,7 @@ def test_render_summary():
 
 def test_write_report_figures(tmp_path):
     raw, interp, restored = _volumes()
-    out = report.write_report_figures(tmp_path / "figs", raw=raw, interp=interp,
+    out = figures.write_report_figures(tmp_path / "figs", raw=raw, interp=interp,
                                       restored=restored, training_log=_log())
     assert set(out) == {"orthoviews", "projections", "detail", "training_curves"}
     assert all(p.read_bytes().startswith(PNG_MAGIC) for p in out.values())
@@ -294,7 +294,7 @@ def test_pipeline_forms_of_fov_beads_and_status():
     preferred over voxels) and restored_content → fallback status."""
     fov = {"train": [[0, 3], [4, 20], [5, 21]], "holdout": [[3, 6], [0, 8], [0, 8]],
            "source": "auto", "reason": "most structure"}
-    assert report.fov_bbox(fov) == ((0, 3), (4, 20), (5, 21))
+    assert figures.fov_bbox(fov) == ((0, 3), (4, 20), (5, 21))
     beads = pd.DataFrame({"volume": ["input", "input", "output", "output"],
                           "fwhm_z": [4.0, 4.0, 4.0, 4.0], "fwhm_z_um": [4.0, 4.4, 2.0, 2.2],
                           "fwhm_y": 2.0, "fwhm_y_um": 1.0, "fwhm_x": 2.0, "fwhm_x_um": 1.0})
@@ -319,7 +319,7 @@ def test_volume_view_matches_full_interpolation(factors):
     full = np.asarray(degrade.upscale_cubic(x, factors)) * 3.0 + 5.0
     mats = [None if f == 1 else degrade.resize_matrix(n, int(round(n * f)), scale=f, antialias=False)
             for n, f in zip(x.shape, factors)]
-    view = report.VolumeView(x, matrices=mats, scale=3.0, offset=5.0)
+    view = figures.VolumeView(x, matrices=mats, scale=3.0, offset=5.0)
     assert view.shape == full.shape
     for key in [(3,), (slice(None), 5, slice(None)), (slice(None), slice(None), -1),
                 (slice(2, 9), slice(3, 20), slice(0, None, 3)), (2, slice(4, 10), slice(1, 8)),
@@ -334,24 +334,24 @@ def test_bead_figure_and_spectra_from_qc_tables(tmp_path):
     beads = pd.DataFrame({"volume": ["input", "output"], "z": [3.0, 6.5], "y": [11.0, 11.0],
                           "x": [15.0, 15.0], "fwhm_z": [1.5, 3.0], "fwhm_y": [2.0, 2.0],
                           "fwhm_x": [2.0, 2.0]})
-    png = report.figure_beads(raw=raw, restored=restored, bead_table=beads,
+    png = figures.figure_beads(raw=raw, restored=restored, bead_table=beads,
                               voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5))
     assert png is not None and png.startswith(PNG_MAGIC)
-    assert report.figure_beads(raw=raw, restored=restored, bead_table=beads.iloc[1:]) is None
+    assert figures.figure_beads(raw=raw, restored=restored, bead_table=beads.iloc[1:]) is None
     # log10 spectra (as qc writes them) draw curves; an all-negative log is not "no data"
     spectra = {"input": ([0, 0.1, 0.2], [-1.0, -2.0, -3.0]),
                "output": ([0, 0.1, 0.2, 0.4], [-1.0, -2.0, -3.5, -5.0])}
-    assert report.figure_spectra(spectra, log10_power=True) != report.figure_spectra({})
+    assert figures.figure_spectra(spectra, log10_power=True) != figures.figure_spectra({})
     # the interpolation's curve is drawn (beyond the input's Nyquist it leaks power too), and
     # the Nyquist line sits where it is given, not at the last bin of an odd slice count
     with_interp = spectra | {"interpolation": ([0, 0.1, 0.2, 0.4], [-1.0, -2.2, -3.4, -5.2])}
-    assert report.figure_spectra(with_interp, log10_power=True) != report.figure_spectra(spectra, log10_power=True)
-    assert (report.figure_spectra(with_interp | {"nyquist_in": 0.25}, log10_power=True)
-            != report.figure_spectra(with_interp, log10_power=True))
+    assert figures.figure_spectra(with_interp, log10_power=True) != figures.figure_spectra(spectra, log10_power=True)
+    assert (figures.figure_spectra(with_interp | {"nyquist_in": 0.25}, log10_power=True)
+            != figures.figure_spectra(with_interp, log10_power=True))
     with pytest.MonkeyPatch.context() as mp:
         drawn = _captured(mp)
-        report.figure_spectra(with_interp | {"nyquist_in": 0.25}, log10_power=True)
-        report.figure_spectra(with_interp, log10_power=True)
+        figures.figure_spectra(with_interp | {"nyquist_in": 0.25}, log10_power=True)
+        figures.figure_spectra(with_interp, log10_power=True)
 
     def nyquist_at(fig):  # the dotted vertical line's x
         lines = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == ":"]
@@ -359,10 +359,10 @@ def test_bead_figure_and_spectra_from_qc_tables(tmp_path):
         return set(np.ravel(lines[0].get_xdata()).astype(float))
 
     assert [nyquist_at(f) for f in drawn] == [{0.25}, {0.2}]  # given; else the input's last bin
-    figs = report.sample_figures(raw=raw, interp=interp, restored=restored, bead_table=beads,
+    figs = figures.sample_figures(raw=raw, interp=interp, restored=restored, bead_table=beads,
                                  spectra=spectra, spectra_log10=True)
     assert {"orthoviews", "projections", "detail", "spectra", "beads"} <= set(figs)
-    out = report.write_report_figures(tmp_path, figures=figs, names=report.REPORT_FIGURES)
+    out = figures.write_report_figures(tmp_path, figures=figs, names=figures.REPORT_FIGURES)
     # no training log: a placeholder keeps the declared output
     assert out["training_curves"].read_bytes().startswith(PNG_MAGIC)
 
@@ -891,12 +891,12 @@ def test_detail_of_an_output_resampled_along_z_only_is_an_axial_crop(monkeypatch
     raw = rng.random((8, 32, 32)).astype(np.float32)
     up = np.repeat(raw, 2, axis=0) + 0.01
     called = []
-    real = report._axial_detail
-    monkeypatch.setattr(report, "_axial_detail", lambda *a, **k: called.append(a[6]) or real(*a, **k))
-    png = report.figure_detail(raw=raw, interp=up, restored=up, voxel_size_in=(1.0, 0.5, 0.5),
+    real = figures._axial_detail
+    monkeypatch.setattr(figures, "_axial_detail", lambda *a, **k: called.append(a[6]) or real(*a, **k))
+    png = figures.figure_detail(raw=raw, interp=up, restored=up, voxel_size_in=(1.0, 0.5, 0.5),
                                voxel_size_out=(0.5, 0.5, 0.5))
     assert png.startswith(PNG_MAGIC) and len(called) == 1
-    report.figure_detail(raw=raw, interp=np.repeat(np.repeat(raw, 2, 1), 2, 2), restored=np.repeat(
+    figures.figure_detail(raw=raw, interp=np.repeat(np.repeat(raw, 2, 1), 2, 2), restored=np.repeat(
         np.repeat(raw, 2, 1), 2, 2), voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(1.0, 0.25, 0.25))
     assert len(called) == 1  # lateral upsampling keeps the XY detail
 
@@ -922,8 +922,8 @@ def test_the_timings_table_has_the_qc_stage_once_and_the_figures_are_timed_in_th
     assert ["quality control", 4.5, None] in rows and sum(r[0] in ("quality control", "qc_seconds") for r in rows) == 1
     assert all(r[0] != "quality control" for r in report._timing_rows({"train_seconds": 2.0}, {}))  # an older file
     raw, interp, restored = _volumes()
-    with caplog.at_level("INFO", logger="selfres.report"):
-        report.sample_figures(raw=raw, interp=interp, restored=restored)
+    with caplog.at_level("INFO", logger="selfres.figures"):
+        figures.sample_figures(raw=raw, interp=interp, restored=restored)
     for line in ("drawing the figures of a", "projections drawn in", "figures drawn in"):
         assert line in caplog.text, line
 
@@ -955,13 +955,13 @@ def test_detail_structure_is_found_away_from_the_lateral_edges():
     vol = np.zeros((4, 64, 64), np.float32)
     vol[:, 30:34, 0:3] = 2.0  # brightest, touching x = 0
     vol[:, 40:44, 20:24] = 1.0
-    z, y, x = report._find_structure(vol)
+    z, y, x = figures._find_structure(vol)
     assert 40 <= y < 44 and 20 <= x < 24
 
 
 def test_detail_crop_at_the_edge_keeps_its_full_size():
-    assert report._window(0, 8, 64) == (0, 16) and report._window(63, 8, 64) == (48, 64)
-    assert report._window(30, 8, 64) == (22, 38) and report._window(3, 8, 10) == (0, 10)
+    assert figures._window(0, 8, 64) == (0, 16) and figures._window(63, 8, 64) == (48, 64)
+    assert figures._window(30, 8, 64) == (22, 38) and figures._window(3, 8, 10) == (0, 10)
 
 
 def test_the_batch_summary_starts_without_the_heavy_libraries(tmp_path):
@@ -1027,8 +1027,8 @@ def test_the_bead_count_is_of_the_beads_the_medians_rest_on():
 
 def test_a_figure_just_below_one_is_not_shown_as_one():
     """An SSIM of 0.9996 read "1" (three decimals, trailing zeros cut) beside a gain of +0.0005."""
-    assert report._fmt(0.99962) == "0.99962" and report._fmt(0.9991) == "0.999"
-    assert report._fmt(1.0) == "1" and report._fmt(31.25) == "31.25" and report._fmt(-0.9999) == "-0.9999"
+    assert wording.fmt(0.99962) == "0.99962" and wording.fmt(0.9991) == "0.999"
+    assert wording.fmt(1.0) == "1" and wording.fmt(31.25) == "31.25" and wording.fmt(-0.9999) == "-0.9999"
 
 
 def test_a_broken_restored_volume_is_not_ok_anywhere():
@@ -1076,28 +1076,28 @@ def test_figures_of_a_sample_without_voxel_size_measure_in_voxels_not_micrometre
     sizes were passed on as if known. Each figure now receives the sizes as given (None)."""
     raw, interp, restored = _volumes()
     seen = {}
-    real = report.figure_orthoviews
+    real = figures.figure_orthoviews
 
     def spy(**kw):
         seen.update(vin=kw["voxel_size_in"], vout=kw["voxel_size_out"])
         return real(**kw)
 
-    monkeypatch.setattr(report, "figure_orthoviews", spy)
-    report.sample_figures(raw=raw, interp=interp, restored=restored, voxel_size_in=None, voxel_size_out=None)
+    monkeypatch.setattr(figures, "figure_orthoviews", spy)
+    figures.sample_figures(raw=raw, interp=interp, restored=restored, voxel_size_in=None, voxel_size_out=None)
     assert seen == {"vin": None, "vout": None}
-    assert report._voxel_sizes(raw.shape, restored.shape, None, None)[2] != "µm"
+    assert figures._voxel_sizes(raw.shape, restored.shape, None, None)[2] != "µm"
 
 
 def _captured(monkeypatch):
     """The figures a report function draws (their PNG made as usual)."""
     drawn = []
-    real = report._fig_to_png
+    real = figures._fig_to_png
 
     def keep(fig):
         drawn.append(fig)
         return real(fig)
 
-    monkeypatch.setattr(report, "_fig_to_png", keep)
+    monkeypatch.setattr(figures, "_fig_to_png", keep)
     return drawn
 
 
@@ -1112,7 +1112,7 @@ def test_a_serial_models_two_trainings_are_drawn_one_after_the_other(monkeypatch
     log = pd.DataFrame({"step": [2, 4, 2, 4], "stage": [1, 1, 2, 2], "loss": [0.5, 0.4, 0.3, 0.2],
                         "val_psnr_model": [42.3, 42.5, 58.8, 58.9], "val_psnr_interp": [42.0, 42.0, 58.0, 58.0],
                         "lr": 1e-3})
-    report.figure_training_curves(log, best_step=[4, 2])
+    figures.figure_training_curves(log, best_step=[4, 2])
     fig = drawn[-1]
     loss, psnr, gain, lr = fig.axes
     assert list(_line(psnr, "model (stage 1)").get_xdata()) == [2, 4]
@@ -1121,7 +1121,7 @@ def test_a_serial_models_two_trainings_are_drawn_one_after_the_other(monkeypatch
                     and line.get_label().startswith("_"))
     assert dotted == [4, 6]  # stage 1's step 4, stage 2's step 2 drawn after stage 1
     assert "stage 1 step 4, stage 2 step 2" in fig._suptitle.get_text()
-    report.figure_training_curves(log)  # no kept steps given: each stage's best PSNR, on its own stage
+    figures.figure_training_curves(log)  # no kept steps given: each stage's best PSNR, on its own stage
     assert "stage 1 step 4, stage 2 step 4" in drawn[-1]._suptitle.get_text()
 
 
@@ -1131,7 +1131,7 @@ def test_the_kept_checkpoints_score_is_drawn_beside_the_psnr(monkeypatch):
     drawn = _captured(monkeypatch)
     log = pd.DataFrame({"step": [25, 50, 75], "val_psnr_model": [40.5, 41.0, 40.8], "val_psnr_interp": 40.0,
                         "val_coarse_gain": [0.30, -0.05, 0.20], "loss": [0.3, 0.2, 0.1], "lr": 1e-3})
-    report.figure_training_curves(log, best_step=25)
+    figures.figure_training_curves(log, best_step=25)
     gain = drawn[-1].axes[2]
     np.testing.assert_allclose(_line(gain, "held-out gain").get_ydata(), [0.5, 1.0, 0.8])
     np.testing.assert_allclose(_line(gain, "coarse-scale gain").get_ydata(), [0.30, -0.05, 0.20])
@@ -1139,10 +1139,10 @@ def test_the_kept_checkpoints_score_is_drawn_beside_the_psnr(monkeypatch):
     # a later score higher by less than training's least rise does not replace the kept one: said so
     from selfres.train import MIN_GAIN_DB
 
-    assert report.KEEP_MIN_GAIN_DB == MIN_GAIN_DB
+    assert figures.KEEP_MIN_GAIN_DB == MIN_GAIN_DB
     assert f"more than {MIN_GAIN_DB:g} dB higher" in drawn[-1]._suptitle.get_text()
     flat = log.assign(val_psnr_model=[32.0391, 32.0392, 32.0393])  # no "+3.2039e1" offset on the axis
-    report.figure_training_curves(flat, best_step=75)
+    figures.figure_training_curves(flat, best_step=75)
     assert drawn[-1].axes[1].yaxis.get_major_formatter().get_useOffset() is False
 
 
@@ -1150,7 +1150,7 @@ def test_non_finite_voxels_are_red_not_white_like_the_brightest_signal(monkeypat
     drawn = _captured(monkeypatch)
     raw, interp, restored = _volumes(factor=(2, 1, 1))
     restored[:, 2:6, 2:6] = np.nan  # a failed tile
-    report.figure_orthoviews(raw=raw, interp=interp, restored=restored, voxel_size_in=(2, 1, 1),
+    figures.figure_orthoviews(raw=raw, interp=interp, restored=restored, voxel_size_in=(2, 1, 1),
                              voxel_size_out=(1, 1, 1))
     images = [im for ax in drawn[-1].axes for im in ax.get_images()]
     assert images and all(tuple(im.get_cmap().get_bad()) == (1.0, 0.0, 0.0, 1.0) for im in images)
@@ -1225,11 +1225,11 @@ def test_the_colour_bar_and_the_zoom_panels_say_what_they_show(monkeypatch):
     crops without a y axis label."""
     drawn = _captured(monkeypatch)
     raw, interp, restored = _volumes()
-    report.figure_orthoviews(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
+    figures.figure_orthoviews(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
                              voxel_size_out=(0.5, 0.5, 0.5))
     assert "intensity" in drawn[-1].axes[-1].get_ylabel()  # the colour bar's own axes, added last
     raw, interp, restored = _volumes(factor=(1, 2, 2))  # a lateral factor: the lateral detail
-    report.figure_detail(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
+    figures.figure_detail(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
                          voxel_size_out=(1.0, 0.25, 0.25))
     assert drawn[-1].axes[0].get_ylabel() == "y (µm)" and "zoom" in drawn[-1].axes[0].get_title()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selfres import cli, pipeline
+from selfres import cli, figures, pipeline
 from selfres.errors import ConfigError, InputError
 from selfres.fov import TrainingFov
 from selfres.settings import Settings, from_dict
@@ -438,25 +438,23 @@ def test_the_report_of_a_fall_back_reads_its_interpolation_from_the_output_not_c
     it a second time over the whole field (half of a reviewer's 3-minute report)."""
     import zarr
 
-    from selfres import report
-
     seen = {}
-    real = report.sample_figures
+    real = figures.sample_figures
 
     def spy(**kw):
         seen.update(kw)
         return real(**kw)
 
-    monkeypatch.setattr(report, "sample_figures", spy)
+    monkeypatch.setattr(figures, "sample_figures", spy)
     args = (work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model", work / "train_fov.json",
             work / "qc" / "metrics.json", work / "r.html", work / "p.json")
     content = zarr.open_group(str(work / "out.ome.zarr"), mode="r").attrs["selfres"]["content"]
     pipeline.stage_report(*args, sample="s")
-    assert isinstance(seen["interp"], report.VolumeView) is (content != "interpolation")
+    assert isinstance(seen["interp"], figures.VolumeView) is (content != "interpolation")
     g = zarr.open_group(str(work / "out.ome.zarr"), mode="r+")  # the same store, said to be the interpolation
     g.attrs["selfres"] = {**g.attrs["selfres"], "content": "interpolation" if content == "model" else "model"}
     monkeypatch.setattr(pipeline, "check_restored_origin", lambda *a, **k: None)  # its record's hash: not tested here
     monkeypatch.setattr(pipeline, "check_metrics_origin", lambda *a, **k: None)
     seen.clear()
     pipeline.stage_report(*args, sample="s")
-    assert isinstance(seen["interp"], report.VolumeView) is (content == "interpolation")
+    assert isinstance(seen["interp"], figures.VolumeView) is (content == "interpolation")

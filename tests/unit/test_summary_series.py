@@ -4,6 +4,7 @@ summary (:func:`selfres.summary.mixed_time_series`)."""
 from __future__ import annotations
 
 from selfres import report
+from selfres.flags import sample_status
 from selfres.summary import mixed_time_series
 
 
@@ -55,7 +56,7 @@ def test_stage_summary_says_it_of_the_samples_results(tmp_path):
         (d / "report.html").write_text("<html></html>")
     rows = summary.stage_summary(tmp_path, ["lapse_t0", "lapse_t1"], tmp_path / "summary.tsv",
                                  tmp_path / "summary.html")
-    assert [report.sample_status(r) for r in rows] == ["ok", "fallback_interpolation"]
+    assert [sample_status(r) for r in rows] == ["ok", "fallback_interpolation"]
     assert "Time series lapse: 1 of its 2 time points (lapse_t1)" in (tmp_path / "summary.html").read_text()
 
 

@@ -1,0 +1,84 @@
+"""Figures and settings in words, for the reports and the methods text: numbers, durations,
+grids and the inference extras, and HTML escaping of what users wrote."""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["esc", "fmt", "num", "duration_text", "shape_text", "baseline_name", "extras_text"]
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def fmt(value: Any, *, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.{digits}g}"
+        text = f"{v:.{digits}f}"
+        text = text.rstrip("0").rstrip(".") if "." in text else text
+        if abs(v) < 1 and text in ("1", "-1"):  # an SSIM of 0.9996 is not a perfect 1
+            return f"{v:.{digits + 3}g}"
+        return text
+    if isinstance(value, (list, tuple)):
+        return " × ".join(fmt(v, digits=digits) for v in value)
+    return str(value)
+
+
+def num(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def extras_text(extras: Any, *, detail: bool = True) -> str:
+    """' with back-projection (1 step)' etc. for the inference extras the guard scored
+    (``detail`` False: ' with back-projection', without the steps and the shrink)."""
+    if not isinstance(extras, Mapping):
+        return ""
+    parts = []
+    n = extras.get("back_projection_iterations") or 0
+    if extras.get("ensemble"):
+        parts.append("self-ensemble")
+    if n:
+        shrunk = ", its corrections shrunk by the acquisition's noise" if extras.get("back_projection_shrink") else ""
+        parts.append(f"back-projection ({n} step{'s' if n != 1 else ''}{shrunk})" if detail else "back-projection")
+    return (" with " + " and ".join(parts)) if parts else ""
+
+
+def baseline_name(mode: Any) -> str:
+    """The interpolation a sample's model is compared with."""
+    return "z-cubic interpolation" if mode == "isotropic" else "tricubic interpolation"
+
+
+def duration_text(seconds: float) -> str:
+    """``0.25 s``, ``30 s``, ``2 min``, ``1.5 h``: a frame interval for people."""
+    for unit, size in (("h", 3600.0), ("min", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
+def shape_text(shape: Any) -> str | None:
+    if shape is None or (isinstance(shape, float) and math.isnan(shape)):
+        return None
+    if isinstance(shape, str):
+        return shape
+    return "x".join(str(int(s)) for s in shape)

@@ -43,6 +43,7 @@ from .atomic import partial_path, waiting_lock
 from .errors import SelfresError
 from .models import autocast_context, compute_label
 from .models import is_out_of_memory as _is_oom
+from .models import memory_error_cause
 
 log = logging.getLogger("selfres.infer")
 
@@ -442,6 +443,7 @@ class _Fitter:
         self.limit = math.inf  # input voxels per forward call known to fail (exclusive bound)
         self.batch_limit = math.inf  # input voxels a batch of tiles may hold (GPU caps; one tile always runs)
         self.splits = 0
+        self.cause = ""  # the last out-of-memory error's words, where not plainly out of memory
         self.pass_tile: tuple[int, ...] | None = None  # set by run_tiles
 
     def _forward(self, x: np.ndarray, outside: list | None = None) -> np.ndarray:
@@ -464,6 +466,7 @@ class _Fitter:
             except Exception as exc:  # noqa: BLE001 - only OOM is handled
                 if not _is_oom(exc):
                     raise
+                self.cause = memory_error_cause(exc)
             self._oom(len(blocks) * blocks[0].size)  # out of the except: the failed pass's tensors are freed
         return [self.single(b, None if outside is None else outside[k]) for k, b in enumerate(blocks)]
 
@@ -475,6 +478,7 @@ class _Fitter:
             except Exception as exc:  # noqa: BLE001 - only OOM is handled
                 if not _is_oom(exc):
                     raise
+                self.cause = memory_error_cause(exc)
             self._oom(block.size)  # out of the except: the failed pass's tensors are freed
         core = [n - 2 * h for n, h in zip(block.shape, self.halo)]
         ax = int(np.argmax(core))
@@ -482,7 +486,7 @@ class _Fitter:
             raise MemoryError(
                 f"a tile of {core} input voxels does not fit in {self.device} memory even after "
                 f"halving: every piece is read with a halo of {list(self.halo)} input voxels per side "
-                f"({block.size:,} padded input voxels here). {_halo_advice(self.model)}")
+                f"({block.size:,} padded input voxels here). {_halo_advice(self.model)}{self.cause}")
         self.splits += 1
         mid = core[ax] // 2
         h = self.halo[ax]

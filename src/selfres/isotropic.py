@@ -661,6 +661,7 @@ class SliceFitter:
         self.halo = tuple(int(h) for h in getattr(model, "halo", (0, 0)))[-2:]
         self.limit = math.inf  # pixels per forward call known to fail (exclusive bound)
         self.splits = 0
+        self.cause = ""  # the last out-of-memory error's words, where not plainly out of memory
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None].to(self.device)
@@ -674,6 +675,7 @@ class SliceFitter:
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
                 if not models.is_out_of_memory(exc):
                     raise
+                self.cause = models.memory_error_cause(exc)
             self._out_of_memory(x.size)  # out of the except: the failed pass's tensors are freed
         self.splits += 1
         if x.shape[0] > 1:
@@ -686,7 +688,7 @@ class SliceFitter:
             raise MemoryError(
                 f"one slice of {list(x.shape[1:])} pixels does not fit in {self.device} memory even after "
                 f"halving (the model reads {h} pixels beyond each cut). Lower infer.tile_size, or use a "
-                "machine with more memory")
+                f"machine with more memory.{self.cause}")
         low = self(np.take(x, range(0, mid + h), axis=axis))
         high = self(np.take(x, range(mid - h, n), axis=axis))
         return np.concatenate([np.take(low, range(0, mid), axis=axis),

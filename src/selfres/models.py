@@ -644,7 +644,10 @@ def claim_gpu(count: int, lock_dir: str | Path | None = None) -> int:
     ``SELFRES_GPU_LOCK_DIR`` or the temporary folder). Snakemake's local executor runs
     ``--resources gpu=N`` jobs side by side without telling each which GPU is its own, and
     plain ``cuda`` is GPU 0 in every one of them. When every GPU is held (more jobs than
-    GPUs), the one with the most free memory; the same index for later calls of a process.
+    GPUs), the one with the most free memory as the driver (NVML) reports it, without a CUDA
+    context on each GPU (``torch.cuda.mem_get_info`` made one on every GPU, others' included,
+    and fails on a GPU in exclusive-process mode); without NVML, one by the process id. The
+    same index for later calls of a process, in both cases.
     """
     if _CLAIMED_GPU:
         return _CLAIMED_GPU[0]
@@ -674,8 +677,14 @@ def claim_gpu(count: int, lock_dir: str | Path | None = None) -> int:
             continue
         _CLAIMED_GPU[:] = [index, fd]
         return index
-    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
-    return int(max(range(count), key=free.__getitem__))
+    try:  # NVML, through torch: no CUDA context is made
+        free = [torch.cuda.get_device_properties(i).total_memory - torch.cuda.device_memory_used(i)
+                for i in range(count)]
+        index = int(max(range(count), key=free.__getitem__))
+    except Exception:  # noqa: BLE001 - no NVML (pynvml) or an older driver: spread jobs by process id
+        index = os.getpid() % count
+    _CLAIMED_GPU[:] = [index, None]  # shared, not locked: nothing to release
+    return index
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -767,15 +776,37 @@ def cuda_autocast_dtype(*, training: bool) -> torch.dtype | None:
     return None if training else torch.float16
 
 
+#: CUDA errors that memory running out also raises, under other words: cuDNN tries each
+#: convolution algorithm, drops those whose workspace does not fit, and says it found no
+#: engine when none is left; cuBLAS cannot create its handle without memory. Each also has
+#: another cause (a torch build without kernels for the GPU), so the error that ends the
+#: halving names them (:func:`memory_error_cause`).
+ALSO_OUT_OF_MEMORY = ("unable to find an engine to execute this computation", "unable to find a valid cudnn algorithm",
+                      "cublas_status_not_initialized")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for an out-of-memory error of the accelerator (CUDA, MPS) or the allocator."""
+    """True for an out-of-memory error of the accelerator (CUDA, MPS) or the allocator, and for
+    the CUDA errors that memory running out raises under other words (:data:`ALSO_OUT_OF_MEMORY`)."""
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(
         what in text for what in ("out of memory", "can't allocate memory",
                                   # cuDNN's and cuBLAS's own workspace allocations under memory pressure
-                                  "cudnn_status_alloc_failed", "cublas_status_alloc_failed"))
+                                  "cudnn_status_alloc_failed", "cublas_status_alloc_failed", *ALSO_OUT_OF_MEMORY))
+
+
+def memory_error_cause(exc: BaseException) -> str:
+    """For the error that ends a halving: what the accelerator said, where its words are not
+    plainly out of memory (:data:`ALSO_OUT_OF_MEMORY`); else ``""``."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if not any(what in text.lower() for what in ALSO_OUT_OF_MEMORY):
+        return ""
+    return (f" The accelerator's error was '{text[:200]}', which CUDA raises when memory runs out and also when "
+            "this torch build has no kernels for the GPU: if a small volume fails the same way, check that "
+            "torch.cuda.get_arch_list() names the GPU's architecture (nvidia-smi --query-gpu=compute_cap "
+            "--format=csv).")
 
 
 def autocast_context(device: str | torch.device, *, enabled: bool, cpu: bool = False, training: bool = False

@@ -24,10 +24,12 @@ CUDA = torch.device("cuda")
 
 
 @pytest.fixture(autouse=True)
-def _exact_float32():
-    """TF32 off, so that float32 on the GPU matches the CPU to float rounding."""
+def _exact_float32(request):
+    """TF32 off, so that float32 on the GPU matches the CPU to float rounding; left as it is for
+    a test marked ``production_precision`` (training keeps TF32 for its convolutions)."""
     old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    if request.node.get_closest_marker("production_precision") is None:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
     torch.cuda.empty_cache()
@@ -110,6 +112,7 @@ def test_a_real_out_of_memory_error_is_halved_and_retried():
     np.testing.assert_allclose(blocks[0], ref, atol=1e-4)
 
 
+@pytest.mark.production_precision
 def test_training_on_the_gpu_with_mixed_precision_learns_and_loads_on_cpu(tmp_path):
     from selfres.models import load_model, save_model
     from selfres.settings import TrainSettings

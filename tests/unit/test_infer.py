@@ -183,6 +183,38 @@ def test_cudnn_and_cublas_allocation_failures_count_as_out_of_memory():
     assert _is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
     assert _is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
     assert not _is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_NOT_SUPPORTED"))
+    # a review: cuDNN, left with no algorithm whose workspace fits, and cuBLAS without memory
+    # for its handle, say so in other words; the job crashed where halving would have run
+    for said in ("GET was unable to find an engine to execute this computation",
+                 "FIND was unable to find an engine to execute this computation",
+                 "Unable to find a valid cuDNN algorithm to run convolution",
+                 "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`"):
+        assert _is_oom(RuntimeError(said)), said
+
+
+class _NoEngineAbove(_OomAbove):
+    """cuDNN's words for a convolution whose every algorithm ran out of memory."""
+
+    def forward(self, x):
+        if x.numel() > self.limit:
+            raise RuntimeError("GET was unable to find an engine to execute this computation")
+        self.sizes.append(x.numel())
+        return self.inner(x)
+
+
+def test_cudnn_finding_no_engine_halves_the_work_and_the_last_error_names_its_other_cause():
+    model = _random_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), width=8, depth=1))
+    vol = blob_volume((6, 20, 20))
+    one_tile = np.prod([n + 2 * h for n, h in zip(vol.shape, model.halo)])
+    out = predict_array(_NoEngineAbove(model, limit=one_tile // 2), vol, factors=(1, 2, 2), tile_size=(6, 20, 20))
+    np.testing.assert_allclose(out, predict_single_pass(model, vol, factors=(1, 2, 2)), atol=2e-5)
+    with pytest.raises(MemoryError) as caught:  # nothing fits: a torch build without the GPU's kernels, maybe
+        predict_array(_NoEngineAbove(model, limit=0), vol, factors=(1, 2, 2), tile_size=(6, 20, 20))
+    assert "even after halving" in str(caught.value)
+    assert "'GET was unable to find an engine" in str(caught.value) and "torch.cuda.get_arch_list()" in str(caught.value)
+    with pytest.raises(MemoryError) as plain:  # plainly out of memory: no such note
+        predict_array(_OomAbove(model, limit=0), vol, factors=(1, 2, 2), tile_size=(6, 20, 20))
+    assert "get_arch_list" not in str(plain.value)
 
 
 def test_out_of_memory_on_a_batch_falls_back_to_single_tiles_and_other_errors_propagate():

@@ -436,8 +436,19 @@ def test_out_of_memory_halves_batches_then_slices_and_the_output_is_unchanged():
     np.testing.assert_allclose(out, full, atol=1e-5)
     assert sizes and max(sizes) <= one_slice // 2  # every slice was cut, each piece fits
     # a slice that cannot be cut (the halo reaches past the middle) says what to do
-    with pytest.raises(MemoryError, match="infer.tile_size"):
+    with pytest.raises(MemoryError, match="infer.tile_size") as plain:
         iso.restore_isotropic(_OomAbove(model, limit=10, record=sizes.append), vol, factor=2.0, tile=(100, 100))
+    assert "get_arch_list" not in str(plain.value)
+
+    class NoEngine(_OomAbove):  # cuDNN's words for out of memory, which a torch build without kernels also says
+        def forward(self, x):
+            if x.numel() > self.limit:
+                raise RuntimeError("GET was unable to find an engine to execute this computation")
+            return self.inner(x)
+
+    with pytest.raises(MemoryError, match="infer.tile_size") as caught:
+        iso.restore_isotropic(NoEngine(model, limit=10, record=sizes.append), vol, factor=2.0, tile=(100, 100))
+    assert "'GET was unable to find an engine" in str(caught.value) and "get_arch_list" in str(caught.value)
     # an error that is not out-of-memory is not swallowed
     class Broken(torch.nn.Module):
         halo = (3, 3)

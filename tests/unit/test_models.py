@@ -405,6 +405,45 @@ def test_jobs_side_by_side_on_a_workstation_with_several_gpus_each_take_their_ow
     assert models.select_device("auto") == torch.device("cuda")
 
 
+def test_with_every_gpu_held_the_choice_makes_no_cuda_context_and_is_kept(monkeypatch, tmp_path):
+    """A review: with every GPU's lock held, the choice read torch.cuda.mem_get_info on each GPU,
+    which makes a CUDA context on every one (others' GPUs; refused in exclusive-process mode),
+    and it was not kept, so one process's train and infer could land on two GPUs."""
+    import fcntl
+    import os
+
+    from selfres import models
+
+    monkeypatch.setattr(models, "_CLAIMED_GPU", [])
+    held = []
+    for i in range(3):
+        fd = os.open(tmp_path / f"selfres-gpu-{i}.lock", os.O_RDONLY | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.append(fd)
+
+    def no_context(*a, **k):
+        raise AssertionError("mem_get_info makes a CUDA context")
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", no_context)
+    used = {0: 9, 1: 2, 2: 5}  # GiB in use, as NVML reports it
+    monkeypatch.setattr(torch.cuda, "device_memory_used", lambda i: used[i] * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type("P", (), {"total_memory": 16 * 2**30}))
+    try:
+        assert models.claim_gpu(3, tmp_path) == 1  # the most free memory
+        used[1] = 15
+        assert models.claim_gpu(3, tmp_path) == 1, "a process keeps the GPU it chose"
+        monkeypatch.setattr(models, "_CLAIMED_GPU", [])
+
+        def no_nvml(i):
+            raise RuntimeError("pynvml does not seem to be installed")
+
+        monkeypatch.setattr(torch.cuda, "device_memory_used", no_nvml)
+        assert models.claim_gpu(3, tmp_path) == os.getpid() % 3  # spread by process id
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
 def test_a_network_without_a_base_keeps_a_float32_output_under_mixed_precision():
     """residual 'none' has no float32 interpolation to add a bf16 correction to: its last conv
     runs in float32, or the whole output would be rounded to bf16's ~0.4 %."""

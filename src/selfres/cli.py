@@ -567,7 +567,7 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
     from . import io
     from .errors import InputError
     from .io import describe_acquisition
-    from .isotropic import square_pixels
+    from .settings import square_pixels
     from .wording import duration_text
     from .pipeline import check_volume_for_mode, output_grid_shape
     from .settings import voxel_size_problem

@@ -886,6 +886,39 @@ def voxel_size_slips(sheet: pd.DataFrame, counts: FileCounts | None = None) -> d
     return slips
 
 
+def isotropic_voxel_problems(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
+                             default_mode: str = "enhance") -> dict[str, str]:
+    """``{sample: problem}`` for the ``isotropic`` rows whose voxel size — the sheet's
+    ``voxel_size`` cell, else the file's header (through ``counts``, as :func:`voxel_size_slips`
+    reads it) — gives no anisotropy factor isotropic mode accepts: none known, z finer than the
+    lateral pixel, a factor under :data:`~selfres.settings.MIN_ISOTROPIC_FACTOR` or over
+    :data:`~selfres.settings.MAX_ISOTROPIC_FACTOR` (the crop step's own words,
+    :func:`~selfres.settings.isotropic_factor`). The workflow says these when a run starts (a dry
+    run too); the sample's crop step refuses it after its normalise (a walkthrough: found only
+    then). Rows of a later image of a file, files not there or unreadable, and cells that do not
+    parse are left to the sample's jobs."""
+    from .errors import InputError
+    from .settings import isotropic_factor, parse_triple
+
+    read_voxel_size = _io_reader("read_voxel_size")
+    problems = {}
+    for row in sheet.to_dict(orient="records"):
+        path, cell = row.get("path") or "", str(row.get("voxel_size") or "").strip()
+        if (str(row.get("mode") or "").strip() or default_mode) != "isotropic" or (_series_of(row) or 0) > 0 \
+                or not os.path.isfile(path) and not os.path.isdir(path):
+            continue
+        try:
+            voxel = (parse_triple(cell, name="voxel_size", kind=float) if cell else
+                     _counted(counts, "voxel_size", path, None, lambda: read_voxel_size(path)))
+        except Exception:  # noqa: BLE001 - a hint: the sample's normalise says what is wrong in its own words
+            continue
+        try:
+            isotropic_factor(voxel, path=path, sample=row["sample"])
+        except InputError as exc:
+            problems[row["sample"]] = exc.what
+    return problems
+
+
 def _series_of(row: dict) -> int | None:
     value = str(row.get("series") or "").strip()
     return int(value) if value.isdigit() else None

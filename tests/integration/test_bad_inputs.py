@@ -637,6 +637,18 @@ def test_a_reference_off_the_output_grid_is_named_at_the_start(tmp_path):
     assert "sample 'fits'" not in plan.stderr
 
 
+def test_an_isotropic_sample_without_a_usable_voxel_size_is_named_at_the_start(tmp_path):
+    """A walkthrough: a dry run said nothing, and the sample failed at crop after its normalise."""
+    wd = make_workdir(tmp_path, samples={"zfine": {"mode": "isotropic", "voxel_size": "0.4,0.5,0.5"},
+                                         "fine": {"mode": "isotropic"}})  # the file's 1 × 0.5 × 0.5 µm: f = 2
+    plan = run_snakemake(wd, "-n", timeout=120)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert ("sample 'zfine': its acquisition data/zfine.tif: voxel size z,y,x 0.4, 0.5, 0.5 µm: the z voxel (0.4 µm) "
+            "is finer than the lateral pixel (0.5 µm)" in plan.stderr), plan.stderr[-3000:]
+    assert "that sample fails at crop; with --keep-going" in plan.stderr
+    assert "sample 'fine'" not in plan.stderr
+
+
 def test_write_tiny_tiff_is_valid(tmp_path):
     """Guard for the builders: the good tiny acquisition itself reads cleanly."""
     p = write_tiny_tiff(tmp_path / "ok.tif")

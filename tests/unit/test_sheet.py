@@ -586,6 +586,40 @@ def test_a_sheet_voxel_size_unlike_its_files_is_found_from_the_header_once(tmp_p
     assert voxel_size_slips(sheet, FileCounts(tmp_path / "counts.json")) == found
 
 
+def test_an_isotropic_row_without_a_usable_voxel_size_is_said_when_the_run_starts(tmp_path):
+    """A walkthrough: an isotropic sample whose file records no voxel size, or whose z step is
+    finer than its pixel, was refused only at crop, after its normalise; a dry run said nothing.
+    Now the run's start says it in crop's own words; enhance rows, a cell that gives a usable
+    size, a later image of a file and a file not there are left alone."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from selfres.sheet import FileCounts, isotropic_voxel_problems
+
+    sized = tmp_path / "sized.tif"  # 1 x 0.5 x 0.5 µm: factor 2
+    tifffile.imwrite(sized, np.zeros((4, 8, 8), "uint16"), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 1.0, "unit": "um", "axes": "ZYX"})
+    fine_z = tmp_path / "fine_z.tif"  # 0.1 x 0.2 x 0.2 µm
+    tifffile.imwrite(fine_z, np.zeros((4, 8, 8), "uint16"), imagej=True, resolution=(5.0, 5.0),
+                     metadata={"spacing": 0.1, "unit": "um", "axes": "ZYX"})
+    bare = tmp_path / "bare.tif"
+    tifffile.imwrite(bare, np.zeros((4, 8, 8), "uint16"))
+    rows = [("ok", sized, "isotropic", "", ""), ("nometa", bare, "isotropic", "", ""),
+            ("zfine", fine_z, "", "", ""), ("given", bare, "isotropic", "", "2,0.5,0.5"),
+            ("nm", sized, "isotropic", "", "1000,0.5,0.5"), ("enh", bare, "enhance", "", ""),
+            ("later", bare, "isotropic", "1", ""), ("gone", tmp_path / "gone.tif", "isotropic", "", "")]
+    sheet = pd.DataFrame([(sid, str(p), m, se, vs) for sid, p, m, se, vs in rows],
+                         columns=["sample", "path", "mode", "series", "voxel_size"])
+    found = isotropic_voxel_problems(sheet, FileCounts(tmp_path / "counts.json"), default_mode="isotropic")
+    assert sorted(found) == ["nm", "nometa", "zfine"]
+    assert found["nometa"].startswith("isotropic mode needs the voxel size: give it in the sample sheet column")
+    assert "the z voxel (0.1 µm) is finer than the lateral pixel (0.2 µm)" in found["zfine"]
+    assert "isotropic mode allows at most 20x" in found["nm"]
+    # the config's mode is enhance: a row without a mode is not isotropic
+    assert sorted(isotropic_voxel_problems(sheet, None, default_mode="enhance")) == ["nm", "nometa"]
+
+
 def test_samples_are_listed_in_the_order_of_the_sheet_rows_they_come_from():
     """The summary lists a run's samples as the sheet has them: a refused row where it stands
     (not after the others), an expanded id at the row that made it, the inbox's last."""

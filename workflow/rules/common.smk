@@ -169,6 +169,8 @@ def _inbox_rows(sheet, refused, refused_paths):
 _CHOICE_PROBLEMS = {}
 #: {sample: warning} of the rows whose voxel_size cell is 10 times or more unlike their file's (nm typed for µm?)
 _VOXEL_SIZE_SLIPS = {}
+#: {sample: problem} of the isotropic rows whose voxel size gives no factor isotropic mode accepts (none known...)
+_ISOTROPIC_VOXEL_PROBLEMS = {}
 #: every id an `all` expansion made, refused ones included (their acquisition's export waits on them)
 EXPANDED_IDS = set()
 
@@ -198,6 +200,7 @@ def _sample_table():
         # a channel (image, time point) that the file lacks, or none chosen of several: said at the start (below)
         _CHOICE_PROBLEMS.update(_sheet.choice_problems(sheet, counts))
         _VOXEL_SIZE_SLIPS.update(_sheet.voxel_size_slips(sheet, counts))  # said at the start (below)
+        _ISOTROPIC_VOXEL_PROBLEMS.update(_sheet.isotropic_voxel_problems(sheet, counts, default_mode=config["mode"]))
         counts.save()
     # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
     sheet = _sheet.resolve_first_timepoint(sheet, refused=alone)  # model_from=first_timepoint: {series}_t0's model
@@ -444,6 +447,10 @@ if workflow.is_main_process:
         if _s in _VOXEL_SIZE_SLIPS:  # a unit slip in the sheet: said now, not only in the morning's qc flags
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: {_VOXEL_SIZE_SLIPS[_s]}",
                   file=sys.stderr)
+        if _s in _ISOTROPIC_VOXEL_PROBLEMS:  # isotropic mode without a usable voxel size: said now, not at crop
+            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: "
+                  f"{_ISOTROPIC_VOXEL_PROBLEMS[_s]}; that sample fails at crop; with --keep-going, as the profiles "
+                  "set, the others go on", file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist"
                   f"{_missing_path_hint(_cell(_s, 'reference'))}; that "

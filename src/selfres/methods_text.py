@@ -254,6 +254,10 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
                     "restorations were fused.")
         if training.get("noise_match"):
             bits.append("The degraded slices were given noise to match the acquisition's own.")
+        kept = num(metrics.get("best_step"))
+        if kept is not None and kept > 0:  # (step 0: the network's starting point, z-cubic, is kept)
+            bits.append(f"The checkpoint kept (step {int(kept)}) scored best on lateral slices of "
+                        f"{'that acquisition' if adopted else 'the volume'} held out of training.")
         bits.append(_training_words(training, mode))
         restored = grid(sout, vout)
         if restored:

@@ -172,6 +172,9 @@ def test_an_isotropic_model_says_its_noise_top_up_and_its_blended_ends():
     assert "Training ran 30 of 1000 steps (stopped at its time budget" in text
     assert "an L1 loss with a Fourier-amplitude term (weight 0.3)" in text and "batches of 8 patches of 64×64" in text
     assert "its first and last planes blended with z-cubic interpolation" in text
+    assert "checkpoint kept" not in text  # no best step recorded
+    kept = methods_text.methods_text(m | {"best_step": 450}, {"model": {"arch": "iso2d", "training": training}})
+    assert "The checkpoint kept (step 450) scored best on lateral slices of the volume held out of training." in kept
 
 
 def test_the_normalisation_is_said_where_provenance_records_it():

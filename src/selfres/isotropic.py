@@ -58,7 +58,9 @@ from .atomic import permissions_as_umask
 from .errors import InputError
 from .fov import TrainingFov, training_boxes
 from .settings import (ISOTROPIC_INFERENCE_KEYS, InferSettings, IsotropicSettings, Settings, TrainSettings,
-                       isotropic_train_values, to_dict)
+                       isotropic_train_values, to_dict,
+                       # the anisotropy factor of a voxel size: there without torch, for a run's start
+                       isotropic_factor)
 
 log = logging.getLogger("selfres.isotropic")
 
@@ -74,66 +76,8 @@ _LOG_COLUMNS = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seco
 
 
 # ----------------------------------------------------------------------------- grid
-#: Smallest anisotropy factor isotropic mode accepts: below it z is sampled (nearly) as
-#: finely as x/y, and the output grid would gain less than 10 % of slices (none at all
-#: while round(nz · f) == nz, i.e. f < 1 + 0.5 / nz): nothing to restore on the grid.
-MIN_ISOTROPIC_FACTOR = 1.1
-#: Largest anisotropy factor isotropic mode accepts. Beyond it more than 95 % of the output
-#: slices are invented and the output is f times the input's size; such a factor almost
-#: always comes from a unit mix-up (a z step in nm, a lateral pixel in mm), e.g.
-#: ``500,0.2,0.2`` for 0.5 µm z steps: f = 2500, a training and output without end.
-MAX_ISOTROPIC_FACTOR = 20.0
 #: Fewest z slices isotropic mode trains on (refused at crop, before the GPU job).
 MIN_ISOTROPIC_SLICES = 4
-
-
-def square_pixels(voxel_size: Sequence[float]) -> bool:
-    """The lateral pixel sizes (y, x of ``voxel_size`` z,y,x) agree within 5 %: z can be matched
-    to both (otherwise to their mean, and the output is not isotropic)."""
-    vy, vx = float(voxel_size[1]), float(voxel_size[2])
-    return abs(vy - vx) <= 0.05 * max(vy, vx)
-
-
-def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume>",
-                     sample: str | None = None) -> float:
-    """Anisotropy factor ``f = voxel_z / voxel_xy`` (may be non-integer).
-
-    Raises
-    ------
-    InputError
-        Voxel size unknown; z finer than the lateral pixel; ``f`` below
-        :data:`MIN_ISOTROPIC_FACTOR` (already isotropic: nothing to restore) or above
-        :data:`MAX_ISOTROPIC_FACTOR` (implausible: most likely a unit mix-up).
-    """
-    if voxel_size is None:
-        raise InputError(path, "isotropic mode needs the voxel size: give it in the sample sheet column "
-                               "voxel_size (z,y,x in µm; selfres restore: --voxel-size; config inbox_columns for "
-                               "inbox acquisitions) or in the file metadata",
-                         sample=sample)
-    vz, vy, vx = (float(v) for v in voxel_size)
-    if not square_pixels(voxel_size):
-        log.warning("lateral voxel sizes differ (y %.4g, x %.4g µm); using their mean", vy, vx)
-    vxy = 0.5 * (vy + vx)
-    f = vz / vxy
-    given = f"voxel size z,y,x {vz:g}, {vy:g}, {vx:g} µm"
-    if f < 1.0 - 1e-6:
-        lateral = f"{vxy:g} µm" if square_pixels(voxel_size) else f"y {vy:g}, x {vx:g} µm: mean {vxy:g}"
-        raise InputError(path, f"{given}: the z voxel ({vz:g} µm) is finer than the lateral pixel ({lateral}); isotropic "
-                               "mode restores stacks whose z spacing is coarser than x/y (check the voxel size's "
-                               "order: z,y,x; for a finer lateral grid use mode enhance with scale 1,2,2)",
-                         sample=sample)
-    if f < MIN_ISOTROPIC_FACTOR * (1 - 1e-9):  # 0.22 / 0.2 is 1.0999999999999999: 1.1 is allowed
-        raise InputError(path, f"{given}: the z step is {f:.3g}x the lateral pixel, so the stack is already "
-                               f"(nearly) isotropic and there is nothing to restore on the z grid; isotropic mode "
-                               f"needs a z step of at least {MIN_ISOTROPIC_FACTOR:g}x the lateral pixel (for a finer "
-                               "grid on every axis use mode enhance)", sample=sample)
-    if f > MAX_ISOTROPIC_FACTOR * (1 + 1e-9):
-        raise InputError(path, f"{given}: the z step is {f:.4g}x the lateral pixel; isotropic mode allows at most "
-                               f"{MAX_ISOTROPIC_FACTOR:g}x. Check the units: voxel sizes are in µm, and a z step "
-                               "written in nm (or a lateral pixel in mm) gives such a factor; correct it in the sample "
-                               "sheet column voxel_size (selfres restore: --voxel-size), which overrides the file "
-                               "metadata", sample=sample)
-    return f
 
 
 def isotropic_shape(shape: Sequence[int], factor: float) -> tuple[int, int, int]:
@@ -708,6 +652,8 @@ def predict_slices(model: nn.Module, slices: np.ndarray, *, device: torch.device
     ``amp``: mixed precision (:func:`selfres.models.autocast_context`, CPU included).
     ``fitter``: a :class:`SliceFitter` of this model kept across calls, so that a size
     found not to fit in memory is split at once the next time (one is made otherwise).
+    The slices' ends meet the convolutions' zero padding, as the training patches' edges do:
+    mirroring them instead was measured and not kept (docs/isotropic.md, "Mirrored slice ends").
     """
     device = torch.device(device)
     fitter = fitter if fitter is not None else SliceFitter(model, device, amp=amp)

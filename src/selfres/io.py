@@ -521,6 +521,11 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
             return None
         factors = {ax: _unit_factor(u) for ax, u in units.items()}
         if factors["x"] is None or factors["y"] is None:
+            spacing = _number(ij.get("spacing"))
+            if spacing is not None and spacing != 1 and nz > 1:  # uncalibrated, but its z step says something
+                _warn_voxel_unknown(_tiff_path(tif), f"its ImageJ metadata is not calibrated (unit 'pixel'): its z "
+                                                     f"spacing of {spacing:g} gives the z step in pixels, not in µm "
+                                                     f"(with a pixel of p µm the voxel size is {spacing:g}·p, p, p)")
             return None
         fac, yfac, zfac = factors["x"], factors["y"], factors["z"] or factors["x"]
     elif "ResolutionUnit" in tags:

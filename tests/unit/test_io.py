@@ -125,6 +125,24 @@ def test_an_imagej_unit_that_is_not_a_length_is_named_in_a_warning(tmp_path, cap
     assert io.read_volume(inch).voxel_size == pytest.approx((50.8, 25.4, 25.4))
 
 
+def test_an_uncalibrated_imagej_stack_with_a_z_spacing_says_why_its_voxel_size_is_unknown(tmp_path, caplog):
+    """A walkthrough: unit 'pixel' with spacing 4 read as no voxel size, and `selfres inspect`
+    pointed to 'a warning above' that was never written. Without a spacing (or 1), nothing to say."""
+    p = tmp_path / "pix.tif"
+    tifffile.imwrite(p, _vol(), imagej=True, metadata={"axes": "ZYX", "spacing": 4, "unit": "pixel"})
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(p).voxel_size is None
+    assert ("pix.tif: its ImageJ metadata is not calibrated (unit 'pixel'): its z spacing of 4 gives the z step in "
+            "pixels, not in µm (with a pixel of p µm the voxel size is 4·p, p, p); the voxel size is taken as "
+            "unknown") in caplog.text
+    caplog.clear()
+    q = tmp_path / "plain.tif"
+    tifffile.imwrite(q, _vol(), imagej=True, metadata={"axes": "ZYX", "unit": "pixel"})
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(q).voxel_size is None
+    assert "not calibrated" not in caplog.text
+
+
 def test_imagej_without_unit_has_no_voxel_size(tmp_path):
     p = tmp_path / "a.tif"
     tifffile.imwrite(p, _vol(), imagej=True, metadata={"axes": "ZYX"})

@@ -486,7 +486,7 @@ class _Fitter:
             raise MemoryError(
                 f"a tile of {core} input voxels does not fit in {self.device} memory even after "
                 f"halving: every piece is read with a halo of {list(self.halo)} input voxels per side "
-                f"({block.size:,} padded input voxels here). {_halo_advice(self.model)}{self.cause}")
+                f"({block.size:,} padded input voxels here). {_halo_advice(self.model)}.{self.cause}")
         self.splits += 1
         mid = core[ax] // 2
         h = self.halo[ax]

@@ -132,11 +132,15 @@ def _normalisation_words(prov: Mapping[str, Any]) -> str:
     lo, hi, basis = num(used.get("low")), num(used.get("high")), used.get("basis")
     back = " for the network, and the output brought back to the acquisition's units."
     if basis == "constant" and lo is not None:
-        return f"The volume is constant ({lo:.4g}); it was shifted to 0" + back
-    values = f"{lo:.4g} and {hi:.4g}" if lo is not None and hi is not None else None
+        return f"The volume is constant ({fmt(lo, digits=4)}); it was shifted to 0" + back
+    values = f"{fmt(lo, digits=4)} and {fmt(hi, digits=4)}" if lo is not None and hi is not None else None
     if basis == "range" and values:
         return (f"Intensities were scaled to 0 and 1 at the volume's minimum and maximum ({values}; its percentiles "
                 f"{fmt(lo_p)} and {fmt(hi_p)} were equal)" + back)
+    if basis == "unrecorded" and values:  # a store written before the basis was: the values, not their source
+        return (f"Intensities were scaled to 0 and 1 at {values}, as its normalisation recorded them"
+                + (f" (the configuration asked for its percentiles {fmt(lo_p)} and {fmt(hi_p)})"
+                   if lo_p is not None and hi_p is not None else "") + back)
     if lo_p is None or hi_p is None:
         return ""
     return (f"Intensities were scaled to 0 and 1 at the volume's percentiles {fmt(lo_p)} and {fmt(hi_p)}"

@@ -644,7 +644,7 @@ def claim_gpu(count: int, lock_dir: str | Path | None = None) -> int:
     ``SELFRES_GPU_LOCK_DIR`` or the temporary folder). Snakemake's local executor runs
     ``--resources gpu=N`` jobs side by side without telling each which GPU is its own, and
     plain ``cuda`` is GPU 0 in every one of them. When every GPU is held (more jobs than
-    GPUs), the one with the most free memory as the driver (NVML) reports it, without a CUDA
+    GPUs), the one with the most free memory as NVML reports it (``nvidia-ml-py``), without a CUDA
     context on each GPU (``torch.cuda.mem_get_info`` made one on every GPU, others' included,
     and fails on a GPU in exclusive-process mode); without NVML, one by the process id. The
     same index for later calls of a process, in both cases.
@@ -681,8 +681,9 @@ def claim_gpu(count: int, lock_dir: str | Path | None = None) -> int:
         free = [torch.cuda.get_device_properties(i).total_memory - torch.cuda.device_memory_used(i)
                 for i in range(count)]
         index = int(max(range(count), key=free.__getitem__))
-    except Exception:  # noqa: BLE001 - no NVML (pynvml) or an older driver: spread jobs by process id
+    except Exception as exc:  # noqa: BLE001 - no NVML (nvidia-ml-py) or an older driver: spread jobs by process id
         index = os.getpid() % count
+        log.debug("every GPU is held; no free memory from NVML (%s): GPU %d by process id", exc, index)
     _CLAIMED_GPU[:] = [index, None]  # shared, not locked: nothing to release
     return index
 

@@ -97,7 +97,7 @@ def square_pixels(voxel_size: Sequence[float]) -> bool:
 
 
 def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume>",
-                     sample: str | None = None) -> float:
+                     sample: str | None = None, warn: bool = True) -> float:
     """Anisotropy factor ``f = voxel_z / voxel_xy`` (may be non-integer).
 
     Raises
@@ -113,7 +113,7 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
                                "inbox acquisitions) or in the file metadata",
                          sample=sample)
     vz, vy, vx = (float(v) for v in voxel_size)
-    if not square_pixels(voxel_size):
+    if warn and not square_pixels(voxel_size):  # (not at a run's start: the sample's own crop says it)
         logging.getLogger("selfres.isotropic").warning(
             "lateral voxel sizes differ (y %.4g, x %.4g µm); using their mean", vy, vx)
     vxy = 0.5 * (vy + vx)

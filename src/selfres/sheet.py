@@ -913,7 +913,7 @@ def isotropic_voxel_problems(sheet: pd.DataFrame, counts: FileCounts | None = No
         except Exception:  # noqa: BLE001 - a hint: the sample's normalise says what is wrong in its own words
             continue
         try:
-            isotropic_factor(voxel, path=path, sample=row["sample"])
+            isotropic_factor(voxel, path=path, sample=row["sample"], warn=False)
         except InputError as exc:
             problems[row["sample"]] = exc.what
     return problems

@@ -210,7 +210,7 @@ def test_cudnn_finding_no_engine_halves_the_work_and_the_last_error_names_its_ot
     np.testing.assert_allclose(out, predict_single_pass(model, vol, factors=(1, 2, 2)), atol=2e-5)
     with pytest.raises(MemoryError) as caught:  # nothing fits: a torch build without the GPU's kernels, maybe
         predict_array(_NoEngineAbove(model, limit=0), vol, factors=(1, 2, 2), tile_size=(6, 20, 20))
-    assert "even after halving" in str(caught.value)
+    assert "even after halving" in str(caught.value) and "more memory. The accelerator's error was" in str(caught.value)
     assert "'GET was unable to find an engine" in str(caught.value) and "torch.cuda.get_arch_list()" in str(caught.value)
     with pytest.raises(MemoryError) as plain:  # plainly out of memory: no such note
         predict_array(_OomAbove(model, limit=0), vol, factors=(1, 2, 2), tile_size=(6, 20, 20))

@@ -190,7 +190,9 @@ def test_the_normalisation_says_the_values_used_and_a_range_where_the_percentile
     asked = {"resolved_config": {"settings": {"normalise": {"low_percentile": 1.0, "high_percentile": 99.8}}}}
     used = {"low": 102.0, "high": 3850.5, "low_percentile": 1.0, "high_percentile": 99.8, "basis": "percentiles"}
     text = methods_text.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": used})
-    assert "at the volume's percentiles 1 and 99.8 (102 and 3850) for the network" in text
+    assert "at the volume's percentiles 1 and 99.8 (102 and 3850.5) for the network" in text
+    big = used | {"high": 41234.7}  # a 16-bit camera's: no exponent in a paper's text (a review: 4.123e+04)
+    assert "(102 and 41234.7)" in methods_text.methods_text(_enhance(), PROVENANCE | {"normalisation": big})
     flat = used | {"low": 0.0, "high": 7.0, "basis": "range"}
     text = methods_text.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": flat})
     assert ("at the volume's minimum and maximum (0 and 7; its percentiles 1 and 99.8 were equal) for the network"
@@ -198,10 +200,11 @@ def test_the_normalisation_says_the_values_used_and_a_range_where_the_percentile
     constant = used | {"low": 5.0, "high": 6.0, "basis": "constant"}
     text = methods_text.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": constant})
     assert "The volume is constant (5); it was shifted to 0 for the network" in text and "percentiles" not in text
-    # a store written before the basis was recorded: the percentiles and values, as before
-    old = {k: v for k, v in used.items() if k != "basis"}
-    text = methods_text.methods_text(_enhance(), PROVENANCE | {"normalisation": old})
-    assert "percentiles 1 and 99.8 (102 and 3850)" in text
+    # a store written before the basis was recorded: its values, not a source it cannot know
+    old = {k: v for k, v in used.items() if k != "basis"} | {"basis": "unrecorded"}  # as NormParams.from_dict gives
+    text = methods_text.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": old})
+    assert ("Intensities were scaled to 0 and 1 at 102 and 3850.5, as its normalisation recorded them (the "
+            "configuration asked for its percentiles 1 and 99.8) for the network") in text
 
 
 def test_the_isotropic_output_layers_learning_rate_is_said_where_recorded():

@@ -104,7 +104,10 @@ def _training_words(training: Mapping[str, Any], mode: str) -> str:
         parts.append(f"Adam at a learning rate of {lr:g}" + (f" ({tail:g}× that for the output layer)"
                                                             if tail is not None and tail != 1 else "")
                      + (f" with a {sched} schedule" if sched and sched != "constant" else "")
-                     + (f" after {int(warm)} warm-up steps" if warm else ""))
+                     + ((f" after {int(warm)} warm-up steps" if done is None or done >= warm else
+                         f", to be reached after {int(warm)} warm-up steps (more than the {done} run, so the rate "
+                         "stayed below it)")
+                        if warm else ""))
     batch, patch = num(training.get("batch_size")), training.get("patch_size")
     if batch is not None and patch is not None:
         patch_text = ("×".join(str(int(v)) for v in patch) if isinstance(patch, (list, tuple))

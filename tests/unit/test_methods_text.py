@@ -207,6 +207,15 @@ def test_the_normalisation_says_the_values_used_and_a_range_where_the_percentile
             "configuration asked for its percentiles 1 and 99.8) for the network") in text
 
 
+def test_a_warm_up_longer_than_the_training_is_said():
+    short = {"steps": 200, "steps_done": 12, "stop_reason": "time_budget", "learning_rate": 0.001,
+             "warmup_steps": 25, "max_minutes": 0.1}
+    text = methods_text._training_words(short, "enhance")
+    assert ("Adam at a learning rate of 0.001, to be reached after 25 warm-up steps (more than the 12 run, so the "
+            "rate stayed below it)") in text
+    assert "after 25 warm-up steps" in methods_text._training_words(short | {"steps_done": 200}, "enhance")
+
+
 def test_the_isotropic_output_layers_learning_rate_is_said_where_recorded():
     m = {"mode": "isotropic", "factor": 4.0, "flags": []}
     training = {"learning_rate": 0.001, "tail_lr_scale": 0.1, "steps": 10, "steps_done": 10}

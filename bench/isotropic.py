@@ -38,6 +38,10 @@ SEMI = {  # name: (file, lateral pixel µm or None); "fibres": made here (synthe
     "trailmap": ("trailmap_axons_training_volume.tif", None),
     "fibres": (None, None),
 }
+REAL = {  # name: (file, voxel size z,y,x µm)
+    "cellfinder": ("cellfinder_stp_mouse_brain_signal.tif", (5.0, 2.0, 2.0)),
+    "nuclei_tissue": ("neubias_nuclei_tissue_z4um.tif", (4.0, 0.829, 0.829)),
+}
 
 
 def synthetic_fibres(shape=(64, 160, 160), *, seed: int = 1) -> np.ndarray:
@@ -76,10 +80,6 @@ def z_running_ratio(truth: np.ndarray, image: np.ndarray, planes: int) -> dict |
     return {"first": [round(float(v), 3) for v in ratio[:planes]],
             "last": [round(float(v), 3) for v in ratio[-planes:]],
             "between": round(float(np.median(ratio[planes:-planes])), 3)}
-REAL = {  # name: (file, voxel size z,y,x µm)
-    "cellfinder": ("cellfinder_stp_mouse_brain_signal.tif", (5.0, 2.0, 2.0)),
-    "nuclei_tissue": ("neubias_nuclei_tissue_z4um.tif", (4.0, 0.829, 0.829)),
-}
 
 
 def degrade_z(volume: np.ndarray, *, sigma: float = 2.0, block: int = 4) -> np.ndarray:
@@ -163,9 +163,8 @@ def run_semi(name: str, settings, work: Path, *, threads: int, photons: float | 
         row[f"gain_{key}8_db"] = (metrics.psnr(t[part], r[part], data_range=dr)
                                   - metrics.psnr(t[part], z[part], data_range=dr))
     row["z_running_ratio"] = z_running_ratio(t, r, 8)
-    row["end_weights"] = json.loads((work / f"{name}_work" / "model" / "model.json").read_text()
-                                    )["metadata"].get("end_weights")
     meta = json.loads((work / f"{name}_work" / "model" / "model.json").read_text())["metadata"]
+    row["end_weights"] = meta.get("end_weights")
     row["degradation"] = meta.get("degradation")
     row["best_step"], row["steps_done"], row["stop_reason"] = meta["best_step"], meta["steps_done"], meta["stop_reason"]
     return row

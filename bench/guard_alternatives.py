@@ -5,7 +5,7 @@ tricubic. At z-only factors (``2,1,1``) that verdict failed silently on 4 of 21 
 volumes, and on every one of them tricubic + the same back-projection, no network, beat the
 network against the truth (docs/quality.md, "Twenty-ninth session"). This script reads the
 work folders ``bench/quality.py --keep DIR`` kept and, on each sample's held-out region
-degraded exactly as the guard does (:func:`selfres.pipeline.self_validation`), scores
+degraded exactly as the guard does (:func:`selfres.qc.self_validation`), scores
 
 - the network + its inference extras (what the guard scores),
 - tricubic + the same extras (back-projection with its noise shrink measured for tricubic),

@@ -128,7 +128,7 @@ def run_pipeline(low: np.ndarray, work: Path, *, factors, settings, voxel_size=N
     axial factor)."""
     import tifffile
 
-    from selfres import io, pipeline
+    from selfres import io, pipeline, qc
 
     src = work / "input.tif"
     tifffile.imwrite(src, low.astype(np.float32))
@@ -152,7 +152,7 @@ def run_pipeline(low: np.ndarray, work: Path, *, factors, settings, voxel_size=N
                  if model_path.exists() else restored)
     vol, _ = pipeline.read_normalized(norm)  # the QC self-validation, for its interval of the held-out gain
     model, _, trained = pipeline.load_trained(work / "model")
-    sv = pipeline.self_validation(vol, pipeline.TrainingFov.load(work / "train_fov.json"), model, trained)
+    sv = qc.self_validation(vol, pipeline.TrainingFov.load(work / "train_fov.json"), model, trained)
     return {"restored": restored, "model": model_out, "meta": meta, "train_s": train_s, "infer_s": infer_s,
             "content": info["content"], "gain_interval": sv["gain_db_interval"]}
 

@@ -464,8 +464,10 @@ def run(args) -> int:
             write_text_atomic(args.done, json.dumps(out | {"step": args.step, "block": args.block,
                                                            "blocks": st.blocks}, default=str) + "\n")
     elif cmd == "qc":
-        pipeline.stage_qc(args.normalized, args.restored, args.model, args.fov, args.output, sample=sample,
-                          reference=args.reference, settings=_settings(args).qc, threads=args.threads)
+        from .qc import stage_qc
+
+        stage_qc(args.normalized, args.restored, args.model, args.fov, args.output, sample=sample,
+                 reference=args.reference, settings=_settings(args).qc, threads=args.threads)
     elif cmd == "report":
         cfg = _json_object(args.config, "--config") if args.config else None
         pipeline.stage_report(args.normalized, args.restored, args.model, args.fov, args.metrics, args.output,

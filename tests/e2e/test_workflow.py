@@ -145,7 +145,7 @@ def test_isotropic_sample_gets_isotropic_voxels(finished_run):
     assert set(m["self_validation"]) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
     # the isotropy flags are those of the figures QC wrote (here, where the guard keeps z-cubic,
     # the input's 0.33: isotropy_not_reached)
-    from selfres.pipeline import isotropy_flags
+    from selfres.qc import isotropy_flags
 
     expected = isotropy_flags(m["isotropy_in"], m["isotropy_out"], m["restored_content"])
     assert [f for f in m["flags"] if f.startswith("isotropy_")] == expected

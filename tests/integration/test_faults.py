@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfres import cli, io, models, pipeline
+from selfres import cli, io, models, pipeline, qc
 from selfres.train import load_checkpoint
 from workdir import write_tiny_tiff
 
@@ -265,10 +265,11 @@ def test_restore_out_of_memory_after_its_output_names_the_stage_and_the_whole_ou
     def no_memory(*args, **kwargs):
         raise error
 
-    for name in ("stage_normalise", "stage_crop", "stage_train", "stage_qc", "stage_report"):
+    for name in ("stage_normalise", "stage_crop", "stage_train", "stage_report"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: {})
+    monkeypatch.setattr(qc, "stage_qc", lambda *a, **k: {})
     monkeypatch.setattr(pipeline, "stage_infer", lambda *a, **k: out.mkdir())
-    monkeypatch.setattr(pipeline, f"stage_{stage}", no_memory)
+    monkeypatch.setattr(qc if stage == "qc" else pipeline, f"stage_{stage}", no_memory)
     rc = cli.main(["--log-level", "ERROR", "restore", str(src), "-o", str(out), "--device", "cpu"])
     msg = _only_error_line(capsys.readouterr().err)
     assert rc == 3 and out.is_dir()
@@ -289,7 +290,7 @@ def test_a_bug_in_qc_after_the_output_is_not_called_out_of_memory(tmp_path, monk
     for name in ("stage_normalise", "stage_crop", "stage_train", "stage_report"):
         monkeypatch.setattr(pipeline, name, lambda *a, **k: {})
     monkeypatch.setattr(pipeline, "stage_infer", lambda *a, **k: out.mkdir())
-    monkeypatch.setattr(pipeline, "stage_qc", bug)
+    monkeypatch.setattr(qc, "stage_qc", bug)
     rc = cli.main(["--log-level", "ERROR", "restore", str(src), "-o", str(out), "--device", "cpu"])
     err = capsys.readouterr().err
     assert rc == 1 and "failed unexpectedly" in err and "shape mismatch in the qc window" in err

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 import zarr
 
-from selfres import io, pipeline
+from selfres import io, pipeline, qc
 from selfres.settings import parse_settings
 from workdir import tiny_volume
 
@@ -164,7 +164,7 @@ def test_qc_flags_a_restored_volume_broken_after_training(tmp_path, damage, flag
         level0[:] = data * 1.5
     elif damage == "normalised_units":  # written as the network saw it, not in the input's units
         level0[:] = data / np.percentile(data, 99.9)
-    m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
+    m = qc.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                           tmp_path / "qc" / "metrics.json", sample="s")
     check = m["restored_check"]
     if flag is None:
@@ -215,7 +215,7 @@ def test_a_dim_integer_output_rounded_to_its_dtype_is_not_taken_for_a_level_shif
                      settings=parse_settings(FAST | {"infer": {"output_dtype": "input"}}))
     ideal = zoom(lam, (1, 2, 2), order=3, grid_mode=True, mode="grid-mirror")
     zarr.open_array(str(out / "0"), mode="r+")[:] = np.clip(np.round(ideal), 0, 255).astype(np.uint8)
-    m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
+    m = qc.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                           tmp_path / "qc" / "metrics.json", sample="dim")
     assert m["restored_check"]["level"]["ratio"] < 0.8  # off by more than a fifth ...
     assert "restored_level_shifted" not in m["flags"]  # ... by rounding alone
@@ -245,14 +245,14 @@ def test_qc_flags_a_network_its_own_re_score_puts_below_interpolation(tmp_path, 
     hand-edited or older models): loosening its rule failed no test (a mutation review)."""
     keep, out = _restored_with_intermediates(tmp_path)
     args = (keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json")
-    real = pipeline.self_validation
+    real = qc.self_validation
     for delta, flagged in ((+0.5, False), (-0.5, True), (0.0, True)):
         def rescored(*a, delta=delta, **k):
             sv = real(*a, **k)
             return sv | {"psnr_model": sv["psnr_interp"] + delta}
 
-        monkeypatch.setattr(pipeline, "self_validation", rescored)
-        m = pipeline.stage_qc(*args, tmp_path / str(delta) / "metrics.json", sample="s")
+        monkeypatch.setattr(qc, "self_validation", rescored)
+        m = qc.stage_qc(*args, tmp_path / str(delta) / "metrics.json", sample="s")
         assert ("model_worse_than_interpolation" in m["flags"]) is flagged, delta
 
 
@@ -260,18 +260,18 @@ def test_a_job_given_a_gpu_that_computed_on_the_cpu_is_flagged(tmp_path, monkeyp
     """A CPU build of torch on the GPU nodes: the jobs run (slowly) on the CPU while holding a GPU."""
     keep, out = _restored_with_intermediates(tmp_path)
     args = (keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json")
-    assert "gpu_unused" not in pipeline.stage_qc(*args, tmp_path / "a" / "metrics.json", sample="s")["flags"]
+    assert "gpu_unused" not in qc.stage_qc(*args, tmp_path / "a" / "metrics.json", sample="s")["flags"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # the model as trained on a node that gave the job a GPU
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     pipeline.stage_infer(keep / "normalized.ome.zarr", keep / "model", tmp_path / "gpu.ome.zarr", sample="s",
                          device="auto")
-    m = pipeline.stage_qc(*args[:1], tmp_path / "gpu.ome.zarr", *args[2:], tmp_path / "b" / "metrics.json",
+    m = qc.stage_qc(*args[:1], tmp_path / "gpu.ome.zarr", *args[2:], tmp_path / "b" / "metrics.json",
                           sample="s")
     assert "gpu_unused" in m["flags"]
     # the CPU asked for by name (--device cpu on a GPU node): no GPU left unused by mistake
     pipeline.stage_infer(keep / "normalized.ome.zarr", keep / "model", tmp_path / "cpu.ome.zarr", sample="s",
                          device="cpu")
-    m = pipeline.stage_qc(*args[:1], tmp_path / "cpu.ome.zarr", *args[2:], tmp_path / "c" / "metrics.json",
+    m = qc.stage_qc(*args[:1], tmp_path / "cpu.ome.zarr", *args[2:], tmp_path / "c" / "metrics.json",
                           sample="s")
     assert "gpu_unused" not in m["flags"]
 
@@ -285,11 +285,11 @@ def test_a_reference_that_prefers_interpolation_flags_the_sample(tmp_path):
     restored = np.asarray(io.read_ome_zarr(out).data, dtype=np.float32)
     if json.loads((keep / "qc" / "metrics.json").read_text())["restored_content"] != "model":
         pytest.skip("the guard fell back to interpolation: nothing to compare")
-    for name, truth, flagged in (("interp", pipeline.interpolation_of(np.asarray(vol.data), meta, "enhance"), True),
+    for name, truth, flagged in (("interp", qc.interpolation_of(np.asarray(vol.data), meta, "enhance"), True),
                                  ("itself", restored, False)):
         ref = tmp_path / f"ref_{name}.tif"
         tifffile.imwrite(ref, np.asarray(truth, dtype=np.float32))
-        m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
+        m = qc.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                               tmp_path / name / "metrics.json", sample="s", reference=ref)
         assert ("worse_than_interpolation_on_reference" in m["flags"]) is flagged, (name, m["reference"])
 
@@ -309,7 +309,7 @@ def test_a_reference_that_cannot_be_scored_is_an_error_naming_it(tmp_path, damag
     ref = tmp_path / "ref_bad.tif"
     tifffile.imwrite(ref, truth)
     with pytest.raises(InputError, match=rf"sample 's'.*ref_bad.tif.*{message}"):
-        pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
+        qc.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                           tmp_path / "qc" / "metrics.json", sample="s", reference=ref)
 
 

@@ -346,7 +346,7 @@ def test_wrap_is_the_model_itself_when_nothing_is_asked_and_handles_2d_batches()
 def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
     import tifffile
 
-    from selfres import io, pipeline
+    from selfres import io, pipeline, qc
     from selfres.infer import predict_single_pass
     from selfres.settings import FovSettings, InferSettings, Settings, TrainSettings
 
@@ -390,7 +390,7 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
 
     got = normalise.apply(np.asarray(out.data), params)
     np.testing.assert_allclose(got, expect, atol=2e-3)
-    m = pipeline.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
+    m = qc.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
                           tmp_path / "qc" / "metrics.json", sample="s")
     assert m["best_step"] == 1
 

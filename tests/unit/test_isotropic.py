@@ -723,6 +723,7 @@ def test_an_isotropic_output_far_brighter_than_its_interpolation_is_flagged(tmp_
     import zarr
 
     from selfres import pipeline
+    from selfres.qc import stage_qc
     from selfres.settings import InferSettings
 
     norm = _normalised(tmp_path, voxel=(2.0, 0.5, 0.5), nz=6)
@@ -734,8 +735,7 @@ def test_an_isotropic_output_far_brighter_than_its_interpolation_is_flagged(tmp_
     pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=InferSettings(), device="cpu")
 
     def qc():
-        return pipeline.stage_qc(norm, out, tmp_path / "model", tmp_path / "fov.json", tmp_path / "qc" / "m.json",
-                                 sample="s1")
+        return stage_qc(norm, out, tmp_path / "model", tmp_path / "fov.json", tmp_path / "qc" / "m.json", sample="s1")
 
     m = qc()
     assert m["restored_check"]["brightening"]["ratio"] == pytest.approx(1.0, abs=0.02)
@@ -800,7 +800,7 @@ def test_isotropic_patience_running_out_at_the_last_step_is_not_an_early_stop(tm
 
 
 def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
-    from selfres import io, pipeline
+    from selfres import io, pipeline, qc
     from selfres.settings import InferSettings
 
     norm = _normalised(tmp_path, voxel=(2.0, 0.5, 0.5), nz=6)
@@ -815,7 +815,7 @@ def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
     assert io.read_ome_zarr(tmp_path / "restored_model.ome.zarr").data.shape == (24, 40, 40)
     # the sample's inference time counts both stores (alone, the interpolation's few seconds)
     both = [io.read_ome_zarr(p).attrs["infer_seconds"] for p in (out, tmp_path / "restored_model.ome.zarr")]
-    assert pipeline._infer_seconds(out, io.read_ome_zarr(out).attrs) == pytest.approx(sum(both))
+    assert qc._infer_seconds(out, io.read_ome_zarr(out).attrs) == pytest.approx(sum(both))
     # a rerun (a job killed while writing the interpolation) keeps the finished model output
     kept_at = (tmp_path / "restored_model.ome.zarr" / "zarr.json", tmp_path / "restored_model.ome.zarr" / ".zattrs")
     stamp = [p.stat().st_mtime_ns for p in kept_at if p.exists()]

@@ -658,7 +658,7 @@ def test_a_denoised_restoration_of_a_noisy_input_is_judged_against_what_noise_al
 
     from selfres import degrade
     from selfres.noise import noise_level_function
-    from selfres.pipeline import RESTORED_MIN_CORRELATION
+    from selfres.qc import RESTORED_MIN_CORRELATION
 
     rng = np.random.default_rng(1)
     signal = ndimage.gaussian_filter(rng.random((16, 64, 64)), 2.0).astype(np.float32)

@@ -396,7 +396,7 @@ def test_qc_re_makes_from_model_json_the_held_out_pair_training_scored(tmp_path)
 
     import tifffile
 
-    from selfres import pipeline
+    from selfres import pipeline, qc
     from selfres.settings import FovSettings, Settings
 
     vol = _poisson_gaussian(blob_volume((8, 64, 64), n=150, sigma=(1.0, 1.5, 1.5), seed=2), photons_per_unit=150.0,
@@ -421,7 +421,7 @@ def test_qc_re_makes_from_model_json_the_held_out_pair_training_scored(tmp_path)
     assert recorded["inference_extras"]["back_projection_shrink"] is True
     vol_n, _ = pipeline.read_normalized(norm)
     model, _, trained = pipeline.load_trained(tmp_path / "model")
-    sv = pipeline.self_validation(vol_n, pipeline.TrainingFov.load(tmp_path / "fov.json"), model, recorded)
+    sv = qc.self_validation(vol_n, pipeline.TrainingFov.load(tmp_path / "fov.json"), model, recorded)
     assert sv["psnr_interp"] == pytest.approx(meta["self_validation"]["psnr_interp"], abs=1e-6)
     assert sv["psnr_model"] == pytest.approx(meta["self_validation"]["psnr_model"], abs=1e-4)
 

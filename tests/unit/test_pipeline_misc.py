@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from selfres import codeinfo, io, pipeline, provenance
+from selfres import codeinfo, io, pipeline, provenance, qc
 
 
 def test_git_commit_names_the_checkout_a_path_lies_in_and_none_outside_one(tmp_path):
@@ -75,8 +75,8 @@ def test_interpolation_in_blocks_equals_the_whole_volume_interpolation(meta, mod
     from selfres.metrics import block_slices
 
     raw = np.random.default_rng(0).random((7, 13, 11)).astype(np.float32)
-    whole = pipeline.interpolation_of(raw, meta, mode)
-    block, whole_axes = pipeline.interpolation_blocks(da.from_array(raw, chunks=4), meta, mode)
+    whole = qc.interpolation_of(raw, meta, mode)
+    block, whole_axes = qc.interpolation_blocks(da.from_array(raw, chunks=4), meta, mode)
     assert whole_axes == ((0,) if meta.get("factor") == 2.5 else ())
     blocks = block_slices(whole.shape, 300, whole_axes=whole_axes)
     assert len(blocks) > 4
@@ -165,10 +165,10 @@ def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(
     beside = ndimage.binary_dilation(own, iterations=2) & ~own
     np.testing.assert_allclose(out[:, own], upscale_cubic(raw, (1, 2, 2))[:, own], rtol=2e-3, atol=2.0)
     assert out[:, beside].max() < 2500  # the scene's brightest is ~1000; a smeared 15000 would be ~3000 beside
-    qc = pipeline.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
-                           tmp_path / "qc" / "metrics.json", sample="s")
-    assert qc["sensor_defects"] == {"repaired": meta["sensor_defects_repaired"], "not_repaired": None}
-    assert "sensor_defects_not_repaired" not in qc["flags"]
+    m = qc.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
+                    tmp_path / "qc" / "metrics.json", sample="s")
+    assert m["sensor_defects"] == {"repaired": meta["sensor_defects_repaired"], "not_repaired": None}
+    assert "sensor_defects_not_repaired" not in m["flags"]
     # a model trained before the repair: as it was (the hot pixels in the network's input)
     info = json.loads((tmp_path / "model" / "model.json").read_text())
     del info["metadata"]["sensor_defects_repaired"]
@@ -184,9 +184,9 @@ def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(
     old = np.asarray(zarr.open(str(tmp_path / "old.ome.zarr"), mode="r")["0"])
     assert old[:, beside].max() > 2500
     # ... and QC says so, with how many, and what to do (the report)
-    qc = pipeline.stage_qc(norm, tmp_path / "old.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
-                           tmp_path / "qc" / "metrics.json", sample="s")
-    assert "sensor_defects_not_repaired" in qc["flags"] and qc["sensor_defects"]["not_repaired"] == 12
+    m = qc.stage_qc(norm, tmp_path / "old.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
+                    tmp_path / "qc" / "metrics.json", sample="s")
+    assert "sensor_defects_not_repaired" in m["flags"] and m["sensor_defects"]["not_repaired"] == 12
 
 
 def test_only_the_workflow_drops_an_export_of_an_older_output(tmp_path):
@@ -479,7 +479,7 @@ def test_qc_beads_measures_the_same_noisy_beads_in_and_out(tmp_path):
     # qc rerun with beads and resolution off: the earlier tables go, so no report shows them
     assert (tmp_path / "work" / "qc" / "spectra.json").exists()
     work = tmp_path / "work"
-    pipeline.stage_qc(work / "normalized.ome.zarr", tmp_path / "out.ome.zarr", work / "model", work / "train_fov.json",
+    qc.stage_qc(work / "normalized.ome.zarr", tmp_path / "out.ome.zarr", work / "model", work / "train_fov.json",
                       work / "qc" / "metrics.json", sample="s", settings=QcSettings(beads=False, resolution=False))
     assert not (work / "qc" / "beads.tsv").exists() and not (work / "qc" / "spectra.json").exists()
 
@@ -488,7 +488,7 @@ def test_an_interpolated_isotropic_output_is_judged_by_its_input_not_by_its_read
     """The decorrelation estimate on a z-interpolated noisy stack reads interpolated noise as
     axial detail (0.23 in, 0.85 out for a z-cubic bead stack), so `isotropy_not_reached`
     never fired on an output the guard had replaced by z-cubic interpolation."""
-    from selfres.pipeline import isotropy_flags
+    from selfres.qc import isotropy_flags
 
     assert isotropy_flags(0.23, 0.85, "interpolation") == ["isotropy_not_reached"]
     assert isotropy_flags(0.23, 0.85, "model") == []
@@ -502,7 +502,7 @@ def test_an_interpolated_isotropic_output_is_judged_by_its_input_not_by_its_read
 
 
 def _clean_check(**over):
-    """:func:`pipeline.qc_flags`' figures of a good restoration, with ``over`` changed."""
+    """:func:`qc.qc_flags`' figures of a good restoration, with ``over`` changed."""
     agreement = {"nonfinite_voxels": 0, "correlation_with_input": 0.98, "correlation_ceiling": 1.0,
                  "level": {"input_mean": 0.20, "output_mean": 0.201, "ratio": 1.005},
                  "undershoot": {"output": 0.0, "interpolation": 0.0}, "brightening": {"ratio": 1.05}}
@@ -511,7 +511,7 @@ def _clean_check(**over):
 
 def _flags(agreement=None, **kw):
     args = dict(mode="enhance", content="model", structure=0.9, planes_alike=0.8) | kw
-    return pipeline.qc_flags(agreement or _clean_check(), **args)
+    return qc.qc_flags(agreement or _clean_check(), **args)
 
 
 def test_qc_flags_of_a_good_restoration_are_none_and_each_check_fires_on_its_own():
@@ -595,7 +595,7 @@ def test_an_integer_output_cut_at_its_types_largest_value_is_flagged_by_qc(tmp_p
     cut[:, :20, :] = 255  # as an overshooting restoration written as uint8 is: cut at the type's largest value
     cut[:, 60:88, :] = np.minimum(cut[:, 60:88, :], 250)  # and the saturated cores a little below it
     arr[:] = cut
-    m = pipeline.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
+    m = qc.stage_qc(keep / "normalized.ome.zarr", out, keep / "model", keep / "train_fov.json",
                           tmp_path / "m.json", sample="s", settings=from_dict(Settings, fast).qc)
     assert "restored_clipped" in m["flags"], m["flags"]
     clipped = m["restored_check"]["clipped"]
@@ -615,7 +615,7 @@ def test_hot_pixels_at_the_types_top_are_not_a_saturated_input(tmp_path):
     tifffile.imwrite(tmp_path / "hot.tif", vol)
     pipeline.stage_normalise(tmp_path / "hot.tif", tmp_path / "n.ome.zarr", sample="s")
     attrs = zarr.open_group(str(tmp_path / "n.ome.zarr"), mode="r").attrs["selfres"]
-    assert attrs["saturated_fraction"] < pipeline.SATURATED_SHARE, attrs["saturated_fraction"]
+    assert attrs["saturated_fraction"] < qc.SATURATED_SHARE, attrs["saturated_fraction"]
     # a clipped object is still one
     vol[:, 40:50, 40:50] = 65535
     tifffile.imwrite(tmp_path / "sat.tif", vol)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from selfres import cli, figures, pipeline
+from selfres import cli, figures, pipeline, qc
 from selfres.errors import ConfigError, InputError
 from selfres.fov import TrainingFov
 from selfres.settings import Settings, from_dict
@@ -54,7 +54,7 @@ def _train(work: Path, **kw):
 
 
 def _qc(work: Path):
-    return pipeline.stage_qc(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model",
+    return qc.stage_qc(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model",
                              work / "train_fov.json", work / "qc" / "m2.json", sample="s",
                              settings=from_dict(Settings, FAST).qc)
 
@@ -144,7 +144,7 @@ def test_a_model_with_other_factors_cannot_score_or_show_a_restored_volume_on_an
     grids = (r"out.ome.zarr: has shape \(8, 128, 128\), but this model \(enhance, factors \(2, 2, 2\)\) restores "
              r"the normalised volume \(8, 64, 64\) onto \(16, 128, 128\).*rerun the infer stage")
     with pytest.raises(InputError, match=grids):
-        pipeline.stage_qc(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model222",
+        qc.stage_qc(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model222",
                           work / "train_fov.json", work / "qc" / "m2.json", sample="s")
     with pytest.raises(InputError, match=grids):
         pipeline.stage_report(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model222",
@@ -267,7 +267,7 @@ def test_another_acquisitions_model_or_training_fov_is_refused_until_adopted(wor
         pipeline.stage_infer(other, work / "model", tmp_path / "o.ome.zarr", sample="o", device="cpu")
     assert not (tmp_path / "o.ome.zarr").exists()
     with pytest.raises(InputError, match=trained_on):
-        pipeline.stage_qc(other, work / "out.ome.zarr", work / "model", tmp_path / "other_fov.json",
+        qc.stage_qc(other, work / "out.ome.zarr", work / "model", tmp_path / "other_fov.json",
                           tmp_path / "m.json", sample="o", settings=from_dict(Settings, FAST).qc)
     with pytest.raises(InputError, match=trained_on):
         pipeline.stage_report(other, work / "out.ome.zarr", work / "model", tmp_path / "other_fov.json",
@@ -371,7 +371,7 @@ def test_qc_after_an_unfinished_inference_says_to_rerun_it(work, tmp_path):
     (work / ".o.ome.zarr.partial").mkdir()
     with pytest.raises(InputError, match=r"o.ome.zarr: does not exist: its inference did not finish \(its partial "
                                          r"store .*\.o\.ome\.zarr\.partial is there\); rerun the infer stage"):
-        pipeline.stage_qc(work / "normalized.ome.zarr", work / "o.ome.zarr", work / "model", work / "train_fov.json",
+        qc.stage_qc(work / "normalized.ome.zarr", work / "o.ome.zarr", work / "model", work / "train_fov.json",
                           tmp_path / "m.json", sample="s")
 
 

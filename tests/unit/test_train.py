@@ -549,7 +549,7 @@ def test_qc_self_validation_scores_the_wrapped_model_and_still_sees_a_dead_netwo
     network stays visible although back-projection alone would turn its zeros into tricubic."""
     from types import SimpleNamespace
 
-    from selfres import pipeline
+    from selfres import qc
     from selfres.settings import DegradationSettings, to_dict
 
     train, held = _data()
@@ -563,16 +563,16 @@ def test_qc_self_validation_scores_the_wrapped_model_and_still_sees_a_dead_netwo
         def forward(self, x):
             return torch.zeros(*x.shape[:2], *(n * f for n, f in zip(x.shape[2:], self.factors)))
 
-    plain = pipeline.self_validation(vol, fov, Zero(), meta)
+    plain = qc.self_validation(vol, fov, Zero(), meta)
     assert plain["dead_output"] and plain["inference_extras"] is None
-    bp = pipeline.self_validation(vol, fov, Zero(), meta | {"inference_extras": {
+    bp = qc.self_validation(vol, fov, Zero(), meta | {"inference_extras": {
         "ensemble": False, "back_projection_iterations": 1}})
     assert bp["dead_output"], "a dead network must be flagged even when back-projection hides it"
     assert bp["psnr_model"] == pytest.approx(bp["psnr_interp"], abs=0.05)  # zeros + one BP step = tricubic
     assert bp["inference_extras"] == {"ensemble": False, "back_projection_iterations": 1}
     # a held-out region of empty background (one cell in a dark field): nothing to vary, not dead
     dark = SimpleNamespace(data=np.concatenate([train, np.zeros_like(held)], axis=1))
-    assert not pipeline.self_validation(dark, fov, Zero(), meta)["dead_output"]
+    assert not qc.self_validation(dark, fov, Zero(), meta)["dead_output"]
 
 
 def test_qc_self_validation_scores_in_the_guards_precision(monkeypatch):
@@ -581,7 +581,7 @@ def test_qc_self_validation_scores_in_the_guards_precision(monkeypatch):
     with the node the qc job landed on."""
     from types import SimpleNamespace
 
-    from selfres import infer, pipeline
+    from selfres import infer, qc
     from selfres.settings import DegradationSettings, to_dict
 
     train, held = _data()
@@ -593,8 +593,8 @@ def test_qc_self_validation_scores_in_the_guards_precision(monkeypatch):
     monkeypatch.setattr(infer, "predict_array", lambda *a, **k: asked.append(k.get("amp", True)) or real(*a, **k))
     net = torch.nn.Upsample(scale_factor=(1, 2, 2), mode="nearest")
     net.factors, net.halo = (1, 2, 2), (0, 0, 0)
-    pipeline.self_validation(vol, fov, net, meta | {"guard_amp": False})
-    pipeline.self_validation(vol, fov, net, meta)  # a model from before guard_amp: as before
+    qc.self_validation(vol, fov, net, meta | {"guard_amp": False})
+    qc.self_validation(vol, fov, net, meta)  # a model from before guard_amp: as before
     assert asked == [False, True]
 
 
@@ -697,7 +697,7 @@ def test_qc_self_validation_scores_psf_scaled_held_out_targets_when_training_use
     region, as in training and the guard: the same tricubic figure, not the raw region's."""
     from types import SimpleNamespace
 
-    from selfres import pipeline
+    from selfres import qc
     from selfres.settings import DegradationSettings, to_dict
     from selfres.train import holdout_pair, psf_scaled_targets, psf_target_blur_px, psnr01
 
@@ -707,8 +707,8 @@ def test_qc_self_validation_scores_psf_scaled_held_out_targets_when_training_use
     base = {"factors": [1, 2, 2], "voxel_size_in": [1.0, 0.5, 0.5]}
     settings = {"degradation": to_dict(DegradationSettings())}
     identity = _untrained(train, held).model
-    raw = pipeline.self_validation(vol, fov, identity, base | {"settings": settings})
-    scaled = pipeline.self_validation(vol, fov, identity, base | {"settings": settings | {"psf_sigma_um": [0, 0.6, 0.6]}})
+    raw = qc.self_validation(vol, fov, identity, base | {"settings": settings})
+    scaled = qc.self_validation(vol, fov, identity, base | {"settings": settings | {"psf_sigma_um": [0, 0.6, 0.6]}})
     target, _, interp = holdout_pair(psf_scaled_targets(held, psf_target_blur_px((0, 0.6, 0.6), (1, 2, 2), (1, .5, .5))),
                                      (1, 2, 2), degrade.Degradation())
     expected = psnr01(target, interp, float(target.max() - target.min()))

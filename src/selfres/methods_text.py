@@ -4,7 +4,7 @@ and nothing it did not do."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .wording import baseline_name, duration_text, extras_text, fmt, num, shape_text
@@ -104,10 +104,7 @@ def _training_words(training: Mapping[str, Any], mode: str) -> str:
         parts.append(f"Adam at a learning rate of {lr:g}" + (f" ({tail:g}× that for the output layer)"
                                                             if tail is not None and tail != 1 else "")
                      + (f" with a {sched} schedule" if sched and sched != "constant" else "")
-                     + ((f" after {int(warm)} warm-up steps" if done is None or done >= warm else
-                         f", to be reached after {int(warm)} warm-up steps (more than the {done} run, so the rate "
-                         "stayed below it)")
-                        if warm else ""))
+                     + (_warm_up_words(int(warm), done_list if done is not None else [], stages) if warm else ""))
     batch, patch = num(training.get("batch_size")), training.get("patch_size")
     if batch is not None and patch is not None:
         patch_text = ("×".join(str(int(v)) for v in patch) if isinstance(patch, (list, tuple))
@@ -122,6 +119,20 @@ def _training_words(training: Mapping[str, Any], mode: str) -> str:
     return ("Training ran " + parts[0] + (": " + ", ".join(parts[1:]) if len(parts) > 1 else "") + "."
             if parts and done is not None else
             ("Training used " + ", ".join(parts) + "." if parts else ""))
+
+
+def _warm_up_words(warm: int, done_list: Sequence[int], stages: bool) -> str:
+    """The warm-up, and whether training ran long enough to reach the rate: each ×2 stage of a
+    serial ×4 model warms up on its own (the rate's step ``warm - 1`` is the full rate)."""
+    each = " in each stage" if stages else ""
+    short = [d for d in done_list if d < warm]
+    if not short:
+        return f" after {warm} warm-up steps{each}"
+    if not stages:
+        return f", to be reached after {warm} warm-up steps (more than the {short[0]} run, so the rate stayed below it)"
+    where = "in both stages" if len(short) == len(done_list) else "in one stage"
+    return (f", to be reached after {warm} warm-up steps{each} (more than the {' and '.join(map(str, short))} run "
+            f"{where}, so the rate stayed below it there)")
 
 
 def _normalisation_words(prov: Mapping[str, Any]) -> str:

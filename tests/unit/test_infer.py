@@ -179,6 +179,7 @@ def test_a_gpu_pass_is_held_to_what_the_host_can_take_of_its_output():
 
 def test_cudnn_and_cublas_allocation_failures_count_as_out_of_memory():
     from selfres.infer import _is_oom
+    from selfres.models import memory_error_cause
 
     assert _is_oom(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
     assert _is_oom(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
@@ -190,6 +191,11 @@ def test_cudnn_and_cublas_allocation_failures_count_as_out_of_memory():
                  "Unable to find a valid cuDNN algorithm to run convolution",
                  "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasCreate(handle)`"):
         assert _is_oom(RuntimeError(said)), said
+        # ... and the error that ends a halving quotes each whole, with its other cause (a mutation
+        # review: the case of the words, and CUDA's second line, lost the hint unseen)
+        cause = memory_error_cause(RuntimeError(said + "\nCUDA kernel errors might be asynchronously reported"))
+        assert f"The accelerator's error was '{said}'" in cause and "get_arch_list" in cause, cause
+    assert memory_error_cause(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")) == ""
 
 
 class _NoEngineAbove(_OomAbove):

@@ -138,8 +138,13 @@ def test_an_uncalibrated_imagej_stack_with_a_z_spacing_says_why_its_voxel_size_i
     caplog.clear()
     q = tmp_path / "plain.tif"
     tifffile.imwrite(q, _vol(), imagej=True, metadata={"axes": "ZYX", "unit": "pixel"})
+    one = tmp_path / "one.tif"  # ImageJ's own default spacing
+    tifffile.imwrite(one, _vol(), imagej=True, metadata={"axes": "ZYX", "spacing": 1, "unit": "pixel"})
+    plane = tmp_path / "plane.tif"  # one plane: no z step to speak of
+    tifffile.imwrite(plane, _vol()[0], imagej=True, metadata={"axes": "YX", "spacing": 4, "unit": "pixel"})
     with caplog.at_level("WARNING", logger="selfres.io"):
-        assert io.read_volume(q).voxel_size is None
+        for path in (q, one, plane):
+            assert io.read_volume(path).voxel_size is None, path
     assert "not calibrated" not in caplog.text
 
 

@@ -64,6 +64,9 @@ def test_factor_is_voxel_z_over_voxel_xy(voxel, factor):
     ((0.5, 0.5, 0.5), r"voxel size z,y,x 0.5, 0.5, 0.5 µm: the z step is 1x the lateral pixel, so the stack is "
                       r"already \(nearly\) isotropic and there is nothing to restore"),
     ((0.52, 0.5, 0.5), r"the z step is 1.04x the lateral pixel, so the stack is already \(nearly\) isotropic"),
+    # the bounds, each side (a mutation review: 1.1 lowered to 1.05, or 'finer' only below 0.9, failed nothing)
+    ((0.54, 0.5, 0.5), r"the z step is 1.08x the lateral pixel, .* needs a z step of at least 1.1x the lateral pixel"),
+    ((0.48, 0.5, 0.5), r"the z voxel \(0.48 µm\) is finer than the lateral pixel"),
     # 0.5 µm z steps typed in nm: f = 2500 used to train and infer without end
     ((500, 0.2, 0.2), r"voxel size z,y,x 500, 0.2, 0.2 µm: the z step is 2500x the lateral pixel; isotropic mode "
                       r"allows at most 20x\. Check the units: .* in nm"),
@@ -72,6 +75,19 @@ def test_factor_is_voxel_z_over_voxel_xy(voxel, factor):
 def test_factor_errors_name_the_problem(voxel, match):
     with pytest.raises(InputError, match=match):
         iso.isotropic_factor(voxel, path="a.tif", sample="s1")
+
+
+def test_the_factor_of_non_square_pixels_warns_that_it_uses_their_mean(caplog):
+    """Crop's call (the default ``warn``) says the output cannot be isotropic on both lateral axes;
+    the run's start (``warn=False``) leaves it to crop (a mutation review: only the second was tested)."""
+    with caplog.at_level("WARNING"):
+        assert iso.isotropic_factor((1.0, 0.2, 0.3), path="a.tif") == pytest.approx(4.0)
+    assert "lateral voxel sizes differ (y 0.2, x 0.3 µm); using their mean" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        iso.isotropic_factor((1.0, 0.2, 0.3), path="a.tif", warn=False)
+        iso.isotropic_factor((1.0, 0.2, 0.205), path="a.tif")  # within 5 %: square
+    assert "lateral voxel sizes differ" not in caplog.text
 
 
 @pytest.mark.parametrize("nz, held", [(4, [1, 3]), (5, [1, 3]), (6, [1, 4]), (7, [1, 4]), (8, [2, 6]),

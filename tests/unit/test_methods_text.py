@@ -175,6 +175,12 @@ def test_an_isotropic_model_says_its_noise_top_up_and_its_blended_ends():
     assert "checkpoint kept" not in text  # no best step recorded
     kept = methods_text.methods_text(m | {"best_step": 450}, {"model": {"arch": "iso2d", "training": training}})
     assert "The checkpoint kept (step 450) scored best on lateral slices of the volume held out of training." in kept
+    # step 0 is the network's starting point (z-cubic), not a trained checkpoint that won (a mutation review)
+    start = methods_text.methods_text(m | {"best_step": 0}, {"model": {"arch": "iso2d", "training": training}})
+    assert "checkpoint kept" not in start, start
+    adopted = methods_text.methods_text(m | {"best_step": 450, "adopted_from": "t0"},
+                                        {"model": {"arch": "iso2d", "training": training}})
+    assert "scored best on lateral slices of that acquisition held out of training" in adopted, adopted
 
 
 def test_the_normalisation_is_said_where_provenance_records_it():
@@ -205,6 +211,15 @@ def test_the_normalisation_says_the_values_used_and_a_range_where_the_percentile
     text = methods_text.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": old})
     assert ("Intensities were scaled to 0 and 1 at 102 and 3850.5, as its normalisation recorded them (the "
             "configuration asked for its percentiles 1 and 99.8) for the network") in text
+    # ... and where none are known, no percentiles "asked" (None and None; a mutation review)
+    bare = {"low": 102.0, "high": 3850.5, "basis": "unrecorded"}
+    text = methods_text.methods_text(_enhance(), PROVENANCE | {"normalisation": bare})
+    assert "at 102 and 3850.5, as its normalisation recorded them for the network" in text, text
+    # the store's percentiles, not the configuration's, where the two differ (the configuration
+    # edited after normalise ran; a mutation review: preferring the configuration failed no test)
+    other = used | {"low_percentile": 2.0, "high_percentile": 99.5}
+    text = methods_text.methods_text(_enhance(), PROVENANCE | asked | {"normalisation": other})
+    assert "at the volume's percentiles 2 and 99.5 (102 and 3850.5)" in text and "percentiles 1 and" not in text
 
 
 def test_a_warm_up_longer_than_the_training_is_said():
@@ -214,6 +229,27 @@ def test_a_warm_up_longer_than_the_training_is_said():
     assert ("Adam at a learning rate of 0.001, to be reached after 25 warm-up steps (more than the 12 run, so the "
             "rate stayed below it)") in text
     assert "after 25 warm-up steps" in methods_text._training_words(short | {"steps_done": 200}, "enhance")
+    # the rate's step 24 is the full rate: 25 steps reached it, 24 did not (a mutation review)
+    exactly = methods_text._training_words(short | {"steps_done": 25}, "enhance")
+    assert "after 25 warm-up steps" in exactly and "stayed below" not in exactly
+    assert "more than the 24 run" in methods_text._training_words(short | {"steps_done": 24}, "enhance")
+    # a model that recorded no step count (older, or adopted): the warm-up, without a verdict
+    assert methods_text._training_words({"learning_rate": 0.001, "warmup_steps": 25}, "enhance") == (
+        "Training used Adam at a learning rate of 0.001 after 25 warm-up steps.")
+
+
+def test_a_serial_models_warm_up_is_judged_stage_by_stage():
+    """Each ×2 stage of a serial ×4 model warms up on its own: 16 + 10 steps (26) did not reach
+    a 25-step warm-up, which the text said they had (a mutation review)."""
+    serial = {"steps": 200, "steps_done": [16, 10], "stop_reason": ["time_budget"] * 2, "learning_rate": 0.001,
+              "warmup_steps": 25, "max_minutes": 1}
+    text = methods_text._training_words(serial, "enhance")
+    assert ("to be reached after 25 warm-up steps in each stage (more than the 16 and 10 run in both stages, so the "
+            "rate stayed below it there)") in text, text
+    text = methods_text._training_words(serial | {"steps_done": [200, 10]}, "enhance")
+    assert "(more than the 10 run in one stage, so the rate stayed below it there)" in text, text
+    text = methods_text._training_words(serial | {"steps_done": [200, 200]}, "enhance")
+    assert "after 25 warm-up steps in each stage." in text and "stayed below" not in text, text
 
 
 def test_the_isotropic_output_layers_learning_rate_is_said_where_recorded():

@@ -438,7 +438,8 @@ def test_with_every_gpu_held_the_choice_makes_no_cuda_context_and_is_kept(monkey
             raise RuntimeError("pynvml does not seem to be installed")
 
         monkeypatch.setattr(torch.cuda, "device_memory_used", no_nvml)
-        assert models.claim_gpu(3, tmp_path) == os.getpid() % 3  # spread by process id
+        monkeypatch.setattr(os, "getpid", lambda: 7)  # not a multiple of 3: GPU 0 would pass by chance
+        assert models.claim_gpu(3, tmp_path) == 1  # spread by process id (7 % 3)
     finally:
         for fd in held:
             os.close(fd)

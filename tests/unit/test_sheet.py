@@ -605,14 +605,20 @@ def test_an_isotropic_row_without_a_usable_voxel_size_is_said_when_the_run_start
                      metadata={"spacing": 0.1, "unit": "um", "axes": "ZYX"})
     bare = tmp_path / "bare.tif"
     tifffile.imwrite(bare, np.zeros((4, 8, 8), "uint16"))
+    from selfres.io import write_ome_zarr
+
+    zarr_fine = tmp_path / "fine.ome.zarr"  # an acquisition that is a folder (a mutation review: untested)
+    write_ome_zarr(zarr_fine, np.zeros((4, 8, 8), "uint16"), voxel_size=(0.1, 0.2, 0.2))
     rows = [("ok", sized, "isotropic", "", ""), ("nometa", bare, "isotropic", "", ""),
-            ("zfine", fine_z, "", "", ""), ("given", bare, "isotropic", "", "2,0.5,0.5"),
+            ("zfine", fine_z, "", "", ""), ("zarrfine", zarr_fine, "", "", ""),
+            ("given", bare, "isotropic", "", "2,0.5,0.5"),
             ("nm", sized, "isotropic", "", "1000,0.5,0.5"), ("enh", bare, "enhance", "", ""),
             ("later", bare, "isotropic", "1", ""), ("gone", tmp_path / "gone.tif", "isotropic", "", "")]
     sheet = pd.DataFrame([(sid, str(p), m, se, vs) for sid, p, m, se, vs in rows],
                          columns=["sample", "path", "mode", "series", "voxel_size"])
     found = isotropic_voxel_problems(sheet, FileCounts(tmp_path / "counts.json"), default_mode="isotropic")
-    assert sorted(found) == ["nm", "nometa", "zfine"]
+    assert sorted(found) == ["nm", "nometa", "zarrfine", "zfine"]
+    assert "the z voxel (0.1 µm) is finer than the lateral pixel (0.2 µm)" in found["zarrfine"]
     assert found["nometa"].startswith("isotropic mode needs the voxel size: give it in the sample sheet column")
     assert "the z voxel (0.1 µm) is finer than the lateral pixel (0.2 µm)" in found["zfine"]
     assert "isotropic mode allows at most 20x" in found["nm"]

@@ -97,13 +97,15 @@ def read_snakemake_log(path: "str | os.PathLike | None") -> dict:
     return {"header": {}, "jobs": []}
 
 
-def unfinished_jobs_by_sample(jobs: Sequence[dict]) -> dict[str, list[dict]]:
+def unfinished_jobs_by_sample(jobs: Sequence[dict], *, stopped: bool = True) -> dict[str, list[dict]]:
     """The jobs of a run (:func:`parse_snakemake_log`'s ``jobs``) that did not finish
-    (failed, or still running when the run stopped), by sample: what the morning summary
-    marks failed whatever older outputs lie on disk."""
+    (failed, or still running when the run ended), by sample: what the morning summary
+    marks failed whatever older outputs lie on disk — or pending, where every one of a
+    sample's was cancelled when the run was interrupted (status ``stopped``: Ctrl-C);
+    ``stopped=False`` leaves those out (a run record's failed samples)."""
     out: dict[str, list[dict]] = {}
     for job in jobs:
-        if job["sample"] and job["status"] != "finished":
+        if job["sample"] and job["status"] != "finished" and (stopped or job["status"] != "stopped"):
             out.setdefault(job["sample"], []).append(job)
     return out
 
@@ -148,10 +150,18 @@ _SLURM_STATES = {
 #: job running it): it finishes the running jobs, starts no other, and ends through ``onerror``
 _GRACEFUL_STOP = "Will exit after finishing currently running jobs"
 
+#: What Snakemake logs when it is interrupted (Ctrl-C, SIGINT): it cancels its running jobs
+#: (each exits 130 with selfres's "interrupted" line) and ends through ``onerror``
+_USER_INTERRUPT = "Terminating processes on user request"
+
 #: The run record's ``stopped`` of such a run, whose ``runs.tsv`` status is ``stopped``, not ``error``
 STOP_REQUESTED = ("snakemake was sent SIGTERM (a cron timeout, kill, or a time limit on the job running it): it "
                   "finished its running jobs and started no others; the samples it did not reach are pending, and "
                   "the next run goes on with them")
+#: ... and of an interrupted run: the jobs it cut short are pending too, not failed
+INTERRUPTED = ("snakemake was interrupted (Ctrl-C or SIGINT): it stopped its running jobs and started no others; "
+               "the samples it did not finish are pending, and the next run goes on with them (a training cut short "
+               "resumes from its last checkpoint, an inference from its written tiles)")
 
 
 def _ended_by(message: str) -> str | None:
@@ -188,8 +198,9 @@ def parse_snakemake_log(text: str) -> dict:
         snakefile, workdir, config_files, config_md5 — those present) and ``jobs``:
         one dict per job with ``jobid``, ``rule``, ``sample`` (or ``None``),
         ``wildcards``, ``reason``, ``output`` (the job's output files as Snakemake prints them,
-        comma-separated), ``started``, ``status`` (``finished``, ``failed`` or
-        ``incomplete``), ``slurm_jobid`` and ``slurm_log`` (``None`` off Slurm), ``ended_by``
+        comma-separated), ``started``, ``status`` (``finished``, ``failed``,
+        ``incomplete``, or ``stopped``: cancelled by Snakemake when it was interrupted),
+        ``slurm_jobid`` and ``slurm_log`` (``None`` off Slurm), ``ended_by``
         (why Slurm ended or refused it, e.g. ``Slurm ended it at its time limit (runtime)``;
         ``None`` otherwise) — all of its last attempt — and ``attempts``: one dict per try
         (``started``, ``status``, ``slurm_jobid``, ``slurm_log``, ``ended_by``), more than one when Snakemake retried the job
@@ -202,6 +213,7 @@ def parse_snakemake_log(text: str) -> dict:
     in_error = None  # the job id of an "Error in rule" block
     error_message = None  # its "message:" (before its jobid)
     quoted = None  # a failed job's log file copied in (show-failed-logs): None, "opening" or "inside"
+    failed_before_stop: set[int] = set()  # the jobs that had failed when the run was told to stop
     for line in text.splitlines():
         # "Logfile <path>:", a rule of "=", the file, a rule of "=": on Slurm the file is the job's
         # own Snakemake output, whose job (jobid 0) is not one of this run's
@@ -271,16 +283,23 @@ def parse_snakemake_log(text: str) -> dict:
         if m and int(m["jobid"]) in jobs:
             _set_status(jobs[int(m["jobid"])], "finished")
             continue
-        if line.startswith(_GRACEFUL_STOP):
+        if line.startswith((_GRACEFUL_STOP, _USER_INTERRUPT)):
             if not header.get("stop_requested"):  # the jobs that had failed before it: not the stop's doing
-                header["stop_requested"] = True
-                header["failed_before_stop"] = sum(j["status"] == "failed" for j in jobs.values())
+                header["stop_requested"] = "interrupt" if line.startswith(_USER_INTERRUPT) else "sigterm"
+                failed_before_stop = {jid for jid, j in jobs.items() if j["status"] == "failed"}
+                header["failed_before_stop"] = len(failed_before_stop)
             continue
         m = _SLURM_RE.match(line)
         if m and int(m["jobid"]) in jobs:
             job = jobs[int(m["jobid"])]
             job["slurm_jobid"], job["slurm_log"] = int(m["slurm"]), m["log"]
             job["attempts"][-1].update(slurm_jobid=job["slurm_jobid"], slurm_log=job["slurm_log"])
+    if header.get("stop_requested") == "interrupt":
+        # the jobs Snakemake cancelled did not fail: they were stopped (after SIGTERM the running
+        # jobs go on to their end, and one that fails then fails on its own)
+        for jid, job in jobs.items():
+            if job["status"] != "finished" and jid not in failed_before_stop:
+                _set_status(job, "stopped")
     ordered = sorted(jobs.values(), key=lambda j: (j["started"] or "", j["jobid"]))
     return {"header": header, "jobs": [j for j in ordered if j["rule"] != "all"]}
 
@@ -343,12 +362,13 @@ def write_run_record(
     header = parsed["header"]
     jobs = parsed["jobs"]
     if status == "error" and header.get("stop_requested") and not header.get("failed_before_stop"):
-        # no job had failed when the run was told to stop (those its SIGTERM ended are the stop's)
-        status, extra = "stopped", {"stopped": STOP_REQUESTED, **(extra or {})}
+        # no job had failed when the run was told to stop (those the stop ended are the stop's)
+        why = INTERRUPTED if header["stop_requested"] == "interrupt" else STOP_REQUESTED
+        status, extra = "stopped", {"stopped": why, **(extra or {})}
     finished = finished or time.strftime("%Y-%m-%dT%H:%M:%S")
     started = (header.get("started") or finished).replace(" ", "T")
     ran = sorted({j["sample"] for j in jobs if j["sample"]})
-    unfinished = unfinished_jobs_by_sample(jobs)
+    unfinished = unfinished_jobs_by_sample(jobs, stopped=False)
     failed = sorted(set(unfinished) | waiting_on_failed_sources(unfinished, model_sources or {}))
     record = {
         "started": started,
@@ -386,7 +406,8 @@ def write_run_record(
     os.replace(tmp, path)
     tsv = runs / "runs.tsv"
     line = [started, finished, status, record["host"], record["user"], str(len(jobs)),
-            str(sum(j["status"] != "finished" for j in jobs)), ",".join(ran), ",".join(failed), path.name]
+            str(sum(j["status"] not in ("finished", "stopped") for j in jobs)), ",".join(ran), ",".join(failed),
+            path.name]
     with open(tsv, "a", encoding="utf-8") as fh:
         if fh.tell() == 0:
             fh.write("\t".join(RUNS_TSV_COLUMNS) + "\n")

@@ -66,7 +66,10 @@ def _unfinished_message(jobs: Sequence[dict]) -> str:
     known, unknown = [], []
     for job in jobs:
         where = f" (Slurm job {job['slurm_jobid']}, log {job['slurm_log']})" if job.get("slurm_jobid") else ""
-        if job.get("ended_by"):
+        if job.get("status") == "stopped":
+            known.append(f"its {job['rule']} job{where} was cancelled when the run was interrupted (Ctrl-C or "
+                         "SIGINT); the next run goes on with it")
+        elif job.get("ended_by"):
             known.append(f"its {job['rule']} job{where}: {job['ended_by']}")
         else:
             unknown.append(f"{job['rule']}{where}")
@@ -214,7 +217,9 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 newest = max(logs.glob("*.log"), key=lambda q: q.stat().st_mtime, default=None)
                 err = (f"{_NO_ERROR_LINE}: the job was killed (a time or memory limit, or by hand) "
                        "or has not finished" + (f"; see {s}/logs/{newest.name}" if newest else ""))
-            row.update({"status": "failed" if err or logs.is_dir() else "pending",
+            # every job of it left was cancelled when the run was interrupted: not a failure of the sample
+            stopped = bool(jobs_left) and all(j.get("status") == "stopped" for j in jobs_left)
+            row.update({"status": "failed" if (err or logs.is_dir()) and not stopped else "pending",
                         "error": err, "report": fresh_report})
             if row["status"] == "failed":  # a failure of the runs before too: an old problem, not last night's
                 newest_log = max((q.stat().st_mtime for q in logs.glob("*.log")), default=None)

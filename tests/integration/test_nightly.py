@@ -458,6 +458,70 @@ Will exit after finishing currently running jobs (scheduler).
                       .read_text())["status"] == "error"
 
 
+INTERRUPTED_LOG = """\
+SNAKEMAKE
+=========
+  Date: 2026-11-30 09:02:09
+
+[Mon Nov 30 09:02:10 2026]
+rule train:
+    output: results/a/model
+    jobid: 9
+    wildcards: sample=a
+[Mon Nov 30 09:02:11 2026]
+rule train:
+    output: results/b/model
+    jobid: 12
+    wildcards: sample=b
+Terminating processes on user request, this might take some time.
+[Mon Nov 30 09:03:19 2026]
+Error in rule train:
+    message: None
+    jobid: 9
+    output: results/a/model
+[Mon Nov 30 09:03:19 2026]
+Error in rule train:
+    message: None
+    jobid: 12
+    output: results/b/model
+"""
+
+
+def test_a_run_interrupted_with_ctrl_c_is_stopped_and_its_cut_short_samples_pending(tmp_path):
+    """A walkthrough's Ctrl-C during a training: the run was recorded as an error, the sample as
+    failed, and the summary began its failure streak; a `kill` (SIGTERM) was recorded as stopped."""
+    from selfres.runlog import INTERRUPTED
+    from selfres.summary import stage_summary
+
+    log = tmp_path / "run.snakemake.log"
+    log.write_text(INTERRUPTED_LOG)
+    results = tmp_path / "results"
+    path = write_run_record(results, status="error", snakemake_log=log, samples=["a", "b"])
+    rec = json.loads(path.read_text())
+    assert rec["status"] == "stopped" and rec["stopped"] == INTERRUPTED and rec["failed_samples"] == []
+    assert [j["status"] for j in rec["jobs"]] == ["stopped", "stopped"]
+    line = dict(zip(RUNS_TSV_COLUMNS, (results / "runs" / "runs.tsv").read_text().splitlines()[1].split("\t")))
+    assert line["status"] == "stopped" and line["failed_jobs"] == "0" and line["failed_samples"] == ""
+    # the morning summary: pending, with the job's own line (a rerun resumes), no failure streak
+    logs = results / "a" / "logs"
+    logs.mkdir(parents=True)
+    said = ("sample 'a': selfres train was interrupted (Ctrl-C or SIGINT); its output was not written, and a rerun "
+            "resumes a training from its last checkpoint and an inference from its recorded tiles")
+    (logs / "train.log").write_text(f"ERROR: {said}\n")
+    rows = {r["sample"]: r for r in stage_summary(results, ["a", "b"], results / "summary.tsv",
+                                                   results / "summary.html", snakemake_log=log)}
+    assert rows["a"]["status"] == "pending" and rows["a"]["error"] == said, rows["a"]
+    assert not rows["a"].get("failed_runs")
+    assert rows["b"]["status"] == "pending" and "cancelled when the run was interrupted" in rows["b"]["error"]
+    # a job that had failed before the interrupt is a failure still, and the run an error
+    failed_first = INTERRUPTED_LOG.replace("Terminating processes", "[Mon Nov 30 09:02:50 2026]\nError in rule "
+                                           "train:\n    message: x\n    jobid: 12\nTerminating processes", 1)
+    log.write_text(failed_first)
+    rec = json.loads(write_run_record(results, status="error", snakemake_log=log).read_text())
+    assert rec["status"] == "error" and rec["failed_samples"] == ["b"], rec
+    assert {j["jobid"]: j["status"] for j in rec["jobs"]} == {9: "stopped", 12: "failed"}
+
+
 def _night_log(log_dir: Path, date: str, body: str, closed: bool) -> Path:
     """A Snakemake log of a run started at ``date`` (``YYYY-MM-DD HH:MM:SS``)."""
     log_dir.mkdir(parents=True, exist_ok=True)

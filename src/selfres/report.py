@@ -988,6 +988,9 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
     n_broken = int(counts.get("output_broken", 0))
     n_pending = int(counts.get("pending", 0))
     n_other = len(df) - n_ok - n_fb - n_fail - n_broken - n_pending
+    # ok, but holding a network output that lost the held-out check (on_worse_than_interpolation: model)
+    n_kept_losing = sum(r["status"] == "ok" and "model_worse_than_interpolation" in str(r["flags"] or "").split(";")
+                        for _, r in df.iterrows())
     head = ["sample", "status", "mode", "input shape", "output shape", "PSNR gain (dB)",
             "isotropy in", "isotropy out", "isotropy of interpolation", "flags", "train (s)", "infer (s)", "error"]
     body = []
@@ -1022,7 +1025,9 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
         cells.append(f"<td>{'' if err is None or err != err else esc(err)}</td>")
         body.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
     counts_html = (
-        f'<p><span class="status-ok">{n_ok} ok</span> · '
+        f'<p><span class="status-ok">{n_ok} ok</span>'
+        + (f" ({n_kept_losing} of them holding a network output that lost to interpolation on the held-out "
+           "region: infer.on_worse_than_interpolation is model)" if n_kept_losing else "") + " · "
         f'<span class="status-fallback_interpolation">{n_fb} fallback to interpolation</span>'
         f' · <span class="status-failed">{n_fail} failed</span>'
         + (f' · <span class="status-failed">{n_broken} output broken</span>' if n_broken else "")

@@ -266,6 +266,17 @@ def test_render_summary():
     assert page.count('<tr class="fallback">') == 1
     # what to look at: the fallback, and where to read why (the report), without a reason it may contradict
     assert "the guard found no clear gain over z-cubic interpolation on the held-out region (its report" in page
+    assert "1 ok</span> · " in page  # no count of ok samples that lost: there is none
+
+
+def test_the_summary_counts_say_how_many_ok_samples_kept_a_network_that_lost():
+    """A walkthrough with infer.on_worse_than_interpolation: model read '4 ok · 0 fallback to
+    interpolation' for two samples whose restored volumes hold a network that lost the check."""
+    kept = {**_metrics(sample="c_kept", flags=["model_worse_than_interpolation"],
+                       self_validation={"psnr_model": 29.0, "psnr_interp": 30.0}), "status": "ok"}
+    page = report.render_summary(ROWS + [kept])
+    assert ("2 ok</span> (1 of them holding a network output that lost to interpolation on the held-out region: "
+            "infer.on_worse_than_interpolation is model) · ") in page, page[page.find("2 ok"):][:300]
 
 
 def test_write_report_figures(tmp_path):

@@ -1829,9 +1829,10 @@ def scattered_store(
         io.finalize_ome_zarr(store.path, voxel_size=voxel_size, ngff_version=ngff_version, origin=origin, unit=unit,
                              contrast_limits=contrast_limits,
                              # the sample's id: a viewer's layer name (every output is restored.ome.zarr),
-                             # with the acquisition's name of its channel where it has one ("cells_c0 (DAPI)")
+                             # with the acquisition's name of its channel where it has one ("cells_c0 (DAPI)"),
+                             # and what it holds where not the restoration ("[tricubic]")
                              name=io.channel_label((attrs or {}).get("sample") or Path(final).name.split(".")[0],
-                                                   (attrs or {}).get("channel_name")),
+                                                   (attrs or {}).get("channel_name"), (attrs or {}).get("layer_note")),
                              attrs=dict(attrs or {}) | {"infer_seconds": secs, "tiles": n_tiles,
                                                         "mvoxel_per_s": rate, "blocks": blocks, "compute": kinds,
                                                         "tiles_ran_on": [ran_on[k] for k in sorted(ran_on)],

@@ -1821,6 +1821,12 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     chunk_z = int(arrays[0].chunks[0])
     if depth >= chunk_z:  # whole stored chunks per read: each is decoded once
         depth -= depth % chunk_z
+    for src, img in zip(sources, images):  # an analyst comparing channels or time points should know
+        if (img.attrs or {}).get("content") == "interpolation":
+            log.warning("%s holds %s interpolation, not the network's output (the network did not beat it on the "
+                        "held-out region)%s", src, (img.attrs or {}).get("layer_note") or "cubic",
+                        f"; in {Path(path).name} its channel is named so" if nc > 1 else
+                        f": {Path(path).name} mixes it with the network's output" if len(sources) > 1 else "")
     axes = ("T" if nt > 1 else "") + ("C" if nc > 1 else "") + "ZYX"
     out_shape = (*((nt,) if nt > 1 else ()), *((nc,) if nc > 1 else ()), *shape)
     metadata: dict[str, Any] = {"axes": axes, "Name": name or (_image_name(sources[0]) if len(sources) == 1
@@ -1829,7 +1835,7 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
         # named by the first time point's samples, less their time point (lapse_c0_t0 → lapse_c0)
         names = (list(channel_names) if channel_names is not None else
                  [channel_label(re.sub(r"_t[0-9]+$", "", _image_name(src)) if nt > 1 else _image_name(src),
-                                (img.attrs or {}).get("channel_name"))
+                                (img.attrs or {}).get("channel_name"), (img.attrs or {}).get("layer_note"))
                   for src, img in zip(sources[:nc], images[:nc])])
         if len(names) != nc:
             raise ValueError(f"{len(names)} channel names for {nc} channels")
@@ -1872,10 +1878,14 @@ def _image_name(source: str) -> str:
     return p.parent.name if stem in ("restored", "restored_model") and p.parent.name else stem
 
 
-def channel_label(name: str, channel_name: str | None) -> str:
+def channel_label(name: str, channel_name: str | None, note: str | None = None) -> str:
     """A sample's name for people, with the acquisition's own name of its channel where it
-    has one: ``cells_c0 (DAPI)`` — the restored store's layer name, an export's channel name."""
-    return f"{name} ({channel_name})" if channel_name else name
+    has one: ``cells_c0 (DAPI)`` — the restored store's layer name, an export's channel name —
+    and what it holds where that is not the restoration (``note``, the store's ``layer_note``:
+    ``cells_c1 (GFP) [tricubic]`` for the guard's fall-back, ``[network, lost to tricubic]`` for
+    the network's output kept beside it), so that a viewer's layers and an export's channels say
+    which is which."""
+    return (f"{name} ({channel_name})" if channel_name else name) + (f" [{note}]" if note else "")
 
 
 def _grid_difference(shape, image: "Volume", other_shape, other: "Volume") -> str | None:

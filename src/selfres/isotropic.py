@@ -1366,7 +1366,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     """
     from .infer import scattered_store
     from .codeinfo import code_identity
-    from .pipeline import at_voxel_size, grid_origin, model_output_path, output_dtype
+    from .pipeline import at_voxel_size, grid_origin, layer_note, model_output_path, output_dtype
 
     factor = float(meta["factor"])
     iso = meta.get("isotropic", {})
@@ -1427,6 +1427,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
             origin=grid_origin(vs_in, vs_out, at_voxel_size(vol.origin_voxels, vs_in)),
             attrs={"sample": sample, "content": kind, "factor": factor, "normalisation": params.to_dict(),
                    "fusion": fusion, "ran_on": models.ran_on(device), "code": code_identity(),
+                   **layer_note(kind, use_interp, "z-cubic"),
                    # the acquisition's channel name and frame interval (layer names, the time-series export)
                    **{k: vol.attrs[k] for k in ("channel_name", "time_increment_s") if vol.attrs.get(k)}},
             compute_kind=models.compute_label(device, amp=settings.amp and net is not None),  # z-cubic: float32

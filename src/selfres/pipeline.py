@@ -1149,7 +1149,7 @@ def stage_infer(
             chunks=settings.chunks, shards=settings.shards, ngff_version=settings.ngff_version,
             transform=lambda b: normalise.to_dtype(b, params, dtype),
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict(),
-                   "code": code_identity(),
+                   "code": code_identity(), **layer_note(kind, use_interp, "tricubic"),
                    **{k: vol.attrs[k] for k in ("channel_name", "time_increment_s") if vol.attrs.get(k)},
                    "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
@@ -1329,6 +1329,16 @@ def recorded_noise_level(meta: dict):
 
 
 MODEL_OUTPUT_WHAT = "the model's output (written beside the output when the guard delivers interpolation)"
+
+
+def layer_note(kind: str, use_interp: bool, interpolation: str) -> dict:
+    """``{"layer_note": …}`` for a store that holds something else than the restoration
+    (:func:`selfres.io.channel_label` puts it in the layer and channel names): the guard's
+    fall-back (``interpolation``: ``tricubic``, ``z-cubic``), and the network's output kept
+    beside it; ``{}`` for the restoration."""
+    if kind == "interpolation":
+        return {"layer_note": interpolation}
+    return {"layer_note": f"network, lost to {interpolation}"} if use_interp else {}
 
 
 def model_output_path(output: str | Path) -> Path:

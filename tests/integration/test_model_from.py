@@ -157,6 +157,11 @@ def test_a_later_time_point_under_the_margin_keeps_the_network_output_as_its_ser
     assert io.read_ome_zarr(tmp_path / "t1.ome.zarr").attrs["content"] == "model"
     assert "model_worse_than_interpolation" in other["flags"]
     assert io.read_ome_zarr(tmp_path / "o.ome.zarr").attrs["content"] == "interpolation"
+    # their layer names say which is the fall-back (a walkthrough: both were 'o'); the restoration has none
+    names = {p: json.loads((tmp_path / p / ".zattrs").read_text())["multiscales"][0]["name"]
+             for p in ("o.ome.zarr", "o_model.ome.zarr", "t1.ome.zarr")}
+    assert names == {"o.ome.zarr": "other [tricubic]", "o_model.ome.zarr": "other [network, lost to tricubic]",
+                     "t1.ome.zarr": "t"}, names
 
 
 def test_a_model_trained_on_noise_is_flagged_in_the_samples_that_adopt_it(tmp_path):

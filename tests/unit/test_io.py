@@ -1173,6 +1173,27 @@ def test_the_channels_of_one_acquisition_export_as_one_multichannel_ome_tiff(tmp
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == []
 
 
+def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the_log(tmp_path, caplog):
+    """A walkthrough: channel 1 of a two-channel acquisition fell back to tricubic; its export's
+    channel was named like the network's channel 0, and nothing in the file or the log said so."""
+    import tifffile
+
+    stores = []
+    for c, attrs in enumerate(({"channel_name": "DAPI", "content": "model"},
+                               {"channel_name": "GFP", "content": "interpolation", "layer_note": "tricubic"})):
+        store = tmp_path / "results" / f"cells_c{c}" / "restored.ome.zarr"
+        io.write_ome_zarr(store, np.ones((4, 16, 16), np.float32), voxel_size=(0.5, 0.125, 0.125), attrs=attrs)
+        stores.append(store)
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        io.write_ome_tiff(tmp_path / "cells.ome.tif", stores)
+    with tifffile.TiffFile(tmp_path / "cells.ome.tif") as tif:
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["cells_c0 (DAPI)",
+                                                                                "cells_c1 (GFP) [tricubic]"]
+    assert (f"{stores[1]} holds tricubic interpolation, not the network's output (the network did not beat it on "
+            "the held-out region); in cells.ome.tif its channel is named so") in caplog.text
+    assert str(stores[0]) not in caplog.text
+
+
 @pytest.mark.parametrize("channels, axes", [(2, "TCZYX"), (1, "TZYX")])
 def test_the_time_points_of_one_acquisition_export_as_one_time_series(tmp_path, channels, axes):
     """``timepoint: all`` (and ``channel: all``) restores each time point (and channel) as its

@@ -829,6 +829,10 @@ def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
     pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=InferSettings(), device="cpu")
     assert io.read_ome_zarr(out).attrs["content"] == "interpolation"
     assert io.read_ome_zarr(tmp_path / "restored_model.ome.zarr").data.shape == (24, 40, 40)
+    # a viewer's layers and an export's channels say which is which (a walkthrough: both were 's1')
+    for store, name in ((out, "s1 [z-cubic]"), (tmp_path / "restored_model.ome.zarr", "s1 [network, lost to z-cubic]")):
+        zattrs = json.loads((store / ".zattrs").read_text())
+        assert zattrs["multiscales"][0]["name"] == name and zattrs["omero"]["channels"][0]["label"] == name, zattrs
     # the sample's inference time counts both stores (alone, the interpolation's few seconds)
     both = [io.read_ome_zarr(p).attrs["infer_seconds"] for p in (out, tmp_path / "restored_model.ome.zarr")]
     assert qc._infer_seconds(out, io.read_ome_zarr(out).attrs) == pytest.approx(sum(both))

@@ -29,6 +29,7 @@ import torch
 
 from . import models, noise
 from .infer import predict_array
+from .normalise import same_series
 from .settings import InferSettings, TrainSettings, from_dict, to_dict
 from .train import (
     SHARE_PROBE_SHAPE,
@@ -48,7 +49,7 @@ from .train import (
 log = logging.getLogger("selfres.adopt")
 
 __all__ = ["ISOTROPIC_FACTOR_TOLERANCE", "VOXEL_SIZE_TOLERANCE", "adopt_enhance",
-           "adopt_isotropic", "keep_model_for_series", "same_series"]
+           "adopt_isotropic", "keep_model_for_series"]
 
 #: The source's flags that an adopting sample does not take over: its own guard decides
 #: ``model_worse_than_interpolation``, and the flags about how the training went (with advice
@@ -219,16 +220,6 @@ def named(sample, acquisition: Mapping | None) -> str:
     parts = [f"{'time point' if k == 'timepoint' else k} {acquisition[k]}" for k in ("series", "channel", "timepoint")
              if acquisition and acquisition.get(k) is not None]
     return f"{sample}" + (f" ({', '.join(parts)})" if parts else "")
-
-
-def same_series(trainer: Mapping | None, acquisition: Mapping | None) -> bool:
-    """Whether ``acquisition`` is another time point of the image and channel whose time point
-    ``trainer`` trained the model (both as :func:`selfres.normalise.acquisition_of` records
-    them): the same file, series and channel."""
-    return bool(trainer and acquisition and trainer.get("source_checksum")
-                and trainer.get("source_checksum") == acquisition.get("source_checksum")
-                and all(trainer.get(k) == acquisition.get(k) for k in ("series", "channel"))
-                and trainer.get("timepoint") != acquisition.get("timepoint"))
 
 
 def keep_model_for_series(out: dict, meta: dict, acquisition: Mapping | None, *, sample: str) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .normalise import same_series
 from .wording import baseline_name, duration_text, extras_text, fmt, num, shape_text
 
 __all__ = ["METHOD_CITATIONS", "methods_text"]
@@ -206,9 +207,8 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
     whose = f"another acquisition (sample {adopted})" if adopted else "this volume"
     from_part = (trainer or {}).get("acquisition") if isinstance((trainer or {}).get("acquisition"), Mapping) else {}
     part = prov.get("input_part") or {}
-    if (adopted and from_part.get("source_checksum") and from_part.get("source_checksum") == prov.get("input_checksum")
-            and all(from_part.get(k) == part.get(k) for k in ("series", "channel"))
-            and from_part.get("timepoint") is not None):
+    if adopted and from_part.get("timepoint") is not None and same_series(
+            from_part, {"source_checksum": prov.get("input_checksum"), **part}):
         whose = f"time point {from_part['timepoint']} of the same acquisition (sample {adopted})"
     training = model.get("training") if isinstance(model.get("training"), Mapping) else {}
     bits = [f"The volume was restored with {tool} in its {mode} mode, after {name} ({cite})."]

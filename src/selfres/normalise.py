@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -55,6 +55,16 @@ def acquisition_of(attrs: dict) -> dict | None:
     if not attrs.get("source_checksum"):
         return None
     return {"source_checksum": str(attrs["source_checksum"]), **{k: attrs.get(k) for k in ACQUISITION_PARTS}}
+
+
+def same_series(trainer: Mapping | None, acquisition: Mapping | None) -> bool:
+    """Whether ``acquisition`` is another time point of the image and channel whose time point
+    ``trainer`` trained the model (both as :func:`acquisition_of` records
+    them): the same file, series and channel."""
+    return bool(trainer and acquisition and trainer.get("source_checksum")
+                and trainer.get("source_checksum") == acquisition.get("source_checksum")
+                and all(trainer.get(k) == acquisition.get(k) for k in ("series", "channel"))
+                and trainer.get("timepoint") != acquisition.get("timepoint"))
 
 
 def acquisition_text(acquisition: dict) -> str:

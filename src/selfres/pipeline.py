@@ -289,7 +289,9 @@ def stage_normalise(
     # voxel steps times the voxel size used (the sheet's when it gives one), or in voxel steps
     origin = at_voxel_size(vol.origin_voxels, vs)
     io.write_ome_zarr(output, norm, voxel_size=vs, ngff_version=ngff_version, origin=origin,
-                      contrast_limits=(0.0, 1.0), attrs=attrs | {"voxel_size_known": vs is not None})
+                      contrast_limits=(0.0, 1.0), attrs=attrs | {"voxel_size_known": vs is not None},
+                      # a viewer's layer: the sample's, not 'normalized' for every sample
+                      name=io.channel_label(sample, attrs.get("channel_name"), "normalised"))
     if _file_identity(input_path) != before:
         shutil.rmtree(output, ignore_errors=True)
         raise InputError(input_path, "changed while it was being read (replaced, or still being written): its "

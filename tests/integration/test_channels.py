@@ -69,6 +69,7 @@ def test_workflow_restores_every_channel(tmp_path):
     outs = [io.read_ome_zarr(wd / "results" / f"twoch_c{c}" / "restored.ome.zarr") for c in (0, 1)]
     assert all(o.data.shape == (8, 96, 96) for o in outs)
     assert not np.allclose(np.asarray(outs[0].data), np.asarray(outs[1].data))  # each its own channel
+    notes = [" [tricubic]" if o.attrs["content"] == "interpolation" else "" for o in outs]  # a fall-back says so
     for c, name in ((0, "DAPI"), (1, "GFP")):
         exported = io.read_volume(wd / "results" / "twoch.ome.tif", channel=c)
         np.testing.assert_array_equal(exported.data, np.asarray(outs[c].data))
@@ -76,9 +77,10 @@ def test_workflow_restores_every_channel(tmp_path):
         assert outs[c].voxel_size == pytest.approx((1.0, 0.25, 0.25))  # the OME-TIFF's voxel size, ×2 laterally
         # the acquisition's channel names follow: the layer name in napari, the channel name in Fiji
         omero = zarr.open_group(str(wd / "results" / f"twoch_c{c}" / "restored.ome.zarr"), mode="r").attrs["omero"]
-        assert omero["channels"][0]["label"] == f"twoch_c{c} ({name})"
+        assert omero["channels"][0]["label"] == f"twoch_c{c} ({name})" + notes[c]
     with tifffile.TiffFile(wd / "results" / "twoch.ome.tif") as tif:
-        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["twoch_c0 (DAPI)", "twoch_c1 (GFP)"]
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == [
+            "twoch_c0 (DAPI)" + notes[0], "twoch_c1 (GFP)" + notes[1]]
     (wd / "results" / "twoch.ome.tif").unlink()
     plan = run_snakemake(wd, "-n", "--config", "export_tiff=true", timeout=120)  # a whole run asks for it too
     assert re.search(r"^export_acquisition +1$", plan.stdout, flags=re.M), plan.stdout

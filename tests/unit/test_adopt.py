@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from selfres.adopt import keep_model_for_series, named, same_series
+from selfres.adopt import keep_model_for_series, named
+from selfres.normalise import same_series
 
 T0 = {"source_checksum": "abc", "series": None, "channel": 1, "timepoint": 0}
 

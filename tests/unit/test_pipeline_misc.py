@@ -305,7 +305,10 @@ def test_tiles_written_by_other_code_are_recomputed_and_outputs_name_their_code(
     import zarr
 
     group = zarr.open_group(str(out), mode="r")  # a viewer names the layer after the sample, not "restored"
-    assert group.attrs["multiscales"][0]["name"] == "s" and group.attrs["omero"]["channels"][0]["label"] == "s"
+    name = "s" + (" [tricubic]" if attrs["content"] == "interpolation" else "")  # the guard's fall-back says so
+    assert group.attrs["multiscales"][0]["name"] == name and group.attrs["omero"]["channels"][0]["label"] == name
+    # ... and the normalised copy after the sample too, said as such (a walkthrough: 'normalized' for every sample)
+    assert zarr.open_group(str(norm), mode="r").attrs["multiscales"][0]["name"] == "s [normalised]"
 
 
 def test_a_model_from_before_the_shrink_infers_without_a_false_retrain_warning(tmp_path, caplog):

@@ -1821,22 +1821,26 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     chunk_z = int(arrays[0].chunks[0])
     if depth >= chunk_z:  # whole stored chunks per read: each is decoded once
         depth -= depth % chunk_z
-    for src, img in zip(sources, images):  # an analyst comparing channels or time points should know
+    # what each channel holds where not the restoration (the guard's fall-back), over its time
+    # points: an analyst comparing channels or time points should know which is interpolation
+    notes = [_channel_note([images[t * nc + c] for t in range(nt)]) for c in range(nc)]
+    for i, (src, img) in enumerate(zip(sources, images)):
         if (img.attrs or {}).get("content") == "interpolation":
+            where = ([f"its channel is named '… [{notes[i % nc]}]'"] if nc > 1 and channel_names is None else []) + (
+                [f"it is time point {i // nc}"] if nt > 1 else [])
             log.warning("%s holds %s interpolation, not the network's output (the network did not beat it on the "
                         "held-out region)%s", src, (img.attrs or {}).get("layer_note") or "cubic",
-                        f"; in {Path(path).name} its channel is named so" if nc > 1 else
-                        f": {Path(path).name} mixes it with the network's output" if len(sources) > 1 else "")
+                        f"; in {Path(path).name} " + " and ".join(where) if where else "")
     axes = ("T" if nt > 1 else "") + ("C" if nc > 1 else "") + "ZYX"
     out_shape = (*((nt,) if nt > 1 else ()), *((nc,) if nc > 1 else ()), *shape)
-    metadata: dict[str, Any] = {"axes": axes, "Name": name or (_image_name(sources[0]) if len(sources) == 1
-                                                               else Path(path).name.split(".")[0])}
+    metadata: dict[str, Any] = {"axes": axes, "Name": name or (
+        channel_label(_image_name(sources[0]), None, notes[0]) if len(sources) == 1 else Path(path).name.split(".")[0])}
     if nc > 1:
         # named by the first time point's samples, less their time point (lapse_c0_t0 → lapse_c0)
         names = (list(channel_names) if channel_names is not None else
                  [channel_label(re.sub(r"_t[0-9]+$", "", _image_name(src)) if nt > 1 else _image_name(src),
-                                (img.attrs or {}).get("channel_name"), (img.attrs or {}).get("layer_note"))
-                  for src, img in zip(sources[:nc], images[:nc])])
+                                (img.attrs or {}).get("channel_name"), note)
+                  for src, img, note in zip(sources[:nc], images[:nc], notes)])
         if len(names) != nc:
             raise ValueError(f"{len(names)} channel names for {nc} channels")
         metadata["Channel"] = {"Name": names}
@@ -1876,6 +1880,21 @@ def _image_name(source: str) -> str:
     p = Path(source)
     stem = p.name.split(".")[0]
     return p.parent.name if stem in ("restored", "restored_model") and p.parent.name else stem
+
+
+def _channel_note(timepoints: Sequence["Volume"]) -> str | None:
+    """What one channel of an export holds where not the restoration, over its time points (the
+    stores' ``layer_note``): ``tricubic``, or ``tricubic at t1`` / ``tricubic at 2 of 5 time points``
+    where only some fell back; ``None`` where all hold the restoration."""
+    said = [(t, (img.attrs or {}).get("layer_note")) for t, img in enumerate(timepoints)]
+    noted = [(t, n) for t, n in said if n]
+    if not noted:
+        return None
+    kinds = sorted({n for _, n in noted})
+    if len(noted) == len(said):
+        return kinds[0] if len(kinds) == 1 else ", ".join(kinds)
+    where = f"t{noted[0][0]}" if len(noted) == 1 else f"{len(noted)} of {len(said)} time points"
+    return f"{', '.join(kinds)} at {where}"
 
 
 def channel_label(name: str, channel_name: str | None, note: str | None = None) -> str:

@@ -283,9 +283,12 @@ def parse_snakemake_log(text: str) -> dict:
         if m and int(m["jobid"]) in jobs:
             _set_status(jobs[int(m["jobid"])], "finished")
             continue
-        if line.startswith((_GRACEFUL_STOP, _USER_INTERRUPT)):
-            if not header.get("stop_requested"):  # the jobs that had failed before it: not the stop's doing
-                header["stop_requested"] = "interrupt" if line.startswith(_USER_INTERRUPT) else "sigterm"
+        interrupt = line.startswith(_USER_INTERRUPT)
+        if interrupt or line.startswith(_GRACEFUL_STOP):
+            # the jobs that had failed before it: not the stop's doing; an interrupt after a SIGTERM
+            # (its jobs cancelled, not let finish) is counted from the interrupt
+            if not header.get("stop_requested") or interrupt and header["stop_requested"] != "interrupt":
+                header["stop_requested"] = "interrupt" if interrupt else "sigterm"
                 failed_before_stop = {jid for jid, j in jobs.items() if j["status"] == "failed"}
                 header["failed_before_stop"] = len(failed_before_stop)
             continue
@@ -367,7 +370,10 @@ def write_run_record(
         status, extra = "stopped", {"stopped": why, **(extra or {})}
     finished = finished or time.strftime("%Y-%m-%dT%H:%M:%S")
     started = (header.get("started") or finished).replace(" ", "T")
-    ran = sorted({j["sample"] for j in jobs if j["sample"]})
+    # a sample whose job the run cut short ran to no verdict: neither among the samples run nor the
+    # failed ones, so that a failure streak (:func:`failing_runs`) neither starts nor ends with it
+    cut_short = {j["sample"] for j in jobs if j["sample"] and j["status"] == "stopped"}
+    ran = sorted({j["sample"] for j in jobs if j["sample"]} - cut_short)
     unfinished = unfinished_jobs_by_sample(jobs, stopped=False)
     failed = sorted(set(unfinished) | waiting_on_failed_sources(unfinished, model_sources or {}))
     record = {

@@ -520,6 +520,29 @@ def test_a_run_interrupted_with_ctrl_c_is_stopped_and_its_cut_short_samples_pend
     rec = json.loads(write_run_record(results, status="error", snakemake_log=log).read_text())
     assert rec["status"] == "error" and rec["failed_samples"] == ["b"], rec
     assert {j["jobid"]: j["status"] for j in rec["jobs"]} == {9: "stopped", 12: "failed"}
+    # a SIGTERM, then Ctrl-C (the jobs the first let run, the second cancelled): stopped too (a review)
+    log.write_text(INTERRUPTED_LOG.replace("Terminating processes", "Will exit after finishing currently running "
+                                           "jobs (scheduler).\nTerminating processes", 1))
+    rec = json.loads(write_run_record(results, status="error", snakemake_log=log).read_text())
+    assert rec["status"] == "stopped" and rec["stopped"] == INTERRUPTED and rec["failed_samples"] == [], rec
+
+
+def test_an_interrupted_night_neither_starts_nor_ends_a_samples_failure_streak(tmp_path):
+    """A review: b failed on nights 1 and 3, night 2 was stopped with Ctrl-C while b ran; the
+    summary said 'failed 1 run' (night 2 read as b run without failing, ending the streak)."""
+    from selfres.runlog import failing_runs
+
+    results = tmp_path / "results"
+    failed = INTERRUPTED_LOG.replace("Terminating processes on user request, this might take some time.\n", "")
+    for night, text in ((1, failed), (2, INTERRUPTED_LOG), (3, failed)):
+        log = tmp_path / f"night{night}.snakemake.log"
+        log.write_text(text.replace("2026-11-30 09:02:09", f"2026-11-{night:02d} 01:00:00"))
+        write_run_record(results, status="error", snakemake_log=log, finished=f"2026-11-{night:02d}T02:00:00")
+    rows = [dict(zip(RUNS_TSV_COLUMNS, line.split("\t")))
+            for line in (results / "runs" / "runs.tsv").read_text().splitlines()[1:]]
+    assert [(r["status"], r["samples_run"], r["failed_samples"]) for r in rows] == [
+        ("error", "a,b", "a,b"), ("stopped", "", ""), ("error", "a,b", "a,b")]
+    assert failing_runs(results, ["b"]) == {"b": (2, "2026-11-01T01:00:00")}
 
 
 def _night_log(log_dir: Path, date: str, body: str, closed: bool) -> Path:

@@ -1190,8 +1190,28 @@ def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["cells_c0 (DAPI)",
                                                                                 "cells_c1 (GFP) [tricubic]"]
     assert (f"{stores[1]} holds tricubic interpolation, not the network's output (the network did not beat it on "
-            "the held-out region); in cells.ome.tif its channel is named so") in caplog.text
+            "the held-out region); in cells.ome.tif its channel is named '… [tricubic]'") in caplog.text
     assert str(stores[0]) not in caplog.text
+    io.write_ome_tiff(tmp_path / "c1.ome.tif", stores[1])  # one store alone: its image's name says it
+    with tifffile.TiffFile(tmp_path / "c1.ome.tif") as tif:
+        assert 'Name="cells_c1 [tricubic]"' in tif.ome_metadata
+    # a time series whose channel 1 fell back at time point 1 only (a review: named by time point 0 alone,
+    # the channel carried no note while the log said it did)
+    series = []
+    for t in (0, 1):
+        for c in (0, 1):
+            fell = c == 1 and t == 1
+            store = tmp_path / "ts" / f"lapse_c{c}_t{t}" / "restored.ome.zarr"
+            io.write_ome_zarr(store, np.ones((4, 16, 16), np.float32), voxel_size=(0.5, 0.125, 0.125),
+                              attrs={"content": "interpolation", "layer_note": "tricubic"} if fell else None)
+            series.append(store)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        io.write_ome_tiff(tmp_path / "lapse.ome.tif", series, timepoints=2)
+    with tifffile.TiffFile(tmp_path / "lapse.ome.tif") as tif:
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["lapse_c0", "lapse_c1 [tricubic at t1]"]
+    assert ("in lapse.ome.tif its channel is named '… [tricubic at t1]' and it is time point 1" in caplog.text
+            and caplog.text.count("holds tricubic interpolation") == 1), caplog.text
 
 
 @pytest.mark.parametrize("channels, axes", [(2, "TCZYX"), (1, "TZYX")])

@@ -1108,6 +1108,46 @@ def channel_name(path: str | os.PathLike, channel: int | None, *, series: int | 
     return (str(name).strip() or None) if name is not None else None
 
 
+#: Fiji's colours for a composite's channels whose file gives none, in channel order (red, green, blue,
+#: grey, cyan, magenta, yellow): a restored channel is shown as Fiji shows its input
+COMPOSITE_COLORS = ("FF0000", "00FF00", "0000FF", "FFFFFF", "00FFFF", "FF00FF", "FFFF00")
+
+
+def channel_color(path: str | os.PathLike, channel: int | None, *, series: int | None = None) -> str | None:
+    """The display colour an acquisition gives its channel ``channel``, as ``"RRGGBB"``, or
+    ``None``: an OME-TIFF's OME ``Channel Color`` (RGBA), an ImageJ hyperstack's LUT (its
+    brightest entry), an OME-Zarr's ``omero`` channel ``color``. ``channel`` ``None``: the
+    colour of a file's only channel. Metadata for people (the outputs' ``omero`` colour and the
+    exported OME-TIFF's): ``None`` whenever it cannot be read."""
+    path = os.fspath(path)
+    try:
+        if _kind(path) == "zarr":
+            channels = _ome_attrs(_zarr_image(path, series)).get("omero", {}).get("channels", [])
+            colors = [c.get("color") for c in channels]
+        else:
+            colors = [None if e.get("Color") is None else f"{int(e.get('Color')) & 0xFFFFFFFF:08X}"[:6]
+                      for e in _ome_tiff_channels(path, series)] or _imagej_lut_colors(path)
+        if channel is None:
+            channel = 0 if len(colors) == 1 else -1
+        color = colors[channel] if 0 <= channel < len(colors) else None
+        color = str(color).strip().lstrip("#").upper() if color is not None else None
+    except Exception:  # noqa: BLE001 - a colour is optional; the reader says what is wrong with the file
+        return None
+    return color if color is not None and re.fullmatch(r"[0-9A-F]{6}", color) else None
+
+
+def _imagej_lut_colors(path: str) -> list:
+    """An ImageJ hyperstack's channel colours (``RRGGBB``: each LUT's brightest entry; none
+    where it has no LUTs)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        luts = (tif.imagej_metadata or {}).get("LUTs") if tif.is_imagej else None
+        if isinstance(luts, np.ndarray) and luts.ndim == 2:  # a one-channel stack's LUT comes alone
+            luts = [luts]
+        return ["".join(f"{int(v):02X}" for v in np.asarray(lut)[:3, -1]) for lut in luts or []]
+
+
 def _ome_images(tif) -> list | None:
     """The OME ``Image`` elements of an OME-TIFF (``None``: not an OME-TIFF)."""
     if not tif.is_ome or not tif.ome_metadata:
@@ -1653,12 +1693,15 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
     if base.startswith(".") and ".tmp-" in base:  # inside atomic_output
         base = base[1:base.rindex(".tmp-")]
     label = name or base.split(".")[0] or "image"
+    # the input channel's colour (its file's, or Fiji's for the channel of a composite): channels
+    # restored one store each do not all open grey
+    color = (attrs or {}).get("channel_color") or "FFFFFF"
     omero = {
         "channels": [{
-            "label": label, "color": "FFFFFF", "active": True,
+            "label": label, "color": color, "active": True,
             "window": _window(sample, dtype, contrast_limits),
         }],
-        "rdefs": {"model": "greyscale"},
+        "rdefs": {"model": "greyscale" if color == "FFFFFF" else "color"},
     }
     fmt = FormatV04() if zarr_format == 2 else FormatV05()
     # start from clean attributes so re-finalising does not keep stale keys
@@ -1850,6 +1893,9 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
         if len(names) != 1:
             raise ValueError(f"{len(names)} channel names for 1 channel")
         metadata["Channel"] = {"Name": names}
+    colors = [(img.attrs or {}).get("channel_color") for img in images[:nc]]
+    if any(colors):  # the stores' colours (their input's), as OME's signed RGBA; a store without one: white
+        metadata.setdefault("Channel", {})["Color"] = [_ome_color(c or "FFFFFF") for c in colors]
     if nt > 1 and (dt := (image.attrs or {}).get("time_increment_s")):  # the acquisition's frame interval
         metadata.update(TimeIncrement=float(dt), TimeIncrementUnit="s")
     if voxel is not None:
@@ -1872,6 +1918,12 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
             res = {"resolution": (1e4 / voxel[2], 1e4 / voxel[1]), "resolutionunit": "CENTIMETER"} if voxel else {}
             tif.write(planes(), shape=out_shape, dtype=dtype, metadata=metadata, photometric="minisblack", **res)
     return Path(path)
+
+
+def _ome_color(rgb: str) -> int:
+    """``"RRGGBB"`` as an OME ``Color``: RGBA, opaque, read as a signed 32-bit integer."""
+    value = int(rgb, 16) << 8 | 0xFF
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def _image_name(source: str) -> str:

@@ -1366,7 +1366,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
     """
     from .infer import scattered_store
     from .codeinfo import code_identity
-    from .pipeline import at_voxel_size, grid_origin, layer_note, model_output_path, output_dtype
+    from .pipeline import CARRIED_ATTRS, at_voxel_size, grid_origin, layer_note, model_output_path, output_dtype
 
     factor = float(meta["factor"])
     iso = meta.get("isotropic", {})
@@ -1429,7 +1429,7 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
                    "fusion": fusion, "ran_on": models.ran_on(device), "code": code_identity(),
                    **layer_note(kind, use_interp, "z-cubic"),
                    # the acquisition's channel name and frame interval (layer names, the time-series export)
-                   **{k: vol.attrs[k] for k in ("channel_name", "time_increment_s") if vol.attrs.get(k)}},
+                   **{k: vol.attrs[k] for k in CARRIED_ATTRS if vol.attrs.get(k)}},
             compute_kind=models.compute_label(device, amp=settings.amp and net is not None),  # z-cubic: float32
             reuse_finished=reuse_finished)
         log.info("%s (%s) %s: %d/%d tiles computed in %.1f s", kind, step, path, stats["computed"], stats["tiles"],

@@ -275,6 +275,9 @@ def stage_normalise(
         # the acquisition's own name of the channel (OME: "DAPI"), for the outputs' layer and channel names
         # (a file's only channel too)
         **({"channel_name": name} if (name := io.channel_name(input_path, channel, series=series)) else {}),
+        # its colour (the file's; for a channel of a file that gives none, Fiji's for that channel)
+        **({"channel_color": color} if (color := io.channel_color(input_path, channel, series=series) or (
+            None if channel is None else io.COMPOSITE_COLORS[channel % len(io.COMPOSITE_COLORS)])) else {}),
         # a time point's series' frame interval, for the time-series export
         **({"time_increment_s": dt} if timepoint is not None and (dt := io.time_increment(input_path,
                                                                                           series=series)) else {}),
@@ -1152,7 +1155,7 @@ def stage_infer(
             transform=lambda b: normalise.to_dtype(b, params, dtype),
             attrs={"sample": sample, "content": kind, "factors": list(factors), "normalisation": params.to_dict(),
                    "code": code_identity(), **layer_note(kind, use_interp, "tricubic"),
-                   **{k: vol.attrs[k] for k in ("channel_name", "time_increment_s") if vol.attrs.get(k)},
+                   **{k: vol.attrs[k] for k in CARRIED_ATTRS if vol.attrs.get(k)},
                    "voxel_size_known": vs_in is not None, "ran_on": models.ran_on(dev)},
             contrast_limits=(params.low, params.high), device=dev, amp=settings.amp, batch_size=settings.batch_size,
             memory_fraction=settings.gpu_memory_fraction, origin=origin, reuse_finished=reuse_finished,
@@ -1331,6 +1334,11 @@ def recorded_noise_level(meta: dict):
 
 
 MODEL_OUTPUT_WHAT = "the model's output (written beside the output when the guard delivers interpolation)"
+
+
+#: what a restored store keeps of its normalised input's attributes: the acquisition's channel name and
+#: colour (layer names, display colours) and frame interval (the time-series export)
+CARRIED_ATTRS = ("channel_name", "channel_color", "time_increment_s")
 
 
 def layer_note(kind: str, use_interp: bool, interpolation: str) -> dict:

@@ -78,9 +78,12 @@ def test_workflow_restores_every_channel(tmp_path):
         # the acquisition's channel names follow: the layer name in napari, the channel name in Fiji
         omero = zarr.open_group(str(wd / "results" / f"twoch_c{c}" / "restored.ome.zarr"), mode="r").attrs["omero"]
         assert omero["channels"][0]["label"] == f"twoch_c{c} ({name})" + notes[c]
+        # a file without colours: Fiji's composite colours (red, green), not grey for both
+        assert omero["channels"][0]["color"] == ("FF0000", "00FF00")[c]
     with tifffile.TiffFile(wd / "results" / "twoch.ome.tif") as tif:
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == [
             "twoch_c0 (DAPI)" + notes[0], "twoch_c1 (GFP)" + notes[1]]
+    assert [io.channel_color(wd / "results" / "twoch.ome.tif", c) for c in (0, 1)] == ["FF0000", "00FF00"]
     (wd / "results" / "twoch.ome.tif").unlink()
     plan = run_snakemake(wd, "-n", "--config", "export_tiff=true", timeout=120)  # a whole run asks for it too
     assert re.search(r"^export_acquisition +1$", plan.stdout, flags=re.M), plan.stdout

@@ -1173,6 +1173,25 @@ def test_the_channels_of_one_acquisition_export_as_one_multichannel_ome_tiff(tmp
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == []
 
 
+def test_an_exported_ome_tiff_keeps_its_channels_colours(tmp_path):
+    """The stores' colours (their input's) become OME ``Channel Color``s, which Fiji's Bio-Formats
+    shows the composite in; a store without one is white, and stores without any give none."""
+    stores = []
+    for c, attrs in enumerate(({"channel_color": "FF0000"}, {}, {"channel_color": "00FFFF"})):
+        store = tmp_path / "results" / f"cells_c{c}" / "restored.ome.zarr"
+        io.write_ome_zarr(store, np.ones((4, 16, 16), np.float32), voxel_size=(0.5, 0.125, 0.125), attrs=attrs)
+        stores.append(store)
+    io.write_ome_tiff(tmp_path / "cells.ome.tif", stores)
+    with tifffile.TiffFile(tmp_path / "cells.ome.tif") as tif:
+        assert re.findall(r'<Channel [^>]*Color="([^"]+)"', tif.ome_metadata) == ["-16776961", "-1", "16777215"]
+    assert [io.channel_color(tmp_path / "cells.ome.tif", c) for c in range(3)] == ["FF0000", "FFFFFF", "00FFFF"]
+    io.write_ome_tiff(tmp_path / "c2.ome.tif", stores[2])  # one store alone keeps its colour too
+    assert io.channel_color(tmp_path / "c2.ome.tif", None) == "00FFFF"
+    io.write_ome_tiff(tmp_path / "c1.ome.tif", stores[1])
+    with tifffile.TiffFile(tmp_path / "c1.ome.tif") as tif:
+        assert "Color=" not in tif.ome_metadata
+
+
 def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the_log(tmp_path, caplog):
     """A walkthrough: channel 1 of a two-channel acquisition fell back to tricubic; its export's
     channel was named like the network's channel 0, and nothing in the file or the log said so."""
@@ -1346,6 +1365,60 @@ def test_an_acquisitions_own_channel_names_are_read_where_it_has_them(tmp_path):
     assert io.channel_name(store, 0) == "Hoechst"
     (tmp_path / "x.czi").write_bytes(b"ZISRAWFILE" + bytes(16))
     assert io.channel_name(tmp_path / "x.czi", 0) is None and io.channel_name(tmp_path / "missing.tif", 0) is None
+
+
+def test_an_acquisitions_own_channel_colours_are_read_where_it_has_them(tmp_path):
+    """OME ``Channel Color`` (signed RGBA), an ImageJ composite's LUTs and OME-Zarr ``omero``
+    colours give the outputs' channel colours; a file without them, or one the reader refuses,
+    gives none (never an error)."""
+    data = np.zeros((3, 2, 16, 16), np.uint16)  # ZCYX
+    ome = tmp_path / "cells.ome.tif"
+    # Bio-Formats' red and an opaque blue-green: 0xFF0000FF and 0x0080C0FF as signed 32-bit integers
+    tifffile.imwrite(ome, data, ome=True, metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP"],
+                                                                                 "Color": [-16776961, 8438015]}})
+    assert [io.channel_color(ome, c) for c in (0, 1, 2, None)] == ["FF0000", "0080C0", None, None]
+    plain = tmp_path / "plain.ome.tif"
+    tifffile.imwrite(plain, data, ome=True, metadata={"axes": "ZCYX", "Channel": {"Name": ["DAPI", "GFP"]}})
+    assert io.channel_color(plain, 0) is None
+    luts = [np.zeros((3, 256), np.uint8) for _ in range(2)]
+    luts[0][2] = np.arange(256)  # blue
+    luts[1][0], luts[1][2] = np.arange(256), np.arange(256)  # magenta
+    imagej = tmp_path / "cells.tif"
+    tifffile.imwrite(imagej, data, imagej=True, metadata={"axes": "ZCYX", "LUTs": luts})
+    assert [io.channel_color(imagej, c) for c in (0, 1)] == ["0000FF", "FF00FF"]
+    tifffile.imwrite(tmp_path / "nolut.tif", data, imagej=True, metadata={"axes": "ZCYX"})
+    assert io.channel_color(tmp_path / "nolut.tif", 0) is None
+    store = tmp_path / "cells.ome.zarr"
+    io.write_ome_zarr(store, np.zeros((3, 16, 16), np.float32), voxel_size=(1, 1, 1),
+                      attrs={"channel_color": "00FF00"})
+    assert io.channel_color(store, None) == "00FF00" and io.channel_color(store, 0) == "00FF00"
+    (tmp_path / "x.czi").write_bytes(b"ZISRAWFILE" + bytes(16))
+    assert io.channel_color(tmp_path / "x.czi", 0) is None and io.channel_color(tmp_path / "missing.tif", 0) is None
+
+
+def test_a_store_shows_its_channel_in_its_inputs_colour(tmp_path):
+    """A walkthrough: every channel of a two-channel acquisition opened grey in napari (``omero``
+    colour FFFFFF for all). A store now takes its input channel's colour — the file's, else Fiji's
+    composite colour for that channel — and a one-channel input without a colour stays grey."""
+    from selfres import pipeline
+
+    rng = np.random.default_rng(3)
+    data = (rng.random((6, 2, 32, 32)) * 1000).astype(np.uint16)  # ZCYX
+    given = tmp_path / "given.ome.tif"
+    tifffile.imwrite(given, data, ome=True, metadata={"axes": "ZCYX", "Channel": {"Color": [-16711681, -65281]}})
+    plain = tmp_path / "plain.ome.tif"
+    tifffile.imwrite(plain, data, ome=True, metadata={"axes": "ZCYX"})
+    one = tmp_path / "one.tif"
+    tifffile.imwrite(one, data[:, 0], metadata={"axes": "ZYX"})
+    for path, channel, expected in ((given, 0, "FF00FF"), (given, 1, "FFFF00"), (plain, 0, "FF0000"),
+                                    (plain, 1, "00FF00"), (one, None, "FFFFFF")):
+        out = tmp_path / f"{path.name.split('.')[0]}_{channel}.ome.zarr"
+        pipeline.stage_normalise(path, out, sample="s", channel=channel)
+        omero = zarr.open_group(str(out), mode="r").attrs["omero"]
+        assert omero["channels"][0]["color"] == expected
+        assert omero["rdefs"]["model"] == ("greyscale" if expected == "FFFFFF" else "color")
+    assert io.read_volume(tmp_path / "plain_1.ome.zarr").attrs["channel_color"] == "00FF00"
+    assert "channel_color" not in io.read_volume(tmp_path / "one_None.ome.zarr").attrs
 
 
 def test_a_files_only_channel_is_named_without_a_channel_index(tmp_path):

@@ -698,7 +698,8 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
         g.attrs["multiscales"] = ms
         # a channel of a time series, as normalise writes it: the name and frame interval carry on
         # (layer names, the time-series export; they were dropped in isotropic mode)
-        g.attrs[io.ATTRS_KEY] = {**g.attrs[io.ATTRS_KEY], "channel_name": "DAPI", "time_increment_s": 30.0}
+        g.attrs[io.ATTRS_KEY] = {**g.attrs[io.ATTRS_KEY], "channel_name": "DAPI", "channel_color": "0000FF",
+                                 "time_increment_s": 30.0}
         pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "placed.ome.zarr", sample="s1",
                              settings=s.infer.__class__(tile_size=(8, 16, 16)), device="cpu")
         placed = io.read_ome_zarr(tmp_path / "placed.ome.zarr")
@@ -719,6 +720,8 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
             shutil.disk_usage = real
         assert not (tmp_path / "full.ome.zarr").exists() and not pipeline.partial_path(tmp_path / "full.ome.zarr").exists()
         assert (placed.attrs["channel_name"], placed.attrs["time_increment_s"]) == ("DAPI", 30.0)
+        assert zarr.open_group(str(tmp_path / "placed.ome.zarr"), mode="r").attrs["omero"]["channels"][0]["color"] \
+            == "0000FF"
     assert vol.attrs["content"] in ("model", "interpolation")
     assert vol.attrs["ran_on"]["device"] == "cpu" and meta["ran_on"]["host"]  # where each step ran
     model, spec, info = pipeline.load_trained(tmp_path / "model")

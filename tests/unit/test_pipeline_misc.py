@@ -783,7 +783,8 @@ def test_a_time_points_frame_interval_follows_it_into_the_time_series_export(tmp
 
     frames = np.stack([blob_volume((8, 48, 48), n=80, sigma=(1.0, 1.5, 1.5), seed=t) * 1000 for t in range(2)])
     tifffile.imwrite(tmp_path / "lapse.tif", frames.astype(np.uint16), imagej=True,
-                     metadata={"axes": "TZYX", "finterval": 2.0, "tunit": "min"})
+                     metadata={"axes": "TZYX", "finterval": 2.0, "tunit": "min",  # and a green LUT
+                               "LUTs": [np.stack([np.zeros(256), np.arange(256), np.zeros(256)]).astype(np.uint8)]})
     s = Settings(train=from_dict(TrainSettings, {"steps": 1, "width": 4, "depth": 1, "batch_size": 1,
                                                  "patch_size": [4, 16, 16], "validate_every": 1, "warmup_steps": 1}))
     stores = []
@@ -798,9 +799,11 @@ def test_a_time_points_frame_interval_follows_it_into_the_time_series_export(tmp
                              settings=s, device="cpu")
         pipeline.stage_infer(d / "n.ome.zarr", d / "model", d / "restored.ome.zarr", sample=d.name, device="cpu")
         assert io.read_ome_zarr(d / "restored.ome.zarr", lazy=True).attrs["time_increment_s"] == 120.0
+        assert io.channel_color(d / "restored.ome.zarr", None) == "00FF00"  # the stack's LUT, not grey
         stores.append(d / "restored.ome.zarr")
     io.write_ome_tiff(tmp_path / "lapse.ome.tif", stores, timepoints=2)
     assert io.time_increment(tmp_path / "lapse.ome.tif") == 120.0
+    assert io.channel_color(tmp_path / "lapse.ome.tif", None) == "00FF00"
     with tifffile.TiffFile(tmp_path / "lapse.ome.tif") as tif:
         assert tif.series[0].axes == "TZYX"
 

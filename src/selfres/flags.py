@@ -1,6 +1,6 @@
 """What each QC flag means and what to do about it, and the status a sample's flags give it.
 
-The plain words of the reports (``report.html``, ``summary.html``) and of ``selfres explain``;
+The plain words of the reports (``report.html``, ``summary.html``);
 no numpy, so the batch summary and the CLI read them without the report's figures.
 """
 

@@ -1869,15 +1869,18 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     notes = [_channel_note([images[t * nc + c] for t in range(nt)]) for c in range(nc)]
     for i, (src, img) in enumerate(zip(sources, images)):
         if (img.attrs or {}).get("content") == "interpolation":
-            where = ([f"its channel is named '… [{notes[i % nc]}]'"] if nc > 1 and channel_names is None else []) + (
+            where = ([f"its channel is named '… [{notes[i % nc]}]'"] if nc > 1 and channel_names is None else
+                     [f"its image is named '… [{notes[0]}]'"] if len(sources) == 1 else []) + (
                 [f"it is time point {i // nc}"] if nt > 1 else [])
             log.warning("%s holds %s interpolation, not the network's output (the network did not beat it on the "
                         "held-out region)%s", src, (img.attrs or {}).get("layer_note") or "cubic",
                         f"; in {Path(path).name} " + " and ".join(where) if where else "")
     axes = ("T" if nt > 1 else "") + ("C" if nc > 1 else "") + "ZYX"
     out_shape = (*((nt,) if nt > 1 else ()), *((nc,) if nc > 1 else ()), *shape)
-    metadata: dict[str, Any] = {"axes": axes, "Name": name or (
-        channel_label(_image_name(sources[0]), None, notes[0]) if len(sources) == 1 else Path(path).name.split(".")[0])}
+    # one store: named by its sample (the workflow's --sample, else its folder), with what it holds
+    # where that is not the network's output ('s1 [tricubic]'; the per-sample export said nothing)
+    metadata: dict[str, Any] = {"axes": axes, "Name": channel_label(name or _image_name(sources[0]), None, notes[0])
+                                if len(sources) == 1 else name or Path(path).name.split(".")[0]}
     if nc > 1:
         # named by the first time point's samples, less their time point (lapse_c0_t0 → lapse_c0)
         names = (list(channel_names) if channel_names is not None else
@@ -1889,7 +1892,8 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
         metadata["Channel"] = {"Name": names}
     elif channel_names is not None or (images[0].attrs or {}).get("channel_name"):
         # one channel of an acquisition that names its channels (cells_c1 → GFP): the name goes with it
-        names = list(channel_names) if channel_names is not None else [images[0].attrs["channel_name"]]
+        names = list(channel_names) if channel_names is not None else [
+            channel_label(images[0].attrs["channel_name"], None, notes[0])]  # 'GFP [tricubic]' where it fell back
         if len(names) != 1:
             raise ValueError(f"{len(names)} channel names for 1 channel")
         metadata["Channel"] = {"Name": names}

@@ -61,6 +61,7 @@ from .settings import (ISOTROPIC_INFERENCE_KEYS, InferSettings, IsotropicSetting
                        isotropic_train_values, to_dict,
                        # the anisotropy factor of a voxel size: there without torch, for a run's start
                        isotropic_factor)
+from .wording import stop_text
 
 log = logging.getLogger("selfres.isotropic")
 
@@ -1343,8 +1344,8 @@ def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
     shutil.rmtree(work, ignore_errors=True)
     v = res.validation
     log.info("isotropic model saved to %s: held-out lateral %.2f dB vs input (z-cubic-like) %.2f dB; SSIM %.3f vs "
-             "%.3f (best step %d, %s, %.0f s)", model_dir, v["psnr_model"], v["psnr_interp"], v["ssim_model"],
-             v["ssim_interp"], res.best_step, res.stop_reason, meta["train_seconds"])
+             "%.3f (best step %d, training ended %s, %.0f s)", model_dir, v["psnr_model"], v["psnr_interp"],
+             v["ssim_model"], v["ssim_interp"], res.best_step, stop_text(res.stop_reason), meta["train_seconds"])
     return meta
 
 

@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import io, normalise
+from . import io, normalise, wording
 from .codeinfo import code_identity, git_commit, git_dirty, software_versions
 from .provenance import current_benchmarks, settings_not_applied
 from .atomic import check_outputs_spare_inputs, nearest_existing, overwritten_input, partial_path, tree_bytes
@@ -891,8 +891,9 @@ def stage_train(
         cols += [c for c in ("val_coarse_gain", "stage") if any(c in r for r in result.log_rows)]
         pd.DataFrame(result.log_rows, columns=cols).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
     shutil.rmtree(work, ignore_errors=True)
-    log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB (best step %d, %s, %.0f s)", model_dir,
-             result.val_psnr_model, result.val_psnr_interp, result.best_step, result.stop_reason, meta["train_seconds"])
+    log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB (best step %d, training ended %s, %.0f s)",
+             model_dir, result.val_psnr_model, result.val_psnr_interp, result.best_step,
+             wording.stop_text(result.stop_reason), meta["train_seconds"])
     return meta
 
 

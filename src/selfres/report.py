@@ -27,7 +27,7 @@ from .figures import (KEEP_MIN_GAIN_DB, as_zyx, bead_frames, display_range, fov_
                       log_frame, only_z_resampled, prepare_views, sample_figures)
 from .flags import BROKEN_OUTPUT_FLAGS, FLAG_EXPLANATIONS, explain_flag, sample_status
 from .methods_text import methods_text
-from .wording import baseline_name, duration_text, esc, extras_text, fmt, num, shape_text
+from .wording import baseline_name, duration_text, esc, extras_text, fmt, num, shape_text, stop_text
 
 log = logging.getLogger(__name__)
 
@@ -685,7 +685,7 @@ def render_sample_report(
                      f"score is more than {KEEP_MIN_GAIN_DB:g} dB higher); "
                      f"{len(df)} validations logged" + (f" over {n_stages} stages (a serial ×4 model's two "
                                                          "trainings, one after the other)" if n_stages > 1 else "")
-                     + (f"; training stopped: {esc(stop)}" if stop else "") + ". "
+                     + (f"; training ended {esc(stop_text(stop))}" if stop else "") + ". "
                      + ("The curves score the network alone; the self-validation table below scores it"
                         f"{esc(extras_text(extras))}, as restored.ome.zarr holds it, so its figures differ."
                         if with_extras else "") + "</p>")

@@ -68,6 +68,23 @@ def baseline_name(mode: Any) -> str:
     return "z-cubic interpolation" if mode == "isotropic" else "tricubic interpolation"
 
 
+#: how a training ended, by its recorded ``stop_reason``, as "training ended …"
+_ENDED = {"steps": "after all its steps", "early_stop": "early, no longer improving on the held-out region",
+          "time_budget": "at its time budget (train.max_minutes)", "diverged": "when its loss diverged",
+          "interrupted": "when it was interrupted"}
+
+
+def stop_text(reason: Any) -> str:
+    """How a training ended, in words (``"after all its steps"``), from the ``stop_reason`` a
+    model records; a serial ×4 model's two stages (a list, or ``"steps+early_stop"``) stage by
+    stage; a reason this does not know, as recorded."""
+    if isinstance(reason, str) and "+" in reason:
+        reason = reason.split("+")
+    if isinstance(reason, (list, tuple)):
+        return ", ".join(f"stage {k} {stop_text(r)}" for k, r in enumerate(reason, 1))
+    return _ENDED.get(str(reason), str(reason))
+
+
 def duration_text(seconds: float) -> str:
     """``0.25 s``, ``30 s``, ``2 min``, ``1.5 h``: a frame interval for people."""
     for unit, size in (("h", 3600.0), ("min", 60.0)):

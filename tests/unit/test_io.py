@@ -1214,6 +1214,19 @@ def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the
     io.write_ome_tiff(tmp_path / "c1.ome.tif", stores[1])  # one store alone: its image's name says it
     with tifffile.TiffFile(tmp_path / "c1.ome.tif") as tif:
         assert 'Name="cells_c1 [tricubic]"' in tif.ome_metadata
+    # ... also named by its sample as the workflow's export_tiff names it (a walkthrough: its per-sample
+    # restored.ome.tif said nothing), its channel too, and the log says what the file calls it
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        io.write_ome_tiff(tmp_path / "s1.ome.tif", stores[1], name="cells_c1")
+    with tifffile.TiffFile(tmp_path / "s1.ome.tif") as tif:
+        assert 'Image ID="Image:0" Name="cells_c1 [tricubic]"' in tif.ome_metadata
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["GFP [tricubic]"]
+    assert "in s1.ome.tif its image is named '… [tricubic]'" in caplog.text
+    io.write_ome_tiff(tmp_path / "s0.ome.tif", stores[0], name="cells_c0")  # the network's: no note
+    with tifffile.TiffFile(tmp_path / "s0.ome.tif") as tif:
+        assert 'Name="cells_c0"' in tif.ome_metadata and re.findall(r'<Channel [^>]*Name="([^"]+)"',
+                                                                      tif.ome_metadata) == ["DAPI"]
     # a time series whose channel 1 fell back at time point 1 only (a review: named by time point 0 alone,
     # the channel carried no note while the log said it did)
     series = []

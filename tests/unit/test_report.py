@@ -885,14 +885,26 @@ def test_training_fov_is_written_with_axis_names_and_curves_say_what_they_score(
     assert report._box_words("z0:z1") == "z0:z1"
     raw, interp, restored = _volumes()
 
-    def page(mode):
-        m = _metrics() | {"mode": mode, "inference_extras": {"back_projection_iterations": 1, "ensemble": False}}
+    def page(mode, stop="steps"):
+        m = _metrics() | {"mode": mode, "inference_extras": {"back_projection_iterations": 1, "ensemble": False},
+                          "stop_reason": stop}
         return report.render_sample_report(sample="s", metrics=m, raw=raw, interp=interp, restored=restored,
                                            voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5),
                                            training_log=_log())
     # enhance: the curves are the network alone, the table network + back-projection
     assert "The curves score the network alone" in page("enhance") and "validations logged" in page("enhance")
     assert "The curves score the network alone" not in page("isotropic")
+    # how training ended, in words (a walkthrough read "training stopped: steps")
+    assert "training ended after all its steps." in page("isotropic") and "stopped: steps" not in page("isotropic")
+    assert "training ended stage 1 after all its steps, stage 2 early, no longer improving on the held-out " \
+           "region." in page("enhance", ["steps", "early_stop"])
+
+
+def test_how_a_training_ended_is_said_in_words():
+    assert wording.stop_text("time_budget") == "at its time budget (train.max_minutes)"
+    assert wording.stop_text("diverged") == "when its loss diverged"
+    assert wording.stop_text("steps+interrupted") == "stage 1 after all its steps, stage 2 when it was interrupted"
+    assert wording.stop_text("something_new") == "something_new"  # as recorded, never an error
 
 
 def test_detail_of_an_output_resampled_along_z_only_is_an_axial_crop(monkeypatch):

@@ -591,7 +591,8 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
             where = (f"the file's {', '.join(f'{v:.4g}' for v in vs)} µm is not used: {unusable}; give the sheet "
                      "column voxel_size (z,y,x µm)")
             vs = None
-        head = f"series {im['series']}: " if len(images) > 1 else ""
+        called = io.series_name(path, im["series"]) if len(images) > 1 else None  # "Pos 3": which position
+        head = (f"series {im['series']}" + (f' "{called}"' if called else "") + ": ") if len(images) > 1 else ""
         lines.append(f"{head}{grid(im['shape'])} ZYX, {im['dtype']}, {im['channels']} channel"
                      f"{'s' if im['channels'] > 1 else ''}, {im['timepoints']} time point"
                      f"{'s' if im['timepoints'] > 1 else ''}")

@@ -1148,6 +1148,26 @@ def _imagej_lut_colors(path: str) -> list:
         return ["".join(f"{int(v):02X}" for v in np.asarray(lut)[:3, -1]) for lut in luts or []]
 
 
+def series_name(path: str | os.PathLike, series: int | None) -> str | None:
+    """The name a file gives its image (series) ``series`` (a position's ``"Pos 3"``), or
+    ``None``: an OME-TIFF's OME ``Image Name``, an OME-Zarr image's ``multiscales`` name. For
+    people choosing a series (``selfres inspect``): ``None`` whenever it cannot be read."""
+    path = os.fspath(path)
+    try:
+        if _kind(path) == "zarr":
+            name = _multiscale(path, _zarr_image(path, series)).get("name")
+        else:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                images = _ome_images(tif)
+                name = images[series or 0].get("Name") if images and _images_are_series(images, tif, series) \
+                    else None
+    except Exception:  # noqa: BLE001 - a name is optional; the reader says what is wrong with the file
+        return None
+    return (str(name).strip() or None) if name is not None else None
+
+
 def _ome_images(tif) -> list | None:
     """The OME ``Image`` elements of an OME-TIFF (``None``: not an OME-TIFF)."""
     if not tif.is_ome or not tif.ome_metadata:

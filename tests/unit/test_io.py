@@ -1502,11 +1502,15 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     positions = tmp_path / "positions.ome.tif"
     with tifffile.TiffWriter(positions, ome=True) as tw:
         tw.write(_vol(), metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5})
-        tw.write(_vol(seed=1), metadata={"axes": "ZYX"})
+        tw.write(_vol(seed=1), metadata={"axes": "ZYX", "Name": "Pos 3"})  # the microscope names its positions
     assert [d["voxel_size"] for d in io.describe_acquisition(positions)] == [pytest.approx((2.0, 0.5, 0.5)), None]
     assert cli.main(["inspect", str(positions)]) == 0
     out = capsys.readouterr().out
-    assert "2 images (TIFF series" in out and "series 1: 5×12×14 ZYX" in out
+    assert "2 images (TIFF series" in out and 'series 1 "Pos 3": 5×12×14 ZYX' in out  # which series is which
+    assert [io.series_name(positions, k) for k in (1, 2)] == ["Pos 3", None]
+    assert io.series_name(tmp_path / "missing.tif", 0) is None
+    io.write_ome_zarr(tmp_path / "named.ome.zarr", _vol(), voxel_size=(2.0, 0.5, 0.5), name="Pos 4")
+    assert io.series_name(tmp_path / "named.ome.zarr", None) == "Pos 4"
     assert "isotropic: not possible — isotropic mode needs the voxel size" in out
     # what the crop stage would refuse is said so, with its reason
     thin = _imagej(tmp_path / "thin.tif", _vol(shape=(3, 12, 14)), voxel=(1.0, 0.4, 0.5))

@@ -445,6 +445,10 @@ Will exit after finishing currently running jobs (scheduler).
     rec = json.loads(write_run_record(tmp_path / "results", status="error", snakemake_log=log, samples=["a"])
                      .read_text())
     assert rec["status"] == "stopped" and rec["stopped"] == STOP_REQUESTED
+    # ... but the job itself failed: Snakemake lets running jobs finish after a SIGTERM (unlike the jobs
+    # a Ctrl-C cancels), so its failure is its own and its sample failed (a mutant called it stopped)
+    assert [j["status"] for j in rec["jobs"] if j.get("jobid") == 9] == ["failed"], rec["jobs"]
+    assert rec["failed_samples"] == ["a"]
     # a job that had failed before the stop: an error still (its own failure, not the stop's)
     failed_first = finished_job.replace("rule train:", "rule crop:\n    jobid: 8\n    wildcards: sample=b\n"
                                         "[Mon Nov 30 09:03:20 2026]\nError in rule crop:\n    message: x\n"
@@ -520,6 +524,16 @@ def test_a_run_interrupted_with_ctrl_c_is_stopped_and_its_cut_short_samples_pend
     rec = json.loads(write_run_record(results, status="error", snakemake_log=log).read_text())
     assert rec["status"] == "error" and rec["failed_samples"] == ["b"], rec
     assert {j["jobid"]: j["status"] for j in rec["jobs"]} == {9: "stopped", 12: "failed"}
+    # ... also where another job of that sample was cancelled (a scattered inference block): failed,
+    # not pending (a mutant read one cancelled job as the whole sample's story)
+    log.write_text(failed_first.replace("Terminating processes", "[Mon Nov 30 09:02:55 2026]\nrule infer_block:\n"
+                                        "    output: results/b/blocks/1\n    jobid: 13\n    wildcards: sample=b, "
+                                        "block=1\nTerminating processes", 1))
+    rec = json.loads(write_run_record(results, status="error", snakemake_log=log).read_text())
+    assert {j["jobid"]: j["status"] for j in rec["jobs"]} == {9: "stopped", 12: "failed", 13: "stopped"}
+    rows = {r["sample"]: r for r in stage_summary(results, ["a", "b"], results / "summary.tsv",
+                                                   results / "summary.html", snakemake_log=log)}
+    assert rows["b"]["status"] == "failed" and rows["a"]["status"] == "pending", rows
     # a SIGTERM, then Ctrl-C (the jobs the first let run, the second cancelled): stopped too (a review)
     log.write_text(INTERRUPTED_LOG.replace("Terminating processes", "Will exit after finishing currently running "
                                            "jobs (scheduler).\nTerminating processes", 1))

@@ -24,6 +24,10 @@ def _adopter(gain: float, flags=("model_worse_than_interpolation",)) -> dict:
 def test_same_series_is_another_time_point_of_the_same_file_image_and_channel(other, same):
     assert same_series(T0, T0 | other) is same
     assert same_series(None, T0 | other) is False and same_series(T0, None) is False
+    # records without a file checksum (a methods text built from a provenance lacking it) are never
+    # taken for one series: nothing says they are of one file
+    blind = {**T0, "source_checksum": None}
+    assert same_series(blind, blind | other) is False
 
 
 def test_a_time_point_under_the_margin_but_gaining_keeps_the_series_model_output():

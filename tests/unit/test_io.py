@@ -1244,6 +1244,36 @@ def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["lapse_c0", "lapse_c1 [tricubic at t1]"]
     assert ("in lapse.ome.tif its channel is named '… [tricubic at t1]' and it is time point 1" in caplog.text
             and caplog.text.count("holds tricubic interpolation") == 1), caplog.text
+    # channel 1 fell back at t0 and t2 of three, channel 0 at t1: each channel says how many; the log,
+    # which time point (a mutant named t0 for all, or "2 of 2")
+    series = []
+    for t in (0, 1, 2):
+        for c in (0, 1):
+            fell = (c == 1 and t != 1) or (c == 0 and t == 1)
+            store = tmp_path / "ts3" / f"lapse_c{c}_t{t}" / "restored.ome.zarr"
+            io.write_ome_zarr(store, np.ones((4, 16, 16), np.float32), voxel_size=(0.5, 0.125, 0.125),
+                              attrs={"content": "interpolation", "layer_note": "tricubic"} if fell else None)
+            series.append(store)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        io.write_ome_tiff(tmp_path / "lapse3.ome.tif", series, timepoints=3)
+    with tifffile.TiffFile(tmp_path / "lapse3.ome.tif") as tif:
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == [
+            "lapse_c0 [tricubic at t1]", "lapse_c1 [tricubic at 2 of 3 time points]"]
+    assert "lapse_c0_t1/restored.ome.zarr holds tricubic interpolation" in caplog.text
+    assert "named '… [tricubic at t1]' and it is time point 1" in caplog.text
+    assert "named '… [tricubic at 2 of 3 time points]' and it is time point 2" in caplog.text
+    # names the caller gives are the file's: the log claims no note in them
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        io.write_ome_tiff(tmp_path / "named.ome.tif", stores, channel_names=["A", "B"])
+    with tifffile.TiffFile(tmp_path / "named.ome.tif") as tif:
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["A", "B"]
+    assert "holds tricubic interpolation" in caplog.text and "its channel is named" not in caplog.text
+    # a channel whose time points hold different stand-ins names them all
+    both = [io.read_ome_zarr(stores[1]), io.read_ome_zarr(stores[1])]
+    both[0].attrs["layer_note"] = "network, lost to tricubic"
+    assert io._channel_note(both) == "network, lost to tricubic, tricubic"
 
 
 @pytest.mark.parametrize("channels, axes", [(2, "TCZYX"), (1, "TZYX")])

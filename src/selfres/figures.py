@@ -578,6 +578,21 @@ def _in_index(j: int, n_out: int, n_in: int) -> int:
     return int(min(n_in - 1, max(0, round((j + 0.5) / s - 0.5))))
 
 
+def _plane_on_acquired(z: int, n_out: int, n_in: int) -> tuple[int, int]:
+    """The output plane to show beside an acquired one near output plane ``z``: ``(output
+    plane, acquired plane)``, the acquired plane nearest ``z`` and, of the output planes, the one
+    whose centre is nearest that plane's (half-pixel-centre convention). At ×s along z the two
+    are then at most half an output plane apart, where the output plane at the structure's peak
+    could be up to half an acquired plane from the nearest acquired one (a walkthrough's ×4 beads:
+    the raw profile came from 0.75 µm away and read half the peak)."""
+    iz = _in_index(z, n_out, n_in)
+    centre = (iz + 0.5) * n_out / n_in - 0.5  # the acquired plane's centre in output planes
+    lo = int(min(n_out - 1, max(0, math.floor(centre))))
+    hi = int(min(n_out - 1, max(0, math.ceil(centre))))
+    near = min((lo, hi), key=lambda k: (abs(k - centre), abs(k - z)))
+    return near, iz
+
+
 def figure_detail(
     *,
     raw: Any,
@@ -591,9 +606,10 @@ def figure_detail(
     """Zoomed crop around the brightest structure and a line profile across it.
 
     The crop (``1/zoom`` of the lateral field of view) is centred on the brightest
-    region of the smoothed restored projection, in the z plane where that structure
-    peaks. The same physical region and the same horizontal line are shown for the
-    three volumes; the profiles are plotted together in physical units.
+    region of the smoothed restored projection, near the z plane where that structure
+    peaks: the acquired plane nearest it, and the output plane nearest that one
+    (:func:`_plane_on_acquired`). The same physical region and the same horizontal line are
+    shown for the three volumes; the profiles are plotted together in physical units.
 
     Parameters
     ----------
@@ -623,7 +639,10 @@ def figure_detail(
     fy, fx = s_out[1] / s_in[1], s_out[2] / s_in[2]
     iy0, iy1 = int(math.floor(y0 / fy)), max(int(math.floor(y0 / fy)) + 1, int(math.ceil(y1 / fy)))
     ix0, ix1 = int(math.floor(x0 / fx)), max(int(math.floor(x0 / fx)) + 1, int(math.ceil(x1 / fx)))
-    iz, iyl = _in_index(z, s_out[0], s_in[0]), _in_index(y, s_out[1], s_in[1])
+    # the output plane nearest the acquired plane the raw crop shows (not the peak's own plane,
+    # which may lie between two acquired planes)
+    z, iz = _plane_on_acquired(z, s_out[0], s_in[0])
+    iyl = _in_index(y, s_out[1], s_in[1])
 
     crops = {
         "raw": (np.asarray(raw[iz, iy0:iy1, ix0:ix1], dtype=np.float32), vin, iy0, ix0),
@@ -644,7 +663,8 @@ def figure_detail(
         ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, extent=ext, aspect="equal",
                   interpolation="nearest")
         ax.axhline(line_y_phys, color=colors[name], lw=1.0, alpha=0.8)
-        ax.set_title(f"{name} ({zoom}× zoom)", fontsize=9)
+        ax.set_title(f"{name} ({zoom}× zoom)" + (f"\nacquired plane z={(iz + 0.5) * vin[0]:.4g} {unit}"
+                                                 if name == "raw" else ""), fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
         if k == 0:
             ax.set_ylabel(f"y ({unit})", fontsize=7)
@@ -656,7 +676,8 @@ def figure_detail(
         "restored": (np.asarray(restored[z, y, x0:x1], dtype=np.float32), vout[2], x0),
     }
     _profile_panel(ax, profiles, colors, xlabel=f"x ({unit})",
-                   title=f"line profile at z={(z + 0.5) * vout[0]:.4g}, y={line_y_phys:.4g} {unit}")
+                   title=f"line profile at z={(z + 0.5) * vout[0]:.4g} (raw {(iz + 0.5) * vin[0]:.4g}), "
+                         f"y={line_y_phys:.4g} {unit}")
     return _fig_to_png(fig)
 
 
@@ -765,7 +786,8 @@ def kept_steps(df: pd.DataFrame, best_step: Any) -> int | list[int] | None:
 KEEP_MIN_GAIN_DB = MIN_GAIN_DB
 
 
-def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] | None = None) -> bytes:
+def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] | None = None,
+                           margin_db: float | None = None) -> bytes:
     """Loss, validation PSNR (model vs interpolation), the kept checkpoint's score and
     learning rate vs step.
 
@@ -781,6 +803,9 @@ def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] 
     best_step
         Step of the kept checkpoint (one per stage, as a list, for a serial model);
         default: the row with the largest ``val_psnr_model``. Marked by a dotted line.
+    margin_db
+        The guard's margin (``train.guard_margin_db``): a dashed line in the gain panel, the
+        held-out gain a trained network must exceed.
 
     Returns
     -------
@@ -842,6 +867,8 @@ def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] 
         if "val_coarse_gain" in df.columns and np.isfinite(col("val_coarse_gain")).any():
             per_stage(ax, col("val_coarse_gain"), ".:", "tab:brown", "coarse-scale gain", ms=3, lw=1)
         ax.axhline(0.0, color="0.5", lw=0.8)
+        if margin_db is not None and margin_db > 0:  # why a gain under it fell back (a walkthrough: not shown)
+            ax.axhline(margin_db, color="tab:red", ls="--", lw=0.9, label=f"guard margin {margin_db:g} dB")
         ax.legend(fontsize=6)
     ax.set_title("gain over interpolation (dB)", fontsize=9)
     ax = axes[3]
@@ -1049,7 +1076,7 @@ def figure_beads(
         ax.set_title(f"along {name}", fontsize=9)
         ax.set_xlabel(f"{name} − bead centre ({unit})", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6.5, loc="upper right")
+        ax.legend(fontsize=6.5, loc="best")  # upper right hid the peaks the panel compares
         if a == 0:
             ax.set_ylabel("intensity", fontsize=8)
     ax = fig.add_subplot(gs[0, 3])
@@ -1153,6 +1180,7 @@ def sample_figures(
     spectra: Mapping[str, Any] | None = None,
     spectra_log10: bool = False,
     train_fov: Any = None,
+    margin_db: float | None = None,
 ) -> dict[str, bytes]:
     """All figures of a sample report, as PNG bytes (computed once, reused).
 
@@ -1168,6 +1196,8 @@ def sample_figures(
         As in :func:`figure_spectra` (``log10_power``); no ``spectra`` without them.
     train_fov
         As in :func:`figure_projections`.
+    margin_db
+        As in :func:`figure_training_curves`.
 
     Returns
     -------
@@ -1197,7 +1227,7 @@ def sample_figures(
         log.info("%s drawn in %.1f s", name, time.monotonic() - started)
     df = log_frame(training_log)
     if df is not None:
-        figs["training_curves"] = figure_training_curves(df, best_step=kept_steps(df, best_step))
+        figs["training_curves"] = figure_training_curves(df, best_step=kept_steps(df, best_step), margin_db=margin_db)
     if spectra:
         figs["spectra"] = figure_spectra(spectra, log10_power=spectra_log10)
     beads = figure_beads(raw=raw, restored=restored, bead_table=bead_table,

@@ -199,7 +199,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
     elif kind == "cpu":
         threads = ran_on.get("torch_threads")
         what = [str(device_name)] if device_name else []
-        what += [f"{threads} threads"] if threads else []
+        what += [f"{threads} thread{'s' if threads != 1 else ''}"] if threads else []
         device = "CPU" + (f" ({', '.join(what)})" if what else "")
     else:
         device = None

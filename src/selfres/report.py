@@ -322,8 +322,9 @@ Z_ONLY_CAVEAT = (
     "<code>isotropic</code> mode, which learns z from lateral slices, is the other route for a z stack.")
 
 
-def _verdict(metrics: Mapping[str, Any], status: str) -> str:
-    """One-paragraph 'at a glance' summary in plain words."""
+def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, Any] | None = None) -> str:
+    """One-paragraph 'at a glance' summary in plain words (``train_fov``: ``train_fov.json``, for
+    how much structure the held-out region holds)."""
     sv = metrics.get("self_validation") or {}
     gain = _diff(sv.get("psnr_model"), sv.get("psnr_interp"))
     subject = "The network" + extras_text(metrics.get("inference_extras"))
@@ -368,10 +369,23 @@ def _verdict(metrics: Mapping[str, Any], status: str) -> str:
         lo, hi = num(interval[0]), num(interval[1])
         if lo is not None and hi is not None:
             nd = 2 if f"{lo:+.2f}" != f"{hi:+.2f}" else 3  # a narrow interval keeps its two ends apart
+            below = flagged and lo > 0 and margin is not None and gain < margin
             bits.append(f"Resampling blocks of the held-out region puts that gain between {esc(f'{lo:+.{nd}f}')} "
                         f"and {esc(f'{hi:+.{nd}f}')} dB (95 %)"
                         + ("; the region is too small or too uniform to tell the two apart." if lo < 0 < hi
-                           else "."))
+                           else ": consistent, but a trained network must clear the margin (a gain above 0 at "
+                           "95 % is enough only for a model that kept its starting point)." if below else "."))
+    scores = (train_fov or {}).get("scores") if isinstance(train_fov, Mapping) else None
+    held, whole = (num(scores.get("holdout_structure")), num(scores.get("volume_structure"))) \
+        if isinstance(scores, Mapping) else (None, None)
+    from .fov import SPARSE_HOLDOUT_SHARE
+
+    if gain is not None and held is not None and whole and whole > 0 and held < SPARSE_HOLDOUT_SHARE * whole:
+        bits.append(f"The held-out region holds little structure ({held / whole:.0%} of the volume's average, by the "
+                    "structure score that placed it: the cyan box in the projections), so this figure mostly scores "
+                    f"background, where a network has little to gain: it leans towards {baseline}. A larger "
+                    "fov.holdout_fraction reaches further into the sample; with a training_fov given, the held-out "
+                    "region is the largest slab beside it.")
     psf = metrics.get("psf_sigma_um")
     if isinstance(psf, (list, tuple)) and len(psf) == 3:
         bits.append("Training and this held-out score used PSF-scaled targets (the PSF given as "
@@ -579,7 +593,8 @@ def render_sample_report(
         figures = sample_figures(raw=raw, interp=interp, restored=restored,
                                  voxel_size_in=voxel_size_in, voxel_size_out=voxel_size_out, training_log=df,
                                  best_step=best, bead_table=bead_table, spectra=spectra,
-                                 spectra_log10=True, train_fov=train_fov)  # as qc writes them (metrics.axial_spectrum)
+                                 spectra_log10=True, train_fov=train_fov,  # as qc writes them (metrics.axial_spectrum)
+                                 margin_db=num(metrics.get("guard_margin_db")))
     figures = dict(figures)
     ref = metrics.get("reference")
     beads = _bead_summary(bead_table, (vin, vout, unit))
@@ -588,7 +603,7 @@ def render_sample_report(
         skip.add("beads")
     parts: list[str] = []
     parts.append(f"<h1>selfres report: {esc(sample)}</h1>")
-    parts.append(_verdict(metrics, status))
+    parts.append(_verdict(metrics, status, train_fov if isinstance(train_fov, Mapping) else None))
     parts.append('<p class="toc">' + " · ".join(
         f'<a href="#{k}">{esc(v)}</a>' for k, v in _TOC if k not in skip) + "</p>")
     parts.append(_kv_table([
@@ -618,7 +633,7 @@ def render_sample_report(
     parts.append(
         f"<p class=\"muted\">Centre slices of the raw input (on its own grid), the {interp_name} "
         f"interpolation and the restored volume, all shown with the same display range "
-        f"{esc(fmt(lo))} – {esc(fmt(hi))} (0.2–99.8 percentiles of the restored "
+        f"{esc(fmt(float(f'{lo:.4g}')))} – {esc(fmt(float(f'{hi:.4g}')))} (0.2–99.8 percentiles of the restored "
         f"volume), at physical aspect ({esc(unit)}); red: NaN or infinite voxels. The restored row should look "
         "sharper than the interpolation, with no structure that the raw data does not "
         "support. Each XY panel is its own grid's centre plane: where z was resampled, the "
@@ -644,8 +659,10 @@ def render_sample_report(
                      "do not support (isotropic mode: the axial blur σ may be overestimated, see "
                      "Self-validation).</p>")
     else:
-        parts.append("<p class=\"muted\">A 4× zoom around the brightest structure, in the z "
-                     "plane where it peaks, and an intensity profile along the drawn line. "
+        parts.append("<p class=\"muted\">A 4× zoom around the brightest structure, in the acquired "
+                     "plane nearest its peak (the raw panel) and the output plane nearest that one (the "
+                     "other two; both z positions are in the titles), and an intensity profile along the "
+                     "drawn line. "
                      "Narrower peaks in the restored profile than in the interpolation mean sharper "
                      "structures; a sharper peak is also higher, but one far above the input's own "
                      "samples (dots) is intensity the acquisition does not support.</p>")
@@ -721,7 +738,7 @@ def render_sample_report(
                  "resolution</b> (on its own grid). On the finer output grid the estimate "
                  "also reads interpolated noise and spectral copies as detail: plain "
                  "interpolation reads about twice as sharp as its input with no new detail, "
-                 "and on the demo the noise-free truth reads blurrier than plain tricubic. "
+                 "and on selfres's synthetic demo the noise-free truth reads blurrier than plain tricubic. "
                  "So the interpolation and output columns are not resolutions, and a "
                  "difference between them proves neither gained nor lost detail: judge detail "
                  "by the views, the held-out PSNR, beads (qc.beads) or a reference.</p>")
@@ -1011,8 +1028,9 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
         ]
         for c in ("psnr_gain", "isotropy_in", "isotropy_out", "isotropy_interp"):
             v = num(r[c])
+            signed = "+" if c == "psnr_gain" and v is not None and v > 0 else ""  # a gain reads as one: +1.55
             cells.append(f'<td class="num" data-v="{"" if v is None else repr(v)}">'
-                         f"{esc(fmt(v))}</td>")
+                         f"{signed}{esc(fmt(v))}</td>")
         flags = [f for f in str(r["flags"] or "").split(";") if f]
         flag_html = ", ".join(
             f'<span title="{esc(" ".join(explain_flag(f)))}">{esc(f)}</span>' for f in flags)
@@ -1034,9 +1052,9 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
         + (f" · {n_pending} pending" if n_pending else "")
         + (f" · {n_other} other" if n_other else "") + f" · {len(df)} samples"
         + (f" · written {esc(written)}" if written else "") + "</p>")
-    table = ('<table class="sortable"><thead><tr>'
+    table = ('<div style="overflow-x:auto"><table class="sortable"><thead><tr>'  # wide: scrolls, not off the page
              + "".join(f"<th>{esc(h)}</th>" for h in head)
-             + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+             + "</tr></thead><tbody>" + "".join(body) + "</tbody></table></div>")
     legend = "".join(
         f"<li><b>{esc(k)}</b>: {esc(v[0])} <i>{esc(v[1])}</i></li>"
         for k, v in FLAG_EXPLANATIONS.items()

@@ -41,6 +41,8 @@ def test_an_enhance_sample_is_described_with_its_method_grid_training_and_held_o
                  "+1.98 dB)"):
         assert said in text, said
     assert "reference" not in text and "is the tricubic" not in text
+    one = PROVENANCE | {"model": PROVENANCE["model"] | {"ran_on": {"device_name": "AMD EPYC", "torch_threads": 1}}}
+    assert "on CPU (AMD EPYC, 1 thread)" in methods_text.methods_text(_enhance(), one)  # not "1 threads"
 
 
 def test_what_the_sample_did_not_have_is_not_said_and_a_fall_back_is():

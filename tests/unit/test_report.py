@@ -116,6 +116,12 @@ def test_page_sections_flags_and_tables(full_page):
     assert "step 20" in full_page  # best checkpoint = max val_psnr_model
 
 
+def test_the_display_range_is_given_to_four_significant_digits(full_page):
+    """A walkthrough read "-10.79 – 33460.706"."""
+    lo, hi = re.search(r"same display range (\S+) – (\S+) ", full_page).groups()
+    assert all(len(re.sub(r"[^0-9]", "", v).lstrip("0")) <= 4 for v in (lo, hi)), (lo, hi)
+
+
 def test_images_are_png_and_size_bounded(full_page):
     imgs = _images(full_page)
     assert len(imgs) == 5  # orthoviews, projections, detail, training, spectra
@@ -267,6 +273,9 @@ def test_render_summary():
     # what to look at: the fallback, and where to read why (the report), without a reason it may contradict
     assert "the guard found no clear gain over z-cubic interpolation on the held-out region (its report" in page
     assert "1 ok</span> · " in page  # no count of ok samples that lost: there is none
+    # a gain reads as one (+2.5 beside -1), and the wide table scrolls inside the page
+    assert '<td class="num" data-v="2.5">+2.5</td>' in page and '<td class="num" data-v="-1.0">-1</td>' in page
+    assert '<div style="overflow-x:auto"><table class="sortable">' in page
 
 
 def test_the_summary_counts_say_how_many_ok_samples_kept_a_network_that_lost():
@@ -690,6 +699,26 @@ def test_verdict_matches_the_guards_reason_and_never_calls_a_delivered_gain_a_lo
     assert "does not beat" not in small
 
 
+def test_verdict_says_when_the_held_out_region_is_mostly_background_and_why_a_consistent_gain_fails():
+    """A walkthrough: a centred nucleus left both end slabs empty; the verdict read "+0.13 dB … too
+    little to trust", then "between +0.07 and +0.18 dB (95 %)" (which passes an untrained model), and
+    never said the region held 18 % of the volume's structure."""
+    from selfres import report
+
+    m = {"self_validation": {"psnr_model": 30.13, "psnr_interp": 30.0}, "guard_margin_db": 0.2, "mode": "enhance",
+         "flags": ["model_worse_than_interpolation"], "holdout_gain_db_interval": [0.07, 0.18]}
+    sparse = {"scores": {"holdout_structure": 0.00079, "volume_structure": 0.0043, "train_structure": 0.006}}
+    text = report._verdict(m, "fallback_interpolation", sparse)
+    assert "holds little structure (18% of the volume's average" in text and "fov.holdout_fraction" in text
+    assert "consistent, but a trained network must clear the margin" in text
+    dense = {"scores": {"holdout_structure": 0.004, "volume_structure": 0.0043}}
+    assert "little structure" not in report._verdict(m, "fallback_interpolation", dense)
+    assert "little structure" not in report._verdict(m, "fallback_interpolation")
+    # an interval across 0, or a gain that passed: no margin sentence
+    assert "must clear" not in report._verdict(m | {"holdout_gain_db_interval": [-0.05, 0.2]}, "x")
+    assert "must clear" not in report._verdict(m | {"flags": []}, "ok")
+
+
 def test_bead_table_of_a_volume_without_voxel_size_compares_widths_on_one_grid():
     """QC writes each grid's own voxels into the _um columns when the voxel size is unknown: the
     report gives both in output voxels (an input bead 2 voxels wide in z at ×4 is 8 output voxels)."""
@@ -982,6 +1011,19 @@ def test_detail_structure_is_found_away_from_the_lateral_edges():
     assert 40 <= y < 44 and 20 <= x < 24
 
 
+@pytest.mark.parametrize("n_in, factor", [(15, 4), (15, 2), (8, 3), (1, 1), (20, 1)])
+def test_the_detail_shows_an_output_plane_beside_the_acquired_plane_it_compares_with(n_in, factor):
+    """A walkthrough's ×4 beads: the raw crop was the acquired plane nearest the peak's output
+    plane, up to 3/8 of an acquired plane away, and read half the peak next to the output's. The
+    output plane shown is now the one nearest the acquired plane shown: half an output plane at most."""
+    n_out = n_in * factor
+    for z in range(n_out):
+        k, iz = figures._plane_on_acquired(z, n_out, n_in)
+        assert iz == figures._in_index(z, n_out, n_in) and 0 <= k < n_out
+        assert abs((k + 0.5) / factor - (iz + 0.5)) <= 0.5 / factor + 1e-9  # in acquired planes
+        assert abs(k - z) <= factor  # still at the structure
+
+
 def test_detail_crop_at_the_edge_keeps_its_full_size():
     assert figures._window(0, 8, 64) == (0, 16) and figures._window(63, 8, 64) == (48, 64)
     assert figures._window(30, 8, 64) == (22, 38) and figures._window(3, 8, 10) == (0, 10)
@@ -1164,6 +1206,15 @@ def test_the_kept_checkpoints_score_is_drawn_beside_the_psnr(monkeypatch):
 
     assert figures.KEEP_MIN_GAIN_DB == MIN_GAIN_DB
     assert f"more than {MIN_GAIN_DB:g} dB higher" in drawn[-1]._suptitle.get_text()
+    assert not any(line.get_label().startswith("guard margin") for line in gain.get_lines())
+    # the guard's margin, which a trained network's held-out gain must exceed (a walkthrough could not
+    # see why +0.06 dB fell back)
+    figures.figure_training_curves(log, best_step=25, margin_db=0.2)
+    np.testing.assert_allclose(_line(drawn[-1].axes[2], "guard margin 0.2 dB").get_ydata(), [0.2, 0.2])
+    raw, interp, restored = _volumes()  # ... as a report's figures draw it
+    figures.sample_figures(raw=raw, interp=interp, restored=restored, training_log=log, best_step=25, margin_db=0.2)
+    curves = next(f for f in reversed(drawn) if f._suptitle is not None and "kept checkpoint" in f._suptitle.get_text())
+    assert _line(curves.axes[2], "guard margin 0.2 dB")
     flat = log.assign(val_psnr_model=[32.0391, 32.0392, 32.0393])  # no "+3.2039e1" offset on the axis
     figures.figure_training_curves(flat, best_step=75)
     assert drawn[-1].axes[1].yaxis.get_major_formatter().get_useOffset() is False

@@ -1229,14 +1229,17 @@ def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the
                                                                       tif.ome_metadata) == ["DAPI"]
     # a time series whose channel 1 fell back at time point 1 only (a review: named by time point 0 alone,
     # the channel carried no note while the log said it did)
-    series = []
-    for t in (0, 1):
-        for c in (0, 1):
-            fell = c == 1 and t == 1
-            store = tmp_path / "ts" / f"lapse_c{c}_t{t}" / "restored.ome.zarr"
-            io.write_ome_zarr(store, np.ones((4, 16, 16), np.float32), voxel_size=(0.5, 0.125, 0.125),
-                              attrs={"content": "interpolation", "layer_note": "tricubic"} if fell else None)
-            series.append(store)
+    def lapse(folder, n_t, fell):  # two channels' stores, time point by time point; fell(c, t): a fall-back
+        stores = []
+        for t in range(n_t):
+            for c in (0, 1):
+                store = tmp_path / folder / f"lapse_c{c}_t{t}" / "restored.ome.zarr"
+                io.write_ome_zarr(store, np.ones((4, 16, 16), np.float32), voxel_size=(0.5, 0.125, 0.125),
+                                  attrs={"content": "interpolation", "layer_note": "tricubic"} if fell(c, t) else None)
+                stores.append(store)
+        return stores
+
+    series = lapse("ts", 2, lambda c, t: c == 1 and t == 1)
     caplog.clear()
     with caplog.at_level("WARNING", logger="selfres.io"):
         io.write_ome_tiff(tmp_path / "lapse.ome.tif", series, timepoints=2)
@@ -1246,14 +1249,7 @@ def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the
             and caplog.text.count("holds tricubic interpolation") == 1), caplog.text
     # channel 1 fell back at t0 and t2 of three, channel 0 at t1: each channel says how many; the log,
     # which time point (a mutant named t0 for all, or "2 of 2")
-    series = []
-    for t in (0, 1, 2):
-        for c in (0, 1):
-            fell = (c == 1 and t != 1) or (c == 0 and t == 1)
-            store = tmp_path / "ts3" / f"lapse_c{c}_t{t}" / "restored.ome.zarr"
-            io.write_ome_zarr(store, np.ones((4, 16, 16), np.float32), voxel_size=(0.5, 0.125, 0.125),
-                              attrs={"content": "interpolation", "layer_note": "tricubic"} if fell else None)
-            series.append(store)
+    series = lapse("ts3", 3, lambda c, t: (c == 1 and t != 1) or (c == 0 and t == 1))
     caplog.clear()
     with caplog.at_level("WARNING", logger="selfres.io"):
         io.write_ome_tiff(tmp_path / "lapse3.ome.tif", series, timepoints=3)

@@ -238,12 +238,6 @@ class StructureScore:
         edges = np.minimum(np.arange(self.values.shape[axis] + 1) * self.bin, self.shape[axis])
         return np.clip(np.minimum(edges[1:], hi) - np.maximum(edges[:-1], lo), 0, None).astype(np.float64)
 
-    def profile(self, axis: int) -> np.ndarray:
-        """The mean score of each plane across ``axis`` (1: y, 2: x), per voxel index: a slab's
-        mean is the mean of its planes' (blocks of a binned score count for each of their voxels)."""
-        per_block = self.values.mean(axis=tuple(a for a in range(3) if a != axis), dtype=np.float64)
-        return np.repeat(per_block, self.bin)[:self.shape[axis]] if self.bin > 1 else per_block
-
     def mean(self, box: Box) -> float:
         if self.bin == 1:
             return float(self.values[box_slices(box)].mean())
@@ -335,9 +329,8 @@ def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tupl
 #: (share 0); a sparse bead stack (bian_beads_subres as acquired): both y ends held only noisy
 #: background (share 0.35, brightest voxel 15 on a range of 1-156) while the x ends held beads
 #: (0.62, 0.88), and the report showed a +2.3 dB "win" measured on background (until the
-#: forty-fifth session the threshold was 0.02). Where no end of either axis reaches it (a single
-#: nucleus in its field: 0.09-0.18), the slab nearest an end that does is held out
-#: (:func:`inner_holdout_slab`, fifty-first session).
+#: forty-fifth session the threshold was 0.02). The benchmark's other volumes are unchanged:
+#: a single nucleus in its field (0.09-0.18) has no richer end along its other axis.
 SPARSE_HOLDOUT_SHARE = 0.5
 
 #: A given training FOV whose mean structure score is below this share of the whole volume's
@@ -380,27 +373,6 @@ def automatic_holdout_slab(shape: Sequence[int], *, holdout_fraction: float = 0.
             f"the network with; give a larger image, or a smaller fov.min_holdout_voxels (a less certain check)",
         )
     return ax, hold_len
-
-
-def inner_holdout_slab(score: "StructureScore", shape: Sequence[int], ax: int, hold_len: int, threshold: float,
-                       *, min_rest: int) -> tuple[Box, Box] | None:
-    """Where both end slabs hold little structure (a cell centred in a dark field): the slab of
-    ``hold_len`` planes along ``ax`` nearest either end whose mean score reaches ``threshold``,
-    with the side beyond it — at least ``min_rest`` planes — left to train on: ``(held-out
-    region, training region)``, or ``None`` where no such slab leaves that much. The planes
-    between the slab and its end (background) are used for neither."""
-    n = int(shape[ax])
-    cumulative = np.concatenate([[0.0], np.cumsum(score.profile(ax))])
-    full: Box = tuple((0, int(m)) for m in shape)
-    for offset in range(1, n - hold_len - min_rest + 1):
-        for lo in (offset, n - hold_len - offset):  # from the low end, from the high end
-            hi = lo + hold_len
-            if (cumulative[hi] - cumulative[lo]) / hold_len >= threshold:
-                held, rest = list(full), list(full)
-                held[ax] = (lo, hi)
-                rest[ax] = (hi, n) if lo == offset else (0, lo)
-                return tuple(held), tuple(rest)
-    return None
 
 
 def holdout_region_beside(shape: Sequence[int], train: Box, *, training_fov: str, min_holdout_voxels: int,
@@ -454,7 +426,6 @@ def choose_training_fov(
     training_fov: str | None = None,
     path: str = "<volume>",
     min_holdout_shape: tuple[int, int, int] = (1, 1, 1),
-    inner_holdout: bool = True,
 ) -> TrainingFov:
     """Choose a structure-rich training FOV and a disjoint held-out region.
 
@@ -467,8 +438,7 @@ def choose_training_fov(
         Largest training FOV (input voxels); larger volumes get the window of
         that size with the highest mean gradient magnitude.
     holdout_fraction
-        Fraction of the longest lateral axis kept out of training (one end slab; where every end
-        slab holds little structure, the slab nearest an end that holds enough).
+        Fraction of the longest lateral axis kept out of training (one end slab).
     min_holdout_voxels
         Smallest acceptable held-out region.
     multiple
@@ -479,9 +449,6 @@ def choose_training_fov(
     min_holdout_shape
         Smallest held-out extent per axis (e.g. enough voxels to degrade by the factor):
         a slab left by ``training_fov`` that is thinner is not used.
-    inner_holdout
-        Where every end slab holds little structure, hold out the slab nearest an end that holds
-        enough (:func:`inner_holdout_slab`), not the richest empty end (``enhance`` mode).
 
     Raises
     ------
@@ -534,31 +501,17 @@ def choose_training_fov(
         with contextlib.suppress(InputError):
             other = automatic_holdout_slab(shape, **slab, axis=3 - ax)
             ends = sorted([*ends, *end_slabs(*other)], key=lambda e: e[0], reverse=True)
-    end_score, hold_region, ax, hold_len = ends[0]
+    _, hold_region, ax, hold_len = ends[0]
     n = shape[ax]
     rest = list(full)
     rest[ax] = (hold_region[ax][1], n) if hold_region[ax][0] == 0 else (0, hold_region[ax][0])
     rest = tuple(rest)
-    where = "at the end with more structure"
-    if inner_holdout and end_score < SPARSE_HOLDOUT_SHARE * total_mean:
-        # both ends (of both lateral axes) mostly background, as beside a centred cell: the guard judged
-        # the network on background and fell back where the network gained 1 dB on the cell (a walkthrough;
-        # the benchmark's nucleus_confocal at 1000 photons: held-out -0.10 dB, truth +1.04)
-        for e_ax, e_len in dict.fromkeys((e[2], e[3]) for e in ends):
-            inner = inner_holdout_slab(score, shape, e_ax, e_len, SPARSE_HOLDOUT_SHARE * total_mean,
-                                       min_rest=max(e_len, 8, 4 * multiple[e_ax]))
-            if inner is not None:
-                (hold_region, rest), ax, hold_len = inner, e_ax, e_len
-                n = shape[ax]
-                where = (f"at {'zyx'[ax]} {hold_region[ax][0]}–{hold_region[ax][1]}, the slab nearest an end that "
-                         f"holds at least {SPARSE_HOLDOUT_SHARE:g} of the volume's mean structure (both ends held "
-                         "little: mostly background)")
-                break
     train, tscore = score.best_window(rest, max_voxels, multiple)
     holdout, hscore = score.best_window(hold_region, max(max_voxels // 4, min_holdout_voxels), multiple)
     cropped = np.prod(box_shape(train)) < np.prod(box_shape(rest))
     reason = (
-        f"held-out slab: {hold_len} of {n} voxels ({hold_len / n:.0%}) of axis {'zyx'[ax]} {where}; "
+        f"held-out slab: {hold_len} of {n} voxels ({hold_len / n:.0%}) of axis {'zyx'[ax]} at the end with more "
+        "structure; "
         + (
             f"training FOV: the {box_shape(train)} window with the highest mean gradient magnitude "
             f"(limit {max_voxels} voxels)"

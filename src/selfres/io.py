@@ -1125,15 +1125,27 @@ def channel_color(path: str | os.PathLike, channel: int | None, *, series: int |
             channels = _ome_attrs(_zarr_image(path, series)).get("omero", {}).get("channels", [])
             colors = [c.get("color") for c in channels]
         else:
-            colors = [None if e.get("Color") is None else f"{int(e.get('Color')) & 0xFFFFFFFF:08X}"[:6]
-                      for e in _ome_tiff_channels(path, series)] or _imagej_lut_colors(path)
+            colors = [_ome_rgb(e.get("Color")) for e in _ome_tiff_channels(path, series)] or _imagej_lut_colors(path)
         if channel is None:
             channel = 0 if len(colors) == 1 else -1
         color = colors[channel] if 0 <= channel < len(colors) else None
         color = str(color).strip().lstrip("#").upper() if color is not None else None
     except Exception:  # noqa: BLE001 - a colour is optional; the reader says what is wrong with the file
         return None
-    return color if color is not None and re.fullmatch(r"[0-9A-F]{6}", color) else None
+    if color is None or not re.fullmatch(r"[0-9A-F]{6}", color):
+        return None
+    # black (an OME Color of 0 or 255, an inverted LUT's end) would draw the channel invisible: none given
+    return None if max(int(color[k:k + 2], 16) for k in (0, 2, 4)) < 0x40 else color
+
+
+def _ome_rgb(value: Any) -> str | None:
+    """An OME ``Color`` (signed RGBA integer) as ``RRGGBB``; ``None`` where absent, unreadable or
+    transparent (alpha 0)."""
+    try:
+        rgba = int(value) & 0xFFFFFFFF
+    except (TypeError, ValueError):
+        return None
+    return None if rgba & 0xFF == 0 else f"{rgba >> 8:06X}"
 
 
 def _imagej_lut_colors(path: str) -> list:
@@ -1145,7 +1157,9 @@ def _imagej_lut_colors(path: str) -> list:
         luts = (tif.imagej_metadata or {}).get("LUTs") if tif.is_imagej else None
         if isinstance(luts, np.ndarray) and luts.ndim == 2:  # a one-channel stack's LUT comes alone
             luts = [luts]
-        return ["".join(f"{int(v):02X}" for v in np.asarray(lut)[:3, -1]) for lut in luts or []]
+        # each LUT's brightest entry (the last, except in an inverted LUT)
+        return ["".join(f"{int(v):02X}" for v in lut[:3, int(np.argmax(lut[:3].astype(np.int64).sum(axis=0)))])
+                for lut in (np.asarray(t) for t in luts or [])]
 
 
 def series_name(path: str | os.PathLike, series: int | None) -> str | None:
@@ -1165,7 +1179,9 @@ def series_name(path: str | os.PathLike, series: int | None) -> str | None:
                     else None
     except Exception:  # noqa: BLE001 - a name is optional; the reader says what is wrong with the file
         return None
-    return (str(name).strip() or None) if name is not None else None
+    name = (str(name).strip() or None) if name is not None else None
+    # a writer's placeholder ('Image0', tifffile's) names no position
+    return None if name is None or re.fullmatch(r"Image:?\d+", name) else name
 
 
 def _ome_images(tif) -> list | None:
@@ -1890,7 +1906,9 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     for i, (src, img) in enumerate(zip(sources, images)):
         if (img.attrs or {}).get("content") == "interpolation":
             where = ([f"its channel is named '… [{notes[i % nc]}]'"] if nc > 1 and channel_names is None else
-                     [f"its image is named '… [{notes[0]}]'"] if len(sources) == 1 else []) + (
+                     [f"its image is named '… [{notes[0]}]'"] if nc == 1 else []) + (
+                [f"its channel is named '… [{notes[0]}]'"] if nc == 1 and channel_names is None
+                and (images[0].attrs or {}).get("channel_name") else []) + (
                 [f"it is time point {i // nc}"] if nt > 1 else [])
             log.warning("%s holds %s interpolation, not the network's output (the network did not beat it on the "
                         "held-out region)%s", src, (img.attrs or {}).get("layer_note") or "cubic",
@@ -1899,8 +1917,10 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     out_shape = (*((nt,) if nt > 1 else ()), *((nc,) if nc > 1 else ()), *shape)
     # one store: named by its sample (the workflow's --sample, else its folder), with what it holds
     # where that is not the network's output ('s1 [tricubic]'; the per-sample export said nothing)
+    # a single channel's note (one store, or a one-channel time series) is the whole image's
     metadata: dict[str, Any] = {"axes": axes, "Name": channel_label(name or _image_name(sources[0]), None, notes[0])
-                                if len(sources) == 1 else name or Path(path).name.split(".")[0]}
+                                if len(sources) == 1 else channel_label(name or Path(path).name.split(".")[0], None,
+                                                                        notes[0] if nc == 1 else None)}
     if nc > 1:
         # named by the first time point's samples, less their time point (lapse_c0_t0 → lapse_c0)
         names = (list(channel_names) if channel_names is not None else
@@ -1917,7 +1937,10 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
         if len(names) != 1:
             raise ValueError(f"{len(names)} channel names for 1 channel")
         metadata["Channel"] = {"Name": names}
-    colors = [(img.attrs or {}).get("channel_color") for img in images[:nc]]
+    # each channel's colour from its first time point that has one (a store made before colours were
+    # kept has none)
+    said = [[(images[t * nc + k].attrs or {}).get("channel_color") for t in range(nt)] for k in range(nc)]
+    colors = [next((c for c in per_channel if c), None) for per_channel in said]
     if any(colors):  # the stores' colours (their input's), as OME's signed RGBA; a store without one: white
         metadata.setdefault("Channel", {})["Color"] = [_ome_color(c or "FFFFFF") for c in colors]
     if nt > 1 and (dt := (image.attrs or {}).get("time_increment_s")):  # the acquisition's frame interval

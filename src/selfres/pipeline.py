@@ -551,11 +551,6 @@ def stage_crop(
             min_holdout_voxels=settings.min_holdout_voxels, multiple=factors, training_fov=training_fov,
             path=source,  # the user's acquisition, not our intermediate
             min_holdout_shape=min_holdout_shape(factors),
-            # enhance: a held-out slab on the specimen where every end is background (a centred cell): at
-            # 1000 photons nucleus_confocal then kept its +1.03 dB network instead of falling back (200
-            # photons: +0.39 instead of +0.72; noise-free the same). Isotropic mode keeps the end slab: its
-            # guard passed either way, and training beside a slab on the nucleus cost it 0.3 dB
-            inner_holdout=mode == "enhance",
         )
     except InputError as exc:
         raise exc.for_sample(sample) from None

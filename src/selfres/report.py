@@ -369,7 +369,9 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
         lo, hi = num(interval[0]), num(interval[1])
         if lo is not None and hi is not None:
             nd = 2 if f"{lo:+.2f}" != f"{hi:+.2f}" else 3  # a narrow interval keeps its two ends apart
-            below = flagged and lo > 0 and margin is not None and gain < margin
+            # (a coarse-scale failure has its own reason, said above)
+            below = (flagged and lo > 0 and margin is not None and gain < margin
+                     and not metrics.get("coarse_scale_failed"))
             bits.append(f"Resampling blocks of the held-out region puts that gain between {esc(f'{lo:+.{nd}f}')} "
                         f"and {esc(f'{hi:+.{nd}f}')} dB (95 %)"
                         + ("; the region is too small or too uniform to tell the two apart." if lo < 0 < hi

@@ -1190,6 +1190,10 @@ def test_an_exported_ome_tiff_keeps_its_channels_colours(tmp_path):
     io.write_ome_tiff(tmp_path / "c1.ome.tif", stores[1])
     with tifffile.TiffFile(tmp_path / "c1.ome.tif") as tif:
         assert "Color=" not in tif.ome_metadata
+    # a time series whose first time point's stores have no colour (made before colours were kept): the
+    # later time points' colours, not none
+    io.write_ome_tiff(tmp_path / "lapse.ome.tif", [stores[1], stores[1], stores[0], stores[2]], timepoints=2)
+    assert [io.channel_color(tmp_path / "lapse.ome.tif", c) for c in (0, 1)] == ["FF0000", "00FFFF"]
 
 
 def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the_log(tmp_path, caplog):
@@ -1266,6 +1270,14 @@ def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the
     with tifffile.TiffFile(tmp_path / "named.ome.tif") as tif:
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["A", "B"]
     assert "holds tricubic interpolation" in caplog.text and "its channel is named" not in caplog.text
+    # a one-channel time series: the image says it (no channel name to carry the note), the log says where
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        io.write_ome_tiff(tmp_path / "one.ome.tif", series[1::2], timepoints=3)  # lapse_c1 at t0, t1, t2
+    with tifffile.TiffFile(tmp_path / "one.ome.tif") as tif:
+        assert 'Name="one [tricubic at 2 of 3 time points]"' in tif.ome_metadata
+    assert "in one.ome.tif its image is named '… [tricubic at 2 of 3 time points]' and it is time point 2" \
+        in caplog.text
     # a channel whose time points hold different stand-ins names them all
     both = [io.read_ome_zarr(stores[1]), io.read_ome_zarr(stores[1])]
     both[0].attrs["layer_note"] = "network, lost to tricubic"
@@ -1433,6 +1445,15 @@ def test_an_acquisitions_own_channel_colours_are_read_where_it_has_them(tmp_path
     assert io.channel_color(store, None) == "00FF00" and io.channel_color(store, 0) == "00FF00"
     (tmp_path / "x.czi").write_bytes(b"ZISRAWFILE" + bytes(16))
     assert io.channel_color(tmp_path / "x.czi", 0) is None and io.channel_color(tmp_path / "missing.tif", 0) is None
+    # a review: black (opaque 255, transparent 0) drew the channel invisible, an inverted grey LUT read black,
+    # and one unreadable Color wiped the other channels' colours
+    odd = tmp_path / "odd.ome.tif"
+    tifffile.imwrite(odd, np.zeros((3, 4, 16, 16), np.uint16), ome=True, metadata={
+        "axes": "ZCYX", "Channel": {"Color": [255, 0, "abc", 16711935]}})  # black, transparent, junk, 00FF00 opaque
+    assert [io.channel_color(odd, c) for c in range(4)] == [None, None, None, "00FF00"]
+    inverted = np.stack([np.arange(255, -1, -1)] * 3).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "inv.tif", data, imagej=True, metadata={"axes": "ZCYX", "LUTs": [inverted, luts[1]]})
+    assert [io.channel_color(tmp_path / "inv.tif", c) for c in (0, 1)] == ["FFFFFF", "FF00FF"]
 
 
 def test_a_store_shows_its_channel_in_its_inputs_colour(tmp_path):
@@ -1533,7 +1554,8 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     assert cli.main(["inspect", str(positions)]) == 0
     out = capsys.readouterr().out
     assert "2 images (TIFF series" in out and 'series 1 "Pos 3": 5×12×14 ZYX' in out  # which series is which
-    assert [io.series_name(positions, k) for k in (1, 2)] == ["Pos 3", None]
+    assert [io.series_name(positions, k) for k in (0, 1, 2)] == [None, "Pos 3", None]  # 0: tifffile's 'Image0'
+    assert 'series 0 "' not in out
     assert io.series_name(tmp_path / "missing.tif", 0) is None
     io.write_ome_zarr(tmp_path / "named.ome.zarr", _vol(), voxel_size=(2.0, 0.5, 0.5), name="Pos 4")
     assert io.series_name(tmp_path / "named.ome.zarr", None) == "Pos 4"

@@ -717,6 +717,7 @@ def test_verdict_says_when_the_held_out_region_is_mostly_background_and_why_a_co
     # an interval across 0, or a gain that passed: no margin sentence
     assert "must clear" not in report._verdict(m | {"holdout_gain_db_interval": [-0.05, 0.2]}, "x")
     assert "must clear" not in report._verdict(m | {"flags": []}, "ok")
+    assert "must clear" not in report._verdict(m | {"coarse_scale_failed": True}, "x")  # its own reason, said
 
 
 def test_bead_table_of_a_volume_without_voxel_size_compares_widths_on_one_grid():

@@ -275,9 +275,11 @@ def stage_normalise(
         # the acquisition's own name of the channel (OME: "DAPI"), for the outputs' layer and channel names
         # (a file's only channel too)
         **({"channel_name": name} if (name := io.channel_name(input_path, channel, series=series)) else {}),
-        # its colour (the file's; for a channel of a file that gives none, Fiji's for that channel)
+        # its colour (the file's; for a channel of a file of several that gives none, Fiji's for that channel;
+        # a one-channel file's, as Fiji shows it, grey, even where the sheet names its channel 0)
         **({"channel_color": color} if (color := io.channel_color(input_path, channel, series=series) or (
-            None if channel is None else io.COMPOSITE_COLORS[channel % len(io.COMPOSITE_COLORS)])) else {}),
+            None if channel is None or io.channel_count(input_path, series=series) < 2
+            else io.COMPOSITE_COLORS[channel % len(io.COMPOSITE_COLORS)])) else {}),
         # a time point's series' frame interval, for the time-series export
         **({"time_increment_s": dt} if timepoint is not None and (dt := io.time_increment(input_path,
                                                                                           series=series)) else {}),

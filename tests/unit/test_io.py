@@ -1471,7 +1471,7 @@ def test_a_store_shows_its_channel_in_its_inputs_colour(tmp_path):
     one = tmp_path / "one.tif"
     tifffile.imwrite(one, data[:, 0], metadata={"axes": "ZYX"})
     for path, channel, expected in ((given, 0, "FF00FF"), (given, 1, "FFFF00"), (plain, 0, "FF0000"),
-                                    (plain, 1, "00FF00"), (one, None, "FFFFFF")):
+                                    (plain, 1, "00FF00"), (one, None, "FFFFFF"), (one, 0, "FFFFFF")):
         out = tmp_path / f"{path.name.split('.')[0]}_{channel}.ome.zarr"
         pipeline.stage_normalise(path, out, sample="s", channel=channel)
         omero = zarr.open_group(str(out), mode="r").attrs["omero"]

@@ -96,7 +96,7 @@ RESTORED_MAX_LEVEL_SHIFT = 0.02
 #: Share of the QC window's output voxels below the darkest input voxel by more than
 #: :data:`selfres.metrics.UNDERSHOOT_DEPTH` above which (and above twice the interpolation's
 #: share) a sample is flagged ``restored_undershoots``: dark halos next to bright objects
-#: (the demo's beads: 0.41 %, tricubic 0 %; its neurites 0 %)
+#: (the demo's beads: 0.54 % in the fifty-first session, 0.41-0.46 % before; tricubic 0 %; its neurites 0 %)
 UNDERSHOOT_SHARE = 0.001
 
 #: Share of the QC window's voxels of an integer output at its type's largest value where its

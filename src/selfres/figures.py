@@ -602,6 +602,7 @@ def figure_detail(
     voxel_size_out: Sequence[float] | None = None,
     zoom: int = 4,
     display: tuple[float, float] | None = None,
+    restored_name: str = "restored",
 ) -> bytes:
     """Zoomed crop around the brightest structure and a line profile across it.
 
@@ -617,6 +618,9 @@ def figure_detail(
         As in :func:`figure_orthoviews`.
     zoom
         Zoom factor of the crop (crop side = field side / zoom).
+    restored_name
+        What the restored panel and profile are called (``"restored (= interpolation)"`` where the
+        output is the interpolation: its curve lies under the interpolation's).
 
     Returns
     -------
@@ -630,7 +634,8 @@ def figure_detail(
     if only_z_resampled(s_in, s_out):
         # only z resampled (isotropic mode): an XY crop shows nothing new, and where its plane
         # falls on an acquired slice the profiles coincide; the detail is an XZ crop and a z profile
-        return _axial_detail(raw, interp, restored, vin, vout, unit, (z, y, x), zoom=zoom, display=display)
+        return _axial_detail(raw, interp, restored, vin, vout, unit, (z, y, x), zoom=zoom, display=display,
+                             restored_name=restored_name)
     hy = max(2, s_out[1] // (2 * zoom))
     hx = max(2, s_out[2] // (2 * zoom))
     y0, y1 = _window(y, hy, s_out[1])
@@ -663,7 +668,7 @@ def figure_detail(
         ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, extent=ext, aspect="equal",
                   interpolation="nearest")
         ax.axhline(line_y_phys, color=colors[name], lw=1.0, alpha=0.8)
-        ax.set_title(f"{name} ({zoom}× zoom)" + (f"\nacquired plane z={(iz + 0.5) * vin[0]:.4g} {unit}"
+        ax.set_title(f"{restored_name if name == 'restored' else name} ({zoom}× zoom)" + (f"\nacquired plane z={(iz + 0.5) * vin[0]:.4g} {unit}"
                                                  if name == "raw" else ""), fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
         if k == 0:
@@ -675,7 +680,7 @@ def figure_detail(
         "interpolation": (np.asarray(interp[z, y, x0:x1], dtype=np.float32), vout[2], x0),
         "restored": (np.asarray(restored[z, y, x0:x1], dtype=np.float32), vout[2], x0),
     }
-    _profile_panel(ax, profiles, colors, xlabel=f"x ({unit})",
+    _profile_panel(ax, profiles, colors, labels={"restored": restored_name}, xlabel=f"x ({unit})",
                    title=f"line profile at z={(z + 0.5) * vout[0]:.4g} (raw {(iz + 0.5) * vin[0]:.4g}), "
                          f"y={line_y_phys:.4g} {unit}")
     return _fig_to_png(fig)
@@ -690,12 +695,13 @@ def only_z_resampled(shape_in: Sequence[int], shape_out: Sequence[int]) -> bool:
     return s_out[1:] == s_in[1:] and s_out[0] != s_in[0] and s_in[0] > 1
 
 
-def _profile_panel(ax, profiles: Mapping[str, tuple], colors: Mapping[str, str], *, xlabel: str, title: str) -> None:
+def _profile_panel(ax, profiles: Mapping[str, tuple], colors: Mapping[str, str], *, xlabel: str, title: str,
+                   labels: Mapping[str, str] | None = None) -> None:
     """The detail figure's profile plot: ``{name: (values, voxel size, first index)}``, each at
     its voxels' centres (µm); the raw samples as dots."""
     for name, (prof, voxel, first) in profiles.items():
         ax.plot((first + np.arange(prof.size) + 0.5) * voxel, prof, marker="." if name == "raw" else None, ms=4,
-                color=colors[name], label=name, lw=1.2)
+                color=colors[name], label=(labels or {}).get(name, name), lw=1.2)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("intensity", fontsize=8)
     ax.set_title(title, fontsize=9)
@@ -710,7 +716,8 @@ def _window(centre: int, half: int, n: int) -> tuple[int, int]:
     return start, min(n, start + 2 * half)
 
 
-def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, display) -> bytes:
+def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, display,
+                  restored_name: str = "restored") -> bytes:
     """:func:`figure_detail` when only z was resampled: XZ crops through the brightest
     structure (all of z, ``1/zoom`` of x) and the profiles along z through it."""
     s_in, s_out = as_zyx(raw.shape), as_zyx(restored.shape)
@@ -739,13 +746,13 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
         ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest",
                   extent=(x0 * vs[2], x1 * vs[2], (oz + crop.shape[0]) * vs[0], oz * vs[0]))
         ax.axvline(x_phys, color=colors[name], lw=1.0, alpha=0.8)
-        ax.set_title(f"{name} (XZ at y={y_phys:.4g} {unit})", fontsize=9)
+        ax.set_title(f"{restored_name if name == 'restored' else name} (XZ at y={y_phys:.4g} {unit})", fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
         ax.set_ylabel(f"z ({unit})", fontsize=7)
         ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[0, 3])
     _profile_panel(ax, {name: (crop[:, x - x0], vs[0], oz) for name, (crop, vs, oz) in crops.items()}, colors,
-                   xlabel=f"z ({unit})",
+                   labels={"restored": restored_name}, xlabel=f"z ({unit})",
                    title=f"axial profile at y={y_phys:.4g}, x={x_phys:.4g} {unit}\n(dots: acquired slices)")
     return _fig_to_png(fig)
 
@@ -891,7 +898,7 @@ def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] 
     return _fig_to_png(fig)
 
 
-def figure_spectra(spectra: Mapping[str, Any], *, log10_power: bool = False) -> bytes:
+def figure_spectra(spectra: Mapping[str, Any], *, log10_power: bool = False, output_name: str = "output") -> bytes:
     """Axial power spectra of input, interpolation and output, each scaled to its own maximum.
 
     Input and output have different numbers of z samples, so their absolute powers
@@ -931,7 +938,7 @@ def figure_spectra(spectra: Mapping[str, Any], *, log10_power: bool = False) -> 
         if not good.any():
             continue
         f, p = f[good], p[good]
-        ax.semilogy(f, p / p.max(), lw=1.4, color=color, label=name, ls=style,
+        ax.semilogy(f, p / p.max(), lw=1.4, color=color, label=output_name if name == "output" else name, ls=style,
                     marker="." if f.size < 40 else None, ms=4)
         if name == "input" and nyquist_in is None:
             nyquist_in = float(f.max())
@@ -1181,6 +1188,7 @@ def sample_figures(
     spectra_log10: bool = False,
     train_fov: Any = None,
     margin_db: float | None = None,
+    restored_is_interpolation: bool = False,
 ) -> dict[str, bytes]:
     """All figures of a sample report, as PNG bytes (computed once, reused).
 
@@ -1198,6 +1206,9 @@ def sample_figures(
         As in :func:`figure_projections`.
     margin_db
         As in :func:`figure_training_curves`.
+    restored_is_interpolation
+        The output is the interpolation (the guard's fall-back): the detail and spectra call it
+        so, since its curves lie under the interpolation's.
 
     Returns
     -------
@@ -1218,10 +1229,14 @@ def sample_figures(
     log.info("drawing the figures of a %.3g Mvoxel output (the projections read all of it)", voxels / 1e6)
     t0 = time.monotonic()
     display = display_range(restored)  # one strided read of the restored volume (it touches every chunk)
+
+    def same(name: str) -> str:  # a fall-back's curves lie under the interpolation's: said in the legend
+        return f"{name} (= interpolation)" if restored_is_interpolation else name
+
     figs = {"display_range": display}
     for name, draw in (("orthoviews", lambda: figure_orthoviews(**kw, display=display)),
                        ("projections", lambda: figure_projections(**kw, train_fov=train_fov)),
-                       ("detail", lambda: figure_detail(**kw))):
+                       ("detail", lambda: figure_detail(**kw, restored_name=same("restored")))):
         started = time.monotonic()
         figs[name] = draw()
         log.info("%s drawn in %.1f s", name, time.monotonic() - started)
@@ -1229,7 +1244,7 @@ def sample_figures(
     if df is not None:
         figs["training_curves"] = figure_training_curves(df, best_step=kept_steps(df, best_step), margin_db=margin_db)
     if spectra:
-        figs["spectra"] = figure_spectra(spectra, log10_power=spectra_log10)
+        figs["spectra"] = figure_spectra(spectra, log10_power=spectra_log10, output_name=same("output"))
     beads = figure_beads(raw=raw, restored=restored, bead_table=bead_table,
                          voxel_size_in=vin, voxel_size_out=vout)
     if beads is not None:

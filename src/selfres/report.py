@@ -596,7 +596,8 @@ def render_sample_report(
                                  voxel_size_in=voxel_size_in, voxel_size_out=voxel_size_out, training_log=df,
                                  best_step=best, bead_table=bead_table, spectra=spectra,
                                  spectra_log10=True, train_fov=train_fov,  # as qc writes them (metrics.axial_spectrum)
-                                 margin_db=num(metrics.get("guard_margin_db")))
+                                 margin_db=num(metrics.get("guard_margin_db")),
+                                 restored_is_interpolation=metrics.get("restored_content") == "interpolation")
     figures = dict(figures)
     ref = metrics.get("reference")
     beads = _bead_summary(bead_table, (vin, vout, unit))

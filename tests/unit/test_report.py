@@ -1221,6 +1221,28 @@ def test_the_kept_checkpoints_score_is_drawn_beside_the_psnr(monkeypatch):
     assert drawn[-1].axes[1].yaxis.get_major_formatter().get_useOffset() is False
 
 
+def test_a_fallen_back_outputs_curves_say_they_are_the_interpolations(monkeypatch):
+    """A figure review: a fall-back's restored curve lay exactly on the interpolation's, which
+    the legend listed but nobody could see."""
+    drawn = _captured(monkeypatch)
+    raw, interp, _ = _volumes(factor=(2, 2, 2))
+    spectra = {"input": ([0.1, 0.2], [1.0, 0.5]), "interpolation": ([0.1, 0.2, 0.4], [1.0, 0.5, 0.1]),
+               "output": ([0.1, 0.2, 0.4], [1.0, 0.5, 0.1])}
+    for fell in (True, False):
+        drawn.clear()
+        figures.sample_figures(raw=raw, interp=interp, restored=interp, spectra=spectra,
+                               restored_is_interpolation=fell)
+        labels = {line.get_label() for fig in drawn for ax in fig.axes for line in ax.get_lines()}
+        titles = {ax.get_title() for fig in drawn for ax in fig.axes}
+        assert ("restored (= interpolation)" in labels and "output (= interpolation)" in labels) is fell, labels
+        assert any(t.startswith("restored (= interpolation) (4× zoom)") for t in titles) is fell, titles
+        assert ("restored" in labels) is not fell
+    drawn.clear()  # a report drawing its own figures reads it from metrics.json
+    report.render_sample_report(sample="s", metrics=_metrics(restored_content="interpolation"), raw=raw, interp=interp,
+                                restored=interp, voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.25, 0.25))
+    assert "restored (= interpolation)" in {line.get_label() for fig in drawn for ax in fig.axes for line in ax.get_lines()}
+
+
 def test_non_finite_voxels_are_red_not_white_like_the_brightest_signal(monkeypatch):
     drawn = _captured(monkeypatch)
     raw, interp, restored = _volumes(factor=(2, 1, 1))

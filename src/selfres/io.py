@@ -1093,19 +1093,27 @@ def channel_name(path: str | os.PathLike, channel: int | None, *, series: int | 
     OME-TIFF's OME ``Channel Name``, an OME-Zarr's ``omero`` channel ``label``. ``channel``
     ``None``: the name of a file's only channel (none where it lists several). Metadata for
     people (layer and channel names of the outputs): ``None`` whenever it cannot be read."""
-    path = os.fspath(path)
     try:
-        if _kind(path) == "zarr":
-            channels = _ome_attrs(_zarr_image(path, series)).get("omero", {}).get("channels", [])
-        else:
-            channels = _ome_tiff_channels(path, series)
-        if channel is None:
-            channel = 0 if len(channels) == 1 else -1
-        name = channels[channel].get("label" if _kind(path) == "zarr" else "Name") \
-            if 0 <= channel < len(channels) else None
+        name = _of_channel(_channel_fields(path, series, zarr_key="label", ome_attr="Name"), channel)
     except Exception:  # noqa: BLE001 - a name is optional; the reader says what is wrong with the file
         return None
     return (str(name).strip() or None) if name is not None else None
+
+
+def _channel_fields(path: str | os.PathLike, series: int | None, *, zarr_key: str, ome_attr: str) -> list:
+    """One field of each channel an acquisition lists: an OME-Zarr's ``omero`` channels'
+    ``zarr_key``, an OME-TIFF's OME ``Channel`` elements' ``ome_attr`` (none listed: ``[]``)."""
+    path = os.fspath(path)
+    if _kind(path) == "zarr":
+        return [c.get(zarr_key) for c in _ome_attrs(_zarr_image(path, series)).get("omero", {}).get("channels", [])]
+    return [e.get(ome_attr) for e in _ome_tiff_channels(path, series)]
+
+
+def _of_channel(values: Sequence, channel: int | None):
+    """``values[channel]``, ``None`` out of range; ``channel`` ``None``: the only value (none of several)."""
+    if channel is None:
+        channel = 0 if len(values) == 1 else -1
+    return values[channel] if 0 <= channel < len(values) else None
 
 
 #: Fiji's colours for a composite's channels whose file gives none, in channel order (red, green, blue,
@@ -1121,14 +1129,10 @@ def channel_color(path: str | os.PathLike, channel: int | None, *, series: int |
     exported OME-TIFF's): ``None`` whenever it cannot be read."""
     path = os.fspath(path)
     try:
-        if _kind(path) == "zarr":
-            channels = _ome_attrs(_zarr_image(path, series)).get("omero", {}).get("channels", [])
-            colors = [c.get("color") for c in channels]
-        else:
-            colors = [_ome_rgb(e.get("Color")) for e in _ome_tiff_channels(path, series)] or _imagej_lut_colors(path)
-        if channel is None:
-            channel = 0 if len(colors) == 1 else -1
-        color = colors[channel] if 0 <= channel < len(colors) else None
+        colors = _channel_fields(path, series, zarr_key="color", ome_attr="Color")
+        if _kind(path) != "zarr":
+            colors = [_ome_rgb(c) for c in colors] or _imagej_lut_colors(path)
+        color = _of_channel(colors, channel)
         color = str(color).strip().lstrip("#").upper() if color is not None else None
     except Exception:  # noqa: BLE001 - a colour is optional; the reader says what is wrong with the file
         return None
@@ -1905,11 +1909,13 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     notes = [_channel_note([images[t * nc + c] for t in range(nt)]) for c in range(nc)]
     for i, (src, img) in enumerate(zip(sources, images)):
         if (img.attrs or {}).get("content") == "interpolation":
-            where = ([f"its channel is named '… [{notes[i % nc]}]'"] if nc > 1 and channel_names is None else
-                     [f"its image is named '… [{notes[0]}]'"] if nc == 1 else []) + (
-                [f"its channel is named '… [{notes[0]}]'"] if nc == 1 and channel_names is None
-                and (images[0].attrs or {}).get("channel_name") else []) + (
-                [f"it is time point {i // nc}"] if nt > 1 else [])
+            where = []  # what the file calls it: its channel (several), its image and named channel (one)
+            if nc == 1:
+                where.append(f"its image is named '… [{notes[0]}]'")
+            if channel_names is None and (nc > 1 or (images[0].attrs or {}).get("channel_name")):
+                where.append(f"its channel is named '… [{notes[i % nc]}]'")
+            if nt > 1:
+                where.append(f"it is time point {i // nc}")
             log.warning("%s holds %s interpolation, not the network's output (the network did not beat it on the "
                         "held-out region)%s", src, (img.attrs or {}).get("layer_note") or "cubic",
                         f"; in {Path(path).name} " + " and ".join(where) if where else "")
@@ -1918,9 +1924,9 @@ def write_ome_tiff(path: str | os.PathLike, source: "str | os.PathLike | Sequenc
     # one store: named by its sample (the workflow's --sample, else its folder), with what it holds
     # where that is not the network's output ('s1 [tricubic]'; the per-sample export said nothing)
     # a single channel's note (one store, or a one-channel time series) is the whole image's
-    metadata: dict[str, Any] = {"axes": axes, "Name": channel_label(name or _image_name(sources[0]), None, notes[0])
-                                if len(sources) == 1 else channel_label(name or Path(path).name.split(".")[0], None,
-                                                                        notes[0] if nc == 1 else None)}
+    default = _image_name(sources[0]) if len(sources) == 1 else Path(path).name.split(".")[0]
+    metadata: dict[str, Any] = {"axes": axes, "Name": channel_label(name or default, None,
+                                                                    notes[0] if nc == 1 else None)}
     if nc > 1:
         # named by the first time point's samples, less their time point (lapse_c0_t0 → lapse_c0)
         names = (list(channel_names) if channel_names is not None else

@@ -141,9 +141,15 @@ def replaced_by_an_older_file(store: str | Path, source: str | Path) -> str | No
     Snakemake would rerun nothing: its size or modification time differ from the store's
     ``source_stat``, yet it is not newer than the store (``cp -p`` or ``rsync -a`` of a file made
     before the last run). None when it is the same file, newer (Snakemake reruns it anyway), gone
-    (an archived acquisition), a Zarr store, or the store records nothing (made before the
-    forty-first session)."""
-    recorded = store_attrs(store).get("source_stat")
+    (an archived acquisition), a Zarr store, another path than the one the store was made from
+    (the sheet's row changed: Snakemake reruns it for its changed parameter), or the store records
+    nothing (made before the forty-first session)."""
+    attrs = store_attrs(store)
+    recorded = attrs.get("source_stat")
+    made_from = [p for p in (attrs.get("source"), attrs.get("source_resolved")) if p]
+    if made_from and str(source) not in made_from and os.path.realpath(source) not in made_from:
+        # two rows' files swapped (a walkthrough): the warning told of a replacement that was not
+        return None
     now = file_stat(source)
     made = output_mtime_ns(store)
     if not recorded or now is None or made is None or now == recorded or now["mtime_ns"] > made:

@@ -1688,6 +1688,14 @@ def test_an_acquisition_replaced_by_an_older_file_is_told_from_the_one_its_copy_
     then, now = told.split("modified ")[1].split(" now)")[0].split(" then, ")
     assert then != now and len(then.split(".")[-1]) == 6, told
     assert replaced_by_an_older_file(store, tmp_path / "gone.tif") is None  # archived: goes on from its copy
+    # the sheet's row now names another, older file: its changed path reruns the sample (Snakemake's
+    # parameters); nothing was replaced behind the operator's back
+    other = tmp_path / "b.tif"
+    tifffile.imwrite(other, np.random.default_rng(3).random((4, 16, 16)).astype(np.float32), imagej=True,
+                     metadata={"axes": "ZYX"})
+    os.utime(other, ns=(made - 86400 * 10**9,) * 2)
+    assert replaced_by_an_older_file(store, other) is None
+    assert replaced_by_an_older_file(store, os.path.relpath(raw)) is not None  # the same file, spelt otherwise
     assert replaced_by_an_older_file(tmp_path / "none.ome.zarr", raw) is None
     date_before(store, os.stat(raw).st_mtime_ns)  # what the workflow does: Snakemake then reruns it
     assert output_mtime_ns(store) < os.stat(raw).st_mtime_ns

@@ -553,6 +553,7 @@ def stage_crop(
             min_holdout_voxels=settings.min_holdout_voxels, multiple=factors, training_fov=training_fov,
             path=source,  # the user's acquisition, not our intermediate
             min_holdout_shape=min_holdout_shape(factors),
+            inner_holdout=mode == "enhance",
         )
     except InputError as exc:
         raise exc.for_sample(sample) from None

@@ -343,6 +343,11 @@ def _extent(axis_h: int, axis_v: int, shape: tuple[int, ...], vs: Sequence[float
     return (0.0, w, h, 0.0)
 
 
+#: Axial (XZ, YZ) panels at most this share as tall as wide are drawn stacked beside the XY one
+#: (:func:`_panel_grid`), not in columns of their own: 1.5× as wide at a quarter (a z extent a
+#: quarter of the lateral), 1.3× at 0.4, no gain at a half (two stacked panels fill the row)
+STACK_AXIAL_BELOW = 0.4
+
 # plane name -> (vertical axis, horizontal axis) in ZYX numbering
 _PLANE_AXES = {"XY": (1, 2), "XZ": (0, 2), "YZ": (0, 1)}
 
@@ -366,6 +371,7 @@ def _panel_grid(
     """
     shapes = [as_zyx(v.shape) for _, v, _ in volumes]
     is_2d = all(s[0] == 1 for s in shapes)
+    stacked = False
     cols = ["XY"] if is_2d else ["XY", "XZ", "YZ"]
     # physical size of each plane from the output-grid volume (last row)
     shp, vs = shapes[-1], volumes[-1][2]
@@ -383,6 +389,23 @@ def _panel_grid(
         gs = fig.add_gridspec(1, n_vol, left=0.06, right=0.89, top=0.86, bottom=0.12,
                               wspace=0.25)
         slots = [[gs[0, r]] for r in range(n_vol)]
+    elif stacked := all(heights[i] <= STACK_AXIAL_BELOW * widths[i] for i in (1, 2)):
+        # axial panels much less tall than wide (a stack thinner in z than across, as most are):
+        # side by side with XY they were strips in square cells, a quarter of their room used (a
+        # walkthrough's 32 × 128 µm slice drawn 210 × 55 px); stacked beside it they share its height
+        # and are drawn 1.5× as large
+        total_w = 10.5
+        ratio_w = np.array([widths[0], max(widths[1], widths[2])]) / max(widths)
+        col_w = total_w * ratio_w / ratio_w.sum()
+        row_h = max(1.6, min(4.5, heights[0] / widths[0] * col_w[0]))
+        fig = _new_figure(figsize=(total_w + 0.8, row_h * n_vol + 0.9))
+        gs = fig.add_gridspec(n_vol, 2, width_ratios=list(ratio_w),
+                              left=0.07, right=0.89, top=0.92, bottom=0.05,
+                              wspace=0.22, hspace=0.3)
+        slots = []
+        for r in range(n_vol):
+            side = gs[r, 1].subgridspec(2, 1, height_ratios=[heights[1], heights[2]], hspace=0.55)
+            slots.append([gs[r, 0], side[0], side[1]])
     else:
         total_w = 10.5
         col_w = total_w * ratio_w / ratio_w.sum()
@@ -418,13 +441,13 @@ def _panel_grid(
                 ax.set_ylabel(f"y ({unit})", fontsize=7)
                 ax.set_xlabel(f"x ({unit})", fontsize=7)
                 continue
-            if r == 0:
-                ax.set_title(pname, fontsize=9)
+            if r == 0 or (stacked and c > 0):  # stacked, each axial panel names its plane
+                ax.set_title(pname, fontsize=9 if r == 0 else 8)
             if c == 0:
                 ax.set_ylabel(f"{name}\n{'zyx'[av]} ({unit})", fontsize=8)
             else:
                 ax.set_ylabel(f"{'zyx'[av]} ({unit})", fontsize=7)
-            if r == n_vol - 1:
+            if r == n_vol - 1 or (stacked and c > 0):
                 ax.set_xlabel(f"{'zyx'[ah]} ({unit})", fontsize=7)
     if im is not None:
         cax = fig.add_axes([0.905, 0.2, 0.012, 0.6])  # room to its right for 5-digit ticks and the label
@@ -892,9 +915,11 @@ def figure_training_curves(training_log: Any, *, best_step: int | Sequence[int] 
     if bests:
         which = (", ".join(f"stage {k} step {b}" for k, b in zip(stages, bests)) if len(stages) > 1
                  else f"step {bests[0]}")
-        fig.suptitle(f"kept checkpoint: {which} (dotted line): the best score, the smaller of its gains over "
-                     "interpolation (held-out, and coarse-scale where checked);\na later one replaces it only "
-                     f"when more than {KEEP_MIN_GAIN_DB:g} dB higher", fontsize=8.5)
+        # isotropic mode has no coarse-scale check: its score is the held-out gain alone (a walkthrough)
+        score = ("the smaller of its gains over interpolation (held-out, and coarse-scale where checked)"
+                 if "val_coarse_gain" in df.columns else "its held-out gain over interpolation")
+        fig.suptitle(f"kept checkpoint: {which} (dotted line): the best score, {score};\na later one replaces it "
+                     f"only when more than {KEEP_MIN_GAIN_DB:g} dB higher", fontsize=8.5)
     return _fig_to_png(fig)
 
 

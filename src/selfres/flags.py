@@ -63,7 +63,7 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "was judged and used as usual.",
         "Raise train.max_minutes for this sample (a sample-sheet column, e.g. "
         "train.max_minutes 10), run its training on a GPU (the slurm profile), or choose a "
-        "smaller training field of view; the training curves below show the trend.",
+        "smaller training field of view; the report's training curves show the trend.",
     ),
     "dead_output": (
         "The network output is constant (the same value everywhere): the model "
@@ -245,7 +245,9 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "not have gained nothing.",
         "Compare the XZ/YZ views and the axial detail with the interpolation. Check the voxel "
         "size (the anisotropy factor comes from it) and the axial σ in Self-validation; a "
-        "training stopped early (flags) may gain from more isotropic.steps.",
+        "training cut short may gain from a longer one: train.max_minutes where it ended at its time budget "
+        "(the flag stopped_while_improving; Training says how it ended), isotropic.steps where it ended after all "
+        "its steps.",
     ),
 }
 

@@ -1141,8 +1141,9 @@ def train_isotropic(
     ends = end_weights(pairs, preds, factor)  # scored as inference delivers it: the ends blended
     validation = compare_stacks(pairs, [blend_ends(p, low, ends, axis=-2) for p, (_, low) in zip(preds, pairs)],
                                 data_range)
-    log.info("the first and last %d planes blend the network with z-cubic by weights %s (held-out rows from an end)",
-             len(ends), ends)
+    log.info("the first and last %d planes blend the network with z-cubic: the network's share %s from the end plane "
+             "inwards (1 = the network alone; measured on held-out rows from an end)", len(ends),
+             ", ".join(f"{w:.2f}" for w in ends))
     flags += guard_flags(validation, s.guard_margin_db)
     if deg_info.get("estimate", {}).get("estimated") is False:
         flags.append("axial_sigma_unestimated")

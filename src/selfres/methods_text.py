@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .normalise import same_series
-from .wording import baseline_name, duration_text, extras_text, fmt, num, shape_text
+from .wording import baseline_name, duration_text, extras_text, fmt, implausible_isotropy_note, num, shape_text
 
 __all__ = ["METHOD_CITATIONS", "methods_text"]
 
@@ -322,7 +322,8 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
         if iso_in is not None and iso_out is not None:
             bits.append(f"The ratio of lateral to axial resolution estimated by decorrelation analysis (1 is "
                         f"isotropic) read {fmt(iso_in)} for the input and {fmt(iso_out)} for the output"
-                        + (f", {fmt(iso_interp)} for z-cubic interpolation on the same grid" if iso_interp is not None
+                        + (f", {fmt(iso_interp)} for z-cubic interpolation on the same grid"
+                           f"{implausible_isotropy_note(iso_interp)}" if iso_interp is not None
                            else "")
                         + "; on the finer grid the estimate also reads interpolated noise as axial detail, so these "
                           "two are indications, not measurements.")

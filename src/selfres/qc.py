@@ -130,6 +130,24 @@ ISOTROPY_REACHED = 0.8
 SATURATED_SHARE = 0.001
 
 
+def _scores_text(m: dict) -> str:
+    """The log's line of scores: self-validation (PSNR dB, SSIM where measured) and, where a
+    reference was given, against it (a walkthrough read a raw dict of 15-digit floats, without
+    the reference's)."""
+    def pair(scores, model, interp, unit, digits):
+        a, b = scores.get(model), scores.get(interp)
+        return None if a is None or b is None else f"{a:.{digits}f} vs {b:.{digits}f}{unit}"
+
+    parts = []
+    for label, scores, model in (("held-out: model", m.get("self_validation") or {}, "psnr_model"),
+                                 ("reference: output", m.get("reference") or {}, "psnr")):
+        psnr = pair(scores, model, "psnr_interp", " dB", 2)
+        ssim = pair(scores, model.replace("psnr", "ssim"), "ssim_interp", "", 4)
+        if psnr:
+            parts.append(f"{label} vs interpolation PSNR {psnr}" + (f", SSIM {ssim}" if ssim else ""))
+    return "; ".join(parts) or "no scores"
+
+
 def qc_flags(agreement: dict, *, mode: str, content: str, structure: float | None, planes_alike: float | None,
              level_rounding: float = 0.0, isotropy_in: float | None = None, isotropy_out: float | None = None,
              voxel_size_known: bool = True, saturated_fraction: float | None = None,
@@ -454,7 +472,7 @@ def stage_qc(
     }
     m = clean_floats(m)
     write_json(metrics_json, m)
-    log.info("metrics: self-validation %s; flags %s", m["self_validation"], m["flags"])
+    log.info("metrics: %s; flags: %s", _scores_text(m), ", ".join(m["flags"]) or "none")
     return m
 
 

@@ -111,7 +111,10 @@ def test_an_isotropic_sample_says_the_axial_blur_it_assumed_and_the_isotropy_mea
                  "read 0.286 for the input and 0.669 for the output, 0.61 for z-cubic interpolation on the same "
                  "grid; on the finer grid the estimate also reads interpolated noise as axial detail"):
         assert said in text, said
-    assert "tricubic" not in text
+    assert "tricubic" not in text and "not a resolution" not in text
+    noisy = methods_text.methods_text(m | {"isotropy_interp": 1.255}, prov)
+    assert ("1.255 for z-cubic interpolation on the same grid (above 1.25: finer along z than laterally, which "
+            "interpolation cannot be; interpolated noise read as detail, not a resolution); on the finer") in noisy
 
 
 @pytest.mark.parametrize("metrics", [{"mode": "enhance", "status": "failed"}, {"mode": None}, {}])

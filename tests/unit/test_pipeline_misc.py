@@ -905,3 +905,26 @@ def test_a_given_voxel_size_that_is_not_the_files_is_said(tmp_path, caplog):
     assert io.read_volume(tmp_path / "other.ome.zarr").attrs["voxel_size_file"] == [1.0, 0.5, 0.5]
     pipeline.stage_normalise(src, tmp_path / "file.ome.zarr", sample="s")
     assert "voxel_size_file" not in io.read_volume(tmp_path / "file.ome.zarr").attrs
+
+
+def test_the_qc_log_line_gives_the_scores_in_dB_and_the_references_not_a_raw_dict():
+    """qc.log printed ``self_validation`` as a dict of 15-digit floats and left out the scores
+    against a reference that had been computed (a walkthrough)."""
+    from selfres.qc import _scores_text
+
+    m = {"self_validation": {"psnr_model": 30.123456789, "psnr_interp": 29.0, "ssim_model": None,
+                             "ssim_interp": None},
+         "reference": {"psnr": 38.4, "ssim": 0.97812, "psnr_interp": 32.85, "ssim_interp": 0.92}}
+    assert _scores_text(m) == ("held-out: model vs interpolation PSNR 30.12 vs 29.00 dB; reference: output vs "
+                               "interpolation PSNR 38.40 vs 32.85 dB, SSIM 0.9781 vs 0.9200")
+    assert _scores_text({"self_validation": {}, "reference": None}) == "no scores"
+
+
+def test_isotropy_not_reached_names_the_time_budget_as_well_as_the_steps():
+    """Four isotropic runs that ended at their time budget after ~200 of 1000 steps were told to
+    raise isotropic.steps (a walkthrough): the knob there is train.max_minutes."""
+    from selfres.flags import FLAG_EXPLANATIONS
+
+    what_to_do = FLAG_EXPLANATIONS["isotropy_not_reached"][1]
+    assert "train.max_minutes where it ended at its time budget" in what_to_do
+    assert "isotropic.steps where it ended after all its steps" in what_to_do

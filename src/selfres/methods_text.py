@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .normalise import same_series
-from .wording import baseline_name, duration_text, extras_text, fmt, implausible_isotropy_note, num, shape_text
+from .wording import (baseline_name, duration_text, extras_text, fmt, implausible_isotropy_note, lateral_pixels_text,
+                      num, shape_text)
 
 __all__ = ["METHOD_CITATIONS", "methods_text"]
 
@@ -260,8 +261,7 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
         deg = metrics.get("isotropic_degradation") or {}
         sigma = num(deg.get("sigma_px"))
         how = ("with a learned degradation (Self-Net's CycleGAN generator)" if deg.get("method") == "learned" else
-               f"by a Gaussian blur of σ {fmt(sigma)} lateral pixels" + (f" ({deg['sigma_source']})"
-                                                                           if deg.get("sigma_source") else "")
+               f"by a Gaussian blur of σ {lateral_pixels_text(sigma, vin, deg.get('sigma_source'))}"
                if sigma is not None else "as the axial direction is")
         factor = num(metrics.get("factor")) or num(model.get("factor"))
         ftext = f" subsampled ×{fmt(factor)} and" if factor else ""

@@ -27,8 +27,8 @@ from .figures import (KEEP_MIN_GAIN_DB, as_zyx, bead_frames, display_range, fov_
                       log_frame, only_z_resampled, prepare_views, sample_figures)
 from .flags import BROKEN_OUTPUT_FLAGS, FLAG_EXPLANATIONS, explain_flag, sample_status
 from .methods_text import methods_text
-from .wording import (baseline_name, duration_text, esc, extras_text, fmt, implausible_isotropy_note, num,
-                      shape_text, stop_text)
+from .wording import (baseline_name, duration_text, esc, extras_text, fmt, implausible_isotropy_note,
+                      lateral_pixels_text, num, shape_text, stop_text)
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,8 @@ def _holdout_name(metrics: Mapping[str, Any]) -> str:
         return "the held-out region"
     deg = metrics.get("isotropic_degradation") or {}
     sigma = num(deg.get("sigma_px"))
-    told = (f" (axial σ {fmt(sigma)} lateral pixels, {deg.get('sigma_source') or 'source not recorded'})"
+    source = deg.get("sigma_source") or "source not recorded"
+    told = (f" (axial σ {lateral_pixels_text(sigma, metrics.get('voxel_size_in'))}, {source})"
             if sigma is not None else "")
     return f"held-out lateral slices made to look axial{told}"
 
@@ -453,8 +454,9 @@ def _self_validation_caption(metrics: Mapping[str, Any], interp_name: str) -> st
         deg = metrics.get("isotropic_degradation") or {}
         sigma = num(deg.get("sigma_px"))
         how = ("with the learned generator (Self-Net's CycleGAN) after " if deg.get("method") == "learned" else "")
-        told = (f"blurred along one axis by σ {esc(fmt(sigma))} lateral pixels "
-                f"({esc(str(deg.get('sigma_source') or 'source not recorded'))}), subsampled by the axial "
+        source = str(deg.get("sigma_source") or "source not recorded")
+        told = (f"blurred along one axis by σ {esc(lateral_pixels_text(sigma, metrics.get('voxel_size_in'), source))}"
+                ", subsampled by the axial "
                 "factor and brought back by cubic interpolation" if sigma is not None else
                 "degraded along one axis as in training")
         return (f"Held-out lateral (XY) slices are made to look axial — {how}{told} (and with isotropic.noise_match, "

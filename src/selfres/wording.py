@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["esc", "fmt", "num", "duration_text", "shape_text", "baseline_name", "extras_text",
-           "implausible_isotropy_note"]
+           "implausible_isotropy_note", "lateral_pixels_text"]
 
 
 def esc(value: Any) -> str:
@@ -39,6 +39,19 @@ def fmt(value: Any, *, digits: int = 3) -> str:
     if isinstance(value, (list, tuple)):
         return " × ".join(fmt(v, digits=digits) for v in value)
     return str(value)
+
+
+def lateral_pixels_text(pixels: float, voxel_size: Any = None, note: str | None = None) -> str:
+    """A length in lateral pixels (isotropic mode's axial σ), with its µm where the voxel size is
+    known and ``note`` in the same brackets: "4.5 lateral pixels (2.25 µm; estimated)" (a
+    walkthrough read the σ in pixels alone)."""
+    try:
+        um = float(pixels) * float(voxel_size[-1])
+    except (TypeError, ValueError, IndexError):
+        um = math.nan
+    said = [f"{fmt(um)} µm"] if math.isfinite(um) and um > 0 else []
+    said += [note] if note else []
+    return f"{fmt(pixels)} lateral pixels" + (f" ({'; '.join(said)})" if said else "")
 
 
 def implausible_isotropy_note(value: float) -> str:

@@ -105,7 +105,7 @@ def test_an_isotropic_sample_says_the_axial_blur_it_assumed_and_the_isotropy_mea
                  "doi:10.1038/s41377-023-01230-2)",
                  "A 2-D residual network (41,985 parameters) was trained on this volume alone for 21.3 s on a GPU "
                  "(NVIDIA H100) to restore its lateral (XY) slices degraded along one axis by a Gaussian blur of "
-                 "σ 3.75 lateral pixels (estimated), subsampled ×4 and brought back by cubic interpolation",
+                 "σ 3.75 lateral pixels (1.875 µm; estimated), subsampled ×4 and brought back by cubic interpolation",
                  "was brought to 64×96×96 voxels (z, y, x) of 0.5 × 0.5 × 0.5 µm",
                  "the network scored 29.10 dB PSNR and z-cubic interpolation 27.40 dB",
                  "read 0.286 for the input and 0.669 for the output, 0.61 for z-cubic interpolation on the same "

@@ -905,6 +905,14 @@ def test_self_validation_caption_says_what_was_compared_in_each_mode():
     assert "Held-out lateral (XY) slices are made to look axial" in iso
     assert "σ 1.75 lateral pixels (estimated)" in iso and "a wrong σ cannot be seen here" in iso
     assert "chose which checkpoint was kept" in iso
+    # with the voxel size, the σ in µm too (a walkthrough read it in pixels alone)
+    sized = report._self_validation_caption({"mode": "isotropic", "voxel_size_in": [2.5, 0.5, 0.5],
+                                             "isotropic_degradation": {"sigma_px": 4.5, "sigma_source": "estimated",
+                                                                       "method": "analytic"}}, "z-cubic")
+    assert "σ 4.5 lateral pixels (2.25 µm; estimated), subsampled" in sized
+    assert "(axial σ 4.5 lateral pixels (2.25 µm), estimated)" in report._holdout_name(
+        {"mode": "isotropic", "voxel_size_in": [2.5, 0.5, 0.5],
+         "isotropic_degradation": {"sigma_px": 4.5, "sigma_source": "estimated"}})
     learned = report._self_validation_caption({"mode": "isotropic", "isotropic_degradation": {
         "sigma_px": 2.0, "sigma_source": "settings", "method": "learned"}}, "z-cubic")
     assert "with the learned generator" in learned

@@ -276,6 +276,22 @@ def test_render_summary():
     # a gain reads as one (+2.5 beside -1), and the wide table scrolls inside the page
     assert '<td class="num" data-v="2.5">+2.5</td>' in page and '<td class="num" data-v="-1.0">-1</td>' in page
     assert '<div style="overflow-x:auto"><table class="sortable">' in page
+    assert "held-out PSNR gain (dB)" in page and "<th>PSNR gain against the reference (dB)</th>" in page
+    unreferenced = report.render_summary([{**r, "reference": None} for r in ROWS])
+    assert "against the reference" not in unreferenced  # none was given: no empty column
+
+
+def test_the_summary_gives_the_gain_against_a_reference_where_one_was_given():
+    """A walkthrough's isotropic samples scored +4.8 dB against their truth and +2.3 held out; the
+    summary showed the held-out figure alone, and the truer one was in each report."""
+    with_ref = {**_metrics(sample="r", reference={"psnr": 35.69, "ssim": 0.95, "psnr_interp": 30.93,
+                                                  "ssim_interp": 0.78}), "status": "ok"}
+    df = report.summary_table(ROWS + [with_ref])
+    assert df["reference_gain"].tolist() == [4.0, pytest.approx(np.nan, nan_ok=True), 4.0, 4.76]
+    page = report.render_summary(ROWS + [with_ref])
+    row = re.search(r'<tr class="">(<td data-v="r">.*?)</tr>', page).group(1)
+    assert '<td class="num" data-v="2.5">+2.5</td><td class="num" data-v="4.76">+4.76</td>' in row
+    assert report.summary_table([{"sample": "x", "reference_gain": -0.25}]).loc[0, "reference_gain"] == -0.25
 
 
 def test_the_summary_counts_say_how_many_ok_samples_kept_a_network_that_lost():

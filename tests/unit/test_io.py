@@ -1879,3 +1879,66 @@ def test_store_attributes_are_read_from_its_json_and_an_output_that_cannot_be_da
 
     monkeypatch.setattr(os, "utime", refused)
     assert date_before(tmp_path / "v3.ome.zarr", 10**18) is False  # the run goes on and says what to do
+
+
+@pytest.mark.parametrize("channel, expected", [(3, "FFFFFF"), (7, "FF0000")])
+def test_a_channel_of_many_without_colours_takes_fijis_composite_colour_for_it(tmp_path, channel, expected):
+    """Fiji shows a composite's channels without colours red, green, blue, grey, cyan, magenta,
+    yellow, then red again: channel 3 of a plain OME-TIFF is grey, channel 7 of eight (past the
+    seven colours) red; normalising channel 7 of eight crashed or took the wrong one."""
+    from selfres import pipeline
+
+    assert io.COMPOSITE_COLORS == ("FF0000", "00FF00", "0000FF", "FFFFFF", "00FFFF", "FF00FF", "FFFF00")
+    data = (np.random.default_rng(0).random((6, 8, 32, 32)) * 1000).astype(np.uint16)  # ZCYX, no colours
+    tifffile.imwrite(tmp_path / "eight.ome.tif", data, ome=True, metadata={"axes": "ZCYX"})
+    out = tmp_path / f"c{channel}.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "eight.ome.tif", out, sample="s", channel=channel)
+    assert zarr.open_group(str(out), mode="r").attrs["omero"]["channels"][0]["color"] == expected
+
+
+def _omero_store(path, channels):
+    """A multichannel OME-Zarr (CZYX) whose ``omero`` lists ``channels``, as another tool writes it."""
+    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    g.create_array("0", data=np.zeros((len(channels), 3, 8, 9), np.uint16))
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "c", "type": "channel"}] + [
+        {"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.0, 0.5, 0.5]}]}]}]
+    g.attrs["omero"] = {"channels": channels}
+    return path
+
+
+def test_each_channel_of_a_multichannel_ome_zarr_gets_its_own_name_and_colour(tmp_path):
+    """Only the first ``omero`` channel was read: channel 1 of a DAPI/GFP store came out unnamed
+    and grey."""
+    store = _omero_store(tmp_path / "c.zarr", [{"label": "DAPI", "color": "0000FF"},
+                                               {"label": "GFP", "color": "00FF00"}])
+    assert [io.channel_name(store, c) for c in (0, 1)] == ["DAPI", "GFP"]
+    assert [io.channel_color(store, c) for c in (0, 1)] == ["0000FF", "00FF00"]
+
+
+def test_channel_colours_are_read_however_spelt_and_too_dark_or_transparent_ones_are_none(tmp_path):
+    """``omero`` colours written "#ff0000" or lower case by other tools were dropped (grey);
+    an OME colour darker than 0x40 in every component (0x303030) draws the channel near invisible
+    and is none, 0x404040 is kept; opaque-looking red with alpha 0 is transparent, none."""
+    store = _omero_store(tmp_path / "c.zarr", [{"label": "a", "color": "#ff0000"}, {"label": "b", "color": "00ff00"},
+                                                {"label": "c", "color": "303030"}, {"label": "d", "color": "404040"}])
+    assert [io.channel_color(store, c) for c in range(4)] == ["FF0000", "00FF00", None, "404040"]
+    ome = tmp_path / "dark.ome.tif"
+    tifffile.imwrite(ome, np.zeros((3, 3, 16, 16), np.uint16), ome=True, metadata={
+        "axes": "ZCYX", "Channel": {"Color": [0x303030FF, 0x404040FF, 0xFF000000 - (1 << 32)]}})
+    assert [io.channel_color(ome, c) for c in range(3)] == [None, "404040", None]
+    assert io._ome_rgb(0xFF000000 - (1 << 32)) is None and io._ome_rgb(0xFF0000FF - (1 << 32)) == "FF0000"
+
+
+def test_a_composite_whose_channel_0_fell_back_names_the_channel_not_the_image(tmp_path):
+    """A composite's image is all its channels: only channel 0 held tricubic, yet the whole image
+    was named "cells [tricubic]", as if every channel were interpolation."""
+    stores = []
+    for c, attrs in enumerate(({"content": "interpolation", "layer_note": "tricubic"}, {"content": "model"})):
+        store = tmp_path / "results" / f"cells_c{c}" / "restored.ome.zarr"
+        io.write_ome_zarr(store, np.ones((4, 16, 16), np.float32), voxel_size=(0.5, 0.125, 0.125), attrs=attrs)
+        stores.append(store)
+    io.write_ome_tiff(tmp_path / "cells.ome.tif", stores)
+    with tifffile.TiffFile(tmp_path / "cells.ome.tif") as tif:
+        assert 'Image ID="Image:0" Name="cells"' in tif.ome_metadata
+        assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["cells_c0 [tricubic]", "cells_c1"]

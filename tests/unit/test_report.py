@@ -1461,3 +1461,90 @@ def test_the_axial_views_of_a_stack_thinner_in_z_than_across_are_stacked_beside_
     monkeypatch.undo()
     deep = panels(voxel_size_in=(8.0, .5, .5), voxel_size_out=(2.0, .5, .5))  # 64 × 32 × 32 µm: three columns
     assert len(deep["XZ"]) == 1 and len(deep["YZ"]) == 1
+
+
+def test_a_reports_training_curves_draw_the_guards_margin_its_metrics_give(monkeypatch):
+    """The report's own figures left out the guard's margin (``train.guard_margin_db`` in
+    metrics.json): a user saw a held-out gain of +0.1 dB above 0 and no line saying why it fell back."""
+    drawn = _captured(monkeypatch)
+    raw, interp, restored = _volumes()
+    report.render_sample_report(sample="s", metrics=_metrics(guard_margin_db=0.2), raw=raw, interp=interp,
+                                restored=restored, voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5),
+                                training_log=_log())
+    curves = [f for f in drawn if f._suptitle is not None and "kept checkpoint" in f._suptitle.get_text()]
+    assert curves and _line(curves[-1].axes[2], "guard margin 0.2 dB")
+    drawn.clear()  # no margin (0 dB): no line at 0 to be read as one
+    report.render_sample_report(sample="s", metrics=_metrics(guard_margin_db=0.0), raw=raw, interp=interp,
+                                restored=restored, voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5),
+                                training_log=_log())
+    assert not any(line.get_label().startswith("guard margin") for f in drawn for ax in f.axes
+                   for line in ax.get_lines())
+
+
+def test_a_reports_verdict_says_its_held_out_region_holds_little_structure_from_the_training_fov_file():
+    """The report page dropped the training-FOV file's scores on its way to the verdict: a sample
+    whose held-out slab held 18 % of the volume's structure read as a plain loss to tricubic."""
+    raw, interp, restored = _volumes()
+    fov = {"train": [[0, 4], [0, 24], [0, 24]], "holdout": [[4, 6], [0, 24], [0, 24]],
+           "scores": {"holdout_structure": 0.00079, "volume_structure": 0.0043}}
+    page = report.render_sample_report(sample="s", metrics=_metrics(), raw=raw, interp=interp, restored=restored,
+                                       voxel_size_in=(1.0, 0.5, 0.5), voxel_size_out=(0.5, 0.5, 0.5), train_fov=fov)
+    assert "holds little structure (18% of the volume" in page
+
+
+def test_verdict_never_calls_an_interval_below_zero_consistent():
+    """A flagged network whose held-out gain lies between -0.30 and -0.10 dB lost on every
+    resample: "consistent, but a trained network must clear the margin" read as a near pass."""
+    m = {"self_validation": {"psnr_model": 29.8, "psnr_interp": 30.0}, "guard_margin_db": 0.2, "mode": "enhance",
+         "flags": ["model_worse_than_interpolation"], "holdout_gain_db_interval": [-0.3, -0.1]}
+    text = report._verdict(m, "fallback_interpolation")
+    assert "between -0.30 and -0.10 dB (95 %)." in text
+    assert "consistent" not in text and "must clear" not in text
+
+
+def test_verdict_says_little_structure_below_half_the_volumes_and_only_beside_a_score():
+    """The held-out region is called sparse below half the volume's structure (fov's own
+    threshold, as the crop stage judged it), at 35 % too; a failed sample without a held-out
+    figure gets no sentence about what that figure scored."""
+    m = {"self_validation": {"psnr_model": 30.13, "psnr_interp": 30.0}, "guard_margin_db": 0.2, "mode": "enhance",
+         "flags": ["model_worse_than_interpolation"], "holdout_gain_db_interval": [0.07, 0.18]}
+    third = {"scores": {"holdout_structure": 0.0015, "volume_structure": 0.0043}}  # 35 %
+    assert "holds little structure (35% of the volume" in report._verdict(m, "fallback_interpolation", third)
+    assert "little structure" not in report._verdict({"flags": []}, "failed", third)
+
+
+@pytest.mark.parametrize("z, n_out, n_in, expected", [(5, 8, 4, (5, 2)), (4, 8, 4, (4, 2)), (0, 10, 4, (1, 0))])
+def test_the_output_plane_shown_is_the_one_centred_nearest_the_acquired_plane_then_nearest_the_peak(
+        z, n_out, n_in, expected):
+    """×2: the acquired plane 2's centre lies between output planes 4 and 5, and the peak's side
+    wins; ×2.5: plane 0's centre is output 0.75, so output plane 1 is shown, not the peak's 0."""
+    assert figures._plane_on_acquired(z, n_out, n_in) == expected
+
+
+def test_the_detail_of_a_bead_peaking_between_acquired_planes_shows_the_output_plane_beside_the_acquired_one(
+        monkeypatch):
+    """A walkthrough's ×4 beads: the raw crop and profile came from the acquired plane nearest the
+    peak, the output's from the peak's own plane, up to 1.5 output planes away (0.375 µm here):
+    the profiles compared two heights of the bead. The output plane drawn is within half an
+    output plane of the acquired one."""
+    drawn = _captured(monkeypatch)
+    zz, yy, xx = np.mgrid[0:24, 0:48, 0:48]  # ×(4, 2, 2) of a (6, 24, 24) input
+    restored = (100 + 1000 * np.exp(-((zz - 11) ** 2 / (2 * 1.5 ** 2)
+                                      + ((yy - 24) ** 2 + (xx - 24) ** 2) / (2 * 2.0 ** 2)))).astype(np.float32)
+    raw = restored[1::4, ::2, ::2].copy()
+    figures.figure_detail(raw=raw, interp=restored.copy(), restored=restored, voxel_size_in=(1.0, 0.5, 0.5),
+                          voxel_size_out=(0.25, 0.25, 0.25))
+    profile = drawn[-1].axes[3]
+    z_out, z_raw = map(float, re.search(r"at z=([0-9.]+) \(raw ([0-9.]+)\)", profile.get_title()).groups())
+    assert abs(z_out - z_raw) <= 0.25 / 2 + 1e-9, profile.get_title()  # peak plane 11 is at 2.875, raw at 2.5
+    k = round(z_out / 0.25 - 0.5)
+    assert _line(profile, "restored").get_ydata().max() == pytest.approx(restored[k, 24, 24])
+
+
+def test_summary_signs_only_a_psnr_gain_above_zero():
+    """A gain reads as one (+2.5), but isotropy is a ratio: "+0.5" in its columns read as an
+    improvement, and a gain of exactly 0 is no gain ("+0")."""
+    row = {**_metrics(sample="a", self_validation={"psnr_model": 30.0, "psnr_interp": 30.0}), "status": "ok"}
+    page = report.render_summary([row])
+    assert '<td class="num" data-v="0.0">0</td>' in page
+    assert '<td class="num" data-v="0.5">0.5</td>' in page and '<td class="num" data-v="0.83">0.83</td>' in page

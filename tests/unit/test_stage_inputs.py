@@ -458,3 +458,41 @@ def test_the_report_of_a_fall_back_reads_its_interpolation_from_the_output_not_c
     seen.clear()
     pipeline.stage_report(*args, sample="s")
     assert isinstance(seen["interp"], figures.VolumeView) is (content == "interpolation")
+
+
+def _report_curves(work: Path, monkeypatch, **metrics) -> set[str]:
+    """The labels of the lines stage_report draws, with ``metrics`` written into metrics.json."""
+    drawn = []
+    real = figures._fig_to_png
+
+    def keep(fig):
+        drawn.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(figures, "_fig_to_png", keep)
+    p = work / "qc" / "metrics.json"
+    p.write_text(json.dumps(json.loads(p.read_text()) | metrics))
+    pipeline.stage_report(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model", work / "train_fov.json",
+                          p, work / "r.html", work / "p.json", sample="s")
+    return {line.get_label() for fig in drawn for ax in fig.axes for line in ax.get_lines()}
+
+
+@pytest.mark.parametrize("content", ["interpolation", "model"])
+def test_the_report_stage_labels_a_fallen_back_outputs_curves_as_the_interpolation(work, monkeypatch, content):
+    """The report stage draws its own figures: a fall-back's restored profile and spectrum lay
+    under the interpolation's, called "restored" and "output", unseen (metrics.json said the
+    output held the interpolation)."""
+    (work / "qc" / "spectra.json").write_text(json.dumps({  # as qc writes them (log10 power)
+        "input": [[0.1, 0.2], [0.0, -1.0]], "interpolation": [[0.1, 0.2, 0.4], [0.0, -1.0, -2.0]],
+        "output": [[0.1, 0.2, 0.4], [0.0, -1.0, -2.0]]}))
+    labels = _report_curves(work, monkeypatch, restored_content=content)
+    fell = content == "interpolation"
+    assert ("restored (= interpolation)" in labels) is fell and ("restored" in labels) is not fell, labels
+    assert ("output (= interpolation)" in labels) is fell and ("output" in labels) is not fell, labels
+
+
+def test_the_report_stage_draws_the_guards_margin_from_metrics(work, monkeypatch):
+    """The report stage's training curves showed no guard margin: a held-out gain of +0.1 dB
+    above 0 fell back with nothing on the figure saying the guard asks 0.2 dB."""
+    assert (work / "model" / "training_log.tsv").exists()
+    assert "guard margin 0.2 dB" in _report_curves(work, monkeypatch, guard_margin_db=0.2)

@@ -1226,7 +1226,8 @@ def test_an_exported_channel_that_holds_the_fallback_says_so_in_its_name_and_the
     with tifffile.TiffFile(tmp_path / "s1.ome.tif") as tif:
         assert 'Image ID="Image:0" Name="cells_c1 [tricubic]"' in tif.ome_metadata
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["GFP [tricubic]"]
-    assert "in s1.ome.tif its image is named '… [tricubic]'" in caplog.text
+    assert ("in s1.ome.tif its image is named '… [tricubic]' and its channel is named '… [tricubic]'"
+            in caplog.text)  # the store's channel (GFP) is named: both, as the file shows them
     io.write_ome_tiff(tmp_path / "s0.ome.tif", stores[0], name="cells_c0")  # the network's: no note
     with tifffile.TiffFile(tmp_path / "s0.ome.tif") as tif:
         assert 'Name="cells_c0"' in tif.ome_metadata and re.findall(r'<Channel [^>]*Name="([^"]+)"',

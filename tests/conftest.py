@@ -35,6 +35,21 @@ def weights_at_each_validation(monkeypatch) -> dict:
     return seen
 
 
+def captured_figures(monkeypatch) -> list:
+    """The matplotlib figures the report code draws from now on (their PNG made as usual)."""
+    from selfres import figures
+
+    drawn = []
+    real = figures._fig_to_png
+
+    def keep(fig):
+        drawn.append(fig)
+        return real(fig)
+
+    monkeypatch.setattr(figures, "_fig_to_png", keep)
+    return drawn
+
+
 def forget_training_acquisition(model_dir) -> None:
     """Drop the acquisition a model's ``model.json`` records (as a model written before the record
     was kept), so that a test may restore another volume with it; ``infer`` refuses that otherwise."""

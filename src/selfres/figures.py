@@ -347,6 +347,9 @@ def _extent(axis_h: int, axis_v: int, shape: tuple[int, ...], vs: Sequence[float
 #: (:func:`_panel_grid`), not in columns of their own: 1.5× as wide at a quarter (a z extent a
 #: quarter of the lateral), 1.3× at 0.4, no gain at a half (two stacked panels fill the row)
 STACK_AXIAL_BELOW = 0.4
+#: ... and only where the XY panel is at least this share as tall as wide: beside a wide, short XY
+#: panel the row is too low for two labelled axial panels (a review's 102 × 26 µm region)
+STACK_XY_AT_LEAST = 0.5
 
 # plane name -> (vertical axis, horizontal axis) in ZYX numbering
 _PLANE_AXES = {"XY": (1, 2), "XZ": (0, 2), "YZ": (0, 1)}
@@ -389,7 +392,8 @@ def _panel_grid(
         gs = fig.add_gridspec(1, n_vol, left=0.06, right=0.89, top=0.86, bottom=0.12,
                               wspace=0.25)
         slots = [[gs[0, r]] for r in range(n_vol)]
-    elif stacked := all(heights[i] <= STACK_AXIAL_BELOW * widths[i] for i in (1, 2)):
+    elif stacked := (all(heights[i] <= STACK_AXIAL_BELOW * widths[i] for i in (1, 2))
+                     and heights[0] >= STACK_XY_AT_LEAST * widths[0]):
         # axial panels much less tall than wide (a stack thinner in z than across, as most are):
         # side by side with XY they were strips in square cells, a quarter of their room used (a
         # walkthrough's 32 × 128 µm slice drawn 210 × 55 px); stacked beside it they share its height
@@ -403,9 +407,14 @@ def _panel_grid(
                               left=0.07, right=0.89, top=0.92, bottom=0.05,
                               wspace=0.22, hspace=0.3)
         slots = []
+        widest = max(widths[1], widths[2])
         for r in range(n_vol):
             side = gs[r, 1].subgridspec(2, 1, height_ratios=[heights[1], heights[2]], hspace=0.55)
-            slots.append([gs[r, 0], side[0], side[1]])
+            row = [gs[r, 0]]
+            for k, w in ((0, widths[1]), (1, widths[2])):  # the narrower one keeps the wider's µm per inch
+                row.append(side[k] if w >= widest else side[k].subgridspec(
+                    1, 2, width_ratios=[w, widest - w], wspace=0.0)[0])
+            slots.append(row)
     else:
         total_w = 10.5
         col_w = total_w * ratio_w / ratio_w.sum()

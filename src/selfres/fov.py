@@ -192,23 +192,29 @@ def structure_map(volume: np.ndarray, *, bin_yx: int = 1) -> np.ndarray:
     memory.
     """
     shape = tuple(int(n) for n in volume.shape)
-    sig = [1.0 if n > 3 else 0.0 for n in shape]
-    # z neighbours a slab needs: the Gaussian's radius (truncate 4 σ) plus one for the gradient
-    halo = (int(4.0 * sig[0] + 0.5) + 1) if shape[0] > 1 else 0
-    step = max(1, STRUCTURE_SLAB_VOXELS // max(1, shape[1] * shape[2]))
     b = int(bin_yx)
     out = np.empty((shape[0], -(-shape[1] // b), -(-shape[2] // b)), dtype=np.float32)
-    for z0 in range(0, shape[0], step):
-        z1 = min(shape[0], z0 + step)
-        a, e = max(0, z0 - halo), min(shape[0], z1 + halo)
-        v = np.asarray(volume[a:e], dtype=np.float32)
-        # exact in the slab's core: its halo holds the neighbours; at the volume's own ends the
-        # slab ends there too, so mirroring and one-sided differences are the whole pass's
-        sm = ndimage.gaussian_filter(v, sig, mode="mirror")
+    for z0, z1, a, sm in _smoothed_slabs(volume, extra_halo=1):  # one more plane for the gradient
         grads = [np.gradient(sm, axis=ax) for ax in range(3) if shape[ax] > 1]
         core = np.sqrt(sum(g * g for g in grads))[z0 - a:z1 - a]
         out[z0:z1] = core if b == 1 else _block_means(core, b)
     return out
+
+
+def _smoothed_slabs(volume, *, extra_halo: int = 0):
+    """The volume lightly smoothed (σ 1 voxel on every axis longer than 3), a slab of z at a time
+    (:data:`STRUCTURE_SLAB_VOXELS`): ``(z0, z1, a, smoothed)``, where ``smoothed`` holds planes
+    ``a …`` — the slab ``z0:z1`` with the neighbours the Gaussian's radius (truncate 4 σ) and
+    ``extra_halo`` more need. Exact in the slab's core; at the volume's own ends the slab ends
+    there too, so mirroring is the whole pass's."""
+    shape = tuple(int(n) for n in volume.shape)
+    sig = [1.0 if n > 3 else 0.0 for n in shape]
+    halo = (int(4.0 * sig[0] + 0.5) + extra_halo) if shape[0] > 1 else 0
+    step = max(1, STRUCTURE_SLAB_VOXELS // max(1, shape[1] * shape[2]))
+    for z0 in range(0, shape[0], step):
+        z1 = min(shape[0], z0 + step)
+        a, e = max(0, z0 - halo), min(shape[0], z1 + halo)
+        yield z0, z1, a, ndimage.gaussian_filter(np.asarray(volume[a:e], dtype=np.float32), sig, mode="mirror")
 
 
 def _block_means(x: np.ndarray, b: int) -> np.ndarray:
@@ -387,18 +393,13 @@ def foreground_profiles(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     stride = [max(1, int(round((np.prod(shape) / 2e6) ** (1 / 3))))] * 3
     preview = ndimage.gaussian_filter(np.asarray(volume[::stride[0], ::stride[1], ::stride[2]], dtype=np.float32),
                                       1.0 / stride[0])
-    if float(preview.max()) <= float(preview.min()):
-        return np.zeros(shape[1]), np.zeros(shape[2])
-    cut = float(threshold_otsu(preview))
-    sig = [1.0 if n > 3 else 0.0 for n in shape]
-    halo = (int(4.0 * sig[0] + 0.5)) if shape[0] > 1 else 0
-    step = max(1, STRUCTURE_SLAB_VOXELS // max(1, shape[1] * shape[2]))
+    preview = preview[np.isfinite(preview)]
     per_y, per_x = np.zeros(shape[1]), np.zeros(shape[2])
-    for z0 in range(0, shape[0], step):
-        z1 = min(shape[0], z0 + step)
-        a, e = max(0, z0 - halo), min(shape[0], z1 + halo)
-        sm = ndimage.gaussian_filter(np.asarray(volume[a:e], dtype=np.float32), sig, mode="mirror")[z0 - a:z1 - a]
-        above = sm > cut
+    if not preview.size or float(preview.max()) <= float(preview.min()):
+        return per_y, per_x
+    cut = float(threshold_otsu(preview))
+    for z0, z1, a, sm in _smoothed_slabs(volume):
+        above = sm[z0 - a:z1 - a] > cut
         per_y += above.sum(axis=(0, 2))
         per_x += above.sum(axis=(0, 1))
     return per_y, per_x
@@ -577,7 +578,7 @@ def choose_training_fov(
                 rest[ax] = (inner[1], n) if inner[0] < n - inner[1] else (0, inner[0])
                 hold_region, rest = tuple(held), tuple(rest)
                 where = (f"at {'zyx'[ax]} {inner[0]}–{inner[1]}, the slab nearest an end that holds "
-                         f"{holdout_fraction:.0%} of the specimen's foreground (both ends held little structure: "
+                         f"{holdout_fraction:.0%} of the specimen's foreground (every end slab held little structure: "
                          "mostly background)")
                 break
     train, tscore = score.best_window(rest, max_voxels, multiple)

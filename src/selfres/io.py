@@ -1388,11 +1388,13 @@ def made_from(store: str | os.PathLike, source: str) -> bool:
     ``source``: the path its stage was given (``source`` attribute), or the same file by
     its resolved path (``source_resolved``: another spelling, a symlinked folder). False
     without such a store."""
+    from .provenance import names_source
+
     try:
         attrs = read_ome_zarr(store, lazy=True).attrs
     except Exception:  # noqa: BLE001 - a missing or damaged store records nothing
         return False
-    return attrs.get("source") == source or attrs.get("source_resolved") == os.path.realpath(source)
+    return names_source(attrs, source) is True
 
 
 def open_ome_zarr_array(path: str | os.PathLike, *, level: int = 0, mode: str = "r"):

@@ -136,6 +136,16 @@ def output_mtime_ns(folder: str | Path) -> int | None:
     return None
 
 
+def names_source(attrs: dict, source: str | os.PathLike) -> bool | None:
+    """Whether a normalised store's ``attrs`` say it was made from ``source``: the path its stage
+    was given (``source``), or the same file by its resolved path (``source_resolved``: another
+    spelling, a symlinked folder). None where they record neither."""
+    recorded = [p for p in (attrs.get("source"), attrs.get("source_resolved")) if p]
+    if not recorded:
+        return None
+    return str(source) in recorded or os.path.realpath(source) in recorded
+
+
 def replaced_by_an_older_file(store: str | Path, source: str | Path) -> str | None:
     """Why ``source`` is no longer the acquisition the normalised ``store`` was made from while
     Snakemake would rerun nothing: its size or modification time differ from the store's
@@ -146,8 +156,7 @@ def replaced_by_an_older_file(store: str | Path, source: str | Path) -> str | No
     nothing (made before the forty-first session)."""
     attrs = store_attrs(store)
     recorded = attrs.get("source_stat")
-    made_from = [p for p in (attrs.get("source"), attrs.get("source_resolved")) if p]
-    if made_from and str(source) not in made_from and os.path.realpath(source) not in made_from:
+    if names_source(attrs, source) is False:
         # two rows' files swapped (a walkthrough): the warning told of a replacement that was not
         return None
     now = file_stat(source)

@@ -308,7 +308,7 @@ def _holdout_name(metrics: Mapping[str, Any]) -> str:
     deg = metrics.get("isotropic_degradation") or {}
     sigma = num(deg.get("sigma_px"))
     source = deg.get("sigma_source") or "source not recorded"
-    told = (f" (axial σ {lateral_pixels_text(sigma, metrics.get('voxel_size_in'))}, {source})"
+    told = (f" (axial σ {lateral_pixels_text(sigma, metrics.get('voxel_size_in'), equals=True)}, {source})"
             if sigma is not None else "")
     return f"held-out lateral slices made to look axial{told}"
 
@@ -666,9 +666,8 @@ def render_sample_report(
                      "structure along z. Undoing a blur along z also raises a thin structure's peak above "
                      "the acquired slices' own values (a walkthrough's synthetic tissue: its truth 1.36× "
                      "them, the isotropic restoration within 0.3 % of it); a peak far above that is "
-                     "intensity they do not support (isotropic mode: the flag restored_brighter, over "
-                     "1.5× the interpolation's brightest structures; the axial blur σ may be overestimated, "
-                     "see Self-validation).</p>")
+                     "intensity they do not support (isotropic mode: the flag restored_brighter says so; the "
+                     "axial blur σ may be overestimated, see Self-validation).</p>")
     else:
         parts.append("<p class=\"muted\">A 4× zoom around the brightest structure, in the acquired "
                      "plane nearest its peak (the raw panel) and the output plane nearest that one (the "

@@ -41,15 +41,19 @@ def fmt(value: Any, *, digits: int = 3) -> str:
     return str(value)
 
 
-def lateral_pixels_text(pixels: float, voxel_size: Any = None, note: str | None = None) -> str:
+def lateral_pixels_text(pixels: float, voxel_size: Any = None, note: str | None = None, *,
+                        equals: bool = False) -> str:
     """A length in lateral pixels (isotropic mode's axial σ), with its µm where the voxel size is
     known and ``note`` in the same brackets: "4.5 lateral pixels (2.25 µm; estimated)" (a
-    walkthrough read the σ in pixels alone)."""
+    walkthrough read the σ in pixels alone); ``equals``, for a text already in brackets:
+    "4.5 lateral pixels = 2.25 µm"."""
     try:
         um = float(pixels) * float(voxel_size[-1])
     except (TypeError, ValueError, IndexError):
         um = math.nan
     said = [f"{fmt(um)} µm"] if math.isfinite(um) and um > 0 else []
+    if equals:
+        return f"{fmt(pixels)} lateral pixels" + "".join(f" = {t}" for t in said) + (f", {note}" if note else "")
     said += [note] if note else []
     return f"{fmt(pixels)} lateral pixels" + (f" ({'; '.join(said)})" if said else "")
 

@@ -12,6 +12,8 @@ import pytest
 
 from selfres import figures, flags, report, wording
 
+from ..conftest import captured_figures
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert(1)</script>"
 
@@ -926,7 +928,7 @@ def test_self_validation_caption_says_what_was_compared_in_each_mode():
                                              "isotropic_degradation": {"sigma_px": 4.5, "sigma_source": "estimated",
                                                                        "method": "analytic"}}, "z-cubic")
     assert "σ 4.5 lateral pixels (2.25 µm; estimated), subsampled" in sized
-    assert "(axial σ 4.5 lateral pixels (2.25 µm), estimated)" in report._holdout_name(
+    assert "(axial σ 4.5 lateral pixels = 2.25 µm, estimated)" in report._holdout_name(
         {"mode": "isotropic", "voxel_size_in": [2.5, 0.5, 0.5],
          "isotropic_degradation": {"sigma_px": 4.5, "sigma_source": "estimated"}})
     learned = report._self_validation_caption({"mode": "isotropic", "isotropic_degradation": {
@@ -1187,15 +1189,7 @@ def test_figures_of_a_sample_without_voxel_size_measure_in_voxels_not_micrometre
 
 def _captured(monkeypatch):
     """The figures a report function draws (their PNG made as usual)."""
-    drawn = []
-    real = figures._fig_to_png
-
-    def keep(fig):
-        drawn.append(fig)
-        return real(fig)
-
-    monkeypatch.setattr(figures, "_fig_to_png", keep)
-    return drawn
+    return captured_figures(monkeypatch)
 
 
 def _line(ax, label):
@@ -1461,6 +1455,15 @@ def test_the_axial_views_of_a_stack_thinner_in_z_than_across_are_stacked_beside_
     monkeypatch.undo()
     deep = panels(voxel_size_in=(8.0, .5, .5), voxel_size_out=(2.0, .5, .5))  # 64 × 32 × 32 µm: three columns
     assert len(deep["XZ"]) == 1 and len(deep["YZ"]) == 1
+    # beside a wide, short XY the row is too low for two labelled panels (a review's 102 × 26 µm region)
+    raw, interp, restored = _volumes(shape_in=(4, 48, 256), factor=(4, 1, 1))  # 4 × 24 × 128 µm
+    short = panels(voxel_size_in=(1.0, .5, .5), voxel_size_out=(.25, .5, .5))
+    assert len(short["XZ"]) == 1 and len(short["YZ"]) == 1
+    # stacked, XZ and YZ keep one scale where x and y differ (µm per pixel alike)
+    raw, interp, restored = _volumes(shape_in=(8, 48, 64), factor=(4, 1, 1))
+    both = panels(voxel_size_in=(1.0, .5, .5), voxel_size_out=(.25, .5, .5))
+    (_, xz_w, _, _), (_, yz_w, _, _) = both["XZ"][0], both["YZ"][0]
+    assert len(both["XZ"]) == 3 and yz_w / xz_w == pytest.approx(48 / 64, rel=0.03), (xz_w, yz_w)
 
 
 def test_a_reports_training_curves_draw_the_guards_margin_its_metrics_give(monkeypatch):

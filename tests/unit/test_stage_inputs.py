@@ -17,7 +17,7 @@ from selfres.errors import ConfigError, InputError
 from selfres.fov import TrainingFov
 from selfres.settings import Settings, from_dict
 
-from ..conftest import blob_volume
+from ..conftest import blob_volume, captured_figures
 
 FAST = {"train": {"steps": 2, "width": 4, "depth": 1, "batch_size": 1, "patch_size": [4, 16, 16],
                   "validate_every": 1, "warmup_steps": 1}, "qc": {"resolution": False}}
@@ -462,14 +462,7 @@ def test_the_report_of_a_fall_back_reads_its_interpolation_from_the_output_not_c
 
 def _report_curves(work: Path, monkeypatch, **metrics) -> set[str]:
     """The labels of the lines stage_report draws, with ``metrics`` written into metrics.json."""
-    drawn = []
-    real = figures._fig_to_png
-
-    def keep(fig):
-        drawn.append(fig)
-        return real(fig)
-
-    monkeypatch.setattr(figures, "_fig_to_png", keep)
+    drawn = captured_figures(monkeypatch)
     p = work / "qc" / "metrics.json"
     p.write_text(json.dumps(json.loads(p.read_text()) | metrics))
     pipeline.stage_report(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model", work / "train_fov.json",

@@ -40,7 +40,7 @@ SORT_CHECK = """<script>
 window.addEventListener('load', function () {
   var ths = document.querySelectorAll('table.sortable th');
   var col = -1;
-  ths.forEach(function (th, i) { if (th.textContent.indexOf('PSNR gain') === 0) { col = i; } });
+  ths.forEach(function (th, i) { if (th.textContent.indexOf('held-out PSNR gain') === 0) { col = i; } });
   ths[col].click();
   var first = [], rows = document.querySelector('table.sortable').tBodies[0].rows;
   for (var i = 0; i < rows.length; i++) { first.push(rows[i].cells[0].textContent); }

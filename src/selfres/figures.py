@@ -668,6 +668,7 @@ def figure_detail(
         # falls on an acquired slice the profiles coincide; the detail is an XZ crop and a z profile
         return _axial_detail(raw, interp, restored, vin, vout, unit, (z, y, x), zoom=zoom, display=display,
                              restored_name=restored_name)
+    shown = {"restored": restored_name}  # the panels' and profiles' names, where not their own
     hy = max(2, s_out[1] // (2 * zoom))
     hx = max(2, s_out[2] // (2 * zoom))
     y0, y1 = _window(y, hy, s_out[1])
@@ -700,8 +701,8 @@ def figure_detail(
         ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, extent=ext, aspect="equal",
                   interpolation="nearest")
         ax.axhline(line_y_phys, color=colors[name], lw=1.0, alpha=0.8)
-        ax.set_title(f"{restored_name if name == 'restored' else name} ({zoom}× zoom)" + (f"\nacquired plane z={(iz + 0.5) * vin[0]:.4g} {unit}"
-                                                 if name == "raw" else ""), fontsize=9)
+        ax.set_title(f"{shown.get(name, name)} ({zoom}× zoom)"
+                     + (f"\nacquired plane z={(iz + 0.5) * vin[0]:.4g} {unit}" if name == "raw" else ""), fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
         if k == 0:
             ax.set_ylabel(f"y ({unit})", fontsize=7)
@@ -712,7 +713,7 @@ def figure_detail(
         "interpolation": (np.asarray(interp[z, y, x0:x1], dtype=np.float32), vout[2], x0),
         "restored": (np.asarray(restored[z, y, x0:x1], dtype=np.float32), vout[2], x0),
     }
-    _profile_panel(ax, profiles, colors, labels={"restored": restored_name}, xlabel=f"x ({unit})",
+    _profile_panel(ax, profiles, colors, labels=shown, xlabel=f"x ({unit})",
                    title=f"line profile at z={(z + 0.5) * vout[0]:.4g} (raw {(iz + 0.5) * vin[0]:.4g}), "
                          f"y={line_y_phys:.4g} {unit}")
     return _fig_to_png(fig)
@@ -752,6 +753,7 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
                   restored_name: str = "restored") -> bytes:
     """:func:`figure_detail` when only z was resampled: XZ crops through the brightest
     structure (all of z, ``1/zoom`` of x) and the profiles along z through it."""
+    shown = {"restored": restored_name}
     s_in, s_out = as_zyx(raw.shape), as_zyx(restored.shape)
     z, y, x = at
     hx = max(2, s_out[2] // (2 * zoom))
@@ -778,13 +780,13 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
         ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest",
                   extent=(x0 * vs[2], x1 * vs[2], (oz + crop.shape[0]) * vs[0], oz * vs[0]))
         ax.axvline(x_phys, color=colors[name], lw=1.0, alpha=0.8)
-        ax.set_title(f"{restored_name if name == 'restored' else name} (XZ at y={y_phys:.4g} {unit})", fontsize=9)
+        ax.set_title(f"{shown.get(name, name)} (XZ at y={y_phys:.4g} {unit})", fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
         ax.set_ylabel(f"z ({unit})", fontsize=7)
         ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[0, 3])
     _profile_panel(ax, {name: (crop[:, x - x0], vs[0], oz) for name, (crop, vs, oz) in crops.items()}, colors,
-                   labels={"restored": restored_name}, xlabel=f"z ({unit})",
+                   labels=shown, xlabel=f"z ({unit})",
                    title=f"axial profile at y={y_phys:.4g}, x={x_phys:.4g} {unit}\n(dots: acquired slices)")
     return _fig_to_png(fig)
 

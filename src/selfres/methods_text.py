@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .flags import implausible_isotropy_note
 from .normalise import same_series
-from .wording import (baseline_name, duration_text, extras_text, fmt, implausible_isotropy_note, lateral_pixels_text,
-                      num, shape_text)
+from .wording import baseline_name, duration_text, extras_text, fmt, lateral_pixels_text, num, shape_text
 
 __all__ = ["METHOD_CITATIONS", "methods_text"]
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import io, normalise
 from .errors import InputError
+from .flags import ISOTROPY_REACHED
 from .fov import TrainingFov, repaired_box
 from .pipeline import (check_model_acquisition, check_restored_grid, check_restored_origin, clean_floats, load_trained,
                        metrics_origin, model_output_path, mostly_noise, read_normalized, read_restored,
@@ -118,9 +119,8 @@ CLIPPED_SHARE = 0.0005
 BRIGHTENING_RATIO = 1.5
 
 
-#: Isotropy (lateral / axial) below which an isotropic-mode output is flagged ``isotropy_not_reached``
-#: (above its inverse, ``isotropy_implausible``)
-ISOTROPY_REACHED = 0.8
+#: Isotropy below which an isotropic-mode output is flagged ``isotropy_not_reached`` (above its
+#: inverse, ``isotropy_implausible``): :data:`selfres.flags.ISOTROPY_REACHED`
 
 
 #: Share of saturated input voxels (``saturated_fraction`` of the normalised volume) above which

@@ -25,10 +25,10 @@ import pandas as pd
 
 from .figures import (KEEP_MIN_GAIN_DB, as_zyx, bead_frames, display_range, fov_bbox, holdout_bbox, kept_steps,
                       log_frame, only_z_resampled, prepare_views, sample_figures)
-from .flags import BROKEN_OUTPUT_FLAGS, FLAG_EXPLANATIONS, explain_flag, sample_status
+from .flags import BROKEN_OUTPUT_FLAGS, FLAG_EXPLANATIONS, explain_flag, implausible_isotropy_note, sample_status
 from .methods_text import methods_text
-from .wording import (baseline_name, duration_text, esc, extras_text, fmt, implausible_isotropy_note,
-                      lateral_pixels_text, num, shape_text, stop_text)
+from .wording import (baseline_name, duration_text, esc, extras_text, fmt, lateral_pixels_text, num,
+                      shape_text, stop_text)
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["esc", "fmt", "num", "duration_text", "shape_text", "baseline_name", "extras_text",
-           "implausible_isotropy_note", "lateral_pixels_text"]
+           "lateral_pixels_text"]
 
 
 def esc(value: Any) -> str:
@@ -56,20 +56,6 @@ def lateral_pixels_text(pixels: float, voxel_size: Any = None, note: str | None 
         return f"{fmt(pixels)} lateral pixels" + "".join(f" = {t}" for t in said) + (f", {note}" if note else "")
     said += [note] if note else []
     return f"{fmt(pixels)} lateral pixels" + (f" ({'; '.join(said)})" if said else "")
-
-
-def implausible_isotropy_note(value: float) -> str:
-    """What to add to the interpolation's isotropy estimate (isotropic mode): that it is noise where it reads an
-    axial resolution finer than the lateral (above ``1 / ISOTROPY_REACHED``, what the output would
-    be flagged ``isotropy_implausible`` for): interpolation adds no axial detail, yet on a noisy
-    stack's finer z grid the estimate read 1.255 where the restoration, +4.8 dB against the truth,
-    read 0.70 (a walkthrough)."""
-    from .qc import ISOTROPY_REACHED
-
-    if value <= 1.0 / ISOTROPY_REACHED:
-        return ""
-    return (f" (above {fmt(1.0 / ISOTROPY_REACHED)}: finer along z than laterally, which interpolation cannot be; "
-            "interpolated noise read as detail, not a resolution)")
 
 
 def num(value: Any) -> float | None:

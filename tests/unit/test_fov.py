@@ -292,6 +292,65 @@ def test_inner_holdout_slab_is_the_one_nearest_an_end_and_leaves_room_to_train()
     assert inner_holdout_slab(np.zeros(100), 20, 0.2, min_rest=20) is None
 
 
+def test_inner_holdout_slab_may_leave_exactly_min_rest_planes_to_train_on():
+    """The slab 4 planes in from the high end leaves 76 planes beyond it: enough for ``min_rest=76``
+    (the search reaches the last offset that leaves that many), not for 77."""
+    profile = np.zeros(100)
+    profile[60:80] = 1.0
+    assert inner_holdout_slab(profile, 20, 0.2, min_rest=76) == (76, 96)
+    assert inner_holdout_slab(profile, 20, 0.2, min_rest=77) is None
+
+
+def test_a_field_whose_ends_hold_somewhat_less_structure_keeps_its_end_slab_with_inner_holdout():
+    """``inner_holdout`` moves the slab only where the richest end holds less than
+    ``SPARSE_HOLDOUT_SHARE`` of the volume's mean structure (background): tissue filling the field,
+    its rim a little dimmer (ends at ~0.8 of the mean), keeps the end slab."""
+    from selfres.fov import SPARSE_HOLDOUT_SHARE, structure_map
+
+    vol = np.random.default_rng(2).random((12, 80, 100)).astype(np.float32)
+    rim = np.ones((80, 100), np.float32)
+    rim[:, :20] = rim[:, -20:] = rim[:20, :] = rim[-20:, :] = 0.6
+    vol *= rim
+    s = structure_map(vol)
+    assert SPARSE_HOLDOUT_SHARE < max(s[..., :20].mean(), s[..., -20:].mean()) / s.mean() < 0.95
+    plain = choose_training_fov(vol, max_voxels=10**6, min_holdout_voxels=512)
+    fov = choose_training_fov(vol, max_voxels=10**6, min_holdout_voxels=512, inner_holdout=True)
+    assert fov.holdout == plain.holdout and "at the end with more structure" in fov.reason, fov.reason
+
+
+def test_a_centred_cells_inner_slab_is_as_thick_as_said_on_the_best_ends_axis_and_beside_its_training_side():
+    """The inner slab is taken along the axis of the best-scored end (x here, as without
+    ``inner_holdout``), holds the number of planes the reason gives, and the training side
+    starts where it ends (all of the rest beyond it, none of the background between it and its end)."""
+    import re
+
+    vol = _centred_cell()
+    plain = choose_training_fov(vol, max_voxels=10**6, min_holdout_voxels=512)
+    fov = choose_training_fov(vol, max_voxels=10**6, min_holdout_voxels=512, inner_holdout=True)
+    axis = re.search(r"of axis (\w)", plain.reason).group(1)
+    assert f"of axis {axis} at {axis} " in fov.reason, fov.reason
+    ax = "zyx".index(axis)
+    hold_len = int(re.search(r"held-out slab: (\d+) of", fov.reason).group(1))
+    lo, hi = fov.holdout[ax]
+    assert hi - lo == hold_len and 0 < lo and hi < vol.shape[ax], (fov.holdout, fov.reason)
+    assert f"{axis} {lo}–{hi}," in fov.reason
+    t_lo, t_hi = fov.train[ax]
+    assert (t_lo, t_hi) in ((hi, vol.shape[ax]), (0, lo)), (fov.train, fov.holdout)
+
+
+def test_foreground_profiles_of_a_small_dim_cell_in_strong_noise_keep_the_dark_ends_empty():
+    """The Otsu threshold is taken on the smoothed preview, as the profiles are counted on the
+    smoothed volume: taken on the raw voxels, a small cell (SNR 2.5 a voxel) put the cut inside the
+    noise and the dark ends read as specimen."""
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:12, :80, :100]
+    inside = ((zz - 6) / 5.0) ** 2 + ((yy - 40) / 22.0) ** 2 + ((xx - 52) / 6.0) ** 2 < 1
+    vol = (0.2 * rng.standard_normal((12, 80, 100)) + 0.5 * inside).astype(np.float32)
+    _, per_x = foreground_profiles(vol)
+    assert per_x[:30].sum() == 0 and per_x[-30:].sum() == 0, per_x
+    assert per_x[52] > 0
+
+
 def test_boxes_sharing_one_voxel_overlap_and_boxes_that_touch_do_not():
     """The check that keeps the held-out region out of the training FOV (a file with a shared
     row was accepted by a mutant the other tests, which call this same function, missed)."""

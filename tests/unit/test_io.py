@@ -1943,3 +1943,14 @@ def test_a_composite_whose_channel_0_fell_back_names_the_channel_not_the_image(t
     with tifffile.TiffFile(tmp_path / "cells.ome.tif") as tif:
         assert 'Image ID="Image:0" Name="cells"' in tif.ome_metadata
         assert re.findall(r'<Channel [^>]*Name="([^"]+)"', tif.ome_metadata) == ["cells_c0 [tricubic]", "cells_c1"]
+
+
+def test_a_store_that_records_no_source_is_not_made_from_any_acquisition(tmp_path):
+    """A store without ``source`` / ``source_resolved`` (written by other code, or before they were
+    recorded) says nothing of its acquisition: it must not count as made from the file the sheet
+    names (the workflow would keep an archived sample done on it)."""
+    from selfres import io
+
+    store = tmp_path / "bare.ome.zarr"
+    io.write_ome_zarr(store, np.zeros((4, 16, 16), np.float32), voxel_size=(1.0, 0.5, 0.5))
+    assert not io.made_from(store, str(tmp_path / "a.tif"))

@@ -928,3 +928,16 @@ def test_isotropy_not_reached_names_the_time_budget_as_well_as_the_steps():
     what_to_do = FLAG_EXPLANATIONS["isotropy_not_reached"][1]
     assert "train.max_minutes where it ended at its time budget" in what_to_do
     assert "isotropic.steps where it ended after all its steps" in what_to_do
+
+
+def test_the_qc_log_line_leaves_out_a_score_pair_with_one_side_missing():
+    """A held-out score with its interpolation's missing (or the other way round) is left out of
+    the log line, not formatted as None (which raised a TypeError in stage_qc)."""
+    from selfres.qc import _scores_text
+
+    m = {"self_validation": {"psnr_model": 30.1, "psnr_interp": None},
+         "reference": {"psnr": None, "psnr_interp": 32.85, "ssim": 0.9, "ssim_interp": 0.8}}
+    assert _scores_text(m) == "no scores"
+    m["self_validation"]["psnr_interp"] = 29.0
+    m["self_validation"]["ssim_model"] = 0.95
+    assert _scores_text(m) == "held-out: model vs interpolation PSNR 30.10 vs 29.00 dB"

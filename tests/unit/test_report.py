@@ -1551,3 +1551,76 @@ def test_summary_signs_only_a_psnr_gain_above_zero():
     page = report.render_summary([row])
     assert '<td class="num" data-v="0.0">0</td>' in page
     assert '<td class="num" data-v="0.5">0.5</td>' in page and '<td class="num" data-v="0.83">0.83</td>' in page
+
+
+def _titled_panels(monkeypatch, raw, interp, restored, **kw):
+    drawn = _captured(monkeypatch)
+    figures.figure_orthoviews(raw=raw, interp=interp, restored=restored, **kw)
+    found = {}
+    for ax in drawn[-1].axes:
+        if ax.get_title():
+            found[ax.get_title()] = found.get(ax.get_title(), 0) + 1
+    return found
+
+
+def test_only_both_axial_views_thin_stack_them_beside_xy(monkeypatch):
+    """XZ thin (20 × 64 µm, 0.31) but YZ not (20 × 40 µm, 0.5): stacked, YZ would be squeezed into
+    half a row; the three columns stay (each axial panel titled once, above the first row)."""
+    raw, interp, restored = _volumes(shape_in=(20, 80, 128), factor=(4, 1, 1))  # 20 × 40 × 64 µm
+    found = _titled_panels(monkeypatch, raw, interp, restored, voxel_size_in=(1.0, .5, .5),
+                           voxel_size_out=(.25, .5, .5))
+    assert found.get("XZ") == 1 and found.get("YZ") == 1, found
+
+
+def test_stacked_axial_panels_label_their_axes_in_every_row_and_keep_xys_scale_along_x(monkeypatch):
+    """Stacked beside XY, each row's XZ and YZ panel names its horizontal axis (not only the last
+    row's, as in columns: the panel below is another plane, not the same axis), and the XZ panel,
+    whose x is XY's x, is drawn at XY's µm per inch (a 24 × 32 µm XY beside 8 × 32 µm XZ)."""
+    drawn = _captured(monkeypatch)
+    raw, interp, restored = _volumes(shape_in=(8, 48, 64), factor=(4, 1, 1))  # 8 × 24 × 32 µm
+    figures.figure_orthoviews(raw=raw, interp=interp, restored=restored, voxel_size_in=(1.0, .5, .5),
+                              voxel_size_out=(.25, .5, .5))
+    fig = drawn[-1]
+    xz = [ax for ax in fig.axes if ax.get_title() == "XZ"]
+    yz = [ax for ax in fig.axes if ax.get_title() == "YZ"]
+    xy = [ax for ax in fig.axes if ax.get_title() == "XY"]
+    assert len(xz) == len(yz) == 3
+    assert all(ax.get_xlabel().startswith("x (") for ax in xz), [ax.get_xlabel() for ax in xz]
+    assert all(ax.get_xlabel().startswith("y (") for ax in yz), [ax.get_xlabel() for ax in yz]
+    fig.canvas.draw()  # aspect="equal" panels take their drawn size
+
+    def inches_per_um_along_x(ax):
+        x0, x1 = ax.get_xlim()
+        return ax.get_window_extent().width / abs(x1 - x0)
+
+    assert inches_per_um_along_x(xz[0]) == pytest.approx(inches_per_um_along_x(xy[0]), rel=0.05)
+
+
+def test_a_fallen_back_outputs_axial_detail_says_it_is_the_interpolation(monkeypatch):
+    """Isotropic mode's detail (an XZ crop and a z profile, only z resampled) names a fall-back's
+    output 'restored (= interpolation)' in its panel title and its profile's legend, as the XY
+    detail does."""
+    drawn = _captured(monkeypatch)
+    rng = np.random.default_rng(0)
+    raw = rng.random((8, 32, 32)).astype(np.float32)
+    up = np.repeat(raw, 2, axis=0) + 0.01
+    figures.figure_detail(raw=raw, interp=up, restored=up, voxel_size_in=(1.0, 0.5, 0.5),
+                          voxel_size_out=(0.5, 0.5, 0.5), restored_name="restored (= interpolation)")
+    fig = drawn[-1]
+    titles = [ax.get_title() for ax in fig.axes]
+    labels = {line.get_label() for ax in fig.axes for line in ax.get_lines()}
+    assert any(t.startswith("restored (= interpolation) (XZ at") for t in titles), titles
+    assert "restored (= interpolation)" in labels and "restored" not in labels, labels
+
+
+def test_the_kept_checkpoints_title_names_no_coarse_scale_check_where_none_was_logged(monkeypatch):
+    """Isotropic mode logs no coarse-scale gain: the kept checkpoint's score is its held-out gain
+    alone, and the title says so instead of 'the smaller of its gains'."""
+    import pandas as pd
+
+    drawn = _captured(monkeypatch)
+    log = pd.DataFrame({"step": [25, 50, 75], "val_psnr_model": [40.5, 41.0, 40.8], "val_psnr_interp": 40.0,
+                        "loss": [0.3, 0.2, 0.1], "lr": 1e-3})
+    figures.figure_training_curves(log, best_step=50)
+    title = drawn[-1]._suptitle.get_text()
+    assert "its held-out gain over interpolation" in title and "coarse-scale" not in title, title

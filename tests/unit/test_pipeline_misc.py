@@ -124,7 +124,7 @@ def test_inference_without_extras_does_not_need_the_training_degradation(tmp_pat
     assert info["tiles"] >= 1 and (tmp_path / "out.ome.zarr").exists()
 
 
-def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(tmp_path):
+def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(tmp_path, caplog):
     """Hot pixels (the same in every plane) are repaired in the training FOV and the held-out
     region, and in the network's input at inference; their own output voxels are the
     acquisition's tricubic interpolation, and nothing around them rings or smears them. A model
@@ -165,8 +165,12 @@ def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(
     beside = ndimage.binary_dilation(own, iterations=2) & ~own
     np.testing.assert_allclose(out[:, own], upscale_cubic(raw, (1, 2, 2))[:, own], rtol=2e-3, atol=2.0)
     assert out[:, beside].max() < 2500  # the scene's brightest is ~1000; a smeared 15000 would be ~3000 beside
-    m = qc.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
-                    tmp_path / "qc" / "metrics.json", sample="s")
+    with caplog.at_level("INFO", logger="selfres"):
+        m = qc.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
+                        tmp_path / "qc" / "metrics.json", sample="s")
+    sv = m["self_validation"]  # the log's line of scores is the readable one, not the raw dict
+    assert (f"metrics: held-out: model vs interpolation PSNR {sv['psnr_model']:.2f} vs {sv['psnr_interp']:.2f} dB"
+            in caplog.text)
     assert m["sensor_defects"] == {"repaired": meta["sensor_defects_repaired"], "not_repaired": None}
     assert "sensor_defects_not_repaired" not in m["flags"]
     # a model trained before the repair: as it was (the hot pixels in the network's input)

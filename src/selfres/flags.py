@@ -186,9 +186,10 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "or sampled otherwise, the two can disagree, and the reference is the one to trust.",
         "In enhance mode try infer.back_projection_iterations: 0 for the sample "
         "(back-projection holds the output to the training degradation; on the demo's neurites "
-        "this turned -0.06 dB into +1.36 dB against the truth). Give the acquisition's blur "
-        "(train.psf_sigma_um, or train.degradation.method gaussian/psf), then compare "
-        "again; or use the interpolation for such samples.",
+        "this turned -0.06 dB into +1.36 dB against the truth). If the camera binned pixels (or "
+        "each pixel integrates the light of f x f finer ones), set train.degradation.method: block. "
+        "Give the acquisition's blur (train.psf_sigma_um, or train.degradation.method gaussian/psf), "
+        "then compare again; or use the interpolation for such samples.",
     ),
     "restored_clipped": (
         "Part of the output (over 0.05 % of the QC window, where its interpolation stays below it) sits at the "

@@ -443,6 +443,10 @@ def stage_qc(
         "noise_sigma_at": (meta.get("noise") or {}).get("sigma_at") if mode == "enhance" else None,
         "noise_model": (((meta.get("settings") or {}).get("degradation") or {}).get("noise")
                         if mode == "enhance" else None),
+        # how the training and held-out inputs were made from the acquisition (the report names it:
+        # an acquisition sampled otherwise, e.g. binned on the camera, is not what the figure scores)
+        "degradation_method": (((meta.get("settings") or {}).get("degradation") or {}).get("method")
+                               if mode == "enhance" else None),
         "holdout_gain_db_interval": sv.get("gain_db_interval"),
         # the gain the guard asks of a trained network, and whether its coarse-scale test failed
         "guard_margin_db": (meta.get("settings") or {}).get("guard_margin_db"),

@@ -172,6 +172,7 @@ def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(
     assert (f"metrics: held-out: model vs interpolation PSNR {sv['psnr_model']:.2f} vs {sv['psnr_interp']:.2f} dB"
             in caplog.text)
     assert m["sensor_defects"] == {"repaired": meta["sensor_defects_repaired"], "not_repaired": None}
+    assert m["degradation_method"] == "cubic"  # named in the report's self-validation caption
     assert "sensor_defects_not_repaired" not in m["flags"]
     # a model trained before the repair: as it was (the hot pixels in the network's input)
     info = json.loads((tmp_path / "model" / "model.json").read_text())

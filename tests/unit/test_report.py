@@ -812,7 +812,42 @@ def test_verdict_gives_the_held_out_gain_interval_and_says_when_it_cannot_tell()
     assert "between +0.60 and +1.40 dB (95 %)." in sure and "tell the two apart" not in sure
     unsure = report._verdict({"self_validation": {"psnr_model": 30.05, "psnr_interp": 30.0},
                               "holdout_gain_db_interval": [-0.1, 0.2]}, "ok")
-    assert "between -0.10 and +0.20 dB" in unsure and "too small or too uniform to tell the two apart" in unsure
+    assert "between -0.10 and +0.20 dB" in unsure and "cannot be told from 0" in unsure
+    assert "too small or too uniform" not in unsure  # 0.3 dB wide: measured, and about 0
+    wide = report._verdict({"self_validation": {"psnr_model": 30.05, "psnr_interp": 30.0},
+                            "holdout_gain_db_interval": [-0.3, 0.4]}, "ok")
+    assert "too small or too uniform to tell the two apart" in wide and "cannot be told from 0" not in wide
+
+
+def test_verdict_holds_a_kept_starting_point_to_the_95_percent_test_not_the_trained_networks_margin():
+    """A walkthrough's binned cells kept step 0 (tricubic + back-projection), +0.05 dB [-0.01, +0.10]:
+    the verdict cited the margin 'a trained network' must clear, which did not decide it."""
+    from selfres import report
+
+    start = {"self_validation": {"psnr_model": 30.05, "psnr_interp": 30.0}, "mode": "enhance", "best_step": 0,
+             "flags": ["model_worse_than_interpolation"], "guard_margin_db": 0.2,
+             "holdout_gain_db_interval": [-0.01, 0.10]}
+    text = report._verdict(start, "ok")
+    assert "by only +0.05 dB PSNR</b>: training kept its starting point (best step 0)" in text
+    assert "gain above 0 at 95 %" in text and "a trained network" not in text
+    trained = report._verdict(start | {"best_step": 100}, "ok")
+    assert "less than the margin the guard asks of a trained network" in trained and "starting point" not in trained
+
+
+def test_self_validation_caption_names_the_degradation_it_scores_and_the_keys_cubic_baseline():
+    """A binned acquisition is not what the held-out figure scores with the default cubic model: the
+    caption says which model it used and that block is the binned camera's (a walkthrough)."""
+    from selfres import report
+
+    cubic = report._self_validation_caption({"mode": "enhance", "degradation_method": "cubic"}, "tricubic")
+    assert "(train.degradation.method: cubic, an antialiased cubic downscale" in cubic
+    assert "if the camera binned pixels, block models that acquisition" in cubic
+    assert "tricubic interpolation (Keys cubic, as imresize)" in cubic
+    block = report._self_validation_caption({"mode": "enhance", "degradation_method": "block"}, "tricubic")
+    assert "method: block, the block mean, as a binned camera makes it" in block and "binned pixels" not in block
+    assert "degraded as in training and" in report._self_validation_caption({"mode": "enhance"}, "tricubic")
+    iso = report._self_validation_caption({"mode": "isotropic", "degradation_method": "cubic"}, "z-cubic")
+    assert "train.degradation.method" not in iso and "Keys" not in iso
 
 
 def test_verdict_says_a_small_gain_missed_the_guards_margin_and_names_z_cubic_in_isotropic_mode():
@@ -854,6 +889,7 @@ def test_a_reference_that_ranks_the_output_below_interpolation_is_said_first():
     assert "against the truth" not in report._verdict(fell_back, "ok")
     html = report._flags_html(["early_stopped", "worse_than_interpolation_on_reference"])
     assert html.startswith('<div class="warn" id="flag-worse_than_interpolation_on_reference">')
+    assert "If the camera binned pixels" in html and "train.degradation.method: block" in html  # a binned acquisition
 
 
 def test_verdict_says_when_noise_matching_is_off_and_when_training_kept_its_start():

@@ -474,8 +474,10 @@ def run(args) -> int:
                               args.provenance, sample=sample, resolved_config=cfg, benchmarks_dir=args.benchmarks,
                               figures_dir=args.figures, workflow_dir=args.workflow_dir)
     elif cmd == "inspect":
+        chosen = _settings(args)
         print(describe_for_sheet(args.input, voxel_size=args.voxel_size, scale=args.scale,
-                                 fov_settings=_settings(args).fov, training_fov=args.training_fov))
+                                 fov_settings=chosen.fov, training_fov=args.training_fov,
+                                 degradation_method=chosen.train.degradation.method))
     elif cmd == "psf-sigma":
         sig = _psf_sigma(args)
         print(",".join(f"{v:.4g}" for v in sig))  # µm, ready for a train.psf_sigma_um cell
@@ -562,10 +564,12 @@ def _psf_sigma(args) -> tuple[float, ...]:
 
 
 def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_settings=None,
-                       training_fov: str | None = None) -> str:
+                       training_fov: str | None = None, degradation_method: str = "cubic") -> str:
     """``selfres inspect``: :func:`selfres.io.describe_acquisition` in words, with the sheet
     columns each image needs and the output grid of each mode (refused as the crop stage
-    would refuse it, with ``fov_settings`` and ``training_fov``)."""
+    would refuse it, with ``fov_settings`` and ``training_fov``), and how ``enhance`` makes its
+    training inputs (``train.degradation.method``: its held-out check cannot tell a binned
+    camera from the default model, so the user is asked here, before any run)."""
     from . import io
     from .errors import InputError
     from .io import describe_acquisition
@@ -626,6 +630,9 @@ def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_
                          f"{grid(output_grid_shape(im['shape'], mode='enhance', factors=factors))}"
                          + (f", voxel {', '.join(f'{v / f:.4g}' for v, f in list(zip(vs, factors))[shown])} µm"
                             if vs else ""))
+            binned = "; a camera that binned pixels: block" if degradation_method == "cubic" else ""
+            lines.append(f"    trained on this image downscaled once more: train.degradation.method "
+                         f"{degradation_method}{binned}")
         except InputError as exc:
             lines.append(f"  enhance {','.join(map(str, factors))}: not possible — {exc.what}")
         try:

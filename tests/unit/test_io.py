@@ -1533,6 +1533,12 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     assert '  channels (0 "DAPI", 1 "GFP"): sheet column channel, 0..1 or all' in capsys.readouterr().out
     assert "voxel size z,y,x: 2, 0.5, 0.5 µm (from the file)" in out
     assert "enhance 1,2,2: output 6×96×120, voxel 2, 0.25, 0.25 µm" in out
+    # the held-out check cannot tell a binned camera from the default model: asked before any run
+    assert "    trained on this image downscaled once more: train.degradation.method cubic; a camera that binned " \
+           "pixels: block" in out
+    assert cli.main(["inspect", str(hyper), "--settings", '{"train.degradation.method": "block"}']) == 0
+    said = capsys.readouterr().out
+    assert "train.degradation.method block\n" in said and "binned" not in said
     assert "isotropic: axial factor 4 (z step / lateral pixel), output 24×48×60, voxel 0.5, 0.5, 0.5 µm" in out
     assert "not square" not in out
     # pixels that are not square (a resonant scanner's): z follows their mean, and inspect says so

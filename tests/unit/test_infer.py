@@ -1475,3 +1475,70 @@ def test_progress_eta_follows_the_rate_after_the_first_units_warm_up(monkeypatch
     last = caplog.records[-1].getMessage()
     assert "tiles 5/10" in last and "ETA 5.0s" in last, last  # 1 s a tile after the first (was 14 s)
     assert "ETA 90.0s" in caplog.records[0].getMessage()  # the first update: only the rate from the start
+
+
+def test_a_box_read_repaired_equals_the_whole_volume_repaired_wherever_it_starts_or_ends():
+    """A tile's padded read may begin or end on a defect's row or column: its repair still takes
+    the neighbours outside the box (each read takes one voxel more around it), or the tile's input
+    differs from the whole volume's there and a seam follows (a mutation review: no box of the
+    tests began or ended at a defect)."""
+    from selfres import noise
+    from selfres.infer import SensorRepaired
+
+    rng = np.random.default_rng(2)
+    vol = rng.normal(1.0, 0.1, (3, 16, 18)).astype(np.float32)
+    defects = np.zeros((16, 18), bool)
+    defects[[5, 9, 12], [7, 11, 3]] = True
+    vol[:, defects] = 9.0
+    repaired = noise.repair_sensor_defects(vol, defects)
+    view = SensorRepaired(vol, defects)
+    for y, x in zip(*np.nonzero(defects)):
+        for ys in (slice(y, y + 3), slice(y - 2, y + 1), slice(y, y + 1)):
+            for xs in (slice(x, x + 4), slice(x - 3, x + 1), slice(x, x + 1)):
+                np.testing.assert_array_equal(view[:, ys, xs], repaired[:, ys, xs], err_msg=f"{ys} {xs}")
+
+
+def test_merged_passes_are_aligned_unions_of_tiles_no_larger_than_the_fitted_pass(monkeypatch):
+    """A pass is the grid tiles of one cell of the pass grid: its padded block is the fitted pass
+    (what the GPU's memory was measured to hold), never more, and tiles are merged where the pass
+    grows along some axes only (a mutation review: passes grouped off the pass grid, or merged only
+    when grown along every axis, failed no test)."""
+    import selfres.infer as infer_mod
+    from selfres.infer import run_tiles
+
+    model = _random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1))
+    vol = blob_volume((6, 40, 40))
+    tile, pass_tile = (6, 8, 8), (6, 16, 16)  # z is one tile: the pass grows along y and x only
+    monkeypatch.setattr(infer_mod, "fit_pass_tile", lambda *a, **k: pass_tile)
+    seen = _OomAbove(model, limit=10**9)  # records each forward's input size
+    out = infer_mod._assemble(run_tiles(seen, vol, factors=(1, 2, 2), tile_size=tile), vol.shape, (1, 2, 2))
+    np.testing.assert_allclose(out, predict_single_pass(model, vol, factors=(1, 2, 2)), atol=2e-5)
+    padded = math.prod(p + 2 * h for p, h in zip(pass_tile, model.halo))
+    assert max(seen.sizes) == padded  # whole passes where the volume holds them
+    assert len(seen.sizes) == math.prod(math.ceil(n / p) for n, p in zip(vol.shape, pass_tile))  # 1 x 3 x 3
+
+
+def test_host_memory_available_takes_an_ancestor_cgroups_tighter_limit(tmp_path):
+    """A job step's own cgroup may allow more than the job's (or a user slice's) above it: the
+    tightest limit on the way to the root is what the kernel enforces."""
+    from selfres.infer import host_memory_available
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       32000000 kB\nMemAvailable:   20000000 kB\n")
+    root = tmp_path / "cg"
+    step = root / "job_7" / "step_0"
+    step.mkdir(parents=True)
+    (root / "job_7" / "memory.max").write_text(str(3 * 2**30) + "\n")  # the job: --mem=3G
+    (root / "job_7" / "memory.current").write_text(str(2**30) + "\n")
+    (step / "memory.max").write_text(str(8 * 2**30) + "\n")  # the step: looser
+    (step / "memory.current").write_text(str(2**30) + "\n")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/job_7/step_0\n")
+    assert host_memory_available(meminfo=meminfo, cgroup_root=root, proc_cgroup=proc) == 2 * 2**30
+
+
+def test_default_output_chunks_take_a_divisor_down_to_a_quarter_of_the_axis():
+    """111 = 3 x 37: its largest divisor, 37, is a third of it, over the quarter that is still cut."""
+    from selfres.infer import default_output_chunks
+
+    assert default_output_chunks((2, 111, 111), (999, 9999, 9999), 4, max_bytes=2**16) == (2, 37, 111)

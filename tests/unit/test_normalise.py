@@ -226,3 +226,36 @@ def test_the_parameters_record_whether_percentiles_or_the_range_gave_them():
     assert normalise.NormParams.from_dict(p.to_dict()) == p
     old = {k: v for k, v in p.to_dict().items() if k != "basis"}  # a store written before it was recorded
     assert normalise.NormParams.from_dict(old).basis == "unrecorded"
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.int32])
+def test_one_non_finite_voxel_is_refused_for_any_integer_output(dtype):
+    """A single NaN of the network, in an unsigned or a signed acquisition's dtype, would be
+    cast to 0 (or the type's limit) where nothing downstream could see it (a mutation review:
+    only two bad voxels into uint16 were tested)."""
+    from selfres.errors import SelfresError
+
+    p = normalise.NormParams(100.0, 1100.0, 0.1, 99.9)
+    restored = np.array([[0.1, 0.5], [np.nan, 0.7]], np.float32)
+    with pytest.raises(SelfresError, match="holds 1 non-finite voxels"):
+        normalise.to_dtype(restored, p, dtype)
+    np.testing.assert_array_equal(normalise.to_dtype(restored[0], p, dtype), np.array([200, 600], dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.uint32])
+def test_a_32_bit_integer_output_saturates_at_the_types_own_maximum(dtype):
+    """The brightest voxels of an int32 / uint32 output clip at the type's maximum, which float64
+    holds exactly: not one level below it (only int64's limit needs stepping down)."""
+    info = np.iinfo(dtype)
+    out = normalise.cast_to_dtype(np.array([1e30, float(info.max), float(info.max) - 1.0], np.float64), dtype)
+    np.testing.assert_array_equal(out, np.array([info.max, info.max, info.max - 1], dtype))
+
+
+def test_a_volume_of_the_sample_size_is_sampled_whole():
+    """'At most max_voxels voxels': a volume of exactly that many keeps every voxel (it was
+    strided, and its percentiles taken from a part of it, by a mutation that failed no test)."""
+    assert normalise.sample_strides((10, 20, 20), 4000) == (1, 1, 1)
+    assert normalise.sample_strides((10, 20, 20), 3999) != (1, 1, 1)
+    vol = np.random.default_rng(0).random((10, 20, 20))
+    p = normalise.fit_percentiles(vol, low_percentile=3, high_percentile=97, max_sample_voxels=vol.size)
+    assert (p.low, p.high) == tuple(np.percentile(vol, [3, 97]))

@@ -1542,3 +1542,28 @@ def test_default_output_chunks_take_a_divisor_down_to_a_quarter_of_the_axis():
     from selfres.infer import default_output_chunks
 
     assert default_output_chunks((2, 111, 111), (999, 9999, 9999), 4, max_bytes=2**16) == (2, 37, 111)
+
+
+def test_a_two_voxel_tile_that_does_not_fit_is_halved_into_single_voxels():
+    """Halving goes down to one voxel of core: a tile of two that does not fit is split, not refused."""
+    model = CubicUpsampler((1, 2, 2))
+    vol = blob_volume((1, 4, 6), n=3)
+    piece = math.prod(n + 2 * h for n, h in zip((1, 1, 1), model.halo))
+    oom = _OomAbove(model, limit=piece)  # a padded 1x1x2 tile is over, a 1x1x1 one fits
+    out = predict_array(oom, vol, factors=(1, 2, 2), tile_size=(1, 1, 2), batch_size=1)
+    np.testing.assert_allclose(out, predict_single_pass(model, vol, factors=(1, 2, 2)), atol=1e-5)
+    assert max(oom.sizes) == piece
+
+
+def test_a_block_of_a_store_prepared_for_another_tile_size_is_refused(tmp_path):
+    """The tile grid numbers the completion records: a store prepared for one tile size is not
+    written by a block job of another (chunks that divide both tiles, so that only it differs)."""
+    from selfres.errors import SelfresError
+
+    model = CubicUpsampler((1, 2, 2))
+    vol = blob_volume((4, 8, 8), n=5)
+    _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="prepare", blocks=2, tile_size=(2, 8, 8),
+         chunks=(1, 16, 16))
+    with pytest.raises(SelfresError, match=r"prepared for other settings.*differs in tile_size"):
+        _job(tmp_path, model, vol, tmp_path / "o.ome.zarr", step="block", block=0, blocks=2, tile_size=(4, 8, 8),
+             chunks=(1, 16, 16))

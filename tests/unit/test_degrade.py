@@ -543,3 +543,60 @@ def test_optics_sigmas_follow_each_lateral_voxel_size():
     """Voxels twice as long in x as in y: the same optical σ is half as many voxels in x."""
     s = gaussian_sigma_from_optics(na=1.0, wavelength_um=0.5, refractive_index=1.33, voxel_size=(0.5, 0.1, 0.2))
     assert s[1] == pytest.approx(2 * s[2], rel=1e-9)
+
+
+# ---------------------------------------------------------------- found by a second mutation review
+
+
+def test_a_non_integer_upscale_rounds_the_output_length_to_the_nearest():
+    """n · f = 12.6 voxels (7 planes × 1.8) give 13, not 12: the length the pipeline allocates
+    for a non-integer factor (``round``), each voxel still at (j + 0.5) / f − 0.5."""
+    ramp = np.broadcast_to(np.arange(7, dtype=np.float32)[:, None, None], (7, 3, 3)).copy()
+    out = np.asarray(upscale_cubic(ramp, (1.8, 1, 1)))
+    assert out.shape == (13, 3, 3)
+    pos = (np.arange(13) + 0.5) / 1.8 - 0.5
+    inside = (pos >= 1) & (pos <= 5)
+    np.testing.assert_allclose(out[inside, 0, 0], pos[inside], atol=1e-4)
+
+
+@pytest.mark.parametrize("n_in, n_out", [(12, 5), (7, 3)])
+def test_an_antialiased_shrink_by_a_non_integer_ratio_keeps_the_mean(n_in, n_out):
+    """The stretched kernel's taps sum to 1 only for integer ratios: rows are normalised
+    (as MATLAB's imresize does), so a constant stays the same constant."""
+    m = resize_matrix(n_in, n_out)
+    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(m, _matrix_direct(n_in, n_out, n_out / n_in, True), atol=1e-12)
+
+
+def test_shot_noise_below_zero_has_no_rate_rather_than_a_mirrored_one():
+    """Normalised data under 0 (−0.2 here) has no photons: its shot noise is that of 0, not of
+    +0.2 (a rate taken from |x| put the dark part's mean at +0.2 instead of 0)."""
+    hr = np.full((8, 32, 32), -0.2, np.float32)
+    deg = Degradation(noise="poisson_gaussian", gain=50.0, read_sigma=0.01)
+    lr = degrade(hr, (2, 2, 2), deg, rng=0)
+    batch = TorchDegrader((2, 2, 2), deg)(torch.from_numpy(hr)[None, None], generator=torch.Generator().manual_seed(0))
+    for out in (lr, batch[0, 0].numpy(), add_noise(hr, gain=50.0, read_sigma=0.0, rng=1)):
+        assert abs(float(out.mean())) < 0.01
+
+
+def test_read_noise_has_the_given_standard_deviation_where_there_is_no_signal():
+    """The numpy twin of the torch check: at zero signal only the read noise is left, of
+    standard deviation ``read_sigma`` (its variance, 4e-4, passed for it unseen where shot
+    noise dominated)."""
+    out = add_noise(np.zeros((64, 64, 16), np.float32), gain=100.0, read_sigma=0.02, rng=0)
+    assert float(out.std()) == pytest.approx(0.02, rel=0.05)
+    lr = degrade(np.zeros((8, 64, 64), np.float32), (1, 2, 2),
+                 Degradation(noise="poisson_gaussian", gain=100.0, read_sigma=0.02), rng=1)
+    assert float(lr.std()) == pytest.approx(0.02, rel=0.05)
+
+
+@pytest.mark.parametrize("factors, shape", [((1, 2, 2), (6, 16, 16)), ((1, 2, 2), (1, 16, 16)), ((2, 2, 2), (8, 16, 16))])
+def test_a_psf_degradation_keeps_the_brightness_also_with_its_central_plane_alone(factors, shape):
+    """At 1,2,2 (and on a single plane) a 3-D PSF blurs with its central plane alone, which is
+    renormalised: a uniform volume stays uniform at its level (the plane's share of the PSF's
+    mass, here about a fifth, darkened every training input otherwise), numpy and torch alike."""
+    flat = np.full(shape, 0.6, np.float32)
+    deg = Degradation(method="psf", psf=_comet_psf())
+    np.testing.assert_allclose(degrade(flat, factors, deg), 0.6, rtol=1e-5)
+    got = TorchDegrader(factors, deg)(torch.from_numpy(flat)[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(got, 0.6, rtol=1e-5)

@@ -411,3 +411,66 @@ def test_a_loaded_model_knows_whether_it_may_be_rotated(tmp_path, voxel_size, ad
     model, _, _ = pipeline.load_trained(tmp_path / "model")
     assert model.lateral_rotations is rotates
     assert any(k % 2 for k, _, _ in SelfEnsemble(model).members) is rotates
+
+
+# ---------------------------------------------------------------- found by a mutation review (ensemble, degrade)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 8, 10), (2, 1, 8, 10)], ids=["one-plane", "2-D batch"])
+def test_the_ensemble_of_a_single_plane_keeps_its_brightness(shape):
+    """A 2-D image runs 8 members, not 16: their mean divides by the 8 that ran (dividing by
+    the 16 members listed halved every 2-D output, and no test saw it)."""
+    x = torch.rand(*shape) + 0.5
+    up = CubicUpsampler((1, 2, 2))
+    with torch.no_grad():
+        torch.testing.assert_close(SelfEnsemble(up)(x), up(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("noise", [{"noise": "poisson_gaussian", "gain": 20.0, "read_sigma": 0.05},
+                                   {"noise": "affine_gaussian", "noise_variance": (0.01, 1e-3)}])
+def test_back_projection_ignores_the_noise_of_a_training_degradation(noise):
+    """A model trained with noise added to its inputs hands that degradation to the
+    back-projection: its steps must degrade without the noise (the same output as the
+    noise-free degradation, run after run), or each step adds fresh noise to the output."""
+    from selfres.noise import NoiseLevel
+
+    x = torch.from_numpy(degrade.downscale_cubic(blob_volume((4, 24, 24), seed=7), (1, 2, 2)))[None, None]
+    up = CubicUpsampler((1, 2, 2))
+    noisy = degrade.Degradation(**noise)
+    with torch.no_grad():
+        want = BackProjection(up, iterations=2)(x)
+        for _ in range(2):
+            torch.testing.assert_close(BackProjection(up, iterations=2, degradation=noisy)(x), want, atol=1e-6, rtol=0)
+    assert degradation_reach(noisy, (1, 2, 2)) == degradation_reach(degrade.Degradation(), (1, 2, 2))
+    level = NoiseLevel(0.0, 0.02**2)
+    low = x[0, 0].numpy()
+    assert correction_noise_share(up, low, level, degradation=noisy) == pytest.approx(
+        correction_noise_share(up, low, level), abs=1e-6)
+
+
+def test_correction_noise_share_is_measured_away_from_the_border_from_the_smallest_input_up():
+    """Tricubic's share at ×2 is 0.27 on a thick input and on one of the fewest voxels
+    measured (:data:`SHARE_MIN_LENGTH`); the outermost voxels, where the kernels' mirrored
+    border keeps less noise, are left out (counted in, the share fell to 0.23–0.24)."""
+    from selfres.ensemble import SHARE_MIN_LENGTH
+    from selfres.noise import NoiseLevel
+
+    low = degrade.downscale_cubic(blob_volume((16, 48, 48), seed=2), (2, 2, 2))
+    level = NoiseLevel(0.0, 0.02**2)
+    up = CubicUpsampler((2, 2, 2))
+    assert correction_noise_share(up, low, level) == pytest.approx(0.275, abs=0.015)
+    thin = low[:SHARE_MIN_LENGTH, :12, :12]
+    assert correction_noise_share(up, thin, level) == pytest.approx(0.275, abs=0.015)
+    assert np.isnan(correction_noise_share(up, low[:SHARE_MIN_LENGTH - 1], level))
+
+
+
+def test_degradation_reach_covers_a_measured_psf_with_a_one_sided_tail():
+    """A PSF whose tail runs 5 HR voxels to one side of its peak (centred on its centroid, the
+    peak): an impulse at a block's last HR voxel reaches ceil(5 / 2) = 3 LR voxels, one more
+    than at its first (the halo is sized from both), plus the one voxel of rounding up."""
+    p = np.zeros((3, 3, 11), np.float32)
+    p[1, 1, 5] = 1.0
+    p[1, 1, 6:] = 0.01
+    d = degrade.Degradation(method="psf", psf=p)
+    assert degradation_reach(d, (1, 2, 2)) == (0, 1, 4)

@@ -193,7 +193,9 @@ def adopt_enhance(
         "self_validation": {"psnr_model": psnr_out, "psnr_interp": result.val_psnr_interp,
                             "psnr_network": result.val_psnr_model},
         "flags": list(dict.fromkeys(source_flags + flags)),
-        "settings": to_dict(trained),
+        # the guard that judged this sample was its own (its sheet may set another margin): the
+        # report quotes these, not the source's
+        "settings": to_dict(trained) | {"guard_margin_db": guard_margin_db, "guard_confidence": guard_confidence},
         "train_seconds": time.monotonic() - t0,
         "device": str(device),
         "ran_on": models.ran_on(device),

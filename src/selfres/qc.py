@@ -450,6 +450,7 @@ def stage_qc(
         "holdout_gain_db_interval": sv.get("gain_db_interval"),
         # the gain the guard asks of a trained network, and whether its coarse-scale test failed
         "guard_margin_db": (meta.get("settings") or {}).get("guard_margin_db"),
+        "guard_confidence": (meta.get("settings") or {}).get("guard_confidence"),
         "coarse_scale_failed": bool(meta.get("coarse_scale_failed")),
         # isotropic: how lateral slices were made to look axial (the held-out check's assumption)
         "isotropic_degradation": ({k: (meta.get("degradation") or {}).get(k)

@@ -362,10 +362,15 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
                     "when the model was made, did not accept it</b> (a figure this close to the margin, "
                     f"train.guard_margin_db = {esc(fmt(margin))} dB, can move a little between devices).")
     elif flagged and gain >= 0.005 and kept_start:
+        confidence = num(metrics.get("guard_confidence"))
+        confidence = 0.95 if confidence is None else confidence  # metrics written before it was recorded
+        rules = ([f"a gain above 0 at {confidence * 100:g} % when its blocks are resampled"] if confidence > 0
+                 else []) + ([f"a gain above train.guard_margin_db = {esc(fmt(margin))} dB"] if margin else [])
         bits.append(f"<b class=\"status-failed\">{esc(subject)} beats {baseline} on {region} by "
-                    f"only {esc(f'{gain:+.2f}')} dB PSNR</b>: training kept its starting point (best step 0), and "
-                    "the guard passes that only for a gain above 0 at 95 % (the interval below)" + (f" or above train.guard_margin_db = {esc(fmt(margin))} dB" if margin else "")
-                    + ".")
+                    f"only {esc(f'{gain:+.2f}')} dB PSNR</b>, and a model that kept its starting point passes the "
+                    f"guard only with {' or '.join(rules) or 'a gain above 0'}"
+                    + (" (the guard's interval, taken when the model was made, did not clear 0; one this close to "
+                       "0 can move a little between devices)" if confidence > 0 else "") + ".")
     elif flagged and gain >= 0.005 and margin is not None and margin > 0:
         bits.append(f"<b class=\"status-failed\">{esc(subject)} beats {baseline} on {region} by "
                     f"only {esc(f'{gain:+.2f}')} dB PSNR</b>, less than the margin the guard asks of a trained "
@@ -385,7 +390,7 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
             nd = 2 if f"{lo:+.2f}" != f"{hi:+.2f}" else 3  # a narrow interval keeps its two ends apart
             # (a coarse-scale failure has its own reason, said above)
             below = (flagged and lo > 0 and margin is not None and gain < margin
-                     and not metrics.get("coarse_scale_failed"))
+                     and not metrics.get("coarse_scale_failed") and not kept_start)
             # a wide interval across 0: the region cannot tell; a narrow one: it can, and the gain is about 0
             # (a walkthrough's region full of cells read -0.01 to +0.10 and was called "too uniform")
             unsure = ("; the region is too small or too uniform to tell the two apart." if hi - lo > NARROW_INTERVAL_DB
@@ -495,8 +500,8 @@ DEGRADATION_WORDS = {
     "cubic": "an antialiased cubic downscale, as MATLAB's imresize; if the camera binned pixels, block models "
              "that acquisition, and this figure cannot see the difference",
     "block": "the block mean, as a binned camera makes it",
-    "gaussian": "a Gaussian PSF, then subsampling",
-    "psf": "the measured PSF given, then subsampling",
+    "gaussian": "a Gaussian PSF, then the block mean",
+    "psf": "the measured PSF given, then the block mean",
 }
 """How ``enhance`` made its held-out input (``train.degradation.method``), in the report's words."""
 

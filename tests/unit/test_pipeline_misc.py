@@ -407,6 +407,7 @@ def test_an_adopted_model_gaining_less_than_the_margin_is_flagged_without_extras
                                   guard_margin_db=margin, guard_confidence=0.95, infer_settings=no_extras,
                                   device="cpu")
         verdicts[margin] = "model_worse_than_interpolation" in out["flags"]
+        assert out["settings"]["guard_margin_db"] == margin  # the adopter's margin, as the report quotes it
     assert verdicts == {0.0: False, 30.0: True}
     # a source whose kept checkpoint failed the coarse-scale check hands that verdict on (the same
     # mapping), with or without the extras: the margin alone would pass it here

@@ -394,7 +394,7 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
             # a wide interval across 0: the region cannot tell; a narrow one: it can, and the gain is about 0
             # (a walkthrough's region full of cells read -0.01 to +0.10 and was called "too uniform")
             unsure = ("; the region is too small or too uniform to tell the two apart." if hi - lo > NARROW_INTERVAL_DB
-                      else f"; the gain cannot be told from 0: the model and {baseline} do about equally well here.")
+                      else "; a gain this small cannot be told from 0 on this region.")
             bits.append(f"Resampling blocks of the held-out region puts that gain between {esc(f'{lo:+.{nd}f}')} "
                         f"and {esc(f'{hi:+.{nd}f}')} dB (95 %)"
                         + (unsure if lo < 0 < hi

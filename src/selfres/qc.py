@@ -415,6 +415,8 @@ def stage_qc(
                                                half_width=hw_in)
         io.write_text_atomic(qc_dir / "beads.tsv", pd.concat(
             [t_in.assign(volume="input"), t_out.assign(volume="output")]).to_csv(sep="\t", index=False))
+    trained = meta.get("settings") or {}  # the settings the model was trained (an adopted one: judged) with
+    recorded_degradation = (trained.get("degradation") or {}) if mode == "enhance" else {}
     m = {
         "sample": sample,
         "mode": mode,
@@ -441,16 +443,14 @@ def stage_qc(
         # enhance with train.degradation.noise "match": the acquisition's noise σ at two intensities,
         # to which every training input and the held-out input were topped up
         "noise_sigma_at": (meta.get("noise") or {}).get("sigma_at") if mode == "enhance" else None,
-        "noise_model": (((meta.get("settings") or {}).get("degradation") or {}).get("noise")
-                        if mode == "enhance" else None),
+        "noise_model": recorded_degradation.get("noise"),
         # how the training and held-out inputs were made from the acquisition (the report names it:
         # an acquisition sampled otherwise, e.g. binned on the camera, is not what the figure scores)
-        "degradation_method": (((meta.get("settings") or {}).get("degradation") or {}).get("method")
-                               if mode == "enhance" else None),
+        "degradation_method": recorded_degradation.get("method"),
         "holdout_gain_db_interval": sv.get("gain_db_interval"),
         # the gain the guard asks of a trained network, and whether its coarse-scale test failed
-        "guard_margin_db": (meta.get("settings") or {}).get("guard_margin_db"),
-        "guard_confidence": (meta.get("settings") or {}).get("guard_confidence"),
+        "guard_margin_db": trained.get("guard_margin_db"),
+        "guard_confidence": trained.get("guard_confidence"),
         "coarse_scale_failed": bool(meta.get("coarse_scale_failed")),
         # isotropic: how lateral slices were made to look axial (the held-out check's assumption)
         "isotropic_degradation": ({k: (meta.get("degradation") or {}).get(k)

@@ -338,8 +338,8 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
     region = esc(_holdout_name(metrics))
     margin = num(metrics.get("guard_margin_db"))
     flagged = "model_worse_than_interpolation" in (metrics.get("flags") or [])
-    # enhance's untrained start (tricubic + back-projection) is held to the 95 % test, a trained network
-    # to the margin (train.guard_with_extras)
+    # enhance's untrained start (tricubic + back-projection) is held to the confidence test or the margin, a
+    # trained network to the margin alone (train.guard_with_extras)
     kept_start = metrics.get("mode") == "enhance" and num(metrics.get("best_step")) == 0
     bits = []
     if status == "output_broken":  # said first: the figures below judge the model, not this file
@@ -362,8 +362,11 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
                     "when the model was made, did not accept it</b> (a figure this close to the margin, "
                     f"train.guard_margin_db = {esc(fmt(margin))} dB, can move a little between devices).")
     elif flagged and gain >= 0.005 and kept_start:
+        from .settings import TrainSettings
+
         confidence = num(metrics.get("guard_confidence"))
-        confidence = 0.95 if confidence is None else confidence  # metrics written before it was recorded
+        if confidence is None:  # metrics written before it was recorded: the default then and now
+            confidence = TrainSettings.guard_confidence
         rules = ([f"a gain above 0 at {confidence * 100:g} % when its blocks are resampled"] if confidence > 0
                  else []) + ([f"a gain above train.guard_margin_db = {esc(fmt(margin))} dB"] if margin else [])
         bits.append(f"<b class=\"status-failed\">{esc(subject)} beats {baseline} on {region} by "
@@ -437,7 +440,7 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
         bits.append(f"Noise matching is off (train.degradation.noise: {esc(str(metrics.get('noise_model')))}): "
                     "the held-out input is cleaner than the acquisition, so on a noisy acquisition this figure "
                     "can favour the network where the whole volume does not.")
-    if (metrics.get("mode") == "enhance" and num(metrics.get("best_step")) == 0
+    if (kept_start
             and int((metrics.get("inference_extras") or {}).get("back_projection_iterations") or 0) > 0):
         bits.append("Training kept its starting point (best step 0): the output is tricubic interpolation "
                     "followed by back-projection, not a learned restoration.")

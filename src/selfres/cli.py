@@ -21,7 +21,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ALLOCATOR_REFUSALS, ConfigError, InputError, NoRoom, SelfresError
 from .runlog import RUN_STATUSES
-from .settings import DEFAULT_SCALE
+from .settings import DEFAULT_SCALE, DegradationSettings
 
 
 def _settings(args):
@@ -564,7 +564,8 @@ def _psf_sigma(args) -> tuple[float, ...]:
 
 
 def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_settings=None,
-                       training_fov: str | None = None, degradation_method: str = "cubic") -> str:
+                       training_fov: str | None = None,
+                       degradation_method: str = DegradationSettings.method) -> str:
     """``selfres inspect``: :func:`selfres.io.describe_acquisition` in words, with the sheet
     columns each image needs and the output grid of each mode (refused as the crop stage
     would refuse it, with ``fov_settings`` and ``training_fov``), and how ``enhance`` makes its

@@ -31,12 +31,12 @@ def _degradation_words(deg: Mapping[str, Any], factors_text: str) -> str:
     if method == "block":
         return f"block-averaged ×{factors_text} (as pixel binning does)"
     if method == "psf":
-        return f"blurred by the measured PSF given and subsampled ×{factors_text}"
+        return f"blurred by the measured PSF given and block-averaged ×{factors_text}"
     if method == "gaussian" and deg.get("sigma_um"):
         sigma = ", ".join(fmt(num(v)) for v in deg["sigma_um"])
-        return f"blurred by a Gaussian (σ z,y,x = {sigma} µm) and subsampled ×{factors_text}"
+        return f"blurred by a Gaussian (σ z,y,x = {sigma} µm) and block-averaged ×{factors_text}"
     if method == "gaussian":
-        return f"blurred by a Gaussian from the optics given and subsampled ×{factors_text}"
+        return f"blurred by a Gaussian from the optics given and block-averaged ×{factors_text}"
     return f"downscaled ×{factors_text} with an antialiased cubic kernel (as MATLAB's imresize)"
 
 

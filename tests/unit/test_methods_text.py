@@ -53,7 +53,7 @@ def test_what_the_sample_did_not_have_is_not_said_and_a_fall_back_is():
     text = methods_text.methods_text(no_noise, prov)
     assert "noise added" not in text
     assert "noise added" not in methods_text.methods_text(_enhance(noise_model="none"), PROVENANCE)  # measured, not added
-    assert "blurred by a Gaussian (σ z,y,x = 1.5, 0.4, 0.4 µm) and subsampled ×2,2,2" in text
+    assert "blurred by a Gaussian (σ z,y,x = 1.5, 0.4, 0.4 µm) and block-averaged ×2,2,2" in text
     assert "its targets the crops seen through the PSF given (σ z,y,x = 2, 0.5, 0.5 µm)" in text
     assert text.endswith("As the network did not beat tricubic interpolation there by the required 0.2 dB, the "
                          "output is the tricubic interpolation, not the network's. Against a reference volume, the "
@@ -340,3 +340,16 @@ def test_the_training_record_is_what_ran_not_what_was_asked():
     assert lived["noise_match"] and lived["end_blended"]
     assert _training(iso | {"tail_lr_scale": 0.1})["tail_lr_scale"] == 0.1  # isotropic's own output-layer rate
     assert "tail_lr_scale" not in _training({"mode": "enhance", "settings": ENHANCE_SETTINGS, "tail_lr_scale": 0.1})
+
+
+def test_each_training_degradation_is_named_as_it_is_computed():
+    """``gaussian`` and ``psf`` blur then take the block mean (``degrade.degrade``): the methods text
+    says block-averaged, as for ``block``, not subsampled (which would be a different, aliasing
+    acquisition model)."""
+    words = methods_text._degradation_words
+    assert words({"method": "block"}, "1,2,2") == "block-averaged ×1,2,2 (as pixel binning does)"
+    assert words({"method": "psf"}, "2,2,2") == "blurred by the measured PSF given and block-averaged ×2,2,2"
+    assert words({"method": "gaussian"}, "2,2,2") == ("blurred by a Gaussian from the optics given and "
+                                                      "block-averaged ×2,2,2")
+    assert words({}, "2,2,2").startswith("downscaled ×2,2,2 with an antialiased cubic kernel")
+    assert all("subsampled" not in words({"method": m}, "2,2,2") for m in ("block", "psf", "gaussian", "cubic"))

@@ -649,7 +649,8 @@ def figure_detail(
     raw, interp, restored, voxel_size_in, voxel_size_out, display
         As in :func:`figure_orthoviews`.
     zoom
-        Zoom factor of the crop (crop side = field side / zoom).
+        Zoom factor of the crop (crop side = field side / zoom, at most :data:`DETAIL_MAX_SIDE_PX`
+        output voxels: a larger field is shown zoomed further, and the panels' titles say how far).
     restored_name
         What the restored panel and profile are called (``"restored (= interpolation)"`` where the
         output is the interpolation: its curve lies under the interpolation's).
@@ -669,8 +670,8 @@ def figure_detail(
         return _axial_detail(raw, interp, restored, vin, vout, unit, (z, y, x), zoom=zoom, display=display,
                              restored_name=restored_name)
     shown = {"restored": restored_name}  # the panels' and profiles' names, where not their own
-    hy = max(2, s_out[1] // (2 * zoom))
-    hx = max(2, s_out[2] // (2 * zoom))
+    hy, hx = (_detail_half_width(n, zoom) for n in s_out[1:])
+    zoom_shown = _zoom_shown(s_out[2], hx)
     y0, y1 = _window(y, hy, s_out[1])
     x0, x1 = _window(x, hx, s_out[2])
     # same physical window on the input grid
@@ -701,7 +702,7 @@ def figure_detail(
         ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, extent=ext, aspect="equal",
                   interpolation="nearest")
         ax.axhline(line_y_phys, color=colors[name], lw=1.0, alpha=0.8)
-        ax.set_title(f"{shown.get(name, name)} ({zoom}× zoom)"
+        ax.set_title(f"{shown.get(name, name)} ({zoom_shown}× zoom)"
                      + (f"\nacquired plane z={(iz + 0.5) * vin[0]:.4g} {unit}" if name == "raw" else ""), fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
         if k == 0:
@@ -749,14 +750,30 @@ def _window(centre: int, half: int, n: int) -> tuple[int, int]:
     return start, min(n, start + 2 * half)
 
 
+#: The detail's crop is at most this many output voxels across (a walkthrough's 1020×1332 output: a
+#: quarter of the field, 255×333 voxels in a 2-inch panel, showed no cell and three overlapping curves)
+DETAIL_MAX_SIDE_PX = 128
+
+
+def _detail_half_width(n: int, zoom: int) -> int:
+    """Half the detail crop's side on an axis of ``n`` output voxels: ``1/zoom`` of the field, at most
+    :data:`DETAIL_MAX_SIDE_PX` across, at least 2 voxels."""
+    return max(2, min(n // (2 * zoom), DETAIL_MAX_SIDE_PX // 2))
+
+
+def _zoom_shown(n: int, half: int) -> int:
+    """The zoom a crop of half-width ``half`` on an axis of ``n`` voxels shows (the field / the crop)."""
+    return max(1, round(n / (2 * half)))
+
+
 def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, display,
                   restored_name: str = "restored") -> bytes:
     """:func:`figure_detail` when only z was resampled: XZ crops through the brightest
-    structure (all of z, ``1/zoom`` of x) and the profiles along z through it."""
+    structure (all of z, ``1/zoom`` of x, at most :data:`DETAIL_MAX_SIDE_PX`) and the profiles along z through it."""
     shown = {"restored": restored_name}
     s_in, s_out = as_zyx(raw.shape), as_zyx(restored.shape)
     z, y, x = at
-    hx = max(2, s_out[2] // (2 * zoom))
+    hx = _detail_half_width(s_out[2], zoom)
     x0, x1 = _window(x, hx, s_out[2])
     hz = max(2, int(round(hx * vout[2] / vout[0])))  # a square in µm
     z0, z1 = _window(z, hz, s_out[0])

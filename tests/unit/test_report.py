@@ -1426,6 +1426,26 @@ def test_the_colour_bar_and_the_zoom_panels_say_what_they_show(monkeypatch):
     assert drawn[-1].axes[0].get_ylabel() == "y (µm)" and "zoom" in drawn[-1].axes[0].get_title()
 
 
+def test_the_detail_of_a_large_field_is_a_fixed_size_crop_and_its_title_says_the_zoom(monkeypatch):
+    """A large-FOV walkthrough (1020×1332 output): a quarter of the field, 255×333 voxels in one
+    panel, showed no cell; the crop is at most DETAIL_MAX_SIDE_PX across and the title gives the zoom."""
+    drawn = _captured(monkeypatch)
+    rng = np.random.default_rng(0)
+    raw = rng.random((4, 300, 400), dtype=np.float32)
+    up = np.repeat(np.repeat(raw, 2, 1), 2, 2)  # a 600×800 output
+    figures.figure_detail(raw=raw, interp=up, restored=up, voxel_size_in=(1.0, 0.5, 0.5),
+                          voxel_size_out=(1.0, 0.25, 0.25))
+    panel = drawn[-1].axes[2]  # the restored crop
+    (x0, x1), (y1, y0) = panel.get_xlim(), panel.get_ylim()
+    assert round((x1 - x0) / 0.25) == figures.DETAIL_MAX_SIDE_PX == round((y1 - y0) / 0.25)
+    assert "(6× zoom)" in panel.get_title()  # 800 / 128, not the 4 asked
+    small = rng.random((4, 40, 40), dtype=np.float32)
+    figures.figure_detail(raw=small, interp=np.repeat(np.repeat(small, 2, 1), 2, 2),
+                          restored=np.repeat(np.repeat(small, 2, 1), 2, 2))
+    panel = drawn[-1].axes[2]
+    assert round(panel.get_xlim()[1] - panel.get_xlim()[0]) == 20 and "(4× zoom)" in panel.get_title()
+
+
 def test_a_model_made_again_after_its_samples_outputs_makes_the_sample_pending(tmp_path):
     """A run stopped (SIGTERM to snakemake) after a training finished and before its infer, qc
     and report ran: the summary said ``ok`` of outputs the earlier model made. metrics.json

@@ -1165,8 +1165,12 @@ def stage_infer(
             memory_fraction=settings.gpu_memory_fraction, origin=origin, reuse_finished=reuse_finished,
             defects=defects if repair and kind == "model" else None,
         )
-        log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%s Mvoxel/s)", kind, step, path,
-                 stats["computed"], stats["tiles"], stats["seconds"], _rate_text(stats["mvoxel_per_s"]))
+        if step == "gather" and not stats["computed"]:  # the blocks computed them: no rate of nothing computed
+            log.info("%s (gather) %s: the blocks' %d tiles gathered and the store finished in %.1f s", kind, path,
+                     stats["tiles"], stats["seconds"])
+        else:
+            log.info("%s (%s) %s: %d/%d tiles computed in %.1f s (%s Mvoxel/s)", kind, step, path,
+                     stats["computed"], stats["tiles"], stats["seconds"], _rate_text(stats["mvoxel_per_s"]))
         runs.append(stats)
         return stats["seconds"]
 

@@ -1960,3 +1960,214 @@ def test_a_store_that_records_no_source_is_not_made_from_any_acquisition(tmp_pat
     store = tmp_path / "bare.ome.zarr"
     io.write_ome_zarr(store, np.zeros((4, 16, 16), np.float32), voxel_size=(1.0, 0.5, 0.5))
     assert not io.made_from(store, str(tmp_path / "a.tif"))
+
+
+# ------------------------------------------------- gaps found by a mutation review of io and atomic ---
+
+
+def _ome_zarr_of(path, data, axes, scale=None):
+    """An NGFF 0.4 image of ``data`` with the given ``axes`` (another writer's, or a hand-made one)."""
+    g = zarr.open_group(str(path), mode="w", zarr_format=2)
+    g.create_array("0", data=data, chunk_key_encoding={"name": "v2", "separator": "/"})
+    transforms = [{"type": "scale", "scale": scale or [1.0] * data.ndim}]
+    g.attrs["multiscales"] = [{"version": "0.4", "axes": axes,
+                               "datasets": [{"path": "0", "coordinateTransformations": transforms}]}]
+    return path
+
+
+def test_a_two_plane_ome_tiff_without_a_z_step_has_no_voxel_size_and_a_zero_one_is_named(tmp_path, caplog):
+    """Only a single plane takes its y size for z: a 2-plane stack without PhysicalSizeZ is not
+    given one, and a PhysicalSizeZ of 0 is named as such, not called missing."""
+    p = tmp_path / "two.ome.tif"
+    tifffile.imwrite(p, _vol(shape=(2, 16, 16)), metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+    assert io.read_volume(p).voxel_size is None and io.read_voxel_size(p) is None
+    q = tmp_path / "zero.ome.tif"
+    tifffile.imwrite(q, _vol(shape=(2, 16, 16)), metadata={"axes": "ZYX", "PhysicalSizeZ": 0, "PhysicalSizeX": 0.5,
+                                                          "PhysicalSizeY": 0.5})
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(q).voxel_size is None
+    assert "PhysicalSizeZ is 0, not a voxel size" in caplog.text, caplog.text
+
+
+def test_a_single_plane_ome_zarr_with_a_zero_z_scale_never_gets_a_zero_voxel_size(tmp_path):
+    axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
+    p = _ome_zarr_of(tmp_path / "plane.ome.zarr", _vol(shape=(1, 12, 14), dtype="float32"), axes, [0.0, 0.5, 0.5])
+    vox = io.read_volume(p).voxel_size
+    assert vox is None or min(vox) > 0, vox
+
+
+def test_repeated_ome_zarr_axes_are_refused_by_name_not_a_traceback(tmp_path):
+    axes = [{"name": a, "type": "space"} for a in "zzyx"]
+    p = _ome_zarr_of(tmp_path / "zz.ome.zarr", _vol(shape=(2, 3, 12, 14), dtype="float32"), axes)
+    with pytest.raises(InputError, match="repeated axis names 'ZZYX'"):
+        io.read_volume(p)
+
+
+@pytest.mark.parametrize("kind", ["ome-zarr", "plain-zarr"])
+def test_a_time_axis_named_time_is_read_as_time_points(tmp_path, kind):
+    """NGFF names a time axis by its type ({"name": "time", "type": "time"}); xarray's plain Zarr
+    arrays call it "time" in _ARRAY_DIMENSIONS."""
+    data = _vol(shape=(2, 3, 12, 14), dtype="float32")
+    p = tmp_path / f"lapse.{kind}.zarr"
+    if kind == "ome-zarr":
+        _ome_zarr_of(p, data, [{"name": "time", "type": "time"}] + [{"name": a, "type": "space"} for a in "zyx"])
+    else:
+        arr = zarr.create_array(str(p), shape=data.shape, dtype=data.dtype, zarr_format=2)
+        arr[...] = data
+        arr.attrs["_ARRAY_DIMENSIONS"] = ["time", "z", "y", "x"]
+    assert io.timepoint_count(p) == 2
+    np.testing.assert_array_equal(io.read_volume(p, timepoint=1).data, data[1])
+
+
+def test_a_unitless_ome_zarr_with_a_z_step_of_one_is_still_read_in_micrometres(tmp_path):
+    """Only all spatial steps 1 mean pixel steps: a z step of 1 beside a 0.5 pixel is 1 µm."""
+    p = _ome_zarr_with(tmp_path / "img.ome.zarr", axes=[{"name": a, "type": "space"} for a in "zyx"],
+                       dataset_transforms=[{"type": "scale", "scale": [1.0, 0.5, 0.5]}])
+    assert io.read_volume(p).voxel_size == pytest.approx((1.0, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("scale, said", [([2.0, 0.5, -0.5], "the scale of axis x is -0.5, not a voxel size"),
+                                         ([2.0, 1e12, 0.5], "the scale of axis y is 1e\\+12 micrometer")])
+def test_an_ome_zarr_pixel_scale_that_is_not_a_voxel_size_is_named(tmp_path, caplog, scale, said):
+    p = _ome_zarr_with(tmp_path / "img.ome.zarr", dataset_transforms=[{"type": "scale", "scale": scale}])
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(p).voxel_size is None
+    assert re.search(said, caplog.text), caplog.text
+
+
+def test_a_tiff_one_byte_short_of_its_data_is_said_to_be_truncated(tmp_path):
+    p = tmp_path / "short.tif"
+    tifffile.imwrite(p, _vol(shape=(6, 16, 16), dtype="uint16"), volumetric=True, tile=(16, 16))
+    raw = p.read_bytes()
+    p.write_bytes(raw[:-1])
+    with pytest.raises(InputError, match=f"is truncated: its data should end at byte {len(raw)} but the file has "
+                                         f"{len(raw) - 1} bytes"):
+        io.read_volume(p)
+
+
+def test_read_voxel_size_of_a_planar_rgb_plane_agrees_with_read_volume(tmp_path):
+    """Axes SYX (planar RGB) are one plane, as YXS: its three samples are not z planes."""
+    p = tmp_path / "planar.tif"
+    tifffile.imwrite(p, np.zeros((3, 40, 50), np.uint8), photometric="rgb", planarconfig="separate",
+                     resolution=(2.0, 2.0), resolutionunit="MICROMETER")
+    assert tifffile.TiffFile(p).series[0].axes == "SYX"
+    assert io.read_voxel_size(p) == io.read_volume(p, channel=0).voxel_size == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.parametrize("dtype, lo, hi", [("float32", None, None), ("int16", -32768, 32767)])
+def test_the_display_window_of_a_constant_image_is_not_empty_and_an_integer_ones_range_is_its_types(tmp_path, dtype,
+                                                                                                    lo, hi):
+    p = tmp_path / "c.ome.zarr"
+    io.write_ome_zarr(p, np.full((2, 16, 16), 7, dtype), voxel_size=(1, 1, 1))
+    win = zarr.open_group(str(p), mode="r").attrs["omero"]["channels"][0]["window"]
+    assert win["end"] > win["start"], win
+    if lo is not None:
+        assert (win["min"], win["max"]) == (lo, hi)
+
+
+def test_an_image_without_a_voxel_size_is_written_without_a_unit(tmp_path):
+    """NGFF scales without a unit are voxel steps; "micrometer" would claim 1 µm voxels."""
+    p = tmp_path / "u.ome.zarr"
+    io.write_ome_zarr(p, _vol(shape=(2, 128, 128)), voxel_size=None)
+    axes = zarr.open_group(str(p), mode="r").attrs["multiscales"][0]["axes"]
+    assert all("unit" not in a for a in axes), axes
+    assert io.read_volume(p).voxel_size is None
+
+
+def test_finalising_again_rebuilds_the_pyramid_and_names_the_image_after_its_final_path(tmp_path):
+    p = tmp_path / "restored.ome.zarr"
+    with io.atomic_output(p) as tmp:
+        arr = io.create_ome_zarr(tmp, shape=(2, 256, 256), dtype="float32", voxel_size=(1, 1, 1), chunks=None)
+        arr[...] = 1.0
+        io.finalize_ome_zarr(tmp, voxel_size=(1, 1, 1))
+        io.finalize_ome_zarr(tmp, voxel_size=(1, 1, 1))  # re-finalising (a rerun of a gather)
+        io.finalize_ome_zarr(tmp, voxel_size=(1, 1, 1), max_levels=2)
+    g = zarr.open_group(str(p), mode="r")
+    assert sorted(g.array_keys()) == ["0", "1"], "the previous pyramid's level 2 is gone"
+    assert g.attrs["multiscales"][0]["name"] == "restored"
+    assert g.attrs["omero"]["channels"][0]["label"] == "restored"
+
+
+def test_ome_tiff_export_gives_each_axis_its_own_resolution_tag(tmp_path):
+    io.write_ome_zarr(tmp_path / "r.ome.zarr", _vol(shape=(3, 16, 20)), voxel_size=(1.0, 0.25, 0.125))
+    out = io.write_ome_tiff(tmp_path / "r.ome.tif", tmp_path / "r.ome.zarr")
+    with tifffile.TiffFile(out) as tif:
+        tags = tif.pages[0].tags
+        assert tags["XResolution"].value == (80000, 1) and tags["YResolution"].value == (40000, 1)
+
+
+def test_ome_tiff_export_of_a_store_chunked_plane_by_plane_one_plane_at_a_time(tmp_path, monkeypatch):
+    data = _vol(shape=(3, 16, 20))
+    io.write_ome_zarr(tmp_path / "r.ome.zarr", data, voxel_size=(1.0, 0.5, 0.5), chunks=(1, 16, 20))
+    monkeypatch.setattr(io, "_TIFF_SLAB_BYTES", 16 * 20 * 2)
+    out = io.write_ome_tiff(tmp_path / "r.ome.tif", tmp_path / "r.ome.zarr")
+    np.testing.assert_array_equal(tifffile.imread(out), data)
+
+
+def test_a_stores_checksum_depends_on_its_file_names(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, name in ((a, "0.0.0"), (b, "0.0.1")):
+        d.mkdir()
+        (d / name).write_bytes(b"same")
+    assert io.file_checksum(a) != io.file_checksum(b)
+
+
+def test_an_interrupted_atomic_output_leaves_nothing(tmp_path):
+    p = tmp_path / "out.ome.zarr"
+    with pytest.raises(KeyboardInterrupt), io.atomic_output(p) as tmp:
+        tmp.mkdir()
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_small_text_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import pathlib
+
+    p = tmp_path / "metrics.json"
+    io.write_text_atomic(p, "old")
+    real = pathlib.Path.write_text
+
+    def half(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half)
+    with pytest.raises(OSError, match="No space"):
+        io.write_text_atomic(p, "a new and longer text")
+    monkeypatch.setattr(pathlib.Path, "write_text", real)
+    assert p.read_text() == "old"
+    assert [q.name for q in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_an_output_in_a_folder_of_its_input_is_said_to_hold_it(tmp_path):
+    from selfres.atomic import check_outputs_spare_inputs
+    from selfres.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"-o/--output .*data is a folder holding the input .*a\.tif"):
+        check_outputs_spare_inputs({"-o/--output": tmp_path / "data"}, [tmp_path / "data" / "a.tif"])
+    with pytest.raises(ConfigError, match=r"-o/--output .*a\.tif is the input "):
+        check_outputs_spare_inputs({"-o/--output": tmp_path / "a.tif"}, [tmp_path / "a.tif"])
+
+
+def test_an_output_lock_removed_by_its_finishing_holder_is_taken_anew(tmp_path, monkeypatch):
+    """A holder that ends between this writer's open and its lock removes the file: a lock on
+    the removed file guards nothing (a third writer would create and lock a new one)."""
+    from pathlib import Path
+
+    from selfres import atomic
+
+    out = tmp_path / "out.ome.zarr"
+    lock = tmp_path / ".out.ome.zarr.lock"
+    real_open, calls = os.open, []
+
+    def racing_open(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if Path(path) == lock and not calls:
+            calls.append(path)
+            os.unlink(path)  # the previous holder finished just now
+        return fd
+
+    monkeypatch.setattr(atomic.os, "open", racing_open)
+    with atomic.output_lock(out):
+        assert lock.exists(), "held on a file that others can see"
+        assert os.stat(lock).st_ino == os.fstat(atomic._HELD[lock.resolve()][0]).st_ino

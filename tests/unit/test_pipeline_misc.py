@@ -951,3 +951,156 @@ def test_the_qc_log_line_leaves_out_a_score_pair_with_one_side_missing():
     m["self_validation"]["psnr_interp"] = 29.0
     m["self_validation"]["ssim_model"] = 0.95
     assert _scores_text(m) == "held-out: model vs interpolation PSNR 30.10 vs 29.00 dB"
+
+
+# ------------------------------------------------ mutation review of the guard: what the verdict delivers
+def _set_model_flags(model_dir, flags, *, perturb=False):
+    """Rewrite a trained model with these guard flags (``perturb``: its weights moved away from
+    the tricubic it starts as, so that its output is told apart from the interpolation's)."""
+    import torch
+
+    from selfres import models
+
+    net, spec, meta = pipeline.load_trained(model_dir)
+    if perturb:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    models.save_model(model_dir, net, spec, metadata=meta | {"flags": list(flags)})
+
+
+def test_a_flagged_model_delivers_tricubic_keeps_the_network_beside_and_a_passing_one_clears_it(tmp_path):
+    """What restored.ome.zarr holds follows the guard: a model flagged model_worse_than_interpolation
+    puts tricubic there (content 'interpolation') and its own output in restored_model.ome.zarr;
+    infer.on_worse_than_interpolation 'model' delivers the network; once the model passes, the
+    network is delivered and the older restored_model.ome.zarr is removed. Writing the network under
+    the interpolation's name, or keeping the stale store, failed no unit test (a mutation review)."""
+    from selfres import io
+    from selfres.degrade import upscale_cubic
+    from selfres.settings import InferSettings
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    model = tmp_path / "model"
+    out, beside = tmp_path / "restored.ome.zarr", tmp_path / "restored_model.ome.zarr"
+    vol, params = pipeline.read_normalized(norm)
+    cubic = upscale_cubic(np.asarray(vol.data, dtype=np.float32), (1, 2, 2))
+    plain = InferSettings(back_projection_iterations=0, tile_size=(8, 64, 64))
+
+    def written(path):
+        v = io.read_ome_zarr(path)
+        return v.attrs["content"], pipeline.normalise.apply(np.asarray(v.data, dtype=np.float32), params)
+
+    _set_model_flags(model, ["model_worse_than_interpolation"], perturb=True)
+    pipeline.stage_infer(norm, model, out, sample="s", device="cpu", settings=plain)
+    content, data = written(out)
+    assert content == "interpolation"
+    np.testing.assert_allclose(data, cubic, atol=1e-3)  # restored.ome.zarr: tricubic of the input
+    content, network = written(beside)
+    assert content == "model" and np.abs(network - cubic).max() > 1e-2  # beside it: the network's own output
+    import zarr
+
+    label = zarr.open_group(str(beside), mode="r").attrs["omero"]["channels"][0]["label"]
+    assert label == "s [network, lost to tricubic]"
+    # asked for the network whatever the guard says: one store, the network's
+    asked = tmp_path / "asked.ome.zarr"
+    pipeline.stage_infer(norm, model, asked, sample="s", device="cpu",
+                         settings=InferSettings(back_projection_iterations=0, tile_size=(8, 64, 64),
+                                                on_worse_than_interpolation="model"))
+    content, data = written(asked)
+    assert content == "model" and not (tmp_path / "asked_model.ome.zarr").exists()
+    np.testing.assert_allclose(data, network, atol=1e-4)
+    # the model now passes: the network is delivered, and the earlier fall-back's store is gone
+    _set_model_flags(model, [])
+    pipeline.stage_infer(norm, model, out, sample="s", device="cpu", settings=plain)
+    content, data = written(out)
+    assert content == "model" and not beside.exists()
+    np.testing.assert_allclose(data, network, atol=1e-4)
+
+
+@pytest.mark.parametrize("scores, dead, flagged", [((29.8, 30.0), False, True), ((30.5, 30.0), False, False),
+                                                    ((30.5, 30.0), True, False)])
+def test_qc_flags_what_its_own_held_out_scores_show(tmp_path, monkeypatch, scores, dead, flagged):
+    """QC re-scores the model on the held-out region: a model training passed that QC finds not
+    above tricubic is flagged model_worse_than_interpolation, and a network whose output is
+    constant is flagged dead_output. Loosening the first or dropping the second failed no test
+    (a mutation review)."""
+    from selfres import qc
+    from selfres.settings import InferSettings
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    _set_model_flags(tmp_path / "model", [])
+    pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", device="cpu",
+                         settings=InferSettings(back_projection_iterations=0, tile_size=(8, 64, 64)))
+    sv = {"psnr_model": scores[0], "psnr_interp": scores[1], "ssim_model": None, "ssim_interp": None,
+          "gain_db_interval": None, "dead_output": dead, "inference_extras": None, "psf_sigma_um": None}
+    monkeypatch.setattr(qc, "self_validation", lambda *a, **k: dict(sv))
+    m = qc.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
+                    tmp_path / "qc" / "metrics.json", sample="s")
+    assert ("model_worse_than_interpolation" in m["flags"]) is flagged
+    assert ("dead_output" in m["flags"]) is dead
+    assert m["self_validation"]["psnr_model"] == scores[0]
+
+
+def test_stage_train_records_the_verdict_the_guard_gave_on_what_inference_writes(tmp_path, monkeypatch):
+    """model.json holds the guard's verdict on the network wrapped in the inference extras (its
+    flags and held-out score, not training's on the network alone), reached with the configured
+    margin and confidence. Passing confidence 0, or recording training's own flags or score,
+    failed no unit test (a mutation review)."""
+    import json
+
+    from selfres import train
+    from selfres.settings import TrainSettings
+
+    asked = {}
+
+    def verdict(result, **kwargs):
+        asked.update(kwargs, network=result.val_psnr_model)
+        return 33.0, ["model_worse_than_interpolation", "scripted"]
+
+    monkeypatch.setattr(train, "guard_with_extras", verdict)
+    _trained_sample(tmp_path, {"method": "cubic"})
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())["metadata"]
+    default = TrainSettings()
+    assert (asked["margin_db"], asked["confidence"]) == (default.guard_margin_db, default.guard_confidence)
+    assert asked["extras"]["back_projection_iterations"] == 1  # the inference extras, as configured
+    assert meta["flags"] == ["model_worse_than_interpolation", "scripted"]
+    assert meta["self_validation"]["psnr_model"] == 33.0
+    assert meta["self_validation"]["psnr_network"] == pytest.approx(asked["network"])
+
+
+def test_a_serial_models_record_keeps_a_stages_failed_coarse_scale_check(tmp_path, monkeypatch):
+    """Serial ×4: a stage whose kept checkpoint failed the coarse-scale check fails the guard, and
+    model.json says so (``coarse_scale_failed``: the report's reason), though the composition
+    itself has no such check. Reading the composition's own (always false) failed no unit test
+    (a mutation review)."""
+    import json
+
+    import tifffile
+
+    from selfres import train
+    from selfres.settings import FovSettings, Settings, TrainSettings
+
+    from ..conftest import blob_volume
+
+    real = train.train_serial
+
+    def first_stage_failed(*args, **kwargs):
+        r = real(*args, **kwargs)
+        r.stages[0].coarse_scale_failed = True
+        return r
+
+    monkeypatch.setattr(train, "train_serial", first_stage_failed)
+    vol = blob_volume((1, 64, 48), n=40, sigma=(0.5, 1.5, 1.5), seed=7) * 1000  # 2-D input
+    tifffile.imwrite(tmp_path / "in.tif", vol.astype(np.float32))
+    s = Settings(train=TrainSettings(width=4, depth=1, steps=1, scale_check=False, batch_size=1,
+                                     patch_size=(1, 16, 16), validate_every=1, warmup_steps=1, x4_strategy="serial"))
+    norm = tmp_path / "n.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s")
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 4, 4),
+                        settings=FovSettings(min_holdout_voxels=256, holdout_fraction=0.3))
+    meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 4, 4),
+                                settings=s, device="cpu")
+    recorded = json.loads((tmp_path / "model" / "model.json").read_text())["metadata"]
+    assert meta["serial"] and recorded["coarse_scale_failed"] is True
+    assert "model_worse_than_interpolation" in recorded["flags"]

@@ -656,3 +656,16 @@ def test_a_train_job_asks_for_its_budgets_half_as_long_again_plus_an_hour():
     learned = parse_settings({"isotropic.degradation": "learned", "isotropic.gan_max_minutes": 10})
     assert train_job_minutes(learned, "isotropic") == 60 + 21
     assert train_job_minutes(learned, "enhance") == 66  # an enhance sample never runs the GAN stage
+
+
+def test_the_guard_confidence_is_0_or_from_one_half_up_to_but_not_including_1():
+    """train.guard_confidence 1 would read the guard's interval off the two most extreme resamples;
+    the schema refuses it, and so must the settings themselves (a caller of the Python API).
+    Accepting 1 failed no test (a mutation review)."""
+    from selfres.settings import TrainSettings
+
+    for fine in (0, 0.5, 0.95, 0.999):
+        TrainSettings(guard_confidence=fine).validate()
+    for wrong in (1.0, 0.49, -0.1):
+        with pytest.raises(ConfigError, match=r"train.guard_confidence must be 0 \(off\), or at least 0.5 and below 1"):
+            TrainSettings(guard_confidence=wrong).validate()

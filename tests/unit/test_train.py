@@ -807,3 +807,187 @@ def test_a_checkpoint_replaced_at_the_moment_of_a_kill_is_still_accepted(tmp_pat
     save_checkpoint(path, {"step": 3})  # and the next save leaves a single digest
     assert load_checkpoint(path)["step"] == 3
     assert len((tmp_path / "checkpoint.pt.sha256").read_text().split()) == 1
+
+
+# ------------------------------------------------ mutation review of the guard (tests that kill survivors)
+def _qc_view(held_part):
+    from types import SimpleNamespace
+
+    train, held = _data()
+    held = held if held_part is None else held_part
+    return (SimpleNamespace(data=np.concatenate([train, held], axis=1)),
+            SimpleNamespace(holdout=((0, 8), (36, 36 + held.shape[1]), (0, 48))), held)
+
+
+def test_qc_self_validation_keeps_the_model_and_the_interpolation_apart():
+    """QC's held-out figures say which side won: a network that outputs zeros scores its own
+    (low) PSNR as psnr_model, tricubic's as psnr_interp, and its gain interval lies below 0.
+    Swapping the two in the comparison or in the interval failed no test (a mutation review)."""
+    from selfres import qc
+    from selfres.settings import DegradationSettings, to_dict
+    from selfres.train import holdout_pair, psnr01
+
+    vol, fov, held = _qc_view(None)
+    meta = {"factors": [1, 2, 2], "settings": {"degradation": to_dict(DegradationSettings())}, "voxel_size_in": None}
+
+    class Zero(torch.nn.Module):
+        factors, halo = (1, 2, 2), (0, 0, 0)
+
+        def forward(self, x):
+            return torch.zeros(*x.shape[:2], *(n * f for n, f in zip(x.shape[2:], self.factors)))
+
+    sv = qc.self_validation(vol, fov, Zero(), meta)
+    target, _, interp = holdout_pair(held, (1, 2, 2), degrade.Degradation())
+    data_range = float(target.max() - target.min())
+    assert sv["psnr_interp"] == pytest.approx(psnr01(target, interp, data_range), abs=1e-4)
+    assert sv["psnr_model"] == pytest.approx(psnr01(target, np.zeros_like(target), data_range), abs=1e-4)
+    assert sv["psnr_model"] < sv["psnr_interp"] - 3
+    lo, hi = sv["gain_db_interval"]
+    assert lo <= hi < 0  # the model lost in every resample
+
+
+def test_qc_self_validation_repairs_the_held_out_region_only_for_a_model_trained_on_repaired_data():
+    """A model whose training repaired the hot pixels (model.json records sensor_defects_repaired)
+    is scored on the repaired held-out region; one trained before the repair on the region as
+    acquired, as its training scored it. Inverting that choice failed no test (a mutation review)."""
+    from selfres import qc
+    from selfres.fov import repaired_box
+    from selfres.settings import DegradationSettings, to_dict
+    from selfres.train import holdout_pair, psnr01
+
+    _, held = _data()
+    held = held.copy()
+    held[:, 5, 7] = 40.0  # a hot pixel, the same in every plane
+    held[:, 8, 30] = 25.0
+    vol, fov, held = _qc_view(held)
+    meta = {"factors": [1, 2, 2], "settings": {"degradation": to_dict(DegradationSettings())}, "voxel_size_in": None}
+    identity = torch.nn.Upsample(scale_factor=(1, 2, 2), mode="nearest")
+    identity.factors, identity.halo = (1, 2, 2), (0, 0, 0)
+
+    def interp_psnr(region):
+        target, _, interp = holdout_pair(region, (1, 2, 2), degrade.Degradation())
+        return psnr01(target, interp, float(target.max() - target.min()))
+
+    repaired, n = repaired_box(vol.data, fov.holdout)
+    assert n == 2
+    as_acquired, as_repaired = interp_psnr(held), interp_psnr(repaired)
+    assert abs(as_acquired - as_repaired) > 1.0
+    old = qc.self_validation(vol, fov, identity, meta)
+    new = qc.self_validation(vol, fov, identity, meta | {"sensor_defects_repaired": 2})
+    assert old["psnr_interp"] == pytest.approx(as_acquired, abs=1e-4)
+    assert new["psnr_interp"] == pytest.approx(as_repaired, abs=1e-4)
+
+
+@pytest.mark.parametrize("case", ["passes", "within_margin", "stage1_coarse_failed", "stage2_coarse_failed"])
+def test_the_serial_guard_asks_the_margin_of_the_composition_and_keeps_each_stages_coarse_scale_check(
+        monkeypatch, case):
+    """Serial ×4: the composition is flagged unless it beats tricubic ×4 by train.guard_margin_db,
+    and whatever its gain when either stage's kept checkpoint failed the coarse-scale check; a
+    stage's own flag does not carry over to a composition that passes. The stages train as they
+    are; only the composition's two held-out scores are scripted. Dropping the margin, either
+    stage's check or the stages' flag filter failed no test (a mutation review)."""
+    from selfres import train as train_mod
+
+    real = train_mod.train_enhance
+    stages = []
+
+    def stage(*args, **kwargs):
+        r = real(*args, **kwargs)
+        if kwargs["settings"].x4_strategy != "direct":  # the serial call itself
+            return r
+        stages.append(r)
+        r = dataclasses.replace(r, flags=list(dict.fromkeys(r.flags + ["model_worse_than_interpolation"])),
+                                coarse_scale_failed=case == f"stage{len(stages)}_coarse_failed")
+        if len(stages) == 2:  # the composition's scores: the model's, then tricubic's
+            scores = iter([30.1 if case == "within_margin" else 40.0, 30.0])
+            monkeypatch.setattr(train_mod, "psnr01", lambda *a: next(scores))
+        return r
+
+    monkeypatch.setattr(train_mod, "train_enhance", stage)
+    vol = blob_volume((4, 64, 64), n=150, sigma=(1.0, 1.5, 1.5), seed=1)
+    s = TrainSettings(steps=1, x4_strategy="serial", guard_margin_db=0.2, **TINY | {"validate_every": 1})
+    r = train_mod.train_enhance(vol[:, :48], vol[:, 48:], factors=(1, 4, 4), settings=s)
+    assert len(stages) == 2 and r.val_psnr_interp == 30.0
+    assert ("model_worse_than_interpolation" in r.flags) is (case != "passes"), (case, r.flags)
+
+
+@pytest.mark.parametrize("gains, best_step, coarse_failed", [
+    # nothing beat the start, which (a network that does not start as tricubic) is above tricubic by the margin
+    ([(0.5, 0.5), (0.1, 0.1), (0.0, 0.0), (-0.2, -0.2)], 0, False),
+    # the kept checkpoint's coarse-scale gain is exactly 0: not above 0, however large its held-out gain
+    ([(0.5, -1.0), (1.0, 0.0), (0.5, -2.0), (0.2, -3.0)], 5, True),
+])
+def test_the_guard_flags_a_start_that_was_never_improved_on_and_a_coarse_scale_gain_of_exactly_zero(
+        monkeypatch, gains, best_step, coarse_failed):
+    """The guard's two rules beside the margin, at their edges: the start kept as the best (best
+    step 0: nothing learned) is flagged even where its held-out score clears the margin, and a kept
+    checkpoint whose smaller gain is 0 fails the coarse-scale test ('not above 0'). Dropping the
+    first rule or reading the second as 'below 0' failed no test (a mutation review)."""
+    from selfres import train as train_mod
+
+    train, held = _data()
+    _scripted_validation(monkeypatch, train_mod, gains)
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=TrainSettings(steps=15, **TINY))
+    assert r.best_step == best_step and r.coarse_scale_failed is coarse_failed
+    assert r.val_psnr_model - r.val_psnr_interp >= 0.5  # the held-out gain alone clears the margin (0.2 dB)
+    assert "model_worse_than_interpolation" in r.flags
+
+
+def test_guard_passes_reads_its_interval_at_the_confidence_it_is_given():
+    """train.guard_confidence sets how sure the guard must be of a gain below the margin: a gain
+    won in half of the blocks and lost (less) in the others clears 0 in the central 50 % of
+    resamples but not in 95 %. An interval read at a fixed 95 % failed no test (a mutation review)."""
+    from selfres.metrics import psnr_gain_interval
+    from selfres.train import guard_passes
+
+    rng = np.random.default_rng(1)
+    target = rng.random((16, 48, 48)).astype(np.float32)
+    interp = target + 0.05 * rng.standard_normal(target.shape).astype(np.float32)
+    share = np.full(target.shape, 0.9, np.float32)  # of tricubic's error; the guard's 2×4×4 blocks alternate
+    for z, y, x in np.ndindex(2, 4, 4):
+        if (z + y + x) % 2:
+            share[z * 8:(z + 1) * 8, y * 12:(y + 1) * 12, x * 12:(x + 1) * 12] = 1.05
+    mixed = target + share * (interp - target)
+    ok, gain, interval = guard_passes(target, mixed, interp, margin_db=0.5, confidence=0.5)
+    assert 0 < gain < 0.5 and interval == psnr_gain_interval(target, mixed, interp, level=0.5)
+    assert interval[0] > 0 and ok
+    ok, _, interval = guard_passes(target, mixed, interp, margin_db=0.5, confidence=0.95)
+    assert interval[0] < 0 < interval[1] and not ok
+
+
+def test_guard_with_extras_asks_the_margin_of_a_serial_model_when_either_stage_learned():
+    """Serial ×4 with back-projection: the confidence rule (a small but consistent gain) is for a
+    composition that learned nothing; one whose first or second stage kept a learned checkpoint
+    needs the margin. Asking that of both stages failed no test (a mutation review)."""
+    from dataclasses import replace
+
+    from selfres.train import guard_with_extras
+
+    train, held = _data()
+    r = _untrained(train, held)
+
+    def flagged(stage_steps):
+        serial = replace(r, stages=[replace(r, best_step=s) for s in stage_steps])
+        _, flags = guard_with_extras(serial, factors=(1, 2, 2), degradation=degrade.Degradation(),
+                                     extras={"ensemble": False, "back_projection_iterations": 1},
+                                     margin_db=10.0, confidence=0.95)  # a margin no output reaches
+        return "model_worse_than_interpolation" in flags
+
+    assert not flagged((0, 0))  # nothing learned: tricubic + back-projection passes on its consistent gain
+    assert flagged((50, 0)) and flagged((0, 50))
+
+
+def test_the_last_step_is_validated_and_can_be_the_kept_checkpoint_when_it_is_off_the_validation_grid(
+        monkeypatch):
+    """Steps not a multiple of validate_every: the last step's weights are still scored (and kept
+    when they are the best) rather than dropped with the steps after the last validation.
+    Validating only on the grid failed no test (a mutation review)."""
+    from selfres import train as train_mod
+
+    train, held = _data()
+    seen = _scripted_validation(monkeypatch, train_mod, [(0.0, 0.0), (0.5, 0.5), (1.0, 1.0)])
+    r = train_enhance(train, held, factors=(1, 2, 2), settings=TrainSettings(steps=7, **TINY))
+    assert [row["step"] for row in r.log_rows] == [5, 7] and r.steps_done == 7
+    assert r.best_step == 7 and r.val_psnr_model == pytest.approx(31.0)
+    returned = r.model.state_dict()
+    assert all(torch.equal(returned[k], seen[7][k]) for k in seen[7])

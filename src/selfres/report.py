@@ -341,6 +341,11 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
     # enhance's untrained start (tricubic + back-projection) is held to the confidence test or the margin, a
     # trained network to the margin alone (train.guard_with_extras)
     kept_start = metrics.get("mode") == "enhance" and num(metrics.get("best_step")) == 0
+    confidence = num(metrics.get("guard_confidence"))  # the kept start's test
+    if confidence is None:  # metrics written before it was recorded: the default then and now
+        from .settings import TrainSettings
+
+        confidence = TrainSettings.guard_confidence
     bits = []
     if status == "output_broken":  # said first: the figures below judge the model, not this file
         bits.append("<b class=\"status-failed\">restored.ome.zarr as written is broken: do not use it</b> "
@@ -362,11 +367,6 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
                     "when the model was made, did not accept it</b> (a figure this close to the margin, "
                     f"train.guard_margin_db = {esc(fmt(margin))} dB, can move a little between devices).")
     elif flagged and gain >= 0.005 and kept_start:
-        from .settings import TrainSettings
-
-        confidence = num(metrics.get("guard_confidence"))
-        if confidence is None:  # metrics written before it was recorded: the default then and now
-            confidence = TrainSettings.guard_confidence
         rules = ([f"a gain above 0 at {confidence * 100:g} % when its blocks are resampled"] if confidence > 0
                  else []) + ([f"a gain above train.guard_margin_db = {esc(fmt(margin))} dB"] if margin else [])
         bits.append(f"<b class=\"status-failed\">{esc(subject)} beats {baseline} on {region} by "
@@ -394,6 +394,8 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
             # (a coarse-scale failure has its own reason, said above)
             below = (flagged and lo > 0 and margin is not None and gain < margin
                      and not metrics.get("coarse_scale_failed") and not kept_start)
+            start_rule = (f" (a gain above 0 at {confidence * 100:g} % is enough only for a model that kept its "
+                          "starting point)" if confidence > 0 else "")
             # a wide interval across 0: the region cannot tell; a narrow one: it can, and the gain is about 0
             # (a walkthrough's region full of cells read -0.01 to +0.10 and was called "too uniform")
             unsure = ("; the region is too small or too uniform to tell the two apart." if hi - lo > NARROW_INTERVAL_DB
@@ -401,8 +403,8 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
             bits.append(f"Resampling blocks of the held-out region puts that gain between {esc(f'{lo:+.{nd}f}')} "
                         f"and {esc(f'{hi:+.{nd}f}')} dB (95 %)"
                         + (unsure if lo < 0 < hi
-                           else ": consistent, but a trained network must clear the margin (a gain above 0 at "
-                           "95 % is enough only for a model that kept its starting point)." if below else "."))
+                           else ": consistent, but a trained network must clear the margin" + start_rule + "."
+                           if below else "."))
     scores = (train_fov or {}).get("scores") if isinstance(train_fov, Mapping) else None
     held, whole = (num(scores.get("holdout_structure")), num(scores.get("volume_structure"))) \
         if isinstance(scores, Mapping) else (None, None)

@@ -845,6 +845,21 @@ def test_verdict_holds_a_kept_starting_point_to_the_95_percent_test_not_the_trai
     assert "less than the margin the guard asks of a trained network" in trained and "starting point" not in trained
 
 
+def test_a_trained_network_below_the_margin_is_told_the_kept_starts_rule_at_the_confidence_set():
+    """A mutation review: the sentence always said 95 %, and with train.guard_confidence 0 (that rule
+    off) it told of a rule that did not exist."""
+    from selfres import report
+
+    m = {"self_validation": {"psnr_model": 30.10, "psnr_interp": 30.0}, "guard_margin_db": 0.2,
+         "flags": ["model_worse_than_interpolation"], "mode": "enhance", "best_step": 100,
+         "holdout_gain_db_interval": [0.05, 0.15]}
+    said = "consistent, but a trained network must clear the margin"
+    assert said + " (a gain above 0 at 95 % is enough only for a model that kept its" in report._verdict(m, "ok")
+    assert "at 99 % is enough only" in report._verdict(dict(m, guard_confidence=0.99), "ok")
+    off = report._verdict(dict(m, guard_confidence=0.0), "ok")
+    assert said + "." in off and "is enough only" not in off
+
+
 def test_a_reference_gain_far_below_the_held_out_one_is_said_beside_it():
     """A walkthrough on a large cellfinder field: the report opened with "+1.25 dB" held out while the
     reference, further down, gave +0.24 dB, unremarked; the two are now set side by side."""

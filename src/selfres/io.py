@@ -939,7 +939,8 @@ def _ome_zarr_level(path: str, group, level: int):
             problem = None if nz_here == 1 or (unit is None and fac is None) else \
                 _size_problem(f"the scale of axis {ax.lower()}", scale[i], unit)
             problems += [problem] if problem else []
-            sizes[ax] = scale[i] * fac if fac is not None else None
+            # a single plane's z step says nothing (often 0): y's stands in, as for an OME-TIFF
+            sizes[ax] = scale[i] * fac if fac is not None and nz_here > 1 else None
         # in voxel steps: translation / scale (no unit involved; a zero scale places nothing)
         shift = translation[i] if translation is not None and i is not None else 0.0
         step = scale[i] if scale is not None and i is not None else 1.0

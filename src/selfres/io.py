@@ -936,11 +936,12 @@ def _ome_zarr_level(path: str, group, level: int):
             else:
                 fac = _unit_factor(unit)
             nz_here = arr.shape[i] if ax == "Z" else 2
-            problem = None if nz_here == 1 or (unit is None and fac is None) else \
+            problem = None if unit is None and fac is None else \
                 _size_problem(f"the scale of axis {ax.lower()}", scale[i], unit)
-            problems += [problem] if problem else []
-            # a single plane's z step says nothing (often 0): y's stands in, as for an OME-TIFF
-            sizes[ax] = scale[i] * fac if fac is not None and nz_here > 1 else None
+            # an unusable z step of a single plane (often 0) is no voxel size problem: y's stands in, as
+            # for an OME-TIFF; a usable one is kept (a plane of a z stack written back out keeps its step)
+            problems += [problem] if problem and nz_here > 1 else []
+            sizes[ax] = scale[i] * fac if fac is not None and not problem else None
         # in voxel steps: translation / scale (no unit involved; a zero scale places nothing)
         shift = translation[i] if translation is not None and i is not None else 0.0
         step = scale[i] if scale is not None and i is not None else 1.0

@@ -1993,7 +1993,16 @@ def test_a_single_plane_ome_zarr_with_a_zero_z_scale_never_gets_a_zero_voxel_siz
     axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"]
     p = _ome_zarr_of(tmp_path / "plane.ome.zarr", _vol(shape=(1, 12, 14), dtype="float32"), axes, [0.0, 0.5, 0.5])
     vox = io.read_volume(p).voxel_size
-    assert vox == (0.5, 0.5, 0.5), vox  # a plane's z step says nothing: y's stands in, as in an OME-TIFF
+    assert vox == (0.5, 0.5, 0.5), vox  # an unusable z step of a plane: y's stands in, as in an OME-TIFF
+
+
+def test_a_single_planes_usable_z_step_survives_a_write_and_read_back(tmp_path):
+    """A plane of a z stack (2 µm steps) normalised, then read back by every later stage: its z step
+    stays 2 (a review: ignoring every single-plane z scale made the output, the report and the methods
+    text say 0.5 × 0.5 × 0.5)."""
+    io.write_ome_zarr(tmp_path / "plane.ome.zarr", _vol(shape=(1, 12, 14), dtype="float32"),
+                      voxel_size=(2.0, 0.5, 0.5))
+    assert io.read_volume(tmp_path / "plane.ome.zarr").voxel_size == (2.0, 0.5, 0.5)
 
 
 def test_repeated_ome_zarr_axes_are_refused_by_name_not_a_traceback(tmp_path):

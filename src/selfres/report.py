@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .figures import (KEEP_MIN_GAIN_DB, as_zyx, bead_frames, display_range, fov_bbox, holdout_bbox, kept_steps,
-                      log_frame, only_z_resampled, prepare_views, sample_figures)
+from .figures import (DETAIL_MAX_SIDE_PX, KEEP_MIN_GAIN_DB, as_zyx, bead_frames, display_range, fov_bbox,
+                      holdout_bbox, kept_steps, log_frame, only_z_resampled, prepare_views, sample_figures)
 from .flags import BROKEN_OUTPUT_FLAGS, FLAG_EXPLANATIONS, explain_flag, implausible_isotropy_note, sample_status
 from .methods_text import methods_text
 from .wording import (baseline_name, duration_text, esc, extras_text, fmt, lateral_pixels_text, num,
@@ -513,8 +513,9 @@ def _self_validation_caption(metrics: Mapping[str, Any], interp_name: str) -> st
 HOLDOUT_SCALE_CAVEAT = (
     "The region is scored one scale coarser than the output (the input degraded once more), so the figure "
     "says whether the network beats interpolation at that scale, not by how much it improves the output: on "
-    "the benchmark's 7 real volumes at ×2, held-out gains of +0.34 to +1.71 dB came with gains against the "
-    "truth of +0.04 to +3.80 dB, in another order (docs/quality.md).")
+    "the benchmark's 7 files at ×2 the gain against the truth ran from under a tenth of the held-out gain "
+    "(cellfinder_stp, psf_beads) to two or three times it, in another order from volume to volume "
+    "(docs/quality.md).")
 
 
 #: A held-out gain this much above the reference's (and over twice it) is said to overstate it
@@ -729,7 +730,8 @@ def render_sample_report(
                      "intensity they do not support (isotropic mode: the flag restored_brighter says so; the "
                      "axial blur σ may be overestimated, see Self-validation).</p>")
     else:
-        parts.append("<p class=\"muted\">A 4× zoom around the brightest structure, in the acquired "
+        parts.append("<p class=\"muted\">A zoom around the brightest structure (a quarter of the field, at most "
+                     f"{DETAIL_MAX_SIDE_PX} output voxels across: the titles give the zoom), in the acquired "
                      "plane nearest its peak (the raw panel) and the output plane nearest that one (the "
                      "other two; both z positions are in the titles), and an intensity profile along the "
                      "drawn line. "

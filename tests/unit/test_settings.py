@@ -669,3 +669,32 @@ def test_the_guard_confidence_is_0_or_from_one_half_up_to_but_not_including_1():
     for wrong in (1.0, 0.49, -0.1):
         with pytest.raises(ConfigError, match=r"train.guard_confidence must be 0 \(off\), or at least 0.5 and below 1"):
             TrainSettings(guard_confidence=wrong).validate()
+
+
+# --- from a mutation review of settings.py: what the command line's --scale / --voxel-size /
+# --settings take without a schema in front of them ---
+
+
+@pytest.mark.parametrize("text", ["0,2,2", "1,2,2,2", "2,2"])
+def test_a_scale_needs_three_positive_integers(text):
+    from selfres.settings import parse_scale
+
+    with pytest.raises(ConfigError, match=r"must be three positive integers z,y,x"):
+        parse_scale(text, name="--scale")
+
+
+@pytest.mark.parametrize("text", ["2,0.5,0.5,0.5", "-2,0.5,0.5"])
+def test_a_voxel_size_needs_three_positive_numbers(text):
+    from selfres.settings import parse_voxel_size
+
+    with pytest.raises(ConfigError, match=r"must be three positive numbers z,y,x"):
+        parse_voxel_size(text, name="--voxel-size")
+
+
+@pytest.mark.parametrize("patch", [[8, 48, 48, 48], [8, 48]])
+def test_a_triple_setting_with_another_number_of_values_is_refused_not_cut(patch):
+    """``--settings '{"train": {"patch_size": [8, 48, 48, 48]}}'`` was cut to three values without a word."""
+    from selfres.settings import parse_settings
+
+    with pytest.raises(ConfigError, match=r"train\.patch_size: expected 3 values"):
+        parse_settings({"train": {"patch_size": patch}})

@@ -808,3 +808,117 @@ def test_sheet_paths_read_tilde_as_home_and_dotdot_as_the_file_system_does(tmp_p
     assert table["up"] == str(tmp_path / "ext" / "deep" / "data" / "a.tif")
     via_link = read_sample_sheet(str(tmp_path / "wdlink" / "sheets" / "plain.tsv"))
     assert list(via_link["path"]) == [os.path.join("sheets", "data", "b.tif")]
+
+
+# --- from a mutation review of sheet.py and settings.py: what a facility's sheet gets wrong ---
+
+
+@pytest.mark.parametrize("sid", ["..", ".hidden", "_x", "-x"])
+def test_an_id_that_does_not_start_with_a_letter_or_digit_is_refused_without_a_schema_too(tmp_path, sid):
+    """``..`` would be the results folder's parent, ``.hidden`` a hidden folder, ``-x`` an option
+    to every command: the id check itself refuses them (the results check relies on it alone)."""
+    from selfres.sheet import check_results_dirs, check_sample_id
+
+    with pytest.raises(ConfigError, match=r"sample id .* is not allowed: use letters, digits"):
+        check_sample_id(sid)
+    with pytest.raises(ConfigError, match=r"is not allowed"):
+        check_results_dirs(tmp_path / "results", [sid])
+    p = _sheet(tmp_path, f"sample\tpath\ngood\tg.tif\n{sid}\tb.tif\n")
+    with pytest.raises(ConfigError, match=rf"line 3: sample id '{re.escape(sid)}' is not allowed"):
+        read_sample_sheet(p)
+
+
+def test_a_reference_is_found_beside_the_sheet_like_the_acquisition(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = _sheet(tmp_path, "sample\tpath\treference\na\t../data/a.tif\t../truth/a.tif\nb\tb.tif\ttruth b.tif\n")
+    sheet = read_sample_sheet(p, schema=SCHEMA).set_index("sample")
+    assert sheet.loc["a", "reference"] == os.path.join("truth", "a.tif")
+    assert sheet.loc["b", "reference"] == os.path.join("config", "truth b.tif")
+    assert sheet.loc["b", "path"] == os.path.join("config", "b.tif")
+
+
+def test_a_file_name_starting_with_a_dash_is_given_as_an_absolute_path(tmp_path, monkeypatch):
+    """``selfres normalise -scan.tif`` reads the name as an option: a path inside the working
+    directory that would start with ``-`` is made absolute (the integration test runs the
+    workflow on one); ``config/-scan.tif`` starts with no dash and stays relative."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "samples.tsv").write_text("sample\tpath\na\t-scan.tif\nb\t--scan.tif\n", encoding="utf-8")
+    got = read_sample_sheet(tmp_path / "samples.tsv", schema=SCHEMA)["path"].tolist()
+    assert got == [str(tmp_path / "-scan.tif"), str(tmp_path / "--scan.tif")]
+    assert read_sample_sheet(_sheet(tmp_path, "sample\tpath\na\t-scan.tif\n"), schema=SCHEMA)["path"][0] == \
+        os.path.join("config", "-scan.tif")
+
+
+def test_a_cell_after_the_first_that_starts_with_a_hash_is_text(tmp_path):
+    p = _sheet(tmp_path, "sample\tpath\treference\na\t#3 scan.tif\t#3 truth.tif\n")
+    sheet = read_sample_sheet(p, schema=SCHEMA)
+    assert sheet["sample"].tolist() == ["a"]
+    assert Path(sheet["path"][0]).name == "#3 scan.tif" and Path(sheet["reference"][0]).name == "#3 truth.tif"
+
+
+def test_lines_of_only_spaces_and_tabs_are_skipped_as_blank(tmp_path):
+    """A spreadsheet export keeps emptied rows as tabs (and a space typed into one)."""
+    p = _sheet(tmp_path, "sample\tpath\tmode\na\ta.tif\tenhance\n \t \t\n\t\t\nb\tb.tif\t\n")
+    assert read_sample_sheet(p, schema=SCHEMA)["sample"].tolist() == ["a", "b"]
+
+
+def test_several_trailing_empty_header_cells_are_dropped(tmp_path):
+    sheet = read_sample_sheet(_sheet(tmp_path, "sample\tpath\tmode\t\t\t\na\ta.tif\tenhance\n"), schema=SCHEMA)
+    assert list(sheet.columns) == ["sample", "path", "mode"]
+
+
+def test_a_column_named_twice_is_refused_naming_it(tmp_path):
+    """Which of two ``scale`` columns was meant? Neither is guessed."""
+    p = _sheet(tmp_path, "sample\tpath\tscale\tmode\tscale\na\ta.tif\t1,2,2\t\t2,2,2\n")
+    with pytest.raises(ConfigError, match=r"samples\.tsv: duplicate or empty column names 'scale'"):
+        read_sample_sheet(p, schema=SCHEMA)
+
+
+def test_a_duplicate_sample_id_stops_the_run_naming_the_id(tmp_path):
+    """By default (``bad_rows: fail_run``) two rows of one id stop the run: both would write
+    results/<id>, one over the other."""
+    p = _sheet(tmp_path, "sample\tpath\na\ta1.tif\nb\tb.tif\na\ta2.tif\n")
+    with pytest.raises(ConfigError, match=r"samples\.tsv: duplicate sample id\(s\): a; ids must be unique"):
+        read_sample_sheet(p, schema=SCHEMA)
+
+
+def test_an_empty_path_is_refused_naming_the_line_and_sample_without_a_schema_too(tmp_path):
+    p = _sheet(tmp_path, "sample\tpath\tmode\ngood\tg.tif\t\nnofile\t\tenhance\n")
+    with pytest.raises(ConfigError, match=r"samples\.tsv, line 3: sample 'nofile': column 'path' is empty"):
+        read_sample_sheet(p)
+    refused = {}
+    assert read_sample_sheet(p, refused=refused)["sample"].tolist() == ["good"] and list(refused) == ["nofile"]
+
+
+@pytest.mark.parametrize("column", ["channel", "timepoint", "series"])
+def test_an_all_row_whose_file_cannot_be_read_is_kept_for_its_job_to_name(tmp_path, column):
+    """The docstring's promise: the row stays (its first job fails with the reader's message);
+    dropping it would lose the sample from the run and from the summary without a word."""
+    import pandas as pd
+
+    from selfres import sheet as sh
+
+    table = pd.DataFrame({"sample": ["gone", "b"], "path": [str(tmp_path / "gone.tif"), "b.tif"],
+                          column: ["all", ""]})
+    expand = {"channel": sh.expand_channels, "timepoint": sh.expand_timepoints, "series": sh.expand_series}[column]
+    out = expand(table)
+    assert out["sample"].tolist() == ["gone", "b"] and out[column].tolist() == ["all", ""]
+
+
+def test_channel_all_counts_the_channels_of_the_row_s_own_image(tmp_path):
+    """A file of two images (positions) with 2 and 3 channels: ``series=1, channel=all`` makes
+    one sample per channel of image 1."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from selfres.sheet import expand_channels
+
+    two = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(two, ome=True) as tw:
+        tw.write(np.zeros((4, 2, 8, 8), "uint16"), metadata={"axes": "ZCYX"})
+        tw.write(np.zeros((4, 3, 8, 8), "uint16"), metadata={"axes": "ZCYX"})
+    table = pd.DataFrame({"sample": ["p0", "p1"], "path": [str(two)] * 2, "series": ["0", "1"],
+                          "channel": ["all", "all"]})
+    out = expand_channels(table)
+    assert out["sample"].tolist() == ["p0_c0", "p0_c1", "p1_c0", "p1_c1", "p1_c2"]

@@ -389,6 +389,27 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]], list[int]]:
     return header, rows, lines
 
 
+#: Said where two ids differ only in case: one folder on macOS or an SMB share
+CASE_NOTE = (" (ids that differ only in case share one results folder on a case-insensitive file system, as "
+             "macOS's or a Windows share's)")
+
+
+def clashing_ids(ids) -> list[str]:
+    """The sample ids (sorted) that another id equals, letter case aside: on a case-insensitive file
+    system (macOS by default, an SMB share) ``Scan1`` and ``scan1`` write one ``results/scan1``."""
+    ids = [str(v) for v in ids]
+    counts: dict[str, int] = {}
+    for sid in ids:
+        counts[sid.casefold()] = counts.get(sid.casefold(), 0) + 1
+    return sorted({sid for sid in ids if counts[sid.casefold()] > 1})
+
+
+def _differ_in_case_only(ids) -> bool:
+    """Whether some of ``ids`` are the same id in another case (not only repeated)."""
+    ids = list(ids)
+    return len({sid.casefold() for sid in ids}) < len(set(ids))
+
+
 def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Mapping | None = None,
                       config_settings: Mapping | None = None,
                       refused: dict[str, str] | None = None) -> pd.DataFrame:
@@ -461,12 +482,15 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
             if refused is None or str(exc).startswith("config: "):  # "config:": every sample's mistake
                 raise
             refused.setdefault(row["sample"], str(exc))
-    dup = sorted(sheet["sample"][sheet["sample"].duplicated()].unique())
+    dup = clashing_ids(sheet["sample"])
     if dup and refused is None:
-        raise ConfigError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}; ids must be unique")
+        raise ConfigError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}; ids must be unique"
+                          + CASE_NOTE * _differ_in_case_only(dup))
     for sid in dup:  # which row was meant? neither runs
-        at = ", ".join(str(i) for i, s in zip(lines, sheet["sample"]) if s == sid)
-        refused[sid] = f"sample sheet {path}, lines {at}: sample {sid!r}: duplicate sample id; ids must be unique"
+        at = ", ".join(str(i) for i, s in zip(lines, sheet["sample"]) if s.casefold() == sid.casefold())
+        refused[sid] = (f"sample sheet {path}, lines {at}: sample {sid!r}: duplicate sample id; ids must be unique"
+                        + CASE_NOTE * _differ_in_case_only([s for s in sheet["sample"]
+                                                           if s.casefold() == sid.casefold()]))
     base = os.path.dirname(os.path.abspath(path))
     for col in PATH_COLUMNS:
         if col in sheet:
@@ -952,14 +976,18 @@ def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str,
             rows.append(row | {"sample": f"{row['sample']}_{suffix}{i}", column: str(i)})
     out = pd.DataFrame(rows, columns=sheet.columns)
     ids = out["sample"]
-    dup = sorted(set(ids[ids.duplicated()]) | (set(made_by) & set(refused or ())))
+    taken = {sid.casefold() for sid in refused or ()}
+    dup = sorted(set(clashing_ids(ids)) | {sid for sid in made_by if sid.casefold() in taken})
     if dup and refused is None:
         raise ConfigError(f"sample sheet: {column}=all makes sample id(s) {', '.join(dup)} that are already taken; "
                           "rename the sample")
+    makers = {made.casefold(): base for made, base in made_by.items()}  # Scan_c0 clashes with scan_c0 (made)
     for sid in dup:  # which row was meant? neither runs
-        maker = f"{column}=all of sample {made_by[sid]!r}"
+        maker = f"{column}=all of sample {makers.get(sid.casefold(), sid)!r}"
+        case = " (letter case aside)" * _differ_in_case_only([v for v in [*ids, *(refused or ())]
+                                                              if v.casefold() == sid.casefold()])
         refused[sid] = (f"{refused[sid]}; also, {maker} makes this id too; rename one of them" if sid in refused
-                        else f"sample sheet: sample {sid!r}: a row has this id, and {maker} makes it too; "
+                        else f"sample sheet: sample {sid!r}: a row has this id{case}, and {maker} makes it too; "
                              "rename one of them")
     return out[~ids.isin(dup)].reset_index(drop=True) if dup else out
 

@@ -922,3 +922,33 @@ def test_channel_all_counts_the_channels_of_the_row_s_own_image(tmp_path):
                           "channel": ["all", "all"]})
     out = expand_channels(table)
     assert out["sample"].tolist() == ["p0_c0", "p0_c1", "p1_c0", "p1_c1", "p1_c2"]
+
+
+def test_ids_that_differ_only_in_case_are_one_results_folder_and_are_refused(tmp_path):
+    """``Scan1`` and ``scan1`` write one ``results/scan1`` on a case-insensitive file system (macOS by
+    default, an SMB share): accepted, one sample's outputs went over the other's (a mutation review)."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from selfres.sheet import expand_channels
+
+    p = _sheet(tmp_path, "sample\tpath\nScan1\ta.tif\nb\tb.tif\nscan1\tc.tif\n")
+    with pytest.raises(ConfigError, match=r"duplicate sample id\(s\): Scan1, scan1; ids must be unique \(ids that "
+                                          r"differ only in case share one results folder"):
+        read_sample_sheet(p, schema=SCHEMA)
+    refused: dict = {}
+    assert read_sample_sheet(p, schema=SCHEMA, refused=refused)["sample"].tolist() == ["b"]
+    assert sorted(refused) == ["Scan1", "scan1"] and "lines 2, 4" in refused["scan1"] and "in case" in refused["Scan1"]
+    same = _sheet(tmp_path, "sample\tpath\na\ta.tif\na\tc.tif\n")  # the same id twice: no word of case
+    with pytest.raises(ConfigError, match=r"duplicate sample id\(s\): a; ids must be unique$"):
+        read_sample_sheet(same, schema=SCHEMA)
+    two = tmp_path / "two.tif"  # an id an expansion makes, in another case
+    tifffile.imwrite(two, np.zeros((3, 2, 8, 8), "uint16"), imagej=True, metadata={"axes": "ZCYX"})
+    sheet = pd.DataFrame({"sample": ["a", "A_c0"], "path": [str(two), "x.tif"], "channel": ["all", ""]})
+    with pytest.raises(ConfigError, match=r"channel=all makes sample id\(s\) A_c0, a_c0 that are already taken"):
+        expand_channels(sheet)
+    refused = {}
+    assert expand_channels(sheet, refused=refused)["sample"].tolist() == ["a_c1"]
+    assert refused["A_c0"] == ("sample sheet: sample 'A_c0': a row has this id (letter case aside), and "
+                               "channel=all of sample 'a' makes it too; rename one of them")

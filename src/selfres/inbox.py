@@ -147,6 +147,12 @@ class InboxScan:
         return out
 
 
+def _clash_name(paths: list[str]) -> str:
+    """The id two or more acquisitions share (``Scan1 / scan1`` where they differ in case alone)."""
+    names = list(dict.fromkeys(safe_id(p) for p in paths))
+    return " / ".join(names)
+
+
 def why_nothing_matched(pattern: str) -> str | None:
     """Why glob ``pattern`` (``~`` expanded) can match nothing, or ``None`` when an empty
     folder explains it: shell braces (``*.{tif,tiff}``), which glob reads literally, or a
@@ -207,9 +213,9 @@ def scan_inbox(
     if on_clash not in ("error", "skip"):
         raise ValueError(f"on_clash must be 'error' or 'skip', got {on_clash!r}")
     now = time.time() if now is None else now
-    ids = set(known_ids)
+    ids = {i.casefold() for i in known_ids}  # Scan1 and scan1: one results folder on macOS or an SMB share
     paths = {os.path.realpath(p) for p in known_paths if p}
-    by_id: dict[str, list[str]] = {}
+    by_id: dict[str, list[str]] = {}  # by the id's casefold: two ids that differ in case alone clash
     scan = InboxScan()
     excluded = [os.path.realpath(os.path.expanduser(e)) for e in exclude]
     for pattern in patterns:
@@ -222,36 +228,37 @@ def scan_inbox(
             if any(real == e or real.startswith(e + os.sep) for e in excluded):
                 continue
             sid = safe_id(path)
-            if real in paths or sid in ids:
+            if real in paths or sid.casefold() in ids:
                 if (path, sid) not in scan.shadowed:
                     scan.shadowed.append((path, sid))
                 continue
-            same = by_id.setdefault(sid, [])
+            same = by_id.setdefault(sid.casefold(), [])
             if real not in {os.path.realpath(p) for p in same}:
                 same.append(path)
-    for sid, ps in by_id.items():  # scan7.czi beside scan7.ome.tif: the conversion is the sample
+    for key, ps in by_id.items():  # scan7.czi beside scan7.ome.tif: the conversion is the sample
         readable = [p for p in ps if unread_format(p) is None] if len(ps) > 1 else ps
         # beside it: a vendor file in another folder (another microscope's sample1.czi) is no conversion
         beside = len(readable) == 1 and all(os.path.dirname(p) == os.path.dirname(readable[0]) for p in ps)
         if beside and len(ps) > 1:
             scan.converted += [(p, readable[0]) for p in ps if p != readable[0]]
-            by_id[sid] = readable
-    for sid, ps in list(by_id.items()):
+            by_id[key] = readable
+    for key, ps in list(by_id.items()):
         problems = [why for p in ps if (why := snakemake_pattern_problem(p))]
         if problems and on_clash == "error":
             raise ConfigError(f"inbox: {problems[0]}")
         if problems:
-            scan.unusable.append((sid, ps[0], problems[0]))
-            del by_id[sid]
-    clashes = {sid: ps for sid, ps in by_id.items() if len(ps) > 1}
+            scan.unusable.append((safe_id(ps[0]), ps[0], problems[0]))
+            del by_id[key]
+    clashes = {key: ps for key, ps in by_id.items() if len(ps) > 1}
     if clashes and on_clash == "skip":
-        for sid, ps in sorted(clashes.items()):
-            scan.clashes.append((sid, ps))
-            del by_id[sid]
+        for key, ps in sorted(clashes.items()):
+            scan.clashes.append((_clash_name(ps), ps))
+            del by_id[key]
     elif clashes:
-        detail = "; ".join(f"{sid!r} from {', '.join(ps)}" for sid, ps in sorted(clashes.items()))
+        detail = "; ".join(f"{_clash_name(ps)!r} from {', '.join(ps)}" for key, ps in sorted(clashes.items()))
         raise ConfigError(f"inbox: acquisitions with the same sample id: {detail}. {CLASH_ADVICE}")
-    for sid, (path,) in sorted(by_id.items()):
+    for path, in sorted(by_id.values(), key=lambda ps: safe_id(ps[0])):
+        sid = safe_id(path)
         try:
             age = now - last_change(path)
         except FileNotFoundError:

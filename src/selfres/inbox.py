@@ -105,8 +105,8 @@ class InboxScan:
     shadowed
         ``(path, id)`` of acquisitions left to a sheet row of the same id or path.
     clashes
-        ``(id, paths)`` left out because several acquisitions map to one id
-        (``on_clash="skip"`` only).
+        ``(id, paths)`` left out because several acquisitions map to one id, letter case aside
+        (``on_clash="skip"`` only; the id ``'Scan1 / scan1'`` where they differ in case).
     converted
         ``(path, conversion)``: a vendor's file left to its conversion of the same id.
     """
@@ -131,7 +131,7 @@ class InboxScan:
         take as an input (``unusable``), for a run that fails each alone (``bad_rows:
         fail_alone``); they are then its to report, and leave :meth:`messages`."""
         out = {sid: f"sample {sid!r}: inbox: acquisitions with the same sample id: {', '.join(ps)}. {CLASH_ADVICE}"
-               for sid, ps in self.clashes}
+               for _, ps in self.clashes for sid in dict.fromkeys(safe_id(p) for p in ps)}  # Scan1 and scan1: each
         out |= {sid: f"sample {sid!r}: inbox: {why}" for sid, _, why in self.unusable}
         self.clashes, self.unusable = [], []
         return out
@@ -213,7 +213,9 @@ def scan_inbox(
     if on_clash not in ("error", "skip"):
         raise ValueError(f"on_clash must be 'error' or 'skip', got {on_clash!r}")
     now = time.time() if now is None else now
-    ids = {i.casefold() for i in known_ids}  # Scan1 and scan1: one results folder on macOS or an SMB share
+    ids: dict[str, str] = {}  # by casefold (Scan1 and scan1: one results folder on macOS or an SMB share)
+    for known in known_ids:
+        ids.setdefault(known.casefold(), known)
     paths = {os.path.realpath(p) for p in known_paths if p}
     by_id: dict[str, list[str]] = {}  # by the id's casefold: two ids that differ in case alone clash
     scan = InboxScan()
@@ -229,8 +231,9 @@ def scan_inbox(
                 continue
             sid = safe_id(path)
             if real in paths or sid.casefold() in ids:
-                if (path, sid) not in scan.shadowed:
-                    scan.shadowed.append((path, sid))
+                row = ids.get(sid.casefold(), sid)  # the sheet's spelling of the id
+                if (path, row) not in scan.shadowed:
+                    scan.shadowed.append((path, row))
                 continue
             same = by_id.setdefault(sid.casefold(), [])
             if real not in {os.path.realpath(p) for p in same}:

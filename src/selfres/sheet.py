@@ -484,7 +484,11 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
             refused.setdefault(row["sample"], str(exc))
     dup = clashing_ids(sheet["sample"])
     if dup and refused is None:
-        raise ConfigError(f"sample sheet {path}: duplicate sample id(s): {', '.join(dup)}; ids must be unique"
+        groups: dict[str, list[str]] = {}  # Scan1 / scan1 named together, beside an exact repeat
+        for sid in dup:
+            groups.setdefault(sid.casefold(), []).append(sid)
+        raise ConfigError(f"sample sheet {path}: duplicate sample id(s): "
+                          f"{', '.join(' / '.join(g) for g in groups.values())}; ids must be unique"
                           + CASE_NOTE * _differ_in_case_only(dup))
     for sid in dup:  # which row was meant? neither runs
         at = ", ".join(str(i) for i, s in zip(lines, sheet["sample"]) if s.casefold() == sid.casefold())
@@ -984,11 +988,13 @@ def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str,
     makers = {made.casefold(): base for made, base in made_by.items()}  # Scan_c0 clashes with scan_c0 (made)
     for sid in dup:  # which row was meant? neither runs
         maker = f"{column}=all of sample {makers.get(sid.casefold(), sid)!r}"
-        case = " (letter case aside)" * _differ_in_case_only([v for v in [*ids, *(refused or ())]
-                                                              if v.casefold() == sid.casefold()])
-        refused[sid] = (f"{refused[sid]}; also, {maker} makes this id too; rename one of them" if sid in refused
-                        else f"sample sheet: sample {sid!r}: a row has this id{case}, and {maker} makes it too; "
-                             "rename one of them")
+        others = sorted({v for v in [*ids, *(refused or ())] if v.casefold() == sid.casefold() and v != sid})
+        spelled = (f" (as {', '.join(map(repr, others))}: ids that differ only in case share one results folder)"
+                   if others else "")
+        refused[sid] = (f"{refused[sid]}; also, {maker} makes this id too{spelled}; rename one of them"
+                        if sid in refused else
+                        f"sample sheet: sample {sid!r}: a row has this id, and {maker} makes it too{spelled}; "
+                        "rename one of them")
     return out[~ids.isin(dup)].reset_index(drop=True) if dup else out
 
 

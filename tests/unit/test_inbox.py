@@ -22,8 +22,14 @@ def test_two_acquisitions_whose_ids_differ_only_in_case_clash_and_a_sheet_id_in_
         scan_inbox([pattern], settle_seconds=0, now=2e9)
     skipped = scan_inbox([pattern], settle_seconds=0, now=2e9, on_clash="skip")
     assert [r["sample"] for r in skipped.rows] == ["other"] and skipped.clashes[0][0] == "Scan1 / scan1"
+    # bad_rows: fail_alone: each real id fails alone (a review: the joined name became a sample id, refused
+    # as a folder name, and stopped the whole run)
+    refused = skipped.refusals()
+    assert sorted(refused) == ["Scan1", "scan1"] and all("Scan1.tif, " in why and "scan1.tif." in why
+                                                         for why in refused.values())
     sheet_wins = scan_inbox([pattern], settle_seconds=0, now=2e9, known_ids=["SCAN1"])
     assert [r["sample"] for r in sheet_wins.rows] == ["other"]
-    assert sorted(sid for _, sid in sheet_wins.shadowed) == ["Scan1", "scan1"]
+    assert [sid for _, sid in sheet_wins.shadowed] == ["SCAN1", "SCAN1"]  # the sheet's row, as the sheet spells it
+    assert all("left to the sample sheet's row 'SCAN1'" in m for m in sheet_wins.messages())
     one = scan_inbox([str(tmp_path / "a" / "*.tif")], settle_seconds=0, now=2e9)
     assert [r["sample"] for r in one.rows] == ["Scan1", "other"]  # the id keeps its case

@@ -934,12 +934,15 @@ def test_ids_that_differ_only_in_case_are_one_results_folder_and_are_refused(tmp
     from selfres.sheet import expand_channels
 
     p = _sheet(tmp_path, "sample\tpath\nScan1\ta.tif\nb\tb.tif\nscan1\tc.tif\n")
-    with pytest.raises(ConfigError, match=r"duplicate sample id\(s\): Scan1, scan1; ids must be unique \(ids that "
+    with pytest.raises(ConfigError, match=r"duplicate sample id\(s\): Scan1 / scan1; ids must be unique \(ids that "
                                           r"differ only in case share one results folder"):
         read_sample_sheet(p, schema=SCHEMA)
     refused: dict = {}
     assert read_sample_sheet(p, schema=SCHEMA, refused=refused)["sample"].tolist() == ["b"]
     assert sorted(refused) == ["Scan1", "scan1"] and "lines 2, 4" in refused["scan1"] and "in case" in refused["Scan1"]
+    mixed = _sheet(tmp_path, "sample\tpath\nScan1\ta.tif\na\tb.tif\nscan1\tc.tif\na\td.tif\n")
+    with pytest.raises(ConfigError, match=r"duplicate sample id\(s\): Scan1 / scan1, a; ids must be unique \(ids"):
+        read_sample_sheet(mixed, schema=SCHEMA)
     same = _sheet(tmp_path, "sample\tpath\na\ta.tif\na\tc.tif\n")  # the same id twice: no word of case
     with pytest.raises(ConfigError, match=r"duplicate sample id\(s\): a; ids must be unique$"):
         read_sample_sheet(same, schema=SCHEMA)
@@ -950,5 +953,7 @@ def test_ids_that_differ_only_in_case_are_one_results_folder_and_are_refused(tmp
         expand_channels(sheet)
     refused = {}
     assert expand_channels(sheet, refused=refused)["sample"].tolist() == ["a_c1"]
-    assert refused["A_c0"] == ("sample sheet: sample 'A_c0': a row has this id (letter case aside), and "
-                               "channel=all of sample 'a' makes it too; rename one of them")
+    assert refused["A_c0"] == ("sample sheet: sample 'A_c0': a row has this id, and channel=all of sample 'a' "
+                               "makes it too (as 'a_c0': ids that differ only in case share one results folder); "
+                               "rename one of them")
+    assert "makes it too (as 'A_c0'" in refused["a_c0"]

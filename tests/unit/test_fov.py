@@ -394,3 +394,144 @@ def test_the_crops_held_out_size_check_judges_the_window_training_takes():
                                    min_holdout_shape=(1, 1, 1))
     assert list(held_out_window_shape(region, max_voxels=8000, min_holdout_voxels=4096, multiple=(1, 1, 1))) == \
         box_shape(fov.holdout)
+
+
+# --- a mutation review of the crop stage (fov.py): boundaries and choices no test pinned ---
+
+
+@pytest.mark.parametrize("text", ["0:16,20:20,0:64", "0:16,0:40,7:7", "0:17,0:40,0:64", "0:16,0:65,0:64"])
+def test_a_sheet_fov_with_an_empty_range_or_one_voxel_past_the_end_is_refused(text):
+    """An empty range (start == end) or an end one voxel past the volume is a mistake in the
+    sheet, refused before any work; ending exactly at the volume's edge is not."""
+    with pytest.raises(ConfigError, match="empty or outside"):
+        parse_fov(text, (16, 64, 64))
+    assert parse_fov("0:16,63:64,0:64", (16, 64, 64)) == ((0, 16), (63, 64), (0, 64))
+
+
+def test_a_held_out_slab_of_half_the_axis_is_allowed():
+    """The refusal is of a held-out slab larger than what is left to train on, not of one as
+    large: a 128 x 64 image holds out exactly 64 rows (4096 voxels) and trains on the other 64."""
+    from selfres.fov import automatic_holdout_slab
+
+    assert automatic_holdout_slab((1, 128, 64)) == (1, 64)
+    fov = choose_training_fov(blob_volume((1, 128, 64), n=40, seed=2))
+    assert box_shape(fov.holdout) == [1, 64, 64] and box_shape(fov.train) == [1, 64, 64]
+
+
+def test_the_held_out_slab_is_the_end_with_more_structure():
+    """Structure everywhere, more of it in the first rows (y, the longer axis): the held-out slab
+    is taken at that end, not at the other (both ends hold enough structure that the other
+    lateral axis is not tried, whose choice re-sorts the ends by itself)."""
+    rng = np.random.default_rng(0)
+    vol = rng.random((8, 96, 64)).astype(np.float32)
+    vol[:, :30] += rng.random((8, 30, 64)).astype(np.float32)
+    fov = choose_training_fov(vol, max_voxels=8 * 40 * 40, min_holdout_voxels=512)
+    assert "axis y" in fov.reason and fov.holdout[1][1] <= 19, fov
+    assert fov.train[1][0] >= 19
+    assert fov.scores["holdout_structure"] > fov.scores["volume_structure"]
+
+
+def test_the_automatic_held_out_box_keeps_min_holdout_voxels_under_a_small_max_voxels():
+    """The held-out box is a quarter of max_voxels, but never under min_holdout_voxels (a small
+    training limit must not leave the guard a few hundred voxels to judge by)."""
+    vol = blob_volume((16, 64, 64), n=100)
+    fov = choose_training_fov(vol, max_voxels=4000, min_holdout_voxels=2048)
+    assert np.prod(box_shape(fov.holdout)) >= 0.9 * 2048, fov.holdout
+
+
+def test_a_deep_stack_trains_on_a_window_of_64_planes():
+    """A stack deeper than 64 planes whose rest is over max_voxels: the window keeps 64 planes and
+    shrinks in y and x."""
+    vol = blob_volume((80, 64, 64), n=300)
+    fov = choose_training_fov(vol, max_voxels=64 * 32 * 32, min_holdout_voxels=512)
+    assert box_shape(fov.train)[0] == 64 and np.prod(box_shape(fov.train)) <= 64 * 32 * 32, fov.train
+
+
+def test_a_given_training_fov_that_leaves_only_a_small_slab_is_refused():
+    """The slab a given training FOV leaves must hold min_holdout_voxels: two rows of 16 x 64
+    (2048 voxels) beside it are refused, not used as the held-out region."""
+    with pytest.raises(InputError, match="no room for a held-out region"):
+        choose_training_fov(blob_volume((16, 64, 64), n=100), training_fov="0:16,0:62,0:64", min_holdout_voxels=4096)
+
+
+def test_a_slab_thinner_than_the_held_out_shape_needs_is_not_used():
+    """A slab of enough voxels but thinner than min_holdout_shape (too thin to degrade by the
+    factor) is passed over for a thicker one, and refused when it is the only one."""
+    from selfres.fov import holdout_region_beside
+
+    shape = (16, 64, 64)
+    # the y slab beside rows 0:60 (4 rows, 4096 voxels) is too thin for 8; the x slab (8 columns) is not
+    region = holdout_region_beside(shape, ((0, 16), (0, 60), (0, 56)), training_fov="t", min_holdout_voxels=4096,
+                                   min_holdout_shape=(1, 8, 8))
+    assert region == ((0, 16), (0, 64), (56, 64))
+    with pytest.raises(InputError, match="no room for a held-out region"):
+        holdout_region_beside(shape, ((0, 16), (0, 60), (0, 64)), training_fov="t", min_holdout_voxels=4096,
+                              min_holdout_shape=(1, 8, 8))
+
+
+def test_the_held_out_region_beside_a_given_training_fov_is_the_largest_slab():
+    """Rows 0:16 and columns 0:48 given: the slab of rows 16:64 (48 rows) is larger than that of
+    columns 48:64 (16 columns), and the held-out box is looked for there."""
+    from selfres.fov import holdout_region_beside
+
+    assert holdout_region_beside((16, 64, 64), ((0, 16), (0, 16), (0, 48)), training_fov="t", min_holdout_voxels=256,
+                                 min_holdout_shape=(1, 1, 1)) == ((0, 16), (16, 64), (0, 64))
+    fov = choose_training_fov(blob_volume((16, 64, 64), n=100), training_fov="0:16,0:16,0:48", min_holdout_voxels=256)
+    assert fov.holdout[1][0] >= 16 and not boxes_overlap(fov.train, fov.holdout), fov
+
+
+def test_a_training_fov_file_is_refused_when_empty_outside_overlapping_or_made_for_another_volume(tmp_path):
+    """``TrainingFov.load``'s checks, without a pipeline run: an empty range, an end one voxel
+    past the volume, a held-out region sharing voxels with the training FOV, another volume's
+    shape, another mode and another acquisition are each refused; the file as written loads."""
+    import json
+
+    good = {"train": [[0, 8], [0, 40], [0, 64]], "holdout": [[0, 8], [40, 64], [0, 64]], "volume_shape": [8, 64, 64],
+            "mode": "enhance", "acquisition": {"source_checksum": "a" * 64}}
+    path = tmp_path / "train_fov.json"
+    kw = {"volume_shape": (8, 64, 64), "mode": "enhance", "acquisition": {"source_checksum": "a" * 64}}
+    path.write_text(json.dumps(good))
+    assert TrainingFov.load(path, **kw).holdout == ((0, 8), (40, 64), (0, 64))
+    for change, expected in (({"holdout": [[0, 8], [40, 40], [0, 64]]}, "empty or outside"),
+                             ({"holdout": [[0, 8], [40, 65], [0, 64]]}, "empty or outside the volume"),
+                             ({"holdout": [[0, 8], [39, 64], [0, 64]]}, "overlaps the training FOV"),
+                             ({"volume_shape": [8, 64, 80]}, "made for a volume of shape"),
+                             ({"mode": "isotropic"}, "made for mode 'isotropic'"),
+                             ({"acquisition": {"source_checksum": "b" * 64}}, "made for another acquisition")):
+        path.write_text(json.dumps(good | change))
+        with pytest.raises(InputError, match=expected):
+            TrainingFov.load(path, **kw)
+
+
+def test_a_thin_held_out_slab_off_the_block_grid_stays_outside_a_given_training_fov(monkeypatch):
+    """A large volume's score is kept in 4 x 4 blocks; a slab beside a given FOV that holds no whole
+    block (rows 61:64) is searched in its partial block, and the box is cut to the slab: it does
+    not reach back into row 60, a training row."""
+    from selfres import fov as fov_module
+
+    monkeypatch.setattr(fov_module, "BINNED_SCORE_VOXELS", 1000)  # a small volume searched as a large one
+    fov = choose_training_fov(blob_volume((16, 64, 64), n=100), training_fov="0:16,0:61,0:64", min_holdout_voxels=256)
+    assert fov.holdout[1] == (61, 64) and not boxes_overlap(fov.train, fov.holdout), fov.holdout
+
+
+def test_the_training_fov_file_states_each_boxs_own_shape():
+    fov = TrainingFov(train=((0, 8), (0, 40), (0, 64)), holdout=((0, 8), (40, 64), (0, 32)), source="auto", reason="")
+    d = fov.to_dict()
+    assert d["train_shape"] == [8, 40, 64] and d["holdout_shape"] == [8, 24, 32]
+
+
+def test_y_ends_of_a_third_of_the_volumes_structure_are_too_sparse_to_hold_out():
+    """The walkthrough's bead stack had y ends of 0.35 of the volume's mean structure (noise
+    only): under SPARSE_HOLDOUT_SHARE (0.5), so the x ends, which hold beads, are taken."""
+    from selfres import fov as fov_module
+
+    rng = np.random.default_rng(3)
+    vol = 0.05 + 0.04 * rng.standard_normal((8, 120, 100)).astype(np.float32)
+    zz, yy, xx = np.mgrid[:8, :120, :100]
+    for z, y, x in zip(rng.integers(1, 7, 60), rng.integers(30, 90, 60), rng.integers(3, 97, 60)):
+        vol += np.exp(-((zz - z) ** 2 / 2.0 + ((yy - y) ** 2 + (xx - x) ** 2) / 3.0)).astype(np.float32)
+    score = fov_module.StructureScore(vol)
+    share = score.mean(((0, 8), (0, 24), (0, 100))) / score.mean(((0, 8), (0, 120), (0, 100)))
+    assert 0.3 < share < 0.45  # the case: more than the 0.3 a looser threshold would accept
+    fov = choose_training_fov(vol, max_voxels=8 * 48 * 48, min_holdout_voxels=512)
+    assert "axis x" in fov.reason, fov

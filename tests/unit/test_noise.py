@@ -580,3 +580,111 @@ def test_octave_bins_that_structure_kept_from_being_read_do_not_count_as_noisele
     noisy = _poisson_gaussian(_small_beads(beads, seed), photons_per_unit=1000.0, read_sigma=0.0)
     level = noise.noise_level_function(noisy)
     assert np.sqrt(level.variance(0.5)) == pytest.approx(np.sqrt(0.5 / 1000.0), rel=0.2)
+
+
+# --- a mutation review of noise.py: the level's arithmetic and the defect repair, pinned ---
+
+
+def test_the_top_up_is_the_share_of_the_level_degrading_removed_slope_and_floor_alike():
+    """Degrading keeps ``kept`` of the noise's variance: the top-up adds the rest, ``1 - kept`` of
+    both the shot (slope) and the read (floor) part, and nothing when degrading kept it all."""
+    level = noise.NoiseLevel(0.02, 0.0004)
+    up = noise.topup_variance(level, 0.3)
+    assert (up.slope, up.floor) == pytest.approx((0.014, 0.00028))
+    assert up.variance(0.5) + 0.3 * level.variance(0.5) == pytest.approx(level.variance(0.5))
+    none = noise.topup_variance(level, 1.2)  # a measured share over 1 adds nothing (never negative noise)
+    assert (none.slope, none.floor) == (0.0, 0.0)
+
+
+def test_a_noise_level_is_never_negative_reports_sigma_at_its_intensities_and_records_4_digits():
+    level = noise.NoiseLevel(0.02, -0.004)
+    assert level.variance(0.1) == 0.0 and level.variance(0.5) == pytest.approx(0.006)
+    sigma = noise.NoiseLevel(0.01, 0.0004).sigma_at()
+    assert sigma == pytest.approx({"0.1": np.sqrt(0.0014), "0.5": np.sqrt(0.0054)})
+    assert noise.NoiseLevel(0.0123456, 0.000987654).as_list() == [0.01235, 0.0009877]
+
+
+def test_variance_kept_leaves_out_the_outermost_voxels_and_is_at_most_1():
+    """The mirrored border is left out of the share (an operator that rings at the border does not
+    count there), and an operator that amplifies noise keeps all of it, not more."""
+    def loud_border(v):
+        out = np.array(v, dtype=np.float64)
+        out[[0, -1]] *= 10.0
+        out[:, [0, -1]] *= 10.0
+        out[:, :, [0, -1]] *= 10.0
+        return out
+
+    assert noise.variance_kept(loud_border, (1, 1, 1)) == pytest.approx(1.0, rel=0.02)
+    assert noise.variance_kept(lambda v: 0.5 * v, (1, 1, 1)) == pytest.approx(0.25, rel=0.02)
+    assert noise.variance_kept(lambda v: 3.0 * v, (1, 1, 1)) == 1.0
+
+
+def test_a_sensor_defect_is_repaired_with_the_median_of_its_clean_neighbours_inside_the_plane():
+    """Each defect takes the median of its in-plane neighbours that are inside the plane and not
+    defects themselves; a defect with none (inside a cluster) keeps its value."""
+    vol = np.zeros((2, 5, 5), np.float32)
+    vol[:, 3, 0], vol[:, 3, 1], vol[:, 4, 1] = 1.0, 2.0, 10.0  # around the corner pixel (4, 0)
+    vol[:, 4, 0] = 50.0
+    pos = np.zeros((5, 5), bool)
+    pos[4, 0] = True
+    assert np.all(noise.repair_sensor_defects(vol, pos)[:, 4, 0] == 2.0)  # median of 1, 2, 10
+
+    vol = np.arange(2 * 5 * 5, dtype=np.float32).reshape(2, 5, 5)
+    pos = np.zeros((5, 5), bool)
+    pos[1, 1] = pos[1, 2] = True  # a pair: neither takes the other's value
+    out = noise.repair_sensor_defects(vol, pos)
+    for z in range(2):
+        clean = [vol[z, 1 + dy, 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy or dx) and (dy, dx) != (0, 1)]
+        assert out[z, 1, 1] == pytest.approx(np.median(clean))
+    cluster = np.zeros((5, 5), bool)
+    cluster[1:4, 1:4] = True  # the centre has no clean neighbour
+    assert np.array_equal(noise.repair_sensor_defects(vol, cluster)[:, 2, 2], vol[:, 2, 2])
+    assert np.array_equal(noise.repair_sensor_defects(vol, None), vol)
+
+
+def test_a_stack_of_fewer_than_8_planes_has_no_sensor_defects_to_repair():
+    """Fewer than MIN_DEFECT_PLANES planes cannot tell a hot pixel from a point the optics spread
+    over all of them: nothing is repaired (training and inference read the acquisition as it is);
+    from 8 planes the same hot pixels are found."""
+    rng = np.random.default_rng(0)
+    for planes, found in ((6, False), (8, True)):
+        vol = _smooth_scene(shape=(planes, 48, 48)) + rng.normal(0, 0.01, (planes, 48, 48)).astype(np.float32)
+        vol[:, [10, 30], [12, 33]] = 3.0
+        positions = noise.sensor_defect_positions(vol)
+        assert (positions is not None) == found, planes
+        if found:
+            assert positions[10, 12] and positions[30, 33]
+
+
+def test_a_pixel_bright_in_only_some_planes_is_not_a_sensor_defect():
+    """A sensor's defect is there in (nearly) every plane (PERSISTENCE, 3/4): a pixel bright in 7
+    of 12 planes (a telegraph pixel, a fibre end crossing it) is left as acquired; one bright in
+    all 12 is found."""
+    rng = np.random.default_rng(0)
+    vol = _smooth_scene(shape=(12, 48, 48)) + rng.normal(0, 0.01, (12, 48, 48)).astype(np.float32)
+    vol[:7, 20, 20] = 3.0
+    vol[:, 30, 33] = 3.0
+    positions = noise.sensor_defect_positions(vol)
+    assert positions is not None and list(zip(*np.nonzero(positions))) == [(30, 33)]
+
+
+def test_noise_that_falls_with_the_signal_is_read_as_a_constant():
+    """A line of negative slope would leave the bright voxels no noise (the variance clips at 0)
+    and the top-up with none there: it is refitted as a constant, the bins' mean."""
+    rng = np.random.default_rng(5)
+    clean = _smooth_scene(shape=(12, 96, 96))
+    sd = 0.03 * (1.0 - clean)  # variance 9e-4 at 0 down to ~2e-5 at 0.85
+    level = noise.noise_level_function(clean + (sd * rng.standard_normal(clean.shape)).astype(np.float32))
+    assert level.slope == 0.0 and level.floor > 0.0
+    assert level.variance(0.85) > 0.0
+
+
+def test_a_pixel_wide_fibre_brightening_through_z_is_not_a_sensor_defect():
+    """Bright in every plane with one sign, but not steady (0.1 to 3.0 through z): a fibre along z
+    that brightens, left as acquired; a hot pixel of one value beside it is found."""
+    rng = np.random.default_rng(0)
+    vol = _smooth_scene(shape=(12, 48, 48)) + rng.normal(0, 0.01, (12, 48, 48)).astype(np.float32)
+    vol[:, 20, 20] += np.linspace(0.1, 3.0, 12).astype(np.float32)
+    vol[:, 30, 33] = 3.0
+    positions = noise.sensor_defect_positions(vol)
+    assert positions is not None and list(zip(*np.nonzero(positions))) == [(30, 33)]

@@ -394,20 +394,16 @@ CASE_NOTE = (" (ids that differ only in case share one results folder on a case-
              "macOS's or a Windows share's)")
 
 
-def clashing_ids(ids) -> list[str]:
-    """The sample ids (sorted) that another id equals, letter case aside: on a case-insensitive file
-    system (macOS by default, an SMB share) ``Scan1`` and ``scan1`` write one ``results/scan1``."""
-    ids = [str(v) for v in ids]
+def clashing_ids(ids) -> list[list[str]]:
+    """The sample ids that another id equals, letter case aside, as groups of their spellings (each
+    sorted, the groups by their first): on a case-insensitive file system (macOS by default, an SMB
+    share) ``Scan1`` and ``scan1`` write one ``results/scan1``; a group of one spelling is a repeat."""
     counts: dict[str, int] = {}
-    for sid in ids:
+    spellings: dict[str, set[str]] = {}
+    for sid in map(str, ids):
         counts[sid.casefold()] = counts.get(sid.casefold(), 0) + 1
-    return sorted({sid for sid in ids if counts[sid.casefold()] > 1})
-
-
-def _differ_in_case_only(ids) -> bool:
-    """Whether some of ``ids`` are the same id in another case (not only repeated)."""
-    ids = list(ids)
-    return len({sid.casefold() for sid in ids}) < len(set(ids))
+        spellings.setdefault(sid.casefold(), set()).add(sid)
+    return sorted(sorted(spellings[key]) for key, n in counts.items() if n > 1)
 
 
 def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Mapping | None = None,
@@ -482,19 +478,16 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
             if refused is None or str(exc).startswith("config: "):  # "config:": every sample's mistake
                 raise
             refused.setdefault(row["sample"], str(exc))
-    dup = clashing_ids(sheet["sample"])
-    if dup and refused is None:
-        groups: dict[str, list[str]] = {}  # Scan1 / scan1 named together, beside an exact repeat
-        for sid in dup:
-            groups.setdefault(sid.casefold(), []).append(sid)
+    groups = clashing_ids(sheet["sample"])  # Scan1 / scan1 named together, beside an exact repeat
+    if groups and refused is None:
         raise ConfigError(f"sample sheet {path}: duplicate sample id(s): "
-                          f"{', '.join(' / '.join(g) for g in groups.values())}; ids must be unique"
-                          + CASE_NOTE * _differ_in_case_only(dup))
-    for sid in dup:  # which row was meant? neither runs
-        at = ", ".join(str(i) for i, s in zip(lines, sheet["sample"]) if s.casefold() == sid.casefold())
-        refused[sid] = (f"sample sheet {path}, lines {at}: sample {sid!r}: duplicate sample id; ids must be unique"
-                        + CASE_NOTE * _differ_in_case_only([s for s in sheet["sample"]
-                                                           if s.casefold() == sid.casefold()]))
+                          f"{', '.join(' / '.join(g) for g in groups)}; ids must be unique"
+                          + CASE_NOTE * any(len(g) > 1 for g in groups))
+    for group in groups:  # which row was meant? neither runs
+        at = ", ".join(str(i) for i, s in zip(lines, sheet["sample"]) if s.casefold() == group[0].casefold())
+        for sid in group:
+            refused[sid] = (f"sample sheet {path}, lines {at}: sample {sid!r}: duplicate sample id; ids must be "
+                            "unique" + CASE_NOTE * (len(group) > 1))
     base = os.path.dirname(os.path.abspath(path))
     for col in PATH_COLUMNS:
         if col in sheet:
@@ -981,7 +974,8 @@ def _expand_all(sheet: pd.DataFrame, column: str, choices, suffix: str,
     out = pd.DataFrame(rows, columns=sheet.columns)
     ids = out["sample"]
     taken = {sid.casefold() for sid in refused or ()}
-    dup = sorted(set(clashing_ids(ids)) | {sid for sid in made_by if sid.casefold() in taken})
+    dup = sorted({sid for group in clashing_ids(ids) for sid in group}
+                 | {sid for sid in made_by if sid.casefold() in taken})
     if dup and refused is None:
         raise ConfigError(f"sample sheet: {column}=all makes sample id(s) {', '.join(dup)} that are already taken; "
                           "rename the sample")

@@ -893,7 +893,8 @@ def stage_train(
         cols = ["step", "loss", "val_psnr_model", "val_psnr_interp", "lr", "seconds"]
         cols += [c for c in ("val_coarse_gain", "stage") if any(c in r for r in result.log_rows)]
         pd.DataFrame(result.log_rows, columns=cols).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
-    shutil.rmtree(work, ignore_errors=True)
+    # work/ (the finished training's checkpoint) stays: a rerun that changes only what the guard
+    # reads (infer.ensemble, infer.back_projection_*) takes the training up from it and re-runs the guard
     log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB (best step %d, training ended %s, %.0f s)",
              model_dir, result.val_psnr_model, result.val_psnr_interp, result.best_step,
              wording.stop_text(result.stop_reason), meta["train_seconds"])

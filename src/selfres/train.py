@@ -41,6 +41,10 @@ from .settings import MIN_GAIN_DB, DegradationSettings, TrainSettings, reads_x4_
 
 log = logging.getLogger("selfres.train")
 
+#: The resumable checkpoint in a training's work folder (``model.work/``). The ``enhance`` train
+#: stage keeps the folder once training has finished: a rerun under the same key
+#: (:func:`_settings_hash`) — one that changes only what the guard reads, such as
+#: ``infer.ensemble`` — takes the finished training up instead of training again.
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -477,9 +481,19 @@ def data_digest(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def _settings_hash(settings: TrainSettings, factors, data: str, voxel_size) -> str:
+def _settings_hash(settings: TrainSettings, factors, data: str, voxel_size, *, amp: bool = True,
+                   psf: np.ndarray | None = None) -> str:
+    """A checkpoint's key: everything a training's weights depend on — its settings, factors, data
+    (:func:`data_digest`), voxel size, mixed precision, the measured PSF's voxels (a file replaced
+    under the same path is another PSF), selfres's source (:func:`selfres.codeinfo.source_digest`)
+    and torch's version. A checkpoint resumes, or a finished training is taken up again
+    (:data:`CHECKPOINT`), only under the same key."""
+    from .codeinfo import source_digest
+
     blob = json.dumps({"s": to_dict(settings), "f": list(factors), "data": data,
-                       "voxel": None if voxel_size is None else [float(v) for v in voxel_size]}, sort_keys=True)
+                       "voxel": None if voxel_size is None else [float(v) for v in voxel_size],
+                       "amp": bool(amp), "psf": None if psf is None else data_digest(np.asarray(psf)),
+                       "code": source_digest(), "torch": torch.__version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -521,10 +535,34 @@ def load_checkpoint(path: Path) -> dict | None:
         return None
 
 
+def retrain_reason(state: dict, *, steps: int, device: torch.device | str) -> str | None:
+    """Why a *finished* training's checkpoint (kept by the ``enhance`` train stage, or left by a
+    run killed between its last checkpoint and its model) is not taken up — training again would
+    not give its weights — or None: it ended by its steps or an early stop, on the same kind of
+    device and, on a CPU, with as many threads (:meth:`Checkpointing.save` records both). A
+    training its time budget cut is trained again: where it stops depends on how busy the
+    machine was (a rerun is often asked for just that). An unfinished checkpoint (a killed run)
+    is resumed whatever these are, as it always was."""
+    stopped = stopped_run(state)
+    if stopped is None and int(state["step"]) < steps:
+        return None
+    if stopped is not None and stopped[0] == "time_budget":
+        return "it was cut by its time budget (train.max_minutes)"
+    dev = torch.device(device)
+    if state.get("device") != dev.type:
+        return f"it ran on {state.get('device') or 'an unrecorded device'}, this run on {dev.type}"
+    if dev.type == "cpu" and state.get("threads") != torch.get_num_threads():
+        return f"it ran on {state.get('threads') or 'an unrecorded number of'} CPU threads, this run on {torch.get_num_threads()}"
+    return None
+
+
 def resume_from_checkpoint(path: Path | None, *, key: str, model: torch.nn.Module, optimiser,
-                           generator: torch.Generator, noise_generator: torch.Generator) -> dict | None:
+                           generator: torch.Generator, noise_generator: torch.Generator,
+                           steps: int | None = None) -> dict | None:
     """Load the training checkpoint at ``path`` into the model, optimiser and generators
-    when it belongs to this run (``key``: settings, factors, data shape).
+    when it belongs to this run (``key``: settings, factors, data shape). With ``steps`` (the
+    run's step limit), a finished training is loaded only when training again would give its
+    weights (:func:`retrain_reason`).
 
     Returns
     -------
@@ -539,6 +577,11 @@ def resume_from_checkpoint(path: Path | None, *, key: str, model: torch.nn.Modul
         return None
     if state.get("key") != key:
         log.info("checkpoint belongs to other settings or data; training starts afresh")
+        return None
+    why = None if steps is None else retrain_reason(state, steps=steps, device=noise_generator.device)
+    if why is not None:
+        log.info("a finished training with the same data, settings and code is kept in %s, but %s: training "
+                 "starts afresh", path.parent, why)
         return None
     model.load_state_dict(state["model"])
     optimiser.load_state_dict(state["optimiser"])
@@ -645,6 +688,8 @@ class Checkpointing:
                 "key": self.key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "generator": self.generator.get_state(), "noise_generator": self.noise_generator.get_state(),
                 "step": step, "elapsed": elapsed, **sel.state_dict(),
+                # what a finished training must share with a rerun to be taken up (retrain_reason)
+                "device": self.noise_generator.device.type, "threads": torch.get_num_threads(),
                 **({} if stopped is None else {"stopped": json.dumps(list(stopped))}),
             })
 
@@ -825,23 +870,31 @@ def train_enhance(
     if ckpt_path is not None:
         ckpt_path.parent.mkdir(parents=True, exist_ok=True)
     # (hashing the data only where there is a checkpoint to match)
-    key = _settings_hash(settings, factors, data_digest(train_volume, holdout_volume), voxel_size) if ckpt_path else ""
+    key = (_settings_hash(settings, factors, data_digest(train_volume, holdout_volume), voxel_size, amp=amp,
+                          psf=degradation.psf) if ckpt_path else "")
     step = 0
     start_psnr = validate()
     sel = Selection.start(model, psnr=start_psnr, score=last["score"], patience=settings.patience)
     elapsed_before = 0.0
     state = resume_from_checkpoint(ckpt_path, key=key, model=model, optimiser=optimiser, generator=gen,
-                                   noise_generator=noise_gen)
+                                   noise_generator=noise_gen, steps=settings.steps)
     if state is not None:
         step = int(state["step"])
         sel.load_state_dict(state, score_of_psnr=lambda psnr: psnr - val_interp)
         elapsed_before = float(state["elapsed"])
-        log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, sel.best_psnr, sel.best_step)
+        if "stopped" not in state and step < settings.steps:  # else a finished training, logged below
+            log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, sel.best_psnr,
+                     sel.best_step)
     log.info(
         "training %s (%d parameters) on FOV %s, patch %s, factors %s; held-out %s: tricubic %.2f dB, start %.2f dB",
         spec.arch, models.count_parameters(model), tuple(train_volume.shape), patch, factors,
         tuple(target_h.shape), val_interp, sel.best_psnr,
     )
+    if state is not None and ("stopped" in state or step >= settings.steps):  # kept by the train stage
+        log.info("training had finished in an earlier run on the same data, settings and code (step %d, best "
+                 "%.2f dB at step %d; %s): taken up, not trained again — delete that folder to train afresh",
+                 step, sel.best_psnr, sel.best_step, ckpt_path.parent)
+
     def batch_loss() -> torch.Tensor:
         # blurred on the device (a GPU does it in no time); the draws come from the CPU generator
         target = blur_targets(sampler.sample(settings.batch_size).to(device), factors, fraction=blur_fraction,

@@ -1069,6 +1069,133 @@ def test_stage_train_records_the_verdict_the_guard_gave_on_what_inference_writes
     assert meta["self_validation"]["psnr_network"] == pytest.approx(asked["network"])
 
 
+def test_a_rerun_that_changes_only_the_guards_extras_takes_the_finished_training_up(tmp_path, monkeypatch,
+                                                                                      caplog):
+    """Changing ``infer.ensemble`` or back-projection reruns the train job (its guard scores what
+    inference writes). The rerun takes the finished training up from ``model.work/`` instead of
+    training again: the same weights and training log, the guard re-run on the new extras — as a
+    fresh training with those extras gives. Other code trains afresh."""
+    import json
+    import logging
+    import shutil
+
+    import tifffile
+    import torch
+    from safetensors.torch import load_file
+
+    from selfres.settings import FovSettings, InferSettings, Settings, TrainSettings, from_dict
+
+    from ..conftest import blob_volume
+
+    rng = np.random.default_rng(3)
+    vol = blob_volume((8, 64, 64), n=120, sigma=(1.0, 1.5, 1.5), seed=4)
+    tifffile.imwrite(tmp_path / "in.tif", (rng.poisson(vol * 200) / 200.0 * 1000).astype(np.float32))
+    train = from_dict(TrainSettings, {"steps": 6, "width": 4, "depth": 1, "batch_size": 1, "patch_size": [4, 16, 16],
+                                      "validate_every": 2, "warmup_steps": 1, "patience": 100})
+    plain = Settings(train=train, infer=InferSettings(ensemble=False, back_projection_iterations=0))
+    extras = Settings(train=train, infer=InferSettings(ensemble=True, back_projection_iterations=1))
+    norm, fov = tmp_path / "n.ome.zarr", tmp_path / "fov.json"
+    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s", voxel_size=(1.0, 0.2, 0.2))
+    pipeline.stage_crop(norm, fov, sample="s", scale=(1, 2, 2), settings=FovSettings(min_holdout_voxels=256))
+
+    def trained(model_dir, settings):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            meta = pipeline.stage_train(norm, fov, model_dir, sample="s", scale=(1, 2, 2), settings=settings,
+                                        device="cpu", threads=1)
+        return meta, load_file(str(model_dir / "weights.safetensors")), (model_dir / "training_log.tsv").read_text()
+
+    model = tmp_path / "model"
+    first, first_weights, first_log = trained(model, plain)
+    assert (tmp_path / "model.work" / "checkpoint.pt").is_file(), "the finished training is kept"
+    assert "taken up" not in caplog.text
+    shutil.rmtree(model)  # as Snakemake removes a job's output before rerunning it
+    again, again_weights, again_log = trained(model, extras)
+    assert "not trained again" in caplog.text and "step 2/6" not in caplog.text
+    assert again_log == first_log
+    for k in first_weights:
+        torch.testing.assert_close(again_weights[k], first_weights[k], rtol=0, atol=0, msg=k)
+    assert again["inference_extras"]["ensemble"] is True and first["inference_extras"]["ensemble"] is False
+    assert again["self_validation"]["psnr_network"] == first["self_validation"]["psnr_network"]
+    assert again["self_validation"]["psnr_model"] != first["self_validation"]["psnr_model"]  # guarded with extras
+    assert again["train_seconds"] >= first["train_seconds"]  # the training's time, not the take-up's alone
+
+    fresh, fresh_weights, _ = trained(tmp_path / "fresh" / "model", extras)
+    assert "taken up" not in caplog.text
+    for k in first_weights:
+        torch.testing.assert_close(fresh_weights[k], first_weights[k], rtol=0, atol=0, msg=k)
+    assert (fresh["flags"], fresh["self_validation"]) == (again["flags"], again["self_validation"])
+    assert fresh["inference_extras"] == again["inference_extras"]
+
+    shutil.rmtree(model)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)  # another thread count: not the same weights
+    trained(model, extras)
+    assert "taken up" not in caplog.text and "step 2/6" in caplog.text and "on 1 CPU threads" in caplog.text
+    monkeypatch.undo()
+
+    monkeypatch.setattr(codeinfo, "source_digest", lambda: "other code")
+    shutil.rmtree(model)
+    trained(model, extras)
+    assert "taken up" not in caplog.text and "step 2/6" in caplog.text, "other code trains afresh"
+    assert json.loads((model / "model.json").read_text())["metadata"]["inference_extras"]["ensemble"] is True
+
+
+def test_a_finished_training_is_taken_up_only_where_training_again_would_give_its_weights():
+    """A kept finished training is taken up after its steps or an early stop, on the same kind of
+    device and (CPU) thread count; one cut by its time budget, or made on another device or
+    thread count, trains again. An unfinished one (a killed run) resumes whatever these are."""
+    import json
+
+    import torch
+
+    from selfres.train import retrain_reason
+
+    threads = torch.get_num_threads()
+    done = {"step": 200, "device": "cpu", "threads": threads}
+    assert retrain_reason(done, steps=200, device="cpu") is None
+    assert retrain_reason(dict(done, stopped=json.dumps(["early_stop", ["early_stopped"]])), steps=200,
+                          device="cpu") is None
+    assert "time budget" in retrain_reason(dict(done, step=120, stopped=json.dumps(["time_budget", []])),
+                                           steps=200, device="cpu")
+    assert "cuda" in retrain_reason(dict(done, device="cuda"), steps=200, device="cpu")
+    assert "threads" in retrain_reason(dict(done, threads=threads + 1), steps=200, device="cpu")
+    assert "unrecorded" in retrain_reason({"step": 200}, steps=200, device="cpu")  # written before they were
+    assert retrain_reason(dict(done, device="cuda", threads=threads + 1), steps=200, device="cuda") is None
+    killed = {"step": 120, "device": "cuda", "threads": threads + 1}
+    assert retrain_reason(killed, steps=200, device="cpu") is None
+
+
+def test_a_checkpoints_key_holds_what_the_weights_depend_on_beyond_the_settings():
+    """A measured PSF replaced under the same path, mixed precision, selfres's code and torch's
+    version each change a checkpoint's key: a kept (or killed) training is taken up only when
+    it would train the same weights."""
+    import torch
+
+    from selfres import train
+    from selfres.settings import TrainSettings
+
+    s, f, d, v = TrainSettings(), (1, 2, 2), "data", (1.0, 0.2, 0.2)
+    psf = np.ones((3, 3, 3), np.float32)
+    key = train._settings_hash(s, f, d, v, amp=True, psf=psf)
+    assert key == train._settings_hash(s, f, d, v, amp=True, psf=psf.copy())
+    assert key != train._settings_hash(s, f, d, v, amp=True, psf=psf * 2)
+    assert key != train._settings_hash(s, f, d, v, amp=True, psf=None)
+    assert key != train._settings_hash(s, f, d, v, amp=False, psf=psf)
+    assert key != train._settings_hash(s, f, d, (1.0, 0.2, 0.3), amp=True, psf=psf)
+    real = codeinfo.source_digest
+    try:
+        codeinfo.source_digest = lambda: "other code"
+        assert key != train._settings_hash(s, f, d, v, amp=True, psf=psf)
+    finally:
+        codeinfo.source_digest = real
+    version = torch.__version__
+    try:
+        torch.__version__ = "0.0.1"
+        assert key != train._settings_hash(s, f, d, v, amp=True, psf=psf)
+    finally:
+        torch.__version__ = version
+
+
 def test_a_serial_models_record_keeps_a_stages_failed_coarse_scale_check(tmp_path, monkeypatch):
     """Serial ×4: a stage whose kept checkpoint failed the coarse-scale check fails the guard, and
     model.json says so (``coarse_scale_failed``: the report's reason), though the composition

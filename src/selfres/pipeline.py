@@ -832,14 +832,20 @@ def stage_train(
         log.info("sample %s: %d hot or dead sensor pixels (the same in every plane) replaced by their neighbours' "
                  "median in the training FOV and the held-out region (and in the network's input at inference)",
                  sample, defects)
+    # the guard judges what inference writes: the network wrapped in the inference extras
+    extras = inference_extras(settings.infer)
+    guarded_with = read_guarded_with(work)
+    if guarded_with is not None and guarded_with != extras:
+        log.info("the inference extras the guard reads changed since the training kept in %s (%s): a finished "
+                 "training there with the same data, settings and code is taken up however it ended", work,
+                 ", ".join(f"{k} {guarded_with.get(k)} → {v}" for k, v in extras.items() if guarded_with.get(k) != v))
     result = train_enhance(
         train_volume, held_volume, factors=factors,
         settings=settings.train,
         voxel_size=vs_known, work_dir=work, device=dev, amp=settings.infer.amp,
+        take_up_any_finished=guarded_with is not None and guarded_with != extras,
     )
-    # the guard judges what inference writes: the network wrapped in the inference extras
     trained = result.settings  # as trained: with the noise top-up estimated from the data
-    extras = inference_extras(settings.infer)
     psnr_out, flags = guard_with_extras(
         result, factors=factors, extras=extras,
         degradation=make_degradation(trained.degradation, voxel_size=vs_known),
@@ -895,10 +901,27 @@ def stage_train(
         pd.DataFrame(result.log_rows, columns=cols).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
     # work/ (the finished training's checkpoint) stays: a rerun that changes only what the guard
     # reads (infer.ensemble, infer.back_projection_*) takes the training up from it and re-runs the guard
+    write_json(work / GUARDED_WITH, {"inference_extras": extras})
     log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB (best step %d, training ended %s, %.0f s)",
              model_dir, result.val_psnr_model, result.val_psnr_interp, result.best_step,
              wording.stop_text(result.stop_reason), meta["train_seconds"])
     return meta
+
+
+#: In an ``enhance`` training's work folder (``model.work/``): the inference extras its last
+#: finished training was guarded with. A rerun with other extras was made for them alone when the
+#: training's key is the same: it takes that training up however it ended (:func:`selfres.train.train_enhance`).
+GUARDED_WITH = "guarded_with.json"
+
+
+def read_guarded_with(work: Path) -> dict | None:
+    """The inference extras recorded in ``work`` (:data:`GUARDED_WITH`), or None (none recorded,
+    or unreadable: then nothing is taken up that training again would not give)."""
+    try:
+        extras = json.loads((work / GUARDED_WITH).read_text())["inference_extras"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return extras if isinstance(extras, dict) else None
 
 
 @_holding("model_dir")

@@ -541,8 +541,9 @@ def retrain_reason(state: dict, *, steps: int, device: torch.device | str) -> st
     not give its weights — or None: it ended by its steps or an early stop, on the same kind of
     device and, on a CPU, with as many threads (:meth:`Checkpointing.save` records both). A
     training its time budget cut is trained again: where it stops depends on how busy the
-    machine was (a rerun is often asked for just that). An unfinished checkpoint (a killed run)
-    is resumed whatever these are, as it always was."""
+    machine was (a rerun is often asked for just that) — unless the rerun was made for the
+    guard's inference extras alone (:func:`train_enhance`'s ``take_up_any_finished``). An
+    unfinished checkpoint (a killed run) is resumed whatever these are, as it always was."""
     stopped = stopped_run(state)
     if stopped is None and int(state["step"]) < steps:
         return None
@@ -777,6 +778,7 @@ def train_enhance(
     device: torch.device | str = "cpu",
     amp: bool = True,
     stop_after_steps: int | None = None,
+    take_up_any_finished: bool = False,
 ) -> TrainResult:
     """Train an ``enhance`` model on one sample.
 
@@ -794,6 +796,10 @@ def train_enhance(
         Where the resumable checkpoint lives; ``None`` disables checkpoints.
     stop_after_steps
         Stop (as if killed) after this many steps — for tests of resumption.
+    take_up_any_finished
+        A finished training in ``work_dir`` under the same key is taken up however it ended (a
+        rerun made for the guard's inference extras alone: another guard is asked for, not another
+        network); else only where training again would give its weights (:func:`retrain_reason`).
     """
     factors = tuple(int(f) for f in factors)
     # a top-up set by hand (a level the estimate misses): back-projection's shrink holds it too,
@@ -804,7 +810,8 @@ def train_enhance(
     settings, noise_info = resolve_noise_match(train_volume, factors, settings, voxel_size, level=measured)
     if settings.x4_strategy == "serial" and serial_split(factors) is not None:
         result = train_serial(train_volume, holdout_volume, factors=factors, settings=settings,
-                              voxel_size=voxel_size, work_dir=work_dir, device=device, amp=amp)
+                              voxel_size=voxel_size, work_dir=work_dir, device=device, amp=amp,
+                              take_up_any_finished=take_up_any_finished)
         result.settings, result.noise, result.acquisition_noise = settings, noise_info, acquisition_noise
         return result
     device = torch.device(device)
@@ -877,7 +884,8 @@ def train_enhance(
     sel = Selection.start(model, psnr=start_psnr, score=last["score"], patience=settings.patience)
     elapsed_before = 0.0
     state = resume_from_checkpoint(ckpt_path, key=key, model=model, optimiser=optimiser, generator=gen,
-                                   noise_generator=noise_gen, steps=settings.steps)
+                                   noise_generator=noise_gen,
+                                   steps=None if take_up_any_finished else settings.steps)
     if state is not None:
         step = int(state["step"])
         sel.load_state_dict(state, score_of_psnr=lambda psnr: psnr - val_interp)
@@ -1090,6 +1098,7 @@ def train_serial(
     work_dir: str | Path | None = None,
     device: torch.device | str = "cpu",
     amp: bool = True,
+    take_up_any_finished: bool = False,
 ) -> TrainResult:
     """Serial ×4 (the Self-Vision authors' recipe): train ×2, apply, train a fresh ×2 on the output.
 
@@ -1102,7 +1111,7 @@ def train_serial(
 
     Parameters
     ----------
-    train_volume, holdout_volume, factors, settings, voxel_size, work_dir, device, amp
+    train_volume, holdout_volume, factors, settings, voxel_size, work_dir, device, amp, take_up_any_finished
         As for :func:`train_enhance`.
 
     Returns
@@ -1130,13 +1139,15 @@ def train_serial(
             (wd / sub).mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     r1 = train_enhance(train_volume, holdout_volume, factors=f1, settings=half, voxel_size=voxel_size,
-                       work_dir=wd / "stage1" if wd else None, device=device, amp=amp)
+                       work_dir=wd / "stage1" if wd else None, device=device, amp=amp,
+                       take_up_any_finished=take_up_any_finished)
     tile = (32, 96, 96)
     up_train = predict_array(r1.model, train_volume, factors=f1, tile_size=tile, device=device, amp=amp)
     up_hold = predict_array(r1.model, holdout_volume, factors=f1, tile_size=tile, device=device, amp=amp)
     vs2 = None if voxel_size is None else tuple(v / f for v, f in zip(voxel_size, f1))
     r2 = train_enhance(up_train, up_hold, factors=f2, settings=half, voxel_size=vs2,
-                       work_dir=wd / "stage2" if wd else None, device=device, amp=amp)
+                       work_dir=wd / "stage2" if wd else None, device=device, amp=amp,
+                       take_up_any_finished=take_up_any_finished)
     model = Serial(r1.model, r2.model).eval()
     model.lateral_rotations = r1.model.lateral_rotations and r2.model.lateral_rotations
     degradation = make_degradation(settings.degradation, voxel_size=voxel_size)

@@ -1140,6 +1140,48 @@ def test_a_rerun_that_changes_only_the_guards_extras_takes_the_finished_training
     assert json.loads((model / "model.json").read_text())["metadata"]["inference_extras"]["ensemble"] is True
 
 
+def test_a_training_its_time_budget_cut_is_taken_up_only_for_a_change_of_the_guards_extras(tmp_path, caplog):
+    """Where a training ends by its time budget depends on the machine's load: a rerun with the
+    same extras (``--forcerun``, a touched input) trains again; one made for other extras takes the
+    same network up, so that an ensemble on/off comparison compares one network."""
+    import logging
+    import shutil
+
+    import tifffile
+
+    from selfres.settings import FovSettings, InferSettings, Settings, TrainSettings, from_dict
+
+    from ..conftest import blob_volume
+
+    vol = blob_volume((8, 64, 64), n=120, sigma=(1.0, 1.5, 1.5), seed=4) * 1000
+    tifffile.imwrite(tmp_path / "in.tif", vol.astype(np.float32))
+    train = from_dict(TrainSettings, {"steps": 50, "width": 4, "depth": 1, "batch_size": 1, "patch_size": [4, 16, 16],
+                                      "validate_every": 10, "warmup_steps": 1, "max_minutes": 1e-6})
+    norm, fov = tmp_path / "n.ome.zarr", tmp_path / "fov.json"
+    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s", voxel_size=(1.0, 0.2, 0.2))
+    pipeline.stage_crop(norm, fov, sample="s", scale=(1, 2, 2), settings=FovSettings(min_holdout_voxels=256))
+    model = tmp_path / "model"
+
+    def trained(ensemble):
+        shutil.rmtree(model, ignore_errors=True)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            return pipeline.stage_train(norm, fov, model, sample="s", scale=(1, 2, 2), device="cpu", threads=1,
+                                        settings=Settings(train=train, infer=InferSettings(ensemble=ensemble)))
+
+    assert trained(False)["stop_reason"] == "time_budget"
+    assert pipeline.read_guarded_with(tmp_path / "model.work")["ensemble"] is False
+    trained(False)
+    assert "cut by its time budget" in caplog.text and "taken up" not in caplog.text
+    again = trained(True)
+    assert "ensemble False → True" in caplog.text and "not trained again" in caplog.text
+    assert again["stop_reason"] == "time_budget" and again["inference_extras"]["ensemble"] is True
+    assert pipeline.read_guarded_with(tmp_path / "model.work")["ensemble"] is True
+    (tmp_path / "model.work" / pipeline.GUARDED_WITH).write_text("{not json")
+    trained(False)  # the record unreadable: nothing is taken up that training again would not give
+    assert "cut by its time budget" in caplog.text and "taken up" not in caplog.text
+
+
 def test_a_finished_training_is_taken_up_only_where_training_again_would_give_its_weights():
     """A kept finished training is taken up after its steps or an early stop, on the same kind of
     device and (CPU) thread count; one cut by its time budget, or made on another device or

@@ -871,6 +871,8 @@ def stage_train(
         "training_input": training_input_figures(train_volume),  # what a sample adopting it learned from
         "patch": list((result.stages[0] if result.stages else result).patch or []) or None,  # as trained
         "train_seconds": time.monotonic() - t0 + result.resumed_seconds,  # with the interrupted runs' time
+        # taken up from model.work/: the training had finished in an earlier run (train_seconds includes its loop)
+        "training_taken_up": result.taken_up,
         "settings": to_dict(trained),
         "device": str(dev),
         "ran_on": models.ran_on(dev),

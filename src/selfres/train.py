@@ -91,6 +91,9 @@ class TrainResult:
     """The acquisition's noise level (:func:`selfres.noise.noise_level_function` on the
     training FOV, whatever ``degradation.noise`` says), rounded as ``model.json`` records it;
     :func:`correction_noise` scales it to the noise a back-projection correction holds."""
+    taken_up: bool = False
+    """The training had finished in an earlier run (its checkpoint kept under the same key) and
+    was taken up, not trained again (for a serial ×4 model: both stages were)."""
 
 
 def make_degradation(
@@ -898,7 +901,8 @@ def train_enhance(
         spec.arch, models.count_parameters(model), tuple(train_volume.shape), patch, factors,
         tuple(target_h.shape), val_interp, sel.best_psnr,
     )
-    if state is not None and ("stopped" in state or step >= settings.steps):  # kept by the train stage
+    taken_up = state is not None and ("stopped" in state or step >= settings.steps)  # kept by the train stage
+    if taken_up:
         log.info("training had finished in an earlier run on the same data, settings and code (step %d, best "
                  "%.2f dB at step %d; %s): taken up, not trained again — delete that folder to train afresh",
                  step, sel.best_psnr, sel.best_step, ckpt_path.parent)
@@ -945,7 +949,7 @@ def train_enhance(
         stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
         flags=flags, log_rows=sel.rows, holdout=(target_h, low_h, interp_h), resumed_seconds=elapsed_before,
         settings=settings, noise=noise_info, acquisition_noise=acquisition_noise, patch=tuple(int(v) for v in patch),
-        coarse_scale_failed=coarse_scale_failed,
+        coarse_scale_failed=coarse_scale_failed, taken_up=taken_up,
     )
 
 
@@ -1169,5 +1173,5 @@ def train_serial(
         seconds=time.monotonic() - t0 + r1.resumed_seconds + r2.resumed_seconds,
         resumed_seconds=r1.resumed_seconds + r2.resumed_seconds, stop_reason=f"{r1.stop_reason}+{r2.stop_reason}",
         val_psnr_model=val_model, val_psnr_interp=val_interp, flags=flags, log_rows=rows, stages=[r1, r2],
-        holdout=(target_h, low_h, interp_h), settings=settings,
+        holdout=(target_h, low_h, interp_h), settings=settings, taken_up=r1.taken_up and r2.taken_up,
     )

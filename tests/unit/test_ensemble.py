@@ -393,6 +393,15 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
     m = qc.stage_qc(norm, tmp_path / "out.ome.zarr", tmp_path / "model", tmp_path / "fov.json",
                           tmp_path / "qc" / "metrics.json", sample="s")
     assert m["best_step"] == 1
+    # a rerun for the extras alone takes both finished stages up (model.work/stage1, stage2)
+    import dataclasses
+    import shutil
+
+    shutil.rmtree(tmp_path / "model")
+    again = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 4, 4),
+                                 settings=dataclasses.replace(s, infer=InferSettings(ensemble=False)), device="cpu")
+    assert again["training_taken_up"] is True and meta["training_taken_up"] is False
+    assert again["serial"]["stage_best_steps"] == meta["serial"]["stage_best_steps"]
 
 
 @pytest.mark.parametrize("voxel_size, adopted_from, rotates", [

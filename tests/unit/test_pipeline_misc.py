@@ -1119,12 +1119,14 @@ def test_a_rerun_that_changes_only_the_guards_extras_takes_the_finished_training
     assert again["self_validation"]["psnr_network"] == first["self_validation"]["psnr_network"]
     assert again["self_validation"]["psnr_model"] != first["self_validation"]["psnr_model"]  # guarded with extras
     assert again["train_seconds"] >= first["train_seconds"]  # the training's time, not the take-up's alone
+    assert again["training_taken_up"] is True and first["training_taken_up"] is False
 
     fresh, fresh_weights, _ = trained(tmp_path / "fresh" / "model", extras)
     assert "taken up" not in caplog.text
     for k in first_weights:
         torch.testing.assert_close(fresh_weights[k], first_weights[k], rtol=0, atol=0, msg=k)
     assert (fresh["flags"], fresh["self_validation"]) == (again["flags"], again["self_validation"])
+    assert fresh["training_taken_up"] is False
     assert fresh["inference_extras"] == again["inference_extras"]
 
     shutil.rmtree(model)

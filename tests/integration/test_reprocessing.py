@@ -187,6 +187,21 @@ def test_an_acquisition_archived_after_its_night_keeps_its_sample_done(wd):
     assert ("normalise", "a") in {(j["rule"], j["sample"]) for j in parse_snakemake_log(proc.stdout + proc.stderr)["jobs"]}
 
 
+def test_a_rerun_for_the_guards_extras_takes_the_finished_training_up(wd):
+    """`infer.ensemble` reruns the train jobs (the guard scores the ensemble), which take each
+    sample's finished training up from its model.work/ instead of training again."""
+    import json
+
+    _edit_config(wd, infer={"ensemble": True})
+    proc = run_snakemake(wd, "--until", "train")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    for sample in ("a", "b"):
+        log = (wd / "results" / sample / "logs" / "train.log").read_text()
+        assert "taken up, not trained again" in log and not re.search(r"step \d+/\d+ loss", log), log[-2000:]
+        meta = json.loads((wd / "results" / sample / "model" / "model.json").read_text())["metadata"]
+        assert meta["training_taken_up"] is True and meta["inference_extras"]["ensemble"] is True
+
+
 def test_forcerun_reruns_a_stage_for_one_sample(wd):
     jobs = _jobs(wd, "--forcerun", "results/b/qc/metrics.json")
     assert jobs == _from("qc", "b")

@@ -555,8 +555,9 @@ def retrain_reason(state: dict, *, steps: int, device: torch.device | str) -> st
     dev = torch.device(device)
     if state.get("device") != dev.type:
         return f"it ran on {state.get('device') or 'an unrecorded device'}, this run on {dev.type}"
-    if dev.type == "cpu" and state.get("threads") != torch.get_num_threads():
-        return f"it ran on {state.get('threads') or 'an unrecorded number of'} CPU threads, this run on {torch.get_num_threads()}"
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and state.get("threads") != threads:
+        return f"it ran on {state.get('threads') or 'an unrecorded number of'} CPU threads, this run on {threads}"
     return None
 
 

@@ -169,6 +169,9 @@ def test_spec_defaults_and_json_round_trip():
         "resnet3d", (2, 2, 2), 32, 4, "tricubic", 3)
     iso = ModelSpec(arch="iso2d")
     assert (iso.width, iso.depth, iso.dims, iso.factors) == (48, 6, 2, (1, 1, 1))
+    for arch in ("svision_paper", "svision_mini"):  # the authors' x2 3-D tricubic-residual setting
+        s = ModelSpec(arch=arch)
+        assert (s.factors, s.residual, s.dims) == ((2, 2, 2), "tricubic", 3), arch
     for s in (spec, iso, ModelSpec(arch="svision_paper", factors=(1, 4, 4), dims=2)):
         assert ModelSpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
 
@@ -184,6 +187,15 @@ def test_spec_defaults_and_json_round_trip():
     ({"residual": "bicubic"}, "residual must be one of tricubic, trilinear, none"),
     ({"dims": 2, "factors": (2, 2, 2)}, "dims 2 needs a z factor of 1"),
     ({"arch": "iso2d", "factors": (2, 1, 1)}, "factors must be \\(1, 1, 1\\)"),
+    # JSON's true/false and a fourth axis are not factors; bools are not widths
+    ({"factors": (True, 2, 2)}, "three integers >= 1"),
+    ({"factors": (1, 2, 2, 2)}, "three integers >= 1"),
+    ({"width": True}, "width must be an integer >= 1; received True"),
+    ({"depth": False}, "depth must be an integer >= 0; received False"),
+    # iso2d is a same-size 2-D residual net; an enhance net needs an interpolation to add to
+    ({"arch": "iso2d", "residual": "tricubic"}, "needs residual 'identity' and dims 2"),
+    ({"arch": "iso2d", "dims": 3}, "needs residual 'identity' and dims 2"),
+    ({"residual": "identity"}, "residual must be one of tricubic, trilinear, none"),
 ])
 def test_spec_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -531,3 +543,149 @@ def test_a_same_grid_enhance_network_leaves_its_input_alone():
     with torch.no_grad():
         y = model(x)
     assert torch.equal(x, before) and y.data_ptr() != x.data_ptr()
+
+
+# ---------------------------------------------------------------- the documented networks
+
+
+def test_svision_paper_matches_the_papers_layers():
+    """The paper's network (shared/docs/methods.md): Conv(1,16,5)+PReLU, Conv(16,6,3)+PReLU,
+    4 x [Conv(6,6,3, groups=2)+PReLU], Conv(6, 16*fz*fy*fx, 3), sub-pixel shuffle, Conv(16,1,5):
+    2016 + 16 + 2598 + 6 + 4 * (492 + 6) + (6*27*16*r + 16*r) + 2001 parameters."""
+    for factors, expected in (((2, 2, 2), 29_493), ((1, 2, 2), 19_061)):
+        r = factors[0] * factors[1] * factors[2]
+        assert expected == 2016 + 16 + 2598 + 6 + 4 * 498 + (6 * 27 * 16 * r + 16 * r) + 2001
+        assert count_parameters(build_model(ModelSpec(arch="svision_paper", factors=factors))) == expected
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=g))
+
+
+def test_resnet3d_computes_the_documented_network():
+    """resnet3d: head Conv(1,w,3)+PReLU; depth x [h + 0.1 * conv3(PReLU(conv3(h)))]; the fuse conv
+    with a skip from the head; nearest upsample; Conv(w,1,3) at high resolution; + cubic base.
+    The same weights loaded into another wiring (a lost skip, another block scale) would give a
+    facility other outputs from the same model folder without any error."""
+    factors = (1, 2, 2)
+    model = build_model(ModelSpec(arch="resnet3d", width=3, depth=2, factors=factors)).eval()
+    _randomise(model)
+    x = torch.rand(1, 1, 4, 5, 6, generator=torch.Generator().manual_seed(1))
+
+    def conv(m, t):
+        return F.conv3d(t, m.weight, m.bias, padding=1)
+
+    trunk = model.lr_body
+    h = F.prelu(conv(trunk.head[0], x), trunk.head[1].weight)
+    t = h
+    for block in trunk.blocks:
+        c1, act, c2 = block.body
+        t = t + 0.1 * conv(c2, F.prelu(conv(c1, t), act.weight))
+    t = h + conv(trunk.fuse, t)
+    for dim, f in zip((2, 3, 4), factors):
+        t = t.repeat_interleave(f, dim=dim)
+    expected = upscale_cubic(x, factors) + conv(model.hr_body[0], t)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_iso2d_computes_the_documented_network():
+    """iso2d: x + tail(blocks(head(x))), each block h + conv1x1(PReLU(conv3x3 dilated 1, 2, 4, 1...))."""
+    model = build_model(ModelSpec(arch="iso2d", width=3, depth=4)).eval()
+    _randomise(model)
+    x = torch.rand(2, 1, 12, 11, generator=torch.Generator().manual_seed(1))
+    h = F.prelu(F.conv2d(x, model.head[0].weight, model.head[0].bias, padding=1), model.head[1].weight)
+    for block, d in zip(model.blocks, (1, 2, 4, 1)):
+        c1, act, c2 = block.body
+        h = h + F.conv2d(F.prelu(F.conv2d(h, c1.weight, c1.bias, padding=d, dilation=d), act.weight),
+                         c2.weight, c2.bias)
+    expected = x + F.conv2d(h, model.tail.weight, model.tail.bias, padding=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("residual", ["tricubic", "trilinear"])
+def test_training_differentiates_the_function_inference_computes(residual):
+    """With gradients on (training) the residual is added out of place, without them (inference)
+    in place: both must give the same output, or a trained model restores something else."""
+    model = build_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2), residual=residual))
+    _randomise(model)
+    x = torch.rand(1, 1, 3, 6, 5, generator=torch.Generator().manual_seed(2))
+    trained = model(x)
+    assert trained.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(trained.detach(), model(x), rtol=0, atol=0)
+
+
+def test_a_model_description_records_the_networks_halo(tmp_path):
+    spec = ModelSpec(arch="svision_mini", factors=(1, 2, 2))
+    model = build_model(spec)
+    save_model(tmp_path, model, spec)
+    info = json.loads((tmp_path / "model.json").read_text())
+    assert info["halo"] == list(model.halo) and info["halo"] != [0, 0, 0]
+
+
+@pytest.mark.parametrize("saved_depth, described_depth", [(1, 2), (2, 1)])
+def test_weights_missing_or_left_over_for_the_described_network_are_refused(tmp_path, saved_depth,
+                                                                            described_depth):
+    """model.json edited (or copied from another model) to describe a deeper or shallower
+    resnet3d than the weights: the blocks without weights must not run with a random start,
+    nor extra weights be dropped silently (same layer shapes, so only a strict load tells)."""
+    spec = ModelSpec(arch="resnet3d", width=4, depth=saved_depth, factors=(1, 2, 2))
+    save_model(tmp_path, build_model(spec), spec)
+    info = json.loads((tmp_path / "model.json").read_text())
+    info["spec"]["depth"] = described_depth
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="do not match the architecture"):
+        load_model(tmp_path)
+
+
+def test_an_invalid_spec_in_a_model_description_is_an_input_error(tmp_path):
+    """A model folder whose model.json names an unknown architecture is a bad input file (the
+    model folder's fault, reported with its path), not a settings error."""
+    spec = ModelSpec(arch="svision_mini")
+    save_model(tmp_path, build_model(spec), spec)
+    info = json.loads((tmp_path / "model.json").read_text())
+    info["spec"]["arch"] = "unet"
+    (tmp_path / "model.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="invalid model description") as err:
+        load_model(tmp_path)
+    assert err.value.path == str(tmp_path / "model.json")
+
+
+def test_a_cuda_device_index_beyond_the_gpus_is_refused(monkeypatch):
+    """cuda:2 on a two-GPU node: a clear settings error, not a CUDA 'invalid device ordinal' later."""
+    from selfres import models
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    assert models.select_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ConfigError, match=r"'cuda:2' requested but only 2 CUDA device\(s\) exist"):
+        models.select_device("cuda:2")
+
+
+def test_ran_on_records_the_device_asked_for(monkeypatch):
+    """QC flags gpu_unused for a job given a GPU that computed on the CPU, but not for a CPU
+    asked for by name: ran_on must record what was asked."""
+    from selfres import models
+
+    monkeypatch.setattr(models, "_REQUESTED", [])
+    assert models.ran_on("cpu")["requested"] is None
+    models.select_device("CPU")
+    assert models.ran_on("cpu")["requested"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    models.select_device("auto")
+    assert models.ran_on("cpu")["requested"] == "auto"
+
+
+def test_an_enhance_network_refuses_a_multichannel_batch_clearly():
+    """A two-channel stack handed over unsplit: a message naming the expected shape, not a
+    convolution's internal error."""
+    model = build_model(ModelSpec(arch="svision_mini", factors=(1, 2, 2)))
+    with pytest.raises(ValueError, match=r"expected a batch \(B, 1, Z, Y, X\) or \(B, 1, Y, X\); "
+                                         r"received shape \(1, 2, 3, 4, 4\)"):
+        model(torch.rand(1, 2, 3, 4, 4))

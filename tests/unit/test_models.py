@@ -689,3 +689,22 @@ def test_an_enhance_network_refuses_a_multichannel_batch_clearly():
     with pytest.raises(ValueError, match=r"expected a batch \(B, 1, Z, Y, X\) or \(B, 1, Y, X\); "
                                          r"received shape \(1, 2, 3, 4, 4\)"):
         model(torch.rand(1, 2, 3, 4, 4))
+
+
+def test_a_given_serial_model_whose_second_stage_is_damaged_is_refused_not_moved(tmp_path):
+    """``selfres restore --model-from DIR`` of a serial ×4 model: a damaged second stage is
+    refused like a damaged first one, and the user's folder stays where it is (moving it aside
+    only for the second stage failed no unit test: a mutation review)."""
+    from selfres.pipeline import load_trained
+
+    spec = ModelSpec(arch="svision_mini", factors=(2, 2, 2))
+    folder = tmp_path / "given"
+    save_model(folder, build_model(spec), spec, metadata={"mode": "enhance", "factors": [4, 4, 4],
+                                                          "serial": {"stage2": "stage2"}})
+    save_model(folder / "stage2", build_model(spec), spec)
+    weights = folder / "stage2" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(InputError, match="is damaged: give another model, or retrain it"):
+        load_trained(folder, move_damaged_aside=False)
+    assert (folder / "model.json").is_file() and weights.is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["given"]

@@ -1275,3 +1275,227 @@ def test_a_serial_models_record_keeps_a_stages_failed_coarse_scale_check(tmp_pat
     recorded = json.loads((tmp_path / "model" / "model.json").read_text())["metadata"]
     assert meta["serial"] and recorded["coarse_scale_failed"] is True
     assert "model_worse_than_interpolation" in recorded["flags"]
+
+
+# ------------------------------------------ mutation review of the inference stage: what stage_infer leaves
+def test_an_isotropic_model_a_few_percent_off_the_volumes_axial_factor_is_refused():
+    """The tolerance is a share of the trained factor (1 %): a stack of factor 2.1 (5 % off) is
+    another blur and another grid than a model trained for 2. A tolerance ten times as wide
+    failed no unit test (a mutation review)."""
+    from selfres.errors import ConfigError
+
+    meta = {"mode": "isotropic", "factor": 2.0}
+    with pytest.raises(ConfigError, match="trained for 2"):
+        pipeline.check_model_fits_volume(meta, (16, 32, 32), (1.05, 0.5, 0.5), model_dir="m", normalized="n",
+                                         sample="s")
+    pipeline.check_model_fits_volume(meta, (16, 32, 32), (1.005, 0.5, 0.5), model_dir="m", normalized="n", sample="s")
+
+
+def test_a_normalised_store_of_an_older_selfres_recording_no_acquisition_is_not_refused():
+    """Only where both record their acquisition is a model of another refused: a normalised store
+    written before the record (no ``source_checksum``) infers with the model, rather than fail
+    comparing against nothing (a mutation review)."""
+    from selfres.errors import InputError
+
+    made_from = {"source_checksum": "a" * 64, "series": 0, "channel": None, "timepoint": None}
+    meta = {"acquisition": made_from, "sample": "s"}
+    pipeline.check_model_acquisition(meta, {}, model_dir="m", normalized="n", sample="s")
+    pipeline.check_model_acquisition({"sample": "s"}, {"source_checksum": "b" * 64}, model_dir="m", normalized="n",
+                                     sample="s")
+    with pytest.raises(InputError, match="was trained on another acquisition"):
+        pipeline.check_model_acquisition(meta, {"source_checksum": "b" * 64, "series": 0}, model_dir="m",
+                                         normalized="n", sample="s")
+
+
+def test_a_stale_model_output_is_dropped_with_its_unfinished_store_and_progress(tmp_path):
+    """The earlier fall-back's model output beside ``restored.ome.zarr`` goes with its partial
+    store and progress folder (a run killed while writing it left them), and nothing else of the
+    folder; keeping the partial store failed no unit test (a mutation review)."""
+    out = tmp_path / "restored.ome.zarr"
+    beside = pipeline.model_output_path(out)
+    left = [beside, pipeline.partial_path(beside), beside.with_name(f".{beside.name}.progress")]
+    kept = [out, pipeline.partial_path(out), tmp_path / "other_model.ome.zarr"]
+    for folder in left + kept:
+        (folder / "0").mkdir(parents=True)
+    pipeline.drop_stale_model_output(out)
+    assert [p for p in left if p.exists()] == [] and all(p.is_dir() for p in kept)
+
+
+def test_a_scattered_run_of_a_passing_model_drops_the_earlier_fall_backs_model_output_at_gather(tmp_path):
+    """A scattered inference (prepare, blocks, gather) of a model that now passes delivers the
+    network in ``restored.ome.zarr``, its layer named after the sample alone; the earlier
+    fall-back's ``restored_model.ome.zarr`` (an older network beside it, which would mislead)
+    goes at gather as it does in one job; the prepare and block jobs leave it to the gather.
+    Keeping it, or noting the restoration as 'network, lost to tricubic', failed no unit test
+    (a mutation review)."""
+    from selfres.settings import InferSettings
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    _set_model_flags(tmp_path / "model", [])
+    out = tmp_path / "restored.ome.zarr"
+    beside = pipeline.model_output_path(out)
+    (beside / "0").mkdir(parents=True)
+    two = InferSettings(back_projection_iterations=0, blocks=2, tile_size=(8, 32, 32))
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=two, step="prepare")
+    for block in (0, 1):
+        pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=two, step="block",
+                             block=block)
+    assert beside.is_dir()
+    info = pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=two, step="gather")
+    assert info["content"] == "model" and io.read_ome_zarr(out, lazy=True).attrs["content"] == "model"
+    assert not beside.exists()
+    import zarr  # the restoration's layer is named after the sample alone (no note of a fall-back)
+
+    attrs = zarr.open_group(str(out), mode="r").attrs
+    assert attrs["multiscales"][0]["name"] == "s" and attrs["omero"]["channels"][0]["label"] == "s"
+
+
+def test_a_rerun_of_the_fall_back_keeps_the_finished_model_output_and_says_what_it_delivered(tmp_path):
+    """A flagged model's job writes two stores; what it returns (the workflow's ``--done`` marker)
+    says the output holds the interpolation and counts the tiles of both. Rerun (Snakemake removes
+    only the declared output, after a run killed while writing the interpolation), the model output
+    finished beside it by this same job is kept, not computed again. Recomputing it, or reporting
+    'model' or one store's tiles, failed no unit test (a mutation review)."""
+    from selfres.settings import InferSettings
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    _set_model_flags(tmp_path / "model", ["model_worse_than_interpolation"], perturb=True)
+    out = tmp_path / "restored.ome.zarr"
+    beside = pipeline.model_output_path(out)
+    plain = InferSettings(back_projection_iterations=0, tile_size=(8, 32, 32))
+    first = pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=plain)
+    tiles = first["tiles"]
+    assert tiles > 1 and first["content"] == "interpolation"
+    assert first["computed"] == 2 * tiles and first["resumed"] == 0  # the network's tiles and the interpolation's
+    made = io.read_ome_zarr(beside, lazy=True).attrs
+    import shutil
+
+    shutil.rmtree(out)  # Snakemake's removal of the declared output before the rerun
+    again = pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu", settings=plain)
+    assert again["content"] == "interpolation" and io.read_ome_zarr(out, lazy=True).attrs["content"] == "interpolation"
+    assert again["computed"] == tiles and again["resumed"] == tiles  # the interpolation only
+    assert io.read_ome_zarr(beside, lazy=True).attrs == made  # the model output as the first run finished it
+
+
+def test_the_fall_back_delivers_the_acquisitions_tricubic_hot_pixels_and_all(tmp_path):
+    """The network reads the input with its hot pixels repaired, as it was trained; the guard's
+    fall-back is the tricubic interpolation of the acquisition as it is (the one QC and the report
+    compare against), not of the repaired input. Repairing the fall-back's input as well failed no
+    unit test (a mutation review)."""
+    import tifffile
+
+    from selfres.degrade import upscale_cubic
+    from selfres.settings import FovSettings, InferSettings, Settings, TrainSettings, from_dict
+
+    from ..conftest import blob_volume
+
+    rng = np.random.default_rng(3)
+    raw = blob_volume((8, 64, 64), n=120, sigma=(1.0, 1.5, 1.5), seed=4)
+    raw = (rng.poisson(raw * 200) / 200.0 * 1000).astype(np.float32)
+    ys, xs = rng.integers(4, 60, (2, 12))
+    raw[:, ys, xs] = rng.uniform(15000, 30000, 12)
+    tifffile.imwrite(tmp_path / "in.tif", raw)
+    s = Settings(train=from_dict(TrainSettings, {"steps": 2, "width": 4, "depth": 1, "batch_size": 1,
+                                                 "patch_size": [4, 16, 16], "validate_every": 1, "warmup_steps": 1}))
+    norm = tmp_path / "n.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s", voxel_size=(1.0, 0.2, 0.2))
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 2, 2),
+                        settings=FovSettings(min_holdout_voxels=256))
+    meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 2, 2),
+                                settings=s, device="cpu")
+    assert meta["sensor_defects_repaired"] >= 1
+    _set_model_flags(tmp_path / "model", ["model_worse_than_interpolation"])
+    out = tmp_path / "restored.ome.zarr"
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu",
+                         settings=InferSettings(back_projection_iterations=0))
+    fall_back = io.read_ome_zarr(out)
+    assert fall_back.attrs["content"] == "interpolation"
+    own = np.zeros((128, 128), bool)
+    for y, x in zip(ys, xs):
+        own[2 * y:2 * y + 2, 2 * x:2 * x + 2] = True
+    beside = ndimage.binary_dilation(own, iterations=2) & ~own
+    cubic = upscale_cubic(raw, (1, 2, 2))
+    np.testing.assert_allclose(np.asarray(fall_back.data)[:, beside], cubic[:, beside], rtol=2e-3, atol=2.0)
+
+
+def test_infer_refuses_a_z_scaling_model_for_a_2d_image_before_writing_anything(tmp_path):
+    """``selfres infer`` of one z slice with a model that scales z (another sample's) is refused
+    before any tile: the check exists (see above), and inference calls it. Without the call the
+    output held z planes made up from one, with exit 0 (a mutation review)."""
+    import tifffile
+
+    from selfres.errors import ConfigError
+    from selfres.models import ModelSpec, build_model, save_model
+
+    from ..conftest import blob_volume
+
+    tifffile.imwrite(tmp_path / "plane.tif", (blob_volume((1, 32, 32), n=20, seed=1) * 1000).astype(np.float32))
+    norm = tmp_path / "n.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "plane.tif", norm, sample="s")
+    spec = ModelSpec(arch="svision_mini", factors=(2, 2, 2))
+    save_model(tmp_path / "model", build_model(spec), spec, metadata={"mode": "enhance", "factors": [2, 2, 2]})
+    out = tmp_path / "restored.ome.zarr"
+    with pytest.raises(ConfigError, match="is a 2-D image .* scales z by 2"):
+        pipeline.stage_infer(norm, tmp_path / "model", out, sample="s", device="cpu")
+    assert not out.exists() and not pipeline.partial_path(out).exists()
+
+
+def test_the_default_inference_writes_the_network_back_projected_with_its_recorded_noise(tmp_path):
+    """The defaults (``back_projection_iterations: 1``, ``back_projection_shrink``, no ensemble)
+    are what the guard scored: the written output is the network back-projected once, its
+    correction shrunk by the noise level model.json records; not the bare network, nor plain
+    steps. Wrapping only when the ensemble was on as well, or dropping the recorded noise, failed
+    no unit test (a mutation review)."""
+    from selfres import normalise
+    from selfres.ensemble import wrap_for_inference
+    from selfres.infer import predict_single_pass
+    from selfres.settings import DegradationSettings, InferSettings, from_dict
+    from selfres.train import inference_extras, make_degradation
+
+    norm = _trained_sample(tmp_path, {"method": "cubic"})
+    settings = InferSettings(on_worse_than_interpolation="model")  # the network, whatever the guard said
+    assert settings.back_projection_iterations == 1 and settings.back_projection_shrink and not settings.ensemble
+    net, _, meta = pipeline.load_trained(tmp_path / "model")
+    noise = pipeline.recorded_noise_level(meta)
+    assert noise is not None  # a noisy acquisition: training measured the noise a correction holds
+    pipeline.stage_infer(norm, tmp_path / "model", tmp_path / "out.ome.zarr", sample="s", device="cpu",
+                         settings=settings)
+    low, params = pipeline.read_normalized(norm)
+    got = normalise.apply(np.asarray(io.read_ome_zarr(tmp_path / "out.ome.zarr").data), params)
+    deg = make_degradation(from_dict(DegradationSettings, pipeline.trained_degradation(meta)),
+                           voxel_size=meta.get("voxel_size_in"))
+
+    def through(**kw):
+        wrapped = wrap_for_inference(net, degradation=deg, **kw)
+        return predict_single_pass(wrapped, np.asarray(low.data, dtype=np.float32), factors=(1, 2, 2))
+
+    expect = through(noise_level=noise, **inference_extras(settings))
+    np.testing.assert_allclose(got, expect, atol=2e-3)
+    for other in (through(), through(noise_level=None, **inference_extras(settings))):  # bare; plain steps
+        assert np.abs(got - other).max() > 1e-2
+
+
+def test_the_room_estimate_scales_with_the_acquisitions_compression():
+    """An output's estimated bytes are its array's bytes (level 0 and the pyramid) times the
+    compression of the acquisition's normalised copy: a sparse acquisition's outputs were refused
+    disks with room for them at full size. Leaving the compression out failed no unit test (the
+    room tests compute their own estimate with the same function; a mutation review)."""
+    full = pipeline.output_bytes_estimate((8, 256, 256), "float32", None, compression=1.0)
+    assert full == 4 * (8 * 256 * 256 + 4 * 128 * 128 + 2 * 64 * 64)
+    assert pipeline.output_bytes_estimate((8, 256, 256), "float32", None, compression=0.25) == full // 4
+    assert pipeline.output_bytes_estimate((8, 256, 256), "uint16", None, compression=0.5) == full // 4
+
+
+def test_only_the_workflows_restored_store_of_a_part_drops_its_acquisitions_export(tmp_path):
+    """``results/cells_c1/restored.ome.zarr`` (the workflow's own output of channel 1) drops the
+    acquisition's ``results/cells.ome.tif``; another store in that folder (``selfres infer -o``
+    a name of the user's) drops only its own export. Dropping the acquisition's for any store in a
+    part's folder failed no unit test (a mutation review)."""
+    res = tmp_path / "results"
+    (res / "cells_c1").mkdir(parents=True)
+    for name in ("cells.ome.tif", "cells_c1/mine.ome.tif"):
+        (res / name).write_bytes(b"an earlier export")
+    pipeline.drop_stale_export(res / "cells_c1" / "mine.ome.zarr", part=(None, 1))
+    assert (res / "cells.ome.tif").exists() and not (res / "cells_c1" / "mine.ome.tif").exists()
+    pipeline.drop_stale_export(res / "cells_c1" / "restored.ome.zarr", part=(None, 1))
+    assert not (res / "cells.ome.tif").exists()

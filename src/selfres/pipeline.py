@@ -834,16 +834,11 @@ def stage_train(
                  sample, defects)
     # the guard judges what inference writes: the network wrapped in the inference extras
     extras = inference_extras(settings.infer)
-    guarded_with = read_guarded_with(work)
-    if guarded_with is not None and guarded_with != extras:
-        log.info("the inference extras the guard reads changed since the training kept in %s (%s): a finished "
-                 "training there with the same data, settings and code is taken up however it ended", work,
-                 ", ".join(f"{k} {guarded_with.get(k)} → {v}" for k, v in extras.items() if guarded_with.get(k) != v))
     result = train_enhance(
         train_volume, held_volume, factors=factors,
         settings=settings.train,
         voxel_size=vs_known, work_dir=work, device=dev, amp=settings.infer.amp,
-        take_up_any_finished=guarded_with is not None and guarded_with != extras,
+        take_up_any_finished=take_up_any_finished(work, extras),
     )
     trained = result.settings  # as trained: with the noise top-up estimated from the data
     psnr_out, flags = guard_with_extras(
@@ -874,8 +869,10 @@ def stage_train(
         # taken up from model.work/: the training had finished in an earlier run (train_seconds includes its loop)
         "training_taken_up": result.taken_up,
         "settings": to_dict(trained),
-        "device": str(dev),
-        "ran_on": models.ran_on(dev),
+        # where the network was trained: a taken-up training's own machine (this job's: guard_ran_on)
+        "device": (result.trained_ran_on or {}).get("device") or str(dev),
+        "ran_on": result.trained_ran_on or models.ran_on(dev),
+        **({"guard_ran_on": models.ran_on(dev)} if result.trained_ran_on else {}),
     }
     if result.noise is not None:
         meta["noise"] = result.noise
@@ -903,27 +900,59 @@ def stage_train(
         pd.DataFrame(result.log_rows, columns=cols).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
     # work/ (the finished training's checkpoint) stays: a rerun that changes only what the guard
     # reads (infer.ensemble, infer.back_projection_*) takes the training up from it and re-runs the guard
-    write_json(work / GUARDED_WITH, {"inference_extras": extras})
+    write_json(work / GUARDED_WITH, {"inference_extras": extras, "checkpoints": kept_checkpoints(work)})
     log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB (best step %d, training ended %s, %.0f s)",
              model_dir, result.val_psnr_model, result.val_psnr_interp, result.best_step,
              wording.stop_text(result.stop_reason), meta["train_seconds"])
     return meta
 
 
-#: In an ``enhance`` training's work folder (``model.work/``): the inference extras its last
-#: finished training was guarded with. A rerun with other extras was made for them alone when the
-#: training's key is the same: it takes that training up however it ended (:func:`selfres.train.train_enhance`).
+#: In an ``enhance`` training's work folder (``model.work/``), written by a completed train job:
+#: the inference extras its training was guarded with and the SHA-256 of the checkpoints it
+#: kept (:func:`take_up_any_finished`).
 GUARDED_WITH = "guarded_with.json"
 
 
+def kept_checkpoints(work: Path) -> dict[str, str]:
+    """SHA-256 of each training checkpoint in ``work`` (serial ×4: one per stage), by path."""
+    from .train import CHECKPOINT
+
+    return {c.relative_to(work).as_posix(): io.file_checksum(c) for c in sorted(Path(work).rglob(CHECKPOINT))}
+
+
 def read_guarded_with(work: Path) -> dict | None:
-    """The inference extras recorded in ``work`` (:data:`GUARDED_WITH`), or None (none recorded,
-    or unreadable: then nothing is taken up that training again would not give)."""
+    """The record a completed train job left in ``work`` (:data:`GUARDED_WITH`), or None (none,
+    or unreadable)."""
     try:
-        extras = json.loads((work / GUARDED_WITH).read_text())["inference_extras"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((work / GUARDED_WITH).read_text())
+    except (OSError, ValueError):
         return None
-    return extras if isinstance(extras, dict) else None
+    ok = (isinstance(record, dict) and isinstance(record.get("inference_extras"), dict)
+          and isinstance(record.get("checkpoints"), dict))
+    return record if ok else None
+
+
+def take_up_any_finished(work: Path, extras: dict) -> bool:
+    """Whether a finished training in ``work`` is taken up however it ended
+    (:func:`selfres.train.train_enhance`): yes when the checkpoints there are not those a
+    completed train job recorded (a job killed after its training, in its guard: taken up as
+    always), or when they are but its guard's inference extras were others than ``extras`` (this
+    rerun was made for them alone: another guard, the same network). Else — ``--forcerun``, a
+    touched input — only where training again would give its weights."""
+    record = read_guarded_with(work)
+    kept = kept_checkpoints(work)
+    if record is None or record["checkpoints"] != kept:
+        if kept:
+            log.info("%s holds a checkpoint no completed train job recorded (a job killed after or during its "
+                     "training): resumed, or taken up if finished", work)
+        return True
+    before = record["inference_extras"]
+    if before != extras:
+        log.info("the inference extras the guard reads changed since the training kept in %s (%s): that finished "
+                 "training is taken up however it ended, if its data, settings and code are the same", work,
+                 ", ".join(f"{k} {before.get(k)} → {v}" for k, v in extras.items() if before.get(k) != v))
+        return True
+    return False
 
 
 @_holding("model_dir")

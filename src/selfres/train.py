@@ -94,6 +94,9 @@ class TrainResult:
     taken_up: bool = False
     """The training had finished in an earlier run (its checkpoint kept under the same key) and
     was taken up, not trained again (for a serial ×4 model: both stages were)."""
+    trained_ran_on: dict | None = None
+    """Where a taken-up training ran (:func:`selfres.models.ran_on`, as its checkpoint recorded it;
+    for a serial ×4 model the first stage's); None when trained in this run or not recorded."""
 
 
 def make_degradation(
@@ -539,14 +542,15 @@ def load_checkpoint(path: Path) -> dict | None:
 
 
 def retrain_reason(state: dict, *, steps: int, device: torch.device | str) -> str | None:
-    """Why a *finished* training's checkpoint (kept by the ``enhance`` train stage, or left by a
-    run killed between its last checkpoint and its model) is not taken up — training again would
-    not give its weights — or None: it ended by its steps or an early stop, on the same kind of
-    device and, on a CPU, with as many threads (:meth:`Checkpointing.save` records both). A
+    """Why a *finished* training's checkpoint, kept by a completed ``enhance`` train job, is not
+    taken up by another run of that job — training again would not give its weights — or None:
+    it ended by its steps, an early stop or a divergence, on the same kind of device and, on a
+    CPU, with as many threads (:meth:`Checkpointing.save` records both). A
     training its time budget cut is trained again: where it stops depends on how busy the
     machine was (a rerun is often asked for just that) — unless the rerun was made for the
-    guard's inference extras alone (:func:`train_enhance`'s ``take_up_any_finished``). An
-    unfinished checkpoint (a killed run) is resumed whatever these are, as it always was."""
+    guard's inference extras alone (:func:`train_enhance`'s ``take_up_any_finished``). A
+    checkpoint a killed job left — unfinished, or finished with the job killed in its guard — is
+    resumed or taken up whatever these are, as it always was."""
     stopped = stopped_run(state)
     if stopped is None and int(state["step"]) < steps:
         return None
@@ -557,7 +561,7 @@ def retrain_reason(state: dict, *, steps: int, device: torch.device | str) -> st
         return f"it ran on {state.get('device') or 'an unrecorded device'}, this run on {dev.type}"
     threads = torch.get_num_threads()
     if dev.type == "cpu" and state.get("threads") != threads:
-        return f"it ran on {state.get('threads') or 'an unrecorded number of'} CPU threads, this run on {threads}"
+        return f"it ran with {state.get('threads') or 'an unrecorded number of'} CPU thread(s), this run with {threads}"
     return None
 
 
@@ -581,7 +585,8 @@ def resume_from_checkpoint(path: Path | None, *, key: str, model: torch.nn.Modul
     if state is None:
         return None
     if state.get("key") != key:
-        log.info("checkpoint belongs to other settings or data; training starts afresh")
+        log.info("checkpoint belongs to other settings, data, PSF, infer.amp, or selfres or torch version; "
+                 "training starts afresh")
         return None
     why = None if steps is None else retrain_reason(state, steps=steps, device=noise_generator.device)
     if why is not None:
@@ -693,8 +698,10 @@ class Checkpointing:
                 "key": self.key, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "generator": self.generator.get_state(), "noise_generator": self.noise_generator.get_state(),
                 "step": step, "elapsed": elapsed, **sel.state_dict(),
-                # what a finished training must share with a rerun to be taken up (retrain_reason)
+                # what a finished training must share with a rerun to be taken up (retrain_reason),
+                # and where it ran (a taken-up model's provenance)
                 "device": self.noise_generator.device.type, "threads": torch.get_num_threads(),
+                "ran_on": json.dumps(models.ran_on(self.noise_generator.device)),
                 **({} if stopped is None else {"stopped": json.dumps(list(stopped))}),
             })
 
@@ -738,6 +745,9 @@ def run_steps(model: torch.nn.Module, optimiser, sel: "Selection", settings, *, 
             flags.append("training_diverged")
             stop_reason = "diverged"
             log.warning("loss became %s at step %d; keeping the best checkpoint", loss.item(), step)
+            # recorded as a stop, so that a rerun does not train the dead run's weights on
+            checkpoint.save(model, optimiser, sel, step=step, elapsed=time.monotonic() - t0,
+                            stopped=(stop_reason, ["training_diverged"]))
             break
         step += 1
         running += float(loss.item())
@@ -803,7 +813,8 @@ def train_enhance(
     take_up_any_finished
         A finished training in ``work_dir`` under the same key is taken up however it ended (a
         rerun made for the guard's inference extras alone: another guard is asked for, not another
-        network); else only where training again would give its weights (:func:`retrain_reason`).
+        network; or a checkpoint a killed job left); else, for a training a completed job kept,
+        only where training again would give its weights (:func:`retrain_reason`).
     """
     factors = tuple(int(f) for f in factors)
     # a top-up set by hand (a level the estimate misses): back-projection's shrink holds it too,
@@ -903,6 +914,7 @@ def train_enhance(
         tuple(target_h.shape), val_interp, sel.best_psnr,
     )
     taken_up = state is not None and ("stopped" in state or step >= settings.steps)  # kept by the train stage
+    trained_ran_on = json.loads(state["ran_on"]) if taken_up and "ran_on" in state else None
     if taken_up:
         log.info("training had finished in an earlier run on the same data, settings and code (step %d, best "
                  "%.2f dB at step %d; %s): taken up, not trained again — delete that folder to train afresh",
@@ -950,7 +962,7 @@ def train_enhance(
         stop_reason=stop_reason, val_psnr_model=sel.best_psnr, val_psnr_interp=val_interp,
         flags=flags, log_rows=sel.rows, holdout=(target_h, low_h, interp_h), resumed_seconds=elapsed_before,
         settings=settings, noise=noise_info, acquisition_noise=acquisition_noise, patch=tuple(int(v) for v in patch),
-        coarse_scale_failed=coarse_scale_failed, taken_up=taken_up,
+        coarse_scale_failed=coarse_scale_failed, taken_up=taken_up, trained_ran_on=trained_ran_on,
     )
 
 
@@ -1175,4 +1187,5 @@ def train_serial(
         resumed_seconds=r1.resumed_seconds + r2.resumed_seconds, stop_reason=f"{r1.stop_reason}+{r2.stop_reason}",
         val_psnr_model=val_model, val_psnr_interp=val_interp, flags=flags, log_rows=rows, stages=[r1, r2],
         holdout=(target_h, low_h, interp_h), settings=settings, taken_up=r1.taken_up and r2.taken_up,
+        trained_ran_on=r1.trained_ran_on if r1.taken_up and r2.taken_up else None,
     )

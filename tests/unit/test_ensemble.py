@@ -404,6 +404,36 @@ def test_pipeline_trains_serial_x4_and_infers_through_the_wrappers(tmp_path):
     assert again["serial"]["stage_best_steps"] == meta["serial"]["stage_best_steps"]
 
 
+def test_a_serial_training_its_time_budget_cut_is_taken_up_for_a_change_of_the_extras(tmp_path):
+    """Both ×2 stages of a serial ×4 training take the rerun's reason into account: cut by the
+    time budget, they are taken up when the rerun is for the guard's extras alone."""
+    import dataclasses
+    import shutil
+
+    import tifffile
+
+    from selfres import pipeline
+    from selfres.settings import FovSettings, InferSettings, Settings, TrainSettings
+
+    vol = blob_volume((1, 64, 48), n=40, sigma=(0.5, 1.5, 1.5), seed=7) * 1000
+    tifffile.imwrite(tmp_path / "in.tif", vol.astype(np.float32))
+    s = Settings(train=TrainSettings(width=4, depth=1, steps=20, scale_check=False, batch_size=1,
+                                     patch_size=(1, 16, 16), validate_every=5, warmup_steps=1, x4_strategy="serial",
+                                     max_minutes=1e-6),
+                 infer=InferSettings(ensemble=False))
+    norm, fov = tmp_path / "n.ome.zarr", tmp_path / "fov.json"
+    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s")
+    pipeline.stage_crop(norm, fov, sample="s", scale=(1, 4, 4),
+                        settings=FovSettings(min_holdout_voxels=256, holdout_fraction=0.3))
+    first = pipeline.stage_train(norm, fov, tmp_path / "model", sample="s", scale=(1, 4, 4), settings=s, device="cpu")
+    assert first["serial"]["stage_stop_reasons"] == ["time_budget", "time_budget"]
+    shutil.rmtree(tmp_path / "model")
+    again = pipeline.stage_train(norm, fov, tmp_path / "model", sample="s", scale=(1, 4, 4), device="cpu",
+                                 settings=dataclasses.replace(s, infer=InferSettings(ensemble=True)))
+    assert again["training_taken_up"] is True
+    assert again["serial"]["stage_steps_done"] == first["serial"]["stage_steps_done"]
+
+
 @pytest.mark.parametrize("voxel_size, adopted_from, rotates", [
     ([1.0, 0.2, 0.2], None, True),
     ([1.0, 0.2, 0.3], None, False),

@@ -4,7 +4,6 @@ bootstrap's edge cases, and anisotropic pixels."""
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np

@@ -1120,6 +1120,9 @@ def test_a_rerun_that_changes_only_the_guards_extras_takes_the_finished_training
     assert again["self_validation"]["psnr_model"] != first["self_validation"]["psnr_model"]  # guarded with extras
     assert again["train_seconds"] >= first["train_seconds"]  # the training's time, not the take-up's alone
     assert again["training_taken_up"] is True and first["training_taken_up"] is False
+    # where the network was trained, and where this job guarded it
+    assert again["ran_on"] == first["ran_on"] and again["guard_ran_on"]["torch_threads"] == 1
+    assert "guard_ran_on" not in first
 
     fresh, fresh_weights, _ = trained(tmp_path / "fresh" / "model", extras)
     assert "taken up" not in caplog.text
@@ -1132,7 +1135,7 @@ def test_a_rerun_that_changes_only_the_guards_extras_takes_the_finished_training
     shutil.rmtree(model)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)  # another thread count: not the same weights
     trained(model, extras)
-    assert "taken up" not in caplog.text and "step 2/6" in caplog.text and "on 1 CPU threads" in caplog.text
+    assert "taken up" not in caplog.text and "step 2/6" in caplog.text and "with 1 CPU thread(s)" in caplog.text
     monkeypatch.undo()
 
     monkeypatch.setattr(codeinfo, "source_digest", lambda: "other code")
@@ -1171,17 +1174,33 @@ def test_a_training_its_time_budget_cut_is_taken_up_only_for_a_change_of_the_gua
             return pipeline.stage_train(norm, fov, model, sample="s", scale=(1, 2, 2), device="cpu", threads=1,
                                         settings=Settings(train=train, infer=InferSettings(ensemble=ensemble)))
 
+    work = tmp_path / "model.work"
     assert trained(False)["stop_reason"] == "time_budget"
-    assert pipeline.read_guarded_with(tmp_path / "model.work")["ensemble"] is False
+    assert pipeline.read_guarded_with(work)["inference_extras"]["ensemble"] is False
     trained(False)
     assert "cut by its time budget" in caplog.text and "taken up" not in caplog.text
     again = trained(True)
     assert "ensemble False → True" in caplog.text and "not trained again" in caplog.text
     assert again["stop_reason"] == "time_budget" and again["inference_extras"]["ensemble"] is True
-    assert pipeline.read_guarded_with(tmp_path / "model.work")["ensemble"] is True
-    (tmp_path / "model.work" / pipeline.GUARDED_WITH).write_text("{not json")
-    trained(False)  # the record unreadable: nothing is taken up that training again would not give
-    assert "cut by its time budget" in caplog.text and "taken up" not in caplog.text
+    assert pipeline.read_guarded_with(work)["inference_extras"]["ensemble"] is True
+
+    # a job killed in its guard, after its training: the retry takes that training up, as always
+    from selfres import train as train_module
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    shutil.rmtree(work)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train_module, "guard_with_extras", killed)
+        with pytest.raises(KeyboardInterrupt):
+            trained(True)
+    retried = trained(True)
+    assert "no completed train job recorded" in caplog.text and "not trained again" in caplog.text
+    assert retried["training_taken_up"] is True and retried["stop_reason"] == "time_budget"
+    (work / pipeline.GUARDED_WITH).write_text("{not json")  # as good as none: a killed job's
+    trained(True)
+    assert "no completed train job recorded" in caplog.text and "not trained again" in caplog.text
 
 
 def test_a_finished_training_is_taken_up_only_where_training_again_would_give_its_weights():
@@ -1202,7 +1221,7 @@ def test_a_finished_training_is_taken_up_only_where_training_again_would_give_it
     assert "time budget" in retrain_reason(dict(done, step=120, stopped=json.dumps(["time_budget", []])),
                                            steps=200, device="cpu")
     assert "cuda" in retrain_reason(dict(done, device="cuda"), steps=200, device="cpu")
-    assert "threads" in retrain_reason(dict(done, threads=threads + 1), steps=200, device="cpu")
+    assert "CPU thread(s)" in retrain_reason(dict(done, threads=threads + 1), steps=200, device="cpu")
     assert "unrecorded" in retrain_reason({"step": 200}, steps=200, device="cpu")  # written before they were
     assert retrain_reason(dict(done, device="cuda", threads=threads + 1), steps=200, device="cuda") is None
     killed = {"step": 120, "device": "cuda", "threads": threads + 1}

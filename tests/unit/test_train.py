@@ -991,3 +991,30 @@ def test_the_last_step_is_validated_and_can_be_the_kept_checkpoint_when_it_is_of
     assert r.best_step == 7 and r.val_psnr_model == pytest.approx(31.0)
     returned = r.model.state_dict()
     assert all(torch.equal(returned[k], seen[7][k]) for k in seen[7])
+
+
+def test_a_diverged_training_is_recorded_as_a_stop_and_taken_up_not_trained_on(tmp_path, monkeypatch):
+    """A divergence is a stop its checkpoint records: a rerun of the job takes that training up
+    (its best checkpoint, the flag) instead of training the dead run's weights on — which a
+    rerun with another thread count did once the train stage kept its checkpoints (a review)."""
+    import json
+
+    from selfres import train as train_module
+    from selfres.train import CHECKPOINT, load_checkpoint
+
+    real, calls = train_module.optimisation_step, {"n": 0}
+
+    def dies_at_the_fourth_step(model, optimiser, loss):
+        calls["n"] += 1
+        return real(model, optimiser, loss) if calls["n"] < 4 else False
+
+    monkeypatch.setattr(train_module, "optimisation_step", dies_at_the_fourth_step)
+    data, held = _data()
+    settings = TrainSettings(steps=10, **TINY | {"validate_every": 2})
+    first = train_enhance(data, held, factors=(1, 2, 2), settings=settings, work_dir=tmp_path)
+    assert first.stop_reason == "diverged" and "training_diverged" in first.flags and first.steps_done == 3
+    assert json.loads(load_checkpoint(tmp_path / CHECKPOINT)["stopped"])[0] == "diverged"
+    monkeypatch.undo()
+    again = train_enhance(data, held, factors=(1, 2, 2), settings=settings, work_dir=tmp_path)
+    assert again.taken_up and (again.stop_reason, again.steps_done) == ("diverged", 3)
+    assert "training_diverged" in again.flags and again.best_step == first.best_step

@@ -444,7 +444,9 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
                     "can favour the network where the whole volume does not.")
     if (kept_start
             and int((metrics.get("inference_extras") or {}).get("back_projection_iterations") or 0) > 0):
-        bits.append("Training kept its starting point (best step 0): the output is tricubic interpolation "
+        whose = ("the output" if metrics.get("restored_content", "model") == "model"
+                 else "the network's output, kept beside,")  # a fall-back delivers the interpolation
+        bits.append(f"Training kept its starting point (best step 0): {whose} is tricubic interpolation "
                     "followed by back-projection, not a learned restoration.")
     shapes = metrics.get("input_shape") or (), metrics.get("output_shape") or ()
     if (metrics.get("mode") == "enhance" and metrics.get("restored_content", "model") == "model" and gain is not None

@@ -139,3 +139,23 @@ def test_the_self_validation_and_reference_tables_put_each_figure_under_its_own_
     assert ('<thead><tr><th>metric</th><th>restored</th><th>tricubic</th><th>gain</th></tr></thead>'
             '<tbody><tr><td>PSNR (dB)</td><td class="num">35.5</td><td class="num">34.25</td><td>+1.25</td></tr>'
             ) in page
+
+
+def test_a_kept_start_that_fell_back_does_not_call_the_interpolation_back_projected():
+    """A kept start the guard refused: restored.ome.zarr holds the interpolation, so the verdict
+    says the *network's* output (kept beside) is tricubic + back-projection — it said "the
+    output is tricubic interpolation followed by back-projection" and, one sentence later, that
+    restored.ome.zarr holds the tricubic interpolation (a mutation review)."""
+    from selfres import report
+
+    def verdict(content):
+        flags = ["model_worse_than_interpolation"] if content == "interpolation" else []
+        return report._verdict({"self_validation": {"psnr_model": 30.01, "psnr_interp": 30.0}, "mode": "enhance",
+                                "best_step": 0, "flags": flags, "restored_content": content,
+                                "inference_extras": {"back_projection_iterations": 2}, "guard_margin_db": 0.1},
+                               "fallback_interpolation" if flags else "ok")
+
+    fell_back = verdict("interpolation")
+    assert "the network's output, kept beside, is tricubic interpolation followed by back-projection" in fell_back
+    assert "the output is tricubic" not in fell_back
+    assert "the output is tricubic interpolation followed by back-projection" in verdict("model")

@@ -541,6 +541,12 @@ def load_checkpoint(path: Path) -> dict | None:
         return None
 
 
+def finished_training(state: dict, steps: int) -> bool:
+    """Whether a checkpoint is of a training that ended: a stop it recorded (early stop, time
+    budget, divergence) or its step limit reached."""
+    return "stopped" in state or int(state["step"]) >= steps
+
+
 def retrain_reason(state: dict, *, steps: int, device: torch.device | str) -> str | None:
     """Why a *finished* training's checkpoint, kept by a completed ``enhance`` train job, is not
     taken up by another run of that job — training again would not give its weights — or None:
@@ -551,9 +557,9 @@ def retrain_reason(state: dict, *, steps: int, device: torch.device | str) -> st
     guard's inference extras alone (:func:`train_enhance`'s ``take_up_any_finished``). A
     checkpoint a killed job left — unfinished, or finished with the job killed in its guard — is
     resumed or taken up whatever these are, as it always was."""
-    stopped = stopped_run(state)
-    if stopped is None and int(state["step"]) < steps:
+    if not finished_training(state, steps):
         return None
+    stopped = stopped_run(state)
     if stopped is not None and stopped[0] == "time_budget":
         return "it was cut by its time budget (train.max_minutes)"
     dev = torch.device(device)
@@ -901,11 +907,12 @@ def train_enhance(
     state = resume_from_checkpoint(ckpt_path, key=key, model=model, optimiser=optimiser, generator=gen,
                                    noise_generator=noise_gen,
                                    steps=None if take_up_any_finished else settings.steps)
+    taken_up = state is not None and finished_training(state, settings.steps)  # kept by the train stage
     if state is not None:
         step = int(state["step"])
         sel.load_state_dict(state, score_of_psnr=lambda psnr: psnr - val_interp)
         elapsed_before = float(state["elapsed"])
-        if "stopped" not in state and step < settings.steps:  # else a finished training, logged below
+        if not taken_up:  # a finished training is logged below
             log.info("resumed from checkpoint at step %d (best %.2f dB at step %d)", step, sel.best_psnr,
                      sel.best_step)
     log.info(
@@ -913,7 +920,6 @@ def train_enhance(
         spec.arch, models.count_parameters(model), tuple(train_volume.shape), patch, factors,
         tuple(target_h.shape), val_interp, sel.best_psnr,
     )
-    taken_up = state is not None and ("stopped" in state or step >= settings.steps)  # kept by the train stage
     trained_ran_on = json.loads(state["ran_on"]) if taken_up and "ran_on" in state else None
     if taken_up:
         log.info("training had finished in an earlier run on the same data, settings and code (step %d, best "

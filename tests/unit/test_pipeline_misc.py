@@ -124,23 +124,17 @@ def test_inference_without_extras_does_not_need_the_training_degradation(tmp_pat
     assert info["tiles"] >= 1 and (tmp_path / "out.ome.zarr").exists()
 
 
-def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(tmp_path, caplog):
-    """Hot pixels (the same in every plane) are repaired in the training FOV and the held-out
-    region, and in the network's input at inference; their own output voxels are the
-    acquisition's tricubic interpolation, and nothing around them rings or smears them. A model
-    trained before the repair existed infers as it did."""
-    import json
-
+def _hot_pixel_sample(tmp_path, shape, *, n):
+    """A noisy blob acquisition with 12 hot pixels (the same in every plane), normalised and
+    cropped for ×2 laterally: (raw, hot ys, hot xs, tiny training settings, normalised store)."""
     import tifffile
-    import zarr
 
-    from selfres.degrade import upscale_cubic
-    from selfres.settings import FovSettings, InferSettings, Settings, TrainSettings, from_dict
+    from selfres.settings import FovSettings, Settings, TrainSettings, from_dict
 
     from ..conftest import blob_volume
 
     rng = np.random.default_rng(3)
-    raw = blob_volume((12, 64, 64), n=150, sigma=(1.0, 1.5, 1.5), seed=4)
+    raw = blob_volume(shape, n=n, sigma=(1.0, 1.5, 1.5), seed=4)
     raw = (rng.poisson(raw * 200) / 200.0 * 1000).astype(np.float32)
     ys, xs = rng.integers(4, 60, (2, 12))
     raw[:, ys, xs] = rng.uniform(15000, 30000, 12)
@@ -151,6 +145,22 @@ def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(
     pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s", voxel_size=(1.0, 0.2, 0.2))
     pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 2, 2),
                         settings=FovSettings(min_holdout_voxels=256))
+    return raw, ys, xs, s, norm
+
+
+def test_enhance_repairs_hot_pixels_for_its_network_and_writes_them_as_acquired(tmp_path, caplog):
+    """Hot pixels (the same in every plane) are repaired in the training FOV and the held-out
+    region, and in the network's input at inference; their own output voxels are the
+    acquisition's tricubic interpolation, and nothing around them rings or smears them. A model
+    trained before the repair existed infers as it did."""
+    import json
+
+    import zarr
+
+    from selfres.degrade import upscale_cubic
+    from selfres.settings import InferSettings
+
+    raw, ys, xs, s, norm = _hot_pixel_sample(tmp_path, (12, 64, 64), n=150)
     assert pipeline.read_normalized(norm)[1].high < 3000  # the hot pixels are not the intensity range's top
     meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 2, 2),
                                 settings=s, device="cpu")
@@ -1401,25 +1411,11 @@ def test_the_fall_back_delivers_the_acquisitions_tricubic_hot_pixels_and_all(tmp
     fall-back is the tricubic interpolation of the acquisition as it is (the one QC and the report
     compare against), not of the repaired input. Repairing the fall-back's input as well failed no
     unit test (a mutation review)."""
-    import tifffile
 
     from selfres.degrade import upscale_cubic
-    from selfres.settings import FovSettings, InferSettings, Settings, TrainSettings, from_dict
+    from selfres.settings import InferSettings
 
-    from ..conftest import blob_volume
-
-    rng = np.random.default_rng(3)
-    raw = blob_volume((8, 64, 64), n=120, sigma=(1.0, 1.5, 1.5), seed=4)
-    raw = (rng.poisson(raw * 200) / 200.0 * 1000).astype(np.float32)
-    ys, xs = rng.integers(4, 60, (2, 12))
-    raw[:, ys, xs] = rng.uniform(15000, 30000, 12)
-    tifffile.imwrite(tmp_path / "in.tif", raw)
-    s = Settings(train=from_dict(TrainSettings, {"steps": 2, "width": 4, "depth": 1, "batch_size": 1,
-                                                 "patch_size": [4, 16, 16], "validate_every": 1, "warmup_steps": 1}))
-    norm = tmp_path / "n.ome.zarr"
-    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s", voxel_size=(1.0, 0.2, 0.2))
-    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 2, 2),
-                        settings=FovSettings(min_holdout_voxels=256))
+    raw, ys, xs, s, norm = _hot_pixel_sample(tmp_path, (8, 64, 64), n=120)
     meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 2, 2),
                                 settings=s, device="cpu")
     assert meta["sensor_defects_repaired"] >= 1

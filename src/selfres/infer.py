@@ -679,8 +679,13 @@ def widest_per_input_voxel(model: nn.Module, tile: Sequence[int], halo: Sequence
         return None
     known = model.__dict__.setdefault("_selfres_widest_per_voxel", {})
     if probe not in known:
+        from .ensemble import SelfEnsemble
+
         try:
             twin = copy.deepcopy(model)  # not the model itself: a forward of a caller's model is a tile to it
+            for part in twin.modules():  # a self-ensemble runs its members one after another: one tells
+                if isinstance(part, SelfEnsemble):  # the widest activation (a rotation keeps its size)
+                    part.members = part.members[:1]
             x = torch.zeros((1, 1, *probe))
             with torch.inference_mode(), widest_activation(twin) as widest:
                 twin(x)

@@ -266,6 +266,36 @@ def test_cpu_pass_that_would_not_fit_in_host_memory_is_split_before_it_runs(monk
     assert "host memory" in caplog.text and "cut into pieces" in caplog.text
 
 
+def test_the_memory_probe_of_a_self_ensemble_runs_one_member_and_reads_the_networks_width():
+    """A self-ensemble runs its members one after another, so its widest activation is one
+    member's: the probe runs the network once, not 16 times (the ensemble's guard at x4 spent
+    most of its minute in probes), and reads what the network alone reads."""
+    import selfres.infer as infer
+    from selfres.ensemble import BackProjection, SelfEnsemble
+
+    class Counted(torch.nn.Module):
+        forwards = []  # a class attribute: the probe runs a copy of the model
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.halo, self.factors = inner, inner.halo, inner.factors
+
+        def forward(self, x):
+            Counted.forwards.append(tuple(x.shape))
+            return self.inner(x)
+
+    model = _random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=4, depth=1))
+    wrapped = BackProjection(SelfEnsemble(model), iterations=1)
+    probed = BackProjection(SelfEnsemble(Counted(model)), iterations=1)
+    tile = (6, 12, 10)  # not square: a rotated member has y and x swapped
+    widest = infer.widest_per_input_voxel(probed, tile, wrapped.halo)
+    assert len(Counted.forwards) == 1
+    assert widest == infer.widest_per_input_voxel(wrapped, tile, wrapped.halo)
+    plain = infer.widest_per_input_voxel(model, tile, wrapped.halo)
+    assert widest == pytest.approx(plain)
+    assert len(probed.model.members) == 16, "the caller's ensemble keeps its members"
+
+
 @pytest.mark.parametrize("arch, factors, width, measured", [
     ("resnet3d", (2, 1, 1), 16, 210 * 2),   # a reviewer's VmHWM of one pass: bytes per padded input voxel
     ("resnet3d", (1, 2, 2), 16, 106 * 4),

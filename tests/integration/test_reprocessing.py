@@ -188,18 +188,20 @@ def test_an_acquisition_archived_after_its_night_keeps_its_sample_done(wd):
 
 
 def test_a_rerun_for_the_guards_extras_takes_the_finished_training_up(wd):
-    """`infer.ensemble` reruns the train jobs (the guard scores the ensemble), which take each
-    sample's finished training up from its model.work/ instead of training again."""
+    """A guard's extra (`infer.back_projection_iterations` here; `infer.ensemble` takes the same
+    path at the stage level, test_pipeline_misc, and costs 16 forwards) reruns the train jobs (the
+    guard scores what inference writes), which take each sample's finished training up from its
+    model.work/ instead of training again."""
     import json
 
-    _edit_config(wd, infer={"ensemble": True})
+    _edit_config(wd, infer={"back_projection_iterations": 2})
     proc = run_snakemake(wd, "--until", "train")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     for sample in ("a", "b"):
         log = (wd / "results" / sample / "logs" / "train.log").read_text()
         assert "taken up, not trained again" in log and not re.search(r"step \d+/\d+ loss", log), log[-2000:]
         meta = json.loads((wd / "results" / sample / "model" / "model.json").read_text())["metadata"]
-        assert meta["training_taken_up"] is True and meta["inference_extras"]["ensemble"] is True
+        assert meta["training_taken_up"] is True and meta["inference_extras"]["back_projection_iterations"] == 2
 
 
 def test_forcerun_reruns_a_stage_for_one_sample(wd):

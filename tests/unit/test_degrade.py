@@ -600,3 +600,89 @@ def test_a_psf_degradation_keeps_the_brightness_also_with_its_central_plane_alon
     np.testing.assert_allclose(degrade(flat, factors, deg), 0.6, rtol=1e-5)
     got = TorchDegrader(factors, deg)(torch.from_numpy(flat)[None, None])[0, 0].numpy()
     np.testing.assert_allclose(got, 0.6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- found by a third mutation review
+
+
+def test_a_psf_given_as_an_array_is_centred_so_it_does_not_shift_the_training_input():
+    """A PSF array whose mass sits off the middle of its crop (a bead not centred when cut out)
+    is centred on construction, as a loaded one is: blurring with it must not move the image
+    against its target (a pair that teaches a shift). A delta off-centre is the identity."""
+    psf = np.zeros((7, 7, 7), np.float32)
+    psf[2, 1, 5] = 4.0  # mass off the crop's centre on every axis; not summing to 1
+    deg = Degradation(method="psf", psf=psf)
+    assert float(deg.psf.sum()) == pytest.approx(1.0, abs=1e-6)
+    hr = np.random.default_rng(5).random((8, 16, 16)).astype(np.float32)
+    want = hr.reshape(4, 2, 8, 2, 8, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(degrade(hr, (2, 2, 2), deg), want, atol=1e-5)
+    got = TorchDegrader((2, 2, 2), deg)(torch.from_numpy(hr)[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("noise", [dict(noise="poisson_gaussian", gain=50.0, read_sigma=0.01),
+                                   dict(noise="affine_gaussian", noise_variance=(0.004, 1e-4))])
+def test_the_noise_of_a_degradation_follows_its_seed(noise):
+    """The validation pair is made with a fixed seed (train: rng 12345): the same seed gives the
+    same noisy input, another seed another one."""
+    hr = np.full((4, 16, 16), 0.4, np.float32)
+    deg = Degradation(**noise)
+    a, b = degrade(hr, (1, 2, 2), deg, rng=7), degrade(hr, (1, 2, 2), deg, rng=7)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, degrade(hr, (1, 2, 2), deg, rng=8))
+
+
+def test_confocal_sigma_uses_the_excitation_and_emission_wavelengths():
+    """Confocal (small pinhole) is the excitation × emission PSF: λ_eff = λex·λem/√(λex² + λem²),
+    here 0.488 and 0.52 µm → 0.35584 µm, then the widefield σ of λ_eff."""
+    lam = 0.488 * 0.52 / math.sqrt(0.488**2 + 0.52**2)
+    k = 2 * math.pi / lam
+    got = gaussian_sigma_from_optics(na=1.4, wavelength_um=0.52, refractive_index=1.518,
+                                     voxel_size=(0.2, 0.1, 0.1), kind="confocal",
+                                     excitation_wavelength_um=0.488)
+    want = (2 * math.sqrt(6) * 1.518 / (k * 1.4**2) / 0.2, math.sqrt(2) / (k * 1.4) / 0.1,
+            math.sqrt(2) / (k * 1.4) / 0.1)
+    assert got == pytest.approx(want, rel=1e-9)
+    assert lam == pytest.approx(0.35584, abs=1e-5)
+
+
+def test_an_objective_whose_na_equals_the_immersion_index_is_refused():
+    with pytest.raises(ConfigError, match=r"na \(1.33\) must be smaller than refractive_index"):
+        gaussian_sigma_from_optics(na=1.33, wavelength_um=0.5, refractive_index=1.33, voxel_size=(1, 1, 1))
+
+
+def test_sigma_um_to_px_takes_a_zero_sigma_as_no_blur_along_that_axis():
+    assert sigma_um_to_px((0.0, 0.2, 0.3), (0.5, 0.1, 0.1)) == pytest.approx((0.0, 2.0, 3.0))
+
+
+def test_an_upscale_whose_rounded_length_is_unchanged_still_resamples_at_its_factor():
+    """2 planes × 1.2 round to 2: the output voxels still sit at (j + 0.5)/1.2 − 0.5
+    (−0.083 and 0.75), not at the input's own planes."""
+    ramp = np.broadcast_to(np.array([0.0, 1.0], np.float32)[:, None, None], (2, 3, 3)).copy()
+    out = np.asarray(upscale_cubic(ramp, (1.2, 1, 1)))
+    assert out.shape == (2, 3, 3)
+    m = resize_matrix(2, 2, scale=1.2, antialias=False)
+    np.testing.assert_allclose(out[:, 0, 0], m @ np.array([0.0, 1.0]), atol=1e-6)
+    assert abs(float(out[1, 0, 0]) - 1.0) > 0.05
+
+
+def test_a_noisy_camera_offset_under_a_tightly_cropped_psf_is_taken_away():
+    """Cropped inside its wings (faces still rising) and on a camera offset: the faces' lowest
+    level is taken away, so the kernel keeps the PSF's lateral width (kept, the offset made it
+    a box blur about 1.5 times wider)."""
+    z, y, x = np.meshgrid(*(np.arange(7) - 3,) * 3, indexing="ij")
+    psf = np.exp(-(z**2 / (2 * 2.0**2) + (y**2 + x**2) / (2 * 1.5**2)))
+    noisy = 1000 * psf + 100 + np.random.default_rng(0).normal(0, 10, psf.shape)
+    kernel = Degradation(method="psf", psf=noisy).psf
+
+    def lateral_sd(a):
+        m = a.sum(axis=(0, 1)) / a.sum()
+        c = np.arange(m.size)
+        return float(np.sqrt(((c - (c * m).sum()) ** 2 * m).sum()))
+
+    assert lateral_sd(kernel) == pytest.approx(lateral_sd(psf), rel=0.1)
+
+
+def test_a_2d_batch_refuses_a_z_factor_above_one():
+    with pytest.raises(ValueError, match="z factor != 1 but the batch is 2-D"):
+        TorchDegrader((2, 2, 2), Degradation())(torch.zeros(1, 1, 8, 8))

@@ -326,7 +326,7 @@ def _check_factors(factors: Any, *, integer: bool, name: str) -> tuple:
         raise ValueError(f"{name}: factors must be a sequence of numbers per axis "
                          f"(z, y, x) or (y, x); received {factors!r}") from None
     if len(fs) not in (1, 2, 3):
-        raise ValueError(f"{name}: factors must have 2 or 3 entries; received {fs}")
+        raise ValueError(f"{name}: factors must have one entry per axis (1 to 3); received {fs}")
     out = []
     for f in fs:
         if isinstance(f, bool) or not isinstance(f, (int, float, np.integer, np.floating)):

@@ -85,12 +85,14 @@ def _source_meta(**kw) -> dict:
             "correction_noise": [[0.0, 5e-5]]} | kw
 
 
-def _adopt(meta, vol, *, voxel_size=(1.0, 0.25, 0.25), **infer):
+def _adopt(meta, vol, *, voxel_size=(1.0, 0.25, 0.25), model=None, held=None, **infer):
+    """``adopt_enhance`` on ``vol``: its first three quarters in y train, the rest (or ``held``) is held out."""
     from selfres import adopt
     from selfres.settings import InferSettings
 
     ny = vol.shape[1] * 3 // 4
-    return adopt.adopt_enhance(_untrained_enhance_model(), meta, vol[:, :ny], vol[:, ny:], sample="b",
+    return adopt.adopt_enhance(model or _untrained_enhance_model(), meta, vol[:, :ny],
+                               vol[:, ny:] if held is None else held, sample="b",
                                voxel_size=voxel_size, guard_margin_db=0.2, guard_confidence=0.95,
                                infer_settings=InferSettings(**({"amp": False, "back_projection_iterations": 0} | infer)),
                                device="cpu")
@@ -152,9 +154,6 @@ def test_the_guard_of_an_adopter_measures_the_correction_noise_on_its_training_f
     acquisition's training FOV, not on the held-out region: another held-out region leaves it."""
     import torch
 
-    from selfres import adopt
-    from selfres.settings import InferSettings
-
     from ..conftest import blob_volume
 
     model = _untrained_enhance_model()
@@ -163,9 +162,8 @@ def test_the_guard_of_an_adopter_measures_the_correction_noise_on_its_training_f
             p.add_(0.3 * torch.randn_like(p))
     vol = blob_volume((8, 40, 40), n=50, sigma=(1.0, 1.2, 1.2), seed=2)
     other = blob_volume((8, 10, 40), n=10, sigma=(1.0, 1.2, 1.2), seed=9) * 3.0
-    runs = [adopt.adopt_enhance(model, _source_meta(best_step=5), vol[:, :30], held, sample="b",
-                                voxel_size=None, guard_margin_db=0.2, guard_confidence=0.95,
-                                infer_settings=InferSettings(amp=False), device="cpu")
+    runs = [_adopt(_source_meta(best_step=5), vol, voxel_size=None, model=model, held=held,
+                   back_projection_iterations=1)  # training FOV: y 0-30
             for held in (vol[:, 30:], other)]
     assert runs[0]["correction_noise"] == runs[1]["correction_noise"]
     assert runs[0]["inference_extras"]["back_projection_shrink"] is True

@@ -442,7 +442,9 @@ def psnr_gain_interval(
     Returns
     -------
     (low, high) or None
-        ``None`` when fewer than 8 blocks fit or either output is exact everywhere.
+        ``None`` when fewer than 8 blocks fit or either output is exact everywhere. An end is
+        ``±inf`` where that share of the resamples drew only blocks on which one of the two
+        outputs is exact and the other not (an infinite gain or loss).
     """
     _check_same_shape(reference, model)
     _check_same_shape(reference, interp)
@@ -467,11 +469,22 @@ def psnr_gain_interval(
         return None
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(se_model_a), size=(int(n_resamples), len(se_model_a)))
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         gains = 10.0 * np.log10(se_interp_a[draws].sum(axis=1) / se_model_a[draws].sum(axis=1))
-    gains = gains[np.isfinite(gains)]
+    # a draw of blocks where both outputs are exact says nothing (0/0); one where only one is exact
+    # is an infinite gain or loss, and stays: dropped, the draws of blocks of empty background that
+    # the interpolation reproduces exactly and the model not (−∞) would lift the lower end
+    gains = gains[~np.isnan(gains)]
+    if gains.size == 0:
+        return None
     tail = (1.0 - float(level)) / 2.0 * 100.0
-    low, high = np.percentile(gains, [tail, 100.0 - tail])
+    with np.errstate(invalid="ignore"):
+        low, high = np.percentile(gains, [tail, 100.0 - tail])
+    # interpolating next to an infinite draw gives NaN; there the end is that order statistic (±∞)
+    if np.isnan(low):
+        low = np.percentile(gains, tail, method="lower")
+    if np.isnan(high):
+        high = np.percentile(gains, 100.0 - tail, method="higher")
     return float(low), float(high)
 
 

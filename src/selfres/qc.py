@@ -67,7 +67,8 @@ def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: di
     data_range = float(max(target.max() - target.min(), 1e-6))
     out = metrics.compare(target, pred, interp, data_range=data_range)
     interval = metrics.psnr_gain_interval(target, pred, interp)
-    out["gain_db_interval"] = [round(v, 3) for v in interval] if interval else None
+    # an infinite end (resamples of blocks only one output gets exact) is written null: strict JSON
+    out["gain_db_interval"] = [round(v, 3) if np.isfinite(v) else None for v in interval] if interval else None
     out["dead_output"] = dead
     out["inference_extras"] = dict(extras) if wrapped is not model else None
     out["psf_sigma_um"] = [float(v) for v in psf_sigma_um] if psf_sigma_um is not None else None

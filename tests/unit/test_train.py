@@ -955,6 +955,24 @@ def test_guard_passes_reads_its_interval_at_the_confidence_it_is_given():
     assert interval[0] < 0 < interval[1] and not ok
 
 
+def test_a_small_gain_is_not_consistent_when_resamples_of_exact_background_lose_it_all():
+    """Blocks of empty background that tricubic reproduces exactly and the model not (a faint
+    offset) are an infinite loss in every resample that draws only them (here 2 of the 32 blocks
+    hold structure: about 13 % of the resamples). Those draws were dropped, and a gain under the
+    margin, positive in every other draw, passed as consistent."""
+    from selfres.train import guard_passes
+
+    rng = np.random.default_rng(2)
+    target = np.zeros((16, 48, 48), np.float32)
+    target[:8, :12, :24] = rng.random((8, 12, 24))  # structure in two of the guard's 2×4×4 blocks
+    interp = target.copy()
+    interp[:8, :12, :24] += 0.05 * rng.standard_normal((8, 12, 24)).astype(np.float32)
+    model = target + 0.985 * (interp - target) + 1e-4 * rng.standard_normal(target.shape).astype(np.float32)
+    ok, gain, interval = guard_passes(target, model, interp, margin_db=0.2, confidence=0.95)
+    assert 0 < gain < 0.2  # under the margin: only a consistent gain would pass
+    assert interval[0] == -np.inf and interval[1] > 0 and not ok
+
+
 def test_guard_with_extras_asks_the_margin_of_a_serial_model_when_either_stage_learned():
     """Serial ×4 with back-projection: the confidence rule (a small but consistent gain) is for a
     composition that learned nothing; one whose first or second stage kept a learned checkpoint

@@ -243,8 +243,16 @@ def _defect_positions(residuals: Sequence[np.ndarray], *, border: bool = True) -
     # residuals were made: 0 where they leave it out, mirrored where they mirror the plane — a
     # spike next to the border is mirrored to its other side, not a second one to flag)
     padded = np.pad(np.abs(centre), 1) if border else np.pad(np.abs(centre), 1, mode="reflect")
-    around = np.sort([padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
-                      for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=0)[-2]
+    ranked = np.sort([padded[1 + dy:padded.shape[0] - 1 + dy, 1 + dx:padded.shape[1] - 1 + dx]
+                      for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=0)
+    around = ranked[-2]
+    if not border and min(centre.shape) >= 4:
+        # a spike one pixel in from a corner is mirrored thrice about the corner: the corner and its
+        # two sides beside the spike read as much as the spike (4/6 of it), so the fourth largest
+        # (the hot pixel at (1, 1) was never found)
+        for y in (1, centre.shape[0] - 2):
+            for x in (1, centre.shape[1] - 2):
+                around[y, x] = ranked[-4, y, x]
     strong &= np.abs(centre) > SPIKE_RATIO * around  # strictly: flat, noise-free background is no spike
     # ... and clear of the noise in each plane, not only on average: a dim point spread over most
     # planes passed the mean test, and a defect within the noise matters to nothing downstream

@@ -818,8 +818,8 @@ def test_isotropic_patience_running_out_at_the_last_step_is_not_an_early_stop(tm
     assert meta["steps_done"] == 3 and meta["stop_reason"] == "steps" and "early_stopped" not in meta["flags"]
 
 
-def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
-    from selfres import io, pipeline, qc
+def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path, monkeypatch):
+    from selfres import io, metrics, pipeline, qc
     from selfres.settings import InferSettings
 
     norm = _normalised(tmp_path, voxel=(2.0, 0.5, 0.5), nz=6)
@@ -839,6 +839,13 @@ def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path):
     # the sample's inference time counts both stores (alone, the interpolation's few seconds)
     both = [io.read_ome_zarr(p).attrs["infer_seconds"] for p in (out, tmp_path / "restored_model.ome.zarr")]
     assert qc._infer_seconds(out, io.read_ome_zarr(out).attrs) == pytest.approx(sum(both))
+    # QC judges the z-cubic output by its input's isotropy: the estimate reads the interpolated
+    # noise of the finer z grid as detail (stubbed here: 0.25 in, 0.9 on the 24-slice volumes)
+    monkeypatch.setattr(metrics, "resolution_lateral_axial",
+                        lambda a, **k: (1.0, 4.0) if a.shape[0] == 6 else (1.0, 1.1))
+    m = qc.stage_qc(norm, out, tmp_path / "model", tmp_path / "fov.json", tmp_path / "qc" / "m.json", sample="s1")
+    assert m["isotropy_in"] == 0.25 and m["isotropy_out"] == pytest.approx(1 / 1.1)
+    assert "isotropy_not_reached" in m["flags"] and m["restored_content"] == "interpolation"
     # a rerun (a job killed while writing the interpolation) keeps the finished model output
     kept_at = (tmp_path / "restored_model.ome.zarr" / "zarr.json", tmp_path / "restored_model.ome.zarr" / ".zattrs")
     stamp = [p.stat().st_mtime_ns for p in kept_at if p.exists()]

@@ -489,3 +489,139 @@ def test_the_report_stage_draws_the_guards_margin_from_metrics(work, monkeypatch
     above 0 fell back with nothing on the figure saying the guard asks 0.2 dB."""
     assert (work / "model" / "training_log.tsv").exists()
     assert "guard margin 0.2 dB" in _report_curves(work, monkeypatch, guard_margin_db=0.2)
+
+
+_ORIGINAL = (qc.load_trained, qc.read_restored, qc.read_normalized)
+
+
+def _stage_qc(d: Path, monkeypatch, tmp_path, *, meta=None, attrs=None, reference=None, scores=(31.0, 30.0),
+              source_dtype=None, input_attrs=None) -> dict:
+    """QC of the restored sample with the model's metadata and the restored store's attributes
+    changed (``meta``, ``attrs``, and its ``source_dtype``: the type it was written in), the
+    normalised input's attributes changed (``input_attrs``), its held-out scoring stubbed
+    (``scores``: the model's PSNR and tricubic's; by default the model above it). The flags
+    stage_qc decides itself need no model of their own (a mutation review of qc.py: each of the
+    tests below could change and fail no unit test)."""
+    load_trained, read_restored, read_normalized = _ORIGINAL  # not an earlier call's wrappers
+
+    def read_input(*a, **k):
+        vol, params = read_normalized(*a, **k)
+        vol.attrs.update(input_attrs or {})
+        return vol, params
+
+    def loaded(*a, **k):
+        model, spec, m = load_trained(*a, **k)
+        return model, spec, m | (meta or {})
+
+    def read(*a, **k):
+        vol = read_restored(*a, **k)
+        vol.attrs.update(attrs or {})
+        vol.source_dtype = np.dtype(source_dtype or vol.source_dtype)
+        return vol
+
+    monkeypatch.setattr(qc, "load_trained", loaded)
+    monkeypatch.setattr(qc, "read_restored", read)
+    monkeypatch.setattr(qc, "read_normalized", read_input)
+    monkeypatch.setattr(qc, "self_validation", lambda *a, **k: {
+        "psnr_model": scores[0], "psnr_interp": scores[1], "ssim_model": None, "ssim_interp": None,
+        "gain_db_interval": None, "dead_output": False, "inference_extras": None, "psf_sigma_um": None})
+    return qc.stage_qc(d / "work" / "normalized.ome.zarr", d / "out.ome.zarr", d / "work" / "model",
+                       d / "work" / "train_fov.json", tmp_path / "qc" / "metrics.json", sample="s",
+                       reference=reference, settings=from_dict(Settings, FAST).qc)
+
+
+def test_qc_flags_a_gpu_job_that_computed_on_the_cpu_but_not_a_cpu_asked_for(sample, monkeypatch, tmp_path):
+    """``gpu_unused``: a job given a GPU (CUDA_VISIBLE_DEVICES set) whose training or inference
+    ran on the CPU, unless the CPU was asked for by name."""
+    given = {"device": "cpu", "cuda_visible_devices": "0"}
+    auto, unnamed = given | {"requested": "auto"}, given | {"requested": None}
+    assert "gpu_unused" in _stage_qc(sample, monkeypatch, tmp_path, meta={"ran_on": auto})["flags"]
+    assert "gpu_unused" in _stage_qc(sample, monkeypatch, tmp_path, attrs={"ran_on": unnamed})["flags"]  # inference
+    assert "gpu_unused" not in _stage_qc(sample, monkeypatch, tmp_path,
+                                         meta={"ran_on": given | {"requested": "cpu"}})["flags"]
+
+
+def test_qc_flags_an_adopted_model_whose_own_sample_was_mostly_noise(sample, monkeypatch, tmp_path):
+    """``model_trained_on_noise``: only for a model adopted from another sample whose input was
+    mostly noise; a sample's own model is not flagged for its own input (``input_mostly_noise`` says it)."""
+    noise = {"training_input": {"structure_share": 0.01, "plane_correlation": 0.0}}
+    adopted = _stage_qc(sample, monkeypatch, tmp_path, meta=noise | {"adopted_from": {"sample": "a"}})
+    assert "model_trained_on_noise" in adopted["flags"] and adopted["adopted_from"] == "a"
+    assert "model_trained_on_noise" not in _stage_qc(sample, monkeypatch, tmp_path, meta=noise)["flags"]
+
+
+def test_qc_scores_against_a_reference_and_flags_a_model_output_below_tricubic_on_it(sample, monkeypatch, tmp_path):
+    """A reference equal to the input's tricubic interpolation: the interpolation (on the output
+    grid) outranks the output on it, ``worse_than_interpolation_on_reference`` — for a model's
+    output only, an interpolated output is no model's claim. The flag follows the PSNR, whatever
+    the SSIM says, and each figure is filed under its own name."""
+    import tifffile
+
+    from selfres import metrics, normalise
+    from selfres.degrade import upscale_cubic
+
+    vol, params = pipeline.read_normalized(sample / "work" / "normalized.ome.zarr")
+    tricubic = normalise.undo(np.asarray(upscale_cubic(np.asarray(vol.data), (1, 2, 2))), params)
+    tifffile.imwrite(tmp_path / "tricubic.tif", tricubic.astype(np.float32))
+    m = _stage_qc(sample, monkeypatch, tmp_path, reference=tmp_path / "tricubic.tif")
+    assert m["reference"]["psnr_interp"] > m["reference"]["psnr"] + 3
+    assert "worse_than_interpolation_on_reference" in m["flags"]
+    m = _stage_qc(sample, monkeypatch, tmp_path, reference=tmp_path / "tricubic.tif",
+                  attrs={"content": "interpolation"})
+    assert "worse_than_interpolation_on_reference" not in m["flags"]
+    for psnr, ssim, flagged in (((30.0, 31.0), (0.9, 0.8), True), ((31.0, 30.0), (0.8, 0.9), False)):
+        monkeypatch.setattr(metrics, "compare_to_reference", lambda *a, p=psnr, s=ssim, **k: {
+            "psnr_model": p[0], "ssim_model": s[0], "psnr_interp": p[1], "ssim_interp": s[1]})
+        m = _stage_qc(sample, monkeypatch, tmp_path, reference=tmp_path / "tricubic.tif")
+        assert m["reference"] == {"psnr": psnr[0], "ssim": ssim[0], "psnr_interp": psnr[1], "ssim_interp": ssim[1]}
+        assert ("worse_than_interpolation_on_reference" in m["flags"]) is flagged
+
+
+def test_qc_flags_an_integer_outputs_level_shift_beyond_half_its_step(sample, monkeypatch, tmp_path):
+    """``restored_level_shifted`` of an integer output: the allowance is half a step of its type
+    in normalised units (0.5 / span: under 0.001 here for uint16), not half the normalised range."""
+    from selfres import metrics
+
+    agreement = metrics.restored_agreement
+
+    def shifted(*a, **k):
+        return agreement(*a, **k) | {"level": {"input_mean": 0.20, "output_mean": 0.30, "ratio": 1.5}}
+
+    monkeypatch.setattr(metrics, "restored_agreement", shifted)
+    assert "restored_level_shifted" in _stage_qc(sample, monkeypatch, tmp_path, source_dtype="uint16")["flags"]
+
+
+def test_qc_flags_a_model_that_only_ties_tricubic_on_the_held_out_region(sample, monkeypatch, tmp_path):
+    """``model_worse_than_interpolation`` means not above tricubic: a tie is flagged too."""
+    assert "model_worse_than_interpolation" in _stage_qc(sample, monkeypatch, tmp_path, scores=(30.0, 30.0))["flags"]
+    assert "model_worse_than_interpolation" not in _stage_qc(sample, monkeypatch, tmp_path)["flags"]
+
+
+def test_qc_flags_a_saturated_input_and_a_sheets_voxel_size_unlike_the_files(sample, monkeypatch, tmp_path):
+    """What normalise recorded of the input reaches the flags: its saturated share
+    (``saturated_input``) and the voxel size the file gave where the sheet gave one 10× its own
+    (``voxel_size_unlike_file``: µm typed as a tenth)."""
+    m = _stage_qc(sample, monkeypatch, tmp_path, input_attrs={
+        "saturated_fraction": 0.01, "voxel_size_source": "sheet", "voxel_size_file": [1.0, 2.0, 2.0]})
+    assert {"saturated_input", "voxel_size_unlike_file"} <= set(m["flags"]) and m["voxel_size_file"] == [1.0, 2.0, 2.0]
+    assert not {"saturated_input", "voxel_size_unlike_file"} & set(_stage_qc(sample, monkeypatch, tmp_path)["flags"])
+
+
+def test_metrics_json_carries_the_models_own_account_of_its_training(sample, monkeypatch, tmp_path):
+    """What the report states of the training comes through QC: the coarse-scale test failed,
+    the later of a serial ×4's two kept steps (0: nothing learned), why training stopped."""
+    m = _stage_qc(sample, monkeypatch, tmp_path, meta={
+        "coarse_scale_failed": True, "best_step": 0, "serial": {"stage_best_steps": [40, 0]},
+        "stop_reason": "time budget"})
+    assert m["coarse_scale_failed"] is True and m["best_step"] == 40 and m["stage_best_steps"] == [40, 0]
+    assert m["stop_reason"] == "time budget"
+
+
+def test_qc_measures_undershoot_below_the_acquisitions_darkest_voxel_not_the_windows(sample, monkeypatch, tmp_path):
+    """The undershoot floor is the darkest voxel normalise recorded of the whole acquisition
+    (``raw_range``), not that of QC's window: here recorded at half the normalised range, so
+    most of the window's voxels (output and interpolation alike) lie below it."""
+    _, params = pipeline.read_normalized(sample / "work" / "normalized.ome.zarr")
+    m = _stage_qc(sample, monkeypatch, tmp_path, input_attrs={"raw_range": [params.low + 0.5 * params.span, 1e9]})
+    under = m["restored_check"]["undershoot"]
+    assert under["output"] > 0.3 and under["interpolation"] > 0.3, under

@@ -575,6 +575,25 @@ def test_qc_self_validation_scores_the_wrapped_model_and_still_sees_a_dead_netwo
     assert not qc.self_validation(dark, fov, Zero(), meta)["dead_output"]
 
 
+def test_qc_writes_an_unbounded_end_of_the_gain_interval_as_null(monkeypatch):
+    """An end of the held-out gain's interval is infinite where a share of the resamples drew only
+    blocks one output reproduces exactly: metrics.json must stay strict JSON (null, not Infinity)."""
+    import json
+    from types import SimpleNamespace
+
+    from selfres import metrics, qc
+    from selfres.settings import DegradationSettings, to_dict
+
+    train, held = _data()
+    vol = SimpleNamespace(data=np.concatenate([train, held], axis=1))
+    fov = SimpleNamespace(holdout=((0, 8), (36, 48), (0, 48)))
+    meta = {"factors": [1, 2, 2], "settings": {"degradation": to_dict(DegradationSettings())}, "voxel_size_in": None}
+    monkeypatch.setattr(metrics, "psnr_gain_interval", lambda *a, **k: (0.4321, float("inf")))
+    sv = qc.self_validation(vol, fov, torch.nn.Upsample(scale_factor=(1, 2, 2)), meta)
+    assert sv["gain_db_interval"] == [0.432, None]
+    json.dumps(sv["gain_db_interval"], allow_nan=False)
+
+
 def test_qc_self_validation_scores_in_the_guards_precision(monkeypatch):
     """`infer.amp: false` turns mixed precision off everywhere: QC's re-score of the held-out
     region took bf16 on any CPU that has it, so its figures (and the flag it derives) changed

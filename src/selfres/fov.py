@@ -252,12 +252,14 @@ class StructureScore:
         total = np.einsum("zyx,y,x->", self.values[z0:z1].astype(np.float64), wy, wx)
         return float(total / max(1, (z1 - z0) * (y1 - y0) * (x1 - x0)))
 
-    def best_window(self, region: Box, max_voxels: int, multiple: tuple[int, int, int]) -> tuple[Box, float]:
-        """Richest window of at most ``max_voxels`` inside ``region`` (sizes multiples of ``multiple``)."""
+    def best_window(self, region: Box, max_voxels: int, multiple: tuple[int, int, int], *,
+                    min_voxels: int = 0) -> tuple[Box, float]:
+        """Richest window of at most ``max_voxels`` (and at least ``min_voxels``, where the
+        region holds them) inside ``region`` (sizes multiples of ``multiple``)."""
         if self.bin == 1:
-            return _best_window(self.values, region, max_voxels, multiple)
+            return _best_window(self.values, region, max_voxels, multiple, min_voxels=min_voxels)
         b = self.bin
-        win = _window_size(region, max_voxels, multiple)
+        win = _window_size(region, max_voxels, multiple, min_voxels=min_voxels)
         (rz0, _), (ry0, ry1), (rx0, rx1) = region
         # whole blocks inside the region (its partial edge blocks only when it has no whole one)
         by0, by1 = -(-ry0 // b), ry1 // b
@@ -271,13 +273,15 @@ class StructureScore:
         means = _window_means(sub, wb)
         iz, iy, ix = np.unravel_index(int(np.argmax(means)), means.shape)
         box = [(int(rz0 + iz), int(rz0 + iz + win[0]))]
-        for start_b, n_b, m, (r0, r1) in ((by0 + iy, wb[1], multiple[1], (ry0, ry1)),
-                                          (bx0 + ix, wb[2], multiple[2], (rx0, rx1))):
-            lo = max(r0, start_b * b)
+        starts = [max(r0, start_b * b) for start_b, r0 in ((by0 + iy, ry0), (bx0 + ix, rx0))]
+        sizes = []
+        for lo, n_b, m, r1 in zip(starts, wb[1:], multiple[1:], (ry1, rx1)):
             size = min(n_b * b, r1 - lo)
-            size = max(min(m, r1 - lo), (size // m) * m)
-            box.append((int(lo), int(lo + size)))
-        box = tuple(box)
+            sizes.append(max(min(m, r1 - lo), (size // m) * m))
+        if win[0] * sizes[0] * sizes[1] < min_voxels:  # whole blocks fell under the floor: the window's own size
+            sizes = win[1:]
+            starts = [max(r0, min(lo, r1 - n)) for lo, n, (r0, r1) in zip(starts, sizes, ((ry0, ry1), (rx0, rx1)))]
+        box = tuple(box + [(int(lo), int(lo + n)) for lo, n in zip(starts, sizes)])
         return box, self.mean(box)
 
 
@@ -303,9 +307,12 @@ BINNED_SCORE_VOXELS = 32 * 2**20
 WINDOW_STRIDE = 4
 
 
-def _window_size(region: Box, max_voxels: int, multiple: tuple[int, int, int]) -> list[int]:
+def _window_size(region: Box, max_voxels: int, multiple: tuple[int, int, int], *, min_voxels: int = 0) -> list[int]:
     """The window searched in ``region``: all of it, or at most 64 slices and ``max_voxels``
-    (y and x shrunk alike), sizes rounded down to multiples of ``multiple``."""
+    (y and x shrunk alike), sizes rounded down to multiples of ``multiple``. Rounding takes a
+    window just under ``min_voxels`` (a held-out box at the least its setting allows: 3840
+    voxels for 4096); it then grows in y or x, a multiple at a time, the side shorter for its
+    region first, until it holds ``min_voxels`` or fills the region."""
     shape = box_shape(region)
     win = list(shape)
     if np.prod(win) > max_voxels:
@@ -315,13 +322,21 @@ def _window_size(region: Box, max_voxels: int, multiple: tuple[int, int, int]) -
             s = np.sqrt(max_voxels / float(np.prod(win)))
             win[1] = max(1, int(win[1] * s))
             win[2] = max(1, int(win[2] * s))
-    return [max(m, (w // m) * m) if n >= m else n for w, m, n in zip(win, multiple, shape)]
+    win = [max(m, (w // m) * m) if n >= m else n for w, m, n in zip(win, multiple, shape)]
+    while np.prod(win) < min_voxels:
+        room = [ax for ax in (1, 2) if win[ax] + multiple[ax] <= shape[ax]]
+        if not room:
+            break
+        ax = min(room, key=lambda a: win[a] / shape[a])
+        win[ax] += multiple[ax]
+    return win
 
 
-def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tuple[int, int, int]) -> tuple[Box, float]:
-    """Richest window of at most ``max_voxels`` inside ``region`` (sizes multiples of ``multiple``),
-    placed at every voxel of a per-voxel ``score``."""
-    win = _window_size(region, max_voxels, multiple)
+def _best_window(score: np.ndarray, region: Box, max_voxels: int, multiple: tuple[int, int, int], *,
+                 min_voxels: int = 0) -> tuple[Box, float]:
+    """Richest window of at most ``max_voxels`` (at least ``min_voxels``) inside ``region``
+    (sizes multiples of ``multiple``), placed at every voxel of a per-voxel ``score``."""
+    win = _window_size(region, max_voxels, multiple, min_voxels=min_voxels)
     means = _window_means(score[box_slices(region)], tuple(win))
     idx = np.unravel_index(int(np.argmax(means)), means.shape)
     box = tuple((int(r[0] + i), int(r[0] + i + w)) for r, i, w in zip(region, idx, win))
@@ -462,7 +477,8 @@ def held_out_window_shape(region: Box, *, max_voxels: int, min_holdout_voxels: i
                           multiple: Sequence[int]) -> tuple[int, ...]:
     """The shape of the held-out box :func:`choose_training_fov` takes in ``region`` (where
     in it depends on the data; how large, only on the shapes)."""
-    return tuple(int(n) for n in _window_size(region, max(max_voxels // 4, min_holdout_voxels), tuple(multiple)))
+    return tuple(int(n) for n in _window_size(region, max(max_voxels // 4, min_holdout_voxels), tuple(multiple),
+                                              min_voxels=min_holdout_voxels))
 
 
 def choose_training_fov(
@@ -524,7 +540,8 @@ def choose_training_fov(
         train = given
         region = holdout_region_beside(shape, train, training_fov=training_fov, min_holdout_voxels=min_holdout_voxels,
                                        min_holdout_shape=min_holdout_shape, path=path)
-        holdout, hscore = score.best_window(region, max(max_voxels // 4, min_holdout_voxels), multiple)
+        holdout, hscore = score.best_window(region, max(max_voxels // 4, min_holdout_voxels), multiple,
+                                           min_voxels=min_holdout_voxels)
         tscore = score.mean(train)
         if total_mean > 0 and tscore < GIVEN_FOV_MIN_STRUCTURE * total_mean:
             log.warning("%s: the training FOV given, %s, holds little structure (score %.3g against the volume's "
@@ -582,7 +599,8 @@ def choose_training_fov(
                          "mostly background)")
                 break
     train, tscore = score.best_window(rest, max_voxels, multiple)
-    holdout, hscore = score.best_window(hold_region, max(max_voxels // 4, min_holdout_voxels), multiple)
+    holdout, hscore = score.best_window(hold_region, max(max_voxels // 4, min_holdout_voxels), multiple,
+                                       min_voxels=min_holdout_voxels)
     cropped = np.prod(box_shape(train)) < np.prod(box_shape(rest))
     reason = (
         f"held-out slab: {hold_len} of {n} voxels ({hold_len / n:.0%}) of axis {'zyx'[ax]} {where}; "

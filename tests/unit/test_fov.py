@@ -431,12 +431,28 @@ def test_the_held_out_slab_is_the_end_with_more_structure():
     assert fov.scores["holdout_structure"] > fov.scores["volume_structure"]
 
 
-def test_the_automatic_held_out_box_keeps_min_holdout_voxels_under_a_small_max_voxels():
+@pytest.mark.parametrize("binned", [False, True])
+@pytest.mark.parametrize("multiple", [(1, 1, 1), (1, 2, 2)])
+@pytest.mark.parametrize("given", [None, "0:16,0:40,0:64"])
+def test_the_held_out_box_keeps_min_holdout_voxels_under_a_small_max_voxels(binned, multiple, given, monkeypatch):
     """The held-out box is a quarter of max_voxels, but never under min_holdout_voxels (a small
-    training limit must not leave the guard a few hundred voxels to judge by)."""
+    training limit must not leave the guard a few hundred voxels to judge by): not even by the
+    rounding of its sides (1920 voxels for 2048 until the fifty-eighth session), nor in the
+    block search of a large volume."""
+    import selfres.fov as fov_module
+    from selfres.fov import held_out_window_shape, holdout_region_beside
+
+    if binned:
+        monkeypatch.setattr(fov_module, "BINNED_SCORE_VOXELS", 1000)  # a small volume searched as a large one
     vol = blob_volume((16, 64, 64), n=100)
-    fov = choose_training_fov(vol, max_voxels=4000, min_holdout_voxels=2048)
-    assert np.prod(box_shape(fov.holdout)) >= 0.9 * 2048, fov.holdout
+    fov = choose_training_fov(vol, max_voxels=4000, min_holdout_voxels=2048, multiple=multiple, training_fov=given)
+    assert 2048 <= np.prod(box_shape(fov.holdout)) <= 2048 + 16 * 2 * 64, fov.holdout
+    assert all(n % m == 0 for n, m in zip(box_shape(fov.holdout), multiple)), fov.holdout
+    if given and not binned:  # (whole blocks of a large volume's search may take a few voxels less)
+        region = holdout_region_beside(vol.shape, fov.train, training_fov=given, min_holdout_voxels=2048,
+                                       min_holdout_shape=(1, 1, 1))
+        assert list(held_out_window_shape(region, max_voxels=4000, min_holdout_voxels=2048, multiple=multiple)) == \
+            box_shape(fov.holdout)
 
 
 def test_a_deep_stack_trains_on_a_window_of_64_planes():

@@ -18,11 +18,14 @@ of every degraded input back up to the acquisition's own level:
 from __future__ import annotations
 
 import functools
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 __all__ = ["NOISE_AT", "NoiseLevel", "immerkaer_residual", "noise_level_function", "repair_sensor_defects",
            "sensor_defect_positions", "sensor_defects", "topup_variance", "variance_kept"]
@@ -569,7 +572,7 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
         read = (var > 0) | np.asarray(still)
         if read.sum() >= 2 and np.ptp(mu[read]) > apart:
             slope, floor = _precision_weighted_line(mu[read], var[read], np.asarray(counts)[read])
-            return NoiseLevel(slope, floor, bins=int(read.sum()))
+            return _plausible(NoiseLevel(slope, floor, bins=int(read.sum())), planes, mu, var, w)
     if len(mu) >= 2 and np.ptp(mu) > apart:
         slope, floor = np.linalg.lstsq(np.c_[mu, np.ones_like(mu)] * w[:, None], var * w, rcond=None)[0]
     else:
@@ -579,7 +582,37 @@ def noise_level_function(volume: np.ndarray, *, max_planes: int = 16, bins: int 
     elif floor < 0:  # nor is it negative anywhere: a line through the origin (intensity 0)
         pos = np.clip(mu, 0.0, None)
         slope, floor = float(np.sum(w * pos * var) / max(float(np.sum(w * pos * pos)), 1e-30)), 0.0
-    return NoiseLevel(float(slope), float(floor), bins=len(mus))
+    return _plausible(NoiseLevel(float(slope), float(floor), bins=len(mus)), planes, mu, var, w)
+
+
+#: A noise level that gives the planes it was read on more than this many times their own
+#: variance (its prediction at their mean intensity) is not a reading (:func:`_plausible`):
+#: pure noise gives about 1, anything with structure less.
+IMPLAUSIBLE_NOISE_SHARE = 2.0
+
+
+def _plausible(level: NoiseLevel, planes: Sequence[np.ndarray], mu: np.ndarray, var: np.ndarray,
+               weights: np.ndarray) -> NoiseLevel:
+    """``level``, or where it predicts more noise than the planes it was read on hold in all
+    (:data:`IMPLAUSIBLE_NOISE_SHARE`; a line through readings at nearly one intensity rose 1.5e6
+    per unit: noise "matched" at hundreds of times the range), the bins' weighted mean variance as
+    a constant, at most the planes' own variance — with a warning: the estimate misread this
+    volume, and a noise level set by hand (``train.degradation.noise_variance``) or ``noise: none``
+    is the way out."""
+    n = sum(p.size for p in planes)
+    if n < 2:
+        return level
+    mean = sum(float(np.sum(p, dtype=np.float64)) for p in planes) / n
+    total = sum(float(np.sum((p - mean) ** 2, dtype=np.float64)) for p in planes) / n
+    predicted = float(level.variance(mean))
+    if predicted <= IMPLAUSIBLE_NOISE_SHARE * total or predicted <= 1e-20:
+        return level
+    constant = min(float(np.average(var, weights=weights)), total)
+    log.warning("the noise estimate read variance %.3g x intensity + %.3g, %.3g times the variance of the planes it "
+                "was read on: not a reading; a constant %.3g is used. If this volume has noise of its own, set "
+                "train.degradation.noise_variance by hand (or noise: none)", level.slope, level.floor,
+                predicted / max(total, 1e-30), constant)
+    return NoiseLevel(0.0, constant, bins=level.bins)
 
 
 def variance_kept(operator: Callable[[np.ndarray], np.ndarray], factors: Sequence[int], *,

@@ -795,3 +795,28 @@ def test_a_noise_free_field_of_sparse_beads_reads_no_noise_from_round_off_betwee
     low = (low / np.percentile(low, 99.8)).astype(np.float32)
     level = noise.noise_level_function(low)
     assert level.variance(1.0) < 1e-6, level
+
+
+def test_a_noise_level_above_all_the_variance_of_its_planes_is_not_taken(monkeypatch, caplog):
+    """The last guard against a misreading: with the one-intensity rule undone, the sparse beads'
+    background bins give a line that predicts ~1e4 times the planes' own variance; it is replaced
+    by a constant no larger than that variance, with a warning. A plain noisy volume keeps its
+    reading."""
+    rng = np.random.default_rng(35)
+    volume = np.zeros((48, 20, 128))
+    for _ in range(rng.integers(2, 6)):
+        z, y, x = rng.integers(4, 44), rng.integers(2, 18), rng.integers(4, 124)
+        volume[z, y, x] = rng.uniform(50, 300)
+    volume = ndimage.gaussian_filter(volume, (2.0, 0.8, 0.8), truncate=3.0).astype(np.float32)
+    low = degrade.degrade(volume, (2, 1, 1), degrade.Degradation())
+    low = (low / np.percentile(low, 99.8)).astype(np.float32)
+    monkeypatch.setattr(noise, "MU_APART", 0.0)
+    with caplog.at_level("WARNING", logger="selfres.noise"):
+        level = noise.noise_level_function(low)
+    assert level.slope == 0.0 and level.floor <= float(np.var(low)), level
+    assert "not a reading" in caplog.text
+
+    clean = blob_volume((12, 64, 64), n=20).astype(np.float64)
+    noisy = (np.random.default_rng(0).poisson(clean * 100) / 100).astype(np.float32)  # variance 0.01 x intensity
+    kept = noise.noise_level_function(noisy)
+    assert 0.005 < kept.slope < 0.02, kept

@@ -1877,10 +1877,11 @@ def _gather_stats(store: PartialStore, n_tiles: int) -> tuple[float, float | Non
     return secs, (vox / rated if rated > 0 else None), ran_on
 
 
-def finished_store_attrs(final: str | Path, fingerprint: dict) -> dict | None:
+def finished_store_attrs(final: str | Path, fingerprint: dict, *, within: bool = False) -> dict | None:
     """The attributes of ``final`` when it is a finished store (moved into place by
     :func:`scattered_store`) made for ``fingerprint`` — the same job, whose output need not
-    be computed again; else None."""
+    be computed again; else None. ``within``: its fingerprint need only hold every item of
+    ``fingerprint`` (a job's before :func:`infer_to_store` adds the store's layout)."""
     from . import io
 
     if not Path(final).exists():
@@ -1889,7 +1890,10 @@ def finished_store_attrs(final: str | Path, fingerprint: dict) -> dict | None:
         attrs = io.read_ome_zarr(final, lazy=True).attrs
     except Exception:  # noqa: BLE001 - damaged or not a store: not finished
         return None
-    return attrs if attrs.get("fingerprint") == _json_roundtrip(fingerprint) else None
+    found, wanted = attrs.get("fingerprint"), _json_roundtrip(fingerprint)
+    if within:
+        return attrs if isinstance(found, dict) and all(found.get(k) == v for k, v in wanted.items()) else None
+    return attrs if found == wanted else None
 
 
 def _open_level0(path: Path, ngff_version: str):

@@ -1439,11 +1439,12 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
         return stats
 
     if step in ("all", "prepare"):  # a disk without room for the output: said now, not after the network's work
-        from .pipeline import check_room_for_outputs
+        from .pipeline import check_room_for_outputs, kept_model_output
 
         check_room_for_outputs([model_output_path(output), output] if use_interp else [output], shape, dtype,
                                vs_out if vol.voxel_size else None, compression=compression, sample=sample,
-                               source_dtype=vol.attrs.get("source_dtype"))
+                               source_dtype=vol.attrs.get("source_dtype"),
+                               kept=kept_model_output(output, base_fp) if use_interp else ())
     runs: list[dict] = []
     if use_interp:
         if step in ("all", "prepare"):

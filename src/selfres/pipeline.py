@@ -1249,7 +1249,8 @@ def stage_infer(
         check_room_for_outputs([model_output_path(output), output] if use_interp else [output],
                                [n * f for n, f in zip(source.shape, factors)], dtype, vs_grid if vs_in else None,
                                compression=normalised_compression(normalized, source), sample=sample,
-                               source_dtype=vol.attrs.get("source_dtype"))
+                               source_dtype=vol.attrs.get("source_dtype"),
+                               kept=kept_model_output(output, fingerprint) if use_interp else ())
     if use_interp:
         model_path = model_output_path(output)
         log.warning("sample %s: the model did not beat tricubic on the held-out region; %s holds tricubic "
@@ -1296,12 +1297,14 @@ def normalised_compression(normalized: str | Path, source) -> float:
 
 
 def check_room_for_outputs(stores: Sequence[str | Path], shape: Sequence[int], dtype, voxel_size, *,
-                           compression: float, sample: str, source_dtype=None) -> None:
+                           compression: float, sample: str, source_dtype=None,
+                           kept: Sequence[str | Path] = ()) -> None:
     """Refuse, before any computation, output stores their file system has no room for.
 
     ``stores`` are written in full, each of ``shape`` and ``dtype`` (the guard's fall-back
-    writes two; one already finished beside the output, as a resumed fall-back keeps it, needs
-    nothing). Their estimated size (:func:`output_bytes_estimate`) is set against the free
+    writes two), an existing one too (a rerun replaces it only once its new store is finished);
+    those in ``kept`` need nothing: finished by this same job, they are kept as they are (a
+    resumed fall-back's model output, :func:`kept_model_output`). Their estimated size (:func:`output_bytes_estimate`) is set against the free
     space of the file system of the first, to which an unfinished store of each adds what it
     holds (a resumed run rewrites its tiles in place); below :data:`ROOM_SHARE_REFUSED` of it
     the run would surely fail at a write after the network's work, so
@@ -1309,7 +1312,10 @@ def check_room_for_outputs(stores: Sequence[str | Path], shape: Sequence[int], d
     from .errors import NoRoom
 
     stores = [Path(s) for s in stores]
-    todo = [s for i, s in enumerate(stores) if i == len(stores) - 1 or not s.exists()]
+    kept = {Path(k) for k in kept}
+    todo = [s for s in stores if s not in kept]
+    if not todo:
+        return
     need = len(todo) * output_bytes_estimate(shape, dtype, voxel_size, compression=compression)
     probe = nearest_existing(stores[0].parent)
     try:
@@ -1331,6 +1337,17 @@ def check_room_for_outputs(stores: Sequence[str | Path], shape: Sequence[int], d
                  + ("; or write the acquisition's own type (infer.output_dtype: input)"
                     if source_dtype is not None and np.dtype(source_dtype).itemsize < np.dtype(dtype).itemsize
                     else ""))
+
+
+def kept_model_output(output: str | Path, fingerprint: dict) -> list[Path]:
+    """The model output beside ``output`` when a fall-back's rerun keeps it — finished by this
+    same job (``fingerprint``, the job's before the store's layout is added:
+    :func:`selfres.infer.finished_store_attrs`): a list of it, or empty (not there, unfinished,
+    or made by another job and so written again)."""
+    from .infer import finished_store_attrs
+
+    path = model_output_path(output)
+    return [path] if finished_store_attrs(path, fingerprint | {"kind": "model"}, within=True) is not None else []
 
 
 def _rate_text(mvoxel_per_s) -> str:

@@ -370,6 +370,15 @@ def test_the_fall_back_to_interpolation_is_refused_without_room_for_both_its_sto
     assert msg.startswith(f"ERROR: sample '{SAMPLE}': restored_model.ome.zarr and restored.ome.zarr (2 × 8×96×96 "
                           "float32, with its pyramid) need about "), msg
     assert not out.exists() and not pipeline.model_output_path(out).exists()
+    # with room, both are written; a rerun that finds the model output finished by this same job keeps it,
+    # and room for the one store left is enough
+    monkeypatch.undo()
+    args = ["--log-level", "ERROR", "infer", str(normalized), str(model), "-o", str(out), "--sample", SAMPLE,
+            "--device", "cpu"]
+    assert cli.main(args) == 0 and pipeline.model_output_path(out).is_dir()
+    shutil.rmtree(out)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, int(0.75 * one)))
+    assert cli.main(args) == 0 and out.is_dir()
 
 
 def test_a_disk_that_fills_during_inference_names_the_partial_store_kept_for_the_rerun(normalized, tmp_path,
@@ -410,10 +419,15 @@ def test_the_room_check_counts_an_unfinished_store_and_the_fall_backs_two_stores
     with pytest.raises(NoRoom, match=r"restored_model.ome.zarr and restored.ome.zarr \(2 × "):
         pipeline.check_room_for_outputs([pipeline.model_output_path(out), out], (8, 256, 256), "float32", None,
                                         compression=1.0, sample="s")
-    # a model output already finished beside it (a resumed fall-back keeps it) needs nothing
+    # a model output there from another job is written again, and needs its room (it was counted as
+    # present until the fifty-eighth session) ...
     pipeline.model_output_path(out).mkdir()
+    with pytest.raises(NoRoom, match=r"restored_model.ome.zarr and restored.ome.zarr \(2 × "):
+        pipeline.check_room_for_outputs([pipeline.model_output_path(out), out], (8, 256, 256), "float32", None,
+                                        compression=1.0, sample="s")
+    # ... one finished by this same job, which a resumed fall-back keeps (kept_model_output), needs nothing
     pipeline.check_room_for_outputs([pipeline.model_output_path(out), out], (8, 256, 256), "float32", None,
-                                    compression=1.0, sample="s")
+                                    compression=1.0, sample="s", kept=[pipeline.model_output_path(out)])
     # what an unfinished store holds is room for the rerun that resumes it
     monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, need // 3))
     with pytest.raises(NoRoom, match="infer.output_dtype: input"):

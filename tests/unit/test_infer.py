@@ -577,6 +577,29 @@ def test_a_finished_store_of_the_same_job_is_kept_when_asked(tmp_path):
         _job(tmp_path, dead, vol, out)
 
 
+def test_the_room_check_is_told_of_a_model_output_only_where_this_same_job_finished_it(tmp_path):
+    """`kept_model_output`: the fall-back's model output counts as kept (no room needed) only when
+    finished by this job — its fingerprint holds the job's, the store's layout added — not when
+    another job made it or it is unfinished, since those are written again."""
+    from selfres.infer import infer_to_store
+    from selfres.pipeline import kept_model_output
+
+    model = prepare_model(_random_model(ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)), "cpu")
+    vol = blob_volume((6, 20, 24))
+    out = tmp_path / "restored.ome.zarr"
+    model_out = tmp_path / "restored_model.ome.zarr"
+    job = {"model": "m1", "settings": {"tile": 8}}
+    assert kept_model_output(out, job) == []  # not there
+    infer_to_store(model, vol, model_out, factors=(1, 2, 2), tile_size=(3, 8, 8), dtype="float32",
+                   voxel_size=(1.0, 0.5, 0.5), fingerprint=job | {"kind": "model"}, step="prepare")
+    assert kept_model_output(out, job) == []  # begun, not finished
+    infer_to_store(model, vol, model_out, factors=(1, 2, 2), tile_size=(3, 8, 8), dtype="float32",
+                   voxel_size=(1.0, 0.5, 0.5), fingerprint=job | {"kind": "model"})
+    assert kept_model_output(out, job) == [model_out]
+    assert kept_model_output(out, job | {"model": "m2"}) == []  # another model's job
+    assert kept_model_output(out, job | {"settings": {"tile": 16}}) == []
+
+
 class _Killed(Exception):
     pass
 

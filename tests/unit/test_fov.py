@@ -455,6 +455,33 @@ def test_the_held_out_box_keeps_min_holdout_voxels_under_a_small_max_voxels(binn
             box_shape(fov.holdout)
 
 
+def test_the_held_out_window_grows_its_shorter_side_to_the_floor_and_may_fill_its_region():
+    """`_window_size`'s growth to ``min_voxels``: a multiple at a time, the side shorter for its
+    region first, no further once there, and up to the region's own edge (4×15×8 = 480 voxels
+    after rounding, in a 4×16×9 region)."""
+    from selfres.fov import _window_size
+
+    region = ((0, 4), (0, 16), (0, 9))
+    assert _window_size(region, 512, (1, 1, 1), min_voxels=540) == [4, 15, 9]  # x (8 of 9) before y (15 of 16)
+    assert _window_size(region, 512, (1, 1, 1), min_voxels=576) == [4, 16, 9]  # all of the region
+    assert _window_size(region, 512, (1, 1, 1), min_voxels=577) == [4, 16, 9]  # no more to take
+
+
+def test_a_block_searched_held_out_box_grown_to_the_floor_stays_in_its_region():
+    """The binned search falls back to the window's own size where its whole blocks fall under
+    the floor; a window wider than what is left of the region after its block's start is moved
+    back into it (else it would reach into the training FOV beside the region)."""
+    from selfres import fov as F
+
+    vol = np.zeros((4, 16, 32), dtype=np.float32)
+    vol[:, :, 4:8] = np.random.default_rng(1).random((4, 16, 4))  # the region's one whole x block: 4-8
+    region = ((0, 4), (0, 16), (2, 11))
+    score = F.StructureScore(vol, bin_yx=4)
+    box, _ = score.best_window(region, 512, (1, 1, 1), min_voxels=512)
+    assert all(r0 <= a < b <= r1 for (a, b), (r0, r1) in zip(box, region)), box
+    assert np.prod(box_shape(box)) >= 512, box
+
+
 def test_a_deep_stack_trains_on_a_window_of_64_planes():
     """A stack deeper than 64 planes whose rest is over max_voxels: the window keeps 64 planes and
     shrinks in y and x."""

@@ -793,15 +793,18 @@ def _sparse_noise_free_beads_z_halved() -> np.ndarray:
     return (low / np.percentile(low, 99.8)).astype(np.float32)
 
 
-def test_a_noise_free_field_of_sparse_beads_reads_no_noise_from_round_off_between_background_bins():
+def test_a_noise_free_field_of_sparse_beads_reads_no_noise_from_round_off_between_background_bins(caplog):
     """Few noise-free beads in an exactly empty field (z downsampled by the benchmark's cubic, so
     rims of small negatives): every bright bin reads 0 (structure) and only background bins
     are left, at local means of ~-1e-16 and 0 (the round-off of the 3×3 mean beside a bead).
     A line through them rose ~3e6 per unit of intensity; noise was then "matched" at hundreds of
-    times the range (svision_sim_beads__zy at 2,1,1: −6.8 dB against tricubic, unflagged)."""
+    times the range (svision_sim_beads__zy at 2,1,1: −6.8 dB against tricubic, unflagged).
+    The one-intensity rule (MU_APART) reads them, not the plausibility guard behind it: no warning."""
     low = _sparse_noise_free_beads_z_halved()
-    level = noise.noise_level_function(low)
+    with caplog.at_level("WARNING", logger="selfres.noise"):
+        level = noise.noise_level_function(low)
     assert level.variance(1.0) < 1e-6, level
+    assert "not a reading" not in caplog.text
 
 
 def test_a_noise_level_above_all_the_variance_of_its_planes_is_not_taken(monkeypatch, caplog):
@@ -820,3 +823,23 @@ def test_a_noise_level_above_all_the_variance_of_its_planes_is_not_taken(monkeyp
     noisy = (np.random.default_rng(0).poisson(clean * 100) / 100).astype(np.float32)  # variance 0.01 x intensity
     kept = noise.noise_level_function(noisy)
     assert 0.005 < kept.slope < 0.02, kept
+
+
+def test_the_plausibility_guard_judges_the_planes_own_variance_about_their_mean(caplog):
+    """`_plausible` directly: the planes' variance is taken about their mean (at an offset of 100
+    their mean square would pass any level), the constant it gives is capped at that variance
+    (the bins' readings may be larger), and a tiny volume's levels are judged too (only a level of
+    ~0 is let pass)."""
+    rng = np.random.default_rng(0)
+    plane = 100.0 + rng.normal(0.0, 0.1, (32, 32))  # variance 0.01 about a mean of 100
+    total = float(np.var(plane))
+    mu, var, w = np.array([99.9, 100.1]), np.array([10.0, 10.0]), np.ones(2)
+    with caplog.at_level("WARNING", logger="selfres.noise"):
+        level = noise._plausible(noise.NoiseLevel(0.0, 1.0, bins=2), [plane], mu, var, w)
+    assert level.slope == 0.0 and 0.0 < level.floor <= total and level.bins == 2, level
+    assert "not a reading" in caplog.text
+    kept = noise.NoiseLevel(0.0, 0.015, bins=2)  # 1.5 x the planes' variance: a reading
+    assert noise._plausible(kept, [plane], mu, np.array([0.015, 0.015]), w) is kept
+    tiny = rng.normal(0.0, 1e-4, (32, 32))  # variance 1e-8: a level of 1e-5 is 1000 times it
+    level = noise._plausible(noise.NoiseLevel(0.0, 1e-5), [tiny], np.array([0.0]), np.array([1e-5]), np.ones(1))
+    assert level.floor <= float(np.var(tiny)) * (1 + 1e-9), level

@@ -851,6 +851,25 @@ def test_fallback_to_z_cubic_keeps_the_model_output_beside(tmp_path, monkeypatch
     stamp = [p.stat().st_mtime_ns for p in kept_at if p.exists()]
     pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=InferSettings(), device="cpu")
     assert [p.stat().st_mtime_ns for p in kept_at if p.exists()] == stamp and stamp
+    # ... and needs room for the interpolation alone (kept_model_output, told of the job's whole
+    # fingerprint), while a model output made by another job (another fusion: a key of this mode's
+    # own) is written again and needs room for both stores
+    import shutil
+    from collections import namedtuple
+
+    import zarr
+
+    from selfres.errors import NoRoom
+
+    one = pipeline.output_bytes_estimate((24, 40, 40), "float32", (0.5, 0.5, 0.5),
+                                         compression=pipeline.normalised_compression(norm, io.open_ome_zarr_array(norm)))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("usage", "total used free")(10**9, 0, int(0.75 * one)))
+    pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=InferSettings(), device="cpu")
+    g = zarr.open_group(str(tmp_path / "restored_model.ome.zarr"), mode="r+")
+    g.attrs[io.ATTRS_KEY] = {**g.attrs[io.ATTRS_KEY],
+                             "fingerprint": {**g.attrs[io.ATTRS_KEY]["fingerprint"], "fusion": "another"}}
+    with pytest.raises(NoRoom, match=r"restored_model.ome.zarr and restored.ome.zarr \(2 × "):
+        pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1", settings=InferSettings(), device="cpu")
     # re-run asking for the model output anyway: the older restored_model.ome.zarr is removed
     pipeline.stage_infer(norm, tmp_path / "model", out, sample="s1",
                          settings=InferSettings(on_worse_than_interpolation="model"), device="cpu")

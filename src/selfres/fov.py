@@ -375,7 +375,10 @@ def automatic_holdout_slab(shape: Sequence[int], *, holdout_fraction: float = 0.
     shape = tuple(int(n) for n in shape)
     ax = (1 if shape[1] >= shape[2] else 2) if axis is None else int(axis)
     n = shape[ax]
-    other = int(np.prod(shape)) // n
+    # the voxels of a slab plane the held-out box can take: the other axes rounded down to their
+    # multiples as the box is (_window_size), or a (5, 64, 63) volume at (2, 1, 1) got a slab of
+    # 14 rows for 4096 voxels (4410) and a box of 4 of its 5 planes: 3528
+    other = int(np.prod([(k // m) * m if k >= m else k for i, (k, m) in enumerate(zip(shape, multiple)) if i != ax]))
     hold_len = max(int(round(n * holdout_fraction)), int(np.ceil(min_holdout_voxels / other)), multiple[ax] * 4)
     hold_len = int(np.ceil(hold_len / multiple[ax]) * multiple[ax])
     if n - hold_len < max(8, 4 * multiple[ax]) or hold_len * other < min_holdout_voxels:

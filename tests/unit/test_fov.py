@@ -482,6 +482,17 @@ def test_a_block_searched_held_out_box_grown_to_the_floor_stays_in_its_region():
     assert np.prod(box_shape(box)) >= 512, box
 
 
+@pytest.mark.parametrize("shape, multiple", [((5, 64, 63), (2, 1, 1)), ((9, 40, 41), (1, 2, 2)),
+                                             ((3, 70, 45), (1, 1, 2))])
+def test_the_automatic_held_out_slab_is_long_enough_for_a_box_rounded_to_the_factors(shape, multiple):
+    """The automatic slab's length counts the voxels the held-out box can take of its other axes
+    once rounded to the factors (5 planes at a z factor of 2 give 4): it held 3528 voxels for 4096."""
+    fov = choose_training_fov(blob_volume(shape, n=30), multiple=multiple, min_holdout_voxels=4096)
+    assert np.prod(box_shape(fov.holdout)) >= 4096, fov.holdout
+    assert all(n % m == 0 for n, m in zip(box_shape(fov.holdout), multiple)), fov.holdout
+    assert not boxes_overlap(fov.train, fov.holdout)
+
+
 def test_a_deep_stack_trains_on_a_window_of_64_planes():
     """A stack deeper than 64 planes whose rest is over max_voxels: the window keeps 64 planes and
     shrinks in y and x."""

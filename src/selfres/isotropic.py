@@ -1439,12 +1439,11 @@ def stage_infer(vol: io.Volume, params: normalise.NormParams, source, model: nn.
         return stats
 
     if step in ("all", "prepare"):  # a disk without room for the output: said now, not after the network's work
-        from .pipeline import check_room_for_outputs, kept_model_output
+        from .pipeline import check_room_for_inference
 
-        check_room_for_outputs([model_output_path(output), output] if use_interp else [output], shape, dtype,
-                               vs_out if vol.voxel_size else None, compression=compression, sample=sample,
-                               source_dtype=vol.attrs.get("source_dtype"),
-                               kept=kept_model_output(output, base_fp) if use_interp else ())
+        check_room_for_inference(output, fall_back=use_interp, fingerprint=base_fp, shape=shape, dtype=dtype,
+                                 voxel_size=vs_out if vol.voxel_size else None, compression=compression,
+                                 sample=sample, source_dtype=vol.attrs.get("source_dtype"))
     runs: list[dict] = []
     if use_interp:
         if step in ("all", "prepare"):

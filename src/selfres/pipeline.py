@@ -1246,11 +1246,11 @@ def stage_infer(
                                voxel_size=meta.get("voxel_size_in"))
         model_out = wrap_for_inference(model, degradation=deg, noise_level=recorded_noise_level(meta), **extras)
     if step in ("all", "prepare"):  # a disk without room for the output: said now, not after the network's work
-        check_room_for_outputs([model_output_path(output), output] if use_interp else [output],
-                               [n * f for n, f in zip(source.shape, factors)], dtype, vs_grid if vs_in else None,
-                               compression=normalised_compression(normalized, source), sample=sample,
-                               source_dtype=vol.attrs.get("source_dtype"),
-                               kept=kept_model_output(output, fingerprint) if use_interp else ())
+        check_room_for_inference(output, fall_back=use_interp, fingerprint=fingerprint,
+                                 shape=[n * f for n, f in zip(source.shape, factors)], dtype=dtype,
+                                 voxel_size=vs_grid if vs_in else None,
+                                 compression=normalised_compression(normalized, source), sample=sample,
+                                 source_dtype=vol.attrs.get("source_dtype"))
     if use_interp:
         model_path = model_output_path(output)
         log.warning("sample %s: the model did not beat tricubic on the held-out region; %s holds tricubic "
@@ -1348,6 +1348,17 @@ def kept_model_output(output: str | Path, fingerprint: dict) -> list[Path]:
 
     path = model_output_path(output)
     return [path] if finished_store_attrs(path, fingerprint | {"kind": "model"}, within=True) is not None else []
+
+
+def check_room_for_inference(output: str | Path, *, fall_back: bool, fingerprint: dict, shape: Sequence[int], dtype,
+                             voxel_size, compression: float, sample: str, source_dtype=None) -> None:
+    """:func:`check_room_for_outputs` for an inference job (either mode): its ``output``, and with
+    the guard's ``fall_back`` the model output beside it too, unless this same job (``fingerprint``)
+    finished that one (:func:`kept_model_output`)."""
+    stores = [model_output_path(output), output] if fall_back else [output]
+    check_room_for_outputs(stores, shape, dtype, voxel_size, compression=compression, sample=sample,
+                           source_dtype=source_dtype,
+                           kept=kept_model_output(output, fingerprint) if fall_back else ())
 
 
 def _rate_text(mvoxel_per_s) -> str:

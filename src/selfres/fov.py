@@ -443,10 +443,12 @@ def inner_holdout_slab(profile: np.ndarray, hold_len: int, share: float, *, min_
 
 
 def holdout_region_beside(shape: Sequence[int], train: Box, *, training_fov: str, min_holdout_voxels: int,
-                          min_holdout_shape: Sequence[int], path: str = "<volume>") -> Box:
+                          min_holdout_shape: Sequence[int], multiple: Sequence[int] = (1, 1, 1),
+                          path: str = "<volume>") -> Box:
     """The region a given training FOV leaves for the held-out box: the largest slab of the
     volume beside it (from its shape only), at least ``min_holdout_voxels`` and
-    ``min_holdout_shape``.
+    ``min_holdout_shape``, counted on its sides rounded down to ``multiple`` as the held-out box
+    is (a 5-plane slab at a z factor of 2 holds a box of 4 planes).
 
     Raises
     ------
@@ -463,17 +465,22 @@ def holdout_region_beside(shape: Sequence[int], train: Box, *, training_fov: str
                 region = list(full)
                 region[ax] = (lo, hi)
                 candidates.append(tuple(region))
-    candidates = [c for c in candidates if np.prod(box_shape(c)) >= min_holdout_voxels
+
+    def rounded_voxels(region: Box) -> int:
+        return int(np.prod([(n // m) * m if n >= m else n for n, m in zip(box_shape(region), multiple)]))
+
+    candidates = [c for c in candidates if rounded_voxels(c) >= min_holdout_voxels
                   and all(n >= m for n, m in zip(box_shape(c), min_holdout_shape))]
     if not candidates:
         least = " x ".join(f"{m} {a}" for a, m in zip("zyx", min_holdout_shape))
         raise InputError(
             path,
             f"training_fov {training_fov} leaves no room for a held-out region (a slab of the volume "
-            f"outside it, at least {min_holdout_voxels} voxels and {least}); choose a smaller "
+            f"outside it, at least {min_holdout_voxels} voxels once its sides are rounded down to the scale "
+            f"factors, and {least}); choose a smaller "
             f"training_fov, or leave the column empty to let selfres choose",
         )
-    return max(candidates, key=lambda c: np.prod(box_shape(c)))
+    return max(candidates, key=rounded_voxels)
 
 
 def held_out_window_shape(region: Box, *, max_voxels: int, min_holdout_voxels: int,
@@ -542,7 +549,7 @@ def choose_training_fov(
     if given is not None:
         train = given
         region = holdout_region_beside(shape, train, training_fov=training_fov, min_holdout_voxels=min_holdout_voxels,
-                                       min_holdout_shape=min_holdout_shape, path=path)
+                                       min_holdout_shape=min_holdout_shape, multiple=multiple, path=path)
         holdout, hscore = score.best_window(region, max(max_voxels // 4, min_holdout_voxels), multiple,
                                            min_voxels=min_holdout_voxels)
         tscore = score.mean(train)

@@ -739,7 +739,7 @@ def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), pa
         try:
             region = holdout_region_beside(
                 shape, train, training_fov=training_fov, min_holdout_voxels=fs.min_holdout_voxels, path=path,
-                min_holdout_shape=min_holdout_shape(factors))
+                min_holdout_shape=min_holdout_shape(factors), multiple=factors)
         except InputError as exc:
             raise exc.for_sample(sample) if sample else exc from None
         if mode == "enhance":

@@ -589,3 +589,29 @@ def test_y_ends_of_a_third_of_the_volumes_structure_are_too_sparse_to_hold_out()
     assert 0.3 < share < 0.45  # the case: more than the 0.3 a looser threshold would accept
     fov = choose_training_fov(vol, max_voxels=8 * 48 * 48, min_holdout_voxels=512)
     assert "axis x" in fov.reason, fov
+
+
+def test_a_given_training_fov_leaves_a_held_out_region_counted_on_its_rounded_sides():
+    """A sheet's training FOV leaves a 5 x 20 x 64 slab (6400 voxels, over a floor of 6000); at a
+    z factor of 2 the held-out box in it has 4 planes (5120 voxels), under the floor: refused, by
+    the crop and by the check that runs before any stage, as a slab too small is, not trained
+    and judged on fewer voxels than ``min_holdout_voxels`` promises. At a z factor of 1 it holds
+    the floor and is taken."""
+    from selfres.fov import holdout_region_beside
+    from selfres.pipeline import check_volume_for_mode
+    from selfres.settings import FovSettings
+
+    vol = blob_volume((5, 40, 64), n=60)
+    given = "0:5,0:20,0:64"
+    fov = choose_training_fov(vol, training_fov=given, min_holdout_voxels=6000, multiple=(1, 1, 1))
+    assert np.prod(box_shape(fov.holdout)) == 6400
+    with pytest.raises(InputError, match="no room for a held-out region"):
+        choose_training_fov(vol, training_fov=given, min_holdout_voxels=6000, multiple=(2, 1, 1))
+    with pytest.raises(InputError, match="no room for a held-out region"):
+        check_volume_for_mode(vol.shape, (2.0, 1.0, 1.0), mode="enhance", factors=(2, 1, 1), path="s.tif",
+                              fov_settings=FovSettings(min_holdout_voxels=6000), training_fov=given)
+    # of two slabs the larger once rounded: 3 x 40 x 64 (7680, 5120 at z 2) against 5 x 23 x 64 (7360, 5888)
+    beside = dict(training_fov="3:5,0:17,0:64", min_holdout_voxels=1, min_holdout_shape=(1, 1, 1))
+    train = ((3, 5), (0, 17), (0, 64))
+    assert holdout_region_beside((5, 40, 64), train, multiple=(2, 1, 1), **beside) == ((0, 5), (17, 40), (0, 64))
+    assert holdout_region_beside((5, 40, 64), train, **beside) == ((0, 3), (0, 40), (0, 64))

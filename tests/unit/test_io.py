@@ -1580,7 +1580,8 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
     # for the default held-out region (inspect said 'output 3×24×28' for a FOV crop refused) ...
     assert cli.main(["inspect", str(thin), "--scale", "1,2,2", "--training-fov", "0:3,0:12,0:8"]) == 0
     assert ("enhance 1,2,2: not possible — training_fov 0:3,0:12,0:8 leaves no room for a held-out region (a slab "
-            "of the volume outside it, at least 4096 voxels and 1 z x 4 y x 4 x)") in capsys.readouterr().out
+            "of the volume outside it, at least 4096 voxels once its sides are rounded down to the scale factors, and "
+            "1 z x 4 y x 4 x)") in capsys.readouterr().out
     # ... unless the config's fov settings allow a smaller region
     assert cli.main(["inspect", str(thin), "--scale", "1,2,2", "--training-fov", "0:3,0:12,0:8",
                      "--settings", '{"fov": {"min_holdout_voxels": 16}}']) == 0

@@ -312,7 +312,8 @@ def _window_size(region: Box, max_voxels: int, multiple: tuple[int, int, int], *
     (y and x shrunk alike), sizes rounded down to multiples of ``multiple``. Rounding takes a
     window just under ``min_voxels`` (a held-out box at the least its setting allows: 3840
     voxels for 4096); it then grows in y or x, a multiple at a time, the side shorter for its
-    region first, until it holds ``min_voxels`` or fills the region."""
+    region first, until it holds ``min_voxels`` or fills the region — in z too, past the 64
+    slices, once y and x are full."""
     shape = box_shape(region)
     win = list(shape)
     if np.prod(win) > max_voxels:
@@ -325,6 +326,8 @@ def _window_size(region: Box, max_voxels: int, multiple: tuple[int, int, int], *
     win = [max(m, (w // m) * m) if n >= m else n for w, m, n in zip(win, multiple, shape)]
     while np.prod(win) < min_voxels:
         room = [ax for ax in (1, 2) if win[ax] + multiple[ax] <= shape[ax]]
+        if not room:
+            room = [0] if win[0] + multiple[0] <= shape[0] else []
         if not room:
             break
         ax = min(room, key=lambda a: win[a] / shape[a])

@@ -615,3 +615,16 @@ def test_a_given_training_fov_leaves_a_held_out_region_counted_on_its_rounded_si
     train = ((3, 5), (0, 17), (0, 64))
     assert holdout_region_beside((5, 40, 64), train, multiple=(2, 1, 1), **beside) == ((0, 5), (17, 40), (0, 64))
     assert holdout_region_beside((5, 40, 64), train, **beside) == ((0, 3), (0, 40), (0, 64))
+
+
+def test_a_held_out_window_of_a_deep_narrow_region_grows_past_64_slices_to_the_floor():
+    """The window stops at 64 slices when the region is larger than ``max_voxels``; where y and x
+    are already whole (a 100 x 8 x 8 region: 4096 voxels at 64 slices) it grows in z to
+    ``min_voxels``, a multiple of the z factor at a time, and no further than the region."""
+    from selfres.fov import _window_size
+
+    region = ((0, 100), (0, 8), (0, 8))
+    assert _window_size(region, 4096, (1, 1, 1), min_voxels=5000) == [79, 8, 8]
+    assert _window_size(region, 4096, (2, 1, 1), min_voxels=5000) == [80, 8, 8]
+    assert _window_size(region, 4096, (1, 1, 1), min_voxels=9000) == [100, 8, 8]
+    assert _window_size(region, 4096, (1, 1, 1), min_voxels=4096) == [64, 8, 8]

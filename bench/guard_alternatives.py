@@ -26,19 +26,18 @@ from pathlib import Path
 import numpy as np
 
 
-def held_out_scores(work: Path) -> dict:
-    """Held-out PSNR (dB) of tricubic, network + extras and tricubic + extras, and the 95 %
-    interval of the network's gain over tricubic + extras, for one kept work folder."""
-    import torch
-
-    from selfres import metrics, pipeline
+def kept_sample(work: Path) -> dict:
+    """What a kept work folder holds for a re-scoring: the normalised volume, its training FOV,
+    the network alone and wrapped in its inference extras, tricubic + the same extras (the
+    back-projection noise shrink measured for tricubic on the training FOV, as the pipeline
+    measures it for the network), the training degradation and the factors."""
+    from selfres import pipeline
     from selfres.ensemble import wrap_for_inference
     from selfres.fov import TrainingFov, box_slices
-    from selfres.infer import CubicUpsampler, predict_array
+    from selfres.infer import CubicUpsampler
     from selfres.noise import noise_level_function
     from selfres.settings import DegradationSettings, from_dict
-    from selfres.train import (SHARE_PROBE_SHAPE, central_crop, correction_noise_level, holdout_pair,
-                               make_degradation)
+    from selfres.train import SHARE_PROBE_SHAPE, central_crop, correction_noise_level, make_degradation
 
     vol, _ = pipeline.read_normalized(work / "normalized.ome.zarr")
     fov = TrainingFov.load(work / "train_fov.json", volume_shape=vol.data.shape)
@@ -46,20 +45,41 @@ def held_out_scores(work: Path) -> dict:
     factors = tuple(meta["factors"])
     deg = make_degradation(from_dict(DegradationSettings, pipeline.trained_degradation(meta)),
                            voxel_size=meta.get("voxel_size_in"))
-    target, low, interp = holdout_pair(np.asarray(vol.data[box_slices(fov.holdout)]), factors, deg)
     extras = meta.get("inference_extras") or {}
-    tile = tuple(max(8, min(64, n)) for n in low.shape)
-    cpu = torch.device("cpu")
     net = wrap_for_inference(model, degradation=deg, noise_level=pipeline.recorded_noise_level(meta), **extras)
     tricubic = CubicUpsampler(factors)
     level = None
-    if extras.get("back_projection_shrink"):  # measured for tricubic, as the pipeline does for the network
+    if extras.get("back_projection_shrink"):
         acquisition = np.asarray(vol.data[box_slices(fov.train)])
         level = correction_noise_level(tricubic, central_crop(acquisition, SHARE_PROBE_SHAPE),
                                        noise_level_function(acquisition), degradation=deg)
     cubic_bp = wrap_for_inference(tricubic, degradation=deg, noise_level=level, **extras)
-    pred_net = predict_array(net, low, factors=factors, tile_size=tile, device=cpu, amp=False)
-    pred_cbp = predict_array(cubic_bp, low, factors=factors, tile_size=tile, device=cpu, amp=False)
+    return {"volume": vol, "fov": fov, "meta": meta, "factors": factors, "degradation": deg,
+            "network_alone": model, "network": net, "tricubic_bp": cubic_bp}
+
+
+def predict(module, low: np.ndarray, factors) -> np.ndarray:
+    """``module`` applied to ``low`` on the CPU, in tiles of at most 64 voxels a side."""
+    import torch
+
+    from selfres.infer import predict_array
+
+    tile = tuple(max(8, min(64, n)) for n in low.shape)
+    return predict_array(module, low, factors=factors, tile_size=tile, device=torch.device("cpu"), amp=False)
+
+
+def held_out_scores(work: Path) -> dict:
+    """Held-out PSNR (dB) of tricubic, network + extras and tricubic + extras, and the 95 %
+    interval of the network's gain over tricubic + extras, for one kept work folder."""
+    from selfres import metrics
+    from selfres.fov import box_slices
+    from selfres.train import holdout_pair
+
+    k = kept_sample(work)
+    vol, fov, meta, factors = k["volume"], k["fov"], k["meta"], k["factors"]
+    target, low, interp = holdout_pair(np.asarray(vol.data[box_slices(fov.holdout)]), factors, k["degradation"])
+    pred_net = predict(k["network"], low, factors)
+    pred_cbp = predict(k["tricubic_bp"], low, factors)
     rng = float(max(target.max() - target.min(), 1e-6))
     psnr = {k: metrics.psnr(target, v, data_range=rng) for k, v in
             (("tricubic", interp), ("network", pred_net), ("tricubic_bp", pred_cbp))}

@@ -211,3 +211,149 @@ def test_the_room_estimate_takes_no_compression_where_the_normalised_copy_tells_
     there would let an output the disk cannot hold start, and fail after the network's work."""
     source = np.zeros((4, 16, 16), np.float32)
     assert pipeline.normalised_compression(tmp_path / "missing.ome.zarr", source) == 1.0
+
+
+def test_the_room_estimate_never_takes_more_than_the_arrays_own_bytes(tmp_path):
+    """A normalised copy larger on disk than its array (a small volume in many small chunks, their
+    metadata) gives a compression of 1 at most: the estimate never takes an output for larger
+    than uncompressed, and a disk with room for the uncompressed output is not refused."""
+    source = np.zeros((4, 16, 16), np.float32)
+    level0 = tmp_path / "n.ome.zarr" / "0"
+    level0.mkdir(parents=True)
+    (level0 / "c").write_bytes(b"\0" * (3 * source.nbytes))
+    assert pipeline.normalised_compression(tmp_path / "n.ome.zarr", source) == 1.0
+    (level0 / "c").write_bytes(b"\0" * (source.nbytes // 4))
+    assert pipeline.normalised_compression(tmp_path / "n.ome.zarr", source) == pytest.approx(0.25, rel=0.05)
+
+
+# ------------------------------------------------------------ output names, voxel sizes
+def test_an_output_named_like_any_zarr_store_is_taken():
+    """``check_store_name`` refuses an output not named as a Zarr store (``-o out.tif``), but takes
+    any ``.zarr`` name, ``.ome.zarr`` or not, with or without a trailing slash."""
+    from selfres.errors import ConfigError
+
+    for name in ("out.zarr", "out.ome.zarr", "dir/out.zarr/"):
+        pipeline.check_store_name(name, command="restore")
+    with pytest.raises(ConfigError, match="name the output like NAME.ome.zarr"):
+        pipeline.check_store_name("out.tif", command="restore")
+
+
+def _tif_with_voxel_size(path, z_um: float, xy_um: float):
+    import tifffile
+
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 1000, (6, 16, 16), dtype=np.uint16), imagej=True,
+                     resolution=(1 / xy_um, 1 / xy_um), metadata={"spacing": z_um, "unit": "um", "axes": "ZYX"})
+    return path
+
+
+def test_a_given_voxel_size_a_few_percent_off_the_files_is_said(tmp_path, caplog):
+    """A voxel size given in the sheet that differs from the file's by more than 1 % on an axis is
+    said (the sheet's is used): 0.52 for the file's 0.5 µm is a slip or a recalibration the user
+    should know of; the same value, or one within 1 %, is not."""
+    src = _tif_with_voxel_size(tmp_path / "a.tif", 1.0, 0.5)
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_normalise(src, tmp_path / "near.ome.zarr", sample="s", voxel_size=(1.0, 0.502, 0.5))
+    assert "is not the one" not in caplog.text
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_normalise(src, tmp_path / "off.ome.zarr", sample="s", voxel_size=(1.0, 0.52, 0.5))
+    assert "the voxel size given (sheet column voxel_size; selfres: --voxel-size), 1, 0.52, 0.5 µm, is not the " \
+           "one" in caplog.text
+
+
+def test_a_voxel_size_given_for_a_file_of_implausible_metadata_keeps_the_files_for_qc(tmp_path, caplog):
+    """A file whose metadata gives 2 cm z steps, with the voxel size given in the sheet: the given
+    one is used, without the warning that the voxel size is taken as unknown (it is known), and
+    the file's own is kept beside it (``voxel_size_file``), which QC's unit-slip flag
+    ``voxel_size_unlike_file`` reads."""
+    from selfres import io
+
+    src = _tif_with_voxel_size(tmp_path / "cm.tif", 2e4, 0.5)
+    with caplog.at_level("WARNING", logger="selfres"):
+        attrs = pipeline.stage_normalise(src, tmp_path / "n.ome.zarr", sample="s", voxel_size=(2.0, 0.5, 0.5))
+    assert "taken as unknown" not in caplog.text
+    assert attrs["voxel_size_source"] == "sheet" and attrs["voxel_size_file"] == pytest.approx([2e4, 0.5, 0.5])
+    assert io.read_ome_zarr(tmp_path / "n.ome.zarr").voxel_size == pytest.approx((2.0, 0.5, 0.5))
+
+
+# ------------------------------------------------------------ a model as loaded
+def test_an_adopted_model_rotates_laterally_only_where_both_samples_voxels_allow_it(tmp_path):
+    """``load_trained`` lets the self-ensemble rotate in the (y, x) plane only where a rotation keeps
+    the task for the model's own sample *and* for the sample it was adopted from: a network trained
+    on square pixels and judged on 0.5 x 0.25 µm ones (or the reverse) would otherwise be fed data
+    whose y and x sampling it never saw."""
+    from selfres import models
+    from selfres.models import ModelSpec, build_model
+
+    spec = ModelSpec(arch="resnet3d", factors=(1, 2, 2), width=8, depth=1)
+    square, oblong = [1.0, 0.5, 0.5], [1.0, 0.5, 0.25]
+    for own, source, expected in ((square, square, True), (square, oblong, False), (oblong, square, False)):
+        folder = tmp_path / f"m_{len(list(tmp_path.iterdir()))}"
+        models.save_model(folder, build_model(spec), spec,
+                          metadata={"mode": "enhance", "factors": [1, 2, 2], "voxel_size_in": own,
+                                    "adopted_from": {"sample": "a", "voxel_size_in": source}})
+        net, _, _ = pipeline.load_trained(folder)
+        assert net.lateral_rotations is expected, (own, source)
+
+
+# ------------------------------------------------------------ who holds the output
+@pytest.mark.parametrize("step, held", [("all", True), ("prepare", True), ("gather", True), ("block", False)])
+def test_every_infer_step_but_a_block_holds_its_output_from_its_start(tmp_path, monkeypatch, step, held):
+    """A second writer of the same output is refused at once (``output_lock``) by every step of a
+    scattered inference that creates, moves or removes stores — ``prepare`` and ``gather`` as well
+    as ``all`` — and not by a ``block`` step, whose jobs share the partial store by design. The
+    lock is taken before anything is read (here a missing model folder fails after it)."""
+    import contextlib
+
+    from selfres import atomic
+
+    taken = []
+
+    @contextlib.contextmanager
+    def recording(path):
+        taken.append(str(path))
+        yield
+
+    monkeypatch.setattr(atomic, "output_lock", recording)
+    out = tmp_path / "restored.ome.zarr"
+    with pytest.raises(InputError):
+        pipeline.stage_infer(tmp_path / "n.ome.zarr", tmp_path / "no_model", out, sample="s", device="cpu",
+                             step=step, block=0)
+    assert taken == ([str(out)] if held else [])
+
+
+# ------------------------------------------------------------ the output grid a reference is checked on
+def test_the_grid_said_before_any_job_is_that_of_the_samples_own_image_of_a_file_of_several(tmp_path):
+    """``planned_output_shape`` (the start-of-run reference check) reads the header of the image
+    ``series`` the sheet names in a file of several, not the file's first: a reference made for
+    series 1 was otherwise said to be off its grid, and one off it went unnamed."""
+    import tifffile
+
+    src = tmp_path / "two.ome.tif"
+    with tifffile.TiffWriter(src, ome=True) as w:
+        w.write(np.zeros((8, 64, 64), np.uint16), metadata={"axes": "ZYX"})
+        w.write(np.zeros((10, 80, 96), np.uint16), metadata={"axes": "ZYX"})
+    assert pipeline.planned_output_shape(src, mode="enhance", scale=(1, 2, 2), series=1) == (10, 160, 192)
+    assert pipeline.planned_output_shape(src, mode="enhance", scale=(1, 2, 2), series=0) == (8, 128, 128)
+    assert pipeline.header_image(src, 2) is None
+
+
+def test_crop_checks_a_reference_against_the_enhanced_grid_not_the_input_s(tmp_path):
+    """``stage_crop`` refuses, before training, a reference not on the output grid (the input's
+    shape times the scale): a reference on the input's own grid is refused, one on the output
+    grid taken. Checked on the input's shape, the right reference failed every sample at crop."""
+    import tifffile
+
+    from ..conftest import blob_volume
+
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, (blob_volume((8, 32, 32)) * 1000).astype(np.uint16))
+    norm = tmp_path / "normalized.ome.zarr"
+    pipeline.stage_normalise(src, norm, sample="s")
+    on_output, on_input = tmp_path / "ref_out.tif", tmp_path / "ref_in.tif"
+    tifffile.imwrite(on_output, np.zeros((8, 64, 64), np.uint16))
+    tifffile.imwrite(on_input, np.zeros((8, 32, 32), np.uint16))
+    fs = FovSettings(min_holdout_voxels=256)
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 2, 2), settings=fs, reference=on_output)
+    with pytest.raises(InputError, match=r"reference shape \(8, 32, 32\) does not match the output grid \(8, 64, 64\)"):
+        pipeline.stage_crop(norm, tmp_path / "fov2.json", sample="s", scale=(1, 2, 2), settings=fs,
+                            reference=on_input)

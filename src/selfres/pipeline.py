@@ -156,9 +156,10 @@ def set_threads(threads: int | None) -> None:
 
 def saturation_levels(dtype) -> tuple[int, ...]:
     """Values at which an integer acquisition of ``dtype`` saturates: its own largest value
-    and each smaller camera bit depth's (2**k − 1 for 8, 10, 12, 14 bits)."""
+    and each smaller camera bit depth's (2**k − 1 for 8, 10, 12, 14 and 16 bits: a 16-bit
+    camera's images stored as 32-bit integers saturate at 65535)."""
     top = int(np.iinfo(dtype).max)
-    return tuple(v for v in (255, 1023, 4095, 16383) if v < top) + (top,)
+    return tuple(v for v in (255, 1023, 4095, 16383, 65535) if v < top) + (top,)
 
 
 # --------------------------------------------------------------------------- stages

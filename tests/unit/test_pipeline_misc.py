@@ -662,6 +662,20 @@ def test_saturation_is_found_at_a_camera_s_bit_depth_too(tmp_path, top, clipped,
     assert pipeline.saturation_levels(np.uint16) == (255, 1023, 4095, 16383, 65535)
 
 
+def test_a_16_bit_camera_s_saturation_is_found_in_a_32_bit_integer_file(tmp_path):
+    """A 16-bit camera's stack saved as uint32 (a conversion's choice) clips at 65535: that is
+    its saturation, not the type's 4294967295 (the saturated share read 0)."""
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(100, 60000, size=(8, 40, 40)).astype(np.uint32)
+    vol.reshape(-1)[: vol.size // 20] = 65535
+    tifffile.imwrite(tmp_path / "in.tif", vol)
+    attrs = pipeline.stage_normalise(tmp_path / "in.tif", tmp_path / "n.ome.zarr", sample="s")
+    assert attrs["saturated_fraction"] == pytest.approx(0.05, abs=1e-3)
+    assert pipeline.saturation_levels(np.uint32)[-2:] == (65535, 2**32 - 1)
+
+
 def test_provenance_times_only_the_rules_that_made_the_current_outputs(tmp_path):
     """A sample that stopped adopting, or went back from scattered inference to one job, left
     the old rules' benchmark files; the report's timings leave them out."""

@@ -353,3 +353,109 @@ def test_each_training_degradation_is_named_as_it_is_computed():
                                                       "block-averaged ×2,2,2")
     assert words({}, "2,2,2").startswith("downscaled ×2,2,2 with an antialiased cubic kernel")
     assert all("subsampled" not in words({"method": m}, "2,2,2") for m in ("block", "psf", "gaussian", "cubic"))
+
+
+# --- a mutation review of methods_text (the figures and words a paper's methods section takes) ---
+
+@pytest.mark.parametrize("loss, words", [
+    ("l1", "an L1 loss"), ("l2", "a mean squared error loss"), ("mse", "a mean squared error loss"),
+    ("charbonnier", "a Charbonnier loss"), ("l1_ssim", "an L1 + SSIM loss"),
+    ("l1_fft", "an L1 loss with a Fourier-amplitude term"), ("huber", "the huber loss")])
+def test_each_training_loss_is_named_as_it_is(loss, words):
+    """The loss is part of the method a paper reports: a Charbonnier or MSE model called an
+    "L1 loss" misreports it (a mutation review: only l1 and l1_fft were checked)."""
+    text = methods_text._training_words({"loss": loss}, "enhance")
+    assert text == f"Training used {words}.", text
+
+
+def test_a_fourier_weight_is_said_only_for_the_loss_that_has_the_term():
+    """``fft_weight`` is recorded whatever the loss; only ``l1_fft`` uses it. An L1 model said
+    to have "(weight 0.3)" reads as a weighted loss it did not have."""
+    assert methods_text._training_words({"loss": "l1", "fft_weight": 0.3}, "enhance") == "Training used an L1 loss."
+    assert "(weight 0.3)" in methods_text._training_words({"loss": "l1_fft", "fft_weight": 0.3}, "enhance")
+
+
+def test_a_constant_learning_rate_schedule_is_not_called_a_schedule():
+    text = methods_text._training_words({"learning_rate": 0.001, "lr_schedule": "constant"}, "enhance")
+    assert text == "Training used Adam at a learning rate of 0.001.", text
+    assert "with a cosine schedule" in methods_text._training_words({"learning_rate": 0.001, "lr_schedule": "cosine"},
+                                                                    "enhance")
+
+
+def test_a_serial_model_whose_second_stage_stopped_short_says_of_how_many():
+    """16 and 200 of 200: one stage short of its steps is not a training that ran them all
+    (a mutation review: "all" as "any" failed no test)."""
+    serial = {"steps": 200, "steps_done": [200, 16], "stop_reason": ["steps", "early_stop"]}
+    text = methods_text._training_words(serial, "enhance")
+    assert text.startswith("Training ran 200 and 16 of 200 steps in its two ×2 stages (stopped early"), text
+    whole = methods_text._training_words(serial | {"steps_done": [200, 200], "stop_reason": ["steps"] * 2}, "enhance")
+    assert whole == "Training ran 200 and 200 steps in its two ×2 stages.", whole
+
+
+def test_a_diverged_training_says_so():
+    """A loss that diverged stops training early; the paragraph must not read as a clean run."""
+    text = methods_text._training_words({"steps": 200, "steps_done": 40, "stop_reason": "diverged"}, "enhance")
+    assert text == "Training ran 40 of 200 steps (stopped when its loss diverged).", text
+
+
+def test_a_voxel_size_is_said_to_four_decimals():
+    """A 0.1625 µm camera pixel (a 40× objective on a 6.5 µm sensor) is reported as recorded, not
+    rounded to 0.163 (a mutation review: the voxel sizes checked were all round)."""
+    m = _enhance(voxel_size_in=[0.65, 0.1625, 0.1625], voxel_size_out=[0.325, 0.08125, 0.08125])
+    text = methods_text.methods_text(m, PROVENANCE)
+    assert "32×128×128 voxels (z, y, x) of 0.65 × 0.1625 × 0.1625 µm" in text, text
+
+
+def test_a_gpu_recorded_with_its_index_is_said_to_be_a_gpu():
+    """A model's device is recorded as ``str(torch.device)``, "cuda:0" on a machine with a
+    chosen GPU: the text said nothing of the GPU it ran on (a mutation review)."""
+    prov = PROVENANCE | {"model": PROVENANCE["model"] | {"device": "cuda:0",
+                                                         "ran_on": {"device": "cuda:0", "device_name": "NVIDIA H100"}}}
+    assert "for 11.4 s on a GPU (NVIDIA H100): its inputs" in methods_text.methods_text(_enhance(), prov)
+
+
+def test_an_adopted_model_without_its_trainers_machine_names_no_machine():
+    """An adopted model's training ran on the trainer's machine: where that is not recorded, the
+    adopting sample's own device is not said in its place."""
+    trainer = {"sample": "lapse_t0", "train_seconds": 95.0}
+    prov = PROVENANCE | {"model": PROVENANCE["model"] | {"adopted_from": trainer}}
+    text = methods_text.methods_text(_enhance(adopted_from="lapse_t0"), prov)
+    assert "alone for 1.58 min: its inputs" in text, text
+    assert "CPU" not in text and "AMD EPYC" not in text
+
+
+def test_noise_is_said_added_only_where_some_was():
+    """``noise_model: match`` on a noiseless acquisition (every σ estimated 0) adds none: the
+    text must not claim noise was added to the training inputs."""
+    text = methods_text.methods_text(_enhance(noise_sigma_at={"0.1": 0.0, "0.5": 0.0}), PROVENANCE)
+    assert "noise added" not in text
+    assert "noise added" in methods_text.methods_text(_enhance(noise_sigma_at={"0.1": 0.0, "0.5": 0.01}), PROVENANCE)
+
+
+def test_a_share_of_blurred_targets_is_said_as_a_percentage():
+    training = {"blur_augment": 0.5, "blur_augment_sigma_px": 1.0}
+    prov = PROVENANCE | {"model": PROVENANCE["model"] | {"training": training}}
+    text = methods_text.methods_text(_enhance(), prov)
+    assert "its targets the crops as acquired, 50% of them blurred by a random Gaussian" in text, text
+
+
+ISO = {"mode": "isotropic", "factor": 4.0, "input_shape": [16, 96, 96], "output_shape": [64, 96, 96],
+       "self_validation": {"psnr_model": 29.1, "psnr_interp": 27.4}, "flags": []}
+
+
+def test_an_isotropic_adopted_samples_held_out_slices_are_its_own():
+    """An adopted isotropic model is scored on slices of the adopting volume, its own samples on
+    their own: "of this volume" is said where it tells them apart, and only there."""
+    own = methods_text.methods_text(ISO, {"model": {"arch": "iso2d"}})
+    assert "On held-out lateral slices degraded the same way, the network scored 29.10 dB" in own, own
+    adopted = methods_text.methods_text(ISO | {"adopted_from": "t0"}, {"model": {"arch": "iso2d"}})
+    assert "On held-out lateral slices of this volume degraded the same way, the network scored" in adopted, adopted
+
+
+def test_an_isotropic_fall_back_is_not_said_to_have_blended_ends():
+    """The blended first and last planes are the network's output's: an output that fell back
+    to z-cubic interpolation has none (as an enhance fall-back is not said to have its extras)."""
+    prov = {"model": {"arch": "iso2d", "training": {"end_blended": True}}}
+    text = methods_text.methods_text(ISO | {"restored_content": "interpolation"}, prov)
+    assert "was brought to 64×96×96 voxels (z, y, x). " in text and "blended" not in text, text
+    assert "its first and last planes blended" in methods_text.methods_text(ISO, prov)

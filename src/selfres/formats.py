@@ -35,7 +35,6 @@ _FIJI = FIJI_EXPORT_ADVICE
 _MAGIC = (
     (b"ZISRAWFILE", "a Zeiss CZI file", _VENDOR),
     (b"\xda\xce\xbe\x0a", "a Nikon ND2 file", _VENDOR),
-    (b"\x00\x00\x00\x0cjP  ", "a Nikon ND2 (JPEG 2000) file", _VENDOR),  # legacy ND2: a JP2 container
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an OLE container (Olympus OIB, Zeiss ZVI …)", _VENDOR),
     (b"OLYMPUSRAWFORMAT", "an Olympus OIR file", _VENDOR),
     (b"\x89PNG", "a PNG image", _VENDOR),
@@ -43,6 +42,7 @@ _MAGIC = (
     (b"NRRD", "an NRRD file", _VENDOR),
 )
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_JP2_MAGIC = b"\x00\x00\x00\x0cjP  "  # a JPEG 2000 file's signature box; a legacy ND2 is one too
 #: A TIFF's first four bytes (little / big endian; classic TIFF, BigTIFF).
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _HEAD_BYTES = 16
@@ -73,6 +73,8 @@ def other_image_format(path: str | os.PathLike, head: bytes = b"") -> tuple[str,
     for magic, name, advice in _MAGIC:
         if head.startswith(magic):
             return name, advice
+    if head.startswith(_JP2_MAGIC):  # a legacy ND2 is a JP2 container: its name tells it from a .jp2
+        return ("a Nikon ND2 (JPEG 2000) file" if suffix == ".nd2" else "a JPEG 2000 image"), _VENDOR
     if head[:4] == b"\x70\x00\x00\x00" and head[8:9] == b"\x2a":  # Leica LIF: 0x70, a size, 0x2A
         return "a Leica LIF file", _VENDOR
     if head.startswith(_HDF5_MAGIC):  # Bio-Formats reads Imaris' HDF5, not BigDataViewer's

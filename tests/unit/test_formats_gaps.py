@@ -117,3 +117,13 @@ def test_a_renamed_olympus_oir_is_told_by_its_whole_16_byte_mark(tmp_path):
     path = tmp_path / "export.raw"
     path.write_bytes(b"OLYMPUSRAWFORMAT" + bytes(64))
     assert unread_format(path).startswith("is an Olympus OIR file, which selfres does not read; ")
+
+
+@pytest.mark.parametrize("name, what", [("photo.jp2", "a JPEG 2000 image"), ("a.j2k.bin", "a JPEG 2000 image"),
+                                        ("legacy.nd2", "a Nikon ND2 (JPEG 2000) file"),
+                                        ("LEGACY.ND2", "a Nikon ND2 (JPEG 2000) file")])
+def test_a_jpeg_2000_file_is_a_nikon_nd2_only_by_its_name(name, what):
+    """The JP2 signature box starts every JPEG 2000 file, not only a legacy Nikon ND2: a
+    ``photo.jp2`` was called "a Nikon ND2 (JPEG 2000) file", a microscope it never came from."""
+    found = other_image_format(name, b"\x00\x00\x00\x0cjP  \r\n\x87\n" + bytes(8))
+    assert found == (what, VENDOR), found

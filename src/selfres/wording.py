@@ -29,10 +29,14 @@ def fmt(value: Any, *, digits: int = 3) -> str:
         v = float(value)
         if not math.isfinite(v):
             return str(v)
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+        if v == 0:  # -0.0 too
+            return "0"
+        if abs(v) >= 1e5 or abs(v) < 1e-3:
             return f"{v:.{digits}g}"
         text = f"{v:.{digits}f}"
         text = text.rstrip("0").rstrip(".") if "." in text else text
+        if text in ("0", "-0"):  # 0.02 s at one digit is not nothing
+            return f"{v:.{max(digits, 1)}g}"
         if abs(v) < 1 and text in ("1", "-1"):  # an SSIM of 0.9996 is not a perfect 1
             return f"{v:.{digits + 3}g}"
         return text

@@ -106,3 +106,15 @@ def test_downsampling_refuses_a_boolean_factor():
     """``True`` is an int to Python but no factor a user means: refused."""
     with pytest.raises(ValueError, match="integer >= 1"):
         demo.downsample_acquisition(np.zeros((4, 4)), True)
+
+
+def test_fmt_never_shows_a_nonzero_value_as_zero_nor_zero_with_a_sign():
+    """A 0.02 s inference in the batch summary (one digit) read "0" while 0.0009 kept its digits;
+    -0.0 read "-0"."""
+    from selfres.wording import fmt
+
+    assert fmt(0.02, digits=1) == "0.02"
+    assert fmt(0.004, digits=2) == "0.004"
+    assert fmt(-0.004, digits=2) == "-0.004"
+    assert fmt(-0.0) == "0" and fmt(0.0) == "0"
+    assert fmt(0.25, digits=1) == "0.2" and fmt(12.34, digits=1) == "12.3"

@@ -4,21 +4,17 @@ ended and why, and which samples failed."""
 
 from __future__ import annotations
 
-import json
 
-from selfres.runlog import RUNS_TSV_COLUMNS, parse_snakemake_log, write_run_record
+from selfres.runlog import parse_snakemake_log
+
+from .test_summary_runlog_gaps import _record as record_of_log
 
 _HEADER = ("SNAKEMAKE\n=========\n  Date: 2026-11-30 09:02:09\n  Host: vm\n  User: root\n"
            "  Command: snakemake --profile profiles/local\n\n")
 
 
 def _record(tmp_path, body, header=_HEADER, **kw):
-    log = tmp_path / "run.snakemake.log"
-    log.write_text(header + body)
-    results = tmp_path / "results"
-    rec = json.loads(write_run_record(results, status="error", snakemake_log=log, **kw).read_text())
-    line = (results / "runs" / "runs.tsv").read_text().splitlines()[-1].split("\t")
-    return rec, dict(zip(RUNS_TSV_COLUMNS, line))
+    return record_of_log(tmp_path, body, header=header, **kw)
 
 
 def test_a_slurm_job_that_failed_on_its_own_is_not_blamed_on_slurm():

@@ -213,11 +213,12 @@ def test_a_mixed_series_names_its_interpolated_time_points_in_time_order_whateve
 _HEADER = "SNAKEMAKE\n=========\n  Date: 2026-11-30 09:02:09\n  Host: vm\n  User: root\n\n"
 
 
-def _record(tmp_path, body, **kw):
+def _record(tmp_path, body, *, header=_HEADER, **kw):
+    """The run record and runs.tsv line written for a snakemake log of ``header`` + ``body``."""
     from selfres.runlog import RUNS_TSV_COLUMNS, write_run_record
 
     log = tmp_path / "run.snakemake.log"
-    log.write_text(_HEADER + body)
+    log.write_text(header + body)
     results = tmp_path / "results"
     rec = json.loads(write_run_record(results, status="error", snakemake_log=log, **kw).read_text())
     line = (results / "runs" / "runs.tsv").read_text().splitlines()[-1].split("\t")

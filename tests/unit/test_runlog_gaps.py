@@ -4,7 +4,6 @@ ended and why, and which samples failed."""
 
 from __future__ import annotations
 
-
 from selfres.runlog import parse_snakemake_log
 
 from .test_summary_runlog_gaps import _record as record_of_log

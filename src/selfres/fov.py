@@ -307,6 +307,13 @@ BINNED_SCORE_VOXELS = 32 * 2**20
 WINDOW_STRIDE = 4
 
 
+def rounded_voxels(shape: Sequence[int], multiple: Sequence[int]) -> int:
+    """Voxels of a box of ``shape`` with each side rounded down to its ``multiple`` (a side
+    shorter than its multiple kept whole), as the held-out box is taken: a 5-plane slab at a z
+    factor of 2 holds 4 of its planes."""
+    return int(np.prod([(n // m) * m if n >= m else n for n, m in zip(shape, multiple)]))
+
+
 def _window_size(region: Box, max_voxels: int, multiple: tuple[int, int, int], *, min_voxels: int = 0) -> list[int]:
     """The window searched in ``region``: all of it, or at most 64 slices and ``max_voxels``
     (y and x shrunk alike), sizes rounded down to multiples of ``multiple``. Rounding takes a
@@ -381,7 +388,7 @@ def automatic_holdout_slab(shape: Sequence[int], *, holdout_fraction: float = 0.
     # the voxels of a slab plane the held-out box can take: the other axes rounded down to their
     # multiples as the box is (_window_size), or a (5, 64, 63) volume at (2, 1, 1) got a slab of
     # 14 rows for 4096 voxels (4410) and a box of 4 of its 5 planes: 3528
-    other = int(np.prod([(k // m) * m if k >= m else k for i, (k, m) in enumerate(zip(shape, multiple)) if i != ax]))
+    other = rounded_voxels([k for i, k in enumerate(shape) if i != ax], [m for i, m in enumerate(multiple) if i != ax])
     hold_len = max(int(round(n * holdout_fraction)), int(np.ceil(min_holdout_voxels / other)), multiple[ax] * 4)
     hold_len = int(np.ceil(hold_len / multiple[ax]) * multiple[ax])
     if n - hold_len < max(8, 4 * multiple[ax]) or hold_len * other < min_holdout_voxels:
@@ -469,10 +476,10 @@ def holdout_region_beside(shape: Sequence[int], train: Box, *, training_fov: str
                 region[ax] = (lo, hi)
                 candidates.append(tuple(region))
 
-    def rounded_voxels(region: Box) -> int:
-        return int(np.prod([(n // m) * m if n >= m else n for n, m in zip(box_shape(region), multiple)]))
+    def held_voxels(region: Box) -> int:
+        return rounded_voxels(box_shape(region), multiple)
 
-    candidates = [c for c in candidates if rounded_voxels(c) >= min_holdout_voxels
+    candidates = [c for c in candidates if held_voxels(c) >= min_holdout_voxels
                   and all(n >= m for n, m in zip(box_shape(c), min_holdout_shape))]
     if not candidates:
         least = " x ".join(f"{m} {a}" for a, m in zip("zyx", min_holdout_shape))
@@ -483,7 +490,7 @@ def holdout_region_beside(shape: Sequence[int], train: Box, *, training_fov: str
             f"factors, and {least}); choose a smaller "
             f"training_fov, or leave the column empty to let selfres choose",
         )
-    return max(candidates, key=rounded_voxels)
+    return max(candidates, key=held_voxels)
 
 
 def held_out_window_shape(region: Box, *, max_voxels: int, min_holdout_voxels: int,

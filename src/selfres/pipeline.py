@@ -1305,9 +1305,10 @@ def check_room_for_outputs(stores: Sequence[str | Path], shape: Sequence[int], d
     ``stores`` are written in full, each of ``shape`` and ``dtype`` (the guard's fall-back
     writes two), an existing one too (a rerun replaces it only once its new store is finished);
     those in ``kept`` need nothing: finished by this same job, they are kept as they are (a
-    resumed fall-back's model output, :func:`kept_model_output`). Their estimated size (:func:`output_bytes_estimate`) is set against the free
-    space of the file system of the first, to which an unfinished store of each adds what it
-    holds (a resumed run rewrites its tiles in place); below :data:`ROOM_SHARE_REFUSED` of it
+    resumed fall-back's model output, :func:`kept_model_output`). Their estimated size
+    (:func:`output_bytes_estimate`) is set against the free space of the file system of the
+    first, to which an unfinished store of each adds what it holds (a resumed run rewrites its
+    tiles in place); below :data:`ROOM_SHARE_REFUSED` of it
     the run would surely fail at a write after the network's work, so
     :class:`~selfres.errors.NoRoom` is raised now."""
     from .errors import NoRoom

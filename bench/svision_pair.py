@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     print(f"HR {hr.shape}, {len(pos)} beads; HR FWHM lateral {np.nanmedian(np.r_[t['fwhm_y'], t['fwhm_x']]):.2f} px, "
           f"axial {np.nanmedian(t['fwhm_z']):.2f} px")
     lat, ax = lr_fwhm(lr, pos_lr)
-    print(f"\n| candidate | corr. with their LR | LS scale | RMS residual | bead FWHM lateral / axial (×4) |")
+    print("\n| candidate | corr. with their LR | LS scale | RMS residual | bead FWHM lateral / axial (×4) |")
     print("|---|---|---|---|---|")
     print(f"| their LR file | 1 | 1 | 0 | {lat:.2f} / {ax:.2f} |")
     b = lr.ravel()

@@ -147,7 +147,7 @@ def throughput(arch: str, shape, factors, *, tile, batch, repeat, work: Path, de
     fast = prepare_model(model, device)
     naive()  # warm-up (and cuDNN autotuning on a GPU)
     out["naive"] = n_out / 1e6 / _best(naive, repeat)
-    del plain
+    plain = None  # free the copy; naive() is not called again
 
     def optimised():
         h = fast.halo
@@ -347,7 +347,6 @@ def x4(*, tile, batch, work: Path, device, amp: bool, archs=("svision_mini", "re
     Tiles span the whole z range (38 x 128 x 128) so the z halo is paid once; output
     chunks are 38 x 256 x 256 (a divisor of the 152 x 512 x 512 tile output).
     """
-    import torch
 
     from selfres import io
     from selfres.infer import infer_to_store, prepare_model

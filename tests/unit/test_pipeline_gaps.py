@@ -137,6 +137,28 @@ def test_an_output_with_exactly_the_refusal_share_of_its_estimate_free_is_not_re
         pipeline.check_room_for_outputs([out], (8, 256, 256), "float32", None, compression=1.0, sample="s")
 
 
+def test_a_stale_unfinished_copy_of_a_kept_model_output_is_not_counted_as_room(tmp_path, monkeypatch):
+    """What an unfinished store holds counts as room only for a store this job writes (its rerun
+    rewrites those tiles in place). A model output this same job finished is kept as it is, so a
+    stale unfinished copy beside it frees nothing for the restored output and must not lift a
+    refusal the free space alone calls for."""
+    usage = namedtuple("usage", "total used free")
+    need = pipeline.output_bytes_estimate((8, 256, 256), "float32", None, compression=1.0)
+    out = tmp_path / "restored.ome.zarr"
+    model_out = pipeline.model_output_path(out)
+    stale = pipeline.partial_path(model_out)
+    stale.mkdir()
+    (stale / "0").write_bytes(b"\0" * need)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 0, need // 4))
+    with pytest.raises(NoRoom, match=r"restored.ome.zarr \(1 × .* has [0-9.]+ GB free;"):
+        pipeline.check_room_for_outputs([model_out, out], (8, 256, 256), "float32", None, compression=1.0,
+                                        sample="s", kept=[model_out])
+    # the same bytes in the restored output's own unfinished store are its room
+    shutil.move(stale, pipeline.partial_path(out))
+    pipeline.check_room_for_outputs([model_out, out], (8, 256, 256), "float32", None, compression=1.0,
+                                    sample="s", kept=[model_out])
+
+
 # ------------------------------------------------------------ taking a finished training up
 def test_a_checkpoint_no_completed_train_job_recorded_is_taken_up_whatever_the_extras(tmp_path):
     """``take_up_any_finished``: a work folder whose checkpoint is not the one the last completed

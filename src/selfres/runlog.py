@@ -110,9 +110,10 @@ def unfinished_jobs_by_sample(jobs: Sequence[dict], *, stopped: bool = True) -> 
     return out
 
 
-#: The jobs that make a sample's ``model/`` (and those before them): one of them unfinished,
+#: The jobs that make a sample's ``model/`` (and those before them; a ``_once`` rule is its stage tried
+#: once, workflow/rules/restore.smk): one of them unfinished,
 #: a sample restored by that model (``model_from``) cannot have run this time.
-_MODEL_CHAIN_RULES = frozenset({"normalise", "crop", "train", "adopt"})
+_MODEL_CHAIN_RULES = frozenset({"normalise", "normalise_once", "crop", "crop_once", "train", "adopt"})
 
 
 def waiting_on_failed_sources(unfinished: dict[str, list[dict]], model_sources: dict[str, str]) -> set[str]:

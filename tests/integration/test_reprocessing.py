@@ -180,11 +180,13 @@ def test_an_acquisition_archived_after_its_night_keeps_its_sample_done(wd):
     _edit_config(wd, train={"learning_rate": 0.000123})
     assert _jobs(wd) == _from("train", "a", "b")
     # the sheet naming another file that is not there (a typo, a re-acquisition not yet copied) is
-    # not the archived acquisition: that sample fails at normalise, as any missing file does
+    # not the archived acquisition: that sample fails at normalise, as any missing file does (tried
+    # once: normalise_once)
     _edit_sheet(wd, "a", "path", "../data/a_reacquired.tif")
     proc = run_snakemake(wd, "-n")
     assert "sample 'a': its acquisition data/a_reacquired.tif does not exist" in proc.stderr, proc.stderr[-2000:]
-    assert ("normalise", "a") in {(j["rule"], j["sample"]) for j in parse_snakemake_log(proc.stdout + proc.stderr)["jobs"]}
+    assert ("normalise_once", "a") in {(j["rule"], j["sample"])
+                                       for j in parse_snakemake_log(proc.stdout + proc.stderr)["jobs"]}
 
 
 def test_a_rerun_for_the_guards_extras_takes_the_finished_training_up(wd):

@@ -122,3 +122,14 @@ def test_an_empty_slurm_status_command_is_the_default_sacct_and_is_checked(tmp_p
     assert slurm_status_problem("") == "sacct fails here (Slurm accounting storage is disabled)"
     sacct.write_text("#!/bin/sh\nexit 2\n")
     assert slurm_status_problem("") == "sacct fails here (exit status 2)"
+
+
+def test_a_model_source_whose_once_tried_normalise_or_crop_failed_holds_its_users_back():
+    """``normalise_once`` and ``crop_once`` (a job the start of the run found would fail alike on
+    every retry, tried once) make a sample's model as ``normalise`` and ``crop`` do: a sample
+    restored with that model (``model_from``) never started, and is a failed sample of the run.
+    A source that failed after its model (its qc) holds no one back."""
+    from selfres.runlog import waiting_on_failed_sources
+
+    unfinished = {"a": [{"rule": "normalise_once"}], "c": [{"rule": "crop_once"}], "e": [{"rule": "qc"}]}
+    assert waiting_on_failed_sources(unfinished, {"b": "a", "d": "c", "f": "e", "a": "a"}) == {"b", "d"}

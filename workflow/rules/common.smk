@@ -399,6 +399,23 @@ if workflow.is_main_process and getattr(_snakemake_args(), "executor", None) == 
               "docs/slurm.md", file=sys.stderr)
 
 
+#: Samples the start of the run found unable to pass their normalise (the acquisition missing, closed to
+#: this account, a vendor's format, an image or channel the file lacks) or their crop (isotropic mode
+#: without a usable voxel size): such a job fails alike however often it is tried, so it runs once
+#: (rules normalise_once, crop_once: retries 0) instead of once more per retry of the profile's
+#: (profiles/slurm: 2, each asking more memory and time, each queued again). Worked out by the
+#: main process; a job's own evaluation (on a Slurm node) is told its rule by name.
+FAILS_AT_NORMALISE, FAILS_AT_CROP = set(), set()
+
+
+def once_constraint(ids):
+    """The ``sample`` wildcard of the stages tried once (restore.smk): ``ids`` (none: a pattern that
+    matches nothing); in a job's own evaluation any sample (the main process chose the rule)."""
+    if not workflow.is_main_process:
+        return ".+"
+    return "|".join(re.escape(s) for s in sorted(ids)) or "(?!)"
+
+
 if workflow.is_main_process:
     for (_path, _scale), _ids in _unused_scales().items():
         _names = ", ".join(repr(i) for i in _ids[:3]) + (f" and {len(_ids) - 3} more" if len(_ids) > 3 else "")
@@ -418,18 +435,22 @@ if workflow.is_main_process:
                       f"({R}/{_s}/normalized.ome.zarr): a change of its normalise settings cannot apply, and "
                       "forcing its normalise stops the run, until the file is back", file=sys.stderr)
             elif _denied:
+                FAILS_AT_NORMALISE.add(_s)
                 print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} {_denied}; that sample "
                       "fails at normalise; with --keep-going, as the profiles set, the others go on", file=sys.stderr)
             else:
+                FAILS_AT_NORMALISE.add(_s)
                 print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} does not exist"
                       f"{_missing_path_hint(_cell(_s, 'path'))}; that "
                       "sample fails at normalise (and so do the samples that use its model); with --keep-going, as "
                       "the profiles set, the others go on", file=sys.stderr)
         elif _cell(_s, "path") and (_problem := _unread_format(_cell(_s, "path"))):
             # a microscope vendor's file (CZI, ND2, LIF …): said now, with the command that converts it
+            FAILS_AT_NORMALISE.add(_s)
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')} {_problem}. That sample "
                   "fails at normalise; with --keep-going, as the profiles set, the others go on", file=sys.stderr)
         elif _s in _CHOICE_PROBLEMS:  # a two-channel file without a channel: said now, not after the night
+            FAILS_AT_NORMALISE.add(_s)
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: {_CHOICE_PROBLEMS[_s]}; that "
                   "sample fails at normalise; with --keep-going, as the profiles set, the others go on",
                   file=sys.stderr)
@@ -448,6 +469,7 @@ if workflow.is_main_process:
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: {_VOXEL_SIZE_SLIPS[_s]}",
                   file=sys.stderr)
         if _s in _ISOTROPIC_VOXEL_PROBLEMS:  # isotropic mode without a usable voxel size: said now, not at crop
+            FAILS_AT_CROP.add(_s)
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: "
                   f"{_ISOTROPIC_VOXEL_PROBLEMS[_s]}; that sample fails at crop; with --keep-going, as the profiles "
                   "set, the others go on", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 
 # bad_rows: fail_alone — a sheet row or inbox acquisition selfres refused: its sample's one job
-# writes the refusal as its ERROR line (the summary's error) and fails; the others run
+# writes the refusal as its ERROR line (the summary's error) and fails, once (a retry would say it
+# again); the others run
 rule refused_row:
     output:
         f"{R}/{{sample}}/logs/refused_row",  # never made
@@ -10,6 +11,7 @@ rule refused_row:
         f"{R}/{{sample}}/logs/refused_row.log",
     params:
         message=lambda wildcards: REFUSED[wildcards.sample],
+    retries: 0
     localrule: True
     conda:
         "../../envs/selfres.yaml"
@@ -35,6 +37,17 @@ rule normalise:
         "selfres normalise {params.raw:q} -o {output:q} {params.args} > {log:q} 2>&1"
 
 
+# A sample whose acquisition the start of the run found unreadable (FAILS_AT_NORMALISE): the same job,
+# tried once — it would fail alike on each of the profile's retries
+use rule normalise as normalise_once with:
+    retries: 0
+    wildcard_constraints:
+        sample=once_constraint(FAILS_AT_NORMALISE),
+
+
+ruleorder: normalise_once > normalise
+
+
 rule crop:
     input:
         rules.normalise.output,
@@ -50,6 +63,16 @@ rule crop:
         "../../envs/selfres.yaml"
     shell:
         "selfres crop {input:q} -o {output:q} {params.args} > {log:q} 2>&1"
+
+
+# A sample the start of the run found unable to pass crop (FAILS_AT_CROP): tried once, as above
+use rule crop as crop_once with:
+    retries: 0
+    wildcard_constraints:
+        sample=once_constraint(FAILS_AT_CROP),
+
+
+ruleorder: crop_once > crop
 
 
 rule train:

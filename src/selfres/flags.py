@@ -223,7 +223,7 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "The results are right, only slower, and the GPU was held for nothing.",
         "Install the CUDA build of torch in the environment the GPU jobs run in: pip uninstall torch, "
         "then SELFRES_TORCH_BUILD=cuda scripts/setup.sh (docs/slurm.md, step 1); provenance.json "
-        "(ran_on, tiles_ran_on) names the jobs and hosts.",
+        "names the jobs and hosts (model.ran_on: training; inference_ran_on and tiles_ran_on: inference).",
     ),
     "restored_brighter": (
         "The output's brightest structures are over 1.5 times as bright as in the z-cubic "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,14 @@ METRIC_KEYS = {
     "sample", "mode", "input_shape", "output_shape", "voxel_size_in", "voxel_size_out", "train_seconds",
     "infer_seconds", "self_validation", "resolution_um", "isotropy_in", "isotropy_out", "reference", "flags",
 }
+
+
+def _has_key(record: dict, dotted: str) -> bool:
+    """``record`` has the key ``a.b`` (``record["a"]["b"]``), whatever its value."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        record = record.get(part) if isinstance(record, dict) else None
+    return isinstance(record, dict) and last in record
 
 
 def _write_workdir(root: Path) -> Path:
@@ -107,6 +116,11 @@ def test_every_contract_output_exists_and_is_valid(finished_run):
     prov = json.loads((r / "provenance.json").read_text())
     for key in ("resolved_config", "selfres_version", "input_checksum", "software", "timings", "host"):
         assert prov.get(key) is not None, key
+    # the keys gpu_unused's advice sends a reader to are there (it named a top-level ran_on, which is not)
+    from selfres.flags import explain_flag
+
+    named = re.findall(r"\b((?:[a-z_]+\.)?[a-z_]*ran_on)\b", explain_flag("gpu_unused")[1])
+    assert named and all(_has_key(prov, name) for name in named), named
     # what decided the output; how the infer job ran (tiles per pass, GPU memory) is not recorded
     infer_given = prov["resolved_config"]["settings"]["infer"]
     assert "tile_size" in infer_given and not {"batch_size", "gpu_memory_fraction"} & set(infer_given)

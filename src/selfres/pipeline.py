@@ -902,9 +902,13 @@ def stage_train(
     # work/ (the finished training's checkpoint) stays: a rerun that changes only what the guard
     # reads (infer.ensemble, infer.back_projection_*) takes the training up from it and re-runs the guard
     write_json(work / GUARDED_WITH, {"inference_extras": extras, "checkpoints": kept_checkpoints(work)})
-    log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB (best step %d, training ended %s, %.0f s)",
-             model_dir, result.val_psnr_model, result.val_psnr_interp, result.best_step,
-             wording.stop_text(result.stop_reason), meta["train_seconds"])
+    # the held-out figure the guard judged and the summary shows (with the inference extras), not
+    # the network's alone (a walkthrough read two figures for one sample in train.log)
+    log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB as inference writes it%s%s (best step %d, "
+             "training ended %s, %.0f s)", model_dir, psnr_out, result.val_psnr_interp,
+             f"; the network alone {result.val_psnr_model:.2f} dB" if psnr_out != result.val_psnr_model else "",
+             "; flagged model_worse_than_interpolation" if "model_worse_than_interpolation" in flags else "",
+             result.best_step, wording.stop_text(result.stop_reason), meta["train_seconds"])
     return meta
 
 

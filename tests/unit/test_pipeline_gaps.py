@@ -379,3 +379,34 @@ def test_crop_checks_a_reference_against_the_enhanced_grid_not_the_input_s(tmp_p
     with pytest.raises(InputError, match=r"reference shape \(8, 32, 32\) does not match the output grid \(8, 64, 64\)"):
         pipeline.stage_crop(norm, tmp_path / "fov2.json", sample="s", scale=(1, 2, 2), settings=fs,
                             reference=on_input)
+
+
+def test_the_train_logs_last_line_gives_the_held_out_figure_the_guard_judged(tmp_path, caplog):
+    """train.log's closing line gave the network's held-out PSNR alone, while the guard's line above
+    it and the summary give it with the inference extras (back-projection by default): a reader saw
+    two figures for one sample. It now gives the guard's, the network's alone beside it."""
+    import logging
+
+    import tifffile
+
+    from selfres.settings import InferSettings, Settings, TrainSettings
+
+    from ..conftest import blob_volume
+
+    vol = blob_volume((1, 64, 48), n=40, sigma=(0.5, 1.5, 1.5), seed=7) * 1000
+    tifffile.imwrite(tmp_path / "in.tif", vol.astype(np.float32))
+    s = Settings(train=TrainSettings(width=4, depth=1, steps=2, scale_check=False, batch_size=1,
+                                     patch_size=(1, 16, 16), validate_every=1, warmup_steps=1),
+                 infer=InferSettings(back_projection_iterations=1, tile_size=(1, 32, 24)))
+    norm = tmp_path / "n.ome.zarr"
+    pipeline.stage_normalise(tmp_path / "in.tif", norm, sample="s")
+    pipeline.stage_crop(norm, tmp_path / "fov.json", sample="s", scale=(1, 2, 2),
+                        settings=FovSettings(min_holdout_voxels=256, holdout_fraction=0.3))
+    with caplog.at_level(logging.INFO):
+        meta = pipeline.stage_train(norm, tmp_path / "fov.json", tmp_path / "model", sample="s", scale=(1, 2, 2),
+                                    settings=s, device="cpu")
+    judged = meta["self_validation"]
+    assert judged["psnr_model"] != judged["psnr_network"]  # back-projection changed the figure
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model saved to ")]
+    assert (f": held-out {judged['psnr_model']:.2f} dB vs tricubic {judged['psnr_interp']:.2f} dB as inference "
+            f"writes it; the network alone {judged['psnr_network']:.2f} dB") in line, line

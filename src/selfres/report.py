@@ -48,15 +48,17 @@ def _img_tag(png: bytes, *, alt: str) -> str:
 
 
 def _box_words(box: Any) -> Any:
-    """``[[z0, z1], [y0, y1], [x0, x1]]`` as ``z 0–32, y 0–102, x 0–128 (input voxels, end
-    excluded)``; anything else as it is."""
+    """``[[z0, z1], [y0, y1], [x0, x1]]`` (train_fov.json's, end excluded) as ``z 0–31, y 0–101,
+    x 0–127 (input voxels, first–last, counted from 0)``: first and last, as the caption's planes
+    (a walkthrough read "planes 1–44" and "z 1–45 … end excluded" for one box); anything else as it is."""
     try:
         bounds = [(int(a), int(b)) for a, b in box]
     except (TypeError, ValueError):
         return box
     if len(bounds) != 3:
         return box
-    return ", ".join(f"{ax} {a}–{b}" for ax, (a, b) in zip("zyx", bounds)) + " (input voxels, end excluded)"
+    return ", ".join(f"{ax} {a}–{b - 1}" for ax, (a, b) in zip("zyx", bounds)) + \
+        " (input voxels, first–last, counted from 0)"
 
 
 def _z_extent_words(train_fov: Any, nz: int) -> str:
@@ -68,7 +70,7 @@ def _z_extent_words(train_fov: Any, nz: int) -> str:
         return ""
     words = "; ".join(f"{name}: {'all planes' if (z0, z1) == (0, nz) else f'planes {z0}–{z1 - 1}'}"
                       for name, (z0, z1) in spans)
-    return f". In z, {words} (of the input's {nz})"
+    return f". In z, {words} (of the input's {nz}, counted from 0)"
 
 
 def _draw_fov_note(train_fov: Any) -> str:

@@ -758,7 +758,7 @@ def test_projection_caption_gives_the_z_planes_of_the_training_and_held_out_boxe
 
     fov = {"train": [[0, 32], [0, 50], [0, 50]], "holdout": [[40, 64], [0, 20], [0, 20]]}
     assert report._z_extent_words(fov, 100) == (". In z, the training field of view: planes 0–31; the held-out "
-                                                "region: planes 40–63 (of the input's 100)")
+                                                "region: planes 40–63 (of the input's 100, counted from 0)")
     assert "all planes" in report._z_extent_words({"train": [[0, 100], [0, 5], [0, 5]]}, 100)
     assert report._z_extent_words(None, 100) == ""
 
@@ -1032,7 +1032,8 @@ def test_training_fov_is_written_with_axis_names_and_curves_say_what_they_score(
     from selfres import report
 
     note = report._draw_fov_note({"train": [[0, 32], [0, 102], [0, 128]], "holdout": [[0, 32], [102, 128], [0, 128]]})
-    assert "train: z 0–32, y 0–102, x 0–128 (input voxels, end excluded)" in note and "[[" not in note
+    # first–last as the projection's caption gives planes (train_fov.json's ends are excluded)
+    assert "train: z 0–31, y 0–101, x 0–127 (input voxels, first–last, counted from 0)" in note and "[[" not in note
     assert report._box_words("z0:z1") == "z0:z1"
     raw, interp, restored = _volumes()
 

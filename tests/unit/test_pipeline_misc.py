@@ -1201,12 +1201,16 @@ def test_a_training_its_time_budget_cut_is_taken_up_only_for_a_change_of_the_gua
     work = tmp_path / "model.work"
     assert trained(False)["stop_reason"] == "time_budget"
     assert pipeline.read_guarded_with(work)["inference_extras"]["ensemble"] is False
-    trained(False)
+    first = trained(False)
     assert "cut by its time budget" in caplog.text and "taken up" not in caplog.text
+    assert pipeline.read_guarded_with(work)["train_seconds"] == first["train_seconds"]
     again = trained(True)
     assert "ensemble False → True" in caplog.text and "not trained again" in caplog.text
     assert again["stop_reason"] == "time_budget" and again["inference_extras"]["ensemble"] is True
     assert pipeline.read_guarded_with(work)["inference_extras"]["ensemble"] is True
+    # the same training, taken up: its time is the completed job's, not this job's guard and set-up
+    # plus the loop's (38.5 s read 35.2 s after a rerun that trained nothing)
+    assert again["training_taken_up"] and again["train_seconds"] == first["train_seconds"]
 
     # a job killed in its guard, after its training: the retry takes that training up, as always
     from selfres import train as train_module

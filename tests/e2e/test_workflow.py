@@ -97,6 +97,9 @@ def test_every_contract_output_exists_and_is_valid(finished_run):
     assert m["input_shape"] == [8, 40, 40] and m["output_shape"] == [8, 80, 80]
     assert m["voxel_size_out"] == pytest.approx([1.0, 0.25, 0.25])
     assert set(m["self_validation"]) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
+    # the network's own held-out gain, without back-projection, as its train job's guard measured it
+    sv_model = json.loads((r / "model" / "model.json").read_text())["metadata"]["self_validation"]
+    assert m["holdout_gain_network_alone_db"] == pytest.approx(sv_model["psnr_network"] - sv_model["psnr_interp"])
     assert all(isinstance(v, float) for v in m["self_validation"].values())
     lo, hi = m["holdout_gain_db_interval"]  # block bootstrap of the held-out gain, around the gain itself
     gain = m["self_validation"]["psnr_model"] - m["self_validation"]["psnr_interp"]
@@ -157,6 +160,7 @@ def test_isotropic_sample_gets_isotropic_voxels(finished_run):
     assert "Training ran " in (r / "report.html").read_text()
     assert prov["model"]["training"]["tail_lr_scale"] == 0.1  # recorded by training, said by the methods text
     assert set(m["self_validation"]) == {"psnr_model", "psnr_interp", "ssim_model", "ssim_interp"}
+    assert m["holdout_gain_network_alone_db"] is None  # enhance's figure: isotropic has no extras to tell apart
     # the isotropy flags are those of the figures QC wrote (here, where the guard keeps z-cubic,
     # the input's 0.33: isotropy_not_reached)
     from selfres.qc import isotropy_flags

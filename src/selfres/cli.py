@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from collections.abc import Sequence
 
 from . import __version__
 from .errors import ALLOCATOR_REFUSALS, ConfigError, InputError, NoRoom, SelfresError
@@ -248,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", help="what selfres reads from an acquisition (images, channels, time points, "
                        "shape, voxel size) and the output grid of each mode: check a file before a run")
-    s.add_argument("input", type=Path, help=_ACQUISITION_HELP)
+    s.add_argument("input", type=Path, nargs="+",
+                   help=_ACQUISITION_HELP + "; several: each in turn, a file that cannot be read named and passed over")
     s.add_argument("--voxel-size", type=_voxel_size, default=None,
                    help="z,y,x µm as the sample sheet's voxel_size column would give it (overrides the file's)")
     s.add_argument("--scale", type=_scale, default=DEFAULT_SCALE, help="enhance factors z,y,x for the output grid shown")
@@ -474,10 +476,8 @@ def run(args) -> int:
                               args.provenance, sample=sample, resolved_config=cfg, benchmarks_dir=args.benchmarks,
                               figures_dir=args.figures, workflow_dir=args.workflow_dir)
     elif cmd == "inspect":
-        chosen = _settings(args)
-        print(describe_for_sheet(args.input, voxel_size=args.voxel_size, scale=args.scale,
-                                 fov_settings=chosen.fov, training_fov=args.training_fov,
-                                 degradation_method=chosen.train.degradation.method))
+        return inspect_files(args.input, settings=_settings(args), voxel_size=args.voxel_size, scale=args.scale,
+                             training_fov=args.training_fov)
     elif cmd == "psf-sigma":
         sig = _psf_sigma(args)
         print(",".join(f"{v:.4g}" for v in sig))  # µm, ready for a train.psf_sigma_um cell
@@ -561,6 +561,33 @@ def _psf_sigma(args) -> tuple[float, ...]:
         print("warning: the spots differ in width by more than 25 %: sub-resolution beads all have the "
               "PSF's width, so these are probably not (or not only) beads, and σ is not the PSF's", file=sys.stderr)
     return m["sigma_um"]
+
+
+def inspect_files(paths: Sequence[Path], *, settings, voxel_size=None, scale=DEFAULT_SCALE,
+                  training_fov: str | None = None) -> int:
+    """``selfres inspect FILE…``: :func:`describe_for_sheet` of each file, a blank line between.
+    One file: its error is the command's (one ``ERROR:`` line, status 2). Several (``inbox/*.tif``,
+    README "Using your own data": check each file): a file that cannot be read gets its ``ERROR:``
+    line and the others are still described; the status is 2 if any could not be read."""
+    if len(paths) == 1:
+        print(describe_for_sheet(paths[0], voxel_size=voxel_size, scale=scale, fov_settings=settings.fov,
+                                 training_fov=training_fov, degradation_method=settings.train.degradation.method))
+        return 0
+    failed = 0
+    for k, path in enumerate(paths):
+        if k:
+            print()
+        try:
+            print(describe_for_sheet(path, voxel_size=voxel_size, scale=scale, fov_settings=settings.fov,
+                                     training_fov=training_fov, degradation_method=settings.train.degradation.method),
+                  flush=True)
+        except SelfresError as exc:
+            failed += 1
+            sys.stdout.flush()
+            print("ERROR: " + " ".join(str(exc).split("\n")), file=sys.stderr, flush=True)
+    if failed:
+        print(f"ERROR: {failed} of {len(paths)} files could not be read (named above)", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def describe_for_sheet(path: Path, *, voxel_size=None, scale=DEFAULT_SCALE, fov_settings=None,

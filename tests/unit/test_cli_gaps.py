@@ -149,3 +149,25 @@ def test_a_stale_export_is_dropped_by_the_step_that_finishes_the_output(tmp_path
     assert cli.main(["infer", str(tmp_path / "n.ome.zarr"), str(tmp_path / "model"), "-o",
                      str(tmp_path / "r.ome.zarr"), "--sample", "s", "--step", step, "--drop-stale-export"]) == 0
     assert calls == ([(tmp_path / "r.ome.zarr", (1, 0))] if dropped else [])
+
+
+def test_inspect_describes_each_of_several_files_and_names_the_one_it_cannot_read(tmp_path, capsys):
+    """README, "Using your own data": check each file — `selfres inspect inbox/*.tif` was refused by
+    the argument parser (a walkthrough). Each file is described in turn; one that cannot be read gets
+    its ERROR line, the others are still described, and the status is 2."""
+    import numpy as np
+    import tifffile
+
+
+
+    for name, shape in (("a.tif", (8, 32, 32)), ("c.tif", (6, 40, 40))):
+        tifffile.imwrite(tmp_path / name, np.zeros(shape, np.uint16), metadata={"axes": "ZYX"})
+    (tmp_path / "b.tif").write_text("not an image")
+    rc = cli.main(["inspect", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), str(tmp_path / "c.tif")])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert f"{tmp_path / 'a.tif'}: 1 image\n8×32×32 ZYX" in out and f"{tmp_path / 'c.tif'}: 1 image\n6×40×40 ZYX" in out
+    assert err.splitlines() == [f"ERROR: {tmp_path / 'b.tif'}: is not a TIFF file (unrecognised header) nor a Zarr "
+                                "store; allowed: a TIFF/OME-TIFF file or a Zarr/OME-Zarr directory",
+                                "ERROR: 1 of 3 files could not be read (named above)"]
+    assert cli.main(["inspect", str(tmp_path / "a.tif"), str(tmp_path / "c.tif")]) == 0

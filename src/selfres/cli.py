@@ -555,7 +555,8 @@ def _psf_sigma(args) -> tuple[float, ...]:
     except ValueError as exc:
         raise InputError(args.beads, str(exc)) from None
     print(f"{m['n_beads']} beads; image FWHM z,y,x {', '.join(f'{v:.3g}' for v in m['fwhm_um'])} µm; "
-          f"spread (IQR/median) {', '.join(f'{v:.2f}' for v in m['spread'])}; σ minus the pixel box (lateral):",
+          f"spread (IQR/median) {', '.join(f'{v:.2f}' for v in m['spread'])}; the σ z,y,x µm for "
+          "train.psf_sigma_um (the pixel box taken out laterally) is printed on stdout",
           file=sys.stderr)
     if max(m["spread"]) > 0.25:
         print("warning: the spots differ in width by more than 25 %: sub-resolution beads all have the "

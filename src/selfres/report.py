@@ -953,6 +953,13 @@ def _z_only_text(shape_in: Any, shape_out: Any) -> bool:
     return only_z_resampled(*shapes)
 
 
+#: Hover texts of the summary table's headers whose column is not what its name alone says.
+SUMMARY_HEADER_TITLES = {
+    "train (s)": "seconds of training; a sample restored with another sample's model (model_from): of its "
+                 "adopt job (the held-out check of that model on this sample), no training",
+}
+
+
 def _text_or_dash(value: Any) -> str:
     """A text cell of the summary, or a dash where there is none (NaN in a failed row)."""
     return value if isinstance(value, str) and value else "–"
@@ -1147,7 +1154,8 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
         + (f" · {n_other} other" if n_other else "") + f" · {len(df)} samples"
         + (f" · written {esc(written)}" if written else "") + "</p>")
     table = ('<div style="overflow-x:auto"><table class="sortable"><thead><tr>'  # wide: scrolls, not off the page
-             + "".join(f"<th>{esc(h)}</th>" for h in head)
+             + "".join(f'<th title="{esc(SUMMARY_HEADER_TITLES[h])}">{esc(h)}</th>' if h in SUMMARY_HEADER_TITLES
+                       else f"<th>{esc(h)}</th>" for h in head)
              + "</tr></thead><tbody>" + "".join(body) + "</tbody></table></div>")
     legend = "".join(
         f"<li><b>{esc(k)}</b>: {esc(v[0])} <i>{esc(v[1])}</i></li>"

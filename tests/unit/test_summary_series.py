@@ -78,3 +78,11 @@ def test_stage_summary_does_not_call_samples_of_two_files_a_series(tmp_path):
         (d / "report.html").write_text("<html></html>")
     summary.stage_summary(tmp_path, ["mouse_t1", "mouse_t2"], tmp_path / "summary.tsv", tmp_path / "summary.html")
     assert "Time series" not in (tmp_path / "summary.html").read_text()
+
+
+def test_the_summary_tables_train_seconds_header_says_what_an_adopting_samples_figure_is():
+    """A walkthrough read an adopting sample's 2 s under "train (s)": the header's hover text says a
+    model_from sample's figure is its adopt job's, no training."""
+    page = report.render_summary([_row("a")])
+    assert ('<th title="seconds of training; a sample restored with another sample&#x27;s model (model_from): of '
+            'its adopt job') in page, page[page.find("<thead>"):page.find("</thead>")]

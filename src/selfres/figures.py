@@ -715,8 +715,8 @@ def figure_detail(
         "restored": (np.asarray(restored[z, y, x0:x1], dtype=np.float32), vout[2], x0),
     }
     _profile_panel(ax, profiles, colors, labels=shown, xlabel=f"x ({unit})",
-                   title=f"line profile at z={(z + 0.5) * vout[0]:.4g} (raw {(iz + 0.5) * vin[0]:.4g}), "
-                         f"y={line_y_phys:.4g} {unit}")
+                   title=f"line profile at z={(z + 0.5) * vout[0]:.4g} {unit} (raw {(iz + 0.5) * vin[0]:.4g} "
+                         f"{unit}), y={line_y_phys:.4g} {unit}")
     return _fig_to_png(fig)
 
 

@@ -206,6 +206,8 @@ def test_the_lateral_detail_crops_one_region_on_both_grids_and_its_line_and_rang
     np.testing.assert_array_equal(raw_line.get_ydata(), raw[z_raw, iy, ix0:ix0 + raw_crop.shape[1]])
     res_line = next(ln for ln in profile.get_lines() if ln.get_label() == "restored")
     np.testing.assert_array_equal(res_line.get_ydata(), restored[z_raw, round(y), round(x0 / 0.3):round(x1 / 0.3)])
+    # every position in the profile's title has its unit (a walkthrough: "z=103 (raw 102)" beside "z=102 µm")
+    assert profile.get_title() == f"line profile at z=2.5 µm (raw 2.5 µm), y={line_y:.4g} µm", profile.get_title()
 
 
 def test_the_axial_detail_is_a_square_in_micrometres_on_the_z_axis_of_each_grid(monkeypatch):

@@ -1210,8 +1210,8 @@ def _whole_volume_back_projected(bp: nn.Module, source, *, factors: Sequence[int
             y = bp.step(x, mirror_pad(y, [r * f for r, f in zip(reach, factors)], edge=True), noise_variance)[crop]
             if bp.iterations > 1:
                 say("back-projection iteration %d/%d done (%.1f s)", i + 1, bp.iterations, time.monotonic() - t0)
-    say("back-projection (%d iterations) over the whole volume %s: %.1f s", bp.iterations, list(y.shape[2:]),
-        time.monotonic() - t0)
+    say("back-projection (%d iteration%s) over the whole volume %s: %.1f s", bp.iterations,
+        "" if bp.iterations == 1 else "s", list(y.shape[2:]), time.monotonic() - t0)
     return np.ascontiguousarray(y[0, 0].numpy())
 
 

@@ -176,14 +176,25 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
     vin, vout = metrics.get("voxel_size_in"), metrics.get("voxel_size_out")
     sin, sout = shape_text(metrics.get("input_shape")), shape_text(metrics.get("output_shape"))
 
+    # a single plane (2-D input, enhance 1,y,x): a 2-D network on pixels — its z size of 1 and the z
+    # scale the output file carries for it are no measurement (a walkthrough: "A 3-D residual network"
+    # and "1×130×133 voxels … of 0.5119 × 0.5119 × 0.5119 µm" for a 2-D image)
+    plane = isinstance(metrics.get("input_shape"), (list, tuple)) and len(metrics["input_shape"]) == 3 \
+        and metrics["input_shape"][0] == 1
+
     def grid(shape, vs):
         if shape is None:
             return None
+        sized = isinstance(vs, (list, tuple)) and len(vs) == 3
+        if plane:
+            return f"{'×'.join(shape.split('x')[1:])} pixels (y, x)" + (
+                f" of {' × '.join(fmt(num(v), digits=4) for v in vs[1:])} µm" if sized else "")
         return f"{shape.replace('x', '×')} voxels (z, y, x)" + (
-            f" of {' × '.join(fmt(num(v), digits=4) for v in vs)} µm" if isinstance(vs, (list, tuple)) and len(vs) == 3
-            else "")
+            f" of {' × '.join(fmt(num(v), digits=4) for v in vs)} µm" if sized else "")
 
     arch = _ARCH_WORDS.get(str(model.get("arch")), "a network")
+    if plane:
+        arch = arch.replace("3-D", "2-D")
     n_par = model.get("n_parameters")
     arch += f" ({int(n_par):,} parameters)" if isinstance(n_par, (int, float)) else ""
     arch = arch[0].upper() + arch[1:]

@@ -459,3 +459,16 @@ def test_an_isotropic_fall_back_is_not_said_to_have_blended_ends():
     text = methods_text.methods_text(ISO | {"restored_content": "interpolation"}, prov)
     assert "was brought to 64×96×96 voxels (z, y, x). " in text and "blended" not in text, text
     assert "its first and last planes blended" in methods_text.methods_text(ISO, prov)
+
+
+def test_a_single_plane_is_described_as_a_2d_network_on_pixels_without_a_z_size():
+    """A walkthrough's 2-D image (enhance 1,2,2) read "A 3-D residual network" and "1×130×133 voxels
+    (z, y, x) of 0.5119 × 0.5119 × 0.5119 µm": the network was 2-D, and the z size of a single plane
+    (its file's stand-in, the lateral pixel) is no measurement."""
+    plane = _enhance(input_shape=[1, 130, 133], output_shape=[1, 260, 266], voxel_size_in=[0.5119, 0.5119, 0.5119],
+                     voxel_size_out=[0.5119, 0.25595, 0.25595])
+    text = methods_text.methods_text(plane, PROVENANCE)
+    assert "A 2-D residual network (35,569 parameters) was trained" in text and "3-D" not in text
+    assert ("The whole field of view, 130×133 pixels (y, x) of 0.5119 × 0.5119 µm, was restored to 260×266 pixels "
+            "(y, x) of 0.256 × 0.256 µm") in text, text
+    assert "voxels (z, y, x)" not in text

@@ -410,3 +410,12 @@ def test_the_train_logs_last_line_gives_the_held_out_figure_the_guard_judged(tmp
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model saved to ")]
     assert (f": held-out {judged['psnr_model']:.2f} dB vs tricubic {judged['psnr_interp']:.2f} dB as inference "
             f"writes it; the network alone {judged['psnr_network']:.2f} dB") in line, line
+
+
+def test_a_scale_the_volume_cannot_take_names_the_sheet_column_and_the_command_line_flag():
+    """`selfres restore` on a 2-D image at the default 2,2,2 said only "(sheet column 'scale')"
+    (a walkthrough): the command-line flag is named too, as the channel's error names --channel."""
+    assert "give the sample scale 1,2,2 (sheet column 'scale'; --scale for the selfres commands)" in _refused(
+        (1, 64, 64), None, mode="enhance", factors=(2, 2, 2), path="s.tif")
+    assert "(sheet column 'scale', e.g. 1,2,2; --scale for the selfres commands)" in _refused(
+        (3, 64, 64), None, mode="enhance", factors=(4, 2, 2), path="s.tif")

@@ -32,7 +32,7 @@ from .errors import ConfigError, InputError
 from .fov import TrainingFov, choose_training_fov, training_boxes
 from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
                        Settings, VOXEL_SIZE_SLIP_RATIO, to_dict, voxel_size_problem,
-                       voxel_size_unlike_file)
+                       voxel_size_reordered, voxel_size_unlike_file)
 
 log = logging.getLogger("selfres")
 
@@ -212,7 +212,9 @@ def stage_normalise(
                     "the one %s records, %s µm; the given one is used%s", sample,
                     ", ".join(f"{v:g}" for v in voxel_size), input_path, ", ".join(f"{v:g}" for v in vol.voxel_size),
                     f" ({VOXEL_SIZE_SLIP_RATIO:g} times or more on an axis: nm typed for µm? its qc flags "
-                    "voxel_size_unlike_file)" if voxel_size_unlike_file(voxel_size, vol.voxel_size) else "")
+                    "voxel_size_unlike_file)" if voxel_size_unlike_file(voxel_size, vol.voxel_size) else
+                    " (the file's values in another order: the order is z,y,x)"
+                    if voxel_size_reordered(voxel_size, vol.voxel_size) else "")
     if data.size == 0:
         raise InputError(input_path, "the volume is empty (zero voxels)", sample=sample)
     import dask

@@ -147,6 +147,19 @@ def voxel_size_unlike_file(given: Sequence[float] | None, recorded: Sequence[flo
     return any(max(g / f, f / g) >= VOXEL_SIZE_SLIP_RATIO for g, f in zip(given, recorded) if g > 0 and f > 0)
 
 
+def voxel_size_reordered(given: Sequence[float] | None, recorded: Sequence[float] | None) -> bool:
+    """Whether the voxel size ``given`` is the file's ``recorded`` one in another order (within
+    1 % each): x,y,z typed for z,y,x, say (``False`` when either is missing, or they are equal)."""
+    if not given or not recorded or len(given) != len(recorded):
+        return False
+
+    def close(a, b):
+        return abs(a - b) <= 0.01 * max(abs(a), abs(b))
+
+    same = all(close(g, f) for g, f in zip(given, recorded))
+    return not same and all(close(g, f) for g, f in zip(sorted(given), sorted(recorded)))
+
+
 def voxel_size_slip_text(given: Sequence[float], recorded: Sequence[float]) -> str:
     """The warning for a voxel size ``given`` unlike the file's ``recorded`` one
     (:func:`voxel_size_unlike_file`): both, z,y,x µm, and what selfres does with them."""

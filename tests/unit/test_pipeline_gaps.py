@@ -419,3 +419,14 @@ def test_a_scale_the_volume_cannot_take_names_the_sheet_column_and_the_command_l
         (1, 64, 64), None, mode="enhance", factors=(2, 2, 2), path="s.tif")
     assert "(sheet column 'scale', e.g. 1,2,2; --scale for the selfres commands)" in _refused(
         (3, 64, 64), None, mode="enhance", factors=(4, 2, 2), path="s.tif")
+
+
+def test_a_voxel_size_is_reordered_only_when_it_holds_the_files_values_in_another_order():
+    """:func:`selfres.settings.voxel_size_reordered`: x,y,z typed for z,y,x (within 1 %), not the
+    same order, not other values, not a missing one."""
+    from selfres.settings import voxel_size_reordered
+
+    assert voxel_size_reordered((0.829, 0.829, 4.0), (4.0, 0.8286, 0.8286))
+    assert not voxel_size_reordered((4.0, 0.829, 0.829), (4.0, 0.8286, 0.8286))  # the same, within 1 %
+    assert not voxel_size_reordered((0.8, 0.8, 4.0), (4.0, 0.8286, 0.8286))  # 3.5 % off: other values
+    assert not voxel_size_reordered((2.0, 1.0, 1.0), (1.0, 0.5, 0.5)) and not voxel_size_reordered(None, (1, 1, 1))

@@ -933,6 +933,11 @@ def test_a_given_voxel_size_that_is_not_the_files_is_said(tmp_path, caplog):
         pipeline.stage_normalise(src, tmp_path / "nm.ome.zarr", sample="s", voxel_size=(1000.0, 500.0, 500.0))
     assert re.search(r"records, 1, 0\.5, 0\.5 µm; the given one is used \(10 times or more on an axis: nm typed "
                      r"for µm\? its qc flags voxel_size_unlike_file\)$", caplog.text, re.M)
+    # the file's values in another order (x,y,z typed, a walkthrough): said, with the order
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_normalise(src, tmp_path / "xyz.ome.zarr", sample="s", voxel_size=(0.5, 0.5, 1.0))
+    assert re.search(r"records, 1, 0\.5, 0\.5 µm; the given one is used \(the file's values in another order: the "
+                     r"order is z,y,x\)$", caplog.text, re.M)
     # the file's own is kept beside a given one, for QC's unit-slip flag; none where the sheet gives nothing
     from selfres import io
 

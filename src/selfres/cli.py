@@ -16,8 +16,8 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
 from .errors import ALLOCATOR_REFUSALS, ConfigError, InputError, NoRoom, SelfresError
@@ -570,18 +570,19 @@ def inspect_files(paths: Sequence[Path], *, settings, voxel_size=None, scale=DEF
     One file: its error is the command's (one ``ERROR:`` line, status 2). Several (``inbox/*.tif``,
     README "Using your own data": check each file): a file that cannot be read gets its ``ERROR:``
     line and the others are still described; the status is 2 if any could not be read."""
+    def describe(path: Path) -> str:
+        return describe_for_sheet(path, voxel_size=voxel_size, scale=scale, fov_settings=settings.fov,
+                                  training_fov=training_fov, degradation_method=settings.train.degradation.method)
+
     if len(paths) == 1:
-        print(describe_for_sheet(paths[0], voxel_size=voxel_size, scale=scale, fov_settings=settings.fov,
-                                 training_fov=training_fov, degradation_method=settings.train.degradation.method))
+        print(describe(paths[0]))
         return 0
     failed = 0
     for k, path in enumerate(paths):
         if k:
             print()
         try:
-            print(describe_for_sheet(path, voxel_size=voxel_size, scale=scale, fov_settings=settings.fov,
-                                     training_fov=training_fov, degradation_method=settings.train.degradation.method),
-                  flush=True)
+            print(describe(path), flush=True)
         except SelfresError as exc:
             failed += 1
             sys.stdout.flush()

@@ -720,8 +720,8 @@ def check_volume_for_mode(shape, voxel_size, *, mode: str, factors=(1, 1, 1), pa
                              f"{','.join(map(str, factors))}); give the sample scale 1,{factors[1]},{factors[2]} "
                              "(sheet column 'scale'; --scale for the selfres commands)", sample=sample)
         _check_size_for_factors(shape, factors, what=f"the volume (shape {shape})", path=path, sample=sample,
-                                hint="use a smaller factor on that axis (sheet column 'scale', e.g. 1,2,2; --scale for the "
-                                     "selfres commands) or a larger acquisition")
+                                hint="use a smaller factor on that axis (sheet column 'scale', e.g. 1,2,2; "
+                                     "--scale for the selfres commands) or a larger acquisition")
     fs = fov_settings or FovSettings()
     if not training_fov:
         from .fov import automatic_holdout_slab

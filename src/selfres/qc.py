@@ -28,6 +28,7 @@ from .settings import QcSettings, voxel_size_unlike_file
 
 log = logging.getLogger("selfres")
 
+
 def network_alone_gain(meta: dict) -> float | None:
     """The trained network's held-out gain over tricubic without the inference extras (model.json
     ``self_validation``: ``psnr_network`` − ``psnr_interp``, as the train job's guard scored

@@ -175,8 +175,8 @@ def test_the_verdict_says_how_much_of_the_held_out_gain_the_network_learned():
     large = report._verdict(base | {"holdout_gain_network_alone_db": 0.5}, "ok")
     assert "The network alone, without back-projection, scores +0.50 dB over tricubic interpolation on that region." \
         in large and "most of the gain" not in large
-    both = report._verdict(base | {"holdout_gain_network_alone_db": 0.1, "inference_extras": extras | {"ensemble": True}},
-                           "ok")
+    both = report._verdict(base | {"holdout_gain_network_alone_db": 0.1,
+                                   "inference_extras": extras | {"ensemble": True}}, "ok")
     assert "without self-ensemble and back-projection, scores +0.10 dB" in both
     for m in (base | {"holdout_gain_network_alone_db": 0.02, "best_step": 0},
               base | {"holdout_gain_network_alone_db": 0.02, "inference_extras": {"back_projection_iterations": 0}},

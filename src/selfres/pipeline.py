@@ -845,6 +845,7 @@ def stage_train(
         take_up_any_finished=take_up_any_finished(work, extras),
     )
     trained = result.settings  # as trained: with the noise top-up estimated from the data
+    kept = kept_checkpoints(work)  # the training's, as guarded_with.json records them (taken up: unchanged)
     psnr_out, flags = guard_with_extras(
         result, factors=factors, extras=extras,
         degradation=make_degradation(trained.degradation, voxel_size=vs_known),
@@ -869,7 +870,7 @@ def stage_train(
         "sensor_defects_repaired": defects,
         "training_input": training_input_figures(train_volume),  # what a sample adopting it learned from
         "patch": list((result.stages[0] if result.stages else result).patch or []) or None,  # as trained
-        "train_seconds": training_seconds(result, completed, time.monotonic() - t0, work),
+        "train_seconds": training_seconds(result, completed, time.monotonic() - t0, kept),
         # taken up from model.work/: the training had finished in an earlier run (train_seconds includes its loop)
         "training_taken_up": result.taken_up,
         "settings": to_dict(trained),
@@ -904,7 +905,7 @@ def stage_train(
         pd.DataFrame(result.log_rows, columns=cols).to_csv(tmp / "training_log.tsv", sep="\t", index=False)
     # work/ (the finished training's checkpoint) stays: a rerun that changes only what the guard
     # reads (infer.ensemble, infer.back_projection_*) takes the training up from it and re-runs the guard
-    write_json(work / GUARDED_WITH, {"inference_extras": extras, "checkpoints": kept_checkpoints(work),
+    write_json(work / GUARDED_WITH, {"inference_extras": extras, "checkpoints": kept,
                                      "train_seconds": meta["train_seconds"]})
     # the held-out figure the guard judged and the summary shows (with the inference extras), not
     # the network's alone (a walkthrough read two figures for one sample in train.log)
@@ -941,15 +942,16 @@ def read_guarded_with(work: Path) -> dict | None:
     return record if ok else None
 
 
-def training_seconds(result, completed: dict | None, job_seconds: float, work: Path) -> float:
+def training_seconds(result, completed: dict | None, job_seconds: float, kept: dict[str, str]) -> float:
     """The model's training time (model.json ``train_seconds``, the methods text's "trained for"):
     this job's with the loop time of the interrupted runs it resumed; but where this job took up
-    the very training a completed job recorded (``completed``: :func:`read_guarded_with`, its
-    checkpoints unchanged: a rerun for the guard's extras), that job's figure — the same training
-    read 38.5 s, then 35.2 s after a rerun that trained nothing (a walkthrough)."""
+    the very training a completed job recorded (``completed``: :func:`read_guarded_with`, whose
+    checkpoints are still ``kept``, :func:`kept_checkpoints`: a rerun for the guard's extras),
+    that job's figure — the same training read 38.5 s, then 35.2 s after a rerun that trained
+    nothing (a walkthrough)."""
     recorded = (completed or {}).get("train_seconds")
     if (result.taken_up and isinstance(recorded, (int, float)) and not isinstance(recorded, bool)
-            and completed["checkpoints"] == kept_checkpoints(work)):
+            and completed["checkpoints"] == kept):
         return float(recorded)
     return job_seconds + result.resumed_seconds  # with the interrupted runs' time
 

@@ -33,10 +33,11 @@ def network_alone_gain(meta: dict) -> float | None:
     """The trained network's held-out gain over tricubic without the inference extras (model.json
     ``self_validation``: ``psnr_network`` − ``psnr_interp``, as the train job's guard scored
     them), or None where not recorded."""
+    from .wording import num
+
     sv = meta.get("self_validation") or {}
-    network, interp = sv.get("psnr_network"), sv.get("psnr_interp")
-    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in (network, interp))
-    return float(network - interp) if numbers else None
+    network, interp = num(sv.get("psnr_network")), num(sv.get("psnr_interp"))
+    return network - interp if network is not None and interp is not None else None
 
 
 def self_validation(normalized_vol: io.Volume, fov: TrainingFov, model, meta: dict, *, device="cpu") -> dict:

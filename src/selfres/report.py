@@ -27,7 +27,7 @@ from .figures import (DETAIL_MAX_SIDE_PX, KEEP_MIN_GAIN_DB, as_zyx, bead_frames,
                       holdout_bbox, kept_steps, log_frame, only_z_resampled, prepare_views, sample_figures)
 from .flags import BROKEN_OUTPUT_FLAGS, FLAG_EXPLANATIONS, explain_flag, implausible_isotropy_note, sample_status
 from .methods_text import methods_text
-from .wording import (baseline_name, duration_text, esc, extras_text, fmt, lateral_pixels_text, num,
+from .wording import (baseline_name, duration_text, esc, extras_names, extras_text, fmt, lateral_pixels_text, num,
                       shape_text, stop_text)
 
 log = logging.getLogger(__name__)
@@ -451,7 +451,7 @@ def _verdict(metrics: Mapping[str, Any], status: str, train_fov: Mapping[str, An
         bits.append(f"Training kept its starting point (best step 0): {whose} is tricubic interpolation "
                     "followed by back-projection, not a learned restoration.")
     alone = num(metrics.get("holdout_gain_network_alone_db"))
-    extras_words = extras_text(metrics.get("inference_extras"), detail=False).removeprefix(" with ")
+    extras_words = extras_names(metrics.get("inference_extras"), detail=False)
     if not kept_start and alone is not None and gain is not None and extras_words:
         # how much of the held-out gain the network learned (a walkthrough: +0.88 dB, +0.02 of it the network's)
         bits.append(f"The network alone, without {extras_words}, scores {esc(f'{alone:+.2f}')} dB over {baseline} "

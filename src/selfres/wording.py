@@ -70,9 +70,9 @@ def num(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def extras_text(extras: Any, *, detail: bool = True) -> str:
-    """' with back-projection (1 step)' etc. for the inference extras the guard scored
-    (``detail`` False: ' with back-projection', without the steps and the shrink)."""
+def extras_names(extras: Any, *, detail: bool = True) -> str:
+    """'back-projection (1 step)', 'self-ensemble and back-projection' … for the inference extras
+    the guard scored (``detail`` False: without the steps and the shrink); empty for none."""
     if not isinstance(extras, Mapping):
         return ""
     parts = []
@@ -82,7 +82,13 @@ def extras_text(extras: Any, *, detail: bool = True) -> str:
     if n:
         shrunk = ", its corrections shrunk by the acquisition's noise" if extras.get("back_projection_shrink") else ""
         parts.append(f"back-projection ({n} step{'s' if n != 1 else ''}{shrunk})" if detail else "back-projection")
-    return (" with " + " and ".join(parts)) if parts else ""
+    return " and ".join(parts)
+
+
+def extras_text(extras: Any, *, detail: bool = True) -> str:
+    """' with back-projection (1 step)' etc. (:func:`extras_names`), or empty for no extras."""
+    names = extras_names(extras, detail=detail)
+    return f" with {names}" if names else ""
 
 
 def baseline_name(mode: Any) -> str:

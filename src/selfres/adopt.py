@@ -67,7 +67,7 @@ def trained_by(meta: dict, **extra) -> dict:
         return dict(meta["adopted_from"], via=meta.get("sample"))
     return {"sample": meta.get("sample"), "self_validation": meta.get("self_validation"),
             "flags": meta.get("flags") or [], "train_seconds": meta.get("train_seconds"),
-            "voxel_size_in": meta.get("voxel_size_in"), **extra, "ran_on": meta.get("ran_on"),
+            "fit_seconds": meta.get("fit_seconds"), "voxel_size_in": meta.get("voxel_size_in"), **extra, "ran_on": meta.get("ran_on"),
             # the acquisition it trained on (its file's checksum and part): traceable from the adopter
             "acquisition": meta.get("acquisition")}
 

@@ -1317,6 +1317,7 @@ def stage_train(vol: io.Volume, fov: TrainingFov, model_dir: str | Path, *,
         "flags": res.flags,
         "sensor_defects_repaired": defects,
         "train_seconds": time.monotonic() - t0 + res.resumed_seconds,  # with the interrupted runs' time
+        "fit_seconds": res.seconds,  # the training loop alone, as enhance's (pipeline.stage_train)
         "settings": isotropic_train_values(to_dict(settings.train)),  # the train values this mode reads
         # the training values: fusion and infer_batch belong to each infer job (iso_settings)
         "isotropic": {k: v for k, v in to_dict(settings.isotropic).items() if k not in ISOTROPIC_INFERENCE_KEYS},

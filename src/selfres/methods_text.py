@@ -163,6 +163,21 @@ def _normalisation_words(prov: Mapping[str, Any]) -> str:
             + (f" ({values})" if values else "") + back)
 
 
+def _part_words(part: Any) -> str:
+    """Which part of its file the sample is, for the methods text's first sentence: `` (channel 1,
+    "GFP", time point 3 of the acquisition, indices from 0)``; "" for a file's only image, channel and
+    time point (a walkthrough: a ``_c1`` sample's paragraph did not say which channel it restored)."""
+    part = part if isinstance(part, Mapping) else {}
+    words = []
+    if part.get("series") is not None:
+        words.append(f"image {part['series']}")
+    if part.get("channel") is not None:
+        words.append(f"channel {part['channel']}" + (f", \"{part['channel_name']}\"" if part.get("channel_name") else ""))
+    if part.get("timepoint") is not None:
+        words.append(f"time point {part['timepoint']}")
+    return f" ({', '.join(words)} of the acquisition, indices from 0)" if words else ""
+
+
 def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> str | None:
     """A paragraph for a paper's methods section: what was done to this sample, with the
     figures that back it (plain text; ``None`` for a failed sample or one without metrics)."""
@@ -201,7 +216,12 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
     # an adopted model: its training is the trainer's (time, machine), not this sample's judging
     trainer = model.get("adopted_from") if isinstance(model.get("adopted_from"), Mapping) else None
     adopted = metrics.get("adopted_from") or (trainer or {}).get("sample")
-    secs = num((trainer or {}).get("train_seconds") if adopted else metrics.get("train_seconds"))
+    # the training loop's time where the model records it (a job's also holds its set-up and the
+    # guard's re-scoring: "trained for 1.1 min" for a 2-s training, a walkthrough), else the job's
+    record = (trainer or {}) if adopted else {"fit_seconds": model.get("fit_seconds"),
+                                               "train_seconds": metrics.get("train_seconds")}
+    secs = num(record.get("fit_seconds"))
+    secs = num(record.get("train_seconds")) if secs is None else secs
     ran_on = (trainer or {}).get("ran_on") if adopted else model.get("ran_on")
     ran_on = ran_on if isinstance(ran_on, Mapping) else {}
     kind = str(ran_on.get("device") or ("" if adopted else model.get("device")))
@@ -223,7 +243,8 @@ def methods_text(metrics: Mapping[str, Any], provenance: Mapping[str, Any] | Non
             from_part, {"source_checksum": prov.get("input_checksum"), **part}):
         whose = f"time point {from_part['timepoint']} of the same acquisition (sample {adopted})"
     training = model.get("training") if isinstance(model.get("training"), Mapping) else {}
-    bits = [f"The volume was restored with {tool} in its {mode} mode, after {name} ({cite})."]
+    bits = [f"The volume{_part_words(prov.get('input_part'))} was restored with {tool} in its {mode} mode, after "
+            f"{name} ({cite})."]
     extras = metrics.get("inference_extras")
     fell_back = metrics.get("restored_content") == "interpolation"
     unlearned = False

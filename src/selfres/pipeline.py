@@ -31,7 +31,7 @@ from .atomic import check_outputs_spare_inputs, nearest_existing, overwritten_in
 from .errors import ConfigError, InputError
 from .fov import TrainingFov, choose_training_fov, training_boxes
 from .settings import (DEFAULT_SCALE, EXECUTION_KEYS, FovSettings, InferSettings, IsotropicSettings, NormaliseSettings,
-                       Settings, VOXEL_SIZE_SLIP_RATIO, to_dict, voxel_size_problem,
+                       MIN_LOWRES_VOXELS, Settings, VOXEL_SIZE_SLIP_RATIO, to_dict, voxel_size_problem,
                        voxel_size_reordered, voxel_size_unlike_file)
 
 log = logging.getLogger("selfres")
@@ -53,11 +53,6 @@ def check_mode(mode: str, *, sample: str | None = None) -> str:
         prefix = f"sample {sample!r}: " if sample else ""
         raise ConfigError(f"{prefix}unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     return mode
-
-
-#: Fewest low-resolution voxels a training pair needs along an axis scaled by f > 1:
-#: the training input is the training FOV downscaled once more by f.
-MIN_LOWRES_VOXELS = 2
 
 
 def _check_size_for_factors(shape, factors, *, what: str, path, sample: str, hint: str) -> None:
@@ -206,11 +201,17 @@ def stage_normalise(
                     input_path, ", ".join(f"{v:g}" for v in vol.voxel_size), metadata_problem)
         vol = dataclasses.replace(vol, voxel_size=None)
     vs = tuple(voxel_size) if voxel_size else vol.voxel_size
+    if voxel_size and vol.voxel_size and data.shape[0] == 1:
+        # a single plane's z size is the file's y pixel standing in (io reads no z step there): only y and
+        # x are the file's to compare (a walkthrough: "3, 0.5, 0.5 µm is not the one p.tif records, 0.5, 0.5, 0.5")
+        vol = dataclasses.replace(vol, voxel_size=(float(voxel_size[0]), *vol.voxel_size[1:]))
     if voxel_size and vol.voxel_size and any(abs(g - f) > 0.01 * f for g, f in zip(voxel_size, vol.voxel_size)):
         # the sheet wins, as documented; a factor between them is more often a slip than a correction
+        recorded = (f"y, x {', '.join(f'{v:g}' for v in vol.voxel_size[1:])} µm (a single plane: no z step)"
+                    if data.shape[0] == 1 else f"{', '.join(f'{v:g}' for v in vol.voxel_size)} µm")
         log.warning("sample %r: the voxel size given (sheet column voxel_size; selfres: --voxel-size), %s µm, is not "
-                    "the one %s records, %s µm; the given one is used%s", sample,
-                    ", ".join(f"{v:g}" for v in voxel_size), input_path, ", ".join(f"{v:g}" for v in vol.voxel_size),
+                    "the one %s records, %s; the given one is used%s", sample,
+                    ", ".join(f"{v:g}" for v in voxel_size), input_path, recorded,
                     f" ({VOXEL_SIZE_SLIP_RATIO:g} times or more on an axis: nm typed for µm? its qc flags "
                     "voxel_size_unlike_file)" if voxel_size_unlike_file(voxel_size, vol.voxel_size) else
                     " (the file's values in another order: the order is z,y,x)"
@@ -870,7 +871,7 @@ def stage_train(
         "sensor_defects_repaired": defects,
         "training_input": training_input_figures(train_volume),  # what a sample adopting it learned from
         "patch": list((result.stages[0] if result.stages else result).patch or []) or None,  # as trained
-        "train_seconds": training_seconds(result, completed, time.monotonic() - t0, kept),
+        **training_seconds(result, completed, time.monotonic() - t0, kept),
         # taken up from model.work/: the training had finished in an earlier run (train_seconds includes its loop)
         "training_taken_up": result.taken_up,
         "settings": to_dict(trained),
@@ -906,7 +907,7 @@ def stage_train(
     # work/ (the finished training's checkpoint) stays: a rerun that changes only what the guard
     # reads (infer.ensemble, infer.back_projection_*) takes the training up from it and re-runs the guard
     write_json(work / GUARDED_WITH, {"inference_extras": extras, "checkpoints": kept,
-                                     "train_seconds": meta["train_seconds"]})
+                                     "train_seconds": meta["train_seconds"], "fit_seconds": meta["fit_seconds"]})
     # the held-out figure the guard judged and the summary shows (with the inference extras), not
     # the network's alone (a walkthrough read two figures for one sample in train.log)
     log.info("model saved to %s: held-out %.2f dB vs tricubic %.2f dB as inference writes it%s%s (best step %d, "
@@ -942,18 +943,21 @@ def read_guarded_with(work: Path) -> dict | None:
     return record if ok else None
 
 
-def training_seconds(result, completed: dict | None, job_seconds: float, kept: dict[str, str]) -> float:
-    """The model's training time (model.json ``train_seconds``, the methods text's "trained for"):
-    this job's with the loop time of the interrupted runs it resumed; but where this job took up
+def training_seconds(result, completed: dict | None, job_seconds: float, kept: dict[str, str]) -> dict[str, float]:
+    """The model's training times, as ``model.json`` records them: ``train_seconds`` (the summary's
+    ``train (s)``), this job's with the loop time of the interrupted runs it resumed, and
+    ``fit_seconds`` (the methods text's "trained for"), the training loop alone, without the
+    set-up and the guard's re-scoring, which can take most of a ×4 job. Where this job took up
     the very training a completed job recorded (``completed``: :func:`read_guarded_with`, whose
     checkpoints are still ``kept``, :func:`kept_checkpoints`: a rerun for the guard's extras),
-    that job's figure — the same training read 38.5 s, then 35.2 s after a rerun that trained
+    that job's figures — the same training read 38.5 s, then 35.2 s after a rerun that trained
     nothing (a walkthrough)."""
-    recorded = (completed or {}).get("train_seconds")
-    if (result.taken_up and isinstance(recorded, (int, float)) and not isinstance(recorded, bool)
-            and completed["checkpoints"] == kept):
-        return float(recorded)
-    return job_seconds + result.resumed_seconds  # with the interrupted runs' time
+    times = {"train_seconds": job_seconds + result.resumed_seconds,  # with the interrupted runs' time
+             "fit_seconds": result.seconds}
+    if result.taken_up and completed and completed["checkpoints"] == kept:
+        times |= {k: float(v) for k in times if isinstance(v := completed.get(k), (int, float))
+                  and not isinstance(v, bool)}
+    return times
 
 
 def take_up_any_finished(work: Path, extras: dict) -> bool:
@@ -1666,7 +1670,8 @@ def model_record(description: dict) -> dict:
     else:
         degradation = {k: v for k, v in ((meta.get("settings") or {}).get("degradation") or {}).items()
                        if k in ("method", "sigma_um", "na", "wavelength_um", "psf_path")}
-    return ({k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device", "ran_on")}
+    return ({k: meta.get(k) for k in ("mode", "factors", "factor", "best_step", "stop_reason", "device", "ran_on",
+                                      "fit_seconds")}
             | ({"psf": meta["psf"]} if meta.get("psf") else {})
             | {"arch": spec.get("arch"), "residual": spec.get("residual"),
                "n_parameters": description.get("n_parameters"), "adopted_from": meta.get("adopted_from"),

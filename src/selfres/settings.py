@@ -181,6 +181,11 @@ def parse_voxel_size(text, *, name: str, sample: str | None = None) -> tuple[flo
     return vals
 
 
+#: Fewest low-resolution voxels a training pair needs along an axis scaled by f > 1:
+#: the training input is the training FOV downscaled once more by f.
+MIN_LOWRES_VOXELS = 2
+
+
 def parse_scale(text, *, name: str = "scale", sample: str | None = None) -> tuple[int, int, int] | None:
     """Parse an ``enhance`` scale ``"z,y,x"`` (:func:`parse_triple` of integers); ``None``/empty → None.
 

@@ -940,6 +940,45 @@ def isotropic_voxel_problems(sheet: pd.DataFrame, counts: FileCounts | None = No
     return problems
 
 
+def enhance_shape_problems(sheet: pd.DataFrame, counts: FileCounts | None = None, *, default_mode: str = "enhance",
+                           default_scale: str = "2,2,2") -> dict[str, str]:
+    """``{sample: problem}`` for the ``enhance`` rows whose image, as its file's header gives its
+    shape (through ``counts``), cannot take the row's scale: a 2-D image (one z slice) scaled
+    along z, or too few voxels along a scaled axis for the training pairs (the crop step's own
+    words, :func:`~selfres.pipeline.check_volume_for_mode`). The workflow says these when a run
+    starts (a dry run too) and tries that crop once; the sample's crop step refuses it after its
+    normalise (a walkthrough: a 2-D image at the default 2,2,2 went through a dry run unsaid).
+    Files not there or unreadable, and cells that do not parse, are left to the sample's jobs."""
+    from .errors import InputError
+    from .settings import MIN_LOWRES_VOXELS, parse_scale
+
+    describe = _io_reader("describe_acquisition")
+    problems = {}
+    for row in sheet.to_dict(orient="records"):
+        path = row.get("path") or ""
+        if (str(row.get("mode") or "").strip() or default_mode) != "enhance" \
+                or not os.path.isfile(path) and not os.path.isdir(path):
+            continue
+        try:
+            factors = parse_scale(str(row.get("scale") or "").strip() or default_scale)
+            shapes = _counted(counts, "shapes", path, None,
+                              lambda: [int(n) for d in describe(path) for n in (d["series"], *d["shape"])])
+            by_series = {shapes[i]: tuple(shapes[i + 1:i + 4]) for i in range(0, len(shapes), 4)}
+            shape = by_series.get(_series_of(row) or 0) if len(by_series) > 1 else next(iter(by_series.values()))
+        except Exception:  # noqa: BLE001 - a hint: the sample's jobs say what is wrong in their own words
+            continue
+        if shape is None or all(f == 1 or n >= MIN_LOWRES_VOXELS * f for n, f in zip(shape, factors)):
+            continue  # (pipeline imports zarr and dask, which a workflow start does not pay for without need)
+        from .pipeline import FOV_ALREADY_CHOSEN, check_volume_for_mode
+
+        try:
+            check_volume_for_mode(shape, None, mode="enhance", factors=factors, path=path, sample=row["sample"],
+                                  training_fov=FOV_ALREADY_CHOSEN)
+        except InputError as exc:
+            problems[row["sample"]] = exc.what
+    return problems
+
+
 def _series_of(row: dict) -> int | None:
     value = str(row.get("series") or "").strip()
     return int(value) if value.isdigit() else None

@@ -660,6 +660,29 @@ def test_an_isotropic_sample_without_a_usable_voxel_size_is_named_at_the_start(t
     assert crops == {"zfine": "crop_once", "fine": "crop"}, crops
 
 
+def test_an_image_that_cannot_take_its_scale_is_named_at_the_start(tmp_path):
+    """A walkthrough: a 2-D image at the default scale 2,2,2 went through a dry run unsaid (``selfres
+    inspect`` says it) and failed at crop after its normalise. Now said at the start, with the crop
+    step's words, and its crop tried once; a stack too thin for its z factor alike."""
+    wd = make_workdir(tmp_path, samples={"plane": {"path": "../data/plane.tif"}, "thin": {"path": "../data/thin.tif"},
+                                         "flat": {"path": "../data/flat.tif", "scale": "1,2,2"}, "fine": {}})
+    rng = np.random.default_rng(0)
+    for name, shape in (("plane", (48, 48)), ("thin", (3, 48, 48)), ("flat", (48, 48))):
+        tifffile.imwrite(wd / "data" / f"{name}.tif", rng.integers(0, 200, shape, dtype=np.uint16), imagej=True,
+                         metadata={"axes": "ZYX"[-len(shape):]})
+    plan = run_snakemake(wd, "-n", "--config", "scale=2,2,2", timeout=120)
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert ("sample 'plane': its acquisition data/plane.tif is a 2-D image (shape (1, 48, 48), one z slice): it "
+            "cannot be scaled along z (scale 2,2,2); give the sample scale 1,2,2" in plan.stderr), plan.stderr[-3000:]
+    assert ("sample 'thin': its acquisition data/thin.tif: the volume (shape (3, 48, 48)) has 3 slices; scale 2 "
+            "along z needs at least 4" in plan.stderr), plan.stderr[-3000:]
+    assert plan.stderr.count("that sample fails at crop; with --keep-going") == 2
+    assert "sample 'flat'" not in plan.stderr and "sample 'fine'" not in plan.stderr
+    crops = {j["sample"]: j["rule"] for j in parse_snakemake_log(plan.stdout + plan.stderr)["jobs"]
+             if j["rule"].startswith("crop")}
+    assert crops == {"plane": "crop_once", "thin": "crop_once", "flat": "crop", "fine": "crop"}, crops
+
+
 def test_write_tiny_tiff_is_valid(tmp_path):
     """Guard for the builders: the good tiny acquisition itself reads cleanly."""
     p = write_tiny_tiff(tmp_path / "ok.tif")

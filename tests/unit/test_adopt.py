@@ -79,7 +79,7 @@ def _source_meta(**kw) -> dict:
     """A source's model.json metadata as trained on another machine, with its own records."""
     return {"sample": "src", "mode": "enhance", "factors": [1, 2, 2], "best_step": 0, "settings": {},
             "flags": ["saturated_input", "early_stopped"], "self_validation": {"psnr_model": 31.0, "psnr_interp": 30.0},
-            "train_seconds": 123.0, "voxel_size_in": [1.0, 0.2, 0.2], "device": "cuda:0",
+            "train_seconds": 123.0, "fit_seconds": 120.0, "voxel_size_in": [1.0, 0.2, 0.2], "device": "cuda:0",
             "ran_on": {"device": "cuda:0", "device_name": "NVIDIA A100", "host": "gpu-node-7"},
             "acquisition": T0, "guard_amp": True, "acquisition_noise": [[0.0, 1e-4]],
             "correction_noise": [[0.0, 5e-5]]} | kw
@@ -112,7 +112,7 @@ def test_an_adopters_model_json_names_the_trainer_and_this_samples_own_machine_v
         out = _adopt(meta, vol)
     assert out["adopted_from"] == {"sample": "src", "self_validation": meta["self_validation"],
                                    "flags": ["saturated_input", "early_stopped"], "train_seconds": 123.0,
-                                   "voxel_size_in": [1.0, 0.2, 0.2], "ran_on": meta["ran_on"], "acquisition": T0}
+                                   "fit_seconds": 120.0, "voxel_size_in": [1.0, 0.2, 0.2], "ran_on": meta["ran_on"], "acquisition": T0}
     assert out["sample"] == "b" and out["voxel_size_in"] == [1.0, 0.25, 0.25]
     assert out["device"] == "cpu" and out["ran_on"] == models.ran_on("cpu") != meta["ran_on"]
     assert out["guard_amp"] is False  # this sample's infer.amp, as QC re-scores its guard

@@ -674,6 +674,7 @@ def test_stage_train_infer_and_self_validation_write_the_contract_outputs(tmp_pa
     for key in ("sample", "voxel_size_in", "self_validation", "best_step", "steps_done", "stop_reason", "flags",
                 "train_seconds", "settings", "device"):
         assert key in meta
+    assert 0 < meta["fit_seconds"] <= meta["train_seconds"]  # the loop, within the job
     # only the train values this mode reads: not enhance's steps or loss, which it does not use
     assert set(meta["settings"]) == set(ISOTROPIC_TRAIN_KEYS) and "noise" not in meta["settings"]["degradation"]
     assert (tmp_path / "model" / "training_log.tsv").read_text().startswith(

@@ -472,3 +472,28 @@ def test_a_single_plane_is_described_as_a_2d_network_on_pixels_without_a_z_size(
     assert ("The whole field of view, 130×133 pixels (y, x) of 0.5119 × 0.5119 µm, was restored to 260×266 pixels "
             "(y, x) of 0.256 × 0.256 µm") in text, text
     assert "voxels (z, y, x)" not in text
+
+
+def test_the_training_time_is_the_loops_not_the_jobs_with_its_guard():
+    """model.json's ``fit_seconds`` (the training loop) is what "trained for" says; a job's
+    ``train_seconds`` also holds the guard's re-scoring (a walkthrough: a ×4 job of 67 s, 2 s of it
+    training). A model without the figure (written before it) keeps the job's."""
+    prov = PROVENANCE | {"model": PROVENANCE["model"] | {"fit_seconds": 2.0}}
+    text = methods_text.methods_text(_enhance(train_seconds=67.0), prov)
+    assert "on crops of this volume alone for 2 s on CPU" in text and "1.1 min" not in text
+    assert "alone for 11.4 s on CPU" in methods_text.methods_text(_enhance(), PROVENANCE)
+    trainer = {"sample": "lapse_t0", "train_seconds": 95.0, "fit_seconds": 30.0}
+    adopted = PROVENANCE | {"model": PROVENANCE["model"] | {"adopted_from": trainer}}
+    assert "(sample lapse_t0) alone for 30 s" in methods_text.methods_text(_enhance(adopted_from="lapse_t0"), adopted)
+
+
+def test_the_channel_and_time_point_of_the_file_are_named():
+    """A ``_c1`` sample's paragraph says which channel of the acquisition it restored (a walkthrough)."""
+    part = {"channel": 1, "channel_name": "GFP", "timepoint": 3}
+    text = methods_text.methods_text(_enhance(), PROVENANCE | {"input_part": part})
+    assert text.startswith('The volume (channel 1, "GFP", time point 3 of the acquisition, indices from 0) was '
+                           "restored with")
+    assert methods_text.methods_text(_enhance(), PROVENANCE | {"input_part": {"series": 2}}).startswith(
+        "The volume (image 2 of the acquisition, indices from 0) was restored")
+    only = PROVENANCE | {"input_part": {"channel_name": "DAPI"}}  # a file's only channel: nothing to tell apart
+    assert methods_text.methods_text(_enhance(), only).startswith("The volume was restored with")

@@ -946,6 +946,27 @@ def test_a_given_voxel_size_that_is_not_the_files_is_said(tmp_path, caplog):
     assert "voxel_size_file" not in io.read_volume(tmp_path / "file.ome.zarr").attrs
 
 
+def test_a_single_planes_given_z_size_is_not_compared_with_the_files(tmp_path, caplog):
+    """A single plane has no z step (its file's y pixel stands in): a sheet's z for it is no
+    disagreement with the file (a walkthrough: "3, 0.5, 0.5 µm is not the one p.tif records, 0.5,
+    0.5, 0.5 µm"); its y and x still are, said as the file's y and x."""
+    import tifffile
+
+    from selfres import io
+
+    src = tmp_path / "p.tif"
+    tifffile.imwrite(src, np.random.default_rng(0).random((32, 32)).astype(np.float32), imagej=True,
+                     resolution=(2.0, 2.0), metadata={"unit": "um"})
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_normalise(src, tmp_path / "z.ome.zarr", sample="s", voxel_size=(3.0, 0.5, 0.5))
+    assert "is not the one" not in caplog.text
+    assert io.read_volume(tmp_path / "z.ome.zarr").voxel_size == (3.0, 0.5, 0.5)  # as given
+    with caplog.at_level("WARNING", logger="selfres"):
+        pipeline.stage_normalise(src, tmp_path / "y.ome.zarr", sample="s", voxel_size=(3.0, 0.25, 0.5))
+    assert re.search(r"3, 0\.25, 0\.5 µm, is not the one .*p\.tif records, y, x 0\.5, 0\.5 µm \(a single plane: no z "
+                     r"step\); the given one is used$", caplog.text, re.M), caplog.text
+
+
 def test_the_qc_log_line_gives_the_scores_in_dB_and_the_references_not_a_raw_dict():
     """qc.log printed ``self_validation`` as a dict of 15-digit floats and left out the scores
     against a reference that had been computed (a walkthrough)."""
@@ -1148,6 +1169,8 @@ def test_a_rerun_that_changes_only_the_guards_extras_takes_the_finished_training
     assert again["self_validation"]["psnr_network"] == first["self_validation"]["psnr_network"]
     assert again["self_validation"]["psnr_model"] != first["self_validation"]["psnr_model"]  # guarded with extras
     assert again["train_seconds"] >= first["train_seconds"]  # the training's time, not the take-up's alone
+    # the loop alone, under the job's (set-up and guard): a take-up's is the loop it took up
+    assert 0 < first["fit_seconds"] <= first["train_seconds"] and again["fit_seconds"] >= first["fit_seconds"]
     assert again["training_taken_up"] is True and first["training_taken_up"] is False
     # where the network was trained, and where this job guarded it
     assert again["ran_on"] == first["ran_on"] and again["guard_ran_on"]["torch_threads"] == 1

@@ -171,6 +171,8 @@ _CHOICE_PROBLEMS = {}
 _VOXEL_SIZE_SLIPS = {}
 #: {sample: problem} of the isotropic rows whose voxel size gives no factor isotropic mode accepts (none known...)
 _ISOTROPIC_VOXEL_PROBLEMS = {}
+#: {sample: problem} of the enhance rows whose image cannot take their scale (a 2-D image at z factor 2...)
+_ENHANCE_SHAPE_PROBLEMS = {}
 #: every id an `all` expansion made, refused ones included (their acquisition's export waits on them)
 EXPANDED_IDS = set()
 
@@ -201,6 +203,8 @@ def _sample_table():
         _CHOICE_PROBLEMS.update(_sheet.choice_problems(sheet, counts))
         _VOXEL_SIZE_SLIPS.update(_sheet.voxel_size_slips(sheet, counts))  # said at the start (below)
         _ISOTROPIC_VOXEL_PROBLEMS.update(_sheet.isotropic_voxel_problems(sheet, counts, default_mode=config["mode"]))
+        _ENHANCE_SHAPE_PROBLEMS.update(_sheet.enhance_shape_problems(sheet, counts, default_mode=config["mode"],
+                                                                     default_scale=config["scale"]))
         counts.save()
     # model_from: a sample restored with another sample's model (same mode; enhance: same scale)
     sheet = _sheet.resolve_first_timepoint(sheet, refused=alone)  # model_from=first_timepoint: {series}_t0's model
@@ -401,9 +405,9 @@ if workflow.is_main_process and getattr(_snakemake_args(), "executor", None) == 
 
 #: Samples the start of the run found unable to pass their normalise (the acquisition missing, closed to
 #: this account, a vendor's format, an image or channel the file lacks) or their crop (isotropic mode
-#: without a usable voxel size): such a job fails alike however often it is tried, so it runs once
-#: (rules normalise_once, crop_once: retries 0) instead of once more per retry of the profile's
-#: (profiles/slurm: 2, each asking more memory and time, each queued again). Worked out by the
+#: without a usable voxel size; an image that cannot take its scale): such a job fails alike however often
+#: it is tried, so it runs once (rules normalise_once, crop_once: retries 0) instead of once more per retry
+#: of the profile's (profiles/slurm: 2, each asking more memory and time, each queued again). Worked out by the
 #: main process; a job's own evaluation (on a Slurm node) is told its rule by name.
 FAILS_AT_NORMALISE, FAILS_AT_CROP = set(), set()
 
@@ -472,6 +476,12 @@ if workflow.is_main_process:
             FAILS_AT_CROP.add(_s)
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}: "
                   f"{_ISOTROPIC_VOXEL_PROBLEMS[_s]}; that sample fails at crop; with --keep-going, as the profiles "
+                  "set, the others go on", file=sys.stderr)
+        if _s in _ENHANCE_SHAPE_PROBLEMS and _s not in FAILS_AT_NORMALISE:  # a 2-D image at a z factor: said now
+            FAILS_AT_CROP.add(_s)
+            _what = _ENHANCE_SHAPE_PROBLEMS[_s]
+            print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}"
+                  f"{' ' if _what.startswith('is ') else ': '}{_what}; that sample fails at crop; with --keep-going, as the profiles "
                   "set, the others go on", file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist"

@@ -119,12 +119,15 @@ th.sortable{cursor:pointer;user-select:none}th.sortable:after{content:" \\2195";
 """
 
 
-def _page(title: str, body: str, *, script: str = "") -> str:
+def _page(title: str, body: str, *, script: str = "", max_width_px: int | None = None) -> str:
+    """An HTML page; ``max_width_px`` widens the body (the summary's table: at the reports' 1150 px
+    its last columns, times and errors, scrolled out of sight on a 1400-px window, a walkthrough)."""
     js = f"<script>{script}</script>" if script else ""
+    wide = f"body{{max-width:{int(max_width_px)}px}}" if max_width_px else ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>\n"
+        f"<title>{esc(title)}</title><style>{_CSS}{wide}</style></head><body>\n"
         f"{body}\n{js}</body></html>\n"
     )
 
@@ -954,6 +957,9 @@ def _z_only_text(shape_in: Any, shape_out: Any) -> bool:
 
 
 #: Hover texts of the summary table's headers whose column is not what its name alone says.
+#: The summary page's width: its table has 14 or 15 columns (the reports' pages keep 1150 px)
+SUMMARY_MAX_WIDTH_PX = 1700
+
 SUMMARY_HEADER_TITLES = {
     "train (s)": "seconds of training; a sample restored with another sample's model (model_from): of its "
                  "adopt job (the held-out check of that model on this sample), no training",
@@ -1129,9 +1135,9 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
         ]
         for c in (*gains, "isotropy_in", "isotropy_out", "isotropy_interp"):
             v = num(r[c])
-            signed = "+" if c in gains and v is not None and v > 0 else ""  # a gain reads as one: +1.55
-            cells.append(f'<td class="num" data-v="{"" if v is None else repr(v)}">'
-                         f"{signed}{esc(fmt(v))}</td>")
+            # a gain reads as one, in dB to two decimals as the reports give it: +1.57, +1.20 (not +1.568, +1.2)
+            shown = fmt(v) if c not in gains or v is None else f"{v:+.2f}" if round(v, 2) else "0.00"
+            cells.append(f'<td class="num" data-v="{"" if v is None else repr(v)}">{esc(shown)}</td>')
         flags = [f for f in str(r["flags"] or "").split(";") if f]
         flag_html = ", ".join(
             f'<span title="{esc(" ".join(explain_flag(f)))}">{esc(f)}</span>' for f in flags)
@@ -1223,4 +1229,4 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
         "interpolated noise as detail, so those two columns are hints, not measurements. Click a "
         "sample for its report.</p>"
         + table + (f"<h2>Flags in this run</h2><ul>{legend}</ul>" if legend else ""))
-    return _page("selfres summary", body_html, script=_SORT_JS)
+    return _page("selfres summary", body_html, script=_SORT_JS, max_width_px=SUMMARY_MAX_WIDTH_PX)

@@ -275,9 +275,11 @@ def test_render_summary():
     # what to look at: the fallback, and where to read why (the report), without a reason it may contradict
     assert "the guard found no clear gain over z-cubic interpolation on the held-out region (its report" in page
     assert "1 ok</span> · " in page  # no count of ok samples that lost: there is none
-    # a gain reads as one (+2.5 beside -1), and the wide table scrolls inside the page
-    assert '<td class="num" data-v="2.5">+2.5</td>' in page and '<td class="num" data-v="-1.0">-1</td>' in page
+    # a gain reads as one, in dB to two decimals as the reports say it (+2.50 beside -1.00, not +2.5 and -1:
+    # a walkthrough read "+1.2" beside "+1.665"), and the wide table scrolls inside a page wider than a report's
+    assert '<td class="num" data-v="2.5">+2.50</td>' in page and '<td class="num" data-v="-1.0">-1.00</td>' in page
     assert '<div style="overflow-x:auto"><table class="sortable">' in page
+    assert "body{max-width:1700px}</style>" in page and "1700px" not in report._page("a sample's report", "")
     assert "held-out PSNR gain (dB)" in page and "<th>PSNR gain against the reference (dB)</th>" in page
     unreferenced = report.render_summary([{**r, "reference": None} for r in ROWS])
     assert "against the reference" not in unreferenced  # none was given: no empty column
@@ -292,7 +294,7 @@ def test_the_summary_gives_the_gain_against_a_reference_where_one_was_given():
     assert df["reference_gain"].tolist() == [4.0, pytest.approx(np.nan, nan_ok=True), 4.0, 4.76]
     page = report.render_summary(ROWS + [with_ref])
     row = re.search(r'<tr class="">(<td data-v="r">.*?)</tr>', page).group(1)
-    assert '<td class="num" data-v="2.5">+2.5</td><td class="num" data-v="4.76">+4.76</td>' in row
+    assert '<td class="num" data-v="2.5">+2.50</td><td class="num" data-v="4.76">+4.76</td>' in row
     assert report.summary_table([{"sample": "x", "reference_gain": -0.25}]).loc[0, "reference_gain"] == -0.25
 
 
@@ -1660,11 +1662,13 @@ def test_the_detail_of_a_bead_peaking_between_acquired_planes_shows_the_output_p
 
 
 def test_summary_signs_only_a_psnr_gain_above_zero():
-    """A gain reads as one (+2.5), but isotropy is a ratio: "+0.5" in its columns read as an
-    improvement, and a gain of exactly 0 is no gain ("+0")."""
+    """A gain reads as one (+2.50), but isotropy is a ratio: "+0.5" in its columns read as an
+    improvement, and a gain of exactly 0 (or one that rounds to it) is no gain ("+0", "-0.00")."""
     row = {**_metrics(sample="a", self_validation={"psnr_model": 30.0, "psnr_interp": 30.0}), "status": "ok"}
     page = report.render_summary([row])
-    assert '<td class="num" data-v="0.0">0</td>' in page
+    assert '<td class="num" data-v="0.0">0.00</td>' in page
+    tiny = {**_metrics(sample="b", self_validation={"psnr_model": 30.0, "psnr_interp": 30.004}), "status": "ok"}
+    assert 'data-v="-0.004">0.00</td>' in report.render_summary([tiny])  # not -0.00
     assert '<td class="num" data-v="0.5">0.5</td>' in page and '<td class="num" data-v="0.83">0.83</td>' in page
 
 

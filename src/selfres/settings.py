@@ -113,9 +113,6 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
                                "inbox acquisitions) or in the file metadata",
                          sample=sample)
     vz, vy, vx = (float(v) for v in voxel_size)
-    if warn and not square_pixels(voxel_size):  # (not at a run's start: the sample's own crop says it)
-        logging.getLogger("selfres.isotropic").warning(
-            "lateral voxel sizes differ (y %.4g, x %.4g µm); using their mean", vy, vx)
     vxy = 0.5 * (vy + vx)
     f = vz / vxy
     given = f"voxel size z,y,x {vz:g}, {vy:g}, {vx:g} µm"
@@ -136,6 +133,11 @@ def isotropic_factor(voxel_size: Sequence[float] | None, *, path: str = "<volume
                                "written in nm (or a lateral pixel in mm) gives such a factor; correct it in the sample "
                                "sheet column voxel_size (selfres restore: --voxel-size), which overrides the file "
                                "metadata", sample=sample)
+    # said only for a voxel size the mode takes (not at a run's start: the sample's own crop says it); a
+    # refused one's error says what is wrong (a walkthrough: x,y,z typed read this warning first)
+    if warn and not square_pixels(voxel_size):
+        logging.getLogger("selfres.isotropic").warning(
+            "lateral voxel sizes differ (y %.4g, x %.4g µm); using their mean", vy, vx)
     return f
 
 

@@ -88,6 +88,11 @@ def test_the_factor_of_non_square_pixels_warns_that_it_uses_their_mean(caplog):
         iso.isotropic_factor((1.0, 0.2, 0.3), path="a.tif", warn=False)
         iso.isotropic_factor((1.0, 0.2, 0.205), path="a.tif")  # within 5 %: square
     assert "lateral voxel sizes differ" not in caplog.text
+    # a voxel size the mode refuses (x,y,z typed: 0.2, 0.2, 1.0 read z,y,x) gets its error alone, not this
+    # warning first (a walkthrough)
+    with caplog.at_level("WARNING"), pytest.raises(InputError, match="finer than the lateral pixel"):
+        iso.isotropic_factor((0.2, 0.2, 1.0), path="a.tif")
+    assert "lateral voxel sizes differ" not in caplog.text
 
 
 @pytest.mark.parametrize("nz, held", [(4, [1, 3]), (5, [1, 3]), (6, [1, 4]), (7, [1, 4]), (8, [2, 6]),

@@ -614,9 +614,11 @@ def choose_training_fov(
                 held[ax] = inner
                 rest[ax] = (inner[1], n) if inner[0] < n - inner[1] else (0, inner[0])
                 hold_region, rest = tuple(held), tuple(rest)
-                where = (f"at {'zyx'[ax]} {inner[0]}–{inner[1]}, the slab nearest an end that holds "
-                         f"{holdout_fraction:.0%} of the specimen's foreground (every end slab held little structure: "
-                         "mostly background)")
+                # first–last, as the report writes the held-out box beside this reason (an end-excluded
+                # "x 20–48" beside the box's "x 20–47" read as one slab given two ways)
+                where = (f"at {'zyx'[ax]} {inner[0]}–{inner[1] - 1} (first–last), the slab nearest an end that "
+                         f"holds {holdout_fraction:.0%} of the specimen's foreground (every end slab held little "
+                         "structure: mostly background)")
                 break
     train, tscore = score.best_window(rest, max_voxels, multiple)
     holdout, hscore = score.best_window(hold_region, max(max_voxels // 4, min_holdout_voxels), multiple,

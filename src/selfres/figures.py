@@ -715,8 +715,10 @@ def figure_detail(
         "restored": (np.asarray(restored[z, y, x0:x1], dtype=np.float32), vout[2], x0),
     }
     _profile_panel(ax, profiles, colors, labels=shown, xlabel=f"x ({unit})",
+                   # y on a line of its own: on one line a title with 4-digit positions ran past the figure's
+                   # right edge ("y=32.63 µ", a walkthrough's confocal nucleus)
                    title=f"line profile at z={(z + 0.5) * vout[0]:.4g} {unit} (raw {(iz + 0.5) * vin[0]:.4g} "
-                         f"{unit}), y={line_y_phys:.4g} {unit}")
+                         f"{unit}),\ny={line_y_phys:.4g} {unit}")
     return _fig_to_png(fig)
 
 

@@ -5,6 +5,8 @@ without any error; the PNG itself is not pinned."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -207,7 +209,27 @@ def test_the_lateral_detail_crops_one_region_on_both_grids_and_its_line_and_rang
     res_line = next(ln for ln in profile.get_lines() if ln.get_label() == "restored")
     np.testing.assert_array_equal(res_line.get_ydata(), restored[z_raw, round(y), round(x0 / 0.3):round(x1 / 0.3)])
     # every position in the profile's title has its unit (a walkthrough: "z=103 (raw 102)" beside "z=102 µm")
-    assert profile.get_title() == f"line profile at z=2.5 µm (raw 2.5 µm), y={line_y:.4g} µm", profile.get_title()
+    assert profile.get_title() == f"line profile at z=2.5 µm (raw 2.5 µm),\ny={line_y:.4g} µm", profile.get_title()
+
+
+def test_the_detail_profiles_title_stays_inside_the_figure_with_four_digit_positions(monkeypatch):
+    """A walkthrough's confocal nucleus (voxels 0.4994, 0.5119, 0.5119 µm, ×2): the profile's title,
+    on one line, ran past the figure's right edge and lost its unit ("y=32.63 µ")."""
+    drawn = captured_figures(monkeypatch)
+    rng = np.random.default_rng(3)
+    raw = rng.random((45, 130, 133)).astype(np.float32)
+    raw[22, 63:66, 68:71] += 5.0
+    up = np.repeat(np.repeat(np.repeat(raw, 2, 0), 2, 1), 2, 2)
+    figures.figure_detail(raw=raw, interp=up, restored=up, voxel_size_in=(0.4994, 0.5119, 0.5119),
+                          voxel_size_out=(0.2497, 0.25595, 0.25595))
+    fig = drawn[-1]
+    profile = fig.axes[3]
+    assert all(len(f"{v:.4g}") >= 5 for v in map(float, re.findall(r"=([0-9.]+)", profile.get_title())))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    box = profile.title.get_window_extent(renderer)
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (profile.get_title(), box, fig.bbox.width)
 
 
 def test_the_axial_detail_is_a_square_in_micrometres_on_the_z_axis_of_each_grid(monkeypatch):

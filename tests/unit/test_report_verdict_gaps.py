@@ -121,6 +121,24 @@ def test_a_serial_models_kept_checkpoints_are_said_per_stage_over_its_two_traini
     assert "Kept checkpoint: step 20" in single and "stages" not in single.split("Kept checkpoint")[1][:300]
 
 
+def test_a_checkpoint_kept_by_its_coarse_scale_gain_is_said_to_be_scored_by_the_smaller_gain():
+    """Demo neurites: step 75 kept (held-out 33.38 dB) while later steps reached 33.86 dB, their
+    coarse-scale gain no higher; the text said only "a later validation replaces it only when its
+    score is more than 0.01 dB higher", which the held-out PSNR curve seemed to contradict."""
+    import pandas as pd
+
+    log = pd.DataFrame({"step": [25, 50, 75, 100], "loss": [1.0, 0.9, 0.8, 0.7],
+                        "val_psnr_model": [32.4, 33.0, 33.4, 33.9], "val_psnr_interp": [32.2] * 4,
+                        "val_coarse_gain": [0.07, 0.21, 0.25, 0.24]})
+    said = "its score is the smaller of its two gains over interpolation, held-out and coarse-scale"
+    page = _page(_enhance(best_step=75), training_log=log)
+    assert "Kept checkpoint: step 75 — " + said in page, page.split("Kept checkpoint")[1][:300]
+    # no coarse-scale check logged (×4, isotropic, train.scale_check false): the held-out gain is the score
+    for plain in (log.drop(columns="val_coarse_gain"), log.assign(val_coarse_gain=float("nan"))):
+        page = _page(_enhance(best_step=75), training_log=plain)
+        assert "Kept checkpoint: step 75 (a later validation" in page and said not in page
+
+
 def test_a_broken_outputs_verdict_names_the_flags_that_broke_it_and_no_others():
     m = {"self_validation": {"psnr_model": 31.0, "psnr_interp": 30.0}, "mode": "enhance",
          "flags": ["stopped_while_improving", "restored_not_finite"]}

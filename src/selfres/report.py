@@ -1231,7 +1231,11 @@ def render_summary(rows: Sequence[Mapping[str, Any]], *,
     body_html = (
         "<h1>selfres summary</h1>" + counts_html + look_html
         + "<p class=\"muted\">Click a column header to sort. PSNR gain = model − interpolation "
-        "(tricubic; z-cubic in isotropic mode) on the held-out self-validation region. Isotropy = "
+        "on the held-out self-validation region: in enhance mode over tricubic, on that region degraded "
+        "once more (one scale coarser than the output); in isotropic mode over z-cubic, on held-out "
+        "lateral slices made to look axial. The two modes score different tasks, so their figures do "
+        "not rank against each other (sorting the column mixes them), and neither is the output's own "
+        "gain. Isotropy = "
         "lateral / axial resolution (1: isotropic), a decorrelation estimate that measures the "
         "input on its own grid; on a finer grid (<i>out</i>, <i>of interpolation</i>) it also reads "
         "interpolated noise as detail, so those two columns are hints, not measurements. Click a "

@@ -139,6 +139,20 @@ def test_a_checkpoint_kept_by_its_coarse_scale_gain_is_said_to_be_scored_by_the_
         assert "Kept checkpoint: step 75 (a later validation" in page and said not in page
 
 
+def test_the_undershoot_flag_gives_the_share_qc_measured_not_only_its_threshold():
+    """The demo's beads: 0.41 % of the QC window below the threshold (tricubic 0 %), darkest voxel −0.198;
+    the flag's box said only "over 0.1 % of the QC window", and the README quoted another run's 0.54 %."""
+    check = {"undershoot": {"output": 0.004083, "interpolation": 0.0, "below": -0.05, "output_min": -0.1982,
+                            "detectable": True}}
+    page = _page(_enhance(flags=["restored_undershoots"], restored_check=check))
+    box = page.split('id="flag-restored_undershoots"')[1].split("</div>")[0]
+    assert "Here: 0.41 % of the QC window (the interpolation: 0 %); the darkest output voxel at -0.198" \
+        in box, box
+    # a report without the measurement (an older metrics.json) keeps the explanation alone
+    bare = _page(_enhance(flags=["restored_undershoots"]))
+    assert "Here:" not in bare.split('id="flag-restored_undershoots"')[1].split("</div>")[0]
+
+
 def test_a_broken_outputs_verdict_names_the_flags_that_broke_it_and_no_others():
     m = {"self_validation": {"psnr_model": 31.0, "psnr_interp": 30.0}, "mode": "enhance",
          "flags": ["stopped_while_improving", "restored_not_finite"]}

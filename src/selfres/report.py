@@ -917,7 +917,10 @@ def render_sample_report(
             parts.append(_img_tag(figures["beads"], alt="bead profiles and FWHM"))
 
     # --- a methods section's paragraph
-    methods = methods_text(metrics, provenance)
+    coarse_logged = (df is not None and "val_coarse_gain" in df.columns
+                     and pd.to_numeric(df["val_coarse_gain"], errors="coerce").notna().any())
+    methods = methods_text(metrics, provenance,
+                           scale_checked=bool(coarse_logged and metrics.get("mode") != "isotropic"))
     if methods:
         parts.append('<h2 id="methods">Methods text</h2>')
         parts.append("<p>For a paper's methods section: what was done to this sample, with its figures. Check "

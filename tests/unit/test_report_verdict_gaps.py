@@ -133,10 +133,16 @@ def test_a_checkpoint_kept_by_its_coarse_scale_gain_is_said_to_be_scored_by_the_
     said = "its score is the smaller of its two gains over interpolation, held-out and coarse-scale"
     page = _page(_enhance(best_step=75), training_log=log)
     assert "Kept checkpoint: step 75 — " + said in page, page.split("Kept checkpoint")[1][:300]
+    # the methods text, for a paper, said it "scored best on a region of the volume held out of training"
+    methods = page.split('class="methods">')[1].split("</blockquote>")[0]
+    assert ("The checkpoint kept (step 75) had the best score, the smaller of its gains over tricubic "
+            "interpolation on a region of the volume held out of training and on the volume one scale coarser."
+            in methods and "scored best" not in methods), methods
     # no coarse-scale check logged (×4, isotropic, train.scale_check false): the held-out gain is the score
     for plain in (log.drop(columns="val_coarse_gain"), log.assign(val_coarse_gain=float("nan"))):
         page = _page(_enhance(best_step=75), training_log=plain)
         assert "Kept checkpoint: step 75 (a later validation" in page and said not in page
+        assert "The checkpoint kept (step 75) scored best on a region of the volume held out of training." in page
 
 
 def test_the_undershoot_flag_gives_the_share_qc_measured_not_only_its_threshold():

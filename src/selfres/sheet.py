@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import copy
 import csv
+import dataclasses
 import functools
 import json
 import math
@@ -24,7 +25,7 @@ import pandas as pd
 
 from . import __version__
 from .errors import ConfigError
-from .settings import DEFAULT_SCALE, merge_settings, parse_scale
+from .settings import DEFAULT_SCALE, Settings, merge_settings, parse_scale
 
 __all__ = ["SAMPLE_ID", "FileCounts", "check_model_sources", "check_results_dirs", "check_sample_id", "check_sample_row",
            "expand_channels", "expand_series", "expand_timepoints", "inbox_table", "merge_settings",
@@ -88,6 +89,10 @@ def _expected_form(err) -> str:
     return "of the form: " + (said if len(said) <= 120 else said[:117] + "...")
 
 
+#: the config sections a sheet column may override (``train.steps``…): those of :class:`selfres.settings.Settings`
+OVERRIDE_SECTIONS = tuple(f.name for f in dataclasses.fields(Settings))
+
+
 def _schema_message(err) -> str:
     """A one-line account of a jsonschema error: column, value, what is allowed."""
     col = err.path[-1] if err.path else None
@@ -98,9 +103,24 @@ def _schema_message(err) -> str:
     if v == "pattern":
         return f"column {col!r}: {err.instance!r} is not {_expected_form(err)}"
     if v == "additionalProperties":
-        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-        return (f"unknown column(s) {', '.join(repr(e) for e in extra)}; allowed: "
-                f"{', '.join(err.schema.get('properties', {}))} and per-sample overrides like train.steps")
+        # the columns neither named nor per-sample overrides (train.steps…): those are allowed,
+        # and naming them here sent users after columns that were right
+        import difflib
+
+        known = list(err.schema.get("properties", {}))
+        patterns = [re.compile(p) for p in err.schema.get("patternProperties", {})]
+        extra = sorted(e for e in set(err.instance) - set(known) if not any(p.search(e) for p in patterns))
+
+        def named(column):
+            head, dot, rest = column.partition(".")
+            if not dot:
+                close = difflib.get_close_matches(column, known, n=1)
+            else:  # a mistyped section (trian.steps); a key of a section is checked as the jobs read it
+                close = [] if head in OVERRIDE_SECTIONS else difflib.get_close_matches(head, OVERRIDE_SECTIONS, n=1)
+            return repr(column) + (f" (did you mean {(close[0] + dot + rest)!r}?)" if close else "")
+
+        return (f"unknown column(s) {', '.join(named(e) for e in extra)}; allowed: "
+                f"{', '.join(known)} and per-sample overrides like train.steps")
     if v == "required":
         return f"{err.message}"
     if v == "minLength":

@@ -731,6 +731,23 @@ def test_a_sheet_override_keeps_the_bounds_the_config_keeps(tmp_path, column, va
     assert sheet["sample"].tolist() == ["b"] and list(refused) == ["a"]
 
 
+@pytest.mark.parametrize("header, named, suggested", [
+    ("trian.steps", "'trian.steps'", "'train.steps'"),
+    ("refrence", "'refrence'", "'reference'"),
+])
+def test_an_unknown_column_is_named_alone_not_beside_the_overrides_that_are_right(tmp_path, header, named,
+                                                                                   suggested):
+    """A mistyped column in a sheet with per-sample overrides named the overrides too ('unknown
+    column(s) 'qc.beads', 'train.psf_sigma_um', 'trian.steps'' for the demo sheet plus
+    trian.steps): the user was sent to mend the columns that were right."""
+    p = _sheet(tmp_path, f"sample\tpath\tqc.beads\ttrain.degradation.noise\t{header}\na\ta.tif\ttrue\tnone\t5\n")
+    with pytest.raises(ConfigError) as err:
+        read_sample_sheet(p, schema=SCHEMA)
+    message = str(err.value)
+    assert f"unknown column(s) {named} (did you mean {suggested}?)" in message
+    assert "qc.beads" not in message and "train.degradation.noise" not in message
+
+
 def test_a_sheet_override_within_the_bounds_passes_as_the_jobs_read_it(tmp_path):
     p = _sheet(tmp_path, "sample\tpath\ttrain.learning_rate\ttrain.steps\ttrain.psf_sigma_um\n"
                          "a\ta.tif\t1e-3\t1e3\t1,0.5,0.5\n")

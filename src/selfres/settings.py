@@ -206,6 +206,23 @@ def parse_scale(text, *, name: str = "scale", sample: str | None = None) -> tupl
     return vals
 
 
+def _within_schema(key: str, value: Any, *, minimum: float | None = None, exclusive_minimum: float | None = None,
+                   maximum: float | None = None) -> None:
+    """Refuse ``value`` of the setting ``key`` (a number, or each number of a triple) outside the bounds
+    the config schema gives it, in the schema check's words: ``selfres restore --settings`` and the
+    stage commands are not checked against the schema (a learning rate of -0.001 failed training
+    with 'this is a bug'). ``None`` passes (an optional value not given)."""
+    for v in (value if isinstance(value, (tuple, list)) else (value,)):
+        if v is None:
+            continue
+        if minimum is not None and v < minimum:
+            raise ConfigError(f"{key}: {v!r} is less than the minimum of {minimum!r}")
+        if exclusive_minimum is not None and v <= exclusive_minimum:
+            raise ConfigError(f"{key}: {v!r} is less than or equal to the minimum of {exclusive_minimum!r}")
+        if maximum is not None and v > maximum:
+            raise ConfigError(f"{key}: {v!r} is greater than the maximum of {maximum!r}")
+
+
 @dataclass(frozen=True)
 class NormaliseSettings:
     """Robust percentile normalisation (values map ``low → 0``, ``high → 1``)."""
@@ -220,6 +237,7 @@ class NormaliseSettings:
                 "normalise: need 0 <= low_percentile < high_percentile <= 100, got "
                 f"{self.low_percentile} and {self.high_percentile}"
             )
+        _within_schema("normalise.max_sample_voxels", self.max_sample_voxels, minimum=1000)
 
 
 @dataclass(frozen=True)
@@ -237,6 +255,7 @@ class FovSettings:
             )
         if self.max_voxels < 4096:
             raise ConfigError(f"fov.max_voxels must be >= 4096, got {self.max_voxels}")
+        _within_schema("fov.min_holdout_voxels", self.min_holdout_voxels, minimum=64)
 
 
 @dataclass(frozen=True)
@@ -281,6 +300,10 @@ class DegradationSettings:
             )
         if self.na is not None and (self.wavelength_um is None or self.refractive_index is None):
             raise ConfigError("degradation.na needs wavelength_um and refractive_index too")
+        _within_schema("train.degradation.sigma_um", self.sigma_um, minimum=0)
+        for name in ("na", "wavelength_um", "refractive_index", "gain"):
+            _within_schema(f"train.degradation.{name}", getattr(self, name), exclusive_minimum=0)
+        _within_schema("train.degradation.read_sigma", self.read_sigma, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -352,6 +375,12 @@ class TrainSettings:
         if not (self.guard_confidence == 0 or 0.5 <= self.guard_confidence < 1):
             raise ConfigError(f"train.guard_confidence must be 0 (off), or at least 0.5 and below 1, "
                               f"got {self.guard_confidence}")
+        _within_schema("train.width", self.width, minimum=4, maximum=256)
+        _within_schema("train.depth", self.depth, minimum=1, maximum=32)
+        _within_schema("train.max_minutes", self.max_minutes, exclusive_minimum=0)
+        _within_schema("train.learning_rate", self.learning_rate, exclusive_minimum=0)
+        _within_schema("train.warmup_steps", self.warmup_steps, minimum=0)
+        _within_schema("train.patience", self.patience, minimum=1)
         self.degradation.validate()
 
 
@@ -405,6 +434,9 @@ class QcSettings:
     beads: bool = False
     resolution: bool = True
     max_resolution_slices: int = 16
+
+    def validate(self) -> None:
+        _within_schema("qc.max_resolution_slices", self.max_resolution_slices, minimum=1)
 
 
 #: the ``train`` values isotropic mode reads (its restorer has its own net, loss, steps and
@@ -772,6 +804,9 @@ class IsotropicSettings:
         for name in ("gan_weight", "cycle_weight", "feedback_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"isotropic.{name} must be >= 0, got {getattr(self, name)}")
+        _within_schema("isotropic.width", self.width, maximum=256)
+        _within_schema("isotropic.depth", self.depth, maximum=32)
+        _within_schema("isotropic.patch_size", self.patch_size, minimum=8)
 
 
 @dataclass(frozen=True)

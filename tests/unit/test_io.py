@@ -1584,12 +1584,12 @@ def test_inspect_tells_each_image_its_channels_time_points_voxel_size_and_output
             "1 z x 4 y x 4 x)") in capsys.readouterr().out
     # ... unless the config's fov settings allow a smaller region
     assert cli.main(["inspect", str(thin), "--scale", "1,2,2", "--training-fov", "0:3,0:12,0:8",
-                     "--settings", '{"fov": {"min_holdout_voxels": 16}}']) == 0
+                     "--settings", '{"fov": {"min_holdout_voxels": 64}}']) == 0
     assert "enhance 1,2,2: output 3×24×28" in capsys.readouterr().out
     mid = _imagej(tmp_path / "mid.tif", _vol(shape=(3, 30, 40)), voxel=(1.0, 0.4, 0.5))
     assert cli.main(["inspect", str(mid), "--scale", "1,2,2"]) == 0
     assert "enhance 1,2,2: not possible — volume of shape (3, 30, 40) is too small" in capsys.readouterr().out
-    assert cli.main(["inspect", str(mid), "--scale", "1,2,2", "--settings", '{"fov": {"min_holdout_voxels": 16}}']) == 0
+    assert cli.main(["inspect", str(mid), "--scale", "1,2,2", "--settings", '{"fov": {"min_holdout_voxels": 64}}']) == 0
     assert "enhance 1,2,2: output 3×60×80" in capsys.readouterr().out
     wide = _imagej(tmp_path / "wide.tif", _vol(shape=(3, 48, 60)), voxel=(1.0, 0.4, 0.5))
     assert cli.main(["inspect", str(wide), "--scale", "1,2,2"]) == 0

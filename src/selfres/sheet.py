@@ -257,7 +257,31 @@ def _config_message(err) -> str:
     if err.validator == "pattern":
         return f"{key}: {value} is not {_expected_form(err)}"
     message = err.message if len(err.message) <= 200 else err.message[:197] + "..."
+    if err.validator == "type" and key and err.instance is None:  # `infer:` with every key under it commented out
+        message = ("empty (every key under it commented out?): delete the line, or indent a key under it"
+                   if err.schema.get("type") == "object" else
+                   f"no value given: delete the line for the default, or give one{_written_like(err.schema)}")
+    elif err.validator == "type" and key:  # a list where text goes (scale: [1, 2, 2]) or text where a list goes
+        message += _written_like(err.schema)
     return f"{key}: {message}" if key else message
+
+
+def _written_like(spec: Mapping) -> str:
+    """How a value of the config key ``spec`` is written: its default's YAML (``"2,2,2"``,
+    ``[32, 128, 128]``), or for an empty or null default the shape it takes; ``""`` if neither."""
+    types = [t for t in (spec.get("type") if isinstance(spec.get("type"), list) else [spec.get("type")])
+             if t != "null"]
+    if len(types) != 1:  # (inbox_columns' cells: text, a number, true or false, a list)
+        return ""
+    default = spec.get("default")
+    if isinstance(default, str) or (default not in (None, [], {}) and not isinstance(default, dict)):
+        return f" (write it like {json.dumps(default)})"
+    if "array" in types:
+        n = spec.get("minItems")
+        return f" (write it as a list in brackets{f' of {n} values' if n else ''}, e.g. [a, b{', c' if n == 3 else ''}])"
+    if "object" in types:
+        return " (write it as keys indented under it, or as {key: value})"
+    return ""
 
 
 def sample_overrides(row: Mapping[str, str]) -> dict:

@@ -217,6 +217,12 @@ def test_psf_sigma_command_measures_a_bead_stack(tmp_path, capsys):
     ({"train": {"stepz": 3}}, "unknown key 'train.stepz' (did you mean 'train.steps'?); allowed in train: "),
     ({"train": {"loss": "l3"}}, "train.loss: 'l3' is not allowed; allowed values: 'mse', "),
     ({"infer": {"tile_size": "big"}}, "infer.tile_size: 'big' is not of type"),
+    # a list where text goes, text where a list goes, a section with every key commented out: how to write it
+    ({"scale": [1, 2, 2]}, "scale: [1, 2, 2] is not of type 'string' (write it like \"2,2,2\")"),
+    ({"infer": {"tile_size": "32,128,128"}}, "infer.tile_size: '32,128,128' is not of type 'array' (write it like "
+                                             "[32, 128, 128])"),
+    ({"train": {"psf_sigma_um": "2,0.5,0.5"}}, "(write it as a list in brackets of 3 values, e.g. [a, b, c])"),
+    ({"infer": None}, "infer: empty (every key under it commented out?): delete the line, or indent a key under it"),
     # YAML's .nan passes every jsonschema bound (nan compares false): a nan guard margin flagged every model
     ({"train": {"guard_margin_db": float("nan")}}, "train.guard_margin_db: expected a finite number, got nan"),
     ({"inbox_settle_seconds": float("inf")}, "inbox_settle_seconds: expected a finite number, got inf"),

@@ -286,20 +286,20 @@ class DegradationSettings:
     def validate(self) -> None:
         if self.noise_variance is not None:
             if self.noise != "match":
-                raise ConfigError(f"degradation.noise_variance is used only with noise 'match'; received it with "
+                raise ConfigError(f"train.degradation.noise_variance is used only with noise 'match'; received it with "
                                   f"noise {self.noise!r}")
             if len(self.noise_variance) != 2 or min(self.noise_variance) < 0:
-                raise ConfigError(f"degradation.noise_variance must be two numbers >= 0 (slope, floor); received "
+                raise ConfigError(f"train.degradation.noise_variance must be two numbers >= 0 (slope, floor); received "
                                   f"{list(self.noise_variance)}")
         if self.method == "psf" and not self.psf_path:
-            raise ConfigError("degradation.method 'psf' needs degradation.psf_path")
+            raise ConfigError("train.degradation.method 'psf' needs train.degradation.psf_path")
         if self.method == "gaussian" and self.sigma_um is None and self.na is None:
             raise ConfigError(
-                "degradation.method 'gaussian' needs degradation.sigma_um or "
-                "degradation.na + wavelength_um + refractive_index"
+                "train.degradation.method 'gaussian' needs train.degradation.sigma_um or "
+                "train.degradation.na + wavelength_um + refractive_index"
             )
         if self.na is not None and (self.wavelength_um is None or self.refractive_index is None):
-            raise ConfigError("degradation.na needs wavelength_um and refractive_index too")
+            raise ConfigError("train.degradation.na needs wavelength_um and refractive_index too")
         _within_schema("train.degradation.sigma_um", self.sigma_um, minimum=0)
         for name in ("na", "wavelength_um", "refractive_index", "gain"):
             _within_schema(f"train.degradation.{name}", getattr(self, name), exclusive_minimum=0)

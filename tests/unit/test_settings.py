@@ -103,8 +103,8 @@ def test_a_value_outside_the_config_schema_s_bounds_is_refused_by_the_settings_t
         ({"train": {"patch_size": [8, 8]}}, r"train.patch_size: expected 3 values"),
         ({"infer": {"ngff_version": "0.3"}}, r"infer.ngff_version: '0.3' is not allowed"),
         ({"fov": {"holdout_fraction": 0.9}}, r"fov.holdout_fraction must be within"),
-        ({"train": {"degradation": {"method": "psf"}}}, r"needs degradation.psf_path"),
-        ({"train": {"degradation": {"method": "gaussian"}}}, r"needs degradation.sigma_um"),
+        ({"train": {"degradation": {"method": "psf"}}}, r"needs train.degradation.psf_path"),
+        ({"train": {"degradation": {"method": "gaussian"}}}, r"needs train.degradation.sigma_um"),
         ({"normalise": {"low_percentile": 99, "high_percentile": 1}}, r"low_percentile < high_percentile"),
         ({"normalise": {"low_percentile": 50, "high_percentile": 50}}, r"low_percentile < high_percentile"),
         ({"infer": {"ngff_version": "0.5", "chunks": [8, 8, 8], "shards": [12, 12, 12]}},
@@ -240,7 +240,7 @@ def test_a_config_mistake_is_one_short_line_naming_the_key(config, expected):
 
 @pytest.mark.parametrize("config, expected", [
     ({"train": {"guard_confidence": 0.3}}, "train.guard_confidence must be 0 (off), or at least 0.5 and below 1"),
-    ({"train": {"degradation": {"method": "psf"}}}, "degradation.method 'psf' needs degradation.psf_path"),
+    ({"train": {"degradation": {"method": "psf"}}}, "train.degradation.method 'psf' needs train.degradation.psf_path"),
     ({"infer": {"shards": [16, 256, 256]}}, "shards"),
     ({"normalise": {"low_percentile": 99.9, "high_percentile": 99.8}}, "low_percentile < high_percentile"),
 ])

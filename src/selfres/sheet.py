@@ -263,6 +263,9 @@ def _config_message(err) -> str:
                    f"no value given: delete the line for the default, or give one{_written_like(err.schema)}")
     elif err.validator == "type" and key:  # a list where text goes (scale: [1, 2, 2]) or text where a list goes
         message += _written_like(err.schema)
+    elif err.validator in ("minItems", "maxItems") and err.schema.get("minItems") == err.schema.get("maxItems"):
+        n = err.schema["minItems"]  # psf_sigma_um: [2, 0.5] "is too short" said neither how many nor which
+        message += f" (give {n} values{', z,y,x' if n == 3 else ''})"
     return f"{key}: {message}" if key else message
 
 

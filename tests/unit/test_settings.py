@@ -223,6 +223,7 @@ def test_psf_sigma_command_measures_a_bead_stack(tmp_path, capsys):
                                              "[32, 128, 128])"),
     ({"train": {"psf_sigma_um": "2,0.5,0.5"}}, "(write it as a list in brackets of 3 values, e.g. [a, b, c])"),
     ({"infer": None}, "infer: empty (every key under it commented out?): delete the line, or indent a key under it"),
+    ({"train": {"psf_sigma_um": [2, 0.5]}}, "train.psf_sigma_um: [2, 0.5] is too short (give 3 values, z,y,x)"),
     # YAML's .nan passes every jsonschema bound (nan compares false): a nan guard margin flagged every model
     ({"train": {"guard_margin_db": float("nan")}}, "train.guard_margin_db: expected a finite number, got nan"),
     ({"inbox_settle_seconds": float("inf")}, "inbox_settle_seconds: expected a finite number, got inf"),

@@ -514,6 +514,13 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     for c in sheet.columns:
         sheet[c] = sheet[c].str.strip()
     validator, bounds = _row_validator(schema), _config_schema_beside(schema)
+    # a column the sheet cannot have is the header's mistake, not a row's: it stops the run as a missing
+    # column does, with bad_rows: fail_alone too (a walkthrough: 'trian.steps' refused every row, each
+    # "fails alone, the others run" while none ran)
+    unknown = [e for e in (validator.iter_errors({c: "" for c in header}) if validator is not None else ())
+               if e.validator == "additionalProperties"]
+    if unknown:
+        raise ConfigError(f"sample sheet {path}: {_schema_message(unknown[0])}")
     for i, row in zip(lines, sheet.to_dict(orient="records")):
         where = f"sample sheet {path}, line {i}: "
         if refused is not None:

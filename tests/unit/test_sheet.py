@@ -746,6 +746,11 @@ def test_an_unknown_column_is_named_alone_not_beside_the_overrides_that_are_righ
     message = str(err.value)
     assert f"unknown column(s) {named} (did you mean {suggested}?)" in message
     assert "qc.beads" not in message and "train.degradation.noise" not in message
+    # the header's mistake stops the run with bad_rows: fail_alone too: no row "fails alone" while none runs
+    refused = {}
+    with pytest.raises(ConfigError, match=rf"^sample sheet .*: unknown column\(s\) {re.escape(named)}"):
+        read_sample_sheet(p, schema=SCHEMA, refused=refused)
+    assert refused == {}
 
 
 def test_a_sheet_override_within_the_bounds_passes_as_the_jobs_read_it(tmp_path):

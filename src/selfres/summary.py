@@ -134,6 +134,23 @@ def _outputs_of_an_earlier_model(sample_dir: Path) -> str | None:
             "they are the earlier model's; the next run remakes them")
 
 
+def _unreadable_metrics(mfile: Path) -> tuple[dict | None, str | None]:
+    """A finished sample's ``metrics.json`` and ``None``, or ``None`` and why it cannot be read
+    (damaged by hand, a partial copy of the results): that sample's row then says so, and the
+    summary of every other sample is still written (it stopped the whole summary with a traceback).
+    Snakemake takes the file as done, so the message names the command that remakes it."""
+    try:
+        metrics = json.loads(mfile.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = f"cannot be read ({' '.join(str(exc).split())})"
+    else:
+        if isinstance(metrics, dict):
+            return metrics, None
+        why = f"holds a JSON {type(metrics).__name__}, not an object"
+    return None, (f"{mfile}: {why}; its QC figures are lost. A plain rerun takes the file as done: redo its qc "
+                  f"and report with the run's command and --forcerun {mfile}")
+
+
 def _stale_report_message(row: dict, html: Path, run_started: str | None) -> str | None:
     """What a failed sample's older report says at its top (``None`` for a sample that is ok)."""
     if row.get("report"):
@@ -192,13 +209,17 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
                 except OSError as exc:
                     log.warning("%s: could not mark it as out of date (%s)", html, exc)
             continue
-        if complete and failed_since is None and not jobs_left:
+        metrics, unreadable = (_unreadable_metrics(mfile) if complete and failed_since is None and not jobs_left
+                               else (None, None))
+        if metrics is not None:
             # the summary's columns come from metrics.json (report.summary_table derives them)
-            row.update(json.loads(mfile.read_text()), sample=s, error=None, report=f"{s}/report.html")
+            row.update(metrics, sample=s, error=None, report=f"{s}/report.html")
         else:
             logs = results / s / "logs"
             fresh_report = None
-            if jobs_left:  # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
+            if unreadable:
+                err = unreadable
+            elif jobs_left:  # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
                 err = ((last_error(logs, newer_than=run_started - 60) if run_started else None)
                        or _unfinished_message(jobs_left))
                 if complete and any(j["rule"] == "report" and j["sample"] == s and j["status"] == "finished"

@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 
 import pandas as pd
+import pytest
 
 from selfres import summary
 
@@ -77,6 +78,24 @@ def test_a_sample_whose_report_job_did_not_finish_is_failed_not_a_crash(tmp_path
     (d / "report.html").unlink()
     row = _table(tmp_path, ["s"]).loc["s"]
     assert row["status"] == "failed" and "killed" in row["error"]
+
+
+@pytest.mark.parametrize("text, why", [('{"mode": "enh', "cannot be read (Unterminated string"),
+                                       ("[]", "holds a JSON list, not an object")])
+def test_a_damaged_metrics_file_fails_its_sample_and_the_others_are_still_summarised(tmp_path, text, why):
+    """A finished sample whose qc/metrics.json was damaged after its run (by hand, a partial copy):
+    Snakemake takes it as done, and the summary stopped with a JSONDecodeError traceback ("This is
+    a bug"), leaving no summary.tsv nor summary.html for any sample, night after night."""
+    _finished(tmp_path, "a")
+    d = _finished(tmp_path, "b")
+    metrics = d / "qc" / "metrics.json"
+    metrics.write_text(text)
+    table = _table(tmp_path, ["a", "b"])
+    assert table.loc["a", "status"] == "ok"
+    row = table.loc["b"]
+    assert row["status"] == "failed" and f"{metrics}: {why}" in row["error"]
+    assert row["error"].endswith(f"--forcerun {metrics}")
+    assert "out of date" in (d / "report.html").read_text()
 
 
 def test_an_error_line_older_than_the_report_does_not_fail_a_finished_sample(tmp_path):

@@ -163,8 +163,18 @@ def replaced_by_an_older_file(store: str | Path, source: str | Path) -> str | No
     made = output_mtime_ns(store)
     if not recorded or now is None or made is None or now == recorded or now["mtime_ns"] > made:
         return None
-    # to the second where that tells them apart, else to the microsecond (a copy made within the same second)
-    digits = 0 if recorded["mtime_ns"] // 10**9 != now["mtime_ns"] // 10**9 else 6
+    if now["size"] == recorded["size"] and attrs.get("source_checksum"):
+        # the same bytes given a time again (a copy back, a time set to the microsecond): no replacement
+        from .io import file_checksum
+
+        try:
+            if file_checksum(source) == attrs["source_checksum"]:
+                return None
+        except OSError:
+            pass
+    # to the second where that tells them apart, else to the microsecond (a copy made within the same
+    # second), else to the nanosecond (a helper read "16:10:19.231047 then, 16:10:19.231047 now")
+    digits = next(d for d in (0, 6, 9) if d == 9 or recorded["mtime_ns"] // 10 ** (9 - d) != now["mtime_ns"] // 10 ** (9 - d))
     return (f"{source} is not the file its normalised copy was made from ({recorded['size']} bytes then, "
             f"{now['size']} now; modified {_when(recorded['mtime_ns'], digits)} then, {_when(now['mtime_ns'], digits)} "
             "now), and it is not newer than that copy, so Snakemake would not see the change")

@@ -1669,7 +1669,7 @@ def test_an_acquisition_replaced_by_an_older_file_is_told_from_the_one_its_copy_
     raw = tmp_path / "a.tif"
     tifffile.imwrite(raw, np.random.default_rng(0).random((4, 16, 16)).astype(np.float32), imagej=True,
                      metadata={"axes": "ZYX"})
-    first_size = os.stat(raw).st_size
+    first_size, first_bytes = os.stat(raw).st_size, raw.read_bytes()
     store = tmp_path / "n.ome.zarr"
     pipeline.stage_normalise(str(raw), store, sample="a", voxel_size=(1.0, 0.5, 0.5), ngff_version=ngff_version)
     (store / ".snakemake_timestamp").touch()  # as Snakemake dates a folder output after its job
@@ -1695,6 +1695,10 @@ def test_an_acquisition_replaced_by_an_older_file_is_told_from_the_one_its_copy_
     told = replaced_by_an_older_file(store, raw)
     then, now = told.split("modified ")[1].split(" now)")[0].split(" then, ")
     assert then != now and len(then.split(".")[-1]) == 6, told
+    # ... 1 µs apart or less: to the nanosecond (a helper read "19.231047 then, 19.231047 now")
+    os.utime(raw, ns=(recorded - 1 if recorded % 1000 else recorded + 1,) * 2)
+    then, now = replaced_by_an_older_file(store, raw).split("modified ")[1].split(" now)")[0].split(" then, ")
+    assert then != now and len(then.split(".")[-1]) == 9
     assert replaced_by_an_older_file(store, tmp_path / "gone.tif") is None  # archived: goes on from its copy
     # the sheet's row now names another, older file: its changed path reruns the sample (Snakemake's
     # parameters); nothing was replaced behind the operator's back
@@ -1705,6 +1709,10 @@ def test_an_acquisition_replaced_by_an_older_file_is_told_from_the_one_its_copy_
     assert replaced_by_an_older_file(store, other) is None
     assert replaced_by_an_older_file(store, os.path.relpath(raw)) is not None  # the same file, spelt otherwise
     assert replaced_by_an_older_file(tmp_path / "none.ome.zarr", raw) is None
+    # the very bytes it was made from, given another, older time (copied back): not a replacement
+    raw.write_bytes(first_bytes)
+    os.utime(raw, ns=(made - 3 * 86400 * 10**9,) * 2)
+    assert replaced_by_an_older_file(store, raw) is None
     date_before(store, os.stat(raw).st_mtime_ns)  # what the workflow does: Snakemake then reruns it
     assert output_mtime_ns(store) < os.stat(raw).st_mtime_ns
 

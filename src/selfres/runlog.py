@@ -159,6 +159,14 @@ _USER_INTERRUPT = "Terminating processes on user request"
 STOP_REQUESTED = ("snakemake was sent SIGTERM (a cron timeout, kill, or a time limit on the job running it): it "
                   "finished its running jobs and started no others; the samples it did not reach are pending, and "
                   "the next run goes on with them")
+#: ... where the signal reached its running jobs too (sent to the process group: GNU timeout, a Slurm
+#: time limit on the job running snakemake, systemd): they stopped, and are pending, not failed
+STOP_REQUESTED_JOBS_TOO = ("snakemake and its running jobs were sent SIGTERM (a cron timeout, kill of the process "
+                           "group, or a time limit on the job running it): the jobs stopped and no others started; "
+                           "the samples it did not finish are pending, and the next run goes on with them (a "
+                           "training cut short resumes from its last checkpoint, an inference from its written tiles)")
+#: A failed job's "died with <Signals.SIGTERM: 15>" (its shell was signalled, with snakemake)
+_SIGNALLED = re.compile(r"died with <Signals\.(SIGTERM|SIGINT)\b")
 #: ... and of an interrupted run: the jobs it cut short are pending too, not failed
 INTERRUPTED = ("snakemake was interrupted (Ctrl-C or SIGINT): it stopped its running jobs and started no others; "
                "the samples it did not finish are pending, and the next run goes on with them (a training cut short "
@@ -215,6 +223,8 @@ def parse_snakemake_log(text: str) -> dict:
     error_message = None  # its "message:" (before its jobid)
     quoted = None  # a failed job's log file copied in (show-failed-logs): None, "opening" or "inside"
     failed_before_stop: set[int] = set()  # the jobs that had failed when the run was told to stop
+    signalled = False  # a job's shell died of SIGTERM or SIGINT: the next "Error in rule" block is its
+    signalled_jobs: set[int] = set()
     for line in text.splitlines():
         # "Logfile <path>:", a rule of "=", the file, a rule of "=": on Slurm the file is the job's
         # own Snakemake output, whose job (jobid 0) is not one of this run's
@@ -259,6 +269,9 @@ def parse_snakemake_log(text: str) -> dict:
                     error_message = value
                 elif key == "jobid" and value.isdigit():
                     in_error = int(value)
+                    if signalled:
+                        signalled_jobs.add(in_error)
+                        signalled = False
                     if in_error in jobs:
                         _set_status(jobs[in_error], "failed")
                         why = _ended_by(error_message or "")
@@ -284,6 +297,9 @@ def parse_snakemake_log(text: str) -> dict:
         if m and int(m["jobid"]) in jobs:
             _set_status(jobs[int(m["jobid"])], "finished")
             continue
+        if _SIGNALLED.search(line):
+            signalled = True
+            continue
         interrupt = line.startswith(_USER_INTERRUPT)
         if interrupt or line.startswith(_GRACEFUL_STOP):
             # the jobs that had failed before it: not the stop's doing; an interrupt after a SIGTERM
@@ -304,6 +320,14 @@ def parse_snakemake_log(text: str) -> dict:
         for jid, job in jobs.items():
             if job["status"] != "finished" and jid not in failed_before_stop:
                 _set_status(job, "stopped")
+    elif header.get("stop_requested") == "sigterm":
+        # ... unless the signal reached them too (sent to the process group): those died of it, stopped
+        # by the stop as an interrupted run's are, not failed (a helper: a timeout's SIGTERM marked the
+        # sample failed and started its failure streak)
+        for jid in signalled_jobs - failed_before_stop:
+            if jid in jobs and jobs[jid]["status"] == "failed":
+                _set_status(jobs[jid], "stopped")
+                header["stopped_jobs_too"] = True
     ordered = sorted(jobs.values(), key=lambda j: (j["started"] or "", j["jobid"]))
     return {"header": header, "jobs": [j for j in ordered if j["rule"] != "all"]}
 
@@ -367,7 +391,8 @@ def write_run_record(
     jobs = parsed["jobs"]
     if status == "error" and header.get("stop_requested") and not header.get("failed_before_stop"):
         # no job had failed when the run was told to stop (those the stop ended are the stop's)
-        why = INTERRUPTED if header["stop_requested"] == "interrupt" else STOP_REQUESTED
+        why = (INTERRUPTED if header["stop_requested"] == "interrupt" else
+               STOP_REQUESTED_JOBS_TOO if header.get("stopped_jobs_too") else STOP_REQUESTED)
         status, extra = "stopped", {"stopped": why, **(extra or {})}
     finished = finished or time.strftime("%Y-%m-%dT%H:%M:%S")
     started = (header.get("started") or finished).replace(" ", "T")

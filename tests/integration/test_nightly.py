@@ -449,6 +449,26 @@ Will exit after finishing currently running jobs (scheduler).
     # a Ctrl-C cancels), so its failure is its own and its sample failed (a mutant called it stopped)
     assert [j["status"] for j in rec["jobs"] if j.get("jobid") == 9] == ["failed"], rec["jobs"]
     assert rec["failed_samples"] == ["a"]
+    # ... unless the signal reached the job too (sent to the process group: GNU timeout, a Slurm time limit
+    # on the job running snakemake): its shell "died with <Signals.SIGTERM: 15>", stopped, not failed, and
+    # its sample is pending (a helper: the sample read failed and started its failure streak)
+    from selfres.runlog import STOP_REQUESTED_JOBS_TOO
+
+    signalled = killed_by_the_stop.replace(
+        "Error in rule train:", "RuleException:\nCalledProcessError in file \"/w/restore.smk\", line 155:\n"
+        "Command 'set -euo pipefail;  selfres train …' died with <Signals.SIGTERM: 15>.\n"
+        "[Mon Nov 30 09:04:11 2026]\nError in rule train:")
+    log.write_text(SLURM_LOG.split("[Mon")[0] + signalled)
+    rec = json.loads(write_run_record(tmp_path / "results", status="error", snakemake_log=log, samples=["a"])
+                     .read_text())
+    assert [j["status"] for j in rec["jobs"] if j.get("jobid") == 9] == ["stopped"], rec["jobs"]
+    assert rec["status"] == "stopped" and rec["stopped"] == STOP_REQUESTED_JOBS_TOO and rec["failed_samples"] == []
+    # a job that died of the signal with no stop logged (killed alone): its own failure
+    log.write_text(SLURM_LOG.split("[Mon")[0] + signalled.replace(
+        "Will exit after finishing currently running jobs (scheduler).\n", ""))
+    rec = json.loads(write_run_record(tmp_path / "results", status="error", snakemake_log=log, samples=["a"])
+                     .read_text())
+    assert rec["status"] == "error" and rec["failed_samples"] == ["a"]
     # a job that had failed before the stop: an error still (its own failure, not the stop's)
     failed_first = finished_job.replace("rule train:", "rule crop:\n    jobid: 8\n    wildcards: sample=b\n"
                                         "[Mon Nov 30 09:03:20 2026]\nError in rule crop:\n    message: x\n"

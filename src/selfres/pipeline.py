@@ -94,6 +94,25 @@ def read_json_object(path: str | Path, *, what: str, sample: str | None = None, 
     return d
 
 
+def read_metrics_for_report(metrics_json: str | Path, *, sample: str | None = None) -> dict:
+    """``qc/metrics.json`` for the report. Snakemake takes a file it finds as done, so a damaged
+    one (not JSON, not an object: a copy cut short) is moved aside (kept for inspection) and the
+    next run redoes the qc: a helper's damaged metrics.json failed the report on every rerun,
+    each failure removing the report that had been good."""
+    try:
+        return read_json_object(metrics_json, what="metrics file", sample=sample, remedy="rerun the qc stage")
+    except InputError as exc:
+        if not Path(metrics_json).is_file():
+            raise
+        aside = Path(metrics_json).with_name(f"{Path(metrics_json).name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            os.replace(metrics_json, aside)
+        except OSError:
+            raise exc from None
+        raise InputError(exc.path, exc.what.replace("; rerun the qc stage", "") + f"; it was moved aside to {aside}: "
+                         "rerun the workflow to redo its qc", sample=exc.sample) from None
+
+
 def _json_default(o):
     if isinstance(o, (np.integer,)):
         return int(o)
@@ -1569,7 +1588,7 @@ def stage_report(
     check_restored_grid(restored, out.shape, vol.data.shape, meta, sample=sample)
     check_model_acquisition(meta, vol.attrs, model_dir=model_dir, normalized=normalized, sample=sample)
     check_restored_origin(restored, out.attrs, model_dir, vol.attrs, sample=sample)
-    metrics_d = read_json_object(metrics_json, what="metrics file", sample=sample, remedy="rerun the qc stage")
+    metrics_d = read_metrics_for_report(metrics_json, sample=sample)
     check_metrics_origin(metrics_json, metrics_d, model_dir, restored, out.attrs, sample=sample)
     fov = TrainingFov.load(fov_json, volume_shape=vol.data.shape, mode=meta.get("mode"), sample=sample,
                            acquisition=normalise.acquisition_of(vol.attrs)).to_dict()

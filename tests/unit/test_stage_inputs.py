@@ -156,8 +156,17 @@ def test_a_model_with_other_factors_cannot_score_or_show_a_restored_volume_on_an
 @pytest.mark.parametrize("text, expected", [("{", "cannot read the metrics file"),
                                             ("[]", "holds a JSON list, not an object")])
 def test_report_refuses_a_damaged_metrics_file(work, text, expected):
+    """... and moves it aside: Snakemake takes a file it finds as done, so a damaged one failed the
+    report on every rerun (a helper); gone, the next run redoes the qc."""
     (work / "qc" / "metrics.json").write_text(text)
-    with pytest.raises(InputError, match=expected + ".*rerun the qc stage"):
+    with pytest.raises(InputError, match=expected + r".*; it was moved aside to .*metrics\.json\.corrupt-\d{8}T\d{6}: "
+                       "rerun the workflow to redo its qc"):
+        pipeline.stage_report(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model",
+                              work / "train_fov.json", work / "qc" / "metrics.json", work / "r.html",
+                              work / "p.json", sample="s")
+    assert not (work / "qc" / "metrics.json").exists()
+    assert [f.read_text() for f in (work / "qc").glob("metrics.json.corrupt-*")] == [text]
+    with pytest.raises(InputError, match="metrics file not found; rerun the qc stage"):  # none: no aside
         pipeline.stage_report(work / "normalized.ome.zarr", work / "out.ome.zarr", work / "model",
                               work / "train_fov.json", work / "qc" / "metrics.json", work / "r.html",
                               work / "p.json", sample="s")

@@ -31,6 +31,10 @@ def implausible_isotropy_note(value: float) -> str:
 
 
 #: Flag → (what it means in plain words, what to do about it).
+#: How a broken output's advice reruns its inference: Snakemake takes the written store as done
+#: (a helper: "rerun the infer step", and a plain rerun did nothing)
+_FORCE_INFER = "snakemake --forcerun results/SAMPLE/restored.ome.zarr: a plain rerun takes the written output as done"
+
 FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
     "model_worse_than_interpolation": (
         "The network did not beat plain interpolation (tricubic; z-cubic in isotropic mode) "
@@ -141,7 +145,7 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "The restored volume holds NaN or infinite voxels: something failed while it was "
         "computed or written (qc/metrics.json, restored_check, gives the count).",
         "Do not use this output. Rerun the infer step (on another node or on the CPU if "
-        "it ran on a GPU) and report it with the infer log if it happens again.",
+        f"it ran on a GPU; {_FORCE_INFER}) and report it with the infer log if it happens again.",
     ),
     "restored_unlike_input": (
         "The restored volume as written does not look like its input: at the input "
@@ -151,7 +155,7 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "network, a device or precision failure, or a damaged store), whatever the "
         "held-out figures say.",
         "Do not use this output. Look at the orthoviews below, rerun the infer step (on "
-        "the CPU, or with infer.amp off, if it ran on a GPU) and report it with the infer "
+        f"the CPU, or with infer.amp off, if it ran on a GPU; {_FORCE_INFER}) and report it with the infer "
         "log if it happens again. In isotropic mode an axial blur estimated far too large "
         "does this too (structure running along z reads as blur; the network then breaks "
         "it into beads): compare model.json's degradation sigma_px with your optics, and "
@@ -175,7 +179,7 @@ FLAG_EXPLANATIONS: dict[str, tuple[str, str]] = {
         "in a very dim acquisition (a photon or less per voxel) it can also be the network "
         "pushing the background towards its most common value, 0.",
         "Do not use this output for intensities until you have compared it with the input (the "
-        "views below, or both files in a viewer). Rerun the infer step; if it stays, report it "
+        f"views below, or both files in a viewer). Rerun the infer step ({_FORCE_INFER}); if it stays, report it "
         "with the infer log and restored.ome.zarr's attributes (normalisation).",
     ),
     "worse_than_interpolation_on_reference": (

@@ -1767,3 +1767,12 @@ def test_the_kept_checkpoints_title_names_no_coarse_scale_check_where_none_was_l
     figures.figure_training_curves(log, best_step=50)
     title = drawn[-1]._suptitle.get_text()
     assert "its held-out gain over interpolation" in title and "coarse-scale" not in title, title
+
+
+@pytest.mark.parametrize("flag", ["restored_not_finite", "restored_unlike_input", "restored_level_shifted"])
+def test_a_broken_outputs_advice_names_the_rerun_that_remakes_it(flag):
+    """'Rerun the infer step', and a plain rerun did nothing: Snakemake takes the written store as
+    done (a helper). The advice gives the forcerun."""
+    from selfres.flags import explain_flag
+
+    assert "snakemake --forcerun results/SAMPLE/restored.ome.zarr" in explain_flag(flag)[1]

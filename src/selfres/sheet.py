@@ -513,6 +513,8 @@ def read_sample_sheet(path: str | os.PathLike, *, schema: str | os.PathLike | Ma
     sheet = sheet.fillna("").astype(str)
     for c in sheet.columns:
         sheet[c] = sheet[c].str.strip()
+    if "scale" in sheet:  # '2, 2, 2' as voxel_size takes it (a helper's was refused), written as '2,2,2'
+        sheet["scale"] = sheet["scale"].str.replace(r"\s+", "", regex=True)
     validator, bounds = _row_validator(schema), _config_schema_beside(schema)
     # a column the sheet cannot have is the header's mistake, not a row's: it stops the run as a missing
     # column does, with bad_rows: fail_alone too (a walkthrough: 'trian.steps' refused every row, each

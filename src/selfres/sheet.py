@@ -1264,8 +1264,11 @@ def check_model_sources(sheet: pd.DataFrame, *, default_mode: str = "enhance",
             problem = (f"{where}this sample is in {mode(row)} mode, {src!r} in {mode(rows[src])} mode; a model "
                        "restores in the mode it was trained for")
         elif mode(row) == "enhance" and scale(row) != scale(rows[src]):
-            problem = (f"{where}its scale {scale(row)} differs from {src!r}'s {scale(rows[src])}; a model "
-                       "restores by the factors it was trained for")
+            def whose(r):  # a scale taken from the config is said so (a helper read "'neurites''s 1,2,2")
+                return "" if str(r.get("scale") or "").strip() else " (the config's scale)"
+
+            problem = (f"{where}its scale {scale(row)}{whose(row)} differs from the scale of {src!r}, "
+                       f"{scale(rows[src])}{whose(rows[src])}; a model restores by the factors it was trained for")
         else:
             continue
         if refused is None:

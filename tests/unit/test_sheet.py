@@ -265,7 +265,7 @@ def test_a_model_from_chain_to_no_sample_names_the_row_to_mend():
      r"sample 'b'.*this sample is in enhance mode, 'a' in isotropic mode"),
     ([("a", "a.tif", "", "", ""), ("b", "b.tif", "isotropic", "", "a")],
      r"this sample is in isotropic mode, 'a' in enhance mode"),
-    ([("a", "a.tif", "", "1,2,2", ""), ("b", "b.tif", "", "", "a")], r"its scale 2,2,2 differs from 'a''s 1,2,2"),
+    ([("a", "a.tif", "", "1,2,2", ""), ("b", "b.tif", "", "", "a")], r"its scale 2,2,2 \(the config's scale\) differs from the scale of 'a', 1,2,2;"),
 ])
 def test_model_from_that_no_job_could_honour_is_refused(rows, message):
     from selfres.sheet import check_model_sources

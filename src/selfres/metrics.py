@@ -535,6 +535,27 @@ def undershoot(output: np.ndarray, interpolation: np.ndarray, *, floor: float,
             "detectable": lowest is None or below > float(lowest)}
 
 
+def overshoot(output: np.ndarray, interpolation: np.ndarray, *, ceiling: float,
+              depth: float = UNDERSHOOT_DEPTH) -> dict:
+    """Shares of ``output`` and ``interpolation`` voxels (normalised units) above ``ceiling``
+    (the brightest input voxel) by more than ``depth``: values no acquisition held, the bright
+    rims (ringing) a restoration leaves at the edges of flat-topped objects — :func:`undershoot`'s
+    other side.
+
+    Returns
+    -------
+    dict
+        ``output``, ``interpolation`` (shares, 0..1), ``above`` (the threshold) and ``output_max``
+        (the output's brightest voxel), normalised units.
+    """
+    above = float(ceiling) + float(depth)
+    out = np.asarray(output, dtype=np.float32)
+    interp = np.asarray(interpolation, dtype=np.float32)
+    return {"output": float(np.mean(out > above)) if out.size else 0.0,
+            "interpolation": float(np.mean(interp > above)) if interp.size else 0.0,
+            "above": above, "output_max": float(out.max()) if out.size else None}
+
+
 #: Least height (normalised units, 1 = the input's 0.2–99.8 percentile range) of the
 #: interpolation's brightest structures above its median for :func:`brightening` to be measured
 BRIGHT_CONTRAST = 0.02

@@ -219,6 +219,13 @@ def _flag_measured(flag: str, metrics: Mapping[str, Any] | None) -> str:
             return (f" Here: {out * 100:.2g} % of the QC window (the interpolation: {interp * 100:.2g} %)"
                     + (f"; the darkest output voxel at {low:.3g} in normalised units (0 and 1 are the input "
                        "intensities at the normalisation percentiles)" if low is not None else "") + ".")
+    over = check.get("overshoot") if isinstance(check, Mapping) else None
+    if flag == "restored_overshoots" and isinstance(over, Mapping):
+        out, interp, high = num(over.get("output")), num(over.get("interpolation")), num(over.get("output_max"))
+        if out is not None and interp is not None:
+            return (f" Here: {out * 100:.2g} % of the QC window (the interpolation: {interp * 100:.2g} %)"
+                    + (f"; the brightest output voxel at {high:.3g} in normalised units (0 and 1 are the input "
+                       "intensities at the normalisation percentiles)" if high is not None else "") + ".")
     return ""
 
 

@@ -159,6 +159,13 @@ def test_the_undershoot_flag_gives_the_share_qc_measured_not_only_its_threshold(
     assert "Here:" not in bare.split('id="flag-restored_undershoots"')[1].split("</div>")[0]
 
 
+def test_the_overshoot_flag_gives_the_share_qc_measured():
+    check = {"overshoot": {"output": 0.0057, "interpolation": 0.00043, "above": 1.06, "output_max": 1.579}}
+    page = _page(_enhance(mode="isotropic", flags=["restored_overshoots"], restored_check=check))
+    box = page.split('id="flag-restored_overshoots"')[1].split("</div>")[0]
+    assert "Here: 0.57 % of the QC window (the interpolation: 0.043 %); the brightest output voxel at 1.58" in box, box
+
+
 def test_a_broken_outputs_verdict_names_the_flags_that_broke_it_and_no_others():
     m = {"self_validation": {"psnr_model": 31.0, "psnr_interp": 30.0}, "mode": "enhance",
          "flags": ["stopped_while_improving", "restored_not_finite"]}

@@ -947,7 +947,7 @@ def voxel_size_slips(sheet: pd.DataFrame, counts: FileCounts | None = None) -> d
     parse are left to the sample's jobs."""
     from .settings import parse_triple, voxel_size_slip_text, voxel_size_unlike_file
 
-    read_voxel_size = _io_reader("read_voxel_size")
+    read_voxel_size, describe = _io_reader("read_voxel_size"), _io_reader("describe_acquisition")
     slips = {}
     for row in sheet.to_dict(orient="records"):
         path, cell = row.get("path") or "", str(row.get("voxel_size") or "").strip()
@@ -958,9 +958,29 @@ def voxel_size_slips(sheet: pd.DataFrame, counts: FileCounts | None = None) -> d
             recorded = _counted(counts, "voxel_size", path, None, lambda: read_voxel_size(path))
         except Exception:  # noqa: BLE001 - a hint: the sample's normalise says what is wrong in its own words
             continue
-        if voxel_size_unlike_file(given, recorded):
-            slips[row["sample"]] = voxel_size_slip_text(given, recorded)
+        if not voxel_size_unlike_file(given, recorded):
+            continue
+        if not voxel_size_unlike_file((recorded[0], *given[1:]), recorded):  # unlike on z alone
+            # a single plane's recorded z is its y pixel standing in (io reads no z step there): the given
+            # z is not compared with it, as normalise and qc do not (they do not flag it)
+            try:
+                if _row_shape(counts, path, row, describe)[:1] == (1,):
+                    continue
+            except Exception:  # noqa: BLE001 - as above
+                pass
+        slips[row["sample"]] = voxel_size_slip_text(given, recorded)
     return slips
+
+
+def _row_shape(counts: FileCounts | None, path: str, row: dict, describe) -> tuple[int, ...]:
+    """The ZYX shape of ``row``'s image of ``path`` (its series; the file's only one), from the
+    header (``describe``: :func:`selfres.io.describe_acquisition`, through ``counts``); ``()`` where
+    the file has no such image. Raises as the reader does."""
+    shapes = _counted(counts, "shapes", path, None,
+                      lambda: [int(n) for d in describe(path) for n in (d["series"], *d["shape"])])
+    by_series = {shapes[i]: tuple(shapes[i + 1:i + 4]) for i in range(0, len(shapes), 4)}
+    return (by_series.get(_series_of(row) or 0, ()) if len(by_series) > 1
+            else next(iter(by_series.values()), ()))
 
 
 def isotropic_voxel_problems(sheet: pd.DataFrame, counts: FileCounts | None = None, *,
@@ -1017,10 +1037,7 @@ def enhance_shape_problems(sheet: pd.DataFrame, counts: FileCounts | None = None
             continue
         try:
             factors = parse_scale(str(row.get("scale") or "").strip() or default_scale)
-            shapes = _counted(counts, "shapes", path, None,
-                              lambda: [int(n) for d in describe(path) for n in (d["series"], *d["shape"])])
-            by_series = {shapes[i]: tuple(shapes[i + 1:i + 4]) for i in range(0, len(shapes), 4)}
-            shape = by_series.get(_series_of(row) or 0) if len(by_series) > 1 else next(iter(by_series.values()))
+            shape = _row_shape(counts, path, row, describe) or None
         except Exception:  # noqa: BLE001 - a hint: the sample's jobs say what is wrong in their own words
             continue
         if shape is None or all(f == 1 or n >= MIN_LOWRES_VOXELS * f for n, f in zip(shape, factors)):

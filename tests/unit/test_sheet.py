@@ -593,6 +593,26 @@ def test_a_sheet_voxel_size_unlike_its_files_is_found_from_the_header_once(tmp_p
     assert voxel_size_slips(sheet, FileCounts(tmp_path / "counts.json")) == found
 
 
+def test_a_single_plane_s_given_z_is_not_called_a_slip_at_the_run_s_start(tmp_path):
+    """A 2-D image records no z step (its y pixel stands in): a sheet's z of 5 µm beside a 0.5-µm
+    pixel is no unit slip. Normalise and qc compare y and x alone there (qc flags nothing), and
+    the run's start said "10 times or more unlike ... its qc flags voxel_size_unlike_file"."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+
+    from selfres.sheet import FileCounts, voxel_size_slips
+
+    plane, stack = tmp_path / "plane.tif", tmp_path / "stack.tif"  # pixels 0.5 x 0.5 µm; the stack's z 0.5 µm
+    tifffile.imwrite(plane, np.zeros((8, 8), "uint16"), imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"})
+    tifffile.imwrite(stack, np.zeros((4, 8, 8), "uint16"), imagej=True, resolution=(2.0, 2.0),
+                     metadata={"spacing": 0.5, "unit": "um", "axes": "ZYX"})
+    rows = [("plane_z", plane, "5,0.5,0.5"), ("plane_nm", plane, "5,500,500"), ("stack_z", stack, "5,0.5,0.5")]
+    sheet = pd.DataFrame([(sid, str(p), vs) for sid, p, vs in rows], columns=["sample", "path", "voxel_size"])
+    assert sorted(voxel_size_slips(sheet, FileCounts(tmp_path / "counts.json"))) == ["plane_nm", "stack_z"]
+    assert sorted(voxel_size_slips(sheet)) == ["plane_nm", "stack_z"]
+
+
 def test_an_isotropic_row_without_a_usable_voxel_size_is_said_when_the_run_starts(tmp_path, caplog):
     """A walkthrough: an isotropic sample whose file records no voxel size, or whose z step is
     finer than its pixel, was refused only at crop, after its normalise; a dry run said nothing.

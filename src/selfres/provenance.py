@@ -146,14 +146,18 @@ def names_source(attrs: dict, source: str | os.PathLike) -> bool | None:
     return str(source) in recorded or os.path.realpath(source) in recorded
 
 
-def replaced_by_an_older_file(store: str | Path, source: str | Path) -> str | None:
+def replaced_by_an_older_file(store: str | Path, source: str | Path, *, counts=None) -> str | None:
     """Why ``source`` is no longer the acquisition the normalised ``store`` was made from while
     Snakemake would rerun nothing: its size or modification time differ from the store's
     ``source_stat``, yet it is not newer than the store (``cp -p`` or ``rsync -a`` of a file made
     before the last run). None when it is the same file, newer (Snakemake reruns it anyway), gone
     (an archived acquisition), a Zarr store, another path than the one the store was made from
     (the sheet's row changed: Snakemake reruns it for its changed parameter), or the store records
-    nothing (made before the forty-first session)."""
+    nothing (made before the forty-first session).
+
+    ``counts`` (a :class:`selfres.sheet.FileCounts`): keeps the checksum comparison of a file of the
+    same size between the workflow's starts, for as long as the file keeps its size and time: a
+    copy back keeps its older time, so every start (a dry run too) read the whole acquisition again."""
     attrs = store_attrs(store)
     recorded = attrs.get("source_stat")
     if names_source(attrs, source) is False:
@@ -165,10 +169,14 @@ def replaced_by_an_older_file(store: str | Path, source: str | Path) -> str | No
         return None
     if now["size"] == recorded["size"] and attrs.get("source_checksum"):
         # the same bytes given a time again (a copy back, a time set to the microsecond): no replacement
-        from .io import file_checksum
+        def same_bytes() -> int:
+            from .io import file_checksum
+
+            return int(file_checksum(source) == attrs["source_checksum"])
 
         try:
-            if file_checksum(source) == attrs["source_checksum"]:
+            if (same_bytes() if counts is None else
+                    counts.get(f"same_bytes|{attrs['source_checksum']}", str(source), None, same_bytes)):
                 return None
         except OSError:
             pass

@@ -1713,6 +1713,23 @@ def test_an_acquisition_replaced_by_an_older_file_is_told_from_the_one_its_copy_
     raw.write_bytes(first_bytes)
     os.utime(raw, ns=(made - 3 * 86400 * 10**9,) * 2)
     assert replaced_by_an_older_file(store, raw) is None
+    # ... read once: the file keeps its older time, and every start (a dry run too) read all of it again
+    from selfres.sheet import FileCounts
+
+    counts = FileCounts(tmp_path / "counts.json")
+    assert replaced_by_an_older_file(store, raw, counts=counts) is None
+    counts.save()
+    real_checksum = pipeline.io.file_checksum
+    pipeline.io.file_checksum = lambda *a: pytest.fail("the acquisition was read again")
+    try:
+        assert replaced_by_an_older_file(store, raw, counts=FileCounts(tmp_path / "counts.json")) is None
+    finally:
+        pipeline.io.file_checksum = real_checksum
+    raw.write_bytes(first_bytes[:-1] + bytes([first_bytes[-1] ^ 1]))  # other bytes of that size, another time
+    os.utime(raw, ns=(made - 4 * 86400 * 10**9,) * 2)
+    assert replaced_by_an_older_file(store, raw, counts=FileCounts(tmp_path / "counts.json"))
+    raw.write_bytes(first_bytes)
+    os.utime(raw, ns=(made - 3 * 86400 * 10**9,) * 2)
     date_before(store, os.stat(raw).st_mtime_ns)  # what the workflow does: Snakemake then reruns it
     assert output_mtime_ns(store) < os.stat(raw).st_mtime_ns
 

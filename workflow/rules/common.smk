@@ -429,6 +429,7 @@ if workflow.is_main_process:
     # restoration. Said here, at the start: a check in an earlier job would need the file (its
     # existence, its shape) among that job's params, and a reference that appears or changes
     # later would then rerun the whole sample.
+    _START_COUNTS = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))  # checksums kept
     for _s in SAMPLE_IDS:
         # a mistyped or not-yet-copied acquisition: said now, not only in the morning's summary
         if _cell(_s, "path") and not _declared(_cell(_s, "path")):
@@ -459,7 +460,8 @@ if workflow.is_main_process:
                   "sample fails at normalise; with --keep-going, as the profiles set, the others go on",
                   file=sys.stderr)
         elif _declared(_cell(_s, "path")) and (
-                _replaced := _replaced_by_an_older_file(f"{R}/{_s}/normalized.ome.zarr", _cell(_s, "path"))):
+                _replaced := _replaced_by_an_older_file(f"{R}/{_s}/normalized.ome.zarr", _cell(_s, "path"),
+                                                       counts=_START_COUNTS)):
             # cp -p / rsync -a of an older file: dated before it, the normalised copy is made again
             if not _is_a_run():
                 _then = "the next run restores the sample again from the file now there"
@@ -502,6 +504,7 @@ if workflow.is_main_process:
             if _problem:
                 print(f"selfres: WARNING: sample {_s!r}: {_problem}; that sample is restored, but its qc will fail "
                       "until the reference is mended", file=sys.stderr)
+    _START_COUNTS.save()
 
 
 @functools.lru_cache(maxsize=None)

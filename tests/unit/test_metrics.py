@@ -691,6 +691,20 @@ def test_undershoot_counts_values_below_the_darkest_input_and_says_when_it_canno
     assert blind["output"] == blind["interpolation"] == 0.0 and not blind["detectable"]
 
 
+def test_overshoot_counts_values_above_the_brightest_input_by_more_than_the_depth():
+    """restored_overshoots' measure (isotropic qc): only values more than the depth (0.05) above the
+    brightest input voxel count; values within it (a restoration's own rounding) do not."""
+    from selfres.metrics import overshoot
+
+    out = np.array([1.0, 1.04, 1.2, 1.5], np.float32)
+    interp = np.array([1.0, 1.0, 1.1, 0.9], np.float32)
+    o = overshoot(out, interp, ceiling=1.0)
+    assert o["output"] == 0.5 and o["interpolation"] == 0.25 and o["above"] == pytest.approx(1.05)
+    assert o["output_max"] == pytest.approx(1.5)
+    assert overshoot(np.full(4, 1.04, np.float32), interp, ceiling=1.0)["output"] == 0.0
+    assert overshoot(np.zeros(0, np.float32), np.zeros(0, np.float32), ceiling=1.0)["output_max"] is None
+
+
 def test_brightening_is_the_ratio_of_the_brightest_structures_and_none_without_any():
     from selfres.metrics import brightening
 

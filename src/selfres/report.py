@@ -1002,10 +1002,10 @@ def _z_only_text(shape_in: Any, shape_out: Any) -> bool:
     return only_z_resampled(*shapes)
 
 
-#: Hover texts of the summary table's headers whose column is not what its name alone says.
 #: The summary page's width: its table has 14 or 15 columns (the reports' pages keep 1150 px)
 SUMMARY_MAX_WIDTH_PX = 1700
 
+#: Hover texts of the summary table's headers whose column is not what its name alone says.
 SUMMARY_HEADER_TITLES = {
     "train (s)": "seconds of training; a sample restored with another sample's model (model_from): of its "
                  "adopt job (the held-out check of that model on this sample), no training",

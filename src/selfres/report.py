@@ -694,6 +694,9 @@ def render_sample_report(
     df = log_frame(training_log)
     best = (kept_steps(df, metrics.get("stage_best_steps") or metrics.get("best_step"))
             if df is not None else None)
+    # the training log holds enhance's coarse-scale gains: a checkpoint's score was the smaller of two gains
+    coarse_logged = bool(df is not None and "val_coarse_gain" in df.columns
+                         and pd.to_numeric(df["val_coarse_gain"], errors="coerce").notna().any())
     if figures is None:
         # the sizes as given, not prepare_views's filled-in ones (axes in voxels read as µm otherwise)
         figures = sample_figures(raw=raw, interp=interp, restored=restored,
@@ -804,9 +807,7 @@ def render_sample_report(
                     " coarse-scale, in the gain panel)")
         kept = (", ".join(f"stage {k} step {fmt(b)}" for k, b in enumerate(bests, 1)) if isinstance(best, list)
                 else f"step {fmt(best)}")
-        coarse = (pd.to_numeric(df["val_coarse_gain"], errors="coerce") if "val_coarse_gain" in df.columns
-                  else pd.Series(dtype=float))
-        if not note and coarse.notna().any():
+        if not note and coarse_logged:
             # the curves' held-out PSNR can rise well past the kept step (demo neurites: kept at step 75,
             # 33.38 dB, later steps up to 33.86) where the coarse-scale gain did not: say what was compared
             note = (" — its score is the smaller of its two gains over interpolation, held-out and coarse-scale"
@@ -926,10 +927,7 @@ def render_sample_report(
             parts.append(_img_tag(figures["beads"], alt="bead profiles and FWHM"))
 
     # --- a methods section's paragraph
-    coarse_logged = (df is not None and "val_coarse_gain" in df.columns
-                     and pd.to_numeric(df["val_coarse_gain"], errors="coerce").notna().any())
-    methods = methods_text(metrics, provenance,
-                           scale_checked=bool(coarse_logged and metrics.get("mode") != "isotropic"))
+    methods = methods_text(metrics, provenance, scale_checked=coarse_logged and metrics.get("mode") != "isotropic")
     if methods:
         parts.append('<h2 id="methods">Methods text</h2>')
         parts.append("<p>For a paper's methods section: what was done to this sample, with its figures. Check "

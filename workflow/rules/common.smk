@@ -177,14 +177,18 @@ _ENHANCE_SHAPE_PROBLEMS = {}
 EXPANDED_IDS = set()
 
 
+#: header counts of the `all` expansions, the start-of-run checks' header reads and checksums, kept between
+#: the Snakefile's evaluations (one per job) and the workflow's starts: one cache, read once per evaluation
+FILE_COUNTS = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))
+
+
 def _sample_table():
     """The sheet's rows and the inbox's, one per sample: `all` columns expanded, `model_from`
     resolved and checked; and the samples refused with bad_rows: fail_alone, ``{id: message}``."""
     refused = {}
     sheet = _read_sheet(config["samples"], refused)
     row_ids, refused_paths = sheet.attrs["row_ids"], sheet.attrs.get("refused_paths", [])
-    # header counts of the `all` expansions, kept between the Snakefile's evaluations (one per job)
-    counts = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))
+    counts = FILE_COUNTS
     # an id made twice (or a refused row's id) stops the run, or with fail_alone fails alone
     alone = refused if FAIL_ALONE else None  # where refusals go (None: they stop the run)
 
@@ -429,7 +433,6 @@ if workflow.is_main_process:
     # restoration. Said here, at the start: a check in an earlier job would need the file (its
     # existence, its shape) among that job's params, and a reference that appears or changes
     # later would then rerun the whole sample.
-    _START_COUNTS = _sheet.FileCounts(os.path.join(".snakemake", "selfres", "file_counts.json"))  # checksums kept
     for _s in SAMPLE_IDS:
         # a mistyped or not-yet-copied acquisition: said now, not only in the morning's summary
         if _cell(_s, "path") and not _declared(_cell(_s, "path")):
@@ -461,7 +464,7 @@ if workflow.is_main_process:
                   file=sys.stderr)
         elif _declared(_cell(_s, "path")) and (
                 _replaced := _replaced_by_an_older_file(f"{R}/{_s}/normalized.ome.zarr", _cell(_s, "path"),
-                                                       counts=_START_COUNTS)):
+                                                       counts=FILE_COUNTS)):
             # cp -p / rsync -a of an older file: dated before it, the normalised copy is made again
             if not _is_a_run():
                 _then = "the next run restores the sample again from the file now there"
@@ -483,8 +486,8 @@ if workflow.is_main_process:
             FAILS_AT_CROP.add(_s)
             _what = _ENHANCE_SHAPE_PROBLEMS[_s]
             print(f"selfres: WARNING: sample {_s!r}: its acquisition {_cell(_s, 'path')}"
-                  f"{' ' if _what.startswith('is ') else ': '}{_what}; that sample fails at crop; with --keep-going, as the profiles "
-                  "set, the others go on", file=sys.stderr)
+                  f"{' ' if _what.startswith('is ') else ': '}{_what}; that sample fails at crop; with --keep-going, "
+                  "as the profiles set, the others go on", file=sys.stderr)
         if _cell(_s, "reference") and not _declared(_cell(_s, "reference")):
             print(f"selfres: WARNING: sample {_s!r}: its reference {_cell(_s, 'reference')} does not exist"
                   f"{_missing_path_hint(_cell(_s, 'reference'))}; that "
@@ -504,7 +507,7 @@ if workflow.is_main_process:
             if _problem:
                 print(f"selfres: WARNING: sample {_s!r}: {_problem}; that sample is restored, but its qc will fail "
                       "until the reference is mended", file=sys.stderr)
-    _START_COUNTS.save()
+    FILE_COUNTS.save()
 
 
 @functools.lru_cache(maxsize=None)

@@ -1850,6 +1850,12 @@ def restore(
                 stage_report(norm, output, work / "model", work / "train_fov.json", work / "qc" / "metrics.json",
                              work / "report.html", work / "provenance.json", sample=sample,
                              resolved_config={"mode": mode, "scale": scale, "settings": to_dict(settings),
+                                              # as the workflow's (the sheet's cells): the voxel size given
+                                              # overrides the file's, so a record without it cannot say
+                                              # which grid the output's micrometres came from
+                                              "voxel_size": [float(v) for v in voxel_size] if voxel_size else None,
+                                              "series": series, "channel": channel, "timepoint": timepoint,
+                                              "training_fov": training_fov,
                                               "reference": str(reference) if reference else None,
                                               "model_from": str(model_from) if model_from is not None else None})
             return m

@@ -335,6 +335,23 @@ def test_restore_on_the_command_line_scores_a_reference(tmp_path):
     assert prov["resolved_config"]["reference"] == str(tmp_path / "ref.tif")
 
 
+def test_restore_records_the_voxel_size_it_was_given_in_provenance(tmp_path):
+    """`selfres restore --voxel-size` overrides the file's (none here): provenance.json's
+    resolved_config records it, as the workflow's records the sheet's voxel_size cell, so that
+    the micrometres of the output can be traced to what the user gave."""
+    from selfres import cli
+
+    tifffile.imwrite(tmp_path / "in.tif", tiny_volume((8, 48, 48)))
+    rc = cli.main(["restore", str(tmp_path / "in.tif"), "-o", str(tmp_path / "out.ome.zarr"), "--scale", "1,2,2",
+                   "--voxel-size", "2,0.5,0.5", "--keep", str(tmp_path / "work"), "--device", "cpu",
+                   "--settings", json.dumps(FAST)])
+    assert rc == 0
+    prov = json.loads((tmp_path / "work" / "provenance.json").read_text())
+    assert prov["resolved_config"]["voxel_size"] == [2.0, 0.5, 0.5]
+    m = json.loads((tmp_path / "work" / "qc" / "metrics.json").read_text())
+    assert m["voxel_size_in"] == [2.0, 0.5, 0.5] and m["voxel_size_out"] == [2.0, 0.25, 0.25]
+
+
 def test_an_acquisition_of_pure_noise_is_flagged_not_reported_ok(tmp_path):
     """An empty field (wrong position, closed shutter) restored without a word: the network
     learns to smooth noise, and its held-out figures may even call that a gain."""

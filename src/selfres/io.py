@@ -63,6 +63,14 @@ NGFF_VERSIONS = {"0.4": 2, "0.5": 3}
 MIN_LATERAL_SIZE = 64
 #: Key under which selfres stores its own attributes in an OME-Zarr group.
 ATTRS_KEY = "selfres"
+#: How each pyramid level is made from the one before, as NGFF's multiscales "type" and "metadata"
+PYRAMID_TYPE = "mean"
+PYRAMID_METADATA = {
+    "description": "block mean of the previous level: y and x halved at every level, z halved only while its "
+                   "voxel is no coarser than the lateral one; a trailing odd row, column or plane is left out; "
+                   "each level's translation puts its voxel centres at its blocks' centres",
+    "method": "selfres.io.finalize_ome_zarr",
+}
 #: Percentiles used for the ``omero`` display window.
 WINDOW_PERCENTILES = (0.1, 99.9)
 _SUBSAMPLE_VOXELS = 1_000_000
@@ -1750,9 +1758,14 @@ def finalize_ome_zarr(path: str | os.PathLike, *, voxel_size, ngff_version: str 
     fmt = FormatV04() if zarr_format == 2 else FormatV05()
     # start from clean attributes so re-finalising does not keep stale keys
     group.attrs.clear()
+    # NGFF 0.4/0.5: a multiscale SHOULD name its downscaling ("type") and describe it ("metadata")
     write_multiscales_metadata(
-        group, datasets, fmt=fmt, axes=axes, name=label, metadata={"omero": omero}
+        group, datasets, fmt=fmt, axes=axes, name=label, metadata={"omero": omero, **PYRAMID_METADATA}
     )
+    ome = dict(group.attrs)
+    holder = ome["ome"] if "ome" in ome else ome  # 0.5 nests the metadata under "ome"
+    holder["multiscales"][0]["type"] = PYRAMID_TYPE
+    group.attrs.update(ome)
     group.attrs[ATTRS_KEY] = _json_safe(dict(attrs or {}))
 
 

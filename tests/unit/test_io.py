@@ -487,6 +487,23 @@ def test_ome_zarr_formats_on_disk(tmp_path):
     assert meta5["zarr_format"] == 3 and meta5["attributes"]["ome"]["version"] == "0.5"
 
 
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_the_pyramid_names_its_downscaling_as_ngff_asks(tmp_path, ngff):
+    """NGFF 0.4 and 0.5: a multiscales entry SHOULD give the "type" of downscaling and "metadata"
+    describing it; the stores gave neither, so a reader could not tell block means from a Gaussian."""
+    from ome_zarr_models.v04.image import Image as Image04
+    from ome_zarr_models.v05.image import Image as Image05
+
+    p = tmp_path / "t.ome.zarr"
+    io.write_ome_zarr(p, _vol(shape=(4, 130, 130)), voxel_size=(2.0, 0.5, 0.5), ngff_version=ngff)
+    group = zarr.open_group(str(p), mode="r")
+    image = (Image04 if ngff == "0.4" else Image05).from_zarr(group)  # still valid NGFF
+    ms = image.ome_attributes.multiscales[0]
+    assert ms.type == "mean"
+    assert "block mean" in ms.metadata["description"]
+    assert io.read_volume(p).voxel_size == pytest.approx((2.0, 0.5, 0.5))
+
+
 def test_ome_zarr_nanometre_axes_are_converted(tmp_path):
     g = zarr.open_group(str(tmp_path / "n.zarr"), mode="w", zarr_format=2)
     g.create_array("s0", data=_vol())

@@ -336,11 +336,31 @@ def display_range(
     return lo, hi
 
 
-def _extent(axis_h: int, axis_v: int, shape: tuple[int, ...], vs: Sequence[float]):
-    """imshow extent in physical units for a plane with axes (vertical, horizontal)."""
+def _extent(axis_h: int, axis_v: int, shape: tuple[int, ...], vs: Sequence[float],
+            offset: Sequence[float] = (0.0, 0.0, 0.0)):
+    """imshow extent in physical units for a plane with axes (vertical, horizontal); ``offset``
+    (z, y, x) shifts the frame (see :func:`frame_offset`)."""
     w = shape[axis_h] * vs[axis_h]
     h = shape[axis_v] * vs[axis_v]
-    return (0.0, w, h, 0.0)
+    return (offset[axis_h], offset[axis_h] + w, offset[axis_v] + h, offset[axis_v])
+
+
+def frame_offset(vin: Sequence[float], vout: Sequence[float], unit: str,
+                 origin_voxels: Sequence[float] | None = None) -> tuple[float, float, float]:
+    """Where the views' frame puts the outer corner of the acquisition's first voxel, per axis (z, y, x).
+
+    The figures lay voxel ``i`` of a grid of step ``v`` from ``i·v`` to ``(i+1)·v`` and add this offset,
+    so that the axes read the coordinates a viewer shows for the stores: in µm, the acquisition's voxel
+    centres at ``(origin + i)·vin`` (OME-Zarr: translation + i·scale, as napari and BigDataViewer place
+    them; the calibrated z of Fiji's slice ``i + 1``), and the output's on the half-pixel-centre
+    convention at the restored store's translation. Without voxel sizes (axes in output voxels) the
+    output's voxel centres read their indices. ``origin_voxels``: the acquisition's first voxel centre in
+    its voxel steps (:attr:`selfres.io.Volume.origin_voxels`; ``None``: 0).
+    """
+    o = tuple(float(v) for v in origin_voxels) if origin_voxels is not None else (0.0, 0.0, 0.0)
+    if unit == "µm":
+        return tuple((oi - 0.5) * vi for oi, vi in zip(o, vin))
+    return tuple(oi * vi - 0.5 * vo for oi, vi, vo in zip(o, vin, vout))
 
 
 #: Axial (XZ, YZ) panels at most this share as tall as wide are drawn stacked beside the XY one
@@ -364,8 +384,9 @@ def _panel_grid(
     vmin: float,
     vmax: float,
     boxes: Sequence[tuple[Sequence[tuple[int, int]], str]] = (),
+    offset: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> bytes:
-    """Draw rows = volumes, columns = XY/XZ/YZ at physical aspect.
+    """Draw rows = volumes, columns = XY/XZ/YZ at physical aspect (``offset``: :func:`frame_offset`).
 
     Volumes with a single z plane get one XY panel per volume, side by side.
 
@@ -432,7 +453,7 @@ def _panel_grid(
             ax = fig.add_subplot(slots[r][c])
             av, ah = _PLANE_AXES[pname]
             im = ax.imshow(planes[pname], cmap=_gray(), vmin=vmin, vmax=vmax,
-                           extent=_extent(ah, av, shape, vsz), aspect="equal",
+                           extent=_extent(ah, av, shape, vsz, offset), aspect="equal",
                            interpolation="nearest")
             ax.tick_params(labelsize=7)
             # boxes on the XY panel only (a projection along a slab's own axis covers the whole
@@ -442,7 +463,7 @@ def _panel_grid(
                 (b0, b1), (a0, a1) = box[ah], box[av]
                 inset = 0.15 + 0.2 * i
                 ax.add_patch(_matplotlib().patches.Rectangle(
-                    ((b0 + inset) * vsz[ah], (a0 + inset) * vsz[av]),
+                    ((b0 + inset) * vsz[ah] + offset[ah], (a0 + inset) * vsz[av] + offset[av]),
                     max(b1 - b0 - 2 * inset, 0.1) * vsz[ah], max(a1 - a0 - 2 * inset, 0.1) * vsz[av],
                     fill=False, edgecolor=color, lw=1.8 if i == 0 else 1.4, ls="-" if i == 0 else "--", zorder=3))
             if is_2d:
@@ -492,6 +513,7 @@ def figure_orthoviews(
     voxel_size_in: Sequence[float] | None = None,
     voxel_size_out: Sequence[float] | None = None,
     display: tuple[float, float] | None = None,
+    origin_voxels: Sequence[float] | None = None,
 ) -> bytes:
     """Orthogonal centre slices of raw, interpolation and restored, as PNG bytes.
 
@@ -507,6 +529,9 @@ def figure_orthoviews(
     display
         ``(vmin, vmax)`` shared by the three rows; default: the 0.2–99.8 percentiles
         of ``restored``.
+    origin_voxels
+        The acquisition's first voxel centre in its voxel steps (an OME-Zarr's translation; ``None``:
+        0): the axes then read the stores' coordinates (:func:`frame_offset`).
 
     Returns
     -------
@@ -518,7 +543,8 @@ def figure_orthoviews(
     vmin, vmax = display if display is not None else display_range(restored)
     vols = [("raw", raw, vin), ("interpolation", interp, vout), ("restored", restored, vout)]
     return _panel_grid(vols, _centre_planes, unit=unit, vmin=vmin, vmax=vmax,
-                       title="Centre slices (matched contrast, range from restored)")
+                       title="Centre slices (matched contrast, range from restored)",
+                       offset=frame_offset(vin, vout, unit, origin_voxels))
 
 
 def figure_projections(
@@ -529,6 +555,7 @@ def figure_projections(
     voxel_size_in: Sequence[float] | None = None,
     voxel_size_out: Sequence[float] | None = None,
     train_fov: Any = None,
+    origin_voxels: Sequence[float] | None = None,
 ) -> bytes:
     """Maximum-intensity projections of raw, interpolation and restored (PNG bytes).
 
@@ -564,7 +591,8 @@ def figure_projections(
     if (hold := holdout_bbox(train_fov)) is not None:
         boxes.append((hold, "cyan"))
         title += "; cyan dashed: held-out region"
-    return _panel_grid(vols, planes, unit=unit, vmin=vmin, vmax=vmax, title=title, boxes=boxes)
+    return _panel_grid(vols, planes, unit=unit, vmin=vmin, vmax=vmax, title=title, boxes=boxes,
+                       offset=frame_offset(vin, vout, unit, origin_voxels))
 
 
 def _smooth2d(plane: np.ndarray, sigma: float) -> np.ndarray:
@@ -635,6 +663,7 @@ def figure_detail(
     zoom: int = 4,
     display: tuple[float, float] | None = None,
     restored_name: str = "restored",
+    origin_voxels: Sequence[float] | None = None,
 ) -> bytes:
     """Zoomed crop around the brightest structure and a line profile across it.
 
@@ -646,7 +675,7 @@ def figure_detail(
 
     Parameters
     ----------
-    raw, interp, restored, voxel_size_in, voxel_size_out, display
+    raw, interp, restored, voxel_size_in, voxel_size_out, display, origin_voxels
         As in :func:`figure_orthoviews`.
     zoom
         Zoom factor of the crop (crop side = field side / zoom, at most :data:`DETAIL_MAX_SIDE_PX`
@@ -662,13 +691,14 @@ def figure_detail(
     """
     raw, interp, restored, vin, vout, unit = prepare_views(
         raw, interp, restored, voxel_size_in, voxel_size_out)
+    off = frame_offset(vin, vout, unit, origin_voxels)  # voxel i of step v spans i·v to (i+1)·v, shifted by off
     s_in, s_out = as_zyx(raw.shape), as_zyx(restored.shape)
     z, y, x = _find_structure(restored)
     if only_z_resampled(s_in, s_out):
         # only z resampled (isotropic mode): an XY crop shows nothing new, and where its plane
         # falls on an acquired slice the profiles coincide; the detail is an XZ crop and a z profile
         return _axial_detail(raw, interp, restored, vin, vout, unit, (z, y, x), zoom=zoom, display=display,
-                             restored_name=restored_name)
+                             restored_name=restored_name, offset=off)
     shown = {"restored": restored_name}  # the panels' and profiles' names, where not their own
     hy, hx = (_detail_half_width(n, zoom) for n in s_out[1:])
     zoom_shown = _zoom_shown(s_out[2], hx)
@@ -691,19 +721,21 @@ def figure_detail(
     if display is None:
         display = display_range(crops["restored"][0], low=0.5, high=99.9)
     vmin, vmax = display
-    line_y_phys = (y + 0.5) * vout[1]
+    line_y_phys = (y + 0.5) * vout[1] + off[1]
     fig = _new_figure(figsize=(11.0, 3.4))
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.5], left=0.05, right=0.98,
                           top=0.86, bottom=0.16, wspace=0.3)
     colors = {"raw": "tab:blue", "interpolation": "tab:orange", "restored": "tab:green"}
     for k, (name, (crop, vs, oy, ox)) in enumerate(crops.items()):
         ax = fig.add_subplot(gs[0, k])
-        ext = (ox * vs[2], (ox + crop.shape[1]) * vs[2], (oy + crop.shape[0]) * vs[1], oy * vs[1])
+        ext = (ox * vs[2] + off[2], (ox + crop.shape[1]) * vs[2] + off[2], (oy + crop.shape[0]) * vs[1] + off[1],
+               oy * vs[1] + off[1])
         ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, extent=ext, aspect="equal",
                   interpolation="nearest")
         ax.axhline(line_y_phys, color=colors[name], lw=1.0, alpha=0.8)
         ax.set_title(f"{shown.get(name, name)} ({zoom_shown}× zoom)"
-                     + (f"\nacquired plane z={(iz + 0.5) * vin[0]:.4g} {unit}" if name == "raw" else ""), fontsize=9)
+                     + (f"\nacquired plane z={(iz + 0.5) * vin[0] + off[0]:.4g} {unit}" if name == "raw" else ""),
+                     fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
         if k == 0:
             ax.set_ylabel(f"y ({unit})", fontsize=7)
@@ -714,10 +746,11 @@ def figure_detail(
         "interpolation": (np.asarray(interp[z, y, x0:x1], dtype=np.float32), vout[2], x0),
         "restored": (np.asarray(restored[z, y, x0:x1], dtype=np.float32), vout[2], x0),
     }
-    _profile_panel(ax, profiles, colors, labels=shown, xlabel=f"x ({unit})",
+    _profile_panel(ax, profiles, colors, labels=shown, xlabel=f"x ({unit})", offset=off[2],
                    # y on a line of its own: on one line a title with 4-digit positions ran past the figure's
                    # right edge ("y=32.63 µ", a walkthrough's confocal nucleus)
-                   title=f"line profile at z={(z + 0.5) * vout[0]:.4g} {unit} (raw {(iz + 0.5) * vin[0]:.4g} "
+                   title=f"line profile at z={(z + 0.5) * vout[0] + off[0]:.4g} {unit} "
+                         f"(raw {(iz + 0.5) * vin[0] + off[0]:.4g} "
                          f"{unit}),\ny={line_y_phys:.4g} {unit}")
     return _fig_to_png(fig)
 
@@ -732,11 +765,11 @@ def only_z_resampled(shape_in: Sequence[int], shape_out: Sequence[int]) -> bool:
 
 
 def _profile_panel(ax, profiles: Mapping[str, tuple], colors: Mapping[str, str], *, xlabel: str, title: str,
-                   labels: Mapping[str, str] | None = None) -> None:
+                   labels: Mapping[str, str] | None = None, offset: float = 0.0) -> None:
     """The detail figure's profile plot: ``{name: (values, voxel size, first index)}``, each at
-    its voxels' centres (µm); the raw samples as dots."""
+    its voxels' centres (µm, shifted by the axis's ``offset``: :func:`frame_offset`); the raw samples as dots."""
     for name, (prof, voxel, first) in profiles.items():
-        ax.plot((first + np.arange(prof.size) + 0.5) * voxel, prof, marker="." if name == "raw" else None, ms=4,
+        ax.plot((first + np.arange(prof.size) + 0.5) * voxel + offset, prof, marker="." if name == "raw" else None, ms=4,
                 color=colors[name], label=(labels or {}).get(name, name), lw=1.2)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("intensity", fontsize=8)
@@ -769,7 +802,7 @@ def _zoom_shown(n: int, half: int) -> int:
 
 
 def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, display,
-                  restored_name: str = "restored") -> bytes:
+                  restored_name: str = "restored", offset: Sequence[float] = (0.0, 0.0, 0.0)) -> bytes:
     """:func:`figure_detail` when only z was resampled: XZ crops through the brightest
     structure (all of z, ``1/zoom`` of x, at most :data:`DETAIL_MAX_SIDE_PX`) and the profiles along z through it."""
     shown = {"restored": restored_name}
@@ -793,11 +826,13 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
     gs = fig.add_gridspec(1, 4, width_ratios=[1, 1, 1, 1.5], left=0.06, right=0.98, top=0.86, bottom=0.16,
                           wspace=0.35)
     colors = {"raw": "tab:blue", "interpolation": "tab:orange", "restored": "tab:green"}
-    x_phys, y_phys = (x + 0.5) * vout[2], (y + 0.5) * vout[1]  # the axes' units: voxel centres
+    off = offset
+    x_phys, y_phys = (x + 0.5) * vout[2] + off[2], (y + 0.5) * vout[1] + off[1]  # the axes' units: voxel centres
     for k, (name, (crop, vs, oz)) in enumerate(crops.items()):
         ax = fig.add_subplot(gs[0, k])
         ax.imshow(crop, cmap=_gray(), vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest",
-                  extent=(x0 * vs[2], x1 * vs[2], (oz + crop.shape[0]) * vs[0], oz * vs[0]))
+                  extent=(x0 * vs[2] + off[2], x1 * vs[2] + off[2], (oz + crop.shape[0]) * vs[0] + off[0],
+                          oz * vs[0] + off[0]))
         ax.axvline(x_phys, color=colors[name], lw=1.0, alpha=0.8)
         ax.set_title(f"{shown.get(name, name)} (XZ at y={y_phys:.4g} {unit})", fontsize=9)
         ax.set_xlabel(f"x ({unit})", fontsize=7)
@@ -805,7 +840,7 @@ def _axial_detail(raw, interp, restored, vin, vout, unit, at, *, zoom: int, disp
         ax.tick_params(labelsize=7)
     ax = fig.add_subplot(gs[0, 3])
     _profile_panel(ax, {name: (crop[:, x - x0], vs[0], oz) for name, (crop, vs, oz) in crops.items()}, colors,
-                   labels=shown, xlabel=f"z ({unit})",
+                   labels=shown, xlabel=f"z ({unit})", offset=off[0],
                    title=f"axial profile at y={y_phys:.4g}, x={x_phys:.4g} {unit}\n(dots: acquired slices)")
     return _fig_to_png(fig)
 
@@ -1244,12 +1279,13 @@ def sample_figures(
     train_fov: Any = None,
     margin_db: float | None = None,
     restored_is_interpolation: bool = False,
+    origin_voxels: Sequence[float] | None = None,
 ) -> dict[str, bytes]:
     """All figures of a sample report, as PNG bytes (computed once, reused).
 
     Parameters
     ----------
-    raw, interp, restored, voxel_size_in, voxel_size_out
+    raw, interp, restored, voxel_size_in, voxel_size_out, origin_voxels
         As in :func:`figure_orthoviews`.
     training_log, best_step
         As in :func:`figure_training_curves`; no ``training_curves`` without a log.
@@ -1277,7 +1313,8 @@ def sample_figures(
     # the sizes as given: each figure fills in unknown ones itself, and then labels its axes in
     # voxels, not in µm (filled-in sizes passed on looked like micrometres)
     vin, vout = voxel_size_in, voxel_size_out
-    kw = dict(raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout)
+    kw = dict(raw=raw, interp=interp, restored=restored, voxel_size_in=vin, voxel_size_out=vout,
+              origin_voxels=origin_voxels)
     voxels = math.prod(int(n) for n in np.shape(restored))
     # the projections read the whole output and compute the interpolation of the whole input
     # (minutes on a large field): said as each figure is done, so a long report is not a hang

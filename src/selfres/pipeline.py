@@ -1661,7 +1661,8 @@ def stage_report(
         # a serial ×4 model: each stage's kept step (its log's steps restart with stage 2)
         best_step=metrics_d.get("stage_best_steps") or metrics_d.get("best_step"),
         spectra=spectra, spectra_log10=True, train_fov=fov, margin_db=wording.num(metrics_d.get("guard_margin_db")),
-        restored_is_interpolation=metrics_d.get("restored_content") == "interpolation")
+        restored_is_interpolation=metrics_d.get("restored_content") == "interpolation",
+        origin_voxels=vol.origin_voxels)  # the axes read the stores' coordinates (an OME-Zarr input's translation)
     html = report.render_sample_report(
         sample=sample, metrics=metrics_d, raw=raw, interp=interp, restored=restored_arr,
         voxel_size_in=vs_in, voxel_size_out=vs_out,

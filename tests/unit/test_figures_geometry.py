@@ -102,8 +102,9 @@ def test_orthoviews_show_each_volumes_centre_planes_at_their_physical_extent(mon
                               voxel_size_out=vout)
     panels = _images(drawn[-1])
     assert len(panels) == 9
-    # 8 × 6 × 4.5 µm (z, y, x) on both grids, each panel's extent from its own grid's shape and voxel size
-    want_ext = {"XY": (0.0, 4.5, 6.0, 0.0), "XZ": (0.0, 4.5, 8.0, 0.0), "YZ": (0.0, 6.0, 8.0, 0.0)}
+    # 8 × 6 × 4.5 µm (z, y, x) on both grids, each panel's extent from its own grid's shape and voxel size,
+    # the input's first voxel centred on 0 (its outer corner at −vin/2: −1, −0.25, −0.125 µm)
+    want_ext = {"XY": (-0.125, 4.375, 5.75, -0.25), "XZ": (-0.125, 4.375, 7.0, -1.0), "YZ": (-0.25, 5.75, 7.0, -1.0)}
     for r, vol in enumerate((raw, interp, restored)):
         planes = figures._centre_planes(vol)
         for c, name in enumerate(("XY", "XZ", "YZ")):
@@ -131,10 +132,10 @@ def test_projections_outline_the_training_and_held_out_boxes_on_the_raw_xy_panel
     assert boxed == [panels[0][0]]  # the raw row's XY panel only
     rects = {p.get_edgecolor()[:3]: p for p in boxed[0].patches}
     red, cyan = rects[(1.0, 0.0, 0.0)], rects[(0.0, 1.0, 1.0)]
-    # corners in µm of the input grid, inset by 0.15 (training) and 0.35 (held-out) voxel
-    assert red.get_xy() == pytest.approx(((4 + 0.15) * 0.25, (2 + 0.15) * 0.5))
+    # corners in µm of the input grid (voxel i's centre at i·v), inset by 0.15 (training) and 0.35 (held-out) voxel
+    assert red.get_xy() == pytest.approx(((4 - 0.5 + 0.15) * 0.25, (2 - 0.5 + 0.15) * 0.5))
     assert (red.get_width(), red.get_height()) == pytest.approx(((8 - 0.3) * 0.25, (6 - 0.3) * 0.5))
-    assert cyan.get_xy() == pytest.approx(((0 + 0.35) * 0.25, (8 + 0.35) * 0.5))
+    assert cyan.get_xy() == pytest.approx(((0 - 0.5 + 0.35) * 0.25, (8 - 0.5 + 0.35) * 0.5))
     assert (cyan.get_width(), cyan.get_height()) == pytest.approx(((4 - 0.7) * 0.25, (4 - 0.7) * 0.5))
 
 
@@ -198,18 +199,22 @@ def test_the_lateral_detail_crops_one_region_on_both_grids_and_its_line_and_rang
     assert ry0 <= y0 + 1e-9 and ry1 >= y1 - 1e-9 and y0 - ry0 < 0.6 and ry1 - y1 < 0.6
     assert im_res.get_clim() == pytest.approx(figures.display_range(crop, low=0.5, high=99.9))
     # the profile line at a voxel centre of the output row the profiles read; the raw row beneath it
+    # (the input's voxel i centred at i·vin: its outer corner at −0.3 µm in y, −0.45 in x; output voxel j of
+    # 0.3 µm centred at (j + 0.5)·0.3 − 0.3)
     line_y = float(ax_res.get_lines()[0].get_ydata()[0])
-    y = (line_y / 0.3) - 0.5
+    y = (line_y + 0.3) / 0.3 - 0.5
     assert y == pytest.approx(round(y))
     profile = fig.axes[3]
     raw_line = next(ln for ln in profile.get_lines() if ln.get_label() == "raw")
-    iy, ix0 = int(line_y // 0.6), round(rx0 / 0.9)
+    iy, ix0 = int((line_y + 0.3) // 0.6), round((rx0 + 0.45) / 0.9)
     z_raw = 2  # a ×1 z: the acquired plane is the structure's
     np.testing.assert_array_equal(raw_line.get_ydata(), raw[z_raw, iy, ix0:ix0 + raw_crop.shape[1]])
     res_line = next(ln for ln in profile.get_lines() if ln.get_label() == "restored")
-    np.testing.assert_array_equal(res_line.get_ydata(), restored[z_raw, round(y), round(x0 / 0.3):round(x1 / 0.3)])
-    # every position in the profile's title has its unit (a walkthrough: "z=103 (raw 102)" beside "z=102 µm")
-    assert profile.get_title() == f"line profile at z=2.5 µm (raw 2.5 µm),\ny={line_y:.4g} µm", profile.get_title()
+    np.testing.assert_array_equal(res_line.get_ydata(),
+                                  restored[z_raw, round(y), round((x0 + 0.45) / 0.3):round((x1 + 0.45) / 0.3)])
+    # every position in the profile's title has its unit (a walkthrough: "z=103 (raw 102)" beside "z=102 µm");
+    # plane 2 of 1 µm is at z = 2 µm, as a viewer shows it
+    assert profile.get_title() == f"line profile at z=2 µm (raw 2 µm),\ny={line_y:.4g} µm", profile.get_title()
 
 
 def test_the_detail_profiles_title_stays_inside_the_figure_with_four_digit_positions(monkeypatch):
@@ -247,11 +252,11 @@ def test_the_axial_detail_is_a_square_in_micrometres_on_the_z_axis_of_each_grid(
     assert abs((z1 - z0) - (x1 - x0)) <= 2.0  # a square in µm (to an output plane each side)
     rz1, rz0 = im_raw.get_extent()[2:]
     assert rz1 - rz0 == pytest.approx(np.asarray(im_raw.get_array()).shape[0] * 2.0)
-    # the axial profile is the column under the crop's vertical line
-    x = float(ax_res.get_lines()[0].get_xdata()[0]) / 0.25 - 0.5
+    # the axial profile is the column under the crop's vertical line (x: the input's voxel i centred at i·0.25)
+    x = (float(ax_res.get_lines()[0].get_xdata()[0]) + 0.125) / 0.25 - 0.5
     assert x == pytest.approx(round(x))
     profile = next(ln for ln in drawn[-1].axes[3].get_lines() if ln.get_label() == "restored")
-    np.testing.assert_array_equal(profile.get_ydata(), crop[:, round(x) - round(x0 / 0.25)])
+    np.testing.assert_array_equal(profile.get_ydata(), crop[:, round(x) - round((x0 + 0.125) / 0.25)])
 
 
 def test_the_detail_crop_is_a_zoomth_of_the_field_at_most_its_cap_and_at_least_four_voxels():
@@ -296,3 +301,37 @@ def test_max_pooling_pads_with_the_planes_own_values_not_zeros():
     padded = np.pad(plane, ((0, 1), (0, 2)), mode="edge")
     np.testing.assert_array_equal(got, padded.reshape(3, 2, 2, 3).max(axis=(1, 3)))
     assert (got < 0).all()
+
+
+def test_the_views_read_the_stores_coordinates_the_inputs_translation_included(monkeypatch):
+    """A geometry audit: the report's axes counted from the outer corner of the acquisition's first voxel
+    (its "acquired plane z=15 µm" was plane 7 at z=14 µm in napari, 2 µm steps) and left out an OME-Zarr
+    input's translation (its "z=23 µm" was at 32 µm). Voxel centres now read where the stores put them:
+    the acquisition's at translation + i·v, the output's at the restored store's translation
+    (:func:`selfres.pipeline.grid_origin`) + j·v."""
+    from selfres.pipeline import at_voxel_size, grid_origin
+
+    drawn = captured_figures(monkeypatch)
+    raw, interp, restored = _grid_volumes()  # (4, 12, 18) input, (8, 12, 18) output
+    vin, vout = (2.0, 0.5, 0.25), (1.0, 0.5, 0.25)
+    origin_voxels = (5.0, 2.0, -4.0)  # an OME-Zarr translation of (10, 1, -1) µm
+    origin_um = at_voxel_size(origin_voxels, vin)
+    out0 = grid_origin(vin, vout, origin_um)  # the restored store's first voxel centre
+    figures.figure_orthoviews(raw=raw, interp=interp, restored=restored, voxel_size_in=vin,
+                              voxel_size_out=vout, origin_voxels=origin_voxels)
+    panels = _images(drawn[-1])
+    for r, (v, first) in enumerate(((vin, origin_um), (vout, out0), (vout, out0))):
+        for c, (ah, av) in enumerate(((2, 1), (2, 0), (1, 0))):  # XY, XZ, YZ: (horizontal, vertical) axes
+            left, _, _, top = panels[3 * r + c][1].get_extent()
+            # the first voxel's centre, half a voxel in from the panel's corner, is where the store puts it
+            assert (left + v[ah] / 2, top + v[av] / 2) == pytest.approx((first[ah], first[av])), (r, c)
+    # the detail's raw plane: acquired plane iz at origin + iz·2 µm
+    big = np.zeros((6, 40, 40), np.float32)
+    big[3, 18:22, 18:22] = 1.0
+    figures.figure_detail(raw=big, interp=big, restored=big, voxel_size_in=(2.0, 0.5, 0.5),
+                          voxel_size_out=(2.0, 0.5, 0.5), origin_voxels=(7.0, 0.0, 0.0))
+    assert "acquired plane z=20 µm" in drawn[-1].axes[0].get_title()  # plane 3 of a stack whose plane 0 is at 14 µm
+    # without a voxel size the axes are in output voxels: output voxel j reads j
+    figures.figure_orthoviews(raw=raw, interp=interp, restored=restored)
+    left, _, _, top = _images(drawn[-1])[6][1].get_extent()
+    assert (left, top) == pytest.approx((-0.5, -0.5))

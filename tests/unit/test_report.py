@@ -1680,8 +1680,8 @@ def test_the_detail_of_a_bead_peaking_between_acquired_planes_shows_the_output_p
                           voxel_size_out=(0.25, 0.25, 0.25))
     profile = drawn[-1].axes[3]
     z_out, z_raw = map(float, re.search(r"at z=([0-9.]+) µm \(raw ([0-9.]+) µm\)", profile.get_title()).groups())
-    assert abs(z_out - z_raw) <= 0.25 / 2 + 1e-9, profile.get_title()  # peak plane 11 is at 2.875, raw at 2.5
-    k = round(z_out / 0.25 - 0.5)
+    assert abs(z_out - z_raw) <= 0.25 / 2 + 1e-9, profile.get_title()  # peak plane 11 is at 2.375, raw plane 2 at 2
+    k = round((z_out + 0.5) / 0.25 - 0.5)  # input plane i of 1 µm sits at z = i µm; output plane k at (k + 0.5)·0.25 − 0.5
     assert _line(profile, "restored").get_ydata().max() == pytest.approx(restored[k, 24, 24])
 
 

@@ -18,12 +18,14 @@ import subprocess
 import pytest
 from conftest_slurm import (SITE_PROFILE, TEST_PROFILE, ensure_slurm_cluster, jobs_seen,
                             snakemake_slurm_command, submitted_job_ids)
-from workdir import SNAKEFILE, make_workdir
+from workdir import SNAKEFILE, make_workdir, write_tiny_tiff
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 GPU_RULES = {"train", "infer", "infer_block"}  # infer_block: infer.blocks > 1
-CORE_RULES = {"normalise", "crop", "train", "infer", "qc", "report", "summary"}
+CORE_RULES = {"normalise", "crop", "train", "infer", "qc", "report"}
+#: rules that run in the Snakemake process itself, never submitted (summary: a job re-reads the inbox)
+LOCAL_RULES = {"all", "summary"}
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +59,15 @@ def test_every_rule_ran_as_a_completed_slurm_job(slurm_run):
     assert CORE_RULES <= ran, f"rules missing from Slurm: {CORE_RULES - ran}"
     assert all(j["State"] == "COMPLETED" for j in jobs), [(j["rule"], j["State"]) for j in jobs]
     assert all(os.path.realpath(j["WorkDir"]) == os.path.realpath(wd) for j in jobs)
-    # nothing but the target rule `all` ran inside the Snakemake process itself
-    assert set(re.findall(r"^localrule (\w+):", out, flags=re.M)) <= {"all"}
+    # nothing but the target rule `all` and the summary ran inside the Snakemake process itself
+    assert set(re.findall(r"^localrule (\w+):", out, flags=re.M)) <= LOCAL_RULES
     # Snakemake's own job count (without the target `all`) equals what Slurm saw
     # one run record, written by the main process (spawned jobs run with --no-hooks)
     (record_file,) = (wd / "results" / "runs").glob("*.json")
     record = json.loads(record_file.read_text())
-    assert len(record["jobs"]) == len(jobs)
-    assert {j["slurm_jobid"] for j in record["jobs"]} == set(ids)
+    submitted = [j for j in record["jobs"] if j["rule"] not in LOCAL_RULES]
+    assert len(submitted) == len(jobs)
+    assert {j["slurm_jobid"] for j in submitted} == set(ids)
 
 
 def test_only_train_and_infer_request_the_gpu(slurm_run):
@@ -129,3 +132,22 @@ def test_named_profile_from_home_config(cluster, tmp_path):
     assert all(j["State"] == "COMPLETED" and j["Partition"] == "cpu" for j in jobs)
     assert (wd / "results/n/train_fov.json").is_file()
     assert (wd / "logs" / "slurm").is_dir(), "slurm-logdir of the installed profile"
+
+
+def test_an_inbox_file_that_settles_during_the_night_does_not_fail_the_summary(cluster, tmp_path):
+    """An acquisition still being written when the run starts is left for the next run; by the
+    time the summary runs it has settled. A summary submitted as a Slurm job re-read the inbox
+    there, found one more sample and waited for its report.html: `Missing files after … seconds`,
+    every retry alike, the night `error` (an operator's walkthrough). The summary runs in the
+    Snakemake process, with the run's own plan."""
+    wd = make_workdir(tmp_path, samples={}, config_overrides={
+        "inbox": ["inbox/*.tif"], "inbox_settle_seconds": 8})
+    write_tiny_tiff(wd / "inbox" / "late.tif")  # written now: young when the run starts
+    # a summary job (the old way) starts 15 s after its submission, when late.tif has settled
+    cmd = snakemake_slurm_command(workdir=wd, extra=[
+        "--set-resources", "summary:slurm_extra='--begin=now+15'"])
+    out = _run(cmd, wd, timeout=600)
+    assert "inbox/late.tif changed" in out and "left for the next run" in out, out[-3000:]
+    assert re.search(r"^localrule summary:", out, flags=re.MULTILINE), out[-3000:]
+    rows = [line.split("\t") for line in (wd / "results" / "summary.tsv").read_text().splitlines()]
+    assert [(r[0], r[1]) for r in rows[1:]] == [("late", "pending")], rows

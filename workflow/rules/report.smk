@@ -94,10 +94,15 @@ rule export_acquisition:
         "> {log:q} 2>&1"
 
 
+# Runs in the Snakemake process itself (light: reads JSON and TSV files), never as a cluster job:
+# a job re-reads the sheet and the inbox, and an inbox acquisition that was still being written
+# when the run started but has settled since would become one more sample there, whose report
+# the job would wait for and fail on (every retry alike), leaving the night without a summary
 rule summary:
     input:
         expand(f"{R}/{{sample}}/report.html", sample=TARGET_SAMPLES),
         summary_rebuild_marker,
+    localrule: True
     output:
         tsv=report(f"{R}/summary.tsv", caption="../report/summary.rst", category="Summary",
                    labels={"figure": "summary table"}),

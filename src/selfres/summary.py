@@ -220,8 +220,11 @@ def stage_summary(results: str | Path, samples: Sequence[str], out_tsv: str | Pa
             if unreadable:
                 err = unreadable
             elif jobs_left:  # this run's ERROR line (a minute's grace: a Slurm node's clock may lag the driver's)
-                err = ((last_error(logs, newer_than=run_started - 60) if run_started else None)
-                       or _unfinished_message(jobs_left))
+                err = last_error(logs, newer_than=run_started - 60) if run_started else None
+                if err:  # an attempt's ERROR line; a retry sbatch refused (memory × attempt...) wrote none
+                    err += "".join(f"; its {j['rule']} job's retry did not run: {j['ended_by']}" for j in jobs_left
+                                   if str(j.get("ended_by") or "").startswith("sbatch refused"))
+                err = err or _unfinished_message(jobs_left)
                 if complete and any(j["rule"] == "report" and j["sample"] == s and j["status"] == "finished"
                                     for j in run["jobs"]):
                     # the report is this run's (its job finished in this run; a report's time within the

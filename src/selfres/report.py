@@ -214,8 +214,37 @@ _MEASURED_SHARES = {"restored_undershoots": ("undershoot", "output_min", "darkes
                     "restored_overshoots": ("overshoot", "output_max", "brightest")}
 
 
+#: isotropic mode's flags whose advice suspects an axial σ estimated too large
+_SIGMA_SUSPECTED = ("restored_undershoots", "restored_overshoots", "restored_brighter")
+
+
+def _flag_sigma_given(flag: str, metrics: Mapping[str, Any] | None) -> str:
+    """For an isotropic sample whose axial σ was given (not estimated), a flag's box says so: its advice
+    blames an estimate read too large, which a given σ is not (a review's flat sheets in xy, restored with
+    their true σ: +1.8 dB over z-cubic against the truth, yet dark halos along z flagged with that advice)."""
+    m = metrics or {}
+    deg = m.get("isotropic_degradation")
+    if flag not in _SIGMA_SUSPECTED or m.get("mode") != "isotropic" or not isinstance(deg, Mapping):
+        return ""
+    source, sigma = deg.get("sigma_source"), num(deg.get("sigma_px"))
+    if not source or source in ("estimated", "unestimated"):
+        return ""
+    setting = "isotropic.axial_sigma_px" if source == "settings" else str(source)
+    at = f": {sigma:.3g} lateral pixels" if sigma is not None else ""
+    return (f" The axial σ here was given ({setting}{at}), not estimated: check the value you gave (the extra "
+            "axial blur; z,y,x order and units). If it is your optics' blur, structures thinner in z than that σ "
+            "(sheets or fibres lying flat in xy, sub-resolution points) ring so even with the right σ, and a "
+            "training cut short can add to it; measure intensities on the interpolation.")
+
+
 def _flag_measured(flag: str, metrics: Mapping[str, Any] | None) -> str:
-    """What QC measured behind a flag, where the explanation gives only its thresholds (``""`` else)."""
+    """What QC measured behind a flag, where the explanation gives only its thresholds (``""`` else), and
+    for isotropic mode's σ-suspecting flags whether the σ was given (:func:`_flag_sigma_given`)."""
+    return _flag_shares(flag, metrics) + _flag_sigma_given(flag, metrics)
+
+
+def _flag_shares(flag: str, metrics: Mapping[str, Any] | None) -> str:
+    """The share of the QC window QC measured behind an undershoot/overshoot flag (``""`` else)."""
     check = (metrics or {}).get("restored_check") or {}
     if flag not in _MEASURED_SHARES or not isinstance(check, Mapping):
         return ""

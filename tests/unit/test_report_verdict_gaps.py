@@ -227,3 +227,27 @@ def test_the_verdict_says_how_much_of_the_held_out_gain_the_network_learned():
               base | {"holdout_gain_network_alone_db": 0.02, "inference_extras": {"back_projection_iterations": 0}},
               base):
         assert "The network alone" not in report._verdict(m, "ok")
+
+
+def test_a_given_axial_sigma_is_not_left_blamed_as_an_estimate_read_too_large():
+    """A review restored flat sheets in xy (thin in z) with their true axial σ given
+    (isotropic.axial_sigma_px 2): +1.8 dB over z-cubic against the truth, with dark halos along z that
+    QC rightly flagged — but the boxes' only cause offered was a σ *estimated* too large."""
+    check = {"overshoot": {"output": 0.0015, "interpolation": 0.0, "above": 1.27, "output_max": 1.39},
+             "undershoot": {"output": 0.029, "interpolation": 0.0, "below": -0.05, "output_min": -0.19,
+                            "detectable": True}}
+    flags = ["restored_undershoots", "restored_overshoots", "restored_brighter"]
+    given = _page(_enhance(mode="isotropic", flags=flags, restored_check=check,
+                           isotropic_degradation={"sigma_px": 2.0, "sigma_source": "settings"}))
+    for flag in flags:
+        box = given.split(f'id="flag-{flag}"')[1].split("</div>")[0]
+        assert "The axial σ here was given (isotropic.axial_sigma_px: 2 lateral pixels), not estimated" in box, box
+    psf = _page(_enhance(mode="isotropic", flags=["restored_brighter"],
+                         isotropic_degradation={"sigma_px": 1.5, "sigma_source": "train.psf_sigma_um"}))
+    assert "was given (train.psf_sigma_um: 1.5 lateral pixels)" in psf
+    for source in ("estimated", "unestimated"):  # an estimate keeps the advice as it was
+        est = _page(_enhance(mode="isotropic", flags=flags, restored_check=check,
+                             isotropic_degradation={"sigma_px": 2.5, "sigma_source": source}))
+        assert "The axial σ here was given" not in est
+    box = est.split('id="flag-restored_overshoots"')[1].split("</div>")[0]
+    assert "Here: 0.15 % of the QC window (the interpolation: 0 %)" in box  # the measured share stays

@@ -438,6 +438,12 @@ def _warn_once(message: str, *args) -> None:
     log.warning(message, *args)
 
 
+#: TIFF resolution tags in inches are read as a pixel size only at this many pixels per inch or more (a pixel of
+#: 5.08 µm or less): 72, 96 and 300 per inch are screens' and printers' defaults, written by software that knows
+#: no pixel size (a geometry audit: a 2-D image at 127 000 per inch, 0.2 µm pixels, was read with no size and no word)
+MICROSCOPE_DPI_AT_LEAST = 5000.0
+
+
 def _warn_voxel_unknown(path: str, why: str) -> None:
     """Metadata that gives a voxel size selfres cannot use: said once, then read as none."""
     _warn_once("%s: %s; the voxel size is taken as unknown. Give it in the sample sheet column voxel_size "
@@ -537,9 +543,20 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
             return None
         fac, yfac, zfac = factors["x"], factors["y"], factors["z"] or factors["x"]
     elif "ResolutionUnit" in tags:
-        # TIFF ResolutionUnit: 3 = centimetre; tifffile also writes 4 = mm, 5 = µm
-        fac = {3: 1e4, 4: 1e3, 5: 1.0}.get(int(tags["ResolutionUnit"].value))
+        # TIFF ResolutionUnit: 2 = inch, 3 = centimetre; tifffile also writes 4 = mm, 5 = µm
+        code = int(tags["ResolutionUnit"].value)
+        fac = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}.get(code)
         yfac = zfac = fac
+        if code == 2:  # inches: a microscope's pixel only at a microscope's density, else a screen or print default
+            dpi = [float(n) / float(d) if n and d else None
+                   for n, d in (tags[k].value if k in tags else (0, 0) for k in ("YResolution", "XResolution"))]
+            if None in dpi or min(dpi) < MICROSCOPE_DPI_AT_LEAST:
+                if None not in dpi:
+                    _warn_voxel_unknown(_tiff_path(tif), (
+                        f"its TIFF resolution tags give {', '.join(f'{v:g}' for v in dpi)} pixels per inch (y, x), a "
+                        f"screen or print setting rather than a microscope's pixel (under {MICROSCOPE_DPI_AT_LEAST:g} "
+                        f"per inch: {25400 / MICROSCOPE_DPI_AT_LEAST:g} µm or larger)"))
+                return None
     if fac is None:
         return None
 

@@ -2223,3 +2223,23 @@ def test_an_output_lock_removed_by_its_finishing_holder_is_taken_anew(tmp_path, 
     with atomic.output_lock(out):
         assert lock.exists(), "held on a file that others can see"
         assert os.stat(lock).st_ino == os.fstat(atomic._HELD[lock.resolve()][0]).st_ino
+
+
+def test_tiff_resolution_in_inches_is_a_pixel_size_at_a_microscopes_density_and_a_screen_default_is_said(
+        tmp_path, caplog):
+    """A geometry audit: a 2-D image at 127 000 pixels per inch (0.2 µm pixels) was read with no voxel size and
+    no word, while the same image in pixels per cm read 0.2 µm; 72 per inch (a screen default) is no pixel size,
+    and now says so."""
+    image = (np.arange(64 * 64).reshape(64, 64) % 1000).astype(np.uint16)
+    fine, screen, plane = tmp_path / "fine.tif", tmp_path / "screen.tif", tmp_path / "stack.tif"
+    tifffile.imwrite(fine, image, resolution=(127000, 127000), resolutionunit="INCH")
+    tifffile.imwrite(screen, image, resolution=(72, 72), resolutionunit="INCH")
+    tifffile.imwrite(plane, np.stack([image] * 5), resolution=(254000, 127000), resolutionunit="INCH")
+    assert io.read_volume(fine).voxel_size == pytest.approx((0.2, 0.2, 0.2))  # a plane's z: its y's stand-in
+    with caplog.at_level("WARNING", logger="selfres.io"):
+        assert io.read_volume(screen).voxel_size is None
+        assert io.read_volume(plane).voxel_size is None  # pixels in inches, but no z step for its 5 planes
+    assert re.search(r"screen\.tif: its TIFF resolution tags give 72, 72 pixels per inch \(y, x\), a screen or print "
+                     r"setting rather than a microscope's pixel", caplog.text)
+    assert re.search(r"stack\.tif: its TIFF resolution tags give the pixel size \(y, x: 0\.2, 0\.1 µm\) but no z step",
+                     caplog.text)

@@ -335,3 +335,62 @@ def test_the_views_read_the_stores_coordinates_the_inputs_translation_included(m
     figures.figure_orthoviews(raw=raw, interp=interp, restored=restored)
     left, _, _, top = _images(drawn[-1])[6][1].get_extent()
     assert (left, top) == pytest.approx((-0.5, -0.5))
+
+
+def test_the_detail_profiles_and_the_unitless_z_axis_read_the_stores_coordinates_too(monkeypatch):
+    """A review of the change above: the orthoviews' and the raw title's positions were pinned, but the
+    profile curves (lateral and axial), the axial detail's y in its titles, and the z axis of a volume
+    without a voxel size could lose their shift without a test failing. Each curve's samples sit at the
+    voxel centres the stores give (input: translation + i·v; output: the restored store's translation
+    + j·v), here also at isotropic mode's non-integer factor (2.5)."""
+    from selfres.pipeline import at_voxel_size, grid_origin
+
+    drawn = captured_figures(monkeypatch)
+    rng = np.random.default_rng(7)
+    # lateral detail: ×2 in y and x
+    raw = rng.random((3, 40, 40)).astype(np.float32)
+    raw[1, 20, 20] += 5.0
+    up = np.repeat(np.repeat(raw, 2, 1), 2, 2)
+    vin, vout, o = (1.0, 0.5, 0.5), (1.0, 0.25, 0.25), (3.0, -2.0, 6.0)
+    first_in, first_out = at_voxel_size(o, vin), grid_origin(vin, vout, at_voxel_size(o, vin))
+    figures.figure_detail(raw=raw, interp=up, restored=up, voxel_size_in=vin, voxel_size_out=vout, origin_voxels=o)
+    lines = {ln.get_label(): ln for ln in drawn[-1].axes[3].get_lines()}
+    for name, first, v in (("raw", first_in[2], vin[2]), ("restored", first_out[2], vout[2])):
+        idx = (np.asarray(lines[name].get_xdata()) - first) / v  # voxel indices along x
+        np.testing.assert_allclose(idx, np.round(idx), atol=1e-9, err_msg=name)
+    # the restored curve's values are the output row's at those indices
+    res_idx = np.round((np.asarray(lines["restored"].get_xdata()) - first_out[2]) / vout[2]).astype(int)
+    line_y = float(drawn[-1].axes[2].get_lines()[0].get_ydata()[0])
+    jy = round((line_y - first_out[1]) / vout[1])
+    np.testing.assert_array_equal(lines["restored"].get_ydata(), up[1, jy, res_idx])
+    # axial detail at a non-integer factor: 10 planes of 2.5 µm → 25 of 1 µm
+    raw = rng.random((10, 30, 120)).astype(np.float32)
+    raw[5, 15, 60] += 5.0
+    from selfres import degrade
+
+    m = degrade.resize_matrix(10, 25, scale=2.5, antialias=False)
+    deep = np.einsum("oz,zyx->oyx", np.asarray(m, np.float32), raw).astype(np.float32)
+    vin, vout, o = (2.5, 0.3, 0.3), (1.0, 0.3, 0.3), (4.0, 1.0, -3.0)
+    first_in, first_out = at_voxel_size(o, vin), grid_origin(vin, vout, at_voxel_size(o, vin))
+    figures.figure_detail(raw=raw, interp=deep, restored=deep, voxel_size_in=vin, voxel_size_out=vout,
+                          origin_voxels=o)
+    fig = drawn[-1]
+    lines = {ln.get_label(): ln for ln in fig.axes[3].get_lines()}
+    for name, first, v in (("raw", first_in[0], vin[0]), ("restored", first_out[0], vout[0])):
+        idx = (np.asarray(lines[name].get_xdata()) - first) / v  # plane indices along z
+        np.testing.assert_allclose(idx, np.round(idx), atol=1e-9, err_msg=name)
+    x_line = float(fig.axes[2].get_lines()[0].get_xdata()[0])
+    jx = (x_line - first_out[2]) / vout[2]
+    assert jx == pytest.approx(round(jx))
+    y = float(re.search(r"y=(-?[0-9.]+)", fig.axes[3].get_title()).group(1))
+    jy = (y - first_out[1]) / vout[1]
+    assert jy == pytest.approx(round(jy), abs=0.01), fig.axes[3].get_title()
+    # without a voxel size: output voxel j at j on every axis, z included (×2 in z here), and the
+    # acquisition's panels on the same frame (its first plane's outer corner is the output's)
+    raw, interp, restored = _grid_volumes()
+    figures.figure_orthoviews(raw=raw, interp=interp, restored=restored)
+    panels = _images(drawn[-1])
+    for r in range(3):
+        for c in range(3):
+            left, _, _, top = panels[3 * r + c][1].get_extent()
+            assert (left, top) == pytest.approx((-0.5, -0.5)), (r, c)

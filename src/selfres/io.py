@@ -439,9 +439,10 @@ def _warn_once(message: str, *args) -> None:
 
 
 #: TIFF resolution tags in inches are read as a pixel size only at this many pixels per inch or more (a pixel of
-#: 5.08 µm or less): 72, 96 and 300 per inch are screens' and printers' defaults, written by software that knows
-#: no pixel size (a geometry audit: a 2-D image at 127 000 per inch, 0.2 µm pixels, was read with no size and no word)
-MICROSCOPE_DPI_AT_LEAST = 5000.0
+#: 25.4 µm or less; a microscope's overview at 10 µm is 2540 per inch): 72, 96, 300 and 600 per inch are screens'
+#: and printers' defaults, written by software that knows no pixel size (a geometry audit: a 2-D image at 127 000
+#: per inch, 0.2 µm pixels, was read with no size and no word)
+MICROSCOPE_DPI_AT_LEAST = 1000.0
 
 
 def _warn_voxel_unknown(path: str, why: str) -> None:

@@ -670,6 +670,7 @@ def render_sample_report(
     train_fov: Any = None,
     figures: Mapping[str, bytes] | None = None,
     sample_dir: str | Path | None = None,
+    origin_voxels: Sequence[float] | None = None,
 ) -> str:
     """Render the self-contained per-sample quality report.
 
@@ -692,6 +693,9 @@ def render_sample_report(
         Tricubic interpolation and restored volume on the output grid (same shape).
     voxel_size_in, voxel_size_out
         ``(z, y, x)`` in µm, or ``None``.
+    origin_voxels
+        The acquisition's first voxel centre in its voxel steps (an OME-Zarr input's translation), for the
+        views' axes when the figures are drawn here (:func:`selfres.figures.frame_offset`); ``None``: 0.
     training_log
         ``training_log.tsv`` as DataFrame, mapping of columns or path; optional.
     provenance
@@ -733,7 +737,8 @@ def render_sample_report(
                                  best_step=best, bead_table=bead_table, spectra=spectra,
                                  spectra_log10=True, train_fov=train_fov,  # as qc writes them (metrics.axial_spectrum)
                                  margin_db=num(metrics.get("guard_margin_db")),
-                                 restored_is_interpolation=metrics.get("restored_content") == "interpolation")
+                                 restored_is_interpolation=metrics.get("restored_content") == "interpolation",
+                                 origin_voxels=origin_voxels)
     figures = dict(figures)
     ref = metrics.get("reference")
     beads = _bead_summary(bead_table, (vin, vout, unit))

@@ -394,3 +394,23 @@ def test_the_detail_profiles_and_the_unitless_z_axis_read_the_stores_coordinates
         for c in range(3):
             left, _, _, top = panels[3 * r + c][1].get_extent()
             assert (left, top) == pytest.approx((-0.5, -0.5)), (r, c)
+
+
+def test_a_report_drawn_from_its_volumes_reads_the_inputs_translation_too(monkeypatch):
+    """A review: ``render_sample_report`` drawing its own figures (no ``figures`` given, as an API caller does)
+    left out the input's translation that the workflow's report passes on."""
+    from selfres import report
+
+    seen = {}
+    real = report.sample_figures
+
+    def drawn_and_seen(**kw):
+        seen.update(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(report, "sample_figures", drawn_and_seen)
+    raw, interp, restored = _grid_volumes()
+    report.render_sample_report(sample="s", metrics={"mode": "enhance"}, raw=raw, interp=interp, restored=restored,
+                                voxel_size_in=(2.0, 0.5, 0.25), voxel_size_out=(1.0, 0.5, 0.25),
+                                origin_voxels=(5.0, 2.0, -4.0))
+    assert seen["origin_voxels"] == (5.0, 2.0, -4.0)

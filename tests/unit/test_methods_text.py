@@ -158,10 +158,10 @@ def test_how_training_ran_is_said_with_a_time_budget_stop_and_the_target_blur():
     text = methods_text.methods_text(_enhance(), prov)
     assert ("its targets the crops as acquired, each blurred by a random Gaussian (σ up to 1·√(f²−1) voxels along "
             "each axis scaled by f)") in text
-    assert ("Training ran 83 of 200 steps (stopped at its time budget of 0.5 min, so a rerun on another machine or "
-            "under another load stops elsewhere): an L1 loss, Adam at a learning rate of 0.001 with a cosine schedule "
-            "after 25 warm-up steps, batches of 4 patches of 8×48×48 voxels, random flips and rotations that keep "
-            "the axes' scales, seed 0.") in text
+    assert ("Training ran 83 of 200 steps (stopped once its time budget of 0.5 min was spent, so a rerun on another "
+            "machine or under another load stops elsewhere): an L1 loss, Adam at a learning rate of 0.001 with a "
+            "cosine schedule after 25 warm-up steps, batches of 4 patches of 8×48×48 voxels, random flips and "
+            "rotations that keep the axes' scales, seed 0.") in text
     done = methods_text.methods_text(_enhance(), PROVENANCE | {"model": PROVENANCE["model"] | {"training": training | {
         "steps_done": 200, "stop_reason": "steps", "blur_augment": 0.0}}})
     assert "Training ran 200 steps: an L1 loss" in done and "rerun" not in done and "blurred by a random" not in done
@@ -174,7 +174,7 @@ def test_an_isotropic_model_says_its_noise_top_up_and_its_blended_ends():
                 "batch_size": 8, "patch_size": 64, "noise_match": True, "end_blended": True}
     text = methods_text.methods_text(m, {"model": {"arch": "iso2d", "training": training}})
     assert "The degraded slices were given noise to match the acquisition's own." in text
-    assert "Training ran 30 of 1000 steps (stopped at its time budget" in text
+    assert "Training ran 30 of 1000 steps (stopped once its time budget" in text
     assert "an L1 loss with a Fourier-amplitude term (weight 0.3)" in text and "batches of 8 patches of 64×64" in text
     assert "its first and last planes blended with z-cubic interpolation" in text
     assert "checkpoint kept" not in text  # no best step recorded
@@ -323,8 +323,8 @@ def test_the_training_record_is_what_ran_not_what_was_asked():
                         "stop_reason": "time_budget+time_budget", "patch": [4, 16, 16],
                         "serial": {"stage_steps_done": [16, 10], "stage_stop_reasons": ["time_budget", "time_budget"]}})
     text = methods_text._training_words(serial, "enhance")
-    assert text.startswith("Training ran 16 and 10 of 200 steps in its two ×2 stages (stopped at its time budget "
-                           "(3 min, half to each stage), so a rerun"), text
+    assert text.startswith("Training ran 16 and 10 of 200 steps in its two ×2 stages (stopped once its time budget "
+                           "was spent (3 min, half to each stage), so a rerun"), text
     assert "patches of 4×16×16 voxels" in text
     early = _training({"mode": "enhance", "settings": ENHANCE_SETTINGS, "steps_done": 20, "stop_reason": "early_stop"})
     assert "Training ran 20 of 200 steps (stopped early, no longer improving)" in methods_text._training_words(early,

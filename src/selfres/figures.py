@@ -769,8 +769,8 @@ def _profile_panel(ax, profiles: Mapping[str, tuple], colors: Mapping[str, str],
     """The detail figure's profile plot: ``{name: (values, voxel size, first index)}``, each at
     its voxels' centres (µm, shifted by the axis's ``offset``: :func:`frame_offset`); the raw samples as dots."""
     for name, (prof, voxel, first) in profiles.items():
-        ax.plot((first + np.arange(prof.size) + 0.5) * voxel + offset, prof, marker="." if name == "raw" else None, ms=4,
-                color=colors[name], label=(labels or {}).get(name, name), lw=1.2)
+        ax.plot((first + np.arange(prof.size) + 0.5) * voxel + offset, prof, marker="." if name == "raw" else None,
+                ms=4, color=colors[name], label=(labels or {}).get(name, name), lw=1.2)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel("intensity", fontsize=8)
     ax.set_title(title, fontsize=9)

@@ -523,6 +523,7 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
     tags = page.tags
     ij = tif.imagej_metadata or {}
     fac = None
+    inches = False
     if tif.is_imagej:
         # ImageJ's unit is x's; y and z have their own (yunit, zunit) where they differ, as
         # ImageJ writes them when a calibration has per-axis units (e.g. from Bio-Formats)
@@ -548,16 +549,7 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
         code = int(tags["ResolutionUnit"].value)
         fac = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}.get(code)
         yfac = zfac = fac
-        if code == 2:  # inches: a microscope's pixel only at a microscope's density, else a screen or print default
-            dpi = [float(n) / float(d) if n and d else None
-                   for n, d in (tags[k].value if k in tags else (0, 0) for k in ("YResolution", "XResolution"))]
-            if None in dpi or min(dpi) < MICROSCOPE_DPI_AT_LEAST:
-                if None not in dpi:
-                    _warn_voxel_unknown(_tiff_path(tif), (
-                        f"its TIFF resolution tags give {', '.join(f'{v:g}' for v in dpi)} pixels per inch (y, x), a "
-                        f"screen or print setting rather than a microscope's pixel (under {MICROSCOPE_DPI_AT_LEAST:g} "
-                        f"per inch: {25400 / MICROSCOPE_DPI_AT_LEAST:g} µm or larger)"))
-                return None
+        inches = code == 2
     if fac is None:
         return None
 
@@ -569,6 +561,15 @@ def _tiff_voxel(tif, nz: int, series=None, number: int = 0) -> tuple[float, floa
             return None
         return float(den) / float(num) * factor
 
+    if inches:  # a microscope's pixel only at a microscope's density, else a screen or print default
+        pixel = (_res("YResolution", fac), _res("XResolution", fac))
+        if None in pixel or max(pixel) > 25400 / MICROSCOPE_DPI_AT_LEAST:
+            if None not in pixel:
+                _warn_voxel_unknown(_tiff_path(tif), (
+                    f"its TIFF resolution tags give {', '.join(f'{25400 / v:g}' for v in pixel)} pixels per inch (y, "
+                    f"x), a screen or print setting rather than a microscope's pixel (under "
+                    f"{MICROSCOPE_DPI_AT_LEAST:g} per inch: {25400 / MICROSCOPE_DPI_AT_LEAST:g} µm or larger)"))
+            return None
     z = ij.get("spacing")
     if z is not None and _number(z) is None:
         _warn_voxel_unknown(_tiff_path(tif), f"the ImageJ metadata gives a z spacing of {z!r}, which is not a number")

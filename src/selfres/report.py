@@ -232,9 +232,9 @@ def _flag_sigma_given(flag: str, metrics: Mapping[str, Any] | None) -> str:
     setting = "isotropic.axial_sigma_px" if source == "settings" else str(source)
     at = f": {sigma:.3g} lateral pixels" if sigma is not None else ""
     return (f" The axial σ here was given ({setting}{at}), not estimated: check what you gave there (the extra "
-            "axial blur; z,y,x order and units; the optics' numbers). If it is your optics' blur, structures thinner in z than that σ "
-            "(sheets or fibres lying flat in xy, sub-resolution points) ring so even with the right σ, and a "
-            "training cut short can add to it; measure intensities on the interpolation.")
+            "axial blur; z,y,x order and units; the optics' numbers). If it is your optics' blur, structures thinner "
+            "in z than that σ (sheets or fibres lying flat in xy, sub-resolution points) ring so even with the right "
+            "σ, and a training cut short can add to it; measure intensities on the interpolation.")
 
 
 def _flag_measured(flag: str, metrics: Mapping[str, Any] | None) -> str:
